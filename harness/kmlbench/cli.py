@@ -1,0 +1,113 @@
+"""Command-line entry point: ``kmlbench <command> ...``.
+
+Only argument parsing lives here. Each command's work is done by its own
+module, imported lazily so that ``kmlbench --help`` and ``kmlbench run
+--dry-run`` stay fast and do not need QEMU, a compiler or paramiko.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kmlbench import __version__
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a matrix file: build, boot, run fio, record results",
+        description="Build the kernel(s), boot one QEMU guest per cell, run fio, "
+        "and write results/<run-id>/.",
+    )
+    p.add_argument("matrix", nargs="?", type=Path, help="matrix YAML file")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue an interrupted run: only cells without a record are run",
+    )
+    p.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
+    p.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto probes KVM by booting a guest and falls back to TCG (default)",
+    )
+    p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build",
+        help="build (or find in the cache) the kernel and guest image of a matrix",
+    )
+    p.add_argument("matrix", type=Path)
+
+
+def _passthrough(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    # Commands whose modules own their own argument parsing.
+    p = sub.add_parser(name, help=help_text, add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``kmlbench`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="kmlbench",
+        description="Benchmark harness for KML, the in-kernel machine-learning engine.",
+    )
+    parser.add_argument("--version", action="version", version=f"kmlbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    _add_build(sub)
+    _passthrough(sub, "doctor", "check host tools and whether KVM is usable")
+    _passthrough(sub, "kunit", "run KML's KUnit tests inside a QEMU guest")
+    bench = sub.add_parser("bench", help="micro-benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    _passthrough(bench_sub, "lib", "KML library: inference latency, training, footprint")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("kmlbench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from kmlbench import runner
+
+        return runner.main_run(
+            matrix_path=args.matrix,
+            resume=args.resume,
+            dry_run=args.dry_run,
+            accel=args.accel,
+            results_root=args.results,
+        )
+    if args.command == "build":
+        from kmlbench import runner
+
+        return runner.main_build(args.matrix)
+    if args.command == "doctor":
+        from kmlbench import doctor
+
+        return doctor.main(args.args)
+    if args.command == "kunit":
+        from kmlbench import kunit
+
+        return kunit.main(args.args)
+    if args.command == "bench" and args.bench_command == "lib":
+        from kmlbench import bench_lib
+
+        return bench_lib.main(args.args)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

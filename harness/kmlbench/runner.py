@@ -1,0 +1,433 @@
+"""Run the cells of a matrix: one fresh QEMU guest per cell.
+
+A cell is a self-contained unit of work: its ``params`` say everything that
+is needed to run it, and everything it produces goes into its own folder.
+Every cell boots its own guest so that no state (page cache, scheduler
+statistics, a model's weights) leaks from one cell into the next, which is
+what makes repeats independent samples and lets cells later be spread over
+many machines.
+
+The order of work is:
+
+1. validate the matrix (nothing runs if it is wrong);
+2. pick the accelerator (KVM only if a probe boot shows it works);
+3. build the guest base image and, per kernel variant, the kernel;
+4. run each cell: boot, set up the device and scheduler, run fio, collect
+   fio's JSON, dmesg and the console, and record the cell at once so an
+   interrupted run keeps every finished cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kmlbench import __version__, paths
+from kmlbench.matrix import Cell, Matrix, MatrixError, load_matrix
+
+GUEST_JOB_PATH = "/tmp/job.fio"
+
+
+@dataclass
+class CellOutcome:
+    """What running one cell produced, before it is recorded."""
+
+    status: str
+    metrics: dict[str, Any]
+    extra: dict[str, Any]
+
+
+def git_revision() -> str:
+    """The harness's git sha, with ``-dirty`` when the tree has local changes."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(paths.REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(paths.REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def host_description() -> dict[str, Any]:
+    """The host facts a reader needs to judge the figures: CPU, cores, kernel."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def choose_accel(requested: str) -> tuple[str, str]:
+    """Resolve ``auto``/``kvm``/``tcg`` into the accelerator and the reason.
+
+    ``/dev/kvm`` opening is not enough: on nested hosts a KVM guest can hang
+    in the firmware, so ``auto`` trusts only a probe boot.
+    """
+    if requested == "tcg":
+        return "tcg", "requested"
+    from kmlbench.qemu import probe_kvm
+
+    probe = probe_kvm()
+    if probe.usable:
+        return "kvm", probe.reason
+    if requested == "kvm":
+        raise SystemExit(f"kmlbench: --accel kvm requested but KVM is not usable: {probe.reason}")
+    return "tcg", f"KVM not usable ({probe.reason}); using TCG"
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _kernel_request(matrix: Matrix, variant: str):
+    from kmlbench.kernel import KernelRequest
+
+    return KernelRequest(
+        source=matrix.kernel_source,
+        fragments=tuple(matrix.kernel_variants[variant]),
+    )
+
+
+def _kernel_record(build) -> dict[str, Any]:
+    return {
+        "source_id": build.source_id,
+        "patch_series_hash": build.patch_series_hash,
+        "config_hash": build.config_hash,
+        "build_key": build.build_key,
+        "compiler": build.compiler,
+        "compiled": build.compiled,
+        "bzimage": str(build.bzimage),
+    }
+
+
+def _group_by_variant(cells: list[Cell]) -> list[tuple[str, list[Cell]]]:
+    """Consecutive cells of one kernel variant, in run order."""
+    groups: list[tuple[str, list[Cell]]] = []
+    for cell in cells:
+        if groups and groups[-1][0] == cell.kernel_variant:
+            groups[-1][1].append(cell)
+        else:
+            groups.append((cell.kernel_variant, [cell]))
+    return groups
+
+
+@contextmanager
+def _run_keys() -> Iterator[Any]:
+    """Fresh SSH keys for this run, kept outside the results folder.
+
+    Results get copied and uploaded; private keys must not travel with them.
+    """
+    from kmlbench.ssh import SSHKeys
+
+    tmp = Path(tempfile.mkdtemp(prefix="kmlbench-keys-"))
+    try:
+        yield SSHKeys.generate(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_cell(
+    cell: Cell,
+    *,
+    cell_dir: Path,
+    kernel: Path,
+    initrd: Path,
+    keys: Any,
+    matrix: Matrix,
+    accel: str,
+) -> CellOutcome:
+    """Boot a guest for ``cell``, run its workload, and collect everything.
+
+    Never raises for a failure of the guest or the workload: those become
+    the cell's status. Only KeyboardInterrupt propagates, after QEMU has
+    been ended by the ``Guest`` context manager.
+    """
+    from kmlbench import devices, fio
+    from kmlbench.qemu import Guest, GuestConfig, GuestError
+
+    guest_cfg = matrix.guest
+    device = cell.params["device"]
+    scheduler = cell.params["scheduler"]
+    workload = cell.params["workload"]
+    command_timeout = float(guest_cfg["command_timeout_s"])
+    timings: dict[str, float] = {}
+    extra: dict[str, Any] = {"timings": timings}
+    metrics: dict[str, Any] = {}
+    status = "infra-error"
+    started = time.monotonic()
+    guest = None
+    try:
+        cfg = GuestConfig(
+            kernel=kernel,
+            initrd=initrd,
+            console_log=cell_dir / "console.log",
+            memory_mib=int(guest_cfg["memory_mib"]),
+            cpus=int(guest_cfg["cpus"]),
+            accel=accel,
+            extra_args=devices.qemu_disk_args(device, cell_dir),
+            append=devices.kernel_cmdline(device),
+            boot_timeout_s=float(guest_cfg["boot_timeout_s"]),
+            silence_timeout_s=float(guest_cfg["silence_timeout_s"]),
+        )
+        with Guest(cfg, keys) as guest:
+            timings["boot_s"] = guest.boot_seconds
+            extra["qemu_command_line"] = guest.command_line
+
+            setup = guest.run(devices.setup_script(device, scheduler), timeout=command_timeout)
+            (cell_dir / "setup.log").write_text(setup.stdout + setup.stderr)
+            if setup.exit_status != 0:
+                extra["error"] = f"device setup failed (exit {setup.exit_status}); see setup.log"
+                status = "failed"
+                return CellOutcome(status, metrics, extra)
+            block_device = setup.stdout.strip().splitlines()[-1]
+            extra["block_device"] = block_device
+
+            job = fio.render_job(workload, block_device)
+            (cell_dir / "job.fio").write_text(job)
+            guest.put(GUEST_JOB_PATH, job.encode())
+            extra["guest_fio_version"] = guest.run("fio --version", timeout=30).stdout.strip()
+
+            fio_started = time.monotonic()
+            result = guest.run(
+                " ".join(fio.fio_command(GUEST_JOB_PATH)),
+                timeout=command_timeout,
+            )
+            timings["fio_s"] = time.monotonic() - fio_started
+            (cell_dir / "fio.json").write_text(result.stdout)
+            if result.stderr:
+                (cell_dir / "fio.stderr").write_text(result.stderr)
+
+            dmesg = guest.run("dmesg", timeout=30)
+            (cell_dir / "dmesg.txt").write_text(dmesg.stdout)
+
+            if result.exit_status != 0:
+                extra["error"] = f"fio exited {result.exit_status}: {result.stderr[-500:]}"
+                status = "failed"
+            else:
+                metrics = fio.metrics_from_fio(fio.parse_fio_output(result.stdout))
+                status = "ok"
+            events = guest.events()
+    except GuestError as exc:
+        status = exc.status
+        extra["error"] = str(exc)
+        events = exc.events
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any harness fault is the cell's infra-error
+        status = "infra-error"
+        extra["error"] = f"{type(exc).__name__}: {exc}"
+        extra["traceback"] = traceback.format_exc()
+        events = guest.events() if guest is not None else []
+    finally:
+        timings["total_s"] = time.monotonic() - started
+        for disk in cell_dir.glob("*.img"):
+            # Disk images are scratch space; the cell's record is what is kept.
+            disk.unlink(missing_ok=True)
+
+    from kmlbench.console import status_for
+
+    extra["console_events"] = [
+        {"kind": e.kind, "line": e.line_no, "excerpt": e.excerpt} for e in events
+    ]
+    crashed = status_for(events)
+    if crashed and status in ("ok", "failed"):
+        status = crashed
+    return CellOutcome(status, metrics, extra)
+
+
+def _write_dry_run(matrix: Matrix) -> None:
+    print(f"{matrix.path}: {len(matrix.cells)} cells (seed {matrix.seed}, repeat {matrix.repeat})")
+    for n, cell in enumerate(matrix.cells, 1):
+        print(f"{n:4d}  {cell.id}  [kernel: {cell.kernel_variant}]")
+
+
+def _load_for_resume(run_dir: Path) -> Matrix:
+    """The matrix of an earlier run, refusing if the file changed since.
+
+    Cell ids are hashes of their parameters, so a changed matrix would run
+    cells the original run never had; that is a new run, not a resume.
+    """
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    original = Path(manifest["matrix"]["path"])
+    copy = run_dir / "matrix.yaml"
+    if not original.is_file():
+        raise SystemExit(f"kmlbench: cannot resume: the matrix file {original} is gone")
+    if _sha256_file(original) != _sha256_file(copy):
+        raise SystemExit(
+            f"kmlbench: cannot resume: {original} changed since run {run_dir.name} started "
+            f"(its copy is {copy}); start a new run instead"
+        )
+    return load_matrix(original)
+
+
+def main_run(
+    *,
+    matrix_path: Path | None,
+    resume: str | None,
+    dry_run: bool,
+    accel: str,
+    results_root: Path | None,
+) -> int:
+    """``kmlbench run``: returns 0 when every cell ended ``ok``."""
+    from kmlbench.results import RunDir
+
+    root = results_root or paths.results_dir()
+    try:
+        if resume:
+            run = RunDir.open(root, resume)
+            matrix = _load_for_resume(run.path)
+        else:
+            if matrix_path is None:
+                raise SystemExit("kmlbench run: give a matrix file (or --resume RUN_ID)")
+            matrix = load_matrix(matrix_path)
+    except MatrixError as exc:
+        print(f"kmlbench: {exc}")
+        return 2
+    if dry_run:
+        _write_dry_run(matrix)
+        return 0
+    if not resume:
+        run = RunDir.create(root, run_id=None, name=matrix.name)
+        shutil.copyfile(matrix.path, run.path / "matrix.yaml")
+    return _execute(matrix, run, accel)
+
+
+def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
+    from kmlbench import fio, image, kernel, qemu
+    from kmlbench.progress import Progress
+
+    finished = run.finished_cell_ids()
+    todo = [c for c in matrix.cells if c.id not in finished]
+    print(f"kmlbench: run {run.path.name}: {len(todo)} of {len(matrix.cells)} cells to run")
+
+    accel, accel_reason = choose_accel(accel_request)
+    if accel == "tcg":
+        print("kmlbench: emulated (TCG): absolute latencies are not those of hardware")
+    cache = paths.cache_dir()
+    manifest_path = run.path / "manifest.json"
+    manifest: dict[str, Any] = (
+        json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    )
+    manifest.update(
+        {
+            "harness": {"version": __version__, "git": git_revision()},
+            "run_id": run.path.name,
+            "matrix": {
+                "path": str(Path(matrix.path).resolve()),
+                "name": matrix.name,
+                "seed": matrix.seed,
+                "repeat": matrix.repeat,
+                "content": matrix.raw,
+            },
+            "accel": accel,
+            "accel_reason": accel_reason,
+            "emulated": accel == "tcg",
+            "host": host_description(),
+            "qemu": {"version": qemu.qemu_version()},
+            "host_fio_version": fio.fio_version(),
+        }
+    )
+    manifest.setdefault("kernels", {})
+    manifest.setdefault("sessions", []).append(
+        {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cells_to_run": len(todo)}
+    )
+    run.write_manifest(manifest)
+    run.update_latest()
+
+    base_image = image.build_base_image(cache)
+    manifest["guest_image"] = {"path": str(base_image), "sha256": _sha256_file(base_image)}
+    run.write_manifest(manifest)
+
+    failures = 0
+    with _run_keys() as keys, Progress(total=len(matrix.cells), done=len(finished)) as progress:
+        initrd = image.make_guest_initrd(base_image, keys.directory, keys.authorized_key,
+                                         keys.host_key)
+        for variant, cells in _group_by_variant(todo):
+            build = kernel.build_kernel(
+                _kernel_request(matrix, variant), cache, log_dir=run.path / "build"
+            )
+            manifest["kernels"][variant] = _kernel_record(build)
+            run.write_manifest(manifest)
+            for cell in cells:
+                progress.start_cell(cell.id, _describe(cell))
+                cell_dir = run.cell_dir(cell.id)
+                outcome = run_cell(
+                    cell,
+                    cell_dir=cell_dir,
+                    kernel=build.bzimage,
+                    initrd=initrd,
+                    keys=keys,
+                    matrix=matrix,
+                    accel=accel,
+                )
+                outcome.extra["kernel_build_key"] = build.build_key
+                outcome.extra["accel"] = accel
+                run.record_cell(cell, outcome.status, outcome.metrics, outcome.extra)
+                if "qemu_command_line" not in manifest and "qemu_command_line" in outcome.extra:
+                    manifest["qemu"]["command_line"] = outcome.extra["qemu_command_line"]
+                    run.write_manifest(manifest)
+                progress.finish_cell(cell.id, outcome.status, outcome.extra["timings"]["total_s"])
+                if outcome.status != "ok":
+                    failures += 1
+                    print(f"kmlbench: cell {cell.id}: {outcome.status}: "
+                          f"{outcome.extra.get('error', '')}")
+    run.update_latest()
+    print(f"kmlbench: results in {run.path} ({failures} of {len(todo)} cells not ok)")
+    return 1 if failures else 0
+
+
+def _describe(cell: Cell) -> str:
+    p = cell.params
+    return (
+        f"{p['workload']['template']} on {p['device']['type']} "
+        f"with {p['scheduler']['name']} (repeat {cell.repeat})"
+    )
+
+
+def main_build(matrix_path: Path) -> int:
+    """``kmlbench build``: build every kernel variant and the guest image."""
+    from kmlbench import image, kernel
+
+    try:
+        matrix = load_matrix(matrix_path)
+    except MatrixError as exc:
+        print(f"kmlbench: {exc}")
+        return 2
+    cache = paths.cache_dir()
+    print(f"guest image: {image.build_base_image(cache)}")
+    log_dir = cache / "logs"
+    for variant in matrix.kernel_variants:
+        build = kernel.build_kernel(_kernel_request(matrix, variant), cache, log_dir=log_dir)
+        state = "built" if build.compiled else "cached"
+        print(f"kernel {variant}: {state} {build.bzimage} (config {build.config_hash[:12]})")
+    return 0
