@@ -27,7 +27,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         metavar="RUN_ID",
         help="continue an interrupted run: only cells without a record are run",
     )
-    p.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and list the cells, run nothing"
+    )
     p.add_argument(
         "--accel",
         choices=("auto", "kvm", "tcg"),
@@ -63,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _passthrough(sub, "doctor", "check host tools and whether KVM is usable")
     _passthrough(sub, "kunit", "run KML's KUnit tests inside a QEMU guest")
+    _passthrough(sub, "report", "write the HTML report and figures of a run")
+    _passthrough(sub, "figures", "regenerate figures from the results database")
+    _passthrough(sub, "compare", "compare two runs (or two filters) with statistics")
+    _passthrough(sub, "import", "rebuild the results database from result folders")
     bench = sub.add_parser("bench", help="micro-benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     _passthrough(bench_sub, "lib", "KML library: inference latency, training, footprint")
@@ -77,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kmlbench: interrupted", file=sys.stderr)
         return 130
+
+
+# Commands whose module exposes ``main(argv: list[str]) -> int``.
+_PASSTHROUGH_MODULES = {
+    "report": "report",
+    "figures": "figures",
+    "compare": "compare",
+    "import": "db",
+}
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -102,6 +117,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kmlbench import kunit
 
         return kunit.main(args.args)
+    if args.command in _PASSTHROUGH_MODULES:
+        import importlib
+
+        module = importlib.import_module(f"kmlbench.{_PASSTHROUGH_MODULES[args.command]}")
+        return module.main(args.args)
     if args.command == "bench" and args.bench_command == "lib":
         from kmlbench import bench_lib
 

@@ -370,8 +370,9 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
 
     failures = 0
     with _run_keys() as keys, Progress(total=len(matrix.cells), done=len(finished)) as progress:
-        initrd = image.make_guest_initrd(base_image, keys.directory, keys.authorized_key,
-                                         keys.host_key)
+        initrd = image.make_guest_initrd(
+            base_image, keys.directory, keys.authorized_key, keys.host_key
+        )
         for variant, cells in _group_by_variant(todo):
             build = kernel.build_kernel(
                 _kernel_request(matrix, variant), cache, log_dir=run.path / "build"
@@ -399,8 +400,10 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
                 progress.finish_cell(cell.id, outcome.status, outcome.extra["timings"]["total_s"])
                 if outcome.status != "ok":
                     failures += 1
-                    print(f"kmlbench: cell {cell.id}: {outcome.status}: "
-                          f"{outcome.extra.get('error', '')}")
+                    print(
+                        f"kmlbench: cell {cell.id}: {outcome.status}: "
+                        f"{outcome.extra.get('error', '')}"
+                    )
     run.update_latest()
     print(f"kmlbench: results in {run.path} ({failures} of {len(todo)} cells not ok)")
     return 1 if failures else 0

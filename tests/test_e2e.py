@@ -1,0 +1,181 @@
+"""End to end: ``kmlbench run workloads/smoke.yaml`` for real.
+
+Builds (or finds cached) the patched kernel, boots QEMU guests, runs fio
+over SSH, and checks what lands on disk. The run is interrupted with
+SIGINT after its first finished cell and then resumed, which exercises in
+one pass: the interrupt path (finished cells kept, no QEMU left behind),
+``--resume`` (only missing cells run), and the build cache (the resumed
+session compiles nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kmlbench import paths
+from kmlbench.matrix import load_matrix
+from kmlbench.results import STATUSES
+
+pytestmark = pytest.mark.kernel
+
+SMOKE = paths.WORKLOADS_DIR / "smoke.yaml"
+REQUIRED_METRICS = (
+    "iops",
+    "bw_kib_s",
+    "clat_mean_us",
+    "clat_p50_us",
+    "clat_p99_us",
+    "clat_p999_us",
+)
+
+
+def _kmlbench(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kmlbench.cli", *args]
+
+
+def _qemu_pids_with(marker: str) -> list[int]:
+    """QEMU processes whose command line mentions ``marker`` (our results dir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and marker in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def _wait_for_first_cell(results: Path, proc: subprocess.Popen, deadline_s: float) -> Path:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "kmlbench ended before finishing a cell"
+        records = list(results.glob("*/cells/*/cell.json"))
+        if records:
+            return records[0].parents[2]
+        time.sleep(1)
+    raise AssertionError("no cell finished in time")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the smoke matrix: interrupt after one cell, then resume to the end."""
+    results = tmp_path_factory.mktemp("results")
+    env = dict(os.environ, KMLBENCH_RESULTS=str(results))
+    first = subprocess.Popen(
+        _kmlbench("run", str(SMOKE)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        run_dir = _wait_for_first_cell(results, first, deadline_s=40 * 60)
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, out
+    assert not _qemu_pids_with(str(results)), "QEMU survived the interrupt"
+    kept = {p.parent.name for p in run_dir.glob("cells/*/cell.json")}
+    assert kept, "the interrupted run kept no finished cell"
+    (run_dir / "interrupted-cells.json").write_text(json.dumps(sorted(kept)))
+
+    resumed = subprocess.run(
+        _kmlbench("run", "--resume", run_dir.name),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=40 * 60,
+    )
+    (run_dir / "resume-output.txt").write_text(resumed.stdout + resumed.stderr)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not _qemu_pids_with(str(results)), "QEMU survived the run"
+    return run_dir
+
+
+def test_summary_has_every_cell_ok_with_metrics(smoke_run: Path) -> None:
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    matrix = load_matrix(SMOKE)
+    assert summary["run_id"] == smoke_run.name
+    assert summary["accel"] in ("kvm", "tcg")
+    assert [c["id"] for c in summary["cells"]] == [c.id for c in matrix.cells]
+    schedulers = {c["params"]["scheduler"]["name"] for c in summary["cells"]}
+    workloads = {c["params"]["workload"]["template"] for c in summary["cells"]}
+    assert len(schedulers) >= 2 and len(workloads) >= 2
+    for cell in summary["cells"]:
+        assert cell["status"] in STATUSES
+        assert cell["status"] == "ok", cell
+        for key in REQUIRED_METRICS:
+            assert cell["metrics"][key] > 0, (cell["id"], key)
+        assert cell["metrics"]["clat_p50_us"] <= cell["metrics"]["clat_p99_us"]
+        assert cell["metrics"]["clat_p99_us"] <= cell["metrics"]["clat_p999_us"]
+
+
+def test_mixed_workload_reports_each_direction(smoke_run: Path) -> None:
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    mixed = [c for c in summary["cells"] if c["params"]["workload"]["template"] == "randrw"]
+    assert mixed
+    for cell in mixed:
+        for direction in ("read", "write"):
+            assert cell["metrics"][f"{direction}_iops"] > 0
+            assert cell["metrics"][f"{direction}_clat_p99_us"] > 0
+
+
+def test_each_cell_folder_holds_its_raw_outputs(smoke_run: Path) -> None:
+    for cell_dir in (smoke_run / "cells").iterdir():
+        fio_json = json.loads((cell_dir / "fio.json").read_text())
+        assert fio_json["jobs"], cell_dir
+        # json+ keeps the full completion-latency histogram.
+        assert any(
+            "bins" in job["read"]["clat_ns"] or "bins" in job["write"]["clat_ns"]
+            for job in fio_json["jobs"]
+        )
+        console = (cell_dir / "console.log").read_text()
+        assert "Linux version 6.1" in console
+        assert "Linux version 6.1" in (cell_dir / "dmesg.txt").read_text()
+        record = json.loads((cell_dir / "cell.json").read_text())
+        # The scheduler the cell asked for is the one fio ran under.
+        wanted = record["params"]["scheduler"]["name"]
+        assert f"[{wanted}]" in (cell_dir / "setup.log").read_text()
+
+
+def test_manifest_describes_the_run(smoke_run: Path) -> None:
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    assert manifest["accel"] in ("kvm", "tcg")
+    assert manifest["emulated"] == (manifest["accel"] == "tcg")
+    assert manifest["harness"]["git"]
+    assert manifest["qemu"]["version"]
+    assert "qemu-system-x86_64" in manifest["qemu"]["command_line"][0]
+    assert "hostfwd=tcp:127.0.0.1:" in " ".join(manifest["qemu"]["command_line"])
+    assert manifest["matrix"]["seed"] == load_matrix(SMOKE).seed
+    kernel = next(iter(manifest["kernels"].values()))
+    for key in ("source_id", "patch_series_hash", "config_hash", "compiler"):
+        assert kernel[key]
+    assert len(manifest["sessions"]) == 2  # the interrupted session and the resume
+
+
+def test_resume_ran_only_missing_cells_and_compiled_nothing(smoke_run: Path) -> None:
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    kept = json.loads((smoke_run / "interrupted-cells.json").read_text())
+    total = len(load_matrix(SMOKE).cells)
+    assert manifest["sessions"][1]["cells_to_run"] == total - len(kept)
+    # The second session found the kernel in the cache.
+    assert all(not k["compiled"] for k in manifest["kernels"].values())
+
+
+def test_latest_points_at_the_run(smoke_run: Path) -> None:
+    latest = smoke_run.parent / "latest"
+    assert latest.is_symlink()
+    assert latest.resolve() == smoke_run.resolve()
