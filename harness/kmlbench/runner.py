@@ -243,7 +243,7 @@ def run_cell(
         events = exc.events
     except KeyboardInterrupt:
         raise
-    except Exception as exc:  # noqa: BLE001 - any harness fault is the cell's infra-error
+    except Exception as exc:  # any harness fault becomes the cell's infra-error
         status = "infra-error"
         extra["error"] = f"{type(exc).__name__}: {exc}"
         extra["traceback"] = traceback.format_exc()
