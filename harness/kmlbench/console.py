@@ -1,0 +1,82 @@
+"""Classify a guest's serial console: panic, oops, BUG, WARN, hung task.
+
+The console is the only witness that survives a dead kernel, so the harness
+decides a cell's fate from it rather than from SSH (which just goes quiet).
+Patterns follow the kernel's own printk wording (``panic()``, ``die()``,
+``__warn()``, ``check_hung_task()``) so they keep matching across versions;
+the optional ``[ 12.345678]`` timestamp and any leading noise are ignored.
+
+:func:`classify_line` is used incrementally by :mod:`kmlbench.qemu` as lines
+arrive; :func:`classify` re-reads a whole saved log the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+KINDS = ("panic", "oops", "bug", "warn", "hung_task")
+# A cell with any of these did not measure a healthy kernel.
+FATAL_KINDS = frozenset({"panic", "oops", "bug"})
+
+
+@dataclass(frozen=True)
+class ConsoleEvent:
+    """One classified console line.
+
+    ``line_no`` is 1-based in the console log, so a reader can jump to it;
+    ``excerpt`` is the matching line without its printk timestamp.
+    """
+
+    kind: str
+    line_no: int
+    excerpt: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "line_no": self.line_no, "excerpt": self.excerpt}
+
+
+# Order matters: the first match wins, and "BUG: unable to handle" is an oops
+# (a fault inside the kernel), not a BUG_ON().
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("panic", re.compile(r"Kernel panic - not syncing")),
+    ("oops", re.compile(r"(^|\s)Oops:|BUG: unable to handle|general protection fault")),
+    ("bug", re.compile(r"kernel BUG at |(^|\s)BUG: ")),
+    ("warn", re.compile(r"WARNING: CPU: \d+ PID: \d+ at |(^|\s)WARNING: at ")),
+    ("hung_task", re.compile(r"INFO: task .+ blocked for more than \d+ seconds")),
+)
+
+_TIMESTAMP = re.compile(r"^\s*(<\d+>)?\s*\[\s*\d+\.\d+\]\s?")
+_EXCERPT_MAX = 240
+
+
+def classify_line(line: str, line_no: int) -> ConsoleEvent | None:
+    """Classify one console line, or return None for an ordinary line."""
+    text = line.rstrip("\r\n")
+    for kind, pattern in _PATTERNS:
+        if pattern.search(text):
+            excerpt = _TIMESTAMP.sub("", text).strip()[:_EXCERPT_MAX]
+            return ConsoleEvent(kind, line_no, excerpt)
+    return None
+
+
+def classify(text: str) -> list[ConsoleEvent]:
+    """All events in a console text, in order of appearance."""
+    events = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        event = classify_line(line, number)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def status_for(events: list[ConsoleEvent]) -> str | None:
+    """The cell status the events force, if any.
+
+    A panic, oops or BUG means the kernel under test broke: "panic". WARNs
+    and hung-task reports are recorded but do not by themselves fail a cell
+    (a slow TCG guest can trip the hung-task detector on a healthy kernel).
+    """
+    if any(event.kind in FATAL_KINDS for event in events):
+        return "panic"
+    return None

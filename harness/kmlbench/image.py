@@ -1,0 +1,303 @@
+"""The guest initramfs: built by Python as a cpio (newc), no root needed.
+
+Why an initramfs and not a disk image: it needs no root, no loop mounts and
+no chroot to build, it is read straight into page cache by the kernel (the
+fastest possible TCG boot), and a run's secrets can be added by simply
+appending a second small archive (the kernel unpacks concatenated archives
+in order, later entries replacing earlier ones).
+
+So there are two layers:
+
+* :func:`build_base_image` -- busybox and its applet links, a static fio,
+  dropbear with its libraries, ``/etc``, ``/init`` and ``guest-image/extra/``;
+  cached by a content hash of every input byte, so it is built once per
+  change of any input and shared by all runs;
+* :func:`make_guest_initrd` -- base + an overlay with the run's
+  ``authorized_keys`` and dropbear host key, written per run.
+
+Every entry is owned by root (uid/gid 0) with fixed mtimes, so the archive
+is reproducible. No device nodes: the kernel's devtmpfs provides /dev.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from kmlbench.fio_build import FioBinary, file_lock, guest_fio, ldd_libraries
+from kmlbench.paths import GUEST_IMAGE_DIR
+
+# Bump when the layout written below changes in a way the inputs do not show.
+IMAGE_FORMAT_VERSION = 1
+
+GUEST_HOST_KEY_PATH = "/etc/dropbear/dropbear_ed25519_host_key"
+READY_MARKER = "KMLBENCH-GUEST-READY"
+HEARTBEAT_MARKER = "kmlbench-heartbeat"
+
+_ETC_FILES: dict[str, tuple[str, int]] = {
+    # dropbear refuses users with an empty password field: "x" (no shadow) is
+    # a non-empty, unusable password, and -s disables password logins anyway.
+    "/etc/passwd": ("root:x:0:0:root:/root:/bin/sh\n", 0o644),
+    "/etc/group": ("root:x:0:\ntty:x:5:\n", 0o644),
+    "/etc/shells": ("/bin/sh\n/bin/ash\n", 0o644),
+    "/etc/nsswitch.conf": ("passwd: files\ngroup: files\nshadow: files\nhosts: files\n", 0o644),
+    "/etc/hosts": ("127.0.0.1 localhost\n10.0.2.15 kmlbench-guest\n", 0o644),
+    "/etc/profile": ("export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n", 0o644),
+}
+
+_DIRS: dict[str, int] = {
+    "/bin": 0o755, "/sbin": 0o755, "/usr": 0o755, "/usr/bin": 0o755, "/usr/sbin": 0o755,
+    "/lib": 0o755, "/lib64": 0o755, "/etc": 0o755, "/etc/dropbear": 0o700,
+    "/root": 0o700, "/root/.ssh": 0o700, "/proc": 0o755, "/sys": 0o755, "/dev": 0o755,
+    "/run": 0o755, "/tmp": 0o1777, "/var": 0o755, "/var/run": 0o755, "/var/log": 0o755,
+    "/mnt": 0o755, "/opt": 0o755, "/opt/kml": 0o755,
+}  # fmt: skip
+
+
+class ImageError(Exception):
+    """The initramfs could not be built; the message names the missing input."""
+
+
+class CpioWriter:
+    """A minimal writer for the "newc" cpio format the kernel unpacks.
+
+    Each entry: a 110-byte ASCII header ("070701" + 13 8-digit hex fields),
+    the NUL-terminated name padded to 4 bytes, then the data padded to 4
+    bytes; the archive ends with a "TRAILER!!!" entry. Parent directories
+    are emitted before their contents, because the kernel creates entries in
+    archive order.
+    """
+
+    def __init__(self) -> None:
+        self._out = io.BytesIO()
+        self._ino = 1
+        self._seen: set[str] = set()
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", nlink: int = 1) -> None:
+        encoded = name.encode() + b"\0"
+        fields = (
+            self._ino, mode, 0, 0, nlink, 0, len(data),  # ino mode uid gid nlink mtime size
+            0, 0, 0, 0, len(encoded), 0,  # dev maj/min, rdev maj/min, namesize, check
+        )  # fmt: skip
+        self._ino += 1
+        header = b"070701" + b"".join(b"%08X" % value for value in fields)
+        self._out.write(header + encoded)
+        self._pad()
+        self._out.write(data)
+        self._pad()
+
+    def _pad(self) -> None:
+        self._out.write(b"\0" * (-self._out.tell() % 4))
+
+    @staticmethod
+    def _name(path: str) -> str:
+        rel = str(PurePosixPath("/", path).relative_to("/"))
+        if rel in ("", ".") or ".." in PurePosixPath(rel).parts:
+            raise ImageError(f"bad path in image: {path!r}")
+        return rel
+
+    def _parents(self, name: str) -> None:
+        for parent in reversed(PurePosixPath(name).parents[:-1]):
+            if str(parent) not in self._seen:
+                self.add_dir(str(parent), 0o755)
+
+    def add_dir(self, path: str, mode: int = 0o755) -> None:
+        name = self._name(path)
+        self._parents(name)
+        self._seen.add(name)
+        self._entry(name, stat.S_IFDIR | mode, nlink=2)
+
+    def add_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        name = self._name(path)
+        self._parents(name)
+        self._seen.add(name)
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def add_symlink(self, path: str, target: str) -> None:
+        name = self._name(path)
+        self._parents(name)
+        self._seen.add(name)
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def has(self, path: str) -> bool:
+        return self._name(path) in self._seen
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0, nlink=1)
+        return self._out.getvalue()
+
+
+@dataclass(frozen=True)
+class _Input:
+    guest_path: str
+    host_path: Path
+    mode: int
+
+
+def _read_file_list(path: Path) -> list[tuple[str, str]]:
+    entries = []
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].startswith("/"):
+            raise ImageError(f"{path}:{number}: expected '<guest path> <host source>'")
+        entries.append((parts[0], parts[1]))
+    return entries
+
+
+def _is_dynamic(path: Path) -> bool:
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    if not head.startswith(b"\x7fELF"):
+        return False
+    return bool(ldd_libraries(path))
+
+
+def _collect_inputs(fio: FioBinary, guest_dir: Path) -> list[_Input]:
+    """Every host file that goes into the base image, libraries included."""
+    inputs: list[_Input] = []
+    libs: dict[str, Path] = {}
+    for guest_path, source in _read_file_list(guest_dir / "files.list"):
+        if source == "@fio":
+            host = fio.path
+            libs.update({str(lib): lib for lib in fio.libraries})
+        else:
+            host = Path(source)
+        if not host.exists():
+            raise ImageError(f"{host} (for {guest_path}) does not exist: install it first")
+        inputs.append(_Input(guest_path, host, 0o755))
+        if _is_dynamic(host):
+            libs.update({str(lib): lib for lib in ldd_libraries(host)})
+    for guest_lib, host_lib in sorted(libs.items()):
+        inputs.append(_Input(guest_lib, host_lib, 0o755))
+    return inputs
+
+
+def _extra_files(guest_dir: Path) -> list[tuple[str, Path]]:
+    """guest-image/extra/ mirrors the guest's root (e.g. extra/opt/kml/...)."""
+    extra = guest_dir / "extra"
+    if not extra.is_dir():
+        return []
+    files = []
+    for path in sorted(extra.rglob("*")):
+        if path.is_file() and path.name != ".gitkeep":
+            files.append(("/" + path.relative_to(extra).as_posix(), path))
+    return files
+
+
+def _busybox_applets(busybox: Path) -> list[str]:
+    out = subprocess.run(
+        [str(busybox), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout
+    return ["/" + line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def base_image_key(fio: FioBinary, guest_dir: Path = GUEST_IMAGE_DIR) -> str:
+    """Content hash of every input: init, file list, binaries, libraries, extras."""
+    inputs = _collect_inputs(fio, guest_dir)
+    manifest = {
+        "format": IMAGE_FORMAT_VERSION,
+        "etc": _ETC_FILES,
+        "dirs": _DIRS,
+        "init": _sha256(guest_dir / "init"),
+        "files.list": _sha256(guest_dir / "files.list"),
+        "inputs": [(i.guest_path, _sha256(i.host_path), i.mode) for i in inputs],
+        "extra": [(g, _sha256(h), os.access(h, os.X_OK)) for g, h in _extra_files(guest_dir)],
+    }
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _build(fio: FioBinary, guest_dir: Path) -> bytes:
+    cpio = CpioWriter()
+    for path, mode in _DIRS.items():
+        cpio.add_dir(path, mode)
+    inputs = _collect_inputs(fio, guest_dir)
+    busybox = None
+    for item in inputs:
+        cpio.add_file(item.guest_path, item.host_path.read_bytes(), item.mode)
+        if item.host_path.name == "busybox":
+            busybox = item
+    if busybox is None:
+        raise ImageError("files.list has no busybox: the guest needs a shell")
+    for applet in _busybox_applets(busybox.host_path):
+        if not cpio.has(applet):
+            cpio.add_symlink(applet, busybox.guest_path)
+    for path, (text, mode) in _ETC_FILES.items():
+        cpio.add_file(path, text.encode(), mode)
+    for guest_path, host in _extra_files(guest_dir):
+        mode = 0o755 if os.access(host, os.X_OK) else 0o644
+        cpio.add_file(guest_path, host.read_bytes(), mode)
+    cpio.add_file("/init", (guest_dir / "init").read_bytes(), 0o755)
+    return cpio.finish()
+
+
+def build_base_image(cache: Path, guest_dir: Path = GUEST_IMAGE_DIR) -> Path:
+    """Return the cached base initramfs, building it if any input changed.
+
+    The second call with unchanged inputs is a no-op returning the same path.
+    ``image.json`` beside it records which fio was used (static or fallback).
+    """
+    fio = guest_fio(cache)
+    key = base_image_key(fio, guest_dir)
+    out_dir = cache / "images"
+    out = out_dir / f"base-{key}.cpio"
+    if out.exists():
+        return out
+    with file_lock(out_dir / ".lock"):
+        if out.exists():
+            return out
+        data = _build(fio, guest_dir)
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        meta = {"key": key, "fio": {"path": str(fio.path), "version": fio.version,
+                                    "kind": fio.kind, "note": fio.note}}  # fmt: skip
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, out)
+    return out
+
+
+def image_info(base: Path) -> dict[str, object]:
+    """What :func:`build_base_image` recorded about ``base`` (e.g. which fio)."""
+    meta = base.with_suffix(".json")
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def overlay_cpio(authorized_key: str, host_key: Path) -> bytes:
+    """The per-run archive: the client's public key and dropbear's host key."""
+    cpio = CpioWriter()
+    cpio.add_dir("/root", 0o700)
+    cpio.add_dir("/root/.ssh", 0o700)
+    cpio.add_file("/root/.ssh/authorized_keys", authorized_key.strip().encode() + b"\n", 0o600)
+    cpio.add_dir("/etc", 0o755)
+    cpio.add_dir("/etc/dropbear", 0o700)
+    cpio.add_file(GUEST_HOST_KEY_PATH, host_key.read_bytes(), 0o600)
+    return cpio.finish()
+
+
+def make_guest_initrd(base: Path, out_dir: Path, authorized_key: str, host_key: Path) -> Path:
+    """Write ``out_dir/initrd.cpio``: the cached base followed by the key overlay."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / "initrd.cpio"
+    overlay = overlay_cpio(authorized_key, host_key)
+    with out.open("wb") as handle, base.open("rb") as src:
+        shutil.copyfileobj(src, handle)
+        handle.write(overlay)
+    out.chmod(0o600)  # it holds the run's host private key
+    return out

@@ -1,0 +1,609 @@
+"""Boot one disposable QEMU guest, watch its console, and always clean up.
+
+Modeled on Linux's ``tools/testing/kunit/kunit_kernel.py``: QEMU is a child
+process whose serial console is a pipe; a reader thread writes every line to
+the cell's console log as it arrives and classifies it (:mod:`console`), so
+a panic is seen the moment it is printed, not after a timeout.
+
+Four watchdogs turn a stuck guest into a status instead of a stuck harness:
+
+* boot deadline -- the guest must print its ready marker and accept SSH
+  within ``boot_timeout_s`` ("boot-failure");
+* per-command timeout -- :meth:`Guest.run` ("timeout");
+* silence -- no console line for ``silence_timeout_s`` ("timeout"); the
+  guest's /init prints a heartbeat every 5 s, so silence means the kernel
+  no longer schedules user space, not that fio is busy;
+* panic -- a "Kernel panic" line kills QEMU at once ("panic"); an oops or
+  BUG fails the next command ("panic").
+
+QEMU runs in its own process group with ``PR_SET_PDEATHSIG``: it is killed
+on ``__exit__`` (normal, exception, KeyboardInterrupt), on SIGTERM (turned
+into SystemExit while a guest is up), at interpreter exit (atexit), and by
+the kernel if the harness itself dies. Networking is QEMU user mode with
+``restrict=on`` (no way out of the guest) and the only host port bound to
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from kmlbench.console import ConsoleEvent, classify_line, status_for
+from kmlbench.image import READY_MARKER
+from kmlbench.ssh import CommandResult, CommandTimeout, GuestSSH, SSHError, SSHKeys
+
+QEMU = "qemu-system-x86_64"
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+BASE_APPEND = "console=ttyS0 panic=-1 printk.time=1 random.trust_cpu=on"
+STATUSES = ("ok", "failed", "timeout", "panic", "boot-failure", "infra-error")
+
+__all__ = [
+    "CommandResult",
+    "Guest",
+    "GuestConfig",
+    "GuestError",
+    "KvmProbe",
+    "probe_kvm",
+    "qemu_version",
+]
+
+
+@dataclass
+class GuestConfig:
+    """How to boot one guest. ``extra_args`` come from :mod:`devices`.
+
+    ``firmware`` (not in the original contract) is the ``-bios`` image:
+    qboot by default when installed, since it reaches the kernel faster than
+    SeaBIOS; ``None`` means QEMU's default SeaBIOS.
+    """
+
+    kernel: Path
+    initrd: Path
+    console_log: Path
+    memory_mib: int = 1024
+    cpus: int = 2
+    accel: str = "tcg"
+    extra_args: list[str] = field(default_factory=list)
+    append: str = ""
+    boot_timeout_s: float = 120
+    silence_timeout_s: float = 120
+    firmware: Path | None = field(default_factory=lambda: QBOOT if QBOOT.exists() else None)
+
+
+class GuestError(Exception):
+    """The guest failed; ``status`` is one of results.STATUSES (never "ok")."""
+
+    def __init__(self, status: str, message: str, events: list[ConsoleEvent] | None = None):
+        assert status in STATUSES, status
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.events = list(events or [])
+
+
+# --- process hygiene -----------------------------------------------------------
+
+_LIVE: set[Guest] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _kill_all_live() -> None:
+    with _LIVE_LOCK:
+        guests = list(_LIVE)
+    for guest in guests:
+        guest.kill()
+
+
+atexit.register(_kill_all_live)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """In the child: die with the parent, so a SIGKILLed harness leaves no QEMU."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (QEMU binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def qemu_version() -> str:
+    """``QEMU emulator version X.Y.Z (...)``'s version, or "" if QEMU is missing."""
+    try:
+        out = subprocess.run(
+            [QEMU, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    match = re.search(r"version (\S+)", out)
+    return match.group(1) if match else out.strip()
+
+
+def build_command_line(cfg: GuestConfig, port: int) -> list[str]:
+    """The full QEMU argv: no default devices, serial on stdio, SSH on 127.0.0.1 only."""
+    cmd = [QEMU, "-nodefaults", "-nographic", "-no-reboot", "-accel", cfg.accel]
+    if cfg.accel == "tcg":
+        cmd += ["-cpu", "max"]
+    else:
+        cmd += ["-cpu", "host"]
+    if cfg.firmware is not None:
+        cmd += ["-bios", str(cfg.firmware)]
+    append = f"{BASE_APPEND} {cfg.append}".strip()
+    cmd += [
+        "-m", str(cfg.memory_mib),
+        "-smp", str(cfg.cpus),
+        "-kernel", str(cfg.kernel),
+        "-initrd", str(cfg.initrd),
+        "-append", append,
+        "-serial", "stdio",
+        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=n0,romfile=",
+        *cfg.extra_args,
+    ]  # fmt: skip
+    return cmd
+
+
+class Guest:
+    """A booted guest reachable over SSH; a context manager that always kills QEMU.
+
+    ``with Guest(cfg, keys) as guest: guest.run("uname -r", timeout=30)``.
+    Every failure is raised as :class:`GuestError` with a status.
+    """
+
+    def __init__(self, cfg: GuestConfig, keys: SSHKeys) -> None:
+        self.cfg = cfg
+        self.keys = keys
+        self.command_line: list[str] = []
+        self.boot_seconds = 0.0
+        self.ready_marker_seconds = 0.0
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ssh: GuestSSH | None = None
+        self._lines: list[str] = []
+        self._events: list[ConsoleEvent] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._exited = threading.Event()
+        self._failure: GuestError | None = None
+        self._last_output = time.monotonic()
+        self._threads: list[threading.Thread] = []
+        self._log: IO[str] | None = None
+        self._stderr: list[str] = []
+        self._old_sigterm: object = None
+        self._start = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def __enter__(self) -> Guest:
+        self._install_sigterm()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Boot and wait for SSH; raise GuestError(boot-failure|panic|infra-error)."""
+        self.cfg.console_log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.cfg.console_log.open("w", encoding="utf-8", errors="replace")
+        for attempt in range(3):
+            self.port = free_port()
+            self.command_line = build_command_line(self.cfg, self.port)
+            self._spawn()
+            # QEMU fails at once if another process took the port in between.
+            if not self._exited.wait(0.3) or not self._port_clash() or attempt == 2:
+                break
+            self._reap()
+        self._wait_until_ready()
+
+    def _spawn(self) -> None:
+        self._ready.clear()
+        self._exited.clear()
+        self._stderr = []
+        self._start = time.monotonic()
+        self._last_output = self._start
+        try:
+            self.proc = subprocess.Popen(
+                self.command_line, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_child_setup,
+            )  # fmt: skip
+        except OSError as exc:
+            raise GuestError("infra-error", f"cannot start {QEMU}: {exc}") from exc
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        proc = self.proc
+        for target, name in ((self._read_console, "console"), (self._read_stderr, "stderr")):
+            thread = threading.Thread(target=target, args=(proc,), name=f"qemu-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        watchdog = threading.Thread(target=self._watchdog, args=(proc,), daemon=True)
+        watchdog.start()
+        self._threads.append(watchdog)
+
+    def _port_clash(self) -> bool:
+        return any("hostfwd" in line or "forwarding rule" in line for line in self._stderr)
+
+    def _wait_until_ready(self) -> None:
+        deadline = self._start + self.cfg.boot_timeout_s
+        last_error = "no ready marker on the console"
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._exited.is_set():
+                self._reader_drain()
+                raise self._exit_error("QEMU exited during boot")
+            if time.monotonic() > deadline:
+                raise GuestError(
+                    "boot-failure",
+                    f"not ready after {self.cfg.boot_timeout_s:g}s ({last_error})",
+                    self.events(),
+                )
+            if self._ready.wait(0.1):
+                ssh = GuestSSH(self.port, self.keys)
+                try:
+                    ssh.connect(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+                except SSHError as exc:
+                    if "mismatch" in str(exc):
+                        raise GuestError("infra-error", str(exc), self.events()) from exc
+                    last_error = str(exc)
+                    time.sleep(0.1)
+                    continue
+                self.ssh = ssh
+                self.boot_seconds = time.monotonic() - self._start
+                return
+
+    def _exit_error(self, what: str) -> GuestError:
+        events = self.events()
+        code = self.proc.returncode if self.proc is not None else None
+        stderr = " | ".join(self._stderr[-5:])
+        detail = f"{what} (exit {code})" + (f": {stderr}" if stderr else "")
+        if status_for(events) == "panic" or any(e.kind == "panic" for e in events):
+            return GuestError("panic", detail, events)
+        if not self._ready.is_set():
+            status = "infra-error" if not self._lines else "boot-failure"
+            return GuestError(status, detail, events)
+        return GuestError("failed", detail, events)
+
+    def kill(self) -> None:
+        """Kill QEMU's whole process group now (idempotent, thread-safe)."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+    def _reap(self) -> None:
+        self.kill()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self._threads = []
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+
+    def close(self) -> None:
+        """Drop SSH, kill QEMU, join the threads, close the log. Safe to call twice."""
+        if self.ssh is not None:
+            self.ssh.close()
+            self.ssh = None
+        self._reap()
+        if self.proc is not None:
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._restore_sigterm()
+
+    def _install_sigterm(self) -> None:
+        """Make SIGTERM unwind through ``__exit__`` instead of killing Python outright."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)  # type: ignore[arg-type]
+            self._old_sigterm = None
+
+    # --- console -----------------------------------------------------------------
+
+    def _read_console(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\r", "")
+            with self._lock:
+                self._lines.append(line)
+                number = len(self._lines)
+                self._last_output = time.monotonic()
+                if self._log is not None:
+                    self._log.write(line + "\n")
+                    self._log.flush()
+            if READY_MARKER in line:
+                self.ready_marker_seconds = time.monotonic() - self._start
+                self._ready.set()
+            event = classify_line(line, number)
+            if event is None:
+                continue
+            with self._lock:
+                self._events.append(event)
+            if event.kind == "panic" and self._failure is None:
+                self._failure = GuestError("panic", event.excerpt, self.events())
+                # Give the kernel a moment to print the backtrace, then kill.
+                threading.Timer(2.0, self.kill).start()
+
+    def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in iter(proc.stderr.readline, b""):
+            self._stderr.append(raw.decode("utf-8", errors="replace").rstrip())
+
+    def _reader_drain(self) -> None:
+        for thread in self._threads:
+            if thread.name == "qemu-console":
+                thread.join(timeout=3)
+
+    def _watchdog(self, proc: subprocess.Popen[bytes]) -> None:
+        while proc.poll() is None:
+            silent = time.monotonic() - self._last_output
+            if silent > self.cfg.silence_timeout_s and self._failure is None:
+                self._failure = GuestError(
+                    "timeout", f"no console output for {silent:.0f}s", self.events()
+                )
+                self.kill()
+            time.sleep(0.5)
+        self._exited.set()
+
+    def console_text(self) -> str:
+        with self._lock:
+            return "\n".join(self._lines) + ("\n" if self._lines else "")
+
+    def events(self) -> list[ConsoleEvent]:
+        with self._lock:
+            return list(self._events)
+
+    # --- commands ----------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._exited.is_set():
+            self._reader_drain()
+            raise self._exit_error("QEMU exited")
+
+    def _after(self) -> None:
+        """A fatal console event during the command fails it, even if it 'succeeded'."""
+        if status_for(self.events()) == "panic":
+            time.sleep(0.5)  # let the rest of the trace reach the log
+            raise GuestError("panic", self.events()[0].excerpt, self.events())
+        self._check()
+
+    def _ssh_failed(self, exc: SSHError) -> GuestError:
+        # The connection usually drops because the guest died: let the console
+        # and the watchdog have their say before blaming SSH.
+        for _ in range(30):
+            if self._failure is not None or self._exited.is_set():
+                break
+            time.sleep(0.1)
+        if self._failure is not None:
+            return self._failure
+        if self._exited.is_set():
+            self._reader_drain()
+            return self._exit_error(f"QEMU exited: {exc}")
+        if status_for(self.events()) == "panic":
+            return GuestError("panic", str(exc), self.events())
+        return GuestError("infra-error", str(exc), self.events())
+
+    def run(self, cmd: str, timeout: float) -> CommandResult:
+        """Run a shell command in the guest; GuestError on timeout, crash or lost guest."""
+        self._check()
+        assert self.ssh is not None
+        try:
+            result = self.ssh.run(cmd, timeout)
+        except CommandTimeout as exc:
+            if self._failure is not None:
+                raise self._failure from exc
+            raise GuestError("timeout", str(exc), self.events()) from exc
+        except SSHError as exc:
+            raise self._ssh_failed(exc) from exc
+        self._after()
+        return result
+
+    def put(self, remote_path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write a file in the guest (over exec + cat: the guest has no sftp)."""
+        self._check()
+        assert self.ssh is not None
+        try:
+            self.ssh.put(remote_path, data, mode)
+        except CommandTimeout as exc:
+            raise GuestError("timeout", str(exc), self.events()) from exc
+        except SSHError as exc:
+            raise self._ssh_failed(exc) from exc
+        self._after()
+
+    def poweroff(self, timeout: float = 30) -> None:
+        """Ask the guest to power off and wait for QEMU to exit (kill it if not)."""
+        if self.ssh is not None and not self._exited.is_set():
+            with contextlib.suppress(SSHError):
+                self.ssh.run("sync; poweroff -f", timeout=5)
+            self.ssh.close()
+            self.ssh = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+# --- KVM probe -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KvmProbe:
+    """Whether ``-accel kvm`` actually runs a guest on this host, and why (not)."""
+
+    usable: bool
+    reason: str
+    cached: bool = False
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _serial_probe_firmware() -> bytes:
+    """A 64 KiB BIOS whose reset vector prints ``KVMOK`` on COM1 and halts.
+
+    Used when no kernel is given: it proves the CPU enters guest mode and
+    returns from it, without needing a kernel build.
+    """
+    code = bytes([0xBA, 0xF8, 0x03])  # mov dx, 0x3f8
+    for char in b"KVMOK\n":
+        code += bytes([0xB0, char, 0xEE])  # mov al, char; out dx, al
+    code += bytes([0xFA, 0xF4, 0xEB, 0xFD])  # cli; hlt; jmp $-1
+    rom = bytearray(b"\xff" * 0x10000)
+    rom[0xFF00 : 0xFF00 + len(code)] = code
+    rom[0xFFF0:0xFFF3] = bytes([0xE9, 0x0D, 0xFF])  # jmp near 0xff00 (from 0xfff3)
+    return bytes(rom)
+
+
+def probe_kvm(
+    timeout_s: float = 30,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    cache: Path | None = None,
+) -> KvmProbe:
+    """Boot briefly with ``-accel kvm`` and see whether the guest gets anywhere.
+
+    /dev/kvm existing is not enough: on some hosts KVM guests hang. With a
+    kernel and initrd the probe waits for the guest's ready marker; without
+    one it runs a tiny firmware that writes to the serial port. The verdict
+    is cached per host boot (``/proc/sys/kernel/random/boot_id``), per QEMU
+    version and per method, in ``cache/kvm-probe.json``.
+    """
+    if not os.path.exists("/dev/kvm"):
+        return KvmProbe(False, "/dev/kvm does not exist")
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        os.close(fd)
+    except OSError as exc:
+        return KvmProbe(False, f"/dev/kvm not openable: {exc.strerror}")
+    if shutil.which(QEMU) is None:
+        return KvmProbe(False, f"{QEMU} not installed")
+
+    method = "firmware"
+    if kernel is not None and initrd is not None:
+        digest = hashlib.sha256(kernel.read_bytes()).hexdigest()[:12]
+        method = f"kernel:{digest}"
+    key = f"{_boot_id()}|{qemu_version()}|{method}"
+    cache_file = (cache or _default_cache()) / "kvm-probe.json"
+    try:
+        verdicts = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        verdicts = {}
+    if key in verdicts:
+        hit = verdicts[key]
+        return KvmProbe(bool(hit["usable"]), str(hit["reason"]), cached=True)
+
+    probe = _run_kvm_probe(timeout_s, kernel, initrd)
+    verdicts = {k: v for k, v in verdicts.items() if k.startswith(_boot_id())}
+    verdicts[key] = {"usable": probe.usable, "reason": probe.reason}
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(verdicts, indent=2) + "\n")
+    os.replace(tmp, cache_file)
+    return probe
+
+
+def _default_cache() -> Path:
+    from kmlbench.paths import cache_dir
+
+    return cache_dir()
+
+
+def _run_kvm_probe(timeout_s: float, kernel: Path | None, initrd: Path | None) -> KvmProbe:
+    with tempfile.TemporaryDirectory(prefix="kmlbench-kvm-") as tmp:
+        cmd = [QEMU, "-nodefaults", "-nographic", "-no-reboot", "-accel", "kvm",
+               "-cpu", "host", "-m", "256", "-serial", "stdio"]  # fmt: skip
+        if kernel is not None and initrd is not None:
+            marker = READY_MARKER.encode()
+            cmd += ["-kernel", str(kernel), "-initrd", str(initrd),
+                    "-append", BASE_APPEND]  # fmt: skip
+            if QBOOT.exists():
+                cmd += ["-bios", str(QBOOT)]
+        else:
+            marker = b"KVMOK"
+            bios = Path(tmp) / "probe.bin"
+            bios.write_bytes(_serial_probe_firmware())
+            cmd += ["-bios", str(bios)]
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, preexec_fn=_child_setup,
+        )  # fmt: skip
+        seen = bytearray()
+        found = threading.Event()
+
+        def reader() -> None:
+            assert proc.stdout is not None
+            for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
+                seen.extend(chunk)
+                if marker in seen:
+                    found.set()
+                    return
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        try:
+            found.wait(timeout_s)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            thread.join(timeout=2)
+        took = time.monotonic() - start
+        what = "guest ready marker" if kernel is not None else "firmware serial output"
+        if found.is_set():
+            return KvmProbe(True, f"KVM guest reached {what} in {took:.1f}s")
+        tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
+        detail = f" ({tail[0]})" if tail else ""
+        return KvmProbe(False, f"KVM guest did not reach {what} within {timeout_s:g}s{detail}")
