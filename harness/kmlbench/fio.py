@@ -1,0 +1,247 @@
+"""Render fio job files and turn fio's ``json+`` output into metrics.
+
+Job files are rendered on the host from ``workloads/templates/<name>.fio``
+with :class:`string.Template`, so the exact job a guest ran is stored next
+to its results (``job.fio``) and a missing variable fails before a guest
+boots.
+
+Latency percentiles are recomputed from fio's completion-latency
+histogram (``clat_ns.bins``, present only with ``--output-format=json+``)
+instead of taken from fio's per-job percentiles: percentiles cannot be
+averaged, but histograms can be added. Merging the bins of every job and
+direction and walking the merged histogram with fio's own rule gives the
+exact percentile of the pooled samples, up to fio's bucket width (about
+1.6% of the value).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import string
+import subprocess
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from kmlbench import paths
+
+DIRECTIONS = ("read", "write", "trim")
+PERCENTILES = {"p50": 50.0, "p99": 99.0, "p999": 99.9}
+OUTPUT_FORMAT = "json+"
+
+
+class FioError(Exception):
+    """A template that does not render, or fio output that cannot be used."""
+
+
+# --------------------------------------------------------------------------
+# Job files.
+
+
+def template_path(name: str, templates_dir: Path | None = None) -> Path:
+    return (templates_dir or paths.TEMPLATES_DIR) / f"{name}.fio"
+
+
+def template_variables(workload: Mapping[str, Any], filename: str) -> dict[str, str]:
+    """``${FILENAME}`` plus every workload field under its upper-case name.
+
+    One mechanical rule (``runtime_s`` -> ``${RUNTIME_S}``) means a new
+    workload field is usable in templates without touching this module.
+    """
+    variables = {k.upper(): str(v) for k, v in workload.items() if k != "template"}
+    variables["FILENAME"] = filename
+    return variables
+
+
+def render_job(
+    workload: Mapping[str, Any], filename: str, *, templates_dir: Path | None = None
+) -> str:
+    """The fio job file for ``workload`` (a cell's ``params["workload"]``) on ``filename``."""
+    name = workload.get("template")
+    if not isinstance(name, str) or not name:
+        raise FioError("workload has no template name")
+    path = template_path(name, templates_dir)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise FioError(f"template {name!r}: cannot read {path}: {e.strerror or e}") from e
+    variables = template_variables(workload, filename)
+    try:
+        return string.Template(text).substitute(variables)
+    except KeyError as e:
+        raise FioError(
+            f"template {path.name} uses ${{{e.args[0]}}} but the workload has no such field "
+            f"(available: {', '.join(sorted(variables))})"
+        ) from e
+    except ValueError as e:  # a lone "$": fio job files must write "$$"
+        raise FioError(f"template {path.name}: {e}") from e
+
+
+def fio_command(job_path: str, *, fio: str = "fio", output: str | None = None) -> list[str]:
+    """The argv that runs a job; always ``json+`` because metrics need the histogram."""
+    argv = [fio, f"--output-format={OUTPUT_FORMAT}"]
+    if output:
+        argv.append(f"--output={output}")
+    argv.append(job_path)
+    return argv
+
+
+def fio_shell_command(job_path: str, *, fio: str = "fio", output: str | None = None) -> str:
+    """:func:`fio_command` quoted for a remote shell (SSH)."""
+    return shlex.join(fio_command(job_path, fio=fio, output=output))
+
+
+def fio_version(fio: str = "fio", timeout: float = 10) -> str:
+    """What ``fio --version`` prints, e.g. ``fio-3.33`` (same form as the JSON's)."""
+    try:
+        proc = subprocess.run(
+            [fio, "--version"], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise FioError(f"cannot run {fio} --version: {e}") from e
+    out = proc.stdout.strip()
+    if proc.returncode != 0 or not out:
+        raise FioError(f"{fio} --version failed ({proc.returncode}): {proc.stderr.strip()}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# Output.
+
+
+def _snippet(text: str, limit: int = 300) -> str:
+    text = text.strip()
+    if len(text) > limit:
+        text = text[:limit] + f"... [{len(text) - limit} more chars]"
+    return text or "(empty)"
+
+
+def parse_fio_output(text: str) -> dict:
+    """The JSON object in fio's output, ignoring whatever fio printed around it.
+
+    fio writes notes (``note: both iodepth >= 1 and synchronous I/O engine
+    ...``) and warnings to stdout before the JSON, and a remote shell may
+    mix in stderr. The report is the first top-level object that decodes
+    and looks like fio's (``jobs`` or ``fio version``); candidates at the
+    start of a line are tried first since that is where fio puts it.
+    """
+    decoder = json.JSONDecoder()
+    line_starts = [m.start() for m in re.finditer(r"(?m)^[ \t]*\{", text)]
+    others = [m.start() for m in re.finditer(r"\{", text)]
+    tried: set[int] = set()
+    last_error = ""
+    for pos in line_starts + others:
+        pos = text.index("{", pos)
+        if pos in tried:
+            continue
+        tried.add(pos)
+        try:
+            obj, _ = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            last_error = str(e)
+            continue
+        if isinstance(obj, dict) and ("jobs" in obj or "fio version" in obj):
+            return obj
+    detail = f" (last decode error: {last_error})" if last_error else ""
+    raise FioError(f"no fio JSON report in output{detail}; output begins: {_snippet(text)}")
+
+
+def merge_bins(bin_maps: Iterable[Mapping[str, int]]) -> Counter[int]:
+    """Add fio histograms; keys are bucket values in ns (strings in JSON)."""
+    merged: Counter[int] = Counter()
+    for bins in bin_maps:
+        for value, count in bins.items():
+            merged[int(value)] += int(count)
+    return merged
+
+
+def percentile_from_bins(bins: Mapping[int, int], pct: float) -> float:
+    """fio's percentile rule on a histogram: the first bucket whose running
+    total reaches ``pct/100 * samples`` (``calc_clat_percentiles`` in
+    fio's stat.c). Exact rational arithmetic avoids off-by-one-bucket
+    differences at the boundary.
+    """
+    total = sum(bins.values())
+    if total <= 0:
+        raise FioError("percentile of an empty histogram")
+    threshold = Fraction(pct) / 100 * total
+    running = 0
+    for value in sorted(bins):
+        running += bins[value]
+        if running >= threshold:
+            return float(value)
+    return float(max(bins))
+
+
+def _did_io(d: Mapping[str, Any]) -> bool:
+    return int(d.get("total_ios", 0) or 0) > 0 or int(d.get("io_bytes", 0) or 0) > 0
+
+
+def _latency(parts: list[tuple[str, Mapping[str, Any]]]) -> dict[str, float]:
+    """clat mean (sample-weighted) and histogram percentiles in microseconds."""
+    samples = 0
+    weighted = 0.0
+    bin_maps = []
+    for where, d in parts:
+        clat = d.get("clat_ns") or {}
+        n = int(clat.get("N", 0) or 0)
+        if n <= 0:
+            continue
+        if "bins" not in clat:
+            raise FioError(
+                f"{where}: clat_ns has no 'bins': run fio with --output-format={OUTPUT_FORMAT}"
+            )
+        samples += n
+        weighted += float(clat["mean"]) * n
+        bin_maps.append(clat["bins"])
+    if samples == 0:
+        return {}
+    bins = merge_bins(bin_maps)
+    out = {"clat_mean_us": weighted / samples / 1000.0}
+    for name, pct in PERCENTILES.items():
+        out[f"clat_{name}_us"] = percentile_from_bins(bins, pct) / 1000.0
+    return out
+
+
+def metrics_from_fio(data: Mapping[str, Any]) -> dict[str, float]:
+    """Totals over every job (group) and direction, then ``read_*``,
+    ``write_*`` (and ``trim_*``) for each direction that did I/O.
+
+    Keys: ``iops``, ``bw_kib_s``, ``clat_mean_us``, ``clat_p50_us``,
+    ``clat_p99_us``, ``clat_p999_us``. IOPS and bandwidth add up across
+    jobs (with ``group_reporting`` fio already summed each group).
+    A job that reports an error raises :class:`FioError`.
+    """
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list) or not jobs:
+        raise FioError("fio report has no jobs")
+    failed = [f"{j.get('jobname', '?')}: error {j.get('error')}" for j in jobs if j.get("error")]
+    if failed:
+        raise FioError("fio job failed: " + "; ".join(failed))
+
+    per_dir: dict[str, list[tuple[str, Mapping[str, Any]]]] = {d: [] for d in DIRECTIONS}
+    for i, job in enumerate(jobs):
+        for direction in DIRECTIONS:
+            d = job.get(direction)
+            if isinstance(d, Mapping) and _did_io(d):
+                per_dir[direction].append((f"jobs[{i}].{direction}", d))
+    everything = [p for parts in per_dir.values() for p in parts]
+    if not everything:
+        raise FioError("fio report shows no completed I/O")
+
+    def throughput(parts: list[tuple[str, Mapping[str, Any]]]) -> dict[str, float]:
+        return {
+            "iops": sum(float(d.get("iops", 0.0)) for _, d in parts),
+            "bw_kib_s": sum(float(d.get("bw", 0.0)) for _, d in parts),
+        }
+
+    metrics = {**throughput(everything), **_latency(everything)}
+    for direction, parts in per_dir.items():
+        if parts:
+            for key, value in {**throughput(parts), **_latency(parts)}.items():
+                metrics[f"{direction}_{key}"] = value
+    return metrics

@@ -1,0 +1,802 @@
+"""Load, validate and expand a matrix file into an ordered list of cells.
+
+A matrix file (see ``docs/matrix.md``) names the axes of an experiment:
+kernel variants, block devices, I/O schedulers and fio workloads. This
+module turns it into :class:`Cell` objects, each a self-contained unit of
+work whose ``params`` are fully resolved, so that a cell can be re-run on
+another machine from its record alone.
+
+Everything is checked before anything runs: a typo in a nightly matrix
+must fail in a second with ``FILE:LINE: KEY: message``, not after two
+hours of kernel builds. Line numbers come from PyYAML's composed node
+tree, which keeps a mark for every key and value.
+
+Cell order is chosen to keep measurements honest: cells are grouped by
+kernel variant (one build, one group), and inside a group the distinct
+configurations are shuffled with a seeded RNG and repeats are interleaved
+(round 0 of every configuration, then round 1, ...), so that slow drift on
+the host (thermal, noisy neighbours) spreads over all configurations
+instead of biasing the one that happened to run last.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kmlbench import paths
+
+AXES = ("kernel", "device", "scheduler", "workload")
+DEFAULT_VARIANT = "default"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TEMPLATE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_BS_RE = re.compile(r"^([1-9][0-9]*)([km]?)$")
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class MatrixError(Exception):
+    """A matrix file problem, located as ``FILE:LINE: KEY: message``.
+
+    ``key`` is a dotted path such as ``axes.device[1].completion_nsec`` so
+    that the message still says what is wrong when the line is off (e.g. a
+    value reached through a YAML alias).
+    """
+
+    def __init__(self, path: Path, line: int | None, key: str, message: str) -> None:
+        super().__init__(path, line, key, message)
+        self.path = Path(path)
+        self.line = line
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
+        return f"{where}: {self.key}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: one guest boot, one device, one scheduler, one fio job."""
+
+    id: str
+    repeat: int
+    params: dict
+    kernel_variant: str
+
+    def __hash__(self) -> int:  # params is a dict; the id already identifies the cell
+        return hash(self.id)
+
+    @property
+    def config_hash(self) -> str:
+        """The 8 hex digits shared by every repeat of this configuration."""
+        return config_hash(self.params)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A validated matrix file and its cells in run order."""
+
+    path: Path
+    name: str
+    seed: int
+    repeat: int
+    kernel_source: str | dict
+    kernel_variants: dict[str, list[Path]]
+    guest: dict
+    raw: dict
+    cells: list[Cell] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------
+# Field specifications. Each field has a type, a default (or REQUIRED) and an
+# optional check returning an error message. ``expand`` says whether a list
+# given for this field in an axis entry means "one entry per element".
+
+REQUIRED = object()
+Check = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str  # "int", "number", "str", "bs", "strlist"
+    default: Any = REQUIRED
+    check: Check | None = None
+    expand: bool = True
+
+
+def _at_least(low: int) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}, got {v}"
+
+
+def _between(low: int, high: int) -> Check:
+    return lambda v: None if low <= v <= high else f"must be in {low}..{high}, got {v}"
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+
+def _check_name(v: str) -> str | None:
+    if _NAME_RE.match(v):
+        return None
+    return f"{v!r} must be 1-64 of A-Z a-z 0-9 _ . - (used in file names)"
+
+
+GUEST_FIELDS: dict[str, Field] = {
+    "memory_mib": Field("int", 1024, _at_least(128)),
+    "cpus": Field("int", 2, _at_least(1)),
+    "boot_timeout_s": Field("number", 120, _at_least(1)),
+    "command_timeout_s": Field("number", 600, _at_least(1)),
+    "silence_timeout_s": Field("number", 120, _at_least(1)),
+}
+
+# Per device type, the fields besides ``type``. Defaults for null_blk are
+# the module's own except irqmode: "timer" is what makes completion_nsec a
+# real completion latency.
+DEVICE_TYPES: dict[str, dict[str, Field]] = {
+    "null_blk": {
+        "completion_nsec": Field("int", 10000, _at_least(0)),
+        "hw_queue_depth": Field("int", 64, _between(1, 4096)),
+        "submit_queues": Field("int", 1, _at_least(1)),
+        "size_mib": Field("int", 1024, _at_least(1)),
+        "irqmode": Field("str", "timer", _one_of("none", "softirq", "timer")),
+    },
+    "virtio": {
+        "size_mib": Field("int", 1024, _at_least(1)),
+        "cache": Field(
+            "str", "none", _one_of("none", "directsync", "writethrough", "writeback", "unsafe")
+        ),
+        "num_queues": Field("int", 1, _at_least(1)),
+    },
+}
+DEVICE_SLUGS = {"null_blk": "nullb", "virtio": "virtio"}
+
+# Per scheduler, its sysfs tunables (queue/iosched/<name>) and the kernel's
+# defaults, so that a cell records the values it really ran with.
+SCHEDULERS: dict[str, dict[str, Field]] = {
+    "mq-deadline": {
+        "read_expire": Field("int", 500, _at_least(0)),
+        "write_expire": Field("int", 5000, _at_least(0)),
+        "fifo_batch": Field("int", 16, _at_least(1)),
+        "writes_starved": Field("int", 2, _at_least(0)),
+        "front_merges": Field("int", 1, _between(0, 1)),
+    },
+    "none": {},
+    "kyber": {},
+    "bfq": {},
+}
+SCHEDULER_SLUGS = {"mq-deadline": "mqdl", "none": "none", "kyber": "kyber", "bfq": "bfq"}
+
+WORKLOAD_FIELDS: dict[str, Field] = {
+    "template": Field("str", REQUIRED, lambda v: None if _TEMPLATE_RE.match(v) else "bad name"),
+    "bs": Field("bs", "4k"),
+    "iodepth": Field("int", 16, _between(1, 4096)),
+    "numjobs": Field("int", 1, _between(1, 256)),
+    "rwmix_read": Field("int", 70, _between(0, 100)),
+    "runtime_s": Field("int", 10, _at_least(1)),
+    "ramp_s": Field("int", 1, _at_least(0)),
+    "size_mib": Field("int", 256, _at_least(1)),
+    "thinktime_us": Field("int", 0, _at_least(0)),
+    "thinktime_blocks": Field("int", 1, _at_least(1)),
+}
+# A template whose point is a field gets a default that makes it so.
+TEMPLATE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bursty": {"thinktime_us": 20000, "thinktime_blocks": 64},
+}
+
+KERNEL_VARIANT_FIELDS: dict[str, Field] = {
+    "name": Field("str", REQUIRED, _check_name, expand=False),
+    "fragments": Field("strlist", [], expand=False),
+}
+
+TOP_KEYS = ("name", "description", "seed", "repeat", "kernel", "guest", "axes", "exclude")
+
+
+# --------------------------------------------------------------------------
+# YAML with line numbers.
+
+
+def _strip_last(key: str) -> str:
+    m = re.match(r"^(.*?)(\.[^.\[\]]+|\[\d+\])$", key)
+    return m.group(1) if m else ""
+
+
+class _Source:
+    """The parsed file plus the line of every key path, for error messages."""
+
+    def __init__(self, path: Path, lines: dict[str, int]) -> None:
+        self.path = path
+        self.lines = lines
+
+    def line(self, key: str) -> int | None:
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = _strip_last(key)
+        return self.lines.get("")
+
+    def error(self, key: str, message: str) -> MatrixError:
+        return MatrixError(self.path, self.line(key), key or "(top)", message)
+
+
+def _node_key(node: yaml.Node) -> str:
+    return str(node.value) if isinstance(node, yaml.ScalarNode) else "?"
+
+
+def _check_duplicates(node: yaml.Node, prefix: str, path: Path, seen: set[int]) -> None:
+    """PyYAML silently keeps the last of two equal keys; a matrix must not."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for k, v in node.value:
+            name = _node_key(k)
+            if k.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = f"{prefix}.{name}" if prefix else name
+            if name in keys:
+                raise MatrixError(path, k.start_mark.line + 1, key, "duplicate key")
+            keys.add(name)
+            _check_duplicates(v, key, path, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, f"{prefix}[{i}]", path, seen)
+
+
+def _index_lines(node: yaml.Node, prefix: str, out: dict[str, int], stack: set[int]) -> None:
+    if id(node) in stack:  # a recursive alias; nothing more to learn
+        return
+    stack.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            name = _node_key(k)
+            key = f"{prefix}.{name}" if prefix else name
+            out[key] = k.start_mark.line + 1  # after merge flattening, explicit keys come last
+            _index_lines(v, key, out, stack)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = f"{prefix}[{i}]"
+            out[key] = item.start_mark.line + 1
+            _index_lines(item, key, out, stack)
+    stack.discard(id(node))
+
+
+def _load_yaml(path: Path) -> tuple[Any, _Source]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise MatrixError(path, None, "(file)", f"cannot read: {e.strerror or e}") from e
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise MatrixError(path, 1, "(top)", "empty matrix file")
+        _check_duplicates(node, "", path, set())
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        raise MatrixError(
+            path, line, "(yaml)", f"{e.context or ''} {e.problem or ''}".strip()
+        ) from e
+    except yaml.YAMLError as e:
+        raise MatrixError(path, None, "(yaml)", str(e)) from e
+    finally:
+        loader.dispose()
+    lines: dict[str, int] = {"": node.start_mark.line + 1}
+    _index_lines(node, "", lines, set())
+    return data, _Source(path, lines)
+
+
+# --------------------------------------------------------------------------
+# Typed values.
+
+
+def _kind_name(kind: str) -> str:
+    return {
+        "int": "an integer",
+        "number": "a number",
+        "str": "a string",
+        "bs": "a block size such as 4k, 64k, 1m or 4096",
+        "strlist": "a list of strings",
+    }[kind]
+
+
+def _typed(src: _Source, key: str, value: Any, spec: Field) -> Any:
+    """Check ``value`` against ``spec`` and return its canonical form."""
+    kind = spec.kind
+    ok = False
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "strlist":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif kind == "bs":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        ok = isinstance(value, str) and bool(_BS_RE.match(value.lower()))
+        if ok:
+            value = value.lower()
+            m = _BS_RE.match(value)
+            assert m
+            size = int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20}[m.group(2)]
+            if size % 512:
+                raise src.error(key, f"block size {value} is not a multiple of 512 (direct I/O)")
+    if not ok:
+        raise src.error(key, f"must be {_kind_name(kind)}, got {type(value).__name__} {value!r}")
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise src.error(key, problem)
+    return value
+
+
+def _mapping(src: _Source, key: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise src.error(key, f"must be a mapping, got {type(value).__name__}")
+    for k in value:
+        if not isinstance(k, str):
+            raise src.error(f"{key}.{k}" if key else str(k), "keys must be strings")
+    return value
+
+
+def _resolve_fields(
+    src: _Source,
+    key: str,
+    values: dict[str, Any],
+    keypaths: dict[str, str],
+    schema: dict[str, Field],
+    defaults: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Typed values for every field of ``schema``, defaults filled in."""
+    out: dict[str, Any] = {}
+    for name, spec in schema.items():
+        if name in values:
+            out[name] = _typed(src, keypaths.get(name, f"{key}.{name}"), values[name], spec)
+        elif defaults and name in defaults:
+            out[name] = copy.deepcopy(defaults[name])
+        elif spec.default is REQUIRED:
+            raise src.error(key, f"missing required key {name!r}")
+        else:
+            out[name] = copy.deepcopy(spec.default)
+    return out
+
+
+def _reject_unknown(src: _Source, key: str, entry: dict, allowed: Any, what: str) -> None:
+    for k in entry:
+        if k not in allowed:
+            raise src.error(
+                f"{key}.{k}" if key else k,
+                f"unknown key {k!r} in {what} (known: {', '.join(sorted(allowed))})",
+            )
+
+
+def _expand(
+    src: _Source, key: str, entry: dict, no_expand: set[str]
+) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
+    """Yield one (values, key paths) pair per combination of list-valued fields."""
+    options: list[list[tuple[str, Any, str]]] = []
+    for name, value in entry.items():
+        fkey = f"{key}.{name}"
+        if isinstance(value, list) and name not in no_expand:
+            if not value:
+                raise src.error(fkey, "empty list: give at least one value")
+            options.append([(name, v, f"{fkey}[{i}]") for i, v in enumerate(value)])
+        else:
+            options.append([(name, value, fkey)])
+    for combo in itertools.product(*options):
+        yield {n: v for n, v, _ in combo}, {n: k for n, _, k in combo}
+
+
+# --------------------------------------------------------------------------
+# Sections.
+
+
+def _find_file(src: _Source, key: str, text: str, base_dir: Path, what: str) -> Path:
+    """Resolve ``text`` relative to the matrix file, then to the repo root."""
+    p = Path(text).expanduser()
+    candidates = [p] if p.is_absolute() else [base_dir / p, paths.REPO_ROOT / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise src.error(key, f"{what} {text!r} not found (looked at {tried})")
+
+
+def _portable(path: Path) -> str:
+    """A path as recorded in params: repo-relative when inside the checkout.
+
+    Cell ids hash the params, so an absolute checkout path would make the
+    same matrix produce different ids on different machines.
+    """
+    try:
+        return path.relative_to(paths.REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _kernel_source(src: _Source, key: str, value: Any, base_dir: Path) -> str | dict:
+    if value == "debian":
+        return "debian"
+    if isinstance(value, str):
+        found = _find_file(src, key, value, base_dir, "kernel source")
+        if not (found.is_dir() or found.is_file()):
+            raise src.error(key, f"{value!r} is neither a source tree nor a tarball")
+        return _portable(found)
+    if isinstance(value, dict):
+        _reject_unknown(src, key, value, ("url", "sha256"), "kernel.source")
+        for k in ("url", "sha256"):
+            if k not in value:
+                raise src.error(key, f"missing required key {k!r}")
+        url, sha = value["url"], value["sha256"]
+        if not isinstance(url, str) or not re.match(r"^https?://\S+$", url):
+            raise src.error(f"{key}.url", f"must be an http(s) URL, got {url!r}")
+        if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+            raise src.error(f"{key}.sha256", f"must be 64 hex digits, got {sha!r}")
+        return {"url": url, "sha256": sha.lower()}
+    raise src.error(key, f"must be 'debian', a path, or {{url, sha256}}, got {value!r}")
+
+
+def _fragments(src: _Source, key: str, value: Any, base_dir: Path) -> list[Path]:
+    frags = _typed(src, key, value, Field("strlist"))
+    out = []
+    for i, text in enumerate(frags):
+        found = _find_file(src, f"{key}[{i}]", text, base_dir, "config fragment")
+        if not found.is_file():
+            raise src.error(f"{key}[{i}]", f"config fragment {text!r} is not a file")
+        out.append(found)
+    return out
+
+
+def _kernel_axis(
+    src: _Source, entries: Any, base_dir: Path, common: list[Path]
+) -> dict[str, list[Path]]:
+    if entries is None:
+        return {DEFAULT_VARIANT: list(common)}
+    if not isinstance(entries, list) or not entries:
+        raise src.error("axes.kernel", "must be a non-empty list of {name, fragments}")
+    variants: dict[str, list[Path]] = {}
+    for i, raw in enumerate(entries):
+        key = f"axes.kernel[{i}]"
+        entry = _mapping(src, key, raw)
+        _reject_unknown(src, key, entry, KERNEL_VARIANT_FIELDS, "a kernel variant")
+        values = _resolve_fields(src, key, entry, {}, {"name": KERNEL_VARIANT_FIELDS["name"]})
+        name = values["name"]
+        if name in variants:
+            raise src.error(f"{key}.name", f"kernel variant {name!r} is defined twice")
+        variants[name] = common + _fragments(
+            src, f"{key}.fragments", entry.get("fragments", []), base_dir
+        )
+    return variants
+
+
+def _device_entries(src: _Source, entries: list, key: str) -> list[tuple[dict, str]]:
+    all_fields = {"type"} | {f for fields in DEVICE_TYPES.values() for f in fields}
+    out = []
+    for i, raw in enumerate(entries):
+        ekey = f"{key}[{i}]"
+        entry = _mapping(src, ekey, raw)
+        _reject_unknown(src, ekey, entry, all_fields, "a device")
+        if "type" not in entry:
+            raise src.error(ekey, f"missing required key 'type' ({', '.join(DEVICE_TYPES)})")
+        for values, keypaths in _expand(src, ekey, entry, set()):
+            dtype = _typed(src, keypaths["type"], values["type"], Field("str"))
+            if dtype not in DEVICE_TYPES:
+                raise src.error(
+                    keypaths["type"],
+                    f"unknown device type {dtype!r} (known: {', '.join(DEVICE_TYPES)})",
+                )
+            schema = DEVICE_TYPES[dtype]
+            for name in values:
+                if name != "type" and name not in schema:
+                    raise src.error(
+                        keypaths[name], f"{name!r} does not apply to device type {dtype!r}"
+                    )
+            out.append(
+                ({"type": dtype, **_resolve_fields(src, ekey, values, keypaths, schema)}, ekey)
+            )
+    return out
+
+
+def _scheduler_entries(src: _Source, entries: list, key: str) -> list[tuple[dict, str]]:
+    all_fields = {"name"} | {f for fields in SCHEDULERS.values() for f in fields}
+    out = []
+    for i, raw in enumerate(entries):
+        ekey = f"{key}[{i}]"
+        entry = _mapping(src, ekey, raw)
+        _reject_unknown(src, ekey, entry, all_fields, "a scheduler")
+        if "name" not in entry:
+            raise src.error(ekey, f"missing required key 'name' ({', '.join(SCHEDULERS)})")
+        for values, keypaths in _expand(src, ekey, entry, set()):
+            name = _typed(src, keypaths["name"], values["name"], Field("str"))
+            if name not in SCHEDULERS:
+                raise src.error(
+                    keypaths["name"],
+                    f"unknown scheduler {name!r} (known: {', '.join(SCHEDULERS)})",
+                )
+            schema = SCHEDULERS[name]
+            for tunable in values:
+                if tunable != "name" and tunable not in schema:
+                    raise src.error(
+                        keypaths[tunable], f"scheduler {name!r} has no tunable {tunable!r}"
+                    )
+            out.append(
+                ({"name": name, **_resolve_fields(src, ekey, values, keypaths, schema)}, ekey)
+            )
+    return out
+
+
+def _workload_entries(
+    src: _Source, entries: list, key: str, templates_dir: Path
+) -> list[tuple[dict, str, dict[str, str]]]:
+    from kmlbench import fio  # fio imports nothing from here; keep the dependency one-way
+
+    out = []
+    for i, raw in enumerate(entries):
+        ekey = f"{key}[{i}]"
+        entry = _mapping(src, ekey, raw)
+        _reject_unknown(src, ekey, entry, WORKLOAD_FIELDS, "a workload")
+        for values, keypaths in _expand(src, ekey, entry, set()):
+            template = values.get("template")
+            defaults = TEMPLATE_DEFAULTS.get(template, {}) if isinstance(template, str) else {}
+            workload = _resolve_fields(src, ekey, values, keypaths, WORKLOAD_FIELDS, defaults)
+            tkey = keypaths.get("template", ekey)
+            tpath = templates_dir / f"{workload['template']}.fio"
+            if not tpath.is_file():
+                known = sorted(p.stem for p in templates_dir.glob("*.fio"))
+                raise src.error(
+                    tkey,
+                    f"unknown template {workload['template']!r}: no {tpath} "
+                    f"(known: {', '.join(known)})",
+                )
+            try:
+                fio.render_job(workload, "/dev/null", templates_dir=templates_dir)
+            except fio.FioError as e:
+                raise src.error(tkey, str(e)) from e
+            out.append((workload, ekey, keypaths))
+    return out
+
+
+def _exclusions(src: _Source, value: Any) -> list[tuple[str, dict[tuple[str, str], list]]]:
+    """Each entry: (its key path, {(axis, field): allowed values})."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise src.error("exclude", "must be a list of {axis.field: value} mappings")
+    fields_by_axis: dict[str, dict[str, Field]] = {
+        "kernel": {"name": KERNEL_VARIANT_FIELDS["name"]},
+        "device": {"type": Field("str")},
+        "scheduler": {"name": Field("str")},
+        "workload": dict(WORKLOAD_FIELDS),
+    }
+    for schema in DEVICE_TYPES.values():
+        fields_by_axis["device"].update(schema)
+    for schema in SCHEDULERS.values():
+        fields_by_axis["scheduler"].update(schema)
+    out = []
+    for i, raw in enumerate(value):
+        ekey = f"exclude[{i}]"
+        entry = _mapping(src, ekey, raw)
+        if not entry:
+            raise src.error(ekey, "empty exclusion would drop every cell")
+        rule: dict[tuple[str, str], list] = {}
+        for dotted, wanted in entry.items():
+            kkey = f"{ekey}.{dotted}"
+            axis, _, fname = dotted.partition(".")
+            if axis not in fields_by_axis or fname not in fields_by_axis[axis]:
+                raise src.error(
+                    kkey,
+                    f"unknown key {dotted!r}: use axis.field with axis one of "
+                    f"{', '.join(AXES)} and a field of that axis",
+                )
+            spec = fields_by_axis[axis][fname]
+            spec = Field(spec.kind, check=None)  # any well-typed value may be excluded
+            items = wanted if isinstance(wanted, list) else [wanted]
+            rule[(axis, fname)] = [_typed(src, kkey, v, spec) for v in items]
+        out.append((ekey, rule))
+    return out
+
+
+def _excluded(params: dict, rule: dict[tuple[str, str], list]) -> bool:
+    return all(
+        fname in params[axis] and params[axis][fname] in allowed
+        for (axis, fname), allowed in rule.items()
+    )
+
+
+# --------------------------------------------------------------------------
+# Ids and order.
+
+
+def canonical_json(params: dict) -> str:
+    """The byte-stable form of params that cell ids hash."""
+    return json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_hash(params: dict) -> str:
+    return hashlib.sha256(canonical_json(params).encode()).hexdigest()[:8]
+
+
+def cell_id(params: dict, repeat: int) -> str:
+    """``<template>-<device>-<scheduler>[-<variant>]-<hash8>-r<repeat>``.
+
+    The readable part is for humans scanning a results folder; the hash of
+    the full canonical params is what makes the id unique and stable.
+    """
+    parts = [
+        params["workload"]["template"],
+        DEVICE_SLUGS.get(params["device"]["type"], params["device"]["type"]),
+        SCHEDULER_SLUGS.get(params["scheduler"]["name"], params["scheduler"]["name"]),
+    ]
+    if params["kernel"]["name"] != DEFAULT_VARIANT:
+        parts.append(params["kernel"]["name"])
+    return "-".join([*parts, config_hash(params), f"r{repeat}"])
+
+
+def _run_order(configs: list[dict], repeat: int, rng: random.Random) -> list[tuple[dict, int]]:
+    """Shuffled rounds, one per repeat; never the same config twice in a row."""
+    order: list[tuple[dict, int]] = []
+    for r in range(repeat):
+        round_ = list(configs)
+        rng.shuffle(round_)
+        if order and len(round_) > 1 and round_[0] is order[-1][0]:
+            # The round boundary would put one configuration back to back.
+            round_[0], round_[-1] = round_[-1], round_[0]
+        order.extend((c, r) for c in round_)
+    return order
+
+
+# --------------------------------------------------------------------------
+
+
+def load_matrix(
+    path: Path | str, *, base_dir: Path | None = None, templates_dir: Path | None = None
+) -> Matrix:
+    """Load, validate and expand a matrix file.
+
+    ``base_dir`` is where relative fragment and source paths are looked up
+    first (default: the matrix file's folder); a resumed run passes the
+    original folder when it loads the copy kept in the run folder.
+    ``templates_dir`` defaults to ``workloads/templates``.
+    """
+    path = Path(path)
+    base_dir = Path(base_dir) if base_dir else path.resolve().parent
+    templates_dir = Path(templates_dir) if templates_dir else paths.TEMPLATES_DIR
+    data, src = _load_yaml(path)
+    top = _mapping(src, "", data)
+    _reject_unknown(src, "", top, TOP_KEYS, "the matrix")
+
+    head = _resolve_fields(
+        src,
+        "",
+        {k: top[k] for k in ("name", "seed", "repeat", "description") if k in top},
+        {},
+        {
+            "name": Field("str", REQUIRED, _check_name),
+            "description": Field("str", ""),
+            "seed": Field("int", 0),
+            "repeat": Field("int", 1, _at_least(1)),
+        },
+    )
+
+    kernel = _mapping(src, "kernel", top.get("kernel") or {})
+    _reject_unknown(src, "kernel", kernel, ("source", "fragments"), "kernel")
+    source = _kernel_source(src, "kernel.source", kernel.get("source", "debian"), base_dir)
+    common = _fragments(src, "kernel.fragments", kernel.get("fragments", []), base_dir)
+
+    guest_raw = _mapping(src, "guest", top.get("guest") or {})
+    _reject_unknown(src, "guest", guest_raw, GUEST_FIELDS, "guest")
+    guest = _resolve_fields(src, "guest", guest_raw, {}, GUEST_FIELDS)
+
+    if "axes" not in top:
+        raise src.error("", "missing required key 'axes'")
+    axes = _mapping(src, "axes", top["axes"])
+    _reject_unknown(src, "axes", axes, AXES, "axes")
+    for axis in ("device", "scheduler", "workload"):
+        if axis in axes and (not isinstance(axes[axis], list) or not axes[axis]):
+            raise src.error(f"axes.{axis}", "must be a non-empty list of mappings")
+    if "workload" not in axes:
+        raise src.error("axes", "missing required key 'workload'")
+
+    variants = _kernel_axis(src, axes.get("kernel"), base_dir, common)
+    devices = _device_entries(src, axes.get("device") or [{"type": "null_blk"}], "axes.device")
+    schedulers = _scheduler_entries(
+        src, axes.get("scheduler") or [{"name": "mq-deadline"}], "axes.scheduler"
+    )
+    workloads = _workload_entries(src, axes["workload"], "axes.workload", templates_dir)
+    rules = _exclusions(src, top.get("exclude"))
+
+    # Every workload must fit its device and its time budget.
+    for workload, wkey, keypaths in workloads:
+        budget = workload["runtime_s"] + workload["ramp_s"]
+        if budget >= guest["command_timeout_s"]:
+            raise src.error(
+                keypaths.get("runtime_s", wkey),
+                f"runtime_s + ramp_s = {budget}s does not fit guest.command_timeout_s "
+                f"{guest['command_timeout_s']}s",
+            )
+        for device, dkey in devices:
+            if workload["size_mib"] > device["size_mib"]:
+                raise src.error(
+                    keypaths.get("size_mib", wkey),
+                    f"size_mib {workload['size_mib']} exceeds the {device['size_mib']} MiB "
+                    f"of device {dkey}",
+                )
+
+    used_rules: set[str] = set()
+    by_variant: dict[str, list[dict]] = {}
+    seen: dict[str, str] = {}
+    source_for_params = copy.deepcopy(source)
+    for vname, frags in variants.items():
+        kparams = {
+            "name": vname,
+            "source": copy.deepcopy(source_for_params),
+            "fragments": [_portable(f) for f in frags],
+        }
+        configs: list[dict] = []
+        for (device, dkey), (sched, skey), (workload, wkey, _) in itertools.product(
+            devices, schedulers, workloads
+        ):
+            params = copy.deepcopy(
+                {"kernel": kparams, "device": device, "scheduler": sched, "workload": workload}
+            )
+            hit = [rkey for rkey, rule in rules if _excluded(params, rule)]
+            if hit:
+                used_rules.update(hit)
+                continue
+            h = canonical_json(params)
+            if h in seen:
+                raise src.error(
+                    wkey,
+                    f"configuration repeats one from {seen[h]} (same params after defaults); "
+                    "remove one",
+                )
+            seen[h] = f"{dkey} x {skey} x {wkey}"
+            configs.append(params)
+        by_variant[vname] = configs
+
+    for rkey, _ in rules:
+        if rkey not in used_rules:
+            raise src.error(rkey, "excludes no cell: check the values (or remove the entry)")
+
+    rng = random.Random(head["seed"])
+    cells: list[Cell] = []
+    ids: set[str] = set()
+    for vname, configs in by_variant.items():
+        for params, rep in _run_order(configs, head["repeat"], rng):
+            cid = cell_id(params, rep)
+            if cid in ids:  # two configs sharing 8 hex digits: vanishingly rare, never silent
+                raise src.error("axes", f"cell id collision on {cid}; change the seed-free params")
+            ids.add(cid)
+            cells.append(
+                Cell(id=cid, repeat=rep, params=copy.deepcopy(params), kernel_variant=vname)
+            )
+    if not cells:
+        raise src.error("exclude", "every cell is excluded")
+
+    return Matrix(
+        path=path.resolve(),
+        name=head["name"],
+        seed=head["seed"],
+        repeat=head["repeat"],
+        kernel_source=source,
+        kernel_variants=variants,
+        guest=guest,
+        raw=data,
+        cells=cells,
+    )
