@@ -1,0 +1,1068 @@
+"""Build (or reuse) the KML-patched guest kernel.
+
+One call, :func:`build_kernel`, walks a fixed pipeline, each step cached by
+content so that re-running a matrix never rebuilds what it already has:
+
+1. **source**: resolve ``"debian"``, a tarball, a kernel tree or a
+   ``{"url", "sha256"}`` download to a *source id* (the tarball's sha256,
+   or a git commit for a tree);
+2. **prepared tree** (``cache/src/<key>/``): an extracted copy of the source
+   with ``kernel/kml/`` placed in ``lib/kml/`` and the patch series applied;
+3. **config**: ``tinyconfig`` + ``base.config`` + ``kml.config`` + the
+   request's fragments, ``olddefconfig``, then a check that every requested
+   option survived (Kconfig silently drops options whose dependencies are
+   missing, which would otherwise show up much later as a guest that does
+   not boot or a scheduler that is not there);
+4. **build** (``cache/builds/<build_key>/``): ``make bzImage modules``;
+   a completed stamp makes the next identical request a pure cache hit.
+
+Modeled on ``tools/testing/kunit/kunit_kernel.py``: out-of-tree builds
+(``O=``), config fragments merged over a minimal base, and explicit checks
+that the final ``.config`` is what was asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kmlbench import paths
+
+Log = Callable[[str], None]
+
+# Bump when the layout or meaning of a cache entry changes, so that old
+# entries are simply not found instead of being misread.
+_CACHE_VERSION = "kmlbench-kernel-v1"
+_PREPARED_STAMP = ".kmlbench-prepared"
+_BUILD_STAMP = ".kmlbench-complete"
+_BUILD_LOG = "kmlbench-build.log"
+
+_SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_UNSET_RE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set\s*$")
+
+
+class KernelBuildError(Exception):
+    """Any failure to produce a kernel; the message is meant for the user.
+
+    ``log_path`` points at the full log when there is one.
+    """
+
+    def __init__(self, message: str, log_path: Path | None = None) -> None:
+        if log_path is not None:
+            message = f"{message}\n(full log: {log_path})"
+        super().__init__(message)
+        self.log_path = log_path
+
+
+class PatchError(KernelBuildError):
+    """A patch of the series did not apply; names the patch and its rejects."""
+
+    def __init__(self, patch: Path, message: str) -> None:
+        super().__init__(message)
+        self.patch = patch
+
+
+@dataclass(frozen=True)
+class ConfigMiss:
+    """One requested option that is not in the final .config as asked."""
+
+    symbol: str
+    requested: str  # the fragment line, e.g. "CONFIG_VIRTIO_BLK=y"
+    actual: str  # the final .config line, or "" if the symbol is absent
+    fragment: Path
+    line: int
+
+
+class ConfigError(KernelBuildError):
+    """Options requested by fragments did not survive olddefconfig."""
+
+    def __init__(self, message: str, misses: list[ConfigMiss]) -> None:
+        super().__init__(message)
+        self.misses = misses
+
+
+@dataclass(frozen=True)
+class KernelRequest:
+    source: str | dict
+    fragments: tuple[Path, ...]  # in addition to kernel/configs/base.config
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    bzimage: Path
+    build_dir: Path
+    config_path: Path
+    log_path: Path
+    build_key: str
+    source_id: str
+    patch_series_hash: str
+    config_hash: str
+    compiler: str
+    compiled: bool  # False on a cache hit
+    modules: dict[str, Path]  # "kml_test" -> .../kml_test.ko (if built as modules)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """Where the kernel source is and what identifies its content."""
+
+    kind: str  # "tarball" or "tree"
+    path: Path
+    source_id: str
+
+
+# --------------------------------------------------------------------------
+# small helpers
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_parts(*parts: str) -> str:
+    """Hash a sequence of strings unambiguously (NUL-separated)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path, what: str, log: Log) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_path`` for the duration.
+
+    Two kmlbench processes asking for the same tree or build must not both
+    do the work (or worse, write into the same directory); the second one
+    waits and then finds the first one's result. flock is released by the
+    kernel if the holder dies, so a crash never leaves a stale lock.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another kmlbench process to finish {what} ({lock_path})")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _run(cmd: Sequence[str | Path], cwd: Path, log: Log, what: str) -> str:
+    """Run a short command, log its output, raise KernelBuildError on failure."""
+    argv = [str(c) for c in cmd]
+    log("$ " + " ".join(argv))
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=_make_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        log(line)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-20:])
+        raise KernelBuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+    return proc.stdout
+
+
+def _make_env() -> dict[str, str]:
+    """The environment for make: without variables that would redirect it.
+
+    A stray KBUILD_OUTPUT or KCONFIG_CONFIG in the user's shell would make
+    kbuild read or write somewhere other than the build dir we hash.
+    """
+    env = dict(os.environ)
+    for var in ("KBUILD_OUTPUT", "KCONFIG_CONFIG", "KCONFIG_ALLCONFIG", "O"):
+        env.pop(var, None)
+    env["LC_ALL"] = "C"
+    return env
+
+
+def compiler_version() -> str:
+    """First line of ``gcc --version``: part of the build key.
+
+    A compiler upgrade changes the generated code (and the Kconfig
+    CC_VERSION), so it must not reuse builds from the old compiler.
+    """
+    try:
+        out = subprocess.run(
+            ["gcc", "--version"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise KernelBuildError(f"cannot run gcc --version: {e}") from e
+    return out.splitlines()[0].strip()
+
+
+def _print_progress(msg: str) -> None:
+    """Default progress sink: one short line per step on stderr."""
+    print(f"kernel: {msg}", file=sys.stderr, flush=True)
+
+
+def _default_jobs() -> int:
+    """``-j`` for make: KMLBENCH_JOBS if set, else the CPUs we may run on."""
+    env = os.environ.get("KMLBENCH_JOBS")
+    if env:
+        return max(1, int(env))
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+# --------------------------------------------------------------------------
+# 1. source
+
+
+def _tarball_sha256(tarball: Path, cache: Path) -> str:
+    """sha256 of a tarball, memoized by (path, size, mtime) in the cache.
+
+    Hashing the 140 MB Debian tarball takes a second or two; doing it on
+    every run would dominate a warm cache hit.
+    """
+    st = tarball.stat()
+    memo_path = cache / "src" / "tarball-sha256.json"
+    key = str(tarball.resolve())
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(key)
+    if isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items()):
+        return str(entry["sha256"])
+    digest = _sha256_file(tarball)
+    with _locked(cache / "src" / "tarball-sha256.lock", "updating the hash memo", lambda _: None):
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        memo[key] = {**stamp, "sha256": digest}
+        _atomic_write(memo_path, json.dumps(memo, indent=1, sort_keys=True) + "\n")
+    return digest
+
+
+def download_source(url: str, sha256: str, cache: Path, log: Log) -> Path:
+    """Download ``url`` into ``cache/downloads/`` and verify its sha256.
+
+    An already downloaded file with the right hash is reused without any
+    network access. On a mismatch the file is removed, so a corrupt or
+    substituted tarball can never be picked up by a later run.
+    """
+    sha256 = sha256.lower().strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise KernelBuildError(f"kernel source {url}: sha256 must be 64 hex digits, got {sha256!r}")
+    name = Path(urllib.request.urlparse(url).path).name or "source.tar"
+    dest_dir = cache / "downloads"
+    dest = dest_dir / f"{sha256}-{name}"
+    with _locked(dest_dir / f"{sha256}.lock", f"downloading {url}", log):
+        if dest.exists():
+            if _tarball_sha256(dest, cache) == sha256:
+                return dest
+            dest.unlink()
+        log(f"downloading {url}")
+        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{sha256}-")
+        tmp = Path(tmp_name)
+        h = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise KernelBuildError(f"kernel source {url}: download failed: {e}") from e
+        got = h.hexdigest()
+        if got != sha256:
+            tmp.unlink(missing_ok=True)
+            raise KernelBuildError(
+                f"kernel source {url}: sha256 mismatch\n"
+                f"  expected {sha256}\n  got      {got}\n"
+                "the downloaded file was removed; check the URL and the sha256 in the matrix"
+            )
+        os.replace(tmp, dest)
+    return dest
+
+
+def _makefile_version(tree: Path) -> str:
+    """``VERSION.PATCHLEVEL.SUBLEVEL EXTRAVERSION`` from a tree's Makefile."""
+    fields: dict[str, str] = {}
+    try:
+        text = (tree / "Makefile").read_text(errors="replace")
+    except OSError as e:
+        raise KernelBuildError(f"{tree} is not a kernel tree (no Makefile): {e}") from e
+    for line in text.splitlines()[:20]:
+        m = re.match(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=\s*(.*)$", line)
+        if m:
+            fields[m.group(1)] = m.group(2).strip()
+    return "{}.{}.{}{}".format(
+        fields.get("VERSION", "?"),
+        fields.get("PATCHLEVEL", "?"),
+        fields.get("SUBLEVEL", "?"),
+        fields.get("EXTRAVERSION", ""),
+    )
+
+
+def tree_source_id(tree: Path) -> str:
+    """Identify a kernel tree given as a directory.
+
+    A git tree is its HEAD commit; a dirty one additionally gets a hash of
+    ``git diff HEAD`` so different local edits don't share a cache entry
+    (untracked files are not seen). A tree that is not the top of a git
+    repository can only be identified by its Makefile version and its
+    path: edits inside it are NOT detected, so change the path (or use a
+    tarball or git) when changing such a tree.
+    """
+    tree = tree.resolve()
+    top = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--show-toplevel"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if top.returncode == 0 and Path(top.stdout.strip()).resolve() == tree:
+        head = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        if not status.strip():
+            return f"git:{head}"
+        diff = subprocess.run(
+            ["git", "-C", str(tree), "diff", "HEAD", "--binary"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        return f"git:{head}-dirty-{hashlib.sha256(diff).hexdigest()[:16]}"
+    return "tree:" + _sha256_parts(_makefile_version(tree), str(tree))
+
+
+def resolve_source(source: str | dict, cache: Path, log: Log = print) -> ResolvedSource:
+    """Turn the matrix's ``kernel.source`` into a path and a source id.
+
+    ``"debian"`` is the packaged ``linux-source-6.1`` tarball; a string is a
+    path to a tarball or to a kernel tree; a dict is ``{"url", "sha256"}``,
+    downloaded once into the cache. Relative paths are taken relative to the
+    current directory (matrix.py resolves them against the matrix file).
+    """
+    if isinstance(source, dict):
+        url, sha = source.get("url"), source.get("sha256")
+        if not isinstance(url, str) or not isinstance(sha, str):
+            raise KernelBuildError(
+                f"kernel source {source!r}: a URL source needs both 'url' and 'sha256'"
+            )
+        tarball = download_source(url, sha, cache, log)
+        return ResolvedSource("tarball", tarball, sha.lower().strip())
+    if not isinstance(source, str):
+        raise KernelBuildError(f"kernel source must be a string or a mapping, got {source!r}")
+    path = paths.DEBIAN_KERNEL_TARBALL if source == "debian" else Path(source).expanduser()
+    if path.is_dir():
+        return ResolvedSource("tree", path.resolve(), tree_source_id(path))
+    if path.is_file():
+        return ResolvedSource("tarball", path.resolve(), _tarball_sha256(path, cache))
+    hint = " (apt-get install linux-source-6.1)" if source == "debian" else ""
+    raise KernelBuildError(f"kernel source {source!r}: {path} does not exist{hint}")
+
+
+# --------------------------------------------------------------------------
+# 2. prepared tree: KML sources and the patch series
+
+
+def _is_kml_source(rel: Path) -> bool:
+    """Whether a file under kernel/kml/ is a source (copied and hashed).
+
+    Build products or editor files left in kernel/kml/ must not change
+    the cache key, nor end up in the kernel tree.
+    """
+    if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+        return False
+    junk = (".o", ".ko", ".a", ".so", ".mod", ".mod.c", ".order", ".symvers", ".pyc", "~")
+    return not rel.name.endswith(junk)
+
+
+def kml_source_files(kml_dir: Path) -> list[Path]:
+    """KML source files, relative to ``kml_dir``, in a stable order."""
+    if not kml_dir.is_dir():
+        return []
+    files = [p.relative_to(kml_dir) for p in kml_dir.rglob("*") if p.is_file()]
+    return sorted(p for p in files if _is_kml_source(p))
+
+
+def kml_sources_hash(kml_dir: Path) -> str:
+    """Hash of the KML sources (names and contents); constant if absent."""
+    parts = ["kml"]
+    for rel in kml_source_files(kml_dir):
+        parts += [str(rel), _sha256_file(kml_dir / rel)]
+    return _sha256_parts(*parts)
+
+
+def patch_series(patches_dir: Path) -> list[Path]:
+    """The ordered patches: from a quilt-style ``series`` file if present.
+
+    Without a series file, every ``*.patch`` in name order (hence the
+    ``0001-`` prefixes). In a series file, blank lines and ``#`` comments
+    are ignored and only the first word of a line (the patch name) is used.
+    """
+    if not patches_dir.is_dir():
+        return []
+    series = patches_dir / "series"
+    if not series.exists():
+        return sorted(patches_dir.glob("*.patch"))
+    result = []
+    for n, raw in enumerate(series.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        patch = patches_dir / line.split()[0]
+        if not patch.is_file():
+            raise KernelBuildError(f"{series}:{n}: patch {patch.name} does not exist")
+        result.append(patch)
+    return result
+
+
+def unlisted_patches(patches_dir: Path) -> list[Path]:
+    """``*.patch`` files a ``series`` file leaves out (they are NOT applied).
+
+    Worth a warning: with a series file, dropping a new patch into the
+    directory is not enough, and forgetting to list it is easy.
+    """
+    if not (patches_dir / "series").exists():
+        return []
+    listed = set(patch_series(patches_dir))
+    return [p for p in sorted(patches_dir.glob("*.patch")) if p not in listed]
+
+
+def patch_series_hash(patches: Sequence[Path]) -> str:
+    """Hash of the series: order, names and contents of every patch."""
+    parts = ["patches"]
+    for p in patches:
+        parts += [p.name, _sha256_file(p)]
+    return _sha256_parts(*parts)
+
+
+def install_kml(tree: Path, kml_dir: Path, log: Log) -> None:
+    """Copy kernel/kml/ (the single source of truth) into ``lib/kml/``."""
+    files = kml_source_files(kml_dir)
+    if not files:
+        log(f"no KML sources in {kml_dir}; building without KML")
+        return
+    dest = tree / "lib" / "kml"
+    if dest.exists():
+        raise KernelBuildError(f"{dest} already exists in the source; refusing to overwrite it")
+    for rel in files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(kml_dir / rel, dest / rel)
+    log(f"copied {len(files)} KML source files to lib/kml/")
+
+
+def apply_patches(tree: Path, patches: Sequence[Path], log: Log) -> None:
+    """Apply the series in order with ``patch -p1 --forward --batch``.
+
+    ``--forward`` makes an already-applied patch an error instead of
+    silently reverting it. On failure the error names the patch and shows
+    the rejected hunks (from the ``.rej`` files), which is what one needs
+    to rebase it.
+    """
+    for p in patches:
+        log(f"applying {p.name}")
+        before = set(tree.rglob("*.rej"))
+        proc = subprocess.run(
+            [
+                "patch",
+                "-p1",
+                "--forward",
+                "--batch",
+                "--no-backup-if-mismatch",
+                "-d",
+                str(tree),
+                "-i",
+                str(p.resolve()),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            check=False,
+        )
+        for line in proc.stdout.splitlines():
+            log("  " + line)
+        if proc.returncode == 0:
+            continue
+        rejects = []
+        for rej in sorted(set(tree.rglob("*.rej")) - before):
+            text = rej.read_text(errors="replace")
+            rejects.append(f"--- {rej.relative_to(tree)}\n{text.rstrip()}")
+        msg = f"patch {p.name} does not apply ({p}):\n{proc.stdout.rstrip()}"
+        if rejects:
+            msg += "\nrejected hunk(s):\n" + "\n".join(rejects)
+        raise PatchError(p, msg)
+
+
+def _copy_tree(src: Path, dest: Path, log: Log) -> None:
+    """Copy a kernel tree given as a directory, without its build products.
+
+    The copy gets KML and the patches, so the user's tree is never modified.
+    An in-tree configured/built tree is made clean with ``make mrproper``,
+    as kbuild refuses ``O=`` builds from a dirty source tree.
+    """
+    ignore = shutil.ignore_patterns(
+        ".git", "*.o", "*.ko", "*.a", "*.cmd", "*.mod", "*.mod.c", "*.order", ".tmp_*"
+    )
+    log(f"copying {src}")
+    shutil.copytree(src, dest, symlinks=True, ignore=ignore)
+    configured = (
+        (dest / ".config").exists()
+        or (dest / "include" / "config").exists()
+        or any((dest / "arch").glob("*/include/generated"))
+    )
+    if configured:
+        _run(["make", "mrproper"], dest, log, f"make mrproper in the copy of {src}")
+
+
+def _extract(tarball: Path, into: Path, log: Log) -> Path:
+    """Extract a tarball; return the tree root (its single top directory)."""
+    log(f"extracting {tarball}")
+    _run(["tar", "-xf", str(tarball), "--no-same-owner", "-C", str(into)], into, log, "tar")
+    entries = list(into.iterdir())
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return into
+
+
+def prepared_tree_key(source_id: str, kml_hash: str, series_hash: str) -> str:
+    """Key of a prepared tree: what it was extracted from and what went in."""
+    return _sha256_parts(_CACHE_VERSION, "src", source_id, kml_hash, series_hash)
+
+
+def prepare_tree(
+    src: ResolvedSource,
+    cache: Path,
+    log: Log = print,
+    *,
+    kml_dir: Path = paths.KML_SRC_DIR,
+    patches_dir: Path = paths.PATCHES_DIR,
+) -> Path:
+    """The source with KML and the patches in, at ``cache/src/<key>/``.
+
+    Work happens in a temp dir next to the final one and is renamed into
+    place only when complete, so an interrupted extraction or a failed
+    patch never leaves a half tree that looks ready. A lock per key makes
+    concurrent kmlbench processes wait for each other instead of racing.
+    """
+    patches = patch_series(patches_dir)
+    key = prepared_tree_key(src.source_id, kml_sources_hash(kml_dir), patch_series_hash(patches))
+    src_root = cache / "src"
+    final = src_root / key
+    with _locked(src_root / f"{key}.lock", "preparing the kernel tree", log):
+        if (final / _PREPARED_STAMP).exists():
+            return final
+        if final.exists():  # not ours: no stamp, so not complete
+            shutil.rmtree(final)
+        for stale in src_root.glob(f".tmp-{key}-*"):  # left by a killed process
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=src_root, prefix=f".tmp-{key}-"))
+        try:
+            if src.kind == "tarball":
+                root = _extract(src.path, tmp, log)
+            else:
+                root = tmp / "linux"
+                _copy_tree(src.path, root, log)
+            install_kml(root, kml_dir, log)
+            apply_patches(root, patches, log)
+            stamp = {
+                "source_id": src.source_id,
+                "source": str(src.path),
+                "kml_dir": str(kml_dir),
+                "patches": [p.name for p in patches],
+                "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            (root / _PREPARED_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+            os.rename(root, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"prepared tree: {final}")
+    return final
+
+
+# --------------------------------------------------------------------------
+# 3. config
+
+
+def parse_config_lines(text: str) -> dict[str, tuple[str, int]]:
+    """``{symbol: (normalized line, line number)}`` of a .config or fragment.
+
+    ``CONFIG_X=n`` is normalized to ``# CONFIG_X is not set`` (what Kconfig
+    writes); later lines win, as they do in merge_config.sh.
+    """
+    result: dict[str, tuple[str, int]] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        m = _SET_RE.match(line)
+        if m:
+            sym, val = m.groups()
+            norm = f"# {sym} is not set" if val == "n" else f"{sym}={val}"
+            result[sym] = (norm, n)
+            continue
+        m = _UNSET_RE.match(line)
+        if m:
+            result[m.group(1)] = (f"# {m.group(1)} is not set", n)
+    return result
+
+
+def check_config(final_config: str, fragments: Sequence[Path]) -> list[ConfigMiss]:
+    """Requested options that the final .config does not have as asked.
+
+    Each symbol is checked against the last fragment that mentions it (the
+    one merge_config.sh let win). ``# CONFIG_X is not set`` is satisfied
+    by the symbol being absent too: a symbol hidden by an unmet dependency
+    is, in effect, not set.
+    """
+    requested: dict[str, tuple[str, Path, int]] = {}
+    for frag in fragments:
+        for sym, (line, n) in parse_config_lines(frag.read_text()).items():
+            requested[sym] = (line, frag, n)
+    final = {sym: line for sym, (line, _) in parse_config_lines(final_config).items()}
+    misses = []
+    for sym, (want, frag, n) in requested.items():
+        have = final.get(sym, "")
+        # "is not set" is also met by an absent (hidden) symbol.
+        ok = have in ("", want) if want.startswith("#") else have == want
+        if not ok:
+            misses.append(ConfigMiss(sym, want, have, frag, n))
+    return misses
+
+
+def _kconfig_hints(tree: Path, symbols: set[str]) -> dict[str, str]:
+    """Where each symbol is defined and what it depends on, for error messages.
+
+    Only a hint (enclosing ``if``/``menu`` dependencies are not followed),
+    but it turns "CONFIG_X was dropped" into "CONFIG_X depends on Y".
+    """
+    names = {s.removeprefix("CONFIG_") for s in symbols}
+    hints: dict[str, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for fn in filenames:
+            if not fn.startswith("Kconfig"):
+                continue
+            path = Path(dirpath) / fn
+            current: str | None = None
+            for line in path.read_text(errors="replace").splitlines():
+                m = re.match(r"^\s*(?:menu)?config\s+(\w+)\s*$", line)
+                if m:
+                    current = m.group(1) if m.group(1) in names else None
+                    if current:
+                        hints.setdefault(current, []).append(f"defined in {path.relative_to(tree)}")
+                    continue
+                if re.match(r"^\s*(choice|endchoice|menu|endmenu|if|endif|source|comment)\b", line):
+                    current = None
+                    continue
+                dep = re.match(r"^\s*depends on\s+(.*)$", line)
+                if current and dep:
+                    hints[current].append(f"depends on {dep.group(1).strip()}")
+    return {f"CONFIG_{name}": "; ".join(h) for name, h in hints.items()}
+
+
+def format_config_misses(misses: Sequence[ConfigMiss], tree: Path | None = None) -> str:
+    """One line per dropped option: what was asked, where, what came out."""
+    hints = _kconfig_hints(tree, {m.symbol for m in misses}) if tree else {}
+    lines = [f"{len(misses)} requested config option(s) did not survive olddefconfig:"]
+    for m in misses:
+        got = f"final .config has '{m.actual}'" if m.actual else "absent from the final .config"
+        hint = hints.get(m.symbol)
+        if tree is not None and hint is None:
+            hint = "no such symbol in this kernel's Kconfig"
+        lines.append(
+            f"  {m.requested}  ({m.fragment}:{m.line}): {got}" + (f" [{hint}]" if hint else "")
+        )
+    lines.append("Enable the missing dependencies in the same fragment, or drop the option.")
+    return "\n".join(lines)
+
+
+def config_hash(config_text: str) -> str:
+    """sha256 of a .config without its comments and blank lines.
+
+    ``# CONFIG_X is not set`` lines are kept (they are settings); the header
+    comments carry the kernel version and sometimes a timestamp, which
+    must not make identical configs hash differently.
+    """
+    keep = [
+        line.strip()
+        for line in config_text.splitlines()
+        if line.strip() and (not line.startswith("#") or _UNSET_RE.match(line.strip()))
+    ]
+    return hashlib.sha256(("\n".join(keep) + "\n").encode()).hexdigest()
+
+
+def config_fragments(
+    req_fragments: Sequence[Path], configs_dir: Path = paths.CONFIGS_DIR
+) -> list[Path]:
+    """base.config, kml.config (if present), then the request's fragments.
+
+    A request fragment that is a bare relative name not found from the
+    current directory is looked up in ``kernel/configs/``.
+    """
+    result = [configs_dir / "base.config"]
+    if (configs_dir / "kml.config").exists():
+        result.append(configs_dir / "kml.config")
+    for frag in req_fragments:
+        frag = Path(frag)
+        if not frag.is_absolute() and not frag.exists() and (configs_dir / frag).exists():
+            frag = configs_dir / frag
+        result.append(frag)
+    for frag in result:
+        if not frag.is_file():
+            raise KernelBuildError(f"config fragment {frag} does not exist")
+    return [f.resolve() for f in result]
+
+
+def configure(tree: Path, build_dir: Path, fragments: Sequence[Path], log: Log = print) -> str:
+    """Write the final .config into ``build_dir``; return its text.
+
+    tinyconfig first (so that only what the fragments ask for is built:
+    a small kernel compiles in minutes), then the fragments merged in
+    order, then olddefconfig to resolve dependencies, then the survival
+    check, since olddefconfig silently drops what it cannot satisfy.
+    """
+    build_dir.mkdir(parents=True, exist_ok=True)
+    _run(["make", f"O={build_dir}", "tinyconfig"], tree, log, "make tinyconfig")
+    merge = tree / "scripts" / "kconfig" / "merge_config.sh"
+    # cwd=build_dir: merge_config.sh puts its temp files in the current dir.
+    cmd = [merge, "-m", "-O", build_dir, build_dir / ".config", *fragments]
+    _run(cmd, build_dir, log, "merge_config.sh")
+    _run(["make", f"O={build_dir}", "olddefconfig"], tree, log, "make olddefconfig")
+    text = (build_dir / ".config").read_text()
+    misses = check_config(text, fragments)
+    if misses:
+        raise ConfigError(format_config_misses(misses, tree), misses)
+    return text
+
+
+# --------------------------------------------------------------------------
+# 4. build
+
+
+def build_key(source_id: str, series_hash: str, kml_hash: str, cfg_hash: str, compiler: str) -> str:
+    """Everything that determines the kernel binary, hashed."""
+    return _sha256_parts(_CACHE_VERSION, source_id, series_hash, kml_hash, cfg_hash, compiler)
+
+
+_ERROR_RE = re.compile(r"error:|Error:|undefined reference|fatal error|No rule to make target")
+
+
+def error_summary(log_text: str, limit: int = 20) -> str:
+    """The last ``limit`` lines around compiler/linker errors in a build log.
+
+    With ``-j`` make keeps going after the first error and buries it under
+    other output; the ``error:`` lines and their neighbours are what tell
+    the user what broke. Falls back to make's ``***`` lines, then the tail.
+    """
+    lines = log_text.splitlines()
+    hits = [i for i, line in enumerate(lines) if _ERROR_RE.search(line)]
+    if not hits:
+        hits = [i for i, line in enumerate(lines) if "***" in line]
+    if not hits:
+        return "\n".join(lines[-limit:])
+    chosen: list[int] = []
+    for i in hits:
+        for j in range(max(0, i - 2), min(len(lines), i + 3)):
+            if not chosen or j > chosen[-1]:
+                chosen.append(j)
+    return "\n".join(lines[j] for j in chosen[-limit:])
+
+
+def _wants_modules(config_text: str) -> bool:
+    """``make modules`` only makes sense with CONFIG_MODULES=y and some =m."""
+    cfg = parse_config_lines(config_text)
+    if cfg.get("CONFIG_MODULES", ("",))[0] != "CONFIG_MODULES=y":
+        return False
+    return any(line.endswith("=m") for line, _ in cfg.values())
+
+
+def collect_modules(build_dir: Path) -> dict[str, Path]:
+    """``{module name: path}`` of every ``.ko`` in the build dir."""
+    return {p.stem: p for p in sorted(build_dir.rglob("*.ko"))}
+
+
+def compile_kernel(
+    tree: Path, build_dir: Path, build_log: Path, log_files: Sequence[Path], jobs: int, log: Log
+) -> None:
+    """``make bzImage [modules]``, output streamed into every log file."""
+    targets = ["bzImage"]
+    if _wants_modules((build_dir / ".config").read_text()):
+        targets.append("modules")
+    argv = ["make", f"O={build_dir}", f"-j{jobs}", *targets]
+    log("$ " + " ".join(argv) + f"  (output: {build_log})")
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(p.open("a")) for p in log_files]
+        for out in outs:
+            out.write("$ " + " ".join(argv) + "\n")
+        proc = subprocess.Popen(
+            argv,
+            cwd=tree,
+            env=_make_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            for out in outs:
+                out.write(line)
+        rc = proc.wait()
+    elapsed = time.monotonic() - started
+    if rc != 0:
+        summary = error_summary(build_log.read_text(errors="replace"))
+        raise KernelBuildError(
+            f"kernel build failed (make exit {rc} after {elapsed:.0f}s):\n{summary}", build_log
+        )
+    log(f"kernel built in {elapsed:.0f}s")
+
+
+def _read_stamp(build_dir: Path) -> dict | None:
+    """The completed-build stamp, if the build dir holds a finished build."""
+    try:
+        stamp = json.loads((build_dir / _BUILD_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (build_dir / "arch" / "x86" / "boot" / "bzImage").is_file():
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def _config_memo_key(
+    prep_key: str, fragments: Sequence[Path], compiler: str, toolchain: str
+) -> str:
+    parts = [_CACHE_VERSION, "config", prep_key, compiler, toolchain]
+    for f in fragments:
+        parts += [str(f), _sha256_file(f)]
+    return _sha256_parts(*parts)
+
+
+def _toolchain_fingerprint() -> str:
+    """Versions of the tools Kconfig probes besides gcc (ld, pahole, rustc).
+
+    6.1's Kconfig records LD_VERSION, PAHOLE_VERSION and Rust availability
+    in .config, so a memoized config is only valid for the same tools.
+    """
+    lines = []
+    for tool in (["ld", "--version"], ["pahole", "--version"], ["rustc", "--version"]):
+        try:
+            out = subprocess.run(tool, capture_output=True, text=True, check=False).stdout
+        except OSError:
+            out = ""
+        lines.append(out.splitlines()[0] if out else f"{tool[0]}: none")
+    return "\n".join(lines)
+
+
+def build_kernel(
+    req: KernelRequest,
+    cache: Path,
+    log_dir: Path,
+    *,
+    progress: Log | None = _print_progress,
+    jobs: int | None = None,
+    kml_dir: Path = paths.KML_SRC_DIR,
+    patches_dir: Path = paths.PATCHES_DIR,
+    configs_dir: Path = paths.CONFIGS_DIR,
+) -> KernelBuild:
+    """Build the kernel for ``req``, or return the cached build.
+
+    Everything goes to ``log_dir/kernel-<request hash>.log``; ``progress``
+    gets the few lines a person waiting at a terminal wants (stderr by
+    default, None for silence).
+
+    A cache hit is decided before anything is extracted or configured:
+    the final .config of an earlier identical request (same prepared tree,
+    fragments and toolchain) is memoized in ``cache/configs/``, so a warm
+    run only hashes a few small files. On a miss the tree is prepared,
+    configured in a scratch dir (the build key depends on the final
+    .config, so the build dir's name is only known afterwards), and built
+    in ``cache/builds/<build_key>/`` under a lock.
+    """
+    cache = Path(cache)
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    fragments = config_fragments(req.fragments, configs_dir)
+    req_id = _sha256_parts(json.dumps(req.source, sort_keys=True), *map(str, fragments))[:12]
+    log_path = log_dir / f"kernel-{req_id}.log"
+    log_path.write_text("")
+
+    def _log(msg: str) -> None:
+        with log_path.open("a") as f:
+            f.write(msg + "\n")
+
+    def _note(msg: str) -> None:
+        _log(msg)
+        if progress is not None:
+            progress(msg)
+
+    try:
+        return _build_kernel(
+            req,
+            cache,
+            log_path,
+            fragments,
+            _log,
+            _note,
+            jobs or _default_jobs(),
+            kml_dir,
+            patches_dir,
+        )
+    except KernelBuildError as e:
+        _log(f"ERROR: {e}")
+        if e.log_path is None:
+            raise KernelBuildError(str(e), log_path) from e
+        raise
+
+
+def _build_kernel(
+    req: KernelRequest,
+    cache: Path,
+    log_path: Path,
+    fragments: list[Path],
+    log: Log,
+    note: Log,
+    jobs: int,
+    kml_dir: Path,
+    patches_dir: Path,
+) -> KernelBuild:
+    src = resolve_source(req.source, cache, note)
+    log(f"source: {src.path} ({src.source_id})")
+    compiler = compiler_version()
+    kml_hash = kml_sources_hash(kml_dir)
+    series_hash = patch_series_hash(patch_series(patches_dir))
+    for p in unlisted_patches(patches_dir):
+        note(f"warning: {p.name} is not listed in {patches_dir / 'series'}; not applied")
+    prep_key = prepared_tree_key(src.source_id, kml_hash, series_hash)
+    memo = (
+        cache
+        / "configs"
+        / _config_memo_key(prep_key, fragments, compiler, _toolchain_fingerprint())
+    )
+    builds = cache / "builds"
+
+    def result(
+        build_dir: Path, compiled: bool, key: str, cfg_hash: str, stamp: dict | None = None
+    ) -> KernelBuild:
+        # On a hit the stamp lists the modules: no walk of the build dir.
+        listed = (stamp or {}).get("modules")
+        if isinstance(listed, dict):
+            modules = {name: build_dir / rel for name, rel in listed.items()}
+        else:
+            modules = collect_modules(build_dir)
+        return KernelBuild(
+            bzimage=build_dir / "arch" / "x86" / "boot" / "bzImage",
+            build_dir=build_dir,
+            config_path=build_dir / ".config",
+            log_path=log_path,
+            build_key=key,
+            source_id=src.source_id,
+            patch_series_hash=series_hash,
+            config_hash=cfg_hash,
+            compiler=compiler,
+            compiled=compiled,
+            modules=modules,
+        )
+
+    # Fast path: an identical request was configured and built before.
+    if memo.is_file():
+        cfg_hash = config_hash(memo.read_text())
+        key = build_key(src.source_id, series_hash, kml_hash, cfg_hash, compiler)
+        build_dir = builds / key
+        stamp = _read_stamp(build_dir)
+        if stamp and stamp.get("config_hash") == cfg_hash:
+            note(f"cache hit: {build_dir} (compile log: {build_dir / _BUILD_LOG})")
+            return result(build_dir, False, key, cfg_hash, stamp)
+
+    tree = prepare_tree(src, cache, note, kml_dir=kml_dir, patches_dir=patches_dir)
+    note(f"configuring ({', '.join(f.name for f in fragments)}); log: {log_path}")
+    builds.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=builds, prefix=".config-"))
+    try:
+        config_text = configure(tree, scratch, fragments, log)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    cfg_hash = config_hash(config_text)
+    _atomic_write(memo, config_text)
+    key = build_key(src.source_id, series_hash, kml_hash, cfg_hash, compiler)
+    build_dir = builds / key
+    log(f"config hash {cfg_hash[:16]}, build key {key[:16]}")
+
+    with _locked(builds / f"{key}.lock", "building this kernel", note):
+        stamp = _read_stamp(build_dir)
+        if stamp and stamp.get("config_hash") == cfg_hash:
+            note(f"cache hit: {build_dir} (compile log: {build_dir / _BUILD_LOG})")
+            return result(build_dir, False, key, cfg_hash, stamp)
+        # A dir without a stamp is an earlier failed or interrupted build of
+        # the same key: let make continue it incrementally.
+        build_dir.mkdir(parents=True, exist_ok=True)
+        (build_dir / _BUILD_STAMP).unlink(missing_ok=True)
+        cfg_path = build_dir / ".config"
+        if not cfg_path.exists() or cfg_path.read_text() != config_text:
+            cfg_path.write_text(config_text)
+        _run(["make", f"O={build_dir}", "olddefconfig"], tree, log, "make olddefconfig")
+        if config_hash((build_dir / ".config").read_text()) != cfg_hash:
+            raise KernelBuildError(
+                f"{build_dir}/.config changed under olddefconfig; the config step is not stable"
+            )
+        compile_kernel(
+            tree, build_dir, build_dir / _BUILD_LOG, [build_dir / _BUILD_LOG, log_path], jobs, note
+        )
+        build = result(build_dir, True, key, cfg_hash)
+        if not build.bzimage.is_file():
+            raise KernelBuildError(f"make succeeded but {build.bzimage} is missing", log_path)
+        if config_hash(build.config_path.read_text()) != cfg_hash:
+            raise KernelBuildError(f"{build.config_path} changed during the build", log_path)
+        stamp = {
+            "build_key": key,
+            "source_id": src.source_id,
+            "source": str(src.path),
+            "patch_series_hash": series_hash,
+            "kml_sources_hash": kml_hash,
+            "config_hash": cfg_hash,
+            "compiler": compiler,
+            "fragments": [str(f) for f in fragments],
+            "modules": {n: str(p.relative_to(build_dir)) for n, p in build.modules.items()},
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _atomic_write(build_dir / _BUILD_STAMP, json.dumps(stamp, indent=1) + "\n")
+    return build

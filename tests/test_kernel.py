@@ -1,0 +1,532 @@
+"""Tests for kmlbench.kernel: sources, prepared trees, config checks, builds.
+
+The fast tests use small fake trees and tarballs (patching, downloads,
+locking) or run only Kconfig on the real Debian source (seconds). The one
+``kernel``-marked test builds a real kernel; with ``KMLBENCH_CACHE`` set it
+shares its cache with other test sessions and CI, so only the first one
+pays for the compile.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import subprocess
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kmlbench import kernel, paths
+from kmlbench.kernel import (
+    ConfigError,
+    KernelBuild,
+    KernelBuildError,
+    KernelRequest,
+    PatchError,
+    ResolvedSource,
+)
+
+# --------------------------------------------------------------------------
+# helpers: a fake kernel tree, tarballs, patches
+
+
+FAKE_FILES = {
+    "Makefile": "VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 99\nEXTRAVERSION = -fake\n",
+    "lib/Makefile": "obj-y += a.o\nobj-y += b.o\nobj-y += c.o\n",
+    "lib/Kconfig": 'menu "Library routines"\n\nconfig A\n\tbool\n\nendmenu\n',
+}
+
+
+def make_tree(root: Path, files: dict[str, str] = FAKE_FILES) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def make_tarball(tmp_path: Path, name: str = "linux-fake.tar.gz") -> Path:
+    """A tarball with one top directory, like kernel.org's and Debian's."""
+    tree = make_tree(tmp_path / "tarball-src" / "linux-fake")
+    tarball = tmp_path / name
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tree, arcname="linux-fake")
+    return tarball
+
+
+def make_patch(rel: str, old: str, new: str) -> str:
+    """A real unified diff (``diff -u``) turning ``old`` into ``new`` in ``rel``."""
+    with tempfile.TemporaryDirectory() as d:
+        a, b = Path(d) / "a", Path(d) / "b"
+        a.write_text(old)
+        b.write_text(new)
+        proc = subprocess.run(
+            ["diff", "-u", "--label", f"a/{rel}", "--label", f"b/{rel}", str(a), str(b)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert proc.returncode == 1, proc.stderr
+    return proc.stdout
+
+
+GOOD_PATCH = make_patch(
+    "lib/Makefile",
+    FAKE_FILES["lib/Makefile"],
+    FAKE_FILES["lib/Makefile"] + "obj-$(CONFIG_KML) += kml/\n",
+)
+# Written against a lib/Kconfig that is not the one in the tree: no fuzz saves it.
+BAD_PATCH = make_patch(
+    "lib/Kconfig",
+    'menu "Other"\n\nconfig ZZZ\n\tdef_bool y\n\tselect FOO\n\nendmenu\n',
+    'menu "Other"\n\nconfig ZZZ\n\tdef_bool n\n\tselect FOO\n\n'
+    'source "lib/kml/Kconfig"\n\nendmenu\n',
+)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def tarball_source(tarball: Path) -> ResolvedSource:
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    return ResolvedSource("tarball", tarball, digest)
+
+
+def completed_entries(src_root: Path) -> list[str]:
+    """Prepared trees in cache/src (not temp dirs, locks or the hash memo)."""
+    if not src_root.exists():
+        return []
+    return sorted(p.name for p in src_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------
+# sources
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A directory served over HTTP on 127.0.0.1; yields (dir, base URL)."""
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_url_source_with_good_sha256_is_downloaded_once(tmp_path, http_dir):
+    served, base = http_dir
+    tarball = make_tarball(served)
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    src = kernel.resolve_source({"url": f"{base}/{tarball.name}", "sha256": digest}, cache, quiet)
+    assert src.kind == "tarball"
+    assert src.source_id == digest
+    assert src.path.parent == cache / "downloads"
+    assert src.path.read_bytes() == tarball.read_bytes()
+    # The second resolve is served from the cache: no network needed.
+    tarball.unlink()
+    again = kernel.resolve_source({"url": f"{base}/{tarball.name}", "sha256": digest}, cache, quiet)
+    assert again == src
+
+
+def test_url_source_with_bad_sha256_fails_and_leaves_nothing(tmp_path, http_dir):
+    served, base = http_dir
+    tarball = make_tarball(served)
+    good = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    bad = "0" * 64
+    cache = tmp_path / "cache"
+    with pytest.raises(KernelBuildError) as exc:
+        kernel.resolve_source({"url": f"{base}/{tarball.name}", "sha256": bad}, cache, quiet)
+    msg = str(exc.value)
+    assert "sha256 mismatch" in msg
+    assert bad in msg and good in msg
+    assert tarball.name in msg
+    leftovers = [p.name for p in (cache / "downloads").iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == []
+
+
+def test_url_source_needs_a_sha256(tmp_path):
+    with pytest.raises(KernelBuildError, match="sha256"):
+        kernel.resolve_source({"url": "https://cdn.kernel.org/x.tar.xz"}, tmp_path, quiet)
+
+
+def test_tarball_source_id_is_its_sha256_and_memoized(tmp_path):
+    tarball = make_tarball(tmp_path)
+    cache = tmp_path / "cache"
+    src = kernel.resolve_source(str(tarball), cache, quiet)
+    assert src.source_id == hashlib.sha256(tarball.read_bytes()).hexdigest()
+    assert str(tarball.resolve()) in (cache / "src" / "tarball-sha256.json").read_text()
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(KernelBuildError, match="does not exist"):
+        kernel.resolve_source(str(tmp_path / "nope.tar.xz"), tmp_path, quiet)
+
+
+def _git(tree: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
+    return subprocess.run(
+        ["git", "-C", str(tree), *args], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
+
+
+def test_git_tree_source_id_is_head_plus_dirty_flag(tmp_path):
+    tree = make_tree(tmp_path / "linux")
+    _git(tree, "init", "-q")
+    _git(tree, "add", ".")
+    _git(tree, "commit", "-q", "-m", "base")
+    head = _git(tree, "rev-parse", "HEAD")
+    assert kernel.tree_source_id(tree) == f"git:{head}"
+    (tree / "lib" / "Makefile").write_text("obj-y += edited.o\n")
+    dirty1 = kernel.tree_source_id(tree)
+    assert dirty1.startswith(f"git:{head}-dirty-")
+    (tree / "lib" / "Makefile").write_text("obj-y += edited-differently.o\n")
+    assert kernel.tree_source_id(tree) not in (dirty1, f"git:{head}")
+
+
+def test_plain_tree_source_id_uses_version_and_path(tmp_path):
+    a = make_tree(tmp_path / "a")
+    b = make_tree(tmp_path / "b")
+    assert kernel.tree_source_id(a).startswith("tree:")
+    assert kernel.tree_source_id(a) == kernel.tree_source_id(a)
+    assert kernel.tree_source_id(a) != kernel.tree_source_id(b)
+
+
+# --------------------------------------------------------------------------
+# prepared trees: KML and patches
+
+
+def test_prepare_places_kml_and_applies_series(tmp_path):
+    cache = tmp_path / "cache"
+    kml = tmp_path / "kml"
+    make_tree(kml, {"Kconfig": "config KML\n\ttristate\n", "Makefile": "obj-y += x.o\n"})
+    (kml / "x.o").write_text("build product: not a source")
+    (kml / ".x.o.cmd").write_text("hidden: not a source")
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "0001-lib-hook-kml.patch").write_text(GOOD_PATCH)
+    src = tarball_source(make_tarball(tmp_path))
+
+    tree = kernel.prepare_tree(src, cache, quiet, kml_dir=kml, patches_dir=patches)
+
+    assert tree.parent == cache / "src"
+    assert sorted(p.name for p in (tree / "lib" / "kml").iterdir()) == ["Kconfig", "Makefile"]
+    assert (tree / "lib" / "Makefile").read_text().endswith("obj-$(CONFIG_KML) += kml/\n")
+    assert not list(tree.rglob("*.orig")) and not list(tree.rglob("*.rej"))
+    stamp = tree / ".kmlbench-prepared"
+    mtime = stamp.stat().st_mtime_ns
+    # Same inputs: the same tree, not redone.
+    assert kernel.prepare_tree(src, cache, quiet, kml_dir=kml, patches_dir=patches) == tree
+    assert stamp.stat().st_mtime_ns == mtime
+    # A KML edit is a different tree.
+    (kml / "Makefile").write_text("obj-y += y.o\n")
+    other = kernel.prepare_tree(src, cache, quiet, kml_dir=kml, patches_dir=patches)
+    assert other != tree
+    assert (other / "lib" / "kml" / "Makefile").read_text() == "obj-y += y.o\n"
+
+
+def test_patch_that_does_not_apply_names_patch_and_hunk(tmp_path):
+    cache = tmp_path / "cache"
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "0001-lib-hook-kml.patch").write_text(GOOD_PATCH)
+    (patches / "0002-kconfig-source-kml.patch").write_text(BAD_PATCH)
+    src = tarball_source(make_tarball(tmp_path))
+
+    with pytest.raises(PatchError) as exc:
+        kernel.prepare_tree(src, cache, quiet, kml_dir=tmp_path / "none", patches_dir=patches)
+
+    msg = str(exc.value)
+    assert exc.value.patch.name == "0002-kconfig-source-kml.patch"
+    assert "0002-kconfig-source-kml.patch" in msg
+    assert "0001-lib-hook-kml.patch" not in msg
+    assert "rejected hunk" in msg
+    assert '+source "lib/kml/Kconfig"' in msg  # the hunk itself, from the .rej
+    assert "lib/Kconfig.rej" in msg
+    # Nothing that looks like a prepared tree, and no temp dir left behind.
+    assert completed_entries(cache / "src") == []
+    assert not list((cache / "src").glob(".tmp-*"))
+
+
+def test_already_applied_patch_is_an_error_not_a_revert(tmp_path):
+    tree = make_tree(tmp_path / "tree")
+    patch = tmp_path / "0001-lib-hook-kml.patch"
+    patch.write_text(GOOD_PATCH)
+    kernel.apply_patches(tree, [patch], quiet)
+    with pytest.raises(PatchError, match=r"0001-lib-hook-kml\.patch"):
+        kernel.apply_patches(tree, [patch], quiet)
+    assert (tree / "lib" / "Makefile").read_text().endswith("obj-$(CONFIG_KML) += kml/\n")
+
+
+def test_series_file_orders_patches_and_checks_names(tmp_path):
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    for name in ("0001-a.patch", "0002-b.patch", "0003-unlisted.patch"):
+        (patches / name).write_text("")
+    assert [p.name for p in kernel.patch_series(patches)] == [
+        "0001-a.patch",
+        "0002-b.patch",
+        "0003-unlisted.patch",
+    ]
+    (patches / "series").write_text("# order matters\n0002-b.patch\n\n0001-a.patch -p1\n")
+    assert [p.name for p in kernel.patch_series(patches)] == ["0002-b.patch", "0001-a.patch"]
+    assert [p.name for p in kernel.unlisted_patches(patches)] == ["0003-unlisted.patch"]
+    (patches / "series").write_text("0002-b.patch\n0009-missing.patch\n")
+    with pytest.raises(KernelBuildError, match=r"series:2: patch 0009-missing.patch"):
+        kernel.patch_series(patches)
+    assert kernel.patch_series(tmp_path / "absent") == []
+
+
+def test_concurrent_prepares_extract_once(tmp_path):
+    """Two callers for the same tree: one extracts, the other waits and reuses."""
+    cache = tmp_path / "cache"
+    src = tarball_source(make_tarball(tmp_path))
+    logs: list[list[str]] = [[], []]
+    results: list[Path | None] = [None, None]
+
+    def worker(i: int) -> None:
+        results[i] = kernel.prepare_tree(
+            src, cache, logs[i].append, kml_dir=tmp_path / "none", patches_dir=tmp_path / "none"
+        )
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] is not None and results[0] == results[1]
+    extractions = sum(1 for log in logs for line in log if line.startswith("extracting"))
+    assert extractions == 1
+    assert completed_entries(cache / "src") == [results[0].name]
+
+
+def test_tree_source_is_copied_not_modified(tmp_path):
+    original = make_tree(tmp_path / "linux")
+    (original / "lib" / "stale.o").write_text("build product")
+    kml = make_tree(tmp_path / "kml", {"Kconfig": "config KML\n\ttristate\n"})
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "0001-lib-hook-kml.patch").write_text(GOOD_PATCH)
+    src = kernel.resolve_source(str(original), tmp_path / "cache", quiet)
+    assert src.kind == "tree"
+    tree = kernel.prepare_tree(src, tmp_path / "cache", quiet, kml_dir=kml, patches_dir=patches)
+    assert (tree / "lib" / "kml" / "Kconfig").exists()
+    assert not (tree / "lib" / "stale.o").exists()
+    assert not (original / "lib" / "kml").exists()
+    assert (original / "lib" / "Makefile").read_text() == FAKE_FILES["lib/Makefile"]
+
+
+# --------------------------------------------------------------------------
+# config parsing, checking and hashing (no kernel needed)
+
+
+def test_check_config_names_dropped_options_with_their_fragment(tmp_path):
+    base = tmp_path / "base.config"
+    base.write_text('CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_S="x"\n')
+    extra = tmp_path / "extra.config"
+    extra.write_text("# comment\nCONFIG_B=n\nCONFIG_D=m\n# CONFIG_E is not set\n")
+    final = (
+        "# header comment\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\n"
+        'CONFIG_S="x"\nCONFIG_D=y\n'
+    )
+    misses = kernel.check_config(final, [base, extra])
+    assert [(m.symbol, m.fragment.name, m.line, m.actual) for m in misses] == [
+        ("CONFIG_C", "base.config", 3, "CONFIG_C=y"),  # asked off, came out on
+        ("CONFIG_D", "extra.config", 3, "CONFIG_D=y"),  # asked =m, came out =y
+    ]
+    # B: the later fragment wins (=n means "is not set"); E: absent counts as not set.
+    text = kernel.format_config_misses(misses)
+    assert "# CONFIG_C is not set" in text and f"{base}:3" in text
+    assert "CONFIG_D=m" in text and f"{extra}:3" in text
+
+
+def test_config_hash_ignores_comments_but_not_unset_options():
+    a = "#\n# Linux/x86 6.1.1 Kernel Configuration\n#\nCONFIG_A=y\n# CONFIG_B is not set\n"
+    b = (
+        "#\n# Linux/x86 6.1.2 Kernel Configuration\n# built Tue\n"
+        "CONFIG_A=y\n\n# CONFIG_B is not set\n"
+    )
+    c = "CONFIG_A=y\n"
+    assert kernel.config_hash(a) == kernel.config_hash(b)
+    assert kernel.config_hash(a) != kernel.config_hash(c)
+
+
+def test_request_fragments_are_found_in_kernel_configs(tmp_path):
+    configs = tmp_path / "configs"
+    make_tree(configs, {"base.config": "CONFIG_A=y\n", "debug.config": "CONFIG_B=y\n"})
+    assert [p.name for p in kernel.config_fragments([Path("debug.config")], configs)] == [
+        "base.config",
+        "debug.config",
+    ]
+    (configs / "kml.config").write_text("CONFIG_KML=y\n")
+    assert [p.name for p in kernel.config_fragments([], configs)] == ["base.config", "kml.config"]
+    with pytest.raises(KernelBuildError, match=r"nope\.config does not exist"):
+        kernel.config_fragments([Path("nope.config")], configs)
+
+
+def test_error_summary_finds_the_compiler_error_in_a_noisy_log():
+    noise = [f"  CC      drivers/x/file{i}.o" for i in range(500)]
+    log = "\n".join(
+        [
+            *noise[:250],
+            "lib/kml/kml_math.c: In function 'kml_dot':",
+            "lib/kml/kml_math.c:42:9: error: 'y' undeclared (first use in this function)",
+            "   42 |         y += 1;",
+            *noise[250:],
+            "make[3]: *** [scripts/Makefile.build:250: lib/kml/kml_math.o] Error 1",
+            "make: *** [Makefile:2012: .] Error 2",
+        ]
+    )
+    summary = kernel.error_summary(log)
+    assert "kml_math.c:42:9: error: 'y' undeclared" in summary
+    assert "In function 'kml_dot'" in summary
+    assert len(summary.splitlines()) <= 20
+
+
+def test_failed_make_raises_with_error_lines_and_log(tmp_path):
+    """compile_kernel on a fake tree whose Makefile fails like a compiler."""
+    tree = make_tree(
+        tmp_path / "tree",
+        {
+            "Makefile": "bzImage:\n\t@echo '  CC      lib/ok.o'\n"
+            "\t@echo 'lib/kml/kml.c:3:1: error: expected declaration' >&2\n\t@exit 1\n"
+        },
+    )
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    (build_dir / ".config").write_text("CONFIG_MODULES=y\nCONFIG_X=y\n")
+    log = build_dir / "build.log"
+    with pytest.raises(KernelBuildError) as exc:
+        kernel.compile_kernel(tree, build_dir, log, [log], 1, quiet)
+    msg = str(exc.value)
+    assert "lib/kml/kml.c:3:1: error: expected declaration" in msg
+    assert str(log) in msg and exc.value.log_path == log
+
+
+# --------------------------------------------------------------------------
+# Kconfig on the real Debian source (seconds, after a one-time extraction)
+
+
+@pytest.fixture(scope="session")
+def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """KMLBENCH_CACHE if set (shared with CI and other sessions), else a temp dir."""
+    env = os.environ.get("KMLBENCH_CACHE")
+    if env:
+        path = Path(env)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("kmlbench-cache")
+
+
+@pytest.fixture(scope="session")
+def vanilla_tree(kernel_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Debian source without KML or patches: a cache entry that never churns."""
+    if not paths.DEBIAN_KERNEL_TARBALL.exists():
+        pytest.skip(f"{paths.DEBIAN_KERNEL_TARBALL} not installed")
+    none = tmp_path_factory.mktemp("none")
+    src = kernel.resolve_source("debian", kernel_cache, quiet)
+    return kernel.prepare_tree(
+        src, kernel_cache, quiet, kml_dir=none / "kml", patches_dir=none / "patches"
+    )
+
+
+def test_option_with_missing_dependency_or_unknown_symbol_is_named(vanilla_tree, tmp_path):
+    fragment = tmp_path / "broken.config"
+    fragment.write_text(
+        "CONFIG_64BIT=y\n"
+        "CONFIG_BLOCK=y\n"
+        "# virtio-blk without virtio: VIRTIO_BLK depends on VIRTIO\n"
+        "CONFIG_VIRTIO_BLK=y\n"
+        "CONFIG_KMLBENCH_NO_SUCH_SYMBOL=y\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        kernel.configure(vanilla_tree, tmp_path / "build", [fragment], quiet)
+    assert sorted(m.symbol for m in exc.value.misses) == [
+        "CONFIG_KMLBENCH_NO_SUCH_SYMBOL",
+        "CONFIG_VIRTIO_BLK",
+    ]
+    msg = str(exc.value)
+    assert f"CONFIG_VIRTIO_BLK=y  ({fragment}:4)" in msg
+    assert "depends on VIRTIO" in msg
+    assert f"CONFIG_KMLBENCH_NO_SUCH_SYMBOL=y  ({fragment}:5)" in msg
+    assert "no such symbol" in msg
+
+
+def test_base_config_survives_olddefconfig(vanilla_tree, tmp_path):
+    base = paths.CONFIGS_DIR / "base.config"
+    text = kernel.configure(vanilla_tree, tmp_path / "build", [base], quiet)
+    assert "CONFIG_VIRTIO_BLK=y" in text.splitlines()
+    assert "CONFIG_MQ_IOSCHED_DEADLINE=y" in text.splitlines()
+
+
+# --------------------------------------------------------------------------
+# a real build (slow)
+
+
+@pytest.fixture(scope="session")
+def kernel_build(kernel_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> KernelBuild:
+    """The guest kernel from the repo's KML sources, patches and fragments.
+
+    Session-scoped so every test needing a kernel shares one build (and,
+    with KMLBENCH_CACHE, every session shares it too).
+    """
+    if not paths.DEBIAN_KERNEL_TARBALL.exists():
+        pytest.skip(f"{paths.DEBIAN_KERNEL_TARBALL} not installed")
+    log_dir = tmp_path_factory.mktemp("kernel-logs")
+    return kernel.build_kernel(KernelRequest("debian", ()), kernel_cache, log_dir)
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    """mtime of every file and directory under ``root``."""
+    snap = {".": root.stat().st_mtime_ns}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            snap[str(p.relative_to(root))] = p.lstat().st_mtime_ns
+    return snap
+
+
+@pytest.mark.kernel
+def test_build_then_rebuild_is_a_cache_hit(kernel_build: KernelBuild, kernel_cache, tmp_path):
+    first = kernel_build
+    assert first.bzimage.is_file() and first.bzimage.stat().st_size > 1_000_000
+    assert first.build_dir == kernel_cache / "builds" / first.build_key
+    assert first.config_hash == kernel.config_hash(first.config_path.read_text())
+    assert first.compiler.startswith("gcc")
+    assert first.log_path.is_file()
+    for name, ko in first.modules.items():
+        assert ko.is_file() and ko.stem == name
+    before = _snapshot(first.build_dir)
+
+    second = kernel.build_kernel(KernelRequest("debian", ()), kernel_cache, tmp_path)
+
+    assert second.compiled is False
+    assert second.bzimage == first.bzimage
+    assert second.build_key == first.build_key
+    assert second.config_hash == first.config_hash
+    assert second.modules == first.modules
+    assert _snapshot(first.build_dir) == before
+    assert "cache hit" in second.log_path.read_text()
