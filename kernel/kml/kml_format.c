@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Versioned binary model format, shared by the kernel and user space.
+ *
+ *   offset  size  field (all little endian)
+ *        0     4  magic "KMLM" (0x4d4c4d4b)
+ *        4     4  version (1)
+ *        8     4  header size (64)
+ *       12     4  flags (0)
+ *       16     4  dtype, 20 arch, 24 n_layers, 28 hidden_act, 32 out_act,
+ *                 36 norm
+ *       40    20  sizes[0..4] (unused entries 0)
+ *       60     4  payload size P
+ *       64     P  payload: [norm block] params
+ *   64 + P     4  CRC32 (IEEE, as zlib.crc32) of bytes [0, 64 + P)
+ *
+ * Norm block (norm != 0): u64 count, mean[n_in] (4 bytes, dtype),
+ * var[n_in] (8 bytes: Q16: s64 Q16.16; F32: f32 bits then 4 zero bytes).
+ * Params: per layer W[out][in] then b[out], 4 bytes each (f32 or Q16).
+ *
+ * Integer code only: float values are handled as bit patterns.
+ */
+#include "kml_internal.h"
+
+u32 kml_crc32(u32 crc, const void *buf, size_t len)
+{
+	const u8 *p = buf;
+	u32 k;
+
+	crc = ~crc;
+	while (len--) {
+		crc ^= *p++;
+		for (k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0xedb88320U & (0U - (crc & 1)));
+	}
+	return ~crc;
+}
+EXPORT_SYMBOL_GPL(kml_crc32);
+
+static void kml_put32(u8 *p, u32 v)
+{
+	p[0] = v;
+	p[1] = v >> 8;
+	p[2] = v >> 16;
+	p[3] = v >> 24;
+}
+
+static u32 kml_get32(const u8 *p)
+{
+	return p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
+}
+
+static void kml_put64(u8 *p, u64 v)
+{
+	kml_put32(p, (u32)v);
+	kml_put32(p + 4, (u32)(v >> 32));
+}
+
+static u64 kml_get64(const u8 *p)
+{
+	return kml_get32(p) | (u64)kml_get32(p + 4) << 32;
+}
+
+static size_t kml_payload_size(const struct kml_model_cfg *c, u32 n_params)
+{
+	size_t n = (size_t)n_params * 4;
+
+	if (c->norm != KML_NORM_NONE)
+		n += 8 + (size_t)c->sizes[0] * 12;
+	return n;
+}
+
+size_t kml_model_file_size(const struct kml_model *m)
+{
+	return KML_MODEL_HDR_SIZE + kml_payload_size(&m->cfg, m->n_params) + 4;
+}
+EXPORT_SYMBOL_GPL(kml_model_file_size);
+
+long kml_model_save(const struct kml_model *m, void *buf, size_t cap)
+{
+	size_t need = kml_model_file_size(m), payload = need - 4 -
+		      KML_MODEL_HDR_SIZE;
+	const u32 *w = m->params;
+	u32 n_in = m->cfg.sizes[0], i;
+	u8 *p = buf;
+
+	if (cap < need)
+		return -ENOSPC;
+	memset(p, 0, KML_MODEL_HDR_SIZE);
+	kml_put32(p + 0, KML_MODEL_MAGIC);
+	kml_put32(p + 4, KML_MODEL_VERSION);
+	kml_put32(p + 8, KML_MODEL_HDR_SIZE);
+	kml_put32(p + 12, 0);
+	kml_put32(p + 16, m->cfg.dtype);
+	kml_put32(p + 20, m->cfg.arch);
+	kml_put32(p + 24, m->cfg.n_layers);
+	kml_put32(p + 28, m->cfg.hidden_act);
+	kml_put32(p + 32, m->cfg.out_act);
+	kml_put32(p + 36, m->cfg.norm);
+	for (i = 0; i <= KML_MAX_LAYERS; i++)
+		kml_put32(p + 40 + 4 * i, m->cfg.sizes[i]);
+	kml_put32(p + 60, (u32)payload);
+	p += KML_MODEL_HDR_SIZE;
+	if (m->cfg.norm != KML_NORM_NONE) {
+		const u32 *mean = m->norm_mean;
+
+		kml_put64(p, m->norm_count);
+		p += 8;
+		for (i = 0; i < n_in; i++, p += 4)
+			kml_put32(p, mean[i]);
+		for (i = 0; i < n_in; i++, p += 8) {
+			if (m->cfg.dtype == KML_Q16)
+				kml_put64(p, ((const u64 *)m->norm_var)[i]);
+			else
+				kml_put64(p, ((const u32 *)m->norm_var)[i]);
+		}
+	}
+	for (i = 0; i < m->n_params; i++, p += 4)
+		kml_put32(p, w[i]);
+	kml_put32(p, kml_crc32(0, buf, need - 4));
+	return (long)need;
+}
+EXPORT_SYMBOL_GPL(kml_model_save);
+
+static bool kml_f32_bits_finite(u32 u)
+{
+	return (u & 0x7f800000U) != 0x7f800000U;
+}
+
+int kml_model_load(const void *buf, size_t len, struct kml_model **out)
+{
+	const u8 *h = buf, *p;
+	struct kml_model_cfg cfg;
+	struct kml_model *m;
+	u32 i, n_in, n_params, payload;
+	u32 *w, *mean;
+	int ret;
+
+	*out = NULL;
+	if (!buf || len < KML_MODEL_HDR_SIZE + 4)
+		return -EBADMSG;
+	if (kml_get32(h) != KML_MODEL_MAGIC)
+		return -EINVAL;
+	if (kml_get32(h + 4) != KML_MODEL_VERSION)
+		return -EPROTONOSUPPORT;
+	if (kml_get32(h + 8) != KML_MODEL_HDR_SIZE || kml_get32(h + 12))
+		return -EINVAL;
+	if (len > KML_MODEL_MAX_FILE)
+		return -E2BIG;
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.dtype = kml_get32(h + 16);
+	cfg.arch = kml_get32(h + 20);
+	cfg.n_layers = kml_get32(h + 24);
+	cfg.hidden_act = kml_get32(h + 28);
+	cfg.out_act = kml_get32(h + 32);
+	cfg.norm = kml_get32(h + 36);
+	for (i = 0; i <= KML_MAX_LAYERS; i++)
+		cfg.sizes[i] = kml_get32(h + 40 + 4 * i);
+	ret = kml_cfg_check(&cfg);
+	if (ret)
+		return ret;
+	n_params = 0;
+	for (i = 1; i <= cfg.n_layers; i++)
+		n_params += cfg.sizes[i] * (cfg.sizes[i - 1] + 1);
+	payload = kml_get32(h + 60);
+	if (payload != kml_payload_size(&cfg, n_params))
+		return -EINVAL;		/* header sizes disagree */
+	if (len != (size_t)KML_MODEL_HDR_SIZE + payload + 4)
+		return -EBADMSG;	/* truncated or trailing bytes */
+	if (kml_crc32(0, buf, len - 4) != kml_get32(h + len - 4))
+		return -EBADMSG;
+
+	/* values: finite floats, non-negative variances */
+	n_in = cfg.sizes[0];
+	p = h + KML_MODEL_HDR_SIZE;
+	if (cfg.norm != KML_NORM_NONE) {
+		for (i = 0; i < n_in; i++) {
+			u64 v = kml_get64(p + 8 + 4 * n_in + 8 * i);
+
+			if (cfg.dtype == KML_F32 &&
+			    (!kml_f32_bits_finite(kml_get32(p + 8 + 4 * i)) ||
+			     !kml_f32_bits_finite((u32)v) || (v >> 31)))
+				return -EDOM;	/* NaN/Inf, negative or padding */
+			if (cfg.dtype == KML_Q16 && (s64)v < 0)
+				return -EDOM;
+		}
+		p += 8 + (size_t)n_in * 12;
+	}
+	if (cfg.dtype == KML_F32)
+		for (i = 0; i < n_params; i++)
+			if (!kml_f32_bits_finite(kml_get32(p + 4 * i)))
+				return -EDOM;
+
+	ret = kml_model_alloc(&cfg, &m);
+	if (ret)
+		return ret;
+	p = h + KML_MODEL_HDR_SIZE;
+	if (cfg.norm != KML_NORM_NONE) {
+		mean = m->norm_mean;
+		m->norm_count = kml_get64(p);
+		p += 8;
+		for (i = 0; i < n_in; i++, p += 4)
+			mean[i] = kml_get32(p);
+		for (i = 0; i < n_in; i++, p += 8) {
+			if (cfg.dtype == KML_Q16)
+				((u64 *)m->norm_var)[i] = kml_get64(p);
+			else
+				((u32 *)m->norm_var)[i] = kml_get32(p);
+		}
+	}
+	w = m->params;
+	for (i = 0; i < n_params; i++, p += 4)
+		w[i] = kml_get32(p);
+
+	if (cfg.norm != KML_NORM_NONE) {
+		if (cfg.dtype == KML_Q16) {
+			kml_q16_norm_scale(m);
+		} else {
+			if (kml_fpu_begin()) {
+				kml_model_free(m);
+				return -EBUSY;
+			}
+			kml_f32_norm_scale(m);
+			kml_fpu_end();
+		}
+	}
+	*out = m;
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_load);

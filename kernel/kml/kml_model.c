@@ -1,0 +1,499 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Model construction, tensors and the dtype dispatch around the float
+ * (kml_nn.c) and fixed-point (kml_nn_q16.c) paths.  Integer code only: the
+ * float path is entered through kml_fpu_begin()/kml_fpu_end() here.
+ *
+ * Memory: one allocation for the inference block (this struct, parameters,
+ * normalisation) and one for the training block (gradients, optimiser
+ * state, activations), both made before any forward pass.  Prediction
+ * uses stack scratch only and never writes to the model, so any number of
+ * CPUs may predict concurrently; training calls need a single caller.
+ */
+#include "kml_internal.h"
+
+#define KML_MAX_BATCH 1024
+
+void kml_tensor_init(struct kml_tensor *t, u32 dtype, void *data, u32 ndim,
+		     const u32 *shape)
+{
+	u32 i;
+
+	memset(t, 0, sizeof(*t));
+	t->dtype = dtype;
+	t->ndim = ndim > KML_MAX_DIMS ? KML_MAX_DIMS : ndim;
+	t->numel = 1;
+	for (i = 0; i < t->ndim; i++) {
+		t->shape[i] = shape[i];
+		t->numel *= shape[i];
+	}
+	t->data = data;
+}
+EXPORT_SYMBOL_GPL(kml_tensor_init);
+
+size_t kml_tensor_bytes(const struct kml_tensor *t)
+{
+	return (size_t)t->numel * 4;
+}
+EXPORT_SYMBOL_GPL(kml_tensor_bytes);
+
+/* Shared by kml_model_create() and kml_model_load(). */
+int kml_cfg_check(const struct kml_model_cfg *c)
+{
+	u32 l;
+
+	if (c->dtype != KML_F32 && c->dtype != KML_Q16)
+		return -EINVAL;
+	if (c->n_layers < 1)
+		return -EINVAL;
+	if (c->n_layers > KML_MAX_LAYERS)
+		return -E2BIG;
+	for (l = 0; l <= c->n_layers; l++) {
+		if (!c->sizes[l])
+			return -EINVAL;
+		if (c->sizes[l] > KML_MAX_WIDTH)
+			return -E2BIG;
+	}
+	for (l = c->n_layers + 1; l <= KML_MAX_LAYERS; l++)
+		if (c->sizes[l])
+			return -EINVAL;
+	if (c->hidden_act > KML_ACT_TANH || c->out_act > KML_ACT_TANH)
+		return -EINVAL;
+	if (c->norm > KML_NORM_STANDARD)
+		return -EINVAL;
+	switch (c->arch) {
+	case KML_ARCH_LINEAR:
+		if (c->n_layers != 1 || c->out_act != KML_ACT_NONE)
+			return -EINVAL;
+		break;
+	case KML_ARCH_LOGISTIC:
+		if (c->n_layers != 1 || c->out_act != KML_ACT_SIGMOID)
+			return -EINVAL;
+		break;
+	case KML_ARCH_MLP:
+		break;
+	default:
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static u32 kml_cfg_n_params(const struct kml_model_cfg *c)
+{
+	u32 n = 0, l;
+
+	for (l = 1; l <= c->n_layers; l++)
+		n += c->sizes[l] * (c->sizes[l - 1] + 1);
+	return n;
+}
+
+/* xorshift32: deterministic weight initialisation for a given seed */
+static u32 kml_xorshift(u32 *s)
+{
+	u32 x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	*s = x;
+	return x;
+}
+
+/*
+ * Uniform init in Q16: He (sqrt(6 / fan_in)) before ReLU, Glorot
+ * (sqrt(6 / (fan_in + fan_out))) otherwise; biases 0.  The float path
+ * converts the same values, so both dtypes start from identical weights.
+ */
+static void kml_init_weights(struct kml_model *m)
+{
+	s32 *p = m->params;
+	u32 seed = m->cfg.seed ? m->cfg.seed : (kml_random_u32() | 1);
+	u32 l, i, fan_in, fan_out, lim, cnt;
+
+	for (l = 1; l <= m->cfg.n_layers; l++) {
+		fan_in = m->cfg.sizes[l - 1];
+		fan_out = m->cfg.sizes[l];
+		if (kml_layer_act(m, l) == KML_ACT_RELU)
+			lim = kml_isqrt64((6ULL << 32) / fan_in);
+		else
+			lim = kml_isqrt64((6ULL << 32) / (fan_in + fan_out));
+		cnt = fan_in * fan_out;
+		for (i = 0; i < cnt; i++)
+			p[m->w_off[l - 1] + i] =
+				(s32)(kml_xorshift(&seed) % (2 * lim + 1)) - (s32)lim;
+	}
+}
+
+/* Allocate the inference block for a checked config; weights zero. */
+int kml_model_alloc(const struct kml_model_cfg *cfg, struct kml_model **out)
+{
+	struct kml_model *m;
+	u32 n_in = cfg->sizes[0], n = kml_cfg_n_params(cfg), off = 0, l;
+	size_t bytes = sizeof(*m);
+	u8 *p;
+
+	bytes += (size_t)n * 4;
+	if (cfg->norm != KML_NORM_NONE)
+		bytes += (size_t)n_in * (8 + 4 + 4);
+	m = kml_zalloc(bytes);
+	if (!m)
+		return -ENOMEM;
+	m->cfg = *cfg;
+	m->n_params = n;
+	m->bytes = bytes;
+	for (l = 0; l <= cfg->n_layers; l++)
+		if (cfg->sizes[l] > m->max_width)
+			m->max_width = cfg->sizes[l];
+	for (l = 1; l <= cfg->n_layers; l++) {
+		m->w_off[l - 1] = off;
+		off += cfg->sizes[l] * cfg->sizes[l - 1];
+		m->b_off[l - 1] = off;
+		off += cfg->sizes[l];
+	}
+	p = (u8 *)(m + 1);
+	if (cfg->norm != KML_NORM_NONE) {
+		m->norm_var = p;		/* 8-byte aligned: first */
+		p += (size_t)n_in * 8;
+		m->norm_mean = p;
+		p += (size_t)n_in * 4;
+		m->norm_scale = p;
+		p += (size_t)n_in * 4;
+	}
+	m->params = p;
+	*out = m;
+	return 0;
+}
+
+/* mean 0, variance 1, scale 1 written as bit patterns: no FPU needed */
+static void kml_norm_reset(struct kml_model *m)
+{
+	u32 i, n_in = m->cfg.sizes[0];
+
+	if (m->cfg.norm == KML_NORM_NONE)
+		return;
+	m->norm_count = 0;
+	for (i = 0; i < n_in; i++) {
+		if (m->cfg.dtype == KML_F32) {
+			((u32 *)m->norm_var)[i] = 0x3f800000U;
+			((u32 *)m->norm_scale)[i] = 0x3f800000U;
+		} else {
+			((s64 *)m->norm_var)[i] = KML_Q16_ONE;
+			((s32 *)m->norm_scale)[i] = KML_Q16_ONE;
+		}
+	}
+}
+
+int kml_model_create(const struct kml_model_cfg *cfg, struct kml_model **out)
+{
+	struct kml_model *m;
+	int ret;
+
+	ret = kml_cfg_check(cfg);
+	if (ret)
+		return ret;
+	ret = kml_model_alloc(cfg, &m);
+	if (ret)
+		return ret;
+	kml_init_weights(m);
+	kml_norm_reset(m);
+	if (cfg->dtype == KML_F32) {
+		if (kml_fpu_begin()) {
+			kml_model_free(m);
+			return -EBUSY;
+		}
+		kml_f32_from_q16(m->params, m->params, m->n_params);
+		kml_fpu_end();
+	}
+	*out = m;
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_create);
+
+void kml_model_free(struct kml_model *m)
+{
+	if (!m)
+		return;
+	kml_free(m->train_block);
+	kml_free(m);
+}
+EXPORT_SYMBOL_GPL(kml_model_free);
+
+int kml_model_get_cfg(const struct kml_model *m, struct kml_model_cfg *cfg)
+{
+	*cfg = m->cfg;
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_get_cfg);
+
+size_t kml_model_footprint(const struct kml_model *m)
+{
+	return m->bytes + m->train_bytes;
+}
+EXPORT_SYMBOL_GPL(kml_model_footprint);
+
+u32 kml_model_n_params(const struct kml_model *m)
+{
+	return m->n_params;
+}
+EXPORT_SYMBOL_GPL(kml_model_n_params);
+
+void *kml_model_params(struct kml_model *m)
+{
+	return m->params;
+}
+EXPORT_SYMBOL_GPL(kml_model_params);
+
+void *kml_model_grads(struct kml_model *m)
+{
+	return m->grads;
+}
+EXPORT_SYMBOL_GPL(kml_model_grads);
+
+int kml_model_norm_update(struct kml_model *m, const void *x, u32 n)
+{
+	if (m->cfg.norm == KML_NORM_NONE)
+		return -EINVAL;
+	if (m->cfg.dtype == KML_Q16) {
+		kml_q16_norm_update(m, x, n);
+		return 0;
+	}
+	if (kml_fpu_begin())
+		return -EBUSY;
+	kml_f32_norm_update(m, x, n);
+	kml_fpu_end();
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_norm_update);
+
+int kml_model_norm_get(const struct kml_model *m, void *mean, void *scale)
+{
+	u32 n_in = m->cfg.sizes[0];
+
+	if (m->cfg.norm == KML_NORM_NONE)
+		return -EINVAL;
+	memcpy(mean, m->norm_mean, (size_t)n_in * 4);
+	memcpy(scale, m->norm_scale, (size_t)n_in * 4);
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_norm_get);
+
+int kml_model_predict_nofpu(struct kml_model *m, const void *x, u32 n, void *y)
+{
+	if (m->cfg.dtype == KML_Q16)
+		kml_q16_predict(m, x, n, y);
+	else
+		kml_f32_predict(m, x, n, y);
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_predict_nofpu);
+
+int kml_model_predict(struct kml_model *m, const void *x, u32 n, void *y)
+{
+	if (m->cfg.dtype == KML_Q16) {
+		kml_q16_predict(m, x, n, y);
+		return 0;
+	}
+	if (kml_fpu_begin())
+		return -EBUSY;
+	kml_f32_predict(m, x, n, y);
+	kml_fpu_end();
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_predict);
+
+int kml_model_train_setup(struct kml_model *m, const struct kml_train_cfg *cfg)
+{
+	u32 L = m->cfg.n_layers, n = m->n_params, B = cfg->max_batch, l;
+	size_t gsz = m->cfg.dtype == KML_Q16 ? 8 : 4, bytes;
+	u8 *p;
+
+	if (cfg->optimizer > KML_OPT_ADAM || cfg->loss > KML_LOSS_BCE)
+		return -EINVAL;
+	if (cfg->optimizer == KML_OPT_ADAM && m->cfg.dtype == KML_Q16)
+		return -EOPNOTSUPP;
+	if (cfg->loss == KML_LOSS_BCE && m->cfg.out_act != KML_ACT_SIGMOID)
+		return -EINVAL;
+	if (!B || cfg->lr <= 0 || cfg->lr > KML_Q32_ONE || cfg->momentum < 0 ||
+	    cfg->momentum >= KML_Q32_ONE || cfg->pos_weight < 0)
+		return -EINVAL;
+	if (B > KML_MAX_BATCH)
+		return -E2BIG;
+
+	bytes = (size_t)n * gsz * 2;			/* grads, opt1 */
+	if (cfg->optimizer == KML_OPT_ADAM)
+		bytes += (size_t)n * 4;			/* opt2 */
+	for (l = 0; l <= L; l++)
+		bytes += (size_t)B * m->cfg.sizes[l] * 4 * (l ? 2 : 1);
+	bytes += (size_t)B * m->max_width * 4 * 2;	/* dbuf */
+
+	kml_free(m->train_block);
+	m->train_block = kml_zalloc(bytes);
+	if (!m->train_block) {
+		m->train_bytes = 0;
+		return -ENOMEM;
+	}
+	m->train_bytes = bytes;
+	m->tcfg = *cfg;
+	m->fwd_n = 0;
+	m->steps = 0;
+	p = m->train_block;
+	m->grads = p;
+	p += (size_t)n * gsz;
+	m->opt1 = p;
+	p += (size_t)n * gsz;
+	m->opt2 = NULL;
+	if (cfg->optimizer == KML_OPT_ADAM) {
+		m->opt2 = p;
+		p += (size_t)n * 4;
+	}
+	for (l = 0; l <= L; l++) {
+		m->acts[l] = p;
+		p += (size_t)B * m->cfg.sizes[l] * 4;
+		if (l) {
+			m->pre[l] = p;
+			p += (size_t)B * m->cfg.sizes[l] * 4;
+		}
+	}
+	m->dbuf[0] = p;
+	p += (size_t)B * m->max_width * 4;
+	m->dbuf[1] = p;
+
+	if (m->cfg.dtype == KML_F32) {
+		if (kml_fpu_begin())
+			return -EBUSY;
+		kml_f32_train_init(m);
+		kml_fpu_end();
+	}
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_train_setup);
+
+static int kml_train_check(const struct kml_model *m, u32 n)
+{
+	if (!m->train_block)
+		return -EINVAL;
+	if (!n || n > m->tcfg.max_batch)
+		return -E2BIG;
+	return 0;
+}
+
+int kml_model_forward(struct kml_model *m, const void *x, u32 n,
+		      const void *y, void *loss)
+{
+	int ret = kml_train_check(m, n);
+
+	if (ret)
+		return ret;
+	if (m->cfg.dtype == KML_Q16) {
+		kml_q16_forward(m, x, n, y, loss);
+		return 0;
+	}
+	if (kml_fpu_begin())
+		return -EBUSY;
+	kml_f32_forward(m, x, n, y, loss);
+	kml_fpu_end();
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_forward);
+
+int kml_model_backward(struct kml_model *m, const void *y, u32 n)
+{
+	int ret = kml_train_check(m, n);
+
+	if (ret)
+		return ret;
+	if (m->fwd_n != n)
+		return -EINVAL;
+	if (m->cfg.dtype == KML_Q16) {
+		kml_q16_backward(m, y, n);
+		return 0;
+	}
+	if (kml_fpu_begin())
+		return -EBUSY;
+	kml_f32_backward(m, y, n);
+	kml_fpu_end();
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_backward);
+
+int kml_model_step(struct kml_model *m)
+{
+	if (!m->train_block)
+		return -EINVAL;
+	m->steps++;
+	if (m->cfg.dtype == KML_Q16) {
+		kml_q16_step(m);
+		return 0;
+	}
+	if (kml_fpu_begin())
+		return -EBUSY;
+	kml_f32_step(m);
+	kml_fpu_end();
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_step);
+
+int kml_model_train_batch(struct kml_model *m, const void *x, const void *y,
+			  u32 n, void *loss)
+{
+	int ret = kml_train_check(m, n);
+
+	if (ret)
+		return ret;
+	m->steps++;
+	if (m->cfg.dtype == KML_Q16) {
+		kml_q16_forward(m, x, n, y, loss);
+		kml_q16_backward(m, y, n);
+		kml_q16_step(m);
+		return 0;
+	}
+	if (kml_fpu_begin())
+		return -EBUSY;
+	kml_f32_forward(m, x, n, y, loss);
+	kml_f32_backward(m, y, n);
+	kml_f32_step(m);
+	kml_fpu_end();
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_train_batch);
+
+int kml_math_apply(u32 fn, u32 dtype, const void *x, void *y, u32 n)
+{
+	const s32 *xi = x;
+	s32 *yi = y;
+	u32 i;
+
+	if (fn > KML_FN_SIGMOID)
+		return -EINVAL;
+	if (dtype == KML_F32) {
+		if (kml_fpu_begin())
+			return -EBUSY;
+		kml_math_apply_f32(fn, x, y, n);
+		kml_fpu_end();
+		return 0;
+	}
+	if (dtype != KML_Q16)
+		return -EINVAL;
+	for (i = 0; i < n; i++) {
+		switch (fn) {
+		case KML_FN_EXP:
+			yi[i] = kml_q16_exp(xi[i]);
+			break;
+		case KML_FN_LOG:
+			yi[i] = kml_q16_log(xi[i]);
+			break;
+		case KML_FN_SQRT:
+			yi[i] = xi[i] < 0 ? S32_MIN :
+				(s32)kml_isqrt64((u64)xi[i] << 16);
+			break;
+		case KML_FN_TANH:
+			yi[i] = kml_q16_tanh(xi[i]);
+			break;
+		default:
+			yi[i] = kml_q16_sigmoid(xi[i]);
+			break;
+		}
+	}
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_math_apply);

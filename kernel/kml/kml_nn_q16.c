@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Q16.16 model path: normalisation, inference, loss, backward and SGD
+ * (with momentum) in integer arithmetic only.  No FPU section needed.
+ *
+ * Gradients are accumulated as Q32.32 in s64; the SGD velocity is Q32.32,
+ * the learning rate Q8.24, parameters Q16.16 (rounded to nearest).
+ */
+#include "kml_internal.h"
+
+void kml_q16_norm_scale(struct kml_model *m)
+{
+	const s64 *var = m->norm_var;
+	s32 *scale = m->norm_scale;
+	u32 i, sd;
+
+	for (i = 0; i < m->cfg.sizes[0]; i++) {
+		/* std in Q16 = sqrt(var_q16 << 16) */
+		sd = var[i] > 0 ? kml_isqrt64((u64)var[i] << 16) : 0;
+		if (sd < 16)
+			scale[i] = KML_Q16_ONE;
+		else
+			scale[i] = kml_sat32(kml_div_s64(1LL << 32, sd));
+	}
+}
+
+void kml_q16_norm_update(struct kml_model *m, const s32 *x, u32 n)
+{
+	u32 n_in = m->cfg.sizes[0], r, i;
+	s32 *mean = m->norm_mean;
+	s64 *var = m->norm_var;
+	s64 d0, d1, cnt;
+
+	for (r = 0; r < n; r++) {
+		cnt = (s64)++m->norm_count;
+		for (i = 0; i < n_in; i++) {
+			s32 v = x[(size_t)r * n_in + i];
+
+			d0 = (s64)v - mean[i];
+			mean[i] = kml_sat32(mean[i] + kml_div_s64(d0, cnt));
+			d1 = (s64)v - mean[i];
+			var[i] += kml_div_s64(kml_rshift_round(d0 * d1, 16) - var[i],
+					      cnt);
+		}
+	}
+	kml_q16_norm_scale(m);
+}
+
+static void kml_q16_normalise(const struct kml_model *m, s32 *out,
+			      const s32 *x, u32 n)
+{
+	const s32 *mean = m->norm_mean, *scale = m->norm_scale;
+	u32 n_in = m->cfg.sizes[0], r, i;
+	size_t k;
+
+	for (r = 0; r < n; r++) {
+		for (i = 0; i < n_in; i++) {
+			k = (size_t)r * n_in + i;
+			out[k] = kml_sat32(kml_rshift_round(((s64)x[k] - mean[i]) *
+							    scale[i], 16));
+		}
+	}
+}
+
+void kml_q16_predict(struct kml_model *m, const s32 *x, u32 n, s32 *y)
+{
+	const s32 *p = m->params;
+	u32 L = m->cfg.n_layers, n_in = m->cfg.sizes[0], r, l;
+	u32 n_out = kml_out_dim(m);
+	s32 buf0[KML_MAX_WIDTH], buf1[KML_MAX_WIDTH];
+	s32 *a = buf0, *z = buf1, *t;
+	const s32 *in;
+
+	for (r = 0; r < n; r++) {
+		in = x + (size_t)r * n_in;
+		if (m->cfg.norm != KML_NORM_NONE) {
+			kml_q16_normalise(m, a, in, 1);
+			in = a;
+		}
+		for (l = 1; l <= L; l++) {
+			s32 *out = l == L ? y + (size_t)r * n_out : z;
+
+			kml_linear_forward_q16(out, in, p + m->w_off[l - 1],
+					       p + m->b_off[l - 1], 1,
+					       m->cfg.sizes[l - 1],
+					       m->cfg.sizes[l]);
+			kml_act_forward_q16(kml_layer_act(m, l), out, out,
+					    m->cfg.sizes[l]);
+			in = out;
+			t = a;
+			a = z;
+			z = t;
+		}
+	}
+}
+
+static s32 kml_q16_pos_weight(const struct kml_model *m)
+{
+	return m->tcfg.pos_weight ?
+		kml_sat32(kml_rshift_round(m->tcfg.pos_weight, 16)) :
+		KML_Q16_ONE;
+}
+
+void kml_q16_forward(struct kml_model *m, const s32 *x, u32 n, const s32 *y,
+		     s32 *loss)
+{
+	const s32 *p = m->params;
+	u32 L = m->cfg.n_layers, cnt, l, i;
+	const s32 *out;
+	s64 acc = 0, d;
+	s32 q, w;
+
+	if (m->cfg.norm != KML_NORM_NONE)
+		kml_q16_normalise(m, m->acts[0], x, n);
+	else
+		memcpy(m->acts[0], x, (size_t)n * m->cfg.sizes[0] * sizeof(s32));
+	for (l = 1; l <= L; l++) {
+		kml_linear_forward_q16(m->pre[l], m->acts[l - 1],
+				       p + m->w_off[l - 1], p + m->b_off[l - 1],
+				       n, m->cfg.sizes[l - 1], m->cfg.sizes[l]);
+		kml_act_forward_q16(kml_layer_act(m, l), m->acts[l], m->pre[l],
+				    n * m->cfg.sizes[l]);
+	}
+	m->fwd_n = n;
+	if (!loss || !y)
+		return;
+	out = m->acts[L];
+	cnt = n * kml_out_dim(m);
+	w = kml_q16_pos_weight(m);
+	for (i = 0; i < cnt; i++) {
+		if (m->tcfg.loss == KML_LOSS_BCE) {
+			q = out[i] < 1 ? 1 : out[i];
+			q = q > KML_Q16_ONE - 1 ? KML_Q16_ONE - 1 : q;
+			/* Q16 * Q16 terms, summed in Q32 */
+			acc -= (s64)kml_q16_mul(w, y[i]) * kml_q16_log(q) +
+			       (s64)(KML_Q16_ONE - y[i]) *
+			       kml_q16_log(KML_Q16_ONE - q);
+		} else {
+			d = (s64)out[i] - y[i];
+			acc += d * d;
+		}
+	}
+	*loss = kml_sat32(kml_rshift_round(kml_div_s64(acc, cnt ? cnt : 1), 16));
+}
+
+void kml_q16_backward(struct kml_model *m, const s32 *y, u32 n)
+{
+	const s32 *p = m->params;
+	s32 *d = m->dbuf[0], *dz = m->dbuf[1];
+	s64 *g = m->grads;
+	u32 L = m->cfg.n_layers, cnt = n * kml_out_dim(m), l, i;
+	const s32 *out = m->acts[L];
+	s32 w = kml_q16_pos_weight(m);
+	s64 t;
+
+	for (i = 0; i < cnt; i++) {
+		if (m->tcfg.loss == KML_LOSS_BCE) {
+			/* fused sigmoid + BCE: p (w y + 1 - y) - w y */
+			s64 wy = kml_q16_mul(w, y[i]);
+
+			t = kml_rshift_round((s64)out[i] *
+					     (wy + KML_Q16_ONE - y[i]), 16) - wy;
+		} else {
+			t = 2 * ((s64)out[i] - y[i]);
+		}
+		d[i] = kml_sat32(kml_div_s64(t, cnt));
+	}
+	if (m->tcfg.loss == KML_LOSS_BCE)
+		memcpy(dz, d, cnt * sizeof(s32));
+	else
+		kml_act_backward_q16(m->cfg.out_act, dz, d, m->pre[L], out, cnt);
+	for (l = L; l >= 1; l--) {
+		u32 in_dim = m->cfg.sizes[l - 1], out_dim = m->cfg.sizes[l];
+
+		kml_linear_backward_q16(l > 1 ? d : NULL, g + m->w_off[l - 1],
+					g + m->b_off[l - 1], dz, m->acts[l - 1],
+					p + m->w_off[l - 1], n, in_dim, out_dim);
+		if (l > 1)
+			kml_act_backward_q16(m->cfg.hidden_act, dz, d,
+					     m->pre[l - 1], m->acts[l - 1],
+					     n * in_dim);
+	}
+}
+
+#define KML_VEL_MAX (1LL << 46)
+
+void kml_q16_step(struct kml_model *m)
+{
+	s32 *p = m->params;
+	s64 *g = m->grads, *v = m->opt1;
+	s64 lr = m->tcfg.lr >> 8;		/* Q24 */
+	s64 mu = m->tcfg.momentum >> 16;	/* Q16 */
+	s64 upd;
+	u32 i;
+
+	for (i = 0; i < m->n_params; i++) {
+		v[i] = kml_rshift_round(mu * v[i], 16) + g[i];
+		if (v[i] > KML_VEL_MAX)
+			v[i] = KML_VEL_MAX;
+		if (v[i] < -KML_VEL_MAX)
+			v[i] = -KML_VEL_MAX;
+		upd = kml_rshift_round(lr * (v[i] >> 8), 32);
+		p[i] = kml_sat32((s64)p[i] - upd);
+		g[i] = 0;
+	}
+}

@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Bounded multi-producer / single-consumer ring of fixed-size records
+ * (D. Vyukov's bounded queue with per-slot sequence numbers).
+ *
+ * Producers reserve a position with a compare-and-swap on head, copy the
+ * record, then publish it with a store-release of the slot's sequence
+ * number (pos + 1).  The consumer load-acquires the sequence number, copies
+ * the record and frees the slot with a store-release of pos + capacity.
+ * No locks anywhere; a producer never waits for another producer except
+ * through the bounded wait below in blocking mode.
+ *
+ * The shared memory (struct kml_ring_shared + slots) holds no pointers and
+ * can be mmap()ed by a user-space trainer; the private struct kml_ring
+ * keeps the geometry so that a corrupted shared header cannot make the
+ * kernel index out of bounds.
+ */
+#include "kml_internal.h"
+
+static_assert(sizeof(struct kml_ring_shared) == KML_RING_HDR_SIZE,
+	      "ring header layout");
+static_assert(sizeof(kml_atomic64_t) == 8, "64-bit atomics");
+
+static u32 kml_ring_slot_size(u32 record_size)
+{
+	return 8 + ((record_size + 7) & ~7U);
+}
+
+size_t kml_ring_bytes(u32 capacity, u32 record_size)
+{
+	return KML_RING_HDR_SIZE +
+	       (size_t)capacity * kml_ring_slot_size(record_size);
+}
+EXPORT_SYMBOL_GPL(kml_ring_bytes);
+
+static int kml_ring_check_geom(u32 capacity, u32 record_size, u32 mode)
+{
+	if (!capacity || (capacity & (capacity - 1)) || capacity > (1U << 24))
+		return -EINVAL;
+	if (!record_size || record_size > 4096)
+		return -EINVAL;
+	if (mode > KML_RING_DROP)
+		return -EINVAL;
+	return 0;
+}
+
+static void kml_ring_bind(struct kml_ring *r, void *mem)
+{
+	r->sh = mem;
+	r->slots = (u8 *)mem + KML_RING_HDR_SIZE;
+	r->mask = r->sh->capacity - 1;
+	r->slot_size = r->sh->slot_size;
+	r->record_size = r->sh->record_size;
+	r->mode = r->sh->mode;
+}
+
+static struct kml_ring_slot *kml_ring_slot(struct kml_ring *r, s64 pos)
+{
+	return (struct kml_ring_slot *)(r->slots +
+					(size_t)((u64)pos & r->mask) *
+					r->slot_size);
+}
+
+int kml_ring_init(struct kml_ring *r, void *mem, size_t bytes, u32 capacity,
+		  u32 record_size, u32 mode)
+{
+	struct kml_ring_shared *sh = mem;
+	u32 i;
+	int ret;
+
+	ret = kml_ring_check_geom(capacity, record_size, mode);
+	if (ret)
+		return ret;
+	if (!mem || bytes < kml_ring_bytes(capacity, record_size))
+		return -EINVAL;
+	memset(sh, 0, KML_RING_HDR_SIZE);
+	sh->magic = KML_RING_MAGIC;
+	sh->version = KML_RING_VERSION;
+	sh->capacity = capacity;
+	sh->record_size = record_size;
+	sh->slot_size = kml_ring_slot_size(record_size);
+	sh->mode = mode;
+	sh->hdr_size = KML_RING_HDR_SIZE;
+	memset(r, 0, sizeof(*r));
+	kml_ring_bind(r, mem);
+	for (i = 0; i < capacity; i++)
+		kml_atomic64_store_relaxed(&kml_ring_slot(r, i)->seq, i);
+	kml_atomic64_store_release(&sh->head, 0);
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_ring_init);
+
+/* Attach to a ring another party initialised (e.g. mmap()ed). */
+int kml_ring_attach(struct kml_ring *r, void *mem, size_t bytes)
+{
+	struct kml_ring_shared *sh = mem;
+	int ret;
+
+	if (!mem || bytes < KML_RING_HDR_SIZE)
+		return -EINVAL;
+	if (sh->magic != KML_RING_MAGIC || sh->version != KML_RING_VERSION ||
+	    sh->hdr_size != KML_RING_HDR_SIZE)
+		return -EINVAL;
+	ret = kml_ring_check_geom(sh->capacity, sh->record_size, sh->mode);
+	if (ret)
+		return ret;
+	if (sh->slot_size != kml_ring_slot_size(sh->record_size) ||
+	    bytes < kml_ring_bytes(sh->capacity, sh->record_size))
+		return -EINVAL;
+	memset(r, 0, sizeof(*r));
+	kml_ring_bind(r, mem);
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_ring_attach);
+
+int kml_ring_create(struct kml_ring **out, u32 capacity, u32 record_size,
+		    u32 mode)
+{
+	struct kml_ring *r;
+	size_t bytes;
+	int ret;
+
+	ret = kml_ring_check_geom(capacity, record_size, mode);
+	if (ret)
+		return ret;
+	bytes = kml_ring_bytes(capacity, record_size);
+	r = kml_zalloc(sizeof(*r) + bytes + 63);
+	if (!r)
+		return -ENOMEM;
+	/* shared header on a 64-byte boundary, as an mmap()ed page would be */
+	ret = kml_ring_init(r, (void *)(((unsigned long)(r + 1) + 63) & ~63UL),
+			    bytes, capacity, record_size, mode);
+	if (ret) {
+		kml_free(r);
+		return ret;
+	}
+	r->owned = true;
+	*out = r;
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_ring_create);
+
+void kml_ring_destroy(struct kml_ring *r)
+{
+	if (r && r->owned)
+		kml_free(r);
+}
+EXPORT_SYMBOL_GPL(kml_ring_destroy);
+
+int kml_ring_push(struct kml_ring *r, const void *rec)
+{
+	struct kml_ring_shared *sh = r->sh;
+	struct kml_ring_slot *slot;
+	s64 pos, seq, dif;
+	u32 spins = 0;
+
+	pos = kml_atomic64_load_relaxed(&sh->head);
+	for (;;) {
+		slot = kml_ring_slot(r, pos);
+		seq = kml_atomic64_load_acquire(&slot->seq);
+		dif = seq - pos;
+		if (dif == 0) {
+			/* slot free for this lap: try to claim position pos */
+			if (kml_atomic64_cmpxchg(&sh->head, &pos, pos + 1))
+				break;
+			/* pos now holds the current head: retry */
+		} else if (dif < 0) {
+			/* slot still holds the record of the previous lap: full */
+			if (r->mode == KML_RING_DROP) {
+				kml_atomic64_inc(&sh->dropped);
+				return -ENOSPC;
+			}
+			if (kml_ring_wait(spins++)) {
+				kml_atomic64_inc(&sh->full_waits);
+				return -EAGAIN;
+			}
+			pos = kml_atomic64_load_relaxed(&sh->head);
+		} else {
+			/* another producer took pos: catch up */
+			pos = kml_atomic64_load_relaxed(&sh->head);
+		}
+	}
+	memcpy(slot->data, rec, r->record_size);
+	kml_atomic64_store_release(&slot->seq, pos + 1);
+	kml_atomic64_inc(&sh->produced);
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_ring_push);
+
+int kml_ring_pop(struct kml_ring *r, void *rec)
+{
+	struct kml_ring_shared *sh = r->sh;
+	struct kml_ring_slot *slot;
+	s64 pos = kml_atomic64_load_relaxed(&sh->tail);
+
+	slot = kml_ring_slot(r, pos);
+	if (kml_atomic64_load_acquire(&slot->seq) != pos + 1)
+		return -EAGAIN;		/* empty, or the producer is still copying */
+	memcpy(rec, slot->data, r->record_size);
+	kml_atomic64_store_release(&slot->seq, pos + r->mask + 1);
+	kml_atomic64_store_release(&sh->tail, pos + 1);
+	kml_atomic64_inc(&sh->consumed);
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_ring_pop);
+
+void kml_ring_counters(struct kml_ring *r, u64 *produced, u64 *consumed,
+		       u64 *dropped)
+{
+	*produced = kml_atomic64_load_acquire(&r->sh->produced);
+	*consumed = kml_atomic64_load_acquire(&r->sh->consumed);
+	*dropped = kml_atomic64_load_acquire(&r->sh->dropped);
+}
+EXPORT_SYMBOL_GPL(kml_ring_counters);
+
+void *kml_ring_shared(struct kml_ring *r)
+{
+	return r->sh;
+}
+EXPORT_SYMBOL_GPL(kml_ring_shared);
