@@ -1,0 +1,204 @@
+"""The block device under test and its I/O scheduler, as QEMU args + guest shell.
+
+Two device types, as written in a matrix:
+
+* ``{type: virtio, size_mib}`` -- a sparse raw image in the cell folder,
+  attached as virtio-blk (``/dev/vda``). ``cache=none`` (O_DIRECT on the
+  host) keeps the host page cache out of the measurement; if the cell
+  folder's filesystem refuses O_DIRECT (tmpfs, some overlays) we fall back
+  to ``cache=writeback`` and record why in ``<cell>/disk.json``.
+* ``{type: null_blk, completion_nsec, hw_queue_depth, submit_queues,
+  size_mib, irqmode[, blocksize]}`` -- created inside the guest through
+  configfs, so every parameter is explicit and per cell. The module's own
+  default device is suppressed with ``null_blk.nr_devices=0``. With
+  ``irqmode: timer`` each request completes after ``completion_nsec``: a
+  device with a known, tunable latency, which is what a scheduler-tuning
+  model needs to see.
+
+The scheduler dict is ``{name: mq-deadline|none|kyber|bfq, <tunable>: value}``;
+every tunable is written under ``queue/iosched/`` and read back, and the
+script fails if the kernel did not keep the value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+IRQ_MODES = {"none": 0, "softirq": 1, "timer": 2}
+NULL_BLK_DEFAULTS: dict[str, int | str] = {
+    "completion_nsec": 10_000,
+    "hw_queue_depth": 64,
+    "submit_queues": 1,
+    "size_mib": 1024,
+    "irqmode": "timer",
+    "blocksize": 4096,
+}
+SCHEDULERS = ("mq-deadline", "none", "kyber", "bfq")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class DeviceError(ValueError):
+    """A device or scheduler dict the harness cannot set up."""
+
+
+def _device_type(device: dict) -> str:
+    dtype = device.get("type")
+    if dtype not in ("virtio", "null_blk"):
+        raise DeviceError(f"unknown device type {dtype!r} (virtio or null_blk)")
+    return str(dtype)
+
+
+def _int(device: dict, key: str, default: int | str | None = None) -> int:
+    value = device.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DeviceError(f"device {key} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def direct_io_supported(directory: Path) -> tuple[bool, str]:
+    """Can files in ``directory`` be opened with O_DIRECT (needed for cache=none)?"""
+    probe = directory / ".odirect-probe"
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False, f"{directory}: filesystem refuses O_DIRECT"
+        return False, f"{directory}: O_DIRECT probe failed: {exc.strerror}"
+    else:
+        os.close(fd)
+        return True, ""
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+def qemu_disk_args(device: dict, cell_dir: Path) -> list[str]:
+    """QEMU arguments for the device; for virtio, creates the sparse raw image.
+
+    The chosen host cache mode (and the reason for a fallback) goes to
+    ``cell_dir/disk.json`` (see :func:`disk_info`).
+    """
+    if _device_type(device) != "virtio":
+        return []
+    size_mib = _int(device, "size_mib", 1024)
+    if size_mib == 0:
+        raise DeviceError("virtio size_mib must be > 0")
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    image = cell_dir / "disk.raw"
+    with image.open("wb") as handle:
+        handle.truncate(size_mib * 1024 * 1024)  # sparse: costs no space until written
+    ok, why = direct_io_supported(cell_dir)
+    cache = "none" if ok else "writeback"
+    info = {"image": str(image), "size_mib": size_mib, "cache": cache, "aio": "threads"}
+    if not ok:
+        info["note"] = f"cache=none unavailable ({why}); using cache=writeback"
+    (cell_dir / "disk.json").write_text(json.dumps(info, indent=2) + "\n")
+    drive = f"file={image},format=raw,if=none,id=d0,cache={cache},aio=threads"
+    return ["-drive", drive, "-device", "virtio-blk-pci,drive=d0,serial=kmlbench"]
+
+
+def disk_info(cell_dir: Path) -> dict:
+    """What :func:`qemu_disk_args` chose (cache mode, fallback note), or {}."""
+    path = cell_dir / "disk.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def kernel_cmdline(device: dict) -> str:
+    """Extra kernel command line: null_blk must not create its default nullb0."""
+    return "null_blk.nr_devices=0" if _device_type(device) == "null_blk" else ""
+
+
+def _null_blk_script(device: dict) -> list[str]:
+    params = {**NULL_BLK_DEFAULTS, **device}
+    irqmode = params["irqmode"]
+    if isinstance(irqmode, str):
+        if irqmode not in IRQ_MODES:
+            raise DeviceError(f"null_blk irqmode {irqmode!r}: one of {sorted(IRQ_MODES)}")
+        irqmode = IRQ_MODES[irqmode]
+    if irqmode not in IRQ_MODES.values():
+        raise DeviceError(f"null_blk irqmode {irqmode!r}: 0, 1 or 2")
+    attrs = [
+        # Order matters: size/blocksize/queues are fixed once power=1.
+        ("irqmode", irqmode),
+        ("completion_nsec", _int(params, "completion_nsec")),
+        ("hw_queue_depth", _int(params, "hw_queue_depth")),
+        ("submit_queues", _int(params, "submit_queues")),
+        ("size", _int(params, "size_mib")),  # null_blk's configfs size is in MiB
+        ("blocksize", _int(params, "blocksize")),
+    ]
+    lines = [
+        "cfg=/sys/kernel/config/nullb",
+        '[ -d "$cfg" ] || die "no $cfg (configfs not mounted or null_blk missing)"',
+        'nb="$cfg/kmlbench"',
+        'mkdir "$nb" || die "cannot create $nb"',
+    ]
+    for name, value in attrs:
+        lines.append(f'setattr "$nb/{name}" {value}')
+    lines += [
+        'echo 1 > "$nb/power" || die "null_blk power on failed"',
+        'dev="nullb$(cat "$nb/index")"',
+    ]
+    return lines
+
+
+def setup_script(device: dict, scheduler: dict) -> str:
+    """Shell for the guest: set up the device and scheduler, verify via sysfs.
+
+    Informational ``kmlbench-device:`` lines come first; the last line is the
+    block device path (e.g. ``/dev/nullb0``). Exits non-zero with a message
+    on stderr if anything did not take effect.
+    """
+    dtype = _device_type(device)
+    name = scheduler.get("name", "mq-deadline")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise DeviceError(f"bad scheduler name {name!r}")
+    tunables = {k: v for k, v in scheduler.items() if k != "name"}
+    for key, value in tunables.items():
+        if not _NAME_RE.match(str(key)) or isinstance(value, bool | dict | list):
+            raise DeviceError(f"bad scheduler tunable {key!r}: {value!r}")
+    lines = [
+        "set -u",
+        'die() { echo "kmlbench-device: $*" >&2; exit 1; }',
+        "setattr() {",
+        '    echo "$2" > "$1" 2>/dev/null || die "cannot write $2 to $1"',
+        '    got=$(cat "$1") || die "cannot read $1"',
+        '    [ "$got" = "$2" ] || die "$1: wrote $2, reads back $got"',
+        "}",
+    ]
+    if dtype == "null_blk":
+        lines += _null_blk_script(device)
+    else:
+        lines += [
+            "i=0",
+            "while [ ! -b /dev/vda ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
+            '[ -b /dev/vda ] || die "no /dev/vda (virtio-blk disk missing)"',
+            "dev=vda",
+        ]
+    queue = '"/sys/block/$dev/queue'
+    lines += [
+        '[ -b "/dev/$dev" ] || die "/dev/$dev is not a block device"',
+        f'echo {shlex.quote(name)} > {queue}/scheduler" 2>/dev/null'
+        f' || die "scheduler {name} not available: $(cat {queue}/scheduler")"',
+        f"grep -q '\\[{name}\\]' {queue}/scheduler\""
+        f' || die "scheduler is $(cat {queue}/scheduler") not {name}"',
+    ]
+    for key, value in tunables.items():
+        lines.append(f'setattr {queue}/iosched/{key}" {shlex.quote(str(value))}')
+    lines += [
+        f'echo "kmlbench-device: $dev scheduler=$(cat {queue}/scheduler")'
+        f' size_bytes=$(($(cat /sys/block/$dev/size) * 512))"',
+    ]
+    if tunables:
+        keys = " ".join(tunables)
+        lines += [
+            f"for t in {keys}; do"
+            f' echo "kmlbench-device: iosched/$t=$(cat {queue}/iosched/$t")"; done',
+        ]
+    lines.append('echo "/dev/$dev"')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,249 @@
+"""Boot real guests: SSH, commands, files, watchdogs, and no QEMU left behind.
+
+The guest kernel comes from the ``guest_kernel`` fixture (``KMLBENCH_TEST_KERNEL``
+or the development build), so the real kernel pipeline can be swapped in.
+Boots are TCG and cost a few seconds each: tests that can share one guest do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from kmlbench.image import build_base_image, make_guest_initrd
+from kmlbench.paths import REPO_ROOT, cache_dir
+from kmlbench.qemu import (
+    Guest,
+    GuestConfig,
+    GuestError,
+    build_command_line,
+    probe_kvm,
+    qemu_version,
+)
+from kmlbench.ssh import GuestSSH, SSHError, SSHKeys
+
+DEV_KERNEL = Path("/tmp/kdev/linux-source-6.1/arch/x86/boot/bzImage")
+
+
+@pytest.fixture(scope="session")
+def guest_kernel() -> Path:
+    """The bzImage to boot: ``KMLBENCH_TEST_KERNEL``, else the development build."""
+    env = os.environ.get("KMLBENCH_TEST_KERNEL")
+    path = Path(env) if env else DEV_KERNEL
+    if not path.is_file():
+        pytest.skip(f"no guest kernel at {path} (set KMLBENCH_TEST_KERNEL)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_image() -> Path:
+    return build_base_image(cache_dir())
+
+
+@contextmanager
+def boot(
+    workdir: Path,
+    kernel: Path,
+    base: Path,
+    **overrides: object,
+) -> Iterator[Guest]:
+    """Boot a guest with fresh per-run keys in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    keys = SSHKeys.generate(workdir / "keys")
+    initrd = make_guest_initrd(base, workdir, keys.authorized_key, keys.host_key)
+    cfg = GuestConfig(
+        kernel=kernel,
+        initrd=initrd,
+        console_log=workdir / "console.log",
+        memory_mib=512,
+        boot_timeout_s=90,
+        silence_timeout_s=60,
+    )
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    with Guest(cfg, keys) as guest:
+        yield guest
+
+
+def assert_gone(guest: Guest) -> None:
+    """QEMU has exited and nothing is left in its process group."""
+    assert guest.proc is not None
+    assert guest.proc.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(guest.proc.pid, 0)
+
+
+@pytest.fixture(scope="module")
+def guest(
+    guest_kernel: Path, base_image: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Guest]:
+    with boot(tmp_path_factory.mktemp("shared"), guest_kernel, base_image) as shared:
+        yield shared
+    assert_gone(shared)
+
+
+def test_qemu_version() -> None:
+    assert qemu_version()[0].isdigit()
+
+
+def test_command_line_is_locked_down(tmp_path: Path) -> None:
+    cfg = GuestConfig(kernel=tmp_path / "k", initrd=tmp_path / "i", console_log=tmp_path / "c")
+    cmd = build_command_line(cfg, 4242)
+    joined = " ".join(cmd)
+    assert "-nodefaults" in cmd and "-no-reboot" in cmd
+    assert "restrict=on" in joined
+    assert "hostfwd=tcp:127.0.0.1:4242-:22" in joined
+    assert "console=ttyS0 panic=-1" in joined
+
+
+@pytest.mark.kernel
+def test_boot_run_put(guest: Guest) -> None:
+    assert 0 < guest.boot_seconds < 90
+    assert guest.command_line[0] == "qemu-system-x86_64"
+    result = guest.run("uname -s; id -u; echo oops-not-really >&2; exit 3", timeout=30)
+    assert result.exit_status == 3
+    assert result.stdout.split() == ["Linux", "0"]
+    assert "oops-not-really" in result.stderr
+    payload = bytes(range(256)) * 64
+    guest.put("/tmp/payload", payload, mode=0o600)
+    check = guest.run("stat -c %a /tmp/payload; md5sum < /tmp/payload", timeout=30)
+    import hashlib
+
+    mode, digest = check.stdout.split()[:2]
+    assert mode == "600"
+    assert digest == hashlib.md5(payload).hexdigest()
+
+
+@pytest.mark.kernel
+def test_guest_has_tools(guest: Guest) -> None:
+    result = guest.run(
+        "fio --version; ls -d /sys/kernel/config /sys/kernel/debug/block; "
+        "cat /sys/block/*/queue/scheduler | head -1; grep -c . /proc/mounts",
+        timeout=30,
+    )
+    assert result.exit_status == 0, result.stderr
+    assert result.stdout.startswith("fio-3.")
+    assert "/sys/kernel/config" in result.stdout
+
+
+@pytest.mark.kernel
+def test_console_has_marker_and_heartbeat(guest: Guest) -> None:
+    deadline = time.monotonic() + 20
+    while "kmlbench-heartbeat" not in guest.console_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    text = guest.console_text()
+    assert "KMLBENCH-GUEST-READY" in text
+    assert "kmlbench-heartbeat" in text
+    assert guest.cfg.console_log.read_text().startswith(text.splitlines()[0])
+
+
+@pytest.mark.kernel
+def test_command_timeout(guest: Guest) -> None:
+    with pytest.raises(GuestError) as info:
+        guest.run("sleep 30", timeout=1)
+    assert info.value.status == "timeout"
+    assert guest.run("echo still-alive", timeout=30).stdout.strip() == "still-alive"
+
+
+@pytest.mark.kernel
+def test_host_key_mismatch_is_refused(guest: Guest, tmp_path: Path) -> None:
+    other = SSHKeys.generate(tmp_path / "other")
+    wrong = dataclasses.replace(guest.keys, host_public=other.host_public)
+    ssh = GuestSSH(guest.port, wrong)
+    with pytest.raises(SSHError, match="mismatch"):
+        ssh.connect(timeout=20)
+    # And the right key still gets in.
+    right = GuestSSH(guest.port, guest.keys)
+    right.connect(timeout=20)
+    assert right.run("echo ok", timeout=20).stdout.strip() == "ok"
+    right.close()
+
+
+@pytest.mark.kernel
+def test_exception_in_block_kills_qemu(
+    guest_kernel: Path, base_image: Path, tmp_path: Path
+) -> None:
+    holder: list[Guest] = []
+    with pytest.raises(RuntimeError, match="boom"), boot(tmp_path, guest_kernel, base_image) as g:
+        holder.append(g)
+        raise RuntimeError("boom")
+    assert_gone(holder[0])
+
+
+@pytest.mark.kernel
+def test_silence_watchdog(guest_kernel: Path, base_image: Path, tmp_path: Path) -> None:
+    with boot(tmp_path, guest_kernel, base_image, silence_timeout_s=3) as g:
+        # A 3 s silence watchdog against a 5 s heartbeat: it must fire.
+        with pytest.raises(GuestError) as info:
+            g.run("sleep 20", timeout=30)
+        assert info.value.status == "timeout"
+        assert "no console output" in info.value.message
+    assert_gone(g)
+
+
+@pytest.mark.kernel
+def test_clean_poweroff(guest_kernel: Path, base_image: Path, tmp_path: Path) -> None:
+    with boot(tmp_path, guest_kernel, base_image) as g:
+        g.poweroff(timeout=30)
+        assert g.proc is not None and g.proc.returncode == 0
+        assert "reboot: Power down" in g.console_text()
+    assert_gone(g)
+
+
+@pytest.mark.kernel
+def test_boot_deadline(guest_kernel: Path, base_image: Path, tmp_path: Path) -> None:
+    with (
+        pytest.raises(GuestError) as info,
+        boot(tmp_path, guest_kernel, base_image, boot_timeout_s=0.5),
+    ):
+        pass
+    assert info.value.status == "boot-failure"
+
+
+@pytest.mark.kernel
+def test_sigterm_leaves_no_qemu(guest_kernel: Path, base_image: Path, tmp_path: Path) -> None:
+    """A harness killed with SIGTERM mid-cell takes its QEMU with it."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_qemu import boot
+        with boot(Path({str(tmp_path)!r}), Path({str(guest_kernel)!r}),
+                  Path({str(base_image)!r})) as g:
+            print("PGID", g.proc.pid, flush=True)
+            time.sleep(120)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line.startswith("PGID"), line
+    pgid = int(line.split()[1])
+    os.killpg(pgid, 0)  # QEMU is running
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+
+
+@pytest.mark.kernel
+def test_probe_kvm_is_cached(tmp_path: Path) -> None:
+    first = probe_kvm(timeout_s=5, cache=tmp_path)
+    assert isinstance(first.usable, bool) and first.reason
+    second = probe_kvm(timeout_s=5, cache=tmp_path)
+    if os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert second.cached
+    assert second.usable == first.usable
