@@ -40,6 +40,8 @@ NULL_BLK_DEFAULTS: dict[str, int | str] = {
     "blocksize": 4096,
 }
 SCHEDULERS = ("mq-deadline", "none", "kyber", "bfq")
+# Millisecond tunables the kernel stores in jiffies (rounded on read-back).
+JIFFY_TUNABLES = frozenset({"read_expire", "write_expire", "prio_aging_expire", "timeout_sync"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -135,14 +137,16 @@ def _null_blk_script(device: dict) -> list[str]:
     lines = [
         "cfg=/sys/kernel/config/nullb",
         '[ -d "$cfg" ] || die "no $cfg (configfs not mounted or null_blk missing)"',
-        'nb="$cfg/kmlbench"',
+        # Newer kernels name the disk after the configfs directory, older ones
+        # nullb<index>: with nr_devices=0 both give nullb0.
+        'nb="$cfg/nullb0"',
         'mkdir "$nb" || die "cannot create $nb"',
     ]
     for name, value in attrs:
         lines.append(f'setattr "$nb/{name}" {value}')
     lines += [
         'echo 1 > "$nb/power" || die "null_blk power on failed"',
-        'dev="nullb$(cat "$nb/index")"',
+        'dev=nullb0; [ -e /sys/block/$dev ] || dev="nullb$(cat "$nb/index")"',
     ]
     return lines
 
@@ -170,6 +174,15 @@ def setup_script(device: dict, scheduler: dict) -> str:
         '    got=$(cat "$1") || die "cannot read $1"',
         '    [ "$got" = "$2" ] || die "$1: wrote $2, reads back $got"',
         "}",
+        # mq-deadline keeps *_expire in jiffies: 250 ms reads back as 252 at
+        # HZ=250. Accept up to 10 ms (one jiffy at HZ>=100) and report the
+        # effective value.
+        "setattr_ms() {",
+        '    echo "$2" > "$1" 2>/dev/null || die "cannot write $2 to $1"',
+        '    got=$(cat "$1") || die "cannot read $1"',
+        "    d=$((got - $2)); [ $d -lt 0 ] && d=$((-d))",
+        '    [ $d -le 10 ] || die "$1: wrote $2, reads back $got"',
+        "}",
     ]
     if dtype == "null_blk":
         lines += _null_blk_script(device)
@@ -182,6 +195,8 @@ def setup_script(device: dict, scheduler: dict) -> str:
         ]
     queue = '"/sys/block/$dev/queue'
     lines += [
+        "i=0",
+        'while [ ! -b "/dev/$dev" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done',
         '[ -b "/dev/$dev" ] || die "/dev/$dev is not a block device"',
         f'echo {shlex.quote(name)} > {queue}/scheduler" 2>/dev/null'
         f' || die "scheduler {name} not available: $(cat {queue}/scheduler")"',
@@ -189,7 +204,8 @@ def setup_script(device: dict, scheduler: dict) -> str:
         f' || die "scheduler is $(cat {queue}/scheduler") not {name}"',
     ]
     for key, value in tunables.items():
-        lines.append(f'setattr {queue}/iosched/{key}" {shlex.quote(str(value))}')
+        setter = "setattr_ms" if key in JIFFY_TUNABLES and isinstance(value, int) else "setattr"
+        lines.append(f'{setter} {queue}/iosched/{key}" {shlex.quote(str(value))}')
     lines += [
         f'echo "kmlbench-device: $dev scheduler=$(cat {queue}/scheduler")'
         f' size_bytes=$(($(cat /sys/block/$dev/size) * 512))"',

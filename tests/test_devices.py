@@ -1,0 +1,166 @@
+"""Block devices and schedulers in a real guest: null_blk via configfs, virtio-blk, fio.
+
+One guest serves the whole module: it boots with ``null_blk.nr_devices=0``
+(for configfs) *and* a virtio disk attached, so both device types are
+exercised with a single TCG boot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kmlbench.devices import (
+    DeviceError,
+    direct_io_supported,
+    disk_info,
+    kernel_cmdline,
+    qemu_disk_args,
+    setup_script,
+)
+from kmlbench.qemu import Guest
+from test_qemu import base_image, boot, guest_kernel  # noqa: F401  (fixtures)
+
+NULL_BLK = {
+    "type": "null_blk",
+    "completion_nsec": 50_000,
+    "hw_queue_depth": 32,
+    "submit_queues": 2,
+    "size_mib": 256,
+    "irqmode": "timer",
+}
+VIRTIO = {"type": "virtio", "size_mib": 64}
+DEADLINE = {
+    "name": "mq-deadline",
+    "read_expire": 250,
+    "write_expire": 2500,
+    "fifo_batch": 8,
+    "writes_starved": 3,
+    "front_merges": 0,
+}
+
+
+def test_kernel_cmdline() -> None:
+    assert kernel_cmdline(NULL_BLK) == "null_blk.nr_devices=0"
+    assert kernel_cmdline(VIRTIO) == ""
+    with pytest.raises(DeviceError):
+        kernel_cmdline({"type": "floppy"})
+
+
+def test_virtio_disk_args(tmp_path: Path) -> None:
+    args = qemu_disk_args(VIRTIO, tmp_path)
+    image = tmp_path / "disk.raw"
+    assert image.stat().st_size == 64 << 20
+    assert image.stat().st_blocks == 0  # sparse
+    drive = args[args.index("-drive") + 1]
+    assert "format=raw,if=none,id=d0" in drive and "aio=threads" in drive
+    assert args[args.index("-device") + 1].startswith("virtio-blk-pci,drive=d0")
+    info = disk_info(tmp_path)
+    ok, _ = direct_io_supported(tmp_path)
+    assert info["cache"] == ("none" if ok else "writeback")
+    assert f"cache={info['cache']}" in drive
+    assert ("note" in info) is not ok
+    assert qemu_disk_args(NULL_BLK, tmp_path) == []
+
+
+def test_setup_script_rejects_bad_input() -> None:
+    with pytest.raises(DeviceError):
+        setup_script({**NULL_BLK, "irqmode": "sometimes"}, DEADLINE)
+    with pytest.raises(DeviceError):
+        setup_script(NULL_BLK, {"name": "mq-deadline; reboot"})
+    with pytest.raises(DeviceError):
+        setup_script(NULL_BLK, {"name": "mq-deadline", "read_expire": [1]})
+
+
+@pytest.fixture(scope="module")
+def dev_guest(
+    guest_kernel: Path,  # noqa: F811
+    base_image: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Guest]:
+    # The cell folder lives in the repo's results-like scratch (a real disk
+    # filesystem), where cache=none works; /tmp may be tmpfs.
+    cell = tmp_path_factory.mktemp("devcell")
+    extra = qemu_disk_args(VIRTIO, cell)
+    with boot(
+        cell, guest_kernel, base_image, extra_args=extra, append=kernel_cmdline(NULL_BLK)
+    ) as guest:
+        yield guest
+
+
+def run_setup(guest: Guest, device: dict, scheduler: dict) -> tuple[str, list[str]]:
+    result = guest.run(setup_script(device, scheduler), timeout=60)
+    assert result.exit_status == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    return lines[-1], lines[:-1]
+
+
+@pytest.mark.kernel
+def test_null_blk_via_configfs(dev_guest: Guest) -> None:
+    assert "nullb" not in dev_guest.run("ls /sys/block", timeout=30).stdout
+    dev, info = run_setup(dev_guest, NULL_BLK, DEADLINE)
+    assert dev == "/dev/nullb0"
+    assert any("[mq-deadline]" in line for line in info)
+    check = dev_guest.run(
+        "cd /sys/kernel/config/nullb/nullb0 && "
+        "cat completion_nsec irqmode hw_queue_depth submit_queues size power; "
+        "cat /sys/block/nullb0/size; "
+        "cd /sys/block/nullb0/queue/iosched && "
+        "cat read_expire write_expire fifo_batch writes_starved front_merges",
+        timeout=30,
+    )
+    values = check.stdout.split()
+    assert values[:6] == ["50000", "2", "32", "2", "256", "1"]
+    assert int(values[6]) * 512 == 256 << 20
+    # *_expire are kept in jiffies: 250 ms may read back as 252 ms at HZ=250.
+    assert abs(int(values[7]) - 250) <= 10 and abs(int(values[8]) - 2500) <= 10
+    assert values[9:] == ["8", "3", "0"]
+
+
+@pytest.mark.kernel
+def test_null_blk_latency_is_real(dev_guest: Guest) -> None:
+    """completion_nsec=50 us must show in fio's completion latency."""
+    result = dev_guest.run(
+        "fio --name=lat --filename=/dev/nullb0 --rw=randread --bs=4k --direct=1 "
+        "--ioengine=psync --runtime=2 --time_based --output-format=json",
+        timeout=120,
+    )
+    assert result.exit_status == 0, result.stderr
+    data = json.loads(result.stdout[result.stdout.index("{") :])
+    clat_ns = data["jobs"][0]["read"]["clat_ns"]["mean"]
+    assert clat_ns >= 50_000
+    assert data["jobs"][0]["read"]["io_bytes"] > 0
+
+
+@pytest.mark.kernel
+def test_bad_tunable_fails_setup(dev_guest: Guest) -> None:
+    result = dev_guest.run(
+        setup_script(VIRTIO, {"name": "mq-deadline", "no_such_tunable": 1}), timeout=60
+    )
+    assert result.exit_status != 0
+    assert "no_such_tunable" in result.stderr
+
+
+@pytest.mark.kernel
+def test_virtio_disk_with_scheduler_and_fio(dev_guest: Guest) -> None:
+    dev, info = run_setup(dev_guest, VIRTIO, {"name": "kyber"})
+    assert dev == "/dev/vda"
+    assert any("[kyber]" in line for line in info)
+    dev, info = run_setup(dev_guest, VIRTIO, DEADLINE)
+    assert dev == "/dev/vda"
+    assert "[mq-deadline]" in dev_guest.run("cat /sys/block/vda/queue/scheduler", 30).stdout
+    assert any("iosched/fifo_batch=8" in line for line in info)
+    result = dev_guest.run(
+        "fio --name=smoke --filename=/dev/vda --rw=randrw --bs=4k --direct=1 "
+        "--ioengine=libaio --iodepth=4 --runtime=2 --time_based --size=32m "
+        "--output-format=json",
+        timeout=120,
+    )
+    assert result.exit_status == 0, result.stderr
+    data = json.loads(result.stdout[result.stdout.index("{") :])
+    job = data["jobs"][0]
+    assert job["error"] == 0
+    assert job["read"]["total_ios"] > 0 and job["write"]["total_ios"] > 0
