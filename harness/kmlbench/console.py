@@ -40,7 +40,13 @@ class ConsoleEvent:
 # (a fault inside the kernel), not a BUG_ON().
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("panic", re.compile(r"Kernel panic - not syncing")),
-    ("oops", re.compile(r"(^|\s)Oops:|BUG: unable to handle|general protection fault")),
+    (
+        "oops",
+        re.compile(
+            r"(^|\s)Oops:|BUG: unable to handle|BUG: kernel NULL pointer dereference"
+            r"|general protection fault"
+        ),
+    ),
     ("bug", re.compile(r"kernel BUG at |(^|\s)BUG: ")),
     ("warn", re.compile(r"WARNING: CPU: \d+ PID: \d+ at |(^|\s)WARNING: at ")),
     ("hung_task", re.compile(r"INFO: task .+ blocked for more than \d+ seconds")),
