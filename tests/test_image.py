@@ -1,0 +1,132 @@
+"""The guest initramfs: cpio format, contents, caching and the key overlay.
+
+The archive is checked with independent readers (GNU cpio and busybox cpio),
+not with our own writer's assumptions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kmlbench.fio_build import build_static_fio
+from kmlbench.image import (
+    GUEST_HOST_KEY_PATH,
+    CpioWriter,
+    build_base_image,
+    image_info,
+    make_guest_initrd,
+)
+from kmlbench.paths import GUEST_IMAGE_DIR, cache_dir
+from kmlbench.ssh import SSHKeys
+
+
+@pytest.fixture(scope="module")
+def base() -> Path:
+    return build_base_image(cache_dir())
+
+
+def listing(archive: Path, tool: list[str]) -> dict[str, str]:
+    """name -> `ls -l`-style mode string, as printed by an external cpio."""
+    with archive.open("rb") as handle:
+        out = subprocess.run(
+            [*tool, "-t", "-v"], stdin=handle, capture_output=True, text=True, check=True
+        ).stdout
+    entries = {}
+    for line in out.splitlines():
+        fields = line.split(" -> ")[0].split()  # names have no spaces here
+        entries[fields[-1]] = fields[0]
+    return entries
+
+
+def test_static_fio_is_static() -> None:
+    fio = build_static_fio()
+    assert fio.kind == "static"
+    assert fio.version.startswith("fio-3.")
+    out = subprocess.run(["file", str(fio.path)], capture_output=True, text=True).stdout
+    assert "statically linked" in out
+    assert fio.path.stat().st_size < 8 << 20
+
+
+def test_base_image_is_cached(base: Path) -> None:
+    mtime = base.stat().st_mtime_ns
+    again = build_base_image(cache_dir())
+    assert again == base
+    assert base.stat().st_mtime_ns == mtime
+    assert image_info(base)["fio"]["kind"] == "static"
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [["cpio", "--quiet"], ["/bin/busybox", "cpio"]],
+    ids=["gnu-cpio", "busybox-cpio"],
+)
+def test_base_image_contents(base: Path, tool: list[str]) -> None:
+    if shutil.which(tool[0]) is None:
+        pytest.skip(f"{tool[0]} not installed")
+    entries = listing(base, tool)
+    for path in ("init", "bin/busybox", "bin/sh", "sbin/ip", "sbin/poweroff", "usr/bin/fio",
+                 "usr/sbin/dropbear", "lib64/ld-linux-x86-64.so.2", "etc/passwd",
+                 "root", "opt/kml", "tmp"):  # fmt: skip
+        assert path in entries, path
+    assert entries["init"] == "-rwxr-xr-x"
+    assert entries["root"] == "drwx------"
+    assert entries["tmp"] == "drwxrwxrwt"
+    assert entries["bin/sh"].startswith("l")
+    assert not any(name.startswith("dev/") for name in entries)  # devtmpfs does that
+
+
+def test_base_image_extracts(base: Path, tmp_path: Path) -> None:
+    with base.open("rb") as handle:
+        subprocess.run(
+            ["cpio", "--quiet", "-i", "-d", "--no-absolute-filenames"],
+            stdin=handle, cwd=tmp_path, check=True,
+        )  # fmt: skip
+    assert (tmp_path / "init").read_bytes() == (GUEST_IMAGE_DIR / "init").read_bytes()
+    passwd = (tmp_path / "etc/passwd").read_text()
+    assert passwd.startswith("root:x:0:0:root:/root:/bin/sh")
+    assert os.readlink(tmp_path / "bin/sh") == "/bin/busybox"
+    libs = list((tmp_path / "lib/x86_64-linux-gnu").iterdir())
+    assert any(lib.name.startswith("libc.so") for lib in libs)
+
+
+def test_cpio_writer_is_reproducible_and_owned_by_root(tmp_path: Path) -> None:
+    def build() -> bytes:
+        cpio = CpioWriter()
+        cpio.add_file("/a/b/c.txt", b"hello", 0o640)
+        cpio.add_symlink("/a/link", "b/c.txt")
+        return cpio.finish()
+
+    data = build()
+    assert data == build()
+    assert len(data) % 4 == 0
+    archive = tmp_path / "t.cpio"
+    archive.write_bytes(data)
+    out = subprocess.run(
+        ["cpio", "--quiet", "-t", "-v", "--numeric-uid-gid"],
+        stdin=archive.open("rb"), capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    lines = out.splitlines()
+    names = [line.split(" -> ")[0].split()[-1] for line in lines]
+    assert names == ["a", "a/b", "a/b/c.txt", "a/link"]  # parents first
+    for line in lines:
+        assert line.split()[2:4] == ["0", "0"], line
+
+
+def test_guest_initrd_appends_overlay(base: Path, tmp_path: Path) -> None:
+    keys = SSHKeys.generate(tmp_path / "keys")
+    initrd = make_guest_initrd(base, tmp_path / "run", keys.authorized_key, keys.host_key)
+    data = initrd.read_bytes()
+    assert data.startswith(base.read_bytes())
+    assert initrd.stat().st_mode & 0o077 == 0
+    overlay = tmp_path / "overlay.cpio"
+    overlay.write_bytes(data[base.stat().st_size :])
+    entries = listing(overlay, ["cpio", "--quiet"])
+    assert entries["root/.ssh/authorized_keys"] == "-rw-------"
+    assert entries[GUEST_HOST_KEY_PATH.lstrip("/")] == "-rw-------"
+    assert keys.authorized_key.split()[1].encode() in data
+    assert keys.host_public.startswith("ssh-ed25519 ")
