@@ -130,7 +130,7 @@ def build_libkml(force: bool = False, cc: str | None = None) -> Path:
 
 
 class _ModelCfg(C.Structure):
-    _fields_ = [  # noqa: RUF012 - ctypes layout
+    _fields_ = [
         ("dtype", C.c_uint32),
         ("arch", C.c_uint32),
         ("n_layers", C.c_uint32),
@@ -143,7 +143,7 @@ class _ModelCfg(C.Structure):
 
 
 class _TrainCfg(C.Structure):
-    _fields_ = [  # noqa: RUF012 - ctypes layout
+    _fields_ = [
         ("optimizer", C.c_uint32),
         ("loss", C.c_uint32),
         ("max_batch", C.c_uint32),
@@ -198,6 +198,7 @@ _SIGS: dict[str, tuple[object, list[object]]] = {
     "kml_ring_counters": (None, [_P, C.POINTER(_U64), C.POINTER(_U64), C.POINTER(_U64)]),
     "kml_ring_shared": (_P, [_P]),
     "kml_ring_bytes": (C.c_size_t, [_U32, _U32]),
+    "kml_ring_stress": (_INT, [_P, _U32, _U32, C.POINTER(_U64)]),
     "kml_bench_predict": (_U64, [_P, _P, _U32, _U32, _P]),
     "kml_bench_train": (_U64, [_P, _P, _P, _U32, _U32, _U32]),
 }
@@ -731,9 +732,11 @@ class Ring:
 
     def push(self, record) -> bool:
         """Push one record (bytes-like or NumPy array of record_size bytes)."""
-        data = bytes(np.ascontiguousarray(record).tobytes()) if isinstance(
-            record, np.ndarray
-        ) else bytes(record)
+        data = (
+            bytes(np.ascontiguousarray(record).tobytes())
+            if isinstance(record, np.ndarray)
+            else bytes(record)
+        )
         if len(data) != self.record_size:
             raise ValueError(f"record must be {self.record_size} bytes, got {len(data)}")
         ret = self._lib.kml_ring_push(self._h, data)
@@ -755,6 +758,16 @@ class Ring:
         p, c, d = _U64(), _U64(), _U64()
         self._lib.kml_ring_counters(self._h, C.byref(p), C.byref(c), C.byref(d))
         return {"produced": p.value, "consumed": c.value, "dropped": d.value}
+
+    def stress(self, n_producers: int, per_producer: int) -> dict[str, int]:
+        """C test entry point: ``n_producers`` pthreads push ``per_producer``
+        16-byte records each while the calling thread consumes; raises
+        KmlError(EPROTO) if a producer's records arrive out of order or twice.
+        """
+        out = (_U64 * 3)()
+        ret = self._lib.kml_ring_stress(self._h, n_producers, per_producer, out)
+        _check(ret, "ring_stress")
+        return {"consumed": out[0], "pushed": out[1], "refused": out[2]}
 
     @property
     def shared_bytes(self) -> int:

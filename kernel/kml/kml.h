@@ -227,28 +227,28 @@ enum kml_ring_mode {
  * sequence number followed by the record.  See docs/kml.md.
  */
 struct kml_ring_shared {
-	u32 magic;			/*   0 */
-	u32 version;			/*   4 */
-	u32 capacity;			/*   8 power of two */
-	u32 record_size;		/*  12 bytes of payload per record */
-	u32 slot_size;			/*  16 8 + record_size rounded up to 8 */
-	u32 mode;			/*  20 enum kml_ring_mode */
-	u32 hdr_size;			/*  24 KML_RING_HDR_SIZE */
-	u32 reserved0;			/*  28 */
-	u8 pad0[32];			/*  32 */
-	kml_atomic64_t head;		/*  64 producers' reservation index */
+	u32 magic;				/*   0 */
+	u32 version;				/*   4 */
+	u32 capacity;				/*   8 power of two */
+	u32 record_size;			/*  12 payload bytes per record */
+	u32 slot_size;				/*  16 8 + record_size rounded to 8 */
+	u32 mode;				/*  20 enum kml_ring_mode */
+	u32 hdr_size;				/*  24 KML_RING_HDR_SIZE */
+	u32 reserved0;				/*  28 */
+	u8 pad0[32];				/*  32 */
+	struct kml_atomic64 head;		/*  64 producers' next position */
 	u8 pad1[56];
-	kml_atomic64_t tail;		/* 128 consumer index */
-	kml_atomic64_t consumed;	/* 136 */
+	struct kml_atomic64 tail;		/* 128 consumer's next position */
+	struct kml_atomic64 consumed;		/* 136 */
 	u8 pad2[48];
-	kml_atomic64_t produced;	/* 192 */
-	kml_atomic64_t dropped;		/* 200 */
-	kml_atomic64_t full_waits;	/* 208 blocking pushes that gave up */
+	struct kml_atomic64 produced;		/* 192 */
+	struct kml_atomic64 dropped;		/* 200 */
+	struct kml_atomic64 full_waits;		/* 208 blocking pushes given up */
 	u8 pad3[40];
 };
 
 struct kml_ring_slot {
-	kml_atomic64_t seq;
+	struct kml_atomic64 seq;
 	u8 data[];
 };
 

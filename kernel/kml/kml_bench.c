@@ -3,6 +3,8 @@
  * C-side timing loops for kmlbench (user space only, not in the kernel
  * build): measure the library itself, without the FFI call per sample.
  */
+#include <pthread.h>
+#include <sched.h>
 #include "kml_internal.h"
 
 /* Mean ns per kml_model_predict() call on @batch rows, over @iters calls. */
@@ -43,4 +45,86 @@ KML_API u64 kml_bench_train(struct kml_model *m, const void *x, const void *y,
 		}
 	}
 	return kml_now_ns() - t0;
+}
+
+/* ---- ring stress test entry point (tests/test_kml_ring.py) ---- */
+
+struct kml_stress_producer {
+	struct kml_ring *ring;
+	pthread_t thread;
+	u32 id;
+	u32 count;
+	u64 pushed;
+	u64 refused;
+	int finished;
+};
+
+static void *kml_stress_produce(void *arg)
+{
+	struct kml_stress_producer *p = arg;
+	u64 rec[2];
+	u32 i;
+
+	for (i = 0; i < p->count; i++) {
+		rec[0] = p->id;
+		rec[1] = i;
+		if (kml_ring_push(p->ring, rec) == 0)
+			p->pushed++;
+		else
+			p->refused++;
+	}
+	__atomic_store_n(&p->finished, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * @n_producers threads push @per_producer 16-byte records {id, seq} each
+ * while this thread consumes.  Checks that every producer's records arrive
+ * in order without duplicates.  out[0] = records consumed, out[1] = pushes
+ * that succeeded, out[2] = pushes refused.  Returns 0, or -EPROTO on a
+ * lost, duplicated or reordered record.
+ */
+KML_API int kml_ring_stress(struct kml_ring *r, u32 n_producers,
+			    u32 per_producer, u64 *out)
+{
+	struct kml_stress_producer prod[64];
+	u64 next[64] = { 0 }, rec[2], consumed = 0, pushed = 0, refused = 0;
+	u32 i, done;
+	int ret = 0;
+
+	if (n_producers > 64 || r->record_size != 16)
+		return -EINVAL;
+	for (i = 0; i < n_producers; i++) {
+		prod[i] = (struct kml_stress_producer){ .ring = r, .id = i,
+			.count = per_producer };
+		pthread_create(&prod[i].thread, NULL, kml_stress_produce, &prod[i]);
+	}
+	for (done = 0;;) {
+		if (kml_ring_pop(r, rec) == 0) {
+			consumed++;
+			if (rec[0] >= n_producers || rec[1] < next[rec[0]])
+				ret = -EPROTO;
+			else
+				next[rec[0]] = rec[1] + 1;
+			continue;
+		}
+		if (done == n_producers)
+			break;
+		/* empty: see whether all producers have finished */
+		done = 0;
+		for (i = 0; i < n_producers; i++)
+			done += __atomic_load_n(&prod[i].finished, __ATOMIC_ACQUIRE);
+		sched_yield();
+	}
+	for (i = 0; i < n_producers; i++) {
+		pthread_join(prod[i].thread, NULL);
+		pushed += prod[i].pushed;
+		refused += prod[i].refused;
+	}
+	while (kml_ring_pop(r, rec) == 0)
+		consumed++;
+	out[0] = consumed;
+	out[1] = pushed;
+	out[2] = refused;
+	return ret;
 }

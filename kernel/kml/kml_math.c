@@ -6,7 +6,7 @@
  * must only run between kml_fpu_begin() and kml_fpu_end().  Accuracy against
  * libm is measured by tests/test_kml_math.py and listed in docs/kml.md.
  */
-#include "kml.h"
+#include "kml_internal.h"
 
 union kml_fbits {
 	float f;

@@ -24,6 +24,12 @@ void kml_q16_norm_scale(struct kml_model *m)
 	}
 }
 
+/* a / b rounded to nearest, b > 0: keeps the running statistics unbiased */
+static s64 kml_div_round(s64 a, s64 b)
+{
+	return a >= 0 ? kml_div_s64(a + b / 2, b) : -kml_div_s64(-a + b / 2, b);
+}
+
 void kml_q16_norm_update(struct kml_model *m, const s32 *x, u32 n)
 {
 	u32 n_in = m->cfg.sizes[0], r, i;
@@ -32,14 +38,15 @@ void kml_q16_norm_update(struct kml_model *m, const s32 *x, u32 n)
 	s64 d0, d1, cnt;
 
 	for (r = 0; r < n; r++) {
-		cnt = (s64)++m->norm_count;
+		m->norm_count++;
+		cnt = (s64)m->norm_count;
 		for (i = 0; i < n_in; i++) {
 			s32 v = x[(size_t)r * n_in + i];
 
 			d0 = (s64)v - mean[i];
-			mean[i] = kml_sat32(mean[i] + kml_div_s64(d0, cnt));
+			mean[i] = kml_sat32(mean[i] + kml_div_round(d0, cnt));
 			d1 = (s64)v - mean[i];
-			var[i] += kml_div_s64(kml_rshift_round(d0 * d1, 16) - var[i],
+			var[i] += kml_div_round(kml_rshift_round(d0 * d1, 16) - var[i],
 					      cnt);
 		}
 	}

@@ -27,37 +27,39 @@
 /* Kernel callers see no visibility attribute; exports use EXPORT_SYMBOL_GPL. */
 #define KML_API
 
-typedef atomic64_t kml_atomic64_t;
+struct kml_atomic64 {
+	atomic64_t v;
+};
 
-static inline s64 kml_atomic64_load_acquire(kml_atomic64_t *a)
+static inline s64 kml_atomic64_load_acquire(struct kml_atomic64 *a)
 {
-	return atomic64_read_acquire(a);
+	return atomic64_read_acquire(&a->v);
 }
 
-static inline s64 kml_atomic64_load_relaxed(kml_atomic64_t *a)
+static inline s64 kml_atomic64_load_relaxed(struct kml_atomic64 *a)
 {
-	return atomic64_read(a);
+	return atomic64_read(&a->v);
 }
 
-static inline void kml_atomic64_store_release(kml_atomic64_t *a, s64 v)
+static inline void kml_atomic64_store_release(struct kml_atomic64 *a, s64 v)
 {
-	atomic64_set_release(a, v);
+	atomic64_set_release(&a->v, v);
 }
 
-static inline void kml_atomic64_store_relaxed(kml_atomic64_t *a, s64 v)
+static inline void kml_atomic64_store_relaxed(struct kml_atomic64 *a, s64 v)
 {
-	atomic64_set(a, v);
+	atomic64_set(&a->v, v);
 }
 
 /* Returns true and updates nothing else on success; on failure *old = current. */
-static inline bool kml_atomic64_cmpxchg(kml_atomic64_t *a, s64 *old, s64 new)
+static inline bool kml_atomic64_cmpxchg(struct kml_atomic64 *a, s64 *old, s64 new)
 {
-	return atomic64_try_cmpxchg(a, old, new);
+	return atomic64_try_cmpxchg(&a->v, old, new);
 }
 
-static inline void kml_atomic64_inc(kml_atomic64_t *a)
+static inline void kml_atomic64_inc(struct kml_atomic64 *a)
 {
-	atomic64_inc(a);
+	atomic64_inc(&a->v);
 }
 
 static inline void kml_cpu_relax(void)
@@ -99,40 +101,40 @@ typedef int64_t s64;
 #define S64_MIN INT64_MIN
 #define U32_MAX UINT32_MAX
 
-typedef struct {
-	_Atomic int64_t counter;
-} kml_atomic64_t;
+struct kml_atomic64 {
+	_Atomic int64_t v;
+};
 
-static inline s64 kml_atomic64_load_acquire(kml_atomic64_t *a)
+static inline s64 kml_atomic64_load_acquire(struct kml_atomic64 *a)
 {
-	return atomic_load_explicit(&a->counter, memory_order_acquire);
+	return atomic_load_explicit(&a->v, memory_order_acquire);
 }
 
-static inline s64 kml_atomic64_load_relaxed(kml_atomic64_t *a)
+static inline s64 kml_atomic64_load_relaxed(struct kml_atomic64 *a)
 {
-	return atomic_load_explicit(&a->counter, memory_order_relaxed);
+	return atomic_load_explicit(&a->v, memory_order_relaxed);
 }
 
-static inline void kml_atomic64_store_release(kml_atomic64_t *a, s64 v)
+static inline void kml_atomic64_store_release(struct kml_atomic64 *a, s64 v)
 {
-	atomic_store_explicit(&a->counter, v, memory_order_release);
+	atomic_store_explicit(&a->v, v, memory_order_release);
 }
 
-static inline void kml_atomic64_store_relaxed(kml_atomic64_t *a, s64 v)
+static inline void kml_atomic64_store_relaxed(struct kml_atomic64 *a, s64 v)
 {
-	atomic_store_explicit(&a->counter, v, memory_order_relaxed);
+	atomic_store_explicit(&a->v, v, memory_order_relaxed);
 }
 
-static inline bool kml_atomic64_cmpxchg(kml_atomic64_t *a, s64 *old, s64 new)
+static inline bool kml_atomic64_cmpxchg(struct kml_atomic64 *a, s64 *old, s64 new)
 {
-	return atomic_compare_exchange_weak_explicit(&a->counter, (int64_t *)old, new,
+	return atomic_compare_exchange_weak_explicit(&a->v, (int64_t *)old, new,
 						     memory_order_acq_rel,
 						     memory_order_relaxed);
 }
 
-static inline void kml_atomic64_inc(kml_atomic64_t *a)
+static inline void kml_atomic64_inc(struct kml_atomic64 *a)
 {
-	atomic_fetch_add_explicit(&a->counter, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&a->v, 1, memory_order_relaxed);
 }
 
 static inline void kml_cpu_relax(void)

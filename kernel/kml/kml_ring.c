@@ -19,7 +19,7 @@
 
 static_assert(sizeof(struct kml_ring_shared) == KML_RING_HDR_SIZE,
 	      "ring header layout");
-static_assert(sizeof(kml_atomic64_t) == 8, "64-bit atomics");
+static_assert(sizeof(struct kml_atomic64) == 8, "64-bit atomics");
 
 static u32 kml_ring_slot_size(u32 record_size)
 {

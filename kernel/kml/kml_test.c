@@ -1,0 +1,373 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KUnit tests for KML.
+ *
+ * This file is integer-only (built without FPU code generation): float
+ * values travel as IEEE-754 bit patterns and are compared in ulps, so no
+ * test ever needs kernel_fpu_begin() itself; KML takes its own FPU section
+ * inside kml_math_apply() and kml_model_predict().  Reference values were
+ * computed with libm in double precision and rounded to float.
+ */
+#include <kunit/test.h>
+#include <linux/slab.h>
+#include "kml_internal.h"
+
+#define N_REF 16
+
+struct kml_ref {
+	u32 fn;
+	u32 max_ulp;
+	u32 x[N_REF];
+	u32 y[N_REF];
+};
+
+static const struct kml_ref kml_refs[] = {
+	{ KML_FN_EXP, 2,
+	  { 0xc2ae0000, 0xc24a0000, 0xc1240000, 0xbf800000, 0xbeb1758e,
+	    0xba83126f, 0x00000000, 0x3a83126f, 0x3f000000, 0x3f800000,
+	    0x40135d8d, 0x41200000, 0x41a00000, 0x4231999a, 0x428c0000,
+	    0x42b10000 },
+	  { 0x00b33687, 0x1b0d6cfa, 0x38144cd4, 0x3ebc5ab2, 0x3f3503ba,
+	    0x3f7fbe7f, 0x3f800000, 0x3f8020c9, 0x3fd3094c, 0x402df854,
+	    0x411ffffe, 0x46ac14ee, 0x4de75844, 0x5f8508f6, 0x71fdfe91,
+	    0x7f4cdcc4 } },
+	{ KML_FN_LOG, 2,
+	  { 0x0da24260, 0x3727c5ac, 0x3c23d70a, 0x3e99999a, 0x3f350481,
+	    0x3f7fbe77, 0x3f800000, 0x3f8020c5, 0x3fb50481, 0x40000000,
+	    0x402df855, 0x41200000, 0x447a0000, 0x47800000, 0x60ad78ec,
+	    0x7f61b1e6 },
+	  { 0xc28a27b5, 0xc13834f1, 0xc0935d8e, 0xbf9a1bc8, 0xbeb1735b,
+	    0xba8322ca, 0x00000000, 0x3a83033b, 0x3eb170d5, 0x3f317218,
+	    0x3f800000, 0x40135d8e, 0x40dd0c55, 0x41317218, 0x423834f1,
+	    0x42b13196 } },
+	{ KML_FN_TANH, 2,
+	  { 0xc1a00000, 0xc0a00000, 0xbf800000, 0xbefae148, 0xbdcccccd,
+	    0xb8d1b717, 0x00000000, 0x38d1b717, 0x3d4ccccd, 0x3e99999a,
+	    0x3eff7cee, 0x3f000000, 0x3f400000, 0x40000000, 0x410e6666,
+	    0x41180000 },
+	  { 0xbf800000, 0xbf7ffa0d, 0xbf42f7d6, 0xbee88f0f, 0xbdcc1ebc,
+	    0xb8d1b717, 0x00000000, 0x38d1b717, 0x3d4ca127, 0x3e9526ee,
+	    0x3eec337e, 0x3eec9a9f, 0x3f22991f, 0x3f76ca83, 0x3f7fffff,
+	    0x3f800000 } },
+	{ KML_FN_SIGMOID, 2,
+	  { 0xc2a00000, 0xc1f00000, 0xc1200000, 0xc0400000, 0xbf800000,
+	    0xbe800000, 0xba83126f, 0x00000000, 0x3a83126f, 0x3e800000,
+	    0x3f800000, 0x40400000, 0x41200000, 0x41800000, 0x41f00000,
+	    0x42a00000 },
+	  { 0x05bfecba, 0x29d2b706, 0x383e6997, 0x3d4241a2, 0x3e89b2b1,
+	    0x3ee02a67, 0x3effdf3b, 0x3f000000, 0x3f001062, 0x3f0feacd,
+	    0x3f3b26a8, 0x3f73dbe6, 0x3f7ffd06, 0x3f7ffffe, 0x3f800000,
+	    0x3f800000 } },
+	{ KML_FN_SQRT, 1,
+	  { 0x006ce3ee, 0x1e3ce508, 0x3a83126f, 0x3e800000, 0x3f000000,
+	    0x3f800000, 0x40000000, 0x40400000, 0x41200000, 0x42f6e979,
+	    0x461c4000, 0x477fff00, 0x501502f9, 0x60ad78ec, 0x7149f2ca,
+	    0x7f61b1e6 },
+	  { 0x1fec1e4a, 0x2edbe6ff, 0x3d0186e3, 0x3f000000, 0x3f3504f3,
+	    0x3f800000, 0x3fb504f3, 0x3fddb3d7, 0x404a62c2, 0x4131c6f7,
+	    0x42c80000, 0x437fff80, 0x47c35000, 0x501502f9, 0x58635fa9,
+	    0x5f705ece } },
+};
+
+/* distance in ulps between two float bit patterns */
+static u32 kml_ulps(u32 a, u32 b)
+{
+	s64 ia = a & 0x80000000U ? -(s64)(a & 0x7fffffffU) : (s64)a;
+	s64 ib = b & 0x80000000U ? -(s64)(b & 0x7fffffffU) : (s64)b;
+
+	return ia > ib ? (u32)(ia - ib) : (u32)(ib - ia);
+}
+
+/* float bit pattern -> Q16.16, integer only (|value| < 32768) */
+static s32 kml_f32_bits_to_q16(u32 u)
+{
+	s32 e = (s32)((u >> 23) & 0xff) - 127;
+	s64 mant = (u & 0x7fffff) | 0x800000, v;
+
+	if (e < -24)
+		return 0;
+	v = e >= 7 ? mant << (e - 7) : (mant + (1LL << (6 - e))) >> (7 - e);
+	return u & 0x80000000U ? (s32)-v : (s32)v;
+}
+
+static void kml_test_math_accuracy(struct kunit *test)
+{
+	u32 y[N_REF], i, k, worst;
+
+	for (k = 0; k < ARRAY_SIZE(kml_refs); k++) {
+		const struct kml_ref *r = &kml_refs[k];
+
+		KUNIT_ASSERT_EQ(test, 0, kml_math_apply(r->fn, KML_F32, r->x, y,
+							N_REF));
+		worst = 0;
+		for (i = 0; i < N_REF; i++) {
+			u32 d = kml_ulps(y[i], r->y[i]);
+
+			KUNIT_EXPECT_LE_MSG(test, d, r->max_ulp,
+					    "fn %u x=0x%08x got 0x%08x want 0x%08x",
+					    r->fn, r->x[i], y[i], r->y[i]);
+			if (d > worst)
+				worst = d;
+		}
+		kunit_info(test, "fn %u: max error %u ulp\n", r->fn, worst);
+	}
+}
+
+static void kml_test_math_special(struct kunit *test)
+{
+	/* exp(+big) = inf, exp(-big) = 0, log(0) = -inf, log(-1) = NaN */
+	u32 x[4] = { 0x42c80000, 0xc2c80000, 0x00000000, 0xbf800000 };
+	u32 y[4];
+
+	KUNIT_ASSERT_EQ(test, 0, kml_math_apply(KML_FN_EXP, KML_F32, x, y, 2));
+	KUNIT_EXPECT_EQ(test, y[0], 0x7f800000U);
+	KUNIT_EXPECT_EQ(test, y[1], 0U);
+	KUNIT_ASSERT_EQ(test, 0, kml_math_apply(KML_FN_LOG, KML_F32, x + 2, y, 2));
+	KUNIT_EXPECT_EQ(test, y[0], 0xff800000U);
+	KUNIT_EXPECT_EQ(test, y[1] & 0x7fc00000U, 0x7fc00000U);
+}
+
+/* Q16 exp/sigmoid/tanh against the float references, no FPU at all */
+static void kml_test_q16_math(struct kunit *test)
+{
+	static const u32 fns[] = { KML_FN_EXP, KML_FN_TANH, KML_FN_SIGMOID };
+	s32 x[N_REF], y[N_REF];
+	u32 f, i, k;
+
+	for (f = 0; f < ARRAY_SIZE(fns); f++) {
+		for (k = 0; k < ARRAY_SIZE(kml_refs); k++)
+			if (kml_refs[k].fn == fns[f])
+				break;
+		for (i = 0; i < N_REF; i++)
+			x[i] = kml_f32_bits_to_q16(kml_refs[k].x[i]);
+		KUNIT_ASSERT_EQ(test, 0, kml_math_apply(fns[f], KML_Q16, x, y,
+							N_REF));
+		for (i = 0; i < N_REF; i++) {
+			s32 want;
+
+			/* skip inputs or results outside the Q16 range */
+			if (x[i] == 0 && kml_refs[k].x[i] & 0x7fffffffU)
+				continue;
+			if ((kml_refs[k].y[i] & 0x7fffffffU) >= 0x47000000U)
+				continue;
+			if (((kml_refs[k].x[i] >> 23) & 0xff) >= 127 + 15)
+				continue;
+			want = kml_f32_bits_to_q16(kml_refs[k].y[i]);
+			/* 2 ulp of Q16 plus 2e-6 relative to the input rounding */
+			KUNIT_EXPECT_LE_MSG(test, abs(y[i] - want),
+					    2 + abs(want) / 4096,
+					    "fn %u x=%d got %d want %d",
+					    fns[f], x[i], y[i], want);
+		}
+	}
+}
+
+static void kml_test_linear_forward(struct kunit *test)
+{
+	/* W = [[0.5, -1, 2], [0.25, 0.25, 0.25]], b = [1, -0.5] */
+	static const s32 w[6] = { 32768, -65536, 131072, 16384, 16384, 16384 };
+	static const s32 b[2] = { 65536, -32768 };
+	static const s32 x[6] = { 65536, 131072, 196608,	/* 1 2 3 */
+				  -65536, 0, 32768 };		/* -1 0 .5 */
+	/* row 0: 0.5 - 2 + 6 + 1 = 5.5, 1.5 - 0.5 = 1; row 1: -0.5 + 1 + 1 = 1.5, -0.125 - 0.5 */
+	static const s32 want[4] = { 360448, 65536, 98304, -40960 };
+	s32 out[4];
+	u32 i;
+
+	kml_linear_forward_q16(out, x, w, b, 2, 3, 2);
+	for (i = 0; i < 4; i++)
+		KUNIT_EXPECT_EQ(test, out[i], want[i]);
+}
+
+static struct kml_model *kml_test_model(struct kunit *test, u32 dtype,
+					u32 arch)
+{
+	struct kml_model_cfg cfg = {
+		.dtype = dtype, .arch = arch, .seed = 42,
+		.hidden_act = KML_ACT_TANH,
+	};
+	struct kml_model *m = NULL;
+
+	if (arch == KML_ARCH_MLP) {
+		cfg.n_layers = 2;
+		cfg.sizes[0] = 8;
+		cfg.sizes[1] = 16;
+		cfg.sizes[2] = 1;
+		cfg.out_act = KML_ACT_SIGMOID;
+	} else {
+		cfg.n_layers = 1;
+		cfg.sizes[0] = 8;
+		cfg.sizes[1] = 1;
+	}
+	KUNIT_ASSERT_EQ(test, 0, kml_model_create(&cfg, &m));
+	KUNIT_ASSERT_NOT_NULL(test, m);
+	return m;
+}
+
+/* Same seed -> same initial weights; Q16 output within 1e-3 of float. */
+static void kml_test_fixed_vs_float(struct kunit *test)
+{
+	struct kml_model *mf = kml_test_model(test, KML_F32, KML_ARCH_MLP);
+	struct kml_model *mq = kml_test_model(test, KML_Q16, KML_ARCH_MLP);
+	/* inputs as Q16 and as float bits: k / 8 - 0.5 */
+	static const u32 xf[8] = { 0xbf000000, 0xbec00000, 0xbe800000,
+				   0xbe000000, 0x00000000, 0x3e000000,
+				   0x3e800000, 0x3ec00000 };
+	s32 xq[8], yq;
+	u32 yf, i;
+
+	for (i = 0; i < 8; i++)
+		xq[i] = (s32)i * 8192 - 32768;
+	KUNIT_ASSERT_EQ(test, 0, kml_model_predict(mf, xf, 1, &yf));
+	KUNIT_ASSERT_EQ(test, 0, kml_model_predict(mq, xq, 1, &yq));
+	KUNIT_EXPECT_LE(test, abs(yq - kml_f32_bits_to_q16(yf)), 66);
+	kml_model_free(mf);
+	kml_model_free(mq);
+}
+
+/* Q16 training reduces the loss of a tiny regression, no FPU. */
+static void kml_test_q16_training(struct kunit *test)
+{
+	struct kml_model *m = kml_test_model(test, KML_Q16, KML_ARCH_LINEAR);
+	struct kml_train_cfg tc = {
+		.optimizer = KML_OPT_SGD, .loss = KML_LOSS_MSE, .max_batch = 4,
+		.lr = KML_Q32_ONE / 10, .momentum = KML_Q32_ONE / 2,
+	};
+	s32 x[4 * 8], y[4], first = 0, loss = 0;
+	u32 i, r, step;
+
+	for (r = 0; r < 4; r++) {
+		for (i = 0; i < 8; i++)
+			x[r * 8 + i] = (s32)((r * 7 + i * 3) % 5) * 16384 - 32768;
+		y[r] = x[r * 8] - x[r * 8 + 1] + 32768;	/* x0 - x1 + 0.5 */
+	}
+	KUNIT_ASSERT_EQ(test, 0, kml_model_train_setup(m, &tc));
+	for (step = 0; step < 300; step++) {
+		KUNIT_ASSERT_EQ(test, 0, kml_model_train_batch(m, x, y, 4, &loss));
+		if (!step)
+			first = loss;
+	}
+	KUNIT_EXPECT_LT(test, loss, first / 20);
+	kml_model_free(m);
+}
+
+static void kml_test_model_load(struct kunit *test)
+{
+	struct kml_model *m = kml_test_model(test, KML_F32, KML_ARCH_MLP);
+	struct kml_model *l = NULL;
+	size_t len = kml_model_file_size(m);
+	u8 *buf = kunit_kzalloc(test, len, GFP_KERNEL);
+	u8 *buf2 = kunit_kzalloc(test, len, GFP_KERNEL);
+	size_t cut;
+	u32 crc;
+
+	KUNIT_ASSERT_NOT_NULL(test, buf);
+	KUNIT_ASSERT_NOT_NULL(test, buf2);
+	KUNIT_ASSERT_EQ(test, (long)len, kml_model_save(m, buf, len));
+
+	/* round trip is bit-exact */
+	KUNIT_ASSERT_EQ(test, 0, kml_model_load(buf, len, &l));
+	KUNIT_EXPECT_EQ(test, (long)len, kml_model_save(l, buf2, len));
+	KUNIT_EXPECT_EQ(test, 0, memcmp(buf, buf2, len));
+	KUNIT_EXPECT_LE(test, kml_model_footprint(l), (size_t)4096);
+	kml_model_free(l);
+
+	/* truncated at every offset */
+	for (cut = 0; cut < len; cut += 7) {
+		KUNIT_EXPECT_EQ(test, -EBADMSG, kml_model_load(buf, cut, &l));
+		KUNIT_EXPECT_NULL(test, l);
+	}
+	/* bad magic, version, sizes, checksum */
+	memcpy(buf2, buf, len);
+	buf2[0] ^= 1;
+	KUNIT_EXPECT_EQ(test, -EINVAL, kml_model_load(buf2, len, &l));
+	memcpy(buf2, buf, len);
+	buf2[4] = 2;
+	KUNIT_EXPECT_EQ(test, -EPROTONOSUPPORT, kml_model_load(buf2, len, &l));
+	memcpy(buf2, buf, len);
+	buf2[44] = 200;			/* sizes[1] > KML_MAX_WIDTH */
+	KUNIT_EXPECT_EQ(test, -E2BIG, kml_model_load(buf2, len, &l));
+	memcpy(buf2, buf, len);
+	buf2[44] = 15;			/* sizes disagree with payload size */
+	KUNIT_EXPECT_EQ(test, -EINVAL, kml_model_load(buf2, len, &l));
+	memcpy(buf2, buf, len);
+	buf2[100] ^= 0x10;
+	KUNIT_EXPECT_EQ(test, -EBADMSG, kml_model_load(buf2, len, &l));
+	/* NaN weight with a valid checksum */
+	memcpy(buf2, buf, len);
+	buf2[64] = 0x00;
+	buf2[65] = 0x00;
+	buf2[66] = 0xc0;
+	buf2[67] = 0x7f;
+	crc = kml_crc32(0, buf2, len - 4);
+	buf2[len - 4] = crc;
+	buf2[len - 3] = crc >> 8;
+	buf2[len - 2] = crc >> 16;
+	buf2[len - 1] = crc >> 24;
+	KUNIT_EXPECT_EQ(test, -EDOM, kml_model_load(buf2, len, &l));
+	KUNIT_EXPECT_NULL(test, l);
+	kml_model_free(m);
+}
+
+static void kml_test_crc32(struct kunit *test)
+{
+	KUNIT_EXPECT_EQ(test, kml_crc32(0, "123456789", 9), 0xcbf43926U);
+}
+
+static void kml_test_ring_counts(struct kunit *test)
+{
+	struct kml_ring *r;
+	u64 produced, consumed, dropped;
+	u32 i, v, got = 0;
+
+	KUNIT_ASSERT_EQ(test, 0, kml_ring_create(&r, 8, sizeof(u32),
+						 KML_RING_DROP));
+	for (i = 0; i < 20; i++)
+		kml_ring_push(r, &i);
+	while (!kml_ring_pop(r, &v)) {
+		KUNIT_EXPECT_EQ(test, v, got);
+		got++;
+	}
+	kml_ring_counters(r, &produced, &consumed, &dropped);
+	KUNIT_EXPECT_EQ(test, got, 8U);
+	KUNIT_EXPECT_EQ(test, produced, 8ULL);
+	KUNIT_EXPECT_EQ(test, consumed, 8ULL);
+	KUNIT_EXPECT_EQ(test, dropped, 12ULL);
+	kml_ring_destroy(r);
+
+	/* blocking mode never sleeps in the kernel: full ring -> -EAGAIN */
+	KUNIT_ASSERT_EQ(test, 0, kml_ring_create(&r, 4, sizeof(u32),
+						 KML_RING_BLOCK));
+	for (i = 0; i < 4; i++)
+		KUNIT_EXPECT_EQ(test, 0, kml_ring_push(r, &i));
+	KUNIT_EXPECT_EQ(test, -EAGAIN, kml_ring_push(r, &i));
+	KUNIT_EXPECT_EQ(test, 0, kml_ring_pop(r, &v));
+	KUNIT_EXPECT_EQ(test, 0, kml_ring_push(r, &i));
+	kml_ring_counters(r, &produced, &consumed, &dropped);
+	KUNIT_EXPECT_EQ(test, produced, 5ULL);
+	KUNIT_EXPECT_EQ(test, consumed, 1ULL);
+	KUNIT_EXPECT_EQ(test, dropped, 0ULL);
+	kml_ring_destroy(r);
+}
+
+static struct kunit_case kml_test_cases[] = {
+	KUNIT_CASE(kml_test_math_accuracy),
+	KUNIT_CASE(kml_test_math_special),
+	KUNIT_CASE(kml_test_q16_math),
+	KUNIT_CASE(kml_test_linear_forward),
+	KUNIT_CASE(kml_test_fixed_vs_float),
+	KUNIT_CASE(kml_test_q16_training),
+	KUNIT_CASE(kml_test_model_load),
+	KUNIT_CASE(kml_test_crc32),
+	KUNIT_CASE(kml_test_ring_counts),
+	{}
+};
+
+static struct kunit_suite kml_test_suite = {
+	.name = "kml",
+	.test_cases = kml_test_cases,
+};
+kunit_test_suite(kml_test_suite);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("KUnit tests for KML");

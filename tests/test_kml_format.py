@@ -1,0 +1,168 @@
+"""The KML model file: layout, and refusal of every malformed file."""
+
+from __future__ import annotations
+
+import errno
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from kmlbench import kml
+
+HDR = 64
+
+
+def model_bytes(dtype="float32", normalize=True) -> bytes:
+    m = kml.Model.mlp(8, hidden=[16], activation="relu", output="sigmoid",
+                      dtype=dtype, normalize=normalize, seed=4)  # fmt: skip
+    if normalize:
+        m.norm_update(np.random.default_rng(0).normal(size=(100, 8)))
+    return m.to_bytes()
+
+
+def with_crc(body: bytes) -> bytes:
+    """Replace the trailing CRC so that only the deliberate defect remains."""
+    return body[:-4] + struct.pack("<I", zlib.crc32(body[:-4]))
+
+
+def errno_of(data: bytes) -> int:
+    with pytest.raises(kml.KmlError) as exc:
+        kml.Model.from_bytes(data)
+    return exc.value.errno
+
+
+def test_layout_and_crc_is_zlib_crc32():
+    data = model_bytes()
+    magic, version, hdr, flags, dtype, arch, n_layers, hid, out, norm = struct.unpack_from(
+        "<10I", data
+    )
+    sizes = struct.unpack_from("<5I", data, 40)
+    (payload,) = struct.unpack_from("<I", data, 60)
+    assert magic == 0x4D4C4D4B and data[:4] == b"KMLM"
+    assert (version, hdr, flags, dtype, arch, n_layers) == (1, 64, 0, 0, 2, 2)
+    assert (hid, out, norm) == (1, 2, 1)
+    assert sizes == (8, 16, 1, 0, 0)
+    n_params = 16 * 9 + 17
+    assert payload == 8 + 12 * 8 + 4 * n_params
+    assert len(data) == HDR + payload + 4
+    assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+    assert kml.lib().kml_crc32(0, b"123456789", 9) == 0xCBF43926
+
+
+def test_valid_files_load():
+    for dtype in ("float32", "fixed"):
+        for normalize in (False, True):
+            data = model_bytes(dtype, normalize)
+            assert kml.Model.from_bytes(data).to_bytes() == data
+
+
+def test_bad_magic():
+    data = bytearray(model_bytes())
+    data[0:4] = b"KMLX"
+    assert errno_of(with_crc(bytes(data))) == errno.EINVAL
+
+
+def test_bad_version():
+    data = bytearray(model_bytes())
+    struct.pack_into("<I", data, 4, 2)
+    assert errno_of(with_crc(bytes(data))) == errno.EPROTONOSUPPORT
+
+
+@pytest.mark.parametrize("offset,value", [(8, 32), (12, 1), (16, 7), (20, 9), (28, 9), (36, 5)])
+def test_bad_header_fields(offset, value):
+    data = bytearray(model_bytes())
+    struct.pack_into("<I", data, offset, value)
+    assert errno_of(with_crc(bytes(data))) == errno.EINVAL
+
+
+def test_truncated_at_many_offsets():
+    data = model_bytes()
+    for cut in [0, 1, 4, 30, 63, 64, 67, 68, 100, len(data) // 2, len(data) - 5, len(data) - 1]:
+        assert errno_of(data[:cut]) == errno.EBADMSG, cut
+
+
+def test_trailing_bytes():
+    data = model_bytes()
+    assert errno_of(data + b"\0") == errno.EBADMSG
+
+
+def test_size_mismatch():
+    data = bytearray(model_bytes())
+    struct.pack_into("<I", data, 44, 15)  # hidden width no longer matches the payload
+    assert errno_of(with_crc(bytes(data))) == errno.EINVAL
+    data = bytearray(model_bytes())
+    struct.pack_into("<I", data, 60, struct.unpack_from("<I", data, 60)[0] + 4)
+    assert errno_of(with_crc(bytes(data))) == errno.EINVAL
+
+
+def test_too_big():
+    data = bytearray(model_bytes())
+    struct.pack_into("<I", data, 44, 100000)
+    assert errno_of(with_crc(bytes(data))) == errno.E2BIG
+    data = bytearray(model_bytes())
+    struct.pack_into("<I", data, 24, 9)  # n_layers
+    assert errno_of(with_crc(bytes(data))) == errno.E2BIG
+    assert errno_of(bytes(data) + bytes(2 << 20)) in (errno.E2BIG, errno.EBADMSG)
+
+
+def test_bad_checksum():
+    data = bytearray(model_bytes())
+    data[HDR + 20] ^= 0x01
+    assert errno_of(bytes(data)) == errno.EBADMSG
+    data = bytearray(model_bytes())
+    data[-1] ^= 0x80
+    assert errno_of(bytes(data)) == errno.EBADMSG
+
+
+@pytest.mark.parametrize("bits", [0x7FC00000, 0x7F800000, 0xFF800000, 0xFFC00001])
+def test_nan_inf_weights(bits):
+    data = bytearray(model_bytes(normalize=False))
+    struct.pack_into("<I", data, HDR + 4 * 37, bits)
+    assert errno_of(with_crc(bytes(data))) == errno.EDOM
+
+
+def test_nan_or_negative_norm_stats():
+    base = model_bytes()
+    n_in = 8
+    mean0 = HDR + 8
+    var0 = HDR + 8 + 4 * n_in
+    for off, bits in [(mean0, 0x7FC00000), (var0 + 8, 0x7F800000), (var0, 0xBF800000)]:
+        data = bytearray(base)
+        struct.pack_into("<I", data, off, bits)
+        assert errno_of(with_crc(bytes(data))) == errno.EDOM
+    data = bytearray(base)
+    struct.pack_into("<I", data, var0 + 4, 1)  # padding of a float variance
+    assert errno_of(with_crc(bytes(data))) == errno.EDOM
+    fixed = bytearray(model_bytes("fixed"))
+    struct.pack_into("<q", fixed, var0, -5)
+    assert errno_of(with_crc(bytes(fixed))) == errno.EDOM
+
+
+def test_garbage_fuzz():
+    """Random bytes, random corruptions of a valid file (with and without a
+    fixed-up CRC): always refused or loaded, never a crash."""
+    rng = np.random.default_rng(99)
+    good = model_bytes()
+    refused = 0
+    for i in range(3000):
+        if i % 3 == 0:
+            data = rng.bytes(int(rng.integers(0, 600)))
+        else:
+            buf = bytearray(good)
+            for _ in range(int(rng.integers(1, 8))):
+                buf[int(rng.integers(0, len(buf)))] = int(rng.integers(0, 256))
+            if rng.uniform() < 0.3:
+                buf = buf[: int(rng.integers(0, len(buf)))]
+            data = with_crc(bytes(buf)) if i % 3 == 2 and len(buf) >= 4 else bytes(buf)
+        try:
+            m = kml.Model.from_bytes(data)
+        except kml.KmlError as e:
+            assert e.errno in (errno.EINVAL, errno.EBADMSG, errno.E2BIG, errno.EDOM,
+                               errno.EPROTONOSUPPORT)  # fmt: skip
+            refused += 1
+        else:
+            # only a file whose CRC was fixed up can load, and it must round-trip
+            assert m.to_bytes() == data
+    assert refused > 2000

@@ -1,0 +1,173 @@
+"""KML models end to end: regression against lstsq, classification, the
+fixed-point path against float, normalisation, save/load, footprint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kmlbench import kml
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(2024)
+
+
+def regression(rng, n=2000, d=8, noise=0.1):
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, size=d) + rng.normal(size=d)
+    w = rng.normal(size=d)
+    y = X @ w + 1.5 + noise * rng.normal(size=n)
+    return X, y
+
+
+def lstsq(X, y):
+    A = np.hstack([X, np.ones((X.shape[0], 1))])
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    return coef[:-1], coef[-1]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_linear_regression_matches_lstsq(rng, optimizer):
+    """Documented tolerance: coefficients within 2e-3 (abs) of lstsq and the
+    MSE within 0.1 % of the lstsq optimum.
+
+    sgd: full-batch gradient descent with momentum (deterministic, converges);
+    adam: mini-batches of 32, then a second pass with a 100x smaller rate.
+    """
+    X, y = regression(rng, n=1000)
+    w, b = lstsq(X, y)
+    m = kml.Model.linear(8, normalize=True)
+    if optimizer == "sgd":
+        m.fit(X, y, epochs=300, lr=0.1, batch=1000, optimizer="sgd", momentum=0.9)
+    else:
+        m.fit(X, y, epochs=40, lr=0.01, batch=32, optimizer="adam")
+        m.fit(X, y, epochs=20, lr=1e-4, batch=32, optimizer="adam")
+    # fit in normalised space; map back: y = sum W (x - mean) * scale + b
+    ((W, bias),) = m.layers()
+    mean, scale = m.norm_params()
+    w_k = W[0] * scale
+    b_k = bias[0] - np.sum(w_k * mean)
+    np.testing.assert_allclose(w_k, w, atol=2e-3)
+    assert abs(b_k - b) < 5e-3
+    mse_k = np.mean((m.predict(X) - y) ** 2)
+    mse_ls = np.mean((X @ w + b - y) ** 2)
+    assert mse_k <= mse_ls * 1.001
+
+
+def test_fixed_linear_regression(rng):
+    """Q16.16 training (SGD + momentum) of the same regression."""
+    X, y = regression(rng, noise=0.05)
+    w, b = lstsq(X, y)
+    m = kml.Model.linear(8, dtype="fixed", normalize=True)
+    m.fit(X, y, epochs=40, lr=0.02, batch=32, momentum=0.9)
+    mse_q = np.mean((m.predict(X) - y) ** 2)
+    mse_ls = np.mean((X @ w + b - y) ** 2)
+    assert mse_q <= mse_ls * 1.05 + 1e-3
+
+
+def classification(rng, n=3000):
+    X = rng.normal(size=(n, 8))
+    y = ((X[:, 0] ** 2 + X[:, 1] - 0.5 * X[:, 2]) > 0.8).astype(float)
+    return X, y
+
+
+@pytest.mark.parametrize("dtype", ["float32", "fixed"])
+def test_mlp_classifier_learns(rng, dtype):
+    X, y = classification(rng)
+    m = kml.Model.mlp(8, hidden=[16], activation="relu", output="sigmoid", dtype=dtype)
+    if dtype == "fixed":
+        m.fit(X, y, epochs=30, lr=0.1, batch=32, momentum=0.9)
+    else:
+        m.fit(X, y, epochs=30, lr=0.01, batch=32)
+    acc = np.mean((m.predict(X) > 0.5) == y)
+    assert acc > 0.95, acc
+
+
+def test_logistic_regression_and_pos_weight(rng):
+    X = rng.normal(size=(4000, 3))
+    logits = X @ np.array([2.0, -1.0, 0.5]) - 2.0
+    y = (rng.uniform(size=4000) < 1 / (1 + np.exp(-logits))).astype(float)
+    plain = kml.Model.logistic(3)
+    plain.fit(X, y, epochs=30, lr=0.02, batch=64)
+    ((W, b),) = plain.layers()
+    np.testing.assert_allclose(W[0], [2.0, -1.0, 0.5], atol=0.25)
+    assert abs(b[0] + 2.0) < 0.25
+    # weighting the positives raises recall
+    weighted = kml.Model.logistic(3)
+    weighted.fit(X, y, epochs=30, lr=0.02, batch=64, pos_weight=5.0)
+    pos = y == 1
+    recall_plain = np.mean(plain.predict(X)[pos] > 0.5)
+    recall_weighted = np.mean(weighted.predict(X)[pos] > 0.5)
+    assert recall_weighted > recall_plain + 0.1
+
+
+def test_per_sample_training_equals_batch_of_one(rng):
+    X, y = regression(rng, n=64)
+    a = kml.Model.linear(8, seed=3)
+    b = kml.Model.linear(8, seed=3)
+    a.fit(X, y, epochs=1, lr=1e-3, batch=1, optimizer="sgd", shuffle=False)
+    b.train_setup(lr=1e-3, batch=1, optimizer="sgd")
+    for i in range(64):
+        b.forward(X[i : i + 1], y[i : i + 1])
+        b.backward(y[i : i + 1])
+        b.step()
+    np.testing.assert_array_equal(a.params, b.params)
+
+
+def test_fixed_vs_float_inference(rng):
+    """Same seed, same initial weights: Q16 vs float predictions (documented)."""
+    X = rng.normal(size=(2000, 8))
+    for act, out in [("relu", "linear"), ("tanh", "sigmoid")]:
+        f = kml.Model.mlp(8, hidden=[16], activation=act, output=out, seed=77)
+        q = kml.Model.mlp(8, hidden=[16], activation=act, output=out, seed=77, dtype="fixed")
+        q.params = f.params
+        err = np.abs(f.predict(X) - q.predict(X))
+        assert err.max() < 2e-3, (act, err.max())
+
+
+def test_normalisation_running_stats(rng):
+    X = rng.normal(loc=[1, -2, 3], scale=[0.5, 2, 4], size=(5000, 3))
+    for dtype, tol in [("float32", 1e-4), ("fixed", 2e-3)]:
+        m = kml.Model.linear(3, normalize=True, dtype=dtype)
+        m.norm_update(X[:2000])
+        m.norm_update(X[2000:])
+        mean, scale = m.norm_params()
+        np.testing.assert_allclose(mean, X.mean(axis=0), atol=tol * 10)
+        np.testing.assert_allclose(1 / scale, X.std(axis=0), rtol=tol * 5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "fixed"])
+def test_save_load_round_trip_bit_exact(tmp_path, rng, dtype):
+    X, y = classification(rng, n=500)
+    m = kml.Model.mlp(8, hidden=[16, 8], activation="tanh", output="sigmoid",
+                      dtype=dtype, normalize=True)  # fmt: skip
+    m.fit(X, y, epochs=2, lr=0.05, batch=16, optimizer="sgd", momentum=0.5)
+    path = tmp_path / "m.kml"
+    m.save(path)
+    m2 = kml.Model.load(path)
+    assert m2.to_bytes() == path.read_bytes()
+    np.testing.assert_array_equal(m2.params, m.params)
+    np.testing.assert_array_equal(m2.predict(X), m.predict(X))
+    assert m2.sizes == [8, 16, 8, 1] and m2.dtype == dtype
+
+
+def test_loaded_model_footprint(rng):
+    """A loaded linear or 8-16-1 MLP model holds <= 4 KB (target)."""
+    for m in (kml.Model.linear(8, normalize=True),
+              kml.Model.mlp(8, hidden=[16], output="sigmoid", normalize=True)):  # fmt: skip
+        loaded = kml.Model.from_bytes(m.to_bytes())
+        assert loaded.footprint_bytes <= 4096, loaded.footprint_bytes
+
+
+def test_invalid_configs_refused():
+    with pytest.raises(ValueError):
+        kml.Model.mlp(8, hidden=[16, 16, 16, 16])
+    with pytest.raises(kml.KmlError):
+        kml.Model.mlp(8, hidden=[65])  # wider than KML_MAX_WIDTH
+    m = kml.Model.linear(4, dtype="fixed")
+    with pytest.raises(ValueError, match="Adam"):
+        m.fit(np.zeros((4, 4)), np.zeros(4), optimizer="adam")
+    lin = kml.Model.linear(4)
+    with pytest.raises(kml.KmlError):
+        lin.fit(np.zeros((4, 4)), np.zeros(4), loss="bce")  # BCE needs a sigmoid output
