@@ -593,7 +593,10 @@ def _run_kvm_probe(timeout_s: float, kernel: Path | None, initrd: Path | None) -
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
         try:
-            found.wait(timeout_s)
+            # Stop early when QEMU dies (e.g. it cannot set the host CPU's MSRs).
+            deadline = start + timeout_s
+            while not found.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
+                pass
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -606,4 +609,6 @@ def _run_kvm_probe(timeout_s: float, kernel: Path | None, initrd: Path | None) -
             return KvmProbe(True, f"KVM guest reached {what} in {took:.1f}s")
         tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
         detail = f" ({tail[0]})" if tail else ""
+        if took < timeout_s - 0.5:
+            return KvmProbe(False, f"QEMU/KVM exited after {took:.1f}s before {what}{detail}")
         return KvmProbe(False, f"KVM guest did not reach {what} within {timeout_s:g}s{detail}")
