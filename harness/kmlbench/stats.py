@@ -1,0 +1,481 @@
+"""Statistics for comparing two groups of cells.
+
+A *group* is the set of repeats of one configuration (or several matched
+configurations) on one side of a comparison: model on vs off, scheduler A
+vs B, run X vs run Y. The unit of replication is the repeat (one cell, one
+fresh guest): I/Os inside one guest are not independent samples, so every
+interval and test here resamples or ranks whole repeats.
+
+For each metric the group's estimate is computed the way it is defined:
+
+* latency percentiles (p50, p99, p99.9) from the *merged* fio histogram of
+  all repeats, with fio's own percentile rule, never by averaging the
+  repeats' percentiles;
+* mean latency as the sample-weighted mean of the repeats' exact means;
+* IOPS, bandwidth and accuracy-type metrics as the mean over repeats.
+
+The relative change ``B / A - 1`` gets a percentile-bootstrap 95% interval
+(repeats of each group resampled with replacement, percentiles recomputed
+from the resampled merged histograms), and the per-repeat values are
+compared with a two-sided Mann-Whitney U test. A difference is called
+significant only when both agree: the interval excludes 0 *and* p < alpha.
+With few repeats the U test cannot reach alpha at all (3 vs 3: smallest
+p = 0.1), which the result reports as ``underpowered``; four repeats per
+side are the minimum for alpha = 0.05.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+BETTER = "better"
+WORSE = "worse"
+NO_DIFFERENCE = "no significant difference"
+
+
+# --------------------------------------------------------------------------
+# Histograms.
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A fio completion-latency histogram: bucket values (ns) and counts."""
+
+    values: np.ndarray
+    counts: np.ndarray
+    mean_ns: float | None = None  # exact mean of the samples, when known
+
+    @classmethod
+    def from_bins(cls, bins: Mapping[Any, int], mean_ns: float | None = None) -> Histogram:
+        """From fio's ``clat_ns.bins`` (keys are bucket values as strings)."""
+        return cls.from_pairs(((int(k), int(v)) for k, v in bins.items()), mean_ns=mean_ns)
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[Sequence[int]], mean_ns: float | None = None) -> Histogram:
+        merged: dict[int, int] = {}
+        for v, n in pairs:
+            merged[int(v)] = merged.get(int(v), 0) + int(n)
+        keys = sorted(k for k, n in merged.items() if n > 0)
+        return cls(
+            np.array(keys, dtype=np.int64),
+            np.array([merged[k] for k in keys], dtype=np.int64),
+            mean_ns,
+        )
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def percentile(self, pct: float) -> float:
+        """fio's rule (``calc_clat_percentiles``): the first bucket whose
+        running count reaches ``pct/100 * samples``."""
+        total = self.total
+        if total == 0:
+            return math.nan
+        threshold = Fraction(pct) / 100 * total  # exact, like kmlbench.fio
+        running = 0
+        for value, count in zip(self.values.tolist(), self.counts.tolist(), strict=True):
+            running += count
+            if running >= threshold:
+                return float(value)
+        return float(self.values[-1])
+
+    def mean(self) -> float:
+        """The exact mean if known, else the histogram's (bucket-rounded) mean."""
+        if self.mean_ns is not None:
+            return float(self.mean_ns)
+        total = self.total
+        return float((self.values * self.counts).sum() / total) if total else math.nan
+
+    def cdf(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket values, cumulative fraction) for plotting."""
+        total = self.total
+        return self.values, np.cumsum(self.counts) / max(total, 1)
+
+
+def merge_histograms(hists: Iterable[Histogram]) -> Histogram:
+    """Add histograms; the mean stays exact when every part's is known."""
+    hists = [h for h in hists if h.total > 0]
+    if not hists:
+        return Histogram(np.array([], dtype=np.int64), np.array([], dtype=np.int64), None)
+    pairs = [(int(v), int(n)) for h in hists for v, n in zip(h.values, h.counts, strict=True)]
+    mean = None
+    if all(h.mean_ns is not None for h in hists):
+        mean = sum(h.mean_ns * h.total for h in hists) / sum(h.total for h in hists)
+    return Histogram.from_pairs(pairs, mean_ns=mean)
+
+
+def fio_bucket_value(ns: int) -> int:
+    """The bucket value fio reports for a latency of ``ns`` nanoseconds.
+
+    Mirrors ``plat_val_to_idx`` / ``plat_idx_to_val`` of fio's stat.c with
+    FIO_IO_U_PLAT_BITS = 6 (64 buckets per power of two, relative width
+    1/64), so synthetic histograms look exactly like fio's.
+    """
+    bits, val = 6, 64
+    ns = int(ns)
+    if ns < 2 * val:
+        return ns
+    msb = ns.bit_length() - 1
+    error_bits = msb - bits
+    base = (error_bits + 1) << bits
+    offset = (val - 1) & (ns >> error_bits)
+    idx = base + offset
+    # plat_idx_to_val: the middle of the bucket
+    error_bits = (idx >> bits) - 1
+    base = 1 << (error_bits + bits)
+    k = idx % val
+    return int(base + (k + 0.5) * (1 << error_bits))
+
+
+def histogram_from_samples(samples_ns: Iterable[float]) -> Histogram:
+    """A fio-shaped histogram of raw latencies (ns), for synthetic data and tests."""
+    arr = np.asarray(list(samples_ns), dtype=np.float64)
+    values = [fio_bucket_value(int(x)) for x in arr]
+    uniq, counts = np.unique(np.array(values, dtype=np.int64), return_counts=True)
+    return Histogram(uniq, counts.astype(np.int64), float(arr.mean()) if len(arr) else None)
+
+
+# --------------------------------------------------------------------------
+# Metrics.
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str  # short name used on the command line: p99
+    label: str  # for tables and figures
+    unit: str
+    higher_is_better: bool
+    percentile: float | None = None  # from merged histograms
+    latency_mean: bool = False  # sample-weighted mean of repeats' exact means
+    scalar: str | None = None  # a per-cell value: a metrics key or "kml.<key>"
+
+
+METRICS: dict[str, MetricDef] = {
+    m.name: m
+    for m in (
+        MetricDef("mean", "mean latency", "µs", False, latency_mean=True, scalar="clat_mean_us"),
+        MetricDef("p50", "p50 latency", "µs", False, percentile=50.0, scalar="clat_p50_us"),
+        MetricDef("p99", "p99 latency", "µs", False, percentile=99.0, scalar="clat_p99_us"),
+        MetricDef("p999", "p99.9 latency", "µs", False, percentile=99.9, scalar="clat_p999_us"),
+        MetricDef("iops", "IOPS", "IO/s", True, scalar="iops"),
+        MetricDef("bw", "bandwidth", "KiB/s", True, scalar="bw_kib_s"),
+        MetricDef("accuracy", "accuracy", "", True, scalar="kml.accuracy"),
+        MetricDef(
+            "balanced_accuracy", "balanced accuracy", "", True, scalar="kml.balanced_accuracy"
+        ),
+    )
+}
+LATENCY_METRICS = ("mean", "p50", "p99", "p999")
+DEFAULT_METRICS = ("mean", "p50", "p99", "p999", "iops")
+ACCURACY_METRICS = ("accuracy", "balanced_accuracy")
+ALIASES = {"p99.9": "p999", "p99_9": "p999", "p999.0": "p999", "bandwidth": "bw", "avg": "mean"}
+
+
+def metric(name: str) -> MetricDef:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in METRICS:
+        raise KeyError(f"unknown metric {name!r} (known: {', '.join(METRICS)})")
+    return METRICS[key]
+
+
+@dataclass
+class Sample:
+    """One repeat as statistics see it: its latency histogram and scalars."""
+
+    histogram: Histogram | None
+    values: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_cell(cls, cell: Any, direction: str | None = None) -> Sample:
+        """From a :class:`kmlbench.db.CellRow`; histogram of ``direction`` or all merged."""
+        hists = cell.histograms
+        if direction is None:
+            hist = merge_histograms(hists.values()) if hists else None
+        else:
+            hist = hists.get(direction)
+        prefix = f"{direction}_" if direction else ""
+        values = {k[len(prefix) :]: v for k, v in cell.metrics.items() if k.startswith(prefix)}
+        if direction is None:
+            values = dict(cell.metrics)
+        for k, v in (cell.kml_stats or {}).items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                values[f"kml.{k}"] = float(v)
+        return cls(hist if hist is not None and hist.total > 0 else None, values)
+
+
+def available(m: MetricDef, samples: Sequence[Sample]) -> bool:
+    """Whether every sample has what ``m`` needs."""
+    if not samples:
+        return False
+    if (m.percentile is not None or m.latency_mean) and all(
+        s.histogram is not None for s in samples
+    ):
+        return True
+    return m.scalar is not None and all(m.scalar in s.values for s in samples)
+
+
+def per_sample(m: MetricDef, samples: Sequence[Sample]) -> np.ndarray:
+    """The metric for each repeat on its own (what the U test ranks)."""
+    out = []
+    for s in samples:
+        if m.percentile is not None and s.histogram is not None:
+            out.append(s.histogram.percentile(m.percentile) / 1000.0)
+        elif m.latency_mean and s.histogram is not None:
+            out.append(s.histogram.mean() / 1000.0)
+        else:
+            out.append(float(s.values[m.scalar]))
+    return np.array(out, dtype=np.float64)
+
+
+def _uses_histograms(m: MetricDef, samples: Sequence[Sample]) -> bool:
+    return (m.percentile is not None or m.latency_mean) and all(
+        s.histogram is not None for s in samples
+    )
+
+
+def group_estimate(m: MetricDef, samples: Sequence[Sample]) -> float:
+    """The group's value of ``m`` (see the module docstring for the definition)."""
+    if _uses_histograms(m, samples):
+        merged = merge_histograms(s.histogram for s in samples)
+        if m.percentile is not None:
+            return merged.percentile(m.percentile) / 1000.0
+        return merged.mean() / 1000.0
+    return float(per_sample(m, samples).mean())
+
+
+class _Resampler:
+    """Vectorised bootstrap estimates of one metric for one group."""
+
+    def __init__(self, m: MetricDef, samples: Sequence[Sample]) -> None:
+        self.m = m
+        self.n = len(samples)
+        self.hist = _uses_histograms(m, samples)
+        if self.hist and m.percentile is not None:
+            grid = np.unique(np.concatenate([s.histogram.values for s in samples]))
+            mat = np.zeros((self.n, len(grid)), dtype=np.float64)
+            for i, s in enumerate(samples):
+                mat[i, np.searchsorted(grid, s.histogram.values)] = s.histogram.counts
+            self.grid, self.mat = grid, mat
+        elif self.hist:
+            self.means = np.array([s.histogram.mean() for s in samples]) / 1000.0
+            self.weights = np.array([s.histogram.total for s in samples], dtype=np.float64)
+        else:
+            self.vals = per_sample(m, samples)
+
+    def draw(self, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+        w = rng.multinomial(self.n, np.full(self.n, 1.0 / self.n), size=n_boot).astype(float)
+        if self.hist and self.m.percentile is not None:
+            merged = w @ self.mat  # (n_boot, bins)
+            cum = np.cumsum(merged, axis=1)
+            thr = cum[:, -1] * (self.m.percentile / 100.0)
+            idx = np.argmax(cum >= thr[:, None] * (1 - 1e-12), axis=1)
+            return self.grid[idx] / 1000.0
+        if self.hist:
+            ww = w * self.weights
+            return (ww @ self.means) / ww.sum(axis=1)
+        return (w @ self.vals) / self.n
+
+
+def bootstrap_ci(
+    m: MetricDef,
+    samples: Sequence[Sample],
+    *,
+    n_boot: int = 2000,
+    conf: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the group estimate of ``m``."""
+    if len(samples) < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    boots = _Resampler(m, samples).draw(rng, n_boot)
+    lo, hi = np.quantile(boots, [(1 - conf) / 2, 1 - (1 - conf) / 2])
+    return float(lo), float(hi)
+
+
+def min_attainable_p(n_a: int, n_b: int) -> float:
+    """Smallest two-sided p of an exact Mann-Whitney U test with these sizes."""
+    if n_a == 0 or n_b == 0:
+        return 1.0
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Mann-Whitney U p-value (scipy), 1.0 when undefined."""
+    if len(a) == 0 or len(b) == 0:
+        return 1.0
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if np.all(a == a[0]) and np.all(b == a[0]):
+        return 1.0
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+@dataclass
+class Comparison:
+    """One metric compared between group A (baseline) and group B."""
+
+    metric: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    n_a: int
+    n_b: int
+    a: float
+    b: float
+    change: float  # relative: b / a - 1
+    ci_low: float
+    ci_high: float
+    p_value: float
+    significant: bool
+    verdict: str  # better | worse | no significant difference (B relative to A)
+    underpowered: bool
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in self.__dict__.items()
+        }
+
+
+def verdict_of(change: float, significant: bool, higher_is_better: bool) -> str:
+    if not significant or change == 0 or math.isnan(change):
+        return NO_DIFFERENCE
+    return BETTER if (change > 0) == higher_is_better else WORSE
+
+
+def compare_metric(
+    name: str,
+    a: Sequence[Sample],
+    b: Sequence[Sample],
+    *,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """Compare one metric between two groups of repeats (A is the baseline)."""
+    m = metric(name)
+    est_a, est_b = group_estimate(m, a), group_estimate(m, b)
+    change = est_b / est_a - 1 if est_a else math.nan
+    lo = hi = math.nan
+    note = ""
+    if len(a) >= 2 and len(b) >= 2:
+        rng = np.random.default_rng(seed)
+        ba = _Resampler(m, a).draw(rng, n_boot)
+        bb = _Resampler(m, b).draw(rng, n_boot)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = bb / ba - 1
+        ratios = ratios[np.isfinite(ratios)]
+        if len(ratios):
+            lo, hi = (float(x) for x in np.quantile(ratios, [alpha / 2, 1 - alpha / 2]))
+    else:
+        note = "needs at least 2 repeats per side for an interval"
+    p = mann_whitney(per_sample(m, a), per_sample(m, b))
+    underpowered = min_attainable_p(len(a), len(b)) >= alpha
+    if underpowered and not note:
+        note = (
+            f"{len(a)} vs {len(b)} repeats: the U test cannot reach p < {alpha:g}"
+            f" (smallest p = {min_attainable_p(len(a), len(b)):.3g})"
+        )
+    excludes_zero = not math.isnan(lo) and (lo > 0 or hi < 0)
+    significant = bool(excludes_zero and p < alpha)
+    return Comparison(
+        metric=m.name,
+        label=m.label,
+        unit=m.unit,
+        higher_is_better=m.higher_is_better,
+        n_a=len(a),
+        n_b=len(b),
+        a=est_a,
+        b=est_b,
+        change=change,
+        ci_low=lo,
+        ci_high=hi,
+        p_value=p,
+        significant=significant,
+        verdict=verdict_of(change, significant, m.higher_is_better),
+        underpowered=underpowered,
+        note=note,
+    )
+
+
+def compare_groups(
+    a: Sequence[Sample],
+    b: Sequence[Sample],
+    metrics: Iterable[str] = DEFAULT_METRICS + ACCURACY_METRICS,
+    *,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[Comparison]:
+    """Every metric in ``metrics`` that both groups have (others are skipped)."""
+    out = []
+    for name in metrics:
+        m = metric(name)
+        if available(m, a) and available(m, b):
+            out.append(compare_metric(name, a, b, alpha=alpha, n_boot=n_boot, seed=seed))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Proportions and adaptive repeats.
+
+
+def wilson_interval(successes: float, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (e.g. accuracy over n predictions)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - (1 - conf) / 2))
+    phat = successes / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_ci(values: Sequence[float], conf: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean (NaN for fewer than 2 values)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return (math.nan, math.nan)
+    from scipy.stats import t
+
+    half = float(t.ppf(1 - (1 - conf) / 2, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return (float(x.mean()) - half, float(x.mean()) + half)
+
+
+MIN_REPEATS = 3
+
+
+def needs_more_repeats(samples: Sequence[float], rel_halfwidth: float, cap: int) -> bool:
+    """Whether another repeat is needed: the 95% interval of the mean is
+    wider than ``rel_halfwidth`` (relative half-width, e.g. 0.05 for ±5%)
+    and fewer than ``cap`` repeats ran.
+
+    Uses the Student-t interval, which is honest for the small counts this
+    decides about; at least :data:`MIN_REPEATS` repeats are always asked
+    for (unless ``cap`` is lower).
+    """
+    n = len(samples)
+    if n >= cap:
+        return False
+    if n < MIN_REPEATS:
+        return True
+    lo, hi = mean_ci(samples)
+    mean = float(np.mean(samples))
+    half = (hi - lo) / 2
+    if mean == 0:
+        return half > 0
+    return half / abs(mean) > rel_halfwidth

@@ -1,0 +1,279 @@
+"""The results database, on run folders made of real fio output from the host.
+
+:func:`sample_run` builds one run folder per test session with the real
+``kmlbench.results.RunDir`` and the host's ``/usr/bin/fio`` (psync on a
+small file, ~1 s jobs, four at a time): test_report and test_compare use
+the same folder.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from kmlbench import db, report, stats
+
+RUN_ID = "20261121-000000-sample"
+REPEATS = 4
+
+
+def _kml_stats(params: dict, repeat: int) -> dict | None:
+    wl = params["workload"]
+    if params["scheduler"]["name"] == "none" and wl["template"] == "randread" and wl["bs"] == "4k":
+        return report.sample_kml_stats(seed=repeat)
+    return None
+
+
+@functools.cache
+def sample_run() -> Path:
+    """A 16-cell run: none vs mq-deadline (randread 4k), randrw 4k, randread 128k."""
+    if shutil.which("fio") is None:
+        pytest.skip("fio is not installed")
+    root = Path(tempfile.mkdtemp(prefix="kmlbench-test-run-"))
+    atexit.register(shutil.rmtree, root, True)
+    configs = [
+        report.host_params("none", "randread"),
+        report.host_params("mq-deadline", "randread"),
+        report.host_params("none", "randrw"),
+        report.host_params("none", "randread", bs="128k", size_mib=8),
+    ]
+    return report.make_host_run(
+        root / "results",
+        configs,
+        repeats=REPEATS,
+        run_id=RUN_ID,
+        runtime_s=1.0,
+        accel="tcg",  # a label for the sample: the report must show the TCG banner
+        parallel=4,
+        kml_stats=_kml_stats,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir() -> Path:
+    return sample_run()
+
+
+@pytest.fixture(scope="module")
+def ingested(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database filled cell by cell with ingest_cell, as the runner will."""
+    path = tmp_path_factory.mktemp("db") / "cells.db"
+    for cell in sorted((run_dir / "cells").iterdir()):
+        db.ingest_cell(path, run_dir, cell.name)
+    return path
+
+
+def _cell_ids(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "cells").iterdir())
+
+
+def _dump(path: Path) -> dict:
+    conn = db.connect(path)
+    try:
+        return db.dump(conn)
+    finally:
+        conn.close()
+
+
+def test_every_cell_with_metrics_histograms_and_kml_stats(run_dir: Path, ingested: Path) -> None:
+    conn = db.connect(ingested)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.schema_version(conn) == db.SCHEMA_VERSION
+        cells = db.load_cells(conn, RUN_ID)
+        run = db.get_run(conn, RUN_ID)
+    finally:
+        conn.close()
+    assert run.accel == "tcg" and run.emulated is True
+    assert run.manifest["run_id"] == RUN_ID
+    assert sorted(c.cell_id for c in cells) == _cell_ids(run_dir)
+    for cell in cells:
+        record = json.loads((run_dir / "cells" / cell.cell_id / "cell.json").read_text())
+        assert cell.metrics == pytest.approx(record["metrics"])
+        assert cell.params == record["params"]
+        assert cell.flat_params["scheduler.name"] == record["params"]["scheduler"]["name"]
+        expected_dirs = {"read", "write"} if "randrw" in cell.cell_id else {"read"}
+        assert set(cell.histograms) == expected_dirs
+        # the stored histograms give back fio.py's percentiles exactly
+        merged = stats.merge_histograms(cell.histograms.values())
+        for name, pct in (("p50", 50), ("p99", 99), ("p999", 99.9)):
+            assert merged.percentile(pct) / 1000 == pytest.approx(
+                record["metrics"][f"clat_{name}_us"]
+            )
+        assert merged.mean() / 1000 == pytest.approx(record["metrics"]["clat_mean_us"])
+        assert (cell.kml_stats is not None) == ("kml_stats" in record)
+    # repeats of one configuration share their config hash
+    assert len({c.config_hash for c in cells}) == 4
+    assert all(sum(c.config_hash == h.config_hash for c in cells) == REPEATS for h in cells)
+
+
+def test_filters_select_cells_by_parameter(ingested: Path) -> None:
+    conn = db.connect(ingested)
+    try:
+        mq = db.load_cells(conn, where=db.parse_filter("scheduler.name=mq-deadline"))
+        big = db.load_cells(conn, where={"run": RUN_ID, "workload.bs": "128k"})
+        none_rr = db.load_cells(
+            conn, where=db.parse_filter("scheduler.name=none,workload.template=randread")
+        )
+    finally:
+        conn.close()
+    assert len(mq) == REPEATS and all(c.param("scheduler.name") == "mq-deadline" for c in mq)
+    assert len(big) == REPEATS and all(c.params["workload"]["bs"] == "128k" for c in big)
+    assert len(none_rr) == 2 * REPEATS
+    with pytest.raises(ValueError):
+        db.parse_filter("scheduler.name")
+
+
+def test_ingest_cell_is_idempotent(run_dir: Path, ingested: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "again.db"
+    shutil.copy(ingested, copy)
+    for suffix in ("-wal", "-shm"):
+        if Path(str(ingested) + suffix).exists():
+            shutil.copy(str(ingested) + suffix, str(copy) + suffix)
+    before = _dump(copy)
+    for cell_id in _cell_ids(run_dir)[:3]:
+        db.ingest_cell(copy, run_dir, cell_id)
+        db.ingest_cell(copy, run_dir, cell_id)
+    assert _dump(copy) == before
+
+
+def test_import_rebuilds_identical_contents(run_dir: Path, ingested: Path, tmp_path: Path) -> None:
+    rebuilt = tmp_path / "rebuilt.db"
+    assert db.main([str(run_dir), "--db", str(rebuilt)]) == 0
+    assert _dump(rebuilt) == _dump(ingested)
+    # --fresh starts over; importing twice changes nothing
+    assert db.main([str(run_dir), "--db", str(rebuilt), "--fresh"]) == 0
+    assert db.main([str(run_dir), "--db", str(rebuilt)]) == 0
+    assert _dump(rebuilt) == _dump(ingested)
+
+
+def test_import_drops_cells_gone_from_the_folder(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "results" / RUN_ID
+    shutil.copytree(run_dir, copy)
+    path = tmp_path / "x.db"
+    assert db.ingest_run(path, copy) == len(_cell_ids(run_dir))
+    gone = _cell_ids(run_dir)[0]
+    shutil.rmtree(copy / "cells" / gone)
+    assert db.ingest_run(path, copy) == len(_cell_ids(run_dir)) - 1
+    conn = db.connect(path)
+    try:
+        ids = {c.cell_id for c in db.load_cells(conn, RUN_ID, status=None)}
+        orphans = conn.execute("SELECT count(*) FROM metrics WHERE cell_id = ?", (gone,))
+        assert orphans.fetchone()[0] == 0
+    finally:
+        conn.close()
+    assert gone not in ids
+
+
+_KILL_CHILD = """
+import sys, time
+from pathlib import Path
+from kmlbench import db
+db_path, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+cells = sorted(p.name for p in (run_dir / "cells").iterdir())
+while True:
+    for cell in cells:
+        db.ingest_cell(db_path, run_dir, cell)
+        print(cell, flush=True)
+"""
+
+
+def test_killed_mid_way_keeps_finished_cells(run_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "killed.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILL_CHILD, str(path), str(run_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    done: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(done) < 5 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            assert line, "the ingesting process ended early"
+            done.append(line.strip())
+        time.sleep(0.01)  # most likely inside the next cell's transaction
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        conn.close()
+    conn = db.connect(path)
+    try:
+        cells = {c.cell_id: c for c in db.load_cells(conn, RUN_ID, status=None)}
+    finally:
+        conn.close()
+    assert set(done) <= set(cells)
+    for cell in cells.values():  # every cell there is whole: one transaction per cell
+        assert cell.metrics and cell.histograms and cell.params
+    # and ingesting again completes it
+    assert db.ingest_run(path, run_dir) == len(_cell_ids(run_dir))
+
+
+def test_export_csv_and_parquet(ingested: Path, tmp_path: Path) -> None:
+    import csv
+
+    import pyarrow.parquet as pq
+
+    assert db.main(["--db", str(ingested), "--export", "csv", str(tmp_path / "csv")]) == 0
+    assert db.main(["--db", str(ingested), "--export", "parquet", str(tmp_path / "pq")]) == 0
+    with (tmp_path / "csv" / "cells.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * REPEATS
+    assert {r["scheduler.name"] for r in rows} == {"none", "mq-deadline"}
+    assert all(float(r["clat_p99_us"]) > 0 for r in rows)
+    cells = pq.read_table(tmp_path / "pq" / "cells.parquet")
+    assert cells.num_rows == 4 * REPEATS
+    assert "workload.bs" in cells.column_names and "iops" in cells.column_names
+    hist = pq.read_table(tmp_path / "pq" / "histograms.parquet").to_pydict()
+    conn = db.connect(ingested)
+    try:
+        samples = conn.execute("SELECT sum(samples) FROM histograms").fetchone()[0]
+    finally:
+        conn.close()
+    assert sum(hist["count"]) == samples
+    for name in ("runs", "params", "metrics"):
+        assert (tmp_path / "pq" / f"{name}.parquet").exists()
+        assert (tmp_path / "csv" / f"{name}.csv").exists()
+
+
+def test_schema_migrations(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    conn = sqlite3.connect(path)
+    assert db.schema_version(conn) == 0
+    conn.close()
+    conn = db.connect(path)
+    assert db.schema_version(conn) == db.SCHEMA_VERSION == len(db.MIGRATIONS)
+    assert db.migrate(conn) == db.SCHEMA_VERSION  # nothing left to do
+    conn.execute("UPDATE schema_version SET version = ?", (db.SCHEMA_VERSION + 1,))
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        db.connect(path)
+
+
+def test_default_path_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KMLBENCH_DB", str(tmp_path / "env.db"))
+    assert db.default_db_path() == tmp_path / "env.db"
+    monkeypatch.delenv("KMLBENCH_DB")
+    monkeypatch.setenv("KMLBENCH_RESULTS", str(tmp_path / "res"))
+    assert db.default_db_path() == tmp_path / "res" / "kmlbench.db"

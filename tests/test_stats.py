@@ -1,0 +1,215 @@
+"""Statistics: known answers on synthetic samples, and histogram percentiles
+checked against real fio (/usr/bin/fio) per-I/O latency logs."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmlbench import fio, stats
+
+# --------------------------------------------------------------------------
+# Real fio: json+ histograms vs the raw per-I/O completion latencies.
+
+_JOB = """\
+[global]
+ioengine=psync
+direct={direct}
+filename={data}
+size=4m
+bs=4k
+time_based=1
+runtime=1s
+rate_iops={rate}
+write_lat_log={log}
+log_avg_msec=0
+
+[r]
+rw=randread
+"""
+
+
+def _run_fio(tmp: Path, name: str, rate: int) -> subprocess.Popen:
+    job = tmp / f"{name}.fio"
+    job.write_text(_JOB.format(direct=0, data=tmp / f"{name}.dat", rate=rate, log=tmp / name))
+    return subprocess.Popen(
+        ["fio", "--output-format=json+", f"--output={tmp / name}.json", str(job)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture(scope="module")
+def fio_repeats(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[dict, np.ndarray]]:
+    """Two concurrent ~1 s fio runs: (json+ report, raw clat samples in ns)."""
+    if shutil.which("fio") is None:
+        pytest.skip("fio is not installed")
+    tmp = tmp_path_factory.mktemp("fio")
+    procs = [(name, _run_fio(tmp, name, rate)) for name, rate in (("a", 1500), ("b", 2500))]
+    out = []
+    for name, proc in procs:
+        log, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, log
+        report = fio.parse_fio_output((tmp / f"{name}.json").read_text())
+        raw = np.loadtxt(tmp / f"{name}_clat.1.log", delimiter=",", usecols=1, dtype=np.int64)
+        out.append((report, raw))
+    return out
+
+
+def _hist(report: dict) -> stats.Histogram:
+    clat = report["jobs"][0]["read"]["clat_ns"]
+    return stats.Histogram.from_bins(clat["bins"], mean_ns=clat["mean"])
+
+
+def _fio_rank_percentile(raw: np.ndarray, pct: float) -> int:
+    """The same rank rule as fio's on raw samples: smallest x with
+    count(<= x) >= pct/100 * N."""
+    s = np.sort(raw)
+    k = math.ceil(pct / 100 * len(s))
+    return int(s[max(k, 1) - 1])
+
+
+def test_fio_bucket_function_matches_real_bins(fio_repeats) -> None:
+    for report, raw in fio_repeats:
+        hist = _hist(report)
+        assert hist.total == len(raw) == report["jobs"][0]["read"]["clat_ns"]["N"]
+        # every bucket fio reported is a fixed point of our bucket function...
+        assert all(stats.fio_bucket_value(int(v)) == int(v) for v in hist.values)
+        # ...and bucketing the raw log reproduces fio's histogram exactly
+        again = stats.histogram_from_samples(raw)
+        assert again.values.tolist() == hist.values.tolist()
+        assert again.counts.tolist() == hist.counts.tolist()
+
+
+def test_merged_histogram_percentiles_equal_pooled_raw_percentiles(fio_repeats) -> None:
+    merged = stats.merge_histograms(_hist(r) for r, _ in fio_repeats)
+    pooled = np.concatenate([raw for _, raw in fio_repeats])
+    assert merged.total == len(pooled)
+    for pct in (1, 10, 50, 90, 99, 99.9):
+        from_hist = merged.percentile(pct)
+        from_raw = _fio_rank_percentile(pooled, pct)
+        # the same sample, seen through fio's bucket: error below 1/64 of the value
+        assert abs(from_hist - from_raw) <= from_raw / 64 + 1, (pct, from_hist, from_raw)
+        assert from_hist == stats.fio_bucket_value(from_raw)
+    # the exact pooled mean is kept
+    assert merged.mean() == pytest.approx(pooled.mean(), rel=1e-6)
+    # and it agrees with kmlbench.fio's own percentile rule
+    bins = fio.merge_bins(r["jobs"][0]["read"]["clat_ns"]["bins"] for r, _ in fio_repeats)
+    for pct in (50, 99, 99.9):
+        assert merged.percentile(pct) == fio.percentile_from_bins(bins, pct)
+
+
+# --------------------------------------------------------------------------
+# Synthetic groups with known answers.
+
+
+def _group(rng: np.random.Generator, n: int, scale: float = 1.0, iops: float = 1000.0):
+    """``n`` repeats: lognormal latencies (ns) through fio's buckets, plus IOPS."""
+    out = []
+    for _ in range(n):
+        lat = rng.lognormal(math.log(50_000 * scale), 0.4, size=3000)
+        out.append(
+            stats.Sample(
+                stats.histogram_from_samples(lat),
+                {"iops": float(rng.normal(iops, iops * 0.01)), "bw_kib_s": 4 * iops},
+            )
+        )
+    return out
+
+
+def test_identical_groups_show_no_difference() -> None:
+    group = _group(np.random.default_rng(1), 6)
+    for c in stats.compare_groups(group, group, n_boot=500):
+        assert c.change == pytest.approx(0.0)
+        assert not c.significant
+        assert c.verdict == stats.NO_DIFFERENCE
+        assert c.ci_low <= 0 <= c.ci_high
+
+
+def test_same_distribution_shows_no_difference() -> None:
+    rng = np.random.default_rng(7)
+    a, b = _group(rng, 8), _group(rng, 8)
+    comps = {c.metric: c for c in stats.compare_groups(a, b, n_boot=1000)}
+    assert set(comps) == {"mean", "p50", "p99", "p999", "iops"}
+    for c in comps.values():
+        assert c.verdict == stats.NO_DIFFERENCE, c
+        assert abs(c.change) < 0.05
+
+
+def test_shifted_group_is_detected_with_sign_and_verdict() -> None:
+    rng = np.random.default_rng(3)
+    a = _group(rng, 6)
+    slower = _group(rng, 6, scale=1.5, iops=800.0)
+    comps = {c.metric: c for c in stats.compare_groups(a, slower, n_boot=1000)}
+    for name in ("mean", "p50", "p99", "p999"):
+        c = comps[name]
+        assert c.significant and c.verdict == stats.WORSE, c
+        assert c.change == pytest.approx(0.5, abs=0.1)
+        assert c.ci_low > 0.3 and c.ci_high < 0.7
+        assert c.p_value < 0.01
+    assert comps["iops"].verdict == stats.WORSE and comps["iops"].change == pytest.approx(
+        -0.2, abs=0.02
+    )
+    # the other way round the same change is an improvement
+    back = {c.metric: c for c in stats.compare_groups(slower, a, n_boot=1000)}
+    assert back["p99"].verdict == stats.BETTER and back["p99"].change < 0
+    assert back["iops"].verdict == stats.BETTER and back["iops"].change > 0
+
+
+def test_group_percentile_comes_from_the_merged_histogram() -> None:
+    rng = np.random.default_rng(5)
+    group = _group(rng, 3)
+    merged = stats.merge_histograms(s.histogram for s in group)
+    p99 = stats.group_estimate(stats.metric("p99"), group)
+    assert p99 == merged.percentile(99) / 1000
+    lo, hi = stats.bootstrap_ci(stats.metric("p99"), group, n_boot=500)
+    assert lo <= p99 <= hi
+
+
+def test_too_few_repeats_are_reported_as_underpowered() -> None:
+    rng = np.random.default_rng(11)
+    c = stats.compare_metric("p50", _group(rng, 3), _group(rng, 3, scale=2.0), n_boot=500)
+    assert c.change > 0.8
+    assert c.underpowered and not c.significant and c.verdict == stats.NO_DIFFERENCE
+    assert stats.min_attainable_p(3, 3) == pytest.approx(0.1)
+    assert stats.min_attainable_p(4, 4) < 0.05
+    single = stats.compare_metric("p50", _group(rng, 1), _group(rng, 1), n_boot=100)
+    assert math.isnan(single.ci_low) and not single.significant
+
+
+def test_accuracy_metrics_compare_when_present() -> None:
+    def with_acc(values):
+        return [
+            stats.Sample(None, {"kml.accuracy": v, "kml.balanced_accuracy": v - 0.05})
+            for v in values
+        ]
+
+    a = with_acc([0.70, 0.71, 0.69, 0.70, 0.72])
+    b = with_acc([0.80, 0.81, 0.79, 0.82, 0.80])
+    comps = {c.metric: c for c in stats.compare_groups(a, b, n_boot=500)}
+    assert set(comps) == {"accuracy", "balanced_accuracy"}  # no latency data: skipped
+    assert comps["accuracy"].verdict == stats.BETTER
+
+
+def test_wilson_interval_known_value() -> None:
+    lo, hi = stats.wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-3)
+    assert hi == pytest.approx(0.9433, abs=1e-3)
+    assert stats.wilson_interval(0, 10)[0] == 0.0
+    assert all(math.isnan(x) for x in stats.wilson_interval(0, 0))
+
+
+def test_needs_more_repeats() -> None:
+    assert stats.needs_more_repeats([], 0.05, cap=10)
+    assert stats.needs_more_repeats([100.0, 101.0], 0.05, cap=10)  # fewer than 3
+    assert not stats.needs_more_repeats([100.0, 100.5, 99.8], 0.05, cap=10)  # narrow
+    noisy = [100.0, 150.0, 70.0, 130.0]
+    assert stats.needs_more_repeats(noisy, 0.05, cap=10)
+    assert not stats.needs_more_repeats(noisy, 0.05, cap=4)  # cap reached
+    assert not stats.needs_more_repeats(noisy, 0.60, cap=10)  # loose target
+    assert not stats.needs_more_repeats([5.0, 5.0, 5.0], 0.01, cap=10)
