@@ -367,7 +367,8 @@ def _resolve_fields(
     out: dict[str, Any] = {}
     for name, spec in schema.items():
         if name in values:
-            out[name] = _typed(src, keypaths.get(name, f"{key}.{name}"), values[name], spec)
+            fkey = keypaths.get(name, f"{key}.{name}" if key else name)
+            out[name] = _typed(src, fkey, values[name], spec)
         elif defaults and name in defaults:
             out[name] = copy.deepcopy(defaults[name])
         elif spec.default is REQUIRED:

@@ -52,7 +52,9 @@ RESERVED_CELL_KEYS = (
 
 
 def _now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """UTC with microseconds: also the order of records when there is no plan."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
 def make_run_id(name: str, now: float | None = None) -> str:
