@@ -52,7 +52,7 @@ def test_kernel_cmdline() -> None:
 
 def test_virtio_disk_args(tmp_path: Path) -> None:
     args = qemu_disk_args(VIRTIO, tmp_path)
-    image = tmp_path / "disk.raw"
+    image = tmp_path / "disk.img"
     assert image.stat().st_size == 64 << 20
     assert image.stat().st_blocks == 0  # sparse
     drive = args[args.index("-drive") + 1]

@@ -92,7 +92,7 @@ def qemu_disk_args(device: dict, cell_dir: Path) -> list[str]:
     if size_mib == 0:
         raise DeviceError("virtio size_mib must be > 0")
     cell_dir.mkdir(parents=True, exist_ok=True)
-    image = cell_dir / "disk.raw"
+    image = cell_dir / "disk.img"
     with image.open("wb") as handle:
         handle.truncate(size_mib * 1024 * 1024)  # sparse: costs no space until written
     ok, why = direct_io_supported(cell_dir)
