@@ -288,9 +288,10 @@ def _load_yaml(path: Path) -> tuple[Any, _Source]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
-        raise MatrixError(
-            path, line, "(yaml)", f"{e.context or ''} {e.problem or ''}".strip()
-        ) from e
+        message = e.problem or "syntax error"
+        if e.context:
+            message += f" ({e.context})"
+        raise MatrixError(path, line, "(yaml)", message) from e
     except yaml.YAMLError as e:
         raise MatrixError(path, None, "(yaml)", str(e)) from e
     finally:
