@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from kmlbench import paths
+from kmlbench import fio, paths
 
 AXES = ("kernel", "device", "scheduler", "workload")
 DEFAULT_VARIANT = "default"
@@ -546,8 +546,6 @@ def _scheduler_entries(src: _Source, entries: list, key: str) -> list[tuple[dict
 def _workload_entries(
     src: _Source, entries: list, key: str, templates_dir: Path
 ) -> list[tuple[dict, str, dict[str, str]]]:
-    from kmlbench import fio  # fio imports nothing from here; keep the dependency one-way
-
     out = []
     for i, raw in enumerate(entries):
         ekey = f"{key}[{i}]"
@@ -783,7 +781,7 @@ def load_matrix(
         for params, rep in _run_order(configs, head["repeat"], rng):
             cid = cell_id(params, rep)
             if cid in ids:  # two configs sharing 8 hex digits: vanishingly rare, never silent
-                raise src.error("axes", f"cell id collision on {cid}; change the seed-free params")
+                raise src.error("axes", f"two configurations share the cell id {cid}")
             ids.add(cid)
             cells.append(
                 Cell(id=cid, repeat=rep, params=copy.deepcopy(params), kernel_variant=vname)
