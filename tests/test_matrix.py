@@ -365,3 +365,18 @@ def test_source_path_and_copied_matrix_base_dir(tmp_path: Path) -> None:
         load_matrix(copied)
     again = load_matrix(copied, base_dir=tmp_path)
     assert [c.id for c in again.cells] == [c.id for c in original.cells]
+
+
+def test_paths_inside_the_checkout_are_recorded_repo_relative(tmp_path: Path) -> None:
+    text = (
+        "name: t\nkernel: {source: kernel, fragments: [kernel/configs/base.config]}\n"
+        "axes: {workload: [{template: randread, runtime_s: 1}]}\n"
+    )
+    m = load(tmp_path, text)
+    assert m.kernel_source == str(paths.REPO_ROOT / "kernel")  # usable from any cwd
+    assert m.kernel_variants["default"] == [paths.CONFIGS_DIR / "base.config"]
+    assert m.cells[0].params["kernel"] == {
+        "name": "default",
+        "source": "kernel",
+        "fragments": ["kernel/configs/base.config"],
+    }

@@ -432,14 +432,15 @@ def _portable(path: Path) -> str:
         return str(path)
 
 
-def _kernel_source(src: _Source, key: str, value: Any, base_dir: Path) -> str | dict:
+def _kernel_source(src: _Source, key: str, value: Any, base_dir: Path) -> tuple[str | dict, Any]:
+    """(what kernel.py uses: absolute path for a local source, what params record)."""
     if value == "debian":
-        return "debian"
+        return "debian", "debian"
     if isinstance(value, str):
         found = _find_file(src, key, value, base_dir, "kernel source")
         if not (found.is_dir() or found.is_file()):
             raise src.error(key, f"{value!r} is neither a source tree nor a tarball")
-        return _portable(found)
+        return str(found), _portable(found)
     if isinstance(value, dict):
         _reject_unknown(src, key, value, ("url", "sha256"), "kernel.source")
         for k in ("url", "sha256"):
@@ -450,7 +451,8 @@ def _kernel_source(src: _Source, key: str, value: Any, base_dir: Path) -> str | 
             raise src.error(f"{key}.url", f"must be an http(s) URL, got {url!r}")
         if not isinstance(sha, str) or not _SHA256_RE.match(sha):
             raise src.error(f"{key}.sha256", f"must be 64 hex digits, got {sha!r}")
-        return {"url": url, "sha256": sha.lower()}
+        remote = {"url": url, "sha256": sha.lower()}
+        return remote, dict(remote)
     raise src.error(key, f"must be 'debian', a path, or {{url, sha256}}, got {value!r}")
 
 
@@ -696,7 +698,9 @@ def load_matrix(
 
     kernel = _mapping(src, "kernel", top.get("kernel") or {})
     _reject_unknown(src, "kernel", kernel, ("source", "fragments"), "kernel")
-    source = _kernel_source(src, "kernel.source", kernel.get("source", "debian"), base_dir)
+    source, source_for_params = _kernel_source(
+        src, "kernel.source", kernel.get("source", "debian"), base_dir
+    )
     common = _fragments(src, "kernel.fragments", kernel.get("fragments", []), base_dir)
 
     guest_raw = _mapping(src, "guest", top.get("guest") or {})
@@ -741,7 +745,6 @@ def load_matrix(
     used_rules: set[str] = set()
     by_variant: dict[str, list[dict]] = {}
     seen: dict[str, str] = {}
-    source_for_params = copy.deepcopy(source)
     for vname, frags in variants.items():
         kparams = {
             "name": vname,
