@@ -348,6 +348,10 @@ class Model:
         cfg = _ModelCfg()
         self._lib.kml_model_get_cfg(self._h, C.byref(cfg))
         self._cfg = cfg
+        # cached: ctypes field access is slow on the per-call path
+        self._sizes = [int(cfg.sizes[i]) for i in range(cfg.n_layers + 1)]
+        self._fixed = cfg.dtype == KML_Q16
+        self._predict = self._lib.kml_model_predict
 
     # ---- construction
     @classmethod
@@ -418,19 +422,19 @@ class Model:
     # ---- properties
     @property
     def dtype(self) -> str:
-        return "fixed" if self._cfg.dtype == KML_Q16 else "float32"
+        return "fixed" if self._fixed else "float32"
 
     @property
     def sizes(self) -> list[int]:
-        return [int(self._cfg.sizes[i]) for i in range(self._cfg.n_layers + 1)]
+        return list(self._sizes)
 
     @property
     def n_inputs(self) -> int:
-        return self.sizes[0]
+        return self._sizes[0]
 
     @property
     def n_outputs(self) -> int:
-        return self.sizes[-1]
+        return self._sizes[-1]
 
     @property
     def output(self) -> str:
@@ -491,29 +495,32 @@ class Model:
 
     # ---- conversions
     def _in(self, X) -> np.ndarray:
+        n_in = self._sizes[0]
         X = np.asarray(X)
         if X.ndim == 1:
-            X = X.reshape(1, -1) if X.size == self.n_inputs else X.reshape(-1, 1)
-        if X.ndim != 2 or X.shape[1] != self.n_inputs:
-            raise ValueError(f"X must have shape (n, {self.n_inputs}), got {X.shape}")
-        return to_q16(X) if self.dtype == "fixed" else _f32(X)
+            X = X.reshape(1, -1) if X.size == n_in else X.reshape(-1, 1)
+        if X.ndim != 2 or X.shape[1] != n_in:
+            raise ValueError(f"X must have shape (n, {n_in}), got {X.shape}")
+        return to_q16(X) if self._fixed else _f32(X)
 
     def _target(self, y, n: int) -> np.ndarray:
         y = np.asarray(y).reshape(n, self.n_outputs)
         return to_q16(y) if self.dtype == "fixed" else _f32(y)
 
     def _out(self, raw: np.ndarray) -> np.ndarray:
-        y = from_q16(raw) if self.dtype == "fixed" else raw
-        return y[:, 0] if self.n_outputs == 1 else y
+        y = from_q16(raw) if self._fixed else raw
+        return y[:, 0] if self._sizes[-1] == 1 else y
 
     # ---- inference
     def predict(self, X) -> np.ndarray:
         """Predictions for the rows of X: shape (n,) for one output, else (n, k)."""
         x = self._in(X)
         n = x.shape[0]
-        y = np.empty((n, self.n_outputs), dtype=x.dtype)
+        y = np.empty((n, self._sizes[-1]), dtype=x.dtype)
         if n:
-            _check(self._lib.kml_model_predict(self._h, _ptr(x), n, _ptr(y)), "predict")
+            ret = self._predict(self._h, _ptr(x), n, _ptr(y))
+            if ret:
+                _check(ret, "predict")
         return self._out(y)
 
     # ---- normalisation

@@ -121,8 +121,10 @@ def parse_ktap(text: str) -> list[KtapSuite]:
             else:
                 pending_log.append(body)
             continue
-        if body.startswith("#") and current is not None and level >= 1:
-            pending_log.append(body.lstrip("# ").rstrip())
+        if current is not None and level >= 1 and not body.startswith("KTAP version"):
+            # diagnostics ("# case: EXPECTATION FAILED at ...") and their
+            # continuation lines belong to the next result line
+            pending_log.append(body.lstrip("# ").rstrip() if body.startswith("#") else body)
     return suites
 
 

@@ -270,7 +270,10 @@ KML_API int kml_ring_attach(struct kml_ring *r, void *mem, size_t bytes);
 KML_API int kml_ring_create(struct kml_ring **out, u32 capacity,
 			    u32 record_size, u32 mode);
 KML_API void kml_ring_destroy(struct kml_ring *r);
-/* Any number of concurrent producers: 0, -ENOSPC (dropped), -EAGAIN. */
+/*
+ * Any number of concurrent producers: 0, -ENOSPC (dropped), -EAGAIN
+ * (blocking mode gave up, kernel only) or -EIO (corrupted shared state).
+ */
 KML_API int kml_ring_push(struct kml_ring *r, const void *rec);
 /* One consumer: 0 or -EAGAIN when empty. */
 KML_API int kml_ring_pop(struct kml_ring *r, void *rec);

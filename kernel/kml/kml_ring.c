@@ -147,12 +147,20 @@ void kml_ring_destroy(struct kml_ring *r)
 }
 EXPORT_SYMBOL_GPL(kml_ring_destroy);
 
+/*
+ * Bound on claim attempts: legitimate retries only happen when another
+ * producer succeeded, so this is only reached if the shared memory was
+ * corrupted (e.g. by a buggy or malicious user-space consumer): never loop
+ * forever in the kernel because of it.
+ */
+#define KML_RING_MAX_TRIES (1U << 20)
+
 int kml_ring_push(struct kml_ring *r, const void *rec)
 {
 	struct kml_ring_shared *sh = r->sh;
 	struct kml_ring_slot *slot;
 	s64 pos, seq, dif;
-	u32 spins = 0;
+	u32 spins = 0, tries = 0;
 
 	pos = kml_atomic64_load_relaxed(&sh->head);
 	for (;;) {
@@ -164,6 +172,7 @@ int kml_ring_push(struct kml_ring *r, const void *rec)
 			if (kml_atomic64_cmpxchg(&sh->head, &pos, pos + 1))
 				break;
 			/* pos now holds the current head: retry */
+			tries++;
 		} else if (dif < 0) {
 			/* slot still holds the record of the previous lap: full */
 			if (r->mode == KML_RING_DROP) {
@@ -178,6 +187,11 @@ int kml_ring_push(struct kml_ring *r, const void *rec)
 		} else {
 			/* another producer took pos: catch up */
 			pos = kml_atomic64_load_relaxed(&sh->head);
+			tries++;
+		}
+		if (unlikely(tries > KML_RING_MAX_TRIES)) {
+			kml_atomic64_inc(&sh->dropped);
+			return -EIO;
 		}
 	}
 	memcpy(slot->data, rec, r->record_size);
