@@ -223,20 +223,13 @@ def run_cell(
                 timeout=command_timeout,
             )
             timings["fio_s"] = time.monotonic() - fio_started
-            (cell_dir / "fio.json").write_text(result.stdout)
             if result.stderr:
                 (cell_dir / "fio.stderr").write_text(result.stderr)
 
             dmesg = guest.run("dmesg", timeout=30)
             (cell_dir / "dmesg.txt").write_text(dmesg.stdout)
-
-            if result.exit_status != 0:
-                extra["error"] = f"fio exited {result.exit_status}: {result.stderr[-500:]}"
-                status = "failed"
-            else:
-                metrics = fio.metrics_from_fio(fio.parse_fio_output(result.stdout))
-                status = "ok"
             events = guest.events()
+            status, metrics = _fio_outcome(result, cell_dir, extra)
     except GuestError as exc:
         status = exc.status
         extra["error"] = str(exc)
@@ -263,6 +256,34 @@ def run_cell(
     if crashed and status in ("ok", "failed"):
         status = crashed
     return CellOutcome(status, metrics, extra)
+
+
+def _fio_outcome(result: Any, cell_dir: Path, extra: dict[str, Any]) -> tuple[str, dict]:
+    """Status and metrics from fio's exit status and output.
+
+    ``fio.json`` always holds valid JSON (fio may print notes before it);
+    the raw output is kept as ``fio.out`` whenever it is not pure JSON.
+    A fio failure is the workload's fault (``failed``), not the harness's.
+    """
+    from kmlbench import fio
+
+    try:
+        data = fio.parse_fio_output(result.stdout)
+    except fio.FioError as exc:
+        (cell_dir / "fio.out").write_text(result.stdout)
+        extra["error"] = f"fio exited {result.exit_status}, no JSON: {exc}"
+        return "failed", {}
+    (cell_dir / "fio.json").write_text(json.dumps(data, indent=1))
+    if not result.stdout.lstrip().startswith("{"):
+        (cell_dir / "fio.out").write_text(result.stdout)
+    if result.exit_status != 0:
+        extra["error"] = f"fio exited {result.exit_status}: {result.stderr[-500:]}"
+        return "failed", {}
+    try:
+        return "ok", fio.metrics_from_fio(data)
+    except fio.FioError as exc:
+        extra["error"] = f"fio job error: {exc}"
+        return "failed", {}
 
 
 def _write_dry_run(matrix: Matrix) -> None:
@@ -318,7 +339,7 @@ def main_run(
         return 0
     if not resume:
         run = RunDir.create(root, run_id=None, name=matrix.name)
-        shutil.copyfile(matrix.path, run.path / "matrix.yaml")
+        run.copy_matrix(matrix.path)
     return _execute(matrix, run, accel)
 
 
@@ -328,6 +349,9 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
 
     finished = run.finished_cell_ids()
     todo = [c for c in matrix.cells if c.id not in finished]
+    for cell in todo:
+        # A cell interrupted mid-way left partial files; it starts afresh.
+        run.discard_unfinished(cell.id)
     print(f"kmlbench: run {run.path.name}: {len(todo)} of {len(matrix.cells)} cells to run")
 
     accel, accel_reason = choose_accel(accel_request)
@@ -362,6 +386,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
         {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cells_to_run": len(todo)}
     )
     run.write_manifest(manifest)
+    run.write_plan(matrix.cells)
     run.update_latest()
 
     base_image = image.build_base_image(cache)
