@@ -214,8 +214,19 @@ def test_boot_deadline(guest_kernel: Path, base_image: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.kernel
-def test_sigterm_leaves_no_qemu(guest_kernel: Path, base_image: Path, tmp_path: Path) -> None:
-    """A harness killed with SIGTERM mid-cell takes its QEMU with it."""
+@pytest.mark.parametrize(
+    ("sig", "codes"),
+    [
+        (signal.SIGTERM, {128 + signal.SIGTERM}),  # SystemExit through __exit__
+        (signal.SIGINT, {-signal.SIGINT, 130, 1}),  # KeyboardInterrupt through __exit__
+        (signal.SIGKILL, {-signal.SIGKILL}),  # no Python at all: PR_SET_PDEATHSIG
+    ],
+    ids=["SIGTERM", "SIGINT", "SIGKILL"],
+)
+def test_killed_harness_leaves_no_qemu(
+    guest_kernel: Path, base_image: Path, tmp_path: Path, sig: int, codes: set[int]
+) -> None:
+    """A harness stopped by a signal mid-cell takes its QEMU with it."""
     script = textwrap.dedent(
         f"""
         import sys, time
@@ -236,8 +247,15 @@ def test_sigterm_leaves_no_qemu(guest_kernel: Path, base_image: Path, tmp_path: 
     assert line.startswith("PGID"), line
     pgid = int(line.split()[1])
     os.killpg(pgid, 0)  # QEMU is running
-    child.send_signal(signal.SIGTERM)
-    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    child.send_signal(sig)
+    assert child.wait(timeout=30) in codes
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)
 

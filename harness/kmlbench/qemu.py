@@ -366,7 +366,9 @@ class Guest:
             if event.kind == "panic" and self._failure is None:
                 self._failure = GuestError("panic", event.excerpt, self.events())
                 # Give the kernel a moment to print the backtrace, then kill.
-                threading.Timer(2.0, self.kill).start()
+                timer = threading.Timer(2.0, self.kill)
+                timer.daemon = True
+                timer.start()
 
     def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
