@@ -130,3 +130,21 @@ def test_guest_initrd_appends_overlay(base: Path, tmp_path: Path) -> None:
     assert entries[GUEST_HOST_KEY_PATH.lstrip("/")] == "-rw-------"
     assert keys.authorized_key.split()[1].encode() in data
     assert keys.host_public.startswith("ssh-ed25519 ")
+
+
+def test_fio_fallback_to_host_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a static build, the host's fio is used with its libraries, and says so."""
+    from kmlbench import fio_build
+
+    if shutil.which("fio") is None:
+        pytest.skip("no host fio")
+
+    def broken(cache: Path | None = None) -> fio_build.FioBinary:
+        raise fio_build.FioBuildError("apt-get source fio failed (test)")
+
+    monkeypatch.setattr(fio_build, "build_static_fio", broken)
+    fio = fio_build.guest_fio()
+    assert fio.kind == "host-dynamic"
+    assert "static build failed" in fio.note
+    assert any("libc.so" in str(lib) for lib in fio.libraries)
+    assert any("ld-linux" in str(lib) for lib in fio.libraries)
