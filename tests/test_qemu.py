@@ -268,3 +268,15 @@ def test_probe_kvm_is_cached(tmp_path: Path) -> None:
     if os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK):
         assert second.cached
     assert second.usable == first.usable
+
+
+def test_doctor_reports(capsys: pytest.CaptureFixture[str]) -> None:
+    from kmlbench import doctor
+
+    code = doctor.main(["--no-kvm-probe"])
+    out = capsys.readouterr().out
+    assert code in (0, 1)
+    for row in ("QEMU", "guest fio", "CPUs", "memory", "/dev/kvm", "kernel source"):
+        assert row in out
+    checks = doctor.run_checks(5, probe=False, kernel=None)
+    assert code == (1 if any(c.state == doctor.FAIL for c in checks) else 0)
