@@ -56,7 +56,7 @@ def sample_run() -> Path:
         run_id=RUN_ID,
         runtime_s=1.0,
         accel="tcg",  # a label for the sample: the report must show the TCG banner
-        parallel=4,
+        parallel=16,  # rate-limited psync: the jobs mostly sleep
         kml_stats=_kml_stats,
     )
 

@@ -1,0 +1,798 @@
+"""Every figure of the reports and the paper, defined once, drawn from the database.
+
+Figures are registered in :data:`FIGURES` with :func:`figure`; each is a
+function from a run's :class:`RunData` (loaded from the results database,
+never from the run folder) to zero or more :class:`Drawn` figures, so that
+``kmlbench report`` and ``kmlbench figures --paper OUTDIR`` draw exactly
+the same pictures. A figure whose data is absent (no ``kml_stats`` before
+the model axis exists, say) returns nothing and is skipped.
+
+Style: matplotlib's Agg backend, vector PDF with embedded TrueType fonts,
+PNG at 200 dpi, 8-9 pt fonts at the printed size (3.4 in single column,
+7 in double), the Okabe-Ito colour-blind-safe palette, and fixed colours:
+*model off* is always blue, *model on* always vermillion; without a model
+axis each scheduler keeps its own colour in every figure.
+
+Command line::
+
+    kmlbench figures --paper OUTDIR [--run RUN_ID] [--db FILE] [--only NAME ...] [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmlbench import db as kdb
+from kmlbench import stats
+
+SINGLE_COLUMN_IN = 3.4
+DOUBLE_COLUMN_IN = 7.0
+PNG_DPI = 200
+
+# Okabe-Ito
+MODEL_COLOURS = {"off": "#0072B2", "on": "#D55E00"}
+SCHEDULER_COLOURS = {
+    "none": "#999999",
+    "mq-deadline": "#0072B2",
+    "bfq": "#009E73",
+    "kyber": "#CC79A7",
+}
+EXTRA_COLOURS = ["#E69F00", "#56B4E9", "#F0E442", "#000000", "#D55E00", "#009E73"]
+HATCHES = ["", "//", "..", "xx", "\\\\", "++"]
+LINESTYLES = ["-", "--", ":", "-."]
+LATENCY_BARS = ("mean", "p50", "p99", "p999")
+
+
+# --------------------------------------------------------------------------
+# Data.
+
+
+def model_state(params: dict) -> str | None:
+    """``on``/``off`` for a cell with a model axis, None without one.
+
+    ``params["model"]`` is ``{"name": ..., "enabled": bool}``; a model
+    named ``none``/``off`` or with ``enabled: false`` is off.
+    """
+    model = params.get("model")
+    if model is None:
+        return None
+    if isinstance(model, dict):
+        if model.get("enabled") is False:
+            return "off"
+        name = model.get("name")
+        return "off" if name in (None, "", "none", "off") and "enabled" not in model else "on"
+    return "off" if str(model).lower() in ("", "none", "off", "false") else "on"
+
+
+@dataclass
+class Series:
+    """Cells of one configuration-minus-workload (scheduler, model, kernel...)."""
+
+    key: tuple
+    label: str
+    scheduler: str | None
+    model: str | None
+    cells: list[kdb.CellRow] = field(default_factory=list)
+
+    def samples(self, direction: str | None = None) -> list[stats.Sample]:
+        return [stats.Sample.from_cell(c, direction) for c in self.cells]
+
+
+@dataclass
+class Panel:
+    """One workload (and device, when devices vary): a figure or an x position."""
+
+    key: tuple
+    label: str
+    series: OrderedDict[tuple, Series] = field(default_factory=OrderedDict)
+
+
+@dataclass
+class RunData:
+    run: kdb.RunRow
+    cells: list[kdb.CellRow]  # every cell, any status
+    panels: list[Panel]
+    series_keys: list[str]  # parameters that tell series apart
+    panel_keys: list[str]  # parameters that tell panels apart
+
+    @property
+    def ok_cells(self) -> list[kdb.CellRow]:
+        return [c for c in self.cells if c.status == "ok"]
+
+    @property
+    def has_model_axis(self) -> bool:
+        return any("model" in c.params for c in self.cells)
+
+    @property
+    def has_kml_stats(self) -> bool:
+        return any(c.kml_stats for c in self.ok_cells)
+
+
+def _varying(cells: Sequence[kdb.CellRow]) -> list[str]:
+    keys = sorted({k for c in cells for k in c.flat_params})
+    return [k for k in keys if len({c.flat_params.get(k) for c in cells}) > 1]
+
+
+def _short(key: str) -> str:
+    return key.split(".", 1)[1] if "." in key else key
+
+
+def _label(cell: kdb.CellRow, keys: Sequence[str], primary: str | None) -> str:
+    parts = []
+    if primary and primary in cell.flat_params:
+        parts.append(cell.flat_params[primary])
+    for k in keys:
+        if k == primary:
+            continue
+        parts.append(f"{_short(k)}={cell.flat_params.get(k, '-')}")
+    return " ".join(parts) if parts else (cell.flat_params.get(primary or "", "") or "all")
+
+
+def group_cells(run: kdb.RunRow, cells: list[kdb.CellRow]) -> RunData:
+    """Split ok cells into panels (workload, device) and series (everything else)."""
+    ok = [c for c in cells if c.status == "ok"]
+    varying = _varying(ok)
+    panel_keys = [k for k in varying if k.startswith(("workload.", "device."))]
+    series_keys = [k for k in varying if k not in panel_keys]
+    panels: OrderedDict[tuple, Panel] = OrderedDict()
+    for c in sorted(ok, key=lambda c: tuple(c.flat_params.get(k, "") for k in varying)):
+        pkey = tuple(c.flat_params.get(k) for k in panel_keys)
+        panel = panels.get(pkey)
+        if panel is None:
+            wl = [k for k in panel_keys if k.startswith("workload.")]
+            rest = [k for k in panel_keys if not k.startswith("workload.")]
+            label = _label(c, wl, "workload.template")
+            if rest:
+                label += " / " + _label(c, rest, "device.type")
+            panel = panels[pkey] = Panel(pkey, label)
+        skey = tuple(c.flat_params.get(k) for k in series_keys)
+        series = panel.series.get(skey)
+        if series is None:
+            state = model_state(c.params)
+            label = _label(
+                c, [k for k in series_keys if not k.startswith("model.")], "scheduler.name"
+            )
+            if state is not None and any(k.startswith("model.") for k in series_keys):
+                label += f", model {state}"
+            series = panel.series[skey] = Series(
+                skey, label, c.flat_params.get("scheduler.name"), state
+            )
+        series.cells.append(c)
+    return RunData(run, cells, list(panels.values()), series_keys, panel_keys)
+
+
+def load_run_data(db_path: Path, run_id: str | None = None) -> RunData:
+    """A run (default: the newest in the database) ready for the figures."""
+    conn = kdb.connect(db_path)
+    try:
+        runs = kdb.list_runs(conn)
+        if not runs:
+            raise LookupError(f"the database {db_path} holds no run")
+        run = runs[-1] if run_id is None else kdb.get_run(conn, run_id)
+        cells = kdb.load_cells(conn, run.run_id, status=None)
+    finally:
+        conn.close()
+    return group_cells(run, cells)
+
+
+# --------------------------------------------------------------------------
+# Style.
+
+
+def setup_matplotlib() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "font.size": 8,
+            "axes.titlesize": 9,
+            "axes.labelsize": 8,
+            "legend.fontsize": 7,
+            "xtick.labelsize": 7,
+            "ytick.labelsize": 7,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "grid.linewidth": 0.5,
+            "lines.linewidth": 1.2,
+            "pdf.fonttype": 42,
+            "ps.fonttype": 42,
+            "figure.constrained_layout.use": True,
+        }
+    )
+    return plt
+
+
+def plain_log_axis(axis: Any) -> None:
+    """Log-scale tick labels as plain numbers (1, 10, 100, 1000): easier to read than
+    powers of ten, and cheaper to draw than mathtext."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def series_style(data: RunData, series: Series) -> dict[str, Any]:
+    """Colour, hatch and line style of a series, the same in every figure."""
+    schedulers = sorted({s.scheduler or "" for p in data.panels for s in p.series.values()})
+    sched_idx = schedulers.index(series.scheduler or "") if series.scheduler in schedulers else 0
+    if series.model is not None and data.has_model_axis:
+        colour = MODEL_COLOURS[series.model]
+        hatch = HATCHES[sched_idx % len(HATCHES)]
+        ls = LINESTYLES[sched_idx % len(LINESTYLES)]
+    else:
+        colour = SCHEDULER_COLOURS.get(series.scheduler or "")
+        if colour is None:
+            colour = EXTRA_COLOURS[sched_idx % len(EXTRA_COLOURS)]
+        hatch, ls = "", "-"
+    # series that differ in something else than scheduler/model: vary the line
+    all_keys = [s.key for p in data.panels for s in p.series.values()]
+    same_colour = sorted({k for k in all_keys}, key=str)
+    if len(same_colour) > len(schedulers) * (2 if data.has_model_axis else 1):
+        i = same_colour.index(series.key)
+        ls = LINESTYLES[i % len(LINESTYLES)]
+        hatch = HATCHES[i % len(HATCHES)]
+    return {"color": colour, "hatch": hatch, "linestyle": ls}
+
+
+@dataclass
+class Drawn:
+    stem: str  # file name without extension
+    figure: Any  # matplotlib Figure
+    caption: str
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    title: str
+    description: str
+    draw: Callable[[RunData], list[Drawn]]
+
+
+FIGURES: OrderedDict[str, FigureSpec] = OrderedDict()
+
+
+def figure(name: str, title: str, description: str) -> Callable:
+    """Register a figure function under ``name``."""
+
+    def register(fn: Callable[[RunData], list[Drawn]]) -> Callable[[RunData], list[Drawn]]:
+        FIGURES[name] = FigureSpec(name, title, description, fn)
+        return fn
+
+    return register
+
+
+def _slug(text: str) -> str:
+    out = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.strip("-").lower() or "all"
+
+
+def _emulated_note(data: RunData) -> str:
+    if data.run.emulated:
+        return " Emulated (TCG): absolute latencies are not those of hardware."
+    return ""
+
+
+def _bar_positions(n_groups: int, n_series: int, width: float = 0.8) -> tuple[np.ndarray, float]:
+    w = width / max(n_series, 1)
+    return np.arange(n_groups), w
+
+
+def _ci_err(values: list[float], cis: list[tuple[float, float]]) -> np.ndarray | None:
+    lo = [v - c[0] if not math.isnan(c[0]) else 0.0 for v, c in zip(values, cis, strict=True)]
+    hi = [c[1] - v if not math.isnan(c[1]) else 0.0 for v, c in zip(values, cis, strict=True)]
+    if not any(lo) and not any(hi):
+        return None
+    return np.array([np.maximum(lo, 0), np.maximum(hi, 0)])
+
+
+# --------------------------------------------------------------------------
+# Latency and throughput.
+
+
+@figure(
+    "latency_cdf",
+    "Completion-latency distribution",
+    "Per workload: CDF and tail (1 - CDF) of fio completion latency, repeats merged "
+    "histogram-wise, one line per scheduler (and model state).",
+)
+def latency_cdf(data: RunData) -> list[Drawn]:
+    plt = setup_matplotlib()
+    out = []
+    for panel in data.panels:
+        series = [s for s in panel.series.values() if any(c.histograms for c in s.cells)]
+        if not series:
+            continue
+        fig, (ax, tail) = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN_IN, 2.4))
+        for s in series:
+            merged = stats.merge_histograms(h for c in s.cells for h in c.histograms.values())
+            x, y = merged.cdf()
+            x_us = x / 1000.0
+            style = series_style(data, s)
+            kw = {"color": style["color"], "linestyle": style["linestyle"], "where": "post"}
+            ax.step(x_us, y, label=f"{s.label} (n={len(s.cells)})", **kw)
+            ccdf = np.clip(1.0 - np.concatenate([[0.0], y[:-1]]), 1e-9, 1)
+            tail.step(x_us, ccdf, **kw)
+        ax.set_xscale("log")
+        plain_log_axis(ax.xaxis)
+        ax.set_xlabel("completion latency (µs)")
+        ax.set_ylabel("fraction of I/Os ≤ x")
+        ax.set_ylim(0, 1.01)
+        tail.set_xscale("log")
+        tail.set_yscale("log")
+        plain_log_axis(tail.xaxis)
+        tail.set_xlabel("completion latency (µs)")
+        tail.set_ylabel("fraction of I/Os ≥ x")
+        for level, name in ((1e-2, "p99"), (1e-3, "p99.9")):
+            tail.axhline(level, color="0.5", linewidth=0.6, linestyle=":")
+            tail.annotate(
+                name,
+                (1.0, level),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="bottom",
+                fontsize=6,
+                color="0.4",
+            )
+        ax.legend(loc="lower right", frameon=False)
+        fig.suptitle(f"{panel.label}: completion latency", fontsize=9)
+        out.append(
+            Drawn(
+                f"latency_cdf-{_slug(panel.label)}",
+                fig,
+                f"{panel.label}: CDF (left) and tail (right) of completion latency, "
+                f"all repeats of each configuration merged." + _emulated_note(data),
+            )
+        )
+    return out
+
+
+@figure(
+    "latency_percentiles",
+    "Latency percentiles",
+    "Per workload: mean, p50, p99 and p99.9 completion latency per scheduler (and model "
+    "state), percentiles from merged histograms, bootstrap 95% intervals over repeats.",
+)
+def latency_percentiles(data: RunData) -> list[Drawn]:
+    plt = setup_matplotlib()
+    out = []
+    for panel in data.panels:
+        series = list(panel.series.values())
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN_IN, 2.4))
+        x, w = _bar_positions(len(LATENCY_BARS), len(series))
+        drew = False
+        for i, s in enumerate(series):
+            samples = s.samples()
+            vals, cis = [], []
+            for name in LATENCY_BARS:
+                m = stats.metric(name)
+                if stats.available(m, samples):
+                    vals.append(stats.group_estimate(m, samples))
+                    cis.append(stats.bootstrap_ci(m, samples, n_boot=500))
+                else:
+                    vals.append(math.nan)
+                    cis.append((math.nan, math.nan))
+            if all(math.isnan(v) for v in vals):
+                continue
+            drew = True
+            style = series_style(data, s)
+            ax.bar(
+                x + (i - (len(series) - 1) / 2) * w,
+                vals,
+                w,
+                yerr=_ci_err(vals, cis),
+                label=s.label,
+                color=style["color"],
+                hatch=style["hatch"],
+                edgecolor="white" if not style["hatch"] else "black",
+                linewidth=0.3,
+                error_kw={"elinewidth": 0.7, "capsize": 1.5},
+            )
+        if not drew:
+            plt.close(fig)
+            continue
+        ax.set_xticks(x, [stats.METRICS[n].label.replace(" latency", "") for n in LATENCY_BARS])
+        ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
+        ax.set_ylabel("completion latency (µs)")
+        ax.set_title(panel.label)
+        ax.legend(frameon=False, fontsize=6)
+        out.append(
+            Drawn(
+                f"latency_percentiles-{_slug(panel.label)}",
+                fig,
+                f"{panel.label}: latency percentiles (log scale); error bars are bootstrap "
+                f"95% intervals over repeats." + _emulated_note(data),
+            )
+        )
+    return out
+
+
+@figure(
+    "throughput",
+    "IOPS and bandwidth",
+    "IOPS and bandwidth of every workload per scheduler (and model state), mean over "
+    "repeats with bootstrap 95% intervals.",
+)
+def throughput(data: RunData) -> list[Drawn]:
+    plt = setup_matplotlib()
+    if not data.panels:
+        return []
+    labels: OrderedDict[tuple, Series] = OrderedDict()
+    for p in data.panels:
+        for k, s in p.series.items():
+            labels.setdefault(k, s)
+    fig, axes = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN_IN, 2.6))
+    x, w = _bar_positions(len(data.panels), len(labels))
+    for ax, name, ylabel in ((axes[0], "iops", "IOPS"), (axes[1], "bw", "bandwidth (KiB/s)")):
+        m = stats.metric(name)
+        for i, (key, proto) in enumerate(labels.items()):
+            vals, cis = [], []
+            for p in data.panels:
+                s = p.series.get(key)
+                samples = s.samples() if s else []
+                if samples and stats.available(m, samples):
+                    vals.append(stats.group_estimate(m, samples))
+                    cis.append(stats.bootstrap_ci(m, samples, n_boot=500))
+                else:
+                    vals.append(math.nan)
+                    cis.append((math.nan, math.nan))
+            style = series_style(data, proto)
+            ax.bar(
+                x + (i - (len(labels) - 1) / 2) * w,
+                vals,
+                w,
+                yerr=_ci_err(vals, cis),
+                label=proto.label,
+                color=style["color"],
+                hatch=style["hatch"],
+                edgecolor="white" if not style["hatch"] else "black",
+                linewidth=0.3,
+                error_kw={"elinewidth": 0.7, "capsize": 1.5},
+            )
+        ax.set_xticks(x, [p.label for p in data.panels], rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(frameon=False, fontsize=6)
+    return [
+        Drawn(
+            "throughput",
+            fig,
+            "IOPS (left) and bandwidth (right) per workload, mean over repeats with "
+            "bootstrap 95% intervals." + _emulated_note(data),
+        )
+    ]
+
+
+# --------------------------------------------------------------------------
+# Model quality (cells with kml_stats).
+
+
+def _kml_panels(data: RunData) -> list[tuple[Panel, list[kdb.CellRow]]]:
+    out = []
+    for p in data.panels:
+        cells = [c for s in p.series.values() for c in s.cells if c.kml_stats]
+        if cells:
+            out.append((p, cells))
+    return out
+
+
+@figure(
+    "accuracy",
+    "Model accuracy",
+    "Per workload: accuracy and balanced accuracy of the model against the majority-class "
+    "baseline; Wilson 95% intervals for one repeat, Student-t over repeats otherwise.",
+)
+def accuracy(data: RunData) -> list[Drawn]:
+    panels = _kml_panels(data)
+    rows = []
+    for p, cells in panels:
+        entry = {"label": p.label}
+        for key in ("accuracy", "balanced_accuracy", "majority_baseline"):
+            vals = [float(c.kml_stats[key]) for c in cells if key in c.kml_stats]
+            if not vals:
+                continue
+            mean = float(np.mean(vals))
+            if len(vals) == 1:
+                n = int(cells[0].kml_stats.get("n_predictions", 0) or 0)
+                ci = stats.wilson_interval(mean * n, n) if n else (math.nan, math.nan)
+            else:
+                ci = stats.mean_ci(vals)
+            entry[key] = (mean, ci)
+        if "accuracy" in entry:
+            rows.append(entry)
+    if not rows:
+        return []
+    plt = setup_matplotlib()
+    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN_IN, 2.4))
+    x, w = _bar_positions(len(rows), 2)
+    for i, (key, colour, label) in enumerate(
+        (
+            ("accuracy", MODEL_COLOURS["on"], "accuracy"),
+            ("balanced_accuracy", "#E69F00", "balanced accuracy"),
+        )
+    ):
+        vals = [r.get(key, (math.nan, None))[0] for r in rows]
+        cis = [r.get(key, (math.nan, (math.nan, math.nan)))[1] for r in rows]
+        ax.bar(
+            x + (i - 0.5) * w,
+            vals,
+            w,
+            yerr=_ci_err(vals, cis),
+            color=colour,
+            label=label,
+            error_kw={"elinewidth": 0.7, "capsize": 1.5},
+        )
+    base = [r.get("majority_baseline", (math.nan, None))[0] for r in rows]
+    ax.scatter(x, base, marker="_", s=300, color="black", zorder=3, label="majority baseline")
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("fraction")
+    ax.legend(frameon=False, fontsize=6, loc="lower right")
+    return [
+        Drawn(
+            "accuracy",
+            fig,
+            "Model accuracy and balanced accuracy per workload; the "
+            "black mark is the majority-class baseline.",
+        )
+    ]
+
+
+@figure(
+    "confusion",
+    "Confusion matrices",
+    "Per workload: the model's confusion matrix (rows: true class, columns: predicted), "
+    "summed over repeats and normalised per row.",
+)
+def confusion(data: RunData) -> list[Drawn]:
+    out = []
+    for p, cells in _kml_panels(data):
+        mats = [
+            np.asarray(c.kml_stats["confusion_matrix"], dtype=float)
+            for c in cells
+            if "confusion_matrix" in c.kml_stats
+        ]
+        if not mats or any(m.shape != mats[0].shape for m in mats):
+            continue
+        total = np.sum(mats, axis=0)
+        labels = cells[0].kml_stats.get("labels") or [str(i) for i in range(total.shape[0])]
+        norm = total / np.maximum(total.sum(axis=1, keepdims=True), 1)
+        plt = setup_matplotlib()
+        fig, ax = plt.subplots(figsize=(SINGLE_COLUMN_IN, SINGLE_COLUMN_IN * 0.85))
+        ax.grid(False)
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(norm.shape[0]):
+            for j in range(norm.shape[1]):
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}\n({int(total[i, j])})",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.6 else "black",
+                )
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(p.label)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        out.append(
+            Drawn(
+                f"confusion-{_slug(p.label)}",
+                fig,
+                f"{p.label}: confusion matrix over {len(mats)} repeat(s), row-normalised "
+                "(counts in brackets).",
+            )
+        )
+    return out
+
+
+@figure(
+    "learning_curve",
+    "Learning curves",
+    "Per workload: the model's training loss and accuracy against training step, one "
+    "line per repeat.",
+)
+def learning_curve(data: RunData) -> list[Drawn]:
+    out = []
+    for p, cells in _kml_panels(data):
+        curves = [
+            c.kml_stats["learning_curve"]
+            for c in cells
+            if isinstance(c.kml_stats.get("learning_curve"), dict)
+        ]
+        curves = [cv for cv in curves if cv.get("step")]
+        if not curves:
+            continue
+        plt = setup_matplotlib()
+        fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN_IN, 2.2))
+        for i, cv in enumerate(curves):
+            alpha = 1.0 if len(curves) == 1 else 0.5 + 0.5 / len(curves)
+            if cv.get("loss"):
+                loss_ax.plot(
+                    cv["step"],
+                    cv["loss"],
+                    color=MODEL_COLOURS["on"],
+                    alpha=alpha,
+                    linestyle=LINESTYLES[i % len(LINESTYLES)],
+                )
+            if cv.get("accuracy"):
+                acc_ax.plot(
+                    cv["step"],
+                    cv["accuracy"],
+                    color=MODEL_COLOURS["on"],
+                    alpha=alpha,
+                    linestyle=LINESTYLES[i % len(LINESTYLES)],
+                    label=f"repeat {i}",
+                )
+        loss_ax.set_xlabel("training step")
+        loss_ax.set_ylabel("loss")
+        acc_ax.set_xlabel("training step")
+        acc_ax.set_ylabel("accuracy")
+        acc_ax.set_ylim(0, 1)
+        acc_ax.legend(frameon=False, fontsize=6)
+        fig.suptitle(f"{p.label}: learning curve", fontsize=9)
+        out.append(
+            Drawn(
+                f"learning_curve-{_slug(p.label)}",
+                fig,
+                f"{p.label}: training loss (left) and accuracy (right).",
+            )
+        )
+    return out
+
+
+def _inference_hist(kml: dict) -> stats.Histogram | None:
+    inf = kml.get("inference_ns")
+    if isinstance(inf, dict) and isinstance(inf.get("bins"), dict):
+        return stats.Histogram.from_bins(inf["bins"])
+    if isinstance(inf, list) and inf:
+        return stats.histogram_from_samples(inf)
+    return None
+
+
+@figure(
+    "inference_time",
+    "Inference time",
+    "Distribution of the model's per-inference time in the kernel, all workloads.",
+)
+def inference_time(data: RunData) -> list[Drawn]:
+    per_panel = []
+    for p, cells in _kml_panels(data):
+        hs = [h for c in cells if (h := _inference_hist(c.kml_stats)) is not None]
+        if hs:
+            per_panel.append((p, stats.merge_histograms(hs)))
+    if not per_panel:
+        return []
+    plt = setup_matplotlib()
+    fig, ax = plt.subplots(figsize=(SINGLE_COLUMN_IN, 2.3))
+    lo = min(float(h.values[0]) for _, h in per_panel)
+    hi = max(float(h.values[-1]) for _, h in per_panel)
+    edges = np.geomspace(max(lo, 1.0) / 1.05, hi * 1.05, 40)
+    for i, (p, h) in enumerate(per_panel):
+        ax.hist(
+            h.values,
+            bins=edges,
+            weights=h.counts / h.total,
+            histtype="step",
+            color=EXTRA_COLOURS[i % len(EXTRA_COLOURS)]
+            if len(per_panel) > 1
+            else MODEL_COLOURS["on"],
+            label=f"{p.label} (p99 {h.percentile(99):.0f} ns)",
+        )
+    ax.set_xscale("log")
+    plain_log_axis(ax.xaxis)
+    ax.set_xlabel("inference time (ns)")
+    ax.set_ylabel("fraction of inferences")
+    ax.legend(frameon=False, fontsize=6)
+    return [Drawn("inference_time", fig, "Per-inference time of the model (log scale).")]
+
+
+# --------------------------------------------------------------------------
+# Rendering.
+
+
+@dataclass
+class Rendered:
+    name: str  # registry name
+    title: str
+    stem: str
+    caption: str
+    files: dict[str, Path]
+
+
+def render(
+    data: RunData,
+    out_dir: Path,
+    *,
+    names: Sequence[str] | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> tuple[list[Rendered], list[str]]:
+    """Draw the registered figures into ``out_dir``; returns (rendered, skipped names)."""
+    plt = setup_matplotlib()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rendered: list[Rendered] = []
+    skipped: list[str] = []
+    for name, spec in FIGURES.items():
+        if names and name not in names:
+            continue
+        drawn = spec.draw(data)
+        if not drawn:
+            skipped.append(name)
+        for d in drawn:
+            files = {}
+            # raster first; the vector copies then reuse its layout instead of
+            # solving the constrained layout again
+            for fmt in sorted(formats, key=lambda f: f != "png"):
+                path = out_dir / f"{d.stem}.{fmt}"
+                if fmt == "pdf":
+                    d.figure.savefig(path, format="pdf", metadata={"CreationDate": None})
+                else:
+                    d.figure.savefig(path, format=fmt, dpi=PNG_DPI)
+                files[fmt] = path
+                d.figure.set_layout_engine("none")
+            plt.close(d.figure)
+            rendered.append(Rendered(name, spec.title, d.stem, d.caption, files))
+    return rendered, skipped
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kmlbench figures",
+        description="Draw the registered figures of a run from the results database.",
+    )
+    p.add_argument("--paper", type=Path, metavar="OUTDIR", help="folder to write PNG + PDF into")
+    p.add_argument("--run", metavar="RUN_ID", help="run id (default: the newest in the database)")
+    p.add_argument("--db", type=Path, default=None, help="results database")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these figures")
+    p.add_argument("--format", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
+    p.add_argument("--list", action="store_true", help="list the registered figures")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if args.list:
+        for spec in FIGURES.values():
+            print(f"{spec.name:22} {spec.description}")
+        return 0
+    if args.paper is None:
+        print("kmlbench figures: --paper OUTDIR is required (or --list)", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.only or []) - set(FIGURES))
+    if unknown:
+        print(f"kmlbench figures: unknown figure(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    db_path = args.db or kdb.default_db_path()
+    try:
+        data = load_run_data(db_path, args.run)
+    except (LookupError, FileNotFoundError) as e:
+        print(f"kmlbench figures: {e}", file=sys.stderr)
+        return 2
+    rendered, skipped = render(data, args.paper, names=args.only, formats=args.format)
+    for r in rendered:
+        print(f"kmlbench figures: {r.stem}: " + ", ".join(str(p) for p in r.files.values()))
+    for name in skipped:
+        print(f"kmlbench figures: {name}: skipped (no data for it in run {data.run.run_id})")
+    return 0

@@ -1,0 +1,288 @@
+"""fio-plot's standard graphs of a run.
+
+`fio-plot <https://github.com/louwrentius/fio-plot>`_ (PyPI ``fio-plot``,
+CLI ``fio-plot``) reads a *benchmark directory* of fio JSON files, one per
+(iodepth, numjobs) pair, named ``<rw>-<iodepth>-<numjobs>.json`` by its
+companion ``bench-fio``; it keeps the files whose job options carry
+``rw``, ``iodepth`` and ``numjobs`` matching ``-r``/``-d``/``-n``.
+:func:`write_layout` writes that layout, one benchmark directory per
+configuration (everything but the repeat)::
+
+    <out>/data/<workload>-<device>-<scheduler>[-...]/<rw>-<iodepth>-<numjobs>.json
+
+The files are the cells' own fio output (first ok repeat; fio-plot cannot
+merge repeats), with only the ``rw``/``iodepth``/``numjobs`` job options
+that the job file left implicit filled in from the cell's parameters, since
+fio reports only options that were set. :func:`draw` then runs fio-plot
+for its standard graphs: per configuration the IOPS/latency bar chart
+(``-l``) and the latency histogram (``-H``), and per workload the
+comparison of configurations (``-C``). All graphs are drawn by one Python
+process that imports fio-plot once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_DRIVER = r"""
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import fio_plot
+results = []
+for argv in json.load(sys.stdin):
+    sys.argv = ["fio-plot"] + argv
+    try:
+        fio_plot.main()
+        status = 0
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception as e:  # report and carry on with the next graph
+        print(f"fio-plot failed: {e!r}", file=sys.stderr)
+        status = 1
+    plt.close("all")
+    results.append(status)
+print("FIOPLOT-RESULTS " + json.dumps(results))
+"""
+
+
+def available() -> bool:
+    """Whether fio-plot is importable by this Python."""
+    try:
+        import fio_plot  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Benchmark:
+    """One fio-plot benchmark directory."""
+
+    name: str
+    path: Path
+    workload: str
+    rw: str
+    iodepth: int
+    numjobs: int
+    cell_id: str
+
+
+@dataclass
+class Graph:
+    kind: str  # "iops-latency", "histogram", "compare"
+    title: str
+    path: Path
+    argv: list[str]
+    ok: bool = False
+
+
+@dataclass
+class Result:
+    benchmarks: list[Benchmark] = field(default_factory=list)
+    graphs: list[Graph] = field(default_factory=list)
+    note: str = ""
+
+
+def _slug(text: str) -> str:
+    out = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in str(text))
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.strip("-") or "x"
+
+
+def _job_options(cell_params: dict, job: dict) -> dict[str, str]:
+    opts = dict(job.get("job options") or {})
+    wl = cell_params.get("workload") or {}
+    if "rw" not in opts:
+        opts["rw"] = str(wl.get("rw") or wl.get("template") or job.get("jobname", "rw"))
+    opts.setdefault("iodepth", str(wl.get("iodepth", 1)))
+    opts.setdefault("numjobs", str(wl.get("numjobs", 1)))
+    return opts
+
+
+def write_layout(cells: list[Any], run_dir: Path, out: Path) -> list[Benchmark]:
+    """Write fio-plot's layout for ``cells`` (:class:`kmlbench.db.CellRow`, status ok).
+
+    ``run_dir`` is the run folder the cells' ``fio.json`` files are read from.
+    """
+    from kmlbench.fio import FioError, parse_fio_output
+
+    data_dir = Path(out) / "data"
+    benchmarks: dict[str, Benchmark] = {}
+    for cell in sorted(cells, key=lambda c: (c.config_hash, c.repeat or 0, c.cell_id)):
+        fio_path = Path(run_dir) / "cells" / cell.cell_id / "fio.json"
+        try:
+            data = parse_fio_output(fio_path.read_text(errors="replace"))
+        except (OSError, FioError):
+            continue
+        flat = cell.flat_params
+        name = _slug(
+            "-".join(
+                str(flat[k])
+                for k in ("workload.template", "device.type", "scheduler.name")
+                if k in flat
+            )
+            + f"-{cell.config_hash}"
+        )
+        if name in benchmarks:  # first ok repeat only
+            continue
+        jobs = data.get("jobs") or []
+        if not jobs:
+            continue
+        for job in jobs:
+            job["job options"] = _job_options(cell.params, job)
+        opts = jobs[0]["job options"]
+        try:
+            iodepth, numjobs = int(opts["iodepth"]), int(opts["numjobs"])
+        except ValueError:
+            continue
+        bench_dir = data_dir / name
+        bench_dir.mkdir(parents=True, exist_ok=True)
+        # fio-plot lets "global options" override the job's: keep them consistent
+        glob = data.get("global options")
+        if isinstance(glob, dict):
+            for key in ("rw", "iodepth", "numjobs"):
+                if key in glob:
+                    glob[key] = opts[key]
+        (bench_dir / f"{opts['rw']}-{iodepth}-{numjobs}.json").write_text(json.dumps(data))
+        benchmarks[name] = Benchmark(
+            name,
+            bench_dir,
+            str(flat.get("workload.template", opts["rw"])),
+            opts["rw"],
+            iodepth,
+            numjobs,
+            cell.cell_id,
+        )
+    return list(benchmarks.values())
+
+
+def _filters(rw: str) -> list[list[str]]:
+    """fio-plot wants one direction at a time for mixed workloads (``-f``)."""
+    if rw in ("rw", "readwrite", "randrw", "trimwrite", "randtrimwrite"):
+        return [["-f", "read"], ["-f", "write"]]
+    return [[]]
+
+
+def plan_graphs(benchmarks: list[Benchmark], out: Path, title: str) -> list[Graph]:
+    graphs_dir = Path(out) / "graphs"
+    graphs: list[Graph] = []
+    for b in benchmarks:
+        common = ["-i", str(b.path), "-r", b.rw, "-d", str(b.iodepth), "-n", str(b.numjobs)]
+        for kind, flag in (("iops-latency", "-l"), ("histogram", "-H")):
+            for filt in _filters(b.rw):
+                suffix = f"-{filt[1]}" if filt else ""
+                path = graphs_dir / f"{b.name}-{kind}{suffix}.png"
+                graphs.append(
+                    Graph(
+                        kind,
+                        f"{b.name}: {kind}{suffix.replace('-', ' ')}",
+                        path,
+                        [*common, *filt, flag, "-T", f"{title} {b.name}", "-o", str(path)],
+                    )
+                )
+    by_workload: dict[tuple, list[Benchmark]] = {}
+    for b in benchmarks:
+        by_workload.setdefault((b.workload, b.rw, b.iodepth, b.numjobs), []).append(b)
+    for (workload, rw, iodepth, numjobs), group in by_workload.items():
+        if len(group) < 2:
+            continue
+        for filt in _filters(rw):
+            suffix = f"-{filt[1]}" if filt else ""
+            path = graphs_dir / f"compare-{_slug(workload)}-{iodepth}-{numjobs}{suffix}.png"
+            graphs.append(
+                Graph(
+                    "compare",
+                    f"{workload}: configurations compared{suffix.replace('-', ' ')}",
+                    path,
+                    [
+                        "-i",
+                        *(str(b.path) for b in group),
+                        "-r",
+                        rw,
+                        "-d",
+                        str(iodepth),
+                        "-n",
+                        str(numjobs),
+                        *filt,
+                        "-C",
+                        "-T",
+                        f"{title} {workload}",
+                        "-o",
+                        str(path),
+                    ],
+                )
+            )
+    return graphs
+
+
+class Drawing:
+    """fio-plot drawing in a background process; :meth:`wait` collects the result."""
+
+    def __init__(self, result: Result, out: Path, proc: subprocess.Popen | None) -> None:
+        self.result, self.out, self.proc = result, out, proc
+
+    def wait(self, timeout: float = 600) -> Result:
+        if self.proc is None:
+            return self.result
+        stdout, stderr = self.proc.communicate(timeout=timeout)
+        (self.out / "fio-plot.log").write_text(stdout + stderr)
+        statuses: list[int] = []
+        for line in stdout.splitlines():
+            if line.startswith("FIOPLOT-RESULTS "):
+                statuses = json.loads(line.split(" ", 1)[1])
+        graphs = self.result.graphs
+        for i, g in enumerate(graphs):
+            g.ok = i < len(statuses) and statuses[i] == 0 and g.path.exists()
+        failed = [g for g in graphs if not g.ok]
+        if failed:
+            self.result.note = (
+                f"{len(failed)} of {len(graphs)} fio-plot graphs failed; see fio-plot.log"
+            )
+        self.proc = None
+        return self.result
+
+
+def start(cells: list[Any], run_dir: Path, out: Path, *, title: str = "kmlbench") -> Drawing:
+    """Write the layout and start drawing fio-plot's graphs in the background."""
+    result = Result()
+    out = Path(out)
+    if not available():
+        result.note = "fio-plot is not installed (pip install fio-plot): graphs skipped"
+        return Drawing(result, out, None)
+    if out.exists():
+        shutil.rmtree(out)
+    result.benchmarks = write_layout(cells, run_dir, out)
+    if not result.benchmarks:
+        result.note = "no fio output to draw"
+        return Drawing(result, out, None)
+    result.graphs = plan_graphs(result.benchmarks, out, title)
+    (out / "graphs").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=out,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps([g.argv for g in result.graphs]))
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not touch it again
+    return Drawing(result, out, proc)
+
+
+def draw(
+    cells: list[Any], run_dir: Path, out: Path, *, title: str = "kmlbench", timeout: float = 600
+) -> Result:
+    """Write the layout and draw fio-plot's graphs; a note instead when it is missing."""
+    return start(cells, run_dir, out, title=title).wait(timeout)

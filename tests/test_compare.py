@@ -1,0 +1,132 @@
+"""``kmlbench compare`` on real host fio runs: filters, run vs run, exit status."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kmlbench import compare, db, stats
+from test_db import REPEATS, RUN_ID, sample_run
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cmpdb") / "kmlbench.db"
+    db.ingest_run(path, sample_run())
+    return path
+
+
+def test_parse_threshold() -> None:
+    assert compare.parse_threshold("p99:+10%") == compare.Threshold("p99", 1, 0.10)
+    assert compare.parse_threshold("iops:-5%") == compare.Threshold("iops", -1, 0.05)
+    assert compare.parse_threshold("p99.9:+2.5") == compare.Threshold("p999", 1, 0.025)
+    # no sign: the metric's worse direction
+    assert compare.parse_threshold("iops:5%").sign == -1
+    assert compare.parse_threshold("mean:5%").sign == 1
+    for bad in ("p99", "p99:+x%", "nonsense:+5%"):
+        with pytest.raises((ValueError, KeyError)):
+            compare.parse_threshold(bad)
+
+
+def test_threshold_needs_significance() -> None:
+    t = compare.Threshold("p99", 1, 0.10)
+    base = dict(
+        label="p99",
+        unit="µs",
+        higher_is_better=False,
+        n_a=5,
+        n_b=5,
+        a=1.0,
+        b=1.5,
+        ci_low=0.3,
+        ci_high=0.7,
+        p_value=0.01,
+        underpowered=False,
+    )
+    worse = stats.Comparison(metric="p99", change=0.5, significant=True, verdict="worse", **base)
+    unsure = stats.Comparison(
+        metric="p99", change=0.5, significant=False, verdict=stats.NO_DIFFERENCE, **base
+    )
+    small = stats.Comparison(metric="p99", change=0.05, significant=True, verdict="worse", **base)
+    assert t.tripped(worse) and not t.tripped(unsure) and not t.tripped(small)
+
+
+def test_filters_detect_a_real_regression(database: Path, tmp_path: Path, capsys) -> None:
+    """4k vs 128k reads: 32 times the bytes per read, so latency is significantly worse."""
+    out_json = tmp_path / "cmp.json"
+    out_html = tmp_path / "cmp.html"
+    args = [
+        "--a",
+        "workload.bs=4k",
+        "--b",
+        "workload.bs=128k,workload.size_mib=8",
+        "--run",
+        RUN_ID,
+        "--db",
+        str(database),
+        "--json",
+        str(out_json),
+        "--html",
+        str(out_html),
+    ]
+    rc = compare.main([*args, "--fail-on", "p50:+10%"])
+    printed = capsys.readouterr().out
+    assert rc == compare.EXIT_REGRESSION
+    assert "REGRESSION" in printed and "worse" in printed
+    result = json.loads(out_json.read_text())
+    # only the configuration that exists on both sides is compared
+    (row,) = result["rows"]
+    assert len(row["a_cells"]) == len(row["b_cells"]) == REPEATS
+    by_metric = {c["metric"]: c for c in row["comparisons"]}
+    assert by_metric["p50"]["verdict"] == "worse" and by_metric["p50"]["change"] > 0.10
+    assert result["only_a"]  # the other 4k configurations have no 128k twin
+    assert "worse" in out_html.read_text()
+    # thresholds beyond the change, or in the other direction, pass
+    beyond = f"p50:+{(by_metric['p50']['change'] + 0.5) * 100:.0f}%"
+    assert compare.main([*args, "--fail-on", beyond]) == compare.EXIT_OK
+    assert compare.main([*args, "--fail-on", "p50:-10%"]) == compare.EXIT_OK
+
+
+def test_two_runs_of_the_same_data_pass(database: Path, tmp_path: Path) -> None:
+    """Run vs run: the same folder under another run id (a copied artifact) is no regression."""
+    copy = tmp_path / "previous-run"
+    shutil.copytree(sample_run(), copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["run_id"] = "20261120-000000-sample"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    html = tmp_path / "runs.html"
+    rc = compare.main(
+        [
+            str(copy),
+            RUN_ID,
+            "--db",
+            str(database),
+            "--fail-on",
+            "p99:+10%,mean:+10%,iops:-10%",
+            "--html",
+            str(html),
+            "--boot",
+            "500",
+        ]
+    )
+    assert rc == compare.EXIT_OK
+    assert html.read_text().count("<tr>") >= 4 * len(stats.DEFAULT_METRICS)
+
+
+def test_usage_errors(database: Path) -> None:
+    assert compare.main(["--db", str(database)]) == compare.EXIT_USAGE
+    assert compare.main(["only-one", "--db", str(database)]) == compare.EXIT_USAGE
+    assert (
+        compare.main(
+            ["--a", "scheduler.name=none", "--b", "scheduler.name=bfq", "--db", str(database)]
+        )
+        == compare.EXIT_USAGE
+    )  # no bfq cells
+    assert (
+        compare.main(["--a", "x=1", "--b", "y=2", "--fail-on", "p99", "--db", str(database)])
+        == compare.EXIT_USAGE
+    )
+    assert compare.main(["no-such-run", RUN_ID, "--db", str(database)]) == compare.EXIT_USAGE

@@ -1,0 +1,215 @@
+"""``kmlbench report`` and ``kmlbench figures`` on a run of real host fio output:
+every figure as valid PNG and PDF, fio-plot's graphs, and the page opened in
+real headless Chromium (no console errors, every image decoded)."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from kmlbench import db, figures, report
+from test_db import RUN_ID, sample_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(report folder, database) for the sample run."""
+    run_dir = sample_run()
+    db_path = tmp_path_factory.mktemp("reportdb") / "kmlbench.db"
+    assert report.main([str(run_dir), "--db", str(db_path)]) == 0
+    return run_dir / report.REPORT_DIR, db_path
+
+
+def _check_png(path: Path) -> tuple[int, int]:
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n", path
+    length, kind = struct.unpack(">I4s", raw[8:16])
+    assert kind == b"IHDR" and length == 13
+    width, height = struct.unpack(">II", raw[16:24])
+    assert zlib.crc32(raw[12:29]) == struct.unpack(">I", raw[29:33])[0]
+    assert raw.rstrip()[-8:-4] == b"IEND"
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+    assert width > 100 and height > 100
+    return width, height
+
+
+def _pdf_pages(path: Path) -> int:
+    raw = path.read_bytes()
+    assert raw.startswith(b"%PDF-1."), path
+    assert raw.rstrip().endswith(b"%%EOF")
+    assert b"startxref" in raw[-200:]
+    # the page tree's /Count and the page objects agree
+    pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", raw))
+    count = re.search(rb"/Type\s*/Pages.*?/Count\s+(\d+)", raw, re.S)
+    assert count is not None and int(count.group(1)) == pages
+    assert b"/FontFile2" in raw  # TrueType embedded (pdf.fonttype 42)
+    return pages
+
+
+def test_every_figure_is_a_valid_png_and_pdf(built: tuple[Path, Path]) -> None:
+    out, _ = built
+    pngs = sorted((out / "figures").glob("*.png"))
+    stems = {p.stem for p in pngs}
+    assert stems == {p.stem for p in (out / "figures").glob("*.pdf")}
+    # every registered figure drew something for this run (it has kml_stats)
+    for name in figures.FIGURES:
+        assert any(s == name or s.startswith(name + "-") for s in stems), name
+    # one latency CDF and percentile figure per workload panel
+    assert len([s for s in stems if s.startswith("latency_cdf-")]) == 3
+    for png in pngs:
+        _check_png(png)
+        assert _pdf_pages(png.with_suffix(".pdf")) == 1
+
+
+def test_page_states_accel_kernel_and_manifest(built: tuple[Path, Path]) -> None:
+    out, _ = built
+    page = (out / "index.html").read_text()
+    assert "emulated: absolute latencies are not those of hardware" in page
+    assert "config hash" in page and "kernel default" in page
+    assert "manifest.json" in page and RUN_ID in page
+    # self-contained: nothing fetched from elsewhere
+    refs = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page)
+    assert refs
+    for ref in refs:
+        assert not re.match(r"^[a-z]+://", ref) or ref.startswith("data:"), ref
+        if not ref.startswith("data:"):
+            assert (out / ref).is_file(), ref
+    # every cell is in the table, with its status
+    run_dir = out.parent
+    for cell in (run_dir / "cells").iterdir():
+        assert cell.name in page
+    assert "Mann-Whitney" in page
+
+
+def test_fioplot_draws_from_our_layout(built: tuple[Path, Path]) -> None:
+    out, _ = built
+    fp = out / "fio-plot"
+    bench_dirs = sorted(p for p in (fp / "data").iterdir() if p.is_dir())
+    assert len(bench_dirs) == 4  # one per configuration
+    for d in bench_dirs:
+        (json_file,) = d.glob("*.json")
+        assert re.match(r"^[a-z]+-\d+-\d+\.json$", json_file.name)
+    graphs = sorted((fp / "graphs").glob("*.png"))
+    # -l and -H per configuration (read and write for randrw), -C per workload
+    assert len(graphs) >= 2 * 4 + 1
+    for g in graphs:
+        _check_png(g)
+    log = (fp / "fio-plot.log").read_text()
+    assert "FIOPLOT-RESULTS" in log and "Traceback" not in log
+    page = (out / "index.html").read_text()
+    for g in graphs:
+        assert f"fio-plot/graphs/{g.name}" in page
+
+
+def test_html_renders_in_headless_chromium(built: tuple[Path, Path], tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    out, _ = built
+    problems: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+        )
+        try:
+            page = ctx.new_page()
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"console {m.type}: {m.text}")
+                    if m.type in ("error", "warning")
+                    else None
+                ),
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+            page.goto((out / "index.html").resolve().as_uri(), wait_until="load")
+            images = page.evaluate(
+                "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete,"
+                " i.naturalWidth, i.naturalHeight])"
+            )
+            title = page.title()
+        finally:
+            ctx.close()
+    assert problems == []
+    assert RUN_ID in title
+    expected = {f"figures/{p.name}" for p in (out / "figures").glob("*.png")}
+    expected |= {f"fio-plot/graphs/{p.name}" for p in (out / "fio-plot" / "graphs").glob("*.png")}
+    assert {src for src, *_ in images} == expected
+    for src, complete, width, height in images:
+        assert complete and width > 0 and height > 0, src
+
+
+def test_figures_command_writes_the_paper_folder(built: tuple[Path, Path], tmp_path: Path) -> None:
+    _, db_path = built
+    paper = tmp_path / "paper"
+    rc = figures.main(
+        ["--paper", str(paper), "--run", RUN_ID, "--db", str(db_path), "--only", "throughput"]
+    )
+    assert rc == 0
+    assert sorted(p.name for p in paper.iterdir()) == ["throughput.pdf", "throughput.png"]
+    _check_png(paper / "throughput.png")
+    assert _pdf_pages(paper / "throughput.pdf") == 1
+    assert figures.main(["--paper", str(paper), "--only", "nonsense", "--db", str(db_path)]) == 2
+    assert figures.main(["--list"]) == 0
+
+
+def test_model_figures_are_skipped_without_kml_stats(
+    built: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, db_path = built
+    data = figures.load_run_data(db_path, RUN_ID)
+    for c in data.cells:
+        c.kml_stats = None
+    rendered, skipped = figures.render(
+        data, tmp_path, names=["accuracy", "confusion", "learning_curve", "inference_time"]
+    )
+    assert rendered == []
+    assert sorted(skipped) == ["accuracy", "confusion", "inference_time", "learning_curve"]
+
+
+def test_model_axis_gets_fixed_colours(built: tuple[Path, Path]) -> None:
+    _, db_path = built
+    conn = db.connect(db_path)
+    try:
+        run = db.get_run(conn, RUN_ID)
+        cells = db.load_cells(conn, RUN_ID, where={"scheduler.name": "mq-deadline"})
+    finally:
+        conn.close()
+    both = []
+    for c in cells:  # the same cells once with the model off, once on
+        for state in (False, True):
+            twin = copy.deepcopy(c)
+            twin.cell_id += f"-model{int(state)}"
+            twin.params["model"] = {"name": "sample", "enabled": state}
+            twin.flat_params = db.flatten_params(twin.params)
+            both.append(twin)
+    data = figures.group_cells(run, both)
+    (panel,) = data.panels
+    colours = {s.model: figures.series_style(data, s)["color"] for s in panel.series.values()}
+    assert colours == figures.MODEL_COLOURS
+    labels = sorted(s.label for s in panel.series.values())
+    assert labels == ["mq-deadline, model off", "mq-deadline, model on"]
