@@ -1,16 +1,16 @@
 """Console classification, on console text from real guests.
 
-The guest tests crash a real kernel (sysrq-c) and provoke a real hung-task
-report (a null_blk whose requests take 8 s); the saved console text is then
-fed back to :func:`classify` as plain text, so the patterns are checked
-against what the kernel actually prints rather than against our memory of it.
-An oops or WARN cannot be provoked from user space on a healthy kernel
-without a test module, so those patterns are checked on the kernel's own
-format strings only (see ``test_format_strings``).
+The guest tests provoke the real thing in one guest: a WARN, an oops and a
+BUG from tiny throw-away modules (built against the guest kernel's build
+tree, skipped if there is none), a hung-task report (a slow null_blk), and
+finally a panic (sysrq-c). The saved console text is then fed back to
+:func:`classify` as plain text, so the patterns are checked against what the
+kernel actually prints rather than against our memory of it.
 """
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +39,57 @@ wait
 """
 
 
+CRASH_MODULE = r"""
+// SPDX-License-Identifier: GPL-2.0
+#include <linux/module.h>
+#include <linux/bug.h>
+static int __init crash_init(void)
+{
+#if defined(DO_WARN)
+	WARN(1, "kmlbench: deliberate warning");
+#elif defined(DO_OOPS)
+	*(volatile int *)NULL = 1;
+#elif defined(DO_BUG)
+	BUG();
+#endif
+	return -EAGAIN;  /* never stay loaded */
+}
+module_init(crash_init);
+MODULE_LICENSE("GPL");
+"""
+
+
+@pytest.fixture(scope="session")
+def crash_modules(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+    """kmlbench_{warn,oops,bug}.ko, built against the guest kernel's build tree.
+
+    The tree is ``KMLBENCH_TEST_KERNEL_BUILD`` or the one the bzImage sits in.
+    One module per kind: a module whose init oopsed stays "coming" forever,
+    and loading the same name again would hang.
+    """
+    import os
+
+    env = os.environ.get("KMLBENCH_TEST_KERNEL_BUILD")
+    tree = Path(env) if env else guest_kernel.parents[3]
+    if not (tree / ".config").is_file() or not (tree / "scripts/mod/modpost").exists():
+        pytest.skip(f"no prepared kernel build tree at {tree}")
+    src = tmp_path_factory.mktemp("crashmod")
+    kinds = ("warn", "oops", "bug")
+    for kind in kinds:
+        (src / f"kmlbench_{kind}.c").write_text(f"#define DO_{kind.upper()}\n" + CRASH_MODULE)
+    (src / "Kbuild").write_text("obj-m := " + " ".join(f"kmlbench_{k}.o" for k in kinds) + "\n")
+    make = ["make", "-s", "-C", str(tree)]
+    if not (tree / "scripts/module.lds").exists():
+        subprocess.run([*make, "modules_prepare"], check=True, capture_output=True)
+    # No Module.symvers in a bzImage-only build: symbols resolve at load time.
+    proc = subprocess.run(
+        [*make, f"M={src}", "KBUILD_MODPOST_WARN=1", "modules"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build test modules: {proc.stderr[-500:]}")
+    return {kind: src / f"kmlbench_{kind}.ko" for kind in kinds}
+
+
 @pytest.fixture(scope="module")
 def crash_guest(
     guest_kernel: Path,  # noqa: F811
@@ -56,6 +107,35 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {}
 
 
+def insmod(guest: Guest, module: Path) -> None:
+    """Load a crash module over the raw SSH session (Guest.run would raise)."""
+    assert guest.ssh is not None
+    guest.ssh.put(f"/tmp/{module.name}", module.read_bytes(), 0o644)
+    guest.ssh.run(f"insmod /tmp/{module.name}", timeout=30)
+
+
+def wait_for(guest: Guest, kind: str) -> list[ConsoleEvent]:
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        events = [e for e in guest.events() if e.kind == kind]
+        if events:
+            return events
+        time.sleep(0.2)
+    raise AssertionError(f"no {kind} event in: {guest.console_text()[-2000:]}")
+
+
+@pytest.mark.kernel
+def test_real_warn(crash_guest: Guest, crash_modules: dict[str, Path]) -> None:
+    crash_guest.put("/tmp/warn.ko", crash_modules["warn"].read_bytes())
+    result = crash_guest.run("insmod /tmp/warn.ko", timeout=30)  # a WARN is not fatal
+    assert result.exit_status != 0  # the module refuses to stay
+    event = wait_for(crash_guest, "warn")[0]
+    assert event.excerpt.startswith("WARNING: CPU:") and "kmlbench_warn" in event.excerpt
+    assert status_for(crash_guest.events()) is None
+
+
 @pytest.mark.kernel
 def test_real_hung_task(crash_guest: Guest, saved: dict[str, Path]) -> None:
     result = crash_guest.run(SLOW_NULL_BLK, timeout=60)
@@ -64,6 +144,26 @@ def test_real_hung_task(crash_guest: Guest, saved: dict[str, Path]) -> None:
     assert events, crash_guest.console_text()[-2000:]
     assert "dd" in events[0].excerpt and "blocked for more than" in events[0].excerpt
     assert status_for(crash_guest.events()) is None  # a slow device is not a crash
+
+
+@pytest.mark.kernel
+def test_real_oops_without_panic(crash_guest: Guest, crash_modules: dict[str, Path]) -> None:
+    crash_guest.put("/tmp/oops.ko", crash_modules["oops"].read_bytes())
+    with pytest.raises(GuestError) as info:
+        crash_guest.run("insmod /tmp/oops.ko", timeout=30)
+    assert info.value.status == "panic"  # an oops fails the cell...
+    kinds = {e.kind for e in info.value.events}
+    assert "oops" in kinds and "panic" not in kinds
+    # ...but the kernel (panic_on_oops=0) and the guest live on.
+    assert crash_guest.ssh is not None
+    assert crash_guest.ssh.run("echo alive", timeout=30).stdout.strip() == "alive"
+
+
+@pytest.mark.kernel
+def test_real_bug(crash_guest: Guest, crash_modules: dict[str, Path]) -> None:
+    insmod(crash_guest, crash_modules["bug"])
+    event = wait_for(crash_guest, "bug")[0]
+    assert event.excerpt.startswith("kernel BUG at") and "kmlbench_bug" in event.excerpt
 
 
 @pytest.mark.kernel
@@ -85,14 +185,17 @@ def test_saved_console_text(saved: dict[str, Path]) -> None:
         pytest.skip("needs test_real_panic")
     text = saved["crash"].read_text()
     events = classify(text)
-    kinds = [e.kind for e in events]
-    assert "panic" in kinds and "hung_task" in kinds
+    kinds = {e.kind for e in events}
+    assert {"panic", "hung_task"} <= kinds
+    if "kmlbench_warn" in text:  # the crash modules were built
+        assert {"warn", "oops", "bug"} <= kinds
     assert status_for(events) == "panic"
     lines = text.splitlines()
     for event in events:
         assert event.excerpt in lines[event.line_no - 1]
     # The ready marker, heartbeats and dropbear chatter are not events.
-    assert not any("kmlbench" in e.excerpt for e in events)
+    noise = ("kmlbench-heartbeat", "KMLBENCH-GUEST-READY", "kmlbench-init", "Pubkey auth")
+    assert not any(word in e.excerpt for e in events for word in noise)
     panic = next(e for e in events if e.kind == "panic")
     assert panic.excerpt.startswith("Kernel panic - not syncing: sysrq triggered crash")
 
