@@ -277,3 +277,13 @@ def test_default_path_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.delenv("KMLBENCH_DB")
     monkeypatch.setenv("KMLBENCH_RESULTS", str(tmp_path / "res"))
     assert db.default_db_path() == tmp_path / "res" / "kmlbench.db"
+
+
+def test_unfinished_cell_is_ignored(run_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    db.ingest_cell(path, run_dir, "no-such-cell-r0")
+    conn = db.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM cells").fetchone()[0] == 0
+    finally:
+        conn.close()

@@ -213,3 +213,27 @@ def test_model_axis_gets_fixed_colours(built: tuple[Path, Path]) -> None:
     assert colours == figures.MODEL_COLOURS
     labels = sorted(s.label for s in panel.series.values())
     assert labels == ["mq-deadline, model off", "mq-deadline, model on"]
+
+
+def test_model_state() -> None:
+    assert figures.model_state({}) is None
+    assert figures.model_state({"model": {"name": "lstm", "enabled": False}}) == "off"
+    assert figures.model_state({"model": {"name": "lstm", "enabled": True}}) == "on"
+    assert figures.model_state({"model": {"name": "none"}}) == "off"
+    assert figures.model_state({"model": {"name": "lstm"}}) == "on"
+
+
+def test_report_without_fioplot_says_so(
+    built: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kmlbench import fioplot
+
+    _, db_path = built
+    monkeypatch.setattr(fioplot, "available", lambda: False)
+    conn = db.connect(db_path)
+    try:
+        cells = db.load_cells(conn, RUN_ID)
+    finally:
+        conn.close()
+    result = fioplot.draw(cells, sample_run(), tmp_path / "fp")
+    assert result.graphs == [] and "not installed" in result.note

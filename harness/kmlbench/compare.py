@@ -394,3 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dumps(result_json(result), indent=2, allow_nan=False, default=str)
         )
     return EXIT_REGRESSION if result.tripped else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -772,3 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in export(db_path, Path(args.export[1]), args.export[0]):
             print(f"kmlbench import: wrote {path}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,18 +59,18 @@ LATENCY_BARS = ("mean", "p50", "p99", "p999")
 def model_state(params: dict) -> str | None:
     """``on``/``off`` for a cell with a model axis, None without one.
 
-    ``params["model"]`` is ``{"name": ..., "enabled": bool}``; a model
-    named ``none``/``off`` or with ``enabled: false`` is off.
+    ``params["model"]`` is ``{"name": ..., "enabled": bool}``: ``enabled``
+    decides when present; otherwise a model named ``none``/``off`` (or
+    empty) is off and any other name is on.
     """
     model = params.get("model")
     if model is None:
         return None
     if isinstance(model, dict):
-        if model.get("enabled") is False:
-            return "off"
-        name = model.get("name")
-        return "off" if name in (None, "", "none", "off") and "enabled" not in model else "on"
-    return "off" if str(model).lower() in ("", "none", "off", "false") else "on"
+        if "enabled" in model:
+            return "on" if model["enabled"] else "off"
+        model = model.get("name")
+    return "off" if str(model or "").lower() in ("", "none", "off", "false") else "on"
 
 
 @dataclass
@@ -225,27 +225,36 @@ def plain_log_axis(axis: Any) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def series_style(data: RunData, series: Series) -> dict[str, Any]:
-    """Colour, hatch and line style of a series, the same in every figure."""
-    schedulers = sorted({s.scheduler or "" for p in data.panels for s in p.series.values()})
-    sched_idx = schedulers.index(series.scheduler or "") if series.scheduler in schedulers else 0
+def _colour(data: RunData, series: Series, schedulers: list[str]) -> str:
     if series.model is not None and data.has_model_axis:
-        colour = MODEL_COLOURS[series.model]
-        hatch = HATCHES[sched_idx % len(HATCHES)]
-        ls = LINESTYLES[sched_idx % len(LINESTYLES)]
-    else:
-        colour = SCHEDULER_COLOURS.get(series.scheduler or "")
-        if colour is None:
-            colour = EXTRA_COLOURS[sched_idx % len(EXTRA_COLOURS)]
-        hatch, ls = "", "-"
-    # series that differ in something else than scheduler/model: vary the line
-    all_keys = [s.key for p in data.panels for s in p.series.values()]
-    same_colour = sorted({k for k in all_keys}, key=str)
-    if len(same_colour) > len(schedulers) * (2 if data.has_model_axis else 1):
-        i = same_colour.index(series.key)
-        ls = LINESTYLES[i % len(LINESTYLES)]
-        hatch = HATCHES[i % len(HATCHES)]
-    return {"color": colour, "hatch": hatch, "linestyle": ls}
+        return MODEL_COLOURS[series.model]
+    colour = SCHEDULER_COLOURS.get(series.scheduler or "")
+    if colour is None:
+        colour = EXTRA_COLOURS[schedulers.index(series.scheduler or "") % len(EXTRA_COLOURS)]
+    return colour
+
+
+def series_style(data: RunData, series: Series) -> dict[str, Any]:
+    """Colour, hatch and line style of a series, the same in every figure of a run.
+
+    The colour says model on/off (when the run has a model axis) or else the
+    scheduler; series that share a colour (other schedulers under one model
+    state, other tunables of one scheduler) get distinct line styles and hatches.
+    """
+    everyone: dict[tuple, Series] = {}
+    for p in data.panels:
+        for s in p.series.values():
+            everyone.setdefault(s.key, s)
+    ordered = sorted(everyone.values(), key=lambda s: tuple(str(v) for v in s.key))
+    schedulers = sorted({s.scheduler or "" for s in ordered})
+    colour = _colour(data, series, schedulers)
+    same = [s.key for s in ordered if _colour(data, s, schedulers) == colour]
+    rank = same.index(series.key) if series.key in same else 0
+    return {
+        "color": colour,
+        "hatch": HATCHES[rank % len(HATCHES)],
+        "linestyle": LINESTYLES[rank % len(LINESTYLES)],
+    }
 
 
 @dataclass
@@ -796,3 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in skipped:
         print(f"kmlbench figures: {name}: skipped (no data for it in run {data.run.run_id})")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -566,3 +566,7 @@ def benchmark(n_cells: int, workdir: Path | None = None) -> dict[str, Any]:
         "report_s_with_fioplot": round(report_fp_s, 1),
         "figures_png": figures,
     }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
