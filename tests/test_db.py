@@ -24,9 +24,12 @@ from pathlib import Path
 import pytest
 
 from kmlbench import db, report, stats
+from kmlbench.matrix import Cell, cell_id
+from kmlbench.results import RunDir
 
 RUN_ID = "20261121-000000-sample"
 REPEATS = 4
+OK_CELLS = 4 * REPEATS  # plus one boot-failure cell
 
 
 def _kml_stats(params: dict, repeat: int) -> dict | None:
@@ -49,7 +52,7 @@ def sample_run() -> Path:
         report.host_params("none", "randrw"),
         report.host_params("none", "randread", bs="128k", size_mib=8),
     ]
-    return report.make_host_run(
+    run_dir = report.make_host_run(
         root / "results",
         configs,
         repeats=REPEATS,
@@ -59,6 +62,13 @@ def sample_run() -> Path:
         parallel=16,  # rate-limited psync: the jobs mostly sleep
         kml_stats=_kml_stats,
     )
+    # and one cell that failed before fio ran, recorded as the runner records it
+    failed = report.host_params("bfq", "randread")
+    cell = Cell(cell_id(failed, 0), 0, failed, "default")
+    run = RunDir.open(run_dir.parent, run_dir.name)
+    run.write_cell_file(cell.id, "console.log", "no guest: recorded as a boot failure\n")
+    run.record_cell(cell, "boot-failure", {}, {"error": "sample: guest did not boot"})
+    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +87,14 @@ def ingested(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cell_ids(run_dir: Path) -> list[str]:
     return sorted(p.name for p in (run_dir / "cells").iterdir())
+
+
+def _ok_cell_ids(run_dir: Path) -> list[str]:
+    return sorted(
+        p.name
+        for p in (run_dir / "cells").iterdir()
+        if json.loads((p / "cell.json").read_text())["status"] == "ok"
+    )
 
 
 def _dump(path: Path) -> dict:
@@ -98,7 +116,8 @@ def test_every_cell_with_metrics_histograms_and_kml_stats(run_dir: Path, ingeste
         conn.close()
     assert run.accel == "tcg" and run.emulated is True
     assert run.manifest["run_id"] == RUN_ID
-    assert sorted(c.cell_id for c in cells) == _cell_ids(run_dir)
+    assert sorted(c.cell_id for c in cells) == _ok_cell_ids(run_dir)
+    assert len(cells) == OK_CELLS and len(_cell_ids(run_dir)) == OK_CELLS + 1
     for cell in cells:
         record = json.loads((run_dir / "cells" / cell.cell_id / "cell.json").read_text())
         assert cell.metrics == pytest.approx(record["metrics"])
@@ -143,9 +162,9 @@ def test_ingest_cell_is_idempotent(run_dir: Path, ingested: Path, tmp_path: Path
         if Path(str(ingested) + suffix).exists():
             shutil.copy(str(ingested) + suffix, str(copy) + suffix)
     before = _dump(copy)
-    for cell_id in _cell_ids(run_dir)[:3]:
-        db.ingest_cell(copy, run_dir, cell_id)
-        db.ingest_cell(copy, run_dir, cell_id)
+    for cid in _cell_ids(run_dir)[:3]:
+        db.ingest_cell(copy, run_dir, cid)
+        db.ingest_cell(copy, run_dir, cid)
     assert _dump(copy) == before
 
 
@@ -225,7 +244,9 @@ def test_killed_mid_way_keeps_finished_cells(run_dir: Path, tmp_path: Path) -> N
         conn.close()
     assert set(done) <= set(cells)
     for cell in cells.values():  # every cell there is whole: one transaction per cell
-        assert cell.metrics and cell.histograms and cell.params
+        assert cell.params and cell.status in ("ok", "boot-failure")
+        if cell.status == "ok":
+            assert cell.metrics and cell.histograms
     # and ingesting again completes it
     assert db.ingest_run(path, run_dir) == len(_cell_ids(run_dir))
 
@@ -239,11 +260,12 @@ def test_export_csv_and_parquet(ingested: Path, tmp_path: Path) -> None:
     assert db.main(["--db", str(ingested), "--export", "parquet", str(tmp_path / "pq")]) == 0
     with (tmp_path / "csv" / "cells.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 * REPEATS
-    assert {r["scheduler.name"] for r in rows} == {"none", "mq-deadline"}
-    assert all(float(r["clat_p99_us"]) > 0 for r in rows)
+    assert len(rows) == OK_CELLS + 1
+    assert {r["scheduler.name"] for r in rows} == {"none", "mq-deadline", "bfq"}
+    assert {r["status"] for r in rows} == {"ok", "boot-failure"}
+    assert all(float(r["clat_p99_us"]) > 0 for r in rows if r["status"] == "ok")
     cells = pq.read_table(tmp_path / "pq" / "cells.parquet")
-    assert cells.num_rows == 4 * REPEATS
+    assert cells.num_rows == OK_CELLS + 1
     assert "workload.bs" in cells.column_names and "iops" in cells.column_names
     hist = pq.read_table(tmp_path / "pq" / "histograms.parquet").to_pydict()
     conn = db.connect(ingested)
@@ -287,3 +309,24 @@ def test_unfinished_cell_is_ignored(run_dir: Path, tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM cells").fetchone()[0] == 0
     finally:
         conn.close()
+
+
+def test_import_all_and_run_ids(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    results = tmp_path / "results"
+    shutil.copytree(run_dir, results / RUN_ID)
+    (results / "latest").symlink_to(RUN_ID)
+    monkeypatch.setenv("KMLBENCH_RESULTS", str(results))
+    monkeypatch.delenv("KMLBENCH_DB", raising=False)
+    assert db.main(["--all"]) == 0  # latest is a link to the same run: not imported twice
+    assert capsys.readouterr().out.count(RUN_ID) == 1
+    assert db.main(["latest"]) == 0  # a run id under results/
+    conn = db.connect(results / "kmlbench.db")
+    try:
+        assert [r.run_id for r in db.list_runs(conn)] == [RUN_ID]
+        assert len(db.load_cells(conn, RUN_ID, status=None)) == OK_CELLS + 1
+    finally:
+        conn.close()
+    assert db.main(["no-such-run"]) == 2
+    assert db.main([]) == 2

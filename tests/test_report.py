@@ -98,6 +98,8 @@ def test_page_states_accel_kernel_and_manifest(built: tuple[Path, Path]) -> None
     run_dir = out.parent
     for cell in (run_dir / "cells").iterdir():
         assert cell.name in page
+    assert "<tr class=bad><td>randread-host-file-bfq-" in page  # the failed cell stands out
+    assert "16 ok" in page and "1 boot-failure" in page
     assert "Mann-Whitney" in page
 
 
