@@ -554,7 +554,7 @@ def accuracy(data: RunData) -> list[Drawn]:
     ax.set_xticks(x, [r["label"] for r in rows], rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction")
-    ax.legend(frameon=False, fontsize=6, loc="lower right")
+    ax.legend(frameon=False, fontsize=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
     return [
         Drawn(
             "accuracy",
@@ -587,20 +587,24 @@ def confusion(data: RunData) -> list[Drawn]:
         plt = setup_matplotlib()
         fig, ax = plt.subplots(figsize=(SINGLE_COLUMN_IN, SINGLE_COLUMN_IN * 0.85))
         ax.grid(False)
-        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        # pcolormesh, not imshow: cells stay vector shapes in the PDF
+        im = ax.pcolormesh(norm, cmap="Blues", vmin=0, vmax=1, edgecolors="white", linewidth=0.5)
+        ax.set_aspect("equal")
+        ax.invert_yaxis()
         for i in range(norm.shape[0]):
             for j in range(norm.shape[1]):
                 ax.text(
-                    j,
-                    i,
+                    j + 0.5,
+                    i + 0.5,
                     f"{norm[i, j]:.2f}\n({int(total[i, j])})",
                     ha="center",
                     va="center",
                     fontsize=6,
                     color="white" if norm[i, j] > 0.6 else "black",
                 )
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-        ax.set_yticks(range(len(labels)), labels)
+        ticks = np.arange(len(labels)) + 0.5
+        ax.set_xticks(ticks, labels, rotation=30, ha="right")
+        ax.set_yticks(ticks, labels)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(p.label)

@@ -402,7 +402,7 @@ def sample_kml_stats(seed: int, labels: Sequence[str] = ("read", "write", "mixed
     recalls = np.diag(conf) / conf.sum(axis=1)
     steps = list(range(0, 1000, 50))
     loss = [float(1.2 * math.exp(-s / 300) + 0.1 + rng.normal(0, 0.01)) for s in steps]
-    acc_curve = [float(min(1.0, acc * (1 - math.exp(-s / 200)) + 0.3)) for s in steps]
+    acc_curve = [float(0.3 + (acc - 0.3) * (1 - math.exp(-s / 200))) for s in steps]
     samples = rng.lognormal(mean=math.log(900), sigma=0.35, size=2000)
     return {
         "synthetic": True,
