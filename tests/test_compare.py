@@ -114,6 +114,11 @@ def test_two_runs_of_the_same_data_pass(database: Path, tmp_path: Path) -> None:
     )
     assert rc == compare.EXIT_OK
     assert html.read_text().count("<tr>") >= 4 * len(stats.DEFAULT_METRICS)
+    # the same through the kmlbench command line
+    from kmlbench import cli
+
+    argv = ["compare", str(copy), RUN_ID, "--db", str(database), "--boot", "200"]
+    assert cli.main([*argv, "--fail-on", "p99:+10%"]) == compare.EXIT_OK
 
 
 def test_usage_errors(database: Path) -> None:

@@ -330,3 +330,11 @@ def test_import_all_and_run_ids(
         conn.close()
     assert db.main(["no-such-run"]) == 2
     assert db.main([]) == 2
+
+
+def test_kmlbench_import_through_the_cli(run_dir: Path, ingested: Path, tmp_path: Path) -> None:
+    from kmlbench import cli
+
+    path = tmp_path / "cli.db"
+    assert cli.main(["import", str(run_dir), "--db", str(path)]) == 0
+    assert _dump(path) == _dump(ingested)
