@@ -8,16 +8,15 @@ companion ``bench-fio``; it keeps the files whose job options carry
 :func:`write_layout` writes that layout, one benchmark directory per
 configuration (everything but the repeat)::
 
-    <out>/data/<workload>-<device>-<scheduler>[-...]/<rw>-<iodepth>-<numjobs>.json
+    <out>/data/<workload>-<device>-<scheduler>-<hash>/<rw>-<iodepth>-<numjobs>.json
 
-The files are the cells' own fio output (first ok repeat; fio-plot cannot
-merge repeats), with only the ``rw``/``iodepth``/``numjobs`` job options
-that the job file left implicit filled in from the cell's parameters, since
-fio reports only options that were set. :func:`draw` then runs fio-plot
-for its standard graphs: per configuration the IOPS/latency bar chart
-(``-l``) and the latency histogram (``-H``), and per workload the
-comparison of configurations (``-C``). All graphs are drawn by one Python
-process that imports fio-plot once.
+one benchmark directory per configuration minus iodepth and numjobs (which
+fio-plot puts on its axes). The files are the cells' own fio output (first
+ok repeat; fio-plot cannot merge repeats), with only the
+``rw``/``iodepth``/``numjobs`` job options that the job file left implicit
+filled in from the cell's parameters, since fio reports only options that
+were set. :func:`plan_graphs` lists the standard graphs drawn; all are
+drawn by one background Python process that imports fio-plot once.
 """
 
 from __future__ import annotations
@@ -64,15 +63,23 @@ def available() -> bool:
 
 @dataclass
 class Benchmark:
-    """One fio-plot benchmark directory."""
+    """One fio-plot benchmark directory: one configuration at every queue depth
+    and job count the run has for it."""
 
     name: str
     path: Path
     workload: str
     rw: str
-    iodepth: int
-    numjobs: int
-    cell_id: str
+    group: tuple  # configurations compared with -C share it (all but the scheduler)
+    files: dict[tuple[int, int], str] = field(default_factory=dict)  # (iodepth, numjobs)
+
+    @property
+    def iodepths(self) -> list[int]:
+        return sorted({d for d, _ in self.files})
+
+    @property
+    def numjobs(self) -> list[int]:
+        return sorted({n for _, n in self.files})
 
 
 @dataclass
@@ -108,31 +115,44 @@ def _job_options(cell_params: dict, job: dict) -> dict[str, str]:
     return opts
 
 
+# Parameters that fio-plot puts on its axes rather than in the directory name.
+_AXIS_KEYS = ("workload.iodepth", "workload.numjobs")
+
+
+def _digest(items: tuple) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:8]
+
+
 def write_layout(cells: list[Any], run_dir: Path, out: Path) -> list[Benchmark]:
     """Write fio-plot's layout for ``cells`` (:class:`kmlbench.db.CellRow`, status ok).
 
     ``run_dir`` is the run folder the cells' ``fio.json`` files are read from.
+    A benchmark directory holds one configuration (every parameter but
+    iodepth and numjobs) with one file per (iodepth, numjobs): the first ok
+    repeat's ``fio.json``.
     """
     from kmlbench.fio import FioError, parse_fio_output
 
     data_dir = Path(out) / "data"
     benchmarks: dict[str, Benchmark] = {}
     for cell in sorted(cells, key=lambda c: (c.config_hash, c.repeat or 0, c.cell_id)):
-        fio_path = Path(run_dir) / "cells" / cell.cell_id / "fio.json"
-        try:
-            data = parse_fio_output(fio_path.read_text(errors="replace"))
-        except (OSError, FioError):
-            continue
         flat = cell.flat_params
+        key = tuple(sorted((k, v) for k, v in flat.items() if k not in _AXIS_KEYS))
+        group = tuple((k, v) for k, v in key if not k.startswith("scheduler."))
         name = _slug(
             "-".join(
                 str(flat[k])
                 for k in ("workload.template", "device.type", "scheduler.name")
                 if k in flat
             )
-            + f"-{cell.config_hash}"
+            + f"-{_digest(key)}"
         )
-        if name in benchmarks:  # first ok repeat only
+        fio_path = Path(run_dir) / "cells" / cell.cell_id / "fio.json"
+        try:
+            data = parse_fio_output(fio_path.read_text(errors="replace"))
+        except (OSError, FioError):
             continue
         jobs = data.get("jobs") or []
         if not jobs:
@@ -144,24 +164,26 @@ def write_layout(cells: list[Any], run_dir: Path, out: Path) -> list[Benchmark]:
             iodepth, numjobs = int(opts["iodepth"]), int(opts["numjobs"])
         except ValueError:
             continue
-        bench_dir = data_dir / name
-        bench_dir.mkdir(parents=True, exist_ok=True)
+        bench = benchmarks.get(name)
+        if bench is None:
+            bench = benchmarks[name] = Benchmark(
+                name,
+                data_dir / name,
+                str(flat.get("workload.template", opts["rw"])),
+                opts["rw"],
+                group,
+            )
+        if (iodepth, numjobs) in bench.files:  # first ok repeat only
+            continue
+        bench.path.mkdir(parents=True, exist_ok=True)
         # fio-plot lets "global options" override the job's: keep them consistent
         glob = data.get("global options")
         if isinstance(glob, dict):
-            for key in ("rw", "iodepth", "numjobs"):
-                if key in glob:
-                    glob[key] = opts[key]
-        (bench_dir / f"{opts['rw']}-{iodepth}-{numjobs}.json").write_text(json.dumps(data))
-        benchmarks[name] = Benchmark(
-            name,
-            bench_dir,
-            str(flat.get("workload.template", opts["rw"])),
-            opts["rw"],
-            iodepth,
-            numjobs,
-            cell.cell_id,
-        )
+            for k in ("rw", "iodepth", "numjobs"):
+                if k in glob:
+                    glob[k] = opts[k]
+        (bench.path / f"{opts['rw']}-{iodepth}-{numjobs}.json").write_text(json.dumps(data))
+        bench.files[(iodepth, numjobs)] = cell.cell_id
     return list(benchmarks.values())
 
 
@@ -172,55 +194,97 @@ def _filters(rw: str) -> list[list[str]]:
     return [[]]
 
 
+def _graph(kind: str, title: str, path: Path, argv: list[str]) -> Graph:
+    return Graph(kind, title, path, [*argv, "-o", str(path)])
+
+
 def plan_graphs(benchmarks: list[Benchmark], out: Path, title: str) -> list[Graph]:
+    """fio-plot's standard graphs for the layout.
+
+    Per benchmark directory: ``-l`` (IOPS and latency across its queue
+    depths, one graph per job count) and ``-H`` (latency histogram at its
+    deepest queue). Per group of directories that differ only in the
+    scheduler: ``-C`` at each (iodepth, numjobs) they all have. Mixed
+    workloads are drawn per direction (``-f read`` / ``-f write``).
+    """
     graphs_dir = Path(out) / "graphs"
     graphs: list[Graph] = []
     for b in benchmarks:
-        common = ["-i", str(b.path), "-r", b.rw, "-d", str(b.iodepth), "-n", str(b.numjobs)]
-        for kind, flag in (("iops-latency", "-l"), ("histogram", "-H")):
-            for filt in _filters(b.rw):
-                suffix = f"-{filt[1]}" if filt else ""
-                path = graphs_dir / f"{b.name}-{kind}{suffix}.png"
+        base = ["-i", str(b.path), "-r", b.rw]
+        for filt in _filters(b.rw):
+            sfx = f"-{filt[1]}" if filt else ""
+            for nj in b.numjobs:
+                depths = [str(d) for d in b.iodepths if (d, nj) in b.files]
                 graphs.append(
-                    Graph(
-                        kind,
-                        f"{b.name}: {kind}{suffix.replace('-', ' ')}",
-                        path,
-                        [*common, *filt, flag, "-T", f"{title} {b.name}", "-o", str(path)],
+                    _graph(
+                        "iops-latency",
+                        f"{b.name}: IOPS and latency by queue depth{sfx.replace('-', ' ')}",
+                        graphs_dir / f"{b.name}-iops-latency-nj{nj}{sfx}.png",
+                        [
+                            *base,
+                            "-d",
+                            *depths,
+                            "-n",
+                            str(nj),
+                            *filt,
+                            "-l",
+                            "-T",
+                            f"{title} {b.name}",
+                        ],
                     )
                 )
-    by_workload: dict[tuple, list[Benchmark]] = {}
-    for b in benchmarks:
-        by_workload.setdefault((b.workload, b.rw, b.iodepth, b.numjobs), []).append(b)
-    for (workload, rw, iodepth, numjobs), group in by_workload.items():
-        if len(group) < 2:
-            continue
-        for filt in _filters(rw):
-            suffix = f"-{filt[1]}" if filt else ""
-            path = graphs_dir / f"compare-{_slug(workload)}-{iodepth}-{numjobs}{suffix}.png"
+            depth, nj = max(b.files)
             graphs.append(
-                Graph(
-                    "compare",
-                    f"{workload}: configurations compared{suffix.replace('-', ' ')}",
-                    path,
+                _graph(
+                    "histogram",
+                    f"{b.name}: latency histogram at iodepth {depth}{sfx.replace('-', ' ')}",
+                    graphs_dir / f"{b.name}-histogram-d{depth}-nj{nj}{sfx}.png",
                     [
-                        "-i",
-                        *(str(b.path) for b in group),
-                        "-r",
-                        rw,
+                        *base,
                         "-d",
-                        str(iodepth),
+                        str(depth),
                         "-n",
-                        str(numjobs),
+                        str(nj),
                         *filt,
-                        "-C",
+                        "-H",
                         "-T",
-                        f"{title} {workload}",
-                        "-o",
-                        str(path),
+                        f"{title} {b.name}",
                     ],
                 )
             )
+    groups: dict[tuple, list[Benchmark]] = {}
+    for b in benchmarks:
+        groups.setdefault(b.group, []).append(b)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        common = set(group[0].files).intersection(*(set(b.files) for b in group[1:]))
+        stem = _slug(f"compare-{group[0].workload}-{_digest(group[0].group)}")
+        for depth, nj in sorted(common):
+            for filt in _filters(group[0].rw):
+                sfx = f"-{filt[1]}" if filt else ""
+                graphs.append(
+                    _graph(
+                        "compare",
+                        f"{group[0].workload}: schedulers compared at iodepth {depth}, "
+                        f"numjobs {nj}{sfx.replace('-', ' ')}",
+                        graphs_dir / f"{stem}-d{depth}-nj{nj}{sfx}.png",
+                        [
+                            "-i",
+                            *(str(b.path) for b in group),
+                            "-r",
+                            group[0].rw,
+                            "-d",
+                            str(depth),
+                            "-n",
+                            str(nj),
+                            *filt,
+                            "-C",
+                            "-T",
+                            f"{title} {group[0].workload}",
+                        ],
+                    )
+                )
     return graphs
 
 

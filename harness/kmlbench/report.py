@@ -342,7 +342,7 @@ bs={bs}
 time_based=1
 runtime={runtime_ms}ms
 rate_iops={rate_iops}
-iodepth=1
+iodepth={iodepth}
 randrepeat=0
 
 [{name}]
@@ -380,6 +380,7 @@ def _host_cell_job(params: dict, filename: Path, runtime_s: float, direct: int) 
         bs=wl.get("bs", "4k"),
         runtime_ms=int(runtime_s * 1000),
         rate_iops=wl.get("rate_iops", 2000),
+        iodepth=wl.get("iodepth", 1),
         name=wl["template"],
         rw=rw,
     )
