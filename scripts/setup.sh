@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 
 # Everything the harness runs on the host: QEMU, fio, the guest's userland
 # (busybox, dropbear), the kernel tarball and what building it needs, and
-# what building a static fio for the guest from Debian's source needs.
+# what building a static fio for the guest from Debian's source needs;
+# chromium renders the HTML report in the tests (no browser download).
 PACKAGES=(
   qemu-system-x86 qemu-utils fio busybox-static dropbear-bin openssh-client
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev
   cpio xz-utils kmod perl git ca-certificates dpkg-dev libaio-dev zlib1g-dev
   python3 python3-venv python3-dev
+  chromium
 )
 
 missing=()

@@ -77,21 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    target = _passthrough_target(argv)
     try:
-        return _dispatch(args)
+        if target is not None:
+            import importlib
+
+            module, rest = target
+            return int(importlib.import_module(f"kmlbench.{module}").main(rest))
+        return _dispatch(build_parser().parse_args(argv))
     except KeyboardInterrupt:
         print("kmlbench: interrupted", file=sys.stderr)
         return 130
 
 
-# Commands whose module exposes ``main(argv: list[str]) -> int``.
+# Commands whose module parses its own arguments: ``main(argv) -> int``.
+# They are dispatched before argparse sees them, because REMAINDER would
+# not pass on options that come before the first positional argument.
 _PASSTHROUGH_MODULES = {
-    "report": "report",
-    "figures": "figures",
-    "compare": "compare",
-    "import": "db",
+    ("doctor",): "doctor",
+    ("kunit",): "kunit",
+    ("report",): "report",
+    ("figures",): "figures",
+    ("compare",): "compare",
+    ("import",): "db",
+    ("bench", "lib"): "bench_lib",
 }
+
+
+def _passthrough_target(argv: list[str]) -> tuple[str, list[str]] | None:
+    for words, module in _PASSTHROUGH_MODULES.items():
+        if tuple(argv[: len(words)]) == words:
+            return module, argv[len(words) :]
+    return None
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -109,23 +127,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kmlbench import runner
 
         return runner.main_build(args.matrix)
-    if args.command == "doctor":
-        from kmlbench import doctor
-
-        return doctor.main(args.args)
-    if args.command == "kunit":
-        from kmlbench import kunit
-
-        return kunit.main(args.args)
-    if args.command in _PASSTHROUGH_MODULES:
-        import importlib
-
-        module = importlib.import_module(f"kmlbench.{_PASSTHROUGH_MODULES[args.command]}")
-        return module.main(args.args)
-    if args.command == "bench" and args.bench_command == "lib":
-        from kmlbench import bench_lib
-
-        return bench_lib.main(args.args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

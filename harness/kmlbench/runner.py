@@ -344,7 +344,7 @@ def main_run(
 
 
 def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
-    from kmlbench import fio, image, kernel, qemu
+    from kmlbench import db, fio, image, kernel, qemu
     from kmlbench.progress import Progress
 
     finished = run.finished_cell_ids()
@@ -393,6 +393,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
     manifest["guest_image"] = {"path": str(base_image), "sha256": _sha256_file(base_image)}
     run.write_manifest(manifest)
 
+    db_path = db.default_db_path()
     failures = 0
     with _run_keys() as keys, Progress(total=len(matrix.cells), done=len(finished)) as progress:
         initrd = image.make_guest_initrd(
@@ -419,6 +420,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
                 outcome.extra["kernel_build_key"] = build.build_key
                 outcome.extra["accel"] = accel
                 run.record_cell(cell, outcome.status, outcome.metrics, outcome.extra)
+                _ingest(db_path, run.path, cell.id)
                 if "qemu_command_line" not in manifest and "qemu_command_line" in outcome.extra:
                     manifest["qemu"]["command_line"] = outcome.extra["qemu_command_line"]
                     run.write_manifest(manifest)
@@ -432,6 +434,20 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
     run.update_latest()
     print(f"kmlbench: results in {run.path} ({failures} of {len(todo)} cells not ok)")
     return 1 if failures else 0
+
+
+def _ingest(db_path: Path, run_path: Path, cell_id: str) -> None:
+    """Add a finished cell to the results database.
+
+    The cell's folder is the record of truth; a database problem is
+    reported but never costs the run (``kmlbench import`` rebuilds it).
+    """
+    from kmlbench import db
+
+    try:
+        db.ingest_cell(db_path, run_path, cell_id)
+    except Exception as exc:  # the folder already holds the result
+        print(f"kmlbench: warning: results database {db_path}: {exc}")
 
 
 def _describe(cell: Cell) -> str:
