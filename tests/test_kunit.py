@@ -1,5 +1,8 @@
 """kunit.py: the KTAP parser on real 6.1 output, and the guest flow with fakes.
 
+(The real flow was also run end to end: ``kmlbench kunit --kernel-build
+<6.1 build with kml.config> --accel tcg`` -> "kunit: PASS: 10 passed".)
+
 ``CAPTURED`` is the dmesg of a Linux 6.1.192 guest (TCG) built with
 kernel/configs/kml.config after ``insmod kml_test.ko`` and then an
 out-of-tree demo suite with a failing case, a skipped case and a
@@ -233,13 +236,34 @@ def test_main_flow_fails_on_insmod_error(fake_env, monkeypatch):
     assert kunit.main(["--accel", "tcg", "--out", str(fake_env.out)]) == 1
 
 
-def test_main_needs_the_module(fake_env, monkeypatch):
+def test_main_needs_the_module(fake_env, monkeypatch, tmp_path):
     from kmlbench import kernel
 
     monkeypatch.setattr(
-        kernel, "build_kernel", lambda req, cache, log_dir: SimpleNamespace(modules={})
+        kernel,
+        "build_kernel",
+        lambda req, cache, log_dir: SimpleNamespace(bzimage=tmp_path / "bzImage", modules={}),
     )
     assert kunit.main(["--accel", "tcg", "--out", str(fake_env.out)]) == 2
+
+
+def test_main_with_existing_kernel_build(fake_env, monkeypatch, tmp_path):
+    from kmlbench import kernel
+
+    def no_build(*a, **k):
+        raise AssertionError("must not build")
+
+    monkeypatch.setattr(kernel, "build_kernel", no_build)
+    build = tmp_path / "linux"
+    (build / "arch/x86/boot").mkdir(parents=True)
+    (build / "arch/x86/boot/bzImage").write_bytes(b"bz")
+    (build / "lib/kml").mkdir(parents=True)
+    (build / "lib/kml/kml_test.ko").write_bytes(b"ko")
+    argv = ["--kernel-build", str(build), "--accel", "tcg", "--out", str(fake_env.out)]
+    assert kunit.main(argv) == 0
+    guest = FakeGuest.instances[-1]
+    assert guest.put_calls == [(kunit.REMOTE_KO, b"ko")]
+    assert guest.cfg.kernel == build / "arch/x86/boot/bzImage"
 
 
 def kunit_qemu():

@@ -182,6 +182,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for console.log, dmesg.txt, kunit.json")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--parse", type=Path, help="only parse a saved dmesg/console file")
+    p.add_argument(
+        "--kernel-build",
+        type=Path,
+        help="use an existing build dir (arch/x86/boot/bzImage, lib/kml/kml_test.ko) "
+        "instead of building",
+    )
     return p
 
 
@@ -225,16 +231,25 @@ def main(argv: list[str]) -> int:
     out = args.out or (paths.results_dir() / "kunit" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     cache = paths.cache_dir()
-    try:
-        build = kernel.build_kernel(
-            kernel.KernelRequest(source=args.source, fragments=tuple(args.config)),
-            cache,
-            log_dir=out,
-        )
-    except kernel.KernelBuildError as exc:
-        print(f"kunit: kernel build failed: {exc}", file=sys.stderr)
-        return 2
-    ko = build.modules.get(MODULE)
+    if args.kernel_build:
+        bzimage = args.kernel_build / "arch/x86/boot/bzImage"
+        ko = args.kernel_build / "lib/kml" / f"{MODULE}.ko"
+        if not bzimage.exists():
+            print(f"kunit: {bzimage} does not exist", file=sys.stderr)
+            return 2
+        ko = ko if ko.exists() else None
+    else:
+        try:
+            build = kernel.build_kernel(
+                kernel.KernelRequest(source=args.source, fragments=tuple(args.config)),
+                cache,
+                log_dir=out,
+            )
+        except kernel.KernelBuildError as exc:
+            print(f"kunit: kernel build failed: {exc}", file=sys.stderr)
+            return 2
+        bzimage = build.bzimage
+        ko = build.modules.get(MODULE)
     if ko is None:
         print(
             f"kunit: the build has no {MODULE}.ko; kernel/configs/kml.config must set "
@@ -251,7 +266,7 @@ def main(argv: list[str]) -> int:
         keys = SSHKeys.generate(keydir)
         initrd = image.make_guest_initrd(base, keydir, keys.authorized_key, keys.host_key)
         cfg = GuestConfig(
-            kernel=build.bzimage,
+            kernel=bzimage,
             initrd=initrd,
             console_log=out / "console.log",
             accel=_accel(args.accel),
