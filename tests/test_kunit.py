@@ -270,3 +270,17 @@ def kunit_qemu():
     from kmlbench import qemu
 
     return qemu
+
+
+def test_library_module_is_loaded_first(fake_env, tmp_path):
+    build = tmp_path / "linux-m"
+    (build / "arch/x86/boot").mkdir(parents=True)
+    (build / "arch/x86/boot/bzImage").write_bytes(b"bz")
+    (build / "lib/kml").mkdir(parents=True)
+    (build / "lib/kml/kml_test.ko").write_bytes(b"test")
+    (build / "lib/kml/kml.ko").write_bytes(b"lib")  # CONFIG_KML=m
+    argv = ["--kernel-build", str(build), "--accel", "tcg", "--out", str(fake_env.out)]
+    assert kunit.main(argv) == 0
+    guest = FakeGuest.instances[-1]
+    assert [p for p, _ in guest.put_calls] == [kunit.REMOTE_LIB_KO, kunit.REMOTE_KO]
+    assert guest.commands[:2] == [f"insmod {kunit.REMOTE_LIB_KO}", f"insmod {kunit.REMOTE_KO}"]

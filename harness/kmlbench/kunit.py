@@ -26,6 +26,7 @@ __all__ = ["KtapCase", "KtapSuite", "main", "parse_ktap", "summarize"]
 
 MODULE = "kml_test"
 REMOTE_KO = "/tmp/kml_test.ko"
+REMOTE_LIB_KO = "/tmp/kml.ko"
 
 # dmesg / console prefixes: "[   12.345678] ", "<6>[ 1.2] ", "<6>"
 _PREFIX = re.compile(r"^(?:<\d+>)?(?:\[\s*\d+\.\d+\]\s?)?")
@@ -238,6 +239,8 @@ def main(argv: list[str]) -> int:
             print(f"kunit: {bzimage} does not exist", file=sys.stderr)
             return 2
         ko = ko if ko.exists() else None
+        lib_ko = args.kernel_build / "lib/kml/kml.ko"
+        lib_ko = lib_ko if lib_ko.exists() else None
     else:
         try:
             build = kernel.build_kernel(
@@ -250,6 +253,7 @@ def main(argv: list[str]) -> int:
             return 2
         bzimage = build.bzimage
         ko = build.modules.get(MODULE)
+        lib_ko = build.modules.get("kml")  # CONFIG_KML=m: load the library first
     if ko is None:
         print(
             f"kunit: the build has no {MODULE}.ko; kernel/configs/kml.config must set "
@@ -272,6 +276,11 @@ def main(argv: list[str]) -> int:
             accel=_accel(args.accel),
         )
         with Guest(cfg, keys) as guest:
+            if lib_ko is not None:
+                guest.put(REMOTE_LIB_KO, lib_ko.read_bytes())
+                res = guest.run(f"insmod {REMOTE_LIB_KO}", timeout=args.timeout)
+                if res.exit_status != 0:
+                    failure = f"insmod kml.ko failed (exit {res.exit_status}): {res.stderr.strip()}"
             guest.put(REMOTE_KO, ko.read_bytes())
             res = guest.run(f"insmod {REMOTE_KO}", timeout=args.timeout)
             if res.exit_status != 0:
