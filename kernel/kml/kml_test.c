@@ -10,6 +10,9 @@
  */
 #include <kunit/test.h>
 #include <linux/slab.h>
+#include <linux/kthread.h>
+#include <linux/completion.h>
+#include <linux/sched.h>
 #include "kml_internal.h"
 
 #define N_REF 16
@@ -389,6 +392,110 @@ static void kml_test_ring_counts(struct kunit *test)
 	kml_ring_destroy(r);
 }
 
+/* ---- several kernel threads producing into one ring, the test consumes */
+
+#define KML_MP_PRODUCERS 4
+#define KML_MP_PER 20000
+
+struct kml_mp_producer {
+	struct kml_ring *r;
+	u32 id;
+	u64 pushed;
+	u64 refused;
+	struct completion done;
+};
+
+static int kml_mp_produce(void *arg)
+{
+	struct kml_mp_producer *p = arg;
+	u64 rec[2];
+	u32 i;
+	int ret;
+
+	for (i = 0; i < KML_MP_PER; i++) {
+		rec[0] = p->id;
+		rec[1] = i;
+		/* process context: retry when the bounded blocking wait gives up */
+		while ((ret = kml_ring_push(p->r, rec)) == -EAGAIN)
+			cond_resched();
+		if (ret)
+			p->refused++;
+		else
+			p->pushed++;
+		if (!(i & 255))
+			cond_resched();
+	}
+	kthread_complete_and_exit(&p->done, 0);
+}
+
+static void kml_test_ring_mp(struct kunit *test, u32 mode)
+{
+	struct kml_mp_producer *prod;
+	u64 next[KML_MP_PRODUCERS] = { 0 }, rec[2], got = 0, pushed = 0;
+	u64 refused = 0, bad = 0, produced, consumed, dropped;
+	struct task_struct *t;
+	struct kml_ring *r;
+	u32 i, started = 0;
+	bool all_done;
+
+	prod = kunit_kcalloc(test, KML_MP_PRODUCERS, sizeof(*prod), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, prod);
+	KUNIT_ASSERT_EQ(test, 0, kml_ring_create(&r, 64, sizeof(rec), mode));
+	for (i = 0; i < KML_MP_PRODUCERS; i++) {
+		prod[i].r = r;
+		prod[i].id = i;
+		init_completion(&prod[i].done);
+		t = kthread_run(kml_mp_produce, &prod[i], "kml_mp%u", i);
+		if (IS_ERR(t))
+			break;
+		started++;
+	}
+	/* no assertion may leave this loop while producers still run */
+	do {
+		all_done = true;
+		for (i = 0; i < started; i++)
+			all_done &= completion_done(&prod[i].done);
+		while (!kml_ring_pop(r, rec)) {
+			got++;
+			/* per-producer FIFO, no duplicates */
+			if (rec[0] >= KML_MP_PRODUCERS || rec[1] < next[rec[0]])
+				bad++;
+			else
+				next[rec[0]] = rec[1] + 1;
+		}
+		cond_resched();
+	} while (!all_done);
+	for (i = 0; i < started; i++) {
+		wait_for_completion(&prod[i].done);
+		pushed += prod[i].pushed;
+		refused += prod[i].refused;
+	}
+	kml_ring_counters(r, &produced, &consumed, &dropped);
+	kml_ring_destroy(r);
+	KUNIT_ASSERT_EQ(test, started, (u32)KML_MP_PRODUCERS);
+	KUNIT_EXPECT_EQ(test, bad, 0ULL);
+	KUNIT_EXPECT_EQ(test, produced, pushed);
+	KUNIT_EXPECT_EQ(test, consumed, got);
+	KUNIT_EXPECT_EQ(test, consumed, produced);
+	KUNIT_EXPECT_EQ(test, dropped, refused);
+	KUNIT_EXPECT_EQ(test, produced + dropped,
+			(u64)KML_MP_PRODUCERS * KML_MP_PER);
+	if (mode == KML_RING_BLOCK)
+		KUNIT_EXPECT_EQ(test, dropped, 0ULL);
+	kunit_info(test, "mode %u: produced %llu dropped %llu\n", mode,
+		   produced, dropped);
+}
+
+static void kml_test_ring_mp_drop(struct kunit *test)
+{
+	kml_test_ring_mp(test, KML_RING_DROP);
+}
+
+static void kml_test_ring_mp_block(struct kunit *test)
+{
+	kml_test_ring_mp(test, KML_RING_BLOCK);
+}
+
 static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_math_accuracy),
 	KUNIT_CASE(kml_test_math_special),
@@ -400,6 +507,8 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_user_model),
 	KUNIT_CASE(kml_test_crc32),
 	KUNIT_CASE(kml_test_ring_counts),
+	KUNIT_CASE(kml_test_ring_mp_drop),
+	KUNIT_CASE(kml_test_ring_mp_block),
 	{}
 };
 
