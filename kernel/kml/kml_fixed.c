@@ -40,7 +40,7 @@ EXPORT_SYMBOL_GPL(kml_isqrt64);
  */
 static s64 kml_exp_q30_parts(s32 x, s32 *k)
 {
-	s64 xq = (s64)x << 14;
+	s64 xq = (s64)x * (1 << 14);	/* not <<: x may be negative */
 	s64 r, p;
 	s32 i;
 
@@ -130,7 +130,7 @@ s32 kml_q16_log(s32 x)
 		m >>= 1;
 		e++;
 	}
-	s = kml_div_s64((m - KML_Q30_ONE) << 30, m + KML_Q30_ONE);
+	s = kml_div_s64((m - KML_Q30_ONE) * KML_Q30_ONE, m + KML_Q30_ONE);
 	s2 = kml_rshift_round(s * s, 30);
 	p = kml_div_s64(KML_Q30_ONE, 9);
 	p = kml_div_s64(KML_Q30_ONE, 7) + kml_rshift_round(s2 * p, 30);
@@ -154,7 +154,7 @@ void kml_linear_forward_q16(s32 *out, const s32 *in, const s32 *w,
 
 		for (o = 0; o < out_dim; o++) {
 			const s32 *wr = w + (size_t)o * in_dim;
-			s64 acc = (s64)b[o] << 16;
+			s64 acc = (s64)b[o] * KML_Q16_ONE;
 
 			for (i = 0; i < in_dim; i++)
 				acc += (s64)wr[i] * x[i];
@@ -181,7 +181,7 @@ void kml_linear_backward_q16(s32 *din, s64 *dw, s64 *db, const s32 *dout,
 
 			for (i = 0; i < in_dim; i++)
 				dwr[i] += (s64)d[o] * x[i];
-			db[o] += (s64)d[o] << 16;
+			db[o] += (s64)d[o] * KML_Q16_ONE;
 		}
 		if (!din)
 			continue;
