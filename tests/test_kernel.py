@@ -13,6 +13,7 @@ import functools
 import hashlib
 import http.server
 import os
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -420,10 +421,11 @@ def test_failed_make_raises_with_error_lines_and_log(tmp_path):
     (build_dir / ".config").write_text("CONFIG_MODULES=y\nCONFIG_X=y\n")
     log = build_dir / "build.log"
     with pytest.raises(KernelBuildError) as exc:
-        kernel.compile_kernel(tree, build_dir, log, [log], 1, quiet)
+        kernel.compile_kernel(tree, build_dir, log, [tmp_path / "run.log"], 1, quiet)
     msg = str(exc.value)
     assert "lib/kml/kml.c:3:1: error: expected declaration" in msg
     assert str(log) in msg and exc.value.log_path == log
+    assert "error: expected declaration" in (tmp_path / "run.log").read_text()
 
 
 # --------------------------------------------------------------------------
@@ -487,7 +489,33 @@ def test_base_config_survives_olddefconfig(vanilla_tree, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def kernel_build(kernel_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> KernelBuild:
+def kernel_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A copy of kernel/kml, kernel/patches and kernel/configs, taken once.
+
+    The build is keyed by content, so this builds (or finds) exactly the
+    repo's kernel; but an edit to the repo while the session runs (KML is
+    under active development) cannot turn the "same inputs" call into a
+    different build.
+    """
+    snap = tmp_path_factory.mktemp("kernel-inputs")
+    result = {}
+    for name, src in (
+        ("kml_dir", paths.KML_SRC_DIR),
+        ("patches_dir", paths.PATCHES_DIR),
+        ("configs_dir", paths.CONFIGS_DIR),
+    ):
+        if src.is_dir():
+            shutil.copytree(src, snap / name)
+        else:
+            (snap / name).mkdir()
+        result[name] = snap / name
+    return result
+
+
+@pytest.fixture(scope="session")
+def kernel_build(
+    kernel_cache: Path, kernel_inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> KernelBuild:
     """The guest kernel from the repo's KML sources, patches and fragments.
 
     Session-scoped so every test needing a kernel shares one build (and,
@@ -496,7 +524,7 @@ def kernel_build(kernel_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
     if not paths.DEBIAN_KERNEL_TARBALL.exists():
         pytest.skip(f"{paths.DEBIAN_KERNEL_TARBALL} not installed")
     log_dir = tmp_path_factory.mktemp("kernel-logs")
-    return kernel.build_kernel(KernelRequest("debian", ()), kernel_cache, log_dir)
+    return kernel.build_kernel(KernelRequest("debian", ()), kernel_cache, log_dir, **kernel_inputs)
 
 
 def _snapshot(root: Path) -> dict[str, int]:
@@ -510,7 +538,9 @@ def _snapshot(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.kernel
-def test_build_then_rebuild_is_a_cache_hit(kernel_build: KernelBuild, kernel_cache, tmp_path):
+def test_build_then_rebuild_is_a_cache_hit(
+    kernel_build: KernelBuild, kernel_cache: Path, kernel_inputs: dict[str, Path], tmp_path: Path
+):
     first = kernel_build
     assert first.bzimage.is_file() and first.bzimage.stat().st_size > 1_000_000
     assert first.build_dir == kernel_cache / "builds" / first.build_key
@@ -521,7 +551,9 @@ def test_build_then_rebuild_is_a_cache_hit(kernel_build: KernelBuild, kernel_cac
         assert ko.is_file() and ko.stem == name
     before = _snapshot(first.build_dir)
 
-    second = kernel.build_kernel(KernelRequest("debian", ()), kernel_cache, tmp_path)
+    second = kernel.build_kernel(
+        KernelRequest("debian", ()), kernel_cache, tmp_path, **kernel_inputs
+    )
 
     assert second.compiled is False
     assert second.bzimage == first.bzimage
@@ -530,3 +562,6 @@ def test_build_then_rebuild_is_a_cache_hit(kernel_build: KernelBuild, kernel_cac
     assert second.modules == first.modules
     assert _snapshot(first.build_dir) == before
     assert "cache hit" in second.log_path.read_text()
+    # Every module the config asks for (=m) was built and collected.
+    if "CONFIG_KML_KUNIT_TEST=m" in first.config_path.read_text().splitlines():
+        assert "kml_test" in first.modules

@@ -173,6 +173,7 @@ def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide cache entries from other users
     os.replace(tmp, path)
 
 
@@ -426,9 +427,17 @@ def kml_source_files(kml_dir: Path) -> list[Path]:
 
 def kml_sources_hash(kml_dir: Path) -> str:
     """Hash of the KML sources (names and contents); constant if absent."""
+    return _kml_hash(_read_kml(kml_dir))
+
+
+def _read_kml(kml_dir: Path) -> tuple[tuple[str, bytes], ...]:
+    return tuple((str(rel), (kml_dir / rel).read_bytes()) for rel in kml_source_files(kml_dir))
+
+
+def _kml_hash(files: Sequence[tuple[str, bytes]]) -> str:
     parts = ["kml"]
-    for rel in kml_source_files(kml_dir):
-        parts += [str(rel), _sha256_file(kml_dir / rel)]
+    for rel, data in files:
+        parts += [rel, hashlib.sha256(data).hexdigest()]
     return _sha256_parts(*parts)
 
 
@@ -470,25 +479,56 @@ def unlisted_patches(patches_dir: Path) -> list[Path]:
 
 def patch_series_hash(patches: Sequence[Path]) -> str:
     """Hash of the series: order, names and contents of every patch."""
+    return _series_hash([(p, p.read_bytes()) for p in patches])
+
+
+def _series_hash(patches: Sequence[tuple[Path, bytes]]) -> str:
     parts = ["patches"]
-    for p in patches:
-        parts += [p.name, _sha256_file(p)]
+    for p, data in patches:
+        parts += [p.name, hashlib.sha256(data).hexdigest()]
     return _sha256_parts(*parts)
 
 
-def install_kml(tree: Path, kml_dir: Path, log: Log) -> None:
-    """Copy kernel/kml/ (the single source of truth) into ``lib/kml/``."""
-    files = kml_source_files(kml_dir)
-    if not files:
-        log(f"no KML sources in {kml_dir}; building without KML")
+@dataclass(frozen=True)
+class TreeInputs:
+    """KML sources and patches, read once.
+
+    KML is being edited while kernels build: hashing the files at one
+    moment and copying them a few seconds later could file a tree under
+    the wrong key. Everything downstream uses these bytes instead.
+    """
+
+    kml_dir: Path
+    kml_files: tuple[tuple[str, bytes], ...]  # (path relative to kml_dir, contents)
+    patches: tuple[tuple[Path, bytes], ...]  # in series order
+
+    @property
+    def kml_hash(self) -> str:
+        return _kml_hash(self.kml_files)
+
+    @property
+    def series_hash(self) -> str:
+        return _series_hash(self.patches)
+
+
+def read_tree_inputs(kml_dir: Path, patches_dir: Path) -> TreeInputs:
+    """Snapshot ``kernel/kml/`` and the patch series."""
+    patches = tuple((p, p.read_bytes()) for p in patch_series(patches_dir))
+    return TreeInputs(kml_dir, _read_kml(kml_dir), patches)
+
+
+def install_kml(tree: Path, inputs: TreeInputs, log: Log) -> None:
+    """Write the KML sources (kernel/kml/, the single source of truth) to ``lib/kml/``."""
+    if not inputs.kml_files:
+        log(f"no KML sources in {inputs.kml_dir}; building without KML")
         return
     dest = tree / "lib" / "kml"
     if dest.exists():
         raise KernelBuildError(f"{dest} already exists in the source; refusing to overwrite it")
-    for rel in files:
+    for rel, data in inputs.kml_files:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(kml_dir / rel, dest / rel)
-    log(f"copied {len(files)} KML source files to lib/kml/")
+        (dest / rel).write_bytes(data)
+    log(f"copied {len(inputs.kml_files)} KML source files from {inputs.kml_dir} to lib/kml/")
 
 
 def apply_patches(tree: Path, patches: Sequence[Path], log: Log) -> None:
@@ -500,38 +540,33 @@ def apply_patches(tree: Path, patches: Sequence[Path], log: Log) -> None:
     to rebase it.
     """
     for p in patches:
-        log(f"applying {p.name}")
-        before = set(tree.rglob("*.rej"))
-        proc = subprocess.run(
-            [
-                "patch",
-                "-p1",
-                "--forward",
-                "--batch",
-                "--no-backup-if-mismatch",
-                "-d",
-                str(tree),
-                "-i",
-                str(p.resolve()),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            check=False,
-        )
-        for line in proc.stdout.splitlines():
-            log("  " + line)
-        if proc.returncode == 0:
-            continue
-        rejects = []
-        for rej in sorted(set(tree.rglob("*.rej")) - before):
-            text = rej.read_text(errors="replace")
-            rejects.append(f"--- {rej.relative_to(tree)}\n{text.rstrip()}")
-        msg = f"patch {p.name} does not apply ({p}):\n{proc.stdout.rstrip()}"
-        if rejects:
-            msg += "\nrejected hunk(s):\n" + "\n".join(rejects)
-        raise PatchError(p, msg)
+        apply_patch(tree, p, p.read_bytes(), log)
+
+
+def apply_patch(tree: Path, patch: Path, data: bytes, log: Log) -> None:
+    """Apply one patch (its contents ``data``, fed on stdin); see apply_patches."""
+    log(f"applying {patch.name}")
+    proc = subprocess.run(
+        ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-d", str(tree)],
+        input=data,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    out = proc.stdout.decode(errors="replace")
+    for line in out.splitlines():
+        log("  " + line)
+    if proc.returncode == 0:
+        return
+    rejects = []
+    for rel in re.findall(r"saving rejects to file (.+)$", out, re.MULTILINE):
+        rej = tree / rel.strip()
+        text = rej.read_text(errors="replace") if rej.is_file() else "(missing)"
+        rejects.append(f"--- {rel.strip()}\n{text.rstrip()}")
+    msg = f"patch {patch.name} does not apply ({patch}):\n{out.rstrip()}"
+    if rejects:
+        msg += "\nrejected hunk(s):\n" + "\n".join(rejects)
+    raise PatchError(patch, msg)
 
 
 def _copy_tree(src: Path, dest: Path, log: Log) -> None:
@@ -577,16 +612,21 @@ def prepare_tree(
     *,
     kml_dir: Path = paths.KML_SRC_DIR,
     patches_dir: Path = paths.PATCHES_DIR,
+    inputs: TreeInputs | None = None,
 ) -> Path:
     """The source with KML and the patches in, at ``cache/src/<key>/``.
+
+    ``inputs`` (a snapshot of ``kml_dir`` and ``patches_dir``) is read here
+    unless the caller already took one for its own keys.
 
     Work happens in a temp dir next to the final one and is renamed into
     place only when complete, so an interrupted extraction or a failed
     patch never leaves a half tree that looks ready. A lock per key makes
     concurrent kmlbench processes wait for each other instead of racing.
     """
-    patches = patch_series(patches_dir)
-    key = prepared_tree_key(src.source_id, kml_sources_hash(kml_dir), patch_series_hash(patches))
+    if inputs is None:
+        inputs = read_tree_inputs(kml_dir, patches_dir)
+    key = prepared_tree_key(src.source_id, inputs.kml_hash, inputs.series_hash)
     src_root = cache / "src"
     final = src_root / key
     with _locked(src_root / f"{key}.lock", "preparing the kernel tree", log):
@@ -603,13 +643,16 @@ def prepare_tree(
             else:
                 root = tmp / "linux"
                 _copy_tree(src.path, root, log)
-            install_kml(root, kml_dir, log)
-            apply_patches(root, patches, log)
+            install_kml(root, inputs, log)
+            for patch, data in inputs.patches:
+                apply_patch(root, patch, data, log)
             stamp = {
                 "source_id": src.source_id,
                 "source": str(src.path),
-                "kml_dir": str(kml_dir),
-                "patches": [p.name for p in patches],
+                "kml_dir": str(inputs.kml_dir),
+                "kml_sources_hash": inputs.kml_hash,
+                "patches": [p.name for p, _ in inputs.patches],
+                "patch_series_hash": inputs.series_hash,
                 "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             (root / _PREPARED_STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
@@ -645,17 +688,22 @@ def parse_config_lines(text: str) -> dict[str, tuple[str, int]]:
     return result
 
 
-def check_config(final_config: str, fragments: Sequence[Path]) -> list[ConfigMiss]:
+def check_config(
+    final_config: str, fragments: Sequence[Path], texts: Sequence[str] | None = None
+) -> list[ConfigMiss]:
     """Requested options that the final .config does not have as asked.
 
     Each symbol is checked against the last fragment that mentions it (the
     one merge_config.sh let win). ``# CONFIG_X is not set`` is satisfied
     by the symbol being absent too: a symbol hidden by an unmet dependency
-    is, in effect, not set.
+    is, in effect, not set. ``texts``, if given, are the fragments'
+    contents (a snapshot); otherwise the files are read.
     """
+    if texts is None:
+        texts = [f.read_text() for f in fragments]
     requested: dict[str, tuple[str, Path, int]] = {}
-    for frag in fragments:
-        for sym, (line, n) in parse_config_lines(frag.read_text()).items():
+    for frag, text in zip(fragments, texts, strict=True):
+        for sym, (line, n) in parse_config_lines(text).items():
             requested[sym] = (line, frag, n)
     final = {sym: line for sym, (line, _) in parse_config_lines(final_config).items()}
     misses = []
@@ -752,23 +800,42 @@ def config_fragments(
     return [f.resolve() for f in result]
 
 
-def configure(tree: Path, build_dir: Path, fragments: Sequence[Path], log: Log = print) -> str:
+def configure(
+    tree: Path,
+    build_dir: Path,
+    fragments: Sequence[Path],
+    log: Log = print,
+    texts: Sequence[str] | None = None,
+) -> str:
     """Write the final .config into ``build_dir``; return its text.
 
     tinyconfig first (so that only what the fragments ask for is built:
     a small kernel compiles in minutes), then the fragments merged in
     order, then olddefconfig to resolve dependencies, then the survival
     check, since olddefconfig silently drops what it cannot satisfy.
+
+    With ``texts`` (the fragments' contents, snapshotted by the caller),
+    those are merged instead of re-reading the files, so that an edit in
+    the middle cannot make the config disagree with its cache key; errors
+    still name the original fragment files.
     """
     build_dir.mkdir(parents=True, exist_ok=True)
+    if texts is None:
+        texts = [f.read_text() for f in fragments]
+    snap_dir = build_dir / ".kmlbench-fragments"
+    snap_dir.mkdir(exist_ok=True)
+    merged = []
+    for i, (frag, text) in enumerate(zip(fragments, texts, strict=True)):
+        merged.append(snap_dir / f"{i:02d}-{frag.name}")
+        merged[-1].write_text(text)
     _run(["make", f"O={build_dir}", "tinyconfig"], tree, log, "make tinyconfig")
     merge = tree / "scripts" / "kconfig" / "merge_config.sh"
     # cwd=build_dir: merge_config.sh puts its temp files in the current dir.
-    cmd = [merge, "-m", "-O", build_dir, build_dir / ".config", *fragments]
+    cmd = [merge, "-m", "-O", build_dir, build_dir / ".config", *merged]
     _run(cmd, build_dir, log, "merge_config.sh")
     _run(["make", f"O={build_dir}", "olddefconfig"], tree, log, "make olddefconfig")
     text = (build_dir / ".config").read_text()
-    misses = check_config(text, fragments)
+    misses = check_config(text, fragments, texts)
     if misses:
         raise ConfigError(format_config_misses(misses, tree), misses)
     return text
@@ -823,7 +890,11 @@ def collect_modules(build_dir: Path) -> dict[str, Path]:
 def compile_kernel(
     tree: Path, build_dir: Path, build_log: Path, log_files: Sequence[Path], jobs: int, log: Log
 ) -> None:
-    """``make bzImage [modules]``, output streamed into every log file."""
+    """``make bzImage [modules]``, output streamed into ``build_log`` and ``log_files``.
+
+    ``build_log`` starts empty on every attempt (so the error summary read
+    from it is about this attempt); the ``log_files`` are appended to.
+    """
     targets = ["bzImage"]
     if _wants_modules((build_dir / ".config").read_text()):
         targets.append("modules")
@@ -831,7 +902,8 @@ def compile_kernel(
     log("$ " + " ".join(argv) + f"  (output: {build_log})")
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        outs = [stack.enter_context(p.open("a")) for p in log_files]
+        outs = [stack.enter_context(build_log.open("w", buffering=1))]
+        outs += [stack.enter_context(p.open("a", buffering=1)) for p in log_files if p != build_log]
         for out in outs:
             out.write("$ " + " ".join(argv) + "\n")
         proc = subprocess.Popen(
@@ -869,11 +941,13 @@ def _read_stamp(build_dir: Path) -> dict | None:
 
 
 def _config_memo_key(
-    prep_key: str, fragments: Sequence[Path], compiler: str, toolchain: str
+    prep_key: str, fragment_texts: Sequence[str], compiler: str, toolchain: str
 ) -> str:
-    parts = [_CACHE_VERSION, "config", prep_key, compiler, toolchain]
-    for f in fragments:
-        parts += [str(f), _sha256_file(f)]
+    """Key of a memoized final .config: fragment contents, not their paths.
+
+    So the same fragments from another checkout (or a test's copy) hit too.
+    """
+    parts = [_CACHE_VERSION, "config", prep_key, compiler, toolchain, *fragment_texts]
     return _sha256_parts(*parts)
 
 
@@ -968,15 +1042,16 @@ def _build_kernel(
     src = resolve_source(req.source, cache, note)
     log(f"source: {src.path} ({src.source_id})")
     compiler = compiler_version()
-    kml_hash = kml_sources_hash(kml_dir)
-    series_hash = patch_series_hash(patch_series(patches_dir))
+    inputs = read_tree_inputs(kml_dir, patches_dir)
+    kml_hash, series_hash = inputs.kml_hash, inputs.series_hash
+    fragment_texts = [f.read_text() for f in fragments]
     for p in unlisted_patches(patches_dir):
         note(f"warning: {p.name} is not listed in {patches_dir / 'series'}; not applied")
     prep_key = prepared_tree_key(src.source_id, kml_hash, series_hash)
     memo = (
         cache
         / "configs"
-        / _config_memo_key(prep_key, fragments, compiler, _toolchain_fingerprint())
+        / _config_memo_key(prep_key, fragment_texts, compiler, _toolchain_fingerprint())
     )
     builds = cache / "builds"
 
@@ -1013,12 +1088,12 @@ def _build_kernel(
             note(f"cache hit: {build_dir} (compile log: {build_dir / _BUILD_LOG})")
             return result(build_dir, False, key, cfg_hash, stamp)
 
-    tree = prepare_tree(src, cache, note, kml_dir=kml_dir, patches_dir=patches_dir)
+    tree = prepare_tree(src, cache, note, inputs=inputs)
     note(f"configuring ({', '.join(f.name for f in fragments)}); log: {log_path}")
     builds.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=builds, prefix=".config-"))
     try:
-        config_text = configure(tree, scratch, fragments, log)
+        config_text = configure(tree, scratch, fragments, log, fragment_texts)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     cfg_hash = config_hash(config_text)
@@ -1044,9 +1119,7 @@ def _build_kernel(
             raise KernelBuildError(
                 f"{build_dir}/.config changed under olddefconfig; the config step is not stable"
             )
-        compile_kernel(
-            tree, build_dir, build_dir / _BUILD_LOG, [build_dir / _BUILD_LOG, log_path], jobs, note
-        )
+        compile_kernel(tree, build_dir, build_dir / _BUILD_LOG, [log_path], jobs, note)
         build = result(build_dir, True, key, cfg_hash)
         if not build.bzimage.is_file():
             raise KernelBuildError(f"make succeeded but {build.bzimage} is missing", log_path)
