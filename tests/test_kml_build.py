@@ -33,3 +33,49 @@ def test_missing_compiler_is_named(monkeypatch):
     monkeypatch.setattr(kml, "_lib_root", lambda: paths.cache_dir() / "libkml-test-nocc")
     with pytest.raises(kml.KmlBuildError, match="no-such-cc-kml"):
         kml.build_libkml(force=True, cc="no-such-cc-kml")
+
+
+FPU_FILES = {"kml_math.c", "kml_nn.c"}  # the only objects built with SSE in the kernel
+USER_ONLY = {"kml_platform_user.c", "kml_bench.c"}
+
+
+def test_kbuild_fpu_flags_cover_exactly_the_float_files():
+    kbuild = (paths.KML_SRC_DIR / "Kbuild").read_text()
+    for f in FPU_FILES:
+        obj = f.replace(".c", ".o")
+        assert f"CFLAGS_{obj} += $(kml_fpu_cflags)" in kbuild
+        assert f"CFLAGS_REMOVE_{obj} += $(kml_nofpu_cflags)" in kbuild
+    assert kbuild.count("$(kml_fpu_cflags)") == len(FPU_FILES)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+@pytest.mark.parametrize(
+    "src",
+    sorted(
+        p.name
+        for p in paths.KML_SRC_DIR.glob("*.c")
+        if p.name not in FPU_FILES | USER_ONLY | {"kml_platform_kernel.c", "kml_test.c"}
+    ),
+)
+def test_integer_files_compile_without_fpu(src):
+    """What the kernel requires of every non-FPU object, checked in user space:
+    with -mgeneral-regs-only any float operation is a compile error."""
+    proc = subprocess.run(
+        ["cc", "-std=gnu11", "-O2", "-mgeneral-regs-only", "-c", src, "-o", "/dev/null"],
+        cwd=paths.KML_SRC_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_only_the_platform_header_branches_on_kernel():
+    """The platform layer is the only place the two builds differ."""
+    offenders = []
+    for p in sorted(paths.KML_SRC_DIR.glob("*.[ch]")):
+        if p.name == "kml_platform.h":
+            continue
+        if "__KERNEL__" in p.read_text():
+            offenders.append(p.name)
+    assert offenders == []
