@@ -487,6 +487,33 @@ def test_option_with_missing_dependency_or_unknown_symbol_is_named(kconfig_tree,
     assert "no such symbol" in msg
 
 
+def test_build_kernel_stops_at_config_with_named_option_and_log(kconfig_tree, tmp_path):
+    """The front half of build_kernel (tree source, prepare, config) fails cleanly."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    shutil.copy(paths.CONFIGS_DIR / "base.config", configs / "base.config")
+    (configs / "bad.config").write_text(
+        "# needs PCI_MSI\nCONFIG_VIRTIO_PCI=y\n# CONFIG_PCI is not set\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        kernel.build_kernel(
+            KernelRequest(str(kconfig_tree), (Path("bad.config"),)),
+            tmp_path / "cache",
+            tmp_path / "logs",
+            progress=None,
+            kml_dir=tmp_path / "no-kml",
+            patches_dir=tmp_path / "no-patches",
+            configs_dir=configs,
+        )
+    assert "CONFIG_VIRTIO_PCI=y" in {m.requested for m in exc.value.misses}
+    assert f"{configs / 'bad.config'}:2" in str(exc.value)
+    assert exc.value.log_path is not None and exc.value.log_path.parent == tmp_path / "logs"
+    assert "CONFIG_VIRTIO_PCI=y" in exc.value.log_path.read_text()
+    assert not (tmp_path / "cache" / "builds").exists() or not [
+        p for p in (tmp_path / "cache" / "builds").iterdir() if not p.name.endswith(".lock")
+    ]
+
+
 def test_repo_fragments_survive_olddefconfig(kconfig_tree, tmp_path):
     """base.config and kml.config, with KML and the patches in place, all survive.
 

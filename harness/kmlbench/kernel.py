@@ -916,9 +916,14 @@ def compile_kernel(
             errors="replace",
         )
         assert proc.stdout is not None
-        for line in proc.stdout:
-            for out in outs:
-                out.write(line)
+        try:
+            for line in proc.stdout:
+                for out in outs:
+                    out.write(line)
+        except BaseException:  # e.g. KeyboardInterrupt: don't leave make running
+            proc.terminate()
+            proc.wait()
+            raise
         rc = proc.wait()
     elapsed = time.monotonic() - started
     if rc != 0:
@@ -1023,8 +1028,9 @@ def build_kernel(
         )
     except KernelBuildError as e:
         _log(f"ERROR: {e}")
-        if e.log_path is None:
-            raise KernelBuildError(str(e), log_path) from e
+        if e.log_path is None:  # point at the full log, keeping the type (ConfigError, ...)
+            e.log_path = log_path
+            e.args = (f"{e}\n(full log: {log_path})",)
         raise
 
 
