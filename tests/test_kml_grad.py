@@ -134,3 +134,38 @@ def test_model_forward_matches_numpy(rng):
         a = a @ w.T + b
         a = np.tanh(a) if i < len(layers) - 1 else 1 / (1 + np.exp(-a))
     close(m.predict(x), a[:, 0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss,output", [("mse", "linear"), ("bce", "sigmoid")])
+def test_chunked_batches_match_finite_differences(rng, loss, output):
+    """A wide model: float batches are split into several FPU sections
+    (KML_FPU_MACS), forward, backward and step alike; the gradients of the
+    whole batch must not depend on the split."""
+    m = kml.Model.mlp(16, hidden=[64, 64], activation="tanh", output=output, seed=8)
+    x = rng.normal(size=(12, 16))
+    y = rng.uniform(size=12) if loss == "mse" else (rng.uniform(size=12) > 0.5) * 1.0
+    m.train_setup(lr=1e-3, batch=12, optimizer="sgd", loss=loss, pos_weight=2.0)
+    p0 = m.params.astype(np.float32)
+    m.forward(x, y)
+    m.backward(y)
+    g = m.grads
+    idx = rng.choice(p0.size, size=40, replace=False)
+    num = np.empty(idx.size)
+    for k, i in enumerate(idx):
+        p = p0.copy()
+        p[i] += 1e-3
+        m.params = p
+        up = m.forward(x, y)
+        p[i] -= 2e-3
+        m.params = p
+        down = m.forward(x, y)
+        num[k] = (up - down) / 2e-3
+    m.params = p0
+    close(g[idx], num, rtol=5e-2, atol=2e-4)
+    # and predictions over many rows (chunked too) match NumPy
+    xs = rng.normal(size=(300, 16))
+    a = xs
+    for i, (w, b) in enumerate(m.layers()):
+        a = a @ w.T + b
+        a = np.tanh(a) if i < 2 else (a if output == "linear" else 1 / (1 + np.exp(-a)))
+    close(m.predict(xs), a[:, 0], rtol=1e-4, atol=1e-5)

@@ -36,9 +36,19 @@ struct kml_model {
 	void *pre[KML_MAX_LAYERS + 1];	/* pre-activation of layer l (1-based) */
 	void *dbuf[2];			/* max_batch * max_width each */
 	u32 fwd_n;			/* rows of the last forward, 0 = none */
+	u32 fpu_rows;			/* predicted rows per FPU section */
 	u32 steps;
-	u32 fstate[8];			/* float optimiser state, owned by kml_nn.c */
+	u32 fstate[12];			/* float optimiser state, owned by kml_nn.c */
 };
+
+/*
+ * Float work per FPU section: about KML_FPU_MACS multiply-adds of forward
+ * work (a training row costs ~3x a predicted one) and KML_FPU_PARAMS
+ * optimiser updates, i.e. some microseconds to a few tens of microseconds,
+ * whatever the batch size.  Batches are split into chunks of rows.
+ */
+#define KML_FPU_MACS	16384
+#define KML_FPU_PARAMS	2048
 
 static inline u32 kml_in_dim(const struct kml_model *m, u32 l)
 {
@@ -68,10 +78,14 @@ void kml_f32_norm_update(struct kml_model *m, const float *x, u32 n);
 void kml_f32_norm_scale(struct kml_model *m);
 void kml_f32_predict(struct kml_model *m, const float *x, u32 n, float *y);
 void kml_f32_train_init(struct kml_model *m);
-void kml_f32_forward(struct kml_model *m, const float *x, u32 n,
-		     const float *y, float *loss);
-void kml_f32_backward(struct kml_model *m, const float *y, u32 n);
-void kml_f32_step(struct kml_model *m);
+void kml_f32_forward(struct kml_model *m, const float *x, const float *y,
+		     u32 row0, u32 rows);
+void kml_f32_backward(struct kml_model *m, const float *y, u32 row0,
+		      u32 rows, u32 total);
+void kml_f32_loss_reset(struct kml_model *m);
+void kml_f32_loss_get(struct kml_model *m, u32 rows, float *loss);
+void kml_f32_step_begin(struct kml_model *m);
+void kml_f32_step_range(struct kml_model *m, u32 i0, u32 cnt);
 
 /* fixed-point path (kml_nn_q16.c): no FPU */
 void kml_q16_norm_update(struct kml_model *m, const s32 *x, u32 n);

@@ -128,7 +128,7 @@ static void kml_init_weights(struct kml_model *m)
 int kml_model_alloc(const struct kml_model_cfg *cfg, struct kml_model **out)
 {
 	struct kml_model *m;
-	u32 n_in = cfg->sizes[0], n = kml_cfg_n_params(cfg), off = 0, l;
+	u32 n_in = cfg->sizes[0], n = kml_cfg_n_params(cfg), off = 0, l, macs;
 	size_t bytes = sizeof(*m);
 	u8 *p;
 
@@ -144,6 +144,10 @@ int kml_model_alloc(const struct kml_model_cfg *cfg, struct kml_model **out)
 	for (l = 0; l <= cfg->n_layers; l++)
 		if (cfg->sizes[l] > m->max_width)
 			m->max_width = cfg->sizes[l];
+	macs = 0;
+	for (l = 1; l <= cfg->n_layers; l++)
+		macs += cfg->sizes[l] * cfg->sizes[l - 1];
+	m->fpu_rows = macs < KML_FPU_MACS ? KML_FPU_MACS / macs : 1;
 	for (l = 1; l <= cfg->n_layers; l++) {
 		m->w_off[l - 1] = off;
 		off += cfg->sizes[l] * cfg->sizes[l - 1];
@@ -287,16 +291,24 @@ int kml_model_predict_nofpu(struct kml_model *m, const void *x, u32 n, void *y)
 }
 EXPORT_SYMBOL_GPL(kml_model_predict_nofpu);
 
+/* Float batches are split so that no FPU section grows with n. */
 int kml_model_predict(struct kml_model *m, const void *x, u32 n, void *y)
 {
+	u32 n_in = m->cfg.sizes[0], n_out = kml_out_dim(m), r, c;
+
 	if (m->cfg.dtype == KML_Q16) {
 		kml_q16_predict(m, x, n, y);
 		return 0;
 	}
-	if (kml_fpu_begin())
-		return -EBUSY;
-	kml_f32_predict(m, x, n, y);
-	kml_fpu_end();
+	for (r = 0; r < n; r += c) {
+		c = n - r < m->fpu_rows ? n - r : m->fpu_rows;
+		if (kml_fpu_begin())
+			return -EBUSY;
+		kml_f32_predict(m, (const void *)((const u32 *)x +
+						  (size_t)r * n_in),
+				c, (void *)((u32 *)y + (size_t)r * n_out));
+		kml_fpu_end();
+	}
 	return 0;
 }
 EXPORT_SYMBOL_GPL(kml_model_predict);
@@ -377,6 +389,53 @@ static int kml_train_check(const struct kml_model *m, u32 n)
 	return 0;
 }
 
+/* training rows per FPU section: backward costs about twice the forward */
+static u32 kml_train_rows(const struct kml_model *m)
+{
+	return m->fpu_rows >= 3 ? m->fpu_rows / 3 : 1;
+}
+
+/* float forward (+ backward) over a batch, one FPU section per chunk */
+static int kml_f32_batch(struct kml_model *m, const void *x, const void *y,
+			 u32 n, bool fwd, bool bwd, void *loss)
+{
+	u32 rows = kml_train_rows(m), r, c;
+
+	for (r = 0; r < n; r += c) {
+		c = n - r < rows ? n - r : rows;
+		if (kml_fpu_begin())
+			return -EBUSY;
+		if (fwd) {
+			if (!r)
+				kml_f32_loss_reset(m);
+			kml_f32_forward(m, x, y, r, c);
+		}
+		if (bwd)
+			kml_f32_backward(m, y, r, c, n);
+		if (fwd && loss && y && r + c == n)
+			kml_f32_loss_get(m, n, loss);
+		kml_fpu_end();
+	}
+	return 0;
+}
+
+static int kml_f32_step(struct kml_model *m)
+{
+	u32 i, c;
+
+	for (i = 0; i < m->n_params; i += c) {
+		c = m->n_params - i < KML_FPU_PARAMS ? m->n_params - i :
+			KML_FPU_PARAMS;
+		if (kml_fpu_begin())
+			return -EBUSY;
+		if (!i)
+			kml_f32_step_begin(m);
+		kml_f32_step_range(m, i, c);
+		kml_fpu_end();
+	}
+	return 0;
+}
+
 int kml_model_forward(struct kml_model *m, const void *x, u32 n,
 		      const void *y, void *loss)
 {
@@ -384,15 +443,14 @@ int kml_model_forward(struct kml_model *m, const void *x, u32 n,
 
 	if (ret)
 		return ret;
-	if (m->cfg.dtype == KML_Q16) {
+	m->fwd_n = 0;
+	if (m->cfg.dtype == KML_Q16)
 		kml_q16_forward(m, x, n, y, loss);
-		return 0;
-	}
-	if (kml_fpu_begin())
-		return -EBUSY;
-	kml_f32_forward(m, x, n, y, loss);
-	kml_fpu_end();
-	return 0;
+	else
+		ret = kml_f32_batch(m, x, y, n, true, false, loss);
+	if (!ret)
+		m->fwd_n = n;
+	return ret;
 }
 EXPORT_SYMBOL_GPL(kml_model_forward);
 
@@ -408,11 +466,7 @@ int kml_model_backward(struct kml_model *m, const void *y, u32 n)
 		kml_q16_backward(m, y, n);
 		return 0;
 	}
-	if (kml_fpu_begin())
-		return -EBUSY;
-	kml_f32_backward(m, y, n);
-	kml_fpu_end();
-	return 0;
+	return kml_f32_batch(m, NULL, y, n, false, true, NULL);
 }
 EXPORT_SYMBOL_GPL(kml_model_backward);
 
@@ -425,14 +479,15 @@ int kml_model_step(struct kml_model *m)
 		kml_q16_step(m);
 		return 0;
 	}
-	if (kml_fpu_begin())
-		return -EBUSY;
-	kml_f32_step(m);
-	kml_fpu_end();
-	return 0;
+	return kml_f32_step(m);
 }
 EXPORT_SYMBOL_GPL(kml_model_step);
 
+/*
+ * forward + backward + step on a mini-batch of 1 <= n <= max_batch rows
+ * (n = 1: per-sample training).  Float models take one short FPU section
+ * per chunk of rows and per chunk of parameters.
+ */
 int kml_model_train_batch(struct kml_model *m, const void *x, const void *y,
 			  u32 n, void *loss)
 {
@@ -441,19 +496,17 @@ int kml_model_train_batch(struct kml_model *m, const void *x, const void *y,
 	if (ret)
 		return ret;
 	m->steps++;
+	m->fwd_n = n;
 	if (m->cfg.dtype == KML_Q16) {
 		kml_q16_forward(m, x, n, y, loss);
 		kml_q16_backward(m, y, n);
 		kml_q16_step(m);
 		return 0;
 	}
-	if (kml_fpu_begin())
-		return -EBUSY;
-	kml_f32_forward(m, x, n, y, loss);
-	kml_f32_backward(m, y, n);
-	kml_f32_step(m);
-	kml_fpu_end();
-	return 0;
+	ret = kml_f32_batch(m, x, y, n, true, true, loss);
+	if (ret)
+		return ret;
+	return kml_f32_step(m);
 }
 EXPORT_SYMBOL_GPL(kml_model_train_batch);
 

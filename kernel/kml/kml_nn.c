@@ -11,6 +11,7 @@
 /* float optimiser state kept in kml_model.fstate (opaque to integer code) */
 struct kml_fstate {
 	float lr, momentum, beta1, beta2, eps, pos_weight, beta1_t, beta2_t;
+	float loss_sum;
 };
 
 static_assert(sizeof(struct kml_fstate) <=
@@ -291,70 +292,116 @@ void kml_f32_train_init(struct kml_model *m)
 	fs->beta2_t = 1.0f;
 }
 
-void kml_f32_forward(struct kml_model *m, const float *x, u32 n,
-		     const float *y, float *loss)
+/*
+ * Training forward for rows [row0, row0 + rows) of a batch (x and y point at
+ * row 0): activations are kept at their row offsets for the backward pass;
+ * with targets, the rows' summed loss is added to the running loss sum.
+ * Callers split a batch into chunks to keep each FPU section short.
+ */
+void kml_f32_forward(struct kml_model *m, const float *x, const float *y,
+		     u32 row0, u32 rows)
 {
 	const float *p = m->params;
-	u32 L = m->cfg.n_layers, l;
-	float *in;
+	u32 L = m->cfg.n_layers, n_out = kml_out_dim(m), l;
+	float *a0 = (float *)m->acts[0] + (size_t)row0 * m->cfg.sizes[0];
+	float *in, *pre, *out;
 
+	x += (size_t)row0 * m->cfg.sizes[0];
 	if (m->cfg.norm != KML_NORM_NONE)
-		kml_f32_normalise(m, m->acts[0], x, n);
+		kml_f32_normalise(m, a0, x, rows);
 	else
-		memcpy(m->acts[0], x, (size_t)n * m->cfg.sizes[0] * sizeof(float));
-	in = m->acts[0];
+		memcpy(a0, x, (size_t)rows * m->cfg.sizes[0] * sizeof(float));
+	in = a0;
 	for (l = 1; l <= L; l++) {
-		u32 cnt = n * m->cfg.sizes[l];
-
-		kml_linear_forward(m->pre[l], in, p + m->w_off[l - 1],
-				   p + m->b_off[l - 1], n, m->cfg.sizes[l - 1],
+		pre = (float *)m->pre[l] + (size_t)row0 * m->cfg.sizes[l];
+		out = (float *)m->acts[l] + (size_t)row0 * m->cfg.sizes[l];
+		kml_linear_forward(pre, in, p + m->w_off[l - 1],
+				   p + m->b_off[l - 1], rows, m->cfg.sizes[l - 1],
 				   m->cfg.sizes[l]);
-		kml_act_forward(kml_layer_act(m, l), m->acts[l], m->pre[l], cnt);
-		in = m->acts[l];
+		kml_act_forward(kml_layer_act(m, l), out, pre,
+				rows * m->cfg.sizes[l]);
+		in = out;
 	}
-	m->fwd_n = n;
-	if (!loss || !y)
+	if (!y)
 		return;
+	y += (size_t)row0 * n_out;
 	if (m->tcfg.loss == KML_LOSS_BCE)
-		*loss = kml_bce_forward(m->acts[L], y, n * kml_out_dim(m),
-					kml_fs(m)->pos_weight);
+		kml_fs(m)->loss_sum += kml_bce_forward(in, y, rows * n_out,
+						       kml_fs(m)->pos_weight) *
+				       (float)(rows * n_out);
 	else
-		*loss = kml_mse_forward(m->acts[L], y, n * kml_out_dim(m));
+		kml_fs(m)->loss_sum += kml_mse_forward(in, y, rows * n_out) *
+				       (float)(rows * n_out);
 }
 
-void kml_f32_backward(struct kml_model *m, const float *y, u32 n)
+void kml_f32_loss_reset(struct kml_model *m)
+{
+	kml_fs(m)->loss_sum = 0.0f;
+}
+
+/* mean loss over @rows rows since the last reset */
+void kml_f32_loss_get(struct kml_model *m, u32 rows, float *loss)
+{
+	u32 cnt = rows * kml_out_dim(m);
+
+	*loss = cnt ? kml_fs(m)->loss_sum / (float)cnt : 0.0f;
+}
+
+/*
+ * Backward for rows [row0, row0 + rows) of a batch of @total rows whose
+ * forward is done: the loss is the mean over the whole batch, so gradients
+ * are scaled by 1 / (total * outputs) and accumulate across chunks.
+ * BCE always comes with a sigmoid output (kml_model_train_setup checks).
+ */
+void kml_f32_backward(struct kml_model *m, const float *y, u32 row0,
+		      u32 rows, u32 total)
 {
 	const float *p = m->params;
 	float *g = m->grads, *d = m->dbuf[0], *dz = m->dbuf[1];
-	u32 L = m->cfg.n_layers, cnt = n * kml_out_dim(m), l, i;
-	const float *out = m->acts[L];
-	float w = kml_fs(m)->pos_weight;
+	u32 L = m->cfg.n_layers, n_out = kml_out_dim(m), l, i;
+	u32 cnt = rows * n_out;
+	const float *out = (float *)m->acts[L] + (size_t)row0 * n_out;
+	const float *pre = (float *)m->pre[L] + (size_t)row0 * n_out;
+	float w = kml_fs(m)->pos_weight, inv = 1.0f / (float)(total * n_out);
 
-	if (m->tcfg.loss == KML_LOSS_BCE && m->cfg.out_act == KML_ACT_SIGMOID) {
+	y += (size_t)row0 * n_out;
+	if (m->tcfg.loss == KML_LOSS_BCE) {
 		/* fused sigmoid + BCE: dL/dz = p (w y + 1 - y) - w y */
 		for (i = 0; i < cnt; i++)
-			dz[i] = (out[i] * (w * y[i] + 1.0f - y[i]) - w * y[i]) /
-				(float)cnt;
+			dz[i] = (out[i] * (w * y[i] + 1.0f - y[i]) - w * y[i]) * inv;
 	} else {
-		if (m->tcfg.loss == KML_LOSS_BCE)
-			kml_bce_backward(d, out, y, cnt, w);
-		else
-			kml_mse_backward(d, out, y, cnt);
-		kml_act_backward(m->cfg.out_act, dz, d, m->pre[L], out, cnt);
+		for (i = 0; i < cnt; i++)
+			d[i] = 2.0f * (out[i] - y[i]) * inv;
+		kml_act_backward(m->cfg.out_act, dz, d, pre, out, cnt);
 	}
 	for (l = L; l >= 1; l--) {
 		u32 in_dim = m->cfg.sizes[l - 1], out_dim = m->cfg.sizes[l];
+		const float *in = (float *)m->acts[l - 1] + (size_t)row0 * in_dim;
 
 		kml_linear_backward(l > 1 ? d : NULL, g + m->w_off[l - 1],
-				    g + m->b_off[l - 1], dz, m->acts[l - 1],
-				    p + m->w_off[l - 1], n, in_dim, out_dim);
+				    g + m->b_off[l - 1], dz, in,
+				    p + m->w_off[l - 1], rows, in_dim, out_dim);
 		if (l > 1)
-			kml_act_backward(m->cfg.hidden_act, dz, d, m->pre[l - 1],
-					 m->acts[l - 1], n * in_dim);
+			kml_act_backward(m->cfg.hidden_act, dz, d,
+					 (float *)m->pre[l - 1] +
+					 (size_t)row0 * in_dim,
+					 in, rows * in_dim);
 	}
 }
 
-void kml_f32_step(struct kml_model *m)
+/* once per optimiser step, before kml_f32_step_range() over all params */
+void kml_f32_step_begin(struct kml_model *m)
+{
+	struct kml_fstate *fs = kml_fs(m);
+
+	if (m->tcfg.optimizer == KML_OPT_ADAM) {
+		fs->beta1_t *= fs->beta1;
+		fs->beta2_t *= fs->beta2;
+	}
+}
+
+/* update parameters [i0, i0 + cnt), then zero their gradients */
+void kml_f32_step_range(struct kml_model *m, u32 i0, u32 cnt)
 {
 	struct kml_fstate *fs = kml_fs(m);
 	float *p = m->params, *g = m->grads, *m1 = m->opt1, *m2 = m->opt2;
@@ -362,11 +409,9 @@ void kml_f32_step(struct kml_model *m)
 	u32 i;
 
 	if (m->tcfg.optimizer == KML_OPT_ADAM) {
-		fs->beta1_t *= fs->beta1;
-		fs->beta2_t *= fs->beta2;
 		c1 = 1.0f / (1.0f - fs->beta1_t);
 		c2 = 1.0f / (1.0f - fs->beta2_t);
-		for (i = 0; i < m->n_params; i++) {
+		for (i = i0; i < i0 + cnt; i++) {
 			m1[i] = fs->beta1 * m1[i] + (1.0f - fs->beta1) * g[i];
 			m2[i] = fs->beta2 * m2[i] + (1.0f - fs->beta2) * g[i] * g[i];
 			mh = m1[i] * c1;
@@ -375,7 +420,7 @@ void kml_f32_step(struct kml_model *m)
 			g[i] = 0.0f;
 		}
 	} else {
-		for (i = 0; i < m->n_params; i++) {
+		for (i = i0; i < i0 + cnt; i++) {
 			m1[i] = fs->momentum * m1[i] + g[i];
 			p[i] -= fs->lr * m1[i];
 			g[i] = 0.0f;
