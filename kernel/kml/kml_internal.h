@@ -11,6 +11,21 @@
 
 #include "kml.h"
 
+/* Training state: one allocation by kml_model_train_setup(), arrays follow. */
+struct kml_train {
+	struct kml_train_cfg tcfg;
+	void *grads;			/* F32: float[n]; Q16: s64 Q32[n] */
+	void *opt1;			/* F32: SGD velocity / Adam m; Q16: s64 Q32 velocity */
+	void *opt2;			/* F32: Adam v */
+	void *acts[KML_MAX_LAYERS + 1];	/* post-activation, acts[0] = normalised x */
+	void *pre[KML_MAX_LAYERS + 1];	/* pre-activation of layer l (1-based) */
+	void *dbuf[2];			/* max_batch * max_width each */
+	u32 fwd_n;			/* rows of the last forward, 0 = none */
+	u32 steps;
+	u32 fstate[12];			/* float optimiser state, owned by kml_nn.c */
+};
+
+/* Inference state: one allocation, parameters and statistics follow. */
 struct kml_model {
 	struct kml_model_cfg cfg;
 	u32 n_params;
@@ -26,19 +41,8 @@ struct kml_model {
 	void *norm_var;			/* n_in: float (F32) or s64 Q16 (Q16) */
 	void *norm_scale;		/* n_in dtype elements: 1 / std */
 
-	/* training state, one allocation made by kml_model_train_setup() */
-	struct kml_train_cfg tcfg;
-	void *train_block;
-	void *grads;			/* F32: float[n]; Q16: s64 Q32[n] */
-	void *opt1;			/* F32: SGD velocity / Adam m; Q16: s64 Q32 velocity */
-	void *opt2;			/* F32: Adam v */
-	void *acts[KML_MAX_LAYERS + 1];	/* post-activation, acts[0] = normalised x */
-	void *pre[KML_MAX_LAYERS + 1];	/* pre-activation of layer l (1-based) */
-	void *dbuf[2];			/* max_batch * max_width each */
-	u32 fwd_n;			/* rows of the last forward, 0 = none */
 	u32 fpu_rows;			/* predicted rows per FPU section */
-	u32 steps;
-	u32 fstate[12];			/* float optimiser state, owned by kml_nn.c */
+	struct kml_train *tr;		/* NULL before kml_model_train_setup() */
 };
 
 /*

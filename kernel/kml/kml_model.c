@@ -217,7 +217,7 @@ void kml_model_free(struct kml_model *m)
 {
 	if (!m)
 		return;
-	kml_free(m->train_block);
+	kml_free(m->tr);
 	kml_free(m);
 }
 EXPORT_SYMBOL_GPL(kml_model_free);
@@ -249,7 +249,7 @@ EXPORT_SYMBOL_GPL(kml_model_params);
 
 void *kml_model_grads(struct kml_model *m)
 {
-	return m->grads;
+	return m->tr ? m->tr->grads : NULL;
 }
 EXPORT_SYMBOL_GPL(kml_model_grads);
 
@@ -331,44 +331,45 @@ int kml_model_train_setup(struct kml_model *m, const struct kml_train_cfg *cfg)
 	if (B > KML_MAX_BATCH)
 		return -E2BIG;
 
-	bytes = (size_t)n * gsz * 2;			/* grads, opt1 */
+	bytes = sizeof(struct kml_train);
+	bytes += (size_t)n * gsz * 2;			/* grads, opt1 */
 	if (cfg->optimizer == KML_OPT_ADAM)
 		bytes += (size_t)n * 4;			/* opt2 */
 	for (l = 0; l <= L; l++)
 		bytes += (size_t)B * m->cfg.sizes[l] * 4 * (l ? 2 : 1);
 	bytes += (size_t)B * m->max_width * 4 * 2;	/* dbuf */
 
-	kml_free(m->train_block);
-	m->train_block = kml_zalloc(bytes);
-	if (!m->train_block) {
+	kml_free(m->tr);
+	m->tr = kml_zalloc(bytes);
+	if (!m->tr) {
 		m->train_bytes = 0;
 		return -ENOMEM;
 	}
 	m->train_bytes = bytes;
-	m->tcfg = *cfg;
-	m->fwd_n = 0;
-	m->steps = 0;
-	p = m->train_block;
-	m->grads = p;
+	m->tr->tcfg = *cfg;
+	m->tr->fwd_n = 0;
+	m->tr->steps = 0;
+	p = (u8 *)(m->tr + 1);
+	m->tr->grads = p;
 	p += (size_t)n * gsz;
-	m->opt1 = p;
+	m->tr->opt1 = p;
 	p += (size_t)n * gsz;
-	m->opt2 = NULL;
+	m->tr->opt2 = NULL;
 	if (cfg->optimizer == KML_OPT_ADAM) {
-		m->opt2 = p;
+		m->tr->opt2 = p;
 		p += (size_t)n * 4;
 	}
 	for (l = 0; l <= L; l++) {
-		m->acts[l] = p;
+		m->tr->acts[l] = p;
 		p += (size_t)B * m->cfg.sizes[l] * 4;
 		if (l) {
-			m->pre[l] = p;
+			m->tr->pre[l] = p;
 			p += (size_t)B * m->cfg.sizes[l] * 4;
 		}
 	}
-	m->dbuf[0] = p;
+	m->tr->dbuf[0] = p;
 	p += (size_t)B * m->max_width * 4;
-	m->dbuf[1] = p;
+	m->tr->dbuf[1] = p;
 
 	if (m->cfg.dtype == KML_F32) {
 		if (kml_fpu_begin())
@@ -382,9 +383,9 @@ EXPORT_SYMBOL_GPL(kml_model_train_setup);
 
 static int kml_train_check(const struct kml_model *m, u32 n)
 {
-	if (!m->train_block)
+	if (!m->tr)
 		return -EINVAL;
-	if (!n || n > m->tcfg.max_batch)
+	if (!n || n > m->tr->tcfg.max_batch)
 		return -E2BIG;
 	return 0;
 }
@@ -443,13 +444,13 @@ int kml_model_forward(struct kml_model *m, const void *x, u32 n,
 
 	if (ret)
 		return ret;
-	m->fwd_n = 0;
+	m->tr->fwd_n = 0;
 	if (m->cfg.dtype == KML_Q16)
 		kml_q16_forward(m, x, n, y, loss);
 	else
 		ret = kml_f32_batch(m, x, y, n, true, false, loss);
 	if (!ret)
-		m->fwd_n = n;
+		m->tr->fwd_n = n;
 	return ret;
 }
 EXPORT_SYMBOL_GPL(kml_model_forward);
@@ -460,7 +461,7 @@ int kml_model_backward(struct kml_model *m, const void *y, u32 n)
 
 	if (ret)
 		return ret;
-	if (m->fwd_n != n)
+	if (m->tr->fwd_n != n)
 		return -EINVAL;
 	if (m->cfg.dtype == KML_Q16) {
 		kml_q16_backward(m, y, n);
@@ -472,9 +473,9 @@ EXPORT_SYMBOL_GPL(kml_model_backward);
 
 int kml_model_step(struct kml_model *m)
 {
-	if (!m->train_block)
+	if (!m->tr)
 		return -EINVAL;
-	m->steps++;
+	m->tr->steps++;
 	if (m->cfg.dtype == KML_Q16) {
 		kml_q16_step(m);
 		return 0;
@@ -495,8 +496,8 @@ int kml_model_train_batch(struct kml_model *m, const void *x, const void *y,
 
 	if (ret)
 		return ret;
-	m->steps++;
-	m->fwd_n = n;
+	m->tr->steps++;
+	m->tr->fwd_n = n;
 	if (m->cfg.dtype == KML_Q16) {
 		kml_q16_forward(m, x, n, y, loss);
 		kml_q16_backward(m, y, n);

@@ -15,11 +15,11 @@ struct kml_fstate {
 };
 
 static_assert(sizeof(struct kml_fstate) <=
-	      sizeof(((struct kml_model *)0)->fstate), "fstate too small");
+	      sizeof(((struct kml_train *)0)->fstate), "fstate too small");
 
 static struct kml_fstate *kml_fs(struct kml_model *m)
 {
-	return (struct kml_fstate *)m->fstate;
+	return (struct kml_fstate *)m->tr->fstate;
 }
 
 static float kml_q32_to_f(s64 v)
@@ -280,7 +280,7 @@ void kml_f32_predict(struct kml_model *m, const float *x, u32 n, float *y)
 void kml_f32_train_init(struct kml_model *m)
 {
 	struct kml_fstate *fs = kml_fs(m);
-	const struct kml_train_cfg *c = &m->tcfg;
+	const struct kml_train_cfg *c = &m->tr->tcfg;
 
 	fs->lr = kml_q32_to_f(c->lr);
 	fs->momentum = kml_q32_to_f(c->momentum);
@@ -303,7 +303,7 @@ void kml_f32_forward(struct kml_model *m, const float *x, const float *y,
 {
 	const float *p = m->params;
 	u32 L = m->cfg.n_layers, n_out = kml_out_dim(m), l;
-	float *a0 = (float *)m->acts[0] + (size_t)row0 * m->cfg.sizes[0];
+	float *a0 = (float *)m->tr->acts[0] + (size_t)row0 * m->cfg.sizes[0];
 	float *in, *pre, *out;
 
 	x += (size_t)row0 * m->cfg.sizes[0];
@@ -313,8 +313,8 @@ void kml_f32_forward(struct kml_model *m, const float *x, const float *y,
 		memcpy(a0, x, (size_t)rows * m->cfg.sizes[0] * sizeof(float));
 	in = a0;
 	for (l = 1; l <= L; l++) {
-		pre = (float *)m->pre[l] + (size_t)row0 * m->cfg.sizes[l];
-		out = (float *)m->acts[l] + (size_t)row0 * m->cfg.sizes[l];
+		pre = (float *)m->tr->pre[l] + (size_t)row0 * m->cfg.sizes[l];
+		out = (float *)m->tr->acts[l] + (size_t)row0 * m->cfg.sizes[l];
 		kml_linear_forward(pre, in, p + m->w_off[l - 1],
 				   p + m->b_off[l - 1], rows, m->cfg.sizes[l - 1],
 				   m->cfg.sizes[l]);
@@ -325,7 +325,7 @@ void kml_f32_forward(struct kml_model *m, const float *x, const float *y,
 	if (!y)
 		return;
 	y += (size_t)row0 * n_out;
-	if (m->tcfg.loss == KML_LOSS_BCE)
+	if (m->tr->tcfg.loss == KML_LOSS_BCE)
 		kml_fs(m)->loss_sum += kml_bce_forward(in, y, rows * n_out,
 						       kml_fs(m)->pos_weight) *
 				       (float)(rows * n_out);
@@ -357,15 +357,15 @@ void kml_f32_backward(struct kml_model *m, const float *y, u32 row0,
 		      u32 rows, u32 total)
 {
 	const float *p = m->params;
-	float *g = m->grads, *d = m->dbuf[0], *dz = m->dbuf[1];
+	float *g = m->tr->grads, *d = m->tr->dbuf[0], *dz = m->tr->dbuf[1];
 	u32 L = m->cfg.n_layers, n_out = kml_out_dim(m), l, i;
 	u32 cnt = rows * n_out;
-	const float *out = (float *)m->acts[L] + (size_t)row0 * n_out;
-	const float *pre = (float *)m->pre[L] + (size_t)row0 * n_out;
+	const float *out = (float *)m->tr->acts[L] + (size_t)row0 * n_out;
+	const float *pre = (float *)m->tr->pre[L] + (size_t)row0 * n_out;
 	float w = kml_fs(m)->pos_weight, inv = 1.0f / (float)(total * n_out);
 
 	y += (size_t)row0 * n_out;
-	if (m->tcfg.loss == KML_LOSS_BCE) {
+	if (m->tr->tcfg.loss == KML_LOSS_BCE) {
 		/* fused sigmoid + BCE: dL/dz = p (w y + 1 - y) - w y */
 		for (i = 0; i < cnt; i++)
 			dz[i] = (out[i] * (w * y[i] + 1.0f - y[i]) - w * y[i]) * inv;
@@ -376,14 +376,14 @@ void kml_f32_backward(struct kml_model *m, const float *y, u32 row0,
 	}
 	for (l = L; l >= 1; l--) {
 		u32 in_dim = m->cfg.sizes[l - 1], out_dim = m->cfg.sizes[l];
-		const float *in = (float *)m->acts[l - 1] + (size_t)row0 * in_dim;
+		const float *in = (float *)m->tr->acts[l - 1] + (size_t)row0 * in_dim;
 
 		kml_linear_backward(l > 1 ? d : NULL, g + m->w_off[l - 1],
 				    g + m->b_off[l - 1], dz, in,
 				    p + m->w_off[l - 1], rows, in_dim, out_dim);
 		if (l > 1)
 			kml_act_backward(m->cfg.hidden_act, dz, d,
-					 (float *)m->pre[l - 1] +
+					 (float *)m->tr->pre[l - 1] +
 					 (size_t)row0 * in_dim,
 					 in, rows * in_dim);
 	}
@@ -394,7 +394,7 @@ void kml_f32_step_begin(struct kml_model *m)
 {
 	struct kml_fstate *fs = kml_fs(m);
 
-	if (m->tcfg.optimizer == KML_OPT_ADAM) {
+	if (m->tr->tcfg.optimizer == KML_OPT_ADAM) {
 		fs->beta1_t *= fs->beta1;
 		fs->beta2_t *= fs->beta2;
 	}
@@ -404,11 +404,11 @@ void kml_f32_step_begin(struct kml_model *m)
 void kml_f32_step_range(struct kml_model *m, u32 i0, u32 cnt)
 {
 	struct kml_fstate *fs = kml_fs(m);
-	float *p = m->params, *g = m->grads, *m1 = m->opt1, *m2 = m->opt2;
+	float *p = m->params, *g = m->tr->grads, *m1 = m->tr->opt1, *m2 = m->tr->opt2;
 	float c1, c2, mh, vh;
 	u32 i;
 
-	if (m->tcfg.optimizer == KML_OPT_ADAM) {
+	if (m->tr->tcfg.optimizer == KML_OPT_ADAM) {
 		c1 = 1.0f / (1.0f - fs->beta1_t);
 		c2 = 1.0f / (1.0f - fs->beta2_t);
 		for (i = i0; i < i0 + cnt; i++) {

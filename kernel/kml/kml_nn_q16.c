@@ -103,8 +103,8 @@ void kml_q16_predict(struct kml_model *m, const s32 *x, u32 n, s32 *y)
 
 static s32 kml_q16_pos_weight(const struct kml_model *m)
 {
-	return m->tcfg.pos_weight ?
-		kml_sat32(kml_rshift_round(m->tcfg.pos_weight, 16)) :
+	return m->tr->tcfg.pos_weight ?
+		kml_sat32(kml_rshift_round(m->tr->tcfg.pos_weight, 16)) :
 		KML_Q16_ONE;
 }
 
@@ -118,24 +118,24 @@ void kml_q16_forward(struct kml_model *m, const s32 *x, u32 n, const s32 *y,
 	s32 q, w;
 
 	if (m->cfg.norm != KML_NORM_NONE)
-		kml_q16_normalise(m, m->acts[0], x, n);
+		kml_q16_normalise(m, m->tr->acts[0], x, n);
 	else
-		memcpy(m->acts[0], x, (size_t)n * m->cfg.sizes[0] * sizeof(s32));
+		memcpy(m->tr->acts[0], x, (size_t)n * m->cfg.sizes[0] * sizeof(s32));
 	for (l = 1; l <= L; l++) {
-		kml_linear_forward_q16(m->pre[l], m->acts[l - 1],
+		kml_linear_forward_q16(m->tr->pre[l], m->tr->acts[l - 1],
 				       p + m->w_off[l - 1], p + m->b_off[l - 1],
 				       n, m->cfg.sizes[l - 1], m->cfg.sizes[l]);
-		kml_act_forward_q16(kml_layer_act(m, l), m->acts[l], m->pre[l],
+		kml_act_forward_q16(kml_layer_act(m, l), m->tr->acts[l], m->tr->pre[l],
 				    n * m->cfg.sizes[l]);
 	}
-	m->fwd_n = n;
+	m->tr->fwd_n = n;
 	if (!loss || !y)
 		return;
-	out = m->acts[L];
+	out = m->tr->acts[L];
 	cnt = n * kml_out_dim(m);
 	w = kml_q16_pos_weight(m);
 	for (i = 0; i < cnt; i++) {
-		if (m->tcfg.loss == KML_LOSS_BCE) {
+		if (m->tr->tcfg.loss == KML_LOSS_BCE) {
 			q = out[i] < 1 ? 1 : out[i];
 			q = q > KML_Q16_ONE - 1 ? KML_Q16_ONE - 1 : q;
 			/* Q16 * Q16 terms, summed in Q32 */
@@ -153,15 +153,15 @@ void kml_q16_forward(struct kml_model *m, const s32 *x, u32 n, const s32 *y,
 void kml_q16_backward(struct kml_model *m, const s32 *y, u32 n)
 {
 	const s32 *p = m->params;
-	s32 *d = m->dbuf[0], *dz = m->dbuf[1];
-	s64 *g = m->grads;
+	s32 *d = m->tr->dbuf[0], *dz = m->tr->dbuf[1];
+	s64 *g = m->tr->grads;
 	u32 L = m->cfg.n_layers, cnt = n * kml_out_dim(m), l, i;
-	const s32 *out = m->acts[L];
+	const s32 *out = m->tr->acts[L];
 	s32 w = kml_q16_pos_weight(m);
 	s64 t;
 
 	for (i = 0; i < cnt; i++) {
-		if (m->tcfg.loss == KML_LOSS_BCE) {
+		if (m->tr->tcfg.loss == KML_LOSS_BCE) {
 			/* fused sigmoid + BCE: p (w y + 1 - y) - w y */
 			s64 wy = kml_q16_mul(w, y[i]);
 
@@ -172,19 +172,19 @@ void kml_q16_backward(struct kml_model *m, const s32 *y, u32 n)
 		}
 		d[i] = kml_sat32(kml_div_s64(t, cnt));
 	}
-	if (m->tcfg.loss == KML_LOSS_BCE)
+	if (m->tr->tcfg.loss == KML_LOSS_BCE)
 		memcpy(dz, d, cnt * sizeof(s32));
 	else
-		kml_act_backward_q16(m->cfg.out_act, dz, d, m->pre[L], out, cnt);
+		kml_act_backward_q16(m->cfg.out_act, dz, d, m->tr->pre[L], out, cnt);
 	for (l = L; l >= 1; l--) {
 		u32 in_dim = m->cfg.sizes[l - 1], out_dim = m->cfg.sizes[l];
 
 		kml_linear_backward_q16(l > 1 ? d : NULL, g + m->w_off[l - 1],
-					g + m->b_off[l - 1], dz, m->acts[l - 1],
+					g + m->b_off[l - 1], dz, m->tr->acts[l - 1],
 					p + m->w_off[l - 1], n, in_dim, out_dim);
 		if (l > 1)
 			kml_act_backward_q16(m->cfg.hidden_act, dz, d,
-					     m->pre[l - 1], m->acts[l - 1],
+					     m->tr->pre[l - 1], m->tr->acts[l - 1],
 					     n * in_dim);
 	}
 }
@@ -194,9 +194,9 @@ void kml_q16_backward(struct kml_model *m, const s32 *y, u32 n)
 void kml_q16_step(struct kml_model *m)
 {
 	s32 *p = m->params;
-	s64 *g = m->grads, *v = m->opt1;
-	s64 lr = m->tcfg.lr >> 8;		/* Q24 */
-	s64 mu = m->tcfg.momentum >> 16;	/* Q16 */
+	s64 *g = m->tr->grads, *v = m->tr->opt1;
+	s64 lr = m->tr->tcfg.lr >> 8;		/* Q24 */
+	s64 mu = m->tr->tcfg.momentum >> 16;	/* Q16 */
 	s64 upd;
 	u32 i;
 
