@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -282,7 +283,7 @@ def download_source(url: str, sha256: str, cache: Path, log: Log) -> Path:
     sha256 = sha256.lower().strip()
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise KernelBuildError(f"kernel source {url}: sha256 must be 64 hex digits, got {sha256!r}")
-    name = Path(urllib.request.urlparse(url).path).name or "source.tar"
+    name = Path(urllib.parse.urlparse(url).path).name or "source.tar"
     dest_dir = cache / "downloads"
     dest = dest_dir / f"{sha256}-{name}"
     with _locked(dest_dir / f"{sha256}.lock", f"downloading {url}", log):
@@ -945,6 +946,18 @@ def _read_stamp(build_dir: Path) -> dict | None:
     return stamp if isinstance(stamp, dict) else None
 
 
+def _remove_stale_scratch(builds: Path, max_age_s: float = 86400) -> None:
+    """Remove config scratch dirs of killed processes (older than a day).
+
+    A live one is seconds old: configuring takes well under a minute.
+    """
+    now = time.time()
+    for d in builds.glob(".config-*"):
+        with contextlib.suppress(OSError):
+            if now - d.stat().st_mtime > max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def _config_memo_key(
     prep_key: str, fragment_texts: Sequence[str], compiler: str, toolchain: str
 ) -> str:
@@ -1097,6 +1110,7 @@ def _build_kernel(
     tree = prepare_tree(src, cache, note, inputs=inputs)
     note(f"configuring ({', '.join(f.name for f in fragments)}); log: {log_path}")
     builds.mkdir(parents=True, exist_ok=True)
+    _remove_stale_scratch(builds)
     scratch = Path(tempfile.mkdtemp(dir=builds, prefix=".config-"))
     try:
         config_text = configure(tree, scratch, fragments, log, fragment_texts)
