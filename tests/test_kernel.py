@@ -384,6 +384,8 @@ def test_request_fragments_are_found_in_kernel_configs(tmp_path):
     ]
     (configs / "kml.config").write_text("CONFIG_KML=y\n")
     assert [p.name for p in kernel.config_fragments([], configs)] == ["base.config", "kml.config"]
+    again = kernel.config_fragments([configs / "base.config", Path("debug.config")], configs)
+    assert [p.name for p in again] == ["base.config", "kml.config", "debug.config"]
     with pytest.raises(KernelBuildError, match=r"nope\.config does not exist"):
         kernel.config_fragments([Path("nope.config")], configs)
 

@@ -785,7 +785,9 @@ def config_fragments(
     """base.config, kml.config (if present), then the request's fragments.
 
     A request fragment that is a bare relative name not found from the
-    current directory is looked up in ``kernel/configs/``.
+    current directory is looked up in ``kernel/configs/``. A fragment listed
+    twice (say a matrix naming base.config) is merged once, where it first
+    appears.
     """
     result = [configs_dir / "base.config"]
     if (configs_dir / "kml.config").exists():
@@ -798,7 +800,7 @@ def config_fragments(
     for frag in result:
         if not frag.is_file():
             raise KernelBuildError(f"config fragment {frag} does not exist")
-    return [f.resolve() for f in result]
+    return list(dict.fromkeys(f.resolve() for f in result))
 
 
 def configure(
