@@ -87,17 +87,18 @@ def host_description() -> dict[str, Any]:
     }
 
 
-def choose_accel(requested: str) -> tuple[str, str]:
+def choose_accel(requested: str, kernel: Path, initrd: Path) -> tuple[str, str]:
     """Resolve ``auto``/``kvm``/``tcg`` into the accelerator and the reason.
 
     ``/dev/kvm`` opening is not enough: on nested hosts a KVM guest can hang
-    in the firmware, so ``auto`` trusts only a probe boot.
+    in the firmware or the kernel, so ``auto`` trusts only a probe that boots
+    the very kernel and image the cells will use.
     """
     if requested == "tcg":
         return "tcg", "requested"
     from kmlbench.qemu import probe_kvm
 
-    probe = probe_kvm()
+    probe = probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
     if probe.usable:
         return "kvm", probe.reason
     if requested == "kvm":
@@ -354,9 +355,6 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
         run.discard_unfinished(cell.id)
     print(f"kmlbench: run {run.path.name}: {len(todo)} of {len(matrix.cells)} cells to run")
 
-    accel, accel_reason = choose_accel(accel_request)
-    if accel == "tcg":
-        print("kmlbench: emulated (TCG): absolute latencies are not those of hardware")
     cache = paths.cache_dir()
     manifest_path = run.path / "manifest.json"
     manifest: dict[str, Any] = (
@@ -371,17 +369,15 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
                 "name": matrix.name,
                 "seed": matrix.seed,
                 "repeat": matrix.repeat,
+                "guest": matrix.guest,
                 "content": matrix.raw,
             },
-            "accel": accel,
-            "accel_reason": accel_reason,
-            "emulated": accel == "tcg",
             "host": host_description(),
             "qemu": {"version": qemu.qemu_version()},
             "host_fio_version": fio.fio_version(),
         }
     )
-    manifest.setdefault("kernels", {})
+    manifest["kernels"] = {}
     manifest.setdefault("sessions", []).append(
         {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cells_to_run": len(todo)}
     )
@@ -389,9 +385,31 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
     run.write_plan(matrix.cells)
     run.update_latest()
 
+    # Build everything before the first cell: a kernel that does not build
+    # or configure should fail the run now, not after hours of other cells.
     base_image = image.build_base_image(cache)
     manifest["guest_image"] = {"path": str(base_image), "sha256": _sha256_file(base_image)}
+    builds = {}
+    for variant in dict.fromkeys(c.kernel_variant for c in todo):
+        try:
+            builds[variant] = kernel.build_kernel(
+                _kernel_request(matrix, variant), cache, log_dir=run.path / "build"
+            )
+        except kernel.KernelBuildError as exc:
+            print(f"kmlbench: kernel variant {variant!r}: {exc}")
+            return 1
+        manifest["kernels"][variant] = _kernel_record(builds[variant])
     run.write_manifest(manifest)
+    if not builds:
+        print("kmlbench: nothing left to run")
+        return 0
+
+    first_build = next(iter(builds.values()))
+    accel, accel_reason = choose_accel(accel_request, first_build.bzimage, base_image)
+    manifest.update({"accel": accel, "accel_reason": accel_reason, "emulated": accel == "tcg"})
+    run.write_manifest(manifest)
+    if accel == "tcg":
+        print("kmlbench: emulated (TCG): absolute latencies are not those of hardware")
 
     db_path = db.default_db_path()
     failures = 0
@@ -400,11 +418,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
             base_image, keys.directory, keys.authorized_key, keys.host_key
         )
         for variant, cells in _group_by_variant(todo):
-            build = kernel.build_kernel(
-                _kernel_request(matrix, variant), cache, log_dir=run.path / "build"
-            )
-            manifest["kernels"][variant] = _kernel_record(build)
-            run.write_manifest(manifest)
+            build = builds[variant]
             for cell in cells:
                 progress.start_cell(cell.id, _describe(cell))
                 cell_dir = run.cell_dir(cell.id)
@@ -421,7 +435,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
                 outcome.extra["accel"] = accel
                 run.record_cell(cell, outcome.status, outcome.metrics, outcome.extra)
                 _ingest(db_path, run.path, cell.id)
-                if "qemu_command_line" not in manifest and "qemu_command_line" in outcome.extra:
+                if "command_line" not in manifest["qemu"] and "qemu_command_line" in outcome.extra:
                     manifest["qemu"]["command_line"] = outcome.extra["qemu_command_line"]
                     run.write_manifest(manifest)
                 progress.finish_cell(cell.id, outcome.status, outcome.extra["timings"]["total_s"])
