@@ -109,3 +109,34 @@ def test_python_threads_exact_counts(mode):
         assert len(seen[pid]) == ok[pid]
     if mode == "blocking":
         assert c["dropped"] == 0
+
+
+def test_shared_buffer_producer_and_attached_consumer():
+    """The mmap use case: one side lays the ring out in shared memory and
+    produces, the other attaches to the same bytes and consumes."""
+    buf = bytearray(kml.Ring.bytes_needed(16, 8))
+    producer = kml.Ring.in_buffer(buf, 16, 8, mode="dropping")
+    consumer = kml.Ring.attach(buf)
+    assert (consumer.capacity, consumer.record_size, consumer.mode) == (16, 8, "dropping")
+    for i in range(20):
+        producer.push(struct.pack("<Q", i))
+    got = []
+    while (rec := consumer.pop()) is not None:
+        got.append(struct.unpack("<Q", rec)[0])
+    assert got == list(range(16))
+    assert consumer.counters == {"produced": 16, "consumed": 16, "dropped": 4}
+    assert producer.counters == consumer.counters  # the counters live in the shared bytes
+
+
+def test_attach_refuses_bad_headers():
+    buf = bytearray(kml.Ring.bytes_needed(16, 8))
+    kml.Ring.in_buffer(buf, 16, 8)
+    for off, value in [(0, 0), (4, 2), (8, 12), (16, 99), (24, 128)]:
+        bad = bytearray(buf)
+        struct.pack_into("<I", bad, off, value)
+        with pytest.raises(kml.KmlError):
+            kml.Ring.attach(bad)
+    with pytest.raises(kml.KmlError):
+        kml.Ring.attach(buf[:-1])  # shorter than the header says
+    with pytest.raises(kml.KmlError):
+        kml.Ring.in_buffer(bytearray(100), 16, 8)

@@ -193,6 +193,8 @@ _SIGS: dict[str, tuple[object, list[object]]] = {
     "kml_bce_backward": (None, [_FP, _FP, _FP, _U32, C.c_float]),
     "kml_ring_create": (_INT, [C.POINTER(_P), _U32, _U32, _U32]),
     "kml_ring_destroy": (None, [_P]),
+    "kml_ring_init": (_INT, [_P, _P, C.c_size_t, _U32, _U32, _U32]),
+    "kml_ring_attach": (_INT, [_P, _P, C.c_size_t]),
     "kml_ring_push": (_INT, [_P, _P]),
     "kml_ring_pop": (_INT, [_P, _P]),
     "kml_ring_counters": (None, [_P, C.POINTER(_U64), C.POINTER(_U64), C.POINTER(_U64)]),
@@ -731,11 +733,53 @@ class Ring:
         self._h = h
         self._rec = C.create_string_buffer(self.record_size)
 
+    # struct kml_ring (the private handle) is 40 bytes on x86-64
+    _HANDLE_BYTES = 64
+
+    @classmethod
+    def _over(cls, buf, init: tuple[int, int, int] | None) -> Ring:
+        self = object.__new__(cls)
+        self._lib = lib()
+        mem = (C.c_char * len(buf)).from_buffer(buf)  # needs a writable buffer
+        handle = C.create_string_buffer(cls._HANDLE_BYTES)
+        if init is None:
+            ret = self._lib.kml_ring_attach(handle, C.addressof(mem), len(buf))
+            what = "ring_attach"
+        else:
+            ret = self._lib.kml_ring_init(handle, C.addressof(mem), len(buf), *init)
+            what = "ring_init"
+        _check(ret, what)
+        self._mem, self._handle = mem, handle  # keep both alive
+        self._h = C.c_void_p(C.addressof(handle))
+        self._owned = False
+        hdr = bytes(mem[:24])
+        cap, rec, _slot, mode = (int.from_bytes(hdr[i : i + 4], "little") for i in (8, 12, 16, 20))
+        self.capacity, self.record_size = cap, rec
+        self.mode = "dropping" if mode == RING_MODES["dropping"] else "blocking"
+        self._rec = C.create_string_buffer(rec)
+        return self
+
+    @classmethod
+    def in_buffer(cls, buf, capacity: int, record_size: int, mode: str = "dropping") -> Ring:
+        """Lay a new ring out in a caller-provided writable buffer (bytearray,
+        mmap, ...) of at least ``Ring.bytes_needed(capacity, record_size)``."""
+        return cls._over(buf, (capacity, record_size, RING_MODES[mode]))
+
+    @classmethod
+    def attach(cls, buf) -> Ring:
+        """Use a ring another party laid out in ``buf`` (e.g. an mmap of the
+        kernel's ring); the header is validated, the geometry copied."""
+        return cls._over(buf, None)
+
+    @staticmethod
+    def bytes_needed(capacity: int, record_size: int) -> int:
+        return int(lib().kml_ring_bytes(capacity, record_size))
+
     def __del__(self) -> None:
         h = getattr(self, "_h", None)
-        if h is not None and h.value:
+        if h is not None and h.value and getattr(self, "_owned", True):
             self._lib.kml_ring_destroy(h)
-            self._h = C.c_void_p()
+        self._h = C.c_void_p()
 
     def push(self, record) -> bool:
         """Push one record (bytes-like or NumPy array of record_size bytes)."""
