@@ -166,8 +166,25 @@ def test_invalid_configs_refused():
     with pytest.raises(kml.KmlError):
         kml.Model.mlp(8, hidden=[65])  # wider than KML_MAX_WIDTH
     m = kml.Model.linear(4, dtype="fixed")
-    with pytest.raises(ValueError, match="Adam"):
-        m.fit(np.zeros((4, 4)), np.zeros(4), optimizer="adam")
+    with pytest.raises(kml.KmlError):  # Q16 Adam: beta2 must be >= 0.9
+        m.train_setup(optimizer="adam", beta2=0.5)
     lin = kml.Model.linear(4)
     with pytest.raises(kml.KmlError):
         lin.fit(np.zeros((4, 4)), np.zeros(4), loss="bce")  # BCE needs a sigmoid output
+
+
+@pytest.mark.parametrize("dtype", ["float32", "fixed"])
+def test_adam_both_dtypes(rng, dtype):
+    """Adam in float and in Q16 integer arithmetic reach the same quality."""
+    X, y = regression(rng, n=1000, noise=0.05)
+    w, b = lstsq(X, y)
+    m = kml.Model.linear(8, dtype=dtype, normalize=True)
+    m.fit(X, y, epochs=40, lr=0.02, batch=32, optimizer="adam")
+    m.fit(X, y, epochs=10, lr=0.002, batch=32, optimizer="adam")
+    mse = np.mean((m.predict(X) - y) ** 2)
+    mse_ls = np.mean((X @ w + b - y) ** 2)
+    assert mse <= mse_ls * 1.05 + 1e-4, (mse, mse_ls)
+    Xc, yc = classification(rng)
+    c = kml.Model.mlp(8, hidden=[16], output="sigmoid", dtype=dtype)
+    c.fit(Xc, yc, epochs=30, lr=0.01, batch=32, optimizer="adam")
+    assert np.mean((c.predict(Xc) > 0.5) == yc) > 0.95

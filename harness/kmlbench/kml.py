@@ -564,8 +564,6 @@ class Model:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}")
-        if optimizer == "adam" and self.dtype == "fixed":
-            raise ValueError("Adam is float-only in KML; use optimizer='sgd' for dtype='fixed'")
         key = (lr, batch, optimizer, momentum, loss, pos_weight, beta1, beta2, eps)
         if key == self._train_key:
             return
@@ -625,11 +623,12 @@ class Model:
     ) -> list[float]:
         """Mini-batch training; returns the mean loss of each epoch.
 
-        optimizer: "adam" (default for float32) or "sgd" (with ``momentum``;
-        the only one for dtype="fixed").  loss: "mse" (default for a linear
-        output) or "bce" (default for a sigmoid output; ``pos_weight``
-        scales the y=1 terms).  A model built with ``normalize=True`` first
-        updates its running mean/variance with X.
+        optimizer: "adam" (default for float32; integer-only for
+        dtype="fixed") or "sgd" (with ``momentum``; default for "fixed").
+        loss: "mse" (default for a linear output) or "bce" (default for a
+        sigmoid output; ``pos_weight`` scales the y=1 terms).  A model built
+        with ``normalize=True`` first updates its running mean/variance
+        with X.
         """
         x = self._in(X)
         n = x.shape[0]

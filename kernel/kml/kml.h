@@ -126,7 +126,7 @@ enum kml_loss {
 
 enum kml_optim {
 	KML_OPT_SGD = 0,	/* SGD with momentum (momentum 0 = plain SGD) */
-	KML_OPT_ADAM = 1,	/* float models only */
+	KML_OPT_ADAM = 1,	/* Q16: beta1 >= 0.5, beta2 >= 0.9 */
 };
 
 #define KML_MAX_LAYERS	4	/* linear layers */

@@ -15,13 +15,14 @@
 struct kml_train {
 	struct kml_train_cfg tcfg;
 	void *grads;			/* F32: float[n]; Q16: s64 Q32[n] */
-	void *opt1;			/* F32: SGD velocity / Adam m; Q16: s64 Q32 velocity */
-	void *opt2;			/* F32: Adam v */
+	void *opt1;			/* SGD velocity / Adam m: F32 float, Q16 s64 Q32 */
+	void *opt2;			/* Adam v: F32 float, Q16 s64 Q32 */
 	void *acts[KML_MAX_LAYERS + 1];	/* post-activation, acts[0] = normalised x */
 	void *pre[KML_MAX_LAYERS + 1];	/* pre-activation of layer l (1-based) */
 	void *dbuf[2];			/* max_batch * max_width each */
 	u32 fwd_n;			/* rows of the last forward, 0 = none */
 	u32 steps;
+	s64 b1t, b2t;			/* Q16 Adam: beta1^t, beta2^t in Q30 */
 	u32 fstate[12];			/* float optimiser state, owned by kml_nn.c */
 };
 

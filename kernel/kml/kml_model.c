@@ -321,12 +321,18 @@ int kml_model_train_setup(struct kml_model *m, const struct kml_train_cfg *cfg)
 
 	if (cfg->optimizer > KML_OPT_ADAM || cfg->loss > KML_LOSS_BCE)
 		return -EINVAL;
-	if (cfg->optimizer == KML_OPT_ADAM && m->cfg.dtype == KML_Q16)
-		return -EOPNOTSUPP;
 	if (cfg->loss == KML_LOSS_BCE && m->cfg.out_act != KML_ACT_SIGMOID)
 		return -EINVAL;
 	if (!B || cfg->lr <= 0 || cfg->lr > KML_Q32_ONE || cfg->momentum < 0 ||
 	    cfg->momentum >= KML_Q32_ONE || cfg->pos_weight < 0)
+		return -EINVAL;
+	if (cfg->beta1 < 0 || cfg->beta1 >= KML_Q32_ONE || cfg->beta2 < 0 ||
+	    cfg->beta2 >= KML_Q32_ONE || cfg->eps < 0)
+		return -EINVAL;
+	/* Q16 Adam's 64-bit products need beta1 >= 0.5 and beta2 >= 0.9 */
+	if (cfg->optimizer == KML_OPT_ADAM && m->cfg.dtype == KML_Q16 &&
+	    ((cfg->beta1 && cfg->beta1 < KML_Q32_ONE / 2) ||
+	     (cfg->beta2 && cfg->beta2 < KML_Q32_ONE / 10 * 9)))
 		return -EINVAL;
 	if (B > KML_MAX_BATCH)
 		return -E2BIG;
@@ -334,7 +340,7 @@ int kml_model_train_setup(struct kml_model *m, const struct kml_train_cfg *cfg)
 	bytes = sizeof(struct kml_train);
 	bytes += (size_t)n * gsz * 2;			/* grads, opt1 */
 	if (cfg->optimizer == KML_OPT_ADAM)
-		bytes += (size_t)n * 4;			/* opt2 */
+		bytes += (size_t)n * gsz;		/* opt2 */
 	for (l = 0; l <= L; l++)
 		bytes += (size_t)B * m->cfg.sizes[l] * 4 * (l ? 2 : 1);
 	bytes += (size_t)B * m->max_width * 4 * 2;	/* dbuf */
@@ -349,6 +355,8 @@ int kml_model_train_setup(struct kml_model *m, const struct kml_train_cfg *cfg)
 	m->tr->tcfg = *cfg;
 	m->tr->fwd_n = 0;
 	m->tr->steps = 0;
+	m->tr->b1t = 1LL << 30;
+	m->tr->b2t = 1LL << 30;
 	p = (u8 *)(m->tr + 1);
 	m->tr->grads = p;
 	p += (size_t)n * gsz;
@@ -357,7 +365,7 @@ int kml_model_train_setup(struct kml_model *m, const struct kml_train_cfg *cfg)
 	m->tr->opt2 = NULL;
 	if (cfg->optimizer == KML_OPT_ADAM) {
 		m->tr->opt2 = p;
-		p += (size_t)n * 4;
+		p += (size_t)n * gsz;
 	}
 	for (l = 0; l <= L; l++) {
 		m->tr->acts[l] = p;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Q16.16 model path: normalisation, inference, loss, backward and SGD
- * (with momentum) in integer arithmetic only.  No FPU section needed.
+ * Q16.16 model path: normalisation, inference, loss, backward, SGD (with
+ * momentum) and Adam in integer arithmetic only.  No FPU section needed.
  *
  * Gradients are accumulated as Q32.32 in s64; the SGD velocity is Q32.32,
  * the learning rate Q8.24, parameters Q16.16 (rounded to nearest).
@@ -190,6 +190,59 @@ void kml_q16_backward(struct kml_model *m, const s32 *y, u32 n)
 }
 
 #define KML_VEL_MAX (1LL << 46)
+#define KML_ADAM_B1 3865470566LL	/* 0.9 in Q32 */
+#define KML_ADAM_B2 4290672329LL	/* 0.999 in Q32 */
+#define KML_ADAM_GMAX (32LL << 32)	/* gradients clamped to +-32 */
+#define KML_ADAM_RMAX (64LL << 16)	/* |m^ / (sqrt(v^) + eps)| <= 64 */
+
+static s64 kml_clamp64(s64 v, s64 lim)
+{
+	return v > lim ? lim : (v < -lim ? -lim : v);
+}
+
+/*
+ * Adam in integers.  Moments are Q32 (s64); with gradients clamped to +-32
+ * every product below fits in 63 bits: m (<= 2^37) and v (<= 2^42) are
+ * updated with (1 - beta) in Q24, the bias corrections 1 - beta^t are kept
+ * in Q30 and used in Q20, sqrt(v^) is an integer square root in Q16, and
+ * eps has a floor of one Q16 unit (1.5e-5).
+ */
+static void kml_q16_adam(struct kml_model *m)
+{
+	struct kml_train *t = m->tr;
+	s32 *p = m->params;
+	s64 *g = t->grads, *m1 = t->opt1, *m2 = t->opt2;
+	s64 b1 = t->tcfg.beta1 ? t->tcfg.beta1 : KML_ADAM_B1;
+	s64 b2 = t->tcfg.beta2 ? t->tcfg.beta2 : KML_ADAM_B2;
+	s64 k1 = (KML_Q32_ONE - b1) >> 8, k2 = (KML_Q32_ONE - b2) >> 8;
+	s64 eps = t->tcfg.eps >> 16, lr = t->tcfg.lr >> 8;
+	s64 c1, c2, gi, g24, mh, vh, r;
+	u32 i;
+
+	if (eps < 1)
+		eps = 1;
+	t->b1t = kml_rshift_round(t->b1t * (b1 >> 2), 30);
+	t->b2t = kml_rshift_round(t->b2t * (b2 >> 2), 30);
+	c1 = ((1LL << 30) - t->b1t) >> 10;		/* Q20 */
+	c2 = ((1LL << 30) - t->b2t) >> 10;
+	if (c1 < 1)
+		c1 = 1;
+	if (c2 < 1)
+		c2 = 1;
+	for (i = 0; i < m->n_params; i++) {
+		gi = kml_clamp64(g[i], KML_ADAM_GMAX);
+		m1[i] += kml_rshift_round((gi - m1[i]) * k1, 24);
+		g24 = kml_rshift_round(gi, 8);
+		m2[i] += kml_rshift_round((kml_rshift_round(g24 * g24, 16) -
+					   m2[i]) * k2, 24);
+		mh = kml_div_s64(m1[i] * (1LL << 20), c1);		/* Q32 */
+		vh = kml_div_s64(m2[i] * (1LL << 20), c2);		/* Q32 */
+		r = kml_div_s64(mh, (s64)kml_isqrt64(vh > 0 ? vh : 0) + eps);
+		r = kml_clamp64(r, KML_ADAM_RMAX);			/* Q16 */
+		p[i] = kml_sat32((s64)p[i] - kml_rshift_round(r * lr, 24));
+		g[i] = 0;
+	}
+}
 
 void kml_q16_step(struct kml_model *m)
 {
@@ -200,6 +253,10 @@ void kml_q16_step(struct kml_model *m)
 	s64 upd;
 	u32 i;
 
+	if (m->tr->tcfg.optimizer == KML_OPT_ADAM) {
+		kml_q16_adam(m);
+		return;
+	}
 	for (i = 0; i < m->n_params; i++) {
 		v[i] = kml_rshift_round(mu * v[i], 16) + g[i];
 		if (v[i] > KML_VEL_MAX)
