@@ -103,7 +103,11 @@ def completed_entries(src_root: Path) -> list[str]:
     """Prepared trees in cache/src (not temp dirs, locks or the hash memo)."""
     if not src_root.exists():
         return []
-    return sorted(p.name for p in src_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(
+        p.name
+        for p in src_root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name != "pristine"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -237,6 +241,15 @@ def test_prepare_places_kml_and_applies_series(tmp_path):
     assert sorted(p.name for p in (tree / "lib" / "kml").iterdir()) == ["Kconfig", "Makefile"]
     assert (tree / "lib" / "Makefile").read_text().endswith("obj-$(CONFIG_KML) += kml/\n")
     assert not list(tree.rglob("*.orig")) and not list(tree.rglob("*.rej"))
+    # Hard-linked to the pristine source, except what the patch touched,
+    # which must not have changed the pristine copy.
+    pristine = kernel.pristine_tree(src, cache, quiet)
+    assert (pristine / "lib" / "Makefile").read_text() == FAKE_FILES["lib/Makefile"]
+    assert (tree / "Makefile").stat().st_ino == (pristine / "Makefile").stat().st_ino
+    assert (tree / "lib" / "Makefile").stat().st_ino != (
+        pristine / "lib" / "Makefile"
+    ).stat().st_ino
+    assert not (pristine / "lib" / "kml").exists()
     stamp = tree / ".kmlbench-prepared"
     mtime = stamp.stat().st_mtime_ns
     # Same inputs: the same tree, not redone.
