@@ -343,7 +343,8 @@ def bce_backward(p, y, pos_weight: float = 1.0) -> np.ndarray:
 class Model:
     """A KML model (linear / logistic regression or a small MLP)."""
 
-    def __init__(self, handle: int, *, _owner: bool = True) -> None:
+    def __init__(self, handle: int) -> None:
+        """Wrap a ``struct kml_model *`` (use the classmethods to build one)."""
         self._lib = lib()
         self._h = C.c_void_p(handle)
         self._train_key: tuple | None = None
