@@ -188,3 +188,27 @@ def test_adam_both_dtypes(rng, dtype):
     c = kml.Model.mlp(8, hidden=[16], output="sigmoid", dtype=dtype)
     c.fit(Xc, yc, epochs=30, lr=0.01, batch=32, optimizer="adam")
     assert np.mean((c.predict(Xc) > 0.5) == yc) > 0.95
+
+
+def test_concurrent_predict_from_threads(rng):
+    """predict() may be called from many threads on one model (KML's predict
+    is reentrant; the binding's small-batch buffers are never shared)."""
+    import threading
+
+    m = kml.Model.mlp(8, hidden=[16], output="sigmoid", seed=3)
+    xs = [rng.normal(size=(int(rng.integers(1, 80)), 8)) for _ in range(64)]
+    want = [m.predict(x) for x in xs]
+    errors = []
+
+    def worker(k):
+        for _ in range(200):
+            i = (k * 7 + _) % len(xs)
+            if not np.array_equal(m.predict(xs[i]), want[i]):
+                errors.append(i)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
