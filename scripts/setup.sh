@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   qemu-system-x86 qemu-utils fio busybox-static dropbear-bin openssh-client
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev
-  cpio xz-utils kmod perl git ca-certificates dpkg-dev libaio-dev zlib1g-dev
+  cpio xz-utils lz4 kmod perl git ca-certificates dpkg-dev libaio-dev zlib1g-dev
   python3 python3-venv python3-dev
   chromium
 )

@@ -18,7 +18,7 @@ import pytest
 
 from kmlbench.console import ConsoleEvent, classify, classify_line, status_for
 from kmlbench.qemu import Guest, GuestError
-from test_qemu import base_image, boot, guest_kernel  # noqa: F401  (fixtures)
+from test_qemu import boot
 
 # blk_io_schedule() deliberately hides slow I/O from the hung-task detector,
 # but a mutex does not: while power-on scans the partition table of a device
@@ -60,7 +60,7 @@ MODULE_LICENSE("GPL");
 
 
 @pytest.fixture(scope="session")
-def crash_modules(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+def crash_modules(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """kmlbench_{warn,oops,bug}.ko, built against the guest kernel's build tree.
 
     The tree is ``KMLBENCH_TEST_KERNEL_BUILD`` or the one the bzImage sits in.
@@ -92,8 +92,8 @@ def crash_modules(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def crash_guest(
-    guest_kernel: Path,  # noqa: F811
-    base_image: Path,  # noqa: F811
+    guest_kernel: Path,
+    base_image: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Guest]:
     workdir = tmp_path_factory.mktemp("crash")

@@ -22,7 +22,7 @@ from kmlbench.devices import (
     setup_script,
 )
 from kmlbench.qemu import Guest
-from test_qemu import base_image, boot, guest_kernel  # noqa: F401  (fixtures)
+from test_qemu import boot
 
 NULL_BLK = {
     "type": "null_blk",
@@ -77,8 +77,8 @@ def test_setup_script_rejects_bad_input() -> None:
 
 @pytest.fixture(scope="module")
 def dev_guest(
-    guest_kernel: Path,  # noqa: F811
-    base_image: Path,  # noqa: F811
+    guest_kernel: Path,
+    base_image: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Guest]:
     # The cell folder lives in the repo's results-like scratch (a real disk

@@ -179,3 +179,14 @@ def test_latest_points_at_the_run(smoke_run: Path) -> None:
     latest = smoke_run.parent / "latest"
     assert latest.is_symlink()
     assert latest.resolve() == smoke_run.resolve()
+
+
+def test_harness_timings_are_recorded(smoke_run: Path) -> None:
+    from kmlbench.bench_harness import cell_timings
+
+    rows = cell_timings(smoke_run)
+    assert len(rows) == len(load_matrix(SMOKE).cells)
+    for row in rows:
+        # Boot is part of the time outside fio, and fio ran for its runtime.
+        assert 0 < row["boot_s"] <= row["outside_s"]
+        assert row["fio_s"] >= 3

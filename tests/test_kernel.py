@@ -448,17 +448,6 @@ def test_failed_make_raises_with_error_lines_and_log(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """KMLBENCH_CACHE if set (shared with CI and other sessions), else a temp dir."""
-    env = os.environ.get("KMLBENCH_CACHE")
-    if env:
-        path = Path(env)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("kmlbench-cache")
-
-
-@pytest.fixture(scope="session")
 def kconfig_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Debian source, but only what Kconfig reads: 40 MB instead of 1.4 GB.
 
@@ -549,45 +538,6 @@ def test_repo_fragments_survive_olddefconfig(kconfig_tree, tmp_path):
 
 # --------------------------------------------------------------------------
 # a real build (slow)
-
-
-@pytest.fixture(scope="session")
-def kernel_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A copy of kernel/kml, kernel/patches and kernel/configs, taken once.
-
-    The build is keyed by content, so this builds (or finds) exactly the
-    repo's kernel; but an edit to the repo while the session runs (KML is
-    under active development) cannot turn the "same inputs" call into a
-    different build.
-    """
-    snap = tmp_path_factory.mktemp("kernel-inputs")
-    result = {}
-    for name, src in (
-        ("kml_dir", paths.KML_SRC_DIR),
-        ("patches_dir", paths.PATCHES_DIR),
-        ("configs_dir", paths.CONFIGS_DIR),
-    ):
-        if src.is_dir():
-            shutil.copytree(src, snap / name)
-        else:
-            (snap / name).mkdir()
-        result[name] = snap / name
-    return result
-
-
-@pytest.fixture(scope="session")
-def kernel_build(
-    kernel_cache: Path, kernel_inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> KernelBuild:
-    """The guest kernel from the repo's KML sources, patches and fragments.
-
-    Session-scoped so every test needing a kernel shares one build (and,
-    with KMLBENCH_CACHE, every session shares it too).
-    """
-    if not paths.DEBIAN_KERNEL_TARBALL.exists():
-        pytest.skip(f"{paths.DEBIAN_KERNEL_TARBALL} not installed")
-    log_dir = tmp_path_factory.mktemp("kernel-logs")
-    return kernel.build_kernel(KernelRequest("debian", ()), kernel_cache, log_dir, **kernel_inputs)
 
 
 def _snapshot(root: Path) -> dict[str, int]:

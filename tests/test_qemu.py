@@ -1,7 +1,7 @@
 """Boot real guests: SSH, commands, files, watchdogs, and no QEMU left behind.
 
-The guest kernel comes from the ``guest_kernel`` fixture (``KMLBENCH_TEST_KERNEL``
-or the development build), so the real kernel pipeline can be swapped in.
+The guest kernel comes from the ``guest_kernel`` fixture in conftest.py: the
+repository's kernel, built (or found in the cache) by the real pipeline.
 Boots are TCG and cost a few seconds each: tests that can share one guest do.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.image import build_base_image, make_guest_initrd
-from kmlbench.paths import REPO_ROOT, cache_dir
+from kmlbench.image import make_guest_initrd
+from kmlbench.paths import REPO_ROOT
 from kmlbench.qemu import (
     Guest,
     GuestConfig,
@@ -31,23 +31,6 @@ from kmlbench.qemu import (
     qemu_version,
 )
 from kmlbench.ssh import GuestSSH, SSHError, SSHKeys
-
-DEV_KERNEL = Path("/tmp/kdev/linux-source-6.1/arch/x86/boot/bzImage")
-
-
-@pytest.fixture(scope="session")
-def guest_kernel() -> Path:
-    """The bzImage to boot: ``KMLBENCH_TEST_KERNEL``, else the development build."""
-    env = os.environ.get("KMLBENCH_TEST_KERNEL")
-    path = Path(env) if env else DEV_KERNEL
-    if not path.is_file():
-        pytest.skip(f"no guest kernel at {path} (set KMLBENCH_TEST_KERNEL)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def base_image() -> Path:
-    return build_base_image(cache_dir())
 
 
 @contextmanager

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="micro-benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     _passthrough(bench_sub, "lib", "KML library: inference latency, training, footprint")
+    _passthrough(bench_sub, "harness", "boot time and harness time outside fio per cell")
+    _passthrough(bench_sub, "build", "cold and warm kernel build times")
     return parser
 
 
@@ -102,6 +104,8 @@ _PASSTHROUGH_MODULES = {
     ("compare",): "compare",
     ("import",): "db",
     ("bench", "lib"): "bench_lib",
+    ("bench", "harness"): "bench_harness",
+    ("bench", "build"): "bench_build",
 }
 
 

@@ -1,0 +1,89 @@
+"""``kmlbench bench harness``: where a cell's time goes.
+
+Runs ``workloads/bench-harness.yaml`` (30 s cells) unless ``--run`` names an
+existing run, then reports per cell: boot to SSH-ready, fio's wall time, and
+the harness's time outside fio (boot, SSH, device setup, collection,
+shutdown) as a share of the cell. The issue's goals: boot to SSH-ready
+at most 3 s under TCG, time outside fio at most 10% of a 30 s cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from kmlbench import paths
+
+MATRIX = paths.WORKLOADS_DIR / "bench-harness.yaml"
+
+
+def cell_timings(run_dir: Path) -> list[dict[str, float | str]]:
+    """Boot, fio and outside-fio seconds of every ok cell of a run."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = []
+    for cell in summary["cells"]:
+        t = cell.get("timings", {})
+        if cell["status"] != "ok" or "fio_s" not in t:
+            continue
+        outside = t["total_s"] - t["fio_s"]
+        rows.append(
+            {
+                "id": cell["id"],
+                "boot_s": t["boot_s"],
+                "fio_s": t["fio_s"],
+                "outside_s": outside,
+                "outside_share": outside / t["total_s"],
+            }
+        )
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="kmlbench bench harness", description=__doc__)
+    parser.add_argument("--run", help="summarise this run id instead of running the benchmark")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+
+    root = paths.results_dir()
+    if args.run is None:
+        from kmlbench import runner
+
+        status = runner.main_run(
+            matrix_path=MATRIX, resume=None, dry_run=False, accel="auto", results_root=root
+        )
+        if status != 0:
+            return status
+        run_dir = (root / "latest").resolve()
+    else:
+        run_dir = root / args.run
+    rows = cell_timings(run_dir)
+    if not rows:
+        print(f"kmlbench: no finished ok cells in {run_dir}")
+        return 1
+    accel = json.loads((run_dir / "summary.json").read_text()).get("accel")
+    result = {
+        "run_id": run_dir.name,
+        "accel": accel,
+        "cells": len(rows),
+        "boot_s_median": statistics.median(r["boot_s"] for r in rows),
+        "fio_s_median": statistics.median(r["fio_s"] for r in rows),
+        "outside_fio_s_median": statistics.median(r["outside_s"] for r in rows),
+        "outside_fio_share_median": statistics.median(r["outside_share"] for r in rows),
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"run {result['run_id']} ({accel}), {len(rows)} cells")
+    print(f"{'cell':40s} {'boot s':>7s} {'fio s':>7s} {'outside s':>10s} {'share':>6s}")
+    for r in rows:
+        print(
+            f"{r['id']:40s} {r['boot_s']:7.2f} {r['fio_s']:7.2f} "
+            f"{r['outside_s']:10.2f} {r['outside_share']:6.1%}"
+        )
+    print(
+        f"{'median':40s} {result['boot_s_median']:7.2f} {result['fio_s_median']:7.2f} "
+        f"{result['outside_fio_s_median']:10.2f} {result['outside_fio_share_median']:6.1%}"
+    )
+    return 0
