@@ -60,9 +60,10 @@ def _wait_for_first_cell(results: Path, proc: subprocess.Popen, deadline_s: floa
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, "kmlbench ended before finishing a cell"
-        records = list(results.glob("*/cells/*/cell.json"))
-        if records:
-            return records[0].parents[2]
+        runs = [p for p in results.iterdir() if p.is_dir() and not p.is_symlink()]
+        for run in runs:  # not through the "latest" link: the run's own folder
+            if any(run.glob("cells/*/cell.json")):
+                return run
         time.sleep(1)
     raise AssertionError("no cell finished in time")
 
@@ -190,3 +191,24 @@ def test_harness_timings_are_recorded(smoke_run: Path) -> None:
         # Boot is part of the time outside fio, and fio ran for its runtime.
         assert 0 < row["boot_s"] <= row["outside_s"]
         assert row["fio_s"] >= 3
+
+
+def test_report_from_the_real_smoke_run(smoke_run: Path, tmp_path: Path) -> None:
+    from kmlbench import report
+    from test_report import _check_png, _pdf_pages
+
+    index = report.build_report(smoke_run, db_path=tmp_path / "k.db", out_dir=tmp_path / "rep")
+    page = index.read_text()
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    if manifest["emulated"]:
+        assert "emulated" in page.lower()
+    assert manifest["kernels"]["default"]["config_hash"][:12] in page
+    pngs = sorted((tmp_path / "rep").rglob("*.png"))
+    pdfs = sorted((tmp_path / "rep").rglob("*.pdf"))
+    assert pngs and pdfs
+    for png in pngs:
+        _check_png(png)
+    for pdf in pdfs:
+        assert _pdf_pages(pdf) >= 1
+    for cell in json.loads((smoke_run / "summary.json").read_text())["cells"]:
+        assert cell["id"] in page

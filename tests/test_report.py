@@ -5,6 +5,7 @@ real headless Chromium (no console errors, every image decoded)."""
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import struct
@@ -125,6 +126,9 @@ def test_fioplot_draws_from_our_layout(built: tuple[Path, Path]) -> None:
 
 def test_html_renders_in_headless_chromium(built: tuple[Path, Path], tmp_path: Path) -> None:
     if CHROMIUM is None:
+        # scripts/setup.sh installs it: in CI a missing browser is a failure.
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: scripts/setup.sh should have installed it")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     out, _ = built
