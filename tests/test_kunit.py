@@ -11,6 +11,7 @@ parameterised case with one failing parameter (``insmod kml_fail_demo.ko``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import ClassVar
@@ -284,3 +285,20 @@ def test_library_module_is_loaded_first(fake_env, tmp_path):
     guest = FakeGuest.instances[-1]
     assert [p for p, _ in guest.put_calls] == [kunit.REMOTE_LIB_KO, kunit.REMOTE_KO]
     assert guest.commands[:2] == [f"insmod {kunit.REMOTE_LIB_KO}", f"insmod {kunit.REMOTE_KO}"]
+
+
+@pytest.mark.kernel
+def test_kunit_in_a_real_guest(kernel_build, tmp_path, capsys):
+    """``kmlbench kunit`` as a user runs it: the repo's kernel, a TCG guest, KTAP."""
+    from kmlbench import cli
+
+    status = cli.main(["kunit", "--accel", "tcg", "--out", str(tmp_path), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0, result["reason"]
+    assert result["ok"]
+    kml = [s for s in result["suites"] if s["name"] == "kml"]
+    assert kml, result["suites"]
+    cases = kml[0]["cases"]
+    assert len(cases) >= 12
+    assert all(c["ok"] and "SKIP" not in c["directive"] for c in cases), cases
+    assert "# kml: pass:" in (tmp_path / "dmesg.txt").read_text()

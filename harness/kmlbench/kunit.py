@@ -192,12 +192,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _accel(choice: str) -> str:
+def _accel(choice: str, kernel: Path, initrd: Path) -> str:
+    """``auto`` trusts KVM only if it boots this very kernel (it can hang)."""
     if choice != "auto":
         return choice
+    from kmlbench import paths
     from kmlbench.qemu import probe_kvm
 
-    return "kvm" if probe_kvm().usable else "tcg"
+    probe = probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
+    return "kvm" if probe.usable else "tcg"
 
 
 def _finish(suites: list[KtapSuite], extra_failure: str | None, as_json: bool, out: Path | None):
@@ -273,7 +276,7 @@ def main(argv: list[str]) -> int:
             kernel=bzimage,
             initrd=initrd,
             console_log=out / "console.log",
-            accel=_accel(args.accel),
+            accel=_accel(args.accel, bzimage, initrd),
         )
         with Guest(cfg, keys) as guest:
             if lib_ko is not None:
