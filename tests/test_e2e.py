@@ -212,3 +212,43 @@ def test_report_from_the_real_smoke_run(smoke_run: Path, tmp_path: Path) -> None
         assert _pdf_pages(pdf) >= 1
     for cell in json.loads((smoke_run / "summary.json").read_text())["cells"]:
         assert cell["id"] in page
+
+
+ADAPTIVE = """\
+name: adaptive
+seed: 5
+repeat: 1
+adaptive_repeat: {metric: iops, rel_halfwidth: 0.5, max_repeat: 4}
+guest: {memory_mib: 512, boot_timeout_s: 300, command_timeout_s: 120}
+axes:
+  device:
+    - {type: null_blk, completion_nsec: 50000, irqmode: timer, size_mib: 128}
+  scheduler:
+    - {name: mq-deadline}
+  workload:
+    - {template: randread, iodepth: 4, runtime_s: 2, ramp_s: 0, size_mib: 32}
+"""
+
+
+def test_adaptive_repeats_run_until_the_interval_is_narrow(tmp_path: Path) -> None:
+    from kmlbench.stats import needs_more_repeats
+
+    matrix = tmp_path / "adaptive.yaml"
+    matrix.write_text(ADAPTIVE)
+    results = tmp_path / "results"
+    env = dict(os.environ, KMLBENCH_RESULTS=str(results))
+    done = subprocess.run(
+        _kmlbench("run", str(matrix)), env=env, capture_output=True, text=True, timeout=20 * 60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((results / "latest" / "summary.json").read_text())
+    cells = summary["cells"]
+    # One planned repeat, then extra ones: at least 3 (the fewest an interval
+    # is computed from), at most the cap of 4.
+    assert 3 <= len(cells) <= 4
+    assert sorted(c["repeat"] for c in cells) == list(range(len(cells)))
+    samples = [c["metrics"]["iops"] for c in cells]
+    # It stopped exactly when the statistics said the interval was narrow.
+    assert needs_more_repeats(samples[:3], 0.5, 4) == (len(cells) == 4)
+    plan = json.loads((results / "latest" / "plan.json").read_text())
+    assert plan["cell_ids"] == [c["id"] for c in cells]

@@ -96,6 +96,7 @@ class Matrix:
     guest: dict
     raw: dict
     cells: list[Cell] = field(default_factory=list)
+    adaptive: dict | None = None  # resolved ADAPTIVE_FIELDS, or None when off
 
 
 # --------------------------------------------------------------------------
@@ -200,7 +201,39 @@ KERNEL_VARIANT_FIELDS: dict[str, Field] = {
     "fragments": Field("strlist", [], expand=False),
 }
 
-TOP_KEYS = ("name", "description", "seed", "repeat", "kernel", "guest", "axes", "exclude")
+TOP_KEYS = (
+    "name",
+    "description",
+    "seed",
+    "repeat",
+    "adaptive_repeat",
+    "kernel",
+    "guest",
+    "axes",
+    "exclude",
+)
+
+# ``adaptive_repeat``: after the planned repeats, keep adding repeats of a
+# configuration until the 95% interval of ``metric``'s mean is within
+# ``rel_halfwidth`` of it, or ``max_repeat`` cells of it have run.
+ADAPTIVE_METRIC_RE = re.compile(r"^(read_|write_)?(iops|bw_kib_s|clat_(mean|p50|p99|p999)_us)$")
+ADAPTIVE_FIELDS = {
+    "metric": Field(
+        "str",
+        "clat_p99_us",
+        lambda v: (
+            None
+            if ADAPTIVE_METRIC_RE.match(v)
+            else f"{v!r} is not a cell metric (e.g. clat_p99_us, iops, read_clat_mean_us)"
+        ),
+    ),
+    "rel_halfwidth": Field(
+        "number",
+        0.05,
+        lambda v: None if 0 < v < 1 else f"must be between 0 and 1 (0.05 is ±5%), got {v}",
+    ),
+    "max_repeat": Field("int", 10, _at_least(1)),
+}
 
 
 # --------------------------------------------------------------------------
@@ -703,6 +736,17 @@ def load_matrix(
     )
     common = _fragments(src, "kernel.fragments", kernel.get("fragments", []), base_dir)
 
+    adaptive = None
+    if "adaptive_repeat" in top:
+        adaptive_raw = _mapping(src, "adaptive_repeat", top["adaptive_repeat"] or {})
+        _reject_unknown(src, "adaptive_repeat", adaptive_raw, ADAPTIVE_FIELDS, "adaptive_repeat")
+        adaptive = _resolve_fields(src, "adaptive_repeat", adaptive_raw, {}, ADAPTIVE_FIELDS)
+        if adaptive["max_repeat"] < head["repeat"]:
+            raise src.error(
+                "adaptive_repeat.max_repeat",
+                f"must be >= repeat ({head['repeat']}), got {adaptive['max_repeat']}",
+            )
+
     guest_raw = _mapping(src, "guest", top.get("guest") or {})
     _reject_unknown(src, "guest", guest_raw, GUEST_FIELDS, "guest")
     guest = _resolve_fields(src, "guest", guest_raw, {}, GUEST_FIELDS)
@@ -802,4 +846,5 @@ def load_matrix(
         guest=guest,
         raw=data,
         cells=cells,
+        adaptive=adaptive,
     )

@@ -131,17 +131,6 @@ def _kernel_record(build) -> dict[str, Any]:
     }
 
 
-def _group_by_variant(cells: list[Cell]) -> list[tuple[str, list[Cell]]]:
-    """Consecutive cells of one kernel variant, in run order."""
-    groups: list[tuple[str, list[Cell]]] = []
-    for cell in cells:
-        if groups and groups[-1][0] == cell.kernel_variant:
-            groups[-1][1].append(cell)
-        else:
-            groups.append((cell.kernel_variant, [cell]))
-    return groups
-
-
 @contextmanager
 def _run_keys() -> Iterator[Any]:
     """Fresh SSH keys for this run, kept outside the results folder.
@@ -401,9 +390,11 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
         manifest["kernels"][variant] = _kernel_record(builds[variant])
     run.write_manifest(manifest)
     if not builds:
-        print("kmlbench: nothing left to run")
-        return 0
-
+        # Every planned cell is done; adaptive rounds (if any) may still be due.
+        variant = matrix.cells[0].kernel_variant
+        builds[variant] = kernel.build_kernel(
+            _kernel_request(matrix, variant), cache, log_dir=run.path / "build"
+        )
     first_build = next(iter(builds.values()))
     accel, accel_reason = choose_accel(accel_request, first_build.bzimage, base_image)
     manifest.update({"accel": accel, "accel_reason": accel_reason, "emulated": accel == "tcg"})
@@ -412,42 +403,112 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
         print("kmlbench: emulated (TCG): absolute latencies are not those of hardware")
 
     db_path = db.default_db_path()
-    failures = 0
+    not_ok = 0
+    ran = 0
     with _run_keys() as keys, Progress(total=len(matrix.cells), done=len(finished)) as progress:
         initrd = image.make_guest_initrd(
             base_image, keys.directory, keys.authorized_key, keys.host_key
         )
-        for variant, cells in _group_by_variant(todo):
-            build = builds[variant]
-            for cell in cells:
-                progress.start_cell(cell.id, _describe(cell))
-                cell_dir = run.cell_dir(cell.id)
-                outcome = run_cell(
-                    cell,
-                    cell_dir=cell_dir,
-                    kernel=build.bzimage,
-                    initrd=initrd,
-                    keys=keys,
-                    matrix=matrix,
-                    accel=accel,
+
+        def run_and_record(cell: Cell) -> None:
+            nonlocal not_ok, ran
+            build = builds.get(cell.kernel_variant)
+            if build is None:  # a resumed run whose planned cells were all done
+                build = kernel.build_kernel(
+                    _kernel_request(matrix, cell.kernel_variant), cache, run.path / "build"
                 )
-                outcome.extra["kernel_build_key"] = build.build_key
-                outcome.extra["accel"] = accel
-                run.record_cell(cell, outcome.status, outcome.metrics, outcome.extra)
-                _ingest(db_path, run.path, cell.id)
-                if "command_line" not in manifest["qemu"] and "qemu_command_line" in outcome.extra:
-                    manifest["qemu"]["command_line"] = outcome.extra["qemu_command_line"]
-                    run.write_manifest(manifest)
-                progress.finish_cell(cell.id, outcome.status, outcome.extra["timings"]["total_s"])
-                if outcome.status != "ok":
-                    failures += 1
-                    print(
-                        f"kmlbench: cell {cell.id}: {outcome.status}: "
-                        f"{outcome.extra.get('error', '')}"
-                    )
+                builds[cell.kernel_variant] = build
+            progress.start_cell(cell.id, _describe(cell))
+            outcome = run_cell(
+                cell,
+                cell_dir=run.cell_dir(cell.id),
+                kernel=build.bzimage,
+                initrd=initrd,
+                keys=keys,
+                matrix=matrix,
+                accel=accel,
+            )
+            outcome.extra["kernel_build_key"] = build.build_key
+            outcome.extra["accel"] = accel
+            run.record_cell(cell, outcome.status, outcome.metrics, outcome.extra)
+            _ingest(db_path, run.path, cell.id)
+            if "command_line" not in manifest["qemu"] and "qemu_command_line" in outcome.extra:
+                manifest["qemu"]["command_line"] = outcome.extra["qemu_command_line"]
+                run.write_manifest(manifest)
+            progress.finish_cell(cell.id, outcome.status, outcome.extra["timings"]["total_s"])
+            ran += 1
+            if outcome.status != "ok":
+                not_ok += 1
+                print(
+                    f"kmlbench: cell {cell.id}: {outcome.status}: {outcome.extra.get('error', '')}"
+                )
+
+        for cell in todo:
+            run_and_record(cell)
+
+        if matrix.adaptive:
+            planned = list(matrix.cells)
+            for round_no in range(1, matrix.adaptive["max_repeat"] + 1):
+                extra_cells = adaptive_round(matrix, run.read_cells(), round_no)
+                if not extra_cells:
+                    break
+                planned += extra_cells
+                run.write_plan(planned)
+                progress.total += len(extra_cells)
+                progress.note(
+                    f"adaptive repeats, round {round_no}: {len(extra_cells)} configuration(s) "
+                    f"not yet within ±{matrix.adaptive['rel_halfwidth']:.0%} "
+                    f"on {matrix.adaptive['metric']}"
+                )
+                for cell in extra_cells:
+                    run_and_record(cell)
     run.update_latest()
-    print(f"kmlbench: results in {run.path} ({failures} of {len(todo)} cells not ok)")
-    return 1 if failures else 0
+    print(f"kmlbench: results in {run.path} ({not_ok} of {ran} cells not ok)")
+    return 1 if not_ok else 0
+
+
+def adaptive_round(matrix: Matrix, records: dict[str, dict], round_no: int) -> list[Cell]:
+    """The next round of extra repeats under ``adaptive_repeat``.
+
+    One new cell for each configuration whose ok cells do not yet pin the
+    mean of the chosen metric to within ``rel_halfwidth`` (95% interval),
+    until ``max_repeat`` cells of it have run. A configuration with no ok
+    cell gets no more repeats: retrying a failure is not narrowing an
+    interval. The round is shuffled, like the planned rounds.
+    """
+    import random
+
+    from kmlbench.matrix import cell_id, config_hash
+    from kmlbench.stats import needs_more_repeats
+
+    assert matrix.adaptive is not None
+    metric = matrix.adaptive["metric"]
+    cap = matrix.adaptive["max_repeat"]
+    by_config: dict[str, list[dict]] = {}
+    for record in records.values():
+        by_config.setdefault(config_hash(record["params"]), []).append(record)
+    representatives = {c.config_hash: c for c in matrix.cells}
+    new = []
+    for key, cell in representatives.items():
+        done = by_config.get(key, [])
+        samples = [
+            r["metrics"][metric] for r in done if r["status"] == "ok" and metric in r["metrics"]
+        ]
+        if not samples or len(done) >= cap:
+            continue
+        if not needs_more_repeats(samples, matrix.adaptive["rel_halfwidth"], cap):
+            continue
+        repeat = max(r["repeat"] for r in done) + 1
+        new.append(
+            Cell(
+                id=cell_id(cell.params, repeat),
+                repeat=repeat,
+                params=cell.params,
+                kernel_variant=cell.kernel_variant,
+            )
+        )
+    random.Random(f"{matrix.seed}-adaptive-{round_no}").shuffle(new)
+    return new
 
 
 def _ingest(db_path: Path, run_path: Path, cell_id: str) -> None:

@@ -1,0 +1,77 @@
+"""Runner decisions that need no guest: adaptive repeats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kmlbench.matrix import MatrixError, load_matrix
+from kmlbench.runner import adaptive_round
+
+MATRIX = """\
+name: adaptive
+seed: 3
+repeat: 3
+adaptive_repeat: {{metric: clat_p99_us, rel_halfwidth: 0.05, max_repeat: {cap}}}
+axes:
+  scheduler:
+    - {{name: mq-deadline}}
+    - {{name: none}}
+  workload:
+    - {{template: randread, runtime_s: 2}}
+"""
+
+
+def _matrix(tmp_path: Path, cap: int = 6):
+    path = tmp_path / "adaptive.yaml"
+    path.write_text(MATRIX.format(cap=cap))
+    return load_matrix(path)
+
+
+def _records(matrix, p99_by_scheduler: dict[str, list[float]], status: str = "ok") -> dict:
+    records = {}
+    for cell in matrix.cells:
+        values = p99_by_scheduler[cell.params["scheduler"]["name"]]
+        if cell.repeat >= len(values):
+            continue
+        records[cell.id] = {
+            "id": cell.id,
+            "repeat": cell.repeat,
+            "params": cell.params,
+            "status": status,
+            "metrics": {"clat_p99_us": values[cell.repeat]} if status == "ok" else {},
+        }
+    return records
+
+
+def test_only_the_noisy_configuration_gets_another_repeat(tmp_path: Path) -> None:
+    matrix = _matrix(tmp_path)
+    records = _records(matrix, {"mq-deadline": [100, 101, 100], "none": [50, 200, 120]})
+    new = adaptive_round(matrix, records, 1)
+    assert [c.params["scheduler"]["name"] for c in new] == ["none"]
+    assert new[0].repeat == 3
+    assert new[0].id.endswith("-r3")
+    # The new cell is the same configuration: same hash part of the id.
+    planned = next(c for c in matrix.cells if c.params["scheduler"]["name"] == "none")
+    assert new[0].config_hash == planned.config_hash
+
+
+def test_cap_stops_repeats(tmp_path: Path) -> None:
+    matrix = _matrix(tmp_path, cap=3)
+    records = _records(matrix, {"mq-deadline": [10, 300, 90], "none": [50, 200, 120]})
+    assert adaptive_round(matrix, records, 1) == []
+
+
+def test_failed_configurations_are_not_retried(tmp_path: Path) -> None:
+    matrix = _matrix(tmp_path)
+    records = _records(matrix, {"mq-deadline": [0, 0, 0], "none": [0, 0, 0]}, status="failed")
+    assert adaptive_round(matrix, records, 1) == []
+
+
+def test_bad_adaptive_settings_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(MATRIX.format(cap=6).replace("rel_halfwidth: 0.05", "rel_halfwidth: 5"))
+    with pytest.raises(MatrixError) as exc:
+        load_matrix(path)
+    assert str(exc.value).startswith(f"{path}:4: adaptive_repeat.rel_halfwidth:")
