@@ -114,6 +114,7 @@ def run_checks(kvm_timeout_s: float, probe: bool, kernel: Path | None) -> list[C
         ("flex", "kernel build", True),
         ("bison", "kernel build", True),
         ("bc", "kernel build", True),
+        ("lz4", "kernel build (LZ4-compressed bzImage)", True),
         ("dpkg-source", "dpkg-dev: fio source", True),
         ("cpio", "cpio: tests only", False),
     ):
