@@ -212,6 +212,13 @@ def test_report_from_the_real_smoke_run(smoke_run: Path, tmp_path: Path) -> None
         assert _pdf_pages(pdf) >= 1
     for cell in json.loads((smoke_run / "summary.json").read_text())["cells"]:
         assert cell["id"] in page
+    # Series are named by what differs between them (the scheduler), not by
+    # every tunable mq-deadline has and none lacks.
+    from kmlbench import figures
+
+    data = figures.load_run_data(tmp_path / "k.db", smoke_run.name)
+    labels = {s.label for panel in data.panels for s in panel.series.values()}
+    assert labels == {"mq-deadline", "none"}
 
 
 ADAPTIVE = """\

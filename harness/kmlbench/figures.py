@@ -118,8 +118,14 @@ class RunData:
 
 
 def _varying(cells: Sequence[kdb.CellRow]) -> list[str]:
+    """Parameters that take different values among the cells that have them.
+
+    A key only some cells have (mq-deadline's tunables, absent for ``none``)
+    does not vary by being absent: the scheduler name already tells those
+    series apart, and listing every tunable would bury it.
+    """
     keys = sorted({k for c in cells for k in c.flat_params})
-    return [k for k in keys if len({c.flat_params.get(k) for c in cells}) > 1]
+    return [k for k in keys if len({c.flat_params[k] for c in cells if k in c.flat_params}) > 1]
 
 
 def _short(key: str) -> str:
@@ -131,9 +137,9 @@ def _label(cell: kdb.CellRow, keys: Sequence[str], primary: str | None) -> str:
     if primary and primary in cell.flat_params:
         parts.append(cell.flat_params[primary])
     for k in keys:
-        if k == primary:
+        if k == primary or k not in cell.flat_params:
             continue
-        parts.append(f"{_short(k)}={cell.flat_params.get(k, '-')}")
+        parts.append(f"{_short(k)}={cell.flat_params[k]}")
     return " ".join(parts) if parts else (cell.flat_params.get(primary or "", "") or "all")
 
 
@@ -479,7 +485,10 @@ def throughput(data: RunData) -> list[Drawn]:
             )
         ax.set_xticks(x, [p.label for p in data.panels], rotation=30, ha="right")
         ax.set_ylabel(ylabel)
-    axes[0].legend(frameon=False, fontsize=6)
+    # Above the axes: inside, it would sit on the bars of the first workload.
+    axes[0].legend(
+        frameon=False, fontsize=6, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(labels)
+    )
     return [
         Drawn(
             "throughput",
