@@ -140,3 +140,90 @@ def test_attach_refuses_bad_headers():
         kml.Ring.attach(buf[:-1])  # shorter than the header says
     with pytest.raises(kml.KmlError):
         kml.Ring.in_buffer(bytearray(100), 16, 8)
+
+
+# ---- attach validates exactly what it binds (no double fetch of the header)
+
+
+def _bound_geometry(ring) -> tuple[int, int, int, int]:
+    """mask, slot_size, record_size, mode of the private struct kml_ring."""
+    return struct.unpack_from("<4I", ring._handle.raw, 16)
+
+
+def test_attach_binds_the_validated_geometry():
+    buf = bytearray(kml.Ring.bytes_needed(16, 12))
+    kml.Ring.in_buffer(buf, 16, 12, mode="dropping")
+    r = kml.Ring.attach(buf)
+    assert _bound_geometry(r) == (15, 24, 12, 1)
+    # the mapper rewriting the header after attach changes nothing bound
+    struct.pack_into("<I", buf, 8, 0xFFFFFFFF)
+    assert _bound_geometry(r) == (15, 24, 12, 1)
+    for i in range(40):
+        r.push(struct.pack("<III", i, i, i))
+    got = 0
+    while r.pop() is not None:
+        got += 1
+    assert got == 16
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        (8, 0),  # capacity 0
+        (8, 12),  # not a power of two
+        (8, 0xFFFFFFFF),  # mask 2^32 - 2 would index far out of bounds
+        (8, 1 << 25),  # power of two above the 2^24 limit
+        (8, 32),  # power of two, but the region only holds 16 slots
+        (12, 0),  # record size 0
+        (12, 5000),  # record size above 4096
+        (12, 20),  # slot_size no longer matches record_size
+        (16, 32),  # slot_size inconsistent
+        (20, 7),  # unknown mode
+        (0, 0),  # magic
+        (24, 128),  # hdr_size
+    ],
+)
+def test_attach_refuses_bad_header(field, value):
+    buf = bytearray(kml.Ring.bytes_needed(16, 12))
+    kml.Ring.in_buffer(buf, 16, 12)
+    struct.pack_into("<I", buf, field, value)
+    with pytest.raises(kml.KmlError):
+        kml.Ring.attach(buf)
+
+
+def test_attach_refuses_short_region():
+    buf = bytearray(kml.Ring.bytes_needed(16, 12))
+    kml.Ring.in_buffer(buf, 16, 12)
+    with pytest.raises(kml.KmlError):
+        kml.Ring.attach(bytearray(buf[:-1]))
+
+
+def test_attach_racing_mapper_never_binds_a_bad_capacity():
+    """A thread flips capacity between a valid and an invalid value while
+    the main thread attaches (ctypes drops the GIL in the call): every
+    attach that succeeds must have bound capacity 16."""
+    buf = bytearray(kml.Ring.bytes_needed(16, 12))
+    kml.Ring.in_buffer(buf, 16, 12)
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            for cap in (0xFFFFFFFF, 16, 1 << 30, 16, 0, 16):
+                struct.pack_into("<I", buf, 8, cap)
+
+    t = threading.Thread(target=flip)
+    t.start()
+    ok = 0
+    try:
+        for _ in range(3000):
+            try:
+                r = kml.Ring.attach(buf)
+            except kml.KmlError:
+                continue
+            ok += 1
+            assert _bound_geometry(r)[0] == 15
+    finally:
+        stop.set()
+        t.join()
+    struct.pack_into("<I", buf, 8, 16)
+    assert _bound_geometry(kml.Ring.attach(buf))[0] == 15

@@ -67,6 +67,9 @@ static inline void kml_cpu_relax(void)
 	cpu_relax();
 }
 
+/* One untorn read of memory another party may change (shared ring header). */
+#define kml_read_once(x) READ_ONCE(x)
+
 #define kml_log(fmt, ...) pr_info("kml: " fmt, ##__VA_ARGS__)
 #define kml_warn(fmt, ...) pr_warn("kml: " fmt, ##__VA_ARGS__)
 
@@ -143,6 +146,9 @@ static inline void kml_cpu_relax(void)
 	__builtin_ia32_pause();
 #endif
 }
+
+/* One untorn read of memory another party may change (shared ring header). */
+#define kml_read_once(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
 #define kml_log(fmt, ...) fprintf(stderr, "kml: " fmt, ##__VA_ARGS__)
 #define kml_warn(fmt, ...) fprintf(stderr, "kml: warning: " fmt, ##__VA_ARGS__)

@@ -13,7 +13,10 @@
  * The shared memory (struct kml_ring_shared + slots) holds no pointers and
  * can be mmap()ed by a user-space trainer; the private struct kml_ring
  * keeps the geometry so that a corrupted shared header cannot make the
- * kernel index out of bounds.
+ * kernel index out of bounds.  kml_ring_attach() reads every header field
+ * exactly once (kml_read_once()) into locals, validates the locals and
+ * binds those: the mapper changing the header meanwhile cannot get an
+ * unvalidated geometry bound.
  */
 #include "kml_internal.h"
 
@@ -46,14 +49,17 @@ static int kml_ring_check_geom(u32 capacity, u32 record_size, u32 mode)
 	return 0;
 }
 
-static void kml_ring_bind(struct kml_ring *r, void *mem)
+/* Bind validated geometry; never re-reads the shared header. */
+static void kml_ring_bind(struct kml_ring *r, void *mem, u32 capacity,
+			  u32 record_size, u32 slot_size, u32 mode)
 {
+	memset(r, 0, sizeof(*r));
 	r->sh = mem;
 	r->slots = (u8 *)mem + KML_RING_HDR_SIZE;
-	r->mask = r->sh->capacity - 1;
-	r->slot_size = r->sh->slot_size;
-	r->record_size = r->sh->record_size;
-	r->mode = r->sh->mode;
+	r->mask = capacity - 1;
+	r->slot_size = slot_size;
+	r->record_size = record_size;
+	r->mode = mode;
 }
 
 static struct kml_ring_slot *kml_ring_slot(struct kml_ring *r, s64 pos)
@@ -83,8 +89,8 @@ int kml_ring_init(struct kml_ring *r, void *mem, size_t bytes, u32 capacity,
 	sh->slot_size = kml_ring_slot_size(record_size);
 	sh->mode = mode;
 	sh->hdr_size = KML_RING_HDR_SIZE;
-	memset(r, 0, sizeof(*r));
-	kml_ring_bind(r, mem);
+	kml_ring_bind(r, mem, capacity, record_size,
+		      kml_ring_slot_size(record_size), mode);
 	for (i = 0; i < capacity; i++)
 		kml_atomic64_store_relaxed(&kml_ring_slot(r, i)->seq, i);
 	kml_atomic64_store_release(&sh->head, 0);
@@ -96,21 +102,27 @@ EXPORT_SYMBOL_GPL(kml_ring_init);
 int kml_ring_attach(struct kml_ring *r, void *mem, size_t bytes)
 {
 	struct kml_ring_shared *sh = mem;
+	u32 capacity, record_size, slot_size, mode;
 	int ret;
 
 	if (!mem || bytes < KML_RING_HDR_SIZE)
 		return -EINVAL;
-	if (sh->magic != KML_RING_MAGIC || sh->version != KML_RING_VERSION ||
-	    sh->hdr_size != KML_RING_HDR_SIZE)
+	if (kml_read_once(sh->magic) != KML_RING_MAGIC ||
+	    kml_read_once(sh->version) != KML_RING_VERSION ||
+	    kml_read_once(sh->hdr_size) != KML_RING_HDR_SIZE)
 		return -EINVAL;
-	ret = kml_ring_check_geom(sh->capacity, sh->record_size, sh->mode);
+	/* each geometry field read once: validate and bind the same values */
+	capacity = kml_read_once(sh->capacity);
+	record_size = kml_read_once(sh->record_size);
+	slot_size = kml_read_once(sh->slot_size);
+	mode = kml_read_once(sh->mode);
+	ret = kml_ring_check_geom(capacity, record_size, mode);
 	if (ret)
 		return ret;
-	if (sh->slot_size != kml_ring_slot_size(sh->record_size) ||
-	    bytes < kml_ring_bytes(sh->capacity, sh->record_size))
+	if (slot_size != kml_ring_slot_size(record_size) ||
+	    bytes < kml_ring_bytes(capacity, record_size))
 		return -EINVAL;
-	memset(r, 0, sizeof(*r));
-	kml_ring_bind(r, mem);
+	kml_ring_bind(r, mem, capacity, record_size, slot_size, mode);
 	return 0;
 }
 EXPORT_SYMBOL_GPL(kml_ring_attach);
