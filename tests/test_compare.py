@@ -135,3 +135,33 @@ def test_usage_errors(database: Path) -> None:
         == compare.EXIT_USAGE
     )
     assert compare.main(["no-such-run", RUN_ID, "--db", str(database)]) == compare.EXIT_USAGE
+
+
+def test_scheduler_comparison_ignores_tunables(database: Path, tmp_path: Path) -> None:
+    """none vs mq-deadline, documented in docs/reporting.md: mq-deadline's cells carry
+    the five tunables matrix.py fills in, which must not stop them matching none's."""
+    conn = db.connect(database)
+    try:
+        mq = db.load_cells(conn, where={"scheduler.name": "mq-deadline"})
+    finally:
+        conn.close()
+    # tunables as the matrix resolves them
+    assert mq and all(c.param("scheduler.read_expire") == "500" for c in mq)
+    out = tmp_path / "sched.json"
+    argv = ["--a", "scheduler.name=none", "--b", "scheduler.name=mq-deadline", "--run", RUN_ID]
+    rc = compare.main([*argv, "--db", str(database), "--json", str(out), "--boot", "200"])
+    assert rc == compare.EXIT_OK
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]  # randread 4k is the one configuration on both sides
+    assert len(row["a_cells"]) == len(row["b_cells"]) == REPEATS
+    assert all("-mqdl-" in c for c in row["b_cells"])
+
+
+def test_excluded_keys() -> None:
+    ex = compare.excluded_keys(["run", "scheduler.name"], ["workload.rate_iops"])
+    assert compare._is_excluded("scheduler.fifo_batch", ex)
+    assert compare._is_excluded("workload.rate_iops", ex)
+    assert not compare._is_excluded("workload.bs", ex)
+    assert "run" not in ex
+    ex = compare.excluded_keys(["scheduler.fifo_batch"])
+    assert not compare._is_excluded("scheduler.name", ex)

@@ -9,11 +9,15 @@ A run is a run id in the database or a run folder (ingested first). Cells
 of side A and side B are matched by their parameters minus the compared
 dimension (the keys named in the filters; for two runs, the run), so each
 row compares the repeats of one configuration in A with those of the same
-configuration in B. A is the baseline: change = B / A - 1.
+configuration in B. Comparing ``scheduler.name`` or ``device.type``
+compares the whole axis: the scheduler's tunables (mq-deadline's
+``read_expire`` etc.) or the device's settings are left out of the match
+too. A is the baseline: change = B / A - 1.
 
 Options: ``--metrics mean p50 p99 p999 iops`` (default; ``accuracy`` and
 ``balanced_accuracy`` are added when cells carry ``kml_stats``),
-``--ignore KEY`` (a parameter not to match on), ``--html FILE``,
+``--ignore KEY`` (a parameter not to match on; ``KEY.`` ignores a whole
+prefix), ``--html FILE``,
 ``--json FILE``, ``--alpha``, ``--boot``, and ``--fail-on`` for CI.
 
 ``--fail-on METRIC:±N%`` (repeatable, or comma-separated): exit status 1
@@ -89,8 +93,31 @@ class Result:
     tripped: list[tuple[str, stats.Comparison, Threshold]]
 
 
+# Comparing these keys compares the whole axis: mq-deadline carries five
+# tunables that none, kyber and bfq lack, so ``scheduler.name`` alone would
+# leave every mq-deadline cell without a twin on the other side.
+WHOLE_AXIS_KEYS = {"scheduler.name": "scheduler.", "device.type": "device."}
+
+
+def excluded_keys(compared: Sequence[str], ignore: Sequence[str] = ()) -> set[str]:
+    """Keys not to match cells on: the compared ones and ``ignore``.
+
+    An entry ending in ``.`` is a prefix: comparing ``scheduler.name`` or
+    ``device.type`` excludes every ``scheduler.*`` or ``device.*`` key.
+    """
+    out = {k for k in compared if k != "run"} | set(ignore)
+    out |= {WHOLE_AXIS_KEYS[k] for k in compared if k in WHOLE_AXIS_KEYS}
+    return out
+
+
+def _is_excluded(key: str, excluded: set[str]) -> bool:
+    return key in excluded or any(p.endswith(".") and key.startswith(p) for p in excluded)
+
+
 def _match_key(cell: kdb.CellRow, excluded: set[str]) -> tuple:
-    return tuple(sorted((k, v) for k, v in cell.flat_params.items() if k not in excluded))
+    return tuple(
+        sorted((k, v) for k, v in cell.flat_params.items() if not _is_excluded(k, excluded))
+    )
 
 
 def _row_labels(keys: list[tuple]) -> dict[tuple, str]:
@@ -285,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY",
-        help="a parameter not to match cells on (repeatable)",
+        help="a parameter not to match cells on (repeatable; KEY. ignores a prefix)",
     )
     p.add_argument(
         "--fail-on",
@@ -366,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         side = "A" if not a_cells else "B"
         print(f"kmlbench compare: no ok cells on side {side}", file=sys.stderr)
         return EXIT_USAGE
-    excluded = {k for k in compared if k != "run"} | set(args.ignore)
+    excluded = excluded_keys(compared, args.ignore)
     if metrics is None:
         metrics = list(stats.DEFAULT_METRICS + stats.ACCURACY_METRICS)
     result = compare_cells(

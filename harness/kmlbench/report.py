@@ -354,13 +354,20 @@ numjobs=1
 def host_params(
     scheduler: str, template: str = "randread", *, model: dict | None = None, **workload: Any
 ) -> dict:
-    """Cell params shaped like the matrix's, for a host fio sample run."""
+    """Cell params shaped like the matrix's, for a host fio sample run.
+
+    The scheduler gets its tunables' defaults, as ``kmlbench.matrix`` resolves
+    them (mq-deadline's read_expire etc.; none, kyber and bfq have none).
+    """
+    from kmlbench.matrix import SCHEDULERS
+
     wl = {"template": template, "bs": "4k", "iodepth": 1, "numjobs": 1, "rate_iops": 2000}
     wl.update(workload)
+    tunables = {k: f.default for k, f in SCHEDULERS.get(scheduler, {}).items()}
     params = {
         "kernel": {"name": "default", "fragments": []},
         "device": {"type": "host-file", "size_mib": 4},
-        "scheduler": {"name": scheduler},
+        "scheduler": {"name": scheduler, **tunables},
         "workload": wl,
     }
     if model is not None:
