@@ -104,3 +104,15 @@ def test_q16_accuracy(fn):
         assert (err <= 2 + 2.5e-4 * want * 65536).all(), err.max()
     else:
         assert err.max() <= max_q, f"{fn}: {err.max():.2f} Q16 ulps"
+
+
+@pytest.mark.parametrize("n", [1, 2047, 2048, 2049, 4096 + 3, 10_000])
+def test_float_apply_chunks_match_elementwise(n):
+    """kml_math_apply splits float arrays into bounded FPU sections (about
+    KML_FPU_PARAMS = 2048 elements); the split must not change a result."""
+    x = np.random.default_rng(n).uniform(-5, 5, n).astype(np.float32)
+    for fn in sorted(BOUNDS):
+        xin = np.abs(x) + np.float32(1e-3) if fn in ("log", "sqrt") else x
+        whole = kml.math(fn, xin)
+        pieces = np.concatenate([kml.math(fn, xin[i : i + 1000]) for i in range(0, n, 1000)])
+        np.testing.assert_array_equal(whole.view(np.uint32), pieces.view(np.uint32))

@@ -212,3 +212,17 @@ def test_concurrent_predict_from_threads(rng):
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("n_in", [3, 64])
+def test_float_norm_update_chunked_is_exact(rng, n_in):
+    """kml_model_norm_update takes one FPU section per ~2048 inputs (whole
+    rows); one call over many rows equals row-by-row updates bit for bit."""
+    X = rng.normal(loc=1.5, scale=3.0, size=(3000, n_in))
+    a = kml.Model.linear(n_in, normalize=True, seed=1)
+    b = kml.Model.linear(n_in, normalize=True, seed=1)
+    a.norm_update(X)
+    for i in range(0, len(X), 7):
+        b.norm_update(X[i : i + 7])
+    for pa, pb in zip(a.norm_params(), b.norm_params()):
+        np.testing.assert_array_equal(pa.view(np.uint32), pb.view(np.uint32))

@@ -175,7 +175,10 @@ KML_API int kml_model_norm_update(struct kml_model *m, const void *x, u32 n);
 KML_API int kml_model_norm_get(const struct kml_model *m, void *mean,
 			       void *scale);
 
-/* Inference over @n rows; one FPU section for the whole batch. */
+/*
+ * Inference over @n rows; float models take one short FPU section per
+ * chunk of about KML_FPU_MACS multiply-adds, whatever @n.
+ */
 KML_API int kml_model_predict(struct kml_model *m, const void *x, u32 n,
 			      void *y);
 /* Same, but the caller already holds an FPU section (float models). */
@@ -192,7 +195,10 @@ KML_API int kml_model_forward(struct kml_model *m, const void *x, u32 n,
 KML_API int kml_model_backward(struct kml_model *m, const void *y, u32 n);
 /* optimiser step, then zero the gradients */
 KML_API int kml_model_step(struct kml_model *m);
-/* forward + backward + step on a mini-batch, one FPU section */
+/*
+ * forward + backward + step on a mini-batch; float models take one short
+ * FPU section per chunk of rows and per chunk of parameters.
+ */
 KML_API int kml_model_train_batch(struct kml_model *m, const void *x,
 				  const void *y, u32 n, void *loss);
 

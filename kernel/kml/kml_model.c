@@ -253,18 +253,30 @@ void *kml_model_grads(struct kml_model *m)
 }
 EXPORT_SYMBOL_GPL(kml_model_grads);
 
+/*
+ * Float statistics are updated about KML_FPU_PARAMS inputs per FPU section
+ * (whole rows, at least one); on -EBUSY the rows before the failing chunk
+ * have been applied.
+ */
 int kml_model_norm_update(struct kml_model *m, const void *x, u32 n)
 {
+	u32 n_in = m->cfg.sizes[0], rows, r, c;
+
 	if (m->cfg.norm == KML_NORM_NONE)
 		return -EINVAL;
 	if (m->cfg.dtype == KML_Q16) {
 		kml_q16_norm_update(m, x, n);
 		return 0;
 	}
-	if (kml_fpu_begin())
-		return -EBUSY;
-	kml_f32_norm_update(m, x, n);
-	kml_fpu_end();
+	rows = n_in < KML_FPU_PARAMS ? KML_FPU_PARAMS / n_in : 1;
+	for (r = 0; r < n; r += c) {
+		c = n - r < rows ? n - r : rows;
+		if (kml_fpu_begin())
+			return -EBUSY;
+		kml_f32_norm_update(m, (const void *)((const u32 *)x +
+						      (size_t)r * n_in), c);
+		kml_fpu_end();
+	}
 	return 0;
 }
 EXPORT_SYMBOL_GPL(kml_model_norm_update);
@@ -523,15 +535,20 @@ int kml_math_apply(u32 fn, u32 dtype, const void *x, void *y, u32 n)
 {
 	const s32 *xi = x;
 	s32 *yi = y;
-	u32 i;
+	u32 i, c;
 
 	if (fn > KML_FN_SIGMOID)
 		return -EINVAL;
 	if (dtype == KML_F32) {
-		if (kml_fpu_begin())
-			return -EBUSY;
-		kml_math_apply_f32(fn, x, y, n);
-		kml_fpu_end();
+		/* about KML_FPU_PARAMS elements per FPU section */
+		for (i = 0; i < n; i += c) {
+			c = n - i < KML_FPU_PARAMS ? n - i : KML_FPU_PARAMS;
+			if (kml_fpu_begin())
+				return -EBUSY;
+			kml_math_apply_f32(fn, (const void *)(xi + i),
+					   (void *)(yi + i), c);
+			kml_fpu_end();
+		}
 		return 0;
 	}
 	if (dtype != KML_Q16)
