@@ -23,6 +23,9 @@ def test_parse_threshold() -> None:
     assert compare.parse_threshold("p99:+10%") == compare.Threshold("p99", 1, 0.10)
     assert compare.parse_threshold("iops:-5%") == compare.Threshold("iops", -1, 0.05)
     assert compare.parse_threshold("p99.9:+2.5") == compare.Threshold("p999", 1, 0.025)
+    # the cell-metric names README uses
+    assert compare.parse_threshold("clat_p99_us:+10%") == compare.Threshold("p99", 1, 0.10)
+    assert compare.parse_threshold("bw_kib_s:-5%") == compare.Threshold("bw", -1, 0.05)
     # no sign: the metric's worse direction
     assert compare.parse_threshold("iops:5%").sign == -1
     assert compare.parse_threshold("mean:5%").sign == 1

@@ -213,3 +213,18 @@ def test_needs_more_repeats() -> None:
     assert not stats.needs_more_repeats(noisy, 0.05, cap=4)  # cap reached
     assert not stats.needs_more_repeats(noisy, 0.60, cap=10)  # loose target
     assert not stats.needs_more_repeats([5.0, 5.0, 5.0], 0.01, cap=10)
+
+
+def test_cell_metric_names_are_aliases() -> None:
+    """README's ``--fail-on clat_p99_us:+10%``: summary.json's metric names work too."""
+    for cell_name, short in (
+        ("clat_mean_us", "mean"),
+        ("clat_p50_us", "p50"),
+        ("clat_p99_us", "p99"),
+        ("clat_p999_us", "p999"),
+        ("iops", "iops"),
+        ("bw_kib_s", "bw"),
+        ("CLAT_P99_US", "p99"),
+    ):
+        assert stats.metric(cell_name).name == short
+    assert stats.metric("p99.9").name == "p999"

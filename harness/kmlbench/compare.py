@@ -24,6 +24,8 @@ prefix), ``--html FILE``,
 when the metric changed *significantly* (see kmlbench.stats) in the given
 direction by more than N% in any matched row, e.g. ``p99:+10%`` (p99
 latency up by more than 10%) or ``iops:-5%`` (IOPS down by more than 5%).
+Metrics may also be named as cells name them (``clat_p99_us``, ``bw_kib_s``,
+see ``kmlbench.stats.ALIASES``).
 Without a sign the metric's worse direction is used. Exit status 2 means
 a usage error or nothing to compare.
 """

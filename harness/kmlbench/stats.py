@@ -175,7 +175,15 @@ METRICS: dict[str, MetricDef] = {
 LATENCY_METRICS = ("mean", "p50", "p99", "p999")
 DEFAULT_METRICS = ("mean", "p50", "p99", "p999", "iops")
 ACCURACY_METRICS = ("accuracy", "balanced_accuracy")
-ALIASES = {"p99.9": "p999", "p99_9": "p999", "p999.0": "p999", "bandwidth": "bw", "avg": "mean"}
+ALIASES = {
+    "p99.9": "p999",
+    "p99_9": "p999",
+    "p999.0": "p999",
+    "bandwidth": "bw",
+    "avg": "mean",
+    # the cell-metric names of summary.json / metrics.json (clat_p99_us, bw_kib_s, ...)
+    **{m.scalar: m.name for m in METRICS.values() if m.scalar and "." not in m.scalar},
+}
 
 
 def metric(name: str) -> MetricDef:
