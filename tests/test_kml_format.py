@@ -166,3 +166,30 @@ def test_garbage_fuzz():
             # only a file whose CRC was fixed up can load, and it must round-trip
             assert m.to_bytes() == data
     assert refused > 2000
+
+
+@pytest.mark.parametrize(
+    "var, ok",
+    [
+        (1 << 47, True),  # KML_Q16_VAR_MAX: var << 16 still fits
+        ((1 << 47) + 1, False),
+        (1 << 48, False),  # (u64)var << 16 would wrap to 0
+        ((1 << 48) + 5 * 65536, False),
+        ((1 << 63) - 1, False),
+    ],
+)
+def test_q16_variance_bound(var, ok):
+    """A Q16 variance above 2^47 would make norm_scale's var << 16 wrap and
+    load a garbage scale: it is refused at load."""
+    n_in = 8
+    var0 = HDR + 8 + 4 * n_in
+    fixed = bytearray(model_bytes("fixed"))
+    struct.pack_into("<q", fixed, var0 + 8 * 3, var)
+    data = with_crc(bytes(fixed))
+    if not ok:
+        assert errno_of(data) == errno.EDOM
+        return
+    m = kml.Model.from_bytes(data)
+    _mean, scale = m.norm_params()
+    # std = 2^31.5 / 2^16 real units: scale is the Q16 of its inverse
+    assert 0 <= scale[3] < 1e-3

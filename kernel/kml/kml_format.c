@@ -170,7 +170,7 @@ int kml_model_load(const void *buf, size_t len, struct kml_model **out)
 	if (kml_crc32(0, buf, len - 4) != kml_get32(h + len - 4))
 		return -EBADMSG;
 
-	/* values: finite floats, non-negative variances */
+	/* values: finite floats, variances in [0, KML_Q16_VAR_MAX] for Q16 */
 	n_in = cfg.sizes[0];
 	p = h + KML_MODEL_HDR_SIZE;
 	if (cfg.norm != KML_NORM_NONE) {
@@ -181,8 +181,9 @@ int kml_model_load(const void *buf, size_t len, struct kml_model **out)
 			    (!kml_f32_bits_finite(kml_get32(p + 8 + 4 * i)) ||
 			     !kml_f32_bits_finite((u32)v) || (v >> 31)))
 				return -EDOM;	/* NaN/Inf, negative or padding */
-			if (cfg.dtype == KML_Q16 && (s64)v < 0)
-				return -EDOM;
+			if (cfg.dtype == KML_Q16 &&
+			    ((s64)v < 0 || (s64)v > KML_Q16_VAR_MAX))
+				return -EDOM;	/* negative or var << 16 wraps */
 		}
 		p += 8 + (size_t)n_in * 12;
 	}

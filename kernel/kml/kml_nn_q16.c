@@ -13,10 +13,12 @@ void kml_q16_norm_scale(struct kml_model *m)
 	const s64 *var = m->norm_var;
 	s32 *scale = m->norm_scale;
 	u32 i, sd;
+	s64 v;
 
 	for (i = 0; i < m->cfg.sizes[0]; i++) {
-		/* std in Q16 = sqrt(var_q16 << 16) */
-		sd = var[i] > 0 ? kml_isqrt64((u64)var[i] << 16) : 0;
+		/* std in Q16 = sqrt(var_q16 << 16); the clamp keeps it in u64 */
+		v = var[i] < KML_Q16_VAR_MAX ? var[i] : KML_Q16_VAR_MAX;
+		sd = v > 0 ? kml_isqrt64((u64)v << 16) : 0;
 		if (sd < 16)
 			scale[i] = KML_Q16_ONE;
 		else
