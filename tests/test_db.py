@@ -338,3 +338,13 @@ def test_kmlbench_import_through_the_cli(run_dir: Path, ingested: Path, tmp_path
     path = tmp_path / "cli.db"
     assert cli.main(["import", str(run_dir), "--db", str(path)]) == 0
     assert _dump(path) == _dump(ingested)
+
+
+def test_config_hash_is_the_matrix_hash() -> None:
+    """db.config_hash is matrix's, also for non-ASCII values (a kernel fragment's name)."""
+    from kmlbench import matrix
+
+    params = report.host_params("mq-deadline")
+    params["kernel"]["fragments"] = ["débogage.config"]
+    assert db.config_hash(params) == matrix.config_hash(params)
+    assert db.config_hash is matrix.config_hash

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import paths
+from kmlbench.matrix import config_hash  # the hash cell ids carry; re-exported
 
 DB_ENV = "KMLBENCH_DB"
 DB_NAME = "kmlbench.db"
@@ -227,21 +227,6 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return out
 
 
-def config_hash(params: Mapping[str, Any]) -> str:
-    """The same 8 hex digits as ``kmlbench.matrix.config_hash``."""
-    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
-
-
-def _config_hash(params: Mapping[str, Any]) -> str:
-    try:
-        from kmlbench.matrix import config_hash as matrix_hash
-
-        return matrix_hash(dict(params))
-    except ImportError:  # pragma: no cover - matrix.py is part of the package
-        return config_hash(params)
-
-
 def run_id_of(run_dir: Path) -> str:
     """The run id: the manifest's ``run_id``, else the folder name.
 
@@ -352,7 +337,7 @@ def _insert_cell(conn: sqlite3.Connection, run_id: str, cell_dir: Path, record: 
             str(record.get("status", "unknown")),
             record.get("repeat"),
             record.get("kernel_variant"),
-            _config_hash(params),
+            config_hash(params),
             json.dumps(params, sort_keys=True),
             json.dumps(record, sort_keys=True),
         ),
