@@ -392,8 +392,13 @@ int kml_model_train_setup(struct kml_model *m, const struct kml_train_cfg *cfg)
 	m->tr->dbuf[1] = p;
 
 	if (m->cfg.dtype == KML_F32) {
-		if (kml_fpu_begin())
+		if (kml_fpu_begin()) {
+			/* never leave a half-initialised training block behind */
+			kml_free(m->tr);
+			m->tr = NULL;
+			m->train_bytes = 0;
 			return -EBUSY;
+		}
 		kml_f32_train_init(m);
 		kml_fpu_end();
 	}
