@@ -178,7 +178,11 @@ class FakeGuest:
     def run(self, cmd, timeout):
         self.commands.append(cmd)
         if cmd.startswith("insmod"):
-            return SimpleNamespace(exit_status=self.insmod_status, stdout="", stderr="")
+            status = self.insmod_status
+            if isinstance(status, dict):  # per module: {remote path: (status, stderr)}
+                status, stderr = status.get(cmd.split()[-1], (0, ""))
+                return SimpleNamespace(exit_status=status, stdout="", stderr=stderr)
+            return SimpleNamespace(exit_status=status, stdout="", stderr="")
         return SimpleNamespace(exit_status=0, stdout=self.dmesg, stderr="")
 
     def events(self):
@@ -285,6 +289,31 @@ def test_library_module_is_loaded_first(fake_env, tmp_path):
     guest = FakeGuest.instances[-1]
     assert [p for p, _ in guest.put_calls] == [kunit.REMOTE_LIB_KO, kunit.REMOTE_KO]
     assert guest.commands[:2] == [f"insmod {kunit.REMOTE_LIB_KO}", f"insmod {kunit.REMOTE_KO}"]
+
+
+def test_failed_library_insmod_is_the_reported_failure(fake_env, monkeypatch, tmp_path, capsys):
+    build = tmp_path / "linux-m"
+    (build / "arch/x86/boot").mkdir(parents=True)
+    (build / "arch/x86/boot/bzImage").write_bytes(b"bz")
+    (build / "lib/kml").mkdir(parents=True)
+    (build / "lib/kml/kml_test.ko").write_bytes(b"test")
+    (build / "lib/kml/kml.ko").write_bytes(b"lib")
+    statuses = {
+        kunit.REMOTE_LIB_KO: (1, "insmod: can't insert 'kml.ko': Invalid module format"),
+        kunit.REMOTE_KO: (1, "insmod: can't insert 'kml_test.ko': Unknown symbol in module"),
+    }
+    monkeypatch.setattr(
+        kunit_qemu(), "Guest", lambda cfg, keys: FakeGuest(cfg, keys, insmod_status=statuses)
+    )
+    argv = ["--kernel-build", str(build), "--accel", "tcg", "--out", str(fake_env.out), "--json"]
+    assert kunit.main(argv) == 1
+    guest = FakeGuest.instances[-1]
+    # The test module is not even tried once the library failed to load.
+    assert [p for p, _ in guest.put_calls] == [kunit.REMOTE_LIB_KO]
+    assert f"insmod {kunit.REMOTE_KO}" not in guest.commands
+    reason = json.loads((fake_env.out / "kunit.json").read_text())["reason"]
+    assert reason.startswith("insmod kml.ko failed (exit 1)")
+    assert "Invalid module format" in reason and "Unknown symbol" not in reason
 
 
 @pytest.mark.kernel

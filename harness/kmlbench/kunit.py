@@ -284,14 +284,18 @@ def main(argv: list[str]) -> int:
                 res = guest.run(f"insmod {REMOTE_LIB_KO}", timeout=args.timeout)
                 if res.exit_status != 0:
                     failure = f"insmod kml.ko failed (exit {res.exit_status}): {res.stderr.strip()}"
-            guest.put(REMOTE_KO, ko.read_bytes())
-            res = guest.run(f"insmod {REMOTE_KO}", timeout=args.timeout)
-            if res.exit_status != 0:
-                failure = f"insmod failed (exit {res.exit_status}): {res.stderr.strip()}"
+            # Without the library the test module can only fail with "Unknown
+            # symbol", which would hide the real cause: keep the first failure.
+            if failure is None:
+                guest.put(REMOTE_KO, ko.read_bytes())
+                res = guest.run(f"insmod {REMOTE_KO}", timeout=args.timeout)
+                if res.exit_status != 0:
+                    failure = f"insmod failed (exit {res.exit_status}): {res.stderr.strip()}"
             dmesg = guest.run("dmesg", timeout=60).stdout
             events = [e for e in guest.events() if e.kind in ("panic", "oops", "bug")]
             if events:
-                failure = f"kernel {events[0].kind} during the tests"
+                crash = f"kernel {events[0].kind} during the tests"
+                failure = crash if failure is None else f"{failure}; {crash}"
     except GuestError as exc:
         failure = f"guest failed: {exc}"
         if (out / "console.log").exists():
