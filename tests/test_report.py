@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -243,3 +245,81 @@ def test_report_without_fioplot_says_so(
         conn.close()
     result = fioplot.draw(cells, sample_run(), tmp_path / "fp")
     assert result.graphs == [] and "not installed" in result.note
+
+
+# --------------------------------------------------------------------------
+# No process outlives its caller, whatever goes wrong.
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_fioplot_timeout_kills_fioplot(tmp_path: Path) -> None:
+    from kmlbench import fioplot
+
+    proc = _sleeper()
+    drawing = fioplot.Drawing(fioplot.Result(), tmp_path, proc)
+    with pytest.raises(subprocess.TimeoutExpired):
+        drawing.wait(timeout=0.2)
+    assert proc.returncode is not None  # killed and reaped
+    assert drawing.proc is None
+
+
+def test_report_reaps_fioplot_when_figures_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from kmlbench import fioplot
+
+    procs: list[subprocess.Popen] = []
+
+    def start(cells, run_dir, out, *, title="kmlbench"):
+        procs.append(_sleeper())
+        return fioplot.Drawing(fioplot.Result(), out, procs[-1])
+
+    def render(data, out):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(fioplot, "start", start)
+    monkeypatch.setattr(figures, "render", render)
+    monkeypatch.setattr(
+        figures, "load_run_data", lambda db_path, run_id: SimpleNamespace(ok_cells=[])
+    )
+    with pytest.raises(RuntimeError, match="figure failed"):
+        report.build_report(
+            tmp_path, db_path=tmp_path / "x.db", out_dir=tmp_path / "r", ingest=False
+        )
+    (proc,) = procs
+    assert proc.returncode is not None
+
+
+def _fio_pids_under(path: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith("fio\0") and str(path) in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_host_run_timeout_stops_the_batch_and_cleans_up(tmp_path: Path) -> None:
+    """A fio past its timeout: the rest of the batch is killed, no data file is left."""
+    if shutil.which("fio") is None:
+        pytest.skip("fio is not installed")
+    configs = [report.host_params("none"), report.host_params("none", bs="8k")]
+    with pytest.raises(subprocess.TimeoutExpired):
+        report.make_host_run(tmp_path, configs, repeats=2, runtime_s=30, parallel=3, timeout_s=0.5)
+    assert _fio_pids_under(tmp_path) == []
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and (p / "cells").exists()]
+    assert not list(run_dir.glob("kmlbench-sample-*"))

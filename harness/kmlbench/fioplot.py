@@ -295,9 +295,14 @@ class Drawing:
         self.result, self.out, self.proc = result, out, proc
 
     def wait(self, timeout: float = 600) -> Result:
+        """Collect the graphs; on ``TimeoutExpired`` fio-plot is killed first."""
         if self.proc is None:
             return self.result
-        stdout, stderr = self.proc.communicate(timeout=timeout)
+        try:
+            stdout, stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
         (self.out / "fio-plot.log").write_text(stdout + stderr)
         statuses: list[int] = []
         for line in stdout.splitlines():
@@ -313,6 +318,15 @@ class Drawing:
             )
         self.proc = None
         return self.result
+
+    def kill(self) -> None:
+        """Stop fio-plot if it still runs and reap it; no-op once waited for."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def start(cells: list[Any], run_dir: Path, out: Path, *, title: str = "kmlbench") -> Drawing:

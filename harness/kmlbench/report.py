@@ -22,6 +22,7 @@ import html
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -285,8 +286,12 @@ def build_report(
     drawing = (
         kfp.start(data.ok_cells, run_dir, out_dir / "fio-plot", title=run_id) if fioplot else None
     )
-    rendered, skipped = kfig.render(data, out_dir / "figures")
-    fp_result = drawing.wait() if drawing is not None else None
+    try:
+        rendered, skipped = kfig.render(data, out_dir / "figures")
+        fp_result = drawing.wait() if drawing is not None else None
+    finally:
+        if drawing is not None:
+            drawing.kill()  # only does something if render or wait raised
     note = "" if fioplot else "fio-plot graphs not requested (--no-fioplot)"
     return write_html(out_dir, data, rendered, skipped, fp_result, note)
 
@@ -459,6 +464,7 @@ def make_host_run(
     parallel: int = 2,
     kml_stats: Callable[[dict, int], dict | None] | None = None,
     on_cell: Callable[[Path, str], None] | None = None,
+    timeout_s: float = 120,
 ) -> Path:
     """A run folder whose cells are real fio runs on the host (psync, a small file).
 
@@ -467,6 +473,8 @@ def make_host_run(
     exactly as the runner records them; ``kml_stats(params, repeat)`` may
     add a ``kml_stats`` record, and ``on_cell(run_dir, cell_id)`` is called
     after each cell is recorded (e.g. :func:`kmlbench.db.ingest_cell`).
+    A fio that runs past ``timeout_s`` raises ``subprocess.TimeoutExpired``
+    after the rest of its batch is killed and the data files are removed.
     """
     from kmlbench.fio import metrics_from_fio, parse_fio_output
     from kmlbench.matrix import Cell, cell_id
@@ -478,54 +486,61 @@ def make_host_run(
     cells = [Cell(cell_id(p, r), r, p, "default") for r in range(repeats) for p in configs]
     run.write_plan(cells)
     direct = 0
-    pending = list(cells)
-    while pending:
-        batch, pending = pending[:parallel], pending[parallel:]
-        procs = []
-        for cell in batch:
-            cdir = run.cell_dir(cell.id)
-            job = _host_cell_job(cell.params, data_dir / f"{cell.id}.dat", runtime_s, direct)
-            run.write_cell_file(cell.id, "job.fio", job)
-            procs.append(
-                (
-                    cell,
-                    subprocess.Popen(
-                        [
-                            "fio",
-                            "--output-format=json+",
-                            f"--output={cdir / 'fio.json'}",
-                            str(cdir / "job.fio"),
-                        ],
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                    ),
+    procs: list[tuple[Any, subprocess.Popen]] = []
+    try:
+        pending = list(cells)
+        while pending:
+            batch, pending = pending[:parallel], pending[parallel:]
+            procs.clear()
+            for cell in batch:
+                cdir = run.cell_dir(cell.id)
+                job = _host_cell_job(cell.params, data_dir / f"{cell.id}.dat", runtime_s, direct)
+                run.write_cell_file(cell.id, "job.fio", job)
+                procs.append(
+                    (
+                        cell,
+                        subprocess.Popen(
+                            [
+                                "fio",
+                                "--output-format=json+",
+                                f"--output={cdir / 'fio.json'}",
+                                str(cdir / "job.fio"),
+                            ],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT,
+                            text=True,
+                        ),
+                    )
                 )
-            )
-        for cell, proc in procs:
-            out, _ = proc.communicate(timeout=120)
-            cdir = run.cell_dir(cell.id)
-            run.write_cell_file(
-                cell.id, "console.log", f"host fio run (no guest)\n$ fio ...\n{out}"
-            )
-            run.write_cell_file(cell.id, "dmesg.txt", "")
-            extra: dict[str, Any] = {"host_fio": True}
-            try:
-                metrics = metrics_from_fio(parse_fio_output((cdir / "fio.json").read_text()))
-                status = "ok" if proc.returncode == 0 else "failed"
-            except Exception as e:  # a failed cell is recorded, like the runner does
-                metrics, status = {}, "failed"
-                extra["error"] = str(e)
-            if kml_stats is not None:
-                ks = kml_stats(cell.params, cell.repeat)
-                if ks is not None:
-                    extra["kml_stats"] = ks
-            run.record_cell(cell, status, metrics, extra)
-            if on_cell is not None:
-                on_cell(run.path, cell.id)
-    for f in data_dir.iterdir():
-        f.unlink()
-    data_dir.rmdir()
+            for cell, proc in procs:
+                out, _ = proc.communicate(timeout=timeout_s)
+                cdir = run.cell_dir(cell.id)
+                run.write_cell_file(
+                    cell.id, "console.log", f"host fio run (no guest)\n$ fio ...\n{out}"
+                )
+                run.write_cell_file(cell.id, "dmesg.txt", "")
+                extra: dict[str, Any] = {"host_fio": True}
+                try:
+                    metrics = metrics_from_fio(parse_fio_output((cdir / "fio.json").read_text()))
+                    status = "ok" if proc.returncode == 0 else "failed"
+                except Exception as e:  # a failed cell is recorded, like the runner does
+                    metrics, status = {}, "failed"
+                    extra["error"] = str(e)
+                if kml_stats is not None:
+                    ks = kml_stats(cell.params, cell.repeat)
+                    if ks is not None:
+                        extra["kml_stats"] = ks
+                run.record_cell(cell, status, metrics, extra)
+                if on_cell is not None:
+                    on_cell(run.path, cell.id)
+    finally:
+        # a timeout or any error: stop the rest of the batch, and never leave
+        # the data files inside the run folder
+        for _, proc in procs:
+            if proc.returncode is None:  # not collected yet
+                proc.kill()
+                proc.communicate()
+        shutil.rmtree(data_dir, ignore_errors=True)
     return run.path
 
 
