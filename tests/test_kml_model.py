@@ -224,5 +224,48 @@ def test_float_norm_update_chunked_is_exact(rng, n_in):
     a.norm_update(X)
     for i in range(0, len(X), 7):
         b.norm_update(X[i : i + 7])
-    for pa, pb in zip(a.norm_params(), b.norm_params()):
+    for pa, pb in zip(a.norm_params(), b.norm_params(), strict=True):
         np.testing.assert_array_equal(pa.view(np.uint32), pb.view(np.uint32))
+
+
+def test_concurrent_first_predictions_on_a_fresh_model(rng, monkeypatch):
+    """Threads predicting small batches on a model nobody predicted with yet get
+    what one thread gets (the small-batch buffers once appeared on first use,
+    and two threads could each install their own under the other)."""
+    import threading
+    import time
+
+    allocate = kml.Model._small_buffers
+
+    def slow_allocate(self):  # widen the window in which a first-use race shows
+        time.sleep(0.002)
+        allocate(self)
+
+    monkeypatch.setattr(kml.Model, "_small_buffers", slow_allocate)
+    template = kml.Model.mlp(6, hidden=(32, 32), activation="relu", seed=7)
+    data = template.to_bytes()
+    n_threads, trials = 8, 60
+    inputs = [rng.normal(size=(int(rng.integers(1, 65)), 6)) for _ in range(n_threads)]
+    expected = [template.predict(X) for X in inputs]
+    for _ in range(trials):
+        model = kml.Model.from_bytes(data)
+        barrier = threading.Barrier(n_threads)
+        got: list = [None] * n_threads
+        errors: list = []
+
+        def work(i, model=model, barrier=barrier, got=got, errors=errors):
+            barrier.wait()
+            try:
+                got[i] = [model.predict(inputs[i]) for _ in range(20)]
+            except Exception as e:  # e.g. "release unlocked lock"
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for i in range(n_threads):
+            for y in got[i]:
+                np.testing.assert_array_equal(y, expected[i])

@@ -355,6 +355,11 @@ class Model:
         self._sizes = [int(cfg.sizes[i]) for i in range(cfg.n_layers + 1)]
         self._fixed = cfg.dtype == KML_Q16
         self._predict = self._lib.kml_model_predict
+        # the small-batch buffers exist from construction: allocated lazily, two
+        # threads' first predictions could each install theirs under the other
+        self._small_lock = threading.Lock()
+        if not self._fixed:
+            self._small_buffers()
 
     # ---- construction
     @classmethod
@@ -525,32 +530,30 @@ class Model:
         self._ys = np.ctypeslib.as_array(yb).reshape(self._SMALL, self._sizes[-1])
         self._xs_addr, self._ys_addr = C.addressof(xb), C.addressof(yb)
         self._small_keep = (xb, yb)
-        self._small_lock = threading.Lock()
 
     def predict(self, X) -> np.ndarray:
         """Predictions for the rows of X: shape (n,) for one output, else (n, k)."""
         X = np.asarray(X)
+        # small float batches: copy into buffers whose addresses are known,
+        # which is much cheaper than asking NumPy for fresh pointers; a thread
+        # that finds the buffers busy takes the general path below
         if (
             X.ndim == 2
             and 0 < X.shape[0] <= self._SMALL
             and X.shape[1] == self._sizes[0]
             and not self._fixed
+            and self._small_lock.acquire(blocking=False)
         ):
-            # small float batches: copy into buffers whose addresses are known,
-            # which is much cheaper than asking NumPy for fresh pointers
-            if not hasattr(self, "_xs"):
-                self._small_buffers()
-            if self._small_lock.acquire(blocking=False):
-                try:
-                    n = X.shape[0]
-                    self._xs[:n] = X
-                    ret = self._predict(self._h, self._xs_addr, n, self._ys_addr)
-                    if ret:
-                        _check(ret, "predict")
-                    y = self._ys[:n].copy()
-                finally:
-                    self._small_lock.release()
-                return y[:, 0] if self._sizes[-1] == 1 else y
+            try:
+                n = X.shape[0]
+                self._xs[:n] = X
+                ret = self._predict(self._h, self._xs_addr, n, self._ys_addr)
+                if ret:
+                    _check(ret, "predict")
+                y = self._ys[:n].copy()
+            finally:
+                self._small_lock.release()
+            return y[:, 0] if self._sizes[-1] == 1 else y
         x = self._in(X)
         n = x.shape[0]
         y = np.empty((n, self._sizes[-1]), dtype=x.dtype)
