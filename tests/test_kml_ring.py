@@ -227,3 +227,39 @@ def test_attach_racing_mapper_never_binds_a_bad_capacity():
         t.join()
     struct.pack_into("<I", buf, 8, 16)
     assert _bound_geometry(kml.Ring.attach(buf))[0] == 15
+
+
+_STRESS_NO_THREADS = r"""
+import errno, resource, sys
+from kmlbench import kml
+r = kml.Ring(8, 16, mode="blocking")
+kml.lib()
+vm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")][0]
+# room for about two 8 MiB thread stacks: later pthread_create() calls fail
+resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (20 << 20),) * 2)
+try:
+    r.stress(8, 20_000)
+except kml.KmlError as e:
+    c = r.counters
+    assert c["consumed"] == c["produced"], c
+    print("refused", e.errno == errno.EAGAIN, c["produced"] % 20_000 == 0)
+    sys.exit(0)
+print("no error")
+"""
+
+
+def test_stress_thread_creation_failure_returns_an_error():
+    """If pthread_create() fails, kml_ring_stress drains and joins the
+    producers it started and returns the error instead of waiting forever
+    for producers that never ran."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-c", _STRESS_NO_THREADS],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    if p.stdout.strip() == "no error":
+        pytest.skip("could not make pthread_create fail under RLIMIT_AS here")
+    assert p.stdout.split() == ["refused", "True", "True"], p.stdout

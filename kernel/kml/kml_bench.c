@@ -81,24 +81,32 @@ static void *kml_stress_produce(void *arg)
  * @n_producers threads push @per_producer 16-byte records {id, seq} each
  * while this thread consumes.  Checks that every producer's records arrive
  * in order without duplicates.  out[0] = records consumed, out[1] = pushes
- * that succeeded, out[2] = pushes refused.  Returns 0, or -EPROTO on a
- * lost, duplicated or reordered record.
+ * that succeeded, out[2] = pushes refused.  Returns 0, -EPROTO on a
+ * lost, duplicated or reordered record, or the negative pthread_create()
+ * error if a producer thread could not be started (the producers already
+ * started are still drained and joined, out[] counts what they did).
  */
 KML_API int kml_ring_stress(struct kml_ring *r, u32 n_producers,
 			    u32 per_producer, u64 *out)
 {
 	struct kml_stress_producer prod[64];
 	u64 next[64] = { 0 }, rec[2], consumed = 0, pushed = 0, refused = 0;
-	u32 i, done;
-	int ret = 0;
+	u32 i, done, started;
+	int ret = 0, err = 0;
 
 	if (n_producers > 64 || r->record_size != 16)
 		return -EINVAL;
-	for (i = 0; i < n_producers; i++) {
+	for (started = 0; started < n_producers; started++) {
+		i = started;
 		prod[i] = (struct kml_stress_producer){ .ring = r, .id = i,
 			.count = per_producer };
-		pthread_create(&prod[i].thread, NULL, kml_stress_produce, &prod[i]);
+		err = pthread_create(&prod[i].thread, NULL, kml_stress_produce,
+				     &prod[i]);
+		if (err)
+			break;
 	}
+	/* consume for the producers that run (they may block on a full ring) */
+	n_producers = started;
 	for (done = 0;;) {
 		if (kml_ring_pop(r, rec) == 0) {
 			consumed++;
@@ -126,5 +134,5 @@ KML_API int kml_ring_stress(struct kml_ring *r, u32 n_producers,
 	out[0] = consumed;
 	out[1] = pushed;
 	out[2] = refused;
-	return ret;
+	return err ? -err : ret;
 }
