@@ -399,6 +399,44 @@ static void kml_test_ring_counts(struct kunit *test)
 	kml_ring_destroy(r);
 }
 
+/* attach binds exactly the geometry it validated, whatever the header */
+static void kml_test_ring_attach(struct kunit *test)
+{
+	static const u32 bad_caps[] = { 0, 12, 32, 1U << 25, 0xffffffffU };
+	struct kml_ring r, a;
+	struct kml_ring_shared *sh;
+	size_t bytes = kml_ring_bytes(16, 12);
+	u32 i, rec[3] = { 1, 2, 3 };
+	void *mem;
+
+	mem = kunit_kzalloc(test, bytes, GFP_KERNEL);
+	KUNIT_ASSERT_NOT_ERR_OR_NULL(test, mem);
+	KUNIT_ASSERT_EQ(test, 0, kml_ring_init(&r, mem, bytes, 16, 12,
+					       KML_RING_DROP));
+	sh = mem;
+	for (i = 0; i < ARRAY_SIZE(bad_caps); i++) {
+		WRITE_ONCE(sh->capacity, bad_caps[i]);
+		KUNIT_EXPECT_EQ(test, -EINVAL, kml_ring_attach(&a, mem, bytes));
+	}
+	WRITE_ONCE(sh->capacity, 16);
+	WRITE_ONCE(sh->slot_size, 32);
+	KUNIT_EXPECT_EQ(test, -EINVAL, kml_ring_attach(&a, mem, bytes));
+	WRITE_ONCE(sh->slot_size, 24);
+	KUNIT_EXPECT_EQ(test, -EINVAL, kml_ring_attach(&a, mem, bytes - 1));
+	KUNIT_ASSERT_EQ(test, 0, kml_ring_attach(&a, mem, bytes));
+	KUNIT_EXPECT_EQ(test, a.mask, 15U);
+	KUNIT_EXPECT_EQ(test, a.slot_size, 24U);
+	KUNIT_EXPECT_EQ(test, a.record_size, 12U);
+	/* the mapper rewriting the header later changes nothing bound */
+	WRITE_ONCE(sh->capacity, 0xffffffffU);
+	for (i = 0; i < 40; i++)
+		kml_ring_push(&a, rec);
+	KUNIT_EXPECT_EQ(test, a.mask, 15U);
+	for (i = 0; !kml_ring_pop(&a, rec); i++)
+		;
+	KUNIT_EXPECT_EQ(test, i, 16U);
+}
+
 /* ---- several kernel threads producing into one ring, the test consumes */
 
 #define KML_MP_PRODUCERS 4
@@ -514,6 +552,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_user_model),
 	KUNIT_CASE(kml_test_crc32),
 	KUNIT_CASE(kml_test_ring_counts),
+	KUNIT_CASE(kml_test_ring_attach),
 	KUNIT_CASE(kml_test_ring_mp_drop),
 	KUNIT_CASE(kml_test_ring_mp_block),
 	{}
