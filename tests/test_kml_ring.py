@@ -263,3 +263,24 @@ def test_stress_thread_creation_failure_returns_an_error():
     if p.stdout.strip() == "no error":
         pytest.skip("could not make pthread_create fail under RLIMIT_AS here")
     assert p.stdout.split() == ["refused", "True", "True"], p.stdout
+
+
+@pytest.mark.parametrize("bad", [0, 0xFFFFFFFF, 1 << 30, 12])
+def test_attach_c_racing_mapper_never_binds_a_bad_capacity(bad):
+    """Same race in C (no GIL): a pthread flips capacity between 16 and
+    ``bad`` as fast as it can while attach runs 200 000 times."""
+    import ctypes as C
+
+    lib = kml.lib()
+    fn = lib.kml_ring_attach_race
+    fn.restype = C.c_int
+    fn.argtypes = [C.c_void_p, C.c_size_t, C.c_uint32, C.c_uint32, C.POINTER(C.c_uint64)]
+    buf = bytearray(kml.Ring.bytes_needed(16, 12))
+    kml.Ring.in_buffer(buf, 16, 12)
+    mem = (C.c_char * len(buf)).from_buffer(buf)
+    out = (C.c_uint64 * 3)()
+    assert fn(C.addressof(mem), len(buf), bad, 200_000, out) == 0
+    ok, refused, wrong = out
+    assert ok + refused == 200_000
+    assert wrong == 0, f"{wrong} attaches bound a capacity that was never validated"
+    del mem

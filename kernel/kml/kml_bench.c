@@ -136,3 +136,60 @@ KML_API int kml_ring_stress(struct kml_ring *r, u32 n_producers,
 	out[2] = refused;
 	return err ? -err : ret;
 }
+
+/* ---- attach against a racing mapper (tests/test_kml_ring.py) ---- */
+
+struct kml_attach_flipper {
+	u32 *capacity;
+	u32 good;
+	u32 bad;
+	int stop;
+};
+
+static void *kml_attach_flip(void *arg)
+{
+	struct kml_attach_flipper *f = arg;
+
+	while (!__atomic_load_n(&f->stop, __ATOMIC_RELAXED)) {
+		__atomic_store_n(f->capacity, f->bad, __ATOMIC_RELAXED);
+		__atomic_store_n(f->capacity, f->good, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+/*
+ * A thread flips the capacity in the shared header of the ring in @mem
+ * between its valid value and @bad while this thread calls
+ * kml_ring_attach() @iters times.  out[0] = attaches that succeeded,
+ * out[1] = attaches refused, out[2] = successful attaches whose bound
+ * mask is not the valid capacity - 1 (must stay 0).
+ */
+KML_API int kml_ring_attach_race(void *mem, size_t bytes, u32 bad, u32 iters,
+				 u64 *out)
+{
+	struct kml_ring_shared *sh = mem;
+	struct kml_attach_flipper f = { .capacity = &sh->capacity,
+					.good = sh->capacity, .bad = bad };
+	struct kml_ring a;
+	pthread_t t;
+	u32 i;
+	int err;
+
+	out[0] = out[1] = out[2] = 0;
+	err = pthread_create(&t, NULL, kml_attach_flip, &f);
+	if (err)
+		return -err;
+	for (i = 0; i < iters; i++) {
+		if (kml_ring_attach(&a, mem, bytes)) {
+			out[1]++;
+			continue;
+		}
+		out[0]++;
+		if (a.mask != f.good - 1)
+			out[2]++;
+	}
+	__atomic_store_n(&f.stop, 1, __ATOMIC_RELAXED);
+	pthread_join(t, NULL);
+	sh->capacity = f.good;
+	return 0;
+}
