@@ -348,3 +348,36 @@ def test_config_hash_is_the_matrix_hash() -> None:
     params["kernel"]["fragments"] = ["débogage.config"]
     assert db.config_hash(params) == matrix.config_hash(params)
     assert db.config_hash is matrix.config_hash
+
+
+def test_fio_histograms_merge_jobs(tmp_path: Path) -> None:
+    """Several fio jobs (numjobs=3, randrw): per direction their bins added up,
+    samples summed and the mean weighted by samples, as fio.merge_bins would."""
+    if shutil.which("fio") is None:
+        pytest.skip("fio is not installed")
+    from kmlbench.fio import merge_bins, parse_fio_output
+
+    out = tmp_path / "fio.json"
+    job = "--bs=4k --numjobs=3 --time_based --runtime=300ms --rate_iops=1000 --rw=randrw"
+    subprocess.run(
+        [
+            "fio",
+            "--name=t",
+            f"--filename={tmp_path / 'f'}",
+            "--size=4M",
+            *job.split(),
+            "--output-format=json+",
+            f"--output={out}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    data = parse_fio_output(out.read_text())
+    assert len(data["jobs"]) == 3
+    hists = db.fio_histograms(data)
+    assert set(hists) == {"read", "write"}
+    for direction, (samples, mean, bins) in hists.items():
+        clats = [j[direction]["clat_ns"] for j in data["jobs"]]
+        assert samples == sum(c["N"] for c in clats)
+        assert mean == pytest.approx(sum(c["mean"] * c["N"] for c in clats) / samples)
+        assert bins == sorted([v, n] for v, n in merge_bins(c["bins"] for c in clats).items())

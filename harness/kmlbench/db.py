@@ -248,33 +248,27 @@ def _manifest(run_dir: Path) -> dict:
 def fio_histograms(fio_data: Mapping[str, Any]) -> dict[str, tuple[int, float | None, list]]:
     """Per direction: (samples, pooled mean ns, [[bucket_ns, count], ...]).
 
-    Bins of every job are added up (fio's buckets are the same for every
-    job, so addition is exact).
+    Bins of every job are added up with :func:`kmlbench.stats.merge_histograms`
+    (fio's buckets are the same for every job, so addition is exact).
     """
+    from kmlbench.stats import Histogram, merge_histograms
+
     out: dict[str, tuple[int, float | None, list]] = {}
     for direction in DIRECTIONS:
-        merged: dict[int, int] = {}
-        samples = 0
-        weighted = 0.0
+        parts = []
         for job in fio_data.get("jobs", []):
             part = job.get(direction)
             if not isinstance(part, Mapping):
                 continue
             clat = part.get("clat_ns") or {}
             bins = clat.get("bins")
-            n = int(clat.get("N", 0) or 0)
-            if not bins or n <= 0:
+            if not bins or int(clat.get("N", 0) or 0) <= 0:
                 continue
-            for value, count in bins.items():
-                merged[int(value)] = merged.get(int(value), 0) + int(count)
-            samples += n
-            weighted += float(clat.get("mean", 0.0)) * n
-        if merged:
-            out[direction] = (
-                samples,
-                weighted / samples if samples else None,
-                [[v, merged[v]] for v in sorted(merged)],
-            )
+            parts.append(Histogram.from_bins(bins, mean_ns=float(clat.get("mean", 0.0))))
+        merged = merge_histograms(parts)
+        if merged.total:
+            pairs = zip(merged.values.tolist(), merged.counts.tolist(), strict=True)
+            out[direction] = (merged.total, merged.mean_ns, [[v, n] for v, n in pairs])
     return out
 
 
