@@ -259,3 +259,55 @@ def test_adaptive_repeats_run_until_the_interval_is_narrow(tmp_path: Path) -> No
     assert needs_more_repeats(samples[:3], 0.5, 4) == (len(cells) == 4)
     plan = json.loads((results / "latest" / "plan.json").read_text())
     assert plan["cell_ids"] == [c["id"] for c in cells]
+
+
+ONE_CELL = """\
+name: one
+guest: {memory_mib: 512, boot_timeout_s: 300, command_timeout_s: 120}
+axes:
+  device:
+    - {type: null_blk, completion_nsec: 20000, irqmode: timer, size_mib: 64}
+  workload:
+    - {template: randread, iodepth: 2, runtime_s: 1, ramp_s: 0, size_mib: 16}
+"""
+
+
+def test_retry_reruns_a_failed_cell_and_keeps_the_old_attempt(tmp_path: Path) -> None:
+    import sqlite3
+
+    matrix = tmp_path / "one.yaml"
+    matrix.write_text(ONE_CELL)
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if k not in ("KMLBENCH_RESULTS", "KMLBENCH_DB")}
+    first = subprocess.run(
+        _kmlbench("run", str(matrix), "--results", str(results)),
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    run_dir = next(p for p in results.iterdir() if p.is_dir() and not p.is_symlink())
+    # The database follows --results instead of landing in the checkout.
+    db = results / "kmlbench.db"
+    assert sqlite3.connect(db).execute("select count(*) from cells").fetchone()[0] == 1
+
+    # Pretend the cell had failed for the harness's sake, then retry it.
+    (cell_dir,) = (run_dir / "cells").iterdir()
+    record = json.loads((cell_dir / "cell.json").read_text())
+    record["status"] = "infra-error"
+    (cell_dir / "cell.json").write_text(json.dumps(record))
+    plain = subprocess.run(
+        _kmlbench("run", "--resume", run_dir.name, "--results", str(results)),
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert "0 of 1 cells to run" in plain.stdout  # without --retry a record is final
+    retried = subprocess.run(
+        _kmlbench("run", "--resume", run_dir.name, "--results", str(results),
+                  "--retry", "infra-error"),
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert json.loads((cell_dir / "cell.json").read_text())["status"] == "ok"
+    old = json.loads((cell_dir / "attempt-1" / "cell.json").read_text())
+    assert old["status"] == "infra-error"
+    assert (cell_dir / "attempt-1" / "fio.json").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [c["status"] for c in summary["cells"]] == ["ok"]

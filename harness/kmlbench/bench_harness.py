@@ -49,13 +49,20 @@ def main(argv: list[str]) -> int:
     root = paths.results_dir()
     if args.run is None:
         from kmlbench import runner
+        from kmlbench.results import make_run_id
 
+        run_id = make_run_id("bench-harness")
         status = runner.main_run(
-            matrix_path=MATRIX, resume=None, dry_run=False, accel="auto", results_root=root
+            matrix_path=MATRIX,
+            resume=None,
+            dry_run=False,
+            accel="auto",
+            results_root=root,
+            run_id=run_id,
         )
         if status != 0:
-            return status
-        run_dir = (root / "latest").resolve()
+            print("kmlbench: some cells were not ok; timings of the ok ones follow")
+        run_dir = root / run_id
     else:
         run_dir = root / args.run
     rows = cell_timings(run_dir)

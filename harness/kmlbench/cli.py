@@ -28,6 +28,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted run: only cells without a record are run",
     )
     p.add_argument(
+        "--retry",
+        metavar="STATUS[,STATUS]",
+        default="",
+        help="with --resume: also re-run cells that ended so (e.g. infra-error,timeout); "
+        "their earlier attempt is kept in the cell's attempt-N/ folder",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="validate and list the cells, run nothing"
     )
     p.add_argument(
@@ -126,6 +133,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             accel=args.accel,
             results_root=args.results,
+            retry=tuple(x for x in args.retry.split(",") if x),
         )
     if args.command == "build":
         from kmlbench import runner

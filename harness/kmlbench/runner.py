@@ -162,13 +162,11 @@ def run_cell(
     the cell's status. Only KeyboardInterrupt propagates, after QEMU has
     been ended by the ``Guest`` context manager.
     """
-    from kmlbench import devices, fio
+    from kmlbench import devices
     from kmlbench.qemu import Guest, GuestConfig, GuestError
 
     guest_cfg = matrix.guest
     device = cell.params["device"]
-    scheduler = cell.params["scheduler"]
-    workload = cell.params["workload"]
     command_timeout = float(guest_cfg["command_timeout_s"])
     timings: dict[str, float] = {}
     extra: dict[str, Any] = {"timings": timings}
@@ -192,34 +190,10 @@ def run_cell(
         with Guest(cfg, keys) as guest:
             timings["boot_s"] = guest.boot_seconds
             extra["qemu_command_line"] = guest.command_line
-
-            setup = guest.run(devices.setup_script(device, scheduler), timeout=command_timeout)
-            (cell_dir / "setup.log").write_text(setup.stdout + setup.stderr)
-            if setup.exit_status != 0:
-                extra["error"] = f"device setup failed (exit {setup.exit_status}); see setup.log"
-                status = "failed"
-                return CellOutcome(status, metrics, extra)
-            block_device = setup.stdout.strip().splitlines()[-1]
-            extra["block_device"] = block_device
-
-            job = fio.render_job(workload, block_device)
-            (cell_dir / "job.fio").write_text(job)
-            guest.put(GUEST_JOB_PATH, job.encode())
-            extra["guest_fio_version"] = guest.run("fio --version", timeout=30).stdout.strip()
-
-            fio_started = time.monotonic()
-            result = guest.run(
-                " ".join(fio.fio_command(GUEST_JOB_PATH)),
-                timeout=command_timeout,
-            )
-            timings["fio_s"] = time.monotonic() - fio_started
-            if result.stderr:
-                (cell_dir / "fio.stderr").write_text(result.stderr)
-
+            status, metrics = _run_workload(guest, cell, cell_dir, extra, command_timeout)
             dmesg = guest.run("dmesg", timeout=30)
             (cell_dir / "dmesg.txt").write_text(dmesg.stdout)
             events = guest.events()
-            status, metrics = _fio_outcome(result, cell_dir, extra)
     except GuestError as exc:
         status = exc.status
         extra["error"] = str(exc)
@@ -239,13 +213,43 @@ def run_cell(
 
     from kmlbench.console import status_for
 
-    extra["console_events"] = [
-        {"kind": e.kind, "line": e.line_no, "excerpt": e.excerpt} for e in events
-    ]
+    extra["console_events"] = [e.to_dict() for e in events]
     crashed = status_for(events)
     if crashed and status in ("ok", "failed"):
         status = crashed
     return CellOutcome(status, metrics, extra)
+
+
+def _run_workload(
+    guest: Any, cell: Cell, cell_dir: Path, extra: dict[str, Any], timeout: float
+) -> tuple[str, dict]:
+    """Set up the device and scheduler, run fio; the status and metrics.
+
+    A failed setup ends the workload but not the cell: the caller still
+    collects dmesg and the console, which are what explain the failure.
+    """
+    from kmlbench import devices, fio
+
+    params = cell.params
+    setup = guest.run(devices.setup_script(params["device"], params["scheduler"]), timeout=timeout)
+    (cell_dir / "setup.log").write_text(setup.stdout + setup.stderr)
+    if setup.exit_status != 0:
+        extra["error"] = f"device setup failed (exit {setup.exit_status}); see setup.log"
+        return "failed", {}
+    block_device = setup.stdout.strip().splitlines()[-1]
+    extra["block_device"] = block_device
+
+    job = fio.render_job(params["workload"], block_device)
+    (cell_dir / "job.fio").write_text(job)
+    guest.put(GUEST_JOB_PATH, job.encode())
+    extra["guest_fio_version"] = guest.run("fio --version", timeout=30).stdout.strip()
+
+    started = time.monotonic()
+    result = guest.run(fio.fio_shell_command(GUEST_JOB_PATH), timeout=timeout)
+    extra["timings"]["fio_s"] = time.monotonic() - started
+    if result.stderr:
+        (cell_dir / "fio.stderr").write_text(result.stderr)
+    return _fio_outcome(result, cell_dir, extra)
 
 
 def _fio_outcome(result: Any, cell_dir: Path, extra: dict[str, Any]) -> tuple[str, dict]:
@@ -308,10 +312,23 @@ def main_run(
     dry_run: bool,
     accel: str,
     results_root: Path | None,
+    retry: tuple[str, ...] = (),
+    run_id: str | None = None,
 ) -> int:
-    """``kmlbench run``: returns 0 when every cell ended ``ok``."""
-    from kmlbench.results import RunDir
+    """``kmlbench run``: returns 0 when every cell ended ``ok``.
 
+    ``retry`` (with ``resume``) re-runs cells that ended with one of those
+    statuses; ``run_id`` names a new run instead of the time-based id.
+    """
+    from kmlbench.results import STATUSES, RunDir
+
+    unknown = sorted(set(retry) - set(STATUSES))
+    if unknown or "ok" in retry:
+        print(f"kmlbench: --retry takes statuses other than ok, not {', '.join(unknown or ['ok'])}")
+        return 2
+    if retry and not resume:
+        print("kmlbench: --retry goes with --resume RUN_ID")
+        return 2
     root = results_root or paths.results_dir()
     try:
         if resume:
@@ -328,18 +345,37 @@ def main_run(
         _write_dry_run(matrix)
         return 0
     if not resume:
-        run = RunDir.create(root, run_id=None, name=matrix.name)
+        run = RunDir.create(root, run_id=run_id, name=matrix.name)
         run.copy_matrix(matrix.path)
-    return _execute(matrix, run, accel)
+    return _execute(matrix, run, accel, retry)
 
 
-def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
+def _set_aside_attempt(cell_dir: Path) -> None:
+    """Move a finished attempt that is being retried into ``attempt-N/``.
+
+    ``--retry`` re-runs cells whose status was, say, infra-error; the old
+    attempt's record and logs are what explain it, so they are kept.
+    """
+    if not (cell_dir / "cell.json").exists():
+        return
+    n = 1
+    while (cell_dir / f"attempt-{n}").exists():
+        n += 1
+    dest = cell_dir / f"attempt-{n}"
+    dest.mkdir()
+    for item in list(cell_dir.iterdir()):
+        if not item.name.startswith("attempt-"):
+            item.rename(dest / item.name)
+
+
+def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...] = ()) -> int:
     from kmlbench import db, fio, image, kernel, qemu
     from kmlbench.progress import Progress
 
-    finished = run.finished_cell_ids()
+    finished = run.finished_cell_ids(retry_statuses=retry)
     todo = [c for c in matrix.cells if c.id not in finished]
     for cell in todo:
+        _set_aside_attempt(run.cell_dir(cell.id))
         # A cell interrupted mid-way left partial files; it starts afresh.
         run.discard_unfinished(cell.id)
     print(f"kmlbench: run {run.path.name}: {len(todo)} of {len(matrix.cells)} cells to run")
@@ -366,7 +402,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
             "host_fio_version": fio.fio_version(),
         }
     )
-    manifest["kernels"] = {}
+    manifest.setdefault("kernels", {})
     manifest.setdefault("sessions", []).append(
         {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cells_to_run": len(todo)}
     )
@@ -395,6 +431,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
         builds[variant] = kernel.build_kernel(
             _kernel_request(matrix, variant), cache, log_dir=run.path / "build"
         )
+        manifest["kernels"][variant] = _kernel_record(builds[variant])
     first_build = next(iter(builds.values()))
     accel, accel_reason = choose_accel(accel_request, first_build.bzimage, base_image)
     manifest.update({"accel": accel, "accel_reason": accel_reason, "emulated": accel == "tcg"})
@@ -402,7 +439,9 @@ def _execute(matrix: Matrix, run: Any, accel_request: str) -> int:
     if accel == "tcg":
         print("kmlbench: emulated (TCG): absolute latencies are not those of hardware")
 
-    db_path = db.default_db_path()
+    # The database lives with the results it indexes (--results moves both);
+    # KMLBENCH_DB still wins, as everywhere else.
+    db_path = Path(os.environ.get(db.DB_ENV) or run.root / db.DB_NAME)
     not_ok = 0
     ran = 0
     with _run_keys() as keys, Progress(total=len(matrix.cells), done=len(finished)) as progress:
