@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kmlbench import devices
 from kmlbench.devices import (
     DeviceError,
     direct_io_supported,
@@ -32,7 +33,8 @@ NULL_BLK = {
     "size_mib": 256,
     "irqmode": "timer",
 }
-VIRTIO = {"type": "virtio", "size_mib": 64}
+# Not the defaults: the guest must see what the matrix asked for.
+VIRTIO = {"type": "virtio", "size_mib": 64, "cache": "writethrough", "num_queues": 2}
 DEADLINE = {
     "name": "mq-deadline",
     "read_expire": 250,
@@ -57,13 +59,53 @@ def test_virtio_disk_args(tmp_path: Path) -> None:
     assert image.stat().st_blocks == 0  # sparse
     drive = args[args.index("-drive") + 1]
     assert "format=raw,if=none,id=d0" in drive and "aio=threads" in drive
-    assert args[args.index("-device") + 1].startswith("virtio-blk-pci,drive=d0")
+    # The matrix's mode and queue count, not a probe's choice.
+    assert "cache=writethrough" in drive
+    blk = args[args.index("-device") + 1]
+    assert blk.startswith("virtio-blk-pci,drive=d0") and blk.endswith(",num-queues=2")
     info = disk_info(tmp_path)
-    ok, _ = direct_io_supported(tmp_path)
-    assert info["cache"] == ("none" if ok else "writeback")
-    assert f"cache={info['cache']}" in drive
-    assert ("note" in info) is not ok
+    assert info["cache"] == info["requested_cache"] == "writethrough"
+    assert info["num_queues"] == 2 and "note" not in info
     assert qemu_disk_args(NULL_BLK, tmp_path) == []
+
+
+@pytest.mark.parametrize("mode", ["none", "directsync", "writethrough", "writeback", "unsafe"])
+def test_virtio_cache_mode_is_used(tmp_path: Path, mode: str) -> None:
+    args = qemu_disk_args({"type": "virtio", "size_mib": 1, "cache": mode}, tmp_path)
+    direct, _ = direct_io_supported(tmp_path)
+    expected = (
+        mode if direct else {"none": "writeback", "directsync": "writethrough"}.get(mode, mode)
+    )
+    assert f",cache={expected}," in args[args.index("-drive") + 1]
+    assert args[args.index("-device") + 1].endswith(",num-queues=1")
+    assert disk_info(tmp_path)["cache"] == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "fallback"), [("none", "writeback"), ("directsync", "writethrough")]
+)
+def test_virtio_cache_fallback_without_odirect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, fallback: str
+) -> None:
+    monkeypatch.setattr(devices, "direct_io_supported", lambda d: (False, f"{d}: refuses"))
+    args = qemu_disk_args({"type": "virtio", "size_mib": 1, "cache": mode}, tmp_path)
+    assert f",cache={fallback}," in args[args.index("-drive") + 1]
+    info = disk_info(tmp_path)
+    assert info["cache"] == fallback and info["requested_cache"] == mode
+    assert f"cache={mode} unavailable" in info["note"]
+    # A mode that does not need O_DIRECT is never replaced.
+    args = qemu_disk_args({"type": "virtio", "size_mib": 1, "cache": "unsafe"}, tmp_path)
+    assert ",cache=unsafe," in args[args.index("-drive") + 1]
+    assert "note" not in disk_info(tmp_path)
+
+
+def test_virtio_rejects_bad_cache_and_queues(tmp_path: Path) -> None:
+    with pytest.raises(DeviceError):
+        qemu_disk_args(
+            {"type": "virtio", "size_mib": 1, "cache": "none,file=/etc/passwd"}, tmp_path
+        )
+    with pytest.raises(DeviceError):
+        qemu_disk_args({"type": "virtio", "size_mib": 1, "num_queues": 0}, tmp_path)
 
 
 def test_setup_script_rejects_bad_input() -> None:
@@ -148,6 +190,9 @@ def test_bad_tunable_fails_setup(dev_guest: Guest) -> None:
 def test_virtio_disk_with_scheduler_and_fio(dev_guest: Guest) -> None:
     dev, info = run_setup(dev_guest, VIRTIO, {"name": "kyber"})
     assert dev == "/dev/vda"
+    # num_queues reached the guest: one blk-mq hardware context per queue.
+    queues = dev_guest.run("ls /sys/block/vda/mq", timeout=30).stdout.split()
+    assert sorted(queues) == ["0", "1"]
     assert any("[kyber]" in line for line in info)
     dev, info = run_setup(dev_guest, VIRTIO, DEADLINE)
     assert dev == "/dev/vda"

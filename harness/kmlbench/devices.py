@@ -2,11 +2,15 @@
 
 Two device types, as written in a matrix:
 
-* ``{type: virtio, size_mib}`` -- a sparse raw image in the cell folder,
-  attached as virtio-blk (``/dev/vda``). ``cache=none`` (O_DIRECT on the
-  host) keeps the host page cache out of the measurement; if the cell
-  folder's filesystem refuses O_DIRECT (tmpfs, some overlays) we fall back
-  to ``cache=writeback`` and record why in ``<cell>/disk.json``.
+* ``{type: virtio, size_mib[, cache, num_queues]}`` -- a sparse raw image
+  in the cell folder, attached as virtio-blk (``/dev/vda``) with the
+  matrix's ``-drive cache=`` mode (default ``none``: O_DIRECT on the host,
+  which keeps the host page cache out of the measurement) and
+  ``num-queues=num_queues`` (default 1). If the mode needs O_DIRECT
+  (``none``, ``directsync``) and the cell folder's filesystem refuses it
+  (tmpfs, some overlays) we fall back to ``writeback`` resp.
+  ``writethrough`` and record the requested mode, the used one and why in
+  ``<cell>/disk.json``.
 * ``{type: null_blk, completion_nsec, hw_queue_depth, submit_queues,
   size_mib, irqmode[, blocksize]}`` -- created inside the guest through
   configfs, so every parameter is explicit and per cell. The module's own
@@ -39,6 +43,10 @@ NULL_BLK_DEFAULTS: dict[str, int | str] = {
     "irqmode": "timer",
     "blocksize": 4096,
 }
+VIRTIO_CACHE_MODES = ("none", "directsync", "writethrough", "writeback", "unsafe")
+# Host cache modes that open the image with O_DIRECT, and what keeps their
+# guest-visible semantics (write cache off for directsync) without it.
+_DIRECT_FALLBACK = {"none": "writeback", "directsync": "writethrough"}
 SCHEDULERS = ("mq-deadline", "none", "kyber", "bfq")
 # Millisecond tunables the kernel stores in jiffies (rounded on read-back).
 JIFFY_TUNABLES = frozenset({"read_expire", "write_expire", "prio_aging_expire", "timeout_sync"})
@@ -95,14 +103,26 @@ def qemu_disk_args(device: dict, cell_dir: Path) -> list[str]:
     image = cell_dir / "disk.img"
     with image.open("wb") as handle:
         handle.truncate(size_mib * 1024 * 1024)  # sparse: costs no space until written
-    ok, why = direct_io_supported(cell_dir)
-    cache = "none" if ok else "writeback"
-    info = {"image": str(image), "size_mib": size_mib, "cache": cache, "aio": "threads"}
-    if not ok:
-        info["note"] = f"cache=none unavailable ({why}); using cache=writeback"
+    requested = device.get("cache", "none")
+    if requested not in VIRTIO_CACHE_MODES:
+        raise DeviceError(f"virtio cache {requested!r}: one of {', '.join(VIRTIO_CACHE_MODES)}")
+    num_queues = _int(device, "num_queues", 1)
+    if num_queues == 0:
+        raise DeviceError("virtio num_queues must be > 0")
+    cache = requested
+    info: dict[str, object] = {"image": str(image), "size_mib": size_mib}
+    if requested in _DIRECT_FALLBACK:
+        ok, why = direct_io_supported(cell_dir)
+        if not ok:
+            cache = _DIRECT_FALLBACK[requested]
+            info["note"] = f"cache={requested} unavailable ({why}); using cache={cache}"
+    info.update(
+        {"cache": cache, "requested_cache": requested, "num_queues": num_queues, "aio": "threads"}
+    )
     (cell_dir / "disk.json").write_text(json.dumps(info, indent=2) + "\n")
     drive = f"file={image},format=raw,if=none,id=d0,cache={cache},aio=threads"
-    return ["-drive", drive, "-device", "virtio-blk-pci,drive=d0,serial=kmlbench"]
+    blk = f"virtio-blk-pci,drive=d0,serial=kmlbench,num-queues={num_queues}"
+    return ["-drive", drive, "-device", blk]
 
 
 def disk_info(cell_dir: Path) -> dict:
