@@ -32,6 +32,7 @@ NULL_BLK = {
     "submit_queues": 2,
     "size_mib": 256,
     "irqmode": "timer",
+    "blocksize": 512,
 }
 # Not the defaults: the guest must see what the matrix asked for.
 VIRTIO = {"type": "virtio", "size_mib": 64, "cache": "writethrough", "num_queues": 2}
@@ -112,6 +113,8 @@ def test_setup_script_rejects_bad_input() -> None:
     with pytest.raises(DeviceError):
         setup_script({**NULL_BLK, "irqmode": "sometimes"}, DEADLINE)
     with pytest.raises(DeviceError):
+        setup_script({**NULL_BLK, "blocksize": 3000}, DEADLINE)
+    with pytest.raises(DeviceError):
         setup_script(NULL_BLK, {"name": "mq-deadline; reboot"})
     with pytest.raises(DeviceError):
         setup_script(NULL_BLK, {"name": "mq-deadline", "read_expire": [1]})
@@ -156,6 +159,11 @@ def test_null_blk_via_configfs(dev_guest: Guest) -> None:
     )
     values = check.stdout.split()
     assert values[:6] == ["50000", "2", "32", "2", "256", "1"]
+    block = dev_guest.run(
+        "cat /sys/kernel/config/nullb/nullb0/blocksize /sys/block/nullb0/queue/logical_block_size",
+        timeout=30,
+    )
+    assert block.stdout.split() == ["512", "512"]
     assert int(values[6]) * 512 == 256 << 20
     # *_expire are kept in jiffies: 250 ms may read back as 252 ms at HZ=250.
     assert abs(int(values[7]) - 250) <= 10 and abs(int(values[8]) - 2500) <= 10

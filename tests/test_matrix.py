@@ -119,6 +119,18 @@ def test_params_are_fully_resolved(tmp_path: Path) -> None:
     }
 
 
+def test_null_blk_blocksize(tmp_path: Path) -> None:
+    """The blocksize devices.py sets up is a matrix key, 4096 unless given."""
+    m = load(
+        tmp_path,
+        "name: t\naxes:\n  device:\n    - {type: null_blk}\n"
+        "    - {type: null_blk, blocksize: [512, 2048]}\n  workload: [{template: randread}]\n",
+    )
+    sizes = sorted(c.params["device"]["blocksize"] for c in m.cells)
+    assert sizes == [512, 2048, 4096]
+    assert len({c.id for c in m.cells}) == 3
+
+
 def test_exclude_drops_cells_matching_every_pair(tmp_path: Path) -> None:
     text = BASE.format(repeat=1) + (
         "exclude:\n"
@@ -279,6 +291,13 @@ ERRORS = [
         4,
         "axes.device[0].irqmode",
         "must be one of",
+    ),
+    (
+        "name: t\naxes:\n  device:\n    - {type: null_blk, blocksize: 3000}\n"
+        "  workload: [{template: randread}]\n",
+        4,
+        "axes.device[0].blocksize",
+        "must be one of 512, 1024, 2048, 4096, got 3000",
     ),
     (
         "name: t\nkernel:\n  source: debian\n  fragments:\n    - nope.config\n"

@@ -43,6 +43,7 @@ NULL_BLK_DEFAULTS: dict[str, int | str] = {
     "irqmode": "timer",
     "blocksize": 4096,
 }
+NULL_BLK_BLOCKSIZES = (512, 1024, 2048, 4096)
 VIRTIO_CACHE_MODES = ("none", "directsync", "writethrough", "writeback", "unsafe")
 # Host cache modes that open the image with O_DIRECT, and what keeps their
 # guest-visible semantics (write cache off for directsync) without it.
@@ -145,6 +146,11 @@ def _null_blk_script(device: dict) -> list[str]:
         irqmode = IRQ_MODES[irqmode]
     if irqmode not in IRQ_MODES.values():
         raise DeviceError(f"null_blk irqmode {irqmode!r}: 0, 1 or 2")
+    blocksize = _int(params, "blocksize")
+    if blocksize not in NULL_BLK_BLOCKSIZES:
+        raise DeviceError(
+            f"null_blk blocksize {blocksize}: one of {', '.join(map(str, NULL_BLK_BLOCKSIZES))}"
+        )
     attrs = [
         # Order matters: size/blocksize/queues are fixed once power=1.
         ("irqmode", irqmode),
@@ -152,7 +158,7 @@ def _null_blk_script(device: dict) -> list[str]:
         ("hw_queue_depth", _int(params, "hw_queue_depth")),
         ("submit_queues", _int(params, "submit_queues")),
         ("size", _int(params, "size_mib")),  # null_blk's configfs size is in MiB
-        ("blocksize", _int(params, "blocksize")),
+        ("blocksize", blocksize),
     ]
     lines = [
         "cfg=/sys/kernel/config/nullb",

@@ -124,6 +124,12 @@ def _between(low: int, high: int) -> Check:
     return lambda v: None if low <= v <= high else f"must be in {low}..{high}, got {v}"
 
 
+def _in(*choices: int) -> Check:
+    return lambda v: (
+        None if v in choices else f"must be one of {', '.join(map(str, choices))}, got {v}"
+    )
+
+
 def _one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
 
@@ -152,6 +158,7 @@ DEVICE_TYPES: dict[str, dict[str, Field]] = {
         "submit_queues": Field("int", 1, _at_least(1)),
         "size_mib": Field("int", 1024, _at_least(1)),
         "irqmode": Field("str", "timer", _one_of("none", "softirq", "timer")),
+        "blocksize": Field("int", 4096, _in(512, 1024, 2048, 4096)),
     },
     "virtio": {
         "size_mib": Field("int", 1024, _at_least(1)),
