@@ -13,10 +13,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -136,6 +138,75 @@ def test_command_timeout(guest: Guest) -> None:
         guest.run("sleep 30", timeout=1)
     assert info.value.status == "timeout"
     assert guest.run("echo still-alive", timeout=30).stdout.strip() == "still-alive"
+
+
+class _RacyChannel:
+    """A paramiko channel whose transport delivers the last burst, the exit
+    status and EOF all at once, just after ``run`` found both buffers empty."""
+
+    def __init__(self) -> None:
+        self.status_event = threading.Event()
+        self.eof_received = False
+        self.closed = False
+        self.out = b""
+        self.err = b""
+        self.checks = 0
+
+    def exec_command(self, cmd: str) -> None:
+        pass
+
+    def recv_ready(self) -> bool:
+        return bool(self.out)
+
+    def recv_stderr_ready(self) -> bool:
+        ready = bool(self.err)
+        self.checks += 1
+        if self.checks == 2:  # the transport thread runs between two checks
+            self.out, self.err = b"{" + b"x" * 200_000 + b"}", b"warn"
+            self.eof_received = True
+            self.status_event.set()
+        return ready
+
+    def recv(self, n: int) -> bytes:
+        data, self.out = self.out[:n], self.out[n:]
+        return data
+
+    def recv_stderr(self, n: int) -> bytes:
+        data, self.err = self.err[:n], self.err[n:]
+        return data
+
+    def exit_status_ready(self) -> bool:
+        return self.status_event.is_set()
+
+    def recv_exit_status(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_ssh_run_reads_the_final_burst(tmp_path: Path) -> None:
+    channel = _RacyChannel()
+    transport = SimpleNamespace(open_session=lambda timeout: channel)
+    ssh = GuestSSH(0, None)  # type: ignore[arg-type]
+    ssh.client = SimpleNamespace(get_transport=lambda: transport)  # type: ignore[assignment]
+    result = ssh.run("fio", timeout=10)
+    assert result.exit_status == 0
+    assert len(result.stdout) == 200_002 and result.stderr == "warn"
+
+
+@pytest.mark.kernel
+def test_final_output_burst_is_never_lost(guest: Guest) -> None:
+    """fio prints its JSON as one burst at exit: run() must return all of it."""
+    cmd = (
+        "sleep 0.2; head -c 3000000 /dev/zero | tr '\\0' x; echo END; "
+        "head -c 500000 /dev/zero | tr '\\0' y >&2; echo ERR-END >&2"
+    )
+    for _ in range(5):
+        result = guest.run(cmd, timeout=60)
+        assert result.exit_status == 0
+        assert len(result.stdout) == 3_000_000 + 4 and result.stdout.endswith("xEND\n")
+        assert len(result.stderr) == 500_000 + 8 and result.stderr.endswith("yERR-END\n")
 
 
 @pytest.mark.kernel

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 DROPBEARKEY = "dropbearkey"
+# How long GuestSSH.run waits for EOF once the exit status is in (see there).
+EOF_GRACE_S = 5.0
 
 # While the guest boots, connection attempts fail by design (port forwarded
 # before dropbear listens); paramiko would print each as a traceback.
@@ -173,20 +175,43 @@ class GuestSSH:
             if stdin is not None:
                 channel.sendall(stdin)
                 channel.shutdown_write()
+            # paramiko's transport thread fills the buffers and sets the exit
+            # status behind our back, and the guest may send the exit status
+            # before the last of the output (fio's JSON is one final burst).
+            # All output is here only once the channel has seen EOF (the guest
+            # closed both streams) and both buffers are empty.
+            status_seen = 0.0
             while True:
-                # Output sent before the exit status is already buffered when the
-                # status arrives, so drain both streams before looking at it.
                 if channel.recv_ready():
                     out += channel.recv(65536)
-                elif channel.recv_stderr_ready():
+                    status_seen = 0.0
+                    continue
+                if channel.recv_stderr_ready():
                     err += channel.recv_stderr(65536)
-                elif channel.exit_status_ready() or channel.closed:
+                    status_seen = 0.0
+                    continue
+                if (channel.eof_received or channel.closed) and not (
+                    channel.recv_ready() or channel.recv_stderr_ready()
+                ):
                     break
-                elif time.monotonic() - start > timeout:
-                    partial = CommandResult(-1, _text(out), _text(err), time.monotonic() - start)
+                now = time.monotonic()
+                if channel.exit_status_ready():
+                    # A background child that keeps stdout open would hold
+                    # off EOF forever; the command itself is done, so give
+                    # its output a grace period, then stop waiting.
+                    status_seen = status_seen or now
+                    if now - status_seen > EOF_GRACE_S:
+                        break
+                if now - start > timeout:
+                    partial = CommandResult(-1, _text(out), _text(err), now - start)
                     raise CommandTimeout(f"command timed out after {timeout:g}s: {cmd}", partial)
+                if channel.exit_status_ready():
+                    time.sleep(0.005)  # status_event stays set: do not spin
                 else:
                     channel.status_event.wait(0.05)
+            # The exit status may follow EOF (OpenSSH's order): wait for it or
+            # for the channel to close, within what is left of the timeout.
+            channel.status_event.wait(max(0.0, timeout - (time.monotonic() - start)))
             status = channel.recv_exit_status() if channel.exit_status_ready() else -1
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SSHError(f"ssh channel: {exc}") from exc
