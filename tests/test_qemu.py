@@ -91,6 +91,25 @@ def test_command_line_is_locked_down(tmp_path: Path) -> None:
     assert "console=ttyS0 panic=-1" in joined
 
 
+def test_child_setup_does_not_dlopen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between fork and exec only the pre-resolved prctl runs (no dlopen, no locks)."""
+    from kmlbench import qemu
+
+    def no_dlopen(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("dlopen in the forked child")
+
+    monkeypatch.setattr(qemu.ctypes, "CDLL", no_dlopen)
+    probe = (
+        "import ctypes; v = ctypes.c_int(); "
+        "ctypes.CDLL(None).prctl(2, ctypes.byref(v)); print(v.value)"  # PR_GET_PDEATHSIG
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True, text=True, check=True, preexec_fn=qemu._child_setup,
+    )  # fmt: skip
+    assert out.stdout.strip() == str(int(signal.SIGKILL))
+
+
 @pytest.mark.kernel
 def test_boot_run_put(guest: Guest) -> None:
     assert 0 < guest.boot_seconds < 90

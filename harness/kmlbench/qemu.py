@@ -115,11 +115,28 @@ atexit.register(_kill_all_live)
 _PR_SET_PDEATHSIG = 1
 
 
+def _resolve_prctl() -> object | None:
+    """libc's ``prctl``, looked up once, in the parent, at import time."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Resolved here, not in the child: between fork and exec only async-signal-
+# safe work is allowed, and dlopen/dlsym take locks that another thread (rich's
+# Live refresh, the console readers) may hold at the moment of fork.
+_PRCTL = _resolve_prctl()
+_SIGKILL = int(signal.SIGKILL)
+
+
 def _child_setup() -> None:
-    """In the child: die with the parent, so a SIGKILLed harness leaves no QEMU."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    """In the child: die with the parent, so a SIGKILLed harness leaves no QEMU.
+
+    Only a call through the pre-resolved function pointer happens here.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL)  # type: ignore[operator]
 
 
 def free_port() -> int:
