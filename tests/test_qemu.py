@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -108,6 +109,45 @@ def test_child_setup_does_not_dlopen(monkeypatch: pytest.MonkeyPatch) -> None:
         capture_output=True, text=True, check=True, preexec_fn=qemu._child_setup,
     )  # fmt: skip
     assert out.stdout.strip() == str(int(signal.SIGKILL))
+
+
+@pytest.mark.kernel
+def test_port_clash_is_retried(
+    guest_kernel: Path, base_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the port free_port() picked: the next port is used."""
+    from kmlbench import qemu
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    busy = taken.getsockname()[1]
+    ports = iter([busy])
+    real_free_port = qemu.free_port
+    monkeypatch.setattr(qemu, "free_port", lambda: next(ports, None) or real_free_port())
+    procs: list[subprocess.Popen[bytes]] = []
+    real_spawn = Guest._spawn
+
+    def spawn(self: Guest) -> None:
+        real_spawn(self)
+        assert self.proc is not None
+        procs.append(self.proc)
+
+    monkeypatch.setattr(Guest, "_spawn", spawn)
+    try:
+        start = time.monotonic()
+        with boot(tmp_path, guest_kernel, base_image) as g:
+            assert g.port != busy
+            assert g.run("echo up", timeout=30).stdout.strip() == "up"
+            assert g.boot_seconds < 90 and time.monotonic() - start < 90
+    finally:
+        taken.close()
+    assert len(procs) == 2
+    first = procs[0]
+    assert first.returncode not in (None, 0)
+    # The dead attempt's pipes are closed, not leaked.
+    assert first.stdout is not None and first.stdout.closed
+    assert first.stderr is not None and first.stderr.closed
 
 
 @pytest.mark.kernel

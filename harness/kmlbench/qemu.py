@@ -51,6 +51,9 @@ from kmlbench.ssh import CommandResult, CommandTimeout, GuestSSH, SSHError, SSHK
 QEMU = "qemu-system-x86_64"
 QBOOT = Path("/usr/share/qemu/qboot.rom")
 BASE_APPEND = "console=ttyS0 panic=-1 printk.time=1 random.trust_cpu=on"
+# A hostfwd port taken between free_port() and QEMU's bind makes QEMU exit
+# at once; such an attempt is retried on another port.
+PORT_ATTEMPTS = 3
 STATUSES = ("ok", "failed", "timeout", "panic", "boot-failure", "infra-error")
 
 __all__ = [
@@ -229,15 +232,20 @@ class Guest:
         """Boot and wait for SSH; raise GuestError(boot-failure|panic|infra-error)."""
         self.cfg.console_log.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.cfg.console_log.open("w", encoding="utf-8", errors="replace")
-        for attempt in range(3):
+        for attempt in range(PORT_ATTEMPTS):
             self.port = free_port()
             self.command_line = build_command_line(self.cfg, self.port)
             self._spawn()
-            # QEMU fails at once if another process took the port in between.
-            if not self._exited.wait(0.3) or not self._port_clash() or attempt == 2:
-                break
-            self._reap()
-        self._wait_until_ready()
+            try:
+                self._wait_until_ready()
+                return
+            except GuestError:
+                # QEMU exits at once if another process took the port between
+                # free_port() and its bind ("Could not set up host forwarding
+                # rule"): try again on another port.
+                if attempt == PORT_ATTEMPTS - 1 or not self._port_clash():
+                    raise
+                self._reap()
 
     def _spawn(self) -> None:
         self._ready.clear()
@@ -272,7 +280,9 @@ class Guest:
         while True:
             if self._failure is not None:
                 raise self._failure
-            if self._exited.is_set():
+            # The process itself, not the watchdog's event (up to 0.5 s late):
+            # a port clash retry should not wait for it.
+            if self.proc is not None and self.proc.poll() is not None:
                 self._reader_drain()
                 raise self._exit_error("QEMU exited during boot")
             if time.monotonic() > deadline:
@@ -319,11 +329,16 @@ class Guest:
             proc.wait(timeout=10)
 
     def _reap(self) -> None:
+        """Kill this attempt's QEMU, join its threads and close its pipes."""
         self.kill()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
         self._threads = []
+        if self.proc is not None:
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         with _LIVE_LOCK:
             _LIVE.discard(self)
 
@@ -333,10 +348,6 @@ class Guest:
             self.ssh.close()
             self.ssh = None
         self._reap()
-        if self.proc is not None:
-            for pipe in (self.proc.stdout, self.proc.stderr):
-                if pipe is not None:
-                    pipe.close()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -393,8 +404,9 @@ class Guest:
             self._stderr.append(raw.decode("utf-8", errors="replace").rstrip())
 
     def _reader_drain(self) -> None:
+        """After QEMU exited: let the readers take in its last console and stderr lines."""
         for thread in self._threads:
-            if thread.name == "qemu-console":
+            if thread.name in ("qemu-console", "qemu-stderr"):
                 thread.join(timeout=3)
 
     def _watchdog(self, proc: subprocess.Popen[bytes]) -> None:
