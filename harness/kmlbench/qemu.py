@@ -10,7 +10,8 @@ Four watchdogs turn a stuck guest into a status instead of a stuck harness:
 * boot deadline -- the guest must print its ready marker and accept SSH
   within ``boot_timeout_s`` ("boot-failure");
 * per-command timeout -- :meth:`Guest.run` ("timeout");
-* silence -- no console line for ``silence_timeout_s`` ("timeout"); the
+* silence -- no console line for ``silence_timeout_s`` ("timeout", also
+  during boot); armed from QEMU's start for the guest's whole life. The
   guest's /init prints a heartbeat every 5 s, so silence means the kernel
   no longer schedules user space, not that fio is busy;
 * panic -- a "Kernel panic" line kills QEMU at once ("panic"); an oops or
