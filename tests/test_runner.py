@@ -75,3 +75,23 @@ def test_bad_adaptive_settings_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(MatrixError) as exc:
         load_matrix(path)
     assert str(exc.value).startswith(f"{path}:4: adaptive_repeat.rel_halfwidth:")
+
+
+def test_prepare_cell_dir_keeps_attempts_and_clears_partial_files(tmp_path: Path) -> None:
+    from kmlbench.runner import _prepare_cell_dir
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "cell.json").write_text('{"status": "infra-error"}')
+    (cell / "console.log").write_text("first attempt")
+    _prepare_cell_dir(cell)  # a retried, finished attempt is set aside
+    assert sorted(p.name for p in cell.iterdir()) == ["attempt-1"]
+    assert (cell / "attempt-1" / "console.log").read_text() == "first attempt"
+
+    (cell / "console.log").write_text("interrupted second attempt")
+    _prepare_cell_dir(cell)  # an interrupted attempt's partial files go
+    assert sorted(p.name for p in cell.iterdir()) == ["attempt-1"]
+
+    (cell / "cell.json").write_text('{"status": "timeout"}')
+    _prepare_cell_dir(cell)
+    assert sorted(p.name for p in cell.iterdir()) == ["attempt-1", "attempt-2"]

@@ -350,22 +350,31 @@ def main_run(
     return _execute(matrix, run, accel, retry)
 
 
-def _set_aside_attempt(cell_dir: Path) -> None:
-    """Move a finished attempt that is being retried into ``attempt-N/``.
+def _prepare_cell_dir(cell_dir: Path) -> None:
+    """Make a cell's folder ready for a fresh attempt, losing nothing finished.
 
-    ``--retry`` re-runs cells whose status was, say, infra-error; the old
-    attempt's record and logs are what explain it, so they are kept.
+    A finished attempt that ``--retry`` runs again (it has a ``cell.json``)
+    moves into ``attempt-N/``: its record and logs explain why it is retried.
+    Partial files of an interrupted attempt (no ``cell.json``) are removed.
+    Earlier ``attempt-N/`` folders are always kept.
     """
-    if not (cell_dir / "cell.json").exists():
+    if not cell_dir.is_dir():
         return
-    n = 1
-    while (cell_dir / f"attempt-{n}").exists():
-        n += 1
-    dest = cell_dir / f"attempt-{n}"
-    dest.mkdir()
-    for item in list(cell_dir.iterdir()):
-        if not item.name.startswith("attempt-"):
+    current = [item for item in cell_dir.iterdir() if not item.name.startswith("attempt-")]
+    if (cell_dir / "cell.json").exists():
+        n = 1
+        while (cell_dir / f"attempt-{n}").exists():
+            n += 1
+        dest = cell_dir / f"attempt-{n}"
+        dest.mkdir()
+        for item in current:
             item.rename(dest / item.name)
+        return
+    for item in current:
+        if item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
 
 
 def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...] = ()) -> int:
@@ -375,9 +384,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...
     finished = run.finished_cell_ids(retry_statuses=retry)
     todo = [c for c in matrix.cells if c.id not in finished]
     for cell in todo:
-        _set_aside_attempt(run.cell_dir(cell.id))
-        # A cell interrupted mid-way left partial files; it starts afresh.
-        run.discard_unfinished(cell.id)
+        _prepare_cell_dir(run.cell_dir(cell.id))
     print(f"kmlbench: run {run.path.name}: {len(todo)} of {len(matrix.cells)} cells to run")
 
     cache = paths.cache_dir()
