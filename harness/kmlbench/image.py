@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kmlbench.fio_build import FioBinary, file_lock, guest_fio, ldd_libraries
+from kmlbench.hashing import sha256_file
 from kmlbench.paths import GUEST_IMAGE_DIR
 
 # Bump when the layout written below changes in a way the inputs do not show.
@@ -201,14 +202,6 @@ def _busybox_applets(busybox: Path) -> list[str]:
     return ["/" + line.strip() for line in out.splitlines() if line.strip()]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def base_image_key(fio: FioBinary, guest_dir: Path = GUEST_IMAGE_DIR) -> str:
     """Content hash of every input: init, file list, binaries, libraries, extras."""
     inputs = _collect_inputs(fio, guest_dir)
@@ -216,10 +209,10 @@ def base_image_key(fio: FioBinary, guest_dir: Path = GUEST_IMAGE_DIR) -> str:
         "format": IMAGE_FORMAT_VERSION,
         "etc": _ETC_FILES,
         "dirs": _DIRS,
-        "init": _sha256(guest_dir / "init"),
-        "files.list": _sha256(guest_dir / "files.list"),
-        "inputs": [(i.guest_path, _sha256(i.host_path), i.mode) for i in inputs],
-        "extra": [(g, _sha256(h), os.access(h, os.X_OK)) for g, h in _extra_files(guest_dir)],
+        "init": sha256_file(guest_dir / "init"),
+        "files.list": sha256_file(guest_dir / "files.list"),
+        "inputs": [(i.guest_path, sha256_file(i.host_path), i.mode) for i in inputs],
+        "extra": [(g, sha256_file(h), os.access(h, os.X_OK)) for g, h in _extra_files(guest_dir)],
     }
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
 

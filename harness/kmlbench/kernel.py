@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmlbench import paths
+from kmlbench.hashing import sha256_file
 
 Log = Callable[[str], None]
 
@@ -127,14 +128,6 @@ class ResolvedSource:
 
 # --------------------------------------------------------------------------
 # small helpers
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sha256_parts(*parts: str) -> str:
@@ -262,7 +255,7 @@ def _tarball_sha256(tarball: Path, cache: Path) -> str:
     entry = memo.get(key)
     if isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items()):
         return str(entry["sha256"])
-    digest = _sha256_file(tarball)
+    digest = sha256_file(tarball)
     with _locked(cache / "src" / "tarball-sha256.lock", "updating the hash memo", lambda _: None):
         try:
             memo = json.loads(memo_path.read_text())

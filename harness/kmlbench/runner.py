@@ -19,7 +19,6 @@ The order of work is:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import __version__, paths
+from kmlbench.hashing import sha256_file
 from kmlbench.matrix import Cell, Matrix, MatrixError, load_matrix
 
 GUEST_JOB_PATH = "/tmp/job.fio"
@@ -104,10 +104,6 @@ def choose_accel(requested: str, kernel: Path, initrd: Path) -> tuple[str, str]:
     if requested == "kvm":
         raise SystemExit(f"kmlbench: --accel kvm requested but KVM is not usable: {probe.reason}")
     return "tcg", f"KVM not usable ({probe.reason}); using TCG"
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _kernel_request(matrix: Matrix, variant: str):
@@ -297,7 +293,7 @@ def _load_for_resume(run_dir: Path) -> Matrix:
     copy = run_dir / "matrix.yaml"
     if not original.is_file():
         raise SystemExit(f"kmlbench: cannot resume: the matrix file {original} is gone")
-    if _sha256_file(original) != _sha256_file(copy):
+    if sha256_file(original) != sha256_file(copy):
         raise SystemExit(
             f"kmlbench: cannot resume: {original} changed since run {run_dir.name} started "
             f"(its copy is {copy}); start a new run instead"
@@ -420,7 +416,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...
     # Build everything before the first cell: a kernel that does not build
     # or configure should fail the run now, not after hours of other cells.
     base_image = image.build_base_image(cache)
-    manifest["guest_image"] = {"path": str(base_image), "sha256": _sha256_file(base_image)}
+    manifest["guest_image"] = {"path": str(base_image), "sha256": sha256_file(base_image)}
     builds = {}
     for variant in dict.fromkeys(c.kernel_variant for c in todo):
         try:
