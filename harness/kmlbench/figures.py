@@ -317,6 +317,38 @@ def _ci_err(values: list[float], cis: list[tuple[float, float]]) -> np.ndarray |
     return np.array([np.maximum(lo, 0), np.maximum(hi, 0)])
 
 
+def _estimate(m: Any, samples: list) -> tuple[float, tuple[float, float]]:
+    """A group's estimate of ``m`` and its bootstrap 95% interval (NaN when absent)."""
+    if samples and stats.available(m, samples):
+        return stats.group_estimate(m, samples), stats.bootstrap_ci(m, samples, n_boot=500)
+    return math.nan, (math.nan, math.nan)
+
+
+def _bars(
+    ax: Any,
+    data: RunData,
+    series: Series,
+    positions: np.ndarray,
+    width: float,
+    vals: list[float],
+    cis: list[tuple[float, float]],
+) -> None:
+    """One series' bars with interval whiskers, in the series' fixed style."""
+    style = series_style(data, series)
+    ax.bar(
+        positions,
+        vals,
+        width,
+        yerr=_ci_err(vals, cis),
+        label=series.label,
+        color=style["color"],
+        hatch=style["hatch"],
+        edgecolor="white" if not style["hatch"] else "black",
+        linewidth=0.3,
+        error_kw={"elinewidth": 0.7, "capsize": 1.5},
+    )
+
+
 # --------------------------------------------------------------------------
 # Latency and throughput.
 
@@ -398,29 +430,13 @@ def latency_percentiles(data: RunData) -> list[Drawn]:
             samples = s.samples()
             vals, cis = [], []
             for name in LATENCY_BARS:
-                m = stats.metric(name)
-                if stats.available(m, samples):
-                    vals.append(stats.group_estimate(m, samples))
-                    cis.append(stats.bootstrap_ci(m, samples, n_boot=500))
-                else:
-                    vals.append(math.nan)
-                    cis.append((math.nan, math.nan))
+                val, ci = _estimate(stats.metric(name), samples)
+                vals.append(val)
+                cis.append(ci)
             if all(math.isnan(v) for v in vals):
                 continue
             drew = True
-            style = series_style(data, s)
-            ax.bar(
-                x + (i - (len(series) - 1) / 2) * w,
-                vals,
-                w,
-                yerr=_ci_err(vals, cis),
-                label=s.label,
-                color=style["color"],
-                hatch=style["hatch"],
-                edgecolor="white" if not style["hatch"] else "black",
-                linewidth=0.3,
-                error_kw={"elinewidth": 0.7, "capsize": 1.5},
-            )
+            _bars(ax, data, s, x + (i - (len(series) - 1) / 2) * w, w, vals, cis)
         if not drew:
             plt.close(fig)
             continue
@@ -463,26 +479,10 @@ def throughput(data: RunData) -> list[Drawn]:
             vals, cis = [], []
             for p in data.panels:
                 s = p.series.get(key)
-                samples = s.samples() if s else []
-                if samples and stats.available(m, samples):
-                    vals.append(stats.group_estimate(m, samples))
-                    cis.append(stats.bootstrap_ci(m, samples, n_boot=500))
-                else:
-                    vals.append(math.nan)
-                    cis.append((math.nan, math.nan))
-            style = series_style(data, proto)
-            ax.bar(
-                x + (i - (len(labels) - 1) / 2) * w,
-                vals,
-                w,
-                yerr=_ci_err(vals, cis),
-                label=proto.label,
-                color=style["color"],
-                hatch=style["hatch"],
-                edgecolor="white" if not style["hatch"] else "black",
-                linewidth=0.3,
-                error_kw={"elinewidth": 0.7, "capsize": 1.5},
-            )
+                val, ci = _estimate(m, s.samples() if s else [])
+                vals.append(val)
+                cis.append(ci)
+            _bars(ax, data, proto, x + (i - (len(labels) - 1) / 2) * w, w, vals, cis)
         ax.set_xticks(x, [p.label for p in data.panels], rotation=30, ha="right")
         ax.set_ylabel(ylabel)
     # Above the axes: inside, it would sit on the bars of the first workload.
