@@ -529,60 +529,73 @@ def _kernel_axis(
     return variants
 
 
-def _device_entries(src: _Source, entries: list, key: str) -> list[tuple[dict, str]]:
-    all_fields = {"type"} | {f for fields in DEVICE_TYPES.values() for f in fields}
+def _typed_entries(
+    src: _Source,
+    entries: list,
+    key: str,
+    selector: str,
+    schemas: dict[str, dict[str, Field]],
+    noun: str,
+    unknown: Callable[[str], str],
+    foreign: Callable[[str, str], str],
+) -> list[tuple[dict, str]]:
+    """Entries of an axis whose ``selector`` (device ``type``, scheduler
+    ``name``) picks the schema of the entry's other fields.
+
+    ``unknown(value)`` words the error for a selector value with no schema,
+    ``foreign(field, value)`` the one for a field that schema lacks.
+    """
+    all_fields = {selector} | {f for fields in schemas.values() for f in fields}
     out = []
     for i, raw in enumerate(entries):
         ekey = f"{key}[{i}]"
         entry = _mapping(src, ekey, raw)
-        _reject_unknown(src, ekey, entry, all_fields, "a device")
-        if "type" not in entry:
-            raise src.error(ekey, f"missing required key 'type' ({', '.join(DEVICE_TYPES)})")
+        _reject_unknown(src, ekey, entry, all_fields, noun)
+        if selector not in entry:
+            raise src.error(ekey, f"missing required key '{selector}' ({', '.join(schemas)})")
         for values, keypaths in _expand(src, ekey, entry, set()):
-            dtype = _typed(src, keypaths["type"], values["type"], Field("str"))
-            if dtype not in DEVICE_TYPES:
+            chosen = _typed(src, keypaths[selector], values[selector], Field("str"))
+            if chosen not in schemas:
                 raise src.error(
-                    keypaths["type"],
-                    f"unknown device type {dtype!r} (known: {', '.join(DEVICE_TYPES)})",
+                    keypaths[selector], f"{unknown(chosen)} (known: {', '.join(schemas)})"
                 )
-            schema = DEVICE_TYPES[dtype]
+            schema = schemas[chosen]
             for name in values:
-                if name != "type" and name not in schema:
-                    raise src.error(
-                        keypaths[name], f"{name!r} does not apply to device type {dtype!r}"
-                    )
+                if name != selector and name not in schema:
+                    raise src.error(keypaths[name], foreign(name, chosen))
             out.append(
-                ({"type": dtype, **_resolve_fields(src, ekey, values, keypaths, schema)}, ekey)
+                (
+                    {selector: chosen, **_resolve_fields(src, ekey, values, keypaths, schema)},
+                    ekey,
+                )
             )
     return out
+
+
+def _device_entries(src: _Source, entries: list, key: str) -> list[tuple[dict, str]]:
+    return _typed_entries(
+        src,
+        entries,
+        key,
+        "type",
+        DEVICE_TYPES,
+        "a device",
+        lambda dtype: f"unknown device type {dtype!r}",
+        lambda name, dtype: f"{name!r} does not apply to device type {dtype!r}",
+    )
 
 
 def _scheduler_entries(src: _Source, entries: list, key: str) -> list[tuple[dict, str]]:
-    all_fields = {"name"} | {f for fields in SCHEDULERS.values() for f in fields}
-    out = []
-    for i, raw in enumerate(entries):
-        ekey = f"{key}[{i}]"
-        entry = _mapping(src, ekey, raw)
-        _reject_unknown(src, ekey, entry, all_fields, "a scheduler")
-        if "name" not in entry:
-            raise src.error(ekey, f"missing required key 'name' ({', '.join(SCHEDULERS)})")
-        for values, keypaths in _expand(src, ekey, entry, set()):
-            name = _typed(src, keypaths["name"], values["name"], Field("str"))
-            if name not in SCHEDULERS:
-                raise src.error(
-                    keypaths["name"],
-                    f"unknown scheduler {name!r} (known: {', '.join(SCHEDULERS)})",
-                )
-            schema = SCHEDULERS[name]
-            for tunable in values:
-                if tunable != "name" and tunable not in schema:
-                    raise src.error(
-                        keypaths[tunable], f"scheduler {name!r} has no tunable {tunable!r}"
-                    )
-            out.append(
-                ({"name": name, **_resolve_fields(src, ekey, values, keypaths, schema)}, ekey)
-            )
-    return out
+    return _typed_entries(
+        src,
+        entries,
+        key,
+        "name",
+        SCHEDULERS,
+        "a scheduler",
+        lambda name: f"unknown scheduler {name!r}",
+        lambda tunable, name: f"scheduler {name!r} has no tunable {tunable!r}",
+    )
 
 
 def _workload_entries(
