@@ -51,3 +51,19 @@ def test_bad_matrix_names_file_line_and_key(
     assert "read_expir" in out
     # Nothing ran: no run folder was made.
     assert not any(paths.results_dir().glob("*-bad"))
+
+
+def test_dry_run_into_a_closed_pipe_is_quiet() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"{sys.executable} -m kmlbench.cli run {paths.WORKLOADS_DIR / 'nightly.yaml'} "
+        "--dry-run | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "96 cells" in proc.stdout
+    assert "Traceback" not in proc.stderr

@@ -8,6 +8,7 @@ module, imported lazily so that ``kmlbench --help`` and ``kmlbench run
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -98,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kmlbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``kmlbench run ... --dry-run | head``): stop
+        # quietly, and keep Python from failing again on flushing stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 # Commands whose module parses its own arguments: ``main(argv) -> int``.
