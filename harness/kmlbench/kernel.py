@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kmlbench import paths
+from kmlbench.files import atomic_write
 from kmlbench.hashing import sha256_file
 
 Log = Callable[[str], None]
@@ -161,16 +162,6 @@ def _locked(lock_path: Path, what: str, log: Log) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide cache entries from other users
-    os.replace(tmp, path)
-
-
 def _run(cmd: Sequence[str | Path], cwd: Path, log: Log, what: str) -> str:
     """Run a short command, log its output, raise KernelBuildError on failure."""
     argv = [str(c) for c in cmd]
@@ -262,7 +253,7 @@ def _tarball_sha256(tarball: Path, cache: Path) -> str:
         except (OSError, ValueError):
             memo = {}
         memo[key] = {**stamp, "sha256": digest}
-        _atomic_write(memo_path, json.dumps(memo, indent=1, sort_keys=True) + "\n")
+        atomic_write(memo_path, json.dumps(memo, indent=1, sort_keys=True) + "\n")
     return digest
 
 
@@ -1175,7 +1166,7 @@ def _build_kernel(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     cfg_hash = config_hash(config_text)
-    _atomic_write(memo, config_text)
+    atomic_write(memo, config_text)
     key = build_key(src.source_id, series_hash, kml_hash, cfg_hash, compiler)
     build_dir = builds / key
     log(f"config hash {cfg_hash[:16]}, build key {key[:16]}")
@@ -1215,5 +1206,5 @@ def _build_kernel(
             "modules": {n: str(p.relative_to(build_dir)) for n, p in build.modules.items()},
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _atomic_write(build_dir / _BUILD_STAMP, json.dumps(stamp, indent=1) + "\n")
+        atomic_write(build_dir / _BUILD_STAMP, json.dumps(stamp, indent=1) + "\n")
     return build
