@@ -95,3 +95,23 @@ def test_prepare_cell_dir_keeps_attempts_and_clears_partial_files(tmp_path: Path
     (cell / "cell.json").write_text('{"status": "timeout"}')
     _prepare_cell_dir(cell)
     assert sorted(p.name for p in cell.iterdir()) == ["attempt-1", "attempt-2"]
+
+
+def test_a_swallowed_ctrl_c_is_still_remembered() -> None:
+    import os
+    import signal
+    import time
+
+    from kmlbench.runner import _interrupt_guard
+
+    previous = signal.getsignal(signal.SIGINT)
+    with _interrupt_guard() as interrupted:
+        # Python drops exceptions raised in at-fork callbacks; catching the
+        # KeyboardInterrupt here stands in for that.
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        assert interrupted.is_set()
+    assert signal.getsignal(signal.SIGINT) is previous

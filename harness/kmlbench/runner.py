@@ -23,8 +23,10 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -125,6 +127,27 @@ def _kernel_record(build) -> dict[str, Any]:
         "compiled": build.compiled,
         "bzimage": str(build.bzimage),
     }
+
+
+@contextmanager
+def _interrupt_guard() -> Iterator[threading.Event]:
+    """SIGINT raises KeyboardInterrupt as usual, and is also remembered.
+
+    Python drops exceptions raised inside at-fork callbacks, so a Ctrl-C that
+    lands while a QEMU or make child is being forked can vanish; the event
+    lets the runner stop before the next cell all the same.
+    """
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -447,13 +470,19 @@ def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...
     db_path = Path(os.environ.get(db.DB_ENV) or run.root / db.DB_NAME)
     not_ok = 0
     ran = 0
-    with _run_keys() as keys, Progress(total=len(matrix.cells), done=len(finished)) as progress:
+    with (
+        _interrupt_guard() as interrupted,
+        _run_keys() as keys,
+        Progress(total=len(matrix.cells), done=len(finished)) as progress,
+    ):
         initrd = image.make_guest_initrd(
             base_image, keys.directory, keys.authorized_key, keys.host_key
         )
 
         def run_and_record(cell: Cell) -> None:
             nonlocal not_ok, ran
+            if interrupted.is_set():
+                raise KeyboardInterrupt  # one that arrived where Python dropped it
             build = builds.get(cell.kernel_variant)
             if build is None:  # a resumed run whose planned cells were all done
                 build = kernel.build_kernel(
@@ -504,6 +533,8 @@ def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...
                 )
                 for cell in extra_cells:
                     run_and_record(cell)
+        if interrupted.is_set():
+            raise KeyboardInterrupt
     run.update_latest()
     print(f"kmlbench: results in {run.path} ({not_ok} of {ran} cells not ok)")
     return 1 if not_ok else 0
