@@ -13,12 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.fio_build import build_static_fio
+from kmlbench.fio_build import build_static_fio, guest_fio
 from kmlbench.image import (
     GUEST_HOST_KEY_PATH,
+    KMLCTL_GUEST_PATH,
     CpioWriter,
+    ImageError,
+    base_image_key,
     build_base_image,
+    build_kmlctl,
     image_info,
+    kmlctl_key,
     make_guest_initrd,
 )
 from kmlbench.paths import GUEST_IMAGE_DIR, cache_dir
@@ -70,13 +75,14 @@ def test_base_image_contents(base: Path, tool: list[str]) -> None:
         pytest.skip(f"{tool[0]} not installed")
     entries = listing(base, tool)
     for path in ("init", "bin/busybox", "bin/sh", "sbin/ip", "sbin/poweroff", "usr/bin/fio",
-                 "usr/sbin/dropbear", "lib64/ld-linux-x86-64.so.2", "etc/passwd",
+                 "usr/sbin/dropbear", "lib64/ld-linux-x86-64.so.2", "etc/passwd", "usr/bin/kmlctl",
                  "root", "opt/kml", "tmp"):  # fmt: skip
         assert path in entries, path
     assert entries["init"] == "-rwxr-xr-x"
     assert entries["root"] == "drwx------"
     assert entries["tmp"] == "drwxrwxrwt"
     assert entries["bin/sh"].startswith("l")
+    assert entries["usr/bin/kmlctl"] == "-rwxr-xr-x"
     assert not any(name.startswith("dev/") for name in entries)  # devtmpfs does that
 
 
@@ -92,6 +98,44 @@ def test_base_image_extracts(base: Path, tmp_path: Path) -> None:
     assert os.readlink(tmp_path / "bin/sh") == "/bin/busybox"
     libs = list((tmp_path / "lib/x86_64-linux-gnu").iterdir())
     assert any(lib.name.startswith("libc.so") for lib in libs)
+    # kmlctl: a static ELF (the guest has no libraries for it), the cached build
+    kmlctl = tmp_path / KMLCTL_GUEST_PATH.lstrip("/")
+    assert kmlctl.read_bytes()[:4] == b"\x7fELF"
+    out = subprocess.run(["file", str(kmlctl)], capture_output=True, text=True).stdout
+    assert "statically linked" in out, out
+    assert kmlctl.read_bytes() == build_kmlctl(cache_dir()).read_bytes()
+    usage = subprocess.run([str(kmlctl), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "kmlctl" in usage.stdout
+
+
+def test_kmlctl_sources_change_the_image_key(tmp_path: Path) -> None:
+    """Editing kmlctl.c changes the kmlctl key and so the base image key."""
+    guest = tmp_path / "guest-image"
+    shutil.copytree(GUEST_IMAGE_DIR, guest)
+    fio = guest_fio(cache_dir())
+    before = (kmlctl_key(guest), base_image_key(fio, guest))
+    assert before == (kmlctl_key(GUEST_IMAGE_DIR), base_image_key(fio, GUEST_IMAGE_DIR))
+    with (guest / "kmlctl" / "kmlctl.c").open("a") as handle:
+        handle.write("/* changed */\n")
+    after = (kmlctl_key(guest), base_image_key(fio, guest))
+    assert after[0] != before[0] and after[1] != before[1]
+    assert "kmlctl" in image_info(build_base_image(cache_dir()))
+
+
+def test_kmlctl_build_names_missing_compiler(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="no-such-gcc not found"):
+        build_kmlctl(tmp_path, cc="no-such-gcc")
+
+
+def test_kmlctl_build_names_missing_static_libc(tmp_path: Path) -> None:
+    """A compiler without libc.a: gcc then prints the bare name back."""
+    fake = tmp_path / "fake-gcc"
+    fake.write_text(
+        '#!/bin/sh\ncase "$1" in -print-file-name=*) echo "${1#*=}";; *) echo fake 1.0;; esac\n'
+    )
+    fake.chmod(0o755)
+    with pytest.raises(ImageError, match=r"static C library \(libc.a\) not found"):
+        build_kmlctl(tmp_path / "cache", cc=str(fake))
 
 
 def test_cpio_writer_is_reproducible_and_owned_by_root(tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ in order, later entries replacing earlier ones).
 So there are two layers:
 
 * :func:`build_base_image` -- busybox and its applet links, a static fio,
-  dropbear with its libraries, ``/etc``, ``/init`` and ``guest-image/extra/``;
-  cached by a content hash of every input byte, so it is built once per
-  change of any input and shared by all runs;
+  dropbear with its libraries, ``/usr/bin/kmlctl`` (:func:`build_kmlctl`),
+  ``/etc``, ``/init`` and ``guest-image/extra/``; cached by a content hash
+  of every input byte, so it is built once per change of any input and
+  shared by all runs;
 * :func:`make_guest_initrd` -- base + an overlay with the run's
   ``authorized_keys`` and dropbear host key, written per run.
 
@@ -28,12 +29,13 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kmlbench.fio_build import FioBinary, file_lock, guest_fio, ldd_libraries
 from kmlbench.hashing import sha256_file
-from kmlbench.paths import GUEST_IMAGE_DIR
+from kmlbench.paths import GUEST_IMAGE_DIR, KML_SRC_DIR
 
 # Bump when the layout written below changes in a way the inputs do not show.
 IMAGE_FORMAT_VERSION = 1
@@ -64,6 +66,108 @@ _DIRS: dict[str, int] = {
 
 class ImageError(Exception):
     """The initramfs could not be built; the message names the missing input."""
+
+
+# ------------------------------------------------------------------ kmlctl
+# The guest tool (guest-image/kmlctl/kmlctl.c), linked statically against the
+# user-space build of the KML sources (kernel/kml/Makefile.user without the
+# benchmark loops), so the guest needs no libraries for it.
+
+KMLCTL_GUEST_PATH = "/usr/bin/kmlctl"
+# Bump when the recipe below changes in a way the flags do not show.
+KMLCTL_RECIPE_VERSION = 1
+KMLCTL_CC = "gcc"
+KMLCTL_KML_SOURCES = (
+    "kml_platform_user.c", "kml_model.c", "kml_fixed.c", "kml_nn_q16.c",
+    "kml_format.c", "kml_ring.c", "kml_math.c", "kml_nn.c",
+)  # fmt: skip
+KMLCTL_KML_HEADERS = ("kml.h", "kml_internal.h", "kml_platform.h", "kml_iosched_uapi.h")
+# Makefile.user's flags minus -fPIC/visibility (a static program, not a .so).
+_KMLCTL_CFLAGS = (
+    "-std=gnu11", "-O2", "-falign-loops=32", "-fno-strict-aliasing", "-fno-math-errno",
+    "-ffunction-sections", "-fdata-sections", "-Wall", "-Wextra",
+)  # fmt: skip
+_KMLCTL_LIB_CFLAGS = ("-Wno-unused-parameter", "-Wno-sign-compare")  # as Makefile.user
+_KMLCTL_LDFLAGS = ("-static", "-pthread", "-Wl,--gc-sections", "-s", "-lm")
+
+
+def _kmlctl_inputs(guest_dir: Path) -> list[Path]:
+    tool = guest_dir / "kmlctl"
+    files = sorted(tool.glob("*.c")) + sorted(tool.glob("*.h"))
+    if not (tool / "kmlctl.c").is_file():
+        raise ImageError(f"{tool / 'kmlctl.c'} does not exist")
+    return files + [KML_SRC_DIR / name for name in (*KMLCTL_KML_SOURCES, *KMLCTL_KML_HEADERS)]
+
+
+def _compiler_version(cc: str) -> str:
+    if shutil.which(cc) is None:
+        raise ImageError(
+            f"cannot build kmlctl: {cc} not found in PATH "
+            "(apt-get install build-essential; scripts/setup.sh does)"
+        )
+    out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def kmlctl_key(guest_dir: Path = GUEST_IMAGE_DIR, cc: str = KMLCTL_CC) -> str:
+    """Hash of kmlctl's sources, the KML sources and headers, flags and compiler."""
+    h = hashlib.sha256()
+    recipe = [KMLCTL_RECIPE_VERSION, _KMLCTL_CFLAGS, _KMLCTL_LIB_CFLAGS, _KMLCTL_LDFLAGS]
+    h.update(json.dumps(recipe).encode())
+    h.update(_compiler_version(cc).encode())
+    for path in _kmlctl_inputs(guest_dir):
+        if not path.is_file():
+            raise ImageError(f"kmlctl input {path} does not exist")
+        h.update(f"\0{path.name}\0{sha256_file(path)}".encode())
+    return h.hexdigest()[:20]
+
+
+def _check_static_libc(cc: str) -> None:
+    """gcc prints the bare name back when it cannot find a library file."""
+    for lib in ("libc.a", "libm.a"):
+        out = subprocess.run(
+            [cc, f"-print-file-name={lib}"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if not out or not Path(out).is_absolute() or not Path(out).exists():
+            raise ImageError(
+                f"cannot build kmlctl: static C library ({lib}) not found "
+                "(apt-get install libc6-dev; build-essential pulls it in)"
+            )
+
+
+def _compile(cmd: list[str], cwd: Path) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ImageError(f"building kmlctl failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+
+
+def build_kmlctl(cache: Path, guest_dir: Path = GUEST_IMAGE_DIR, cc: str = KMLCTL_CC) -> Path:
+    """Return ``cache/kmlctl/<key>/kmlctl``, compiling it (about a second) if missing.
+
+    The KML library sources get Makefile.user's warning flags, kmlctl.c the
+    strict ``-Wall -Wextra``; one static, stripped executable comes out.
+    """
+    key = kmlctl_key(guest_dir, cc)
+    out_dir = cache / "kmlctl" / key
+    target = out_dir / "kmlctl"
+    if target.exists():
+        return target
+    with file_lock(cache / "kmlctl" / ".lock"):
+        if target.exists():
+            return target
+        _check_static_libc(cc)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp_name:
+            tmp = Path(tmp_name)
+            inc = f"-I{KML_SRC_DIR}"
+            lib_srcs = [str(KML_SRC_DIR / name) for name in KMLCTL_KML_SOURCES]
+            _compile([cc, *_KMLCTL_CFLAGS, *_KMLCTL_LIB_CFLAGS, inc, "-c", *lib_srcs], tmp)
+            tool = guest_dir / "kmlctl" / "kmlctl.c"
+            _compile([cc, *_KMLCTL_CFLAGS, inc, "-c", str(tool), "-o", "kmlctl.o"], tmp)
+            objs = ["kmlctl.o", *(Path(name).with_suffix(".o").name for name in lib_srcs)]
+            _compile([cc, "-o", "kmlctl", *objs, *_KMLCTL_LDFLAGS], tmp)
+            os.replace(tmp / "kmlctl", target)
+    return target
 
 
 class CpioWriter:
@@ -213,11 +317,12 @@ def base_image_key(fio: FioBinary, guest_dir: Path = GUEST_IMAGE_DIR) -> str:
         "files.list": sha256_file(guest_dir / "files.list"),
         "inputs": [(i.guest_path, sha256_file(i.host_path), i.mode) for i in inputs],
         "extra": [(g, sha256_file(h), os.access(h, os.X_OK)) for g, h in _extra_files(guest_dir)],
+        "kmlctl": kmlctl_key(guest_dir),
     }
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _build(fio: FioBinary, guest_dir: Path) -> bytes:
+def _build(fio: FioBinary, guest_dir: Path, kmlctl: Path) -> bytes:
     cpio = CpioWriter()
     for path, mode in _DIRS.items():
         cpio.add_dir(path, mode)
@@ -232,6 +337,7 @@ def _build(fio: FioBinary, guest_dir: Path) -> bytes:
     for applet in _busybox_applets(busybox.host_path):
         if not cpio.has(applet):
             cpio.add_symlink(applet, busybox.guest_path)
+    cpio.add_file(KMLCTL_GUEST_PATH, kmlctl.read_bytes(), 0o755)
     for path, (text, mode) in _ETC_FILES.items():
         cpio.add_file(path, text.encode(), mode)
     for guest_path, host in _extra_files(guest_dir):
@@ -256,11 +362,13 @@ def build_base_image(cache: Path, guest_dir: Path = GUEST_IMAGE_DIR) -> Path:
     with file_lock(out_dir / ".lock"):
         if out.exists():
             return out
-        data = _build(fio, guest_dir)
+        kmlctl = build_kmlctl(cache, guest_dir)
+        data = _build(fio, guest_dir, kmlctl)
         tmp = out.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(data)
         meta = {"key": key, "fio": {"path": str(fio.path), "version": fio.version,
-                                    "kind": fio.kind, "note": fio.note}}  # fmt: skip
+                                    "kind": fio.kind, "note": fio.note},
+                "kmlctl": {"path": str(kmlctl), "key": kmlctl.parent.name}}  # fmt: skip
         out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(tmp, out)
     return out
