@@ -1,0 +1,304 @@
+"""KML's statistics from inside mq-deadline: parse, check, turn into metrics.
+
+The kernel exposes one text file, ``/sys/kernel/debug/kml/iosched``
+(``docs/kml-iosched.md``): ``key value`` counter lines, then the
+inference-time histogram as ``inference_ns_hist <lo> <hi> <count>`` lines.
+The runner copies it into the cell folder (``kml_stats.txt``); this module
+is the only place that interprets it, so the cell's ``metrics``, its
+``kml_stats`` record (what the model figures draw) and ``kmlbench train``'s
+holdout report all use one definition of every number.
+
+The prediction is binary: will the request be issued after its deadline?
+The **positive class is "miss"**: precision and recall are about catching
+misses, which is what ``active`` mode acts on. Every metric whose
+denominator is zero is ``None`` (JSON ``null``), never 0 and never a crash:
+"no prediction was made" and "every prediction was wrong" must not look
+alike in a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+HIST_KEY = "inference_ns_hist"
+CONFUSION_KEYS = ("met_pred_met", "met_pred_miss", "miss_pred_met", "miss_pred_miss")
+LABELS = ("met", "miss")  # confusion-matrix rows (actual) and columns (predicted)
+# The order of the metrics a cell records (summary.json, the database).
+METRIC_NAMES = (
+    "accuracy",
+    "balanced_accuracy",
+    "baseline_accuracy",
+    "miss_precision",
+    "miss_recall",
+    "mcc",
+    "issue_time_mae_us",
+    "inference_ns_p50",
+    "inference_ns_p99",
+    "ring_dropped",
+    "predictions",
+)
+
+
+class KmlStatsError(ValueError):
+    """Statistics text that does not follow the format of docs/kml-iosched.md."""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """``lo <= t < hi`` nanoseconds, ``count`` inferences."""
+
+    lo: int
+    hi: int
+    count: int
+
+
+@dataclass
+class KmlStats:
+    """The parsed statistics file: counters by name, histogram buckets ascending."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+    histogram: list[Bucket] = field(default_factory=list)
+
+    def get(self, key: str) -> int:
+        """A counter, 0 when the kernel did not print it (an older kernel)."""
+        return self.counters.get(key, 0)
+
+
+def parse_stats(text: str, *, source: str = "kml statistics") -> KmlStats:
+    """Parse the statistics file; KmlStatsError names the line of a bad entry.
+
+    Unknown keys are kept (a newer kernel may add counters); a malformed
+    line is an error rather than skipped, because silently missing a
+    counter would make the invariants below lie.
+    """
+    stats = KmlStats()
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        words = line.split()
+        try:
+            if words[0] == HIST_KEY:
+                if len(words) != 4:
+                    raise ValueError(f"expected '{HIST_KEY} lo hi count'")
+                lo, hi, count = (int(w) for w in words[1:])
+                if not 0 <= lo < hi or count < 0:
+                    raise ValueError("bucket needs 0 <= lo < hi and count >= 0")
+                stats.histogram.append(Bucket(lo, hi, count))
+            else:
+                if len(words) != 2:
+                    raise ValueError("expected 'key value'")
+                if words[0] in stats.counters:
+                    raise ValueError(f"duplicate key {words[0]!r}")
+                stats.counters[words[0]] = int(words[1])
+        except ValueError as exc:
+            raise KmlStatsError(f"{source}: line {n}: {exc}: {raw!r}") from exc
+    stats.histogram.sort(key=lambda b: b.lo)
+    for a, b in zip(stats.histogram, stats.histogram[1:], strict=False):
+        if b.lo < a.hi:
+            raise KmlStatsError(f"{source}: histogram buckets overlap: {a} and {b}")
+    return stats
+
+
+def check_invariants(stats: KmlStats) -> list[str]:
+    """The problems with the counters; empty when they are consistent.
+
+    These are the invariants of docs/kml-iosched.md, read after the workload
+    and the trainer have stopped: then every counter is final and they must
+    hold exactly. A counter the kernel did not print is not checked.
+    """
+    c = stats.counters
+    problems = []
+    if all(k in c for k in (*CONFUSION_KEYS, "predictions")):
+        total = sum(c[k] for k in CONFUSION_KEYS)
+        if total != c["predictions"]:
+            problems.append(
+                f"confusion matrix sums to {total}, but predictions = {c['predictions']}"
+            )
+    if "ring_consumed" in c and "ring_produced" in c and c["ring_consumed"] > c["ring_produced"]:
+        problems.append(f"ring_consumed {c['ring_consumed']} > ring_produced {c['ring_produced']}")
+    parts = ("ring_produced", "ring_dropped", "ring_full_waits", "ring_filtered")
+    if "samples" in c and all(k in c for k in parts):
+        total = sum(c[k] for k in parts)
+        if total != c["samples"]:
+            problems.append(
+                f"samples = {c['samples']}, but ring_produced + ring_dropped + "
+                f"ring_full_waits + ring_filtered = {total}"
+            )
+    return problems
+
+
+# --------------------------------------------------------------------------
+# Metrics.
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def confusion_metrics(
+    met_pred_met: int, met_pred_miss: int, miss_pred_met: int, miss_pred_miss: int
+) -> dict[str, float | int | None]:
+    """Classification metrics of a met/miss confusion matrix (positive = miss).
+
+    * ``accuracy``: (TP + TN) / n.
+    * ``balanced_accuracy``: mean recall over the classes that occur (so one
+      class alone gives that class's recall; not the 0.5 an absent class
+      would add).
+    * ``baseline_accuracy``: always predicting the more frequent actual class.
+    * ``miss_precision`` TP / (TP + FP), ``miss_recall`` TP / (TP + FN).
+    * ``mcc``: Matthews correlation, ``None`` when a row or column is empty
+      (it is 0/0 there, and 0 would claim "no better than chance").
+    """
+    tn, fp, fn, tp = met_pred_met, met_pred_miss, miss_pred_met, miss_pred_miss
+    n = tn + fp + fn + tp
+    actual_met, actual_miss = tn + fp, fn + tp
+    recalls = [r for r in (_ratio(tn, actual_met), _ratio(tp, actual_miss)) if r is not None]
+    den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+    return {
+        "accuracy": _ratio(tp + tn, n),
+        "balanced_accuracy": sum(recalls) / len(recalls) if recalls else None,
+        "baseline_accuracy": _ratio(max(actual_met, actual_miss), n),
+        "miss_precision": _ratio(tp, tp + fp),
+        "miss_recall": _ratio(tp, actual_miss),
+        "mcc": (tp * tn - fp * fn) / math.sqrt(den) if den else None,
+        "predictions": n,
+    }
+
+
+def hist_percentile(buckets: Iterable[Bucket], pct: float) -> float | None:
+    """The ``pct`` percentile, linearly interpolated inside its bucket.
+
+    With rank ``r = pct/100 * total``, the bucket where the running count
+    reaches ``r`` holds the value, at ``lo + (hi - lo) * (r - before) /
+    count``: samples are taken as spread evenly over the bucket, the usual
+    assumption for a histogram with no finer information. ``None`` for an
+    empty histogram.
+    """
+    items = [b for b in buckets if b.count > 0]
+    total = sum(b.count for b in items)
+    if total == 0:
+        return None
+    rank = pct / 100.0 * total
+    before = 0
+    for b in items:
+        if before + b.count >= rank:
+            return b.lo + (b.hi - b.lo) * max(0.0, rank - before) / b.count
+        before += b.count
+    return float(items[-1].hi)
+
+
+def metrics(stats: KmlStats) -> dict[str, float | int | None]:
+    """The per-cell metrics (``METRIC_NAMES``) from the statistics."""
+    c = stats
+    out = confusion_metrics(*(c.get(k) for k in CONFUSION_KEYS))
+    predictions = c.get("predictions")
+    result: dict[str, float | int | None] = {name: out.get(name) for name in METRIC_NAMES}
+    result["predictions"] = predictions
+    result["issue_time_mae_us"] = _ratio(c.get("issue_abs_err_us_sum"), predictions)
+    result["inference_ns_p50"] = hist_percentile(c.histogram, 50)
+    result["inference_ns_p99"] = hist_percentile(c.histogram, 99)
+    result["ring_dropped"] = c.get("ring_dropped")
+    return result
+
+
+# --------------------------------------------------------------------------
+# The cell's kml_stats record (docs/reporting.md).
+
+
+CURVE_STEP_KEYS = ("step", "samples_seen", "samples")
+CURVE_VALUE_KEYS = ("loss", "accuracy", "balanced_accuracy", "mae_us")
+
+
+def parse_curve(text: str) -> dict[str, list[float]]:
+    """A trainer's ``--curve`` JSON lines as lists: ``step`` plus each value key.
+
+    Each line is one evaluation window (``kmlctl train`` writes
+    ``samples_seen``, ``accuracy``, ``balanced_accuracy``, ``mae_us``, the
+    model scored on the window before training on it). The step is the
+    line's ``step``, else ``samples_seen``, else ``samples``, else its
+    index; a value key is kept when every line has it. Lines that are not
+    JSON objects (a trainer killed while writing) are skipped: the curve is
+    a picture, not a measurement.
+    """
+    points = []
+    for i, line in enumerate(text.splitlines()):
+        try:
+            point = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(point, dict):
+            points.append((i, point))
+    curve: dict[str, list[float]] = {"step": []}
+    for i, p in points:
+        step = next((p[k] for k in CURVE_STEP_KEYS if _num(p.get(k))), i)
+        curve["step"].append(float(step))
+    for key in CURVE_VALUE_KEYS:
+        if points and all(_num(p.get(key)) for _, p in points):
+            curve[key] = [float(p[key]) for _, p in points]
+    return {k: v for k, v in curve.items() if v}
+
+
+def parse_summary(text: str) -> dict[str, float | str]:
+    """``key value`` lines (a trainer's summary) as a dict; numbers as numbers."""
+    out: dict[str, float | str] = {}
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if len(words) != 2:
+            continue
+        try:
+            value: float | str = float(words[1])
+        except ValueError:
+            value = words[1].strip()
+        out[words[0]] = int(value) if isinstance(value, float) and value.is_integer() else value
+    return out
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def kml_stats_record(
+    stats: KmlStats,
+    *,
+    curve: Mapping[str, list[float]] | None = None,
+    trainer: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``kml_stats`` of a cell, in the shape the model figures read.
+
+    Top-level numbers are the metrics (``kml.<key>`` in comparisons), with
+    ``majority_baseline`` and ``n_predictions`` as the figures name them;
+    the raw counters stay under ``counters`` so that they do not all become
+    comparable metrics. The inference histogram is stored as fio-style
+    bins keyed by each bucket's midpoint, which is what
+    ``stats.Histogram`` merges across cells. ``trainer`` (the user
+    trainer's summary) is kept under ``trainer``.
+    """
+    m = metrics(stats)
+    record: dict[str, Any] = {k: v for k, v in m.items() if k != "predictions"}
+    record["majority_baseline"] = m["baseline_accuracy"]
+    record["n_predictions"] = m["predictions"]
+    record["labels"] = list(LABELS)
+    c = stats
+    record["confusion_matrix"] = [
+        [c.get("met_pred_met"), c.get("met_pred_miss")],
+        [c.get("miss_pred_met"), c.get("miss_pred_miss")],
+    ]
+    bins: dict[str, int] = {}
+    for b in stats.histogram:
+        if b.count:
+            mid = str((b.lo + b.hi) // 2)
+            bins[mid] = bins.get(mid, 0) + b.count
+    if bins:
+        record["inference_ns"] = {"bins": bins}
+    if curve and curve.get("step"):
+        record["learning_curve"] = dict(curve)
+    if trainer:
+        record["trainer"] = dict(trainer)
+    record["counters"] = dict(stats.counters)
+    record["histogram"] = [[b.lo, b.hi, b.count] for b in stats.histogram]
+    return record

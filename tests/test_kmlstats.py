@@ -1,0 +1,186 @@
+"""kmlstats.py: the kernel's statistics text, its invariants and the metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kmlbench import kmlstats
+from kmlbench.kmlstats import Bucket, KmlStatsError, parse_stats
+
+# As /sys/kernel/debug/kml/iosched prints it (docs/kml-iosched.md); the
+# confusion matrix is TN=50 FP=10 FN=5 TP=35 (positive = miss).
+STATS = """\
+abi_version 1
+model_loaded 1
+model_generation 3
+inferences 100
+predictions 100
+met_pred_met 50
+met_pred_miss 10
+miss_pred_met 5
+miss_pred_miss 35
+issue_abs_err_us_sum 12345
+samples 130
+samples_met 80
+untracked 0
+ring_produced 100
+ring_dropped 20
+ring_full_waits 0
+ring_filtered 10
+ring_consumed 90
+updates_applied 3
+updates_refused 0
+updates_aborted 0
+fpu_sections 100
+fpu_busy 0
+urgent_dispatches 7
+ktrainer_samples 0
+ktrainer_steps 0
+ktrainer_skipped 0
+inference_ns_hist 100 200 10
+inference_ns_hist 200 300 30
+inference_ns_hist 300 400 60
+"""
+
+
+def test_parse_keeps_counters_and_histogram() -> None:
+    s = parse_stats(STATS)
+    assert s.counters["predictions"] == 100
+    assert s.counters["urgent_dispatches"] == 7
+    assert s.histogram == [Bucket(100, 200, 10), Bucket(200, 300, 30), Bucket(300, 400, 60)]
+    assert kmlstats.check_invariants(s) == []
+
+
+def test_metrics_of_a_hand_computed_confusion_matrix() -> None:
+    m = kmlstats.metrics(parse_stats(STATS))
+    assert m["predictions"] == 100
+    assert m["accuracy"] == pytest.approx(0.85)
+    # recall(met) = 50/60, recall(miss) = 35/40
+    assert m["balanced_accuracy"] == pytest.approx((50 / 60 + 35 / 40) / 2)
+    assert m["baseline_accuracy"] == pytest.approx(0.60)
+    assert m["miss_precision"] == pytest.approx(35 / 45)
+    assert m["miss_recall"] == pytest.approx(35 / 40)
+    assert m["mcc"] == pytest.approx((35 * 50 - 10 * 5) / math.sqrt(45 * 40 * 60 * 55))
+    assert m["issue_time_mae_us"] == pytest.approx(123.45)
+    # p50: rank 50 falls 10 of 60 into [300, 400); p99: 59 of 60 into it
+    assert m["inference_ns_p50"] == pytest.approx(300 + 100 * 10 / 60)
+    assert m["inference_ns_p99"] == pytest.approx(300 + 100 * 59 / 60)
+    assert m["ring_dropped"] == 20
+    assert list(m) == list(kmlstats.METRIC_NAMES)
+
+
+def test_empty_denominators_are_none_not_zero() -> None:
+    nothing = kmlstats.metrics(parse_stats("predictions 0\n"))
+    assert nothing["predictions"] == 0
+    for key in kmlstats.METRIC_NAMES:
+        if key not in ("predictions", "ring_dropped"):
+            assert nothing[key] is None, key
+    # only met requests, all predicted met: perfect, but nothing about misses
+    only_met = kmlstats.confusion_metrics(10, 0, 0, 0)
+    assert only_met["accuracy"] == 1.0
+    assert only_met["balanced_accuracy"] == 1.0  # the one class present
+    assert only_met["baseline_accuracy"] == 1.0
+    assert only_met["miss_precision"] is None
+    assert only_met["miss_recall"] is None
+    assert only_met["mcc"] is None
+    # every request a miss, all predicted met: recall 0, precision undefined
+    blind = kmlstats.confusion_metrics(0, 0, 8, 0)
+    assert blind["accuracy"] == 0.0
+    assert blind["miss_recall"] == 0.0
+    assert blind["miss_precision"] is None
+    # a perfect classifier of both classes
+    assert kmlstats.confusion_metrics(3, 0, 0, 2)["mcc"] == pytest.approx(1.0)
+    assert kmlstats.confusion_metrics(0, 3, 2, 0)["mcc"] == pytest.approx(-1.0)
+
+
+def test_percentile_interpolation_edges() -> None:
+    one = [Bucket(1000, 2000, 4)]
+    assert kmlstats.hist_percentile(one, 50) == pytest.approx(1500)
+    assert kmlstats.hist_percentile(one, 100) == pytest.approx(2000)
+    assert kmlstats.hist_percentile(one, 0) == pytest.approx(1000)
+    assert kmlstats.hist_percentile([], 50) is None
+    assert kmlstats.hist_percentile([Bucket(1, 2, 0)], 50) is None
+    # empty buckets in between are skipped
+    gap = [Bucket(100, 200, 5), Bucket(200, 300, 0), Bucket(400, 500, 5)]
+    assert kmlstats.hist_percentile(gap, 60) == pytest.approx(400 + 100 * 1 / 5)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("predictions\n", "line 1: expected 'key value'"),
+        ("predictions x\n", "line 1: invalid literal"),
+        ("a 1\na 2\n", "line 2: duplicate key 'a'"),
+        ("inference_ns_hist 1 2\n", "line 1: expected 'inference_ns_hist lo hi count'"),
+        ("inference_ns_hist 5 2 1\n", "0 <= lo < hi"),
+        ("inference_ns_hist 1 10 1\ninference_ns_hist 5 20 1\n", "overlap"),
+    ],
+)
+def test_malformed_text_names_the_line(text: str, message: str) -> None:
+    with pytest.raises(KmlStatsError, match=r"kml_stats\.txt") as info:
+        parse_stats(text, source="kml_stats.txt")
+    assert message in str(info.value)
+
+
+def test_invariant_violations_are_reported() -> None:
+    bad = STATS.replace("miss_pred_miss 35", "miss_pred_miss 36")
+    bad = bad.replace("ring_consumed 90", "ring_consumed 101")
+    bad = bad.replace("ring_filtered 10", "ring_filtered 11")
+    problems = kmlstats.check_invariants(parse_stats(bad))
+    assert problems == [
+        "confusion matrix sums to 101, but predictions = 100",
+        "ring_consumed 101 > ring_produced 100",
+        "samples = 130, but ring_produced + ring_dropped + ring_full_waits + ring_filtered = 131",
+    ]
+
+
+def test_kml_stats_record_has_the_shape_the_figures_read() -> None:
+    curve = kmlstats.parse_curve(
+        '{"step": 256, "loss": 1.5, "accuracy": 0.7}\n'
+        '{"step": 512, "loss": 0.9, "accuracy": 0.8}\n'
+        '{"step": 768, "lo'  # a trainer killed mid-line
+    )
+    assert curve == {"step": [256.0, 512.0], "loss": [1.5, 0.9], "accuracy": [0.7, 0.8]}
+    rec = kmlstats.kml_stats_record(parse_stats(STATS), curve=curve)
+    assert rec["accuracy"] == pytest.approx(0.85)
+    assert rec["majority_baseline"] == pytest.approx(0.6)
+    assert rec["n_predictions"] == 100
+    assert rec["labels"] == ["met", "miss"]
+    assert rec["confusion_matrix"] == [[50, 10], [5, 35]]
+    assert rec["inference_ns"] == {"bins": {"150": 10, "250": 30, "350": 60}}
+    assert rec["learning_curve"] == curve
+    assert rec["counters"]["urgent_dispatches"] == 7
+    # only metrics are top-level numbers (they become kml.<key> in comparisons)
+    numeric = {k for k, v in rec.items() if isinstance(v, int | float)}
+    assert numeric <= set(kmlstats.METRIC_NAMES) | {"majority_baseline", "n_predictions"}
+
+
+def test_curve_of_kmlctl_train() -> None:
+    curve = kmlstats.parse_curve(
+        '{"samples_seen": 256, "samples_consumed": 300, "accuracy": 0.5, '
+        '"balanced_accuracy": 0.5, "mae_us": 900.5, "n": 256}\n'
+        '{"samples_seen": 512, "samples_consumed": 600, "accuracy": 0.75, '
+        '"balanced_accuracy": 0.7, "mae_us": 400.0, "n": 256}\n'
+    )
+    assert curve == {
+        "step": [256.0, 512.0],
+        "accuracy": [0.5, 0.75],
+        "balanced_accuracy": [0.5, 0.7],
+        "mae_us": [900.5, 400.0],
+    }
+    # no step key: the line number
+    assert kmlstats.parse_curve('{"loss": 2}\n{"loss": 1}\n') == {
+        "step": [0.0, 1.0],
+        "loss": [2.0, 1.0],
+    }
+
+
+def test_trainer_summary() -> None:
+    text = "samples 100\naccuracy 0.910000\nstopped_by signal\nbroken\n"
+    assert kmlstats.parse_summary(text) == {
+        "samples": 100,
+        "accuracy": 0.91,
+        "stopped_by": "signal",
+    }
