@@ -35,8 +35,9 @@ from typing import Any
 import yaml
 
 from kmlbench import fio, paths
+from kmlbench.hashing import sha256_file
 
-AXES = ("kernel", "device", "scheduler", "workload")
+AXES = ("kernel", "device", "scheduler", "workload", "model")
 DEFAULT_VARIANT = "default"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -202,6 +203,30 @@ WORKLOAD_FIELDS: dict[str, Field] = {
 TEMPLATE_DEFAULTS: dict[str, dict[str, Any]] = {
     "bursty": {"thinktime_us": 20000, "thinktime_blocks": 64},
 }
+
+# ``axes.model``: KML inside mq-deadline (docs/kml-iosched.md). The kernel's
+# module parameters are global, so every cell sets all of them explicitly:
+# the defaults below are what a cell records and what it really ran with.
+MODEL_MODES = ("off", "observe", "active")
+MODEL_FIELDS: dict[str, Field] = {
+    "mode": Field("str", REQUIRED, _one_of(*MODEL_MODES)),
+    "trainer": Field("str", "none", _one_of("none", "user", "kernel")),
+    # drop, not block: without a consumer a blocking ring makes every insert spin
+    "ring_mode": Field("str", "drop", _one_of("block", "drop")),
+    "sample_filter": Field("str", "all", _one_of("all", "uncertain")),
+    "model_file": Field("str", None),
+    "rate": Field("int", 0, _at_least(0)),
+    "cpu_pct": Field("int", 100, _between(1, 100)),
+    "publish_every": Field("int", 1024, _at_least(1)),
+    "warm_start": Field("str", None),
+}
+# Only meaningful with a trainer: not recorded for ``trainer: none``.
+TRAINER_FIELDS = ("rate", "cpu_pct", "publish_every", "warm_start")
+MODEL_FILE_FIELDS = ("model_file", "warm_start")
+MODEL_SLUGS = {"off": "kmloff", "observe": "kmlobs", "active": "kmlact"}
+# The scheduler KML lives in; other schedulers' cells run with the model off.
+MODEL_SCHEDULER = "mq-deadline"
+MODEL_OFF: dict[str, Any] = {"mode": "off"}
 
 KERNEL_VARIANT_FIELDS: dict[str, Field] = {
     "name": Field("str", REQUIRED, _check_name, expand=False),
@@ -598,6 +623,66 @@ def _scheduler_entries(src: _Source, entries: list, key: str) -> list[tuple[dict
     )
 
 
+def _model_entries(
+    src: _Source, entries: Any, key: str, base_dir: Path
+) -> list[tuple[dict, str]] | None:
+    """The model axis, or None when the matrix has none (stock kernel behaviour).
+
+    Each entry is reduced to what it changes: ``mode: off`` records only the
+    mode (nothing else reaches the kernel), ``trainer: none`` drops the
+    trainer's fields, and files are recorded with their sha256 so that a cell
+    is keyed by the model's content, not just its name. Entries that reduce
+    to the same params (list expansion over fields that do not apply) are
+    one entry.
+    """
+    if entries is None:
+        return None
+    if not isinstance(entries, list) or not entries:
+        raise src.error(key, "must be a non-empty list of {mode, trainer, ...} mappings")
+    out: list[tuple[dict, str]] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(entries):
+        ekey = f"{key}[{i}]"
+        entry = _mapping(src, ekey, raw)
+        _reject_unknown(src, ekey, entry, MODEL_FIELDS, "a model entry")
+        for values, keypaths in _expand(src, ekey, entry, set()):
+            if values.get("mode") is False:  # YAML 1.1 reads a bare ``off`` as false
+                values["mode"] = "off"
+            model = _resolve_fields(src, ekey, values, keypaths, MODEL_FIELDS)
+            for name in MODEL_FILE_FIELDS:
+                if model[name] is None:
+                    continue
+                fkey = keypaths.get(name, f"{ekey}.{name}")
+                found = _find_file(src, fkey, model[name], base_dir, name.replace("_", " "))
+                if not found.is_file():
+                    raise src.error(fkey, f"{model[name]!r} is not a file")
+                model[name] = _portable(found)
+                model[f"{name}_sha256"] = sha256_file(found)
+            if model["mode"] == "off":
+                if model["trainer"] != "none":
+                    raise src.error(
+                        keypaths.get("trainer", ekey),
+                        f"trainer {model['trainer']!r} needs mode observe or active "
+                        "(a cell with mode off has no trainer)",
+                    )
+                model = dict(MODEL_OFF)
+            elif model["trainer"] == "none":
+                for name in TRAINER_FIELDS:
+                    model.pop(name)
+                    model.pop(f"{name}_sha256", None)
+            elif model["warm_start"] is not None and model["trainer"] != "user":
+                raise src.error(
+                    keypaths.get("warm_start", ekey),
+                    "warm_start is for trainer user (the kernel trainer starts from "
+                    "model_file, the model loaded before it starts)",
+                )
+            canon = canonical_json(model)
+            if canon not in seen:
+                seen.add(canon)
+                out.append((model, ekey))
+    return out
+
+
 def _workload_entries(
     src: _Source, entries: list, key: str, templates_dir: Path
 ) -> list[tuple[dict, str, dict[str, str]]]:
@@ -638,6 +723,7 @@ def _exclusions(src: _Source, value: Any) -> list[tuple[str, dict[tuple[str, str
         "device": {"type": Field("str")},
         "scheduler": {"name": Field("str")},
         "workload": dict(WORKLOAD_FIELDS),
+        "model": dict(MODEL_FIELDS),
     }
     for schema in DEVICE_TYPES.values():
         fields_by_axis["device"].update(schema)
@@ -669,7 +755,7 @@ def _exclusions(src: _Source, value: Any) -> list[tuple[str, dict[tuple[str, str
 
 def _excluded(params: dict, rule: dict[tuple[str, str], list]) -> bool:
     return all(
-        fname in params[axis] and params[axis][fname] in allowed
+        fname in params.get(axis, {}) and params[axis][fname] in allowed
         for (axis, fname), allowed in rule.items()
     )
 
@@ -688,7 +774,7 @@ def config_hash(params: dict) -> str:
 
 
 def cell_id(params: dict, repeat: int) -> str:
-    """``<template>-<device>-<scheduler>[-<variant>]-<hash8>-r<repeat>``.
+    """``<template>-<device>-<scheduler>[-<model>][-<variant>]-<hash8>-r<repeat>``.
 
     The readable part is for humans scanning a results folder; the hash of
     the full canonical params is what makes the id unique and stable.
@@ -698,6 +784,8 @@ def cell_id(params: dict, repeat: int) -> str:
         DEVICE_SLUGS.get(params["device"]["type"], params["device"]["type"]),
         SCHEDULER_SLUGS.get(params["scheduler"]["name"], params["scheduler"]["name"]),
     ]
+    if "model" in params:
+        parts.append(MODEL_SLUGS.get(params["model"]["mode"], params["model"]["mode"]))
     if params["kernel"]["name"] != DEFAULT_VARIANT:
         parts.append(params["kernel"]["name"])
     return "-".join([*parts, config_hash(params), f"r{repeat}"])
@@ -787,6 +875,7 @@ def load_matrix(
         src, axes.get("scheduler") or [{"name": "mq-deadline"}], "axes.scheduler"
     )
     workloads = _workload_entries(src, axes["workload"], "axes.workload", templates_dir)
+    models = _model_entries(src, axes.get("model"), "axes.model", base_dir)
     rules = _exclusions(src, top.get("exclude"))
 
     # Every workload must fit its device and its time budget.
@@ -816,24 +905,35 @@ def load_matrix(
             "fragments": [_portable(f) for f in frags],
         }
         configs: list[dict] = []
-        for (device, dkey), (sched, skey), (workload, wkey, _) in itertools.product(
-            devices, schedulers, workloads
+        collapsed: set[str] = set()
+        for (device, dkey), (sched, skey), (workload, wkey, _), (model, mkey) in itertools.product(
+            devices, schedulers, workloads, models or [(None, "")]
         ):
             params = copy.deepcopy(
                 {"kernel": kparams, "device": device, "scheduler": sched, "workload": workload}
             )
+            if model is not None:
+                # KML lives in mq-deadline: other schedulers run every model
+                # entry as one cell with the model off.
+                params["model"] = (
+                    copy.deepcopy(model) if sched["name"] == MODEL_SCHEDULER else dict(MODEL_OFF)
+                )
             hit = [rkey for rkey, rule in rules if _excluded(params, rule)]
             if hit:
                 used_rules.update(hit)
                 continue
             h = canonical_json(params)
+            if h in collapsed:
+                continue
+            if model is not None and sched["name"] != MODEL_SCHEDULER:
+                collapsed.add(h)
             if h in seen:
                 raise src.error(
                     wkey,
                     f"configuration repeats one from {seen[h]} (same params after defaults); "
                     "remove one",
                 )
-            seen[h] = f"{dkey} x {skey} x {wkey}"
+            seen[h] = " x ".join(k for k in (dkey, skey, wkey, mkey) if k)
             configs.append(params)
         by_variant[vname] = configs
 

@@ -1,0 +1,151 @@
+"""matrix.py: the ``model`` axis (KML inside mq-deadline)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from kmlbench import paths
+from kmlbench.matrix import MatrixError, load_matrix
+
+HEAD = """\
+name: t
+axes:
+  device: [{type: null_blk}]
+  scheduler: [{name: mq-deadline}, {name: none}]
+  workload: [{template: randread, runtime_s: 2, size_mib: 64}]
+"""
+
+# The ids of the shipped matrices without a model axis, as they were before
+# the axis existed: a new axis must not re-key old results.
+SMOKE_IDS = {
+    "randrw-nullb-none-07a7cb96-r0",
+    "randread-nullb-mqdl-357104e2-r0",
+    "randread-nullb-none-45889643-r0",
+    "randrw-nullb-mqdl-7c14d445-r0",
+}
+
+
+def load(tmp_path: Path, text: str):
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    return load_matrix(path)
+
+
+def test_no_model_axis_changes_nothing() -> None:
+    smoke = load_matrix(paths.WORKLOADS_DIR / "smoke.yaml")
+    assert {c.id for c in smoke.cells} == SMOKE_IDS
+    nightly = load_matrix(paths.WORKLOADS_DIR / "nightly.yaml")
+    assert all("model" not in c.params for c in [*smoke.cells, *nightly.cells])
+    assert "randread-virtio-bfq-6378f8b9-r0" in {c.id for c in nightly.cells}
+
+
+def test_modes_expand_and_other_schedulers_run_with_the_model_off(tmp_path: Path) -> None:
+    m = load(tmp_path, HEAD + "  model: [{mode: [off, observe, active]}]\n")
+    by_sched: dict[str, list[dict]] = {}
+    for c in m.cells:
+        by_sched.setdefault(c.params["scheduler"]["name"], []).append(c.params["model"])
+    # mq-deadline: one cell per mode; none: the three entries are one cell, model off
+    assert sorted(p["mode"] for p in by_sched["mq-deadline"]) == ["active", "observe", "off"]
+    assert by_sched["none"] == [{"mode": "off"}]
+    slugs = sorted(c.id.split("-")[2] + "-" + c.id.split("-")[3] for c in m.cells)
+    assert slugs == ["mqdl-kmlact", "mqdl-kmlobs", "mqdl-kmloff", "none-kmloff"]
+    active = next(p for p in by_sched["mq-deadline"] if p["mode"] == "active")
+    # every field the kernel sees is recorded; the trainer's only with a trainer
+    assert active == {
+        "mode": "active",
+        "trainer": "none",
+        "ring_mode": "drop",
+        "sample_filter": "all",
+        "model_file": None,
+    }
+
+
+def test_trainer_fields_and_reduction(tmp_path: Path) -> None:
+    m = load(
+        tmp_path,
+        HEAD
+        + "  model:\n"
+        + "    - {mode: [off, active], trainer: none, rate: [10, 20]}\n"
+        + "    - {mode: active, trainer: [user, kernel], ring_mode: block, rate: 500,"
+        + " cpu_pct: 25, publish_every: 256, sample_filter: uncertain}\n",
+    )
+    models = [c.params["model"] for c in m.cells if c.params["scheduler"]["name"] != "none"]
+    # rate does not apply without a trainer: the four entries reduce to off + active
+    assert len(models) == 4
+    kernel = next(p for p in models if p.get("trainer") == "kernel")
+    assert kernel == {
+        "mode": "active",
+        "trainer": "kernel",
+        "ring_mode": "block",
+        "sample_filter": "uncertain",
+        "model_file": None,
+        "rate": 500,
+        "cpu_pct": 25,
+        "publish_every": 256,
+        "warm_start": None,
+    }
+
+
+def test_model_files_are_keyed_by_content(tmp_path: Path) -> None:
+    model = tmp_path / "models" / "m.kmlm"
+    model.parent.mkdir()
+    model.write_bytes(b"first")
+    text = HEAD + "  model: [{mode: active, model_file: models/m.kmlm}]\n"
+    first = load(tmp_path, text)
+    cell = next(c for c in first.cells if c.params["scheduler"]["name"] == "mq-deadline")
+    assert cell.params["model"]["model_file"] == str(model.resolve())
+    assert cell.params["model"]["model_file_sha256"] == hashlib.sha256(b"first").hexdigest()
+    model.write_bytes(b"second")
+    second = load(tmp_path, text)
+    assert {c.id for c in first.cells} != {c.id for c in second.cells}
+    # a file inside the checkout is recorded repo-relative, as fragments are
+    inside = load_matrix(paths.WORKLOADS_DIR / "deadline.yaml")
+    files = {c.params["model"].get("model_file") for c in inside.cells}
+    assert "workloads/models/deadline.kmlm" in files
+
+
+def test_exclude_by_model_field(tmp_path: Path) -> None:
+    m = load(
+        tmp_path,
+        HEAD + "  model: [{mode: [off, observe, active]}]\n" + "exclude: [{model.mode: observe}]\n",
+    )
+    assert sorted(c.params["model"]["mode"] for c in m.cells) == ["active", "off", "off"]
+
+
+@pytest.mark.parametrize(
+    ("model", "line", "key", "message"),
+    [
+        ("{mode: on}", 6, "axes.model[0].mode", "must be a string, got bool True"),
+        ("{mode: sometimes}", 6, "axes.model[0].mode", "must be one of off, observe, active"),
+        ("{trainer: user}", 6, "axes.model[0]", "missing required key 'mode'"),
+        ("{mode: off, trainer: user}", 6, "axes.model[0].trainer", "a cell with mode off"),
+        ("{mode: active, ring_mode: spin}", 6, "axes.model[0].ring_mode", "block, drop"),
+        ("{mode: active, trainer: user, cpu_pct: 0}", 6, "axes.model[0].cpu_pct", "1..100"),
+        ("{mode: active, model_file: nope.kmlm}", 6, "axes.model[0].model_file", "not found"),
+        (
+            "{mode: active, trainer: kernel, warm_start: m.yaml}",
+            6,
+            "axes.model[0].warm_start",
+            "warm_start is for trainer user",
+        ),
+        ("{mode: active, colour: red}", 6, "axes.model[0].colour", "unknown key 'colour'"),
+        ("[]", 6, "axes.model", "non-empty list"),
+    ],
+)
+def test_model_errors_are_located(
+    tmp_path: Path, model: str, line: int, key: str, message: str
+) -> None:
+    with pytest.raises(MatrixError) as info:
+        load(tmp_path, HEAD + f"  model: [{model}]\n" if model != "[]" else HEAD + "  model: []\n")
+    err = info.value
+    assert (err.line, err.key) == (line, key), str(err)
+    assert message in err.message
+    assert str(err).startswith(f"{tmp_path / 'm.yaml'}:{line}: {key}: ")
+
+
+def test_exclude_of_model_without_axis_is_useless(tmp_path: Path) -> None:
+    with pytest.raises(MatrixError, match="excludes no cell"):
+        load(tmp_path, HEAD + "exclude: [{model.mode: active}]\n")
