@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     _passthrough(sub, "figures", "regenerate figures from the results database")
     _passthrough(sub, "compare", "compare two runs (or two filters) with statistics")
     _passthrough(sub, "import", "rebuild the results database from result folders")
+    _passthrough(sub, "trace", "record KML's per-request samples from one cell; csv/info")
+    _passthrough(sub, "train", "train a deadline model offline from traces")
     bench = sub.add_parser("bench", help="micro-benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     _passthrough(bench_sub, "lib", "KML library: inference latency, training, footprint")
@@ -116,6 +118,8 @@ _PASSTHROUGH_MODULES = {
     ("figures",): "figures",
     ("compare",): "compare",
     ("import",): "db",
+    ("trace",): "trace",
+    ("train",): "train",
     ("bench", "lib"): "bench_lib",
     ("bench", "harness"): "bench_harness",
     ("bench", "build"): "bench_build",

@@ -244,3 +244,183 @@ def setup_script(device: dict, scheduler: dict) -> str:
         ]
     lines.append('echo "/dev/$dev"')
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# KML inside mq-deadline (docs/kml-iosched.md): per-cell set-up and collection.
+
+KML_PARAMS = "/sys/module/kml/parameters"
+KML_STATS = "/sys/kernel/debug/kml/iosched"
+KMLCTL = "/usr/bin/kmlctl"
+# Guest paths of the files a model cell uploads and fetches.
+GUEST_MODEL = "/tmp/model.kmlm"
+GUEST_WARM = "/tmp/warm.kmlm"
+GUEST_TRAINED = "/tmp/trained.kmlm"
+GUEST_CURVE = "/tmp/curve.jsonl"
+GUEST_TRAINER_LOG = "/tmp/trainer.txt"
+GUEST_TRAINER_PID = "/tmp/trainer.pid"
+GUEST_TRACE = "/tmp/trace.kmltrc"
+GUEST_TRACER_LOG = "/tmp/tracer.txt"
+GUEST_TRACER_PID = "/tmp/tracer.pid"
+KML_MODES = ("observe", "active")
+_KML_CHOICES = {
+    "ring_mode": ("block", "drop"),
+    "sample_filter": ("all", "uncertain"),
+    "trainer": ("none", "user", "kernel"),
+}
+
+_KML_PRELUDE = [
+    "set -u",
+    'die() { echo "kmlbench-kml: $*" >&2; exit 1; }',
+    # A choice parameter may read back as the value or as a list with the
+    # value in brackets (as queue/scheduler does): accept both.
+    "setchoice() {",
+    '    echo "$2" > "$1" 2>/dev/null || die "cannot write $2 to $1"',
+    '    got=$(cat "$1") || die "cannot read $1"',
+    '    case "$got" in "$2"|*"[$2]"*) ;; *) die "$1: wrote $2, reads back $got";; esac',
+    "}",
+    "setnum() {",
+    '    echo "$2" > "$1" 2>/dev/null || die "cannot write $2 to $1"',
+    '    got=$(cat "$1") || die "cannot read $1"',
+    '    [ "$got" = "$2" ] || die "$1: wrote $2, reads back $got"',
+    "}",
+    # kill -0 succeeds on a zombie; a process that exited is one until PID 1
+    # reaps it, so look at its state.
+    "alive() {",
+    '    [ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1',
+    "    ! grep -q '^[0-9]* (.*) Z' \"/proc/$1/stat\" 2>/dev/null",
+    "}",
+    "stop() {",
+    '    pid=$(cat "$1" 2>/dev/null) || return 0',
+    '    alive "$pid" || return 0',
+    '    kill -TERM "$pid" 2>/dev/null',
+    "    i=0",
+    '    while alive "$pid" && [ $i -lt 150 ]; do sleep 0.1; i=$((i + 1)); done',
+    '    if alive "$pid"; then',
+    '        kill -KILL "$pid" 2>/dev/null',
+    '        echo "kmlbench-kml: $2 did not stop within 15 s of SIGTERM: killed" >&2',
+    "    fi",
+    "}",
+]
+
+
+def _kml_check(model: dict) -> tuple[str, str, str]:
+    mode = model.get("mode")
+    if mode not in KML_MODES:
+        raise DeviceError(f"kml mode {mode!r}: one of {', '.join(KML_MODES)} (off needs no set-up)")
+    for key, choices in _KML_CHOICES.items():
+        value = model.get(key, choices[0] if key == "trainer" else None)
+        if value is not None and value not in choices:
+            raise DeviceError(f"kml {key} {value!r}: one of {', '.join(choices)}")
+    return mode, model.get("ring_mode", "drop"), model.get("trainer", "none")
+
+
+def kml_setup_script(
+    model: dict,
+    block_device: str,
+    *,
+    trainer_seconds: float,
+    model_uploaded: bool = False,
+    warm_uploaded: bool = False,
+    trace_seconds: float | None = None,
+) -> str:
+    """Shell for the guest: put KML in the state ``model`` asks for, before fio.
+
+    In the order that leaves no sample behind: load the model (if one was
+    uploaded to ``GUEST_MODEL``), set the global ring and filter
+    parameters, start the trainer (user space in the background, or the
+    kernel thread), zero the statistics, and last switch the queue's
+    ``kml_mode`` on. With ``trace_seconds`` a ``kmlctl trace`` takes the
+    ring instead of a trainer (one consumer at a time). Exits non-zero
+    with a ``kmlbench-kml:`` message when the kernel lacks KML.
+    """
+    mode, ring_mode, trainer = _kml_check(model)
+    dev = Path(block_device).name
+    if not _NAME_RE.match(dev):
+        raise DeviceError(f"bad block device {block_device!r}")
+    if trace_seconds is not None and trainer != "none":
+        raise DeviceError("a trace takes the sample ring: no trainer at the same time")
+    p = KML_PARAMS
+    lines = [
+        *_KML_PRELUDE,
+        f'[ -d {p} ] || die "no {p}: this kernel has no KML (CONFIG_KML)"',
+        f'[ -r {KML_STATS} ] || die "no {KML_STATS}: this kernel has no KML in mq-deadline '
+        '(CONFIG_KML_IOSCHED) or debugfs is not mounted"',
+        f'q="/sys/block/{dev}/queue/iosched"',
+        '[ -e "$q/kml_mode" ] || die "no $q/kml_mode: mq-deadline without the KML hooks '
+        '(or not the scheduler)"',
+        f'[ -x {KMLCTL} ] || die "no {KMLCTL} in the guest image"',
+    ]
+    if model_uploaded:
+        lines.append(
+            f'{KMLCTL} load {GUEST_MODEL} || die "kmlctl load {model.get("model_file")} failed"'
+        )
+    lines += [
+        f"setchoice {p}/ring_mode {shlex.quote(ring_mode)}",
+        f"setchoice {p}/sample_filter {shlex.quote(model.get('sample_filter', 'all'))}",
+    ]
+    if trainer == "kernel":
+        lines += [
+            f"setnum {p}/ktrainer_rate {int(model.get('rate', 0))}",
+            f"setnum {p}/ktrainer_cpu_pct {int(model.get('cpu_pct', 100))}",
+            f"setnum {p}/ktrainer_publish {int(model.get('publish_every', 1024))}",
+            f'echo 1 > {p}/ktrainer 2>/dev/null || die "cannot start the kernel trainer"',
+        ]
+    elif trainer == "user":
+        args = [
+            KMLCTL, "train", "--mode", ring_mode,
+            "--publish-every", str(int(model.get("publish_every", 1024))),
+            "--seconds", f"{trainer_seconds:g}",
+            "--save", GUEST_TRAINED, "--curve", GUEST_CURVE,
+        ]  # fmt: skip
+        if int(model.get("rate", 0)) > 0:
+            args += ["--rate", str(int(model["rate"]))]
+        if int(model.get("cpu_pct", 100)) < 100:
+            args += ["--cpu-pct", str(int(model["cpu_pct"]))]
+        if warm_uploaded:
+            args += ["--warm", GUEST_WARM]
+        lines += _background(args, GUEST_TRAINER_LOG, GUEST_TRAINER_PID, "kmlctl train")
+    if trace_seconds is not None:
+        args = [KMLCTL, "trace", GUEST_TRACE, "--seconds", f"{trace_seconds:g}"]
+        lines += _background(args, GUEST_TRACER_LOG, GUEST_TRACER_PID, "kmlctl trace")
+    lines += [
+        f'echo reset > {KML_STATS} 2>/dev/null || die "cannot reset {KML_STATS}"',
+        f'setchoice "$q/kml_mode" {mode}',
+        f'echo "kmlbench-kml: kml_mode=$(cat "$q/kml_mode") trainer={trainer}"',
+        f'for f in {p}/*; do echo "kmlbench-kml: ${{f##*/}}=$(cat "$f" 2>/dev/null)"; done',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _background(args: list[str], log: str, pidfile: str, what: str) -> list[str]:
+    """Start ``args`` detached (own session, output to ``log``) and check it lives."""
+    cmd = " ".join(shlex.quote(a) for a in args)
+    return [
+        f"setsid {cmd} </dev/null >{log} 2>&1 &",
+        f"echo $! > {pidfile}",
+        "sleep 0.3",
+        f'alive "$(cat {pidfile})" || {{ cat {log} >&2; die "{what} exited at once"; }}',
+    ]
+
+
+def kml_stop_script(model: dict, *, trace: bool = False) -> str:
+    """Shell for the guest after fio: stop the trainer (and tracer) so counters are final.
+
+    SIGTERM makes ``kmlctl`` flush its curve, model and trace and exit; the
+    kernel trainer is switched off through its parameter. The statistics
+    are read afterwards, separately, so that ``ring_consumed`` is final.
+    """
+    _mode, _ring, trainer = _kml_check(model)
+    lines = list(_KML_PRELUDE)
+    if trainer == "user":
+        lines.append(f'stop {GUEST_TRAINER_PID} "kmlctl train"')
+    elif trainer == "kernel":
+        lines.append(f'echo 0 > {KML_PARAMS}/ktrainer 2>/dev/null || die "cannot stop ktrainer"')
+        lines.append(
+            f'for f in {KML_PARAMS}/ktrainer*; do echo "${{f##*/}} $(cat "$f")"; done '
+            f"> {GUEST_TRAINER_LOG}"
+        )
+    if trace:
+        lines.append(f'stop {GUEST_TRACER_PID} "kmlctl trace"')
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"

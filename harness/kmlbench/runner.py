@@ -40,6 +40,9 @@ from kmlbench.hashing import sha256_file
 from kmlbench.matrix import Cell, Matrix, MatrixError, load_matrix
 
 GUEST_JOB_PATH = "/tmp/job.fio"
+# The user trainer and the tracer get fio's time plus this; the runner stops
+# them itself after fio, so this is only a backstop.
+KML_MARGIN_S = 30
 
 
 @dataclass
@@ -174,12 +177,14 @@ def run_cell(
     keys: Any,
     matrix: Matrix,
     accel: str,
+    trace: bool = False,
 ) -> CellOutcome:
     """Boot a guest for ``cell``, run its workload, and collect everything.
 
     Never raises for a failure of the guest or the workload: those become
     the cell's status. Only KeyboardInterrupt propagates, after QEMU has
-    been ended by the ``Guest`` context manager.
+    been ended by the ``Guest`` context manager. ``trace`` records KML's
+    sample ring during fio into ``<cell>/trace.kmltrc`` (``kmlbench trace``).
     """
     from kmlbench import devices
     from kmlbench.qemu import Guest, GuestConfig, GuestError
@@ -209,7 +214,9 @@ def run_cell(
         with Guest(cfg, keys) as guest:
             timings["boot_s"] = guest.boot_seconds
             extra["qemu_command_line"] = guest.command_line
-            status, metrics = _run_workload(guest, cell, cell_dir, extra, command_timeout)
+            status, metrics = _run_workload(
+                guest, cell, cell_dir, extra, command_timeout, trace=trace
+            )
             dmesg = guest.run("dmesg", timeout=30)
             (cell_dir / "dmesg.txt").write_text(dmesg.stdout)
             events = guest.events()
@@ -239,13 +246,177 @@ def run_cell(
     return CellOutcome(status, metrics, extra)
 
 
+class KmlCellError(Exception):
+    """A model cell that cannot run as its params say (file missing, no KML)."""
+
+
+def kml_model(params: dict) -> dict | None:
+    """The cell's model entry when KML has work to do in it, else None.
+
+    Only mq-deadline cells whose model mode is not ``off`` touch KML; every
+    other cell (no model axis, mode off, another scheduler) runs stock.
+    """
+    model = params.get("model")
+    if not model or model.get("mode", "off") == "off":
+        return None
+    if params["scheduler"]["name"] != "mq-deadline":
+        return None
+    return model
+
+
+def _model_file(params_model: dict, key: str) -> bytes:
+    """The bytes of the cell's ``model_file``/``warm_start``, checked against its sha256.
+
+    The matrix recorded the hash when it was loaded: a file changed or gone
+    since would run something the cell's record does not describe.
+    """
+    rel = params_model[key]
+    path = Path(rel) if Path(rel).is_absolute() else paths.REPO_ROOT / rel
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KmlCellError(f"{key} {rel}: cannot read {path}: {exc.strerror or exc}") from exc
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != params_model.get(f"{key}_sha256"):
+        raise KmlCellError(
+            f"{key} {rel} changed since the matrix was loaded (sha256 {digest[:12]}, "
+            f"the cell expects {str(params_model.get(f'{key}_sha256'))[:12]})"
+        )
+    return data
+
+
+def _kml_setup(
+    guest: Any,
+    model: dict,
+    block_device: str,
+    workload: dict,
+    cell_dir: Path,
+    timeout: float,
+    trace: bool,
+) -> None:
+    """Upload the model files and run the KML set-up script; KmlCellError on failure."""
+    from kmlbench import devices
+
+    seconds = workload["runtime_s"] + workload["ramp_s"] + KML_MARGIN_S
+    uploaded = {}
+    for key, guest_path in (
+        ("model_file", devices.GUEST_MODEL),
+        ("warm_start", devices.GUEST_WARM),
+    ):
+        if model.get(key):
+            guest.put(guest_path, _model_file(model, key))
+            uploaded[key] = True
+    if trace:  # the tracer takes the ring: no trainer in a trace cell
+        model = {**model, "trainer": "none"}
+    script = devices.kml_setup_script(
+        model,
+        block_device,
+        trainer_seconds=seconds,
+        model_uploaded=uploaded.get("model_file", False),
+        warm_uploaded=uploaded.get("warm_start", False),
+        trace_seconds=seconds if trace else None,
+    )
+    result = guest.run(script, timeout=timeout)
+    (cell_dir / "kml_setup.log").write_text(result.stdout + result.stderr)
+    if result.exit_status != 0:
+        why = (result.stderr.strip().splitlines() or [f"exit {result.exit_status}"])[-1]
+        raise KmlCellError(f"KML set-up failed: {why} (see kml_setup.log)")
+
+
+def _fetch_text(guest: Any, path: str, timeout: float) -> str | None:
+    result = guest.run(f"cat {path} 2>/dev/null", timeout=timeout)
+    return result.stdout if result.exit_status == 0 else None
+
+
+def _fetch_bytes(guest: Any, path: str, timeout: float) -> bytes | None:
+    """A binary file from the guest (base64 over the text channel; no sftp there)."""
+    import base64
+    import binascii
+
+    result = guest.run(f"[ -s {path} ] && base64 {path}", timeout=timeout)
+    if result.exit_status != 0:
+        return None
+    try:
+        return base64.b64decode("".join(result.stdout.split()), validate=True)
+    except binascii.Error:
+        return None
+
+
+def _kml_collect(
+    guest: Any, model: dict, cell_dir: Path, timeout: float, trace: bool
+) -> tuple[list[str], dict[str, Any], dict[str, Any] | None]:
+    """Stop the trainer, read the statistics; (problems, metrics, kml_stats record).
+
+    Files land in the cell folder: ``kml_stats.txt``, ``trainer.txt``,
+    ``curve.jsonl``, ``trained.kmlm`` (user trainer), ``trace.kmltrc``.
+    """
+    from kmlbench import devices, kmlstats
+
+    problems: list[str] = []
+    stop = guest.run(devices.kml_stop_script(model, trace=trace), timeout=timeout)
+    if stop.stdout or stop.stderr:
+        with (cell_dir / "kml_setup.log").open("a") as log:
+            log.write(stop.stdout + stop.stderr)
+    if stop.exit_status != 0:
+        problems.append(f"stopping the trainer failed (exit {stop.exit_status})")
+    trainer = model.get("trainer", "none") if not trace else "none"
+    summary = None
+    if trainer != "none":
+        text = _fetch_text(guest, devices.GUEST_TRAINER_LOG, timeout)
+        if text is not None:
+            (cell_dir / "trainer.txt").write_text(text)
+            summary = kmlstats.parse_summary(text)
+    curve = None
+    if trainer == "user":
+        curve_text = _fetch_text(guest, devices.GUEST_CURVE, timeout)
+        if curve_text:
+            (cell_dir / "curve.jsonl").write_text(curve_text)
+            curve = kmlstats.parse_curve(curve_text)
+        trained = _fetch_bytes(guest, devices.GUEST_TRAINED, timeout)
+        if trained:
+            (cell_dir / "trained.kmlm").write_bytes(trained)
+    if trace:
+        data = _fetch_bytes(guest, devices.GUEST_TRACE, timeout)
+        if data is None:
+            problems.append("kmlctl trace wrote no trace")
+        else:
+            (cell_dir / "trace.kmltrc").write_bytes(data)
+        log = _fetch_text(guest, devices.GUEST_TRACER_LOG, timeout)
+        if log:
+            (cell_dir / "tracer.txt").write_text(log)
+    text = _fetch_text(guest, devices.KML_STATS, timeout)
+    if text is None:
+        problems.append(f"cannot read {devices.KML_STATS}")
+        return problems, {}, None
+    (cell_dir / "kml_stats.txt").write_text(text)
+    try:
+        parsed = kmlstats.parse_stats(text, source="kml_stats.txt")
+    except kmlstats.KmlStatsError as exc:
+        problems.append(str(exc))
+        return problems, {}, None
+    problems += [f"KML statistics inconsistent: {p}" for p in kmlstats.check_invariants(parsed)]
+    record = kmlstats.kml_stats_record(parsed, curve=curve, trainer=summary)
+    record["mode"] = model["mode"]
+    return problems, kmlstats.metrics(parsed), record
+
+
 def _run_workload(
-    guest: Any, cell: Cell, cell_dir: Path, extra: dict[str, Any], timeout: float
+    guest: Any,
+    cell: Cell,
+    cell_dir: Path,
+    extra: dict[str, Any],
+    timeout: float,
+    *,
+    trace: bool = False,
 ) -> tuple[str, dict]:
-    """Set up the device and scheduler, run fio; the status and metrics.
+    """Set up the device and scheduler (and KML), run fio; the status and metrics.
 
     A failed setup ends the workload but not the cell: the caller still
     collects dmesg and the console, which are what explain the failure.
+    A model cell whose KML part fails (no KML in the kernel, a missing
+    model file, inconsistent statistics) is ``failed`` with the reason.
     """
     from kmlbench import devices, fio
 
@@ -263,12 +434,37 @@ def _run_workload(
     guest.put(GUEST_JOB_PATH, job.encode())
     extra["guest_fio_version"] = guest.run("fio --version", timeout=30).stdout.strip()
 
+    model = kml_model(params)
+    if trace and model is None:
+        # a trace needs samples: observe, no model, the ring complete (block)
+        model = {"mode": "observe", "trainer": "none", "ring_mode": "block",
+                 "sample_filter": "all"}  # fmt: skip
+    if model is not None:
+        try:
+            _kml_setup(guest, model, block_device, params["workload"], cell_dir, timeout, trace)
+        except KmlCellError as exc:
+            extra["error"] = str(exc)
+            return "failed", {}
+
     started = time.monotonic()
     result = guest.run(fio.fio_shell_command(GUEST_JOB_PATH), timeout=timeout)
     extra["timings"]["fio_s"] = time.monotonic() - started
     if result.stderr:
         (cell_dir / "fio.stderr").write_text(result.stderr)
-    return _fio_outcome(result, cell_dir, extra)
+    status, metrics = _fio_outcome(result, cell_dir, extra)
+    if model is None:
+        return status, metrics
+    problems, kml_metrics, record = _kml_collect(guest, model, cell_dir, timeout, trace)
+    if record is not None:
+        extra["kml_stats"] = record
+    if status == "ok":
+        metrics.update(kml_metrics)
+        if problems:
+            extra["error"] = "; ".join(problems)
+            return "failed", metrics
+    elif problems:
+        extra["kml_problems"] = problems
+    return status, metrics
 
 
 def _fio_outcome(result: Any, cell_dir: Path, extra: dict[str, Any]) -> tuple[str, dict]:
@@ -396,15 +592,28 @@ def _prepare_cell_dir(cell_dir: Path) -> None:
             item.unlink()
 
 
-def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...] = ()) -> int:
+def _execute(
+    matrix: Matrix,
+    run: Any,
+    accel_request: str,
+    retry: tuple[str, ...] = (),
+    *,
+    only: list[Cell] | None = None,
+    trace: bool = False,
+) -> int:
+    """Build, boot and record the cells of ``matrix`` (or just ``only``) into ``run``.
+
+    ``trace`` records KML's sample ring in every cell (``kmlbench trace``).
+    """
     from kmlbench import db, fio, image, kernel, qemu
     from kmlbench.progress import Progress
 
+    planned_cells = list(matrix.cells if only is None else only)
     finished = run.finished_cell_ids(retry_statuses=retry)
-    todo = [c for c in matrix.cells if c.id not in finished]
+    todo = [c for c in planned_cells if c.id not in finished]
     for cell in todo:
         _prepare_cell_dir(run.cell_dir(cell.id))
-    print(f"kmlbench: run {run.path.name}: {len(todo)} of {len(matrix.cells)} cells to run")
+    print(f"kmlbench: run {run.path.name}: {len(todo)} of {len(planned_cells)} cells to run")
 
     cache = paths.cache_dir()
     manifest_path = run.path / "manifest.json"
@@ -433,7 +642,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...
         {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cells_to_run": len(todo)}
     )
     run.write_manifest(manifest)
-    run.write_plan(matrix.cells)
+    run.write_plan(planned_cells)
     run.update_latest()
 
     # Build everything before the first cell: a kernel that does not build
@@ -453,7 +662,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...
     run.write_manifest(manifest)
     if not builds:
         # Every planned cell is done; adaptive rounds (if any) may still be due.
-        variant = matrix.cells[0].kernel_variant
+        variant = planned_cells[0].kernel_variant
         builds[variant] = kernel.build_kernel(
             _kernel_request(matrix, variant), cache, log_dir=run.path / "build"
         )
@@ -473,7 +682,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...
     with (
         _interrupt_guard() as interrupted,
         _run_keys() as keys,
-        Progress(total=len(matrix.cells), done=len(finished)) as progress,
+        Progress(total=len(planned_cells), done=len(finished)) as progress,
     ):
         initrd = image.make_guest_initrd(
             base_image, keys.directory, keys.authorized_key, keys.host_key
@@ -498,6 +707,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...
                 keys=keys,
                 matrix=matrix,
                 accel=accel,
+                trace=trace,
             )
             outcome.extra["kernel_build_key"] = build.build_key
             outcome.extra["accel"] = accel
@@ -517,7 +727,7 @@ def _execute(matrix: Matrix, run: Any, accel_request: str, retry: tuple[str, ...
         for cell in todo:
             run_and_record(cell)
 
-        if matrix.adaptive:
+        if matrix.adaptive and only is None:
             planned = list(matrix.cells)
             for round_no in range(1, matrix.adaptive["max_repeat"] + 1):
                 extra_cells = adaptive_round(matrix, run.read_cells(), round_no)
@@ -604,6 +814,79 @@ def _describe(cell: Cell) -> str:
         f"{p['workload']['template']} on {p['device']['type']} "
         f"with {p['scheduler']['name']} (repeat {cell.repeat})"
     )
+
+
+def pick_cell(matrix: Matrix, spec: str) -> Cell:
+    """The cell ``spec`` names: an id, a 1-based number as ``run --dry-run``
+    lists them, or a prefix of exactly one id. ValueError says what matched."""
+    by_id = {c.id: c for c in matrix.cells}
+    if spec in by_id:
+        return by_id[spec]
+    if spec.isdigit():
+        n = int(spec)
+        if 1 <= n <= len(matrix.cells):
+            return matrix.cells[n - 1]
+        raise ValueError(f"cell number {n} is not in 1..{len(matrix.cells)}")
+    hits = [c for c in matrix.cells if c.id.startswith(spec)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise ValueError(f"no cell id starts with {spec!r} (kmlbench run --dry-run lists them)")
+    raise ValueError(f"{spec!r} matches {len(hits)} cells: {', '.join(c.id for c in hits[:5])}")
+
+
+def main_trace(
+    *,
+    matrix_path: Path,
+    cell: str,
+    output: Path,
+    csv_path: Path | None,
+    accel: str,
+    results_root: Path | None,
+) -> int:
+    """``kmlbench trace``: run one cell with the sample ring recorded, copy the trace out.
+
+    The cell runs as in ``kmlbench run`` (its own run folder, named
+    ``<matrix>-trace``, with the usual record), plus ``kmlctl trace`` during
+    fio; a cell without a model entry runs with ``kml_mode=observe``, no
+    model, no trainer and a blocking ring, so that no sample is lost.
+    """
+    from kmlbench.results import RunDir
+    from kmlbench.trace import TraceError, load_trace, write_csv
+
+    try:
+        matrix = load_matrix(matrix_path)
+        chosen = pick_cell(matrix, cell)
+    except MatrixError as exc:
+        print(f"kmlbench: {exc}")
+        return 2
+    except ValueError as exc:
+        print(f"kmlbench trace: {exc}")
+        return 2
+    if chosen.params["scheduler"]["name"] != "mq-deadline":
+        print(f"kmlbench trace: cell {chosen.id} runs {chosen.params['scheduler']['name']}; "
+              "KML samples come from mq-deadline")  # fmt: skip
+        return 2
+    root = results_root or paths.results_dir()
+    run = RunDir.create(root, name=f"{matrix.name}-trace")
+    run.copy_matrix(matrix.path)
+    status = _execute(matrix, run, accel, only=[chosen], trace=True)
+    produced = run.path / "cells" / chosen.id / "trace.kmltrc"
+    if not produced.is_file():
+        print(f"kmlbench trace: cell {chosen.id} produced no trace; see {produced.parent}")
+        return 1
+    try:
+        header, rows = load_trace(produced)
+    except TraceError as exc:
+        print(f"kmlbench trace: {exc}")
+        return 1
+    output.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(produced, output)
+    if csv_path is not None:
+        with open(csv_path, "w", newline="") as handle:
+            write_csv(rows, header.n_features, handle)
+    print(f"kmlbench trace: {output}: {len(rows)} samples from cell {chosen.id}")
+    return status
 
 
 def main_build(matrix_path: Path) -> int:

@@ -1,0 +1,272 @@
+"""KML sample traces: read and export them, and record one from a real guest.
+
+A trace is what ``kmlctl trace`` writes in the guest (``docs/trace.md``): a
+64-byte header (magic ``KMLTRC01``, ``abi_version`` at 8, ``record_size``
+at 12, ``n_features`` at 16, all little-endian u32) followed by raw
+128-byte ``struct kml_dd_sample`` records (``kernel/kml/kml_iosched_uapi.h``).
+:func:`read_trace` maps it onto a NumPy structured array with the same
+layout, so offline training (``kmlbench train``) sees exactly the samples the
+kernel's ring carried, field for field.
+
+``kmlbench trace MATRIX --cell ID_OR_INDEX -o FILE`` boots the guest for one
+cell of a matrix (its device, scheduler and workload; its model entry if it
+has one, else ``mode: observe`` with no model and no trainer), records
+the ring while fio runs and copies the trace back, next to the cell's
+ordinary results folder (``--results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+MAGIC = b"KMLTRC01"
+HEADER_SIZE = 64
+RECORD_SIZE = 128
+ABI_VERSION = 1
+MAX_FEATURES = 16
+# enum kml_dd_feature, in order: a model's inputs are the first n_features.
+FEATURE_NAMES = (
+    "op",
+    "sector",
+    "lg_bytes",
+    "lg_queued_same",
+    "lg_queued_other",
+    "lg_inflight",
+    "lg_seek",
+    "lg_gap_us",
+    "lg_expire_us",
+    "lg_issue_ewma_us",
+    "lg_dispatch_ewma_us",
+    "same_dir",
+)
+Q16 = 65536.0
+
+HEADER_DTYPE = np.dtype(
+    [
+        ("magic", "S8"),
+        ("abi_version", "<u4"),
+        ("record_size", "<u4"),
+        ("n_features", "<u4"),
+        ("reserved", "V44"),
+    ]
+)
+# struct kml_dd_sample, offsets as in the header file.
+SAMPLE_DTYPE = np.dtype(
+    {
+        "names": [
+            "insert_ns",
+            "sector",
+            "issue_ns",
+            "deadline_ns",
+            "completion_ns",
+            "pred_issue_ns",
+            "bytes",
+            "op",
+            "met",
+            "pred_valid",
+            "pred_met",
+            "flags",
+            "dev",
+            "features",
+        ],
+        "formats": [
+            "<u8",
+            "<u8",
+            "<u8",
+            "<u8",
+            "<u8",
+            "<u8",
+            "<u4",
+            "u1",
+            "u1",
+            "u1",
+            "u1",
+            "<u4",
+            "<u4",
+            ("<i4", (MAX_FEATURES,)),
+        ],
+        "offsets": [0, 8, 16, 24, 32, 40, 48, 52, 53, 54, 55, 56, 60, 64],
+        "itemsize": RECORD_SIZE,
+    }
+)
+assert HEADER_DTYPE.itemsize == HEADER_SIZE and SAMPLE_DTYPE.itemsize == RECORD_SIZE
+SCALAR_FIELDS = tuple(n for n in SAMPLE_DTYPE.names if n != "features")
+
+
+class TraceError(ValueError):
+    """A file that is not a trace this harness can read; the message names it."""
+
+
+@dataclass(frozen=True)
+class TraceHeader:
+    abi_version: int
+    record_size: int
+    n_features: int
+
+
+def _header(path: Path, data: bytes) -> TraceHeader:
+    if len(data) < HEADER_SIZE:
+        raise TraceError(f"{path}: {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    h = np.frombuffer(data, HEADER_DTYPE, count=1)[0]
+    if bytes(h["magic"]) != MAGIC:
+        raise TraceError(f"{path}: not a KML trace (magic {bytes(data[:8])!r}, expected {MAGIC!r})")
+    header = TraceHeader(int(h["abi_version"]), int(h["record_size"]), int(h["n_features"]))
+    if header.abi_version != ABI_VERSION:
+        raise TraceError(
+            f"{path}: trace ABI version {header.abi_version}, this harness reads {ABI_VERSION}"
+        )
+    if header.record_size != RECORD_SIZE:
+        raise TraceError(
+            f"{path}: record size {header.record_size}, expected {RECORD_SIZE} "
+            "(struct kml_dd_sample)"
+        )
+    if not 1 <= header.n_features <= MAX_FEATURES:
+        raise TraceError(f"{path}: n_features {header.n_features} not in 1..{MAX_FEATURES}")
+    body = len(data) - HEADER_SIZE
+    if body % RECORD_SIZE:
+        raise TraceError(
+            f"{path}: {body} bytes of records is not a multiple of {RECORD_SIZE} "
+            f"(truncated: {body % RECORD_SIZE} trailing bytes)"
+        )
+    return header
+
+
+def load_trace(path: Path | str) -> tuple[TraceHeader, np.ndarray]:
+    """The header and the records (a structured array of ``SAMPLE_DTYPE``)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    header = _header(path, data)
+    rows = np.frombuffer(data, SAMPLE_DTYPE, offset=HEADER_SIZE).copy()
+    return header, rows
+
+
+def read_trace(path: Path | str) -> np.ndarray:
+    """The records of a trace file; :class:`TraceError` names a bad file."""
+    return load_trace(path)[1]
+
+
+def write_trace(path: Path | str, rows: np.ndarray, n_features: int = len(FEATURE_NAMES)) -> None:
+    """Write ``rows`` (``SAMPLE_DTYPE``) as a trace file, as ``kmlctl trace`` does."""
+    header = np.zeros(1, HEADER_DTYPE)
+    header["magic"] = MAGIC
+    header["abi_version"] = ABI_VERSION
+    header["record_size"] = RECORD_SIZE
+    header["n_features"] = n_features
+    Path(path).write_bytes(header.tobytes() + np.asarray(rows, SAMPLE_DTYPE).tobytes())
+
+
+def feature_names(n_features: int) -> list[str]:
+    """Names of the first ``n_features`` features (``f<i>`` beyond the known ones)."""
+    return [FEATURE_NAMES[i] if i < len(FEATURE_NAMES) else f"f{i}" for i in range(n_features)]
+
+
+def write_csv(rows: np.ndarray, n_features: int, out: IO[str]) -> None:
+    """One line per sample: the scalar fields, then the features as real numbers.
+
+    Features are converted from Q16.16 (``/ 65536``) and named after
+    ``enum kml_dd_feature``, so the CSV reads without the header file.
+    """
+    names = feature_names(n_features)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*SCALAR_FIELDS, *names])
+    feats = rows["features"][:, :n_features].astype(np.float64) / Q16
+    for row, f in zip(rows, feats, strict=True):
+        writer.writerow([int(row[k]) for k in SCALAR_FIELDS] + [f"{x:.6g}" for x in f])
+
+
+# --------------------------------------------------------------------------
+# Command line.
+
+
+def _cmd_csv(args: argparse.Namespace) -> int:
+    try:
+        header, rows = load_trace(args.trace)
+    except TraceError as exc:
+        print(f"kmlbench trace: {exc}", file=sys.stderr)
+        return 1
+    if args.output is None or str(args.output) == "-":
+        write_csv(rows, header.n_features, sys.stdout)
+    else:
+        with open(args.output, "w", newline="") as handle:
+            write_csv(rows, header.n_features, handle)
+        print(f"{args.output}: {len(rows)} samples")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    try:
+        header, rows = load_trace(args.trace)
+    except TraceError as exc:
+        print(f"kmlbench trace: {exc}", file=sys.stderr)
+        return 1
+    met = int(rows["met"].sum()) if len(rows) else 0
+    print(f"{args.trace}: {len(rows)} samples, abi {header.abi_version}, "
+          f"{header.n_features} features")  # fmt: skip
+    if len(rows):
+        span = (int(rows["insert_ns"].max()) - int(rows["insert_ns"].min())) / 1e9
+        print(f"  met {met} ({met / len(rows):.1%}), missed {len(rows) - met}, over {span:.1f} s")
+        print(f"  reads {int((rows['op'] == 0).sum())}, writes {int((rows['op'] == 1).sum())}")
+        print(f"  with a prediction {int(rows['pred_valid'].sum())}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``kmlbench trace``: record (the default), ``csv`` and ``info`` subcommands."""
+    p = argparse.ArgumentParser(
+        prog="kmlbench trace",
+        description="Record KML's per-request samples from a guest running one cell of a "
+        "matrix (kml_mode=observe, kmlctl trace during fio), or convert/inspect a trace.",
+        epilog="kmlbench trace MATRIX --cell ID_OR_INDEX -o FILE | "
+        "kmlbench trace csv FILE [-o OUT.csv] | kmlbench trace info FILE",
+    )
+    p.add_argument("matrix", type=Path, help="matrix YAML file")
+    p.add_argument(
+        "--cell",
+        required=True,
+        help="cell id (as in 'kmlbench run --dry-run'), its 1-based number in that list, "
+        "or a unique prefix of an id",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="trace file to write")
+    p.add_argument("--csv", type=Path, default=None, help="also write the samples as CSV")
+    p.add_argument(
+        "--accel", choices=("auto", "kvm", "tcg"), default="auto", help="as for 'kmlbench run'"
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results folder for the cell's run (default results/)",
+    )
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``kmlbench trace``."""
+    if argv[:1] in (["csv"], ["info"]):
+        sub = argparse.ArgumentParser(prog=f"kmlbench trace {argv[0]}")
+        sub.add_argument("trace", type=Path)
+        if argv[0] == "csv":
+            sub.add_argument("-o", "--output", type=Path, default=None, help="default stdout")
+            return _cmd_csv(sub.parse_args(argv[1:]))
+        return _cmd_info(sub.parse_args(argv[1:]))
+    args = build_parser().parse_args(argv)
+    from kmlbench import runner
+
+    return runner.main_trace(
+        matrix_path=args.matrix,
+        cell=args.cell,
+        output=args.output,
+        csv_path=args.csv,
+        accel=args.accel,
+        results_root=args.results,
+    )

@@ -1,0 +1,225 @@
+"""``kmlbench train``: fit a deadline model offline from recorded traces.
+
+The model is trained with the user-space build of the very KML sources the
+kernel runs (:mod:`kmlbench.kml`), and saved in KML's file format, so the
+file is what ``model_file:`` in a matrix uploads and ``kmlctl load``
+publishes into the kernel. The conventions are those of the in-guest
+trainers (``kmlctl train`` and the kernel trainer), so a model trained here
+means the same thing there:
+
+* inputs: ``features[:n_features] / 65536`` as float32 (Q16.16 to real),
+  normalised by the model (``KML_NORM_STANDARD``: running mean/variance,
+  stored in the file);
+* target: ``y = log2(1 + issue_ns / 1000)``, the issue time in log-us;
+* a request is predicted to meet its deadline when ``(2**y - 1) us <=
+  deadline_ns / 1000``.
+
+The holdout is the **last** fraction of each trace in insert order, not a
+random sample: neighbouring requests share queue state, so a random split
+would leak the answer into training and flatter the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmlbench import kmlstats
+from kmlbench.trace import Q16, TraceError, load_trace
+
+ARCHS = ("mlp", "linear")
+
+
+def inputs(rows: np.ndarray, n_features: int) -> np.ndarray:
+    """Model inputs: the first ``n_features`` features as real numbers (float32)."""
+    return (rows["features"][:, :n_features].astype(np.float64) / Q16).astype(np.float32)
+
+
+def targets(rows: np.ndarray) -> np.ndarray:
+    """Training target: ``log2(1 + issue time in us)``."""
+    return np.log2(1.0 + rows["issue_ns"].astype(np.float64) / 1000.0).astype(np.float32)
+
+
+def predicted_issue_us(y: np.ndarray) -> np.ndarray:
+    """Issue time (us) a prediction ``y`` stands for, never negative."""
+    return np.maximum(np.exp2(np.clip(np.asarray(y, np.float64), -64, 64)) - 1.0, 0.0)
+
+
+def predicted_met(y: np.ndarray, deadline_ns: np.ndarray) -> np.ndarray:
+    """Whether the prediction says the request is issued by its deadline."""
+    return predicted_issue_us(y) <= np.asarray(deadline_ns, np.float64) / 1000.0
+
+
+def evaluate(y_pred: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+    """Holdout metrics with the definitions of the kernel's statistics."""
+    actual_met = rows["met"].astype(bool)
+    pred_met = predicted_met(y_pred, rows["deadline_ns"])
+    cm = kmlstats.confusion_metrics(
+        int(np.sum(actual_met & pred_met)),
+        int(np.sum(actual_met & ~pred_met)),
+        int(np.sum(~actual_met & pred_met)),
+        int(np.sum(~actual_met & ~pred_met)),
+    )
+    err = np.abs(predicted_issue_us(y_pred) - rows["issue_ns"].astype(np.float64) / 1000.0)
+    cm["issue_time_mae_us"] = float(err.mean()) if len(err) else None
+    return cm
+
+
+@dataclass
+class TrainResult:
+    n_train: int
+    n_holdout: int
+    n_features: int
+    losses: list[float]
+    holdout: dict[str, Any]
+    model_bytes: int
+
+
+def split(rows: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, holdout): the holdout is the last ``holdout`` fraction in insert order."""
+    order = np.argsort(rows["insert_ns"], kind="stable")
+    rows = rows[order]
+    n_hold = round(len(rows) * holdout)
+    return rows[: len(rows) - n_hold], rows[len(rows) - n_hold :]
+
+
+def train_model(
+    traces: list[Path],
+    output: Path,
+    *,
+    arch: str = "mlp",
+    epochs: int = 20,
+    holdout: float = 0.2,
+    hidden: int = 16,
+    lr: float = 1e-2,
+    batch: int = 64,
+    seed: int = 1,
+) -> TrainResult:
+    """Train on ``traces``, write the model to ``output``; TraceError/ValueError on bad input."""
+    from kmlbench.kml import Model
+
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    train_parts, hold_parts = [], []
+    n_features = None
+    for path in traces:
+        header, rows = load_trace(path)
+        if n_features is not None and header.n_features != n_features:
+            raise TraceError(
+                f"{path}: {header.n_features} features, but earlier traces have {n_features}"
+            )
+        n_features = header.n_features
+        tr, ho = split(rows, holdout)
+        train_parts.append(tr)
+        hold_parts.append(ho)
+    assert n_features is not None
+    train_rows = np.concatenate(train_parts) if train_parts else np.array([])
+    hold_rows = np.concatenate(hold_parts)
+    if len(train_rows) == 0:
+        raise ValueError("no samples to train on (empty traces?)")
+    if arch == "linear":
+        model = Model.linear(n_features, normalize=True, seed=seed)
+    else:
+        model = Model.mlp(
+            n_features, hidden=[hidden], activation="relu", output="linear",
+            normalize=True, seed=seed,
+        )  # fmt: skip
+    y = targets(train_rows)
+    # Start the output bias at the mean target (the last parameter: per layer
+    # W then b): log-us targets sit near 10, far from the zero init, and a
+    # linear model would spend most of its epochs just walking there.
+    params = model.params
+    params[-1] = float(y.mean())
+    model.params = params
+    losses = model.fit(
+        inputs(train_rows, n_features),
+        y,
+        epochs=epochs,
+        lr=lr,
+        batch=batch,
+        loss="mse",
+        seed=seed,
+    )
+    evaluated = hold_rows if len(hold_rows) else train_rows
+    metrics = evaluate(model.predict(inputs(evaluated, n_features)), evaluated)
+    data = model.to_bytes()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(data)
+    return TrainResult(len(train_rows), len(hold_rows), n_features, losses, metrics, len(data))
+
+
+def _fmt(v: Any, pct: bool = True) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3f}" if pct else f"{v:.1f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kmlbench train",
+        description="Train a deadline model offline from kmlbench traces with the "
+        "user-space KML library; the file loads into the kernel (model_file: in a matrix).",
+    )
+    p.add_argument(
+        "--trace", type=Path, action="append", required=True, help="trace file (repeatable)"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp (12-16-1, relu) or linear")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="fraction of each trace, its last samples in time, kept out of training (0.2)",
+    )
+    p.add_argument("--hidden", type=int, default=16, help="hidden units of the mlp (16)")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``kmlbench train``."""
+    args = build_parser().parse_args(argv)
+    if args.epochs < 1 or args.batch < 1 or args.hidden < 1:
+        print("kmlbench train: --epochs, --batch and --hidden must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        result = train_model(
+            args.trace,
+            args.output,
+            arch=args.arch,
+            epochs=args.epochs,
+            holdout=args.holdout,
+            hidden=args.hidden,
+            lr=args.lr,
+            batch=args.batch,
+            seed=args.seed,
+        )
+    except (TraceError, ValueError) as exc:
+        print(f"kmlbench train: {exc}", file=sys.stderr)
+        return 1
+    h = result.holdout
+    where = "holdout" if result.n_holdout else "training set (no holdout)"
+    first, last = result.losses[0], result.losses[-1]
+    print(
+        f"trained {args.arch} on {result.n_train} samples, {result.n_features} features, "
+        f"{args.epochs} epochs: loss {first:.4f} -> {last:.4f}"
+    )
+    print(
+        f"{where} ({result.n_holdout or result.n_train} samples): "
+        f"accuracy {_fmt(h['accuracy'])}, balanced accuracy {_fmt(h['balanced_accuracy'])}, "
+        f"baseline {_fmt(h['baseline_accuracy'])}, "
+        f"MAE {_fmt(h['issue_time_mae_us'], pct=False)} us, "
+        f"miss precision {_fmt(h['miss_precision'])}, recall {_fmt(h['miss_recall'])}"
+    )
+    print(f"wrote {args.output} ({result.model_bytes} bytes)")
+    return 0

@@ -1,0 +1,64 @@
+"""runner.py: which cells do KML work, model files checked by content, --cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kmlbench import runner
+from kmlbench.matrix import load_matrix
+
+MATRIX = """\
+name: t
+axes:
+  scheduler: [{name: mq-deadline}, {name: none}]
+  workload: [{template: randread, runtime_s: 2, size_mib: 64}]
+  model: [{mode: [off, observe]}, {mode: active, model_file: m.kmlm}]
+"""
+
+
+@pytest.fixture
+def matrix(tmp_path: Path):
+    (tmp_path / "m.kmlm").write_bytes(b"model bytes")
+    path = tmp_path / "m.yaml"
+    path.write_text(MATRIX)
+    return load_matrix(path)
+
+
+def test_only_mq_deadline_cells_with_a_mode_do_kml_work(matrix) -> None:
+    work = {
+        (c.params["scheduler"]["name"], c.params["model"]["mode"]): runner.kml_model(c.params)
+        for c in matrix.cells
+    }
+    assert work[("mq-deadline", "off")] is None
+    assert work[("none", "off")] is None
+    assert work[("mq-deadline", "observe")]["mode"] == "observe"
+    assert work[("mq-deadline", "active")]["model_file"].endswith("m.kmlm")
+    assert runner.kml_model({"scheduler": {"name": "mq-deadline"}}) is None  # no axis
+
+
+def test_model_file_is_checked_against_the_recorded_hash(matrix, tmp_path: Path) -> None:
+    (cell,) = [c for c in matrix.cells if c.params["model"]["mode"] == "active"]
+    model = cell.params["model"]
+    assert runner._model_file(model, "model_file") == b"model bytes"
+    (tmp_path / "m.kmlm").write_bytes(b"retrained")
+    with pytest.raises(runner.KmlCellError, match="changed since the matrix was loaded"):
+        runner._model_file(model, "model_file")
+    (tmp_path / "m.kmlm").unlink()
+    with pytest.raises(runner.KmlCellError, match=r"model_file .*m\.kmlm: cannot read"):
+        runner._model_file(model, "model_file")
+
+
+def test_pick_cell_by_id_number_or_prefix(matrix) -> None:
+    cells = matrix.cells
+    assert runner.pick_cell(matrix, cells[2].id) is cells[2]
+    assert runner.pick_cell(matrix, "1") is cells[0]
+    active = next(c for c in cells if "kmlact" in c.id)
+    assert runner.pick_cell(matrix, active.id[:24]) is active
+    with pytest.raises(ValueError, match=r"not in 1\.\.4"):
+        runner.pick_cell(matrix, "9")
+    with pytest.raises(ValueError, match="matches 3 cells"):
+        runner.pick_cell(matrix, "randread-nullb-mqdl")
+    with pytest.raises(ValueError, match="no cell id starts with"):
+        runner.pick_cell(matrix, "seqwrite")

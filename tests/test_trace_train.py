@@ -1,0 +1,200 @@
+"""trace.py and train.py: read KML traces, export them, train a model offline."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmlbench import kml, train
+from kmlbench.trace import (
+    FEATURE_NAMES,
+    HEADER_SIZE,
+    SAMPLE_DTYPE,
+    TraceError,
+    load_trace,
+    read_trace,
+    write_csv,
+    write_trace,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def _lg(x: np.ndarray) -> np.ndarray:
+    return np.log2(1.0 + np.maximum(x, 0))
+
+
+def simulated_trace(path: Path, n: int = 3000, seed: int = 3) -> np.ndarray:
+    """A trace shaped like the kernel's: issue time grows with the queue ahead.
+
+    Stands in for a recorded one in tests that need many samples of a known
+    structure; the real fixture is in tests/data/.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.zeros(n, SAMPLE_DTYPE)
+    op = (rng.random(n) < 0.3).astype(np.uint8)
+    queued_same = np.clip(np.cumsum(rng.integers(-2, 3, n)) % 40, 0, 40)
+    queued_other = rng.integers(0, 8, n)
+    issue_us = 150.0 * (queued_same + 1) * (1 + op) * rng.lognormal(0, 0.25, n)
+    deadline_us = np.where(op == 0, 4000.0, 8000.0)
+    rows["insert_ns"] = np.cumsum(rng.integers(50_000, 150_000, n))
+    rows["sector"] = rng.integers(0, 1 << 20, n) * 8
+    rows["issue_ns"] = (issue_us * 1000).astype(np.uint64)
+    rows["deadline_ns"] = (deadline_us * 1000).astype(np.uint64)
+    rows["completion_ns"] = rows["issue_ns"] + 250_000
+    rows["bytes"] = 4096
+    rows["op"] = op
+    rows["met"] = rows["issue_ns"] <= rows["deadline_ns"]
+    feats = np.zeros((n, 16))
+    feats[:, 0] = op
+    feats[:, 1] = rows["sector"] / float(8 << 20)
+    feats[:, 2] = _lg(4096.0)
+    feats[:, 3] = _lg(queued_same)
+    feats[:, 4] = _lg(queued_other)
+    feats[:, 5] = _lg(rng.integers(1, 4, n))
+    feats[:, 6] = _lg(rng.integers(0, 1 << 20, n))
+    feats[:, 7] = _lg(rng.integers(50, 150, n))
+    feats[:, 8] = _lg(deadline_us)
+    feats[:, 9] = _lg(150.0 * (queued_same + 1))
+    feats[:, 10] = _lg(rng.integers(100, 300, n))
+    feats[:, 11] = rng.integers(0, 2, n)
+    rows["features"] = np.round(feats * 65536).astype(np.int32)
+    write_trace(path, rows)
+    return rows
+
+
+def test_round_trip_and_layout(tmp_path: Path) -> None:
+    path = tmp_path / "t.kmltrc"
+    rows = simulated_trace(path, n=50)
+    data = path.read_bytes()
+    assert data[:8] == b"KMLTRC01"
+    assert int.from_bytes(data[8:12], "little") == 1
+    assert int.from_bytes(data[12:16], "little") == 128
+    assert int.from_bytes(data[16:20], "little") == 12
+    assert len(data) == HEADER_SIZE + 50 * 128
+    # field offsets of struct kml_dd_sample, checked on the raw bytes
+    first = data[HEADER_SIZE : HEADER_SIZE + 128]
+    assert int.from_bytes(first[16:24], "little") == int(rows["issue_ns"][0])
+    assert first[52] == rows["op"][0] and first[53] == rows["met"][0]
+    assert int.from_bytes(first[64 + 12 : 64 + 16], "little", signed=True) == int(
+        rows["features"][0][3]
+    )
+    header, back = load_trace(path)
+    assert header.n_features == 12
+    assert np.array_equal(back, rows)
+    assert np.array_equal(read_trace(path), rows)
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda d: d[:10], "shorter than the 64-byte header"),
+        (lambda d: b"NOTATRACE" + d[9:], "not a KML trace"),
+        (lambda d: d[:8] + (2).to_bytes(4, "little") + d[12:], "trace ABI version 2"),
+        (lambda d: d[:12] + (96).to_bytes(4, "little") + d[16:], "record size 96"),
+        (lambda d: d[:16] + (17).to_bytes(4, "little") + d[20:], "n_features 17"),
+        (lambda d: d[:-5], "truncated: 123 trailing bytes"),
+    ],
+)
+def test_bad_files_are_named(tmp_path: Path, mangle, message: str) -> None:
+    good = tmp_path / "good.kmltrc"
+    simulated_trace(good, n=3)
+    bad = tmp_path / "bad.kmltrc"
+    bad.write_bytes(mangle(good.read_bytes()))
+    with pytest.raises(TraceError) as info:
+        read_trace(bad)
+    assert str(info.value).startswith(f"{bad}: ")
+    assert message in str(info.value)
+    with pytest.raises(TraceError, match="cannot read"):
+        read_trace(tmp_path / "missing.kmltrc")
+
+
+def test_csv_export(tmp_path: Path) -> None:
+    path = tmp_path / "t.kmltrc"
+    rows = simulated_trace(path, n=5)
+    out = io.StringIO()
+    write_csv(rows, 12, out)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 6
+    head = lines[0].split(",")
+    assert head[:3] == ["insert_ns", "sector", "issue_ns"]
+    assert head[-12:] == list(FEATURE_NAMES)
+    first = dict(zip(head, lines[1].split(","), strict=True))
+    assert int(first["issue_ns"]) == int(rows["issue_ns"][0])
+    assert float(first["lg_queued_same"]) == pytest.approx(rows["features"][0][3] / 65536, 1e-5)
+
+
+def test_training_conventions() -> None:
+    rows = np.zeros(3, SAMPLE_DTYPE)
+    rows["issue_ns"] = [0, 1000, 7000]
+    assert train.targets(rows).tolist() == [0.0, 1.0, 3.0]
+    # y = 3 stands for 7 us: meets a 7 us deadline, misses a 6.999 us one
+    assert train.predicted_met(np.array([3.0, 3.0]), np.array([7000, 6999])).tolist() == [
+        True,
+        False,
+    ]
+    rows["features"][:, 0] = 65536 * 2
+    assert train.inputs(rows, 12).dtype == np.float32
+    assert train.inputs(rows, 12)[0, 0] == 2.0
+
+
+@pytest.mark.parametrize("arch", ["mlp", "linear"])
+def test_offline_training_beats_the_majority_baseline(tmp_path: Path, arch: str) -> None:
+    trace = tmp_path / "t.kmltrc"
+    simulated_trace(trace)
+    out = tmp_path / "m.kmlm"
+    result = train.train_model([trace], out, arch=arch, epochs=30, holdout=0.2)
+    assert (result.n_train, result.n_holdout) == (2400, 600)
+    h = result.holdout
+    assert h["accuracy"] > h["baseline_accuracy"] + 0.05, h
+    assert h["balanced_accuracy"] > 0.75, h
+    assert result.losses[-1] < result.losses[0]
+    # the file is a KML model with the kernel's shape: 12 inputs, 1 output
+    model = kml.Model.load(out)
+    assert (model.n_inputs, model.n_outputs) == (12, 1)
+    assert model.sizes == ([12, 16, 1] if arch == "mlp" else [12, 1])
+    _, rows = load_trace(trace)
+    holdout = np.sort(rows, order="insert_ns")[-600:]
+    again = train.evaluate(model.predict(train.inputs(holdout, 12)), holdout)
+    assert again["accuracy"] == pytest.approx(h["accuracy"])
+
+
+def test_cli_train_reports_and_writes(tmp_path: Path) -> None:
+    trace = tmp_path / "t.kmltrc"
+    simulated_trace(trace, n=800)
+    out = tmp_path / "m.kmlm"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmlbench.cli", "train", "--trace", str(trace),
+         "--trace", str(trace), "-o", str(out), "--epochs", "3", "--arch", "linear"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "trained linear on 1280 samples" in proc.stdout
+    assert "holdout (320 samples): accuracy" in proc.stdout and "baseline" in proc.stdout
+    assert out.is_file()
+    bad = tmp_path / "bad.kmltrc"
+    bad.write_bytes(b"x" * 100)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmlbench.cli", "train", "--trace", str(bad), "-o", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"{bad}: not a KML trace" in proc.stderr
+
+
+def test_cli_trace_csv_and_info(tmp_path: Path) -> None:
+    trace = tmp_path / "t.kmltrc"
+    simulated_trace(trace, n=20)
+    csv_path = tmp_path / "t.csv"
+    run = [sys.executable, "-m", "kmlbench.cli", "trace"]
+    proc = subprocess.run([*run, "csv", str(trace), "-o", str(csv_path)], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(csv_path.read_text().splitlines()) == 21
+    proc = subprocess.run([*run, "info", str(trace)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "20 samples, abi 1, 12 features" in proc.stdout
