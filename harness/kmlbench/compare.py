@@ -9,10 +9,12 @@ A run is a run id in the database or a run folder (ingested first). Cells
 of side A and side B are matched by their parameters minus the compared
 dimension (the keys named in the filters; for two runs, the run), so each
 row compares the repeats of one configuration in A with those of the same
-configuration in B. Comparing ``scheduler.name`` or ``device.type``
-compares the whole axis: the scheduler's tunables (mq-deadline's
-``read_expire`` etc.) or the device's settings are left out of the match
-too. A is the baseline: change = B / A - 1.
+configuration in B. Comparing ``scheduler.name``, ``device.type`` or
+``model.mode`` compares the whole axis: the scheduler's tunables
+(mq-deadline's ``read_expire`` etc.), the device's settings or the model's
+trainer, ring and files are left out of the match too (narrow a side with
+more filter keys, ``--b model.mode=active,model.trainer=user``). A is the
+baseline: change = B / A - 1.
 
 Options: ``--metrics mean p50 p99 p999 iops`` (default; ``accuracy`` and
 ``balanced_accuracy`` are added when cells carry ``kml_stats``),
@@ -97,8 +99,14 @@ class Result:
 
 # Comparing these keys compares the whole axis: mq-deadline carries five
 # tunables that none, kyber and bfq lack, so ``scheduler.name`` alone would
-# leave every mq-deadline cell without a twin on the other side.
-WHOLE_AXIS_KEYS = {"scheduler.name": "scheduler.", "device.type": "device."}
+# leave every mq-deadline cell without a twin on the other side. Likewise a
+# model that is off records only its mode, one that is on its trainer, ring...
+WHOLE_AXIS_KEYS = {
+    "scheduler.name": "scheduler.",
+    "device.type": "device.",
+    "model.mode": "model.",
+    "model.enabled": "model.",
+}
 
 
 def excluded_keys(compared: Sequence[str], ignore: Sequence[str] = ()) -> set[str]:

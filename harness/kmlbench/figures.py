@@ -40,6 +40,11 @@ PNG_DPI = 200
 
 # Okabe-Ito
 MODEL_COLOURS = {"off": "#0072B2", "on": "#D55E00"}
+# The model axis's modes (docs/matrix.md): active is "on"; observe predicts but
+# leaves dispatch alone, so it gets the sky blue next to off's blue.
+MODE_COLOURS = {"off": MODEL_COLOURS["off"], "observe": "#56B4E9", "active": MODEL_COLOURS["on"]}
+# model.* parameters the state (colour, "model <state>" label) already shows.
+_STATE_KEYS = ("model.mode", "model.enabled", "model.name")
 SCHEDULER_COLOURS = {
     "none": "#999999",
     "mq-deadline": "#0072B2",
@@ -57,20 +62,29 @@ LATENCY_BARS = ("mean", "p50", "p99", "p999")
 
 
 def model_state(params: dict) -> str | None:
-    """``on``/``off`` for a cell with a model axis, None without one.
+    """The model's state for a cell with a model axis, None without one.
 
-    ``params["model"]`` is ``{"name": ..., "enabled": bool}``: ``enabled``
+    With the matrix's model axis (``params["model"]["mode"]``) the state is
+    the mode: ``off``, ``observe`` or ``active``. The older proposed shape
+    ``{"name": ..., "enabled": bool}`` gives ``on``/``off``: ``enabled``
     decides when present; otherwise a model named ``none``/``off`` (or
-    empty) is off and any other name is on.
+    empty) is off.
     """
     model = params.get("model")
     if model is None:
         return None
     if isinstance(model, dict):
+        if isinstance(model.get("mode"), str):
+            return model["mode"]
         if "enabled" in model:
             return "on" if model["enabled"] else "off"
         model = model.get("name")
     return "off" if str(model or "").lower() in ("", "none", "off", "false") else "on"
+
+
+def model_colour(state: str) -> str:
+    """Colour of a model state: off blue, on/active vermillion, observe sky blue."""
+    return MODEL_COLOURS.get(state) or MODE_COLOURS.get(state) or EXTRA_COLOURS[0]
 
 
 @dataclass
@@ -164,9 +178,7 @@ def group_cells(run: kdb.RunRow, cells: list[kdb.CellRow]) -> RunData:
         series = panel.series.get(skey)
         if series is None:
             state = model_state(c.params)
-            label = _label(
-                c, [k for k in series_keys if not k.startswith("model.")], "scheduler.name"
-            )
+            label = _label(c, [k for k in series_keys if k not in _STATE_KEYS], "scheduler.name")
             if state is not None and any(k.startswith("model.") for k in series_keys):
                 label += f", model {state}"
             series = panel.series[skey] = Series(
@@ -233,7 +245,7 @@ def plain_log_axis(axis: Any) -> None:
 
 def _colour(data: RunData, series: Series, schedulers: list[str]) -> str:
     if series.model is not None and data.has_model_axis:
-        return MODEL_COLOURS[series.model]
+        return model_colour(series.model)
     colour = SCHEDULER_COLOURS.get(series.scheduler or "")
     if colour is None:
         colour = EXTRA_COLOURS[schedulers.index(series.scheduler or "") % len(EXTRA_COLOURS)]
@@ -646,14 +658,16 @@ def learning_curve(data: RunData) -> list[Drawn]:
         curves = [cv for cv in curves if cv.get("step")]
         if not curves:
             continue
+        # kmlctl's trainer reports the issue-time error of each window, not a loss
+        left = "loss" if any(cv.get("loss") for cv in curves) else "mae_us"
         plt = setup_matplotlib()
         fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN_IN, 2.2))
         for i, cv in enumerate(curves):
             alpha = 1.0 if len(curves) == 1 else 0.5 + 0.5 / len(curves)
-            if cv.get("loss"):
+            if cv.get(left):
                 loss_ax.plot(
                     cv["step"],
-                    cv["loss"],
+                    cv[left],
                     color=MODEL_COLOURS["on"],
                     alpha=alpha,
                     linestyle=LINESTYLES[i % len(LINESTYLES)],
@@ -668,7 +682,7 @@ def learning_curve(data: RunData) -> list[Drawn]:
                     label=f"repeat {i}",
                 )
         loss_ax.set_xlabel("training step")
-        loss_ax.set_ylabel("loss")
+        loss_ax.set_ylabel("loss" if left == "loss" else "issue-time MAE (µs)")
         acc_ax.set_xlabel("training step")
         acc_ax.set_ylabel("accuracy")
         acc_ax.set_ylim(0, 1)
@@ -678,7 +692,8 @@ def learning_curve(data: RunData) -> list[Drawn]:
             Drawn(
                 f"learning_curve-{_slug(p.label)}",
                 fig,
-                f"{p.label}: training loss (left) and accuracy (right).",
+                f"{p.label}: training "
+                f"{'loss' if left == 'loss' else 'issue-time error'} (left) and accuracy (right).",
             )
         )
     return out
