@@ -39,6 +39,10 @@ urgent_dispatches 7
 ktrainer_samples 0
 ktrainer_steps 0
 ktrainer_skipped 0
+ring_capacity 4096
+ring_mode drop
+sample_filter all
+ktrainer_running 0
 inference_ns_hist 100 200 10
 inference_ns_hist 200 300 30
 inference_ns_hist 300 400 60
@@ -49,6 +53,7 @@ def test_parse_keeps_counters_and_histogram() -> None:
     s = parse_stats(STATS)
     assert s.counters["predictions"] == 100
     assert s.counters["urgent_dispatches"] == 7
+    assert s.settings == {"ring_mode": "drop", "sample_filter": "all"}
     assert s.histogram == [Bucket(100, 200, 10), Bucket(200, 300, 30), Bucket(300, 400, 60)]
     assert kmlstats.check_invariants(s) == []
 
@@ -111,7 +116,7 @@ def test_percentile_interpolation_edges() -> None:
     ("text", "message"),
     [
         ("predictions\n", "line 1: expected 'key value'"),
-        ("predictions x\n", "line 1: invalid literal"),
+        ("predictions 1.5\n", "line 1: predictions: '1.5' is neither an integer nor a word"),
         ("a 1\na 2\n", "line 2: duplicate key 'a'"),
         ("inference_ns_hist 1 2\n", "line 1: expected 'inference_ns_hist lo hi count'"),
         ("inference_ns_hist 5 2 1\n", "0 <= lo < hi"),

@@ -363,13 +363,13 @@ def kml_setup_script(
         lines += [
             f"setnum {p}/ktrainer_rate {int(model.get('rate', 0))}",
             f"setnum {p}/ktrainer_cpu_pct {int(model.get('cpu_pct', 100))}",
-            f"setnum {p}/ktrainer_publish {int(model.get('publish_every', 1024))}",
+            f"setnum {p}/ktrainer_publish {int(model.get('publish_every', 512))}",
             f'echo 1 > {p}/ktrainer 2>/dev/null || die "cannot start the kernel trainer"',
         ]
     elif trainer == "user":
         args = [
             KMLCTL, "train", "--mode", ring_mode,
-            "--publish-every", str(int(model.get("publish_every", 1024))),
+            "--publish-every", str(int(model.get("publish_every", 512))),
             "--seconds", f"{trainer_seconds:g}",
             "--save", GUEST_TRAINED, "--curve", GUEST_CURVE,
         ]  # fmt: skip

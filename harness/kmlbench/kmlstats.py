@@ -58,10 +58,15 @@ class Bucket:
 
 @dataclass
 class KmlStats:
-    """The parsed statistics file: counters by name, histogram buckets ascending."""
+    """The parsed statistics file: counters by name, histogram buckets ascending.
+
+    ``settings`` holds the lines whose value is a word, not a number (the
+    kernel prints ``ring_mode block``, ``sample_filter all``).
+    """
 
     counters: dict[str, int] = field(default_factory=dict)
     histogram: list[Bucket] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)
 
     def get(self, key: str) -> int:
         """A counter, 0 when the kernel did not print it (an older kernel)."""
@@ -71,8 +76,9 @@ class KmlStats:
 def parse_stats(text: str, *, source: str = "kml statistics") -> KmlStats:
     """Parse the statistics file; KmlStatsError names the line of a bad entry.
 
-    Unknown keys are kept (a newer kernel may add counters); a malformed
-    line is an error rather than skipped, because silently missing a
+    Unknown keys are kept (a newer kernel may add counters); a value that
+    is a word goes to ``settings``; a malformed line is an error rather
+    than skipped, because silently missing a
     counter would make the invariants below lie.
     """
     stats = KmlStats()
@@ -92,9 +98,15 @@ def parse_stats(text: str, *, source: str = "kml statistics") -> KmlStats:
             else:
                 if len(words) != 2:
                     raise ValueError("expected 'key value'")
-                if words[0] in stats.counters:
-                    raise ValueError(f"duplicate key {words[0]!r}")
-                stats.counters[words[0]] = int(words[1])
+                key, value = words
+                if key in stats.counters or key in stats.settings:
+                    raise ValueError(f"duplicate key {key!r}")
+                if value.lstrip("-").isdigit():
+                    stats.counters[key] = int(value)
+                elif value[:1].isalpha():
+                    stats.settings[key] = value
+                else:
+                    raise ValueError(f"{key}: {value!r} is neither an integer nor a word")
         except ValueError as exc:
             raise KmlStatsError(f"{source}: line {n}: {exc}: {raw!r}") from exc
     stats.histogram.sort(key=lambda b: b.lo)
@@ -300,5 +312,6 @@ def kml_stats_record(
     if trainer:
         record["trainer"] = dict(trainer)
     record["counters"] = dict(stats.counters)
+    record["settings"] = dict(stats.settings)
     record["histogram"] = [[b.lo, b.hi, b.count] for b in stats.histogram]
     return record

@@ -217,7 +217,7 @@ MODEL_FIELDS: dict[str, Field] = {
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),
-    "publish_every": Field("int", 1024, _at_least(1)),
+    "publish_every": Field("int", 512, _at_least(1)),
     "warm_start": Field("str", None),
 }
 # Only meaningful with a trainer: not recorded for ``trainer: none``.
