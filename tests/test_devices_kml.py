@@ -48,8 +48,10 @@ def test_setup_and_stop_scripts_parse(model: dict) -> None:
     assert order == sorted(order)
     assert 'q="/sys/block/nullb0/queue/iosched"' in setup
     if model["trainer"] == "user":
-        assert "setsid /usr/bin/kmlctl train --mode drop --publish-every 512 --seconds 40" in setup
-        assert "--warm /tmp/warm.kmlm" in setup and "--rate" not in setup
+        assert (
+            "setsid /usr/bin/kmlctl train --mode drop --rate 0 --cpu-pct 100 --publish-every 512 "
+            "--seconds 40 --save /tmp/trained.kmlm --curve /tmp/curve.jsonl --warm /tmp/warm.kmlm"
+        ) in setup
         assert "stop /tmp/trainer.pid" in devices.kml_stop_script(model)
     if model["trainer"] == "kernel":
         assert "setnum /sys/module/kml/parameters/ktrainer_rate 500" in setup

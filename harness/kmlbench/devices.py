@@ -369,14 +369,12 @@ def kml_setup_script(
     elif trainer == "user":
         args = [
             KMLCTL, "train", "--mode", ring_mode,
+            "--rate", str(int(model.get("rate", 0))),
+            "--cpu-pct", str(int(model.get("cpu_pct", 100))),
             "--publish-every", str(int(model.get("publish_every", 512))),
             "--seconds", f"{trainer_seconds:g}",
             "--save", GUEST_TRAINED, "--curve", GUEST_CURVE,
         ]  # fmt: skip
-        if int(model.get("rate", 0)) > 0:
-            args += ["--rate", str(int(model["rate"]))]
-        if int(model.get("cpu_pct", 100)) < 100:
-            args += ["--cpu-pct", str(int(model["cpu_pct"]))]
         if warm_uploaded:
             args += ["--warm", GUEST_WARM]
         lines += _background(args, GUEST_TRAINER_LOG, GUEST_TRAINER_PID, "kmlctl train")
