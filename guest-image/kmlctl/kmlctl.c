@@ -463,6 +463,30 @@ out:
 	return err;
 }
 
+/* Write a file via a temporary name, so readers never see half of it. */
+static int write_file_atomic(const char *path, const void *buf, size_t len)
+{
+	char tmp[4096];
+	FILE *f;
+	int err = 0;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid()) >=
+	    (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	f = fopen(tmp, "wb");
+	if (!f)
+		return -errno;
+	if (fwrite(buf, 1, len, f) != len)
+		err = -errno ? -errno : -EIO;
+	if (fclose(f) && !err)
+		err = -errno;
+	if (!err && rename(tmp, path))
+		err = -errno;
+	if (err)
+		unlink(tmp);
+	return err;
+}
+
 /* ------------------------------------------------------------- device */
 
 /*
@@ -606,6 +630,8 @@ static int map_ring_dev(const struct opts *o, struct ring_src *rs)
 	if (rs->info.ktrainer_running)
 		fprintf(stderr, "kmlctl: note: the kernel trainer is running; "
 			"mapping the ring will likely fail with EBUSY\n");
+	if (!rs->info.ring_bytes)
+		return fail(ENODEV, "%s: the kernel has no sample ring", o->dev);
 	rs->bytes = rs->info.ring_bytes;
 	rs->mem = mmap(NULL, rs->bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
 		       rs->fd, 0);
@@ -854,6 +880,1049 @@ static int cmd_trace(const struct opts *o)
 	return ret;
 }
 
+/* ------------------------------------------------------------- train */
+/*
+ * Shared user-kernel mode: the kernel pushes one sample per completed
+ * request into the ring, we train and publish models back.  Two threads:
+ *
+ *   consumer  pops the ring (1 ms sleeps when empty) into a bounded FIFO;
+ *             in drop mode it discards (and counts) what the trainer could
+ *             not take: FIFO full, over the rate cap, or the trainer is
+ *             sleeping for its CPU cap.  In block mode it stops popping
+ *             while the FIFO is full, so back-pressure reaches the kernel
+ *             ring (whose own ring_mode then decides).
+ *   trainer   takes mini-batches from the FIFO; for each it first predicts
+ *             (prequential evaluation: the curve scores data the model has
+ *             not trained on yet), then updates the normalisation and
+ *             takes one Adam step; publishes every --publish-every samples.
+ *
+ * One trainer thread: KML training calls need a single caller, and a
+ * 12-16-1 MLP step on 32 rows takes microseconds, far below the ring rate
+ * a guest disk produces.
+ */
+
+#define TRAIN_POP_CHUNK		64	/* records popped per lock round */
+#define TRAIN_BATCH_WAIT_S	0.05	/* train a partial batch after this */
+#define TRAIN_STOP_GRACE_S	1.0	/* draining after --seconds/a signal */
+#define TRAIN_MAX_REFUSAL_MSGS	5
+
+/* Token bucket for --rate: @rate tokens/s, at most @burst banked. */
+struct bucket {
+	double rate, burst, tokens, last;
+};
+
+static void bucket_init(struct bucket *b, double rate, double burst)
+{
+	b->rate = rate;
+	b->burst = burst;
+	b->tokens = burst;
+	b->last = mono_s();
+}
+
+static void bucket_refill(struct bucket *b)
+{
+	double now = mono_s();
+
+	b->tokens += (now - b->last) * b->rate;
+	if (b->tokens > b->burst)
+		b->tokens = b->burst;
+	b->last = now;
+}
+
+/* Take @n tokens if there are; rate 0 means no cap. */
+static bool bucket_take(struct bucket *b, double n)
+{
+	if (!b->rate)
+		return true;
+	bucket_refill(b);
+	if (b->tokens < n)
+		return false;
+	b->tokens -= n;
+	return true;
+}
+
+/* Seconds until @n tokens are there. */
+static double bucket_wait_s(struct bucket *b, double n)
+{
+	if (!b->rate)
+		return 0;
+	bucket_refill(b);
+	return b->tokens >= n ? 0 : (n - b->tokens) / b->rate;
+}
+
+/* Prequential scores over a window of samples. */
+struct scores {
+	u64 n, correct, pos, tp, neg, tn;
+	double abs_err_us;
+};
+
+static void scores_add(struct scores *sc, bool met, bool pred_met,
+		       double err_us)
+{
+	sc->n++;
+	sc->correct += met == pred_met;
+	sc->pos += met;
+	sc->tp += met && pred_met;
+	sc->neg += !met;
+	sc->tn += !met && !pred_met;
+	sc->abs_err_us += err_us;
+}
+
+static double scores_accuracy(const struct scores *sc)
+{
+	return sc->n ? (double)sc->correct / sc->n : 0;
+}
+
+/* Mean recall of the classes present (= accuracy if only one is). */
+static double scores_balanced(const struct scores *sc)
+{
+	double sum = 0;
+	int k = 0;
+
+	if (sc->pos) {
+		sum += (double)sc->tp / sc->pos;
+		k++;
+	}
+	if (sc->neg) {
+		sum += (double)sc->tn / sc->neg;
+		k++;
+	}
+	return k ? sum / k : 0;
+}
+
+static double scores_mae(const struct scores *sc)
+{
+	return sc->n ? sc->abs_err_us / sc->n : 0;
+}
+
+struct trainer {
+	const struct opts *o;
+	struct ring_src rs;
+	u32 n_features;
+	bool to_dev;			/* publish to the device (not --ring-file) */
+
+	/* FIFO between the threads, under @lock */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;		/* samples arrived, or the consumer ended */
+	struct kml_dd_sample *fifo;
+	size_t fifo_cap, fifo_head, fifo_count;
+	bool consumer_done;		/* no more samples will come */
+	bool stop_now;			/* --seconds or a signal: drain briefly */
+	double stop_at;
+	int consumer_err;
+	u64 consumed;			/* popped from the ring */
+	u64 dropped;			/* popped and discarded (drop mode) */
+
+	/* consumer-only */
+	struct bucket admit;		/* drop mode --rate */
+	/* written by the trainer, read by the consumer */
+	volatile bool throttled;	/* sleeping for the CPU cap */
+
+	/* trainer-only */
+	struct kml_model *m;
+	struct bucket pace;		/* block mode --rate */
+	float *x, *y, *yhat;
+	struct kml_dd_sample *batch;
+	struct scores window, total;
+	u64 trained, steps, published, refused, unprocessed;
+	u64 next_publish, last_published_at;
+	FILE *curve;
+	double cpu_wall0, cpu0;		/* CPU-cap window */
+	double cap_sleep;		/* seconds slept for the CPU cap */
+	double trainer_cpu;		/* thread CPU seconds at exit */
+	int trainer_err;
+	const char *stopped_by;
+};
+
+/* ---- consumer thread */
+
+static void fifo_put(struct trainer *t, const struct kml_dd_sample *s)
+{
+	size_t i = (t->fifo_head + t->fifo_count) % t->fifo_cap;
+
+	t->fifo[i] = *s;
+	t->fifo_count++;
+}
+
+/* Decide, under the lock, whether one popped sample is kept. */
+static void consumer_admit(struct trainer *t, const struct kml_dd_sample *s)
+{
+	if (t->o->drop && (t->fifo_count == t->fifo_cap || t->throttled ||
+			   !bucket_take(&t->admit, 1))) {
+		t->dropped++;
+		return;
+	}
+	fifo_put(t, s);		/* block mode popped only what fits */
+}
+
+/* How many records to pop now: the limit, and the free room in block mode. */
+static size_t consumer_want(struct trainer *t)
+{
+	size_t want = TRAIN_POP_CHUNK;
+	u64 left;
+
+	if (t->o->max_samples) {
+		left = t->o->max_samples - t->consumed;
+		if (left < want)
+			want = left;
+	}
+	if (!t->o->drop) {
+		pthread_mutex_lock(&t->lock);
+		if (t->fifo_cap - t->fifo_count < want)
+			want = t->fifo_cap - t->fifo_count;
+		pthread_mutex_unlock(&t->lock);
+	}
+	return want;
+}
+
+/* Returns true when the consumer should stop for time or a signal. */
+static bool consumer_stop_requested(struct trainer *t, double end)
+{
+	if (stop_signal) {
+		t->stopped_by = strsignal(stop_signal);
+		return true;
+	}
+	if (end && mono_s() >= end) {
+		t->stopped_by = "seconds";
+		return true;
+	}
+	return false;
+}
+
+static void *consumer_main(void *arg)
+{
+	struct trainer *t = arg;
+	double end = t->o->seconds > 0 ? mono_s() + t->o->seconds : 0;
+	struct kml_dd_sample recs[TRAIN_POP_CHUNK];
+	bool stop_now = false;
+	size_t want, n, i;
+	int ret = 0;
+
+	for (;;) {
+		if (consumer_stop_requested(t, end)) {
+			stop_now = true;
+			break;
+		}
+		if (t->o->max_samples && t->consumed >= t->o->max_samples) {
+			t->stopped_by = "max-samples";
+			break;
+		}
+		want = consumer_want(t);
+		for (n = 0; n < want; n++) {
+			ret = kml_ring_pop(&t->rs.ring, &recs[n]);
+			if (ret)
+				break;
+		}
+		if (ret && ret != -EAGAIN)
+			break;
+		ret = 0;
+		if (!n) {
+			sleep_s(0.001);	/* empty ring, or a full FIFO */
+			continue;
+		}
+		pthread_mutex_lock(&t->lock);
+		for (i = 0; i < n; i++)
+			consumer_admit(t, &recs[i]);
+		t->consumed += n;
+		pthread_cond_signal(&t->cond);
+		pthread_mutex_unlock(&t->lock);
+	}
+	pthread_mutex_lock(&t->lock);
+	t->consumer_done = true;
+	t->consumer_err = ret;
+	if (ret)
+		t->stopped_by = "error";
+	t->stop_now = stop_now;
+	t->stop_at = mono_s();
+	pthread_cond_signal(&t->cond);
+	pthread_mutex_unlock(&t->lock);
+	return NULL;
+}
+
+/* ---- model */
+
+static s64 to_q32(double v)
+{
+	return (s64)llround(v * 4294967296.0);
+}
+
+static int model_new(const struct opts *o, u32 n_in, struct kml_model **m)
+{
+	struct kml_model_cfg cfg;
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.dtype = KML_F32;
+	cfg.norm = KML_NORM_STANDARD;
+	cfg.seed = o->seed;
+	cfg.sizes[0] = n_in;
+	if (o->linear) {
+		cfg.arch = KML_ARCH_LINEAR;
+		cfg.n_layers = 1;
+		cfg.sizes[1] = 1;
+	} else {
+		cfg.arch = KML_ARCH_MLP;
+		cfg.n_layers = 2;
+		cfg.sizes[1] = 16;
+		cfg.sizes[2] = 1;
+		cfg.hidden_act = KML_ACT_RELU;
+	}
+	return kml_model_create(&cfg, m);
+}
+
+/* --warm: continue from a saved model, which must fit the samples. */
+static int model_warm(const char *path, u32 n_in, struct kml_model **m)
+{
+	struct kml_model_cfg cfg;
+	size_t len;
+	void *buf;
+	int ret;
+
+	ret = read_file(path, &buf, &len);
+	if (ret)
+		return fail(-ret, "read %s", path);
+	ret = kml_model_load(buf, len, m);
+	free(buf);
+	if (ret)
+		return fail(-ret, "%s: not a valid model", path);
+	kml_model_get_cfg(*m, &cfg);
+	if (cfg.dtype != KML_F32)
+		return fail(EINVAL, "%s: kmlctl trains float32 models only", path);
+	if (cfg.sizes[0] != n_in || cfg.sizes[cfg.n_layers] != 1)
+		return fail(EPROTO, "%s: %u inputs and %u outputs, the samples "
+			    "need %u and 1", path, cfg.sizes[0],
+			    cfg.sizes[cfg.n_layers], n_in);
+	return 0;
+}
+
+static int trainer_setup(struct trainer *t)
+{
+	const struct opts *o = t->o;
+	struct kml_train_cfg tc;
+	int ret;
+
+	if (o->warm) {
+		if (model_warm(o->warm, t->n_features, &t->m))
+			return 1;
+	} else {
+		ret = model_new(o, t->n_features, &t->m);
+		if (ret)
+			return fail(-ret, "kml_model_create");
+	}
+	memset(&tc, 0, sizeof(tc));
+	tc.optimizer = KML_OPT_ADAM;
+	tc.loss = KML_LOSS_MSE;
+	tc.max_batch = o->batch;
+	tc.lr = to_q32(o->lr);
+	ret = kml_model_train_setup(t->m, &tc);
+	if (ret)
+		return fail(-ret, "kml_model_train_setup");
+	t->x = calloc((size_t)o->batch * t->n_features, sizeof(float));
+	t->y = calloc(o->batch, sizeof(float));
+	t->yhat = calloc(o->batch, sizeof(float));
+	t->batch = calloc(o->batch, sizeof(*t->batch));
+	if (!t->x || !t->y || !t->yhat || !t->batch)
+		return fail(ENOMEM, "trainer buffers");
+	return 0;
+}
+
+/* The model's view of a sample: Q16.16 features as float, lg(issue us). */
+static void sample_row(const struct kml_dd_sample *s, u32 nf, float *x,
+		       float *y)
+{
+	u32 i;
+
+	for (i = 0; i < nf; i++)
+		x[i] = s->features[i] / 65536.0f;
+	*y = (float)log2(1.0 + s->issue_ns / 1000.0);
+}
+
+/* Score the predictions of a batch the model has not trained on yet. */
+static void score_batch(struct trainer *t, u32 n)
+{
+	const struct kml_dd_sample *s;
+	double pred_us, actual_us;
+	bool met, pred_met;
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		s = &t->batch[i];
+		pred_us = exp2(t->yhat[i]) - 1.0;
+		if (!(pred_us >= 0))
+			pred_us = 0;	/* NaN or below zero: say "now" */
+		actual_us = s->issue_ns / 1000.0;
+		met = s->issue_ns <= s->deadline_ns;
+		pred_met = pred_us * 1000.0 <= (double)s->deadline_ns;
+		scores_add(&t->window, met, pred_met, fabs(pred_us - actual_us));
+		scores_add(&t->total, met, pred_met, fabs(pred_us - actual_us));
+	}
+}
+
+/*
+ * A fresh model starts with its output bias at the mean target of the
+ * first batch.  Targets are lg(issue us), around 5..12: from a zero bias,
+ * Adam at lr 0.01 needs about a thousand steps just to walk the bias
+ * there (a linear model's error is huge all that time); this makes the
+ * first curve windows about the features instead.  The bias is the last
+ * parameter (per layer W then b, one output).
+ */
+static void init_output_bias(struct trainer *t, u32 n)
+{
+	float *params = kml_model_params(t->m);
+	double sum = 0;
+	u32 i;
+
+	for (i = 0; i < n; i++)
+		sum += t->y[i];
+	params[kml_model_n_params(t->m) - 1] = (float)(sum / n);
+}
+
+static int train_batch(struct trainer *t, u32 n)
+{
+	float loss;
+	u32 i, nf = t->n_features;
+	int ret;
+
+	for (i = 0; i < n; i++)
+		sample_row(&t->batch[i], nf, t->x + (size_t)i * nf, &t->y[i]);
+	ret = kml_model_predict(t->m, t->x, n, t->yhat);
+	if (ret)
+		return ret;
+	score_batch(t, n);
+	if (!t->steps && !t->o->warm)
+		init_output_bias(t, n);
+	ret = kml_model_norm_update(t->m, t->x, n);
+	if (ret)
+		return ret;
+	ret = kml_model_train_batch(t->m, t->x, t->y, n, &loss);
+	if (ret)
+		return ret;
+	t->trained += n;
+	t->steps++;
+	return 0;
+}
+
+/* ---- curve, publishing, caps */
+
+static void curve_line(struct trainer *t)
+{
+	u64 consumed;
+
+	if (!t->curve || !t->window.n)
+		return;
+	pthread_mutex_lock(&t->lock);
+	consumed = t->consumed;
+	pthread_mutex_unlock(&t->lock);
+	fprintf(t->curve, "{\"samples_seen\": %llu, \"samples_consumed\": %llu, "
+		"\"accuracy\": %.6f, \"balanced_accuracy\": %.6f, "
+		"\"mae_us\": %.3f, \"n\": %llu}\n",
+		(unsigned long long)t->trained, (unsigned long long)consumed,
+		scores_accuracy(&t->window), scores_balanced(&t->window),
+		scores_mae(&t->window), (unsigned long long)t->window.n);
+	memset(&t->window, 0, sizeof(t->window));
+}
+
+/* Serialise the model; the caller frees. */
+static int model_bytes(struct kml_model *m, void **bufp, size_t *lenp)
+{
+	size_t len = kml_model_file_size(m);
+	void *buf = malloc(len);
+	long ret;
+
+	*bufp = NULL;
+	*lenp = 0;
+	if (!buf)
+		return -ENOMEM;
+	ret = kml_model_save(m, buf, len);
+	if (ret < 0) {
+		free(buf);
+		return (int)ret;
+	}
+	*bufp = buf;
+	*lenp = (size_t)ret;
+	return 0;
+}
+
+/*
+ * Publish the current weights: to the device (write + commit; a refusal
+ * is counted, not fatal: the kernel keeps the previous model), or with
+ * --ring-file to --publish-file, or nowhere.
+ */
+static void publish(struct trainer *t)
+{
+	bool at_write;
+	size_t len;
+	void *buf;
+	int ret;
+
+	if (!t->to_dev && !t->o->publish_file)
+		return;
+	ret = model_bytes(t->m, &buf, &len);
+	if (!ret) {
+		if (t->to_dev)
+			ret = publish_model(t->rs.fd, buf, len, &at_write);
+		else
+			ret = write_file_atomic(t->o->publish_file, buf, len);
+		free(buf);
+	}
+	t->last_published_at = t->trained;
+	if (!ret) {
+		t->published++;
+		return;
+	}
+	if (t->refused++ < TRAIN_MAX_REFUSAL_MSGS)
+		fail(-ret, "publishing after %llu samples refused",
+		     (unsigned long long)t->trained);
+}
+
+/*
+ * --cpu-pct: keep CPU time / wall time of the process (trainer and
+ * consumer: both are the cost of training) under the cap, per window of
+ * at most a second, by sleeping.  The consumer drops meanwhile in drop
+ * mode.  The next window starts where the sleep paid the debt off, with
+ * the CPU reading taken before it: what the consumer burns while we sleep
+ * is charged to that next window.  Sleeps come in slices so a stop is
+ * noticed.
+ */
+static void cpu_pace(struct trainer *t)
+{
+	double now, cpu_now, need, left;
+
+	if (!t->o->cpu_pct)
+		return;
+	now = mono_s();
+	cpu_now = now_s(CLOCK_PROCESS_CPUTIME_ID);
+	need = (cpu_now - t->cpu0) * 100.0 / t->o->cpu_pct -
+	       (now - t->cpu_wall0);
+	if (need >= 0.002) {
+		t->throttled = true;
+		t->cap_sleep += need;
+		for (left = need; left > 0 && !stop_signal; left -= 0.05)
+			sleep_s(left < 0.05 ? left : 0.05);
+		t->throttled = false;
+		t->cpu_wall0 = now + need;
+		t->cpu0 = cpu_now;
+	} else if (now - t->cpu_wall0 >= 1.0) {
+		t->cpu_wall0 = now;	/* no credit banked beyond a second */
+		t->cpu0 = cpu_now;
+	}
+}
+
+/* Block mode --rate: sleep until the bucket holds a batch's tokens. */
+static void rate_pace(struct trainer *t, u32 n)
+{
+	double wait;
+
+	if (t->o->drop)
+		return;
+	while ((wait = bucket_wait_s(&t->pace, n)) > 0 && !stop_signal)
+		sleep_s(wait < 0.05 ? wait : 0.05);
+	bucket_take(&t->pace, n);
+}
+
+/* ---- trainer thread */
+
+/*
+ * Wait for a batch and copy it out of the FIFO.  Returns the number of
+ * samples, 0 when there is nothing more to train on.
+ */
+static u32 take_batch(struct trainer *t)
+{
+	struct timespec until;
+	u32 n = 0;
+	double wait_end = mono_s() + TRAIN_BATCH_WAIT_S;
+
+	pthread_mutex_lock(&t->lock);
+	while (t->fifo_count < t->o->batch && !t->consumer_done &&
+	       mono_s() < wait_end) {
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += 10 * 1000 * 1000;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&t->cond, &t->lock, &until);
+	}
+	if (t->stop_now && mono_s() > t->stop_at + TRAIN_STOP_GRACE_S)
+		goto out;	/* leftovers are counted as unprocessed */
+	while (n < t->o->batch && t->fifo_count) {
+		t->batch[n++] = t->fifo[t->fifo_head];
+		t->fifo_head = (t->fifo_head + 1) % t->fifo_cap;
+		t->fifo_count--;
+	}
+out:
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+static bool trainer_finished(struct trainer *t)
+{
+	bool done;
+
+	pthread_mutex_lock(&t->lock);
+	done = t->consumer_done && (!t->fifo_count || (t->stop_now &&
+		mono_s() > t->stop_at + TRAIN_STOP_GRACE_S));
+	pthread_mutex_unlock(&t->lock);
+	return done;
+}
+
+static void *trainer_main(void *arg)
+{
+	struct trainer *t = arg;
+	u32 n;
+	int ret;
+
+	t->cpu_wall0 = mono_s();
+	t->cpu0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+	while (!trainer_finished(t)) {
+		n = take_batch(t);
+		if (!n)
+			continue;
+		rate_pace(t, n);
+		ret = train_batch(t, n);
+		if (ret) {
+			t->trainer_err = ret;
+			fail(-ret, "training step");
+			break;
+		}
+		if (t->window.n >= t->o->curve_every)
+			curve_line(t);
+		if (t->o->publish_every &&
+		    t->trained - t->last_published_at >= t->o->publish_every)
+			publish(t);
+		cpu_pace(t);
+	}
+	curve_line(t);		/* the partial last window, "n" says how big */
+	if (t->o->publish_every && t->trained > t->last_published_at)
+		publish(t);
+	t->trainer_cpu = now_s(CLOCK_THREAD_CPUTIME_ID);
+	return NULL;
+}
+
+/* ---- command */
+
+static int train_open(struct trainer *t, const struct opts *o)
+{
+	memset(t, 0, sizeof(*t));
+	t->o = o;
+	t->stopped_by = "error";
+	if (o->threads != 1)
+		return fail(EINVAL, "--threads: one trainer thread is "
+			    "implemented (KML training calls need one caller)");
+	if (o->publish_file && !o->ring_file)
+		return fail(EINVAL, "--publish-file is for --ring-file runs; "
+			    "with the device, models are published to it");
+	if (open_ring(o, &t->rs))
+		return 1;
+	t->to_dev = !o->ring_file;
+	t->n_features = t->rs.info.n_features;
+	if (!t->n_features || t->n_features > KML_DD_MAX_FEATURES ||
+	    t->n_features > KML_MAX_WIDTH)
+		return fail(EPROTO, "device reports %u features",
+			    t->n_features);
+	t->fifo_cap = o->buffer;
+	t->fifo = calloc(t->fifo_cap, sizeof(*t->fifo));
+	if (!t->fifo)
+		return fail(ENOMEM, "sample buffer");
+	if (o->curve) {
+		t->curve = fopen(o->curve, "w");
+		if (!t->curve)
+			return fail(errno, "open %s", o->curve);
+		setvbuf(t->curve, NULL, _IOLBF, 0);
+	}
+	/* drop mode admits a tenth of a second's worth in a burst */
+	bucket_init(&t->admit, o->rate, fmax(o->batch, o->rate / 10));
+	bucket_init(&t->pace, o->rate, fmax(o->batch, o->rate / 10));
+	pthread_mutex_init(&t->lock, NULL);
+	pthread_cond_init(&t->cond, NULL);
+	return trainer_setup(t);
+}
+
+static int train_save(struct trainer *t)
+{
+	size_t len;
+	void *buf;
+	int ret;
+
+	if (!t->o->save)
+		return 0;
+	ret = model_bytes(t->m, &buf, &len);
+	if (!ret) {
+		ret = write_file_atomic(t->o->save, buf, len);
+		free(buf);
+	}
+	return ret ? fail(-ret, "save %s", t->o->save) : 0;
+}
+
+/* @wall and @cpu: seconds since the threads started (setup not counted). */
+static void train_summary(struct trainer *t, double wall, double cpu)
+{
+	printf("samples %llu\n", (unsigned long long)t->trained);
+	printf("consumed %llu\n", (unsigned long long)t->consumed);
+	printf("dropped_by_trainer %llu\n", (unsigned long long)t->dropped);
+	printf("unprocessed %llu\n", (unsigned long long)t->unprocessed);
+	printf("steps %llu\n", (unsigned long long)t->steps);
+	printf("published %llu\n", (unsigned long long)t->published);
+	printf("refused %llu\n", (unsigned long long)t->refused);
+	printf("accuracy %.6f\n", scores_accuracy(&t->total));
+	printf("balanced_accuracy %.6f\n", scores_balanced(&t->total));
+	printf("mae_us %.3f\n", scores_mae(&t->total));
+	printf("seconds %.3f\n", wall);
+	printf("cpu_pct %.2f\n", wall > 0 ? 100.0 * cpu / wall : 0);
+	printf("trainer_cpu_pct %.2f\n",
+	       wall > 0 ? 100.0 * t->trainer_cpu / wall : 0);
+	printf("cpu_cap_sleep_s %.3f\n", t->cap_sleep);
+	printf("stopped_by %s\n", t->stopped_by);
+}
+
+static void train_close(struct trainer *t)
+{
+	if (t->curve)
+		fclose(t->curve);
+	kml_model_free(t->m);
+	free(t->x);
+	free(t->y);
+	free(t->yhat);
+	free(t->batch);
+	free(t->fifo);
+	close_ring(&t->rs);
+}
+
+static int cmd_train(const struct opts *o)
+{
+	const unsigned int allowed = OPT_SECONDS | OPT_MAX_SAMPLES | OPT_MODE |
+		OPT_RATE | OPT_CPU_PCT | OPT_WARM | OPT_ARCH | OPT_SAVE |
+		OPT_CURVE | OPT_CURVE_EVERY | OPT_PUBLISH_EVERY |
+		OPT_PUBLISH_FILE | OPT_THREADS | OPT_BUFFER | OPT_LR |
+		OPT_BATCH | OPT_SEED;
+	pthread_t consumer, trainer;
+	struct trainer t;
+	double t0, cpu0;
+	int ret;
+
+	if (check_opts(o, "train", allowed, 0, 0))
+		return 2;
+	if ((o->seen & OPT_WARM) && (o->seen & OPT_ARCH))
+		return usage_error("--warm takes the architecture of the model");
+	install_stop_handlers();
+	if (train_open(&t, o)) {
+		train_close(&t);
+		return 1;
+	}
+	t0 = mono_s();
+	cpu0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+	if (pthread_create(&trainer, NULL, trainer_main, &t) ||
+	    pthread_create(&consumer, NULL, consumer_main, &t)) {
+		/* only at startup, nothing to unwind but the process */
+		return fail(EAGAIN, "pthread_create");
+	}
+	pthread_join(consumer, NULL);
+	pthread_join(trainer, NULL);
+	t.unprocessed = t.fifo_count;
+	ret = t.consumer_err ? fail(-t.consumer_err, "ring pop") : 0;
+	ret |= t.trainer_err ? 1 : 0;
+	ret |= train_save(&t);
+	train_summary(&t, mono_s() - t0,
+		      now_s(CLOCK_PROCESS_CPUTIME_ID) - cpu0);
+	train_close(&t);
+	return ret;
+}
+
+/* ------------------------------------------------------------- fault */
+/*
+ * Malformed input for the kernel's fault-injection tests.  Each kind
+ * prints what the kernel answered and exits 0 only if it refused the way
+ * docs/kml-iosched.md says.  With --out FILE the model-making kinds write
+ * the bad model to FILE instead (host tests check it with KML's loader).
+ */
+
+static void put_le32(u8 *p, u32 v)
+{
+	p[0] = v;
+	p[1] = v >> 8;
+	p[2] = v >> 16;
+	p[3] = v >> 24;
+}
+
+/* A valid float MLP n_in-16-1 with normalisation, saved into a buffer. */
+static int valid_model(u32 n_in, void **bufp, size_t *lenp)
+{
+	struct opts o;
+	struct kml_model *m;
+	int ret;
+
+	memset(&o, 0, sizeof(o));
+	o.seed = 1;
+	ret = model_new(&o, n_in, &m);
+	if (ret)
+		return ret;
+	ret = model_bytes(m, bufp, lenp);
+	kml_model_free(m);
+	return ret;
+}
+
+/*
+ * NaN and +Inf in the first two weights, CRC recomputed: magic, sizes and
+ * checksum are right, so only the loader's value check can refuse it.
+ */
+static void poison_model(u8 *buf, size_t len)
+{
+	size_t params = KML_MODEL_HDR_SIZE + 8 + (size_t)KML_DD_NR_FEATURES * 12;
+
+	put_le32(buf + params, 0x7fc00000U);		/* quiet NaN */
+	put_le32(buf + params + 4, 0x7f800000U);	/* +Inf */
+	put_le32(buf + len - 4, kml_crc32(0, buf, len - 4));
+}
+
+/* The bad model of @kind; @want is the errno the kernel must answer. */
+static int fault_model(const char *kind, void **bufp, size_t *lenp, int *want)
+{
+	u32 n_in = KML_DD_NR_FEATURES;
+	int ret;
+
+	if (!strcmp(kind, "wrong-shape"))
+		n_in = KML_DD_NR_FEATURES - 4;
+	ret = valid_model(n_in, bufp, lenp);
+	if (ret)
+		return fail(-ret, "building a model");
+	if (!strcmp(kind, "nan-model")) {
+		poison_model(*bufp, *lenp);
+		*want = EDOM;
+	} else if (!strcmp(kind, "wrong-shape")) {
+		*want = EPROTO;
+	} else if (!strcmp(kind, "truncated")) {
+		*lenp /= 2;
+		*want = EBADMSG;
+	} else {		/* die-mid-update sends half of a valid one */
+		*lenp /= 2;
+		*want = 0;
+	}
+	return 0;
+}
+
+static u64 generation(int fd)
+{
+	struct kml_dev_info info;
+
+	return dev_info(fd, &info) ? (u64)-1 : info.model_generation;
+}
+
+static int verdict(const char *kind, int got, int want)
+{
+	bool ok = got == want;
+
+	printf("fault %s: got %s, expected %s: %s\n", kind,
+	       got ? errname(got) : "success", errname(want),
+	       ok ? "ok" : "FAIL");
+	return ok ? 0 : 1;
+}
+
+/* Publish the bad model; the kernel must refuse with @want, no swap. */
+static int fault_publish(const struct opts *o, const char *kind)
+{
+	bool at_write;
+	size_t len;
+	void *buf;
+	u64 gen;
+	int fd, want, ret;
+
+	if (fault_model(kind, &buf, &len, &want))
+		return 1;
+	if (o->out) {
+		ret = write_file_atomic(o->out, buf, len);
+		free(buf);
+		if (ret)
+			return fail(-ret, "write %s", o->out);
+		printf("fault %s: wrote %zu bytes to %s\n", kind, len, o->out);
+		return 0;
+	}
+	if (open_dev(o, &fd)) {
+		free(buf);
+		return 1;
+	}
+	gen = generation(fd);
+	ret = publish_model(fd, buf, len, &at_write);
+	free(buf);
+	printf("fault %s: %s refused: %s\n", kind,
+	       at_write ? "write" : "KML_IOC_COMMIT", ret ? "yes" : "no");
+	if (generation(fd) != gen) {
+		printf("fault %s: model_generation changed: FAIL\n", kind);
+		close(fd);
+		return 1;
+	}
+	close(fd);
+	return verdict(kind, -ret, want);
+}
+
+/* Write half a valid model and die without committing or closing. */
+static int fault_die_mid_update(const struct opts *o)
+{
+	size_t len, done = 0;
+	void *buf;
+	int fd, want, ret;
+
+	if (o->out)
+		return fault_publish(o, "die-mid-update");
+	if (fault_model("die-mid-update", &buf, &len, &want))
+		return 1;
+	if (open_dev(o, &fd)) {
+		free(buf);
+		return 1;
+	}
+	ret = write_chunks(fd, buf, len, KMLCTL_WRITE_CHUNK, &done);
+	free(buf);
+	if (ret) {
+		close(fd);
+		return fail(-ret, "write after %zu bytes", done);
+	}
+	printf("fault die-mid-update: wrote %zu bytes (half a model), exiting "
+	       "without KML_IOC_COMMIT\n", done);
+	fflush(stdout);
+	_exit(0);	/* the kernel's release() must drop the staged bytes */
+}
+
+/* More than max_model_bytes: some write() must fail. */
+static int fault_big_write(const struct opts *o)
+{
+	struct kml_dev_info info;
+	size_t len, done = 0;
+	void *buf;
+	int fd, ret;
+
+	if (open_dev(o, &fd))
+		return 1;
+	ret = dev_info(fd, &info);
+	if (ret) {
+		close(fd);
+		return fail(-ret, "KML_IOC_INFO");
+	}
+	len = (size_t)info.max_model_bytes + 2 * KMLCTL_WRITE_CHUNK;
+	buf = calloc(1, len);
+	if (!buf) {
+		close(fd);
+		return fail(ENOMEM, "buffer");
+	}
+	ret = write_chunks(fd, buf, len, KMLCTL_WRITE_CHUNK, &done);
+	free(buf);
+	ioctl(fd, KML_IOC_DISCARD);
+	close(fd);
+	printf("fault big-write: max_model_bytes %u, accepted %zu of %zu\n",
+	       info.max_model_bytes, done, len);
+	if (!ret || done > info.max_model_bytes) {
+		printf("fault big-write: got %s after %zu bytes: FAIL\n",
+		       ret ? errname(-ret) : "success", done);
+		return 1;
+	}
+	printf("fault big-write: got %s: ok\n", errname(-ret));
+	return 0;
+}
+
+/* ---- garbage-ioctl */
+
+struct bad_ioctl {
+	const char *what;
+	unsigned long cmd;
+	int arg_kind;		/* enum below */
+	int want;
+};
+
+enum { ARG_NONE, ARG_NULL, ARG_ONE, ARG_KERNEL, ARG_RDONLY, ARG_STRADDLE };
+
+static const struct bad_ioctl bad_ioctls[] = {
+	{ "unknown nr", _IO(KML_IOC_MAGIC, 0x7f), ARG_NONE, ENOTTY },
+	{ "INFO nr, wrong size", _IOR(KML_IOC_MAGIC, 0, __u32), ARG_NONE,
+	  ENOTTY },
+	{ "COMMIT nr, with data", _IOW(KML_IOC_MAGIC, 1, __u64), ARG_NONE,
+	  ENOTTY },
+	{ "other magic", _IO(KML_IOC_MAGIC + 1, 0), ARG_NONE, ENOTTY },
+	{ "TCGETS", 0x5401, ARG_NONE, ENOTTY },
+	{ "zero", 0, ARG_NONE, ENOTTY },
+	{ "all ones", 0xffffffffUL, ARG_NONE, ENOTTY },
+	{ "INFO to NULL", KML_IOC_INFO, ARG_NULL, EFAULT },
+	{ "INFO to address 1", KML_IOC_INFO, ARG_ONE, EFAULT },
+	{ "INFO to kernel text", KML_IOC_INFO, ARG_KERNEL, EFAULT },
+	{ "INFO to read-only page", KML_IOC_INFO, ARG_RDONLY, EFAULT },
+	{ "INFO across into an unmapped page", KML_IOC_INFO, ARG_STRADDLE,
+	  EFAULT },
+};
+
+/*
+ * Two pages: the first read-only, the second inaccessible; an INFO that
+ * starts a few bytes before the second page has to fault half-way.
+ */
+static void *bad_ioctl_arg(int kind, u8 *pages, long page)
+{
+	switch (kind) {
+	case ARG_NULL:
+		return NULL;
+	case ARG_ONE:
+		return (void *)1UL;
+	case ARG_KERNEL:
+		return (void *)0xffffffff81000000UL;
+	case ARG_RDONLY:
+		return pages;
+	case ARG_STRADDLE:
+		return pages + page - 8;
+	}
+	return NULL;
+}
+
+static int fault_garbage_ioctl(const struct opts *o)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	struct kml_dev_info info;
+	const struct bad_ioctl *b;
+	int fd, err, bad = 0;
+	u8 *pages;
+	size_t i;
+
+	if (open_dev(o, &fd))
+		return 1;
+	pages = mmap(NULL, 2 * page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS,
+		     -1, 0);
+	if (pages == MAP_FAILED || mprotect(pages + page, page, PROT_NONE)) {
+		close(fd);
+		return fail(errno, "mmap");
+	}
+	for (i = 0; i < sizeof(bad_ioctls) / sizeof(bad_ioctls[0]); i++) {
+		b = &bad_ioctls[i];
+		err = ioctl(fd, b->cmd, bad_ioctl_arg(b->arg_kind, pages, page))
+		      ? errno : 0;
+		printf("ioctl %-36s 0x%08lx: got %s, expected %s: %s\n",
+		       b->what, b->cmd, err ? errname(err) : "success",
+		       errname(b->want), err == b->want ? "ok" : "FAIL");
+		bad += err != b->want;
+	}
+	/* the device still answers a good call */
+	err = dev_info(fd, &info);
+	printf("ioctl %-36s: %s\n", "INFO, valid", err ? errname(-err) : "ok");
+	bad += err != 0;
+	munmap(pages, 2 * page);
+	close(fd);
+	printf("fault garbage-ioctl: %s\n", bad ? "FAIL" : "ok");
+	return bad ? 1 : 0;
+}
+
+static int cmd_fault(const struct opts *o)
+{
+	const char *kind;
+
+	if (check_opts(o, "fault", OPT_OUT, 1, 1))
+		return 2;
+	kind = o->argv[1];
+	if (!strcmp(kind, "nan-model") || !strcmp(kind, "wrong-shape") ||
+	    !strcmp(kind, "truncated"))
+		return fault_publish(o, kind);
+	if (o->out && strcmp(kind, "die-mid-update"))
+		return usage_error("fault %s does not take --out", kind);
+	if (!strcmp(kind, "die-mid-update"))
+		return fault_die_mid_update(o);
+	if (!strcmp(kind, "big-write"))
+		return fault_big_write(o);
+	if (!strcmp(kind, "garbage-ioctl"))
+		return fault_garbage_ioctl(o);
+	return usage_error("unknown fault kind '%s'", kind);
+}
+
 /* ------------------------------------------------------------- main */
 
 struct command {
@@ -866,6 +1935,8 @@ static const struct command commands[] = {
 	{ "load", cmd_load },
 	{ "unload", cmd_unload },
 	{ "trace", cmd_trace },
+	{ "train", cmd_train },
+	{ "fault", cmd_fault },
 };
 
 int main(int argc, char **argv)

@@ -1,0 +1,436 @@
+"""kmlctl, the guest tool, on the host: a ring file replaces /dev/kml.
+
+The ring file holds a ring in the kernel's shared layout, laid out by the
+same KML code (``kml.Ring.in_buffer`` over an mmap of the file); the
+records come from a small simulated queue whose issue time depends on the
+queue-depth features in a known way, so what the trainer learns can be
+checked against the truth.  Everything runs the real static binary the
+guest image contains.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmlbench import kml
+from kmlbench.image import build_kmlctl
+from kmlbench.paths import cache_dir
+
+N_FEATURES = 12  # KML_DD_NR_FEATURES
+RECORD = np.dtype(
+    [
+        ("insert_ns", "<u8"),
+        ("sector", "<u8"),
+        ("issue_ns", "<u8"),
+        ("deadline_ns", "<u8"),
+        ("completion_ns", "<u8"),
+        ("pred_issue_ns", "<u8"),
+        ("bytes", "<u4"),
+        ("op", "u1"),
+        ("met", "u1"),
+        ("pred_valid", "u1"),
+        ("pred_met", "u1"),
+        ("flags", "<u4"),
+        ("dev", "<u4"),
+        ("features", "<i4", 16),
+    ]
+)
+assert RECORD.itemsize == 128
+
+
+@pytest.fixture(scope="module")
+def kmlctl() -> Path:
+    return build_kmlctl(cache_dir())
+
+
+def lg(x: np.ndarray) -> np.ndarray:
+    return np.log2(1.0 + x)
+
+
+def simulate(n: int, seed: int) -> np.ndarray:
+    """Requests of a simulated queue: issue time grows with the queue depth.
+
+    issue_us = (30 us read, 45 us write) per request queued ahead in the same
+    direction, + 3 us per request of the other direction, times a small
+    log-normal noise.  The deadline is drawn so about half the requests
+    meet it; the features are the kernel's (lg of the counts, Q16.16).
+    """
+    rng = np.random.default_rng(seed)
+    op = rng.integers(0, 2, n)
+    same = rng.integers(0, 64, n)
+    other = rng.integers(0, 64, n)
+    inflight = rng.integers(0, 32, n)
+    size = 4096 << rng.integers(0, 6, n)
+    deadline_us = rng.uniform(100, 3000, n)
+    issue_us = ((30 + 15 * op) * (1 + same) + 3 * other) * rng.lognormal(0, 0.05, n)
+    feats = np.zeros((n, 16))
+    feats[:, 0] = op
+    feats[:, 1] = rng.uniform(0, 1, n)
+    feats[:, 2] = lg(size)
+    feats[:, 3] = lg(same)
+    feats[:, 4] = lg(other)
+    feats[:, 5] = lg(inflight)
+    feats[:, 6] = lg(rng.integers(0, 1 << 20, n))
+    feats[:, 7] = lg(rng.exponential(50, n))
+    feats[:, 8] = lg(deadline_us)
+    feats[:, 9] = lg(rng.uniform(10, 2000, n))
+    feats[:, 10] = lg(rng.uniform(1, 100, n))
+    feats[:, 11] = rng.integers(0, 2, n)
+    rec = np.zeros(n, RECORD)
+    rec["insert_ns"] = 10**9 + np.arange(n) * 1000
+    rec["sector"] = rng.integers(0, 1 << 30, n)
+    rec["issue_ns"] = np.round(issue_us * 1000)
+    rec["deadline_ns"] = np.round(deadline_us * 1000)
+    rec["completion_ns"] = rec["issue_ns"] + 80_000
+    rec["bytes"] = size
+    rec["op"] = op
+    rec["met"] = rec["issue_ns"] <= rec["deadline_ns"]
+    rec["flags"] = rng.integers(0, 4, n)
+    rec["dev"] = (8 << 8) | 16
+    rec["features"] = kml.to_q16(feats)
+    return rec
+
+
+def features(rec: np.ndarray) -> np.ndarray:
+    return kml.from_q16(rec["features"][:, :N_FEATURES])
+
+
+def target(rec: np.ndarray) -> np.ndarray:
+    return np.log2(1 + rec["issue_ns"] / 1000.0)
+
+
+@dataclass
+class RingFile:
+    """A ring in the shared layout inside a file, as kmlctl --ring-file maps it."""
+
+    path: Path
+    ring: kml.Ring
+    mm: mmap.mmap
+
+    def push(self, rec: np.ndarray) -> int:
+        return sum(self.ring.push(row.tobytes()) for row in rec)
+
+
+def make_ring(path: Path, capacity: int = 1 << 15) -> RingFile:
+    """An empty ring of ``capacity`` sample records in a new file."""
+    size = kml.Ring.bytes_needed(capacity, RECORD.itemsize)
+    with path.open("wb") as handle:
+        handle.truncate(size)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        mm = mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+    return RingFile(path, kml.Ring.in_buffer(mm, capacity, RECORD.itemsize, "dropping"), mm)
+
+
+@pytest.fixture
+def ring_file(tmp_path: Path) -> RingFile:
+    return make_ring(tmp_path / "ring")
+
+
+def run(kmlctl: Path, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(kmlctl), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def keyvals(text: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+
+def read_trace(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    raw = path.read_bytes()
+    assert raw[:8] == b"KMLTRC01"
+    abi, size, nfeat = (int(v) for v in np.frombuffer(raw, "<u4", 3, 8))
+    assert raw[20:64] == bytes(44)
+    return (abi, size, nfeat), np.frombuffer(raw, RECORD, (len(raw) - 64) // size, 64)
+
+
+# ------------------------------------------------------------------ trace
+
+
+def test_trace_round_trips_ring_records(kmlctl: Path, ring_file: RingFile, tmp_path: Path) -> None:
+    rec = simulate(3000, seed=1)
+    assert ring_file.push(rec) == len(rec)
+    info = keyvals(run(kmlctl, "info", "--ring-file", ring_file.path).stdout)
+    assert info["ring_produced"] == "3000" and info["record_size"] == "128"
+    out = tmp_path / "t.trace"
+    proc = run(kmlctl, "--ring-file", ring_file.path, "trace", out, "--max", "2000")
+    assert keyvals(proc.stdout) == {"records": "2000", "stopped_by": "max"}
+    header, rows = read_trace(out)
+    assert header == (1, 128, N_FEATURES)
+    assert rows.tobytes() == rec[:2000].tobytes()  # every field, bit for bit
+    # the rest, to stdout, until the time limit
+    proc = subprocess.run(
+        [str(kmlctl), "trace", "-", "--ring-file", str(ring_file.path), "--seconds", "0.3"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout[64:] == rec[2000:].tobytes()
+    assert keyvals(proc.stderr.decode())["records"] == "1000"
+    assert ring_file.ring.counters["consumed"] == 3000
+
+
+def test_trace_sigterm_keeps_what_was_popped(
+    kmlctl: Path, ring_file: RingFile, tmp_path: Path
+) -> None:
+    out = tmp_path / "t.trace"
+    proc = subprocess.Popen(
+        [str(kmlctl), "trace", str(out), "--ring-file", str(ring_file.path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    rec = simulate(5000, seed=2)
+    ring_file.push(rec[:2500])
+    time.sleep(0.1)
+    ring_file.push(rec[2500:])  # arrives while kmlctl is already running
+    deadline = time.monotonic() + 30
+    while ring_file.ring.counters["consumed"] < len(rec) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert keyvals(stdout)["records"] == "5000"
+    assert "Terminated" in keyvals(stdout)["stopped_by"]
+    _, rows = read_trace(out)
+    assert rows.tobytes() == rec.tobytes()
+
+
+def test_bad_ring_file_and_device_errors(kmlctl: Path, ring_file: RingFile, tmp_path: Path) -> None:
+    model = tmp_path / "m.kml"
+    kml.Model.linear(N_FEATURES).save(model)
+    # the ring file is not a device: refused before a byte is written
+    before = ring_file.path.read_bytes()
+    proc = run(kmlctl, "--dev", ring_file.path, "load", model, check=False)
+    assert proc.returncode == 1
+    assert "not a character device: ENOTTY" in proc.stderr
+    assert ring_file.path.read_bytes() == before
+    proc = run(kmlctl, "--ring-file", ring_file.path, "load", model, check=False)
+    assert proc.returncode == 1 and "EINVAL" in proc.stderr
+    proc = run(kmlctl, "--dev", tmp_path / "none", "info", check=False)
+    assert proc.returncode == 1 and "ENOENT" in proc.stderr
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x00" * 4096)
+    proc = run(kmlctl, "trace", "-", "--ring-file", garbage, "--max", "1", check=False)
+    assert proc.returncode == 1 and "not a valid ring: EINVAL" in proc.stderr
+    proc = run(kmlctl, "trace", "-", "--ring-file", ring_file.path, "--rate", "5", check=False)
+    assert proc.returncode == 2 and "does not take --rate" in proc.stderr
+
+
+# ------------------------------------------------------------------ train
+
+
+def curve(path: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("arch", ["mlp", "linear"])
+def test_train_learns_the_simulated_queue(
+    kmlctl: Path, ring_file: RingFile, tmp_path: Path, arch: str
+) -> None:
+    rec = simulate(24000, seed=3)
+    assert ring_file.push(rec) == len(rec)
+    model, curve_file = tmp_path / "model.kml", tmp_path / "curve.jsonl"
+    proc = run(
+        kmlctl, "train", "--ring-file", ring_file.path, "--arch", arch,
+        "--max-samples", len(rec), "--save", model, "--curve", curve_file,
+        "--curve-every", "1024",
+    )  # fmt: skip
+    summary = keyvals(proc.stdout)
+    assert summary["samples"] == "24000" and summary["consumed"] == "24000"
+    assert summary["dropped_by_trainer"] == "0" and summary["unprocessed"] == "0"
+    assert summary["steps"] == str(24000 // 32)
+    assert summary["stopped_by"] == "max-samples"
+
+    # the saved model: loads with the Python binding, predicts unseen requests
+    m = kml.Model.load(model)
+    assert m.sizes == ([N_FEATURES, 16, 1] if arch == "mlp" else [N_FEATURES, 1])
+    test = simulate(4000, seed=4)
+    pred = m.predict(features(test))
+    y = target(test)
+    r2 = 1 - np.mean((pred - y) ** 2) / np.var(y)
+    assert r2 > 0.95, r2
+    met = test["issue_ns"] <= test["deadline_ns"]
+    pred_met = (2.0**pred - 1) * 1000 <= test["deadline_ns"]
+    assert np.mean(met == pred_met) > 0.9
+
+    # prequential curve: later windows score better than the first
+    lines = curve(curve_file)
+    assert [c["samples_seen"] for c in lines[:3]] == [1024, 2048, 3072]
+    assert sum(c["n"] for c in lines) == 24000
+    first, last = lines[0], lines[-2]  # the last line is the partial window
+    assert last["accuracy"] > first["accuracy"] + 0.05
+    assert last["accuracy"] > 0.9 and last["balanced_accuracy"] > 0.9
+    assert last["mae_us"] < first["mae_us"] / 2
+    assert set(first) == {"samples_seen", "samples_consumed", "accuracy",
+                          "balanced_accuracy", "mae_us", "n"}  # fmt: skip
+
+
+def test_train_warm_start_is_good_from_the_first_window(kmlctl: Path, tmp_path: Path) -> None:
+    first, second = make_ring(tmp_path / "ring1"), make_ring(tmp_path / "ring2")
+    cold, warm, warm_curve = tmp_path / "cold.kml", tmp_path / "warm.kml", tmp_path / "c.jsonl"
+    first.push(simulate(16000, seed=5))
+    run(kmlctl, "train", "--ring-file", first.path, "--max-samples", "16000", "--save", cold)
+    second.push(simulate(2048, seed=6))
+    run(kmlctl, "train", "--ring-file", second.path, "--max-samples", "2048",
+        "--warm", cold, "--save", warm, "--curve", warm_curve)  # fmt: skip
+    lines = curve(warm_curve)
+    assert lines[0]["accuracy"] > 0.9  # scored before training on them
+    assert warm.read_bytes() != cold.read_bytes()  # and then fine-tuned
+    # a model of the wrong shape is refused
+    kml.Model.linear(8).save(tmp_path / "small.kml")
+    proc = run(kmlctl, "train", "--ring-file", second.path, "--warm", tmp_path / "small.kml",
+               "--max-samples", "1", check=False)  # fmt: skip
+    assert proc.returncode == 1 and "EPROTO" in proc.stderr
+
+
+def test_train_drop_mode_rate_cap_drops_and_counts(
+    kmlctl: Path, ring_file: RingFile, tmp_path: Path
+) -> None:
+    n = 20000
+    ring_file.push(simulate(n, seed=7))
+    start = time.monotonic()
+    proc = run(kmlctl, "train", "--ring-file", ring_file.path, "--mode", "drop",
+               "--rate", "2000", "--max-samples", n)  # fmt: skip
+    wall = time.monotonic() - start
+    s = {k: int(v) for k, v in keyvals(proc.stdout).items() if v.isdigit()}
+    assert s["consumed"] == n
+    assert s["samples"] + s["dropped_by_trainer"] == n
+    # a burst of 200 plus 2000/s while popping 20000 records
+    assert 0 < s["samples"] <= 200 + 2000 * wall + 64, (s, wall)
+    assert s["dropped_by_trainer"] > n / 2
+
+
+def test_train_block_mode_rate_cap_paces(kmlctl: Path, ring_file: RingFile) -> None:
+    ring_file.push(simulate(1200, seed=8))
+    start = time.monotonic()
+    proc = run(kmlctl, "train", "--ring-file", ring_file.path, "--rate", "1000",
+               "--max-samples", "1200")  # fmt: skip
+    wall = time.monotonic() - start
+    s = keyvals(proc.stdout)
+    assert s["samples"] == "1200" and s["dropped_by_trainer"] == "0"
+    assert wall >= (1200 - 100) / 1000 * 0.9  # burst of 100, then 1000/s
+
+
+def test_train_cpu_cap_holds(kmlctl: Path, tmp_path: Path) -> None:
+    """About 50 ms of training work at most 10 % CPU: the run stretches to ~0.5 s."""
+    ring = make_ring(tmp_path / "ring", 1 << 16)
+    ring.push(simulate(60000, seed=11))
+    proc = run(kmlctl, "train", "--ring-file", ring.path, "--cpu-pct", "10",
+               "--max-samples", "60000")  # fmt: skip
+    s = keyvals(proc.stdout)
+    assert s["samples"] == "60000"
+    assert float(s["cpu_pct"]) < 12, s
+    assert float(s["cpu_cap_sleep_s"]) > 0
+    cpu_s = float(s["cpu_pct"]) / 100 * float(s["seconds"])
+    assert float(s["seconds"]) >= cpu_s / 0.12
+
+
+def test_train_publishes_and_stops_on_sigterm(
+    kmlctl: Path, ring_file: RingFile, tmp_path: Path
+) -> None:
+    published = tmp_path / "published.kml"
+    proc = subprocess.Popen(
+        [str(kmlctl), "train", "--ring-file", str(ring_file.path), "--publish-every", "1000",
+         "--publish-file", str(published), "--cpu-pct", "50"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ring_file.push(simulate(5000, seed=9))
+    deadline = time.monotonic() + 30
+    while ring_file.ring.counters["consumed"] < 5000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    s = keyvals(stdout)
+    assert s["samples"] == "5000" and s["published"] == "5" and s["refused"] == "0"
+    assert "Terminated" in s["stopped_by"]
+    assert float(s["cpu_pct"]) < 60
+    assert kml.Model.load(published).n_inputs == N_FEATURES
+
+
+def test_train_refuses_bad_options(kmlctl: Path, ring_file: RingFile, tmp_path: Path) -> None:
+    ring_file.push(simulate(1, seed=10))
+    published = tmp_path / "p.kml"
+    for args, what in [
+        (["--mode", "fast"], "bad value for --mode"),
+        (["--cpu-pct", "150"], "bad value for --cpu-pct"),
+        (["--threads", "4"], "one trainer thread"),
+        (["--warm", published, "--arch", "linear"], "--warm takes the architecture"),
+        (["--publish-file", published, "--publish-every", "1"], None),
+    ]:
+        proc = run(kmlctl, "train", "--ring-file", ring_file.path, "--max-samples", "1",
+                   *args, check=False)  # fmt: skip
+        if what is None:
+            assert proc.returncode == 0, proc.stderr  # allowed with --ring-file
+            assert keyvals(proc.stdout)["published"] == "1"
+            assert kml.Model.load(published).sizes == [N_FEATURES, 16, 1]
+        else:
+            assert proc.returncode != 0 and what in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ fault
+
+
+def test_fault_models_are_refused_by_the_loader(kmlctl: Path, tmp_path: Path) -> None:
+    """The file-writing half of the fault kinds: what the kernel will be sent."""
+    expect = {"nan-model": errno.EDOM, "truncated": errno.EBADMSG}
+    for kind, err in expect.items():
+        out = tmp_path / f"{kind}.kml"
+        run(kmlctl, "fault", kind, "--out", out)
+        with pytest.raises(kml.KmlError) as info:
+            kml.Model.load(out)
+        assert info.value.errno == err, kind
+    out = tmp_path / "wrong-shape.kml"
+    run(kmlctl, "fault", "wrong-shape", "--out", out)
+    assert kml.Model.load(out).n_inputs != N_FEATURES  # valid, but not for us
+    out = tmp_path / "half.kml"
+    run(kmlctl, "fault", "die-mid-update", "--out", out)
+    full = (tmp_path / "wrong-shape.kml").stat().st_size
+    assert 0 < out.stat().st_size < full
+
+
+def test_device_paths_against_a_character_device(kmlctl: Path, tmp_path: Path) -> None:
+    """/dev/null stands in for /dev/kml: it takes write() and answers every
+    ioctl with ENOTTY, so each command must report the refusal by name."""
+    model = tmp_path / "m.kml"
+    kml.Model.mlp(N_FEATURES).save(model)
+    proc = run(kmlctl, "--dev", "/dev/null", "load", model, check=False)
+    assert proc.returncode == 1
+    assert "refused the model (KML_IOC_COMMIT): ENOTTY" in proc.stderr
+    for args in (["info"], ["unload"], ["trace", "-"], ["train"], ["fault", "big-write"]):
+        proc = run(kmlctl, "--dev", "/dev/null", *args, check=False)
+        assert proc.returncode == 1 and "ENOTTY" in proc.stderr, (args, proc.stderr)
+    # a device that says ENOTTY where EFAULT is due: garbage-ioctl must fail
+    proc = run(kmlctl, "--dev", "/dev/null", "fault", "garbage-ioctl", check=False)
+    assert proc.returncode == 1
+    assert "INFO to NULL" in proc.stdout and "expected EFAULT: FAIL" in proc.stdout
+    assert "unknown nr" in proc.stdout and "got ENOTTY, expected ENOTTY: ok" in proc.stdout
+    # nan-model: accepted by write(), the commit "refusal" has the wrong errno
+    proc = run(kmlctl, "--dev", "/dev/null", "fault", "nan-model", check=False)
+    assert proc.returncode == 1 and "expected EDOM: FAIL" in proc.stdout
+    proc = run(kmlctl, "--dev", "/dev/null", "fault", "die-mid-update")
+    assert "without KML_IOC_COMMIT" in proc.stdout
+
+
+def test_fault_needs_the_device(kmlctl: Path, ring_file: RingFile) -> None:
+    for kind in ("garbage-ioctl", "big-write", "nan-model"):
+        proc = run(kmlctl, "--dev", ring_file.path, "fault", kind, check=False)
+        assert proc.returncode == 1 and "ENOTTY" in proc.stderr
+    proc = run(kmlctl, "fault", "no-such-kind", check=False)
+    assert proc.returncode == 2
