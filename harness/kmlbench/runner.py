@@ -368,6 +368,10 @@ def _kml_collect(
         if text is not None:
             (cell_dir / "trainer.txt").write_text(text)
             summary = kmlstats.parse_summary(text)
+        if trainer == "user" and "samples" not in (summary or {}):
+            # kmlctl train prints its summary when it ends normally (SIGTERM
+            # included): without one it died, and the cell did not run as said
+            problems.append("kmlctl train ended without its summary (see trainer.txt)")
     curve = None
     if trainer == "user":
         curve_text = _fetch_text(guest, devices.GUEST_CURVE, timeout)
