@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KML for mq-deadline: the float parts.  Built with SSE like kml_nn.c, and
+ * every function here runs between kml_fpu_begin() and kml_fpu_end(), taken
+ * by the caller in kml_iosched.c, which itself has no float code.
+ */
+#include "kml_internal.h"
+#include "kml_dd_fpu.h"
+
+#define KML_DD_LN2	0.6931471805599453f
+#define KML_DD_MAX_LG	40.0f	/* lg(issue us) above this is 12 days */
+
+static float kml_dd_q16_to_f32(s32 v)
+{
+	return (float)v * (1.0f / 65536.0f);
+}
+
+/* lg(issue us) -> issue ns, saturating; the inverse of the trainers' target. */
+static s64 kml_dd_lg_us_to_ns(float y)
+{
+	if (!(y > 0.0f))		/* also NaN */
+		return 0;
+	if (y > KML_DD_MAX_LG)
+		y = KML_DD_MAX_LG;
+	return (s64)((kml_expf(y * KML_DD_LN2) - 1.0f) * 1000.0f);
+}
+
+s64 kml_dd_predict_f32(struct kml_model *m, const s32 *features)
+{
+	float x[KML_DD_NR_FEATURES], y;
+	u32 i;
+
+	for (i = 0; i < KML_DD_NR_FEATURES; i++)
+		x[i] = kml_dd_q16_to_f32(features[i]);
+	kml_model_predict_nofpu(m, x, 1, &y);
+	if (y != y)
+		return -1;		/* NaN: no prediction */
+	return kml_dd_lg_us_to_ns(y);
+}
+
+void kml_dd_samples_to_f32(const struct kml_dd_sample *s, u32 n, float *x,
+			   float *y)
+{
+	u32 r, i;
+
+	for (r = 0; r < n; r++) {
+		for (i = 0; i < KML_DD_NR_FEATURES; i++)
+			x[r * KML_DD_NR_FEATURES + i] =
+				kml_dd_q16_to_f32(s[r].features[i]);
+		/* target: lg(issue us) = log2(1 + issue_ns / 1000) */
+		y[r] = kml_logf(1.0f + (float)s[r].issue_ns * 1e-3f) /
+		       KML_DD_LN2;
+	}
+}
+
+s64 kml_dd_predict_batch_f32(struct kml_model *m, const float *x, u32 n,
+			     float *y)
+{
+	kml_model_predict_nofpu(m, x, n, y);
+	return 0;
+}
+
+void kml_dd_lg_to_ns_f32(const float *y, u32 n, s64 *ns)
+{
+	u32 r;
+
+	for (r = 0; r < n; r++)
+		ns[r] = y[r] != y[r] ? -1 : kml_dd_lg_us_to_ns(y[r]);
+}

@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Float helpers of KML for mq-deadline (kml_dd_fpu.c).  Call them only
+ * between kml_fpu_begin() and kml_fpu_end().
+ */
+#ifndef _KML_DD_FPU_H
+#define _KML_DD_FPU_H
+
+#include "kml.h"
+#include "kml_iosched_uapi.h"
+
+/* Predicted issue time in ns of one request, or -1 (the model gave NaN). */
+s64 kml_dd_predict_f32(struct kml_model *m, const s32 *features);
+
+/* Rows of model inputs and targets (lg issue us) from ring samples. */
+void kml_dd_samples_to_f32(const struct kml_dd_sample *s, u32 n, float *x,
+			   float *y);
+
+/* Predictions for @n rows of inputs, and their conversion to ns. */
+s64 kml_dd_predict_batch_f32(struct kml_model *m, const float *x, u32 n,
+			     float *y);
+void kml_dd_lg_to_ns_f32(const float *y, u32 n, s64 *ns);
+
+#endif /* _KML_DD_FPU_H */

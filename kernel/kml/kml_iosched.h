@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * KML for mq-deadline: the hooks block/mq-deadline.c calls.
+ *
+ * The scheduler embeds a struct kml_dd_queue in its deadline_data and calls
+ * kml_dd_insert(), kml_dd_dispatch() and kml_dd_finish() at the three points
+ * of a request's life.  Everything else (features, the model, the sample
+ * ring, statistics, /dev/kml, the kernel trainer) lives in lib/kml/.
+ *
+ * With CONFIG_KML_IOSCHED=n every hook is an empty inline, and with
+ * kml_mode "off" (the default) each hook returns after one READ_ONCE().
+ */
+#ifndef _KML_IOSCHED_H
+#define _KML_IOSCHED_H
+
+#include <linux/blk-mq.h>
+#include <linux/llist.h>
+#include "kml_iosched_uapi.h"
+
+enum kml_dd_mode {
+	KML_DD_OFF = 0,		/* stock mq-deadline, no KML work */
+	KML_DD_OBSERVE = 1,	/* collect and predict, change nothing */
+	KML_DD_ACTIVE = 2,	/* predictions steer dispatch */
+};
+
+/* Per-request state, from a pool allocated with the scheduler. */
+struct kml_dd_ctx {
+	struct llist_node node;		/* free list / returned list */
+	u64 insert_ns;
+	u64 dispatch_ns;		/* 0 while queued */
+	u64 deadline_ns;		/* insert -> deadline */
+	u64 pred_issue_ns;
+	u64 sector;
+	u32 bytes;
+	u32 flags;			/* KML_DD_SAMPLE_* */
+	u8 op;
+	u8 pred_valid;
+	u8 pred_met;
+	s32 features[KML_DD_NR_FEATURES];
+};
+
+struct kml_dd_queue {
+	int mode;			/* enum kml_dd_mode, READ_ONCE() */
+	u32 dev;			/* new_encode_dev() of the disk */
+	/* under the scheduler lock */
+	struct llist_node *free;	/* contexts ready for insert */
+	u64 last_insert_ns;
+	u64 last_dispatch_ns;
+	u64 last_end;			/* sector after the last dispatch */
+	u64 issue_ewma_ns[2];		/* per direction */
+	u64 dispatch_gap_ewma_ns;
+	/* any context */
+	struct llist_head returned;	/* contexts freed at completion */
+	atomic_t queued[2];		/* tracked requests in the scheduler */
+	atomic_t inflight;		/* tracked requests at the driver */
+	struct kml_dd_ctx *pool;
+	u32 pool_size;
+};
+
+#ifdef CONFIG_KML_IOSCHED
+
+int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q);
+void kml_dd_exit(struct kml_dd_queue *kq);
+void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
+		     unsigned long expire, bool same_dir);
+void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq);
+void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq);
+void kml_dd_note_urgent(struct request *rq);
+ssize_t kml_dd_mode_show(struct kml_dd_queue *kq, char *page);
+ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
+			  size_t count);
+
+static inline struct kml_dd_ctx *kml_dd_ctx(struct request *rq)
+{
+	return rq->elv.priv[1];
+}
+
+/* Called with the scheduler lock held, after rq->fifo_time is set. */
+static inline void kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
+				 unsigned long expire, bool same_dir)
+{
+	if (READ_ONCE(kq->mode) != KML_DD_OFF || kml_dd_ctx(rq))
+		__kml_dd_insert(kq, rq, expire, same_dir);
+}
+
+/* Called with the scheduler lock held, for every dispatched request. */
+static inline void kml_dd_dispatch(struct kml_dd_queue *kq,
+				   struct request *rq)
+{
+	if (kml_dd_ctx(rq))
+		__kml_dd_dispatch(kq, rq);
+}
+
+/* Called when the request is freed, from any context. */
+static inline void kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
+{
+	if (kml_dd_ctx(rq))
+		__kml_dd_finish(kq, rq);
+}
+
+/*
+ * True if @rq should be dispatched now, ahead of stock order: only in
+ * active mode, for a request the model predicted to miss its deadline.
+ */
+static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq)
+{
+	struct kml_dd_ctx *ctx;
+
+	if (READ_ONCE(kq->mode) != KML_DD_ACTIVE || !rq)
+		return false;
+	ctx = kml_dd_ctx(rq);
+	return ctx && ctx->pred_valid && !ctx->pred_met;
+}
+
+#else /* !CONFIG_KML_IOSCHED */
+
+static inline int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q)
+{
+	return 0;
+}
+
+static inline void kml_dd_exit(struct kml_dd_queue *kq) {}
+static inline void kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
+				 unsigned long expire, bool same_dir) {}
+static inline void kml_dd_dispatch(struct kml_dd_queue *kq,
+				   struct request *rq) {}
+static inline void kml_dd_finish(struct kml_dd_queue *kq,
+				 struct request *rq) {}
+static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq)
+{
+	return false;
+}
+
+static inline void kml_dd_note_urgent(struct request *rq) {}
+
+#endif /* CONFIG_KML_IOSCHED */
+
+#endif /* _KML_IOSCHED_H */

@@ -1,0 +1,294 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KML for mq-deadline: the in-kernel trainer.
+ *
+ * A kernel thread pops samples from the ring, trains its own copy of the
+ * model in mini-batches and publishes it through the same validated swap
+ * as /dev/kml every ktrainer_publish samples.  It is capped in samples per
+ * second (over the cap, samples stay in the ring in block mode or are
+ * popped and skipped in drop mode) and in CPU share (it sleeps in
+ * proportion to the time it trained).  Start and stop it with
+ * /sys/module/kml/parameters/ktrainer.
+ */
+#include <linux/kthread.h>
+#include <linux/moduleparam.h>
+#include <linux/mutex.h>
+#include <linux/sched.h>
+#include <linux/slab.h>
+#include <linux/sysfs.h>
+#include <linux/delay.h>
+#include <linux/ktime.h>
+#include "kml_internal.h"
+#include "kml_dd.h"
+#include "kml_dd_fpu.h"
+
+static unsigned int ktrainer_rate;
+module_param(ktrainer_rate, uint, 0644);
+MODULE_PARM_DESC(ktrainer_rate, "kernel trainer: samples/s, 0 = no cap");
+
+static unsigned int ktrainer_cpu_pct = 10;
+module_param(ktrainer_cpu_pct, uint, 0644);
+MODULE_PARM_DESC(ktrainer_cpu_pct, "kernel trainer: CPU share cap, percent");
+
+static unsigned int ktrainer_publish = 512;
+module_param(ktrainer_publish, uint, 0644);
+MODULE_PARM_DESC(ktrainer_publish, "kernel trainer: publish every N samples");
+
+#define KML_KT_BATCH	32
+#define KML_KT_HIDDEN	16
+#define KML_KT_IDLE_MS	5
+
+struct kml_ktrain {
+	struct kml_model *model;
+	u8 *file;			/* kml_model_save() output */
+	size_t file_cap;
+	struct kml_dd_sample batch[KML_KT_BATCH];
+	/* float storage; only kml_dd_fpu.c and KML's float code touch it */
+	u32 x[KML_KT_BATCH * KML_DD_NR_FEATURES];
+	u32 y[KML_KT_BATCH];
+	u64 allowance_ns;		/* rate cap: time credit, ns x rate */
+	u64 last_ns;
+	u64 owed_sleep_ns;		/* CPU cap */
+	u64 since_publish;
+};
+
+static struct task_struct *kml_kt_task;
+static DEFINE_MUTEX(kml_kt_lock);
+
+int kml_dd_ktrainer_running(void)
+{
+	return READ_ONCE(kml_kt_task) ? 1 : 0;
+}
+
+/* Warm start from the model in use if there is one, else a fresh MLP. */
+static int kml_kt_model(struct kml_ktrain *kt)
+{
+	struct kml_train_cfg tc = {
+		.optimizer = KML_OPT_ADAM,
+		.loss = KML_LOSS_MSE,
+		.max_batch = KML_KT_BATCH,
+		.lr = KML_Q32_ONE / 100,
+	};
+	struct kml_model_cfg mc = {
+		.dtype = KML_F32,
+		.arch = KML_ARCH_MLP,
+		.n_layers = 2,
+		.sizes = { KML_DD_NR_FEATURES, KML_KT_HIDDEN, 1 },
+		.hidden_act = KML_ACT_RELU,
+		.out_act = KML_ACT_NONE,
+		.norm = KML_NORM_STANDARD,
+	};
+	struct kml_model_cfg cur;
+	struct kml_dd_model *dm;
+	long len = 0;
+	int ret;
+
+	kt->file_cap = KML_MODEL_MAX_FILE;
+	kt->file = kvmalloc(kt->file_cap, GFP_KERNEL);
+	if (!kt->file)
+		return -ENOMEM;
+	mutex_lock(&kml_dd.model_lock);
+	dm = rcu_dereference_protected(kml_dd.model,
+				       lockdep_is_held(&kml_dd.model_lock));
+	if (dm && !kml_model_get_cfg(dm->model, &cur) && cur.dtype == KML_F32)
+		len = kml_model_save(dm->model, kt->file, kt->file_cap);
+	mutex_unlock(&kml_dd.model_lock);
+	if (len > 0 && !kml_model_load(kt->file, len, &kt->model)) {
+		ret = kml_model_train_setup(kt->model, &tc);
+		if (!ret)
+			return 0;
+		kml_model_free(kt->model);
+	}
+	ret = kml_model_create(&mc, &kt->model);
+	if (ret)
+		return ret;
+	ret = kml_model_train_setup(kt->model, &tc);
+	if (ret) {
+		kml_model_free(kt->model);
+		kt->model = NULL;
+	}
+	return ret;
+}
+
+/* Rate cap: may another sample be taken now? */
+static bool kml_kt_rate_ok(struct kml_ktrain *kt, u64 now)
+{
+	unsigned int rate = READ_ONCE(ktrainer_rate);
+
+	if (!rate)
+		return true;
+	/* credit in ns x rate: one sample costs NSEC_PER_SEC of it */
+	kt->allowance_ns += (now - kt->last_ns) * rate;
+	kt->last_ns = now;
+	if (kt->allowance_ns > (u64)NSEC_PER_SEC * KML_KT_BATCH)
+		kt->allowance_ns = (u64)NSEC_PER_SEC * KML_KT_BATCH;
+	if (kt->allowance_ns < NSEC_PER_SEC)
+		return false;
+	kt->allowance_ns -= NSEC_PER_SEC;
+	return true;
+}
+
+static u32 kml_kt_fill(struct kml_ktrain *kt)
+{
+	u32 n = 0;
+
+	while (n < KML_KT_BATCH) {
+		if (!kml_kt_rate_ok(kt, ktime_get_ns())) {
+			if (READ_ONCE(kml_dd.ring.mode) == KML_RING_BLOCK)
+				break;	/* leave it to the producers to wait */
+			if (kml_ring_pop(&kml_dd.ring, &kt->batch[n]))
+				break;
+			kml_dd_stat_inc(KML_DD_S_KTRAINER_SKIPPED);
+			continue;
+		}
+		if (kml_ring_pop(&kml_dd.ring, &kt->batch[n]))
+			break;
+		n++;
+	}
+	return n;
+}
+
+static void kml_kt_publish(struct kml_ktrain *kt)
+{
+	long len = kml_model_save(kt->model, kt->file, kt->file_cap);
+
+	if (len > 0)
+		kml_dd_publish(kt->file, len);
+}
+
+static void kml_kt_step(struct kml_ktrain *kt, u32 n)
+{
+	u32 loss;
+	int ret;
+
+	if (kml_fpu_begin())
+		return;
+	kml_dd_samples_to_f32(kt->batch, n, (float *)kt->x, (float *)kt->y);
+	kml_fpu_end();
+	ret = kml_model_norm_update(kt->model, kt->x, n);
+	if (!ret)
+		ret = kml_model_train_batch(kt->model, kt->x, kt->y, n, &loss);
+	if (ret)
+		return;
+	kml_dd_stat_add(KML_DD_S_KTRAINER_SAMPLES, n);
+	kml_dd_stat_inc(KML_DD_S_KTRAINER_STEPS);
+	kt->since_publish += n;
+	if (kt->since_publish >= max(READ_ONCE(ktrainer_publish), 1U)) {
+		kt->since_publish = 0;
+		kml_kt_publish(kt);
+	}
+}
+
+/* CPU cap: after t ns of work, sleep t * (100 - pct) / pct. */
+static void kml_kt_throttle(struct kml_ktrain *kt, u64 busy_ns)
+{
+	unsigned int pct = clamp(READ_ONCE(ktrainer_cpu_pct), 1U, 100U);
+
+	kt->owed_sleep_ns += div_u64(busy_ns * (100 - pct), pct);
+	if (kt->owed_sleep_ns >= NSEC_PER_MSEC) {
+		u64 us = div_u64(kt->owed_sleep_ns, NSEC_PER_USEC);
+
+		kt->owed_sleep_ns = 0;
+		usleep_range(us, us + us / 8 + 1);
+	}
+}
+
+static int kml_kt_thread(void *data)
+{
+	struct kml_ktrain *kt = data;
+	u64 t0;
+	u32 n;
+
+	kt->last_ns = ktime_get_ns();
+	while (!kthread_should_stop()) {
+		n = kml_kt_fill(kt);
+		if (!n) {
+			msleep_interruptible(KML_KT_IDLE_MS);
+			continue;
+		}
+		t0 = ktime_get_ns();
+		kml_kt_step(kt, n);
+		kml_kt_throttle(kt, ktime_get_ns() - t0);
+		cond_resched();
+	}
+	if (kt->since_publish)
+		kml_kt_publish(kt);
+	return 0;
+}
+
+static void kml_kt_free(struct kml_ktrain *kt)
+{
+	kml_model_free(kt->model);
+	kvfree(kt->file);
+	kvfree(kt);
+}
+
+static struct kml_ktrain *kml_kt_state;
+
+static int kml_kt_start(void)
+{
+	struct kml_ktrain *kt;
+	struct task_struct *task;
+	int ret;
+
+	if (!kml_dd.ring_mem)
+		return -ENODEV;
+	if (atomic_cmpxchg(&kml_dd.ring_owner, KML_DD_OWNER_NONE,
+			   KML_DD_OWNER_KERNEL) != KML_DD_OWNER_NONE)
+		return -EBUSY;
+	kt = kvzalloc(sizeof(*kt), GFP_KERNEL);
+	ret = kt ? kml_kt_model(kt) : -ENOMEM;
+	if (ret)
+		goto fail;
+	task = kthread_run(kml_kt_thread, kt, "kml_ktrain");
+	if (IS_ERR(task)) {
+		ret = PTR_ERR(task);
+		goto fail;
+	}
+	kml_kt_state = kt;
+	WRITE_ONCE(kml_kt_task, task);
+	return 0;
+fail:
+	if (kt)
+		kml_kt_free(kt);
+	atomic_set(&kml_dd.ring_owner, KML_DD_OWNER_NONE);
+	return ret;
+}
+
+static void kml_kt_stop(void)
+{
+	kthread_stop(kml_kt_task);
+	WRITE_ONCE(kml_kt_task, NULL);
+	kml_kt_free(kml_kt_state);
+	kml_kt_state = NULL;
+	atomic_set(&kml_dd.ring_owner, KML_DD_OWNER_NONE);
+}
+
+static int ktrainer_set(const char *val, const struct kernel_param *kp)
+{
+	bool on;
+	int ret;
+
+	ret = kstrtobool(val, &on);
+	if (ret)
+		return ret;
+	mutex_lock(&kml_kt_lock);
+	if (on && !kml_kt_task)
+		ret = kml_kt_start();
+	else if (!on && kml_kt_task)
+		kml_kt_stop();
+	mutex_unlock(&kml_kt_lock);
+	return ret;
+}
+
+static int ktrainer_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%d\n", kml_dd_ktrainer_running());
+}
+
+static const struct kernel_param_ops ktrainer_ops = {
+	.set = ktrainer_set,
+	.get = ktrainer_get,
+};
+module_param_cb(ktrainer, &ktrainer_ops, NULL, 0644);
+MODULE_PARM_DESC(ktrainer, "1: run the kernel trainer on the sample ring");
