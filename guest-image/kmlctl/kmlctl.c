@@ -1025,7 +1025,7 @@ struct trainer {
 	struct kml_dd_sample *batch;
 	struct scores window, total;
 	u64 trained, steps, published, refused, unprocessed;
-	u64 next_publish, last_published_at;
+	u64 last_published_at;
 	FILE *curve;
 	double cpu_wall0, cpu0;		/* CPU-cap window */
 	double cap_sleep;		/* seconds slept for the CPU cap */
@@ -1113,19 +1113,19 @@ static void *consumer_main(void *arg)
 			if (ret)
 				break;
 		}
-		if (ret && ret != -EAGAIN)
-			break;
-		ret = 0;
-		if (!n) {
-			sleep_s(0.001);	/* empty ring, or a full FIFO */
-			continue;
+		if (n) {
+			pthread_mutex_lock(&t->lock);
+			for (i = 0; i < n; i++)
+				consumer_admit(t, &recs[i]);
+			t->consumed += n;
+			pthread_cond_signal(&t->cond);
+			pthread_mutex_unlock(&t->lock);
 		}
-		pthread_mutex_lock(&t->lock);
-		for (i = 0; i < n; i++)
-			consumer_admit(t, &recs[i]);
-		t->consumed += n;
-		pthread_cond_signal(&t->cond);
-		pthread_mutex_unlock(&t->lock);
+		if (ret && ret != -EAGAIN)
+			break;		/* -EIO: the shared ring is corrupt */
+		ret = 0;
+		if (!n)
+			sleep_s(0.001);	/* empty ring, or a full FIFO */
 	}
 	pthread_mutex_lock(&t->lock);
 	t->consumer_done = true;
@@ -1504,6 +1504,8 @@ static int train_open(struct trainer *t, const struct opts *o)
 {
 	memset(t, 0, sizeof(*t));
 	t->o = o;
+	t->rs.fd = -1;
+	t->rs.mem = MAP_FAILED;
 	t->stopped_by = "error";
 	if (o->threads != 1)
 		return fail(EINVAL, "--threads: one trainer thread is "
