@@ -1744,8 +1744,11 @@ static int fault_publish(const struct opts *o, const char *kind)
 	gen = generation(fd);
 	ret = publish_model(fd, buf, len, &at_write);
 	free(buf);
-	printf("fault %s: %s refused: %s\n", kind,
-	       at_write ? "write" : "KML_IOC_COMMIT", ret ? "yes" : "no");
+	if (ret)
+		printf("fault %s: refused at %s\n", kind,
+		       at_write ? "write" : "KML_IOC_COMMIT");
+	else
+		printf("fault %s: accepted\n", kind);
 	if (generation(fd) != gen) {
 		printf("fault %s: model_generation changed: FAIL\n", kind);
 		close(fd);
@@ -1896,7 +1899,9 @@ static int fault_garbage_ioctl(const struct opts *o)
 	}
 	/* the device still answers a good call */
 	err = dev_info(fd, &info);
-	printf("ioctl %-36s: %s\n", "INFO, valid", err ? errname(-err) : "ok");
+	printf("ioctl %-36s %10s: got %s, expected success: %s\n",
+	       "INFO, valid", "", err ? errname(-err) : "success",
+	       err ? "FAIL" : "ok");
 	bad += err != 0;
 	munmap(pages, 2 * page);
 	close(fd);
