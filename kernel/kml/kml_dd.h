@@ -60,7 +60,7 @@ struct kml_dd_global {
 	void *ring_mem;			/* vmalloc_user(), mmap()ed by users */
 	size_t ring_bytes;		/* page aligned */
 	struct kml_ring_shared no_ring;	/* ring.sh when allocation failed */
-	s64 consumed_base;		/* ring consumed count at last reset */
+	s64 consumed_base;		/* ring pushes at the last reset */
 	atomic_t ring_owner;
 	atomic64_t stats[KML_DD_NR_STATS];
 	atomic64_t hist[KML_DD_HIST_BUCKETS];

@@ -197,9 +197,11 @@ static u64 kml_dd_lg_q16_to_ns(s32 y)
 }
 
 static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
-			    struct kml_dd_ctx *ctx, u64 now, bool same_dir)
+			    struct request *fifo_head, struct kml_dd_ctx *ctx,
+			    u64 now, bool same_dir)
 {
 	const int dir = ctx->op;
+	struct kml_dd_ctx *head = fifo_head ? kml_dd_ctx(fifo_head) : NULL;
 	s32 *f = ctx->features;
 	u64 cap = get_capacity(rq->q->disk);
 	u64 seek;
@@ -224,6 +226,10 @@ static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 	f[KML_DD_F_LG_DISPATCH_EWMA_US] =
 		kml_dd_lg(div_u64(kq->dispatch_gap_ewma_ns, NSEC_PER_USEC));
 	f[KML_DD_F_SAME_DIR] = same_dir ? KML_Q16_ONE : 0;
+	/* in a FIFO, a new request waits about as long as the head has */
+	f[KML_DD_F_LG_HEAD_AGE_US] = head && now > head->insert_ns ?
+		kml_dd_lg(div_u64(now - head->insert_ns, NSEC_PER_USEC)) : 0;
+	f[KML_DD_F_MISS_EWMA] = kq->miss_ewma[dir];
 }
 
 /* ------------------------------------------------------------ inference */
@@ -288,7 +294,8 @@ static struct kml_dd_ctx *kml_dd_ctx_get(struct kml_dd_queue *kq)
 }
 
 void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
-		     unsigned long expire, bool same_dir)
+		     struct request *fifo_head, unsigned long expire,
+		     bool same_dir)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 now = ktime_get_ns();
@@ -318,7 +325,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->pred_valid = 0;
 	ctx->pred_met = 0;
 	ctx->pred_issue_ns = 0;
-	kml_dd_features(kq, rq, ctx, now, same_dir);
+	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
 	kml_dd_predict(ctx);
 	atomic_inc(&kq->queued[ctx->op]);
 	kq->last_insert_ns = now;
@@ -336,10 +343,14 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 now = ktime_get_ns();
+	u32 missed;
 
 	if (ctx->dispatch_ns)
 		return;
 	ctx->dispatch_ns = max_t(u64, now, 1);
+	missed = now - ctx->insert_ns > ctx->deadline_ns ? KML_Q16_ONE : 0;
+	kq->miss_ewma[ctx->op] = kq->miss_ewma[ctx->op] -
+				 (kq->miss_ewma[ctx->op] >> 3) + (missed >> 3);
 	atomic_dec(&kq->queued[ctx->op]);
 	atomic_inc(&kq->inflight);
 	kq->issue_ewma_ns[ctx->op] = kml_dd_ewma(kq->issue_ewma_ns[ctx->op],
@@ -600,9 +611,11 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	for (i = 0; i < KML_DD_NR_STATS; i++)
 		seq_printf(m, "%s %lld\n", kml_dd_stat_names[i],
 			   atomic64_read(&kml_dd.stats[i]));
+	/* records popped since the reset that were pushed after it */
 	n = kml_dd.ring_mem ?
 		atomic64_read(&kml_dd.ring.sh->consumed.v) : 0;
-	seq_printf(m, "ring_consumed %llu\n", n - kml_dd.consumed_base);
+	seq_printf(m, "ring_consumed %lld\n",
+		   max_t(s64, (s64)n - kml_dd.consumed_base, 0));
 	seq_printf(m, "ring_capacity %u\n", kml_dd.ring_mem ? ring_capacity : 0);
 	seq_printf(m, "ring_mode %s\n",
 		   kml_dd_ring_modes[READ_ONCE(kml_dd.ring.mode) & 1]);
@@ -643,7 +656,7 @@ static ssize_t kml_dd_stats_write(struct file *file, const char __user *ubuf,
 		atomic64_set(&kml_dd.hist[i], 0);
 	if (kml_dd.ring_mem)
 		kml_dd.consumed_base =
-			atomic64_read(&kml_dd.ring.sh->consumed.v);
+			atomic64_read(&kml_dd.ring.sh->produced.v);
 	return count;
 }
 

@@ -49,6 +49,7 @@ struct kml_dd_queue {
 	u64 last_end;			/* sector after the last dispatch */
 	u64 issue_ewma_ns[2];		/* per direction */
 	u64 dispatch_gap_ewma_ns;
+	u32 miss_ewma[2];		/* Q16.16 share of misses, per direction */
 	/* any context */
 	struct llist_head returned;	/* contexts freed at completion */
 	atomic_t queued[2];		/* tracked requests in the scheduler */
@@ -62,7 +63,8 @@ struct kml_dd_queue {
 int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q);
 void kml_dd_exit(struct kml_dd_queue *kq);
 void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
-		     unsigned long expire, bool same_dir);
+		     struct request *fifo_head, unsigned long expire,
+		     bool same_dir);
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq);
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq);
 void kml_dd_note_urgent(struct request *rq);
@@ -75,12 +77,16 @@ static inline struct kml_dd_ctx *kml_dd_ctx(struct request *rq)
 	return rq->elv.priv[1];
 }
 
-/* Called with the scheduler lock held, after rq->fifo_time is set. */
+/*
+ * Called with the scheduler lock held, before @rq joins its FIFO, whose
+ * oldest request is @fifo_head (or NULL).  @expire is in jiffies.
+ */
 static inline void kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
+				 struct request *fifo_head,
 				 unsigned long expire, bool same_dir)
 {
 	if (READ_ONCE(kq->mode) != KML_DD_OFF || kml_dd_ctx(rq))
-		__kml_dd_insert(kq, rq, expire, same_dir);
+		__kml_dd_insert(kq, rq, fifo_head, expire, same_dir);
 }
 
 /* Called with the scheduler lock held, for every dispatched request. */
@@ -121,6 +127,7 @@ static inline int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q)
 
 static inline void kml_dd_exit(struct kml_dd_queue *kq) {}
 static inline void kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
+				 struct request *fifo_head,
 				 unsigned long expire, bool same_dir) {}
 static inline void kml_dd_dispatch(struct kml_dd_queue *kq,
 				   struct request *rq) {}

@@ -40,7 +40,11 @@ enum kml_dd_feature {
 	KML_DD_F_LG_ISSUE_EWMA_US = 9,	/* lg(recent issue time, this dir, us) */
 	KML_DD_F_LG_DISPATCH_EWMA_US = 10, /* lg(recent us between dispatches) */
 	KML_DD_F_SAME_DIR = 11,		/* 1 if the current batch is this dir */
-	KML_DD_NR_FEATURES = 12,
+	/* lg(us the oldest queued request of this direction has waited) */
+	KML_DD_F_LG_HEAD_AGE_US = 12,
+	/* recent share of this direction's requests that missed, [0, 1] */
+	KML_DD_F_MISS_EWMA = 13,
+	KML_DD_NR_FEATURES = 14,
 };
 
 #define KML_DD_MAX_FEATURES	16	/* slots in a sample; rest are zero */
