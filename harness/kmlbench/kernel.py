@@ -6,15 +6,20 @@ content so that re-running a matrix never rebuilds what it already has:
 1. **source**: resolve ``"debian"``, a tarball, a kernel tree or a
    ``{"url", "sha256"}`` download to a *source id* (the tarball's sha256,
    or a git commit for a tree);
-2. **prepared tree** (``cache/src/<key>/``): an extracted copy of the source
-   with ``kernel/kml/`` placed in ``lib/kml/`` and the patch series applied;
+2. **work tree** (``cache/work/<source>/linux``): one hard-linked copy of
+   the extracted source per source id, synced on every miss to
+   ``kernel/kml/`` in ``lib/kml/`` plus the patch series, rewriting only the
+   files whose content changes (see :func:`sync_work_tree`);
 3. **config**: ``tinyconfig`` + ``base.config`` + ``kml.config`` + the
    request's fragments, ``olddefconfig``, then a check that every requested
    option survived (Kconfig silently drops options whose dependencies are
    missing, which would otherwise show up much later as a guest that does
    not boot or a scheduler that is not there);
-4. **build** (``cache/builds/<build_key>/``): ``make bzImage modules``;
-   a completed stamp makes the next identical request a pure cache hit.
+4. **build**: ``make bzImage modules`` in the work tree's persistent object
+   dir for this config (``cache/work/<source>/obj-<config>/``), so an edit
+   recompiles only what it affects; the result is then copied to the
+   content-keyed ``cache/builds/<build_key>/``, where a completed stamp
+   makes the next identical request a pure cache hit.
 
 Modeled on ``tools/testing/kunit/kunit_kernel.py``: out-of-tree builds
 (``O=``), config fragments merged over a minimal base, and explicit checks
@@ -30,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -662,6 +668,10 @@ def prepare_tree(
 ) -> Path:
     """The source with KML and the patches in, at ``cache/src/<key>/``.
 
+    Not used by :func:`build_kernel` any more (it syncs one work tree per
+    source instead, see :func:`sync_work_tree`); kept for callers that want
+    a standalone, content-keyed tree.
+
     ``inputs`` (a snapshot of ``kml_dir`` and ``patches_dir``) is read here
     unless the caller already took one for its own keys. The tree is a
     hard-linked copy of :func:`pristine_tree`; files a patch touches are
@@ -708,6 +718,302 @@ def prepare_tree(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     log(f"prepared tree: {final}")
+    return final
+
+
+# --------------------------------------------------------------------------
+# 2b. the persistent work tree: incremental builds across KML/patch edits
+#
+# build_kernel compiles in one work tree per source id, synced on every miss
+# to the desired content (pristine + KML + patches), with one persistent
+# object dir per requested config. Only files whose content changed are
+# rewritten (with a fresh mtime), so make recompiles what changed; the
+# finished build is then copied to the content-keyed cache/builds/<key>/.
+
+_WORK_STATE = "state.json"
+_WORK_DIRTY = "dirty"
+_WORK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Content:
+    """What one path of a tree holds: a file (bytes, mode) or a symlink."""
+
+    data: bytes = b""
+    mode: int = 0o644
+    link: str | None = None
+
+    def digest(self) -> str:
+        if self.link is not None:
+            return "link:" + self.link
+        return hashlib.sha256(self.data).hexdigest()
+
+
+_DIRECTORY = _Content(link="\0directory")  # never equal to anything we want
+
+
+def _read_content(path: Path) -> _Content | None:
+    """The content at ``path`` (not following a final symlink); None if absent."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return _Content(link=os.readlink(path))
+    if stat.S_ISDIR(st.st_mode):
+        return _DIRECTORY
+    return _Content(path.read_bytes(), stat.S_IMODE(st.st_mode))
+
+
+def _put_content(tree: Path, rel: str, want: _Content | None) -> None:
+    """Make ``tree/rel`` hold ``want`` (None: absent), as a new inode.
+
+    Written to a temp file and renamed over the old entry, never modified
+    in place: the old entry may be a hard link to the pristine source. The
+    new file gets the current mtime, so make rebuilds what depends on it.
+    """
+    path = tree / rel
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    if want is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.kmlbench-sync")
+    tmp.unlink(missing_ok=True)
+    if want.link is not None:
+        os.symlink(want.link, tmp)
+    else:
+        tmp.write_bytes(want.data)
+        os.chmod(tmp, want.mode)
+    os.replace(tmp, path)
+
+
+def _remove_empty_dirs(tree: Path, pristine: Path, rel: str) -> None:
+    """rmdir the now-empty parents of ``rel`` that the pristine source lacks."""
+    parent = Path(rel).parent
+    while parent != Path("."):
+        if (pristine / parent).exists():
+            return
+        try:
+            (tree / parent).rmdir()
+        except OSError:  # not empty, or already gone
+            if (tree / parent).exists():
+                return
+        parent = parent.parent
+
+
+def desired_overlay(
+    pristine: Path, inputs: TreeInputs, scratch: Path, log: Log
+) -> dict[str, _Content | None]:
+    """Every path KML or the patches put in the tree, with its content (None: absent).
+
+    Computed without touching any tree: the files the patches name are
+    copied from ``pristine`` into ``scratch`` (with the KML sources in
+    ``lib/kml/``) and the series is applied there, so a patch that does not
+    apply raises :class:`PatchError` (naming it and its rejected hunks)
+    before the work tree is modified.
+    """
+    kml = {f"lib/kml/{rel}": data for rel, data in inputs.kml_files}
+    if kml and (pristine / "lib" / "kml").exists():
+        dest = pristine / "lib" / "kml"
+        raise KernelBuildError(f"{dest} already exists in the source; refusing to overwrite it")
+    if not kml:
+        log(f"no KML sources in {inputs.kml_dir}; building without KML")
+    want: dict[str, _Content | None] = {rel: _Content(data) for rel, data in kml.items()}
+    if not inputs.patches:
+        return want
+    touched: set[str] = set()
+    for _, data in inputs.patches:
+        touched |= _patched_paths(data)
+    for rel in sorted(touched):
+        src = pristine / rel
+        if src.is_file() or src.is_symlink():
+            (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, scratch / rel, follow_symlinks=False)
+    for rel, data in kml.items():
+        (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+        (scratch / rel).write_bytes(data)
+    for patch, data in inputs.patches:
+        apply_patch(scratch, patch, data, log)
+    for rel in sorted(touched | set(kml)):
+        want[rel] = _read_content(scratch / rel)
+    return want
+
+
+def work_dir(cache: Path, source_id: str) -> Path:
+    """``cache/work/<16 hex digits of the source id's hash>/``."""
+    return Path(cache) / "work" / _sha256_parts(_CACHE_VERSION, "work", source_id)[:16]
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _tree_looks_usable(tree: Path) -> bool:
+    """A work tree exists and was never configured in-tree (kbuild would refuse O=)."""
+    return (
+        (tree / "Makefile").is_file()
+        and not (tree / ".config").exists()
+        and not (tree / "include" / "config").exists()
+    )
+
+
+def sync_work_tree(
+    pristine: Path, work: Path, inputs: TreeInputs, source_id: str, log: Log
+) -> Path:
+    """Bring ``work/linux`` to pristine + KML + patches; return it.
+
+    Only paths of the previous or the new overlay are looked at, and only
+    those whose content differs are rewritten (as new files, never through
+    a hard link to ``pristine``): unchanged files keep their mtimes, so an
+    incremental ``make`` rebuilds just what changed. Paths no longer
+    overlaid get their pristine content back (or are removed).
+
+    ``work/state.json`` records the overlay (path: sha256) after a complete
+    sync; ``work/dirty`` lists the paths a sync in progress may touch and
+    is removed when it is done. A dirty marker, a missing or foreign state
+    or a tree that looks wrong makes the tree be re-linked from
+    ``pristine``: every path that may differ from what the object dirs were
+    built from is then rewritten with a fresh mtime; if those paths are
+    unknown, the object dirs are removed (the next build is cold). The
+    caller holds the work dir's lock.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    tree = work / "linux"
+    for stale in work.glob(".scratch-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(dir=work, prefix=".scratch-"))
+    try:
+        want = desired_overlay(pristine, inputs, scratch, log)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    for attempt in range(2):
+        state = _read_json(work / _WORK_STATE)
+        previous: set[str] | None = None
+        if (
+            isinstance(state, dict)
+            and state.get("version") == _WORK_VERSION
+            and state.get("source_id") == source_id
+            and isinstance(state.get("overlay"), dict)
+        ):
+            previous = set(state["overlay"])
+        dirty = (work / _WORK_DIRTY).exists()
+        marker = _read_json(work / _WORK_DIRTY) if dirty else []
+        known: set[str] | None = None
+        if previous is not None and isinstance(marker, list):
+            known = previous | {str(p) for p in marker}
+        elif not tree.exists() and not list(work.glob("obj-*")):
+            known = set()  # a first sync: nothing was ever built here
+        broken = attempt > 0 or dirty or previous is None or not _tree_looks_usable(tree)
+        if known is None:
+            log(f"work tree {tree}: state unknown; removing its object dirs (next build is cold)")
+            for obj in work.glob("obj-*"):
+                shutil.rmtree(obj)
+            known = set()
+        if tree.is_dir() and (tree / "lib" / "kml").is_dir():
+            # Whatever is in lib/kml (absent from pristine) goes unless wanted.
+            known |= {
+                str(p.relative_to(tree)) for p in (tree / "lib" / "kml").rglob("*") if p.is_file()
+            }
+        paths_ = set(want) | known
+        atomic_write(work / _WORK_DIRTY, json.dumps(sorted(paths_), indent=0) + "\n")
+        try:
+            if broken:
+                if tree.exists() or tree.is_symlink():
+                    log(f"re-linking the work tree {tree} from {pristine}")
+                    shutil.rmtree(tree)
+                else:
+                    log(f"creating the work tree {tree} (cp -al {pristine})")
+                _run(["cp", "-al", str(pristine), str(tree)], work, log, "cp -al (link the source)")
+            force = known if broken else set()
+            changed = []
+            for rel in sorted(paths_):
+                target = want[rel] if rel in want else _read_content(pristine / rel)
+                current = _read_content(tree / rel)
+                if current == target and (rel not in force or target is None):
+                    continue
+                _put_content(tree, rel, target)
+                if target is None:
+                    _remove_empty_dirs(tree, pristine, rel)
+                changed.append(rel)
+        except (OSError, KernelBuildError) as e:
+            if attempt > 0:
+                raise KernelBuildError(f"cannot sync the work tree {tree}: {e}") from e
+            log(f"syncing the work tree failed ({e}); re-linking it from the pristine source")
+            continue
+        new_state = {
+            "version": _WORK_VERSION,
+            "source_id": source_id,
+            "kml_dir": str(inputs.kml_dir),
+            "kml_sources_hash": inputs.kml_hash,
+            "patches": [p.name for p, _ in inputs.patches],
+            "patch_series_hash": inputs.series_hash,
+            "overlay": {rel: (c.digest() if c else None) for rel, c in sorted(want.items())},
+            "synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_write(work / _WORK_STATE, json.dumps(new_state, indent=1) + "\n")
+        (work / _WORK_DIRTY).unlink()
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        shown = f" ({', '.join(changed[:5])}{more})" if changed else ""
+        log(f"work tree {tree}: {len(changed)} file(s) changed{shown}")
+        break
+    return tree
+
+
+def _obj_dir_key(fragment_texts: Sequence[str], compiler: str, toolchain: str) -> str:
+    """Object dir of a work tree: per requested config (fragments) and toolchain.
+
+    Not per final .config, so an edit to KML's Kconfig is an incremental
+    build too (kbuild tracks config changes per symbol).
+    """
+    return _sha256_parts(_CACHE_VERSION, "obj", compiler, toolchain, *fragment_texts)[:16]
+
+
+def _built_modules(obj: Path) -> dict[str, Path]:
+    """The modules of the last build in ``obj``: those ``modules.order`` lists.
+
+    An object dir is reused across KML versions, so a ``.ko`` of a module
+    that no longer exists may still lie around; modules.order does not
+    list it.
+    """
+    order = obj / "modules.order"
+    if not order.is_file():
+        return collect_modules(obj)
+    result = {}
+    for line in order.read_text().splitlines():
+        rel = line.strip()
+        if rel.endswith(".o"):
+            rel = rel[:-2] + ".ko"
+        if rel and (obj / rel).is_file():
+            result[Path(rel).stem] = obj / rel
+    return result
+
+
+def _publish(obj: Path, builds: Path, key: str, stamp: dict, log: Log) -> Path:
+    """Copy a finished object dir to ``builds/<key>/`` with its stamp, atomically.
+
+    A full copy (about 230 MB, a second or two): the object dir is rebuilt
+    in place by the next build, so hard links would be modified under the
+    published copy. The caller holds the build key's lock.
+    """
+    final = builds / key
+    for stale in builds.glob(f".publish-{key}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=builds, prefix=f".publish-{key}-"))
+    try:
+        _run(["cp", "-a", f"{obj}/.", str(tmp)], builds, log, "cp -a (publish the build)")
+        atomic_write(tmp / _BUILD_STAMP, json.dumps(stamp, indent=1) + "\n")
+        if final.exists():  # without a stamp: an interrupted build of the old layout
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
@@ -996,12 +1302,13 @@ def _read_stamp(build_dir: Path) -> dict | None:
 
 
 def _remove_stale_scratch(builds: Path, max_age_s: float = 86400) -> None:
-    """Remove config scratch dirs of killed processes (older than a day).
+    """Remove scratch dirs of killed processes (older than a day).
 
-    A live one is seconds old: configuring takes well under a minute.
+    Config scratch dirs (``.config-*``, from before the work tree) and
+    half-copied builds (``.publish-*``): a live one is seconds old.
     """
     now = time.time()
-    for d in builds.glob(".config-*"):
+    for d in [*builds.glob(".config-*"), *builds.glob(".publish-*")]:
         with contextlib.suppress(OSError):
             if now - d.stat().st_mtime > max_age_s:
                 shutil.rmtree(d, ignore_errors=True)
@@ -1052,12 +1359,14 @@ def build_kernel(
     default, None for silence).
 
     A cache hit is decided before anything is extracted or configured:
-    the final .config of an earlier identical request (same prepared tree,
-    fragments and toolchain) is memoized in ``cache/configs/``, so a warm
-    run only hashes a few small files. On a miss the tree is prepared,
-    configured in a scratch dir (the build key depends on the final
-    .config, so the build dir's name is only known afterwards), and built
-    in ``cache/builds/<build_key>/`` under a lock.
+    the final .config of an earlier identical request (same KML sources,
+    patches, fragments and toolchain) is memoized in ``cache/configs/``, so
+    a warm run only hashes a few small files. On a miss, under the work
+    tree's lock, the work tree is synced to the inputs, configured and
+    built incrementally in its object dir for these fragments, and the
+    result is published to ``cache/builds/<build_key>/`` under that key's
+    lock (the build key depends on the final .config, so it is only known
+    after configuring).
     """
     cache = Path(cache)
     log_dir = Path(log_dir)
@@ -1116,11 +1425,8 @@ def _build_kernel(
     for p in unlisted_patches(patches_dir):
         note(f"warning: {p.name} is not listed in {patches_dir / 'series'}; not applied")
     prep_key = prepared_tree_key(src.source_id, kml_hash, series_hash)
-    memo = (
-        cache
-        / "configs"
-        / _config_memo_key(prep_key, fragment_texts, compiler, _toolchain_fingerprint())
-    )
+    toolchain = _toolchain_fingerprint()
+    memo = cache / "configs" / _config_memo_key(prep_key, fragment_texts, compiler, toolchain)
     builds = cache / "builds"
 
     def result(
@@ -1156,55 +1462,58 @@ def _build_kernel(
             note(f"cache hit: {build_dir} (compile log: {build_dir / _BUILD_LOG})")
             return result(build_dir, False, key, cfg_hash, stamp)
 
-    tree = prepare_tree(src, cache, note, inputs=inputs)
-    note(f"configuring ({', '.join(f.name for f in fragments)}); log: {log_path}")
-    builds.mkdir(parents=True, exist_ok=True)
-    _remove_stale_scratch(builds)
-    scratch = Path(tempfile.mkdtemp(dir=builds, prefix=".config-"))
-    try:
-        config_text = configure(tree, scratch, fragments, log, fragment_texts)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    cfg_hash = config_hash(config_text)
-    atomic_write(memo, config_text)
-    key = build_key(src.source_id, series_hash, kml_hash, cfg_hash, compiler)
-    build_dir = builds / key
-    log(f"config hash {cfg_hash[:16]}, build key {key[:16]}")
-
-    with _locked(builds / f"{key}.lock", "building this kernel", note):
-        stamp = _read_stamp(build_dir)
-        if stamp and stamp.get("config_hash") == cfg_hash:
-            note(f"cache hit: {build_dir} (compile log: {build_dir / _BUILD_LOG})")
-            return result(build_dir, False, key, cfg_hash, stamp)
-        # A dir without a stamp is an earlier failed or interrupted build of
-        # the same key: let make continue it incrementally.
-        build_dir.mkdir(parents=True, exist_ok=True)
-        (build_dir / _BUILD_STAMP).unlink(missing_ok=True)
-        cfg_path = build_dir / ".config"
-        if not cfg_path.exists() or cfg_path.read_text() != config_text:
-            cfg_path.write_text(config_text)
-        _run(["make", f"O={build_dir}", "olddefconfig"], tree, log, "make olddefconfig")
-        if config_hash((build_dir / ".config").read_text()) != cfg_hash:
-            raise KernelBuildError(
-                f"{build_dir}/.config changed under olddefconfig; the config step is not stable"
-            )
-        compile_kernel(tree, build_dir, build_dir / _BUILD_LOG, [log_path], jobs, note)
-        build = result(build_dir, True, key, cfg_hash)
-        if not build.bzimage.is_file():
-            raise KernelBuildError(f"make succeeded but {build.bzimage} is missing", log_path)
-        if config_hash(build.config_path.read_text()) != cfg_hash:
-            raise KernelBuildError(f"{build.config_path} changed during the build", log_path)
-        stamp = {
-            "build_key": key,
-            "source_id": src.source_id,
-            "source": str(src.path),
-            "patch_series_hash": series_hash,
-            "kml_sources_hash": kml_hash,
-            "config_hash": cfg_hash,
-            "compiler": compiler,
-            "fragments": [str(f) for f in fragments],
-            "modules": {n: str(p.relative_to(build_dir)) for n, p in build.modules.items()},
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        atomic_write(build_dir / _BUILD_STAMP, json.dumps(stamp, indent=1) + "\n")
-    return build
+    pristine = pristine_tree(src, cache, note)
+    work = work_dir(cache, src.source_id)
+    obj = work / f"obj-{_obj_dir_key(fragment_texts, compiler, toolchain)}"
+    with _locked(work.parent / f"{work.name}.lock", "using the kernel work tree", note):
+        # Someone may have built this very kernel while we waited.
+        if memo.is_file():
+            cfg_hash = config_hash(memo.read_text())
+            key = build_key(src.source_id, series_hash, kml_hash, cfg_hash, compiler)
+            stamp = _read_stamp(builds / key)
+            if stamp and stamp.get("config_hash") == cfg_hash:
+                note(f"cache hit: {builds / key} (compile log: {builds / key / _BUILD_LOG})")
+                return result(builds / key, False, key, cfg_hash, stamp)
+        tree = sync_work_tree(pristine, work, inputs, src.source_id, note)
+        note(f"configuring ({', '.join(f.name for f in fragments)}) in {obj}; log: {log_path}")
+        config_text = configure(tree, obj, fragments, log, fragment_texts)
+        cfg_hash = config_hash(config_text)
+        atomic_write(memo, config_text)
+        key = build_key(src.source_id, series_hash, kml_hash, cfg_hash, compiler)
+        build_dir = builds / key
+        log(f"config hash {cfg_hash[:16]}, build key {key[:16]}")
+        builds.mkdir(parents=True, exist_ok=True)
+        _remove_stale_scratch(builds)
+        with _locked(builds / f"{key}.lock", "building this kernel", note):
+            stamp = _read_stamp(build_dir)
+            if stamp and stamp.get("config_hash") == cfg_hash:
+                note(f"cache hit: {build_dir} (compile log: {build_dir / _BUILD_LOG})")
+                return result(build_dir, False, key, cfg_hash, stamp)
+            started = time.monotonic()
+            compile_kernel(tree, obj, obj / _BUILD_LOG, [log_path], jobs, note)
+            compile_s = time.monotonic() - started
+            if not (obj / "arch" / "x86" / "boot" / "bzImage").is_file():
+                raise KernelBuildError(f"make succeeded but {obj}/arch/x86/boot/bzImage is missing")
+            if config_hash((obj / ".config").read_text()) != cfg_hash:
+                raise KernelBuildError(f"{obj}/.config changed during the build")
+            # Without a `modules` target, modules.order and *.ko are left over.
+            modules = _built_modules(obj) if _wants_modules(config_text) else {}
+            stamp = {
+                "build_key": key,
+                "source_id": src.source_id,
+                "source": str(src.path),
+                "patch_series_hash": series_hash,
+                "kml_sources_hash": kml_hash,
+                "config_hash": cfg_hash,
+                "compiler": compiler,
+                "fragments": [str(f) for f in fragments],
+                "modules": {n: str(p.relative_to(obj)) for n, p in modules.items()},
+                "work_tree": str(tree),
+                "obj_dir": str(obj),
+                "compile_s": round(compile_s, 1),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            started = time.monotonic()
+            _publish(obj, builds, key, stamp, log)
+            log(f"published {obj} to {build_dir} in {time.monotonic() - started:.1f}s")
+            return result(build_dir, True, key, cfg_hash, stamp)
