@@ -14,6 +14,7 @@ import errno
 import json
 import mmap
 import os
+import re
 import signal
 import subprocess
 import time
@@ -25,9 +26,11 @@ import pytest
 
 from kmlbench import kml
 from kmlbench.image import build_kmlctl
-from kmlbench.paths import cache_dir
+from kmlbench.paths import KML_SRC_DIR, cache_dir
 
-N_FEATURES = 12  # KML_DD_NR_FEATURES
+# KML_DD_NR_FEATURES, from the ABI header kmlctl is compiled with
+_UAPI = (KML_SRC_DIR / "kml_iosched_uapi.h").read_text()
+N_FEATURES = int(re.search(r"KML_DD_NR_FEATURES\s*=\s*(\d+)", _UAPI).group(1))
 RECORD = np.dtype(
     [
         ("insert_ns", "<u8"),
@@ -87,6 +90,9 @@ def simulate(n: int, seed: int) -> np.ndarray:
     feats[:, 9] = lg(rng.uniform(10, 2000, n))
     feats[:, 10] = lg(rng.uniform(1, 100, n))
     feats[:, 11] = rng.integers(0, 2, n)
+    feats[:, 12] = lg(rng.exponential(300, n))  # age of the FIFO head, us
+    feats[:, 13] = rng.uniform(0, 1, n)  # recent miss share
+    feats[:, N_FEATURES:] = 0  # slots past the ABI's features are zero
     rec = np.zeros(n, RECORD)
     rec["insert_ns"] = 10**9 + np.arange(n) * 1000
     rec["sector"] = rng.integers(0, 1 << 30, n)

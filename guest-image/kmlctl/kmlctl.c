@@ -897,7 +897,7 @@ static int cmd_trace(const struct opts *o)
  *             takes one Adam step; publishes every --publish-every samples.
  *
  * One trainer thread: KML training calls need a single caller, and a
- * 12-16-1 MLP step on 32 rows takes microseconds, far below the ring rate
+ * n-16-1 MLP step on 32 rows takes microseconds, far below the ring rate
  * a guest disk produces.
  */
 
@@ -1665,10 +1665,12 @@ static int valid_model(u32 n_in, void **bufp, size_t *lenp)
 /*
  * NaN and +Inf in the first two weights, CRC recomputed: magic, sizes and
  * checksum are right, so only the loader's value check can refuse it.
+ * The weights follow the header and the normalisation block (u64 count,
+ * mean[n_in] 4 bytes each, var[n_in] 8 bytes each; kml_format.c).
  */
-static void poison_model(u8 *buf, size_t len)
+static void poison_model(u8 *buf, size_t len, u32 n_in)
 {
-	size_t params = KML_MODEL_HDR_SIZE + 8 + (size_t)KML_DD_NR_FEATURES * 12;
+	size_t params = KML_MODEL_HDR_SIZE + 8 + (size_t)n_in * 12;
 
 	put_le32(buf + params, 0x7fc00000U);		/* quiet NaN */
 	put_le32(buf + params + 4, 0x7f800000U);	/* +Inf */
@@ -1687,7 +1689,7 @@ static int fault_model(const char *kind, void **bufp, size_t *lenp, int *want)
 	if (ret)
 		return fail(-ret, "building a model");
 	if (!strcmp(kind, "nan-model")) {
-		poison_model(*bufp, *lenp);
+		poison_model(*bufp, *lenp, n_in);
 		*want = EDOM;
 	} else if (!strcmp(kind, "wrong-shape")) {
 		*want = EPROTO;
