@@ -31,6 +31,7 @@ from kmlbench.paths import KML_SRC_DIR, cache_dir
 # KML_DD_NR_FEATURES, from the ABI header kmlctl is compiled with
 _UAPI = (KML_SRC_DIR / "kml_iosched_uapi.h").read_text()
 N_FEATURES = int(re.search(r"KML_DD_NR_FEATURES\s*=\s*(\d+)", _UAPI).group(1))
+ABI_VERSION = int(re.search(r"#define KML_DD_ABI_VERSION\s+(\d+)", _UAPI).group(1))
 RECORD = np.dtype(
     [
         ("insert_ns", "<u8"),
@@ -179,7 +180,7 @@ def test_trace_round_trips_ring_records(kmlctl: Path, ring_file: RingFile, tmp_p
     proc = run(kmlctl, "--ring-file", ring_file.path, "trace", out, "--max", "2000")
     assert keyvals(proc.stdout) == {"records": "2000", "stopped_by": "max"}
     header, rows = read_trace(out)
-    assert header == (1, 128, N_FEATURES)
+    assert header == (ABI_VERSION, 128, N_FEATURES)
     assert rows.tobytes() == rec[:2000].tobytes()  # every field, bit for bit
     # the rest, to stdout, until the time limit
     proc = subprocess.run(

@@ -19,7 +19,7 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 
-#define KML_DD_ABI_VERSION	1
+#define KML_DD_ABI_VERSION	2
 
 /*
  * Features of a request, computed at insert (under the scheduler lock, in
