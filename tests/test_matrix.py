@@ -13,6 +13,7 @@ import pytest
 from kmlbench import paths
 from kmlbench.matrix import (
     DEVICE_TYPES,
+    QUEUE_FIELDS,
     SCHEDULERS,
     WORKLOAD_FIELDS,
     Matrix,
@@ -106,7 +107,10 @@ def test_params_are_fully_resolved(tmp_path: Path) -> None:
         assert set(p) == {"kernel", "device", "scheduler", "workload"}
         assert p["kernel"] == {"name": "default", "source": "debian", "fragments": []}
         assert set(p["device"]) == {"type", *DEVICE_TYPES[p["device"]["type"]]}
-        assert set(p["scheduler"]) == {"name", *SCHEDULERS[p["scheduler"]["name"]]}
+        # every tunable with a default; queue settings (nr_requests) only when given
+        assert set(p["scheduler"]) == {"name", *SCHEDULERS[p["scheduler"]["name"]]} - set(
+            QUEUE_FIELDS
+        )
         assert set(p["workload"]) == set(WORKLOAD_FIELDS)
     mqdl = next(c for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline")
     assert mqdl.params["scheduler"] == {

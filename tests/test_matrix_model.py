@@ -149,3 +149,26 @@ def test_model_errors_are_located(
 def test_exclude_of_model_without_axis_is_useless(tmp_path: Path) -> None:
     with pytest.raises(MatrixError, match="excludes no cell"):
         load(tmp_path, HEAD + "exclude: [{model.mode: active}]\n")
+
+
+def test_nr_requests_is_a_queue_setting_recorded_only_when_given(tmp_path: Path) -> None:
+    from kmlbench import devices
+
+    m = load(
+        tmp_path,
+        HEAD.replace("{name: none}", "{name: none, nr_requests: 256}").replace(
+            "{name: mq-deadline}", "{name: mq-deadline, nr_requests: [64, 128]}"
+        ),
+    )
+    got = sorted(
+        (c.params["scheduler"]["name"], c.params["scheduler"].get("nr_requests")) for c in m.cells
+    )
+    assert got == [("mq-deadline", 64), ("mq-deadline", 128), ("none", 256)]
+    script = devices.setup_script({"type": "null_blk"}, {"name": "none", "nr_requests": 256})
+    # after the scheduler (a switch resets it), under queue/, not queue/iosched/
+    assert script.index('setattr "/sys/block/$dev/queue/nr_requests" 256') > script.index(
+        "/queue/scheduler"
+    )
+    assert "iosched/nr_requests" not in script
+    with pytest.raises(MatrixError, match=r"must be in 4\.\.8192"):
+        load(tmp_path, HEAD.replace("{name: none}", "{name: none, nr_requests: 1}"))

@@ -51,6 +51,8 @@ _DIRECT_FALLBACK = {"none": "writeback", "directsync": "writethrough"}
 SCHEDULERS = ("mq-deadline", "none", "kyber", "bfq")
 # Millisecond tunables the kernel stores in jiffies (rounded on read-back).
 JIFFY_TUNABLES = frozenset({"read_expire", "write_expire", "prio_aging_expire", "timeout_sync"})
+# Scheduler-dict keys that are queue attributes (queue/<key>), not tunables.
+QUEUE_ATTRS = frozenset({"nr_requests"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -230,12 +232,18 @@ def setup_script(device: dict, scheduler: dict) -> str:
         f' || die "scheduler is $(cat {queue}/scheduler") not {name}"',
     ]
     for key, value in tunables.items():
+        if key in QUEUE_ATTRS:
+            lines.append(f'setattr {queue}/{key}" {shlex.quote(str(value))}')
+            continue
         setter = "setattr_ms" if key in JIFFY_TUNABLES and isinstance(value, int) else "setattr"
         lines.append(f'{setter} {queue}/iosched/{key}" {shlex.quote(str(value))}')
     lines += [
         f'echo "kmlbench-device: $dev scheduler=$(cat {queue}/scheduler")'
         f' size_bytes=$(($(cat /sys/block/$dev/size) * 512))"',
     ]
+    for key in QUEUE_ATTRS & set(tunables):
+        lines.append(f'echo "kmlbench-device: {key}=$(cat {queue}/{key}")"')
+    tunables = {k: v for k, v in tunables.items() if k not in QUEUE_ATTRS}
     if tunables:
         keys = " ".join(tunables)
         lines += [

@@ -106,6 +106,9 @@ class Matrix:
 # given for this field in an axis entry means "one entry per element".
 
 REQUIRED = object()
+# No default: the kernel's own value applies and the field is left out of
+# params, so that adding such a field re-keys no existing cell.
+UNSET = object()
 Check = Callable[[Any], "str | None"]
 
 
@@ -185,6 +188,17 @@ SCHEDULERS: dict[str, dict[str, Field]] = {
     "kyber": {},
     "bfq": {},
 }
+# Queue settings every scheduler takes (/sys/block/<dev>/queue/<name>),
+# written after the scheduler (switching scheduler resets them). Recorded
+# only when given: absent means the kernel's default.
+QUEUE_FIELDS: dict[str, Field] = {
+    # requests the scheduler may hold; the kernel's default is twice the
+    # hardware queue depth (at most 128), too few to queue past a deadline
+    # on a slow device with a shallow hardware queue
+    "nr_requests": Field("int", UNSET, _between(4, 8192)),
+}
+for _fields in SCHEDULERS.values():
+    _fields.update(QUEUE_FIELDS)
 SCHEDULER_SLUGS = {"mq-deadline": "mqdl", "none": "none", "kyber": "kyber", "bfq": "bfq"}
 
 WORKLOAD_FIELDS: dict[str, Field] = {
@@ -439,6 +453,8 @@ def _resolve_fields(
             out[name] = copy.deepcopy(defaults[name])
         elif spec.default is REQUIRED:
             raise src.error(key, f"missing required key {name!r}")
+        elif spec.default is UNSET:
+            continue
         else:
             out[name] = copy.deepcopy(spec.default)
     return out

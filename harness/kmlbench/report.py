@@ -364,11 +364,13 @@ def host_params(
     The scheduler gets its tunables' defaults, as ``kmlbench.matrix`` resolves
     them (mq-deadline's read_expire etc.; none, kyber and bfq have none).
     """
-    from kmlbench.matrix import SCHEDULERS
+    from kmlbench.matrix import SCHEDULERS, UNSET
 
     wl = {"template": template, "bs": "4k", "iodepth": 1, "numjobs": 1, "rate_iops": 2000}
     wl.update(workload)
-    tunables = {k: f.default for k, f in SCHEDULERS.get(scheduler, {}).items()}
+    tunables = {
+        k: f.default for k, f in SCHEDULERS.get(scheduler, {}).items() if f.default is not UNSET
+    }
     params = {
         "kernel": {"name": "default", "fragments": []},
         "device": {"type": "host-file", "size_mib": 4},
