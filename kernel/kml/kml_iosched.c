@@ -104,6 +104,38 @@ module_param_cb(sample_filter, &sample_filter_ops, NULL, 0644);
 MODULE_PARM_DESC(sample_filter,
 		 "all, or uncertain: only samples the model got wrong or was unsure of");
 
+/*
+ * Decision threshold: a request is predicted to meet its deadline when its
+ * predicted issue time is at most deadline * decision_permille / 1000.
+ * Trainers calibrate it for balanced accuracy on recent samples, so the
+ * issue-time model itself stays unbiased (its error is what it is).
+ */
+static unsigned int kml_dd_decision_permille = 1000;
+
+static int decision_permille_set(const char *val,
+				 const struct kernel_param *kp)
+{
+	unsigned int v;
+	int ret;
+
+	ret = kstrtouint(val, 0, &v);
+	if (ret)
+		return ret;
+	if (v < 1 || v > 64000)
+		return -ERANGE;
+	WRITE_ONCE(kml_dd_decision_permille, v);
+	return 0;
+}
+
+static const struct kernel_param_ops decision_permille_ops = {
+	.set = decision_permille_set,
+	.get = param_get_uint,
+};
+module_param_cb(decision_permille, &decision_permille_ops,
+		&kml_dd_decision_permille, 0644);
+MODULE_PARM_DESC(decision_permille,
+		 "predict a miss above deadline * N / 1000 (1..64000)");
+
 /* ------------------------------------------------------------ state */
 
 struct kml_dd_global kml_dd;
@@ -269,7 +301,10 @@ static void kml_dd_predict(struct kml_dd_ctx *ctx)
 		if (ns >= 0) {
 			ctx->pred_valid = 1;
 			ctx->pred_issue_ns = ns;
-			ctx->pred_met = (u64)ns <= ctx->deadline_ns;
+			ctx->pred_met = (u64)ns <=
+				mul_u64_u32_div(ctx->deadline_ns,
+						READ_ONCE(kml_dd_decision_permille),
+						1000);
 			kml_dd_stat_inc(KML_DD_S_INFERENCES);
 			atomic64_inc(&kml_dd.hist[kml_dd_hist_bucket(t1 - t0)]);
 		}
@@ -622,6 +657,8 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "sample_filter %s\n",
 		   kml_dd_filters[READ_ONCE(kml_dd_sample_filter) & 1]);
 	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
+	seq_printf(m, "decision_permille %u\n",
+		   READ_ONCE(kml_dd_decision_permille));
 	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
 		n = atomic64_read(&kml_dd.hist[i]);
 		if (!n)
