@@ -12,8 +12,10 @@ import pytest
 
 from kmlbench import kml, train
 from kmlbench.trace import (
+    ABI_VERSION,
     FEATURE_NAMES,
     HEADER_SIZE,
+    NR_FEATURES,
     SAMPLE_DTYPE,
     TraceError,
     load_trace,
@@ -63,6 +65,8 @@ def simulated_trace(path: Path, n: int = 3000, seed: int = 3) -> np.ndarray:
     feats[:, 9] = _lg(150.0 * (queued_same + 1))
     feats[:, 10] = _lg(rng.integers(100, 300, n))
     feats[:, 11] = rng.integers(0, 2, n)
+    feats[:, 12] = _lg(150.0 * queued_same)
+    feats[:, 13] = rng.random(n) * 0.3
     rows["features"] = np.round(feats * 65536).astype(np.int32)
     write_trace(path, rows)
     return rows
@@ -73,9 +77,9 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
     rows = simulated_trace(path, n=50)
     data = path.read_bytes()
     assert data[:8] == b"KMLTRC01"
-    assert int.from_bytes(data[8:12], "little") == 1
+    assert int.from_bytes(data[8:12], "little") == ABI_VERSION
     assert int.from_bytes(data[12:16], "little") == 128
-    assert int.from_bytes(data[16:20], "little") == 12
+    assert int.from_bytes(data[16:20], "little") == NR_FEATURES
     assert len(data) == HEADER_SIZE + 50 * 128
     # field offsets of struct kml_dd_sample, checked on the raw bytes
     first = data[HEADER_SIZE : HEADER_SIZE + 128]
@@ -85,7 +89,7 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
         rows["features"][0][3]
     )
     header, back = load_trace(path)
-    assert header.n_features == 12
+    assert header.n_features == NR_FEATURES
     assert np.array_equal(back, rows)
     assert np.array_equal(read_trace(path), rows)
 
@@ -95,10 +99,10 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
     [
         (lambda d: d[:10], "shorter than the 64-byte header"),
         (lambda d: b"NOTATRACE" + d[9:], "not a KML trace"),
-        (lambda d: d[:8] + (2).to_bytes(4, "little") + d[12:], "trace ABI version 2"),
-        (lambda d: d[:12] + (96).to_bytes(4, "little") + d[16:], "record size 96"),
+        (lambda d: d[:8] + (99).to_bytes(4, "little") + d[12:], "trace ABI version 99"),
+        (lambda d: d[:8] + (0).to_bytes(4, "little") + d[12:], "trace ABI version 0"),
+        (lambda d: d[:12] + (96).to_bytes(4, "little") + d[16:], "record size 96, smaller"),
         (lambda d: d[:16] + (17).to_bytes(4, "little") + d[20:], "n_features 17"),
-        (lambda d: d[:-5], "truncated: 123 trailing bytes"),
     ],
 )
 def test_bad_files_are_named(tmp_path: Path, mangle, message: str) -> None:
@@ -114,16 +118,37 @@ def test_bad_files_are_named(tmp_path: Path, mangle, message: str) -> None:
         read_trace(tmp_path / "missing.kmltrc")
 
 
+def test_cut_rows_and_longer_records(tmp_path: Path) -> None:
+    """docs/trace.md: drop a cut last row; rows are record_size bytes, not 128."""
+    path = tmp_path / "t.kmltrc"
+    rows = simulated_trace(path, n=4)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.kmltrc"
+    cut.write_bytes(data[:-5])
+    header, back = load_trace(cut)
+    assert header.partial_bytes == 123
+    assert np.array_equal(back, rows[:3])
+    # a newer kernel appending 32 bytes per row: the known 128 are read
+    wide = bytearray(data[:HEADER_SIZE])
+    wide[12:16] = (160).to_bytes(4, "little")
+    body = data[HEADER_SIZE:]
+    for i in range(4):
+        wide += body[i * 128 : (i + 1) * 128] + b"\xee" * 32
+    (tmp_path / "wide.kmltrc").write_bytes(bytes(wide))
+    header, back = load_trace(tmp_path / "wide.kmltrc")
+    assert header.record_size == 160 and np.array_equal(back, rows)
+
+
 def test_csv_export(tmp_path: Path) -> None:
     path = tmp_path / "t.kmltrc"
     rows = simulated_trace(path, n=5)
     out = io.StringIO()
-    write_csv(rows, 12, out)
+    write_csv(rows, NR_FEATURES, out)
     lines = out.getvalue().splitlines()
     assert len(lines) == 6
     head = lines[0].split(",")
     assert head[:3] == ["insert_ns", "sector", "issue_ns"]
-    assert head[-12:] == list(FEATURE_NAMES)
+    assert head[-NR_FEATURES:] == list(FEATURE_NAMES)
     first = dict(zip(head, lines[1].split(","), strict=True))
     assert int(first["issue_ns"]) == int(rows["issue_ns"][0])
     assert float(first["lg_queued_same"]) == pytest.approx(rows["features"][0][3] / 65536, 1e-5)
@@ -139,8 +164,8 @@ def test_training_conventions() -> None:
         False,
     ]
     rows["features"][:, 0] = 65536 * 2
-    assert train.inputs(rows, 12).dtype == np.float32
-    assert train.inputs(rows, 12)[0, 0] == 2.0
+    assert train.inputs(rows, NR_FEATURES).dtype == np.float32
+    assert train.inputs(rows, NR_FEATURES)[0, 0] == 2.0
 
 
 @pytest.mark.parametrize("arch", ["mlp", "linear"])
@@ -154,13 +179,13 @@ def test_offline_training_beats_the_majority_baseline(tmp_path: Path, arch: str)
     assert h["accuracy"] > h["baseline_accuracy"] + 0.05, h
     assert h["balanced_accuracy"] > 0.75, h
     assert result.losses[-1] < result.losses[0]
-    # the file is a KML model with the kernel's shape: 12 inputs, 1 output
+    # the file is a KML model with the kernel's shape: NR_FEATURES inputs, 1 output
     model = kml.Model.load(out)
-    assert (model.n_inputs, model.n_outputs) == (12, 1)
-    assert model.sizes == ([12, 16, 1] if arch == "mlp" else [12, 1])
+    assert (model.n_inputs, model.n_outputs) == (NR_FEATURES, 1)
+    assert model.sizes == ([NR_FEATURES, 16, 1] if arch == "mlp" else [NR_FEATURES, 1])
     _, rows = load_trace(trace)
     holdout = np.sort(rows, order="insert_ns")[-600:]
-    again = train.evaluate(model.predict(train.inputs(holdout, 12)), holdout)
+    again = train.evaluate(model.predict(train.inputs(holdout, NR_FEATURES)), holdout)
     assert again["accuracy"] == pytest.approx(h["accuracy"])
 
 
@@ -185,6 +210,14 @@ def test_cli_train_reports_and_writes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 1
     assert f"{bad}: not a KML trace" in proc.stderr
+    old = tmp_path / "old.kmltrc"
+    write_trace(old, read_trace(trace), n_features=12)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kmlbench.cli", "train", "--trace", str(old), "-o", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "12 features" in proc.stderr and "record a new trace" in proc.stderr
 
 
 def test_cli_trace_csv_and_info(tmp_path: Path) -> None:
@@ -197,4 +230,5 @@ def test_cli_trace_csv_and_info(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert len(csv_path.read_text().splitlines()) == 21
     proc = subprocess.run([*run, "info", str(trace)], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0 and "20 samples, abi 1, 12 features" in proc.stdout
+    assert proc.returncode == 0
+    assert f"20 samples, abi {ABI_VERSION}, {NR_FEATURES} features" in proc.stdout

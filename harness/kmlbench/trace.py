@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,26 +27,39 @@ from typing import IO
 
 import numpy as np
 
+from kmlbench import paths
+
 MAGIC = b"KMLTRC01"
 HEADER_SIZE = 64
-RECORD_SIZE = 128
-ABI_VERSION = 1
+RECORD_SIZE = 128  # struct kml_dd_sample; a newer kernel may append fields
 MAX_FEATURES = 16
-# enum kml_dd_feature, in order: a model's inputs are the first n_features.
-FEATURE_NAMES = (
-    "op",
-    "sector",
-    "lg_bytes",
-    "lg_queued_same",
-    "lg_queued_other",
-    "lg_inflight",
-    "lg_seek",
-    "lg_gap_us",
-    "lg_expire_us",
-    "lg_issue_ewma_us",
-    "lg_dispatch_ewma_us",
-    "same_dir",
-)
+UAPI_HEADER = paths.KML_SRC_DIR / "kml_iosched_uapi.h"
+
+
+def _uapi() -> tuple[int, tuple[str, ...]]:
+    """KML_DD_ABI_VERSION and the feature names, read from the uapi header.
+
+    The header is the contract (docs/kml-iosched.md); reading it here keeps
+    the harness in step with the kernel instead of with a copy of it.
+    """
+    try:
+        text = UAPI_HEADER.read_text()
+    except OSError as exc:
+        raise RuntimeError(f"cannot read {UAPI_HEADER}: {exc.strerror or exc}") from exc
+    abi = re.search(r"^#define\s+KML_DD_ABI_VERSION\s+(\d+)", text, re.M)
+    enum = re.search(r"enum kml_dd_feature \{(.*?)\};", text, re.S)
+    if not abi or not enum:
+        raise RuntimeError(f"{UAPI_HEADER}: no KML_DD_ABI_VERSION or enum kml_dd_feature")
+    body = re.sub(r"/\*.*?\*/", "", enum.group(1), flags=re.S)
+    entries = {int(v): n for n, v in re.findall(r"KML_DD_F_(\w+)\s*=\s*(\d+)", body)}
+    count = re.search(r"KML_DD_NR_FEATURES\s*=\s*(\d+)", body)
+    if not count or sorted(entries) != list(range(int(count.group(1)))):
+        raise RuntimeError(f"{UAPI_HEADER}: enum kml_dd_feature is not 0..NR_FEATURES-1")
+    return int(abi.group(1)), tuple(entries[i].lower() for i in range(len(entries)))
+
+
+ABI_VERSION, FEATURE_NAMES = _uapi()
+NR_FEATURES = len(FEATURE_NAMES)  # KML_DD_NR_FEATURES: a kernel model's inputs
 Q16 = 65536.0
 
 HEADER_DTYPE = np.dtype(
@@ -109,6 +123,7 @@ class TraceHeader:
     abi_version: int
     record_size: int
     n_features: int
+    partial_bytes: int = 0  # a cut last row, dropped (docs/trace.md)
 
 
 def _header(path: Path, data: bytes) -> TraceHeader:
@@ -117,37 +132,38 @@ def _header(path: Path, data: bytes) -> TraceHeader:
     h = np.frombuffer(data, HEADER_DTYPE, count=1)[0]
     if bytes(h["magic"]) != MAGIC:
         raise TraceError(f"{path}: not a KML trace (magic {bytes(data[:8])!r}, expected {MAGIC!r})")
-    header = TraceHeader(int(h["abi_version"]), int(h["record_size"]), int(h["n_features"]))
-    if header.abi_version != ABI_VERSION:
+    abi, size, n_features = int(h["abi_version"]), int(h["record_size"]), int(h["n_features"])
+    if not 1 <= abi <= ABI_VERSION:
         raise TraceError(
-            f"{path}: trace ABI version {header.abi_version}, this harness reads {ABI_VERSION}"
+            f"{path}: trace ABI version {abi}, this harness reads 1..{ABI_VERSION} "
+            f"({UAPI_HEADER.name})"
         )
-    if header.record_size != RECORD_SIZE:
+    if size < RECORD_SIZE:
         raise TraceError(
-            f"{path}: record size {header.record_size}, expected {RECORD_SIZE} "
-            "(struct kml_dd_sample)"
+            f"{path}: record size {size}, smaller than struct kml_dd_sample ({RECORD_SIZE})"
         )
-    if not 1 <= header.n_features <= MAX_FEATURES:
-        raise TraceError(f"{path}: n_features {header.n_features} not in 1..{MAX_FEATURES}")
-    body = len(data) - HEADER_SIZE
-    if body % RECORD_SIZE:
-        raise TraceError(
-            f"{path}: {body} bytes of records is not a multiple of {RECORD_SIZE} "
-            f"(truncated: {body % RECORD_SIZE} trailing bytes)"
-        )
-    return header
+    if not 1 <= n_features <= MAX_FEATURES:
+        raise TraceError(f"{path}: n_features {n_features} not in 1..{MAX_FEATURES}")
+    return TraceHeader(abi, size, n_features, (len(data) - HEADER_SIZE) % size)
 
 
 def load_trace(path: Path | str) -> tuple[TraceHeader, np.ndarray]:
-    """The header and the records (a structured array of ``SAMPLE_DTYPE``)."""
+    """The header and the records (a structured array of ``SAMPLE_DTYPE``).
+
+    Rows are ``record_size`` bytes as the header says (a newer kernel's
+    extra fields are skipped); a cut last row, which a guest killed while
+    writing leaves, is dropped and counted in ``partial_bytes``.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     header = _header(path, data)
-    rows = np.frombuffer(data, SAMPLE_DTYPE, offset=HEADER_SIZE).copy()
-    return header, rows
+    n = (len(data) - HEADER_SIZE) // header.record_size
+    raw = np.frombuffer(data, np.uint8, count=n * header.record_size, offset=HEADER_SIZE)
+    rows = raw.reshape(n, header.record_size)[:, :RECORD_SIZE].copy().view(SAMPLE_DTYPE)
+    return header, rows.reshape(n)
 
 
 def read_trace(path: Path | str) -> np.ndarray:
@@ -155,7 +171,7 @@ def read_trace(path: Path | str) -> np.ndarray:
     return load_trace(path)[1]
 
 
-def write_trace(path: Path | str, rows: np.ndarray, n_features: int = len(FEATURE_NAMES)) -> None:
+def write_trace(path: Path | str, rows: np.ndarray, n_features: int = NR_FEATURES) -> None:
     """Write ``rows`` (``SAMPLE_DTYPE``) as a trace file, as ``kmlctl trace`` does."""
     header = np.zeros(1, HEADER_DTYPE)
     header["magic"] = MAGIC
@@ -212,6 +228,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     met = int(rows["met"].sum()) if len(rows) else 0
     print(f"{args.trace}: {len(rows)} samples, abi {header.abi_version}, "
           f"{header.n_features} features")  # fmt: skip
+    if header.partial_bytes:
+        print(f"  a cut last row ({header.partial_bytes} bytes) was dropped")
     if len(rows):
         span = (int(rows["insert_ns"].max()) - int(rows["insert_ns"].min())) / 1e9
         print(f"  met {met} ({met / len(rows):.1%}), missed {len(rows) - met}, over {span:.1f} s")

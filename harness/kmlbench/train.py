@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from kmlbench import kmlstats
-from kmlbench.trace import Q16, TraceError, load_trace
+from kmlbench.trace import NR_FEATURES, Q16, TraceError, load_trace
 
 ARCHS = ("mlp", "linear")
 
@@ -111,9 +111,11 @@ def train_model(
     n_features = None
     for path in traces:
         header, rows = load_trace(path)
-        if n_features is not None and header.n_features != n_features:
+        if header.n_features != NR_FEATURES:
+            # the kernel refuses a model whose inputs are not KML_DD_NR_FEATURES
             raise TraceError(
-                f"{path}: {header.n_features} features, but earlier traces have {n_features}"
+                f"{path}: {header.n_features} features (ABI {header.abi_version}), but the "
+                f"kernel's models take {NR_FEATURES} (KML_DD_NR_FEATURES): record a new trace"
             )
         n_features = header.n_features
         tr, ho = split(rows, holdout)
