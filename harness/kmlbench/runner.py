@@ -443,6 +443,14 @@ def _run_workload(
         # a trace needs samples: observe, no model, the ring complete (block)
         model = {"mode": "observe", "trainer": "none", "ring_mode": "block",
                  "sample_filter": "all"}  # fmt: skip
+    if trace:
+        # what really ran, where it differs from the cell's params
+        extra["kml_trace"] = {
+            "file": "trace.kmltrc",
+            "mode": model["mode"],
+            "ring_mode": model["ring_mode"],
+            "trainer_skipped": model.get("trainer", "none") != "none",
+        }
     if model is not None:
         try:
             _kml_setup(guest, model, block_device, params["workload"], cell_dir, timeout, trace)
