@@ -995,6 +995,102 @@ static double scores_mae(const struct scores *sc)
 	return sc->n ? sc->abs_err_us / sc->n : 0;
 }
 
+/*
+ * Decision calibration.  The model predicts lg(issue us); the kernel says
+ * "meet" when the predicted issue time is at most deadline * permille /
+ * 1000 (/sys/module/kml/parameters/decision_permille).  Regression to the
+ * mean pulls predictions toward the majority class, so the threshold that
+ * maximises balanced accuracy is usually not the deadline itself.  We keep
+ * the last CALIB_WINDOW prequential residuals r = yhat - lg(deadline us)
+ * and, at each publish, pick the threshold with the best balanced accuracy
+ * (within a factor of 8 of the deadline), leaving the model unbiased.
+ */
+#define CALIB_WINDOW	2048
+#define CALIB_MIN_CLASS	32
+#define CALIB_MAX_LG	3.0	/* at most a factor 8 either way */
+
+struct calib {
+	float r[CALIB_WINDOW];
+	u8 met[CALIB_WINDOW];
+	u32 n, pos;
+	double permille;	/* in use by the kernel (as far as we know) */
+	u64 writes_failed;
+};
+
+static void calib_add(struct calib *c, float r, bool met)
+{
+	c->r[c->pos] = r;
+	c->met[c->pos] = met;
+	c->pos = (c->pos + 1) % CALIB_WINDOW;
+	if (c->n < CALIB_WINDOW)
+		c->n++;
+}
+
+static const struct calib *calib_sort_ctx;
+
+static int calib_cmp(const void *a, const void *b)
+{
+	float ra = calib_sort_ctx->r[*(const u32 *)a];
+	float rb = calib_sort_ctx->r[*(const u32 *)b];
+
+	return ra < rb ? -1 : ra > rb;
+}
+
+/*
+ * Best threshold on r: predict meet when r <= thr.  Returns the permille
+ * 1000 * 2^thr, or the current one when a class has too few samples.
+ */
+static double calib_fit(struct calib *c)
+{
+	u32 idx[CALIB_WINDOW], i, n_met = 0, n_miss, met_below = 0;
+	double best = -1, thr = 0, bal, lo, hi, cand;
+
+	for (i = 0; i < c->n; i++)
+		n_met += c->met[i];
+	n_miss = c->n - n_met;
+	if (n_met < CALIB_MIN_CLASS || n_miss < CALIB_MIN_CLASS)
+		return c->permille;
+	for (i = 0; i < c->n; i++)
+		idx[i] = i;
+	calib_sort_ctx = c;
+	qsort(idx, c->n, sizeof(idx[0]), calib_cmp);
+	/* split after i sorted residuals: the first i are predicted "meet" */
+	for (i = 0; i <= c->n; i++) {
+		if (i > 0)
+			met_below += c->met[idx[i - 1]];
+		lo = i > 0 ? c->r[idx[i - 1]] : -CALIB_MAX_LG;
+		hi = i < c->n ? c->r[idx[i]] : CALIB_MAX_LG;
+		if (i > 0 && i < c->n && lo == hi)
+			continue;
+		cand = fmin(fmax((lo + hi) / 2, -CALIB_MAX_LG), CALIB_MAX_LG);
+		bal = ((double)met_below / n_met +
+		       (double)(n_miss - (i - met_below)) / n_miss) / 2;
+		/* ties: the threshold closest to the deadline itself */
+		if (bal > best + 1e-9 ||
+		    (bal > best - 1e-9 && fabs(cand) < fabs(thr))) {
+			best = bal;
+			thr = cand;
+		}
+	}
+	return fmin(fmax(1000.0 * exp2(thr), 1), 64000);
+}
+
+/* Tell the kernel; failures are counted (an older kernel, no sysfs). */
+static void calib_apply(struct calib *c, double permille, bool to_dev)
+{
+	FILE *f;
+
+	c->permille = permille;
+	if (!to_dev)
+		return;
+	f = fopen("/sys/module/kml/parameters/decision_permille", "w");
+	if (!f || fprintf(f, "%.0f\n", permille) < 0 || fclose(f)) {
+		c->writes_failed++;
+		if (f)
+			fclose(f);
+	}
+}
+
 struct trainer {
 	const struct opts *o;
 	struct ring_src rs;
@@ -1024,6 +1120,7 @@ struct trainer {
 	float *x, *y, *yhat;
 	struct kml_dd_sample *batch;
 	struct scores window, total;
+	struct calib cal;
 	u64 trained, steps, published, refused, unprocessed;
 	u64 last_published_at;
 	FILE *curve;
@@ -1251,7 +1348,10 @@ static void score_batch(struct trainer *t, u32 n)
 			pred_us = 0;	/* NaN or below zero: say "now" */
 		actual_us = s->issue_ns / 1000.0;
 		met = s->issue_ns <= s->deadline_ns;
-		pred_met = pred_us * 1000.0 <= (double)s->deadline_ns;
+		pred_met = pred_us * 1000.0 <=
+			   (double)s->deadline_ns * t->cal.permille / 1000.0;
+		calib_add(&t->cal, t->yhat[i] -
+			  (float)log2(1.0 + s->deadline_ns / 1000.0), met);
 		scores_add(&t->window, met, pred_met, fabs(pred_us - actual_us));
 		scores_add(&t->total, met, pred_met, fabs(pred_us - actual_us));
 	}
@@ -1314,10 +1414,11 @@ static void curve_line(struct trainer *t)
 	pthread_mutex_unlock(&t->lock);
 	fprintf(t->curve, "{\"samples_seen\": %llu, \"samples_consumed\": %llu, "
 		"\"accuracy\": %.6f, \"balanced_accuracy\": %.6f, "
-		"\"mae_us\": %.3f, \"n\": %llu}\n",
+		"\"mae_us\": %.3f, \"n\": %llu, \"decision_permille\": %.0f}\n",
 		(unsigned long long)t->trained, (unsigned long long)consumed,
 		scores_accuracy(&t->window), scores_balanced(&t->window),
-		scores_mae(&t->window), (unsigned long long)t->window.n);
+		scores_mae(&t->window), (unsigned long long)t->window.n,
+		t->cal.permille);
 	memset(&t->window, 0, sizeof(t->window));
 }
 
@@ -1354,6 +1455,7 @@ static void publish(struct trainer *t)
 	void *buf;
 	int ret;
 
+	calib_apply(&t->cal, calib_fit(&t->cal), t->to_dev);
 	if (!t->to_dev && !t->o->publish_file)
 		return;
 	ret = model_bytes(t->m, &buf, &len);
@@ -1516,6 +1618,7 @@ static int train_open(struct trainer *t, const struct opts *o)
 	if (open_ring(o, &t->rs))
 		return 1;
 	t->to_dev = !o->ring_file;
+	t->cal.permille = 1000;
 	t->n_features = t->rs.info.n_features;
 	if (!t->n_features || t->n_features > KML_DD_MAX_FEATURES ||
 	    t->n_features > KML_MAX_WIDTH)
@@ -1568,6 +1671,9 @@ static void train_summary(struct trainer *t, double wall, double cpu)
 	printf("accuracy %.6f\n", scores_accuracy(&t->total));
 	printf("balanced_accuracy %.6f\n", scores_balanced(&t->total));
 	printf("mae_us %.3f\n", scores_mae(&t->total));
+	printf("decision_permille %.0f\n", t->cal.permille);
+	printf("decision_writes_failed %llu\n",
+	       (unsigned long long)t->cal.writes_failed);
 	printf("seconds %.3f\n", wall);
 	printf("cpu_pct %.2f\n", wall > 0 ? 100.0 * cpu / wall : 0);
 	printf("trainer_cpu_pct %.2f\n",
