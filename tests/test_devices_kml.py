@@ -47,6 +47,7 @@ def test_setup_and_stop_scripts_parse(model: dict) -> None:
     ]
     assert order == sorted(order)
     assert 'q="/sys/block/nullb0/queue/iosched"' in setup
+    assert "setnum /sys/module/kml/parameters/decision_permille 1000" in setup
     if model["trainer"] == "user":
         assert (
             "setsid /usr/bin/kmlctl train --mode drop --rate 0 --cpu-pct 100 --publish-every 512 "

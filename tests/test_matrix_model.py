@@ -59,6 +59,7 @@ def test_modes_expand_and_other_schedulers_run_with_the_model_off(tmp_path: Path
         "trainer": "none",
         "ring_mode": "drop",
         "sample_filter": "all",
+        "decision_permille": 1000,
         "model_file": None,
     }
 
@@ -81,6 +82,7 @@ def test_trainer_fields_and_reduction(tmp_path: Path) -> None:
         "trainer": "kernel",
         "ring_mode": "block",
         "sample_filter": "uncertain",
+        "decision_permille": 1000,
         "model_file": None,
         "rate": 500,
         "cpu_pct": 25,
@@ -124,6 +126,7 @@ def test_exclude_by_model_field(tmp_path: Path) -> None:
         ("{mode: off, trainer: user}", 6, "axes.model[0].trainer", "a cell with mode off"),
         ("{mode: active, ring_mode: spin}", 6, "axes.model[0].ring_mode", "block, drop"),
         ("{mode: active, trainer: user, cpu_pct: 0}", 6, "axes.model[0].cpu_pct", "1..100"),
+        ("{mode: active, decision_permille: 0}", 6, "axes.model[0].decision_permille", "1..64000"),
         ("{mode: active, model_file: nope.kmlm}", 6, "axes.model[0].model_file", "not found"),
         (
             "{mode: active, trainer: kernel, warm_start: m.yaml}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,25 @@ def test_training_conventions() -> None:
     assert train.inputs(rows, NR_FEATURES)[0, 0] == 2.0
 
 
+def test_decision_threshold_calibration() -> None:
+    """Known answer: met requests at r = log2(pred/deadline) in {-1, -0.5, 0.5},
+    misses at {1, 2}: the best split is between 0.5 and 1, at 0.75."""
+    rows = np.zeros(5, SAMPLE_DTYPE)
+    rows["deadline_ns"] = 8_000_000
+    rows["met"] = [1, 1, 1, 0, 0]
+    r = np.array([-1.0, -0.5, 0.5, 1.0, 2.0])
+    y = np.log2(1.0 + 8000.0 * 2.0**r)  # predicted issue time = deadline * 2**r
+    assert train.calibrate_permille(y, rows) == round(1000 * 2**0.75)
+    perfect = train.evaluate(y, rows, permille=round(1000 * 2**0.75))
+    assert perfect["accuracy"] == 1.0 and perfect["balanced_accuracy"] == 1.0
+    at_deadline = train.evaluate(y, rows)  # r = 0.5 is called a miss at 1000
+    assert at_deadline["accuracy"] == pytest.approx(0.8)
+    assert at_deadline["miss_precision"] == pytest.approx(2 / 3)
+    # one class only: nothing to calibrate, the deadline itself
+    rows["met"] = 1
+    assert train.calibrate_permille(y, rows) == 1000
+
+
 @pytest.mark.parametrize("arch", ["mlp", "linear"])
 def test_offline_training_beats_the_majority_baseline(tmp_path: Path, arch: str) -> None:
     trace = tmp_path / "t.kmltrc"
@@ -179,13 +199,19 @@ def test_offline_training_beats_the_majority_baseline(tmp_path: Path, arch: str)
     assert h["accuracy"] > h["baseline_accuracy"] + 0.05, h
     assert h["balanced_accuracy"] > 0.75, h
     assert result.losses[-1] < result.losses[0]
+    assert 1 <= result.decision_permille <= 64000
+    report = json.loads(out.with_name("m.kmlm.train.json").read_text())
+    assert report["decision_permille"] == result.decision_permille
+    assert report["holdout"]["accuracy"] == pytest.approx(h["accuracy"])
     # the file is a KML model with the kernel's shape: NR_FEATURES inputs, 1 output
     model = kml.Model.load(out)
     assert (model.n_inputs, model.n_outputs) == (NR_FEATURES, 1)
     assert model.sizes == ([NR_FEATURES, 16, 1] if arch == "mlp" else [NR_FEATURES, 1])
     _, rows = load_trace(trace)
     holdout = np.sort(rows, order="insert_ns")[-600:]
-    again = train.evaluate(model.predict(train.inputs(holdout, NR_FEATURES)), holdout)
+    again = train.evaluate(
+        model.predict(train.inputs(holdout, NR_FEATURES)), holdout, result.decision_permille
+    )
     assert again["accuracy"] == pytest.approx(h["accuracy"])
 
 
@@ -200,7 +226,8 @@ def test_cli_train_reports_and_writes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "trained linear on 1280 samples" in proc.stdout
-    assert "holdout (320 samples): accuracy" in proc.stdout and "baseline" in proc.stdout
+    assert "holdout (320 samples) at decision_permille" in proc.stdout
+    assert "baseline" in proc.stdout and "use it with decision_permille: " in proc.stdout
     assert out.is_file()
     bad = tmp_path / "bad.kmltrc"
     bad.write_bytes(b"x" * 100)

@@ -366,6 +366,7 @@ def kml_setup_script(
     lines += [
         f"setchoice {p}/ring_mode {shlex.quote(ring_mode)}",
         f"setchoice {p}/sample_filter {shlex.quote(model.get('sample_filter', 'all'))}",
+        f"setnum {p}/decision_permille {int(model.get('decision_permille', 1000))}",
     ]
     if trainer == "kernel":
         lines += [

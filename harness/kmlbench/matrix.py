@@ -228,6 +228,8 @@ MODEL_FIELDS: dict[str, Field] = {
     # drop, not block: without a consumer a blocking ring makes every insert spin
     "ring_mode": Field("str", "drop", _one_of("block", "drop")),
     "sample_filter": Field("str", "all", _one_of("all", "uncertain")),
+    # miss when predicted issue > deadline * N / 1000 (kmlbench train prints N)
+    "decision_permille": Field("int", 1000, _between(1, 64000)),
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),

@@ -12,7 +12,10 @@ means the same thing there:
   stored in the file);
 * target: ``y = log2(1 + issue_ns / 1000)``, the issue time in log-us;
 * a request is predicted to meet its deadline when ``(2**y - 1) us <=
-  deadline_ns / 1000``.
+  deadline_ns / 1000 * decision_permille / 1000``; the permille is
+  calibrated on the training samples for balanced accuracy, as the
+  in-guest trainers do, and printed (and written to ``MODEL.train.json``)
+  for the matrix's ``decision_permille``.
 
 The holdout is the **last** fraction of each trace in insert order, not a
 random sample: neighbouring requests share queue state, so a random split
@@ -22,6 +25,7 @@ would leak the answer into training and flatter the model.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +54,51 @@ def predicted_issue_us(y: np.ndarray) -> np.ndarray:
     return np.maximum(np.exp2(np.clip(np.asarray(y, np.float64), -64, 64)) - 1.0, 0.0)
 
 
-def predicted_met(y: np.ndarray, deadline_ns: np.ndarray) -> np.ndarray:
-    """Whether the prediction says the request is issued by its deadline."""
-    return predicted_issue_us(y) <= np.asarray(deadline_ns, np.float64) / 1000.0
+def predicted_met(y: np.ndarray, deadline_ns: np.ndarray, permille: int = 1000) -> np.ndarray:
+    """Whether the prediction says the request is issued by its deadline.
+
+    As the kernel decides: predicted issue time <= deadline * permille / 1000
+    (``/sys/module/kml/parameters/decision_permille``).
+    """
+    limit_us = np.asarray(deadline_ns, np.float64) / 1000.0 * permille / 1000.0
+    return predicted_issue_us(y) <= limit_us
 
 
-def evaluate(y_pred: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+def calibrate_permille(y_pred: np.ndarray, rows: np.ndarray) -> int:
+    """The ``decision_permille`` with the best balanced accuracy on ``rows``.
+
+    The issue-time model is fitted for its error, not for the meet/miss
+    call; like the in-guest trainers, the call gets its own threshold on
+    r = log2(predicted issue / deadline): every split between sorted r
+    values is tried, ties go to the threshold closest to the deadline
+    itself. 1000 (the deadline) when a class is missing.
+    """
+    met = rows["met"].astype(bool)
+    n_met, n_miss = int(met.sum()), int((~met).sum())
+    if not n_met or not n_miss:
+        return 1000
+    deadline_us = np.maximum(rows["deadline_ns"].astype(np.float64) / 1000.0, 1e-3)
+    r = np.log2(np.maximum(predicted_issue_us(y_pred), 1e-3) / deadline_us)
+    order = np.argsort(r, kind="stable")
+    r, met = r[order], met[order]
+    # split after i sorted values: the first i are predicted "meet"
+    met_below = np.concatenate([[0], np.cumsum(met)])
+    i = np.arange(len(r) + 1)
+    bal = (met_below / n_met + (n_miss - (i - met_below)) / n_miss) / 2
+    lo = np.concatenate([[r[0] - 1], r])
+    hi = np.concatenate([r, [r[-1] + 1]])
+    valid = lo < hi  # a split between equal values is no split
+    cand = (lo + hi) / 2
+    best = bal[valid].max()
+    ties = valid & (bal > best - 1e-9)
+    thr = cand[ties][np.argmin(np.abs(cand[ties]))]
+    return int(min(max(round(1000.0 * 2.0**thr), 1), 64000))
+
+
+def evaluate(y_pred: np.ndarray, rows: np.ndarray, permille: int = 1000) -> dict[str, Any]:
     """Holdout metrics with the definitions of the kernel's statistics."""
     actual_met = rows["met"].astype(bool)
-    pred_met = predicted_met(y_pred, rows["deadline_ns"])
+    pred_met = predicted_met(y_pred, rows["deadline_ns"], permille)
     cm = kmlstats.confusion_metrics(
         int(np.sum(actual_met & pred_met)),
         int(np.sum(actual_met & ~pred_met)),
@@ -76,8 +116,22 @@ class TrainResult:
     n_holdout: int
     n_features: int
     losses: list[float]
-    holdout: dict[str, Any]
+    holdout: dict[str, Any]  # at decision_permille
+    holdout_at_deadline: dict[str, Any]  # at 1000: the model's own call
+    decision_permille: int
     model_bytes: int
+
+    def report(self) -> dict[str, Any]:
+        """What ``<model>.train.json`` holds next to the model file."""
+        return {
+            "n_train": self.n_train,
+            "n_holdout": self.n_holdout,
+            "n_features": self.n_features,
+            "losses": self.losses,
+            "decision_permille": self.decision_permille,
+            "holdout": self.holdout,
+            "holdout_at_deadline": self.holdout_at_deadline,
+        }
 
 
 def split(rows: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
@@ -149,12 +203,25 @@ def train_model(
         loss="mse",
         seed=seed,
     )
+    permille = calibrate_permille(model.predict(inputs(train_rows, n_features)), train_rows)
     evaluated = hold_rows if len(hold_rows) else train_rows
-    metrics = evaluate(model.predict(inputs(evaluated, n_features)), evaluated)
+    y_eval = model.predict(inputs(evaluated, n_features))
     data = model.to_bytes()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
-    return TrainResult(len(train_rows), len(hold_rows), n_features, losses, metrics, len(data))
+    result = TrainResult(
+        len(train_rows),
+        len(hold_rows),
+        n_features,
+        losses,
+        evaluate(y_eval, evaluated, permille),
+        evaluate(y_eval, evaluated),
+        permille,
+        len(data),
+    )
+    report_path = output.with_name(output.name + ".train.json")
+    report_path.write_text(json.dumps(result.report(), indent=1) + "\n")
+    return result
 
 
 def _fmt(v: Any, pct: bool = True) -> str:
@@ -209,19 +276,23 @@ def main(argv: list[str]) -> int:
     except (TraceError, ValueError) as exc:
         print(f"kmlbench train: {exc}", file=sys.stderr)
         return 1
-    h = result.holdout
-    where = "holdout" if result.n_holdout else "training set (no holdout)"
     first, last = result.losses[0], result.losses[-1]
+    where = "holdout" if result.n_holdout else "training set (no holdout)"
     print(
         f"trained {args.arch} on {result.n_train} samples, {result.n_features} features, "
         f"{args.epochs} epochs: loss {first:.4f} -> {last:.4f}"
     )
-    print(
-        f"{where} ({result.n_holdout or result.n_train} samples): "
-        f"accuracy {_fmt(h['accuracy'])}, balanced accuracy {_fmt(h['balanced_accuracy'])}, "
-        f"baseline {_fmt(h['baseline_accuracy'])}, "
-        f"MAE {_fmt(h['issue_time_mae_us'], pct=False)} us, "
-        f"miss precision {_fmt(h['miss_precision'])}, recall {_fmt(h['miss_recall'])}"
-    )
-    print(f"wrote {args.output} ({result.model_bytes} bytes)")
+    for label, h in (
+        (f"decision_permille {result.decision_permille} (calibrated)", result.holdout),
+        ("decision_permille 1000 (the deadline)", result.holdout_at_deadline),
+    ):
+        print(
+            f"{where} ({result.n_holdout or result.n_train} samples) at {label}: "
+            f"accuracy {_fmt(h['accuracy'])}, balanced accuracy {_fmt(h['balanced_accuracy'])}, "
+            f"baseline {_fmt(h['baseline_accuracy'])}, "
+            f"MAE {_fmt(h['issue_time_mae_us'], pct=False)} us, "
+            f"miss precision {_fmt(h['miss_precision'])}, recall {_fmt(h['miss_recall'])}"
+        )
+    print(f"use it with decision_permille: {result.decision_permille} in the matrix's model entry")
+    print(f"wrote {args.output} ({result.model_bytes} bytes) and {args.output}.train.json")
     return 0
