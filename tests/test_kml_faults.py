@@ -1,0 +1,559 @@
+"""KML in mq-deadline must survive bad input: the "Safety" tests, in a real guest.
+
+One guest boots for the whole module (TCG boots are the expensive part):
+a slow null_blk (200 us timer completions, two hardware slots, 64
+scheduler requests) under mq-deadline with ``kml_mode=active`` and a valid
+model loaded. Every test then injects one kind of trouble -- a bad model
+(from ``kmlctl fault`` and from the shell), garbage ioctls, a trainer
+killed mid-run, a ring nobody drains, a second consumer, the kernel
+trainer against a user one, mode and scheduler switches and an unload
+under I/O, invalid parameter writes -- and checks what docs/kml-iosched.md
+promises: refused with the documented errno, counted in
+``/sys/kernel/debug/kml/iosched``, the previous model still in use, fio
+still completing its I/O, and a console free of oops/BUG/WARN/panic.
+
+Every test starts from the same baseline (:func:`baseline`), so they can
+run alone or in any order; the last one reads the whole console and dmesg.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kmlbench import console, devices, kml, kmlstats
+from kmlbench.image import make_guest_initrd
+from kmlbench.qemu import CommandResult, Guest, GuestConfig
+from kmlbench.ssh import SSHKeys
+
+pytestmark = pytest.mark.kernel
+
+DEVICE = {
+    "type": "null_blk",
+    "irqmode": "timer",
+    "completion_nsec": 200_000,
+    "hw_queue_depth": 2,
+    "submit_queues": 1,
+    "size_mib": 64,
+}
+SCHEDULER = {"name": "mq-deadline", "nr_requests": 64}
+# A smaller ring than the default 4096 (a boot-only parameter) so that a
+# few seconds of TCG I/O overflow it; the overflow test reads it back.
+RING_CAPACITY = 1024
+
+DEV = "/dev/nullb0"
+Q = "/sys/block/nullb0/queue"
+P = devices.KML_PARAMS
+STATS = devices.KML_STATS
+KMLCTL = devices.KMLCTL
+MODEL = "/tmp/model.kmlm"
+BAD_EVENTS = ("panic", "oops", "bug", "warn", "hung_task")
+
+FIO = (
+    f"fio --name=kmlfault --filename={DEV} --direct=1 --ioengine=libaio --iodepth=16"
+    " --rw=randrw --rwmixread=70 --bs=4k --size=64m --randrepeat=0 --output-format=json"
+)
+
+
+# --------------------------------------------------------------------------
+# The guest and small helpers.
+
+
+def sh(guest: Guest, cmd: str, timeout: float = 60) -> CommandResult:
+    """Run ``cmd``; fail the test with its output unless it exits 0."""
+    result = guest.run(cmd, timeout=timeout)
+    assert result.exit_status == 0, (
+        f"{cmd!r} -> {result.exit_status}\n{result.stdout}{result.stderr}"
+    )
+    return result
+
+
+def stats(guest: Guest) -> kmlstats.KmlStats:
+    return kmlstats.parse_stats(sh(guest, f"cat {STATS}").stdout, source=STATS)
+
+
+def delta(before: kmlstats.KmlStats, after: kmlstats.KmlStats, key: str) -> int:
+    return after.get(key) - before.get(key)
+
+
+def valid_model_bytes() -> bytes:
+    """A float MLP the kernel accepts: KML_DD_NR_FEATURES inputs, one output."""
+    return kml.Model.mlp(14, (16,), normalize=True, seed=3).to_bytes()
+
+
+def baseline(guest: Guest) -> None:
+    """mq-deadline, nr_requests 64, kml_mode active, drop ring, all samples,
+    the default decision threshold (a user trainer calibrates it), no kernel
+    trainer, no user of the ring, and the valid model loaded."""
+    script = f"""
+set -e
+grep -q '\\[mq-deadline\\]' {Q}/scheduler || echo mq-deadline > {Q}/scheduler
+echo 64 > {Q}/nr_requests
+echo active > {Q}/iosched/kml_mode
+echo drop > {P}/ring_mode
+echo all > {P}/sample_filter
+[ ! -e {P}/decision_permille ] || echo 1000 > {P}/decision_permille
+[ "$(cat {P}/ktrainer)" = 0 ] || echo 0 > {P}/ktrainer
+grep -q '^model_loaded 1$' {STATS} || {KMLCTL} load {MODEL} >/dev/null
+grep -q '\\[active\\]' {Q}/iosched/kml_mode
+[ "$(cat {Q}/nr_requests)" = 64 ]
+! grep -q /dev/kml /proc/[0-9]*/maps 2>/dev/null
+"""
+    sh(guest, script)
+
+
+@dataclass
+class Fio:
+    rc: int
+    ios: int
+    error: int
+    stderr: str
+
+
+def _fio_result(guest: Guest, tag: str) -> Fio:
+    out = sh(guest, f"cat /tmp/fio-{tag}.rc; cat /tmp/fio-{tag}.err >&2; cat /tmp/fio-{tag}.json")
+    rc_line, _, body = out.stdout.partition("\n")
+    ios = error = 0
+    if "{" in body:
+        report = json.loads(body[body.index("{") :])
+        for job in report["jobs"]:
+            ios += job["read"]["total_ios"] + job["write"]["total_ios"]
+            error = error or job["error"]
+    return Fio(int(rc_line), ios, error, out.stderr)
+
+
+def fio_start(guest: Guest, tag: str, seconds: float) -> None:
+    """fio for ``seconds`` in the background, detached from the SSH session."""
+    inner = (
+        f"{FIO} --time_based --runtime={seconds:g}s --output=/tmp/fio-{tag}.json"
+        f" 2>/tmp/fio-{tag}.err; echo $? > /tmp/fio-{tag}.rc"
+    )
+    sh(
+        guest,
+        f"rm -f /tmp/fio-{tag}.*; setsid sh -c {shlex.quote(inner)} </dev/null >/dev/null 2>&1 &"
+        f" i=0; while ! grep -q ' (fio) ' /proc/[0-9]*/stat 2>/dev/null && [ $i -lt 50 ];"
+        " do sleep 0.1; i=$((i + 1)); done",
+    )
+
+
+def fio_wait(guest: Guest, tag: str, timeout: float) -> Fio:
+    """Wait for a background fio; it must finish within ``timeout`` (no hang)."""
+    steps = int(timeout / 0.2)
+    result = guest.run(
+        f"i=0; while [ ! -s /tmp/fio-{tag}.rc ] && [ $i -lt {steps} ]; do sleep 0.2;"
+        f" i=$((i + 1)); done; [ -s /tmp/fio-{tag}.rc ]",
+        timeout=timeout + 30,
+    )
+    assert result.exit_status == 0, f"fio {tag} still running after {timeout:g}s"
+    return _fio_result(guest, tag)
+
+
+def fio_quick(guest: Guest, ios: int = 64) -> Fio:
+    """A short foreground fio of exactly ``ios`` 4 KiB requests."""
+    sh(
+        guest,
+        f"rm -f /tmp/fio-quick.*; {FIO} --io_size={ios * 4}k --output=/tmp/fio-quick.json"
+        " 2>/tmp/fio-quick.err; echo $? > /tmp/fio-quick.rc",
+        timeout=120,
+    )
+    return _fio_result(guest, "quick")
+
+
+def assert_fio_ok(result: Fio, min_ios: int = 1) -> None:
+    assert result.rc == 0 and result.error == 0, result
+    assert result.ios >= min_ios, result
+
+
+def assert_model_in_use(guest: Guest, generation: int | None = None) -> None:
+    """The model is loaded, unchanged, and still predicts for new requests."""
+    before = stats(guest)
+    assert before.get("model_loaded") == 1
+    if generation is not None:
+        assert before.get("model_generation") == generation
+    assert_fio_ok(fio_quick(guest), 64)
+    after = stats(guest)
+    # bio merges can fold a few of the 64 into one request
+    assert delta(before, after, "inferences") >= 32
+    assert delta(before, after, "model_generation") == 0
+    assert kmlstats.check_invariants(after) == []
+
+
+def alive_pid(guest: Guest, pid: int) -> bool:
+    check = f"[ -r /proc/{pid}/stat ] && ! grep -q '^[0-9]* (.*) Z' /proc/{pid}/stat"
+    return guest.run(check, timeout=30).exit_status == 0
+
+
+def start_background(guest: Guest, cmd: str, log: str) -> int:
+    """Start ``cmd`` in its own session; its pid (the command's, not a shell's)."""
+    out = sh(guest, f"setsid {cmd} </dev/null >{log} 2>&1 & echo $!").stdout
+    pid = int(out.split()[-1])
+    comm = sh(guest, f"sleep 0.2; cat /proc/{pid}/comm || cat {log} >&2").stdout.strip()
+    assert comm == "kmlctl", comm
+    return pid
+
+
+def wait_mapped(guest: Guest, pid: int) -> None:
+    """Until ``pid`` has /dev/kml mapped (it holds the ring)."""
+    sh(
+        guest,
+        f"i=0; while ! grep -q /dev/kml /proc/{pid}/maps && [ $i -lt 50 ];"
+        f" do sleep 0.1; i=$((i + 1)); done; grep -q /dev/kml /proc/{pid}/maps",
+    )
+
+
+def stop_pid(guest: Guest, pid: int, sig: str = "TERM") -> None:
+    sh(
+        guest,
+        f"kill -{sig} {pid}; i=0; while [ -r /proc/{pid}/stat ] &&"
+        f" ! grep -q '^[0-9]* (.*) Z' /proc/{pid}/stat && [ $i -lt 100 ];"
+        f" do sleep 0.1; i=$((i + 1)); done; ! kill -0 {pid} 2>/dev/null ||"
+        f" grep -q '^[0-9]* (.*) Z' /proc/{pid}/stat",
+    )
+
+
+def trace_ok(guest: Guest, seconds: float = 0.3) -> CommandResult:
+    """A new consumer maps the ring and drains it (to /tmp/drain.trc)."""
+    return guest.run(
+        f"{KMLCTL} trace /tmp/drain.trc --seconds {seconds:g}; rc=$?; rm -f /tmp/drain.trc;"
+        " exit $rc",
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def kg(
+    guest_kernel: Path, base_image: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Guest]:
+    """The module's guest: null_blk + mq-deadline + kml_mode active + a valid model."""
+    work = tmp_path_factory.mktemp("kml-faults")
+    keys = SSHKeys.generate(work / "keys")
+    initrd = make_guest_initrd(base_image, work, keys.authorized_key, keys.host_key)
+    append = f"{devices.kernel_cmdline(DEVICE)} kml.ring_capacity={RING_CAPACITY}"
+    cfg = GuestConfig(
+        kernel=guest_kernel,
+        initrd=initrd,
+        console_log=work / "console.log",
+        memory_mib=512,
+        append=append,
+        boot_timeout_s=120,
+        silence_timeout_s=120,
+    )
+    with Guest(cfg, keys) as guest:
+        setup = guest.run(devices.setup_script(DEVICE, SCHEDULER), timeout=60)
+        assert setup.exit_status == 0, setup.stdout + setup.stderr
+        assert setup.stdout.strip().splitlines()[-1] == DEV
+        guest.put(MODEL, valid_model_bytes())
+        sh(guest, f"{KMLCTL} load {MODEL}")
+        baseline(guest)
+        yield guest
+
+
+@pytest.fixture
+def g(kg: Guest) -> Iterator[Guest]:
+    """The shared guest at the baseline; no new console event during the test."""
+    baseline(kg)
+    seen = len(kg.events())
+    yield kg
+    new = [e for e in kg.events()[seen:] if e.kind in BAD_EVENTS]
+    assert not new, new
+
+
+# --------------------------------------------------------------------------
+# Bad models and garbage through kmlctl fault.
+
+# kind -> (what kmlctl prints, updates_refused delta, updates_aborted delta)
+FAULTS = {
+    "garbage-ioctl": ("fault garbage-ioctl: ok", 0, 0),
+    "nan-model": ("got EDOM, expected EDOM: ok", 1, 0),
+    "wrong-shape": ("got EPROTO, expected EPROTO: ok", 1, 0),
+    "truncated": ("got EBADMSG, expected EBADMSG: ok", 1, 0),
+    # half a model written, then _exit() without a commit: release() drops it
+    "die-mid-update": ("exiting without KML_IOC_COMMIT", 0, 1),
+    # write() refuses past max_model_bytes (EFBIG); kmlctl discards what it staged
+    "big-write": ("fault big-write: got EFBIG: ok", 0, 0),
+}
+
+
+@pytest.mark.parametrize("kind", list(FAULTS))
+def test_kmlctl_fault_is_refused_and_counted(g: Guest, kind: str) -> None:
+    text, refused, aborted = FAULTS[kind]
+    before = stats(g)
+    result = g.run(f"{KMLCTL} fault {kind}", timeout=60)
+    assert result.exit_status == 0, result.stdout + result.stderr
+    assert text in result.stdout, result.stdout
+    assert "FAIL" not in result.stdout
+    after = stats(g)
+    assert delta(before, after, "updates_refused") == refused
+    assert delta(before, after, "updates_aborted") == aborted
+    assert delta(before, after, "updates_applied") == 0
+    assert delta(before, after, "model_generation") == 0
+    assert_model_in_use(g, before.get("model_generation"))
+
+
+def _corrupt_crc(model: bytes) -> bytes:
+    return model[:-4] + bytes(b ^ 0xFF for b in model[-4:])
+
+
+# name -> (shell, exits 0, text in its output, refused delta, aborted delta)
+SHELL_FAULTS = {
+    # no commit is possible from the shell: the staged garbage is dropped at close
+    "urandom-to-dev": ("head -c 3000 /dev/urandom > /dev/kml", True, "", 0, 1),
+    "urandom-committed": (
+        f"head -c 3000 /dev/urandom > /tmp/garbage.kmlm; {KMLCTL} load /tmp/garbage.kmlm",
+        False, "(KML_IOC_COMMIT): EINVAL", 1, 0,
+    ),
+    "zero-length-commit": (
+        f": > /tmp/empty.kmlm; {KMLCTL} load /tmp/empty.kmlm",
+        False, "(KML_IOC_COMMIT): ENODATA", 0, 0,
+    ),
+    "corrupted-crc": (
+        f"{KMLCTL} load /tmp/badcrc.kmlm", False, "(KML_IOC_COMMIT): EBADMSG", 1, 0,
+    ),
+    # 16 x 4 KiB fill max_model_bytes exactly, the 17th write gets EFBIG; the
+    # 64 KiB staged are dropped at close
+    "oversized-from-shell": (
+        "dd if=/dev/zero of=/dev/kml bs=4096 count=17", False, "File too large", 0, 1,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(SHELL_FAULTS))
+def test_bad_model_from_the_shell_is_refused_and_counted(g: Guest, name: str) -> None:
+    cmd, ok, text, refused, aborted = SHELL_FAULTS[name]
+    if name == "corrupted-crc":
+        g.put("/tmp/badcrc.kmlm", _corrupt_crc(valid_model_bytes()))
+    before = stats(g)
+    result = g.run(cmd, timeout=60)
+    assert (result.exit_status == 0) == ok, (result.exit_status, result.stdout, result.stderr)
+    assert text in result.stdout + result.stderr
+    after = stats(g)
+    assert delta(before, after, "updates_refused") == refused
+    assert delta(before, after, "updates_aborted") == aborted
+    assert delta(before, after, "updates_applied") == 0
+    assert delta(before, after, "model_generation") == 0
+    assert_model_in_use(g, before.get("model_generation"))
+
+
+def test_valid_model_with_good_crc_is_still_accepted(g: Guest) -> None:
+    """The control for the refusals: the same bytes, CRC intact, are applied."""
+    before = stats(g)
+    sh(g, f"{KMLCTL} load {MODEL}")
+    after = stats(g)
+    assert delta(before, after, "updates_applied") == 1
+    assert delta(before, after, "model_generation") == 1
+    assert delta(before, after, "updates_refused") == 0
+
+
+# --------------------------------------------------------------------------
+# Consumers of the ring.
+
+
+def test_trainer_killed_mid_run_releases_the_ring(g: Guest) -> None:
+    start = stats(g)
+    pid = start_background(
+        g, f"{KMLCTL} train --mode drop --publish-every 64 --seconds 120", "/tmp/train.log"
+    )
+    wait_mapped(g, pid)
+    fio_start(g, "kill", 5)
+    time.sleep(1.5)
+    before = stats(g)
+    busy = trace_ok(g, 0.1)
+    assert busy.exit_status != 0 and "EBUSY" in busy.stderr, busy
+    stop_pid(g, pid, "KILL")
+    assert not alive_pid(g, pid)
+    mid = stats(g)
+    # the trainer was draining the ring while it lived
+    assert delta(start, mid, "ring_consumed") > 0
+    # its claim died with it: a new consumer maps the ring while fio runs
+    after_kill = trace_ok(g, 0.5)
+    assert after_kill.exit_status == 0, after_kill.stdout + after_kill.stderr
+    info = sh(g, f"{KMLCTL} info").stdout
+    assert "ktrainer_running 0" in info
+    assert_fio_ok(fio_wait(g, "kill", 60), 100)
+    after = stats(g)
+    assert after.get("model_loaded") == 1
+    assert delta(before, after, "samples") > 0
+    assert kmlstats.check_invariants(after) == []
+    assert_model_in_use(g)
+
+
+def test_second_consumer_and_ktrainer_get_ebusy(g: Guest) -> None:
+    holder = start_background(g, f"{KMLCTL} trace /tmp/holder.trc --seconds 60", "/tmp/holder.log")
+    try:
+        wait_mapped(g, holder)
+        second = trace_ok(g, 0.1)
+        assert second.exit_status != 0 and "EBUSY" in second.stderr, second
+        kt = g.run(f"echo 1 > {P}/ktrainer", timeout=30)
+        assert kt.exit_status != 0 and "busy" in kt.stderr.lower(), kt
+        assert sh(g, f"cat {P}/ktrainer").stdout.strip() == "0"
+    finally:
+        stop_pid(g, holder)
+    sh(g, "rm -f /tmp/holder.trc")
+    # the user consumer is gone: the kernel trainer starts and owns the ring
+    sh(g, f"echo 1 > {P}/ktrainer")
+    try:
+        assert sh(g, f"cat {P}/ktrainer").stdout.strip() == "1"
+        assert "ktrainer_running 1" in sh(g, f"{KMLCTL} info").stdout
+        user = trace_ok(g, 0.1)
+        assert user.exit_status != 0 and "EBUSY" in user.stderr, user
+        assert_fio_ok(fio_quick(g, 128), 128)
+    finally:
+        sh(g, f"echo 0 > {P}/ktrainer")
+    assert "ktrainer_running 0" in sh(g, f"{KMLCTL} info").stdout
+    assert trace_ok(g).exit_status == 0
+
+
+def test_ring_overflow_drop_then_block(g: Guest) -> None:
+    first = stats(g)
+    capacity = first.get("ring_capacity")
+    assert capacity == RING_CAPACITY
+    # drop mode, nobody drains: more than a ring's worth of samples (a slow,
+    # shared host may need more than one round of fio for that)
+    sent = 0
+    for round_ in range(4):
+        fio_start(g, f"drop{round_}", 4)
+        assert_fio_ok(fio_wait(g, f"drop{round_}", 90), 1)
+        mid = stats(g)
+        sent = delta(first, mid, "samples") - delta(first, mid, "ring_filtered")
+        if sent > capacity:
+            break
+    assert sent > capacity, f"only {sent} samples in 4 fio rounds; the ring holds {capacity}"
+    assert delta(first, mid, "ring_produced") <= capacity
+    assert delta(first, mid, "ring_dropped") >= sent - capacity > 0
+    assert delta(first, mid, "ring_full_waits") == 0
+    assert kmlstats.check_invariants(mid) == []
+    # block mode, ring full, nobody drains: every push gives up after a bounded spin
+    sh(g, f"echo block > {P}/ring_mode")
+    fio_start(g, "block", 3)
+    block = fio_wait(g, "block", 60)
+    assert_fio_ok(block, 1)
+    last = stats(g)
+    assert last.settings["ring_mode"] == "block"
+    assert delta(mid, last, "ring_full_waits") > 0
+    assert delta(mid, last, "ring_produced") == 0  # still full
+    assert delta(mid, last, "ring_dropped") == 0
+    assert delta(mid, last, "ring_full_waits") == delta(mid, last, "samples")
+    assert kmlstats.check_invariants(last) == []
+    # a consumer drains the full ring and the producers get through again
+    assert trace_ok(g, 0.5).exit_status == 0
+    assert_fio_ok(fio_quick(g), 64)
+    assert delta(last, stats(g), "ring_produced") > 0
+
+
+# --------------------------------------------------------------------------
+# Reconfiguration under I/O.
+
+
+def test_switching_modes_and_scheduler_under_io(g: Guest) -> None:
+    fio_start(g, "switch", 6)
+    script = f"""
+set -e
+for m in off observe active off active observe active; do
+    echo $m > {Q}/iosched/kml_mode
+    grep -q "\\[$m\\]" {Q}/iosched/kml_mode
+    sleep 0.2
+done
+for i in 1 2; do
+    echo none > {Q}/scheduler
+    grep -q '\\[none\\]' {Q}/scheduler
+    sleep 0.3
+    echo mq-deadline > {Q}/scheduler
+    grep -q '\\[off\\]' {Q}/iosched/kml_mode
+    echo 64 > {Q}/nr_requests
+    echo active > {Q}/iosched/kml_mode
+    sleep 0.3
+done
+"""
+    sh(g, script, timeout=120)
+    assert_fio_ok(fio_wait(g, "switch", 60), 100)
+    assert_model_in_use(g)
+
+
+def test_unload_under_io_stops_predictions(g: Guest) -> None:
+    fio_start(g, "unload", 5)
+    time.sleep(1.0)
+    running = stats(g)
+    assert running.get("model_loaded") == 1
+    out = sh(g, f"{KMLCTL} unload").stdout
+    assert "unloaded" in out
+    time.sleep(0.3)  # inserts that read the model before the swap finish
+    gone = stats(g)
+    assert gone.get("model_loaded") == 0
+    assert delta(running, gone, "model_generation") == 1
+    time.sleep(1.5)
+    later = stats(g)
+    assert delta(gone, later, "inferences") == 0
+    assert delta(gone, later, "samples") > 0  # the scheduler still runs (stock order)
+    assert_fio_ok(fio_wait(g, "unload", 60), 100)
+    assert delta(gone, stats(g), "inferences") == 0
+    sh(g, f"{KMLCTL} load {MODEL}")
+    assert_model_in_use(g)
+
+
+# --------------------------------------------------------------------------
+# Invalid writes to the knobs.
+
+EINVAL = "Invalid argument"
+ERANGE = "Numerical result out of range"
+# (path, what it still reads afterwards, values, the errors the write may get)
+INVALID_WRITES = [
+    pytest.param(
+        f"{Q}/iosched/kml_mode", "[active]", ["bogus", "", "ACTIVE", "2", "active1", "off on"],
+        (EINVAL,), id="kml_mode",
+    ),
+    pytest.param(
+        f"{P}/ring_mode", "drop", ["spin", "", "1", "Drop", "blockdrop"], (EINVAL,),
+        id="ring_mode",
+    ),
+    pytest.param(
+        f"{P}/sample_filter", "all", ["none", "", "0", "uncertainly"], (EINVAL,),
+        id="sample_filter",
+    ),
+    pytest.param(f"{P}/ktrainer", "0", ["maybe", "2x"], (EINVAL,), id="ktrainer"),
+    pytest.param(
+        f"{P}/decision_permille", "1000", ["abc", "", "-5", "1.5"], (EINVAL,),
+        id="decision_permille",
+    ),
+    # out of 1..64000: refused (the kernel says ERANGE)
+    pytest.param(
+        f"{P}/decision_permille", "1000", ["0", "64001", "99999999999"], (ERANGE, EINVAL),
+        id="decision_permille-range",
+    ),
+    pytest.param(STATS, None, ["clear", "reset now", "r" * 40], (EINVAL,), id="stats"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "keeps", "values", "errors"), INVALID_WRITES)
+def test_invalid_writes_are_refused(
+    g: Guest, path: str, keeps: str | None, values: list[str], errors: tuple[str, ...]
+) -> None:
+    for value in values:
+        result = g.run(f"echo {shlex.quote(value)} > {path}", timeout=30)
+        assert result.exit_status != 0, (path, value)
+        assert any(e in result.stderr for e in errors), (path, value, result.stderr)
+        if keeps is not None:
+            assert keeps in sh(g, f"cat {path}").stdout, (path, value)
+    assert_model_in_use(g)
+
+
+# --------------------------------------------------------------------------
+# After all of it.
+
+
+def test_console_and_dmesg_are_clean(kg: Guest) -> None:
+    """Runs last (file order): the whole console and dmesg of the module's guest."""
+    baseline(kg)
+    assert_model_in_use(kg)
+    final = stats(kg)
+    assert kmlstats.check_invariants(final) == []
+    events = console.classify(kg.console_text())
+    assert [e for e in events if e.kind in BAD_EVENTS] == [], events
+    dmesg = sh(kg, "dmesg").stdout
+    bad = [line for line in dmesg.splitlines() if "WARNING:" in line or "BUG:" in line]
+    assert bad == [], bad
