@@ -570,6 +570,28 @@ def test_publish_copies_the_object_dir_with_its_stamp(tmp_path):
     ).stat().st_ino
 
 
+def test_kconfig_memo_key_ignores_c_files_but_not_kconfig():
+    base = {"lib/kml/Kconfig": "k1", "lib/kml/kml_math.c": "c1", "lib/Kconfig": "p1"}
+
+    def key(overlay: dict[str, str | None], fragments: tuple[str, ...] = ("CONFIG_A=y\n",)) -> str:
+        return kernel._kconfig_memo_key("src", overlay, fragments, "gcc 12", "ld 2.40")
+
+    same = [
+        {**base, "lib/kml/kml_math.c": "c2"},
+        {**base, "block/mq-deadline.c": "d1", "lib/kml/Kbuild": "b1", "block/Makefile": "m1"},
+    ]
+    differ = [
+        {**base, "lib/kml/Kconfig": "k2"},
+        {**base, "block/Kconfig.iosched": "i1"},
+        {**base, "kernel/configs/tiny.config": None},
+        {**base, "scripts/kconfig/conf.c": "s1"},
+        {**base, "arch/x86/Makefile": "a1"},
+    ]
+    assert all(key(o) == key(base) for o in same)
+    assert all(key(o) != key(base) for o in differ)
+    assert key(base, ("CONFIG_A=n\n",)) != key(base)
+
+
 # --------------------------------------------------------------------------
 # config parsing, checking and hashing (no kernel needed)
 

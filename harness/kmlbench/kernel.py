@@ -974,6 +974,68 @@ def _obj_dir_key(fragment_texts: Sequence[str], compiler: str, toolchain: str) -
     return _sha256_parts(_CACHE_VERSION, "obj", compiler, toolchain, *fragment_texts)[:16]
 
 
+def _affects_kconfig(rel: str) -> bool:
+    """Whether an overlaid file may change what configuring produces.
+
+    C sources and headers, Kbuild files and subdirectory Makefiles cannot
+    (Kconfig does not read them); Kconfig files, config fragments
+    (``tinyconfig`` merges ``kernel/configs/tiny.config``), ``scripts/``, the
+    top and arch Makefiles (included for config targets) and anything
+    unknown are assumed to.
+    """
+    name = rel.rsplit("/", 1)[-1]
+    if rel.startswith("scripts/") or rel == "Makefile" or re.match(r"arch/[^/]+/Makefile", rel):
+        return True
+    inert = name in ("Kbuild", "Makefile") or name.endswith((".c", ".h", ".S", ".rst", ".md"))
+    return not inert
+
+
+def _kconfig_memo_key(
+    source_id: str,
+    overlay: dict[str, str | None],
+    fragment_texts: Sequence[str],
+    compiler: str,
+    toolchain: str,
+) -> str:
+    """Key of a final .config by what Kconfig reads: ``kconfig-<sha256>``.
+
+    The pristine source, the overlaid files that may affect Kconfig (with
+    their hashes), the fragments and the toolchain. An edit of a KML C
+    file or a patch to a C file keeps it, so the build skips configuring.
+    """
+    kconfig = {rel: h for rel, h in sorted(overlay.items()) if _affects_kconfig(rel)}
+    parts = [_CACHE_VERSION, "kconfig", source_id, compiler, toolchain, json.dumps(kconfig)]
+    return "kconfig-" + _sha256_parts(*parts, *fragment_texts)
+
+
+def _reuse_config(tree: Path, obj: Path, memo: Path, log: Log, note: Log) -> str | None:
+    """The memoized final .config for these Kconfig inputs, put in ``obj``; or None.
+
+    Configuring takes three make runs (about 5-9 s); nothing Kconfig reads
+    has changed since the memo was written (its key says so), so its text
+    is the result. Already in ``obj/.config``: nothing to do (the file keeps
+    its mtime); otherwise it is written and ``olddefconfig`` run, which must
+    leave it as it is.
+    """
+    try:
+        text = memo.read_text()
+    except OSError:
+        return None
+    cfg = obj / ".config"
+    with contextlib.suppress(OSError):
+        if cfg.read_text() == text:
+            note(f"configuration unchanged (no Kconfig input changed): {cfg}")
+            return text
+    obj.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(text)
+    _run(["make", f"O={obj}", "olddefconfig"], tree, log, "make olddefconfig")
+    if config_hash(cfg.read_text()) != config_hash(text):
+        log(f"{memo} does not survive olddefconfig; configuring from scratch")
+        return None
+    note(f"configuration reused (no Kconfig input changed): {cfg}")
+    return text
+
+
 def _built_modules(obj: Path) -> dict[str, Path]:
     """The modules of the last build in ``obj``: those ``modules.order`` lists.
 
@@ -1475,8 +1537,20 @@ def _build_kernel(
                 note(f"cache hit: {builds / key} (compile log: {builds / key / _BUILD_LOG})")
                 return result(builds / key, False, key, cfg_hash, stamp)
         tree = sync_work_tree(pristine, work, inputs, src.source_id, note)
-        note(f"configuring ({', '.join(f.name for f in fragments)}) in {obj}; log: {log_path}")
-        config_text = configure(tree, obj, fragments, log, fragment_texts)
+        state = _read_json(work / _WORK_STATE)
+        kconfig_memo = None
+        if isinstance(state, dict) and isinstance(state.get("overlay"), dict):
+            kconfig_key = _kconfig_memo_key(
+                src.source_id, state["overlay"], fragment_texts, compiler, toolchain
+            )
+            kconfig_memo = cache / "configs" / kconfig_key
+        config_text = kconfig_memo and _reuse_config(tree, obj, kconfig_memo, log, note)
+        if not config_text:
+            names = ", ".join(f.name for f in fragments)
+            note(f"configuring ({names}) in {obj}; log: {log_path}")
+            config_text = configure(tree, obj, fragments, log, fragment_texts)
+            if kconfig_memo:
+                atomic_write(kconfig_memo, config_text)
         cfg_hash = config_hash(config_text)
         atomic_write(memo, config_text)
         key = build_key(src.source_id, series_hash, kml_hash, cfg_hash, compiler)
