@@ -48,7 +48,10 @@ axes:
     - {{template: randrw, bs: 4k, iodepth: 32, rwmix_read: 70, runtime_s: 5, ramp_s: 0,
        size_mib: 64}}
   model:
-    - {{mode: [observe, active], model_file: {model}}}
+    # observe at the deadline itself (the regression's own call); active at
+    # the threshold kmlbench train calibrated for balanced accuracy
+    - {{mode: observe, model_file: {model}}}
+    - {{mode: active, model_file: {model}, decision_permille: {permille}}}
     - {{mode: active, trainer: user, ring_mode: drop, publish_every: 256}}
     - {{mode: observe, trainer: kernel, ring_mode: drop, publish_every: 256, cpu_pct: 50}}
 """
@@ -63,6 +66,7 @@ def model_run(
     kernel_build: KernelBuild, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path, float]:
     """(run folder, matrix file, seconds the run took)."""
+    assert FIXTURE.is_file(), f"{FIXTURE} missing"
     work = tmp_path_factory.mktemp("e2e-model")
     model = work / "deadline.kmlm"
     train = subprocess.run(
@@ -70,8 +74,9 @@ def model_run(
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert train.returncode == 0, train.stdout + train.stderr
+    permille = json.loads(model.with_name(model.name + ".train.json").read_text())
     matrix = work / "m.yaml"
-    matrix.write_text(MATRIX.format(model=model))
+    matrix.write_text(MATRIX.format(model=model, permille=permille["decision_permille"]))
     env = dict(os.environ, KMLBENCH_RESULTS=str(work / "results"))
     started = time.monotonic()
     proc = subprocess.run(
@@ -133,6 +138,11 @@ def test_offline_model_beats_the_majority_baseline(model_run) -> None:
     observe = kinds["observe-file"]["metrics"]
     assert observe["accuracy"] > observe["baseline_accuracy"], observe
     assert observe["balanced_accuracy"] > 0.5, observe
+    active = kinds["active-file"]
+    assert (
+        active["kml_stats"]["counters"]["decision_permille"]
+        == (active["params"]["model"]["decision_permille"])
+    )
     # active mode acted on the predicted misses
     counters = kinds["active-file"]["kml_stats"]["counters"]
     assert counters["urgent_dispatches"] > 0, counters
