@@ -1,7 +1,8 @@
 """End to end: KML inside mq-deadline in real guests.
 
-One tiny deadline-stressing matrix (a 1 ms null_blk with two hardware
-slots, 8 ms read deadlines, 32 requests in flight) with the model observing
+One tiny deadline-stressing matrix (the fixture's device: a 500 us
+null_blk with one hardware slot, 8 ms read deadlines, 32 requests in
+flight, 128 of them in mq-deadline) with the model observing
 and steering, from a model trained offline on the recorded trace fixture
 (``kmlbench train``, so the chain trace -> train -> kernel load is real),
 plus one cell per trainer (kmlctl in user space, the kernel thread). Then
@@ -40,10 +41,11 @@ guest: {{memory_mib: 512, cpus: 2, boot_timeout_s: 300, command_timeout_s: 120,
          silence_timeout_s: 240}}
 axes:
   device:
-    - {{type: null_blk, irqmode: timer, completion_nsec: 1000000, hw_queue_depth: 2,
+    - {{type: null_blk, irqmode: timer, completion_nsec: 500000, hw_queue_depth: 1,
        submit_queues: 1, size_mib: 128}}
   scheduler:
-    - {{name: mq-deadline, read_expire: 8, write_expire: 20, fifo_batch: 8}}
+    - {{name: mq-deadline, read_expire: 8, write_expire: 20, fifo_batch: 8, writes_starved: 2,
+       nr_requests: 128}}
   workload:
     - {{template: randrw, bs: 4k, iodepth: 32, rwmix_read: 70, runtime_s: 5, ramp_s: 0,
        size_mib: 64}}
