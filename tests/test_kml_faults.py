@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import console, devices, kml, kmlstats
+from kmlbench import console, devices, kml, kmlstats, paths
 from kmlbench.image import make_guest_initrd
 from kmlbench.qemu import CommandResult, Guest, GuestConfig
 from kmlbench.ssh import SSHKeys
@@ -540,6 +542,114 @@ def test_invalid_writes_are_refused(
         if keeps is not None:
             assert keeps in sh(g, f"cat {path}").stdout, (path, value)
     assert_model_in_use(g)
+
+
+KT_PARAMS = ("ktrainer_publish", "ktrainer_cpu_pct", "ktrainer_rate")
+STORM = f"""
+set -u
+rm -f /tmp/storm.*
+load() {{ i=0; while [ $i -lt 40 ]; do
+    {KMLCTL} load {MODEL} >/dev/null && echo >> /tmp/storm.loads; i=$((i + 1)); done; }}
+load & load &
+( i=0; while [ $i -lt 20 ]; do {KMLCTL} unload >/dev/null && echo >> /tmp/storm.unloads
+    {KMLCTL} fault nan-model >/dev/null; i=$((i + 1)); done ) &
+( i=0; while [ $i -lt 10 ]; do echo 1 > {P}/ktrainer && echo >> /tmp/storm.kt; sleep 0.1
+    echo 0 > {P}/ktrainer; i=$((i + 1)); done ) &
+( i=0; while [ $i -lt 20 ]; do
+    for v in 0 1; do echo $v > {P}/ktrainer_publish; done
+    for v in 0 100; do echo $v > {P}/ktrainer_cpu_pct; done
+    for v in 4294967295 0; do echo $v > {P}/ktrainer_rate; done
+    i=$((i + 1)); done ) &
+wait
+for f in loads unloads kt; do echo "$f $(cat /tmp/storm.$f 2>/dev/null | wc -l)"; done
+"""
+
+
+def test_concurrent_publishers_unloads_and_ktrainer_under_io(g: Guest) -> None:
+    """Model swaps from every side at once while fio runs: RCU swaps, counts add up."""
+    saved = {p: sh(g, f"cat {P}/{p}").stdout.strip() for p in KT_PARAMS}
+    before = stats(g)
+    fio_start(g, "storm", 5)
+    try:
+        out = sh(g, STORM, timeout=300).stdout
+    finally:
+        sh(g, "; ".join(f"echo {v} > {P}/{p}" for p, v in saved.items()))
+    counts = dict(line.split() for line in out.strip().splitlines())
+    assert counts == {"loads": "80", "unloads": "20", "kt": "10"}, out
+    assert_fio_ok(fio_wait(g, "storm", 120), 100)
+    after = stats(g)
+    applied = delta(before, after, "updates_applied")
+    assert applied >= 80  # and whatever the kernel trainer published
+    # every swap is a load or an unload, and no NaN model got through
+    assert delta(before, after, "model_generation") == applied + 20
+    assert delta(before, after, "updates_refused") >= 20
+    assert delta(before, after, "updates_aborted") == 0
+    assert kmlstats.check_invariants(after) == []
+    assert "ktrainer_running 0" in sh(g, f"{KMLCTL} info").stdout
+    sh(g, f"{KMLCTL} load {MODEL}")
+    assert_model_in_use(g)
+
+
+# --------------------------------------------------------------------------
+# A consumer that corrupts the shared ring (destructive: runs last).
+
+
+@pytest.fixture(scope="module")
+def scribbler(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """tests/kml_ring_scribble.c, built static for the guest."""
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.fail("gcc not found: it builds kmlctl too")
+    out = tmp_path_factory.mktemp("scribble") / "kml_ring_scribble"
+    src = Path(__file__).with_name("kml_ring_scribble.c")
+    cmd = [cc, "-std=gnu11", "-O2", "-Wall", "-Wextra", "-static", f"-I{paths.KML_SRC_DIR}"]
+    proc = subprocess.run([*cmd, "-o", str(out), str(src)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return out.read_bytes()
+
+
+RING_BUG = (
+    "kernel bug: a consumer that writes sequence numbers ahead of the producers into "
+    "the mmap()ed ring leaves it broken for good: every push then spins "
+    "KML_RING_MAX_TRIES (2^20) times in the completion path before dropping, and no "
+    "later consumer gets a record"
+)
+
+
+def test_ring_scribbled_by_its_consumer(g: Guest, scribbler: bytes) -> None:
+    """No crash or hang (checked); I/O speed and the ring recover (known kernel bug).
+
+    Leaves the ring broken (the bug), so it runs after every test that needs it.
+    """
+    g.put("/tmp/kml_ring_scribble", scribbler, mode=0o755)
+    fio_start(g, "prescribble", 2)
+    clean = fio_wait(g, "prescribble", 60)
+    assert_fio_ok(clean, 1)
+    out = sh(g, "/tmp/kml_ring_scribble").stdout
+    assert f"scribbled {RING_CAPACITY} slots" in out
+    before = stats(g)
+    fio_start(g, "scribbled", 2)
+    scribbled = fio_wait(g, "scribbled", 300)
+    assert_fio_ok(scribbled, 1)  # I/O goes on, the kernel did not hang
+    after = stats(g)
+    assert delta(before, after, "ring_produced") + delta(before, after, "ring_dropped") == (
+        delta(before, after, "samples")
+    )
+    assert kmlstats.check_invariants(after) == []
+    # a new consumer, then I/O: does the ring work again?
+    pid = start_background(g, f"{KMLCTL} trace /tmp/after.trc --seconds 30", "/tmp/after.log")
+    wait_mapped(g, pid)
+    assert_fio_ok(fio_quick(g), 64)
+    time.sleep(0.5)
+    stop_pid(g, pid)
+    log = sh(g, "cat /tmp/after.log; rm -f /tmp/after.trc").stdout
+    records = int(log.split("records")[1].split()[0]) if "records" in log else -1
+    slow = scribbled.ios * 8 < clean.ios
+    if slow or records <= 0:
+        pytest.xfail(
+            f"{RING_BUG} (here: {clean.ios} I/Os in 2 s before, {scribbled.ios} after; "
+            f"{records} records for the new consumer)"
+        )
 
 
 # --------------------------------------------------------------------------
