@@ -86,6 +86,18 @@ def delta(before: kmlstats.KmlStats, after: kmlstats.KmlStats, key: str) -> int:
     return after.get(key) - before.get(key)
 
 
+def wait_stat(
+    guest: Guest, base: kmlstats.KmlStats, key: str, timeout: float = 20
+) -> kmlstats.KmlStats:
+    """Poll the statistics until ``key`` has grown past its value in ``base``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = stats(guest)
+        if now.get(key) > base.get(key) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.2)
+
+
 def valid_model_bytes() -> bytes:
     """A float MLP the kernel accepts: KML_DD_NR_FEATURES inputs, one output."""
     return kml.Model.mlp(14, (16,), normalize=True, seed=3).to_bytes()
@@ -430,16 +442,18 @@ def test_trainer_killed_mid_run_releases_the_ring(g: Guest) -> None:
         g, f"{KMLCTL} train --mode drop --publish-every 64 --seconds 120", "/tmp/train.log"
     )
     wait_mapped(g, pid)
-    fio_start(g, "kill", 5)
-    time.sleep(1.5)
-    before = stats(g)
+    fio_start(g, "kill", 6)
+    # the trainer drains the ring while it lives
+    consuming = wait_stat(g, start, "ring_consumed")
+    assert delta(start, consuming, "ring_consumed") > 0
     busy = trace_ok(g, 0.1)
     assert busy.exit_status != 0 and "EBUSY" in busy.stderr, busy
+    time.sleep(0.5)
     stop_pid(g, pid, "KILL")
     assert not alive_pid(g, pid)
+    # I/O goes on without it
     mid = stats(g)
-    # the trainer was draining the ring while it lived
-    assert delta(start, mid, "ring_consumed") > 0
+    assert delta(mid, wait_stat(g, mid, "samples"), "samples") > 0
     # its claim died with it: a new consumer maps the ring while fio runs
     after_kill = trace_ok(g, 0.5)
     assert after_kill.exit_status == 0, after_kill.stdout + after_kill.stderr
@@ -448,7 +462,6 @@ def test_trainer_killed_mid_run_releases_the_ring(g: Guest) -> None:
     assert_fio_ok(fio_wait(g, "kill", 60), 100)
     after = stats(g)
     assert after.get("model_loaded") == 1
-    assert delta(before, after, "samples") > 0
     assert kmlstats.check_invariants(after) == []
     assert_model_in_use(g)
 
@@ -546,9 +559,10 @@ done
 
 
 def test_unload_under_io_stops_predictions(g: Guest) -> None:
+    start = stats(g)
     fio_start(g, "unload", 5)
-    time.sleep(1.0)
-    running = stats(g)
+    running = wait_stat(g, start, "inferences")
+    assert delta(start, running, "inferences") > 0
     assert running.get("model_loaded") == 1
     out = sh(g, f"{KMLCTL} unload").stdout
     assert "unloaded" in out
@@ -556,10 +570,11 @@ def test_unload_under_io_stops_predictions(g: Guest) -> None:
     gone = stats(g)
     assert gone.get("model_loaded") == 0
     assert delta(running, gone, "model_generation") == 1
-    time.sleep(1.5)
+    wait_stat(g, gone, "samples")
+    time.sleep(0.5)
     later = stats(g)
-    assert delta(gone, later, "inferences") == 0
     assert delta(gone, later, "samples") > 0  # the scheduler still runs (stock order)
+    assert delta(gone, later, "inferences") == 0
     assert_fio_ok(fio_wait(g, "unload", 60), 100)
     assert delta(gone, stats(g), "inferences") == 0
     sh(g, f"{KMLCTL} load {MODEL}")
