@@ -14,7 +14,10 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("run", "build", "doctor", "kunit", "report", "figures", "compare", "import"):
+    for command in (
+        "run", "build", "doctor", "kunit", "report", "figures", "compare", "import", "trace",
+        "train",
+    ):  # fmt: skip
         assert command in out
 
 
