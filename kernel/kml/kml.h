@@ -267,6 +267,7 @@ struct kml_ring {
 	u32 record_size;
 	u32 mode;
 	bool owned;
+	bool broken;	/* shared state found corrupted: pushes fail fast */
 };
 
 KML_API size_t kml_ring_bytes(u32 capacity, u32 record_size);
@@ -278,7 +279,9 @@ KML_API int kml_ring_create(struct kml_ring **out, u32 capacity,
 KML_API void kml_ring_destroy(struct kml_ring *r);
 /*
  * Any number of concurrent producers: 0, -ENOSPC (dropped), -EAGAIN
- * (blocking mode gave up, kernel only) or -EIO (corrupted shared state).
+ * (blocking mode gave up, kernel only) or -EIO (corrupted shared state:
+ * the ring is then marked broken and every later push fails at once, until
+ * kml_ring_init() makes it anew; see kml_ring_broken()).
  */
 KML_API int kml_ring_push(struct kml_ring *r, const void *rec);
 /* One consumer: 0 or -EAGAIN when empty. */
@@ -286,5 +289,6 @@ KML_API int kml_ring_pop(struct kml_ring *r, void *rec);
 KML_API void kml_ring_counters(struct kml_ring *r, u64 *produced,
 			       u64 *consumed, u64 *dropped);
 KML_API void *kml_ring_shared(struct kml_ring *r);
+KML_API bool kml_ring_broken(struct kml_ring *r);
 
 #endif /* _KML_H */

@@ -37,6 +37,7 @@ enum kml_dd_stat {
 	KML_DD_S_KTRAINER_SAMPLES,
 	KML_DD_S_KTRAINER_STEPS,
 	KML_DD_S_KTRAINER_SKIPPED,
+	KML_DD_S_RING_REPAIRS,
 	KML_DD_NR_STATS,
 };
 
@@ -82,6 +83,7 @@ static inline void kml_dd_stat_add(enum kml_dd_stat s, s64 v)
 int kml_dd_publish(const void *buf, size_t len);
 void kml_dd_unload(void);
 void kml_dd_push_sample(const struct kml_dd_sample *s);
+void kml_dd_ring_repair(void);
 int kml_dd_dev_init(void);
 int kml_dd_ktrainer_running(void);
 

@@ -43,8 +43,10 @@ static int kml_dd_release(struct inode *inode, struct file *file)
 
 	if (f->staged_len)
 		kml_dd_stat_inc(KML_DD_S_UPDATES_ABORTED);
-	if (f->owns_ring)
+	if (f->owns_ring) {
+		kml_dd_ring_repair();
 		atomic_set(&kml_dd.ring_owner, KML_DD_OWNER_NONE);
+	}
 	kvfree(f->staged);
 	kfree(f);
 	return 0;
@@ -152,6 +154,8 @@ static int kml_dd_mmap(struct file *file, struct vm_area_struct *vma)
 			   KML_DD_OWNER_USER) != KML_DD_OWNER_NONE)
 		return -EBUSY;
 	f->owns_ring = true;
+	/* a consumer before this one may have left the ring broken */
+	kml_dd_ring_repair();
 	ret = remap_vmalloc_range(vma, kml_dd.ring_mem, 0);
 	return ret;
 }

@@ -164,6 +164,7 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_KTRAINER_SAMPLES] = "ktrainer_samples",
 	[KML_DD_S_KTRAINER_STEPS] = "ktrainer_steps",
 	[KML_DD_S_KTRAINER_SKIPPED] = "ktrainer_skipped",
+	[KML_DD_S_RING_REPAIRS] = "ring_repairs",
 };
 
 /*
@@ -457,7 +458,10 @@ void kml_dd_push_sample(const struct kml_dd_sample *s)
 		kml_dd_stat_inc(KML_DD_S_RING_DROPPED);
 		return;
 	}
+	/* kml_dd_ring_repair() waits for pushes in flight with RCU */
+	rcu_read_lock();
 	ret = kml_ring_push(&kml_dd.ring, s);
+	rcu_read_unlock();
 	if (!ret)
 		kml_dd_stat_inc(KML_DD_S_RING_PRODUCED);
 	else if (ret == -EAGAIN)
@@ -631,6 +635,27 @@ void kml_dd_unload(void)
 	kml_dd_model_replace(NULL);
 }
 
+/*
+ * A consumer that wrote over the shared ring leaves it broken (pushes fail
+ * fast, counted as dropped).  When that consumer is gone, make the ring
+ * anew: first wait until no push that began before it broke is running.
+ * Process context; the caller owns the ring (no consumer is running).
+ */
+void kml_dd_ring_repair(void)
+{
+	if (!kml_dd.ring_mem || !kml_ring_broken(&kml_dd.ring))
+		return;
+	synchronize_rcu();
+	kml_ring_init(&kml_dd.ring, kml_dd.ring_mem,
+		      kml_ring_bytes(kml_dd.ring.mask + 1,
+				     sizeof(struct kml_dd_sample)),
+		      kml_dd.ring.mask + 1, sizeof(struct kml_dd_sample),
+		      READ_ONCE(kml_dd.ring.mode));
+	kml_dd.consumed_base = 0;
+	kml_dd_stat_inc(KML_DD_S_RING_REPAIRS);
+	pr_info("kml: sample ring was corrupted by its consumer; reset\n");
+}
+
 /* ------------------------------------------------------------ debugfs */
 
 static int kml_dd_stats_show(struct seq_file *m, void *v)
@@ -652,6 +677,8 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "ring_consumed %lld\n",
 		   max_t(s64, (s64)n - kml_dd.consumed_base, 0));
 	seq_printf(m, "ring_capacity %u\n", kml_dd.ring_mem ? ring_capacity : 0);
+	seq_printf(m, "ring_broken %d\n",
+		   kml_dd.ring_mem && kml_ring_broken(&kml_dd.ring));
 	seq_printf(m, "ring_mode %s\n",
 		   kml_dd_ring_modes[READ_ONCE(kml_dd.ring.mode) & 1]);
 	seq_printf(m, "sample_filter %s\n",

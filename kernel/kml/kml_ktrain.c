@@ -236,6 +236,7 @@ static int kml_kt_start(void)
 	if (atomic_cmpxchg(&kml_dd.ring_owner, KML_DD_OWNER_NONE,
 			   KML_DD_OWNER_KERNEL) != KML_DD_OWNER_NONE)
 		return -EBUSY;
+	kml_dd_ring_repair();
 	kt = kvzalloc(sizeof(*kt), GFP_KERNEL);
 	ret = kt ? kml_kt_model(kt) : -ENOMEM;
 	if (ret)

@@ -69,6 +69,7 @@ static inline void kml_cpu_relax(void)
 
 /* One untorn read of memory another party may change (shared ring header). */
 #define kml_read_once(x) READ_ONCE(x)
+#define kml_write_once(x, v) WRITE_ONCE(x, v)
 
 #define kml_log(fmt, ...) pr_info("kml: " fmt, ##__VA_ARGS__)
 #define kml_warn(fmt, ...) pr_warn("kml: " fmt, ##__VA_ARGS__)
@@ -149,6 +150,7 @@ static inline void kml_cpu_relax(void)
 
 /* One untorn read of memory another party may change (shared ring header). */
 #define kml_read_once(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define kml_write_once(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 
 #define kml_log(fmt, ...) fprintf(stderr, "kml: " fmt, ##__VA_ARGS__)
 #define kml_warn(fmt, ...) fprintf(stderr, "kml: warning: " fmt, ##__VA_ARGS__)

@@ -167,20 +167,38 @@ EXPORT_SYMBOL_GPL(kml_ring_destroy);
  * corrupted (e.g. by a buggy or malicious user-space consumer): never loop
  * forever in the kernel because of it.
  */
-#define KML_RING_MAX_TRIES (1U << 20)
+#define KML_RING_MAX_TRIES (1U << 16)
+
+/*
+ * The shared memory holds a state no sequence of pushes and pops can make
+ * (a consumer wrote over it): stop using the ring rather than spin on it.
+ */
+static int kml_ring_corrupt(struct kml_ring *r)
+{
+	kml_write_once(r->broken, true);
+	kml_atomic64_inc(&r->sh->dropped);
+	return -EIO;
+}
 
 int kml_ring_push(struct kml_ring *r, const void *rec)
 {
 	struct kml_ring_shared *sh = r->sh;
 	struct kml_ring_slot *slot;
-	s64 pos, seq, dif;
+	s64 pos, seq, dif, head, lap = (s64)r->mask + 1;
 	u32 spins = 0, tries = 0;
 
+	if (kml_read_once(r->broken)) {
+		kml_atomic64_inc(&sh->dropped);
+		return -EIO;
+	}
 	pos = kml_atomic64_load_relaxed(&sh->head);
 	for (;;) {
 		slot = kml_ring_slot(r, pos);
 		seq = kml_atomic64_load_acquire(&slot->seq);
 		dif = seq - pos;
+		/* no slot is ever more than one lap behind the head */
+		if (unlikely(dif < -lap))
+			return kml_ring_corrupt(r);
 		if (dif == 0) {
 			/* slot free for this lap: try to claim position pos */
 			if (kml_atomic64_cmpxchg(&sh->head, &pos, pos + 1))
@@ -199,14 +217,15 @@ int kml_ring_push(struct kml_ring *r, const void *rec)
 			}
 			pos = kml_atomic64_load_relaxed(&sh->head);
 		} else {
-			/* another producer took pos: catch up */
-			pos = kml_atomic64_load_relaxed(&sh->head);
+			/* another producer took pos: head has moved past it */
+			head = kml_atomic64_load_relaxed(&sh->head);
+			if (unlikely(head == pos))
+				return kml_ring_corrupt(r);
+			pos = head;
 			tries++;
 		}
-		if (unlikely(tries > KML_RING_MAX_TRIES)) {
-			kml_atomic64_inc(&sh->dropped);
-			return -EIO;
-		}
+		if (unlikely(tries > KML_RING_MAX_TRIES))
+			return kml_ring_corrupt(r);
 	}
 	memcpy(slot->data, rec, r->record_size);
 	kml_atomic64_store_release(&slot->seq, pos + 1);
@@ -246,3 +265,9 @@ void *kml_ring_shared(struct kml_ring *r)
 	return r->sh;
 }
 EXPORT_SYMBOL_GPL(kml_ring_shared);
+
+bool kml_ring_broken(struct kml_ring *r)
+{
+	return kml_read_once(r->broken);
+}
+EXPORT_SYMBOL_GPL(kml_ring_broken);
