@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from kmlbench import console, devices, kml, kmlstats, paths
-from kmlbench.image import make_guest_initrd
+from kmlbench.image import READY_MARKER, make_guest_initrd
 from kmlbench.qemu import CommandResult, Guest, GuestConfig
 from kmlbench.ssh import SSHKeys
 
@@ -513,7 +513,7 @@ def test_ring_overflow_drop_then_block(g: Guest) -> None:
     assert kmlstats.check_invariants(mid) == []
     # block mode, ring full, nobody drains: every push gives up after a bounded spin
     sh(g, f"echo block > {P}/ring_mode")
-    fio_start(g, "block", 3)
+    fio_start(g, "block", 2)
     block = fio_wait(g, "block", 60)
     assert_fio_ok(block, 1)
     last = stats(g)
@@ -624,7 +624,6 @@ def test_invalid_writes_are_refused(
         assert any(e in result.stderr for e in errors), (path, value, result.stderr)
         if keeps is not None:
             assert keeps in sh(g, f"cat {path}").stdout, (path, value)
-    assert_model_in_use(g)
 
 
 KT_PARAMS = ("ktrainer_publish", "ktrainer_cpu_pct", "ktrainer_rate")
@@ -674,7 +673,7 @@ def test_concurrent_publishers_unloads_and_ktrainer_under_io(g: Guest) -> None:
 
 
 # --------------------------------------------------------------------------
-# A consumer that corrupts the shared ring (destructive: runs last).
+# A consumer that corrupts the shared ring.
 
 
 @pytest.fixture(scope="module")
@@ -691,18 +690,12 @@ def scribbler(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return out.read_bytes()
 
 
-RING_BUG = (
-    "kernel bug: a consumer that writes sequence numbers ahead of the producers into "
-    "the mmap()ed ring leaves it broken for good: every push then spins "
-    "KML_RING_MAX_TRIES (2^20) times in the completion path before dropping, and no "
-    "later consumer gets a record"
-)
-
-
 def test_ring_scribbled_by_its_consumer(g: Guest, scribbler: bytes) -> None:
-    """No crash or hang (checked); I/O speed and the ring recover (known kernel bug).
+    """A consumer writes sequence numbers ahead of every position into the ring.
 
-    Leaves the ring broken (the bug), so it runs after every test that needs it.
+    The kernel must notice at the next push (``ring_broken 1``), fail pushes
+    fast (dropped, no spinning: I/O keeps its speed) and make the ring anew
+    when the next consumer maps it (``ring_repairs``), which then gets records.
     """
     g.put("/tmp/kml_ring_scribble", scribbler, mode=0o755)
     fio_start(g, "prescribble", 2)
@@ -713,26 +706,27 @@ def test_ring_scribbled_by_its_consumer(g: Guest, scribbler: bytes) -> None:
     before = stats(g)
     fio_start(g, "scribbled", 2)
     scribbled = fio_wait(g, "scribbled", 300)
-    assert_fio_ok(scribbled, 1)  # I/O goes on, the kernel did not hang
+    assert_fio_ok(scribbled, 1)
     after = stats(g)
-    assert delta(before, after, "ring_produced") + delta(before, after, "ring_dropped") == (
-        delta(before, after, "samples")
-    )
+    assert after.get("ring_broken") == 1
+    assert delta(before, after, "ring_produced") == 0
+    assert delta(before, after, "ring_dropped") == delta(before, after, "samples") > 0
     assert kmlstats.check_invariants(after) == []
-    # a new consumer, then I/O: does the ring work again?
+    # Each push used to spin 2^20 times here: 40x fewer I/Os. Host noise is far below 8x.
+    assert scribbled.ios * 8 >= clean.ios, (clean.ios, scribbled.ios)
+    # the next consumer gets a new ring, and samples again
     pid = start_background(g, f"{KMLCTL} trace /tmp/after.trc --seconds 30", "/tmp/after.log")
     wait_mapped(g, pid)
+    repaired = stats(g)
+    assert repaired.get("ring_broken") == 0
+    assert delta(after, repaired, "ring_repairs") == 1
     assert_fio_ok(fio_quick(g), 64)
     time.sleep(0.5)
     stop_pid(g, pid)
     log = sh(g, "cat /tmp/after.log; rm -f /tmp/after.trc").stdout
-    records = int(log.split("records")[1].split()[0]) if "records" in log else -1
-    slow = scribbled.ios * 8 < clean.ios
-    if slow or records <= 0:
-        pytest.xfail(
-            f"{RING_BUG} (here: {clean.ios} I/Os in 2 s before, {scribbled.ios} after; "
-            f"{records} records for the new consumer)"
-        )
+    assert "records " in log, log
+    assert int(log.split("records ")[1].split()[0]) > 0, log
+    assert delta(repaired, stats(g), "ring_produced") > 0
 
 
 # --------------------------------------------------------------------------
@@ -745,7 +739,9 @@ def test_console_and_dmesg_are_clean(kg: Guest) -> None:
     assert_model_in_use(kg)
     final = stats(kg)
     assert kmlstats.check_invariants(final) == []
-    events = console.classify(kg.console_text())
+    log = kg.cfg.console_log.read_text(encoding="utf-8", errors="replace")
+    assert READY_MARKER in log  # the whole boot is in it
+    events = console.classify(log)
     assert [e for e in events if e.kind in BAD_EVENTS] == [], events
     dmesg = sh(kg, "dmesg").stdout
     bad = [line for line in dmesg.splitlines() if "WARNING:" in line or "BUG:" in line]
