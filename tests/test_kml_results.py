@@ -160,3 +160,52 @@ def test_a_matrix_model_cell_params_ingest(tmp_path: Path) -> None:
     assert flat["model.mode"] == "active"
     assert flat["model.rate"] == "100"
     assert flat["model.model_file"] == "null"
+
+
+def _row(cid: str, params: dict, kml: dict | None = None) -> db.CellRow:
+    return db.CellRow("r", cid, "ok", 0, "default", "h", params, db.flatten_params(params), {},
+                      kml_stats=kml)  # fmt: skip
+
+
+def test_panel_labels_are_short_and_file_names_ascii() -> None:
+    """Keys that only follow the template are left out of labels; device times get units."""
+    rows = []
+    for template, think in (("randrw", 0), ("bursty", 20000)):
+        for nsec, depth in ((1000000, 2), (500000, 1)):
+            params = {
+                "device": {"type": "null_blk", "completion_nsec": nsec, "hw_queue_depth": depth},
+                "scheduler": {"name": "mq-deadline"},
+                "workload": {"template": template, "thinktime_us": think},
+            }
+            rows.append(_row(f"{template}{nsec}", params))
+    data = figures.group_cells(db.RunRow("r", None, None, None, None, None, {}), rows)
+    labels = sorted(p.label for p in data.panels)
+    assert labels == [
+        "bursty / completion 1ms depth 2",
+        "bursty / completion 500µs depth 1",
+        "randrw / completion 1ms depth 2",
+        "randrw / completion 500µs depth 1",
+    ]
+    assert figures._slug(labels[1]) == "bursty-completion-500us-depth-1"
+    assert figures.wrap("bursty / completion 500µs depth 1", 14) == (
+        "bursty /\ncompletion\n500µs depth 1"
+    )
+
+
+def test_accuracy_figures_prefer_observe_cells() -> None:
+    """Active mode changes what it predicts: accuracy comes from observe cells."""
+    rows = []
+    for mode, acc in (("observe", 0.8), ("active", 0.3), ("off", None)):
+        params = {
+            "device": {"type": "null_blk"},
+            "scheduler": {"name": "mq-deadline"},
+            "workload": {"template": "randrw"},
+            "model": {"mode": mode},
+        }
+        kml = None if acc is None else {"accuracy": acc, "confusion_matrix": [[1, 0], [0, 1]]}
+        rows.append(_row(mode, params, kml))
+    data = figures.group_cells(db.RunRow("r", None, None, None, None, None, {}), rows)
+    ((_, chosen),) = figures._kml_panels(data, prefer_observe=True)
+    assert [c.cell_id for c in chosen] == ["observe"]
+    ((_, every),) = figures._kml_panels(data)
+    assert sorted(c.cell_id for c in every) == ["active", "observe"]

@@ -146,6 +146,40 @@ def _short(key: str) -> str:
     return key.split(".", 1)[1] if "." in key else key
 
 
+# Device parameters in panel labels: short names, times with their unit, so
+# that a panel fits under its bars ("completion 500µs", not
+# "completion_nsec=500000").
+_DEVICE_WORDS = {
+    "device.completion_nsec": ("completion", 1e-9),
+    "device.hw_queue_depth": ("depth", None),
+    "device.submit_queues": ("queues", None),
+    "device.size_mib": ("MiB", None),
+}
+
+
+def _time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:g}{unit}"
+    return f"{seconds * 1e9:g}ns"
+
+
+def _device_label(cell: kdb.CellRow, keys: Sequence[str]) -> str:
+    parts = []
+    for k in keys:
+        value = cell.flat_params.get(k)
+        if value is None:
+            continue
+        word, scale = _DEVICE_WORDS.get(k, (_short(k), None))
+        if k == "device.type":
+            parts.append(value)
+        elif scale is not None and value.lstrip("-").isdigit():
+            parts.append(f"{word} {_time(int(value) * scale)}")
+        else:
+            parts.append(f"{word} {value}")
+    return " ".join(parts)
+
+
 def _label(cell: kdb.CellRow, keys: Sequence[str], primary: str | None) -> str:
     parts = []
     if primary and primary in cell.flat_params:
@@ -157,22 +191,50 @@ def _label(cell: kdb.CellRow, keys: Sequence[str], primary: str | None) -> str:
     return " ".join(parts) if parts else (cell.flat_params.get(primary or "", "") or "all")
 
 
+def _implied(cells: Sequence[kdb.CellRow], key: str, by: str) -> bool:
+    """Whether ``key`` has one value per value of ``by`` (it says nothing more).
+
+    bursty's thinktime defaults differ from randrw's: they vary across the
+    run but only with the template, and spelling them out in every label
+    buries what matters.
+    """
+    seen: dict[str, str] = {}
+    for c in cells:
+        if (
+            key in c.flat_params
+            and by in c.flat_params
+            and seen.setdefault(c.flat_params[by], c.flat_params[key]) != c.flat_params[key]
+        ):
+            return False
+    return True
+
+
+def wrap(label: str, width: int = 18) -> str:
+    """A label broken into lines of about ``width`` characters (tick labels, titles)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width, break_on_hyphens=False)) or label
+
+
 def group_cells(run: kdb.RunRow, cells: list[kdb.CellRow]) -> RunData:
     """Split ok cells into panels (workload, device) and series (everything else)."""
     ok = [c for c in cells if c.status == "ok"]
     varying = _varying(ok)
     panel_keys = [k for k in varying if k.startswith(("workload.", "device."))]
     series_keys = [k for k in varying if k not in panel_keys]
+    quiet = {
+        k for k in panel_keys if k != "workload.template" and _implied(ok, k, "workload.template")
+    }
     panels: OrderedDict[tuple, Panel] = OrderedDict()
     for c in sorted(ok, key=lambda c: tuple(c.flat_params.get(k, "") for k in varying)):
         pkey = tuple(c.flat_params.get(k) for k in panel_keys)
         panel = panels.get(pkey)
         if panel is None:
-            wl = [k for k in panel_keys if k.startswith("workload.")]
+            wl = [k for k in panel_keys if k.startswith("workload.") and k not in quiet]
             rest = [k for k in panel_keys if not k.startswith("workload.")]
             label = _label(c, wl, "workload.template")
             if rest:
-                label += " / " + _label(c, rest, "device.type")
+                label += " / " + _device_label(c, sorted(rest, key=lambda k: k != "device.type"))
             panel = panels[pkey] = Panel(pkey, label)
         skey = tuple(c.flat_params.get(k) for k in series_keys)
         series = panel.series.get(skey)
@@ -304,7 +366,8 @@ def figure(name: str, title: str, description: str) -> Callable:
 
 
 def _slug(text: str) -> str:
-    out = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)
+    text = text.replace("µ", "u")  # file names stay ASCII
+    out = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "-" for ch in text)
     while "--" in out:
         out = out.replace("--", "-")
     return out.strip("-").lower() or "all"
@@ -410,7 +473,7 @@ def latency_cdf(data: RunData) -> list[Drawn]:
                 color="0.4",
             )
         ax.legend(loc="lower right", frameon=False)
-        fig.suptitle(f"{panel.label}: completion latency", fontsize=9)
+        fig.suptitle(wrap(f"{panel.label}: completion latency", 100), fontsize=9)
         out.append(
             Drawn(
                 f"latency_cdf-{_slug(panel.label)}",
@@ -456,7 +519,7 @@ def latency_percentiles(data: RunData) -> list[Drawn]:
         ax.set_yscale("log")
         plain_log_axis(ax.yaxis)
         ax.set_ylabel("completion latency (µs)")
-        ax.set_title(panel.label)
+        ax.set_title(wrap(panel.label, 60))
         ax.legend(frameon=False, fontsize=6)
         out.append(
             Drawn(
@@ -495,12 +558,15 @@ def throughput(data: RunData) -> list[Drawn]:
                 vals.append(val)
                 cis.append(ci)
             _bars(ax, data, proto, x + (i - (len(labels) - 1) / 2) * w, w, vals, cis)
-        ax.set_xticks(x, [p.label for p in data.panels], rotation=30, ha="right")
+        ax.set_xticks(x, [wrap(p.label, 14) for p in data.panels], fontsize=6)
         ax.set_ylabel(ylabel)
-    # Above the axes: inside, it would sit on the bars of the first workload.
-    axes[0].legend(
-        frameon=False, fontsize=6, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(labels)
-    )
+    # Above both axes: inside, it would sit on the bars of the first workload,
+    # and hung on one axes it would push the other one away.
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles, names, frameon=False, fontsize=6, loc="outside upper center",
+        ncol=min(len(labels), 4),
+    )  # fmt: skip
     return [
         Drawn(
             "throughput",
@@ -515,10 +581,21 @@ def throughput(data: RunData) -> list[Drawn]:
 # Model quality (cells with kml_stats).
 
 
-def _kml_panels(data: RunData) -> list[tuple[Panel, list[kdb.CellRow]]]:
+def _kml_panels(
+    data: RunData, *, prefer_observe: bool = False
+) -> list[tuple[Panel, list[kdb.CellRow]]]:
+    """Per panel, the cells with ``kml_stats``.
+
+    ``prefer_observe`` keeps only the ``observe`` cells of a panel that has
+    any: in ``active`` mode the predictions change the dispatch order, hence
+    the outcome they predict, so only observe measures the model's accuracy.
+    """
     out = []
     for p in data.panels:
         cells = [c for s in p.series.values() for c in s.cells if c.kml_stats]
+        observing = [c for c in cells if model_state(c.params) == "observe"]
+        if prefer_observe and observing:
+            cells = observing
         if cells:
             out.append((p, cells))
     return out
@@ -528,10 +605,11 @@ def _kml_panels(data: RunData) -> list[tuple[Panel, list[kdb.CellRow]]]:
     "accuracy",
     "Model accuracy",
     "Per workload: accuracy and balanced accuracy of the model against the majority-class "
-    "baseline; Wilson 95% intervals for one repeat, Student-t over repeats otherwise.",
+    "baseline (observe cells when there are any: active mode changes what it predicts); "
+    "Wilson 95% intervals for one repeat, Student-t over repeats otherwise.",
 )
 def accuracy(data: RunData) -> list[Drawn]:
-    panels = _kml_panels(data)
+    panels = _kml_panels(data, prefer_observe=True)
     rows = []
     for p, cells in panels:
         entry = {"label": p.label}
@@ -572,7 +650,7 @@ def accuracy(data: RunData) -> list[Drawn]:
         )
     base = [r.get("majority_baseline", (math.nan, None))[0] for r in rows]
     ax.scatter(x, base, marker="_", s=300, color="black", zorder=3, label="majority baseline")
-    ax.set_xticks(x, [r["label"] for r in rows], rotation=30, ha="right")
+    ax.set_xticks(x, [wrap(r["label"], 12) for r in rows], fontsize=6)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction")
     ax.legend(frameon=False, fontsize=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
@@ -590,11 +668,11 @@ def accuracy(data: RunData) -> list[Drawn]:
     "confusion",
     "Confusion matrices",
     "Per workload: the model's confusion matrix (rows: true class, columns: predicted), "
-    "summed over repeats and normalised per row.",
+    "summed over repeats (observe cells when there are any) and normalised per row.",
 )
 def confusion(data: RunData) -> list[Drawn]:
     out = []
-    for p, cells in _kml_panels(data):
+    for p, cells in _kml_panels(data, prefer_observe=True):
         mats = [
             np.asarray(c.kml_stats["confusion_matrix"], dtype=float)
             for c in cells
@@ -628,7 +706,7 @@ def confusion(data: RunData) -> list[Drawn]:
         ax.set_yticks(ticks, labels)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(p.label)
+        ax.set_title(wrap(p.label, 50))
         fig.colorbar(im, ax=ax, shrink=0.8)
         out.append(
             Drawn(
@@ -687,7 +765,7 @@ def learning_curve(data: RunData) -> list[Drawn]:
         acc_ax.set_ylabel("accuracy")
         acc_ax.set_ylim(0, 1)
         acc_ax.legend(frameon=False, fontsize=6)
-        fig.suptitle(f"{p.label}: learning curve", fontsize=9)
+        fig.suptitle(wrap(f"{p.label}: learning curve", 100), fontsize=9)
         out.append(
             Drawn(
                 f"learning_curve-{_slug(p.label)}",
