@@ -19,6 +19,7 @@ The order of work is:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -276,8 +277,6 @@ def _model_file(params_model: dict, key: str) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise KmlCellError(f"{key} {rel}: cannot read {path}: {exc.strerror or exc}") from exc
-    import hashlib
-
     digest = hashlib.sha256(data).hexdigest()
     if digest != params_model.get(f"{key}_sha256"):
         raise KmlCellError(
@@ -355,13 +354,15 @@ def _kml_collect(
     from kmlbench import devices, kmlstats
 
     problems: list[str] = []
+    if trace:  # the tracer took the ring: no trainer ran (see _kml_setup)
+        model = {**model, "trainer": "none"}
     stop = guest.run(devices.kml_stop_script(model, trace=trace), timeout=timeout)
     if stop.stdout or stop.stderr:
         with (cell_dir / "kml_setup.log").open("a") as log:
             log.write(stop.stdout + stop.stderr)
     if stop.exit_status != 0:
         problems.append(f"stopping the trainer failed (exit {stop.exit_status})")
-    trainer = model.get("trainer", "none") if not trace else "none"
+    trainer = model.get("trainer", "none")
     summary = None
     if trainer != "none":
         text = _fetch_text(guest, devices.GUEST_TRAINER_LOG, timeout)
