@@ -4,11 +4,19 @@
  * ring and write a sequence number far ahead of every position into every
  * slot (what a consumer with a stray pointer or a wrong slot size might
  * do), then exit.  Built static on the host and copied into the guest.
+ *
+ *   kml_ring_scribble            once
+ *   kml_ring_scribble SECONDS    again and again for SECONDS: map, scribble,
+ *                                let the producers find it (1 ms), unmap and
+ *                                close, so that the kernel repairs the ring
+ *                                each round while I/O goes on
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -16,12 +24,12 @@
 #include "kml.h"
 #include "kml_iosched_uapi.h"
 
-int main(void)
+static int scribble(unsigned int *capacity, size_t *slot_size)
 {
 	struct kml_dev_info info;
 	struct kml_ring_shared *sh;
-	size_t slot_size, i;
 	unsigned char *mem;
+	size_t i;
 	int fd;
 
 	fd = open("/dev/kml", O_RDWR | O_CLOEXEC);
@@ -33,16 +41,45 @@ int main(void)
 		   fd, 0);
 	if (mem == MAP_FAILED) {
 		fprintf(stderr, "kml_ring_scribble: mmap: %s\n", strerror(errno));
+		close(fd);
 		return 1;
 	}
 	sh = (struct kml_ring_shared *)mem;
-	slot_size = sh->slot_size;
+	*capacity = info.ring_capacity;
+	*slot_size = sh->slot_size;
 	for (i = 0; i < info.ring_capacity; i++) {
 		struct kml_ring_slot *slot = (struct kml_ring_slot *)
-			(mem + KML_RING_HDR_SIZE + i * slot_size);
+			(mem + KML_RING_HDR_SIZE + i * *slot_size);
 
 		slot->seq.v = (s64)1 << 62;
 	}
-	printf("scribbled %u slots of %zu bytes\n", info.ring_capacity, slot_size);
+	usleep(1000);
+	munmap(mem, info.ring_bytes);
+	close(fd);
+	return 0;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+	double end = argc > 1 ? now_s() + atof(argv[1]) : 0;
+	unsigned int capacity = 0;
+	size_t slot_size = 0;
+	long rounds = 0;
+
+	do {
+		if (scribble(&capacity, &slot_size))
+			return 1;
+		rounds++;
+	} while (now_s() < end);
+	printf("scribbled %u slots of %zu bytes, %ld rounds\n", capacity,
+	       slot_size, rounds);
 	return 0;
 }
