@@ -4,10 +4,12 @@ One guest boots for the whole module (TCG boots are the expensive part):
 a slow null_blk (200 us timer completions, two hardware slots, 64
 scheduler requests) under mq-deadline with ``kml_mode=active`` and a valid
 model loaded. Every test then injects one kind of trouble -- a bad model
-(from ``kmlctl fault`` and from the shell), garbage ioctls, a trainer
-killed mid-run, a ring nobody drains, a second consumer, the kernel
-trainer against a user one, mode and scheduler switches and an unload
-under I/O, invalid parameter writes -- and checks what docs/kml-iosched.md
+(from ``kmlctl fault``, from the shell, and files that only one loader check
+refuses), garbage ioctls, a trainer killed mid-run, a ring nobody drains, a
+second consumer, the kernel trainer against a user one, mode and scheduler
+switches, an unload and a storm of concurrent swaps under I/O, invalid
+parameter writes, a consumer that scribbles over the shared ring
+(tests/kml_ring_scribble.c) -- and checks what docs/kml-iosched.md
 promises: refused with the documented errno, counted in
 ``/sys/kernel/debug/kml/iosched``, the previous model still in use, fio
 still completing its I/O, and a console free of oops/BUG/WARN/panic.
