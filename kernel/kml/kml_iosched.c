@@ -643,17 +643,24 @@ void kml_dd_unload(void)
  */
 void kml_dd_ring_repair(void)
 {
+	struct kml_ring fresh;
+	u32 capacity = kml_dd.ring.mask + 1;
+
 	if (!kml_dd.ring_mem || !kml_ring_broken(&kml_dd.ring))
 		return;
 	synchronize_rcu();
-	kml_ring_init(&kml_dd.ring, kml_dd.ring_mem,
-		      kml_ring_bytes(kml_dd.ring.mask + 1,
-				     sizeof(struct kml_dd_sample)),
-		      kml_dd.ring.mask + 1, sizeof(struct kml_dd_sample),
+	/*
+	 * Rewrite the shared memory through a private handle: producers keep
+	 * seeing the ring broken (and stay away from it) until it is whole.
+	 */
+	kml_ring_init(&fresh, kml_dd.ring_mem,
+		      kml_ring_bytes(capacity, sizeof(struct kml_dd_sample)),
+		      capacity, sizeof(struct kml_dd_sample),
 		      READ_ONCE(kml_dd.ring.mode));
 	kml_dd.consumed_base = 0;
+	smp_store_release(&kml_dd.ring.broken, false);
 	kml_dd_stat_inc(KML_DD_S_RING_REPAIRS);
-	pr_info("kml: sample ring was corrupted by its consumer; reset\n");
+	pr_info_ratelimited("kml: sample ring was corrupted by its consumer; reset\n");
 }
 
 /* ------------------------------------------------------------ debugfs */
