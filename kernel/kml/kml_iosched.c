@@ -658,6 +658,7 @@ void kml_dd_ring_repair(void)
 		      capacity, sizeof(struct kml_dd_sample),
 		      READ_ONCE(kml_dd.ring.mode));
 	kml_dd.consumed_base = 0;
+	/* pairs with the producers' read of 'broken': the ring is whole first */
 	smp_store_release(&kml_dd.ring.broken, false);
 	kml_dd_stat_inc(KML_DD_S_RING_REPAIRS);
 	pr_info_ratelimited("kml: sample ring was corrupted by its consumer; reset\n");
