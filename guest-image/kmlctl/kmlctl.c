@@ -999,11 +999,15 @@ static double scores_mae(const struct scores *sc)
  * Decision calibration.  The model predicts lg(issue us); the kernel says
  * "meet" when the predicted issue time is at most deadline * permille /
  * 1000 (/sys/module/kml/parameters/decision_permille).  Regression to the
- * mean pulls predictions toward the majority class, so the threshold that
- * maximises balanced accuracy is usually not the deadline itself.  We keep
- * the last CALIB_WINDOW prequential residuals r = yhat - lg(deadline us)
- * and, at each publish, pick the threshold with the best balanced accuracy
- * (within a factor of 8 of the deadline), leaving the model unbiased.
+ * mean pulls predictions toward the majority class, so the deadline itself
+ * is rarely the best threshold.  We keep the last CALIB_WINDOW prequential
+ * residuals r = yhat - lg(deadline us) and, at each publish, pick the
+ * threshold (within a factor of 8 of the deadline) that maximises the mean
+ * of accuracy and balanced accuracy: the two figures we report, one
+ * rewarding the majority class and one the minority.  Balanced accuracy
+ * alone would give up a lot of accuracy on a rare "miss" class for little
+ * (replaying a TCG trace: 0.82 / 0.87 against 0.87 / 0.84).  The model
+ * itself stays unbiased.
  */
 #define CALIB_WINDOW	2048
 #define CALIB_MIN_CLASS	32
@@ -1042,8 +1046,8 @@ static int calib_cmp(const void *a, const void *b)
  */
 static double calib_fit(struct calib *c)
 {
-	u32 idx[CALIB_WINDOW], i, n_met = 0, n_miss, met_below = 0;
-	double best = -1, thr = 0, bal, lo, hi, cand;
+	u32 idx[CALIB_WINDOW], i, n_met = 0, n_miss, met_below = 0, right;
+	double best = -1, thr = 0, score, lo, hi, cand;
 
 	for (i = 0; i < c->n; i++)
 		n_met += c->met[i];
@@ -1063,12 +1067,14 @@ static double calib_fit(struct calib *c)
 		if (i > 0 && i < c->n && lo == hi)
 			continue;
 		cand = fmin(fmax((lo + hi) / 2, -CALIB_MAX_LG), CALIB_MAX_LG);
-		bal = ((double)met_below / n_met +
-		       (double)(n_miss - (i - met_below)) / n_miss) / 2;
+		right = met_below + (n_miss - (i - met_below));
+		score = ((double)right / c->n +
+			 ((double)met_below / n_met +
+			  (double)(n_miss - (i - met_below)) / n_miss) / 2) / 2;
 		/* ties: the threshold closest to the deadline itself */
-		if (bal > best + 1e-9 ||
-		    (bal > best - 1e-9 && fabs(cand) < fabs(thr))) {
-			best = bal;
+		if (score > best + 1e-9 ||
+		    (score > best - 1e-9 && fabs(cand) < fabs(thr))) {
+			best = score;
 			thr = cand;
 		}
 	}
