@@ -127,8 +127,8 @@ def test_model_figures_draw_from_model_cells(model_run: tuple[Path, Path], tmp_p
     labels = sorted(s.label for s in panel.series.values())
     # the mode is the state; the model's other keys that vary are spelled out
     assert labels == [
-        "mq-deadline trainer=none, model observe",
-        "mq-deadline trainer=user, model active",
+        "mq-deadline no trainer, model observe",
+        "mq-deadline user trainer, model active",
         "mq-deadline, model off",
     ]
     colours = {s.model: figures.series_style(data, s)["color"] for s in panel.series.values()}

@@ -171,6 +171,7 @@ def test_curve_of_kmlctl_train() -> None:
     )
     assert curve == {
         "step": [256.0, 512.0],
+        "step_name": "samples_seen",
         "accuracy": [0.5, 0.75],
         "balanced_accuracy": [0.5, 0.7],
         "mae_us": [900.5, 400.0],

@@ -180,6 +180,44 @@ def _device_label(cell: kdb.CellRow, keys: Sequence[str]) -> str:
     return " ".join(parts)
 
 
+def _model_word(key: str, value: str) -> str | None:
+    """A model parameter as a series label says it (None: says nothing new)."""
+    name = key.removeprefix("model.")
+    if name.endswith("_sha256"):
+        return None  # follows its file
+    if value == "null":
+        return {"warm_start": "cold start", "model_file": "no model file"}.get(name)
+    words = {
+        "trainer": f"{value} trainer" if value != "none" else "no trainer",
+        "ring_mode": f"{value} ring",
+        "rate": f"{value}/s" if value != "0" else "no rate cap",
+        "cpu_pct": f"{value}% CPU",
+        "publish_every": f"publish /{value}",
+        "sample_filter": f"{value} samples",
+        "decision_permille": f"threshold {value}‰",
+        "warm_start": "warm start",
+        "model_file": Path(value).stem,
+    }
+    return words.get(name, f"{name}={value}")
+
+
+def _model_words(cell: kdb.CellRow, keys: Sequence[str]) -> str:
+    """The model keys that vary, in words: ``user trainer block ring 500/s 25% CPU``."""
+    order = {k: i for i, k in enumerate(_MODEL_WORD_ORDER)}
+    chosen = sorted(
+        (k for k in keys if k.startswith("model.") and k in cell.flat_params),
+        key=lambda k: (order.get(k.removeprefix("model."), len(order)), k),
+    )
+    words = [w for k in chosen if (w := _model_word(k, cell.flat_params[k])) is not None]
+    return " ".join(words)
+
+
+_MODEL_WORD_ORDER = (
+    "model_file", "trainer", "ring_mode", "rate", "cpu_pct", "publish_every",
+    "sample_filter", "decision_permille", "warm_start",
+)  # fmt: skip
+
+
 def _label(cell: kdb.CellRow, keys: Sequence[str], primary: str | None) -> str:
     parts = []
     if primary and primary in cell.flat_params:
@@ -240,7 +278,12 @@ def group_cells(run: kdb.RunRow, cells: list[kdb.CellRow]) -> RunData:
         series = panel.series.get(skey)
         if series is None:
             state = model_state(c.params)
-            label = _label(c, [k for k in series_keys if k not in _STATE_KEYS], "scheduler.name")
+            label = _label(
+                c, [k for k in series_keys if not k.startswith("model.")], "scheduler.name"
+            )
+            words = _model_words(c, [k for k in series_keys if k not in _STATE_KEYS])
+            if words:
+                label += f" {words}"
             if state is not None and any(k.startswith("model.") for k in series_keys):
                 label += f", model {state}"
             series = panel.series[skey] = Series(
@@ -335,6 +378,26 @@ def series_style(data: RunData, series: Series) -> dict[str, Any]:
         "hatch": HATCHES[rank % len(HATCHES)],
         "linestyle": LINESTYLES[rank % len(LINESTYLES)],
     }
+
+
+# More series than this and the legend leaves the axes (below the figure,
+# two columns): inside, it would cover the data or squeeze the axes to nothing.
+LEGEND_INSIDE_MAX = 4
+
+
+def series_legend(fig: Any, ax: Any, n_series: int, **inside: Any) -> None:
+    """The legend of the series: inside ``ax`` when few, below the figure when many."""
+    if n_series <= LEGEND_INSIDE_MAX:
+        ax.legend(frameon=False, **inside)
+        return
+    handles, names = ax.get_legend_handles_labels()
+    # as many columns as the longest label allows (5 pt: about 0.045 in a character)
+    width_in = fig.get_size_inches()[0]
+    per_col = 0.045 * max((len(n) for n in names), default=1) + 0.4
+    ncol = max(1, min(len(names), int(width_in // per_col)))
+    fig.legend(handles, names, frameon=False, fontsize=5, loc="outside lower center", ncol=ncol)
+    rows = -(-len(names) // ncol)
+    fig.set_size_inches(width_in, fig.get_size_inches()[1] + 0.1 * rows)  # room for it
 
 
 @dataclass
@@ -472,7 +535,7 @@ def latency_cdf(data: RunData) -> list[Drawn]:
                 fontsize=6,
                 color="0.4",
             )
-        ax.legend(loc="lower right", frameon=False)
+        series_legend(fig, ax, len(panel.series), loc="lower right")
         fig.suptitle(wrap(f"{panel.label}: completion latency", 100), fontsize=9)
         out.append(
             Drawn(
@@ -520,7 +583,7 @@ def latency_percentiles(data: RunData) -> list[Drawn]:
         plain_log_axis(ax.yaxis)
         ax.set_ylabel("completion latency (µs)")
         ax.set_title(wrap(panel.label, 60))
-        ax.legend(frameon=False, fontsize=6)
+        series_legend(fig, ax, len(panel.series), fontsize=6)
         out.append(
             Drawn(
                 f"latency_percentiles-{_slug(panel.label)}",
@@ -563,9 +626,10 @@ def throughput(data: RunData) -> list[Drawn]:
     # Above both axes: inside, it would sit on the bars of the first workload,
     # and hung on one axes it would push the other one away.
     handles, names = axes[0].get_legend_handles_labels()
+    many = len(labels) > LEGEND_INSIDE_MAX
     fig.legend(
-        handles, names, frameon=False, fontsize=6, loc="outside upper center",
-        ncol=min(len(labels), 4),
+        handles, names, frameon=False, fontsize=5 if many else 6, loc="outside upper center",
+        ncol=2 if many else len(labels),
     )  # fmt: skip
     return [
         Drawn(
@@ -727,51 +791,57 @@ def confusion(data: RunData) -> list[Drawn]:
 )
 def learning_curve(data: RunData) -> list[Drawn]:
     out = []
-    for p, cells in _kml_panels(data):
-        curves = [
-            c.kml_stats["learning_curve"]
-            for c in cells
-            if isinstance(c.kml_stats.get("learning_curve"), dict)
-        ]
-        curves = [cv for cv in curves if cv.get("step")]
-        if not curves:
+    for p in data.panels:
+        # (series, its curves in repeat order): one colour per series, one
+        # line style per repeat, one legend entry per series
+        groups = []
+        for series in p.series.values():
+            curves = [
+                c.kml_stats["learning_curve"]
+                for c in sorted(series.cells, key=lambda c: c.repeat or 0)
+                if c.kml_stats and isinstance(c.kml_stats.get("learning_curve"), dict)
+            ]
+            curves = [cv for cv in curves if cv.get("step")]
+            if curves:
+                groups.append((series, curves))
+        if not groups:
             continue
+        every = [cv for _, curves in groups for cv in curves]
         # kmlctl's trainer reports the issue-time error of each window, not a loss
-        left = "loss" if any(cv.get("loss") for cv in curves) else "mae_us"
+        left = "loss" if any(cv.get("loss") for cv in every) else "mae_us"
+        steps = "samples seen" if any(cv.get("step_name") for cv in every) else "training step"
         plt = setup_matplotlib()
         fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN_IN, 2.2))
-        for i, cv in enumerate(curves):
-            alpha = 1.0 if len(curves) == 1 else 0.5 + 0.5 / len(curves)
-            if cv.get(left):
-                loss_ax.plot(
-                    cv["step"],
-                    cv[left],
-                    color=MODEL_COLOURS["on"],
-                    alpha=alpha,
-                    linestyle=LINESTYLES[i % len(LINESTYLES)],
-                )
-            if cv.get("accuracy"):
-                acc_ax.plot(
-                    cv["step"],
-                    cv["accuracy"],
-                    color=MODEL_COLOURS["on"],
-                    alpha=alpha,
-                    linestyle=LINESTYLES[i % len(LINESTYLES)],
-                    label=f"repeat {i}",
-                )
-        loss_ax.set_xlabel("training step")
+        for g, (series, curves) in enumerate(groups):
+            colour = (
+                MODEL_COLOURS["on"] if len(groups) == 1 else EXTRA_COLOURS[g % len(EXTRA_COLOURS)]
+            )
+            alpha = 1.0 if len(every) == 1 else 0.5 + 0.5 / len(curves)
+            for r, cv in enumerate(curves):
+                style = {"color": colour, "alpha": alpha,
+                         "linestyle": LINESTYLES[r % len(LINESTYLES)]}  # fmt: skip
+                if cv.get(left):
+                    loss_ax.plot(cv["step"], cv[left], **style)
+                if cv.get("accuracy"):
+                    label = series.label if len(groups) > 1 else f"repeat {r}"
+                    acc_ax.plot(cv["step"], cv["accuracy"], **style,
+                                label=label if r == 0 or len(groups) == 1 else None)  # fmt: skip
+        loss_ax.set_xlabel(steps)
         loss_ax.set_ylabel("loss" if left == "loss" else "issue-time MAE (µs)")
-        acc_ax.set_xlabel("training step")
+        acc_ax.set_xlabel(steps)
         acc_ax.set_ylabel("accuracy")
         acc_ax.set_ylim(0, 1)
-        acc_ax.legend(frameon=False, fontsize=6)
+        entries = len(groups) if len(groups) > 1 else len(every)
+        series_legend(fig, acc_ax, entries, fontsize=6)
         fig.suptitle(wrap(f"{p.label}: learning curve", 100), fontsize=9)
         out.append(
             Drawn(
                 f"learning_curve-{_slug(p.label)}",
                 fig,
                 f"{p.label}: training "
-                f"{'loss' if left == 'loss' else 'issue-time error'} (left) and accuracy (right).",
+                f"{'loss' if left == 'loss' else 'issue-time error'} (left) and accuracy (right) "
+                "of each window before training on it; one colour per configuration, one line "
+                "style per repeat.",
             )
         )
     return out

@@ -226,14 +226,15 @@ CURVE_STEP_KEYS = ("step", "samples_seen", "samples")
 CURVE_VALUE_KEYS = ("loss", "accuracy", "balanced_accuracy", "mae_us")
 
 
-def parse_curve(text: str) -> dict[str, list[float]]:
+def parse_curve(text: str) -> dict[str, Any]:
     """A trainer's ``--curve`` JSON lines as lists: ``step`` plus each value key.
 
     Each line is one evaluation window (``kmlctl train`` writes
     ``samples_seen``, ``accuracy``, ``balanced_accuracy``, ``mae_us``, the
     model scored on the window before training on it). The step is the
     line's ``step``, else ``samples_seen``, else ``samples``, else its
-    index; a value key is kept when every line has it. Lines that are not
+    index (``step_name`` says which key, when not ``step``); a value key is
+    kept when every line has it. Lines that are not
     JSON objects (a trainer killed while writing) are skipped: the curve is
     a picture, not a measurement.
     """
@@ -245,13 +246,16 @@ def parse_curve(text: str) -> dict[str, list[float]]:
             continue
         if isinstance(point, dict):
             points.append((i, point))
-    curve: dict[str, list[float]] = {"step": []}
+    curve: dict[str, Any] = {"step": []}
     for i, p in points:
         step = next((p[k] for k in CURVE_STEP_KEYS if _num(p.get(k))), i)
         curve["step"].append(float(step))
     for key in CURVE_VALUE_KEYS:
         if points and all(_num(p.get(key)) for _, p in points):
             curve[key] = [float(p[key]) for _, p in points]
+    named = [k for k in CURVE_STEP_KEYS if points and all(_num(p.get(k)) for _, p in points)]
+    if named and named[0] != "step":
+        curve["step_name"] = named[0]  # what the steps count (figures label the axis)
     return {k: v for k, v in curve.items() if v}
 
 
@@ -277,7 +281,7 @@ def _num(v: Any) -> bool:
 def kml_stats_record(
     stats: KmlStats,
     *,
-    curve: Mapping[str, list[float]] | None = None,
+    curve: Mapping[str, Any] | None = None,
     trainer: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``kml_stats`` of a cell, in the shape the model figures read.
