@@ -166,6 +166,9 @@ METRICS: dict[str, MetricDef] = {
         MetricDef("p999", "p99.9 latency", "µs", False, percentile=99.9, scalar="clat_p999_us"),
         MetricDef("iops", "IOPS", "IO/s", True, scalar="iops"),
         MetricDef("bw", "bandwidth", "KiB/s", True, scalar="bw_kib_s"),
+        # guest CPU during fio (runner.cpu_metrics): the cost of KML's hooks
+        MetricDef("kcpu", "kernel CPU per I/O", "µs", False, scalar="kernel_cpu_us_per_io"),
+        MetricDef("cpu", "guest CPU busy", "s", False, scalar="guest_cpu_busy_s"),
         MetricDef("accuracy", "accuracy", "", True, scalar="kml.accuracy"),
         MetricDef(
             "balanced_accuracy", "balanced accuracy", "", True, scalar="kml.balanced_accuracy"
