@@ -163,6 +163,7 @@ def train_model(
     lr: float = 1e-2,
     batch: int = 64,
     seed: int = 1,
+    dtype: str = "float32",
 ) -> TrainResult:
     """Train on ``traces``, write the model to ``output``; TraceError/ValueError on bad input."""
     from kmlbench.kml import Model
@@ -191,11 +192,11 @@ def train_model(
     if len(train_rows) == 0:
         raise ValueError("no samples to train on (empty traces?)")
     if arch == "linear":
-        model = Model.linear(n_features, normalize=True, seed=seed)
+        model = Model.linear(n_features, normalize=True, seed=seed, dtype=dtype)
     else:
         model = Model.mlp(
             n_features, hidden=[hidden], activation="relu", output="linear",
-            normalize=True, seed=seed,
+            normalize=True, seed=seed, dtype=dtype,
         )  # fmt: skip
     y = targets(train_rows)
     # Start the output bias at the mean target (the last parameter: per layer
@@ -262,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "fixed"),
+        default="float32",
+        help="float32, or fixed: a Q16.16 model the kernel runs without the FPU",
+    )
     return p
 
 
@@ -282,6 +289,7 @@ def main(argv: list[str]) -> int:
             lr=args.lr,
             batch=args.batch,
             seed=args.seed,
+            dtype=args.dtype,
         )
     except (TraceError, ValueError) as exc:
         print(f"kmlbench train: {exc}", file=sys.stderr)

@@ -60,6 +60,16 @@ s64 kml_dd_predict_batch_f32(struct kml_model *m, const float *x, u32 n,
 	return 0;
 }
 
+void kml_dd_init_output_bias(struct kml_model *m, const float *y, u32 n)
+{
+	float *params = kml_model_params(m), sum = 0.0f;
+	u32 i;
+
+	for (i = 0; i < n; i++)
+		sum += y[i];
+	params[kml_model_n_params(m) - 1] = sum / (float)n;
+}
+
 void kml_dd_lg_to_ns_f32(const float *y, u32 n, s64 *ns)
 {
 	u32 r;

@@ -21,4 +21,11 @@ s64 kml_dd_predict_batch_f32(struct kml_model *m, const float *x, u32 n,
 			     float *y);
 void kml_dd_lg_to_ns_f32(const float *y, u32 n, s64 *ns);
 
+/*
+ * Start a fresh model's output bias at the mean target of its first batch:
+ * targets (lg of the issue time in us) sit around 10, and from a zero bias
+ * Adam spends about a thousand steps just walking there.
+ */
+void kml_dd_init_output_bias(struct kml_model *m, const float *y, u32 n);
+
 #endif /* _KML_DD_FPU_H */

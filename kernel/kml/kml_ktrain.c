@@ -50,6 +50,7 @@ struct kml_ktrain {
 	u64 last_ns;
 	u64 owed_sleep_ns;		/* CPU cap */
 	u64 since_publish;
+	bool fresh;			/* not warm-started, no step yet */
 };
 
 static struct task_struct *kml_kt_task;
@@ -102,6 +103,7 @@ static int kml_kt_model(struct kml_ktrain *kt)
 	ret = kml_model_create(&mc, &kt->model);
 	if (ret)
 		return ret;
+	kt->fresh = true;
 	ret = kml_model_train_setup(kt->model, &tc);
 	if (ret) {
 		kml_model_free(kt->model);
@@ -164,7 +166,10 @@ static void kml_kt_step(struct kml_ktrain *kt, u32 n)
 	if (kml_fpu_begin())
 		return;
 	kml_dd_samples_to_f32(kt->batch, n, (float *)kt->x, (float *)kt->y);
+	if (kt->fresh)
+		kml_dd_init_output_bias(kt->model, (float *)kt->y, n);
 	kml_fpu_end();
+	kt->fresh = false;
 	ret = kml_model_norm_update(kt->model, kt->x, n);
 	if (!ret)
 		ret = kml_model_train_batch(kt->model, kt->x, kt->y, n, &loss);
