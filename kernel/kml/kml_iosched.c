@@ -15,6 +15,7 @@
 #include <linux/blk-mq.h>
 #include <linux/kdev_t.h>
 #include <linux/ktime.h>
+#include <linux/sched/clock.h>
 #include <linux/jiffies.h>
 #include <linux/math64.h>
 #include <linux/rcupdate.h>
@@ -196,6 +197,27 @@ static void kml_dd_hist_bounds(unsigned int b, u64 *lo, u64 *hi)
 	*hi = (u64)(5 + sub) << (n - 2);
 }
 
+/* ------------------------------------------------------------ clock */
+
+/*
+ * KML's clock.  ktime_get_ns() reads the system clocksource, which in a
+ * guest without a stable TSC (QEMU TCG) is the HPET: an emulated MMIO read
+ * of several microseconds per call, and the five per request made observe
+ * cost a fifth of the I/O rate there.  local_clock() is the scheduler's
+ * clock (the TSC, corrected per tick when the TSC is unstable): cheap
+ * everywhere, exact on hardware with a stable TSC, within a tick across
+ * CPUs otherwise, hence kml_dd_since() never going below zero.
+ */
+static u64 kml_dd_clock(void)
+{
+	return local_clock();
+}
+
+static u64 kml_dd_since(u64 then, u64 now)
+{
+	return now > then ? now - then : 0;
+}
+
 /* ------------------------------------------------------------ features */
 
 /*
@@ -251,7 +273,8 @@ static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 	f[KML_DD_F_LG_INFLIGHT] = kml_dd_lg(atomic_read(&kq->inflight));
 	f[KML_DD_F_LG_SEEK] = kml_dd_lg(seek);
 	f[KML_DD_F_LG_GAP_US] = kq->last_insert_ns ?
-		kml_dd_lg(div_u64(now - kq->last_insert_ns, NSEC_PER_USEC)) : 0;
+		kml_dd_lg(div_u64(kml_dd_since(kq->last_insert_ns, now),
+				  NSEC_PER_USEC)) : 0;
 	f[KML_DD_F_LG_EXPIRE_US] =
 		kml_dd_lg(div_u64(ctx->deadline_ns, NSEC_PER_USEC));
 	f[KML_DD_F_LG_ISSUE_EWMA_US] =
@@ -260,8 +283,9 @@ static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 		kml_dd_lg(div_u64(kq->dispatch_gap_ewma_ns, NSEC_PER_USEC));
 	f[KML_DD_F_SAME_DIR] = same_dir ? KML_Q16_ONE : 0;
 	/* in a FIFO, a new request waits about as long as the head has */
-	f[KML_DD_F_LG_HEAD_AGE_US] = head && now > head->insert_ns ?
-		kml_dd_lg(div_u64(now - head->insert_ns, NSEC_PER_USEC)) : 0;
+	f[KML_DD_F_LG_HEAD_AGE_US] = head ?
+		kml_dd_lg(div_u64(kml_dd_since(head->insert_ns, now),
+				  NSEC_PER_USEC)) : 0;
 	f[KML_DD_F_MISS_EWMA] = kq->miss_ewma[dir];
 }
 
@@ -296,9 +320,9 @@ static void kml_dd_predict(struct kml_dd_ctx *ctx)
 	rcu_read_lock();
 	dm = rcu_dereference(kml_dd.model);
 	if (dm) {
-		t0 = ktime_get_ns();
+		t0 = kml_dd_clock();
 		ns = kml_dd_model_predict(dm, ctx->features);
-		t1 = ktime_get_ns();
+		t1 = kml_dd_clock();
 		if (ns >= 0) {
 			ctx->pred_valid = 1;
 			ctx->pred_issue_ns = ns;
@@ -307,7 +331,8 @@ static void kml_dd_predict(struct kml_dd_ctx *ctx)
 						READ_ONCE(kml_dd_decision_permille),
 						1000);
 			kml_dd_stat_inc(KML_DD_S_INFERENCES);
-			atomic64_inc(&kml_dd.hist[kml_dd_hist_bucket(t1 - t0)]);
+			atomic64_inc(&kml_dd.hist[kml_dd_hist_bucket(
+				kml_dd_since(t0, t1))]);
 		}
 	}
 	rcu_read_unlock();
@@ -334,7 +359,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 		     bool same_dir)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
-	u64 now = ktime_get_ns();
+	u64 now = kml_dd_clock();
 
 	if (ctx) {
 		/* a requeue: keep the first insert's features and times */
@@ -378,23 +403,25 @@ static u64 kml_dd_ewma(u64 avg, u64 sample)
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
-	u64 now = ktime_get_ns();
+	u64 now = kml_dd_clock();
 	u32 missed;
 
 	if (ctx->dispatch_ns)
 		return;
 	ctx->dispatch_ns = max_t(u64, now, 1);
-	missed = now - ctx->insert_ns > ctx->deadline_ns ? KML_Q16_ONE : 0;
+	missed = kml_dd_since(ctx->insert_ns, now) > ctx->deadline_ns ?
+		 KML_Q16_ONE : 0;
 	kq->miss_ewma[ctx->op] = kq->miss_ewma[ctx->op] -
 				 (kq->miss_ewma[ctx->op] >> 3) + (missed >> 3);
 	atomic_dec(&kq->queued[ctx->op]);
 	atomic_inc(&kq->inflight);
-	kq->issue_ewma_ns[ctx->op] = kml_dd_ewma(kq->issue_ewma_ns[ctx->op],
-						 now - ctx->insert_ns);
+	kq->issue_ewma_ns[ctx->op] =
+		kml_dd_ewma(kq->issue_ewma_ns[ctx->op],
+			    kml_dd_since(ctx->insert_ns, now));
 	if (kq->last_dispatch_ns)
 		kq->dispatch_gap_ewma_ns =
 			kml_dd_ewma(kq->dispatch_gap_ewma_ns,
-				    now - kq->last_dispatch_ns);
+				    kml_dd_since(kq->last_dispatch_ns, now));
 	kq->last_dispatch_ns = now;
 	kq->last_end = ctx->sector + (ctx->bytes >> SECTOR_SHIFT);
 }
@@ -474,7 +501,7 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	struct kml_dd_sample s;
-	u64 now = ktime_get_ns();
+	u64 now = kml_dd_clock();
 
 	rq->elv.priv[1] = NULL;
 	if (!ctx->dispatch_ns) {
@@ -487,9 +514,9 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 	memset(&s, 0, sizeof(s));
 	s.insert_ns = ctx->insert_ns;
 	s.sector = ctx->sector;
-	s.issue_ns = ctx->dispatch_ns - ctx->insert_ns;
+	s.issue_ns = kml_dd_since(ctx->insert_ns, ctx->dispatch_ns);
 	s.deadline_ns = ctx->deadline_ns;
-	s.completion_ns = now - ctx->insert_ns;
+	s.completion_ns = kml_dd_since(ctx->insert_ns, now);
 	s.pred_issue_ns = ctx->pred_issue_ns;
 	s.bytes = ctx->bytes;
 	s.op = ctx->op;
