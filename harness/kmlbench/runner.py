@@ -464,9 +464,10 @@ def _run_workload(
     extra["timings"]["fio_s"] = time.monotonic() - started
     if result.stderr:
         (cell_dir / "fio.stderr").write_text(result.stderr)
-    status, metrics = _fio_outcome(result, cell_dir, extra)
+    status, metrics, data = _fio_outcome(result, cell_dir, extra)
     if status == "ok":
-        metrics.update(_guest_cpu_metrics(guest, cell_dir, metrics, timeout))
+        ios = metrics.get("iops", 0.0) * _fio_runtime_s(data)
+        metrics.update(_guest_cpu_metrics(guest, cell_dir, ios, timeout))
     if model is None:
         return status, metrics
     problems, kml_metrics, record = _kml_collect(guest, model, cell_dir, timeout, trace)
@@ -521,7 +522,7 @@ def cpu_metrics(before: dict[str, int], after: dict[str, int], ios: float) -> di
     return out
 
 
-def _guest_cpu_metrics(guest: Any, cell_dir: Path, metrics: dict, timeout: float) -> dict:
+def _guest_cpu_metrics(guest: Any, cell_dir: Path, ios: float, timeout: float) -> dict:
     """CPU metrics of the fio run; {} (and a note in cpu.txt) if unavailable."""
     got = guest.run(f"cat {_CPU_SNAPSHOT}.0 {_CPU_SNAPSHOT}.1", timeout=timeout)
     (cell_dir / "cpu.txt").write_text(got.stdout + got.stderr)
@@ -532,22 +533,19 @@ def _guest_cpu_metrics(guest: Any, cell_dir: Path, metrics: dict, timeout: float
         before, after = parse_cpu_line(lines[0]), parse_cpu_line(lines[1])
     except ValueError:
         return {}
-    runtime = _fio_runtime_s(cell_dir)
-    ios = metrics.get("iops", 0.0) * runtime if runtime else 0.0
     return cpu_metrics(before, after, ios)
 
 
-def _fio_runtime_s(cell_dir: Path) -> float:
-    """The longest job runtime in fio.json (seconds), 0 if unknown."""
+def _fio_runtime_s(data: dict) -> float:
+    """The longest job runtime of a fio report (seconds), 0 if unknown."""
     try:
-        data = json.loads((cell_dir / "fio.json").read_text())
         return max(float(j.get("job_runtime", 0)) for j in data.get("jobs", [])) / 1000.0
-    except (OSError, ValueError, TypeError):
+    except (ValueError, TypeError):
         return 0.0
 
 
-def _fio_outcome(result: Any, cell_dir: Path, extra: dict[str, Any]) -> tuple[str, dict]:
-    """Status and metrics from fio's exit status and output.
+def _fio_outcome(result: Any, cell_dir: Path, extra: dict[str, Any]) -> tuple[str, dict, dict]:
+    """Status, metrics and the parsed report from fio's exit status and output.
 
     ``fio.json`` always holds valid JSON (fio may print notes before it);
     the raw output is kept as ``fio.out`` whenever it is not pure JSON.
@@ -560,18 +558,18 @@ def _fio_outcome(result: Any, cell_dir: Path, extra: dict[str, Any]) -> tuple[st
     except fio.FioError as exc:
         (cell_dir / "fio.out").write_text(result.stdout)
         extra["error"] = f"fio exited {result.exit_status}, no JSON: {exc}"
-        return "failed", {}
+        return "failed", {}, {}
     (cell_dir / "fio.json").write_text(json.dumps(data, indent=1))
     if not result.stdout.lstrip().startswith("{"):
         (cell_dir / "fio.out").write_text(result.stdout)
     if result.exit_status != 0:
         extra["error"] = f"fio exited {result.exit_status}: {result.stderr[-500:]}"
-        return "failed", {}
+        return "failed", {}, data
     try:
-        return "ok", fio.metrics_from_fio(data)
+        return "ok", fio.metrics_from_fio(data), data
     except fio.FioError as exc:
         extra["error"] = f"fio job error: {exc}"
-        return "failed", {}
+        return "failed", {}, data
 
 
 def _write_dry_run(matrix: Matrix) -> None:
