@@ -53,13 +53,6 @@ void kml_dd_samples_to_f32(const struct kml_dd_sample *s, u32 n, float *x,
 	}
 }
 
-s64 kml_dd_predict_batch_f32(struct kml_model *m, const float *x, u32 n,
-			     float *y)
-{
-	kml_model_predict_nofpu(m, x, n, y);
-	return 0;
-}
-
 void kml_dd_init_output_bias(struct kml_model *m, const float *y, u32 n)
 {
 	float *params = kml_model_params(m), sum = 0.0f;
@@ -68,12 +61,4 @@ void kml_dd_init_output_bias(struct kml_model *m, const float *y, u32 n)
 	for (i = 0; i < n; i++)
 		sum += y[i];
 	params[kml_model_n_params(m) - 1] = sum / (float)n;
-}
-
-void kml_dd_lg_to_ns_f32(const float *y, u32 n, s64 *ns)
-{
-	u32 r;
-
-	for (r = 0; r < n; r++)
-		ns[r] = y[r] != y[r] ? -1 : kml_dd_lg_us_to_ns(y[r]);
 }

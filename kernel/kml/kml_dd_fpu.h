@@ -16,11 +16,6 @@ s64 kml_dd_predict_f32(struct kml_model *m, const s32 *features);
 void kml_dd_samples_to_f32(const struct kml_dd_sample *s, u32 n, float *x,
 			   float *y);
 
-/* Predictions for @n rows of inputs, and their conversion to ns. */
-s64 kml_dd_predict_batch_f32(struct kml_model *m, const float *x, u32 n,
-			     float *y);
-void kml_dd_lg_to_ns_f32(const float *y, u32 n, s64 *ns);
-
 /*
  * Start a fresh model's output bias at the mean target of its first batch:
  * targets (lg of the issue time in us) sit around 10, and from a zero bias
