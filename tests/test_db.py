@@ -59,7 +59,7 @@ def sample_run() -> Path:
         run_id=RUN_ID,
         runtime_s=1.0,
         accel="tcg",  # a label for the sample: the report must show the TCG banner
-        parallel=16,  # rate-limited psync: the jobs mostly sleep
+        parallel=4,  # one repeat of each config at a time: 16 jobs at once saturate 2 cores
         kml_stats=_kml_stats,
     )
     # and one cell that failed before fio ran, recorded as the runner records it
