@@ -9,6 +9,7 @@
 
 #define KML_DD_LN2	0.6931471805599453f
 #define KML_DD_MAX_LG	40.0f	/* lg(issue us) above this is 12 days */
+#define KML_DD_MAX_RESID 64.0f	/* |residual| kept, in lg units */
 
 static float kml_dd_q16_to_f32(s32 v)
 {
@@ -61,4 +62,34 @@ void kml_dd_init_output_bias(struct kml_model *m, const float *y, u32 n)
 	for (i = 0; i < n; i++)
 		sum += y[i];
 	params[kml_model_n_params(m) - 1] = sum / (float)n;
+}
+
+void kml_dd_deadline_residuals(struct kml_model *m, const float *x,
+			       const struct kml_dd_sample *s, u32 n,
+			       float *yhat, s32 *r)
+{
+	float d;
+	u32 i;
+
+	kml_model_predict_nofpu(m, x, n, yhat);
+	for (i = 0; i < n; i++) {
+		d = yhat[i] - kml_logf(1.0f + (float)s[i].deadline_ns * 1e-3f) /
+			      KML_DD_LN2;
+		if (!(d < KML_DD_MAX_RESID))	/* also NaN */
+			d = KML_DD_MAX_RESID;
+		if (d < -KML_DD_MAX_RESID)
+			d = -KML_DD_MAX_RESID;
+		r[i] = (s32)(d * 65536.0f);
+	}
+}
+
+u32 kml_dd_lg_q16_to_permille(s32 thr)
+{
+	float p = 1000.0f * kml_expf(kml_dd_q16_to_f32(thr) * KML_DD_LN2);
+
+	if (!(p >= 1.0f))
+		return 1;
+	if (p > 64000.0f)
+		return 64000;
+	return (u32)(p + 0.5f);
 }

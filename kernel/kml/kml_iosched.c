@@ -113,6 +113,15 @@ MODULE_PARM_DESC(sample_filter,
  */
 static unsigned int kml_dd_decision_permille = 1000;
 
+#define KML_DD_PERMILLE_MAX	64000
+
+/* The kernel trainer's calibration; the caller keeps it in range. */
+void kml_dd_set_decision_permille(unsigned int permille)
+{
+	WRITE_ONCE(kml_dd_decision_permille,
+		   clamp(permille, 1U, KML_DD_PERMILLE_MAX));
+}
+
 static int decision_permille_set(const char *val,
 				 const struct kernel_param *kp)
 {
@@ -122,9 +131,9 @@ static int decision_permille_set(const char *val,
 	ret = kstrtouint(val, 0, &v);
 	if (ret)
 		return ret;
-	if (v < 1 || v > 64000)
+	if (v < 1 || v > KML_DD_PERMILLE_MAX)
 		return -ERANGE;
-	WRITE_ONCE(kml_dd_decision_permille, v);
+	kml_dd_set_decision_permille(v);
 	return 0;
 }
 
@@ -165,6 +174,7 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_KTRAINER_SAMPLES] = "ktrainer_samples",
 	[KML_DD_S_KTRAINER_STEPS] = "ktrainer_steps",
 	[KML_DD_S_KTRAINER_SKIPPED] = "ktrainer_skipped",
+	[KML_DD_S_KTRAINER_CALIBRATIONS] = "ktrainer_calibrations",
 	[KML_DD_S_RING_REPAIRS] = "ring_repairs",
 };
 

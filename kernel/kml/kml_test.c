@@ -14,6 +14,9 @@
 #include <linux/completion.h>
 #include <linux/sched.h>
 #include "kml_internal.h"
+#ifdef CONFIG_KML_IOSCHED
+#include "kml_dd.h"
+#endif
 
 #define N_REF 16
 
@@ -541,6 +544,119 @@ static void kml_test_ring_mp_block(struct kunit *test)
 	kml_test_ring_mp(test, KML_RING_BLOCK);
 }
 
+#ifdef CONFIG_KML_IOSCHED
+/* ------------------------------------------------ decision calibration */
+
+#define KML_CAL_N	400
+#define KML_Q16_1	65536
+
+/* Accuracy + balanced accuracy of "meet iff r <= thr", in units of 2^-20. */
+static u64 kml_cal_score(const struct kml_dd_resid *w, u32 n, s32 thr)
+{
+	u32 n_met = 0, met_below = 0, miss_above = 0, i;
+
+	for (i = 0; i < n; i++) {
+		n_met += w[i].met;
+		if (w[i].met && w[i].r <= thr)
+			met_below++;
+		if (!w[i].met && w[i].r > thr)
+			miss_above++;
+	}
+	return div_u64((u64)(met_below + miss_above) << 20, n) +
+	       div_u64((u64)met_below << 19, n_met) +
+	       div_u64((u64)miss_above << 19, n - n_met);
+}
+
+static struct kml_dd_resid *kml_cal_window(struct kunit *test)
+{
+	struct kml_dd_resid *w;
+
+	w = kunit_kcalloc(test, 2 * KML_CAL_N, sizeof(*w), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, w);
+	return w;
+}
+
+/* Separable classes: the one perfect split, at the middle of the gap. */
+static void kml_test_cal_separable(struct kunit *test)
+{
+	struct kml_dd_resid *w = kml_cal_window(test);
+	s32 thr = 12345;
+	u32 i;
+
+	/* met at -2.0 .. -1.0, missed at 0.5 .. 1.5, interleaved */
+	for (i = 0; i < KML_CAL_N; i++) {
+		w[i].met = i % 3 != 0;
+		w[i].r = w[i].met ? -2 * KML_Q16_1 + (s32)(i * 163) :
+				    KML_Q16_1 / 2 + (s32)(i * 163);
+	}
+	w[1].r = -KML_Q16_1;			/* the largest "met" */
+	w[0].r = KML_Q16_1 / 2;			/* the smallest "missed" */
+	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
+					       &thr));
+	KUNIT_EXPECT_EQ(test, thr, -KML_Q16_1 / 4);
+	KUNIT_EXPECT_EQ(test, kml_cal_score(w, KML_CAL_N, thr), 2ULL << 20);
+}
+
+/* Overlapping classes: no threshold scores better than the one chosen. */
+static void kml_test_cal_best_split(struct kunit *test)
+{
+	struct kml_dd_resid *w = kml_cal_window(test), *copy;
+	u32 i, state = 2463534242U;
+	u64 best;
+	s32 thr;
+
+	for (i = 0; i < KML_CAL_N; i++) {
+		state ^= state << 13;
+		state ^= state >> 17;
+		state ^= state << 5;
+		/* 70% met; met around -0.5, missed around +0.5, +-1.5 wide */
+		w[i].met = state % 10 < 7;
+		w[i].r = (w[i].met ? -KML_Q16_1 / 2 : KML_Q16_1 / 2) +
+			 (s32)((state >> 8) % (3 * KML_Q16_1)) -
+			 3 * KML_Q16_1 / 2;
+	}
+	copy = kunit_kmalloc(test, KML_CAL_N * sizeof(*w), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, copy);
+	memcpy(copy, w, KML_CAL_N * sizeof(*w));
+	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
+					       &thr));
+	/* it sorted its scratch copy, not the window */
+	KUNIT_EXPECT_EQ(test, memcmp(copy, w, KML_CAL_N * sizeof(*w)), 0);
+	/* every split, through a threshold at or just below each residual */
+	best = 0;
+	for (i = 0; i < KML_CAL_N; i++) {
+		best = max(best, kml_cal_score(w, KML_CAL_N, w[i].r));
+		best = max(best, kml_cal_score(w, KML_CAL_N, w[i].r - 1));
+	}
+	KUNIT_EXPECT_EQ(test, kml_cal_score(w, KML_CAL_N, thr), best);
+}
+
+/* Too few of a class: no calibration; beyond a factor 8: the bound. */
+static void kml_test_cal_limits(struct kunit *test)
+{
+	struct kml_dd_resid *w = kml_cal_window(test);
+	s32 thr = 777;
+	u32 i;
+
+	for (i = 0; i < KML_CAL_N; i++) {
+		w[i].met = i >= KML_DD_CAL_MIN_CLASS - 1;
+		w[i].r = w[i].met ? -KML_Q16_1 : KML_Q16_1;
+	}
+	KUNIT_EXPECT_FALSE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
+						&thr));
+	KUNIT_EXPECT_EQ(test, thr, 777);
+	/* every met request far below the range, every miss just inside */
+	for (i = 0; i < KML_CAL_N; i++) {
+		w[i].met = i % 2;
+		w[i].r = w[i].met ? -10 * KML_Q16_1 : -KML_DD_CAL_MAX_LG + 1;
+	}
+	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
+					       &thr));
+	KUNIT_EXPECT_EQ(test, thr, -KML_DD_CAL_MAX_LG);
+	KUNIT_EXPECT_EQ(test, kml_cal_score(w, KML_CAL_N, thr), 2ULL << 20);
+}
+#endif /* CONFIG_KML_IOSCHED */
+
 static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_math_accuracy),
 	KUNIT_CASE(kml_test_math_special),
@@ -555,6 +671,11 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_ring_attach),
 	KUNIT_CASE(kml_test_ring_mp_drop),
 	KUNIT_CASE(kml_test_ring_mp_block),
+#ifdef CONFIG_KML_IOSCHED
+	KUNIT_CASE(kml_test_cal_separable),
+	KUNIT_CASE(kml_test_cal_best_split),
+	KUNIT_CASE(kml_test_cal_limits),
+#endif
 	{}
 };
 
@@ -566,3 +687,4 @@ kunit_test_suite(kml_test_suite);
 
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("KUnit tests for KML");
+MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);
