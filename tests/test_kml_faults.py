@@ -761,6 +761,49 @@ def assert_ring_delivers(guest: Guest) -> kmlstats.KmlStats:
 # After all of it.
 
 
+def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
+    """``devices.kml_reset_script``: what a shared boot runs between two cells.
+
+    Snapshot the parameters, change everything a cell may change (threshold,
+    filter, ring mode, a running kernel trainer, statistics), reset: all back,
+    the queue off, no model. A kmlctl still running is refused by name.
+    """
+    # the reset removes a cell's files, the module's model among them
+    sh(g, f"cp {MODEL} /tmp/model.keep")
+    sh(g, devices.kml_snapshot_script())
+    saved = dict(
+        line.split("=", 1) for line in sh(g, f"cat {devices.GUEST_KML_DEFAULTS}").stdout.split()
+    )
+    assert saved["decision_permille"] == "1000" and saved["ring_mode"] == "drop", saved
+    assert saved["ring_capacity"] == str(RING_CAPACITY)  # read-only: must read the same
+    holder = start_background(g, f"{KMLCTL} trace /tmp/holder.trc --seconds 60", "/tmp/holder.log")
+    try:
+        sh(g, f"echo {holder} > {devices.GUEST_TRAINER_PID}")
+        refused = g.run(devices.kml_reset_script("nullb0"), timeout=60)
+        assert refused.exit_status != 0, refused
+        assert f"still runs (pid {holder})" in refused.stderr, refused
+    finally:
+        stop_pid(g, holder)
+    sh(g, "rm -f /tmp/holder.trc")
+
+    sh(g, f"echo 123 > {P}/decision_permille; echo uncertain > {P}/sample_filter")
+    sh(g, f"echo block > {P}/ring_mode; echo 1 > {P}/ktrainer; echo active > {Q}/iosched/kml_mode")
+    assert_fio_ok(fio_quick(g, 64), 64)
+    assert stats(g).get("samples") > 0
+    sh(g, devices.kml_reset_script("nullb0"))
+    mode = sh(g, f"cat {Q}/iosched/kml_mode").stdout.strip()
+    assert mode == "off" or "[off]" in mode, mode
+    for name, value in saved.items():
+        now = sh(g, f"cat {P}/{name}").stdout.strip()
+        assert now == value or f"[{value}]" in now, (name, value, now)
+    after = stats(g)
+    assert after.get("model_loaded") == 0 and after.get("samples") == 0, after.counters
+    assert after.get("predictions") == 0
+    left = sh(g, f"ls {devices.GUEST_TRAINER_PID} {MODEL} 2>/dev/null | wc -l").stdout
+    assert left.strip() == "0", left  # the cell's files are gone
+    sh(g, f"mv /tmp/model.keep {MODEL}")
+
+
 def test_console_and_dmesg_are_clean(kg: Guest) -> None:
     """Runs last (file order): the whole console and dmesg of the module's guest."""
     baseline(kg)

@@ -87,6 +87,7 @@ def test_expansion_counts(tmp_path: Path) -> None:
         "boot_timeout_s": 120,
         "command_timeout_s": 600,
         "silence_timeout_s": 120,
+        "share_boot": False,
     }
 
 

@@ -410,6 +410,70 @@ def _background(args: list[str], log: str, pidfile: str, what: str) -> list[str]
     ]
 
 
+# What the KML parameters were at boot, for guests that several cells share.
+GUEST_KML_DEFAULTS = "/tmp/kmlbench-kml-defaults"
+
+
+def kml_snapshot_script() -> str:
+    """Shell for a shared guest right after boot: save KML's parameters as booted.
+
+    ``kml_reset_script`` restores them between cells. A choice parameter
+    that reads back as a list (``[block] drop``) is saved as its choice.
+    Nothing to do on a kernel without KML.
+    """
+    lines = [
+        *_KML_PRELUDE,
+        f"[ -d {KML_PARAMS} ] || exit 0",
+        f": > {GUEST_KML_DEFAULTS} || die 'cannot write {GUEST_KML_DEFAULTS}'",
+        f"for f in {KML_PARAMS}/*; do",
+        '    v=$(cat "$f") || die "cannot read $f"',
+        '    case "$v" in *"["*) v=${v#*[}; v=${v%%]*};; esac',
+        f'    echo "${{f##*/}}=$v" >> {GUEST_KML_DEFAULTS}',
+        "done",
+        "exit 0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def kml_reset_script(block_device: str) -> str:
+    """Shell for a shared guest between two cells: KML back to how it booted.
+
+    The previous cell's ``kml_stop_script`` has already stopped its trainer
+    and tracer; this switches the queue to ``off``, stops the kernel
+    trainer, unloads any model, restores every parameter saved by
+    ``kml_snapshot_script`` (read-only ones must still read the same),
+    zeroes the statistics and removes the previous cell's files, so that a
+    cell sees what a fresh boot would show it. Exits non-zero, naming what
+    it could not undo, when that is not so.
+    """
+    q = f"/sys/block/{block_device}/queue/iosched"
+    files = (GUEST_MODEL, GUEST_WARM, GUEST_TRAINED, GUEST_CURVE, GUEST_TRAINER_LOG,
+             GUEST_TRAINER_PID, GUEST_TRACE, GUEST_TRACER_LOG, GUEST_TRACER_PID)  # fmt: skip
+    lines = [
+        *_KML_PRELUDE,
+        f"if [ -e {q}/kml_mode ]; then setchoice {q}/kml_mode off; fi",
+        f"for p in {GUEST_TRAINER_PID} {GUEST_TRACER_PID}; do",
+        '    pid=$(cat "$p" 2>/dev/null) || continue',
+        '    if alive "$pid"; then die "a kmlctl from the previous cell still runs (pid $pid)"; fi',
+        "done",
+        f"rm -f {' '.join(files)}",
+        f"[ -d {KML_PARAMS} ] || exit 0",
+        f'[ -r {GUEST_KML_DEFAULTS} ] || die "no {GUEST_KML_DEFAULTS}: not snapshotted"',
+        f'echo 0 > {KML_PARAMS}/ktrainer 2>/dev/null || die "cannot stop ktrainer"',
+        f"{KMLCTL} unload > /dev/null 2>&1 || true  # no model loaded is fine",
+        "while IFS='=' read -r name v; do",
+        f"    f={KML_PARAMS}/$name",
+        '    echo "$v" > "$f" 2>/dev/null && continue',
+        '    got=$(cat "$f" 2>/dev/null)',
+        '    case "$got" in "$v"|*"[$v]"*) ;; *) die "cannot restore $name=$v (reads $got)";; esac',
+        f"done < {GUEST_KML_DEFAULTS}",
+        f'echo reset > {KML_STATS} 2>/dev/null || die "cannot reset {KML_STATS}"',
+        f'grep -q "^model_loaded 0$" {KML_STATS} || die "a model is still loaded"',
+        "exit 0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def kml_stop_script(model: dict, *, trace: bool = False) -> str:
     """Shell for the guest after fio: stop the trainer (and tracer) so counters are final.
 

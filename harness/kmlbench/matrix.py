@@ -114,7 +114,7 @@ Check = Callable[[Any], "str | None"]
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # "int", "number", "str", "bs", "strlist"
+    kind: str  # "int", "number", "str", "bool", "bs", "strlist"
     default: Any = REQUIRED
     check: Check | None = None
     expand: bool = True
@@ -150,6 +150,10 @@ GUEST_FIELDS: dict[str, Field] = {
     "boot_timeout_s": Field("number", 120, _at_least(1)),
     "command_timeout_s": Field("number", 600, _at_least(1)),
     "silence_timeout_s": Field("number", 120, _at_least(1)),
+    # Cells that differ only in their model entry (and repeat) run one after
+    # another in one guest boot: between-boot noise then drops out of their
+    # comparison (docs/matrix.md, "Shared boots").
+    "share_boot": Field("bool", False),
 }
 
 # Per device type, the fields besides ``type``. Defaults for null_blk are
@@ -391,6 +395,7 @@ def _kind_name(kind: str) -> str:
         "int": "an integer",
         "number": "a number",
         "str": "a string",
+        "bool": "true or false",
         "bs": "a block size such as 4k, 64k, 1m or 4096",
         "strlist": "a list of strings",
     }[kind]
@@ -406,6 +411,8 @@ def _typed(src: _Source, key: str, value: Any, spec: Field) -> Any:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     elif kind == "str":
         ok = isinstance(value, str)
+    elif kind == "bool":
+        ok = isinstance(value, bool)
     elif kind == "strlist":
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     elif kind == "bs":

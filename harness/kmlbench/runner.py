@@ -15,6 +15,13 @@ The order of work is:
 4. run each cell: boot, set up the device and scheduler, run fio, collect
    fio's JSON, dmesg and the console, and record the cell at once so an
    interrupted run keeps every finished cell.
+
+With ``guest: {share_boot: true}`` the cells that differ only in their
+model entry and repeat run one after another in one boot instead
+(:func:`run_shared_boot`): KML is put back to its booted state between
+them, and what varies from boot to boot under emulation (timer phase, the
+host's load) no longer separates ``off`` from ``active``. A guest crash
+ends the boot; the rest of its cells get a fresh one.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,6 +254,135 @@ def run_cell(
     return CellOutcome(status, metrics, extra)
 
 
+def boot_group_key(cell: Cell) -> str:
+    """Cells with equal keys may share a boot: all their params but the model agree."""
+    rest = {k: v for k, v in cell.params.items() if k != "model"}
+    return json.dumps([cell.kernel_variant, rest], sort_keys=True)
+
+
+def shared_boot_groups(cells: list[Cell]) -> list[list[Cell]]:
+    """``cells`` grouped by :func:`boot_group_key`; groups and cells keep plan order.
+
+    The plan's seeded interleaving is what orders ``off``, ``observe`` and
+    ``active`` inside a boot, so no mode always runs first on a cold guest.
+    """
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(boot_group_key(cell), []).append(cell)
+    return list(groups.values())
+
+
+def run_shared_boot(
+    cells: list[Cell],
+    *,
+    cell_dir: Callable[[str], Path],
+    kernel: Path,
+    initrd: Path,
+    keys: Any,
+    matrix: Matrix,
+    accel: str,
+    before_cell: Callable[[Cell], None] = lambda cell: None,
+) -> Iterator[tuple[Cell, CellOutcome]]:
+    """Run one boot group's ``cells`` one after another in one guest; yield each outcome.
+
+    The first cell of a boot sets up the device and saves KML's booted
+    state; each later one resets KML to it (``devices.kml_reset_script``)
+    and reuses the device. A cell's ``console.log`` holds its own console
+    events; the boot's whole console is in the first cell's folder.
+    A guest that crashes, hangs or cannot be reset ends its boot: the cell
+    gets that status and the rest of the group boots afresh. As in
+    :func:`run_cell`, only KeyboardInterrupt propagates (QEMU ended).
+    """
+    from kmlbench import devices
+    from kmlbench.console import status_for
+    from kmlbench.qemu import Guest, GuestConfig, GuestError
+
+    guest_cfg = matrix.guest
+    command_timeout = float(guest_cfg["command_timeout_s"])
+    pending = list(cells)
+    while pending:
+        first = pending[0]
+        boot_dir = cell_dir(first.id)
+        device = first.params["device"]
+        cfg = GuestConfig(
+            kernel=kernel,
+            initrd=initrd,
+            console_log=boot_dir / "console.log",
+            memory_mib=int(guest_cfg["memory_mib"]),
+            cpus=int(guest_cfg["cpus"]),
+            accel=accel,
+            extra_args=devices.qemu_disk_args(device, boot_dir),
+            append=devices.kernel_cmdline(device),
+            boot_timeout_s=float(guest_cfg["boot_timeout_s"]),
+            silence_timeout_s=float(guest_cfg["silence_timeout_s"]),
+        )
+        started = time.monotonic()
+        try:
+            with Guest(cfg, keys) as guest:
+                shared: tuple[str, str] | None = None
+                seen = 0  # the boot's own events go to its first cell
+                position = 0
+                while pending:
+                    cell = pending[0]
+                    before_cell(cell)
+                    this_dir = cell_dir(cell.id)
+                    timings: dict[str, float] = {}
+                    if position == 0:
+                        timings["boot_s"] = guest.boot_seconds
+                    extra: dict[str, Any] = {
+                        "timings": timings,
+                        "qemu_command_line": guest.command_line,
+                        "shared_boot": {"boot_cell": first.id, "position": position},
+                    }
+                    status, metrics = "infra-error", {}
+                    try:
+                        status, metrics = _run_workload(
+                            guest, cell, this_dir, extra, command_timeout,
+                            shared=shared, snapshot_kml=shared is None,
+                        )  # fmt: skip
+                        dmesg = guest.run("dmesg -c", timeout=30)
+                        (this_dir / "dmesg.txt").write_text(dmesg.stdout)
+                    except GuestError:
+                        raise
+                    except Exception as exc:  # a harness fault: this cell's infra-error
+                        extra["error"] = f"{type(exc).__name__}: {exc}"
+                        extra["traceback"] = traceback.format_exc()
+                    events = guest.events()[seen:]
+                    seen += len(events)
+                    extra["console_events"] = [e.to_dict() for e in events]
+                    if position > 0:
+                        (this_dir / "console.log").write_text(
+                            f"shared boot: the guest's console is in ../{first.id}/console.log\n"
+                            + "".join(f"{e.to_dict()}\n" for e in events)
+                        )
+                    crashed = status_for(events)
+                    if crashed and status in ("ok", "failed"):
+                        status = crashed
+                    timings["total_s"] = time.monotonic() - started
+                    started = time.monotonic()
+                    pending.pop(0)
+                    position += 1
+                    yield cell, CellOutcome(status, metrics, extra)
+                    if crashed or status == "infra-error" or "reset_failed" in extra:
+                        break  # no more cells on a guest in doubt
+                    if shared is None:
+                        if "block_device" not in extra:
+                            break  # its device never came up: boot afresh
+                        shared = (extra["block_device"], cell.id)
+        except GuestError as exc:
+            cell = pending.pop(0)
+            extra = {
+                "timings": {"total_s": time.monotonic() - started},
+                "error": str(exc),
+                "console_events": [e.to_dict() for e in exc.events],
+                "shared_boot": {"boot_cell": first.id},
+            }
+            yield cell, CellOutcome(exc.status, {}, extra)
+        finally:
+            for disk in boot_dir.glob("*.img"):
+                disk.unlink(missing_ok=True)
+
+
 class KmlCellError(Exception):
     """A model cell that cannot run as its params say (file missing, no KML)."""
 
@@ -415,6 +551,8 @@ def _run_workload(
     timeout: float,
     *,
     trace: bool = False,
+    shared: tuple[str, str] | None = None,
+    snapshot_kml: bool = False,
 ) -> tuple[str, dict]:
     """Set up the device and scheduler (and KML), run fio; the status and metrics.
 
@@ -422,16 +560,40 @@ def _run_workload(
     collects dmesg and the console, which are what explain the failure.
     A model cell whose KML part fails (no KML in the kernel, a missing
     model file, inconsistent statistics) is ``failed`` with the reason.
+    ``shared`` is (block device, id of the cell that set it up) in a shared
+    boot: the device and scheduler are already there, and KML is reset to
+    its booted state instead; ``snapshot_kml`` (the first cell of a shared
+    boot) saves that state after setting up the device.
     """
     from kmlbench import devices, fio
 
     params = cell.params
-    setup = guest.run(devices.setup_script(params["device"], params["scheduler"]), timeout=timeout)
-    (cell_dir / "setup.log").write_text(setup.stdout + setup.stderr)
-    if setup.exit_status != 0:
-        extra["error"] = f"device setup failed (exit {setup.exit_status}); see setup.log"
-        return "failed", {}
-    block_device = setup.stdout.strip().splitlines()[-1]
+    if shared is None:
+        script = devices.setup_script(params["device"], params["scheduler"])
+        setup = guest.run(script, timeout=timeout)
+        (cell_dir / "setup.log").write_text(setup.stdout + setup.stderr)
+        if setup.exit_status != 0:
+            extra["error"] = f"device setup failed (exit {setup.exit_status}); see setup.log"
+            return "failed", {}
+        block_device = setup.stdout.strip().splitlines()[-1]
+        if snapshot_kml:
+            snap = guest.run(devices.kml_snapshot_script(), timeout=timeout)
+            if snap.exit_status != 0:
+                extra["error"] = f"saving KML's booted state failed: {snap.stderr.strip()}"
+                return "failed", {}
+    else:
+        block_device, setup_cell = shared
+        reset = guest.run(devices.kml_reset_script(block_device), timeout=timeout)
+        (cell_dir / "setup.log").write_text(
+            f"shared boot: {block_device} and its scheduler were set up by cell {setup_cell}\n"
+            f"KML reset to its booted state (exit {reset.exit_status})\n"
+            + reset.stdout
+            + reset.stderr
+        )
+        if reset.exit_status != 0:
+            extra["error"] = "KML reset between shared-boot cells failed; see setup.log"
+            extra["reset_failed"] = True  # the rest of the boot's cells boot afresh
+            return "failed", {}
     extra["block_device"] = block_device
 
     job = fio.render_job(params["workload"], block_device)
@@ -765,17 +927,23 @@ def _execute(
             base_image, keys.directory, keys.authorized_key, keys.host_key
         )
 
-        def run_and_record(cell: Cell) -> None:
-            nonlocal not_ok, ran
-            if interrupted.is_set():
-                raise KeyboardInterrupt  # one that arrived where Python dropped it
+        def build_for(cell: Cell) -> Any:
             build = builds.get(cell.kernel_variant)
             if build is None:  # a resumed run whose planned cells were all done
                 build = kernel.build_kernel(
                     _kernel_request(matrix, cell.kernel_variant), cache, run.path / "build"
                 )
                 builds[cell.kernel_variant] = build
+            return build
+
+        def start(cell: Cell) -> None:
+            if interrupted.is_set():
+                raise KeyboardInterrupt  # one that arrived where Python dropped it
             progress.start_cell(cell.id, _describe(cell))
+
+        def run_and_record(cell: Cell) -> None:
+            start(cell)
+            build = build_for(cell)
             outcome = run_cell(
                 cell,
                 cell_dir=run.cell_dir(cell.id),
@@ -786,6 +954,26 @@ def _execute(
                 accel=accel,
                 trace=trace,
             )
+            record(cell, outcome, build)
+
+        def run_group_and_record(group: list[Cell]) -> None:
+            build = build_for(group[0])
+            outcomes = run_shared_boot(
+                group,
+                cell_dir=run.cell_dir,
+                kernel=build.bzimage,
+                initrd=initrd,
+                keys=keys,
+                matrix=matrix,
+                accel=accel,
+                before_cell=start,
+            )
+            with closing(outcomes):  # an interrupt while a cell is recorded ends QEMU too
+                for cell, outcome in outcomes:
+                    record(cell, outcome, build)
+
+        def record(cell: Cell, outcome: CellOutcome, build: Any) -> None:
+            nonlocal not_ok, ran
             outcome.extra["kernel_build_key"] = build.build_key
             outcome.extra["accel"] = accel
             run.record_cell(cell, outcome.status, outcome.metrics, outcome.extra)
@@ -801,8 +989,12 @@ def _execute(
                     f"kmlbench: cell {cell.id}: {outcome.status}: {outcome.extra.get('error', '')}"
                 )
 
-        for cell in todo:
-            run_and_record(cell)
+        if matrix.guest.get("share_boot") and not trace:
+            for group in shared_boot_groups(todo):
+                run_group_and_record(group)
+        else:
+            for cell in todo:
+                run_and_record(cell)
 
         if matrix.adaptive and only is None:
             planned = list(matrix.cells)
