@@ -765,8 +765,9 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     """``devices.kml_reset_script``: what a shared boot runs between two cells.
 
     Snapshot the parameters, change everything a cell may change (threshold,
-    filter, ring mode, a running kernel trainer, statistics), reset: all back,
-    the queue off, no model. A kmlctl still running is refused by name.
+    filter, ring mode, a running kernel trainer, statistics, samples left in
+    the ring), reset: all back, the queue off, no model, the ring empty. A
+    kmlctl still running is refused by name.
     """
     # the reset removes a cell's files, the module's model among them
     sh(g, f"cp {MODEL} /tmp/model.keep")
@@ -785,6 +786,16 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     finally:
         stop_pid(g, holder)
     sh(g, "rm -f /tmp/holder.trc")
+
+    # samples no one consumes stay in the ring; the reset drains them (the
+    # refused reset had already switched the queue off)
+    sh(g, f"echo active > {Q}/iosched/kml_mode")
+    assert_fio_ok(fio_quick(g, 64), 64)
+    assert stats(g).get("ring_produced") > 0
+    sh(g, devices.kml_reset_script("nullb0"))
+    drained = sh(g, f"{KMLCTL} trace - --seconds 0.2 2>&1 >/dev/null").stdout
+    assert "records 0" in drained, drained
+    sh(g, f"cp /tmp/model.keep {MODEL}; {KMLCTL} load {MODEL}")
 
     sh(g, f"echo 123 > {P}/decision_permille; echo uncertain > {P}/sample_filter")
     sh(g, f"echo block > {P}/ring_mode; echo 1 > {P}/ktrainer; echo active > {Q}/iosched/kml_mode")

@@ -129,6 +129,9 @@ def test_cells_share_one_boot_and_start_from_a_clean_kml(
         # an earlier cell, publishing over it
         assert counters["decision_permille"] == 700, counters
         assert counters["model_loaded"] == 1, counters
+        # nobody consumes its samples: they fill a ring that started empty
+        expected = min(counters["samples"], counters["ring_capacity"])
+        assert counters["ring_produced"] == expected, counters
         assert counters["ktrainer_samples"] == 0 and counters["updates_applied"] == 0, counters
     for c in by_mode["active"]:
         counters = c["kml_stats"]["counters"]

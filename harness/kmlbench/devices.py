@@ -440,7 +440,8 @@ def kml_reset_script(block_device: str) -> str:
 
     The previous cell's ``kml_stop_script`` has already stopped its trainer
     and tracer; this switches the queue to ``off``, stops the kernel
-    trainer, unloads any model, restores every parameter saved by
+    trainer, unloads any model, drains the samples no one consumed from the
+    ring, restores every parameter saved by
     ``kml_snapshot_script`` (read-only ones must still read the same),
     zeroes the statistics and removes the previous cell's files, so that a
     cell sees what a fresh boot would show it. Exits non-zero, naming what
@@ -461,6 +462,9 @@ def kml_reset_script(block_device: str) -> str:
         f'[ -r {GUEST_KML_DEFAULTS} ] || die "no {GUEST_KML_DEFAULTS}: not snapshotted"',
         f'echo 0 > {KML_PARAMS}/ktrainer 2>/dev/null || die "cannot stop ktrainer"',
         f"{KMLCTL} unload > /dev/null 2>&1 || true  # no model loaded is fine",
+        # samples nobody consumed stay in the ring; a fresh boot's is empty
+        f"{KMLCTL} trace - --seconds 0.2 > /dev/null 2>/tmp/kmlbench-drain.log"
+        ' || die "cannot drain the sample ring: $(cat /tmp/kmlbench-drain.log)"',
         "while IFS='=' read -r name v; do",
         f"    f={KML_PARAMS}/$name",
         '    echo "$v" > "$f" 2>/dev/null && continue',
