@@ -176,6 +176,28 @@ def _run_keys() -> Iterator[Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _guest_config(
+    matrix: Matrix, device: dict, folder: Path, kernel: Path, initrd: Path, accel: str
+) -> Any:
+    """The QEMU guest for ``device``: console log and disk images in ``folder``."""
+    from kmlbench import devices
+    from kmlbench.qemu import GuestConfig
+
+    guest_cfg = matrix.guest
+    return GuestConfig(
+        kernel=kernel,
+        initrd=initrd,
+        console_log=folder / "console.log",
+        memory_mib=int(guest_cfg["memory_mib"]),
+        cpus=int(guest_cfg["cpus"]),
+        accel=accel,
+        extra_args=devices.qemu_disk_args(device, folder),
+        append=devices.kernel_cmdline(device),
+        boot_timeout_s=float(guest_cfg["boot_timeout_s"]),
+        silence_timeout_s=float(guest_cfg["silence_timeout_s"]),
+    )
+
+
 def run_cell(
     cell: Cell,
     *,
@@ -194,8 +216,7 @@ def run_cell(
     been ended by the ``Guest`` context manager. ``trace`` records KML's
     sample ring during fio into ``<cell>/trace.kmltrc`` (``kmlbench trace``).
     """
-    from kmlbench import devices
-    from kmlbench.qemu import Guest, GuestConfig, GuestError
+    from kmlbench.qemu import Guest, GuestError
 
     guest_cfg = matrix.guest
     device = cell.params["device"]
@@ -207,18 +228,7 @@ def run_cell(
     started = time.monotonic()
     guest = None
     try:
-        cfg = GuestConfig(
-            kernel=kernel,
-            initrd=initrd,
-            console_log=cell_dir / "console.log",
-            memory_mib=int(guest_cfg["memory_mib"]),
-            cpus=int(guest_cfg["cpus"]),
-            accel=accel,
-            extra_args=devices.qemu_disk_args(device, cell_dir),
-            append=devices.kernel_cmdline(device),
-            boot_timeout_s=float(guest_cfg["boot_timeout_s"]),
-            silence_timeout_s=float(guest_cfg["silence_timeout_s"]),
-        )
+        cfg = _guest_config(matrix, device, cell_dir, kernel, initrd, accel)
         with Guest(cfg, keys) as guest:
             timings["boot_s"] = guest.boot_seconds
             extra["qemu_command_line"] = guest.command_line
@@ -293,9 +303,8 @@ def run_shared_boot(
     gets that status and the rest of the group boots afresh. As in
     :func:`run_cell`, only KeyboardInterrupt propagates (QEMU ended).
     """
-    from kmlbench import devices
     from kmlbench.console import status_for
-    from kmlbench.qemu import Guest, GuestConfig, GuestError
+    from kmlbench.qemu import Guest, GuestError
 
     guest_cfg = matrix.guest
     command_timeout = float(guest_cfg["command_timeout_s"])
@@ -303,19 +312,7 @@ def run_shared_boot(
     while pending:
         first = pending[0]
         boot_dir = cell_dir(first.id)
-        device = first.params["device"]
-        cfg = GuestConfig(
-            kernel=kernel,
-            initrd=initrd,
-            console_log=boot_dir / "console.log",
-            memory_mib=int(guest_cfg["memory_mib"]),
-            cpus=int(guest_cfg["cpus"]),
-            accel=accel,
-            extra_args=devices.qemu_disk_args(device, boot_dir),
-            append=devices.kernel_cmdline(device),
-            boot_timeout_s=float(guest_cfg["boot_timeout_s"]),
-            silence_timeout_s=float(guest_cfg["silence_timeout_s"]),
-        )
+        cfg = _guest_config(matrix, first.params["device"], boot_dir, kernel, initrd, accel)
         started = time.monotonic()
         try:
             with Guest(cfg, keys) as guest:
