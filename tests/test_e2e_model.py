@@ -195,9 +195,8 @@ def test_trainers_train_and_hand_back_their_outputs(model_run) -> None:
         assert counters["ktrainer_samples"] > 0, counters
         assert counters["updates_applied"] >= 1, counters
         assert counters["predictions"] > 0, counters  # its published models predict
-        # it recalibrated the meet/miss threshold, and the kernel took it
+        # it recalibrated the meet/miss threshold
         assert counters["ktrainer_calibrations"] >= 1, counters
-        assert 1 <= counters["decision_permille"] <= 64000, counters
 
 
 def test_model_metrics_reach_the_database(model_run) -> None:

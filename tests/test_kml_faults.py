@@ -780,7 +780,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     holder = start_background(g, f"{KMLCTL} trace /tmp/holder.trc --seconds 60", "/tmp/holder.log")
     try:
         sh(g, f"echo {holder} > {devices.GUEST_TRAINER_PID}")
-        refused = g.run(devices.kml_reset_script("nullb0"), timeout=60)
+        refused = g.run(devices.kml_reset_script(DEV), timeout=60)
         assert refused.exit_status != 0, refused
         assert f"still runs (pid {holder})" in refused.stderr, refused
     finally:
@@ -792,7 +792,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     sh(g, f"echo active > {Q}/iosched/kml_mode")
     assert_fio_ok(fio_quick(g, 64), 64)
     assert stats(g).get("ring_produced") > 0
-    sh(g, devices.kml_reset_script("nullb0"))
+    sh(g, devices.kml_reset_script(DEV))
     drained = sh(g, f"{KMLCTL} trace - --seconds 0.2 2>&1 >/dev/null").stdout
     assert "records 0" in drained, drained
     sh(g, f"cp /tmp/model.keep {MODEL}; {KMLCTL} load {MODEL}")
@@ -801,7 +801,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     sh(g, f"echo block > {P}/ring_mode; echo 1 > {P}/ktrainer; echo active > {Q}/iosched/kml_mode")
     assert_fio_ok(fio_quick(g, 64), 64)
     assert stats(g).get("samples") > 0
-    sh(g, devices.kml_reset_script("nullb0"))
+    sh(g, devices.kml_reset_script(DEV))
     mode = sh(g, f"cat {Q}/iosched/kml_mode").stdout.strip()
     assert mode == "off" or "[off]" in mode, mode
     for name, value in saved.items():

@@ -112,6 +112,10 @@ def test_cells_share_one_boot_and_start_from_a_clean_kml(
             continue
         setup = (folder / "setup.log").read_text()
         assert f"set up by cell {first}" in setup and "(exit 0)" in setup, setup
+        # the queue went back to off (an off cell after an active one runs stock)
+        (mode,) = [ln.split("kml_mode", 1)[1].strip() for ln in setup.splitlines()
+                   if "reset: kml_mode" in ln]  # fmt: skip
+        assert mode == "off" or "[off]" in mode, setup
         assert f"../{first}/console.log" in (folder / "console.log").read_text()
         assert "boot_s" not in rec["timings"]
 

@@ -447,12 +447,17 @@ def kml_reset_script(block_device: str) -> str:
     cell sees what a fresh boot would show it. Exits non-zero, naming what
     it could not undo, when that is not so.
     """
-    q = f"/sys/block/{block_device}/queue/iosched"
+    dev = Path(block_device).name
+    if not _NAME_RE.match(dev):
+        raise DeviceError(f"bad block device {block_device!r}")
+    q = f"/sys/block/{dev}/queue/iosched"
     files = (GUEST_MODEL, GUEST_WARM, GUEST_TRAINED, GUEST_CURVE, GUEST_TRAINER_LOG,
              GUEST_TRAINER_PID, GUEST_TRACE, GUEST_TRACER_LOG, GUEST_TRACER_PID)  # fmt: skip
     lines = [
         *_KML_PRELUDE,
-        f"if [ -e {q}/kml_mode ]; then setchoice {q}/kml_mode off; fi",
+        # no kml_mode is fine only on a kernel without KML in mq-deadline
+        f"if [ -e {q}/kml_mode ]; then setchoice {q}/kml_mode off;",
+        f'elif [ -e {KML_STATS} ]; then die "no {q}/kml_mode"; fi',
         f"for p in {GUEST_TRAINER_PID} {GUEST_TRACER_PID}; do",
         '    pid=$(cat "$p" 2>/dev/null) || continue',
         '    if alive "$pid"; then die "a kmlctl from the previous cell still runs (pid $pid)"; fi',
@@ -462,9 +467,17 @@ def kml_reset_script(block_device: str) -> str:
         f'[ -r {GUEST_KML_DEFAULTS} ] || die "no {GUEST_KML_DEFAULTS}: not snapshotted"',
         f'echo 0 > {KML_PARAMS}/ktrainer 2>/dev/null || die "cannot stop ktrainer"',
         f"{KMLCTL} unload > /dev/null 2>&1 || true  # no model loaded is fine",
-        # samples nobody consumed stay in the ring; a fresh boot's is empty
-        f"{KMLCTL} trace - --seconds 0.2 > /dev/null 2>/tmp/kmlbench-drain.log"
+        # samples nobody consumed stay in the ring; a fresh boot's is empty.
+        # A trace stops at its deadline even with records left: drain until
+        # one pops nothing (the queue is off, nothing new arrives).
+        "i=0",
+        "while :; do",
+        f"    {KMLCTL} trace - --seconds 0.2 > /dev/null 2>/tmp/kmlbench-drain.log"
         ' || die "cannot drain the sample ring: $(cat /tmp/kmlbench-drain.log)"',
+        "    grep -q '^records 0$' /tmp/kmlbench-drain.log && break",
+        "    i=$((i + 1))",
+        '    [ $i -lt 20 ] || die "the sample ring does not drain"',
+        "done",
         "while IFS='=' read -r name v; do",
         f"    f={KML_PARAMS}/$name",
         '    echo "$v" > "$f" 2>/dev/null && continue',
@@ -473,6 +486,7 @@ def kml_reset_script(block_device: str) -> str:
         f"done < {GUEST_KML_DEFAULTS}",
         f'echo reset > {KML_STATS} 2>/dev/null || die "cannot reset {KML_STATS}"',
         f'grep -q "^model_loaded 0$" {KML_STATS} || die "a model is still loaded"',
+        f'echo "kmlbench-kml: reset: kml_mode $(cat {q}/kml_mode)"',
         "exit 0",
     ]
     return "\n".join(lines) + "\n"

@@ -306,22 +306,31 @@ def run_shared_boot(
     from kmlbench.console import status_for
     from kmlbench.qemu import Guest, GuestError
 
-    guest_cfg = matrix.guest
-    command_timeout = float(guest_cfg["command_timeout_s"])
+    command_timeout = float(matrix.guest["command_timeout_s"])
     pending = list(cells)
+    announced: set[str] = set()
+
+    def announce(cell: Cell) -> None:
+        # once per cell, before its boot for the first: an interrupt is seen
+        # before a boot starts, not only after it succeeded
+        if cell.id not in announced:
+            announced.add(cell.id)
+            before_cell(cell)
+
     while pending:
         first = pending[0]
+        announce(first)
         boot_dir = cell_dir(first.id)
-        cfg = _guest_config(matrix, first.params["device"], boot_dir, kernel, initrd, accel)
         started = time.monotonic()
+        seen = 0  # console events already given to a cell of this boot
+        position = 0
         try:
+            cfg = _guest_config(matrix, first.params["device"], boot_dir, kernel, initrd, accel)
             with Guest(cfg, keys) as guest:
                 shared: tuple[str, str] | None = None
-                seen = 0  # the boot's own events go to its first cell
-                position = 0
                 while pending:
                     cell = pending[0]
-                    before_cell(cell)
+                    announce(cell)
                     this_dir = cell_dir(cell.id)
                     timings: dict[str, float] = {}
                     if position == 0:
@@ -337,6 +346,12 @@ def run_shared_boot(
                             guest, cell, this_dir, extra, command_timeout,
                             shared=shared, snapshot_kml=shared is None,
                         )  # fmt: skip
+                        if extra.get("reset_failed"):
+                            # what the last cell left behind, not this cell's
+                            # fault: run it again, first in a fresh boot
+                            log = this_dir / "setup.log"
+                            log.rename(this_dir / "reset-failed.log")
+                            break
                         dmesg = guest.run("dmesg -c", timeout=30)
                         (this_dir / "dmesg.txt").write_text(dmesg.stdout)
                     except GuestError:
@@ -356,28 +371,48 @@ def run_shared_boot(
                     if crashed and status in ("ok", "failed"):
                         status = crashed
                     timings["total_s"] = time.monotonic() - started
-                    started = time.monotonic()
                     pending.pop(0)
                     position += 1
                     yield cell, CellOutcome(status, metrics, extra)
-                    if crashed or status == "infra-error" or "reset_failed" in extra:
+                    started = time.monotonic()
+                    if crashed or status == "infra-error":
                         break  # no more cells on a guest in doubt
                     if shared is None:
                         if "block_device" not in extra:
                             break  # its device never came up: boot afresh
                         shared = (extra["block_device"], cell.id)
         except GuestError as exc:
-            cell = pending.pop(0)
-            extra = {
-                "timings": {"total_s": time.monotonic() - started},
-                "error": str(exc),
-                "console_events": [e.to_dict() for e in exc.events],
-                "shared_boot": {"boot_cell": first.id},
-            }
-            yield cell, CellOutcome(exc.status, {}, extra)
+            yield _boot_ended(pending.pop(0), exc.status, str(exc), exc.events[seen:],
+                              started, first.id, position)  # fmt: skip
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # as run_cell: a harness fault is the cell's infra-error
+            outcome = _boot_ended(pending.pop(0), "infra-error", f"{type(exc).__name__}: {exc}",
+                                  [], started, first.id, position)  # fmt: skip
+            outcome[1].extra["traceback"] = traceback.format_exc()
+            yield outcome
         finally:
             for disk in boot_dir.glob("*.img"):
                 disk.unlink(missing_ok=True)
+
+
+def _boot_ended(
+    cell: Cell,
+    status: str,
+    error: str,
+    events: list[Any],
+    started: float,
+    boot_cell: str,
+    position: int,
+) -> tuple[Cell, CellOutcome]:
+    """The outcome of the shared-boot cell that was running when its guest ended."""
+    extra = {
+        "timings": {"total_s": time.monotonic() - started},
+        "error": error,
+        "console_events": [e.to_dict() for e in events],
+        "shared_boot": {"boot_cell": boot_cell, "position": position},
+    }
+    return cell, CellOutcome(status, {}, extra)
 
 
 class KmlCellError(Exception):
@@ -589,7 +624,7 @@ def _run_workload(
         )
         if reset.exit_status != 0:
             extra["error"] = "KML reset between shared-boot cells failed; see setup.log"
-            extra["reset_failed"] = True  # the rest of the boot's cells boot afresh
+            extra["reset_failed"] = True  # the runner reruns the cell in a fresh boot
             return "failed", {}
     extra["block_device"] = block_device
 
