@@ -312,6 +312,14 @@ _KML_PRELUDE = [
 ]
 
 
+def _iosched_dir(block_device: str) -> str:
+    """The scheduler's sysfs folder of ``block_device`` (``/dev/nullb0`` or ``nullb0``)."""
+    dev = Path(block_device).name
+    if not _NAME_RE.match(dev):
+        raise DeviceError(f"bad block device {block_device!r}")
+    return f"/sys/block/{dev}/queue/iosched"
+
+
 def _kml_check(model: dict) -> tuple[str, str, str]:
     mode = model.get("mode")
     if mode not in KML_MODES:
@@ -343,9 +351,7 @@ def kml_setup_script(
     with a ``kmlbench-kml:`` message when the kernel lacks KML.
     """
     mode, ring_mode, trainer = _kml_check(model)
-    dev = Path(block_device).name
-    if not _NAME_RE.match(dev):
-        raise DeviceError(f"bad block device {block_device!r}")
+    iosched = _iosched_dir(block_device)
     if trace_seconds is not None and trainer != "none":
         raise DeviceError("a trace takes the sample ring: no trainer at the same time")
     p = KML_PARAMS
@@ -354,7 +360,7 @@ def kml_setup_script(
         f'[ -d {p} ] || die "no {p}: this kernel has no KML (CONFIG_KML)"',
         f'[ -r {KML_STATS} ] || die "no {KML_STATS}: this kernel has no KML in mq-deadline '
         '(CONFIG_KML_IOSCHED) or debugfs is not mounted"',
-        f'q="/sys/block/{dev}/queue/iosched"',
+        f'q="{iosched}"',
         '[ -e "$q/kml_mode" ] || die "no $q/kml_mode: mq-deadline without the KML hooks '
         '(or not the scheduler)"',
         f'[ -x {KMLCTL} ] || die "no {KMLCTL} in the guest image"',
@@ -447,10 +453,7 @@ def kml_reset_script(block_device: str) -> str:
     cell sees what a fresh boot would show it. Exits non-zero, naming what
     it could not undo, when that is not so.
     """
-    dev = Path(block_device).name
-    if not _NAME_RE.match(dev):
-        raise DeviceError(f"bad block device {block_device!r}")
-    q = f"/sys/block/{dev}/queue/iosched"
+    q = _iosched_dir(block_device)
     files = (GUEST_MODEL, GUEST_WARM, GUEST_TRAINED, GUEST_CURVE, GUEST_TRAINER_LOG,
              GUEST_TRAINER_PID, GUEST_TRACE, GUEST_TRACER_LOG, GUEST_TRACER_PID)  # fmt: skip
     lines = [
