@@ -11,6 +11,8 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -323,3 +325,46 @@ def test_host_run_timeout_stops_the_batch_and_cleans_up(tmp_path: Path) -> None:
     assert _fio_pids_under(tmp_path) == []
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and (p / "cells").exists()]
     assert not list(run_dir.glob("kmlbench-sample-*"))
+
+
+@pytest.mark.timeout(90)
+def test_host_run_timeout_after_fio_forked_its_jobs_returns(tmp_path: Path) -> None:
+    """Issue 16: the timeout lands after fio forked its job processes.
+
+    Killing only the parent fio left each job process running (or stuck on a
+    lock its dead parent held), holding the stdout pipe, so the wait for
+    fio's output never returned. The timeout here is long enough that the
+    test first sees the job processes exist (asserted, so the race is
+    reproduced every time), and the jobs would run for 60 s more: the call
+    must return promptly and leave no fio behind.
+    """
+    if shutil.which("fio") is None:
+        pytest.skip("fio is not installed")
+    timeout_s = 6.0
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            report.make_host_run(
+                tmp_path, [report.host_params("none")], repeats=1, runtime_s=60,
+                parallel=1, timeout_s=timeout_s,
+            )  # fmt: skip
+        except BaseException as exc:  # the thread hands its outcome back
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    seen = 0
+    while time.monotonic() - started < timeout_s - 1 and seen < 2:
+        seen = len(_fio_pids_under(tmp_path))
+        time.sleep(0.05)
+    assert seen >= 2, "fio's job process did not start before the timeout: race not reproduced"
+    worker.join(timeout=40)
+    took = time.monotonic() - started
+    assert not worker.is_alive(), f"make_host_run still waiting {took:.0f}s after fio started"
+    assert len(outcome) == 1 and isinstance(outcome[0], subprocess.TimeoutExpired), outcome
+    assert took < 30, took  # the timeout, SIGTERM grace, and a bounded read: not the 60 s job
+    assert _fio_pids_under(tmp_path) == []

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kmlbench import kml, paths
+from kmlbench import kml, paths, procs
 
 MODELS = ("linear", "mlp")
 IMPLS = ("kml-float", "kml-fixed", "numpy", "torch")
@@ -232,7 +232,7 @@ def bench_torch(model: str, quick: bool) -> tuple[dict, dict] | None:
 def _size_text_data(path: Path) -> int | None:
     """text + data of every object in an archive or .ko, via binutils' size."""
     try:
-        proc = subprocess.run(
+        proc = procs.run(
             ["size", str(path)], capture_output=True, text=True, check=True, timeout=60
         )
     except (OSError, subprocess.SubprocessError):

@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from kmlbench import procs
 from kmlbench.paths import DEBIAN_KERNEL_TARBALL, cache_dir
 from kmlbench.qemu import QBOOT, probe_kvm, qemu_version
 
@@ -37,7 +38,7 @@ class Check:
 
 def _version(cmd: list[str]) -> str:
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+        out = procs.run(cmd, capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     text = (out.stdout or out.stderr).strip()

@@ -27,7 +27,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from kmlbench import paths
+from kmlbench import paths, procs
 
 DIRECTIONS = ("read", "write", "trim")
 PERCENTILES = {"p50": 50.0, "p99": 99.0, "p999": 99.9}
@@ -98,7 +98,7 @@ def fio_shell_command(job_path: str, *, fio: str = "fio", output: str | None = N
 def fio_version(fio: str = "fio", timeout: float = 10) -> str:
     """What ``fio --version`` prints, e.g. ``fio-3.33`` (same form as the JSON's)."""
     try:
-        proc = subprocess.run(
+        proc = procs.run(
             [fio, "--version"], capture_output=True, text=True, timeout=timeout, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as e:

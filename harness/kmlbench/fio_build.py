@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kmlbench import procs
 from kmlbench.paths import cache_dir
 
 # Bump when the recipe below changes in a way the flags do not show.
@@ -118,7 +119,7 @@ def _run(cmd: list[str], cwd: Path, log: Path, what: str, timeout: float = 900) 
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
         try:
-            proc = subprocess.run(
+            proc = procs.run(
                 cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 text=True, timeout=timeout, check=False,
             )  # fmt: skip
@@ -143,7 +144,7 @@ def _source_version(apt_dir: Path, log: Path) -> str:
 
     def showsrc() -> list[str]:
         try:
-            out = subprocess.run(
+            out = procs.run(
                 ["apt-cache", *opts, "showsrc", "fio"],
                 capture_output=True, text=True, timeout=120, check=False,
             ).stdout  # fmt: skip
@@ -162,7 +163,7 @@ def _source_version(apt_dir: Path, log: Path) -> str:
 
 def _compiler_id() -> str:
     try:
-        return subprocess.run(
+        return procs.run(
             ["cc", "--version"], capture_output=True, text=True, check=True
         ).stdout.splitlines()[0]
     except (OSError, subprocess.CalledProcessError, IndexError) as exc:
@@ -209,7 +210,7 @@ def build_static_fio(cache: Path | None = None) -> FioBinary:
             _run(["nice", "make", f"-j{jobs}", "fio"], src, log, "make fio", 1200)
             built = src / "fio"
             _check_static(built, log)
-            subprocess.run(["strip", str(built)], check=False)
+            procs.run(["strip", str(built)], check=False)
             staging = work / "out"
             staging.mkdir()
             shutil.copy2(built, staging / "fio")
@@ -224,14 +225,14 @@ def build_static_fio(cache: Path | None = None) -> FioBinary:
 def _check_static(binary: Path, log: Path) -> None:
     if not binary.exists():
         raise FioBuildError(f"make did not produce {binary} (log: {log})")
-    proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    proc = procs.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
     if "not a dynamic executable" not in proc.stdout + proc.stderr:
         raise FioBuildError(f"{binary} is not static: {proc.stdout.strip()}")
 
 
 def _fio_version(binary: Path) -> str:
     try:
-        out = subprocess.run(
+        out = procs.run(
             [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
         ).stdout.strip()
     except OSError:
@@ -241,7 +242,7 @@ def _fio_version(binary: Path) -> str:
 
 def ldd_libraries(binary: Path) -> list[Path]:
     """Shared objects (and the loader) that ``binary`` needs, as absolute paths."""
-    proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    proc = procs.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
     libs: list[Path] = []
     for line in proc.stdout.splitlines():
         match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)

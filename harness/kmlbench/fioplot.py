@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kmlbench import procs
+
 _DRIVER = r"""
 import json, sys
 import matplotlib
@@ -299,9 +301,9 @@ class Drawing:
         if self.proc is None:
             return self.result
         try:
-            stdout, stderr = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+            stdout, stderr = procs.communicate(self.proc, timeout)
+        except BaseException:  # a timeout or an interrupt: fio-plot was stopped
+            self.proc = None
             raise
         (self.out / "fio-plot.log").write_text(stdout + stderr)
         statuses: list[int] = []
@@ -324,9 +326,8 @@ class Drawing:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        procs.stop(proc)
+        procs.drain(proc)
 
 
 def start(cells: list[Any], run_dir: Path, out: Path, *, title: str = "kmlbench") -> Drawing:
@@ -344,7 +345,7 @@ def start(cells: list[Any], run_dir: Path, out: Path, *, title: str = "kmlbench"
         return Drawing(result, out, None)
     result.graphs = plan_graphs(result.benchmarks, out, title)
     (out / "graphs").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
+    proc = procs.popen(
         [sys.executable, "-c", _DRIVER],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -28,11 +28,11 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from kmlbench import procs
 from kmlbench.fio_build import FioBinary, file_lock, guest_fio, ldd_libraries
 from kmlbench.hashing import sha256_file
 from kmlbench.paths import GUEST_IMAGE_DIR, KML_SRC_DIR
@@ -105,7 +105,7 @@ def _compiler_version(cc: str) -> str:
             f"cannot build kmlctl: {cc} not found in PATH "
             "(apt-get install build-essential; scripts/setup.sh does)"
         )
-    out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
+    out = procs.run([cc, "--version"], capture_output=True, text=True, check=False)
     return out.stdout.strip()
 
 
@@ -125,7 +125,7 @@ def kmlctl_key(guest_dir: Path = GUEST_IMAGE_DIR, cc: str = KMLCTL_CC) -> str:
 def _check_static_libc(cc: str) -> None:
     """gcc prints the bare name back when it cannot find a library file."""
     for lib in ("libc.a", "libm.a"):
-        out = subprocess.run(
+        out = procs.run(
             [cc, f"-print-file-name={lib}"], capture_output=True, text=True, check=False
         ).stdout.strip()
         if not out or not Path(out).is_absolute() or not Path(out).exists():
@@ -136,7 +136,7 @@ def _check_static_libc(cc: str) -> None:
 
 
 def _compile(cmd: list[str], cwd: Path) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    proc = procs.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ImageError(f"building kmlctl failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
 
@@ -300,7 +300,7 @@ def _extra_files(guest_dir: Path) -> list[tuple[str, Path]]:
 
 
 def _busybox_applets(busybox: Path) -> list[str]:
-    out = subprocess.run(
+    out = procs.run(
         [str(busybox), "--list-full"], capture_output=True, text=True, check=True
     ).stdout
     return ["/" + line.strip() for line in out.splitlines() if line.strip()]

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmlbench import paths
+from kmlbench import paths, procs
 from kmlbench.files import atomic_write
 from kmlbench.hashing import sha256_file
 
@@ -172,7 +172,7 @@ def _run(cmd: Sequence[str | Path], cwd: Path, log: Log, what: str) -> str:
     """Run a short command, log its output, raise KernelBuildError on failure."""
     argv = [str(c) for c in cmd]
     log("$ " + " ".join(argv))
-    proc = subprocess.run(
+    proc = procs.run(
         argv,
         cwd=cwd,
         env=_make_env(),
@@ -210,9 +210,7 @@ def compiler_version() -> str:
     CC_VERSION), so it must not reuse builds from the old compiler.
     """
     try:
-        out = subprocess.run(
-            ["gcc", "--version"], capture_output=True, text=True, check=True
-        ).stdout
+        out = procs.run(["gcc", "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as e:
         raise KernelBuildError(f"cannot run gcc --version: {e}") from e
     return out.splitlines()[0].strip()
@@ -335,20 +333,20 @@ def tree_source_id(tree: Path) -> str:
     tarball or git) when changing such a tree.
     """
     tree = tree.resolve()
-    top = subprocess.run(
+    top = procs.run(
         ["git", "-C", str(tree), "rev-parse", "--show-toplevel"],
         capture_output=True,
         text=True,
         check=False,
     )
     if top.returncode == 0 and Path(top.stdout.strip()).resolve() == tree:
-        head = subprocess.run(
+        head = procs.run(
             ["git", "-C", str(tree), "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        status = subprocess.run(
+        status = procs.run(
             ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
@@ -356,7 +354,7 @@ def tree_source_id(tree: Path) -> str:
         ).stdout
         if not status.strip():
             return f"git:{head}"
-        diff = subprocess.run(
+        diff = procs.run(
             ["git", "-C", str(tree), "diff", "HEAD", "--binary"],
             capture_output=True,
             check=True,
@@ -537,7 +535,7 @@ def apply_patches(tree: Path, patches: Sequence[Path], log: Log) -> None:
 def apply_patch(tree: Path, patch: Path, data: bytes, log: Log) -> None:
     """Apply one patch (its contents ``data``, fed on stdin); see apply_patches."""
     log(f"applying {patch.name}")
-    proc = subprocess.run(
+    proc = procs.run(
         ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-d", str(tree)],
         input=data,
         stdout=subprocess.PIPE,
@@ -1324,7 +1322,7 @@ def compile_kernel(
         outs += [stack.enter_context(p.open("a", buffering=1)) for p in log_files if p != build_log]
         for out in outs:
             out.write("$ " + " ".join(argv) + "\n")
-        proc = subprocess.Popen(
+        proc = procs.popen(
             argv,
             cwd=tree,
             env=_make_env(),
@@ -1338,9 +1336,8 @@ def compile_kernel(
             for line in proc.stdout:
                 for out in outs:
                     out.write(line)
-        except BaseException:  # e.g. KeyboardInterrupt: don't leave make running
-            proc.terminate()
-            proc.wait()
+        except BaseException:  # e.g. KeyboardInterrupt: don't leave make or its compilers running
+            procs.stop(proc)
             raise
         rc = proc.wait()
     elapsed = time.monotonic() - started
@@ -1396,7 +1393,7 @@ def _toolchain_fingerprint() -> str:
     lines = []
     for tool in (["ld", "--version"], ["pahole", "--version"], ["rustc", "--version"]):
         try:
-            out = subprocess.run(tool, capture_output=True, text=True, check=False).stdout
+            out = procs.run(tool, capture_output=True, text=True, check=False).stdout
         except OSError:
             out = ""
         lines.append(out.splitlines()[0] if out else f"{tool[0]}: none")

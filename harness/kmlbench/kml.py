@@ -21,7 +21,6 @@ import errno as _errno
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kmlbench import paths
+from kmlbench import paths, procs
 
 __all__ = [
     "KmlBuildError",
@@ -115,7 +114,7 @@ def build_libkml(force: bool = False, cc: str | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         cmd = ["make", "-s", "-C", str(paths.KML_SRC_DIR), "-f", "Makefile.user", f"OUT={tmp}"]
-        proc = subprocess.run(
+        proc = procs.run(
             cmd, capture_output=True, text=True, env={**os.environ, "CC": cc}, check=False
         )
         if proc.returncode != 0:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -45,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from kmlbench import procs
 from kmlbench.console import ConsoleEvent, classify_line, status_for
 from kmlbench.image import READY_MARKER
 from kmlbench.ssh import CommandResult, CommandTimeout, GuestSSH, SSHError, SSHKeys
@@ -116,32 +116,6 @@ def _kill_all_live() -> None:
 
 atexit.register(_kill_all_live)
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _resolve_prctl() -> object | None:
-    """libc's ``prctl``, looked up once, in the parent, at import time."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# Resolved here, not in the child: between fork and exec only async-signal-
-# safe work is allowed, and dlopen/dlsym take locks that another thread (rich's
-# Live refresh, the console readers) may hold at the moment of fork.
-_PRCTL = _resolve_prctl()
-_SIGKILL = int(signal.SIGKILL)
-
-
-def _child_setup() -> None:
-    """In the child: die with the parent, so a SIGKILLed harness leaves no QEMU.
-
-    Only a call through the pre-resolved function pointer happens here.
-    """
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL)  # type: ignore[operator]
-
 
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1 (QEMU binds it a moment later)."""
@@ -153,7 +127,7 @@ def free_port() -> int:
 def qemu_version() -> str:
     """``QEMU emulator version X.Y.Z (...)``'s version, or "" if QEMU is missing."""
     try:
-        out = subprocess.run(
+        out = procs.run(
             [QEMU, "--version"], capture_output=True, text=True, timeout=30, check=False
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
@@ -255,9 +229,9 @@ class Guest:
         self._start = time.monotonic()
         self._last_output = self._start
         try:
-            self.proc = subprocess.Popen(
+            self.proc = procs.popen(
                 self.command_line, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_child_setup,
+                stderr=subprocess.PIPE, die_with_parent=True,
             )  # fmt: skip
         except OSError as exc:
             raise GuestError("infra-error", f"cannot start {QEMU}: {exc}") from exc
@@ -323,11 +297,9 @@ class Guest:
         proc = self.proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+        # QEMU gets no SIGTERM grace: the guest is disposable, and a guest
+        # that has just panicked must not be given time to write more.
+        procs.stop(proc, grace_s=0)
 
     def _reap(self) -> None:
         """Kill this attempt's QEMU, join its threads and close its pipes."""
@@ -607,9 +579,9 @@ def _run_kvm_probe(timeout_s: float, kernel: Path | None, initrd: Path | None) -
             bios.write_bytes(_serial_probe_firmware())
             cmd += ["-bios", str(bios)]
         start = time.monotonic()
-        proc = subprocess.Popen(
+        proc = procs.popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=_child_setup,
+            die_with_parent=True,
         )  # fmt: skip
         seen = bytearray()
         found = threading.Event()
@@ -630,9 +602,7 @@ def _run_kvm_probe(timeout_s: float, kernel: Path | None, initrd: Path | None) -
             while not found.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
                 pass
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            procs.stop(proc, grace_s=0)
             stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             thread.join(timeout=2)
         took = time.monotonic() - start

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import db as kdb
+from kmlbench import procs
 
 REPORT_DIR = "report"
 
@@ -488,20 +489,20 @@ def make_host_run(
     cells = [Cell(cell_id(p, r), r, p, "default") for r in range(repeats) for p in configs]
     run.write_plan(cells)
     direct = 0
-    procs: list[tuple[Any, subprocess.Popen]] = []
+    running: list[tuple[Any, subprocess.Popen]] = []
     try:
         pending = list(cells)
         while pending:
             batch, pending = pending[:parallel], pending[parallel:]
-            procs.clear()
+            running.clear()
             for cell in batch:
                 cdir = run.cell_dir(cell.id)
                 job = _host_cell_job(cell.params, data_dir / f"{cell.id}.dat", runtime_s, direct)
                 run.write_cell_file(cell.id, "job.fio", job)
-                procs.append(
+                running.append(
                     (
                         cell,
-                        subprocess.Popen(
+                        procs.popen(
                             [
                                 "fio",
                                 "--output-format=json+",
@@ -514,8 +515,8 @@ def make_host_run(
                         ),
                     )
                 )
-            for cell, proc in procs:
-                out, _ = proc.communicate(timeout=timeout_s)
+            for cell, proc in running:
+                out, _ = procs.communicate(proc, timeout_s)
                 cdir = run.cell_dir(cell.id)
                 run.write_cell_file(
                     cell.id, "console.log", f"host fio run (no guest)\n$ fio ...\n{out}"
@@ -536,12 +537,13 @@ def make_host_run(
                 if on_cell is not None:
                     on_cell(run.path, cell.id)
     finally:
-        # a timeout or any error: stop the rest of the batch, and never leave
+        # a timeout or any error: stop the rest of the batch (each fio as a
+        # group: its job processes outlive a killed parent), and never leave
         # the data files inside the run folder
-        for _, proc in procs:
+        for _, proc in running:
             if proc.returncode is None:  # not collected yet
-                proc.kill()
-                proc.communicate()
+                procs.stop(proc)
+                procs.drain(proc)
         shutil.rmtree(data_dir, ignore_errors=True)
     return run.path
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kmlbench import __version__, paths
+from kmlbench import __version__, paths, procs
 from kmlbench.hashing import sha256_file
 from kmlbench.matrix import Cell, Matrix, MatrixError, load_matrix
 
@@ -65,13 +65,13 @@ class CellOutcome:
 def git_revision() -> str:
     """The harness's git sha, with ``-dirty`` when the tree has local changes."""
     try:
-        sha = subprocess.run(
+        sha = procs.run(
             ["git", "-C", str(paths.REPO_ROOT), "rev-parse", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
-        dirty = subprocess.run(
+        dirty = procs.run(
             ["git", "-C", str(paths.REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,

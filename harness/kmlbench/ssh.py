@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import logging
 import shlex
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kmlbench import procs
 
 DROPBEARKEY = "dropbearkey"
 # How long GuestSSH.run waits for EOF once the exit status is in (see there).
@@ -94,7 +95,7 @@ class SSHKeys:
         host_key = directory / "dropbear_ed25519_host_key"
         host_key.unlink(missing_ok=True)  # dropbearkey refuses to overwrite
         try:
-            proc = subprocess.run(
+            proc = procs.run(
                 [DROPBEARKEY, "-t", "ed25519", "-f", str(host_key)],
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip

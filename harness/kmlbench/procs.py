@@ -1,0 +1,201 @@
+"""Host child processes: each in a session of its own, stopped as a group.
+
+Every process the harness starts on the host (fio, fio-plot, QEMU, make,
+compilers, git, helper tools) goes through :func:`popen` or :func:`run`.
+Killing only the process we started is not enough: fio forks its job
+processes, make its compilers, and a child that outlives its parent keeps
+the parent's stdout pipe open, so a ``communicate()`` after ``kill()`` waits
+for an end of file that never comes (issue 16: an orphaned fio job process,
+stuck on a lock its killed parent held, hung CI that way).
+
+So each child starts a new session (its own process group), :func:`stop`
+signals the whole group (SIGTERM, a grace period, then SIGKILL), and every
+wait for output after a stop is bounded (:data:`READ_AFTER_STOP_S`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# How long a stopped group gets to exit on SIGTERM before SIGKILL.
+GRACE_S = 3.0
+# How long output is still read after a group was stopped: whatever holds the
+# pipe after SIGKILL to its group is not ours, and is not waited for.
+READ_AFTER_STOP_S = 5.0
+_POLL_S = 0.02
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _resolve_prctl() -> Any:
+    """libc's ``prctl``, looked up once, in the parent, at import time."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Resolved here, not in the child: between fork and exec only async-signal-
+# safe work is allowed, and dlopen/dlsym take locks that another thread (rich's
+# Live refresh, QEMU's console readers) may hold at the moment of fork.
+_PRCTL = _resolve_prctl()
+_SIGKILL = int(signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the thread that started it dies.
+
+    Only a call through the pre-resolved function pointer happens here.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL)
+
+
+def popen(
+    argv: Sequence[str | os.PathLike[str]], *, die_with_parent: bool = False, **kwargs: Any
+) -> subprocess.Popen[Any]:
+    """``subprocess.Popen`` in a new session, so that :func:`stop` reaches every descendant.
+
+    ``die_with_parent`` adds ``PR_SET_PDEATHSIG`` (the kernel kills the child
+    when the starting thread dies, even by SIGKILL): for long-lived children
+    such as QEMU, started from a thread that outlives them.
+    """
+    if "start_new_session" in kwargs or "preexec_fn" in kwargs or "process_group" in kwargs:
+        raise TypeError("procs.popen chooses the session and preexec_fn itself")
+    preexec = _die_with_parent if die_with_parent else None
+    return subprocess.Popen(list(argv), start_new_session=True, preexec_fn=preexec, **kwargs)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``, from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member that is not ours: nothing more to do
+        return False
+    return True
+
+
+def _wait_group(proc: subprocess.Popen[Any], until: float) -> bool:
+    """Reap the leader and wait for the group to empty; True if it did by ``until``."""
+    while True:
+        proc.poll()
+        if proc.returncode is not None and not group_members(proc.pid):
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(_POLL_S)
+
+
+def stop(proc: subprocess.Popen[Any], grace_s: float = GRACE_S) -> None:
+    """Stop ``proc``'s whole process group: SIGTERM, ``grace_s``, SIGKILL; reap the leader.
+
+    Safe to call on a finished process and more than once. The group is
+    signalled even when the leader has exited already: its forked children
+    (fio's job processes) may still be running.
+    """
+    pgid = proc.pid
+    if proc.poll() is not None and not group_members(pgid):
+        # Leader reaped, group empty: the id is free for reuse, signal nothing.
+        return
+    if grace_s > 0 and signal_group(pgid, signal.SIGTERM):
+        _wait_group(proc, time.monotonic() + grace_s)
+    signal_group(pgid, signal.SIGKILL)
+    # SIGKILL cannot be ignored; a member in uninterruptible sleep dies when
+    # its I/O returns, so this wait is bounded rather than assumed instant.
+    _wait_group(proc, time.monotonic() + READ_AFTER_STOP_S)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=READ_AFTER_STOP_S)
+
+
+def drain(proc: subprocess.Popen[Any]) -> tuple[Any, Any]:
+    """What is left on a stopped process's pipes, read for at most :data:`READ_AFTER_STOP_S`.
+
+    Pipes still held open after that (by a process outside the group) are
+    closed, and ``(None, None)`` is returned.
+    """
+    try:
+        return proc.communicate(timeout=READ_AFTER_STOP_S)
+    except (subprocess.TimeoutExpired, ValueError):
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        return None, None
+
+
+def communicate(
+    proc: subprocess.Popen[Any], timeout: float | None, input: Any = None, grace_s: float = GRACE_S
+) -> tuple[Any, Any]:
+    """``proc.communicate`` that stops the group on a timeout or an interrupt.
+
+    On a timeout, raises ``subprocess.TimeoutExpired`` carrying the output
+    read so far, after the group is stopped; on any other exception
+    (KeyboardInterrupt, SystemExit) the group is stopped and it propagates.
+    """
+    try:
+        return proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        stop(proc, grace_s)
+        out, err = drain(proc)
+        raise subprocess.TimeoutExpired(proc.args, exc.timeout, out, err) from None
+    except BaseException:
+        stop(proc, grace_s)
+        drain(proc)
+        raise
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    timeout: float | None = None,
+    check: bool = False,
+    input: Any = None,
+    capture_output: bool = False,
+    grace_s: float = GRACE_S,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` with the child in its own session, stopped as a group.
+
+    Same arguments and results as ``subprocess.run``; unlike it, a timeout
+    or an interrupt stops every process the child started, and the read of
+    its remaining output is bounded, so a descendant that holds the pipe
+    cannot hang the caller.
+    """
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    if capture_output:
+        kwargs["stdout"] = subprocess.PIPE
+        kwargs["stderr"] = subprocess.PIPE
+    proc = popen(argv, **kwargs)
+    out, err = communicate(proc, timeout, input, grace_s)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check:
+        result.check_returncode()
+    return result
