@@ -83,7 +83,9 @@ def test_expansion_counts(tmp_path: Path) -> None:
     assert m.kernel_source == "debian"
     assert m.guest == {
         "memory_mib": 1024,
-        "cpus": 2,
+        "cpus": 1,  # the virtual clock's default: one vCPU
+        "clock": "virtual",
+        "icount_shift": 0,
         "boot_timeout_s": 120,
         "command_timeout_s": 600,
         "silence_timeout_s": 120,
@@ -326,6 +328,39 @@ ERRORS = [
     ),
     ("name: t\naxes: {workload: [{template: randread}\n", 3, "(yaml)", "expected"),
     (
+        "name: t\nguest:\n  clock: wallclock\naxes: {workload: [{template: randread}]}\n",
+        3,
+        "guest.clock",
+        "must be one of virtual, realtime, got 'wallclock'",
+    ),
+    (
+        "name: t\nguest:\n  clock: virtual\n  icount_shift: 11\n"
+        "axes: {workload: [{template: randread}]}\n",
+        4,
+        "guest.icount_shift",
+        "must be in 0..10, got 11",
+    ),
+    (
+        "name: t\nguest:\n  icount_shift: auto\naxes: {workload: [{template: randread}]}\n",
+        3,
+        "guest.icount_shift",
+        "must be an integer, got str 'auto'",
+    ),
+    (
+        "name: t\nguest:\n  memory_mib: 512\n  cpus: 2\n"
+        "axes: {workload: [{template: randread}]}\n",
+        4,
+        "guest.cpus",
+        "guest.clock virtual supports one vCPU",
+    ),
+    (
+        "name: t\nguest:\n  clock: realtime\n  icount_shift: 2\n"
+        "axes: {workload: [{template: randread}]}\n",
+        4,
+        "guest.icount_shift",
+        "only means something with guest.clock: virtual",
+    ),
+    (
         "name: t\naxes: {workload: [{template: randread}]}\nexclude:\n  - {scheduler.name: none}\n",
         4,
         "exclude[0]",
@@ -406,3 +441,24 @@ def test_paths_inside_the_checkout_are_recorded_repo_relative(tmp_path: Path) ->
         "source": "kernel",
         "fragments": ["kernel/configs/base.config"],
     }
+
+
+def test_clock_defaults_and_realtime_keeps_two_vcpus(tmp_path: Path) -> None:
+    wl = "axes: {workload: [{template: randread}]}\n"
+    virtual = load(tmp_path, "name: t\n" + wl).guest
+    assert (virtual["clock"], virtual["icount_shift"], virtual["cpus"]) == ("virtual", 0, 1)
+    shifted = load(tmp_path, "name: t\nguest: {icount_shift: 3}\n" + wl).guest
+    assert shifted["icount_shift"] == 3
+    real = load(tmp_path, "name: t\nguest: {clock: realtime}\n" + wl).guest
+    assert (real["clock"], real["cpus"]) == ("realtime", 2)
+    real4 = load(tmp_path, "name: t\nguest: {clock: realtime, cpus: 4}\n" + wl).guest
+    assert real4["cpus"] == 4
+
+
+def test_shipped_matrices_say_their_clock() -> None:
+    """Every shipped matrix runs on the virtual clock but nightly (written for KVM)."""
+    for path in sorted(paths.WORKLOADS_DIR.glob("*.yaml")):
+        m = load_matrix(path)
+        want = "realtime" if path.stem == "nightly" else "virtual"
+        assert m.guest["clock"] == want, path.name
+        assert "clock" in (m.raw.get("guest") or {}), f"{path.name}: say the clock explicitly"

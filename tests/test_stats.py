@@ -228,3 +228,59 @@ def test_cell_metric_names_are_aliases() -> None:
     ):
         assert stats.metric(cell_name).name == short
     assert stats.metric("p99.9").name == "p999"
+
+
+# --------------------------------------------------------------------------
+# Exact numbers: the virtual clock repeats a cell to about 0.1%, often to the
+# digit, so intervals collapse and ranks tie. Nothing may divide by zero or
+# hand a NaN to a report.
+
+
+def _exact(n: int, iops: float, lat_ns: float = 40_000.0) -> list[stats.Sample]:
+    """``n`` repeats that are identical to the last digit (a deterministic guest)."""
+    hist = stats.histogram_from_samples(np.full(2000, lat_ns))
+    return [stats.Sample(hist, {"iops": iops, "kernel_insn_per_io": 15_800.0}) for _ in range(n)]
+
+
+def _finite_or_none(c: stats.Comparison) -> None:
+    for key, value in c.as_dict().items():
+        assert not (isinstance(value, float) and not math.isfinite(value)), (key, value)
+
+
+def test_identical_exact_repeats_compare_as_equal() -> None:
+    a = _exact(4, 60_000.0)
+    for c in stats.compare_groups(a, _exact(4, 60_000.0), [*stats.DEFAULT_METRICS, "kinsn"]):
+        assert (c.change, c.ci_low, c.ci_high, c.p_value) == (0.0, 0.0, 0.0, 1.0)
+        assert c.verdict == stats.NO_DIFFERENCE
+        _finite_or_none(c)
+
+
+def test_exact_repeats_that_differ_are_a_significant_difference() -> None:
+    """Zero spread on both sides and a real 1% difference: ties within groups only."""
+    (c,) = stats.compare_groups(_exact(4, 60_000.0), _exact(4, 59_400.0), ["iops"])
+    assert c.change == pytest.approx(-0.01)
+    assert c.ci_low == pytest.approx(-0.01) and c.ci_high == pytest.approx(-0.01)
+    assert 0 < c.p_value < 0.05
+    assert c.verdict == stats.WORSE
+    _finite_or_none(c)
+    (lat,) = stats.compare_groups(_exact(4, 1.0, 40_000), _exact(4, 1.0, 30_000), ["p99"])
+    assert lat.verdict == stats.BETTER and lat.change < 0
+
+
+def test_ties_across_groups_and_one_repeat_stay_finite() -> None:
+    a = _exact(3, 60_000.0) + _exact(1, 60_100.0)
+    b = _exact(2, 60_000.0) + _exact(2, 60_100.0)
+    for c in stats.compare_groups(a, b, ["iops", "mean", "p99"]):
+        _finite_or_none(c)
+        assert 0.0 <= c.p_value <= 1.0
+    (one,) = stats.compare_groups(_exact(1, 60_000.0), _exact(1, 60_000.0), ["iops"])
+    assert one.as_dict()["ci_low"] is None and "at least 2 repeats" in one.note
+    assert one.p_value == 1.0 and one.verdict == stats.NO_DIFFERENCE
+    (zero,) = stats.compare_groups(_exact(2, 0.0), _exact(2, 0.0), ["iops"])
+    assert zero.as_dict()["change"] is None and zero.verdict == stats.NO_DIFFERENCE
+
+
+def test_adaptive_repeat_stops_at_its_minimum_on_exact_samples() -> None:
+    assert stats.needs_more_repeats([60_000.0] * 2, 0.001, cap=10)
+    assert not stats.needs_more_repeats([60_000.0] * stats.MIN_REPEATS, 0.001, cap=10)
+    assert not stats.needs_more_repeats([0.0] * stats.MIN_REPEATS, 0.001, cap=10)

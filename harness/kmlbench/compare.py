@@ -46,6 +46,7 @@ from pathlib import Path
 
 from kmlbench import db as kdb
 from kmlbench import stats
+from kmlbench.clock import clock_label
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1
@@ -331,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METRIC:±N%",
         help="exit 1 on a significant change beyond N%% (repeatable)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="compare even when the sides ran under different clocks or icount shifts",
+    )
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML table")
@@ -397,12 +403,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         a_cells = kdb.load_cells(conn, where=where_a)
         b_cells = kdb.load_cells(conn, where=where_b)
+        run_clocks = {r.run_id: r.clock for r in kdb.list_runs(conn)}
     finally:
         conn.close()
     if not a_cells or not b_cells:
         side = "A" if not a_cells else "B"
         print(f"kmlbench compare: no ok cells on side {side}", file=sys.stderr)
         return EXIT_USAGE
+    clocks_a = sorted({run_clocks[c.run_id] for c in a_cells}, key=str)
+    clocks_b = sorted({run_clocks[c.run_id] for c in b_cells}, key=str)
+    if len(set(clocks_a) | set(clocks_b)) > 1:
+        what = (
+            f"side A ran under {', '.join(clock_label(*c) for c in clocks_a)}, "
+            f"side B under {', '.join(clock_label(*c) for c in clocks_b)}"
+        )
+        if not args.force:
+            print(
+                f"kmlbench compare: {what}: their times are not comparable "
+                "(--force compares them anyway)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        print(f"kmlbench compare: warning: {what} (--force)", file=sys.stderr)
+    title += f" [clock: {' / '.join(sorted({clock_label(*c) for c in clocks_a + clocks_b}))}]"
     excluded = excluded_keys(compared, args.ignore)
     if metrics is None:
         metrics = list(stats.DEFAULT_METRICS + stats.ACCURACY_METRICS)

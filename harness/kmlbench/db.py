@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import paths
+from kmlbench.clock import clock_of
 from kmlbench.matrix import config_hash  # the hash cell ids carry; re-exported
 
 DB_ENV = "KMLBENCH_DB"
@@ -473,6 +474,11 @@ class RunRow:
     harness_git: str | None
     run_dir: str | None
     manifest: dict
+
+    @property
+    def clock(self) -> tuple[str, int | None]:
+        """``(clock, icount_shift)`` the run's guests used (realtime for older runs)."""
+        return clock_of(self.manifest)
 
 
 def list_runs(conn: sqlite3.Connection) -> list[RunRow]:

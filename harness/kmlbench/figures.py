@@ -33,6 +33,7 @@ import numpy as np
 
 from kmlbench import db as kdb
 from kmlbench import stats
+from kmlbench.clock import clock_meaning
 
 SINGLE_COLUMN_IN = 3.4
 DOUBLE_COLUMN_IN = 7.0
@@ -437,8 +438,12 @@ def _slug(text: str) -> str:
 
 
 def _emulated_note(data: RunData) -> str:
+    clock, shift = data.run.clock
+    if clock == "virtual":
+        text = clock_meaning(clock, shift)
+        return f" {text[0].upper()}{text[1:]}."
     if data.run.emulated:
-        return " Emulated (TCG): absolute latencies are not those of hardware."
+        return " Emulated (TCG), realtime clock: absolute latencies are not those of hardware."
     return ""
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from kmlbench import fio, paths
+from kmlbench.clock import CLOCKS, ICOUNT_SHIFT_MAX, VIRTUAL_CPUS_REASON
 from kmlbench.hashing import sha256_file
 
 AXES = ("kernel", "device", "scheduler", "workload", "model")
@@ -146,7 +147,10 @@ def _check_name(v: str) -> str | None:
 
 GUEST_FIELDS: dict[str, Field] = {
     "memory_mib": Field("int", 1024, _at_least(128)),
-    "cpus": Field("int", 2, _at_least(1)),
+    # default: 1 under the virtual clock, 2 under realtime (see load_matrix)
+    "cpus": Field("int", UNSET, _at_least(1)),
+    "clock": Field("str", "virtual", _one_of(*CLOCKS)),
+    "icount_shift": Field("int", 0, _between(0, ICOUNT_SHIFT_MAX)),
     "boot_timeout_s": Field("number", 120, _at_least(1)),
     "command_timeout_s": Field("number", 600, _at_least(1)),
     "silence_timeout_s": Field("number", 120, _at_least(1)),
@@ -883,6 +887,13 @@ def load_matrix(
     guest_raw = _mapping(src, "guest", top.get("guest") or {})
     _reject_unknown(src, "guest", guest_raw, GUEST_FIELDS, "guest")
     guest = _resolve_fields(src, "guest", guest_raw, {}, GUEST_FIELDS)
+    virtual = guest["clock"] == "virtual"
+    if "cpus" not in guest:
+        guest["cpus"] = 1 if virtual else 2
+    elif virtual and guest["cpus"] > 1:
+        raise src.error("guest.cpus", VIRTUAL_CPUS_REASON)
+    if "icount_shift" in guest_raw and not virtual:
+        raise src.error("guest.icount_shift", "only means something with guest.clock: virtual")
 
     if "axes" not in top:
         raise src.error("", "missing required key 'axes'")

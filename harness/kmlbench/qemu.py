@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import IO
 
 from kmlbench import procs
+from kmlbench.clock import icount_arg, kernel_append
 from kmlbench.console import ConsoleEvent, classify_line, status_for
 from kmlbench.image import READY_MARKER
 from kmlbench.ssh import CommandResult, CommandTimeout, GuestSSH, SSHError, SSHKeys
@@ -88,6 +89,9 @@ class GuestConfig:
     boot_timeout_s: float = 120
     silence_timeout_s: float = 120
     firmware: Path | None = field(default_factory=lambda: QBOOT if QBOOT.exists() else None)
+    # "virtual": -icount shift=N,sleep=off (TCG only, one vCPU); see kmlbench.clock
+    clock: str = "realtime"
+    icount_shift: int = 0
 
 
 class GuestError(Exception):
@@ -143,9 +147,13 @@ def build_command_line(cfg: GuestConfig, port: int) -> list[str]:
         cmd += ["-cpu", "max"]
     else:
         cmd += ["-cpu", "host"]
+    if cfg.clock == "virtual":
+        if cfg.accel != "tcg":
+            raise ValueError(f"the virtual clock needs TCG (-icount), not {cfg.accel}")
+        cmd += ["-icount", icount_arg(cfg.icount_shift)]
     if cfg.firmware is not None:
         cmd += ["-bios", str(cfg.firmware)]
-    append = f"{BASE_APPEND} {cfg.append}".strip()
+    append = " ".join(a for a in (BASE_APPEND, kernel_append(cfg.clock), cfg.append) if a)
     cmd += [
         "-m", str(cfg.memory_mib),
         "-smp", str(cfg.cpus),

@@ -33,6 +33,7 @@ from typing import Any
 
 from kmlbench import db as kdb
 from kmlbench import procs
+from kmlbench.clock import clock_label, clock_meaning
 
 REPORT_DIR = "report"
 
@@ -47,6 +48,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em;
      border-bottom: 1px solid #ddd; }
 .banner { padding: .6em 1em; border-radius: 4px; margin: 1em 0; }
 .emulated { background: #fff4e5; border: 1px solid #f0a040; }
+.virtual { background: #e8f4ff; border: 1px solid #4a90d9; }
 .hardware { background: #eef7ee; border: 1px solid #7a7; }
 table { border-collapse: collapse; font-size: 12px; }
 th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; }
@@ -106,6 +108,7 @@ def _run_facts(run: kdb.RunRow, data: Any) -> list[tuple[str, Any]]:
     m = run.manifest
     facts: list[tuple[str, Any]] = [("run id", run.run_id), ("matrix", run.matrix)]
     facts.append(("accelerator", f"{run.accel} ({m.get('accel_reason', '')})".replace(" ()", "")))
+    facts.append(("clock", clock_label(*run.clock)))
     facts.append(("harness", run.harness_git))
     for variant, k in (m.get("kernels") or {}).items():
         if isinstance(k, dict):
@@ -201,11 +204,19 @@ def write_html(
         f"<title>kmlbench report {_e(run.run_id)}</title><style>{_CSS}</style></head><body>",
         f"<h1>kmlbench report: {_e(run.run_id)}</h1>",
     ]
-    if run.emulated:
+    clock, shift = run.clock
+    if clock == "virtual":
+        parts.append(
+            f"<div class='banner virtual'><b>VIRTUAL CLOCK</b> — {_e(clock_meaning(clock, shift))}."
+            " Latencies are exact for that machine and repeat from boot to boot; they are "
+            "not those of hardware.</div>"
+        )
+    elif run.emulated:
         parts.append(
             f"<div class='banner emulated'><b>{_e(run.accel or 'tcg').upper()}</b> — "
-            "emulated: absolute latencies are not those of hardware. Compare configurations "
-            "within this run, not with hardware numbers.</div>"
+            "emulated, realtime clock: absolute latencies are not those of hardware and vary "
+            "with the host's load. Compare configurations within this run, not with hardware "
+            "numbers.</div>"
         )
     else:
         parts.append(

@@ -285,6 +285,9 @@ class RunDir:
             "matrix": matrix.get("name") if isinstance(matrix, dict) else None,
             "accel": accel,
             "emulated": emulated,
+            # None for runs from before guest.clock existed (they were realtime)
+            "clock": manifest.get("clock"),
+            "icount_shift": manifest.get("icount_shift"),
             "updated_at": _now_iso(),
             "planned": len(plan) if plan else None,
             "finished": len(records),

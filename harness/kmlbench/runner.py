@@ -44,6 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import __version__, paths, procs
+from kmlbench.clock import (
+    clock_label,
+    clock_meaning,
+    clock_record,
+    host_timeout,
+    instructions_per_us,
+)
 from kmlbench.hashing import sha256_file
 from kmlbench.matrix import Cell, Matrix, MatrixError, load_matrix
 
@@ -100,13 +107,23 @@ def host_description() -> dict[str, Any]:
     }
 
 
-def choose_accel(requested: str, kernel: Path, initrd: Path) -> tuple[str, str]:
+def choose_accel(
+    requested: str, kernel: Path, initrd: Path, clock: str = "realtime"
+) -> tuple[str, str]:
     """Resolve ``auto``/``kvm``/``tcg`` into the accelerator and the reason.
 
     ``/dev/kvm`` opening is not enough: on nested hosts a KVM guest can hang
     in the firmware or the kernel, so ``auto`` trusts only a probe that boots
-    the very kernel and image the cells will use.
+    the very kernel and image the cells will use. The virtual clock counts
+    instructions, which only TCG can do.
     """
+    if clock == "virtual":
+        if requested == "kvm":
+            raise SystemExit(
+                "kmlbench: --accel kvm cannot run guest.clock virtual (QEMU's -icount is "
+                "TCG only); set guest.clock: realtime in the matrix to use KVM"
+            )
+        return "tcg", "guest.clock virtual (-icount needs TCG)"
     if requested == "tcg":
         return "tcg", "requested"
     from kmlbench.qemu import probe_kvm
@@ -195,6 +212,8 @@ def _guest_config(
         append=devices.kernel_cmdline(device),
         boot_timeout_s=float(guest_cfg["boot_timeout_s"]),
         silence_timeout_s=float(guest_cfg["silence_timeout_s"]),
+        clock=guest_cfg["clock"],
+        icount_shift=int(guest_cfg["icount_shift"]),
     )
 
 
@@ -220,7 +239,7 @@ def run_cell(
 
     guest_cfg = matrix.guest
     device = cell.params["device"]
-    command_timeout = float(guest_cfg["command_timeout_s"])
+    command_timeout = host_timeout(float(guest_cfg["command_timeout_s"]), guest_cfg["clock"])
     timings: dict[str, float] = {}
     extra: dict[str, Any] = {"timings": timings}
     metrics: dict[str, Any] = {}
@@ -306,7 +325,7 @@ def run_shared_boot(
     from kmlbench.console import status_for
     from kmlbench.qemu import Guest, GuestError
 
-    command_timeout = float(matrix.guest["command_timeout_s"])
+    command_timeout = host_timeout(float(matrix.guest["command_timeout_s"]), matrix.guest["clock"])
     pending = list(cells)
     announced: set[str] = set()
 
@@ -669,6 +688,13 @@ def _run_workload(
         extra["kml_stats"] = record
     if status == "ok":
         metrics.update(kml_metrics)
+        insn_per_us = _insn_per_us(guest)
+        if insn_per_us is not None:
+            # KML's inference histogram is in ns of guest time: instructions
+            for pct in ("p50", "p99"):
+                ns = kml_metrics.get(f"inference_ns_{pct}")
+                if ns is not None:
+                    metrics[f"inference_insn_{pct}"] = ns * insn_per_us / 1000.0
         if problems:
             extra["error"] = "; ".join(problems)
             return "failed", metrics
@@ -701,23 +727,36 @@ def parse_cpu_line(line: str) -> dict[str, int]:
     return {name: int(v) for name, v in zip(names, fields[1:], strict=False)}
 
 
-def cpu_metrics(before: dict[str, int], after: dict[str, int], ios: float) -> dict[str, float]:
+def cpu_metrics(
+    before: dict[str, int], after: dict[str, int], ios: float, insn_per_us: float | None = None
+) -> dict[str, float]:
     """Guest CPU time during fio: busy and kernel (system + irq + softirq) seconds,
     and kernel microseconds per I/O, the figure "observe costs <= 1%" is read from.
 
-    USER_HZ is 100 on x86 Linux, so the resolution is 10 ms of CPU time.
+    Under the virtual clock (``insn_per_us``: guest instructions per virtual
+    microsecond) CPU time is an instruction count: ``kernel_insn_per_io`` and
+    ``user_insn_per_io`` say how many instructions each I/O cost. USER_HZ is
+    100 on x86 Linux, so the resolution is 10 ms of CPU time (10 million
+    instructions at shift 0; about 0.1% of a 10 s run).
     """
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     kernel = delta["system"] + delta.get("irq", 0) + delta.get("softirq", 0)
-    busy = kernel + delta["user"] + delta.get("nice", 0)
+    user = delta["user"] + delta.get("nice", 0)
+    busy = kernel + user
     out = {"guest_cpu_busy_s": busy / 100.0, "guest_kernel_cpu_s": kernel / 100.0}
     if ios > 0:
         out["kernel_cpu_us_per_io"] = kernel / 100.0 / ios * 1e6
+        if insn_per_us is not None:
+            out["kernel_insn_per_io"] = out["kernel_cpu_us_per_io"] * insn_per_us
+            out["user_insn_per_io"] = user / 100.0 / ios * 1e6 * insn_per_us
     return out
 
 
 def _guest_cpu_metrics(guest: Any, cell_dir: Path, ios: float, timeout: float) -> dict:
-    """CPU metrics of the fio run; {} (and a note in cpu.txt) if unavailable."""
+    """CPU metrics of the fio run; {} (and a note in cpu.txt) if unavailable.
+
+    Instructions per I/O too when the guest runs on the virtual clock.
+    """
     got = guest.run(f"cat {_CPU_SNAPSHOT}.0 {_CPU_SNAPSHOT}.1", timeout=timeout)
     (cell_dir / "cpu.txt").write_text(got.stdout + got.stderr)
     lines = got.stdout.strip().splitlines()
@@ -727,7 +766,13 @@ def _guest_cpu_metrics(guest: Any, cell_dir: Path, ios: float, timeout: float) -
         before, after = parse_cpu_line(lines[0]), parse_cpu_line(lines[1])
     except ValueError:
         return {}
-    return cpu_metrics(before, after, ios)
+    return cpu_metrics(before, after, ios, _insn_per_us(guest))
+
+
+def _insn_per_us(guest: Any) -> float | None:
+    """Guest instructions per virtual µs, or None on the realtime clock."""
+    cfg = guest.cfg
+    return instructions_per_us(cfg.icount_shift) if cfg.clock == "virtual" else None
 
 
 def _fio_runtime_s(data: dict) -> float:
@@ -767,7 +812,11 @@ def _fio_outcome(result: Any, cell_dir: Path, extra: dict[str, Any]) -> tuple[st
 
 
 def _write_dry_run(matrix: Matrix) -> None:
-    print(f"{matrix.path}: {len(matrix.cells)} cells (seed {matrix.seed}, repeat {matrix.repeat})")
+    clock = clock_label(matrix.guest["clock"], matrix.guest["icount_shift"])
+    print(
+        f"{matrix.path}: {len(matrix.cells)} cells (seed {matrix.seed}, repeat {matrix.repeat}, "
+        f"clock {clock}, {matrix.guest['cpus']} vCPU)"
+    )
     for n, cell in enumerate(matrix.cells, 1):
         print(f"{n:4d}  {cell.id}  [kernel: {cell.kernel_variant}]")
 
@@ -939,11 +988,19 @@ def _execute(
         )
         manifest["kernels"][variant] = _kernel_record(builds[variant])
     first_build = next(iter(builds.values()))
-    accel, accel_reason = choose_accel(accel_request, first_build.bzimage, base_image)
-    manifest.update({"accel": accel, "accel_reason": accel_reason, "emulated": accel == "tcg"})
+    clock, shift = matrix.guest["clock"], int(matrix.guest["icount_shift"])
+    accel, accel_reason = choose_accel(accel_request, first_build.bzimage, base_image, clock)
+    manifest.update(
+        {
+            "accel": accel,
+            "accel_reason": accel_reason,
+            "emulated": accel == "tcg",
+            **clock_record(clock, shift),
+        }
+    )
     run.write_manifest(manifest)
     if accel == "tcg":
-        print("kmlbench: emulated (TCG): absolute latencies are not those of hardware")
+        print(f"kmlbench: emulated (TCG), {clock_meaning(clock, shift)}")
 
     # The database lives with the results it indexes (--results moves both);
     # KMLBENCH_DB still wins, as everywhere else.
@@ -1008,6 +1065,7 @@ def _execute(
             nonlocal not_ok, ran
             outcome.extra["kernel_build_key"] = build.build_key
             outcome.extra["accel"] = accel
+            outcome.extra.update(clock_record(clock, shift))
             run.record_cell(cell, outcome.status, outcome.metrics, outcome.extra)
             _ingest(db_path, run.path, cell.id)
             if "command_line" not in manifest["qemu"] and "qemu_command_line" in outcome.extra:

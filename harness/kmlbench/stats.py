@@ -169,6 +169,11 @@ METRICS: dict[str, MetricDef] = {
         # guest CPU during fio (runner.cpu_metrics): the cost of KML's hooks
         MetricDef("kcpu", "kernel CPU per I/O", "µs", False, scalar="kernel_cpu_us_per_io"),
         MetricDef("cpu", "guest CPU busy", "s", False, scalar="guest_cpu_busy_s"),
+        # the same counted in instructions, under the virtual clock only
+        MetricDef(
+            "kinsn", "kernel instructions per I/O", "insn", False, scalar="kernel_insn_per_io"
+        ),
+        MetricDef("uinsn", "user insn per I/O", "insn", False, scalar="user_insn_per_io"),
         MetricDef("accuracy", "accuracy", "", True, scalar="kml.accuracy"),
         MetricDef(
             "balanced_accuracy", "balanced accuracy", "", True, scalar="kml.balanced_accuracy"

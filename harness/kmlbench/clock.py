@@ -1,0 +1,96 @@
+"""The guest's clock: what a time in a result means, defined once.
+
+``virtual`` runs QEMU with ``-icount shift=N,sleep=off``: every guest
+instruction advances guest time by 2^N ns and idle time is skipped, so every
+timing the guest sees (fio's latencies, timers, null_blk's completion delay,
+/proc/stat) is a count of instructions and does not depend on the host's
+speed or load. ``realtime`` is TCG or KVM against the host's clock.
+
+The matrix (``guest.clock``, ``guest.icount_shift``), the QEMU command line,
+the manifest, ``summary.json``, every report page and ``kmlbench compare``
+use the names and sentences here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CLOCKS = ("virtual", "realtime")
+# QEMU's ``-icount shift`` range (7.2: shift must be 0..10).
+ICOUNT_SHIFT_MAX = 10
+# Runs recorded before guest.clock existed ran against the host's clock.
+LEGACY_CLOCK = "realtime"
+
+# Why a virtual guest has one vCPU (docs/matrix.md, "Clocks").
+VIRTUAL_CPUS_REASON = (
+    "guest.clock virtual supports one vCPU: with a fixed icount shift QEMU 7.2 hangs "
+    "bringing up a second CPU (use cpus: 1, or clock: realtime)"
+)
+
+
+# Host seconds a busy guest second may take under the virtual clock, with
+# margin: a CPU-bound guest ran 17 host seconds per guest second at shift 0
+# while the other core was busy (docs/benchmarks.md). Host-side timeouts on
+# guest work (guest.command_timeout_s) are scaled by it.
+VIRTUAL_WALL_FACTOR = 40
+# The guest's heartbeat period (guest seconds) under the virtual clock: one
+# guest second is still well inside guest.silence_timeout_s host seconds.
+VIRTUAL_HEARTBEAT_S = 1
+
+
+def host_timeout(guest_seconds: float, clock: str) -> float:
+    """The host-side timeout for guest work that takes ``guest_seconds`` of guest time."""
+    return guest_seconds * VIRTUAL_WALL_FACTOR if clock == "virtual" else guest_seconds
+
+
+def kernel_append(clock: str) -> str:
+    """Kernel command-line words the clock needs (the guest's heartbeat period)."""
+    return f"kmlbench.heartbeat={VIRTUAL_HEARTBEAT_S}" if clock == "virtual" else ""
+
+
+def icount_arg(shift: int) -> str:
+    """QEMU's ``-icount`` value: 2^shift ns per instruction, idle time skipped.
+
+    ``sleep=off``: when the vCPU idles, virtual time jumps to the next timer
+    instead of waiting for the host clock to catch up, so time never depends
+    on the host (and an idle guest runs as fast as the host can emulate it).
+    """
+    return f"shift={shift},sleep=off"
+
+
+def clock_record(clock: str, shift: int) -> dict[str, Any]:
+    """The provenance keys of a manifest and a cell record."""
+    return {"clock": clock, "icount_shift": shift if clock == "virtual" else None}
+
+
+def clock_of(record: dict[str, Any]) -> tuple[str, int | None]:
+    """``(clock, icount_shift)`` of a manifest or cell record; legacy runs are realtime."""
+    clock = record.get("clock") or LEGACY_CLOCK
+    shift = record.get("icount_shift") if clock == "virtual" else None
+    return str(clock), shift
+
+
+def clock_label(clock: str, shift: int | None) -> str:
+    """Short form for tables and titles: ``virtual (shift 0)`` or ``realtime``."""
+    return f"virtual (shift {shift})" if clock == "virtual" else "realtime"
+
+
+def clock_meaning(clock: str, shift: int | None) -> str:
+    """What a latency means under this clock, in one sentence."""
+    if clock == "virtual":
+        n = shift or 0
+        ghz = 1 / (1 << n)
+        speed = f"{ghz:g} GHz" if ghz >= 0.01 else f"{ghz * 1000:g} MHz"
+        per_ns = "one instruction per ns" if n == 0 else f"one instruction per {1 << n} ns"
+        return (
+            f"virtual clock (-icount shift={n}): times are those of a {speed}, {per_ns} CPU; "
+            "device timings as configured; independent of the host's load"
+        )
+    return (
+        "realtime clock: absolute latencies are not those of hardware and vary with the host's load"
+    )
+
+
+def instructions_per_us(shift: int | None) -> float:
+    """Guest instructions per virtual microsecond (1000 at shift 0)."""
+    return 1000.0 / (1 << (shift or 0))
