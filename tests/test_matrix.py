@@ -347,8 +347,7 @@ ERRORS = [
         "must be an integer, got str 'auto'",
     ),
     (
-        "name: t\nguest:\n  memory_mib: 512\n  cpus: 2\n"
-        "axes: {workload: [{template: randread}]}\n",
+        "name: t\nguest:\n  memory_mib: 512\n  cpus: 2\naxes: {workload: [{template: randread}]}\n",
         4,
         "guest.cpus",
         "guest.clock virtual supports one vCPU",

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from kmlbench import db as kdb
 from kmlbench import stats
-from kmlbench.clock import clock_label
+from kmlbench.clock import clock_label, clock_meaning
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1
@@ -425,7 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_USAGE
         print(f"kmlbench compare: warning: {what} (--force)", file=sys.stderr)
-    title += f" [clock: {' / '.join(sorted({clock_label(*c) for c in clocks_a + clocks_b}))}]"
+    clock_line = "clock: " + "; ".join(
+        sorted({f"{clock_label(*c)}: {clock_meaning(*c)}" for c in clocks_a + clocks_b})
+    )
     excluded = excluded_keys(compared, args.ignore)
     if metrics is None:
         metrics = list(stats.DEFAULT_METRICS + stats.ACCURACY_METRICS)
@@ -446,13 +448,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  only in B: {', '.join(result.only_b)}", file=sys.stderr)
         return EXIT_USAGE
     print_table(result, title)
+    print(clock_line)
     if args.html:
-        write_html(result, title, args.html)
+        write_html(result, f"{title} ({clock_line})", args.html)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(result_json(result), indent=2, allow_nan=False, default=str)
-        )
+        doc = {
+            **result_json(result),
+            "clock": [list(c) for c in sorted(set(clocks_a + clocks_b), key=str)],
+        }
+        args.json.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str))
     return EXIT_REGRESSION if result.tripped else EXIT_OK
 
 
