@@ -453,10 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_html(result, f"{title} ({clock_line})", args.html)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            **result_json(result),
-            "clock": [list(c) for c in sorted(set(clocks_a + clocks_b), key=str)],
-        }
+        clocks = sorted({clock_label(*c) for c in clocks_a + clocks_b})
+        doc = {**result_json(result), "clock": clocks}
         args.json.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str))
     return EXIT_REGRESSION if result.tripped else EXIT_OK
 
