@@ -47,7 +47,7 @@ name: e2e-model
 seed: 5
 repeat: 2
 kernel: {{source: debian}}
-guest: {{memory_mib: 512, cpus: 2, boot_timeout_s: 300, command_timeout_s: 120,
+guest: {{memory_mib: 512, clock: realtime, cpus: 2, boot_timeout_s: 300, command_timeout_s: 120,
          silence_timeout_s: 240}}
 axes:
   device:
