@@ -93,22 +93,27 @@ def test_command_line_is_locked_down(tmp_path: Path) -> None:
 
 
 def test_child_setup_does_not_dlopen(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Between fork and exec only the pre-resolved prctl runs (no dlopen, no locks)."""
-    from kmlbench import qemu
+    """Between fork and exec only the pre-resolved prctl runs (no dlopen, no locks).
+
+    QEMU is started through ``procs.popen(..., die_with_parent=True)``.
+    """
+    from kmlbench import procs
 
     def no_dlopen(*args: object, **kwargs: object) -> None:
         raise RuntimeError("dlopen in the forked child")
 
-    monkeypatch.setattr(qemu.ctypes, "CDLL", no_dlopen)
+    monkeypatch.setattr(procs.ctypes, "CDLL", no_dlopen)
     probe = (
         "import ctypes; v = ctypes.c_int(); "
         "ctypes.CDLL(None).prctl(2, ctypes.byref(v)); print(v.value)"  # PR_GET_PDEATHSIG
     )
-    out = subprocess.run(
+    out = procs.run(
         [sys.executable, "-c", probe],
-        capture_output=True, text=True, check=True, preexec_fn=qemu._child_setup,
+        capture_output=True, text=True, check=True, die_with_parent=True,
     )  # fmt: skip
     assert out.stdout.strip() == str(int(signal.SIGKILL))
+    plain = procs.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert plain.stdout.strip() == "0"
 
 
 @pytest.mark.kernel

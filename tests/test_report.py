@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import db, figures, report
+from kmlbench import db, figures, procs, report
 from test_db import RUN_ID, sample_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -89,7 +89,7 @@ def test_every_figure_is_a_valid_png_and_pdf(built: tuple[Path, Path]) -> None:
 def test_page_states_accel_kernel_and_manifest(built: tuple[Path, Path]) -> None:
     out, _ = built
     page = (out / "index.html").read_text()
-    assert "emulated: absolute latencies are not those of hardware" in page
+    assert "emulated, realtime clock: absolute latencies are not those of hardware" in page
     assert "config hash" in page and "kernel default" in page
     assert "manifest.json" in page and RUN_ID in page
     # self-contained: nothing fetched from elsewhere
@@ -254,7 +254,8 @@ def test_report_without_fioplot_says_so(
 
 
 def _sleeper() -> subprocess.Popen:
-    return subprocess.Popen(
+    """A stand-in for fio-plot's driver, started as fioplot.start starts it."""
+    return procs.popen(
         [sys.executable, "-c", "import time; time.sleep(60)"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -280,11 +281,11 @@ def test_report_reaps_fioplot_when_figures_fail(
 
     from kmlbench import fioplot
 
-    procs: list[subprocess.Popen] = []
+    started: list[subprocess.Popen] = []
 
     def start(cells, run_dir, out, *, title="kmlbench"):
-        procs.append(_sleeper())
-        return fioplot.Drawing(fioplot.Result(), out, procs[-1])
+        started.append(_sleeper())
+        return fioplot.Drawing(fioplot.Result(), out, started[-1])
 
     def render(data, out):
         raise RuntimeError("figure failed")
@@ -298,7 +299,7 @@ def test_report_reaps_fioplot_when_figures_fail(
         report.build_report(
             tmp_path, db_path=tmp_path / "x.db", out_dir=tmp_path / "r", ingest=False
         )
-    (proc,) = procs
+    (proc,) = started
     assert proc.returncode is not None
 
 

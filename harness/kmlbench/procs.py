@@ -116,6 +116,8 @@ def _wait_group(proc: subprocess.Popen[Any], until: float) -> bool:
 def stop(proc: subprocess.Popen[Any], grace_s: float = GRACE_S) -> None:
     """Stop ``proc``'s whole process group: SIGTERM, ``grace_s``, SIGKILL; reap the leader.
 
+    ``proc`` comes from :func:`popen` (it leads its own group).
+
     Safe to call on a finished process and more than once. The group is
     signalled even when the leader has exited already: its forked children
     (fio's job processes) may still be running.
