@@ -107,3 +107,62 @@ def test_children_run_in_a_session_of_their_own() -> None:
 def test_popen_refuses_to_be_told_another_session() -> None:
     with pytest.raises(TypeError):
         procs.popen(["true"], start_new_session=False)
+
+
+def test_run_without_timeout_does_not_wait_for_a_lingering_descendant() -> None:
+    """The child is done; a grandchild it left behind holds stdout for 120 s."""
+    started = time.monotonic()
+    done = procs.run(["sh", "-c", "(exec sleep 120) & echo done"], capture_output=True, text=True)
+    took = time.monotonic() - started
+    assert (done.returncode, done.stdout) == (0, "done\n")
+    assert took < procs.READ_AFTER_STOP_S + procs.GRACE_S + 3, took
+    assert procs.group_members(_PGIDS[-1]) == []  # the sleeper was stopped with its group
+
+
+_PGIDS: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _record_pgids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remember every group procs starts, to check it is empty afterwards."""
+    real = procs.subprocess.Popen
+
+    def recording(*args: object, **kwargs: object) -> subprocess.Popen:
+        proc = real(*args, **kwargs)  # type: ignore[call-overload]
+        _PGIDS.append(proc.pid)
+        return proc
+
+    monkeypatch.setattr(procs.subprocess, "Popen", recording)
+
+
+def test_stop_kills_a_child_not_started_by_popen() -> None:
+    proc = subprocess.Popen(["sleep", "60"])  # in our own process group
+    procs.stop(proc, grace_s=0.2)
+    assert proc.returncode == -signal.SIGKILL
+    assert os.getpgrp() > 0  # and we are still here: our own group was not signalled
+
+
+def test_a_stopped_group_is_never_signalled_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its id may belong to someone else by then."""
+    proc = procs.popen(["sleep", "60"])
+    procs.stop(proc, grace_s=0)
+    assert getattr(proc, "_kmlbench_group_gone", False)
+    assert proc not in procs._LIVE
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(procs, "signal_group", lambda pgid, sig: bool(calls.append((pgid, sig))))
+    procs.stop(proc)
+    assert calls == []
+
+
+def test_children_still_running_at_exit_are_stopped(tmp_path: Path) -> None:
+    """A harness that exits (normally, or by SystemExit from a signal) leaves no child."""
+    pid_file = tmp_path / "pid"
+    script = (
+        "import sys; from kmlbench import procs\n"
+        "p = procs.popen(['sleep', '120'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "sys.exit(3)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
+    assert out.returncode == 3
+    assert not _alive(int(pid_file.read_text()))

@@ -1322,8 +1322,9 @@ def compile_kernel(
         outs += [stack.enter_context(p.open("a", buffering=1)) for p in log_files if p != build_log]
         for out in outs:
             out.write("$ " + " ".join(argv) + "\n")
-        proc = procs.popen(
+        proc = procs.popen(  # dies with us even when we are SIGKILLed mid-build
             argv,
+            die_with_parent=True,
             cwd=tree,
             env=_make_env(),
             stdout=subprocess.PIPE,

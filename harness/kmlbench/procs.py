@@ -15,11 +15,13 @@ wait for output after a stop is bounded (:data:`READ_AFTER_STOP_S`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +33,9 @@ GRACE_S = 3.0
 # pipe after SIGKILL to its group is not ours, and is not waited for.
 READ_AFTER_STOP_S = 5.0
 _POLL_S = 0.02
+# How often communicate() looks whether the child has exited while a pipe
+# is still open.
+_STEP_S = 0.5
 
 _PR_SET_PDEATHSIG = 1
 
@@ -64,14 +69,35 @@ def popen(
 ) -> subprocess.Popen[Any]:
     """``subprocess.Popen`` in a new session, so that :func:`stop` reaches every descendant.
 
-    ``die_with_parent`` adds ``PR_SET_PDEATHSIG`` (the kernel kills the child
-    when the starting thread dies, even by SIGKILL): for long-lived children
-    such as QEMU, started from a thread that outlives them.
+    A child in its own session no longer gets the signals sent to the
+    harness's process group (a terminal's Ctrl-C, ``kill -- -PGID``), so the
+    harness stops it itself: the callers' ``except``/``finally`` blocks, and
+    at interpreter exit every child still running (:func:`_stop_all`).
+    ``die_with_parent`` adds ``PR_SET_PDEATHSIG``: the kernel SIGKILLs the
+    child when the thread that started it dies, even by SIGKILL (QEMU, make).
     """
     if "start_new_session" in kwargs or "preexec_fn" in kwargs or "process_group" in kwargs:
         raise TypeError("procs.popen chooses the session and preexec_fn itself")
     preexec = _die_with_parent if die_with_parent else None
-    return subprocess.Popen(list(argv), start_new_session=True, preexec_fn=preexec, **kwargs)
+    proc = subprocess.Popen(list(argv), start_new_session=True, preexec_fn=preexec, **kwargs)
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
+    return proc
+
+
+_LIVE: set[subprocess.Popen[Any]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _stop_all() -> None:
+    """At interpreter exit (also SystemExit from a signal handler): no child outlives us."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        stop(proc, grace_s=0)
+
+
+atexit.register(_stop_all)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -116,24 +142,41 @@ def _wait_group(proc: subprocess.Popen[Any], until: float) -> bool:
 def stop(proc: subprocess.Popen[Any], grace_s: float = GRACE_S) -> None:
     """Stop ``proc``'s whole process group: SIGTERM, ``grace_s``, SIGKILL; reap the leader.
 
-    ``proc`` comes from :func:`popen` (it leads its own group).
-
     Safe to call on a finished process and more than once. The group is
     signalled even when the leader has exited already: its forked children
-    (fio's job processes) may still be running.
+    (fio's job processes) may still be running. Once the group has been
+    seen empty it is never signalled again (its id may be reused).
     """
     pgid = proc.pid
-    if proc.poll() is not None and not group_members(pgid):
-        # Leader reaped, group empty: the id is free for reuse, signal nothing.
+    if getattr(proc, "_kmlbench_group_gone", False):
         return
-    if grace_s > 0 and signal_group(pgid, signal.SIGTERM):
-        _wait_group(proc, time.monotonic() + grace_s)
-    signal_group(pgid, signal.SIGKILL)
-    # SIGKILL cannot be ignored; a member in uninterruptible sleep dies when
-    # its I/O returns, so this wait is bounded rather than assumed instant.
-    _wait_group(proc, time.monotonic() + READ_AFTER_STOP_S)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=READ_AFTER_STOP_S)
+    if proc.poll() is None and _pgid(pgid) not in (pgid, None):
+        # Not started by popen(): only the process itself is ours to stop.
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=READ_AFTER_STOP_S)
+        return
+    if proc.returncode is None or group_members(pgid):
+        if grace_s > 0 and signal_group(pgid, signal.SIGTERM):
+            _wait_group(proc, time.monotonic() + grace_s)
+        signal_group(pgid, signal.SIGKILL)
+        # SIGKILL cannot be ignored; a member in uninterruptible sleep dies
+        # when its I/O returns, so this wait is bounded, not assumed instant.
+        gone = _wait_group(proc, time.monotonic() + READ_AFTER_STOP_S)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=READ_AFTER_STOP_S)
+        if not gone:
+            return
+    proc._kmlbench_group_gone = True  # type: ignore[attr-defined]
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def drain(proc: subprocess.Popen[Any]) -> tuple[Any, Any]:
@@ -155,18 +198,42 @@ def drain(proc: subprocess.Popen[Any]) -> tuple[Any, Any]:
 def communicate(
     proc: subprocess.Popen[Any], timeout: float | None, input: Any = None, grace_s: float = GRACE_S
 ) -> tuple[Any, Any]:
-    """``proc.communicate`` that stops the group on a timeout or an interrupt.
+    """``proc.communicate`` that never waits on a process that is not the child.
 
-    On a timeout, raises ``subprocess.TimeoutExpired`` carrying the output
-    read so far, after the group is stopped; on any other exception
-    (KeyboardInterrupt, SystemExit) the group is stopped and it propagates.
+    Returns the output once the child has exited and its pipes are closed.
+    If the child exited but a descendant still holds a pipe after
+    :data:`READ_AFTER_STOP_S`, the group is stopped and what was read is
+    returned. On a timeout, raises ``subprocess.TimeoutExpired`` carrying
+    the output read so far, after the group is stopped; on any other
+    exception (KeyboardInterrupt, SystemExit) the group is stopped and it
+    propagates.
     """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    exited_at: float | None = None
+    pending_input = input
     try:
-        return proc.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        stop(proc, grace_s)
-        out, err = drain(proc)
-        raise subprocess.TimeoutExpired(proc.args, exc.timeout, out, err) from None
+        while True:
+            now = time.monotonic()
+            step = _STEP_S if deadline is None else max(0.0, min(_STEP_S, deadline - now))
+            try:
+                out, err = proc.communicate(pending_input, timeout=step)
+            except subprocess.TimeoutExpired:
+                pending_input = None  # already being written; communicate() keeps it
+            else:
+                stop(proc, grace_s=0)  # leftovers that closed their pipes
+                return out, err
+            now = time.monotonic()
+            if proc.poll() is not None:
+                exited_at = exited_at if exited_at is not None else now
+                if now - exited_at >= READ_AFTER_STOP_S:
+                    stop(proc, grace_s)
+                    return drain(proc)
+            if deadline is not None and now >= deadline:
+                stop(proc, grace_s)
+                out, err = drain(proc)
+                raise subprocess.TimeoutExpired(proc.args, timeout or 0.0, out, err)
+    except subprocess.TimeoutExpired:
+        raise
     except BaseException:
         stop(proc, grace_s)
         drain(proc)

@@ -610,7 +610,7 @@ def _run_kvm_probe(timeout_s: float, kernel: Path | None, initrd: Path | None) -
             while not found.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
                 pass
         finally:
-            procs.stop(proc, grace_s=0)
+            procs.stop(proc, grace_s=0)  # QEMU has no children: stderr is at EOF now
             stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             thread.join(timeout=2)
         took = time.monotonic() - start
