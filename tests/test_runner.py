@@ -115,3 +115,48 @@ def test_a_swallowed_ctrl_c_is_still_remembered() -> None:
             pass
         assert interrupted.is_set()
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+def test_resume_refuses_a_run_made_on_another_clock(tmp_path: Path, capsys) -> None:
+    """A run recorded before guest.clock existed ran on the realtime clock; the same
+    matrix file now means the virtual clock, so finishing it would mix clocks."""
+    from kmlbench import runner
+    from kmlbench.results import RunDir
+
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("name: m\naxes: {workload: [{template: randread, runtime_s: 1}]}\n")
+    run = RunDir.create(tmp_path / "results", name="m")
+    run.copy_matrix(matrix)
+    legacy = {"accel": "tcg", "emulated": True, "matrix": {"path": str(matrix), "name": "m"}}
+    run.write_manifest(legacy)
+    with pytest.raises(SystemExit, match="ran on the realtime clock, but its matrix now means"):
+        runner.main_run(
+            matrix_path=None, resume=run.run_id, dry_run=True, accel="auto",
+            results_root=tmp_path / "results",
+        )  # fmt: skip
+    run.write_manifest({**legacy, "clock": "virtual", "icount_shift": 0})
+    assert runner.main_run(
+        matrix_path=None, resume=run.run_id, dry_run=True, accel="auto",
+        results_root=tmp_path / "results",
+    ) == 0  # fmt: skip
+
+
+def test_kvm_with_the_virtual_clock_is_refused_before_any_build(tmp_path: Path, capsys) -> None:
+    from kmlbench import runner
+
+    matrix = tmp_path / "m.yaml"
+    matrix.write_text("name: m\naxes: {workload: [{template: randread, runtime_s: 1}]}\n")
+    assert runner.main_run(
+        matrix_path=matrix, resume=None, dry_run=False, accel="kvm",
+        results_root=tmp_path / "results",
+    ) == 2  # fmt: skip
+    assert "--accel kvm cannot run guest.clock virtual" in capsys.readouterr().out
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_host_timeout_scales_only_the_busy_part() -> None:
+    from kmlbench.clock import VIRTUAL_WALL_FACTOR, host_timeout
+
+    assert host_timeout(180, "realtime", busy_guest_s=8) == 180
+    assert host_timeout(180, "virtual") == 180  # a short command: caught as fast
+    assert host_timeout(180, "virtual", busy_guest_s=8) == 180 + 8 * (VIRTUAL_WALL_FACTOR - 1)

@@ -84,7 +84,9 @@ def test_provenance_and_instruction_counts(virtual_run: tuple[Path, dict]) -> No
         argv = cell["qemu_command_line"]
         assert argv[argv.index("-icount") + 1] == "shift=0,sleep=off"
         assert argv[argv.index("-smp") + 1] == "1"
-        assert "kmlbench.heartbeat=1" in argv[argv.index("-append") + 1]
+        assert argv[argv.index("-cpu") + 1] == "max,rdrand=off,rdseed=off"  # no host randomness
+        append = argv[argv.index("-append") + 1].split()
+        assert "kmlbench.heartbeat=1" in append and "norandmaps" in append
         m = cell["metrics"]
         # at shift 0 one virtual µs is 1000 instructions, exactly
         assert m["kernel_insn_per_io"] == pytest.approx(m["kernel_cpu_us_per_io"] * 1000)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import IO
 
 from kmlbench import procs
-from kmlbench.clock import icount_arg, kernel_append
+from kmlbench.clock import icount_arg, kernel_append, tcg_cpu
 from kmlbench.console import ConsoleEvent, classify_line, status_for
 from kmlbench.image import READY_MARKER
 from kmlbench.ssh import CommandResult, CommandTimeout, GuestSSH, SSHError, SSHKeys
@@ -144,7 +144,7 @@ def build_command_line(cfg: GuestConfig, port: int) -> list[str]:
     """The full QEMU argv: no default devices, serial on stdio, SSH on 127.0.0.1 only."""
     cmd = [QEMU, "-nodefaults", "-nographic", "-no-reboot", "-accel", cfg.accel]
     if cfg.accel == "tcg":
-        cmd += ["-cpu", "max"]
+        cmd += ["-cpu", tcg_cpu(cfg.clock)]
     else:
         cmd += ["-cpu", "host"]
     if cfg.clock == "virtual":

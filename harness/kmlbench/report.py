@@ -33,7 +33,7 @@ from typing import Any
 
 from kmlbench import db as kdb
 from kmlbench import procs
-from kmlbench.clock import clock_label, clock_meaning
+from kmlbench.clock import clock_label, clock_meaning, clock_record
 
 REPORT_DIR = "report"
 
@@ -452,6 +452,7 @@ def _manifest(run_id: str, accel: str, name: str) -> dict:
         "accel": accel,
         "accel_reason": "sample run: fio on the host, no guest",
         "emulated": accel != "kvm",
+        **clock_record("realtime", 0),  # the host's own clock
         "matrix": {"name": name, "seed": 0},
         "harness": {"git": "sample"},
         "kernels": {

@@ -47,6 +47,7 @@ from kmlbench import __version__, paths, procs
 from kmlbench.clock import (
     clock_label,
     clock_meaning,
+    clock_of,
     clock_record,
     host_timeout,
     instructions_per_us,
@@ -217,6 +218,16 @@ def _guest_config(
     )
 
 
+def _command_timeout(matrix: Matrix, cell: Cell) -> float:
+    """Host seconds a guest command of ``cell`` may take (fio's busy time scaled)."""
+    workload = cell.params["workload"]
+    return host_timeout(
+        float(matrix.guest["command_timeout_s"]),
+        matrix.guest["clock"],
+        busy_guest_s=float(workload["runtime_s"] + workload["ramp_s"]),
+    )
+
+
 def run_cell(
     cell: Cell,
     *,
@@ -237,9 +248,8 @@ def run_cell(
     """
     from kmlbench.qemu import Guest, GuestError
 
-    guest_cfg = matrix.guest
     device = cell.params["device"]
-    command_timeout = host_timeout(float(guest_cfg["command_timeout_s"]), guest_cfg["clock"])
+    command_timeout = _command_timeout(matrix, cell)
     timings: dict[str, float] = {}
     extra: dict[str, Any] = {"timings": timings}
     metrics: dict[str, Any] = {}
@@ -325,7 +335,7 @@ def run_shared_boot(
     from kmlbench.console import status_for
     from kmlbench.qemu import Guest, GuestError
 
-    command_timeout = host_timeout(float(matrix.guest["command_timeout_s"]), matrix.guest["clock"])
+    command_timeout = _command_timeout(matrix, cells[0])  # a group shares its workload
     pending = list(cells)
     announced: set[str] = set()
 
@@ -837,7 +847,16 @@ def _load_for_resume(run_dir: Path) -> Matrix:
             f"kmlbench: cannot resume: {original} changed since run {run_dir.name} started "
             f"(its copy is {copy}); start a new run instead"
         )
-    return load_matrix(original)
+    matrix = load_matrix(original)
+    if "accel" in manifest:  # cells may have run: the rest must run on the same clock
+        was, now = clock_of(manifest), clock_of(matrix.guest)
+        if was != now:
+            raise SystemExit(
+                f"kmlbench: cannot resume: run {run_dir.name} ran on the {clock_label(*was)} "
+                f"clock, but its matrix now means the {clock_label(*now)} clock (guest.clock "
+                "defaults to virtual since it was added); start a new run instead"
+            )
+    return matrix
 
 
 def main_run(
@@ -879,6 +898,12 @@ def main_run(
     if dry_run:
         _write_dry_run(matrix)
         return 0
+    if accel == "kvm" and matrix.guest["clock"] == "virtual":
+        print(
+            "kmlbench: --accel kvm cannot run guest.clock virtual (QEMU's -icount is TCG "
+            "only); set guest.clock: realtime in the matrix to use KVM"
+        )
+        return 2
     if not resume:
         run = RunDir.create(root, run_id=run_id, name=matrix.name)
         run.copy_matrix(matrix.path)
