@@ -8,13 +8,14 @@ guest tests, KUnit, and the end-to-end run all boot the same bzImage that
 Every test has a hard timeout of its own (pytest-timeout, signal method: a
 hang fails that test with a stack trace and the session goes on), so no
 hung child process can eat CI's 90 minutes again (issue 16). A test's own
-``@pytest.mark.timeout`` wins; otherwise it gets :data:`HOST_TIMEOUT_S`,
-or :data:`GUEST_TIMEOUT_S` if it boots guests (marker ``kernel``). The
-timeout covers fixture set-up, so the first test (in run order) that sets
-up a shared fixture also gets that set-up's allowance: the cold kernel
-build for the one that first needs ``kernel_build``, a smaller one for any
-other session- or module-wide fixture (a guest booted once per module, the
-guest image).
+``@pytest.mark.timeout`` is its budget; otherwise it gets
+:data:`HOST_TIMEOUT_S`, or :data:`GUEST_TIMEOUT_S` if it boots guests
+(marker ``kernel``). The timeout covers fixture set-up, so the budget is
+decided as each test starts, from what it will really set up: the cold
+kernel build's allowance for the session's first test that needs the
+kernel (through ``kernel_build`` or a ``kmlbench run`` child), and a
+smaller one when it sets up any other of our session- or module-wide
+fixtures (a guest booted once per module, the guest image).
 """
 
 from __future__ import annotations
@@ -90,40 +91,62 @@ def base_image(kernel_cache: Path) -> Path:
 HOST_TIMEOUT_S = 300
 GUEST_TIMEOUT_S = 900
 # A cold kernel build (4.5-7.5 min on 2 idle cores, more when loaded) with
-# the source extraction and the config check before it.
+# the source extraction, the config check and the guest image after it.
 BUILD_ALLOWANCE_S = 2400
-# A shared fixture's set-up: the guest image with a static fio built from
-# source, or a guest booted once for a whole module.
+# Any other shared fixture of ours: the guest image with a static fio built
+# from source, a guest booted once for a whole module, a `kmlbench run`.
 FIXTURE_ALLOWANCE_S = 900
+TESTS_DIR = Path(__file__).parent
 
 
-def _shared_fixtures(item: pytest.Item) -> list[tuple[str, str]]:
-    """The session/module/package fixtures ``item`` sets up, with their scope keys."""
+def _pending_shared_fixtures(item: pytest.Item) -> set[str]:
+    """Our session/module fixtures that ``item`` will set up (not yet cached)."""
     info = getattr(item, "_fixtureinfo", None)
-    out = []
+    pending = set()
     for name in getattr(item, "fixturenames", ()):
         defs = info.name2fixturedefs.get(name) if info is not None else None
         if not defs:
             continue
-        scope = defs[-1].scope
-        if scope == "session":
-            out.append((name, "session"))
-        elif scope in ("module", "package", "class"):
-            out.append((name, f"{scope}:{item.nodeid.split('::')[0]}"))
-    return out
+        fixturedef = defs[-1]
+        func = getattr(fixturedef, "func", None)
+        source = getattr(getattr(func, "__code__", None), "co_filename", "")
+        if (
+            fixturedef.scope != "function"
+            and Path(source).parent == TESTS_DIR  # ours, not tmp_path_factory & co
+            and getattr(fixturedef, "cached_result", None) is None
+        ):
+            pending.add(name)
+    return pending
 
 
-@pytest.hookimpl(trylast=True)  # after -k/-m deselection: budgets go to the tests that run
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    seen: set[tuple[str, str]] = set()
-    for item in items:
-        shared = [f for f in _shared_fixtures(item) if f not in seen]
-        seen.update(shared)
-        if item.get_closest_marker("timeout") is not None:
-            continue
+def timeout_budget(item: pytest.Item) -> int:
+    """This test's hard timeout: its own (or the default) plus its fixtures' set-up."""
+    own = item.get_closest_marker("timeout")
+    if own is not None and own.args:
+        budget = int(own.args[0])
+    else:
         budget = GUEST_TIMEOUT_S if item.get_closest_marker("kernel") else HOST_TIMEOUT_S
-        if any(name == "kernel_build" for name, _ in shared):
-            budget += BUILD_ALLOWANCE_S
-        elif shared:
-            budget += FIXTURE_ALLOWANCE_S
-        item.add_marker(pytest.mark.timeout(budget))
+    pending = _pending_shared_fixtures(item)
+    if "kernel_build" in pending or (item.get_closest_marker("kernel") and not _kernel_built(item)):
+        # the build happens here, in a fixture or in a `kmlbench run` child
+        budget += BUILD_ALLOWANCE_S
+    if pending - {"kernel_build"}:
+        budget += FIXTURE_ALLOWANCE_S
+    return budget
+
+
+def _kernel_built(item: pytest.Item) -> bool:
+    """Whether this session already built (or found) the kernel."""
+    return bool(item.config.stash.get(_BUILT, False))
+
+
+_BUILT = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # before pytest-timeout arms its timer
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Decided when the test runs, in the order tests really run (after -k, --lf, ...)."""
+    item.add_marker(pytest.mark.timeout(timeout_budget(item)), append=False)
+    yield
+    if item.get_closest_marker("kernel") or "kernel_build" in getattr(item, "fixturenames", ()):
+        item.config.stash[_BUILT] = True
