@@ -67,8 +67,8 @@ def tcg_cpu(clock: str) -> str:
     RDRAND hands the guest the host's randomness: address layouts, hash
     seeds and the kernel's RNG then differ from boot to boot, and with them
     the instructions per I/O. On a CPU-bound cell (10 us null_blk, randread
-    at iodepth 16) four boots spread 2.7% in IOPS with RDRAND and ASLR,
-    0.34% without (docs/benchmarks.md, "The virtual clock").
+    at iodepth 16, 2 s) four boots spread 2.7% in IOPS with RDRAND and
+    ASLR, 0.66% without (docs/benchmarks.md, "The virtual clock").
     """
     return "max,rdrand=off,rdseed=off" if clock == "virtual" else "max"
 
