@@ -173,7 +173,7 @@ METRICS: dict[str, MetricDef] = {
         MetricDef(
             "kinsn", "kernel instructions per I/O", "insn", False, scalar="kernel_insn_per_io"
         ),
-        MetricDef("uinsn", "user insn per I/O", "insn", False, scalar="user_insn_per_io"),
+        MetricDef("uinsn", "user instructions per I/O", "insn", False, scalar="user_insn_per_io"),
         MetricDef("accuracy", "accuracy", "", True, scalar="kml.accuracy"),
         MetricDef(
             "balanced_accuracy", "balanced accuracy", "", True, scalar="kml.balanced_accuracy"
