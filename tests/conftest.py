@@ -119,15 +119,20 @@ def _pending_shared_fixtures(item: pytest.Item) -> set[str]:
     return pending
 
 
-def timeout_budget(item: pytest.Item) -> int:
+def timeout_budget(item: pytest.Item) -> float:
     """This test's hard timeout: its own (or the default) plus its fixtures' set-up."""
     own = item.get_closest_marker("timeout")
-    if own is not None and own.args:
-        budget = int(own.args[0])
+    given = None
+    if own is not None:
+        given = own.kwargs.get("timeout", own.args[0] if own.args else None)
+    if given is not None:
+        budget = float(given)
     else:
         budget = GUEST_TIMEOUT_S if item.get_closest_marker("kernel") else HOST_TIMEOUT_S
     pending = _pending_shared_fixtures(item)
-    if "kernel_build" in pending or (item.get_closest_marker("kernel") and not _kernel_built(item)):
+    if "kernel_build" in pending or (
+        item.get_closest_marker("kernel") and not item.config.stash.get(_BUILT, False)
+    ):
         # the build happens here, in a fixture or in a `kmlbench run` child
         budget += BUILD_ALLOWANCE_S
     if pending - {"kernel_build"}:
@@ -135,18 +140,22 @@ def timeout_budget(item: pytest.Item) -> int:
     return budget
 
 
-def _kernel_built(item: pytest.Item) -> bool:
-    """Whether this session already built (or found) the kernel."""
-    return bool(item.config.stash.get(_BUILT, False))
-
-
+# Set once a test that needs the kernel has passed: the build is cached.
 _BUILT = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)  # before pytest-timeout arms its timer
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """Decided when the test runs, in the order tests really run (after -k, --lf, ...)."""
-    item.add_marker(pytest.mark.timeout(timeout_budget(item)), append=False)
+    own = item.get_closest_marker("timeout")
+    options = {k: v for k, v in own.kwargs.items() if k != "timeout"} if own else {}
+    item.add_marker(pytest.mark.timeout(timeout_budget(item), **options), append=False)
     yield
-    if item.get_closest_marker("kernel") or "kernel_build" in getattr(item, "fixturenames", ()):
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.passed and item.get_closest_marker("kernel"):
         item.config.stash[_BUILT] = True

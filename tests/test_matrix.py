@@ -350,7 +350,7 @@ ERRORS = [
         "name: t\nguest:\n  memory_mib: 512\n  cpus: 2\naxes: {workload: [{template: randread}]}\n",
         4,
         "guest.cpus",
-        "guest.clock virtual supports one vCPU",
+        "guest.clock virtual (the default) supports one vCPU",
     ),
     (
         "name: t\nguest:\n  clock: realtime\n  icount_shift: 2\n"

@@ -166,3 +166,22 @@ def test_children_still_running_at_exit_are_stopped(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
     assert out.returncode == 3
     assert not _alive(int(pid_file.read_text()))
+
+
+def test_input_larger_than_a_pipe_is_written_in_full() -> None:
+    """The child reads only after a second: the input must not stall on the full pipe."""
+    data = b"x" * 300_000
+    done = procs.run(
+        ["sh", "-c", "sleep 1; wc -c"], input=data, capture_output=True, timeout=30, check=True
+    )
+    assert done.stdout.strip() == b"300000"
+
+
+def test_output_read_before_a_stray_holder_is_kept() -> None:
+    """A process outside the group (setsid) keeps stdout open: what came before is kept."""
+    started = time.monotonic()
+    done = procs.run(
+        ["sh", "-c", "echo before; setsid sleep 12 & echo done"], capture_output=True, text=True
+    )
+    assert done.stdout == "before\ndone\n"
+    assert time.monotonic() - started < 3 * procs.READ_AFTER_STOP_S

@@ -44,7 +44,9 @@ def host_timeout(timeout_s: float, clock: str, busy_guest_s: float = 0.0) -> flo
     Under the virtual clock a command that keeps the guest busy for
     ``busy_guest_s`` guest seconds (fio's runtime and ramp) may take up to
     :data:`VIRTUAL_WALL_FACTOR` host seconds for each; only that part is
-    scaled, so a hung short command is still caught in ``timeout_s``.
+    scaled. The runner scales fio's command alone: every other guest
+    command keeps ``guest.command_timeout_s``, so a hung short command is
+    caught as fast as under the realtime clock.
     """
     if clock != "virtual":
         return timeout_s

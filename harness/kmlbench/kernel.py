@@ -1341,6 +1341,7 @@ def compile_kernel(
             procs.stop(proc)
             raise
         rc = proc.wait()
+        procs.stop(proc, grace_s=0)  # anything make left behind; forgets the group
     elapsed = time.monotonic() - started
     if rc != 0:
         summary = error_summary(build_log.read_text(errors="replace"))

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 # How long a stopped group gets to exit on SIGTERM before SIGKILL.
 GRACE_S = 3.0
@@ -75,6 +75,7 @@ def popen(
     at interpreter exit every child still running (:func:`_stop_all`).
     ``die_with_parent`` adds ``PR_SET_PDEATHSIG``: the kernel SIGKILLs the
     child when the thread that started it dies, even by SIGKILL (QEMU, make).
+    Every child ends in :func:`stop` or :func:`communicate`, which forget it.
     """
     if "start_new_session" in kwargs or "preexec_fn" in kwargs or "process_group" in kwargs:
         raise TypeError("procs.popen chooses the session and preexec_fn itself")
@@ -183,16 +184,33 @@ def drain(proc: subprocess.Popen[Any]) -> tuple[Any, Any]:
     """What is left on a stopped process's pipes, read for at most :data:`READ_AFTER_STOP_S`.
 
     Pipes still held open after that (by a process outside the group) are
-    closed, and ``(None, None)`` is returned.
+    closed, and what was read until then is returned.
     """
     try:
         return proc.communicate(timeout=READ_AFTER_STOP_S)
-    except (subprocess.TimeoutExpired, ValueError):
+    except ValueError:  # pipes already closed
+        return None, None
+    except subprocess.TimeoutExpired as exc:
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
-        return None, None
+        return _as_text(proc, exc.stdout), _as_text(proc, exc.stderr)
+
+
+def _as_text(proc: subprocess.Popen[Any], data: bytes | str | None) -> Any:
+    """Partial output of a timed-out ``communicate()`` (always bytes) in the pipe's mode."""
+    if isinstance(data, bytes) and proc.text_mode:
+        return data.decode(proc.encoding or "utf-8", proc.errors or "strict")
+    return data
+
+
+def _feed(pipe: IO[Any], data: Any) -> None:
+    """Write ``data`` to the child's stdin and close it (a reader that left is fine)."""
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        pipe.write(data)
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        pipe.close()
 
 
 def communicate(
@@ -202,33 +220,37 @@ def communicate(
 
     Returns the output once the child has exited and its pipes are closed.
     If the child exited but a descendant still holds a pipe after
-    :data:`READ_AFTER_STOP_S`, the group is stopped and what was read is
-    returned. On a timeout, raises ``subprocess.TimeoutExpired`` carrying
-    the output read so far, after the group is stopped; on any other
-    exception (KeyboardInterrupt, SystemExit) the group is stopped and it
-    propagates.
+    :data:`READ_AFTER_STOP_S` (or past ``timeout``), the group is stopped
+    and what was read is returned. While the child runs past ``timeout``,
+    raises ``subprocess.TimeoutExpired`` carrying the output read so far,
+    after the group is stopped; on any other exception (KeyboardInterrupt,
+    SystemExit) the group is stopped and it propagates.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     exited_at: float | None = None
-    pending_input = input
+    if input is not None and proc.stdin is not None:
+        # Written by a thread: communicate() only writes input on its first
+        # call, and this one calls it again and again.
+        stdin, proc.stdin = proc.stdin, None
+        threading.Thread(target=_feed, args=(stdin, input), daemon=True).start()
     try:
         while True:
             now = time.monotonic()
             step = _STEP_S if deadline is None else max(0.0, min(_STEP_S, deadline - now))
             try:
-                out, err = proc.communicate(pending_input, timeout=step)
+                out, err = proc.communicate(timeout=step)
             except subprocess.TimeoutExpired:
-                pending_input = None  # already being written; communicate() keeps it
+                pass
             else:
                 stop(proc, grace_s=0)  # leftovers that closed their pipes
                 return out, err
             now = time.monotonic()
             if proc.poll() is not None:
                 exited_at = exited_at if exited_at is not None else now
-                if now - exited_at >= READ_AFTER_STOP_S:
+                if now - exited_at >= READ_AFTER_STOP_S or (deadline and now >= deadline):
                     stop(proc, grace_s)
                     return drain(proc)
-            if deadline is not None and now >= deadline:
+            elif deadline is not None and now >= deadline:
                 stop(proc, grace_s)
                 out, err = drain(proc)
                 raise subprocess.TimeoutExpired(proc.args, timeout or 0.0, out, err)

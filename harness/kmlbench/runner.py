@@ -218,16 +218,6 @@ def _guest_config(
     )
 
 
-def _command_timeout(matrix: Matrix, cell: Cell) -> float:
-    """Host seconds a guest command of ``cell`` may take (fio's busy time scaled)."""
-    workload = cell.params["workload"]
-    return host_timeout(
-        float(matrix.guest["command_timeout_s"]),
-        matrix.guest["clock"],
-        busy_guest_s=float(workload["runtime_s"] + workload["ramp_s"]),
-    )
-
-
 def run_cell(
     cell: Cell,
     *,
@@ -249,7 +239,7 @@ def run_cell(
     from kmlbench.qemu import Guest, GuestError
 
     device = cell.params["device"]
-    command_timeout = _command_timeout(matrix, cell)
+    command_timeout = float(matrix.guest["command_timeout_s"])
     timings: dict[str, float] = {}
     extra: dict[str, Any] = {"timings": timings}
     metrics: dict[str, Any] = {}
@@ -335,7 +325,7 @@ def run_shared_boot(
     from kmlbench.console import status_for
     from kmlbench.qemu import Guest, GuestError
 
-    command_timeout = _command_timeout(matrix, cells[0])  # a group shares its workload
+    command_timeout = float(matrix.guest["command_timeout_s"])
     pending = list(cells)
     announced: set[str] = set()
 
@@ -683,7 +673,13 @@ def _run_workload(
             return "failed", {}
 
     started = time.monotonic()
-    result = guest.run(_with_cpu_snapshots(fio.fio_shell_command(GUEST_JOB_PATH)), timeout=timeout)
+    workload = params["workload"]
+    fio_timeout = host_timeout(  # fio keeps a virtual-clock guest busy: more host time
+        timeout, guest.cfg.clock, busy_guest_s=float(workload["runtime_s"] + workload["ramp_s"])
+    )
+    result = guest.run(
+        _with_cpu_snapshots(fio.fio_shell_command(GUEST_JOB_PATH)), timeout=fio_timeout
+    )
     extra["timings"]["fio_s"] = time.monotonic() - started
     if result.stderr:
         (cell_dir / "fio.stderr").write_text(result.stderr)
@@ -831,6 +827,17 @@ def _write_dry_run(matrix: Matrix) -> None:
         print(f"{n:4d}  {cell.id}  [kernel: {cell.kernel_variant}]")
 
 
+def _kvm_refused(matrix: Matrix, accel: str) -> bool:
+    """``--accel kvm`` on a virtual-clock matrix: say why, before anything is built."""
+    if accel == "kvm" and matrix.guest["clock"] == "virtual":
+        print(
+            "kmlbench: --accel kvm cannot run guest.clock virtual (QEMU's -icount is TCG "
+            "only); set guest.clock: realtime in the matrix to use KVM"
+        )
+        return True
+    return False
+
+
 def _load_for_resume(run_dir: Path) -> Matrix:
     """The matrix of an earlier run, refusing if the file changed since.
 
@@ -898,11 +905,7 @@ def main_run(
     if dry_run:
         _write_dry_run(matrix)
         return 0
-    if accel == "kvm" and matrix.guest["clock"] == "virtual":
-        print(
-            "kmlbench: --accel kvm cannot run guest.clock virtual (QEMU's -icount is TCG "
-            "only); set guest.clock: realtime in the matrix to use KVM"
-        )
+    if _kvm_refused(matrix, accel):
         return 2
     if not resume:
         run = RunDir.create(root, run_id=run_id, name=matrix.name)
@@ -1250,6 +1253,8 @@ def main_trace(
     if chosen.params["scheduler"]["name"] != "mq-deadline":
         print(f"kmlbench trace: cell {chosen.id} runs {chosen.params['scheduler']['name']}; "
               "KML samples come from mq-deadline")  # fmt: skip
+        return 2
+    if _kvm_refused(matrix, accel):
         return 2
     root = results_root or paths.results_dir()
     run = RunDir.create(root, name=f"{matrix.name}-trace")
