@@ -21,6 +21,11 @@ ICOUNT_SHIFT_MAX = 10
 # Runs recorded before guest.clock existed ran against the host's clock.
 LEGACY_CLOCK = "realtime"
 
+# Why --accel kvm cannot run a virtual-clock matrix.
+KVM_REFUSED = (
+    "--accel kvm cannot run guest.clock virtual (QEMU's -icount is TCG only); "
+    "set guest.clock: realtime in the matrix to use KVM"
+)
 # Why a virtual guest has one vCPU (docs/matrix.md, "Clocks").
 VIRTUAL_CPUS_REASON = (
     "guest.clock virtual (the default) supports one vCPU: with a fixed icount shift "

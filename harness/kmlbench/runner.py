@@ -45,6 +45,7 @@ from typing import Any
 
 from kmlbench import __version__, paths, procs
 from kmlbench.clock import (
+    KVM_REFUSED,
     clock_label,
     clock_meaning,
     clock_of,
@@ -120,10 +121,7 @@ def choose_accel(
     """
     if clock == "virtual":
         if requested == "kvm":
-            raise SystemExit(
-                "kmlbench: --accel kvm cannot run guest.clock virtual (QEMU's -icount is "
-                "TCG only); set guest.clock: realtime in the matrix to use KVM"
-            )
+            raise SystemExit(f"kmlbench: {KVM_REFUSED}")
         return "tcg", "guest.clock virtual (-icount needs TCG)"
     if requested == "tcg":
         return "tcg", "requested"
@@ -830,10 +828,7 @@ def _write_dry_run(matrix: Matrix) -> None:
 def _kvm_refused(matrix: Matrix, accel: str) -> bool:
     """``--accel kvm`` on a virtual-clock matrix: say why, before anything is built."""
     if accel == "kvm" and matrix.guest["clock"] == "virtual":
-        print(
-            "kmlbench: --accel kvm cannot run guest.clock virtual (QEMU's -icount is TCG "
-            "only); set guest.clock: realtime in the matrix to use KVM"
-        )
+        print(f"kmlbench: {KVM_REFUSED}")
         return True
     return False
 
