@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import kernel, paths
-from kmlbench.image import build_base_image
-from kmlbench.kernel import KernelBuild, KernelRequest
+from kmlbench import paths
+from kmlbench.build import kernel
+from kmlbench.build.image import build_base_image
+from kmlbench.build.kernel import KernelBuild, KernelRequest
 
 
 @pytest.fixture(scope="session")

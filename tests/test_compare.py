@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import compare, db, stats
+from kmlbench.data import db, stats
+from kmlbench.report import compare
 from test_db import REPEATS, RUN_ID, sample_run
 
 

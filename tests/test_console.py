@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.console import ConsoleEvent, classify, classify_line, status_for
-from kmlbench.qemu import Guest, GuestError
+from kmlbench.guest.console import ConsoleEvent, classify, classify_line, status_for
+from kmlbench.guest.qemu import Guest, GuestError
 from test_qemu import boot
 
 # blk_io_schedule() deliberately hides slow I/O from the hung-task detector,

@@ -1,7 +1,7 @@
 """The results database, on run folders made of real fio output from the host.
 
 :func:`sample_run` builds one run folder per test session with the real
-``kmlbench.results.RunDir`` and the host's ``/usr/bin/fio`` (psync on a
+``kmlbench.run.results.RunDir`` and the host's ``/usr/bin/fio`` (psync on a
 small file, ~1 s jobs, four at a time): test_report and test_compare use
 the same folder.
 """
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import db, report, stats
-from kmlbench.matrix import Cell, cell_id
-from kmlbench.results import RunDir
+from kmlbench.data import db, stats
+from kmlbench.plan.matrix import Cell, cell_id
+from kmlbench.report import report
+from kmlbench.run.results import RunDir
 
 RUN_ID = "20261121-000000-sample"
 REPEATS = 4
@@ -199,7 +200,7 @@ def test_import_drops_cells_gone_from_the_folder(run_dir: Path, tmp_path: Path) 
 _KILL_CHILD = """
 import sys, time
 from pathlib import Path
-from kmlbench import db
+from kmlbench.data import db
 db_path, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
 cells = sorted(p.name for p in (run_dir / "cells").iterdir())
 while True:
@@ -342,7 +343,7 @@ def test_kmlbench_import_through_the_cli(run_dir: Path, ingested: Path, tmp_path
 
 def test_config_hash_is_the_matrix_hash() -> None:
     """db.config_hash is matrix's, also for non-ASCII values (a kernel fragment's name)."""
-    from kmlbench import matrix
+    from kmlbench.plan import matrix
 
     params = report.host_params("mq-deadline")
     params["kernel"]["fragments"] = ["débogage.config"]
@@ -355,7 +356,7 @@ def test_fio_histograms_merge_jobs(tmp_path: Path) -> None:
     samples summed and the mean weighted by samples, as fio.merge_bins would."""
     if shutil.which("fio") is None:
         pytest.skip("fio is not installed")
-    from kmlbench.fio import merge_bins, parse_fio_output
+    from kmlbench.data.fio import merge_bins, parse_fio_output
 
     out = tmp_path / "fio.json"
     job = "--bs=4k --numjobs=3 --time_based --runtime=300ms --rate_iops=1000 --rw=randrw"

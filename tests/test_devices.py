@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import devices
-from kmlbench.devices import (
+from kmlbench.cell import devices
+from kmlbench.cell.devices import (
     DeviceError,
     direct_io_supported,
     disk_info,
@@ -22,7 +22,7 @@ from kmlbench.devices import (
     qemu_disk_args,
     setup_script,
 )
-from kmlbench.qemu import Guest
+from kmlbench.guest.qemu import Guest
 from test_qemu import boot
 
 NULL_BLK = {

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from kmlbench import devices
+from kmlbench.cell import devices
 
 BUSYBOX = shutil.which("busybox")
 

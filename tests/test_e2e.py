@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
-from kmlbench.matrix import load_matrix
-from kmlbench.results import STATUSES
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.run.results import STATUSES
 
 pytestmark = pytest.mark.kernel
 
@@ -183,7 +183,7 @@ def test_latest_points_at_the_run(smoke_run: Path) -> None:
 
 
 def test_harness_timings_are_recorded(smoke_run: Path) -> None:
-    from kmlbench.bench_harness import cell_timings
+    from kmlbench.bench.harness import cell_timings
 
     rows = cell_timings(smoke_run)
     assert len(rows) == len(load_matrix(SMOKE).cells)
@@ -194,7 +194,7 @@ def test_harness_timings_are_recorded(smoke_run: Path) -> None:
 
 
 def test_report_from_the_real_smoke_run(smoke_run: Path, tmp_path: Path) -> None:
-    from kmlbench import report
+    from kmlbench.report import report
     from test_report import _check_png, _pdf_pages
 
     index = report.build_report(smoke_run, db_path=tmp_path / "k.db", out_dir=tmp_path / "rep")
@@ -214,7 +214,7 @@ def test_report_from_the_real_smoke_run(smoke_run: Path, tmp_path: Path) -> None
         assert cell["id"] in page
     # Series are named by what differs between them (the scheduler), not by
     # every tunable mq-deadline has and none lacks.
-    from kmlbench import figures
+    from kmlbench.report import figures
 
     data = figures.load_run_data(tmp_path / "k.db", smoke_run.name)
     labels = {s.label for panel in data.panels for s in panel.series.values()}
@@ -238,7 +238,7 @@ axes:
 
 
 def test_adaptive_repeats_run_until_the_interval_is_narrow(tmp_path: Path) -> None:
-    from kmlbench.stats import needs_more_repeats
+    from kmlbench.data.stats import needs_more_repeats
 
     matrix = tmp_path / "adaptive.yaml"
     matrix.write_text(ADAPTIVE)

@@ -32,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmlbench import db, kml, kmlstats, paths
-from kmlbench.kernel import KernelBuild
-from kmlbench.trace import NR_FEATURES, read_trace
+from kmlbench import paths
+from kmlbench.build.kernel import KernelBuild
+from kmlbench.data import db, kmlstats
+from kmlbench.data.trace import NR_FEATURES, read_trace
+from kmlbench.kml import lib as kml
 
 pytestmark = pytest.mark.kernel
 

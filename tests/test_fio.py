@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from kmlbench import paths
-from kmlbench.fio import (
+from kmlbench.data.fio import (
     FioError,
     fio_command,
     fio_shell_command,
@@ -30,7 +30,7 @@ from kmlbench.fio import (
     percentile_from_bins,
     render_job,
 )
-from kmlbench.matrix import WORKLOAD_FIELDS
+from kmlbench.plan.matrix import WORKLOAD_FIELDS
 
 FIO = shutil.which("fio") or "/usr/bin/fio"
 pytestmark = pytest.mark.skipif(not os.path.exists(FIO), reason="fio is not installed")

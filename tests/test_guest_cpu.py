@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.runner import cpu_metrics, parse_cpu_line
+from kmlbench.run.runner import cpu_metrics, parse_cpu_line
 
 
 def read_cpu() -> dict[str, int]:

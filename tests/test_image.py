@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.fio_build import build_static_fio, guest_fio
-from kmlbench.image import (
+from kmlbench.build.fio_build import build_static_fio, guest_fio
+from kmlbench.build.image import (
     GUEST_HOST_KEY_PATH,
     KMLCTL_GUEST_PATH,
     CpioWriter,
@@ -26,8 +26,8 @@ from kmlbench.image import (
     kmlctl_key,
     make_guest_initrd,
 )
+from kmlbench.guest.ssh import SSHKeys
 from kmlbench.paths import GUEST_IMAGE_DIR, cache_dir
-from kmlbench.ssh import SSHKeys
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_guest_initrd_appends_overlay(base: Path, tmp_path: Path) -> None:
 
 def test_fio_fallback_to_host_binary(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a static build, the host's fio is used with its libraries, and says so."""
-    from kmlbench import fio_build
+    from kmlbench.build import fio_build
 
     if shutil.which("fio") is None:
         pytest.skip("no host fio")

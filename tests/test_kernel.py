@@ -1,4 +1,4 @@
-"""Tests for kmlbench.kernel: sources, prepared trees, config checks, builds.
+"""Tests for kmlbench.build.kernel: sources, prepared trees, config checks, builds.
 
 The fast tests use small fake trees and tarballs (patching, downloads,
 locking) or run only Kconfig on the real Debian source (seconds). The one
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import kernel, paths
-from kmlbench.kernel import (
+from kmlbench import paths
+from kmlbench.build import kernel
+from kmlbench.build.kernel import (
     ConfigError,
     KernelBuild,
     KernelBuildError,

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from kmlbench import bench_lib
+from kmlbench.bench import lib as bench_lib
 
 
 def test_json_contract(capsys):

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from kmlbench import kml, paths
+from kmlbench import paths
+from kmlbench.kml import lib as kml
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")

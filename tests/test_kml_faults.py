@@ -33,10 +33,14 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import console, devices, kml, kmlstats, paths
-from kmlbench.image import READY_MARKER, make_guest_initrd
-from kmlbench.qemu import CommandResult, Guest, GuestConfig
-from kmlbench.ssh import SSHKeys
+from kmlbench import paths
+from kmlbench.build.image import READY_MARKER, make_guest_initrd
+from kmlbench.cell import devices
+from kmlbench.data import kmlstats
+from kmlbench.guest import console
+from kmlbench.guest.qemu import CommandResult, Guest, GuestConfig
+from kmlbench.guest.ssh import SSHKeys
+from kmlbench.kml import lib as kml
 
 pytestmark = pytest.mark.kernel
 

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from kmlbench import kml
+from kmlbench.kml import lib as kml
 
 HDR = 64
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmlbench import compare, db, figures, kmlstats, report
-from kmlbench.matrix import load_matrix
-from kmlbench.results import RunDir
+from kmlbench.data import db, kmlstats
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.report import compare, figures, report
+from kmlbench.run.results import RunDir
 
 CURVE = "".join(
     json.dumps({"samples_seen": 256 * (i + 1), "accuracy": 0.6 + 0.03 * i,
@@ -87,7 +88,7 @@ _RECORD_FIELDS = {"schema_version", "id", "repeat", "kernel_variant", "params", 
 
 
 def _cell(record: dict):
-    from kmlbench.matrix import Cell
+    from kmlbench.plan.matrix import Cell
 
     return Cell(record["id"], record["repeat"], record["params"], record["kernel_variant"])
 

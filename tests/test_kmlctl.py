@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmlbench import kml
-from kmlbench.image import build_kmlctl
+from kmlbench.build.image import build_kmlctl
+from kmlbench.kml import lib as kml
 from kmlbench.paths import KML_SRC_DIR, cache_dir
 
 # KML_DD_NR_FEATURES, from the ABI header kmlctl is compiled with

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from kmlbench import kmlstats
-from kmlbench.kmlstats import Bucket, KmlStatsError, parse_stats
+from kmlbench.data import kmlstats
+from kmlbench.data.kmlstats import Bucket, KmlStatsError, parse_stats
 
 # As /sys/kernel/debug/kml/iosched prints it (docs/kml-iosched.md); the
 # confusion matrix is TN=50 FP=10 FN=5 TP=35 (positive = miss).

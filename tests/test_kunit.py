@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import pytest
 
-from kmlbench import kunit
+from kmlbench.run import kunit
 
 CAPTURED = """\
 KTAP version 1
@@ -157,7 +157,7 @@ def test_parse_only_cli(tmp_path, capsys):
 
 
 class FakeGuest:
-    """Stands in for kmlbench.qemu.Guest: records what kunit.py does."""
+    """Stands in for kmlbench.guest.qemu.Guest: records what kunit.py does."""
 
     instances: ClassVar[list] = []
 
@@ -191,7 +191,8 @@ class FakeGuest:
 
 @pytest.fixture
 def fake_env(monkeypatch, tmp_path):
-    from kmlbench import image, kernel, qemu, ssh
+    from kmlbench.build import image, kernel
+    from kmlbench.guest import qemu, ssh
 
     ko = tmp_path / "kml_test.ko"
     ko.write_bytes(b"\x7fELF fake module")
@@ -242,7 +243,7 @@ def test_main_flow_fails_on_insmod_error(fake_env, monkeypatch):
 
 
 def test_main_needs_the_module(fake_env, monkeypatch, tmp_path):
-    from kmlbench import kernel
+    from kmlbench.build import kernel
 
     monkeypatch.setattr(
         kernel,
@@ -253,7 +254,7 @@ def test_main_needs_the_module(fake_env, monkeypatch, tmp_path):
 
 
 def test_main_with_existing_kernel_build(fake_env, monkeypatch, tmp_path):
-    from kmlbench import kernel
+    from kmlbench.build import kernel
 
     def no_build(*a, **k):
         raise AssertionError("must not build")
@@ -272,7 +273,7 @@ def test_main_with_existing_kernel_build(fake_env, monkeypatch, tmp_path):
 
 
 def kunit_qemu():
-    from kmlbench import qemu
+    from kmlbench.guest import qemu
 
     return qemu
 

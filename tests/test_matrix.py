@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
-from kmlbench.matrix import (
+from kmlbench.plan.matrix import (
     DEVICE_TYPES,
     QUEUE_FIELDS,
     SCHEDULERS,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
-from kmlbench.matrix import MatrixError, load_matrix
+from kmlbench.plan.matrix import MatrixError, load_matrix
 
 HEAD = """\
 name: t
@@ -155,7 +155,7 @@ def test_exclude_of_model_without_axis_is_useless(tmp_path: Path) -> None:
 
 
 def test_nr_requests_is_a_queue_setting_recorded_only_when_given(tmp_path: Path) -> None:
-    from kmlbench import devices
+    from kmlbench.cell import devices
 
     m = load(
         tmp_path,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kmlbench import cli, compare, paths, report
+from kmlbench import cli, paths
+from kmlbench.report import compare, report
 
 WORKFLOW = paths.REPO_ROOT / ".github" / "workflows" / "nightly.yml"
 

@@ -23,9 +23,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from kmlbench.image import make_guest_initrd
-from kmlbench.paths import REPO_ROOT
-from kmlbench.qemu import (
+from kmlbench.build.image import make_guest_initrd
+from kmlbench.guest.qemu import (
     Guest,
     GuestConfig,
     GuestError,
@@ -33,7 +32,8 @@ from kmlbench.qemu import (
     probe_kvm,
     qemu_version,
 )
-from kmlbench.ssh import GuestSSH, SSHError, SSHKeys
+from kmlbench.guest.ssh import GuestSSH, SSHError, SSHKeys
+from kmlbench.paths import REPO_ROOT
 
 
 @contextmanager
@@ -121,7 +121,7 @@ def test_port_clash_is_retried(
     guest_kernel: Path, base_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process holds the port free_port() picked: the next port is used."""
-    from kmlbench import qemu
+    from kmlbench.guest import qemu
 
     taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     taken.bind(("127.0.0.1", 0))
@@ -393,7 +393,7 @@ def test_probe_kvm_is_cached(tmp_path: Path) -> None:
 
 
 def test_doctor_reports(capsys: pytest.CaptureFixture[str]) -> None:
-    from kmlbench import doctor
+    from kmlbench.run import doctor
 
     code = doctor.main(["--no-kvm-probe"])
     out = capsys.readouterr().out

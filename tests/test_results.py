@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
-from kmlbench.matrix import Cell, load_matrix
-from kmlbench.results import RUN_ID_RE, STATUSES, RunDir, make_run_id
+from kmlbench.plan.matrix import Cell, load_matrix
+from kmlbench.run.results import RUN_ID_RE, STATUSES, RunDir, make_run_id
 
 SMOKE = paths.WORKLOADS_DIR / "smoke.yaml"
 
@@ -109,8 +109,8 @@ KILLED_RUN = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from kmlbench.matrix import load_matrix
-    from kmlbench.results import RunDir
+    from kmlbench.plan.matrix import load_matrix
+    from kmlbench.run.results import RunDir
 
     cells = load_matrix(Path(sys.argv[2])).cells
     run = RunDir.open(Path(sys.argv[1]), sys.argv[3])

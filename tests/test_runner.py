@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.matrix import MatrixError, load_matrix
-from kmlbench.runner import adaptive_round
+from kmlbench.plan.matrix import MatrixError, load_matrix
+from kmlbench.run.runner import adaptive_round
 
 MATRIX = """\
 name: adaptive
@@ -78,7 +78,7 @@ def test_bad_adaptive_settings_name_the_line(tmp_path: Path) -> None:
 
 
 def test_prepare_cell_dir_keeps_attempts_and_clears_partial_files(tmp_path: Path) -> None:
-    from kmlbench.runner import _prepare_cell_dir
+    from kmlbench.run.runner import _prepare_cell_dir
 
     cell = tmp_path / "cell"
     cell.mkdir()
@@ -102,7 +102,7 @@ def test_a_swallowed_ctrl_c_is_still_remembered() -> None:
     import signal
     import time
 
-    from kmlbench.runner import _interrupt_guard
+    from kmlbench.run.runner import _interrupt_guard
 
     previous = signal.getsignal(signal.SIGINT)
     with _interrupt_guard() as interrupted:
@@ -120,8 +120,8 @@ def test_a_swallowed_ctrl_c_is_still_remembered() -> None:
 def test_resume_refuses_a_run_made_on_another_clock(tmp_path: Path, capsys) -> None:
     """A run recorded before guest.clock existed ran on the realtime clock; the same
     matrix file now means the virtual clock, so finishing it would mix clocks."""
-    from kmlbench import runner
-    from kmlbench.results import RunDir
+    from kmlbench.run import runner
+    from kmlbench.run.results import RunDir
 
     matrix = tmp_path / "m.yaml"
     matrix.write_text("name: m\naxes: {workload: [{template: randread, runtime_s: 1}]}\n")
@@ -142,7 +142,7 @@ def test_resume_refuses_a_run_made_on_another_clock(tmp_path: Path, capsys) -> N
 
 
 def test_kvm_with_the_virtual_clock_is_refused_before_any_build(tmp_path: Path, capsys) -> None:
-    from kmlbench import runner
+    from kmlbench.run import runner
 
     matrix = tmp_path / "m.yaml"
     matrix.write_text("name: m\naxes: {workload: [{template: randread, runtime_s: 1}]}\n")

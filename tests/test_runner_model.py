@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import runner
-from kmlbench.matrix import load_matrix
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.run import runner
 
 MATRIX = """\
 name: t

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import paths, runner
-from kmlbench.kernel import KernelBuild
-from kmlbench.matrix import MatrixError, load_matrix
+from kmlbench import paths
+from kmlbench.build.kernel import KernelBuild
+from kmlbench.plan.matrix import MatrixError, load_matrix
+from kmlbench.run import runner
 
 SHIPPED = paths.WORKLOADS_DIR / "models" / "deadline.kmlm"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmlbench import fio, stats
+from kmlbench.data import fio, stats
 
 # --------------------------------------------------------------------------
 # Real fio: json+ histograms vs the raw per-I/O completion latencies.
@@ -98,7 +98,7 @@ def test_merged_histogram_percentiles_equal_pooled_raw_percentiles(fio_repeats) 
         assert from_hist == stats.fio_bucket_value(from_raw)
     # the exact pooled mean is kept
     assert merged.mean() == pytest.approx(pooled.mean(), rel=1e-6)
-    # and it agrees with kmlbench.fio's own percentile rule
+    # and it agrees with kmlbench.data.fio's own percentile rule
     bins = fio.merge_bins(r["jobs"][0]["read"]["clat_ns"]["bins"] for r, _ in fio_repeats)
     for pct in (50, 99, 99.9):
         assert merged.percentile(pct) == fio.percentile_from_bins(bins, pct)

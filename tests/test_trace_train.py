@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmlbench import kml, train
-from kmlbench.trace import (
+from kmlbench.data.trace import (
     ABI_VERSION,
     FEATURE_NAMES,
     HEADER_SIZE,
@@ -24,6 +23,8 @@ from kmlbench.trace import (
     write_csv,
     write_trace,
 )
+from kmlbench.kml import lib as kml
+from kmlbench.kml import train
 
 DATA = Path(__file__).parent / "data"
 # 1500 consecutive samples recorded from a real guest by ``kmlbench trace``

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import db, report
+from kmlbench.data import db
+from kmlbench.report import report
 
 pytestmark = pytest.mark.kernel
 

@@ -112,17 +112,17 @@ def main(argv: list[str] | None = None) -> int:
 # They are dispatched before argparse sees them, because REMAINDER would
 # not pass on options that come before the first positional argument.
 _PASSTHROUGH_MODULES = {
-    ("doctor",): "doctor",
-    ("kunit",): "kunit",
-    ("report",): "report",
-    ("figures",): "figures",
-    ("compare",): "compare",
-    ("import",): "db",
-    ("trace",): "trace",
-    ("train",): "train",
-    ("bench", "lib"): "bench_lib",
-    ("bench", "harness"): "bench_harness",
-    ("bench", "build"): "bench_build",
+    ("doctor",): "run.doctor",
+    ("kunit",): "run.kunit",
+    ("report",): "report.report",
+    ("figures",): "report.figures",
+    ("compare",): "report.compare",
+    ("import",): "data.db",
+    ("trace",): "data.trace",
+    ("train",): "kml.train",
+    ("bench", "lib"): "bench.lib",
+    ("bench", "harness"): "bench.harness",
+    ("bench", "build"): "bench.build",
 }
 
 
@@ -135,7 +135,7 @@ def _passthrough_target(argv: list[str]) -> tuple[str, list[str]] | None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from kmlbench import runner
+        from kmlbench.run import runner
 
         return runner.main_run(
             matrix_path=args.matrix,
@@ -146,7 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             retry=tuple(x for x in args.retry.split(",") if x),
         )
     if args.command == "build":
-        from kmlbench import runner
+        from kmlbench.run import runner
 
         return runner.main_build(args.matrix)
     raise AssertionError(f"unhandled command {args.command}")

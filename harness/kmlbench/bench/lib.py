@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kmlbench import kml, paths, procs
+from kmlbench import paths, procs
+from kmlbench.kml import lib as kml
 
 MODELS = ("linear", "mlp")
 IMPLS = ("kml-float", "kml-fixed", "numpy", "torch")

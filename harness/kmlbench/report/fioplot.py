@@ -128,14 +128,14 @@ def _digest(items: tuple) -> str:
 
 
 def write_layout(cells: list[Any], run_dir: Path, out: Path) -> list[Benchmark]:
-    """Write fio-plot's layout for ``cells`` (:class:`kmlbench.db.CellRow`, status ok).
+    """Write fio-plot's layout for ``cells`` (:class:`kmlbench.data.db.CellRow`, status ok).
 
     ``run_dir`` is the run folder the cells' ``fio.json`` files are read from.
     A benchmark directory holds one configuration (every parameter but
     iodepth and numjobs) with one file per (iodepth, numjobs): the first ok
     repeat's ``fio.json``.
     """
-    from kmlbench.fio import FioError, parse_fio_output
+    from kmlbench.data.fio import FioError, parse_fio_output
 
     data_dir = Path(out) / "data"
     benchmarks: dict[str, Benchmark] = {}

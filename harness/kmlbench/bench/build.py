@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kmlbench import kernel
+from kmlbench.build import kernel
 
 
 def main(argv: list[str]) -> int:

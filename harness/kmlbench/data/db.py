@@ -37,7 +37,7 @@ from typing import Any
 
 from kmlbench import paths
 from kmlbench.clock import clock_of
-from kmlbench.matrix import config_hash  # the hash cell ids carry; re-exported
+from kmlbench.plan.matrix import config_hash  # the hash cell ids carry; re-exported
 
 DB_ENV = "KMLBENCH_DB"
 DB_NAME = "kmlbench.db"
@@ -249,10 +249,10 @@ def _manifest(run_dir: Path) -> dict:
 def fio_histograms(fio_data: Mapping[str, Any]) -> dict[str, tuple[int, float | None, list]]:
     """Per direction: (samples, pooled mean ns, [[bucket_ns, count], ...]).
 
-    Bins of every job are added up with :func:`kmlbench.stats.merge_histograms`
+    Bins of every job are added up with :func:`kmlbench.data.stats.merge_histograms`
     (fio's buckets are the same for every job, so addition is exact).
     """
-    from kmlbench.stats import Histogram, merge_histograms
+    from kmlbench.data.stats import Histogram, merge_histograms
 
     out: dict[str, tuple[int, float | None, list]] = {}
     for direction in DIRECTIONS:
@@ -277,7 +277,7 @@ def _load_fio(cell_dir: Path) -> dict | None:
     path = cell_dir / "fio.json"
     if not path.exists():
         return None
-    from kmlbench.fio import FioError, parse_fio_output
+    from kmlbench.data.fio import FioError, parse_fio_output
 
     try:
         return parse_fio_output(path.read_text(errors="replace"))
@@ -527,7 +527,7 @@ def load_cells(
     ``where`` may hold ``run`` too. Only cells with ``status`` (default
     ``ok``) unless ``status`` is None. Ordered by run, configuration, repeat.
     """
-    from kmlbench.stats import Histogram
+    from kmlbench.data.stats import Histogram
 
     where = dict(where or {})
     if "run" in where:

@@ -197,7 +197,7 @@ def _accel(choice: str, kernel: Path, initrd: Path) -> str:
     if choice != "auto":
         return choice
     from kmlbench import paths
-    from kmlbench.qemu import probe_kvm
+    from kmlbench.guest.qemu import probe_kvm
 
     probe = probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
     return "kvm" if probe.usable else "tcg"
@@ -228,9 +228,10 @@ def main(argv: list[str]) -> int:
     if args.parse:
         return _finish(parse_ktap(args.parse.read_text(errors="replace")), None, args.json, None)
 
-    from kmlbench import image, kernel, paths
-    from kmlbench.qemu import Guest, GuestConfig, GuestError
-    from kmlbench.ssh import SSHKeys
+    from kmlbench import paths
+    from kmlbench.build import image, kernel
+    from kmlbench.guest.qemu import Guest, GuestConfig, GuestError
+    from kmlbench.guest.ssh import SSHKeys
 
     out = args.out or (paths.results_dir() / "kunit" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,8 @@ def main(argv: list[str]) -> int:
 
     root = paths.results_dir()
     if args.run is None:
-        from kmlbench import runner
-        from kmlbench.results import make_run_id
+        from kmlbench.run import runner
+        from kmlbench.run.results import make_run_id
 
         run_id = make_run_id("bench-harness")
         status = runner.main_run(

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from kmlbench import db as kdb
-from kmlbench import stats
 from kmlbench.clock import clock_meaning
+from kmlbench.data import db as kdb
+from kmlbench.data import stats
 
 SINGLE_COLUMN_IN = 3.4
 DOUBLE_COLUMN_IN = 7.0

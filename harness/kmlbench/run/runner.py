@@ -54,7 +54,7 @@ from kmlbench.clock import (
     instructions_per_us,
 )
 from kmlbench.hashing import sha256_file
-from kmlbench.matrix import Cell, Matrix, MatrixError, load_matrix
+from kmlbench.plan.matrix import Cell, Matrix, MatrixError, load_matrix
 
 GUEST_JOB_PATH = "/tmp/job.fio"
 # The user trainer and the tracer get fio's time plus this; the runner stops
@@ -125,7 +125,7 @@ def choose_accel(
         return "tcg", "guest.clock virtual (-icount needs TCG)"
     if requested == "tcg":
         return "tcg", "requested"
-    from kmlbench.qemu import probe_kvm
+    from kmlbench.guest.qemu import probe_kvm
 
     probe = probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
     if probe.usable:
@@ -136,7 +136,7 @@ def choose_accel(
 
 
 def _kernel_request(matrix: Matrix, variant: str):
-    from kmlbench.kernel import KernelRequest
+    from kmlbench.build.kernel import KernelRequest
 
     return KernelRequest(
         source=matrix.kernel_source,
@@ -183,7 +183,7 @@ def _run_keys() -> Iterator[Any]:
 
     Results get copied and uploaded; private keys must not travel with them.
     """
-    from kmlbench.ssh import SSHKeys
+    from kmlbench.guest.ssh import SSHKeys
 
     tmp = Path(tempfile.mkdtemp(prefix="kmlbench-keys-"))
     try:
@@ -196,8 +196,8 @@ def _guest_config(
     matrix: Matrix, device: dict, folder: Path, kernel: Path, initrd: Path, accel: str
 ) -> Any:
     """The QEMU guest for ``device``: console log and disk images in ``folder``."""
-    from kmlbench import devices
-    from kmlbench.qemu import GuestConfig
+    from kmlbench.cell import devices
+    from kmlbench.guest.qemu import GuestConfig
 
     guest_cfg = matrix.guest
     return GuestConfig(
@@ -234,7 +234,7 @@ def run_cell(
     been ended by the ``Guest`` context manager. ``trace`` records KML's
     sample ring during fio into ``<cell>/trace.kmltrc`` (``kmlbench trace``).
     """
-    from kmlbench.qemu import Guest, GuestError
+    from kmlbench.guest.qemu import Guest, GuestError
 
     device = cell.params["device"]
     command_timeout = float(matrix.guest["command_timeout_s"])
@@ -272,7 +272,7 @@ def run_cell(
             # Disk images are scratch space; the cell's record is what is kept.
             disk.unlink(missing_ok=True)
 
-    from kmlbench.console import status_for
+    from kmlbench.guest.console import status_for
 
     extra["console_events"] = [e.to_dict() for e in events]
     crashed = status_for(events)
@@ -320,8 +320,8 @@ def run_shared_boot(
     gets that status and the rest of the group boots afresh. As in
     :func:`run_cell`, only KeyboardInterrupt propagates (QEMU ended).
     """
-    from kmlbench.console import status_for
-    from kmlbench.qemu import Guest, GuestError
+    from kmlbench.guest.console import status_for
+    from kmlbench.guest.qemu import Guest, GuestError
 
     command_timeout = float(matrix.guest["command_timeout_s"])
     pending = list(cells)
@@ -481,7 +481,7 @@ def _kml_setup(
     trace: bool,
 ) -> None:
     """Upload the model files and run the KML set-up script; KmlCellError on failure."""
-    from kmlbench import devices
+    from kmlbench.cell import devices
 
     seconds = workload["runtime_s"] + workload["ramp_s"] + KML_MARGIN_S
     uploaded = {}
@@ -536,7 +536,8 @@ def _kml_collect(
     Files land in the cell folder: ``kml_stats.txt``, ``trainer.txt``,
     ``curve.jsonl``, ``trained.kmlm`` (user trainer), ``trace.kmltrc``.
     """
-    from kmlbench import devices, kmlstats
+    from kmlbench.cell import devices
+    from kmlbench.data import kmlstats
 
     problems: list[str] = []
     if trace:  # the tracer took the ring: no trainer ran (see _kml_setup)
@@ -614,7 +615,8 @@ def _run_workload(
     its booted state instead; ``snapshot_kml`` (the first cell of a shared
     boot) saves that state after setting up the device.
     """
-    from kmlbench import devices, fio
+    from kmlbench.cell import devices
+    from kmlbench.data import fio
 
     params = cell.params
     if shared is None:
@@ -794,7 +796,7 @@ def _fio_outcome(result: Any, cell_dir: Path, extra: dict[str, Any]) -> tuple[st
     the raw output is kept as ``fio.out`` whenever it is not pure JSON.
     A fio failure is the workload's fault (``failed``), not the harness's.
     """
-    from kmlbench import fio
+    from kmlbench.data import fio
 
     try:
         data = fio.parse_fio_output(result.stdout)
@@ -876,7 +878,7 @@ def main_run(
     ``retry`` (with ``resume``) re-runs cells that ended with one of those
     statuses; ``run_id`` names a new run instead of the time-based id.
     """
-    from kmlbench.results import STATUSES, RunDir
+    from kmlbench.run.results import STATUSES, RunDir
 
     unknown = sorted(set(retry) - set(STATUSES))
     if unknown or "ok" in retry:
@@ -948,7 +950,9 @@ def _execute(
 
     ``trace`` records KML's sample ring in every cell (``kmlbench trace``).
     """
-    from kmlbench import db, fio, image, kernel, qemu
+    from kmlbench.build import image, kernel
+    from kmlbench.data import db, fio
+    from kmlbench.guest import qemu
     from kmlbench.progress import Progress
 
     planned_cells = list(matrix.cells if only is None else only)
@@ -1143,8 +1147,8 @@ def adaptive_round(matrix: Matrix, records: dict[str, dict], round_no: int) -> l
     """
     import random
 
-    from kmlbench.matrix import cell_id, config_hash
-    from kmlbench.stats import needs_more_repeats
+    from kmlbench.data.stats import needs_more_repeats
+    from kmlbench.plan.matrix import cell_id, config_hash
 
     assert matrix.adaptive is not None
     metric = matrix.adaptive["metric"]
@@ -1182,7 +1186,7 @@ def _ingest(db_path: Path, run_path: Path, cell_id: str) -> None:
     The cell's folder is the record of truth; a database problem is
     reported but never costs the run (``kmlbench import`` rebuilds it).
     """
-    from kmlbench import db
+    from kmlbench.data import db
 
     try:
         db.ingest_cell(db_path, run_path, cell_id)
@@ -1233,8 +1237,8 @@ def main_trace(
     fio; a cell without a model entry runs with ``kml_mode=observe``, no
     model, no trainer and a blocking ring, so that no sample is lost.
     """
-    from kmlbench.results import RunDir
-    from kmlbench.trace import TraceError, load_trace, write_csv
+    from kmlbench.data.trace import TraceError, load_trace, write_csv
+    from kmlbench.run.results import RunDir
 
     try:
         matrix = load_matrix(matrix_path)
@@ -1275,7 +1279,7 @@ def main_trace(
 
 def main_build(matrix_path: Path) -> int:
     """``kmlbench build``: build every kernel variant and the guest image."""
-    from kmlbench import image, kernel
+    from kmlbench.build import image, kernel
 
     try:
         matrix = load_matrix(matrix_path)

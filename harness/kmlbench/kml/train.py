@@ -1,7 +1,7 @@
 """``kmlbench train``: fit a deadline model offline from recorded traces.
 
 The model is trained with the user-space build of the very KML sources the
-kernel runs (:mod:`kmlbench.kml`), and saved in KML's file format, so the
+kernel runs (:mod:`kmlbench.kml.lib`), and saved in KML's file format, so the
 file is what ``model_file:`` in a matrix uploads and ``kmlctl load``
 publishes into the kernel. The conventions are those of the in-guest
 trainers (``kmlctl train`` and the kernel trainer), so a model trained here
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from kmlbench import kmlstats
-from kmlbench.trace import NR_FEATURES, Q16, TraceError, load_trace
+from kmlbench.data import kmlstats
+from kmlbench.data.trace import NR_FEATURES, Q16, TraceError, load_trace
 
 ARCHS = ("mlp", "linear")
 
@@ -166,7 +166,7 @@ def train_model(
     dtype: str = "float32",
 ) -> TrainResult:
     """Train on ``traces``, write the model to ``output``; TraceError/ValueError on bad input."""
-    from kmlbench.kml import Model
+    from kmlbench.kml.lib import Model
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")

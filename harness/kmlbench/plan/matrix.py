@@ -34,8 +34,9 @@ from typing import Any
 
 import yaml
 
-from kmlbench import fio, paths
+from kmlbench import paths
 from kmlbench.clock import CLOCKS, ICOUNT_SHIFT_MAX, VIRTUAL_CPUS_REASON
+from kmlbench.data import fio
 from kmlbench.hashing import sha256_file
 
 AXES = ("kernel", "device", "scheduler", "workload", "model")

@@ -78,7 +78,7 @@ class Histogram:
         total = self.total
         if total == 0:
             return math.nan
-        threshold = Fraction(pct) / 100 * total  # exact, like kmlbench.fio
+        threshold = Fraction(pct) / 100 * total  # exact, like kmlbench.data.fio
         running = 0
         for value, count in zip(self.values.tolist(), self.counts.tolist(), strict=True):
             running += count
@@ -210,7 +210,7 @@ class Sample:
 
     @classmethod
     def from_cell(cls, cell: Any, direction: str | None = None) -> Sample:
-        """From a :class:`kmlbench.db.CellRow`; histogram of ``direction`` or all merged."""
+        """From a :class:`kmlbench.data.db.CellRow`; histogram of ``direction`` or all merged."""
         hists = cell.histograms
         if direction is None:
             hist = merge_histograms(hists.values()) if hists else None

@@ -3,14 +3,14 @@
 Writes ``results/<run-id>/report/``::
 
     index.html              opens from disk: no server, no script, no external URL
-    figures/<name>.png|pdf  every registered figure (kmlbench.figures), PNG and PDF
-    fio-plot/               fio-plot's layout and standard graphs (kmlbench.fioplot)
+    figures/<name>.png|pdf  every registered figure (kmlbench.report.figures), PNG and PDF
+    fio-plot/               fio-plot's layout and standard graphs (kmlbench.report.fioplot)
 
 The run folder is (re)ingested into the results database first, and every
 figure is drawn from the database, so ``kmlbench figures`` reproduces them.
 
 Also here: :func:`make_host_run`, which builds a run folder with the real
-:class:`kmlbench.results.RunDir` from real fio runs on the host (no guest),
+:class:`kmlbench.run.results.RunDir` from real fio runs on the host (no guest),
 used by the tests and by ``kmlbench report --benchmark N`` (time to build
 the report of an N-cell run, database size per cell).
 """
@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kmlbench import db as kdb
 from kmlbench import procs
 from kmlbench.clock import clock_label, clock_meaning, clock_record
+from kmlbench.data import db as kdb
 
 REPORT_DIR = "report"
 
@@ -166,7 +166,7 @@ def _cell_table(data: Any) -> str:
 
 def _within_run_statistics(data: Any, n_boot: int = 1000) -> str:
     """Each series against the panel's first series (the baseline), per panel."""
-    from kmlbench import stats
+    from kmlbench.data import stats
 
     rows = []
     for panel in data.panels:
@@ -195,7 +195,7 @@ def write_html(
     fioplot_result: Any | None,
     fioplot_note: str = "",
 ) -> Path:
-    from kmlbench import figures as kfig
+    from kmlbench.report import figures as kfig
 
     run = data.run
     parts = [
@@ -283,8 +283,8 @@ def build_report(
     ingest: bool = True,
 ) -> Path:
     """Ingest ``run_dir``, draw everything, write the page; returns ``index.html``."""
-    from kmlbench import figures as kfig
-    from kmlbench import fioplot as kfp
+    from kmlbench.report import figures as kfig
+    from kmlbench.report import fioplot as kfp
 
     run_dir = Path(run_dir)
     db_path = Path(db_path) if db_path else kdb.default_db_path()
@@ -373,10 +373,10 @@ def host_params(
 ) -> dict:
     """Cell params shaped like the matrix's, for a host fio sample run.
 
-    The scheduler gets its tunables' defaults, as ``kmlbench.matrix`` resolves
+    The scheduler gets its tunables' defaults, as ``kmlbench.plan.matrix`` resolves
     them (mq-deadline's read_expire etc.; none, kyber and bfq have none).
     """
-    from kmlbench.matrix import SCHEDULERS, UNSET
+    from kmlbench.plan.matrix import SCHEDULERS, UNSET
 
     wl = {"template": template, "bs": "4k", "iodepth": 1, "numjobs": 1, "rate_iops": 2000}
     wl.update(workload)
@@ -445,7 +445,7 @@ def sample_kml_stats(seed: int, labels: Sequence[str] = ("read", "write", "mixed
 
 
 def _manifest(run_id: str, accel: str, name: str) -> dict:
-    from kmlbench.fio import fio_version
+    from kmlbench.data.fio import fio_version
 
     return {
         "run_id": run_id,
@@ -484,16 +484,16 @@ def make_host_run(
     """A run folder whose cells are real fio runs on the host (psync, a small file).
 
     ``configs`` are cell params (see :func:`host_params`); every config runs
-    ``repeats`` times. Cells are recorded with :class:`kmlbench.results.RunDir`
+    ``repeats`` times. Cells are recorded with :class:`kmlbench.run.results.RunDir`
     exactly as the runner records them; ``kml_stats(params, repeat)`` may
     add a ``kml_stats`` record, and ``on_cell(run_dir, cell_id)`` is called
-    after each cell is recorded (e.g. :func:`kmlbench.db.ingest_cell`).
+    after each cell is recorded (e.g. :func:`kmlbench.data.db.ingest_cell`).
     A fio that runs past ``timeout_s`` raises ``subprocess.TimeoutExpired``
     after the rest of its batch is killed and the data files are removed.
     """
-    from kmlbench.fio import metrics_from_fio, parse_fio_output
-    from kmlbench.matrix import Cell, cell_id
-    from kmlbench.results import RunDir
+    from kmlbench.data.fio import metrics_from_fio, parse_fio_output
+    from kmlbench.plan.matrix import Cell, cell_id
+    from kmlbench.run.results import RunDir
 
     run = RunDir.create(Path(root), run_id)
     run.write_manifest(_manifest(run.run_id, accel, run_id))

@@ -23,11 +23,11 @@ prefix), ``--html FILE``,
 ``--json FILE``, ``--alpha``, ``--boot``, and ``--fail-on`` for CI.
 
 ``--fail-on METRIC:±N%`` (repeatable, or comma-separated): exit status 1
-when the metric changed *significantly* (see kmlbench.stats) in the given
+when the metric changed *significantly* (see kmlbench.data.stats) in the given
 direction by more than N% in any matched row, e.g. ``p99:+10%`` (p99
 latency up by more than 10%) or ``iops:-5%`` (IOPS down by more than 5%).
 Metrics may also be named as cells name them (``clat_p99_us``, ``bw_kib_s``,
-see ``kmlbench.stats.ALIASES``).
+see ``kmlbench.data.stats.ALIASES``).
 Without a sign the metric's worse direction is used. Exit status 2 means
 a usage error or nothing to compare.
 """
@@ -44,9 +44,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmlbench import db as kdb
-from kmlbench import stats
 from kmlbench.clock import clock_label, clock_meaning
+from kmlbench.data import db as kdb
+from kmlbench.data import stats
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1
@@ -245,7 +245,7 @@ def print_table(result: Result, title: str, file=None) -> None:
 def write_html(result: Result, title: str, path: Path) -> None:
     import html
 
-    from kmlbench.report import _CSS, comparisons_table
+    from kmlbench.report.report import _CSS, comparisons_table
 
     rows = [(row.label, c) for row in result.rows for c in row.comparisons]
     parts = [

@@ -278,7 +278,7 @@ def main(argv: list[str]) -> int:
             return _cmd_csv(sub.parse_args(argv[1:]))
         return _cmd_info(sub.parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
-    from kmlbench import runner
+    from kmlbench.run import runner
 
     return runner.main_trace(
         matrix_path=args.matrix,

@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import IO
 
 from kmlbench import procs
+from kmlbench.build.image import READY_MARKER
 from kmlbench.clock import icount_arg, kernel_append, tcg_cpu
-from kmlbench.console import ConsoleEvent, classify_line, status_for
-from kmlbench.image import READY_MARKER
-from kmlbench.ssh import CommandResult, CommandTimeout, GuestSSH, SSHError, SSHKeys
+from kmlbench.guest.console import ConsoleEvent, classify_line, status_for
+from kmlbench.guest.ssh import CommandResult, CommandTimeout, GuestSSH, SSHError, SSHKeys
 
 QEMU = "qemu-system-x86_64"
 QBOOT = Path("/usr/share/qemu/qboot.rom")

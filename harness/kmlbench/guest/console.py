@@ -6,7 +6,7 @@ Patterns follow the kernel's own printk wording (``panic()``, ``die()``,
 ``__warn()``, ``check_hung_task()``) so they keep matching across versions;
 the optional ``[ 12.345678]`` timestamp and any leading noise are ignored.
 
-:func:`classify_line` is used incrementally by :mod:`kmlbench.qemu` as lines
+:func:`classify_line` is used incrementally by :mod:`kmlbench.guest.qemu` as lines
 arrive; :func:`classify` re-reads a whole saved log the same way.
 """
 

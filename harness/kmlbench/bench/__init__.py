@@ -1,0 +1,1 @@
+"""Micro-benchmarks: the KML library, the harness and the kernel build."""

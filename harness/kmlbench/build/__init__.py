@@ -1,0 +1,1 @@
+"""What the guest needs, built from source and cached: kernel, guest image, fio."""

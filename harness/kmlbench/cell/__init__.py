@@ -1,0 +1,1 @@
+"""One matrix cell inside a booted guest: device, KML model and workload."""

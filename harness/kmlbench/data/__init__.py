@@ -1,0 +1,1 @@
+"""Recorded data: fio output, the results database, statistics, KML traces."""

@@ -1,0 +1,1 @@
+"""One QEMU guest: its command line, SSH access and console classification."""

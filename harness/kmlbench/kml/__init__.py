@@ -1,0 +1,1 @@
+"""KML's user-space library binding and the offline trainer."""

@@ -1,0 +1,1 @@
+"""What to run: the matrix schema, its validation and expansion into cells."""

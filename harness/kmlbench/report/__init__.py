@@ -1,0 +1,1 @@
+"""Turning recorded data into reports, comparisons and figures."""

@@ -1,0 +1,1 @@
+"""Running a matrix: plan -> cells -> records in a run folder."""
