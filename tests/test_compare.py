@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kmlbench import cli
 from kmlbench.data import db, stats
 from kmlbench.report import compare
 from test_db import REPEATS, RUN_ID, sample_run
@@ -76,7 +77,7 @@ def test_filters_detect_a_real_regression(database: Path, tmp_path: Path, capsys
         "--html",
         str(out_html),
     ]
-    rc = compare.main([*args, "--fail-on", "p50:+10%"])
+    rc = cli.main(["compare", *args, "--fail-on", "p50:+10%"])
     printed = capsys.readouterr().out
     assert rc == compare.EXIT_REGRESSION
     assert "REGRESSION" in printed and "worse" in printed
@@ -90,8 +91,8 @@ def test_filters_detect_a_real_regression(database: Path, tmp_path: Path, capsys
     assert "worse" in out_html.read_text()
     # thresholds beyond the change, or in the other direction, pass
     beyond = f"p50:+{(by_metric['p50']['change'] + 0.5) * 100:.0f}%"
-    assert compare.main([*args, "--fail-on", beyond]) == compare.EXIT_OK
-    assert compare.main([*args, "--fail-on", "p50:-10%"]) == compare.EXIT_OK
+    assert cli.main(["compare", *args, "--fail-on", beyond]) == compare.EXIT_OK
+    assert cli.main(["compare", *args, "--fail-on", "p50:-10%"]) == compare.EXIT_OK
 
 
 def test_two_runs_of_the_same_data_pass(database: Path, tmp_path: Path) -> None:
@@ -102,8 +103,9 @@ def test_two_runs_of_the_same_data_pass(database: Path, tmp_path: Path) -> None:
     manifest["run_id"] = "20261120-000000-sample"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     html = tmp_path / "runs.html"
-    rc = compare.main(
+    rc = cli.main(
         [
+            "compare",
             str(copy),
             RUN_ID,
             "--db",
@@ -119,26 +121,32 @@ def test_two_runs_of_the_same_data_pass(database: Path, tmp_path: Path) -> None:
     assert rc == compare.EXIT_OK
     assert html.read_text().count("<tr>") >= 4 * len(stats.DEFAULT_METRICS)
     # the same through the kmlbench command line
-    from kmlbench import cli
-
     argv = ["compare", str(copy), RUN_ID, "--db", str(database), "--boot", "200"]
     assert cli.main([*argv, "--fail-on", "p99:+10%"]) == compare.EXIT_OK
 
 
 def test_usage_errors(database: Path) -> None:
-    assert compare.main(["--db", str(database)]) == compare.EXIT_USAGE
-    assert compare.main(["only-one", "--db", str(database)]) == compare.EXIT_USAGE
+    assert cli.main(["compare", "--db", str(database)]) == compare.EXIT_USAGE
+    assert cli.main(["compare", "only-one", "--db", str(database)]) == compare.EXIT_USAGE
     assert (
-        compare.main(
-            ["--a", "scheduler.name=none", "--b", "scheduler.name=bfq", "--db", str(database)]
+        cli.main(
+            [
+                "compare",
+                "--a",
+                "scheduler.name=none",
+                "--b",
+                "scheduler.name=bfq",
+                "--db",
+                str(database),
+            ]
         )
         == compare.EXIT_USAGE
     )  # no bfq cells
     assert (
-        compare.main(["--a", "x=1", "--b", "y=2", "--fail-on", "p99", "--db", str(database)])
+        cli.main(["compare", "--a", "x=1", "--b", "y=2", "--fail-on", "p99", "--db", str(database)])
         == compare.EXIT_USAGE
     )
-    assert compare.main(["no-such-run", RUN_ID, "--db", str(database)]) == compare.EXIT_USAGE
+    assert cli.main(["compare", "no-such-run", RUN_ID, "--db", str(database)]) == compare.EXIT_USAGE
 
 
 def test_scheduler_comparison_ignores_tunables(database: Path, tmp_path: Path) -> None:
@@ -153,7 +161,7 @@ def test_scheduler_comparison_ignores_tunables(database: Path, tmp_path: Path) -
     assert mq and all(c.param("scheduler.read_expire") == "500" for c in mq)
     out = tmp_path / "sched.json"
     argv = ["--a", "scheduler.name=none", "--b", "scheduler.name=mq-deadline", "--run", RUN_ID]
-    rc = compare.main([*argv, "--db", str(database), "--json", str(out), "--boot", "200"])
+    rc = cli.main(["compare", *argv, "--db", str(database), "--json", str(out), "--boot", "200"])
     assert rc == compare.EXIT_OK
     result = json.loads(out.read_text())
     (row,) = result["rows"]  # randread 4k is the one configuration on both sides

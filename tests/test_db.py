@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from kmlbench import cli
 from kmlbench.data import db, stats
 from kmlbench.plan.matrix import Cell, cell_id
 from kmlbench.report import report
@@ -171,11 +172,11 @@ def test_ingest_cell_is_idempotent(run_dir: Path, ingested: Path, tmp_path: Path
 
 def test_import_rebuilds_identical_contents(run_dir: Path, ingested: Path, tmp_path: Path) -> None:
     rebuilt = tmp_path / "rebuilt.db"
-    assert db.main([str(run_dir), "--db", str(rebuilt)]) == 0
+    assert cli.main(["import", str(run_dir), "--db", str(rebuilt)]) == 0
     assert _dump(rebuilt) == _dump(ingested)
     # --fresh starts over; importing twice changes nothing
-    assert db.main([str(run_dir), "--db", str(rebuilt), "--fresh"]) == 0
-    assert db.main([str(run_dir), "--db", str(rebuilt)]) == 0
+    assert cli.main(["import", str(run_dir), "--db", str(rebuilt), "--fresh"]) == 0
+    assert cli.main(["import", str(run_dir), "--db", str(rebuilt)]) == 0
     assert _dump(rebuilt) == _dump(ingested)
 
 
@@ -257,8 +258,13 @@ def test_export_csv_and_parquet(ingested: Path, tmp_path: Path) -> None:
 
     import pyarrow.parquet as pq
 
-    assert db.main(["--db", str(ingested), "--export", "csv", str(tmp_path / "csv")]) == 0
-    assert db.main(["--db", str(ingested), "--export", "parquet", str(tmp_path / "pq")]) == 0
+    assert (
+        cli.main(["import", "--db", str(ingested), "--export", "csv", str(tmp_path / "csv")]) == 0
+    )
+    assert (
+        cli.main(["import", "--db", str(ingested), "--export", "parquet", str(tmp_path / "pq")])
+        == 0
+    )
     with (tmp_path / "csv" / "cells.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == OK_CELLS + 1
@@ -320,17 +326,19 @@ def test_import_all_and_run_ids(
     (results / "latest").symlink_to(RUN_ID)
     monkeypatch.setenv("KMLBENCH_RESULTS", str(results))
     monkeypatch.delenv("KMLBENCH_DB", raising=False)
-    assert db.main(["--all"]) == 0  # latest is a link to the same run: not imported twice
+    assert (
+        cli.main(["import", "--all"]) == 0
+    )  # latest is a link to the same run: not imported twice
     assert capsys.readouterr().out.count(RUN_ID) == 1
-    assert db.main(["latest"]) == 0  # a run id under results/
+    assert cli.main(["import", "latest"]) == 0  # a run id under results/
     conn = db.connect(results / "kmlbench.db")
     try:
         assert [r.run_id for r in db.list_runs(conn)] == [RUN_ID]
         assert len(db.load_cells(conn, RUN_ID, status=None)) == OK_CELLS + 1
     finally:
         conn.close()
-    assert db.main(["no-such-run"]) == 2
-    assert db.main([]) == 2
+    assert cli.main(["import", "no-such-run"]) == 2
+    assert cli.main(["import"]) == 2
 
 
 def test_kmlbench_import_through_the_cli(run_dir: Path, ingested: Path, tmp_path: Path) -> None:

@@ -8,11 +8,12 @@ import subprocess
 
 import pytest
 
+from kmlbench import cli
 from kmlbench.bench import lib as bench_lib
 
 
 def test_json_contract(capsys):
-    assert bench_lib.main(["--json", "--quick"]) == 0
+    assert cli.main(["bench", "lib", "--json", "--quick"]) == 0
     res = json.loads(capsys.readouterr().out)
     for key in ("inference_ns", "train_samples_per_s"):
         assert set(res[key]) == {"linear", "mlp"}

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kmlbench import cli
 from kmlbench.data import db, kmlstats
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.report import compare, figures, report
+from kmlbench.report import figures, report
 from kmlbench.run.results import RunDir
 
 CURVE = "".join(
@@ -140,8 +141,8 @@ def test_compare_model_off_against_active(
     model_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, db_path = model_run
-    rc = compare.main(
-        ["--a", "model.mode=off", "--b", "model.mode=active", "--run", "model",
+    rc = cli.main(
+        ["compare", "--a", "model.mode=off", "--b", "model.mode=active", "--run", "model",
          "--db", str(db_path), "--metrics", "p99", "iops", "--boot", "200"]
     )  # fmt: skip
     out = capsys.readouterr()

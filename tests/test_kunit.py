@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import pytest
 
+from kmlbench import cli
 from kmlbench.run import kunit
 
 CAPTURED = """\
@@ -150,10 +151,10 @@ def test_no_output_is_a_failure():
 def test_parse_only_cli(tmp_path, capsys):
     f = tmp_path / "dmesg.txt"
     f.write_text(CAPTURED)
-    assert kunit.main(["--parse", str(f)]) == 0
+    assert cli.main(["kunit", "--parse", str(f)]) == 0
     assert "kunit: PASS" in capsys.readouterr().out
     f.write_text(CAPTURED.split("# kml: pass:10")[0].replace("ok 3 kml_test_q16", "not ok 3 x"))
-    assert kunit.main(["--parse", str(f)]) == 1
+    assert cli.main(["kunit", "--parse", str(f)]) == 1
 
 
 class FakeGuest:
@@ -219,7 +220,7 @@ def fake_env(monkeypatch, tmp_path):
 
 
 def test_main_flow_passes(fake_env):
-    assert kunit.main(["--accel", "tcg", "--out", str(fake_env.out)]) == 0
+    assert cli.main(["kunit", "--accel", "tcg", "--out", str(fake_env.out)]) == 0
     guest = FakeGuest.instances[0]
     assert guest.put_calls == [(kunit.REMOTE_KO, fake_env.ko.read_bytes())]
     assert guest.commands[0] == f"insmod {kunit.REMOTE_KO}"
@@ -232,14 +233,14 @@ def test_main_flow_passes(fake_env):
 def test_main_flow_fails_on_failed_case(fake_env, monkeypatch):
     bad = CAPTURED.replace("    ok 7 kml_test_model_load", "    not ok 7 kml_test_model_load")
     monkeypatch.setattr(kunit_qemu(), "Guest", lambda cfg, keys: FakeGuest(cfg, keys, dmesg=bad))
-    assert kunit.main(["--accel", "tcg", "--out", str(fake_env.out)]) == 1
+    assert cli.main(["kunit", "--accel", "tcg", "--out", str(fake_env.out)]) == 1
 
 
 def test_main_flow_fails_on_insmod_error(fake_env, monkeypatch):
     monkeypatch.setattr(
         kunit_qemu(), "Guest", lambda cfg, keys: FakeGuest(cfg, keys, insmod_status=1)
     )
-    assert kunit.main(["--accel", "tcg", "--out", str(fake_env.out)]) == 1
+    assert cli.main(["kunit", "--accel", "tcg", "--out", str(fake_env.out)]) == 1
 
 
 def test_main_needs_the_module(fake_env, monkeypatch, tmp_path):
@@ -250,7 +251,7 @@ def test_main_needs_the_module(fake_env, monkeypatch, tmp_path):
         "build_kernel",
         lambda req, cache, log_dir: SimpleNamespace(bzimage=tmp_path / "bzImage", modules={}),
     )
-    assert kunit.main(["--accel", "tcg", "--out", str(fake_env.out)]) == 2
+    assert cli.main(["kunit", "--accel", "tcg", "--out", str(fake_env.out)]) == 2
 
 
 def test_main_with_existing_kernel_build(fake_env, monkeypatch, tmp_path):
@@ -266,7 +267,7 @@ def test_main_with_existing_kernel_build(fake_env, monkeypatch, tmp_path):
     (build / "lib/kml").mkdir(parents=True)
     (build / "lib/kml/kml_test.ko").write_bytes(b"ko")
     argv = ["--kernel-build", str(build), "--accel", "tcg", "--out", str(fake_env.out)]
-    assert kunit.main(argv) == 0
+    assert cli.main(["kunit", *argv]) == 0
     guest = FakeGuest.instances[-1]
     assert guest.put_calls == [(kunit.REMOTE_KO, b"ko")]
     assert guest.cfg.kernel == build / "arch/x86/boot/bzImage"
@@ -286,7 +287,7 @@ def test_library_module_is_loaded_first(fake_env, tmp_path):
     (build / "lib/kml/kml_test.ko").write_bytes(b"test")
     (build / "lib/kml/kml.ko").write_bytes(b"lib")  # CONFIG_KML=m
     argv = ["--kernel-build", str(build), "--accel", "tcg", "--out", str(fake_env.out)]
-    assert kunit.main(argv) == 0
+    assert cli.main(["kunit", *argv]) == 0
     guest = FakeGuest.instances[-1]
     assert [p for p, _ in guest.put_calls] == [kunit.REMOTE_LIB_KO, kunit.REMOTE_KO]
     assert guest.commands[:2] == [f"insmod {kunit.REMOTE_LIB_KO}", f"insmod {kunit.REMOTE_KO}"]
@@ -307,7 +308,7 @@ def test_failed_library_insmod_is_the_reported_failure(fake_env, monkeypatch, tm
         kunit_qemu(), "Guest", lambda cfg, keys: FakeGuest(cfg, keys, insmod_status=statuses)
     )
     argv = ["--kernel-build", str(build), "--accel", "tcg", "--out", str(fake_env.out), "--json"]
-    assert kunit.main(argv) == 1
+    assert cli.main(["kunit", *argv]) == 1
     guest = FakeGuest.instances[-1]
     # The test module is not even tried once the library failed to load.
     assert [p for p, _ in guest.put_calls] == [kunit.REMOTE_LIB_KO]

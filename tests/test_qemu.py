@@ -393,9 +393,10 @@ def test_probe_kvm_is_cached(tmp_path: Path) -> None:
 
 
 def test_doctor_reports(capsys: pytest.CaptureFixture[str]) -> None:
+    from kmlbench import cli
     from kmlbench.run import doctor
 
-    code = doctor.main(["--no-kvm-probe"])
+    code = cli.main(["doctor", "--no-kvm-probe"])
     out = capsys.readouterr().out
     assert code in (0, 1)
     for row in ("QEMU", "guest fio", "CPUs", "memory", "/dev/kvm", "kernel source"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench import procs
+from kmlbench import cli, procs
 from kmlbench.data import db
 from kmlbench.report import figures, report
 from test_db import RUN_ID, sample_run
@@ -40,7 +40,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(report folder, database) for the sample run."""
     run_dir = sample_run()
     db_path = tmp_path_factory.mktemp("reportdb") / "kmlbench.db"
-    assert report.main([str(run_dir), "--db", str(db_path)]) == 0
+    assert cli.main(["report", str(run_dir), "--db", str(db_path)]) == 0
     return run_dir / report.REPORT_DIR, db_path
 
 
@@ -178,15 +178,28 @@ def test_html_renders_in_headless_chromium(built: tuple[Path, Path], tmp_path: P
 def test_figures_command_writes_the_paper_folder(built: tuple[Path, Path], tmp_path: Path) -> None:
     _, db_path = built
     paper = tmp_path / "paper"
-    rc = figures.main(
-        ["--paper", str(paper), "--run", RUN_ID, "--db", str(db_path), "--only", "throughput"]
+    rc = cli.main(
+        [
+            "figures",
+            "--paper",
+            str(paper),
+            "--run",
+            RUN_ID,
+            "--db",
+            str(db_path),
+            "--only",
+            "throughput",
+        ]
     )
     assert rc == 0
     assert sorted(p.name for p in paper.iterdir()) == ["throughput.pdf", "throughput.png"]
     _check_png(paper / "throughput.png")
     assert _pdf_pages(paper / "throughput.pdf") == 1
-    assert figures.main(["--paper", str(paper), "--only", "nonsense", "--db", str(db_path)]) == 2
-    assert figures.main(["--list"]) == 0
+    assert (
+        cli.main(["figures", "--paper", str(paper), "--only", "nonsense", "--db", str(db_path)])
+        == 2
+    )
+    assert cli.main(["figures", "--list"]) == 0
 
 
 def test_model_figures_are_skipped_without_kml_stats(

@@ -1,27 +1,47 @@
-"""Command-line entry point: ``kmlbench <command> ...``.
+"""Command-line entry point: ``kmlbench <command> ...``; every parser lives here.
 
-Only argument parsing lives here. Each command's work is done by its own
-module, imported lazily so that ``kmlbench --help`` and ``kmlbench run
---dry-run`` stay fast and do not need QEMU, a compiler or paramiko.
+This is the only module that uses argparse: each command is one entry of
+:data:`COMMANDS` (its words, help, the options it takes and the function
+that does the work). The work is done by ``command(args)`` functions in the
+modules, named as ``"package.module:function"`` and imported only when
+their command runs, so that ``kmlbench --help`` and ``kmlbench run
+--dry-run`` stay fast and need neither QEMU nor paramiko, matplotlib or
+scipy. That by-name dispatch is the one deliberate late import in the
+package; every module imports what it uses at its top.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from kmlbench import __version__
 
+ACCELS = ("auto", "kvm", "tcg")
+Adder = Callable[[argparse.ArgumentParser], None]
 
-def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run",
-        help="run a matrix file: build, boot, run fio, record results",
-        description="Build the kernel(s), boot one QEMU guest per cell, run fio, "
-        "and write results/<run-id>/.",
-    )
+
+@dataclass(frozen=True)
+class Command:
+    """One command: ``kmlbench WORDS... [options]`` -> ``handler(args) -> int``."""
+
+    words: tuple[str, ...]
+    help: str
+    handler: str  # "package.module:function" under kmlbench
+    add_arguments: Adder
+    description: str | None = None
+    epilog: str | None = None
+
+
+# ------------------------------------------------------------------ options
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("matrix", nargs="?", type=Path, help="matrix YAML file")
     p.add_argument(
         "--resume",
@@ -40,25 +60,323 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--accel",
-        choices=("auto", "kvm", "tcg"),
+        choices=ACCELS,
         default="auto",
         help="auto probes KVM by booting a guest and falls back to TCG (default)",
     )
     p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
 
 
-def _add_build(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "build",
-        help="build (or find in the cache) the kernel and guest image of a matrix",
-    )
+def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("matrix", type=Path)
 
 
-def _passthrough(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    # Commands whose modules own their own argument parsing.
-    p = sub.add_parser(name, help=help_text, add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-kvm-probe", action="store_true", help="skip booting a KVM guest")
+    p.add_argument("--kvm-timeout", type=float, default=20.0, metavar="S")
+    p.add_argument("--kernel", type=Path, help="probe KVM by booting this bzImage")
+
+
+def _kunit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", default="debian", help="kernel source: debian or a tree path")
+    p.add_argument("--config", action="append", type=Path, default=[], help="extra config fragment")
+    p.add_argument("--accel", choices=ACCELS, default="auto")
+    p.add_argument("--timeout", type=float, default=300, help="insmod/dmesg timeout (s)")
+    p.add_argument("--out", type=Path, help="folder for console.log, dmesg.txt, kunit.json")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--parse", type=Path, help="only parse a saved dmesg/console file")
+    p.add_argument(
+        "--kernel-build",
+        type=Path,
+        help="use an existing build dir (arch/x86/boot/bzImage, lib/kml/kml_test.ko) "
+        "instead of building",
+    )
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", help="run folder, or run id (or 'latest') under results/")
+    p.add_argument("--db", type=Path, default=None, help="results database")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/report)")
+    p.add_argument("--no-fioplot", action="store_true", help="skip fio-plot's graphs")
+    p.add_argument(
+        "--benchmark",
+        type=int,
+        metavar="N",
+        help="measure: build an N-cell run from host fio, time ingest and report, print sizes",
+    )
+    p.add_argument("--workdir", type=Path, help="with --benchmark: where to build (default tmp)")
+
+
+def _figures_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--paper", type=Path, metavar="OUTDIR", help="folder to write PNG + PDF into")
+    p.add_argument("--run", metavar="RUN_ID", help="run id (default: the newest in the database)")
+    p.add_argument("--db", type=Path, default=None, help="results database")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these figures")
+    p.add_argument("--format", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
+    p.add_argument("--list", action="store_true", help="list the registered figures")
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="*", metavar="RUN", help="RUN_A RUN_B: run ids or run folders")
+    p.add_argument("--a", dest="filter_a", metavar="KEY=VALUE[,...]", help="filter of side A")
+    p.add_argument("--b", dest="filter_b", metavar="KEY=VALUE[,...]", help="filter of side B")
+    p.add_argument("--run", metavar="RUN", help="with --a/--b: restrict both sides to this run")
+    p.add_argument("--db", type=Path, default=None, help="results database")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="metrics to compare (default: the latency percentiles, mean and IOPS, plus accuracy "
+        "metrics when present)",
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a parameter not to match cells on (repeatable; KEY. ignores a prefix)",
+    )
+    p.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        metavar="METRIC:±N%",
+        help="exit 1 on a significant change beyond N%% (repeatable)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="compare even when the sides ran under different clocks or icount shifts",
+    )
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML table")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+
+
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run folder or run id under results/")
+    p.add_argument("--all", action="store_true", help="every run folder under results/")
+    p.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="database file (default $KMLBENCH_DB or results/kmlbench.db)",
+    )
+    p.add_argument("--fresh", action="store_true", help="delete the database file first")
+    p.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("FORMAT", "DIR"),
+        help="after importing, write every table as FORMAT (csv or parquet) into DIR",
+    )
+
+
+def _trace_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("matrix", type=Path, help="matrix YAML file")
+    p.add_argument(
+        "--cell",
+        required=True,
+        help="cell id (as in 'kmlbench run --dry-run'), its 1-based number in that list, "
+        "or a unique prefix of an id",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="trace file to write")
+    p.add_argument("--csv", type=Path, default=None, help="also write the samples as CSV")
+    p.add_argument("--accel", choices=ACCELS, default="auto", help="as for 'kmlbench run'")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results folder for the cell's run (default results/)",
+    )
+
+
+def _trace_csv_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trace", type=Path)
+    p.add_argument("-o", "--output", type=Path, default=None, help="default stdout")
+
+
+def _trace_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trace", type=Path)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trace", type=Path, action="append", required=True, help="trace file (repeatable)"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    p.add_argument(
+        "--arch", choices=("mlp", "linear"), default="mlp", help="mlp (12-16-1, relu) or linear"
+    )
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="fraction of each trace, its last samples in time, kept out of training (0.2)",
+    )
+    p.add_argument("--hidden", type=int, default=16, help="hidden units of the mlp (16)")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "fixed"),
+        default="float32",
+        help="float32, or fixed: a Q16.16 model the kernel runs without the FPU",
+    )
+
+
+def _bench_lib_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
+    p.add_argument(
+        "--kernel-build",
+        type=Path,
+        help="kernel build dir for the kernel footprint (default: newest in the cache)",
+    )
+
+
+def _bench_harness_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", help="summarise this run id instead of running the benchmark")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _bench_build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--keep", action="store_true", help="keep the temporary cache")
+
+
+# ------------------------------------------------------------------ commands
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        ("run",),
+        "run a matrix file: build, boot, run fio, record results",
+        "run.commands:command_run",
+        _run_args,
+        "Build the kernel(s), boot one QEMU guest per cell, run fio, and write results/<run-id>/.",
+    ),
+    Command(
+        ("build",),
+        "build (or find in the cache) the kernel and guest image of a matrix",
+        "run.commands:command_build",
+        _build_args,
+    ),
+    Command(
+        ("doctor",),
+        "check host tools and whether KVM is usable",
+        "run.doctor:command",
+        _doctor_args,
+        "Can this host run the benchmark, and how fast?",
+    ),
+    Command(
+        ("kunit",),
+        "run KML's KUnit tests inside a QEMU guest",
+        "run.kunit:command",
+        _kunit_args,
+        "Run KML's KUnit tests inside a QEMU guest.",
+    ),
+    Command(
+        ("report",),
+        "write the HTML report and figures of a run",
+        "report.report:command",
+        _report_args,
+        "Write results/<run-id>/report/: index.html, figures (PNG+PDF), fio-plot.",
+    ),
+    Command(
+        ("figures",),
+        "regenerate figures from the results database",
+        "report.figures:command",
+        _figures_args,
+        "Draw the registered figures of a run from the results database.",
+    ),
+    Command(
+        ("compare",),
+        "compare two runs (or two filters) with statistics",
+        "report.compare:command",
+        _compare_args,
+        "Compare two runs, or two parameter filters, with bootstrap intervals and "
+        "Mann-Whitney U tests. A is the baseline.",
+        "--fail-on METRIC:+N%% / METRIC:-N%%: exit 1 when METRIC changed significantly "
+        "by more than N%% in that direction in any matched configuration.",
+    ),
+    Command(
+        ("import",),
+        "rebuild the results database from result folders",
+        "data.db:command",
+        _import_args,
+        "Rebuild the results database from run folders, or export it.",
+    ),
+    Command(
+        ("trace",),
+        "record KML's per-request samples from one cell; csv/info",
+        "run.commands:command_trace",
+        _trace_args,
+        "Record KML's per-request samples from a guest running one cell of a matrix "
+        "(kml_mode=observe, kmlctl trace during fio), or convert/inspect a trace.",
+        "kmlbench trace MATRIX --cell ID_OR_INDEX -o FILE | "
+        "kmlbench trace csv FILE [-o OUT.csv] | kmlbench trace info FILE",
+    ),
+    Command(
+        ("trace", "csv"),
+        "write a trace's samples as CSV",
+        "data.trace:command_csv",
+        _trace_csv_args,
+    ),
+    Command(
+        ("trace", "info"),
+        "summarise a trace",
+        "data.trace:command_info",
+        _trace_info_args,
+    ),
+    Command(
+        ("train",),
+        "train a deadline model offline from traces",
+        "kml.train:command",
+        _train_args,
+        "Train a deadline model offline from kmlbench traces with the user-space KML "
+        "library; the file loads into the kernel (model_file: in a matrix).",
+    ),
+    Command(
+        ("bench", "lib"),
+        "KML library: inference latency, training, footprint",
+        "bench.lib:command",
+        _bench_lib_args,
+        "KML against NumPy and PyTorch: inference latency, training, footprint.",
+    ),
+    Command(
+        ("bench", "harness"),
+        "boot time and harness time outside fio per cell",
+        "bench.harness:command",
+        _bench_harness_args,
+        "Where a cell's time goes: boot to SSH-ready, fio's wall time and the "
+        "harness's time outside fio.",
+    ),
+    Command(
+        ("bench", "build"),
+        "cold and warm kernel build times",
+        "bench.build:command",
+        _bench_build_args,
+        "Cold and warm kernel build times.",
+    ),
+)
+
+# Commands with words of their own after a first word that is also a command
+# on its own (``trace csv FILE`` beside ``trace MATRIX``): chosen before
+# argparse sees the line, because a subparser cannot have both.
+_NESTED = {c.words: c for c in COMMANDS if len(c.words) == 2 and (c.words[0],) in
+           {d.words for d in COMMANDS}}  # fmt: skip
+
+
+def _new_parser(command: Command) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kmlbench " + " ".join(command.words),
+        description=command.description,
+        epilog=command.epilog,
+    )
+    command.add_arguments(p)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,35 +387,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kmlbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_run(sub)
-    _add_build(sub)
-    _passthrough(sub, "doctor", "check host tools and whether KVM is usable")
-    _passthrough(sub, "kunit", "run KML's KUnit tests inside a QEMU guest")
-    _passthrough(sub, "report", "write the HTML report and figures of a run")
-    _passthrough(sub, "figures", "regenerate figures from the results database")
-    _passthrough(sub, "compare", "compare two runs (or two filters) with statistics")
-    _passthrough(sub, "import", "rebuild the results database from result folders")
-    _passthrough(sub, "trace", "record KML's per-request samples from one cell; csv/info")
-    _passthrough(sub, "train", "train a deadline model offline from traces")
-    bench = sub.add_parser("bench", help="micro-benchmarks")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
-    _passthrough(bench_sub, "lib", "KML library: inference latency, training, footprint")
-    _passthrough(bench_sub, "harness", "boot time and harness time outside fio per cell")
-    _passthrough(bench_sub, "build", "cold and warm kernel build times")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command in COMMANDS:
+        if command.words in _NESTED:
+            continue
+        first, *rest = command.words
+        if not rest:
+            p = sub.add_parser(
+                first,
+                help=command.help,
+                description=command.description,
+                epilog=command.epilog,
+            )
+        else:
+            if first not in groups:
+                group = sub.add_parser(first, help="micro-benchmarks")
+                groups[first] = group.add_subparsers(
+                    dest=f"{first}_command", required=True, metavar="WHAT"
+                )
+            p = groups[first].add_parser(
+                rest[0], help=command.help, description=command.description
+            )
+        command.add_arguments(p)
+        p.set_defaults(_command=command)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: Sequence[str]) -> tuple[Command, argparse.Namespace]:
+    """The command ``argv`` names and its parsed options (argparse exits on bad input)."""
+    nested = _NESTED.get(tuple(argv[:2]))
+    if nested is not None:
+        return nested, _new_parser(nested).parse_args(list(argv[2:]))
+    args = build_parser().parse_args(list(argv))
+    return args._command, args
+
+
+def handler(command: Command) -> Callable[[argparse.Namespace], int]:
+    """The function that does ``command``'s work, imported now."""
+    module, _, function = command.handler.partition(":")
+    found: Callable[[argparse.Namespace], int] = getattr(
+        importlib.import_module(f"kmlbench.{module}"), function
+    )
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    target = _passthrough_target(argv)
     try:
-        if target is not None:
-            import importlib
-
-            module, rest = target
-            return int(importlib.import_module(f"kmlbench.{module}").main(rest))
-        return _dispatch(build_parser().parse_args(argv))
+        command, args = parse(argv)
+        return int(handler(command)(args))
     except KeyboardInterrupt:
         print("kmlbench: interrupted", file=sys.stderr)
         return 130
@@ -106,50 +445,6 @@ def main(argv: list[str] | None = None) -> int:
         # quietly, and keep Python from failing again on flushing stdout.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-
-
-# Commands whose module parses its own arguments: ``main(argv) -> int``.
-# They are dispatched before argparse sees them, because REMAINDER would
-# not pass on options that come before the first positional argument.
-_PASSTHROUGH_MODULES = {
-    ("doctor",): "run.doctor",
-    ("kunit",): "run.kunit",
-    ("report",): "report.report",
-    ("figures",): "report.figures",
-    ("compare",): "report.compare",
-    ("import",): "data.db",
-    ("trace",): "data.trace",
-    ("train",): "kml.train",
-    ("bench", "lib"): "bench.lib",
-    ("bench", "harness"): "bench.harness",
-    ("bench", "build"): "bench.build",
-}
-
-
-def _passthrough_target(argv: list[str]) -> tuple[str, list[str]] | None:
-    for words, module in _PASSTHROUGH_MODULES.items():
-        if tuple(argv[: len(words)]) == words:
-            return module, argv[len(words) :]
-    return None
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "run":
-        from kmlbench.run import runner
-
-        return runner.main_run(
-            matrix_path=args.matrix,
-            resume=args.resume,
-            dry_run=args.dry_run,
-            accel=args.accel,
-            results_root=args.results,
-            retry=tuple(x for x in args.retry.split(",") if x),
-        )
-    if args.command == "build":
-        from kmlbench.run import runner
-
-        return runner.main_build(args.matrix)
-    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,8 @@ from pathlib import Path
 from kmlbench.build import kernel
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kmlbench bench build", description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary cache")
-    args = parser.parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench bench build``: a cold and a warm build into a fresh cache."""
 
     cache = Path(tempfile.mkdtemp(prefix="kmlbench-bench-cache-"))
     request = kernel.KernelRequest("debian", ())

@@ -40,11 +40,8 @@ def cell_timings(run_dir: Path) -> list[dict[str, float | str]]:
     return rows
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kmlbench bench harness", description=__doc__)
-    parser.add_argument("--run", help="summarise this run id instead of running the benchmark")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench bench harness``: run (or read) the harness benchmark and summarise it."""
 
     root = paths.results_dir()
     if args.run is None:

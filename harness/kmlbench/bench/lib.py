@@ -384,16 +384,8 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="kmlbench bench lib", description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
-    p.add_argument(
-        "--kernel-build",
-        type=Path,
-        help="kernel build dir for the kernel footprint (default: newest in the cache)",
-    )
-    args = p.parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench bench lib``: run the benchmark and print a table or JSON."""
     try:
         res = run(quick=args.quick, kernel_build=args.kernel_build)
     except kml.KmlBuildError as exc:
@@ -404,7 +396,3 @@ def main(argv: list[str]) -> int:
     else:
         print(table(res))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

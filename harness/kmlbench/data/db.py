@@ -30,7 +30,7 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -707,31 +707,8 @@ def _all_run_dirs() -> list[Path]:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kmlbench import",
-        description="Rebuild the results database from run folders, or export it.",
-    )
-    p.add_argument("runs", nargs="*", metavar="RUN", help="run folder or run id under results/")
-    p.add_argument("--all", action="store_true", help="every run folder under results/")
-    p.add_argument(
-        "--db",
-        type=Path,
-        default=None,
-        help=f"database file (default ${DB_ENV} or results/kmlbench.db)",
-    )
-    p.add_argument("--fresh", action="store_true", help="delete the database file first")
-    p.add_argument(
-        "--export",
-        nargs=2,
-        metavar=("FORMAT", "DIR"),
-        help="after importing, write every table as FORMAT (csv or parquet) into DIR",
-    )
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench import``: ingest run folders into the database, or export it."""
     db_path = args.db or default_db_path()
     if args.export and args.export[0] not in ("csv", "parquet"):
         print("kmlbench import: --export FORMAT must be csv or parquet", file=sys.stderr)
@@ -757,7 +734,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in export(db_path, Path(args.export[1]), args.export[0]):
             print(f"kmlbench import: wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

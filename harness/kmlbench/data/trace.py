@@ -204,7 +204,8 @@ def write_csv(rows: np.ndarray, n_features: int, out: IO[str]) -> None:
 # Command line.
 
 
-def _cmd_csv(args: argparse.Namespace) -> int:
+def command_csv(args: argparse.Namespace) -> int:
+    """``kmlbench trace csv``: a trace's samples as CSV (stdout or --output)."""
     try:
         header, rows = load_trace(args.trace)
     except TraceError as exc:
@@ -219,7 +220,8 @@ def _cmd_csv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def command_info(args: argparse.Namespace) -> int:
+    """``kmlbench trace info``: how many samples, met/missed, reads/writes."""
     try:
         header, rows = load_trace(args.trace)
     except TraceError as exc:
@@ -236,55 +238,3 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  reads {int((rows['op'] == 0).sum())}, writes {int((rows['op'] == 1).sum())}")
         print(f"  with a prediction {int(rows['pred_valid'].sum())}")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """``kmlbench trace``: record (the default), ``csv`` and ``info`` subcommands."""
-    p = argparse.ArgumentParser(
-        prog="kmlbench trace",
-        description="Record KML's per-request samples from a guest running one cell of a "
-        "matrix (kml_mode=observe, kmlctl trace during fio), or convert/inspect a trace.",
-        epilog="kmlbench trace MATRIX --cell ID_OR_INDEX -o FILE | "
-        "kmlbench trace csv FILE [-o OUT.csv] | kmlbench trace info FILE",
-    )
-    p.add_argument("matrix", type=Path, help="matrix YAML file")
-    p.add_argument(
-        "--cell",
-        required=True,
-        help="cell id (as in 'kmlbench run --dry-run'), its 1-based number in that list, "
-        "or a unique prefix of an id",
-    )
-    p.add_argument("-o", "--output", type=Path, required=True, help="trace file to write")
-    p.add_argument("--csv", type=Path, default=None, help="also write the samples as CSV")
-    p.add_argument(
-        "--accel", choices=("auto", "kvm", "tcg"), default="auto", help="as for 'kmlbench run'"
-    )
-    p.add_argument(
-        "--results",
-        type=Path,
-        default=None,
-        help="results folder for the cell's run (default results/)",
-    )
-    return p
-
-
-def main(argv: list[str]) -> int:
-    """Entry point of ``kmlbench trace``."""
-    if argv[:1] in (["csv"], ["info"]):
-        sub = argparse.ArgumentParser(prog=f"kmlbench trace {argv[0]}")
-        sub.add_argument("trace", type=Path)
-        if argv[0] == "csv":
-            sub.add_argument("-o", "--output", type=Path, default=None, help="default stdout")
-            return _cmd_csv(sub.parse_args(argv[1:]))
-        return _cmd_info(sub.parse_args(argv[1:]))
-    args = build_parser().parse_args(argv)
-    from kmlbench.run import runner
-
-    return runner.main_trace(
-        matrix_path=args.matrix,
-        cell=args.cell,
-        output=args.output,
-        csv_path=args.csv,
-        accel=args.accel,
-        results_root=args.results,
-    )

@@ -241,40 +241,11 @@ def _fmt(v: Any, pct: bool = True) -> str:
     return f"{v:.3f}" if pct else f"{v:.1f}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kmlbench train",
-        description="Train a deadline model offline from kmlbench traces with the "
-        "user-space KML library; the file loads into the kernel (model_file: in a matrix).",
-    )
-    p.add_argument(
-        "--trace", type=Path, action="append", required=True, help="trace file (repeatable)"
-    )
-    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
-    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp (12-16-1, relu) or linear")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument(
-        "--holdout",
-        type=float,
-        default=0.2,
-        help="fraction of each trace, its last samples in time, kept out of training (0.2)",
-    )
-    p.add_argument("--hidden", type=int, default=16, help="hidden units of the mlp (16)")
-    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "fixed"),
-        default="float32",
-        help="float32, or fixed: a Q16.16 model the kernel runs without the FPU",
-    )
-    return p
-
-
-def main(argv: list[str]) -> int:
-    """Entry point of ``kmlbench train``."""
-    args = build_parser().parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench train``: train, calibrate, save and print the holdout figures."""
+    if args.arch not in ARCHS:
+        print(f"kmlbench train: --arch must be one of {', '.join(ARCHS)}", file=sys.stderr)
+        return 2
     if args.epochs < 1 or args.batch < 1 or args.hidden < 1:
         print("kmlbench train: --epochs, --batch and --hidden must be >= 1", file=sys.stderr)
         return 2

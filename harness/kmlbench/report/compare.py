@@ -298,52 +298,6 @@ def result_json(result: Result) -> dict:
 # Command line.
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kmlbench compare",
-        description="Compare two runs, or two parameter filters, with bootstrap intervals "
-        "and Mann-Whitney U tests. A is the baseline.",
-        epilog="--fail-on METRIC:+N%% / METRIC:-N%%: exit 1 when METRIC changed significantly "
-        "by more than N%% in that direction in any matched configuration.",
-    )
-    p.add_argument("runs", nargs="*", metavar="RUN", help="RUN_A RUN_B: run ids or run folders")
-    p.add_argument("--a", dest="filter_a", metavar="KEY=VALUE[,...]", help="filter of side A")
-    p.add_argument("--b", dest="filter_b", metavar="KEY=VALUE[,...]", help="filter of side B")
-    p.add_argument("--run", metavar="RUN", help="with --a/--b: restrict both sides to this run")
-    p.add_argument("--db", type=Path, default=None, help="results database")
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        default=None,
-        help=f"metrics to compare (default: {' '.join(stats.DEFAULT_METRICS)}, plus accuracy "
-        "metrics when present)",
-    )
-    p.add_argument(
-        "--ignore",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="a parameter not to match cells on (repeatable; KEY. ignores a prefix)",
-    )
-    p.add_argument(
-        "--fail-on",
-        action="append",
-        default=[],
-        metavar="METRIC:±N%",
-        help="exit 1 on a significant change beyond N%% (repeatable)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="compare even when the sides ran under different clocks or icount shifts",
-    )
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML table")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
-    return p
-
-
 def _run_id(arg: str, db_path: Path) -> str:
     """A run id in the database, or a run folder (ingested now)."""
     path = Path(arg)
@@ -365,8 +319,8 @@ def _run_id(arg: str, db_path: Path) -> str:
     return kdb.run_id_of(run_dir)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench compare``: compare two runs or filters; the exit status gates CI."""
     db_path = args.db or kdb.default_db_path()
     try:
         thresholds = [parse_threshold(t) for spec in args.fail_on for t in spec.split(",") if t]
@@ -457,7 +411,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = {**result_json(result), "clock": clocks}
         args.json.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str))
     return EXIT_REGRESSION if result.tripped else EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

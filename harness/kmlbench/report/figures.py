@@ -947,22 +947,8 @@ def render(
     return rendered, skipped
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kmlbench figures",
-        description="Draw the registered figures of a run from the results database.",
-    )
-    p.add_argument("--paper", type=Path, metavar="OUTDIR", help="folder to write PNG + PDF into")
-    p.add_argument("--run", metavar="RUN_ID", help="run id (default: the newest in the database)")
-    p.add_argument("--db", type=Path, default=None, help="results database")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="only these figures")
-    p.add_argument("--format", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
-    p.add_argument("--list", action="store_true", help="list the registered figures")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench figures``: draw a run's figures into --paper (or --list them)."""
     if args.list:
         for spec in FIGURES.values():
             print(f"{spec.name:22} {spec.description}")
@@ -986,7 +972,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in skipped:
         print(f"kmlbench figures: {name}: skipped (no data for it in run {data.run.run_id})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

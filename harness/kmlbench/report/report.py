@@ -308,27 +308,8 @@ def build_report(
     return write_html(out_dir, data, rendered, skipped, fp_result, note)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kmlbench report",
-        description="Write results/<run-id>/report/: index.html, figures (PNG+PDF), fio-plot.",
-    )
-    p.add_argument("run", nargs="?", help="run folder, or run id (or 'latest') under results/")
-    p.add_argument("--db", type=Path, default=None, help="results database")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default RUN/report)")
-    p.add_argument("--no-fioplot", action="store_true", help="skip fio-plot's graphs")
-    p.add_argument(
-        "--benchmark",
-        type=int,
-        metavar="N",
-        help="measure: build an N-cell run from host fio, time ingest and report, print sizes",
-    )
-    p.add_argument("--workdir", type=Path, help="with --benchmark: where to build (default tmp)")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench report``: write a run's report (or measure, with --benchmark)."""
     if args.benchmark:
         print(json.dumps(benchmark(args.benchmark, args.workdir), indent=2))
         return 0
@@ -605,7 +586,3 @@ def benchmark(n_cells: int, workdir: Path | None = None) -> dict[str, Any]:
         "report_s_with_fioplot": round(report_fp_s, 1),
         "figures_png": figures,
     }
-
-
-if __name__ == "__main__":
-    sys.exit(main())

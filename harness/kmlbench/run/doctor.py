@@ -131,12 +131,8 @@ def run_checks(kvm_timeout_s: float, probe: bool, kernel: Path | None) -> list[C
     return checks
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="kmlbench doctor", description=__doc__.splitlines()[0])
-    parser.add_argument("--no-kvm-probe", action="store_true", help="skip booting a KVM guest")
-    parser.add_argument("--kvm-timeout", type=float, default=20.0, metavar="S")
-    parser.add_argument("--kernel", type=Path, help="probe KVM by booting this bzImage")
-    args = parser.parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench doctor``: print the checks; 1 when an essential one failed."""
     checks = run_checks(args.kvm_timeout, not args.no_kvm_probe, args.kernel)
     table = Table(title="kmlbench doctor")
     table.add_column("check")

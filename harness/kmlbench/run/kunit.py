@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["KtapCase", "KtapSuite", "main", "parse_ktap", "summarize"]
+__all__ = ["KtapCase", "KtapSuite", "command", "parse_ktap", "summarize"]
 
 MODULE = "kml_test"
 REMOTE_KO = "/tmp/kml_test.ko"
@@ -174,24 +174,6 @@ def _report(suites: list[KtapSuite]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kmlbench kunit", description=__doc__.split("\n\n")[0])
-    p.add_argument("--source", default="debian", help="kernel source: debian or a tree path")
-    p.add_argument("--config", action="append", type=Path, default=[], help="extra config fragment")
-    p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
-    p.add_argument("--timeout", type=float, default=300, help="insmod/dmesg timeout (s)")
-    p.add_argument("--out", type=Path, help="folder for console.log, dmesg.txt, kunit.json")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--parse", type=Path, help="only parse a saved dmesg/console file")
-    p.add_argument(
-        "--kernel-build",
-        type=Path,
-        help="use an existing build dir (arch/x86/boot/bzImage, lib/kml/kml_test.ko) "
-        "instead of building",
-    )
-    return p
-
-
 def _accel(choice: str, kernel: Path, initrd: Path) -> str:
     """``auto`` trusts KVM only if it boots this very kernel (it can hang)."""
     if choice != "auto":
@@ -223,8 +205,8 @@ def _finish(suites: list[KtapSuite], extra_failure: str | None, as_json: bool, o
     return 0 if ok else 1
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench kunit``: build, boot, load the tests, print the verdict."""
     if args.parse:
         return _finish(parse_ktap(args.parse.read_text(errors="replace")), None, args.json, None)
 
@@ -305,7 +287,3 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(keydir, ignore_errors=True)
     (out / "dmesg.txt").write_text(dmesg)
     return _finish(parse_ktap(dmesg), failure, args.json, out)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
