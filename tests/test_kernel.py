@@ -36,6 +36,9 @@ from kmlbench.build.kernel import (
     PatchError,
     ResolvedSource,
 )
+from kmlbench.build.kernel.compile import built_modules, publish, read_stamp
+from kmlbench.build.kernel.inputs import patched_paths
+from kmlbench.build.kernel.keys import kconfig_memo_key
 
 # --------------------------------------------------------------------------
 # helpers: a fake kernel tree, tarballs, patches
@@ -545,9 +548,9 @@ def test_work_tree_patch_error_names_patch_and_leaves_tree_alone(tmp_path):
 def test_built_modules_ignores_stale_ko_files(tmp_path):
     obj = tmp_path / "obj"
     make_tree(obj, {"lib/kml/kml_test.ko": "new", "lib/kml/kml_old.ko": "removed module"})
-    assert set(kernel._built_modules(obj)) == {"kml_old", "kml_test"}
+    assert set(built_modules(obj)) == {"kml_old", "kml_test"}
     (obj / "modules.order").write_text("lib/kml/kml_test.ko\n")
-    assert kernel._built_modules(obj) == {"kml_test": obj / "lib/kml/kml_test.ko"}
+    assert built_modules(obj) == {"kml_test": obj / "lib/kml/kml_test.ko"}
 
 
 def test_publish_copies_the_object_dir_with_its_stamp(tmp_path):
@@ -559,9 +562,9 @@ def test_publish_copies_the_object_dir_with_its_stamp(tmp_path):
     builds.mkdir()
     (builds / "k1").mkdir()  # an unstamped, interrupted build of the old layout
     (builds / "k1" / "junk").write_text("x")
-    final = kernel._publish(obj, builds, "k1", {"build_key": "k1"}, quiet)
+    final = publish(obj, builds, "k1", {"build_key": "k1"}, quiet)
     assert final == builds / "k1"
-    assert kernel._read_stamp(final) == {"build_key": "k1"}
+    assert read_stamp(final) == {"build_key": "k1"}
     assert (final / "lib" / "kml" / "kml.o").read_text() == "o"
     assert not (final / "junk").exists()
     assert sorted(p.name for p in builds.iterdir()) == ["k1"]
@@ -575,7 +578,7 @@ def test_kconfig_memo_key_ignores_c_files_but_not_kconfig():
     base = {"lib/kml/Kconfig": "k1", "lib/kml/kml_math.c": "c1", "lib/Kconfig": "p1"}
 
     def key(overlay: dict[str, str | None], fragments: tuple[str, ...] = ("CONFIG_A=y\n",)) -> str:
-        return kernel._kconfig_memo_key("src", overlay, fragments, "gcc 12", "ld 2.40")
+        return kconfig_memo_key("src", overlay, fragments, "gcc 12", "ld 2.40")
 
     same = [
         {**base, "lib/kml/kml_math.c": "c2"},
@@ -767,7 +770,7 @@ def test_repo_fragments_survive_olddefconfig(kconfig_tree, tmp_path):
     shutil.copytree(kconfig_tree, tree, symlinks=True)
     inputs = kernel.read_tree_inputs(paths.KML_SRC_DIR, paths.PATCHES_DIR)
     # Patches may touch more than Kconfig and Makefiles: extract what they name.
-    wanted = set().union(*(kernel._patched_paths(data) for _, data in inputs.patches))
+    wanted = set().union(*(patched_paths(data) for _, data in inputs.patches))
     top = kconfig_tree.name
     missing = sorted(f"{top}/{rel}" for rel in wanted if not (tree / rel).exists())
     if missing:

@@ -1,0 +1,191 @@
+"""Compiling a configured kernel and keeping the result: make, the build dirs, their records.
+
+:func:`compile_kernel` runs ``make bzImage [modules]`` in an object dir,
+its output streamed into the logs (with the lines that say what broke when
+it fails). :func:`publish` copies a finished object dir to the
+content-keyed ``cache/builds/<build_key>/`` with its record, the
+``.kmlbench-complete`` stamp (inputs, modules, object dir, compile time),
+which :func:`read_stamp` reads back: a build dir with a stamp and a
+``bzImage`` is a finished build, a cache hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from kmlbench import procs
+from kmlbench.build.kernel.common import KernelBuildError, Log, make_env, run
+from kmlbench.build.kernel.kconfig import parse_config_lines
+from kmlbench.files import atomic_write
+
+BUILD_STAMP = ".kmlbench-complete"
+BUILD_LOG = "kmlbench-build.log"
+
+
+def default_jobs() -> int:
+    """``-j`` for make: KMLBENCH_JOBS if set, else the CPUs we may run on."""
+    env = os.environ.get("KMLBENCH_JOBS")
+    if env:
+        return max(1, int(env))
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+_ERROR_RE = re.compile(r"error:|Error:|undefined reference|fatal error|No rule to make target")
+
+
+def error_summary(log_text: str, limit: int = 20) -> str:
+    """The last ``limit`` lines around compiler/linker errors in a build log.
+
+    With ``-j`` make keeps going after the first error and buries it under
+    other output; the ``error:`` lines and their neighbours are what tell
+    the user what broke. Falls back to make's ``***`` lines, then the tail.
+    """
+    lines = log_text.splitlines()
+    hits = [i for i, line in enumerate(lines) if _ERROR_RE.search(line)]
+    if not hits:
+        hits = [i for i, line in enumerate(lines) if "***" in line]
+    if not hits:
+        return "\n".join(lines[-limit:])
+    chosen: list[int] = []
+    for i in hits:
+        for j in range(max(0, i - 2), min(len(lines), i + 3)):
+            if not chosen or j > chosen[-1]:
+                chosen.append(j)
+    return "\n".join(lines[j] for j in chosen[-limit:])
+
+
+def wants_modules(config_text: str) -> bool:
+    """``make modules`` only makes sense with CONFIG_MODULES=y and some =m."""
+    cfg = parse_config_lines(config_text)
+    if cfg.get("CONFIG_MODULES", ("",))[0] != "CONFIG_MODULES=y":
+        return False
+    return any(line.endswith("=m") for line, _ in cfg.values())
+
+
+def collect_modules(build_dir: Path) -> dict[str, Path]:
+    """``{module name: path}`` of every ``.ko`` in the build dir."""
+    return {p.stem: p for p in sorted(build_dir.rglob("*.ko"))}
+
+
+def built_modules(obj: Path) -> dict[str, Path]:
+    """The modules of the last build in ``obj``: those ``modules.order`` lists.
+
+    An object dir is reused across KML versions, so a ``.ko`` of a module
+    that no longer exists may still lie around; modules.order does not
+    list it.
+    """
+    order = obj / "modules.order"
+    if not order.is_file():
+        return collect_modules(obj)
+    result = {}
+    for line in order.read_text().splitlines():
+        rel = line.strip()
+        if rel.endswith(".o"):
+            rel = rel[:-2] + ".ko"
+        if rel and (obj / rel).is_file():
+            result[Path(rel).stem] = obj / rel
+    return result
+
+
+def compile_kernel(
+    tree: Path, build_dir: Path, build_log: Path, log_files: Sequence[Path], jobs: int, log: Log
+) -> None:
+    """``make bzImage [modules]``, output streamed into ``build_log`` and ``log_files``.
+
+    ``build_log`` starts empty on every attempt (so the error summary read
+    from it is about this attempt); the ``log_files`` are appended to.
+    """
+    targets = ["bzImage"]
+    if wants_modules((build_dir / ".config").read_text()):
+        targets.append("modules")
+    argv = ["make", f"O={build_dir}", f"-j{jobs}", *targets]
+    log("$ " + " ".join(argv) + f"  (output: {build_log})")
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(build_log.open("w", buffering=1))]
+        outs += [stack.enter_context(p.open("a", buffering=1)) for p in log_files if p != build_log]
+        for out in outs:
+            out.write("$ " + " ".join(argv) + "\n")
+        proc = procs.popen(  # dies with us even when we are SIGKILLed mid-build
+            argv,
+            die_with_parent=True,
+            cwd=tree,
+            env=make_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                for out in outs:
+                    out.write(line)
+        except BaseException:  # e.g. KeyboardInterrupt: don't leave make or its compilers running
+            procs.stop(proc)
+            raise
+        rc = proc.wait()
+        procs.stop(proc, grace_s=0)  # anything make left behind; forgets the group
+    elapsed = time.monotonic() - started
+    if rc != 0:
+        summary = error_summary(build_log.read_text(errors="replace"))
+        raise KernelBuildError(
+            f"kernel build failed (make exit {rc} after {elapsed:.0f}s):\n{summary}", build_log
+        )
+    log(f"kernel built in {elapsed:.0f}s")
+
+
+def read_stamp(build_dir: Path) -> dict[str, object] | None:
+    """The completed-build stamp, if the build dir holds a finished build."""
+    try:
+        stamp = json.loads((build_dir / BUILD_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (build_dir / "arch" / "x86" / "boot" / "bzImage").is_file():
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def remove_stale_scratch(builds: Path, max_age_s: float = 86400) -> None:
+    """Remove scratch dirs of killed processes (older than a day).
+
+    Config scratch dirs (``.config-*``, from before the work tree) and
+    half-copied builds (``.publish-*``): a live one is seconds old.
+    """
+    now = time.time()
+    for d in [*builds.glob(".config-*"), *builds.glob(".publish-*")]:
+        with contextlib.suppress(OSError):
+            if now - d.stat().st_mtime > max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def publish(obj: Path, builds: Path, key: str, stamp: Mapping[str, object], log: Log) -> Path:
+    """Copy a finished object dir to ``builds/<key>/`` with its stamp, atomically.
+
+    A full copy (about 230 MB, a second or two): the object dir is rebuilt
+    in place by the next build, so hard links would be modified under the
+    published copy. The caller holds the build key's lock.
+    """
+    final = builds / key
+    for stale in builds.glob(f".publish-{key}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=builds, prefix=f".publish-{key}-"))
+    try:
+        run(["cp", "-a", f"{obj}/.", str(tmp)], builds, log, "cp -a (publish the build)")
+        atomic_write(tmp / BUILD_STAMP, json.dumps(stamp, indent=1) + "\n")
+        if final.exists():  # without a stamp: an interrupted build of the old layout
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
