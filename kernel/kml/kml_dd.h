@@ -4,7 +4,8 @@
  * shares: the model, the sample ring and who consumes it, the statistics
  * and the module parameters that tune them.  The hooks (kml_iosched.c),
  * /dev/kml (kml_dd_dev.c) and the kernel trainer (kml_ktrain.c) call the
- * core.
+ * core, never each other, and only the core and the inline accessors here
+ * touch kml_dd.
  */
 #ifndef _KML_DD_H
 #define _KML_DD_H
@@ -15,6 +16,8 @@
 #include <linux/rcupdate.h>
 #include "kml.h"
 #include "kml_iosched_uapi.h"
+
+struct vm_area_struct;
 
 enum kml_dd_stat {
 	KML_DD_S_INFERENCES,
@@ -55,7 +58,11 @@ struct kml_dd_model {
 };
 
 /* Who pops the ring: nobody, a user mapping of /dev/kml, or the ktrainer. */
-enum { KML_DD_OWNER_NONE = 0, KML_DD_OWNER_USER = 1, KML_DD_OWNER_KERNEL = 2 };
+enum kml_dd_owner {
+	KML_DD_OWNER_NONE = 0,
+	KML_DD_OWNER_USER = 1,
+	KML_DD_OWNER_KERNEL = 2,
+};
 
 /* Defined in kml_dd_core.c; see the comment at the top. */
 struct kml_dd_global {
@@ -67,7 +74,7 @@ struct kml_dd_global {
 	size_t ring_bytes;		/* page aligned */
 	struct kml_ring_shared no_ring;	/* ring.sh when allocation failed */
 	s64 consumed_base;		/* ring pushes at the last reset */
-	atomic_t ring_owner;
+	atomic_t ring_owner;		/* enum kml_dd_owner */
 	unsigned int decision_permille;	/* module parameter */
 	int sample_filter;		/* module parameter */
 	atomic64_t stats[KML_DD_NR_STATS];
@@ -132,14 +139,22 @@ static inline void kml_dd_note_inference(u64 ns)
  * end of this file) removes the model in use.
  */
 int kml_dd_publish(const void *buf, size_t len);
+long kml_dd_model_save(void *buf, size_t cap, u32 dtype);
 
 /* A completed request's sample: statistics, then the ring.  Any context. */
 void kml_dd_record_sample(const struct kml_dd_sample *s);
 
-/* The ring's one consumer: /dev/kml or the kernel trainer. */
-void kml_dd_ring_repair(void);
-int kml_dd_dev_init(void);
+/* The ring's one consumer: see kml_dd_ring_claim(). */
+int kml_dd_ring_claim(enum kml_dd_owner owner);
+void kml_dd_ring_release(enum kml_dd_owner owner);
+int kml_dd_ring_pop(struct kml_dd_sample *s);
+bool kml_dd_ring_blocks(void);
+size_t kml_dd_ring_bytes(void);
+int kml_dd_ring_mmap(struct vm_area_struct *vma);
 int kml_dd_ktrainer_running(void);
+
+/* What KML_IOC_INFO reports of the core; /dev/kml adds its own limits. */
+void kml_dd_get_info(struct kml_dev_info *info);
 
 /* The trainers' calibration of the decision threshold. */
 void kml_dd_set_decision_permille(unsigned int permille);

@@ -25,6 +25,7 @@
 #include <linux/uaccess.h>
 #include <linux/log2.h>
 #include <linux/math64.h>
+#include <kunit/visibility.h>
 #include "kml_internal.h"
 #include "kml_dd.h"
 
@@ -322,6 +323,27 @@ void kml_dd_unload(void)
 	kml_dd_model_replace(NULL);
 }
 
+/*
+ * Save the model in use into @buf if it is of @dtype, for the kernel
+ * trainer to warm-start from.  The swap lock keeps it from being replaced
+ * (and freed) while it is saved.  Returns its length, 0 when no model of
+ * @dtype is in use, or a negative errno.
+ */
+long kml_dd_model_save(void *buf, size_t cap, u32 dtype)
+{
+	struct kml_model_cfg cfg;
+	struct kml_dd_model *dm;
+	long len = 0;
+
+	mutex_lock(&kml_dd.model_lock);
+	dm = rcu_dereference_protected(kml_dd.model,
+				       lockdep_is_held(&kml_dd.model_lock));
+	if (dm && !kml_model_get_cfg(dm->model, &cfg) && cfg.dtype == dtype)
+		len = kml_model_save(dm->model, buf, cap);
+	mutex_unlock(&kml_dd.model_lock);
+	return len;
+}
+
 /* ------------------------------------------------------------ the ring */
 
 /*
@@ -330,7 +352,7 @@ void kml_dd_unload(void)
  * anew: first wait until no push that began before it broke is running.
  * Process context; the caller owns the ring (no consumer is running).
  */
-void kml_dd_ring_repair(void)
+static void kml_dd_ring_repair(void)
 {
 	struct kml_ring fresh;
 	u32 capacity = kml_dd.ring.mask + 1;
@@ -351,6 +373,94 @@ void kml_dd_ring_repair(void)
 	smp_store_release(&kml_dd.ring.broken, false);
 	kml_dd_stat_inc(KML_DD_S_RING_REPAIRS);
 	pr_info_ratelimited("kml: sample ring was corrupted by its consumer; reset\n");
+}
+
+/*
+ * The ring has one consumer at a time, since popping is single-consumer:
+ * a user mapping of /dev/kml or the kernel trainer.  Claim it before
+ * mapping or popping it.  Returns -ENODEV without a ring, -EBUSY while
+ * another consumer holds it.  A consumer before this one may have left the
+ * ring broken, so a claim repairs it (which may wait for an RCU grace
+ * period).  Process context.
+ */
+int kml_dd_ring_claim(enum kml_dd_owner owner)
+{
+	if (owner != KML_DD_OWNER_USER && owner != KML_DD_OWNER_KERNEL)
+		return -EINVAL;
+	if (!kml_dd.ring_mem)
+		return -ENODEV;
+	if (atomic_cmpxchg(&kml_dd.ring_owner, KML_DD_OWNER_NONE,
+			   owner) != KML_DD_OWNER_NONE)
+		return -EBUSY;
+	kml_dd_ring_repair();
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_ring_claim);
+
+/*
+ * Give the ring up, once the consumer has stopped popping (for a mapping:
+ * at the file's release, after munmap()).  Repair it first, so that a
+ * consumer that broke it does not leave producers dropping every sample
+ * until the next claim.  Process context.
+ */
+void kml_dd_ring_release(enum kml_dd_owner owner)
+{
+	kml_dd_ring_repair();
+	WARN_ON_ONCE(atomic_cmpxchg(&kml_dd.ring_owner, owner,
+				    KML_DD_OWNER_NONE) != owner);
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_ring_release);
+
+/* Pop one sample; for the owner only (0, or -EAGAIN when empty). */
+int kml_dd_ring_pop(struct kml_dd_sample *s)
+{
+	return kml_ring_pop(&kml_dd.ring, s);
+}
+
+/* Whether producers wait for room in a full ring (ring_mode "block"). */
+bool kml_dd_ring_blocks(void)
+{
+	return READ_ONCE(kml_dd.ring.mode) == KML_RING_BLOCK;
+}
+
+/* Bytes a consumer may map, or 0 without a ring. */
+size_t kml_dd_ring_bytes(void)
+{
+	return kml_dd.ring_mem ? kml_dd.ring_bytes : 0;
+}
+
+/*
+ * Map the ring for its owner, who has checked @vma against
+ * kml_dd_ring_bytes().  Repair it first: the owner may map it again after
+ * its own earlier mapping broke it, which no claim saw.
+ */
+int kml_dd_ring_mmap(struct vm_area_struct *vma)
+{
+	kml_dd_ring_repair();
+	return remap_vmalloc_range(vma, kml_dd.ring_mem, 0);
+}
+
+/*
+ * The kernel trainer claims the ring before its thread starts and releases
+ * it after the thread stopped, so the claim is what "running" reports.
+ */
+int kml_dd_ktrainer_running(void)
+{
+	return atomic_read(&kml_dd.ring_owner) == KML_DD_OWNER_KERNEL;
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_ktrainer_running);
+
+void kml_dd_get_info(struct kml_dev_info *info)
+{
+	memset(info, 0, sizeof(*info));
+	info->abi_version = KML_DD_ABI_VERSION;
+	info->record_size = sizeof(struct kml_dd_sample);
+	info->ring_capacity = kml_dd.ring_mem ? kml_dd.ring.mask + 1 : 0;
+	info->ring_mode = READ_ONCE(kml_dd.ring.mode);
+	info->ring_bytes = kml_dd_ring_bytes();
+	info->n_features = KML_DD_NR_FEATURES;
+	info->model_generation = READ_ONCE(kml_dd.model_generation);
+	info->ktrainer_running = kml_dd_ktrainer_running();
 }
 
 /* ------------------------------------------------------------ debugfs */
@@ -434,7 +544,8 @@ static const struct file_operations kml_dd_stats_fops = {
 
 /*
  * The ring is allocated once, at boot: the hot path never allocates, and
- * a consumer maps the same memory for the life of the system.
+ * a consumer maps the same memory for the life of the system.  /dev/kml
+ * registers itself (kml_dd_dev.c), after this in link order.
  */
 static int __init kml_dd_global_init(void)
 {
@@ -466,9 +577,6 @@ static int __init kml_dd_global_init(void)
 	kml_dd.debugfs = debugfs_create_dir("kml", NULL);
 	debugfs_create_file("iosched", 0600, kml_dd.debugfs, NULL,
 			    &kml_dd_stats_fops);
-	ret = kml_dd_dev_init();
-	if (ret)
-		pr_warn("kml: /dev/kml not available (%d)\n", ret);
 	return 0;
 }
 late_initcall(kml_dd_global_init);
