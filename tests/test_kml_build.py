@@ -45,6 +45,7 @@ USER_ONLY = {"kml_platform_user.c", "kml_bench.c"}
 KERNEL_ONLY = {
     "kml_platform_kernel.c",
     "kml_test.c",
+    "kml_dd_core.c",
     "kml_iosched.c",
     "kml_dd_dev.c",
     "kml_ktrain.c",

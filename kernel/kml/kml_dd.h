@@ -1,17 +1,23 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * KML for mq-deadline, internal: state shared by kml_iosched.c (hooks,
- * statistics, model swap), kml_dd_dev.c (/dev/kml) and kml_ktrain.c (the
- * kernel trainer).
+ * KML for mq-deadline, internal.  kml_dd_core.c owns what every queue
+ * shares: the model, the sample ring and who consumes it, the statistics
+ * and the module parameters that tune them.  The hooks (kml_iosched.c),
+ * /dev/kml (kml_dd_dev.c) and the kernel trainer (kml_ktrain.c) call the
+ * core, never each other, and only the core and the inline accessors here
+ * touch kml_dd.
  */
 #ifndef _KML_DD_H
 #define _KML_DD_H
 
 #include <linux/atomic.h>
+#include <linux/bitops.h>
 #include <linux/mutex.h>
 #include <linux/rcupdate.h>
 #include "kml.h"
 #include "kml_iosched_uapi.h"
+
+struct vm_area_struct;
 
 enum kml_dd_stat {
 	KML_DD_S_INFERENCES,
@@ -52,8 +58,13 @@ struct kml_dd_model {
 };
 
 /* Who pops the ring: nobody, a user mapping of /dev/kml, or the ktrainer. */
-enum { KML_DD_OWNER_NONE = 0, KML_DD_OWNER_USER = 1, KML_DD_OWNER_KERNEL = 2 };
+enum kml_dd_owner {
+	KML_DD_OWNER_NONE = 0,
+	KML_DD_OWNER_USER = 1,
+	KML_DD_OWNER_KERNEL = 2,
+};
 
+/* Defined in kml_dd_core.c; see the comment at the top. */
 struct kml_dd_global {
 	struct kml_dd_model __rcu *model;
 	struct mutex model_lock;	/* serialises swaps */
@@ -63,14 +74,21 @@ struct kml_dd_global {
 	size_t ring_bytes;		/* page aligned */
 	struct kml_ring_shared no_ring;	/* ring.sh when allocation failed */
 	s64 consumed_base;		/* ring pushes at the last reset */
-	atomic_t ring_owner;
+	atomic_t ring_owner;		/* enum kml_dd_owner */
+	unsigned int decision_permille;	/* module parameter */
+	int sample_filter;		/* module parameter */
 	atomic64_t stats[KML_DD_NR_STATS];
-	atomic64_t hist[KML_DD_HIST_BUCKETS];
+	atomic64_t inference_hist[KML_DD_HIST_BUCKETS];
 	struct dentry *debugfs;
 };
 
 extern struct kml_dd_global kml_dd;
 
+/*
+ * Accessors for the hot paths.  The hooks run for every request, under the
+ * scheduler's lock, so what they need of the core stays inline: the same
+ * loads and atomics as when the core's state was local to kml_iosched.c.
+ */
 static inline void kml_dd_stat_inc(enum kml_dd_stat s)
 {
 	atomic64_inc(&kml_dd.stats[s]);
@@ -81,7 +99,64 @@ static inline void kml_dd_stat_add(enum kml_dd_stat s, s64 v)
 	atomic64_add(v, &kml_dd.stats[s]);
 }
 
+/* The model in use, or NULL; under rcu_read_lock(). */
+static inline struct kml_dd_model *kml_dd_model_rcu(void)
+{
+	return rcu_dereference(kml_dd.model);
+}
+
+/* The decision_permille parameter: see kml_dd_core.c. */
+static inline unsigned int kml_dd_decision_permille(void)
+{
+	return READ_ONCE(kml_dd.decision_permille);
+}
+
+/*
+ * Inference-time histogram: exact below 8 ns, then four buckets per power
+ * of two, so p50/p99 are read to within 25%.
+ */
+static inline unsigned int kml_dd_hist_bucket(u64 ns)
+{
+	unsigned int n;
+
+	if (ns < 8)
+		return ns;
+	n = fls64(ns) - 1;		/* >= 3 */
+	return 8 + (n - 3) * 4 + ((ns >> (n - 2)) & 3);
+}
+
+/* One inference that gave a prediction, and the @ns it took. */
+static inline void kml_dd_note_inference(u64 ns)
+{
+	kml_dd_stat_inc(KML_DD_S_INFERENCES);
+	atomic64_inc(&kml_dd.inference_hist[kml_dd_hist_bucket(ns)]);
+}
+
+/*
+ * The core (kml_dd_core.c).  Process context unless said otherwise.
+ *
+ * Models: validated, then swapped in under RCU; kml_dd_unload() (at the
+ * end of this file) removes the model in use.
+ */
 int kml_dd_publish(const void *buf, size_t len);
+long kml_dd_model_save(void *buf, size_t cap, u32 dtype);
+
+/* A completed request's sample: statistics, then the ring.  Any context. */
+void kml_dd_record_sample(const struct kml_dd_sample *s);
+
+/* The ring's one consumer: see kml_dd_ring_claim(). */
+int kml_dd_ring_claim(enum kml_dd_owner owner);
+void kml_dd_ring_release(enum kml_dd_owner owner);
+int kml_dd_ring_pop(struct kml_dd_sample *s);
+bool kml_dd_ring_blocks(void);
+size_t kml_dd_ring_bytes(void);
+int kml_dd_ring_mmap(struct vm_area_struct *vma);
+int kml_dd_ktrainer_running(void);
+
+/* What KML_IOC_INFO reports of the core; /dev/kml adds its own limits. */
+void kml_dd_get_info(struct kml_dev_info *info);
+
+/* The trainers' calibration of the decision threshold. */
 void kml_dd_set_decision_permille(unsigned int permille);
 
 /* A prequential residual for the decision threshold (kml_ktrain.c). */
@@ -96,9 +171,5 @@ struct kml_dd_resid {
 bool kml_dd_cal_fit(const struct kml_dd_resid *window, u32 n,
 		    struct kml_dd_resid *scratch, s32 *thr);
 void kml_dd_unload(void);
-void kml_dd_push_sample(const struct kml_dd_sample *s);
-void kml_dd_ring_repair(void);
-int kml_dd_dev_init(void);
-int kml_dd_ktrainer_running(void);
 
 #endif /* _KML_DD_H */

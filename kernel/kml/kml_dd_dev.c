@@ -9,11 +9,11 @@
  * so a trainer that dies halfway through an update changes nothing.
  */
 #include <linux/fs.h>
+#include <linux/init.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
-#include <linux/vmalloc.h>
 #include "kml_internal.h"
 #include "kml_dd.h"
 
@@ -43,10 +43,8 @@ static int kml_dd_release(struct inode *inode, struct file *file)
 
 	if (f->staged_len)
 		kml_dd_stat_inc(KML_DD_S_UPDATES_ABORTED);
-	if (f->owns_ring) {
-		kml_dd_ring_repair();
-		atomic_set(&kml_dd.ring_owner, KML_DD_OWNER_NONE);
-	}
+	if (f->owns_ring)
+		kml_dd_ring_release(KML_DD_OWNER_USER);
 	kvfree(f->staged);
 	kfree(f);
 	return 0;
@@ -99,16 +97,8 @@ static long kml_dd_info(void __user *arg)
 {
 	struct kml_dev_info info;
 
-	memset(&info, 0, sizeof(info));
-	info.abi_version = KML_DD_ABI_VERSION;
-	info.record_size = sizeof(struct kml_dd_sample);
-	info.ring_capacity = kml_dd.ring_mem ? kml_dd.ring.mask + 1 : 0;
-	info.ring_mode = READ_ONCE(kml_dd.ring.mode);
-	info.ring_bytes = kml_dd.ring_mem ? kml_dd.ring_bytes : 0;
-	info.n_features = KML_DD_NR_FEATURES;
+	kml_dd_get_info(&info);
 	info.max_model_bytes = KML_DD_MAX_MODEL_BYTES;
-	info.model_generation = READ_ONCE(kml_dd.model_generation);
-	info.ktrainer_running = kml_dd_ktrainer_running();
 	return copy_to_user(arg, &info, sizeof(info)) ? -EFAULT : 0;
 }
 
@@ -137,27 +127,26 @@ static long kml_dd_ioctl(struct file *file, unsigned int cmd,
 
 /*
  * One consumer at a time: the ring is single-consumer.  The claim is held
- * until the file is released, which for a mapping is after munmap().
+ * until the file is released, which for a mapping is after munmap().  The
+ * mapping is checked before the claim, so a bad one claims nothing.
  */
 static int kml_dd_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct kml_dd_file *f = file->private_data;
+	size_t bytes = kml_dd_ring_bytes();
 	int ret;
 
-	if (!kml_dd.ring_mem)
+	if (!bytes)
 		return -ENODEV;
-	if (vma->vm_pgoff ||
-	    vma->vm_end - vma->vm_start > kml_dd.ring_bytes)
+	if (vma->vm_pgoff || vma->vm_end - vma->vm_start > bytes)
 		return -EINVAL;
-	if (!f->owns_ring &&
-	    atomic_cmpxchg(&kml_dd.ring_owner, KML_DD_OWNER_NONE,
-			   KML_DD_OWNER_USER) != KML_DD_OWNER_NONE)
-		return -EBUSY;
-	f->owns_ring = true;
-	/* a consumer before this one may have left the ring broken */
-	kml_dd_ring_repair();
-	ret = remap_vmalloc_range(vma, kml_dd.ring_mem, 0);
-	return ret;
+	if (!f->owns_ring) {
+		ret = kml_dd_ring_claim(KML_DD_OWNER_USER);
+		if (ret)
+			return ret;
+		f->owns_ring = true;
+	}
+	return kml_dd_ring_mmap(vma);
 }
 
 static const struct file_operations kml_dd_fops = {
@@ -178,7 +167,12 @@ static struct miscdevice kml_dd_misc = {
 	.mode = 0600,
 };
 
-int kml_dd_dev_init(void)
+static int __init kml_dd_dev_init(void)
 {
-	return misc_register(&kml_dd_misc);
+	int ret = misc_register(&kml_dd_misc);
+
+	if (ret)
+		pr_warn("kml: /dev/kml not available (%d)\n", ret);
+	return 0;
 }
+late_initcall(kml_dd_dev_init);

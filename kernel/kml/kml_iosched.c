@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * KML for mq-deadline: per-request features, in-kernel inference, the
- * sample ring, statistics and model swaps.  See docs/kml-iosched.md.
+ * KML for mq-deadline: the hooks.  Per-request features and in-kernel
+ * inference at insert, the queue's running averages at dispatch, and the
+ * sample at completion, which goes to the core (kml_dd_core.c) with the
+ * model, the ring and the statistics.  See docs/kml-iosched.md.
  *
  * Hot paths (insert, dispatch, finish) allocate nothing: per-request state
  * comes from a pool allocated with the scheduler, samples go into a ring
@@ -10,202 +12,20 @@
  * never under the scheduler's lock.
  */
 #include <linux/module.h>
-#include <linux/moduleparam.h>
 #include <linux/blkdev.h>
 #include <linux/blk-mq.h>
 #include <linux/kdev_t.h>
-#include <linux/ktime.h>
 #include <linux/sched/clock.h>
 #include <linux/jiffies.h>
 #include <linux/math64.h>
 #include <linux/rcupdate.h>
-#include <linux/mutex.h>
 #include <linux/slab.h>
+#include <linux/string.h>
 #include <linux/sysfs.h>
-#include <linux/vmalloc.h>
-#include <linux/debugfs.h>
-#include <linux/seq_file.h>
-#include <linux/uaccess.h>
-#include <linux/log2.h>
 #include "kml_internal.h"
 #include "kml_iosched.h"
 #include "kml_dd.h"
 #include "kml_dd_fpu.h"
-
-/* ------------------------------------------------------------ parameters */
-
-static unsigned int ring_capacity = 4096;
-module_param(ring_capacity, uint, 0444);
-MODULE_PARM_DESC(ring_capacity, "sample ring records (power of two, boot only)");
-
-static const char * const kml_dd_ring_modes[] = { "block", "drop" };
-static const char * const kml_dd_filters[] = { "all", "uncertain" };
-
-enum { KML_DD_FILTER_ALL = 0, KML_DD_FILTER_UNCERTAIN = 1 };
-
-static int kml_dd_sample_filter;
-
-static int kml_dd_param_index(const char *val, const char * const *names,
-			      int n)
-{
-	int i;
-
-	for (i = 0; i < n; i++)
-		if (sysfs_streq(val, names[i]))
-			return i;
-	return -EINVAL;
-}
-
-static int ring_mode_set(const char *val, const struct kernel_param *kp)
-{
-	int mode = kml_dd_param_index(val, kml_dd_ring_modes, 2);
-
-	if (mode < 0)
-		return mode;
-	/* producers read the mode once per push; a torn switch is harmless */
-	WRITE_ONCE(kml_dd.ring.mode, mode);
-	WRITE_ONCE(kml_dd.ring.sh->mode, mode);
-	return 0;
-}
-
-static int ring_mode_get(char *buf, const struct kernel_param *kp)
-{
-	return sysfs_emit(buf, "%s\n",
-			  kml_dd_ring_modes[READ_ONCE(kml_dd.ring.mode) & 1]);
-}
-
-static const struct kernel_param_ops ring_mode_ops = {
-	.set = ring_mode_set,
-	.get = ring_mode_get,
-};
-module_param_cb(ring_mode, &ring_mode_ops, NULL, 0644);
-MODULE_PARM_DESC(ring_mode, "full sample ring: block (bounded spin) or drop");
-
-static int sample_filter_set(const char *val, const struct kernel_param *kp)
-{
-	int f = kml_dd_param_index(val, kml_dd_filters, 2);
-
-	if (f < 0)
-		return f;
-	WRITE_ONCE(kml_dd_sample_filter, f);
-	return 0;
-}
-
-static int sample_filter_get(char *buf, const struct kernel_param *kp)
-{
-	return sysfs_emit(buf, "%s\n",
-			  kml_dd_filters[READ_ONCE(kml_dd_sample_filter) & 1]);
-}
-
-static const struct kernel_param_ops sample_filter_ops = {
-	.set = sample_filter_set,
-	.get = sample_filter_get,
-};
-module_param_cb(sample_filter, &sample_filter_ops, NULL, 0644);
-MODULE_PARM_DESC(sample_filter,
-		 "all, or uncertain: only samples the model got wrong or was unsure of");
-
-/*
- * Decision threshold: a request is predicted to meet its deadline when its
- * predicted issue time is at most deadline * decision_permille / 1000.
- * Trainers calibrate it for balanced accuracy on recent samples, so the
- * issue-time model itself stays unbiased (its error is what it is).
- */
-static unsigned int kml_dd_decision_permille = 1000;
-
-#define KML_DD_PERMILLE_MAX	64000
-
-/* The kernel trainer's calibration; the caller keeps it in range. */
-void kml_dd_set_decision_permille(unsigned int permille)
-{
-	WRITE_ONCE(kml_dd_decision_permille,
-		   clamp(permille, 1U, KML_DD_PERMILLE_MAX));
-}
-
-static int decision_permille_set(const char *val,
-				 const struct kernel_param *kp)
-{
-	unsigned int v;
-	int ret;
-
-	ret = kstrtouint(val, 0, &v);
-	if (ret)
-		return ret;
-	if (v < 1 || v > KML_DD_PERMILLE_MAX)
-		return -ERANGE;
-	kml_dd_set_decision_permille(v);
-	return 0;
-}
-
-static const struct kernel_param_ops decision_permille_ops = {
-	.set = decision_permille_set,
-	.get = param_get_uint,
-};
-module_param_cb(decision_permille, &decision_permille_ops,
-		&kml_dd_decision_permille, 0644);
-MODULE_PARM_DESC(decision_permille,
-		 "predict a miss above deadline * N / 1000 (1..64000)");
-
-/* ------------------------------------------------------------ state */
-
-struct kml_dd_global kml_dd;
-
-static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
-	[KML_DD_S_INFERENCES] = "inferences",
-	[KML_DD_S_PREDICTIONS] = "predictions",
-	[KML_DD_S_MET_PRED_MET] = "met_pred_met",
-	[KML_DD_S_MET_PRED_MISS] = "met_pred_miss",
-	[KML_DD_S_MISS_PRED_MET] = "miss_pred_met",
-	[KML_DD_S_MISS_PRED_MISS] = "miss_pred_miss",
-	[KML_DD_S_ISSUE_ABS_ERR_US] = "issue_abs_err_us_sum",
-	[KML_DD_S_SAMPLES] = "samples",
-	[KML_DD_S_SAMPLES_MET] = "samples_met",
-	[KML_DD_S_UNTRACKED] = "untracked",
-	[KML_DD_S_RING_PRODUCED] = "ring_produced",
-	[KML_DD_S_RING_DROPPED] = "ring_dropped",
-	[KML_DD_S_RING_FULL_WAITS] = "ring_full_waits",
-	[KML_DD_S_RING_FILTERED] = "ring_filtered",
-	[KML_DD_S_UPDATES_APPLIED] = "updates_applied",
-	[KML_DD_S_UPDATES_REFUSED] = "updates_refused",
-	[KML_DD_S_UPDATES_ABORTED] = "updates_aborted",
-	[KML_DD_S_FPU_SECTIONS] = "fpu_sections",
-	[KML_DD_S_FPU_BUSY] = "fpu_busy",
-	[KML_DD_S_URGENT] = "urgent_dispatches",
-	[KML_DD_S_KTRAINER_SAMPLES] = "ktrainer_samples",
-	[KML_DD_S_KTRAINER_STEPS] = "ktrainer_steps",
-	[KML_DD_S_KTRAINER_SKIPPED] = "ktrainer_skipped",
-	[KML_DD_S_KTRAINER_CALIBRATIONS] = "ktrainer_calibrations",
-	[KML_DD_S_RING_REPAIRS] = "ring_repairs",
-};
-
-/*
- * Inference-time histogram: exact below 8 ns, then four buckets per power
- * of two, so p50/p99 are read to within 25%.
- */
-static unsigned int kml_dd_hist_bucket(u64 ns)
-{
-	unsigned int n;
-
-	if (ns < 8)
-		return ns;
-	n = fls64(ns) - 1;		/* >= 3 */
-	return 8 + (n - 3) * 4 + ((ns >> (n - 2)) & 3);
-}
-
-static void kml_dd_hist_bounds(unsigned int b, u64 *lo, u64 *hi)
-{
-	unsigned int n, sub;
-
-	if (b < 8) {
-		*lo = b;
-		*hi = b + 1;
-		return;
-	}
-	n = (b - 8) / 4 + 3;
-	sub = (b - 8) % 4;
-	*lo = (u64)(4 + sub) << (n - 2);
-	*hi = (u64)(5 + sub) << (n - 2);
-}
 
 /* ------------------------------------------------------------ clock */
 
@@ -328,7 +148,7 @@ static void kml_dd_predict(struct kml_dd_ctx *ctx)
 	s64 ns;
 
 	rcu_read_lock();
-	dm = rcu_dereference(kml_dd.model);
+	dm = kml_dd_model_rcu();
 	if (dm) {
 		t0 = kml_dd_clock();
 		ns = kml_dd_model_predict(dm, ctx->features);
@@ -338,11 +158,9 @@ static void kml_dd_predict(struct kml_dd_ctx *ctx)
 			ctx->pred_issue_ns = ns;
 			ctx->pred_met = (u64)ns <=
 				mul_u64_u32_div(ctx->deadline_ns,
-						READ_ONCE(kml_dd_decision_permille),
+						kml_dd_decision_permille(),
 						1000);
-			kml_dd_stat_inc(KML_DD_S_INFERENCES);
-			atomic64_inc(&kml_dd.hist[kml_dd_hist_bucket(
-				kml_dd_since(t0, t1))]);
+			kml_dd_note_inference(kml_dd_since(t0, t1));
 		}
 	}
 	rcu_read_unlock();
@@ -447,66 +265,6 @@ void kml_dd_note_urgent(struct request *rq)
 }
 EXPORT_SYMBOL_GPL(kml_dd_note_urgent);
 
-/*
- * Active learning: a sample is worth sending when there is no model, the
- * model got it wrong, or its prediction was within a factor of two of the
- * deadline (close to the decision boundary).
- */
-static bool kml_dd_sample_wanted(const struct kml_dd_sample *s)
-{
-	if (READ_ONCE(kml_dd_sample_filter) == KML_DD_FILTER_ALL ||
-	    !s->pred_valid || s->pred_met != s->met)
-		return true;
-	return s->pred_issue_ns * 2 > s->deadline_ns &&
-	       s->pred_issue_ns < s->deadline_ns * 2;
-}
-
-static void kml_dd_account(const struct kml_dd_sample *s)
-{
-	u64 err;
-
-	kml_dd_stat_inc(KML_DD_S_SAMPLES);
-	if (s->met)
-		kml_dd_stat_inc(KML_DD_S_SAMPLES_MET);
-	if (!s->pred_valid)
-		return;
-	kml_dd_stat_inc(KML_DD_S_PREDICTIONS);
-	if (s->met)
-		kml_dd_stat_inc(s->pred_met ? KML_DD_S_MET_PRED_MET :
-					      KML_DD_S_MET_PRED_MISS);
-	else
-		kml_dd_stat_inc(s->pred_met ? KML_DD_S_MISS_PRED_MET :
-					      KML_DD_S_MISS_PRED_MISS);
-	err = s->pred_issue_ns > s->issue_ns ? s->pred_issue_ns - s->issue_ns :
-					       s->issue_ns - s->pred_issue_ns;
-	atomic64_add(div_u64(err, NSEC_PER_USEC),
-		     &kml_dd.stats[KML_DD_S_ISSUE_ABS_ERR_US]);
-}
-
-void kml_dd_push_sample(const struct kml_dd_sample *s)
-{
-	int ret;
-
-	if (!kml_dd_sample_wanted(s)) {
-		kml_dd_stat_inc(KML_DD_S_RING_FILTERED);
-		return;
-	}
-	if (!kml_dd.ring_mem) {
-		kml_dd_stat_inc(KML_DD_S_RING_DROPPED);
-		return;
-	}
-	/* kml_dd_ring_repair() waits for pushes in flight with RCU */
-	rcu_read_lock();
-	ret = kml_ring_push(&kml_dd.ring, s);
-	rcu_read_unlock();
-	if (!ret)
-		kml_dd_stat_inc(KML_DD_S_RING_PRODUCED);
-	else if (ret == -EAGAIN)
-		kml_dd_stat_inc(KML_DD_S_RING_FULL_WAITS);
-	else
-		kml_dd_stat_inc(KML_DD_S_RING_DROPPED);
-}
-
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
@@ -537,8 +295,7 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 	s.dev = kq->dev;
 	memcpy(s.features, ctx->features, sizeof(ctx->features));
 
-	kml_dd_account(&s);
-	kml_dd_push_sample(&s);
+	kml_dd_record_sample(&s);
 release:
 	llist_add(&ctx->node, &kq->returned);
 }
@@ -595,8 +352,8 @@ EXPORT_SYMBOL_GPL(kml_dd_mode_show);
 ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 			  size_t count)
 {
-	int mode = kml_dd_param_index(page, kml_dd_mode_names,
-				      ARRAY_SIZE(kml_dd_mode_names));
+	int mode = __sysfs_match_string(kml_dd_mode_names,
+					ARRAY_SIZE(kml_dd_mode_names), page);
 
 	if (mode < 0)
 		return mode;
@@ -604,215 +361,3 @@ ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 	return count;
 }
 EXPORT_SYMBOL_GPL(kml_dd_mode_store);
-
-/* ------------------------------------------------------------ model swap */
-
-static void kml_dd_model_free_rcu(struct rcu_head *head)
-{
-	struct kml_dd_model *dm = container_of(head, struct kml_dd_model, rcu);
-
-	kml_model_free(dm->model);
-	kfree(dm);
-}
-
-static void kml_dd_model_replace(struct kml_dd_model *dm)
-{
-	struct kml_dd_model *old;
-
-	mutex_lock(&kml_dd.model_lock);
-	old = rcu_replace_pointer(kml_dd.model, dm,
-				  lockdep_is_held(&kml_dd.model_lock));
-	kml_dd.model_generation++;
-	mutex_unlock(&kml_dd.model_lock);
-	if (old)
-		call_rcu(&old->rcu, kml_dd_model_free_rcu);
-}
-
-/*
- * Validate a model file and swap it in.  kml_model_load() checks the
- * format (magic, version, CRC, sizes, finite values); here we check it fits
- * the scheduler: KML_DD_NR_FEATURES inputs and one output.  Process context.
- */
-int kml_dd_publish(const void *buf, size_t len)
-{
-	struct kml_model_cfg cfg;
-	struct kml_dd_model *dm;
-	struct kml_model *m;
-	int ret;
-
-	ret = kml_model_load(buf, len, &m);
-	if (ret)
-		goto refused;
-	kml_model_get_cfg(m, &cfg);
-	if (cfg.sizes[0] != KML_DD_NR_FEATURES ||
-	    cfg.sizes[cfg.n_layers] != 1) {
-		ret = -EPROTO;
-		goto free_model;
-	}
-	dm = kzalloc(sizeof(*dm), GFP_KERNEL);
-	if (!dm) {
-		ret = -ENOMEM;
-		goto free_model;
-	}
-	dm->model = m;
-	dm->dtype = cfg.dtype;
-	kml_dd_model_replace(dm);
-	kml_dd_stat_inc(KML_DD_S_UPDATES_APPLIED);
-	return 0;
-
-free_model:
-	kml_model_free(m);
-refused:
-	kml_dd_stat_inc(KML_DD_S_UPDATES_REFUSED);
-	return ret;
-}
-
-void kml_dd_unload(void)
-{
-	kml_dd_model_replace(NULL);
-}
-
-/*
- * A consumer that wrote over the shared ring leaves it broken (pushes fail
- * fast, counted as dropped).  When that consumer is gone, make the ring
- * anew: first wait until no push that began before it broke is running.
- * Process context; the caller owns the ring (no consumer is running).
- */
-void kml_dd_ring_repair(void)
-{
-	struct kml_ring fresh;
-	u32 capacity = kml_dd.ring.mask + 1;
-
-	if (!kml_dd.ring_mem || !kml_ring_broken(&kml_dd.ring))
-		return;
-	synchronize_rcu();
-	/*
-	 * Rewrite the shared memory through a private handle: producers keep
-	 * seeing the ring broken (and stay away from it) until it is whole.
-	 */
-	kml_ring_init(&fresh, kml_dd.ring_mem,
-		      kml_ring_bytes(capacity, sizeof(struct kml_dd_sample)),
-		      capacity, sizeof(struct kml_dd_sample),
-		      READ_ONCE(kml_dd.ring.mode));
-	kml_dd.consumed_base = 0;
-	/* pairs with the producers' read of 'broken': the ring is whole first */
-	smp_store_release(&kml_dd.ring.broken, false);
-	kml_dd_stat_inc(KML_DD_S_RING_REPAIRS);
-	pr_info_ratelimited("kml: sample ring was corrupted by its consumer; reset\n");
-}
-
-/* ------------------------------------------------------------ debugfs */
-
-static int kml_dd_stats_show(struct seq_file *m, void *v)
-{
-	unsigned int i;
-	u64 lo, hi, n;
-
-	seq_printf(m, "abi_version %d\n", KML_DD_ABI_VERSION);
-	seq_printf(m, "model_loaded %d\n",
-		   rcu_access_pointer(kml_dd.model) ? 1 : 0);
-	seq_printf(m, "model_generation %llu\n",
-		   READ_ONCE(kml_dd.model_generation));
-	for (i = 0; i < KML_DD_NR_STATS; i++)
-		seq_printf(m, "%s %lld\n", kml_dd_stat_names[i],
-			   atomic64_read(&kml_dd.stats[i]));
-	/* records popped since the reset that were pushed after it */
-	n = kml_dd.ring_mem ?
-		atomic64_read(&kml_dd.ring.sh->consumed.v) : 0;
-	seq_printf(m, "ring_consumed %lld\n",
-		   max_t(s64, (s64)n - kml_dd.consumed_base, 0));
-	seq_printf(m, "ring_capacity %u\n", kml_dd.ring_mem ? ring_capacity : 0);
-	seq_printf(m, "ring_broken %d\n",
-		   kml_dd.ring_mem && kml_ring_broken(&kml_dd.ring));
-	seq_printf(m, "ring_mode %s\n",
-		   kml_dd_ring_modes[READ_ONCE(kml_dd.ring.mode) & 1]);
-	seq_printf(m, "sample_filter %s\n",
-		   kml_dd_filters[READ_ONCE(kml_dd_sample_filter) & 1]);
-	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
-	seq_printf(m, "decision_permille %u\n",
-		   READ_ONCE(kml_dd_decision_permille));
-	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
-		n = atomic64_read(&kml_dd.hist[i]);
-		if (!n)
-			continue;
-		kml_dd_hist_bounds(i, &lo, &hi);
-		seq_printf(m, "inference_ns_hist %llu %llu %llu\n", lo, hi, n);
-	}
-	return 0;
-}
-
-static int kml_dd_stats_open(struct inode *inode, struct file *file)
-{
-	return single_open(file, kml_dd_stats_show, NULL);
-}
-
-static ssize_t kml_dd_stats_write(struct file *file, const char __user *ubuf,
-				  size_t count, loff_t *ppos)
-{
-	char buf[16];
-	unsigned int i;
-
-	if (count >= sizeof(buf))
-		return -EINVAL;
-	if (copy_from_user(buf, ubuf, count))
-		return -EFAULT;
-	buf[count] = '\0';
-	if (!sysfs_streq(buf, "reset"))
-		return -EINVAL;
-	for (i = 0; i < KML_DD_NR_STATS; i++)
-		atomic64_set(&kml_dd.stats[i], 0);
-	for (i = 0; i < KML_DD_HIST_BUCKETS; i++)
-		atomic64_set(&kml_dd.hist[i], 0);
-	if (kml_dd.ring_mem)
-		kml_dd.consumed_base =
-			atomic64_read(&kml_dd.ring.sh->produced.v);
-	return count;
-}
-
-static const struct file_operations kml_dd_stats_fops = {
-	.owner = THIS_MODULE,
-	.open = kml_dd_stats_open,
-	.read = seq_read,
-	.llseek = seq_lseek,
-	.release = single_release,
-	.write = kml_dd_stats_write,
-};
-
-/* ------------------------------------------------------------ init */
-
-static int __init kml_dd_global_init(void)
-{
-	size_t bytes;
-	int ret;
-
-	mutex_init(&kml_dd.model_lock);
-	if (!is_power_of_2(ring_capacity) || ring_capacity < 2)
-		ring_capacity = 4096;
-	bytes = kml_ring_bytes(ring_capacity, sizeof(struct kml_dd_sample));
-	kml_dd.ring_bytes = PAGE_ALIGN(bytes);
-	/* zeroed, page aligned and mappable to user space */
-	kml_dd.ring_mem = vmalloc_user(kml_dd.ring_bytes);
-	if (kml_dd.ring_mem) {
-		ret = kml_ring_init(&kml_dd.ring, kml_dd.ring_mem, bytes,
-				    ring_capacity,
-				    sizeof(struct kml_dd_sample),
-				    KML_RING_DROP);
-		if (ret) {
-			vfree(kml_dd.ring_mem);
-			kml_dd.ring_mem = NULL;
-		}
-	}
-	if (!kml_dd.ring_mem) {
-		pr_warn("kml: no sample ring; samples will be dropped\n");
-		/* a valid target for ring_mode writes */
-		kml_dd.ring.sh = &kml_dd.no_ring;
-	}
-	kml_dd.debugfs = debugfs_create_dir("kml", NULL);
-	debugfs_create_file("iosched", 0600, kml_dd.debugfs, NULL,
-			    &kml_dd_stats_fops);
-	ret = kml_dd_dev_init();
-	if (ret)
-		pr_warn("kml: /dev/kml not available (%d)\n", ret);
-	return 0;
-}
-late_initcall(kml_dd_global_init);

@@ -73,13 +73,8 @@ struct kml_ktrain {
 	bool fresh;			/* not warm-started, no step yet */
 };
 
-static struct task_struct *kml_kt_task;
+static struct task_struct *kml_kt_task;	/* under kml_kt_lock */
 static DEFINE_MUTEX(kml_kt_lock);
-
-int kml_dd_ktrainer_running(void)
-{
-	return READ_ONCE(kml_kt_task) ? 1 : 0;
-}
 
 /* Warm start from the model in use if there is one, else a fresh MLP. */
 static int kml_kt_model(struct kml_ktrain *kt)
@@ -99,21 +94,14 @@ static int kml_kt_model(struct kml_ktrain *kt)
 		.out_act = KML_ACT_NONE,
 		.norm = KML_NORM_STANDARD,
 	};
-	struct kml_model_cfg cur;
-	struct kml_dd_model *dm;
-	long len = 0;
+	long len;
 	int ret;
 
 	kt->file_cap = KML_MODEL_MAX_FILE;
 	kt->file = kvmalloc(kt->file_cap, GFP_KERNEL);
 	if (!kt->file)
 		return -ENOMEM;
-	mutex_lock(&kml_dd.model_lock);
-	dm = rcu_dereference_protected(kml_dd.model,
-				       lockdep_is_held(&kml_dd.model_lock));
-	if (dm && !kml_model_get_cfg(dm->model, &cur) && cur.dtype == KML_F32)
-		len = kml_model_save(dm->model, kt->file, kt->file_cap);
-	mutex_unlock(&kml_dd.model_lock);
+	len = kml_dd_model_save(kt->file, kt->file_cap, KML_F32);
 	if (len > 0 && !kml_model_load(kt->file, len, &kt->model)) {
 		ret = kml_model_train_setup(kt->model, &tc);
 		if (!ret)
@@ -156,14 +144,14 @@ static u32 kml_kt_fill(struct kml_ktrain *kt)
 
 	while (n < KML_KT_BATCH) {
 		if (!kml_kt_rate_ok(kt, ktime_get_ns())) {
-			if (READ_ONCE(kml_dd.ring.mode) == KML_RING_BLOCK)
+			if (kml_dd_ring_blocks())
 				break;	/* leave it to the producers to wait */
-			if (kml_ring_pop(&kml_dd.ring, &kt->batch[n]))
+			if (kml_dd_ring_pop(&kt->batch[n]))
 				break;
 			kml_dd_stat_inc(KML_DD_S_KTRAINER_SKIPPED);
 			continue;
 		}
-		if (kml_ring_pop(&kml_dd.ring, &kt->batch[n]))
+		if (kml_dd_ring_pop(&kt->batch[n]))
 			break;
 		n++;
 	}
@@ -362,18 +350,19 @@ static void kml_kt_free(struct kml_ktrain *kt)
 
 static struct kml_ktrain *kml_kt_state;
 
+/*
+ * The trainer is the ring's consumer from here to kml_kt_stop(): the claim
+ * is what refuses a /dev/kml mapping meanwhile, and the other way round.
+ */
 static int kml_kt_start(void)
 {
 	struct kml_ktrain *kt;
 	struct task_struct *task;
 	int ret;
 
-	if (!kml_dd.ring_mem)
-		return -ENODEV;
-	if (atomic_cmpxchg(&kml_dd.ring_owner, KML_DD_OWNER_NONE,
-			   KML_DD_OWNER_KERNEL) != KML_DD_OWNER_NONE)
-		return -EBUSY;
-	kml_dd_ring_repair();
+	ret = kml_dd_ring_claim(KML_DD_OWNER_KERNEL);
+	if (ret)
+		return ret;
 	kt = kvzalloc(sizeof(*kt), GFP_KERNEL);
 	ret = kt ? kml_kt_model(kt) : -ENOMEM;
 	if (ret)
@@ -384,22 +373,22 @@ static int kml_kt_start(void)
 		goto fail;
 	}
 	kml_kt_state = kt;
-	WRITE_ONCE(kml_kt_task, task);
+	kml_kt_task = task;
 	return 0;
 fail:
 	if (kt)
 		kml_kt_free(kt);
-	atomic_set(&kml_dd.ring_owner, KML_DD_OWNER_NONE);
+	kml_dd_ring_release(KML_DD_OWNER_KERNEL);
 	return ret;
 }
 
 static void kml_kt_stop(void)
 {
 	kthread_stop(kml_kt_task);
-	WRITE_ONCE(kml_kt_task, NULL);
+	kml_kt_task = NULL;
 	kml_kt_free(kml_kt_state);
 	kml_kt_state = NULL;
-	atomic_set(&kml_dd.ring_owner, KML_DD_OWNER_NONE);
+	kml_dd_ring_release(KML_DD_OWNER_KERNEL);
 }
 
 static int ktrainer_set(const char *val, const struct kernel_param *kp)

@@ -440,6 +440,41 @@ static void kml_test_ring_attach(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, i, 16U);
 }
 
+#ifdef CONFIG_KML_IOSCHED
+/*
+ * mq-deadline's sample ring has one consumer at a time, a /dev/kml mapping
+ * or the kernel trainer, and both claim it through the core: a claim is
+ * refused to the other owner, and to the same one, until it is released.
+ * This is the real ring, so the test skips while something holds it.
+ */
+static void kml_test_ring_claim(struct kunit *test)
+{
+	int ret = kml_dd_ring_claim(KML_DD_OWNER_USER);
+
+	if (ret == -ENODEV)
+		kunit_skip(test, "no sample ring");
+	if (ret == -EBUSY)
+		kunit_skip(test, "the sample ring is in use");
+	KUNIT_ASSERT_EQ(test, ret, 0);
+	KUNIT_EXPECT_EQ(test, kml_dd_ring_claim(KML_DD_OWNER_KERNEL), -EBUSY);
+	KUNIT_EXPECT_EQ(test, kml_dd_ring_claim(KML_DD_OWNER_USER), -EBUSY);
+	KUNIT_EXPECT_EQ(test, kml_dd_ktrainer_running(), 0);
+	kml_dd_ring_release(KML_DD_OWNER_USER);
+
+	KUNIT_ASSERT_EQ(test, kml_dd_ring_claim(KML_DD_OWNER_KERNEL), 0);
+	KUNIT_EXPECT_EQ(test, kml_dd_ktrainer_running(), 1);
+	KUNIT_EXPECT_EQ(test, kml_dd_ring_claim(KML_DD_OWNER_USER), -EBUSY);
+	kml_dd_ring_release(KML_DD_OWNER_KERNEL);
+	KUNIT_EXPECT_EQ(test, kml_dd_ktrainer_running(), 0);
+
+	/* released: the first owner claims it again */
+	KUNIT_ASSERT_EQ(test, kml_dd_ring_claim(KML_DD_OWNER_USER), 0);
+	kml_dd_ring_release(KML_DD_OWNER_USER);
+	/* "nobody" is not an owner */
+	KUNIT_EXPECT_EQ(test, kml_dd_ring_claim(KML_DD_OWNER_NONE), -EINVAL);
+}
+#endif
+
 /* ---- several kernel threads producing into one ring, the test consumes */
 
 #define KML_MP_PRODUCERS 4
@@ -669,6 +704,9 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_crc32),
 	KUNIT_CASE(kml_test_ring_counts),
 	KUNIT_CASE(kml_test_ring_attach),
+#ifdef CONFIG_KML_IOSCHED
+	KUNIT_CASE(kml_test_ring_claim),
+#endif
 	KUNIT_CASE(kml_test_ring_mp_drop),
 	KUNIT_CASE(kml_test_ring_mp_block),
 #ifdef CONFIG_KML_IOSCHED

@@ -1,0 +1,582 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KML for mq-deadline: the core.  It owns what every queue shares (the
+ * model, the sample ring and its one consumer, the statistics) and the
+ * module parameters that tune them.  The hooks (kml_iosched.c), /dev/kml
+ * (kml_dd_dev.c) and the kernel trainer (kml_ktrain.c) call in here and
+ * never into each other.  See docs/kml-iosched.md.
+ *
+ * The hooks run for every request, so what they need per request (a
+ * statistic, the model under RCU, the decision threshold) is read through
+ * the inline accessors in kml_dd.h; everything else goes through the
+ * functions below.
+ */
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/mm.h>
+#include <linux/rcupdate.h>
+#include <linux/mutex.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/sysfs.h>
+#include <linux/vmalloc.h>
+#include <linux/debugfs.h>
+#include <linux/seq_file.h>
+#include <linux/uaccess.h>
+#include <linux/log2.h>
+#include <linux/math64.h>
+#include <kunit/visibility.h>
+#include "kml_internal.h"
+#include "kml_dd.h"
+
+/* Predict a miss above deadline * decision_permille / 1000: see below. */
+#define KML_DD_PERMILLE_DEFAULT	1000
+#define KML_DD_PERMILLE_MAX	64000
+
+struct kml_dd_global kml_dd = {
+	.decision_permille = KML_DD_PERMILLE_DEFAULT,
+};
+
+/* ------------------------------------------------------------ parameters */
+
+static unsigned int ring_capacity = 4096;
+module_param(ring_capacity, uint, 0444);
+MODULE_PARM_DESC(ring_capacity, "sample ring records (power of two, boot only)");
+
+static const char * const kml_dd_ring_modes[] = { "block", "drop" };
+static const char * const kml_dd_filters[] = { "all", "uncertain" };
+
+enum { KML_DD_FILTER_ALL = 0, KML_DD_FILTER_UNCERTAIN = 1 };
+
+static int ring_mode_set(const char *val, const struct kernel_param *kp)
+{
+	int mode = __sysfs_match_string(kml_dd_ring_modes,
+					ARRAY_SIZE(kml_dd_ring_modes), val);
+
+	if (mode < 0)
+		return mode;
+	/* producers read the mode once per push; a torn switch is harmless */
+	WRITE_ONCE(kml_dd.ring.mode, mode);
+	WRITE_ONCE(kml_dd.ring.sh->mode, mode);
+	return 0;
+}
+
+static int ring_mode_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%s\n",
+			  kml_dd_ring_modes[READ_ONCE(kml_dd.ring.mode) & 1]);
+}
+
+static const struct kernel_param_ops ring_mode_ops = {
+	.set = ring_mode_set,
+	.get = ring_mode_get,
+};
+module_param_cb(ring_mode, &ring_mode_ops, NULL, 0644);
+MODULE_PARM_DESC(ring_mode, "full sample ring: block (bounded spin) or drop");
+
+static int sample_filter_set(const char *val, const struct kernel_param *kp)
+{
+	int f = __sysfs_match_string(kml_dd_filters,
+				     ARRAY_SIZE(kml_dd_filters), val);
+
+	if (f < 0)
+		return f;
+	WRITE_ONCE(kml_dd.sample_filter, f);
+	return 0;
+}
+
+static int sample_filter_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%s\n",
+			  kml_dd_filters[READ_ONCE(kml_dd.sample_filter) & 1]);
+}
+
+static const struct kernel_param_ops sample_filter_ops = {
+	.set = sample_filter_set,
+	.get = sample_filter_get,
+};
+module_param_cb(sample_filter, &sample_filter_ops, NULL, 0644);
+MODULE_PARM_DESC(sample_filter,
+		 "all, or uncertain: only samples the model got wrong or was unsure of");
+
+/*
+ * Decision threshold: a request is predicted to meet its deadline when its
+ * predicted issue time is at most deadline * decision_permille / 1000.
+ * Trainers calibrate it for balanced accuracy on recent samples, so the
+ * issue-time model itself stays unbiased (its error is what it is).
+ */
+
+/* The kernel trainer's calibration; the caller keeps it in range. */
+void kml_dd_set_decision_permille(unsigned int permille)
+{
+	WRITE_ONCE(kml_dd.decision_permille,
+		   clamp(permille, 1U, KML_DD_PERMILLE_MAX));
+}
+
+static int decision_permille_set(const char *val,
+				 const struct kernel_param *kp)
+{
+	unsigned int v;
+	int ret;
+
+	ret = kstrtouint(val, 0, &v);
+	if (ret)
+		return ret;
+	if (v < 1 || v > KML_DD_PERMILLE_MAX)
+		return -ERANGE;
+	kml_dd_set_decision_permille(v);
+	return 0;
+}
+
+static const struct kernel_param_ops decision_permille_ops = {
+	.set = decision_permille_set,
+	.get = param_get_uint,
+};
+module_param_cb(decision_permille, &decision_permille_ops,
+		&kml_dd.decision_permille, 0644);
+MODULE_PARM_DESC(decision_permille,
+		 "predict a miss above deadline * N / 1000 (1..64000)");
+
+/* ------------------------------------------------------------ statistics */
+
+static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
+	[KML_DD_S_INFERENCES] = "inferences",
+	[KML_DD_S_PREDICTIONS] = "predictions",
+	[KML_DD_S_MET_PRED_MET] = "met_pred_met",
+	[KML_DD_S_MET_PRED_MISS] = "met_pred_miss",
+	[KML_DD_S_MISS_PRED_MET] = "miss_pred_met",
+	[KML_DD_S_MISS_PRED_MISS] = "miss_pred_miss",
+	[KML_DD_S_ISSUE_ABS_ERR_US] = "issue_abs_err_us_sum",
+	[KML_DD_S_SAMPLES] = "samples",
+	[KML_DD_S_SAMPLES_MET] = "samples_met",
+	[KML_DD_S_UNTRACKED] = "untracked",
+	[KML_DD_S_RING_PRODUCED] = "ring_produced",
+	[KML_DD_S_RING_DROPPED] = "ring_dropped",
+	[KML_DD_S_RING_FULL_WAITS] = "ring_full_waits",
+	[KML_DD_S_RING_FILTERED] = "ring_filtered",
+	[KML_DD_S_UPDATES_APPLIED] = "updates_applied",
+	[KML_DD_S_UPDATES_REFUSED] = "updates_refused",
+	[KML_DD_S_UPDATES_ABORTED] = "updates_aborted",
+	[KML_DD_S_FPU_SECTIONS] = "fpu_sections",
+	[KML_DD_S_FPU_BUSY] = "fpu_busy",
+	[KML_DD_S_URGENT] = "urgent_dispatches",
+	[KML_DD_S_KTRAINER_SAMPLES] = "ktrainer_samples",
+	[KML_DD_S_KTRAINER_STEPS] = "ktrainer_steps",
+	[KML_DD_S_KTRAINER_SKIPPED] = "ktrainer_skipped",
+	[KML_DD_S_KTRAINER_CALIBRATIONS] = "ktrainer_calibrations",
+	[KML_DD_S_RING_REPAIRS] = "ring_repairs",
+};
+
+/* The range of inference times bucket @b of kml_dd_hist_bucket() holds. */
+static void kml_dd_hist_bounds(unsigned int b, u64 *lo, u64 *hi)
+{
+	unsigned int n, sub;
+
+	if (b < 8) {
+		*lo = b;
+		*hi = b + 1;
+		return;
+	}
+	n = (b - 8) / 4 + 3;
+	sub = (b - 8) % 4;
+	*lo = (u64)(4 + sub) << (n - 2);
+	*hi = (u64)(5 + sub) << (n - 2);
+}
+
+/* ------------------------------------------------------------ samples */
+
+/*
+ * Active learning: a sample is worth sending when there is no model, the
+ * model got it wrong, or its prediction was within a factor of two of the
+ * deadline (close to the decision boundary).
+ */
+static bool kml_dd_sample_wanted(const struct kml_dd_sample *s)
+{
+	if (READ_ONCE(kml_dd.sample_filter) == KML_DD_FILTER_ALL ||
+	    !s->pred_valid || s->pred_met != s->met)
+		return true;
+	return s->pred_issue_ns * 2 > s->deadline_ns &&
+	       s->pred_issue_ns < s->deadline_ns * 2;
+}
+
+static void kml_dd_account(const struct kml_dd_sample *s)
+{
+	u64 err;
+
+	kml_dd_stat_inc(KML_DD_S_SAMPLES);
+	if (s->met)
+		kml_dd_stat_inc(KML_DD_S_SAMPLES_MET);
+	if (!s->pred_valid)
+		return;
+	kml_dd_stat_inc(KML_DD_S_PREDICTIONS);
+	if (s->met)
+		kml_dd_stat_inc(s->pred_met ? KML_DD_S_MET_PRED_MET :
+					      KML_DD_S_MET_PRED_MISS);
+	else
+		kml_dd_stat_inc(s->pred_met ? KML_DD_S_MISS_PRED_MET :
+					      KML_DD_S_MISS_PRED_MISS);
+	err = s->pred_issue_ns > s->issue_ns ? s->pred_issue_ns - s->issue_ns :
+					       s->issue_ns - s->pred_issue_ns;
+	atomic64_add(div_u64(err, NSEC_PER_USEC),
+		     &kml_dd.stats[KML_DD_S_ISSUE_ABS_ERR_US]);
+}
+
+static void kml_dd_push_sample(const struct kml_dd_sample *s)
+{
+	int ret;
+
+	if (!kml_dd_sample_wanted(s)) {
+		kml_dd_stat_inc(KML_DD_S_RING_FILTERED);
+		return;
+	}
+	if (!kml_dd.ring_mem) {
+		kml_dd_stat_inc(KML_DD_S_RING_DROPPED);
+		return;
+	}
+	/* kml_dd_ring_repair() waits for pushes in flight with RCU */
+	rcu_read_lock();
+	ret = kml_ring_push(&kml_dd.ring, s);
+	rcu_read_unlock();
+	if (!ret)
+		kml_dd_stat_inc(KML_DD_S_RING_PRODUCED);
+	else if (ret == -EAGAIN)
+		kml_dd_stat_inc(KML_DD_S_RING_FULL_WAITS);
+	else
+		kml_dd_stat_inc(KML_DD_S_RING_DROPPED);
+}
+
+/*
+ * The finish hook's one call per completed request: count the sample,
+ * then offer it to the ring.  One call rather than two keeps the hook as
+ * cheap as a call to the push alone.
+ */
+void kml_dd_record_sample(const struct kml_dd_sample *s)
+{
+	kml_dd_account(s);
+	kml_dd_push_sample(s);
+}
+
+/* ------------------------------------------------------------ model swap */
+
+static void kml_dd_model_free_rcu(struct rcu_head *head)
+{
+	struct kml_dd_model *dm = container_of(head, struct kml_dd_model, rcu);
+
+	kml_model_free(dm->model);
+	kfree(dm);
+}
+
+static void kml_dd_model_replace(struct kml_dd_model *dm)
+{
+	struct kml_dd_model *old;
+
+	mutex_lock(&kml_dd.model_lock);
+	old = rcu_replace_pointer(kml_dd.model, dm,
+				  lockdep_is_held(&kml_dd.model_lock));
+	kml_dd.model_generation++;
+	mutex_unlock(&kml_dd.model_lock);
+	if (old)
+		call_rcu(&old->rcu, kml_dd_model_free_rcu);
+}
+
+/*
+ * Validate a model file and swap it in.  kml_model_load() checks the
+ * format (magic, version, CRC, sizes, finite values); here we check it fits
+ * the scheduler: KML_DD_NR_FEATURES inputs and one output.  Process context.
+ */
+int kml_dd_publish(const void *buf, size_t len)
+{
+	struct kml_model_cfg cfg;
+	struct kml_dd_model *dm;
+	struct kml_model *m;
+	int ret;
+
+	ret = kml_model_load(buf, len, &m);
+	if (ret)
+		goto refused;
+	kml_model_get_cfg(m, &cfg);
+	if (cfg.sizes[0] != KML_DD_NR_FEATURES ||
+	    cfg.sizes[cfg.n_layers] != 1) {
+		ret = -EPROTO;
+		goto free_model;
+	}
+	dm = kzalloc(sizeof(*dm), GFP_KERNEL);
+	if (!dm) {
+		ret = -ENOMEM;
+		goto free_model;
+	}
+	dm->model = m;
+	dm->dtype = cfg.dtype;
+	kml_dd_model_replace(dm);
+	kml_dd_stat_inc(KML_DD_S_UPDATES_APPLIED);
+	return 0;
+
+free_model:
+	kml_model_free(m);
+refused:
+	kml_dd_stat_inc(KML_DD_S_UPDATES_REFUSED);
+	return ret;
+}
+
+void kml_dd_unload(void)
+{
+	kml_dd_model_replace(NULL);
+}
+
+/*
+ * Save the model in use into @buf if it is of @dtype, for the kernel
+ * trainer to warm-start from.  The swap lock keeps it from being replaced
+ * (and freed) while it is saved.  Returns its length, 0 when no model of
+ * @dtype is in use, or a negative errno.
+ */
+long kml_dd_model_save(void *buf, size_t cap, u32 dtype)
+{
+	struct kml_model_cfg cfg;
+	struct kml_dd_model *dm;
+	long len = 0;
+
+	mutex_lock(&kml_dd.model_lock);
+	dm = rcu_dereference_protected(kml_dd.model,
+				       lockdep_is_held(&kml_dd.model_lock));
+	if (dm && !kml_model_get_cfg(dm->model, &cfg) && cfg.dtype == dtype)
+		len = kml_model_save(dm->model, buf, cap);
+	mutex_unlock(&kml_dd.model_lock);
+	return len;
+}
+
+/* ------------------------------------------------------------ the ring */
+
+/*
+ * A consumer that wrote over the shared ring leaves it broken (pushes fail
+ * fast, counted as dropped).  When that consumer is gone, make the ring
+ * anew: first wait until no push that began before it broke is running.
+ * Process context; the caller owns the ring (no consumer is running).
+ */
+static void kml_dd_ring_repair(void)
+{
+	struct kml_ring fresh;
+	u32 capacity = kml_dd.ring.mask + 1;
+
+	if (!kml_dd.ring_mem || !kml_ring_broken(&kml_dd.ring))
+		return;
+	synchronize_rcu();
+	/*
+	 * Rewrite the shared memory through a private handle: producers keep
+	 * seeing the ring broken (and stay away from it) until it is whole.
+	 */
+	kml_ring_init(&fresh, kml_dd.ring_mem,
+		      kml_ring_bytes(capacity, sizeof(struct kml_dd_sample)),
+		      capacity, sizeof(struct kml_dd_sample),
+		      READ_ONCE(kml_dd.ring.mode));
+	kml_dd.consumed_base = 0;
+	/* pairs with the producers' read of 'broken': the ring is whole first */
+	smp_store_release(&kml_dd.ring.broken, false);
+	kml_dd_stat_inc(KML_DD_S_RING_REPAIRS);
+	pr_info_ratelimited("kml: sample ring was corrupted by its consumer; reset\n");
+}
+
+/*
+ * The ring has one consumer at a time, since popping is single-consumer:
+ * a user mapping of /dev/kml or the kernel trainer.  Claim it before
+ * mapping or popping it.  Returns -ENODEV without a ring, -EBUSY while
+ * another consumer holds it.  A consumer before this one may have left the
+ * ring broken, so a claim repairs it (which may wait for an RCU grace
+ * period).  Process context.
+ */
+int kml_dd_ring_claim(enum kml_dd_owner owner)
+{
+	if (owner != KML_DD_OWNER_USER && owner != KML_DD_OWNER_KERNEL)
+		return -EINVAL;
+	if (!kml_dd.ring_mem)
+		return -ENODEV;
+	if (atomic_cmpxchg(&kml_dd.ring_owner, KML_DD_OWNER_NONE,
+			   owner) != KML_DD_OWNER_NONE)
+		return -EBUSY;
+	kml_dd_ring_repair();
+	return 0;
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_ring_claim);
+
+/*
+ * Give the ring up, once the consumer has stopped popping (for a mapping:
+ * at the file's release, after munmap()).  Repair it first, so that a
+ * consumer that broke it does not leave producers dropping every sample
+ * until the next claim.  Process context.
+ */
+void kml_dd_ring_release(enum kml_dd_owner owner)
+{
+	kml_dd_ring_repair();
+	WARN_ON_ONCE(atomic_cmpxchg(&kml_dd.ring_owner, owner,
+				    KML_DD_OWNER_NONE) != owner);
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_ring_release);
+
+/* Pop one sample; for the owner only (0, or -EAGAIN when empty). */
+int kml_dd_ring_pop(struct kml_dd_sample *s)
+{
+	return kml_ring_pop(&kml_dd.ring, s);
+}
+
+/* Whether producers wait for room in a full ring (ring_mode "block"). */
+bool kml_dd_ring_blocks(void)
+{
+	return READ_ONCE(kml_dd.ring.mode) == KML_RING_BLOCK;
+}
+
+/* Bytes a consumer may map, or 0 without a ring. */
+size_t kml_dd_ring_bytes(void)
+{
+	return kml_dd.ring_mem ? kml_dd.ring_bytes : 0;
+}
+
+/*
+ * Map the ring for its owner, who has checked @vma against
+ * kml_dd_ring_bytes().  Repair it first: the owner may map it again after
+ * its own earlier mapping broke it, which no claim saw.
+ */
+int kml_dd_ring_mmap(struct vm_area_struct *vma)
+{
+	kml_dd_ring_repair();
+	return remap_vmalloc_range(vma, kml_dd.ring_mem, 0);
+}
+
+/*
+ * The kernel trainer claims the ring before its thread starts and releases
+ * it after the thread stopped, so the claim is what "running" reports.
+ */
+int kml_dd_ktrainer_running(void)
+{
+	return atomic_read(&kml_dd.ring_owner) == KML_DD_OWNER_KERNEL;
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_ktrainer_running);
+
+void kml_dd_get_info(struct kml_dev_info *info)
+{
+	memset(info, 0, sizeof(*info));
+	info->abi_version = KML_DD_ABI_VERSION;
+	info->record_size = sizeof(struct kml_dd_sample);
+	info->ring_capacity = kml_dd.ring_mem ? kml_dd.ring.mask + 1 : 0;
+	info->ring_mode = READ_ONCE(kml_dd.ring.mode);
+	info->ring_bytes = kml_dd_ring_bytes();
+	info->n_features = KML_DD_NR_FEATURES;
+	info->model_generation = READ_ONCE(kml_dd.model_generation);
+	info->ktrainer_running = kml_dd_ktrainer_running();
+}
+
+/* ------------------------------------------------------------ debugfs */
+
+static int kml_dd_stats_show(struct seq_file *m, void *v)
+{
+	unsigned int i;
+	u64 lo, hi, n;
+
+	seq_printf(m, "abi_version %d\n", KML_DD_ABI_VERSION);
+	seq_printf(m, "model_loaded %d\n",
+		   rcu_access_pointer(kml_dd.model) ? 1 : 0);
+	seq_printf(m, "model_generation %llu\n",
+		   READ_ONCE(kml_dd.model_generation));
+	for (i = 0; i < KML_DD_NR_STATS; i++)
+		seq_printf(m, "%s %lld\n", kml_dd_stat_names[i],
+			   atomic64_read(&kml_dd.stats[i]));
+	/* records popped since the reset that were pushed after it */
+	n = kml_dd.ring_mem ?
+		atomic64_read(&kml_dd.ring.sh->consumed.v) : 0;
+	seq_printf(m, "ring_consumed %lld\n",
+		   max_t(s64, (s64)n - kml_dd.consumed_base, 0));
+	seq_printf(m, "ring_capacity %u\n", kml_dd.ring_mem ? ring_capacity : 0);
+	seq_printf(m, "ring_broken %d\n",
+		   kml_dd.ring_mem && kml_ring_broken(&kml_dd.ring));
+	seq_printf(m, "ring_mode %s\n",
+		   kml_dd_ring_modes[READ_ONCE(kml_dd.ring.mode) & 1]);
+	seq_printf(m, "sample_filter %s\n",
+		   kml_dd_filters[READ_ONCE(kml_dd.sample_filter) & 1]);
+	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
+	seq_printf(m, "decision_permille %u\n",
+		   READ_ONCE(kml_dd.decision_permille));
+	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
+		n = atomic64_read(&kml_dd.inference_hist[i]);
+		if (!n)
+			continue;
+		kml_dd_hist_bounds(i, &lo, &hi);
+		seq_printf(m, "inference_ns_hist %llu %llu %llu\n", lo, hi, n);
+	}
+	return 0;
+}
+
+static int kml_dd_stats_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, kml_dd_stats_show, NULL);
+}
+
+static ssize_t kml_dd_stats_write(struct file *file, const char __user *ubuf,
+				  size_t count, loff_t *ppos)
+{
+	char buf[16];
+	unsigned int i;
+
+	if (count >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, count))
+		return -EFAULT;
+	buf[count] = '\0';
+	if (!sysfs_streq(buf, "reset"))
+		return -EINVAL;
+	for (i = 0; i < KML_DD_NR_STATS; i++)
+		atomic64_set(&kml_dd.stats[i], 0);
+	for (i = 0; i < KML_DD_HIST_BUCKETS; i++)
+		atomic64_set(&kml_dd.inference_hist[i], 0);
+	if (kml_dd.ring_mem)
+		kml_dd.consumed_base =
+			atomic64_read(&kml_dd.ring.sh->produced.v);
+	return count;
+}
+
+static const struct file_operations kml_dd_stats_fops = {
+	.owner = THIS_MODULE,
+	.open = kml_dd_stats_open,
+	.read = seq_read,
+	.llseek = seq_lseek,
+	.release = single_release,
+	.write = kml_dd_stats_write,
+};
+
+/* ------------------------------------------------------------ init */
+
+/*
+ * The ring is allocated once, at boot: the hot path never allocates, and
+ * a consumer maps the same memory for the life of the system.  /dev/kml
+ * registers itself (kml_dd_dev.c), after this in link order.
+ */
+static int __init kml_dd_global_init(void)
+{
+	size_t bytes;
+	int ret;
+
+	mutex_init(&kml_dd.model_lock);
+	if (!is_power_of_2(ring_capacity) || ring_capacity < 2)
+		ring_capacity = 4096;
+	bytes = kml_ring_bytes(ring_capacity, sizeof(struct kml_dd_sample));
+	kml_dd.ring_bytes = PAGE_ALIGN(bytes);
+	/* zeroed, page aligned and mappable to user space */
+	kml_dd.ring_mem = vmalloc_user(kml_dd.ring_bytes);
+	if (kml_dd.ring_mem) {
+		ret = kml_ring_init(&kml_dd.ring, kml_dd.ring_mem, bytes,
+				    ring_capacity,
+				    sizeof(struct kml_dd_sample),
+				    KML_RING_DROP);
+		if (ret) {
+			vfree(kml_dd.ring_mem);
+			kml_dd.ring_mem = NULL;
+		}
+	}
+	if (!kml_dd.ring_mem) {
+		pr_warn("kml: no sample ring; samples will be dropped\n");
+		/* a valid target for ring_mode writes */
+		kml_dd.ring.sh = &kml_dd.no_ring;
+	}
+	kml_dd.debugfs = debugfs_create_dir("kml", NULL);
+	debugfs_create_file("iosched", 0600, kml_dd.debugfs, NULL,
+			    &kml_dd_stats_fops);
+	return 0;
+}
+late_initcall(kml_dd_global_init);
