@@ -12,6 +12,7 @@
 #include <linux/rcupdate.h>
 #include "kml.h"
 #include "kml_iosched_uapi.h"
+#include "kml_dd_calib.h"
 
 enum kml_dd_stat {
 	KML_DD_S_INFERENCES,
@@ -84,17 +85,6 @@ static inline void kml_dd_stat_add(enum kml_dd_stat s, s64 v)
 int kml_dd_publish(const void *buf, size_t len);
 void kml_dd_set_decision_permille(unsigned int permille);
 
-/* A prequential residual for the decision threshold (kml_ktrain.c). */
-struct kml_dd_resid {
-	s32 r;		/* predicted - deadline, lg(us) in Q16.16 */
-	u32 met;	/* the request met its deadline */
-};
-
-#define KML_DD_CAL_MIN_CLASS	32
-#define KML_DD_CAL_MAX_LG	(3 << 16)	/* a factor 8 either way */
-
-bool kml_dd_cal_fit(const struct kml_dd_resid *window, u32 n,
-		    struct kml_dd_resid *scratch, s32 *thr);
 void kml_dd_unload(void);
 void kml_dd_push_sample(const struct kml_dd_sample *s);
 void kml_dd_ring_repair(void);
