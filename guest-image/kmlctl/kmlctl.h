@@ -29,6 +29,7 @@
 
 #include "kml.h"
 #include "kml_iosched_uapi.h"
+#include "kml_dd_calib.h"
 
 #define KMLCTL_WRITE_CHUNK	4096	/* bytes per write() of a model */
 
@@ -155,20 +156,15 @@ double scores_accuracy(const struct scores *sc);
 double scores_balanced(const struct scores *sc);
 double scores_mae(const struct scores *sc);
 
-#define CALIB_WINDOW	2048
-
-/* The last CALIB_WINDOW prequential residuals, and the threshold in use. */
+/* The last prequential residuals (a KML window), and the threshold in use. */
 struct calib {
-	float r[CALIB_WINDOW];
-	u8 met[CALIB_WINDOW];
-	u32 n, pos;
-	double permille;	/* in use by the kernel (as far as we know) */
+	struct kml_dd_cal window;
+	u32 permille;		/* in use by the kernel (as far as we know) */
 	u64 writes_failed;
 };
 
-void calib_add(struct calib *c, float r, bool met);
-double calib_fit(struct calib *c);
-void calib_apply(struct calib *c, double permille, bool to_dev);
+u32 calib_fit(struct calib *c);
+void calib_apply(struct calib *c, u32 permille, bool to_dev);
 
 struct trainer {
 	const struct opts *o;
@@ -198,6 +194,7 @@ struct trainer {
 	struct bucket pace;		/* block mode --rate */
 	float *x, *y, *yhat;
 	struct kml_dd_sample *batch;
+	struct kml_dd_resid *resid;	/* of the batch, for the scores */
 	struct scores window, total;
 	struct calib cal;
 	u64 trained, steps, published, refused, unprocessed;

@@ -65,23 +65,26 @@ static int trainer_setup(struct trainer *t)
 	t->y = calloc(o->batch, sizeof(float));
 	t->yhat = calloc(o->batch, sizeof(float));
 	t->batch = calloc(o->batch, sizeof(*t->batch));
-	if (!t->x || !t->y || !t->yhat || !t->batch)
+	t->resid = calloc(o->batch, sizeof(*t->resid));
+	if (!t->x || !t->y || !t->yhat || !t->batch || !t->resid)
 		return fail(ENOMEM, "trainer buffers");
 	return 0;
 }
 
-/* The model's view of a sample: Q16.16 features as float, lg(issue us). */
-static void sample_row(const struct kml_dd_sample *s, u32 nf, float *x,
-		       float *y)
+/* The model's inputs of a sample: its Q16.16 features as float. */
+static void sample_row(const struct kml_dd_sample *s, u32 nf, float *x)
 {
 	u32 i;
 
 	for (i = 0; i < nf; i++)
 		x[i] = s->features[i] / 65536.0f;
-	*y = (float)log2(1.0 + s->issue_ns / 1000.0);
 }
 
-/* Score the predictions of a batch the model has not trained on yet. */
+/*
+ * Score the predictions of a batch the model has not trained on yet, and
+ * keep their residuals (and labels: KML's, kml_dd_calib.h) for the
+ * decision calibration.
+ */
 static void score_batch(struct trainer *t, u32 n)
 {
 	const struct kml_dd_sample *s;
@@ -89,17 +92,17 @@ static void score_batch(struct trainer *t, u32 n)
 	bool met, pred_met;
 	u32 i;
 
+	kml_dd_residuals(t->yhat, t->batch, n, t->resid);
+	kml_dd_cal_add(&t->cal.window, t->resid, n);
 	for (i = 0; i < n; i++) {
 		s = &t->batch[i];
 		pred_us = exp2(t->yhat[i]) - 1.0;
 		if (!(pred_us >= 0))
 			pred_us = 0;	/* NaN or below zero: say "now" */
 		actual_us = s->issue_ns / 1000.0;
-		met = s->issue_ns <= s->deadline_ns;
+		met = t->resid[i].met;
 		pred_met = pred_us * 1000.0 <=
 			   (double)s->deadline_ns * t->cal.permille / 1000.0;
-		calib_add(&t->cal, t->yhat[i] -
-			  (float)log2(1.0 + s->deadline_ns / 1000.0), met);
 		scores_add(&t->window, met, pred_met, fabs(pred_us - actual_us));
 		scores_add(&t->total, met, pred_met, fabs(pred_us - actual_us));
 	}
@@ -131,7 +134,8 @@ static int train_batch(struct trainer *t, u32 n)
 	int ret;
 
 	for (i = 0; i < n; i++)
-		sample_row(&t->batch[i], nf, t->x + (size_t)i * nf, &t->y[i]);
+		sample_row(&t->batch[i], nf, t->x + (size_t)i * nf);
+	kml_dd_targets(t->batch, n, t->y);	/* lg(issue us), KML's */
 	ret = kml_model_predict(t->m, t->x, n, t->yhat);
 	if (ret)
 		return ret;
@@ -162,7 +166,7 @@ static void curve_line(struct trainer *t)
 	pthread_mutex_unlock(&t->lock);
 	fprintf(t->curve, "{\"samples_seen\": %llu, \"samples_consumed\": %llu, "
 		"\"accuracy\": %.6f, \"balanced_accuracy\": %.6f, "
-		"\"mae_us\": %.3f, \"n\": %llu, \"decision_permille\": %.0f}\n",
+		"\"mae_us\": %.3f, \"n\": %llu, \"decision_permille\": %u}\n",
 		(unsigned long long)t->trained, (unsigned long long)consumed,
 		scores_accuracy(&t->window), scores_balanced(&t->window),
 		scores_mae(&t->window), (unsigned long long)t->window.n,
@@ -399,7 +403,7 @@ static void train_summary(struct trainer *t, double wall, double cpu)
 	printf("accuracy %.6f\n", scores_accuracy(&t->total));
 	printf("balanced_accuracy %.6f\n", scores_balanced(&t->total));
 	printf("mae_us %.3f\n", scores_mae(&t->total));
-	printf("decision_permille %.0f\n", t->cal.permille);
+	printf("decision_permille %u\n", t->cal.permille);
 	printf("decision_writes_failed %llu\n",
 	       (unsigned long long)t->cal.writes_failed);
 	printf("seconds %.3f\n", wall);
@@ -419,6 +423,7 @@ static void train_close(struct trainer *t)
 	free(t->y);
 	free(t->yhat);
 	free(t->batch);
+	free(t->resid);
 	free(t->fifo);
 	close_ring(&t->rs);
 }

@@ -80,8 +80,11 @@ KMLCTL_CC = "gcc"
 KMLCTL_KML_SOURCES = (
     "kml_platform_user.c", "kml_model.c", "kml_fixed.c", "kml_nn_q16.c",
     "kml_format.c", "kml_ring.c", "kml_math.c", "kml_nn.c",
+    "kml_dd_calib.c", "kml_dd_calib_fpu.c",
 )  # fmt: skip
-KMLCTL_KML_HEADERS = ("kml.h", "kml_internal.h", "kml_platform.h", "kml_iosched_uapi.h")
+KMLCTL_KML_HEADERS = (
+    "kml.h", "kml_internal.h", "kml_platform.h", "kml_iosched_uapi.h", "kml_dd_calib.h",
+)  # fmt: skip
 # Makefile.user's flags minus -fPIC/visibility (a static program, not a .so).
 _KMLCTL_CFLAGS = (
     "-std=gnu11", "-O2", "-falign-loops=32", "-fno-strict-aliasing", "-fno-math-errno",
