@@ -7,8 +7,9 @@
  * reads the device geometry, publishes and removes models, drains the
  * sample ring into a trace file (docs/trace.md), trains a model in user
  * space from the ring ("shared user-kernel mode") and feeds the device the
- * malformed input the kernel's fault-injection tests need.  kmlctl.h maps
- * the commands to their files.
+ * malformed input the kernel's fault-injection tests need; calibrates a
+ * model's meet/miss threshold on a trace.  kmlctl.h maps the commands to
+ * their files.
  *
  * It is linked statically against the user-space build of the very KML
  * sources the kernel compiles (kernel/kml/), so a model it saves is byte
@@ -76,6 +77,8 @@ static const char usage_text[] =
 "                             train from the ring, publish models\n"
 "  fault KIND [--out FILE]    garbage-ioctl nan-model wrong-shape truncated\n"
 "                             die-mid-update big-write\n"
+"  calibrate MODEL TRACE      decision_permille for MODEL's meet/miss calls,\n"
+"                             calibrated on a trace file\n"
 "\n"
 "  --dev PATH        the KML device (default /dev/kml)\n"
 "  --ring-file PATH  a file holding a ring in the shared layout instead\n";
@@ -271,6 +274,7 @@ static const struct command commands[] = {
 	{ "trace", cmd_trace },
 	{ "train", cmd_train },
 	{ "fault", cmd_fault },
+	{ "calibrate", cmd_calibrate },
 };
 
 int main(int argc, char **argv)

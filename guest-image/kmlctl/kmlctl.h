@@ -7,11 +7,11 @@
  *   kmlctl.c      the command line: options, usage, dispatch
  *   util.c        error reports, clocks and sleeps, stop signals, files
  *   dev.c         /dev/kml and its sample ring; info, load, unload
- *   trace.c       trace: drain the ring into a trace file
+ *   trace.c       trace files: the trace command, reading one back
  *   model.c       a fresh or warm-started model, and its bytes
  *   train.c       train: the trainer thread and the command
  *   train_feed.c  train: the consumer thread and the rate cap
- *   calib.c       train: prequential scores, decision calibration
+ *   calib.c       prequential scores, decision calibration; calibrate
  *   fault.c       fault: malformed input for the kernel's tests
  */
 #ifndef KMLCTL_H
@@ -210,6 +210,11 @@ struct trainer {
 /* train_feed.c: the consumer thread's body; @arg is the struct trainer. */
 void *consumer_main(void *arg);
 
+/* ------------------------------------------------------------- trace.c */
+
+int read_trace(const char *path, struct kml_dd_sample **sp, size_t *np,
+	       u32 *n_features);
+
 /* ------------------------------------------------------------- commands */
 
 int cmd_info(const struct opts *o);
@@ -218,5 +223,6 @@ int cmd_unload(const struct opts *o);
 int cmd_trace(const struct opts *o);
 int cmd_train(const struct opts *o);
 int cmd_fault(const struct opts *o);
+int cmd_calibrate(const struct opts *o);
 
 #endif /* KMLCTL_H */

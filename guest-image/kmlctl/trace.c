@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * kmlctl trace: drain the sample ring into a trace file (docs/trace.md),
- * until --seconds, --max or a stop signal.
+ * kmlctl: trace files (docs/trace.md) -- the trace command, which drains
+ * the sample ring into one until --seconds, --max or a stop signal, and
+ * reading one back (for calibrate).
  */
 #include "kmlctl.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The on-disk trace: this header, then raw struct kml_dd_sample rows. */
@@ -108,4 +110,56 @@ int cmd_trace(const struct opts *o)
 	fprintf(report, "stopped_by %s\n", stop_signal ? strsignal(stop_signal) :
 		(o->max && n >= o->max) ? "max" : ret ? "error" : "seconds");
 	return ret;
+}
+
+/*
+ * Read a trace file: its samples (*@sp, which the caller frees) and the
+ * header's n_features, as kmlbench.trace reads it: ABI 1 to ours, rows of
+ * record_size bytes of which the first sizeof(struct kml_dd_sample) are
+ * kept (a newer kernel appends fields), a cut last row dropped.  Returns 0,
+ * or 1 after an error message.
+ */
+int read_trace(const char *path, struct kml_dd_sample **sp, size_t *np,
+	       u32 *n_features)
+{
+	const struct kml_trace_hdr *h;
+	struct kml_dd_sample *s;
+	size_t len, n, i;
+	void *buf;
+	int ret;
+
+	*sp = NULL;
+	*np = 0;
+	ret = read_file(path, &buf, &len);
+	if (ret)
+		return fail(-ret, "read %s", path);
+	h = buf;
+	if (len < sizeof(*h) ||
+	    memcmp(h->magic, KML_TRACE_MAGIC, sizeof(h->magic))) {
+		free(buf);
+		return fail(EINVAL, "%s: not a KML trace", path);
+	}
+	if (!h->abi_version || h->abi_version > KML_DD_ABI_VERSION ||
+	    h->record_size < sizeof(*s) || !h->n_features ||
+	    h->n_features > KML_DD_MAX_FEATURES) {
+		ret = fail(EPROTO, "%s: ABI %u, %u-byte records, %u features",
+			   path, h->abi_version, h->record_size,
+			   h->n_features);
+		free(buf);
+		return ret;
+	}
+	n = (len - sizeof(*h)) / h->record_size;
+	s = calloc(n ? n : 1, sizeof(*s));
+	if (!s) {
+		free(buf);
+		return fail(ENOMEM, "%s: %zu samples", path, n);
+	}
+	for (i = 0; i < n; i++)
+		memcpy(&s[i], (const char *)buf + sizeof(*h) +
+		       i * h->record_size, sizeof(*s));
+	*n_features = h->n_features;
+	*sp = s;
+	*np = n;
+	free(buf);
+	return 0;
 }
