@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from kmlbench import paths
-from kmlbench.kml import lib as kml
+from kmlbench.kml.lib import lib as kml
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
@@ -38,7 +38,7 @@ def test_missing_compiler_is_named(monkeypatch):
 
 
 # the only objects built with SSE in the kernel
-FPU_FILES = {"kml_math.c", "kml_nn.c", "kml_dd_fpu.c"}
+FPU_FILES = {"kml_math.c", "kml_nn.c", "kml_dd_fpu.c", "kml_dd_calib_fpu.c"}
 USER_ONLY = {"kml_platform_user.c", "kml_bench.c"}
 # Kernel-only objects need kernel headers, so they cannot be compiled here;
 # the real kernel build (tests/test_kernel.py) compiles them without the FPU.

@@ -23,8 +23,8 @@ from kmlbench.data.trace import (
     write_csv,
     write_trace,
 )
-from kmlbench.kml import lib as kml
-from kmlbench.kml import train
+from kmlbench.kml.lib import lib as kml
+from kmlbench.kml.lib import train
 
 DATA = Path(__file__).parent / "data"
 # 1500 consecutive samples recorded from a real guest by ``kmlbench trace``
@@ -146,21 +146,27 @@ def test_training_conventions() -> None:
 
 
 def test_decision_threshold_calibration() -> None:
-    """Known answer: met requests at r = log2(pred/deadline) in {-1, -0.5, 0.5},
-    misses at {1, 2}: the best split is between 0.5 and 1, at 0.75."""
-    rows = np.zeros(5, SAMPLE_DTYPE)
+    """Known answer: met requests at residuals r = y - lg(deadline us) in {-1,
+    -0.5, 0.5}, misses at {1, 2}: the best split is between 0.5 and 1, at 0.75.
+    The threshold is KML's (kml_dd_calib.h); the contract across the kernel,
+    kmlctl and this binding is tests/test_calibration_contract.py."""
+    r = np.repeat([-1.0, -0.5, 0.5, 1.0, 2.0], 40)
+    rows = np.zeros(len(r), SAMPLE_DTYPE)
     rows["deadline_ns"] = 8_000_000
-    rows["met"] = [1, 1, 1, 0, 0]
-    r = np.array([-1.0, -0.5, 0.5, 1.0, 2.0])
-    y = np.log2(1.0 + 8000.0 * 2.0**r)  # predicted issue time = deadline * 2**r
+    met = r < 0.75
+    rows["issue_ns"] = np.where(met, 7_000_000, 9_000_000)
+    rows["met"] = met
+    y = (r + kml.dd_lg_us(8_000_000)).astype(np.float32)
     assert train.calibrate_permille(y, rows) == round(1000 * 2**0.75)
     perfect = train.evaluate(y, rows, permille=round(1000 * 2**0.75))
     assert perfect["accuracy"] == 1.0 and perfect["balanced_accuracy"] == 1.0
     at_deadline = train.evaluate(y, rows)  # r = 0.5 is called a miss at 1000
     assert at_deadline["accuracy"] == pytest.approx(0.8)
     assert at_deadline["miss_precision"] == pytest.approx(2 / 3)
-    # one class only: nothing to calibrate, the deadline itself
-    rows["met"] = 1
+    # too few of a class (under 32): nothing to calibrate, the deadline itself
+    few = np.concatenate([np.flatnonzero(met), np.flatnonzero(~met)[:31]])
+    assert train.calibrate_permille(y[few], rows[few]) == 1000
+    rows["issue_ns"] = 0  # the label is issue_ns <= deadline_ns: all met
     assert train.calibrate_permille(y, rows) == 1000
 
 

@@ -16,6 +16,7 @@
 #include <linux/rcupdate.h>
 #include "kml.h"
 #include "kml_iosched_uapi.h"
+#include "kml_dd_calib.h"
 
 struct vm_area_struct;
 
@@ -159,17 +160,6 @@ void kml_dd_get_info(struct kml_dev_info *info);
 /* The trainers' calibration of the decision threshold. */
 void kml_dd_set_decision_permille(unsigned int permille);
 
-/* A prequential residual for the decision threshold (kml_ktrain.c). */
-struct kml_dd_resid {
-	s32 r;		/* predicted - deadline, lg(us) in Q16.16 */
-	u32 met;	/* the request met its deadline */
-};
-
-#define KML_DD_CAL_MIN_CLASS	32
-#define KML_DD_CAL_MAX_LG	(3 << 16)	/* a factor 8 either way */
-
-bool kml_dd_cal_fit(const struct kml_dd_resid *window, u32 n,
-		    struct kml_dd_resid *scratch, s32 *thr);
 void kml_dd_unload(void);
 
 #endif /* _KML_DD_H */

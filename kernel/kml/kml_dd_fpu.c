@@ -9,7 +9,6 @@
 
 #define KML_DD_LN2	0.6931471805599453f
 #define KML_DD_MAX_LG	40.0f	/* lg(issue us) above this is 12 days */
-#define KML_DD_MAX_RESID 64.0f	/* |residual| kept, in lg units */
 
 static float kml_dd_q16_to_f32(s32 v)
 {
@@ -44,14 +43,11 @@ void kml_dd_samples_to_f32(const struct kml_dd_sample *s, u32 n, float *x,
 {
 	u32 r, i;
 
-	for (r = 0; r < n; r++) {
+	for (r = 0; r < n; r++)
 		for (i = 0; i < KML_DD_NR_FEATURES; i++)
 			x[r * KML_DD_NR_FEATURES + i] =
 				kml_dd_q16_to_f32(s[r].features[i]);
-		/* target: lg(issue us) = log2(1 + issue_ns / 1000) */
-		y[r] = kml_logf(1.0f + (float)s[r].issue_ns * 1e-3f) /
-		       KML_DD_LN2;
-	}
+	kml_dd_targets(s, n, y);
 }
 
 void kml_dd_init_output_bias(struct kml_model *m, const float *y, u32 n)
@@ -66,30 +62,8 @@ void kml_dd_init_output_bias(struct kml_model *m, const float *y, u32 n)
 
 void kml_dd_deadline_residuals(struct kml_model *m, const float *x,
 			       const struct kml_dd_sample *s, u32 n,
-			       float *yhat, s32 *r)
+			       float *yhat, struct kml_dd_resid *r)
 {
-	float d;
-	u32 i;
-
 	kml_model_predict_nofpu(m, x, n, yhat);
-	for (i = 0; i < n; i++) {
-		d = yhat[i] - kml_logf(1.0f + (float)s[i].deadline_ns * 1e-3f) /
-			      KML_DD_LN2;
-		if (!(d < KML_DD_MAX_RESID))	/* also NaN */
-			d = KML_DD_MAX_RESID;
-		if (d < -KML_DD_MAX_RESID)
-			d = -KML_DD_MAX_RESID;
-		r[i] = (s32)(d * 65536.0f);
-	}
-}
-
-u32 kml_dd_lg_q16_to_permille(s32 thr)
-{
-	float p = 1000.0f * kml_expf(kml_dd_q16_to_f32(thr) * KML_DD_LN2);
-
-	if (!(p >= 1.0f))
-		return 1;
-	if (p > 64000.0f)
-		return 64000;
-	return (u32)(p + 0.5f);
+	kml_dd_residuals(yhat, s, n, r);
 }

@@ -8,11 +8,12 @@
 
 #include "kml.h"
 #include "kml_iosched_uapi.h"
+#include "kml_dd_calib.h"
 
 /* Predicted issue time in ns of one request, or -1 (the model gave NaN). */
 s64 kml_dd_predict_f32(struct kml_model *m, const s32 *features);
 
-/* Rows of model inputs and targets (lg issue us) from ring samples. */
+/* Rows of model inputs and targets (kml_dd_targets()) from ring samples. */
 void kml_dd_samples_to_f32(const struct kml_dd_sample *s, u32 n, float *x,
 			   float *y);
 
@@ -24,16 +25,12 @@ void kml_dd_samples_to_f32(const struct kml_dd_sample *s, u32 n, float *x,
 void kml_dd_init_output_bias(struct kml_model *m, const float *y, u32 n);
 
 /*
- * For the decision threshold: the model's predicted lg(issue us) for the n
- * rows of x, minus lg(1 + deadline us) of each sample, as Q16.16 in @r.
- * @yhat is scratch for n floats.  A NaN prediction gives the largest
- * residual (a predicted miss), as the hot path treats it as no prediction.
+ * For the decision threshold: the model's predictions for the n rows of x,
+ * scored against their samples by kml_dd_residuals().  @yhat is scratch
+ * for n floats.
  */
 void kml_dd_deadline_residuals(struct kml_model *m, const float *x,
 			       const struct kml_dd_sample *s, u32 n,
-			       float *yhat, s32 *r);
-
-/* decision_permille of a threshold on those residuals: 1000 * 2^thr. */
-u32 kml_dd_lg_q16_to_permille(s32 thr);
+			       float *yhat, struct kml_dd_resid *r);
 
 #endif /* _KML_DD_FPU_H */

@@ -20,8 +20,6 @@
 #include <linux/sysfs.h>
 #include <linux/delay.h>
 #include <linux/ktime.h>
-#include <linux/sort.h>
-#include <kunit/visibility.h>
 #include "kml_internal.h"
 #include "kml_dd.h"
 #include "kml_dd_fpu.h"
@@ -47,12 +45,6 @@ MODULE_PARM_DESC(ktrainer_calibrate,
 #define KML_KT_HIDDEN	16
 #define KML_KT_IDLE_MS	5
 
-/*
- * Decision calibration, as kmlctl's: the last KML_KT_CAL_WINDOW residuals
- * (see kml_dd_cal_fit()), each scored before its batch was trained on.
- */
-#define KML_KT_CAL_WINDOW	2048
-
 struct kml_ktrain {
 	struct kml_model *model;
 	u8 *file;			/* kml_model_save() output */
@@ -62,10 +54,9 @@ struct kml_ktrain {
 	u32 x[KML_KT_BATCH * KML_DD_NR_FEATURES];
 	u32 y[KML_KT_BATCH];
 	u32 yhat[KML_KT_BATCH];
-	s32 resid[KML_KT_BATCH];
-	struct kml_dd_resid cal[KML_KT_CAL_WINDOW];	/* a ring */
-	struct kml_dd_resid cal_sorted[KML_KT_CAL_WINDOW];
-	u32 cal_n, cal_pos;
+	struct kml_dd_resid resid[KML_KT_BATCH];
+	/* decision calibration: residuals scored before their batch trained */
+	struct kml_dd_cal cal;
 	u64 allowance_ns;		/* rate cap: time credit, ns x rate */
 	u64 last_ns;
 	u64 owed_sleep_ns;		/* CPU cap */
@@ -158,102 +149,13 @@ static u32 kml_kt_fill(struct kml_ktrain *kt)
 	return n;
 }
 
-static void kml_kt_cal_add(struct kml_ktrain *kt, u32 n)
-{
-	u32 i;
-
-	for (i = 0; i < n; i++) {
-		kt->cal[kt->cal_pos].r = kt->resid[i];
-		kt->cal[kt->cal_pos].met =
-			kt->batch[i].issue_ns <= kt->batch[i].deadline_ns;
-		kt->cal_pos = (kt->cal_pos + 1) % KML_KT_CAL_WINDOW;
-		if (kt->cal_n < KML_KT_CAL_WINDOW)
-			kt->cal_n++;
-	}
-}
-
-static int kml_dd_resid_cmp(const void *a, const void *b)
-{
-	s32 ra = ((const struct kml_dd_resid *)a)->r;
-	s32 rb = ((const struct kml_dd_resid *)b)->r;
-
-	return ra < rb ? -1 : ra > rb;
-}
-
-/*
- * The decision threshold on n residuals r = predicted lg(issue us) -
- * lg(1 + deadline us): predict "meet" when r <= *thr, which the hot path
- * does with decision_permille = 1000 * 2^thr.  Regression to the mean pulls
- * predictions toward the majority class, so the deadline itself (thr = 0)
- * is rarely the best threshold; calibrating the decision leaves the
- * issue-time model unbiased.
- *
- * Sort a copy into @scratch and try a split between each pair of distinct
- * neighbours.  The score is the mean of accuracy and balanced accuracy (the
- * two figures reported, one rewarding the majority class and one the
- * minority), kept in integers as their sum in units of 2^-20; ties go to
- * the threshold closest to the deadline.  Thresholds stay within a factor
- * 8 of the deadline (KML_DD_CAL_MAX_LG), and a split only that range
- * cannot make is not scored.  Returns false, leaving @thr alone, while
- * either class has fewer than KML_DD_CAL_MIN_CLASS samples.
- */
-bool kml_dd_cal_fit(const struct kml_dd_resid *window, u32 n,
-		    struct kml_dd_resid *scratch, s32 *thr)
-{
-	u32 n_met = 0, n_miss, met_below = 0, miss_above, i;
-	s64 lo, hi, first, last, cand;
-	s32 best_thr = 0;
-	u64 score, best = 0;
-	bool found = false;
-
-	for (i = 0; i < n; i++)
-		n_met += !!window[i].met;
-	n_miss = n - n_met;
-	if (n_met < KML_DD_CAL_MIN_CLASS || n_miss < KML_DD_CAL_MIN_CLASS)
-		return false;
-	memcpy(scratch, window, n * sizeof(*scratch));
-	sort(scratch, n, sizeof(*scratch), kml_dd_resid_cmp, NULL);
-	for (i = 0; i <= n; i++) {
-		if (i > 0)
-			met_below += !!scratch[i - 1].met;
-		if (i > 0 && i < n && scratch[i - 1].r == scratch[i].r)
-			continue;
-		/*
-		 * The first i residuals are predicted "meet" by any threshold
-		 * in [lo, hi) (below hi for i = 0); take the middle, if the
-		 * factor-8 range leaves any of it.
-		 */
-		lo = i > 0 ? scratch[i - 1].r : -KML_DD_CAL_MAX_LG;
-		hi = i < n ? scratch[i].r : KML_DD_CAL_MAX_LG + 1;
-		first = max_t(s64, lo, -KML_DD_CAL_MAX_LG);
-		last = min_t(s64, hi - 1, KML_DD_CAL_MAX_LG);
-		if (first > last)
-			continue;
-		cand = clamp_t(s64, lo + (hi - lo) / 2, first, last);
-		miss_above = n_miss - (i - met_below);
-		score = div_u64((u64)(met_below + miss_above) << 20, n) +
-			div_u64((u64)met_below << 19, n_met) +
-			div_u64((u64)miss_above << 19, n_miss);
-		if (!found || score > best ||
-		    (score == best && abs(cand) < abs(best_thr))) {
-			found = true;
-			best = score;
-			best_thr = cand;
-		}
-	}
-	if (found)
-		*thr = best_thr;
-	return found;
-}
-EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_fit);
-
 static void kml_kt_calibrate(struct kml_ktrain *kt)
 {
 	u32 permille;
 	s32 thr;
 
 	if (!READ_ONCE(ktrainer_calibrate) ||
-	    !kml_dd_cal_fit(kt->cal, kt->cal_n, kt->cal_sorted, &thr))
+	    !kml_dd_cal_fit(kt->cal.r, kt->cal.n, kt->cal.scratch, &thr))
 		return;
 	if (kml_fpu_begin())
 		return;
@@ -288,7 +190,7 @@ static void kml_kt_step(struct kml_ktrain *kt, u32 n)
 	kml_fpu_end();
 	kt->fresh = false;
 	if (scored)
-		kml_kt_cal_add(kt, n);
+		kml_dd_cal_add(&kt->cal, kt->resid, n);
 	ret = kml_model_norm_update(kt->model, kt->x, n);
 	if (!ret)
 		ret = kml_model_train_batch(kt->model, kt->x, kt->y, n, &loss);

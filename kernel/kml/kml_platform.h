@@ -2,8 +2,8 @@
 /*
  * KML platform layer: the only place where the kernel and user-space builds
  * differ.  Everything else in KML is plain C that uses the types and helpers
- * declared here: allocation, atomics, time, random numbers, logging and the
- * FPU section.
+ * declared here: allocation, atomics, time, random numbers, logging,
+ * sorting, kernel export markers and the FPU section.
  *
  * Kernel: __KERNEL__ is defined, helpers map to kmalloc/atomic64/ktime/...
  * User space: C11 atomics, malloc, clock_gettime, stdio.
@@ -22,6 +22,8 @@
 #include <linux/printk.h>
 #include <linux/limits.h>
 #include <linux/build_bug.h>
+#include <linux/sort.h>
+#include <kunit/visibility.h>
 #include <asm/processor.h>
 
 /* Kernel callers see no visibility attribute; exports use EXPORT_SYMBOL_GPL. */
@@ -74,11 +76,19 @@ static inline void kml_cpu_relax(void)
 #define kml_log(fmt, ...) pr_info("kml: " fmt, ##__VA_ARGS__)
 #define kml_warn(fmt, ...) pr_warn("kml: " fmt, ##__VA_ARGS__)
 
+/* Sort @n elements of @size bytes; not stable.  May not be an FPU section. */
+static inline void kml_sort(void *base, size_t n, size_t size,
+			    int (*cmp)(const void *, const void *))
+{
+	sort(base, n, size, cmp, NULL);
+}
+
 #else /* user space */
 
 #include <stdint.h>
 #include <stddef.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <errno.h>
 #include <stdatomic.h>
@@ -97,6 +107,7 @@ typedef int64_t s64;
 #define KML_API __attribute__((visibility("default")))
 /* Kernel export markers are no-ops in the shared library. */
 #define EXPORT_SYMBOL_GPL(sym) extern int kml_export_marker_unused
+#define EXPORT_SYMBOL_IF_KUNIT EXPORT_SYMBOL_GPL
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define S32_MAX INT32_MAX
@@ -154,6 +165,12 @@ static inline void kml_cpu_relax(void)
 
 #define kml_log(fmt, ...) fprintf(stderr, "kml: " fmt, ##__VA_ARGS__)
 #define kml_warn(fmt, ...) fprintf(stderr, "kml: warning: " fmt, ##__VA_ARGS__)
+
+static inline void kml_sort(void *base, size_t n, size_t size,
+			    int (*cmp)(const void *, const void *))
+{
+	qsort(base, n, size, cmp);
+}
 
 #endif /* __KERNEL__ */
 

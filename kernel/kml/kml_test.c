@@ -690,6 +690,112 @@ static void kml_test_cal_limits(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, thr, -KML_DD_CAL_MAX_LG);
 	KUNIT_EXPECT_EQ(test, kml_cal_score(w, KML_CAL_N, thr), 2ULL << 20);
 }
+
+/*
+ * The contract of tests/test_calibration_contract.py: libkml.so (kmlbench
+ * train) and kmlctl give these same values from the same code, so the
+ * three trainers agree.  A fixed sample of residuals: 70% met, classes
+ * around -0.5 and +0.5, steps of 2^-8 (ties), every 50th far outside
+ * the factor-8 range.
+ */
+#define KML_CAL_CONTRACT_N		600
+#define KML_CAL_CONTRACT_SEED		0x6b6d6c31U
+#define KML_CAL_CONTRACT_THR		65024
+#define KML_CAL_CONTRACT_PERMILLE	1989
+
+static void kml_cal_contract_sample(struct kml_dd_resid *w)
+{
+	u32 i, state = KML_CAL_CONTRACT_SEED;
+
+	for (i = 0; i < KML_CAL_CONTRACT_N; i++) {
+		state ^= state << 13;
+		state ^= state >> 17;
+		state ^= state << 5;
+		w[i].met = state % 10 < 7;
+		w[i].r = (w[i].met ? -KML_Q16_1 / 2 : KML_Q16_1 / 2) +
+			 (s32)(((state >> 8) % (3 * KML_Q16_1)) & ~255U) -
+			 3 * KML_Q16_1 / 2;
+		if (i % 50 == 0)
+			w[i].r = w[i].met ? -5 * KML_Q16_1 : 4 * KML_Q16_1;
+	}
+}
+
+static void kml_test_cal_contract(struct kunit *test)
+{
+	struct kml_dd_resid *w;
+	u32 permille;
+	s32 thr = 0;
+
+	w = kunit_kcalloc(test, 2 * KML_CAL_CONTRACT_N, sizeof(*w), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, w);
+	kml_cal_contract_sample(w);
+	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_CONTRACT_N,
+					       w + KML_CAL_CONTRACT_N, &thr));
+	KUNIT_EXPECT_EQ(test, thr, KML_CAL_CONTRACT_THR);
+	KUNIT_ASSERT_EQ(test, kml_fpu_begin(), 0);
+	permille = kml_dd_lg_q16_to_permille(thr);
+	kml_fpu_end();
+	KUNIT_EXPECT_EQ(test, permille, KML_CAL_CONTRACT_PERMILLE);
+}
+
+/* Targets: issue_ns -> lg(issue us), float bits (kml_dd_targets()). */
+static const u64 kml_target_ns[] = {
+	0, 1, 999, 1000, 7000, 123456, 8000000, 20000000, 1000000000,
+	3000000000000ULL,
+};
+
+static const u32 kml_target_bits[] = {
+	0x00000000, 0x3abd02e3, 0x3f7fd0b8, 0x3f800000, 0x40400000,
+	0x40deb428, 0x414f7497, 0x41649ac4, 0x419f73db, 0x41fbdbc8,
+};
+
+/* Residuals: prediction (float bits), deadline, issue -> r, met. */
+static const struct {
+	u32 yhat;
+	u64 deadline_ns, issue_ns;
+	s32 r;
+	u32 met;
+} kml_resid_cases[] = {
+	{ 0x41200000, 8000000, 7000000, -194377, 1 },	/* 10 */
+	{ 0x41200000, 20000000, 30000000, -281004, 0 },
+	{ 0x00000000, 0, 0, 0, 1 },
+	{ 0x7fc00000, 500000, 1, 64 << 16, 1 },		/* NaN: a miss */
+	{ 0xc2c80000, 500000, 600000, -64 << 16, 0 },	/* -100 */
+	{ 0x42c80000, 500000, 0, 64 << 16, 1 },		/* 100 */
+	{ 0x40400000, 7000, 7000, 0, 1 },		/* 3: lg(7 us) */
+};
+
+static void kml_test_dd_target_contract(struct kunit *test)
+{
+	u32 nt = ARRAY_SIZE(kml_target_ns), nr = ARRAY_SIZE(kml_resid_cases);
+	u32 y[ARRAY_SIZE(kml_target_ns)], yhat[ARRAY_SIZE(kml_resid_cases)];
+	struct kml_dd_resid r[ARRAY_SIZE(kml_resid_cases)];
+	struct kml_dd_sample *s;
+	u32 i;
+
+	s = kunit_kcalloc(test, nt + nr, sizeof(*s), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, s);
+	for (i = 0; i < nt; i++)
+		s[i].issue_ns = kml_target_ns[i];
+	for (i = 0; i < nr; i++) {
+		s[nt + i].deadline_ns = kml_resid_cases[i].deadline_ns;
+		s[nt + i].issue_ns = kml_resid_cases[i].issue_ns;
+		yhat[i] = kml_resid_cases[i].yhat;
+	}
+	KUNIT_ASSERT_EQ(test, kml_fpu_begin(), 0);
+	kml_dd_targets(s, nt, (float *)y);
+	kml_dd_residuals((const float *)yhat, s + nt, nr, r);
+	kml_fpu_end();
+	for (i = 0; i < nt; i++)
+		KUNIT_EXPECT_EQ_MSG(test, y[i], kml_target_bits[i],
+				    "issue_ns %llu", kml_target_ns[i]);
+	for (i = 0; i < nr; i++) {
+		KUNIT_EXPECT_EQ_MSG(test, r[i].r, kml_resid_cases[i].r,
+				    "case %u", i);
+		KUNIT_EXPECT_EQ_MSG(test, r[i].met, kml_resid_cases[i].met,
+				    "case %u", i);
+	}
+}
 #endif /* CONFIG_KML_IOSCHED */
 
 static struct kunit_case kml_test_cases[] = {
@@ -713,6 +819,8 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_cal_separable),
 	KUNIT_CASE(kml_test_cal_best_split),
 	KUNIT_CASE(kml_test_cal_limits),
+	KUNIT_CASE(kml_test_cal_contract),
+	KUNIT_CASE(kml_test_dd_target_contract),
 #endif
 	{}
 };

@@ -69,19 +69,22 @@ class ImageError(Exception):
 
 
 # ------------------------------------------------------------------ kmlctl
-# The guest tool (guest-image/kmlctl/kmlctl.c), linked statically against the
-# user-space build of the KML sources (kernel/kml/Makefile.user without the
-# benchmark loops), so the guest needs no libraries for it.
+# The guest tool (guest-image/kmlctl/*.c, main in kmlctl.c), linked statically
+# against the user-space build of the KML sources (kernel/kml/Makefile.user
+# without the benchmark loops), so the guest needs no libraries for it.
 
 KMLCTL_GUEST_PATH = "/usr/bin/kmlctl"
 # Bump when the recipe below changes in a way the flags do not show.
-KMLCTL_RECIPE_VERSION = 1
+KMLCTL_RECIPE_VERSION = 2
 KMLCTL_CC = "gcc"
 KMLCTL_KML_SOURCES = (
     "kml_platform_user.c", "kml_model.c", "kml_fixed.c", "kml_nn_q16.c",
     "kml_format.c", "kml_ring.c", "kml_math.c", "kml_nn.c",
+    "kml_dd_calib.c", "kml_dd_calib_fpu.c",
 )  # fmt: skip
-KMLCTL_KML_HEADERS = ("kml.h", "kml_internal.h", "kml_platform.h", "kml_iosched_uapi.h")
+KMLCTL_KML_HEADERS = (
+    "kml.h", "kml_internal.h", "kml_platform.h", "kml_iosched_uapi.h", "kml_dd_calib.h",
+)  # fmt: skip
 # Makefile.user's flags minus -fPIC/visibility (a static program, not a .so).
 _KMLCTL_CFLAGS = (
     "-std=gnu11", "-O2", "-falign-loops=32", "-fno-strict-aliasing", "-fno-math-errno",
@@ -91,11 +94,17 @@ _KMLCTL_LIB_CFLAGS = ("-Wno-unused-parameter", "-Wno-sign-compare")  # as Makefi
 _KMLCTL_LDFLAGS = ("-static", "-pthread", "-Wl,--gc-sections", "-s", "-lm")
 
 
-def _kmlctl_inputs(guest_dir: Path) -> list[Path]:
+def _kmlctl_sources(guest_dir: Path) -> list[Path]:
+    """kmlctl's own C files: every ``.c`` in ``guest-image/kmlctl/`` (main in kmlctl.c)."""
     tool = guest_dir / "kmlctl"
-    files = sorted(tool.glob("*.c")) + sorted(tool.glob("*.h"))
     if not (tool / "kmlctl.c").is_file():
         raise ImageError(f"{tool / 'kmlctl.c'} does not exist")
+    return sorted(tool.glob("*.c"))
+
+
+def _kmlctl_inputs(guest_dir: Path) -> list[Path]:
+    """Every file kmlctl is built from: its ``.c`` and ``.h`` files, KML's."""
+    files = _kmlctl_sources(guest_dir) + sorted((guest_dir / "kmlctl").glob("*.h"))
     return files + [KML_SRC_DIR / name for name in (*KMLCTL_KML_SOURCES, *KMLCTL_KML_HEADERS)]
 
 
@@ -144,8 +153,9 @@ def _compile(cmd: list[str], cwd: Path) -> None:
 def build_kmlctl(cache: Path, guest_dir: Path = GUEST_IMAGE_DIR, cc: str = KMLCTL_CC) -> Path:
     """Return ``cache/kmlctl/<key>/kmlctl``, compiling it (about a second) if missing.
 
-    The KML library sources get Makefile.user's warning flags, kmlctl.c the
-    strict ``-Wall -Wextra``; one static, stripped executable comes out.
+    The KML library sources get Makefile.user's warning flags, kmlctl's own
+    files (every ``.c`` in ``guest-image/kmlctl/``) the strict ``-Wall
+    -Wextra``; one static, stripped executable comes out.
     """
     key = kmlctl_key(guest_dir, cc)
     out_dir = cache / "kmlctl" / key
@@ -162,9 +172,14 @@ def build_kmlctl(cache: Path, guest_dir: Path = GUEST_IMAGE_DIR, cc: str = KMLCT
             inc = f"-I{KML_SRC_DIR}"
             lib_srcs = [str(KML_SRC_DIR / name) for name in KMLCTL_KML_SOURCES]
             _compile([cc, *_KMLCTL_CFLAGS, *_KMLCTL_LIB_CFLAGS, inc, "-c", *lib_srcs], tmp)
-            tool = guest_dir / "kmlctl" / "kmlctl.c"
-            _compile([cc, *_KMLCTL_CFLAGS, inc, "-c", str(tool), "-o", "kmlctl.o"], tmp)
-            objs = ["kmlctl.o", *(Path(name).with_suffix(".o").name for name in lib_srcs)]
+            # kmlctl's objects in a folder of their own: no name can clash
+            tool_srcs = [str(path) for path in _kmlctl_sources(guest_dir)]
+            (tmp / "tool").mkdir()
+            _compile([cc, *_KMLCTL_CFLAGS, inc, "-c", *tool_srcs], tmp / "tool")
+            objs = [
+                *(f"tool/{Path(name).with_suffix('.o').name}" for name in tool_srcs),
+                *(Path(name).with_suffix(".o").name for name in lib_srcs),
+            ]
             _compile([cc, "-o", "kmlctl", *objs, *_KMLCTL_LDFLAGS], tmp)
             os.replace(tmp / "kmlctl", target)
     return target

@@ -12,6 +12,11 @@ releases the GIL during every call.  Arrays go in and out as NumPy arrays.
 ``dtype="fixed"`` runs everything in Q16.16 integer arithmetic (the path the
 kernel can use without an FPU section); inputs and outputs are converted at
 the boundary and the values must lie within +-32767.
+
+``dd_targets``, ``dd_residuals``, ``dd_cal_fit`` and ``dd_permille`` are the
+deadline model's target and meet/miss calibration
+(``kernel/kml/kml_dd_calib.h``), the code the kernel trainer and ``kmlctl
+train`` run.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ __all__ = [
     "Model",
     "Ring",
     "build_libkml",
+    "dd_cal_fit",
+    "dd_lg_us",
+    "dd_permille",
+    "dd_residuals",
+    "dd_targets",
     "lib",
     "math",
 ]
@@ -202,6 +212,11 @@ _SIGS: dict[str, tuple[object, list[object]]] = {
     "kml_ring_stress": (_INT, [_P, _U32, _U32, C.POINTER(_U64)]),
     "kml_bench_predict": (_U64, [_P, _P, _U32, _U32, _P]),
     "kml_bench_train": (_U64, [_P, _P, _P, _U32, _U32, _U32]),
+    "kml_dd_lg_us": (C.c_float, [_U64]),
+    "kml_dd_targets": (None, [_P, _U32, _P]),
+    "kml_dd_residuals": (None, [_P, _P, _U32, _P]),
+    "kml_dd_cal_fit": (C.c_bool, [_P, _U32, _P, C.POINTER(C.c_int32)]),
+    "kml_dd_lg_q16_to_permille": (_U32, [C.c_int32]),
 }
 
 _lib: C.CDLL | None = None
@@ -269,6 +284,64 @@ def math(fn: str, x, dtype: str = "float32") -> np.ndarray:
     yf = np.empty_like(xf)
     _check(lib().kml_math_apply(MATH_FNS[fn], KML_F32, _ptr(xf), _ptr(yf), xf.size), fn)
     return yf
+
+
+# ------------------------------------------- deadline target and calibration
+
+DD_SAMPLE_BYTES = 128  # struct kml_dd_sample (kml_iosched_uapi.h)
+DD_RESID = np.dtype([("r", "<i4"), ("met", "<u4")])  # struct kml_dd_resid
+DD_CAL_MIN_CLASS = 32  # KML_DD_CAL_MIN_CLASS
+
+
+def _dd_samples(rows) -> np.ndarray:
+    rows = np.ascontiguousarray(rows)
+    fields = set(rows.dtype.names or ())
+    if rows.ndim != 1 or rows.dtype.itemsize != DD_SAMPLE_BYTES or "issue_ns" not in fields:
+        raise ValueError(f"rows must be a 1-d array of kml_dd_sample records ({DD_SAMPLE_BYTES} B)")
+    return rows
+
+
+def dd_lg_us(ns: int) -> float:
+    """lg(us) of a time in ns, ``log2(1 + ns / 1000)`` as KML computes it (float32)."""
+    return float(lib().kml_dd_lg_us(int(ns)))
+
+
+def dd_targets(rows) -> np.ndarray:
+    """The training targets of sample records: lg(issue us), float32 (``kml_dd_targets``)."""
+    rows = _dd_samples(rows)
+    y = np.empty(len(rows), np.float32)
+    if len(rows):
+        lib().kml_dd_targets(_ptr(rows), len(rows), _ptr(y))
+    return y
+
+
+def dd_residuals(y_hat, rows) -> np.ndarray:
+    """Residuals (Q16.16 ``r``) and labels (``met``) of predictions ``y_hat`` on
+    sample records, as the trainers calibrate on them (``kml_dd_residuals``)."""
+    rows = _dd_samples(rows)
+    y = _f32(y_hat).reshape(-1)
+    if y.shape[0] != len(rows):
+        raise ValueError(f"{y.shape[0]} predictions for {len(rows)} rows")
+    out = np.empty(len(rows), DD_RESID)
+    if len(rows):
+        lib().kml_dd_residuals(_ptr(y), _ptr(rows), len(rows), _ptr(out))
+    return out
+
+
+def dd_cal_fit(resid) -> int | None:
+    """The meet/miss threshold (Q16.16 lg units) on residuals (``DD_RESID``), or
+    None while met or missed has fewer than ``DD_CAL_MIN_CLASS`` (``kml_dd_cal_fit``)."""
+    resid = np.ascontiguousarray(resid, DD_RESID)
+    scratch = np.empty_like(resid)
+    thr = C.c_int32()
+    if not lib().kml_dd_cal_fit(_ptr(resid), len(resid), _ptr(scratch), C.byref(thr)):
+        return None
+    return int(thr.value)
+
+
+def dd_permille(thr: int) -> int:
+    """decision_permille of a threshold: 1000 * 2**(thr / 65536), rounded, in [1, 64000]."""
+    return int(lib().kml_dd_lg_q16_to_permille(int(thr)))
 
 
 # ----------------------------------------------------- float layer functions

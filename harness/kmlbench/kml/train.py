@@ -14,8 +14,12 @@ means the same thing there:
 * a request is predicted to meet its deadline when ``(2**y - 1) us <=
   deadline_ns / 1000 * decision_permille / 1000``; the permille is
   calibrated on the training samples for the mean of accuracy and
-  balanced accuracy, as ``kmlctl train`` does, and printed (and written to ``MODEL.train.json``)
+  balanced accuracy, and printed (and written to ``MODEL.train.json``)
   for the matrix's ``decision_permille``.
+
+The target and the calibration are KML's (``kernel/kml/kml_dd_calib.h``,
+through :mod:`kmlbench.kml.lib`): the code the kernel trainer and ``kmlctl
+train`` run, so the same samples give the same targets and threshold.
 
 The holdout is the **last** fraction of each trace in insert order, not a
 random sample: neighbouring requests share queue state, so a random split
@@ -45,8 +49,10 @@ def inputs(rows: np.ndarray, n_features: int) -> np.ndarray:
 
 
 def targets(rows: np.ndarray) -> np.ndarray:
-    """Training target: ``log2(1 + issue time in us)``."""
-    return np.log2(1.0 + rows["issue_ns"].astype(np.float64) / 1000.0).astype(np.float32)
+    """Training target: ``log2(1 + issue time in us)``, float32, by ``kml_dd_targets``."""
+    from kmlbench.kml import lib as kml
+
+    return kml.dd_targets(rows)
 
 
 def predicted_issue_us(y: np.ndarray) -> np.ndarray:
@@ -64,45 +70,24 @@ def predicted_met(y: np.ndarray, deadline_ns: np.ndarray, permille: int = 1000) 
     return predicted_issue_us(y) <= limit_us
 
 
-CALIB_MAX_LG = 3.0  # the threshold stays within a factor 8 of the deadline, as kmlctl's
-
-
 def calibrate_permille(y_pred: np.ndarray, rows: np.ndarray) -> int:
     """The ``decision_permille`` that best calls meet/miss on ``rows``.
 
     The issue-time model is fitted for its error, not for the meet/miss
-    call; like ``kmlctl train``, the call gets its own threshold on
-    r = log2(predicted issue / deadline), chosen to maximise the mean of
-    accuracy and balanced accuracy (the two figures reported: one rewards
-    the majority class, one the minority; balanced accuracy alone gives up
-    much accuracy on a rare "miss" class for little). Every split between
-    sorted r values within a factor 8 of the deadline is tried; ties go to
-    the threshold closest to the deadline. 1000 (the deadline) when a class
-    is missing.
+    call; the call gets its own threshold on the residuals r = y_pred -
+    lg(deadline us), chosen to maximise the mean of accuracy and balanced
+    accuracy (the two figures reported: one rewards the majority class, one
+    the minority; balanced accuracy alone gives up much accuracy on a rare
+    "miss" class for little), within a factor 8 of the deadline, ties to
+    the threshold closest to it. This is KML's ``kml_dd_cal_fit``, which
+    the kernel trainer and ``kmlctl train`` run on their last 2048
+    residuals; here it sees every row. 1000 (the deadline) while met or
+    missed has fewer than 32 rows.
     """
-    met = rows["met"].astype(bool)
-    n, n_met = len(met), int(met.sum())
-    n_miss = n - n_met
-    if not n_met or not n_miss:
-        return 1000
-    deadline_us = np.maximum(rows["deadline_ns"].astype(np.float64) / 1000.0, 1e-3)
-    r = np.log2(np.maximum(predicted_issue_us(y_pred), 1e-3) / deadline_us)
-    order = np.argsort(r, kind="stable")
-    r, met = r[order], met[order]
-    # split after i sorted values: the first i are predicted "meet"
-    met_below = np.concatenate([[0], np.cumsum(met)])
-    i = np.arange(n + 1)
-    miss_above = n_miss - (i - met_below)
-    balanced = (met_below / n_met + miss_above / n_miss) / 2
-    score = ((met_below + miss_above) / n + balanced) / 2
-    lo = np.concatenate([[-CALIB_MAX_LG], r])
-    hi = np.concatenate([r, [CALIB_MAX_LG]])
-    valid = (lo < hi) | (i == 0) | (i == n)  # a split between equal values is no split
-    cand = np.clip((lo + hi) / 2, -CALIB_MAX_LG, CALIB_MAX_LG)
-    best = score[valid].max()
-    ties = valid & (score > best - 1e-9)
-    thr = cand[ties][np.argmin(np.abs(cand[ties]))]
-    return int(min(max(round(1000.0 * 2.0**thr), 1), 64000))
+    from kmlbench.kml import lib as kml
+
+    thr = kml.dd_cal_fit(kml.dd_residuals(y_pred, rows))
+    return 1000 if thr is None else kml.dd_permille(thr)
 
 
 def evaluate(y_pred: np.ndarray, rows: np.ndarray, permille: int = 1000) -> dict[str, Any]:

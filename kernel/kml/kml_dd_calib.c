@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KML for mq-deadline: the calibration of the meet/miss decision, the
+ * integer half of kml_dd_calib.h (which says what is calibrated); used by
+ * the kernel trainer, kmlctl train and, through libkml.so, kmlbench train.
+ * Integer only: it runs outside FPU sections.
+ */
+#include "kml_dd_calib.h"
+
+void kml_dd_cal_add(struct kml_dd_cal *c, const struct kml_dd_resid *r,
+		    u32 n)
+{
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		c->r[c->pos] = r[i];
+		c->pos = (c->pos + 1) % KML_DD_CAL_WINDOW;
+		if (c->n < KML_DD_CAL_WINDOW)
+			c->n++;
+	}
+}
+
+static int kml_dd_resid_cmp(const void *a, const void *b)
+{
+	s32 ra = ((const struct kml_dd_resid *)a)->r;
+	s32 rb = ((const struct kml_dd_resid *)b)->r;
+
+	return ra < rb ? -1 : ra > rb;
+}
+
+static s64 kml_dd_abs64(s64 v)
+{
+	return v < 0 ? -v : v;
+}
+
+/*
+ * Predict "meet" when r <= thr.  Regression to the mean pulls predictions
+ * toward the majority class, so the deadline itself (thr = 0) is rarely
+ * the best threshold; calibrating the decision leaves the issue-time model
+ * unbiased.
+ *
+ * Sort a copy into @scratch and try a split between each pair of distinct
+ * neighbours.  The score is the mean of accuracy and balanced accuracy (the
+ * two figures reported, one rewarding the majority class and one the
+ * minority; balanced accuracy alone gives up much accuracy on a rare
+ * "miss" class for little), kept in integers as their sum in units of
+ * 2^-20; ties go to the threshold closest to the deadline.  Thresholds
+ * stay within a factor 8 of the deadline (KML_DD_CAL_MAX_LG), and a split
+ * only that range cannot make is not scored.
+ */
+bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
+		    struct kml_dd_resid *scratch, s32 *thr)
+{
+	u32 n_met = 0, n_miss, met_below = 0, miss_above, i;
+	s64 lo, hi, first, last, cand;
+	s32 best_thr = 0;
+	u64 score, best = 0;
+	bool found = false;
+
+	for (i = 0; i < n; i++)
+		n_met += !!r[i].met;
+	n_miss = n - n_met;
+	if (n_met < KML_DD_CAL_MIN_CLASS || n_miss < KML_DD_CAL_MIN_CLASS)
+		return false;
+	memcpy(scratch, r, n * sizeof(*scratch));
+	kml_sort(scratch, n, sizeof(*scratch), kml_dd_resid_cmp);
+	for (i = 0; i <= n; i++) {
+		if (i > 0)
+			met_below += !!scratch[i - 1].met;
+		if (i > 0 && i < n && scratch[i - 1].r == scratch[i].r)
+			continue;
+		/*
+		 * The first i residuals are predicted "meet" by any threshold
+		 * in [lo, hi) (below hi for i = 0); take the middle, if the
+		 * factor-8 range leaves any of it.
+		 */
+		lo = i > 0 ? scratch[i - 1].r : -KML_DD_CAL_MAX_LG;
+		hi = i < n ? scratch[i].r : KML_DD_CAL_MAX_LG + 1;
+		first = lo > -KML_DD_CAL_MAX_LG ? lo : -KML_DD_CAL_MAX_LG;
+		last = hi - 1 < KML_DD_CAL_MAX_LG ? hi - 1 : KML_DD_CAL_MAX_LG;
+		if (first > last)
+			continue;
+		cand = lo + (hi - lo) / 2;
+		if (cand < first)
+			cand = first;
+		if (cand > last)
+			cand = last;
+		miss_above = n_miss - (i - met_below);
+		score = ((u64)(met_below + miss_above) << 20) / n +
+			((u64)met_below << 19) / n_met +
+			((u64)miss_above << 19) / n_miss;
+		if (!found || score > best ||
+		    (score == best &&
+		     kml_dd_abs64(cand) < kml_dd_abs64(best_thr))) {
+			found = true;
+			best = score;
+			best_thr = cand;
+		}
+	}
+	if (found)
+		*thr = best_thr;
+	return found;
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_fit);
