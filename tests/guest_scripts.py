@@ -2,17 +2,20 @@
 
 ``tests/data/guest-scripts.golden.json`` holds them as the harness rendered
 them before its guest shell moved from Python string lists into ``.sh``
-files (commit 9c3e592, ``cell/devices.py`` and ``run/runner.py``);
-``tests/test_guest_scripts.py`` asserts that today's code renders the same
-bytes. Per cell of ``workloads/*.yaml``: the device set-up, KML's snapshot
-and reset (shared boots), its set-up and stop (model cells), and both again
-as ``kmlbench trace`` runs them (every mq-deadline cell); once for all
-cells: the one-line commands (fio between two CPU snapshots, reading the
-snapshots, fetching a file as text or as base64).
+files (commit 9c3e592, ``cell/devices.py`` and ``run/runner.py``:
+:class:`OldBackend`); ``tests/test_guest_scripts.py`` asserts that today's
+code (:class:`CurrentBackend`) renders the same bytes. Per cell of
+``workloads/*.yaml`` (and of :data:`EXTRA_MATRIX`, for the branches they
+leave out): the device set-up, KML's snapshot and reset (shared boots),
+its set-up and stop (model cells), and both again as ``kmlbench trace``
+runs them (every mq-deadline cell); once for all cells: the one-line
+commands (fio between two CPU snapshots, reading the snapshots, fetching
+a file as text or as base64).
 
 Texts are stored once, by content hash; cells name them.
 
     python tests/guest_scripts.py --rev 9c3e592   # the golden, from that commit's code
+    python tests/guest_scripts.py --current       # from today's (after a deliberate change)
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from types import ModuleType, SimpleNamespace
 from typing import Any, Protocol
 
 from kmlbench import paths
+from kmlbench.cell import device as device_mod
+from kmlbench.cell import guest_paths
+from kmlbench.cell import model as model_mod
+from kmlbench.cell import workload as workload_mod
 from kmlbench.plan.matrix import MODEL_SCHEDULER, load_matrix
 
 GOLDEN = Path(__file__).parent / "data" / "guest-scripts.golden.json"
@@ -144,6 +151,39 @@ class OldBackend:
         return out
 
 
+class CurrentBackend:
+    """Today's renderers (``kmlbench.cell``)."""
+
+    def device_setup(self, device: dict, scheduler: dict) -> str:
+        return device_mod.setup_script(device, scheduler)
+
+    def kml_model(self, params: dict) -> dict | None:
+        return model_mod.kml_model(params)
+
+    def kml_setup(self, model: dict, block_device: str, **kw: Any) -> str:
+        return model_mod.kml_setup_script(model, guest_paths.block_device(block_device), **kw)
+
+    def kml_stop(self, model: dict, *, trace: bool) -> str:
+        return model_mod.kml_stop_script(model, trace=trace)
+
+    def kml_snapshot(self) -> str:
+        return model_mod.kml_snapshot_script()
+
+    def kml_reset(self, block_device: str) -> str:
+        return model_mod.kml_reset_script(guest_paths.block_device(block_device))
+
+    def trainer_seconds(self, workload: dict) -> float:
+        return model_mod.trainer_seconds(workload)
+
+    def commands(self) -> dict[str, str]:
+        out = {"fio_run": workload_mod.fio_command(), "cpu_read": workload_mod.cpu_read_command()}
+        for path in TEXT_FILES:
+            out[f"fetch_text {path}"] = _recorded(lambda g, p=path: model_mod.fetch_text(g, p, 1))
+        for path in BINARY_FILES:
+            out[f"fetch_bytes {path}"] = _recorded(lambda g, p=path: model_mod.fetch_bytes(g, p, 1))
+        return out
+
+
 def _module_at(rev: str, path: str, name: str) -> ModuleType:
     text = subprocess.run(
         ["git", "-C", str(paths.REPO_ROOT), "show", f"{rev}:{path}"],
@@ -218,12 +258,16 @@ def cell_scripts(backend: Backend, params: dict) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--rev", required=True, help="render with this commit's devices.py and runner.py"
-    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rev", help="render with this commit's devices.py and runner.py")
+    which.add_argument("--current", action="store_true", help="render with today's kmlbench.cell")
     args = parser.parse_args(argv)
-    data = render_all(OldBackend(args.rev))
-    data["source"] = f"git {args.rev}: harness/kmlbench/cell/devices.py, run/runner.py"
+    if args.rev:
+        data = render_all(OldBackend(args.rev))
+        data["source"] = f"git {args.rev}: harness/kmlbench/cell/devices.py, run/runner.py"
+    else:
+        data = render_all(CurrentBackend())
+        data["source"] = "kmlbench.cell (today's renderer)"
     GOLDEN.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
     n = sum(len(c) for c in data["cells"].values())
     print(f"{GOLDEN}: {len(data['texts'])} distinct texts, {n} cells")
