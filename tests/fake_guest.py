@@ -122,13 +122,15 @@ class Fail:
     ``timeout``, ``ssh`` (connection lost, guest alive: infra-error),
     ``oops`` (the kernel oopses during the command: panic), ``warn`` (a
     WARN on the console; the command succeeds), ``harness`` (a Python error
-    in the harness, not the guest); for the boot also ``boot-failure``
-    and ``panic``.
+    in the harness, not the guest), ``answer`` (``exit_status``, ``stdout``
+    and ``stderr`` as given); for the boot also ``boot-failure`` and
+    ``panic``.
     """
 
     how: str
     exit_status: int = 1
     stderr: str = ""
+    stdout: str = ""
     times: int = 1
     after: int = 0  # let this many matching commands work first
 
@@ -207,8 +209,8 @@ class FakeGuest:
 
     def _fail(self, failure: Fail, cmd: str, timeout: float) -> CommandResult | None:
         how = failure.how
-        if how in ("exit", "missing"):
-            return CommandResult(failure.exit_status, "", failure.stderr)
+        if how in ("exit", "missing", "answer"):
+            return CommandResult(failure.exit_status, failure.stdout, failure.stderr)
         if how == "warn":
             self._event("warn", "WARNING: CPU: 0 PID: 1 at block/mq-deadline.c:1 dd_insert")
             return None

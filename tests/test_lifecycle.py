@@ -21,9 +21,8 @@ import pytest
 
 from fake_guest import TRACE, TRAINED, Fail, FakeBoots
 from kmlbench import paths
-from kmlbench.guest import qemu
+from kmlbench.cell.lifecycle import CellOutcome, run_cell, run_shared_boot
 from kmlbench.plan.matrix import Cell, Matrix, load_matrix
-from kmlbench.run import runner
 
 SHIPPED = paths.WORKLOADS_DIR / "models" / "deadline.kmlm"
 MATRIX = """\
@@ -84,22 +83,24 @@ class Env:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def run_cell(self, name: str, **kw: object) -> runner.CellOutcome:
+    def run_cell(self, name: str, **kw: object) -> CellOutcome:
         cell = self.cell(name)
-        return runner.run_cell(
+        return run_cell(
             cell, cell_dir=self.dir(cell), kernel=self.root / "bzImage",
-            initrd=self.root / "initrd", keys=None, matrix=self.matrix, accel="tcg", **kw,
+            initrd=self.root / "initrd", keys=None, matrix=self.matrix, accel="tcg",
+            start_guest=self.boots, **kw,
         )  # fmt: skip
 
-    def run_shared(self, names: list[str] | None = None) -> list[tuple[Cell, runner.CellOutcome]]:
+    def run_shared(self, names: list[str] | None = None) -> list[tuple[Cell, CellOutcome]]:
         cells = [c for c in self.matrix.cells if names is None or _name(c) in names]
         if names is not None:
             cells.sort(key=lambda c: names.index(_name(c)))
         self.announced: list[str] = []
-        outcomes = runner.run_shared_boot(
+        outcomes = run_shared_boot(
             cells, cell_dir=lambda cid: self.dir(next(c for c in cells if c.id == cid)),
             kernel=self.root / "bzImage", initrd=self.root / "initrd", keys=None,
             matrix=self.matrix, accel="tcg", before_cell=lambda c: self.announced.append(c.id),
+            start_guest=self.boots,
         )  # fmt: skip
         return list(outcomes)
 
@@ -109,9 +110,7 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, share: bool = False
     path = tmp_path / "m.yaml"
     text = MATRIX.format(share=str(share).lower(), device=device, shipped=SHIPPED)
     path.write_text(text)
-    boots = FakeBoots(fail)
-    monkeypatch.setattr(qemu, "Guest", boots)
-    return Env(load_matrix(path), boots, tmp_path)
+    return Env(load_matrix(path), FakeBoots(fail), tmp_path)
 
 
 @pytest.fixture
@@ -251,6 +250,15 @@ def test_device_set_up_failure_still_collects_dmesg(tmp_path: Path, monkeypatch)
     folder = env.dir(env.cell("observe"))
     assert (folder / "setup.log").read_text() == "no configfs"
     assert _files(folder) == ["dmesg.txt", "setup.log"]
+
+
+def test_a_device_set_up_that_prints_no_device_node_is_a_harness_fault(tmp_path, monkeypatch):
+    printed = Fail("answer", exit_status=0, stdout="kmlbench-device: ...\n/sys/block/nullb0\n")
+    env = _env(tmp_path, monkeypatch, fail={"device": printed})
+    out = env.run_cell("observe")
+    assert out.status == "infra-error"
+    assert out.extra["error"].startswith("DeviceError: bad block device '/sys/block/nullb0'")
+    assert env.boots.logs == [["device"]]  # nothing ran on a device it cannot name
 
 
 def test_model_set_up_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -455,6 +463,18 @@ def test_a_shared_boot_runs_every_cell_in_one_guest(shared: Env) -> None:
     assert "if [ -e /sys/block/nullb0/queue/iosched/kml_mode ]" in reset
 
 
+def test_an_off_cell_after_an_active_one_runs_stock(shared: Env) -> None:
+    results = shared.run_shared(["active-kernel", "off"])
+    assert [o.status for _, o in results] == ["ok", "ok"]
+    (guest,) = shared.boots.guests
+    off = guest.log[guest.log.index("dmesg") + 1 :]
+    assert off == ["kml_reset", "put /tmp/job.fio", "fio_version", "fio", "cpu", "dmesg"]
+    reset = guest.commands[guest.log.index("kml_reset")]
+    # the queue the active cell switched on, by the name its set-up printed
+    assert "then setchoice /sys/block/nullb0/queue/iosched/kml_mode off;" in reset
+    assert "kml_stats" not in results[1][1].extra
+
+
 def test_each_cell_of_a_shared_boot_gets_its_own_console_events(shared: Env) -> None:
     shared.boots.fail["fio"] = Fail("warn", after=1)
     results = shared.run_shared(["off", "observe", "active-kernel"])
@@ -611,10 +631,11 @@ def test_a_failed_fio_does_not_end_the_boot(shared: Env) -> None:
 
 def test_closing_a_shared_boot_early_ends_qemu(shared: Env) -> None:
     cells = [shared.cell(n) for n in ORDER]
-    outcomes = runner.run_shared_boot(
+    outcomes = run_shared_boot(
         cells, cell_dir=lambda cid: shared.dir(next(c for c in cells if c.id == cid)),
         kernel=shared.root / "k",
         initrd=shared.root / "i", keys=None, matrix=shared.matrix, accel="tcg",
+        start_guest=shared.boots,
     )  # fmt: skip
     _cell, out = next(outcomes)
     assert out.status == "ok"

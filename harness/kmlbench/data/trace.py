@@ -278,9 +278,10 @@ def main(argv: list[str]) -> int:
             return _cmd_csv(sub.parse_args(argv[1:]))
         return _cmd_info(sub.parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
-    from kmlbench.run import runner
+    # not at the top: kmlbench.run.trace reads traces with this module
+    from kmlbench.run import trace as trace_run
 
-    return runner.main_trace(
+    return trace_run.main_trace(
         matrix_path=args.matrix,
         cell=args.cell,
         output=args.output,
