@@ -1,8 +1,9 @@
 """Command-line entry point: ``kmlbench <command> ...``.
 
 Only argument parsing lives here. Each command's work is done by its own
-module, imported lazily so that ``kmlbench --help`` and ``kmlbench run
---dry-run`` stay fast and do not need QEMU, a compiler or paramiko.
+module, imported lazily so that ``kmlbench --help`` stays fast and needs
+neither QEMU, a compiler nor paramiko (``run --dry-run`` imports the
+runner, and with it paramiko, but starts nothing).
 """
 
 from __future__ import annotations
