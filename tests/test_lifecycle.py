@@ -105,8 +105,8 @@ class Env:
         return list(outcomes)
 
 
-def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, share: bool = False,
-         device: str = "null_blk", fail: dict[str, Fail] | None = None) -> Env:  # fmt: skip
+def _env(tmp_path: Path, *, share: bool = False, device: str = "null_blk",
+         fail: dict[str, Fail] | None = None) -> Env:  # fmt: skip
     path = tmp_path / "m.yaml"
     text = MATRIX.format(share=str(share).lower(), device=device, shipped=SHIPPED)
     path.write_text(text)
@@ -114,8 +114,8 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, share: bool = False
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    yield _env(tmp_path, monkeypatch)
+def env(tmp_path: Path) -> Iterator[Env]:
+    yield _env(tmp_path)
 
 
 def _files(folder: Path) -> list[str]:
@@ -170,10 +170,8 @@ def test_the_kml_set_up_is_for_the_device_the_set_up_printed(env: Env) -> None:
     assert "kmlctl load /tmp/model.kmlm" in setup
 
 
-def test_a_virtio_cell_gets_its_disk_and_loses_the_image(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env = _env(tmp_path, monkeypatch, device="virtio")
+def test_a_virtio_cell_gets_its_disk_and_loses_the_image(tmp_path: Path) -> None:
+    env = _env(tmp_path, device="virtio")
     out = env.run_cell("off")
     assert out.status == "ok" and out.extra["block_device"] == "/dev/vda"
     (guest,) = env.boots.guests
@@ -213,8 +211,8 @@ def test_a_trace_takes_the_ring_from_the_trainer(env: Env) -> None:
     assert "fetch /tmp/trainer.txt" not in guest.log
 
 
-def test_boot_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"boot": Fail("boot-failure")})
+def test_boot_failure(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"boot": Fail("boot-failure")})
     out = env.run_cell("observe")
     assert (out.status, out.metrics) == ("boot-failure", {})
     assert list(out.extra) == ["timings", "error", "console_events"]
@@ -223,25 +221,23 @@ def test_boot_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert env.boots.logs == [[]] and env.boots.guests[0].closed
 
 
-def test_a_panic_at_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"boot": Fail("panic")})
+def test_a_panic_at_boot(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"boot": Fail("panic")})
     out = env.run_cell("off")
     assert out.status == "panic"
     assert [e["kind"] for e in out.extra["console_events"]] == ["panic"]
 
 
-def test_a_harness_fault_at_boot_is_an_infra_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"boot": Fail("harness")})
+def test_a_harness_fault_at_boot_is_an_infra_error(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"boot": Fail("harness")})
     out = env.run_cell("off")
     assert out.status == "infra-error"
     assert out.extra["error"] == "RuntimeError: harness fault while booting"
     assert list(out.extra) == ["timings", "error", "traceback", "console_events"]
 
 
-def test_device_set_up_failure_still_collects_dmesg(tmp_path: Path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"device": Fail("exit", stderr="no configfs")})
+def test_device_set_up_failure_still_collects_dmesg(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"device": Fail("exit", stderr="no configfs")})
     out = env.run_cell("observe")
     assert (out.status, out.metrics) == ("failed", {})
     assert out.extra["error"] == "device setup failed (exit 1); see setup.log"
@@ -252,18 +248,18 @@ def test_device_set_up_failure_still_collects_dmesg(tmp_path: Path, monkeypatch)
     assert _files(folder) == ["dmesg.txt", "setup.log"]
 
 
-def test_a_device_set_up_that_prints_no_device_node_is_a_harness_fault(tmp_path, monkeypatch):
+def test_a_device_set_up_that_prints_no_device_node_is_a_harness_fault(tmp_path: Path) -> None:
     printed = Fail("answer", exit_status=0, stdout="kmlbench-device: ...\n/sys/block/nullb0\n")
-    env = _env(tmp_path, monkeypatch, fail={"device": printed})
+    env = _env(tmp_path, fail={"device": printed})
     out = env.run_cell("observe")
     assert out.status == "infra-error"
     assert out.extra["error"].startswith("DeviceError: bad block device '/sys/block/nullb0'")
     assert env.boots.logs == [["device"]]  # nothing ran on a device it cannot name
 
 
-def test_model_set_up_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_set_up_refused(tmp_path: Path) -> None:
     why = "kmlbench-kml: no /sys/module/kml/parameters: this kernel has no KML (CONFIG_KML)"
-    env = _env(tmp_path, monkeypatch, fail={"kml_setup": Fail("exit", stderr=why + "\n")})
+    env = _env(tmp_path, fail={"kml_setup": Fail("exit", stderr=why + "\n")})
     out = env.run_cell("active-kernel")
     assert (out.status, out.metrics) == ("failed", {})
     assert out.extra["error"] == f"KML set-up failed: {why} (see kml_setup.log)"
@@ -271,8 +267,8 @@ def test_model_set_up_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert (env.dir(env.cell("active-kernel")) / "kml_setup.log").read_text() == why + "\n"
 
 
-def test_model_set_up_failing_silently_says_its_exit_status(tmp_path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"kml_setup": Fail("exit", exit_status=3)})
+def test_model_set_up_failing_silently_says_its_exit_status(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"kml_setup": Fail("exit", exit_status=3)})
     out = env.run_cell("active-kernel")
     assert out.extra["error"] == "KML set-up failed: exit 3 (see kml_setup.log)"
 
@@ -286,8 +282,8 @@ def test_a_model_file_changed_since_the_matrix_was_loaded(env: Env) -> None:
     assert env.boots.logs == [[*DEVICE, "dmesg"]]  # nothing uploaded, no KML, no fio
 
 
-def test_workload_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"fio": Fail("timeout")})
+def test_workload_timeout(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"fio": Fail("timeout")})
     out = env.run_cell("active-kernel")
     assert (out.status, out.metrics) == ("timeout", {})
     assert out.extra["error"].startswith("timeout: command timed out after ")
@@ -306,10 +302,8 @@ def test_fio_gets_more_host_time_on_the_virtual_clock(env: Env) -> None:
     assert guest.timeouts["fio_version"] == guest.timeouts["dmesg"] == 30
 
 
-def test_fio_failing_is_the_workloads_fault_and_kml_is_still_collected(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"fio": Fail("exit", stderr="fio: io_u error")})
+def test_fio_failing_is_the_workloads_fault_and_kml_is_still_collected(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"fio": Fail("exit", stderr="fio: io_u error")})
     out = env.run_cell("active-kernel")
     assert (out.status, out.metrics) == ("failed", {})
     # no JSON on stdout: the output is kept as it was
@@ -323,8 +317,8 @@ def test_fio_failing_is_the_workloads_fault_and_kml_is_still_collected(
     assert not (folder / "cpu.txt").exists()
 
 
-def test_missing_kml_statistics_fail_a_model_cell(tmp_path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={STATS: Fail("missing")})
+def test_missing_kml_statistics_fail_a_model_cell(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={STATS: Fail("missing")})
     out = env.run_cell("observe")
     assert out.status == "failed"
     assert out.extra["error"] == "cannot read /sys/kernel/debug/kml/iosched"
@@ -332,9 +326,9 @@ def test_missing_kml_statistics_fail_a_model_cell(tmp_path, monkeypatch) -> None
     assert "kml_stats" not in out.extra
 
 
-def test_a_user_trainer_that_died_fails_the_cell(tmp_path, monkeypatch) -> None:
+def test_a_user_trainer_that_died_fails_the_cell(tmp_path: Path) -> None:
     fail = {"fetch /tmp/trainer.txt": Fail("missing"), "fetch /tmp/trained.kmlm": Fail("missing")}
-    env = _env(tmp_path, monkeypatch, fail=fail)
+    env = _env(tmp_path, fail=fail)
     out = env.run_cell("active-user")
     assert out.status == "failed"
     assert out.extra["error"] == "kmlctl train ended without its summary (see trainer.txt)"
@@ -343,9 +337,9 @@ def test_a_user_trainer_that_died_fails_the_cell(tmp_path, monkeypatch) -> None:
     assert (folder / "curve.jsonl").exists()
 
 
-def test_stopping_the_trainer_failing_is_a_problem(tmp_path, monkeypatch) -> None:
+def test_stopping_the_trainer_failing_is_a_problem(tmp_path: Path) -> None:
     stop = Fail("exit", exit_status=2, stderr="kmlbench-kml: cannot stop ktrainer\n")
-    env = _env(tmp_path, monkeypatch, fail={"kml_stop": stop})
+    env = _env(tmp_path, fail={"kml_stop": stop})
     out = env.run_cell("active-kernel")
     assert out.status == "failed"
     assert out.extra["error"] == "stopping the trainer failed (exit 2)"
@@ -353,45 +347,45 @@ def test_stopping_the_trainer_failing_is_a_problem(tmp_path, monkeypatch) -> Non
     assert log.endswith("kmlbench-kml: cannot stop ktrainer\n")
 
 
-def test_a_trace_that_wrote_nothing(tmp_path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"fetch /tmp/trace.kmltrc": Fail("missing")})
+def test_a_trace_that_wrote_nothing(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"fetch /tmp/trace.kmltrc": Fail("missing")})
     out = env.run_cell("off", trace=True)
     assert out.status == "failed" and out.extra["error"] == "kmlctl trace wrote no trace"
 
 
-def test_kml_problems_of_a_failed_workload_are_kept_apart(tmp_path, monkeypatch) -> None:
+def test_kml_problems_of_a_failed_workload_are_kept_apart(tmp_path: Path) -> None:
     fail = {"fio": Fail("exit"), STATS: Fail("missing")}
-    env = _env(tmp_path, monkeypatch, fail=fail)
+    env = _env(tmp_path, fail=fail)
     out = env.run_cell("observe")
     assert out.status == "failed" and out.extra["error"].startswith("fio exited 1")
     assert out.extra["kml_problems"] == ["cannot read /sys/kernel/debug/kml/iosched"]
 
 
-def test_no_cpu_snapshots_no_cpu_metrics(tmp_path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"cpu": Fail("exit", stderr="cat: no such file")})
+def test_no_cpu_snapshots_no_cpu_metrics(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"cpu": Fail("exit", stderr="cat: no such file")})
     out = env.run_cell("off")
     assert out.status == "ok" and set(out.metrics) >= FIO_METRICS
     assert not CPU_METRICS & set(out.metrics)
     assert (env.dir(env.cell("off")) / "cpu.txt").read_text() == "cat: no such file"
 
 
-def test_an_oops_during_fio_is_a_panic(tmp_path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"fio": Fail("oops")})
+def test_an_oops_during_fio_is_a_panic(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"fio": Fail("oops")})
     out = env.run_cell("observe")
     assert (out.status, out.metrics) == ("panic", {})
     assert [e["kind"] for e in out.extra["console_events"]] == ["oops"]
     assert env.boots.guests[0].closed
 
 
-def test_a_warning_is_recorded_but_does_not_fail(tmp_path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"fio": Fail("warn")})
+def test_a_warning_is_recorded_but_does_not_fail(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"fio": Fail("warn")})
     out = env.run_cell("off")
     assert out.status == "ok"
     assert [e["kind"] for e in out.extra["console_events"]] == ["warn"]
 
 
-def test_ssh_lost_while_collecting_keeps_the_metrics(tmp_path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"dmesg": Fail("ssh")})
+def test_ssh_lost_while_collecting_keeps_the_metrics(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"dmesg": Fail("ssh")})
     out = env.run_cell("off")
     assert out.status == "infra-error"
     assert out.extra["error"] == "infra-error: SSH channel closed"
@@ -399,8 +393,8 @@ def test_ssh_lost_while_collecting_keeps_the_metrics(tmp_path, monkeypatch) -> N
     assert not (env.dir(env.cell("off")) / "dmesg.txt").exists()
 
 
-def test_a_harness_fault_in_a_step_is_an_infra_error(tmp_path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"fio_version": Fail("harness")})
+def test_a_harness_fault_in_a_step_is_an_infra_error(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"fio_version": Fail("harness")})
     out = env.run_cell("off")
     assert (out.status, out.metrics) == ("infra-error", {})
     assert out.extra["error"] == "RuntimeError: harness fault during fio_version"
@@ -408,8 +402,8 @@ def test_a_harness_fault_in_a_step_is_an_infra_error(tmp_path, monkeypatch) -> N
     assert env.boots.guests[0].closed
 
 
-def test_an_upload_that_fails(tmp_path, monkeypatch) -> None:
-    env = _env(tmp_path, monkeypatch, fail={"put /tmp/model.kmlm": Fail("ssh")})
+def test_an_upload_that_fails(tmp_path: Path) -> None:
+    env = _env(tmp_path, fail={"put /tmp/model.kmlm": Fail("ssh")})
     out = env.run_cell("observe")
     assert out.status == "infra-error"
     assert env.boots.logs == [[*DEVICE, "put /tmp/model.kmlm"]]
@@ -421,8 +415,8 @@ ORDER = ["off", "observe", "active-kernel", "active-user"]
 
 
 @pytest.fixture
-def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
-    return _env(tmp_path, monkeypatch, share=True)
+def shared(tmp_path: Path) -> Env:
+    return _env(tmp_path, share=True)
 
 
 def _shared_log(name: str, position: int) -> list[str]:
