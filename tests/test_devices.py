@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.cell import devices
-from kmlbench.cell.devices import (
+from kmlbench.cell import device as devices
+from kmlbench.cell.device import (
     DeviceError,
     direct_io_supported,
     disk_info,

@@ -1,4 +1,4 @@
-"""devices.py: the guest shell that sets KML up for a model cell and stops it.
+"""cell/model.py: the guest shell that sets KML up for a model cell and stops it.
 
 The scripts run for real in tests/test_e2e_model.py; here they must at
 least parse in the guest's shell (busybox ash) and say what they do.
@@ -11,9 +11,11 @@ import subprocess
 
 import pytest
 
-from kmlbench.cell import devices
+from kmlbench.cell import model as kml
+from kmlbench.cell.guest_paths import DeviceError, block_device
 
 BUSYBOX = shutil.which("busybox")
+NULLB0 = block_device("/dev/nullb0")
 
 MODELS = [
     {"mode": "observe", "trainer": "none", "ring_mode": "drop", "sample_filter": "all"},
@@ -33,11 +35,11 @@ def _parses(script: str) -> None:
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: f"{m['mode']}-{m['trainer']}")
 def test_setup_and_stop_scripts_parse(model: dict) -> None:
-    setup = devices.kml_setup_script(
-        model, "/dev/nullb0", trainer_seconds=40, model_uploaded=True, warm_uploaded=True
+    setup = kml.kml_setup_script(
+        model, NULLB0, trainer_seconds=40, model_uploaded=True, warm_uploaded=True
     )
     _parses(setup)
-    _parses(devices.kml_stop_script(model))
+    _parses(kml.kml_stop_script(model))
     # the order that loses no sample: model, parameters, trainer, reset, mode
     order = [
         setup.index("kmlctl load /tmp/model.kmlm"),
@@ -53,22 +55,22 @@ def test_setup_and_stop_scripts_parse(model: dict) -> None:
             "setsid /usr/bin/kmlctl train --mode drop --rate 0 --cpu-pct 100 --publish-every 512 "
             "--seconds 40 --save /tmp/trained.kmlm --curve /tmp/curve.jsonl --warm /tmp/warm.kmlm"
         ) in setup
-        assert "stop /tmp/trainer.pid" in devices.kml_stop_script(model)
+        assert "stop /tmp/trainer.pid" in kml.kml_stop_script(model)
     if model["trainer"] == "kernel":
         assert "setnum /sys/module/kml/parameters/ktrainer_rate 500" in setup
         assert "setnum /sys/module/kml/parameters/ktrainer_cpu_pct 25" in setup
         assert "echo 1 > /sys/module/kml/parameters/ktrainer" in setup
-        assert "echo 0 > /sys/module/kml/parameters/ktrainer" in devices.kml_stop_script(model)
+        assert "echo 0 > /sys/module/kml/parameters/ktrainer" in kml.kml_stop_script(model)
 
 
 def test_trace_takes_the_ring() -> None:
     model = MODELS[0]
-    setup = devices.kml_setup_script(model, "/dev/nullb0", trainer_seconds=9, trace_seconds=9)
+    setup = kml.kml_setup_script(model, NULLB0, trainer_seconds=9, trace_seconds=9)
     _parses(setup)
     assert "setsid /usr/bin/kmlctl trace /tmp/trace.kmltrc --seconds 9" in setup
-    assert "stop /tmp/tracer.pid" in devices.kml_stop_script(model, trace=True)
-    with pytest.raises(devices.DeviceError, match="no trainer"):
-        devices.kml_setup_script(MODELS[1], "/dev/nullb0", trainer_seconds=9, trace_seconds=9)
+    assert "stop /tmp/tracer.pid" in kml.kml_stop_script(model, trace=True)
+    with pytest.raises(DeviceError, match="no trainer"):
+        kml.kml_setup_script(MODELS[1], NULLB0, trainer_seconds=9, trace_seconds=9)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +82,7 @@ def test_trace_takes_the_ring() -> None:
     ],
 )
 def test_bad_models_are_refused(model: dict, message: str) -> None:
-    with pytest.raises(devices.DeviceError, match=message):
-        devices.kml_setup_script(model, "/dev/nullb0", trainer_seconds=1)
-    with pytest.raises(devices.DeviceError, match="bad block device"):
-        devices.kml_setup_script(MODELS[0], "/dev/null b0; rm", trainer_seconds=1)
+    with pytest.raises(DeviceError, match=message):
+        kml.kml_setup_script(model, NULLB0, trainer_seconds=1)
+    with pytest.raises(DeviceError, match="bad block device"):
+        kml.kml_setup_script(MODELS[0], block_device("/dev/null b0; rm"), trainer_seconds=1)

@@ -1,4 +1,4 @@
-"""The guest CPU accounting around fio (runner.cpu_metrics), on this host's /proc/stat."""
+"""The guest CPU accounting around fio (cell.workload.cpu_metrics), on this host's /proc/stat."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.run.runner import cpu_metrics, parse_cpu_line
+from kmlbench.cell.workload import cpu_metrics, parse_cpu_line
 
 
 def read_cpu() -> dict[str, int]:

@@ -35,7 +35,8 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.build.image import READY_MARKER, make_guest_initrd
-from kmlbench.cell import devices
+from kmlbench.cell import device, guest_paths
+from kmlbench.cell import model as kml_model
 from kmlbench.data import kmlstats
 from kmlbench.guest import console
 from kmlbench.guest.qemu import CommandResult, Guest, GuestConfig
@@ -59,9 +60,9 @@ RING_CAPACITY = 1024
 
 DEV = "/dev/nullb0"
 Q = "/sys/block/nullb0/queue"
-P = devices.KML_PARAMS
-STATS = devices.KML_STATS
-KMLCTL = devices.KMLCTL
+P = guest_paths.KML_PARAMS
+STATS = guest_paths.KML_STATS
+KMLCTL = guest_paths.KMLCTL
 MODEL = "/tmp/model.kmlm"
 BAD_EVENTS = ("panic", "oops", "bug", "warn", "hung_task")
 
@@ -265,7 +266,7 @@ def kg(
     work = tmp_path_factory.mktemp("kml-faults")
     keys = SSHKeys.generate(work / "keys")
     initrd = make_guest_initrd(base_image, work, keys.authorized_key, keys.host_key)
-    append = f"{devices.kernel_cmdline(DEVICE)} kml.ring_capacity={RING_CAPACITY}"
+    append = f"{device.kernel_cmdline(DEVICE)} kml.ring_capacity={RING_CAPACITY}"
     cfg = GuestConfig(
         kernel=guest_kernel,
         initrd=initrd,
@@ -276,7 +277,7 @@ def kg(
         silence_timeout_s=120,
     )
     with Guest(cfg, keys) as guest:
-        setup = guest.run(devices.setup_script(DEVICE, SCHEDULER), timeout=60)
+        setup = guest.run(device.setup_script(DEVICE, SCHEDULER), timeout=60)
         assert setup.exit_status == 0, setup.stdout + setup.stderr
         assert setup.stdout.strip().splitlines()[-1] == DEV
         guest.put(MODEL, valid_model_bytes())
@@ -766,7 +767,7 @@ def assert_ring_delivers(guest: Guest) -> kmlstats.KmlStats:
 
 
 def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
-    """``devices.kml_reset_script``: what a shared boot runs between two cells.
+    """``cell.model.kml_reset_script``: what a shared boot runs between two cells.
 
     Snapshot the parameters, change everything a cell may change (threshold,
     filter, ring mode, a running kernel trainer, statistics, samples left in
@@ -775,16 +776,16 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     """
     # the reset removes a cell's files, the module's model among them
     sh(g, f"cp {MODEL} /tmp/model.keep")
-    sh(g, devices.kml_snapshot_script())
+    sh(g, kml_model.kml_snapshot_script())
     saved = dict(
-        line.split("=", 1) for line in sh(g, f"cat {devices.GUEST_KML_DEFAULTS}").stdout.split()
+        line.split("=", 1) for line in sh(g, f"cat {guest_paths.GUEST_KML_DEFAULTS}").stdout.split()
     )
     assert saved["decision_permille"] == "1000" and saved["ring_mode"] == "drop", saved
     assert saved["ring_capacity"] == str(RING_CAPACITY)  # read-only: must read the same
     holder = start_background(g, f"{KMLCTL} trace /tmp/holder.trc --seconds 60", "/tmp/holder.log")
     try:
-        sh(g, f"echo {holder} > {devices.GUEST_TRAINER_PID}")
-        refused = g.run(devices.kml_reset_script(DEV), timeout=60)
+        sh(g, f"echo {holder} > {guest_paths.GUEST_TRAINER_PID}")
+        refused = g.run(kml_model.kml_reset_script(guest_paths.block_device(DEV)), timeout=60)
         assert refused.exit_status != 0, refused
         assert f"still runs (pid {holder})" in refused.stderr, refused
     finally:
@@ -796,7 +797,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     sh(g, f"echo active > {Q}/iosched/kml_mode")
     assert_fio_ok(fio_quick(g, 64), 64)
     assert stats(g).get("ring_produced") > 0
-    sh(g, devices.kml_reset_script(DEV))
+    sh(g, kml_model.kml_reset_script(guest_paths.block_device(DEV)))
     drained = sh(g, f"{KMLCTL} trace - --seconds 0.2 2>&1 >/dev/null").stdout
     assert "records 0" in drained, drained
     sh(g, f"cp /tmp/model.keep {MODEL}; {KMLCTL} load {MODEL}")
@@ -805,7 +806,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     sh(g, f"echo block > {P}/ring_mode; echo 1 > {P}/ktrainer; echo active > {Q}/iosched/kml_mode")
     assert_fio_ok(fio_quick(g, 64), 64)
     assert stats(g).get("samples") > 0
-    sh(g, devices.kml_reset_script(DEV))
+    sh(g, kml_model.kml_reset_script(guest_paths.block_device(DEV)))
     mode = sh(g, f"cat {Q}/iosched/kml_mode").stdout.strip()
     assert mode == "off" or "[off]" in mode, mode
     for name, value in saved.items():
@@ -814,7 +815,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     after = stats(g)
     assert after.get("model_loaded") == 0 and after.get("samples") == 0, after.counters
     assert after.get("predictions") == 0
-    left = sh(g, f"ls {devices.GUEST_TRAINER_PID} {MODEL} 2>/dev/null | wc -l").stdout
+    left = sh(g, f"ls {guest_paths.GUEST_TRAINER_PID} {MODEL} 2>/dev/null | wc -l").stdout
     assert left.strip() == "0", left  # the cell's files are gone
     sh(g, f"mv /tmp/model.keep {MODEL}")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
+from kmlbench.cell import device
 from kmlbench.plan.matrix import MatrixError, load_matrix
 
 HEAD = """\
@@ -155,8 +156,6 @@ def test_exclude_of_model_without_axis_is_useless(tmp_path: Path) -> None:
 
 
 def test_nr_requests_is_a_queue_setting_recorded_only_when_given(tmp_path: Path) -> None:
-    from kmlbench.cell import devices
-
     m = load(
         tmp_path,
         HEAD.replace("{name: none}", "{name: none, nr_requests: 256}").replace(
@@ -167,7 +166,7 @@ def test_nr_requests_is_a_queue_setting_recorded_only_when_given(tmp_path: Path)
         (c.params["scheduler"]["name"], c.params["scheduler"].get("nr_requests")) for c in m.cells
     )
     assert got == [("mq-deadline", 64), ("mq-deadline", 128), ("none", 256)]
-    script = devices.setup_script({"type": "null_blk"}, {"name": "none", "nr_requests": 256})
+    script = device.setup_script({"type": "null_blk"}, {"name": "none", "nr_requests": 256})
     # after the scheduler (a switch resets it), under queue/, not queue/iosched/
     assert script.index('setattr "/sys/block/$dev/queue/nr_requests" 256') > script.index(
         "/queue/scheduler"

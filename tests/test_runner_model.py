@@ -1,4 +1,4 @@
-"""runner.py: which cells do KML work, model files checked by content, --cell."""
+"""cell/model.py: which cells do KML work, model files checked by content; trace --cell."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from kmlbench.cell import model as cell_model
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.run import runner
+from kmlbench.run import trace
 
 MATRIX = """\
 name: t
@@ -28,37 +29,37 @@ def matrix(tmp_path: Path):
 
 def test_only_mq_deadline_cells_with_a_mode_do_kml_work(matrix) -> None:
     work = {
-        (c.params["scheduler"]["name"], c.params["model"]["mode"]): runner.kml_model(c.params)
+        (c.params["scheduler"]["name"], c.params["model"]["mode"]): cell_model.kml_model(c.params)
         for c in matrix.cells
     }
     assert work[("mq-deadline", "off")] is None
     assert work[("none", "off")] is None
     assert work[("mq-deadline", "observe")]["mode"] == "observe"
     assert work[("mq-deadline", "active")]["model_file"].endswith("m.kmlm")
-    assert runner.kml_model({"scheduler": {"name": "mq-deadline"}}) is None  # no axis
+    assert cell_model.kml_model({"scheduler": {"name": "mq-deadline"}}) is None  # no axis
 
 
 def test_model_file_is_checked_against_the_recorded_hash(matrix, tmp_path: Path) -> None:
     (cell,) = [c for c in matrix.cells if c.params["model"]["mode"] == "active"]
     model = cell.params["model"]
-    assert runner._model_file(model, "model_file") == b"model bytes"
+    assert cell_model.model_file(model, "model_file") == b"model bytes"
     (tmp_path / "m.kmlm").write_bytes(b"retrained")
-    with pytest.raises(runner.KmlCellError, match="changed since the matrix was loaded"):
-        runner._model_file(model, "model_file")
+    with pytest.raises(cell_model.KmlCellError, match="changed since the matrix was loaded"):
+        cell_model.model_file(model, "model_file")
     (tmp_path / "m.kmlm").unlink()
-    with pytest.raises(runner.KmlCellError, match=r"model_file .*m\.kmlm: cannot read"):
-        runner._model_file(model, "model_file")
+    with pytest.raises(cell_model.KmlCellError, match=r"model_file .*m\.kmlm: cannot read"):
+        cell_model.model_file(model, "model_file")
 
 
 def test_pick_cell_by_id_number_or_prefix(matrix) -> None:
     cells = matrix.cells
-    assert runner.pick_cell(matrix, cells[2].id) is cells[2]
-    assert runner.pick_cell(matrix, "1") is cells[0]
+    assert trace.pick_cell(matrix, cells[2].id) is cells[2]
+    assert trace.pick_cell(matrix, "1") is cells[0]
     active = next(c for c in cells if "kmlact" in c.id)
-    assert runner.pick_cell(matrix, active.id[:24]) is active
+    assert trace.pick_cell(matrix, active.id[:24]) is active
     with pytest.raises(ValueError, match=r"not in 1\.\.4"):
-        runner.pick_cell(matrix, "9")
+        trace.pick_cell(matrix, "9")
     with pytest.raises(ValueError, match="matches 3 cells"):
-        runner.pick_cell(matrix, "randread-nullb-mqdl")
+        trace.pick_cell(matrix, "randread-nullb-mqdl")
     with pytest.raises(ValueError, match="no cell id starts with"):
-        runner.pick_cell(matrix, "seqwrite")
+        trace.pick_cell(matrix, "seqwrite")

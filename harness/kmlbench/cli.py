@@ -4,9 +4,9 @@ This is the only module that uses argparse: each command is one entry of
 :data:`COMMANDS` (its words, help, the options it takes and the function
 that does the work). The work is done by ``command(args)`` functions in the
 modules, named as ``"package.module:function"`` and imported only when
-their command runs, so that ``kmlbench --help`` and ``kmlbench run
---dry-run`` stay fast and need neither QEMU nor paramiko, matplotlib or
-scipy. That by-name dispatch is the one deliberate late import in the
+their command runs, so that ``kmlbench --help`` stays fast and needs
+neither QEMU nor paramiko, matplotlib or scipy (``run --dry-run`` imports
+the runner, and with it paramiko, but starts nothing). That by-name dispatch is the one deliberate late import in the
 package; every module imports what it uses at its top.
 """
 

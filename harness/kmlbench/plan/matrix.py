@@ -161,6 +161,15 @@ GUEST_FIELDS: dict[str, Field] = {
     "share_boot": Field("bool", False),
 }
 
+# Choices that kmlbench.cell sets up in the guest, named once; the checks of
+# DEVICE_TYPES and MODEL_FIELDS below list the same (tests/test_cell_device.py).
+NULL_BLK_IRQMODES = ("none", "softirq", "timer")  # null_blk's irqmode 0, 1, 2
+NULL_BLK_BLOCKSIZES = (512, 1024, 2048, 4096)
+VIRTIO_CACHE_MODES = ("none", "directsync", "writethrough", "writeback", "unsafe")
+RING_MODES = ("block", "drop")
+SAMPLE_FILTERS = ("all", "uncertain")
+TRAINERS = ("none", "user", "kernel")
+
 # Per device type, the fields besides ``type``. Defaults for null_blk are
 # the module's own except irqmode: "timer" is what makes completion_nsec a
 # real completion latency.

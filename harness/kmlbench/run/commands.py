@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from kmlbench.run import runner
+from kmlbench.run import runner, trace
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def command_build(args: argparse.Namespace) -> int:
 
 def command_trace(args: argparse.Namespace) -> int:
     """``kmlbench trace MATRIX --cell ID -o FILE``: record one cell's samples."""
-    return runner.main_trace(
+    return trace.main_trace(
         matrix_path=args.matrix,
         cell=args.cell,
         output=args.output,

@@ -1,0 +1,23 @@
+## Put KML in the state a model cell asks for, before fio, in the order that
+## leaves no sample behind: load the model (kml-load.sh, when one was
+## uploaded), set the global ring and filter parameters, start the trainer
+## (kml-ktrainer.sh, or kmlctl train through kml-background.sh) or the
+## tracer, zero the statistics, and last switch the queue's kml_mode on.
+## Exits non-zero with a "kmlbench-kml:" message when the kernel lacks KML.
+## Rendered by kmlbench.cell.model.kml_setup_script.
+@include kml-lib.sh
+[ -d @KML_PARAMS@ ] || die "no @KML_PARAMS@: this kernel has no KML (CONFIG_KML)"
+[ -r @KML_STATS@ ] || die "no @KML_STATS@: this kernel has no KML in mq-deadline (CONFIG_KML_IOSCHED) or debugfs is not mounted"
+q="@IOSCHED@"
+[ -e "$q/kml_mode" ] || die "no $q/kml_mode: mq-deadline without the KML hooks (or not the scheduler)"
+[ -x @KMLCTL@ ] || die "no @KMLCTL@ in the guest image"
+@LOAD@
+setchoice @KML_PARAMS@/ring_mode @RING_MODE@
+setchoice @KML_PARAMS@/sample_filter @SAMPLE_FILTER@
+setnum @KML_PARAMS@/decision_permille @DECISION_PERMILLE@
+@TRAINER@
+@TRACER@
+echo reset > @KML_STATS@ 2>/dev/null || die "cannot reset @KML_STATS@"
+setchoice "$q/kml_mode" @MODE@
+echo "kmlbench-kml: kml_mode=$(cat "$q/kml_mode") trainer=@TRAINER_NAME@"
+for f in @KML_PARAMS@/*; do echo "kmlbench-kml: ${f##*/}=$(cat "$f" 2>/dev/null)"; done
