@@ -10,7 +10,7 @@ import pytest
 
 from kmlbench import cli
 from kmlbench.data import db, stats
-from kmlbench.report.report import compare
+from kmlbench.report import compare
 from test_db import REPEATS, RUN_ID, sample_run
 
 

@@ -26,7 +26,7 @@ import pytest
 from kmlbench import cli
 from kmlbench.data import db, stats
 from kmlbench.plan.matrix import Cell, cell_id
-from kmlbench.report.report import report
+from kmlbench.report import report
 from kmlbench.run.results import RunDir
 
 RUN_ID = "20261121-000000-sample"

@@ -194,7 +194,7 @@ def test_harness_timings_are_recorded(smoke_run: Path) -> None:
 
 
 def test_report_from_the_real_smoke_run(smoke_run: Path, tmp_path: Path) -> None:
-    from kmlbench.report.report import report
+    from kmlbench.report import report
     from test_report import _check_png, _pdf_pages
 
     index = report.build_report(smoke_run, db_path=tmp_path / "k.db", out_dir=tmp_path / "rep")
@@ -214,7 +214,7 @@ def test_report_from_the_real_smoke_run(smoke_run: Path, tmp_path: Path) -> None
         assert cell["id"] in page
     # Series are named by what differs between them (the scheduler), not by
     # every tunable mq-deadline has and none lacks.
-    from kmlbench.report.report import figures
+    from kmlbench.report import figures
 
     data = figures.load_run_data(tmp_path / "k.db", smoke_run.name)
     labels = {s.label for panel in data.panels for s in panel.series.values()}

@@ -36,7 +36,7 @@ from kmlbench import paths
 from kmlbench.build.kernel import KernelBuild
 from kmlbench.data import db, kmlstats
 from kmlbench.data.trace import NR_FEATURES, read_trace
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 
 pytestmark = pytest.mark.kernel
 

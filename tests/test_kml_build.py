@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from kmlbench import paths
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")

@@ -41,7 +41,7 @@ from kmlbench.data import kmlstats
 from kmlbench.guest import console
 from kmlbench.guest.qemu import CommandResult, Guest, GuestConfig
 from kmlbench.guest.ssh import SSHKeys
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 
 pytestmark = pytest.mark.kernel
 

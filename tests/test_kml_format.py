@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 
 HDR = 64
 

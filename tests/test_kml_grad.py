@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 
 H = 1e-2  # central differences on float32 code
 RTOL = 2e-2

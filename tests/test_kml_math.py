@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 
 N = 200_000
 

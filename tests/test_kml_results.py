@@ -14,7 +14,7 @@ import pytest
 from kmlbench import cli
 from kmlbench.data import db, kmlstats
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.report.report import figures, report
+from kmlbench.report import figures, report
 from kmlbench.run.results import RunDir
 
 CURVE = "".join(

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 
 
 def test_layout_header():
@@ -231,7 +231,7 @@ def test_attach_racing_mapper_never_binds_a_bad_capacity():
 
 _STRESS_NO_THREADS = r"""
 import errno, resource, sys
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 r = kml.Ring(8, 16, mode="blocking")
 kml.lib()
 vm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")][0]

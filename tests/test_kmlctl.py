@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from kmlbench.build.image import build_kmlctl
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 from kmlbench.paths import KML_SRC_DIR, cache_dir
 
 # KML_DD_NR_FEATURES, from the ABI header kmlctl is compiled with

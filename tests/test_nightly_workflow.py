@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kmlbench import cli, paths
-from kmlbench.report.report import compare
+from kmlbench.report import compare
 
 WORKFLOW = paths.REPO_ROOT / ".github" / "workflows" / "nightly.yml"
 

@@ -20,7 +20,7 @@ import pytest
 
 from kmlbench import cli, procs
 from kmlbench.data import db
-from kmlbench.report.report import figures, report
+from kmlbench.report import figures, report
 from test_db import RUN_ID, sample_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -251,7 +251,7 @@ def test_model_state() -> None:
 def test_report_without_fioplot_says_so(
     built: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kmlbench.report.report import fioplot
+    from kmlbench.report import fioplot
 
     _, db_path = built
     monkeypatch.setattr(fioplot, "available", lambda: False)
@@ -279,7 +279,7 @@ def _sleeper() -> subprocess.Popen:
 
 
 def test_fioplot_timeout_kills_fioplot(tmp_path: Path) -> None:
-    from kmlbench.report.report import fioplot
+    from kmlbench.report import fioplot
 
     proc = _sleeper()
     drawing = fioplot.Drawing(fioplot.Result(), tmp_path, proc)
@@ -294,7 +294,7 @@ def test_report_reaps_fioplot_when_figures_fail(
 ) -> None:
     from types import SimpleNamespace
 
-    from kmlbench.report.report import fioplot
+    from kmlbench.report import fioplot
 
     started: list[subprocess.Popen] = []
 

@@ -23,8 +23,8 @@ from kmlbench.data.trace import (
     write_csv,
     write_trace,
 )
-from kmlbench.kml.lib import lib as kml
-from kmlbench.kml.lib import train
+from kmlbench.kml import lib as kml
+from kmlbench.kml import train
 
 DATA = Path(__file__).parent / "data"
 # 1500 consecutive samples recorded from a real guest by ``kmlbench trace``

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kmlbench.data import db
-from kmlbench.report.report import report
+from kmlbench.report import report
 
 pytestmark = pytest.mark.kernel
 

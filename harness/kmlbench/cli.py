@@ -6,8 +6,9 @@ that does the work). The work is done by ``command(args)`` functions in the
 modules, named as ``"package.module:function"`` and imported only when
 their command runs, so that ``kmlbench --help`` stays fast and needs
 neither QEMU nor paramiko, matplotlib or scipy (``run --dry-run`` imports
-the runner, and with it paramiko, but starts nothing). That by-name dispatch is the one deliberate late import in the
-package; every module imports what it uses at its top.
+the runner, and with it paramiko, but starts nothing). That by-name
+dispatch is the one deliberate late import in the package; every module
+imports what it uses at its top.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from kmlbench import paths, procs
-from kmlbench.kml.lib import lib as kml
+from kmlbench.kml import lib as kml
 
 MODELS = ("linear", "mlp")
 IMPLS = ("kml-float", "kml-fixed", "numpy", "torch")

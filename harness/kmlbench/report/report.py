@@ -195,7 +195,7 @@ def write_html(
     fioplot_result: Any | None,
     fioplot_note: str = "",
 ) -> Path:
-    from kmlbench.report.report import figures as kfig
+    from kmlbench.report import figures as kfig
 
     run = data.run
     parts = [
@@ -283,8 +283,8 @@ def build_report(
     ingest: bool = True,
 ) -> Path:
     """Ingest ``run_dir``, draw everything, write the page; returns ``index.html``."""
-    from kmlbench.report.report import figures as kfig
-    from kmlbench.report.report import fioplot as kfp
+    from kmlbench.report import figures as kfig
+    from kmlbench.report import fioplot as kfp
 
     run_dir = Path(run_dir)
     db_path = Path(db_path) if db_path else kdb.default_db_path()
