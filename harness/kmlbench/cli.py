@@ -366,8 +366,10 @@ COMMANDS: tuple[Command, ...] = (
 # Commands with words of their own after a first word that is also a command
 # on its own (``trace csv FILE`` beside ``trace MATRIX``): chosen before
 # argparse sees the line, because a subparser cannot have both.
-_NESTED = {c.words: c for c in COMMANDS if len(c.words) == 2 and (c.words[0],) in
-           {d.words for d in COMMANDS}}  # fmt: skip
+_SINGLE = {c.words for c in COMMANDS if len(c.words) == 1}
+_NESTED: dict[tuple[str, ...], Command] = {
+    c.words: c for c in COMMANDS if len(c.words) == 2 and c.words[:1] in _SINGLE
+}
 
 
 def _new_parser(command: Command) -> argparse.ArgumentParser:

@@ -200,9 +200,9 @@ def drain(proc: subprocess.Popen[Any]) -> tuple[Any, Any]:
 
 def _as_text(proc: subprocess.Popen[Any], data: bytes | str | None) -> Any:
     """Partial output of a timed-out ``communicate()`` (always bytes) in the pipe's mode."""
-    if isinstance(data, bytes) and proc.text_mode:
+    if isinstance(data, bytes) and getattr(proc, "text_mode", False):
         # a cut may fall inside a character: replace, never raise, on partial output
-        return data.decode(proc.encoding or "utf-8", "replace")
+        return data.decode(getattr(proc, "encoding", None) or "utf-8", "replace")
     return data
 
 

@@ -13,16 +13,29 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import TypedDict
 
 from kmlbench import paths
+from kmlbench.run import runner
+from kmlbench.run.results import make_run_id
 
 MATRIX = paths.WORKLOADS_DIR / "bench-harness.yaml"
 
 
-def cell_timings(run_dir: Path) -> list[dict[str, float | str]]:
+class CellTiming(TypedDict):
+    """Where one ok cell's time went, in seconds (share: of the cell's total)."""
+
+    id: str
+    boot_s: float
+    fio_s: float
+    outside_s: float
+    outside_share: float
+
+
+def cell_timings(run_dir: Path) -> list[CellTiming]:
     """Boot, fio and outside-fio seconds of every ok cell of a run."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    rows = []
+    rows: list[CellTiming] = []
     for cell in summary["cells"]:
         t = cell.get("timings", {})
         if cell["status"] != "ok" or "fio_s" not in t:
@@ -42,12 +55,8 @@ def cell_timings(run_dir: Path) -> list[dict[str, float | str]]:
 
 def command(args: argparse.Namespace) -> int:
     """``kmlbench bench harness``: run (or read) the harness benchmark and summarise it."""
-
     root = paths.results_dir()
     if args.run is None:
-        from kmlbench.run import runner
-        from kmlbench.run.results import make_run_id
-
         run_id = make_run_id("bench-harness")
         status = runner.main_run(
             matrix_path=MATRIX,

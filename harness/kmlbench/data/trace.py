@@ -111,7 +111,7 @@ SAMPLE_DTYPE = np.dtype(
     }
 )
 assert HEADER_DTYPE.itemsize == HEADER_SIZE and SAMPLE_DTYPE.itemsize == RECORD_SIZE
-SCALAR_FIELDS = tuple(n for n in SAMPLE_DTYPE.names if n != "features")
+SCALAR_FIELDS = tuple(n for n in SAMPLE_DTYPE.names or () if n != "features")
 
 
 class TraceError(ValueError):

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kmlbench import procs
+from kmlbench.build.image import build_base_image
 from kmlbench.guest.qemu import QBOOT, probe_kvm, qemu_version
 from kmlbench.paths import DEBIAN_KERNEL_TARBALL, cache_dir
 
@@ -96,8 +97,6 @@ def run_checks(kvm_timeout_s: float, probe: bool, kernel: Path | None) -> list[C
     if probe and kvm_dev:
         initrd = None
         if kernel is not None:
-            from kmlbench.build.image import build_base_image
-
             initrd = build_base_image(cache)
         verdict = probe_kvm(kvm_timeout_s, kernel=kernel, initrd=initrd, cache=cache)
         cached = " (cached for this host boot)" if verdict.cached else ""

@@ -22,6 +22,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kmlbench import paths
+from kmlbench.build import image, kernel
+from kmlbench.guest import qemu
+from kmlbench.guest.ssh import SSHKeys
+
 __all__ = ["KtapCase", "KtapSuite", "command", "parse_ktap", "summarize"]
 
 MODULE = "kml_test"
@@ -178,10 +183,8 @@ def _accel(choice: str, kernel: Path, initrd: Path) -> str:
     """``auto`` trusts KVM only if it boots this very kernel (it can hang)."""
     if choice != "auto":
         return choice
-    from kmlbench import paths
-    from kmlbench.guest.qemu import probe_kvm
 
-    probe = probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
+    probe = qemu.probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
     return "kvm" if probe.usable else "tcg"
 
 
@@ -209,11 +212,6 @@ def command(args: argparse.Namespace) -> int:
     """``kmlbench kunit``: build, boot, load the tests, print the verdict."""
     if args.parse:
         return _finish(parse_ktap(args.parse.read_text(errors="replace")), None, args.json, None)
-
-    from kmlbench import paths
-    from kmlbench.build import image, kernel
-    from kmlbench.guest.qemu import Guest, GuestConfig, GuestError
-    from kmlbench.guest.ssh import SSHKeys
 
     out = args.out or (paths.results_dir() / "kunit" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
@@ -255,13 +253,13 @@ def command(args: argparse.Namespace) -> int:
     try:
         keys = SSHKeys.generate(keydir)
         initrd = image.make_guest_initrd(base, keydir, keys.authorized_key, keys.host_key)
-        cfg = GuestConfig(
+        cfg = qemu.GuestConfig(
             kernel=bzimage,
             initrd=initrd,
             console_log=out / "console.log",
             accel=_accel(args.accel, bzimage, initrd),
         )
-        with Guest(cfg, keys) as guest:
+        with qemu.Guest(cfg, keys) as guest:
             if lib_ko is not None:
                 guest.put(REMOTE_LIB_KO, lib_ko.read_bytes())
                 res = guest.run(f"insmod {REMOTE_LIB_KO}", timeout=args.timeout)
@@ -279,7 +277,7 @@ def command(args: argparse.Namespace) -> int:
             if events:
                 crash = f"kernel {events[0].kind} during the tests"
                 failure = crash if failure is None else f"{failure}; {crash}"
-    except GuestError as exc:
+    except qemu.GuestError as exc:
         failure = f"guest failed: {exc}"
         if (out / "console.log").exists():
             dmesg = (out / "console.log").read_text(errors="replace")
