@@ -1,13 +1,16 @@
 """The run commands' handlers: ``kmlbench run``, ``build`` and ``trace``.
 
 :mod:`kmlbench.cli` parses the options; these turn them into calls of the
-runner, which knows nothing of argparse.
+runner, which knows nothing of argparse; ``build`` is whole here.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from kmlbench import paths
+from kmlbench.build import image, kernel
+from kmlbench.plan.matrix import MatrixError, load_matrix
 from kmlbench.run import runner, trace
 
 
@@ -24,8 +27,21 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_build(args: argparse.Namespace) -> int:
-    """``kmlbench build MATRIX``."""
-    return runner.main_build(args.matrix)
+    """``kmlbench build MATRIX``: build every kernel variant and the guest image."""
+    try:
+        matrix = load_matrix(args.matrix)
+    except MatrixError as exc:
+        print(f"kmlbench: {exc}")
+        return 2
+    cache = paths.cache_dir()
+    print(f"guest image: {image.build_base_image(cache)}")
+    log_dir = cache / "logs"
+    for variant in matrix.kernel_variants:
+        request = runner.kernel_request(matrix, variant)
+        build = kernel.build_kernel(request, cache, log_dir=log_dir)
+        state = "built" if build.compiled else "cached"
+        print(f"kernel {variant}: {state} {build.bzimage} (config {build.config_hash[:12]})")
+    return 0
 
 
 def command_trace(args: argparse.Namespace) -> int:

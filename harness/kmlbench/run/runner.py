@@ -5,8 +5,7 @@ is needed to run it, and everything it produces goes into its own folder.
 What a cell does in its guest is :mod:`kmlbench.cell.lifecycle`'s; this
 module decides which cells run, in which boots, and records them:
 
-1. validate the matrix (nothing runs if it is wrong), or reload it to
-   resume a run;
+1. validate the matrix (nothing runs if it is wrong), or reload it to resume;
 2. build the guest base image and, per kernel variant, the kernel;
 3. pick the accelerator (KVM only if a probe boot shows it works);
 4. run each cell (:func:`kmlbench.cell.lifecycle.run_cell`: a fresh guest
@@ -59,7 +58,7 @@ from kmlbench.run.host import choose_accel, git_revision, host_description
 from kmlbench.run.results import STATUSES, RunDir
 
 
-def _kernel_request(matrix: Matrix, variant: str) -> KernelRequest:
+def kernel_request(matrix: Matrix, variant: str) -> KernelRequest:
     return KernelRequest(
         source=matrix.kernel_source,
         fragments=tuple(matrix.kernel_variants[variant]),
@@ -306,7 +305,7 @@ def execute(
     for variant in dict.fromkeys(c.kernel_variant for c in todo):
         try:
             builds[variant] = kernel.build_kernel(
-                _kernel_request(matrix, variant), cache, log_dir=run.path / "build"
+                kernel_request(matrix, variant), cache, log_dir=run.path / "build"
             )
         except kernel.KernelBuildError as exc:
             print(f"kmlbench: kernel variant {variant!r}: {exc}")
@@ -317,7 +316,7 @@ def execute(
         # Every planned cell is done; adaptive rounds (if any) may still be due.
         variant = planned_cells[0].kernel_variant
         builds[variant] = kernel.build_kernel(
-            _kernel_request(matrix, variant), cache, log_dir=run.path / "build"
+            kernel_request(matrix, variant), cache, log_dir=run.path / "build"
         )
         manifest["kernels"][variant] = _kernel_record(builds[variant])
     first_build = next(iter(builds.values()))
@@ -353,7 +352,7 @@ def execute(
             build = builds.get(cell.kernel_variant)
             if build is None:  # a resumed run whose planned cells were all done
                 build = kernel.build_kernel(
-                    _kernel_request(matrix, cell.kernel_variant), cache, run.path / "build"
+                    kernel_request(matrix, cell.kernel_variant), cache, run.path / "build"
                 )
                 builds[cell.kernel_variant] = build
             return build
@@ -499,20 +498,3 @@ def _describe(cell: Cell) -> str:
         f"{p['workload']['template']} on {p['device']['type']} "
         f"with {p['scheduler']['name']} (repeat {cell.repeat})"
     )
-
-
-def main_build(matrix_path: Path) -> int:
-    """``kmlbench build``: build every kernel variant and the guest image."""
-    try:
-        matrix = load_matrix(matrix_path)
-    except MatrixError as exc:
-        print(f"kmlbench: {exc}")
-        return 2
-    cache = paths.cache_dir()
-    print(f"guest image: {image.build_base_image(cache)}")
-    log_dir = cache / "logs"
-    for variant in matrix.kernel_variants:
-        build = kernel.build_kernel(_kernel_request(matrix, variant), cache, log_dir=log_dir)
-        state = "built" if build.compiled else "cached"
-        print(f"kernel {variant}: {state} {build.bzimage} (config {build.config_hash[:12]})")
-    return 0
