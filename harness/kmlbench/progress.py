@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -134,7 +134,7 @@ class Progress:
         head = Text(f"{self.done}/{self.total} cells  eta {format_duration(self.eta_seconds())}")
         grid = Table.grid(padding=(0, 2))
         grid.add_row(bar, head)
-        parts: list = [grid]
+        parts: list[Any] = [grid]
         if self.current is not None:
             cid, desc, started = self.current
             running = format_duration(time.monotonic() - started)

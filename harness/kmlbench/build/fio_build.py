@@ -129,7 +129,7 @@ def _run(cmd: list[str], cwd: Path, log: Path, what: str, timeout: float = 900) 
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.splitlines()[-15:])
         raise FioBuildError(f"{what} failed (exit {proc.returncode}, log: {log}):\n{tail}")
-    return proc.stdout
+    return str(proc.stdout)
 
 
 def _source_version(apt_dir: Path, log: Path) -> str:
@@ -163,9 +163,8 @@ def _source_version(apt_dir: Path, log: Path) -> str:
 
 def _compiler_id() -> str:
     try:
-        return procs.run(
-            ["cc", "--version"], capture_output=True, text=True, check=True
-        ).stdout.splitlines()[0]
+        out = procs.run(["cc", "--version"], capture_output=True, text=True, check=True)
+        return str(out.stdout).splitlines()[0]
     except (OSError, subprocess.CalledProcessError, IndexError) as exc:
         raise FioBuildError("no C compiler (apt-get install build-essential)") from exc
 

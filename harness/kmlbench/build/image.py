@@ -115,7 +115,7 @@ def _compiler_version(cc: str) -> str:
             "(apt-get install build-essential; scripts/setup.sh does)"
         )
     out = procs.run([cc, "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.strip()
+    return str(out.stdout).strip()
 
 
 def kmlctl_key(guest_dir: Path = GUEST_IMAGE_DIR, cc: str = KMLCTL_CC) -> str:

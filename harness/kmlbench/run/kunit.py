@@ -188,7 +188,9 @@ def _accel(choice: str, kernel: Path, initrd: Path) -> str:
     return "kvm" if probe.usable else "tcg"
 
 
-def _finish(suites: list[KtapSuite], extra_failure: str | None, as_json: bool, out: Path | None):
+def _finish(
+    suites: list[KtapSuite], extra_failure: str | None, as_json: bool, out: Path | None
+) -> int:
     ok, reason = verdict(suites, "kml")
     if extra_failure:
         ok, reason = False, f"{extra_failure}; {reason}"

@@ -168,12 +168,12 @@ class RunDir:
 
     # -- run-level files -----------------------------------------------------
 
-    def write_manifest(self, manifest: dict) -> None:
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write ``manifest.json``; ``summary.json`` takes accel/emulated from it."""
         atomic_write_json(self.manifest_path, manifest)
         self.write_summary()
 
-    def read_manifest(self) -> dict:
+    def read_manifest(self) -> dict[str, Any]:
         data = _read_json(self.manifest_path)
         return data if isinstance(data, dict) else {}
 
@@ -204,7 +204,7 @@ class RunDir:
         atomic_write(path, data)
         return path
 
-    def record_cell(self, cell: Cell, status: str, metrics: dict, extra: dict) -> None:
+    def record_cell(self, cell: Cell, status: str, metrics: dict[str, Any], extra: dict[str, Any]) -> None:
         """Write ``cells/<id>/cell.json`` atomically, then rebuild ``summary.json``.
 
         Call it last for a cell, after its artefacts: a cell with a
@@ -229,9 +229,9 @@ class RunDir:
         atomic_write_json(self.cell_dir(cell.id) / "cell.json", record)
         self.write_summary()
 
-    def read_cells(self) -> dict[str, dict]:
+    def read_cells(self) -> dict[str, dict[str, Any]]:
         """Every readable ``cell.json`` by cell id (temporary files are ignored)."""
-        out: dict[str, dict] = {}
+        out: dict[str, dict[str, Any]] = {}
         if not self.cells_path.is_dir():
             return out
         for d in sorted(self.cells_path.iterdir()):
@@ -261,7 +261,7 @@ class RunDir:
 
     # -- summary and latest ----------------------------------------------------
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """``summary.json`` as a dict, built from the manifest and cell records."""
         manifest = self.read_manifest()
         records = self.read_cells()
