@@ -34,5 +34,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 # The user-space KML library, from the same C sources as the kernel's.
-.venv/bin/python -c 'from kmlbench.kml.lib import build_libkml; print("setup: libkml:", build_libkml())'
+.venv/bin/python -c 'from kmlbench.kml.build import build_libkml; print("setup: libkml:", build_libkml())'
 echo "setup: ready (.venv/bin/kmlbench)"

@@ -8,7 +8,7 @@ sample, the same one ``kml_test_cal_contract`` and
 the kernel (``kmlbench kunit``; tests/test_kunit.py boots it): the values
 below must equal the KUnit file's, which the first test checks.
 
-* (a) libkml through the binding (:mod:`kmlbench.kml.lib`) and through
+* (a) libkml through the binding (:mod:`kmlbench.kml.deadline`) and through
   ``kmlbench train``'s own entry point (``train.calibrate_permille``);
 * (b) ``kmlctl calibrate MODEL TRACE``, the static guest binary run on the
   host, on a trace and a model built so that its residuals are the sample
@@ -27,8 +27,9 @@ import pytest
 
 from kmlbench.build.image import build_kmlctl
 from kmlbench.data.trace import NR_FEATURES, SAMPLE_DTYPE, read_trace, write_trace
-from kmlbench.kml import lib as kml
 from kmlbench.kml import train
+from kmlbench.kml.deadline import DD_RESID, dd_cal_fit, dd_permille, dd_residuals
+from kmlbench.kml.model import Model
 from kmlbench.paths import KML_SRC_DIR, cache_dir
 
 Q = 65536
@@ -55,7 +56,7 @@ RESID_CASES = [
 def contract_sample() -> np.ndarray:
     """kml_cal_contract_sample() of kml_test.c, in Python."""
     state = SEED
-    out = np.zeros(N, kml.DD_RESID)
+    out = np.zeros(N, DD_RESID)
     for i in range(N):
         state ^= (state << 13) & 0xFFFFFFFF
         state ^= state >> 17
@@ -124,9 +125,9 @@ def test_the_sample_is_not_trivial() -> None:
 def test_libkml_binding_and_kmlbench_train() -> None:
     """(a) the binding, and the function kmlbench train calls."""
     s = contract_sample()
-    assert kml.dd_cal_fit(s) == THR
-    assert kml.dd_permille(THR) == PERMILLE
-    assert kml.dd_cal_fit(s[::-1].copy()) == THR  # only the multiset counts
+    assert dd_cal_fit(s) == THR
+    assert dd_permille(THR) == PERMILLE
+    assert dd_cal_fit(s[::-1].copy()) == THR  # only the multiset counts
     rows = np.zeros(len(TARGET_NS), SAMPLE_DTYPE)
     rows["issue_ns"] = TARGET_NS
     assert train.targets(rows).view(np.uint32).tolist() == TARGET_BITS
@@ -134,7 +135,7 @@ def test_libkml_binding_and_kmlbench_train() -> None:
     rows["deadline_ns"] = [c[1] for c in RESID_CASES]
     rows["issue_ns"] = [c[2] for c in RESID_CASES]
     y_hat = np.array([c[0] for c in RESID_CASES], np.uint32).view(np.float32)
-    resid = kml.dd_residuals(y_hat, rows)
+    resid = dd_residuals(y_hat, rows)
     assert list(zip(resid["r"].tolist(), resid["met"].tolist(), strict=True)) == [
         (c[3], c[4]) for c in RESID_CASES
     ]
@@ -156,7 +157,7 @@ def sample_as_trace(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     rows["features"][:, 0] = s["r"]
     trace = tmp_path / "contract.kmltrc"
     write_trace(trace, rows)
-    model = kml.Model.linear(NR_FEATURES, normalize=False)
+    model = Model.linear(NR_FEATURES, normalize=False)
     params = np.zeros(model.n_params)
     params[0] = 1.0
     model.params = params
@@ -169,9 +170,9 @@ def test_kmlbench_train_on_the_sample_as_a_trace(tmp_path: Path) -> None:
     """(a) through the model and train.calibrate_permille, as kmlbench train runs."""
     trace, path, _ = sample_as_trace(tmp_path)
     rows = read_trace(trace)
-    model = kml.Model.load(path)
+    model = Model.load(path)
     y_hat = model.predict(train.inputs(rows, NR_FEATURES))
-    assert np.array_equal(kml.dd_residuals(y_hat, rows), contract_sample())
+    assert np.array_equal(dd_residuals(y_hat, rows), contract_sample())
     assert train.calibrate_permille(y_hat, rows) == PERMILLE
 
 
@@ -212,7 +213,7 @@ def test_kmlctl_calibrate_with_a_rare_class_keeps_the_deadline(
     assert proc.returncode == 0, proc.stderr
     assert "calibrated 0\n" in proc.stdout and "decision_permille 1000\n" in proc.stdout
     # a model of the wrong shape is refused by name
-    kml.Model.linear(NR_FEATURES - 1).save(path)
+    Model.linear(NR_FEATURES - 1).save(path)
     proc = subprocess.run(
         [str(kmlctl), "calibrate", str(path), str(trace)],
         capture_output=True, text=True, timeout=60, check=False,

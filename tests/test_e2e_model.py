@@ -36,7 +36,7 @@ from kmlbench import paths
 from kmlbench.build.kernel import KernelBuild
 from kmlbench.data import db, kmlstats
 from kmlbench.data.trace import NR_FEATURES, read_trace
-from kmlbench.kml import lib as kml
+from kmlbench.kml.model import Model
 
 pytestmark = pytest.mark.kernel
 
@@ -190,7 +190,7 @@ def test_trainers_train_and_hand_back_their_outputs(model_run) -> None:
         assert user["kml_stats"]["trainer"]["samples"] == summary["samples"]
         curve = user["kml_stats"]["learning_curve"]
         assert len(curve["step"]) >= 2 and "accuracy" in curve
-        trained = kml.Model.load(folder / "trained.kmlm")
+        trained = Model.load(folder / "trained.kmlm")
         assert (trained.n_inputs, trained.n_outputs) == (NR_FEATURES, 1)
     for kernel in kinds["observe-kernel"]:
         counters = kernel["kml_stats"]["counters"]

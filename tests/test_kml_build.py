@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from kmlbench import paths
-from kmlbench.kml import lib as kml
+from kmlbench.kml import build
+from kmlbench.kml.build import KmlBuildError, build_libkml
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
@@ -32,9 +33,9 @@ def test_makefile_user_builds_small_library_with_hidden_internals(tmp_path):
 
 def test_missing_compiler_is_named(monkeypatch):
     monkeypatch.delenv("KML_LIB", raising=False)
-    monkeypatch.setattr(kml, "_lib_root", lambda: paths.cache_dir() / "libkml-test-nocc")
-    with pytest.raises(kml.KmlBuildError, match="no-such-cc-kml"):
-        kml.build_libkml(force=True, cc="no-such-cc-kml")
+    monkeypatch.setattr(build, "_lib_root", lambda: paths.cache_dir() / "libkml-test-nocc")
+    with pytest.raises(KmlBuildError, match="no-such-cc-kml"):
+        build_libkml(force=True, cc="no-such-cc-kml")
 
 
 # the only objects built with SSE in the kernel

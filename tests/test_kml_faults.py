@@ -41,7 +41,7 @@ from kmlbench.data import kmlstats
 from kmlbench.guest import console
 from kmlbench.guest.qemu import CommandResult, Guest, GuestConfig
 from kmlbench.guest.ssh import SSHKeys
-from kmlbench.kml import lib as kml
+from kmlbench.kml.model import Model
 
 pytestmark = pytest.mark.kernel
 
@@ -107,7 +107,7 @@ def wait_stat(
 
 def valid_model_bytes() -> bytes:
     """A float MLP the kernel accepts: KML_DD_NR_FEATURES inputs, one output."""
-    return kml.Model.mlp(14, (16,), normalize=True, seed=3).to_bytes()
+    return Model.mlp(14, (16,), normalize=True, seed=3).to_bytes()
 
 
 def baseline(guest: Guest) -> None:
@@ -388,9 +388,9 @@ def _bad_model(name: str) -> bytes:
     if name == "bad-activation":
         return _patched(good, 28, "<I", 99)
     if name == "two-outputs":
-        return kml.Model.mlp(14, (16,), n_outputs=2, normalize=True).to_bytes()
+        return Model.mlp(14, (16,), n_outputs=2, normalize=True).to_bytes()
     if name == "q16-negative-variance":  # norm block: count, mean[14] (4 B), var[14] (8 B)
-        q16 = kml.Model.mlp(14, (16,), dtype="fixed", normalize=True).to_bytes()
+        q16 = Model.mlp(14, (16,), dtype="fixed", normalize=True).to_bytes()
         return _patched(q16, 64 + 8 + 4 * 14, "<q", -1)
     raise AssertionError(name)
 
@@ -425,7 +425,7 @@ def test_malformed_model_file_is_refused_and_counted(g: Guest, name: str) -> Non
 @pytest.mark.parametrize("dtype", ["float32", "fixed"])
 def test_valid_models_are_still_accepted(g: Guest, dtype: str) -> None:
     """The control for the refusals: valid models of both dtypes are applied and used."""
-    g.put("/tmp/control.kmlm", kml.Model.mlp(14, (16,), dtype=dtype, normalize=True).to_bytes())
+    g.put("/tmp/control.kmlm", Model.mlp(14, (16,), dtype=dtype, normalize=True).to_bytes())
     before = stats(g)
     sh(g, f"{KMLCTL} load /tmp/control.kmlm")
     after = stats(g)

@@ -9,13 +9,14 @@ import zlib
 import numpy as np
 import pytest
 
-from kmlbench.kml import lib as kml
+from kmlbench.kml.ffi import KmlError, lib
+from kmlbench.kml.model import Model
 
 HDR = 64
 
 
 def model_bytes(dtype="float32", normalize=True) -> bytes:
-    m = kml.Model.mlp(8, hidden=[16], activation="relu", output="sigmoid",
+    m = Model.mlp(8, hidden=[16], activation="relu", output="sigmoid",
                       dtype=dtype, normalize=normalize, seed=4)  # fmt: skip
     if normalize:
         m.norm_update(np.random.default_rng(0).normal(size=(100, 8)))
@@ -28,8 +29,8 @@ def with_crc(body: bytes) -> bytes:
 
 
 def errno_of(data: bytes) -> int:
-    with pytest.raises(kml.KmlError) as exc:
-        kml.Model.from_bytes(data)
+    with pytest.raises(KmlError) as exc:
+        Model.from_bytes(data)
     return exc.value.errno
 
 
@@ -48,14 +49,14 @@ def test_layout_and_crc_is_zlib_crc32():
     assert payload == 8 + 12 * 8 + 4 * n_params
     assert len(data) == HDR + payload + 4
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
-    assert kml.lib().kml_crc32(0, b"123456789", 9) == 0xCBF43926
+    assert lib().kml_crc32(0, b"123456789", 9) == 0xCBF43926
 
 
 def test_valid_files_load():
     for dtype in ("float32", "fixed"):
         for normalize in (False, True):
             data = model_bytes(dtype, normalize)
-            assert kml.Model.from_bytes(data).to_bytes() == data
+            assert Model.from_bytes(data).to_bytes() == data
 
 
 def test_bad_magic():
@@ -157,8 +158,8 @@ def test_garbage_fuzz():
                 buf = buf[: int(rng.integers(0, len(buf)))]
             data = with_crc(bytes(buf)) if i % 3 == 2 and len(buf) >= 4 else bytes(buf)
         try:
-            m = kml.Model.from_bytes(data)
-        except kml.KmlError as e:
+            m = Model.from_bytes(data)
+        except KmlError as e:
             assert e.errno in (errno.EINVAL, errno.EBADMSG, errno.E2BIG, errno.EDOM,
                                errno.EPROTONOSUPPORT)  # fmt: skip
             refused += 1
@@ -189,7 +190,7 @@ def test_q16_variance_bound(var, ok):
     if not ok:
         assert errno_of(data) == errno.EDOM
         return
-    m = kml.Model.from_bytes(data)
+    m = Model.from_bytes(data)
     _mean, scale = m.norm_params()
     # std = 2^31.5 / 2^16 real units: scale is the Q16 of its inverse
     assert 0 <= scale[3] < 1e-3

@@ -6,7 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kmlbench.kml import lib as kml
+from kmlbench.kml.model import Model
+from kmlbench.kml.ops import (
+    act_backward,
+    act_forward,
+    bce_backward,
+    bce_forward,
+    linear_backward,
+    linear_forward,
+    mse_backward,
+    mse_forward,
+)
 
 H = 1e-2  # central differences on float32 code
 RTOL = 2e-2
@@ -40,7 +50,7 @@ def test_linear_forward_matches_numpy(rng):
     x = rng.normal(size=(5, 7))
     w = rng.normal(size=(3, 7))
     b = rng.normal(size=3)
-    close(kml.linear_forward(x, w, b), x @ w.T + b, rtol=1e-5, atol=1e-5)
+    close(linear_forward(x, w, b), x @ w.T + b, rtol=1e-5, atol=1e-5)
 
 
 def test_linear_backward_finite_differences(rng):
@@ -50,9 +60,9 @@ def test_linear_backward_finite_differences(rng):
     dout = rng.normal(size=(4, 3)).astype(np.float32)
 
     def loss():
-        return float(np.sum(kml.linear_forward(x, w, b).astype(np.float64) * dout))
+        return float(np.sum(linear_forward(x, w, b).astype(np.float64) * dout))
 
-    dx, dw, db = kml.linear_backward(dout, x, w)
+    dx, dw, db = linear_backward(dout, x, w)
     close(dx, fd(loss, x))
     close(dw, fd(loss, w))
     close(db, fd(loss, b))
@@ -69,23 +79,23 @@ def test_activation_backward_finite_differences(rng, act):
     dout = rng.normal(size=40).astype(np.float32)
 
     def loss():
-        return float(np.sum(kml.act_forward(act, x).astype(np.float64) * dout))
+        return float(np.sum(act_forward(act, x).astype(np.float64) * dout))
 
-    close(kml.act_backward(act, dout, x), fd(loss, x))
+    close(act_backward(act, dout, x), fd(loss, x))
 
 
 def test_activation_forward_matches_numpy(rng):
     x = rng.normal(scale=3.0, size=1000)
-    close(kml.act_forward("relu", x), np.maximum(x, 0), rtol=1e-7, atol=0)
-    close(kml.act_forward("sigmoid", x), 1 / (1 + np.exp(-x)), rtol=3e-7, atol=1e-7)
-    close(kml.act_forward("tanh", x), np.tanh(x), rtol=3e-7, atol=1e-7)
+    close(act_forward("relu", x), np.maximum(x, 0), rtol=1e-7, atol=0)
+    close(act_forward("sigmoid", x), 1 / (1 + np.exp(-x)), rtol=3e-7, atol=1e-7)
+    close(act_forward("tanh", x), np.tanh(x), rtol=3e-7, atol=1e-7)
 
 
 def test_mse_forward_backward(rng):
     p = rng.normal(size=20).astype(np.float32)
     y = rng.normal(size=20).astype(np.float32)
-    close(kml.mse_forward(p, y), np.mean((p.astype(np.float64) - y) ** 2), rtol=1e-5)
-    close(kml.mse_backward(p, y), fd(lambda: kml.mse_forward(p, y), p))
+    close(mse_forward(p, y), np.mean((p.astype(np.float64) - y) ** 2), rtol=1e-5)
+    close(mse_backward(p, y), fd(lambda: mse_forward(p, y), p))
 
 
 @pytest.mark.parametrize("pos_weight", [1.0, 5.0])
@@ -94,10 +104,10 @@ def test_bce_forward_backward(rng, pos_weight):
     y = (rng.uniform(size=20) > 0.5).astype(np.float32)
     pd, yd = p.astype(np.float64), y.astype(np.float64)
     want = -np.mean(pos_weight * yd * np.log(pd) + (1 - yd) * np.log(1 - pd))
-    close(kml.bce_forward(p, y, pos_weight), want, rtol=1e-5)
+    close(bce_forward(p, y, pos_weight), want, rtol=1e-5)
     # smaller step: BCE curvature is large near 0/1
-    g = fd(lambda: kml.bce_forward(p, y, pos_weight), p, h=1e-3)
-    close(kml.bce_backward(p, y, pos_weight), g, rtol=3e-2, atol=2e-3)
+    g = fd(lambda: bce_forward(p, y, pos_weight), p, h=1e-3)
+    close(bce_backward(p, y, pos_weight), g, rtol=3e-2, atol=2e-3)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +115,7 @@ def test_bce_forward_backward(rng, pos_weight):
     [("linear", "mse", "relu"), ("sigmoid", "bce", "tanh"), ("sigmoid", "mse", "sigmoid")],
 )
 def test_model_gradients_finite_differences(rng, output, loss, act):
-    m = kml.Model.mlp(4, hidden=[6, 5], activation=act, output=output, seed=5)
+    m = Model.mlp(4, hidden=[6, 5], activation=act, output=output, seed=5)
     x = rng.normal(size=(8, 4))
     y = rng.uniform(size=8) if loss == "mse" else (rng.uniform(size=8) > 0.5) * 1.0
     m.train_setup(lr=1e-3, batch=8, optimizer="sgd", loss=loss, pos_weight=3.0)
@@ -126,7 +136,7 @@ def test_model_gradients_finite_differences(rng, output, loss, act):
 
 
 def test_model_forward_matches_numpy(rng):
-    m = kml.Model.mlp(8, hidden=[16, 8], activation="tanh", output="sigmoid", seed=9)
+    m = Model.mlp(8, hidden=[16, 8], activation="tanh", output="sigmoid", seed=9)
     x = rng.normal(size=(50, 8))
     a = x
     layers = m.layers()
@@ -141,7 +151,7 @@ def test_chunked_batches_match_finite_differences(rng, loss, output):
     """A wide model: float batches are split into several FPU sections
     (KML_FPU_MACS), forward, backward and step alike; the gradients of the
     whole batch must not depend on the split."""
-    m = kml.Model.mlp(16, hidden=[64, 64], activation="tanh", output=output, seed=8)
+    m = Model.mlp(16, hidden=[64, 64], activation="tanh", output=output, seed=8)
     x = rng.normal(size=(12, 16))
     y = rng.uniform(size=12) if loss == "mse" else (rng.uniform(size=12) > 0.5) * 1.0
     m.train_setup(lr=1e-3, batch=12, optimizer="sgd", loss=loss, pos_weight=2.0)

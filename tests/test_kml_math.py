@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kmlbench.kml import lib as kml
+from kmlbench.kml import ops
+from kmlbench.kml.ffi import from_q16, to_q16
 
 N = 200_000
 
@@ -52,7 +53,7 @@ def sample(kind: str, lo: float, hi: float) -> np.ndarray:
 def test_float_accuracy_against_libm(fn):
     kind, lo, hi, max_rel, max_ulp = BOUNDS[fn]
     x = sample(kind, lo, hi)
-    got = kml.math(fn, x).astype(np.float64)
+    got = ops.math(fn, x).astype(np.float64)
     want = REF[fn](x.astype(np.float64))
     nz = want != 0
     rel = np.abs(got[nz] - want[nz]) / np.abs(want[nz])
@@ -62,23 +63,23 @@ def test_float_accuracy_against_libm(fn):
 
 def test_float_special_values():
     inf, nan = np.inf, np.nan
-    assert kml.math("exp", [100.0])[0] == inf
-    assert kml.math("exp", [-100.0])[0] == 0.0
-    assert kml.math("exp", [0.0])[0] == 1.0
-    assert kml.math("log", [0.0])[0] == -inf
-    assert np.isnan(kml.math("log", [-1.0])[0])
-    assert kml.math("log", [1.0])[0] == 0.0
-    assert kml.math("log", [inf])[0] == inf
-    assert np.isnan(kml.math("sqrt", [-1.0])[0])
-    assert kml.math("sqrt", [inf])[0] == inf
-    assert kml.math("tanh", [50.0])[0] == 1.0 and kml.math("tanh", [-50.0])[0] == -1.0
-    assert kml.math("sigmoid", [0.0])[0] == 0.5
+    assert ops.math("exp", [100.0])[0] == inf
+    assert ops.math("exp", [-100.0])[0] == 0.0
+    assert ops.math("exp", [0.0])[0] == 1.0
+    assert ops.math("log", [0.0])[0] == -inf
+    assert np.isnan(ops.math("log", [-1.0])[0])
+    assert ops.math("log", [1.0])[0] == 0.0
+    assert ops.math("log", [inf])[0] == inf
+    assert np.isnan(ops.math("sqrt", [-1.0])[0])
+    assert ops.math("sqrt", [inf])[0] == inf
+    assert ops.math("tanh", [50.0])[0] == 1.0 and ops.math("tanh", [-50.0])[0] == -1.0
+    assert ops.math("sigmoid", [0.0])[0] == 0.5
     for fn in REF:
-        assert np.isnan(kml.math(fn, [nan])[0])
+        assert np.isnan(ops.math(fn, [nan])[0])
     # subnormal inputs
     x = np.array([1e-40, 1e-45], np.float32)
-    np.testing.assert_allclose(kml.math("sqrt", x), np.sqrt(x.astype(np.float64)), rtol=2e-7)
-    np.testing.assert_allclose(kml.math("log", x), np.log(x.astype(np.float64)), rtol=2e-7)
+    np.testing.assert_allclose(ops.math("sqrt", x), np.sqrt(x.astype(np.float64)), rtol=2e-7)
+    np.testing.assert_allclose(ops.math("log", x), np.log(x.astype(np.float64)), rtol=2e-7)
 
 
 # fn: (lo, hi, max abs error in Q16 units [1/65536]) -- docs/kml.md table
@@ -95,9 +96,9 @@ Q16_BOUNDS = {
 def test_q16_accuracy(fn):
     lo, hi, max_q = Q16_BOUNDS[fn]
     rng = np.random.default_rng(3)
-    x = kml.from_q16(kml.to_q16(rng.uniform(lo, hi, 100_000)))  # exact Q16 inputs
+    x = from_q16(to_q16(rng.uniform(lo, hi, 100_000)))  # exact Q16 inputs
     x = x[x > 0] if fn in ("log", "sqrt") else x
-    got = kml.math(fn, x, dtype="fixed")
+    got = ops.math(fn, x, dtype="fixed")
     want = REF[fn](x)
     err = np.abs(got - want) * 65536
     if max_q is None:
@@ -113,6 +114,6 @@ def test_float_apply_chunks_match_elementwise(n):
     x = np.random.default_rng(n).uniform(-5, 5, n).astype(np.float32)
     for fn in sorted(BOUNDS):
         xin = np.abs(x) + np.float32(1e-3) if fn in ("log", "sqrt") else x
-        whole = kml.math(fn, xin)
-        pieces = np.concatenate([kml.math(fn, xin[i : i + 1000]) for i in range(0, n, 1000)])
+        whole = ops.math(fn, xin)
+        pieces = np.concatenate([ops.math(fn, xin[i : i + 1000]) for i in range(0, n, 1000)])
         np.testing.assert_array_equal(whole.view(np.uint32), pieces.view(np.uint32))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kmlbench.kml import lib as kml
+from kmlbench.kml.ffi import KmlError
+from kmlbench.kml.model import Model
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_linear_regression_matches_lstsq(rng, optimizer):
     """
     X, y = regression(rng, n=1000)
     w, b = lstsq(X, y)
-    m = kml.Model.linear(8, normalize=True)
+    m = Model.linear(8, normalize=True)
     if optimizer == "sgd":
         m.fit(X, y, epochs=300, lr=0.1, batch=1000, optimizer="sgd", momentum=0.9)
     else:
@@ -59,7 +60,7 @@ def test_fixed_linear_regression(rng):
     """Q16.16 training (SGD + momentum) of the same regression."""
     X, y = regression(rng, noise=0.05)
     w, b = lstsq(X, y)
-    m = kml.Model.linear(8, dtype="fixed", normalize=True)
+    m = Model.linear(8, dtype="fixed", normalize=True)
     m.fit(X, y, epochs=40, lr=0.02, batch=32, momentum=0.9)
     mse_q = np.mean((m.predict(X) - y) ** 2)
     mse_ls = np.mean((X @ w + b - y) ** 2)
@@ -75,7 +76,7 @@ def classification(rng, n=3000):
 @pytest.mark.parametrize("dtype", ["float32", "fixed"])
 def test_mlp_classifier_learns(rng, dtype):
     X, y = classification(rng)
-    m = kml.Model.mlp(8, hidden=[16], activation="relu", output="sigmoid", dtype=dtype)
+    m = Model.mlp(8, hidden=[16], activation="relu", output="sigmoid", dtype=dtype)
     if dtype == "fixed":
         m.fit(X, y, epochs=30, lr=0.1, batch=32, momentum=0.9)
     else:
@@ -88,13 +89,13 @@ def test_logistic_regression_and_pos_weight(rng):
     X = rng.normal(size=(4000, 3))
     logits = X @ np.array([2.0, -1.0, 0.5]) - 2.0
     y = (rng.uniform(size=4000) < 1 / (1 + np.exp(-logits))).astype(float)
-    plain = kml.Model.logistic(3)
+    plain = Model.logistic(3)
     plain.fit(X, y, epochs=30, lr=0.02, batch=64)
     ((W, b),) = plain.layers()
     np.testing.assert_allclose(W[0], [2.0, -1.0, 0.5], atol=0.25)
     assert abs(b[0] + 2.0) < 0.25
     # weighting the positives raises recall
-    weighted = kml.Model.logistic(3)
+    weighted = Model.logistic(3)
     weighted.fit(X, y, epochs=30, lr=0.02, batch=64, pos_weight=5.0)
     pos = y == 1
     recall_plain = np.mean(plain.predict(X)[pos] > 0.5)
@@ -104,8 +105,8 @@ def test_logistic_regression_and_pos_weight(rng):
 
 def test_per_sample_training_equals_batch_of_one(rng):
     X, y = regression(rng, n=64)
-    a = kml.Model.linear(8, seed=3)
-    b = kml.Model.linear(8, seed=3)
+    a = Model.linear(8, seed=3)
+    b = Model.linear(8, seed=3)
     a.fit(X, y, epochs=1, lr=1e-3, batch=1, optimizer="sgd", shuffle=False)
     b.train_setup(lr=1e-3, batch=1, optimizer="sgd")
     for i in range(64):
@@ -119,8 +120,8 @@ def test_fixed_vs_float_inference(rng):
     """Same seed, same initial weights: Q16 vs float predictions (documented)."""
     X = rng.normal(size=(2000, 8))
     for act, out in [("relu", "linear"), ("tanh", "sigmoid")]:
-        f = kml.Model.mlp(8, hidden=[16], activation=act, output=out, seed=77)
-        q = kml.Model.mlp(8, hidden=[16], activation=act, output=out, seed=77, dtype="fixed")
+        f = Model.mlp(8, hidden=[16], activation=act, output=out, seed=77)
+        q = Model.mlp(8, hidden=[16], activation=act, output=out, seed=77, dtype="fixed")
         q.params = f.params
         err = np.abs(f.predict(X) - q.predict(X))
         assert err.max() < 2e-3, (act, err.max())
@@ -129,7 +130,7 @@ def test_fixed_vs_float_inference(rng):
 def test_normalisation_running_stats(rng):
     X = rng.normal(loc=[1, -2, 3], scale=[0.5, 2, 4], size=(5000, 3))
     for dtype, tol in [("float32", 1e-4), ("fixed", 2e-3)]:
-        m = kml.Model.linear(3, normalize=True, dtype=dtype)
+        m = Model.linear(3, normalize=True, dtype=dtype)
         m.norm_update(X[:2000])
         m.norm_update(X[2000:])
         mean, scale = m.norm_params()
@@ -140,12 +141,12 @@ def test_normalisation_running_stats(rng):
 @pytest.mark.parametrize("dtype", ["float32", "fixed"])
 def test_save_load_round_trip_bit_exact(tmp_path, rng, dtype):
     X, y = classification(rng, n=500)
-    m = kml.Model.mlp(8, hidden=[16, 8], activation="tanh", output="sigmoid",
+    m = Model.mlp(8, hidden=[16, 8], activation="tanh", output="sigmoid",
                       dtype=dtype, normalize=True)  # fmt: skip
     m.fit(X, y, epochs=2, lr=0.05, batch=16, optimizer="sgd", momentum=0.5)
     path = tmp_path / "m.kml"
     m.save(path)
-    m2 = kml.Model.load(path)
+    m2 = Model.load(path)
     assert m2.to_bytes() == path.read_bytes()
     np.testing.assert_array_equal(m2.params, m.params)
     np.testing.assert_array_equal(m2.predict(X), m.predict(X))
@@ -154,22 +155,22 @@ def test_save_load_round_trip_bit_exact(tmp_path, rng, dtype):
 
 def test_loaded_model_footprint(rng):
     """A loaded linear or 8-16-1 MLP model holds <= 4 KB (target)."""
-    for m in (kml.Model.linear(8, normalize=True),
-              kml.Model.mlp(8, hidden=[16], output="sigmoid", normalize=True)):  # fmt: skip
-        loaded = kml.Model.from_bytes(m.to_bytes())
+    for m in (Model.linear(8, normalize=True),
+              Model.mlp(8, hidden=[16], output="sigmoid", normalize=True)):  # fmt: skip
+        loaded = Model.from_bytes(m.to_bytes())
         assert loaded.footprint_bytes <= 4096, loaded.footprint_bytes
 
 
 def test_invalid_configs_refused():
     with pytest.raises(ValueError):
-        kml.Model.mlp(8, hidden=[16, 16, 16, 16])
-    with pytest.raises(kml.KmlError):
-        kml.Model.mlp(8, hidden=[65])  # wider than KML_MAX_WIDTH
-    m = kml.Model.linear(4, dtype="fixed")
-    with pytest.raises(kml.KmlError):  # Q16 Adam: beta2 must be >= 0.9
+        Model.mlp(8, hidden=[16, 16, 16, 16])
+    with pytest.raises(KmlError):
+        Model.mlp(8, hidden=[65])  # wider than KML_MAX_WIDTH
+    m = Model.linear(4, dtype="fixed")
+    with pytest.raises(KmlError):  # Q16 Adam: beta2 must be >= 0.9
         m.train_setup(optimizer="adam", beta2=0.5)
-    lin = kml.Model.linear(4)
-    with pytest.raises(kml.KmlError):
+    lin = Model.linear(4)
+    with pytest.raises(KmlError):
         lin.fit(np.zeros((4, 4)), np.zeros(4), loss="bce")  # BCE needs a sigmoid output
 
 
@@ -178,14 +179,14 @@ def test_adam_both_dtypes(rng, dtype):
     """Adam in float and in Q16 integer arithmetic reach the same quality."""
     X, y = regression(rng, n=1000, noise=0.05)
     w, b = lstsq(X, y)
-    m = kml.Model.linear(8, dtype=dtype, normalize=True)
+    m = Model.linear(8, dtype=dtype, normalize=True)
     m.fit(X, y, epochs=40, lr=0.02, batch=32, optimizer="adam")
     m.fit(X, y, epochs=10, lr=0.002, batch=32, optimizer="adam")
     mse = np.mean((m.predict(X) - y) ** 2)
     mse_ls = np.mean((X @ w + b - y) ** 2)
     assert mse <= mse_ls * 1.05 + 1e-4, (mse, mse_ls)
     Xc, yc = classification(rng)
-    c = kml.Model.mlp(8, hidden=[16], output="sigmoid", dtype=dtype)
+    c = Model.mlp(8, hidden=[16], output="sigmoid", dtype=dtype)
     c.fit(Xc, yc, epochs=30, lr=0.01, batch=32, optimizer="adam")
     assert np.mean((c.predict(Xc) > 0.5) == yc) > 0.95
 
@@ -195,7 +196,7 @@ def test_concurrent_predict_from_threads(rng):
     is reentrant; the binding's small-batch buffers are never shared)."""
     import threading
 
-    m = kml.Model.mlp(8, hidden=[16], output="sigmoid", seed=3)
+    m = Model.mlp(8, hidden=[16], output="sigmoid", seed=3)
     xs = [rng.normal(size=(int(rng.integers(1, 80)), 8)) for _ in range(64)]
     want = [m.predict(x) for x in xs]
     errors = []
@@ -219,8 +220,8 @@ def test_float_norm_update_chunked_is_exact(rng, n_in):
     """kml_model_norm_update takes one FPU section per ~2048 inputs (whole
     rows); one call over many rows equals row-by-row updates bit for bit."""
     X = rng.normal(loc=1.5, scale=3.0, size=(3000, n_in))
-    a = kml.Model.linear(n_in, normalize=True, seed=1)
-    b = kml.Model.linear(n_in, normalize=True, seed=1)
+    a = Model.linear(n_in, normalize=True, seed=1)
+    b = Model.linear(n_in, normalize=True, seed=1)
     a.norm_update(X)
     for i in range(0, len(X), 7):
         b.norm_update(X[i : i + 7])
@@ -235,20 +236,20 @@ def test_concurrent_first_predictions_on_a_fresh_model(rng, monkeypatch):
     import threading
     import time
 
-    allocate = kml.Model._small_buffers
+    allocate = Model._small_buffers
 
     def slow_allocate(self):  # widen the window in which a first-use race shows
         time.sleep(0.002)
         allocate(self)
 
-    monkeypatch.setattr(kml.Model, "_small_buffers", slow_allocate)
-    template = kml.Model.mlp(6, hidden=(32, 32), activation="relu", seed=7)
+    monkeypatch.setattr(Model, "_small_buffers", slow_allocate)
+    template = Model.mlp(6, hidden=(32, 32), activation="relu", seed=7)
     data = template.to_bytes()
     n_threads, trials = 8, 60
     inputs = [rng.normal(size=(int(rng.integers(1, 65)), 6)) for _ in range(n_threads)]
     expected = [template.predict(X) for X in inputs]
     for _ in range(trials):
-        model = kml.Model.from_bytes(data)
+        model = Model.from_bytes(data)
         barrier = threading.Barrier(n_threads)
         got: list = [None] * n_threads
         errors: list = []

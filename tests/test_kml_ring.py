@@ -7,11 +7,12 @@ import threading
 
 import pytest
 
-from kmlbench.kml import lib as kml
+from kmlbench.kml.ffi import KmlError, lib
+from kmlbench.kml.ring import Ring
 
 
 def test_layout_header():
-    r = kml.Ring(16, 12, mode="dropping")
+    r = Ring(16, 12, mode="dropping")
     hdr = r.shared_header()
     magic, version, cap, rec, slot, mode, hdr_size = struct.unpack_from("<7I", hdr)
     assert (magic, version, cap, rec, slot, mode, hdr_size) == (
@@ -26,12 +27,12 @@ def test_layout_header():
 
 def test_invalid_geometry():
     for cap, size in [(0, 8), (12, 8), (16, 0), (16, 5000)]:
-        with pytest.raises(kml.KmlError):
-            kml.Ring(cap, size)
+        with pytest.raises(KmlError):
+            Ring(cap, size)
 
 
 def test_fifo_and_drop_counts_single_thread():
-    r = kml.Ring(8, 4, mode="dropping")
+    r = Ring(8, 4, mode="dropping")
     results = [r.push(struct.pack("<I", i)) for i in range(20)]
     assert results == [True] * 8 + [False] * 12
     got = []
@@ -53,7 +54,7 @@ def test_fifo_and_drop_counts_single_thread():
 @pytest.mark.parametrize("n_producers", [1, 4, 8])
 def test_c_threads_exact_counts(mode, n_producers):
     per = 50_000
-    r = kml.Ring(64, 16, mode=mode)
+    r = Ring(64, 16, mode=mode)
     res = r.stress(n_producers, per)  # raises on reordering / duplicates
     c = r.counters
     total = n_producers * per
@@ -69,7 +70,7 @@ def test_c_threads_exact_counts(mode, n_producers):
 def test_python_threads_exact_counts(mode):
     """Python producers (ctypes drops the GIL in every push) and a consumer."""
     n_prod, per = 4, 5000
-    r = kml.Ring(32, 8, mode=mode)
+    r = Ring(32, 8, mode=mode)
     ok = [0] * n_prod
     seen: list[list[int]] = [[] for _ in range(n_prod)]
     stop = threading.Event()
@@ -114,9 +115,9 @@ def test_python_threads_exact_counts(mode):
 def test_shared_buffer_producer_and_attached_consumer():
     """The mmap use case: one side lays the ring out in shared memory and
     produces, the other attaches to the same bytes and consumes."""
-    buf = bytearray(kml.Ring.bytes_needed(16, 8))
-    producer = kml.Ring.in_buffer(buf, 16, 8, mode="dropping")
-    consumer = kml.Ring.attach(buf)
+    buf = bytearray(Ring.bytes_needed(16, 8))
+    producer = Ring.in_buffer(buf, 16, 8, mode="dropping")
+    consumer = Ring.attach(buf)
     assert (consumer.capacity, consumer.record_size, consumer.mode) == (16, 8, "dropping")
     for i in range(20):
         producer.push(struct.pack("<Q", i))
@@ -129,17 +130,17 @@ def test_shared_buffer_producer_and_attached_consumer():
 
 
 def test_attach_refuses_bad_headers():
-    buf = bytearray(kml.Ring.bytes_needed(16, 8))
-    kml.Ring.in_buffer(buf, 16, 8)
+    buf = bytearray(Ring.bytes_needed(16, 8))
+    Ring.in_buffer(buf, 16, 8)
     for off, value in [(0, 0), (4, 2), (8, 12), (16, 99), (24, 128)]:
         bad = bytearray(buf)
         struct.pack_into("<I", bad, off, value)
-        with pytest.raises(kml.KmlError):
-            kml.Ring.attach(bad)
-    with pytest.raises(kml.KmlError):
-        kml.Ring.attach(buf[:-1])  # shorter than the header says
-    with pytest.raises(kml.KmlError):
-        kml.Ring.in_buffer(bytearray(100), 16, 8)
+        with pytest.raises(KmlError):
+            Ring.attach(bad)
+    with pytest.raises(KmlError):
+        Ring.attach(buf[:-1])  # shorter than the header says
+    with pytest.raises(KmlError):
+        Ring.in_buffer(bytearray(100), 16, 8)
 
 
 # ---- attach validates exactly what it binds (no double fetch of the header)
@@ -151,9 +152,9 @@ def _bound_geometry(ring) -> tuple[int, int, int, int]:
 
 
 def test_attach_binds_the_validated_geometry():
-    buf = bytearray(kml.Ring.bytes_needed(16, 12))
-    kml.Ring.in_buffer(buf, 16, 12, mode="dropping")
-    r = kml.Ring.attach(buf)
+    buf = bytearray(Ring.bytes_needed(16, 12))
+    Ring.in_buffer(buf, 16, 12, mode="dropping")
+    r = Ring.attach(buf)
     assert _bound_geometry(r) == (15, 24, 12, 1)
     # the mapper rewriting the header after attach changes nothing bound
     struct.pack_into("<I", buf, 8, 0xFFFFFFFF)
@@ -184,26 +185,26 @@ def test_attach_binds_the_validated_geometry():
     ],
 )
 def test_attach_refuses_bad_header(field, value):
-    buf = bytearray(kml.Ring.bytes_needed(16, 12))
-    kml.Ring.in_buffer(buf, 16, 12)
+    buf = bytearray(Ring.bytes_needed(16, 12))
+    Ring.in_buffer(buf, 16, 12)
     struct.pack_into("<I", buf, field, value)
-    with pytest.raises(kml.KmlError):
-        kml.Ring.attach(buf)
+    with pytest.raises(KmlError):
+        Ring.attach(buf)
 
 
 def test_attach_refuses_short_region():
-    buf = bytearray(kml.Ring.bytes_needed(16, 12))
-    kml.Ring.in_buffer(buf, 16, 12)
-    with pytest.raises(kml.KmlError):
-        kml.Ring.attach(bytearray(buf[:-1]))
+    buf = bytearray(Ring.bytes_needed(16, 12))
+    Ring.in_buffer(buf, 16, 12)
+    with pytest.raises(KmlError):
+        Ring.attach(bytearray(buf[:-1]))
 
 
 def test_attach_racing_mapper_never_binds_a_bad_capacity():
     """A thread flips capacity between a valid and an invalid value while
     the main thread attaches (ctypes drops the GIL in the call): every
     attach that succeeds must have bound capacity 16."""
-    buf = bytearray(kml.Ring.bytes_needed(16, 12))
-    kml.Ring.in_buffer(buf, 16, 12)
+    buf = bytearray(Ring.bytes_needed(16, 12))
+    Ring.in_buffer(buf, 16, 12)
     stop = threading.Event()
 
     def flip():
@@ -217,8 +218,8 @@ def test_attach_racing_mapper_never_binds_a_bad_capacity():
     try:
         for _ in range(3000):
             try:
-                r = kml.Ring.attach(buf)
-            except kml.KmlError:
+                r = Ring.attach(buf)
+            except KmlError:
                 continue
             ok += 1
             assert _bound_geometry(r)[0] == 15
@@ -226,20 +227,21 @@ def test_attach_racing_mapper_never_binds_a_bad_capacity():
         stop.set()
         t.join()
     struct.pack_into("<I", buf, 8, 16)
-    assert _bound_geometry(kml.Ring.attach(buf))[0] == 15
+    assert _bound_geometry(Ring.attach(buf))[0] == 15
 
 
 _STRESS_NO_THREADS = r"""
 import errno, resource, sys
-from kmlbench.kml import lib as kml
-r = kml.Ring(8, 16, mode="blocking")
-kml.lib()
+from kmlbench.kml.ffi import KmlError, lib
+from kmlbench.kml.ring import Ring
+r = Ring(8, 16, mode="blocking")
+lib()
 vm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")][0]
 # room for about two 8 MiB thread stacks: later pthread_create() calls fail
 resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (20 << 20),) * 2)
 try:
     r.stress(8, 20_000)
-except kml.KmlError as e:
+except KmlError as e:
     c = r.counters
     assert c["consumed"] == c["produced"], c
     print("refused", e.errno == errno.EAGAIN, c["produced"] % 20_000 == 0)
@@ -271,12 +273,11 @@ def test_attach_c_racing_mapper_never_binds_a_bad_capacity(bad):
     ``bad`` as fast as it can while attach runs 200 000 times."""
     import ctypes as C
 
-    lib = kml.lib()
-    fn = lib.kml_ring_attach_race
+    fn = lib().kml_ring_attach_race
     fn.restype = C.c_int
     fn.argtypes = [C.c_void_p, C.c_size_t, C.c_uint32, C.c_uint32, C.POINTER(C.c_uint64)]
-    buf = bytearray(kml.Ring.bytes_needed(16, 12))
-    kml.Ring.in_buffer(buf, 16, 12)
+    buf = bytearray(Ring.bytes_needed(16, 12))
+    Ring.in_buffer(buf, 16, 12)
     mem = (C.c_char * len(buf)).from_buffer(buf)
     out = (C.c_uint64 * 3)()
     assert fn(C.addressof(mem), len(buf), bad, 200_000, out) == 0

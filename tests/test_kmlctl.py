@@ -1,7 +1,7 @@
 """kmlctl, the guest tool, on the host: a ring file replaces /dev/kml.
 
 The ring file holds a ring in the kernel's shared layout, laid out by the
-same KML code (``kml.Ring.in_buffer`` over an mmap of the file); the
+same KML code (``Ring.in_buffer`` over an mmap of the file); the
 records come from a small simulated queue whose issue time depends on the
 queue-depth features in a known way, so what the trainer learns can be
 checked against the truth.  Everything runs the real static binary the
@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 
 from kmlbench.build.image import build_kmlctl
-from kmlbench.kml import lib as kml
+from kmlbench.kml.ffi import KmlError, from_q16, to_q16
+from kmlbench.kml.model import Model
+from kmlbench.kml.ring import Ring
 from kmlbench.paths import KML_SRC_DIR, cache_dir
 
 # KML_DD_NR_FEATURES, from the ABI header kmlctl is compiled with
@@ -105,12 +107,12 @@ def simulate(n: int, seed: int) -> np.ndarray:
     rec["met"] = rec["issue_ns"] <= rec["deadline_ns"]
     rec["flags"] = rng.integers(0, 4, n)
     rec["dev"] = (8 << 8) | 16
-    rec["features"] = kml.to_q16(feats)
+    rec["features"] = to_q16(feats)
     return rec
 
 
 def features(rec: np.ndarray) -> np.ndarray:
-    return kml.from_q16(rec["features"][:, :N_FEATURES])
+    return from_q16(rec["features"][:, :N_FEATURES])
 
 
 def target(rec: np.ndarray) -> np.ndarray:
@@ -122,7 +124,7 @@ class RingFile:
     """A ring in the shared layout inside a file, as kmlctl --ring-file maps it."""
 
     path: Path
-    ring: kml.Ring
+    ring: Ring
     mm: mmap.mmap
 
     def push(self, rec: np.ndarray) -> int:
@@ -131,7 +133,7 @@ class RingFile:
 
 def make_ring(path: Path, capacity: int = 1 << 15) -> RingFile:
     """An empty ring of ``capacity`` sample records in a new file."""
-    size = kml.Ring.bytes_needed(capacity, RECORD.itemsize)
+    size = Ring.bytes_needed(capacity, RECORD.itemsize)
     with path.open("wb") as handle:
         handle.truncate(size)
     fd = os.open(path, os.O_RDWR)
@@ -139,7 +141,7 @@ def make_ring(path: Path, capacity: int = 1 << 15) -> RingFile:
         mm = mmap.mmap(fd, size)
     finally:
         os.close(fd)
-    return RingFile(path, kml.Ring.in_buffer(mm, capacity, RECORD.itemsize, "dropping"), mm)
+    return RingFile(path, Ring.in_buffer(mm, capacity, RECORD.itemsize, "dropping"), mm)
 
 
 @pytest.fixture
@@ -219,7 +221,7 @@ def test_trace_sigterm_keeps_what_was_popped(
 
 def test_bad_ring_file_and_device_errors(kmlctl: Path, ring_file: RingFile, tmp_path: Path) -> None:
     model = tmp_path / "m.kml"
-    kml.Model.linear(N_FEATURES).save(model)
+    Model.linear(N_FEATURES).save(model)
     # the ring file is not a device: refused before a byte is written
     before = ring_file.path.read_bytes()
     proc = run(kmlctl, "--dev", ring_file.path, "load", model, check=False)
@@ -264,7 +266,7 @@ def test_train_learns_the_simulated_queue(
     assert summary["stopped_by"] == "max-samples"
 
     # the saved model: loads with the Python binding, predicts unseen requests
-    m = kml.Model.load(model)
+    m = Model.load(model)
     assert m.sizes == ([N_FEATURES, 16, 1] if arch == "mlp" else [N_FEATURES, 1])
     test = simulate(4000, seed=4)
     pred = m.predict(features(test))
@@ -300,7 +302,7 @@ def test_train_warm_start_is_good_from_the_first_window(kmlctl: Path, tmp_path: 
     assert lines[0]["accuracy"] > 0.9  # scored before training on them
     assert warm.read_bytes() != cold.read_bytes()  # and then fine-tuned
     # a model of the wrong shape is refused
-    kml.Model.linear(8).save(tmp_path / "small.kml")
+    Model.linear(8).save(tmp_path / "small.kml")
     proc = run(kmlctl, "train", "--ring-file", second.path, "--warm", tmp_path / "small.kml",
                "--max-samples", "1", check=False)  # fmt: skip
     assert proc.returncode == 1 and "EPROTO" in proc.stderr
@@ -369,7 +371,7 @@ def test_train_publishes_and_stops_on_sigterm(
     assert s["samples"] == "5000" and s["published"] == "5" and s["refused"] == "0"
     assert "Terminated" in s["stopped_by"]
     assert float(s["cpu_pct"]) < 60
-    assert kml.Model.load(published).n_inputs == N_FEATURES
+    assert Model.load(published).n_inputs == N_FEATURES
 
 
 def test_train_refuses_bad_options(kmlctl: Path, ring_file: RingFile, tmp_path: Path) -> None:
@@ -387,7 +389,7 @@ def test_train_refuses_bad_options(kmlctl: Path, ring_file: RingFile, tmp_path: 
         if what is None:
             assert proc.returncode == 0, proc.stderr  # allowed with --ring-file
             assert keyvals(proc.stdout)["published"] == "1"
-            assert kml.Model.load(published).sizes == [N_FEATURES, 16, 1]
+            assert Model.load(published).sizes == [N_FEATURES, 16, 1]
         else:
             assert proc.returncode != 0 and what in proc.stderr, proc.stderr
 
@@ -401,12 +403,12 @@ def test_fault_models_are_refused_by_the_loader(kmlctl: Path, tmp_path: Path) ->
     for kind, err in expect.items():
         out = tmp_path / f"{kind}.kml"
         run(kmlctl, "fault", kind, "--out", out)
-        with pytest.raises(kml.KmlError) as info:
-            kml.Model.load(out)
+        with pytest.raises(KmlError) as info:
+            Model.load(out)
         assert info.value.errno == err, kind
     out = tmp_path / "wrong-shape.kml"
     run(kmlctl, "fault", "wrong-shape", "--out", out)
-    assert kml.Model.load(out).n_inputs != N_FEATURES  # valid, but not for us
+    assert Model.load(out).n_inputs != N_FEATURES  # valid, but not for us
     out = tmp_path / "half.kml"
     run(kmlctl, "fault", "die-mid-update", "--out", out)
     full = (tmp_path / "wrong-shape.kml").stat().st_size
@@ -417,7 +419,7 @@ def test_device_paths_against_a_character_device(kmlctl: Path, tmp_path: Path) -
     """/dev/null stands in for /dev/kml: it takes write() and answers every
     ioctl with ENOTTY, so each command must report the refusal by name."""
     model = tmp_path / "m.kml"
-    kml.Model.mlp(N_FEATURES).save(model)
+    Model.mlp(N_FEATURES).save(model)
     proc = run(kmlctl, "--dev", "/dev/null", "load", model, check=False)
     assert proc.returncode == 1
     assert "refused the model (KML_IOC_COMMIT): ENOTTY" in proc.stderr

@@ -23,8 +23,9 @@ from kmlbench.data.trace import (
     write_csv,
     write_trace,
 )
-from kmlbench.kml import lib as kml
 from kmlbench.kml import train
+from kmlbench.kml.deadline import dd_lg_us
+from kmlbench.kml.model import Model
 
 DATA = Path(__file__).parent / "data"
 # 1500 consecutive samples recorded from a real guest by ``kmlbench trace``
@@ -156,7 +157,7 @@ def test_decision_threshold_calibration() -> None:
     met = r < 0.75
     rows["issue_ns"] = np.where(met, 7_000_000, 9_000_000)
     rows["met"] = met
-    y = (r + kml.dd_lg_us(8_000_000)).astype(np.float32)
+    y = (r + dd_lg_us(8_000_000)).astype(np.float32)
     assert train.calibrate_permille(y, rows) == round(1000 * 2**0.75)
     perfect = train.evaluate(y, rows, permille=round(1000 * 2**0.75))
     assert perfect["accuracy"] == 1.0 and perfect["balanced_accuracy"] == 1.0
@@ -188,7 +189,7 @@ def test_offline_training_on_a_real_trace_beats_the_majority_baseline(
     assert report["decision_permille"] == result.decision_permille
     assert report["holdout"]["accuracy"] == pytest.approx(result.holdout["accuracy"])
     # the file is a KML model with the kernel's shape: NR_FEATURES inputs, 1 output
-    model = kml.Model.load(out)
+    model = Model.load(out)
     assert (model.n_inputs, model.n_outputs) == (NR_FEATURES, 1)
     assert model.sizes == ([NR_FEATURES, 16, 1] if arch == "mlp" else [NR_FEATURES, 1])
     rows = read_trace(FIXTURE)

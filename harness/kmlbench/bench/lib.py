@@ -29,11 +29,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kmlbench import paths, procs
-from kmlbench.kml import lib as kml
+from kmlbench.kml.build import KmlBuildError, build_libkml
+from kmlbench.kml.model import Model
 
 MODELS = ("linear", "mlp")
 IMPLS = ("kml-float", "kml-fixed", "numpy", "torch")
@@ -64,10 +66,10 @@ def _data(model: str) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _kml_model(model: str, dtype: str) -> kml.Model:
+def _kml_model(model: str, dtype: str) -> Model:
     if model == "linear":
-        return kml.Model.linear(N_IN, dtype=dtype)
-    return kml.Model.mlp(N_IN, hidden=[HIDDEN], activation="relu", output="sigmoid", dtype=dtype)
+        return Model.linear(N_IN, dtype=dtype)
+    return Model.mlp(N_IN, hidden=[HIDDEN], activation="relu", output="sigmoid", dtype=dtype)
 
 
 # ------------------------------------------------------------------ KML
@@ -178,10 +180,18 @@ def bench_numpy(model: str, quick: bool) -> tuple[dict, dict]:
 # ---------------------------------------------------------------- torch
 
 
-def bench_torch(model: str, quick: bool) -> tuple[dict, dict] | None:
+def _torch() -> Any:
+    """The torch module, or None when PyTorch is not installed."""
     try:
-        import torch
+        import torch  # late: optional, and importing it takes seconds
     except ImportError:
+        return None
+    return torch
+
+
+def bench_torch(model: str, quick: bool) -> tuple[dict, dict] | None:
+    torch = _torch()
+    if torch is None:
         return None
     torch.set_num_threads(1)
     X, y = _data(model)
@@ -270,12 +280,12 @@ def find_kernel_kml(explicit: Path | None = None) -> Path | None:
 
 def footprint(kernel_build: Path | None) -> tuple[dict, str | None]:
     """``footprint_bytes`` (all values ints or None) and the kernel object measured."""
-    so = kml.build_libkml()
+    so = build_libkml()
     kobj = find_kernel_kml(kernel_build)
     loaded = {}
     for model in MODELS:
         m = _kml_model(model, "float32")
-        loaded[model] = kml.Model.from_bytes(m.to_bytes()).footprint_bytes
+        loaded[model] = Model.from_bytes(m.to_bytes()).footprint_bytes
     return {
         "libkml_so": so.stat().st_size,
         "kernel_kml": _size_text_data(kobj) if kobj else None,
@@ -299,12 +309,8 @@ def run(quick: bool = False, kernel_build: Path | None = None) -> dict:
             inference[model]["torch"] = training[model]["torch"] = None
         else:
             inference[model]["torch"], training[model]["torch"] = t
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
+    torch = _torch()
+    torch_version = None if torch is None else torch.__version__
     fp, kobj = footprint(kernel_build)
     return {
         "inference_ns": inference,
@@ -388,7 +394,7 @@ def command(args: argparse.Namespace) -> int:
     """``kmlbench bench lib``: run the benchmark and print a table or JSON."""
     try:
         res = run(quick=args.quick, kernel_build=args.kernel_build)
-    except kml.KmlBuildError as exc:
+    except KmlBuildError as exc:
         print(f"bench lib: {exc}", file=sys.stderr)
         return 2
     if args.json:

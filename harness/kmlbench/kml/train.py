@@ -1,7 +1,7 @@
 """``kmlbench train``: fit a deadline model offline from recorded traces.
 
 The model is trained with the user-space build of the very KML sources the
-kernel runs (:mod:`kmlbench.kml.lib`), and saved in KML's file format, so the
+kernel runs (:mod:`kmlbench.kml.model`), and saved in KML's file format, so the
 file is what ``model_file:`` in a matrix uploads and ``kmlctl load``
 publishes into the kernel. The conventions are those of the in-guest
 trainers (``kmlctl train`` and the kernel trainer), so a model trained here
@@ -18,7 +18,7 @@ means the same thing there:
   for the matrix's ``decision_permille``.
 
 The target and the calibration are KML's (``kernel/kml/kml_dd_calib.h``,
-through :mod:`kmlbench.kml.lib`): the code the kernel trainer and ``kmlctl
+through :mod:`kmlbench.kml.deadline`): the code the kernel trainer and ``kmlctl
 train`` run, so the same samples give the same targets and threshold.
 
 The holdout is the **last** fraction of each trace in insert order, not a
@@ -39,6 +39,8 @@ import numpy as np
 
 from kmlbench.data import kmlstats
 from kmlbench.data.trace import NR_FEATURES, Q16, TraceError, load_trace
+from kmlbench.kml.deadline import dd_cal_fit, dd_permille, dd_residuals, dd_targets
+from kmlbench.kml.model import Model
 
 ARCHS = ("mlp", "linear")
 
@@ -50,9 +52,7 @@ def inputs(rows: np.ndarray, n_features: int) -> np.ndarray:
 
 def targets(rows: np.ndarray) -> np.ndarray:
     """Training target: ``log2(1 + issue time in us)``, float32, by ``kml_dd_targets``."""
-    from kmlbench.kml import lib as kml
-
-    return kml.dd_targets(rows)
+    return dd_targets(rows)
 
 
 def predicted_issue_us(y: np.ndarray) -> np.ndarray:
@@ -84,10 +84,8 @@ def calibrate_permille(y_pred: np.ndarray, rows: np.ndarray) -> int:
     residuals; here it sees every row. 1000 (the deadline) while met or
     missed has fewer than 32 rows.
     """
-    from kmlbench.kml import lib as kml
-
-    thr = kml.dd_cal_fit(kml.dd_residuals(y_pred, rows))
-    return 1000 if thr is None else kml.dd_permille(thr)
+    thr = dd_cal_fit(dd_residuals(y_pred, rows))
+    return 1000 if thr is None else dd_permille(thr)
 
 
 def evaluate(y_pred: np.ndarray, rows: np.ndarray, permille: int = 1000) -> dict[str, Any]:
@@ -151,8 +149,6 @@ def train_model(
     dtype: str = "float32",
 ) -> TrainResult:
     """Train on ``traces``, write the model to ``output``; TraceError/ValueError on bad input."""
-    from kmlbench.kml.lib import Model
-
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
     if not 0 <= holdout < 1:

@@ -204,7 +204,9 @@ class RunDir:
         atomic_write(path, data)
         return path
 
-    def record_cell(self, cell: Cell, status: str, metrics: dict[str, Any], extra: dict[str, Any]) -> None:
+    def record_cell(
+        self, cell: Cell, status: str, metrics: dict[str, Any], extra: dict[str, Any]
+    ) -> None:
         """Write ``cells/<id>/cell.json`` atomically, then rebuild ``summary.json``.
 
         Call it last for a cell, after its artefacts: a cell with a
