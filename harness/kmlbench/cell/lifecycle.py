@@ -62,7 +62,8 @@ from kmlbench.cell.context import (
 from kmlbench.guest.console import ConsoleEvent, status_for
 from kmlbench.guest.qemu import Guest, GuestConfig, GuestError
 from kmlbench.guest.ssh import SSHKeys
-from kmlbench.plan.matrix import Cell, Matrix
+from kmlbench.plan.cells import Cell
+from kmlbench.plan.matrix import Matrix
 
 
 @dataclass

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench.files import atomic_write
-from kmlbench.plan.matrix import Cell
+from kmlbench.plan.cells import Cell
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "timeout", "panic", "boot-failure", "infra-error")

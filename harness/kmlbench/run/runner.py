@@ -46,14 +46,9 @@ from kmlbench.data.stats import needs_more_repeats
 from kmlbench.guest import qemu
 from kmlbench.guest.ssh import SSHKeys
 from kmlbench.hashing import sha256_file
-from kmlbench.plan.matrix import (
-    Cell,
-    Matrix,
-    MatrixError,
-    cell_id,
-    config_hash,
-    load_matrix,
-)
+from kmlbench.plan.cells import Cell, cell_id, config_hash
+from kmlbench.plan.matrix import Matrix, load_matrix
+from kmlbench.plan.source import MatrixError
 from kmlbench.progress import Progress
 from kmlbench.run.host import choose_accel, git_revision, host_description
 from kmlbench.run.results import STATUSES, RunDir
