@@ -15,7 +15,8 @@ import pytest
 from kmlbench import paths
 from kmlbench.plan.cells import Cell
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.run.results import RUN_ID_RE, STATUSES, RunDir, make_run_id
+from kmlbench.run.results import RUN_ID_RE, RunDir, make_run_id
+from kmlbench.status import STATUSES
 
 SMOKE = paths.WORKLOADS_DIR / "smoke.yaml"
 

@@ -49,6 +49,14 @@ from kmlbench.build.image import READY_MARKER
 from kmlbench.clock import icount_arg, kernel_append, tcg_cpu
 from kmlbench.guest.console import ConsoleEvent, classify_line, status_for
 from kmlbench.guest.ssh import CommandResult, CommandTimeout, GuestSSH, SSHError, SSHKeys
+from kmlbench.status import (
+    BOOT_FAILURE,
+    FAILED,
+    INFRA_ERROR,
+    PANIC,
+    STATUSES,
+    TIMEOUT,
+)
 
 QEMU = "qemu-system-x86_64"
 QBOOT = Path("/usr/share/qemu/qboot.rom")
@@ -56,7 +64,6 @@ BASE_APPEND = "console=ttyS0 panic=-1 printk.time=1 random.trust_cpu=on"
 # A hostfwd port taken between free_port() and QEMU's bind makes QEMU exit
 # at once; such an attempt is retried on another port.
 PORT_ATTEMPTS = 3
-STATUSES = ("ok", "failed", "timeout", "panic", "boot-failure", "infra-error")
 
 __all__ = [
     "CommandResult",
@@ -95,7 +102,7 @@ class GuestConfig:
 
 
 class GuestError(Exception):
-    """The guest failed; ``status`` is one of results.STATUSES (never "ok")."""
+    """The guest failed; ``status`` is one of :data:`kmlbench.status.STATUSES` (never ok)."""
 
     def __init__(self, status: str, message: str, events: list[ConsoleEvent] | None = None):
         assert status in STATUSES, status
@@ -242,7 +249,7 @@ class Guest:
                 stderr=subprocess.PIPE, die_with_parent=True,
             )  # fmt: skip
         except OSError as exc:
-            raise GuestError("infra-error", f"cannot start {QEMU}: {exc}") from exc
+            raise GuestError(INFRA_ERROR, f"cannot start {QEMU}: {exc}") from exc
         with _LIVE_LOCK:
             _LIVE.add(self)
         proc = self.proc
@@ -270,7 +277,7 @@ class Guest:
                 raise self._exit_error("QEMU exited during boot")
             if time.monotonic() > deadline:
                 raise GuestError(
-                    "boot-failure",
+                    BOOT_FAILURE,
                     f"not ready after {self.cfg.boot_timeout_s:g}s ({last_error})",
                     self.events(),
                 )
@@ -280,7 +287,7 @@ class Guest:
                     ssh.connect(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
                 except SSHError as exc:
                     if "mismatch" in str(exc):
-                        raise GuestError("infra-error", str(exc), self.events()) from exc
+                        raise GuestError(INFRA_ERROR, str(exc), self.events()) from exc
                     last_error = str(exc)
                     time.sleep(0.1)
                     continue
@@ -293,12 +300,12 @@ class Guest:
         code = self.proc.returncode if self.proc is not None else None
         stderr = " | ".join(self._stderr[-5:])
         detail = f"{what} (exit {code})" + (f": {stderr}" if stderr else "")
-        if status_for(events) == "panic" or any(e.kind == "panic" for e in events):
-            return GuestError("panic", detail, events)
+        if status_for(events) == PANIC or any(e.kind == "panic" for e in events):
+            return GuestError(PANIC, detail, events)
         if not self._ready.is_set():
-            status = "infra-error" if not self._lines else "boot-failure"
+            status = INFRA_ERROR if not self._lines else BOOT_FAILURE
             return GuestError(status, detail, events)
-        return GuestError("failed", detail, events)
+        return GuestError(FAILED, detail, events)
 
     def kill(self) -> None:
         """Kill QEMU's whole process group now (idempotent, thread-safe)."""
@@ -373,7 +380,7 @@ class Guest:
             with self._lock:
                 self._events.append(event)
             if event.kind == "panic" and self._failure is None:
-                self._failure = GuestError("panic", event.excerpt, self.events())
+                self._failure = GuestError(PANIC, event.excerpt, self.events())
                 # Give the kernel a moment to print the backtrace, then kill.
                 timer = threading.Timer(2.0, self.kill)
                 timer.daemon = True
@@ -395,7 +402,7 @@ class Guest:
             silent = time.monotonic() - self._last_output
             if silent > self.cfg.silence_timeout_s and self._failure is None:
                 self._failure = GuestError(
-                    "timeout", f"no console output for {silent:.0f}s", self.events()
+                    TIMEOUT, f"no console output for {silent:.0f}s", self.events()
                 )
                 self.kill()
             time.sleep(0.5)
@@ -420,9 +427,9 @@ class Guest:
 
     def _after(self) -> None:
         """A fatal console event during the command fails it, even if it 'succeeded'."""
-        if status_for(self.events()) == "panic":
+        if status_for(self.events()) == PANIC:
             time.sleep(0.5)  # let the rest of the trace reach the log
-            raise GuestError("panic", self.events()[0].excerpt, self.events())
+            raise GuestError(PANIC, self.events()[0].excerpt, self.events())
         self._check()
 
     def _ssh_failed(self, exc: SSHError) -> GuestError:
@@ -437,9 +444,9 @@ class Guest:
         if self._exited.is_set():
             self._reader_drain()
             return self._exit_error(f"QEMU exited: {exc}")
-        if status_for(self.events()) == "panic":
-            return GuestError("panic", str(exc), self.events())
-        return GuestError("infra-error", str(exc), self.events())
+        if status_for(self.events()) == PANIC:
+            return GuestError(PANIC, str(exc), self.events())
+        return GuestError(INFRA_ERROR, str(exc), self.events())
 
     def run(self, cmd: str, timeout: float) -> CommandResult:
         """Run a shell command in the guest; GuestError on timeout, crash or lost guest."""
@@ -450,7 +457,7 @@ class Guest:
         except CommandTimeout as exc:
             if self._failure is not None:
                 raise self._failure from exc
-            raise GuestError("timeout", str(exc), self.events()) from exc
+            raise GuestError(TIMEOUT, str(exc), self.events()) from exc
         except SSHError as exc:
             raise self._ssh_failed(exc) from exc
         self._after()
@@ -463,7 +470,7 @@ class Guest:
         try:
             self.ssh.put(remote_path, data, mode)
         except CommandTimeout as exc:
-            raise GuestError("timeout", str(exc), self.events()) from exc
+            raise GuestError(TIMEOUT, str(exc), self.events()) from exc
         except SSHError as exc:
             raise self._ssh_failed(exc) from exc
         self._after()

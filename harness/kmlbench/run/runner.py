@@ -51,7 +51,8 @@ from kmlbench.plan.matrix import Matrix, load_matrix
 from kmlbench.plan.source import MatrixError
 from kmlbench.progress import Progress
 from kmlbench.run.host import choose_accel, git_revision, host_description
-from kmlbench.run.results import STATUSES, RunDir
+from kmlbench.run.results import RunDir
+from kmlbench.status import OK, STATUSES
 
 
 def _kernel_request(matrix: Matrix, variant: str) -> KernelRequest:
@@ -187,7 +188,7 @@ def main_run(
     statuses; ``run_id`` names a new run instead of the time-based id.
     """
     unknown = sorted(set(retry) - set(STATUSES))
-    if unknown or "ok" in retry:
+    if unknown or OK in retry:
         print(f"kmlbench: --retry takes statuses other than ok, not {', '.join(unknown or ['ok'])}")
         return 2
     if retry and not resume:
@@ -401,7 +402,7 @@ def execute(
                 run.write_manifest(manifest)
             progress.finish_cell(cell.id, outcome.status, outcome.extra["timings"]["total_s"])
             ran += 1
-            if outcome.status != "ok":
+            if outcome.status != OK:
                 not_ok += 1
                 print(
                     f"kmlbench: cell {cell.id}: {outcome.status}: {outcome.extra.get('error', '')}"
@@ -457,7 +458,7 @@ def adaptive_round(matrix: Matrix, records: dict[str, dict[str, Any]], round_no:
     for key, cell in representatives.items():
         done = by_config.get(key, [])
         samples = [
-            r["metrics"][metric] for r in done if r["status"] == "ok" and metric in r["metrics"]
+            r["metrics"][metric] for r in done if r["status"] == OK and metric in r["metrics"]
         ]
         if not samples or len(done) >= cap:
             continue
