@@ -179,7 +179,7 @@ def _accel(choice: str, kernel: Path, initrd: Path) -> str:
     if choice != "auto":
         return choice
     from kmlbench import paths
-    from kmlbench.guest.qemu import probe_kvm
+    from kmlbench.guest.kvm import probe_kvm
 
     probe = probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
     return "kvm" if probe.usable else "tcg"
@@ -212,7 +212,8 @@ def command(args: argparse.Namespace) -> int:
 
     from kmlbench import paths
     from kmlbench.build import image, kernel
-    from kmlbench.guest.qemu import Guest, GuestConfig, GuestError
+    from kmlbench.guest.command import GuestConfig
+    from kmlbench.guest.qemu import Guest, GuestError
     from kmlbench.guest.ssh import SSHKeys
 
     out = args.out or (paths.results_dir() / "kunit" / time.strftime("%Y%m%d-%H%M%S"))

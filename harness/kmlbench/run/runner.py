@@ -43,7 +43,7 @@ from kmlbench.cell.lifecycle import CellOutcome, run_cell, run_shared_boot
 from kmlbench.clock import KVM_REFUSED, clock_label, clock_meaning, clock_of, clock_record
 from kmlbench.data import db, fio
 from kmlbench.data.stats import needs_more_repeats
-from kmlbench.guest import qemu
+from kmlbench.guest.command import qemu_version
 from kmlbench.guest.ssh import SSHKeys
 from kmlbench.hashing import sha256_file
 from kmlbench.plan.cells import Cell, cell_id, config_hash
@@ -282,7 +282,7 @@ def execute(
                 "content": matrix.raw,
             },
             "host": host_description(),
-            "qemu": {"version": qemu.qemu_version()},
+            "qemu": {"version": qemu_version()},
             "host_fio_version": fio.fio_version(),
         }
     )
