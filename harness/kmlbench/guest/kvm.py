@@ -130,7 +130,7 @@ def _run_kvm_probe(timeout_s: float, kernel: Path | None, initrd: Path | None) -
 
         def reader() -> None:
             assert proc.stdout is not None
-            for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
+            for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr,attr-defined]
                 seen.extend(chunk)
                 if marker in seen:
                     found.set()

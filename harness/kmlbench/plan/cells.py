@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from kmlbench.plan.schema import DEFAULT_VARIANT, DEVICE_SLUGS, MODEL_SLUGS, SCHEDULER_SLUGS
 
@@ -27,7 +28,7 @@ class Cell:
 
     id: str
     repeat: int
-    params: dict
+    params: dict[str, Any]
     kernel_variant: str
 
     def __hash__(self) -> int:  # params is a dict; the id already identifies the cell
@@ -39,16 +40,16 @@ class Cell:
         return config_hash(self.params)
 
 
-def canonical_json(params: dict) -> str:
+def canonical_json(params: dict[str, Any]) -> str:
     """The byte-stable form of params that cell ids hash."""
     return json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def config_hash(params: dict) -> str:
+def config_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(params).encode()).hexdigest()[:8]
 
 
-def cell_id(params: dict, repeat: int) -> str:
+def cell_id(params: dict[str, Any], repeat: int) -> str:
     """``<template>-<device>-<scheduler>[-<model>][-<variant>]-<hash8>-r<repeat>``.
 
     The readable part is for humans scanning a results folder; the hash of
@@ -66,9 +67,11 @@ def cell_id(params: dict, repeat: int) -> str:
     return "-".join([*parts, config_hash(params), f"r{repeat}"])
 
 
-def _run_order(configs: list[dict], repeat: int, rng: random.Random) -> list[tuple[dict, int]]:
+def _run_order(
+    configs: list[dict[str, Any]], repeat: int, rng: random.Random
+) -> list[tuple[dict[str, Any], int]]:
     """Shuffled rounds, one per repeat; never the same config twice in a row."""
-    order: list[tuple[dict, int]] = []
+    order: list[tuple[dict[str, Any], int]] = []
     for r in range(repeat):
         round_ = list(configs)
         rng.shuffle(round_)
@@ -79,7 +82,9 @@ def _run_order(configs: list[dict], repeat: int, rng: random.Random) -> list[tup
     return order
 
 
-def ordered_cells(by_variant: dict[str, list[dict]], repeat: int, seed: int) -> list[Cell]:
+def ordered_cells(
+    by_variant: dict[str, list[dict[str, Any]]], repeat: int, seed: int
+) -> list[Cell]:
     """Every configuration ``repeat`` times, in run order.
 
     Variants keep their order (one kernel build, one group); one RNG seeded

@@ -64,12 +64,12 @@ class Matrix:
     name: str
     seed: int
     repeat: int
-    kernel_source: str | dict
+    kernel_source: str | dict[str, Any]
     kernel_variants: dict[str, list[Path]]
-    guest: dict
-    raw: dict
+    guest: dict[str, Any]
+    raw: dict[str, Any]
     cells: list[Cell] = field(default_factory=list)
-    adaptive: dict | None = None  # resolved ADAPTIVE_FIELDS, or None when off
+    adaptive: dict[str, Any] | None = None  # resolved ADAPTIVE_FIELDS, or None when off
 
 
 # --------------------------------------------------------------------------
@@ -99,7 +99,9 @@ def _portable(path: Path) -> str:
         return str(path)
 
 
-def _kernel_source(src: Source, key: str, value: Any, base_dir: Path) -> tuple[str | dict, Any]:
+def _kernel_source(
+    src: Source, key: str, value: Any, base_dir: Path
+) -> tuple[str | dict[str, Any], Any]:
     """(what kernel.py uses: absolute path for a local source, what params record)."""
     if value == "debian":
         return "debian", "debian"
@@ -158,14 +160,14 @@ def _kernel_axis(
 
 def _typed_entries(
     src: Source,
-    entries: list,
+    entries: list[Any],
     key: str,
     selector: str,
     schemas: dict[str, dict[str, Field]],
     noun: str,
     unknown: Callable[[str], str],
     foreign: Callable[[str, str], str],
-) -> list[tuple[dict, str]]:
+) -> list[tuple[dict[str, Any], str]]:
     """Entries of an axis whose ``selector`` (device ``type``, scheduler
     ``name``) picks the schema of the entry's other fields.
 
@@ -199,7 +201,7 @@ def _typed_entries(
     return out
 
 
-def _device_entries(src: Source, entries: list, key: str) -> list[tuple[dict, str]]:
+def _device_entries(src: Source, entries: list[Any], key: str) -> list[tuple[dict[str, Any], str]]:
     return _typed_entries(
         src,
         entries,
@@ -212,7 +214,9 @@ def _device_entries(src: Source, entries: list, key: str) -> list[tuple[dict, st
     )
 
 
-def _scheduler_entries(src: Source, entries: list, key: str) -> list[tuple[dict, str]]:
+def _scheduler_entries(
+    src: Source, entries: list[Any], key: str
+) -> list[tuple[dict[str, Any], str]]:
     return _typed_entries(
         src,
         entries,
@@ -227,7 +231,7 @@ def _scheduler_entries(src: Source, entries: list, key: str) -> list[tuple[dict,
 
 def _model_entries(
     src: Source, entries: Any, key: str, base_dir: Path
-) -> list[tuple[dict, str]] | None:
+) -> list[tuple[dict[str, Any], str]] | None:
     """The model axis, or None when the matrix has none (stock kernel behaviour).
 
     Each entry is reduced to what it changes: ``mode: off`` records only the
@@ -241,7 +245,7 @@ def _model_entries(
         return None
     if not isinstance(entries, list) or not entries:
         raise src.error(key, "must be a non-empty list of {mode, trainer, ...} mappings")
-    out: list[tuple[dict, str]] = []
+    out: list[tuple[dict[str, Any], str]] = []
     seen: set[str] = set()
     for i, raw in enumerate(entries):
         ekey = f"{key}[{i}]"
@@ -286,8 +290,8 @@ def _model_entries(
 
 
 def _workload_entries(
-    src: Source, entries: list, key: str, templates_dir: Path
-) -> list[tuple[dict, str, dict[str, str]]]:
+    src: Source, entries: list[Any], key: str, templates_dir: Path
+) -> list[tuple[dict[str, Any], str, dict[str, str]]]:
     out = []
     for i, raw in enumerate(entries):
         ekey = f"{key}[{i}]"
@@ -314,7 +318,7 @@ def _workload_entries(
     return out
 
 
-def _exclusions(src: Source, value: Any) -> list[tuple[str, dict[tuple[str, str], list]]]:
+def _exclusions(src: Source, value: Any) -> list[tuple[str, dict[tuple[str, str], list[Any]]]]:
     """Each entry: (its key path, {(axis, field): allowed values})."""
     if value is None:
         return []
@@ -337,7 +341,7 @@ def _exclusions(src: Source, value: Any) -> list[tuple[str, dict[tuple[str, str]
         entry = mapping(src, ekey, raw)
         if not entry:
             raise src.error(ekey, "empty exclusion would drop every cell")
-        rule: dict[tuple[str, str], list] = {}
+        rule: dict[tuple[str, str], list[Any]] = {}
         for dotted, wanted in entry.items():
             kkey = f"{ekey}.{dotted}"
             axis, _, fname = dotted.partition(".")
@@ -355,7 +359,7 @@ def _exclusions(src: Source, value: Any) -> list[tuple[str, dict[tuple[str, str]
     return out
 
 
-def _excluded(params: dict, rule: dict[tuple[str, str], list]) -> bool:
+def _excluded(params: dict[str, Any], rule: dict[tuple[str, str], list[Any]]) -> bool:
     return all(
         fname in params.get(axis, {}) and params[axis][fname] in allowed
         for (axis, fname), allowed in rule.items()
@@ -456,7 +460,7 @@ def load_matrix(
                 )
 
     used_rules: set[str] = set()
-    by_variant: dict[str, list[dict]] = {}
+    by_variant: dict[str, list[dict[str, Any]]] = {}
     seen: dict[str, str] = {}
     for vname, frags in variants.items():
         kparams = {
@@ -464,10 +468,13 @@ def load_matrix(
             "source": copy.deepcopy(source_for_params),
             "fragments": [_portable(f) for f in frags],
         }
-        configs: list[dict] = []
+        configs: list[dict[str, Any]] = []
         collapsed: set[str] = set()
+        model_axis: list[tuple[dict[str, Any] | None, str]] = [(None, "")]
+        if models:
+            model_axis = list(models)
         for (device, dkey), (sched, skey), (workload, wkey, _), (model, mkey) in itertools.product(
-            devices, schedulers, workloads, models or [(None, "")]
+            devices, schedulers, workloads, model_axis
         ):
             params = copy.deepcopy(
                 {"kernel": kparams, "device": device, "scheduler": sched, "workload": workload}

@@ -192,7 +192,7 @@ def typed(src: Source, key: str, value: Any, spec: Field) -> Any:
     return value
 
 
-def mapping(src: Source, key: str, value: Any) -> dict:
+def mapping(src: Source, key: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise src.error(key, f"must be a mapping, got {type(value).__name__}")
     for k in value:
@@ -226,7 +226,7 @@ def resolve_fields(
     return out
 
 
-def reject_unknown(src: Source, key: str, entry: dict, allowed: Any, what: str) -> None:
+def reject_unknown(src: Source, key: str, entry: dict[str, Any], allowed: Any, what: str) -> None:
     for k in entry:
         if k not in allowed:
             raise src.error(
@@ -236,7 +236,7 @@ def reject_unknown(src: Source, key: str, entry: dict, allowed: Any, what: str) 
 
 
 def expand(
-    src: Source, key: str, entry: dict, no_expand: set[str]
+    src: Source, key: str, entry: dict[str, Any], no_expand: set[str]
 ) -> Iterator[tuple[dict[str, Any], dict[str, str]]]:
     """Yield one (values, key paths) pair per combination of list-valued fields."""
     options: list[list[tuple[str, Any, str]]] = []
