@@ -17,8 +17,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.console import ConsoleEvent
-from kmlbench.guest.qemu import GuestConfig, GuestError
+from kmlbench.guest.qemu import GuestError
 from kmlbench.guest.ssh import CommandResult
 
 # A fio json+ report with one job that did 1000 reads in 1 s.

@@ -37,7 +37,8 @@ from kmlbench.cell import device as device_mod
 from kmlbench.cell import guest_paths
 from kmlbench.cell import model as model_mod
 from kmlbench.cell import workload as workload_mod
-from kmlbench.plan.matrix import MODEL_SCHEDULER, load_matrix
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.plan.schema import MODEL_SCHEDULER
 
 GOLDEN = Path(__file__).parent / "data" / "guest-scripts.golden.json"
 GOLDEN_REV = "9c3e592"

@@ -8,8 +8,8 @@ import pytest
 
 from kmlbench.cell import device, model
 from kmlbench.cell.guest_paths import BlockDevice, DeviceError, block_device
-from kmlbench.plan import matrix
-from kmlbench.plan.matrix import DEVICE_TYPES, MODEL_FIELDS
+from kmlbench.plan import schema
+from kmlbench.plan.schema import DEVICE_TYPES, MODEL_FIELDS
 
 
 def _choices(check: object) -> tuple[str, ...]:
@@ -24,13 +24,13 @@ def _choices(check: object) -> tuple[str, ...]:
 @pytest.mark.parametrize(
     ("constant", "check"),
     [
-        (matrix.NULL_BLK_IRQMODES, DEVICE_TYPES["null_blk"]["irqmode"].check),
-        (tuple(map(str, matrix.NULL_BLK_BLOCKSIZES)), DEVICE_TYPES["null_blk"]["blocksize"].check),
-        (matrix.VIRTIO_CACHE_MODES, DEVICE_TYPES["virtio"]["cache"].check),
-        (matrix.RING_MODES, MODEL_FIELDS["ring_mode"].check),
-        (matrix.SAMPLE_FILTERS, MODEL_FIELDS["sample_filter"].check),
-        (matrix.TRAINERS, MODEL_FIELDS["trainer"].check),
-        (matrix.MODEL_MODES, MODEL_FIELDS["mode"].check),
+        (schema.NULL_BLK_IRQMODES, DEVICE_TYPES["null_blk"]["irqmode"].check),
+        (tuple(map(str, schema.NULL_BLK_BLOCKSIZES)), DEVICE_TYPES["null_blk"]["blocksize"].check),
+        (schema.VIRTIO_CACHE_MODES, DEVICE_TYPES["virtio"]["cache"].check),
+        (schema.RING_MODES, MODEL_FIELDS["ring_mode"].check),
+        (schema.SAMPLE_FILTERS, MODEL_FIELDS["sample_filter"].check),
+        (schema.TRAINERS, MODEL_FIELDS["trainer"].check),
+        (schema.MODEL_MODES, MODEL_FIELDS["mode"].check),
     ],
 )
 def test_the_named_choices_are_the_ones_the_matrix_checks(constant: tuple, check: object) -> None:
@@ -44,9 +44,9 @@ def test_cell_takes_its_vocabulary_from_the_matrix() -> None:
         "size_mib": 1024, "irqmode": "timer", "blocksize": 4096,
     }  # fmt: skip
     assert device.VIRTIO_DEFAULTS == {"size_mib": 1024, "cache": "none", "num_queues": 1}
-    assert device.QUEUE_ATTRS == {"nr_requests"} == set(matrix.QUEUE_FIELDS)
+    assert device.QUEUE_ATTRS == {"nr_requests"} == set(schema.QUEUE_FIELDS)
     assert model.KML_MODES == ("observe", "active")
-    assert matrix.TRAINERS[0] == MODEL_FIELDS["trainer"].default == "none"
+    assert schema.TRAINERS[0] == MODEL_FIELDS["trainer"].default == "none"
 
 
 # --- block devices: /dev/nullb0 and nullb0 are one device, with one sysfs path ---------

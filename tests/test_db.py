@@ -25,7 +25,7 @@ import pytest
 
 from kmlbench import cli
 from kmlbench.data import db, stats
-from kmlbench.plan.matrix import Cell, cell_id
+from kmlbench.plan.cells import Cell, cell_id
 from kmlbench.report import report
 from kmlbench.run.results import RunDir
 
@@ -351,12 +351,12 @@ def test_kmlbench_import_through_the_cli(run_dir: Path, ingested: Path, tmp_path
 
 def test_config_hash_is_the_matrix_hash() -> None:
     """db.config_hash is matrix's, also for non-ASCII values (a kernel fragment's name)."""
-    from kmlbench.plan import matrix
+    from kmlbench.plan import cells
 
     params = report.host_params("mq-deadline")
     params["kernel"]["fragments"] = ["débogage.config"]
-    assert db.config_hash(params) == matrix.config_hash(params)
-    assert db.config_hash is matrix.config_hash
+    assert db.config_hash(params) == cells.config_hash(params)
+    assert db.config_hash is cells.config_hash
 
 
 def test_fio_histograms_merge_jobs(tmp_path: Path) -> None:

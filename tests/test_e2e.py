@@ -22,7 +22,7 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.run.results import STATUSES
+from kmlbench.status import STATUSES
 
 pytestmark = pytest.mark.kernel
 

@@ -30,7 +30,7 @@ from kmlbench.data.fio import (
     percentile_from_bins,
     render_job,
 )
-from kmlbench.plan.matrix import WORKLOAD_FIELDS
+from kmlbench.plan.schema import WORKLOAD_FIELDS
 
 FIO = shutil.which("fio") or "/usr/bin/fio"
 pytestmark = pytest.mark.skipif(not os.path.exists(FIO), reason="fio is not installed")

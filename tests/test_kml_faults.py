@@ -39,8 +39,9 @@ from kmlbench.cell import device, guest_paths
 from kmlbench.cell import model as kml_model
 from kmlbench.data import kmlstats
 from kmlbench.guest import console
-from kmlbench.guest.qemu import CommandResult, Guest, GuestConfig
-from kmlbench.guest.ssh import SSHKeys
+from kmlbench.guest.command import GuestConfig
+from kmlbench.guest.qemu import Guest
+from kmlbench.guest.ssh import CommandResult, SSHKeys
 from kmlbench.kml.model import Model
 
 pytestmark = pytest.mark.kernel

@@ -89,7 +89,7 @@ _RECORD_FIELDS = {"schema_version", "id", "repeat", "kernel_variant", "params", 
 
 
 def _cell(record: dict):
-    from kmlbench.plan.matrix import Cell
+    from kmlbench.plan.cells import Cell
 
     return Cell(record["id"], record["repeat"], record["params"], record["kernel_variant"])
 

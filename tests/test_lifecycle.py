@@ -22,7 +22,8 @@ import pytest
 from fake_guest import TRACE, TRAINED, Fail, FakeBoots
 from kmlbench import paths
 from kmlbench.cell.lifecycle import CellOutcome, run_cell, run_shared_boot
-from kmlbench.plan.matrix import Cell, Matrix, load_matrix
+from kmlbench.plan.cells import Cell
+from kmlbench.plan.matrix import Matrix, load_matrix
 
 SHIPPED = paths.WORKLOADS_DIR / "models" / "deadline.kmlm"
 MATRIX = """\

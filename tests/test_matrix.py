@@ -11,15 +11,9 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
-from kmlbench.plan.matrix import (
-    DEVICE_TYPES,
-    QUEUE_FIELDS,
-    SCHEDULERS,
-    WORKLOAD_FIELDS,
-    Matrix,
-    MatrixError,
-    load_matrix,
-)
+from kmlbench.plan.matrix import Matrix, load_matrix
+from kmlbench.plan.schema import DEVICE_TYPES, QUEUE_FIELDS, SCHEDULERS, WORKLOAD_FIELDS
+from kmlbench.plan.source import MatrixError
 
 BASE = """\
 name: t

@@ -9,7 +9,8 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.cell import device
-from kmlbench.plan.matrix import MatrixError, load_matrix
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.plan.source import MatrixError
 
 HEAD = """\
 name: t

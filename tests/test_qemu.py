@@ -24,14 +24,9 @@ from types import SimpleNamespace
 import pytest
 
 from kmlbench.build.image import make_guest_initrd
-from kmlbench.guest.qemu import (
-    Guest,
-    GuestConfig,
-    GuestError,
-    build_command_line,
-    probe_kvm,
-    qemu_version,
-)
+from kmlbench.guest.command import GuestConfig, build_command_line, qemu_version
+from kmlbench.guest.kvm import probe_kvm
+from kmlbench.guest.qemu import Guest, GuestError
 from kmlbench.guest.ssh import GuestSSH, SSHError, SSHKeys
 from kmlbench.paths import REPO_ROOT
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
-from kmlbench.plan.matrix import Cell, load_matrix
-from kmlbench.run.results import RUN_ID_RE, STATUSES, RunDir, make_run_id
+from kmlbench.plan.cells import Cell
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.run.results import RUN_ID_RE, RunDir, make_run_id
+from kmlbench.status import STATUSES
 
 SMOKE = paths.WORKLOADS_DIR / "smoke.yaml"
 

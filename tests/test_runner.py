@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.plan.matrix import MatrixError, load_matrix
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.plan.source import MatrixError
 from kmlbench.run.runner import adaptive_round
 
 MATRIX = """\

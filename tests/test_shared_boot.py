@@ -20,7 +20,8 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.build.kernel import KernelBuild
-from kmlbench.plan.matrix import MatrixError, load_matrix
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.plan.source import MatrixError
 from kmlbench.run import runner
 
 SHIPPED = paths.WORKLOADS_DIR / "models" / "deadline.kmlm"

@@ -26,7 +26,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-STATUS_STYLES = {"ok": "green", "failed": "red", "panic": "bold red", "timeout": "yellow"}
+from kmlbench.status import FAILED, OK, PANIC, TIMEOUT
+
+STATUS_STYLES = {OK: "green", FAILED: "red", PANIC: "bold red", TIMEOUT: "yellow"}
 
 
 def format_duration(seconds: float | None) -> str:

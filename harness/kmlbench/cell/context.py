@@ -20,10 +20,11 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from kmlbench.cell.guest_paths import BlockDevice
+from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.console import ConsoleEvent
-from kmlbench.guest.qemu import GuestConfig
 from kmlbench.guest.ssh import SSHKeys
-from kmlbench.plan.matrix import Cell, Matrix
+from kmlbench.plan.cells import Cell
+from kmlbench.plan.matrix import Matrix
 
 
 class CommandOutput(Protocol):

@@ -23,7 +23,7 @@ The scheduler dict is ``{name: mq-deadline|none|kyber|bfq, <tunable>: value}``;
 every tunable is written under ``queue/iosched/`` (``nr_requests`` under
 ``queue/``) and read back, and the guest script (``scripts/device-setup.sh``)
 fails if the kernel did not keep the value. The vocabulary (types, defaults,
-choices) is the matrix's (:mod:`kmlbench.plan.matrix`).
+choices) is the matrix's (:mod:`kmlbench.plan.schema`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 from kmlbench.cell import render
 from kmlbench.cell.context import CellContext, StepFailed
 from kmlbench.cell.guest_paths import BlockDevice, DeviceError, block_device
-from kmlbench.plan.matrix import (
+from kmlbench.plan.schema import (
     DEVICE_TYPES,
     NULL_BLK_BLOCKSIZES,
     NULL_BLK_IRQMODES,

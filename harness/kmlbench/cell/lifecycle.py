@@ -59,10 +59,12 @@ from kmlbench.cell.context import (
     StartGuest,
     StepFailed,
 )
+from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.console import ConsoleEvent, status_for
-from kmlbench.guest.qemu import Guest, GuestConfig, GuestError
+from kmlbench.guest.qemu import Guest, GuestError
 from kmlbench.guest.ssh import SSHKeys
-from kmlbench.plan.matrix import Cell, Matrix
+from kmlbench.plan.cells import Cell
+from kmlbench.plan.matrix import Matrix
 
 
 @dataclass

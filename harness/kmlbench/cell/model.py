@@ -44,7 +44,7 @@ from kmlbench.cell.guest_paths import (
 )
 from kmlbench.cell.workload import insn_per_us
 from kmlbench.data import kmlstats
-from kmlbench.plan.matrix import (
+from kmlbench.plan.schema import (
     MODEL_FIELDS,
     MODEL_MODES,
     MODEL_SCHEDULER,

@@ -37,7 +37,7 @@ from typing import Any
 
 from kmlbench import paths
 from kmlbench.clock import clock_of
-from kmlbench.plan.matrix import config_hash  # the hash cell ids carry; re-exported
+from kmlbench.plan.cells import config_hash  # the hash cell ids carry; re-exported
 
 DB_ENV = "KMLBENCH_DB"
 DB_NAME = "kmlbench.db"

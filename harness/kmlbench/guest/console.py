@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from kmlbench.status import PANIC
+
 KINDS = ("panic", "oops", "bug", "warn", "hung_task")
 # A cell with any of these did not measure a healthy kernel.
 FATAL_KINDS = frozenset({"panic", "oops", "bug"})
@@ -84,5 +86,5 @@ def status_for(events: list[ConsoleEvent]) -> str | None:
     (a slow TCG guest can trip the hung-task detector on a healthy kernel).
     """
     if any(event.kind in FATAL_KINDS for event in events):
-        return "panic"
+        return PANIC
     return None

@@ -20,82 +20,42 @@ Four watchdogs turn a stuck guest into a status instead of a stuck harness:
 QEMU runs in its own process group with ``PR_SET_PDEATHSIG``: it is killed
 on ``__exit__`` (normal, exception, KeyboardInterrupt), on SIGTERM (turned
 into SystemExit while a guest is up), at interpreter exit (atexit), and by
-the kernel if the harness itself dies. Networking is QEMU user mode with
-``restrict=on`` (no way out of the guest) and the only host port bound to
-127.0.0.1.
+the kernel if the harness itself dies. The command line (user-mode
+networking, the only host port on 127.0.0.1) is :mod:`kmlbench.guest.command`'s.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
-import json
-import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO
 
 from kmlbench import procs
 from kmlbench.build.image import READY_MARKER
-from kmlbench.clock import icount_arg, kernel_append, tcg_cpu
+from kmlbench.guest.command import QEMU, GuestConfig, build_command_line
 from kmlbench.guest.console import ConsoleEvent, classify_line, status_for
 from kmlbench.guest.ssh import CommandResult, CommandTimeout, GuestSSH, SSHError, SSHKeys
+from kmlbench.status import (
+    BOOT_FAILURE,
+    FAILED,
+    INFRA_ERROR,
+    PANIC,
+    STATUSES,
+    TIMEOUT,
+)
 
-QEMU = "qemu-system-x86_64"
-QBOOT = Path("/usr/share/qemu/qboot.rom")
-BASE_APPEND = "console=ttyS0 panic=-1 printk.time=1 random.trust_cpu=on"
 # A hostfwd port taken between free_port() and QEMU's bind makes QEMU exit
 # at once; such an attempt is retried on another port.
 PORT_ATTEMPTS = 3
-STATUSES = ("ok", "failed", "timeout", "panic", "boot-failure", "infra-error")
-
-__all__ = [
-    "CommandResult",
-    "Guest",
-    "GuestConfig",
-    "GuestError",
-    "KvmProbe",
-    "probe_kvm",
-    "qemu_version",
-]
-
-
-@dataclass
-class GuestConfig:
-    """How to boot one guest. ``extra_args`` come from :mod:`devices`.
-
-    ``firmware`` (not in the original contract) is the ``-bios`` image:
-    qboot by default when installed, since it reaches the kernel faster than
-    SeaBIOS; ``None`` means QEMU's default SeaBIOS.
-    """
-
-    kernel: Path
-    initrd: Path
-    console_log: Path
-    memory_mib: int = 1024
-    cpus: int = 2
-    accel: str = "tcg"
-    extra_args: list[str] = field(default_factory=list)
-    append: str = ""
-    boot_timeout_s: float = 120
-    silence_timeout_s: float = 120
-    firmware: Path | None = field(default_factory=lambda: QBOOT if QBOOT.exists() else None)
-    # "virtual": -icount shift=N,sleep=off (TCG only, one vCPU); see kmlbench.clock
-    clock: str = "realtime"
-    icount_shift: int = 0
 
 
 class GuestError(Exception):
-    """The guest failed; ``status`` is one of results.STATUSES (never "ok")."""
+    """The guest failed; ``status`` is one of :data:`kmlbench.status.STATUSES` (never ok)."""
 
     def __init__(self, status: str, message: str, events: list[ConsoleEvent] | None = None):
         assert status in STATUSES, status
@@ -126,46 +86,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def qemu_version() -> str:
-    """``QEMU emulator version X.Y.Z (...)``'s version, or "" if QEMU is missing."""
-    try:
-        out = procs.run(
-            [QEMU, "--version"], capture_output=True, text=True, timeout=30, check=False
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    match = re.search(r"version (\S+)", out)
-    return match.group(1) if match else out.strip()
-
-
-def build_command_line(cfg: GuestConfig, port: int) -> list[str]:
-    """The full QEMU argv: no default devices, serial on stdio, SSH on 127.0.0.1 only."""
-    cmd = [QEMU, "-nodefaults", "-nographic", "-no-reboot", "-accel", cfg.accel]
-    if cfg.accel == "tcg":
-        cmd += ["-cpu", tcg_cpu(cfg.clock)]
-    else:
-        cmd += ["-cpu", "host"]
-    if cfg.clock == "virtual":
-        if cfg.accel != "tcg":
-            raise ValueError(f"the virtual clock needs TCG (-icount), not {cfg.accel}")
-        cmd += ["-icount", icount_arg(cfg.icount_shift)]
-    if cfg.firmware is not None:
-        cmd += ["-bios", str(cfg.firmware)]
-    append = " ".join(a for a in (BASE_APPEND, kernel_append(cfg.clock), cfg.append) if a)
-    cmd += [
-        "-m", str(cfg.memory_mib),
-        "-smp", str(cfg.cpus),
-        "-kernel", str(cfg.kernel),
-        "-initrd", str(cfg.initrd),
-        "-append", append,
-        "-serial", "stdio",
-        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=n0,romfile=",
-        *cfg.extra_args,
-    ]  # fmt: skip
-    return cmd
 
 
 class Guest:
@@ -242,7 +162,7 @@ class Guest:
                 stderr=subprocess.PIPE, die_with_parent=True,
             )  # fmt: skip
         except OSError as exc:
-            raise GuestError("infra-error", f"cannot start {QEMU}: {exc}") from exc
+            raise GuestError(INFRA_ERROR, f"cannot start {QEMU}: {exc}") from exc
         with _LIVE_LOCK:
             _LIVE.add(self)
         proc = self.proc
@@ -270,7 +190,7 @@ class Guest:
                 raise self._exit_error("QEMU exited during boot")
             if time.monotonic() > deadline:
                 raise GuestError(
-                    "boot-failure",
+                    BOOT_FAILURE,
                     f"not ready after {self.cfg.boot_timeout_s:g}s ({last_error})",
                     self.events(),
                 )
@@ -280,7 +200,7 @@ class Guest:
                     ssh.connect(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
                 except SSHError as exc:
                     if "mismatch" in str(exc):
-                        raise GuestError("infra-error", str(exc), self.events()) from exc
+                        raise GuestError(INFRA_ERROR, str(exc), self.events()) from exc
                     last_error = str(exc)
                     time.sleep(0.1)
                     continue
@@ -293,12 +213,12 @@ class Guest:
         code = self.proc.returncode if self.proc is not None else None
         stderr = " | ".join(self._stderr[-5:])
         detail = f"{what} (exit {code})" + (f": {stderr}" if stderr else "")
-        if status_for(events) == "panic" or any(e.kind == "panic" for e in events):
-            return GuestError("panic", detail, events)
+        if status_for(events) == PANIC or any(e.kind == "panic" for e in events):
+            return GuestError(PANIC, detail, events)
         if not self._ready.is_set():
-            status = "infra-error" if not self._lines else "boot-failure"
+            status = INFRA_ERROR if not self._lines else BOOT_FAILURE
             return GuestError(status, detail, events)
-        return GuestError("failed", detail, events)
+        return GuestError(FAILED, detail, events)
 
     def kill(self) -> None:
         """Kill QEMU's whole process group now (idempotent, thread-safe)."""
@@ -373,7 +293,7 @@ class Guest:
             with self._lock:
                 self._events.append(event)
             if event.kind == "panic" and self._failure is None:
-                self._failure = GuestError("panic", event.excerpt, self.events())
+                self._failure = GuestError(PANIC, event.excerpt, self.events())
                 # Give the kernel a moment to print the backtrace, then kill.
                 timer = threading.Timer(2.0, self.kill)
                 timer.daemon = True
@@ -395,7 +315,7 @@ class Guest:
             silent = time.monotonic() - self._last_output
             if silent > self.cfg.silence_timeout_s and self._failure is None:
                 self._failure = GuestError(
-                    "timeout", f"no console output for {silent:.0f}s", self.events()
+                    TIMEOUT, f"no console output for {silent:.0f}s", self.events()
                 )
                 self.kill()
             time.sleep(0.5)
@@ -420,9 +340,9 @@ class Guest:
 
     def _after(self) -> None:
         """A fatal console event during the command fails it, even if it 'succeeded'."""
-        if status_for(self.events()) == "panic":
+        if status_for(self.events()) == PANIC:
             time.sleep(0.5)  # let the rest of the trace reach the log
-            raise GuestError("panic", self.events()[0].excerpt, self.events())
+            raise GuestError(PANIC, self.events()[0].excerpt, self.events())
         self._check()
 
     def _ssh_failed(self, exc: SSHError) -> GuestError:
@@ -437,9 +357,9 @@ class Guest:
         if self._exited.is_set():
             self._reader_drain()
             return self._exit_error(f"QEMU exited: {exc}")
-        if status_for(self.events()) == "panic":
-            return GuestError("panic", str(exc), self.events())
-        return GuestError("infra-error", str(exc), self.events())
+        if status_for(self.events()) == PANIC:
+            return GuestError(PANIC, str(exc), self.events())
+        return GuestError(INFRA_ERROR, str(exc), self.events())
 
     def run(self, cmd: str, timeout: float) -> CommandResult:
         """Run a shell command in the guest; GuestError on timeout, crash or lost guest."""
@@ -450,7 +370,7 @@ class Guest:
         except CommandTimeout as exc:
             if self._failure is not None:
                 raise self._failure from exc
-            raise GuestError("timeout", str(exc), self.events()) from exc
+            raise GuestError(TIMEOUT, str(exc), self.events()) from exc
         except SSHError as exc:
             raise self._ssh_failed(exc) from exc
         self._after()
@@ -463,7 +383,7 @@ class Guest:
         try:
             self.ssh.put(remote_path, data, mode)
         except CommandTimeout as exc:
-            raise GuestError("timeout", str(exc), self.events()) from exc
+            raise GuestError(TIMEOUT, str(exc), self.events()) from exc
         except SSHError as exc:
             raise self._ssh_failed(exc) from exc
         self._after()
@@ -480,145 +400,3 @@ class Guest:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-# --- KVM probe -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KvmProbe:
-    """Whether ``-accel kvm`` actually runs a guest on this host, and why (not)."""
-
-    usable: bool
-    reason: str
-    cached: bool = False
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def _serial_probe_firmware() -> bytes:
-    """A 64 KiB BIOS whose reset vector prints ``KVMOK`` on COM1 and halts.
-
-    Used when no kernel is given: it proves the CPU enters guest mode and
-    returns from it, without needing a kernel build.
-    """
-    code = bytes([0xBA, 0xF8, 0x03])  # mov dx, 0x3f8
-    for char in b"KVMOK\n":
-        code += bytes([0xB0, char, 0xEE])  # mov al, char; out dx, al
-    code += bytes([0xFA, 0xF4, 0xEB, 0xFD])  # cli; hlt; jmp $-1
-    rom = bytearray(b"\xff" * 0x10000)
-    rom[0xFF00 : 0xFF00 + len(code)] = code
-    rom[0xFFF0:0xFFF3] = bytes([0xE9, 0x0D, 0xFF])  # jmp near 0xff00 (from 0xfff3)
-    return bytes(rom)
-
-
-def probe_kvm(
-    timeout_s: float = 30,
-    kernel: Path | None = None,
-    initrd: Path | None = None,
-    cache: Path | None = None,
-) -> KvmProbe:
-    """Boot briefly with ``-accel kvm`` and see whether the guest gets anywhere.
-
-    /dev/kvm existing is not enough: on some hosts KVM guests hang. With a
-    kernel and initrd the probe waits for the guest's ready marker; without
-    one it runs a tiny firmware that writes to the serial port. The verdict
-    is cached per host boot (``/proc/sys/kernel/random/boot_id``), per QEMU
-    version and per method, in ``cache/kvm-probe.json``.
-    """
-    if not os.path.exists("/dev/kvm"):
-        return KvmProbe(False, "/dev/kvm does not exist")
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-        os.close(fd)
-    except OSError as exc:
-        return KvmProbe(False, f"/dev/kvm not openable: {exc.strerror}")
-    if shutil.which(QEMU) is None:
-        return KvmProbe(False, f"{QEMU} not installed")
-
-    method = "firmware"
-    if kernel is not None and initrd is not None:
-        digest = hashlib.sha256(kernel.read_bytes()).hexdigest()[:12]
-        method = f"kernel:{digest}"
-    key = f"{_boot_id()}|{qemu_version()}|{method}"
-    cache_file = (cache or _default_cache()) / "kvm-probe.json"
-    try:
-        verdicts = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        verdicts = {}
-    if key in verdicts:
-        hit = verdicts[key]
-        return KvmProbe(bool(hit["usable"]), str(hit["reason"]), cached=True)
-
-    probe = _run_kvm_probe(timeout_s, kernel, initrd)
-    verdicts = {k: v for k, v in verdicts.items() if k.startswith(_boot_id())}
-    verdicts[key] = {"usable": probe.usable, "reason": probe.reason}
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(verdicts, indent=2) + "\n")
-    os.replace(tmp, cache_file)
-    return probe
-
-
-def _default_cache() -> Path:
-    from kmlbench.paths import cache_dir
-
-    return cache_dir()
-
-
-def _run_kvm_probe(timeout_s: float, kernel: Path | None, initrd: Path | None) -> KvmProbe:
-    with tempfile.TemporaryDirectory(prefix="kmlbench-kvm-") as tmp:
-        cmd = [QEMU, "-nodefaults", "-nographic", "-no-reboot", "-accel", "kvm",
-               "-cpu", "host", "-m", "256", "-serial", "stdio"]  # fmt: skip
-        if kernel is not None and initrd is not None:
-            marker = READY_MARKER.encode()
-            cmd += ["-kernel", str(kernel), "-initrd", str(initrd),
-                    "-append", BASE_APPEND]  # fmt: skip
-            if QBOOT.exists():
-                cmd += ["-bios", str(QBOOT)]
-        else:
-            marker = b"KVMOK"
-            bios = Path(tmp) / "probe.bin"
-            bios.write_bytes(_serial_probe_firmware())
-            cmd += ["-bios", str(bios)]
-        start = time.monotonic()
-        proc = procs.popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            die_with_parent=True,
-        )  # fmt: skip
-        seen = bytearray()
-        found = threading.Event()
-
-        def reader() -> None:
-            assert proc.stdout is not None
-            for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
-                seen.extend(chunk)
-                if marker in seen:
-                    found.set()
-                    return
-
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        try:
-            # Stop early when QEMU dies (e.g. it cannot set the host CPU's MSRs).
-            deadline = start + timeout_s
-            while not found.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
-                pass
-        finally:
-            procs.stop(proc, grace_s=0)  # QEMU has no children: stderr is at EOF now
-            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            thread.join(timeout=2)
-        took = time.monotonic() - start
-        what = "guest ready marker" if kernel is not None else "firmware serial output"
-        if found.is_set():
-            return KvmProbe(True, f"KVM guest reached {what} in {took:.1f}s")
-        tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-        detail = f" ({tail[0]})" if tail else ""
-        if took < timeout_s - 0.5:
-            return KvmProbe(False, f"QEMU/KVM exited after {took:.1f}s before {what}{detail}")
-        return KvmProbe(False, f"KVM guest did not reach {what} within {timeout_s:g}s{detail}")

@@ -357,7 +357,7 @@ def host_params(
     The scheduler gets its tunables' defaults, as ``kmlbench.plan.matrix`` resolves
     them (mq-deadline's read_expire etc.; none, kyber and bfq have none).
     """
-    from kmlbench.plan.matrix import SCHEDULERS, UNSET
+    from kmlbench.plan.schema import SCHEDULERS, UNSET
 
     wl = {"template": template, "bs": "4k", "iodepth": 1, "numjobs": 1, "rate_iops": 2000}
     wl.update(workload)
@@ -473,7 +473,7 @@ def make_host_run(
     after the rest of its batch is killed and the data files are removed.
     """
     from kmlbench.data.fio import metrics_from_fio, parse_fio_output
-    from kmlbench.plan.matrix import Cell, cell_id
+    from kmlbench.plan.cells import Cell, cell_id
     from kmlbench.run.results import RunDir
 
     run = RunDir.create(Path(root), run_id)

@@ -24,7 +24,8 @@ from rich.table import Table
 
 from kmlbench import procs
 from kmlbench.build.image import build_base_image
-from kmlbench.guest.qemu import QBOOT, probe_kvm, qemu_version
+from kmlbench.guest.command import QBOOT, qemu_version
+from kmlbench.guest.kvm import probe_kvm
 from kmlbench.paths import DEBIAN_KERNEL_TARBALL, cache_dir
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"

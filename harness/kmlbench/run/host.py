@@ -15,7 +15,7 @@ from typing import Any
 
 from kmlbench import paths, procs
 from kmlbench.clock import KVM_REFUSED
-from kmlbench.guest import qemu
+from kmlbench.guest import kvm
 
 
 def git_revision() -> str:
@@ -72,7 +72,7 @@ def choose_accel(
         return "tcg", "guest.clock virtual (-icount needs TCG)"
     if requested == "tcg":
         return "tcg", "requested"
-    probe = qemu.probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
+    probe = kvm.probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
     if probe.usable:
         return "kvm", probe.reason
     if requested == "kvm":

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from kmlbench import paths
 from kmlbench.build import image, kernel
-from kmlbench.guest import qemu
+from kmlbench.guest import kvm, qemu
+from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.ssh import SSHKeys
 
 __all__ = ["KtapCase", "KtapSuite", "command", "parse_ktap", "summarize"]
@@ -184,7 +185,7 @@ def _accel(choice: str, kernel: Path, initrd: Path) -> str:
     if choice != "auto":
         return choice
 
-    probe = qemu.probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
+    probe = kvm.probe_kvm(kernel=kernel, initrd=initrd, cache=paths.cache_dir())
     return "kvm" if probe.usable else "tcg"
 
 
@@ -255,7 +256,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         keys = SSHKeys.generate(keydir)
         initrd = image.make_guest_initrd(base, keydir, keys.authorized_key, keys.host_key)
-        cfg = qemu.GuestConfig(
+        cfg = GuestConfig(
             kernel=bzimage,
             initrd=initrd,
             console_log=out / "console.log",

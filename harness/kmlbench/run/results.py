@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench.files import atomic_write
-from kmlbench.plan.matrix import Cell
+from kmlbench.plan.cells import Cell
+from kmlbench.status import STATUSES
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "timeout", "panic", "boot-failure", "infra-error")
 
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -42,20 +42,16 @@ from kmlbench.cell.lifecycle import CellOutcome, run_cell, run_shared_boot
 from kmlbench.clock import KVM_REFUSED, clock_label, clock_meaning, clock_of, clock_record
 from kmlbench.data import db, fio
 from kmlbench.data.stats import needs_more_repeats
-from kmlbench.guest import qemu
+from kmlbench.guest.command import qemu_version
 from kmlbench.guest.ssh import SSHKeys
 from kmlbench.hashing import sha256_file
-from kmlbench.plan.matrix import (
-    Cell,
-    Matrix,
-    MatrixError,
-    cell_id,
-    config_hash,
-    load_matrix,
-)
+from kmlbench.plan.cells import Cell, cell_id, config_hash
+from kmlbench.plan.matrix import Matrix, load_matrix
+from kmlbench.plan.source import MatrixError
 from kmlbench.progress import Progress
 from kmlbench.run.host import choose_accel, git_revision, host_description
-from kmlbench.run.results import STATUSES, RunDir
+from kmlbench.run.results import RunDir
+from kmlbench.status import OK, STATUSES
 
 
 def kernel_request(matrix: Matrix, variant: str) -> KernelRequest:
@@ -191,7 +187,7 @@ def main_run(
     statuses; ``run_id`` names a new run instead of the time-based id.
     """
     unknown = sorted(set(retry) - set(STATUSES))
-    if unknown or "ok" in retry:
+    if unknown or OK in retry:
         print(f"kmlbench: --retry takes statuses other than ok, not {', '.join(unknown or ['ok'])}")
         return 2
     if retry and not resume:
@@ -285,7 +281,7 @@ def execute(
                 "content": matrix.raw,
             },
             "host": host_description(),
-            "qemu": {"version": qemu.qemu_version()},
+            "qemu": {"version": qemu_version()},
             "host_fio_version": fio.fio_version(),
         }
     )
@@ -405,7 +401,7 @@ def execute(
                 run.write_manifest(manifest)
             progress.finish_cell(cell.id, outcome.status, outcome.extra["timings"]["total_s"])
             ran += 1
-            if outcome.status != "ok":
+            if outcome.status != OK:
                 not_ok += 1
                 print(
                     f"kmlbench: cell {cell.id}: {outcome.status}: {outcome.extra.get('error', '')}"
@@ -461,7 +457,7 @@ def adaptive_round(matrix: Matrix, records: dict[str, dict[str, Any]], round_no:
     for key, cell in representatives.items():
         done = by_config.get(key, [])
         samples = [
-            r["metrics"][metric] for r in done if r["status"] == "ok" and metric in r["metrics"]
+            r["metrics"][metric] for r in done if r["status"] == OK and metric in r["metrics"]
         ]
         if not samples or len(done) >= cap:
             continue

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from kmlbench import paths
 from kmlbench.data.trace import TraceError, load_trace, write_csv
-from kmlbench.plan.matrix import MODEL_SCHEDULER, Cell, Matrix, MatrixError, load_matrix
+from kmlbench.plan.cells import Cell
+from kmlbench.plan.matrix import Matrix, load_matrix
+from kmlbench.plan.schema import MODEL_SCHEDULER
+from kmlbench.plan.source import MatrixError
 from kmlbench.run.results import RunDir
 from kmlbench.run.runner import execute, kvm_refused
 

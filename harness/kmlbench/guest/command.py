@@ -1,0 +1,87 @@
+"""The QEMU command line of a guest, built from its :class:`GuestConfig` as data.
+
+No process is started here: :func:`build_command_line` turns a config and a
+host port into argv (no default devices, serial console on stdio, SSH
+forwarded from 127.0.0.1 only), so that a cell can record exactly what ran
+and a test can check it without booting. Networking is QEMU user mode
+with ``restrict=on``: no way out of the guest.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kmlbench import procs
+from kmlbench.clock import icount_arg, kernel_append, tcg_cpu
+
+QEMU = "qemu-system-x86_64"
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+BASE_APPEND = "console=ttyS0 panic=-1 printk.time=1 random.trust_cpu=on"
+
+
+@dataclass
+class GuestConfig:
+    """How to boot one guest. ``extra_args`` come from :mod:`kmlbench.cell.device`.
+
+    ``firmware`` (not in the original contract) is the ``-bios`` image:
+    qboot by default when installed, since it reaches the kernel faster than
+    SeaBIOS; ``None`` means QEMU's default SeaBIOS.
+    """
+
+    kernel: Path
+    initrd: Path
+    console_log: Path
+    memory_mib: int = 1024
+    cpus: int = 2
+    accel: str = "tcg"
+    extra_args: list[str] = field(default_factory=list)
+    append: str = ""
+    boot_timeout_s: float = 120
+    silence_timeout_s: float = 120
+    firmware: Path | None = field(default_factory=lambda: QBOOT if QBOOT.exists() else None)
+    # "virtual": -icount shift=N,sleep=off (TCG only, one vCPU); see kmlbench.clock
+    clock: str = "realtime"
+    icount_shift: int = 0
+
+
+def qemu_version() -> str:
+    """``QEMU emulator version X.Y.Z (...)``'s version, or "" if QEMU is missing."""
+    try:
+        out = procs.run(
+            [QEMU, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    match = re.search(r"version (\S+)", out)
+    return match.group(1) if match else out.strip()
+
+
+def build_command_line(cfg: GuestConfig, port: int) -> list[str]:
+    """The full QEMU argv: no default devices, serial on stdio, SSH on 127.0.0.1 only."""
+    cmd = [QEMU, "-nodefaults", "-nographic", "-no-reboot", "-accel", cfg.accel]
+    if cfg.accel == "tcg":
+        cmd += ["-cpu", tcg_cpu(cfg.clock)]
+    else:
+        cmd += ["-cpu", "host"]
+    if cfg.clock == "virtual":
+        if cfg.accel != "tcg":
+            raise ValueError(f"the virtual clock needs TCG (-icount), not {cfg.accel}")
+        cmd += ["-icount", icount_arg(cfg.icount_shift)]
+    if cfg.firmware is not None:
+        cmd += ["-bios", str(cfg.firmware)]
+    append = " ".join(a for a in (BASE_APPEND, kernel_append(cfg.clock), cfg.append) if a)
+    cmd += [
+        "-m", str(cfg.memory_mib),
+        "-smp", str(cfg.cpus),
+        "-kernel", str(cfg.kernel),
+        "-initrd", str(cfg.initrd),
+        "-append", append,
+        "-serial", "stdio",
+        "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=n0,romfile=",
+        *cfg.extra_args,
+    ]  # fmt: skip
+    return cmd

@@ -1,0 +1,235 @@
+"""The matrix vocabulary, named once: every field's type, default and check.
+
+What a matrix file may say (devices, schedulers and their tunables,
+workloads, the KML model entry, the guest and its clock, adaptive repeats)
+as :class:`Field` specifications, plus the choices other packages set up in
+the guest (``kmlbench.cell``) or translate for the KML library
+(``kmlbench.kml``). Only data and small checks live here: reading a file
+against these specifications is :mod:`kmlbench.plan.matrix`'s job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kmlbench.clock import CLOCKS, ICOUNT_SHIFT_MAX
+
+AXES = ("kernel", "device", "scheduler", "workload", "model")
+DEFAULT_VARIANT = "default"
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TEMPLATE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+# --------------------------------------------------------------------------
+# Field specifications. Each field has a type, a default (or REQUIRED) and an
+# optional check returning an error message. ``expand`` says whether a list
+# given for this field in an axis entry means "one entry per element".
+
+REQUIRED = object()
+# No default: the kernel's own value applies and the field is left out of
+# params, so that adding such a field re-keys no existing cell.
+UNSET = object()
+Check = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a matrix section: its kind, default and check."""
+
+    kind: str  # "int", "number", "str", "bool", "bs", "strlist"
+    default: Any = REQUIRED
+    check: Check | None = None
+    expand: bool = True
+
+
+def _at_least(low: int) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}, got {v}"
+
+
+def _between(low: int, high: int) -> Check:
+    return lambda v: None if low <= v <= high else f"must be in {low}..{high}, got {v}"
+
+
+def _in(*choices: int) -> Check:
+    return lambda v: (
+        None if v in choices else f"must be one of {', '.join(map(str, choices))}, got {v}"
+    )
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+
+def _check_name(v: str) -> str | None:
+    if NAME_RE.match(v):
+        return None
+    return f"{v!r} must be 1-64 of A-Z a-z 0-9 _ . - (used in file names)"
+
+
+GUEST_FIELDS: dict[str, Field] = {
+    "memory_mib": Field("int", 1024, _at_least(128)),
+    # default: 1 under the virtual clock, 2 under realtime (see load_matrix)
+    "cpus": Field("int", UNSET, _at_least(1)),
+    "clock": Field("str", "virtual", _one_of(*CLOCKS)),
+    "icount_shift": Field("int", 0, _between(0, ICOUNT_SHIFT_MAX)),
+    "boot_timeout_s": Field("number", 120, _at_least(1)),
+    "command_timeout_s": Field("number", 600, _at_least(1)),
+    "silence_timeout_s": Field("number", 120, _at_least(1)),
+    # Cells that differ only in their model entry (and repeat) run one after
+    # another in one guest boot: between-boot noise then drops out of their
+    # comparison (docs/matrix.md, "Shared boots").
+    "share_boot": Field("bool", False),
+}
+
+# Choices that kmlbench.cell sets up in the guest, named once; the checks of
+# DEVICE_TYPES and MODEL_FIELDS below use them.
+NULL_BLK_IRQMODES = ("none", "softirq", "timer")  # null_blk's irqmode 0, 1, 2
+NULL_BLK_BLOCKSIZES = (512, 1024, 2048, 4096)
+VIRTIO_CACHE_MODES = ("none", "directsync", "writethrough", "writeback", "unsafe")
+# The kernel's ring_mode parameter (kml_dd_core.c); a mode's index is its
+# enum kml_ring_mode value (kml.h: KML_RING_BLOCK = 0, KML_RING_DROP = 1).
+RING_MODES = ("block", "drop")
+RING_MODE_CODES = {mode: code for code, mode in enumerate(RING_MODES)}
+# The same modes as the Python binding's Ring API names them (kmlbench.kml.lib).
+RING_MODE_API_NAMES = {"block": "blocking", "drop": "dropping"}
+SAMPLE_FILTERS = ("all", "uncertain")
+TRAINERS = ("none", "user", "kernel")
+
+# Per device type, the fields besides ``type``. Defaults for null_blk are
+# the module's own except irqmode: "timer" is what makes completion_nsec a
+# real completion latency.
+DEVICE_TYPES: dict[str, dict[str, Field]] = {
+    "null_blk": {
+        "completion_nsec": Field("int", 10000, _at_least(0)),
+        "hw_queue_depth": Field("int", 64, _between(1, 4096)),
+        "submit_queues": Field("int", 1, _at_least(1)),
+        "size_mib": Field("int", 1024, _at_least(1)),
+        "irqmode": Field("str", "timer", _one_of(*NULL_BLK_IRQMODES)),
+        "blocksize": Field("int", 4096, _in(*NULL_BLK_BLOCKSIZES)),
+    },
+    "virtio": {
+        "size_mib": Field("int", 1024, _at_least(1)),
+        "cache": Field("str", "none", _one_of(*VIRTIO_CACHE_MODES)),
+        "num_queues": Field("int", 1, _at_least(1)),
+    },
+}
+DEVICE_SLUGS = {"null_blk": "nullb", "virtio": "virtio"}
+
+# Per scheduler, its sysfs tunables (queue/iosched/<name>) and the kernel's
+# defaults, so that a cell records the values it really ran with.
+SCHEDULERS: dict[str, dict[str, Field]] = {
+    "mq-deadline": {
+        "read_expire": Field("int", 500, _at_least(0)),
+        "write_expire": Field("int", 5000, _at_least(0)),
+        "fifo_batch": Field("int", 16, _at_least(1)),
+        "writes_starved": Field("int", 2, _at_least(0)),
+        "front_merges": Field("int", 1, _between(0, 1)),
+    },
+    "none": {},
+    "kyber": {},
+    "bfq": {},
+}
+# Queue settings every scheduler takes (/sys/block/<dev>/queue/<name>),
+# written after the scheduler (switching scheduler resets them). Recorded
+# only when given: absent means the kernel's default.
+QUEUE_FIELDS: dict[str, Field] = {
+    # requests the scheduler may hold; the kernel's default is twice the
+    # hardware queue depth (at most 128), too few to queue past a deadline
+    # on a slow device with a shallow hardware queue
+    "nr_requests": Field("int", UNSET, _between(4, 8192)),
+}
+for _fields in SCHEDULERS.values():
+    _fields.update(QUEUE_FIELDS)
+SCHEDULER_SLUGS = {"mq-deadline": "mqdl", "none": "none", "kyber": "kyber", "bfq": "bfq"}
+
+WORKLOAD_FIELDS: dict[str, Field] = {
+    "template": Field("str", REQUIRED, lambda v: None if TEMPLATE_RE.match(v) else "bad name"),
+    "bs": Field("bs", "4k"),
+    "iodepth": Field("int", 16, _between(1, 4096)),
+    "numjobs": Field("int", 1, _between(1, 256)),
+    "rwmix_read": Field("int", 70, _between(0, 100)),
+    "runtime_s": Field("int", 10, _at_least(1)),
+    "ramp_s": Field("int", 1, _at_least(0)),
+    "size_mib": Field("int", 256, _at_least(1)),
+    "thinktime_us": Field("int", 0, _at_least(0)),
+    "thinktime_blocks": Field("int", 1, _at_least(1)),
+}
+# A template whose point is a field gets a default that makes it so.
+TEMPLATE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bursty": {"thinktime_us": 20000, "thinktime_blocks": 64},
+}
+
+# ``axes.model``: KML inside mq-deadline (docs/kml-iosched.md). The kernel's
+# module parameters are global, so every cell sets all of them explicitly:
+# the defaults below are what a cell records and what it really ran with.
+MODEL_MODES = ("off", "observe", "active")
+MODEL_FIELDS: dict[str, Field] = {
+    "mode": Field("str", REQUIRED, _one_of(*MODEL_MODES)),
+    "trainer": Field("str", "none", _one_of(*TRAINERS)),
+    # drop, not block: without a consumer a blocking ring makes every insert spin
+    "ring_mode": Field("str", "drop", _one_of(*RING_MODES)),
+    "sample_filter": Field("str", "all", _one_of(*SAMPLE_FILTERS)),
+    # miss when predicted issue > deadline * N / 1000 (kmlbench train prints N)
+    "decision_permille": Field("int", 1000, _between(1, 64000)),
+    "model_file": Field("str", None),
+    "rate": Field("int", 0, _at_least(0)),
+    "cpu_pct": Field("int", 100, _between(1, 100)),
+    "publish_every": Field("int", 512, _at_least(1)),
+    "warm_start": Field("str", None),
+}
+# Only meaningful with a trainer: not recorded for ``trainer: none``.
+TRAINER_FIELDS = ("rate", "cpu_pct", "publish_every", "warm_start")
+MODEL_FILE_FIELDS = ("model_file", "warm_start")
+MODEL_SLUGS = {"off": "kmloff", "observe": "kmlobs", "active": "kmlact"}
+# The scheduler KML lives in; other schedulers' cells run with the model off.
+MODEL_SCHEDULER = "mq-deadline"
+MODEL_OFF: dict[str, Any] = {"mode": "off"}
+
+KERNEL_VARIANT_FIELDS: dict[str, Field] = {
+    "name": Field("str", REQUIRED, _check_name, expand=False),
+    "fragments": Field("strlist", [], expand=False),
+}
+
+# The top level's own scalars.
+HEAD_FIELDS: dict[str, Field] = {
+    "name": Field("str", REQUIRED, _check_name),
+    "description": Field("str", ""),
+    "seed": Field("int", 0),
+    "repeat": Field("int", 1, _at_least(1)),
+}
+TOP_KEYS = (
+    "name",
+    "description",
+    "seed",
+    "repeat",
+    "adaptive_repeat",
+    "kernel",
+    "guest",
+    "axes",
+    "exclude",
+)
+
+# ``adaptive_repeat``: after the planned repeats, keep adding repeats of a
+# configuration until the 95% interval of ``metric``'s mean is within
+# ``rel_halfwidth`` of it, or ``max_repeat`` cells of it have run.
+ADAPTIVE_METRIC_RE = re.compile(r"^(read_|write_)?(iops|bw_kib_s|clat_(mean|p50|p99|p999)_us)$")
+ADAPTIVE_FIELDS: dict[str, Field] = {
+    "metric": Field(
+        "str",
+        "clat_p99_us",
+        lambda v: (
+            None
+            if ADAPTIVE_METRIC_RE.match(v)
+            else f"{v!r} is not a cell metric (e.g. clat_p99_us, iops, read_clat_mean_us)"
+        ),
+    ),
+    "rel_halfwidth": Field(
+        "number",
+        0.05,
+        lambda v: None if 0 < v < 1 else f"must be between 0 and 1 (0.05 is ±5%), got {v}",
+    ),
+    "max_repeat": Field("int", 10, _at_least(1)),
+}
