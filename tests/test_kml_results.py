@@ -188,7 +188,7 @@ def test_panel_labels_are_short_and_file_names_ascii() -> None:
         "randrw / completion 1ms depth 2",
         "randrw / completion 500µs depth 1",
     ]
-    assert figures._slug(labels[1]) == "bursty-completion-500us-depth-1"
+    assert figures.slug(labels[1]) == "bursty-completion-500us-depth-1"
     assert figures.wrap("bursty / completion 500µs depth 1", 14) == (
         "bursty /\ncompletion\n500µs depth 1"
     )
@@ -207,7 +207,7 @@ def test_accuracy_figures_prefer_observe_cells() -> None:
         kml = None if acc is None else {"accuracy": acc, "confusion_matrix": [[1, 0], [0, 1]]}
         rows.append(_row(mode, params, kml))
     data = figures.group_cells(db.RunRow("r", None, None, None, None, None, {}), rows)
-    ((_, chosen),) = figures._kml_panels(data, prefer_observe=True)
+    ((_, chosen),) = figures.kml_panels(data, prefer_observe=True)
     assert [c.cell_id for c in chosen] == ["observe"]
-    ((_, every),) = figures._kml_panels(data)
+    ((_, every),) = figures.kml_panels(data)
     assert sorted(c.cell_id for c in every) == ["active", "observe"]
