@@ -14,7 +14,7 @@ import pytest
 from kmlbench import cli
 from kmlbench.data import db, kmlstats
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.report import figures, report
+from kmlbench.report import figures, sample
 from kmlbench.run.results import RunDir
 
 CURVE = "".join(
@@ -64,8 +64,8 @@ def model_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         {"mode": "active", "trainer": "user", "ring_mode": "drop", "sample_filter": "all",
          "rate": 0, "cpu_pct": 100, "publish_every": 256},
     ]  # fmt: skip
-    configs = [report.host_params("mq-deadline", "randread", model=m) for m in models]
-    run_dir = report.make_host_run(
+    configs = [sample.host_params("mq-deadline", "randread", model=m) for m in models]
+    run_dir = sample.make_host_run(
         root, configs, repeats=2, run_id="model", runtime_s=0.3, kml_stats=model_record
     )
     # the runner's cells also carry the model metrics among their metrics
