@@ -13,6 +13,7 @@ import pytest
 
 from kmlbench import cli
 from kmlbench.data import db, kmlstats
+from kmlbench.data.db import exports
 from kmlbench.plan.matrix import load_matrix
 from kmlbench.report import figures, sample
 from kmlbench.run.results import RunDir
@@ -112,7 +113,7 @@ def test_model_metrics_are_in_the_database(model_run: tuple[Path, Path]) -> None
     c = cells[0]
     assert c.metrics["accuracy"] == pytest.approx(c.kml_stats["accuracy"])
     assert c.flat_params["model.trainer"] == "user"
-    out = db.export(db_path, db_path.parent / "export", "csv")
+    out = exports.export(db_path, db_path.parent / "export", "csv")
     wide = next(p for p in out if p.name.startswith("cells"))
     header = wide.read_text().splitlines()[0].split(",")
     assert {"accuracy", "mcc", "inference_ns_p99", "model.mode"} <= set(header)
