@@ -26,7 +26,7 @@ import pytest
 from kmlbench import cli
 from kmlbench.data import db, stats
 from kmlbench.plan.cells import Cell, cell_id
-from kmlbench.report import report
+from kmlbench.report import sample
 from kmlbench.run.results import RunDir
 
 RUN_ID = "20261121-000000-sample"
@@ -37,7 +37,7 @@ OK_CELLS = 4 * REPEATS  # plus one boot-failure cell
 def _kml_stats(params: dict, repeat: int) -> dict | None:
     wl = params["workload"]
     if params["scheduler"]["name"] == "none" and wl["template"] == "randread" and wl["bs"] == "4k":
-        return report.sample_kml_stats(seed=repeat)
+        return sample.sample_kml_stats(seed=repeat)
     return None
 
 
@@ -49,12 +49,12 @@ def sample_run() -> Path:
     root = Path(tempfile.mkdtemp(prefix="kmlbench-test-run-"))
     atexit.register(shutil.rmtree, root, True)
     configs = [
-        report.host_params("none", "randread"),
-        report.host_params("mq-deadline", "randread"),
-        report.host_params("none", "randrw"),
-        report.host_params("none", "randread", bs="128k", size_mib=8),
+        sample.host_params("none", "randread"),
+        sample.host_params("mq-deadline", "randread"),
+        sample.host_params("none", "randrw"),
+        sample.host_params("none", "randread", bs="128k", size_mib=8),
     ]
-    run_dir = report.make_host_run(
+    run_dir = sample.make_host_run(
         root / "results",
         configs,
         repeats=REPEATS,
@@ -65,7 +65,7 @@ def sample_run() -> Path:
         kml_stats=_kml_stats,
     )
     # and one cell that failed before fio ran, recorded as the runner records it
-    failed = report.host_params("bfq", "randread")
+    failed = sample.host_params("bfq", "randread")
     cell = Cell(cell_id(failed, 0), 0, failed, "default")
     run = RunDir.open(run_dir.parent, run_dir.name)
     run.write_cell_file(cell.id, "console.log", "no guest: recorded as a boot failure\n")
@@ -353,7 +353,7 @@ def test_config_hash_is_the_matrix_hash() -> None:
     """db.config_hash is matrix's, also for non-ASCII values (a kernel fragment's name)."""
     from kmlbench.plan import cells
 
-    params = report.host_params("mq-deadline")
+    params = sample.host_params("mq-deadline")
     params["kernel"]["fragments"] = ["débogage.config"]
     assert db.config_hash(params) == cells.config_hash(params)
     assert db.config_hash is cells.config_hash

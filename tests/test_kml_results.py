@@ -13,8 +13,9 @@ import pytest
 
 from kmlbench import cli
 from kmlbench.data import db, kmlstats
+from kmlbench.data.db import exports
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.report import figures, report
+from kmlbench.report import figures, sample
 from kmlbench.run.results import RunDir
 
 CURVE = "".join(
@@ -64,8 +65,8 @@ def model_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         {"mode": "active", "trainer": "user", "ring_mode": "drop", "sample_filter": "all",
          "rate": 0, "cpu_pct": 100, "publish_every": 256},
     ]  # fmt: skip
-    configs = [report.host_params("mq-deadline", "randread", model=m) for m in models]
-    run_dir = report.make_host_run(
+    configs = [sample.host_params("mq-deadline", "randread", model=m) for m in models]
+    run_dir = sample.make_host_run(
         root, configs, repeats=2, run_id="model", runtime_s=0.3, kml_stats=model_record
     )
     # the runner's cells also carry the model metrics among their metrics
@@ -112,7 +113,7 @@ def test_model_metrics_are_in_the_database(model_run: tuple[Path, Path]) -> None
     c = cells[0]
     assert c.metrics["accuracy"] == pytest.approx(c.kml_stats["accuracy"])
     assert c.flat_params["model.trainer"] == "user"
-    out = db.export(db_path, db_path.parent / "export", "csv")
+    out = exports.export(db_path, db_path.parent / "export", "csv")
     wide = next(p for p in out if p.name.startswith("cells"))
     header = wide.read_text().splitlines()[0].split(",")
     assert {"accuracy", "mcc", "inference_ns_p99", "model.mode"} <= set(header)
@@ -188,7 +189,7 @@ def test_panel_labels_are_short_and_file_names_ascii() -> None:
         "randrw / completion 1ms depth 2",
         "randrw / completion 500µs depth 1",
     ]
-    assert figures._slug(labels[1]) == "bursty-completion-500us-depth-1"
+    assert figures.slug(labels[1]) == "bursty-completion-500us-depth-1"
     assert figures.wrap("bursty / completion 500µs depth 1", 14) == (
         "bursty /\ncompletion\n500µs depth 1"
     )
@@ -207,7 +208,7 @@ def test_accuracy_figures_prefer_observe_cells() -> None:
         kml = None if acc is None else {"accuracy": acc, "confusion_matrix": [[1, 0], [0, 1]]}
         rows.append(_row(mode, params, kml))
     data = figures.group_cells(db.RunRow("r", None, None, None, None, None, {}), rows)
-    ((_, chosen),) = figures._kml_panels(data, prefer_observe=True)
+    ((_, chosen),) = figures.kml_panels(data, prefer_observe=True)
     assert [c.cell_id for c in chosen] == ["observe"]
-    ((_, every),) = figures._kml_panels(data)
+    ((_, every),) = figures.kml_panels(data)
     assert sorted(c.cell_id for c in every) == ["active", "observe"]

@@ -51,7 +51,7 @@ def test_stop_reaches_children_after_the_leader_is_gone() -> None:
     proc = procs.popen(["sh", "-c", STUBBORN], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     child = int(proc.stdout.readline().split()[1])
-    proc.kill()  # what report.make_host_run used to do
+    proc.kill()  # what report.make_host_run used to do (now kmlbench.report.sample)
     proc.wait(timeout=10)
     assert _alive(child)
     assert procs.group_members(proc.pid) == [child]

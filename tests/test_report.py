@@ -20,7 +20,7 @@ import pytest
 
 from kmlbench import cli, procs
 from kmlbench.data import db
-from kmlbench.report import figures, report
+from kmlbench.report import figures, report, sample
 from test_db import RUN_ID, sample_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -335,9 +335,9 @@ def test_host_run_timeout_stops_the_batch_and_cleans_up(tmp_path: Path) -> None:
     """A fio past its timeout: the rest of the batch is killed, no data file is left."""
     if shutil.which("fio") is None:
         pytest.skip("fio is not installed")
-    configs = [report.host_params("none"), report.host_params("none", bs="8k")]
+    configs = [sample.host_params("none"), sample.host_params("none", bs="8k")]
     with pytest.raises(subprocess.TimeoutExpired):
-        report.make_host_run(tmp_path, configs, repeats=2, runtime_s=30, parallel=3, timeout_s=0.5)
+        sample.make_host_run(tmp_path, configs, repeats=2, runtime_s=30, parallel=3, timeout_s=0.5)
     assert _fio_pids_under(tmp_path) == []
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and (p / "cells").exists()]
     assert not list(run_dir.glob("kmlbench-sample-*"))
@@ -361,8 +361,8 @@ def test_host_run_timeout_after_fio_forked_its_jobs_returns(tmp_path: Path) -> N
 
     def target() -> None:
         try:
-            report.make_host_run(
-                tmp_path, [report.host_params("none")], repeats=1, runtime_s=60,
+            sample.make_host_run(
+                tmp_path, [sample.host_params("none")], repeats=1, runtime_s=60,
                 parallel=1, timeout_s=timeout_s,
             )  # fmt: skip
         except BaseException as exc:  # the thread hands its outcome back

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kmlbench.data import db
-from kmlbench.report import report
+from kmlbench.report import report, sample
 
 pytestmark = pytest.mark.kernel
 
@@ -115,8 +115,8 @@ def test_compare_refuses_a_run_on_another_clock(
     run_dir, env = virtual_run
     db_path = run_dir.parent / db.DB_NAME
     # A run on the host's clock: real fio on the host, ingested beside it.
-    host = report.make_host_run(
-        run_dir.parent, [report.host_params("mq-deadline")], repeats=1, run_id="host-clock"
+    host = sample.make_host_run(
+        run_dir.parent, [sample.host_params("mq-deadline")], repeats=1, run_id="host-clock"
     )
     db.ingest_run(db_path, host)
     env = dict(env, KMLBENCH_DB=str(db_path))

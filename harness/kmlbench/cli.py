@@ -305,7 +305,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("import",),
         "rebuild the results database from result folders",
-        "data.db:command",
+        "data.db.commands:command",
         _import_args,
         "Rebuild the results database from run folders, or export it.",
     ),

@@ -331,7 +331,7 @@ def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float:
     b = np.asarray(b, dtype=float)
     if np.all(a == a[0]) and np.all(b == a[0]):
         return 1.0
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import mannwhitneyu  # late: run/runner imports stats: no scipy in run
 
     return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
@@ -451,7 +451,7 @@ def wilson_interval(successes: float, n: int, conf: float = 0.95) -> tuple[float
     """Wilson score interval of a proportion (e.g. accuracy over n predictions)."""
     if n <= 0:
         return (math.nan, math.nan)
-    from scipy.stats import norm
+    from scipy.stats import norm  # late: run/runner imports stats: no scipy in run
 
     z = float(norm.ppf(1 - (1 - conf) / 2))
     phat = successes / n
@@ -466,7 +466,7 @@ def mean_ci(values: Sequence[float], conf: float = 0.95) -> tuple[float, float]:
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return (math.nan, math.nan)
-    from scipy.stats import t
+    from scipy.stats import t  # late: run/runner imports stats: no scipy in run
 
     half = float(t.ppf(1 - (1 - conf) / 2, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
     return (float(x.mean()) - half, float(x.mean()) + half)

@@ -35,6 +35,7 @@ a usage error or nothing to compare.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import math
 import re
@@ -44,9 +45,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from kmlbench.clock import clock_label, clock_meaning
 from kmlbench.data import db as kdb
 from kmlbench.data import stats
+from kmlbench.report.tables import CSS, comparisons_table
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1
@@ -195,9 +200,6 @@ def compare_cells(
 
 
 def print_table(result: Result, title: str, file=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(file=file or sys.stdout, width=160)
     table = Table(title=title, show_lines=False)
     for col, just in (
@@ -243,15 +245,11 @@ def print_table(result: Result, title: str, file=None) -> None:
 
 
 def write_html(result: Result, title: str, path: Path) -> None:
-    import html
-
-    from kmlbench.report.report import _CSS, comparisons_table
-
     rows = [(row.label, c) for row in result.rows for c in row.comparisons]
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         '<link rel="icon" href="data:,">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<p>A is the baseline; change is B/A − 1 with a bootstrap 95% interval over "
         "repeats; significant when the interval excludes 0 and the Mann-Whitney U test "

@@ -21,6 +21,7 @@ drawn by one background Python process that imports fio-plot once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import procs
+from kmlbench.data.fio import FioError, parse_fio_output
 
 _DRIVER = r"""
 import json, sys
@@ -57,7 +59,7 @@ print("FIOPLOT-RESULTS " + json.dumps(results))
 def available() -> bool:
     """Whether fio-plot is importable by this Python."""
     try:
-        import fio_plot  # noqa: F401
+        import fio_plot  # noqa: F401  # late: the probe of an optional tool, and it loads matplotlib
     except ImportError:
         return False
     return True
@@ -122,8 +124,6 @@ _AXIS_KEYS = ("workload.iodepth", "workload.numjobs")
 
 
 def _digest(items: tuple) -> str:
-    import hashlib
-
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:8]
 
 
@@ -135,8 +135,6 @@ def write_layout(cells: list[Any], run_dir: Path, out: Path) -> list[Benchmark]:
     iodepth and numjobs) with one file per (iodepth, numjobs): the first ok
     repeat's ``fio.json``.
     """
-    from kmlbench.data.fio import FioError, parse_fio_output
-
     data_dir = Path(out) / "data"
     benchmarks: dict[str, Benchmark] = {}
     for cell in sorted(cells, key=lambda c: (c.config_hash, c.repeat or 0, c.cell_id)):

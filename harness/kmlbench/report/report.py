@@ -9,99 +9,36 @@ Writes ``results/<run-id>/report/``::
 The run folder is (re)ingested into the results database first, and every
 figure is drawn from the database, so ``kmlbench figures`` reproduces them.
 
-Also here: :func:`make_host_run`, which builds a run folder with the real
-:class:`kmlbench.run.results.RunDir` from real fio runs on the host (no guest),
-used by the tests and by ``kmlbench report --benchmark N`` (time to build
-the report of an N-cell run, database size per cell).
+``kmlbench report --benchmark N`` (:func:`benchmark`) times building the
+report of an N-cell run made from host fio (:mod:`kmlbench.report.sample`)
+and gives the database size per cell.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import math
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kmlbench import procs
-from kmlbench.clock import clock_label, clock_meaning, clock_record
+from kmlbench.clock import clock_label, clock_meaning
 from kmlbench.data import db as kdb
+from kmlbench.data import stats
+from kmlbench.report import figures as kfig
+from kmlbench.report import fioplot as kfp
+from kmlbench.report.sample import host_params, make_host_run
+from kmlbench.report.tables import CSS, comparisons_table, esc, fmt_value, kv_table
 
 REPORT_DIR = "report"
 
 
 # --------------------------------------------------------------------------
-# HTML.
-
-_CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 78em;
-       padding: 0 1em; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em;
-     border-bottom: 1px solid #ddd; }
-.banner { padding: .6em 1em; border-radius: 4px; margin: 1em 0; }
-.emulated { background: #fff4e5; border: 1px solid #f0a040; }
-.virtual { background: #e8f4ff; border: 1px solid #4a90d9; }
-.hardware { background: #eef7ee; border: 1px solid #7a7; }
-table { border-collapse: collapse; font-size: 12px; }
-th, td { border: 1px solid #ddd; padding: 2px 6px; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.bad td { background: #fde8e8; }
-.better { color: #1a7f37; font-weight: 600; } .worse { color: #c62828; font-weight: 600; }
-figure { display: inline-block; margin: 1em 1em 1em 0; vertical-align: top;
-         max-width: 100%; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 12px; max-width: 60em; }
-pre { background: #f6f8fa; padding: 1em; overflow: auto; font-size: 11px; }
-.note { color: #555; font-style: italic; }
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _kv_table(rows: Sequence[tuple[str, Any]]) -> str:
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
-
-
-def comparisons_table(rows: Sequence[tuple[str, Any]]) -> str:
-    """HTML table of (group label, stats.Comparison) rows (also used by compare)."""
-    head = (
-        "<tr><th>group</th><th>metric</th><th>n A</th><th>n B</th><th>A</th><th>B</th>"
-        "<th>change</th><th>95% CI</th><th>p (U test)</th><th>verdict</th><th>note</th></tr>"
-    )
-    body = []
-    for label, c in rows:
-        ci = "" if math.isnan(c.ci_low) else f"[{c.ci_low:+.1%}, {c.ci_high:+.1%}]"
-        cls = {"better": "better", "worse": "worse"}.get(c.verdict, "")
-        body.append(
-            f"<tr><td>{_e(label)}</td><td>{_e(c.label)}</td><td class=num>{c.n_a}</td>"
-            f"<td class=num>{c.n_b}</td><td class=num>{_fmt(c.a)} {_e(c.unit)}</td>"
-            f"<td class=num>{_fmt(c.b)} {_e(c.unit)}</td>"
-            f"<td class=num>{'' if math.isnan(c.change) else f'{c.change:+.1%}'}</td>"
-            f"<td class=num>{ci}</td><td class=num>{c.p_value:.3g}</td>"
-            f"<td class='{cls}'>{_e(c.verdict)}</td><td>{_e(c.note)}</td></tr>"
-        )
-    return f"<table>{head}{''.join(body)}</table>"
+# The page.
 
 
 def _run_facts(run: kdb.RunRow, data: Any) -> list[tuple[str, Any]]:
@@ -151,23 +88,21 @@ def _cell_table(data: Any) -> str:
         ("clat_p999_us", "p99.9 µs"),
     ]
     head = "".join(
-        f"<th>{_e(h)}</th>"
+        f"<th>{esc(h)}</th>"
         for h in ["cell", "status", "repeat", *varying, *(h for _, h in metrics)]
     )
     rows = []
     for c in sorted(data.cells, key=lambda c: (c.config_hash, c.repeat or 0, c.cell_id)):
         cls = "" if c.status == "ok" else " class=bad"
-        cols = [f"<td>{_e(c.cell_id)}</td><td>{_e(c.status)}</td><td>{_e(c.repeat)}</td>"]
-        cols += [f"<td>{_e(c.flat_params.get(k))}</td>" for k in varying]
-        cols += [f"<td class=num>{_fmt(c.metrics.get(k))}</td>" for k, _ in metrics]
+        cols = [f"<td>{esc(c.cell_id)}</td><td>{esc(c.status)}</td><td>{esc(c.repeat)}</td>"]
+        cols += [f"<td>{esc(c.flat_params.get(k))}</td>" for k in varying]
+        cols += [f"<td class=num>{fmt_value(c.metrics.get(k))}</td>" for k, _ in metrics]
         rows.append(f"<tr{cls}>{''.join(cols)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def _within_run_statistics(data: Any, n_boot: int = 1000) -> str:
     """Each series against the panel's first series (the baseline), per panel."""
-    from kmlbench.data import stats
-
     rows = []
     for panel in data.panels:
         series = list(panel.series.values())
@@ -195,50 +130,49 @@ def write_html(
     fioplot_result: Any | None,
     fioplot_note: str = "",
 ) -> Path:
-    from kmlbench.report import figures as kfig
-
     run = data.run
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         '<link rel="icon" href="data:,">',
-        f"<title>kmlbench report {_e(run.run_id)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>kmlbench report: {_e(run.run_id)}</h1>",
+        f"<title>kmlbench report {esc(run.run_id)}</title><style>{CSS}</style></head><body>",
+        f"<h1>kmlbench report: {esc(run.run_id)}</h1>",
     ]
     clock, shift = run.clock
     if clock == "virtual":
+        meaning = esc(clock_meaning(clock, shift))
         parts.append(
-            f"<div class='banner virtual'><b>VIRTUAL CLOCK</b> — {_e(clock_meaning(clock, shift))}."
+            f"<div class='banner virtual'><b>VIRTUAL CLOCK</b> — {meaning}."
             " Latencies are exact for that machine and repeat from boot to boot; they are "
             "not those of hardware.</div>"
         )
     elif run.emulated:
         parts.append(
-            f"<div class='banner emulated'><b>{_e(run.accel or 'tcg').upper()}</b> — "
+            f"<div class='banner emulated'><b>{esc(run.accel or 'tcg').upper()}</b> — "
             "emulated, realtime clock: absolute latencies are not those of hardware and vary "
             "with the host's load. Compare configurations within this run, not with hardware "
             "numbers.</div>"
         )
     else:
         parts.append(
-            f"<div class='banner hardware'><b>{_e((run.accel or 'unknown').upper())}</b> — "
+            f"<div class='banner hardware'><b>{esc((run.accel or 'unknown').upper())}</b> — "
             "hardware virtualisation.</div>"
         )
-    parts.append("<h2>Run</h2>" + _kv_table(_run_facts(run, data)))
+    parts.append("<h2>Run</h2>" + kv_table(_run_facts(run, data)))
     parts.append("<h2>Figures</h2>")
     for r in rendered:
         png = r.files["png"].relative_to(out_dir).as_posix()
         links = " ".join(
-            f"<a href='{_e(p.relative_to(out_dir).as_posix())}'>{fmt.upper()}</a>"
+            f"<a href='{esc(p.relative_to(out_dir).as_posix())}'>{fmt.upper()}</a>"
             for fmt, p in r.files.items()
         )
         parts.append(
-            f"<figure id='{_e(r.stem)}'><img src='{_e(png)}' alt='{_e(r.title)}'>"
-            f"<figcaption><b>{_e(r.title)}.</b> {_e(r.caption)} {links}</figcaption></figure>"
+            f"<figure id='{esc(r.stem)}'><img src='{esc(png)}' alt='{esc(r.title)}'>"
+            f"<figcaption><b>{esc(r.title)}.</b> {esc(r.caption)} {links}</figcaption></figure>"
         )
     if skipped:
         names = ", ".join(kfig.FIGURES[n].title.lower() for n in skipped)
         parts.append(
-            f"<p class=note>Not drawn, no data for them in this run: {_e(names)} "
+            f"<p class=note>Not drawn, no data for them in this run: {esc(names)} "
             "(model statistics appear once cells carry <code>kml_stats</code>).</p>"
         )
     parts.append("<h2>Statistics</h2>" + _within_run_statistics(data))
@@ -249,21 +183,21 @@ def write_html(
             if g.ok:
                 src = g.path.relative_to(out_dir).as_posix()
                 parts.append(
-                    f"<figure><img src='{_e(src)}' alt='{_e(g.title)}'>"
-                    f"<figcaption>{_e(g.title)} (fio-plot)</figcaption></figure>"
+                    f"<figure><img src='{esc(src)}' alt='{esc(g.title)}'>"
+                    f"<figcaption>{esc(g.title)} (fio-plot)</figcaption></figure>"
                 )
     note = fioplot_note or (fioplot_result.note if fioplot_result is not None else "")
     if note:
-        parts.append(f"<p class=note>{_e(note)}</p>")
+        parts.append(f"<p class=note>{esc(note)}</p>")
     parts.append(
         "<h2>Manifest</h2><details><summary>manifest.json</summary><pre>"
-        + _e(json.dumps(run.manifest, indent=2, sort_keys=True))
+        + esc(json.dumps(run.manifest, indent=2, sort_keys=True))
         + "</pre></details>"
     )
     parts.append(
         f"<p class=note>Generated by kmlbench from the results database; "
         f"regenerate the figures with <code>kmlbench figures --paper DIR --run "
-        f"{_e(run.run_id)}</code>.</p></body></html>"
+        f"{esc(run.run_id)}</code>.</p></body></html>"
     )
     path = out_dir / "index.html"
     path.write_text("\n".join(parts))
@@ -283,9 +217,6 @@ def build_report(
     ingest: bool = True,
 ) -> Path:
     """Ingest ``run_dir``, draw everything, write the page; returns ``index.html``."""
-    from kmlbench.report import figures as kfig
-    from kmlbench.report import fioplot as kfp
-
     run_dir = Path(run_dir)
     db_path = Path(db_path) if db_path else kdb.default_db_path()
     if ingest:
@@ -324,221 +255,6 @@ def command(args: argparse.Namespace) -> int:
     index = build_report(run_dir, db_path=args.db, out_dir=args.out, fioplot=not args.no_fioplot)
     print(f"kmlbench report: {index}")
     return 0
-
-
-# --------------------------------------------------------------------------
-# Sample runs from host fio (tests, benchmarks).
-
-_HOST_JOB = """\
-; kmlbench sample run: fio on the host (no guest), psync on a file
-[global]
-ioengine=psync
-direct={direct}
-filename={filename}
-size={size_mib}M
-bs={bs}
-time_based=1
-runtime={runtime_ms}ms
-rate_iops={rate_iops}
-iodepth={iodepth}
-randrepeat=0
-
-[{name}]
-rw={rw}
-numjobs=1
-"""
-
-
-def host_params(
-    scheduler: str, template: str = "randread", *, model: dict | None = None, **workload: Any
-) -> dict:
-    """Cell params shaped like the matrix's, for a host fio sample run.
-
-    The scheduler gets its tunables' defaults, as ``kmlbench.plan.matrix`` resolves
-    them (mq-deadline's read_expire etc.; none, kyber and bfq have none).
-    """
-    from kmlbench.plan.schema import SCHEDULERS, UNSET
-
-    wl = {"template": template, "bs": "4k", "iodepth": 1, "numjobs": 1, "rate_iops": 2000}
-    wl.update(workload)
-    tunables = {
-        k: f.default for k, f in SCHEDULERS.get(scheduler, {}).items() if f.default is not UNSET
-    }
-    params = {
-        "kernel": {"name": "default", "fragments": []},
-        "device": {"type": "host-file", "size_mib": 4},
-        "scheduler": {"name": scheduler, **tunables},
-        "workload": wl,
-    }
-    if model is not None:
-        params["model"] = model
-    return params
-
-
-def _host_cell_job(params: dict, filename: Path, runtime_s: float, direct: int) -> str:
-    wl = params["workload"]
-    rw = wl.get("rw") or {"randrw": "randrw", "seqread": "read", "seqwrite": "write"}.get(
-        wl["template"], wl["template"]
-    )
-    return _HOST_JOB.format(
-        direct=direct,
-        filename=filename,
-        size_mib=wl.get("size_mib", 4),
-        bs=wl.get("bs", "4k"),
-        runtime_ms=int(runtime_s * 1000),
-        rate_iops=wl.get("rate_iops", 2000),
-        iodepth=wl.get("iodepth", 1),
-        name=wl["template"],
-        rw=rw,
-    )
-
-
-def sample_kml_stats(seed: int, labels: Sequence[str] = ("read", "write", "mixed")) -> dict:
-    """``kml_stats`` shaped as docs/reporting.md proposes, from a seeded RNG.
-
-    For exercising the model figures until the model axis exists; the
-    numbers are synthetic and say so (``"synthetic": true``).
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    k = len(labels)
-    conf = rng.integers(5, 40, size=(k, k))
-    conf[np.diag_indices(k)] += rng.integers(200, 400, size=k)
-    n = int(conf.sum())
-    acc = float(np.trace(conf) / n)
-    recalls = np.diag(conf) / conf.sum(axis=1)
-    steps = list(range(0, 1000, 50))
-    loss = [float(1.2 * math.exp(-s / 300) + 0.1 + rng.normal(0, 0.01)) for s in steps]
-    acc_curve = [float(0.3 + (acc - 0.3) * (1 - math.exp(-s / 200))) for s in steps]
-    samples = rng.lognormal(mean=math.log(900), sigma=0.35, size=2000)
-    return {
-        "synthetic": True,
-        "accuracy": acc,
-        "balanced_accuracy": float(recalls.mean()),
-        "majority_baseline": float(conf.sum(axis=1).max() / n),
-        "n_predictions": n,
-        "labels": list(labels),
-        "confusion_matrix": conf.tolist(),
-        "learning_curve": {"step": steps, "loss": loss, "accuracy": acc_curve},
-        "inference_ns": [int(x) for x in samples],
-    }
-
-
-def _manifest(run_id: str, accel: str, name: str) -> dict:
-    from kmlbench.data.fio import fio_version
-
-    return {
-        "run_id": run_id,
-        "accel": accel,
-        "accel_reason": "sample run: fio on the host, no guest",
-        "emulated": accel != "kvm",
-        **clock_record("realtime", 0),  # the host's own clock
-        "matrix": {"name": name, "seed": 0},
-        "harness": {"git": "sample"},
-        "kernels": {
-            "default": {
-                "source_id": f"host {os.uname().release}",
-                "config_hash": "host",
-                "patch_series_hash": "none",
-                "compiler": "n/a",
-            }
-        },
-        "host": {"cpus": os.cpu_count(), "kernel": os.uname().release},
-        "fio": fio_version(),
-    }
-
-
-def make_host_run(
-    root: Path,
-    configs: Sequence[dict],
-    *,
-    repeats: int = 2,
-    run_id: str = "sample",
-    runtime_s: float = 1.0,
-    accel: str = "host",
-    parallel: int = 2,
-    kml_stats: Callable[[dict, int], dict | None] | None = None,
-    on_cell: Callable[[Path, str], None] | None = None,
-    timeout_s: float = 120,
-) -> Path:
-    """A run folder whose cells are real fio runs on the host (psync, a small file).
-
-    ``configs`` are cell params (see :func:`host_params`); every config runs
-    ``repeats`` times. Cells are recorded with :class:`kmlbench.run.results.RunDir`
-    exactly as the runner records them; ``kml_stats(params, repeat)`` may
-    add a ``kml_stats`` record, and ``on_cell(run_dir, cell_id)`` is called
-    after each cell is recorded (e.g. :func:`kmlbench.data.db.ingest_cell`).
-    A fio that runs past ``timeout_s`` raises ``subprocess.TimeoutExpired``
-    after the rest of its batch is killed and the data files are removed.
-    """
-    from kmlbench.data.fio import metrics_from_fio, parse_fio_output
-    from kmlbench.plan.cells import Cell, cell_id
-    from kmlbench.run.results import RunDir
-
-    run = RunDir.create(Path(root), run_id)
-    run.write_manifest(_manifest(run.run_id, accel, run_id))
-    data_dir = Path(tempfile.mkdtemp(prefix="kmlbench-sample-", dir=run.path))
-    cells = [Cell(cell_id(p, r), r, p, "default") for r in range(repeats) for p in configs]
-    run.write_plan(cells)
-    direct = 0
-    running: list[tuple[Any, subprocess.Popen]] = []
-    try:
-        pending = list(cells)
-        while pending:
-            batch, pending = pending[:parallel], pending[parallel:]
-            running.clear()
-            for cell in batch:
-                cdir = run.cell_dir(cell.id)
-                job = _host_cell_job(cell.params, data_dir / f"{cell.id}.dat", runtime_s, direct)
-                run.write_cell_file(cell.id, "job.fio", job)
-                running.append(
-                    (
-                        cell,
-                        procs.popen(
-                            [
-                                "fio",
-                                "--output-format=json+",
-                                f"--output={cdir / 'fio.json'}",
-                                str(cdir / "job.fio"),
-                            ],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT,
-                            text=True,
-                        ),
-                    )
-                )
-            for cell, proc in running:
-                out, _ = procs.communicate(proc, timeout_s)
-                cdir = run.cell_dir(cell.id)
-                run.write_cell_file(
-                    cell.id, "console.log", f"host fio run (no guest)\n$ fio ...\n{out}"
-                )
-                run.write_cell_file(cell.id, "dmesg.txt", "")
-                extra: dict[str, Any] = {"host_fio": True}
-                try:
-                    metrics = metrics_from_fio(parse_fio_output((cdir / "fio.json").read_text()))
-                    status = "ok" if proc.returncode == 0 else "failed"
-                except Exception as e:  # a failed cell is recorded, like the runner does
-                    metrics, status = {}, "failed"
-                    extra["error"] = str(e)
-                if kml_stats is not None:
-                    ks = kml_stats(cell.params, cell.repeat)
-                    if ks is not None:
-                        extra["kml_stats"] = ks
-                run.record_cell(cell, status, metrics, extra)
-                if on_cell is not None:
-                    on_cell(run.path, cell.id)
-    finally:
-        # a timeout or any error: stop the rest of the batch (each fio as a
-        # group: its job processes outlive a killed parent), and never leave
-        # the data files inside the run folder
-        for _, proc in running:
-            if proc.returncode is None:  # not collected yet
-                procs.stop(proc)
-                procs.drain(proc)
-        shutil.rmtree(data_dir, ignore_errors=True)
-    return run.path
 
 
 def benchmark(n_cells: int, workdir: Path | None = None) -> dict[str, Any]:
