@@ -137,12 +137,12 @@ class OldBackend:
         return float(workload["runtime_s"] + workload["ramp_s"] + self.runner.KML_MARGIN_S)
 
     def commands(self) -> dict[str, str]:
-        from kmlbench.data import fio
+        from kmlbench.plan import fio_job
 
         r = self.runner
         scratch = Path(tempfile.mkdtemp(prefix="golden-"))
         out = {
-            "fio_run": r._with_cpu_snapshots(fio.fio_shell_command(r.GUEST_JOB_PATH)),
+            "fio_run": r._with_cpu_snapshots(fio_job.fio_shell_command(r.GUEST_JOB_PATH)),
             "cpu_read": _recorded(lambda g: r._guest_cpu_metrics(g, scratch, 1, 1)),
         }
         for path in TEXT_FILES:

@@ -20,16 +20,13 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.data.fio import (
-    FioError,
-    fio_command,
-    fio_shell_command,
     fio_version,
     merge_bins,
     metrics_from_fio,
     parse_fio_output,
     percentile_from_bins,
-    render_job,
 )
+from kmlbench.plan.fio_job import FioError, fio_command, fio_shell_command, render_job
 from kmlbench.plan.schema import WORKLOAD_FIELDS
 
 FIO = shutil.which("fio") or "/usr/bin/fio"

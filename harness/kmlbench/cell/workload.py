@@ -21,6 +21,7 @@ from kmlbench.cell.context import CellContext, CellGuest, CommandOutput
 from kmlbench.cell.guest_paths import CPU_SNAPSHOT, GUEST_JOB
 from kmlbench.clock import host_timeout, instructions_per_us
 from kmlbench.data import fio
+from kmlbench.plan import fio_job
 
 # Short guest commands are given this many host seconds.
 SHORT_TIMEOUT_S = 30
@@ -28,7 +29,7 @@ SHORT_TIMEOUT_S = 30
 
 def fio_command() -> str:
     """The guest command that runs the cell's job, with the CPU snapshots around it."""
-    return render.command("workload-fio.sh", {"FIO": fio.fio_shell_command(GUEST_JOB)})
+    return render.command("workload-fio.sh", {"FIO": fio_job.fio_shell_command(GUEST_JOB)})
 
 
 def cpu_read_command() -> str:
@@ -41,7 +42,7 @@ def upload_job(ctx: CellContext) -> None:
 
     Records the guest's fio version beside it.
     """
-    job = fio.render_job(ctx.params["workload"], ctx.require_device().dev)
+    job = fio_job.render_job(ctx.params["workload"], ctx.require_device().dev)
     ctx.log("job.fio", job)
     ctx.guest.put(GUEST_JOB, job.encode())
     version = ctx.guest.run("fio --version", SHORT_TIMEOUT_S).stdout.strip()
@@ -81,7 +82,7 @@ def fio_outcome(
     """
     try:
         data: dict[str, Any] = fio.parse_fio_output(result.stdout)
-    except fio.FioError as exc:
+    except fio_job.FioError as exc:
         (cell_dir / "fio.out").write_text(result.stdout)
         extra["error"] = f"fio exited {result.exit_status}, no JSON: {exc}"
         return "failed", {}, {}
@@ -93,7 +94,7 @@ def fio_outcome(
         return "failed", {}, data
     try:
         metrics: dict[str, Any] = dict(fio.metrics_from_fio(data))
-    except fio.FioError as exc:
+    except fio_job.FioError as exc:
         extra["error"] = f"fio job error: {exc}"
         return "failed", {}, data
     return "ok", metrics, data

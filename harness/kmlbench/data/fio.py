@@ -1,9 +1,4 @@
-"""Render fio job files and turn fio's ``json+`` output into metrics.
-
-Job files are rendered on the host from ``workloads/templates/<name>.fio``
-with :class:`string.Template`, so the exact job a guest ran is stored next
-to its results (``job.fio``) and a missing variable fails before a guest
-boots.
+"""fio's ``json+`` output turned into metrics (job files: :mod:`kmlbench.plan.fio_job`).
 
 Latency percentiles are recomputed from fio's completion-latency
 histogram (``clat_ns.bins``, present only with ``--output-format=json+``)
@@ -18,81 +13,17 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
-import string
 import subprocess
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
-from kmlbench import paths, procs
+from kmlbench import procs
+from kmlbench.plan.fio_job import OUTPUT_FORMAT, FioError
 
 DIRECTIONS = ("read", "write", "trim")
 PERCENTILES = {"p50": 50.0, "p99": 99.0, "p999": 99.9}
-OUTPUT_FORMAT = "json+"
-
-
-class FioError(Exception):
-    """A template that does not render, or fio output that cannot be used."""
-
-
-# --------------------------------------------------------------------------
-# Job files.
-
-
-def template_path(name: str, templates_dir: Path | None = None) -> Path:
-    return (templates_dir or paths.TEMPLATES_DIR) / f"{name}.fio"
-
-
-def template_variables(workload: Mapping[str, Any], filename: str) -> dict[str, str]:
-    """``${FILENAME}`` plus every workload field under its upper-case name.
-
-    One mechanical rule (``runtime_s`` -> ``${RUNTIME_S}``) means a new
-    workload field is usable in templates without touching this module.
-    """
-    variables = {k.upper(): str(v) for k, v in workload.items() if k != "template"}
-    variables["FILENAME"] = filename
-    return variables
-
-
-def render_job(
-    workload: Mapping[str, Any], filename: str, *, templates_dir: Path | None = None
-) -> str:
-    """The fio job file for ``workload`` (a cell's ``params["workload"]``) on ``filename``."""
-    name = workload.get("template")
-    if not isinstance(name, str) or not name:
-        raise FioError("workload has no template name")
-    path = template_path(name, templates_dir)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise FioError(f"template {name!r}: cannot read {path}: {e.strerror or e}") from e
-    variables = template_variables(workload, filename)
-    try:
-        return string.Template(text).substitute(variables)
-    except KeyError as e:
-        raise FioError(
-            f"template {path.name} uses ${{{e.args[0]}}} but the workload has no such field "
-            f"(available: {', '.join(sorted(variables))})"
-        ) from e
-    except ValueError as e:  # a lone "$": fio job files must write "$$"
-        raise FioError(f"template {path.name}: {e}") from e
-
-
-def fio_command(job_path: str, *, fio: str = "fio", output: str | None = None) -> list[str]:
-    """The argv that runs a job; always ``json+`` because metrics need the histogram."""
-    argv = [fio, f"--output-format={OUTPUT_FORMAT}"]
-    if output:
-        argv.append(f"--output={output}")
-    argv.append(job_path)
-    return argv
-
-
-def fio_shell_command(job_path: str, *, fio: str = "fio", output: str | None = None) -> str:
-    """:func:`fio_command` quoted for a remote shell (SSH)."""
-    return shlex.join(fio_command(job_path, fio=fio, output=output))
 
 
 def fio_version(fio: str = "fio", timeout: float = 10) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,13 @@ from typing import Any
 
 from kmlbench import paths
 from kmlbench.clock import VIRTUAL_CPUS_REASON
-from kmlbench.data import fio
 from kmlbench.hashing import sha256_file
+from kmlbench.plan import fio_job
 from kmlbench.plan.cells import Cell, canonical_json, ordered_cells
+from kmlbench.plan.kernel import find_file, fragments, kernel_axis, kernel_source, portable
 from kmlbench.plan.schema import (
     ADAPTIVE_FIELDS,
     AXES,
-    DEFAULT_VARIANT,
     DEVICE_TYPES,
     GUEST_FIELDS,
     HEAD_FIELDS,
@@ -53,8 +52,6 @@ from kmlbench.plan.source import (
     typed,
 )
 
-_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-
 
 @dataclass(frozen=True)
 class Matrix:
@@ -74,88 +71,6 @@ class Matrix:
 
 # --------------------------------------------------------------------------
 # Sections.
-
-
-def _find_file(src: Source, key: str, text: str, base_dir: Path, what: str) -> Path:
-    """Resolve ``text`` relative to the matrix file, then to the repo root."""
-    p = Path(text).expanduser()
-    candidates = [p] if p.is_absolute() else [base_dir / p, paths.REPO_ROOT / p]
-    for c in candidates:
-        if c.exists():
-            return c.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise src.error(key, f"{what} {text!r} not found (looked at {tried})")
-
-
-def _portable(path: Path) -> str:
-    """A path as recorded in params: repo-relative when inside the checkout.
-
-    Cell ids hash the params, so an absolute checkout path would make the
-    same matrix produce different ids on different machines.
-    """
-    try:
-        return path.relative_to(paths.REPO_ROOT).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def _kernel_source(
-    src: Source, key: str, value: Any, base_dir: Path
-) -> tuple[str | dict[str, Any], Any]:
-    """(what kernel.py uses: absolute path for a local source, what params record)."""
-    if value == "debian":
-        return "debian", "debian"
-    if isinstance(value, str):
-        found = _find_file(src, key, value, base_dir, "kernel source")
-        if not (found.is_dir() or found.is_file()):
-            raise src.error(key, f"{value!r} is neither a source tree nor a tarball")
-        return str(found), _portable(found)
-    if isinstance(value, dict):
-        reject_unknown(src, key, value, ("url", "sha256"), "kernel.source")
-        for k in ("url", "sha256"):
-            if k not in value:
-                raise src.error(key, f"missing required key {k!r}")
-        url, sha = value["url"], value["sha256"]
-        if not isinstance(url, str) or not re.match(r"^https?://\S+$", url):
-            raise src.error(f"{key}.url", f"must be an http(s) URL, got {url!r}")
-        if not isinstance(sha, str) or not _SHA256_RE.match(sha):
-            raise src.error(f"{key}.sha256", f"must be 64 hex digits, got {sha!r}")
-        remote = {"url": url, "sha256": sha.lower()}
-        return remote, dict(remote)
-    raise src.error(key, f"must be 'debian', a path, or {{url, sha256}}, got {value!r}")
-
-
-def _fragments(src: Source, key: str, value: Any, base_dir: Path) -> list[Path]:
-    frags = typed(src, key, value, Field("strlist"))
-    out = []
-    for i, text in enumerate(frags):
-        found = _find_file(src, f"{key}[{i}]", text, base_dir, "config fragment")
-        if not found.is_file():
-            raise src.error(f"{key}[{i}]", f"config fragment {text!r} is not a file")
-        out.append(found)
-    return out
-
-
-def _kernel_axis(
-    src: Source, entries: Any, base_dir: Path, common: list[Path]
-) -> dict[str, list[Path]]:
-    if entries is None:
-        return {DEFAULT_VARIANT: list(common)}
-    if not isinstance(entries, list) or not entries:
-        raise src.error("axes.kernel", "must be a non-empty list of {name, fragments}")
-    variants: dict[str, list[Path]] = {}
-    for i, raw in enumerate(entries):
-        key = f"axes.kernel[{i}]"
-        entry = mapping(src, key, raw)
-        reject_unknown(src, key, entry, KERNEL_VARIANT_FIELDS, "a kernel variant")
-        values = resolve_fields(src, key, entry, {}, {"name": KERNEL_VARIANT_FIELDS["name"]})
-        name = values["name"]
-        if name in variants:
-            raise src.error(f"{key}.name", f"kernel variant {name!r} is defined twice")
-        variants[name] = common + _fragments(
-            src, f"{key}.fragments", entry.get("fragments", []), base_dir
-        )
-    return variants
 
 
 def _typed_entries(
@@ -259,10 +174,10 @@ def _model_entries(
                 if model[name] is None:
                     continue
                 fkey = keypaths.get(name, f"{ekey}.{name}")
-                found = _find_file(src, fkey, model[name], base_dir, name.replace("_", " "))
+                found = find_file(src, fkey, model[name], base_dir, name.replace("_", " "))
                 if not found.is_file():
                     raise src.error(fkey, f"{model[name]!r} is not a file")
-                model[name] = _portable(found)
+                model[name] = portable(found)
                 model[f"{name}_sha256"] = sha256_file(found)
             if model["mode"] == "off":
                 if model["trainer"] != "none":
@@ -311,8 +226,8 @@ def _workload_entries(
                     f"(known: {', '.join(known)})",
                 )
             try:
-                fio.render_job(workload, "/dev/null", templates_dir=templates_dir)
-            except fio.FioError as e:
+                fio_job.render_job(workload, "/dev/null", templates_dir=templates_dir)
+            except fio_job.FioError as e:
                 raise src.error(tkey, str(e)) from e
             out.append((workload, ekey, keypaths))
     return out
@@ -396,10 +311,10 @@ def load_matrix(
 
     kernel = mapping(src, "kernel", top.get("kernel") or {})
     reject_unknown(src, "kernel", kernel, ("source", "fragments"), "kernel")
-    source, source_for_params = _kernel_source(
+    source, source_for_params = kernel_source(
         src, "kernel.source", kernel.get("source", "debian"), base_dir
     )
-    common = _fragments(src, "kernel.fragments", kernel.get("fragments", []), base_dir)
+    common = fragments(src, "kernel.fragments", kernel.get("fragments", []), base_dir)
 
     adaptive = None
     if "adaptive_repeat" in top:
@@ -433,7 +348,7 @@ def load_matrix(
     if "workload" not in axes:
         raise src.error("axes", "missing required key 'workload'")
 
-    variants = _kernel_axis(src, axes.get("kernel"), base_dir, common)
+    variants = kernel_axis(src, axes.get("kernel"), base_dir, common)
     devices = _device_entries(src, axes.get("device") or [{"type": "null_blk"}], "axes.device")
     schedulers = _scheduler_entries(
         src, axes.get("scheduler") or [{"name": "mq-deadline"}], "axes.scheduler"
@@ -466,7 +381,7 @@ def load_matrix(
         kparams = {
             "name": vname,
             "source": copy.deepcopy(source_for_params),
-            "fragments": [_portable(f) for f in frags],
+            "fragments": [portable(f) for f in frags],
         }
         configs: list[dict[str, Any]] = []
         collapsed: set[str] = set()

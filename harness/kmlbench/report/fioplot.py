@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import procs
-from kmlbench.data.fio import FioError, parse_fio_output
+from kmlbench.data.fio import parse_fio_output
+from kmlbench.plan.fio_job import FioError
 
 _DRIVER = r"""
 import json, sys

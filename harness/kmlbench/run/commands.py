@@ -10,7 +10,8 @@ import argparse
 
 from kmlbench import paths
 from kmlbench.build import image, kernel
-from kmlbench.plan.matrix import MatrixError, load_matrix
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.plan.source import MatrixError
 from kmlbench.run import runner, trace
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 from kmlbench import paths
 from kmlbench.data.db.schema import connect, flatten_params, transaction
-from kmlbench.data.fio import FioError, parse_fio_output
+from kmlbench.data.fio import parse_fio_output
 from kmlbench.data.stats import Histogram, merge_histograms
 from kmlbench.plan.cells import config_hash
+from kmlbench.plan.fio_job import FioError
 
 DIRECTIONS = ("read", "write", "trim")
 

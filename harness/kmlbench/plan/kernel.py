@@ -1,0 +1,102 @@
+"""A matrix's files and kernel: paths it names, the kernel source, the config variants.
+
+Paths are found relative to the matrix file, then to the checkout, and
+recorded repo-relative (:func:`portable`) so cell ids do not depend on where
+the checkout is.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from kmlbench import paths
+from kmlbench.plan.schema import DEFAULT_VARIANT, KERNEL_VARIANT_FIELDS, Field
+from kmlbench.plan.source import Source, mapping, reject_unknown, resolve_fields, typed
+
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def find_file(src: Source, key: str, text: str, base_dir: Path, what: str) -> Path:
+    """Resolve ``text`` relative to the matrix file, then to the repo root."""
+    p = Path(text).expanduser()
+    candidates = [p] if p.is_absolute() else [base_dir / p, paths.REPO_ROOT / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise src.error(key, f"{what} {text!r} not found (looked at {tried})")
+
+
+def portable(path: Path) -> str:
+    """A path as recorded in params: repo-relative when inside the checkout.
+
+    Cell ids hash the params, so an absolute checkout path would make the
+    same matrix produce different ids on different machines.
+    """
+    try:
+        return path.relative_to(paths.REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def kernel_source(
+    src: Source, key: str, value: Any, base_dir: Path
+) -> tuple[str | dict[str, Any], Any]:
+    """(what kernel.py uses: absolute path for a local source, what params record)."""
+    if value == "debian":
+        return "debian", "debian"
+    if isinstance(value, str):
+        found = find_file(src, key, value, base_dir, "kernel source")
+        if not (found.is_dir() or found.is_file()):
+            raise src.error(key, f"{value!r} is neither a source tree nor a tarball")
+        return str(found), portable(found)
+    if isinstance(value, dict):
+        reject_unknown(src, key, value, ("url", "sha256"), "kernel.source")
+        for k in ("url", "sha256"):
+            if k not in value:
+                raise src.error(key, f"missing required key {k!r}")
+        url, sha = value["url"], value["sha256"]
+        if not isinstance(url, str) or not re.match(r"^https?://\S+$", url):
+            raise src.error(f"{key}.url", f"must be an http(s) URL, got {url!r}")
+        if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+            raise src.error(f"{key}.sha256", f"must be 64 hex digits, got {sha!r}")
+        remote = {"url": url, "sha256": sha.lower()}
+        return remote, dict(remote)
+    raise src.error(key, f"must be 'debian', a path, or {{url, sha256}}, got {value!r}")
+
+
+def fragments(src: Source, key: str, value: Any, base_dir: Path) -> list[Path]:
+    """The config fragments ``value`` names, each an existing file."""
+    frags = typed(src, key, value, Field("strlist"))
+    out = []
+    for i, text in enumerate(frags):
+        found = find_file(src, f"{key}[{i}]", text, base_dir, "config fragment")
+        if not found.is_file():
+            raise src.error(f"{key}[{i}]", f"config fragment {text!r} is not a file")
+        out.append(found)
+    return out
+
+
+def kernel_axis(
+    src: Source, entries: Any, base_dir: Path, common: list[Path]
+) -> dict[str, list[Path]]:
+    """``axes.kernel``: variant name -> its fragments after the ``common`` ones."""
+    if entries is None:
+        return {DEFAULT_VARIANT: list(common)}
+    if not isinstance(entries, list) or not entries:
+        raise src.error("axes.kernel", "must be a non-empty list of {name, fragments}")
+    variants: dict[str, list[Path]] = {}
+    for i, raw in enumerate(entries):
+        key = f"axes.kernel[{i}]"
+        entry = mapping(src, key, raw)
+        reject_unknown(src, key, entry, KERNEL_VARIANT_FIELDS, "a kernel variant")
+        values = resolve_fields(src, key, entry, {}, {"name": KERNEL_VARIANT_FIELDS["name"]})
+        name = values["name"]
+        if name in variants:
+            raise src.error(f"{key}.name", f"kernel variant {name!r} is defined twice")
+        variants[name] = common + fragments(
+            src, f"{key}.fragments", entry.get("fragments", []), base_dir
+        )
+    return variants
