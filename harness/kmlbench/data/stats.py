@@ -8,20 +8,18 @@ interval and test here resamples or ranks whole repeats.
 
 For each metric the group's estimate is computed the way it is defined:
 
-* latency percentiles (p50, p99, p99.9) from the *merged* fio histogram of
-  all repeats, with fio's own percentile rule, never by averaging the
-  repeats' percentiles;
+* latency percentiles (p50, p99, p99.9) from the *merged* fio histogram of all
+  repeats, with fio's own rule, never by averaging the repeats' percentiles;
 * mean latency as the sample-weighted mean of the repeats' exact means;
 * IOPS, bandwidth and accuracy-type metrics as the mean over repeats.
 
-The relative change ``B / A - 1`` gets a percentile-bootstrap 95% interval
-(repeats of each group resampled with replacement, percentiles recomputed
-from the resampled merged histograms), and the per-repeat values are
-compared with a two-sided Mann-Whitney U test. A difference is called
-significant only when both agree: the interval excludes 0 *and* p < alpha.
-With few repeats the U test cannot reach alpha at all (3 vs 3: smallest
-p = 0.1), which the result reports as ``underpowered``; four repeats per
-side are the minimum for alpha = 0.05.
+The relative change ``B / A - 1`` gets a percentile-bootstrap 95% interval (repeats
+resampled with replacement, percentiles recomputed from the resampled merged
+histograms); the per-repeat values get a two-sided Mann-Whitney U test. A
+difference is significant only when both agree: the interval excludes 0 *and*
+p < alpha. With few repeats the U test cannot reach alpha at all (3 vs 3:
+smallest p = 0.1), reported as ``underpowered``; four repeats per side are the
+minimum for alpha = 0.05.
 """
 
 from __future__ import annotations
@@ -105,9 +103,10 @@ def merge_histograms(hists: Iterable[Histogram]) -> Histogram:
     if not hists:
         return Histogram(np.array([], dtype=np.int64), np.array([], dtype=np.int64), None)
     pairs = [(int(v), int(n)) for h in hists for v, n in zip(h.values, h.counts, strict=True)]
+    known = [(h.mean_ns, h.total) for h in hists if h.mean_ns is not None]
     mean = None
-    if all(h.mean_ns is not None for h in hists):
-        mean = sum(h.mean_ns * h.total for h in hists) / sum(h.total for h in hists)
+    if len(known) == len(hists):
+        mean = sum(m * n for m, n in known) / sum(n for _, n in known)
     return Histogram.from_pairs(pairs, mean_ns=mean)
 
 
@@ -245,8 +244,10 @@ def per_sample(m: MetricDef, samples: Sequence[Sample]) -> np.ndarray:
             out.append(s.histogram.percentile(m.percentile) / 1000.0)
         elif m.latency_mean and s.histogram is not None:
             out.append(s.histogram.mean() / 1000.0)
-        else:
+        elif m.scalar is not None:
             out.append(float(s.values[m.scalar]))
+        else:
+            raise KeyError(f"{m.name}: no histogram in this sample and no scalar metric")
     return np.array(out, dtype=np.float64)
 
 
@@ -259,7 +260,7 @@ def _uses_histograms(m: MetricDef, samples: Sequence[Sample]) -> bool:
 def group_estimate(m: MetricDef, samples: Sequence[Sample]) -> float:
     """The group's value of ``m`` (see the module docstring for the definition)."""
     if _uses_histograms(m, samples):
-        merged = merge_histograms(s.histogram for s in samples)
+        merged = merge_histograms(s.histogram for s in samples if s.histogram is not None)
         if m.percentile is not None:
             return merged.percentile(m.percentile) / 1000.0
         return merged.mean() / 1000.0
@@ -273,15 +274,16 @@ class _Resampler:
         self.m = m
         self.n = len(samples)
         self.hist = _uses_histograms(m, samples)
+        hists = [s.histogram for s in samples if s.histogram is not None]
         if self.hist and m.percentile is not None:
-            grid = np.unique(np.concatenate([s.histogram.values for s in samples]))
+            grid = np.unique(np.concatenate([h.values for h in hists]))
             mat = np.zeros((self.n, len(grid)), dtype=np.float64)
-            for i, s in enumerate(samples):
-                mat[i, np.searchsorted(grid, s.histogram.values)] = s.histogram.counts
+            for i, h in enumerate(hists):
+                mat[i, np.searchsorted(grid, h.values)] = h.counts
             self.grid, self.mat = grid, mat
         elif self.hist:
-            self.means = np.array([s.histogram.mean() for s in samples]) / 1000.0
-            self.weights = np.array([s.histogram.total for s in samples], dtype=np.float64)
+            self.means = np.array([h.mean() for h in hists]) / 1000.0
+            self.weights = np.array([h.total for h in hists], dtype=np.float64)
         else:
             self.vals = per_sample(m, samples)
 
@@ -323,17 +325,17 @@ def min_attainable_p(n_a: int, n_b: int) -> float:
     return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
 
 
-def mann_whitney(a: Sequence[float], b: Sequence[float]) -> float:
+def mann_whitney(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """Two-sided Mann-Whitney U p-value (scipy), 1.0 when undefined."""
     if len(a) == 0 or len(b) == 0:
         return 1.0
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    if np.all(a == a[0]) and np.all(b == a[0]):
+    xa = np.asarray(a, dtype=float)
+    xb = np.asarray(b, dtype=float)
+    if np.all(xa == xa[0]) and np.all(xb == xa[0]):
         return 1.0
     from scipy.stats import mannwhitneyu  # late: run/runner imports stats: no scipy in run
 
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    return float(mannwhitneyu(xa, xb, alternative="two-sided").pvalue)
 
 
 @dataclass

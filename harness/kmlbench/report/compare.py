@@ -182,10 +182,10 @@ def compare_cells(
         comps = stats.compare_groups(sa, sb, metrics, alpha=alpha, n_boot=n_boot)
         row = Row(labels[key], key, groups_a[key], groups_b[key], comps)
         rows.append(row)
-        for c in comps:
+        for comp in comps:
             for t in thresholds:
-                if t.tripped(c):
-                    tripped.append((row.label, c, t))
+                if t.tripped(comp):
+                    tripped.append((row.label, comp, t))
     return Result(
         rows,
         sorted(labels[k] for k in groups_a if k not in groups_b),
@@ -214,7 +214,7 @@ def print_table(result: Result, title: str, file=None) -> None:
         ("p", "right"),
         ("verdict", "left"),
     ):
-        table.add_column(col, justify=just)
+        table.add_column(col, justify="right" if just == "right" else "left")
     for row in result.rows:
         for i, c in enumerate(row.comparisons):
             ci = "" if math.isnan(c.ci_low) else f"[{c.ci_low:+.1%}, {c.ci_high:+.1%}]"
@@ -257,12 +257,12 @@ def write_html(result: Result, title: str, path: Path) -> None:
         comparisons_table(rows),
     ]
     if result.tripped:
-        items = "".join(
+        listed = "".join(
             f"<li>{html.escape(label)}: {html.escape(c.label)} {c.change:+.1%} beyond "
             f"{html.escape(str(t))}</li>"
             for label, c, t in result.tripped
         )
-        parts.append(f"<h2 class=worse>Regressions</h2><ul>{items}</ul>")
+        parts.append(f"<h2 class=worse>Regressions</h2><ul>{listed}</ul>")
     for side, items in (("A", result.only_a), ("B", result.only_b)):
         if items:
             parts.append(f"<p class=note>Only in {side}: {html.escape(', '.join(items))}</p>")
