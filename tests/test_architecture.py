@@ -19,6 +19,21 @@ MAX_LINES = 500
 # A module over MAX_LINES says why in its docstring, with this phrase.
 ONE_MODULE = "Kept as one module"
 LATE = "# late:"
+# The packages from the bottom up: a module imports only from its own layer or
+# those below it (docs/architecture.md draws the same picture).
+LAYERS = (
+    ("base", {"paths", "procs", "files", "hashing", "clock", "progress", "status"}),
+    ("plan", {"plan"}),
+    ("data", {"data"}),
+    ("build", {"build"}),
+    ("guest", {"guest"}),
+    ("kml", {"kml"}),
+    ("cell", {"cell"}),
+    ("run", {"run"}),
+    ("report", {"report"}),
+    ("bench", {"bench"}),
+    ("cli", {"cli"}),
+)
 
 
 def _module_name(path: Path) -> str:
@@ -113,6 +128,26 @@ def test_no_import_cycles() -> None:
 def test_the_cycle_check_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) == 1:  # the package itself: only __version__
+        return 0
+    for i, (_, names) in enumerate(LAYERS):
+        if parts[1] in names:
+            return i
+    raise AssertionError(f"{module}: in no layer of tests/test_architecture.py's LAYERS")
+
+
+def test_packages_import_only_downwards() -> None:
+    upward = [
+        f"{module} ({LAYERS[_layer(module)][0]}) imports {target} ({LAYERS[_layer(target)][0]})"
+        for module, targets in _graph().items()
+        for target in sorted(targets)
+        if _layer(target) > _layer(module)
+    ]
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)
 
 
 def _late_imports(path: Path) -> list[str]:
