@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from kmlbench import status as status_names
 from kmlbench.cell.guest_paths import BlockDevice
 from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.console import ConsoleEvent
@@ -163,7 +164,7 @@ class CellContext:
     step: str = ""  # the step running, or the last one
     device: BlockDevice | None = None
     model: dict[str, Any] | None = None  # what KML runs in this cell (None: stock)
-    status: str = "ok"
+    status: str = status_names.OK
     metrics: dict[str, Any] = field(default_factory=dict)
     fio_report: dict[str, Any] = field(default_factory=dict)
     result: tuple[str, dict[str, Any]] | None = None

@@ -65,6 +65,7 @@ from kmlbench.guest.qemu import Guest, GuestError
 from kmlbench.guest.ssh import SSHKeys
 from kmlbench.plan.cells import Cell
 from kmlbench.plan.matrix import Matrix
+from kmlbench.status import FAILED, INFRA_ERROR, OK
 
 
 @dataclass
@@ -172,7 +173,7 @@ def run_steps(ctx: CellContext) -> bool:
             return False
         except StepFailed as exc:
             ctx.extra["error"] = str(exc)
-            ctx.result = ("failed", {})
+            ctx.result = (FAILED, {})
             break
     else:
         ctx.result = (ctx.status, ctx.metrics)
@@ -207,7 +208,7 @@ def run_cell(
     ctx = CellContext(cell, cell_dir, the_boot, trace=trace)
     started = time.monotonic()
     events: list[ConsoleEvent]
-    status = "infra-error"
+    status = INFRA_ERROR
     try:
         with the_boot:
             run_steps(ctx)
@@ -230,7 +231,7 @@ def run_cell(
     metrics = ctx.result[1] if ctx.result is not None else {}
     ctx.extra["console_events"] = [e.to_dict() for e in events]
     crashed = status_for(events)
-    if crashed and status in ("ok", "failed"):
+    if crashed and status in (OK, FAILED):
         status = crashed
     return CellOutcome(status, metrics, ctx.extra)
 
@@ -294,7 +295,7 @@ def run_shared_boot(
                             raise  # no guest: the boot's outcome, below
                         ctx.extra["error"] = f"{type(exc).__name__}: {exc}"
                         ctx.extra["traceback"] = traceback.format_exc()
-                    status, metrics = ctx.result or ("infra-error", {})
+                    status, metrics = ctx.result or (INFRA_ERROR, {})
                     events = the_boot.new_events()
                     ctx.extra["console_events"] = [e.to_dict() for e in events]
                     if the_boot.position > 0:
@@ -304,14 +305,14 @@ def run_shared_boot(
                             + "".join(f"{e.to_dict()}\n" for e in events),
                         )
                     crashed = status_for(events)
-                    if crashed and status in ("ok", "failed"):
+                    if crashed and status in (OK, FAILED):
                         status = crashed
                     ctx.timings["total_s"] = time.monotonic() - started
                     pending.pop(0)
                     the_boot.position += 1
                     yield cell, CellOutcome(status, metrics, ctx.extra)
                     started = time.monotonic()
-                    if crashed or status == "infra-error":
+                    if crashed or status == INFRA_ERROR:
                         break  # no more cells on a guest in doubt
                     if the_boot.device is None:
                         break  # its device never came up: boot afresh
@@ -322,7 +323,7 @@ def run_shared_boot(
             raise
         except Exception as exc:  # as run_cell: a harness fault is the cell's infra-error
             error = f"{type(exc).__name__}: {exc}"
-            outcome = _boot_ended(pending.pop(0), "infra-error", error, [], started, the_boot)
+            outcome = _boot_ended(pending.pop(0), INFRA_ERROR, error, [], started, the_boot)
             outcome[1].extra["traceback"] = traceback.format_exc()
             yield outcome
         finally:

@@ -52,6 +52,7 @@ from kmlbench.plan.schema import (
     SAMPLE_FILTERS,
     TRAINERS,
 )
+from kmlbench.status import FAILED, OK
 
 # The user trainer and the tracer get fio's time plus this; the harness stops
 # them itself after fio, so this is only a backstop.
@@ -338,7 +339,7 @@ def collect(ctx: CellContext) -> None:
     problems, kml_metrics, record = _collect(ctx, ctx.model)
     if record is not None:
         ctx.extra["kml_stats"] = record
-    if ctx.status == "ok":
+    if ctx.status == OK:
         ctx.metrics.update(kml_metrics)
         per_us = insn_per_us(ctx.guest)
         if per_us is not None:
@@ -349,7 +350,7 @@ def collect(ctx: CellContext) -> None:
                     ctx.metrics[f"inference_insn_{pct}"] = ns * per_us / 1000.0
         if problems:
             ctx.extra["error"] = "; ".join(problems)
-            ctx.status = "failed"
+            ctx.status = FAILED
     elif problems:
         ctx.extra["kml_problems"] = problems
 

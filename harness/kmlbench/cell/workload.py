@@ -22,6 +22,7 @@ from kmlbench.cell.guest_paths import CPU_SNAPSHOT, GUEST_JOB
 from kmlbench.clock import host_timeout, instructions_per_us
 from kmlbench.data import fio
 from kmlbench.plan import fio_job
+from kmlbench.status import FAILED, OK
 
 # Short guest commands are given this many host seconds.
 SHORT_TIMEOUT_S = 30
@@ -66,7 +67,7 @@ def run(ctx: CellContext) -> None:
     if result.stderr:
         ctx.log("fio.stderr", result.stderr)
     ctx.status, ctx.metrics, ctx.fio_report = fio_outcome(result, ctx.cell_dir, ctx.extra)
-    if ctx.status == "ok":
+    if ctx.status == OK:
         ios = ctx.metrics.get("iops", 0.0) * fio_runtime_s(ctx.fio_report)
         ctx.metrics.update(guest_cpu_metrics(guest, ctx.cell_dir, ios, ctx.timeout))
 
@@ -85,19 +86,19 @@ def fio_outcome(
     except fio_job.FioError as exc:
         (cell_dir / "fio.out").write_text(result.stdout)
         extra["error"] = f"fio exited {result.exit_status}, no JSON: {exc}"
-        return "failed", {}, {}
+        return FAILED, {}, {}
     (cell_dir / "fio.json").write_text(json.dumps(data, indent=1))
     if not result.stdout.lstrip().startswith("{"):
         (cell_dir / "fio.out").write_text(result.stdout)
     if result.exit_status != 0:
         extra["error"] = f"fio exited {result.exit_status}: {result.stderr[-500:]}"
-        return "failed", {}, data
+        return FAILED, {}, data
     try:
         metrics: dict[str, Any] = dict(fio.metrics_from_fio(data))
     except fio_job.FioError as exc:
         extra["error"] = f"fio job error: {exc}"
-        return "failed", {}, data
-    return "ok", metrics, data
+        return FAILED, {}, data
+    return OK, metrics, data
 
 
 def fio_runtime_s(data: Mapping[str, Any]) -> float:

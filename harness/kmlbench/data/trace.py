@@ -1,4 +1,6 @@
-"""KML sample traces: read and export them, and record one from a real guest.
+"""KML sample traces: the file format, read, written and exported (``kmlbench trace csv/info``).
+
+Recording one from a real guest is :mod:`kmlbench.run.trace`'s job.
 
 A trace is what ``kmlctl trace`` writes in the guest (``docs/trace.md``): a
 64-byte header (magic ``KMLTRC01``, ``abi_version`` at 8, ``record_size``
