@@ -95,29 +95,6 @@ void calib_apply(struct calib *c, u32 permille, bool to_dev)
 
 #define CALIBRATE_CHUNK		256	/* rows predicted per call */
 
-/* A model that takes @n_features inputs and gives one output. */
-static int calibrate_model(const char *path, u32 n_features,
-			   struct kml_model **m, struct kml_model_cfg *cfg)
-{
-	size_t len;
-	void *buf;
-	int ret;
-
-	ret = read_file(path, &buf, &len);
-	if (ret)
-		return fail(-ret, "read %s", path);
-	ret = kml_model_load(buf, len, m);
-	free(buf);
-	if (ret)
-		return fail(-ret, "%s: not a valid model", path);
-	kml_model_get_cfg(*m, cfg);
-	if (cfg->sizes[0] != n_features || cfg->sizes[cfg->n_layers] != 1)
-		return fail(EPROTO, "%s: %u inputs and %u outputs, the trace "
-			    "needs %u and 1", path, cfg->sizes[0],
-			    cfg->sizes[cfg->n_layers], n_features);
-	return 0;
-}
-
 /* Predict @n samples into @yhat (lg us), as the kernel reads features. */
 static int calibrate_predict(struct kml_model *m, bool q16,
 			     const struct kml_dd_sample *s, u32 n, u32 nf,
@@ -170,7 +147,7 @@ int cmd_calibrate(const struct opts *o)
 	if (check_opts(o, "calibrate", 0, 2, 2))
 		return 2;
 	if (read_trace(o->argv[2], &s, &n, &nf) ||
-	    calibrate_model(o->argv[1], nf, &m, &cfg))
+	    model_load_file(o->argv[1], nf, "the trace needs", false, &m, &cfg))
 		goto out;
 	if (n > U32_MAX) {
 		fail(EFBIG, "%s: %zu samples", o->argv[2], n);

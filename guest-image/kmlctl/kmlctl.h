@@ -131,6 +131,8 @@ void close_ring(struct ring_src *rs);
 /* ------------------------------------------------------------- model.c */
 
 int model_new(const struct opts *o, u32 n_in, struct kml_model **m);
+int model_load_file(const char *path, u32 n_in, const char *who, bool f32_only,
+		    struct kml_model **m, struct kml_model_cfg *cfg);
 int model_warm(const char *path, u32 n_in, struct kml_model **m);
 int model_bytes(struct kml_model *m, void **bufp, size_t *lenp);
 

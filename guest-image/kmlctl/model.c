@@ -36,10 +36,15 @@ int model_new(const struct opts *o, u32 n_in, struct kml_model **m)
 	return kml_model_create(&cfg, m);
 }
 
-/* --warm: continue from a saved model, which must fit the samples. */
-int model_warm(const char *path, u32 n_in, struct kml_model **m)
+/*
+ * Load the model file @path into @m (its configuration in @cfg) and check it
+ * takes @n_in inputs and gives one output; @who ("the samples need") names
+ * what has @n_in features in the error.  With @f32_only, a model that is not
+ * float32 is refused first.
+ */
+int model_load_file(const char *path, u32 n_in, const char *who, bool f32_only,
+		    struct kml_model **m, struct kml_model_cfg *cfg)
 {
-	struct kml_model_cfg cfg;
 	size_t len;
 	void *buf;
 	int ret;
@@ -51,14 +56,22 @@ int model_warm(const char *path, u32 n_in, struct kml_model **m)
 	free(buf);
 	if (ret)
 		return fail(-ret, "%s: not a valid model", path);
-	kml_model_get_cfg(*m, &cfg);
-	if (cfg.dtype != KML_F32)
+	kml_model_get_cfg(*m, cfg);
+	if (f32_only && cfg->dtype != KML_F32)
 		return fail(EINVAL, "%s: kmlctl trains float32 models only", path);
-	if (cfg.sizes[0] != n_in || cfg.sizes[cfg.n_layers] != 1)
-		return fail(EPROTO, "%s: %u inputs and %u outputs, the samples "
-			    "need %u and 1", path, cfg.sizes[0],
-			    cfg.sizes[cfg.n_layers], n_in);
+	if (cfg->sizes[0] != n_in || cfg->sizes[cfg->n_layers] != 1)
+		return fail(EPROTO, "%s: %u inputs and %u outputs, %s %u and 1",
+			    path, cfg->sizes[0], cfg->sizes[cfg->n_layers], who,
+			    n_in);
 	return 0;
+}
+
+/* --warm: continue from a saved model, which must fit the samples. */
+int model_warm(const char *path, u32 n_in, struct kml_model **m)
+{
+	struct kml_model_cfg cfg;
+
+	return model_load_file(path, n_in, "the samples need", true, m, &cfg);
 }
 
 /* Serialise the model; the caller frees. */
