@@ -156,10 +156,24 @@ def _late_imports(path: Path) -> list[str]:
     lines = source.splitlines()
     tree = ast.parse(source, str(path))
     late = []
-    top = {id(node) for node in tree.body}
-    for node in tree.body:  # ``if TYPE_CHECKING:`` / ``try:`` blocks at the top count as top
-        if isinstance(node, ast.If | ast.Try):
-            top.update(id(n) for n in ast.walk(node))
+    top: set[int] = set()
+
+    def module_level(body: list[ast.stmt]) -> None:
+        # statements run at import: the module's, and those of its top-level
+        # ``if TYPE_CHECKING:`` / ``try:`` blocks, but not of functions in them
+        for node in body:
+            top.add(id(node))
+            if isinstance(node, ast.If):
+                module_level(node.body)
+                module_level(node.orelse)
+            elif isinstance(node, ast.Try):
+                module_level(node.body)
+                module_level(node.orelse)
+                module_level(node.finalbody)
+                for handler in node.handlers:
+                    module_level(handler.body)
+
+    module_level(tree.body)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in top:
             around = " ".join(lines[max(node.lineno - 3, 0) : node.lineno])

@@ -70,3 +70,16 @@ def test_dry_run_into_a_closed_pipe_is_quiet() -> None:
     )
     assert "96 cells" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_runs_and_files_are_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KMLBENCH_RESULTS", str(tmp_path))
+    assert cli.main(["run", "--resume", "nosuch", "--results", str(tmp_path)]) == 2
+    assert cli.main(["bench", "harness", "--run", "nosuch"]) == 2
+    assert cli.main(["kunit", "--parse", str(tmp_path / "missing.log")]) == 2
+    assert cli.main(["train", "--trace", "t", "-o", str(tmp_path / "m"), "--arch", "cnn"]) == 2
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    assert "nosuch" in out.out and "missing.log" in out.err and "mlp, linear" in out.err

@@ -834,3 +834,32 @@ def test_console_and_dmesg_are_clean(kg: Guest) -> None:
     dmesg = sh(kg, "dmesg").stdout
     bad = [line for line in dmesg.splitlines() if "WARNING:" in line or "BUG:" in line]
     assert bad == [], bad
+
+
+def test_ring_mode_on_the_kernel_command_line(
+    guest_kernel: Path, base_image: Path, tmp_path: Path
+) -> None:
+    """``kml.ring_mode=block`` at boot is set before the ring exists: kept, no oops.
+
+    The setter once wrote through the ring's not yet allocated shared state
+    (a NULL dereference at boot), and init then reset the mode to drop.
+    """
+    keys = SSHKeys.generate(tmp_path / "keys")
+    initrd = make_guest_initrd(base_image, tmp_path, keys.authorized_key, keys.host_key)
+    cfg = GuestConfig(
+        kernel=guest_kernel,
+        initrd=initrd,
+        console_log=tmp_path / "console.log",
+        memory_mib=512,
+        append=f"{device.kernel_cmdline(DEVICE)} kml.ring_mode=block",
+        boot_timeout_s=120,
+        silence_timeout_s=120,
+    )
+    with Guest(cfg, keys) as guest:
+        assert sh(guest, "cat /sys/module/kml/parameters/ring_mode").stdout.strip() == "block"
+        assert "no sample ring" not in sh(guest, "dmesg").stdout
+        # the ring itself carries the mode its producers read
+        info = sh(guest, f"{KMLCTL} info").stdout
+        events = [e for e in guest.events() if e.kind in BAD_EVENTS]
+    assert events == [], events
+    assert "ring_mode block" in info.splitlines(), info

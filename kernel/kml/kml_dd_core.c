@@ -35,6 +35,12 @@
 
 struct kml_dd_global kml_dd = {
 	.decision_permille = KML_DD_PERMILLE_DEFAULT,
+	.model_lock = __MUTEX_INITIALIZER(kml_dd.model_lock),
+	/*
+	 * kml.ring_mode= on the command line is set before the ring exists:
+	 * until init, a write lands on the stand-in and init keeps its mode.
+	 */
+	.ring = { .mode = KML_RING_DROP, .sh = &kml_dd.no_ring },
 };
 
 /* ------------------------------------------------------------ parameters */
@@ -552,7 +558,6 @@ static int __init kml_dd_global_init(void)
 	size_t bytes;
 	int ret;
 
-	mutex_init(&kml_dd.model_lock);
 	if (!is_power_of_2(ring_capacity) || ring_capacity < 2)
 		ring_capacity = 4096;
 	bytes = kml_ring_bytes(ring_capacity, sizeof(struct kml_dd_sample));
@@ -563,7 +568,7 @@ static int __init kml_dd_global_init(void)
 		ret = kml_ring_init(&kml_dd.ring, kml_dd.ring_mem, bytes,
 				    ring_capacity,
 				    sizeof(struct kml_dd_sample),
-				    KML_RING_DROP);
+				    READ_ONCE(kml_dd.ring.mode));
 		if (ret) {
 			vfree(kml_dd.ring_mem);
 			kml_dd.ring_mem = NULL;

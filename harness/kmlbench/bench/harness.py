@@ -71,6 +71,9 @@ def command(args: argparse.Namespace) -> int:
         run_dir = root / run_id
     else:
         run_dir = root / args.run
+    if not (run_dir / "summary.json").is_file():
+        print(f"kmlbench: {run_dir} is not a run folder (no summary.json)")
+        return 2
     rows = cell_timings(run_dir)
     if not rows:
         print(f"kmlbench: no finished ok cells in {run_dir}")

@@ -33,6 +33,7 @@ from kmlbench.report import figures as kfig
 from kmlbench.report import fioplot as kfp
 from kmlbench.report.sample import host_params, make_host_run
 from kmlbench.report.tables import CSS, comparisons_table, esc, fmt_value, kv_table
+from kmlbench.status import OK
 
 REPORT_DIR = "report"
 
@@ -93,7 +94,7 @@ def _cell_table(data: Any) -> str:
     )
     rows = []
     for c in sorted(data.cells, key=lambda c: (c.config_hash, c.repeat or 0, c.cell_id)):
-        cls = "" if c.status == "ok" else " class=bad"
+        cls = "" if c.status == OK else " class=bad"
         cols = [f"<td>{esc(c.cell_id)}</td><td>{esc(c.status)}</td><td>{esc(c.repeat)}</td>"]
         cols += [f"<td>{esc(c.flat_params.get(k))}</td>" for k in varying]
         cols += [f"<td class=num>{fmt_value(c.metrics.get(k))}</td>" for k, _ in metrics]

@@ -214,7 +214,12 @@ def _finish(
 def command(args: argparse.Namespace) -> int:
     """``kmlbench kunit``: build, boot, load the tests, print the verdict."""
     if args.parse:
-        return _finish(parse_ktap(args.parse.read_text(errors="replace")), None, args.json, None)
+        try:
+            text = args.parse.read_text(errors="replace")
+        except OSError as exc:
+            print(f"kunit: cannot read {args.parse}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        return _finish(parse_ktap(text), None, args.json, None)
 
     out = args.out or (paths.results_dir() / "kunit" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)

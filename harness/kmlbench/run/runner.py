@@ -205,6 +205,9 @@ def main_run(
     except MatrixError as exc:
         print(f"kmlbench: {exc}")
         return 2
+    except FileNotFoundError as exc:  # --resume of a run that is not there
+        print(f"kmlbench: {exc}")
+        return 2
     if dry_run:
         _write_dry_run(matrix)
         return 0

@@ -17,6 +17,7 @@ from typing import Any
 
 from kmlbench.data import db as kdb
 from kmlbench.data import stats
+from kmlbench.status import OK
 
 # model.* parameters the state (colour, "model <state>" label) already shows.
 _STATE_KEYS = ("model.mode", "model.enabled", "model.name")
@@ -82,7 +83,7 @@ class RunData:
 
     @property
     def ok_cells(self) -> list[kdb.CellRow]:
-        return [c for c in self.cells if c.status == "ok"]
+        return [c for c in self.cells if c.status == OK]
 
     @property
     def has_model_axis(self) -> bool:
@@ -211,7 +212,7 @@ def _implied(cells: Sequence[kdb.CellRow], key: str, by: str) -> bool:
 
 def group_cells(run: kdb.RunRow, cells: list[kdb.CellRow]) -> RunData:
     """Split ok cells into panels (workload, device) and series (everything else)."""
-    ok = [c for c in cells if c.status == "ok"]
+    ok = [c for c in cells if c.status == OK]
     varying = _varying(ok)
     panel_keys = [k for k in varying if k.startswith(("workload.", "device."))]
     series_keys = [k for k in varying if k not in panel_keys]
