@@ -219,3 +219,72 @@ def test_kmlctl_calibrate_with_a_rare_class_keeps_the_deadline(
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 1 and "EPROTO" in proc.stderr
+
+
+# The inverse and the call, KML_DD_DECIDE*: kml_decide_cases and
+# kml_decide_q16_cases of kml_test.c (kml_test_dd_decide_contract).
+# (prediction as float bits, deadline_ns, permille) -> (issue_ns, met)
+DECIDE_CASES = [
+    (0x41200000, 1023000, 1000, 1023000, 1),
+    (0x41200000, 1022999, 1000, 1023000, 0),
+    (0x41200000, 2045999, 500, 1023000, 0),
+    (0x41200000, 1000000, 1023, 1023000, 1),
+    (0x41200000, 1000000, 1022, 1023000, 0),
+    (0x40600000, 10313, 1000, 10313, 1),
+    (0x41A00000, 1048575000, 1000, 1048574976, 1),
+    (0x41A00000, 1048576000, 1000, 1048574976, 1),
+    (0x7FC00000, 10**12, 64000, -1, 0),
+    (0x00000000, 0, 1000, 0, 1),
+    (0xC2C80000, 0, 1, 0, 1),
+    (0x42C80000, 3 * 10**12, 64000, 1099511761993728, 0),
+]  # fmt: skip
+# (Q16.16 prediction, deadline_ns, permille) -> (issue_ns, met)
+DECIDE_Q16_CASES = [
+    (655360, 1023000, 1000, 1023000, 1),
+    (655360, 1022999, 1000, 1023000, 0),
+    (229376, 10313, 1000, 11000, 0),
+    (229376, 11000, 1000, 11000, 1),
+    (0, 0, 1000, 0, 1),
+    (-5, 0, 1000, 0, 1),
+    (0x7FFFFFFF, 3 * 10**12, 64000, 2199006478335000, 0),
+    (1, 0, 1000, 0, 1),
+]  # fmt: skip
+
+
+def _kunit_decide(text: str, name: str) -> list[tuple[int, ...]]:
+    body = re.search(rf"{name}\[\] = \{{(.*?)\n\}};", text, re.S).group(1)
+    rows = []
+    for line in re.findall(r"\{([^}]*)\}", body):
+        fields = [int(f.strip().rstrip("LU"), 0) for f in line.split(",")]
+        rows.append(tuple(fields))
+    return rows
+
+
+def test_the_kunit_decide_cases_pin_the_same_values() -> None:
+    text = (KML_SRC_DIR / "kml_test.c").read_text()
+    assert _kunit_decide(text, "kml_decide_cases") == DECIDE_CASES
+    q16 = [((y - 2**32) if y >= 2**31 else y, *rest) for y, *rest in
+           _kunit_decide(text, "kml_decide_q16_cases")]  # fmt: skip
+    assert q16 == DECIDE_Q16_CASES
+    assert "KUNIT_CASE(kml_test_dd_decide_contract)" in text
+
+
+def test_dd_meets_binding_and_kmlbench_train() -> None:
+    from kmlbench.kml.deadline import dd_meets, dd_meets_q16
+
+    for bits, deadline, permille, issue_ns, met in DECIDE_CASES:
+        y = np.array([bits], np.uint32).view(np.float32)
+        got_ns, got_met = dd_meets(y, deadline, permille)
+        assert (int(got_ns[0]), int(got_met[0])) == (issue_ns, met), hex(bits)
+        assert bool(train.predicted_met(y, np.array([deadline]), permille)[0]) == bool(met)
+        assert train.predicted_issue_us(y)[0] == max(issue_ns, 0) / 1000.0
+    for yq, deadline, permille, issue_ns, met in DECIDE_Q16_CASES:
+        got_ns, got_met = dd_meets_q16([yq], deadline, permille)
+        assert (int(got_ns[0]), int(got_met[0])) == (issue_ns, met), yq
+    # vectorised: the same answers in one call per permille
+    for permille in {c[2] for c in DECIDE_CASES}:
+        rows = [c for c in DECIDE_CASES if c[2] == permille]
+        y = np.array([c[0] for c in rows], np.uint32).view(np.float32)
+        got_ns, got_met = dd_meets(y, [c[1] for c in rows], permille)
+        assert got_ns.tolist() == [c[3] for c in rows]
+        assert got_met.tolist() == [bool(c[4]) for c in rows]

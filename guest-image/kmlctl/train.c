@@ -90,19 +90,20 @@ static void score_batch(struct trainer *t, u32 n)
 	const struct kml_dd_sample *s;
 	double pred_us, actual_us;
 	bool met, pred_met;
+	s64 pred_ns;
 	u32 i;
 
 	kml_dd_residuals(t->yhat, t->batch, n, t->resid);
 	kml_dd_cal_add(&t->cal.window, t->resid, n);
 	for (i = 0; i < n; i++) {
 		s = &t->batch[i];
-		pred_us = exp2(t->yhat[i]) - 1.0;
-		if (!(pred_us >= 0))
-			pred_us = 0;	/* NaN or below zero: say "now" */
+		/* KML's inverse and call, as the kernel makes them */
+		pred_ns = kml_dd_lg_us_to_ns(t->yhat[i]);
+		pred_met = kml_dd_meets(pred_ns, s->deadline_ns,
+					t->cal.permille);
+		pred_us = pred_ns > 0 ? pred_ns / 1000.0 : 0;	/* NaN: "now" */
 		actual_us = s->issue_ns / 1000.0;
 		met = t->resid[i].met;
-		pred_met = pred_us * 1000.0 <=
-			   (double)s->deadline_ns * t->cal.permille / 1000.0;
 		scores_add(&t->window, met, pred_met, fabs(pred_us - actual_us));
 		scores_add(&t->total, met, pred_met, fabs(pred_us - actual_us));
 	}

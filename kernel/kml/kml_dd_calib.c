@@ -102,3 +102,15 @@ bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 	return found;
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_fit);
+
+void kml_dd_decide_q16(const s32 *yq, const u64 *deadline_ns, u32 n,
+		       u32 permille, s64 *issue_ns, u8 *met)
+{
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		issue_ns[i] = kml_dd_lg_q16_to_ns(yq[i]);
+		met[i] = kml_dd_meets(issue_ns[i], deadline_ns[i], permille);
+	}
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_decide_q16);

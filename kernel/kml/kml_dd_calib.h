@@ -16,6 +16,11 @@
  *              2^thr - 1 us (under 7 us) from that of r <= thr
  *   threshold  the one that maximises the mean of accuracy and balanced
  *              accuracy on a set of residuals (kml_dd_cal_fit())
+ *   inverse    a prediction back to an issue time in ns:
+ *              kml_dd_lg_us_to_ns() (float models) and
+ *              kml_dd_lg_q16_to_ns() (Q16 models), and the call on it,
+ *              kml_dd_meets(); the kernel's hooks, kmlctl's and kmlbench
+ *              train's scoring all use these
  *
  * kml_dd_calib.c is the integer half (callable anywhere, sleeps never);
  * kml_dd_calib_fpu.c the float half: in the kernel, call it only between
@@ -30,6 +35,8 @@
 #define KML_DD_CAL_WINDOW	2048	/* residuals a trainer calibrates on */
 #define KML_DD_CAL_MIN_CLASS	32	/* fewer met or missed: no calibration */
 #define KML_DD_CAL_MAX_LG	(3 << 16)	/* thresholds: a factor 8 either way */
+#define KML_DD_LN2		0.6931471805599453f
+#define KML_DD_MAX_LG		40	/* lg(issue us) saturates: 12 days */
 
 /* One residual and its label. */
 struct kml_dd_resid {
@@ -43,6 +50,56 @@ struct kml_dd_cal {
 	struct kml_dd_resid scratch[KML_DD_CAL_WINDOW];	/* for the fit */
 	u32 n, pos;
 };
+
+/* ---- the inverse and the meet/miss call, integer, inline (hot path) */
+
+/*
+ * The meet/miss call: "meet" when the predicted issue time @issue_ns is at
+ * most deadline * permille / 1000, in integer ns (the product rounded
+ * down).  A negative @issue_ns (no prediction: the model gave NaN) is a
+ * predicted miss, as kml_dd_residuals() scores it.
+ */
+static inline bool kml_dd_meets(s64 issue_ns, u64 deadline_ns, u32 permille)
+{
+	return issue_ns >= 0 &&
+	       (u64)issue_ns <= mul_u64_u32_div(deadline_ns, permille, 1000);
+}
+
+/*
+ * Issue time in ns of a Q16.16 prediction y = lg(issue us), integer only:
+ * the inverse of the kernel's integer lg of its features (exponent, and
+ * the mantissa linear, so up to 6% above 2^y), whole us, saturating at
+ * y = KML_DD_MAX_LG; 0 for y <= 0.
+ */
+static inline s64 kml_dd_lg_q16_to_ns(s32 y)
+{
+	u64 n, us;
+
+	if (y <= 0)
+		return 0;
+	n = (u32)y >> 16;
+	if (n > KML_DD_MAX_LG)
+		n = KML_DD_MAX_LG;
+	us = ((u64)(65536 + ((u32)y & 0xffff)) << n) >> 16;
+	return (us - 1) * 1000;
+}
+
+/*
+ * Issue time in ns of a float prediction y = lg(issue us): 1000 * (2^y - 1)
+ * in float with KML's expf, truncated, saturating at y = KML_DD_MAX_LG; 0
+ * for y <= 0, -1 for NaN (no prediction).  Float: call it only from the
+ * float objects (kml_dd_fpu.c, kml_dd_calib_fpu.c), in an FPU section.
+ */
+static inline s64 kml_dd_lg_us_to_ns(float y)
+{
+	if (y != y)
+		return -1;
+	if (!(y > 0.0f))
+		return 0;
+	if (y > (float)KML_DD_MAX_LG)
+		y = KML_DD_MAX_LG;
+	return (s64)((kml_expf(y * KML_DD_LN2) - 1.0f) * 1000.0f);
+}
 
 /* ---- kml_dd_calib.c: integer */
 
@@ -59,7 +116,18 @@ KML_API void kml_dd_cal_add(struct kml_dd_cal *c,
 KML_API bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 			    struct kml_dd_resid *scratch, s32 *thr);
 
+/*
+ * kml_dd_lg_q16_to_ns() and kml_dd_meets() of @n Q16 predictions @yq with
+ * deadlines @deadline_ns at @permille, into @issue_ns and @met (0 or 1).
+ */
+KML_API void kml_dd_decide_q16(const s32 *yq, const u64 *deadline_ns, u32 n,
+			       u32 permille, s64 *issue_ns, u8 *met);
+
 /* ---- kml_dd_calib_fpu.c: float */
+
+/* The same for float predictions @yhat: kml_dd_lg_us_to_ns(), kml_dd_meets(). */
+KML_API void kml_dd_decide(const float *yhat, const u64 *deadline_ns, u32 n,
+			   u32 permille, s64 *issue_ns, u8 *met);
 
 /* log2(1 + @ns / 1000): lg(us) of an issue time (the target) or deadline. */
 KML_API float kml_dd_lg_us(u64 ns);

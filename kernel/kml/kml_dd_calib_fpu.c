@@ -8,7 +8,6 @@
  */
 #include "kml_dd_calib.h"
 
-#define KML_DD_LN2		0.6931471805599453f
 #define KML_DD_MAX_RESID	64.0f	/* |residual| kept, in lg units */
 
 /* In float with KML's logf, so the kernel computes it as user space does. */
@@ -56,3 +55,15 @@ u32 kml_dd_lg_q16_to_permille(s32 thr)
 	return (u32)(p + 0.5f);
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_lg_q16_to_permille);
+
+void kml_dd_decide(const float *yhat, const u64 *deadline_ns, u32 n,
+		   u32 permille, s64 *issue_ns, u8 *met)
+{
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		issue_ns[i] = kml_dd_lg_us_to_ns(yhat[i]);
+		met[i] = kml_dd_meets(issue_ns[i], deadline_ns[i], permille);
+	}
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_decide);

@@ -7,22 +7,9 @@
 #include "kml_internal.h"
 #include "kml_dd_fpu.h"
 
-#define KML_DD_LN2	0.6931471805599453f
-#define KML_DD_MAX_LG	40.0f	/* lg(issue us) above this is 12 days */
-
 static float kml_dd_q16_to_f32(s32 v)
 {
 	return (float)v * (1.0f / 65536.0f);
-}
-
-/* lg(issue us) -> issue ns, saturating; the inverse of the trainers' target. */
-static s64 kml_dd_lg_us_to_ns(float y)
-{
-	if (!(y > 0.0f))		/* also NaN */
-		return 0;
-	if (y > KML_DD_MAX_LG)
-		y = KML_DD_MAX_LG;
-	return (s64)((kml_expf(y * KML_DD_LN2) - 1.0f) * 1000.0f);
 }
 
 s64 kml_dd_predict_f32(struct kml_model *m, const s32 *features)
@@ -33,9 +20,7 @@ s64 kml_dd_predict_f32(struct kml_model *m, const s32 *features)
 	for (i = 0; i < KML_DD_NR_FEATURES; i++)
 		x[i] = kml_dd_q16_to_f32(features[i]);
 	kml_model_predict_nofpu(m, x, 1, &y);
-	if (y != y)
-		return -1;		/* NaN: no prediction */
-	return kml_dd_lg_us_to_ns(y);
+	return kml_dd_lg_us_to_ns(y);	/* -1 for NaN: no prediction */
 }
 
 void kml_dd_samples_to_f32(const struct kml_dd_sample *s, u32 n, float *x,

@@ -67,20 +67,6 @@ static s32 kml_dd_lg(u64 x)
 	return (s32)(((u64)n << 16) + frac);
 }
 
-/* The inverse of kml_dd_lg() for a model's Q16 output (lg of us). */
-static u64 kml_dd_lg_q16_to_ns(s32 y)
-{
-	u64 n, us;
-
-	if (y <= 0)
-		return 0;
-	n = (u32)y >> 16;
-	if (n > 40)
-		n = 40;
-	us = ((65536 + ((u32)y & 0xffff)) << n) >> 16;
-	return (us - 1) * NSEC_PER_USEC;
-}
-
 static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 			    struct request *fifo_head, struct kml_dd_ctx *ctx,
 			    u64 now, bool same_dir)
@@ -156,10 +142,8 @@ static void kml_dd_predict(struct kml_dd_ctx *ctx)
 		if (ns >= 0) {
 			ctx->pred_valid = 1;
 			ctx->pred_issue_ns = ns;
-			ctx->pred_met = (u64)ns <=
-				mul_u64_u32_div(ctx->deadline_ns,
-						kml_dd_decision_permille(),
-						1000);
+			ctx->pred_met = kml_dd_meets(ns, ctx->deadline_ns,
+						kml_dd_decision_permille());
 			kml_dd_note_inference(kml_dd_since(t0, t1));
 		}
 	}

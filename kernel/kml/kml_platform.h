@@ -21,6 +21,7 @@
 #include <linux/export.h>
 #include <linux/printk.h>
 #include <linux/limits.h>
+#include <linux/math64.h>
 #include <linux/build_bug.h>
 #include <linux/sort.h>
 #include <kunit/visibility.h>
@@ -165,6 +166,12 @@ static inline void kml_cpu_relax(void)
 
 #define kml_log(fmt, ...) fprintf(stderr, "kml: " fmt, ##__VA_ARGS__)
 #define kml_warn(fmt, ...) fprintf(stderr, "kml: warning: " fmt, ##__VA_ARGS__)
+
+/* @a * @mul / @div, the product in 128 bits, as <linux/math64.h>'s. */
+static inline u64 mul_u64_u32_div(u64 a, u32 mul, u32 div)
+{
+	return (u64)((__uint128_t)a * mul / div);
+}
 
 static inline void kml_sort(void *base, size_t n, size_t size,
 			    int (*cmp)(const void *, const void *))

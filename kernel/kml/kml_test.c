@@ -796,6 +796,82 @@ static void kml_test_dd_target_contract(struct kunit *test)
 				    "case %u", i);
 	}
 }
+
+/*
+ * The inverse and the call: prediction, deadline, permille -> issue_ns, met
+ * (kml_dd_decide() for float bits, kml_dd_decide_q16() for Q16 outputs).
+ */
+struct kml_decide_case {
+	u32 y;
+	u64 deadline_ns;
+	u32 permille;
+	s64 issue_ns;
+	u8 met;
+};
+
+static const struct kml_decide_case kml_decide_cases[] = {
+	{ 0x41200000, 1023000, 1000, 1023000, 1 },	/* 10: at the limit */
+	{ 0x41200000, 1022999, 1000, 1023000, 0 },
+	{ 0x41200000, 2045999, 500, 1023000, 0 },	/* limit rounded down */
+	{ 0x41200000, 1000000, 1023, 1023000, 1 },
+	{ 0x41200000, 1000000, 1022, 1023000, 0 },
+	{ 0x40600000, 10313, 1000, 10313, 1 },		/* 3.5: ns truncated */
+	{ 0x41a00000, 1048575000, 1000, 1048574976, 1 },	/* 20 */
+	{ 0x41a00000, 1048576000, 1000, 1048574976, 1 },
+	{ 0x7fc00000, 1000000000000ULL, 64000, -1, 0 },	/* NaN: a miss */
+	{ 0x00000000, 0, 1000, 0, 1 },
+	{ 0xc2c80000, 0, 1, 0, 1 },			/* -100 */
+	{ 0x42c80000, 3000000000000ULL, 64000, 1099511761993728LL, 0 },
+};
+
+static const struct kml_decide_case kml_decide_q16_cases[] = {
+	{ 655360, 1023000, 1000, 1023000, 1 },		/* 10 */
+	{ 655360, 1022999, 1000, 1023000, 0 },
+	{ 229376, 10313, 1000, 11000, 0 },		/* 3.5: mantissa linear */
+	{ 229376, 11000, 1000, 11000, 1 },
+	{ 0, 0, 1000, 0, 1 },
+	{ 0xfffffffb, 0, 1000, 0, 1 },			/* -5 */
+	{ 0x7fffffff, 3000000000000ULL, 64000, 2199006478335000LL, 0 },
+	{ 1, 0, 1000, 0, 1 },
+};
+
+static void kml_test_decide_cases(struct kunit *test,
+				  const struct kml_decide_case *c, u32 n,
+				  bool q16)
+{
+	s64 issue_ns;
+	u64 d;
+	u32 i;
+	u8 met;
+
+	for (i = 0; i < n; i++) {
+		d = c[i].deadline_ns;
+		if (q16) {
+			kml_dd_decide_q16((const s32 *)&c[i].y, &d, 1,
+					  c[i].permille, &issue_ns, &met);
+		} else {
+			KUNIT_ASSERT_EQ(test, kml_fpu_begin(), 0);
+			kml_dd_decide((const float *)&c[i].y, &d, 1,
+				      c[i].permille, &issue_ns, &met);
+			kml_fpu_end();
+		}
+		KUNIT_EXPECT_EQ_MSG(test, issue_ns, c[i].issue_ns,
+				    "q16 %d case %u", q16, i);
+		KUNIT_EXPECT_EQ_MSG(test, met, c[i].met, "q16 %d case %u", q16,
+				    i);
+		KUNIT_EXPECT_EQ_MSG(test, kml_dd_meets(c[i].issue_ns, d,
+						       c[i].permille),
+				    (bool)c[i].met, "q16 %d case %u", q16, i);
+	}
+}
+
+static void kml_test_dd_decide_contract(struct kunit *test)
+{
+	kml_test_decide_cases(test, kml_decide_cases,
+			      ARRAY_SIZE(kml_decide_cases), false);
+	kml_test_decide_cases(test, kml_decide_q16_cases,
+			      ARRAY_SIZE(kml_decide_q16_cases), true);
+}
 #endif /* CONFIG_KML_IOSCHED */
 
 static struct kunit_case kml_test_cases[] = {
@@ -821,6 +897,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_cal_limits),
 	KUNIT_CASE(kml_test_cal_contract),
 	KUNIT_CASE(kml_test_dd_target_contract),
+	KUNIT_CASE(kml_test_dd_decide_contract),
 #endif
 	{}
 };

@@ -6,6 +6,11 @@ C code, so the same samples give the same targets, residuals and threshold:
 :func:`dd_targets` (lg issue us), :func:`dd_residuals` (prediction minus lg
 deadline us, with the met label), :func:`dd_cal_fit` (the meet/miss
 threshold) and :func:`dd_permille` (that threshold as ``decision_permille``).
+
+The inverse is KML's too, the very code of the kernel's hot path:
+:func:`dd_meets` turns predictions back into issue times (ns) and makes the
+meet/miss call at a permille (``kml_dd_decide``: ``kml_dd_lg_us_to_ns`` and
+``kml_dd_meets``), :func:`dd_meets_q16` the same for a Q16 model's outputs.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ __all__ = [
     "DD_SAMPLE_BYTES",
     "dd_cal_fit",
     "dd_lg_us",
+    "dd_meets",
+    "dd_meets_q16",
     "dd_permille",
     "dd_residuals",
     "dd_targets",
@@ -83,3 +90,47 @@ def dd_cal_fit(resid: npt.ArrayLike) -> int | None:
 def dd_permille(thr: int) -> int:
     """decision_permille of a threshold: 1000 * 2**(thr / 65536), rounded, in [1, 64000]."""
     return int(lib().kml_dd_lg_q16_to_permille(int(thr)))
+
+
+def _deadlines(deadline_ns: npt.ArrayLike, n: int) -> npt.NDArray[np.uint64]:
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(deadline_ns, np.uint64), (n,)))
+
+
+def _permille(permille: int) -> int:
+    p = int(permille)
+    if not 0 <= p < 2**32:
+        raise ValueError(f"permille {p} out of range")
+    return p
+
+
+def dd_meets(
+    y: npt.ArrayLike, deadline_ns: npt.ArrayLike, permille: int = 1000
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Issue times (ns) of float predictions ``y`` = lg(issue us) and whether each
+    meets its deadline at ``permille``, as the kernel decides (``kml_dd_decide``):
+    issue_ns = trunc(1000 * (2**y - 1)) in float32 (0 for y <= 0, -1 for NaN,
+    saturating at y = 40), met = issue_ns <= floor(deadline_ns * permille / 1000)
+    in integer ns (a NaN prediction is a predicted miss)."""
+    yf = f32(y).reshape(-1)
+    n = len(yf)
+    d = _deadlines(deadline_ns, n)
+    issue = np.empty(n, np.int64)
+    met = np.empty(n, np.uint8)
+    if n:
+        lib().kml_dd_decide(ptr(yf), ptr(d), n, _permille(permille), ptr(issue), ptr(met))
+    return issue, met.astype(bool)
+
+
+def dd_meets_q16(
+    yq: npt.ArrayLike, deadline_ns: npt.ArrayLike, permille: int = 1000
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """:func:`dd_meets` for a Q16 model's outputs (Q16.16 lg(issue us)), with the
+    kernel's integer inverse (``kml_dd_decide_q16``: ``kml_dd_lg_q16_to_ns``)."""
+    q = np.ascontiguousarray(np.asarray(yq, np.int32).reshape(-1))
+    n = len(q)
+    d = _deadlines(deadline_ns, n)
+    issue = np.empty(n, np.int64)
+    met = np.empty(n, np.uint8)
+    if n:
+        lib().kml_dd_decide_q16(ptr(q), ptr(d), n, _permille(permille), ptr(issue), ptr(met))
+    return issue, met.astype(bool)

@@ -116,6 +116,8 @@ _SIGS: dict[str, tuple[Any, list[Any]]] = {
     "kml_dd_residuals": (None, [_P, _P, _U32, _P]),
     "kml_dd_cal_fit": (C.c_bool, [_P, _U32, _P, C.POINTER(C.c_int32)]),
     "kml_dd_lg_q16_to_permille": (_U32, [C.c_int32]),
+    "kml_dd_decide": (None, [_P, _P, _U32, _U32, _P, _P]),
+    "kml_dd_decide_q16": (None, [_P, _P, _U32, _U32, _P, _P]),
 }
 
 _lib: C.CDLL | None = None

@@ -12,7 +12,9 @@ means the same thing there:
   stored in the file);
 * target: ``y = log2(1 + issue_ns / 1000)``, the issue time in log-us;
 * a request is predicted to meet its deadline when ``(2**y - 1) us <=
-  deadline_ns / 1000 * decision_permille / 1000``; the permille is
+  deadline_ns / 1000 * decision_permille / 1000`` (KML's ``kml_dd_meets``
+  on ``kml_dd_lg_us_to_ns``, in integer ns, through
+  :func:`kmlbench.kml.deadline.dd_meets`); the permille is
   calibrated on the training samples for the mean of accuracy and
   balanced accuracy, and printed (and written to ``MODEL.train.json``)
   for the matrix's ``decision_permille``.
@@ -39,7 +41,7 @@ import numpy as np
 
 from kmlbench.data import kmlstats
 from kmlbench.data.trace import NR_FEATURES, Q16, TraceError, load_trace
-from kmlbench.kml.deadline import dd_cal_fit, dd_permille, dd_residuals, dd_targets
+from kmlbench.kml.deadline import dd_cal_fit, dd_meets, dd_permille, dd_residuals, dd_targets
 from kmlbench.kml.model import Model
 
 ARCHS = ("mlp", "linear")
@@ -56,18 +58,21 @@ def targets(rows: np.ndarray) -> np.ndarray:
 
 
 def predicted_issue_us(y: np.ndarray) -> np.ndarray:
-    """Issue time (us) a prediction ``y`` stands for, never negative."""
-    return np.maximum(np.exp2(np.clip(np.asarray(y, np.float64), -64, 64)) - 1.0, 0.0)
+    """Issue time (us) a prediction ``y`` stands for, as the kernel computes it
+    (``kml_dd_lg_us_to_ns`` through :func:`dd_meets`); a NaN prediction gives 0."""
+    issue_ns, _ = dd_meets(y, 0)
+    return np.maximum(issue_ns, 0).astype(np.float64) / 1000.0
 
 
 def predicted_met(y: np.ndarray, deadline_ns: np.ndarray, permille: int = 1000) -> np.ndarray:
     """Whether the prediction says the request is issued by its deadline.
 
-    As the kernel decides: predicted issue time <= deadline * permille / 1000
-    (``/sys/module/kml/parameters/decision_permille``).
+    As the kernel decides, by its code (``kml_dd_meets`` through
+    :func:`dd_meets`): predicted issue time <= deadline * permille / 1000 in
+    integer ns (``/sys/module/kml/parameters/decision_permille``); a NaN
+    prediction is a predicted miss.
     """
-    limit_us = np.asarray(deadline_ns, np.float64) / 1000.0 * permille / 1000.0
-    return predicted_issue_us(y) <= limit_us
+    return dd_meets(y, deadline_ns, permille)[1]
 
 
 def calibrate_permille(y_pred: np.ndarray, rows: np.ndarray) -> int:
