@@ -1,8 +1,7 @@
 """The type checker in the loop: mypy over the whole package, as configured.
 
-The configuration (``[tool.mypy]`` in pyproject.toml) checks every module
-and holds the packages it lists to ``--strict``'s rules; ``tox -e types``
-runs the same check.
+The configuration (``[tool.mypy]`` in pyproject.toml) holds every module to
+``--strict``'s rules; ``tox -e types`` runs the same check.
 """
 
 from __future__ import annotations

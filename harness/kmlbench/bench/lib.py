@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,12 @@ N_TRAIN = 4096
 GOALS_NS = {"linear": 20.0, "mlp": 200.0}
 
 
-def _best_of(fn, repeat: int = 5) -> float:
+def _best_of(fn: Callable[[], float], repeat: int = 5) -> float:
     """Minimum over ``repeat`` runs of fn() (each returns a time)."""
-    return min(fn() for _ in range(repeat))
+    return float(min(fn() for _ in range(repeat)))
 
 
-def _py_loop_ns(call, iters: int) -> float:
+def _py_loop_ns(call: Callable[[], object], iters: int) -> float:
     t0 = time.perf_counter_ns()
     for _ in range(iters):
         call()
@@ -75,7 +76,7 @@ def _kml_model(model: str, dtype: str) -> Model:
 # ------------------------------------------------------------------ KML
 
 
-def bench_kml(model: str, dtype: str, quick: bool) -> tuple[dict, dict]:
+def bench_kml(model: str, dtype: str, quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     X, y = _data(model)
     m = _kml_model(model, dtype)
     it = 20_000 if quick else 200_000
@@ -123,9 +124,9 @@ class _NumpyModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         if not self.mlp:
-            return x @ self.p[0] + self.p[1]
+            return np.asarray(x @ self.p[0] + self.p[1])
         h = np.maximum(x @ self.p[0] + self.p[1], 0)
-        return 1 / (1 + np.exp(-(h @ self.p[2] + self.p[3])))
+        return np.asarray(1 / (1 + np.exp(-(h @ self.p[2] + self.p[3]))))
 
     def train_batch(self, x: np.ndarray, y: np.ndarray, lr: float = 0.01) -> None:
         n = x.shape[0]
@@ -149,7 +150,7 @@ class _NumpyModel:
             q -= lr * (m / c1) / (np.sqrt(v / c2) + 1e-8)
 
 
-def bench_numpy(model: str, quick: bool) -> tuple[dict, dict]:
+def bench_numpy(model: str, quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     X, y = _data(model)
     X = X.astype(np.float32)
     y = y.astype(np.float32).reshape(-1, 1)
@@ -189,7 +190,7 @@ def _torch() -> Any:
     return torch
 
 
-def bench_torch(model: str, quick: bool) -> tuple[dict, dict] | None:
+def bench_torch(model: str, quick: bool) -> tuple[dict[str, Any], dict[str, Any]] | None:
     torch = _torch()
     if torch is None:
         return None
@@ -209,7 +210,7 @@ def bench_torch(model: str, quick: bool) -> tuple[dict, dict] | None:
     it = 1000 if quick else 10_000
     x1, x64 = Xt[:1], Xt[:64]
 
-    def infer(x):
+    def infer(x: Any) -> Any:
         with torch.no_grad():
             out = net(x)
             return torch.sigmoid(out) if model == "mlp" else out
@@ -278,7 +279,7 @@ def find_kernel_kml(explicit: Path | None = None) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-def footprint(kernel_build: Path | None) -> tuple[dict, str | None]:
+def footprint(kernel_build: Path | None) -> tuple[dict[str, Any], str | None]:
     """``footprint_bytes`` (all values ints or None) and the kernel object measured."""
     so = build_libkml()
     kobj = find_kernel_kml(kernel_build)
@@ -297,9 +298,9 @@ def footprint(kernel_build: Path | None) -> tuple[dict, str | None]:
 # ----------------------------------------------------------------- main
 
 
-def run(quick: bool = False, kernel_build: Path | None = None) -> dict:
-    inference: dict[str, dict] = {m: {} for m in MODELS}
-    training: dict[str, dict] = {m: {} for m in MODELS}
+def run(quick: bool = False, kernel_build: Path | None = None) -> dict[str, Any]:
+    inference: dict[str, dict[str, Any]] = {m: {} for m in MODELS}
+    training: dict[str, dict[str, Any]] = {m: {} for m in MODELS}
     for model in MODELS:
         for dtype, name in (("float32", "kml-float"), ("fixed", "kml-fixed")):
             inference[model][name], training[model][name] = bench_kml(model, dtype, quick)
@@ -349,7 +350,7 @@ def _fmt_ns(v: float | None) -> str:
     return f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
 
 
-def table(res: dict) -> str:
+def table(res: dict[str, Any]) -> str:
     lines = []
     inf, tr = res["inference_ns"], res["train_samples_per_s"]
     for model in MODELS:

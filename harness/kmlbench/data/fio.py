@@ -37,7 +37,7 @@ def fio_version(fio: str = "fio", timeout: float = 10) -> str:
     out = proc.stdout.strip()
     if proc.returncode != 0 or not out:
         raise FioError(f"{fio} --version failed ({proc.returncode}): {proc.stderr.strip()}")
-    return out
+    return str(out)
 
 
 # --------------------------------------------------------------------------
@@ -51,7 +51,7 @@ def _snippet(text: str, limit: int = 300) -> str:
     return text or "(empty)"
 
 
-def parse_fio_output(text: str) -> dict:
+def parse_fio_output(text: str) -> dict[str, Any]:
     """The JSON object in fio's output, ignoring whatever fio printed around it.
 
     fio writes notes (``note: both iodepth >= 1 and synchronous I/O engine

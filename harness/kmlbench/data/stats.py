@@ -294,11 +294,11 @@ class _Resampler:
             cum = np.cumsum(merged, axis=1)
             thr = cum[:, -1] * (self.m.percentile / 100.0)
             idx = np.argmax(cum >= thr[:, None] * (1 - 1e-12), axis=1)
-            return self.grid[idx] / 1000.0
+            return np.asarray(self.grid[idx] / 1000.0)
         if self.hist:
             ww = w * self.weights
-            return (ww @ self.means) / ww.sum(axis=1)
-        return (w @ self.vals) / self.n
+            return np.asarray((ww @ self.means) / ww.sum(axis=1))
+        return np.asarray((w @ self.vals) / self.n)
 
 
 def bootstrap_ci(

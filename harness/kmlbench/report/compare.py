@@ -44,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -88,7 +89,7 @@ def parse_threshold(text: str) -> Threshold:
 @dataclass
 class Row:
     label: str
-    key: tuple
+    key: tuple[Any, ...]
     a_cells: list[kdb.CellRow]
     b_cells: list[kdb.CellRow]
     comparisons: list[stats.Comparison]
@@ -130,13 +131,13 @@ def _is_excluded(key: str, excluded: set[str]) -> bool:
     return key in excluded or any(p.endswith(".") and key.startswith(p) for p in excluded)
 
 
-def _match_key(cell: kdb.CellRow, excluded: set[str]) -> tuple:
+def _match_key(cell: kdb.CellRow, excluded: set[str]) -> tuple[Any, ...]:
     return tuple(
         sorted((k, v) for k, v in cell.flat_params.items() if not _is_excluded(k, excluded))
     )
 
 
-def _row_labels(keys: list[tuple]) -> dict[tuple, str]:
+def _row_labels(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], str]:
     """Label each matched configuration by the parameters that differ between rows."""
     dicts = [dict(k) for k in keys]
     all_keys = sorted({k for d in dicts for k in d})
@@ -167,8 +168,8 @@ def compare_cells(
     compared: Sequence[str] = (),
 ) -> Result:
     """Match cells of A and B by parameters (minus ``excluded``) and compare each match."""
-    groups_a: OrderedDict[tuple, list[kdb.CellRow]] = OrderedDict()
-    groups_b: OrderedDict[tuple, list[kdb.CellRow]] = OrderedDict()
+    groups_a: OrderedDict[tuple[Any, ...], list[kdb.CellRow]] = OrderedDict()
+    groups_b: OrderedDict[tuple[Any, ...], list[kdb.CellRow]] = OrderedDict()
     for c in a_cells:
         groups_a.setdefault(_match_key(c, excluded), []).append(c)
     for c in b_cells:
@@ -199,7 +200,7 @@ def compare_cells(
 # Output.
 
 
-def print_table(result: Result, title: str, file=None) -> None:
+def print_table(result: Result, title: str, file: TextIO | None = None) -> None:
     console = Console(file=file or sys.stdout, width=160)
     table = Table(title=title, show_lines=False)
     for col, just in (
@@ -271,7 +272,7 @@ def write_html(result: Result, title: str, path: Path) -> None:
     Path(path).write_text("\n".join(parts))
 
 
-def result_json(result: Result) -> dict:
+def result_json(result: Result) -> dict[str, Any]:
     return {
         "compared": result.compared,
         "rows": [

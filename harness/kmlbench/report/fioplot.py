@@ -75,7 +75,7 @@ class Benchmark:
     path: Path
     workload: str
     rw: str
-    group: tuple  # configurations compared with -C share it (all but the scheduler)
+    group: tuple[Any, ...]  # configurations compared with -C share it (all but the scheduler)
     files: dict[tuple[int, int], str] = field(default_factory=dict)  # (iodepth, numjobs)
 
     @property
@@ -110,7 +110,7 @@ def _slug(text: str) -> str:
     return out.strip("-") or "x"
 
 
-def _job_options(cell_params: dict, job: dict) -> dict[str, str]:
+def _job_options(cell_params: dict[str, Any], job: dict[str, Any]) -> dict[str, str]:
     opts = dict(job.get("job options") or {})
     wl = cell_params.get("workload") or {}
     if "rw" not in opts:
@@ -124,7 +124,7 @@ def _job_options(cell_params: dict, job: dict) -> dict[str, str]:
 _AXIS_KEYS = ("workload.iodepth", "workload.numjobs")
 
 
-def _digest(items: tuple) -> str:
+def _digest(items: tuple[Any, ...]) -> str:
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:8]
 
 
@@ -253,7 +253,7 @@ def plan_graphs(benchmarks: list[Benchmark], out: Path, title: str) -> list[Grap
                     ],
                 )
             )
-    groups: dict[tuple, list[Benchmark]] = {}
+    groups: dict[tuple[Any, ...], list[Benchmark]] = {}
     for b in benchmarks:
         groups.setdefault(b.group, []).append(b)
     for group in groups.values():
@@ -292,7 +292,7 @@ def plan_graphs(benchmarks: list[Benchmark], out: Path, title: str) -> list[Grap
 class Drawing:
     """fio-plot drawing in a background process; :meth:`wait` collects the result."""
 
-    def __init__(self, result: Result, out: Path, proc: subprocess.Popen | None) -> None:
+    def __init__(self, result: Result, out: Path, proc: subprocess.Popen[Any] | None) -> None:
         self.result, self.out, self.proc = result, out, proc
 
     def wait(self, timeout: float = 600) -> Result:

@@ -48,8 +48,12 @@ numjobs=1
 
 
 def host_params(
-    scheduler: str, template: str = "randread", *, model: dict | None = None, **workload: Any
-) -> dict:
+    scheduler: str,
+    template: str = "randread",
+    *,
+    model: dict[str, Any] | None = None,
+    **workload: Any,
+) -> dict[str, Any]:
     """Cell params shaped like the matrix's, for a host fio sample run.
 
     The scheduler gets its tunables' defaults, as ``kmlbench.plan.matrix`` resolves
@@ -71,7 +75,7 @@ def host_params(
     return params
 
 
-def _host_cell_job(params: dict, filename: Path, runtime_s: float, direct: int) -> str:
+def _host_cell_job(params: dict[str, Any], filename: Path, runtime_s: float, direct: int) -> str:
     wl = params["workload"]
     rw = wl.get("rw") or {"randrw": "randrw", "seqread": "read", "seqwrite": "write"}.get(
         wl["template"], wl["template"]
@@ -89,7 +93,9 @@ def _host_cell_job(params: dict, filename: Path, runtime_s: float, direct: int) 
     )
 
 
-def sample_kml_stats(seed: int, labels: Sequence[str] = ("read", "write", "mixed")) -> dict:
+def sample_kml_stats(
+    seed: int, labels: Sequence[str] = ("read", "write", "mixed")
+) -> dict[str, Any]:
     """``kml_stats`` shaped as docs/reporting.md proposes, from a seeded RNG.
 
     For exercising the model figures until the model axis exists; the
@@ -119,7 +125,7 @@ def sample_kml_stats(seed: int, labels: Sequence[str] = ("read", "write", "mixed
     }
 
 
-def _manifest(run_id: str, accel: str, name: str) -> dict:
+def _manifest(run_id: str, accel: str, name: str) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "accel": accel,
@@ -143,14 +149,14 @@ def _manifest(run_id: str, accel: str, name: str) -> dict:
 
 def make_host_run(
     root: Path,
-    configs: Sequence[dict],
+    configs: Sequence[dict[str, Any]],
     *,
     repeats: int = 2,
     run_id: str = "sample",
     runtime_s: float = 1.0,
     accel: str = "host",
     parallel: int = 2,
-    kml_stats: Callable[[dict, int], dict | None] | None = None,
+    kml_stats: Callable[[dict[str, Any], int], dict[str, Any] | None] | None = None,
     on_cell: Callable[[Path, str], None] | None = None,
     timeout_s: float = 120,
 ) -> Path:
@@ -170,7 +176,7 @@ def make_host_run(
     cells = [Cell(cell_id(p, r), r, p, "default") for r in range(repeats) for p in configs]
     run.write_plan(cells)
     direct = 0
-    running: list[tuple[Any, subprocess.Popen]] = []
+    running: list[tuple[Any, subprocess.Popen[Any]]] = []
     try:
         pending = list(cells)
         while pending:

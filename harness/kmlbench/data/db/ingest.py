@@ -42,7 +42,7 @@ def run_id_of(run_dir: Path) -> str:
     return str(rid) if rid else Path(run_dir).resolve().name
 
 
-def _manifest(run_dir: Path) -> dict:
+def _manifest(run_dir: Path) -> dict[str, Any]:
     try:
         data = _read_json(Path(run_dir) / "manifest.json")
     except (OSError, ValueError):
@@ -50,13 +50,13 @@ def _manifest(run_dir: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def fio_histograms(fio_data: Mapping[str, Any]) -> dict[str, tuple[int, float | None, list]]:
+def fio_histograms(fio_data: Mapping[str, Any]) -> dict[str, tuple[int, float | None, list[Any]]]:
     """Per direction: (samples, pooled mean ns, [[bucket_ns, count], ...]).
 
     Bins of every job are added up with :func:`kmlbench.data.stats.merge_histograms`
     (fio's buckets are the same for every job, so addition is exact).
     """
-    out: dict[str, tuple[int, float | None, list]] = {}
+    out: dict[str, tuple[int, float | None, list[Any]]] = {}
     for direction in DIRECTIONS:
         parts = []
         for job in fio_data.get("jobs", []):
@@ -75,7 +75,7 @@ def fio_histograms(fio_data: Mapping[str, Any]) -> dict[str, tuple[int, float | 
     return out
 
 
-def _load_fio(cell_dir: Path) -> dict | None:
+def _load_fio(cell_dir: Path) -> dict[str, Any] | None:
     path = cell_dir / "fio.json"
     if not path.exists():
         return None
@@ -120,7 +120,9 @@ def _delete_cell(conn: sqlite3.Connection, run_id: str, cell_id: str) -> None:
         conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND cell_id = ?", (run_id, cell_id))
 
 
-def _insert_cell(conn: sqlite3.Connection, run_id: str, cell_dir: Path, record: dict) -> None:
+def _insert_cell(
+    conn: sqlite3.Connection, run_id: str, cell_dir: Path, record: dict[str, Any]
+) -> None:
     cell_id = cell_dir.name
     params = record.get("params") or {}
     conn.execute(

@@ -26,11 +26,11 @@ class CellRow:
     repeat: int | None
     kernel_variant: str | None
     config_hash: str
-    params: dict
+    params: dict[str, Any]
     flat_params: dict[str, str]
     metrics: dict[str, float]
     histograms: dict[str, Any] = field(default_factory=dict)  # direction -> stats.Histogram
-    kml_stats: dict | None = None
+    kml_stats: dict[str, Any] | None = None
 
     def param(self, key: str, default: str | None = None) -> str | None:
         return self.flat_params.get(key, default)
@@ -44,7 +44,7 @@ class RunRow:
     matrix: str | None
     harness_git: str | None
     run_dir: str | None
-    manifest: dict
+    manifest: dict[str, Any]
 
     @property
     def clock(self) -> tuple[str, int | None]:
@@ -159,7 +159,7 @@ def load_cells(
 # Dump and export.
 
 
-def dump(conn: sqlite3.Connection) -> dict[str, list[tuple]]:
+def dump(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     """Every table's rows, sorted: two databases with equal dumps hold the same data."""
     tables = [
         r[0]
