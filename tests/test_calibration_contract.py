@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kmlbench import paths
 from kmlbench.build.image import build_kmlctl
 from kmlbench.data.trace import NR_FEATURES, SAMPLE_DTYPE, read_trace, write_trace
+from kmlbench.kml import deadline as kml_deadline
 from kmlbench.kml import train
 from kmlbench.kml.deadline import DD_RESID, dd_cal_fit, dd_permille, dd_residuals
 from kmlbench.kml.model import Model
@@ -288,3 +290,13 @@ def test_dd_meets_binding_and_kmlbench_train() -> None:
         got_ns, got_met = dd_meets(y, [c[1] for c in rows], permille)
         assert got_ns.tolist() == [c[3] for c in rows]
         assert got_met.tolist() == [bool(c[4]) for c in rows]
+
+
+def test_the_bindings_constants_are_the_headers() -> None:
+    """The binding's copies of KML_DD_CAL_MIN_CLASS and KML_DD_CAL_MAX_LG match the C."""
+    header = (paths.KML_SRC_DIR / "kml_dd_calib.h").read_text()
+    min_class = re.search(r"^#define\s+KML_DD_CAL_MIN_CLASS\s+(\d+)", header, re.M)
+    max_lg = re.search(r"^#define\s+KML_DD_CAL_MAX_LG\s+\((\d+) << (\d+)\)", header, re.M)
+    assert min_class and max_lg, "kml_dd_calib.h: the defines moved or changed form"
+    assert int(min_class.group(1)) == kml_deadline.DD_CAL_MIN_CLASS
+    assert int(max_lg.group(1)) << int(max_lg.group(2)) == kml_deadline.DD_CAL_MAX_LG

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kmlbench import cli
 from kmlbench.data.trace import (
     ABI_VERSION,
     FEATURE_NAMES,
@@ -24,7 +25,7 @@ from kmlbench.data.trace import (
     write_trace,
 )
 from kmlbench.kml import train
-from kmlbench.kml.deadline import dd_lg_us
+from kmlbench.kml.deadline import DD_CAL_MAX_LG, dd_lg_us, dd_permille
 from kmlbench.kml.model import Model
 
 DATA = Path(__file__).parent / "data"
@@ -126,10 +127,13 @@ def test_csv_export() -> None:
     assert len(lines) == 6
     head = lines[0].split(",")
     assert head[:3] == ["insert_ns", "sector", "issue_ns"]
-    assert head[-NR_FEATURES:] == list(FEATURE_NAMES)
+    assert head[-NR_FEATURES:] == [f"feature_{name}" for name in FEATURE_NAMES]
+    assert len(set(head)) == len(head)  # op and sector are scalars and features
     first = dict(zip(head, lines[1].split(","), strict=True))
     assert int(first["issue_ns"]) == int(rows["issue_ns"][0])
-    assert float(first["lg_queued_same"]) == pytest.approx(rows["features"][0][3] / 65536, 1e-5)
+    assert int(first["sector"]) == int(rows["sector"][0])
+    feature = float(first["feature_lg_queued_same"])
+    assert feature == pytest.approx(rows["features"][0][3] / 65536, 1e-5)
 
 
 def test_training_conventions() -> None:
@@ -243,3 +247,98 @@ def test_cli_trace_csv_and_info(tmp_path: Path) -> None:
     proc = subprocess.run([*run, "info", str(trace)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     assert f"20 samples, abi {ABI_VERSION}, {NR_FEATURES} features" in proc.stdout
+
+
+def _train(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``kmlbench train`` in-process: (exit status, stderr); never a traceback."""
+    rc = cli.main(["train", "--epochs", "2", "--arch", "linear", *args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("", "is a directory"),
+        ("missing/m.kmlm", "does not exist"),
+        ("file/m.kmlm", "is not a folder"),
+    ],
+)
+def test_train_refuses_an_output_it_cannot_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str, message: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    rc, err = _train(capsys, "--trace", str(FIXTURE), "-o", str(tmp_path / output))
+    assert rc == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--lr", "nan"), "--lr must be a positive number"),
+        (("--lr", "-1"), "--lr must be a positive number"),
+        (("--lr", "1e6"), "the KML library refused the model"),
+        (("--arch", "mlp", "--hidden", "100000"), "the KML library refused the model"),
+    ],
+)
+def test_train_refuses_settings_kml_cannot_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    rc, err = _train(capsys, "--trace", str(FIXTURE), "-o", str(tmp_path / "m.kmlm"), *args)
+    assert rc == 1 and message in err, err
+    assert not (tmp_path / "m.kmlm").exists()
+
+
+def _mangled(path: Path, field: str, row: int, value: int) -> Path:
+    rows = read_trace(FIXTURE).copy()
+    rows[field][row] = value
+    write_trace(path, rows)
+    return path
+
+
+def test_train_refuses_rows_no_queue_produces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zero = _mangled(tmp_path / "zero.kmltrc", "deadline_ns", 7, 0)
+    rc, err = _train(capsys, "--trace", str(zero), "-o", str(tmp_path / "m.kmlm"))
+    assert rc == 1 and f"{zero}: row 7: deadline_ns 0 is 0" in err, err
+    huge = _mangled(tmp_path / "huge.kmltrc", "issue_ns", 11, 2**64 - 1)
+    rc, err = _train(capsys, "--trace", str(huge), "-o", str(tmp_path / "m.kmlm"))
+    assert rc == 1 and f"{huge}: row 11: issue_ns {2**64 - 1} is more than a day" in err, err
+    one = tmp_path / "one.kmltrc"
+    write_trace(one, read_trace(FIXTURE)[:1])
+    rc, err = _train(capsys, "--trace", str(one), "-o", str(tmp_path / "m.kmlm"))
+    assert rc == 1 and "1 samples in the traces; training needs at least 64" in err, err
+
+
+def test_train_warns_about_doubtful_traces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = read_trace(FIXTURE)
+    flipped = rows.copy()
+    flipped["met"][[3, 5]] = 1 - flipped["met"][[3, 5]]
+    doubtful = tmp_path / "doubtful.kmltrc"
+    write_trace(doubtful, flipped)
+    with doubtful.open("ab") as handle:  # a writer cut off half way through a row
+        handle.write(b"\0" * 40)
+    rc, err = _train(capsys, "--trace", str(doubtful), "-o", str(tmp_path / "m.kmlm"))
+    assert rc == 0, err
+    assert f"warning: {doubtful}: a cut last row (40 bytes) was dropped" in err
+    assert f"warning: {doubtful}: 2 rows have a met label that contradicts" in err
+    assert "(first: row 3)" in err
+    clean = _train(capsys, "--trace", str(FIXTURE), "-o", str(tmp_path / "n.kmlm"))
+    assert clean == (0, "")
+
+
+def test_train_warns_when_the_threshold_is_at_its_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real trace whose best threshold lies beyond a factor 8 is hard to make;
+    # the calibration's own bound (from libkml) stands in for its answer.
+    bound = dd_permille(DD_CAL_MAX_LG)
+    assert bound == 8000
+    monkeypatch.setattr(train, "calibrate_permille", lambda y, rows: bound)
+    rc, err = _train(capsys, "--trace", str(FIXTURE), "-o", str(tmp_path / "m.kmlm"))
+    assert rc == 0, err
+    assert "decision_permille 8000 is at the calibration's bound" in err, err

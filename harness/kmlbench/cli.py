@@ -208,7 +208,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     # the choices are kml/train.py's ARCHS, checked there (importing it here would
     # load NumPy and libkml for every --help)
-    p.add_argument("--arch", default="mlp", help="mlp (12-16-1, relu) or linear")
+    p.add_argument(
+        "--arch", default="mlp", help="mlp (the features, --hidden relu units, 1) or linear"
+    )
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument(
         "--holdout",

@@ -191,10 +191,12 @@ def feature_names(n_features: int) -> list[str]:
 def write_csv(rows: np.ndarray, n_features: int, out: IO[str]) -> None:
     """One line per sample: the scalar fields, then the features as real numbers.
 
-    Features are converted from Q16.16 (``/ 65536``) and named after
-    ``enum kml_dd_feature``, so the CSV reads without the header file.
+    Features are converted from Q16.16 (``/ 65536``) and named
+    ``feature_<name>`` after ``enum kml_dd_feature``, so the CSV reads without
+    the header file and no column name repeats (``op`` and ``sector`` are
+    both a scalar field and a feature).
     """
-    names = feature_names(n_features)
+    names = [f"feature_{name}" for name in feature_names(n_features)]
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*SCALAR_FIELDS, *names])
     feats = rows["features"][:, :n_features].astype(np.float64) / Q16

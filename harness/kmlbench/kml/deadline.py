@@ -24,6 +24,7 @@ import numpy.typing as npt
 from kmlbench.kml.ffi import f32, lib, ptr
 
 __all__ = [
+    "DD_CAL_MAX_LG",
     "DD_CAL_MIN_CLASS",
     "DD_RESID",
     "DD_SAMPLE_BYTES",
@@ -39,6 +40,7 @@ __all__ = [
 DD_SAMPLE_BYTES = 128  # struct kml_dd_sample (kml_iosched_uapi.h)
 DD_RESID = np.dtype([("r", "<i4"), ("met", "<u4")])  # struct kml_dd_resid
 DD_CAL_MIN_CLASS = 32  # KML_DD_CAL_MIN_CLASS
+DD_CAL_MAX_LG = 3 << 16  # KML_DD_CAL_MAX_LG: thresholds stay within a factor 8 either way
 
 
 def _dd_samples(rows: npt.ArrayLike) -> npt.NDArray[Any]:

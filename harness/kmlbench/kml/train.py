@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +42,25 @@ import numpy as np
 
 from kmlbench.data import kmlstats
 from kmlbench.data.trace import NR_FEATURES, Q16, TraceError, load_trace
-from kmlbench.kml.deadline import dd_cal_fit, dd_meets, dd_permille, dd_residuals, dd_targets
+from kmlbench.kml.deadline import (
+    DD_CAL_MAX_LG,
+    DD_CAL_MIN_CLASS,
+    dd_cal_fit,
+    dd_meets,
+    dd_permille,
+    dd_residuals,
+    dd_targets,
+)
+from kmlbench.kml.ffi import KmlError
 from kmlbench.kml.model import Model
 
 ARCHS = ("mlp", "linear")
+# Fewer samples than this cannot even hold the calibration's minimum of each
+# class; a model and figures from them would mean nothing.
+MIN_SAMPLES = 2 * DD_CAL_MIN_CLASS
+# An issue time or deadline beyond a day is not one a queue produced (a u64
+# max, a clock read gone wrong): the trace is refused, not trained on.
+MAX_TIME_NS = 86_400 * 10**9
 
 
 def inputs(rows: np.ndarray, n_features: int) -> np.ndarray:
@@ -108,6 +124,43 @@ def evaluate(y_pred: np.ndarray, rows: np.ndarray, permille: int = 1000) -> dict
     return cm
 
 
+def check_rows(path: Path, rows: np.ndarray) -> list[str]:
+    """Refuse rows no queue produces (TraceError naming the file and row); warnings.
+
+    The warning is for ``met`` labels that contradict issue time and deadline:
+    training and calibration go by ``issue_ns <= deadline_ns`` (KML's label),
+    the holdout's accuracy by ``met`` as recorded.
+    """
+    for field in ("deadline_ns", "issue_ns"):
+        values = rows[field].astype(np.uint64)
+        bad = np.flatnonzero((values == 0) if field == "deadline_ns" else (values > MAX_TIME_NS))
+        if len(bad):
+            what = "is 0" if field == "deadline_ns" else "is more than a day"
+            raise TraceError(
+                f"{path}: row {int(bad[0])}: {field} {int(values[bad[0]])} {what} "
+                f"({len(bad)} such rows): not a trace of a real queue"
+            )
+    label = rows["issue_ns"].astype(np.uint64) <= rows["deadline_ns"].astype(np.uint64)
+    wrong = np.flatnonzero(label != rows["met"].astype(bool))
+    if len(wrong):
+        return [
+            f"{path}: {len(wrong)} rows have a met label that contradicts issue and deadline "
+            f"(first: row {int(wrong[0])}); training goes by issue <= deadline"
+        ]
+    return []
+
+
+def check_output(output: Path) -> None:
+    """ValueError unless ``output`` can be written: a file in an existing folder."""
+    if output.is_dir():
+        raise ValueError(f"-o {output}: is a directory; give a model file name")
+    parent = output.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"-o {output}: {parent} is not a folder")
+    if not parent.exists():
+        raise ValueError(f"-o {output}: folder {parent} does not exist")
+
+
 @dataclass
 class TrainResult:
     n_train: int
@@ -118,6 +171,7 @@ class TrainResult:
     holdout_at_deadline: dict[str, Any]  # at 1000: the model's own call
     decision_permille: int
     model_bytes: int
+    warnings: list[str]
 
     def report(self) -> dict[str, Any]:
         """What ``<model>.train.json`` holds next to the model file."""
@@ -158,6 +212,10 @@ def train_model(
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
     if not 0 <= holdout < 1:
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {lr}")
+    check_output(output)
+    warnings: list[str] = []
     train_parts, hold_parts = [], []
     n_features = None
     for path in traces:
@@ -169,12 +227,20 @@ def train_model(
                 f"kernel's models take {NR_FEATURES} (KML_DD_NR_FEATURES): record a new trace"
             )
         n_features = header.n_features
+        if header.partial_bytes:
+            warnings.append(f"{path}: a cut last row ({header.partial_bytes} bytes) was dropped")
+        warnings += check_rows(path, rows)
         tr, ho = split(rows, holdout)
         train_parts.append(tr)
         hold_parts.append(ho)
     assert n_features is not None
     train_rows = np.concatenate(train_parts) if train_parts else np.array([])
     hold_rows = np.concatenate(hold_parts)
+    if len(train_rows) + len(hold_rows) < MIN_SAMPLES:
+        raise ValueError(
+            f"{len(train_rows) + len(hold_rows)} samples in the traces; training needs at "
+            f"least {MIN_SAMPLES} (twice the calibration's minimum of each class)"
+        )
     if len(train_rows) == 0:
         raise ValueError("no samples to train on (empty traces?)")
     if arch == "linear":
@@ -201,10 +267,14 @@ def train_model(
         seed=seed,
     )
     permille = calibrate_permille(model.predict(inputs(train_rows, n_features)), train_rows)
+    if permille in (dd_permille(-DD_CAL_MAX_LG), dd_permille(DD_CAL_MAX_LG)):
+        warnings.append(
+            f"decision_permille {permille} is at the calibration's bound (a factor 8 from the "
+            "deadline): the model's predictions and the deadlines disagree; check the traces"
+        )
     evaluated = hold_rows if len(hold_rows) else train_rows
     y_eval = model.predict(inputs(evaluated, n_features))
     data = model.to_bytes()
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
     result = TrainResult(
         len(train_rows),
@@ -215,6 +285,7 @@ def train_model(
         evaluate(y_eval, evaluated),
         permille,
         len(data),
+        warnings,
     )
     report_path = output.with_name(output.name + ".train.json")
     report_path.write_text(json.dumps(result.report(), indent=1) + "\n")
@@ -251,6 +322,14 @@ def command(args: argparse.Namespace) -> int:
     except (TraceError, ValueError) as exc:
         print(f"kmlbench train: {exc}", file=sys.stderr)
         return 1
+    except KmlError as exc:  # e.g. a layer larger than KML takes
+        print(f"kmlbench train: the KML library refused the model: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # writing the model
+        print(f"kmlbench train: {exc}", file=sys.stderr)
+        return 1
+    for warning in result.warnings:
+        print(f"kmlbench train: warning: {warning}", file=sys.stderr)
     first, last = result.losses[0], result.losses[-1]
     where = "holdout" if result.n_holdout else "training set (no holdout)"
     print(
