@@ -265,6 +265,9 @@ def test_export_csv_and_parquet(ingested: Path, tmp_path: Path) -> None:
         cli.main(["import", "--db", str(ingested), "--export", "parquet", str(tmp_path / "pq")])
         == 0
     )
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert cli.main(["import", "--db", str(ingested), "--export", "csv", str(a_file)]) == 2
     with (tmp_path / "csv" / "cells.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == OK_CELLS + 1

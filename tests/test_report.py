@@ -200,6 +200,10 @@ def test_figures_command_writes_the_paper_folder(built: tuple[Path, Path], tmp_p
         == 2
     )
     assert cli.main(["figures", "--list"]) == 0
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    argv = ["figures", "--paper", str(a_file / "x"), "--run", RUN_ID, "--db", str(db_path)]
+    assert cli.main([*argv, "--only", "throughput"]) == 2  # one line, no traceback
 
 
 def test_model_figures_are_skipped_without_kml_stats(

@@ -51,6 +51,11 @@ def command(args: argparse.Namespace) -> int:
         n = ingest_run(db_path, run_dir)
         print(f"kmlbench import: {run_id_of(run_dir)}: {n} cells -> {db_path}")
     if args.export:
-        for path in export(db_path, Path(args.export[1]), args.export[0]):
+        try:
+            written = export(db_path, Path(args.export[1]), args.export[0])
+        except OSError as e:  # DIR is a file, not writable, ...
+            print(f"kmlbench import: --export {args.export[1]}: {e.strerror or e}", file=sys.stderr)
+            return 2
+        for path in written:
             print(f"kmlbench import: wrote {path}")
     return 0

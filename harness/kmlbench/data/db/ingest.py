@@ -246,9 +246,13 @@ def delete_run(db_path: Path, run_id: str) -> None:
 def resolve_run_dir(arg: str | Path) -> Path:
     """A run folder given as a path, or a run id (or ``latest``) under results/."""
     path = Path(arg)
-    if path.is_dir():
-        return path
-    candidate = paths.results_dir() / str(arg)
-    if candidate.is_dir():
-        return candidate.resolve()
-    raise FileNotFoundError(f"no run folder {arg} (neither a path nor a run id in results/)")
+    if not path.is_dir():
+        path = paths.results_dir() / str(arg)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"no run folder {arg} (neither a path nor a run id in results/)"
+            )
+        path = path.resolve()
+    if not (path / "manifest.json").is_file():
+        raise FileNotFoundError(f"{path} is not a run folder (no manifest.json)")
+    return path

@@ -85,7 +85,11 @@ def command(args: argparse.Namespace) -> int:
     except (LookupError, FileNotFoundError) as e:
         print(f"kmlbench figures: {e}", file=sys.stderr)
         return 2
-    rendered, skipped = render(data, args.paper, names=args.only, formats=args.format)
+    try:
+        rendered, skipped = render(data, args.paper, names=args.only, formats=args.format)
+    except OSError as e:  # --paper under a file, not writable, ...
+        print(f"kmlbench figures: --paper {args.paper}: {e.strerror or e}", file=sys.stderr)
+        return 2
     for r in rendered:
         print(f"kmlbench figures: {r.stem}: " + ", ".join(str(p) for p in r.files.values()))
     for name in skipped:

@@ -1,0 +1,77 @@
+"""No traceback for any bad command line: every command refuses nonsense in a line.
+
+Each case runs ``kmlbench`` in-process, so an exception escaping a command
+fails the test with its traceback; the exit status must say "error" (1 or 2,
+argparse's usage errors included) and the output must name the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kmlbench import cli, paths
+
+FIXTURE_TRACE = Path(__file__).parent / "data" / "deadline.kmltrc"
+SMOKE = paths.WORKLOADS_DIR / "smoke.yaml"
+
+# (command line, a piece of what the user must be told); {d} is a scratch folder
+# holding "not-yaml.yaml" (a list), "broken.yaml" (bad YAML), "not-a-trace.kmltrc"
+# (CSV), "a-dir/" and "a-file".
+CASES = [
+    ("run {d}/not-yaml.yaml --dry-run", "not-yaml.yaml"),
+    ("run {d}/broken.yaml --dry-run", "broken.yaml"),
+    ("run {d}/a-dir --dry-run", "a-dir"),
+    ("run {d}/missing.yaml --dry-run", "missing.yaml"),
+    ("run --resume nosuch --retry bogus", "bogus"),
+    ("build {d}/not-yaml.yaml", "not-yaml.yaml"),
+    ("report nosuch", "nosuch"),
+    ("report {d}/a-dir", "a-dir"),
+    ("compare only-one", "RUN_A RUN_B"),
+    ("compare --a x=1 --b y=2 --fail-on bogus", "bogus"),
+    ("compare --a x=1 --b y=2 --metrics nosuch", "nosuch"),
+    ("import nosuch", "nosuch"),
+    ("import --export xml {d}/out", "csv or parquet"),
+    ("import --export csv {d}/a-file", "a-file"),
+    ("trace csv {d}/not-a-trace.kmltrc", "not-a-trace.kmltrc"),
+    ("trace info {d}/a-dir", "a-dir"),
+    ("trace " + str(SMOKE) + " --cell 999 -o {d}/t.kmltrc", "999"),
+    ("trace " + str(SMOKE) + " --cell zzz -o {d}/t.kmltrc", "zzz"),
+    ("train --trace {d}/not-a-trace.kmltrc -o {d}/m.kmlm", "not-a-trace.kmltrc"),
+    ("train --trace {d}/a-dir -o {d}/m.kmlm", "a-dir"),
+    ("train --trace " + str(FIXTURE_TRACE) + " -o {d}/m.kmlm --holdout 2", "holdout"),
+    ("train --trace " + str(FIXTURE_TRACE) + " -o {d}/m.kmlm --epochs 0", "--epochs"),
+    ("kunit --parse {d}/a-dir", "a-dir"),
+    ("bench harness --run nosuch", "nosuch"),
+    ("figures", "--paper"),
+    ("figures --paper {d}/out --only nosuch", "nosuch"),
+]
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KMLBENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("KMLBENCH_DB", str(tmp_path / "results" / "kmlbench.db"))
+    (tmp_path / "not-yaml.yaml").write_text("- just\n- a list\n")
+    (tmp_path / "broken.yaml").write_text("axes: [\n")
+    (tmp_path / "not-a-trace.kmltrc").write_text("a,b\n1,2\n")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "a-file").write_text("")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("line", "told"), CASES, ids=[c[0].split()[0] for c in CASES])
+def test_bad_input_is_one_clear_error(
+    scratch: Path, capsys: pytest.CaptureFixture[str], line: str, told: str
+) -> None:
+    argv = line.format(d=scratch).split()
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        rc = exc.code if isinstance(exc.code, int) else 2
+    out = capsys.readouterr()
+    said = out.out + out.err
+    assert rc in (1, 2), (rc, said)
+    assert "Traceback" not in said
+    assert told in said, said
