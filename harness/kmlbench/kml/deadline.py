@@ -113,14 +113,7 @@ def dd_meets(
     issue_ns = trunc(1000 * (2**y - 1)) in float32 (0 for y <= 0, -1 for NaN,
     saturating at y = 40), met = issue_ns <= floor(deadline_ns * permille / 1000)
     in integer ns (a NaN prediction is a predicted miss)."""
-    yf = f32(y).reshape(-1)
-    n = len(yf)
-    d = _deadlines(deadline_ns, n)
-    issue = np.empty(n, np.int64)
-    met = np.empty(n, np.uint8)
-    if n:
-        lib().kml_dd_decide(ptr(yf), ptr(d), n, _permille(permille), ptr(issue), ptr(met))
-    return issue, met.astype(bool)
+    return _decide(lib().kml_dd_decide, f32(y).reshape(-1), deadline_ns, permille)
 
 
 def dd_meets_q16(
@@ -129,10 +122,17 @@ def dd_meets_q16(
     """:func:`dd_meets` for a Q16 model's outputs (Q16.16 lg(issue us)), with the
     kernel's integer inverse (``kml_dd_decide_q16``: ``kml_dd_lg_q16_to_ns``)."""
     q = np.ascontiguousarray(np.asarray(yq, np.int32).reshape(-1))
-    n = len(q)
+    return _decide(lib().kml_dd_decide_q16, q, deadline_ns, permille)
+
+
+def _decide(
+    decide: Any, y: npt.NDArray[Any], deadline_ns: npt.ArrayLike, permille: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Call ``kml_dd_decide`` or its Q16 twin on ``y``: (issue_ns, met) arrays."""
+    n = len(y)
     d = _deadlines(deadline_ns, n)
     issue = np.empty(n, np.int64)
     met = np.empty(n, np.uint8)
     if n:
-        lib().kml_dd_decide_q16(ptr(q), ptr(d), n, _permille(permille), ptr(issue), ptr(met))
+        decide(ptr(y), ptr(d), n, _permille(permille), ptr(issue), ptr(met))
     return issue, met.astype(bool)
