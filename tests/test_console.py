@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.guest.console import ConsoleEvent, classify, classify_line, status_for
+from kmlbench.guest.console import (
+    SANITIZER_KINDS,
+    ConsoleEvent,
+    classify,
+    classify_line,
+    status_for,
+)
 from kmlbench.guest.qemu import Guest, GuestError
 from test_qemu import boot
 
@@ -210,10 +216,39 @@ def test_saved_console_text(saved: dict[str, Path]) -> None:
         ("BUG: unable to handle page fault for address: ffffffffc0000000", "oops"),
         ("general protection fault, probably for non-canonical address 0xdead: 0000 [#1]", "oops"),
         ("[    3.1] kernel BUG at mm/slub.c:321!", "bug"),
-        ("[    3.1] BUG: scheduling while atomic: swapper/0/1/0x00000002", "bug"),
+        ("[    3.1] BUG: scheduling while atomic: swapper/0/1/0x00000002", "atomic_sleep"),
         ("[    2.0] WARNING: CPU: 1 PID: 42 at block/mq-deadline.c:100 dd_insert+0x1/0x2", "warn"),
         ("INFO: task fio:77 blocked for more than 120 seconds.", "hung_task"),
         ("Kernel panic - not syncing: Fatal exception", "panic"),
+        # The sanitizers' headers (debug.config, kcsan.config): kasan_report(),
+        # kcsan's print_report(), ubsan_prologue(), lockdep's print_*_bug(),
+        # lockdep_rcu_suspicious(), __might_resched(), __list_*_valid(),
+        # debug_print_object().
+        ("[    9.1] BUG: KASAN: slab-use-after-free in kml_dd_swap+0x1/0x2", "kasan"),
+        ("BUG: KASAN: slab-out-of-bounds in kml_ring_push+0x4d/0x90", "kasan"),
+        ("[    9.2] BUG: KCSAN: data-race in kml_dd_insert / kml_dd_complete", "kcsan"),
+        ("UBSAN: shift-out-of-bounds in kernel/kml/kml_dd_calib.c:88:20", "ubsan"),
+        ("UBSAN: array-index-out-of-bounds in block/mq-deadline.c:120:5", "ubsan"),
+        ("WARNING: possible circular locking dependency detected", "lockdep"),
+        ("WARNING: possible recursive locking detected", "lockdep"),
+        ("WARNING: inconsistent lock state", "lockdep"),
+        ("WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected", "lockdep"),
+        ("WARNING: suspicious RCU usage", "lockdep"),
+        ("BUG: Invalid wait context", "lockdep"),
+        ("BUG: sleeping function called from invalid context at mm/slab.h:723", "atomic_sleep"),
+        (
+            "list_add corruption. next->prev should be prev (ffff8880), but was 0000",
+            "list_corruption",
+        ),
+        (
+            "list_del corruption, ffff888004f2a000->next is LIST_POISON1 (dead000000000100)",
+            "list_corruption",
+        ),
+        (
+            "ODEBUG: activate active (active state 1) object: 0000 object type: rcu_head",
+            "debugobjects",
+        ),
+        ("kcsan: selftest: 3/3 tests passed", None),
         ("kmlbench-heartbeat 3 uptime=15.02", None),
         ("fio: BUGs are everywhere (not a kernel line)", None),
     ],
@@ -231,5 +266,5 @@ def test_status_for() -> None:
 
     assert status_for([]) is None
     assert status_for([ev("warn"), ev("hung_task")]) is None
-    for kind in ("panic", "oops", "bug"):
+    for kind in ("panic", "oops", "bug", *SANITIZER_KINDS):
         assert status_for([ev("warn"), ev(kind)]) == "panic"

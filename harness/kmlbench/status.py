@@ -10,7 +10,7 @@ from __future__ import annotations
 OK = "ok"
 FAILED = "failed"  # the cell's own work failed: fio, a set-up step, a guest command
 TIMEOUT = "timeout"  # a command, or the console, went quiet for too long
-PANIC = "panic"  # the kernel under test panicked, oopsed or hit a BUG
+PANIC = "panic"  # the kernel under test panicked, oopsed, hit a BUG or a sanitizer
 BOOT_FAILURE = "boot-failure"  # the guest never became ready
 INFRA_ERROR = "infra-error"  # the harness or host failed, not the kernel
 

@@ -1,10 +1,14 @@
-"""Classify a guest's serial console: panic, oops, BUG, WARN, hung task.
+"""Classify a guest's serial console: panic, oops, BUG, WARN, hung task, sanitizers.
 
 The console is the only witness that survives a dead kernel, so the harness
 decides a cell's fate from it rather than from SSH (which just goes quiet).
 Patterns follow the kernel's own printk wording (``panic()``, ``die()``,
 ``__warn()``, ``check_hung_task()``) so they keep matching across versions;
 the optional ``[ 12.345678]`` timestamp and any leading noise are ignored.
+The sanitizer kernels (``kernel/configs/debug.config`` and ``kcsan.config``)
+add their own report headers: KASAN, KCSAN, UBSAN, lockdep (and RCU
+lockdep), sleeping in atomic context, list corruption and debugobjects;
+each is a kind of its own, and every one of them fails the cell.
 
 :func:`classify_line` is used incrementally by :mod:`kmlbench.guest.qemu` as lines
 arrive; :func:`classify` re-reads a whole saved log the same way.
@@ -17,9 +21,21 @@ from dataclasses import dataclass
 
 from kmlbench.status import PANIC
 
-KINDS = ("panic", "oops", "bug", "warn", "hung_task")
+# The sanitizers' reports: a kernel built with debug.config or kcsan.config
+# prints them, and each means the code under test has a memory, locking,
+# concurrency or undefined-behaviour bug, even if it went on running.
+SANITIZER_KINDS = (
+    "kasan",
+    "kcsan",
+    "ubsan",
+    "lockdep",
+    "atomic_sleep",
+    "list_corruption",
+    "debugobjects",
+)
+KINDS = ("panic", "oops", "bug", "warn", "hung_task", *SANITIZER_KINDS)
 # A cell with any of these did not measure a healthy kernel.
-FATAL_KINDS = frozenset({"panic", "oops", "bug"})
+FATAL_KINDS = frozenset({"panic", "oops", "bug", *SANITIZER_KINDS})
 
 
 @dataclass(frozen=True)
@@ -38,10 +54,38 @@ class ConsoleEvent:
         return {"kind": self.kind, "line_no": self.line_no, "excerpt": self.excerpt}
 
 
-# Order matters: the first match wins, and "BUG: unable to handle" is an oops
-# (a fault inside the kernel), not a BUG_ON().
+# Order matters: the first match wins. "BUG: unable to handle" is an oops
+# (a fault inside the kernel), not a BUG_ON(); the sanitizers' headers come
+# before the generic "BUG: " and "WARNING: " they start with. Their wording
+# is the kernel's: mm/kasan/report.c, kernel/kcsan/report.c, lib/ubsan.c,
+# kernel/locking/lockdep.c and kernel/rcu/ (lockdep_rcu_suspicious),
+# __might_resched() and __schedule_bug() in kernel/sched/core.c,
+# lib/list_debug.c, lib/debugobjects.c.
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("panic", re.compile(r"Kernel panic - not syncing")),
+    ("kasan", re.compile(r"(^|\s)BUG: KASAN: ")),
+    ("kcsan", re.compile(r"(^|\s)BUG: KCSAN: ")),
+    ("ubsan", re.compile(r"(^|\s)UBSAN: [a-z-]+ in ")),
+    (
+        "lockdep",
+        re.compile(
+            r"(^|\s)WARNING: (possible (circular|recursive) locking"
+            r"|possible irq lock inversion|inconsistent lock state"
+            r"|\S+-safe -> \S+-unsafe lock order|bad unlock balance|held lock freed"
+            r"|lock held when returning to user space|lock held at task exit"
+            r"|Nested lock was not taken|suspicious RCU usage)"
+            r"|(^|\s)BUG: (Invalid wait context|MAX_LOCKDEP_\w+ too low)"
+        ),
+    ),
+    (
+        "atomic_sleep",
+        re.compile(
+            r"(^|\s)BUG: (sleeping function called from invalid context"
+            r"|scheduling while atomic|workqueue leaked lock or atomic)"
+        ),
+    ),
+    ("list_corruption", re.compile(r"(^|\s)list_(add|del) corruption")),
+    ("debugobjects", re.compile(r"(^|\s)ODEBUG: ")),
     (
         "oops",
         re.compile(
@@ -81,7 +125,8 @@ def classify(text: str) -> list[ConsoleEvent]:
 def status_for(events: list[ConsoleEvent]) -> str | None:
     """The cell status the events force, if any.
 
-    A panic, oops or BUG means the kernel under test broke: "panic". WARNs
+    A panic, oops, BUG or sanitizer report means the kernel under test
+    broke: "panic". WARNs
     and hung-task reports are recorded but do not by themselves fail a cell
     (a slow TCG guest can trip the hung-task detector on a healthy kernel).
     """

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kmlbench import paths
 from kmlbench.build import image, kernel
-from kmlbench.guest import kvm, qemu
+from kmlbench.guest import console, kvm, qemu
 from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.ssh import SSHKeys
 
@@ -281,7 +281,7 @@ def command(args: argparse.Namespace) -> int:
                 if res.exit_status != 0:
                     failure = f"insmod failed (exit {res.exit_status}): {res.stderr.strip()}"
             dmesg = guest.run("dmesg", timeout=60).stdout
-            events = [e for e in guest.events() if e.kind in ("panic", "oops", "bug")]
+            events = [e for e in guest.events() if e.kind in console.FATAL_KINDS]
             if events:
                 crash = f"kernel {events[0].kind} during the tests"
                 failure = crash if failure is None else f"{failure}; {crash}"
