@@ -479,3 +479,60 @@ def test_train_calibrates_the_decision_threshold_for_balanced_accuracy(
         else:
             assert permille < 1000, permille  # says "miss" earlier than the deadline
     assert balanced["calibrated"] > balanced["fixed"] + 0.05, balanced
+
+
+# --- kmlctl fuzz: the sequence is the seed's alone -----------------------------
+
+
+def fuzz_list(kmlctl: Path, seed: int, ops: int) -> list[str]:
+    lines = run(kmlctl, "fuzz", "--seed", str(seed), "--ops", str(ops), "--list").stdout
+    header, *listed = lines.splitlines()
+    assert header.startswith(f"fuzz: seed {seed}, {ops} ops"), header
+    return listed
+
+
+def test_fuzz_list_is_reproducible_and_a_prefix(kmlctl: Path) -> None:
+    """Same seed, same operations; a shorter run is a prefix of a longer one
+    (what lets a crash at op K be replayed with the listing up to K)."""
+    a = fuzz_list(kmlctl, 20261202, 500)
+    assert a == fuzz_list(kmlctl, 20261202, 500)
+    assert fuzz_list(kmlctl, 20261202, 120) == a[:120]
+    assert a != fuzz_list(kmlctl, 20261203, 500)
+    assert [line.split(":")[0] for line in a] == [f"op {k}" for k in range(500)]
+
+
+def test_fuzz_draws_every_kind_by_its_weight(kmlctl: Path) -> None:
+    """Every kind of operation is drawn, in about its share (fuzz.c's weights)."""
+    weights = {
+        "ioctl": 20,
+        "write": 10,
+        "model": 15,
+        "mmap": 10,
+        "scribble": 10,
+        "sysfs": 25,
+        "reopen": 5,
+        "sched": 5,
+    }
+    ops = 20000
+    kinds = [line.split(": ", 1)[1].split()[0] for line in fuzz_list(kmlctl, 7, ops)]
+    for kind, weight in weights.items():
+        share = kinds.count(kind) / ops
+        assert abs(share - weight / 100) < 0.015, (kind, share)
+    assert set(kinds) == set(weights)
+    # the ioctls reach the real commands and random ones with KML's magic
+    ioctls = [line for line in fuzz_list(kmlctl, 7, 2000) if ": ioctl " in line]
+    cmds = {line.split("cmd=")[1].split()[0] for line in ioctls}
+    info = (2 << 30) | (72 << 16) | (0xB7 << 8)  # _IOR(0xb7, 0, struct kml_dev_info)
+    assert {hex(info), "0xb701", "0xb702", "0xb703"} <= cmds, sorted(cmds)[:20]
+    assert len(cmds) > 100  # and many more
+
+
+def test_fuzz_bad_command_lines(kmlctl: Path, tmp_path: Path) -> None:
+    bad = run(kmlctl, "fuzz", "--ops", "x", check=False)
+    assert bad.returncode == 2 and "bad value for --ops" in bad.stderr
+    ring = run(kmlctl, "--ring-file", tmp_path / "r", "fuzz", check=False)
+    assert ring.returncode == 2 and "not --ring-file" in ring.stderr
+    extra = run(kmlctl, "fuzz", "a", "b", check=False)
+    assert extra.returncode == 2 and "wrong number of arguments" in extra.stderr
+    nodev = run(kmlctl, "--dev", tmp_path / "none", "fuzz", "--ops", "3", check=False)
+    assert nodev.returncode == 1 and "ENOENT" in nodev.stderr

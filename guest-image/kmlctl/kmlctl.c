@@ -57,6 +57,8 @@ static const struct option long_opts[] = {
 	{ "seed", required_argument, NULL, OPT_SEED },
 	{ "out", required_argument, NULL, OPT_OUT },
 	{ "publish-file", required_argument, NULL, OPT_PUBLISH_FILE },
+	{ "ops", required_argument, NULL, OPT_OPS },
+	{ "list", no_argument, NULL, OPT_LIST },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -79,6 +81,10 @@ static const char usage_text[] =
 "                             die-mid-update big-write\n"
 "  calibrate MODEL TRACE      decision_permille for MODEL's meet/miss calls,\n"
 "                             calibrated on a trace file\n"
+"  fuzz [BLOCKDEV] [--seed N] [--ops N] [--list]\n"
+"                             N seeded random operations on /dev/kml, the\n"
+"                             ring, KML's sysfs/debugfs files and BLOCKDEV's\n"
+"                             queue; --list prints them without running\n"
 "\n"
 "  --dev PATH        the KML device (default /dev/kml)\n"
 "  --ring-file PATH  a file holding a ring in the shared layout instead\n";
@@ -193,6 +199,10 @@ static int set_opt(struct opts *o, int id, const char *arg)
 	case OPT_PUBLISH_FILE:
 		o->publish_file = arg;
 		return 0;
+	case OPT_OPS:
+		return parse_ull(arg, &o->ops);
+	case OPT_LIST:
+		return 0;
 	}
 	return -EINVAL;
 }
@@ -224,6 +234,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
 	o->lr = 0.01;
 	o->batch = 32;
 	o->seed = 1;
+	o->ops = 1000;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
 		if (c == 'h' || c == OPT_HELP) {
@@ -275,6 +286,7 @@ static const struct command commands[] = {
 	{ "train", cmd_train },
 	{ "fault", cmd_fault },
 	{ "calibrate", cmd_calibrate },
+	{ "fuzz", cmd_fuzz },
 };
 
 int main(int argc, char **argv)
@@ -292,7 +304,7 @@ int main(int argc, char **argv)
 	}
 	if (o.argc < 1)
 		return usage_error("no command given");
-	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+	for (i = 0; i < ARRAY_SIZE(commands); i++)
 		if (!strcmp(o.argv[0], commands[i].name))
 			return commands[i].fn(&o);
 	return usage_error("unknown command '%s'", o.argv[0]);

@@ -13,6 +13,7 @@
  *   train_feed.c  train: the consumer thread and the rate cap
  *   calib.c       prequential scores, decision calibration; calibrate
  *   fault.c       fault: malformed input for the kernel's tests
+ *   fuzz.c        fuzz: seeded random operations on everything user space reaches
  */
 #ifndef KMLCTL_H
 #define KMLCTL_H
@@ -32,6 +33,10 @@
 #include "kml_dd_calib.h"
 
 #define KMLCTL_WRITE_CHUNK	4096	/* bytes per write() of a model */
+
+#ifndef ARRAY_SIZE
+#define ARRAY_SIZE(a)		(sizeof(a) / sizeof((a)[0]))
+#endif
 
 /* ------------------------------------------------------------- options */
 
@@ -58,6 +63,8 @@ enum {
 	OPT_OUT = 1 << 19,
 	OPT_PUBLISH_FILE = 1 << 20,
 	OPT_HELP = 1 << 21,
+	OPT_OPS = 1 << 22,
+	OPT_LIST = 1 << 23,
 };
 
 struct opts {
@@ -83,6 +90,7 @@ struct opts {
 	unsigned long seed;
 	const char *out;		/* fault: write the model here instead */
 	const char *publish_file;	/* train --ring-file: publish to a file */
+	unsigned long long ops;		/* fuzz: operations to run */
 	int argc;			/* operands after the subcommand */
 	char **argv;
 };
@@ -226,5 +234,6 @@ int cmd_trace(const struct opts *o);
 int cmd_train(const struct opts *o);
 int cmd_fault(const struct opts *o);
 int cmd_calibrate(const struct opts *o);
+int cmd_fuzz(const struct opts *o);
 
 #endif /* KMLCTL_H */
