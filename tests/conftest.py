@@ -16,11 +16,19 @@ kernel build's allowance for the session's first test that needs the
 kernel (through ``kernel_build`` or a ``kmlbench run`` child), and a
 smaller one when it sets up any other of our session- or module-wide
 fixtures (a guest booted once per module, the guest image).
+
+The sanitizer kernels (``kernel/configs/debug.config``: KASAN, lockdep,
+UBSAN, ...; ``kcsan.config``: KCSAN) are kernel variants of their own:
+tests parametrized over :data:`KERNEL_VARIANTS` run on the stock kernel in
+the README's test command and, with ``KMLBENCH_SANITIZERS=1`` (the nightly
+workflow), on both sanitizer kernels too (marker ``sanitizer``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,6 +81,49 @@ def kernel_build(
         pytest.fail(f"{paths.DEBIAN_KERNEL_TARBALL} missing: run scripts/setup.sh")
     log_dir = tmp_path_factory.mktemp("kernel-logs")
     return kernel.build_kernel(KernelRequest("debian", ()), kernel_cache, log_dir, **kernel_inputs)
+
+
+# A kernel variant: the fragment it adds to base.config and kml.config
+# (looked up in kernel/configs/), None for the stock KML kernel.
+SANITIZER_CONFIGS = {"debug": "debug.config", "kcsan": "kcsan.config"}
+SANITIZERS_ENV = "KMLBENCH_SANITIZERS"
+# For ``params=`` of a fixture that boots a kernel: the stock one always,
+# the sanitizer ones as ``sanitizer`` tests.
+KERNEL_VARIANTS = [
+    "stock",
+    *(pytest.param(name, marks=pytest.mark.sanitizer) for name in SANITIZER_CONFIGS),
+]
+
+
+@pytest.fixture(scope="session")
+def variant_kernel(
+    kernel_cache: Path, kernel_inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], KernelBuild]:
+    """``get(variant)``: the stock (``"stock"``) or a sanitizer kernel, built once."""
+    builds: dict[str, KernelBuild] = {}
+    log_dir = tmp_path_factory.mktemp("variant-kernel-logs")
+
+    def get(variant: str) -> KernelBuild:
+        if variant not in builds:
+            extra = () if variant == "stock" else (Path(SANITIZER_CONFIGS[variant]),)
+            builds[variant] = kernel.build_kernel(
+                KernelRequest("debian", extra), kernel_cache, log_dir, **kernel_inputs
+            )
+        return builds[variant]
+
+    return get
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the sanitizer tests unless KMLBENCH_SANITIZERS=1 asks for them."""
+    if os.environ.get(SANITIZERS_ENV) == "1":
+        return
+    skip = pytest.mark.skip(
+        reason=f"sanitizer kernel: set {SANITIZERS_ENV}=1 (the nightly workflow does)"
+    )
+    for item in items:
+        if item.get_closest_marker("sanitizer"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -135,6 +186,9 @@ def timeout_budget(item: pytest.Item) -> float:
         item.get_closest_marker("kernel") and not item.config.stash.get(_BUILT, False)
     ):
         # the build happens here, in a fixture or in a `kmlbench run` child
+        budget += BUILD_ALLOWANCE_S
+    if item.get_closest_marker("sanitizer") and pending:
+        # a module's guest on a sanitizer kernel: maybe its cold build first
         budget += BUILD_ALLOWANCE_S
     if pending - {"kernel_build"}:
         budget += FIXTURE_ALLOWANCE_S

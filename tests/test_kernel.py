@@ -788,6 +788,16 @@ def test_repo_fragments_survive_olddefconfig(kconfig_tree, tmp_path):
     lines = text.splitlines()
     assert "CONFIG_VIRTIO_BLK=y" in lines
     assert "CONFIG_MQ_IOSCHED_DEADLINE=y" in lines
+    # The sanitizer variants (built nightly) survive too, every option in
+    # them checked by configure(); KCSAN and KASAN exclude each other.
+    for name, on, off in (
+        ("debug.config", "CONFIG_KASAN=y", "CONFIG_KCSAN=y"),
+        ("kcsan.config", "CONFIG_KCSAN=y", "CONFIG_KASAN=y"),
+    ):
+        variant = kernel.config_fragments((Path(name),))
+        lines = kernel.configure(tree, tmp_path / name, variant, quiet).splitlines()
+        assert on in lines and off not in lines, name
+        assert "CONFIG_KML_IOSCHED=y" in lines and "CONFIG_PROVE_LOCKING=y" in lines
 
 
 # --------------------------------------------------------------------------

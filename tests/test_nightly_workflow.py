@@ -91,3 +91,16 @@ def test_artifacts_uploaded_and_previous_downloaded(workflow: dict) -> None:
     # the artifact downloaded is the one a previous night uploaded
     assert names.count("nightly-results") == 2
     assert Path(WORKFLOW).name in str(workflow)
+
+
+def test_sanitizer_job_runs_the_sanitizer_tests(workflow: dict) -> None:
+    """The sanitizer tests run somewhere: the nightly job selects and enables them."""
+    job = workflow["jobs"]["sanitizers"]
+    steps = [s for s in job["steps"] if "pytest" in s.get("run", "")]
+    assert len(steps) == 1
+    assert "-m sanitizer" in steps[0]["run"]
+    assert steps[0]["env"]["KMLBENCH_SANITIZERS"] == "1"
+    assert any("bash scripts/setup.sh" in s.get("run", "") for s in job["steps"])
+    tests = paths.REPO_ROOT / "tests"
+    marked = [p.name for p in tests.glob("test_*.py") if "sanitizer" in p.read_text()]
+    assert {"test_sanitizers.py", "test_kml_faults.py"} <= set(marked)
