@@ -51,6 +51,7 @@ from kmlbench.plan.source import MatrixError
 from kmlbench.progress import Progress
 from kmlbench.run.host import choose_accel, git_revision, host_description
 from kmlbench.run.results import RunDir
+from kmlbench.run.table import summary_table
 from kmlbench.status import OK, STATUSES
 
 
@@ -436,7 +437,8 @@ def execute(
         if interrupted.is_set():
             raise KeyboardInterrupt
     run.update_latest()
-    print(f"kmlbench: results in {run.path} ({not_ok} of {ran} cells not ok)")
+    print(f"kmlbench: results in {run.path} ({not_ok} of {ran} cells not ok)\n"
+          + summary_table(run.path.name, run.read_cells()))  # fmt: skip
     return 1 if not_ok else 0
 
 
