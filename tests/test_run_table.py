@@ -41,5 +41,8 @@ def test_one_row_per_configuration_with_medians_and_the_next_commands(tmp_path: 
 
 
 def test_configuration_drops_only_the_repeat() -> None:
-    assert configuration("randrw-nullb-mqdl-kmloff-df56bf7e-r12") == "randrw-nullb-mqdl-kmloff-df56bf7e"
+    assert (
+        configuration("randrw-nullb-mqdl-kmloff-df56bf7e-r12")
+        == "randrw-nullb-mqdl-kmloff-df56bf7e"
+    )
     assert configuration("a-r1b-12345678-r0") == "a-r1b-12345678"
