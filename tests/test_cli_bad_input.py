@@ -42,6 +42,28 @@ CASES = [
     ("train --trace {d}/a-dir -o {d}/m.kmlm", "a-dir"),
     ("train --trace " + str(FIXTURE_TRACE) + " -o {d}/m.kmlm --holdout 2", "holdout"),
     ("train --trace " + str(FIXTURE_TRACE) + " -o {d}/m.kmlm --epochs 0", "--epochs"),
+    ("trace import {d}/requests-empty.csv -o {d}/t.kmltrc", "requests-empty.csv: empty"),
+    ("trace import {d}/requests-no-op.csv -o {d}/t.kmltrc", "line 1: no column op"),
+    ("trace import {d}/requests-header.csv -o {d}/t.kmltrc", "requests-header.csv: a header"),
+    ("trace import {d}/requests-bad-op.csv -o {d}/t.kmltrc", "row 2 (line 3): op 'x'"),
+    ("trace import {d}/requests-negative.csv -o {d}/t.kmltrc", "row 1 (line 2): sector -1"),
+    ("trace import {d}/requests-short.csv -o {d}/t.kmltrc", "row 2 (line 3): 7 fields"),
+    ("trace import {d}/requests-deadline0.csv -o {d}/t.kmltrc", "row 2: deadline_ns is 0"),
+    ("trace import {d}/requests-early.csv -o {d}/t.kmltrc", "row 1: completion_ns is before"),
+    ("trace import {d}/requests-huge.csv -o {d}/t.kmltrc", "row 1 (line 2): issue_ns"),
+    ("trace import " + str(FIXTURE_TRACE) + " -o {d}/t.kmltrc", "deadline.kmltrc: cannot read"),
+    ("trace import {d}/a-dir -o {d}/t.kmltrc", "a-dir"),
+    ("trace import {d}/requests.csv -o {d}/a-dir", "a-dir: is a directory"),
+    ("trace import {d}/requests.csv -o {d}/t.kmltrc --capacity 0", "--capacity"),
+    ("trace import {d}/requests.csv -o {d}/t.kmltrc --capacity x", "--capacity"),
+    ("train --trace " + str(FIXTURE_TRACE) + " -o {d}/m.kmlm --test {d}/not-a-trace.kmltrc",
+     "not-a-trace.kmltrc"),
+    ("train --model {d}/a-file --test " + str(FIXTURE_TRACE), "a-file"),
+    ("train --model {d}/missing.kmlm --test " + str(FIXTURE_TRACE), "missing.kmlm"),
+    ("train --model {d}/a-file", "--test"),
+    ("train --model {d}/a-file --test {d}/a-file --trace {d}/a-file", "--model"),
+    ("train --model {d}/a-file --test {d}/a-file --decision-permille 0", "--decision-permille"),
+    ("train --epochs 3", "--trace"),
     ("kunit --parse {d}/a-dir", "a-dir"),
     ("bench harness --run nosuch", "nosuch"),
     ("figures", "--paper"),
@@ -58,6 +80,21 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "not-a-trace.kmltrc").write_text("a,b\n1,2\n")
     (tmp_path / "a-dir").mkdir()
     (tmp_path / "a-file").write_text("")
+    head = "insert_ns,op,sector,bytes,issue_ns,deadline_ns,met,completion_ns\n"
+    good = "1000,0,8,4096,500,8000000,1,900\n"
+    for name, body in {
+        "requests.csv": head + good,
+        "requests-empty.csv": "",
+        "requests-no-op.csv": head.replace(",op", "") + "1000,8,4096,500,8000000,1,900\n",
+        "requests-header.csv": head,
+        "requests-bad-op.csv": head + good + "2000,x,8,4096,500,8000000,1,900\n",
+        "requests-negative.csv": head + "1000,0,-1,4096,500,8000000,1,900\n",
+        "requests-short.csv": head + good + "2000,0,8,4096,500,8000000,1\n",
+        "requests-deadline0.csv": head + good + "2000,1,8,4096,500,0,0,900\n",
+        "requests-early.csv": head + "1000,0,8,4096,500,8000000,1,400\n",
+        "requests-huge.csv": head + "1000,0,8,4096,99999999999999999,8000000,1,900\n",
+    }.items():
+        (tmp_path / name).write_text(body)
     return tmp_path
 
 

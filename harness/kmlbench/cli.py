@@ -201,11 +201,36 @@ def _trace_info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("trace", type=Path)
 
 
-def _train_args(p: argparse.ArgumentParser) -> None:
+def _trace_import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("csv", type=Path, help="CSV of requests (columns in docs/trace.md)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="trace file to write")
     p.add_argument(
-        "--trace", type=Path, action="append", required=True, help="trace file (repeatable)"
+        "--capacity",
+        type=int,
+        default=None,
+        help="the disk's size in 512-byte sectors (default: the end of the furthest request)",
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", type=Path, action="append", help="trace file (repeatable)")
+    p.add_argument("-o", "--output", type=Path, help="model file to write")
+    p.add_argument(
+        "--test",
+        type=Path,
+        action="append",
+        help="a separate trace to score the model on (repeatable): accuracy beside the "
+        "majority baseline, balanced accuracy, MCC",
+    )
+    p.add_argument(
+        "--model", type=Path, help="score this saved model on --test instead of training one"
+    )
+    p.add_argument(
+        "--decision-permille",
+        type=int,
+        default=None,
+        help="with --model: the meet/miss threshold (default: MODEL.train.json's, else 1000)",
+    )
     # the choices are kml/train.py's ARCHS, checked there (importing it here would
     # load NumPy and libkml for every --help)
     p.add_argument(
@@ -319,7 +344,8 @@ COMMANDS: tuple[Command, ...] = (
         "Record KML's per-request samples from a guest running one cell of a matrix "
         "(kml_mode=observe, kmlctl trace during fio), or convert/inspect a trace.",
         "kmlbench trace MATRIX --cell ID_OR_INDEX -o FILE | "
-        "kmlbench trace csv FILE [-o OUT.csv] | kmlbench trace info FILE",
+        "kmlbench trace csv FILE [-o OUT.csv] | kmlbench trace info FILE | "
+        "kmlbench trace import CSV -o FILE [--capacity SECTORS]",
     ),
     Command(
         ("trace", "csv"),
@@ -334,12 +360,21 @@ COMMANDS: tuple[Command, ...] = (
         _trace_info_args,
     ),
     Command(
+        ("trace", "import"),
+        "turn a CSV of requests into a trace, features computed by KML's code",
+        "kml.trace_import:command",
+        _trace_import_args,
+    ),
+    Command(
         ("train",),
         "train a deadline model offline from traces",
         "kml.train:command",
         _train_args,
         "Train a deadline model offline from kmlbench traces with the user-space KML "
-        "library; the file loads into the kernel (model_file: in a matrix).",
+        "library; the file loads into the kernel (model_file: in a matrix). "
+        "--test scores it on separate traces; --model M --test FILE scores a saved model.",
+        "kmlbench train --trace FILE... -o MODEL [--test FILE...] | "
+        "kmlbench train --model MODEL --test FILE... [--decision-permille N]",
     ),
     Command(
         ("bench", "lib"),

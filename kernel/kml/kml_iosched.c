@@ -43,66 +43,30 @@ static u64 kml_dd_clock(void)
 	return local_clock();
 }
 
-static u64 kml_dd_since(u64 then, u64 now)
-{
-	return now > then ? now - then : 0;
-}
-
 /* ------------------------------------------------------------ features */
 
-/*
- * lg(x) = log2(1 + x) in Q16.16, integer only: the exponent from fls64()
- * and the mantissa interpolated linearly (at most 0.086 below log2).
- */
-static s32 kml_dd_lg(u64 x)
-{
-	u64 v = x + 1, frac;
-	unsigned int n;
-
-	if (unlikely(v == 0))		/* x == U64_MAX */
-		return 64 << 16;
-	n = fls64(v) - 1;
-	frac = v - (1ULL << n);
-	frac = n > 16 ? frac >> (n - 16) : frac << (16 - n);
-	return (s32)(((u64)n << 16) + frac);
-}
-
+/* The request's features (kml_dd_feat.c), from the queue's state. */
 static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 			    struct request *fifo_head, struct kml_dd_ctx *ctx,
 			    u64 now, bool same_dir)
 {
-	const int dir = ctx->op;
 	struct kml_dd_ctx *head = fifo_head ? kml_dd_ctx(fifo_head) : NULL;
-	s32 *f = ctx->features;
-	u64 cap = get_capacity(rq->q->disk);
-	u64 seek;
+	struct kml_dd_feat_in in = {
+		.now = now,
+		.sector = ctx->sector,
+		.capacity = get_capacity(rq->q->disk),
+		.deadline_ns = ctx->deadline_ns,
+		.head_insert_ns = head ? head->insert_ns : 0,
+		.bytes = ctx->bytes,
+		.queued = { atomic_read(&kq->queued[0]),
+			    atomic_read(&kq->queued[1]) },
+		.inflight = atomic_read(&kq->inflight),
+		.op = ctx->op,
+		.same_dir = same_dir,
+		.has_head = !!head,
+	};
 
-	seek = ctx->sector > kq->last_end ? ctx->sector - kq->last_end :
-					    kq->last_end - ctx->sector;
-	f[KML_DD_F_OP] = dir ? KML_Q16_ONE : 0;
-	f[KML_DD_F_SECTOR] = cap ? (s32)div64_u64(min(ctx->sector, cap) << 16,
-						 cap) : 0;
-	f[KML_DD_F_LG_BYTES] = kml_dd_lg(ctx->bytes);
-	f[KML_DD_F_LG_QUEUED_SAME] = kml_dd_lg(atomic_read(&kq->queued[dir]));
-	f[KML_DD_F_LG_QUEUED_OTHER] =
-		kml_dd_lg(atomic_read(&kq->queued[!dir]));
-	f[KML_DD_F_LG_INFLIGHT] = kml_dd_lg(atomic_read(&kq->inflight));
-	f[KML_DD_F_LG_SEEK] = kml_dd_lg(seek);
-	f[KML_DD_F_LG_GAP_US] = kq->last_insert_ns ?
-		kml_dd_lg(div_u64(kml_dd_since(kq->last_insert_ns, now),
-				  NSEC_PER_USEC)) : 0;
-	f[KML_DD_F_LG_EXPIRE_US] =
-		kml_dd_lg(div_u64(ctx->deadline_ns, NSEC_PER_USEC));
-	f[KML_DD_F_LG_ISSUE_EWMA_US] =
-		kml_dd_lg(div_u64(kq->issue_ewma_ns[dir], NSEC_PER_USEC));
-	f[KML_DD_F_LG_DISPATCH_EWMA_US] =
-		kml_dd_lg(div_u64(kq->dispatch_gap_ewma_ns, NSEC_PER_USEC));
-	f[KML_DD_F_SAME_DIR] = same_dir ? KML_Q16_ONE : 0;
-	/* in a FIFO, a new request waits about as long as the head has */
-	f[KML_DD_F_LG_HEAD_AGE_US] = head ?
-		kml_dd_lg(div_u64(kml_dd_since(head->insert_ns, now),
-				  NSEC_PER_USEC)) : 0;
-	f[KML_DD_F_MISS_EWMA] = kq->miss_ewma[dir];
+	kml_dd_feat_insert(&kq->feat, &in, ctx->features);
 }
 
 /* ------------------------------------------------------------ inference */
@@ -201,41 +165,22 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
 	kml_dd_predict(ctx);
 	atomic_inc(&kq->queued[ctx->op]);
-	kq->last_insert_ns = now;
 	rq->elv.priv[1] = ctx;
 }
 EXPORT_SYMBOL_GPL(__kml_dd_insert);
-
-/* New average = 7/8 old + 1/8 sample: follows load changes within ~8 I/Os. */
-static u64 kml_dd_ewma(u64 avg, u64 sample)
-{
-	return avg ? avg - (avg >> 3) + (sample >> 3) : sample;
-}
 
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 now = kml_dd_clock();
-	u32 missed;
 
 	if (ctx->dispatch_ns)
 		return;
 	ctx->dispatch_ns = max_t(u64, now, 1);
-	missed = kml_dd_since(ctx->insert_ns, now) > ctx->deadline_ns ?
-		 KML_Q16_ONE : 0;
-	kq->miss_ewma[ctx->op] = kq->miss_ewma[ctx->op] -
-				 (kq->miss_ewma[ctx->op] >> 3) + (missed >> 3);
 	atomic_dec(&kq->queued[ctx->op]);
 	atomic_inc(&kq->inflight);
-	kq->issue_ewma_ns[ctx->op] =
-		kml_dd_ewma(kq->issue_ewma_ns[ctx->op],
-			    kml_dd_since(ctx->insert_ns, now));
-	if (kq->last_dispatch_ns)
-		kq->dispatch_gap_ewma_ns =
-			kml_dd_ewma(kq->dispatch_gap_ewma_ns,
-				    kml_dd_since(kq->last_dispatch_ns, now));
-	kq->last_dispatch_ns = now;
-	kq->last_end = ctx->sector + (ctx->bytes >> SECTOR_SHIFT);
+	kml_dd_feat_dispatch(&kq->feat, ctx->op, ctx->sector, ctx->bytes,
+			     ctx->insert_ns, ctx->deadline_ns, now);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_dispatch);
 

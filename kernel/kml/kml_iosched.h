@@ -16,6 +16,7 @@
 #include <linux/blk-mq.h>
 #include <linux/llist.h>
 #include "kml_iosched_uapi.h"
+#include "kml_dd_feat.h"
 
 enum kml_dd_mode {
 	KML_DD_OFF = 0,		/* stock mq-deadline, no KML work */
@@ -44,12 +45,7 @@ struct kml_dd_queue {
 	u32 dev;			/* new_encode_dev() of the disk */
 	/* under the scheduler lock */
 	struct llist_node *free;	/* contexts ready for insert */
-	u64 last_insert_ns;
-	u64 last_dispatch_ns;
-	u64 last_end;			/* sector after the last dispatch */
-	u64 issue_ewma_ns[2];		/* per direction */
-	u64 dispatch_gap_ewma_ns;
-	u32 miss_ewma[2];		/* Q16.16 share of misses, per direction */
+	struct kml_dd_feat_state feat;	/* what the features read */
 	/* any context */
 	struct llist_head returned;	/* contexts freed at completion */
 	atomic_t queued[2];		/* tracked requests in the scheduler */

@@ -22,6 +22,7 @@
 #include <linux/printk.h>
 #include <linux/limits.h>
 #include <linux/math64.h>
+#include <linux/bitops.h>
 #include <linux/build_bug.h>
 #include <linux/sort.h>
 #include <kunit/visibility.h>
@@ -171,6 +172,22 @@ static inline void kml_cpu_relax(void)
 static inline u64 mul_u64_u32_div(u64 a, u32 mul, u32 div)
 {
 	return (u64)((__uint128_t)a * mul / div);
+}
+
+/* <linux/math64.h>'s divisions and <linux/bitops.h>'s fls64(). */
+static inline u64 div_u64(u64 a, u32 b)
+{
+	return a / b;
+}
+
+static inline u64 div64_u64(u64 a, u64 b)
+{
+	return a / b;
+}
+
+static inline int fls64(u64 x)
+{
+	return x ? 64 - __builtin_clzll(x) : 0;
 }
 
 static inline void kml_sort(void *base, size_t n, size_t size,

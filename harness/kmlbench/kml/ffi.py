@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from kmlbench.kml.build import build_libkml
 
-__all__ = ["KmlError", "from_q16", "lib", "to_q16"]
+__all__ = ["FeatIn", "FeatState", "KmlError", "from_q16", "lib", "to_q16"]
 
 # enum kml_dtype, enum kml_act and KML_MAX_LAYERS (kernel/kml/kml.h)
 KML_F32, KML_Q16 = 0, 1
@@ -62,6 +62,37 @@ class TrainCfg(C.Structure):
         ("beta2", C.c_int64),
         ("eps", C.c_int64),
         ("pos_weight", C.c_int64),
+    ]
+
+
+class FeatState(C.Structure):
+    """``struct kml_dd_feat_state`` (``kernel/kml/kml_dd_feat.h``): a queue's state."""
+
+    _fields_ = [
+        ("last_insert_ns", C.c_uint64),
+        ("last_dispatch_ns", C.c_uint64),
+        ("last_end", C.c_uint64),
+        ("issue_ewma_ns", C.c_uint64 * 2),
+        ("dispatch_gap_ewma_ns", C.c_uint64),
+        ("miss_ewma", C.c_uint32 * 2),
+    ]
+
+
+class FeatIn(C.Structure):
+    """``struct kml_dd_feat_in``: a request at insert and what its queue holds."""
+
+    _fields_ = [
+        ("now", C.c_uint64),
+        ("sector", C.c_uint64),
+        ("capacity", C.c_uint64),
+        ("deadline_ns", C.c_uint64),
+        ("head_insert_ns", C.c_uint64),
+        ("bytes", C.c_uint32),
+        ("queued", C.c_int32 * 2),
+        ("inflight", C.c_int32),
+        ("op", C.c_uint8),
+        ("same_dir", C.c_uint8),
+        ("has_head", C.c_uint8),
     ]
 
 
@@ -118,6 +149,9 @@ _SIGS: dict[str, tuple[Any, list[Any]]] = {
     "kml_dd_lg_q16_to_permille": (_U32, [C.c_int32]),
     "kml_dd_decide": (None, [_P, _P, _U32, _U32, _P, _P]),
     "kml_dd_decide_q16": (None, [_P, _P, _U32, _U32, _P, _P]),
+    "kml_dd_lg": (C.c_int32, [U64]),
+    "kml_dd_feat_insert": (None, [C.POINTER(FeatState), C.POINTER(FeatIn), _P]),
+    "kml_dd_feat_dispatch": (None, [C.POINTER(FeatState), C.c_uint8, U64, _U32, U64, U64, U64]),
 }
 
 _lib: C.CDLL | None = None

@@ -31,6 +31,7 @@ would leak the answer into training and flatter the model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -150,10 +151,36 @@ def check_rows(path: Path, rows: np.ndarray) -> list[str]:
     return []
 
 
-def check_output(output: Path) -> None:
-    """ValueError unless ``output`` can be written: a file in an existing folder."""
+def load_checked(path: Path, warnings: list[str]) -> np.ndarray:
+    """A trace's rows for training or scoring: TraceError on a trace the kernel's
+    models cannot take or rows no queue produces; its warnings appended."""
+    header, rows = load_trace(path)
+    if header.n_features != NR_FEATURES:
+        # the kernel refuses a model whose inputs are not KML_DD_NR_FEATURES
+        raise TraceError(
+            f"{path}: {header.n_features} features (ABI {header.abi_version}), but the "
+            f"kernel's models take {NR_FEATURES} (KML_DD_NR_FEATURES): record a new trace"
+        )
+    if header.partial_bytes:
+        warnings.append(f"{path}: a cut last row ({header.partial_bytes} bytes) was dropped")
+    warnings += check_rows(path, rows)
+    return rows
+
+
+def score(model: Model, rows: np.ndarray, permille: int) -> dict[str, dict[str, Any]]:
+    """A model's figures on ``rows``: at ``permille`` and at the deadline (1000)."""
+    if model.n_inputs != NR_FEATURES:
+        raise ValueError(
+            f"the model takes {model.n_inputs} inputs, a trace has {NR_FEATURES} features"
+        )
+    y = model.predict(inputs(rows, NR_FEATURES))
+    return {"calibrated": evaluate(y, rows, permille), "deadline": evaluate(y, rows)}
+
+
+def check_output(output: Path, what: str = "model file") -> None:
+    """ValueError unless ``output`` (a ``what``) can be written: a file in an existing folder."""
     if output.is_dir():
-        raise ValueError(f"-o {output}: is a directory; give a model file name")
+        raise ValueError(f"-o {output}: is a directory; give a {what} name")
     parent = output.parent
     if parent.exists() and not parent.is_dir():
         raise ValueError(f"-o {output}: {parent} is not a folder")
@@ -172,6 +199,8 @@ class TrainResult:
     decision_permille: int
     model_bytes: int
     warnings: list[str]
+    test: dict[str, dict[str, Any]] | None = None  # on --test traces: calibrated, deadline
+    n_test: int = 0
 
     def report(self) -> dict[str, Any]:
         """What ``<model>.train.json`` holds next to the model file."""
@@ -183,6 +212,8 @@ class TrainResult:
             "decision_permille": self.decision_permille,
             "holdout": self.holdout,
             "holdout_at_deadline": self.holdout_at_deadline,
+            "n_test": self.n_test,
+            "test": self.test,
         }
 
 
@@ -206,8 +237,10 @@ def train_model(
     batch: int = 64,
     seed: int = 1,
     dtype: str = "float32",
+    test: list[Path] | None = None,
 ) -> TrainResult:
-    """Train on ``traces``, write the model to ``output``; TraceError/ValueError on bad input."""
+    """Train on ``traces``, write the model to ``output``, score it on ``test``
+    traces if any; TraceError/ValueError on bad input."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
     if not 0 <= holdout < 1:
@@ -217,23 +250,13 @@ def train_model(
     check_output(output)
     warnings: list[str] = []
     train_parts, hold_parts = [], []
-    n_features = None
+    n_features = NR_FEATURES
     for path in traces:
-        header, rows = load_trace(path)
-        if header.n_features != NR_FEATURES:
-            # the kernel refuses a model whose inputs are not KML_DD_NR_FEATURES
-            raise TraceError(
-                f"{path}: {header.n_features} features (ABI {header.abi_version}), but the "
-                f"kernel's models take {NR_FEATURES} (KML_DD_NR_FEATURES): record a new trace"
-            )
-        n_features = header.n_features
-        if header.partial_bytes:
-            warnings.append(f"{path}: a cut last row ({header.partial_bytes} bytes) was dropped")
-        warnings += check_rows(path, rows)
+        rows = load_checked(path, warnings)
         tr, ho = split(rows, holdout)
         train_parts.append(tr)
         hold_parts.append(ho)
-    assert n_features is not None
+    test_rows = [load_checked(path, warnings) for path in test or ()]
     train_rows = np.concatenate(train_parts) if train_parts else np.array([])
     hold_rows = np.concatenate(hold_parts)
     if len(train_rows) + len(hold_rows) < MIN_SAMPLES:
@@ -287,6 +310,9 @@ def train_model(
         len(data),
         warnings,
     )
+    if test_rows:
+        all_test = np.concatenate(test_rows)
+        result.test, result.n_test = score(model, all_test, permille), len(all_test)
     report_path = output.with_name(output.name + ".train.json")
     report_path.write_text(json.dumps(result.report(), indent=1) + "\n")
     return result
@@ -298,36 +324,72 @@ def _fmt(v: Any, pct: bool = True) -> str:
     return f"{v:.3f}" if pct else f"{v:.1f}"
 
 
-def command(args: argparse.Namespace) -> int:
-    """``kmlbench train``: train, calibrate, save and print the holdout figures."""
-    if args.arch not in ARCHS:
-        print(f"kmlbench train: --arch must be one of {', '.join(ARCHS)}", file=sys.stderr)
-        return 2
-    if args.epochs < 1 or args.batch < 1 or args.hidden < 1:
-        print("kmlbench train: --epochs, --batch and --hidden must be >= 1", file=sys.stderr)
-        return 2
+def figures_line(what: str, n: int, label: str, h: dict[str, Any]) -> str:
+    """One line of a model's figures: accuracy beside the majority-class baseline,
+    balanced accuracy and MCC (never accuracy alone), MAE, miss precision/recall."""
+    return (
+        f"{what} ({n} samples) at {label}: "
+        f"accuracy {_fmt(h['accuracy'])} (majority baseline {_fmt(h['baseline_accuracy'])}), "
+        f"balanced accuracy {_fmt(h['balanced_accuracy'])}, MCC {_fmt(h['mcc'])}, "
+        f"MAE {_fmt(h['issue_time_mae_us'], pct=False)} us, "
+        f"miss precision {_fmt(h['miss_precision'])}, recall {_fmt(h['miss_recall'])}"
+    )
+
+
+def _labels(permille: int, how: str) -> list[tuple[str, str]]:
+    return [
+        ("calibrated", f"decision_permille {permille} ({how})"),
+        ("deadline", "decision_permille 1000 (the deadline)"),
+    ]
+
+
+def score_model(
+    model_path: Path, tests: list[Path], permille: int | None
+) -> tuple[dict[str, dict[str, Any]], int, int, list[str]]:
+    """Score a saved model on ``tests``: (figures, n, permille, warnings); the
+    permille defaults to the one ``MODEL.train.json`` recorded, else 1000."""
+    if permille is None:
+        permille = 1000
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            report = json.loads(model_path.with_name(model_path.name + ".train.json").read_text())
+            permille = int(report["decision_permille"])
     try:
-        result = train_model(
-            args.trace,
-            args.output,
-            arch=args.arch,
-            epochs=args.epochs,
-            holdout=args.holdout,
-            hidden=args.hidden,
-            lr=args.lr,
-            batch=args.batch,
-            seed=args.seed,
-            dtype=args.dtype,
-        )
-    except (TraceError, ValueError) as exc:
-        print(f"kmlbench train: {exc}", file=sys.stderr)
-        return 1
-    except KmlError as exc:  # e.g. a layer larger than KML takes
-        print(f"kmlbench train: the KML library refused the model: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # writing the model
-        print(f"kmlbench train: {exc}", file=sys.stderr)
-        return 1
+        model = Model.load(model_path)
+    except KmlError as exc:
+        raise ValueError(f"--model {model_path}: not a model KML can load ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"--model {model_path}: {exc.strerror or exc}") from None
+    warnings: list[str] = []
+    rows = np.concatenate([load_checked(path, warnings) for path in tests])
+    return score(model, rows, permille), len(rows), permille, warnings
+
+
+def _command_score(args: argparse.Namespace) -> int:
+    """``kmlbench train --model M --test FILE...``: a saved model's figures."""
+    figures, n, permille, warnings = score_model(args.model, args.test, args.decision_permille)
+    for warning in warnings:
+        print(f"kmlbench train: warning: {warning}", file=sys.stderr)
+    how = "given" if args.decision_permille is not None else "the model's"
+    for key, label in _labels(permille, how):
+        print(figures_line("test", n, label, figures[key]))
+    return 0
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    """Train, calibrate, save; print the holdout's and the test traces' figures."""
+    result = train_model(
+        args.trace,
+        args.output,
+        arch=args.arch,
+        epochs=args.epochs,
+        holdout=args.holdout,
+        hidden=args.hidden,
+        lr=args.lr,
+        batch=args.batch,
+        seed=args.seed,
+        dtype=args.dtype,
+        test=args.test,
+    )
     for warning in result.warnings:
         print(f"kmlbench train: warning: {warning}", file=sys.stderr)
     first, last = result.losses[0], result.losses[-1]
@@ -336,17 +398,46 @@ def command(args: argparse.Namespace) -> int:
         f"trained {args.arch} on {result.n_train} samples, {result.n_features} features, "
         f"{args.epochs} epochs: loss {first:.4f} -> {last:.4f}"
     )
-    for label, h in (
-        (f"decision_permille {result.decision_permille} (calibrated)", result.holdout),
-        ("decision_permille 1000 (the deadline)", result.holdout_at_deadline),
-    ):
-        print(
-            f"{where} ({result.n_holdout or result.n_train} samples) at {label}: "
-            f"accuracy {_fmt(h['accuracy'])}, balanced accuracy {_fmt(h['balanced_accuracy'])}, "
-            f"baseline {_fmt(h['baseline_accuracy'])}, "
-            f"MAE {_fmt(h['issue_time_mae_us'], pct=False)} us, "
-            f"miss precision {_fmt(h['miss_precision'])}, recall {_fmt(h['miss_recall'])}"
-        )
+    holdout = {"calibrated": result.holdout, "deadline": result.holdout_at_deadline}
+    for key, label in _labels(result.decision_permille, "calibrated"):
+        print(figures_line(where, result.n_holdout or result.n_train, label, holdout[key]))
+    for key, label in _labels(result.decision_permille, "calibrated") if result.test else []:
+        assert result.test is not None
+        print(figures_line("test", result.n_test, label, result.test[key]))
     print(f"use it with decision_permille: {result.decision_permille} in the matrix's model entry")
     print(f"wrote {args.output} ({result.model_bytes} bytes) and {args.output}.train.json")
     return 0
+
+
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench train``: train a model (``--trace -o [--test]``) or score one
+    (``--model --test``); one line on stderr for any bad input."""
+    if args.model is not None:
+        if args.trace or args.output is not None or not args.test:
+            print("kmlbench train: --model scores a saved model: give --test FILE and "
+                  "neither --trace nor -o", file=sys.stderr)  # fmt: skip
+            return 2
+    elif not args.trace or args.output is None:
+        print("kmlbench train: give --trace FILE and -o MODEL (or --model M --test FILE)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.arch not in ARCHS:
+        print(f"kmlbench train: --arch must be one of {', '.join(ARCHS)}", file=sys.stderr)
+        return 2
+    if args.epochs < 1 or args.batch < 1 or args.hidden < 1:
+        print("kmlbench train: --epochs, --batch and --hidden must be >= 1", file=sys.stderr)
+        return 2
+    if args.decision_permille is not None and not 1 <= args.decision_permille <= 64000:
+        print("kmlbench train: --decision-permille must be in 1..64000", file=sys.stderr)
+        return 2
+    try:
+        return _command_score(args) if args.model is not None else _command_train(args)
+    except (TraceError, ValueError) as exc:
+        print(f"kmlbench train: {exc}", file=sys.stderr)
+        return 1
+    except KmlError as exc:  # e.g. a layer larger than KML takes, a file not a model
+        print(f"kmlbench train: the KML library refused the model: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # writing the model
+        print(f"kmlbench train: {exc}", file=sys.stderr)
+        return 1

@@ -12,8 +12,8 @@ module decides which cells run, in which boots, and records them:
    per cell, so no state leaks from one cell into the next) and record it
    at once, in its folder and the results database, so an interrupted run
    keeps every finished cell;
-5. with ``adaptive_repeat``, add rounds of repeats until the intervals are
-   narrow enough.
+5. with ``adaptive_repeat``, add repeats until the intervals are narrow enough;
+6. print a table per configuration (:mod:`kmlbench.run.table`).
 
 With ``guest: {share_boot: true}`` the cells that differ only in their
 model entry and repeat run one after another in one boot instead
@@ -51,6 +51,7 @@ from kmlbench.plan.source import MatrixError
 from kmlbench.progress import Progress
 from kmlbench.run.host import choose_accel, git_revision, host_description
 from kmlbench.run.results import RunDir
+from kmlbench.run.table import summary_table
 from kmlbench.status import OK, STATUSES
 
 
@@ -127,10 +128,8 @@ def shared_boot_groups(cells: list[Cell]) -> list[list[Cell]]:
 
 def _write_dry_run(matrix: Matrix) -> None:
     clock = clock_label(matrix.guest["clock"], matrix.guest["icount_shift"])
-    print(
-        f"{matrix.path}: {len(matrix.cells)} cells (seed {matrix.seed}, repeat {matrix.repeat}, "
-        f"clock {clock}, {matrix.guest['cpus']} vCPU)"
-    )
+    print(f"{matrix.path}: {len(matrix.cells)} cells (seed {matrix.seed}, repeat {matrix.repeat}, "
+          f"clock {clock}, {matrix.guest['cpus']} vCPU)")  # fmt: skip
     for n, cell in enumerate(matrix.cells, 1):
         print(f"{n:4d}  {cell.id}  [kernel: {cell.kernel_variant}]")
 
@@ -437,6 +436,7 @@ def execute(
             raise KeyboardInterrupt
     run.update_latest()
     print(f"kmlbench: results in {run.path} ({not_ok} of {ran} cells not ok)")
+    print(summary_table(run.path.name, run.read_cells()))
     return 1 if not_ok else 0
 
 

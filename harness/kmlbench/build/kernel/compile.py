@@ -96,6 +96,55 @@ def built_modules(obj: Path) -> dict[str, Path]:
     return result
 
 
+# make's short lines for an object it compiles: "  CC      lib/kml/kml_nn.o",
+# "  AS [M]  arch/x86/crypto/aes.o" (kbuild's quiet_cmd_cc_o_c and friends).
+_OBJECT_RE = re.compile(r"^\s+(CC|AS)(\s+\[M\])?\s+\S+\.o\s*$")
+OBJECT_COUNT = ".kmlbench-objects"  # beside the object dirs: the most a build compiled
+
+
+class CompileProgress:
+    """Objects compiled out of the number expected, from make's output, as a
+    line each ``step_pct`` percent (or every ``step_pct * 50`` objects when no
+    earlier build says how many to expect)."""
+
+    def __init__(self, expected: int | None, log: Log, step_pct: int = 10) -> None:
+        self.expected = expected if expected and expected > 0 else None
+        self.log = log
+        self.step = step_pct
+        self.count = 0
+        self._next = step_pct if self.expected else step_pct * 50
+
+    def feed(self, line: str) -> None:
+        """Count ``line`` if it is one object compiled; log when a step is passed."""
+        if not _OBJECT_RE.match(line):
+            return
+        self.count += 1
+        if self.expected is None:
+            if self.count >= self._next:
+                self.log(f"compiled {self.count} objects (no earlier build to count against)")
+                self._next += self.step * 50
+            return
+        pct = min(100, self.count * 100 // self.expected)
+        if pct >= self._next:
+            self.log(f"compiled {self.count}/{self.expected} objects ({pct}%)")
+            self._next = (pct // self.step + 1) * self.step
+
+
+def read_object_count(build_dir: Path) -> int | None:
+    """How many objects the biggest earlier build beside ``build_dir`` compiled."""
+    try:
+        return int((build_dir.parent / OBJECT_COUNT).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def write_object_count(build_dir: Path, count: int) -> None:
+    """Remember ``count`` for the next cold build if it is the largest yet."""
+    if count > (read_object_count(build_dir) or 0):
+        with contextlib.suppress(OSError):
+            atomic_write(build_dir.parent / OBJECT_COUNT, f"{count}\n")
+
+
 def compile_kernel(
     tree: Path, build_dir: Path, build_log: Path, log_files: Sequence[Path], jobs: int, log: Log
 ) -> None:
@@ -126,8 +175,10 @@ def compile_kernel(
             errors="replace",
         )
         assert proc.stdout is not None
+        progress = CompileProgress(read_object_count(build_dir), log)
         try:
             for line in proc.stdout:
+                progress.feed(line)
                 for out in outs:
                     out.write(line)
         except BaseException:  # e.g. KeyboardInterrupt: don't leave make or its compilers running
@@ -141,7 +192,8 @@ def compile_kernel(
         raise KernelBuildError(
             f"kernel build failed (make exit {rc} after {elapsed:.0f}s):\n{summary}", build_log
         )
-    log(f"kernel built in {elapsed:.0f}s")
+    write_object_count(build_dir, progress.count)
+    log(f"kernel built in {elapsed:.0f}s ({progress.count} objects compiled)")
 
 
 def read_stamp(build_dir: Path) -> dict[str, object] | None:

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KML for mq-deadline: a request's features and the queue state they read
+ * (see kml_dd_feat.h).  Built into the kernel and into libkml.so.
+ */
+#include "kml_dd_feat.h"
+
+#define KML_DD_NS_PER_US	1000U
+#define KML_DD_SECTOR_SHIFT	9
+
+s32 kml_dd_lg(u64 x)
+{
+	u64 v = x + 1, frac;
+	unsigned int n;
+
+	if (unlikely(v == 0))		/* x == U64_MAX */
+		return 64 << 16;
+	n = fls64(v) - 1;
+	frac = v - (1ULL << n);
+	frac = n > 16 ? frac >> (n - 16) : frac << (16 - n);
+	return (s32)(((u64)n << 16) + frac);
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_lg);
+
+static s32 kml_dd_lg_usec(u64 ns)
+{
+	return kml_dd_lg(div_u64(ns, KML_DD_NS_PER_US));
+}
+
+void kml_dd_feat_insert(struct kml_dd_feat_state *st,
+			const struct kml_dd_feat_in *in, s32 *f)
+{
+	const int dir = in->op ? 1 : 0;
+	u64 sector = in->sector < in->capacity ? in->sector : in->capacity;
+	u64 seek = in->sector > st->last_end ? in->sector - st->last_end :
+					       st->last_end - in->sector;
+
+	f[KML_DD_F_OP] = dir ? KML_Q16_ONE : 0;
+	f[KML_DD_F_SECTOR] = in->capacity ?
+		(s32)div64_u64(sector << 16, in->capacity) : 0;
+	f[KML_DD_F_LG_BYTES] = kml_dd_lg(in->bytes);
+	f[KML_DD_F_LG_QUEUED_SAME] = kml_dd_lg(in->queued[dir]);
+	f[KML_DD_F_LG_QUEUED_OTHER] = kml_dd_lg(in->queued[!dir]);
+	f[KML_DD_F_LG_INFLIGHT] = kml_dd_lg(in->inflight);
+	f[KML_DD_F_LG_SEEK] = kml_dd_lg(seek);
+	f[KML_DD_F_LG_GAP_US] = st->last_insert_ns ?
+		kml_dd_lg_usec(kml_dd_since(st->last_insert_ns, in->now)) : 0;
+	f[KML_DD_F_LG_EXPIRE_US] = kml_dd_lg_usec(in->deadline_ns);
+	f[KML_DD_F_LG_ISSUE_EWMA_US] =
+		kml_dd_lg_usec(st->issue_ewma_ns[dir]);
+	f[KML_DD_F_LG_DISPATCH_EWMA_US] =
+		kml_dd_lg_usec(st->dispatch_gap_ewma_ns);
+	f[KML_DD_F_SAME_DIR] = in->same_dir ? KML_Q16_ONE : 0;
+	/* in a FIFO, a new request waits about as long as the head has */
+	f[KML_DD_F_LG_HEAD_AGE_US] = in->has_head ?
+		kml_dd_lg_usec(kml_dd_since(in->head_insert_ns, in->now)) :
+		0;
+	f[KML_DD_F_MISS_EWMA] = st->miss_ewma[dir];
+	st->last_insert_ns = in->now;
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_insert);
+
+/* New average = 7/8 old + 1/8 sample: follows load changes within ~8 I/Os. */
+static u64 kml_dd_ewma(u64 avg, u64 sample)
+{
+	return avg ? avg - (avg >> 3) + (sample >> 3) : sample;
+}
+
+void kml_dd_feat_dispatch(struct kml_dd_feat_state *st, u8 op, u64 sector,
+			  u32 bytes, u64 insert_ns, u64 deadline_ns, u64 now)
+{
+	const int dir = op ? 1 : 0;
+	u64 issue = kml_dd_since(insert_ns, now);
+	u32 missed = issue > deadline_ns ? KML_Q16_ONE : 0;
+
+	st->miss_ewma[dir] = st->miss_ewma[dir] - (st->miss_ewma[dir] >> 3) +
+			     (missed >> 3);
+	st->issue_ewma_ns[dir] = kml_dd_ewma(st->issue_ewma_ns[dir], issue);
+	if (st->last_dispatch_ns)
+		st->dispatch_gap_ewma_ns =
+			kml_dd_ewma(st->dispatch_gap_ewma_ns,
+				    kml_dd_since(st->last_dispatch_ns, now));
+	st->last_dispatch_ns = now;
+	st->last_end = sector + (bytes >> KML_DD_SECTOR_SHIFT);
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_dispatch);

@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * KML for mq-deadline: a request's features (enum kml_dd_feature), defined
+ * once for the kernel's insert hook and for kmlbench trace import, which
+ * replays a CSV of requests through the same code in libkml.so.
+ *
+ * The queue's running state (struct kml_dd_feat_state) changes at two
+ * events: kml_dd_feat_insert() computes a request's features from it and
+ * from what the caller counts (queued and in-flight requests, the FIFO's
+ * oldest request, the batch direction), then notes the insert;
+ * kml_dd_feat_dispatch() updates the averages when a request goes to the
+ * driver.  Integer only, no allocation, no locking: the kernel calls both
+ * under the scheduler lock.
+ */
+#ifndef _KML_DD_FEAT_H
+#define _KML_DD_FEAT_H
+
+#include "kml.h"
+#include "kml_iosched_uapi.h"
+
+/* The queue's state the features read; zero at the start. */
+struct kml_dd_feat_state {
+	u64 last_insert_ns;
+	u64 last_dispatch_ns;
+	u64 last_end;			/* sector after the last dispatch */
+	u64 issue_ewma_ns[2];		/* per direction */
+	u64 dispatch_gap_ewma_ns;
+	u32 miss_ewma[2];		/* Q16.16 share of misses, per direction */
+};
+
+/* A request at insert, and what its queue holds then. */
+struct kml_dd_feat_in {
+	u64 now;			/* insert time, ns */
+	u64 sector;
+	u64 capacity;			/* of the disk, sectors; 0 unknown */
+	u64 deadline_ns;		/* insert -> deadline */
+	u64 head_insert_ns;		/* insert time of the FIFO's oldest */
+	u32 bytes;
+	s32 queued[2];			/* requests queued, per direction */
+	s32 inflight;			/* dispatched, not yet completed */
+	u8 op;				/* 0 read, 1 write */
+	u8 same_dir;			/* the current batch is this direction */
+	u8 has_head;			/* head_insert_ns is meaningful */
+};
+
+/* @now - @then, or 0 if the clock went back (per-CPU clocks). */
+static inline u64 kml_dd_since(u64 then, u64 now)
+{
+	return now > then ? now - then : 0;
+}
+
+/*
+ * lg(x) = log2(1 + x) in Q16.16, integer only: the exponent from fls64()
+ * and the mantissa interpolated linearly (at most 0.086 below log2).
+ */
+KML_API s32 kml_dd_lg(u64 x);
+
+/* The KML_DD_NR_FEATURES features of @in into @f; then notes the insert. */
+KML_API void kml_dd_feat_insert(struct kml_dd_feat_state *st,
+				const struct kml_dd_feat_in *in, s32 *f);
+
+/*
+ * A request of direction @op inserted at @insert_ns, due @deadline_ns after
+ * it, covering @bytes from @sector, goes to the driver at @now.
+ */
+KML_API void kml_dd_feat_dispatch(struct kml_dd_feat_state *st, u8 op,
+				  u64 sector, u32 bytes, u64 insert_ns,
+				  u64 deadline_ns, u64 now);
+
+#endif /* _KML_DD_FEAT_H */
