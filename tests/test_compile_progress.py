@@ -56,3 +56,22 @@ def test_the_count_is_remembered_for_the_next_build(tmp_path: Path) -> None:
     write_object_count(obj, 3000)
     write_object_count(obj, 40)  # a warm rebuild does not lower it
     assert read_object_count(obj) == 3000
+
+
+def test_past_the_expected_count_it_says_so_and_never_claims_more_than_100() -> None:
+    said: list[str] = []
+    progress = CompileProgress(100, said.append, step_pct=1)  # past it: a line per 50
+    for _ in range(300):
+        progress.feed("  CC      a/b.o\n")
+    assert said[:100] == [f"compiled {n}/100 objects ({n}%)" for n in range(1, 101)]
+    assert said[100:] == [
+        f"compiled {n} objects (more than the 100 expected)" for n in (150, 200, 250, 300)
+    ]
+
+
+def test_an_incremental_build_only_counts() -> None:
+    said: list[str] = []
+    progress = CompileProgress(None, said.append, running=False)
+    for _ in range(600):
+        progress.feed("  CC      a/b.o\n")
+    assert progress.count == 600 and said == []

@@ -107,10 +107,13 @@ class CompileProgress:
     line each ``step_pct`` percent (or every ``step_pct * 50`` objects when no
     earlier build says how many to expect)."""
 
-    def __init__(self, expected: int | None, log: Log, step_pct: int = 10) -> None:
+    def __init__(
+        self, expected: int | None, log: Log, step_pct: int = 10, running: bool = True
+    ) -> None:
         self.expected = expected if expected and expected > 0 else None
         self.log = log
         self.step = step_pct
+        self.running = running  # False: only count (an incremental build)
         self.count = 0
         self._next = step_pct if self.expected else step_pct * 50
 
@@ -119,19 +122,25 @@ class CompileProgress:
         if not _OBJECT_RE.match(line):
             return
         self.count += 1
+        if not self.running:
+            return
         if self.expected is None:
             if self.count >= self._next:
                 self.log(f"compiled {self.count} objects (no earlier build to count against)")
                 self._next += self.step * 50
             return
-        pct = min(100, self.count * 100 // self.expected)
+        if self.count > self.expected:  # this config compiles more than the last
+            if self.count % (self.step * 50) == 0:
+                self.log(f"compiled {self.count} objects (more than the {self.expected} expected)")
+            return
+        pct = self.count * 100 // self.expected
         if pct >= self._next:
             self.log(f"compiled {self.count}/{self.expected} objects ({pct}%)")
             self._next = (pct // self.step + 1) * self.step
 
 
 def read_object_count(build_dir: Path) -> int | None:
-    """How many objects the biggest earlier build beside ``build_dir`` compiled."""
+    """How many objects the biggest earlier cold build beside ``build_dir`` compiled."""
     try:
         return int((build_dir.parent / OBJECT_COUNT).read_text().strip())
     except (OSError, ValueError):
@@ -139,7 +148,7 @@ def read_object_count(build_dir: Path) -> int | None:
 
 
 def write_object_count(build_dir: Path, count: int) -> None:
-    """Remember ``count`` for the next cold build if it is the largest yet."""
+    """Remember a cold build's ``count`` for the next cold build, if the largest yet."""
     if count > (read_object_count(build_dir) or 0):
         with contextlib.suppress(OSError):
             atomic_write(build_dir.parent / OBJECT_COUNT, f"{count}\n")
@@ -175,7 +184,13 @@ def compile_kernel(
             errors="replace",
         )
         assert proc.stdout is not None
-        progress = CompileProgress(read_object_count(build_dir), log)
+        # Only a cold build (an empty object dir) is measured against, and
+        # remembered for, other cold builds: an incremental one compiles a
+        # handful of objects and just says how many at the end.
+        cold = not (build_dir / "vmlinux").exists()
+        progress = CompileProgress(
+            read_object_count(build_dir) if cold else None, log, running=cold
+        )
         try:
             for line in proc.stdout:
                 progress.feed(line)
@@ -192,7 +207,8 @@ def compile_kernel(
         raise KernelBuildError(
             f"kernel build failed (make exit {rc} after {elapsed:.0f}s):\n{summary}", build_log
         )
-    write_object_count(build_dir, progress.count)
+    if cold:
+        write_object_count(build_dir, progress.count)
     log(f"kernel built in {elapsed:.0f}s ({progress.count} objects compiled)")
 
 
