@@ -16,6 +16,11 @@ Texts are stored once, by content hash; cells name them.
 
     python tests/guest_scripts.py --rev 9c3e592   # the golden, from that commit's code
     python tests/guest_scripts.py --current       # from today's (after a deliberate change)
+    python tests/guest_scripts.py --add-new       # keep it; add matrices it lacks, from today's
+
+A matrix added after the golden was made has no older rendering to match:
+``--add-new`` pins its cells as today's code renders them, and leaves every
+cell already in the file as it was.
 """
 
 from __future__ import annotations
@@ -262,8 +267,23 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--rev", help="render with this commit's devices.py and runner.py")
     which.add_argument("--current", action="store_true", help="render with today's kmlbench.cell")
+    which.add_argument(
+        "--add-new", action="store_true", help="add the matrices the golden lacks, from today's"
+    )
     args = parser.parse_args(argv)
-    if args.rev:
+    if args.add_new:
+        data = json.loads(GOLDEN.read_text())
+        now = render_all(CurrentBackend())
+        added = sorted(set(now["cells"]) - set(data["cells"]))
+        for name in added:
+            data["cells"][name] = now["cells"][name]
+            for keys in now["cells"][name].values():
+                for key in keys.values():
+                    data["texts"][key] = now["texts"][key]
+        data["texts"] = dict(sorted(data["texts"].items()))
+        if added:
+            data["source"] += f"; {', '.join(added)} from kmlbench.cell as added"
+    elif args.rev:
         data = render_all(OldBackend(args.rev))
         data["source"] = f"git {args.rev}: harness/kmlbench/cell/devices.py, run/runner.py"
     else:

@@ -12,7 +12,7 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.plan.matrix import Matrix, load_matrix
-from kmlbench.plan.schema import DEVICE_TYPES, QUEUE_FIELDS, SCHEDULERS, WORKLOAD_FIELDS
+from kmlbench.plan.schema import DEVICE_TYPES, QUEUE_FIELDS, SCHEDULERS, UNSET, WORKLOAD_FIELDS
 from kmlbench.plan.source import MatrixError
 
 BASE = """\
@@ -103,7 +103,12 @@ def test_params_are_fully_resolved(tmp_path: Path) -> None:
         p = cell.params
         assert set(p) == {"kernel", "device", "scheduler", "workload"}
         assert p["kernel"] == {"name": "default", "source": "debian", "fragments": []}
-        assert set(p["device"]) == {"type", *DEVICE_TYPES[p["device"]["type"]]}
+        # every field with a default; the optional ones only when given
+        fields = DEVICE_TYPES[p["device"]["type"]]
+        assert set(p["device"]) == {
+            "type",
+            *(k for k, f in fields.items() if f.default is not UNSET),
+        }
         # every tunable with a default; queue settings (nr_requests) only when given
         assert set(p["scheduler"]) == {"name", *SCHEDULERS[p["scheduler"]["name"]]} - set(
             QUEUE_FIELDS
@@ -214,6 +219,35 @@ def test_order_is_seeded(tmp_path: Path) -> None:
 
 ERRORS = [
     # (matrix text, line, key, part of the message)
+    # null_blk's service-time models (kernel/patches/0003)
+    (
+        "name: t\naxes:\n  workload: [{template: randread}]\n  device:\n"
+        "    - {type: null_blk, service: tape}\n",
+        5,
+        "axes.device[0].service",
+        "must be one of fixed, rotational, flash",
+    ),
+    (
+        "name: t\naxes:\n  workload: [{template: randread}]\n  device:\n"
+        "    - {type: null_blk, irqmode: softirq,\n       service: flash}\n",
+        6,
+        "axes.device[0].service",
+        "needs irqmode: timer",
+    ),
+    (
+        "name: t\naxes:\n  workload: [{template: randread}]\n  device:\n"
+        "    - {type: null_blk, mbps: 50000}\n",
+        5,
+        "axes.device[0].mbps",
+        "must be in 0..40960",
+    ),
+    (
+        "name: t\naxes:\n  workload: [{template: randread}]\n  device:\n"
+        "    - {type: virtio, service: rotational}\n",
+        5,
+        "axes.device[0].service",
+        "does not apply to device type 'virtio'",
+    ),
     ("name: t\nsede: 1\naxes: {workload: [{template: randread}]}\n", 2, "sede", "unknown key"),
     (
         "seed: 1\naxes:\n  workload: [{template: randread}]\n",
@@ -450,9 +484,33 @@ def test_clock_defaults_and_realtime_keeps_two_vcpus(tmp_path: Path) -> None:
 
 def test_shipped_matrices_say_their_clock() -> None:
     """Every shipped matrix runs on the virtual clock but nightly (written for KVM)
-    and bench-harness (which measures the harness's own wall-clock time)."""
+    and bench-harness (which measures the harness's own wall-clock time), and
+    sanitizers (concurrency, not timing)."""
     for path in sorted(paths.WORKLOADS_DIR.glob("*.yaml")):
         m = load_matrix(path)
-        want = "realtime" if path.stem in ("nightly", "bench-harness") else "virtual"
+        # sanitizers: two vCPUs racing, which a fixed icount shift cannot boot
+        realtime = ("nightly", "bench-harness", "sanitizers")
+        want = "realtime" if path.stem in realtime else "virtual"
         assert m.guest["clock"] == want, path.name
         assert "clock" in (m.raw.get("guest") or {}), f"{path.name}: say the clock explicitly"
+
+
+def test_service_models_are_recorded_only_when_given(tmp_path: Path) -> None:
+    """A null_blk without ``service``, ``mbps`` or ``memory_backed`` keeps the
+    params (and so the cell id) it had before they existed."""
+    plain = load(tmp_path, "name: t\naxes:\n  workload: [{template: randread}]\n")
+    device = plain.cells[0].params["device"]
+    assert not {"service", "mbps", "memory_backed"} & set(device)
+    m = load(
+        tmp_path,
+        "name: t\naxes:\n  workload: [{template: randread}]\n  device:\n"
+        "    - {type: null_blk, service: [rotational, flash], mbps: 100, memory_backed: true}\n",
+    )
+    assert [c.params["device"]["service"] for c in m.cells] == ["rotational", "flash"]
+    assert all(c.params["device"]["mbps"] == 100 for c in m.cells)
+    devices = load_matrix(paths.WORKLOADS_DIR / "devices.yaml").cells
+    assert {c.params["device"].get("service", "fixed") for c in devices} == {
+        "rotational",
+        "flash",
+        "fixed",
+    }

@@ -17,7 +17,11 @@ Two device types, as written in a matrix:
   default device is suppressed with ``null_blk.nr_devices=0``. With
   ``irqmode: timer`` each request completes after ``completion_nsec``: a
   device with a known, tunable latency, which is what a scheduler-tuning
-  model needs to see.
+  model needs to see. Optional: ``service: rotational|flash`` makes the
+  completion time that of a modelled device, which depends on the order
+  and size of requests (kernel/patches/0003, values from
+  ``NULL_BLK_SERVICE_MODELS``); ``mbps`` and ``memory_backed`` are
+  null_blk's own bandwidth cap and backing store.
 
 The scheduler dict is ``{name: mq-deadline|none|kyber|bfq, <tunable>: value}``;
 every tunable is written under ``queue/iosched/`` (``nr_requests`` under
@@ -45,7 +49,10 @@ from kmlbench.plan.schema import (
     DEVICE_TYPES,
     NULL_BLK_BLOCKSIZES,
     NULL_BLK_IRQMODES,
+    NULL_BLK_SERVICE_MODELS,
+    NULL_BLK_SERVICES,
     QUEUE_FIELDS,
+    UNSET,
     VIRTIO_CACHE_MODES,
 )
 
@@ -61,7 +68,9 @@ __all__ = [
 
 # null_blk's irqmode numbers: the matrix's names in the kernel's order.
 IRQ_MODES = {name: number for number, name in enumerate(NULL_BLK_IRQMODES)}
-NULL_BLK_DEFAULTS: dict[str, Any] = {k: f.default for k, f in DEVICE_TYPES["null_blk"].items()}
+NULL_BLK_DEFAULTS: dict[str, Any] = {
+    k: f.default for k, f in DEVICE_TYPES["null_blk"].items() if f.default is not UNSET
+}
 VIRTIO_DEFAULTS: dict[str, Any] = {k: f.default for k, f in DEVICE_TYPES["virtio"].items()}
 # Host cache modes that open the image with O_DIRECT, and what keeps their
 # guest-visible semantics (write cache off for directsync) without it.
@@ -153,7 +162,7 @@ def kernel_cmdline(device: Mapping[str, Any]) -> str:
     return "null_blk.nr_devices=0" if _device_type(device) == "null_blk" else ""
 
 
-def _null_blk_values(device: Mapping[str, Any]) -> dict[str, str]:
+def _null_blk_values(device: Mapping[str, Any]) -> dict[str, render.Value]:
     params = {**NULL_BLK_DEFAULTS, **device}
     irqmode = params["irqmode"]
     if isinstance(irqmode, str):
@@ -167,7 +176,25 @@ def _null_blk_values(device: Mapping[str, Any]) -> dict[str, str]:
         raise DeviceError(
             f"null_blk blocksize {blocksize}: one of {', '.join(map(str, NULL_BLK_BLOCKSIZES))}"
         )
+    extra: dict[str, int] = {}
+    if "mbps" in params:
+        extra["mbps"] = _int(params, "mbps")
+    if "memory_backed" in params:
+        extra["memory_backed"] = int(bool(params["memory_backed"]))
+    service = params.get("service", "fixed")
+    if service != "fixed":
+        if service not in NULL_BLK_SERVICE_MODELS:
+            raise DeviceError(f"null_blk service {service!r}: one of {NULL_BLK_SERVICES}")
+        if irqmode != IRQ_MODES["timer"]:
+            raise DeviceError(f"null_blk service {service!r} needs irqmode timer")
+        extra.update(NULL_BLK_SERVICE_MODELS[service])
+    attrs = [
+        line
+        for attr, value in extra.items()
+        for line in render.lines("device-null_blk-attr.sh", {"ATTR": attr, "VALUE": str(value)})
+    ]
     return {
+        "ATTRS": attrs,
         "IRQMODE": str(irqmode),
         "COMPLETION_NSEC": str(_int(params, "completion_nsec")),
         "HW_QUEUE_DEPTH": str(_int(params, "hw_queue_depth")),

@@ -117,7 +117,7 @@ def _typed_entries(
 
 
 def _device_entries(src: Source, entries: list[Any], key: str) -> list[tuple[dict[str, Any], str]]:
-    return _typed_entries(
+    out = _typed_entries(
         src,
         entries,
         key,
@@ -127,6 +127,14 @@ def _device_entries(src: Source, entries: list[Any], key: str) -> list[tuple[dic
         lambda dtype: f"unknown device type {dtype!r}",
         lambda name, dtype: f"{name!r} does not apply to device type {dtype!r}",
     )
+    for device, ekey in out:
+        # a service-time model sets the completion timer: only timer mode has one
+        if device.get("service", "fixed") != "fixed" and device.get("irqmode") != "timer":
+            raise src.error(
+                f"{ekey}.service",
+                f"service {device['service']!r} needs irqmode: timer, not {device['irqmode']!r}",
+            )
+    return out
 
 
 def _scheduler_entries(

@@ -98,9 +98,45 @@ RING_MODE_API_NAMES = {"block": "blocking", "drop": "dropping"}
 SAMPLE_FILTERS = ("all", "uncertain")
 TRAINERS = ("none", "user", "kernel")
 
+# null_blk's service-time models (kernel/patches/0003): the configfs values
+# of each, from published measurements (docs/matrix.md, "Service-time
+# models"). Times in ns, positions in 512-byte sectors.
+NULL_BLK_SERVICE_MODELS: dict[str, dict[str, int]] = {
+    # HP 97560 as modelled by Ruemmler and Wilkes, "An introduction to disk
+    # drive modeling", IEEE Computer 27(3), 1994: 4002 rpm, 72 sectors per
+    # track, 19 tracks per cylinder; seeks of d cylinders take
+    # 3.24 + 0.400 sqrt(d) ms below 383 cylinders, 8.00 + 0.008 d ms above.
+    "rotational": {
+        "svc_model": 1,
+        "svc_rev_ns": 14_992_504,  # 60 s / 4002
+        "svc_track_sectors": 72,
+        "svc_cyl_sectors": 72 * 19,
+        "svc_seek_boundary": 383,
+        "svc_seek_a_ns": 3_240_000,
+        "svc_seek_b_ns": 400_000,
+        "svc_seek_c_ns": 8_000_000,
+        "svc_seek_e_ns": 8_000,
+    },
+    # The flash of Agrawal et al., "Design Tradeoffs for SSD Performance",
+    # USENIX ATC 2008, Table 2: page read 25 us, page program 200 us, 4 KiB
+    # page over the serial bus 100 us (25 us per KiB); 8 channels striped
+    # by 4 KiB page.
+    "flash": {
+        "svc_model": 2,
+        "svc_channels": 8,
+        "svc_stripe_sectors": 8,
+        "svc_read_ns": 25_000,
+        "svc_write_ns": 200_000,
+        "svc_xfer_ns_kib": 25_000,
+    },
+}
+NULL_BLK_SERVICES = ("fixed", *NULL_BLK_SERVICE_MODELS)
+
 # Per device type, the fields besides ``type``. Defaults for null_blk are
 # the module's own except irqmode: "timer" is what makes completion_nsec a
-# real completion latency.
+# real completion latency. ``service``, ``mbps`` and ``memory_backed`` are
+# recorded only when given (absent: the module's fixed completion time, no
+# bandwidth cap, no backing memory), so older cells keep their ids.
 DEVICE_TYPES: dict[str, dict[str, Field]] = {
     "null_blk": {
         "completion_nsec": Field("int", 10000, _at_least(0)),
@@ -109,6 +145,11 @@ DEVICE_TYPES: dict[str, dict[str, Field]] = {
         "size_mib": Field("int", 1024, _at_least(1)),
         "irqmode": Field("str", "timer", _one_of(*NULL_BLK_IRQMODES)),
         "blocksize": Field("int", 4096, _in(*NULL_BLK_BLOCKSIZES)),
+        # how long a request takes: completion_nsec, or a device model
+        "service": Field("str", UNSET, _one_of(*NULL_BLK_SERVICES)),
+        # null_blk's own bandwidth cap, MiB/s (it caps at 40960)
+        "mbps": Field("int", UNSET, _between(0, 40960)),
+        "memory_backed": Field("bool", UNSET),
     },
     "virtio": {
         "size_mib": Field("int", 1024, _at_least(1)),

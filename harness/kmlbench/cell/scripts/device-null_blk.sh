@@ -15,5 +15,7 @@ setattr "$nb/submit_queues" @SUBMIT_QUEUES@
 ## null_blk's configfs size is in MiB
 setattr "$nb/size" @SIZE_MIB@
 setattr "$nb/blocksize" @BLOCKSIZE@
+## optional: bandwidth cap, backing memory, a service-time model's values
+@ATTRS@
 echo 1 > "$nb/power" || die "null_blk power on failed"
 dev=nullb0; [ -e /sys/block/$dev ] || dev="nullb$(cat "$nb/index")"
