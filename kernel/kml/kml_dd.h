@@ -46,6 +46,9 @@ enum kml_dd_stat {
 	KML_DD_S_KTRAINER_SKIPPED,
 	KML_DD_S_KTRAINER_CALIBRATIONS,
 	KML_DD_S_RING_REPAIRS,
+	KML_DD_S_KTRAINER_CAL_REFUSED,
+	KML_DD_S_KTRAINER_CAL_BALANCED_PPM,	/* a gauge: the last window's */
+	KML_DD_S_KTRAINER_CAL_AUC_PPM,		/* a gauge: the last window's */
 	KML_DD_NR_STATS,
 };
 
@@ -98,6 +101,15 @@ static inline void kml_dd_stat_inc(enum kml_dd_stat s)
 static inline void kml_dd_stat_add(enum kml_dd_stat s, s64 v)
 {
 	atomic64_add(v, &kml_dd.stats[s]);
+}
+
+/* A calibration's figures (2^-20 units) into the gauges, in ppm. */
+static inline void kml_dd_note_calibration(u32 balanced, u32 auc)
+{
+	atomic64_set(&kml_dd.stats[KML_DD_S_KTRAINER_CAL_BALANCED_PPM],
+		     ((u64)balanced * 1000000) >> 20);
+	atomic64_set(&kml_dd.stats[KML_DD_S_KTRAINER_CAL_AUC_PPM],
+		     ((u64)auc * 1000000) >> 20);
 }
 
 /* The model in use, or NULL; under rcu_read_lock(). */

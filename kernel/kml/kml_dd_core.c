@@ -171,6 +171,9 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_KTRAINER_SKIPPED] = "ktrainer_skipped",
 	[KML_DD_S_KTRAINER_CALIBRATIONS] = "ktrainer_calibrations",
 	[KML_DD_S_RING_REPAIRS] = "ring_repairs",
+	[KML_DD_S_KTRAINER_CAL_REFUSED] = "ktrainer_cal_refused",
+	[KML_DD_S_KTRAINER_CAL_BALANCED_PPM] = "ktrainer_cal_balanced_ppm",
+	[KML_DD_S_KTRAINER_CAL_AUC_PPM] = "ktrainer_cal_auc_ppm",
 };
 
 /* The range of inference times bucket @b of kml_dd_hist_bucket() holds. */

@@ -182,6 +182,25 @@ def confusion_metrics(
     }
 
 
+def baseline_flags(m: Mapping[str, Any]) -> list[str]:
+    """Why a model's figures ``m`` (``confusion_metrics``) are no better than the
+    baseline of always answering "meet": ``"below-baseline"`` when its accuracy is
+    below the majority-class baseline, ``"no-skill"`` when its balanced accuracy is
+    at most 0.5 (chance). Empty when neither holds or the figures are missing."""
+    flags = []
+    acc, base, bal = m.get("accuracy"), m.get("baseline_accuracy"), m.get("balanced_accuracy")
+    if _num(acc) and _num(base) and acc < base:
+        flags.append("below-baseline")
+    if _num(bal) and bal <= 0.5:
+        flags.append("no-skill")
+    return flags
+
+
+def below_baseline(m: Mapping[str, Any]) -> bool:
+    """Whether :func:`baseline_flags` has anything to say about ``m``."""
+    return bool(baseline_flags(m))
+
+
 def hist_percentile(buckets: Iterable[Bucket], pct: float) -> float | None:
     """The ``pct`` percentile, linearly interpolated inside its bucket.
 
