@@ -21,6 +21,7 @@ alike in a figure.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -127,7 +128,7 @@ def parse_stats(text: str, *, source: str = "kml statistics") -> KmlStats:
             raise KmlStatsError(f"{source}: line {n}: {exc}: {raw!r}") from exc
     for key, buckets in stats.histograms.items():
         buckets.sort(key=lambda b: b.lo)
-        for a, b in zip(buckets, buckets[1:], strict=False):
+        for a, b in itertools.pairwise(buckets):
             if b.lo < a.hi:
                 raise KmlStatsError(f"{source}: {key} buckets overlap: {a} and {b}")
     stats.histogram = stats.histograms.get(HIST_KEY, [])
@@ -205,11 +206,16 @@ def baseline_flags(m: Mapping[str, Any]) -> list[str]:
     baseline of always answering "meet": ``"below-baseline"`` when its accuracy is
     below the majority-class baseline, ``"no-skill"`` when its balanced accuracy is
     at most 0.5 (chance). Empty when neither holds or the figures are missing."""
+
+    def num(key: str) -> float | None:
+        v = m.get(key)
+        return float(v) if isinstance(v, int | float) and _num(v) else None
+
     flags = []
-    acc, base, bal = m.get("accuracy"), m.get("baseline_accuracy"), m.get("balanced_accuracy")
-    if _num(acc) and _num(base) and acc < base:
+    acc, base, bal = num("accuracy"), num("baseline_accuracy"), num("balanced_accuracy")
+    if acc is not None and base is not None and acc < base:
         flags.append("below-baseline")
-    if _num(bal) and bal <= 0.5:
+    if bal is not None and bal <= 0.5:
         flags.append("no-skill")
     return flags
 

@@ -28,11 +28,11 @@ from kmlbench.kml.ffi import CalResult, f32, lib, ptr
 
 __all__ = [
     "CAL_STATUS",
-    "Calibration",
     "DD_CAL_MAX_LG",
     "DD_CAL_MIN_CLASS",
     "DD_RESID",
     "DD_SAMPLE_BYTES",
+    "Calibration",
     "dd_cal_fit",
     "dd_calibrate",
     "dd_lg_us",
