@@ -30,14 +30,22 @@ from kmlbench.build.image import build_kmlctl
 from kmlbench.data.trace import NR_FEATURES, SAMPLE_DTYPE, read_trace, write_trace
 from kmlbench.kml import deadline as kml_deadline
 from kmlbench.kml import train
-from kmlbench.kml.deadline import DD_RESID, dd_cal_fit, dd_permille, dd_residuals
+from kmlbench.kml.deadline import (
+    DD_CAL_MIN_CLASS,
+    DD_RESID,
+    dd_cal_fit,
+    dd_permille,
+    dd_residuals,
+)
 from kmlbench.kml.model import Model
 from kmlbench.paths import KML_SRC_DIR, cache_dir
 
 Q = 65536
 # The fixed sample and its expected threshold: KML_CAL_CONTRACT_* in kml_test.c.
 N, SEED = 600, 0x6B6D6C31
-THR, PERMILLE = 65024, 1989
+# Balanced accuracy since issue 12 (before: the mean of accuracy and balanced
+# accuracy, 65024 / 1989).
+THR, PERMILLE = -65280, 501
 TARGET_NS = [0, 1, 999, 1000, 7000, 123456, 8_000_000, 20_000_000, 10**9, 3 * 10**12]
 TARGET_BITS = [
     0x00000000, 0x3ABD02E3, 0x3F7FD0B8, 0x3F800000, 0x40400000,
@@ -118,7 +126,7 @@ def test_the_sample_is_not_trivial() -> None:
         pm = s["r"] <= thr
         n_met, n_miss = int(met.sum()), int((~met).sum())
         mb, ma = int((pm & met).sum()), int((~pm & ~met).sum())
-        return ((mb + ma) << 20) // N + (mb << 19) // n_met + (ma << 19) // n_miss
+        return (mb << 20) // n_met + (ma << 20) // n_miss
 
     every = [score(int(r)) for r in s["r"]] + [score(int(r) - 1) for r in s["r"]]
     assert score(THR) == max(every)
@@ -192,12 +200,16 @@ def test_kmlctl_calibrate(kmlctl: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    cal = kml_deadline.dd_calibrate(contract_sample())
     assert out == {
         "samples": str(N),
         "met": str(int(contract_sample()["met"].sum())),
         "calibrated": "1",
+        "status": "ok",
         "threshold_q16": str(THR),
         "decision_permille": str(PERMILLE),
+        "balanced_accuracy": f"{cal.balanced:.6f}",
+        "auc": f"{cal.auc:.6f}",
     }
 
 
@@ -214,6 +226,7 @@ def test_kmlctl_calibrate_with_a_rare_class_keeps_the_deadline(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "calibrated 0\n" in proc.stdout and "decision_permille 1000\n" in proc.stdout
+    assert "status few-missed\n" in proc.stdout
     # a model of the wrong shape is refused by name
     Model.linear(NR_FEATURES - 1).save(path)
     proc = subprocess.run(
@@ -290,6 +303,69 @@ def test_dd_meets_binding_and_kmlbench_train() -> None:
         got_ns, got_met = dd_meets(y, [c[1] for c in rows], permille)
         assert got_ns.tolist() == [c[3] for c in rows]
         assert got_met.tolist() == [bool(c[4]) for c in rows]
+
+
+def imbalanced(n: int, n_miss: int, skill: float, seed: int) -> np.ndarray:
+    """Residuals of ``n`` requests of which ``n_miss`` missed (the rest met): a
+    model whose residual for a miss is shifted up by ``skill`` (lg units) over
+    noise 1.5 wide; 0 is no skill, negative a backwards model."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(n, DD_RESID)
+    out["met"] = 1
+    out["met"][rng.choice(n, n_miss, replace=False)] = 0
+    noise = rng.uniform(-0.75, 0.75, n) + np.where(out["met"] == 1, 0.0, skill)
+    out["r"] = np.round(noise * Q).astype(np.int32)
+    return out
+
+
+def balanced_at(resid: np.ndarray, thr: int) -> float:
+    """Balanced accuracy of "meet iff r <= thr" on ``resid``."""
+    met = resid["met"] == 1
+    meet = resid["r"] <= thr
+    return ((meet & met).sum() / met.sum() + (~meet & ~met).sum() / (~met).sum()) / 2
+
+
+@pytest.mark.parametrize("skill", [-1.0, -0.2, 0.0, 0.05, 0.3, 1.0])
+@pytest.mark.parametrize("seed", range(8))
+def test_one_percent_misses_never_below_chance(skill: float, seed: int) -> None:
+    """Synthetic imbalanced samples (1% positives): the calibration never picks a
+    threshold whose balanced accuracy is below 0.5; it refuses instead."""
+    resid = imbalanced(10_000, 100, skill, seed)
+    cal = kml_deadline.dd_calibrate(resid)
+    assert (cal.n_met, cal.n_missed) == (9_900, 100)
+    if cal.thr is None:
+        assert cal.status == "no-skill"
+        assert skill <= 0.05  # a model with real skill is calibrated
+    else:
+        assert cal.status == "ok"
+        assert balanced_at(resid, cal.thr) > 0.5
+        assert cal.balanced == pytest.approx(balanced_at(resid, cal.thr), abs=1e-5)
+    if skill >= 0.3:
+        assert cal.thr is not None and cal.auc > 0.6
+    if skill <= -0.2:
+        assert cal.thr is None and cal.auc < 0.5
+
+
+def test_too_few_positives_are_refused_and_the_threshold_kept(tmp_path: Path) -> None:
+    """31 misses among 3,100 requests: refused (few-missed), whatever the skill;
+    kmlbench train keeps the deadline (1000)."""
+    resid = imbalanced(3_100, DD_CAL_MIN_CLASS - 1, 1.0, 3)
+    cal = kml_deadline.dd_calibrate(resid)
+    assert cal.thr is None and cal.status == "few-missed" and cal.auc > 0.9
+    assert dd_cal_fit(resid) is None
+    resid = imbalanced(3_200, DD_CAL_MIN_CLASS, 1.0, 3)
+    assert kml_deadline.dd_calibrate(resid).status == "ok"
+
+
+def test_auc_is_the_mann_whitney_statistic() -> None:
+    """The AUC KML reports is P(r_miss > r_met) + P(tie) / 2."""
+    resid = imbalanced(2_000, 200, 0.2, 5)
+    resid["r"] &= ~0xFFF  # ties
+    miss = resid["r"][resid["met"] == 0].astype(np.int64)
+    met = resid["r"][resid["met"] == 1].astype(np.int64)
+    gt = (miss[:, None] > met[None, :]).sum() + 0.5 * (miss[:, None] == met[None, :]).sum()
+    expect = gt / (len(miss) * len(met))
+    assert kml_deadline.dd_calibrate(resid).auc == pytest.approx(expect, abs=1e-5)
 
 
 def test_the_bindings_constants_are_the_headers() -> None:

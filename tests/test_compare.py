@@ -177,3 +177,29 @@ def test_excluded_keys() -> None:
     assert "run" not in ex
     ex = compare.excluded_keys(["scheduler.fifo_batch"])
     assert not compare._is_excluded("scheduler.name", ex)
+
+
+def test_accuracy_sits_beside_its_baseline_and_a_model_below_it_is_flagged() -> None:
+    """compare: accuracy, the majority baseline and balanced accuracy together;
+    the side whose model is below its baseline (or at chance) named in the note."""
+    from kmlbench.data import stats as kstats
+    from kmlbench.report import compare as kcompare
+
+    def side(acc: float, base: float, bal: float) -> list[kstats.Sample]:
+        keys = ("kml.accuracy", "kml.baseline_accuracy", "kml.balanced_accuracy")
+        return [
+            kstats.Sample(None, dict(zip(keys, (acc + d, base, bal + d), strict=True)))
+            for d in (0.0, 0.001, 0.002)
+        ]
+
+    comps = kcompare.flag_baseline(
+        kstats.compare_groups(side(0.95, 0.9, 0.8), side(0.85, 0.99, 0.497), n_boot=200)
+    )
+    assert [c.metric for c in comps] == list(kstats.ACCURACY_METRICS)
+    for c in comps:
+        assert "B below-baseline" in c.note and "B no-skill" in c.note, c.note
+        assert "A below" not in c.note
+    clean = kcompare.flag_baseline(
+        kstats.compare_groups(side(0.95, 0.9, 0.8), side(0.96, 0.9, 0.8), n_boot=200)
+    )
+    assert all("baseline" not in c.note for c in clean)

@@ -37,10 +37,15 @@ def stats_text(seed: int, mode: str) -> str:
         "issue_abs_err_us_sum": n * 300, "samples": produced + 5, "samples_met": tn + fp,
         "ring_produced": produced, "ring_dropped": 5, "ring_full_waits": 0, "ring_filtered": 0,
         "ring_consumed": produced, "urgent_dispatches": tp + fp if mode == "active" else 0,
+        "pred_clamped": 1, "skill_windows": 1, "skill_windows_unskilled": 0,
+        "skill_windows_inconclusive": 0, "step_asides": 0, "step_resumes": 0,
+        "steer_suppressed": 0, "skill_balanced_ppm": 700000, "stepped_aside": 0,
     }  # fmt: skip
     hist = [
         f"inference_ns_hist 512 640 {n // 2}",
         f"inference_ns_hist 640 768 {n - n // 2}",
+        f"issue_abs_err_us_hist 256 320 {n - 1}",
+        "issue_abs_err_us_hist 8388608 10485760 1",
     ]
     return "".join(f"{k} {v}\n" for k, v in lines.items()) + "\n".join(hist) + "\n"
 

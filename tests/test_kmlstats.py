@@ -190,3 +190,53 @@ def test_trainer_summary() -> None:
         "accuracy": 0.91,
         "stopped_by": "signal",
     }
+
+
+# A kernel with the step-aside rule and the error histogram (issue 12): a model
+# that answers "miss" for everything (TN=0 FP=90 FN=0 TP=10), stepped aside.
+ASIDE = """\
+predictions 100
+met_pred_met 0
+met_pred_miss 90
+miss_pred_met 0
+miss_pred_miss 10
+issue_abs_err_us_sum 600000000000
+pred_clamped 4
+skill_windows 3
+skill_windows_unskilled 3
+skill_windows_inconclusive 1
+step_asides 1
+step_resumes 0
+steer_suppressed 42
+skill_balanced_ppm 500000
+stepped_aside 1
+issue_abs_err_us_hist 8 10 50
+issue_abs_err_us_hist 10 12 46
+issue_abs_err_us_hist 1048576 1310720 4
+"""
+
+
+def test_a_model_below_baseline_is_flagged_and_its_error_median_is_robust() -> None:
+    s = parse_stats(ASIDE)
+    m = kmlstats.metrics(s)
+    assert m["accuracy"] == pytest.approx(0.10) and m["baseline_accuracy"] == pytest.approx(0.9)
+    assert m["balanced_accuracy"] == pytest.approx(0.5)
+    assert m["below_baseline"] == 1
+    assert kmlstats.baseline_flags(m) == ["below-baseline", "no-skill"]
+    # four absurd predictions make the mean 6e9 us; the median stays at 10 us
+    assert m["issue_time_mae_us"] == pytest.approx(6e9)
+    assert m["issue_time_median_err_us"] == pytest.approx(10.0)
+    assert m["issue_time_p90_err_us"] == pytest.approx(10 + 2 * 40 / 46)
+    assert (m["step_asides"], m["steer_suppressed"], m["stepped_aside"]) == (1, 42, 1)
+    assert (m["skill_windows"], m["skill_windows_unskilled"], m["pred_clamped"]) == (3, 3, 4)
+    assert s.histogram == []  # the inference histogram is its own
+    rec = kmlstats.kml_stats_record(s)
+    assert rec["baseline_flags"] == ["below-baseline", "no-skill"]
+    assert rec["issue_abs_err_us_histogram"][0] == [8, 10, 50]
+
+
+def test_a_kernel_without_the_rule_gives_none_and_a_good_model_is_not_flagged() -> None:
+    m = kmlstats.metrics(parse_stats(STATS))
+    assert m["below_baseline"] == 0
+    assert m["stepped_aside"] is None and m["issue_time_median_err_us"] is None
+    assert kmlstats.metrics(parse_stats("predictions 0\n"))["below_baseline"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -173,6 +174,33 @@ def test_decision_threshold_calibration() -> None:
     assert train.calibrate_permille(y[few], rows[few]) == 1000
     rows["issue_ns"] = 0  # the label is issue_ns <= deadline_ns: all met
     assert train.calibrate_permille(y, rows) == 1000
+    assert train.calibrate(y, rows).status == "few-missed"
+
+
+def test_a_model_with_no_skill_keeps_the_deadline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backwards model (misses ranked below the met requests) is refused:
+    no threshold, the deadline kept, and kmlbench train says so."""
+    r = np.repeat([-1.0, 1.0], 100)
+    rows = np.zeros(len(r), SAMPLE_DTYPE)
+    rows["deadline_ns"] = 8_000_000
+    met = r > 0
+    rows["issue_ns"] = np.where(met, 7_000_000, 9_000_000)
+    rows["met"] = met
+    y = (r + dd_lg_us(8_000_000)).astype(np.float32)
+    cal = train.calibrate(y, rows)
+    assert (cal.thr, cal.status, cal.auc) == (None, "no-skill", 0.0)
+    assert train.calibrate_permille(y, rows) == 1000
+    assert train.evaluate(y, rows)["auc"] == 0.0
+    real = train.calibrate
+    monkeypatch.setattr(
+        train, "calibrate", lambda y, rows: dataclasses.replace(real(y, rows), thr=None,
+                                                                status="no-skill")
+    )  # fmt: skip
+    rc, err = _train(capsys, "--trace", str(FIXTURE), "-o", str(tmp_path / "m.kmlm"))
+    assert rc == 0, err
+    assert "calibration refused (no-skill" in err, err
 
 
 @pytest.mark.parametrize("arch", ["mlp", "linear"])
@@ -338,7 +366,10 @@ def test_train_warns_when_the_threshold_is_at_its_bound(
     # the calibration's own bound (from libkml) stands in for its answer.
     bound = dd_permille(DD_CAL_MAX_LG)
     assert bound == 8000
-    monkeypatch.setattr(train, "calibrate_permille", lambda y, rows: bound)
+    real = train.calibrate
+    monkeypatch.setattr(
+        train, "calibrate", lambda y, rows: dataclasses.replace(real(y, rows), thr=DD_CAL_MAX_LG)
+    )
     rc, err = _train(capsys, "--trace", str(FIXTURE), "-o", str(tmp_path / "m.kmlm"))
     assert rc == 0, err
     assert "decision_permille 8000 is at the calibration's bound" in err, err

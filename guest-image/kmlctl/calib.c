@@ -54,22 +54,47 @@ double scores_mae(const struct scores *sc)
  * mean pulls predictions toward the majority class, so the deadline itself
  * is rarely the best threshold.  score_batch() keeps the last
  * KML_DD_CAL_WINDOW prequential residuals and, at each publish, the
- * threshold that maximises the mean of accuracy and balanced accuracy goes
- * to the kernel; balanced accuracy alone would give up a lot of accuracy
- * on a rare "miss" class for little (replaying a TCG trace: 0.82 / 0.87
- * against 0.87 / 0.84).  The model itself stays unbiased.  The residuals
- * and the threshold are KML's (kernel/kml/kml_dd_calib.h): the kernel
- * trainer and kmlbench train run the same code.
+ * threshold that maximises balanced accuracy goes to the kernel (accuracy
+ * is gamed by class imbalance: with 1% misses, "always meet" is 99%
+ * accurate and has no skill).  The model itself stays unbiased.  The
+ * residuals and the threshold are KML's (kernel/kml/kml_dd_calib.h): the
+ * kernel trainer and kmlbench train run the same code.
  */
 
-/* The permille for the window, or the current one while a class is rare. */
+static const char *const calib_status_names[] = {
+	[KML_DD_CAL_OK] = "ok",
+	[KML_DD_CAL_FEW_MET] = "few-met",
+	[KML_DD_CAL_FEW_MISSED] = "few-missed",
+	[KML_DD_CAL_NO_SKILL] = "no-skill",
+};
+
+/* The name of a kml_dd_cal_fit() status. */
+const char *calib_status(u32 status)
+{
+	return status < 4 ? calib_status_names[status] : "?";
+}
+
+/*
+ * The permille for the window, or the current one when the fit refuses
+ * (a class rarer than KML_DD_CAL_MIN_CLASS, or no split better than
+ * chance): counted, and said once per kind on stderr.
+ */
 u32 calib_fit(struct calib *c)
 {
-	s32 thr;
+	static u32 said;
 
-	if (!kml_dd_cal_fit(c->window.r, c->window.n, c->window.scratch, &thr))
-		return c->permille;
-	return kml_dd_lg_q16_to_permille(thr);
+	if (kml_dd_cal_fit(c->window.r, c->window.n, c->window.scratch,
+			   &c->last))
+		return kml_dd_lg_q16_to_permille(c->last.thr);
+	c->refused++;
+	if (!(said & (1U << c->last.status))) {
+		said |= 1U << c->last.status;
+		fprintf(stderr, "kmlctl: calibration refused (%s: %u met, %u missed); "
+			"keeping decision_permille %u\n",
+			calib_status(c->last.status), c->last.n_met,
+			c->last.n_missed, c->permille);
+	}
+	return c->permille;
 }
 
 /* Tell the kernel; failures are counted (an older kernel, no sysfs). */
@@ -129,7 +154,9 @@ static int calibrate_predict(struct kml_model *m, bool q16,
 /*
  * calibrate MODEL TRACE: the decision_permille for MODEL's calls on every
  * sample of TRACE (as kmlbench train calibrates; the trainers use their
- * last KML_DD_CAL_WINDOW), or 1000, the deadline, while a class is rare.
+ * last KML_DD_CAL_WINDOW), or 1000, the deadline, when the fit refuses
+ * (status: few-met, few-missed, no-skill); with the balanced accuracy of
+ * the split and the AUC of the residuals.
  */
 int cmd_calibrate(const struct opts *o)
 {
@@ -140,8 +167,8 @@ int cmd_calibrate(const struct opts *o)
 	struct kml_model_cfg cfg;
 	size_t n = 0, i, k, met = 0;
 	u32 nf, permille = 1000;
+	struct kml_dd_cal_result res;
 	bool found = false;
-	s32 thr = 0;
 	int ret = 1;
 
 	if (check_opts(o, "calibrate", 0, 2, 2))
@@ -171,14 +198,17 @@ int cmd_calibrate(const struct opts *o)
 	}
 	for (i = 0; i < n; i++)
 		met += resid[i].met;
-	found = kml_dd_cal_fit(resid, n, scratch, &thr);
+	found = kml_dd_cal_fit(resid, n, scratch, &res);
 	if (found)
-		permille = kml_dd_lg_q16_to_permille(thr);
+		permille = kml_dd_lg_q16_to_permille(res.thr);
 	printf("samples %zu\n", n);
 	printf("met %zu\n", met);
 	printf("calibrated %d\n", found);
-	printf("threshold_q16 %d\n", found ? thr : 0);
+	printf("status %s\n", calib_status(res.status));
+	printf("threshold_q16 %d\n", found ? res.thr : 0);
 	printf("decision_permille %u\n", permille);
+	printf("balanced_accuracy %.6f\n", res.balanced / (double)KML_DD_CAL_ONE);
+	printf("auc %.6f\n", res.auc / (double)KML_DD_CAL_ONE);
 	ret = 0;
 out:
 	kml_model_free(m);

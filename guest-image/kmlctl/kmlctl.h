@@ -171,9 +171,12 @@ struct calib {
 	struct kml_dd_cal window;
 	u32 permille;		/* in use by the kernel (as far as we know) */
 	u64 writes_failed;
+	u64 refused;		/* fits that kept the threshold (rare class, no skill) */
+	struct kml_dd_cal_result last;	/* of the last fit */
 };
 
 u32 calib_fit(struct calib *c);
+const char *calib_status(u32 status);
 void calib_apply(struct calib *c, u32 permille, bool to_dev);
 
 struct trainer {

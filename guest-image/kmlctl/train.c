@@ -405,6 +405,13 @@ static void train_summary(struct trainer *t, double wall, double cpu)
 	printf("balanced_accuracy %.6f\n", scores_balanced(&t->total));
 	printf("mae_us %.3f\n", scores_mae(&t->total));
 	printf("decision_permille %u\n", t->cal.permille);
+	printf("calibration_refused %llu\n",
+	       (unsigned long long)t->cal.refused);
+	printf("calibration_status %s\n", calib_status(t->cal.last.status));
+	printf("calibration_balanced_accuracy %.6f\n",
+	       t->cal.last.balanced / (double)KML_DD_CAL_ONE);
+	printf("calibration_auc %.6f\n",
+	       t->cal.last.auc / (double)KML_DD_CAL_ONE);
 	printf("decision_writes_failed %llu\n",
 	       (unsigned long long)t->cal.writes_failed);
 	printf("seconds %.3f\n", wall);

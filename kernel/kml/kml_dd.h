@@ -46,10 +46,40 @@ enum kml_dd_stat {
 	KML_DD_S_KTRAINER_SKIPPED,
 	KML_DD_S_KTRAINER_CALIBRATIONS,
 	KML_DD_S_RING_REPAIRS,
+	KML_DD_S_KTRAINER_CAL_REFUSED,
+	KML_DD_S_KTRAINER_CAL_BALANCED_PPM,	/* a gauge: the last window's */
+	KML_DD_S_KTRAINER_CAL_AUC_PPM,		/* a gauge: the last window's */
+	KML_DD_S_SKILL_WINDOWS,
+	KML_DD_S_SKILL_UNSKILLED,
+	KML_DD_S_SKILL_INCONCLUSIVE,
+	KML_DD_S_STEP_ASIDES,
+	KML_DD_S_STEP_RESUMES,
+	KML_DD_S_STEER_SUPPRESSED,
+	KML_DD_S_SKILL_BALANCED_PPM,		/* a gauge: the last window's */
+	KML_DD_S_PRED_CLAMPED,
 	KML_DD_NR_STATS,
 };
 
 #define KML_DD_HIST_BUCKETS 256
+
+/*
+ * A prediction is recorded as at most this many times its request's
+ * deadline (at least 1 ms): beyond, its size means nothing (the decision
+ * is made before the clamp, and the calibration stays within a factor 8).
+ */
+#define KML_DD_PRED_MAX_FACTOR	8
+
+/*
+ * The step-aside rule (kml_dd_core.c): a window of completed predictions
+ * closes once it holds skill_window of them and KML_DD_SKILL_MIN_CLASS of
+ * each outcome, or KML_DD_SKILL_MAX_STRETCH times skill_window whatever
+ * it holds (inconclusive).  The four counts share one atomic64 (16 bits
+ * each), so skill_window is at most KML_DD_SKILL_MAX_WINDOW.
+ */
+#define KML_DD_SKILL_WINDOW		1024
+#define KML_DD_SKILL_MAX_WINDOW		4096
+#define KML_DD_SKILL_MIN_CLASS		16
+#define KML_DD_SKILL_MAX_STRETCH	8
 
 /* What readers see under RCU: the model and what the hot path needs of it. */
 struct kml_dd_model {
@@ -80,6 +110,11 @@ struct kml_dd_global {
 	int sample_filter;		/* module parameter */
 	atomic64_t stats[KML_DD_NR_STATS];
 	atomic64_t inference_hist[KML_DD_HIST_BUCKETS];
+	atomic64_t err_hist[KML_DD_HIST_BUCKETS];	/* abs error, us */
+	atomic64_t skill;		/* the open window: 4 x 16-bit counts */
+	int aside;			/* the model stands aside; READ_ONCE() */
+	unsigned int skill_window;	/* module parameter; 0: rule off */
+	unsigned int skill_min_permille;	/* module parameter */
 	struct dentry *debugfs;
 };
 
@@ -100,10 +135,29 @@ static inline void kml_dd_stat_add(enum kml_dd_stat s, s64 v)
 	atomic64_add(v, &kml_dd.stats[s]);
 }
 
+/* A calibration's figures (2^-20 units) into the gauges, in ppm. */
+static inline void kml_dd_note_calibration(u32 balanced, u32 auc)
+{
+	atomic64_set(&kml_dd.stats[KML_DD_S_KTRAINER_CAL_BALANCED_PPM],
+		     ((u64)balanced * 1000000) >> 20);
+	atomic64_set(&kml_dd.stats[KML_DD_S_KTRAINER_CAL_AUC_PPM],
+		     ((u64)auc * 1000000) >> 20);
+}
+
 /* The model in use, or NULL; under rcu_read_lock(). */
 static inline struct kml_dd_model *kml_dd_model_rcu(void)
 {
 	return rcu_dereference(kml_dd.model);
+}
+
+/*
+ * Whether the model in use stands aside: its last window of completed
+ * predictions showed no skill (kml_dd_core.c), so active mode does not
+ * act on its predicted misses.
+ */
+static inline bool kml_dd_stepped_aside(void)
+{
+	return READ_ONCE(kml_dd.aside);
 }
 
 /* The decision_permille parameter: see kml_dd_core.c. */

@@ -34,24 +34,56 @@ static s64 kml_dd_abs64(s64 v)
 }
 
 /*
+ * AUC of r as a score for "missed" on the sorted @s: the share of (met,
+ * missed) pairs the missed one ranks above, ties half, in 2^-20 units.
+ */
+static u32 kml_dd_cal_auc(const struct kml_dd_resid *s, u32 n, u32 n_met,
+			  u32 n_miss)
+{
+	u64 num = 0, den = (u64)n_met * n_miss;	/* num in half pairs */
+	u32 met_before = 0, i = 0, j, met_g;
+
+	if (!den)
+		return 0;
+	while (i < n) {
+		met_g = 0;
+		for (j = i; j < n && s[j].r == s[i].r; j++)
+			met_g += !!s[j].met;
+		num += (u64)(j - i - met_g) * (2 * (u64)met_before + met_g);
+		met_before += met_g;
+		i = j;
+	}
+	den *= 2;
+	while (num >> 43) {	/* keep num << 20 in 64 bits */
+		num >>= 1;
+		den >>= 1;
+	}
+	return div64_u64(num << 20, den);
+}
+
+/*
  * Predict "meet" when r <= thr.  Regression to the mean pulls predictions
  * toward the majority class, so the deadline itself (thr = 0) is rarely
  * the best threshold; calibrating the decision leaves the issue-time model
  * unbiased.
  *
  * Sort a copy into @scratch and try a split between each pair of distinct
- * neighbours.  The score is the mean of accuracy and balanced accuracy (the
- * two figures reported, one rewarding the majority class and one the
- * minority; balanced accuracy alone gives up much accuracy on a rare
- * "miss" class for little), kept in integers as their sum in units of
- * 2^-20; ties go to the threshold closest to the deadline.  Thresholds
- * stay within a factor 8 of the deadline (KML_DD_CAL_MAX_LG), and a split
- * only that range cannot make is not scored.
+ * neighbours.  The score is balanced accuracy, the mean recall of the two
+ * classes: unlike accuracy it cannot be gamed by class imbalance (with 1%
+ * misses, always answering "meet" is 99% accurate and 0.5 balanced), so a
+ * split is chosen for telling the classes apart.  It is kept in integers
+ * as the sum of the two recalls in units of 2^-20; ties go to the
+ * threshold closest to the deadline.  Thresholds stay within a factor 8 of
+ * the deadline (KML_DD_CAL_MAX_LG), and a split only that range cannot
+ * make is not scored.  A best split no better than 0.5 (a model with no
+ * skill) is refused rather than applied.
  */
 bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
-		    struct kml_dd_resid *scratch, s32 *thr)
+		    struct kml_dd_resid *scratch,
+		    struct kml_dd_cal_result *res)
 {
 	u32 n_met = 0, n_miss, met_below = 0, miss_above, i;
+	u32 best_correct = 0;
 	s64 lo, hi, first, last, cand;
 	s32 best_thr = 0;
 	u64 score, best = 0;
@@ -60,10 +92,21 @@ bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 	for (i = 0; i < n; i++)
 		n_met += !!r[i].met;
 	n_miss = n - n_met;
-	if (n_met < KML_DD_CAL_MIN_CLASS || n_miss < KML_DD_CAL_MIN_CLASS)
+	memset(res, 0, sizeof(*res));
+	res->n_met = n_met;
+	res->n_missed = n_miss;
+	if (!n_met || !n_miss) {
+		res->status = n_met ? KML_DD_CAL_FEW_MISSED : KML_DD_CAL_FEW_MET;
 		return false;
+	}
 	memcpy(scratch, r, n * sizeof(*scratch));
 	kml_sort(scratch, n, sizeof(*scratch), kml_dd_resid_cmp);
+	res->auc = kml_dd_cal_auc(scratch, n, n_met, n_miss);
+	if (n_met < KML_DD_CAL_MIN_CLASS || n_miss < KML_DD_CAL_MIN_CLASS) {
+		res->status = n_met < KML_DD_CAL_MIN_CLASS ?
+			KML_DD_CAL_FEW_MET : KML_DD_CAL_FEW_MISSED;
+		return false;
+	}
 	for (i = 0; i <= n; i++) {
 		if (i > 0)
 			met_below += !!scratch[i - 1].met;
@@ -86,20 +129,28 @@ bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 		if (cand > last)
 			cand = last;
 		miss_above = n_miss - (i - met_below);
-		score = ((u64)(met_below + miss_above) << 20) / n +
-			((u64)met_below << 19) / n_met +
-			((u64)miss_above << 19) / n_miss;
+		score = ((u64)met_below << 20) / n_met +
+			((u64)miss_above << 20) / n_miss;
 		if (!found || score > best ||
 		    (score == best &&
 		     kml_dd_abs64(cand) < kml_dd_abs64(best_thr))) {
 			found = true;
 			best = score;
 			best_thr = cand;
+			best_correct = met_below + miss_above;
 		}
 	}
-	if (found)
-		*thr = best_thr;
-	return found;
+	if (!found || best <= KML_DD_CAL_ONE) {
+		res->status = KML_DD_CAL_NO_SKILL;
+		res->balanced = found ? best / 2 : 0;
+		res->accuracy = found ? ((u64)best_correct << 20) / n : 0;
+		return false;
+	}
+	res->status = KML_DD_CAL_OK;
+	res->thr = best_thr;
+	res->balanced = best / 2;
+	res->accuracy = ((u64)best_correct << 20) / n;
+	return true;
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_fit);
 

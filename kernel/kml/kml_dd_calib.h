@@ -14,8 +14,14 @@
  *              decision_permille = 1000 * 2^thr: its own test, predicted
  *              issue time <= deadline * permille / 1000, puts the cut
  *              2^thr - 1 us (under 7 us) from that of r <= thr
- *   threshold  the one that maximises the mean of accuracy and balanced
- *              accuracy on a set of residuals (kml_dd_cal_fit())
+ *   threshold  the one that maximises balanced accuracy (the mean recall
+ *              of "met" and "missed", which class imbalance cannot game:
+ *              always answering "meet" scores 0.5) on a set of residuals
+ *              (kml_dd_cal_fit()); none while a class has fewer than
+ *              KML_DD_CAL_MIN_CLASS residuals or no split beats 0.5 (the
+ *              caller keeps its previous threshold)
+ *   AUC        of the residuals as a "miss" score, threshold-free, beside
+ *              it (the ranking quality of the model)
  *   inverse    a prediction back to an issue time in ns:
  *              kml_dd_lg_us_to_ns() (float models) and
  *              kml_dd_lg_q16_to_ns() (Q16 models), and the call on it,
@@ -37,6 +43,32 @@
 #define KML_DD_CAL_MAX_LG	(3 << 16)	/* thresholds: a factor 8 either way */
 #define KML_DD_LN2		0.6931471805599453f
 #define KML_DD_MAX_LG		40	/* lg(issue us) saturates: 12 days */
+
+/* Why kml_dd_cal_fit() calibrated or not (struct kml_dd_cal_result). */
+enum kml_dd_cal_status {
+	KML_DD_CAL_OK = 0,		/* thr is set */
+	KML_DD_CAL_FEW_MET = 1,		/* fewer than KML_DD_CAL_MIN_CLASS met */
+	KML_DD_CAL_FEW_MISSED = 2,	/* fewer than KML_DD_CAL_MIN_CLASS missed */
+	KML_DD_CAL_NO_SKILL = 3,	/* no split beats balanced accuracy 0.5 */
+};
+
+#define KML_DD_CAL_ONE		(1U << 20)	/* 1.0 in the result's units */
+
+/*
+ * What kml_dd_cal_fit() found.  Figures are in units of 2^-20
+ * (KML_DD_CAL_ONE = 1.0): balanced accuracy and accuracy of the best
+ * split (0 when it refused for a rare class), and the AUC of r as a score
+ * for "missed" (ties count half; 0 unless both classes occur).
+ */
+struct kml_dd_cal_result {
+	s32 thr;		/* Q16.16; set only when status is OK */
+	u32 status;		/* enum kml_dd_cal_status */
+	u32 n_met, n_missed;
+	u32 balanced;
+	u32 accuracy;
+	u32 auc;
+	u32 reserved;
+};
 
 /* One residual and its label. */
 struct kml_dd_resid {
@@ -108,13 +140,16 @@ KML_API void kml_dd_cal_add(struct kml_dd_cal *c,
 			    const struct kml_dd_resid *r, u32 n);
 
 /*
- * The threshold on @n residuals: on success true and *thr (Q16.16, within
- * +-KML_DD_CAL_MAX_LG); false, *thr untouched, while either class has
- * fewer than KML_DD_CAL_MIN_CLASS samples.  @scratch holds @n entries;
- * @r is not changed.  The result depends only on the multiset of @r.
+ * The threshold on @n residuals (n < 2^31): true and @res->thr (Q16.16,
+ * within +-KML_DD_CAL_MAX_LG) when it calibrated; false when either class
+ * has fewer than KML_DD_CAL_MIN_CLASS samples or no split has a balanced
+ * accuracy above 0.5, @res->status saying which.  @res is filled either
+ * way.  @scratch holds @n entries; @r is not changed.  The result depends
+ * only on the multiset of @r.
  */
 KML_API bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
-			    struct kml_dd_resid *scratch, s32 *thr);
+			    struct kml_dd_resid *scratch,
+			    struct kml_dd_cal_result *res);
 
 /*
  * kml_dd_lg_q16_to_ns() and kml_dd_meets() of @n Q16 predictions @yq with

@@ -35,6 +35,8 @@
 
 struct kml_dd_global kml_dd = {
 	.decision_permille = KML_DD_PERMILLE_DEFAULT,
+	.skill_window = KML_DD_SKILL_WINDOW,
+	.skill_min_permille = 500,
 	.model_lock = __MUTEX_INITIALIZER(kml_dd.model_lock),
 	/*
 	 * kml.ring_mode= on the command line is set before the ring exists:
@@ -143,6 +145,73 @@ module_param_cb(decision_permille, &decision_permille_ops,
 MODULE_PARM_DESC(decision_permille,
 		 "predict a miss above deadline * N / 1000 (1..64000)");
 
+/*
+ * The step-aside rule: in active mode a model steers only while it is
+ * better than the baseline of always answering "meet".  Its skill is
+ * measured online on completed requests, in both modes, in windows of
+ * skill_window predictions (kml_dd_skill_note()): balanced accuracy, the
+ * mean recall of met and missed, which that baseline scores 0.5 however
+ * rare misses are.  A window whose balanced accuracy is at most
+ * skill_min_permille / 1000 makes the model stand aside (its predicted
+ * misses are not acted on) until a later window shows more.  Writing
+ * either parameter starts a new window (the model's standing kept);
+ * skill_window 0 turns the rule off and the model steers.  A statistics
+ * reset starts afresh, the model steering.
+ */
+static void kml_dd_skill_restart(bool steer)
+{
+	atomic64_set(&kml_dd.skill, 0);
+	if (steer)
+		WRITE_ONCE(kml_dd.aside, 0);
+}
+
+static int skill_window_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int v;
+	int ret;
+
+	ret = kstrtouint(val, 0, &v);
+	if (ret)
+		return ret;
+	if (v > KML_DD_SKILL_MAX_WINDOW)
+		return -ERANGE;
+	WRITE_ONCE(kml_dd.skill_window, v);
+	kml_dd_skill_restart(!v);
+	return 0;
+}
+
+static const struct kernel_param_ops skill_window_ops = {
+	.set = skill_window_set,
+	.get = param_get_uint,
+};
+module_param_cb(skill_window, &skill_window_ops, &kml_dd.skill_window, 0644);
+MODULE_PARM_DESC(skill_window,
+		 "step aside: predictions per skill window (0 = never, max 4096)");
+
+static int skill_min_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int v;
+	int ret;
+
+	ret = kstrtouint(val, 0, &v);
+	if (ret)
+		return ret;
+	if (v > 1000)
+		return -ERANGE;
+	WRITE_ONCE(kml_dd.skill_min_permille, v);
+	kml_dd_skill_restart(false);
+	return 0;
+}
+
+static const struct kernel_param_ops skill_min_ops = {
+	.set = skill_min_set,
+	.get = param_get_uint,
+};
+module_param_cb(skill_min_permille, &skill_min_ops,
+		&kml_dd.skill_min_permille, 0644);
+MODULE_PARM_DESC(skill_min_permille,
+		 "step aside: balanced accuracy (permille) a window must beat to steer");
+
 /* ------------------------------------------------------------ statistics */
 
 static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
@@ -171,6 +240,17 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_KTRAINER_SKIPPED] = "ktrainer_skipped",
 	[KML_DD_S_KTRAINER_CALIBRATIONS] = "ktrainer_calibrations",
 	[KML_DD_S_RING_REPAIRS] = "ring_repairs",
+	[KML_DD_S_KTRAINER_CAL_REFUSED] = "ktrainer_cal_refused",
+	[KML_DD_S_KTRAINER_CAL_BALANCED_PPM] = "ktrainer_cal_balanced_ppm",
+	[KML_DD_S_KTRAINER_CAL_AUC_PPM] = "ktrainer_cal_auc_ppm",
+	[KML_DD_S_SKILL_WINDOWS] = "skill_windows",
+	[KML_DD_S_SKILL_UNSKILLED] = "skill_windows_unskilled",
+	[KML_DD_S_SKILL_INCONCLUSIVE] = "skill_windows_inconclusive",
+	[KML_DD_S_STEP_ASIDES] = "step_asides",
+	[KML_DD_S_STEP_RESUMES] = "step_resumes",
+	[KML_DD_S_STEER_SUPPRESSED] = "steer_suppressed",
+	[KML_DD_S_SKILL_BALANCED_PPM] = "skill_balanced_ppm",
+	[KML_DD_S_PRED_CLAMPED] = "pred_clamped",
 };
 
 /* The range of inference times bucket @b of kml_dd_hist_bucket() holds. */
@@ -205,6 +285,69 @@ static bool kml_dd_sample_wanted(const struct kml_dd_sample *s)
 	       s->pred_issue_ns < s->deadline_ns * 2;
 }
 
+/* The window's four counts: actual met/missed x predicted met/missed. */
+static u32 kml_dd_skill_count(u64 v, unsigned int cell)
+{
+	return (v >> (16 * cell)) & 0xffff;
+}
+
+/* Judge a closed window @v (kml_dd_skill_note()); any context. */
+static void kml_dd_skill_judge(u64 v)
+{
+	u32 tn = kml_dd_skill_count(v, 0), fp = kml_dd_skill_count(v, 1);
+	u32 fn = kml_dd_skill_count(v, 2), tp = kml_dd_skill_count(v, 3);
+	u64 ppm;
+
+	if (tn + fp < KML_DD_SKILL_MIN_CLASS ||
+	    fn + tp < KML_DD_SKILL_MIN_CLASS) {
+		kml_dd_stat_inc(KML_DD_S_SKILL_INCONCLUSIVE);
+		return;
+	}
+	ppm = div_u64((u64)tn * 500000, tn + fp) +
+	      div_u64((u64)tp * 500000, fn + tp);
+	atomic64_set(&kml_dd.stats[KML_DD_S_SKILL_BALANCED_PPM], ppm);
+	kml_dd_stat_inc(KML_DD_S_SKILL_WINDOWS);
+	if (ppm <= READ_ONCE(kml_dd.skill_min_permille) * 1000ULL) {
+		kml_dd_stat_inc(KML_DD_S_SKILL_UNSKILLED);
+		if (!READ_ONCE(kml_dd.aside)) {
+			WRITE_ONCE(kml_dd.aside, 1);
+			kml_dd_stat_inc(KML_DD_S_STEP_ASIDES);
+		}
+	} else if (READ_ONCE(kml_dd.aside)) {
+		WRITE_ONCE(kml_dd.aside, 0);
+		kml_dd_stat_inc(KML_DD_S_STEP_RESUMES);
+	}
+}
+
+/*
+ * Count a completed prediction into the open skill window; whoever
+ * completes the window takes it (cmpxchg to an empty one) and judges it.
+ * No lock, no allocation.  A request active mode moved ahead
+ * (KML_DD_SAMPLE_URGENT) is left out: acting on its prediction changed
+ * its outcome, so it says nothing about the model's skill.
+ */
+static void kml_dd_skill_note(const struct kml_dd_sample *s)
+{
+	unsigned int window = READ_ONCE(kml_dd.skill_window);
+	unsigned int cell = 2 * !s->met + !s->pred_met;
+	u32 met, missed;
+	u64 v;
+
+	if (!window || (s->flags & KML_DD_SAMPLE_URGENT))
+		return;
+	v = atomic64_add_return(1LL << (16 * cell), &kml_dd.skill);
+	met = kml_dd_skill_count(v, 0) + kml_dd_skill_count(v, 1);
+	missed = kml_dd_skill_count(v, 2) + kml_dd_skill_count(v, 3);
+	if (met + missed < window)
+		return;
+	if ((met < KML_DD_SKILL_MIN_CLASS ||
+	     missed < KML_DD_SKILL_MIN_CLASS) &&
+	    met + missed < KML_DD_SKILL_MAX_STRETCH * window)
+		return;
+	if (atomic64_cmpxchg(&kml_dd.skill, v, 0) == v)
+		kml_dd_skill_judge(v);
+}
+
 static void kml_dd_account(const struct kml_dd_sample *s)
 {
 	u64 err;
@@ -223,8 +366,10 @@ static void kml_dd_account(const struct kml_dd_sample *s)
 					      KML_DD_S_MISS_PRED_MISS);
 	err = s->pred_issue_ns > s->issue_ns ? s->pred_issue_ns - s->issue_ns :
 					       s->issue_ns - s->pred_issue_ns;
-	atomic64_add(div_u64(err, NSEC_PER_USEC),
-		     &kml_dd.stats[KML_DD_S_ISSUE_ABS_ERR_US]);
+	err = div_u64(err, NSEC_PER_USEC);
+	atomic64_add(err, &kml_dd.stats[KML_DD_S_ISSUE_ABS_ERR_US]);
+	atomic64_inc(&kml_dd.err_hist[kml_dd_hist_bucket(err)]);
+	kml_dd_skill_note(s);
 }
 
 static void kml_dd_push_sample(const struct kml_dd_sample *s)
@@ -499,12 +644,24 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
 	seq_printf(m, "decision_permille %u\n",
 		   READ_ONCE(kml_dd.decision_permille));
+	seq_printf(m, "skill_window %u\n", READ_ONCE(kml_dd.skill_window));
+	seq_printf(m, "skill_min_permille %u\n",
+		   READ_ONCE(kml_dd.skill_min_permille));
+	seq_printf(m, "stepped_aside %d\n", kml_dd_stepped_aside());
 	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
 		n = atomic64_read(&kml_dd.inference_hist[i]);
 		if (!n)
 			continue;
 		kml_dd_hist_bounds(i, &lo, &hi);
 		seq_printf(m, "inference_ns_hist %llu %llu %llu\n", lo, hi, n);
+	}
+	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
+		n = atomic64_read(&kml_dd.err_hist[i]);
+		if (!n)
+			continue;
+		kml_dd_hist_bounds(i, &lo, &hi);
+		seq_printf(m, "issue_abs_err_us_hist %llu %llu %llu\n",
+			   lo, hi, n);
 	}
 	return 0;
 }
@@ -529,8 +686,11 @@ static ssize_t kml_dd_stats_write(struct file *file, const char __user *ubuf,
 		return -EINVAL;
 	for (i = 0; i < KML_DD_NR_STATS; i++)
 		atomic64_set(&kml_dd.stats[i], 0);
-	for (i = 0; i < KML_DD_HIST_BUCKETS; i++)
+	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
 		atomic64_set(&kml_dd.inference_hist[i], 0);
+		atomic64_set(&kml_dd.err_hist[i], 0);
+	}
+	kml_dd_skill_restart(true);
 	if (kml_dd.ring_mem)
 		kml_dd.consumed_base =
 			atomic64_read(&kml_dd.ring.sh->produced.v);

@@ -91,10 +91,18 @@ static s64 kml_dd_model_predict(struct kml_dd_model *dm, const s32 *features)
 	return ns < 0 ? -EDOM : ns;
 }
 
-static void kml_dd_predict(struct kml_dd_ctx *ctx)
+/*
+ * Predict @ctx's issue time and make the meet/miss call.  The call is made
+ * on the model's own figure; what is recorded is clamped to
+ * KML_DD_PRED_MAX_FACTOR times the deadline (counted), so that a few
+ * absurd predictions (a Q16 output saturates at 2^40 us) do not dominate
+ * the error statistics.  A predicted miss steers only while the model is
+ * not standing aside; in active mode, one that does not is counted.
+ */
+static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 {
 	struct kml_dd_model *dm;
-	u64 t0, t1;
+	u64 t0, t1, cap;
 	s64 ns;
 
 	rcu_read_lock();
@@ -105,9 +113,21 @@ static void kml_dd_predict(struct kml_dd_ctx *ctx)
 		t1 = kml_dd_clock();
 		if (ns >= 0) {
 			ctx->pred_valid = 1;
-			ctx->pred_issue_ns = ns;
 			ctx->pred_met = kml_dd_meets(ns, ctx->deadline_ns,
 						kml_dd_decision_permille());
+			cap = KML_DD_PRED_MAX_FACTOR *
+			      max_t(u64, ctx->deadline_ns, NSEC_PER_MSEC);
+			if ((u64)ns > cap) {
+				ns = cap;
+				kml_dd_stat_inc(KML_DD_S_PRED_CLAMPED);
+			}
+			ctx->pred_issue_ns = ns;
+			if (!ctx->pred_met) {
+				ctx->steer = !kml_dd_stepped_aside();
+				if (!ctx->steer &&
+				    READ_ONCE(kq->mode) == KML_DD_ACTIVE)
+					kml_dd_stat_inc(KML_DD_S_STEER_SUPPRESSED);
+			}
 			kml_dd_note_inference(kml_dd_since(t0, t1));
 		}
 	}
@@ -161,9 +181,10 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->flags = 0;
 	ctx->pred_valid = 0;
 	ctx->pred_met = 0;
+	ctx->steer = 0;
 	ctx->pred_issue_ns = 0;
 	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
-	kml_dd_predict(ctx);
+	kml_dd_predict(kq, ctx);
 	atomic_inc(&kq->queued[ctx->op]);
 	rq->elv.priv[1] = ctx;
 }

@@ -37,6 +37,7 @@ struct kml_dd_ctx {
 	u8 op;
 	u8 pred_valid;
 	u8 pred_met;
+	u8 steer;			/* predicted miss, model not aside */
 	s32 features[KML_DD_NR_FEATURES];
 };
 
@@ -102,7 +103,9 @@ static inline void kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 
 /*
  * True if @rq should be dispatched now, ahead of stock order: only in
- * active mode, for a request the model predicted to miss its deadline.
+ * active mode, for a request the model predicted to miss its deadline
+ * while it was not standing aside (its recent skill no better than the
+ * baseline's, decided at insert: see kml_dd_core.c).
  */
 static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq)
 {
@@ -111,7 +114,7 @@ static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq)
 	if (READ_ONCE(kq->mode) != KML_DD_ACTIVE || !rq)
 		return false;
 	ctx = kml_dd_ctx(rq);
-	return ctx && ctx->pred_valid && !ctx->pred_met;
+	return ctx && ctx->pred_valid && ctx->steer;
 }
 
 #else /* !CONFIG_KML_IOSCHED */

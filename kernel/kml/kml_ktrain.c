@@ -149,17 +149,29 @@ static u32 kml_kt_fill(struct kml_ktrain *kt)
 	return n;
 }
 
+/*
+ * Recalibrate decision_permille on the window (kml_dd_calib.h).  A refusal
+ * (a class too rare, or no split better than chance) keeps the threshold
+ * in use and is counted; the balanced accuracy and AUC of the window are
+ * shown either way.
+ */
 static void kml_kt_calibrate(struct kml_ktrain *kt)
 {
+	struct kml_dd_cal_result res;
 	u32 permille;
-	s32 thr;
 
-	if (!READ_ONCE(ktrainer_calibrate) ||
-	    !kml_dd_cal_fit(kt->cal.r, kt->cal.n, kt->cal.scratch, &thr))
+	if (!READ_ONCE(ktrainer_calibrate))
 		return;
+	if (!kml_dd_cal_fit(kt->cal.r, kt->cal.n, kt->cal.scratch, &res)) {
+		kml_dd_stat_inc(KML_DD_S_KTRAINER_CAL_REFUSED);
+		if (res.status == KML_DD_CAL_NO_SKILL)
+			kml_dd_note_calibration(res.balanced, res.auc);
+		return;
+	}
+	kml_dd_note_calibration(res.balanced, res.auc);
 	if (kml_fpu_begin())
 		return;
-	permille = kml_dd_lg_q16_to_permille(thr);
+	permille = kml_dd_lg_q16_to_permille(res.thr);
 	kml_fpu_end();
 	kml_dd_set_decision_permille(permille);
 	kml_dd_stat_inc(KML_DD_S_KTRAINER_CALIBRATIONS);

@@ -585,7 +585,7 @@ static void kml_test_ring_mp_block(struct kunit *test)
 #define KML_CAL_N	400
 #define KML_Q16_1	65536
 
-/* Accuracy + balanced accuracy of "meet iff r <= thr", in units of 2^-20. */
+/* The two recalls of "meet iff r <= thr" summed, in units of 2^-20. */
 static u64 kml_cal_score(const struct kml_dd_resid *w, u32 n, s32 thr)
 {
 	u32 n_met = 0, met_below = 0, miss_above = 0, i;
@@ -597,9 +597,8 @@ static u64 kml_cal_score(const struct kml_dd_resid *w, u32 n, s32 thr)
 		if (!w[i].met && w[i].r > thr)
 			miss_above++;
 	}
-	return div_u64((u64)(met_below + miss_above) << 20, n) +
-	       div_u64((u64)met_below << 19, n_met) +
-	       div_u64((u64)miss_above << 19, n - n_met);
+	return div_u64((u64)met_below << 20, n_met) +
+	       div_u64((u64)miss_above << 20, n - n_met);
 }
 
 static struct kml_dd_resid *kml_cal_window(struct kunit *test)
@@ -615,7 +614,8 @@ static struct kml_dd_resid *kml_cal_window(struct kunit *test)
 static void kml_test_cal_separable(struct kunit *test)
 {
 	struct kml_dd_resid *w = kml_cal_window(test);
-	s32 thr = 12345;
+	struct kml_dd_cal_result res;
+	s32 thr;
 	u32 i;
 
 	/* met at -2.0 .. -1.0, missed at 0.5 .. 1.5, interleaved */
@@ -627,15 +627,20 @@ static void kml_test_cal_separable(struct kunit *test)
 	w[1].r = -KML_Q16_1;			/* the largest "met" */
 	w[0].r = KML_Q16_1 / 2;			/* the smallest "missed" */
 	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
-					       &thr));
+					       &res));
+	thr = res.thr;
 	KUNIT_EXPECT_EQ(test, thr, -KML_Q16_1 / 4);
 	KUNIT_EXPECT_EQ(test, kml_cal_score(w, KML_CAL_N, thr), 2ULL << 20);
+	KUNIT_EXPECT_EQ(test, res.balanced, KML_DD_CAL_ONE);
+	KUNIT_EXPECT_EQ(test, res.accuracy, KML_DD_CAL_ONE);
+	KUNIT_EXPECT_EQ(test, res.auc, KML_DD_CAL_ONE);
 }
 
 /* Overlapping classes: no threshold scores better than the one chosen. */
 static void kml_test_cal_best_split(struct kunit *test)
 {
 	struct kml_dd_resid *w = kml_cal_window(test), *copy;
+	struct kml_dd_cal_result res;
 	u32 i, state = 2463534242U;
 	u64 best;
 	s32 thr;
@@ -654,7 +659,8 @@ static void kml_test_cal_best_split(struct kunit *test)
 	KUNIT_ASSERT_NOT_NULL(test, copy);
 	memcpy(copy, w, KML_CAL_N * sizeof(*w));
 	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
-					       &thr));
+					       &res));
+	thr = res.thr;
 	/* it sorted its scratch copy, not the window */
 	KUNIT_EXPECT_EQ(test, memcmp(copy, w, KML_CAL_N * sizeof(*w)), 0);
 	/* every split, through a threshold at or just below each residual */
@@ -664,13 +670,14 @@ static void kml_test_cal_best_split(struct kunit *test)
 		best = max(best, kml_cal_score(w, KML_CAL_N, w[i].r - 1));
 	}
 	KUNIT_EXPECT_EQ(test, kml_cal_score(w, KML_CAL_N, thr), best);
+	KUNIT_EXPECT_EQ(test, res.balanced, best / 2);
 }
 
 /* Too few of a class: no calibration; beyond a factor 8: the bound. */
 static void kml_test_cal_limits(struct kunit *test)
 {
 	struct kml_dd_resid *w = kml_cal_window(test);
-	s32 thr = 777;
+	struct kml_dd_cal_result res = { .thr = 777 };
 	u32 i;
 
 	for (i = 0; i < KML_CAL_N; i++) {
@@ -678,17 +685,64 @@ static void kml_test_cal_limits(struct kunit *test)
 		w[i].r = w[i].met ? -KML_Q16_1 : KML_Q16_1;
 	}
 	KUNIT_EXPECT_FALSE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
-						&thr));
-	KUNIT_EXPECT_EQ(test, thr, 777);
+						&res));
+	KUNIT_EXPECT_EQ(test, res.status, (u32)KML_DD_CAL_FEW_MISSED);
+	KUNIT_EXPECT_EQ(test, res.n_missed, (u32)KML_DD_CAL_MIN_CLASS - 1);
 	/* every met request far below the range, every miss just inside */
 	for (i = 0; i < KML_CAL_N; i++) {
 		w[i].met = i % 2;
 		w[i].r = w[i].met ? -10 * KML_Q16_1 : -KML_DD_CAL_MAX_LG + 1;
 	}
 	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
-					       &thr));
-	KUNIT_EXPECT_EQ(test, thr, -KML_DD_CAL_MAX_LG);
-	KUNIT_EXPECT_EQ(test, kml_cal_score(w, KML_CAL_N, thr), 2ULL << 20);
+					       &res));
+	KUNIT_EXPECT_EQ(test, res.thr, -KML_DD_CAL_MAX_LG);
+	KUNIT_EXPECT_EQ(test, kml_cal_score(w, KML_CAL_N, res.thr),
+			2ULL << 20);
+}
+
+/*
+ * 1% misses, scored by a model with no skill (the same residuals for both
+ * classes) or a backwards one: refused, never a split below chance; with
+ * some skill, a split of balanced accuracy above 0.5.
+ */
+static void kml_test_cal_imbalanced(struct kunit *test)
+{
+	struct kml_dd_resid *w = kml_cal_window(test);
+	struct kml_dd_cal_result res;
+	u32 i, state = 99991;
+
+	for (i = 0; i < KML_CAL_N; i++) {
+		w[i].met = i % 100 != 0;
+		w[i].r = (s32)(i % 7) * KML_Q16_1 / 4 - KML_Q16_1;
+	}
+	/* 4 misses in 400: too few */
+	KUNIT_EXPECT_FALSE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
+						&res));
+	KUNIT_EXPECT_EQ(test, res.status, (u32)KML_DD_CAL_FEW_MISSED);
+	/* enough misses, all ranked below the met ones: no skill */
+	for (i = 0; i < KML_CAL_N; i++) {
+		w[i].met = i >= KML_DD_CAL_MIN_CLASS;
+		w[i].r = w[i].met ? KML_Q16_1 : -KML_Q16_1;
+	}
+	KUNIT_EXPECT_FALSE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
+						&res));
+	KUNIT_EXPECT_EQ(test, res.status, (u32)KML_DD_CAL_NO_SKILL);
+	KUNIT_EXPECT_EQ(test, res.auc, 0U);
+	/* noisy but informative: a split above chance */
+	for (i = 0; i < KML_CAL_N; i++) {
+		state ^= state << 13;
+		state ^= state >> 17;
+		state ^= state << 5;
+		w[i].met = i >= KML_DD_CAL_MIN_CLASS;
+		w[i].r = (s32)((state >> 8) % (2 * KML_Q16_1)) - KML_Q16_1 +
+			 (w[i].met ? 0 : KML_Q16_1 / 2);
+	}
+	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N,
+					       &res));
+	KUNIT_EXPECT_GT(test, res.balanced, KML_DD_CAL_ONE / 2);
+	KUNIT_EXPECT_GT(test, res.auc, KML_DD_CAL_ONE / 2);
+	KUNIT_EXPECT_EQ(test, kml_cal_score(w, KML_CAL_N, res.thr) / 2,
+			(u64)res.balanced);
 }
 
 /*
@@ -700,8 +754,8 @@ static void kml_test_cal_limits(struct kunit *test)
  */
 #define KML_CAL_CONTRACT_N		600
 #define KML_CAL_CONTRACT_SEED		0x6b6d6c31U
-#define KML_CAL_CONTRACT_THR		65024
-#define KML_CAL_CONTRACT_PERMILLE	1989
+#define KML_CAL_CONTRACT_THR		-65280
+#define KML_CAL_CONTRACT_PERMILLE	501
 
 static void kml_cal_contract_sample(struct kml_dd_resid *w)
 {
@@ -722,15 +776,17 @@ static void kml_cal_contract_sample(struct kml_dd_resid *w)
 
 static void kml_test_cal_contract(struct kunit *test)
 {
+	struct kml_dd_cal_result res;
 	struct kml_dd_resid *w;
 	u32 permille;
-	s32 thr = 0;
+	s32 thr;
 
 	w = kunit_kcalloc(test, 2 * KML_CAL_CONTRACT_N, sizeof(*w), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, w);
 	kml_cal_contract_sample(w);
 	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_CONTRACT_N,
-					       w + KML_CAL_CONTRACT_N, &thr));
+					       w + KML_CAL_CONTRACT_N, &res));
+	thr = res.thr;
 	KUNIT_EXPECT_EQ(test, thr, KML_CAL_CONTRACT_THR);
 	KUNIT_ASSERT_EQ(test, kml_fpu_begin(), 0);
 	permille = kml_dd_lg_q16_to_permille(thr);
@@ -895,6 +951,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_cal_separable),
 	KUNIT_CASE(kml_test_cal_best_split),
 	KUNIT_CASE(kml_test_cal_limits),
+	KUNIT_CASE(kml_test_cal_imbalanced),
 	KUNIT_CASE(kml_test_cal_contract),
 	KUNIT_CASE(kml_test_dd_target_contract),
 	KUNIT_CASE(kml_test_dd_decide_contract),

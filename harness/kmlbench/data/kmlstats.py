@@ -2,7 +2,10 @@
 
 The kernel exposes one text file, ``/sys/kernel/debug/kml/iosched``
 (``docs/kml-iosched.md``): ``key value`` counter lines, then the
-inference-time histogram as ``inference_ns_hist <lo> <hi> <count>`` lines.
+inference-time histogram as ``inference_ns_hist <lo> <hi> <count>`` lines
+and the histogram of the predictions' absolute errors (us) as
+``issue_abs_err_us_hist`` lines, from which the median error is read: a few
+absurd predictions make the mean mean little.
 The runner copies it into the cell folder (``kml_stats.txt``); this module
 is the only place that interprets it, so the cell's ``metrics``, its
 ``kml_stats`` record (what the model figures draw) and ``kmlbench train``'s
@@ -18,6 +21,7 @@ alike in a figure.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -25,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HIST_KEY = "inference_ns_hist"
+ERR_HIST_KEY = "issue_abs_err_us_hist"
+HIST_KEYS = (HIST_KEY, ERR_HIST_KEY)
 CONFUSION_KEYS = ("met_pred_met", "met_pred_miss", "miss_pred_met", "miss_pred_miss")
 LABELS = ("met", "miss")  # confusion-matrix rows (actual) and columns (predicted)
 # The order of the metrics a cell records (summary.json, the database).
@@ -36,6 +42,15 @@ METRIC_NAMES = (
     "miss_recall",
     "mcc",
     "issue_time_mae_us",
+    "issue_time_median_err_us",
+    "issue_time_p90_err_us",
+    "pred_clamped",
+    "below_baseline",
+    "skill_windows",
+    "skill_windows_unskilled",
+    "step_asides",
+    "steer_suppressed",
+    "stepped_aside",
     "inference_ns_p50",
     "inference_ns_p99",
     "ring_dropped",
@@ -61,12 +76,14 @@ class KmlStats:
     """The parsed statistics file: counters by name, histogram buckets ascending.
 
     ``settings`` holds the lines whose value is a word, not a number (the
-    kernel prints ``ring_mode block``, ``sample_filter all``).
+    kernel prints ``ring_mode block``, ``sample_filter all``). ``histogram``
+    is the inference-time one, ``histograms`` every one by key (``HIST_KEYS``).
     """
 
     counters: dict[str, int] = field(default_factory=dict)
     histogram: list[Bucket] = field(default_factory=list)
     settings: dict[str, str] = field(default_factory=dict)
+    histograms: dict[str, list[Bucket]] = field(default_factory=dict)
 
     def get(self, key: str) -> int:
         """A counter, 0 when the kernel did not print it (an older kernel)."""
@@ -88,13 +105,13 @@ def parse_stats(text: str, *, source: str = "kml statistics") -> KmlStats:
             continue
         words = line.split()
         try:
-            if words[0] == HIST_KEY:
+            if words[0] in HIST_KEYS:
                 if len(words) != 4:
-                    raise ValueError(f"expected '{HIST_KEY} lo hi count'")
+                    raise ValueError(f"expected '{words[0]} lo hi count'")
                 lo, hi, count = (int(w) for w in words[1:])
                 if not 0 <= lo < hi or count < 0:
                     raise ValueError("bucket needs 0 <= lo < hi and count >= 0")
-                stats.histogram.append(Bucket(lo, hi, count))
+                stats.histograms.setdefault(words[0], []).append(Bucket(lo, hi, count))
             else:
                 if len(words) != 2:
                     raise ValueError("expected 'key value'")
@@ -109,10 +126,12 @@ def parse_stats(text: str, *, source: str = "kml statistics") -> KmlStats:
                     raise ValueError(f"{key}: {value!r} is neither an integer nor a word")
         except ValueError as exc:
             raise KmlStatsError(f"{source}: line {n}: {exc}: {raw!r}") from exc
-    stats.histogram.sort(key=lambda b: b.lo)
-    for a, b in zip(stats.histogram, stats.histogram[1:], strict=False):
-        if b.lo < a.hi:
-            raise KmlStatsError(f"{source}: histogram buckets overlap: {a} and {b}")
+    for key, buckets in stats.histograms.items():
+        buckets.sort(key=lambda b: b.lo)
+        for a, b in itertools.pairwise(buckets):
+            if b.lo < a.hi:
+                raise KmlStatsError(f"{source}: {key} buckets overlap: {a} and {b}")
+    stats.histogram = stats.histograms.get(HIST_KEY, [])
     return stats
 
 
@@ -182,6 +201,30 @@ def confusion_metrics(
     }
 
 
+def baseline_flags(m: Mapping[str, Any]) -> list[str]:
+    """Why a model's figures ``m`` (``confusion_metrics``) are no better than the
+    baseline of always answering "meet": ``"below-baseline"`` when its accuracy is
+    below the majority-class baseline, ``"no-skill"`` when its balanced accuracy is
+    at most 0.5 (chance). Empty when neither holds or the figures are missing."""
+
+    def num(key: str) -> float | None:
+        v = m.get(key)
+        return float(v) if isinstance(v, int | float) and _num(v) else None
+
+    flags = []
+    acc, base, bal = num("accuracy"), num("baseline_accuracy"), num("balanced_accuracy")
+    if acc is not None and base is not None and acc < base:
+        flags.append("below-baseline")
+    if bal is not None and bal <= 0.5:
+        flags.append("no-skill")
+    return flags
+
+
+def below_baseline(m: Mapping[str, Any]) -> bool:
+    """Whether :func:`baseline_flags` has anything to say about ``m``."""
+    return bool(baseline_flags(m))
+
+
 def hist_percentile(buckets: Iterable[Bucket], pct: float) -> float | None:
     """The ``pct`` percentile, linearly interpolated inside its bucket.
 
@@ -205,13 +248,36 @@ def hist_percentile(buckets: Iterable[Bucket], pct: float) -> float | None:
 
 
 def metrics(stats: KmlStats) -> dict[str, float | int | None]:
-    """The per-cell metrics (``METRIC_NAMES``) from the statistics."""
+    """The per-cell metrics (``METRIC_NAMES``) from the statistics.
+
+    Beside the confusion matrix's: the mean absolute error of the predicted
+    issue time and, robust to a few absurd predictions, its median and p90
+    (from the error histogram; None from a kernel without one);
+    ``pred_clamped`` predictions recorded at the clamp (8 x their
+    deadline); ``below_baseline`` 1 when :func:`baseline_flags` flags the
+    model (accuracy below the majority baseline, or balanced accuracy at
+    most 0.5), 0 when not, None without predictions; and the step-aside
+    rule's counters (``skill_windows`` judged, ``skill_windows_unskilled``
+    of them no better than the baseline, ``step_asides`` times the model
+    stopped steering, ``steer_suppressed`` predicted misses active mode did
+    not act on, ``stepped_aside`` the state at the end; None from a kernel
+    without the rule).
+    """
     c = stats
     out = confusion_metrics(*(c.get(k) for k in CONFUSION_KEYS))
     predictions = c.get("predictions")
     result: dict[str, float | int | None] = {name: out.get(name) for name in METRIC_NAMES}
     result["predictions"] = predictions
     result["issue_time_mae_us"] = _ratio(c.get("issue_abs_err_us_sum"), predictions)
+    err = c.histograms.get(ERR_HIST_KEY, [])
+    result["issue_time_median_err_us"] = hist_percentile(err, 50)
+    result["issue_time_p90_err_us"] = hist_percentile(err, 90)
+    result["below_baseline"] = int(below_baseline(out)) if predictions else None
+    for key in (
+        "pred_clamped", "skill_windows", "skill_windows_unskilled", "step_asides",
+        "steer_suppressed", "stepped_aside",
+    ):  # fmt: skip
+        result[key] = c.counters.get(key)
     result["inference_ns_p50"] = hist_percentile(c.histogram, 50)
     result["inference_ns_p99"] = hist_percentile(c.histogram, 99)
     result["ring_dropped"] = c.get("ring_dropped")
@@ -318,4 +384,8 @@ def kml_stats_record(
     record["counters"] = dict(stats.counters)
     record["settings"] = dict(stats.settings)
     record["histogram"] = [[b.lo, b.hi, b.count] for b in stats.histogram]
+    err = stats.histograms.get(ERR_HIST_KEY)
+    if err:
+        record["issue_abs_err_us_histogram"] = [[b.lo, b.hi, b.count] for b in err]
+    record["baseline_flags"] = baseline_flags(m) if m["predictions"] else []
     return record

@@ -174,6 +174,7 @@ METRICS: dict[str, MetricDef] = {
         ),
         MetricDef("uinsn", "user instructions per I/O", "insn", False, scalar="user_insn_per_io"),
         MetricDef("accuracy", "accuracy", "", True, scalar="kml.accuracy"),
+        MetricDef("baseline_accuracy", "baseline", "", True, scalar="kml.baseline_accuracy"),
         MetricDef(
             "balanced_accuracy", "balanced accuracy", "", True, scalar="kml.balanced_accuracy"
         ),
@@ -181,7 +182,7 @@ METRICS: dict[str, MetricDef] = {
 }
 LATENCY_METRICS = ("mean", "p50", "p99", "p999")
 DEFAULT_METRICS = ("mean", "p50", "p99", "p999", "iops")
-ACCURACY_METRICS = ("accuracy", "balanced_accuracy")
+ACCURACY_METRICS = ("accuracy", "baseline_accuracy", "balanced_accuracy")
 ALIASES = {
     "p99.9": "p999",
     "p99_9": "p999",

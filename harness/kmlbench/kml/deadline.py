@@ -5,7 +5,9 @@ computes them (``kernel/kml/kml_dd_calib.h``).
 C code, so the same samples give the same targets, residuals and threshold:
 :func:`dd_targets` (lg issue us), :func:`dd_residuals` (prediction minus lg
 deadline us, with the met label), :func:`dd_cal_fit` (the meet/miss
-threshold) and :func:`dd_permille` (that threshold as ``decision_permille``).
+threshold, chosen for balanced accuracy), :func:`dd_calibrate` (the same
+with why it refused, and the balanced accuracy and AUC it saw) and
+:func:`dd_permille` (that threshold as ``decision_permille``).
 
 The inverse is KML's too, the very code of the kernel's hot path:
 :func:`dd_meets` turns predictions back into issue times (ns) and makes the
@@ -16,19 +18,23 @@ meet/miss call at a permille (``kml_dd_decide``: ``kml_dd_lg_us_to_ns`` and
 from __future__ import annotations
 
 import ctypes as C
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from kmlbench.kml.ffi import f32, lib, ptr
+from kmlbench.kml.ffi import CalResult, f32, lib, ptr
 
 __all__ = [
+    "CAL_STATUS",
     "DD_CAL_MAX_LG",
     "DD_CAL_MIN_CLASS",
     "DD_RESID",
     "DD_SAMPLE_BYTES",
+    "Calibration",
     "dd_cal_fit",
+    "dd_calibrate",
     "dd_lg_us",
     "dd_meets",
     "dd_meets_q16",
@@ -41,6 +47,30 @@ DD_SAMPLE_BYTES = 128  # struct kml_dd_sample (kml_iosched_uapi.h)
 DD_RESID = np.dtype([("r", "<i4"), ("met", "<u4")])  # struct kml_dd_resid
 DD_CAL_MIN_CLASS = 32  # KML_DD_CAL_MIN_CLASS
 DD_CAL_MAX_LG = 3 << 16  # KML_DD_CAL_MAX_LG: thresholds stay within a factor 8 either way
+DD_CAL_ONE = float(1 << 20)  # KML_DD_CAL_ONE: 1.0 in a result's figures
+# enum kml_dd_cal_status, by value: what kmlctl prints too
+CAL_STATUS = ("ok", "few-met", "few-missed", "no-skill")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What ``kml_dd_cal_fit`` found on a set of residuals.
+
+    ``thr`` is the threshold (Q16.16) when ``status`` is ``"ok"``, else None
+    (the caller keeps its threshold): ``"few-met"`` / ``"few-missed"`` when a
+    class has fewer than ``DD_CAL_MIN_CLASS``, ``"no-skill"`` when no split
+    has a balanced accuracy above 0.5. ``balanced`` and ``accuracy`` are of
+    the best split (0 for a rare class), ``auc`` that of the residuals as a
+    score for "missed" (threshold-free; 0 without both classes).
+    """
+
+    thr: int | None
+    status: str
+    n_met: int
+    n_missed: int
+    balanced: float
+    accuracy: float
+    auc: float
 
 
 def _dd_samples(rows: npt.ArrayLike) -> npt.NDArray[Any]:
@@ -78,15 +108,30 @@ def dd_residuals(y_hat: npt.ArrayLike, rows: npt.ArrayLike) -> npt.NDArray[Any]:
     return out
 
 
-def dd_cal_fit(resid: npt.ArrayLike) -> int | None:
-    """The meet/miss threshold (Q16.16 lg units) on residuals (``DD_RESID``), or
-    None while met or missed has fewer than ``DD_CAL_MIN_CLASS`` (``kml_dd_cal_fit``)."""
+def dd_calibrate(resid: npt.ArrayLike) -> Calibration:
+    """KML's calibration (``kml_dd_cal_fit``) on residuals (``DD_RESID``): the
+    threshold of best balanced accuracy, or why there is none, and the figures."""
     res = np.ascontiguousarray(resid, DD_RESID)
     scratch = np.empty_like(res)
-    thr = C.c_int32()
-    if not lib().kml_dd_cal_fit(ptr(res), len(res), ptr(scratch), C.byref(thr)):
-        return None
-    return int(thr.value)
+    out = CalResult()
+    ok = bool(lib().kml_dd_cal_fit(ptr(res), len(res), ptr(scratch), C.byref(out)))
+    status = CAL_STATUS[out.status] if out.status < len(CAL_STATUS) else str(out.status)
+    return Calibration(
+        thr=int(out.thr) if ok else None,
+        status=status,
+        n_met=int(out.n_met),
+        n_missed=int(out.n_missed),
+        balanced=out.balanced / DD_CAL_ONE,
+        accuracy=out.accuracy / DD_CAL_ONE,
+        auc=out.auc / DD_CAL_ONE,
+    )
+
+
+def dd_cal_fit(resid: npt.ArrayLike) -> int | None:
+    """The meet/miss threshold (Q16.16 lg units) on residuals (``DD_RESID``), or
+    None when :func:`dd_calibrate` refuses (a class rarer than ``DD_CAL_MIN_CLASS``,
+    or no split better than chance)."""
+    return dd_calibrate(resid).thr
 
 
 def dd_permille(thr: int) -> int:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from kmlbench.kml.build import build_libkml
 
-__all__ = ["FeatIn", "FeatState", "KmlError", "from_q16", "lib", "to_q16"]
+__all__ = ["CalResult", "FeatIn", "FeatState", "KmlError", "from_q16", "lib", "to_q16"]
 
 # enum kml_dtype, enum kml_act and KML_MAX_LAYERS (kernel/kml/kml.h)
 KML_F32, KML_Q16 = 0, 1
@@ -96,6 +96,21 @@ class FeatIn(C.Structure):
     ]
 
 
+class CalResult(C.Structure):
+    """``struct kml_dd_cal_result``: what the calibration found (``kml_dd_calib.h``)."""
+
+    _fields_ = [
+        ("thr", C.c_int32),
+        ("status", C.c_uint32),
+        ("n_met", C.c_uint32),
+        ("n_missed", C.c_uint32),
+        ("balanced", C.c_uint32),
+        ("accuracy", C.c_uint32),
+        ("auc", C.c_uint32),
+        ("reserved", C.c_uint32),
+    ]
+
+
 _P = C.c_void_p
 _U32 = C.c_uint32
 U64 = C.c_uint64
@@ -145,7 +160,7 @@ _SIGS: dict[str, tuple[Any, list[Any]]] = {
     "kml_dd_lg_us": (C.c_float, [U64]),
     "kml_dd_targets": (None, [_P, _U32, _P]),
     "kml_dd_residuals": (None, [_P, _P, _U32, _P]),
-    "kml_dd_cal_fit": (C.c_bool, [_P, _U32, _P, C.POINTER(C.c_int32)]),
+    "kml_dd_cal_fit": (C.c_bool, [_P, _U32, _P, C.POINTER(CalResult)]),
     "kml_dd_lg_q16_to_permille": (_U32, [C.c_int32]),
     "kml_dd_decide": (None, [_P, _P, _U32, _U32, _P, _P]),
     "kml_dd_decide_q16": (None, [_P, _P, _U32, _U32, _P, _P]),

@@ -15,9 +15,10 @@ means the same thing there:
   deadline_ns / 1000 * decision_permille / 1000`` (KML's ``kml_dd_meets``
   on ``kml_dd_lg_us_to_ns``, in integer ns, through
   :func:`kmlbench.kml.deadline.dd_meets`); the permille is
-  calibrated on the training samples for the mean of accuracy and
-  balanced accuracy, and printed (and written to ``MODEL.train.json``)
-  for the matrix's ``decision_permille``.
+  calibrated on the training samples for balanced accuracy (which class
+  imbalance cannot game), and printed (and written to
+  ``MODEL.train.json``) for the matrix's ``decision_permille``; the AUC
+  of the predictions (threshold-free) is reported beside it.
 
 The target and the calibration are KML's (``kernel/kml/kml_dd_calib.h``,
 through :mod:`kmlbench.kml.deadline`): the code the kernel trainer and ``kmlctl
@@ -46,7 +47,8 @@ from kmlbench.data.trace import NR_FEATURES, Q16, TraceError, load_trace
 from kmlbench.kml.deadline import (
     DD_CAL_MAX_LG,
     DD_CAL_MIN_CLASS,
-    dd_cal_fit,
+    Calibration,
+    dd_calibrate,
     dd_meets,
     dd_permille,
     dd_residuals,
@@ -92,26 +94,37 @@ def predicted_met(y: np.ndarray, deadline_ns: np.ndarray, permille: int = 1000) 
     return dd_meets(y, deadline_ns, permille)[1]
 
 
-def calibrate_permille(y_pred: np.ndarray, rows: np.ndarray) -> int:
-    """The ``decision_permille`` that best calls meet/miss on ``rows``.
+def calibrate(y_pred: np.ndarray, rows: np.ndarray) -> Calibration:
+    """KML's calibration of the meet/miss call on ``rows`` (``kml_dd_cal_fit``).
 
     The issue-time model is fitted for its error, not for the meet/miss
     call; the call gets its own threshold on the residuals r = y_pred -
-    lg(deadline us), chosen to maximise the mean of accuracy and balanced
-    accuracy (the two figures reported: one rewards the majority class, one
-    the minority; balanced accuracy alone gives up much accuracy on a rare
-    "miss" class for little), within a factor 8 of the deadline, ties to
-    the threshold closest to it. This is KML's ``kml_dd_cal_fit``, which
-    the kernel trainer and ``kmlctl train`` run on their last 2048
-    residuals; here it sees every row. 1000 (the deadline) while met or
-    missed has fewer than 32 rows.
+    lg(deadline us), chosen to maximise balanced accuracy (the mean recall
+    of met and missed: always answering "meet" scores 0.5 however rare
+    misses are, so a skill-less model cannot look good), within a factor 8
+    of the deadline, ties to the threshold closest to it. The kernel
+    trainer and ``kmlctl train`` run it on their last 2048 residuals; here
+    it sees every row. It refuses (``thr`` None, ``status`` why) while met
+    or missed has fewer than 32 rows or when no split beats 0.5.
     """
-    thr = dd_cal_fit(dd_residuals(y_pred, rows))
+    return dd_calibrate(dd_residuals(y_pred, rows))
+
+
+def calibrate_permille(y_pred: np.ndarray, rows: np.ndarray) -> int:
+    """The ``decision_permille`` of :func:`calibrate`; 1000 (the deadline) when it refuses."""
+    thr = calibrate(y_pred, rows).thr
     return 1000 if thr is None else dd_permille(thr)
 
 
+def auc(y_pred: np.ndarray, rows: np.ndarray) -> float | None:
+    """AUC of the predictions as a score for "missed" (threshold-free ranking
+    quality, ties half), as KML computes it; None unless both classes occur."""
+    cal = calibrate(y_pred, rows)
+    return cal.auc if cal.n_met and cal.n_missed else None
+
+
 def evaluate(y_pred: np.ndarray, rows: np.ndarray, permille: int = 1000) -> dict[str, Any]:
-    """Holdout metrics with the definitions of the kernel's statistics."""
+    """Holdout metrics with the definitions of the kernel's statistics, and the AUC."""
     actual_met = rows["met"].astype(bool)
     pred_met = predicted_met(y_pred, rows["deadline_ns"], permille)
     cm = kmlstats.confusion_metrics(
@@ -122,6 +135,8 @@ def evaluate(y_pred: np.ndarray, rows: np.ndarray, permille: int = 1000) -> dict
     )
     err = np.abs(predicted_issue_us(y_pred) - rows["issue_ns"].astype(np.float64) / 1000.0)
     cm["issue_time_mae_us"] = float(err.mean()) if len(err) else None
+    cm["issue_time_median_err_us"] = float(np.median(err)) if len(err) else None
+    cm["auc"] = auc(y_pred, rows)
     return cm
 
 
@@ -199,6 +214,7 @@ class TrainResult:
     decision_permille: int
     model_bytes: int
     warnings: list[str]
+    calibration: str = "ok"  # Calibration.status on the training set
     test: dict[str, dict[str, Any]] | None = None  # on --test traces: calibrated, deadline
     n_test: int = 0
 
@@ -210,6 +226,7 @@ class TrainResult:
             "n_features": self.n_features,
             "losses": self.losses,
             "decision_permille": self.decision_permille,
+            "calibration": self.calibration,
             "holdout": self.holdout,
             "holdout_at_deadline": self.holdout_at_deadline,
             "n_test": self.n_test,
@@ -289,7 +306,13 @@ def train_model(
         loss="mse",
         seed=seed,
     )
-    permille = calibrate_permille(model.predict(inputs(train_rows, n_features)), train_rows)
+    cal = calibrate(model.predict(inputs(train_rows, n_features)), train_rows)
+    permille = 1000 if cal.thr is None else dd_permille(cal.thr)
+    if cal.thr is None:
+        warnings.append(
+            f"calibration refused ({cal.status}: {cal.n_met} met, {cal.n_missed} missed, "
+            f"best balanced accuracy {cal.balanced:.3f}): decision_permille stays 1000"
+        )
     if permille in (dd_permille(-DD_CAL_MAX_LG), dd_permille(DD_CAL_MAX_LG)):
         warnings.append(
             f"decision_permille {permille} is at the calibration's bound (a factor 8 from the "
@@ -309,6 +332,7 @@ def train_model(
         permille,
         len(data),
         warnings,
+        cal.status,
     )
     if test_rows:
         all_test = np.concatenate(test_rows)
@@ -326,12 +350,17 @@ def _fmt(v: Any, pct: bool = True) -> str:
 
 def figures_line(what: str, n: int, label: str, h: dict[str, Any]) -> str:
     """One line of a model's figures: accuracy beside the majority-class baseline,
-    balanced accuracy and MCC (never accuracy alone), MAE, miss precision/recall."""
+    balanced accuracy, AUC and MCC (never accuracy alone), a flag when accuracy
+    is below the baseline, MAE and median error, miss precision/recall."""
+    below = kmlstats.below_baseline(h)
     return (
         f"{what} ({n} samples) at {label}: "
-        f"accuracy {_fmt(h['accuracy'])} (majority baseline {_fmt(h['baseline_accuracy'])}), "
-        f"balanced accuracy {_fmt(h['balanced_accuracy'])}, MCC {_fmt(h['mcc'])}, "
-        f"MAE {_fmt(h['issue_time_mae_us'], pct=False)} us, "
+        f"accuracy {_fmt(h['accuracy'])} (majority baseline {_fmt(h['baseline_accuracy'])}"
+        f"{', BELOW BASELINE' if below else ''}), "
+        f"balanced accuracy {_fmt(h['balanced_accuracy'])}, AUC {_fmt(h.get('auc'))}, "
+        f"MCC {_fmt(h['mcc'])}, "
+        f"MAE {_fmt(h['issue_time_mae_us'], pct=False)} us "
+        f"(median {_fmt(h.get('issue_time_median_err_us'), pct=False)}), "
         f"miss precision {_fmt(h['miss_precision'])}, recall {_fmt(h['miss_recall'])}"
     )
 

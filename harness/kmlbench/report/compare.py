@@ -16,8 +16,10 @@ trainer, ring and files are left out of the match too (narrow a side with
 more filter keys, ``--b model.mode=active,model.trainer=user``). A is the
 baseline: change = B / A - 1.
 
-Options: ``--metrics mean p50 p99 p999 iops`` (default; ``accuracy`` and
-``balanced_accuracy`` are added when cells carry ``kml_stats``),
+Options: ``--metrics mean p50 p99 p999 iops`` (default; ``accuracy``,
+``baseline_accuracy`` (the majority-class baseline) and ``balanced_accuracy``
+are added when cells carry ``kml_stats``, and a side whose model is below
+its baseline or at chance is flagged in the note),
 ``--ignore KEY`` (a parameter not to match on; ``KEY.`` ignores a whole
 prefix), ``--html FILE``,
 ``--json FILE``, ``--alpha``, ``--boot``, and ``--fail-on`` for CI.
@@ -35,6 +37,7 @@ a usage error or nothing to compare.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import html
 import json
 import math
@@ -51,7 +54,7 @@ from rich.table import Table
 
 from kmlbench.clock import clock_label, clock_meaning
 from kmlbench.data import db as kdb
-from kmlbench.data import stats
+from kmlbench.data import kmlstats, stats
 from kmlbench.report.tables import CSS, comparisons_table
 
 EXIT_OK = 0
@@ -156,6 +159,31 @@ def _row_labels(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], str]:
     return out
 
 
+def _side_flags(by_name: dict[str, stats.Comparison], side: str) -> list[str]:
+    """kmlstats.baseline_flags of one side's mean figures (``side`` "a" or "b")."""
+    figures: dict[str, Any] = {
+        name: getattr(by_name[name], side)
+        for name in ("accuracy", "baseline_accuracy", "balanced_accuracy")
+        if name in by_name
+    }
+    return kmlstats.baseline_flags(figures)
+
+
+def flag_baseline(comps: list[stats.Comparison]) -> list[stats.Comparison]:
+    """The comparisons, the accuracy ones noting a side whose model is below
+    the majority baseline or at chance (kmlstats.baseline_flags)."""
+    by_name = {c.metric: c for c in comps}
+    notes = [f"{side.upper()} {flag}" for side in ("a", "b") for flag in _side_flags(by_name, side)]
+    if not notes:
+        return comps
+    out = []
+    for c in comps:
+        if c.metric in stats.ACCURACY_METRICS:
+            c = dataclasses.replace(c, note="; ".join(filter(None, [c.note, *notes])))
+        out.append(c)
+    return out
+
+
 def compare_cells(
     a_cells: Sequence[kdb.CellRow],
     b_cells: Sequence[kdb.CellRow],
@@ -180,7 +208,7 @@ def compare_cells(
     for key in sorted(keys, key=lambda k: labels[k]):
         sa = [stats.Sample.from_cell(c) for c in groups_a[key]]
         sb = [stats.Sample.from_cell(c) for c in groups_b[key]]
-        comps = stats.compare_groups(sa, sb, metrics, alpha=alpha, n_boot=n_boot)
+        comps = flag_baseline(stats.compare_groups(sa, sb, metrics, alpha=alpha, n_boot=n_boot))
         row = Row(labels[key], key, groups_a[key], groups_b[key], comps)
         rows.append(row)
         for comp in comps:
@@ -214,6 +242,7 @@ def print_table(result: Result, title: str, file: TextIO | None = None) -> None:
         ("95% CI", "right"),
         ("p", "right"),
         ("verdict", "left"),
+        ("note", "left"),
     ):
         table.add_column(col, justify="right" if just == "right" else "left")
     for row in result.rows:
@@ -232,6 +261,7 @@ def print_table(result: Result, title: str, file: TextIO | None = None) -> None:
                 ci,
                 f"{c.p_value:.3g}",
                 f"[{style}]{verdict}[/]" if style else verdict,
+                f"[bold red]{c.note}[/]" if "baseline" in c.note or "skill" in c.note else c.note,
             )
     console.print(table)
     if result.only_a:

@@ -28,7 +28,7 @@ from typing import Any
 
 from kmlbench.clock import clock_label, clock_meaning
 from kmlbench.data import db as kdb
-from kmlbench.data import stats
+from kmlbench.data import kmlstats, stats
 from kmlbench.report import figures as kfig
 from kmlbench.report import fioplot as kfp
 from kmlbench.report.sample import host_params, make_host_run
@@ -76,6 +76,15 @@ def _run_facts(run: kdb.RunRow, data: Any) -> list[tuple[str, Any]]:
     return facts
 
 
+# The model's figures in the cell table: accuracy never alone.
+MODEL_COLUMNS = [
+    ("accuracy", "accuracy"),
+    ("baseline_accuracy", "majority baseline"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("step_asides", "step-asides"),
+]
+
+
 def _cell_table(data: Any) -> str:
     varying = sorted(set(data.panel_keys) | set(data.series_keys))
     if not varying:
@@ -88,18 +97,29 @@ def _cell_table(data: Any) -> str:
         ("clat_p99_us", "p99 µs"),
         ("clat_p999_us", "p99.9 µs"),
     ]
-    head = "".join(
-        f"<th>{esc(h)}</th>"
-        for h in ["cell", "status", "repeat", *varying, *(h for _, h in metrics)]
-    )
+    model = any(c.metrics.get("accuracy") is not None for c in data.cells)
+    if model:  # every accuracy beside its baseline and balanced accuracy
+        metrics += MODEL_COLUMNS
+    heads = ["cell", "status", "repeat", *varying, *(h for _, h in metrics)]
+    head = "".join(f"<th>{esc(h)}</th>" for h in heads + (["model flag"] if model else []))
     rows = []
     for c in sorted(data.cells, key=lambda c: (c.config_hash, c.repeat or 0, c.cell_id)):
         cls = "" if c.status == OK else " class=bad"
         cols = [f"<td>{esc(c.cell_id)}</td><td>{esc(c.status)}</td><td>{esc(c.repeat)}</td>"]
         cols += [f"<td>{esc(c.flat_params.get(k))}</td>" for k in varying]
         cols += [f"<td class=num>{fmt_value(c.metrics.get(k))}</td>" for k, _ in metrics]
+        if model:
+            flags = kmlstats.baseline_flags(c.metrics)
+            cols.append(f"<td class=worse>{esc(', '.join(flags))}</td>")
         rows.append(f"<tr{cls}>{''.join(cols)}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    note = (
+        "<p class=note>Model flag: <b>below-baseline</b> when the model's accuracy is below "
+        "the majority-class baseline (always answering the commoner outcome), <b>no-skill</b> "
+        "when its balanced accuracy is at most 0.5 (chance).</p>"
+        if model
+        else ""
+    )
+    return f"{note}<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def _within_run_statistics(data: Any, n_boot: int = 1000) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from kmlbench.data import db as kdb
-from kmlbench.data import stats
+from kmlbench.data import kmlstats, stats
 from kmlbench.report.figures.bars import bar_positions, ci_err
 from kmlbench.report.figures.grouping import Panel, RunData, model_state
 from kmlbench.report.figures.registry import Drawn, figure
@@ -60,7 +60,8 @@ def kml_panels(
     "accuracy",
     "Model accuracy",
     "Per workload: accuracy and balanced accuracy of the model against the majority-class "
-    "baseline (observe cells when there are any: active mode changes what it predicts); "
+    "baseline and chance (0.5 balanced), a workload whose model is below either flagged "
+    "(observe cells when there are any: active mode changes what it predicts); "
     "Wilson 95% intervals for one repeat, Student-t over repeats otherwise.",
 )
 def accuracy(data: RunData) -> list[Drawn]:
@@ -105,6 +106,18 @@ def accuracy(data: RunData) -> list[Drawn]:
         )
     base = [r.get("majority_baseline", (math.nan, None))[0] for r in rows]
     ax.scatter(x, base, marker="_", s=300, color="black", zorder=3, label="majority baseline")
+    ax.axhline(0.5, color="#888888", linewidth=0.6, linestyle=":", zorder=1)
+    flagged = 0
+    for xi, r in zip(x, rows, strict=True):
+        figures = {
+            "accuracy": r["accuracy"][0],
+            "baseline_accuracy": r.get("majority_baseline", (None, None))[0],
+            "balanced_accuracy": r.get("balanced_accuracy", (None, None))[0],
+        }
+        if kmlstats.below_baseline(figures):
+            flagged += 1
+            ax.text(xi, 0.04, "below\nbaseline", ha="center", va="bottom", fontsize=5,
+                    color="#c62828", fontweight="bold")  # fmt: skip
     ax.set_xticks(x, [wrap(r["label"], 12) for r in rows], fontsize=6)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction")
@@ -113,8 +126,14 @@ def accuracy(data: RunData) -> list[Drawn]:
         Drawn(
             "accuracy",
             fig,
-            "Model accuracy and balanced accuracy per workload; the "
-            "black mark is the majority-class baseline.",
+            "Model accuracy and balanced accuracy per workload; the black mark is the "
+            "majority-class baseline, the dotted line chance (0.5) for balanced accuracy"
+            + (
+                f"; {flagged} workload(s) flagged 'below baseline' (accuracy under the "
+                "majority baseline or balanced accuracy at most 0.5)."
+                if flagged
+                else "."
+            ),
         )
     ]
 
@@ -217,10 +236,14 @@ def learning_curve(data: RunData) -> list[Drawn]:
                     label = series.label if len(groups) > 1 else f"repeat {r}"
                     acc_ax.plot(cv["step"], cv["accuracy"], **style,
                                 label=label if r == 0 or len(groups) == 1 else None)  # fmt: skip
+                if cv.get("balanced_accuracy"):  # beside accuracy, thinner
+                    thin = {**style, "linewidth": 0.6, "marker": ".", "markersize": 2}
+                    acc_ax.plot(cv["step"], cv["balanced_accuracy"], **thin)
         loss_ax.set_xlabel(steps)
         loss_ax.set_ylabel("loss" if left == "loss" else "issue-time MAE (µs)")
         acc_ax.set_xlabel(steps)
-        acc_ax.set_ylabel("accuracy")
+        acc_ax.set_ylabel("accuracy (dots: balanced)")
+        acc_ax.axhline(0.5, color="#888888", linewidth=0.6, linestyle=":")
         acc_ax.set_ylim(0, 1)
         entries = len(groups) if len(groups) > 1 else len(every)
         series_legend(fig, acc_ax, entries, fontsize=6)
@@ -230,7 +253,8 @@ def learning_curve(data: RunData) -> list[Drawn]:
                 f"learning_curve-{slug(p.label)}",
                 fig,
                 f"{p.label}: training "
-                f"{'loss' if left == 'loss' else 'issue-time error'} (left) and accuracy (right) "
+                f"{'loss' if left == 'loss' else 'issue-time error'} (left) and accuracy (right; "
+                "dotted: balanced accuracy, the grey line chance) "
                 "of each window before training on it; one colour per configuration, one line "
                 "style per repeat.",
             )

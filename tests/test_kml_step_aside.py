@@ -1,0 +1,169 @@
+"""The step-aside rule in a real guest (issue 12): a model no better than the
+baseline stops steering in active mode, by itself, within its window.
+
+One guest: a slow null_blk under mq-deadline with deadlines of a few
+milliseconds (so that some requests miss and some meet), ``kml_mode=active``
+and a deliberately bad model -- linear, every weight 0, bias 30: it predicts
+an issue time of 2^30 us for every request, "miss" always. Its balanced
+accuracy is exactly 0.5 (it catches every miss and no met request), the
+baseline's. The kernel must judge it on a window of completed predictions,
+stand aside (``stepped_aside 1``, ``step_asides``), stop marking requests
+urgent (``urgent_dispatches`` stops growing, ``steer_suppressed`` grows),
+keep predicting and measuring in both modes, record its absurd predictions
+clamped (``pred_clamped``), and resume when a window beats the bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmlbench.build.image import make_guest_initrd
+from kmlbench.build.kernel import KernelBuild
+from kmlbench.cell import device
+from kmlbench.data import kmlstats
+from kmlbench.guest.command import GuestConfig
+from kmlbench.guest.qemu import Guest
+from kmlbench.guest.ssh import SSHKeys
+from kmlbench.kml.model import Model
+from test_kml_faults import (
+    DEV,
+    DEVICE,
+    KMLCTL,
+    SCHEDULER,
+    STATS,
+    P,
+    Q,
+    assert_fio_ok,
+    delta,
+    fio_quick,
+    sh,
+    stats,
+)
+
+pytestmark = pytest.mark.kernel
+
+BAD_MODEL = "/tmp/always-miss.kmlm"
+WINDOW = 256  # predictions per skill window (the default is 1024)
+
+
+def always_miss_model() -> bytes:
+    """Linear, weights 0, bias 30: lg(issue us) = 30 for every request."""
+    model = Model.linear(14, normalize=False)
+    params = np.zeros(model.n_params)
+    params[-1] = 30.0
+    model.params = params
+    return model.to_bytes()
+
+
+@pytest.fixture(scope="module")
+def kg(
+    kernel_build: KernelBuild, base_image: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Guest]:
+    """null_blk + mq-deadline with 1 ms expiries, kml_mode active, the bad model."""
+    work = tmp_path_factory.mktemp("kml-step-aside")
+    keys = SSHKeys.generate(work / "keys")
+    initrd = make_guest_initrd(base_image, work, keys.authorized_key, keys.host_key)
+    cfg = GuestConfig(
+        kernel=kernel_build.bzimage,
+        initrd=initrd,
+        console_log=work / "console.log",
+        memory_mib=512,
+        append=device.kernel_cmdline(DEVICE),
+    )
+    with Guest(cfg, keys) as guest:
+        setup = guest.run(device.setup_script(DEVICE, SCHEDULER), timeout=60)
+        assert setup.exit_status == 0, setup.stdout + setup.stderr
+        assert setup.stdout.strip().splitlines()[-1] == DEV
+        guest.put(BAD_MODEL, always_miss_model())
+        yield guest
+
+
+@pytest.fixture
+def g(kg: Guest) -> Guest:
+    """Active mode, the bad model, the default threshold, a fresh start."""
+    sh(
+        kg,
+        f"set -e; echo 1 > {Q}/iosched/read_expire; echo 1 > {Q}/iosched/write_expire;"
+        f" echo 1000 > {P}/decision_permille; echo 500 > {P}/skill_min_permille;"
+        f" echo {WINDOW} > {P}/skill_window; {KMLCTL} load {BAD_MODEL} >/dev/null;"
+        f" echo active > {Q}/iosched/kml_mode; echo reset > {STATS}",
+    )
+    return kg
+
+
+def run_io(guest: Guest, ios: int = 1500) -> kmlstats.KmlStats:
+    assert_fio_ok(fio_quick(guest, ios), ios // 2)
+    after = stats(guest)
+    assert kmlstats.check_invariants(after) == []
+    return after
+
+
+def test_a_model_no_better_than_the_baseline_steps_aside(g: Guest) -> None:
+    before = stats(g)
+    assert before.get("stepped_aside") == 0 and before.get("skill_window") == WINDOW
+    after = run_io(g)
+    c = after.counters
+    # both outcomes occurred, or the test proves nothing
+    assert c["miss_pred_miss"] >= 16 and c["met_pred_miss"] >= 16, c
+    assert c["met_pred_met"] == 0 and c["miss_pred_met"] == 0, c  # it says "miss" always
+    assert c["pred_clamped"] == c["inferences"], c  # 2^30 us is far beyond 8 x 1 ms
+    assert c["skill_windows"] >= 1, c
+    assert c["skill_balanced_ppm"] == 500_000, c  # exactly the baseline's
+    assert c["skill_windows_unskilled"] == c["skill_windows"], c
+    assert (c["step_asides"], c["step_resumes"], c["stepped_aside"]) == (1, 0, 1), c
+    assert c["steer_suppressed"] > 0, c
+    # within its window: it steered at most about one window's requests
+    # (those urgent ones are left out of the window, so allow the queue too)
+    assert c["urgent_dispatches"] <= 4 * WINDOW + 64, c
+    m = kmlstats.metrics(after)
+    assert m["below_baseline"] == 1 and m["stepped_aside"] == 1
+    assert m["issue_time_median_err_us"] is not None
+    # aside, active mode no longer acts: no new urgent dispatch beyond the
+    # requests already queued when it stepped aside
+    again = run_io(g)
+    assert delta(after, again, "urgent_dispatches") == 0, again.counters
+    assert delta(after, again, "steer_suppressed") > 0
+    assert delta(after, again, "inferences") > 0  # still predicting
+    assert delta(after, again, "skill_windows") >= 1  # still measuring
+    assert again.get("stepped_aside") == 1
+
+
+def test_observe_mode_keeps_predicting_and_measuring(g: Guest) -> None:
+    sh(g, f"echo observe > {Q}/iosched/kml_mode")
+    after = run_io(g)
+    c = after.counters
+    assert c["inferences"] > 0 and c["skill_windows"] >= 1, c
+    assert c["stepped_aside"] == 1 and c["urgent_dispatches"] == 0, c
+    assert c["steer_suppressed"] == 0, c  # only active mode has steering to suppress
+
+
+def test_a_window_that_beats_the_bar_resumes_steering(g: Guest) -> None:
+    run_io(g)
+    assert stats(g).get("stepped_aside") == 1
+    # a bar of 0: balanced accuracy 0.5 beats it; the model's standing is kept
+    # until the next window says otherwise
+    sh(g, f"echo 0 > {P}/skill_min_permille")
+    assert stats(g).get("stepped_aside") == 1
+    after = run_io(g)
+    assert (after.get("step_resumes"), after.get("stepped_aside")) == (1, 0), after.counters
+    more = run_io(g)
+    assert delta(after, more, "urgent_dispatches") > 0  # steering again
+
+
+def test_skill_window_0_turns_the_rule_off(g: Guest) -> None:
+    run_io(g)
+    assert stats(g).get("stepped_aside") == 1
+    sh(g, f"echo 0 > {P}/skill_window")
+    s = stats(g)
+    assert s.get("stepped_aside") == 0 and s.get("skill_window") == 0
+    after = run_io(g)
+    assert delta(s, after, "skill_windows") == 0
+    assert delta(s, after, "urgent_dispatches") > 0
+    for bad in ("4097", "-1", "x"):
+        r = g.run(f"echo {bad} > {P}/skill_window", timeout=30)
+        assert r.exit_status != 0, bad
+    assert g.run(f"echo 1001 > {P}/skill_min_permille", timeout=30).exit_status != 0
