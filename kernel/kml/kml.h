@@ -290,5 +290,10 @@ KML_API void kml_ring_counters(struct kml_ring *r, u64 *produced,
 			       u64 *consumed, u64 *dropped);
 KML_API void *kml_ring_shared(struct kml_ring *r);
 KML_API bool kml_ring_broken(struct kml_ring *r);
+/*
+ * With no consumer running: false (and the ring broken) if the shared
+ * header holds positions or counters no pushes and pops can make.
+ */
+KML_API bool kml_ring_check(struct kml_ring *r);
 
 #endif /* _KML_H */

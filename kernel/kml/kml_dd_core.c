@@ -543,6 +543,8 @@ int kml_dd_ring_claim(enum kml_dd_owner owner)
 	if (atomic_cmpxchg(&kml_dd.ring_owner, KML_DD_OWNER_NONE,
 			   owner) != KML_DD_OWNER_NONE)
 		return -EBUSY;
+	/* no consumer runs: check the positions and counters it could write */
+	kml_ring_check(&kml_dd.ring);
 	kml_dd_ring_repair();
 	return 0;
 }
@@ -556,6 +558,8 @@ EXPORT_SYMBOL_IF_KUNIT(kml_dd_ring_claim);
  */
 void kml_dd_ring_release(enum kml_dd_owner owner)
 {
+	if (kml_dd.ring_mem)
+		kml_ring_check(&kml_dd.ring);
 	kml_dd_ring_repair();
 	WARN_ON_ONCE(atomic_cmpxchg(&kml_dd.ring_owner, owner,
 				    KML_DD_OWNER_NONE) != owner);
@@ -632,8 +636,13 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	/* records popped since the reset that were pushed after it */
 	n = kml_dd.ring_mem ?
 		atomic64_read(&kml_dd.ring.sh->consumed.v) : 0;
+	/*
+	 * The count is in memory the consumer writes: until a release checks
+	 * it (kml_ring_check()), show no more than were pushed.
+	 */
 	seq_printf(m, "ring_consumed %lld\n",
-		   max_t(s64, (s64)n - kml_dd.consumed_base, 0));
+		   clamp_t(s64, (s64)n - kml_dd.consumed_base, 0,
+			   atomic64_read(&kml_dd.stats[KML_DD_S_RING_PRODUCED])));
 	seq_printf(m, "ring_capacity %u\n", kml_dd.ring_mem ? ring_capacity : 0);
 	seq_printf(m, "ring_broken %d\n",
 		   kml_dd.ring_mem && kml_ring_broken(&kml_dd.ring));

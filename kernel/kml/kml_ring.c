@@ -266,6 +266,31 @@ void *kml_ring_shared(struct kml_ring *r)
 }
 EXPORT_SYMBOL_GPL(kml_ring_shared);
 
+/*
+ * The shared header's positions and counters are in memory the consumer can
+ * write.  With no consumer running, check that they hold a state pushes and
+ * pops can make: the tail at most a lap behind the head and not past it,
+ * no more popped than pushed.  Read the consumer's side first: producers
+ * only move the head and the pushed count forward.  A state they cannot
+ * make breaks the ring, as a corrupt slot does.
+ */
+bool kml_ring_check(struct kml_ring *r)
+{
+	struct kml_ring_shared *sh = r->sh;
+	s64 tail = kml_atomic64_load_acquire(&sh->tail);
+	s64 consumed = kml_atomic64_load_acquire(&sh->consumed);
+	s64 head = kml_atomic64_load_acquire(&sh->head);
+	s64 produced = kml_atomic64_load_acquire(&sh->produced);
+
+	if (tail < 0 || tail > head || head - tail > (s64)r->mask + 1 ||
+	    consumed < 0 || consumed > produced) {
+		kml_ring_corrupt(r);
+		return false;
+	}
+	return true;
+}
+EXPORT_SYMBOL_GPL(kml_ring_check);
+
 bool kml_ring_broken(struct kml_ring *r)
 {
 	return kml_read_once(r->broken);

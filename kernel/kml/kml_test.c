@@ -402,6 +402,45 @@ static void kml_test_ring_counts(struct kunit *test)
 	kml_ring_destroy(r);
 }
 
+/*
+ * A consumer can write the header's positions and counters: kml_ring_check()
+ * passes what pushes and pops make and breaks the ring on anything else
+ * (more popped than pushed, the tail past the head or a lap behind it).
+ */
+static void kml_test_ring_check(struct kunit *test)
+{
+	struct kml_ring_shared *sh;
+	struct kml_ring *r;
+	u32 i, v;
+	s64 head;
+	int bad;
+
+	for (bad = 0; bad < 4; bad++) {
+		KUNIT_ASSERT_EQ(test, 0, kml_ring_create(&r, 8, sizeof(u32),
+							 KML_RING_DROP));
+		sh = kml_ring_shared(r);
+		for (i = 0; i < 20; i++)
+			kml_ring_push(r, &i);
+		kml_ring_pop(r, &v);
+		KUNIT_EXPECT_TRUE(test, kml_ring_check(r));
+		KUNIT_EXPECT_FALSE(test, kml_ring_broken(r));
+		head = kml_atomic64_load_relaxed(&sh->head);
+		if (bad == 0)		/* the fuzzer's find: a huge popped count */
+			kml_atomic64_store_relaxed(&sh->consumed,
+						   3980224874770476360LL);
+		else if (bad == 1)
+			kml_atomic64_store_relaxed(&sh->tail, head + 1);
+		else if (bad == 2)
+			kml_atomic64_store_relaxed(&sh->tail, head - 9);
+		else
+			kml_atomic64_store_relaxed(&sh->consumed, -1);
+		KUNIT_EXPECT_FALSE(test, kml_ring_check(r));
+		KUNIT_EXPECT_TRUE(test, kml_ring_broken(r));
+		KUNIT_EXPECT_EQ(test, -EIO, kml_ring_push(r, &i));
+		kml_ring_destroy(r);
+	}
+}
+
 /* attach binds exactly the geometry it validated, whatever the header */
 static void kml_test_ring_attach(struct kunit *test)
 {
@@ -942,6 +981,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_crc32),
 	KUNIT_CASE(kml_test_ring_counts),
 	KUNIT_CASE(kml_test_ring_attach),
+	KUNIT_CASE(kml_test_ring_check),
 #ifdef CONFIG_KML_IOSCHED
 	KUNIT_CASE(kml_test_ring_claim),
 #endif
