@@ -66,6 +66,19 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         help="auto probes KVM by booting a guest and falls back to TCG (default)",
     )
     p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N guests at once on a local Dask pool (default 1: one after another, "
+        "in this process); see docs/distributed.md",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="run the cells on the Dask cluster of this scheduler (docs/distributed.md)",
+    )
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
