@@ -25,6 +25,7 @@ local pool opens (scheduler, workers, dashboard) listens on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import queue
 import time
@@ -98,7 +99,7 @@ class DaskExecutor:
                     threads_per_worker=1,
                     processes=True,
                     host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0" if _dashboard_wanted() else None,
+                    dashboard_address="127.0.0.1:0",  # never the default :8787 (shared hosts)
                     memory_limit=0,
                 )
             self.client = Client(self.cluster)
@@ -183,7 +184,7 @@ class DaskExecutor:
     ) -> Generator[CellResult, None, None]:
         client = self._client
         if self.start_guest is not None and spec.start_guest is None:
-            spec = RunSpec(**{**spec.__dict__, "start_guest": self.start_guest})
+            spec = dataclasses.replace(spec, start_guest=self.start_guest)
         datasets = self._offer(spec, {c.kernel_variant for j in jobs for c in j.cells})
         events: queue.Queue[dict[str, str]] = queue.Queue()
         client.subscribe_topic(topic(spec.run_id), lambda event: events.put(event[1]))

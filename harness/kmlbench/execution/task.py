@@ -76,7 +76,7 @@ def topic(run_id: str) -> str:
 
 _LOCK = threading.Lock()
 _STOPPED: set[str] = set()
-_GUESTS: dict[str, set[AbstractContextManager[CellGuest]]] = {}
+_GUESTS: dict[str, dict[int, AbstractContextManager[CellGuest]]] = {}  # by id()
 
 
 class _Tracked:
@@ -90,7 +90,7 @@ class _Tracked:
         with _LOCK:
             if self.session in _STOPPED:
                 raise SessionStopped(f"session {self.session} was stopped by the client")
-            _GUESTS.setdefault(self.session, set()).add(self.inner)
+            _GUESTS.setdefault(self.session, {})[id(self.inner)] = self.inner
         try:
             return self.inner.__enter__()
         except BaseException:
@@ -110,7 +110,7 @@ class _Tracked:
 
     def _forget(self) -> None:
         with _LOCK:
-            _GUESTS.get(self.session, set()).discard(self.inner)
+            _GUESTS.get(self.session, {}).pop(id(self.inner), None)
 
 
 def _tracked(session: str, start: StartGuest) -> StartGuest:
@@ -124,7 +124,7 @@ def stop_session(session: str) -> int:
     """Stop ``session`` on this worker: kill its guests now, boot none later; how many."""
     with _LOCK:
         _STOPPED.add(session)
-        guests = list(_GUESTS.pop(session, set()))
+        guests = list(_GUESTS.pop(session, {}).values())
     for guest in guests:
         kill = getattr(guest, "kill", None)
         if kill is not None:
@@ -135,7 +135,7 @@ def stop_session(session: str) -> int:
 def live_guests(session: str) -> int:
     """Guests of ``session`` still registered on this worker (tests)."""
     with _LOCK:
-        return len(_GUESTS.get(session, set()))
+        return len(_GUESTS.get(session, {}))
 
 
 # --- the task ---------------------------------------------------------------------------
