@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import dask_procs
 from fake_guest import Fail, FakeBoots
 from kmlbench.build.kernel import KernelBuild
 from kmlbench.execution import artifacts
@@ -223,3 +224,25 @@ def test_an_interrupt_keeps_finished_cells_and_resume_runs_the_rest(
     fast = DaskExecutor(jobs=2, start_guest=FakeBoots())
     assert runner.execute(matrix, run, "auto", executor=fast) == 0
     assert len(run.finished_cell_ids()) == 6
+
+
+def test_a_worker_with_an_empty_cache_fetches_kernel_and_image_by_hash(
+    tmp_path: Path, fake_builds: dict[str, Path]
+) -> None:
+    """A worker process of its own, reached only through a scheduler on 127.0.0.1."""
+    worker_cache = tmp_path / "worker-cache"
+    env = {"KMLBENCH_CACHE": str(worker_cache)}
+    with dask_procs.scheduler(tmp_path) as address, dask_procs.worker(address, tmp_path, env):
+        dask_procs.wait_for_workers(address, 1)
+        run = _run(tmp_path, "remote", DaskExecutor(scheduler=address, start_guest=FakeBoots()))
+    records = sorted(run.read_cells().values(), key=lambda r: r["recorded_at"])
+    assert [r["status"] for r in records] == ["ok"] * 3
+    # the first cell fetched both from the client, the next found them in the cache
+    assert records[0]["worker"]["artifacts"] == {"kernel": "client", "image": "client"}
+    assert records[-1]["worker"]["artifacts"] == {"kernel": "cache", "image": "cache"}
+    stored = {p.name for p in (worker_cache / "artifacts").iterdir() if not p.name.startswith(".")}
+    assert stored == {
+        file_artifact("k", fake_builds["bzimage"]).sha256,
+        file_artifact("i", fake_builds["base"]).sha256,
+    }
+    assert not (fake_builds["cache"] / "artifacts").exists()  # nothing seeded for a cluster

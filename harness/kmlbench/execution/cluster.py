@@ -156,10 +156,12 @@ class DaskExecutor:
     @property
     def dashboard(self) -> str | None:
         if self.cluster is not None and not _dashboard_wanted():
+            return None  # the HTTP server runs, but the dashboard's pages need bokeh
+        if "dashboard" not in self._client.scheduler_info().get("services", {}):
             return None
         try:
             link = self._client.dashboard_link
-        except Exception:  # no dashboard service on this scheduler
+        except Exception:  # no address to show
             return None
         return str(link) if link else None
 
