@@ -253,6 +253,34 @@ def _bench_lib_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _ssh_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hosts", nargs="+", metavar="HOST", help="machines to reach over SSH")
+    p.add_argument("--user", default=None, help="SSH user (default: ~/.ssh/config's, or yours)")
+    p.add_argument("--ssh-port", type=int, default=None, help="SSH port (default 22)")
+    p.add_argument("--identity", type=Path, default=None, help="SSH private key file")
+    p.add_argument("--connect-timeout", type=float, default=30, metavar="S")
+    p.add_argument(
+        "--dir", default="kmlbench", help="checkout folder on the hosts (default ~/kmlbench)"
+    )
+
+
+def _workers_up_args(p: argparse.ArgumentParser) -> None:
+    _ssh_args(p)
+    p.add_argument(
+        "--scheduler", required=True, metavar="tcp://HOST:PORT", help="the scheduler to join"
+    )
+    p.add_argument(
+        "--no-setup",
+        action="store_true",
+        help="the hosts are set up already: only start the workers",
+    )
+    p.add_argument("--nworkers", type=int, default=1, help="worker processes per host (guests)")
+    p.add_argument("--worker-host", default=None, help="address the workers listen on")
+    p.add_argument("--python", default=None, help="Python on the hosts (default DIR/.venv)")
+    p.add_argument("--cache", default=None, help="KMLBENCH_CACHE for the workers")
+    p.add_argument("--verbose", action="store_true", help="show the setup's output")
+
+
 def _bench_harness_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="summarise this run id instead of running the benchmark")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -355,6 +383,20 @@ COMMANDS: tuple[Command, ...] = (
         "library; the file loads into the kernel (model_file: in a matrix).",
     ),
     Command(
+        ("workers", "up"),
+        "start Dask workers on hosts over SSH (setup, then dask worker)",
+        "execution.workers:command_up",
+        _workers_up_args,
+        "Copy this checkout to each host, run scripts/setup.sh there, and start a Dask "
+        "worker for --scheduler (docs/distributed.md).",
+    ),
+    Command(
+        ("workers", "down"),
+        "stop the Dask workers 'workers up' started",
+        "execution.workers:command_down",
+        _ssh_args,
+    ),
+    Command(
         ("bench", "lib"),
         "KML library: inference latency, training, footprint",
         "bench.lib:command",
@@ -381,6 +423,10 @@ COMMANDS: tuple[Command, ...] = (
 # Commands with words of their own after a first word that is also a command
 # on its own (``trace csv FILE`` beside ``trace MATRIX``): chosen before
 # argparse sees the line, because a subparser cannot have both.
+_GROUP_HELP = {
+    "bench": "micro-benchmarks",
+    "workers": "Dask workers on other machines, over SSH",
+}
 _SINGLE = {c.words for c in COMMANDS if len(c.words) == 1}
 _NESTED: dict[tuple[str, ...], Command] = {
     c.words: c for c in COMMANDS if len(c.words) == 2 and c.words[:1] in _SINGLE
@@ -419,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             if first not in groups:
-                group = sub.add_parser(first, help="micro-benchmarks")
+                group = sub.add_parser(first, help=_GROUP_HELP[first])
                 groups[first] = group.add_subparsers(
                     dest=f"{first}_command", required=True, metavar="WHAT"
                 )
