@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from fabric import Connection
 
@@ -64,7 +65,7 @@ def connect(host: str, args: argparse.Namespace) -> Connection:
     )
 
 
-def _sh(conn: Connection, command: str, **kwargs: object) -> object:
+def _sh(conn: Connection, command: str, **kwargs: object) -> Any:
     """Run ``command`` on the host; our stdin is never forwarded (CI has none)."""
     return conn.run(command, in_stream=False, **kwargs)
 
