@@ -66,19 +66,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         help="auto probes KVM by booting a guest and falls back to TCG (default)",
     )
     p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        metavar="N",
-        help="run N guests at once on a local Dask pool (default 1: one after another, "
-        "in this process); see docs/distributed.md",
-    )
-    p.add_argument(
-        "--scheduler",
-        metavar="tcp://HOST:PORT",
-        help="run the cells on the Dask cluster of this scheduler (docs/distributed.md)",
-    )
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="N guests at once (Dask)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask cluster")
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -255,29 +244,21 @@ def _bench_lib_args(p: argparse.ArgumentParser) -> None:
 
 def _ssh_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("hosts", nargs="+", metavar="HOST", help="machines to reach over SSH")
-    p.add_argument("--user", default=None, help="SSH user (default: ~/.ssh/config's, or yours)")
-    p.add_argument("--ssh-port", type=int, default=None, help="SSH port (default 22)")
-    p.add_argument("--identity", type=Path, default=None, help="SSH private key file")
+    p.add_argument("--user", help="SSH user (default: ~/.ssh/config's, or yours)")
+    p.add_argument("--ssh-port", type=int, help="SSH port (default 22)")
+    p.add_argument("--identity", type=Path, help="SSH private key file")
     p.add_argument("--connect-timeout", type=float, default=30, metavar="S")
-    p.add_argument(
-        "--dir", default="kmlbench", help="checkout folder on the hosts (default ~/kmlbench)"
-    )
+    p.add_argument("--dir", default="kmlbench", help="checkout on the hosts (~/kmlbench)")
 
 
 def _workers_up_args(p: argparse.ArgumentParser) -> None:
     _ssh_args(p)
-    p.add_argument(
-        "--scheduler", required=True, metavar="tcp://HOST:PORT", help="the scheduler to join"
-    )
-    p.add_argument(
-        "--no-setup",
-        action="store_true",
-        help="the hosts are set up already: only start the workers",
-    )
-    p.add_argument("--nworkers", type=int, default=1, help="worker processes per host (guests)")
-    p.add_argument("--worker-host", default=None, help="address the workers listen on")
-    p.add_argument("--python", default=None, help="Python on the hosts (default DIR/.venv)")
-    p.add_argument("--cache", default=None, help="KMLBENCH_CACHE for the workers")
+    p.add_argument("--scheduler", required=True, metavar="tcp://HOST:PORT")
+    p.add_argument("--no-setup", action="store_true", help="set up already: start workers only")
+    p.add_argument("--nworkers", type=int, default=1, help="worker processes (guests) per host")
+    p.add_argument("--worker-host", help="address the workers listen on")
+    p.add_argument("--python", help="Python on the hosts (default DIR/.venv/bin/python)")
+    p.add_argument("--cache", help="KMLBENCH_CACHE for the workers")
     p.add_argument("--verbose", action="store_true", help="show the setup's output")
 
 
