@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +122,8 @@ class Fail:
     ``how``: ``exit`` (non-zero ``exit_status``, ``stderr``), ``missing``
     (a fetched file is not there: ``cat``/``base64`` exit 1, no output),
     ``timeout``, ``ssh`` (connection lost, guest alive: infra-error),
-    ``oops`` (the kernel oopses during the command: panic), ``warn`` (a
+    ``oops`` (the kernel oopses during the command: panic), ``slow`` (it
+    works, after ``seconds``), ``warn`` (a
     WARN on the console; the command succeeds), ``harness`` (a Python error
     in the harness, not the guest), ``answer`` (``exit_status``, ``stdout``
     and ``stderr`` as given); for the boot also ``boot-failure`` and
@@ -134,6 +136,7 @@ class Fail:
     stdout: str = ""
     times: int = 1
     after: int = 0  # let this many matching commands work first
+    seconds: float = 0.0  # ``slow``: the command takes this long, then works
 
 
 @dataclass
@@ -212,6 +215,9 @@ class FakeGuest:
         how = failure.how
         if how in ("exit", "missing", "answer"):
             return CommandResult(failure.exit_status, failure.stdout, failure.stderr)
+        if how == "slow":
+            time.sleep(failure.seconds)
+            return None
         if how == "warn":
             self._event("warn", "WARNING: CPU: 0 PID: 1 at block/mq-deadline.c:1 dd_insert")
             return None

@@ -29,6 +29,7 @@ LAYERS = (
     ("guest", {"guest"}),
     ("kml", {"kml"}),
     ("cell", {"cell"}),
+    ("execution", {"execution"}),
     ("run", {"run"}),
     ("report", {"report"}),
     ("bench", {"bench"}),

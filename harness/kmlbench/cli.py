@@ -66,6 +66,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         help="auto probes KVM by booting a guest and falls back to TCG (default)",
     )
     p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="N guests at once (Dask)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask cluster")
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -265,6 +267,26 @@ def _bench_lib_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _ssh_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hosts", nargs="+", metavar="HOST", help="machines to reach over SSH")
+    p.add_argument("--user", help="SSH user (default: ~/.ssh/config's, or yours)")
+    p.add_argument("--ssh-port", type=int, help="SSH port (default 22)")
+    p.add_argument("--identity", type=Path, help="SSH private key file")
+    p.add_argument("--connect-timeout", type=float, default=30, metavar="S")
+    p.add_argument("--dir", default="kmlbench", help="checkout on the hosts (~/kmlbench)")
+
+
+def _workers_up_args(p: argparse.ArgumentParser) -> None:
+    _ssh_args(p)
+    p.add_argument("--scheduler", required=True, metavar="tcp://HOST:PORT")
+    p.add_argument("--no-setup", action="store_true", help="set up already: start workers only")
+    p.add_argument("--nworkers", type=int, default=1, help="worker processes (guests) per host")
+    p.add_argument("--worker-host", help="address the workers listen on")
+    p.add_argument("--python", help="Python on the hosts (default DIR/.venv/bin/python)")
+    p.add_argument("--cache", help="KMLBENCH_CACHE for the workers")
+    p.add_argument("--verbose", action="store_true", help="show the setup's output")
+
+
 def _bench_harness_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="summarise this run id instead of running the benchmark")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -377,6 +399,20 @@ COMMANDS: tuple[Command, ...] = (
         "kmlbench train --model MODEL --test FILE... [--decision-permille N]",
     ),
     Command(
+        ("workers", "up"),
+        "start Dask workers on hosts over SSH (setup, then dask worker)",
+        "execution.workers:command_up",
+        _workers_up_args,
+        "Copy this checkout to each host, run scripts/setup.sh there, and start a Dask "
+        "worker for --scheduler (docs/distributed.md).",
+    ),
+    Command(
+        ("workers", "down"),
+        "stop the Dask workers 'workers up' started",
+        "execution.workers:command_down",
+        _ssh_args,
+    ),
+    Command(
         ("bench", "lib"),
         "KML library: inference latency, training, footprint",
         "bench.lib:command",
@@ -403,6 +439,10 @@ COMMANDS: tuple[Command, ...] = (
 # Commands with words of their own after a first word that is also a command
 # on its own (``trace csv FILE`` beside ``trace MATRIX``): chosen before
 # argparse sees the line, because a subparser cannot have both.
+_GROUP_HELP = {
+    "bench": "micro-benchmarks",
+    "workers": "Dask workers on other machines, over SSH",
+}
 _SINGLE = {c.words for c in COMMANDS if len(c.words) == 1}
 _NESTED: dict[tuple[str, ...], Command] = {
     c.words: c for c in COMMANDS if len(c.words) == 2 and c.words[:1] in _SINGLE
@@ -441,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             if first not in groups:
-                group = sub.add_parser(first, help="micro-benchmarks")
+                group = sub.add_parser(first, help=_GROUP_HELP[first])
                 groups[first] = group.add_subparsers(
                     dest=f"{first}_command", required=True, metavar="WHAT"
                 )

@@ -10,7 +10,10 @@ noise::
 
 The ETA is (mean time of cells finished in this session) x (cells left):
 cells kept from an earlier session (``--resume``) count as done but not
-towards the mean, since their time is unknown here.
+towards the mean, since their time is unknown here. With several cells at
+once (``slots`` > 1: ``kmlbench run --jobs`` or ``--scheduler``) it is the
+session's rate instead (cells finished per wall second so far) into the
+cells left, and the panel lists the cells running on each worker.
 """
 
 from __future__ import annotations
@@ -46,12 +49,17 @@ def format_duration(seconds: float | None) -> str:
 class Progress:
     """``with Progress(total, done) as p: p.start_cell(...); p.finish_cell(...)``."""
 
-    def __init__(self, total: int, done: int = 0, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total: int, done: int = 0, stream: TextIO | None = None, slots: int = 1
+    ) -> None:
         self.total = total
         self.done = done
+        self.slots = slots
         self.stream = stream if stream is not None else sys.stdout
         self.durations: list[float] = []
         self.current: tuple[str, str, float] | None = None  # id, desc, monotonic start
+        self.running: dict[str, tuple[str, str, float]] = {}  # id -> worker, desc, start
+        self.started_at = time.monotonic()
         self.live_mode = bool(getattr(self.stream, "isatty", lambda: False)())
         self._console: Console | None = None
         self._live: Live | None = None
@@ -87,19 +95,25 @@ class Progress:
         if not self.durations:
             return None
         left = max(0, self.total - self.done)
+        if self.slots > 1:  # cells overlap: the session's rate, not a cell's time
+            return (time.monotonic() - self.started_at) / len(self.durations) * left
         return sum(self.durations) / len(self.durations) * left
 
-    def start_cell(self, cell_id: str, desc: str = "") -> None:
+    def start_cell(self, cell_id: str, desc: str = "", worker: str = "") -> None:
         self.current = (cell_id, desc, time.monotonic())
+        self.running[cell_id] = (worker, desc, time.monotonic())
         if not self.live_mode:
             tail = f" {desc}" if desc else ""
-            self._line(f"[{self.done + 1}/{self.total}] {cell_id} start{tail}")
+            where = f" on {worker}" if self.slots > 1 and worker else ""
+            number = self.done + len(self.running)
+            self._line(f"[{number}/{self.total}] {cell_id} start{where}{tail}")
         self._refresh()
 
     def finish_cell(self, cell_id: str, status: str, seconds: float) -> None:
         self.done += 1
         self.durations.append(seconds)
         self.current = None
+        self.running.pop(cell_id, None)
         line = (
             f"[{self.done}/{self.total}] {cell_id} {status} {seconds:.1f}s "
             f"eta {format_duration(self.eta_seconds())}"
@@ -137,7 +151,14 @@ class Progress:
         grid = Table.grid(padding=(0, 2))
         grid.add_row(bar, head)
         parts: list[Any] = [grid]
-        if self.current is not None:
+        if self.slots > 1:
+            by_worker: dict[str, list[str]] = {}
+            for cid, (worker, _, started) in sorted(self.running.items()):
+                running = format_duration(time.monotonic() - started)
+                by_worker.setdefault(worker, []).append(f"{cid} ({running})")
+            for worker, cells in sorted(by_worker.items()):
+                parts.append(Text(f"{worker}: {', '.join(cells)}", style="bold"))
+        elif self.current is not None:
             cid, desc, started = self.current
             running = format_duration(time.monotonic() - started)
             parts.append(Text(f"running {cid} ({running}) {desc}".rstrip(), style="bold"))

@@ -24,6 +24,8 @@ def command_run(args: argparse.Namespace) -> int:
         accel=args.accel,
         results_root=args.results,
         retry=tuple(x for x in args.retry.split(",") if x),
+        jobs=args.jobs,
+        scheduler=args.scheduler,
     )
 
 

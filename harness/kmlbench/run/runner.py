@@ -17,7 +17,13 @@ module decides which cells run, in which boots, and records them:
 
 With ``guest: {share_boot: true}`` the cells that differ only in their
 model entry and repeat run one after another in one boot instead
-(:func:`shared_boot_groups`, :func:`kmlbench.cell.lifecycle.run_shared_boot`).
+(:func:`kmlbench.execution.jobs.shared_boot_groups`,
+:func:`kmlbench.cell.lifecycle.run_shared_boot`).
+
+Where the cells run is an executor's (:mod:`kmlbench.execution`): in this process
+one after another (the default), or as Dask tasks on a local pool
+(``--jobs N``) or a cluster (``--scheduler``); each result is recorded as it
+arrives, whichever ran it.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,12 +43,21 @@ from typing import Any
 from kmlbench import __version__, paths
 from kmlbench.build import image, kernel
 from kmlbench.build.kernel import KernelBuild, KernelRequest
-from kmlbench.cell.lifecycle import CellOutcome, run_cell, run_shared_boot
+from kmlbench.cell.lifecycle import CellOutcome
 from kmlbench.clock import KVM_REFUSED, clock_label, clock_meaning, clock_of, clock_record
 from kmlbench.data import db, fio
 from kmlbench.data.stats import needs_more_repeats
+from kmlbench.execution.jobs import (
+    Artifact,
+    Executor,
+    RunSpec,
+    boot_group_key,
+    file_artifact,
+    plan_jobs,
+    shared_boot_groups,
+)
+from kmlbench.execution.serial import SerialExecutor
 from kmlbench.guest.command import qemu_version
-from kmlbench.guest.ssh import SSHKeys
 from kmlbench.hashing import sha256_file
 from kmlbench.plan.cells import Cell, cell_id, config_hash
 from kmlbench.plan.matrix import Matrix, load_matrix
@@ -60,6 +74,14 @@ def kernel_request(matrix: Matrix, variant: str) -> KernelRequest:
         source=matrix.kernel_source,
         fragments=tuple(matrix.kernel_variants[variant]),
     )
+
+
+__all__ = ["boot_group_key", "execute", "main_run", "shared_boot_groups"]
+
+
+def kernel_artifact(variant: str, build: KernelBuild) -> Artifact:
+    """A kernel build's bzImage, by content (hashed once per build)."""
+    return file_artifact(f"kernel {variant}", build.bzimage)
 
 
 def _kernel_record(build: KernelBuild) -> dict[str, Any]:
@@ -93,37 +115,6 @@ def _interrupt_guard() -> Iterator[threading.Event]:
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-@contextmanager
-def _run_keys() -> Iterator[SSHKeys]:
-    """Fresh SSH keys for this run, kept outside the results folder.
-
-    Results get copied and uploaded; private keys must not travel with them.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix="kmlbench-keys-"))
-    try:
-        yield SSHKeys.generate(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def boot_group_key(cell: Cell) -> str:
-    """Cells with equal keys may share a boot: all their params but the model agree."""
-    rest = {k: v for k, v in cell.params.items() if k != "model"}
-    return json.dumps([cell.kernel_variant, rest], sort_keys=True)
-
-
-def shared_boot_groups(cells: list[Cell]) -> list[list[Cell]]:
-    """``cells`` grouped by :func:`boot_group_key`; groups and cells keep plan order.
-
-    The plan's seeded interleaving is what orders ``off``, ``observe`` and
-    ``active`` inside a boot, so no mode always runs first on a cold guest.
-    """
-    groups: dict[str, list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault(boot_group_key(cell), []).append(cell)
-    return list(groups.values())
 
 
 def _write_dry_run(matrix: Matrix) -> None:
@@ -179,12 +170,19 @@ def main_run(
     results_root: Path | None,
     retry: tuple[str, ...] = (),
     run_id: str | None = None,
+    jobs: int = 1,
+    scheduler: str | None = None,
 ) -> int:
     """``kmlbench run``: returns 0 when every cell ended ``ok``.
 
     ``retry`` (with ``resume``) re-runs cells that ended with one of those
     statuses; ``run_id`` names a new run instead of the time-based id.
+    ``jobs`` > 1 runs that many guests at once on a local Dask pool;
+    ``scheduler`` (``tcp://HOST:PORT``) runs the cells on that Dask cluster.
     """
+    if jobs < 1 or (jobs > 1 and scheduler):
+        print("kmlbench: --jobs takes a number of guests >= 1, and not with --scheduler")
+        return 2
     unknown = sorted(set(retry) - set(STATUSES))
     if unknown or OK in retry:
         print(f"kmlbench: --retry takes statuses other than ok, not {', '.join(unknown or ['ok'])}")
@@ -215,7 +213,17 @@ def main_run(
     if not resume:
         run = RunDir.create(root, run_id=run_id, name=matrix.name)
         run.copy_matrix(matrix.path)
-    return execute(matrix, run, accel, retry)
+    return execute(matrix, run, accel, retry, executor=make_executor(jobs, scheduler))
+
+
+def make_executor(jobs: int, scheduler: str | None) -> Executor:
+    """In this process (the default), a local Dask pool of ``jobs``, or a cluster."""
+    if jobs <= 1 and not scheduler:
+        return SerialExecutor()
+    # late: distributed takes a second to import, and only --jobs and --scheduler use it
+    from kmlbench.execution.cluster import DaskExecutor
+
+    return DaskExecutor(jobs=0 if scheduler else jobs, scheduler=scheduler)
 
 
 def _prepare_cell_dir(cell_dir: Path) -> None:
@@ -253,10 +261,12 @@ def execute(
     *,
     only: list[Cell] | None = None,
     trace: bool = False,
+    executor: Executor | None = None,
 ) -> int:
     """Build, boot and record the cells of ``matrix`` (or just ``only``) into ``run``.
 
     ``trace`` records KML's sample ring in every cell (``kmlbench trace``).
+    ``executor`` runs the cells (default: one after another, in this process).
     """
     planned_cells = list(matrix.cells if only is None else only)
     finished = run.finished_cell_ids(retry_statuses=retry)
@@ -298,7 +308,8 @@ def execute(
     # Build everything before the first cell: a kernel that does not build
     # or configure should fail the run now, not after hours of other cells.
     base_image = image.build_base_image(cache)
-    manifest["guest_image"] = {"path": str(base_image), "sha256": sha256_file(base_image)}
+    guest_image = file_artifact("guest image", base_image)
+    manifest["guest_image"] = {"path": str(base_image), "sha256": guest_image.sha256}
     builds = {}
     for variant in dict.fromkeys(c.kernel_variant for c in todo):
         try:
@@ -337,62 +348,54 @@ def execute(
     db_path = Path(os.environ.get(db.DB_ENV) or run.root / db.DB_NAME)
     not_ok = 0
     ran = 0
+    executor = executor or SerialExecutor()
     with (
         _interrupt_guard() as interrupted,
-        _run_keys() as keys,
-        Progress(total=len(planned_cells), done=len(finished)) as progress,
+        executor,
+        Progress(total=len(planned_cells), done=len(finished), slots=executor.slots) as progress,
     ):
-        initrd = image.make_guest_initrd(
-            base_image, keys.directory, keys.authorized_key, keys.host_key
-        )
+        if executor.dashboard:
+            progress.note(f"kmlbench: Dask dashboard: {executor.dashboard}")
 
-        def build_for(cell: Cell) -> KernelBuild:
-            build = builds.get(cell.kernel_variant)
+        def build_for(variant: str) -> KernelBuild:
+            build = builds.get(variant)
             if build is None:  # a resumed run whose planned cells were all done
                 build = kernel.build_kernel(
-                    kernel_request(matrix, cell.kernel_variant), cache, run.path / "build"
+                    kernel_request(matrix, variant), cache, run.path / "build"
                 )
-                builds[cell.kernel_variant] = build
+                builds[variant] = build
             return build
 
-        def start(cell: Cell) -> None:
+        def start(cell: Cell, worker: str) -> None:
             if interrupted.is_set():
                 raise KeyboardInterrupt  # one that arrived where Python dropped it
-            progress.start_cell(cell.id, _describe(cell))
+            progress.start_cell(cell.id, _describe(cell), worker=worker)
 
-        def run_and_record(cell: Cell) -> None:
-            start(cell)
-            build = build_for(cell)
-            outcome = run_cell(
-                cell,
-                cell_dir=run.cell_dir(cell.id),
-                kernel=build.bzimage,
-                initrd=initrd,
-                keys=keys,
+        def run_and_record(cells: list[Cell], share_boot: bool) -> None:
+            nonlocal not_ok, ran
+            for variant in dict.fromkeys(c.kernel_variant for c in cells):
+                build_for(variant)
+            spec = RunSpec(
+                run_id=run.path.name,
                 matrix=matrix,
                 accel=accel,
                 trace=trace,
+                kernels={v: kernel_artifact(v, b) for v, b in builds.items()},
+                image=guest_image,
+                qemu_version=str(manifest["qemu"]["version"]),
             )
-            record(cell, outcome, build)
-
-        def run_group_and_record(group: list[Cell]) -> None:
-            build = build_for(group[0])
-            outcomes = run_shared_boot(
-                group,
-                cell_dir=run.cell_dir,
-                kernel=build.bzimage,
-                initrd=initrd,
-                keys=keys,
-                matrix=matrix,
-                accel=accel,
-                before_cell=start,
-            )
-            with closing(outcomes):  # an interrupt while a cell is recorded ends QEMU too
-                for cell, outcome in outcomes:
-                    record(cell, outcome, build)
+            jobs = plan_jobs(cells, share_boot)
+            with closing(executor.run(spec, jobs, run.cell_dir, start)) as results:
+                for result in results:
+                    cell, outcome = result.cell, result.outcome
+                    record(cell, outcome, builds[cell.kernel_variant])
+                    ran += 1
+                    if outcome.status != OK:
+                        not_ok += 1
+                        error = outcome.extra.get("error", "")
+                        print(f"kmlbench: cell {cell.id}: {outcome.status}: {error}")
 
         def record(cell: Cell, outcome: CellOutcome, build: KernelBuild) -> None:
-            nonlocal not_ok, ran
             outcome.extra["kernel_build_key"] = build.build_key
             outcome.extra["accel"] = accel
             outcome.extra.update(clock_record(clock, shift))
@@ -401,20 +404,10 @@ def execute(
             if "command_line" not in manifest["qemu"] and "qemu_command_line" in outcome.extra:
                 manifest["qemu"]["command_line"] = outcome.extra["qemu_command_line"]
                 run.write_manifest(manifest)
-            progress.finish_cell(cell.id, outcome.status, outcome.extra["timings"]["total_s"])
-            ran += 1
-            if outcome.status != OK:
-                not_ok += 1
-                print(
-                    f"kmlbench: cell {cell.id}: {outcome.status}: {outcome.extra.get('error', '')}"
-                )
+            total_s = outcome.extra.get("timings", {}).get("total_s", 0.0)
+            progress.finish_cell(cell.id, outcome.status, total_s)
 
-        if matrix.guest.get("share_boot") and not trace:
-            for group in shared_boot_groups(todo):
-                run_group_and_record(group)
-        else:
-            for cell in todo:
-                run_and_record(cell)
+        run_and_record(todo, bool(matrix.guest.get("share_boot")) and not trace)
 
         if matrix.adaptive and only is None:
             planned = list(matrix.cells)
@@ -430,8 +423,7 @@ def execute(
                     f"not yet within ±{matrix.adaptive['rel_halfwidth']:.0%} "
                     f"on {matrix.adaptive['metric']}"
                 )
-                for cell in extra_cells:
-                    run_and_record(cell)
+                run_and_record(extra_cells, False)
         if interrupted.is_set():
             raise KeyboardInterrupt
     run.update_latest()
