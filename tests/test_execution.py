@@ -208,14 +208,24 @@ def test_an_interrupt_keeps_finished_cells_and_resume_runs_the_rest(
     run = RunDir.create(tmp_path / "results", run_id="interrupted")
     run.copy_matrix(path)
     slow = FakeBoots({"fio": Fail("slow", seconds=1.0, times=100)})
-    timer = threading.Timer(6.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    stop = threading.Event()
+
+    def interrupt_after_the_first_cell() -> None:
+        # on progress, not on a clock: how long the pool takes to start
+        # depends on the machine's load
+        while not stop.wait(0.05):
+            if run.finished_cell_ids():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    timer = threading.Thread(target=interrupt_after_the_first_cell, daemon=True)
     timer.start()
     started = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
             runner.execute(matrix, run, "auto", executor=DaskExecutor(jobs=2, start_guest=slow))
     finally:
-        timer.cancel()
+        stop.set()
     assert time.monotonic() - started < 60
     done = run.finished_cell_ids()
     assert 0 < len(done) < 6

@@ -9,6 +9,11 @@ neither QEMU nor paramiko, matplotlib or scipy (``run --dry-run`` imports
 the runner, and with it paramiko, but starts nothing). That by-name
 dispatch is the one deliberate late import in the package; every module
 imports what it uses at its top.
+
+Kept as one module (over 500 lines): it is the one place argparse may be
+used (tests/test_architecture.py), so every command's options live here;
+they are data, one small function per command, and split by command they
+would only scatter the vocabulary of the command line.
 """
 
 from __future__ import annotations
