@@ -56,8 +56,10 @@ CASES = [
     ("trace import {d}/requests.csv -o {d}/a-dir", "a-dir: is a directory"),
     ("trace import {d}/requests.csv -o {d}/t.kmltrc --capacity 0", "--capacity"),
     ("trace import {d}/requests.csv -o {d}/t.kmltrc --capacity x", "--capacity"),
-    ("train --trace " + str(FIXTURE_TRACE) + " -o {d}/m.kmlm --test {d}/not-a-trace.kmltrc",
-     "not-a-trace.kmltrc"),
+    (
+        "train --trace " + str(FIXTURE_TRACE) + " -o {d}/m.kmlm --test {d}/not-a-trace.kmltrc",
+        "not-a-trace.kmltrc",
+    ),
     ("train --model {d}/a-file --test " + str(FIXTURE_TRACE), "a-file"),
     ("train --model {d}/missing.kmlm --test " + str(FIXTURE_TRACE), "missing.kmlm"),
     ("train --model {d}/a-file", "--test"),

@@ -34,9 +34,7 @@ pytestmark = pytest.mark.kernel
 BASE = {"type": "null_blk", "irqmode": "timer", "submit_queues": 1, "size_mib": 1024}
 ROTATIONAL = {**BASE, "service": "rotational", "hw_queue_depth": 1}
 FLASH = {**BASE, "service": "flash", "hw_queue_depth": 8}
-REMOVE = (
-    "nb=/sys/kernel/config/nullb/nullb0; if [ -d $nb ]; then echo 0 > $nb/power; rmdir $nb; fi"
-)
+REMOVE = "nb=/sys/kernel/config/nullb/nullb0; if [ -d $nb ]; then echo 0 > $nb/power; rmdir $nb; fi"
 FIO = "fio --filename=/dev/nullb0 --direct=1 --ioengine=psync --bs=4k --output-format=json"
 
 ROT = NULL_BLK_SERVICE_MODELS["rotational"]
