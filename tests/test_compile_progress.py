@@ -6,6 +6,7 @@ from pathlib import Path
 
 from kmlbench.build.kernel.compile import (
     CompileProgress,
+    count_objects,
     read_object_count,
     write_object_count,
 )
@@ -75,3 +76,22 @@ def test_an_incremental_build_only_counts() -> None:
     for _ in range(600):
         progress.feed("  CC      a/b.o\n")
     assert progress.count == 600 and said == []
+
+
+def test_before_any_build_the_estimate_says_about() -> None:
+    said: list[str] = []
+    progress = CompileProgress(4, said.append, step_pct=50, about=True)
+    for _ in range(4):
+        progress.feed("  CC      a/b.o\n")
+    assert said == ["compiled 2/~4 objects (50%)", "compiled 4/~4 objects (100%)"]
+
+
+def test_a_build_dir_is_counted_by_its_objects_not_by_what_this_build_compiled(
+    tmp_path: Path,
+) -> None:
+    obj = tmp_path / "obj"
+    for rel in ("init/main.o", "lib/kml/kml_nn.o", "fs/ext4/inode.o", "scripts/mod/empty.o",
+                "tools/objtool/x.o", "vmlinux.a"):  # fmt: skip
+        (obj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (obj / rel).write_text("")
+    assert count_objects(obj) == 3  # not the host tools'

@@ -105,6 +105,8 @@ def test_rotational_sequential_random_and_within_a_cylinder(vguest: Guest) -> No
     rev_us = ROT["svc_rev_ns"] / 1000
     assert transfer_us <= near["us"] <= rev_us + transfer_us, near
     assert near["us"] < 0.7 * rnd["us"] and rnd["us"] > 8 * seq["us"]
+    print(f"rotational 4k reads, mean us: sequential {seq['us']:.0f}, random {rnd['us']:.0f},"
+          f" within a cylinder {near['us']:.0f}")  # fmt: skip
 
 
 def test_flash_reads_writes_and_a_read_behind_a_write(vguest: Guest) -> None:
@@ -130,3 +132,6 @@ def test_flash_reads_writes_and_a_read_behind_a_write(vguest: Guest) -> None:
     assert read_us <= other["us"] <= read_us + 40, both
     # a read that arrives during a write waits for the rest of it
     assert same["us"] >= other["us"] + 60, both
+    print(f"flash 4k, mean us: read {alone['r']['read']['us']:.0f},"
+          f" write {alone['w']['write']['us']:.0f}; under a writer: read on its channel"
+          f" {same['us']:.0f}, on another {other['us']:.0f}")  # fmt: skip
