@@ -57,6 +57,7 @@ enum kml_dd_stat {
 	KML_DD_S_STEER_SUPPRESSED,
 	KML_DD_S_SKILL_BALANCED_PPM,		/* a gauge: the last window's */
 	KML_DD_S_PRED_CLAMPED,
+	KML_DD_S_SKILL_HOLDOUTS,
 	KML_DD_NR_STATS,
 };
 
@@ -80,6 +81,17 @@ enum kml_dd_stat {
 #define KML_DD_SKILL_MAX_WINDOW		4096
 #define KML_DD_SKILL_MIN_CLASS		16
 #define KML_DD_SKILL_MAX_STRETCH	8
+/*
+ * Acting on a predicted miss changes its outcome, so the window leaves the
+ * requests active mode moved ahead out.  Left at that, it would keep only
+ * the misses the model did not predict, and any model would look no better
+ * than the baseline.  So one steering prediction of a miss in
+ * KML_DD_SKILL_HOLDOUT is not acted on (KML_DD_SAMPLE_HOLDOUT) and counts
+ * KML_DD_SKILL_HOLDOUT times in the window, for itself and the ones that
+ * were.  The weighted counts stay under 16 bits: a window closes at most
+ * KML_DD_SKILL_MAX_STRETCH * KML_DD_SKILL_MAX_WINDOW + KML_DD_SKILL_HOLDOUT.
+ */
+#define KML_DD_SKILL_HOLDOUT		8
 
 /* What readers see under RCU: the model and what the hot path needs of it. */
 struct kml_dd_model {
@@ -111,8 +123,10 @@ struct kml_dd_global {
 	atomic64_t stats[KML_DD_NR_STATS];
 	atomic64_t inference_hist[KML_DD_HIST_BUCKETS];
 	atomic64_t err_hist[KML_DD_HIST_BUCKETS];	/* abs error, us */
-	atomic64_t skill;		/* the open window: 4 x 16-bit counts */
-	int aside;			/* the model stands aside; READ_ONCE() */
+	/* the open window: 4 x 16-bit counts, written at every completion */
+	atomic64_t skill ____cacheline_aligned_in_smp;
+	/* read at every insert: a line apart from the window's writes */
+	int aside ____cacheline_aligned_in_smp;	/* stands aside; READ_ONCE() */
 	unsigned int skill_window;	/* module parameter; 0: rule off */
 	unsigned int skill_min_permille;	/* module parameter */
 	struct dentry *debugfs;

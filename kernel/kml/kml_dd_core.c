@@ -251,6 +251,7 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_STEER_SUPPRESSED] = "steer_suppressed",
 	[KML_DD_S_SKILL_BALANCED_PPM] = "skill_balanced_ppm",
 	[KML_DD_S_PRED_CLAMPED] = "pred_clamped",
+	[KML_DD_S_SKILL_HOLDOUTS] = "skill_holdouts",
 };
 
 /* The range of inference times bucket @b of kml_dd_hist_bucket() holds. */
@@ -324,18 +325,21 @@ static void kml_dd_skill_judge(u64 v)
  * completes the window takes it (cmpxchg to an empty one) and judges it.
  * No lock, no allocation.  A request active mode moved ahead
  * (KML_DD_SAMPLE_URGENT) is left out: acting on its prediction changed
- * its outcome, so it says nothing about the model's skill.
+ * its outcome, so it says nothing about the model's skill.  A held-out
+ * predicted miss (KML_DD_SAMPLE_HOLDOUT) counts for itself and for the
+ * KML_DD_SKILL_HOLDOUT - 1 that were acted on (kml_dd.h).
  */
 static void kml_dd_skill_note(const struct kml_dd_sample *s)
 {
 	unsigned int window = READ_ONCE(kml_dd.skill_window);
 	unsigned int cell = 2 * !s->met + !s->pred_met;
-	u32 met, missed;
+	u32 met, missed, weight;
 	u64 v;
 
 	if (!window || (s->flags & KML_DD_SAMPLE_URGENT))
 		return;
-	v = atomic64_add_return(1LL << (16 * cell), &kml_dd.skill);
+	weight = s->flags & KML_DD_SAMPLE_HOLDOUT ? KML_DD_SKILL_HOLDOUT : 1;
+	v = atomic64_add_return((s64)weight << (16 * cell), &kml_dd.skill);
 	met = kml_dd_skill_count(v, 0) + kml_dd_skill_count(v, 1);
 	missed = kml_dd_skill_count(v, 2) + kml_dd_skill_count(v, 3);
 	if (met + missed < window)

@@ -92,6 +92,28 @@ static s64 kml_dd_model_predict(struct kml_dd_model *dm, const s32 *features)
 }
 
 /*
+ * A predicted miss steers while the model is not standing aside, but for
+ * one in KML_DD_SKILL_HOLDOUT while the step-aside rule is on: that one is
+ * left to run its course, so that the skill window sees what the model's
+ * predicted misses really do (kml_dd.h).  Under the scheduler lock.
+ */
+static void kml_dd_steer(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
+{
+	bool active = READ_ONCE(kq->mode) == KML_DD_ACTIVE;
+
+	ctx->steer = !kml_dd_stepped_aside();
+	if (!ctx->steer) {
+		if (active)
+			kml_dd_stat_inc(KML_DD_S_STEER_SUPPRESSED);
+	} else if (active && READ_ONCE(kml_dd.skill_window) &&
+		   ++kq->holdout_seq % KML_DD_SKILL_HOLDOUT == 0) {
+		ctx->steer = 0;
+		ctx->flags |= KML_DD_SAMPLE_HOLDOUT;
+		kml_dd_stat_inc(KML_DD_S_SKILL_HOLDOUTS);
+	}
+}
+
+/*
  * Predict @ctx's issue time and make the meet/miss call.  The call is made
  * on the model's own figure; what is recorded is clamped to
  * KML_DD_PRED_MAX_FACTOR times the deadline (counted), so that a few
@@ -122,12 +144,8 @@ static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 				kml_dd_stat_inc(KML_DD_S_PRED_CLAMPED);
 			}
 			ctx->pred_issue_ns = ns;
-			if (!ctx->pred_met) {
-				ctx->steer = !kml_dd_stepped_aside();
-				if (!ctx->steer &&
-				    READ_ONCE(kq->mode) == KML_DD_ACTIVE)
-					kml_dd_stat_inc(KML_DD_S_STEER_SUPPRESSED);
-			}
+			if (!ctx->pred_met)
+				kml_dd_steer(kq, ctx);
 			kml_dd_note_inference(kml_dd_since(t0, t1));
 		}
 	}

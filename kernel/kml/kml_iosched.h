@@ -47,6 +47,7 @@ struct kml_dd_queue {
 	/* under the scheduler lock */
 	struct llist_node *free;	/* contexts ready for insert */
 	struct kml_dd_feat_state feat;	/* what the features read */
+	u32 holdout_seq;		/* steering predicted misses */
 	/* any context */
 	struct llist_head returned;	/* contexts freed at completion */
 	atomic_t queued[2];		/* tracked requests in the scheduler */

@@ -58,6 +58,8 @@ enum kml_dd_feature {
 /* sample.flags */
 #define KML_DD_SAMPLE_URGENT	(1U << 0)	/* active mode moved it ahead */
 #define KML_DD_SAMPLE_REQUEUED	(1U << 1)	/* inserted more than once */
+/* active mode predicted a miss and left it alone, to measure the model */
+#define KML_DD_SAMPLE_HOLDOUT	(1U << 2)
 
 /* One record of the sample ring and one row of a trace: 128 bytes, LE. */
 struct kml_dd_sample {

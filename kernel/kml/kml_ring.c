@@ -270,9 +270,12 @@ EXPORT_SYMBOL_GPL(kml_ring_shared);
  * The shared header's positions and counters are in memory the consumer can
  * write.  With no consumer running, check that they hold a state pushes and
  * pops can make: the tail at most a lap behind the head and not past it,
- * no more popped than pushed.  Read the consumer's side first: producers
- * only move the head and the pushed count forward.  A state they cannot
- * make breaks the ring, as a corrupt slot does.
+ * and no more popped than the tail has passed (a pop moves the tail, then
+ * counts; a consumer killed in between leaves one fewer).  The popped count
+ * is not checked against the pushed one: a push publishes its record
+ * before it counts it, so a record can be popped before it is counted.
+ * Read the consumer's side first: producers only move the head forward.  A
+ * state they cannot make breaks the ring, as a corrupt slot does.
  */
 bool kml_ring_check(struct kml_ring *r)
 {
@@ -280,10 +283,9 @@ bool kml_ring_check(struct kml_ring *r)
 	s64 tail = kml_atomic64_load_acquire(&sh->tail);
 	s64 consumed = kml_atomic64_load_acquire(&sh->consumed);
 	s64 head = kml_atomic64_load_acquire(&sh->head);
-	s64 produced = kml_atomic64_load_acquire(&sh->produced);
 
 	if (tail < 0 || tail > head || head - tail > (s64)r->mask + 1 ||
-	    consumed < 0 || consumed > produced) {
+	    consumed < 0 || consumed > tail) {
 		kml_ring_corrupt(r);
 		return false;
 	}

@@ -50,6 +50,7 @@ METRIC_NAMES = (
     "skill_windows_unskilled",
     "step_asides",
     "steer_suppressed",
+    "skill_holdouts",
     "stepped_aside",
     "inference_ns_p50",
     "inference_ns_p99",
@@ -260,7 +261,9 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     rule's counters (``skill_windows`` judged, ``skill_windows_unskilled``
     of them no better than the baseline, ``step_asides`` times the model
     stopped steering, ``steer_suppressed`` predicted misses active mode did
-    not act on, ``stepped_aside`` the state at the end; None from a kernel
+    not act on, ``skill_holdouts`` predicted misses it left alone while
+    steering to measure the model, ``stepped_aside`` the state at the end;
+    None from a kernel
     without the rule).
     """
     c = stats
@@ -275,7 +278,7 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     result["below_baseline"] = int(below_baseline(out)) if predictions else None
     for key in (
         "pred_clamped", "skill_windows", "skill_windows_unskilled", "step_asides",
-        "steer_suppressed", "stepped_aside",
+        "steer_suppressed", "skill_holdouts", "stepped_aside",
     ):  # fmt: skip
         result[key] = c.counters.get(key)
     result["inference_ns_p50"] = hist_percentile(c.histogram, 50)

@@ -92,10 +92,18 @@ class _Tracked:
                 raise SessionStopped(f"session {self.session} was stopped by the client")
             _GUESTS.setdefault(self.session, {})[id(self.inner)] = self.inner
         try:
-            return self.inner.__enter__()
+            guest = self.inner.__enter__()
         except BaseException:
             self._forget()
             raise
+        # A stop that came while QEMU was starting found no process to kill
+        # (Guest.kill() before the spawn does nothing): stop it here.
+        with _LOCK:
+            stopped = self.session in _STOPPED
+        if stopped:
+            self.__exit__(None, None, None)
+            raise SessionStopped(f"session {self.session} was stopped by the client")
+        return guest
 
     def __exit__(
         self,
