@@ -235,6 +235,11 @@ def test_saved_console_text(saved: dict[str, Path]) -> None:
         ("WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected", "lockdep"),
         ("WARNING: suspicious RCU usage", "lockdep"),
         ("BUG: Invalid wait context", "lockdep"),
+        ("WARNING: kworker/0:1/33 still has locks held!", "lockdep"),
+        (
+            "list_add double add: new=ffff888004f2a000, prev=ffff888004f2a000, next=ffff8880",
+            "list_corruption",
+        ),
         ("BUG: sleeping function called from invalid context at mm/slab.h:723", "atomic_sleep"),
         (
             "list_add corruption. next->prev should be prev (ffff8880), but was 0000",

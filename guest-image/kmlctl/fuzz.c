@@ -121,23 +121,29 @@ static int cmp_str(const void *x, const void *y)
 	return strcmp(x, y);
 }
 
-/* The writable-looking files under @dir, appended to fz->files. */
+/*
+ * The files under @dir, appended to fz->files in name order: all of them
+ * are sorted before any is cut at FUZZ_MAX_FILES, so the list never
+ * depends on the order readdir() gives.
+ */
 static void add_dir(struct fuzz *fz, const char *dir)
 {
-	int first = fz->n_files;
+	static char names[4 * FUZZ_MAX_FILES][FUZZ_PATH_MAX];
 	struct dirent *de;
 	DIR *d = opendir(dir);
+	int n = 0, i;
 
 	if (!d)
 		return;
-	while ((de = readdir(d)) && fz->n_files < FUZZ_MAX_FILES) {
+	while ((de = readdir(d)) && n < (int)ARRAY_SIZE(names)) {
 		if (de->d_name[0] == '.')
 			continue;
-		snprintf(fz->files[fz->n_files++], FUZZ_PATH_MAX, "%s/%s",
-			 dir, de->d_name);
+		snprintf(names[n++], FUZZ_PATH_MAX, "%s/%s", dir, de->d_name);
 	}
 	closedir(d);
-	qsort(fz->files[first], fz->n_files - first, FUZZ_PATH_MAX, cmp_str);
+	qsort(names, n, FUZZ_PATH_MAX, cmp_str);
+	for (i = 0; i < n && fz->n_files < FUZZ_MAX_FILES; i++)
+		memcpy(fz->files[fz->n_files++], names[i], FUZZ_PATH_MAX);
 }
 
 static void add_file(struct fuzz *fz, const char *path)

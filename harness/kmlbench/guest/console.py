@@ -73,6 +73,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"|possible irq lock inversion|inconsistent lock state"
             r"|\S+-safe -> \S+-unsafe lock order|bad unlock balance|held lock freed"
             r"|lock held when returning to user space|lock held at task exit"
+            r"|\S+ still has locks held"
             r"|Nested lock was not taken|suspicious RCU usage)"
             r"|(^|\s)BUG: (Invalid wait context|MAX_LOCKDEP_\w+ too low)"
         ),
@@ -84,7 +85,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"|scheduling while atomic|workqueue leaked lock or atomic)"
         ),
     ),
-    ("list_corruption", re.compile(r"(^|\s)list_(add|del) corruption")),
+    ("list_corruption", re.compile(r"(^|\s)list_(add|del) corruption|(^|\s)list_add double add")),
     ("debugobjects", re.compile(r"(^|\s)ODEBUG: ")),
     (
         "oops",
