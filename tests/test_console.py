@@ -80,9 +80,19 @@ def crash_modules(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) 
     if not (tree / ".config").is_file() or not (tree / "scripts/mod/modpost").exists():
         pytest.skip(f"no prepared kernel build tree at {tree}")
     src = tmp_path_factory.mktemp("crashmod")
-    kinds = ("warn", "oops", "bug")
+    proc, modules = build_modules(tree, CRASH_MODULE, ("warn", "oops", "bug"), src)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build test modules: {proc.stderr[-500:]}")
+    return modules
+
+
+def build_modules(
+    tree: Path, source: str, kinds: tuple[str, ...], src: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Path]]:
+    """kmlbench_<kind>.ko from ``source`` with ``DO_<KIND>`` defined, one per kind,
+    built against the kernel object tree ``tree`` (make's result, the modules)."""
     for kind in kinds:
-        (src / f"kmlbench_{kind}.c").write_text(f"#define DO_{kind.upper()}\n" + CRASH_MODULE)
+        (src / f"kmlbench_{kind}.c").write_text(f"#define DO_{kind.upper()}\n" + source)
     (src / "Kbuild").write_text("obj-m := " + " ".join(f"kmlbench_{k}.o" for k in kinds) + "\n")
     make = ["make", "-s", "-C", str(tree)]
     if not (tree / "scripts/module.lds").exists():
@@ -91,9 +101,7 @@ def crash_modules(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) 
     proc = subprocess.run(
         [*make, f"M={src}", "KBUILD_MODPOST_WARN=1", "modules"], capture_output=True, text=True
     )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot build test modules: {proc.stderr[-500:]}")
-    return {kind: src / f"kmlbench_{kind}.ko" for kind in kinds}
+    return proc, {kind: src / f"kmlbench_{kind}.ko" for kind in kinds}
 
 
 @pytest.fixture(scope="module")

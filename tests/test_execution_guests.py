@@ -22,12 +22,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from test_e2e import _kmlbench, _qemu_pids_with
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(600)]
 
@@ -53,25 +54,6 @@ exclude:
 """
 CLOSE = ("iops", "clat_mean_us")
 TOLERANCE = 0.005
-
-
-def _kmlbench(*args: str) -> list[str]:
-    return [sys.executable, "-m", "kmlbench.cli", *args]
-
-
-def _ours(marker: str) -> list[int]:
-    """QEMU processes whose command line mentions ``marker`` (the test's TMPDIR)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "qemu-system" in cmdline and marker in cmdline:
-            found.append(int(proc.name))
-    return found
 
 
 def _records(results: Path) -> dict[str, dict[str, Any]]:
@@ -101,7 +83,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 400
-        while not (_records(pool) and _ours(str(tmp))):  # a cell kept, a guest running
+        while not (_records(pool) and _qemu_pids_with(str(tmp))):  # a cell kept, a guest running
             assert first.poll() is None, first.communicate()[0]
             assert time.monotonic() < deadline, "no cell finished while another ran"
             time.sleep(0.5)
@@ -113,7 +95,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (base / "interrupted.txt").write_text(out)
     assert first.returncode == 130, out
     time.sleep(2)
-    assert not _ours(str(tmp)), "QEMU survived the interrupt"
+    assert not _qemu_pids_with(str(tmp)), "QEMU survived the interrupt"
     kept = _records(pool)
     assert kept and len(kept) < 3, out
     (run_dir,) = [p for p in pool.iterdir() if p.is_dir() and not p.is_symlink()]
@@ -123,7 +105,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "1 of 3 cells to run" in resumed.stdout or "2 of 3" in resumed.stdout
-    assert not _ours(str(tmp))
+    assert not _qemu_pids_with(str(tmp))
     return {"serial": serial, "pool": pool}
 
 

@@ -33,6 +33,7 @@ from kmlbench import paths
 from kmlbench.build.kernel import KernelBuild
 from kmlbench.guest.console import SANITIZER_KINDS, ConsoleEvent, classify, status_for
 from kmlbench.guest.qemu import Guest
+from test_console import build_modules
 from test_qemu import boot
 
 DATA = Path(__file__).parent / "data" / "sanitizer-console.txt"
@@ -128,22 +129,6 @@ PROVOKE = {
 }
 
 
-def build_modules(build: KernelBuild, kinds: tuple[str, ...], src: Path) -> dict[str, Path]:
-    """kmlbench_<kind>.ko for each kind, built against ``build``'s object tree."""
-    tree = build.build_dir
-    for kind in kinds:
-        (src / f"kmlbench_{kind}.c").write_text(f"#define DO_{kind.upper()}\n" + BAD_MODULE)
-    (src / "Kbuild").write_text("obj-m := " + " ".join(f"kmlbench_{k}.o" for k in kinds) + "\n")
-    make = ["make", "-s", "-C", str(tree)]
-    if not (tree / "scripts/module.lds").exists():
-        subprocess.run([*make, "modules_prepare"], check=True, capture_output=True)
-    proc = subprocess.run(
-        [*make, f"M={src}", "KBUILD_MODPOST_WARN=1", "modules"], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {kind: src / f"kmlbench_{kind}.ko" for kind in kinds}
-
-
 def wait_kind(guest: Guest, kind: str, timeout: float = 60) -> list[ConsoleEvent]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -164,7 +149,8 @@ def sanitizer_guest(
     variant = request.param
     build = variant_kernel(variant)
     src = tmp_path_factory.mktemp(f"badmod-{variant}")
-    modules = build_modules(build, PROVOKE[variant], src)
+    proc, modules = build_modules(build.build_dir, BAD_MODULE, PROVOKE[variant], src)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     work = tmp_path_factory.mktemp(f"sanitizer-{variant}")
     with boot(
         work,
