@@ -235,6 +235,11 @@ def test_saved_console_text(saved: dict[str, Path]) -> None:
         ("[    9.1] BUG: KASAN: slab-use-after-free in kml_dd_swap+0x1/0x2", "kasan"),
         ("BUG: KASAN: slab-out-of-bounds in kml_ring_push+0x4d/0x90", "kasan"),
         ("[    9.2] BUG: KCSAN: data-race in kml_dd_insert / kml_dd_complete", "kcsan"),
+        ("BUG: KCSAN: data-race in dd_dispatch_request / blk_mq_run_hw_queue", "kcsan"),
+        ("BUG: KCSAN: data-race in __kml_dd_insert+0x1/0x2 / kml_dd_finish", "kcsan"),
+        # races KCSAN finds all over the kernel: recorded, not ours, not fatal
+        ("BUG: KCSAN: data-race in mark_lock+0x86/0x35b / mark_lock+0x86/0x35b", "kcsan_other"),
+        ("BUG: KCSAN: data-race in arch_stack_walk+0x9c/0xad", "kcsan_other"),
         ("UBSAN: shift-out-of-bounds in kernel/kml/kml_dd_calib.c:88:20", "ubsan"),
         ("UBSAN: array-index-out-of-bounds in block/mq-deadline.c:120:5", "ubsan"),
         ("WARNING: possible circular locking dependency detected", "lockdep"),

@@ -33,7 +33,10 @@ SANITIZER_KINDS = (
     "list_corruption",
     "debugobjects",
 )
-KINDS = ("panic", "oops", "bug", "warn", "hung_task", *SANITIZER_KINDS)
+# KCSAN watches the whole kernel, and finds races in lockdep and stack
+# walking on any boot: a race report that names no KML or mq-deadline
+# function (``kml_*``, ``dd_*``) is recorded as ``kcsan_other``, not fatal.
+KINDS = ("panic", "oops", "bug", "warn", "hung_task", *SANITIZER_KINDS, "kcsan_other")
 # A cell with any of these did not measure a healthy kernel.
 FATAL_KINDS = frozenset({"panic", "oops", "bug", *SANITIZER_KINDS})
 
@@ -64,7 +67,8 @@ class ConsoleEvent:
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("panic", re.compile(r"Kernel panic - not syncing")),
     ("kasan", re.compile(r"(^|\s)BUG: KASAN: ")),
-    ("kcsan", re.compile(r"(^|\s)BUG: KCSAN: ")),
+    ("kcsan", re.compile(r"(^|\s)BUG: KCSAN: [\w-]+ in (.*[\s/])?(__)?(kml|dd)_\w")),
+    ("kcsan_other", re.compile(r"(^|\s)BUG: KCSAN: ")),
     ("ubsan", re.compile(r"(^|\s)UBSAN: [a-z-]+ in ")),
     (
         "lockdep",
