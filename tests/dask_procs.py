@@ -35,11 +35,12 @@ def scheduler(folder: Path) -> Iterator[str]:
     # the scheduler unpickles tasks too: it imports kmlbench and the tests' fakes
     env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0"}
     env["PYTHONPATH"] = _pythonpath()
-    proc = procs.popen(
-        [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", info],
-        stdout=subprocess.DEVNULL, stderr=(folder / "scheduler.log").open("w"), env=env,
-    )  # fmt: skip
+    with (folder / "scheduler.log").open("w") as log:  # the child keeps its own copy
+        proc = procs.popen(
+            [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", info],
+            stdout=subprocess.DEVNULL, stderr=log, env=env,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not info.exists():
@@ -57,12 +58,12 @@ def worker(address: str, folder: Path, env: dict[str, str]) -> Iterator[subproce
     """A ``dask worker`` (one thread, nanny, no dashboard) on 127.0.0.1 for ``address``."""
     full = {**os.environ, **env}
     full["PYTHONPATH"] = _pythonpath()
-    log = (folder / f"worker-{len(list(folder.glob('worker-*.log')))}.log").open("w")
-    proc = procs.popen(
-        [BIN / "dask", "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-         "--no-dashboard", "--memory-limit", "0"],
-        stdout=subprocess.DEVNULL, stderr=log, env=full,
-    )  # fmt: skip
+    with (folder / f"worker-{len(list(folder.glob('worker-*.log')))}.log").open("w") as log:
+        proc = procs.popen(
+            [BIN / "dask", "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+             "--no-dashboard", "--memory-limit", "0"],
+            stdout=subprocess.DEVNULL, stderr=log, env=full,
+        )  # fmt: skip
     try:
         yield proc
     finally:
