@@ -10,21 +10,13 @@
 
 s32 kml_dd_lg(u64 x)
 {
-	u64 v = x + 1, frac;
-	unsigned int n;
-
-	if (unlikely(v == 0))		/* x == U64_MAX */
-		return 64 << 16;
-	n = fls64(v) - 1;
-	frac = v - (1ULL << n);
-	frac = n > 16 ? frac >> (n - 16) : frac << (16 - n);
-	return (s32)(((u64)n << 16) + frac);
+	return __kml_dd_lg(x);
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_lg);
 
 static s32 kml_dd_lg_usec(u64 ns)
 {
-	return kml_dd_lg(div_u64(ns, KML_DD_NS_PER_US));
+	return __kml_dd_lg(div_u64(ns, KML_DD_NS_PER_US));
 }
 
 void kml_dd_feat_insert(struct kml_dd_feat_state *st,
@@ -38,11 +30,11 @@ void kml_dd_feat_insert(struct kml_dd_feat_state *st,
 	f[KML_DD_F_OP] = dir ? KML_Q16_ONE : 0;
 	f[KML_DD_F_SECTOR] = in->capacity ?
 		(s32)div64_u64(sector << 16, in->capacity) : 0;
-	f[KML_DD_F_LG_BYTES] = kml_dd_lg(in->bytes);
-	f[KML_DD_F_LG_QUEUED_SAME] = kml_dd_lg(in->queued[dir]);
-	f[KML_DD_F_LG_QUEUED_OTHER] = kml_dd_lg(in->queued[!dir]);
-	f[KML_DD_F_LG_INFLIGHT] = kml_dd_lg(in->inflight);
-	f[KML_DD_F_LG_SEEK] = kml_dd_lg(seek);
+	f[KML_DD_F_LG_BYTES] = __kml_dd_lg(in->bytes);
+	f[KML_DD_F_LG_QUEUED_SAME] = __kml_dd_lg(in->queued[dir]);
+	f[KML_DD_F_LG_QUEUED_OTHER] = __kml_dd_lg(in->queued[!dir]);
+	f[KML_DD_F_LG_INFLIGHT] = __kml_dd_lg(in->inflight);
+	f[KML_DD_F_LG_SEEK] = __kml_dd_lg(seek);
 	f[KML_DD_F_LG_GAP_US] = st->last_insert_ns ?
 		kml_dd_lg_usec(kml_dd_since(st->last_insert_ns, in->now)) : 0;
 	f[KML_DD_F_LG_EXPIRE_US] = kml_dd_lg_usec(in->deadline_ns);
