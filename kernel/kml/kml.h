@@ -284,6 +284,13 @@ KML_API void kml_ring_destroy(struct kml_ring *r);
  * kml_ring_init() makes it anew; see kml_ring_broken()).
  */
 KML_API int kml_ring_push(struct kml_ring *r, const void *rec);
+/*
+ * In drop mode, whether a push would find the ring full; if so the drop is
+ * counted as kml_ring_push() counts it.  A producer can then skip making a
+ * record that nobody would read.  False in blocking mode, or when only a
+ * push can tell (a broken or corrupted ring).
+ */
+KML_API bool kml_ring_drops(struct kml_ring *r);
 /* One consumer: 0 or -EAGAIN when empty. */
 KML_API int kml_ring_pop(struct kml_ring *r, void *rec);
 KML_API void kml_ring_counters(struct kml_ring *r, u64 *produced,

@@ -234,6 +234,23 @@ int kml_ring_push(struct kml_ring *r, const void *rec)
 }
 EXPORT_SYMBOL_GPL(kml_ring_push);
 
+bool kml_ring_drops(struct kml_ring *r)
+{
+	struct kml_ring_shared *sh = r->sh;
+	s64 pos, dif;
+
+	if (kml_read_once(r->mode) != KML_RING_DROP || kml_read_once(r->broken))
+		return false;
+	pos = kml_atomic64_load_relaxed(&sh->head);
+	dif = kml_atomic64_load_acquire(&kml_ring_slot(r, pos)->seq) - pos;
+	/* the slot holds the previous lap's record, as in kml_ring_push() */
+	if (dif >= 0 || dif < -(s64)r->mask - 1)
+		return false;
+	kml_atomic64_inc(&sh->dropped);
+	return true;
+}
+EXPORT_SYMBOL_GPL(kml_ring_drops);
+
 int kml_ring_pop(struct kml_ring *r, void *rec)
 {
 	struct kml_ring_shared *sh = r->sh;
