@@ -13,6 +13,7 @@
 #include <linux/atomic.h>
 #include <linux/bitops.h>
 #include <linux/mutex.h>
+#include <linux/percpu.h>
 #include <linux/rcupdate.h>
 #include "kml.h"
 #include "kml_iosched_uapi.h"
@@ -93,12 +94,52 @@ enum kml_dd_stat {
  */
 #define KML_DD_SKILL_HOLDOUT		8
 
+/*
+ * One inference in KML_DD_TIME_EVERY (a power of two) is timed for the
+ * inference-time histogram, with interrupts off so that it holds the
+ * model's time alone: two clock reads per request would cost more than a
+ * linear model's prediction.
+ */
+#define KML_DD_TIME_EVERY	64
+
+/*
+ * A linear model (one layer, no activation) compiled when it is published
+ * into one integer dot product, its input normalisation folded into the
+ * weights: w in Q8.24, the bias in Q24.40, so that a prediction is
+ * KML_DD_NR_FEATURES multiply-adds, with no FPU section and no call into
+ * the library (kml_dd_linear_predict()).  Features are at most 64 << 16
+ * (kml_dd_lg()), so with |w| < 2^31 and |bias| <= KML_DD_LINEAR_BIAS_MAX
+ * the sum stays within 63 bits.
+ */
+#define KML_DD_LINEAR_BIAS_MAX	(1LL << 60)
+
+struct kml_dd_linear {
+	s32 w[KML_DD_NR_FEATURES];	/* Q8.24 */
+	s64 bias;			/* Q24.40 */
+};
+
 /* What readers see under RCU: the model and what the hot path needs of it. */
 struct kml_dd_model {
 	struct kml_model *model;
 	u32 dtype;
+	bool linear;			/* @lin holds the model */
+	struct kml_dd_linear lin;
 	struct rcu_head rcu;
 };
+
+/*
+ * The counters every request touches, per CPU: an increment is one
+ * instruction and never bounces a cache line between CPUs.  Readers sum
+ * them (kml_dd_stat_read()); a reset zeroes them while requests may run,
+ * which loses at most the increments that race with it.
+ */
+struct kml_dd_counters {
+	u64 stats[KML_DD_NR_STATS];
+	u64 inference_hist[KML_DD_HIST_BUCKETS];
+	u64 err_hist[KML_DD_HIST_BUCKETS];	/* abs error, us */
+};
+
+DECLARE_PER_CPU(struct kml_dd_counters, kml_dd_counters);
 
 /* Who pops the ring: nobody, a user mapping of /dev/kml, or the ktrainer. */
 enum kml_dd_owner {
@@ -120,9 +161,8 @@ struct kml_dd_global {
 	atomic_t ring_owner;		/* enum kml_dd_owner */
 	unsigned int decision_permille;	/* module parameter */
 	int sample_filter;		/* module parameter */
-	atomic64_t stats[KML_DD_NR_STATS];
-	atomic64_t inference_hist[KML_DD_HIST_BUCKETS];
-	atomic64_t err_hist[KML_DD_HIST_BUCKETS];	/* abs error, us */
+	/* the gauges (a last value, not a count); counts are per CPU */
+	atomic64_t gauges[KML_DD_NR_STATS];
 	/* the open window: 4 x 16-bit counts, written at every completion */
 	atomic64_t skill ____cacheline_aligned_in_smp;
 	/* read at every insert: a line apart from the window's writes */
@@ -139,23 +179,30 @@ extern struct kml_dd_global kml_dd;
  * scheduler's lock, so what they need of the core stays inline: the same
  * loads and atomics as when the core's state was local to kml_iosched.c.
  */
+/* Any context: this_cpu ops are safe against interrupts and preemption. */
 static inline void kml_dd_stat_inc(enum kml_dd_stat s)
 {
-	atomic64_inc(&kml_dd.stats[s]);
+	this_cpu_inc(kml_dd_counters.stats[s]);
 }
 
-static inline void kml_dd_stat_add(enum kml_dd_stat s, s64 v)
+static inline void kml_dd_stat_add(enum kml_dd_stat s, u64 v)
 {
-	atomic64_add(v, &kml_dd.stats[s]);
+	this_cpu_add(kml_dd_counters.stats[s], v);
+}
+
+/* A gauge's new value (KML_DD_S_*_PPM). */
+static inline void kml_dd_stat_set(enum kml_dd_stat s, u64 v)
+{
+	atomic64_set(&kml_dd.gauges[s], v);
 }
 
 /* A calibration's figures (2^-20 units) into the gauges, in ppm. */
 static inline void kml_dd_note_calibration(u32 balanced, u32 auc)
 {
-	atomic64_set(&kml_dd.stats[KML_DD_S_KTRAINER_CAL_BALANCED_PPM],
-		     ((u64)balanced * 1000000) >> 20);
-	atomic64_set(&kml_dd.stats[KML_DD_S_KTRAINER_CAL_AUC_PPM],
-		     ((u64)auc * 1000000) >> 20);
+	kml_dd_stat_set(KML_DD_S_KTRAINER_CAL_BALANCED_PPM,
+			((u64)balanced * 1000000) >> 20);
+	kml_dd_stat_set(KML_DD_S_KTRAINER_CAL_AUC_PPM,
+			((u64)auc * 1000000) >> 20);
 }
 
 /* The model in use, or NULL; under rcu_read_lock(). */
@@ -194,12 +241,31 @@ static inline unsigned int kml_dd_hist_bucket(u64 ns)
 	return 8 + (n - 3) * 4 + ((ns >> (n - 2)) & 3);
 }
 
-/* One inference that gave a prediction, and the @ns it took. */
-static inline void kml_dd_note_inference(u64 ns)
+/* A timed inference (one in KML_DD_TIME_EVERY) took @ns. */
+static inline void kml_dd_note_inference_time(u64 ns)
 {
-	kml_dd_stat_inc(KML_DD_S_INFERENCES);
-	atomic64_inc(&kml_dd.inference_hist[kml_dd_hist_bucket(ns)]);
+	this_cpu_inc(kml_dd_counters.inference_hist[kml_dd_hist_bucket(ns)]);
 }
+
+/*
+ * The prediction of a compiled linear model (struct kml_dd_linear), Q16.16
+ * lg(issue us), as kml_model_predict() gives it to within the rounding of
+ * its normalised inputs (a KUnit case bounds the difference).
+ */
+static inline s32 kml_dd_linear_predict(const struct kml_dd_linear *lin,
+					const s32 *features)
+{
+	s64 acc = lin->bias;
+	unsigned int i;
+
+	for (i = 0; i < KML_DD_NR_FEATURES; i++)
+		acc += (s64)lin->w[i] * features[i];
+	acc = (acc + (1LL << 23)) >> 24;
+	return clamp_t(s64, acc, S32_MIN, S32_MAX);
+}
+
+/* Compile @m into @lin if it is linear; false if it is not or cannot be. */
+bool kml_dd_linear_compile(struct kml_model *m, struct kml_dd_linear *lin);
 
 /*
  * The core (kml_dd_core.c).  Process context unless said otherwise.
@@ -210,8 +276,13 @@ static inline void kml_dd_note_inference(u64 ns)
 int kml_dd_publish(const void *buf, size_t len);
 long kml_dd_model_save(void *buf, size_t cap, u32 dtype);
 
-/* A completed request's sample: statistics, then the ring.  Any context. */
-void kml_dd_record_sample(const struct kml_dd_sample *s);
+/*
+ * A completed request's sample: the statistics, then whether the ring
+ * takes it (its outcome and prediction fields suffice for both), then,
+ * only if it does, the whole sample into the ring.  Any context.
+ */
+bool kml_dd_count_sample(const struct kml_dd_sample *s);
+void kml_dd_push_sample(const struct kml_dd_sample *s);
 
 /* The ring's one consumer: see kml_dd_ring_claim(). */
 int kml_dd_ring_claim(enum kml_dd_owner owner);

@@ -25,6 +25,8 @@
 #include <linux/uaccess.h>
 #include <linux/log2.h>
 #include <linux/math64.h>
+#include <linux/overflow.h>
+#include <linux/percpu.h>
 #include <kunit/visibility.h>
 #include "kml_internal.h"
 #include "kml_dd.h"
@@ -44,6 +46,8 @@ struct kml_dd_global kml_dd = {
 	 */
 	.ring = { .mode = KML_RING_DROP, .sh = &kml_dd.no_ring },
 };
+
+DEFINE_PER_CPU(struct kml_dd_counters, kml_dd_counters);
 
 /* ------------------------------------------------------------ parameters */
 
@@ -270,6 +274,43 @@ static void kml_dd_hist_bounds(unsigned int b, u64 *lo, u64 *hi)
 	*hi = (u64)(5 + sub) << (n - 2);
 }
 
+/* A statistic: the sum of the CPUs' counts, plus its gauge. */
+static u64 kml_dd_stat_read(unsigned int s)
+{
+	u64 sum = atomic64_read(&kml_dd.gauges[s]);
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		sum += READ_ONCE(per_cpu(kml_dd_counters.stats[s], cpu));
+	return sum;
+}
+
+static u64 kml_dd_hist_read(unsigned int b, bool err)
+{
+	struct kml_dd_counters *c;
+	u64 sum = 0;
+	int cpu;
+
+	for_each_possible_cpu(cpu) {
+		c = per_cpu_ptr(&kml_dd_counters, cpu);
+		sum += err ? READ_ONCE(c->err_hist[b]) :
+			     READ_ONCE(c->inference_hist[b]);
+	}
+	return sum;
+}
+
+static void kml_dd_stats_reset(void)
+{
+	unsigned int i;
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		memset(per_cpu_ptr(&kml_dd_counters, cpu), 0,
+		       sizeof(struct kml_dd_counters));
+	for (i = 0; i < KML_DD_NR_STATS; i++)
+		atomic64_set(&kml_dd.gauges[i], 0);
+}
+
 /* ------------------------------------------------------------ samples */
 
 /*
@@ -306,7 +347,7 @@ static void kml_dd_skill_judge(u64 v)
 	}
 	ppm = div_u64((u64)tn * 500000, tn + fp) +
 	      div_u64((u64)tp * 500000, fn + tp);
-	atomic64_set(&kml_dd.stats[KML_DD_S_SKILL_BALANCED_PPM], ppm);
+	kml_dd_stat_set(KML_DD_S_SKILL_BALANCED_PPM, ppm);
 	kml_dd_stat_inc(KML_DD_S_SKILL_WINDOWS);
 	if (ppm <= READ_ONCE(kml_dd.skill_min_permille) * 1000ULL) {
 		kml_dd_stat_inc(KML_DD_S_SKILL_UNSKILLED);
@@ -371,24 +412,45 @@ static void kml_dd_account(const struct kml_dd_sample *s)
 	err = s->pred_issue_ns > s->issue_ns ? s->pred_issue_ns - s->issue_ns :
 					       s->issue_ns - s->pred_issue_ns;
 	err = div_u64(err, NSEC_PER_USEC);
-	atomic64_add(err, &kml_dd.stats[KML_DD_S_ISSUE_ABS_ERR_US]);
-	atomic64_inc(&kml_dd.err_hist[kml_dd_hist_bucket(err)]);
+	kml_dd_stat_add(KML_DD_S_ISSUE_ABS_ERR_US, err);
+	this_cpu_inc(kml_dd_counters.err_hist[kml_dd_hist_bucket(err)]);
 	kml_dd_skill_note(s);
 }
 
-static void kml_dd_push_sample(const struct kml_dd_sample *s)
+/*
+ * Count a completed request's sample (the fields kml_dd_count_sample()
+ * reads are set), and say whether the ring would take it.  When it would
+ * not (filtered out, no ring, or a full ring in drop mode), the drop is
+ * counted here and the finish hook need not make the rest of the sample.
+ * Any context.
+ */
+bool kml_dd_count_sample(const struct kml_dd_sample *s)
 {
-	int ret;
+	bool full;
 
+	kml_dd_account(s);
 	if (!kml_dd_sample_wanted(s)) {
 		kml_dd_stat_inc(KML_DD_S_RING_FILTERED);
-		return;
+		return false;
 	}
 	if (!kml_dd.ring_mem) {
 		kml_dd_stat_inc(KML_DD_S_RING_DROPPED);
-		return;
+		return false;
 	}
-	/* kml_dd_ring_repair() waits for pushes in flight with RCU */
+	/* kml_dd_ring_repair() waits for readers of the ring with RCU */
+	rcu_read_lock();
+	full = kml_ring_drops(&kml_dd.ring);
+	rcu_read_unlock();
+	if (full)
+		kml_dd_stat_inc(KML_DD_S_RING_DROPPED);
+	return !full;
+}
+
+/* Push a sample kml_dd_count_sample() said the ring takes.  Any context. */
+void kml_dd_push_sample(const struct kml_dd_sample *s)
+{
+	int ret;
+
 	rcu_read_lock();
 	ret = kml_ring_push(&kml_dd.ring, s);
 	rcu_read_unlock();
@@ -398,17 +460,6 @@ static void kml_dd_push_sample(const struct kml_dd_sample *s)
 		kml_dd_stat_inc(KML_DD_S_RING_FULL_WAITS);
 	else
 		kml_dd_stat_inc(KML_DD_S_RING_DROPPED);
-}
-
-/*
- * The finish hook's one call per completed request: count the sample,
- * then offer it to the ring.  One call rather than two keeps the hook as
- * cheap as a call to the push alone.
- */
-void kml_dd_record_sample(const struct kml_dd_sample *s)
-{
-	kml_dd_account(s);
-	kml_dd_push_sample(s);
 }
 
 /* ------------------------------------------------------------ model swap */
@@ -433,6 +484,46 @@ static void kml_dd_model_replace(struct kml_dd_model *dm)
 	if (old)
 		call_rcu(&old->rcu, kml_dd_model_free_rcu);
 }
+
+/*
+ * A Q16.16 linear model, normalisation folded in: with x' = (x - mean) *
+ * scale, w . x' + b = (w * scale) . x + (b - (w * scale) . mean).  The
+ * folded weights keep 24 fraction bits, so the sum differs from the
+ * library's (which rounds each x' to 16) by less than half a unit of each
+ * |w|.  Float models keep their FPU path: the integer lg-to-ns conversion
+ * is up to 6% coarser than theirs.
+ */
+bool kml_dd_linear_compile(struct kml_model *m, struct kml_dd_linear *lin)
+{
+	const struct kml_model_cfg *c = &m->cfg;
+	const s32 *p = m->params, *mean = m->norm_mean, *scale = m->norm_scale;
+	bool norm = c->norm != KML_NORM_NONE;
+	s64 bias, w, t;
+	unsigned int i;
+
+	if (c->dtype != KML_Q16 || c->n_layers != 1 ||
+	    c->out_act != KML_ACT_NONE || c->sizes[0] != KML_DD_NR_FEATURES ||
+	    c->sizes[1] != 1)
+		return false;
+	bias = (s64)p[m->b_off[0]] << 24;
+	for (i = 0; i < KML_DD_NR_FEATURES; i++) {
+		w = (s64)p[m->w_off[0] + i] << 8;
+		if (norm)
+			w = kml_rshift_round((s64)p[m->w_off[0] + i] * scale[i],
+					     8);
+		if (w > S32_MAX || w < S32_MIN)
+			return false;
+		lin->w[i] = w;
+		if (norm && (check_mul_overflow(w, (s64)mean[i], &t) ||
+			     check_sub_overflow(bias, t, &bias)))
+			return false;
+	}
+	if (bias > KML_DD_LINEAR_BIAS_MAX || bias < -KML_DD_LINEAR_BIAS_MAX)
+		return false;
+	lin->bias = bias;
+	return true;
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_linear_compile);
 
 /*
  * Validate a model file and swap it in.  kml_model_load() checks the
@@ -462,6 +553,7 @@ int kml_dd_publish(const void *buf, size_t len)
 	}
 	dm->model = m;
 	dm->dtype = cfg.dtype;
+	dm->linear = kml_dd_linear_compile(m, &dm->lin);
 	kml_dd_model_replace(dm);
 	kml_dd_stat_inc(KML_DD_S_UPDATES_APPLIED);
 	return 0;
@@ -635,8 +727,8 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "model_generation %llu\n",
 		   READ_ONCE(kml_dd.model_generation));
 	for (i = 0; i < KML_DD_NR_STATS; i++)
-		seq_printf(m, "%s %lld\n", kml_dd_stat_names[i],
-			   atomic64_read(&kml_dd.stats[i]));
+		seq_printf(m, "%s %llu\n", kml_dd_stat_names[i],
+			   kml_dd_stat_read(i));
 	/* records popped since the reset that were pushed after it */
 	n = kml_dd.ring_mem ?
 		atomic64_read(&kml_dd.ring.sh->consumed.v) : 0;
@@ -646,7 +738,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	 */
 	seq_printf(m, "ring_consumed %lld\n",
 		   clamp_t(s64, (s64)n - kml_dd.consumed_base, 0,
-			   atomic64_read(&kml_dd.stats[KML_DD_S_RING_PRODUCED])));
+			   (s64)kml_dd_stat_read(KML_DD_S_RING_PRODUCED)));
 	seq_printf(m, "ring_capacity %u\n", kml_dd.ring_mem ? ring_capacity : 0);
 	seq_printf(m, "ring_broken %d\n",
 		   kml_dd.ring_mem && kml_ring_broken(&kml_dd.ring));
@@ -662,14 +754,14 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   READ_ONCE(kml_dd.skill_min_permille));
 	seq_printf(m, "stepped_aside %d\n", kml_dd_stepped_aside());
 	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
-		n = atomic64_read(&kml_dd.inference_hist[i]);
+		n = kml_dd_hist_read(i, false);
 		if (!n)
 			continue;
 		kml_dd_hist_bounds(i, &lo, &hi);
 		seq_printf(m, "inference_ns_hist %llu %llu %llu\n", lo, hi, n);
 	}
 	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
-		n = atomic64_read(&kml_dd.err_hist[i]);
+		n = kml_dd_hist_read(i, true);
 		if (!n)
 			continue;
 		kml_dd_hist_bounds(i, &lo, &hi);
@@ -688,7 +780,6 @@ static ssize_t kml_dd_stats_write(struct file *file, const char __user *ubuf,
 				  size_t count, loff_t *ppos)
 {
 	char buf[16];
-	unsigned int i;
 
 	if (count >= sizeof(buf))
 		return -EINVAL;
@@ -697,12 +788,7 @@ static ssize_t kml_dd_stats_write(struct file *file, const char __user *ubuf,
 	buf[count] = '\0';
 	if (!sysfs_streq(buf, "reset"))
 		return -EINVAL;
-	for (i = 0; i < KML_DD_NR_STATS; i++)
-		atomic64_set(&kml_dd.stats[i], 0);
-	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
-		atomic64_set(&kml_dd.inference_hist[i], 0);
-		atomic64_set(&kml_dd.err_hist[i], 0);
-	}
+	kml_dd_stats_reset();
 	kml_dd_skill_restart(true);
 	if (kml_dd.ring_mem)
 		kml_dd.consumed_base =

@@ -71,12 +71,19 @@ static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 
 /* ------------------------------------------------------------ inference */
 
-/* Predicted issue time in ns, or a negative errno; counts its FPU section. */
+/*
+ * Predicted issue time in ns, or a negative errno.  A compiled linear
+ * model is a dot product here; other Q16 models run the library's integer
+ * path, float ones an FPU section (counted).
+ */
 static s64 kml_dd_model_predict(struct kml_dd_model *dm, const s32 *features)
 {
 	s32 yq;
 	s64 ns;
 
+	if (dm->linear)
+		return kml_dd_lg_q16_to_ns(kml_dd_linear_predict(&dm->lin,
+								 features));
 	if (dm->dtype == KML_Q16) {
 		kml_model_predict_nofpu(dm->model, features, 1, &yq);
 		return kml_dd_lg_q16_to_ns(yq);
@@ -89,6 +96,30 @@ static s64 kml_dd_model_predict(struct kml_dd_model *dm, const s32 *features)
 	kml_fpu_end();
 	kml_dd_stat_inc(KML_DD_S_FPU_SECTIONS);
 	return ns < 0 ? -EDOM : ns;
+}
+
+/*
+ * The model's prediction for @features; one call in KML_DD_TIME_EVERY is
+ * timed with interrupts off, so that the histogram holds no handler's time.
+ */
+static s64 kml_dd_model_predict_timed(struct kml_dd_queue *kq,
+				      struct kml_dd_model *dm,
+				      const s32 *features)
+{
+	unsigned long flags;
+	u64 t0, t1;
+	s64 ns;
+
+	if (++kq->predict_seq & (KML_DD_TIME_EVERY - 1))
+		return kml_dd_model_predict(dm, features);
+	local_irq_save(flags);
+	t0 = kml_dd_clock();
+	ns = kml_dd_model_predict(dm, features);
+	t1 = kml_dd_clock();
+	local_irq_restore(flags);
+	if (ns >= 0)
+		kml_dd_note_inference_time(kml_dd_since(t0, t1));
+	return ns;
 }
 
 /*
@@ -124,16 +155,15 @@ static void kml_dd_steer(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 {
 	struct kml_dd_model *dm;
-	u64 t0, t1, cap;
+	u64 cap;
 	s64 ns;
 
 	rcu_read_lock();
 	dm = kml_dd_model_rcu();
 	if (dm) {
-		t0 = kml_dd_clock();
-		ns = kml_dd_model_predict(dm, ctx->features);
-		t1 = kml_dd_clock();
+		ns = kml_dd_model_predict_timed(kq, dm, ctx->features);
 		if (ns >= 0) {
+			kml_dd_stat_inc(KML_DD_S_INFERENCES);
 			ctx->pred_valid = 1;
 			ctx->pred_met = kml_dd_meets(ns, ctx->deadline_ns,
 						kml_dd_decision_permille());
@@ -146,7 +176,6 @@ static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 			ctx->pred_issue_ns = ns;
 			if (!ctx->pred_met)
 				kml_dd_steer(kq, ctx);
-			kml_dd_note_inference(kml_dd_since(t0, t1));
 		}
 	}
 	rcu_read_unlock();
@@ -237,7 +266,6 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	struct kml_dd_sample s;
-	u64 now = kml_dd_clock();
 
 	rq->elv.priv[1] = NULL;
 	if (!ctx->dispatch_ns) {
@@ -247,23 +275,31 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 	}
 	atomic_dec(&kq->inflight);
 
-	memset(&s, 0, sizeof(s));
-	s.insert_ns = ctx->insert_ns;
-	s.sector = ctx->sector;
+	/*
+	 * The outcome and the prediction are all the statistics need; the
+	 * rest of the sample (a clock read, the features) is made only for
+	 * a ring that takes it.
+	 */
 	s.issue_ns = kml_dd_since(ctx->insert_ns, ctx->dispatch_ns);
 	s.deadline_ns = ctx->deadline_ns;
-	s.completion_ns = kml_dd_since(ctx->insert_ns, now);
 	s.pred_issue_ns = ctx->pred_issue_ns;
-	s.bytes = ctx->bytes;
-	s.op = ctx->op;
 	s.met = s.issue_ns <= s.deadline_ns;
 	s.pred_valid = ctx->pred_valid;
 	s.pred_met = ctx->pred_met;
 	s.flags = ctx->flags;
+	if (!kml_dd_count_sample(&s))
+		goto release;
+	s.insert_ns = ctx->insert_ns;
+	s.sector = ctx->sector;
+	s.completion_ns = kml_dd_since(ctx->insert_ns, kml_dd_clock());
+	s.bytes = ctx->bytes;
+	s.op = ctx->op;
 	s.dev = kq->dev;
 	memcpy(s.features, ctx->features, sizeof(ctx->features));
-
-	kml_dd_record_sample(&s);
+	/* no stack bytes into user memory */
+	memset(s.features + KML_DD_NR_FEATURES, 0,
+	       sizeof(s.features) - sizeof(ctx->features));
+	kml_dd_push_sample(&s);
 release:
 	llist_add(&ctx->node, &kq->returned);
 }

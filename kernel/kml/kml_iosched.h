@@ -48,6 +48,7 @@ struct kml_dd_queue {
 	struct llist_node *free;	/* contexts ready for insert */
 	struct kml_dd_feat_state feat;	/* what the features read */
 	u32 holdout_seq;		/* steering predicted misses */
+	u32 predict_seq;		/* predictions, for KML_DD_TIME_EVERY */
 	/* any context */
 	struct llist_head returned;	/* contexts freed at completion */
 	atomic_t queued[2];		/* tracked requests in the scheduler */
@@ -103,6 +104,15 @@ static inline void kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 }
 
 /*
+ * Whether @kq is in active mode: mq-deadline asks this first, so that with
+ * KML off its dispatch pays one load per question and nothing more.
+ */
+static inline bool kml_dd_steers(struct kml_dd_queue *kq)
+{
+	return READ_ONCE(kq->mode) == KML_DD_ACTIVE;
+}
+
+/*
  * True if @rq should be dispatched now, ahead of stock order: only in
  * active mode, for a request the model predicted to miss its deadline
  * while it was not standing aside (its recent skill no better than the
@@ -133,6 +143,11 @@ static inline void kml_dd_dispatch(struct kml_dd_queue *kq,
 				   struct request *rq) {}
 static inline void kml_dd_finish(struct kml_dd_queue *kq,
 				 struct request *rq) {}
+static inline bool kml_dd_steers(struct kml_dd_queue *kq)
+{
+	return false;
+}
+
 static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq)
 {
 	return false;

@@ -403,6 +403,41 @@ static void kml_test_ring_counts(struct kunit *test)
 }
 
 /*
+ * kml_ring_drops() says "full" exactly when a drop-mode push would drop,
+ * and counts the drop as that push would; never in blocking mode.
+ */
+static void kml_test_ring_drops(struct kunit *test)
+{
+	u64 produced, consumed, dropped;
+	struct kml_ring *r;
+	u32 i, v;
+
+	KUNIT_ASSERT_EQ(test, 0, kml_ring_create(&r, 4, sizeof(u32),
+						 KML_RING_DROP));
+	for (i = 0; i < 4; i++) {
+		KUNIT_EXPECT_FALSE(test, kml_ring_drops(r));
+		KUNIT_EXPECT_EQ(test, 0, kml_ring_push(r, &i));
+	}
+	KUNIT_EXPECT_TRUE(test, kml_ring_drops(r));
+	KUNIT_EXPECT_EQ(test, -ENOSPC, kml_ring_push(r, &i));
+	KUNIT_EXPECT_EQ(test, 0, kml_ring_pop(r, &v));
+	KUNIT_EXPECT_FALSE(test, kml_ring_drops(r));
+	kml_ring_counters(r, &produced, &consumed, &dropped);
+	KUNIT_EXPECT_EQ(test, produced, 4ULL);
+	KUNIT_EXPECT_EQ(test, dropped, 2ULL);
+	kml_ring_destroy(r);
+
+	KUNIT_ASSERT_EQ(test, 0, kml_ring_create(&r, 2, sizeof(u32),
+						 KML_RING_BLOCK));
+	for (i = 0; i < 2; i++)
+		KUNIT_EXPECT_EQ(test, 0, kml_ring_push(r, &i));
+	KUNIT_EXPECT_FALSE(test, kml_ring_drops(r));
+	kml_ring_counters(r, &produced, &consumed, &dropped);
+	KUNIT_EXPECT_EQ(test, dropped, 0ULL);
+	kml_ring_destroy(r);
+}
+
+/*
  * A consumer can write the header's positions and counters: kml_ring_check()
  * passes what pushes and pops make and breaks the ring on anything else
  * (more popped than pushed, the tail past the head or a lap behind it).
@@ -969,6 +1004,72 @@ static void kml_test_dd_decide_contract(struct kunit *test)
 }
 #endif /* CONFIG_KML_IOSCHED */
 
+#ifdef CONFIG_KML_IOSCHED
+/* A Q16 linear deadline model: weights, bias and running statistics. */
+static struct kml_model *kml_test_dd_linear(struct kunit *test, u32 norm)
+{
+	struct kml_model_cfg cfg = {
+		.dtype = KML_Q16, .n_layers = 1, .norm = norm,
+		.sizes = { KML_DD_NR_FEATURES, 1 },
+	};
+	s32 x[4 * KML_DD_NR_FEATURES], *p;
+	struct kml_model *m = NULL;
+	u32 i;
+
+	KUNIT_ASSERT_EQ(test, 0, kml_model_create(&cfg, &m));
+	p = kml_model_params(m);
+	for (i = 0; i < KML_DD_NR_FEATURES; i++)	/* -1.5 .. 1.75 */
+		p[i] = ((s32)((i * 5) % 14) - 6) * (KML_Q16_ONE / 4);
+	p[KML_DD_NR_FEATURES] = 9 * KML_Q16_ONE + 12345;
+	/* features like the kernel's: lg values up to 20, flags 0 or 1 */
+	for (i = 0; i < ARRAY_SIZE(x); i++)
+		x[i] = (s32)((i * 7919) % (20 << 16));
+	if (norm != KML_NORM_NONE)
+		KUNIT_ASSERT_EQ(test, 0, kml_model_norm_update(m, x, 4));
+	return m;
+}
+
+/*
+ * The compiled linear model agrees with the library's Q16 inference (whose
+ * agreement with the float path kml_test_fixed_vs_float checks) to within
+ * the library's own rounding of the normalised inputs, half a unit of
+ * each |w|, plus the two final roundings; and what cannot be compiled is
+ * left to the library.
+ */
+static void kml_test_dd_linear_compile(struct kunit *test)
+{
+	struct kml_dd_linear lin;
+	s32 x[KML_DD_NR_FEATURES], ref, diff, bound, *p;
+	struct kml_model *m;
+	u32 norm, r, i;
+
+	for (norm = KML_NORM_NONE; norm <= KML_NORM_STANDARD; norm++) {
+		m = kml_test_dd_linear(test, norm);
+		p = kml_model_params(m);
+		bound = 2;
+		for (i = 0; i < KML_DD_NR_FEATURES; i++)
+			bound += abs(p[i]) / (2 * KML_Q16_ONE) + 1;
+		KUNIT_ASSERT_TRUE(test, kml_dd_linear_compile(m, &lin));
+		for (r = 0; r < 64; r++) {
+			for (i = 0; i < KML_DD_NR_FEATURES; i++)
+				x[i] = (s32)(((r + 3) * (i + 11) * 104729) %
+					     (64 << 16));
+			KUNIT_ASSERT_EQ(test, 0, kml_model_predict(m, x, 1, &ref));
+			diff = abs(kml_dd_linear_predict(&lin, x) - ref);
+			KUNIT_EXPECT_LE_MSG(test, diff, bound, "norm %u row %u",
+					    norm, r);
+		}
+		/* a weight that does not fit Q8.24 once folded */
+		p[3] = S32_MAX;
+		KUNIT_EXPECT_FALSE(test, kml_dd_linear_compile(m, &lin));
+		kml_model_free(m);
+	}
+	m = kml_test_model(test, KML_Q16, KML_ARCH_MLP);
+	KUNIT_EXPECT_FALSE(test, kml_dd_linear_compile(m, &lin));
+	kml_model_free(m);
+}
+#endif
+
 static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_math_accuracy),
 	KUNIT_CASE(kml_test_math_special),
@@ -982,6 +1083,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_ring_counts),
 	KUNIT_CASE(kml_test_ring_attach),
 	KUNIT_CASE(kml_test_ring_check),
+	KUNIT_CASE(kml_test_ring_drops),
 #ifdef CONFIG_KML_IOSCHED
 	KUNIT_CASE(kml_test_ring_claim),
 #endif
@@ -995,6 +1097,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_cal_contract),
 	KUNIT_CASE(kml_test_dd_target_contract),
 	KUNIT_CASE(kml_test_dd_decide_contract),
+	KUNIT_CASE(kml_test_dd_linear_compile),
 #endif
 	{}
 };
