@@ -7,6 +7,7 @@ runner, which knows nothing of argparse; ``build`` is whole here.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from kmlbench import paths
 from kmlbench.build import image, kernel
@@ -41,7 +42,11 @@ def command_build(args: argparse.Namespace) -> int:
     log_dir = cache / "logs"
     for variant in matrix.kernel_variants:
         request = runner.kernel_request(matrix, variant)
-        build = kernel.build_kernel(request, cache, log_dir=log_dir)
+        try:
+            build = kernel.build_kernel(request, cache, log_dir=log_dir)
+        except kernel.KernelBuildError as exc:
+            print(f"kmlbench build: kernel {variant}: {exc}", file=sys.stderr)
+            return 1
         state = "built" if build.compiled else "cached"
         print(f"kernel {variant}: {state} {build.bzimage} (config {build.config_hash[:12]})")
     return 0

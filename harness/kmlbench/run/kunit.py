@@ -292,4 +292,13 @@ def command(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(keydir, ignore_errors=True)
     (out / "dmesg.txt").write_text(dmesg)
-    return _finish(parse_ktap(dmesg), failure, args.json, out)
+    # The serial console has every line; dmesg's ring buffer loses the
+    # start of the output when failing cases print a lot (the suite header
+    # and plan with it, and then no case can be placed).
+    ktap = dmesg
+    console_log = out / "console.log"
+    if console_log.exists():
+        text = console_log.read_text(errors="replace")
+        if "KTAP version" in text:
+            ktap = text
+    return _finish(parse_ktap(ktap), failure, args.json, out)
