@@ -173,14 +173,6 @@ METRICS: dict[str, MetricDef] = {
             "kinsn", "kernel instructions per I/O", "insn", False, scalar="kernel_insn_per_io"
         ),
         MetricDef("uinsn", "user instructions per I/O", "insn", False, scalar="user_insn_per_io"),
-        # exact, from the instruction counter of a profiled cell (guest.insn_profile)
-        MetricDef(
-            "kinsnx",
-            "kernel instructions per I/O (exact)",
-            "insn",
-            False,
-            scalar="kernel_insn_per_io_exact",
-        ),
         MetricDef("accuracy", "accuracy", "", True, scalar="kml.accuracy"),
         MetricDef("baseline_accuracy", "baseline", "", True, scalar="kml.baseline_accuracy"),
         MetricDef(
