@@ -27,6 +27,7 @@ from kmlbench.data import insn_profile as prof
 from kmlbench.guest.command import QBOOT, GuestConfig, QemuPlugin, build_command_line
 
 SYMBOLS = """\
+ffffffff80ff0000 0000000000000010 t local_clock
 ffffffff81000000 0000000000000020 T fake_a
 ffffffff81000020 t fake_alias_at_b
 ffffffff81000020 0000000000000010 T fake_b
@@ -114,7 +115,7 @@ def test_kernel_symbols_keeps_text_only(tmp_path: Path) -> None:
     (tmp_path / "System.map").write_text(SYMBOLS)
     out = qemu_plugin.kernel_symbols(tmp_path, tmp_path / "syms.txt")
     assert qemu_plugin.symbol_names(out) == {
-        "fake_a", "fake_alias_at_b", "fake_b", "__x64_sys_sync",
+        "local_clock", "fake_a", "fake_alias_at_b", "fake_b", "__x64_sys_sync",
     }  # fmt: skip
 
 
@@ -159,6 +160,11 @@ def test_fio_command_syncs_only_when_profiled() -> None:
         ("kml_dd_meets", "prediction"),
         ("kml_q16_matmul.isra.0", "prediction"),
         ("kernel_fpu_begin_mask", "prediction"),
+        ("kml_linear_forward_q16", "prediction"),
+        ("kml_sat32", "prediction"),
+        ("kml_dd_decide_q16", "prediction"),
+        ("kml_now_ns", "clock"),
+        ("kml_dd_stat_inc", "statistics"),
         ("native_sched_clock", "clock"),
         ("local_clock", "clock"),
         ("kml_ring_push", "ring"),

@@ -8,7 +8,10 @@
  * symbols=FILE  the guest kernel's symbols, as `nm -n -S --defined-only
  *               vmlinux` prints them ("ADDR SIZE TYPE NAME") or as
  *               System.map does ("ADDR TYPE NAME"); text symbols (t T w W)
- *               are used, a symbol without a size ends where the next begins
+ *               are used, a symbol without a size ends where the next begins;
+ *               of several at one address the sized, global one names it, and
+ *               symbols of one name (a static function in several files)
+ *               share one counter
  * out=FILE      snapshots are appended here, one JSON object per line:
  *               {"snapshot": N, "reason": "mark"|"exit", "counts": {NAME: COUNT}}
  *               with every non-zero counter (cumulative since QEMU started)
@@ -47,11 +50,12 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 struct sym {
 	uint64_t start, end; /* [start, end) */
 	char *name;
+	size_t counter; /* symbols of one name (static functions of several files) share one */
 };
 
 static struct sym *syms;
 static size_t nsyms;
-/* counts[i] for syms[i]; then the two catch-alls. */
+/* counts[syms[i].counter] for syms[i]; then the two catch-alls. */
 static uint64_t *counts;
 #define USER_IDX (nsyms)
 #define KOTHER_IDX (nsyms + 1)
@@ -77,6 +81,35 @@ static int raw_cmp(const void *a, const void *b)
 	if (x->sized != y->sized)
 		return y->sized - x->sized;
 	return y->global - x->global;
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+	const struct sym *x = &syms[*(const size_t *)a], *y = &syms[*(const size_t *)b];
+	int c = strcmp(x->name, y->name);
+
+	return c ? c : (x->start < y->start ? -1 : 1);
+}
+
+/* One counter per name: the first symbol of a name (by address) owns it. */
+static void share_counters(void)
+{
+	size_t *order = malloc(nsyms * sizeof(*order)), i;
+
+	if (!order)
+		abort();
+	for (i = 0; i < nsyms; i++)
+		order[i] = i;
+	qsort(order, nsyms, sizeof(*order), name_cmp);
+	for (i = 0; i < nsyms; i++) {
+		struct sym *s = &syms[order[i]];
+
+		if (i && !strcmp(s->name, syms[order[i - 1]].name))
+			s->counter = syms[order[i - 1]].counter;
+		else
+			s->counter = order[i];
+	}
+	free(order);
 }
 
 static int load_symbols(const char *path)
@@ -150,6 +183,7 @@ static int load_symbols(const char *path)
 		nsyms++;
 	}
 	free(raw);
+	share_counters();
 	counts = calloc(nsyms + 2, sizeof(*counts));
 	if (!counts)
 		abort();
@@ -172,7 +206,7 @@ static size_t lookup(uint64_t addr)
 			hi = mid;
 	}
 	if (lo && addr < syms[lo - 1].end)
-		return lo - 1;
+		return syms[lo - 1].counter;
 	return KOTHER_IDX;
 }
 
