@@ -206,13 +206,15 @@ def test_profile_between_two_marks(tmp_path: Path) -> None:
         prof.profile_from_snapshots(got[:1], 10, mark="m", ios_source="t")
 
 
-def test_fio_ios_prefers_the_device_count() -> None:
+def test_fio_ios_counts_every_job_and_direction() -> None:
     report = {
         "disk_util": [{"name": "nullb0", "read_ios": 900, "write_ios": 100}],
-        "jobs": [{"read": {"total_ios": 800}}],
+        "jobs": [
+            {"read": {"total_ios": 800}, "write": {"total_ios": 50}},
+            {"read": {"total_ios": 1}},
+        ],
     }
-    assert prof.fio_ios(report) == (1000.0, "fio disk_util")
-    assert prof.fio_ios({"jobs": report["jobs"]}) == (800.0, "fio total_ios")
+    assert prof.fio_ios(report) == (851.0, "fio total_ios")
 
 
 def _cell(run: Path, cid: str, mode: str, counts: dict[str, int], ios: int) -> dict:

@@ -95,6 +95,8 @@ def profile_metrics(ctx: CellContext, snapshots: Path, seen: int, mark: str) -> 
     a profile that cannot be made is noted in the record, not fatal.
     """
     ios, source = prof.fio_ios(ctx.fio_report)
+    if ctx.params["workload"]["ramp_s"]:
+        source += f" (not the {ctx.params['workload']['ramp_s']} s ramp's: per I/O is high)"
     try:
         new = prof.read_snapshots(snapshots)[seen:]
         profile = prof.profile_from_snapshots(new, ios, mark=mark, ios_source=source)

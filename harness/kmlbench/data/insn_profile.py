@@ -192,16 +192,14 @@ def profile_from_snapshots(
 
 
 def fio_ios(report: Mapping[str, Any]) -> tuple[float, str]:
-    """The I/Os of a fio run and where the number came from.
+    """The I/Os of a fio run (every job's ``total_ios``) and where the number came from.
 
-    fio's device statistics (``disk_util``: every I/O the device completed
-    while fio ran, ramp included, as the marks' window does) when present,
-    else the jobs' ``total_ios`` (the measured period only).
+    They are the measured period's: with a ramp (``ramp_s``) the marks'
+    window holds more I/Os than these, so a profile is per I/O only for a
+    workload without one (``workloads/hooks.yaml``). fio's ``disk_util``
+    is no better: it is sampled every 250 ms and missed a tenth of a
+    one-second run's I/Os.
     """
-    disks = report.get("disk_util") or []
-    ios = sum(int(d.get("read_ios", 0)) + int(d.get("write_ios", 0)) for d in disks)
-    if ios > 0:
-        return float(ios), "fio disk_util"
     total = 0
     for job in report.get("jobs", []):
         for direction in ("read", "write", "trim"):
