@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kmlbench import paths
 from kmlbench.bench import hooks
 from kmlbench.build import qemu_plugin
 from kmlbench.cell import workload
@@ -25,6 +26,7 @@ from kmlbench.cell.context import ProfileSpec
 from kmlbench.cell.lifecycle import profile_plugin
 from kmlbench.data import insn_profile as prof
 from kmlbench.guest.command import QBOOT, GuestConfig, QemuPlugin, build_command_line
+from kmlbench.run import runner
 
 SYMBOLS = """\
 ffffffff80ff0000 0000000000000010 t local_clock
@@ -250,3 +252,17 @@ def test_hooks_command_without_profiles(tmp_path: Path, capsys: pytest.CaptureFi
     (run / "summary.json").write_text(json.dumps({"cells": []}))
     with pytest.raises(hooks.HooksError, match="insn_profile"):
         hooks.breakdown(run)
+
+
+def test_a_profiled_run_is_refused_with_jobs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    status = runner.main_run(
+        matrix_path=paths.WORKLOADS_DIR / "hooks.yaml",
+        resume=None,
+        dry_run=False,
+        accel="tcg",
+        results_root=tmp_path,
+        jobs=2,
+    )
+    assert status == 2
+    assert "guest.insn_profile runs serially" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made
