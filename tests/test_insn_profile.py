@@ -31,10 +31,12 @@ from kmlbench.run import runner
 SYMBOLS = """\
 ffffffff80ff0000 0000000000000010 t local_clock
 ffffffff81000000 0000000000000020 T fake_a
+ffffffff81000008 t .E_label_inside_a
 ffffffff81000020 t fake_alias_at_b
 ffffffff81000020 0000000000000010 T fake_b
 ffffffff81000040 T __x64_sys_sync
 ffffffff81000050 d not_text
+ffffffff81000060 0000000000000004 t local_clock
 """
 
 
@@ -72,6 +74,22 @@ def test_plugin_counts_firmware_as_user_and_writes_at_exit(
     snaps = prof.read_snapshots(out)
     assert [s["reason"] for s in snaps] == ["exit"]
     assert snaps[0]["counts"][prof.USER] > 1000  # the firmware ran, in the lower half
+
+
+def test_plugin_resolves_the_symbol_table(plugin: qemu_plugin.Plugin, tmp_path: Path) -> None:
+    symbols, dump = tmp_path / "syms.txt", tmp_path / "dump.txt"
+    symbols.write_text(SYMBOLS)
+    _qemu(plugin.path, f"symbols={symbols},out={tmp_path / 'o.jsonl'},dump={dump}", seconds=1)
+    table = [line.split() for line in dump.read_text().splitlines()]
+    assert table == [
+        ["ffffffff80ff0000", "ffffffff80ff0010", "local_clock"],
+        # the label inside fake_a is fake_a's; the sized global of an address names it
+        ["ffffffff81000000", "ffffffff81000020", "fake_a"],
+        ["ffffffff81000020", "ffffffff81000030", "fake_b"],
+        # no size: up to the next symbol (data is not text)
+        ["ffffffff81000040", "ffffffff81000060", "__x64_sys_sync"],
+        ["ffffffff81000060", "ffffffff81000064", "local_clock"],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -117,7 +135,8 @@ def test_kernel_symbols_keeps_text_only(tmp_path: Path) -> None:
     (tmp_path / "System.map").write_text(SYMBOLS)
     out = qemu_plugin.kernel_symbols(tmp_path, tmp_path / "syms.txt")
     assert qemu_plugin.symbol_names(out) == {
-        "local_clock", "fake_a", "fake_alias_at_b", "fake_b", "__x64_sys_sync",
+        "local_clock", "fake_a", ".E_label_inside_a", "fake_alias_at_b", "fake_b",
+        "__x64_sys_sync",
     }  # fmt: skip
 
 

@@ -19,6 +19,8 @@
  *               instruction (default __x64_sys_sync: run `sync` in the guest
  *               before and after the work to measure, then diff the two);
  *               a last snapshot is written when QEMU exits
+ * dump=FILE     write the symbol table as resolved ("START END NAME", hex,
+ *               one per line) and go on: for checking the rules above
  *
  * Instructions outside every symbol are counted as "[user]" (the lower,
  * user half of the canonical address space) or "[kernel other]".
@@ -116,7 +118,8 @@ static int load_symbols(const char *path)
 {
 	FILE *f = fopen(path, "r");
 	struct raw *raw = NULL;
-	size_t n = 0, cap = 0, i;
+	size_t n = 0, cap = 0, i, k;
+	uint64_t cover;
 	char line[1024];
 
 	if (!f) {
@@ -162,20 +165,30 @@ static int load_symbols(const char *path)
 		return -1;
 	}
 	qsort(raw, n, sizeof(*raw), raw_cmp);
+	/*
+	 * Keep one symbol per address (the first: sized, global) and drop an
+	 * unsized label inside a sized function (.E_copy in copy_user_*): its
+	 * instructions are the function's.
+	 */
+	for (i = 0, k = 0, cover = 0; i < n; i++) {
+		if ((k && raw[k - 1].start == raw[i].start) ||
+		    (!raw[i].sized && raw[i].start < cover)) {
+			free(raw[i].name);
+			continue;
+		}
+		if (raw[i].sized && raw[i].start + raw[i].size > cover)
+			cover = raw[i].start + raw[i].size;
+		raw[k++] = raw[i];
+	}
+	n = k;
 	syms = calloc(n, sizeof(*syms));
 	if (!syms)
 		abort();
+	/* a symbol ends at its size, or where the next one begins */
 	for (i = 0; i < n; i++) {
-		uint64_t next = 0;
-		size_t j = i + 1;
+		uint64_t next = i + 1 < n ? raw[i + 1].start :
+					    raw[i].start + (raw[i].sized ? raw[i].size : 1);
 
-		if (nsyms && syms[nsyms - 1].start == raw[i].start) {
-			free(raw[i].name); /* an alias: the first (sized, global) wins */
-			continue;
-		}
-		while (j < n && raw[j].start == raw[i].start)
-			j++;
-		next = j < n ? raw[j].start : raw[i].start + (raw[i].sized ? raw[i].size : 1);
 		syms[nsyms].start = raw[i].start;
 		syms[nsyms].end = raw[i].sized && raw[i].start + raw[i].size < next ?
 					  raw[i].start + raw[i].size : next;
@@ -297,7 +310,7 @@ static void on_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
 					   int argc, char **argv)
 {
-	const char *symbols = NULL, *out_path = NULL;
+	const char *symbols = NULL, *out_path = NULL, *dump = NULL;
 	size_t i;
 	int k;
 
@@ -310,8 +323,11 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
 			out_path = arg + 4;
 		else if (!strncmp(arg, "mark=", 5))
 			mark_name = arg + 5;
+		else if (!strncmp(arg, "dump=", 5))
+			dump = arg + 5;
 		else {
-			fprintf(stderr, "symcount: unknown argument %s (symbols=, out=, mark=)\n", arg);
+			fprintf(stderr, "symcount: unknown argument %s (symbols=, out=, mark=, dump=)\n",
+				arg);
 			return -1;
 		}
 	}
@@ -330,6 +346,18 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
 	}
 	if (load_symbols(symbols))
 		return -1;
+	if (dump) {
+		FILE *f = fopen(dump, "w");
+
+		if (!f) {
+			fprintf(stderr, "symcount: %s: %s\n", dump, strerror(errno));
+			return -1;
+		}
+		for (i = 0; i < nsyms; i++)
+			fprintf(f, "%" PRIx64 " %" PRIx64 " %s\n", syms[i].start, syms[i].end,
+				syms[i].name);
+		fclose(f);
+	}
 	if (*mark_name) {
 		for (i = 0; i < nsyms && strcmp(syms[i].name, mark_name); i++)
 			;
