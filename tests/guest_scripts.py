@@ -19,8 +19,9 @@ Texts are stored once, by content hash; cells name them.
     python tests/guest_scripts.py --add-new       # keep it; add matrices it lacks, from today's
 
 A matrix added after the golden was made has no older rendering to match:
-``--add-new`` pins its cells as today's code renders them, and leaves every
-cell already in the file as it was.
+``--add-new`` pins its cells (and any one-line command the file lacks, such
+as the profiled fio run) as today's code renders them, and leaves every
+cell and command already in the file as it was.
 """
 
 from __future__ import annotations
@@ -182,7 +183,11 @@ class CurrentBackend:
         return model_mod.trainer_seconds(workload)
 
     def commands(self) -> dict[str, str]:
-        out = {"fio_run": workload_mod.fio_command(), "cpu_read": workload_mod.cpu_read_command()}
+        out = {
+            "fio_run": workload_mod.fio_command(),
+            "fio_run_profiled": workload_mod.fio_command(profiled=True),
+            "cpu_read": workload_mod.cpu_read_command(),
+        }
         for path in TEXT_FILES:
             out[f"fetch_text {path}"] = _recorded(lambda g, p=path: model_mod.fetch_text(g, p, 1))
         for path in BINARY_FILES:
@@ -281,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
                 for key in keys.values():
                     data["texts"][key] = now["texts"][key]
         data["texts"] = dict(sorted(data["texts"].items()))
+        new_commands = sorted(set(now["commands"]) - set(data["commands"]))
+        for name in new_commands:
+            data["commands"][name] = now["commands"][name]
+            data["texts"][now["commands"][name]] = now["texts"][now["commands"][name]]
+        data["texts"] = dict(sorted(data["texts"].items()))
+        added += [f"command {name}" for name in new_commands]
         if added:
             data["source"] += f"; {', '.join(added)} from kmlbench.cell as added"
     elif args.rev:

@@ -117,7 +117,7 @@ def test_blocks_and_inline_values_do_not_mix() -> None:
 
 
 def test_a_command_is_one_line() -> None:
-    assert render.command("workload-fio.sh", {"FIO": "fio j"}).endswith("exit $rc")
+    assert render.command("workload-fio.sh", {"FIO": "fio j", "SYNC": ""}).endswith("exit $rc")
     with pytest.raises(RenderError, match="a command is one line"):
         render.command("kml-snapshot.sh")
 

@@ -84,6 +84,7 @@ def test_expansion_counts(tmp_path: Path) -> None:
         "command_timeout_s": 600,
         "silence_timeout_s": 120,
         "share_boot": False,
+        "insn_profile": False,
     }
 
 
@@ -386,6 +387,19 @@ ERRORS = [
         4,
         "guest.icount_shift",
         "only means something with guest.clock: virtual",
+    ),
+    (
+        "name: t\nguest:\n  insn_profile: yes please\naxes: {workload: [{template: randread}]}\n",
+        3,
+        "guest.insn_profile",
+        "must be true or false, got str 'yes please'",
+    ),
+    (
+        "name: t\nguest:\n  clock: realtime\n  insn_profile: true\n"
+        "axes: {workload: [{template: randread}]}\n",
+        4,
+        "guest.insn_profile",
+        "needs guest.clock: virtual",
     ),
     (
         "name: t\naxes: {workload: [{template: randread}]}\nexclude:\n  - {scheduler.name: none}\n",

@@ -297,6 +297,14 @@ def _bench_harness_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _bench_hooks_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "matrix", nargs="?", type=Path, help="a profiled matrix (default workloads/hooks.yaml)"
+    )
+    p.add_argument("--run", metavar="RUN_ID", help="break down this run instead of running one")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 def _bench_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--keep", action="store_true", help="keep the temporary cache")
@@ -431,6 +439,17 @@ COMMANDS: tuple[Command, ...] = (
         _bench_harness_args,
         "Where a cell's time goes: boot to SSH-ready, fio's wall time and the "
         "harness's time outside fio.",
+    ),
+    Command(
+        ("bench", "hooks"),
+        "kernel instructions per I/O by KML part, off / observe / active",
+        "bench.hooks:command",
+        _bench_hooks_args,
+        "Where KML's kernel instructions go: run a profiled matrix (guest.insn_profile; "
+        "default workloads/hooks.yaml) or read --run RUN_ID, and print per mode the "
+        "kernel instructions per I/O, the difference against off by part (hooks, "
+        "features, clock, prediction, ring, statistics, mq-deadline, rest) and the "
+        "symbols that moved most.",
     ),
     Command(
         ("bench", "build"),

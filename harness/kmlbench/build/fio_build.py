@@ -2,9 +2,9 @@
 
 Debian's ``/usr/bin/fio`` links ~84 MB of libraries (ceph, gluster, icu),
 which would bloat every initramfs and slow every TCG boot. Instead we fetch
-the distribution's fio *source* package through a private apt configuration
-(a deb-src entry in our own cache dir, so the host's apt setup is never
-touched), configure it ``--build-static`` with the heavy engines disabled,
+the distribution's fio *source* package through the private apt
+configuration of :mod:`kmlbench.build.debian_source` (the host's apt setup
+is never touched), configure it ``--build-static`` with the heavy engines disabled,
 and cache the single binary under ``cache_dir()/fio/<key>/fio``.
 
 ``<key>`` hashes the source package version, the configure flags and the
@@ -19,20 +19,25 @@ compiler), :func:`guest_fio` falls back to the host's dynamically linked
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kmlbench import procs
+from kmlbench.build.debian_source import (
+    SourceError,
+    apt_dir,
+    compiler_id,
+    download_source,
+    file_lock,
+    run_logged,
+    source_versions,
+)
 from kmlbench.paths import cache_dir
 
 # Bump when the recipe below changes in a way the flags do not show.
@@ -57,18 +62,10 @@ CONFIGURE_FLAGS: tuple[str, ...] = (
     "--disable-lex",
 )
 
-DEBIAN_SOURCES = """\
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-"""
-
 APT_PACKAGES = ("build-essential", "dpkg-dev", "libaio-dev", "zlib1g-dev")
 
 
-class FioBuildError(Exception):
+class FioBuildError(SourceError):
     """The static fio could not be fetched or built; the message says which step."""
 
 
@@ -87,105 +84,32 @@ class FioBinary:
     libraries: tuple[Path, ...] = field(default_factory=tuple)
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Serialise builds: several engineers share one cache on one machine."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _apt_options(apt_dir: Path) -> list[str]:
-    """Point apt at private sources, lists and caches: the host's stay untouched."""
-    opts = [
-        "-o", "Dir::Etc::SourceList=/dev/null",
-        "-o", f"Dir::Etc::SourceParts={apt_dir / 'parts'}",
-        "-o", f"Dir::State::Lists={apt_dir / 'lists'}",
-        "-o", f"Dir::Cache={apt_dir / 'cache'}",
-        "-o", "Debug::NoLocking=1",
-    ]  # fmt: skip
-    if os.geteuid() == 0:
-        # _apt cannot write into root's cache dir; do not print a warning per file.
-        opts += ["-o", "APT::Sandbox::User=root"]
-    return opts
-
-
-def _run(cmd: list[str], cwd: Path, log: Path, what: str, timeout: float = 900) -> str:
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
-        out.flush()
-        try:
-            proc = procs.run(
-                cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, timeout=timeout, check=False,
-            )  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise FioBuildError(f"{what}: {exc} (log: {log})") from exc
-        out.write(proc.stdout)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-15:])
-        raise FioBuildError(f"{what} failed (exit {proc.returncode}, log: {log}):\n{tail}")
-    return str(proc.stdout)
-
-
-def _source_version(apt_dir: Path, log: Path) -> str:
-    """The fio source version in our private lists, running ``apt-get update`` once."""
-    (apt_dir / "parts").mkdir(parents=True, exist_ok=True)
-    (apt_dir / "lists" / "partial").mkdir(parents=True, exist_ok=True)
-    (apt_dir / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    sources = apt_dir / "parts" / "debian-src.sources"
-    if not sources.exists() or sources.read_text() != DEBIAN_SOURCES:
-        sources.write_text(DEBIAN_SOURCES)
-    opts = _apt_options(apt_dir)
-
-    def showsrc() -> list[str]:
-        try:
-            out = procs.run(
-                ["apt-cache", *opts, "showsrc", "fio"],
-                capture_output=True, text=True, timeout=120, check=False,
-            ).stdout  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired):
-            return []
-        return re.findall(r"^Version: (\S+)$", out, flags=re.MULTILINE)
-
-    versions = showsrc()
-    if not versions:
-        _run(["apt-get", *opts, "update"], apt_dir, log, "apt-get update (deb-src)", 300)
-        versions = showsrc()
-    if not versions:
-        raise FioBuildError(f"no fio source package in {sources} (log: {log})")
-    return versions[0]
-
-
-def _compiler_id() -> str:
-    try:
-        out = procs.run(["cc", "--version"], capture_output=True, text=True, check=True)
-        return str(out.stdout).splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError) as exc:
-        raise FioBuildError("no C compiler (apt-get install build-essential)") from exc
-
-
 def build_static_fio(cache: Path | None = None) -> FioBinary:
     """Return the cached static fio, fetching and building it on a miss.
 
     Raises :class:`FioBuildError` naming the failed step and its log.
     """
+    try:
+        return _build_static_fio(cache)
+    except FioBuildError:
+        raise
+    except SourceError as exc:
+        raise FioBuildError(str(exc)) from exc
+
+
+def _build_static_fio(cache: Path | None) -> FioBinary:
     root = (cache or cache_dir()) / "fio"
-    apt_dir = root / "apt"
+    apt = apt_dir(cache)
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(root / ".lock"):
         log = root / "last-build.log"
         log.write_text("")
-        version = _source_version(apt_dir, log)
+        version = source_versions("fio", apt, log)[0]
         recipe = {
             "recipe": RECIPE_VERSION,
             "source": f"debian:fio:{version}",
             "flags": list(CONFIGURE_FLAGS),
-            "compiler": _compiler_id(),
+            "compiler": compiler_id(),
         }
         key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
         out_dir = root / f"{version.split('-')[0]}-{key}"
@@ -195,18 +119,13 @@ def build_static_fio(cache: Path | None = None) -> FioBinary:
 
         with tempfile.TemporaryDirectory(dir=root, prefix="build-") as tmp:
             work = Path(tmp)
-            opts = _apt_options(apt_dir)
-            _run(["apt-get", *opts, "source", "--download-only", f"fio={version}"],
-                 work, log, "apt-get source fio", 600)  # fmt: skip
-            dsc = next(work.glob("fio_*.dsc"), None)
-            if dsc is None:
-                raise FioBuildError(f"apt-get source left no .dsc in {work} (log: {log})")
-            _run(["dpkg-source", "--no-check", "-x", dsc.name, "src"],
-                 work, log, "dpkg-source -x", 300)  # fmt: skip
+            dsc = download_source("fio", version, apt, work, log)
+            run_logged(["dpkg-source", "--no-check", "-x", dsc.name, "src"],
+                       work, log, "dpkg-source -x", 300)  # fmt: skip
             src = work / "src"
-            _run(["./configure", *CONFIGURE_FLAGS], src, log, "fio ./configure", 300)
+            run_logged(["./configure", *CONFIGURE_FLAGS], src, log, "fio ./configure", 300)
             jobs = str(min(2, os.cpu_count() or 1))
-            _run(["nice", "make", f"-j{jobs}", "fio"], src, log, "make fio", 1200)
+            run_logged(["nice", "make", f"-j{jobs}", "fio"], src, log, "make fio", 1200)
             built = src / "fio"
             _check_static(built, log)
             procs.run(["strip", str(built)], check=False)

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kmlbench import procs
-from kmlbench.build.fio_build import FioBinary, file_lock, guest_fio, ldd_libraries
+from kmlbench.build.debian_source import file_lock
+from kmlbench.build.fio_build import FioBinary, guest_fio, ldd_libraries
 from kmlbench.hashing import sha256_file
 from kmlbench.paths import GUEST_IMAGE_DIR, KML_SRC_DIR
 

@@ -80,6 +80,20 @@ class ResetFailed(StepFailed):
 
 
 @dataclass(frozen=True)
+class ProfileSpec:
+    """The instruction profile of a cell (``guest: {insn_profile: true}``).
+
+    QEMU loads ``plugin`` (``tools/qemu-plugin/symcount.c``) with the guest
+    kernel's ``symbols``; it appends a snapshot of its per-symbol counts to
+    the boot's ``insn-snapshots.jsonl`` each time the guest enters ``mark``.
+    """
+
+    plugin: Path
+    symbols: Path
+    mark: str
+
+
+@dataclass(frozen=True)
 class BootSpec:
     """How to boot a guest for a matrix's cells."""
 
@@ -89,6 +103,7 @@ class BootSpec:
     matrix: Matrix
     accel: str
     start: StartGuest
+    profile: ProfileSpec | None = None
 
     @property
     def command_timeout(self) -> float:

@@ -55,11 +55,13 @@ from kmlbench.cell.context import (
     Boot,
     BootSpec,
     CellContext,
+    ProfileSpec,
     ResetFailed,
     StartGuest,
     StepFailed,
 )
-from kmlbench.guest.command import GuestConfig
+from kmlbench.data.insn_profile import SNAPSHOTS_FILE
+from kmlbench.guest.command import GuestConfig, QemuPlugin
 from kmlbench.guest.console import ConsoleEvent, status_for
 from kmlbench.guest.qemu import Guest, GuestError
 from kmlbench.guest.ssh import SSHKeys
@@ -102,7 +104,18 @@ def guest_config(spec: BootSpec, device_params: dict[str, Any], folder: Path) ->
         silence_timeout_s=float(guest["silence_timeout_s"]),
         clock=guest["clock"],
         icount_shift=int(guest["icount_shift"]),
+        plugins=[profile_plugin(spec.profile, folder)] if spec.profile else [],
     )
+
+
+def profile_plugin(profile: ProfileSpec, folder: Path) -> QemuPlugin:
+    """The instruction counter, its snapshots in the boot's ``folder``."""
+    args = (
+        ("symbols", str(profile.symbols)),
+        ("out", str(folder / SNAPSHOTS_FILE)),
+        ("mark", profile.mark),
+    )
+    return QemuPlugin(profile.plugin, args)
 
 
 # --- the steps ------------------------------------------------------------------------
@@ -196,14 +209,16 @@ def run_cell(
     accel: str,
     trace: bool = False,
     start_guest: StartGuest = Guest,
+    profile: ProfileSpec | None = None,
 ) -> CellOutcome:
     """Boot a guest for ``cell``, take it through its steps, and collect everything.
 
     Never raises for a failure of the guest or the workload: those become
     the cell's status. ``trace`` records KML's sample ring during fio into
-    ``<cell>/trace.kmltrc`` (``kmlbench trace``).
+    ``<cell>/trace.kmltrc`` (``kmlbench trace``). ``profile`` counts the
+    guest's instructions per kernel symbol (``insn-profile.json``).
     """
-    spec = BootSpec(kernel, initrd, keys, matrix, accel, start_guest)
+    spec = BootSpec(kernel, initrd, keys, matrix, accel, start_guest, profile)
     the_boot = Boot(spec, folder=cell_dir, first_cell=cell.id, shared=False)
     ctx = CellContext(cell, cell_dir, the_boot, trace=trace)
     started = time.monotonic()
@@ -250,6 +265,7 @@ def run_shared_boot(
     accel: str,
     before_cell: Callable[[Cell], None] = lambda cell: None,
     start_guest: StartGuest = Guest,
+    profile: ProfileSpec | None = None,
 ) -> Generator[tuple[Cell, CellOutcome], None, None]:
     """Run one boot group's ``cells`` one after another in one guest; yield each outcome.
 
@@ -261,8 +277,10 @@ def run_shared_boot(
     reset, runs again) and the rest of the group boots afresh.
     ``before_cell`` is called once per cell, before its boot if it is the
     first: an interrupt is seen before a boot starts, not only after.
+    With ``profile``, the boot's instruction snapshots are in the first
+    cell's folder and each cell's profile in its own.
     """
-    spec = BootSpec(kernel, initrd, keys, matrix, accel, start_guest)
+    spec = BootSpec(kernel, initrd, keys, matrix, accel, start_guest, profile)
     pending = list(cells)
     announced: set[str] = set()
 

@@ -5,7 +5,9 @@ puts it in the guest; :func:`run` runs fio between two copies of
 ``/proc/stat``'s ``cpu`` line (``scripts/workload-fio.sh``), turns fio's
 JSON into the cell's status and metrics (:func:`fio_outcome`), and adds
 the guest CPU time of the run (:func:`cpu_metrics`), in instructions per
-I/O under the virtual clock.
+I/O under the virtual clock. A profiled cell (``guest.insn_profile``) runs
+``sync`` just before and after, and its instruction profile between the
+two (:func:`profile_metrics`) goes to ``insn-profile.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kmlbench.cell.context import CellContext, CellGuest, CommandOutput
 from kmlbench.cell.guest_paths import CPU_SNAPSHOT, GUEST_JOB
 from kmlbench.clock import host_timeout, instructions_per_us
 from kmlbench.data import fio
+from kmlbench.data import insn_profile as prof
 from kmlbench.plan import fio_job
 from kmlbench.status import FAILED, OK
 
@@ -28,9 +31,16 @@ from kmlbench.status import FAILED, OK
 SHORT_TIMEOUT_S = 30
 
 
-def fio_command() -> str:
-    """The guest command that runs the cell's job, with the CPU snapshots around it."""
-    return render.command("workload-fio.sh", {"FIO": fio_job.fio_shell_command(GUEST_JOB)})
+def fio_command(profiled: bool = False) -> str:
+    """The guest command that runs the cell's job, with the CPU snapshots around it.
+
+    ``profiled``: with a ``sync`` just before and after, the instruction
+    counter's marks.
+    """
+    return render.command(
+        "workload-fio.sh",
+        {"FIO": fio_job.fio_shell_command(GUEST_JOB), "SYNC": "sync; " if profiled else ""},
+    )
 
 
 def cpu_read_command() -> str:
@@ -62,7 +72,10 @@ def run(ctx: CellContext) -> None:
     timeout = host_timeout(
         ctx.timeout, guest.cfg.clock, busy_guest_s=float(workload["runtime_s"] + workload["ramp_s"])
     )
-    result = guest.run(fio_command(), timeout)
+    profile = ctx.boot.spec.profile
+    snapshots = ctx.boot.folder / prof.SNAPSHOTS_FILE
+    seen = len(prof.read_snapshots(snapshots)) if profile else 0
+    result = guest.run(fio_command(profiled=profile is not None), timeout)
     ctx.timings["fio_s"] = time.monotonic() - started
     if result.stderr:
         ctx.log("fio.stderr", result.stderr)
@@ -70,6 +83,33 @@ def run(ctx: CellContext) -> None:
     if ctx.status == OK:
         ios = ctx.metrics.get("iops", 0.0) * fio_runtime_s(ctx.fio_report)
         ctx.metrics.update(guest_cpu_metrics(guest, ctx.cell_dir, ios, ctx.timeout))
+        if profile is not None:
+            ctx.metrics.update(profile_metrics(ctx, snapshots, seen, profile.mark))
+
+
+def profile_metrics(ctx: CellContext, snapshots: Path, seen: int, mark: str) -> dict[str, float]:
+    """The instruction profile between the fio command's two marks, into ``insn-profile.json``.
+
+    ``seen``: snapshots in the boot's file before the command (a shared
+    boot's earlier cells wrote theirs). Returns the exact per-I/O totals;
+    a profile that cannot be made is noted in the record, not fatal.
+    """
+    ios, source = prof.fio_ios(ctx.fio_report)
+    if ctx.params["workload"]["ramp_s"]:
+        source += f" (not the {ctx.params['workload']['ramp_s']} s ramp's: per I/O is high)"
+    try:
+        new = prof.read_snapshots(snapshots)[seen:]
+        profile = prof.profile_from_snapshots(new, ios, mark=mark, ios_source=source)
+    except prof.ProfileError as exc:
+        ctx.extra["insn_profile_error"] = str(exc)
+        return {}
+    profile["snapshots"] = [int(s["snapshot"]) for s in new if s.get("reason") == "mark"]
+    ctx.log(prof.PROFILE_FILE, json.dumps(profile, indent=1) + "\n")
+    out: dict[str, float] = {}
+    for key in ("kernel", "user"):
+        if profile["per_io"][key] is not None:
+            out[f"{key}_insn_per_io_exact"] = float(profile["per_io"][key])
+    return out
 
 
 def fio_outcome(

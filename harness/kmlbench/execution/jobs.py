@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from kmlbench.cell.context import StartGuest
+from kmlbench.cell.context import ProfileSpec, StartGuest
 from kmlbench.cell.lifecycle import CellOutcome
 from kmlbench.hashing import sha256_file
 from kmlbench.plan.cells import Cell
@@ -57,6 +57,8 @@ class RunSpec:
     """What every job of a run needs besides its cells (pickled to workers).
 
     ``start_guest`` is None for real QEMU guests; tests put a fake here.
+    ``profiles`` (by kernel variant) count instructions per kernel symbol
+    (``guest.insn_profile``; the serial executor only).
     """
 
     run_id: str
@@ -67,6 +69,7 @@ class RunSpec:
     image: Artifact
     qemu_version: str
     start_guest: StartGuest | None = None
+    profiles: dict[str, ProfileSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

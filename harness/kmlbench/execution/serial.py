@@ -75,6 +75,7 @@ class SerialExecutor:
         start_guest = spec.start_guest or self._start_guest or Guest
         for job in jobs:
             kernel = spec.kernels[job.cells[0].kernel_variant].path
+            profile = spec.profiles.get(job.cells[0].kernel_variant)
             if not job.shared:
                 (cell,) = job.cells
                 on_start(cell, IN_PROCESS)
@@ -88,6 +89,7 @@ class SerialExecutor:
                     accel=spec.accel,
                     trace=spec.trace,
                     start_guest=start_guest,
+                    profile=profile,
                 )
                 yield CellResult(cell, outcome)
                 continue
@@ -101,6 +103,7 @@ class SerialExecutor:
                 accel=spec.accel,
                 before_cell=lambda c: on_start(c, IN_PROCESS),
                 start_guest=start_guest,
+                profile=profile,
             )
             with closing(outcomes):  # an interrupt while a cell is recorded ends QEMU too
                 for cell, outcome in outcomes:

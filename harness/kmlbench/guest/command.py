@@ -22,6 +22,19 @@ QBOOT = Path("/usr/share/qemu/qboot.rom")
 BASE_APPEND = "console=ttyS0 panic=-1 printk.time=1 random.trust_cpu=on"
 
 
+@dataclass(frozen=True)
+class QemuPlugin:
+    """A TCG plugin QEMU loads (``-plugin PATH,NAME=VALUE,...``), e.g. the instruction counter."""
+
+    path: Path
+    args: tuple[tuple[str, str], ...] = ()
+
+    def argument(self) -> str:
+        """The ``-plugin`` option's value; QEMU's option syntax doubles a comma in a value."""
+        parts = [str(self.path), *(f"{name}={value}" for name, value in self.args)]
+        return ",".join(part.replace(",", ",,") for part in parts)
+
+
 @dataclass
 class GuestConfig:
     """How to boot one guest. ``extra_args`` come from :mod:`kmlbench.cell.device`.
@@ -45,6 +58,8 @@ class GuestConfig:
     # "virtual": -icount shift=N,sleep=off (TCG only, one vCPU); see kmlbench.clock
     clock: str = "realtime"
     icount_shift: int = 0
+    # TCG plugins (kmlbench.build.qemu_plugin's instruction counter): TCG only
+    plugins: list[QemuPlugin] = field(default_factory=list)
 
 
 def qemu_version() -> str:
@@ -70,6 +85,10 @@ def build_command_line(cfg: GuestConfig, port: int) -> list[str]:
         if cfg.accel != "tcg":
             raise ValueError(f"the virtual clock needs TCG (-icount), not {cfg.accel}")
         cmd += ["-icount", icount_arg(cfg.icount_shift)]
+    if cfg.plugins and cfg.accel != "tcg":
+        raise ValueError(f"QEMU plugins need TCG, not {cfg.accel}")
+    for plugin in cfg.plugins:
+        cmd += ["-plugin", plugin.argument()]
     if cfg.firmware is not None:
         cmd += ["-bios", str(cfg.firmware)]
     append = " ".join(a for a in (BASE_APPEND, kernel_append(cfg.clock), cfg.append) if a)

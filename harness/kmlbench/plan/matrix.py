@@ -345,6 +345,15 @@ def load_matrix(
         raise src.error("guest.cpus", VIRTUAL_CPUS_REASON)
     if "icount_shift" in guest_raw and not virtual:
         raise src.error("guest.icount_shift", "only means something with guest.clock: virtual")
+    if guest["insn_profile"] and not virtual:
+        raise src.error(
+            "guest.insn_profile",
+            f"needs guest.clock: virtual (counts under -icount), not {guest['clock']!r}",
+        )
+    if guest["insn_profile"] and guest["cpus"] > 1:
+        raise src.error(
+            "guest.insn_profile", f"counts one vCPU: needs guest.cpus: 1, not {guest['cpus']}"
+        )
 
     if "axes" not in top:
         raise src.error("", "missing required key 'axes'")

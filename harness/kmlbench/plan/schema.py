@@ -82,6 +82,10 @@ GUEST_FIELDS: dict[str, Field] = {
     # another in one guest boot: between-boot noise then drops out of their
     # comparison (docs/matrix.md, "Shared boots").
     "share_boot": Field("bool", False),
+    # Count the guest's instructions per kernel symbol with a QEMU plugin,
+    # between a `sync` before and after fio (insn-profile.json per cell;
+    # docs/matrix.md, "Instruction profiles"). Virtual clock, one vCPU.
+    "insn_profile": Field("bool", False),
 }
 
 # Choices that kmlbench.cell sets up in the guest, named once; the checks of

@@ -64,16 +64,14 @@ from kmlbench.plan.matrix import Matrix, load_matrix
 from kmlbench.plan.source import MatrixError
 from kmlbench.progress import Progress
 from kmlbench.run.host import choose_accel, git_revision, host_description
+from kmlbench.run.insn_profile import PluginBuildError, ensure_profiles
 from kmlbench.run.results import RunDir
 from kmlbench.run.table import summary_table
 from kmlbench.status import OK, STATUSES
 
 
 def kernel_request(matrix: Matrix, variant: str) -> KernelRequest:
-    return KernelRequest(
-        source=matrix.kernel_source,
-        fragments=tuple(matrix.kernel_variants[variant]),
-    )
+    return KernelRequest(matrix.kernel_source, tuple(matrix.kernel_variants[variant]))
 
 
 __all__ = ["boot_group_key", "execute", "main_run", "shared_boot_groups"]
@@ -210,6 +208,9 @@ def main_run(
         return 0
     if kvm_refused(matrix, accel):
         return 2
+    if matrix.guest["insn_profile"] and (jobs > 1 or scheduler):
+        print("kmlbench: guest.insn_profile runs serially: not with --jobs or --scheduler")
+        return 2
     if not resume:
         run = RunDir.create(root, run_id=run_id, name=matrix.name)
         run.copy_matrix(matrix.path)
@@ -328,6 +329,12 @@ def execute(
             kernel_request(matrix, variant), cache, log_dir=run.path / "build"
         )
         manifest["kernels"][variant] = _kernel_record(builds[variant])
+    profiles: dict[str, Any] = {}
+    try:
+        ensure_profiles(matrix, builds, profiles, manifest, cache)
+    except PluginBuildError as exc:
+        print(f"kmlbench: instruction profile: {exc}")
+        return 1
     first_build = next(iter(builds.values()))
     clock, shift = matrix.guest["clock"], int(matrix.guest["icount_shift"])
     accel, accel_reason = choose_accel(accel_request, first_build.bzimage, base_image, clock)
@@ -375,6 +382,7 @@ def execute(
             nonlocal not_ok, ran
             for variant in dict.fromkeys(c.kernel_variant for c in cells):
                 build_for(variant)
+            ensure_profiles(matrix, builds, profiles, manifest, cache)
             spec = RunSpec(
                 run_id=run.path.name,
                 matrix=matrix,
@@ -383,6 +391,7 @@ def execute(
                 kernels={v: kernel_artifact(v, b) for v, b in builds.items()},
                 image=guest_image,
                 qemu_version=str(manifest["qemu"]["version"]),
+                profiles=profiles,
             )
             jobs = plan_jobs(cells, share_boot)
             with closing(executor.run(spec, jobs, run.cell_dir, start)) as results:

@@ -1,0 +1,187 @@
+"""``kmlbench bench hooks``: where KML's kernel instructions go, per I/O.
+
+Runs a profiled matrix (``guest: {insn_profile: true}``; by default
+``workloads/hooks.yaml``: mq-deadline with the model off, observing and
+active) through the normal run machinery, or reads an existing run
+(``--run``), and prints per mode the kernel and user instructions per I/O
+between the two marks of each cell (``insn-profile.json``), then the
+difference against ``off`` by part (:data:`kmlbench.data.insn_profile.PARTS`)
+and the symbols that moved most. ``--json`` prints the same as one object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from kmlbench import paths
+from kmlbench.data import insn_profile as prof
+from kmlbench.plan.cells import config_hash
+from kmlbench.plan.matrix import load_matrix
+from kmlbench.plan.source import MatrixError
+from kmlbench.run import runner
+from kmlbench.run.results import make_run_id
+from kmlbench.status import OK
+
+MATRIX = paths.WORKLOADS_DIR / "hooks.yaml"
+BASELINE = "off"
+TOP = 15
+
+
+class HooksError(Exception):
+    """A run that cannot be summarised (no such run, no profiled cell)."""
+
+
+def mode_label(params: dict[str, Any]) -> str:
+    """A cell's model in a few words: ``off``, ``observe``, ``active trainer=user``."""
+    model = params.get("model") or {"mode": BASELINE}
+    words = [str(model["mode"])]
+    if model.get("trainer", "none") != "none":
+        words.append(f"trainer={model['trainer']}")
+    return " ".join(words)
+
+
+def profiles_by_mode(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """The profiles of a run's ok cells, grouped by :func:`mode_label` (labels made unique)."""
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise HooksError(f"{run_dir} is not a run folder (no summary.json)")
+    cells = json.loads(summary_path.read_text()).get("cells", [])
+    configs: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+    for cell in cells:
+        path = run_dir / "cells" / cell["id"] / prof.PROFILE_FILE
+        if cell.get("status") != OK or not path.is_file():
+            continue
+        params = cell.get("params", {})
+        key = config_hash(params)[:8]
+        label = mode_label(params)
+        configs.setdefault(key, (label, []))[1].append(prof.load_profile(path))
+    if not configs:
+        raise HooksError(
+            f"no ok cell of {run_dir.name} has {prof.PROFILE_FILE} "
+            "(run a matrix with guest: {insn_profile: true})"
+        )
+    out: dict[str, list[dict[str, Any]]] = {}
+    labels = [label for label, _ in configs.values()]
+    for key, (label, items) in configs.items():
+        if labels.count(label) > 1:
+            label = f"{label} [{key}]"
+        out[label] = items
+    return out
+
+
+def breakdown(run_dir: Path, top: int = TOP) -> dict[str, Any]:
+    """Per mode: instructions per I/O, absolute parts, and the difference against ``off``."""
+    modes = {label: prof.mean_profile(items) for label, items in profiles_by_mode(run_dir).items()}
+    base = modes.get(BASELINE)
+    result: dict[str, Any] = {"run_id": run_dir.name, "baseline": BASELINE, "modes": {}}
+    for label, mean in modes.items():
+        entry: dict[str, Any] = {
+            "cells": mean["repeats"],
+            "ios": mean["ios"],
+            "kernel_per_io": mean["per_io"]["kernel"],
+            "user_per_io": mean["per_io"]["user"],
+            "parts_per_io": mean["parts_per_io"],
+        }
+        if base is not None and label != BASELINE:
+            entry["vs_baseline"] = prof.compare(base, mean, top)
+        result["modes"][label] = entry
+    return result
+
+
+def _sign(x: float) -> str:
+    return f"{x:+.1f}"
+
+
+def render(result: dict[str, Any]) -> str:
+    """The breakdown as plain text tables."""
+    modes = result["modes"]
+    labels = list(modes)
+    width = max(12, *(len(label) for label in labels))
+    lines = [f"run {result['run_id']}: guest instructions per I/O between the two marks", ""]
+    head = f"{'':24s}" + "".join(f"{label:>{width}s}" for label in labels)
+    lines.append(head)
+    lines.append(f"{'cells':24s}" + "".join(f"{modes[m]['cells']:>{width}d}" for m in labels))
+    lines.append(
+        f"{'I/Os per cell':24s}" + "".join(f"{modes[m]['ios']:>{width}.0f}" for m in labels)
+    )
+    for key, name in (("kernel_per_io", "kernel"), ("user_per_io", "user")):
+        lines.append(f"{name:24s}" + "".join(f"{modes[m][key]:>{width}.1f}" for m in labels))
+    lines.append("")
+    lines.append("by part (absolute)")
+    for part in prof.PART_NAMES:
+        lines.append(
+            f"  {part:22s}"
+            + "".join(f"{modes[m]['parts_per_io'][part]:>{width}.1f}" for m in labels)
+        )
+    compared = [m for m in labels if "vs_baseline" in modes[m]]
+    if not compared:
+        lines.append("")
+        lines.append(f"(no '{result['baseline']}' cell: no difference to show)")
+        return "\n".join(lines)
+    lines.append("")
+    lines.append(f"difference against {result['baseline']}")
+    head = f"{'':24s}" + "".join(f"{m:>{width}s}" for m in compared)
+    lines.append(head)
+    lines.append(
+        f"{'kernel':24s}"
+        + "".join(f"{_sign(modes[m]['vs_baseline']['kernel_per_io']):>{width}s}" for m in compared)
+    )
+    for part in prof.PART_NAMES:
+        lines.append(
+            f"  {part:22s}"
+            + "".join(
+                f"{_sign(modes[m]['vs_baseline']['parts_per_io'][part]):>{width}s}"
+                for m in compared
+            )
+        )
+    for m in compared:
+        lines.append("")
+        lines.append(f"top symbols, {m} - {result['baseline']} (instructions per I/O)")
+        for row in modes[m]["vs_baseline"]["top_symbols"]:
+            lines.append(f"  {_sign(row['per_io']):>10s}  {row['part']:12s} {row['symbol']}")
+    return "\n".join(lines)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``kmlbench bench hooks [MATRIX] [--run RUN_ID] [--json]``."""
+    root = paths.results_dir()
+    if args.run is not None:
+        if args.matrix is not None:
+            print("kmlbench: give a matrix or --run RUN_ID, not both")
+            return 2
+        run_dir = root / args.run
+    else:
+        matrix_path = args.matrix or MATRIX
+        try:
+            matrix = load_matrix(matrix_path)
+        except MatrixError as exc:
+            print(f"kmlbench: {exc}")
+            return 2
+        if not matrix.guest["insn_profile"]:
+            print(f"kmlbench: {matrix_path}: guest.insn_profile is not true: nothing to break down")
+            return 2
+        run_id = make_run_id(matrix.name)
+        status = runner.main_run(
+            matrix_path=matrix_path,
+            resume=None,
+            dry_run=False,
+            accel="tcg",
+            results_root=root,
+            run_id=run_id,
+        )
+        if status != 0:
+            print("kmlbench: some cells were not ok; the profiles of the ok ones follow")
+        run_dir = root / run_id
+    try:
+        result = breakdown(run_dir)
+    except (HooksError, prof.ProfileError) as exc:
+        print(f"kmlbench: {exc}")
+        return 2 if args.run is not None else 1
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(render(result))
+    return 0
