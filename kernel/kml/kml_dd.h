@@ -103,27 +103,34 @@ enum kml_dd_stat {
 #define KML_DD_TIME_EVERY	64
 
 /*
- * A linear model (one layer, no activation) compiled when it is published
- * into one integer dot product, its input normalisation folded into the
- * weights: w in Q8.24, the bias in Q24.40, so that a prediction is
- * KML_DD_NR_FEATURES multiply-adds, with no FPU section and no call into
- * the library (kml_dd_linear_predict()).  Features are at most 64 << 16
- * (kml_dd_lg()), so with |w| < 2^31 and |bias| <= KML_DD_LINEAR_BIAS_MAX
- * the sum stays within 63 bits.
+ * A small Q16.16 model compiled when it is published into integer dot
+ * products inline in the insert hook, with no FPU section and no call into
+ * the library: a linear model, or one ReLU hidden layer of at most
+ * KML_DD_FAST_HIDDEN units and a linear output (kml_dd_fast_predict()).
+ * The input normalisation is folded into the first layer: w in Q8.24, the
+ * bias in Q24.40.  Features are at most 64 << 16 (kml_dd_lg()), so with
+ * |w| < 2^31 and |bias| <= KML_DD_FAST_BIAS_MAX a row's sum stays within
+ * 63 bits; hidden activations saturate at KML_DD_FAST_ACT_MAX (2048), so
+ * the output sum does too.
  */
-#define KML_DD_LINEAR_BIAS_MAX	(1LL << 60)
+#define KML_DD_FAST_HIDDEN	8
+#define KML_DD_FAST_BIAS_MAX	(1LL << 60)
+#define KML_DD_FAST_ACT_MAX	(1LL << 27)
 
-struct kml_dd_linear {
-	s32 w[KML_DD_NR_FEATURES];	/* Q8.24 */
-	s64 bias;			/* Q24.40 */
+struct kml_dd_fast {
+	u32 hidden;					/* 0: linear */
+	s32 w[KML_DD_FAST_HIDDEN][KML_DD_NR_FEATURES];	/* Q8.24 */
+	s64 b[KML_DD_FAST_HIDDEN];			/* Q24.40 */
+	s32 w2[KML_DD_FAST_HIDDEN];			/* Q16.16 */
+	s32 b2;						/* Q16.16 */
 };
 
 /* What readers see under RCU: the model and what the hot path needs of it. */
 struct kml_dd_model {
 	struct kml_model *model;
 	u32 dtype;
-	bool linear;			/* @lin holds the model */
-	struct kml_dd_linear lin;
+	bool fast;			/* @f holds the model */
+	struct kml_dd_fast f;
 	struct rcu_head rcu;
 };
 
@@ -247,25 +254,43 @@ static inline void kml_dd_note_inference_time(u64 ns)
 	this_cpu_inc(kml_dd_counters.inference_hist[kml_dd_hist_bucket(ns)]);
 }
 
-/*
- * The prediction of a compiled linear model (struct kml_dd_linear), Q16.16
- * lg(issue us), as kml_model_predict() gives it to within the rounding of
- * its normalised inputs (a KUnit case bounds the difference).
- */
-static inline s32 kml_dd_linear_predict(const struct kml_dd_linear *lin,
-					const s32 *features)
+/* One row of a compiled first layer: Q16.16, not yet saturated. */
+static inline s64 kml_dd_fast_row(const s32 *w, s64 bias, const s32 *features)
 {
-	s64 acc = lin->bias;
+	s64 acc = bias;
 	unsigned int i;
 
 	for (i = 0; i < KML_DD_NR_FEATURES; i++)
-		acc += (s64)lin->w[i] * features[i];
-	acc = (acc + (1LL << 23)) >> 24;
+		acc += (s64)w[i] * features[i];
+	return (acc + (1LL << 23)) >> 24;
+}
+
+/*
+ * The prediction of a compiled model (struct kml_dd_fast), Q16.16
+ * lg(issue us), as kml_model_predict() gives it to within the rounding of
+ * its normalised inputs (a KUnit case bounds the difference).
+ */
+static inline s32 kml_dd_fast_predict(const struct kml_dd_fast *f,
+				      const s32 *features)
+{
+	s64 acc, h;
+	unsigned int j;
+
+	if (!f->hidden) {
+		acc = kml_dd_fast_row(f->w[0], f->b[0], features);
+		return clamp_t(s64, acc, S32_MIN, S32_MAX);
+	}
+	acc = (s64)f->b2 << 16;
+	for (j = 0; j < f->hidden; j++) {
+		h = kml_dd_fast_row(f->w[j], f->b[j], features);
+		acc += (s64)f->w2[j] * clamp_t(s64, h, 0, KML_DD_FAST_ACT_MAX);
+	}
+	acc = (acc + (1LL << 15)) >> 16;
 	return clamp_t(s64, acc, S32_MIN, S32_MAX);
 }
 
-/* Compile @m into @lin if it is linear; false if it is not or cannot be. */
-bool kml_dd_linear_compile(struct kml_model *m, struct kml_dd_linear *lin);
+/* Compile @m into @f if it is small enough; false if not (or it cannot be). */
+bool kml_dd_fast_compile(struct kml_model *m, struct kml_dd_fast *f);
 
 /*
  * The core (kml_dd_core.c).  Process context unless said otherwise.

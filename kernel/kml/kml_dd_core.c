@@ -486,44 +486,68 @@ static void kml_dd_model_replace(struct kml_dd_model *dm)
 }
 
 /*
- * A Q16.16 linear model, normalisation folded in: with x' = (x - mean) *
- * scale, w . x' + b = (w * scale) . x + (b - (w * scale) . mean).  The
- * folded weights keep 24 fraction bits, so the sum differs from the
- * library's (which rounds each x' to 16) by less than half a unit of each
- * |w|.  Float models keep their FPU path: the integer lg-to-ns conversion
- * is up to 6% coarser than theirs.
+ * One output of a Q16.16 model's first layer, normalisation folded in:
+ * with x' = (x - mean) * scale, w . x' + b = (w * scale) . x + (b - (w *
+ * scale) . mean).  The folded weights keep 24 fraction bits, so the sum
+ * differs from the library's (which rounds each x' to 16) by less than
+ * half a unit of each |w|.
  */
-bool kml_dd_linear_compile(struct kml_model *m, struct kml_dd_linear *lin)
+static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
+			     s32 *wo, s64 *bo)
 {
-	const struct kml_model_cfg *c = &m->cfg;
-	const s32 *p = m->params, *mean = m->norm_mean, *scale = m->norm_scale;
-	bool norm = c->norm != KML_NORM_NONE;
-	s64 bias, w, t;
+	const s32 *mean = m->norm_mean, *scale = m->norm_scale;
+	bool norm = m->cfg.norm != KML_NORM_NONE;
+	s64 bias = (s64)b << 24, wi, t;
 	unsigned int i;
 
-	if (c->dtype != KML_Q16 || c->n_layers != 1 ||
-	    c->out_act != KML_ACT_NONE || c->sizes[0] != KML_DD_NR_FEATURES ||
-	    c->sizes[1] != 1)
-		return false;
-	bias = (s64)p[m->b_off[0]] << 24;
 	for (i = 0; i < KML_DD_NR_FEATURES; i++) {
-		w = (s64)p[m->w_off[0] + i] << 8;
-		if (norm)
-			w = kml_rshift_round((s64)p[m->w_off[0] + i] * scale[i],
-					     8);
-		if (w > S32_MAX || w < S32_MIN)
+		wi = norm ? kml_rshift_round((s64)w[i] * scale[i], 8) :
+			    (s64)w[i] << 8;
+		if (wi > S32_MAX || wi < S32_MIN)
 			return false;
-		lin->w[i] = w;
-		if (norm && (check_mul_overflow(w, (s64)mean[i], &t) ||
+		wo[i] = wi;
+		if (norm && (check_mul_overflow(wi, (s64)mean[i], &t) ||
 			     check_sub_overflow(bias, t, &bias)))
 			return false;
 	}
-	if (bias > KML_DD_LINEAR_BIAS_MAX || bias < -KML_DD_LINEAR_BIAS_MAX)
+	if (bias > KML_DD_FAST_BIAS_MAX || bias < -KML_DD_FAST_BIAS_MAX)
 		return false;
-	lin->bias = bias;
+	*bo = bias;
 	return true;
 }
-EXPORT_SYMBOL_IF_KUNIT(kml_dd_linear_compile);
+
+/*
+ * Q16.16 models with a linear output, and no hidden layer or one ReLU
+ * layer of at most KML_DD_FAST_HIDDEN units.  Float models keep their FPU
+ * path: the integer lg-to-ns conversion is up to 6% coarser than theirs.
+ */
+bool kml_dd_fast_compile(struct kml_model *m, struct kml_dd_fast *f)
+{
+	const struct kml_model_cfg *c = &m->cfg;
+	const s32 *p = m->params;
+	unsigned int j;
+
+	if (c->dtype != KML_Q16 || c->out_act != KML_ACT_NONE ||
+	    c->sizes[0] != KML_DD_NR_FEATURES || c->sizes[c->n_layers] != 1)
+		return false;
+	memset(f, 0, sizeof(*f));
+	if (c->n_layers == 1)
+		return kml_dd_fast_fold(m, p + m->w_off[0], p[m->b_off[0]],
+					f->w[0], &f->b[0]);
+	if (c->n_layers != 2 || c->hidden_act != KML_ACT_RELU ||
+	    c->sizes[1] > KML_DD_FAST_HIDDEN)
+		return false;
+	f->hidden = c->sizes[1];
+	for (j = 0; j < f->hidden; j++) {
+		if (!kml_dd_fast_fold(m, p + m->w_off[0] + j * KML_DD_NR_FEATURES,
+				      p[m->b_off[0] + j], f->w[j], &f->b[j]))
+			return false;
+		f->w2[j] = p[m->w_off[1] + j];
+	}
+	f->b2 = p[m->b_off[1]];
+	return true;
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_fast_compile);
 
 /*
  * Validate a model file and swap it in.  kml_model_load() checks the
@@ -553,7 +577,7 @@ int kml_dd_publish(const void *buf, size_t len)
 	}
 	dm->model = m;
 	dm->dtype = cfg.dtype;
-	dm->linear = kml_dd_linear_compile(m, &dm->lin);
+	dm->fast = kml_dd_fast_compile(m, &dm->f);
 	kml_dd_model_replace(dm);
 	kml_dd_stat_inc(KML_DD_S_UPDATES_APPLIED);
 	return 0;

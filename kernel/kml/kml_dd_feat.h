@@ -56,7 +56,7 @@ static inline u64 kml_dd_since(u64 then, u64 now)
  * the mantissa, so lg = (n - 1) << 16 plus that: no subtraction of 2^n,
  * and inline, since a request's features take nine of them.
  */
-static inline s32 __kml_dd_lg(u64 x)
+static __always_inline s32 __kml_dd_lg(u64 x)
 {
 	u64 v = x + 1;
 	unsigned int n;

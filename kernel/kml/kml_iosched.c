@@ -72,18 +72,17 @@ static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 /* ------------------------------------------------------------ inference */
 
 /*
- * Predicted issue time in ns, or a negative errno.  A compiled linear
- * model is a dot product here; other Q16 models run the library's integer
- * path, float ones an FPU section (counted).
+ * Predicted issue time in ns, or a negative errno.  A compiled model is a
+ * few dot products here; other Q16 models run the library's integer path,
+ * float ones an FPU section (counted).
  */
 static s64 kml_dd_model_predict(struct kml_dd_model *dm, const s32 *features)
 {
 	s32 yq;
 	s64 ns;
 
-	if (dm->linear)
-		return kml_dd_lg_q16_to_ns(kml_dd_linear_predict(&dm->lin,
-								 features));
+	if (dm->fast)
+		return kml_dd_lg_q16_to_ns(kml_dd_fast_predict(&dm->f, features));
 	if (dm->dtype == KML_Q16) {
 		kml_model_predict_nofpu(dm->model, features, 1, &yq);
 		return kml_dd_lg_q16_to_ns(yq);

@@ -1005,22 +1005,34 @@ static void kml_test_dd_decide_contract(struct kunit *test)
 #endif /* CONFIG_KML_IOSCHED */
 
 #ifdef CONFIG_KML_IOSCHED
-/* A Q16 linear deadline model: weights, bias and running statistics. */
-static struct kml_model *kml_test_dd_linear(struct kunit *test, u32 norm)
+/*
+ * A Q16 deadline model, linear (@hidden 0) or with @hidden ReLU units:
+ * weights, biases and running statistics.
+ */
+static struct kml_model *kml_test_dd_small(struct kunit *test, u32 norm,
+					   u32 hidden)
 {
 	struct kml_model_cfg cfg = {
-		.dtype = KML_Q16, .n_layers = 1, .norm = norm,
-		.sizes = { KML_DD_NR_FEATURES, 1 },
+		.dtype = KML_Q16, .norm = norm, .arch = KML_ARCH_LINEAR,
+		.n_layers = 1, .sizes = { KML_DD_NR_FEATURES, 1 },
 	};
 	s32 x[4 * KML_DD_NR_FEATURES], *p;
 	struct kml_model *m = NULL;
-	u32 i;
+	u32 i, n;
 
+	if (hidden) {
+		cfg.arch = KML_ARCH_MLP;
+		cfg.hidden_act = KML_ACT_RELU;
+		cfg.n_layers = 2;
+		cfg.sizes[1] = hidden;
+		cfg.sizes[2] = 1;
+	}
 	KUNIT_ASSERT_EQ(test, 0, kml_model_create(&cfg, &m));
 	p = kml_model_params(m);
-	for (i = 0; i < KML_DD_NR_FEATURES; i++)	/* -1.5 .. 1.75 */
+	n = kml_model_n_params(m);
+	for (i = 0; i < n; i++)		/* -1.5 .. 1.75, and a 9.19 bias */
 		p[i] = ((s32)((i * 5) % 14) - 6) * (KML_Q16_ONE / 4);
-	p[KML_DD_NR_FEATURES] = 9 * KML_Q16_ONE + 12345;
+	p[n - 1] = 9 * KML_Q16_ONE + 12345;
 	/* features like the kernel's: lg values up to 20, flags 0 or 1 */
 	for (i = 0; i < ARRAY_SIZE(x); i++)
 		x[i] = (s32)((i * 7919) % (20 << 16));
@@ -1030,42 +1042,75 @@ static struct kml_model *kml_test_dd_linear(struct kunit *test, u32 norm)
 }
 
 /*
- * The compiled linear model agrees with the library's Q16 inference (whose
- * agreement with the float path kml_test_fixed_vs_float checks) to within
- * the library's own rounding of the normalised inputs, half a unit of
- * each |w|, plus the two final roundings; and what cannot be compiled is
- * left to the library.
+ * How far the compiled model may be from the library's Q16 inference: the
+ * library rounds each normalised input to 16 fraction bits, which moves a
+ * first-layer sum by up to half a unit of each |w|; a hidden unit carries
+ * that, plus its own rounding, through its output weight.
  */
-static void kml_test_dd_linear_compile(struct kunit *test)
+static s64 kml_test_dd_bound(struct kml_model *m, u32 hidden)
 {
-	struct kml_dd_linear lin;
-	s32 x[KML_DD_NR_FEATURES], ref, diff, bound, *p;
-	struct kml_model *m;
-	u32 norm, r, i;
+	const s32 *p = kml_model_params(m);
+	u32 rows = hidden ? hidden : 1, j, i;
+	s64 row, bound = 2;
 
-	for (norm = KML_NORM_NONE; norm <= KML_NORM_STANDARD; norm++) {
-		m = kml_test_dd_linear(test, norm);
-		p = kml_model_params(m);
-		bound = 2;
+	for (j = 0; j < rows; j++) {
+		row = 2;
 		for (i = 0; i < KML_DD_NR_FEATURES; i++)
-			bound += abs(p[i]) / (2 * KML_Q16_ONE) + 1;
-		KUNIT_ASSERT_TRUE(test, kml_dd_linear_compile(m, &lin));
-		for (r = 0; r < 64; r++) {
-			for (i = 0; i < KML_DD_NR_FEATURES; i++)
-				x[i] = (s32)(((r + 3) * (i + 11) * 104729) %
-					     (64 << 16));
-			KUNIT_ASSERT_EQ(test, 0, kml_model_predict(m, x, 1, &ref));
-			diff = abs(kml_dd_linear_predict(&lin, x) - ref);
-			KUNIT_EXPECT_LE_MSG(test, diff, bound, "norm %u row %u",
-					    norm, r);
-		}
-		/* a weight that does not fit Q8.24 once folded */
-		p[3] = S32_MAX;
-		KUNIT_EXPECT_FALSE(test, kml_dd_linear_compile(m, &lin));
-		kml_model_free(m);
+			row += abs(p[j * KML_DD_NR_FEATURES + i]) /
+			       (2 * KML_Q16_ONE) + 1;
+		bound += hidden ?
+			 row * abs(p[rows * (KML_DD_NR_FEATURES + 1) + j]) /
+			 KML_Q16_ONE + 1 : row;
 	}
+	return bound;
+}
+
+/*
+ * The compiled model agrees with the library's Q16 inference (whose
+ * agreement with the float path kml_test_fixed_vs_float checks) within
+ * kml_test_dd_bound(); what cannot be compiled is left to the library.
+ */
+static void kml_test_dd_fast_compile(struct kunit *test)
+{
+	static const u32 hidden[] = { 0, 4, KML_DD_FAST_HIDDEN };
+	struct kml_dd_fast *f;
+	s32 x[KML_DD_NR_FEATURES], ref, *p;
+	struct kml_model *m;
+	s64 diff, bound;
+	u32 norm, h, r, i;
+
+	f = kunit_kzalloc(test, sizeof(*f), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, f);
+	for (h = 0; h < ARRAY_SIZE(hidden); h++) {
+		for (norm = KML_NORM_NONE; norm <= KML_NORM_STANDARD; norm++) {
+			m = kml_test_dd_small(test, norm, hidden[h]);
+			bound = kml_test_dd_bound(m, hidden[h]);
+			KUNIT_ASSERT_TRUE(test, kml_dd_fast_compile(m, f));
+			KUNIT_EXPECT_EQ(test, f->hidden, hidden[h]);
+			for (r = 0; r < 64; r++) {
+				for (i = 0; i < KML_DD_NR_FEATURES; i++)
+					x[i] = (s32)(((r + 3) * (i + 11) * 104729) %
+						     (64 << 16));
+				KUNIT_ASSERT_EQ(test, 0,
+						kml_model_predict(m, x, 1, &ref));
+				diff = abs(kml_dd_fast_predict(f, x) - ref);
+				KUNIT_EXPECT_LE_MSG(test, diff, bound,
+						    "hidden %u norm %u row %u",
+						    hidden[h], norm, r);
+			}
+			/* a weight that does not fit Q8.24 once folded */
+			p = kml_model_params(m);
+			p[3] = S32_MAX;
+			KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
+			kml_model_free(m);
+		}
+	}
+	/* too wide, or not ReLU: the library's */
+	m = kml_test_dd_small(test, KML_NORM_NONE, KML_DD_FAST_HIDDEN + 1);
+	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
+	kml_model_free(m);
 	m = kml_test_model(test, KML_Q16, KML_ARCH_MLP);
-	KUNIT_EXPECT_FALSE(test, kml_dd_linear_compile(m, &lin));
+	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
 	kml_model_free(m);
 }
 #endif
@@ -1097,7 +1142,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_cal_contract),
 	KUNIT_CASE(kml_test_dd_target_contract),
 	KUNIT_CASE(kml_test_dd_decide_contract),
-	KUNIT_CASE(kml_test_dd_linear_compile),
+	KUNIT_CASE(kml_test_dd_fast_compile),
 #endif
 	{}
 };
