@@ -34,12 +34,17 @@ class HooksError(Exception):
     """A run that cannot be summarised (no such run, no profiled cell)."""
 
 
-def mode_label(params: dict[str, Any]) -> str:
-    """A cell's model in a few words: ``off``, ``observe``, ``active trainer=user``."""
+def mode_label(params: dict[str, Any], variant: str = "default") -> str:
+    """A cell's model in a few words: ``off``, ``observe deadline-linear-q16``,
+    ``active trainer=user``, ``off [nokml]`` (a kernel variant other than the default)."""
     model = params.get("model") or {"mode": BASELINE}
     words = [str(model["mode"])]
+    if model.get("model_file"):
+        words.append(Path(str(model["model_file"])).stem)
     if model.get("trainer", "none") != "none":
         words.append(f"trainer={model['trainer']}")
+    if variant != "default":
+        words.append(f"[{variant}]")
     return " ".join(words)
 
 
@@ -56,7 +61,7 @@ def profiles_by_mode(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
             continue
         params = cell.get("params", {})
         key = config_hash(params)[:8]
-        label = mode_label(params)
+        label = mode_label(params, str(cell.get("kernel_variant", "default")))
         configs.setdefault(key, (label, []))[1].append(prof.load_profile(path))
     if not configs:
         raise HooksError(

@@ -37,7 +37,7 @@ SNAPSHOTS_FILE = "insn-snapshots.jsonl"
 # first profile put 3,000 instructions per I/O of them in ``rest``.
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hooks", ("__kml_dd_insert", "__kml_dd_dispatch", "__kml_dd_finish", "kml_dd_*")),
-    ("features", ("kml_dd_feat_*", "kml_dd_lg*")),
+    ("features", ("kml_dd_feat_*", "kml_dd_lg*", "__kml_dd_lg*")),
     (
         "clock",
         ("local_clock", "sched_clock*", "native_sched_clock", "kml_dd_clock", "kml_now_ns"),
@@ -45,7 +45,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "prediction",
         (
-            "kml_dd_model_predict",
+            "kml_dd_model_predict*",
             "kml_dd_predict*",
             "kml_model_*",
             "kml_q16_*",
@@ -73,7 +73,14 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ring", ("kml_ring_*", "kml_dd_push_sample")),
     (
         "statistics",
-        ("kml_dd_account", "kml_dd_skill_*", "kml_dd_hist_*", "kml_dd_note_*", "kml_dd_stat*"),
+        (
+            "kml_dd_account",
+            "kml_dd_count_sample",
+            "kml_dd_skill_*",
+            "kml_dd_hist_*",
+            "kml_dd_note_*",
+            "kml_dd_stat*",
+        ),
     ),
     ("mq-deadline", ("dd_*", "deadline_*")),
 )
