@@ -108,10 +108,11 @@ enum kml_dd_stat {
  * the library: a linear model, or one ReLU hidden layer of at most
  * KML_DD_FAST_HIDDEN units and a linear output (kml_dd_fast_predict()).
  * The input normalisation is folded into the first layer: w in Q8.24, the
- * bias in Q24.40.  Features are at most 64 << 16 (kml_dd_lg()), so with
- * |w| < 2^31 and |bias| <= KML_DD_FAST_BIAS_MAX a row's sum stays within
- * 63 bits; hidden activations saturate at KML_DD_FAST_ACT_MAX (2048), so
- * the output sum does too.
+ * bias in Q24.40.  Features are in [0, KML_DD_FEAT_MAX], so with |w| <
+ * 2^31 and |bias| <= KML_DD_FAST_BIAS_MAX a row's sum stays within 63
+ * bits.  A model is compiled only if no hidden unit can exceed
+ * KML_DD_FAST_ACT_MAX (2048) for any features, so the output sum stays
+ * within 63 bits too and the clamp there never changes a prediction.
  */
 #define KML_DD_FAST_HIDDEN	8
 #define KML_DD_FAST_BIAS_MAX	(1LL << 60)
@@ -137,8 +138,8 @@ struct kml_dd_model {
 /*
  * The counters every request touches, per CPU: an increment is one
  * instruction and never bounces a cache line between CPUs.  Readers sum
- * them (kml_dd_stat_read()); a reset zeroes them while requests may run,
- * which loses at most the increments that race with it.
+ * them (kml_dd_stat_read()); a reset has each CPU zero its own, between
+ * two of its increments, so no CPU writes another's counters.
  */
 struct kml_dd_counters {
 	u64 stats[KML_DD_NR_STATS];
@@ -280,7 +281,7 @@ static inline s32 kml_dd_fast_predict(const struct kml_dd_fast *f,
 		acc = kml_dd_fast_row(f->w[0], f->b[0], features);
 		return clamp_t(s64, acc, S32_MIN, S32_MAX);
 	}
-	acc = (s64)f->b2 << 16;
+	acc = (s64)f->b2 * (1LL << 16);
 	for (j = 0; j < f->hidden; j++) {
 		h = kml_dd_fast_row(f->w[j], f->b[j], features);
 		acc += (s64)f->w2[j] * clamp_t(s64, h, 0, KML_DD_FAST_ACT_MAX);

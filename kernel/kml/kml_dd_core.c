@@ -12,6 +12,8 @@
  * functions below.
  */
 #include <linux/module.h>
+#include <linux/cpu.h>
+#include <linux/smp.h>
 #include <linux/moduleparam.h>
 #include <linux/mm.h>
 #include <linux/rcupdate.h>
@@ -30,6 +32,7 @@
 #include <kunit/visibility.h>
 #include "kml_internal.h"
 #include "kml_dd.h"
+#include "kml_dd_feat.h"
 
 /* Predict a miss above deadline * decision_permille / 1000: see below. */
 #define KML_DD_PERMILLE_DEFAULT	1000
@@ -281,7 +284,8 @@ static u64 kml_dd_stat_read(unsigned int s)
 	int cpu;
 
 	for_each_possible_cpu(cpu)
-		sum += READ_ONCE(per_cpu(kml_dd_counters.stats[s], cpu));
+		/* data_race: others increment it; a snapshot is all we need */
+		sum += data_race(per_cpu(kml_dd_counters.stats[s], cpu));
 	return sum;
 }
 
@@ -293,20 +297,43 @@ static u64 kml_dd_hist_read(unsigned int b, bool err)
 
 	for_each_possible_cpu(cpu) {
 		c = per_cpu_ptr(&kml_dd_counters, cpu);
-		sum += err ? READ_ONCE(c->err_hist[b]) :
-			     READ_ONCE(c->inference_hist[b]);
+		/* data_race: as in kml_dd_stat_read() */
+		sum += err ? data_race(c->err_hist[b]) :
+			     /* data_race: the same */
+			     data_race(c->inference_hist[b]);
 	}
 	return sum;
 }
 
+/*
+ * On each CPU, in the IPI (interrupts off): an increment there is one
+ * instruction or runs with interrupts off, so none is half done.
+ */
+static void kml_dd_counters_zero(void *unused)
+{
+	memset(this_cpu_ptr(&kml_dd_counters), 0,
+	       sizeof(struct kml_dd_counters));
+}
+
+/*
+ * Each CPU zeroes its own counters: writing another's could race with its
+ * increment, which would write the old total back.  CPUs that are not
+ * online count nothing (a CPU's counters are zeroed again as it comes up
+ * only if this runs then, so they are zeroed here as well, unlocked: no
+ * hook runs on an offline CPU).  Process context.
+ */
 static void kml_dd_stats_reset(void)
 {
 	unsigned int i;
 	int cpu;
 
+	cpus_read_lock();
 	for_each_possible_cpu(cpu)
-		memset(per_cpu_ptr(&kml_dd_counters, cpu), 0,
-		       sizeof(struct kml_dd_counters));
+		if (!cpu_online(cpu))
+			memset(per_cpu_ptr(&kml_dd_counters, cpu), 0,
+			       sizeof(struct kml_dd_counters));
+	on_each_cpu(kml_dd_counters_zero, NULL, 1);
+	cpus_read_unlock();
 	for (i = 0; i < KML_DD_NR_STATS; i++)
 		atomic64_set(&kml_dd.gauges[i], 0);
 }
@@ -490,27 +517,33 @@ static void kml_dd_model_replace(struct kml_dd_model *dm)
  * with x' = (x - mean) * scale, w . x' + b = (w * scale) . x + (b - (w *
  * scale) . mean).  The folded weights keep 24 fraction bits, so the sum
  * differs from the library's (which rounds each x' to 16) by less than
- * half a unit of each |w|.
+ * half a unit of each |w|.  A @hidden unit's row is refused if some
+ * features could take it past KML_DD_FAST_ACT_MAX.
  */
 static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
-			     s32 *wo, s64 *bo)
+			     bool hidden, s32 *wo, s64 *bo)
 {
 	const s32 *mean = m->norm_mean, *scale = m->norm_scale;
 	bool norm = m->cfg.norm != KML_NORM_NONE;
-	s64 bias = (s64)b << 24, wi, t;
+	s64 bias = (s64)b * (1LL << 24), wi, t, top = 0;
 	unsigned int i;
 
 	for (i = 0; i < KML_DD_NR_FEATURES; i++) {
 		wi = norm ? kml_rshift_round((s64)w[i] * scale[i], 8) :
-			    (s64)w[i] << 8;
+			    (s64)w[i] * (1LL << 8);
 		if (wi > S32_MAX || wi < S32_MIN)
 			return false;
 		wo[i] = wi;
 		if (norm && (check_mul_overflow(wi, (s64)mean[i], &t) ||
 			     check_sub_overflow(bias, t, &bias)))
 			return false;
+		if (wi > 0)
+			top += wi * KML_DD_FEAT_MAX;	/* < 2^53 each */
 	}
 	if (bias > KML_DD_FAST_BIAS_MAX || bias < -KML_DD_FAST_BIAS_MAX)
+		return false;
+	/* the row's largest value over every possible feature vector */
+	if (hidden && (bias + top) / (1LL << 24) > KML_DD_FAST_ACT_MAX)
 		return false;
 	*bo = bias;
 	return true;
@@ -533,14 +566,14 @@ bool kml_dd_fast_compile(struct kml_model *m, struct kml_dd_fast *f)
 	memset(f, 0, sizeof(*f));
 	if (c->n_layers == 1)
 		return kml_dd_fast_fold(m, p + m->w_off[0], p[m->b_off[0]],
-					f->w[0], &f->b[0]);
+					false, f->w[0], &f->b[0]);
 	if (c->n_layers != 2 || c->hidden_act != KML_ACT_RELU ||
 	    c->sizes[1] > KML_DD_FAST_HIDDEN)
 		return false;
 	f->hidden = c->sizes[1];
 	for (j = 0; j < f->hidden; j++) {
 		if (!kml_dd_fast_fold(m, p + m->w_off[0] + j * KML_DD_NR_FEATURES,
-				      p[m->b_off[0] + j], f->w[j], &f->b[j]))
+				      p[m->b_off[0] + j], true, f->w[j], &f->b[j]))
 			return false;
 		f->w2[j] = p[m->w_off[1] + j];
 	}

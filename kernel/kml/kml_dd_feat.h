@@ -18,6 +18,12 @@
 #include "kml.h"
 #include "kml_iosched_uapi.h"
 
+/*
+ * Every feature is in [0, KML_DD_FEAT_MAX]: the flags and fractions are at
+ * most 1.0 (1 << 16), an lg() at most 64 (lg(U64_MAX)).
+ */
+#define KML_DD_FEAT_MAX		(64 << 16)
+
 /* The queue's state the features read; zero at the start. */
 struct kml_dd_feat_state {
 	u64 last_insert_ns;

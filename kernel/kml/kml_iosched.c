@@ -261,6 +261,10 @@ void kml_dd_note_urgent(struct request *rq)
 }
 EXPORT_SYMBOL_GPL(kml_dd_note_urgent);
 
+/* No padding: every byte of a sample the ring takes is written below. */
+static_assert(sizeof(struct kml_dd_sample) ==
+	      64 + sizeof(__s32) * KML_DD_MAX_FEATURES);
+
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);

@@ -207,7 +207,7 @@ int kml_ring_push(struct kml_ring *r, const void *rec)
 			tries++;
 		} else if (dif < 0) {
 			/* slot still holds the record of the previous lap: full */
-			if (r->mode == KML_RING_DROP) {
+			if (kml_read_once(r->mode) == KML_RING_DROP) {
 				kml_atomic64_inc(&sh->dropped);
 				return -ENOSPC;
 			}

@@ -1105,8 +1105,22 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 			kml_model_free(m);
 		}
 	}
-	/* too wide, or not ReLU: the library's */
+	/* too wide, not ReLU, float, or a unit that features could take past
+	 * KML_DD_FAST_ACT_MAX: the library's
+	 */
 	m = kml_test_dd_small(test, KML_NORM_NONE, KML_DD_FAST_HIDDEN + 1);
+	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
+	kml_model_free(m);
+	m = kml_test_dd_small(test, KML_NORM_NONE, 4);
+	KUNIT_ASSERT_TRUE(test, kml_dd_fast_compile(m, f));
+	m->cfg.hidden_act = KML_ACT_TANH;
+	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
+	m->cfg.hidden_act = KML_ACT_RELU;
+	m->cfg.dtype = KML_F32;
+	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
+	m->cfg.dtype = KML_Q16;
+	p = kml_model_params(m);
+	p[4 * KML_DD_NR_FEATURES + 1] = 2048 * KML_Q16_ONE;	/* unit 1's bias */
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
 	kml_model_free(m);
 	m = kml_test_model(test, KML_Q16, KML_ARCH_MLP);

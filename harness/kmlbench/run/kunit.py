@@ -294,11 +294,12 @@ def command(args: argparse.Namespace) -> int:
     (out / "dmesg.txt").write_text(dmesg)
     # The serial console has every line; dmesg's ring buffer loses the
     # start of the output when failing cases print a lot (the suite header
-    # and plan with it, and then no case can be placed).
-    ktap = dmesg
+    # and plan with it, and then no case can be placed). Read both and keep
+    # the one that places more cases.
+    suites = parse_ktap(dmesg)
     console_log = out / "console.log"
     if console_log.exists():
-        text = console_log.read_text(errors="replace")
-        if "KTAP version" in text:
-            ktap = text
-    return _finish(parse_ktap(ktap), failure, args.json, out)
+        from_console = parse_ktap(console_log.read_text(errors="replace"))
+        if summarize(from_console)["cases"] > summarize(suites)["cases"]:
+            suites = from_console
+    return _finish(suites, failure, args.json, out)
