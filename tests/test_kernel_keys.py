@@ -53,9 +53,14 @@ SHIPPED_REQUESTS = [("debian", ())]
 # One more with a variant fragment (looked up in kernel/configs/ by name), so
 # that fragments in the keys are covered too.
 REQUESTS = [*SHIPPED_REQUESTS, ("debian", ("extra.config",))]
-# Shipped variants of one fragment each (workloads/sanitizers.yaml): their
-# keys are made exactly as extra.config's above, which pins that path.
-SHIPPED_VARIANTS = [("debian", ("debug.config",)), ("debian", ("kcsan.config",))]
+# Shipped variants of one fragment each (workloads/sanitizers.yaml,
+# workloads/hooks.yaml): their keys are made exactly as extra.config's
+# above, which pins that path.
+SHIPPED_VARIANTS = [
+    ("debian", ("debug.config",)),
+    ("debian", ("kcsan.config",)),
+    ("debian", ("no-kml-iosched.config",)),
+]
 
 # -- the frozen world ------------------------------------------------------------
 
