@@ -134,8 +134,14 @@ def test_a_model_no_better_than_the_baseline_steps_aside(g: Guest) -> None:
 
 def test_observe_mode_keeps_predicting_and_measuring(g: Guest) -> None:
     sh(g, f"echo observe > {Q}/iosched/kml_mode")
-    after = run_io(g)
-    c = after.counters
+    # A window closes once it holds 16 misses (or 8 windows' worth of
+    # predictions): observe steers nothing, so on a fast, idle host the
+    # misses can come slower than in active mode. Give it up to 4 rounds.
+    for _ in range(4):
+        after = run_io(g)
+        c = after.counters
+        if c["skill_windows"] >= 1:
+            break
     assert c["inferences"] > 0 and c["skill_windows"] >= 1, c
     assert c["stepped_aside"] == 1 and c["urgent_dispatches"] == 0, c
     assert c["steer_suppressed"] == 0, c  # only active mode has steering to suppress
