@@ -292,15 +292,15 @@ static u64 kml_dd_stat_read(unsigned int s)
 static u64 kml_dd_hist_read(unsigned int b, bool err)
 {
 	struct kml_dd_counters *c;
+	const u64 *h;
 	u64 sum = 0;
 	int cpu;
 
 	for_each_possible_cpu(cpu) {
 		c = per_cpu_ptr(&kml_dd_counters, cpu);
+		h = err ? c->err_hist : c->inference_hist;
 		/* data_race: as in kml_dd_stat_read() */
-		sum += err ? data_race(c->err_hist[b]) :
-			     /* data_race: the same */
-			     data_race(c->inference_hist[b]);
+		sum += data_race(h[b]);
 	}
 	return sum;
 }
@@ -316,11 +316,10 @@ static void kml_dd_counters_zero(void *unused)
 }
 
 /*
- * Each CPU zeroes its own counters: writing another's could race with its
- * increment, which would write the old total back.  CPUs that are not
- * online count nothing (a CPU's counters are zeroed again as it comes up
- * only if this runs then, so they are zeroed here as well, unlocked: no
- * hook runs on an offline CPU).  Process context.
+ * Each online CPU zeroes its own counters: writing another's could race
+ * with its increment, which would write the old total back.  An offline
+ * CPU runs no hook, so its counters are zeroed from here, under the
+ * hotplug lock that keeps it offline.  Process context.
  */
 static void kml_dd_stats_reset(void)
 {

@@ -112,9 +112,6 @@ typedef int64_t s64;
 #define EXPORT_SYMBOL_IF_KUNIT EXPORT_SYMBOL_GPL
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
-#ifndef __always_inline
-#define __always_inline inline __attribute__((always_inline))
-#endif
 #define S32_MAX INT32_MAX
 #define S32_MIN INT32_MIN
 #define S64_MAX INT64_MAX
