@@ -44,16 +44,23 @@ axes:
 SPREAD = 0.005
 
 
-def _run(tmp: Path, name: str, profile: bool) -> dict:
+def run_matrix(tmp: Path, name: str, text: str, timeout: float = 15 * 60) -> Path:
+    """``kmlbench run`` of matrix ``text`` (as ``tmp/name.yaml``), results
+    under ``tmp/results``; the run's folder (asserts that the run was ok)."""
     matrix = tmp / f"{name}.yaml"
-    matrix.write_text(MATRIX.format(name=name, profile=str(profile).lower()))
+    matrix.write_text(text)
     env = dict(os.environ, KMLBENCH_RESULTS=str(tmp / "results"))
     done = subprocess.run(
         [sys.executable, "-m", "kmlbench.cli", "run", str(matrix)],
-        env=env, capture_output=True, text=True, timeout=15 * 60,
+        env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    run_dir = (tmp / "results" / "latest").resolve()
+    return (tmp / "results" / "latest").resolve()
+
+
+def _run(tmp: Path, name: str, profile: bool) -> dict:
+    text = MATRIX.format(name=name, profile=str(profile).lower())
+    run_dir = run_matrix(tmp, name, text)
     [cell] = json.loads((run_dir / "summary.json").read_text())["cells"]
     assert cell["status"] == "ok", cell
     cell["dir"] = str(run_dir / "cells" / cell["id"])

@@ -20,10 +20,6 @@ so it is reported, not bounded. About two minutes of guests.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +27,7 @@ import pytest
 from kmlbench.bench import hooks
 from kmlbench.data import insn_profile as prof
 from kmlbench.paths import WORKLOADS_DIR
+from test_insn_profile_guest import run_matrix
 
 pytestmark = pytest.mark.kernel
 
@@ -66,15 +63,8 @@ KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("kml-cost")
-    matrix = tmp / "kml-cost.yaml"
-    matrix.write_text(MATRIX.format(model=MODEL))
-    env = dict(os.environ, KMLBENCH_RESULTS=str(tmp / "results"))
-    done = subprocess.run(
-        [sys.executable, "-m", "kmlbench.cli", "run", str(matrix)],
-        env=env, capture_output=True, text=True, timeout=20 * 60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return hooks.breakdown((tmp / "results" / "latest").resolve())
+    run_dir = run_matrix(tmp, "kml-cost", MATRIX.format(model=MODEL), timeout=20 * 60)
+    return hooks.breakdown(run_dir)
 
 
 def _cost(result: dict[str, Any], mode: str) -> tuple[float, float, dict[str, float]]:
@@ -97,7 +87,8 @@ def test_off_is_the_stock_path(result: dict[str, Any]) -> None:
 def test_kml_costs_at_most_its_bound(result: dict[str, Any], mode: str, bound: float) -> None:
     kml, stock, parts = _cost(result, mode)
     share = kml / stock
-    assert share <= bound, f"{mode}: {kml:.0f} of {stock:.0f} instructions per I/O ({share:.2%}): {parts}"
+    what = f"{kml:.0f} of {stock:.0f} instructions per I/O ({share:.2%})"
+    assert share <= bound, f"{mode}: {what}: {parts}"
     # the light model is a dot product in the insert hook: no library layer,
     # no FPU (138 instructions per request with the conversion to ns and
     # the one-in-64 timing; the library's 14-16-1 MLP takes 3,207)
