@@ -43,6 +43,10 @@ FIO_REPORT: dict[str, Any] = {
     ],
 }
 FIO_STDOUT = json.dumps(FIO_REPORT)
+# mq-deadline's count of missed deadlines (kernel/patches/0002), read
+# before and after fio: each reading 1000 reads (40 late) and 10 writes
+# (none late) on, the writes' counter wrapping at 2^32 between the two.
+MISSES = "read_dispatched {reads}\nread_missed {late}\nwrite_dispatched {writes}\nwrite_missed 7\n"
 # /proc/stat's cpu line before and after fio: 100 ticks user, 120 kernel.
 CPU_LINES = "cpu  100 0 50 1000 0 5 5 0 0 0\ncpu  200 0 150 1100 0 15 15 0 0 0\n"
 # /sys/kernel/debug/kml/iosched after a consistent cell (docs/kml-iosched.md).
@@ -98,6 +102,8 @@ def kind_of(cmd: str) -> str:
         return "fio"
     if cmd.startswith("cat /tmp/kmlbench-cpu.0"):
         return "cpu"
+    if cmd.startswith("cat /sys/kernel/debug/block/") and cmd.endswith("/sched/missed"):
+        return "misses"
     if cmd.startswith("cat ") and cmd.endswith(" 2>/dev/null") and "\n" not in cmd:
         return "fetch " + cmd.split()[1]
     if cmd.startswith("[ -s ") and "\n" not in cmd:
@@ -246,6 +252,9 @@ class FakeGuest:
             return FIO_STDOUT
         if kind == "cpu":
             return CPU_LINES
+        if kind == "misses":
+            n = self.log.count("misses")
+            return MISSES.format(reads=1000 * n, late=40 * n, writes=(2**32 - 5 + 10 * n) % 2**32)
         if kind == "dmesg":
             return DMESG
         if kind.startswith("fetch "):

@@ -46,7 +46,7 @@ axes:
 STATS = "fetch /sys/kernel/debug/kml/iosched"
 # What every cell does before and after its KML part.
 DEVICE = ["device", "put /tmp/job.fio", "fio_version"]
-FIO = ["fio", "cpu"]
+FIO = ["misses", "fio", "cpu", "misses"]
 # The commands of each cell of MATRIX on its own boot, by name (mode-trainer).
 COMMANDS = {
     "off": [*DEVICE, *FIO, "dmesg"],
@@ -144,6 +144,16 @@ def test_every_step_of_a_healthy_cell(env: Env, name: str) -> None:
     assert set(out.metrics) >= FIO_METRICS | CPU_METRICS
     # the virtual clock: CPU time is instructions
     assert {"kernel_insn_per_io", "user_insn_per_io"} <= set(out.metrics)
+    # mq-deadline's own count between the two readings, in every mode; the
+    # writes' counter wrapped at 2^32 in between
+    misses = {k: v for k, v in out.metrics.items() if "deadline_miss" in k}
+    assert misses == {
+        "deadline_missed": 40.0,
+        "deadline_dispatched": 1010.0,
+        "deadline_miss_frac": 40 / 1010,
+        "read_deadline_miss_frac": 40 / 1000,
+        "write_deadline_miss_frac": 0.0,
+    }
     folder = env.dir(env.cell(name))
     expected = {"setup.log", "job.fio", "fio.json", "cpu.txt", "dmesg.txt"}
     if name != "off":
@@ -291,7 +301,7 @@ def test_workload_timeout(tmp_path: Path) -> None:
     # what the cell did before the timeout stays in its record
     assert list(out.extra) == ["timings", "qemu_command_line", "block_device",
                                "guest_fio_version", "error", "console_events"]  # fmt: skip
-    assert env.boots.logs == [[*DEVICE, "kml_setup", "fio"]]
+    assert env.boots.logs == [[*DEVICE, "kml_setup", "misses", "fio"]]
     assert env.boots.guests[0].closed
 
 
@@ -309,8 +319,8 @@ def test_fio_failing_is_the_workloads_fault_and_kml_is_still_collected(tmp_path:
     assert (out.status, out.metrics) == ("failed", {})
     # no JSON on stdout: the output is kept as it was
     assert out.extra["error"].startswith("fio exited 1, no JSON: no fio JSON report")
-    assert env.boots.logs == [[*DEVICE, "kml_setup", "fio", "kml_stop", "fetch /tmp/trainer.txt",
-                               STATS, "dmesg"]]  # fmt: skip
+    assert env.boots.logs == [[*DEVICE, "kml_setup", "misses", "fio", "kml_stop",
+                               "fetch /tmp/trainer.txt", STATS, "dmesg"]]  # fmt: skip
     assert "kml_stats" in out.extra  # the model's record, even so
     folder = env.dir(env.cell("active-kernel"))
     assert (folder / "fio.stderr").read_text() == "fio: io_u error"
@@ -368,6 +378,38 @@ def test_no_cpu_snapshots_no_cpu_metrics(tmp_path: Path) -> None:
     assert out.status == "ok" and set(out.metrics) >= FIO_METRICS
     assert not CPU_METRICS & set(out.metrics)
     assert (env.dir(env.cell("off")) / "cpu.txt").read_text() == "cat: no such file"
+
+
+@pytest.mark.parametrize(
+    ("fail", "why"),
+    [
+        (
+            Fail("exit", stderr="cat: missed: No such file or directory"),
+            "cat exited 1: cat: missed",
+        ),
+        (Fail("answer", exit_status=0, stdout="read_dispatched 1\n"), "no read_missed, write_"),
+        (Fail("answer", exit_status=0, stdout="read_dispatched -1\n"), "line 1: not '<counter>"),
+    ],
+)
+def test_unreadable_miss_counts_lose_the_metric_not_the_cell(
+    tmp_path: Path, fail: Fail, why: str
+) -> None:
+    env = _env(tmp_path, fail={"misses": fail})
+    out = env.run_cell("off")
+    assert out.status == "ok" and set(out.metrics) >= FIO_METRICS | CPU_METRICS
+    assert not [k for k in out.metrics if "deadline_miss" in k]
+    error = out.extra["deadline_misses_error"]
+    assert error.startswith("/sys/kernel/debug/block/nullb0/sched/missed: ") and why in error
+
+
+def test_other_schedulers_read_no_miss_counts(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    text = MATRIX.format(share="false", device="null_blk", shipped=SHIPPED)
+    path.write_text(text.replace("{name: mq-deadline, read_expire: 8}", "{name: kyber}"))
+    env = Env(load_matrix(path), FakeBoots(), tmp_path)
+    out = env.run_cell("off")
+    assert out.status == "ok" and "misses" not in env.boots.guests[0].log
+    assert not [k for k in out.metrics if "deadline_miss" in k]
 
 
 def test_an_oops_during_fio_is_a_panic(tmp_path: Path) -> None:
@@ -463,7 +505,9 @@ def test_an_off_cell_after_an_active_one_runs_stock(shared: Env) -> None:
     assert [o.status for _, o in results] == ["ok", "ok"]
     (guest,) = shared.boots.guests
     off = guest.log[guest.log.index("dmesg") + 1 :]
-    assert off == ["kml_reset", "put /tmp/job.fio", "fio_version", "fio", "cpu", "dmesg"]
+    assert off == ["kml_reset", "put /tmp/job.fio", "fio_version", *FIO, "dmesg"]
+    # the counters run on through the boot; the off cell keeps its own part
+    assert results[1][1].metrics["read_deadline_miss_frac"] == 40 / 1000
     reset = guest.commands[guest.log.index("kml_reset")]
     # the queue the active cell switched on, by the name its set-up printed
     assert "then setchoice /sys/block/nullb0/queue/iosched/kml_mode off;" in reset
@@ -535,7 +579,14 @@ def test_a_guest_error_ends_the_boot_and_the_rest_boot_afresh(shared: Env) -> No
     assert list(out.extra["timings"]) == ["total_s"]
     first, second = shared.boots.guests
     assert first.closed and second.closed
-    assert first.log == ["device", "kml_snapshot", "put /tmp/job.fio", "fio_version", "fio"]
+    assert first.log == [
+        "device",
+        "kml_snapshot",
+        "put /tmp/job.fio",
+        "fio_version",
+        "misses",
+        "fio",
+    ]
     assert results[1][1].extra["shared_boot"] == {"boot_cell": results[1][0].id, "position": 0}
 
 

@@ -103,6 +103,11 @@ class BlockDevice:
         """Its I/O scheduler's tunables (and KML's ``kml_mode``): ``.../queue/iosched``."""
         return f"{self.sysfs}/queue/iosched"
 
+    @property
+    def deadline_misses(self) -> str:
+        """mq-deadline's count of missed deadlines (:mod:`kmlbench.data.deadline_misses`)."""
+        return f"/sys/kernel/debug/block/{self.name}/sched/missed"
+
 
 def block_device(text: str) -> BlockDevice:
     """The block device ``text`` names: ``/dev/NAME`` or ``NAME``, nothing else.

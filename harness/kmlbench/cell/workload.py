@@ -7,7 +7,9 @@ JSON into the cell's status and metrics (:func:`fio_outcome`), and adds
 the guest CPU time of the run (:func:`cpu_metrics`), in instructions per
 I/O under the virtual clock. A profiled cell (``guest.insn_profile``) runs
 ``sync`` just before and after, and its instruction profile between the
-two (:func:`profile_metrics`) goes to ``insn-profile.json``.
+two (:func:`profile_metrics`) goes to ``insn-profile.json``. An mq-deadline
+cell reads the scheduler's count of missed deadlines before and after
+(:mod:`kmlbench.data.deadline_misses`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kmlbench.cell import render
 from kmlbench.cell.context import CellContext, CellGuest, CommandOutput
 from kmlbench.cell.guest_paths import CPU_SNAPSHOT, GUEST_JOB
 from kmlbench.clock import host_timeout, instructions_per_us
+from kmlbench.data import deadline_misses as dm
 from kmlbench.data import fio
 from kmlbench.data import insn_profile as prof
 from kmlbench.plan import fio_job
@@ -75,6 +78,8 @@ def run(ctx: CellContext) -> None:
     profile = ctx.boot.spec.profile
     snapshots = ctx.boot.folder / prof.SNAPSHOTS_FILE
     seen = len(prof.read_snapshots(snapshots)) if profile else 0
+    misses = deadline_misses_file(ctx)
+    misses_before = read_miss_counts(ctx, misses) if misses else None
     result = guest.run(fio_command(profiled=profile is not None), timeout)
     ctx.timings["fio_s"] = time.monotonic() - started
     if result.stderr:
@@ -83,8 +88,35 @@ def run(ctx: CellContext) -> None:
     if ctx.status == OK:
         ios = ctx.metrics.get("iops", 0.0) * fio_runtime_s(ctx.fio_report)
         ctx.metrics.update(guest_cpu_metrics(guest, ctx.cell_dir, ios, ctx.timeout))
+        if misses and misses_before is not None:
+            misses_after = read_miss_counts(ctx, misses)
+            if misses_after is not None:
+                ctx.metrics.update(dm.miss_metrics(misses_before, misses_after))
         if profile is not None:
             ctx.metrics.update(profile_metrics(ctx, snapshots, seen, profile.mark))
+
+
+def deadline_misses_file(ctx: CellContext) -> str | None:
+    """The scheduler's count of missed deadlines, for an mq-deadline cell; else None."""
+    if ctx.params["scheduler"].get("name", "mq-deadline") != "mq-deadline":
+        return None
+    return ctx.require_device().deadline_misses
+
+
+def read_miss_counts(ctx: CellContext, path: str) -> dict[str, int] | None:
+    """mq-deadline's counters now; None (and why, in the record) if unreadable.
+
+    A kernel without the counter (an older patch series) loses only the
+    metric, not the cell.
+    """
+    got = ctx.guest.run(f"cat {path}", SHORT_TIMEOUT_S)
+    try:
+        if got.exit_status != 0:
+            raise dm.MissCountError(f"cat exited {got.exit_status}: {got.stderr.strip()[-200:]}")
+        return dm.parse_counts(got.stdout)
+    except dm.MissCountError as exc:
+        ctx.extra["deadline_misses_error"] = f"{path}: {exc}"
+        return None
 
 
 def profile_metrics(ctx: CellContext, snapshots: Path, seen: int, mark: str) -> dict[str, float]:

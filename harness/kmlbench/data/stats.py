@@ -17,9 +17,8 @@ The relative change ``B / A - 1`` gets a percentile-bootstrap 95% interval (repe
 resampled with replacement, percentiles recomputed from the resampled merged
 histograms); the per-repeat values get a two-sided Mann-Whitney U test. A
 difference is significant only when both agree: the interval excludes 0 *and*
-p < alpha. With few repeats the U test cannot reach alpha at all (3 vs 3:
-smallest p = 0.1), reported as ``underpowered``; four repeats per side are the
-minimum for alpha = 0.05.
+p < alpha. With few repeats the U test cannot reach alpha (3 vs 3: smallest
+p = 0.1: ``underpowered``); four repeats per side are the minimum for 0.05.
 """
 
 from __future__ import annotations
@@ -173,6 +172,7 @@ METRICS: dict[str, MetricDef] = {
             "kinsn", "kernel instructions per I/O", "insn", False, scalar="kernel_insn_per_io"
         ),
         MetricDef("uinsn", "user instructions per I/O", "insn", False, scalar="user_insn_per_io"),
+        MetricDef("misses", "deadline misses", "", False, scalar="deadline_miss_frac"),
         MetricDef("accuracy", "accuracy", "", True, scalar="kml.accuracy"),
         MetricDef("baseline_accuracy", "baseline", "", True, scalar="kml.baseline_accuracy"),
         MetricDef(

@@ -97,6 +97,8 @@ def _cell_table(data: Any) -> str:
         ("clat_p99_us", "p99 µs"),
         ("clat_p999_us", "p99.9 µs"),
     ]
+    if any(c.metrics.get("deadline_miss_frac") is not None for c in data.cells):
+        metrics.append(("deadline_miss_frac", "missed deadlines"))
     model = any(c.metrics.get("accuracy") is not None for c in data.cells)
     if model:  # every accuracy beside its baseline and balanced accuracy
         metrics += MODEL_COLUMNS

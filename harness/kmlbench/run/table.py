@@ -4,7 +4,9 @@ the next commands to type.
 A configuration is a cell without its repeat (the id minus ``-r<N>``, whose
 hash covers every parameter but the repeat). Each row gives how many of its
 cells were ok and, over those, the median IOPS, mean and p99 completion
-latency, and for model cells the model's accuracy with its majority-class
+latency, the share of requests mq-deadline dispatched after their deadline
+(its own count, in every ``kml_mode``; ``-`` for other schedulers), and for
+model cells the model's accuracy with its majority-class
 baseline and balanced accuracy beside it (never accuracy alone). Plain text,
 the same on a terminal and in a log.
 """
@@ -21,7 +23,15 @@ from kmlbench.status import OK
 __all__ = ["configuration", "summary_table"]
 
 _REPEAT = re.compile(r"-r\d+$")
-_HEAD = ("configuration", "ok", "IOPS", "mean us", "p99 us", "accuracy (baseline, balanced)")
+_HEAD = (
+    "configuration",
+    "ok",
+    "IOPS",
+    "mean us",
+    "p99 us",
+    "missed",
+    "accuracy (baseline, balanced)",
+)
 
 
 def configuration(cell_id: str) -> str:
@@ -35,6 +45,10 @@ def _median(values: list[float]) -> float | None:
 
 def _num(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _values(records: list[Mapping[str, Any]], where: str, key: str) -> list[float]:
@@ -60,6 +74,7 @@ def _row(config: str, records: list[Mapping[str, Any]]) -> tuple[str, ...]:
         _num(_median(_values(ok, "metrics", "iops"))),
         _num(_median(_values(ok, "metrics", "clat_mean_us")), 1),
         _num(_median(_values(ok, "metrics", "clat_p99_us")), 1),
+        _percent(_median(_values(ok, "metrics", "deadline_miss_frac"))),
         accuracy,
     )
 
