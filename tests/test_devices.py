@@ -70,6 +70,28 @@ def test_virtio_disk_args(tmp_path: Path) -> None:
     assert qemu_disk_args(NULL_BLK, tmp_path) == []
 
 
+def test_virtio_throttling_goes_on_the_drive(tmp_path: Path) -> None:
+    device = {**VIRTIO, "throttle_iops_read": 200, "throttle_bps_total": 1 << 20,
+              "throttle_iops_size": 8192}  # fmt: skip
+    args = qemu_disk_args(device, tmp_path)
+    drive = args[args.index("-drive") + 1].split(",")
+    throttling = [opt for opt in drive if opt.startswith("throttling.")]
+    assert throttling == [
+        "throttling.iops-read=200",
+        "throttling.bps-total=1048576",
+        "throttling.iops-size=8192",
+    ]
+    assert disk_info(tmp_path)["throttling"] == {
+        "throttling.iops-read": 200,
+        "throttling.bps-total": 1048576,
+        "throttling.iops-size": 8192,
+    }
+    # unthrottled: no option, no record
+    plain = tmp_path / "plain"
+    assert "throttling." not in qemu_disk_args(VIRTIO, plain)[1]
+    assert "throttling" not in disk_info(plain)
+
+
 @pytest.mark.parametrize("mode", ["none", "directsync", "writethrough", "writeback", "unsafe"])
 def test_virtio_cache_mode_is_used(tmp_path: Path, mode: str) -> None:
     args = qemu_disk_args({"type": "virtio", "size_mib": 1, "cache": mode}, tmp_path)

@@ -249,6 +249,44 @@ ERRORS = [
         "axes.device[0].service",
         "does not apply to device type 'virtio'",
     ),
+    # QEMU's throttling of a virtio disk
+    (
+        "name: t\nguest: {clock: realtime}\naxes:\n  workload: [{template: randread}]\n"
+        "  device:\n    - {type: virtio,\n       throttle_iops_total: 0}\n",
+        7,
+        "axes.device[0].throttle_iops_total",
+        "must be >= 1",
+    ),
+    (
+        "name: t\nguest: {clock: realtime}\naxes:\n  workload: [{template: randread}]\n"
+        "  device:\n    - {type: virtio, throttle_bps_read: 1000,\n"
+        "       throttle_bps_total: 4000}\n",
+        7,
+        "axes.device[0].throttle_bps_total",
+        "cannot be given with throttle_bps_read",
+    ),
+    (
+        "name: t\nguest: {clock: realtime}\naxes:\n  workload: [{template: randread}]\n"
+        "  device:\n    - {type: virtio, throttle_bps_total: 4000,\n"
+        "       throttle_iops_size: 4096}\n",
+        7,
+        "axes.device[0].throttle_iops_size",
+        "needs an iops limit",
+    ),
+    (
+        "name: t\naxes:\n  workload: [{template: randread}]\n  device:\n"
+        "    - {type: virtio,\n       throttle_iops_read: 100}\n",
+        6,
+        "axes.device[0].throttle_iops_read",
+        "runs on the host's clock: needs guest.clock: realtime",
+    ),
+    (
+        "name: t\nguest: {clock: realtime}\naxes:\n  workload: [{template: randread}]\n"
+        "  device:\n    - {type: null_blk, throttle_iops_total: 100}\n",
+        6,
+        "axes.device[0].throttle_iops_total",
+        "does not apply to device type 'null_blk'",
+    ),
     ("name: t\nsede: 1\naxes: {workload: [{template: randread}]}\n", 2, "sede", "unknown key"),
     (
         "seed: 1\naxes:\n  workload: [{template: randread}]\n",

@@ -6,7 +6,9 @@ Two device types, as written in a matrix:
   in the cell folder, attached as virtio-blk (``/dev/vda``) with the
   matrix's ``-drive cache=`` mode (default ``none``: O_DIRECT on the host,
   which keeps the host page cache out of the measurement) and
-  ``num-queues=num_queues`` (default 1). If the mode needs O_DIRECT
+  ``num-queues=num_queues`` (default 1); ``throttle_iops_total`` and its
+  kin become QEMU's ``throttling.iops-total=`` (and kin) on the drive
+  (``VIRTIO_THROTTLE_KEYS``; realtime cells only). If the mode needs O_DIRECT
   (``none``, ``directsync``) and the cell folder's filesystem refuses it
   (tmpfs, some overlays) we fall back to ``writeback`` resp.
   ``writethrough`` and record the requested mode, the used one and why in
@@ -54,6 +56,7 @@ from kmlbench.plan.schema import (
     QUEUE_FIELDS,
     UNSET,
     VIRTIO_CACHE_MODES,
+    VIRTIO_THROTTLE_KEYS,
 )
 
 __all__ = [
@@ -144,8 +147,14 @@ def qemu_disk_args(device: Mapping[str, Any], cell_dir: Path) -> list[str]:
     info.update(
         {"cache": cache, "requested_cache": requested, "num_queues": num_queues, "aio": "threads"}
     )
+    throttling = {
+        VIRTIO_THROTTLE_KEYS[k]: _int(device, k) for k in VIRTIO_THROTTLE_KEYS if k in device
+    }
+    if throttling:
+        info["throttling"] = throttling
     (cell_dir / "disk.json").write_text(json.dumps(info, indent=2) + "\n")
     drive = f"file={image},format=raw,if=none,id=d0,cache={cache},aio=threads"
+    drive += "".join(f",{name}={value}" for name, value in throttling.items())
     blk = f"virtio-blk-pci,drive=d0,serial=kmlbench,num-queues={num_queues}"
     return ["-drive", drive, "-device", blk]
 

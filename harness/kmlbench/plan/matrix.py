@@ -39,6 +39,7 @@ from kmlbench.plan.schema import (
     TEMPLATE_DEFAULTS,
     TOP_KEYS,
     TRAINER_FIELDS,
+    VIRTIO_THROTTLE_KEYS,
     WORKLOAD_FIELDS,
     Field,
 )
@@ -134,6 +135,22 @@ def _device_entries(src: Source, entries: list[Any], key: str) -> list[tuple[dic
                 f"{ekey}.service",
                 f"service {device['service']!r} needs irqmode: timer, not {device['irqmode']!r}",
             )
+        # QEMU refuses a total limit beside a per-direction one of its kind
+        for kind in ("iops", "bps"):
+            both = [
+                f"throttle_{kind}_{d}"
+                for d in ("read", "write")
+                if f"throttle_{kind}_{d}" in device
+            ]
+            if both and f"throttle_{kind}_total" in device:
+                raise src.error(
+                    f"{ekey}.throttle_{kind}_total",
+                    f"cannot be given with {' or '.join(both)} (QEMU: a total or per direction)",
+                )
+        if "throttle_iops_size" in device and not any(
+            f"throttle_iops_{d}" in device for d in ("total", "read", "write")
+        ):
+            raise src.error(f"{ekey}.throttle_iops_size", "needs an iops limit to apply to")
     return out
 
 
@@ -390,6 +407,16 @@ def load_matrix(
                     f"size_mib {workload['size_mib']} exceeds the {device['size_mib']} MiB "
                     f"of device {dkey}",
                 )
+
+    # QEMU throttles a disk on the host's clock: under the virtual one the
+    # guest would see a limit that depends on how fast the host emulates it
+    for device, dkey in devices:
+        throttled = [k for k in VIRTIO_THROTTLE_KEYS if k in device]
+        if throttled and virtual:
+            raise src.error(
+                f"{dkey}.{throttled[0]}",
+                "QEMU's throttling runs on the host's clock: needs guest.clock: realtime",
+            )
 
     used_rules: set[str] = set()
     by_variant: dict[str, list[dict[str, Any]]] = {}

@@ -136,6 +136,18 @@ NULL_BLK_SERVICE_MODELS: dict[str, dict[str, int]] = {
 }
 NULL_BLK_SERVICES = ("fixed", *NULL_BLK_SERVICE_MODELS)
 
+# QEMU's block throttling of a virtio disk (``-drive throttling.<name>=N``):
+# requests or bytes per second, in total or per direction, and the size one
+# request counts as (iops-size). Its timers run on the host's clock, not the
+# guest's, so a throttled disk is for realtime cells only (plan.matrix).
+VIRTIO_THROTTLE_KEYS: dict[str, str] = {
+    f"throttle_{name.replace('-', '_')}": f"throttling.{name}"
+    for name in (
+        "iops-total", "iops-read", "iops-write", "bps-total", "bps-read", "bps-write",
+        "iops-size",
+    )
+}  # fmt: skip
+
 # Per device type, the fields besides ``type``. Defaults for null_blk are
 # the module's own except irqmode: "timer" is what makes completion_nsec a
 # real completion latency. ``service``, ``mbps`` and ``memory_backed`` are
@@ -159,6 +171,8 @@ DEVICE_TYPES: dict[str, dict[str, Field]] = {
         "size_mib": Field("int", 1024, _at_least(1)),
         "cache": Field("str", "none", _one_of(*VIRTIO_CACHE_MODES)),
         "num_queues": Field("int", 1, _at_least(1)),
+        # QEMU's block throttling (VIRTIO_THROTTLE_KEYS); realtime clock only
+        **{key: Field("int", UNSET, _at_least(1)) for key in VIRTIO_THROTTLE_KEYS},
     },
 }
 DEVICE_SLUGS = {"null_blk": "nullb", "virtio": "virtio"}
