@@ -74,7 +74,9 @@ IRQ_MODES = {name: number for number, name in enumerate(NULL_BLK_IRQMODES)}
 NULL_BLK_DEFAULTS: dict[str, Any] = {
     k: f.default for k, f in DEVICE_TYPES["null_blk"].items() if f.default is not UNSET
 }
-VIRTIO_DEFAULTS: dict[str, Any] = {k: f.default for k, f in DEVICE_TYPES["virtio"].items()}
+VIRTIO_DEFAULTS: dict[str, Any] = {
+    k: f.default for k, f in DEVICE_TYPES["virtio"].items() if f.default is not UNSET
+}
 # Host cache modes that open the image with O_DIRECT, and what keeps their
 # guest-visible semantics (write cache off for directsync) without it.
 _DIRECT_FALLBACK = {"none": "writeback", "directsync": "writethrough"}
