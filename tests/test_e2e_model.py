@@ -36,6 +36,7 @@ from kmlbench import paths
 from kmlbench.build.kernel import KernelBuild
 from kmlbench.data import db, kmlstats
 from kmlbench.data.trace import NR_FEATURES, read_trace
+from kmlbench.kml import ffi
 from kmlbench.kml.model import Model
 
 pytestmark = pytest.mark.kernel
@@ -215,6 +216,24 @@ def test_model_metrics_reach_the_database(model_run) -> None:
         assert c.metrics["accuracy"] == pytest.approx(c.kml_stats["accuracy"])
 
 
+def _trace_auc(rows: np.ndarray) -> float:
+    """AUC of the score lg(predicted us) - lg(deadline us) for "missed", in the
+    kernel's buckets (an eighth of a lg unit, 64 either side, the outer ones
+    open), ties half: Mann-Whitney over every (met, missed) pair."""
+    lg = ffi.lib().kml_dd_lg
+    rows = rows[rows["pred_valid"] == 1]
+    score = np.array(
+        [
+            lg(int(p) // 1000) - lg(int(d) // 1000)
+            for p, d in zip(rows["pred_issue_ns"], rows["deadline_ns"], strict=True)
+        ]
+    )
+    bucket = np.clip(64 + (score >> 13), 0, 127)
+    met, missed = bucket[rows["met"] == 1], bucket[rows["met"] == 0]
+    above = (missed[:, None] > met[None, :]).sum() + 0.5 * (missed[:, None] == met[None, :]).sum()
+    return float(above / (len(met) * len(missed)))
+
+
 def test_kmlbench_trace_records_a_real_trace(model_run, tmp_path: Path) -> None:
     run_dir, matrix, _ = model_run
     out = tmp_path / "cell.kmltrc"
@@ -234,3 +253,14 @@ def test_kmlbench_trace_records_a_real_trace(model_run, tmp_path: Path) -> None:
     assert (rows["features"][:, NR_FEATURES:] == 0).all()  # unused slots are zero
     assert rows["pred_valid"].any()  # the cell loads its model: predictions recorded
     assert len((tmp_path / "cell.csv").read_text().splitlines()) == len(rows) + 1
+    # the kernel's AUC of its score histograms is the AUC of the trace's
+    # predictions, bucketed as docs/kml-iosched.md says, counted here apart
+    # (results/latest links to the run too)
+    cells = {p.resolve() for p in (tmp_path / "results").glob("*/cells/*/cell.json")}
+    [record] = [json.loads(p.read_text()) for p in cells]
+    stats = record["kml_stats"]
+    assert (
+        stats["counters"]["ring_dropped"] == 0
+        and stats["n_predictions"] == rows["pred_valid"].sum()
+    )
+    assert stats["auc"] == pytest.approx(_trace_auc(rows), abs=1.5e-6)

@@ -63,6 +63,14 @@ enum kml_dd_stat {
 };
 
 #define KML_DD_HIST_BUCKETS 256
+/*
+ * A prediction's score for the AUC of the statistics: its residual
+ * lg(predicted issue us) - lg(deadline us), the score the calibration
+ * ranks (kml_dd_calib.h), in eighths of a lg unit, 64 buckets either side
+ * of the deadline (the outer ones take everything beyond).
+ */
+#define KML_DD_SCORE_BUCKETS 128
+#define KML_DD_SCORE_SHIFT 13
 
 /*
  * A prediction is recorded as at most this many times its request's
@@ -145,6 +153,7 @@ struct kml_dd_counters {
 	u64 stats[KML_DD_NR_STATS];
 	u64 inference_hist[KML_DD_HIST_BUCKETS];
 	u64 err_hist[KML_DD_HIST_BUCKETS];	/* abs error, us */
+	u64 score_hist[2][KML_DD_SCORE_BUCKETS];	/* met, missed */
 };
 
 DECLARE_PER_CPU(struct kml_dd_counters, kml_dd_counters);

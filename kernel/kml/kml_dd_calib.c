@@ -34,32 +34,63 @@ static s64 kml_dd_abs64(s64 v)
 }
 
 /*
- * AUC of r as a score for "missed" on the sorted @s: the share of (met,
- * missed) pairs the missed one ranks above, ties half, in 2^-20 units.
+ * The AUC of a score for "missed" (Mann-Whitney), one tie group at a time
+ * in the score's order: each group of @met met and @missed missed samples
+ * adds its pairs with the met samples of lower groups (@met_before) and,
+ * counting half, with its own.  @num is in half pairs.
  */
-static u32 kml_dd_cal_auc(const struct kml_dd_resid *s, u32 n, u32 n_met,
-			  u32 n_miss)
+static void kml_dd_auc_group(u64 *num, u64 *met_before, u64 met, u64 missed)
 {
-	u64 num = 0, den = (u64)n_met * n_miss;	/* num in half pairs */
-	u32 met_before = 0, i = 0, j, met_g;
+	*num += missed * (2 * *met_before + met);
+	*met_before += met;
+}
+
+/* @num half pairs of @pairs, in 2^-20 units; 0 without pairs. */
+static u32 kml_dd_auc_ratio(u64 num, u64 pairs)
+{
+	u64 den = 2 * pairs;
 
 	if (!den)
 		return 0;
-	while (i < n) {
-		met_g = 0;
-		for (j = i; j < n && s[j].r == s[i].r; j++)
-			met_g += !!s[j].met;
-		num += (u64)(j - i - met_g) * (2 * (u64)met_before + met_g);
-		met_before += met_g;
-		i = j;
-	}
-	den *= 2;
 	while (num >> 43) {	/* keep num << 20 in 64 bits */
 		num >>= 1;
 		den >>= 1;
 	}
 	return div64_u64(num << 20, den);
 }
+
+/* AUC of r as a score for "missed" on the sorted @s, in 2^-20 units. */
+static u32 kml_dd_cal_auc(const struct kml_dd_resid *s, u32 n, u32 n_met,
+			  u32 n_miss)
+{
+	u64 num = 0, met_before = 0;
+	u32 i = 0, j, met_g;
+
+	while (i < n) {
+		met_g = 0;
+		for (j = i; j < n && s[j].r == s[i].r; j++)
+			met_g += !!s[j].met;
+		kml_dd_auc_group(&num, &met_before, met_g, j - i - met_g);
+		i = j;
+	}
+	return kml_dd_auc_ratio(num, (u64)n_met * n_miss);
+}
+
+u32 kml_dd_cal_auc_hist(const u64 *met, const u64 *missed, u32 n)
+{
+	u64 num = 0, met_before = 0, n_miss = 0;
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		kml_dd_auc_group(&num, &met_before, met[i], missed[i]);
+		n_miss += missed[i];
+	}
+	/* both counts below 2^31: twice their product, and num, fit 64 bits */
+	if (met_before >> 31 || n_miss >> 31)
+		return 0;
+	return kml_dd_auc_ratio(num, met_before * n_miss);
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_auc_hist);
 
 /*
  * Predict "meet" when r <= thr.  Regression to the mean pulls predictions

@@ -152,6 +152,16 @@ KML_API bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 			    struct kml_dd_cal_result *res);
 
 /*
+ * The AUC of a score for "missed" given as two histograms over the same
+ * @n buckets in the score's order, @met[] and @missed[] samples: the share
+ * of (met, missed) pairs whose missed sample is in a higher bucket, a
+ * shared bucket counting half; in 2^-20 units, 0 without pairs or with a
+ * class of 2^31 samples or more.  The AUC kml_dd_cal_fit() reports, on
+ * bucketed scores.
+ */
+KML_API u32 kml_dd_cal_auc_hist(const u64 *met, const u64 *missed, u32 n);
+
+/*
  * kml_dd_lg_q16_to_ns() and kml_dd_meets() of @n Q16 predictions @yq with
  * deadlines @deadline_ns at @permille, into @issue_ns and @met (0 or 1).
  */

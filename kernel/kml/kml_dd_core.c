@@ -419,6 +419,16 @@ static void kml_dd_skill_note(const struct kml_dd_sample *s)
 		kml_dd_skill_judge(v);
 }
 
+/* @s's score bucket (KML_DD_SCORE_BUCKETS): lg(predicted / deadline). */
+static unsigned int kml_dd_score_bucket(const struct kml_dd_sample *s)
+{
+	s32 r = __kml_dd_lg(div_u64(s->pred_issue_ns, NSEC_PER_USEC)) -
+		__kml_dd_lg(div_u64(s->deadline_ns, NSEC_PER_USEC));
+
+	return clamp_t(s32, KML_DD_SCORE_BUCKETS / 2 + (r >> KML_DD_SCORE_SHIFT),
+		       0, KML_DD_SCORE_BUCKETS - 1);
+}
+
 static void kml_dd_account(const struct kml_dd_sample *s)
 {
 	u64 err;
@@ -440,6 +450,7 @@ static void kml_dd_account(const struct kml_dd_sample *s)
 	err = div_u64(err, NSEC_PER_USEC);
 	kml_dd_stat_add(KML_DD_S_ISSUE_ABS_ERR_US, err);
 	this_cpu_inc(kml_dd_counters.err_hist[kml_dd_hist_bucket(err)]);
+	this_cpu_inc(kml_dd_counters.score_hist[!s->met][kml_dd_score_bucket(s)]);
 	kml_dd_skill_note(s);
 }
 
@@ -772,6 +783,42 @@ void kml_dd_get_info(struct kml_dev_info *info)
 
 /* ------------------------------------------------------------ debugfs */
 
+/*
+ * The AUC of the predictions since the reset, from the CPUs' score
+ * histograms, in ppm; -1 while either outcome has none (or without memory
+ * to sum them in: process context, so it may sleep for it).
+ */
+static s64 kml_dd_score_auc_ppm(void)
+{
+	u64 (*h)[KML_DD_SCORE_BUCKETS];
+	const u64 *c;
+	u64 met = 0, missed = 0;
+	unsigned int o, b;
+	s64 ppm = -1;
+	int cpu;
+
+	h = kcalloc(2, sizeof(*h), GFP_KERNEL);
+	if (!h)
+		return -1;
+	for_each_possible_cpu(cpu) {
+		for (o = 0; o < 2; o++) {
+			c = per_cpu_ptr(&kml_dd_counters, cpu)->score_hist[o];
+			for (b = 0; b < KML_DD_SCORE_BUCKETS; b++)
+				/* data_race: as in kml_dd_stat_read() */
+				h[o][b] += data_race(c[b]);
+		}
+	}
+	for (b = 0; b < KML_DD_SCORE_BUCKETS; b++) {
+		met += h[0][b];
+		missed += h[1][b];
+	}
+	if (met && missed)
+		ppm = ((u64)kml_dd_cal_auc_hist(h[0], h[1], KML_DD_SCORE_BUCKETS) *
+		       1000000) >> 20;
+	kfree(h);
+	return ppm;
+}
+
 static int kml_dd_stats_show(struct seq_file *m, void *v)
 {
 	unsigned int i;
@@ -809,6 +856,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "skill_min_permille %u\n",
 		   READ_ONCE(kml_dd.skill_min_permille));
 	seq_printf(m, "stepped_aside %d\n", kml_dd_stepped_aside());
+	seq_printf(m, "auc_ppm %lld\n", kml_dd_score_auc_ppm());
 	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
 		n = kml_dd_hist_read(i, false);
 		if (!n)

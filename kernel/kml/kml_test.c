@@ -747,6 +747,56 @@ static void kml_test_cal_best_split(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, res.balanced, best / 2);
 }
 
+/*
+ * The statistics' AUC from score histograms is the calibration's AUC of
+ * the same scores: residuals on whole buckets (ties included) give the
+ * same figure both ways; with one class empty it is 0.
+ */
+static void kml_test_cal_auc_hist(struct kunit *test)
+{
+	struct kml_dd_resid *w = kml_cal_window(test);
+	struct kml_dd_cal_result res;
+	u64 *met, *missed;
+	u32 i, b, state = 88675123U;
+
+	met = kunit_kcalloc(test, 2 * KML_DD_SCORE_BUCKETS, sizeof(u64),
+			    GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, met);
+	missed = met + KML_DD_SCORE_BUCKETS;
+	for (i = 0; i < KML_CAL_N; i++) {
+		state ^= state << 13;
+		state ^= state >> 17;
+		state ^= state << 5;
+		/* 30% missed, scoring higher on the whole, 24 buckets wide */
+		w[i].met = state % 10 >= 3;
+		b = (w[i].met ? 50 : 58) + (state >> 8) % 24;
+		w[i].r = ((s32)b - KML_DD_SCORE_BUCKETS / 2) << KML_DD_SCORE_SHIFT;
+		(w[i].met ? met : missed)[b]++;
+	}
+	kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N, &res);
+	KUNIT_EXPECT_GT(test, res.auc, KML_DD_CAL_ONE / 2);
+	KUNIT_EXPECT_LT(test, res.auc, KML_DD_CAL_ONE);
+	KUNIT_EXPECT_EQ(test, kml_dd_cal_auc_hist(met, missed,
+						  KML_DD_SCORE_BUCKETS),
+			res.auc);
+	/* every pair in one bucket: a tie, 0.5 */
+	memset(met, 0, 2 * KML_DD_SCORE_BUCKETS * sizeof(u64));
+	met[7] = 3;
+	missed[7] = 5;
+	KUNIT_EXPECT_EQ(test, kml_dd_cal_auc_hist(met, missed,
+						  KML_DD_SCORE_BUCKETS),
+			KML_DD_CAL_ONE / 2);
+	/* every missed above every met: 1.0; no missed at all: 0 */
+	missed[7] = 0;
+	missed[9] = 5;
+	KUNIT_EXPECT_EQ(test, kml_dd_cal_auc_hist(met, missed,
+						  KML_DD_SCORE_BUCKETS),
+			KML_DD_CAL_ONE);
+	missed[9] = 0;
+	KUNIT_EXPECT_EQ(test, kml_dd_cal_auc_hist(met, missed,
+						  KML_DD_SCORE_BUCKETS), 0U);
+}
+
 /* Too few of a class: no calibration; beyond a factor 8: the bound. */
 static void kml_test_cal_limits(struct kunit *test)
 {
@@ -1151,6 +1201,7 @@ static struct kunit_case kml_test_cases[] = {
 #ifdef CONFIG_KML_IOSCHED
 	KUNIT_CASE(kml_test_cal_separable),
 	KUNIT_CASE(kml_test_cal_best_split),
+	KUNIT_CASE(kml_test_cal_auc_hist),
 	KUNIT_CASE(kml_test_cal_limits),
 	KUNIT_CASE(kml_test_cal_imbalanced),
 	KUNIT_CASE(kml_test_cal_contract),

@@ -41,6 +41,7 @@ METRIC_NAMES = (
     "miss_precision",
     "miss_recall",
     "mcc",
+    "auc",
     "issue_time_mae_us",
     "issue_time_median_err_us",
     "issue_time_p90_err_us",
@@ -264,7 +265,10 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     not act on, ``skill_holdouts`` predicted misses it left alone while
     steering to measure the model, ``stepped_aside`` the state at the end;
     None from a kernel
-    without the rule).
+    without the rule); ``auc``, the kernel's AUC of the residuals
+    lg(predicted / deadline) as a score for "miss", from histograms of an
+    eighth of a lg unit (a pair within one bucket counts half), None while
+    either outcome has no prediction.
     """
     c = stats
     out = confusion_metrics(*(c.get(k) for k in CONFUSION_KEYS))
@@ -276,6 +280,10 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     result["issue_time_median_err_us"] = hist_percentile(err, 50)
     result["issue_time_p90_err_us"] = hist_percentile(err, 90)
     result["below_baseline"] = int(below_baseline(out)) if predictions else None
+    # ranking quality, threshold-free: the kernel's own AUC of its score
+    # histograms (-1 while an outcome has no prediction; absent: older kernel)
+    auc_ppm = c.counters.get("auc_ppm", -1)
+    result["auc"] = auc_ppm / 1e6 if auc_ppm >= 0 else None
     for key in (
         "pred_clamped", "skill_windows", "skill_windows_unskilled", "step_asides",
         "steer_suppressed", "skill_holdouts", "stepped_aside",

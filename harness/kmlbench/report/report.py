@@ -81,6 +81,8 @@ MODEL_COLUMNS = [
     ("accuracy", "accuracy"),
     ("baseline_accuracy", "majority baseline"),
     ("balanced_accuracy", "balanced accuracy"),
+    ("mcc", "MCC"),
+    ("auc", "AUC"),
     ("step_asides", "step-asides"),
 ]
 

@@ -6,7 +6,7 @@ hash covers every parameter but the repeat). Each row gives how many of its
 cells were ok and, over those, the median IOPS, mean and p99 completion
 latency, the share of requests mq-deadline dispatched after their deadline
 (its own count, in every ``kml_mode``; ``-`` for other schedulers), and for
-model cells the model's accuracy with its majority-class
+model cells the kernel's AUC of its predictions and the model's accuracy with its majority-class
 baseline and balanced accuracy beside it (never accuracy alone). Plain text,
 the same on a terminal and in a log.
 """
@@ -30,6 +30,7 @@ _HEAD = (
     "mean us",
     "p99 us",
     "missed",
+    "AUC",
     "accuracy (baseline, balanced)",
 )
 
@@ -75,6 +76,7 @@ def _row(config: str, records: list[Mapping[str, Any]]) -> tuple[str, ...]:
         _num(_median(_values(ok, "metrics", "clat_mean_us")), 1),
         _num(_median(_values(ok, "metrics", "clat_p99_us")), 1),
         _percent(_median(_values(ok, "metrics", "deadline_miss_frac"))),
+        _num(_median(_values(ok, "kml_stats", "auc")), 3),
         accuracy,
     )
 
