@@ -82,8 +82,10 @@ enum kml_dd_stat {
 /*
  * The step-aside rule (kml_dd_core.c): a window of completed predictions
  * closes once it holds skill_window of them and KML_DD_SKILL_MIN_CLASS of
- * each outcome, or KML_DD_SKILL_MAX_STRETCH times skill_window whatever
- * it holds (inconclusive).  The four counts share one atomic64 (16 bits
+ * each outcome (or fewer of one, none of them predicted, and
+ * KML_DD_SKILL_MIN_CLASS wrong calls of the other: kml_dd_skill_judgeable()),
+ * or KML_DD_SKILL_MAX_STRETCH times skill_window whatever it holds
+ * (inconclusive).  The four counts share one atomic64 (16 bits
  * each), so skill_window is at most KML_DD_SKILL_MAX_WINDOW.
  */
 #define KML_DD_SKILL_WINDOW		1024

@@ -359,6 +359,26 @@ static u32 kml_dd_skill_count(u64 v, unsigned int cell)
 	return (v >> (16 * cell)) & 0xffff;
 }
 
+/*
+ * Whether a window's counts can be judged: at least KML_DD_SKILL_MIN_CLASS
+ * of each outcome for a balanced accuracy; or, with fewer of one outcome,
+ * a model that got none of that rare outcome right and was wrong about at
+ * least KML_DD_SKILL_MIN_CLASS of the common one.  Its recall of the rare
+ * outcome is 0 (or undefined, none having occurred: taken as 0), so its
+ * balanced accuracy is at most 0.5 whatever the rare outcome does: no
+ * better than always answering the common one.  Without this, a model
+ * that calls misses on a device where nothing misses is never judged.
+ */
+static bool kml_dd_skill_judgeable(u32 tn, u32 fp, u32 fn, u32 tp)
+{
+	if (tn + fp >= KML_DD_SKILL_MIN_CLASS &&
+	    fn + tp >= KML_DD_SKILL_MIN_CLASS)
+		return true;
+	if (fn + tp < KML_DD_SKILL_MIN_CLASS)
+		return !tp && fp >= KML_DD_SKILL_MIN_CLASS;
+	return !tn && fn >= KML_DD_SKILL_MIN_CLASS;
+}
+
 /* Judge a closed window @v (kml_dd_skill_note()); any context. */
 static void kml_dd_skill_judge(u64 v)
 {
@@ -366,13 +386,13 @@ static void kml_dd_skill_judge(u64 v)
 	u32 fn = kml_dd_skill_count(v, 2), tp = kml_dd_skill_count(v, 3);
 	u64 ppm;
 
-	if (tn + fp < KML_DD_SKILL_MIN_CLASS ||
-	    fn + tp < KML_DD_SKILL_MIN_CLASS) {
+	if (!kml_dd_skill_judgeable(tn, fp, fn, tp)) {
 		kml_dd_stat_inc(KML_DD_S_SKILL_INCONCLUSIVE);
 		return;
 	}
-	ppm = div_u64((u64)tn * 500000, tn + fp) +
-	      div_u64((u64)tp * 500000, fn + tp);
+	/* an outcome that never occurred has a recall of 0 here */
+	ppm = (tn + fp ? div_u64((u64)tn * 500000, tn + fp) : 0) +
+	      (fn + tp ? div_u64((u64)tp * 500000, fn + tp) : 0);
 	kml_dd_stat_set(KML_DD_S_SKILL_BALANCED_PPM, ppm);
 	kml_dd_stat_inc(KML_DD_S_SKILL_WINDOWS);
 	if (ppm <= READ_ONCE(kml_dd.skill_min_permille) * 1000ULL) {
@@ -411,8 +431,10 @@ static void kml_dd_skill_note(const struct kml_dd_sample *s)
 	missed = kml_dd_skill_count(v, 2) + kml_dd_skill_count(v, 3);
 	if (met + missed < window)
 		return;
-	if ((met < KML_DD_SKILL_MIN_CLASS ||
-	     missed < KML_DD_SKILL_MIN_CLASS) &&
+	if (!kml_dd_skill_judgeable(kml_dd_skill_count(v, 0),
+				    kml_dd_skill_count(v, 1),
+				    kml_dd_skill_count(v, 2),
+				    kml_dd_skill_count(v, 3)) &&
 	    met + missed < KML_DD_SKILL_MAX_STRETCH * window)
 		return;
 	if (atomic64_cmpxchg(&kml_dd.skill, v, 0) == v)
