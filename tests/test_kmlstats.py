@@ -58,6 +58,16 @@ def test_parse_keeps_counters_and_histogram() -> None:
     assert kmlstats.check_invariants(s) == []
 
 
+@pytest.mark.parametrize(
+    ("line", "auc"), [("auc_ppm 845123\n", 0.845123), ("auc_ppm -1\n", None), ("", None)]
+)
+def test_auc_is_the_kernels_ppm_and_none_without_both_outcomes(
+    line: str, auc: float | None
+) -> None:
+    # -1: an outcome without a prediction; absent: a kernel without the histograms
+    assert kmlstats.metrics(parse_stats(STATS + line))["auc"] == auc
+
+
 def test_metrics_of_a_hand_computed_confusion_matrix() -> None:
     m = kmlstats.metrics(parse_stats(STATS))
     assert m["predictions"] == 100
