@@ -255,7 +255,14 @@ ERRORS = [
         "  device:\n    - {type: virtio,\n       throttle_iops_total: 0}\n",
         7,
         "axes.device[0].throttle_iops_total",
-        "must be >= 1",
+        "must be in 1..1000000000000000",
+    ),
+    (
+        "name: t\nguest: {clock: realtime}\naxes:\n  workload: [{template: randread}]\n"
+        "  device:\n    - {type: virtio,\n       throttle_bps_write: 1000000000000001}\n",
+        7,
+        "axes.device[0].throttle_bps_write",
+        "must be in 1..1000000000000000",
     ),
     (
         "name: t\nguest: {clock: realtime}\naxes:\n  workload: [{template: randread}]\n"

@@ -72,6 +72,13 @@ enum kml_dd_stat {
 #define KML_DD_SCORE_BUCKETS 128
 #define KML_DD_SCORE_SHIFT 13
 
+/* The score bucket of a residual @r (Q16.16 lg units). */
+static inline u8 kml_dd_score_bucket(s32 r)
+{
+	return clamp_t(s32, KML_DD_SCORE_BUCKETS / 2 + (r >> KML_DD_SCORE_SHIFT),
+		       0, KML_DD_SCORE_BUCKETS - 1);
+}
+
 /*
  * A prediction is recorded as at most this many times its request's
  * deadline (at least 1 ms): beyond, its size means nothing (the decision
@@ -318,7 +325,7 @@ long kml_dd_model_save(void *buf, size_t cap, u32 dtype);
  * takes it (its outcome and prediction fields suffice for both), then,
  * only if it does, the whole sample into the ring.  Any context.
  */
-bool kml_dd_count_sample(const struct kml_dd_sample *s);
+bool kml_dd_count_sample(const struct kml_dd_sample *s, u8 score);
 void kml_dd_push_sample(const struct kml_dd_sample *s);
 
 /* The ring's one consumer: see kml_dd_ring_claim(). */

@@ -441,17 +441,8 @@ static void kml_dd_skill_note(const struct kml_dd_sample *s)
 		kml_dd_skill_judge(v);
 }
 
-/* @s's score bucket (KML_DD_SCORE_BUCKETS): lg(predicted / deadline). */
-static unsigned int kml_dd_score_bucket(const struct kml_dd_sample *s)
-{
-	s32 r = __kml_dd_lg(div_u64(s->pred_issue_ns, NSEC_PER_USEC)) -
-		__kml_dd_lg(div_u64(s->deadline_ns, NSEC_PER_USEC));
-
-	return clamp_t(s32, KML_DD_SCORE_BUCKETS / 2 + (r >> KML_DD_SCORE_SHIFT),
-		       0, KML_DD_SCORE_BUCKETS - 1);
-}
-
-static void kml_dd_account(const struct kml_dd_sample *s)
+/* @score: the prediction's bucket (kml_dd_score_bucket()), set at insert. */
+static void kml_dd_account(const struct kml_dd_sample *s, u8 score)
 {
 	u64 err;
 
@@ -472,7 +463,7 @@ static void kml_dd_account(const struct kml_dd_sample *s)
 	err = div_u64(err, NSEC_PER_USEC);
 	kml_dd_stat_add(KML_DD_S_ISSUE_ABS_ERR_US, err);
 	this_cpu_inc(kml_dd_counters.err_hist[kml_dd_hist_bucket(err)]);
-	this_cpu_inc(kml_dd_counters.score_hist[!s->met][kml_dd_score_bucket(s)]);
+	this_cpu_inc(kml_dd_counters.score_hist[!s->met][score]);
 	kml_dd_skill_note(s);
 }
 
@@ -483,11 +474,11 @@ static void kml_dd_account(const struct kml_dd_sample *s)
  * counted here and the finish hook need not make the rest of the sample.
  * Any context.
  */
-bool kml_dd_count_sample(const struct kml_dd_sample *s)
+bool kml_dd_count_sample(const struct kml_dd_sample *s, u8 score)
 {
 	bool full;
 
-	kml_dd_account(s);
+	kml_dd_account(s, score);
 	if (!kml_dd_sample_wanted(s)) {
 		kml_dd_stat_inc(KML_DD_S_RING_FILTERED);
 		return false;
@@ -807,8 +798,9 @@ void kml_dd_get_info(struct kml_dev_info *info)
 
 /*
  * The AUC of the predictions since the reset, from the CPUs' score
- * histograms, in ppm; -1 while either outcome has none (or without memory
- * to sum them in: process context, so it may sleep for it).
+ * histograms, in ppm; -1 while either outcome has none, once one has 2^31
+ * or more, or without memory to sum them in (process context, so it may
+ * sleep for it).
  */
 static s64 kml_dd_score_auc_ppm(void)
 {
@@ -834,7 +826,8 @@ static s64 kml_dd_score_auc_ppm(void)
 		met += h[0][b];
 		missed += h[1][b];
 	}
-	if (met && missed)
+	/* kml_dd_cal_auc_hist() takes fewer than 2^31 of each */
+	if (met && missed && !(met >> 31) && !(missed >> 31))
 		ppm = ((u64)kml_dd_cal_auc_hist(h[0], h[1], KML_DD_SCORE_BUCKETS) *
 		       1000000) >> 20;
 	kfree(h);

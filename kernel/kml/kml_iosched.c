@@ -173,6 +173,13 @@ static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 				kml_dd_stat_inc(KML_DD_S_PRED_CLAMPED);
 			}
 			ctx->pred_issue_ns = ns;
+			/*
+			 * The AUC's score: the residual the calibration
+			 * ranks, of the prediction as recorded; the
+			 * deadline's lg is a feature already.
+			 */
+			ctx->score = kml_dd_score_bucket(__kml_dd_lg(div_u64(ns, NSEC_PER_USEC)) -
+							 ctx->features[KML_DD_F_LG_EXPIRE_US]);
 			if (!ctx->pred_met)
 				kml_dd_steer(kq, ctx);
 		}
@@ -226,6 +233,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->op = rq_data_dir(rq);
 	ctx->flags = 0;
 	ctx->pred_valid = 0;
+	ctx->score = 0;
 	ctx->pred_met = 0;
 	ctx->steer = 0;
 	ctx->pred_issue_ns = 0;
@@ -290,7 +298,7 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 	s.pred_valid = ctx->pred_valid;
 	s.pred_met = ctx->pred_met;
 	s.flags = ctx->flags;
-	if (!kml_dd_count_sample(&s))
+	if (!kml_dd_count_sample(&s, ctx->score))
 		goto release;
 	s.insert_ns = ctx->insert_ns;
 	s.sector = ctx->sector;

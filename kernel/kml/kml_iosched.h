@@ -38,6 +38,7 @@ struct kml_dd_ctx {
 	u8 pred_valid;
 	u8 pred_met;
 	u8 steer;			/* predicted miss, model not aside */
+	u8 score;			/* its kml_dd_score_bucket() */
 	s32 features[KML_DD_NR_FEATURES];
 };
 

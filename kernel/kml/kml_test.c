@@ -770,7 +770,8 @@ static void kml_test_cal_auc_hist(struct kunit *test)
 		/* 30% missed, scoring higher on the whole, 24 buckets wide */
 		w[i].met = state % 10 >= 3;
 		b = (w[i].met ? 50 : 58) + (state >> 8) % 24;
-		w[i].r = ((s32)b - KML_DD_SCORE_BUCKETS / 2) << KML_DD_SCORE_SHIFT;
+		w[i].r = ((s32)b - KML_DD_SCORE_BUCKETS / 2) *
+			 (1 << KML_DD_SCORE_SHIFT);
 		(w[i].met ? met : missed)[b]++;
 	}
 	kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N, &res);

@@ -42,7 +42,12 @@ def parse_counts(text: str) -> dict[str, int]:
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or parts[0] not in COUNTERS or not parts[1].isdigit():
+        if (
+            len(parts) != 2
+            or parts[0] not in COUNTERS
+            or not parts[1].isascii()
+            or not parts[1].isdigit()
+        ):
             raise MissCountError(f"line {number}: not '<counter> <count>': {line!r}")
         if parts[0] in counts:
             raise MissCountError(f"line {number}: {parts[0]} twice")

@@ -148,6 +148,9 @@ VIRTIO_THROTTLE_KEYS: dict[str, str] = {
     )
 }  # fmt: skip
 
+# QEMU refuses a throttling limit above this (THROTTLE_VALUE_MAX).
+THROTTLE_MAX = 10**15
+
 # Per device type, the fields besides ``type``. Defaults for null_blk are
 # the module's own except irqmode: "timer" is what makes completion_nsec a
 # real completion latency. ``service``, ``mbps`` and ``memory_backed`` are
@@ -172,7 +175,7 @@ DEVICE_TYPES: dict[str, dict[str, Field]] = {
         "cache": Field("str", "none", _one_of(*VIRTIO_CACHE_MODES)),
         "num_queues": Field("int", 1, _at_least(1)),
         # QEMU's block throttling (VIRTIO_THROTTLE_KEYS); realtime clock only
-        **{key: Field("int", UNSET, _at_least(1)) for key in VIRTIO_THROTTLE_KEYS},
+        **{key: Field("int", UNSET, _between(1, THROTTLE_MAX)) for key in VIRTIO_THROTTLE_KEYS},
     },
 }
 DEVICE_SLUGS = {"null_blk": "nullb", "virtio": "virtio"}
