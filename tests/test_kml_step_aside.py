@@ -137,13 +137,15 @@ def test_false_alarms_where_nothing_misses_step_aside(g: Guest) -> None:
     but a model whose every call is a false alarm is no better than always
     answering "meet", and must not steer: before the rule took this case,
     such a window never closed with a verdict."""
+    # a window of 64 stretches to 512 predictions' weight: 1500 requests close some
     sh(g, f"echo 5000 > {Q}/iosched/read_expire; echo 5000 > {Q}/iosched/write_expire;"
-          f" echo reset > {STATS}")  # fmt: skip
+          f" echo 64 > {P}/skill_window; echo reset > {STATS}")  # fmt: skip
     after = run_io(g)
     c = after.counters
     assert c["miss_pred_met"] + c["miss_pred_miss"] == 0, c  # nothing missed
     assert c["met_pred_miss"] >= 16 and c["met_pred_met"] == 0, c
     assert c["skill_windows"] >= 1 and c["skill_windows_inconclusive"] == 0, c
+    assert c["skill_windows_unskilled"] == c["skill_windows"], c
     assert c["skill_balanced_ppm"] == 0, c  # recall of met 0, of missed taken as 0
     assert (c["step_asides"], c["stepped_aside"]) == (1, 1), c
     assert c["steer_suppressed"] > 0, c

@@ -89,11 +89,10 @@ static inline u8 kml_dd_score_bucket(s32 r)
 /*
  * The step-aside rule (kml_dd_core.c): a window of completed predictions
  * closes once it holds skill_window of them and KML_DD_SKILL_MIN_CLASS of
- * each outcome (or fewer of one, none of them predicted, and
- * KML_DD_SKILL_MIN_CLASS wrong calls of the other: kml_dd_skill_judgeable()),
- * or KML_DD_SKILL_MAX_STRETCH times skill_window whatever it holds
- * (inconclusive).  The four counts share one atomic64 (16 bits
- * each), so skill_window is at most KML_DD_SKILL_MAX_WINDOW.
+ * each outcome, or KML_DD_SKILL_MAX_STRETCH times skill_window whatever
+ * it holds (inconclusive, but for one case: kml_dd_skill_one_sided()).
+ * The four counts share one atomic64 (16 bits each), so skill_window is
+ * at most KML_DD_SKILL_MAX_WINDOW.
  */
 #define KML_DD_SKILL_WINDOW		1024
 #define KML_DD_SKILL_MAX_WINDOW		4096
@@ -110,6 +109,25 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * KML_DD_SKILL_MAX_STRETCH * KML_DD_SKILL_MAX_WINDOW + KML_DD_SKILL_HOLDOUT.
  */
 #define KML_DD_SKILL_HOLDOUT		8
+
+/*
+ * A window that closed without KML_DD_SKILL_MIN_CLASS of each outcome,
+ * after KML_DD_SKILL_MAX_STRETCH windows' worth of predictions, has no
+ * balanced accuracy.  One such window is still judged: an outcome that
+ * never occurred, and KML_DD_SKILL_MIN_CLASS held-out weights' worth of
+ * wrong calls of the other (a model calling misses where nothing misses).
+ * Whatever the absent outcome would have done, the model's balanced
+ * accuracy is at most 0.5: it can only step aside, never resume, on such a
+ * window.  Without a miss at all a false alarm cannot be luck on a few
+ * rare misses, which is why one missed request keeps the window
+ * inconclusive.
+ */
+static inline bool kml_dd_skill_one_sided(u32 tn, u32 fp, u32 fn, u32 tp)
+{
+	const u32 wrong = KML_DD_SKILL_MIN_CLASS * KML_DD_SKILL_HOLDOUT;
+
+	return (!(fn + tp) && fp >= wrong) || (!(tn + fp) && fn >= wrong);
+}
 
 /*
  * One inference in KML_DD_TIME_EVERY (a power of two) is timed for the

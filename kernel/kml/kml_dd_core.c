@@ -360,35 +360,24 @@ static u32 kml_dd_skill_count(u64 v, unsigned int cell)
 }
 
 /*
- * Whether a window's counts can be judged: at least KML_DD_SKILL_MIN_CLASS
- * of each outcome for a balanced accuracy; or, with fewer of one outcome,
- * a model that got none of that rare outcome right and was wrong about at
- * least KML_DD_SKILL_MIN_CLASS of the common one.  Its recall of the rare
- * outcome is 0 (or undefined, none having occurred: taken as 0), so its
- * balanced accuracy is at most 0.5 whatever the rare outcome does: no
- * better than always answering the common one.  Without this, a model
- * that calls misses on a device where nothing misses is never judged.
+ * Judge a closed window @v (kml_dd_skill_note()), @stretched if it closed
+ * at KML_DD_SKILL_MAX_STRETCH windows' worth; any context.
  */
-static bool kml_dd_skill_judgeable(u32 tn, u32 fp, u32 fn, u32 tp)
-{
-	if (tn + fp >= KML_DD_SKILL_MIN_CLASS &&
-	    fn + tp >= KML_DD_SKILL_MIN_CLASS)
-		return true;
-	if (fn + tp < KML_DD_SKILL_MIN_CLASS)
-		return !tp && fp >= KML_DD_SKILL_MIN_CLASS;
-	return !tn && fn >= KML_DD_SKILL_MIN_CLASS;
-}
-
-/* Judge a closed window @v (kml_dd_skill_note()); any context. */
-static void kml_dd_skill_judge(u64 v)
+static void kml_dd_skill_judge(u64 v, bool stretched)
 {
 	u32 tn = kml_dd_skill_count(v, 0), fp = kml_dd_skill_count(v, 1);
 	u32 fn = kml_dd_skill_count(v, 2), tp = kml_dd_skill_count(v, 3);
+	bool one_sided = false;
 	u64 ppm;
 
-	if (!kml_dd_skill_judgeable(tn, fp, fn, tp)) {
-		kml_dd_stat_inc(KML_DD_S_SKILL_INCONCLUSIVE);
-		return;
+	if (tn + fp < KML_DD_SKILL_MIN_CLASS ||
+	    fn + tp < KML_DD_SKILL_MIN_CLASS) {
+		one_sided = stretched &&
+			    kml_dd_skill_one_sided(tn, fp, fn, tp);
+		if (!one_sided) {
+			kml_dd_stat_inc(KML_DD_S_SKILL_INCONCLUSIVE);
+			return;
+		}
 	}
 	/* an outcome that never occurred has a recall of 0 here */
 	ppm = (tn + fp ? div_u64((u64)tn * 500000, tn + fp) : 0) +
@@ -401,7 +390,7 @@ static void kml_dd_skill_judge(u64 v)
 			WRITE_ONCE(kml_dd.aside, 1);
 			kml_dd_stat_inc(KML_DD_S_STEP_ASIDES);
 		}
-	} else if (READ_ONCE(kml_dd.aside)) {
+	} else if (READ_ONCE(kml_dd.aside) && !one_sided) {
 		WRITE_ONCE(kml_dd.aside, 0);
 		kml_dd_stat_inc(KML_DD_S_STEP_RESUMES);
 	}
@@ -431,14 +420,13 @@ static void kml_dd_skill_note(const struct kml_dd_sample *s)
 	missed = kml_dd_skill_count(v, 2) + kml_dd_skill_count(v, 3);
 	if (met + missed < window)
 		return;
-	if (!kml_dd_skill_judgeable(kml_dd_skill_count(v, 0),
-				    kml_dd_skill_count(v, 1),
-				    kml_dd_skill_count(v, 2),
-				    kml_dd_skill_count(v, 3)) &&
+	if ((met < KML_DD_SKILL_MIN_CLASS ||
+	     missed < KML_DD_SKILL_MIN_CLASS) &&
 	    met + missed < KML_DD_SKILL_MAX_STRETCH * window)
 		return;
 	if (atomic64_cmpxchg(&kml_dd.skill, v, 0) == v)
-		kml_dd_skill_judge(v);
+		kml_dd_skill_judge(v, met < KML_DD_SKILL_MIN_CLASS ||
+				      missed < KML_DD_SKILL_MIN_CLASS);
 }
 
 /* @score: the prediction's bucket (kml_dd_score_bucket()), set at insert. */

@@ -156,6 +156,7 @@ static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 	struct kml_dd_model *dm;
 	u64 cap;
 	s64 ns;
+	s32 r;
 
 	rcu_read_lock();
 	dm = kml_dd_model_rcu();
@@ -178,8 +179,9 @@ static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 			 * ranks, of the prediction as recorded; the
 			 * deadline's lg is a feature already.
 			 */
-			ctx->score = kml_dd_score_bucket(__kml_dd_lg(div_u64(ns, NSEC_PER_USEC)) -
-							 ctx->features[KML_DD_F_LG_EXPIRE_US]);
+			r = __kml_dd_lg(div_u64(ns, NSEC_PER_USEC)) -
+			    ctx->features[KML_DD_F_LG_EXPIRE_US];
+			ctx->score = kml_dd_score_bucket(r);
 			if (!ctx->pred_met)
 				kml_dd_steer(kq, ctx);
 		}

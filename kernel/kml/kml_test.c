@@ -798,6 +798,35 @@ static void kml_test_cal_auc_hist(struct kunit *test)
 						  KML_DD_SCORE_BUCKETS), 0U);
 }
 
+/*
+ * The step-aside rule's one judged case without KML_DD_SKILL_MIN_CLASS of
+ * each outcome: one outcome absent and 128 weighted wrong calls of the
+ * other.  A single occurrence of the rare outcome keeps it inconclusive.
+ */
+static void kml_test_skill_one_sided(struct kunit *test)
+{
+	static const struct {
+		u32 tn, fp, fn, tp;
+		bool judged;
+	} cases[] = {
+		{ 900, 128, 0, 0, true },	/* nothing missed, false alarms */
+		{ 0, 128, 0, 0, true },
+		{ 900, 127, 0, 0, false },	/* too few false alarms */
+		{ 900, 500, 1, 0, false },	/* one miss: may be luck */
+		{ 900, 500, 0, 1, false },
+		{ 0, 0, 128, 3, true },		/* nothing met, missed calls */
+		{ 1, 0, 500, 0, false },
+		{ 0, 0, 127, 0, false },
+	};
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(cases); i++)
+		KUNIT_EXPECT_EQ_MSG(test,
+				    kml_dd_skill_one_sided(cases[i].tn, cases[i].fp,
+							   cases[i].fn, cases[i].tp),
+				    cases[i].judged, "case %u", i);
+}
+
 /* Too few of a class: no calibration; beyond a factor 8: the bound. */
 static void kml_test_cal_limits(struct kunit *test)
 {
@@ -1203,6 +1232,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_cal_separable),
 	KUNIT_CASE(kml_test_cal_best_split),
 	KUNIT_CASE(kml_test_cal_auc_hist),
+	KUNIT_CASE(kml_test_skill_one_sided),
 	KUNIT_CASE(kml_test_cal_limits),
 	KUNIT_CASE(kml_test_cal_imbalanced),
 	KUNIT_CASE(kml_test_cal_contract),
