@@ -89,7 +89,8 @@ def g(kg: Guest) -> Guest:
         kg,
         f"set -e; echo 1 > {Q}/iosched/read_expire; echo 1 > {Q}/iosched/write_expire;"
         f" echo 1000 > {P}/decision_permille; echo 500 > {P}/skill_min_permille;"
-        f" echo {WINDOW} > {P}/skill_window; {KMLCTL} load {BAD_MODEL} >/dev/null;"
+        f" echo {WINDOW} > {P}/skill_window; echo 2000 > {P}/skill_window_ms;"
+        f" {KMLCTL} load {BAD_MODEL} >/dev/null;"
         f" echo active > {Q}/iosched/kml_mode; echo reset > {STATS}",
     )
     return kg
@@ -149,6 +150,24 @@ def test_false_alarms_where_nothing_misses_step_aside(g: Guest) -> None:
     assert c["skill_balanced_ppm"] == 0, c  # recall of met 0, of missed taken as 0
     assert (c["step_asides"], c["stepped_aside"]) == (1, 1), c
     assert c["steer_suppressed"] > 0, c
+
+
+def test_a_slow_device_closes_windows_by_time(g: Guest) -> None:
+    """A window as long as the largest allowed fills with far more requests
+    than a round runs; skill_window_ms closes it anyway (16 of each outcome
+    are there), and the model steps aside. With no time bound it would not.
+    1000 requests on two 200 us slots take at least 100 ms: two 50 ms windows."""
+    sh(g, f"echo 4096 > {P}/skill_window; echo 0 > {P}/skill_window_ms; echo reset > {STATS}")
+    c = run_io(g, 1000).counters
+    assert c["skill_window_ms"] == 0 and c["predictions"] < 4096, c
+    assert (c["skill_windows"], c["stepped_aside"]) == (0, 0), c  # never full: steers on
+    sh(g, f"echo 50 > {P}/skill_window_ms; echo reset > {STATS}")
+    c = run_io(g, 1000).counters
+    assert c["skill_window_ms"] == 50 and c["predictions"] < 4096, c
+    assert c["skill_windows"] >= 1 and c["skill_windows_inconclusive"] == 0, c
+    assert (c["step_asides"], c["stepped_aside"]) == (1, 1), c
+    for bad in ("60001", "-1"):
+        assert g.run(f"echo {bad} > {P}/skill_window_ms", timeout=30).exit_status != 0, bad
 
 
 def test_observe_mode_keeps_predicting_and_measuring(g: Guest) -> None:

@@ -95,6 +95,14 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * at most KML_DD_SKILL_MAX_WINDOW.
  */
 #define KML_DD_SKILL_WINDOW		1024
+/*
+ * A window with KML_DD_SKILL_MIN_CLASS of each outcome also closes after
+ * skill_window_ms: on a slow device (a disk doing 50 requests a second)
+ * skill_window predictions take longer than a run, and a model that is
+ * worse than the baseline would steer throughout.
+ */
+#define KML_DD_SKILL_WINDOW_MS		2000
+#define KML_DD_SKILL_MAX_WINDOW_MS	60000
 #define KML_DD_SKILL_MAX_WINDOW		4096
 #define KML_DD_SKILL_MIN_CLASS		16
 #define KML_DD_SKILL_MAX_STRETCH	8
@@ -209,9 +217,11 @@ struct kml_dd_global {
 	atomic64_t gauges[KML_DD_NR_STATS];
 	/* the open window: 4 x 16-bit counts, written at every completion */
 	atomic64_t skill ____cacheline_aligned_in_smp;
+	unsigned long skill_since;	/* jiffies when it opened */
 	/* read at every insert: a line apart from the window's writes */
 	int aside ____cacheline_aligned_in_smp;	/* stands aside; READ_ONCE() */
 	unsigned int skill_window;	/* module parameter; 0: rule off */
+	unsigned int skill_window_ms;	/* module parameter; 0: no time bound */
 	unsigned int skill_min_permille;	/* module parameter */
 	struct dentry *debugfs;
 };

@@ -41,6 +41,7 @@
 struct kml_dd_global kml_dd = {
 	.decision_permille = KML_DD_PERMILLE_DEFAULT,
 	.skill_window = KML_DD_SKILL_WINDOW,
+	.skill_window_ms = KML_DD_SKILL_WINDOW_MS,
 	.skill_min_permille = 500,
 	.model_lock = __MUTEX_INITIALIZER(kml_dd.model_lock),
 	/*
@@ -156,18 +157,20 @@ MODULE_PARM_DESC(decision_permille,
  * The step-aside rule: in active mode a model steers only while it is
  * better than the baseline of always answering "meet".  Its skill is
  * measured online on completed requests, in both modes, in windows of
- * skill_window predictions (kml_dd_skill_note()): balanced accuracy, the
+ * skill_window predictions, or skill_window_ms of them on a slow device
+ * (kml_dd_skill_note()): balanced accuracy, the
  * mean recall of met and missed, which that baseline scores 0.5 however
  * rare misses are.  A window whose balanced accuracy is at most
  * skill_min_permille / 1000 makes the model stand aside (its predicted
  * misses are not acted on) until a later window shows more.  Writing
- * either parameter starts a new window (the model's standing kept);
+ * any of the three parameters starts a new window (the model's standing kept);
  * skill_window 0 turns the rule off and the model steers.  A statistics
  * reset starts afresh, the model steering.
  */
 static void kml_dd_skill_restart(bool steer)
 {
 	atomic64_set(&kml_dd.skill, 0);
+	WRITE_ONCE(kml_dd.skill_since, jiffies);
 	if (steer)
 		WRITE_ONCE(kml_dd.aside, 0);
 }
@@ -194,6 +197,30 @@ static const struct kernel_param_ops skill_window_ops = {
 module_param_cb(skill_window, &skill_window_ops, &kml_dd.skill_window, 0644);
 MODULE_PARM_DESC(skill_window,
 		 "step aside: predictions per skill window (0 = never, max 4096)");
+
+static int skill_window_ms_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int v;
+	int ret;
+
+	ret = kstrtouint(val, 0, &v);
+	if (ret)
+		return ret;
+	if (v > KML_DD_SKILL_MAX_WINDOW_MS)
+		return -ERANGE;
+	WRITE_ONCE(kml_dd.skill_window_ms, v);
+	kml_dd_skill_restart(false);
+	return 0;
+}
+
+static const struct kernel_param_ops skill_window_ms_ops = {
+	.set = skill_window_ms_set,
+	.get = param_get_uint,
+};
+module_param_cb(skill_window_ms, &skill_window_ms_ops,
+		&kml_dd.skill_window_ms, 0644);
+MODULE_PARM_DESC(skill_window_ms,
+		 "step aside: a window with 16 of each outcome also closes after this (ms, 0 = never, max 60000)");
 
 static int skill_min_set(const char *val, const struct kernel_param *kp)
 {
@@ -407,7 +434,7 @@ static void kml_dd_skill_judge(u64 v, bool stretched)
  */
 static void kml_dd_skill_note(const struct kml_dd_sample *s)
 {
-	unsigned int window = READ_ONCE(kml_dd.skill_window);
+	unsigned int window = READ_ONCE(kml_dd.skill_window), ms;
 	unsigned int cell = 2 * !s->met + !s->pred_met;
 	u32 met, missed, weight;
 	u64 v;
@@ -418,15 +445,24 @@ static void kml_dd_skill_note(const struct kml_dd_sample *s)
 	v = atomic64_add_return((s64)weight << (16 * cell), &kml_dd.skill);
 	met = kml_dd_skill_count(v, 0) + kml_dd_skill_count(v, 1);
 	missed = kml_dd_skill_count(v, 2) + kml_dd_skill_count(v, 3);
-	if (met + missed < window)
+	if (met + missed < window) {
+		/* a slow device: closed by time, with enough of each outcome */
+		ms = READ_ONCE(kml_dd.skill_window_ms);
+		if (!ms || met < KML_DD_SKILL_MIN_CLASS ||
+		    missed < KML_DD_SKILL_MIN_CLASS ||
+		    time_before(jiffies, READ_ONCE(kml_dd.skill_since) +
+					 msecs_to_jiffies(ms)))
+			return;
+	} else if ((met < KML_DD_SKILL_MIN_CLASS ||
+		    missed < KML_DD_SKILL_MIN_CLASS) &&
+		   met + missed < KML_DD_SKILL_MAX_STRETCH * window) {
 		return;
-	if ((met < KML_DD_SKILL_MIN_CLASS ||
-	     missed < KML_DD_SKILL_MIN_CLASS) &&
-	    met + missed < KML_DD_SKILL_MAX_STRETCH * window)
-		return;
-	if (atomic64_cmpxchg(&kml_dd.skill, v, 0) == v)
+	}
+	if (atomic64_cmpxchg(&kml_dd.skill, v, 0) == v) {
+		WRITE_ONCE(kml_dd.skill_since, jiffies);
 		kml_dd_skill_judge(v, met < KML_DD_SKILL_MIN_CLASS ||
 				      missed < KML_DD_SKILL_MIN_CLASS);
+	}
 }
 
 /* @score: the prediction's bucket (kml_dd_score_bucket()), set at insert. */
@@ -856,6 +892,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "decision_permille %u\n",
 		   READ_ONCE(kml_dd.decision_permille));
 	seq_printf(m, "skill_window %u\n", READ_ONCE(kml_dd.skill_window));
+	seq_printf(m, "skill_window_ms %u\n", READ_ONCE(kml_dd.skill_window_ms));
 	seq_printf(m, "skill_min_permille %u\n",
 		   READ_ONCE(kml_dd.skill_min_permille));
 	seq_printf(m, "stepped_aside %d\n", kml_dd_stepped_aside());
@@ -924,6 +961,7 @@ static int __init kml_dd_global_init(void)
 	size_t bytes;
 	int ret;
 
+	kml_dd.skill_since = jiffies;	/* the first window opens now */
 	if (!is_power_of_2(ring_capacity) || ring_capacity < 2)
 		ring_capacity = 4096;
 	bytes = kml_ring_bytes(ring_capacity, sizeof(struct kml_dd_sample));
