@@ -154,15 +154,17 @@ def test_false_alarms_where_nothing_misses_step_aside(g: Guest) -> None:
 
 def test_a_slow_device_closes_windows_by_time(g: Guest) -> None:
     """A window as long as the largest allowed fills with far more requests
-    than a round runs; skill_window_ms closes it anyway (16 of each outcome
-    are there), and the model steps aside. With no time bound it would not.
-    1000 requests on two 200 us slots take at least 100 ms: two 50 ms windows."""
+    than a round runs; skill_window_ms closes it anyway, 50 ms after its
+    first prediction once it holds 16 of each outcome and 128 in all
+    (weighted: a held-out prediction counts 8), and the model steps aside.
+    With no time bound it would not. 1500 requests on two 200 us slots take
+    at least 150 ms, and stay under 4096 weighted."""
     sh(g, f"echo 4096 > {P}/skill_window; echo 0 > {P}/skill_window_ms; echo reset > {STATS}")
-    c = run_io(g, 1000).counters
+    c = run_io(g).counters
     assert c["skill_window_ms"] == 0 and c["predictions"] < 4096, c
     assert (c["skill_windows"], c["stepped_aside"]) == (0, 0), c  # never full: steers on
     sh(g, f"echo 50 > {P}/skill_window_ms; echo reset > {STATS}")
-    c = run_io(g, 1000).counters
+    c = run_io(g).counters
     assert c["skill_window_ms"] == 50 and c["predictions"] < 4096, c
     assert c["skill_windows"] >= 1 and c["skill_windows_inconclusive"] == 0, c
     assert (c["step_asides"], c["stepped_aside"]) == (1, 1), c

@@ -96,13 +96,15 @@ static inline u8 kml_dd_score_bucket(s32 r)
  */
 #define KML_DD_SKILL_WINDOW		1024
 /*
- * A window with KML_DD_SKILL_MIN_CLASS of each outcome also closes after
- * skill_window_ms: on a slow device (a disk doing 50 requests a second)
- * skill_window predictions take longer than a run, and a model that is
- * worse than the baseline would steer throughout.
+ * A window with KML_DD_SKILL_MIN_CLASS of each outcome and
+ * KML_DD_SKILL_MIN_TIMED in all (weighted counts) also closes
+ * skill_window_ms after its first prediction: on a slow device (a disk
+ * doing 50 requests a second) skill_window predictions take longer than a
+ * run, and a model that is worse than the baseline would steer throughout.
  */
 #define KML_DD_SKILL_WINDOW_MS		2000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
+#define KML_DD_SKILL_MIN_TIMED		128
 #define KML_DD_SKILL_MAX_WINDOW		4096
 #define KML_DD_SKILL_MIN_CLASS		16
 #define KML_DD_SKILL_MAX_STRETCH	8
@@ -217,11 +219,12 @@ struct kml_dd_global {
 	atomic64_t gauges[KML_DD_NR_STATS];
 	/* the open window: 4 x 16-bit counts, written at every completion */
 	atomic64_t skill ____cacheline_aligned_in_smp;
-	unsigned long skill_since;	/* jiffies when it opened */
+	unsigned long skill_since;	/* jiffies at its first prediction */
 	/* read at every insert: a line apart from the window's writes */
 	int aside ____cacheline_aligned_in_smp;	/* stands aside; READ_ONCE() */
 	unsigned int skill_window;	/* module parameter; 0: rule off */
 	unsigned int skill_window_ms;	/* module parameter; 0: no time bound */
+	unsigned long skill_window_j;	/* the same in jiffies */
 	unsigned int skill_min_permille;	/* module parameter */
 	struct dentry *debugfs;
 };

@@ -170,7 +170,6 @@ MODULE_PARM_DESC(decision_permille,
 static void kml_dd_skill_restart(bool steer)
 {
 	atomic64_set(&kml_dd.skill, 0);
-	WRITE_ONCE(kml_dd.skill_since, jiffies);
 	if (steer)
 		WRITE_ONCE(kml_dd.aside, 0);
 }
@@ -209,6 +208,7 @@ static int skill_window_ms_set(const char *val, const struct kernel_param *kp)
 	if (v > KML_DD_SKILL_MAX_WINDOW_MS)
 		return -ERANGE;
 	WRITE_ONCE(kml_dd.skill_window_ms, v);
+	WRITE_ONCE(kml_dd.skill_window_j, msecs_to_jiffies(v));
 	kml_dd_skill_restart(false);
 	return 0;
 }
@@ -434,7 +434,8 @@ static void kml_dd_skill_judge(u64 v, bool stretched)
  */
 static void kml_dd_skill_note(const struct kml_dd_sample *s)
 {
-	unsigned int window = READ_ONCE(kml_dd.skill_window), ms;
+	unsigned int window = READ_ONCE(kml_dd.skill_window);
+	unsigned long timed;
 	unsigned int cell = 2 * !s->met + !s->pred_met;
 	u32 met, missed, weight;
 	u64 v;
@@ -443,26 +444,27 @@ static void kml_dd_skill_note(const struct kml_dd_sample *s)
 		return;
 	weight = s->flags & KML_DD_SAMPLE_HOLDOUT ? KML_DD_SKILL_HOLDOUT : 1;
 	v = atomic64_add_return((s64)weight << (16 * cell), &kml_dd.skill);
+	if (v == (u64)weight << (16 * cell))	/* the window's first */
+		WRITE_ONCE(kml_dd.skill_since, jiffies);
 	met = kml_dd_skill_count(v, 0) + kml_dd_skill_count(v, 1);
 	missed = kml_dd_skill_count(v, 2) + kml_dd_skill_count(v, 3);
 	if (met + missed < window) {
 		/* a slow device: closed by time, with enough of each outcome */
-		ms = READ_ONCE(kml_dd.skill_window_ms);
-		if (!ms || met < KML_DD_SKILL_MIN_CLASS ||
+		timed = READ_ONCE(kml_dd.skill_window_j);
+		if (!timed || met < KML_DD_SKILL_MIN_CLASS ||
 		    missed < KML_DD_SKILL_MIN_CLASS ||
-		    time_before(jiffies, READ_ONCE(kml_dd.skill_since) +
-					 msecs_to_jiffies(ms)))
+		    met + missed < KML_DD_SKILL_MIN_TIMED ||
+		    jiffies - READ_ONCE(kml_dd.skill_since) < timed)
 			return;
 	} else if ((met < KML_DD_SKILL_MIN_CLASS ||
 		    missed < KML_DD_SKILL_MIN_CLASS) &&
 		   met + missed < KML_DD_SKILL_MAX_STRETCH * window) {
 		return;
 	}
-	if (atomic64_cmpxchg(&kml_dd.skill, v, 0) == v) {
-		WRITE_ONCE(kml_dd.skill_since, jiffies);
+	/* closed by time, a window has 16 of each: only a stretched one not */
+	if (atomic64_cmpxchg(&kml_dd.skill, v, 0) == v)
 		kml_dd_skill_judge(v, met < KML_DD_SKILL_MIN_CLASS ||
 				      missed < KML_DD_SKILL_MIN_CLASS);
-	}
 }
 
 /* @score: the prediction's bucket (kml_dd_score_bucket()), set at insert. */
@@ -961,7 +963,7 @@ static int __init kml_dd_global_init(void)
 	size_t bytes;
 	int ret;
 
-	kml_dd.skill_since = jiffies;	/* the first window opens now */
+	kml_dd.skill_window_j = msecs_to_jiffies(kml_dd.skill_window_ms);
 	if (!is_power_of_2(ring_capacity) || ring_capacity < 2)
 		ring_capacity = 4096;
 	bytes = kml_ring_bytes(ring_capacity, sizeof(struct kml_dd_sample));
