@@ -174,16 +174,25 @@ static void kml_dd_skill_restart(bool steer)
 		WRITE_ONCE(kml_dd.aside, 0);
 }
 
+/* A step-aside parameter's new value @v, at most @max. */
+static int kml_dd_skill_param(const char *val, unsigned int max,
+			      unsigned int *v)
+{
+	int ret = kstrtouint(val, 0, v);
+
+	if (ret)
+		return ret;
+	return *v > max ? -ERANGE : 0;
+}
+
 static int skill_window_set(const char *val, const struct kernel_param *kp)
 {
 	unsigned int v;
 	int ret;
 
-	ret = kstrtouint(val, 0, &v);
+	ret = kml_dd_skill_param(val, KML_DD_SKILL_MAX_WINDOW, &v);
 	if (ret)
 		return ret;
-	if (v > KML_DD_SKILL_MAX_WINDOW)
-		return -ERANGE;
 	WRITE_ONCE(kml_dd.skill_window, v);
 	kml_dd_skill_restart(!v);
 	return 0;
@@ -202,11 +211,9 @@ static int skill_window_ms_set(const char *val, const struct kernel_param *kp)
 	unsigned int v;
 	int ret;
 
-	ret = kstrtouint(val, 0, &v);
+	ret = kml_dd_skill_param(val, KML_DD_SKILL_MAX_WINDOW_MS, &v);
 	if (ret)
 		return ret;
-	if (v > KML_DD_SKILL_MAX_WINDOW_MS)
-		return -ERANGE;
 	WRITE_ONCE(kml_dd.skill_window_ms, v);
 	WRITE_ONCE(kml_dd.skill_window_j, msecs_to_jiffies(v));
 	kml_dd_skill_restart(false);
@@ -227,11 +234,9 @@ static int skill_min_set(const char *val, const struct kernel_param *kp)
 	unsigned int v;
 	int ret;
 
-	ret = kstrtouint(val, 0, &v);
+	ret = kml_dd_skill_param(val, 1000, &v);
 	if (ret)
 		return ret;
-	if (v > 1000)
-		return -ERANGE;
 	WRITE_ONCE(kml_dd.skill_min_permille, v);
 	kml_dd_skill_restart(false);
 	return 0;
@@ -387,10 +392,11 @@ static u32 kml_dd_skill_count(u64 v, unsigned int cell)
 }
 
 /*
- * Judge a closed window @v (kml_dd_skill_note()), @stretched if it closed
- * at KML_DD_SKILL_MAX_STRETCH windows' worth; any context.
+ * Judge a closed window @v (kml_dd_skill_note()); any context.  One with
+ * fewer than KML_DD_SKILL_MIN_CLASS of an outcome closed only at
+ * KML_DD_SKILL_MAX_STRETCH windows' worth.
  */
-static void kml_dd_skill_judge(u64 v, bool stretched)
+static void kml_dd_skill_judge(u64 v)
 {
 	u32 tn = kml_dd_skill_count(v, 0), fp = kml_dd_skill_count(v, 1);
 	u32 fn = kml_dd_skill_count(v, 2), tp = kml_dd_skill_count(v, 3);
@@ -399,8 +405,7 @@ static void kml_dd_skill_judge(u64 v, bool stretched)
 
 	if (tn + fp < KML_DD_SKILL_MIN_CLASS ||
 	    fn + tp < KML_DD_SKILL_MIN_CLASS) {
-		one_sided = stretched &&
-			    kml_dd_skill_one_sided(tn, fp, fn, tp);
+		one_sided = kml_dd_skill_one_sided(tn, fp, fn, tp);
 		if (!one_sided) {
 			kml_dd_stat_inc(KML_DD_S_SKILL_INCONCLUSIVE);
 			return;
@@ -461,10 +466,8 @@ static void kml_dd_skill_note(const struct kml_dd_sample *s)
 		   met + missed < KML_DD_SKILL_MAX_STRETCH * window) {
 		return;
 	}
-	/* closed by time, a window has 16 of each: only a stretched one not */
 	if (atomic64_cmpxchg(&kml_dd.skill, v, 0) == v)
-		kml_dd_skill_judge(v, met < KML_DD_SKILL_MIN_CLASS ||
-				      missed < KML_DD_SKILL_MIN_CLASS);
+		kml_dd_skill_judge(v);
 }
 
 /* @score: the prediction's bucket (kml_dd_score_bucket()), set at insert. */
