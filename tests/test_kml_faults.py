@@ -564,6 +564,16 @@ for m in off observe active off active observe active; do
     grep -q "\\[$m\\]" {Q}/iosched/kml_mode
     sleep 0.2
 done
+for p in cost expire cost; do
+    echo $p > {P}/policy
+    echo 0 > {P}/cost_age_shift
+    sleep 0.2
+    echo observe > {Q}/iosched/kml_mode
+    echo active > {Q}/iosched/kml_mode
+    echo 40 > {P}/cost_age_shift
+    sleep 0.2
+done
+echo 6 > {P}/cost_age_shift
 for i in 1 2; do
     echo none > {Q}/scheduler
     grep -q '\\[none\\]' {Q}/scheduler
@@ -575,9 +585,12 @@ for i in 1 2; do
     sleep 0.3
 done
 """
-    sh(g, script, timeout=120)
-    assert_fio_ok(fio_wait(g, "switch", 60), 100)
-    assert_model_in_use(g)
+    try:
+        sh(g, script, timeout=120)
+        assert_fio_ok(fio_wait(g, "switch", 60), 100)
+        assert_model_in_use(g)
+    finally:
+        sh(g, f"echo expire > {P}/policy; echo 6 > {P}/cost_age_shift")
 
 
 def test_unload_under_io_stops_predictions(g: Guest) -> None:
@@ -631,6 +644,13 @@ INVALID_WRITES = [
     pytest.param(
         f"{P}/decision_permille", "1000", ["0", "64001", "99999999999"], (ERANGE, EINVAL),
         id="decision_permille-range",
+    ),
+    pytest.param(
+        f"{P}/policy", "expire", ["fastest", "", "1", "Cost", "costly"], (EINVAL,), id="policy",
+    ),
+    pytest.param(
+        f"{P}/cost_age_shift", "6", ["41", "4294967296", "-1", "six"], (ERANGE, EINVAL),
+        id="cost_age_shift",
     ),
     pytest.param(STATS, None, ["clear", "reset now", "r" * 40], (EINVAL,), id="stats"),
 ]  # fmt: skip

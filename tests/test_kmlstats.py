@@ -250,3 +250,20 @@ def test_a_kernel_without_the_rule_gives_none_and_a_good_model_is_not_flagged() 
     assert m["below_baseline"] == 0
     assert m["stepped_aside"] is None and m["issue_time_median_err_us"] is None
     assert kmlstats.metrics(parse_stats("predictions 0\n"))["below_baseline"] is None
+
+
+def test_learned_service_times_parse_and_refuse() -> None:
+    text = "0 0 1712000\n1024 2047 9100000\n65536 131071 17350000\n"
+    assert kmlstats.parse_svc(text) == [
+        {"lo": 0, "hi": 0, "ns": 1712000},
+        {"lo": 1024, "hi": 2047, "ns": 9100000},
+        {"lo": 65536, "hi": 131071, "ns": 17350000},
+    ]
+    assert kmlstats.parse_svc("") == []
+    for bad, why in (
+        ("1 2\n", "expected 'lo hi ns'"),
+        ("4 7 0\n", "ns > 0"),
+        ("8 15 5\n4 7 5\n", "above the last line"),
+    ):
+        with pytest.raises(kmlstats.KmlStatsError, match=why):
+            kmlstats.parse_svc(bad, source="kml_svc.txt")

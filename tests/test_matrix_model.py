@@ -9,6 +9,7 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.cell import device
+from kmlbench.cell.model import kml_setup_script
 from kmlbench.plan.matrix import load_matrix
 from kmlbench.plan.source import MatrixError
 
@@ -137,6 +138,13 @@ def test_exclude_by_model_field(tmp_path: Path) -> None:
             "warm_start is for trainer user",
         ),
         ("{mode: active, colour: red}", 6, "axes.model[0].colour", "unknown key 'colour'"),
+        ("{mode: active, policy: fastest}", 6, "axes.model[0].policy", "one of expire, cost"),
+        (
+            "{mode: active, policy: cost, cost_age_shift: 41}",
+            6,
+            "axes.model[0].cost_age_shift",
+            "0..40",
+        ),
         ("[]", 6, "axes.model", "non-empty list"),
     ],
 )
@@ -175,3 +183,38 @@ def test_nr_requests_is_a_queue_setting_recorded_only_when_given(tmp_path: Path)
     assert "iosched/nr_requests" not in script
     with pytest.raises(MatrixError, match=r"must be in 4\.\.8192"):
         load(tmp_path, HEAD.replace("{name: none}", "{name: none, nr_requests: 1}"))
+
+
+def test_policy_is_recorded_where_it_steers(tmp_path: Path) -> None:
+    """``policy`` only in active mode and only when not the default (so
+    active cells from before the key keep their ids); the shift only under
+    policy cost; the set-up writes both whatever the record holds."""
+    m = load(
+        tmp_path,
+        HEAD
+        + "  model:\n"
+        + "    - {mode: [observe, active], policy: [expire, cost], cost_age_shift: 3}\n",
+    )
+    models = sorted(
+        (c.params["model"] for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline"),
+        key=lambda p: (p["mode"], p.get("policy", "")),
+    )
+    # observe x 2 policies reduce to one; active expire is the old record
+    assert [(p["mode"], p.get("policy"), p.get("cost_age_shift")) for p in models] == [
+        ("active", None, None),
+        ("active", "cost", 3),
+        ("observe", None, None),
+    ]
+    default = load(tmp_path, HEAD + "  model: [{mode: active}]\n")
+    explicit = load(tmp_path, HEAD + "  model: [{mode: active, policy: expire}]\n")
+    assert {c.id for c in default.cells} == {c.id for c in explicit.cells}
+    dev = device.BlockDevice("nullb0")
+    cost = kml_setup_script(
+        {"mode": "active", "policy": "cost", "cost_age_shift": 3}, dev, trainer_seconds=1
+    )
+    assert "setchoice /sys/module/kml/parameters/policy cost" in cost
+    assert "setnum /sys/module/kml/parameters/cost_age_shift 3" in cost
+    expire = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
+    assert "setchoice /sys/module/kml/parameters/policy expire" in expire
+    with pytest.raises(device.DeviceError, match="kml policy 'fastest'"):
+        kml_setup_script({"mode": "active", "policy": "fastest"}, dev, trainer_seconds=1)

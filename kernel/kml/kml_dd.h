@@ -103,6 +103,28 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * run, and a model that is worse than the baseline would steer throughout.
  */
 #define KML_DD_SKILL_WINDOW_MS		2000
+
+/*
+ * What active mode does with the predictions (module parameter "policy").
+ * expire: a FIFO head predicted to miss its deadline is treated as expired
+ * (stock mq-deadline's order otherwise).  cost: of the requests next to
+ * the head in sector order and the oldest of each direction, the one with
+ * the least kml_dd_cost() goes next (kml_iosched.c).
+ */
+enum kml_dd_policy {
+	KML_DD_POLICY_EXPIRE = 0,
+	KML_DD_POLICY_COST = 1,
+};
+
+/*
+ * Policy cost: a request's age credit against its predicted service time
+ * is its time in the queue plus its lateness (past, or predicted by a
+ * steering model), shifted right by cost_age_shift: with 6, a read queued
+ * for 200 ms, 100 ms past its deadline, is worth a seek 4.7 ms longer.
+ * At most 40 (age then counts for nothing).
+ */
+#define KML_DD_COST_AGE_SHIFT		6
+#define KML_DD_COST_MAX_AGE_SHIFT	40
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 #define KML_DD_SKILL_MIN_TIMED		128
 #define KML_DD_SKILL_MAX_WINDOW		4096
@@ -215,6 +237,8 @@ struct kml_dd_global {
 	atomic_t ring_owner;		/* enum kml_dd_owner */
 	unsigned int decision_permille;	/* module parameter */
 	int sample_filter;		/* module parameter */
+	int policy;			/* module parameter, enum kml_dd_policy */
+	unsigned int cost_age_shift;	/* module parameter, policy "cost" */
 	/* the gauges (a last value, not a count); counts are per CPU */
 	atomic64_t gauges[KML_DD_NR_STATS];
 	/* the open window: 4 x 16-bit counts, written at every completion */

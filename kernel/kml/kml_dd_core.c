@@ -40,6 +40,7 @@
 
 struct kml_dd_global kml_dd = {
 	.decision_permille = KML_DD_PERMILLE_DEFAULT,
+	.cost_age_shift = KML_DD_COST_AGE_SHIFT,
 	.skill_window = KML_DD_SKILL_WINDOW,
 	.skill_window_ms = KML_DD_SKILL_WINDOW_MS,
 	.skill_min_permille = 500,
@@ -61,6 +62,10 @@ MODULE_PARM_DESC(ring_capacity, "sample ring records (power of two, boot only)")
 
 static const char * const kml_dd_ring_modes[] = { "block", "drop" };
 static const char * const kml_dd_filters[] = { "all", "uncertain" };
+static const char * const kml_dd_policies[] = {
+	[KML_DD_POLICY_EXPIRE] = "expire",
+	[KML_DD_POLICY_COST] = "cost",
+};
 
 enum { KML_DD_FILTER_ALL = 0, KML_DD_FILTER_UNCERTAIN = 1 };
 
@@ -114,6 +119,60 @@ static const struct kernel_param_ops sample_filter_ops = {
 module_param_cb(sample_filter, &sample_filter_ops, NULL, 0644);
 MODULE_PARM_DESC(sample_filter,
 		 "all, or uncertain: only samples the model got wrong or was unsure of");
+
+/*
+ * What active mode does with the predictions (kml_iosched.h, enum
+ * kml_dd_policy): "expire" treats a FIFO head predicted to miss as
+ * expired; "cost" dispatches the request with the least predicted service
+ * time, less a credit for its age and lateness (past or predicted) shifted
+ * right by cost_age_shift.
+ */
+static int policy_set(const char *val, const struct kernel_param *kp)
+{
+	int p = __sysfs_match_string(kml_dd_policies,
+				     ARRAY_SIZE(kml_dd_policies), val);
+
+	if (p < 0)
+		return p;
+	WRITE_ONCE(kml_dd.policy, p);
+	return 0;
+}
+
+static int policy_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%s\n",
+			  kml_dd_policies[READ_ONCE(kml_dd.policy) & 1]);
+}
+
+static const struct kernel_param_ops policy_ops = {
+	.set = policy_set,
+	.get = policy_get,
+};
+module_param_cb(policy, &policy_ops, NULL, 0644);
+MODULE_PARM_DESC(policy,
+		 "active mode: expire (a FIFO head predicted to miss is expired) or cost");
+
+static int cost_age_shift_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int v;
+	int ret = kstrtouint(val, 0, &v);
+
+	if (ret)
+		return ret;
+	if (v > KML_DD_COST_MAX_AGE_SHIFT)
+		return -ERANGE;
+	WRITE_ONCE(kml_dd.cost_age_shift, v);
+	return 0;
+}
+
+static const struct kernel_param_ops cost_age_shift_ops = {
+	.set = cost_age_shift_set,
+	.get = param_get_uint,
+};
+module_param_cb(cost_age_shift, &cost_age_shift_ops, &kml_dd.cost_age_shift,
+		0644);
+MODULE_PARM_DESC(cost_age_shift,
+		 "policy cost: (age + lateness) ns >> this is a request's credit (max 40)");
 
 /*
  * Decision threshold: a request is predicted to meet its deadline when its
@@ -893,6 +952,9 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   kml_dd_ring_modes[READ_ONCE(kml_dd.ring.mode) & 1]);
 	seq_printf(m, "sample_filter %s\n",
 		   kml_dd_filters[READ_ONCE(kml_dd.sample_filter) & 1]);
+	seq_printf(m, "policy %s\n",
+		   kml_dd_policies[READ_ONCE(kml_dd.policy) & 1]);
+	seq_printf(m, "cost_age_shift %u\n", READ_ONCE(kml_dd.cost_age_shift));
 	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
 	seq_printf(m, "decision_permille %u\n",
 		   READ_ONCE(kml_dd.decision_permille));

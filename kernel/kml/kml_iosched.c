@@ -19,6 +19,7 @@
 #include <linux/jiffies.h>
 #include <linux/math64.h>
 #include <linux/rcupdate.h>
+#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/sysfs.h>
@@ -189,6 +190,126 @@ static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 	rcu_read_unlock();
 }
 
+/* ------------------------------------------------------------ policy cost */
+
+/* Policy cost's bucket for a seek of @dist sectors: 0, or 1 + lg2(dist). */
+static unsigned int kml_dd_svc_bucket(u64 dist)
+{
+	return min_t(unsigned int, fls64(dist), KML_DD_SVC_BUCKETS - 1);
+}
+
+/*
+ * Learn from @ctx, completed at @now, what a seek of its length costs.
+ * blk-mq takes the next request from the scheduler while the device is
+ * still busy with the last one (it waits for a tag at the driver), so a
+ * request's service starts at the later of its dispatch and the completion
+ * before it.  On a device that serves one request at a time that is its
+ * service time; on one that serves several at once it is the gap between
+ * completions, the time the request added, which does not depend on a
+ * seek there, so the table comes out flat and the lateness credit orders
+ * the requests.  A running mean of weight 1/8; two completions at once may
+ * lose one of the updates, which costs the mean one sample and no
+ * consistency (each store is of a whole value).
+ */
+static void kml_dd_svc_learn(struct kml_dd_queue *kq,
+			     const struct kml_dd_ctx *ctx, u64 now)
+{
+	u64 start = max_t(u64, ctx->dispatch_ns, READ_ONCE(kq->svc_last_done));
+	u64 svc = min_t(u64, kml_dd_since(start, now), U32_MAX);
+	s64 old = READ_ONCE(kq->svc_ns[ctx->svc_bucket]);
+
+	WRITE_ONCE(kq->svc_last_done, now);
+	if (!(ctx->flags & KML_DD_SAMPLE_REQUEUED))
+		WRITE_ONCE(kq->svc_ns[ctx->svc_bucket],
+			   old ? old + div_s64((s64)svc - old, 16) : svc);
+}
+
+/*
+ * A queue whose kml_mode is written learns policy cost's service times
+ * afresh, as after a boot: its device or workload may have changed.  A
+ * completion racing with this may store one mean after it: one bucket
+ * learned from one sample, which the next samples correct.
+ */
+static void kml_dd_svc_forget(struct kml_dd_queue *kq)
+{
+	unsigned int b;
+
+	for (b = 0; b < KML_DD_SVC_BUCKETS; b++)
+		WRITE_ONCE(kq->svc_ns[b], 0);
+	WRITE_ONCE(kq->svc_last_done, 0);
+}
+
+/*
+ * Policy cost's learned service times, for debugfs: one line per learned
+ * bucket, "lo hi ns" for seeks of lo to hi sectors.
+ */
+void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m)
+{
+	unsigned int b;
+	u32 ns;
+
+	for (b = 0; b < KML_DD_SVC_BUCKETS; b++) {
+		ns = READ_ONCE(kq->svc_ns[b]);
+		if (ns)
+			seq_printf(m, "%llu %llu %u\n",
+				   b ? 1ULL << (b - 1) : 0,
+				   b ? (1ULL << b) - 1 : 0, ns);
+	}
+}
+EXPORT_SYMBOL_GPL(kml_dd_svc_show);
+
+bool kml_dd_policy_cost(struct kml_dd_queue *kq)
+{
+	return READ_ONCE(kq->mode) == KML_DD_ACTIVE &&
+	       READ_ONCE(kml_dd.policy) == KML_DD_POLICY_COST && !kq->zoned;
+}
+EXPORT_SYMBOL_GPL(kml_dd_policy_cost);
+
+/* Where the head is: the sector after the last request dispatched. */
+sector_t kml_dd_head(struct kml_dd_queue *kq)
+{
+	return kq->feat.last_end;
+}
+EXPORT_SYMBOL_GPL(kml_dd_head);
+
+u64 kml_dd_now(void)
+{
+	return kml_dd_clock();
+}
+EXPORT_SYMBOL_GPL(kml_dd_now);
+
+/*
+ * Policy cost: what dispatching @rq next, with the head at @head, is
+ * predicted to cost, in ns, less its age credit.  The service time is the
+ * learned mean for its seek (plus the bucket, so that an unlearned table
+ * still prefers the shorter seek).  The credit is its time in the queue
+ * and, past its deadline, its lateness again, shifted right by
+ * cost_age_shift: a request ages from its arrival and twice as fast once
+ * late.  For a request the model predicted to miss while steering, the
+ * lateness is at least the predicted one: acting on that before the
+ * deadline is what can still save it.  Under the scheduler lock.
+ */
+s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
+		u64 now)
+{
+	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
+	u64 pos = blk_rq_pos(rq);
+	unsigned int b = kml_dd_svc_bucket(pos > head ? pos - head : head - pos);
+	s64 cost = (s64)READ_ONCE(kq->svc_ns[b]) + b;
+	s64 wait, late;
+
+	if (!ctx)
+		return cost;		/* untracked: KML knows no deadline */
+	wait = kml_dd_since(ctx->insert_ns, now);
+	late = wait - (s64)ctx->deadline_ns;
+	if (ctx->pred_valid && ctx->steer)
+		late = max_t(s64, late,
+			     (s64)ctx->pred_issue_ns - (s64)ctx->deadline_ns);
+	return cost - ((wait + max_t(s64, late, 0)) >>
+		       READ_ONCE(kml_dd.cost_age_shift));
+}
+EXPORT_SYMBOL_GPL(kml_dd_cost);
+
 /* ------------------------------------------------------------ hooks */
 
 static struct kml_dd_ctx *kml_dd_ctx_get(struct kml_dd_queue *kq)
@@ -250,10 +371,14 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 now = kml_dd_clock();
+	u64 head = kq->feat.last_end;
 
 	if (ctx->dispatch_ns)
 		return;
 	ctx->dispatch_ns = max_t(u64, now, 1);
+	ctx->svc_bucket = kml_dd_svc_bucket(ctx->sector > head ?
+					    ctx->sector - head :
+					    head - ctx->sector);
 	atomic_dec(&kq->queued[ctx->op]);
 	atomic_inc(&kq->inflight);
 	kml_dd_feat_dispatch(&kq->feat, ctx->op, ctx->sector, ctx->bytes,
@@ -287,6 +412,8 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 		goto release;
 	}
 	atomic_dec(&kq->inflight);
+	if (kml_dd_policy_cost(kq))
+		kml_dd_svc_learn(kq, ctx, kml_dd_clock());
 
 	/*
 	 * The outcome and the prediction are all the statistics need; the
@@ -335,6 +462,7 @@ int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q)
 		kq->free = &kq->pool[i].node;
 	}
 	init_llist_head(&kq->returned);
+	kq->zoned = blk_queue_is_zoned(q);
 	if (q->disk)
 		kq->dev = new_encode_dev(disk_devt(q->disk));
 	return 0;
@@ -374,6 +502,7 @@ ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 
 	if (mode < 0)
 		return mode;
+	kml_dd_svc_forget(kq);
 	WRITE_ONCE(kq->mode, mode);
 	return count;
 }

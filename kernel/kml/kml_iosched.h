@@ -15,6 +15,7 @@
 
 #include <linux/blk-mq.h>
 #include <linux/llist.h>
+#include <linux/seq_file.h>
 #include "kml_iosched_uapi.h"
 #include "kml_dd_feat.h"
 
@@ -39,12 +40,25 @@ struct kml_dd_ctx {
 	u8 pred_met;
 	u8 steer;			/* predicted miss, model not aside */
 	u8 score;			/* its kml_dd_score_bucket() */
+	u8 svc_bucket;			/* kml_dd_svc_bucket() of its seek */
 	s32 features[KML_DD_NR_FEATURES];
 };
+
+/*
+ * Policy cost's service-time model: per lg2 of the seek distance in
+ * sectors (0 for a request starting where the last one ended), the
+ * running mean of the time from a request's dispatch, or the completion
+ * before it if later, to its own completion (kml_iosched.c).
+ */
+#define KML_DD_SVC_BUCKETS	48
 
 struct kml_dd_queue {
 	int mode;			/* enum kml_dd_mode, READ_ONCE() */
 	u32 dev;			/* new_encode_dev() of the disk */
+	bool zoned;			/* zone write locks: no policy cost */
+	/* ns; written at completion, read under the scheduler lock */
+	u32 svc_ns[KML_DD_SVC_BUCKETS];
+	u64 svc_last_done;		/* the last completion, ns */
 	/* under the scheduler lock */
 	struct llist_node *free;	/* contexts ready for insert */
 	struct kml_dd_feat_state feat;	/* what the features read */
@@ -68,6 +82,12 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq);
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq);
 void kml_dd_note_urgent(struct request *rq);
+bool kml_dd_policy_cost(struct kml_dd_queue *kq);
+void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m);
+sector_t kml_dd_head(struct kml_dd_queue *kq);
+u64 kml_dd_now(void);
+s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
+		u64 now);
 ssize_t kml_dd_mode_show(struct kml_dd_queue *kq, char *page);
 ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 			  size_t count);
@@ -155,6 +175,30 @@ static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq)
 }
 
 static inline void kml_dd_note_urgent(struct request *rq) {}
+
+static inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
+{
+	return false;
+}
+
+static inline void kml_dd_svc_show(struct kml_dd_queue *kq,
+				   struct seq_file *m) {}
+
+static inline sector_t kml_dd_head(struct kml_dd_queue *kq)
+{
+	return 0;
+}
+
+static inline u64 kml_dd_now(void)
+{
+	return 0;
+}
+
+static inline s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq,
+			      sector_t head, u64 now)
+{
+	return 0;
+}
 
 #endif /* CONFIG_KML_IOSCHED */
 

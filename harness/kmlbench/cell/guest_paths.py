@@ -108,6 +108,11 @@ class BlockDevice:
         """mq-deadline's count of missed deadlines (:mod:`kmlbench.data.deadline_misses`)."""
         return f"/sys/kernel/debug/block/{self.name}/sched/missed"
 
+    @property
+    def kml_svc(self) -> str:
+        """Policy cost's learned service time per seek length (kmlstats.parse_svc)."""
+        return f"/sys/kernel/debug/block/{self.name}/sched/kml_svc"
+
 
 def block_device(text: str) -> BlockDevice:
     """The block device ``text`` names: ``/dev/NAME`` or ``NAME``, nothing else.

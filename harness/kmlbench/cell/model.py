@@ -48,6 +48,7 @@ from kmlbench.plan.schema import (
     MODEL_FIELDS,
     MODEL_MODES,
     MODEL_SCHEDULER,
+    POLICIES,
     RING_MODES,
     SAMPLE_FILTERS,
     TRAINERS,
@@ -66,7 +67,12 @@ TRACE_MODEL: dict[str, Any] = {
     "sample_filter": "all",
 }
 KML_MODES = tuple(mode for mode in MODEL_MODES if mode != "off")
-_KML_CHOICES = {"ring_mode": RING_MODES, "sample_filter": SAMPLE_FILTERS, "trainer": TRAINERS}
+_KML_CHOICES = {
+    "ring_mode": RING_MODES,
+    "sample_filter": SAMPLE_FILTERS,
+    "trainer": TRAINERS,
+    "policy": POLICIES,
+}
 
 
 class KmlCellError(StepFailed):
@@ -203,6 +209,8 @@ def kml_setup_script(
             "RING_MODE": shlex.quote(ring_mode),
             "SAMPLE_FILTER": shlex.quote(sample_filter),
             "DECISION_PERMILLE": str(permille),
+            "POLICY": shlex.quote(str(model.get("policy", _default("policy")))),
+            "COST_AGE_SHIFT": str(int(model.get("cost_age_shift", _default("cost_age_shift")))),
             "TRAINER": trainer_lines,
             "TRACER": tracer,
             "MODE": mode,
@@ -413,7 +421,26 @@ def _collect(
     problems += [f"KML statistics inconsistent: {p}" for p in kmlstats.check_invariants(parsed)]
     record = kmlstats.kml_stats_record(parsed, curve=curve, trainer=summary)
     record["mode"] = model["mode"]
+    if model["mode"] == "active" and model.get("policy") == "cost":
+        svc = _learned_service_times(ctx)
+        if isinstance(svc, str):
+            problems.append(svc)
+        else:
+            record["svc_learned"] = svc
     return problems, kmlstats.metrics(parsed), record
+
+
+def _learned_service_times(ctx: CellContext) -> list[dict[str, int]] | str:
+    """Policy cost's learned service times (``kml_svc.txt``), or why they cannot be read."""
+    path = ctx.require_device().kml_svc
+    text = fetch_text(ctx.guest, path, ctx.timeout)
+    if text is None:
+        return f"cannot read {path} (a kernel without policy cost?)"
+    (ctx.cell_dir / "kml_svc.txt").write_text(text)
+    try:
+        return kmlstats.parse_svc(text, source="kml_svc.txt")
+    except kmlstats.KmlStatsError as exc:
+        return str(exc)
 
 
 def fetch_text(guest: CellGuest, path: str, timeout: float) -> str | None:

@@ -92,6 +92,29 @@ class KmlStats:
         return self.counters.get(key, 0)
 
 
+def parse_svc(text: str, *, source: str = "kml_svc") -> list[dict[str, int]]:
+    """mq-deadline's ``kml_svc``: policy cost's learned service time per seek length.
+
+    One line per learned bucket, ``lo hi ns``: seeks of ``lo`` to ``hi``
+    sectors took ``ns`` on average (kernel/kml/kml_iosched.c). Ascending
+    and disjoint; KmlStatsError names a bad line.
+    """
+    out: list[dict[str, int]] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            lo, hi, ns = (int(w) for w in raw.split())
+        except ValueError as exc:
+            raise KmlStatsError(f"{source}: line {n}: expected 'lo hi ns': {raw!r}") from exc
+        if not 0 <= lo <= hi or ns <= 0 or (out and lo <= out[-1]["hi"]):
+            raise KmlStatsError(
+                f"{source}: line {n}: needs 0 <= lo <= hi above the last line, ns > 0: {raw!r}"
+            )
+        out.append({"lo": lo, "hi": hi, "ns": ns})
+    return out
+
+
 def parse_stats(text: str, *, source: str = "kml statistics") -> KmlStats:
     """Parse the statistics file; KmlStatsError names the line of a bad entry.
 

@@ -25,6 +25,7 @@ from kmlbench.plan import fio_job
 from kmlbench.plan.cells import Cell, canonical_json, ordered_cells
 from kmlbench.plan.kernel import find_file, fragments, kernel_axis, kernel_source, portable
 from kmlbench.plan.schema import (
+    ACTIVE_FIELDS,
     ADAPTIVE_FIELDS,
     AXES,
     DEVICE_TYPES,
@@ -35,6 +36,7 @@ from kmlbench.plan.schema import (
     MODEL_FILE_FIELDS,
     MODEL_OFF,
     MODEL_SCHEDULER,
+    POLICY_DEFAULT,
     SCHEDULERS,
     TEMPLATE_DEFAULTS,
     TOP_KEYS,
@@ -222,6 +224,9 @@ def _model_entries(
                     "warm_start is for trainer user (the kernel trainer starts from "
                     "model_file, the model loaded before it starts)",
                 )
+            if model["mode"] != "active" or model["policy"] == POLICY_DEFAULT:
+                for name in ACTIVE_FIELDS:  # the set-up writes the default; old ids stay
+                    model.pop(name, None)
             canon = canonical_json(model)
             if canon not in seen:
                 seen.add(canon)

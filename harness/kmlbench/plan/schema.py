@@ -100,6 +100,10 @@ RING_MODE_CODES = {mode: code for code, mode in enumerate(RING_MODES)}
 # The same modes as the Python binding's Ring API names them (kmlbench.kml.lib).
 RING_MODE_API_NAMES = {"block": "blocking", "drop": "dropping"}
 SAMPLE_FILTERS = ("all", "uncertain")
+# The kernel's policy parameter (kml_dd.h, enum kml_dd_policy): what active
+# mode does with the predictions; a policy's index is its enum value.
+POLICIES = ("expire", "cost")
+POLICY_DEFAULT = POLICIES[0]
 TRAINERS = ("none", "user", "kernel")
 
 # null_blk's service-time models (kernel/patches/0003): the configfs values
@@ -236,6 +240,10 @@ MODEL_FIELDS: dict[str, Field] = {
     "sample_filter": Field("str", "all", _one_of(*SAMPLE_FILTERS)),
     # miss when predicted issue > deadline * N / 1000 (kmlbench train prints N)
     "decision_permille": Field("int", 1000, _between(1, 64000)),
+    # active mode: expire (a FIFO head predicted to miss is expired) or cost
+    # (least predicted service time less (age + lateness) >> cost_age_shift)
+    "policy": Field("str", POLICY_DEFAULT, _one_of(*POLICIES)),
+    "cost_age_shift": Field("int", 6, _between(0, 40)),
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),
@@ -244,6 +252,10 @@ MODEL_FIELDS: dict[str, Field] = {
 }
 # Only meaningful with a trainer: not recorded for ``trainer: none``.
 TRAINER_FIELDS = ("rate", "cpu_pct", "publish_every", "warm_start")
+# Only meaningful in active mode (what the predictions steer), and only
+# under policy cost (the one non-default policy; the shift is its knob):
+# not recorded otherwise.
+ACTIVE_FIELDS = ("policy", "cost_age_shift")
 MODEL_FILE_FIELDS = ("model_file", "warm_start")
 MODEL_SLUGS = {"off": "kmloff", "observe": "kmlobs", "active": "kmlact"}
 # The scheduler KML lives in; other schedulers' cells run with the model off.

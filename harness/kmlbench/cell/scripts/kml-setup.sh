@@ -15,6 +15,8 @@ q="@IOSCHED@"
 setchoice @KML_PARAMS@/ring_mode @RING_MODE@
 setchoice @KML_PARAMS@/sample_filter @SAMPLE_FILTER@
 setnum @KML_PARAMS@/decision_permille @DECISION_PERMILLE@
+setchoice @KML_PARAMS@/policy @POLICY@
+setnum @KML_PARAMS@/cost_age_shift @COST_AGE_SHIFT@
 @TRAINER@
 @TRACER@
 echo reset > @KML_STATS@ 2>/dev/null || die "cannot reset @KML_STATS@"

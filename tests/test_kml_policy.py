@@ -1,0 +1,85 @@
+"""KML's policy ``cost`` in mq-deadline (issue 13, part 3), in a real guest.
+
+One ``kmlbench run`` on the virtual clock (one vCPU, time is instructions,
+so the figures are the same on every host) of the rotational disk model
+(kernel/patches/0003: seeks, rotation, one head) under 16 random readers
+and writers, with mq-deadline stock (``off``) and in active mode with
+policy ``cost`` and no model. On a disk whose every read waits past its
+100 ms deadline, stock mq-deadline starts each batch at the oldest request
+and so seeks across the disk; cost goes to the request whose learned
+service time, less its age credit, is least, which must give more I/O per
+second. The learned table itself must look like a disk: service times
+between one transfer and a few revolutions, and longer for long seeks than
+for short ones. The kernel's refusal of a policy or shift it does not
+know, and switching policies under I/O, are in ``tests/test_kml_faults.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kmlbench.plan.schema import NULL_BLK_SERVICE_MODELS
+from test_insn_profile_guest import run_matrix
+
+pytestmark = pytest.mark.kernel
+
+ROT = NULL_BLK_SERVICE_MODELS["rotational"]
+TRANSFER_NS = 8 * ROT["svc_rev_ns"] / ROT["svc_track_sectors"]  # 4 KiB: 8 sectors
+
+MATRIX = """\
+name: policy
+seed: 13
+guest: {memory_mib: 512, clock: virtual, icount_shift: 0, cpus: 1, share_boot: true,
+        boot_timeout_s: 300, command_timeout_s: 300, silence_timeout_s: 300}
+axes:
+  device:
+    - {type: null_blk, irqmode: timer, service: rotational, hw_queue_depth: 1,
+       submit_queues: 1, size_mib: 1024}
+  scheduler:
+    - {name: mq-deadline, read_expire: 100, write_expire: 500, nr_requests: 64}
+  workload:
+    - {template: randrw, bs: 4k, iodepth: 16, rwmix_read: 70, runtime_s: 6, ramp_s: 0,
+       size_mib: 1024}
+  model:
+    - {mode: off}
+    - {mode: active, policy: cost}
+"""
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    run_dir = run_matrix(tmp_path_factory.mktemp("policy"), "policy", MATRIX)
+    out = {}
+    for cell in json.loads((run_dir / "summary.json").read_text())["cells"]:
+        assert cell["status"] == "ok", cell
+        out[cell["params"]["model"].get("policy", cell["params"]["model"]["mode"])] = cell
+    assert sorted(out) == ["cost", "off"]
+    return out
+
+
+def test_cost_beats_stock_order_on_a_disk(cells: dict[str, dict[str, Any]]) -> None:
+    off, cost = cells["off"]["metrics"], cells["cost"]["metrics"]
+    # measured: +15% over 8 s (docs/benchmarks.md); the table is learned
+    # within the first second, so a 6 s run keeps most of it
+    assert cost["iops"] > 1.08 * off["iops"], (off["iops"], cost["iops"])
+    assert cost["clat_mean_us"] < 0.95 * off["clat_mean_us"]
+    stats = cells["cost"]["kml_stats"]
+    assert stats["settings"]["policy"] == "cost"
+    assert stats["counters"]["cost_age_shift"] == 6  # the matrix's default
+    assert "kml_stats" not in cells["off"]  # off touches no KML
+
+
+def test_the_learned_service_times_look_like_a_disk(cells: dict[str, dict[str, Any]]) -> None:
+    table = cells["cost"]["kml_stats"]["svc_learned"]
+    assert len(table) >= 4, table
+    for row in table:
+        # at least the transfer, at most a full-stroke seek and two turns
+        assert TRANSFER_NS * 0.9 < row["ns"] < 60e6, row
+    short, long = table[0], table[-1]
+    assert long["lo"] >= 1 << 16, table  # seeks across the disk were learned
+    # a long seek costs more than the shortest learned one, by at least the
+    # seek curve's difference less half a turn of rotational noise
+    assert long["ns"] > short["ns"] + 2e6, table
