@@ -125,6 +125,14 @@ enum kml_dd_policy {
  */
 #define KML_DD_COST_AGE_SHIFT		6
 #define KML_DD_COST_MAX_AGE_SHIFT	40
+/*
+ * Policy cost's bound on starvation, whatever the shift: a request that has
+ * waited this many times its expiry (at least a millisecond) goes before
+ * every request that has not, the oldest first.
+ */
+#define KML_DD_COST_STARVE		8
+/* A service-time sample counts for at most this many times its bucket's mean. */
+#define KML_DD_SVC_MAX_JUMP		8
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 #define KML_DD_SKILL_MIN_TIMED		128
 #define KML_DD_SKILL_MAX_WINDOW		4096

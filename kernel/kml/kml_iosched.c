@@ -206,8 +206,10 @@ static unsigned int kml_dd_svc_bucket(u64 dist)
  * before it.  On a device that serves one request at a time that is its
  * service time; on one that serves several at once it is the gap between
  * completions, the time the request added, which does not depend on a
- * seek there, so the table comes out flat and the lateness credit orders
- * the requests.  A running mean of weight 1/8; two completions at once may
+ * seek there, so the table comes out flat and the age credit orders the
+ * requests.  A running mean of weight 1/16, a sample counting for at most
+ * KML_DD_SVC_MAX_JUMP times the mean (a request requeued past the
+ * scheduler keeps its first dispatch time).  Two completions at once may
  * lose one of the updates, which costs the mean one sample and no
  * consistency (each store is of a whole value).
  */
@@ -219,9 +221,36 @@ static void kml_dd_svc_learn(struct kml_dd_queue *kq,
 	s64 old = READ_ONCE(kq->svc_ns[ctx->svc_bucket]);
 
 	WRITE_ONCE(kq->svc_last_done, now);
-	if (!(ctx->flags & KML_DD_SAMPLE_REQUEUED))
-		WRITE_ONCE(kq->svc_ns[ctx->svc_bucket],
-			   old ? old + div_s64((s64)svc - old, 16) : svc);
+	if (ctx->flags & KML_DD_SAMPLE_REQUEUED)
+		return;
+	if (old)
+		svc = min_t(u64, svc, (u64)old * KML_DD_SVC_MAX_JUMP);
+	WRITE_ONCE(kq->svc_ns[ctx->svc_bucket],
+		   old ? old + div_s64((s64)svc - old, 16) : max_t(u64, svc, 1));
+}
+
+/*
+ * The learned service time of a seek in bucket @b.  An unlearned length
+ * costs as the next longer learned one (else the longest shorter one), so
+ * that a table learned in part still sorts by seek length; 0 while nothing
+ * is learned, when the bucket alone orders the requests.
+ */
+static u32 kml_dd_svc_predict(struct kml_dd_queue *kq, unsigned int b)
+{
+	unsigned int i;
+	u32 ns;
+
+	for (i = b; i < KML_DD_SVC_BUCKETS; i++) {
+		ns = READ_ONCE(kq->svc_ns[i]);
+		if (ns)
+			return ns;
+	}
+	for (i = b; i-- > 0; ) {
+		ns = READ_ONCE(kq->svc_ns[i]);
+		if (ns)
+			return ns;
+	}
+	return 0;
 }
 
 /*
@@ -268,7 +297,7 @@ EXPORT_SYMBOL_GPL(kml_dd_policy_cost);
 /* Where the head is: the sector after the last request dispatched. */
 sector_t kml_dd_head(struct kml_dd_queue *kq)
 {
-	return kq->feat.last_end;
+	return kq->head;
 }
 EXPORT_SYMBOL_GPL(kml_dd_head);
 
@@ -281,30 +310,42 @@ EXPORT_SYMBOL_GPL(kml_dd_now);
 /*
  * Policy cost: what dispatching @rq next, with the head at @head, is
  * predicted to cost, in ns, less its age credit.  The service time is the
- * learned mean for its seek (plus the bucket, so that an unlearned table
- * still prefers the shorter seek).  The credit is its time in the queue
- * and, past its deadline, its lateness again, shifted right by
- * cost_age_shift: a request ages from its arrival and twice as fast once
- * late.  For a request the model predicted to miss while steering, the
- * lateness is at least the predicted one: acting on that before the
- * deadline is what can still save it.  Under the scheduler lock.
+ * learned one for its seek (kml_dd_svc_predict(), plus the bucket, so that
+ * the shorter seek wins a tie).  The credit is its time in the queue and,
+ * past its deadline, its lateness again, shifted right by cost_age_shift:
+ * a request ages from its arrival and twice as fast once late.  For a
+ * request the model predicted to miss while steering, the lateness is at
+ * least the predicted one: acting on that before the deadline is what can
+ * still save it.  A request KML does not track (inserted before the mode
+ * was switched, or with the pool exhausted) ages by mq-deadline's own
+ * clock, rq->fifo_time less @expire, in jiffies.  One that has waited
+ * KML_DD_COST_STARVE times its expiry goes first, whatever the shift.
+ * Under the scheduler lock.
  */
 s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
-		u64 now)
+		u64 now, unsigned long expire)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 pos = blk_rq_pos(rq);
 	unsigned int b = kml_dd_svc_bucket(pos > head ? pos - head : head - pos);
-	s64 cost = (s64)READ_ONCE(kq->svc_ns[b]) + b;
-	s64 wait, late;
+	s64 cost = (s64)kml_dd_svc_predict(kq, b) + b;
+	unsigned long inserted;
+	s64 wait, late, deadline;
 
-	if (!ctx)
-		return cost;		/* untracked: KML knows no deadline */
-	wait = kml_dd_since(ctx->insert_ns, now);
-	late = wait - (s64)ctx->deadline_ns;
-	if (ctx->pred_valid && ctx->steer)
-		late = max_t(s64, late,
-			     (s64)ctx->pred_issue_ns - (s64)ctx->deadline_ns);
+	if (ctx) {
+		wait = kml_dd_since(ctx->insert_ns, now);
+		deadline = ctx->deadline_ns;
+	} else {
+		inserted = (unsigned long)rq->fifo_time - expire;
+		wait = time_after(jiffies, inserted) ?
+		       jiffies_to_nsecs(jiffies - inserted) : 0;
+		deadline = jiffies_to_nsecs(expire);
+	}
+	if (wait >= KML_DD_COST_STARVE * max_t(s64, deadline, NSEC_PER_MSEC))
+		return S64_MIN / 2 - wait;
+	late = wait - deadline;
+	if (ctx && ctx->pred_valid && ctx->steer)
+		late = max_t(s64, late, (s64)ctx->pred_issue_ns - deadline);
 	return cost - ((wait + max_t(s64, late, 0)) >>
 		       READ_ONCE(kml_dd.cost_age_shift));
 }
@@ -371,14 +412,15 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 now = kml_dd_clock();
-	u64 head = kq->feat.last_end;
+	u64 pos = blk_rq_pos(rq);
 
 	if (ctx->dispatch_ns)
 		return;
 	ctx->dispatch_ns = max_t(u64, now, 1);
-	ctx->svc_bucket = kml_dd_svc_bucket(ctx->sector > head ?
-					    ctx->sector - head :
-					    head - ctx->sector);
+	/* where the request is now: a merge may have moved its start */
+	ctx->svc_bucket = kml_dd_svc_bucket(pos > kq->head ? pos - kq->head :
+					    kq->head - pos);
+	kq->head = pos + blk_rq_sectors(rq);
 	atomic_dec(&kq->queued[ctx->op]);
 	atomic_inc(&kq->inflight);
 	kml_dd_feat_dispatch(&kq->feat, ctx->op, ctx->sector, ctx->bytes,

@@ -55,10 +55,7 @@ struct kml_dd_ctx {
 struct kml_dd_queue {
 	int mode;			/* enum kml_dd_mode, READ_ONCE() */
 	u32 dev;			/* new_encode_dev() of the disk */
-	bool zoned;			/* zone write locks: no policy cost */
-	/* ns; written at completion, read under the scheduler lock */
-	u32 svc_ns[KML_DD_SVC_BUCKETS];
-	u64 svc_last_done;		/* the last completion, ns */
+	bool zoned;			/* zone write locks: no policy cost (at init) */
 	/* under the scheduler lock */
 	struct llist_node *free;	/* contexts ready for insert */
 	struct kml_dd_feat_state feat;	/* what the features read */
@@ -70,6 +67,15 @@ struct kml_dd_queue {
 	atomic_t inflight;		/* tracked requests at the driver */
 	struct kml_dd_ctx *pool;
 	u32 pool_size;
+	/* policy cost: under the scheduler lock */
+	sector_t head;			/* sector after the last dispatch */
+	/*
+	 * Policy cost's table, ns: written at completion, read under the
+	 * scheduler lock; a line of its own, away from the mode every hook
+	 * reads.
+	 */
+	u32 svc_ns[KML_DD_SVC_BUCKETS] ____cacheline_aligned_in_smp;
+	u64 svc_last_done;		/* the last completion, ns */
 };
 
 #ifdef CONFIG_KML_IOSCHED
@@ -87,7 +93,7 @@ void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m);
 sector_t kml_dd_head(struct kml_dd_queue *kq);
 u64 kml_dd_now(void);
 s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
-		u64 now);
+		u64 now, unsigned long expire);
 ssize_t kml_dd_mode_show(struct kml_dd_queue *kq, char *page);
 ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 			  size_t count);
@@ -195,7 +201,7 @@ static inline u64 kml_dd_now(void)
 }
 
 static inline s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq,
-			      sector_t head, u64 now)
+			      sector_t head, u64 now, unsigned long expire)
 {
 	return 0;
 }
