@@ -55,8 +55,10 @@ MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 # instructions go"): 855 of 14,241, 6.0%, observing and active alike; the
 # bound catches a regression of a hundred instructions or so. Issue 11's
 # goal is 1% observing and 2% active: not reached, and this says so.
-OBSERVE_MAX = 0.065
-ACTIVE_MAX = 0.065
+# 0.07 since policy cost: observe and expire now compute a seek bucket and
+# store the head at dispatch and call out at finish (measured 6.53%, 6.76%)
+OBSERVE_MAX = 0.07
+ACTIVE_MAX = 0.07
 KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)
 
 
