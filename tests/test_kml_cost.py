@@ -12,10 +12,10 @@ fails here, not in a benchmark nobody reruns.
 
 KML's cost is the difference against ``off`` of the parts KML's code runs
 in (hooks, features, clock, prediction, ring, statistics, mq-deadline;
-``kmlbench.data.insn_profile.PARTS``), over the stock path's kernel
-instructions per request. The rest of the kernel (the allocator, the block
-layer) moves by a hundred or so per request from boot to boot, both ways,
-so it is reported, not bounded. About two minutes of guests.
+``kmlbench.data.insn_profile.PARTS``), in instructions per request, shown
+beside the stock path's kernel instructions per request. The rest of the
+kernel (the allocator, the block layer) moves by a hundred or so per
+request from boot to boot, both ways, so it is reported, not bounded. About two minutes of guests.
 """
 
 from __future__ import annotations
@@ -50,15 +50,16 @@ axes:
 """
 MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 
-# KML's direct cost per request, as a share of the stock path's kernel
-# instructions per request. Measured (docs/benchmarks.md, "Where the
-# instructions go"): 855 of 14,241, 6.0%, observing and active alike; the
-# bound catches a regression of a hundred instructions or so. Issue 11's
-# goal is 1% observing and 2% active: not reached, and this says so.
-# 0.07 since policy cost: observe and expire now compute a seek bucket and
-# store the head at dispatch and call out at finish (measured 6.53%, 6.76%)
-OBSERVE_MAX = 0.07
-ACTIVE_MAX = 0.07
+# KML's direct cost per request, in instructions: exact under the virtual
+# clock, where the stock path's total is not (off reads 14,140 to 14,350
+# from kernel to kernel as SLOB's free-list walks move), so the bound is on
+# KML's instructions and the share is reported beside it. Measured: observe
+# 916, active 934 (policy expire's test of the FIFO head, and the policy
+# check at each dispatch), 6.4-6.6% of off; the bounds catch a regression
+# of a few dozen. Issue 11's goal is 1% observing and 2% active (about 142
+# and 284): not reached, and this says so.
+OBSERVE_MAX = 960
+ACTIVE_MAX = 960
 KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)
 
 
@@ -86,11 +87,10 @@ def test_off_is_the_stock_path(result: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("mode, bound", [("observe", OBSERVE_MAX), ("active", ACTIVE_MAX)])
-def test_kml_costs_at_most_its_bound(result: dict[str, Any], mode: str, bound: float) -> None:
+def test_kml_costs_at_most_its_bound(result: dict[str, Any], mode: str, bound: int) -> None:
     kml, stock, parts = _cost(result, mode)
-    share = kml / stock
-    what = f"{kml:.0f} of {stock:.0f} instructions per I/O ({share:.2%})"
-    assert share <= bound, f"{mode}: {what}: {parts}"
+    what = f"{kml:.0f} of {stock:.0f} instructions per I/O ({kml / stock:.2%})"
+    assert kml <= bound, f"{mode}: {what}: {parts}"
     # the light model is a dot product in the insert hook: no library layer,
     # no FPU (138 instructions per request with the conversion to ns and
     # the one-in-64 timing; the library's 14-16-1 MLP takes 3,207)

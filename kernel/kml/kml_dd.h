@@ -105,18 +105,6 @@ static inline u8 kml_dd_score_bucket(s32 r)
 #define KML_DD_SKILL_WINDOW_MS		2000
 
 /*
- * What active mode does with the predictions (module parameter "policy").
- * expire: a FIFO head predicted to miss its deadline is treated as expired
- * (stock mq-deadline's order otherwise).  cost: of the requests next to
- * the head in sector order and the oldest of each direction, the one with
- * the least kml_dd_cost() goes next (kml_iosched.c).
- */
-enum kml_dd_policy {
-	KML_DD_POLICY_EXPIRE = 0,
-	KML_DD_POLICY_COST = 1,
-};
-
-/*
  * Policy cost: a request's age credit against its predicted service time
  * is its time in the queue plus its lateness (past, or predicted by a
  * steering model), shifted right by cost_age_shift: with 6, a read queued
@@ -245,7 +233,6 @@ struct kml_dd_global {
 	atomic_t ring_owner;		/* enum kml_dd_owner */
 	unsigned int decision_permille;	/* module parameter */
 	int sample_filter;		/* module parameter */
-	int policy;			/* module parameter, enum kml_dd_policy */
 	unsigned int cost_age_shift;	/* module parameter, policy "cost" */
 	/* the gauges (a last value, not a count); counts are per CPU */
 	atomic64_t gauges[KML_DD_NR_STATS];

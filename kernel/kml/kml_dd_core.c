@@ -33,6 +33,7 @@
 #include "kml_internal.h"
 #include "kml_dd.h"
 #include "kml_dd_feat.h"
+#include "kml_iosched.h"
 
 /* Predict a miss above deadline * decision_permille / 1000: see below. */
 #define KML_DD_PERMILLE_DEFAULT	1000
@@ -127,6 +128,9 @@ MODULE_PARM_DESC(sample_filter,
  * time, less a credit for its age and lateness (past or predicted) shifted
  * right by cost_age_shift.
  */
+int kml_dd_policy __read_mostly = KML_DD_POLICY_EXPIRE;
+EXPORT_SYMBOL_GPL(kml_dd_policy);
+
 static int policy_set(const char *val, const struct kernel_param *kp)
 {
 	int p = __sysfs_match_string(kml_dd_policies,
@@ -134,14 +138,14 @@ static int policy_set(const char *val, const struct kernel_param *kp)
 
 	if (p < 0)
 		return p;
-	WRITE_ONCE(kml_dd.policy, p);
+	WRITE_ONCE(kml_dd_policy, p);
 	return 0;
 }
 
 static int policy_get(char *buf, const struct kernel_param *kp)
 {
 	return sysfs_emit(buf, "%s\n",
-			  kml_dd_policies[READ_ONCE(kml_dd.policy) & 1]);
+			  kml_dd_policies[READ_ONCE(kml_dd_policy) & 1]);
 }
 
 static const struct kernel_param_ops policy_ops = {
@@ -953,7 +957,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "sample_filter %s\n",
 		   kml_dd_filters[READ_ONCE(kml_dd.sample_filter) & 1]);
 	seq_printf(m, "policy %s\n",
-		   kml_dd_policies[READ_ONCE(kml_dd.policy) & 1]);
+		   kml_dd_policies[READ_ONCE(kml_dd_policy) & 1]);
 	seq_printf(m, "cost_age_shift %u\n", READ_ONCE(kml_dd.cost_age_shift));
 	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
 	seq_printf(m, "decision_permille %u\n",

@@ -221,7 +221,9 @@ static void kml_dd_svc_learn(struct kml_dd_queue *kq,
 	s64 old = READ_ONCE(kq->svc_ns[ctx->svc_bucket]);
 
 	WRITE_ONCE(kq->svc_last_done, now);
-	if (ctx->flags & KML_DD_SAMPLE_REQUEUED)
+	/* requeued, or dispatched before policy cost was on */
+	if ((ctx->flags & KML_DD_SAMPLE_REQUEUED) ||
+	    ctx->svc_bucket == KML_DD_SVC_NONE)
 		return;
 	if (old)
 		svc = min_t(u64, svc, (u64)old * KML_DD_SVC_MAX_JUMP);
@@ -286,13 +288,6 @@ void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m)
 	}
 }
 EXPORT_SYMBOL_GPL(kml_dd_svc_show);
-
-bool kml_dd_policy_cost(struct kml_dd_queue *kq)
-{
-	return READ_ONCE(kq->mode) == KML_DD_ACTIVE &&
-	       READ_ONCE(kml_dd.policy) == KML_DD_POLICY_COST && !kq->zoned;
-}
-EXPORT_SYMBOL_GPL(kml_dd_policy_cost);
 
 /* Where the head is: the sector after the last request dispatched. */
 sector_t kml_dd_head(struct kml_dd_queue *kq)
@@ -401,6 +396,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->pred_met = 0;
 	ctx->steer = 0;
 	ctx->pred_issue_ns = 0;
+	ctx->svc_bucket = KML_DD_SVC_NONE;
 	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
 	kml_dd_predict(kq, ctx);
 	atomic_inc(&kq->queued[ctx->op]);
@@ -417,10 +413,16 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 	if (ctx->dispatch_ns)
 		return;
 	ctx->dispatch_ns = max_t(u64, now, 1);
-	/* where the request is now: a merge may have moved its start */
-	ctx->svc_bucket = kml_dd_svc_bucket(pos > kq->head ? pos - kq->head :
-					    kq->head - pos);
-	kq->head = pos + blk_rq_sectors(rq);
+	/*
+	 * Policy cost's seek, from where the request is now (a merge may have
+	 * moved its start); other modes and policies do not pay for it.
+	 */
+	if (kml_dd_policy_cost(kq)) {
+		ctx->svc_bucket = kml_dd_svc_bucket(pos > kq->head ?
+						    pos - kq->head :
+						    kq->head - pos);
+		kq->head = pos + blk_rq_sectors(rq);
+	}
 	atomic_dec(&kq->queued[ctx->op]);
 	atomic_inc(&kq->inflight);
 	kml_dd_feat_dispatch(&kq->feat, ctx->op, ctx->sector, ctx->bytes,

@@ -25,6 +25,18 @@ enum kml_dd_mode {
 	KML_DD_ACTIVE = 2,	/* predictions steer dispatch */
 };
 
+/*
+ * What active mode does with the predictions (module parameter "policy",
+ * kml_dd_policy).  expire: a FIFO head predicted to miss its deadline is treated as expired
+ * (stock mq-deadline's order otherwise).  cost: of the requests next to
+ * the head in sector order and the oldest of each direction, the one with
+ * the least kml_dd_cost() goes next (kml_iosched.c).
+ */
+enum kml_dd_policy {
+	KML_DD_POLICY_EXPIRE = 0,
+	KML_DD_POLICY_COST = 1,
+};
+
 /* Per-request state, from a pool allocated with the scheduler. */
 struct kml_dd_ctx {
 	struct llist_node node;		/* free list / returned list */
@@ -51,6 +63,7 @@ struct kml_dd_ctx {
  * before it if later, to its own completion (kml_iosched.c).
  */
 #define KML_DD_SVC_BUCKETS	48
+#define KML_DD_SVC_NONE		KML_DD_SVC_BUCKETS	/* no seek measured */
 
 struct kml_dd_queue {
 	int mode;			/* enum kml_dd_mode, READ_ONCE() */
@@ -80,6 +93,8 @@ struct kml_dd_queue {
 
 #ifdef CONFIG_KML_IOSCHED
 
+extern int kml_dd_policy;		/* enum kml_dd_policy */
+
 int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q);
 void kml_dd_exit(struct kml_dd_queue *kq);
 void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
@@ -88,7 +103,6 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq);
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq);
 void kml_dd_note_urgent(struct request *rq);
-bool kml_dd_policy_cost(struct kml_dd_queue *kq);
 void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m);
 sector_t kml_dd_head(struct kml_dd_queue *kq);
 u64 kml_dd_now(void);
@@ -137,6 +151,17 @@ static inline void kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 static inline bool kml_dd_steers(struct kml_dd_queue *kq)
 {
 	return READ_ONCE(kq->mode) == KML_DD_ACTIVE;
+}
+
+/*
+ * Whether @kq dispatches by policy cost: active, the policy, and a device
+ * without zone write locks.  Inline, as mq-deadline asks it at every
+ * dispatch and KML at every dispatch and completion.
+ */
+static inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
+{
+	return kml_dd_steers(kq) &&
+	       READ_ONCE(kml_dd_policy) == KML_DD_POLICY_COST && !kq->zoned;
 }
 
 /*
