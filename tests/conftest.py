@@ -86,6 +86,9 @@ def kernel_build(
 # A kernel variant: the fragment it adds to base.config and kml.config
 # (looked up in kernel/configs/), None for the stock KML kernel.
 SANITIZER_CONFIGS = {"debug": "debug.config", "kcsan": "kcsan.config"}
+# Every variant ``variant_kernel`` builds: the sanitizers, and stock
+# mq-deadline on a kernel without KML's hooks (CONFIG_KML_IOSCHED=n).
+VARIANT_CONFIGS = {**SANITIZER_CONFIGS, "nokml": "no-kml-iosched.config"}
 SANITIZERS_ENV = "KMLBENCH_SANITIZERS"
 # For ``params=`` of a fixture that boots a kernel: the stock one always,
 # the sanitizer ones as ``sanitizer`` tests.
@@ -99,13 +102,17 @@ KERNEL_VARIANTS = [
 def variant_kernel(
     kernel_cache: Path, kernel_inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str], KernelBuild]:
-    """``get(variant)``: the stock (``"stock"``) or a sanitizer kernel, built once."""
+    """``get(variant)``: the stock (``"stock"``) kernel or a variant of it, built once.
+
+    A variant's first build starts from the stock kernel's objects
+    (``seed_object_dir``), so ``nokml`` recompiles a few files, not all.
+    """
     builds: dict[str, KernelBuild] = {}
     log_dir = tmp_path_factory.mktemp("variant-kernel-logs")
 
     def get(variant: str) -> KernelBuild:
         if variant not in builds:
-            extra = () if variant == "stock" else (Path(SANITIZER_CONFIGS[variant]),)
+            extra = () if variant == "stock" else (Path(VARIANT_CONFIGS[variant]),)
             builds[variant] = kernel.build_kernel(
                 KernelRequest("debian", extra), kernel_cache, log_dir, **kernel_inputs
             )

@@ -239,6 +239,80 @@ def compile_kernel(
     log(f"kernel built in {elapsed:.0f}s ({progress.count} objects compiled)")
 
 
+def _retarget_tools(copy: Path, source: Path, obj: Path) -> None:
+    """Point the dependency records of ``copy/tools/`` at ``obj``, not ``source``.
+
+    Kbuild's own records name objects relative to the object dir, but the
+    host tools' (objtool, built by tools/build) name them by absolute path:
+    left as copied, make rebuilds objtool, and every object that objtool
+    checked is then older than it and rebuilt too, which is a cold build.
+    """
+    old, new = str(source).encode(), str(obj).encode()
+    tools = copy / "tools"
+    if not tools.is_dir():
+        return
+    for path in tools.rglob("*"):
+        if path.is_symlink() or not path.is_file() or not path.name.endswith((".cmd", ".d")):
+            continue
+        data = path.read_bytes()
+        if old in data:
+            stat = path.stat()
+            path.write_bytes(data.replace(old, new))
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+# An object dir's copy in progress, beside the object dirs (never "obj-*").
+SEED_SCRATCH_PREFIX = ".seed-"
+
+
+def seed_object_dir(obj: Path, log: Log) -> Path | None:
+    """Start the new object dir ``obj`` as a copy of the newest finished one beside it.
+
+    Returns the dir copied, or None (``obj`` exists, or no sibling has a
+    finished build). A kernel variant's first build (another config: no
+    KML hooks, a sanitizer) in an empty dir compiles every object, 5-10
+    minutes here; kbuild records which config options each object reads
+    (``include/config/``, fixdep), so in a copy of a sibling's dir ``make``
+    recompiles only what the changed options reach: for a kernel without
+    ``CONFIG_KML_IOSCHED``, mq-deadline and lib/kml, then the link. The copy
+    keeps every timestamp (``cp -a``), so kbuild's rules (an object older
+    than its sources or its command line is rebuilt) hold as in the
+    sibling's own incremental builds. Made in a scratch dir and renamed,
+    so an interrupted copy leaves no half object dir. The caller holds the
+    work tree's lock: no sibling is being built meanwhile.
+    """
+    if obj.exists():
+        return None
+    finished = [
+        d
+        for d in obj.parent.glob("obj-*")
+        if d.is_dir() and (d / "arch" / "x86" / "boot" / "bzImage").is_file()
+    ]
+    if not finished:
+        return None
+    source = max(finished, key=lambda d: (d / "arch" / "x86" / "boot" / "bzImage").stat().st_mtime)
+    for stale in obj.parent.glob(SEED_SCRATCH_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch = obj.parent / f"{SEED_SCRATCH_PREFIX}{obj.name}"
+    started = time.monotonic()
+    try:
+        subprocess.run(
+            ["cp", "-a", "--reflink=auto", str(source), str(scratch)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        _retarget_tools(scratch, source, obj)
+        scratch.rename(obj)
+    except (OSError, subprocess.CalledProcessError) as e:
+        shutil.rmtree(scratch, ignore_errors=True)
+        detail = getattr(e, "stderr", "") or str(e)
+        log(f"could not seed {obj.name} from {source.name} ({detail.strip()}); building cold")
+        return None
+    log(f"seeded {obj.name} from {source.name} in {time.monotonic() - started:.1f}s")
+    return source
+
+
 def read_stamp(build_dir: Path) -> dict[str, object] | None:
     """The completed-build stamp, if the build dir holds a finished build."""
     try:

@@ -7,8 +7,10 @@ a :class:`KernelBuild` (a ``bzImage`` and what it was built from):
 2. **work tree**: sync ``cache/work/<source>/linux`` to the KML sources
    and the patch series (:mod:`.inputs`, :mod:`.worktree`);
 3. **config**: fragments over ``tinyconfig``, checked (:mod:`.kconfig`);
-4. **build**: ``make`` in the work tree's object dir for this config, the
-   result published to ``cache/builds/<build_key>/`` (:mod:`.compile`).
+4. **build**: ``make`` in the work tree's object dir for this config (a
+   new one starts as a copy of the newest finished sibling, so that kbuild
+   recompiles only what the config change reaches), the result published
+   to ``cache/builds/<build_key>/`` (:mod:`.compile`).
 
 Every key comes from :mod:`.keys`. A warm call hashes a few small files and
 reads one stamp: the final ``.config`` of an earlier identical request is
@@ -34,6 +36,7 @@ from kmlbench.build.kernel.compile import (
     publish,
     read_stamp,
     remove_stale_scratch,
+    seed_object_dir,
     wants_modules,
 )
 from kmlbench.build.kernel.inputs import read_tree_inputs, unlisted_patches
@@ -220,6 +223,8 @@ def _build_kernel(
                 note(f"cache hit: {builds / key} (compile log: {builds / key / BUILD_LOG})")
                 return result(builds / key, False, key, cfg_hash, stamp)
         tree = sync_work_tree(pristine, work, inputs, src.source_id, note)
+        # a new config's first build: from a sibling's objects, not from none
+        seed_object_dir(obj, note)
         overlay = synced_overlay(work)
         kconfig_memo = None
         if overlay is not None:
