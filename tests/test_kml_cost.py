@@ -20,6 +20,8 @@ request from boot to boot, both ways, so it is reported, not bounded. About two 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,6 +49,7 @@ axes:
   model:
     - {{mode: off}}
     - {{mode: [observe, active], model_file: {model}, decision_permille: 426}}
+    - {{mode: observe, model_file: {model}, decision_permille: 426, observe_every: {every}}}
 """
 MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 
@@ -60,19 +63,29 @@ MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 # and 284): not reached, and this says so.
 OBSERVE_MAX = 960
 ACTIVE_MAX = 960
+# Observing one window of 1,024 requests in 16 (model.observe_every): the
+# other requests cost what off costs but for the test of the duty cycle.
+# Issue 11's goal, 1% of off's instructions per request, is the bound;
+# expected about 0.6% (a sixteenth of observe's cost, plus the test).
+EVERY = 16
+DUTY_MAX_SHARE = 0.01
 KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("kml-cost")
-    run_dir = run_matrix(tmp, "kml-cost", MATRIX.format(model=MODEL), timeout=20 * 60)
+    matrix = MATRIX.format(model=MODEL, every=EVERY)
+    return run_matrix(tmp, "kml-cost", matrix, timeout=20 * 60)
+
+
+@pytest.fixture(scope="module")
+def result(run_dir: Path) -> dict[str, Any]:
     return hooks.breakdown(run_dir)
 
 
-def _cost(result: dict[str, Any], mode: str) -> tuple[float, float, dict[str, float]]:
-    """(KML's instructions per request, the stock path's, KML's by part)."""
-    [label] = [m for m in result["modes"] if m.startswith(mode + " ")]
+def _cost(result: dict[str, Any], label: str) -> tuple[float, float, dict[str, float]]:
+    """(KML's instructions per request, the stock path's, KML's by part) of a mode's label."""
     parts = result["modes"][label]["vs_baseline"]["parts_per_io"]
     kml = {name: parts[name] for name in KML_PARTS}
     return sum(kml.values()), result["modes"]["off"]["kernel_per_io"], kml
@@ -88,7 +101,7 @@ def test_off_is_the_stock_path(result: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("mode, bound", [("observe", OBSERVE_MAX), ("active", ACTIVE_MAX)])
 def test_kml_costs_at_most_its_bound(result: dict[str, Any], mode: str, bound: int) -> None:
-    kml, stock, parts = _cost(result, mode)
+    kml, stock, parts = _cost(result, f"{mode} {MODEL.stem}")
     what = f"{kml:.0f} of {stock:.0f} instructions per I/O ({kml / stock:.2%})"
     assert kml <= bound, f"{mode}: {what}: {parts}"
     # the light model is a dot product in the insert hook: no library layer,
@@ -98,9 +111,28 @@ def test_kml_costs_at_most_its_bound(result: dict[str, Any], mode: str, bound: i
     assert result["modes"][f"{mode} {MODEL.stem}"]["parts_per_io"]["prediction"] < 160
 
 
+def test_observing_part_of_the_time_costs_at_most_1_percent(
+    result: dict[str, Any], run_dir: Path
+) -> None:
+    kml, stock, parts = _cost(result, f"observe {MODEL.stem} observe_every={EVERY}")
+    assert kml <= DUTY_MAX_SHARE * stock, f"{kml:.0f} of {stock:.0f} ({kml / stock:.2%}): {parts}"
+    # and it observed: a window in 16, less its warm-up, was predicted and
+    # counted; the rest went by untracked
+    [cell] = [
+        c
+        for c in json.loads((run_dir / "summary.json").read_text())["cells"]
+        if c["params"]["model"].get("observe_every") == EVERY
+    ]
+    counters = cell["kml_stats"]["counters"]
+    assert counters["observe_every"] == EVERY
+    inserts = counters["unobserved"] + counters["samples"]
+    assert counters["unobserved"] > 0.8 * inserts, counters
+    assert counters["predictions"] > 1000, counters
+
+
 def test_the_light_model_predicts_every_request(result: dict[str, Any]) -> None:
     # the cost is that of a model that runs: the hooks saw every I/O
     for mode in ("observe", "active"):
-        kml, _, parts = _cost(result, mode)
+        kml, _, parts = _cost(result, f"{mode} {MODEL.stem}")
         assert parts["features"] > 20 and parts["hooks"] > 20, parts
         assert kml > 100, parts

@@ -574,6 +574,12 @@ for p in cost expire cost; do
     sleep 0.2
 done
 echo 6 > {P}/cost_age_shift
+for e in 2 1 3 1; do
+    echo $e > {P}/observe_every
+    echo observe > {Q}/iosched/kml_mode
+    sleep 0.2
+    echo active > {Q}/iosched/kml_mode
+done
 for i in 1 2; do
     echo none > {Q}/scheduler
     grep -q '\\[none\\]' {Q}/scheduler
@@ -590,7 +596,7 @@ done
         assert_fio_ok(fio_wait(g, "switch", 60), 100)
         assert_model_in_use(g)
     finally:
-        sh(g, f"echo expire > {P}/policy; echo 6 > {P}/cost_age_shift")
+        sh(g, f"echo expire > {P}/policy; echo 6 > {P}/cost_age_shift; echo 1 > {P}/observe_every")
 
 
 def test_unload_under_io_stops_predictions(g: Guest) -> None:
@@ -651,6 +657,10 @@ INVALID_WRITES = [
     pytest.param(
         f"{P}/cost_age_shift", "6", ["41", "4294967296", "-1", "six"], (ERANGE, EINVAL),
         id="cost_age_shift",
+    ),
+    pytest.param(
+        f"{P}/observe_every", "1", ["0", "1025", "4294967296", "-1", "all"], (ERANGE, EINVAL),
+        id="observe_every",
     ),
     pytest.param(STATS, None, ["clear", "reset now", "r" * 40], (EINVAL,), id="stats"),
 ]  # fmt: skip

@@ -145,6 +145,7 @@ def test_exclude_by_model_field(tmp_path: Path) -> None:
             "axes.model[0].cost_age_shift",
             "0..40",
         ),
+        ("{mode: observe, observe_every: 0}", 6, "axes.model[0].observe_every", "1..1024"),
         ("[]", 6, "axes.model", "non-empty list"),
     ],
 )
@@ -218,3 +219,27 @@ def test_policy_is_recorded_where_it_steers(tmp_path: Path) -> None:
     assert "setchoice /sys/module/kml/parameters/policy expire" in expire
     with pytest.raises(device.DeviceError, match="kml policy 'fastest'"):
         kml_setup_script({"mode": "active", "policy": "fastest"}, dev, trainer_seconds=1)
+
+
+def test_observe_every_is_recorded_where_it_watches(tmp_path: Path) -> None:
+    """``observe_every`` only in observe mode and only when not 1 (so cells
+    from before the key keep their ids); the set-up writes it always."""
+    m = load(tmp_path, HEAD + "  model:\n    - {mode: [observe, active], observe_every: [1, 16]}\n")
+    models = sorted(
+        (c.params["model"] for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline"),
+        key=lambda p: (p["mode"], p.get("observe_every", 1)),
+    )
+    # active x 2 reduce to one; observe every 1 is the old record
+    assert [(p["mode"], p.get("observe_every")) for p in models] == [
+        ("active", None),
+        ("observe", None),
+        ("observe", 16),
+    ]
+    old = load(tmp_path, HEAD + "  model: [{mode: observe}]\n")
+    explicit = load(tmp_path, HEAD + "  model: [{mode: observe, observe_every: 1}]\n")
+    assert {c.id for c in old.cells} == {c.id for c in explicit.cells}
+    dev = device.BlockDevice("nullb0")
+    part = kml_setup_script({"mode": "observe", "observe_every": 16}, dev, trainer_seconds=1)
+    assert "setnum /sys/module/kml/parameters/observe_every 16" in part
+    every = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
+    assert "setnum /sys/module/kml/parameters/observe_every 1" in every

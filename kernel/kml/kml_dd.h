@@ -59,6 +59,7 @@ enum kml_dd_stat {
 	KML_DD_S_SKILL_BALANCED_PPM,		/* a gauge: the last window's */
 	KML_DD_S_PRED_CLAMPED,
 	KML_DD_S_SKILL_HOLDOUTS,
+	KML_DD_S_UNOBSERVED,
 	KML_DD_NR_STATS,
 };
 
@@ -122,6 +123,21 @@ static inline u8 kml_dd_score_bucket(s32 r)
 /* A service-time sample counts for at most this many times its bucket's mean. */
 #define KML_DD_SVC_MAX_JUMP		8
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
+/*
+ * Observe mode watching part of the time (module parameter observe_every
+ * N): one window of KML_DD_OBSERVE_WINDOW inserts in every N is tracked,
+ * the others cost what off costs.  A window's first KML_DD_OBSERVE_WARMUP
+ * requests are tracked but neither predicted nor counted: they bring the
+ * queue's running state (the features' averages, the queued and in-flight
+ * counts, which count tracked requests only) back to what it would have
+ * been; the averages follow within a few dozen dispatches, the counts once
+ * the requests inserted while nobody watched have left, at most the
+ * scheduler's nr_requests later (64 in our matrices, 256 at most by
+ * default).
+ */
+#define KML_DD_OBSERVE_WINDOW		1024
+#define KML_DD_OBSERVE_WARMUP		256
+#define KML_DD_OBSERVE_MAX_EVERY	1024
 #define KML_DD_SKILL_MIN_TIMED		128
 #define KML_DD_SKILL_MAX_WINDOW		4096
 #define KML_DD_SKILL_MIN_CLASS		16
@@ -234,6 +250,7 @@ struct kml_dd_global {
 	unsigned int decision_permille;	/* module parameter */
 	int sample_filter;		/* module parameter */
 	unsigned int cost_age_shift;	/* module parameter, policy "cost" */
+	unsigned int observe_every;	/* module parameter, observe mode */
 	/* the gauges (a last value, not a count); counts are per CPU */
 	atomic64_t gauges[KML_DD_NR_STATS];
 	/* the open window: 4 x 16-bit counts, written at every completion */

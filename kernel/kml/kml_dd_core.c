@@ -42,6 +42,7 @@
 struct kml_dd_global kml_dd = {
 	.decision_permille = KML_DD_PERMILLE_DEFAULT,
 	.cost_age_shift = KML_DD_COST_AGE_SHIFT,
+	.observe_every = 1,
 	.skill_window = KML_DD_SKILL_WINDOW,
 	.skill_window_ms = KML_DD_SKILL_WINDOW_MS,
 	.skill_min_permille = 500,
@@ -156,15 +157,24 @@ module_param_cb(policy, &policy_ops, NULL, 0644);
 MODULE_PARM_DESC(policy,
 		 "active mode: expire (a FIFO head predicted to miss is expired) or cost");
 
-static int cost_age_shift_set(const char *val, const struct kernel_param *kp)
+/* A numeric parameter's new value @v, in [@min, @max]. */
+static int kml_dd_uint_param(const char *val, unsigned int min,
+			     unsigned int max, unsigned int *v)
 {
-	unsigned int v;
-	int ret = kstrtouint(val, 0, &v);
+	int ret = kstrtouint(val, 0, v);
 
 	if (ret)
 		return ret;
-	if (v > KML_DD_COST_MAX_AGE_SHIFT)
-		return -ERANGE;
+	return *v < min || *v > max ? -ERANGE : 0;
+}
+
+static int cost_age_shift_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int v;
+	int ret = kml_dd_uint_param(val, 0, KML_DD_COST_MAX_AGE_SHIFT, &v);
+
+	if (ret)
+		return ret;
 	WRITE_ONCE(kml_dd.cost_age_shift, v);
 	return 0;
 }
@@ -177,6 +187,30 @@ module_param_cb(cost_age_shift, &cost_age_shift_ops, &kml_dd.cost_age_shift,
 		0644);
 MODULE_PARM_DESC(cost_age_shift,
 		 "policy cost: (age + lateness) ns >> this is a request's credit (max 40)");
+
+/*
+ * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1
+ * watches every request; N > 1 one window in N, at off's cost the rest.
+ */
+static int observe_every_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int v;
+	int ret = kml_dd_uint_param(val, 1, KML_DD_OBSERVE_MAX_EVERY, &v);
+
+	if (ret)
+		return ret;
+	WRITE_ONCE(kml_dd.observe_every, v);
+	return 0;
+}
+
+static const struct kernel_param_ops observe_every_ops = {
+	.set = observe_every_set,
+	.get = param_get_uint,
+};
+module_param_cb(observe_every, &observe_every_ops, &kml_dd.observe_every,
+		0644);
+MODULE_PARM_DESC(observe_every,
+		 "observe mode: watch one window of 1024 requests in this many (1 = all, max 1024)");
 
 /*
  * Decision threshold: a request is predicted to meet its deadline when its
@@ -237,23 +271,12 @@ static void kml_dd_skill_restart(bool steer)
 		WRITE_ONCE(kml_dd.aside, 0);
 }
 
-/* A step-aside parameter's new value @v, at most @max. */
-static int kml_dd_skill_param(const char *val, unsigned int max,
-			      unsigned int *v)
-{
-	int ret = kstrtouint(val, 0, v);
-
-	if (ret)
-		return ret;
-	return *v > max ? -ERANGE : 0;
-}
-
 static int skill_window_set(const char *val, const struct kernel_param *kp)
 {
 	unsigned int v;
 	int ret;
 
-	ret = kml_dd_skill_param(val, KML_DD_SKILL_MAX_WINDOW, &v);
+	ret = kml_dd_uint_param(val, 0, KML_DD_SKILL_MAX_WINDOW, &v);
 	if (ret)
 		return ret;
 	WRITE_ONCE(kml_dd.skill_window, v);
@@ -274,7 +297,7 @@ static int skill_window_ms_set(const char *val, const struct kernel_param *kp)
 	unsigned int v;
 	int ret;
 
-	ret = kml_dd_skill_param(val, KML_DD_SKILL_MAX_WINDOW_MS, &v);
+	ret = kml_dd_uint_param(val, 0, KML_DD_SKILL_MAX_WINDOW_MS, &v);
 	if (ret)
 		return ret;
 	WRITE_ONCE(kml_dd.skill_window_ms, v);
@@ -297,7 +320,7 @@ static int skill_min_set(const char *val, const struct kernel_param *kp)
 	unsigned int v;
 	int ret;
 
-	ret = kml_dd_skill_param(val, 1000, &v);
+	ret = kml_dd_uint_param(val, 0, 1000, &v);
 	if (ret)
 		return ret;
 	WRITE_ONCE(kml_dd.skill_min_permille, v);
@@ -354,6 +377,7 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_SKILL_BALANCED_PPM] = "skill_balanced_ppm",
 	[KML_DD_S_PRED_CLAMPED] = "pred_clamped",
 	[KML_DD_S_SKILL_HOLDOUTS] = "skill_holdouts",
+	[KML_DD_S_UNOBSERVED] = "unobserved",
 };
 
 /* The range of inference times bucket @b of kml_dd_hist_bucket() holds. */
@@ -959,6 +983,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "policy %s\n",
 		   kml_dd_policies[READ_ONCE(kml_dd_policy) & 1]);
 	seq_printf(m, "cost_age_shift %u\n", READ_ONCE(kml_dd.cost_age_shift));
+	seq_printf(m, "observe_every %u\n", READ_ONCE(kml_dd.observe_every));
 	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
 	seq_printf(m, "decision_permille %u\n",
 		   READ_ONCE(kml_dd.decision_permille));

@@ -362,12 +362,37 @@ static struct kml_dd_ctx *kml_dd_ctx_get(struct kml_dd_queue *kq)
 	return container_of(node, struct kml_dd_ctx, node);
 }
 
+/*
+ * Where @kq's next insert falls in observe mode's duty cycle (kml_dd.h,
+ * KML_DD_OBSERVE_WINDOW): false while nobody watches, when the request
+ * goes untracked and costs what off costs; true otherwise, with *@warmup
+ * set in a window's first KML_DD_OBSERVE_WARMUP requests.  Under the
+ * scheduler lock.
+ */
+static bool kml_dd_watching(struct kml_dd_queue *kq, bool *warmup)
+{
+	u32 every = READ_ONCE(kml_dd.observe_every);
+	u32 pos;
+
+	*warmup = false;
+	if (every <= 1 || READ_ONCE(kq->mode) != KML_DD_OBSERVE)
+		return true;
+	pos = kq->observe_seq++ % (every * KML_DD_OBSERVE_WINDOW);
+	if (pos >= KML_DD_OBSERVE_WINDOW) {
+		kml_dd_stat_inc(KML_DD_S_UNOBSERVED);
+		return false;
+	}
+	*warmup = pos < KML_DD_OBSERVE_WARMUP;
+	return true;
+}
+
 void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 		     struct request *fifo_head, unsigned long expire,
 		     bool same_dir)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
-	u64 now = kml_dd_clock();
+	bool warmup;
+	u64 now;
 
 	if (ctx) {
 		/* a requeue: keep the first insert's features and times */
@@ -379,6 +404,9 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 		ctx->flags |= KML_DD_SAMPLE_REQUEUED;
 		return;
 	}
+	if (!kml_dd_watching(kq, &warmup))
+		return;
+	now = kml_dd_clock();
 	ctx = kml_dd_ctx_get(kq);
 	if (!ctx) {
 		kml_dd_stat_inc(KML_DD_S_UNTRACKED);
@@ -397,8 +425,10 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->steer = 0;
 	ctx->pred_issue_ns = 0;
 	ctx->svc_bucket = KML_DD_SVC_NONE;
+	ctx->warmup = warmup;
 	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
-	kml_dd_predict(kq, ctx);
+	if (!warmup)
+		kml_dd_predict(kq, ctx);
 	atomic_inc(&kq->queued[ctx->op]);
 	rq->elv.priv[1] = ctx;
 }
@@ -458,6 +488,8 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 	atomic_dec(&kq->inflight);
 	if (kml_dd_policy_cost(kq))
 		kml_dd_svc_learn(kq, ctx, kml_dd_clock());
+	if (ctx->warmup)
+		goto release;
 
 	/*
 	 * The outcome and the prediction are all the statistics need; the

@@ -53,6 +53,7 @@ struct kml_dd_ctx {
 	u8 steer;			/* predicted miss, model not aside */
 	u8 score;			/* its kml_dd_score_bucket() */
 	u8 svc_bucket;			/* kml_dd_svc_bucket() of its seek */
+	u8 warmup;			/* tracked, not predicted or counted */
 	s32 features[KML_DD_NR_FEATURES];
 };
 
@@ -74,6 +75,7 @@ struct kml_dd_queue {
 	struct kml_dd_feat_state feat;	/* what the features read */
 	u32 holdout_seq;		/* steering predicted misses */
 	u32 predict_seq;		/* predictions, for KML_DD_TIME_EVERY */
+	u32 observe_seq;		/* inserts, for observe_every */
 	/* any context */
 	struct llist_head returned;	/* contexts freed at completion */
 	atomic_t queued[2];		/* tracked requests in the scheduler */

@@ -43,6 +43,9 @@ def mode_label(params: dict[str, Any], variant: str = "default") -> str:
         words.append(Path(str(model["model_file"])).stem)
     if model.get("trainer", "none") != "none":
         words.append(f"trainer={model['trainer']}")
+    for key in ("observe_every", "policy"):  # recorded only when not the default
+        if key in model:
+            words.append(f"{key}={model[key]}")
     if variant != "default":
         words.append(f"[{variant}]")
     return " ".join(words)

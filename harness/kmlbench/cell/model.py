@@ -211,6 +211,7 @@ def kml_setup_script(
             "DECISION_PERMILLE": str(permille),
             "POLICY": shlex.quote(str(model.get("policy", _default("policy")))),
             "COST_AGE_SHIFT": str(int(model.get("cost_age_shift", _default("cost_age_shift")))),
+            "OBSERVE_EVERY": str(int(model.get("observe_every", _default("observe_every")))),
             "TRAINER": trainer_lines,
             "TRACER": tracer,
             "MODE": mode,

@@ -36,6 +36,7 @@ from kmlbench.plan.schema import (
     MODEL_FILE_FIELDS,
     MODEL_OFF,
     MODEL_SCHEDULER,
+    OBSERVE_FIELDS,
     POLICY_DEFAULT,
     SCHEDULERS,
     TEMPLATE_DEFAULTS,
@@ -226,6 +227,9 @@ def _model_entries(
                 )
             if model["mode"] != "active" or model["policy"] == POLICY_DEFAULT:
                 for name in ACTIVE_FIELDS:  # the set-up writes the default; old ids stay
+                    model.pop(name, None)
+            if model["mode"] != "observe" or model["observe_every"] == 1:
+                for name in OBSERVE_FIELDS:
                     model.pop(name, None)
             canon = canonical_json(model)
             if canon not in seen:

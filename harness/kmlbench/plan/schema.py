@@ -100,7 +100,7 @@ RING_MODE_CODES = {mode: code for code, mode in enumerate(RING_MODES)}
 # The same modes as the Python binding's Ring API names them (kmlbench.kml.lib).
 RING_MODE_API_NAMES = {"block": "blocking", "drop": "dropping"}
 SAMPLE_FILTERS = ("all", "uncertain")
-# The kernel's policy parameter (kml_dd.h, enum kml_dd_policy): what active
+# The kernel's policy parameter (kml_iosched.h, enum kml_dd_policy): what active
 # mode does with the predictions; a policy's index is its enum value.
 POLICIES = ("expire", "cost")
 POLICY_DEFAULT = POLICIES[0]
@@ -244,6 +244,9 @@ MODEL_FIELDS: dict[str, Field] = {
     # (least predicted service time less (age + lateness) >> cost_age_shift)
     "policy": Field("str", POLICY_DEFAULT, _one_of(*POLICIES)),
     "cost_age_shift": Field("int", 6, _between(0, 40)),
+    # observe mode: watch one window of 1024 requests in this many (1: all;
+    # the others cost what off costs; kml_dd.h, KML_DD_OBSERVE_WINDOW)
+    "observe_every": Field("int", 1, _between(1, 1024)),
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),
@@ -256,6 +259,9 @@ TRAINER_FIELDS = ("rate", "cpu_pct", "publish_every", "warm_start")
 # under policy cost (the one non-default policy; the shift is its knob):
 # not recorded otherwise.
 ACTIVE_FIELDS = ("policy", "cost_age_shift")
+# Only meaningful in observe mode, and recorded only when not every request
+# is watched.
+OBSERVE_FIELDS = ("observe_every",)
 MODEL_FILE_FIELDS = ("model_file", "warm_start")
 MODEL_SLUGS = {"off": "kmloff", "observe": "kmlobs", "active": "kmlact"}
 # The scheduler KML lives in; other schedulers' cells run with the model off.

@@ -17,6 +17,7 @@ setchoice @KML_PARAMS@/sample_filter @SAMPLE_FILTER@
 setnum @KML_PARAMS@/decision_permille @DECISION_PERMILLE@
 setchoice @KML_PARAMS@/policy @POLICY@
 setnum @KML_PARAMS@/cost_age_shift @COST_AGE_SHIFT@
+setnum @KML_PARAMS@/observe_every @OBSERVE_EVERY@
 @TRAINER@
 @TRACER@
 echo reset > @KML_STATS@ 2>/dev/null || die "cannot reset @KML_STATS@"
