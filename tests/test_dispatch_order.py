@@ -7,15 +7,18 @@ runs the same fio job on the rotational device model (null_blk, one
 hardware slot, so the device serves requests one at a time in the order
 mq-deadline dispatches them, and fio's completion log is that order).
 
-The job submits its requests in batches of :data:`BATCH` (one
-``io_submit``, one block plug: every request of a batch reaches the
-scheduler before the first is dispatched) and waits for a whole batch
-before the next, so each dispatch chooses among the same requests on both
-kernels, whatever the few instructions KML's tests of the mode add to the
-timing: the order is the scheduler's algorithm's alone, and fio's random
-offsets repeat (``randrepeat``). No request comes near an expiry (the
-expiries are set far beyond a batch's time), which would make the order
-depend on time.
+The job submits its requests in batches of :data:`BATCH` I/Os (one
+``io_submit`` under one block plug) and waits for a whole batch before the
+next. The plug hands the scheduler its requests in flushes of at most 32
+(a large I/O may split into several requests): the first dispatch of a
+flush happens at once, every later one at a completion, milliseconds
+later, when the whole batch has long been inserted. Where the splits and
+flushes fall depends on the sizes alone, so each dispatch chooses among
+the same requests on both kernels, whatever the few instructions KML's
+tests of the mode add to the timing: the order is the scheduler's
+algorithm's, and fio's random offsets repeat (``randrepeat``). No request
+comes near an expiry (the expiries are set far beyond a batch's time),
+which would make the order depend on time.
 
 The comparison can fail: on the KML kernel, active mode with policy
 ``cost`` (no model needed) must give another order, and the stock order
@@ -31,12 +34,10 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.build.image import make_guest_initrd
+from device_guest import device_guest
 from kmlbench.build.kernel import KernelBuild
-from kmlbench.cell import device, guest_paths
-from kmlbench.guest.command import GuestConfig
+from kmlbench.cell import guest_paths
 from kmlbench.guest.qemu import Guest
-from kmlbench.guest.ssh import SSHKeys
 
 pytestmark = pytest.mark.kernel
 
@@ -78,23 +79,20 @@ Order = list[tuple[int, int, int]]  # (direction, offset, size) in completion or
 
 @contextlib.contextmanager
 def _booted(build: KernelBuild, work: Path, base_image: Path) -> Iterator[Guest]:
-    """A guest of ``build`` with the device and mq-deadline set up."""
-    keys = SSHKeys.generate(work / "keys")
-    initrd = make_guest_initrd(base_image, work, keys.authorized_key, keys.host_key)
-    cfg = GuestConfig(
-        kernel=build.bzimage,
-        initrd=initrd,
-        console_log=work / "console.log",
+    """A guest of ``build`` on the virtual clock, the device and mq-deadline set up."""
+    with device_guest(
+        build.bzimage,
+        work,
+        base_image,
+        DEVICE,
+        SCHEDULER,
         memory_mib=512,
         cpus=1,
         clock="virtual",
-        append=device.kernel_cmdline(DEVICE),
         boot_timeout_s=300,
         silence_timeout_s=300,
-    )
-    with Guest(cfg, keys) as guest:
-        setup = guest.run(device.setup_script(DEVICE, SCHEDULER), timeout=120)
-        assert setup.exit_status == 0, setup.stdout + setup.stderr
+    ) as (guest, dev):
+        assert dev == DEV
         yield guest
 
 

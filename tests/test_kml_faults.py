@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KERNEL_VARIANTS
+from device_guest import device_guest
 from kmlbench import paths
 from kmlbench.build.image import READY_MARKER, build_kmlctl, make_guest_initrd
 from kmlbench.build.kernel import KernelBuild
@@ -278,23 +279,19 @@ def kg(
     """The module's guest: null_blk + mq-deadline + kml_mode active + a valid model."""
     guest_kernel = variant_kernel(request.param).bzimage
     work = tmp_path_factory.mktemp(f"kml-faults-{request.param}")
-    keys = SSHKeys.generate(work / "keys")
-    initrd = make_guest_initrd(base_image, work, keys.authorized_key, keys.host_key)
-    append = f"{device.kernel_cmdline(DEVICE)} kml.ring_capacity={RING_CAPACITY}"
     sanitizer = request.param != "stock"  # KASAN's shadow, slower boots
-    cfg = GuestConfig(
-        kernel=guest_kernel,
-        initrd=initrd,
-        console_log=work / "console.log",
+    with device_guest(
+        guest_kernel,
+        work,
+        base_image,
+        DEVICE,
+        SCHEDULER,
+        append=f"kml.ring_capacity={RING_CAPACITY}",
         memory_mib=1024 if sanitizer else 512,
-        append=append,
         boot_timeout_s=600 if sanitizer else 120,
         silence_timeout_s=600 if sanitizer else 120,
-    )
-    with Guest(cfg, keys) as guest:
-        setup = guest.run(device.setup_script(DEVICE, SCHEDULER), timeout=60)
-        assert setup.exit_status == 0, setup.stdout + setup.stderr
-        assert setup.stdout.strip().splitlines()[-1] == DEV
+    ) as (guest, dev):
+        assert dev == DEV
         guest.put(MODEL, valid_model_bytes())
         sh(guest, f"{KMLCTL} load {MODEL}")
         baseline(guest)

@@ -21,13 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmlbench.build.image import make_guest_initrd
+from device_guest import device_guest
 from kmlbench.build.kernel import KernelBuild
-from kmlbench.cell import device
 from kmlbench.data import kmlstats
-from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.qemu import Guest
-from kmlbench.guest.ssh import SSHKeys
 from kmlbench.kml.model import Model
 from test_kml_faults import (
     DEV,
@@ -65,19 +62,10 @@ def kg(
 ) -> Iterator[Guest]:
     """null_blk + mq-deadline with 1 ms expiries, kml_mode active, the bad model."""
     work = tmp_path_factory.mktemp("kml-step-aside")
-    keys = SSHKeys.generate(work / "keys")
-    initrd = make_guest_initrd(base_image, work, keys.authorized_key, keys.host_key)
-    cfg = GuestConfig(
-        kernel=kernel_build.bzimage,
-        initrd=initrd,
-        console_log=work / "console.log",
-        memory_mib=512,
-        append=device.kernel_cmdline(DEVICE),
-    )
-    with Guest(cfg, keys) as guest:
-        setup = guest.run(device.setup_script(DEVICE, SCHEDULER), timeout=60)
-        assert setup.exit_status == 0, setup.stdout + setup.stderr
-        assert setup.stdout.strip().splitlines()[-1] == DEV
+    with device_guest(
+        kernel_build.bzimage, work, base_image, DEVICE, SCHEDULER, memory_mib=512
+    ) as (guest, dev):
+        assert dev == DEV
         guest.put(BAD_MODEL, always_miss_model())
         yield guest
 

@@ -126,14 +126,15 @@ static inline u8 kml_dd_score_bucket(s32 r)
 /*
  * Observe mode watching part of the time (module parameter observe_every
  * N): one window of KML_DD_OBSERVE_WINDOW inserts in every N is tracked,
- * the others cost what off costs.  A window's first KML_DD_OBSERVE_WARMUP
+ * the others go untracked (a call, a countdown and a counter each).  A
+ * window's first KML_DD_OBSERVE_WARMUP
  * requests are tracked but neither predicted nor counted: they bring the
  * queue's running state (the features' averages, the queued and in-flight
  * counts, which count tracked requests only) back to what it would have
  * been; the averages follow within a few dozen dispatches, the counts once
  * the requests inserted while nobody watched have left, at most the
- * scheduler's nr_requests later (64 in our matrices, 256 at most by
- * default).
+ * scheduler's nr_requests later (64 or 128 in our matrices, 256 at most
+ * by default).
  */
 #define KML_DD_OBSERVE_WINDOW		1024
 #define KML_DD_OBSERVE_WARMUP		256

@@ -20,6 +20,7 @@
 #include <linux/mutex.h>
 #include <linux/slab.h>
 #include <linux/string.h>
+#include <linux/stringify.h>
 #include <linux/sysfs.h>
 #include <linux/vmalloc.h>
 #include <linux/debugfs.h>
@@ -168,49 +169,64 @@ static int kml_dd_uint_param(const char *val, unsigned int min,
 	return *v < min || *v > max ? -ERANGE : 0;
 }
 
-static int cost_age_shift_set(const char *val, const struct kernel_param *kp)
+/*
+ * A numeric parameter kept in [min, max], the range beside it: the ops
+ * read both from kp->arg.
+ */
+struct kml_dd_uint_range {
+	unsigned int *v;
+	unsigned int min, max;
+};
+
+static int kml_dd_uint_range_set(const char *val, const struct kernel_param *kp)
 {
+	const struct kml_dd_uint_range *r = kp->arg;
 	unsigned int v;
-	int ret = kml_dd_uint_param(val, 0, KML_DD_COST_MAX_AGE_SHIFT, &v);
+	int ret = kml_dd_uint_param(val, r->min, r->max, &v);
 
 	if (ret)
 		return ret;
-	WRITE_ONCE(kml_dd.cost_age_shift, v);
+	WRITE_ONCE(*r->v, v);
 	return 0;
 }
 
-static const struct kernel_param_ops cost_age_shift_ops = {
-	.set = cost_age_shift_set,
-	.get = param_get_uint,
+static int kml_dd_uint_range_get(char *buf, const struct kernel_param *kp)
+{
+	const struct kml_dd_uint_range *r = kp->arg;
+
+	return sysfs_emit(buf, "%u\n", READ_ONCE(*r->v));
+}
+
+static const struct kernel_param_ops kml_dd_uint_range_ops = {
+	.set = kml_dd_uint_range_set,
+	.get = kml_dd_uint_range_get,
 };
-module_param_cb(cost_age_shift, &cost_age_shift_ops, &kml_dd.cost_age_shift,
+
+static struct kml_dd_uint_range cost_age_shift_range = {
+	.v = &kml_dd.cost_age_shift,
+	.max = KML_DD_COST_MAX_AGE_SHIFT,
+};
+module_param_cb(cost_age_shift, &kml_dd_uint_range_ops, &cost_age_shift_range,
 		0644);
 MODULE_PARM_DESC(cost_age_shift,
 		 "policy cost: (age + lateness) ns >> this is a request's credit (max 40)");
 
 /*
  * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1
- * watches every request; N > 1 one window in N, at off's cost the rest.
+ * watches every request; N > 1 one window in N, the rest untracked.
  */
-static int observe_every_set(const char *val, const struct kernel_param *kp)
-{
-	unsigned int v;
-	int ret = kml_dd_uint_param(val, 1, KML_DD_OBSERVE_MAX_EVERY, &v);
-
-	if (ret)
-		return ret;
-	WRITE_ONCE(kml_dd.observe_every, v);
-	return 0;
-}
-
-static const struct kernel_param_ops observe_every_ops = {
-	.set = observe_every_set,
-	.get = param_get_uint,
+static struct kml_dd_uint_range observe_every_range = {
+	.v = &kml_dd.observe_every,
+	.min = 1,
+	.max = KML_DD_OBSERVE_MAX_EVERY,
 };
-module_param_cb(observe_every, &observe_every_ops, &kml_dd.observe_every,
+module_param_cb(observe_every, &kml_dd_uint_range_ops, &observe_every_range,
 		0644);
 MODULE_PARM_DESC(observe_every,
-		 "observe mode: watch one window of 1024 requests in this many (1 = all, max 1024)");
+		 "observe mode: watch one window of "
+		 __stringify(KML_DD_OBSERVE_WINDOW)
+		 " requests in this many (1 = all, max "
+		 __stringify(KML_DD_OBSERVE_MAX_EVERY) ")");
 
 /*
  * Decision threshold: a request is predicted to meet its deadline when its

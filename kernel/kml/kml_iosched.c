@@ -218,13 +218,14 @@ static void kml_dd_svc_learn(struct kml_dd_queue *kq,
 {
 	u64 start = max_t(u64, ctx->dispatch_ns, READ_ONCE(kq->svc_last_done));
 	u64 svc = min_t(u64, kml_dd_since(start, now), U32_MAX);
-	s64 old = READ_ONCE(kq->svc_ns[ctx->svc_bucket]);
+	s64 old;
 
 	WRITE_ONCE(kq->svc_last_done, now);
 	/* requeued, or dispatched before policy cost was on */
 	if ((ctx->flags & KML_DD_SAMPLE_REQUEUED) ||
 	    ctx->svc_bucket == KML_DD_SVC_NONE)
 		return;
+	old = READ_ONCE(kq->svc_ns[ctx->svc_bucket]);
 	if (old)
 		svc = min_t(u64, svc, (u64)old * KML_DD_SVC_MAX_JUMP);
 	WRITE_ONCE(kq->svc_ns[ctx->svc_bucket],
@@ -365,24 +366,34 @@ static struct kml_dd_ctx *kml_dd_ctx_get(struct kml_dd_queue *kq)
 /*
  * Where @kq's next insert falls in observe mode's duty cycle (kml_dd.h,
  * KML_DD_OBSERVE_WINDOW): false while nobody watches, when the request
- * goes untracked and costs what off costs; true otherwise, with *@warmup
- * set in a window's first KML_DD_OBSERVE_WARMUP requests.  Under the
- * scheduler lock.
+ * goes untracked (a countdown, no division); true otherwise, with
+ * *@warmup set in a window's first KML_DD_OBSERVE_WARMUP requests.  A
+ * cycle starts with a window when the mode is written.  Under the
+ * scheduler lock; kml_dd_mode_store() zeroes the counters without it
+ * (marked accesses: a restart lost to a concurrent insert only leaves
+ * the cycle where it was).
  */
 static bool kml_dd_watching(struct kml_dd_queue *kq, bool *warmup)
 {
 	u32 every = READ_ONCE(kml_dd.observe_every);
-	u32 pos;
+	u32 skip, pos;
 
 	*warmup = false;
 	if (every <= 1 || READ_ONCE(kq->mode) != KML_DD_OBSERVE)
 		return true;
-	pos = kq->observe_seq++ % (every * KML_DD_OBSERVE_WINDOW);
-	if (pos >= KML_DD_OBSERVE_WINDOW) {
+	skip = READ_ONCE(kq->observe_skip);
+	if (skip) {
+		WRITE_ONCE(kq->observe_skip, skip - 1);
 		kml_dd_stat_inc(KML_DD_S_UNOBSERVED);
 		return false;
 	}
+	pos = READ_ONCE(kq->observe_pos);
 	*warmup = pos < KML_DD_OBSERVE_WARMUP;
+	if (++pos == KML_DD_OBSERVE_WINDOW) {
+		pos = 0;
+		WRITE_ONCE(kq->observe_skip, (every - 1) * KML_DD_OBSERVE_WINDOW);
+	}
+	WRITE_ONCE(kq->observe_pos, pos);
 	return true;
 }
 
@@ -579,6 +590,8 @@ ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 	if (mode < 0)
 		return mode;
 	kml_dd_svc_forget(kq);
+	WRITE_ONCE(kq->observe_pos, 0);
+	WRITE_ONCE(kq->observe_skip, 0);
 	WRITE_ONCE(kq->mode, mode);
 	return count;
 }

@@ -27,10 +27,11 @@ enum kml_dd_mode {
 
 /*
  * What active mode does with the predictions (module parameter "policy",
- * kml_dd_policy).  expire: a FIFO head predicted to miss its deadline is treated as expired
- * (stock mq-deadline's order otherwise).  cost: of the requests next to
- * the head in sector order and the oldest of each direction, the one with
- * the least kml_dd_cost() goes next (kml_iosched.c).
+ * kml_dd_policy).  expire: a FIFO head predicted to miss its deadline is
+ * treated as expired (stock mq-deadline's order otherwise).  cost: of the
+ * requests next to the head in sector order and the oldest of each
+ * direction, the one with the least kml_dd_cost() goes next
+ * (kml_iosched.c).
  */
 enum kml_dd_policy {
 	KML_DD_POLICY_EXPIRE = 0,
@@ -75,7 +76,8 @@ struct kml_dd_queue {
 	struct kml_dd_feat_state feat;	/* what the features read */
 	u32 holdout_seq;		/* steering predicted misses */
 	u32 predict_seq;		/* predictions, for KML_DD_TIME_EVERY */
-	u32 observe_seq;		/* inserts, for observe_every */
+	u32 observe_pos;		/* observe_every: place in its window */
+	u32 observe_skip;		/* observe_every: inserts to let pass */
 	/* any context */
 	struct llist_head returned;	/* contexts freed at completion */
 	atomic_t queued[2];		/* tracked requests in the scheduler */

@@ -104,6 +104,8 @@ SAMPLE_FILTERS = ("all", "uncertain")
 # mode does with the predictions; a policy's index is its enum value.
 POLICIES = ("expire", "cost")
 POLICY_DEFAULT = POLICIES[0]
+# The kernel's bound on observe_every (kml_dd.h, KML_DD_OBSERVE_MAX_EVERY).
+OBSERVE_MAX_EVERY = 1024
 TRAINERS = ("none", "user", "kernel")
 
 # null_blk's service-time models (kernel/patches/0003): the configfs values
@@ -245,8 +247,8 @@ MODEL_FIELDS: dict[str, Field] = {
     "policy": Field("str", POLICY_DEFAULT, _one_of(*POLICIES)),
     "cost_age_shift": Field("int", 6, _between(0, 40)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
-    # the others cost what off costs; kml_dd.h, KML_DD_OBSERVE_WINDOW)
-    "observe_every": Field("int", 1, _between(1, 1024)),
+    # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
+    "observe_every": Field("int", 1, _between(1, OBSERVE_MAX_EVERY)),
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),

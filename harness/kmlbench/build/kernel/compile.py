@@ -247,17 +247,22 @@ def _retarget_tools(copy: Path, source: Path, obj: Path) -> None:
     left as copied, make rebuilds objtool, and every object that objtool
     checked is then older than it and rebuilt too, which is a cold build.
     """
-    old, new = str(source).encode(), str(obj).encode()
+    # the object dir as given to make, and with symlinks resolved (either may
+    # be what a tool's build recorded)
+    pairs = {(str(source).encode(), str(obj).encode())}
+    pairs.add((str(source.resolve()).encode(), str(obj.resolve()).encode()))
     tools = copy / "tools"
     if not tools.is_dir():
         return
     for path in tools.rglob("*"):
         if path.is_symlink() or not path.is_file() or not path.name.endswith((".cmd", ".d")):
             continue
-        data = path.read_bytes()
-        if old in data:
+        data = edited = path.read_bytes()
+        for old, new in pairs:
+            edited = edited.replace(old, new)
+        if edited != data:
             stat = path.stat()
-            path.write_bytes(data.replace(old, new))
+            path.write_bytes(edited)
             os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
@@ -294,10 +299,13 @@ def seed_object_dir(obj: Path, log: Log) -> Path | None:
     for stale in obj.parent.glob(SEED_SCRATCH_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     scratch = obj.parent / f"{SEED_SCRATCH_PREFIX}{obj.name}"
+    if scratch.exists():  # not removable: never copy into it
+        log(f"could not remove {scratch}; building {obj.name} cold")
+        return None
     started = time.monotonic()
     try:
         subprocess.run(
-            ["cp", "-a", "--reflink=auto", str(source), str(scratch)],
+            ["cp", "-aT", "--reflink=auto", str(source), str(scratch)],
             check=True,
             capture_output=True,
             text=True,
