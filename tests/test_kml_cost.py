@@ -66,8 +66,8 @@ ACTIVE_MAX = 960
 # Observing one window of 1,024 requests in 16 (model.observe_every): the
 # other requests go untracked (the call, a countdown, a counter).
 # Issue 11's goal, 1% of off's instructions per request, is the bound;
-# measured 107 (0.75%): a sixteenth of observe's cost, plus about 40 on
-# each request that passes untracked.
+# measured 107 (0.75%): at most a sixteenth of observe's cost, plus a few
+# dozen on each request that passes untracked.
 EVERY = 16
 DUTY_MAX_SHARE = 0.01
 KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)

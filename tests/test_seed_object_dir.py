@@ -70,3 +70,28 @@ def test_a_copy_left_by_an_interrupted_seed_is_removed(tmp_path: Path) -> None:
     seed_object_dir(tmp_path / "obj-b", print)
     assert not stale.exists()
     assert (tmp_path / "obj-b" / "lib" / "x.o").read_text() == "obj-a"
+
+
+def test_a_scratch_path_it_cannot_clear_is_never_copied_into(tmp_path: Path) -> None:
+    _obj(tmp_path, "obj-a", True, 1_000_000)
+    blocker = tmp_path / f"{SEED_SCRATCH_PREFIX}obj-b"
+    blocker.write_text("not a dir: rmtree leaves it")
+    said: list[str] = []
+    assert seed_object_dir(tmp_path / "obj-b", said.append) is None
+    assert not (tmp_path / "obj-b").exists()
+    assert blocker.read_text() == "not a dir: rmtree leaves it"
+    assert "could not remove" in said[-1]
+
+
+def test_records_under_a_symlinked_path_are_pointed_at_the_copy(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    work = tmp_path / "link"  # the cache reached through a symlink
+    source = _obj(work, "obj-a", True, 1_000_000)
+    record = source / "tools" / "objtool" / ".check.o.cmd"
+    record.write_text(f"deps := {(real / 'obj-a').resolve()}/tools/objtool/check.o\n")
+    target = work / "obj-b"
+    assert seed_object_dir(target, print) == source
+    copied = (target / "tools" / "objtool" / ".check.o.cmd").read_text()
+    assert copied == f"deps := {target.resolve()}/tools/objtool/check.o\n"

@@ -127,14 +127,14 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * Observe mode watching part of the time (module parameter observe_every
  * N): one window of KML_DD_OBSERVE_WINDOW inserts in every N is tracked,
  * the others go untracked (a call, a countdown and a counter each).  A
- * window's first KML_DD_OBSERVE_WARMUP
- * requests are tracked but neither predicted nor counted: they bring the
- * queue's running state (the features' averages, the queued and in-flight
+ * window's first KML_DD_OBSERVE_WARMUP requests are tracked but neither
+ * predicted nor counted: they bring the queue's running state (the features' averages, the queued and in-flight
  * counts, which count tracked requests only) back to what it would have
  * been; the averages follow within a few dozen dispatches, the counts once
  * the requests inserted while nobody watched have left, at most the
  * scheduler's nr_requests later (64 or 128 in our matrices, 256 at most
- * by default).
+ * by default).  Writing kml_mode starts a cycle, with a window; a new N
+ * applies at once, but only a new cycle starts with a warm-up.
  */
 #define KML_DD_OBSERVE_WINDOW		1024
 #define KML_DD_OBSERVE_WARMUP		256

@@ -381,7 +381,9 @@ static bool kml_dd_watching(struct kml_dd_queue *kq, bool *warmup)
 	*warmup = false;
 	if (every <= 1 || READ_ONCE(kq->mode) != KML_DD_OBSERVE)
 		return true;
-	skip = READ_ONCE(kq->observe_skip);
+	/* a smaller N counts from now, not after the old, longer pause */
+	skip = min(READ_ONCE(kq->observe_skip),
+		   (every - 1) * KML_DD_OBSERVE_WINDOW);
 	if (skip) {
 		WRITE_ONCE(kq->observe_skip, skip - 1);
 		kml_dd_stat_inc(KML_DD_S_UNOBSERVED);
