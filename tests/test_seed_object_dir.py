@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kmlbench.build.kernel.compile import SEED_SCRATCH_PREFIX, seed_object_dir
-
-BZIMAGE = Path("arch/x86/boot/bzImage")
+from kmlbench.build.kernel.compile import BZIMAGE, SEED_SCRATCH_PREFIX, seed_object_dir
 
 
 def _obj(work: Path, name: str, finished: bool, mtime: float) -> Path:

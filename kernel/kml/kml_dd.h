@@ -120,21 +120,21 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * every request that has not, the oldest first.
  */
 #define KML_DD_COST_STARVE		8
-/* A service-time sample counts for at most this many times its bucket's mean. */
+/* A service-time sample counts at most this many times its bucket's mean. */
 #define KML_DD_SVC_MAX_JUMP		8
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
- * Observe mode watching part of the time (module parameter observe_every
- * N): one window of KML_DD_OBSERVE_WINDOW inserts in every N is tracked,
- * the others go untracked (a call, a countdown and a counter each).  A
- * window's first KML_DD_OBSERVE_WARMUP requests are tracked but neither
- * predicted nor counted: they bring the queue's running state (the features' averages, the queued and in-flight
- * counts, which count tracked requests only) back to what it would have
- * been; the averages follow within a few dozen dispatches, the counts once
- * the requests inserted while nobody watched have left, at most the
- * scheduler's nr_requests later (64 or 128 in our matrices, 256 at most
- * by default).  Writing kml_mode starts a cycle, with a window; a new N
- * applies at once, but only a new cycle starts with a warm-up.
+ * Observe mode watching part of the time (module parameter observe_every N):
+ * one window of KML_DD_OBSERVE_WINDOW inserts in every N is tracked, the others
+ * go untracked (a call, a countdown and a counter each).  A window's first
+ * KML_DD_OBSERVE_WARMUP requests are tracked but neither predicted nor counted:
+ * they bring the queue's running state (the features' averages, the queued and
+ * in-flight counts, which count tracked requests only) back to what it would
+ * have been; the averages follow within a few dozen dispatches, the counts once
+ * the requests inserted while nobody watched have left, at most the scheduler's
+ * nr_requests later (64 or 128 in our matrices, 256 at most by default).
+ * Writing kml_mode starts a cycle, with a window; a new N applies at once, but
+ * only a new cycle starts with a warm-up.
  */
 #define KML_DD_OBSERVE_WINDOW		1024
 #define KML_DD_OBSERVE_WARMUP		256

@@ -28,6 +28,7 @@ from kmlbench.build.kernel.kconfig import parse_config_lines
 from kmlbench.files import atomic_write
 
 BUILD_STAMP = ".kmlbench-complete"
+BZIMAGE = Path("arch/x86/boot/bzImage")  # in an object or build dir
 BUILD_LOG = "kmlbench-build.log"
 
 
@@ -288,14 +289,10 @@ def seed_object_dir(obj: Path, log: Log) -> Path | None:
     """
     if obj.exists():
         return None
-    finished = [
-        d
-        for d in obj.parent.glob("obj-*")
-        if d.is_dir() and (d / "arch" / "x86" / "boot" / "bzImage").is_file()
-    ]
+    finished = [d for d in obj.parent.glob("obj-*") if d.is_dir() and (d / BZIMAGE).is_file()]
     if not finished:
         return None
-    source = max(finished, key=lambda d: (d / "arch" / "x86" / "boot" / "bzImage").stat().st_mtime)
+    source = max(finished, key=lambda d: (d / BZIMAGE).stat().st_mtime)
     for stale in obj.parent.glob(SEED_SCRATCH_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     scratch = obj.parent / f"{SEED_SCRATCH_PREFIX}{obj.name}"
@@ -327,7 +324,7 @@ def read_stamp(build_dir: Path) -> dict[str, object] | None:
         stamp = json.loads((build_dir / BUILD_STAMP).read_text())
     except (OSError, ValueError):
         return None
-    if not (build_dir / "arch" / "x86" / "boot" / "bzImage").is_file():
+    if not (build_dir / BZIMAGE).is_file():
         return None
     return stamp if isinstance(stamp, dict) else None
 

@@ -29,6 +29,7 @@ from kmlbench import paths
 from kmlbench.build.kernel.common import KernelBuildError, Log, locked
 from kmlbench.build.kernel.compile import (
     BUILD_LOG,
+    BZIMAGE,
     built_modules,
     collect_modules,
     compile_kernel,
@@ -187,7 +188,7 @@ def _build_kernel(
         else:
             modules = collect_modules(build_dir)
         return KernelBuild(
-            bzimage=build_dir / "arch" / "x86" / "boot" / "bzImage",
+            bzimage=build_dir / BZIMAGE,
             build_dir=build_dir,
             config_path=build_dir / ".config",
             log_path=log_path,
@@ -254,8 +255,8 @@ def _build_kernel(
             started = time.monotonic()
             compile_kernel(tree, obj, obj / BUILD_LOG, [log_path], jobs, note)
             compile_s = time.monotonic() - started
-            if not (obj / "arch" / "x86" / "boot" / "bzImage").is_file():
-                raise KernelBuildError(f"make succeeded but {obj}/arch/x86/boot/bzImage is missing")
+            if not (obj / BZIMAGE).is_file():
+                raise KernelBuildError(f"make succeeded but {obj / BZIMAGE} is missing")
             if config_hash((obj / ".config").read_text()) != cfg_hash:
                 raise KernelBuildError(f"{obj}/.config changed during the build")
             # Without a `modules` target, modules.order and *.ko are left over.
