@@ -220,15 +220,7 @@ def _trace_import_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trace", type=Path, action="append", help="trace file (repeatable)")
     p.add_argument("-o", "--output", type=Path, help="model file to write")
-    p.add_argument(
-        "--test",
-        type=Path,
-        action="append",
-        help="a separate trace to score the model on (repeatable): accuracy beside the "
-        "majority baseline, balanced accuracy, MCC",
-    )
     p.add_argument(
         "--model", type=Path, help="score this saved model on --test instead of training one"
     )
@@ -237,6 +229,31 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="with --model: the meet/miss threshold (default: MODEL.train.json's, else 1000)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    _fit_args(p)
+
+
+def _train_ablate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="train every variant with seeds 1..N; the figures are their means (3)",
+    )
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")
+    _fit_args(p)
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    """The options of every command that trains a deadline model from traces."""
+    p.add_argument("--trace", type=Path, action="append", help="trace file (repeatable)")
+    p.add_argument(
+        "--test",
+        type=Path,
+        action="append",
+        help="a separate trace to score the model on (repeatable): accuracy beside the "
+        "majority baseline, balanced accuracy, MCC",
     )
     # the choices are kml/train.py's ARCHS, checked there (importing it here would
     # load NumPy and libkml for every --help)
@@ -253,7 +270,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=16, help="hidden units of the mlp (16)")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--dtype",
         choices=("float32", "fixed"),
@@ -409,7 +425,19 @@ COMMANDS: tuple[Command, ...] = (
         "library; the file loads into the kernel (model_file: in a matrix). "
         "--test scores it on separate traces; --model M --test FILE scores a saved model.",
         "kmlbench train --trace FILE... -o MODEL [--test FILE...] | "
-        "kmlbench train --model MODEL --test FILE... [--decision-permille N]",
+        "kmlbench train --model MODEL --test FILE... [--decision-permille N] | "
+        "kmlbench train ablate --trace FILE... [--test FILE...]",
+    ),
+    Command(
+        ("train", "ablate"),
+        "what each feature adds: a model without each, against one with all",
+        "kml.ablate:command",
+        _train_ablate_args,
+        "Train a deadline model with every feature and one without each (the same "
+        "architecture, epochs and seeds) and print what each loses: AUC, and balanced "
+        "accuracy and MCC at its own calibrated threshold, on the --test traces (else "
+        "the holdout).",
+        "kmlbench train ablate --trace FILE... [--test FILE...] [--seeds N] [--json FILE]",
     ),
     Command(
         ("workers", "up"),

@@ -32,7 +32,8 @@ import numpy as np
 
 from kmlbench.data.trace import NR_FEATURES, SAMPLE_DTYPE, TraceError, write_trace
 from kmlbench.kml.ffi import FeatIn, FeatState, lib
-from kmlbench.kml.train import MAX_TIME_NS, check_output
+from kmlbench.kml.samples import MAX_TIME_NS
+from kmlbench.kml.train import check_output
 
 __all__ = ["COLUMNS", "import_csv", "read_requests", "replay"]
 

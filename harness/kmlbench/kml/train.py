@@ -36,6 +36,7 @@ import contextlib
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,9 @@ from typing import Any
 import numpy as np
 
 from kmlbench.data import kmlstats
-from kmlbench.data.trace import NR_FEATURES, Q16, TraceError, load_trace
+from kmlbench.data.trace import NR_FEATURES, Q16, TraceError
 from kmlbench.kml.deadline import (
     DD_CAL_MAX_LG,
-    DD_CAL_MIN_CLASS,
     Calibration,
     dd_calibrate,
     dd_meets,
@@ -56,19 +56,18 @@ from kmlbench.kml.deadline import (
 )
 from kmlbench.kml.ffi import KmlError
 from kmlbench.kml.model import Model
+from kmlbench.kml.samples import load_checked, load_data
 
 ARCHS = ("mlp", "linear")
-# Fewer samples than this cannot even hold the calibration's minimum of each
-# class; a model and figures from them would mean nothing.
-MIN_SAMPLES = 2 * DD_CAL_MIN_CLASS
-# An issue time or deadline beyond a day is not one a queue produced (a u64
-# max, a clock read gone wrong): the trace is refused, not trained on.
-MAX_TIME_NS = 86_400 * 10**9
 
 
-def inputs(rows: np.ndarray, n_features: int) -> np.ndarray:
-    """Model inputs: the first ``n_features`` features as real numbers (float32)."""
-    return (rows["features"][:, :n_features].astype(np.float64) / Q16).astype(np.float32)
+def inputs(rows: np.ndarray, n_features: int, columns: Sequence[int] | None = None) -> np.ndarray:
+    """Model inputs: the first ``n_features`` features (or those of ``columns``,
+    in that order) as real numbers (float32)."""
+    feats = rows["features"][:, :n_features]
+    if columns is not None:
+        feats = feats[:, list(columns)]
+    return (feats.astype(np.float64) / Q16).astype(np.float32)
 
 
 def targets(rows: np.ndarray) -> np.ndarray:
@@ -140,48 +139,6 @@ def evaluate(y_pred: np.ndarray, rows: np.ndarray, permille: int = 1000) -> dict
     return cm
 
 
-def check_rows(path: Path, rows: np.ndarray) -> list[str]:
-    """Refuse rows no queue produces (TraceError naming the file and row); warnings.
-
-    The warning is for ``met`` labels that contradict issue time and deadline:
-    training and calibration go by ``issue_ns <= deadline_ns`` (KML's label),
-    the holdout's accuracy by ``met`` as recorded.
-    """
-    for field in ("deadline_ns", "issue_ns"):
-        values = rows[field].astype(np.uint64)
-        bad = np.flatnonzero((values == 0) if field == "deadline_ns" else (values > MAX_TIME_NS))
-        if len(bad):
-            what = "is 0" if field == "deadline_ns" else "is more than a day"
-            raise TraceError(
-                f"{path}: row {int(bad[0])}: {field} {int(values[bad[0]])} {what} "
-                f"({len(bad)} such rows): not a trace of a real queue"
-            )
-    label = rows["issue_ns"].astype(np.uint64) <= rows["deadline_ns"].astype(np.uint64)
-    wrong = np.flatnonzero(label != rows["met"].astype(bool))
-    if len(wrong):
-        return [
-            f"{path}: {len(wrong)} rows have a met label that contradicts issue and deadline "
-            f"(first: row {int(wrong[0])}); training goes by issue <= deadline"
-        ]
-    return []
-
-
-def load_checked(path: Path, warnings: list[str]) -> np.ndarray:
-    """A trace's rows for training or scoring: TraceError on a trace the kernel's
-    models cannot take or rows no queue produces; its warnings appended."""
-    header, rows = load_trace(path)
-    if header.n_features != NR_FEATURES:
-        # the kernel refuses a model whose inputs are not KML_DD_NR_FEATURES
-        raise TraceError(
-            f"{path}: {header.n_features} features (ABI {header.abi_version}), but the "
-            f"kernel's models take {NR_FEATURES} (KML_DD_NR_FEATURES): record a new trace"
-        )
-    if header.partial_bytes:
-        warnings.append(f"{path}: a cut last row ({header.partial_bytes} bytes) was dropped")
-    warnings += check_rows(path, rows)
-    return rows
-
-
 def score(model: Model, rows: np.ndarray, permille: int) -> dict[str, dict[str, Any]]:
     """A model's figures on ``rows``: at ``permille`` and at the deadline (1000)."""
     if model.n_inputs != NR_FEATURES:
@@ -190,6 +147,40 @@ def score(model: Model, rows: np.ndarray, permille: int) -> dict[str, dict[str, 
         )
     y = model.predict(inputs(rows, NR_FEATURES))
     return {"calibrated": evaluate(y, rows, permille), "deadline": evaluate(y, rows)}
+
+
+def fit(
+    train_rows: np.ndarray,
+    columns: Sequence[int] | None = None,
+    *,
+    arch: str = "mlp",
+    hidden: int = 16,
+    epochs: int = 20,
+    lr: float = 1e-2,
+    batch: int = 64,
+    seed: int = 1,
+    dtype: str = "float32",
+) -> tuple[Model, list[float], Calibration]:
+    """A model fitted to ``train_rows`` (on the features of ``columns``, all by
+    default), its losses, and KML's calibration of its meet/miss call on them."""
+    n_inputs = NR_FEATURES if columns is None else len(columns)
+    if arch == "linear":
+        model = Model.linear(n_inputs, normalize=True, seed=seed, dtype=dtype)
+    else:
+        model = Model.mlp(
+            n_inputs, hidden=[hidden], activation="relu", output="linear",
+            normalize=True, seed=seed, dtype=dtype,
+        )  # fmt: skip
+    y = targets(train_rows)
+    # Start the output bias at the mean target (the last parameter: per layer
+    # W then b): log-us targets sit near 10, far from the zero init, and a
+    # linear model would spend most of its epochs just walking there.
+    params = model.params
+    params[-1] = float(y.mean())
+    model.params = params
+    x = inputs(train_rows, NR_FEATURES, columns)
+    losses = model.fit(x, y, epochs=epochs, lr=lr, batch=batch, loss="mse", seed=seed)
+    return model, losses, calibrate(model.predict(x), train_rows)
 
 
 def check_output(output: Path, what: str = "model file") -> None:
@@ -234,12 +225,14 @@ class TrainResult:
         }
 
 
-def split(rows: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
-    """(train, holdout): the holdout is the last ``holdout`` fraction in insert order."""
-    order = np.argsort(rows["insert_ns"], kind="stable")
-    rows = rows[order]
-    n_hold = round(len(rows) * holdout)
-    return rows[: len(rows) - n_hold], rows[len(rows) - n_hold :]
+def check_options(arch: str, holdout: float, lr: float) -> None:
+    """ValueError naming a training option out of its range."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {lr}")
 
 
 def train_model(
@@ -258,55 +251,16 @@ def train_model(
 ) -> TrainResult:
     """Train on ``traces``, write the model to ``output``, score it on ``test``
     traces if any; TraceError/ValueError on bad input."""
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {arch!r}")
-    if not 0 <= holdout < 1:
-        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"--lr must be a positive number, got {lr}")
+    check_options(arch, holdout, lr)
     check_output(output)
-    warnings: list[str] = []
-    train_parts, hold_parts = [], []
+    data_set = load_data(traces, holdout, test)
+    warnings = data_set.warnings
+    train_rows, hold_rows = data_set.train, data_set.holdout
     n_features = NR_FEATURES
-    for path in traces:
-        rows = load_checked(path, warnings)
-        tr, ho = split(rows, holdout)
-        train_parts.append(tr)
-        hold_parts.append(ho)
-    test_rows = [load_checked(path, warnings) for path in test or ()]
-    train_rows = np.concatenate(train_parts) if train_parts else np.array([])
-    hold_rows = np.concatenate(hold_parts)
-    if len(train_rows) + len(hold_rows) < MIN_SAMPLES:
-        raise ValueError(
-            f"{len(train_rows) + len(hold_rows)} samples in the traces; training needs at "
-            f"least {MIN_SAMPLES} (twice the calibration's minimum of each class)"
-        )
-    if len(train_rows) == 0:
-        raise ValueError("no samples to train on (empty traces?)")
-    if arch == "linear":
-        model = Model.linear(n_features, normalize=True, seed=seed, dtype=dtype)
-    else:
-        model = Model.mlp(
-            n_features, hidden=[hidden], activation="relu", output="linear",
-            normalize=True, seed=seed, dtype=dtype,
-        )  # fmt: skip
-    y = targets(train_rows)
-    # Start the output bias at the mean target (the last parameter: per layer
-    # W then b): log-us targets sit near 10, far from the zero init, and a
-    # linear model would spend most of its epochs just walking there.
-    params = model.params
-    params[-1] = float(y.mean())
-    model.params = params
-    losses = model.fit(
-        inputs(train_rows, n_features),
-        y,
-        epochs=epochs,
-        lr=lr,
-        batch=batch,
-        loss="mse",
-        seed=seed,
-    )
-    cal = calibrate(model.predict(inputs(train_rows, n_features)), train_rows)
+    model, losses, cal = fit(
+        train_rows, arch=arch, hidden=hidden, epochs=epochs, lr=lr, batch=batch, seed=seed,
+        dtype=dtype,
+    )  # fmt: skip
     permille = 1000 if cal.thr is None else dd_permille(cal.thr)
     if cal.thr is None:
         warnings.append(
@@ -334,9 +288,9 @@ def train_model(
         warnings,
         cal.status,
     )
-    if test_rows:
-        all_test = np.concatenate(test_rows)
-        result.test, result.n_test = score(model, all_test, permille), len(all_test)
+    if data_set.test is not None:
+        result.test = score(model, data_set.test, permille)
+        result.n_test = len(data_set.test)
     report_path = output.with_name(output.name + ".train.json")
     report_path.write_text(json.dumps(result.report(), indent=1) + "\n")
     return result
@@ -438,6 +392,15 @@ def _command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def bad_fit_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the training options every ``train`` command takes, or None."""
+    if args.arch not in ARCHS:
+        return f"--arch must be one of {', '.join(ARCHS)}"
+    if args.epochs < 1 or args.batch < 1 or args.hidden < 1:
+        return "--epochs, --batch and --hidden must be >= 1"
+    return None
+
+
 def command(args: argparse.Namespace) -> int:
     """``kmlbench train``: train a model (``--trace -o [--test]``) or score one
     (``--model --test``); one line on stderr for any bad input."""
@@ -450,11 +413,9 @@ def command(args: argparse.Namespace) -> int:
         print("kmlbench train: give --trace FILE and -o MODEL (or --model M --test FILE)",
               file=sys.stderr)  # fmt: skip
         return 2
-    if args.arch not in ARCHS:
-        print(f"kmlbench train: --arch must be one of {', '.join(ARCHS)}", file=sys.stderr)
-        return 2
-    if args.epochs < 1 or args.batch < 1 or args.hidden < 1:
-        print("kmlbench train: --epochs, --batch and --hidden must be >= 1", file=sys.stderr)
+    bad = bad_fit_args(args)
+    if bad:
+        print(f"kmlbench train: {bad}", file=sys.stderr)
         return 2
     if args.decision_permille is not None and not 1 <= args.decision_permille <= 64000:
         print("kmlbench train: --decision-permille must be in 1..64000", file=sys.stderr)
