@@ -95,3 +95,47 @@ def test_bad_input_is_one_clear_line(
     assert cli.main(["train", "ablate", "--epochs", "1", "--seeds", "1", *args]) == rc
     captured = capsys.readouterr()
     assert message in captured.err and "Traceback" not in captured.err, captured.err
+
+
+def test_loco_scores_each_trace_with_models_trained_on_the_others(
+    planted: Path, tmp_path: Path
+) -> None:
+    rows = read_trace(planted)
+    halves = [tmp_path / "first.kmltrc", tmp_path / "second.kmltrc"]
+    write_trace(halves[0], rows[:750])
+    write_trace(halves[1], rows[750:])
+    result = ablate.ablate(halves, loco=True, seeds=1, arch="mlp", hidden=4, epochs=10)
+    assert result.scored_on == "loco" and result.n_scored == 1500 and result.n_train == 750
+    drops = {v.without: v.drop["auc"] or 0.0 for v in result.variants[1:]}
+    assert max(drops, key=lambda n: drops[n]) == "lg_gap_us" and drops["lg_gap_us"] > 0.05
+    # --without leaves features out of every variant: one row fewer each
+    result = ablate.ablate(
+        halves, loco=True, seeds=1, without=[DEAD, PLANTED], arch="linear", epochs=3
+    )
+    assert result.without == ["lg_bytes", "lg_gap_us"]
+    assert [v.without for v in result.variants] == [
+        None, *(n for n in FEATURE_NAMES if n not in ("lg_bytes", "lg_gap_us"))
+    ]  # fmt: skip
+    assert result.variants[0].n_inputs == NR_FEATURES - 2
+    # without the planted answer the model has far less to go on
+    assert (result.variants[0].figures["auc"] or 1.0) < 0.9
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--loco", "--trace", str(FIXTURE)), "--loco needs two --trace files"),
+        (
+            ("--loco", "--trace", str(FIXTURE), "--trace", str(FIXTURE), "--test", str(FIXTURE)),
+            "no --test",
+        ),
+        (("--trace", str(FIXTURE), "--without", "lg_gap_us,queue"), "no feature 'queue'"),
+        (("--trace", str(FIXTURE), "--without", ",".join(FEATURE_NAMES)), "every feature"),
+    ],
+)
+def test_loco_and_without_refuse_what_they_cannot_do(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    assert cli.main(["train", "ablate", "--epochs", "1", "--seeds", "1", *args]) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err, captured.err

@@ -373,3 +373,25 @@ def test_train_warns_when_the_threshold_is_at_its_bound(
     rc, err = _train(capsys, "--trace", str(FIXTURE), "-o", str(tmp_path / "m.kmlm"))
     assert rc == 0, err
     assert "decision_permille 8000 is at the calibration's bound" in err, err
+
+
+def test_without_trains_a_kernel_model_that_ignores_those_features(tmp_path: Path) -> None:
+    out = tmp_path / "m.kmlm"
+    rc = cli.main(
+        ["train", "--trace", str(FIXTURE), "-o", str(out), "--arch", "mlp", "--hidden", "4",
+         "--dtype", "fixed", "--epochs", "5", "--without", "lg_inflight,lg_gap_us"]
+    )  # fmt: skip
+    assert rc == 0
+    model = Model.load(out)
+    assert model.n_inputs == NR_FEATURES  # the kernel feeds every feature
+    ignored = [FEATURE_NAMES.index("lg_inflight"), FEATURE_NAMES.index("lg_gap_us")]
+    weights = model.layers()[0][0]
+    assert not weights[:, ignored].any() and weights.all(axis=0).sum() >= NR_FEATURES - 4
+    rows = read_trace(FIXTURE)
+    x = train.inputs(rows, NR_FEATURES)
+    moved = x.copy()
+    moved[:, ignored] = np.random.default_rng(3).uniform(0, 40, (len(x), 2)).astype(np.float32)
+    assert np.array_equal(model.predict(x), model.predict(moved))
+    assert not np.array_equal(model.predict(x[:, ::-1].copy()), model.predict(x))
+    report = json.loads(out.with_name("m.kmlm.train.json").read_text())
+    assert report["ignored_features"] == ["lg_inflight", "lg_gap_us"]

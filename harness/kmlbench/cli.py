@@ -236,6 +236,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 def _train_ablate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--loco",
+        action="store_true",
+        help="leave one configuration out: each --trace in turn is scored by models "
+        "trained on the others (no --test)",
+    )
+    p.add_argument(
         "--seeds",
         type=int,
         default=3,
@@ -248,6 +254,12 @@ def _train_ablate_args(p: argparse.ArgumentParser) -> None:
 def _fit_args(p: argparse.ArgumentParser) -> None:
     """The options of every command that trains a deadline model from traces."""
     p.add_argument("--trace", type=Path, action="append", help="trace file (repeatable)")
+    p.add_argument(
+        "--without",
+        metavar="NAME[,NAME...]",
+        help="features the model ignores (enum kml_dd_feature's names, as the trace "
+        "CSV's feature_ columns): kept as inputs, weighted 0",
+    )
     p.add_argument(
         "--test",
         type=Path,
@@ -437,7 +449,8 @@ COMMANDS: tuple[Command, ...] = (
         "architecture, epochs and seeds) and print what each loses: AUC, and balanced "
         "accuracy and MCC at its own calibrated threshold, on the --test traces (else "
         "the holdout).",
-        "kmlbench train ablate --trace FILE... [--test FILE...] [--seeds N] [--json FILE]",
+        "kmlbench train ablate --trace FILE... [--test FILE... | --loco] [--without NAMES] "
+        "[--seeds N] [--json FILE]",
     ),
     Command(
         ("workers", "up"),

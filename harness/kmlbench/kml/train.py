@@ -37,14 +37,14 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kmlbench.data import kmlstats
-from kmlbench.data.trace import NR_FEATURES, Q16, TraceError
+from kmlbench.data.trace import FEATURE_NAMES, NR_FEATURES, Q16, TraceError
 from kmlbench.kml.deadline import (
     DD_CAL_MAX_LG,
     Calibration,
@@ -153,6 +153,7 @@ def fit(
     train_rows: np.ndarray,
     columns: Sequence[int] | None = None,
     *,
+    without: Sequence[int] = (),
     arch: str = "mlp",
     hidden: int = 16,
     epochs: int = 20,
@@ -162,7 +163,14 @@ def fit(
     dtype: str = "float32",
 ) -> tuple[Model, list[float], Calibration]:
     """A model fitted to ``train_rows`` (on the features of ``columns``, all by
-    default), its losses, and KML's calibration of its meet/miss call on them."""
+    default), its losses, and KML's calibration of its meet/miss call on them.
+
+    A feature in ``without`` stays an input (the kernel feeds every feature)
+    that the model ignores: the column is 0 while it trains, so it
+    normalises to mean 0 and scale 1 and its first-layer weights, set to 0
+    first, get no gradient and stay 0; whatever the kernel feeds there
+    then adds nothing.
+    """
     n_inputs = NR_FEATURES if columns is None else len(columns)
     if arch == "linear":
         model = Model.linear(n_inputs, normalize=True, seed=seed, dtype=dtype)
@@ -177,10 +185,33 @@ def fit(
     # linear model would spend most of its epochs just walking there.
     params = model.params
     params[-1] = float(y.mean())
+    ignored = [i for i, c in enumerate(columns or range(NR_FEATURES)) if c in without]
+    first = params[: model.sizes[1] * n_inputs].reshape(model.sizes[1], n_inputs)
+    first[:, ignored] = 0.0
     model.params = params
     x = inputs(train_rows, NR_FEATURES, columns)
+    x[:, ignored] = 0.0
     losses = model.fit(x, y, epochs=epochs, lr=lr, batch=batch, loss="mse", seed=seed)
+    if ignored and model.layers()[0][0][:, ignored].any():
+        raise RuntimeError("a weight of an ignored feature moved in training")  # a KML bug
     return model, losses, calibrate(model.predict(x), train_rows)
+
+
+def feature_columns(names: str | None) -> list[int]:
+    """The columns of a comma-separated list of feature names (``--without``);
+    ValueError naming an unknown one, or when nothing would be left."""
+    if not names:
+        return []
+    columns = []
+    for name in (n.strip() for n in names.split(",")):
+        if name not in FEATURE_NAMES:
+            raise ValueError(
+                f"--without: no feature {name!r}; the features are {', '.join(FEATURE_NAMES)}"
+            )
+        columns.append(FEATURE_NAMES.index(name))
+    if len(set(columns)) == NR_FEATURES:
+        raise ValueError("--without: every feature left out; a model needs one at least")
+    return sorted(set(columns))
 
 
 def check_output(output: Path, what: str = "model file") -> None:
@@ -208,6 +239,7 @@ class TrainResult:
     calibration: str = "ok"  # Calibration.status on the training set
     test: dict[str, dict[str, Any]] | None = None  # on --test traces: calibrated, deadline
     n_test: int = 0
+    ignored: list[str] = field(default_factory=list)  # --without: inputs weighted 0
 
     def report(self) -> dict[str, Any]:
         """What ``<model>.train.json`` holds next to the model file."""
@@ -215,6 +247,7 @@ class TrainResult:
             "n_train": self.n_train,
             "n_holdout": self.n_holdout,
             "n_features": self.n_features,
+            "ignored_features": self.ignored,
             "losses": self.losses,
             "decision_permille": self.decision_permille,
             "calibration": self.calibration,
@@ -248,6 +281,7 @@ def train_model(
     seed: int = 1,
     dtype: str = "float32",
     test: list[Path] | None = None,
+    without: Sequence[int] = (),
 ) -> TrainResult:
     """Train on ``traces``, write the model to ``output``, score it on ``test``
     traces if any; TraceError/ValueError on bad input."""
@@ -258,8 +292,8 @@ def train_model(
     train_rows, hold_rows = data_set.train, data_set.holdout
     n_features = NR_FEATURES
     model, losses, cal = fit(
-        train_rows, arch=arch, hidden=hidden, epochs=epochs, lr=lr, batch=batch, seed=seed,
-        dtype=dtype,
+        train_rows, without=without, arch=arch, hidden=hidden, epochs=epochs, lr=lr,
+        batch=batch, seed=seed, dtype=dtype,
     )  # fmt: skip
     permille = 1000 if cal.thr is None else dd_permille(cal.thr)
     if cal.thr is None:
@@ -287,6 +321,7 @@ def train_model(
         len(data),
         warnings,
         cal.status,
+        ignored=[FEATURE_NAMES[c] for c in without],
     )
     if data_set.test is not None:
         result.test = score(model, data_set.test, permille)
@@ -372,13 +407,15 @@ def _command_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         dtype=args.dtype,
         test=args.test,
+        without=feature_columns(args.without),
     )
     for warning in result.warnings:
         print(f"kmlbench train: warning: {warning}", file=sys.stderr)
     first, last = result.losses[0], result.losses[-1]
     where = "holdout" if result.n_holdout else "training set (no holdout)"
+    ignored = f" ({', '.join(result.ignored)} weighted 0)" if result.ignored else ""
     print(
-        f"trained {args.arch} on {result.n_train} samples, {result.n_features} features, "
+        f"trained {args.arch} on {result.n_train} samples, {result.n_features} features{ignored}, "
         f"{args.epochs} epochs: loss {first:.4f} -> {last:.4f}"
     )
     holdout = {"calibrated": result.holdout, "deadline": result.holdout_at_deadline}
