@@ -2,7 +2,9 @@
 
 Latency percentiles are recomputed from fio's completion-latency
 histogram (``clat_ns.bins``, present only with ``--output-format=json+``)
-instead of taken from fio's per-job percentiles: percentiles cannot be
+and total-latency histogram (``lat_ns.bins``, with ``lat_percentiles``,
+which every rendered job sets) instead of taken from fio's per-job
+percentiles: percentiles cannot be
 averaged, but histograms can be added. Merging the bins of every job and
 direction and walking the merged histogram with fio's own rule gives the
 exact percentile of the pooled samples, up to fio's bucket width (about
@@ -112,30 +114,43 @@ def _did_io(d: Mapping[str, Any]) -> bool:
     return int(d.get("total_ios", 0) or 0) > 0 or int(d.get("io_bytes", 0) or 0) > 0
 
 
-def _latency(parts: list[tuple[str, Mapping[str, Any]]]) -> dict[str, float]:
-    """clat mean (sample-weighted) and histogram percentiles in microseconds."""
+def _latency(parts: list[tuple[str, Mapping[str, Any]]], kind: str = "clat") -> dict[str, float]:
+    """``kind`` latency's mean (sample-weighted) and histogram percentiles in
+    microseconds: ``clat`` (completion: from io_submit's return) or ``lat``
+    (total: from the submission, io_submit's wait for a tag included). A
+    report without ``lat_ns`` bins (fio run without ``lat_percentiles``, as
+    before kmlbench asked for them) gives ``lat``'s mean alone."""
     samples = 0
     weighted = 0.0
     bin_maps = []
+    every_bin = True
     for where, d in parts:
-        clat = d.get("clat_ns") or {}
-        n = int(clat.get("N", 0) or 0)
+        lat = d.get(f"{kind}_ns") or {}
+        n = int(lat.get("N", 0) or 0)
         if n <= 0:
             continue
-        if "bins" not in clat:
+        if "bins" in lat:
+            bin_maps.append(lat["bins"])
+        elif kind == "clat":
             raise FioError(
                 f"{where}: clat_ns has no 'bins': run fio with --output-format={OUTPUT_FORMAT}"
             )
+        else:
+            every_bin = False
         samples += n
-        weighted += float(clat["mean"]) * n
-        bin_maps.append(clat["bins"])
+        weighted += float(lat["mean"]) * n
     if samples == 0:
         return {}
-    bins = merge_bins(bin_maps)
-    out = {"clat_mean_us": weighted / samples / 1000.0}
-    for name, pct in PERCENTILES.items():
-        out[f"clat_{name}_us"] = percentile_from_bins(bins, pct) / 1000.0
+    out = {f"{kind}_mean_us": weighted / samples / 1000.0}
+    if every_bin:
+        bins = merge_bins(bin_maps)
+        for name, pct in PERCENTILES.items():
+            out[f"{kind}_{name}_us"] = percentile_from_bins(bins, pct) / 1000.0
     return out
+
+
+def _latencies(parts: list[tuple[str, Mapping[str, Any]]]) -> dict[str, float]:
+    return {**_latency(parts, "clat"), **_latency(parts, "lat")}
 
 
 def metrics_from_fio(data: Mapping[str, Any]) -> dict[str, float]:
@@ -143,7 +158,11 @@ def metrics_from_fio(data: Mapping[str, Any]) -> dict[str, float]:
     ``write_*`` (and ``trim_*``) for each direction that did I/O.
 
     Keys: ``iops``, ``bw_kib_s``, ``clat_mean_us``, ``clat_p50_us``,
-    ``clat_p99_us``, ``clat_p999_us``. IOPS and bandwidth add up across
+    ``clat_p99_us``, ``clat_p999_us``, and the same for ``lat`` (total
+    latency; its percentiles only where fio kept its histogram). Compare
+    schedulers by ``lat``: ``clat`` leaves out the time io_submit blocked
+    waiting for a tag, which is where a scheduler with a short queue keeps
+    its requests. IOPS and bandwidth add up across
     jobs (with ``group_reporting`` fio already summed each group).
     A job that reports an error raises :class:`FioError`.
     """
@@ -170,9 +189,9 @@ def metrics_from_fio(data: Mapping[str, Any]) -> dict[str, float]:
             "bw_kib_s": sum(float(d.get("bw", 0.0)) for _, d in parts),
         }
 
-    metrics = {**throughput(everything), **_latency(everything)}
+    metrics = {**throughput(everything), **_latencies(everything)}
     for direction, parts in per_dir.items():
         if parts:
-            for key, value in {**throughput(parts), **_latency(parts)}.items():
+            for key, value in {**throughput(parts), **_latencies(parts)}.items():
                 metrics[f"{direction}_{key}"] = value
     return metrics

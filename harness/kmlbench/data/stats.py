@@ -162,6 +162,12 @@ METRICS: dict[str, MetricDef] = {
         MetricDef("p50", "p50 latency", "µs", False, percentile=50.0, scalar="clat_p50_us"),
         MetricDef("p99", "p99 latency", "µs", False, percentile=99.0, scalar="clat_p99_us"),
         MetricDef("p999", "p99.9 latency", "µs", False, percentile=99.9, scalar="clat_p999_us"),
+        # total latency (submission to completion, io_submit's wait for a tag
+        # included: data/fio.py), per repeat: the one to compare schedulers by
+        MetricDef("lat_mean", "total mean latency", "µs", False, scalar="lat_mean_us"),
+        MetricDef("lat_p50", "total p50 latency", "µs", False, scalar="lat_p50_us"),
+        MetricDef("lat_p99", "total p99 latency", "µs", False, scalar="lat_p99_us"),
+        MetricDef("lat_p999", "total p99.9 latency", "µs", False, scalar="lat_p999_us"),
         MetricDef("iops", "IOPS", "IO/s", True, scalar="iops"),
         MetricDef("bw", "bandwidth", "KiB/s", True, scalar="bw_kib_s"),
         # guest CPU during fio (runner.cpu_metrics): the cost of KML's hooks
@@ -181,7 +187,7 @@ METRICS: dict[str, MetricDef] = {
     )
 }
 LATENCY_METRICS = ("mean", "p50", "p99", "p999")
-DEFAULT_METRICS = ("mean", "p50", "p99", "p999", "iops")
+DEFAULT_METRICS = ("mean", "p50", "p99", "p999", "lat_mean", "lat_p99", "iops")
 ACCURACY_METRICS = ("accuracy", "baseline_accuracy", "balanced_accuracy")
 ALIASES = {
     "p99.9": "p999",

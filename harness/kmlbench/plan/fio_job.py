@@ -19,6 +19,18 @@ from typing import Any
 from kmlbench import paths
 
 OUTPUT_FORMAT = "json+"
+# Put before every rendered job: fio then keeps the histogram of each
+# request's total latency (submission to completion, ``lat_ns``) beside
+# that of its completion latency (``clat_ns``, from the moment the request
+# left io_submit). They differ by the time io_submit blocked, waiting for a
+# tag when the queue is full: a scheduler with few requests (none, kyber,
+# bfq take the device's queue depth; mq-deadline its own nr_requests) moves
+# its queue into that wait, which clat does not see. fio allows several
+# [global] sections; each applies to the jobs after it.
+PREAMBLE = (
+    "; kmlbench: total latency percentiles beside completion latency's\n"
+    "[global]\nlat_percentiles=1\n\n"
+)
 
 
 class FioError(Exception):
@@ -58,7 +70,7 @@ def render_job(
         raise FioError(f"template {name!r}: cannot read {path}: {e.strerror or e}") from e
     variables = template_variables(workload, filename)
     try:
-        return string.Template(text).substitute(variables)
+        return PREAMBLE + string.Template(text).substitute(variables)
     except KeyError as e:
         raise FioError(
             f"template {path.name} uses ${{{e.args[0]}}} but the workload has no such field "

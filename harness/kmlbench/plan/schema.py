@@ -297,7 +297,7 @@ TOP_KEYS = (
 # ``adaptive_repeat``: after the planned repeats, keep adding repeats of a
 # configuration until the 95% interval of ``metric``'s mean is within
 # ``rel_halfwidth`` of it, or ``max_repeat`` cells of it have run.
-ADAPTIVE_METRIC_RE = re.compile(r"^(read_|write_)?(iops|bw_kib_s|clat_(mean|p50|p99|p999)_us)$")
+ADAPTIVE_METRIC_RE = re.compile(r"^(read_|write_)?(iops|bw_kib_s|c?lat_(mean|p50|p99|p999)_us)$")
 ADAPTIVE_FIELDS: dict[str, Field] = {
     "metric": Field(
         "str",
