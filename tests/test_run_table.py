@@ -21,13 +21,14 @@ def test_one_row_per_configuration_with_medians_and_the_next_commands(tmp_path: 
     plain_cells = [c for c in matrix.cells if configuration(c.id) == configuration(plain_cell.id)]
     assert len(model_cells) >= 3 and len(plain_cells) >= 2
     for i, cell in enumerate(model_cells[:3]):
-        metrics = {"iops": 1000.0 + 100 * i, "clat_mean_us": 50.0 + i, "clat_p99_us": 90.0 + i,
+        metrics = {"iops": 1000.0 + 100 * i, "lat_mean_us": 50.0 + i, "lat_p99_us": 90.0 + i,
+                   "clat_mean_us": 40.0, "clat_p99_us": 80.0,
                    "deadline_miss_frac": 0.1 - i / 100}  # fmt: skip
         stats = {"accuracy": 0.8 + i / 100, "baseline_accuracy": 0.7, "balanced_accuracy": 0.6,
                  "auc": 0.75 + i / 100}  # fmt: skip
         run.record_cell(cell, OK, metrics, {"kml_stats": stats})
-    run.record_cell(plain_cells[0], OK, {"iops": 5000.0, "clat_mean_us": 20.0,
-                                         "clat_p99_us": 40.0}, {})  # fmt: skip
+    run.record_cell(plain_cells[0], OK, {"iops": 5000.0, "lat_mean_us": 20.0,
+                                         "lat_p99_us": 40.0}, {})  # fmt: skip
     run.record_cell(plain_cells[1], FAILED, {"iops": 1.0}, {})  # not in the medians
     text = summary_table("r1", run.read_cells())
     lines = text.splitlines()

@@ -3,8 +3,9 @@ the next commands to type.
 
 A configuration is a cell without its repeat (the id minus ``-r<N>``, whose
 hash covers every parameter but the repeat). Each row gives how many of its
-cells were ok and, over those, the median IOPS, mean and p99 completion
-latency, the share of requests mq-deadline dispatched after their deadline
+cells were ok and, over those, the median IOPS, mean and p99 total latency
+(from submission, io_submit's wait included: the one that compares
+schedulers, docs/results.md "Which latency"), the share of requests mq-deadline dispatched after their deadline
 (its own count, in every ``kml_mode``; ``-`` for other schedulers), and for
 model cells the kernel's AUC of its predictions and the model's accuracy with its majority-class
 baseline and balanced accuracy beside it (never accuracy alone). Plain text,
@@ -27,8 +28,8 @@ _HEAD = (
     "configuration",
     "ok",
     "IOPS",
-    "mean us",
-    "p99 us",
+    "lat mean us",
+    "lat p99 us",
     "missed",
     "AUC",
     "accuracy (baseline, balanced)",
@@ -73,8 +74,8 @@ def _row(config: str, records: list[Mapping[str, Any]]) -> tuple[str, ...]:
         config,
         f"{len(ok)}/{len(records)}",
         _num(_median(_values(ok, "metrics", "iops"))),
-        _num(_median(_values(ok, "metrics", "clat_mean_us")), 1),
-        _num(_median(_values(ok, "metrics", "clat_p99_us")), 1),
+        _num(_median(_values(ok, "metrics", "lat_mean_us")), 1),
+        _num(_median(_values(ok, "metrics", "lat_p99_us")), 1),
         _percent(_median(_values(ok, "metrics", "deadline_miss_frac"))),
         _num(_median(_values(ok, "kml_stats", "auc")), 3),
         accuracy,
