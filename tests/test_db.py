@@ -134,6 +134,25 @@ def test_every_cell_with_metrics_histograms_and_kml_stats(run_dir: Path, ingeste
                 record["metrics"][f"clat_{name}_us"]
             )
         assert merged.mean() / 1000 == pytest.approx(record["metrics"]["clat_mean_us"])
+        # and the total latency's, kept apart (every job asks fio for them)
+        assert set(cell.lat_histograms) == expected_dirs
+        total = stats.merge_histograms(cell.lat_histograms.values())
+        assert total.total == merged.total
+        for name, pct in (("p50", 50), ("p99", 99), ("p999", 99.9)):
+            assert total.percentile(pct) / 1000 == pytest.approx(
+                record["metrics"][f"lat_{name}_us"]
+            )
+        assert total.mean() / 1000 == pytest.approx(record["metrics"]["lat_mean_us"])
+        assert total.mean() >= merged.mean()
+        # statistics read each metric from its own histogram
+        sample = stats.Sample.from_cell(cell)
+        for clat, lat in (("p99", "lat_p99"), ("mean", "lat_mean")):
+            assert stats.per_sample(stats.metric(clat), [sample])[0] == pytest.approx(
+                record["metrics"][f"clat_{'mean' if clat == 'mean' else clat}_us"]
+            )
+            assert stats.per_sample(stats.metric(lat), [sample])[0] == pytest.approx(
+                record["metrics"][f"{lat}_us"]
+            )
         assert (cell.kml_stats is not None) == ("kml_stats" in record)
     # repeats of one configuration share their config hash
     assert len({c.config_hash for c in cells}) == 4

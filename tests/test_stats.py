@@ -284,3 +284,23 @@ def test_adaptive_repeat_stops_at_its_minimum_on_exact_samples() -> None:
     assert stats.needs_more_repeats([60_000.0] * 2, 0.001, cap=10)
     assert not stats.needs_more_repeats([60_000.0] * stats.MIN_REPEATS, 0.001, cap=10)
     assert not stats.needs_more_repeats([0.0] * stats.MIN_REPEATS, 0.001, cap=10)
+
+
+def test_total_latency_metrics_read_the_total_latency_histogram() -> None:
+    """lat_* from the total-latency histogram, the others from clat's; a
+    sample without the former falls back to its scalar, and without either
+    the metric is not available (never read from the wrong histogram)."""
+    clat = stats.histogram_from_samples([1_000_000.0] * 99 + [2_000_000.0])
+    lat = stats.histogram_from_samples([3_000_000.0] * 99 + [9_000_000.0])
+    both = stats.Sample(clat, {}, lat)
+    assert stats.per_sample(stats.metric("p50"), [both])[0] == pytest.approx(1000, rel=0.02)
+    assert stats.per_sample(stats.metric("lat_p50"), [both])[0] == pytest.approx(3000, rel=0.02)
+    assert stats.per_sample(stats.metric("lat_mean"), [both])[0] == pytest.approx(3060)
+    assert stats.group_estimate(stats.metric("lat_p99"), [both, both]) == pytest.approx(
+        3000, rel=0.02
+    )
+    old = stats.Sample(clat, {"lat_mean_us": 1234.0})
+    assert stats.available(stats.metric("lat_mean"), [old])
+    assert stats.per_sample(stats.metric("lat_mean"), [old])[0] == 1234.0
+    assert not stats.available(stats.metric("lat_p99"), [old])
+    assert not stats.available(stats.metric("lat_p99"), [both, old])

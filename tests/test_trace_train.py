@@ -395,3 +395,12 @@ def test_without_trains_a_kernel_model_that_ignores_those_features(tmp_path: Pat
     assert not np.array_equal(model.predict(x[:, ::-1].copy()), model.predict(x))
     report = json.loads(out.with_name("m.kmlm.train.json").read_text())
     assert report["ignored_features"] == ["lg_inflight", "lg_gap_us"]
+
+
+def test_without_is_refused_when_scoring_a_saved_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = Path(__file__).parents[1] / "workloads" / "models" / "deadline-select-q16.kmlm"
+    rc = cli.main(["train", "--model", str(model), "--test", str(FIXTURE), "--without", "op"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "neither --trace, -o nor --without" in err and "Traceback" not in err

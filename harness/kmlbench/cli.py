@@ -239,7 +239,7 @@ def _train_ablate_args(p: argparse.ArgumentParser) -> None:
         "--loco",
         action="store_true",
         help="leave one configuration out: each --trace in turn is scored by models "
-        "trained on the others (no --test)",
+        "trained on the others, all of their rows (no --test; --holdout does not apply)",
     )
     p.add_argument(
         "--seeds",
@@ -257,8 +257,9 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--without",
         metavar="NAME[,NAME...]",
-        help="features the model ignores (enum kml_dd_feature's names, as the trace "
-        "CSV's feature_ columns): kept as inputs, weighted 0",
+        help="features left out (enum kml_dd_feature's names, as the trace CSV's "
+        "feature_ columns): train keeps them as inputs weighted 0, so the kernel loads "
+        "the model; ablate drops them from every variant",
     )
     p.add_argument(
         "--test",

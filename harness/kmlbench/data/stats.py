@@ -9,7 +9,11 @@ interval and test here resamples or ranks whole repeats.
 For each metric the group's estimate is computed the way it is defined:
 
 * latency percentiles (p50, p99, p99.9) from the *merged* fio histogram of all
-  repeats, with fio's own rule, never by averaging the repeats' percentiles;
+  repeats, with fio's own rule, never by averaging the repeats' percentiles:
+  completion latency's (``clat``) for ``p50`` ..., total latency's (``lat``,
+  from submission) for ``lat_p50`` ...; a run whose cells have no
+  total-latency histogram (fio run without ``lat_percentiles``) falls back
+  to the per-repeat values it recorded, and to nothing where it has none;
 * mean latency as the sample-weighted mean of the repeats' exact means;
 * IOPS, bandwidth and accuracy-type metrics as the mean over repeats.
 
@@ -153,6 +157,7 @@ class MetricDef:
     percentile: float | None = None  # from merged histograms
     latency_mean: bool = False  # sample-weighted mean of repeats' exact means
     scalar: str | None = None  # a per-cell value: a metrics key or "kml.<key>"
+    total: bool = False  # from the total-latency histograms (lat), not clat's
 
 
 METRICS: dict[str, MetricDef] = {
@@ -164,10 +169,42 @@ METRICS: dict[str, MetricDef] = {
         MetricDef("p999", "p99.9 latency", "µs", False, percentile=99.9, scalar="clat_p999_us"),
         # total latency (submission to completion, io_submit's wait for a tag
         # included: data/fio.py), per repeat: the one to compare schedulers by
-        MetricDef("lat_mean", "total mean latency", "µs", False, scalar="lat_mean_us"),
-        MetricDef("lat_p50", "total p50 latency", "µs", False, scalar="lat_p50_us"),
-        MetricDef("lat_p99", "total p99 latency", "µs", False, scalar="lat_p99_us"),
-        MetricDef("lat_p999", "total p99.9 latency", "µs", False, scalar="lat_p999_us"),
+        MetricDef(
+            "lat_mean",
+            "total mean latency",
+            "µs",
+            False,
+            latency_mean=True,
+            scalar="lat_mean_us",
+            total=True,
+        ),
+        MetricDef(
+            "lat_p50",
+            "total p50 latency",
+            "µs",
+            False,
+            percentile=50.0,
+            scalar="lat_p50_us",
+            total=True,
+        ),
+        MetricDef(
+            "lat_p99",
+            "total p99 latency",
+            "µs",
+            False,
+            percentile=99.0,
+            scalar="lat_p99_us",
+            total=True,
+        ),
+        MetricDef(
+            "lat_p999",
+            "total p99.9 latency",
+            "µs",
+            False,
+            percentile=99.9,
+            scalar="lat_p999_us",
+            total=True,
+        ),
         MetricDef("iops", "IOPS", "IO/s", True, scalar="iops"),
         MetricDef("bw", "bandwidth", "KiB/s", True, scalar="bw_kib_s"),
         # guest CPU during fio (runner.cpu_metrics): the cost of KML's hooks
@@ -209,19 +246,24 @@ def metric(name: str) -> MetricDef:
 
 @dataclass
 class Sample:
-    """One repeat as statistics see it: its latency histogram and scalars."""
+    """One repeat as statistics see it: its latency histograms and scalars."""
 
-    histogram: Histogram | None
+    histogram: Histogram | None  # completion latency (clat)
     values: dict[str, float] = field(default_factory=dict)
+    lat_histogram: Histogram | None = None  # total latency (lat), where fio kept it
 
     @classmethod
     def from_cell(cls, cell: Any, direction: str | None = None) -> Sample:
-        """From a :class:`kmlbench.data.db.CellRow`; histogram of ``direction`` or all merged."""
-        hists = cell.histograms
-        if direction is None:
-            hist = merge_histograms(hists.values()) if hists else None
-        else:
-            hist = hists.get(direction)
+        """From a :class:`kmlbench.data.db.CellRow`; histograms of ``direction`` or
+        all merged."""
+
+        def pick(hists: Mapping[str, Histogram]) -> Histogram | None:
+            if direction is None:
+                hist = merge_histograms(hists.values()) if hists else None
+            else:
+                hist = hists.get(direction)
+            return hist if hist is not None and hist.total > 0 else None
+
         prefix = f"{direction}_" if direction else ""
         values = {k[len(prefix) :]: v for k, v in cell.metrics.items() if k.startswith(prefix)}
         if direction is None:
@@ -229,16 +271,18 @@ class Sample:
         for k, v in (cell.kml_stats or {}).items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 values[f"kml.{k}"] = float(v)
-        return cls(hist if hist is not None and hist.total > 0 else None, values)
+        return cls(pick(cell.histograms), values, pick(getattr(cell, "lat_histograms", {})))
+
+    def hist(self, m: MetricDef) -> Histogram | None:
+        """The histogram ``m`` reads: the total latency's for a ``total`` metric."""
+        return self.lat_histogram if m.total else self.histogram
 
 
 def available(m: MetricDef, samples: Sequence[Sample]) -> bool:
     """Whether every sample has what ``m`` needs."""
     if not samples:
         return False
-    if (m.percentile is not None or m.latency_mean) and all(
-        s.histogram is not None for s in samples
-    ):
+    if _uses_histograms(m, samples):
         return True
     return m.scalar is not None and all(m.scalar in s.values for s in samples)
 
@@ -247,10 +291,11 @@ def per_sample(m: MetricDef, samples: Sequence[Sample]) -> np.ndarray:
     """The metric for each repeat on its own (what the U test ranks)."""
     out = []
     for s in samples:
-        if m.percentile is not None and s.histogram is not None:
-            out.append(s.histogram.percentile(m.percentile) / 1000.0)
-        elif m.latency_mean and s.histogram is not None:
-            out.append(s.histogram.mean() / 1000.0)
+        hist = s.hist(m)
+        if m.percentile is not None and hist is not None:
+            out.append(hist.percentile(m.percentile) / 1000.0)
+        elif m.latency_mean and hist is not None:
+            out.append(hist.mean() / 1000.0)
         elif m.scalar is not None:
             out.append(float(s.values[m.scalar]))
         else:
@@ -260,14 +305,14 @@ def per_sample(m: MetricDef, samples: Sequence[Sample]) -> np.ndarray:
 
 def _uses_histograms(m: MetricDef, samples: Sequence[Sample]) -> bool:
     return (m.percentile is not None or m.latency_mean) and all(
-        s.histogram is not None for s in samples
+        s.hist(m) is not None for s in samples
     )
 
 
 def group_estimate(m: MetricDef, samples: Sequence[Sample]) -> float:
     """The group's value of ``m`` (see the module docstring for the definition)."""
     if _uses_histograms(m, samples):
-        merged = merge_histograms(s.histogram for s in samples if s.histogram is not None)
+        merged = merge_histograms(h for s in samples if (h := s.hist(m)) is not None)
         if m.percentile is not None:
             return merged.percentile(m.percentile) / 1000.0
         return merged.mean() / 1000.0
@@ -281,7 +326,7 @@ class _Resampler:
         self.m = m
         self.n = len(samples)
         self.hist = _uses_histograms(m, samples)
-        hists = [s.histogram for s in samples if s.histogram is not None]
+        hists = [h for s in samples if (h := s.hist(m)) is not None]
         if self.hist and m.percentile is not None:
             grid = np.unique(np.concatenate([h.values for h in hists]))
             mat = np.zeros((self.n, len(grid)), dtype=np.float64)

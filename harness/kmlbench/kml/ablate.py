@@ -233,6 +233,10 @@ def command(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     bad = bad_fit_args(args)
+    if bad is None and not 1 <= args.seeds <= MAX_SEEDS:
+        bad = f"--seeds must be in 1..{MAX_SEEDS}"
+    if bad is None and args.loco and args.test:
+        bad = "--loco scores each --trace with models trained on the others: no --test"
     if bad:
         print(f"kmlbench train ablate: {bad}", file=sys.stderr)
         return 2
@@ -259,9 +263,14 @@ def command(args: argparse.Namespace) -> int:
         "loco": "each trace in turn, by models trained on the others",
     }[result.scored_on]
     without = f"; without {', '.join(result.without)} throughout" if result.without else ""
+    trained = (
+        "trained on the other traces"
+        if result.scored_on == "loco"
+        else f"trained on {result.n_train} samples"
+    )
     print(
         f"{arch}, {args.dtype}, {args.epochs} epochs, seeds 1-{result.seeds}{without}; "
-        f"trained on {result.n_train} samples; scored on {where}: {result.n_scored} samples, "
+        f"{trained}; scored on {where}: {result.n_scored} samples, "
         f"{100 * result.missed_frac:.1f}% missed (majority baseline "
         f"{_f(result.baseline_accuracy)}); each model at its own calibrated threshold"
     )

@@ -442,9 +442,9 @@ def command(args: argparse.Namespace) -> int:
     """``kmlbench train``: train a model (``--trace -o [--test]``) or score one
     (``--model --test``); one line on stderr for any bad input."""
     if args.model is not None:
-        if args.trace or args.output is not None or not args.test:
+        if args.trace or args.output is not None or not args.test or args.without:
             print("kmlbench train: --model scores a saved model: give --test FILE and "
-                  "neither --trace nor -o", file=sys.stderr)  # fmt: skip
+                  "neither --trace, -o nor --without", file=sys.stderr)  # fmt: skip
             return 2
     elif not args.trace or args.output is None:
         print("kmlbench train: give --trace FILE and -o MODEL (or --model M --test FILE)",

@@ -22,11 +22,11 @@ OUTPUT_FORMAT = "json+"
 # Put before every rendered job: fio then keeps the histogram of each
 # request's total latency (submission to completion, ``lat_ns``) beside
 # that of its completion latency (``clat_ns``, from the moment the request
-# left io_submit). They differ by the time io_submit blocked, waiting for a
-# tag when the queue is full: a scheduler with few requests (none, kyber,
-# bfq take the device's queue depth; mq-deadline its own nr_requests) moves
-# its queue into that wait, which clat does not see. fio allows several
-# [global] sections; each applies to the jobs after it.
+# left io_submit). They differ by the time io_submit blocked before the
+# request was queued, which depends on the scheduler (none, kyber and bfq
+# size their queue by the device's tags, mq-deadline by nr_requests), so
+# schedulers compare by ``lat``. fio allows several [global] sections; each
+# applies to the jobs after it.
 PREAMBLE = (
     "; kmlbench: total latency percentiles beside completion latency's\n"
     "[global]\nlat_percentiles=1\n\n"

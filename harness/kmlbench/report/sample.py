@@ -24,6 +24,7 @@ from kmlbench import procs
 from kmlbench.clock import clock_record
 from kmlbench.data.fio import fio_version, metrics_from_fio, parse_fio_output
 from kmlbench.plan.cells import Cell, cell_id
+from kmlbench.plan.fio_job import PREAMBLE
 from kmlbench.plan.schema import SCHEDULERS, UNSET
 from kmlbench.run.results import RunDir
 
@@ -80,7 +81,7 @@ def _host_cell_job(params: dict[str, Any], filename: Path, runtime_s: float, dir
     rw = wl.get("rw") or {"randrw": "randrw", "seqread": "read", "seqwrite": "write"}.get(
         wl["template"], wl["template"]
     )
-    return _HOST_JOB.format(
+    return PREAMBLE + _HOST_JOB.format(
         direct=direct,
         filename=filename,
         size_mib=wl.get("size_mib", 4),

@@ -5,11 +5,12 @@ A configuration is a cell without its repeat (the id minus ``-r<N>``, whose
 hash covers every parameter but the repeat). Each row gives how many of its
 cells were ok and, over those, the median IOPS, mean and p99 total latency
 (from submission, io_submit's wait included: the one that compares
-schedulers, docs/results.md "Which latency"), the share of requests mq-deadline dispatched after their deadline
-(its own count, in every ``kml_mode``; ``-`` for other schedulers), and for
-model cells the kernel's AUC of its predictions and the model's accuracy with its majority-class
-baseline and balanced accuracy beside it (never accuracy alone). Plain text,
-the same on a terminal and in a log.
+schedulers, docs/results.md "Which latency"), the share of requests
+mq-deadline dispatched after their deadline (its own count, in every
+``kml_mode``; ``-`` for other schedulers), and for model cells the kernel's
+AUC of its predictions and the model's accuracy with its majority-class
+baseline and balanced accuracy beside it (never accuracy alone). Plain
+text, the same on a terminal and in a log.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import paths
-from kmlbench.data.db.schema import connect, flatten_params, transaction
+from kmlbench.data.db.schema import TOTAL_PREFIX, connect, flatten_params, transaction
 from kmlbench.data.fio import parse_fio_output
 from kmlbench.data.stats import Histogram, merge_histograms
 from kmlbench.plan.cells import config_hash
@@ -50,8 +50,12 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def fio_histograms(fio_data: Mapping[str, Any]) -> dict[str, tuple[int, float | None, list[Any]]]:
-    """Per direction: (samples, pooled mean ns, [[bucket_ns, count], ...]).
+def fio_histograms(
+    fio_data: Mapping[str, Any], kind: str = "clat"
+) -> dict[str, tuple[int, float | None, list[Any]]]:
+    """Per direction: (samples, pooled mean ns, [[bucket_ns, count], ...]) of
+    ``kind`` latency: ``clat`` (completion) or ``lat`` (total; only jobs run
+    with ``lat_percentiles`` have its bins).
 
     Bins of every job are added up with :func:`kmlbench.data.stats.merge_histograms`
     (fio's buckets are the same for every job, so addition is exact).
@@ -63,11 +67,11 @@ def fio_histograms(fio_data: Mapping[str, Any]) -> dict[str, tuple[int, float | 
             part = job.get(direction)
             if not isinstance(part, Mapping):
                 continue
-            clat = part.get("clat_ns") or {}
-            bins = clat.get("bins")
-            if not bins or int(clat.get("N", 0) or 0) <= 0:
+            lat = part.get(f"{kind}_ns") or {}
+            bins = lat.get("bins")
+            if not bins or int(lat.get("N", 0) or 0) <= 0:
                 continue
-            parts.append(Histogram.from_bins(bins, mean_ns=float(clat.get("mean", 0.0))))
+            parts.append(Histogram.from_bins(bins, mean_ns=float(lat.get("mean", 0.0))))
         merged = merge_histograms(parts)
         if merged.total:
             pairs = zip(merged.values.tolist(), merged.counts.tolist(), strict=True)
@@ -158,8 +162,9 @@ def _insert_cell(
             "INSERT INTO histograms (run_id, cell_id, direction, samples, mean_ns, bins)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (run_id, cell_id, d, n, mean, json.dumps(bins, separators=(",", ":")))
-                for d, (n, mean, bins) in fio_histograms(fio_data).items()
+                (run_id, cell_id, prefix + d, n, mean, json.dumps(bins, separators=(",", ":")))
+                for kind, prefix in (("clat", ""), ("lat", TOTAL_PREFIX))
+                for d, (n, mean, bins) in fio_histograms(fio_data, kind).items()
             ],
         )
     stats = record.get("kml_stats")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kmlbench.clock import clock_of
-from kmlbench.data.db.schema import flatten_params
+from kmlbench.data.db.schema import TOTAL_PREFIX, flatten_params
 from kmlbench.data.stats import Histogram
 
 # Reading.
@@ -30,6 +30,8 @@ class CellRow:
     flat_params: dict[str, str]
     metrics: dict[str, float]
     histograms: dict[str, Any] = field(default_factory=dict)  # direction -> stats.Histogram
+    # the same of the total latency (submission to completion), where fio kept it
+    lat_histograms: dict[str, Any] = field(default_factory=dict)
     kml_stats: dict[str, Any] | None = None
 
     def param(self, key: str, default: str | None = None) -> str | None:
@@ -149,9 +151,11 @@ def load_cells(
             run_ids,
         ):
             if (rid, cid) in cells:
-                cells[(rid, cid)].histograms[direction] = Histogram.from_pairs(
-                    json.loads(bins), mean_ns=mean_ns
-                )
+                hist = Histogram.from_pairs(json.loads(bins), mean_ns=mean_ns)
+                if direction.startswith(TOTAL_PREFIX):
+                    cells[(rid, cid)].lat_histograms[direction[len(TOTAL_PREFIX) :]] = hist
+                else:
+                    cells[(rid, cid)].histograms[direction] = hist
     return list(cells.values())
 
 

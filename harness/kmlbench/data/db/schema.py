@@ -19,6 +19,9 @@ from typing import Any
 from kmlbench import paths
 
 DB_ENV = "KMLBENCH_DB"
+# the histograms table's key for a direction's total-latency histogram
+# (fio's ``lat_ns``); a bare direction is its completion latency's (``clat_ns``)
+TOTAL_PREFIX = "lat:"
 DB_NAME = "kmlbench.db"
 
 
@@ -86,9 +89,9 @@ def _migrate_1(conn: sqlite3.Connection) -> None:
         CREATE TABLE histograms (
             run_id    TEXT NOT NULL,
             cell_id   TEXT NOT NULL,
-            direction TEXT NOT NULL,             -- read | write | trim
+            direction TEXT NOT NULL,             -- read | write | trim; lat:read ... total
             samples   INTEGER NOT NULL,
-            mean_ns   REAL,                      -- exact mean (fio's clat_ns.mean, pooled)
+            mean_ns   REAL,                      -- exact mean (fio's clat_ns/lat_ns.mean, pooled)
             bins      TEXT NOT NULL,             -- JSON [[bucket_ns, count], ...] ascending
             PRIMARY KEY (run_id, cell_id, direction),
             FOREIGN KEY (run_id, cell_id) REFERENCES cells(run_id, cell_id) ON DELETE CASCADE
