@@ -220,6 +220,21 @@ def test_model_figures_are_skipped_without_kml_stats(
     assert sorted(skipped) == ["accuracy", "confusion", "inference_time", "learning_curve"]
 
 
+def test_model_figures_take_cells_that_scored_nothing(
+    built: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A cell whose model made no prediction (policy cost without a model)
+    records its figures as None: the others are drawn, no traceback."""
+    _, db_path = built
+    data = figures.load_run_data(db_path, RUN_ID)
+    with_stats = [c for c in data.cells if c.kml_stats]
+    assert len(with_stats) >= 2
+    for key in ("accuracy", "balanced_accuracy", "majority_baseline", "confusion_matrix"):
+        with_stats[0].kml_stats = {**(with_stats[0].kml_stats or {}), key: None}
+    rendered, skipped = figures.render(data, tmp_path, names=["accuracy", "confusion"])
+    assert sorted({r.name for r in rendered}) == ["accuracy", "confusion"] and skipped == []
+
+
 def test_model_axis_gets_fixed_colours(built: tuple[Path, Path]) -> None:
     _, db_path = built
     conn = db.connect(db_path)

@@ -70,7 +70,8 @@ def accuracy(data: RunData) -> list[Drawn]:
     for p, cells in panels:
         entry: dict[str, Any] = {"label": p.label}
         for key in ("accuracy", "balanced_accuracy", "majority_baseline"):
-            vals = [float(_kml(c)[key]) for c in cells if key in _kml(c)]
+            # a cell with no prediction (no model, or none scored) records None
+            vals = [float(v) for c in cells if (v := _kml(c).get(key)) is not None]
             if not vals:
                 continue
             mean = float(np.mean(vals))
@@ -150,7 +151,7 @@ def confusion(data: RunData) -> list[Drawn]:
         mats = [
             np.asarray(_kml(c)["confusion_matrix"], dtype=np.float64)
             for c in cells
-            if "confusion_matrix" in _kml(c)
+            if _kml(c).get("confusion_matrix") is not None
         ]
         if not mats or any(m.shape != mats[0].shape for m in mats):
             continue
