@@ -108,6 +108,8 @@ def test_page_states_accel_kernel_and_manifest(built: tuple[Path, Path]) -> None
     assert "<tr class=bad><td>randread-host-file-bfq-" in page  # the failed cell stands out
     assert "16 ok" in page and "1 boot-failure" in page
     assert "Mann-Whitney" in page
+    # the total latency beside the completion latency
+    assert "<th>total mean µs</th><th>total p99 µs</th>" in page
 
 
 def test_fioplot_draws_from_our_layout(built: tuple[Path, Path]) -> None:

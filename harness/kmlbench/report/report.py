@@ -99,6 +99,9 @@ def _cell_table(data: Any) -> str:
         ("clat_p99_us", "p99 µs"),
         ("clat_p999_us", "p99.9 µs"),
     ]
+    if any(c.metrics.get("lat_mean_us") is not None for c in data.cells):
+        # total latency, from submission: the one that compares schedulers
+        metrics += [("lat_mean_us", "total mean µs"), ("lat_p99_us", "total p99 µs")]
     if any(c.metrics.get("deadline_miss_frac") is not None for c in data.cells):
         metrics.append(("deadline_miss_frac", "missed deadlines"))
     model = any(c.metrics.get("accuracy") is not None for c in data.cells)
