@@ -304,3 +304,18 @@ def test_total_latency_metrics_read_the_total_latency_histogram() -> None:
     assert stats.per_sample(stats.metric("lat_mean"), [old])[0] == 1234.0
     assert not stats.available(stats.metric("lat_p99"), [old])
     assert not stats.available(stats.metric("lat_p99"), [both, old])
+
+
+def test_a_side_without_histograms_makes_both_use_the_repeats_values() -> None:
+    """Cells recorded before fio kept the total latency's histogram have its
+    per-repeat values only: against cells with histograms, both sides are
+    estimated from their repeats' values, never one pooled and one averaged."""
+    lat = stats.histogram_from_samples([3_000_000.0] * 99 + [9_000_000.0])
+    new = [stats.Sample(None, {"lat_p99_us": 9000.0 + i}, lat) for i in range(4)]
+    old = [stats.Sample(None, {"lat_p99_us": 4000.0 + i}) for i in range(4)]
+    (c,) = stats.compare_groups(old, new, ["lat_p99"], n_boot=200)
+    assert "repeats' own values" in c.note
+    assert c.a == pytest.approx(4001.5) and c.b == pytest.approx(9001.5)
+    # a side with histograms and no values cannot be matched: left out
+    bare = [stats.Sample(None, {}, lat) for _ in range(4)]
+    assert stats.compare_groups(old, bare, ["lat_p99"], n_boot=200) == []

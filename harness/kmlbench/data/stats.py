@@ -303,6 +303,13 @@ def per_sample(m: MetricDef, samples: Sequence[Sample]) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
+def _without_histogram(m: MetricDef, samples: Sequence[Sample]) -> list[Sample]:
+    """``samples`` with the histogram ``m`` reads dropped (its scalar stays)."""
+    if m.total:
+        return [Sample(s.histogram, s.values, None) for s in samples]
+    return [Sample(None, s.values, s.lat_histogram) for s in samples]
+
+
 def _uses_histograms(m: MetricDef, samples: Sequence[Sample]) -> bool:
     return (m.percentile is not None or m.latency_mean) and all(
         s.hist(m) is not None for s in samples
@@ -433,12 +440,20 @@ def compare_metric(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> Comparison:
-    """Compare one metric between two groups of repeats (A is the baseline)."""
+    """Compare one metric between two groups of repeats (A is the baseline).
+
+    Both sides are estimated the same way: when one has the metric's
+    histograms and the other has not (cells recorded before fio kept the
+    total latency's), both use the repeats' own values, and the note says so.
+    """
     m = metric(name)
+    note = ""
+    if _uses_histograms(m, a) != _uses_histograms(m, b):
+        a, b = _without_histogram(m, a), _without_histogram(m, b)
+        note = "one side has no histograms: both estimated from the repeats' own values"
     est_a, est_b = group_estimate(m, a), group_estimate(m, b)
     change = est_b / est_a - 1 if est_a else math.nan
     lo = hi = math.nan
-    note = ""
     if len(a) >= 2 and len(b) >= 2:
         rng = np.random.default_rng(seed)
         ba = _Resampler(m, a).draw(rng, n_boot)
@@ -449,14 +464,15 @@ def compare_metric(
         if len(ratios):
             lo, hi = (float(x) for x in np.quantile(ratios, [alpha / 2, 1 - alpha / 2]))
     else:
-        note = "needs at least 2 repeats per side for an interval"
+        note = "; ".join(filter(None, [note, "needs at least 2 repeats per side for an interval"]))
     p = mann_whitney(per_sample(m, a), per_sample(m, b))
     underpowered = min_attainable_p(len(a), len(b)) >= alpha
-    if underpowered and not note:
-        note = (
+    if underpowered and "at least 2 repeats" not in note:
+        weak = (
             f"{len(a)} vs {len(b)} repeats: the U test cannot reach p < {alpha:g}"
             f" (smallest p = {min_attainable_p(len(a), len(b)):.3g})"
         )
+        note = "; ".join(filter(None, [note, weak]))
     excludes_zero = not math.isnan(lo) and (lo > 0 or hi < 0)
     significant = bool(excludes_zero and p < alpha)
     return Comparison(
@@ -492,8 +508,13 @@ def compare_groups(
     out = []
     for name in metrics:
         m = metric(name)
-        if available(m, a) and available(m, b):
-            out.append(compare_metric(name, a, b, alpha=alpha, n_boot=n_boot, seed=seed))
+        if not (available(m, a) and available(m, b)):
+            continue
+        if _uses_histograms(m, a) != _uses_histograms(m, b) and not (
+            available(m, _without_histogram(m, a)) and available(m, _without_histogram(m, b))
+        ):
+            continue  # one side's histograms, the other's values: nothing alike to compare
+        out.append(compare_metric(name, a, b, alpha=alpha, n_boot=n_boot, seed=seed))
     return out
 
 

@@ -5,9 +5,10 @@ an index over them, so it can always be rebuilt with ``kmlbench import``.
 It holds what reports, figures and comparisons need without re-reading
 thousands of JSON files: runs (with their manifest), cells, their
 parameters flattened to ``axis.key = value`` rows (so cells can be
-filtered in SQL), their metrics, fio's completion-latency histograms per
-cell and direction (so percentiles of merged repeats are recomputed
-exactly instead of averaged) and KML's statistics (``kml_stats``).
+filtered in SQL), their metrics, fio's completion- and total-latency
+histograms per cell and direction (so percentiles of merged repeats are
+recomputed exactly instead of averaged) and KML's statistics
+(``kml_stats``).
 ``docs/reporting.md`` describes the schema. One job per module:
 
 | module | one job |

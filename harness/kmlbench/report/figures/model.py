@@ -71,12 +71,13 @@ def accuracy(data: RunData) -> list[Drawn]:
         entry: dict[str, Any] = {"label": p.label}
         for key in ("accuracy", "balanced_accuracy", "majority_baseline"):
             # a cell with no prediction (no model, or none scored) records None
-            vals = [float(v) for c in cells if (v := _kml(c).get(key)) is not None]
+            scored = [c for c in cells if _kml(c).get(key) is not None]
+            vals = [float(_kml(c)[key]) for c in scored]
             if not vals:
                 continue
             mean = float(np.mean(vals))
             if len(vals) == 1:
-                n = int(_kml(cells[0]).get("n_predictions", 0) or 0)
+                n = int(_kml(scored[0]).get("n_predictions", 0) or 0)
                 ci = stats.wilson_interval(mean * n, n) if n else (math.nan, math.nan)
             else:
                 ci = stats.mean_ci(vals)
