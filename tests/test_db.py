@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from kmlbench import cli
-from kmlbench.data import db, stats
+from kmlbench.data import db, histogram, stats
 from kmlbench.plan.cells import Cell, cell_id
 from kmlbench.report import sample
 from kmlbench.run.results import RunDir
@@ -128,7 +128,7 @@ def test_every_cell_with_metrics_histograms_and_kml_stats(run_dir: Path, ingeste
         expected_dirs = {"read", "write"} if "randrw" in cell.cell_id else {"read"}
         assert set(cell.histograms) == expected_dirs
         # the stored histograms give back fio.py's percentiles exactly
-        merged = stats.merge_histograms(cell.histograms.values())
+        merged = histogram.merge_histograms(cell.histograms.values())
         for name, pct in (("p50", 50), ("p99", 99), ("p999", 99.9)):
             assert merged.percentile(pct) / 1000 == pytest.approx(
                 record["metrics"][f"clat_{name}_us"]
@@ -136,7 +136,7 @@ def test_every_cell_with_metrics_histograms_and_kml_stats(run_dir: Path, ingeste
         assert merged.mean() / 1000 == pytest.approx(record["metrics"]["clat_mean_us"])
         # and the total latency's, kept apart (every job asks fio for them)
         assert set(cell.lat_histograms) == expected_dirs
-        total = stats.merge_histograms(cell.lat_histograms.values())
+        total = histogram.merge_histograms(cell.lat_histograms.values())
         assert total.total == merged.total
         for name, pct in (("p50", 50), ("p99", 99), ("p999", 99.9)):
             assert total.percentile(pct) / 1000 == pytest.approx(

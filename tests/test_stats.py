@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmlbench.data import fio, stats
+from kmlbench.data import fio, histogram, stats
 
 # --------------------------------------------------------------------------
 # Real fio: json+ histograms vs the raw per-I/O completion latencies.
@@ -79,9 +79,9 @@ def test_fio_bucket_function_matches_real_bins(fio_repeats) -> None:
         hist = _hist(report)
         assert hist.total == len(raw) == report["jobs"][0]["read"]["clat_ns"]["N"]
         # every bucket fio reported is a fixed point of our bucket function...
-        assert all(stats.fio_bucket_value(int(v)) == int(v) for v in hist.values)
+        assert all(histogram.fio_bucket_value(int(v)) == int(v) for v in hist.values)
         # ...and bucketing the raw log reproduces fio's histogram exactly
-        again = stats.histogram_from_samples(raw)
+        again = histogram.histogram_from_samples(raw)
         assert again.values.tolist() == hist.values.tolist()
         assert again.counts.tolist() == hist.counts.tolist()
 
@@ -95,7 +95,7 @@ def test_merged_histogram_percentiles_equal_pooled_raw_percentiles(fio_repeats) 
         from_raw = _fio_rank_percentile(pooled, pct)
         # the same sample, seen through fio's bucket: error below 1/64 of the value
         assert abs(from_hist - from_raw) <= from_raw / 64 + 1, (pct, from_hist, from_raw)
-        assert from_hist == stats.fio_bucket_value(from_raw)
+        assert from_hist == histogram.fio_bucket_value(from_raw)
     # the exact pooled mean is kept
     assert merged.mean() == pytest.approx(pooled.mean(), rel=1e-6)
     # and it agrees with kmlbench.data.fio's own percentile rule
@@ -115,7 +115,7 @@ def _group(rng: np.random.Generator, n: int, scale: float = 1.0, iops: float = 1
         lat = rng.lognormal(math.log(50_000 * scale), 0.4, size=3000)
         out.append(
             stats.Sample(
-                stats.histogram_from_samples(lat),
+                histogram.histogram_from_samples(lat),
                 {"iops": float(rng.normal(iops, iops * 0.01)), "bw_kib_s": 4 * iops},
             )
         )
@@ -238,7 +238,7 @@ def test_cell_metric_names_are_aliases() -> None:
 
 def _exact(n: int, iops: float, lat_ns: float = 40_000.0) -> list[stats.Sample]:
     """``n`` repeats that are identical to the last digit (a deterministic guest)."""
-    hist = stats.histogram_from_samples(np.full(2000, lat_ns))
+    hist = histogram.histogram_from_samples(np.full(2000, lat_ns))
     return [stats.Sample(hist, {"iops": iops, "kernel_insn_per_io": 15_800.0}) for _ in range(n)]
 
 
@@ -290,8 +290,8 @@ def test_total_latency_metrics_read_the_total_latency_histogram() -> None:
     """lat_* from the total-latency histogram, the others from clat's; a
     sample without the former falls back to its scalar, and without either
     the metric is not available (never read from the wrong histogram)."""
-    clat = stats.histogram_from_samples([1_000_000.0] * 99 + [2_000_000.0])
-    lat = stats.histogram_from_samples([3_000_000.0] * 99 + [9_000_000.0])
+    clat = histogram.histogram_from_samples([1_000_000.0] * 99 + [2_000_000.0])
+    lat = histogram.histogram_from_samples([3_000_000.0] * 99 + [9_000_000.0])
     both = stats.Sample(clat, {}, lat)
     assert stats.per_sample(stats.metric("p50"), [both])[0] == pytest.approx(1000, rel=0.02)
     assert stats.per_sample(stats.metric("lat_p50"), [both])[0] == pytest.approx(3000, rel=0.02)
@@ -310,7 +310,7 @@ def test_a_side_without_histograms_makes_both_use_the_repeats_values() -> None:
     """Cells recorded before fio kept the total latency's histogram have its
     per-repeat values only: against cells with histograms, both sides are
     estimated from their repeats' values, never one pooled and one averaged."""
-    lat = stats.histogram_from_samples([3_000_000.0] * 99 + [9_000_000.0])
+    lat = histogram.histogram_from_samples([3_000_000.0] * 99 + [9_000_000.0])
     new = [stats.Sample(None, {"lat_p99_us": 9000.0 + i}, lat) for i in range(4)]
     old = [stats.Sample(None, {"lat_p99_us": 4000.0 + i}) for i in range(4)]
     (c,) = stats.compare_groups(old, new, ["lat_p99"], n_boot=200)

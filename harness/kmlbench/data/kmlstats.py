@@ -391,7 +391,7 @@ def kml_stats_record(
     the raw counters stay under ``counters`` so that they do not all become
     comparable metrics. The inference histogram is stored as fio-style
     bins keyed by each bucket's midpoint, which is what
-    ``stats.Histogram`` merges across cells. ``trainer`` (the user
+    ``histogram.Histogram`` merges across cells. ``trainer`` (the user
     trainer's summary) is kept under ``trainer``.
     """
     m = metrics(stats)

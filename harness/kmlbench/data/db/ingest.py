@@ -18,7 +18,7 @@ from typing import Any
 from kmlbench import paths
 from kmlbench.data.db.schema import TOTAL_PREFIX, connect, flatten_params, transaction
 from kmlbench.data.fio import parse_fio_output
-from kmlbench.data.stats import Histogram, merge_histograms
+from kmlbench.data.histogram import Histogram, merge_histograms
 from kmlbench.plan.cells import config_hash
 from kmlbench.plan.fio_job import FioError
 

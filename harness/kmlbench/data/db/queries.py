@@ -11,7 +11,7 @@ from typing import Any
 
 from kmlbench.clock import clock_of
 from kmlbench.data.db.schema import TOTAL_PREFIX, flatten_params
-from kmlbench.data.stats import Histogram
+from kmlbench.data.histogram import Histogram
 
 # Reading.
 

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from kmlbench.data import stats
+from kmlbench.data import histogram, stats
 from kmlbench.report.figures.bars import bar_positions, estimate, series_bars
 from kmlbench.report.figures.grouping import Key, RunData, Series
 from kmlbench.report.figures.registry import Drawn, figure
@@ -45,7 +45,7 @@ def latency_cdf(data: RunData) -> list[Drawn]:
             continue
         fig, (ax, tail) = plt.subplots(1, 2, figsize=(DOUBLE_COLUMN_IN, 2.4))
         for s in series:
-            merged = stats.merge_histograms(h for c in s.cells for h in c.histograms.values())
+            merged = histogram.merge_histograms(h for c in s.cells for h in c.histograms.values())
             x, y = merged.cdf()
             x_us = x / 1000.0
             style = series_style(data, s)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from kmlbench.data import db as kdb
-from kmlbench.data import kmlstats, stats
+from kmlbench.data import histogram, kmlstats, stats
 from kmlbench.report.figures.bars import bar_positions, ci_err
 from kmlbench.report.figures.grouping import Panel, RunData, model_state
 from kmlbench.report.figures.registry import Drawn, figure
@@ -264,12 +264,12 @@ def learning_curve(data: RunData) -> list[Drawn]:
     return out
 
 
-def _inference_hist(kml: dict[str, Any]) -> stats.Histogram | None:
+def _inference_hist(kml: dict[str, Any]) -> histogram.Histogram | None:
     inf = kml.get("inference_ns")
     if isinstance(inf, dict) and isinstance(inf.get("bins"), dict):
-        return stats.Histogram.from_bins(inf["bins"])
+        return histogram.Histogram.from_bins(inf["bins"])
     if isinstance(inf, list) and inf:
-        return stats.histogram_from_samples(inf)
+        return histogram.histogram_from_samples(inf)
     return None
 
 
@@ -283,7 +283,7 @@ def inference_time(data: RunData) -> list[Drawn]:
     for p, cells in kml_panels(data):
         hs = [h for c in cells if (h := _inference_hist(_kml(c))) is not None]
         if hs:
-            per_panel.append((p, stats.merge_histograms(hs)))
+            per_panel.append((p, histogram.merge_histograms(hs)))
     if not per_panel:
         return []
     plt = setup_matplotlib()
