@@ -117,7 +117,7 @@ def _did_io(d: Mapping[str, Any]) -> bool:
 def _latency(parts: list[tuple[str, Mapping[str, Any]]], kind: str = "clat") -> dict[str, float]:
     """``kind`` latency's mean (sample-weighted) and histogram percentiles in
     microseconds: ``clat`` (completion: from io_submit's return) or ``lat``
-    (total: from the submission, io_submit's wait for a tag included). A
+    (total: from the submission, the time io_submit blocked included). A
     report without ``lat_ns`` bins (fio run without ``lat_percentiles``, as
     before kmlbench asked for them) gives ``lat``'s mean alone."""
     samples = 0
@@ -160,9 +160,9 @@ def metrics_from_fio(data: Mapping[str, Any]) -> dict[str, float]:
     Keys: ``iops``, ``bw_kib_s``, ``clat_mean_us``, ``clat_p50_us``,
     ``clat_p99_us``, ``clat_p999_us``, and the same for ``lat`` (total
     latency; its percentiles only where fio kept its histogram). Compare
-    schedulers by ``lat``: ``clat`` leaves out the time io_submit blocked
-    waiting for a tag, which is where a scheduler with a short queue keeps
-    its requests. IOPS and bandwidth add up across
+    schedulers by ``lat``: ``clat`` leaves out the time io_submit blocked,
+    which differs from scheduler to scheduler (docs/results.md, "Which
+    latency"). IOPS and bandwidth add up across
     jobs (with ``group_reporting`` fio already summed each group).
     A job that reports an error raises :class:`FioError`.
     """

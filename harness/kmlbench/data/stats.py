@@ -168,7 +168,7 @@ class Sample:
         for k, v in (cell.kml_stats or {}).items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 values[f"kml.{k}"] = float(v)
-        return cls(pick(cell.histograms), values, pick(getattr(cell, "lat_histograms", {})))
+        return cls(pick(cell.histograms), values, pick(cell.lat_histograms))
 
     def hist(self, m: MetricDef) -> Histogram | None:
         """The histogram ``m`` reads: the total latency's for a ``total`` metric."""
