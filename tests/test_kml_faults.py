@@ -470,9 +470,11 @@ def test_trainer_killed_mid_run_releases_the_ring(g: Guest) -> None:
     time.sleep(0.5)
     stop_pid(g, pid, "KILL")
     assert not alive_pid(g, pid)
-    # I/O goes on without it
+    # I/O goes on without it (a foreground round: the background fio may
+    # be over by now on a slow host)
     mid = stats(g)
-    assert delta(mid, wait_stat(g, mid, "samples"), "samples") > 0
+    assert_fio_ok(fio_quick(g, 256), 128)
+    assert delta(mid, stats(g), "samples") > 0
     # its claim died with it: a new consumer maps the ring while fio runs
     after_kill = trace_ok(g, 0.5)
     assert after_kill.exit_status == 0, after_kill.stdout + after_kill.stderr
@@ -608,8 +610,8 @@ def test_unload_under_io_stops_predictions(g: Guest) -> None:
     gone = stats(g)
     assert gone.get("model_loaded") == 0
     assert delta(running, gone, "model_generation") == 1
-    wait_stat(g, gone, "samples")
-    time.sleep(0.5)
+    # a foreground round: the background fio may be over by now on a slow host
+    assert_fio_ok(fio_quick(g, 256), 128)
     later = stats(g)
     assert delta(gone, later, "samples") > 0  # the scheduler still runs (stock order)
     assert delta(gone, later, "inferences") == 0
