@@ -13,6 +13,26 @@ from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.qemu import Guest
 from kmlbench.guest.ssh import SSHKeys
 
+# The rotational disk (kernel/patches/0003) with one tag: the scheduler's
+# order is the order the head moves in.
+ROTATIONAL: dict[str, Any] = {
+    "type": "null_blk",
+    "irqmode": "timer",
+    "service": "rotational",
+    "hw_queue_depth": 1,
+    "submit_queues": 1,
+    "size_mib": 1024,
+}
+# device_guest()'s other fields for a guest on the virtual clock: one vCPU
+# (kmlbench.clock.VIRTUAL_CPUS_REASON) and the slower boot of a TCG guest
+# counting instructions.
+VIRTUAL: dict[str, Any] = {
+    "cpus": 1,
+    "clock": "virtual",
+    "boot_timeout_s": 300,
+    "silence_timeout_s": 300,
+}
+
 
 @contextlib.contextmanager
 def device_guest(

@@ -34,21 +34,14 @@ from pathlib import Path
 
 import pytest
 
-from device_guest import device_guest
+from device_guest import ROTATIONAL, VIRTUAL, device_guest
 from kmlbench.build.kernel import KernelBuild
 from kmlbench.cell import guest_paths
 from kmlbench.guest.qemu import Guest
 
 pytestmark = pytest.mark.kernel
 
-DEVICE = {
-    "type": "null_blk",
-    "irqmode": "timer",
-    "service": "rotational",
-    "hw_queue_depth": 1,
-    "submit_queues": 1,
-    "size_mib": 1024,
-}
+DEVICE = ROTATIONAL
 # Expiries far beyond a batch's time on this disk (a batch of 32 random
 # requests takes up to a second), so that no order depends on time; stock
 # fifo_batch and writes_starved; enough scheduler requests for a batch.
@@ -87,10 +80,7 @@ def _booted(build: KernelBuild, work: Path, base_image: Path) -> Iterator[Guest]
         DEVICE,
         SCHEDULER,
         memory_mib=512,
-        cpus=1,
-        clock="virtual",
-        boot_timeout_s=300,
-        silence_timeout_s=300,
+        **VIRTUAL,
     ) as (guest, dev):
         assert dev == DEV
         yield guest

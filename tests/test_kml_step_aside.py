@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_guest import device_guest
+from device_guest import VIRTUAL, device_guest
 from kmlbench.build.kernel import KernelBuild
 from kmlbench.data import kmlstats
 from kmlbench.guest.qemu import Guest
@@ -79,10 +79,7 @@ def kg(
         DEVICE,
         SCHEDULER,
         memory_mib=512,
-        cpus=1,
-        clock="virtual",
-        boot_timeout_s=300,
-        silence_timeout_s=300,
+        **VIRTUAL,
     ) as (guest, dev):
         assert dev == DEV
         guest.put(BAD_MODEL, always_miss_model())

@@ -23,19 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from device_guest import device_guest
+from device_guest import ROTATIONAL, VIRTUAL, device_guest
 from kmlbench.guest.qemu import Guest
 
 pytestmark = pytest.mark.kernel
 
-ROTATIONAL = {
-    "type": "null_blk",
-    "irqmode": "timer",
-    "service": "rotational",
-    "hw_queue_depth": 1,
-    "submit_queues": 1,
-    "size_mib": 1024,
-}
 Q = "/sys/block/nullb0/queue"
 # 30% writes at iodepth 16: about five writes in flight, more than the four
 # tags the stale async_depth left them
@@ -60,10 +52,7 @@ def guest(
         ROTATIONAL,
         scheduler,
         memory_mib=512,
-        cpus=1,
-        clock="virtual",
-        boot_timeout_s=300,
-        silence_timeout_s=300,
+        **VIRTUAL,
     ) as (g, dev):
         assert dev == "/dev/nullb0"
         yield g
