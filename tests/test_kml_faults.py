@@ -475,7 +475,7 @@ def test_trainer_killed_mid_run_releases_the_ring(g: Guest) -> None:
     mid = stats(g)
     assert_fio_ok(fio_quick(g, 256), 128)
     assert delta(mid, stats(g), "samples") > 0
-    # its claim died with it: a new consumer maps the ring while fio runs
+    # its claim died with it: a new consumer maps the ring
     after_kill = trace_ok(g, 0.5)
     assert after_kill.exit_status == 0, after_kill.stdout + after_kill.stderr
     info = sh(g, f"{KMLCTL} info").stdout

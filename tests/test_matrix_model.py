@@ -182,8 +182,9 @@ def test_nr_requests_is_a_queue_setting_recorded_only_when_given(tmp_path: Path)
         "/queue/scheduler"
     )
     assert "iosched/nr_requests" not in script
-    with pytest.raises(MatrixError, match=r"must be in 4\.\.8192"):
-        load(tmp_path, HEAD.replace("{name: none}", "{name: none, nr_requests: 1}"))
+    for bad in (1, 4096):  # below BLKDEV_MIN_RQ, above MAX_SCHED_RQ
+        with pytest.raises(MatrixError, match=r"must be in 4\.\.2048"):
+            load(tmp_path, HEAD.replace("{name: none}", f"{{name: none, nr_requests: {bad}}}"))
 
 
 def test_policy_is_recorded_where_it_steers(tmp_path: Path) -> None:

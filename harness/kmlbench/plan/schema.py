@@ -206,8 +206,9 @@ SCHEDULERS: dict[str, dict[str, Field]] = {
 QUEUE_FIELDS: dict[str, Field] = {
     # requests the scheduler may hold; the kernel's default is twice the
     # hardware queue depth (at most 128), too few to queue past a deadline
-    # on a slow device with a shallow hardware queue
-    "nr_requests": Field("int", UNSET, _between(4, 8192)),
+    # on a slow device with a shallow hardware queue; at most the kernel's
+    # MAX_SCHED_RQ (16 x 128), which refuses more under any scheduler
+    "nr_requests": Field("int", UNSET, _between(4, 2048)),
 }
 for _fields in SCHEDULERS.values():
     _fields.update(QUEUE_FIELDS)
