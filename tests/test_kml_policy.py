@@ -8,7 +8,7 @@ policy ``cost`` and no model. On a disk whose every read waits past its
 100 ms deadline, stock mq-deadline starts each batch at the oldest request
 and so seeks across the disk; cost goes to the request whose learned
 service time, less its age credit, is least, which must give more I/O per
-second. The learned table itself must look like a disk: service times
+second and a much shorter tail. The learned table itself must look like a disk: service times
 between one transfer and a few revolutions, and longer for long seeks than
 for short ones. The kernel's refusal of a policy or shift it does not
 know, and switching policies under I/O, are in ``tests/test_kml_faults.py``.
@@ -62,11 +62,14 @@ def cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]
 
 def test_cost_beats_stock_order_on_a_disk(cells: dict[str, dict[str, Any]]) -> None:
     off, cost = cells["off"]["metrics"], cells["cost"]["metrics"]
-    # measured: +13% over 8 s (docs/benchmarks.md, "A policy that uses
-    # the device"); the table is learned
-    # within the first second, so a 6 s run keeps most of it
-    assert cost["iops"] > 1.08 * off["iops"], (off["iops"], cost["iops"])
-    assert cost["clat_mean_us"] < 0.95 * off["clat_mean_us"]
+    # measured over 8 s, 6 boots a side (docs/benchmarks.md, "mq-deadline's
+    # writes were throttled"): IOPS +2.1% to +8.4%, boot against boot, and
+    # total p99 at most 0.67 of stock's. The table is learned within the
+    # first second, so a 6 s run keeps most of it. (Before kernel/patches/
+    # 0004, which let stock's writes into the scheduler, IOPS were +13%.)
+    assert cost["iops"] > off["iops"], (off["iops"], cost["iops"])
+    assert cost["clat_mean_us"] < off["clat_mean_us"], (off, cost)
+    assert cost["lat_p99_us"] < 0.8 * off["lat_p99_us"], (off["lat_p99_us"], cost["lat_p99_us"])
     stats = cells["cost"]["kml_stats"]
     assert stats["settings"]["policy"] == "cost"
     assert stats["counters"]["cost_age_shift"] == 6  # the matrix's default
