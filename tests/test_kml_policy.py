@@ -10,8 +10,9 @@ and so seeks across the disk; cost goes to the request whose learned
 service time, less its age credit, is least, which must give more I/O per
 second and a much shorter tail. The learned table itself must look like a
 disk: service times between one transfer and a few revolutions, and longer
-for long seeks than for short ones. The kernel's refusal of a policy or shift it does not
-know, and switching policies under I/O, are in ``tests/test_kml_faults.py``.
+for long seeks than for short ones. The kernel's refusal of a policy or
+shift it does not know, and switching policies under I/O, are in
+``tests/test_kml_faults.py``.
 """
 
 from __future__ import annotations

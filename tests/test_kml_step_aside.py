@@ -18,9 +18,9 @@ under the virtual clock. Against the host's clock, CI once ran the round
 after the bar was lowered without judging a window that beat it: the
 model stayed aside, and pytest cut the counters that would have said why
 from its log (it no longer does: ``verbosity_assertions`` in
-pyproject.toml, with pytest 9.2 or later). Counted in instructions, that test's two rounds missed
-46-49% of their requests and judged 15 or 16 windows, in each of three
-runs.
+pyproject.toml, with pytest 9.2 or later). Counted in instructions, that
+test's two rounds missed 46-49% of their requests and judged 15 or 16
+windows, in each of three runs.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import pytest
 
 from device_guest import ROTATIONAL, VIRTUAL, device_guest
 from kmlbench.guest.qemu import Guest
+from test_kml_faults import sh
 
 pytestmark = pytest.mark.kernel
 
@@ -59,23 +60,21 @@ def guest(
 
 
 def read(guest: Guest, path: str) -> int:
-    result = guest.run(f"cat {path}", timeout=30)
-    assert result.exit_status == 0, result.stderr
-    return int(result.stdout)
+    return int(sh(guest, f"cat {path}").stdout)
 
 
 def test_async_depth_follows_nr_requests(guest: Guest) -> None:
     assert read(guest, f"{Q}/nr_requests") == 64
     assert read(guest, f"{Q}/iosched/async_depth") == 64
     for depth in (16, 64):
-        assert guest.run(f"echo {depth} > {Q}/nr_requests", timeout=30).exit_status == 0
+        sh(guest, f"echo {depth} > {Q}/nr_requests")
         assert read(guest, f"{Q}/iosched/async_depth") == depth
 
 
 def test_a_refused_depth_changes_nothing(guest: Guest) -> None:
     """Over the scheduler's limit (MAX_SCHED_RQ, 2048): refused, and a
     throttle set by hand stays."""
-    assert guest.run(f"echo 8 > {Q}/iosched/async_depth", timeout=30).exit_status == 0
+    sh(guest, f"echo 8 > {Q}/iosched/async_depth")
     try:
         assert guest.run(f"echo 9000 > {Q}/nr_requests", timeout=30).exit_status != 0
         assert read(guest, f"{Q}/nr_requests") == 64
@@ -86,8 +85,7 @@ def test_a_refused_depth_changes_nothing(guest: Guest) -> None:
 
 def test_writes_do_not_wait_in_io_submit(guest: Guest) -> None:
     assert read(guest, f"{Q}/nr_requests") == read(guest, f"{Q}/iosched/async_depth") == 64
-    result = guest.run(FIO, timeout=600)
-    assert result.exit_status == 0, result.stderr
+    result = sh(guest, FIO, timeout=600)
     job = json.loads(result.stdout[result.stdout.index("{") :])["jobs"][0]
     slat_us = {d: job[d]["slat_ns"]["mean"] / 1000 for d in ("read", "write")}
     assert job["write"]["total_ios"] >= 50, job["write"]
