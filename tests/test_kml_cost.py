@@ -48,8 +48,8 @@ axes:
     - {{template: randread, bs: 4k, iodepth: 16, runtime_s: 1, ramp_s: 0, size_mib: 128}}
   model:
     - {{mode: off}}
-    - {{mode: [observe, active], model_file: {model}, decision_permille: 426}}
-    - {{mode: observe, model_file: {model}, decision_permille: 426, observe_every: {every}}}
+    - {{mode: [observe, active], model_file: {model}, decision_permille: {permille}}}
+    - {{mode: observe, model_file: {model}, decision_permille: {permille}, observe_every: {every}}}
 """
 MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 
@@ -76,7 +76,9 @@ KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("kml-cost")
-    matrix = MATRIX.format(model=MODEL, every=EVERY)
+    # the threshold the model's training calibrated (kmlbench train writes it)
+    permille = json.loads(MODEL.with_name(MODEL.name + ".train.json").read_text())
+    matrix = MATRIX.format(model=MODEL, every=EVERY, permille=permille["decision_permille"])
     return run_matrix(tmp, "kml-cost", matrix, timeout=20 * 60)
 
 
