@@ -77,8 +77,8 @@ KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("kml-cost")
     # the threshold the model's training calibrated (kmlbench train writes it)
-    permille = json.loads(MODEL.with_name(MODEL.name + ".train.json").read_text())
-    matrix = MATRIX.format(model=MODEL, every=EVERY, permille=permille["decision_permille"])
+    report = json.loads(MODEL.with_name(MODEL.name + ".train.json").read_text())
+    matrix = MATRIX.format(model=MODEL, every=EVERY, permille=report["decision_permille"])
     return run_matrix(tmp, "kml-cost", matrix, timeout=20 * 60)
 
 

@@ -2,22 +2,27 @@
 
 An analysis, not part of kmlbench (it needs scikit-learn, which the harness
 does not): it scores independent learners on the same traces and the same
-holdout as ``kmlbench train`` (each trace's last 20% in time), so that a
-kernel model's AUC can be read against what the information it is given
-allows.  The learners:
+holdout as ``kmlbench train`` (each trace sorted by insert time, its last
+20% held out), so that a kernel model's AUC can be read against what the
+information it is given allows.  The learners:
 
 * logistic regression and gradient-boosted trees on the 14 features the
   kernel computes (``docs/kml-iosched.md``, "Features and target");
 * the trees again with the queue a request joins, rebuilt from the trace
-  (every traced request's insert and dispatch times): how many requests
-  of its direction are queued between the head and it in sector order
-  (the sorted sweep reaches them first), how many above the head, how many
-  of each direction, how long the oldest has waited, and which side of the
-  head it lies on.  The kernel does not compute these: counting the sweep
-  means walking mq-deadline's sort tree;
-* the trees with only what is O(1) at insert: the side of the head and
-  the distance from it, forward with wrap-around, as a share of the
-  device (with uniform sectors, the share of the queue the sweep serves
+  (every traced request's insert and dispatch times): how many of its
+  direction are queued, of the other direction, how long the oldest of its
+  direction has waited, and where it lies against the sweep: whether it is
+  at or past the end of its direction's last dispatch (mq-deadline sweeps
+  each direction upward from there), how many of its direction lie
+  between that point and it, and how many lie past that point.  The
+  sweep is approximate: mq-deadline also restarts it at the oldest
+  request when one expires or the sort list ends, which depends on what
+  happens after the insert.  The kernel computes none of these sweep
+  counts: counting them means walking mq-deadline's sort tree;
+* the trees with only what is O(1) at insert: the side of its direction's
+  last dispatch end it lies on and the distance forward from there, with
+  wrap-around, as a share of the span the trace's sectors cover (with
+  uniform sectors, the share of its direction's queue the sweep reaches
   first), and that share times the queue.
 
 Usage (docs/benchmarks.md, "How predictable a miss is at insert")::
@@ -44,53 +49,54 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "harness"))
 from kmlbench.data.trace import NR_FEATURES, Q16, read_trace
+from kmlbench.kml.samples import split
 
-HOLDOUT = 0.2  # kmlbench train's default: each trace's last samples in time
+HOLDOUT = 0.2  # kmlbench train's default (--holdout)
 SECTOR = 512
 
 
 def queue_features(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per request, the queue it joined (exact) and its O(1) sweep position.
+    """Per request, the queue it joined (rebuilt) and its O(1) sweep position.
 
-    Rebuilt by replaying inserts and dispatches in time order; the head is
-    the sector after the last dispatched request, as the kernel's feature 6.
+    Rebuilt by replaying inserts and dispatches in time order.  Each
+    direction's sweep point is the end of its last dispatched request.  A
+    request dispatched at its insert (issue time 0) never joins the queue.
     """
     insert = rows["insert_ns"].astype(np.int64)
     issue = insert + rows["issue_ns"].astype(np.int64)
     sector = rows["sector"].astype(np.int64)
     end = sector + rows["bytes"].astype(np.int64) // SECTOR
     op = rows["op"].astype(np.int64)
-    capacity = float(end.max())
+    span = float(end.max())
     by_issue = np.argsort(issue, kind="stable")
-    exact = np.zeros((len(rows), 6))
+    exact = np.zeros((len(rows), 7))
     cheap = np.zeros((len(rows), 3))
-    queued: dict[int, None] = {}
-    head, next_issue = 0, 0
+    queued: set[int] = set()
+    head = {0: 0, 1: 0}
+    next_issue = 0
     for i in np.argsort(insert, kind="stable"):
         while next_issue < len(rows) and issue[by_issue[next_issue]] <= insert[i]:
             j = int(by_issue[next_issue])
-            queued.pop(j, None)
-            head = int(end[j])
+            queued.discard(j)
+            head[int(op[j])] = int(end[j])
             next_issue += 1
         same = [k for k in queued if op[k] == op[i]]
         secs = sector[same] if same else np.zeros(0, dtype=np.int64)
-        s = int(sector[i])
-        if s >= head:
-            ahead = int(np.count_nonzero((secs >= head) & (secs < s)))
-        else:
-            ahead = int(np.count_nonzero((secs >= head) | (secs < s)))
+        s, h = int(sector[i]), head[int(op[i])]
         oldest = int(insert[same].min()) if same else int(insert[i])
         exact[i] = [
-            ahead,
-            np.count_nonzero(secs >= head),
             len(same),
             len(queued) - len(same),
             (insert[i] - oldest) / 1e3,
-            s >= head,
+            s >= h,
+            np.count_nonzero((secs >= h) & (secs < s)),
+            np.count_nonzero(secs >= h),
+            np.count_nonzero(secs < s),
         ]
-        share = ((s - head) % capacity) / capacity
-        cheap[i] = [s >= head, share, share * len(same)]
-        queued[int(i)] = None
+        share = ((s - h) % span) / span
+        cheap[i] = [s >= h, share, share * len(same)]
+        if issue[i] > insert[i]:
+            queued.add(int(i))
     return exact, cheap
 
 
@@ -100,20 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sets: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
         "features": [],
-        "features + queue, exact": [],
+        "features + queue, rebuilt": [],
         "features + sweep position, O(1)": [],
     }
     labels: list[tuple[np.ndarray, np.ndarray]] = []
     for path in args.traces:
+        # in insert order, the last HOLDOUT held out: kmlbench train's split
         rows = read_trace(path)
+        rows = rows[np.argsort(rows["insert_ns"], kind="stable")]
         x = rows["features"][:, :NR_FEATURES].astype(float) / Q16
         exact, cheap = queue_features(rows)
         y = (rows["met"] == 0).astype(int)
-        cut = int(len(rows) * (1 - HOLDOUT))
+        cut = len(split(rows, HOLDOUT)[0])
         print(f"{path.name}: {len(rows)} requests, {y.mean():.1%} missed", flush=True)
         for name, data in (
             ("features", x),
-            ("features + queue, exact", np.hstack([x, exact])),
+            ("features + queue, rebuilt", np.hstack([x, exact])),
             ("features + sweep position, O(1)", np.hstack([x, cheap])),
         ):
             sets[name].append((data[:cut], data[cut:]))
