@@ -48,8 +48,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "harness"))
-from kmlbench.data.trace import NR_FEATURES, Q16, read_trace
-from kmlbench.kml.samples import split
+from kmlbench.data.trace import NR_FEATURES, TraceError
+from kmlbench.kml.samples import load_checked, split
+from kmlbench.kml.train import inputs
 
 HOLDOUT = 0.2  # kmlbench train's default (--holdout)
 SECTOR = 512
@@ -69,7 +70,7 @@ def queue_features(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     op = rows["op"].astype(np.int64)
     span = float(end.max())
     by_issue = np.argsort(issue, kind="stable")
-    exact = np.zeros((len(rows), 7))
+    rebuilt = np.zeros((len(rows), 7))
     cheap = np.zeros((len(rows), 3))
     queued: set[int] = set()
     head = {0: 0, 1: 0}
@@ -84,7 +85,7 @@ def queue_features(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         secs = sector[same] if same else np.zeros(0, dtype=np.int64)
         s, h = int(sector[i]), head[int(op[i])]
         oldest = int(insert[same].min()) if same else int(insert[i])
-        exact[i] = [
+        rebuilt[i] = [
             len(same),
             len(queued) - len(same),
             (insert[i] - oldest) / 1e3,
@@ -97,7 +98,7 @@ def queue_features(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cheap[i] = [s >= h, share, share * len(same)]
         if issue[i] > insert[i]:
             queued.add(int(i))
-    return exact, cheap
+    return rebuilt, cheap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,22 +111,30 @@ def main(argv: list[str] | None = None) -> int:
         "features + sweep position, O(1)": [],
     }
     labels: list[tuple[np.ndarray, np.ndarray]] = []
+    warnings: list[str] = []
     for path in args.traces:
-        # in insert order, the last HOLDOUT held out: kmlbench train's split
-        rows = read_trace(path)
+        # kmlbench train's checks and inputs; in insert order, the last
+        # HOLDOUT held out (its split)
+        try:
+            rows = load_checked(path, warnings)
+        except (OSError, TraceError) as exc:
+            print(f"ceiling: {exc}", file=sys.stderr)
+            return 2
         rows = rows[np.argsort(rows["insert_ns"], kind="stable")]
-        x = rows["features"][:, :NR_FEATURES].astype(float) / Q16
-        exact, cheap = queue_features(rows)
+        x = inputs(rows, NR_FEATURES)
+        rebuilt, cheap = queue_features(rows)
         y = (rows["met"] == 0).astype(int)
         cut = len(split(rows, HOLDOUT)[0])
         print(f"{path.name}: {len(rows)} requests, {y.mean():.1%} missed", flush=True)
         for name, data in (
             ("features", x),
-            ("features + queue, rebuilt", np.hstack([x, exact])),
+            ("features + queue, rebuilt", np.hstack([x, rebuilt])),
             ("features + sweep position, O(1)", np.hstack([x, cheap])),
         ):
             sets[name].append((data[:cut], data[cut:]))
         labels.append((y[:cut], y[cut:]))
+    for warning in warnings:
+        print(f"ceiling: {warning}", file=sys.stderr)
     y_train = np.concatenate([a for a, _ in labels])
     y_test = np.concatenate([b for _, b in labels])
     print(f"holdout: {len(y_test)} requests, {y_test.mean():.1%} missed; AUC:")
