@@ -23,6 +23,7 @@ from kmlbench.clock import VIRTUAL_CPUS_REASON
 from kmlbench.hashing import sha256_file
 from kmlbench.plan import fio_job
 from kmlbench.plan.cells import Cell, canonical_json, ordered_cells
+from kmlbench.plan.exclude import excluded, exclusions
 from kmlbench.plan.kernel import find_file, fragments, kernel_axis, kernel_source, portable
 from kmlbench.plan.schema import (
     ACTIVE_FIELDS,
@@ -31,7 +32,6 @@ from kmlbench.plan.schema import (
     DEVICE_TYPES,
     GUEST_FIELDS,
     HEAD_FIELDS,
-    KERNEL_VARIANT_FIELDS,
     MODEL_FIELDS,
     MODEL_FILE_FIELDS,
     MODEL_OFF,
@@ -267,54 +267,6 @@ def _workload_entries(
     return out
 
 
-def _exclusions(src: Source, value: Any) -> list[tuple[str, dict[tuple[str, str], list[Any]]]]:
-    """Each entry: (its key path, {(axis, field): allowed values})."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise src.error("exclude", "must be a list of {axis.field: value} mappings")
-    fields_by_axis: dict[str, dict[str, Field]] = {
-        "kernel": {"name": KERNEL_VARIANT_FIELDS["name"]},
-        "device": {"type": Field("str")},
-        "scheduler": {"name": Field("str")},
-        "workload": dict(WORKLOAD_FIELDS),
-        "model": dict(MODEL_FIELDS),
-    }
-    for schema in DEVICE_TYPES.values():
-        fields_by_axis["device"].update(schema)
-    for schema in SCHEDULERS.values():
-        fields_by_axis["scheduler"].update(schema)
-    out = []
-    for i, raw in enumerate(value):
-        ekey = f"exclude[{i}]"
-        entry = mapping(src, ekey, raw)
-        if not entry:
-            raise src.error(ekey, "empty exclusion would drop every cell")
-        rule: dict[tuple[str, str], list[Any]] = {}
-        for dotted, wanted in entry.items():
-            kkey = f"{ekey}.{dotted}"
-            axis, _, fname = dotted.partition(".")
-            if axis not in fields_by_axis or fname not in fields_by_axis[axis]:
-                raise src.error(
-                    kkey,
-                    f"unknown key {dotted!r}: use axis.field with axis one of "
-                    f"{', '.join(AXES)} and a field of that axis",
-                )
-            spec = fields_by_axis[axis][fname]
-            spec = Field(spec.kind, check=None)  # any well-typed value may be excluded
-            items = wanted if isinstance(wanted, list) else [wanted]
-            rule[(axis, fname)] = [typed(src, kkey, v, spec) for v in items]
-        out.append((ekey, rule))
-    return out
-
-
-def _excluded(params: dict[str, Any], rule: dict[tuple[str, str], list[Any]]) -> bool:
-    return all(
-        fname in params.get(axis, {}) and params[axis][fname] in allowed
-        for (axis, fname), allowed in rule.items()
-    )
-
-
 # --------------------------------------------------------------------------
 
 
@@ -398,7 +350,7 @@ def load_matrix(
     )
     workloads = _workload_entries(src, axes["workload"], "axes.workload", templates_dir)
     models = _model_entries(src, axes.get("model"), "axes.model", base_dir)
-    rules = _exclusions(src, top.get("exclude"))
+    rules = exclusions(src, top.get("exclude"))
 
     # Every workload must fit its device and its time budget.
     for workload, wkey, keypaths in workloads:
@@ -453,7 +405,7 @@ def load_matrix(
                 params["model"] = (
                     copy.deepcopy(model) if sched["name"] == MODEL_SCHEDULER else dict(MODEL_OFF)
                 )
-            hit = [rkey for rkey, rule in rules if _excluded(params, rule)]
+            hit = [rkey for rkey, rule in rules if excluded(params, rule)]
             if hit:
                 used_rules.update(hit)
                 continue
