@@ -51,6 +51,7 @@ from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.qemu import Guest, GuestError
 from kmlbench.guest.ssh import CommandResult, SSHKeys
 from kmlbench.kml.model import Model
+from kmlbench.plan.schema import GEOMETRY_PARAMS
 
 pytestmark = pytest.mark.kernel
 
@@ -573,6 +574,16 @@ for p in cost expire cost; do
     sleep 0.2
 done
 echo 6 > {P}/cost_age_shift
+# a disk's geometry told and taken back under I/O, and one that cannot be
+# (a track longer than a turn: treated as unknown)
+for geo in "14992504 72 1368" "0 72 1368" "100 1000 1368" "14992504 72 1368"; do
+    set -- $geo
+    echo $1 > {P}/cost_rev_ns
+    echo $2 > {P}/cost_track_sectors
+    echo $3 > {P}/cost_cyl_sectors
+    echo active > {Q}/iosched/kml_mode
+    sleep 0.2
+done
 for e in 2 1 3 1; do
     echo $e > {P}/observe_every
     echo observe > {Q}/iosched/kml_mode
@@ -595,7 +606,11 @@ done
         assert_fio_ok(fio_wait(g, "switch", 60), 100)
         assert_model_in_use(g)
     finally:
-        sh(g, f"echo expire > {P}/policy; echo 6 > {P}/cost_age_shift; echo 1 > {P}/observe_every")
+        sh(
+            g,
+            f"echo expire > {P}/policy; echo 6 > {P}/cost_age_shift; echo 1 > {P}/observe_every; "
+            + "; ".join(f"echo 0 > {P}/{p}" for p in GEOMETRY_PARAMS),
+        )
 
 
 def test_unload_under_io_stops_predictions(g: Guest) -> None:
@@ -660,6 +675,22 @@ INVALID_WRITES = [
     pytest.param(
         f"{P}/observe_every", "1", ["0", "1025", "4294967296", "-1", "all"], (ERANGE, EINVAL),
         id="observe_every",
+    ),
+    # a disk's geometry for policy cost: at most a second, 2^20 and 2^24 sectors
+    pytest.param(
+        f"{P}/cost_rev_ns", "0", ["1000000001", "-1", "8ms"], (ERANGE, EINVAL), id="cost_rev_ns",
+    ),
+    pytest.param(
+        f"{P}/cost_track_sectors", "0", ["1048577", "-1", "x"], (ERANGE, EINVAL),
+        id="cost_track_sectors",
+    ),
+    pytest.param(
+        f"{P}/cost_cyl_sectors", "0", ["16777217", "-1", ""], (ERANGE, EINVAL),
+        id="cost_cyl_sectors",
+    ),
+    pytest.param(
+        f"{P}/cost_credit_permille", "1000", ["8001", "-1", "1.5"], (ERANGE, EINVAL),
+        id="cost_credit_permille",
     ),
     pytest.param(STATS, None, ["clear", "reset now", "r" * 40], (EINVAL,), id="stats"),
 ]  # fmt: skip

@@ -11,6 +11,7 @@ from kmlbench import paths
 from kmlbench.cell import device
 from kmlbench.cell.model import kml_setup_script
 from kmlbench.plan.matrix import load_matrix
+from kmlbench.plan.schema import NULL_BLK_SERVICE_MODELS, disk_geometry
 from kmlbench.plan.source import MatrixError
 
 HEAD = """\
@@ -244,3 +245,97 @@ def test_observe_every_is_recorded_where_it_watches(tmp_path: Path) -> None:
     assert "setnum /sys/module/kml/parameters/observe_every 16" in part
     every = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
     assert "setnum /sys/module/kml/parameters/observe_every 1" in every
+
+
+ROTATIONAL = "{type: null_blk, irqmode: timer, service: rotational, hw_queue_depth: 1}"
+
+
+def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> None:
+    """``geometry: true`` tells policy cost the rotational model's own
+    revolution and track and cylinder sizes (schema.NULL_BLK_SERVICE_MODELS,
+    one place); without it neither it nor the credit is recorded, so policy
+    cost's cells from before the key keep their ids; every set-up writes
+    all four parameters, 0 for a geometry not told (they are global)."""
+    head = HEAD.replace("[{type: null_blk}]", f"[{ROTATIONAL}]")
+    m = load(
+        tmp_path,
+        head
+        + "  model:\n"
+        + "    - {mode: active, policy: cost, geometry: [false, true],"
+        + " cost_credit_permille: [1000, 500]}\n"
+        + "    - {mode: [observe, active], geometry: true}\n",
+    )
+    models = sorted(
+        (
+            (p.get("policy"), p.get("geometry"), p.get("cost_credit_permille"))
+            for c in m.cells
+            if (p := c.params["model"])["mode"] == "active"
+        ),
+        key=str,
+    )
+    # without a geometry the credit is not recorded (two entries reduce to
+    # one); under policy expire the geometry is not either
+    assert models == [
+        ("cost", None, None),
+        ("cost", True, 1000),
+        ("cost", True, 500),
+        (None, None, None),
+    ]
+    before = load(tmp_path, head + "  model: [{mode: active, policy: cost}]\n")
+    untold = load(tmp_path, head + "  model: [{mode: active, policy: cost, geometry: false}]\n")
+    assert {c.id for c in before.cells} == {c.id for c in untold.cells}
+
+    dev = device.BlockDevice("nullb0")
+    disk = {"type": "null_blk", "service": "rotational"}
+    told = kml_setup_script(
+        {"mode": "active", "policy": "cost", "geometry": True, "cost_credit_permille": 500},
+        dev,
+        trainer_seconds=1,
+        geometry=disk_geometry(disk),
+    )
+    rot = NULL_BLK_SERVICE_MODELS["rotational"]
+    for param, value in (
+        ("cost_rev_ns", rot["svc_rev_ns"]),
+        ("cost_track_sectors", rot["svc_track_sectors"]),
+        ("cost_cyl_sectors", rot["svc_cyl_sectors"]),
+        ("cost_credit_permille", 500),
+    ):
+        assert f"/sys/module/kml/parameters/{param} {value}\n" in told, param
+    untold_script = kml_setup_script({"mode": "active", "policy": "cost"}, dev, trainer_seconds=1)
+    for param in ("cost_rev_ns", "cost_track_sectors", "cost_cyl_sectors"):
+        assert f"/sys/module/kml/parameters/{param} 0\n" in untold_script, param
+    assert "/sys/module/kml/parameters/cost_credit_permille 1000\n" in untold_script
+    # only the rotational model has a geometry to tell
+    assert not any(disk_geometry({"type": "null_blk", "service": "flash"}).values())
+    assert not any(disk_geometry({"type": "virtio"}).values())
+
+
+def test_geometry_needs_a_disk(tmp_path: Path) -> None:
+    text = (
+        HEAD.replace(
+            "[{type: null_blk}]",
+            f"[{ROTATIONAL}, {{type: null_blk, irqmode: timer, service: flash}}]",
+        )
+        + "  model:\n"
+        + "    - {mode: off}\n"
+        + "    - {mode: active, policy: cost, geometry: true}\n"
+    )
+    with pytest.raises(MatrixError) as info:
+        load(tmp_path, text)
+    err = info.value
+    assert (err.line, err.key) == (8, "axes.model[1].geometry"), str(err)
+    assert "needs a device with service: rotational" in err.message
+    assert "axes.device[1]" in err.message
+    # excluded where there is none, it runs on the disk
+    m = load(
+        tmp_path,
+        text + "exclude: [{device.service: flash, model.geometry: true}]\n",
+    )
+    told = [c for c in m.cells if c.params["model"].get("geometry")]
+    assert [c.params["device"].get("service") for c in told] == ["rotational"]
+    for bad, message in (
+        ("cost_credit_permille: 8001", "0..8000"),
+        ('geometry: "on"', "must be true or false"),
+    ):
+        with pytest.raises(MatrixError, match=message):
+            load(tmp_path, HEAD + f"  model: [{{mode: active, policy: cost, {bad}}}]\n")

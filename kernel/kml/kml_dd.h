@@ -122,6 +122,31 @@ static inline u8 kml_dd_score_bucket(s32 r)
 #define KML_DD_COST_STARVE		8
 /* A service-time sample counts at most this many times its bucket's mean. */
 #define KML_DD_SVC_MAX_JUMP		8
+/*
+ * Policy cost with a disk's geometry (cost_rev_ns, cost_track_sectors,
+ * cost_cyl_sectors; 0 while unknown).  The candidates are the
+ * KML_DD_COST_GEOM_SPAN requests on either side of the head in sector
+ * order, per direction, not one: where a sector passes under the head
+ * matters as much as its seek, and it does not follow sector order across
+ * cylinders.  A revolution and a track are at most a second and 2^20
+ * sectors, a cylinder 2^24 sectors, so that no product overflows.  A
+ * seek's bounds (kml_iosched.c, kml_dd_geom_learn()) leak apart by a
+ * revolution >> KML_DD_SEEK_LEAK_SHIFT per sample.  The platter's phase
+ * moves an eighth of the way to each sample.
+ */
+#define KML_DD_COST_GEOM_SPAN		8
+#define KML_DD_GEOM_MAX_REV_NS		NSEC_PER_SEC
+#define KML_DD_GEOM_MAX_TRACK		(1U << 20)
+#define KML_DD_GEOM_MAX_CYL		(1U << 24)
+#define KML_DD_SEEK_LEAK_SHIFT		12
+/*
+ * Policy cost with a geometry: a request's credit at its deadline, in
+ * thousandths of a revolution (kml_iosched.c, kml_dd_due_credit()).  On the
+ * rotational model under 8 and 16 requests in flight a revolution traded
+ * the mean against the misses best (docs/benchmarks.md).
+ */
+#define KML_DD_COST_CREDIT_PERMILLE	1000
+#define KML_DD_COST_MAX_CREDIT_PERMILLE	8000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
  * Observe mode watching part of the time (module parameter observe_every N):
@@ -251,6 +276,11 @@ struct kml_dd_global {
 	unsigned int decision_permille;	/* module parameter */
 	int sample_filter;		/* module parameter */
 	unsigned int cost_age_shift;	/* module parameter, policy "cost" */
+	unsigned int cost_credit_permille;	/* module parameter, policy "cost" */
+	/* module parameters, policy "cost": a disk's geometry, 0 unknown */
+	unsigned int cost_rev_ns;
+	unsigned int cost_track_sectors;
+	unsigned int cost_cyl_sectors;
 	unsigned int observe_every;	/* module parameter, observe mode */
 	/* the gauges (a last value, not a count); counts are per CPU */
 	atomic64_t gauges[KML_DD_NR_STATS];

@@ -43,6 +43,7 @@
 struct kml_dd_global kml_dd = {
 	.decision_permille = KML_DD_PERMILLE_DEFAULT,
 	.cost_age_shift = KML_DD_COST_AGE_SHIFT,
+	.cost_credit_permille = KML_DD_COST_CREDIT_PERMILLE,
 	.observe_every = 1,
 	.skill_window = KML_DD_SKILL_WINDOW,
 	.skill_window_ms = KML_DD_SKILL_WINDOW_MS,
@@ -210,6 +211,48 @@ module_param_cb(cost_age_shift, &kml_dd_uint_range_ops, &cost_age_shift_range,
 		0644);
 MODULE_PARM_DESC(cost_age_shift,
 		 "policy cost: (age + lateness) ns >> this is a request's credit (max 40)");
+
+/*
+ * Policy cost's view of a disk (kml_iosched.c): one revolution in ns, the
+ * sectors in a track and in a cylinder.  While any is 0 the service time is
+ * learned per seek length alone.
+ */
+static struct kml_dd_uint_range cost_rev_ns_range = {
+	.v = &kml_dd.cost_rev_ns,
+	.max = KML_DD_GEOM_MAX_REV_NS,
+};
+module_param_cb(cost_rev_ns, &kml_dd_uint_range_ops, &cost_rev_ns_range,
+		0644);
+MODULE_PARM_DESC(cost_rev_ns,
+		 "policy cost: the disk's revolution, ns (0 = unknown)");
+
+static struct kml_dd_uint_range cost_track_sectors_range = {
+	.v = &kml_dd.cost_track_sectors,
+	.max = KML_DD_GEOM_MAX_TRACK,
+};
+module_param_cb(cost_track_sectors, &kml_dd_uint_range_ops,
+		&cost_track_sectors_range, 0644);
+MODULE_PARM_DESC(cost_track_sectors,
+		 "policy cost: the disk's sectors per track (0 = unknown)");
+
+static struct kml_dd_uint_range cost_cyl_sectors_range = {
+	.v = &kml_dd.cost_cyl_sectors,
+	.max = KML_DD_GEOM_MAX_CYL,
+};
+module_param_cb(cost_cyl_sectors, &kml_dd_uint_range_ops,
+		&cost_cyl_sectors_range, 0644);
+MODULE_PARM_DESC(cost_cyl_sectors,
+		 "policy cost: the disk's sectors per cylinder (0 = unknown)");
+
+static struct kml_dd_uint_range cost_credit_permille_range = {
+	.v = &kml_dd.cost_credit_permille,
+	.max = KML_DD_COST_MAX_CREDIT_PERMILLE,
+};
+module_param_cb(cost_credit_permille, &kml_dd_uint_range_ops,
+		&cost_credit_permille_range, 0644);
+MODULE_PARM_DESC(cost_credit_permille,
+		 "policy cost with a geometry: a request's credit at its deadline, thousandths of a revolution (max "
+		 __stringify(KML_DD_COST_MAX_CREDIT_PERMILLE) ")");
 
 /*
  * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1
@@ -999,6 +1042,13 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "policy %s\n",
 		   kml_dd_policies[READ_ONCE(kml_dd_policy) & 1]);
 	seq_printf(m, "cost_age_shift %u\n", READ_ONCE(kml_dd.cost_age_shift));
+	seq_printf(m, "cost_rev_ns %u\n", READ_ONCE(kml_dd.cost_rev_ns));
+	seq_printf(m, "cost_track_sectors %u\n",
+		   READ_ONCE(kml_dd.cost_track_sectors));
+	seq_printf(m, "cost_cyl_sectors %u\n",
+		   READ_ONCE(kml_dd.cost_cyl_sectors));
+	seq_printf(m, "cost_credit_permille %u\n",
+		   READ_ONCE(kml_dd.cost_credit_permille));
 	seq_printf(m, "observe_every %u\n", READ_ONCE(kml_dd.observe_every));
 	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
 	seq_printf(m, "decision_permille %u\n",

@@ -199,6 +199,109 @@ static unsigned int kml_dd_svc_bucket(u64 dist)
 }
 
 /*
+ * A disk's geometry for policy cost, as the module parameters give it
+ * (kml_dd.h); false while any part is unknown, when service times are
+ * learned per seek length alone.  Read once per decision, so that one
+ * decision sees one geometry.
+ */
+struct kml_dd_geom {
+	u32 rev_ns;			/* one revolution */
+	u32 track;			/* sectors per track */
+	u32 cyl;			/* sectors per cylinder */
+	u32 sector_ns;			/* a sector passing under the head */
+};
+
+static bool kml_dd_geom(struct kml_dd_geom *g)
+{
+	g->rev_ns = READ_ONCE(kml_dd.cost_rev_ns);
+	g->track = READ_ONCE(kml_dd.cost_track_sectors);
+	g->cyl = READ_ONCE(kml_dd.cost_cyl_sectors);
+	if (!g->rev_ns || !g->track || !g->cyl || g->track > g->rev_ns)
+		return false;
+	g->sector_ns = g->rev_ns / g->track;
+	return true;
+}
+
+/* Policy cost's candidates on either side of the head, per direction. */
+unsigned int kml_dd_cost_span(void)
+{
+	struct kml_dd_geom g;
+
+	return kml_dd_geom(&g) ? KML_DD_COST_GEOM_SPAN : 1;
+}
+EXPORT_SYMBOL_GPL(kml_dd_cost_span);
+
+static u64 kml_dd_cyl_dist(const struct kml_dd_geom *g, u64 a, u64 b)
+{
+	u64 ca = div_u64(a, g->cyl), cb = div_u64(b, g->cyl);
+
+	return ca > cb ? ca - cb : cb - ca;
+}
+
+/*
+ * Learn from @ctx, served from @start to @now on a disk of geometry @g.
+ * The sector after its last one passed under the head at @now, which is
+ * where the platter was: the phase.  Its seek took at most the time from
+ * @start to its first sector, the rest being the turn until that sector
+ * came round, and more than that less a revolution: per lg2 of the
+ * cylinders crossed, the least upper and the greatest lower bound seen.  A
+ * choice made on the middle of the two narrows them: a sector caught lowers
+ * the upper bound, one missed by a hair (a whole turn more) raises the
+ * lower.  A request that started at the head streams on and teaches no
+ * seek.
+ */
+static void kml_dd_geom_learn(struct kml_dd_queue *kq,
+			      const struct kml_dd_ctx *ctx,
+			      const struct kml_dd_geom *g, u64 start, u64 now)
+{
+	u64 xfer = (u64)ctx->svc_sectors * g->sector_ns;
+	u32 leak = g->rev_ns >> KML_DD_SEEK_LEAK_SHIFT, in_track, sample;
+	unsigned int b = ctx->svc_bucket;
+	s64 phase = READ_ONCE(kq->svc_phase_ns), d;
+	u64 end, pos_ns, hi, lo;
+
+	/* its last sector ended @end after sector 0's start passed */
+	div_u64_rem(ctx->svc_pos, g->track, &in_track);
+	end = ((u64)in_track + ctx->svc_sectors) * g->sector_ns;
+	if (now > end) {
+		div_u64_rem(now - end, g->rev_ns, &sample);
+		if (!READ_ONCE(kq->svc_phase_known)) {
+			WRITE_ONCE(kq->svc_phase_ns, sample);
+			WRITE_ONCE(kq->svc_phase_known, true);
+		} else {
+			/* the shorter way round, an eighth of it */
+			d = (s64)sample - phase;
+			if (d > g->rev_ns / 2)
+				d -= g->rev_ns;
+			else if (d < -(s64)(g->rev_ns / 2))
+				d += g->rev_ns;
+			phase += d / 8;
+			if (phase < 0)
+				phase += g->rev_ns;
+			else if (phase >= g->rev_ns)
+				phase -= g->rev_ns;
+			WRITE_ONCE(kq->svc_phase_ns, phase);
+		}
+	}
+	if (ctx->svc_seq)
+		return;
+	pos_ns = kml_dd_since(start, now);
+	pos_ns = min_t(u64, pos_ns > xfer ? pos_ns - xfer : 0, U32_MAX);
+	/*
+	 * The seek took at most pos_ns and more than pos_ns less a
+	 * revolution.  The bounds leak apart, so that a device or workload
+	 * that changes is learned again.
+	 */
+	hi = READ_ONCE(kq->svc_ns[b]);
+	lo = READ_ONCE(kq->svc_lo_ns[b]);
+	hi = hi ? min_t(u64, (u64)hi + leak, pos_ns) : pos_ns;
+	lo = max_t(u64, lo > leak ? lo - leak : 0,
+		   pos_ns > g->rev_ns ? pos_ns - g->rev_ns : 0);
+	WRITE_ONCE(kq->svc_ns[b], max_t(u32, hi, 1));
+	WRITE_ONCE(kq->svc_lo_ns[b], min_t(u32, lo, hi));
+}
+
+/*
  * Learn from @ctx, completed at @now, what a seek of its length costs.
  * blk-mq takes the next request from the scheduler while the device is
  * still busy with the last one (it waits for a tag at the driver), so a
@@ -218,6 +321,7 @@ static void kml_dd_svc_learn(struct kml_dd_queue *kq,
 {
 	u64 start = max_t(u64, ctx->dispatch_ns, READ_ONCE(kq->svc_last_done));
 	u64 svc = min_t(u64, kml_dd_since(start, now), U32_MAX);
+	struct kml_dd_geom g;
 	s64 old;
 
 	WRITE_ONCE(kq->svc_last_done, now);
@@ -225,6 +329,18 @@ static void kml_dd_svc_learn(struct kml_dd_queue *kq,
 	if ((ctx->flags & KML_DD_SAMPLE_REQUEUED) ||
 	    ctx->svc_bucket == KML_DD_SVC_NONE)
 		return;
+	if (ctx->svc_done_ns && kml_dd_geom(&g)) {
+		/*
+		 * What was dispatched after it was predicted to start when it
+		 * ended: move their predicted end by its error.  A dispatch
+		 * racing with this keeps its own prediction instead, which the
+		 * next completion corrects.
+		 */
+		WRITE_ONCE(kq->svc_busy_until, READ_ONCE(kq->svc_busy_until) +
+			   (s64)(now - ctx->svc_done_ns));
+		kml_dd_geom_learn(kq, ctx, &g, start, now);
+		return;
+	}
 	old = READ_ONCE(kq->svc_ns[ctx->svc_bucket]);
 	if (old)
 		svc = min_t(u64, svc, (u64)old * KML_DD_SVC_MAX_JUMP);
@@ -257,6 +373,45 @@ static u32 kml_dd_svc_predict(struct kml_dd_queue *kq, unsigned int b)
 }
 
 /*
+ * A bucket's seek, given @hi, the least upper bound of it and every longer
+ * bucket (a seek takes no less for being longer): the middle of what its
+ * samples left possible, which a choice on it then narrows
+ * (kml_dd_geom_learn()); @hi while it has none.
+ */
+static u64 kml_dd_seek_mid(struct kml_dd_queue *kq, unsigned int b, u64 hi)
+{
+	if (!READ_ONCE(kq->svc_ns[b]))
+		return hi;
+	return (min_t(u64, READ_ONCE(kq->svc_lo_ns[b]), hi) + hi) / 2;
+}
+
+/*
+ * The learned seek over @dist cylinders: its bucket's, and a length between
+ * two buckets' shortest priced between theirs, in proportion.  0 while
+ * nothing is learned.
+ */
+static u64 kml_dd_seek_predict(struct kml_dd_queue *kq, u64 dist)
+{
+	unsigned int b = kml_dd_svc_bucket(dist), i;
+	u64 hi = U64_MAX, next = U64_MAX, ns, lo, edge;
+
+	for (i = KML_DD_SVC_BUCKETS; i-- > b; ) {
+		if (i == b && hi != U64_MAX)
+			next = kml_dd_seek_mid(kq, b + 1, hi);
+		ns = READ_ONCE(kq->svc_ns[i]);
+		if (ns && ns < hi)
+			hi = ns;
+	}
+	if (hi == U64_MAX)
+		return kml_dd_svc_predict(kq, b);
+	lo = kml_dd_seek_mid(kq, b, hi);
+	if (!b || next == U64_MAX || next <= lo)
+		return lo;
+	edge = 1ULL << (b - 1);		/* bucket b holds [edge, 2 edge) */
+	return lo + mul_u64_u64_div_u64(next - lo, dist - edge, edge);
+}
+
+/*
  * A queue whose kml_mode is written learns policy cost's service times
  * afresh, as after a boot: its device or workload may have changed.  A
  * completion racing with this may store one mean after it: one bucket
@@ -269,23 +424,33 @@ static void kml_dd_svc_forget(struct kml_dd_queue *kq)
 	for (b = 0; b < KML_DD_SVC_BUCKETS; b++)
 		WRITE_ONCE(kq->svc_ns[b], 0);
 	WRITE_ONCE(kq->svc_last_done, 0);
+	for (b = 0; b < KML_DD_SVC_BUCKETS; b++)
+		WRITE_ONCE(kq->svc_lo_ns[b], 0);
+	WRITE_ONCE(kq->svc_phase_known, false);
+	WRITE_ONCE(kq->svc_busy_until, 0);
 }
 
 /*
  * Policy cost's learned service times, for debugfs: one line per learned
- * bucket, "lo hi ns" for seeks of lo to hi sectors.
+ * bucket, "lo hi ns" for seeks of lo to hi sectors; given a disk's
+ * geometry, of lo to hi cylinders, and ns the seek alone.
  */
 void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m)
 {
+	struct kml_dd_geom g;
+	bool geom = kml_dd_geom(&g);
 	unsigned int b;
-	u32 ns;
+	u64 ns, lo;
 
 	for (b = 0; b < KML_DD_SVC_BUCKETS; b++) {
 		ns = READ_ONCE(kq->svc_ns[b]);
-		if (ns)
-			seq_printf(m, "%llu %llu %u\n",
-				   b ? 1ULL << (b - 1) : 0,
-				   b ? (1ULL << b) - 1 : 0, ns);
+		if (!ns)
+			continue;
+		lo = b ? 1ULL << (b - 1) : 0;
+		if (geom)	/* the seek it prices, at the bucket's shortest */
+			ns = kml_dd_seek_predict(kq, lo);
+		seq_printf(m, "%llu %llu %llu\n", lo, b ? (1ULL << b) - 1 : 0,
+			   ns);
 	}
 }
 EXPORT_SYMBOL_GPL(kml_dd_svc_show);
@@ -304,12 +469,69 @@ u64 kml_dd_now(void)
 EXPORT_SYMBOL_GPL(kml_dd_now);
 
 /*
+ * On a disk of geometry @g, how long @nr sectors at @pos take when the head
+ * is at @head and free at @t0: the learned seek, the turn until the first
+ * sector comes under the head (from the learned phase; half a revolution
+ * while none is learned), and the transfer.  A request that starts at the
+ * head streams on.
+ */
+static u64 kml_dd_geom_service(struct kml_dd_queue *kq,
+			       const struct kml_dd_geom *g, sector_t head,
+			       u64 pos, u32 nr, u64 t0)
+{
+	u64 xfer = (u64)nr * g->sector_ns, seek;
+	u32 angle, in_track;
+	s64 turn;
+
+	if (pos == head)
+		return xfer;
+	seek = kml_dd_seek_predict(kq, kml_dd_cyl_dist(g, pos, head));
+	if (!READ_ONCE(kq->svc_phase_known))
+		return seek + g->rev_ns / 2 + xfer;
+	div_u64_rem(t0 + seek + g->rev_ns - READ_ONCE(kq->svc_phase_ns),
+		    g->rev_ns, &angle);
+	div_u64_rem(pos, g->track, &in_track);
+	turn = (s64)in_track * g->sector_ns - angle;
+	if (turn < 0)
+		turn += g->rev_ns;
+	return seek + turn + xfer;
+}
+
+/*
+ * Given a disk's geometry, the credit of a request that has waited @wait of
+ * its @deadline, ns: from nothing at its arrival to cost_credit_permille of
+ * a revolution at its deadline, in proportion, and all of it at once for
+ * one a steering model predicts to miss (@late >= 0 before the deadline).
+ * In revolutions, as a choice between two sectors differs by up to one.
+ * In shares of its expiry, as a read due in 10 ms is more urgent than a
+ * write due in 400 ms, however long each has waited.
+ */
+static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
+			     s64 deadline)
+{
+	u64 full = div_u64((u64)g->rev_ns *
+			   READ_ONCE(kml_dd.cost_credit_permille), 1000);
+
+	if (late >= 0)
+		return full;
+	/* 0 <= wait < deadline */
+	return mul_u64_u64_div_u64(wait, full, deadline);
+}
+
+/*
  * Policy cost: what dispatching @rq next, with the head at @head, is
  * predicted to cost, in ns, less its age credit.  The service time is the
  * learned one for its seek (kml_dd_svc_predict(), plus the bucket, so that
- * the shorter seek wins a tie).  The credit is its time in the queue and,
+ * the shorter seek wins a tie), or given a disk's geometry, its seek, turn
+ * and transfer from when the request before it is predicted to end
+ * (kml_dd_geom_service()).  The credit is its time in the queue and,
  * past its deadline, its lateness again, shifted right by cost_age_shift:
- * a request ages from its arrival and twice as fast once late.  For a
+ * a request ages from its arrival and twice as fast once late.  Given a
+ * geometry, until its deadline, the credit is kml_dd_due_credit() instead,
+ * and past it the same slow ageing: a request past its deadline has missed
+ * it whatever comes next, and the credit goes to those that can still meet
+ * theirs.  With every request served late making the next ones later,
+ * serving the latest first would make them all late.  For a
  * request the model predicted to miss while steering, the lateness is at
  * least the predicted one: acting on that before the deadline is what can
  * still save it.  A request KML does not track (inserted before the mode
@@ -324,10 +546,18 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 pos = blk_rq_pos(rq);
 	unsigned int b = kml_dd_svc_bucket(pos > head ? pos - head : head - pos);
-	s64 cost = (s64)kml_dd_svc_predict(kq, b) + b;
 	unsigned long inserted;
-	s64 wait, late, deadline;
+	s64 wait, late, deadline, cost;
+	struct kml_dd_geom g;
+	bool geom = kml_dd_geom(&g);
 
+	if (geom)
+		cost = kml_dd_geom_service(kq, &g, head, pos,
+					   blk_rq_sectors(rq),
+					   max_t(u64, now,
+						 READ_ONCE(kq->svc_busy_until)));
+	else
+		cost = (s64)kml_dd_svc_predict(kq, b) + b;
 	if (ctx) {
 		wait = kml_dd_since(ctx->insert_ns, now);
 		deadline = ctx->deadline_ns;
@@ -342,6 +572,8 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	late = wait - deadline;
 	if (ctx && ctx->pred_valid && ctx->steer)
 		late = max_t(s64, late, (s64)ctx->pred_issue_ns - deadline);
+	if (geom && wait < deadline)
+		return cost - kml_dd_due_credit(&g, wait, late, deadline);
 	return cost - ((wait + max_t(s64, late, 0)) >>
 		       READ_ONCE(kml_dd.cost_age_shift));
 }
@@ -438,6 +670,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->steer = 0;
 	ctx->pred_issue_ns = 0;
 	ctx->svc_bucket = KML_DD_SVC_NONE;
+	ctx->svc_done_ns = 0;
 	ctx->warmup = warmup;
 	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
 	if (!warmup)
@@ -452,6 +685,9 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 now = kml_dd_clock();
 	u64 pos = blk_rq_pos(rq);
+	u32 nr = blk_rq_sectors(rq);
+	struct kml_dd_geom g;
+	u64 t0;
 
 	if (ctx->dispatch_ns)
 		return;
@@ -461,10 +697,22 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 	 * moved its start); other modes and policies do not pay for it.
 	 */
 	if (kml_dd_policy_cost(kq)) {
-		ctx->svc_bucket = kml_dd_svc_bucket(pos > kq->head ?
-						    pos - kq->head :
-						    kq->head - pos);
-		kq->head = pos + blk_rq_sectors(rq);
+		if (kml_dd_geom(&g)) {
+			t0 = max_t(u64, now, READ_ONCE(kq->svc_busy_until));
+			ctx->svc_bucket = kml_dd_svc_bucket(kml_dd_cyl_dist(&g,
+							pos, kq->head));
+			ctx->svc_seq = pos == kq->head;
+			ctx->svc_pos = pos;
+			ctx->svc_sectors = nr;
+			ctx->svc_done_ns = t0 + kml_dd_geom_service(kq, &g,
+							kq->head, pos, nr, t0);
+			WRITE_ONCE(kq->svc_busy_until, ctx->svc_done_ns);
+		} else {
+			ctx->svc_bucket = kml_dd_svc_bucket(pos > kq->head ?
+							    pos - kq->head :
+							    kq->head - pos);
+		}
+		kq->head = pos + nr;
 	}
 	atomic_dec(&kq->queued[ctx->op]);
 	atomic_inc(&kq->inflight);

@@ -55,6 +55,10 @@ struct kml_dd_ctx {
 	u8 score;			/* its kml_dd_score_bucket() */
 	u8 svc_bucket;			/* kml_dd_svc_bucket() of its seek */
 	u8 warmup;			/* tracked, not predicted or counted */
+	u8 svc_seq;			/* policy cost: it started at the head */
+	u32 svc_sectors;		/* policy cost: its length at dispatch */
+	u64 svc_pos;			/* policy cost: its start at dispatch */
+	u64 svc_done_ns;		/* policy cost, a geometry: predicted end */
 	s32 features[KML_DD_NR_FEATURES];
 };
 
@@ -62,7 +66,12 @@ struct kml_dd_ctx {
  * Policy cost's service-time model: per lg2 of the seek distance in
  * sectors (0 for a request starting where the last one ended), the
  * running mean of the time from a request's dispatch, or the completion
- * before it if later, to its own completion (kml_iosched.c).
+ * before it if later, to its own completion (kml_iosched.c).  Given a
+ * disk's geometry (the cost_rev_ns, cost_track_sectors and
+ * cost_cyl_sectors parameters), per lg2 of the seek distance in cylinders,
+ * the seek time alone, and the platter's phase: the service time is then
+ * the seek, the turn until the first sector is under the head, and the
+ * transfer.
  */
 #define KML_DD_SVC_BUCKETS	48
 #define KML_DD_SVC_NONE		KML_DD_SVC_BUCKETS	/* no seek measured */
@@ -93,6 +102,13 @@ struct kml_dd_queue {
 	 */
 	u32 svc_ns[KML_DD_SVC_BUCKETS] ____cacheline_aligned_in_smp;
 	u64 svc_last_done;		/* the last completion, ns */
+	/* a geometry: svc_ns is each bucket's seek's upper bound, this its lower */
+	u32 svc_lo_ns[KML_DD_SVC_BUCKETS];
+	/* a geometry: when the platter's sector 0 is under the head, mod rev */
+	u64 svc_phase_ns;
+	bool svc_phase_known;
+	/* a geometry: predicted end of the last request dispatched, ns */
+	u64 svc_busy_until;
 };
 
 #ifdef CONFIG_KML_IOSCHED
@@ -112,6 +128,7 @@ sector_t kml_dd_head(struct kml_dd_queue *kq);
 u64 kml_dd_now(void);
 s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 		u64 now, unsigned long expire);
+unsigned int kml_dd_cost_span(void);
 ssize_t kml_dd_mode_show(struct kml_dd_queue *kq, char *page);
 ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 			  size_t count);
@@ -233,6 +250,11 @@ static inline s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq,
 			      sector_t head, u64 now, unsigned long expire)
 {
 	return 0;
+}
+
+static inline unsigned int kml_dd_cost_span(void)
+{
+	return 1;
 }
 
 #endif /* CONFIG_KML_IOSCHED */

@@ -45,6 +45,7 @@ from kmlbench.cell.guest_paths import (
 from kmlbench.cell.workload import insn_per_us
 from kmlbench.data import kmlstats
 from kmlbench.plan.schema import (
+    GEOMETRY_PARAMS,
     MODEL_FIELDS,
     MODEL_MODES,
     MODEL_SCHEDULER,
@@ -52,6 +53,7 @@ from kmlbench.plan.schema import (
     RING_MODES,
     SAMPLE_FILTERS,
     TRAINERS,
+    disk_geometry,
 )
 from kmlbench.status import FAILED, OK
 
@@ -156,6 +158,7 @@ def kml_setup_script(
     model_uploaded: bool = False,
     warm_uploaded: bool = False,
     trace_seconds: float | None = None,
+    geometry: Mapping[str, int] | None = None,
 ) -> str:
     """Shell for the guest (``scripts/kml-setup.sh``): KML as ``model`` asks, before fio.
 
@@ -165,9 +168,12 @@ def kml_setup_script(
     kernel thread), zero the statistics, and last switch ``device``'s
     ``kml_mode`` on. With ``trace_seconds`` a ``kmlctl trace`` takes the
     ring instead of a trainer (one consumer at a time). Exits non-zero
-    with a ``kmlbench-kml:`` message when the kernel lacks KML.
+    with a ``kmlbench-kml:`` message when the kernel lacks KML. ``geometry``
+    is what policy cost is told of the disk (:func:`disk_geometry`); every
+    cell writes it, 0 for unknown, as the parameters are global.
     """
     mode, ring_mode, trainer = _kml_check(model)
+    told = dict(geometry or disk_geometry(None))
     if trace_seconds is not None and trainer != "none":
         raise DeviceError("a trace takes the sample ring: no trainer at the same time")
     load: list[str] = []
@@ -211,6 +217,10 @@ def kml_setup_script(
             "DECISION_PERMILLE": str(permille),
             "POLICY": shlex.quote(str(model.get("policy", _default("policy")))),
             "COST_AGE_SHIFT": str(int(model.get("cost_age_shift", _default("cost_age_shift")))),
+            **{param.upper(): str(int(told[param])) for param in GEOMETRY_PARAMS},
+            "COST_CREDIT_PERMILLE": str(
+                int(model.get("cost_credit_permille", _default("cost_credit_permille")))
+            ),
             "OBSERVE_EVERY": str(int(model.get("observe_every", _default("observe_every")))),
             "TRAINER": trainer_lines,
             "TRACER": tracer,
@@ -328,6 +338,7 @@ def set_up(ctx: CellContext) -> None:
         model_uploaded=uploaded.get("model_file", False),
         warm_uploaded=uploaded.get("warm_start", False),
         trace_seconds=seconds if ctx.trace else None,
+        geometry=disk_geometry(ctx.params["device"]) if model.get("geometry") else None,
     )
     result = ctx.guest.run(script, ctx.timeout)
     ctx.log("kml_setup.log", result.stdout + result.stderr)

@@ -30,6 +30,8 @@ from kmlbench.plan.schema import (
     ADAPTIVE_FIELDS,
     AXES,
     DEVICE_TYPES,
+    GEOMETRY_FIELDS,
+    GEOMETRY_SERVICE,
     GUEST_FIELDS,
     HEAD_FIELDS,
     MODEL_FIELDS,
@@ -45,6 +47,7 @@ from kmlbench.plan.schema import (
     VIRTIO_THROTTLE_KEYS,
     WORKLOAD_FIELDS,
     Field,
+    disk_geometry,
 )
 from kmlbench.plan.source import (
     Source,
@@ -228,6 +231,9 @@ def _model_entries(
             if model["mode"] != "active" or model["policy"] == POLICY_DEFAULT:
                 for name in ACTIVE_FIELDS:  # the set-up writes the default; old ids stay
                     model.pop(name, None)
+            if not model.get("geometry", True):  # recorded only when told: old ids stay
+                for name in GEOMETRY_FIELDS:
+                    model.pop(name)
             if model["mode"] != "observe" or model["observe_every"] == 1:
                 for name in OBSERVE_FIELDS:
                     model.pop(name, None)
@@ -409,6 +415,12 @@ def load_matrix(
             if hit:
                 used_rules.update(hit)
                 continue
+            if params.get("model", {}).get("geometry") and not any(disk_geometry(device).values()):
+                raise src.error(
+                    f"{mkey}.geometry",
+                    f"needs a device with service: {GEOMETRY_SERVICE} (the geometry it "
+                    f"is told), not {dkey}: exclude that device for this entry",
+                )
             h = canonical_json(params)
             if h in collapsed:
                 continue

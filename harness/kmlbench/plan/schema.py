@@ -11,7 +11,7 @@ against these specifications is :mod:`kmlbench.plan.matrix`'s job.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +141,23 @@ NULL_BLK_SERVICE_MODELS: dict[str, dict[str, int]] = {
     },
 }
 NULL_BLK_SERVICES = ("fixed", *NULL_BLK_SERVICE_MODELS)
+# Policy cost's view of a disk (model.geometry; kml_dd_core.c's parameters):
+# each KML parameter and the rotational model's value it is told.
+GEOMETRY_SERVICE = "rotational"
+GEOMETRY_PARAMS = {
+    "cost_rev_ns": "svc_rev_ns",
+    "cost_track_sectors": "svc_track_sectors",
+    "cost_cyl_sectors": "svc_cyl_sectors",
+}
+
+
+def disk_geometry(device: Mapping[str, Any] | None) -> dict[str, int]:
+    """KML's geometry parameters for ``device``: its rotational model's, else all 0 (unknown)."""
+    if device is None or device.get("service") != GEOMETRY_SERVICE:
+        return dict.fromkeys(GEOMETRY_PARAMS, 0)
+    svc = NULL_BLK_SERVICE_MODELS[GEOMETRY_SERVICE]
+    return {param: svc[attr] for param, attr in GEOMETRY_PARAMS.items()}
+
 
 # QEMU's block throttling of a virtio disk (``-drive throttling.<name>=N``):
 # requests or bytes per second, in total or per direction, and the size one
@@ -247,6 +264,13 @@ MODEL_FIELDS: dict[str, Field] = {
     # (least predicted service time less (age + lateness) >> cost_age_shift)
     "policy": Field("str", POLICY_DEFAULT, _one_of(*POLICIES)),
     "cost_age_shift": Field("int", 6, _between(0, 40)),
+    # policy cost: tell it the disk's geometry (revolution, track and
+    # cylinder sizes) from the device's model (service: rotational only), so
+    # that it prices the platter's turn as well as the seek
+    "geometry": Field("bool", False),
+    # policy cost with a geometry: a request's credit at its deadline, in
+    # thousandths of a revolution (kml_dd.h, KML_DD_COST_CREDIT_PERMILLE)
+    "cost_credit_permille": Field("int", 1000, _between(0, 8000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
     "observe_every": Field("int", 1, _between(1, OBSERVE_MAX_EVERY)),
@@ -261,7 +285,9 @@ TRAINER_FIELDS = ("rate", "cpu_pct", "publish_every", "warm_start")
 # Only meaningful in active mode (what the predictions steer), and only
 # under policy cost (the one non-default policy; the shift is its knob):
 # not recorded otherwise.
-ACTIVE_FIELDS = ("policy", "cost_age_shift")
+ACTIVE_FIELDS = ("policy", "cost_age_shift", "geometry", "cost_credit_permille")
+# Only meaningful with a geometry: not recorded without one.
+GEOMETRY_FIELDS = ("geometry", "cost_credit_permille")
 # Only meaningful in observe mode, and recorded only when not every request
 # is watched.
 OBSERVE_FIELDS = ("observe_every",)

@@ -17,6 +17,10 @@ setchoice @KML_PARAMS@/sample_filter @SAMPLE_FILTER@
 setnum @KML_PARAMS@/decision_permille @DECISION_PERMILLE@
 setchoice @KML_PARAMS@/policy @POLICY@
 setnum @KML_PARAMS@/cost_age_shift @COST_AGE_SHIFT@
+setnum @KML_PARAMS@/cost_rev_ns @COST_REV_NS@
+setnum @KML_PARAMS@/cost_track_sectors @COST_TRACK_SECTORS@
+setnum @KML_PARAMS@/cost_cyl_sectors @COST_CYL_SECTORS@
+setnum @KML_PARAMS@/cost_credit_permille @COST_CREDIT_PERMILLE@
 setnum @KML_PARAMS@/observe_every @OBSERVE_EVERY@
 @TRAINER@
 @TRACER@
