@@ -174,6 +174,18 @@ def test_filters_select_cells_by_parameter(ingested: Path) -> None:
     assert len(none_rr) == 2 * REPEATS
     with pytest.raises(ValueError):
         db.parse_filter("scheduler.name")
+    # an empty value: the cells that do not record the key
+    conn = db.connect(ingested)
+    try:
+        every = db.load_cells(conn, where={"run": RUN_ID})
+        unrecorded = db.load_cells(conn, where=db.parse_filter("model.geometry="))
+        recorded = db.load_cells(conn, where=db.parse_filter("workload.bs="))
+        neither = db.load_cells(conn, where=db.parse_filter("scheduler.name=none,workload.bs="))
+    finally:
+        conn.close()
+    assert every and "model" not in every[0].params
+    assert [c.cell_id for c in unrecorded] == [c.cell_id for c in every]
+    assert recorded == [] and neither == []  # every cell records its block size
 
 
 def test_ingest_cell_is_idempotent(run_dir: Path, ingested: Path, tmp_path: Path) -> None:

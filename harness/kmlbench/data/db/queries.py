@@ -75,7 +75,8 @@ def get_run(conn: sqlite3.Connection, run_id: str) -> RunRow:
 def parse_filter(text: str) -> dict[str, str]:
     """``"scheduler.name=none,workload.template=randread"`` -> a dict.
 
-    The key ``run`` (or ``run_id``) selects a run by id.
+    The key ``run`` (or ``run_id``) selects a run by id. An empty value
+    (``model.geometry=``) selects the cells that do not record the key.
     """
     out: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -116,11 +117,16 @@ def load_cells(
         cond.append("status = ?")
         args.append(status)
     for key, value in where.items():
-        cond.append(
+        exists = (
             "EXISTS (SELECT 1 FROM params p WHERE p.run_id = cells.run_id"
-            " AND p.cell_id = cells.cell_id AND p.key = ? AND p.value = ?)"
+            " AND p.cell_id = cells.cell_id AND p.key = ?"
         )
-        args += [key, value]
+        if value == "":  # the cells without the key
+            cond.append(f"NOT {exists})")
+            args.append(key)
+        else:
+            cond.append(f"{exists} AND p.value = ?)")
+            args += [key, value]
     if cond:
         sql += " WHERE " + " AND ".join(cond)
     sql += " ORDER BY run_id, config_hash, repeat, cell_id"
