@@ -576,7 +576,8 @@ done
 echo 6 > {P}/cost_age_shift
 # a disk's geometry told and taken back under I/O, and one that cannot be
 # (a track longer than a turn: treated as unknown)
-for geo in "14992504 72 1368" "0 72 1368" "100 1000 1368" "14992504 72 1368"; do
+for geo in "14992504 72 1368" "0 72 1368" "100 1000 1368" "1000000000 1048576 16777216" \
+        "1048576 1048576 1" "14992504 72 1368"; do
     set -- $geo
     echo $1 > {P}/cost_rev_ns
     echo $2 > {P}/cost_track_sectors

@@ -105,7 +105,7 @@ def test_told_the_disks_geometry_cost_wins_on_mean_and_misses(
     x0.54 (one run; the virtual clock repeats it to about 0.1%)."""
     off, cost, geo = (cells[k]["metrics"] for k in ("off", "cost", "cost+geometry"))
     assert geo["iops"] > 1.1 * off["iops"], (off["iops"], geo["iops"])
-    assert geo["iops"] > cost["iops"], (cost["iops"], geo["iops"])
+    assert geo["iops"] > cost["iops"], (cost["iops"], geo["iops"])  # 67.6 against 60.4
     assert geo["lat_mean_us"] < 0.9 * off["lat_mean_us"], (off["lat_mean_us"], geo["lat_mean_us"])
     # a 6 s run's p99 is its 4th-longest request: the bound is loose (0.73 measured)
     assert geo["lat_p99_us"] < 0.85 * off["lat_p99_us"], (off["lat_p99_us"], geo["lat_p99_us"])
@@ -129,15 +129,16 @@ def _seek_ns(cylinders: int) -> float:
 def test_the_learned_seeks_follow_the_disks_curve(cells: dict[str, dict[str, Any]]) -> None:
     """With a geometry the table is per lg2 of the cylinders crossed, and each
     line the seek alone that KML prices at the bucket's shortest length,
-    learned from completions (the turn and transfer taken out): between the
-    model's seek curve at that length less a quarter turn and the longest
-    length in the bucket plus a quarter turn."""
+    learned from completions (the turn and transfer taken out): above the
+    model's seek curve at that length less a quarter turn (and above half
+    of it), below the longest length in the bucket plus a quarter turn."""
     table = cells["cost+geometry"]["kml_stats"]["svc_learned"]
     quarter = ROT["svc_rev_ns"] / 4
     spans = [row for row in table if row["lo"] >= 1]
     assert len(spans) >= 5, table
     for row in spans:
-        assert _seek_ns(row["lo"]) - quarter < row["ns"] < _seek_ns(row["hi"]) + quarter, row
+        low = max(_seek_ns(row["lo"]) - quarter, 0.5 * _seek_ns(row["lo"]))
+        assert low < row["ns"] < _seek_ns(row["hi"]) + quarter, row
     # across the disk the seeks grow as the curve does, by most of its rise
     short, long = spans[0], spans[-1]
     assert long["ns"] - short["ns"] > 0.5 * (_seek_ns(long["lo"]) - _seek_ns(short["lo"])), table

@@ -126,8 +126,9 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="*", metavar="RUN", help="RUN_A RUN_B: run ids or run folders")
-    p.add_argument("--a", dest="filter_a", metavar="KEY=VALUE[,...]", help="filter of side A (KEY= : cells without KEY)")
-    p.add_argument("--b", dest="filter_b", metavar="KEY=VALUE[,...]", help="filter of side B (KEY= : cells without KEY)")
+    without = "KEY= : the cells without KEY"
+    p.add_argument("--a", dest="filter_a", metavar="KEY=VALUE[,...]", help=f"side A ({without})")
+    p.add_argument("--b", dest="filter_b", metavar="KEY=VALUE[,...]", help=f"side B ({without})")
     p.add_argument("--run", metavar="RUN", help="with --a/--b: restrict both sides to this run")
     p.add_argument("--db", type=Path, default=None, help="results database")
     p.add_argument(

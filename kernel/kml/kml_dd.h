@@ -129,7 +129,8 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * order, per direction, not one: where a sector passes under the head
  * matters as much as its seek, and it does not follow sector order across
  * cylinders.  A revolution and a track are at most a second and 2^20
- * sectors, a cylinder 2^24 sectors, so that no product overflows.  A
+ * sectors, so that no product overflows; a cylinder, only ever a divisor,
+ * at most 2^24 sectors.  A
  * seek's bounds (kml_iosched.c, kml_dd_geom_learn()) leak apart by a
  * revolution >> KML_DD_SEEK_LEAK_SHIFT per sample.  The platter's phase
  * moves an eighth of the way to each sample.
