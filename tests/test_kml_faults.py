@@ -51,7 +51,7 @@ from kmlbench.guest.command import GuestConfig
 from kmlbench.guest.qemu import Guest, GuestError
 from kmlbench.guest.ssh import CommandResult, SSHKeys
 from kmlbench.kml.model import Model
-from kmlbench.plan.schema import GEOMETRY_PARAMS
+from kmlbench.plan.schema import ALL_GEOMETRY_PARAMS
 
 pytestmark = pytest.mark.kernel
 
@@ -585,6 +585,16 @@ for geo in "14992504 72 1368" "0 72 1368" "100 1000 1368" "1000000000 1048576 16
     echo active > {Q}/iosched/kml_mode
     sleep 0.2
 done
+# a flash device's channels, alone and under a disk's geometry (ignored)
+for ch in "8 8" "16 1" "1 1048576" "8 8"; do
+    set -- $ch
+    echo $1 > {P}/cost_channels
+    echo $2 > {P}/cost_stripe_sectors
+    sleep 0.1
+    echo 0 > {P}/cost_rev_ns
+    echo active > {Q}/iosched/kml_mode
+    sleep 0.2
+done
 for e in 2 1 3 1; do
     echo $e > {P}/observe_every
     echo observe > {Q}/iosched/kml_mode
@@ -610,7 +620,7 @@ done
         sh(
             g,
             f"echo expire > {P}/policy; echo 6 > {P}/cost_age_shift; echo 1 > {P}/observe_every; "
-            + "; ".join(f"echo 0 > {P}/{p}" for p in GEOMETRY_PARAMS),
+            + "; ".join(f"echo 0 > {P}/{p}" for p in ALL_GEOMETRY_PARAMS),
         )
 
 
@@ -692,6 +702,13 @@ INVALID_WRITES = [
     pytest.param(
         f"{P}/cost_credit_permille", "1000", ["8001", "-1", "1.5"], (ERANGE, EINVAL),
         id="cost_credit_permille",
+    ),
+    pytest.param(
+        f"{P}/cost_channels", "0", ["17", "-1", "eight"], (ERANGE, EINVAL), id="cost_channels",
+    ),
+    pytest.param(
+        f"{P}/cost_stripe_sectors", "0", ["1048577", "-1", "8k"], (ERANGE, EINVAL),
+        id="cost_stripe_sectors",
     ),
     pytest.param(STATS, None, ["clear", "reset now", "r" * 40], (EINVAL,), id="stats"),
 ]  # fmt: skip

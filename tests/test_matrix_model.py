@@ -11,7 +11,7 @@ from kmlbench import paths
 from kmlbench.cell import device
 from kmlbench.cell.model import kml_setup_script
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.plan.schema import NULL_BLK_SERVICE_MODELS, disk_geometry
+from kmlbench.plan.schema import NULL_BLK_SERVICE_MODELS, device_geometry
 from kmlbench.plan.source import MatrixError
 
 HEAD = """\
@@ -291,7 +291,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         {"mode": "active", "policy": "cost", "geometry": True, "cost_credit_permille": 500},
         dev,
         trainer_seconds=1,
-        geometry=disk_geometry(disk),
+        geometry=device_geometry(disk),
     )
     rot = NULL_BLK_SERVICE_MODELS["rotational"]
     for param, value in (
@@ -306,16 +306,26 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         assert f"/sys/module/kml/parameters/{param} 0\n" in untold_script, param
     assert "/sys/module/kml/parameters/cost_credit_permille 1000\n" in untold_script
     # only the rotational model has a geometry to tell
-    assert not any(disk_geometry({"type": "null_blk", "service": "flash"}).values())
-    assert not any(disk_geometry({"type": "virtio"}).values())
+    for param in ("cost_channels", "cost_stripe_sectors"):
+        assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
+    # a flash device's geometry is its channels and stripe, and nothing of a disk's
+    flash = NULL_BLK_SERVICE_MODELS["flash"]
+    assert device_geometry({"type": "null_blk", "service": "flash"}) == {
+        "cost_rev_ns": 0,
+        "cost_track_sectors": 0,
+        "cost_cyl_sectors": 0,
+        "cost_channels": flash["svc_channels"],
+        "cost_stripe_sectors": flash["svc_stripe_sectors"],
+    }
+    assert not any(device_geometry({"type": "null_blk"}).values())
+    assert not any(device_geometry({"type": "virtio"}).values())
 
 
-def test_geometry_needs_a_disk(tmp_path: Path) -> None:
+def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
+    flash = "{type: null_blk, irqmode: timer, service: flash}"
+    fixed = "{type: null_blk, irqmode: timer, completion_nsec: 1000000}"
     text = (
-        HEAD.replace(
-            "[{type: null_blk}]",
-            f"[{ROTATIONAL}, {{type: null_blk, irqmode: timer, service: flash}}]",
-        )
+        HEAD.replace("[{type: null_blk}]", f"[{ROTATIONAL}, {flash}, {fixed}]")
         + "  model:\n"
         + "    - {mode: off}\n"
         + "    - {mode: active, policy: cost, geometry: true}\n"
@@ -324,15 +334,14 @@ def test_geometry_needs_a_disk(tmp_path: Path) -> None:
         load(tmp_path, text)
     err = info.value
     assert (err.line, err.key) == (8, "axes.model[1].geometry"), str(err)
-    assert "needs a device with service: rotational" in err.message
-    assert "axes.device[1]" in err.message
-    # excluded where there is none, it runs on the disk
+    assert "needs a device with service: rotational or flash" in err.message
+    assert "axes.device[2]" in err.message
+    # excluded where there is none, it runs on the disk and the flash device
     m = load(
-        tmp_path,
-        text + "exclude: [{device.service: flash, model.geometry: true}]\n",
+        tmp_path, text + "exclude: [{device.completion_nsec: 1000000, model.geometry: true}]\n"
     )
     told = [c for c in m.cells if c.params["model"].get("geometry")]
-    assert [c.params["device"].get("service") for c in told] == ["rotational"]
+    assert sorted(c.params["device"].get("service") for c in told) == ["flash", "rotational"]
     for bad, message in (
         ("cost_credit_permille: 8001", "0..8000"),
         ('geometry: "on"', "must be true or false"),

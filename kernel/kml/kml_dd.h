@@ -282,6 +282,9 @@ struct kml_dd_global {
 	unsigned int cost_rev_ns;
 	unsigned int cost_track_sectors;
 	unsigned int cost_cyl_sectors;
+	/* module parameters, policy "cost": a flash device's, 0 unknown */
+	unsigned int cost_channels;
+	unsigned int cost_stripe_sectors;
 	unsigned int observe_every;	/* module parameter, observe mode */
 	/* the gauges (a last value, not a count); counts are per CPU */
 	atomic64_t gauges[KML_DD_NR_STATS];

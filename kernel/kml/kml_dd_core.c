@@ -244,6 +244,30 @@ module_param_cb(cost_cyl_sectors, &kml_dd_uint_range_ops,
 MODULE_PARM_DESC(cost_cyl_sectors,
 		 "policy cost: the disk's sectors per cylinder (0 = unknown)");
 
+/*
+ * Policy cost's view of a flash device: its channels (at most
+ * KML_DD_MAX_CHANNELS) and the sectors striped to one before the next.
+ * Not used while either is 0, or while a disk's geometry is given.
+ */
+static struct kml_dd_uint_range cost_channels_range = {
+	.v = &kml_dd.cost_channels,
+	.max = KML_DD_MAX_CHANNELS,
+};
+module_param_cb(cost_channels, &kml_dd_uint_range_ops, &cost_channels_range,
+		0644);
+MODULE_PARM_DESC(cost_channels,
+		 "policy cost: the flash device's channels (0 = unknown, max "
+		 __stringify(KML_DD_MAX_CHANNELS) ")");
+
+static struct kml_dd_uint_range cost_stripe_sectors_range = {
+	.v = &kml_dd.cost_stripe_sectors,
+	.max = KML_DD_GEOM_MAX_TRACK,
+};
+module_param_cb(cost_stripe_sectors, &kml_dd_uint_range_ops,
+		&cost_stripe_sectors_range, 0644);
+MODULE_PARM_DESC(cost_stripe_sectors,
+		 "policy cost: the flash device's sectors per channel stripe (0 = unknown)");
+
 static struct kml_dd_uint_range cost_credit_permille_range = {
 	.v = &kml_dd.cost_credit_permille,
 	.max = KML_DD_COST_MAX_CREDIT_PERMILLE,
@@ -1049,6 +1073,9 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   READ_ONCE(kml_dd.cost_cyl_sectors));
 	seq_printf(m, "cost_credit_permille %u\n",
 		   READ_ONCE(kml_dd.cost_credit_permille));
+	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));
+	seq_printf(m, "cost_stripe_sectors %u\n",
+		   READ_ONCE(kml_dd.cost_stripe_sectors));
 	seq_printf(m, "observe_every %u\n", READ_ONCE(kml_dd.observe_every));
 	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
 	seq_printf(m, "decision_permille %u\n",

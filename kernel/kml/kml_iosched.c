@@ -228,20 +228,40 @@ static bool kml_dd_geom(struct kml_dd_geom *g)
 	return true;
 }
 
-/* Policy cost's candidates on either side of the head, per direction. */
-unsigned int kml_dd_cost_span(void)
-{
-	struct kml_dd_geom g;
-
-	return kml_dd_geom(&g) ? KML_DD_COST_GEOM_SPAN : 1;
-}
-EXPORT_SYMBOL_GPL(kml_dd_cost_span);
-
 static u64 kml_dd_cyl_dist(const struct kml_dd_geom *g, u64 a, u64 b)
 {
 	u64 ca = div_u64(a, g->cyl), cb = div_u64(b, g->cyl);
 
 	return ca > cb ? ca - cb : cb - ca;
+}
+
+/*
+ * A flash device's channels for policy cost (cost_channels and
+ * cost_stripe_sectors): false while either is unknown, or while a disk's
+ * geometry is given.  Read at each use, as the disk's.
+ */
+struct kml_dd_flash {
+	u32 channels;
+	u32 stripe;			/* sectors to a channel before the next */
+};
+
+static bool kml_dd_flash(struct kml_dd_flash *f)
+{
+	struct kml_dd_geom g;
+
+	f->channels = READ_ONCE(kml_dd.cost_channels);
+	f->stripe = READ_ONCE(kml_dd.cost_stripe_sectors);
+	return f->channels && f->channels <= KML_DD_MAX_CHANNELS &&
+	       f->stripe && !kml_dd_geom(&g);
+}
+
+/* The channel that holds @pos, as the device stripes sectors over them. */
+static u32 kml_dd_channel(const struct kml_dd_flash *f, u64 pos)
+{
+	u32 ch;
+
+	div_u64_rem(div_u64(pos, f->stripe), f->channels, &ch);
+	return ch;
 }
 
 /*
@@ -317,6 +337,62 @@ static void kml_dd_geom_learn(struct kml_dd_queue *kq,
 }
 
 /*
+ * Policy cost's candidates on either side of the head, per direction: more
+ * given a geometry, where the cheapest request need not be the nearest.
+ */
+unsigned int kml_dd_cost_span(void)
+{
+	struct kml_dd_geom g;
+
+	struct kml_dd_flash f;
+
+	return kml_dd_geom(&g) || kml_dd_flash(&f) ? KML_DD_COST_GEOM_SPAN : 1;
+}
+EXPORT_SYMBOL_GPL(kml_dd_cost_span);
+
+/*
+ * Move bucket @b's mean towards @svc ns: a running mean of weight 1/16, a
+ * sample counting for at most KML_DD_SVC_MAX_JUMP times the mean (a
+ * request requeued past the scheduler keeps its first dispatch time).  Two
+ * completions at once may lose one of the updates, which costs the mean
+ * one sample and no consistency (each store is of a whole value).
+ */
+static void kml_dd_svc_mean(struct kml_dd_queue *kq, unsigned int b, u64 svc)
+{
+	s64 old = READ_ONCE(kq->svc_ns[b]);
+
+	if (old)
+		svc = min_t(u64, svc, (u64)old * KML_DD_SVC_MAX_JUMP);
+	WRITE_ONCE(kq->svc_ns[b],
+		   old ? old + div_s64((s64)svc - old, 16) : max_t(u64, svc, 1));
+}
+
+/*
+ * Learn from @ctx, completed at @now on a flash device of channels @f: its
+ * channel served it from its dispatch, or the channel's last completion if
+ * later (a channel serves its commands in order), to now; a running mean
+ * per direction (bucket 0 reads, 1 writes).  The channel's predicted end
+ * moves by this one's error while it is the last one predicted there or
+ * before it, as on the disk; not after the table was forgotten.
+ */
+static void kml_dd_flash_learn(struct kml_dd_queue *kq,
+			       const struct kml_dd_ctx *ctx,
+			       const struct kml_dd_flash *f, u64 now)
+{
+	u32 ch = kml_dd_channel(f, ctx->svc_pos);
+	u64 start = max_t(u64, ctx->dispatch_ns,
+			  READ_ONCE(kq->chan_last_done[ch]));
+	u64 busy = READ_ONCE(kq->chan_busy_until[ch]);
+
+	WRITE_ONCE(kq->chan_last_done[ch], now);
+	if (busy >= ctx->svc_done_ns)
+		WRITE_ONCE(kq->chan_busy_until[ch],
+			   busy + (now - ctx->svc_done_ns));
+	kml_dd_svc_mean(kq, ctx->svc_bucket,
+			min_t(u64, kml_dd_since(start, now), U32_MAX));
+}
+
+/*
  * Learn from @ctx, completed at @now, what a seek of its length costs.
  * blk-mq takes the next request from the scheduler while the device is
  * still busy with the last one (it waits for a tag at the driver), so a
@@ -325,26 +401,28 @@ static void kml_dd_geom_learn(struct kml_dd_queue *kq,
  * service time; on one that serves several at once it is the gap between
  * completions, the time the request added, which does not depend on a
  * seek there, so the table comes out flat and the age credit orders the
- * requests.  A running mean of weight 1/16, a sample counting for at most
- * KML_DD_SVC_MAX_JUMP times the mean (a request requeued past the
- * scheduler keeps its first dispatch time).  Two completions at once may
- * lose one of the updates, which costs the mean one sample and no
- * consistency (each store is of a whole value).
+ * requests (kml_dd_svc_mean()).  Given a geometry, kml_dd_geom_learn()
+ * or kml_dd_flash_learn() instead.  Out of line: only policy cost calls it,
+ * and inlined it made every completion hook's frame larger.
  */
-static void kml_dd_svc_learn(struct kml_dd_queue *kq,
-			     const struct kml_dd_ctx *ctx, u64 now)
+static noinline void kml_dd_svc_learn(struct kml_dd_queue *kq,
+				       const struct kml_dd_ctx *ctx, u64 now)
 {
 	u64 start = max_t(u64, ctx->dispatch_ns, READ_ONCE(kq->svc_last_done));
 	u64 svc = min_t(u64, kml_dd_since(start, now), U32_MAX);
+	struct kml_dd_flash f;
 	struct kml_dd_geom g;
 	u64 busy;
-	s64 old;
 
 	WRITE_ONCE(kq->svc_last_done, now);
 	/* requeued, or dispatched before policy cost was on */
 	if ((ctx->flags & KML_DD_SAMPLE_REQUEUED) ||
 	    ctx->svc_bucket == KML_DD_SVC_NONE)
 		return;
+	if (ctx->svc_done_ns && kml_dd_flash(&f)) {
+		kml_dd_flash_learn(kq, ctx, &f, now);
+		return;
+	}
 	if (ctx->svc_done_ns && kml_dd_geom(&g)) {
 		/*
 		 * What was dispatched after it was predicted from its end:
@@ -367,11 +445,9 @@ static void kml_dd_svc_learn(struct kml_dd_queue *kq,
 		kml_dd_geom_learn(kq, ctx, &g, start, now);
 		return;
 	}
-	old = READ_ONCE(kq->svc_ns[ctx->svc_bucket]);
-	if (old)
-		svc = min_t(u64, svc, (u64)old * KML_DD_SVC_MAX_JUMP);
-	WRITE_ONCE(kq->svc_ns[ctx->svc_bucket],
-		   old ? old + div_s64((s64)svc - old, 16) : max_t(u64, svc, 1));
+	/* told a geometry at its dispatch, none now: nothing to learn */
+	if (!ctx->svc_done_ns)
+		kml_dd_svc_mean(kq, ctx->svc_bucket, svc);
 }
 
 /*
@@ -452,6 +528,10 @@ static void kml_dd_svc_forget(struct kml_dd_queue *kq)
 		WRITE_ONCE(kq->svc_lo_ns[b], 0);
 	WRITE_ONCE(kq->svc_phase_known, false);
 	WRITE_ONCE(kq->svc_busy_until, 0);
+	for (b = 0; b < KML_DD_MAX_CHANNELS; b++) {
+		WRITE_ONCE(kq->chan_busy_until[b], 0);
+		WRITE_ONCE(kq->chan_last_done[b], 0);
+	}
 }
 
 /*
@@ -548,7 +628,8 @@ static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
  * learned one for its seek (kml_dd_svc_predict(), plus the bucket, so that
  * the shorter seek wins a tie), or given a disk's geometry, its seek, turn
  * and transfer from when the request before it is predicted to end
- * (kml_dd_geom_service()).  The credit is its time in the queue and,
+ * (kml_dd_geom_service()), or given a flash device's channels, the wait
+ * for its channel and its learned time there.  The credit is its time in the queue and,
  * past its deadline, its lateness again, shifted right by cost_age_shift:
  * a request ages from its arrival and twice as fast once late.  Given a
  * geometry, until its deadline, the credit is kml_dd_due_credit() instead,
@@ -572,16 +653,24 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	unsigned int b = kml_dd_svc_bucket(pos > head ? pos - head : head - pos);
 	unsigned long inserted;
 	s64 wait, late, deadline, cost;
+	struct kml_dd_flash f;
 	struct kml_dd_geom g;
 	bool geom = kml_dd_geom(&g);
+	u64 busy;
 
-	if (geom)
+	if (geom) {
 		cost = kml_dd_geom_service(kq, &g, head, pos,
 					   blk_rq_sectors(rq),
 					   max_t(u64, now,
 						 READ_ONCE(kq->svc_busy_until)));
-	else
+	} else if (kml_dd_flash(&f)) {
+		/* the wait for its channel, then its own time there */
+		busy = READ_ONCE(kq->chan_busy_until[kml_dd_channel(&f, pos)]);
+		cost = (busy > now ? busy - now : 0) +
+		       READ_ONCE(kq->svc_ns[rq_data_dir(rq)]);
+	} else {
 		cost = (s64)kml_dd_svc_predict(kq, b) + b;
+	}
 	if (ctx) {
 		wait = kml_dd_since(ctx->insert_ns, now);
 		deadline = ctx->deadline_ns;
@@ -694,7 +783,6 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->steer = 0;
 	ctx->pred_issue_ns = 0;
 	ctx->svc_bucket = KML_DD_SVC_NONE;
-	ctx->svc_done_ns = 0;
 	ctx->warmup = warmup;
 	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
 	if (!warmup)
@@ -704,45 +792,64 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 }
 EXPORT_SYMBOL_GPL(__kml_dd_insert);
 
+/*
+ * Policy cost's view of @rq, dispatched at @now: its seek from where the
+ * request is now (a merge may have moved its start), or given a geometry,
+ * what the device will do with it.  Out of line, so that other modes and
+ * policies do not pay for it in the dispatch hook.
+ */
+static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
+					  struct kml_dd_ctx *ctx,
+					  struct request *rq, u64 now)
+{
+	u64 pos = blk_rq_pos(rq), t0;
+	u32 nr = blk_rq_sectors(rq), ch;
+	struct kml_dd_flash f;
+	struct kml_dd_geom g;
+	/* a device's geometry concerns its reads and writes only */
+	bool rw = req_op(rq) == REQ_OP_READ || req_op(rq) == REQ_OP_WRITE;
+
+	if (kml_dd_geom(&g)) {
+		if (!rw)
+			return;
+		t0 = max_t(u64, now, READ_ONCE(kq->svc_busy_until));
+		ctx->svc_bucket = kml_dd_svc_bucket(kml_dd_cyl_dist(&g, pos,
+								    kq->head));
+		ctx->svc_seq = pos == kq->head;
+		ctx->svc_pos = pos;
+		ctx->svc_sectors = nr;
+		ctx->svc_done_ns = t0 + kml_dd_geom_service(kq, &g, kq->head,
+							    pos, nr, t0);
+		WRITE_ONCE(kq->svc_busy_until, ctx->svc_done_ns);
+	} else if (kml_dd_flash(&f)) {
+		if (!rw)
+			return;
+		/* queued on its channel behind what was sent there */
+		ch = kml_dd_channel(&f, pos);
+		t0 = max_t(u64, now, READ_ONCE(kq->chan_busy_until[ch]));
+		ctx->svc_bucket = ctx->op;
+		ctx->svc_pos = pos;
+		ctx->svc_done_ns = t0 + READ_ONCE(kq->svc_ns[ctx->op]);
+		WRITE_ONCE(kq->chan_busy_until[ch], ctx->svc_done_ns);
+	} else {
+		ctx->svc_bucket = kml_dd_svc_bucket(pos > kq->head ?
+						    pos - kq->head :
+						    kq->head - pos);
+		ctx->svc_done_ns = 0;
+	}
+	kq->head = pos + nr;
+}
+
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 now = kml_dd_clock();
-	u64 pos = blk_rq_pos(rq);
-	u32 nr = blk_rq_sectors(rq);
-	struct kml_dd_geom g;
-	u64 t0;
 
 	if (ctx->dispatch_ns)
 		return;
 	ctx->dispatch_ns = max_t(u64, now, 1);
-	/*
-	 * Policy cost's seek, from where the request is now (a merge may have
-	 * moved its start); other modes and policies do not pay for it.
-	 */
-	if (kml_dd_policy_cost(kq)) {
-		if (kml_dd_geom(&g)) {
-			/* a disk moves its head for reads and writes only */
-			if (req_op(rq) != REQ_OP_READ &&
-			    req_op(rq) != REQ_OP_WRITE)
-				goto counted;
-			t0 = max_t(u64, now, READ_ONCE(kq->svc_busy_until));
-			ctx->svc_bucket = kml_dd_svc_bucket(kml_dd_cyl_dist(&g,
-							pos, kq->head));
-			ctx->svc_seq = pos == kq->head;
-			ctx->svc_pos = pos;
-			ctx->svc_sectors = nr;
-			ctx->svc_done_ns = t0 + kml_dd_geom_service(kq, &g,
-							kq->head, pos, nr, t0);
-			WRITE_ONCE(kq->svc_busy_until, ctx->svc_done_ns);
-		} else {
-			ctx->svc_bucket = kml_dd_svc_bucket(pos > kq->head ?
-							    pos - kq->head :
-							    kq->head - pos);
-		}
-		kq->head = pos + nr;
-	}
-counted:
+	if (kml_dd_policy_cost(kq))
+		kml_dd_cost_dispatch(kq, ctx, rq, now);
 	atomic_dec(&kq->queued[ctx->op]);
 	atomic_inc(&kq->inflight);
 	kml_dd_feat_dispatch(&kq->feat, ctx->op, ctx->sector, ctx->bytes,

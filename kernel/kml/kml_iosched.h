@@ -71,9 +71,12 @@ struct kml_dd_ctx {
  * cost_cyl_sectors parameters), per lg2 of the seek distance in cylinders,
  * the seek time alone, and the platter's phase: the service time is then
  * the seek, the turn until the first sector is under the head, and the
- * transfer.
+ * transfer.  Given a flash device's channels instead (cost_channels and
+ * cost_stripe_sectors), buckets 0 and 1 hold a read's and a write's time
+ * on its channel, and each channel's queue is predicted.
  */
 #define KML_DD_SVC_BUCKETS	48
+#define KML_DD_MAX_CHANNELS	16	/* flash channels policy cost is told */
 #define KML_DD_SVC_NONE		KML_DD_SVC_BUCKETS	/* no seek measured */
 
 struct kml_dd_queue {
@@ -109,6 +112,9 @@ struct kml_dd_queue {
 	bool svc_phase_known;
 	/* a geometry: predicted end of the last request dispatched, ns */
 	u64 svc_busy_until;
+	/* flash channels: each one's predicted end and last completion, ns */
+	u64 chan_busy_until[KML_DD_MAX_CHANNELS];
+	u64 chan_last_done[KML_DD_MAX_CHANNELS];
 };
 
 #ifdef CONFIG_KML_IOSCHED

@@ -45,7 +45,7 @@ from kmlbench.cell.guest_paths import (
 from kmlbench.cell.workload import insn_per_us
 from kmlbench.data import kmlstats
 from kmlbench.plan.schema import (
-    GEOMETRY_PARAMS,
+    ALL_GEOMETRY_PARAMS,
     MODEL_FIELDS,
     MODEL_MODES,
     MODEL_SCHEDULER,
@@ -53,7 +53,7 @@ from kmlbench.plan.schema import (
     RING_MODES,
     SAMPLE_FILTERS,
     TRAINERS,
-    disk_geometry,
+    device_geometry,
 )
 from kmlbench.status import FAILED, OK
 
@@ -169,11 +169,11 @@ def kml_setup_script(
     ``kml_mode`` on. With ``trace_seconds`` a ``kmlctl trace`` takes the
     ring instead of a trainer (one consumer at a time). Exits non-zero
     with a ``kmlbench-kml:`` message when the kernel lacks KML. ``geometry``
-    is what policy cost is told of the disk (:func:`disk_geometry`); every
+    is what policy cost is told of the device (:func:`device_geometry`); every
     cell writes it, 0 for unknown, as the parameters are global.
     """
     mode, ring_mode, trainer = _kml_check(model)
-    told = dict(geometry or disk_geometry(None))
+    told = dict(geometry or device_geometry(None))
     if trace_seconds is not None and trainer != "none":
         raise DeviceError("a trace takes the sample ring: no trainer at the same time")
     load: list[str] = []
@@ -217,7 +217,7 @@ def kml_setup_script(
             "DECISION_PERMILLE": str(permille),
             "POLICY": shlex.quote(str(model.get("policy", _default("policy")))),
             "COST_AGE_SHIFT": str(int(model.get("cost_age_shift", _default("cost_age_shift")))),
-            **{param.upper(): str(int(told[param])) for param in GEOMETRY_PARAMS},
+            **{param.upper(): str(int(told[param])) for param in ALL_GEOMETRY_PARAMS},
             "COST_CREDIT_PERMILLE": str(
                 int(model.get("cost_credit_permille", _default("cost_credit_permille")))
             ),
@@ -338,7 +338,7 @@ def set_up(ctx: CellContext) -> None:
         model_uploaded=uploaded.get("model_file", False),
         warm_uploaded=uploaded.get("warm_start", False),
         trace_seconds=seconds if ctx.trace else None,
-        geometry=disk_geometry(ctx.params["device"]) if model.get("geometry") else None,
+        geometry=device_geometry(ctx.params["device"]) if model.get("geometry") else None,
     )
     result = ctx.guest.run(script, ctx.timeout)
     ctx.log("kml_setup.log", result.stdout + result.stderr)

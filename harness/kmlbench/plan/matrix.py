@@ -31,7 +31,7 @@ from kmlbench.plan.schema import (
     AXES,
     DEVICE_TYPES,
     GEOMETRY_FIELDS,
-    GEOMETRY_SERVICE,
+    GEOMETRY_SERVICES,
     GUEST_FIELDS,
     HEAD_FIELDS,
     MODEL_FIELDS,
@@ -47,7 +47,7 @@ from kmlbench.plan.schema import (
     VIRTIO_THROTTLE_KEYS,
     WORKLOAD_FIELDS,
     Field,
-    disk_geometry,
+    device_geometry,
 )
 from kmlbench.plan.source import (
     Source,
@@ -415,11 +415,13 @@ def load_matrix(
             if hit:
                 used_rules.update(hit)
                 continue
-            if params.get("model", {}).get("geometry") and not any(disk_geometry(device).values()):
+            if params.get("model", {}).get("geometry") and not any(
+                device_geometry(device).values()
+            ):
                 raise src.error(
                     f"{mkey}.geometry",
-                    f"needs a device with service: {GEOMETRY_SERVICE} (the geometry it "
-                    f"is told), not {dkey}: exclude that device for this entry",
+                    f"needs a device with service: {' or '.join(GEOMETRY_SERVICES)} (the "
+                    f"geometry it is told), not {dkey}: exclude that device for this entry",
                 )
             h = canonical_json(params)
             if h in collapsed:

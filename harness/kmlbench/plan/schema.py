@@ -141,22 +141,29 @@ NULL_BLK_SERVICE_MODELS: dict[str, dict[str, int]] = {
     },
 }
 NULL_BLK_SERVICES = ("fixed", *NULL_BLK_SERVICE_MODELS)
-# Policy cost's view of a disk (model.geometry; kml_dd_core.c's parameters):
-# each KML parameter and the rotational model's value it is told.
-GEOMETRY_SERVICE = "rotational"
-GEOMETRY_PARAMS = {
-    "cost_rev_ns": "svc_rev_ns",
-    "cost_track_sectors": "svc_track_sectors",
-    "cost_cyl_sectors": "svc_cyl_sectors",
+# Policy cost's view of a device (model.geometry; kml_dd_core.c's
+# parameters): per service model that has one, each KML parameter and the
+# model's value it is told. A disk's geometry, or a flash device's channels.
+GEOMETRY_PARAMS: dict[str, dict[str, str]] = {
+    "rotational": {
+        "cost_rev_ns": "svc_rev_ns",
+        "cost_track_sectors": "svc_track_sectors",
+        "cost_cyl_sectors": "svc_cyl_sectors",
+    },
+    "flash": {"cost_channels": "svc_channels", "cost_stripe_sectors": "svc_stripe_sectors"},
 }
+GEOMETRY_SERVICES = tuple(GEOMETRY_PARAMS)
+ALL_GEOMETRY_PARAMS = tuple(p for params in GEOMETRY_PARAMS.values() for p in params)
 
 
-def disk_geometry(device: Mapping[str, Any] | None) -> dict[str, int]:
-    """KML's geometry parameters for ``device``: its rotational model's, else all 0 (unknown)."""
-    if device is None or device.get("service") != GEOMETRY_SERVICE:
-        return dict.fromkeys(GEOMETRY_PARAMS, 0)
-    svc = NULL_BLK_SERVICE_MODELS[GEOMETRY_SERVICE]
-    return {param: svc[attr] for param, attr in GEOMETRY_PARAMS.items()}
+def device_geometry(device: Mapping[str, Any] | None) -> dict[str, int]:
+    """KML's geometry parameters for ``device``: its service model's, the others 0 (unknown)."""
+    out = dict.fromkeys(ALL_GEOMETRY_PARAMS, 0)
+    service = None if device is None else device.get("service")
+    if service in GEOMETRY_PARAMS:
+        svc = NULL_BLK_SERVICE_MODELS[service]
+        out.update({param: svc[attr] for param, attr in GEOMETRY_PARAMS[service].items()})
+    return out
 
 
 # QEMU's block throttling of a virtio disk (``-drive throttling.<name>=N``):
@@ -264,12 +271,13 @@ MODEL_FIELDS: dict[str, Field] = {
     # (least predicted service time less (age + lateness) >> cost_age_shift)
     "policy": Field("str", POLICY_DEFAULT, _one_of(*POLICIES)),
     "cost_age_shift": Field("int", 6, _between(0, 40)),
-    # policy cost: tell it the disk's geometry (revolution, track and
-    # cylinder sizes) from the device's model (service: rotational only), so
-    # that it prices the platter's turn as well as the seek
+    # policy cost: tell it the device's geometry from its service model: a
+    # disk's revolution, track and cylinder sizes (it prices the platter's
+    # turn as well as the seek), or a flash device's channels and stripe (it
+    # prices the wait for a request's channel)
     "geometry": Field("bool", False),
-    # policy cost with a geometry: a request's credit at its deadline, in
-    # thousandths of a revolution (kml_dd.h, KML_DD_COST_CREDIT_PERMILLE)
+    # policy cost with a disk's geometry: a request's credit at its deadline,
+    # in thousandths of a revolution (kml_dd.h, KML_DD_COST_CREDIT_PERMILLE)
     "cost_credit_permille": Field("int", 1000, _between(0, 8000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)

@@ -20,6 +20,8 @@ setnum @KML_PARAMS@/cost_age_shift @COST_AGE_SHIFT@
 setnum @KML_PARAMS@/cost_rev_ns @COST_REV_NS@
 setnum @KML_PARAMS@/cost_track_sectors @COST_TRACK_SECTORS@
 setnum @KML_PARAMS@/cost_cyl_sectors @COST_CYL_SECTORS@
+setnum @KML_PARAMS@/cost_channels @COST_CHANNELS@
+setnum @KML_PARAMS@/cost_stripe_sectors @COST_STRIPE_SECTORS@
 setnum @KML_PARAMS@/cost_credit_permille @COST_CREDIT_PERMILLE@
 setnum @KML_PARAMS@/observe_every @OBSERVE_EVERY@
 @TRAINER@
