@@ -44,7 +44,7 @@ from kmlbench.cell import guest_paths
 from kmlbench.cell import model as model_mod
 from kmlbench.cell import workload as workload_mod
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.plan.schema import MODEL_SCHEDULER
+from kmlbench.plan.schema import MODEL_SCHEDULER, device_geometry
 
 GOLDEN = Path(__file__).parent / "data" / "guest-scripts.golden.json"
 GOLDEN_REV = "9c3e592"
@@ -250,10 +250,12 @@ def cell_scripts(backend: Backend, params: dict) -> dict[str, str]:
     seconds = backend.trainer_seconds(params["workload"])
     model = backend.kml_model(params)
     if model is not None:
+        # what the cell step passes (cell/model.py): the device's geometry when told
+        told = {"geometry": device_geometry(params["device"])} if model.get("geometry") else {}
         out["kml_setup"] = backend.kml_setup(
             model, block_device, trainer_seconds=seconds,
             model_uploaded=bool(model.get("model_file")),
-            warm_uploaded=bool(model.get("warm_start")),
+            warm_uploaded=bool(model.get("warm_start")), **told,
         )  # fmt: skip
         out["kml_stop"] = backend.kml_stop(model, trace=False)
     if params["scheduler"]["name"] == MODEL_SCHEDULER:

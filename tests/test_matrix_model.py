@@ -11,7 +11,7 @@ from kmlbench import paths
 from kmlbench.cell import device
 from kmlbench.cell.model import kml_setup_script
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.plan.schema import NULL_BLK_SERVICE_MODELS, device_geometry
+from kmlbench.plan.schema import ALL_GEOMETRY_PARAMS, NULL_BLK_SERVICE_MODELS, device_geometry
 from kmlbench.plan.source import MatrixError
 
 HEAD = """\
@@ -302,10 +302,9 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     ):
         assert f"/sys/module/kml/parameters/{param} {value}\n" in told, param
     untold_script = kml_setup_script({"mode": "active", "policy": "cost"}, dev, trainer_seconds=1)
-    for param in ("cost_rev_ns", "cost_track_sectors", "cost_cyl_sectors"):
+    for param in ALL_GEOMETRY_PARAMS:
         assert f"/sys/module/kml/parameters/{param} 0\n" in untold_script, param
     assert "/sys/module/kml/parameters/cost_credit_permille 1000\n" in untold_script
-    # only the rotational model has a geometry to tell
     for param in ("cost_channels", "cost_stripe_sectors"):
         assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
     # a flash device's geometry is its channels and stripe, and nothing of a disk's
@@ -317,6 +316,14 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         "cost_channels": flash["svc_channels"],
         "cost_stripe_sectors": flash["svc_stripe_sectors"],
     }
+    flash_told = kml_setup_script(
+        {"mode": "active", "policy": "cost", "geometry": True},
+        dev,
+        trainer_seconds=1,
+        geometry=device_geometry({"type": "null_blk", "service": "flash"}),
+    )
+    for param, value in (("cost_channels", 8), ("cost_stripe_sectors", 8), ("cost_rev_ns", 0)):
+        assert f"/sys/module/kml/parameters/{param} {value}\n" in flash_told, param
     assert not any(device_geometry({"type": "null_blk"}).values())
     assert not any(device_geometry({"type": "virtio"}).values())
 

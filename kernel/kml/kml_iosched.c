@@ -342,9 +342,8 @@ static void kml_dd_geom_learn(struct kml_dd_queue *kq,
  */
 unsigned int kml_dd_cost_span(void)
 {
-	struct kml_dd_geom g;
-
 	struct kml_dd_flash f;
+	struct kml_dd_geom g;
 
 	return kml_dd_geom(&g) || kml_dd_flash(&f) ? KML_DD_COST_GEOM_SPAN : 1;
 }
@@ -371,9 +370,15 @@ static void kml_dd_svc_mean(struct kml_dd_queue *kq, unsigned int b, u64 svc)
  * Learn from @ctx, completed at @now on a flash device of channels @f: its
  * channel served it from its dispatch, or the channel's last completion if
  * later (a channel serves its commands in order), to now; a running mean
- * per direction (bucket 0 reads, 1 writes).  The channel's predicted end
- * moves by this one's error while it is the last one predicted there or
- * before it, as on the disk; not after the table was forgotten.
+ * per direction (bucket 0 reads, 1 writes), one per direction whatever
+ * the size (the figures are of 4 KiB requests).  The channel's predicted
+ * end moves by this one's error, as on the disk; on a channel, which
+ * serves in order, an error is then counted once for each request queued
+ * behind it, which the negative errors of the next ones and an idle
+ * channel (predicted from now again) undo.  Not after the table was
+ * forgotten.  The learned parameters are read again here: change them,
+ * then write kml_mode (as the harness does), or a request dispatched
+ * under the old ones is learned as if under the new.
  */
 static void kml_dd_flash_learn(struct kml_dd_queue *kq,
 			       const struct kml_dd_ctx *ctx,
@@ -388,8 +393,9 @@ static void kml_dd_flash_learn(struct kml_dd_queue *kq,
 	if (busy >= ctx->svc_done_ns)
 		WRITE_ONCE(kq->chan_busy_until[ch],
 			   busy + (now - ctx->svc_done_ns));
-	kml_dd_svc_mean(kq, ctx->svc_bucket,
-			min_t(u64, kml_dd_since(start, now), U32_MAX));
+	if (now > start)	/* else a clock step between CPUs, not a time */
+		kml_dd_svc_mean(kq, ctx->svc_bucket,
+				min_t(u64, now - start, U32_MAX));
 }
 
 /*
@@ -445,7 +451,7 @@ static noinline void kml_dd_svc_learn(struct kml_dd_queue *kq,
 		kml_dd_geom_learn(kq, ctx, &g, start, now);
 		return;
 	}
-	/* told a geometry at its dispatch, none now: nothing to learn */
+	/* told a geometry or channels at its dispatch, none now: nothing */
 	if (!ctx->svc_done_ns)
 		kml_dd_svc_mean(kq, ctx->svc_bucket, svc);
 }

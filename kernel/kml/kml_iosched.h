@@ -53,12 +53,12 @@ struct kml_dd_ctx {
 	u8 pred_met;
 	u8 steer;			/* predicted miss, model not aside */
 	u8 score;			/* its kml_dd_score_bucket() */
-	u8 svc_bucket;			/* kml_dd_svc_bucket() of its seek */
+	u8 svc_bucket;			/* policy cost: its seek's, or direction's */
 	u8 warmup;			/* tracked, not predicted or counted */
 	u8 svc_seq;			/* policy cost: it started at the head */
 	u32 svc_sectors;		/* policy cost: its length at dispatch */
 	u64 svc_pos;			/* policy cost: its start at dispatch */
-	u64 svc_done_ns;		/* policy cost, a geometry: predicted end */
+	u64 svc_done_ns;		/* policy cost told a device: predicted end */
 	s32 features[KML_DD_NR_FEATURES];
 };
 
