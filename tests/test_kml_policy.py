@@ -101,7 +101,7 @@ def test_told_the_disks_geometry_cost_wins_on_mean_and_misses(
     prices each candidate's seek and turn and credits a request by the share
     of its expiry it has waited. Measured over 20 s, 4 repeats a side, on
     this load (``workloads/disk-position.yaml``, docs/benchmarks.md): IOPS
-    +21%, mean -17%, total p99 -47%, misses 30% against 56%. Here, over
+    +25%, mean -20%, total p99 -45%, misses 29% against 56%. Here, over
     6 s that start unlearned: IOPS x1.21, mean x0.83, p99 x0.73, misses
     x0.54 (one run; the virtual clock repeats it to about 0.1%)."""
     off, cost, geo = (cells[k]["metrics"] for k in ("off", "cost", "cost+geometry"))
