@@ -31,38 +31,49 @@ ROT = NULL_BLK_SERVICE_MODELS["rotational"]
 FLASH = NULL_BLK_SERVICE_MODELS["flash"]
 TRANSFER_NS = 8 * ROT["svc_rev_ns"] / ROT["svc_track_sectors"]  # 4 KiB: 8 sectors
 
+# One device, mq-deadline, one randrw load, three model entries: stock
+# (off), policy cost untold, and policy cost told the device's geometry.
 MATRIX = """\
-name: policy
+name: {name}
 seed: 13
-guest: {memory_mib: 512, clock: virtual, icount_shift: 0, cpus: 1, share_boot: true,
-        boot_timeout_s: 300, command_timeout_s: 300, silence_timeout_s: 300}
+guest: {{memory_mib: 512, clock: virtual, icount_shift: 0, cpus: 1, share_boot: true,
+        boot_timeout_s: 300, command_timeout_s: 300, silence_timeout_s: 300}}
 axes:
   device:
-    - {type: null_blk, irqmode: timer, service: rotational, hw_queue_depth: 1,
-       submit_queues: 1, size_mib: 1024}
+    - {{type: null_blk, irqmode: timer, service: {service}, hw_queue_depth: {depth},
+       submit_queues: 1, size_mib: 1024}}
   scheduler:
-    - {name: mq-deadline, read_expire: 100, write_expire: 500, nr_requests: 64}
+    - {{name: mq-deadline, read_expire: {expire[0]}, write_expire: {expire[1]}, nr_requests: 64}}
   workload:
-    - {template: randrw, bs: 4k, iodepth: 16, rwmix_read: 70, runtime_s: 6, ramp_s: 0,
-       size_mib: 1024}
+    - {{template: randrw, bs: 4k, iodepth: {iodepth}, rwmix_read: 70, runtime_s: {seconds},
+       ramp_s: 0, size_mib: 1024}}
   model:
-    - {mode: off}
-    - {mode: active, policy: cost}
-    - {mode: active, policy: cost, geometry: true}
+    - {{mode: off}}
+    - {{mode: active, policy: cost{extra}}}
+    - {{mode: active, policy: cost, geometry: true{extra}}}
 """
 
 
-@pytest.fixture(scope="module")
-def cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    run_dir = run_matrix(tmp_path_factory.mktemp("policy"), "policy", MATRIX)
+def _run(tmp_path_factory: pytest.TempPathFactory, name: str, **values: Any) -> dict[str, Any]:
+    """The cells of MATRIX with ``values``, by entry: off, cost, told."""
+    text = MATRIX.format(name=name, **values)
+    run_dir = run_matrix(tmp_path_factory.mktemp(name), name, text)
     out = {}
     for cell in json.loads((run_dir / "summary.json").read_text())["cells"]:
         assert cell["status"] == "ok", cell
         model = cell["params"]["model"]
-        name = model.get("policy", model["mode"]) + ("+geometry" if model.get("geometry") else "")
-        out[name] = cell
-    assert sorted(out) == ["cost", "cost+geometry", "off"]
+        out["told" if model.get("geometry") else model.get("policy", model["mode"])] = cell
+    assert sorted(out) == ["cost", "off", "told"]
     return out
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The disk: 16 in flight against 100/500 ms expiries, 6 s."""
+    return _run(
+        tmp_path_factory, "policy", service="rotational", depth=1, expire=(100, 500),
+        iodepth=16, seconds=6, extra="",
+    )  # fmt: skip
 
 
 def test_cost_beats_stock_order_on_a_disk(cells: dict[str, dict[str, Any]]) -> None:
@@ -104,7 +115,7 @@ def test_told_the_disks_geometry_cost_wins_on_mean_and_misses(
     +25%, mean -20%, total p99 -45%, misses 29% against 56%. Here, over
     6 s that start unlearned: IOPS x1.21, mean x0.83, p99 x0.73, misses
     x0.54 (one run; the virtual clock repeats it to about 0.1%)."""
-    off, cost, geo = (cells[k]["metrics"] for k in ("off", "cost", "cost+geometry"))
+    off, cost, geo = (cells[k]["metrics"] for k in ("off", "cost", "told"))
     assert geo["iops"] > 1.1 * off["iops"], (off["iops"], geo["iops"])
     assert geo["iops"] > cost["iops"], (cost["iops"], geo["iops"])  # 67.6 against 60.4
     assert geo["lat_mean_us"] < 0.9 * off["lat_mean_us"], (off["lat_mean_us"], geo["lat_mean_us"])
@@ -112,7 +123,7 @@ def test_told_the_disks_geometry_cost_wins_on_mean_and_misses(
     assert geo["lat_p99_us"] < 0.85 * off["lat_p99_us"], (off["lat_p99_us"], geo["lat_p99_us"])
     assert geo["deadline_miss_frac"] < 0.75 * off["deadline_miss_frac"], (off, geo)
     # what the kernel was told is the device model's own geometry
-    counters = cells["cost+geometry"]["kml_stats"]["counters"]
+    counters = cells["told"]["kml_stats"]["counters"]
     assert counters["cost_rev_ns"] == ROT["svc_rev_ns"]
     assert counters["cost_track_sectors"] == ROT["svc_track_sectors"]
     assert counters["cost_cyl_sectors"] == ROT["svc_cyl_sectors"]
@@ -133,7 +144,7 @@ def test_the_learned_seeks_follow_the_disks_curve(cells: dict[str, dict[str, Any
     learned from completions (the turn and transfer taken out): above the
     model's seek curve at that length less a quarter turn (and above half
     of it), below the longest length in the bucket plus a quarter turn."""
-    table = cells["cost+geometry"]["kml_stats"]["svc_learned"]
+    table = cells["told"]["kml_stats"]["svc_learned"]
     quarter = ROT["svc_rev_ns"] / 4
     spans = [row for row in table if row["lo"] >= 1]
     assert len(spans) >= 5, table
@@ -145,37 +156,13 @@ def test_the_learned_seeks_follow_the_disks_curve(cells: dict[str, dict[str, Any
     assert long["ns"] - short["ns"] > 0.5 * (_seek_ns(long["lo"]) - _seek_ns(short["lo"])), table
 
 
-FLASH_MATRIX = """\
-name: policy-flash
-seed: 13
-guest: {memory_mib: 512, clock: virtual, icount_shift: 0, cpus: 1, share_boot: true,
-        boot_timeout_s: 300, command_timeout_s: 300, silence_timeout_s: 300}
-axes:
-  device:
-    - {type: null_blk, irqmode: timer, service: flash, hw_queue_depth: 8,
-       submit_queues: 1, size_mib: 1024}
-  scheduler:
-    - {name: mq-deadline, read_expire: 2, write_expire: 5, nr_requests: 64}
-  workload:
-    - {template: randrw, bs: 4k, iodepth: 64, rwmix_read: 70, runtime_s: 2, ramp_s: 0,
-       size_mib: 1024}
-  model:
-    - {mode: off}
-    - {mode: active, policy: cost, cost_age_shift: 2}
-    - {mode: active, policy: cost, geometry: true, cost_age_shift: 2}
-"""
-
-
 @pytest.fixture(scope="module")
 def flash(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    run_dir = run_matrix(tmp_path_factory.mktemp("policy-flash"), "policy-flash", FLASH_MATRIX)
-    out = {}
-    for cell in json.loads((run_dir / "summary.json").read_text())["cells"]:
-        assert cell["status"] == "ok", cell
-        model = cell["params"]["model"]
-        out["told" if model.get("geometry") else model.get("policy", model["mode"])] = cell
-    assert sorted(out) == ["cost", "off", "told"]
-    return out
+    """Flash: 64 in flight against 2/5 ms expiries, 2 s, age credit >> 2."""
+    return _run(
+        tmp_path_factory, "policy-flash", service="flash", depth=8, expire=(2, 5),
+        iodepth=64, seconds=2, extra=", cost_age_shift: 2",
+    )  # fmt: skip
 
 
 def test_told_the_flash_channels_cost_keeps_them_busy(flash: dict[str, dict[str, Any]]) -> None:
