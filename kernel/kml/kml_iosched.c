@@ -321,10 +321,10 @@ static void kml_dd_geom_learn(struct kml_dd_queue *kq,
 	pos_ns = min_t(u64, pos_ns - xfer, U32_MAX);
 	/*
 	 * The seek took at most pos_ns and more than pos_ns less a
-	 * revolution.  An upper bound falls at most by half a sample, so
-	 * that one wrong sample cannot price every shorter seek at nothing;
-	 * the bounds leak apart, so that a device or workload that changes
-	 * is learned again.
+	 * revolution.  An upper bound falls at most to its half in one
+	 * sample, so that one wrong sample cannot price every shorter seek
+	 * at nothing; the bounds leak apart, so that a device or workload
+	 * that changes is learned again.
 	 */
 	hi = READ_ONCE(kq->svc_ns[b]);
 	lo = READ_ONCE(kq->svc_lo_ns[b]);
