@@ -237,8 +237,9 @@ static u64 kml_dd_cyl_dist(const struct kml_dd_geom *g, u64 a, u64 b)
 
 /*
  * A flash device's channels for policy cost (cost_channels and
- * cost_stripe_sectors): false while either is unknown, or while a disk's
- * geometry is given.  Read at each use, as the disk's.
+ * cost_stripe_sectors): false while either is unknown.  Read at each use,
+ * as the disk's; every caller asks kml_dd_geom() first, so that a disk's
+ * geometry, when given, wins.
  */
 struct kml_dd_flash {
 	u32 channels;
@@ -247,12 +248,9 @@ struct kml_dd_flash {
 
 static bool kml_dd_flash(struct kml_dd_flash *f)
 {
-	struct kml_dd_geom g;
-
 	f->channels = READ_ONCE(kml_dd.cost_channels);
 	f->stripe = READ_ONCE(kml_dd.cost_stripe_sectors);
-	return f->channels && f->channels <= KML_DD_MAX_CHANNELS &&
-	       f->stripe && !kml_dd_geom(&g);
+	return f->channels && f->channels <= KML_DD_MAX_CHANNELS && f->stripe;
 }
 
 /* The channel that holds @pos, as the device stripes sectors over them. */
@@ -425,10 +423,6 @@ static noinline void kml_dd_svc_learn(struct kml_dd_queue *kq,
 	if ((ctx->flags & KML_DD_SAMPLE_REQUEUED) ||
 	    ctx->svc_bucket == KML_DD_SVC_NONE)
 		return;
-	if (ctx->svc_done_ns && kml_dd_flash(&f)) {
-		kml_dd_flash_learn(kq, ctx, &f, now);
-		return;
-	}
 	if (ctx->svc_done_ns && kml_dd_geom(&g)) {
 		/*
 		 * What was dispatched after it was predicted from its end:
@@ -449,6 +443,10 @@ static noinline void kml_dd_svc_learn(struct kml_dd_queue *kq,
 			WRITE_ONCE(kq->svc_busy_until,
 				   busy + (now - ctx->svc_done_ns));
 		kml_dd_geom_learn(kq, ctx, &g, start, now);
+		return;
+	}
+	if (ctx->svc_done_ns && kml_dd_flash(&f)) {
+		kml_dd_flash_learn(kq, ctx, &f, now);
 		return;
 	}
 	/* told a geometry or channels at its dispatch, none now: nothing */
@@ -656,12 +654,12 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 pos = blk_rq_pos(rq);
-	unsigned int b = kml_dd_svc_bucket(pos > head ? pos - head : head - pos);
 	unsigned long inserted;
 	s64 wait, late, deadline, cost;
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
 	bool geom = kml_dd_geom(&g);
+	unsigned int b;
 	u64 busy;
 
 	if (geom) {
@@ -675,6 +673,7 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 		cost = (busy > now ? busy - now : 0) +
 		       READ_ONCE(kq->svc_ns[rq_data_dir(rq)]);
 	} else {
+		b = kml_dd_svc_bucket(pos > head ? pos - head : head - pos);
 		cost = (s64)kml_dd_svc_predict(kq, b) + b;
 	}
 	if (ctx) {
