@@ -2,7 +2,10 @@
 
 One tiny deadline-stressing matrix (the fixture's device: a 500 us
 null_blk with one hardware slot, 8 ms read deadlines, 32 requests in
-flight, 128 of them in mq-deadline), two repeats, with:
+flight, 128 of them in mq-deadline), two repeats, on the virtual clock
+(one vCPU: time is instructions, so the skill bounds below do not move
+with the host's load; on the realtime clock the shipped model's balanced
+accuracy fell from 0.62 to 0.546 on a loaded host), with:
 
 * the shipped model (``workloads/models/deadline.kmlm``, trained by
   ``kmlbench train`` on traces of this kind of load) observing at the
@@ -64,7 +67,7 @@ name: e2e-model
 seed: 5
 repeat: 2
 kernel: {{source: debian}}
-guest: {{memory_mib: 512, clock: realtime, cpus: 2, boot_timeout_s: 300, command_timeout_s: 120,
+guest: {{memory_mib: 512, clock: virtual, cpus: 1, boot_timeout_s: 300, command_timeout_s: 120,
          silence_timeout_s: 240}}
 axes:
   device:
