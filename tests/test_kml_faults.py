@@ -704,6 +704,10 @@ INVALID_WRITES = [
         id="cost_credit_permille",
     ),
     pytest.param(
+        f"{P}/cost_late_permille", "0", ["8001", "-1", "0x"], (ERANGE, EINVAL),
+        id="cost_late_permille",
+    ),
+    pytest.param(
         f"{P}/cost_channels", "0", ["17", "-1", "eight"], (ERANGE, EINVAL), id="cost_channels",
     ),
     pytest.param(

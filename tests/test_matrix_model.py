@@ -281,6 +281,20 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         ("cost", True, 500),
         (None, None, None),
     ]
+    # the lateness rate is recorded only when not 0 (its default): the cells
+    # of the credit alone keep their ids
+    late = load(
+        tmp_path,
+        head
+        + "  model: [{mode: active, policy: cost, geometry: true,"
+        + " cost_late_permille: [0, 1000]}]\n",
+    )
+    assert sorted({str(c.params["model"].get("cost_late_permille")) for c in late.cells}) == [
+        "1000",
+        "None",
+    ]
+    plain = load(tmp_path, head + "  model: [{mode: active, policy: cost, geometry: true}]\n")
+    assert {c.id for c in plain.cells} < {c.id for c in late.cells}
     before = load(tmp_path, head + "  model: [{mode: active, policy: cost}]\n")
     untold = load(tmp_path, head + "  model: [{mode: active, policy: cost, geometry: false}]\n")
     assert {c.id for c in before.cells} == {c.id for c in untold.cells}
@@ -288,7 +302,13 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     dev = device.BlockDevice("nullb0")
     disk = {"type": "null_blk", "service": "rotational"}
     told = kml_setup_script(
-        {"mode": "active", "policy": "cost", "geometry": True, "cost_credit_permille": 500},
+        {
+            "mode": "active",
+            "policy": "cost",
+            "geometry": True,
+            "cost_credit_permille": 500,
+            "cost_late_permille": 1000,
+        },
         dev,
         trainer_seconds=1,
         geometry=device_geometry(disk),
@@ -299,12 +319,14 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         ("cost_track_sectors", rot["svc_track_sectors"]),
         ("cost_cyl_sectors", rot["svc_cyl_sectors"]),
         ("cost_credit_permille", 500),
+        ("cost_late_permille", 1000),
     ):
         assert f"/sys/module/kml/parameters/{param} {value}\n" in told, param
     untold_script = kml_setup_script({"mode": "active", "policy": "cost"}, dev, trainer_seconds=1)
     for param in ALL_GEOMETRY_PARAMS:
         assert f"/sys/module/kml/parameters/{param} 0\n" in untold_script, param
     assert "/sys/module/kml/parameters/cost_credit_permille 1000\n" in untold_script
+    assert "/sys/module/kml/parameters/cost_late_permille 0\n" in untold_script
     for param in ("cost_channels", "cost_stripe_sectors"):
         assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
     # a flash device's geometry is its channels and stripe, and nothing of a disk's
@@ -351,6 +373,7 @@ def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
     assert sorted(c.params["device"].get("service") for c in told) == ["flash", "rotational"]
     for bad, message in (
         ("cost_credit_permille: 8001", "0..8000"),
+        ("cost_late_permille: 8001", "0..8000"),
         ('geometry: "on"', "must be true or false"),
     ):
         with pytest.raises(MatrixError, match=message):

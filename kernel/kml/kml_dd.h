@@ -148,6 +148,14 @@ static inline u8 kml_dd_score_bucket(s32 r)
  */
 #define KML_DD_COST_CREDIT_PERMILLE	1000
 #define KML_DD_COST_MAX_CREDIT_PERMILLE	8000
+/*
+ * ... and past it, how fast the credit goes on growing, in thousandths of
+ * its rate before (cost_late_permille; 0: it falls back to the slow ageing
+ * of policy cost without a geometry, and goes to those that can still meet
+ * theirs).  Bounded as the credit is, so that no product overflows.
+ */
+#define KML_DD_COST_LATE_PERMILLE	0
+#define KML_DD_COST_MAX_LATE_PERMILLE	8000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
  * Observe mode watching part of the time (module parameter observe_every N):
@@ -278,6 +286,7 @@ struct kml_dd_global {
 	int sample_filter;		/* module parameter */
 	unsigned int cost_age_shift;	/* module parameter, policy "cost" */
 	unsigned int cost_credit_permille;	/* module parameter, policy "cost" */
+	unsigned int cost_late_permille;	/* module parameter, policy "cost" */
 	/* module parameters, policy "cost": a disk's geometry, 0 unknown */
 	unsigned int cost_rev_ns;
 	unsigned int cost_track_sectors;

@@ -44,6 +44,7 @@ struct kml_dd_global kml_dd = {
 	.decision_permille = KML_DD_PERMILLE_DEFAULT,
 	.cost_age_shift = KML_DD_COST_AGE_SHIFT,
 	.cost_credit_permille = KML_DD_COST_CREDIT_PERMILLE,
+	.cost_late_permille = KML_DD_COST_LATE_PERMILLE,
 	.observe_every = 1,
 	.skill_window = KML_DD_SKILL_WINDOW,
 	.skill_window_ms = KML_DD_SKILL_WINDOW_MS,
@@ -277,6 +278,16 @@ module_param_cb(cost_credit_permille, &kml_dd_uint_range_ops,
 MODULE_PARM_DESC(cost_credit_permille,
 		 "policy cost with a geometry: a request's credit at its deadline, thousandths of a revolution (max "
 		 __stringify(KML_DD_COST_MAX_CREDIT_PERMILLE) ")");
+
+static struct kml_dd_uint_range cost_late_permille_range = {
+	.v = &kml_dd.cost_late_permille,
+	.max = KML_DD_COST_MAX_LATE_PERMILLE,
+};
+module_param_cb(cost_late_permille, &kml_dd_uint_range_ops,
+		&cost_late_permille_range, 0644);
+MODULE_PARM_DESC(cost_late_permille,
+		 "policy cost with a geometry: past its deadline a request's credit grows on at this many thousandths of its rate before (0 = slow ageing; max "
+		 __stringify(KML_DD_COST_MAX_LATE_PERMILLE) ")");
 
 /*
  * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1
@@ -1073,6 +1084,8 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   READ_ONCE(kml_dd.cost_cyl_sectors));
 	seq_printf(m, "cost_credit_permille %u\n",
 		   READ_ONCE(kml_dd.cost_credit_permille));
+	seq_printf(m, "cost_late_permille %u\n",
+		   READ_ONCE(kml_dd.cost_late_permille));
 	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));
 	seq_printf(m, "cost_stripe_sectors %u\n",
 		   READ_ONCE(kml_dd.cost_stripe_sectors));

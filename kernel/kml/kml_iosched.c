@@ -612,7 +612,11 @@ static u64 kml_dd_geom_service(struct kml_dd_queue *kq,
  * one a steering model predicts to miss (@late >= 0 before the deadline).
  * In revolutions, as a choice between two sectors differs by up to one.
  * In shares of its expiry, as a read due in 10 ms is more urgent than a
- * write due in 400 ms, however long each has waited.
+ * write due in 400 ms, however long each has waited.  Past the deadline,
+ * with cost_late_permille set, it grows on from there at that many
+ * thousandths of its rate before: a request that missed still gets served
+ * within a bounded time, which is what the tail is made of.  The caller
+ * bounds @wait by KML_DD_COST_STARVE deadlines.
  */
 static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
 			     s64 deadline)
@@ -620,9 +624,12 @@ static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
 	u64 full = div_u64((u64)g->rev_ns *
 			   READ_ONCE(kml_dd.cost_credit_permille), 1000);
 
+	if (wait >= deadline)
+		return full + mul_u64_u64_div_u64(wait - deadline, full *
+				READ_ONCE(kml_dd.cost_late_permille),
+				max_t(u64, deadline, 1) * 1000);
 	if (late >= 0)
 		return full;
-	/* 0 <= wait < deadline */
 	return mul_u64_u64_div_u64(wait, full, deadline);
 }
 
@@ -637,7 +644,8 @@ static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
  * past its deadline, its lateness again, shifted right by cost_age_shift:
  * a request ages from its arrival and twice as fast once late.  Given a
  * geometry, until its deadline, the credit is kml_dd_due_credit() instead,
- * and past it the same slow ageing: a request past its deadline has missed
+ * and past it (unless cost_late_permille carries that on) the same slow
+ * ageing: a request past its deadline has missed
  * it whatever comes next, and the credit goes to those that can still meet
  * theirs.  With every request served late making the next ones later,
  * serving the latest first would make them all late.  For a
@@ -690,7 +698,7 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	late = wait - deadline;
 	if (ctx && ctx->pred_valid && ctx->steer)
 		late = max_t(s64, late, (s64)ctx->pred_issue_ns - deadline);
-	if (geom && wait < deadline)
+	if (geom && (wait < deadline || READ_ONCE(kml_dd.cost_late_permille)))
 		return cost - kml_dd_due_credit(&g, wait, late, deadline);
 	return cost - ((wait + max_t(s64, late, 0)) >>
 		       READ_ONCE(kml_dd.cost_age_shift));

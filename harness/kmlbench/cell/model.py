@@ -221,6 +221,9 @@ def kml_setup_script(
             "COST_CREDIT_PERMILLE": str(
                 int(model.get("cost_credit_permille", _default("cost_credit_permille")))
             ),
+            "COST_LATE_PERMILLE": str(
+                int(model.get("cost_late_permille", _default("cost_late_permille")))
+            ),
             "OBSERVE_EVERY": str(int(model.get("observe_every", _default("observe_every")))),
             "TRAINER": trainer_lines,
             "TRACER": tracer,

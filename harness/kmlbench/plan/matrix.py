@@ -41,6 +41,7 @@ from kmlbench.plan.schema import (
     OBSERVE_FIELDS,
     POLICY_DEFAULT,
     SCHEDULERS,
+    SPARSE_FIELDS,
     TEMPLATE_DEFAULTS,
     TOP_KEYS,
     TRAINER_FIELDS,
@@ -233,6 +234,9 @@ def _model_entries(
                     model.pop(name, None)
             if not model.get("geometry", True):  # recorded only when told: old ids stay
                 for name in GEOMETRY_FIELDS:
+                    model.pop(name)
+            for name in SPARSE_FIELDS:
+                if model.get(name) == MODEL_FIELDS[name].default:
                     model.pop(name)
             if model["mode"] != "observe" or model["observe_every"] == 1:
                 for name in OBSERVE_FIELDS:

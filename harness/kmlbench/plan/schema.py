@@ -279,6 +279,9 @@ MODEL_FIELDS: dict[str, Field] = {
     # policy cost with a disk's geometry: a request's credit at its deadline,
     # in thousandths of a revolution (kml_dd.h, KML_DD_COST_CREDIT_PERMILLE)
     "cost_credit_permille": Field("int", 1000, _between(0, 8000)),
+    # ... and past its deadline, how fast the credit grows on, in thousandths
+    # of its rate before (0: slow ageing; kml_dd.h, KML_DD_COST_LATE_PERMILLE)
+    "cost_late_permille": Field("int", 0, _between(0, 8000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
     "observe_every": Field("int", 1, _between(1, OBSERVE_MAX_EVERY)),
@@ -293,9 +296,18 @@ TRAINER_FIELDS = ("rate", "cpu_pct", "publish_every", "warm_start")
 # Only meaningful in active mode (what the predictions steer), and only
 # under policy cost (the one non-default policy; the shift is its knob):
 # not recorded otherwise.
-ACTIVE_FIELDS = ("policy", "cost_age_shift", "geometry", "cost_credit_permille")
+ACTIVE_FIELDS = (
+    "policy",
+    "cost_age_shift",
+    "geometry",
+    "cost_credit_permille",
+    "cost_late_permille",
+)
 # Only meaningful with a geometry: not recorded without one.
-GEOMETRY_FIELDS = ("geometry", "cost_credit_permille")
+GEOMETRY_FIELDS = ("geometry", "cost_credit_permille", "cost_late_permille")
+# Recorded only when not their default (added after cells were recorded
+# without them: old ids stay).
+SPARSE_FIELDS = ("cost_late_permille",)
 # Only meaningful in observe mode, and recorded only when not every request
 # is watched.
 OBSERVE_FIELDS = ("observe_every",)
