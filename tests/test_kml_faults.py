@@ -708,6 +708,10 @@ INVALID_WRITES = [
         id="cost_late_permille",
     ),
     pytest.param(
+        f"{P}/cost_horizon_ms", "0", ["60001", "-1", "1s"], (ERANGE, EINVAL),
+        id="cost_horizon_ms",
+    ),
+    pytest.param(
         f"{P}/cost_channels", "0", ["17", "-1", "eight"], (ERANGE, EINVAL), id="cost_channels",
     ),
     pytest.param(

@@ -287,11 +287,20 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         tmp_path,
         head
         + "  model: [{mode: active, policy: cost, geometry: true,"
-        + " cost_late_permille: [0, 1000]}]\n",
+        + " cost_late_permille: [0, 1000], cost_horizon_ms: [0, 200]}]\n",
     )
-    assert sorted({str(c.params["model"].get("cost_late_permille")) for c in late.cells}) == [
-        "1000",
-        "None",
+    recorded = {
+        (
+            str(c.params["model"].get("cost_late_permille")),
+            str(c.params["model"].get("cost_horizon_ms")),
+        )
+        for c in late.cells
+    }
+    assert sorted(recorded) == [
+        ("1000", "200"),
+        ("1000", "None"),
+        ("None", "200"),
+        ("None", "None"),
     ]
     plain = load(tmp_path, head + "  model: [{mode: active, policy: cost, geometry: true}]\n")
     assert {c.id for c in plain.cells} < {c.id for c in late.cells}
@@ -308,6 +317,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
             "geometry": True,
             "cost_credit_permille": 500,
             "cost_late_permille": 1000,
+            "cost_horizon_ms": 200,
         },
         dev,
         trainer_seconds=1,
@@ -320,6 +330,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         ("cost_cyl_sectors", rot["svc_cyl_sectors"]),
         ("cost_credit_permille", 500),
         ("cost_late_permille", 1000),
+        ("cost_horizon_ms", 200),
     ):
         assert f"/sys/module/kml/parameters/{param} {value}\n" in told, param
     untold_script = kml_setup_script({"mode": "active", "policy": "cost"}, dev, trainer_seconds=1)
@@ -327,6 +338,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         assert f"/sys/module/kml/parameters/{param} 0\n" in untold_script, param
     assert "/sys/module/kml/parameters/cost_credit_permille 1000\n" in untold_script
     assert "/sys/module/kml/parameters/cost_late_permille 0\n" in untold_script
+    assert "/sys/module/kml/parameters/cost_horizon_ms 0\n" in untold_script
     for param in ("cost_channels", "cost_stripe_sectors"):
         assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
     # a flash device's geometry is its channels and stripe, and nothing of a disk's
@@ -374,6 +386,7 @@ def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
     for bad, message in (
         ("cost_credit_permille: 8001", "0..8000"),
         ("cost_late_permille: 8001", "0..8000"),
+        ("cost_horizon_ms: -1", "0..60000"),
         ('geometry: "on"', "must be true or false"),
     ):
         with pytest.raises(MatrixError, match=message):

@@ -156,6 +156,13 @@ static inline u8 kml_dd_score_bucket(s32 r)
  */
 #define KML_DD_COST_LATE_PERMILLE	0
 #define KML_DD_COST_MAX_LATE_PERMILLE	8000
+/*
+ * ... and the credit grows as if the request were due within
+ * cost_horizon_ms, if that is sooner than its deadline (0: its deadline):
+ * a write due in 500 ms then ages as fast as a read due in 100 ms, and the
+ * writes stop making the tail.  A minute at most.
+ */
+#define KML_DD_COST_MAX_HORIZON_MS	60000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
  * Observe mode watching part of the time (module parameter observe_every N):
@@ -287,6 +294,7 @@ struct kml_dd_global {
 	unsigned int cost_age_shift;	/* module parameter, policy "cost" */
 	unsigned int cost_credit_permille;	/* module parameter, policy "cost" */
 	unsigned int cost_late_permille;	/* module parameter, policy "cost" */
+	unsigned int cost_horizon_ms;	/* module parameter, policy "cost" */
 	/* module parameters, policy "cost": a disk's geometry, 0 unknown */
 	unsigned int cost_rev_ns;
 	unsigned int cost_track_sectors;

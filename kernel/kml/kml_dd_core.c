@@ -289,6 +289,16 @@ MODULE_PARM_DESC(cost_late_permille,
 		 "policy cost with a geometry: past its deadline a request's credit grows on at this many thousandths of its rate before (0 = slow ageing; max "
 		 __stringify(KML_DD_COST_MAX_LATE_PERMILLE) ")");
 
+static struct kml_dd_uint_range cost_horizon_ms_range = {
+	.v = &kml_dd.cost_horizon_ms,
+	.max = KML_DD_COST_MAX_HORIZON_MS,
+};
+module_param_cb(cost_horizon_ms, &kml_dd_uint_range_ops,
+		&cost_horizon_ms_range, 0644);
+MODULE_PARM_DESC(cost_horizon_ms,
+		 "policy cost with a geometry: a request's credit grows as if it were due within this many ms, if sooner than its deadline (0 = its deadline; max "
+		 __stringify(KML_DD_COST_MAX_HORIZON_MS) ")");
+
 /*
  * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1
  * watches every request; N > 1 one window in N, the rest untracked.
@@ -1086,6 +1096,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   READ_ONCE(kml_dd.cost_credit_permille));
 	seq_printf(m, "cost_late_permille %u\n",
 		   READ_ONCE(kml_dd.cost_late_permille));
+	seq_printf(m, "cost_horizon_ms %u\n", READ_ONCE(kml_dd.cost_horizon_ms));
 	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));
 	seq_printf(m, "cost_stripe_sectors %u\n",
 		   READ_ONCE(kml_dd.cost_stripe_sectors));

@@ -612,25 +612,31 @@ static u64 kml_dd_geom_service(struct kml_dd_queue *kq,
  * one a steering model predicts to miss (@late >= 0 before the deadline).
  * In revolutions, as a choice between two sectors differs by up to one.
  * In shares of its expiry, as a read due in 10 ms is more urgent than a
- * write due in 400 ms, however long each has waited.  Past the deadline,
- * with cost_late_permille set, it grows on from there at that many
- * thousandths of its rate before: a request that missed still gets served
- * within a bounded time, which is what the tail is made of.  The caller
- * bounds @wait by KML_DD_COST_STARVE deadlines.
+ * write due in 400 ms, however long each has waited; or of
+ * cost_horizon_ms where that is sooner, as a request that waits long makes
+ * the tail whatever its expiry, and the credit then stays whole until the
+ * deadline.  Past the deadline (or the horizon), with cost_late_permille
+ * set, it grows on at that many thousandths of its rate before: a request
+ * that missed still gets served within a bounded time, which is what the
+ * tail is made of.  The caller bounds @wait by KML_DD_COST_STARVE
+ * deadlines, and past the deadline calls only with cost_late_permille set.
  */
 static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
 			     s64 deadline)
 {
 	u64 full = div_u64((u64)g->rev_ns *
 			   READ_ONCE(kml_dd.cost_credit_permille), 1000);
+	u64 base = (u64)READ_ONCE(kml_dd.cost_horizon_ms) * NSEC_PER_MSEC;
 
-	if (wait >= deadline)
-		return full + mul_u64_u64_div_u64(wait - deadline, full *
+	if (!base || base > deadline)
+		base = max_t(u64, deadline, 1);
+	if (wait >= base)
+		return full + mul_u64_u64_div_u64(wait - base, full *
 				READ_ONCE(kml_dd.cost_late_permille),
-				max_t(u64, deadline, 1) * 1000);
+				base * 1000);
 	if (late >= 0)
 		return full;
-	return mul_u64_u64_div_u64(wait, full, deadline);
+	return mul_u64_u64_div_u64(wait, full, base);
 }
 
 /*

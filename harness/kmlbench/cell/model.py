@@ -224,6 +224,7 @@ def kml_setup_script(
             "COST_LATE_PERMILLE": str(
                 int(model.get("cost_late_permille", _default("cost_late_permille")))
             ),
+            "COST_HORIZON_MS": str(int(model.get("cost_horizon_ms", _default("cost_horizon_ms")))),
             "OBSERVE_EVERY": str(int(model.get("observe_every", _default("observe_every")))),
             "TRAINER": trainer_lines,
             "TRACER": tracer,

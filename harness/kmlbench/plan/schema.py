@@ -282,6 +282,9 @@ MODEL_FIELDS: dict[str, Field] = {
     # ... and past its deadline, how fast the credit grows on, in thousandths
     # of its rate before (0: slow ageing; kml_dd.h, KML_DD_COST_LATE_PERMILLE)
     "cost_late_permille": Field("int", 0, _between(0, 8000)),
+    # ... as if it were due within this many ms, where that is sooner than its
+    # deadline (0: its deadline; kml_dd.h, KML_DD_COST_MAX_HORIZON_MS)
+    "cost_horizon_ms": Field("int", 0, _between(0, 60000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
     "observe_every": Field("int", 1, _between(1, OBSERVE_MAX_EVERY)),
@@ -302,12 +305,13 @@ ACTIVE_FIELDS = (
     "geometry",
     "cost_credit_permille",
     "cost_late_permille",
+    "cost_horizon_ms",
 )
 # Only meaningful with a geometry: not recorded without one.
-GEOMETRY_FIELDS = ("geometry", "cost_credit_permille", "cost_late_permille")
+GEOMETRY_FIELDS = ("geometry", "cost_credit_permille", "cost_late_permille", "cost_horizon_ms")
 # Recorded only when not their default (added after cells were recorded
 # without them: old ids stay).
-SPARSE_FIELDS = ("cost_late_permille",)
+SPARSE_FIELDS = ("cost_late_permille", "cost_horizon_ms")
 # Only meaningful in observe mode, and recorded only when not every request
 # is watched.
 OBSERVE_FIELDS = ("observe_every",)
