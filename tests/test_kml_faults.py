@@ -712,6 +712,10 @@ INVALID_WRITES = [
         id="cost_horizon_ms",
     ),
     pytest.param(
+        f"{P}/cost_miss_budget_permille", "0", ["1001", "-1", "10%"], (ERANGE, EINVAL),
+        id="cost_miss_budget_permille",
+    ),
+    pytest.param(
         f"{P}/cost_channels", "0", ["17", "-1", "eight"], (ERANGE, EINVAL), id="cost_channels",
     ),
     pytest.param(

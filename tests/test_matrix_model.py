@@ -318,6 +318,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
             "cost_credit_permille": 500,
             "cost_late_permille": 1000,
             "cost_horizon_ms": 200,
+            "cost_miss_budget_permille": 120,
         },
         dev,
         trainer_seconds=1,
@@ -331,6 +332,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         ("cost_credit_permille", 500),
         ("cost_late_permille", 1000),
         ("cost_horizon_ms", 200),
+        ("cost_miss_budget_permille", 120),
     ):
         assert f"/sys/module/kml/parameters/{param} {value}\n" in told, param
     untold_script = kml_setup_script({"mode": "active", "policy": "cost"}, dev, trainer_seconds=1)
@@ -339,6 +341,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     assert "/sys/module/kml/parameters/cost_credit_permille 1000\n" in untold_script
     assert "/sys/module/kml/parameters/cost_late_permille 0\n" in untold_script
     assert "/sys/module/kml/parameters/cost_horizon_ms 0\n" in untold_script
+    assert "/sys/module/kml/parameters/cost_miss_budget_permille 0\n" in untold_script
     for param in ("cost_channels", "cost_stripe_sectors"):
         assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
     # a flash device's geometry is its channels and stripe, and nothing of a disk's
@@ -387,6 +390,7 @@ def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
         ("cost_credit_permille: 8001", "0..8000"),
         ("cost_late_permille: 8001", "0..8000"),
         ("cost_horizon_ms: -1", "0..60000"),
+        ("cost_miss_budget_permille: 1001", "0..1000"),
         ('geometry: "on"', "must be true or false"),
     ):
         with pytest.raises(MatrixError, match=message):

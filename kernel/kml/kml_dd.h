@@ -163,6 +163,17 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * writes stop making the tail.  A minute at most.
  */
 #define KML_DD_COST_MAX_HORIZON_MS	60000
+/*
+ * ... and both only while the share of a queue's requests dispatched past
+ * their deadline stays under cost_miss_budget_permille (0: always): the
+ * tail gets the misses the budget allows and no more, so that under a
+ * load where many miss anyway (the disk under 16 requests) the policy
+ * keeps to those that can still meet theirs.  The share is a running
+ * average, each dispatch moving it 2^-KML_DD_COST_MISSED_SHIFT of the way:
+ * about the last 64 requests, a second of a disk's.
+ */
+#define KML_DD_COST_MISSED_SHIFT	6
+#define KML_DD_COST_MAX_MISS_BUDGET	1000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
  * Observe mode watching part of the time (module parameter observe_every N):
@@ -295,6 +306,7 @@ struct kml_dd_global {
 	unsigned int cost_credit_permille;	/* module parameter, policy "cost" */
 	unsigned int cost_late_permille;	/* module parameter, policy "cost" */
 	unsigned int cost_horizon_ms;	/* module parameter, policy "cost" */
+	unsigned int cost_miss_budget_permille;	/* module parameter, "cost" */
 	/* module parameters, policy "cost": a disk's geometry, 0 unknown */
 	unsigned int cost_rev_ns;
 	unsigned int cost_track_sectors;

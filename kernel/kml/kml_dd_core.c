@@ -299,6 +299,15 @@ MODULE_PARM_DESC(cost_horizon_ms,
 		 "policy cost with a geometry: a request's credit grows as if it were due within this many ms, if sooner than its deadline (0 = its deadline; max "
 		 __stringify(KML_DD_COST_MAX_HORIZON_MS) ")");
 
+static struct kml_dd_uint_range cost_miss_budget_permille_range = {
+	.v = &kml_dd.cost_miss_budget_permille,
+	.max = KML_DD_COST_MAX_MISS_BUDGET,
+};
+module_param_cb(cost_miss_budget_permille, &kml_dd_uint_range_ops,
+		&cost_miss_budget_permille_range, 0644);
+MODULE_PARM_DESC(cost_miss_budget_permille,
+		 "policy cost with a geometry: cost_late_permille and cost_horizon_ms only while fewer than this many in 1000 requests are dispatched late (0 = always)");
+
 /*
  * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1
  * watches every request; N > 1 one window in N, the rest untracked.
@@ -1097,6 +1106,8 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "cost_late_permille %u\n",
 		   READ_ONCE(kml_dd.cost_late_permille));
 	seq_printf(m, "cost_horizon_ms %u\n", READ_ONCE(kml_dd.cost_horizon_ms));
+	seq_printf(m, "cost_miss_budget_permille %u\n",
+		   READ_ONCE(kml_dd.cost_miss_budget_permille));
 	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));
 	seq_printf(m, "cost_stripe_sectors %u\n",
 		   READ_ONCE(kml_dd.cost_stripe_sectors));

@@ -532,6 +532,7 @@ static void kml_dd_svc_forget(struct kml_dd_queue *kq)
 		WRITE_ONCE(kq->svc_lo_ns[b], 0);
 	WRITE_ONCE(kq->svc_phase_known, false);
 	WRITE_ONCE(kq->svc_busy_until, 0);
+	WRITE_ONCE(kq->svc_missed, 0);
 	for (b = 0; b < KML_DD_MAX_CHANNELS; b++) {
 		WRITE_ONCE(kq->chan_busy_until[b], 0);
 		WRITE_ONCE(kq->chan_last_done[b], 0);
@@ -612,31 +613,46 @@ static u64 kml_dd_geom_service(struct kml_dd_queue *kq,
  * one a steering model predicts to miss (@late >= 0 before the deadline).
  * In revolutions, as a choice between two sectors differs by up to one.
  * In shares of its expiry, as a read due in 10 ms is more urgent than a
- * write due in 400 ms, however long each has waited; or of
- * cost_horizon_ms where that is sooner, as a request that waits long makes
- * the tail whatever its expiry, and the credit then stays whole until the
- * deadline.  Past the deadline (or the horizon), with cost_late_permille
- * set, it grows on at that many thousandths of its rate before: a request
- * that missed still gets served within a bounded time, which is what the
- * tail is made of.  The caller bounds @wait by KML_DD_COST_STARVE
- * deadlines, and past the deadline calls only with cost_late_permille set.
+ * write due in 400 ms, however long each has waited; or of @horizon_ms
+ * where that is sooner, as a request that waits long makes the tail
+ * whatever its expiry, and the credit then stays whole until the deadline.
+ * Past the deadline (or the horizon), with @late_permille set, it grows on
+ * at that many thousandths of its rate before: a request that missed still
+ * gets served within a bounded time, which is what the tail is made of.
+ * The caller passes cost_late_permille and cost_horizon_ms, or 0 for both
+ * while the miss budget is spent (kml_dd_tail_allowed()), bounds @wait by
+ * KML_DD_COST_STARVE deadlines, and past the deadline calls only with
+ * @late_permille set.
  */
 static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
-			     s64 deadline)
+			     s64 deadline, u32 late_permille, u32 horizon_ms)
 {
 	u64 full = div_u64((u64)g->rev_ns *
 			   READ_ONCE(kml_dd.cost_credit_permille), 1000);
-	u64 base = (u64)READ_ONCE(kml_dd.cost_horizon_ms) * NSEC_PER_MSEC;
+	u64 base = (u64)horizon_ms * NSEC_PER_MSEC;
 
 	if (!base || base > deadline)
 		base = max_t(u64, deadline, 1);
 	if (wait >= base)
-		return full + mul_u64_u64_div_u64(wait - base, full *
-				READ_ONCE(kml_dd.cost_late_permille),
-				base * 1000);
+		return full + mul_u64_u64_div_u64(wait - base,
+						  full * late_permille,
+						  base * 1000);
 	if (late >= 0)
 		return full;
 	return mul_u64_u64_div_u64(wait, full, base);
+}
+
+/*
+ * Whether @kq may spend misses on the tail (cost_late_permille,
+ * cost_horizon_ms): while the share of requests it dispatched late lately
+ * is under cost_miss_budget_permille, or always with no budget set.
+ */
+static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
+{
+	u32 budget = READ_ONCE(kml_dd.cost_miss_budget_permille);
+
+	return !budget ||
+	       READ_ONCE(kq->svc_missed) < div_u64((u64)budget << 16, 1000);
 }
 
 /*
@@ -672,7 +688,8 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	s64 wait, late, deadline, cost;
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
-	bool geom = kml_dd_geom(&g);
+	bool geom = kml_dd_geom(&g), tail;
+	u32 late_permille;
 	unsigned int b;
 	u64 busy;
 
@@ -704,8 +721,14 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	late = wait - deadline;
 	if (ctx && ctx->pred_valid && ctx->steer)
 		late = max_t(s64, late, (s64)ctx->pred_issue_ns - deadline);
-	if (geom && (wait < deadline || READ_ONCE(kml_dd.cost_late_permille)))
-		return cost - kml_dd_due_credit(&g, wait, late, deadline);
+	if (geom) {
+		tail = kml_dd_tail_allowed(kq);
+		late_permille = tail ? READ_ONCE(kml_dd.cost_late_permille) : 0;
+		if (wait < deadline || late_permille)
+			return cost - kml_dd_due_credit(&g, wait, late, deadline,
+				late_permille,
+				tail ? READ_ONCE(kml_dd.cost_horizon_ms) : 0);
+	}
 	return cost - ((wait + max_t(s64, late, 0)) >>
 		       READ_ONCE(kml_dd.cost_age_shift));
 }
@@ -822,7 +845,7 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 					  struct request *rq, u64 now)
 {
 	u64 pos = blk_rq_pos(rq), t0;
-	u32 nr = blk_rq_sectors(rq), ch;
+	u32 nr = blk_rq_sectors(rq), ch, missed, late;
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
 	/* a device's geometry concerns its reads and writes only */
@@ -840,6 +863,12 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		ctx->svc_done_ns = t0 + kml_dd_geom_service(kq, &g, kq->head,
 							    pos, nr, t0);
 		WRITE_ONCE(kq->svc_busy_until, ctx->svc_done_ns);
+		/* the share dispatched late, for the miss budget */
+		missed = kml_dd_since(ctx->insert_ns, now) > ctx->deadline_ns ?
+			 1 << 16 : 0;
+		late = READ_ONCE(kq->svc_missed);
+		WRITE_ONCE(kq->svc_missed, late + ((s32)(missed - late) >>
+						   KML_DD_COST_MISSED_SHIFT));
 	} else if (kml_dd_flash(&f)) {
 		if (!rw)
 			return;

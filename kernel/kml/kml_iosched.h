@@ -112,6 +112,11 @@ struct kml_dd_queue {
 	bool svc_phase_known;
 	/* a geometry: predicted end of the last request dispatched, ns */
 	u64 svc_busy_until;
+	/*
+	 * a geometry: the share of the requests dispatched lately that were
+	 * past their deadline, Q16.16 (kml_dd.h, KML_DD_COST_MISSED_SHIFT)
+	 */
+	u32 svc_missed;
 	/* flash channels: each one's predicted end and last completion, ns */
 	u64 chan_busy_until[KML_DD_MAX_CHANNELS];
 	u64 chan_last_done[KML_DD_MAX_CHANNELS];

@@ -225,6 +225,9 @@ def kml_setup_script(
                 int(model.get("cost_late_permille", _default("cost_late_permille")))
             ),
             "COST_HORIZON_MS": str(int(model.get("cost_horizon_ms", _default("cost_horizon_ms")))),
+            "COST_MISS_BUDGET_PERMILLE": str(
+                int(model.get("cost_miss_budget_permille", _default("cost_miss_budget_permille")))
+            ),
             "OBSERVE_EVERY": str(int(model.get("observe_every", _default("observe_every")))),
             "TRAINER": trainer_lines,
             "TRACER": tracer,
