@@ -174,7 +174,9 @@ def test_a_miss_budget_keeps_the_tails_parameters_to_it(
     in flight more than that miss whatever the order, so the budget is
     spent and the policy keeps to the requests that can still meet their
     deadline; the misses stay below stock's by as much as the default
-    credit's do, not above them as without the budget."""
+    credit's do, not above them as without the budget. Here, 6 s from
+    unlearned: misses 24% against 65% without the budget and 53% stock,
+    IOPS x1.21 and mean x0.83 of stock's (one run)."""
     off, told = cells["off"]["metrics"], cells["told"]["metrics"]
     tail, budget = cells["tail"]["metrics"], cells["budget"]["metrics"]
     assert budget["deadline_miss_frac"] < 0.6 * tail["deadline_miss_frac"], (tail, budget)
