@@ -63,7 +63,12 @@ enum kml_dd_stat {
 	KML_DD_NR_STATS,
 };
 
-#define KML_DD_HIST_BUCKETS 256
+/*
+ * The inference-time and error histograms' buckets (kml_dd_hist_bucket()):
+ * the last one, from 7 * 2^38 (32 minutes in ns, 22 days in us), holds
+ * everything beyond.  Per CPU, so each bucket costs 8 bytes a CPU.
+ */
+#define KML_DD_HIST_BUCKETS 160
 /*
  * A prediction's score for the AUC of the statistics: its residual
  * lg(predicted issue us) - lg(deadline us), the score the calibration
@@ -386,7 +391,8 @@ static inline unsigned int kml_dd_decision_permille(void)
 
 /*
  * Inference-time histogram: exact below 8 ns, then four buckets per power
- * of two, so p50/p99 are read to within 25%.
+ * of two, so p50/p99 are read to within 25%; the last bucket holds all
+ * from its start on.
  */
 static inline unsigned int kml_dd_hist_bucket(u64 ns)
 {
@@ -395,7 +401,8 @@ static inline unsigned int kml_dd_hist_bucket(u64 ns)
 	if (ns < 8)
 		return ns;
 	n = fls64(ns) - 1;		/* >= 3 */
-	return 8 + (n - 3) * 4 + ((ns >> (n - 2)) & 3);
+	return min_t(unsigned int, 8 + (n - 3) * 4 + ((ns >> (n - 2)) & 3),
+		     KML_DD_HIST_BUCKETS - 1);
 }
 
 /* A timed inference (one in KML_DD_TIME_EVERY) took @ns. */

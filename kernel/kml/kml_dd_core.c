@@ -506,7 +506,8 @@ static void kml_dd_hist_bounds(unsigned int b, u64 *lo, u64 *hi)
 	n = (b - 8) / 4 + 3;
 	sub = (b - 8) % 4;
 	*lo = (u64)(4 + sub) << (n - 2);
-	*hi = (u64)(5 + sub) << (n - 2);
+	*hi = b == KML_DD_HIST_BUCKETS - 1 ? U64_MAX :
+					     (u64)(5 + sub) << (n - 2);
 }
 
 /* A statistic: the sum of the CPUs' counts, plus its gauge. */
