@@ -21,6 +21,7 @@ from kmlbench.guest.console import (
     ConsoleEvent,
     classify,
     classify_line,
+    kcsan_through_kml,
     status_for,
 )
 from kmlbench.guest.qemu import Guest, GuestError
@@ -286,3 +287,25 @@ def test_status_for() -> None:
     assert status_for([ev("warn"), ev("hung_task")]) is None
     for kind in ("panic", "oops", "bug", *SANITIZER_KINDS):
         assert status_for([ev("warn"), ev(kind)]) == "panic"
+
+
+KCSAN_KERNEL_RACE = Path(__file__).parent / "data" / "kcsan-kernel-race.console"
+
+
+def test_a_kcsan_report_through_kml_is_found_below_its_header() -> None:
+    """A real report from the KCSAN kernel under fio and kmlctl fuzz
+    (tests/test_kml_faults.py): aio's completion against blk-mq's submit,
+    no KML or mq-deadline frame in either stack, so not ours. The same
+    report with one frame of mq-deadline in a stack is: its header still
+    names neither function, and only the stacks say so."""
+    text = KCSAN_KERNEL_RACE.read_text()
+    [event] = [e for e in classify(text) if e.kind.startswith("kcsan")]
+    assert event.kind == "kcsan_other"
+    assert kcsan_through_kml(text) == []
+    ours = text.replace(" blk_update_request+", " dd_finish_request+", 1)
+    assert ours != text
+    assert kcsan_through_kml(ours) == [event]
+    assert kcsan_through_kml(text.replace(" end_cmd+", " __kml_dd_finish+", 1)) == [event]
+    # only inside a report: the same frame after KCSAN's "Reported by" is not
+    tail = text + "[  300.0]  dd_dispatch_request+0x1/0x2\n"
+    assert kcsan_through_kml(tail) == []

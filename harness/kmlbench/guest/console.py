@@ -127,6 +127,36 @@ def classify(text: str) -> list[ConsoleEvent]:
     return events
 
 
+# A frame of KML's or mq-deadline's in a report's stacks ("kml_dd_cost+0x1/0x2").
+_OUR_FRAME = re.compile(r"\b(__)?(kml|dd)_\w*\+0x")
+_KCSAN_END = "Reported by Kernel Concurrency Sanitizer"
+
+
+def kcsan_through_kml(text: str) -> list[ConsoleEvent]:
+    """The KCSAN reports whose stacks pass through KML or mq-deadline.
+
+    A ``kcsan_other`` report's header names neither (``classify``), but an
+    access inside a function KML or mq-deadline called shows only in the
+    stacks below it: such a report is ours to read. Each is returned as its
+    header's event; a report runs from its header to KCSAN's "Reported by"
+    line.
+    """
+    found: list[ConsoleEvent] = []
+    header: ConsoleEvent | None = None
+    ours = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        event = classify_line(line, number)
+        if event is not None and event.kind in ("kcsan", "kcsan_other"):
+            header, ours = event, False
+        elif header is not None:
+            ours = ours or bool(_OUR_FRAME.search(line))
+            if _KCSAN_END in line:
+                if ours:
+                    found.append(header)
+                header = None
+    return found
+
+
 def status_for(events: list[ConsoleEvent]) -> str | None:
     """The cell status the events force, if any.
 
