@@ -79,7 +79,8 @@ def _run(
             out["tail"] = cell
         else:
             out["told" if model.get("geometry") else model.get("policy", model["mode"])] = cell
-    assert sorted(out) == sorted(["cost", "off", "told"] + (["tail", "budget"] if more else []))
+    assert {"cost", "off", "told"} <= set(out), sorted(out)
+    assert len(out) == 3 + more.count("mode:"), sorted(out)
     return out
 
 
@@ -185,6 +186,36 @@ def test_a_miss_budget_keeps_the_tails_parameters_to_it(
     assert budget["lat_mean_us"] < 0.9 * off["lat_mean_us"], (off, budget)
     assert told["deadline_miss_frac"] < 0.75 * off["deadline_miss_frac"]
     assert cells["budget"]["kml_stats"]["counters"]["cost_miss_budget_permille"] == 120
+
+
+# The miss budget's point of workloads/disk-tail.yaml.
+BUDGET = """\
+    - {mode: active, policy: cost, geometry: true, cost_credit_permille: 1250,
+       cost_late_permille: 250, cost_horizon_ms: 200, cost_miss_budget_permille: 120}
+"""
+
+
+@pytest.fixture(scope="module")
+def light(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The disk under 8 in flight, 6 s: fewer miss, and the budget has room."""
+    return _run(
+        tmp_path_factory, "policy-light", service="rotational", depth=1, expire=(100, 500),
+        iodepth=8, seconds=6, extra="", more=BUDGET,
+    )  # fmt: skip
+
+
+def test_under_its_budget_the_tail_spends_misses(light: dict[str, dict[str, Any]]) -> None:
+    """Under 8 in flight the default credit leaves fewer than 12% late, so
+    the budget lets the tail's parameters act: more misses than the
+    default's, still far fewer than stock's, and a shorter tail of writes.
+    Measured over 20 s, 4 repeats (``workloads/disk-tail.yaml``): misses
+    13.4% against 7.8% and 27.2%, writes' p99 352 against 396 ms. Here, 6 s
+    from unlearned: misses 13.9% against 9.3% and 26.6%, writes' p99 354
+    against 384 ms (one run)."""
+    off, told, budget = (light[k]["metrics"] for k in ("off", "told", "budget"))
+    assert budget["deadline_miss_frac"] > 1.2 * told["deadline_miss_frac"], (told, budget)
+    assert budget["deadline_miss_frac"] < 0.75 * off["deadline_miss_frac"], (off, budget)
+    assert budget["write_lat_p99_us"] < told["write_lat_p99_us"], (told, budget)
 
 
 def _seek_ns(cylinders: int) -> float:

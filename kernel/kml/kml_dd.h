@@ -157,7 +157,8 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * ... and past it, how fast the credit goes on growing, in thousandths of
  * its rate before (cost_late_permille; 0: it falls back to the slow ageing
  * of policy cost without a geometry, and goes to those that can still meet
- * theirs).  Bounded as the credit is, so that no product overflows.
+ * theirs), for at most KML_DD_COST_STARVE deadlines.  Bounded as the
+ * credit is, so that no product or quotient overflows.
  */
 #define KML_DD_COST_LATE_PERMILLE	0
 #define KML_DD_COST_MAX_LATE_PERMILLE	8000
@@ -175,7 +176,8 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * load where many miss anyway (the disk under 16 requests) the policy
  * keeps to those that can still meet theirs.  The share is a running
  * average, each dispatch moving it 2^-KML_DD_COST_MISSED_SHIFT of the way:
- * about the last 64 requests, a second of a disk's.
+ * about the last 64 requests, a second of a disk's.  It stays below 1, so
+ * a budget of 1000 (all may miss) is never spent, as 0.
  */
 #define KML_DD_COST_MISSED_SHIFT	6
 #define KML_DD_COST_MAX_MISS_BUDGET	1000

@@ -306,7 +306,8 @@ static struct kml_dd_uint_range cost_miss_budget_permille_range = {
 module_param_cb(cost_miss_budget_permille, &kml_dd_uint_range_ops,
 		&cost_miss_budget_permille_range, 0644);
 MODULE_PARM_DESC(cost_miss_budget_permille,
-		 "policy cost with a geometry: cost_late_permille and cost_horizon_ms only while fewer than this many in 1000 requests are dispatched late (0 = always)");
+		 "policy cost with a geometry: cost_late_permille and cost_horizon_ms only while fewer than this many in 1000 requests are dispatched late (0 or 1000 = always; max "
+		 __stringify(KML_DD_COST_MAX_MISS_BUDGET) ")");
 
 /*
  * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1

@@ -519,7 +519,9 @@ static u64 kml_dd_seek_predict(struct kml_dd_queue *kq, u64 dist)
  * A queue whose kml_mode is written learns policy cost's service times
  * afresh, as after a boot: its device or workload may have changed.  A
  * completion racing with this may store one mean after it: one bucket
- * learned from one sample, which the next samples correct.
+ * learned from one sample, which the next samples correct.  A dispatch
+ * racing with it may write the share dispatched late back over the reset:
+ * the next 64 or so dispatches bring it to the new load's.
  */
 static void kml_dd_svc_forget(struct kml_dd_queue *kq)
 {
@@ -615,10 +617,12 @@ static u64 kml_dd_geom_service(struct kml_dd_queue *kq,
  * In shares of its expiry, as a read due in 10 ms is more urgent than a
  * write due in 400 ms, however long each has waited; or of @horizon_ms
  * where that is sooner, as a request that waits long makes the tail
- * whatever its expiry, and the credit then stays whole until the deadline.
- * Past the deadline (or the horizon), with @late_permille set, it grows on
- * at that many thousandths of its rate before: a request that missed still
- * gets served within a bounded time, which is what the tail is made of.
+ * whatever its expiry.  Past the deadline (or the horizon), with
+ * @late_permille set, it grows on at that many thousandths of its rate
+ * before, for up to KML_DD_COST_STARVE more deadlines (or horizons): a
+ * request that missed still gets served within a bounded time, which is
+ * what the tail is made of.  Without it the credit stays whole from the
+ * horizon to the deadline.
  * The caller passes cost_late_permille and cost_horizon_ms, or 0 for both
  * while the miss budget is spent (kml_dd_tail_allowed()), bounds @wait by
  * KML_DD_COST_STARVE deadlines, and past the deadline calls only with
@@ -629,14 +633,16 @@ static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
 {
 	u64 full = div_u64((u64)g->rev_ns *
 			   READ_ONCE(kml_dd.cost_credit_permille), 1000);
-	u64 base = (u64)horizon_ms * NSEC_PER_MSEC;
+	u64 base = (u64)horizon_ms * NSEC_PER_MSEC, past;
 
 	if (!base || base > deadline)
 		base = max_t(u64, deadline, 1);
-	if (wait >= base)
-		return full + mul_u64_u64_div_u64(wait - base,
-						  full * late_permille,
+	if (wait >= base) {
+		/* capped, so that no quotient overflows however long it waits */
+		past = min_t(u64, wait - base, KML_DD_COST_STARVE * base);
+		return full + mul_u64_u64_div_u64(past, full * late_permille,
 						  base * 1000);
+	}
 	if (late >= 0)
 		return full;
 	return mul_u64_u64_div_u64(wait, full, base);
@@ -688,8 +694,8 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	s64 wait, late, deadline, cost;
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
-	bool geom = kml_dd_geom(&g), tail;
-	u32 late_permille;
+	bool geom = kml_dd_geom(&g);
+	u32 late_permille, horizon_ms;
 	unsigned int b;
 	u64 busy;
 
@@ -722,12 +728,16 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	if (ctx && ctx->pred_valid && ctx->steer)
 		late = max_t(s64, late, (s64)ctx->pred_issue_ns - deadline);
 	if (geom) {
-		tail = kml_dd_tail_allowed(kq);
-		late_permille = tail ? READ_ONCE(kml_dd.cost_late_permille) : 0;
+		late_permille = 0;
+		horizon_ms = 0;
+		if (kml_dd_tail_allowed(kq)) {
+			late_permille = READ_ONCE(kml_dd.cost_late_permille);
+			horizon_ms = READ_ONCE(kml_dd.cost_horizon_ms);
+		}
 		if (wait < deadline || late_permille)
 			return cost - kml_dd_due_credit(&g, wait, late, deadline,
-				late_permille,
-				tail ? READ_ONCE(kml_dd.cost_horizon_ms) : 0);
+							late_permille,
+							horizon_ms);
 	}
 	return cost - ((wait + max_t(s64, late, 0)) >>
 		       READ_ONCE(kml_dd.cost_age_shift));
@@ -845,7 +855,7 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 					  struct request *rq, u64 now)
 {
 	u64 pos = blk_rq_pos(rq), t0;
-	u32 nr = blk_rq_sectors(rq), ch, missed, late;
+	u32 nr = blk_rq_sectors(rq), ch, missed, avg;
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
 	/* a device's geometry concerns its reads and writes only */
@@ -866,9 +876,9 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		/* the share dispatched late, for the miss budget */
 		missed = kml_dd_since(ctx->insert_ns, now) > ctx->deadline_ns ?
 			 1 << 16 : 0;
-		late = READ_ONCE(kq->svc_missed);
-		WRITE_ONCE(kq->svc_missed, late + ((s32)(missed - late) >>
-						   KML_DD_COST_MISSED_SHIFT));
+		avg = READ_ONCE(kq->svc_missed);
+		WRITE_ONCE(kq->svc_missed, avg + ((s32)(missed - avg) >>
+						  KML_DD_COST_MISSED_SHIFT));
 	} else if (kml_dd_flash(&f)) {
 		if (!rw)
 			return;
