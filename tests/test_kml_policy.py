@@ -84,13 +84,20 @@ def _run(
     return out
 
 
+def _disk(
+    tmp_path_factory: pytest.TempPathFactory, name: str, iodepth: int, more: str
+) -> dict[str, Any]:
+    """The disk against 100/500 ms expiries, 6 s, with MATRIX's entries and ``more``."""
+    return _run(
+        tmp_path_factory, name, service="rotational", depth=1, expire=(100, 500),
+        iodepth=iodepth, seconds=6, extra="", more=more,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The disk: 16 in flight against 100/500 ms expiries, 6 s."""
-    return _run(
-        tmp_path_factory, "policy", service="rotational", depth=1, expire=(100, 500),
-        iodepth=16, seconds=6, extra="", more=TAIL,
-    )  # fmt: skip
+    """The disk under 16 in flight, and the tail's points."""
+    return _disk(tmp_path_factory, "policy", 16, TAIL)
 
 
 def test_cost_beats_stock_order_on_a_disk(cells: dict[str, dict[str, Any]]) -> None:
@@ -197,11 +204,8 @@ BUDGET = """\
 
 @pytest.fixture(scope="module")
 def light(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The disk under 8 in flight, 6 s: fewer miss, and the budget has room."""
-    return _run(
-        tmp_path_factory, "policy-light", service="rotational", depth=1, expire=(100, 500),
-        iodepth=8, seconds=6, extra="", more=BUDGET,
-    )  # fmt: skip
+    """The disk under 8 in flight: fewer miss, and the budget has room."""
+    return _disk(tmp_path_factory, "policy-light", 8, BUDGET)
 
 
 def test_under_its_budget_the_tail_spends_misses(light: dict[str, dict[str, Any]]) -> None:
