@@ -211,15 +211,18 @@ def light(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]
 def test_under_its_budget_the_tail_spends_misses(light: dict[str, dict[str, Any]]) -> None:
     """Under 8 in flight the default credit leaves fewer than 12% late, so
     the budget lets the tail's parameters act: more misses than the
-    default's, still far fewer than stock's, and a shorter tail of writes.
-    Measured over 20 s, 4 repeats (``workloads/disk-tail.yaml``): misses
-    13.4% against 7.8% and 27.2%, writes' p99 352 against 396 ms. Here, 6 s
-    from unlearned: misses 13.9% against 9.3% and 26.6%, writes' p99 354
-    against 384 ms (one run)."""
+    default's, about the budget's share, still far fewer than stock's, and a
+    shorter tail than stock's. Measured over 20 s, 4 repeats
+    (``workloads/disk-tail.yaml``): misses 13.3% against 8.9% and 27.8%,
+    p99 327 against 432 ms. A 6 s cell's start is not the same from one
+    invocation to the next (two runs: misses 13.9% and 14.1% against 9.3%
+    and 7.5%), and its writes' p99 is its longest write or two, which
+    moved by 8% either way: not asserted."""
     off, told, budget = (light[k]["metrics"] for k in ("off", "told", "budget"))
     assert budget["deadline_miss_frac"] > 1.2 * told["deadline_miss_frac"], (told, budget)
+    assert budget["deadline_miss_frac"] < 0.2, budget  # a 12% budget, from unlearned
     assert budget["deadline_miss_frac"] < 0.75 * off["deadline_miss_frac"], (off, budget)
-    assert budget["write_lat_p99_us"] < told["write_lat_p99_us"], (told, budget)
+    assert budget["lat_p99_us"] < 0.85 * off["lat_p99_us"], (off["lat_p99_us"], budget)
 
 
 def _seek_ns(cylinders: int) -> float:
