@@ -216,19 +216,19 @@ def kml_setup_script(
             "SAMPLE_FILTER": shlex.quote(sample_filter),
             "DECISION_PERMILLE": str(permille),
             "POLICY": shlex.quote(str(model.get("policy", _default("policy")))),
-            "COST_AGE_SHIFT": str(int(model.get("cost_age_shift", _default("cost_age_shift")))),
             **{param.upper(): str(int(told[param])) for param in ALL_GEOMETRY_PARAMS},
-            "COST_CREDIT_PERMILLE": str(
-                int(model.get("cost_credit_permille", _default("cost_credit_permille")))
-            ),
-            "COST_LATE_PERMILLE": str(
-                int(model.get("cost_late_permille", _default("cost_late_permille")))
-            ),
-            "COST_HORIZON_MS": str(int(model.get("cost_horizon_ms", _default("cost_horizon_ms")))),
-            "COST_MISS_BUDGET_PERMILLE": str(
-                int(model.get("cost_miss_budget_permille", _default("cost_miss_budget_permille")))
-            ),
-            "OBSERVE_EVERY": str(int(model.get("observe_every", _default("observe_every")))),
+            # every cell writes each one: the parameters are global
+            **{
+                name.upper(): str(int(model.get(name, _default(name))))
+                for name in (
+                    "cost_age_shift",
+                    "cost_credit_permille",
+                    "cost_late_permille",
+                    "cost_horizon_ms",
+                    "cost_miss_budget_permille",
+                    "observe_every",
+                )
+            },
             "TRAINER": trainer_lines,
             "TRACER": tracer,
             "MODE": mode,
