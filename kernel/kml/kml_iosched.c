@@ -873,9 +873,9 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		ctx->svc_done_ns = t0 + kml_dd_geom_service(kq, &g, kq->head,
 							    pos, nr, t0);
 		WRITE_ONCE(kq->svc_busy_until, ctx->svc_done_ns);
-		/* the share dispatched late, for the miss budget */
-		missed = kml_dd_since(ctx->insert_ns, now) > ctx->deadline_ns ?
-			 1 << 16 : 0;
+		/* the share dispatched late (at 1000 permille: the deadline) */
+		missed = kml_dd_meets(kml_dd_since(ctx->insert_ns, now),
+				      ctx->deadline_ns, 1000) ? 0 : 1 << 16;
 		avg = READ_ONCE(kq->svc_missed);
 		WRITE_ONCE(kq->svc_missed, avg + ((s32)(missed - avg) >>
 						  KML_DD_COST_MISSED_SHIFT));
