@@ -21,13 +21,14 @@ import pytest
 from kmlbench import paths
 from kmlbench.data.fio import (
     fio_version,
+    late_metrics,
     merge_bins,
     metrics_from_fio,
     parse_fio_output,
     percentile_from_bins,
 )
 from kmlbench.plan.fio_job import FioError, fio_command, fio_shell_command, render_job
-from kmlbench.plan.schema import WORKLOAD_FIELDS
+from kmlbench.plan.schema import UNSET, WORKLOAD_FIELDS
 
 FIO = shutil.which("fio") or "/usr/bin/fio"
 pytestmark = pytest.mark.skipif(not os.path.exists(FIO), reason="fio is not installed")
@@ -36,7 +37,8 @@ TEMPLATES = sorted(p.stem for p in paths.TEMPLATES_DIR.glob("*.fio"))
 
 
 def workload(template: str, **overrides: object) -> dict:
-    w = {name: f.default for name, f in WORKLOAD_FIELDS.items() if name != "template"}
+    given = {n: f for n, f in WORKLOAD_FIELDS.items() if f.default is not UNSET}  # no target
+    w = {name: f.default for name, f in given.items() if name != "template"}
     w.update(template=template, bs="4k", iodepth=4, numjobs=2, runtime_s=1, ramp_s=0)
     w.update(size_mib=8, thinktime_us=0, thinktime_blocks=1)
     w.update(overrides)
@@ -224,6 +226,40 @@ def test_total_latency_is_measured_beside_completion_latency(randrw_report: dict
     m_old = metrics_from_fio(old)
     assert m_old["lat_mean_us"] == m["lat_mean_us"] and "lat_p99_us" not in m_old
     assert m_old["clat_p99_us"] == m["clat_p99_us"]
+
+
+def pooled_late_share(report: dict, direction: str, target_ns: float) -> tuple[int, int]:
+    """Independently: every total-latency sample of a direction, and those over the target."""
+    samples = []
+    for job in report["jobs"]:
+        bins = job[direction]["lat_ns"]["bins"]
+        samples.append(np.repeat(np.array([int(v) for v in bins]), list(bins.values())))
+    pooled = np.concatenate(samples)
+    return int((pooled > target_ns).sum()), len(pooled)
+
+
+def test_late_share_counts_the_samples_over_each_directions_target(randrw_report: dict) -> None:
+    """A target at each direction's own median: about half are late, exactly
+    the samples over it; nothing is late past the slowest, everything before
+    the fastest; a direction without a target counts nothing."""
+    job = randrw_report["jobs"][0]
+    read_t = job["read"]["lat_ns"]["percentile"]["50.000000"]
+    write_t = job["write"]["lat_ns"]["percentile"]["50.000000"]
+    m = late_metrics(randrw_report, {"read": read_t / 1e6, "write": write_t / 1e6})
+    read_late, reads = pooled_late_share(randrw_report, "read", read_t)
+    write_late, writes = pooled_late_share(randrw_report, "write", write_t)
+    assert 0 < read_late < reads and 0 < write_late < writes
+    assert m["read_late_frac"] == read_late / reads <= 0.5
+    assert m["write_late_frac"] == write_late / writes <= 0.5
+    assert m["late_frac"] == (read_late + write_late) / (reads + writes)
+    slowest = max(int(v) for v in job["read"]["lat_ns"]["bins"])
+    fastest = min(int(v) for v in job["read"]["lat_ns"]["bins"])
+    assert late_metrics(randrw_report, {"read": slowest / 1e6}) == {
+        "read_late_frac": 0.0,
+        "late_frac": 0.0,
+    }
+    assert late_metrics(randrw_report, {"read": (fastest - 1) / 1e6})["late_frac"] == 1.0
+    assert late_metrics(randrw_report, {}) == {}
 
 
 def test_metrics_refuse_plain_json_without_bins(randrw_report: dict) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
+from kmlbench.cell.workload import late_targets
+from kmlbench.plan.fio_job import render_job
 from kmlbench.plan.matrix import Matrix, load_matrix
 from kmlbench.plan.schema import DEVICE_TYPES, QUEUE_FIELDS, SCHEDULERS, UNSET, WORKLOAD_FIELDS
 from kmlbench.plan.source import MatrixError
@@ -114,7 +116,10 @@ def test_params_are_fully_resolved(tmp_path: Path) -> None:
         assert set(p["scheduler"]) == {"name", *SCHEDULERS[p["scheduler"]["name"]]} - set(
             QUEUE_FIELDS
         )
-        assert set(p["workload"]) == set(WORKLOAD_FIELDS)
+        # every workload field with a default; the latency targets only when given
+        assert set(p["workload"]) == {
+            k for k, f in WORKLOAD_FIELDS.items() if f.default is not UNSET
+        }
     mqdl = next(c for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline")
     assert mqdl.params["scheduler"] == {
         "name": "mq-deadline",
@@ -293,6 +298,12 @@ ERRORS = [
         6,
         "axes.device[0].throttle_iops_total",
         "does not apply to device type 'null_blk'",
+    ),
+    (
+        "name: t\naxes:\n  workload:\n    - {template: randrw,\n       read_target_ms: 0}\n",
+        5,
+        "axes.workload[0].read_target_ms",
+        "must be in 1..3600000",
     ),
     ("name: t\nsede: 1\naxes: {workload: [{template: randread}]}\n", 2, "sede", "unknown key"),
     (
@@ -573,3 +584,24 @@ def test_service_models_are_recorded_only_when_given(tmp_path: Path) -> None:
         "flash",
         "fixed",
     }
+
+
+def test_latency_targets_are_recorded_only_when_given(tmp_path: Path) -> None:
+    """A workload without ``read_target_ms``/``write_target_ms`` keeps the
+    params (and so the cell id) it had before they existed; with them, every
+    scheduler's cell records them (the late share is counted at completion,
+    whatever the scheduler), and the set-up the cell runs is the same."""
+    text = "name: t\naxes:\n  scheduler: [{name: none}]\n  workload: [{template: randrw}]\n"
+    plain = load(tmp_path, text)
+    assert not {"read_target_ms", "write_target_ms"} & set(plain.cells[0].params["workload"])
+    told = load(
+        tmp_path, text.replace("{template: randrw}", "{template: randrw, read_target_ms: 100}")
+    )
+    assert told.cells[0].params["workload"]["read_target_ms"] == 100
+    assert "write_target_ms" not in told.cells[0].params["workload"]
+    assert told.cells[0].id != plain.cells[0].id
+    assert late_targets(told.cells[0].params["workload"]) == {"read": 100}
+    assert late_targets(plain.cells[0].params["workload"]) == {}
+    assert render_job(told.cells[0].params["workload"], "/dev/x") == render_job(
+        plain.cells[0].params["workload"], "/dev/x"
+    )

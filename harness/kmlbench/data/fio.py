@@ -153,6 +153,57 @@ def _latencies(parts: list[tuple[str, Mapping[str, Any]]]) -> dict[str, float]:
     return {**_latency(parts, "clat"), **_latency(parts, "lat")}
 
 
+def _by_direction(jobs: list[Any]) -> dict[str, list[tuple[str, Mapping[str, Any]]]]:
+    """Each direction's reports, from every job that did I/O in it, named for errors."""
+    per_dir: dict[str, list[tuple[str, Mapping[str, Any]]]] = {d: [] for d in DIRECTIONS}
+    for i, job in enumerate(jobs):
+        for direction in DIRECTIONS:
+            d = job.get(direction)
+            if isinstance(d, Mapping) and _did_io(d):
+                per_dir[direction].append((f"jobs[{i}].{direction}", d))
+    return per_dir
+
+
+def late_metrics(data: Mapping[str, Any], targets_ms: Mapping[str, float]) -> dict[str, float]:
+    """The share of requests whose total latency exceeded their direction's
+    target: ``late_frac`` over the directions given a target, and
+    ``read_late_frac``/``write_late_frac`` (matrix keys
+    ``workload.read_target_ms``/``write_target_ms``).
+
+    It is what a user sees of a deadline, whatever the scheduler: none,
+    kyber and bfq have no deadline of their own to count misses against
+    (:mod:`kmlbench.data.deadline_misses` counts mq-deadline's, at
+    dispatch), but every request's completion can be held to the same
+    target. Counted on fio's total-latency histogram (``lat_ns.bins``): a
+    bucket is late when its value, fio's bucket middle, is above the target,
+    so a request within half a bucket (under 1% of the value) of it may
+    fall either side. A direction without its histogram gives nothing.
+    """
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list):
+        raise FioError("fio report has no jobs")
+    out: dict[str, float] = {}
+    late = total = 0
+    for direction, parts in _by_direction(jobs).items():
+        target = targets_ms.get(direction)
+        if target is None or not parts:
+            continue
+        bin_maps = [(d.get("lat_ns") or {}).get("bins") for _, d in parts]
+        if any(b is None for b in bin_maps):
+            continue
+        bins = merge_bins(b for b in bin_maps if b is not None)
+        n = sum(bins.values())
+        limit_ns = round(target * 1_000_000)
+        over = sum(count for value, count in bins.items() if value > limit_ns)
+        if n:
+            out[f"{direction}_late_frac"] = over / n
+            late += over
+            total += n
+    if total:
+        out["late_frac"] = late / total
+    return out
+
+
 def metrics_from_fio(data: Mapping[str, Any]) -> dict[str, float]:
     """Totals over every job (group) and direction, then ``read_*``,
     ``write_*`` (and ``trim_*``) for each direction that did I/O.
@@ -173,12 +224,7 @@ def metrics_from_fio(data: Mapping[str, Any]) -> dict[str, float]:
     if failed:
         raise FioError("fio job failed: " + "; ".join(failed))
 
-    per_dir: dict[str, list[tuple[str, Mapping[str, Any]]]] = {d: [] for d in DIRECTIONS}
-    for i, job in enumerate(jobs):
-        for direction in DIRECTIONS:
-            d = job.get(direction)
-            if isinstance(d, Mapping) and _did_io(d):
-                per_dir[direction].append((f"jobs[{i}].{direction}", d))
+    per_dir = _by_direction(jobs)
     everything = [p for parts in per_dir.values() for p in parts]
     if not everything:
         raise FioError("fio report shows no completed I/O")

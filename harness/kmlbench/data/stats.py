@@ -113,6 +113,8 @@ METRICS: dict[str, MetricDef] = {
         ),
         MetricDef("uinsn", "user instructions per I/O", "insn", False, scalar="user_insn_per_io"),
         MetricDef("misses", "deadline misses", "", False, scalar="deadline_miss_frac"),
+        # over workload.<d>_target_ms at completion, any scheduler (data/fio.py)
+        MetricDef("late", "late completions", "", False, scalar="late_frac"),
         MetricDef("accuracy", "accuracy", "", True, scalar="kml.accuracy"),
         MetricDef("baseline_accuracy", "baseline", "", True, scalar="kml.baseline_accuracy"),
         MetricDef(

@@ -238,6 +238,8 @@ for _fields in SCHEDULERS.values():
     _fields.update(QUEUE_FIELDS)
 SCHEDULER_SLUGS = {"mq-deadline": "mqdl", "none": "none", "kyber": "kyber", "bfq": "bfq"}
 
+# The directions a latency target can be set for (``workload.<d>_target_ms``).
+LATE_DIRECTIONS = ("read", "write")
 WORKLOAD_FIELDS: dict[str, Field] = {
     "template": Field("str", REQUIRED, lambda v: None if TEMPLATE_RE.match(v) else "bad name"),
     "bs": Field("bs", "4k"),
@@ -249,6 +251,10 @@ WORKLOAD_FIELDS: dict[str, Field] = {
     "size_mib": Field("int", 256, _at_least(1)),
     "thinktime_us": Field("int", 0, _at_least(0)),
     "thinktime_blocks": Field("int", 1, _at_least(1)),
+    # A latency every scheduler's cell is held to (data/fio.py, late_metrics):
+    # the share of requests over it is ``late_frac``. Unset, nothing is counted
+    # and nothing recorded, so cells without it keep their ids.
+    **{f"{d}_target_ms": Field("int", UNSET, _between(1, 3_600_000)) for d in LATE_DIRECTIONS},
 }
 # A template whose point is a field gets a default that makes it so.
 TEMPLATE_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -104,6 +104,8 @@ def _cell_table(data: Any) -> str:
         metrics += [("lat_mean_us", "total mean µs"), ("lat_p99_us", "total p99 µs")]
     if any(c.metrics.get("deadline_miss_frac") is not None for c in data.cells):
         metrics.append(("deadline_miss_frac", "missed deadlines"))
+    if any(c.metrics.get("late_frac") is not None for c in data.cells):
+        metrics.append(("late_frac", "late completions"))
     model = any(c.metrics.get("accuracy") is not None for c in data.cells)
     if model:  # every accuracy beside its baseline and balanced accuracy
         metrics += MODEL_COLUMNS

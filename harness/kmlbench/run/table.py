@@ -32,6 +32,7 @@ _HEAD = (
     "lat mean us",
     "lat p99 us",
     "missed",
+    "late",
     "AUC",
     "accuracy (baseline, balanced)",
 )
@@ -78,6 +79,7 @@ def _row(config: str, records: list[Mapping[str, Any]]) -> tuple[str, ...]:
         _num(_median(_values(ok, "metrics", "lat_mean_us")), 1),
         _num(_median(_values(ok, "metrics", "lat_p99_us")), 1),
         _percent(_median(_values(ok, "metrics", "deadline_miss_frac"))),
+        _percent(_median(_values(ok, "metrics", "late_frac"))),
         _num(_median(_values(ok, "kml_stats", "auc")), 3),
         accuracy,
     )
