@@ -535,6 +535,7 @@ static void kml_dd_svc_forget(struct kml_dd_queue *kq)
 	WRITE_ONCE(kq->svc_phase_known, false);
 	WRITE_ONCE(kq->svc_busy_until, 0);
 	WRITE_ONCE(kq->svc_missed, 0);
+	WRITE_ONCE(kq->head_known, false);
 	for (b = 0; b < KML_DD_MAX_CHANNELS; b++) {
 		WRITE_ONCE(kq->chan_busy_until[b], 0);
 		WRITE_ONCE(kq->chan_last_done[b], 0);
@@ -860,6 +861,16 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 	struct kml_dd_geom g;
 	/* a device's geometry concerns its reads and writes only */
 	bool rw = req_op(rq) == REQ_OP_READ || req_op(rq) == REQ_OP_WRITE;
+	/*
+	 * While nothing was tracked (kml_mode off, as in the cell before) the
+	 * device's head moved and kq->head did not: the first seek after
+	 * kml_dd_svc_forget() is from a sector not known, and teaches nothing.
+	 * Learned from that distance, a short seek priced the longest bucket,
+	 * and so every shorter one (kml_dd_seek_predict()), at a third of its
+	 * seek for the rest of a cell (an upper bound rises by a leak a
+	 * sample), and the order it chose was slower than FIFO's.
+	 */
+	bool known = READ_ONCE(kq->head_known);
 
 	if (kml_dd_geom(&g)) {
 		if (!rw)
@@ -867,7 +878,9 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		t0 = max_t(u64, now, READ_ONCE(kq->svc_busy_until));
 		ctx->svc_bucket = kml_dd_svc_bucket(kml_dd_cyl_dist(&g, pos,
 								    kq->head));
-		ctx->svc_seq = pos == kq->head;
+		ctx->svc_seq = known && pos == kq->head;
+		if (!known)
+			ctx->svc_bucket = KML_DD_SVC_NONE;
 		ctx->svc_pos = pos;
 		ctx->svc_sectors = nr;
 		ctx->svc_done_ns = t0 + kml_dd_geom_service(kq, &g, kq->head,
@@ -890,12 +903,15 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		ctx->svc_done_ns = t0 + READ_ONCE(kq->svc_ns[ctx->op]);
 		WRITE_ONCE(kq->chan_busy_until[ch], ctx->svc_done_ns);
 	} else {
-		ctx->svc_bucket = kml_dd_svc_bucket(pos > kq->head ?
+		ctx->svc_bucket = !known ? KML_DD_SVC_NONE :
+				  kml_dd_svc_bucket(pos > kq->head ?
 						    pos - kq->head :
 						    kq->head - pos);
 		ctx->svc_done_ns = 0;
 	}
 	kq->head = pos + nr;
+	if (!known)
+		WRITE_ONCE(kq->head_known, true);
 }
 
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)

@@ -98,6 +98,8 @@ struct kml_dd_queue {
 	u32 pool_size;
 	/* policy cost: under the scheduler lock */
 	sector_t head;			/* sector after the last dispatch */
+	/* head is where the device is: not after kml_dd_svc_forget() */
+	bool head_known;
 	/*
 	 * Policy cost's table, ns: written at completion, read under the
 	 * scheduler lock; a line of its own, away from the mode every hook
