@@ -51,7 +51,8 @@ def sample_run() -> Path:
     configs = [
         sample.host_params("none", "randread"),
         sample.host_params("mq-deadline", "randread"),
-        sample.host_params("none", "randrw"),
+        # held to a target: the late share is recorded (data/fio.py, late_metrics)
+        sample.host_params("none", "randrw", read_target_ms=1, write_target_ms=1),
         sample.host_params("none", "randread", bs="128k", size_mib=8),
     ]
     run_dir = sample.make_host_run(
@@ -127,6 +128,12 @@ def test_every_cell_with_metrics_histograms_and_kml_stats(run_dir: Path, ingeste
         assert cell.flat_params["scheduler.name"] == record["params"]["scheduler"]["name"]
         expected_dirs = {"read", "write"} if "randrw" in cell.cell_id else {"read"}
         assert set(cell.histograms) == expected_dirs
+        late = {k for k in record["metrics"] if "late_frac" in k}
+        if "randrw" in cell.cell_id:  # the one with targets
+            assert late == {"late_frac", "read_late_frac", "write_late_frac"}, late
+            assert 0 <= record["metrics"]["late_frac"] <= 1
+        else:
+            assert not late, late
         # the stored histograms give back fio.py's percentiles exactly
         merged = histogram.merge_histograms(cell.histograms.values())
         for name, pct in (("p50", 50), ("p99", 99), ("p999", 99.9)):

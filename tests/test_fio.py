@@ -260,6 +260,17 @@ def test_late_share_counts_the_samples_over_each_directions_target(randrw_report
     }
     assert late_metrics(randrw_report, {"read": (fastest - 1) / 1e6})["late_frac"] == 1.0
     assert late_metrics(randrw_report, {}) == {}
+    # a targeted direction without its histogram: no share of the other alone
+    import copy
+
+    no_write_bins = copy.deepcopy(randrw_report)
+    for j in no_write_bins["jobs"]:
+        j["write"]["lat_ns"].pop("bins")
+    assert late_metrics(no_write_bins, {"read": read_t / 1e6, "write": write_t / 1e6}) == {}
+    assert late_metrics(no_write_bins, {"read": read_t / 1e6}) == {
+        "read_late_frac": m["read_late_frac"],
+        "late_frac": m["read_late_frac"],
+    }
 
 
 def test_metrics_refuse_plain_json_without_bins(randrw_report: dict) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
-from kmlbench.cell.workload import late_targets
+from kmlbench.data.fio import late_targets
 from kmlbench.plan.fio_job import render_job
 from kmlbench.plan.matrix import Matrix, load_matrix
 from kmlbench.plan.schema import DEVICE_TYPES, QUEUE_FIELDS, SCHEDULERS, UNSET, WORKLOAD_FIELDS

@@ -30,7 +30,6 @@ from kmlbench.data import deadline_misses as dm
 from kmlbench.data import fio
 from kmlbench.data import insn_profile as prof
 from kmlbench.plan import fio_job
-from kmlbench.plan.schema import LATE_DIRECTIONS
 from kmlbench.status import FAILED, OK
 
 # Short guest commands are given this many host seconds.
@@ -90,7 +89,7 @@ def run(ctx: CellContext) -> None:
     ctx.status, ctx.metrics, ctx.fio_report = fio_outcome(result, ctx.cell_dir, ctx.extra)
     if ctx.status == OK:
         ios = ctx.metrics.get("iops", 0.0) * fio_runtime_s(ctx.fio_report)
-        ctx.metrics.update(fio.late_metrics(ctx.fio_report, late_targets(workload)))
+        ctx.metrics.update(fio.late_metrics(ctx.fio_report, fio.late_targets(workload)))
         ctx.metrics.update(guest_cpu_metrics(guest, ctx.cell_dir, ios, ctx.timeout))
         if misses and misses_before is not None:
             misses_after = read_miss_counts(ctx, misses)
@@ -98,15 +97,6 @@ def run(ctx: CellContext) -> None:
                 ctx.metrics.update(dm.miss_metrics(misses_before, misses_after))
         if profile is not None:
             ctx.metrics.update(profile_metrics(ctx, snapshots, seen, profile.mark))
-
-
-def late_targets(workload: Mapping[str, Any]) -> dict[str, int]:
-    """The latency targets a cell's workload sets, by direction (none: nothing counted)."""
-    return {
-        d: int(workload[f"{d}_target_ms"])
-        for d in LATE_DIRECTIONS
-        if workload.get(f"{d}_target_ms") is not None
-    }
 
 
 def deadline_misses_file(ctx: CellContext) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from kmlbench import procs
 from kmlbench.plan.fio_job import OUTPUT_FORMAT, FioError
+from kmlbench.plan.schema import LATE_DIRECTIONS
 
 DIRECTIONS = ("read", "write", "trim")
 PERCENTILES = {"p50": 50.0, "p99": 99.0, "p999": 99.9}
@@ -164,6 +165,15 @@ def _by_direction(jobs: list[Any]) -> dict[str, list[tuple[str, Mapping[str, Any
     return per_dir
 
 
+def late_targets(workload: Mapping[str, Any]) -> dict[str, int]:
+    """The latency targets a cell's workload params set, by direction (none: nothing counted)."""
+    return {
+        d: int(workload[f"{d}_target_ms"])
+        for d in LATE_DIRECTIONS
+        if workload.get(f"{d}_target_ms") is not None
+    }
+
+
 def late_metrics(data: Mapping[str, Any], targets_ms: Mapping[str, float]) -> dict[str, float]:
     """The share of requests whose total latency exceeded their direction's
     target: ``late_frac`` over the directions given a target, and
@@ -177,7 +187,9 @@ def late_metrics(data: Mapping[str, Any], targets_ms: Mapping[str, float]) -> di
     target. Counted on fio's total-latency histogram (``lat_ns.bins``): a
     bucket is late when its value, fio's bucket middle, is above the target,
     so a request within half a bucket (under 1% of the value) of it may
-    fall either side. A direction without its histogram gives nothing.
+    fall either side. A targeted direction that did I/O without its
+    histogram (fio run without ``lat_percentiles``) gives nothing at all,
+    rather than a share of the other direction alone.
     """
     jobs = data.get("jobs")
     if not isinstance(jobs, list):
@@ -190,7 +202,7 @@ def late_metrics(data: Mapping[str, Any], targets_ms: Mapping[str, float]) -> di
             continue
         bin_maps = [(d.get("lat_ns") or {}).get("bins") for _, d in parts]
         if any(b is None for b in bin_maps):
-            continue
+            return {}
         bins = merge_bins(b for b in bin_maps if b is not None)
         n = sum(bins.values())
         limit_ns = round(target * 1_000_000)

@@ -22,7 +22,13 @@ import numpy as np
 
 from kmlbench import procs
 from kmlbench.clock import clock_record
-from kmlbench.data.fio import fio_version, metrics_from_fio, parse_fio_output
+from kmlbench.data.fio import (
+    fio_version,
+    late_metrics,
+    late_targets,
+    metrics_from_fio,
+    parse_fio_output,
+)
 from kmlbench.plan.cells import Cell, cell_id
 from kmlbench.plan.fio_job import PREAMBLE
 from kmlbench.plan.schema import SCHEDULERS, UNSET
@@ -212,7 +218,9 @@ def make_host_run(
                 run.write_cell_file(cell.id, "dmesg.txt", "")
                 extra: dict[str, Any] = {"host_fio": True}
                 try:
-                    metrics = metrics_from_fio(parse_fio_output((cdir / "fio.json").read_text()))
+                    report = parse_fio_output((cdir / "fio.json").read_text())
+                    metrics = metrics_from_fio(report)
+                    metrics.update(late_metrics(report, late_targets(cell.params["workload"])))
                     status = "ok" if proc.returncode == 0 else "failed"
                 except Exception as e:  # a failed cell is recorded, like the runner does
                     metrics, status = {}, "failed"
