@@ -876,11 +876,10 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		if (!rw)
 			return;
 		t0 = max_t(u64, now, READ_ONCE(kq->svc_busy_until));
-		ctx->svc_bucket = kml_dd_svc_bucket(kml_dd_cyl_dist(&g, pos,
+		ctx->svc_bucket = !known ? KML_DD_SVC_NONE :
+				  kml_dd_svc_bucket(kml_dd_cyl_dist(&g, pos,
 								    kq->head));
 		ctx->svc_seq = known && pos == kq->head;
-		if (!known)
-			ctx->svc_bucket = KML_DD_SVC_NONE;
 		ctx->svc_pos = pos;
 		ctx->svc_sectors = nr;
 		ctx->svc_done_ns = t0 + kml_dd_geom_service(kq, &g, kq->head,

@@ -98,7 +98,10 @@ struct kml_dd_queue {
 	u32 pool_size;
 	/* policy cost: under the scheduler lock */
 	sector_t head;			/* sector after the last dispatch */
-	/* head is where the device is: not after kml_dd_svc_forget() */
+	/*
+	 * head is where the device is: not after kml_dd_svc_forget(), which
+	 * clears it without the lock (hence READ_ONCE/WRITE_ONCE)
+	 */
 	bool head_known;
 	/*
 	 * Policy cost's table, ns: written at completion, read under the
