@@ -16,6 +16,7 @@
 #include "kml_internal.h"
 #ifdef CONFIG_KML_IOSCHED
 #include "kml_dd.h"
+#include "kml_dd_feat.h"
 #endif
 
 #define N_REF 16
@@ -1082,6 +1083,57 @@ static void kml_test_dd_decide_contract(struct kunit *test)
 	kml_test_decide_cases(test, kml_decide_q16_cases,
 			      ARRAY_SIZE(kml_decide_q16_cases), true);
 }
+
+/*
+ * Active mode predicting lazily takes a request's raw values at insert and
+ * computes its features when a dispatch first reads its prediction, the
+ * queue having moved on: they must be those kml_dd_feat_insert() gives at
+ * the insert, whatever happened in between.
+ */
+static void kml_test_dd_feat_take(struct kunit *test)
+{
+	static const struct kml_dd_feat_in ins[] = {
+		{ .now = 5000000, .sector = 123456, .capacity = 1 << 20,
+		  .deadline_ns = 8000000, .head_insert_ns = 1000000,
+		  .bytes = 4096, .queued = { 7, 2 }, .inflight = 1,
+		  .op = 0, .same_dir = 1, .has_head = 1 },
+		{ .now = 9000000, .sector = 900000, .capacity = 1 << 20,
+		  .deadline_ns = 500000000, .bytes = 131072,
+		  .queued = { 0, 40 }, .inflight = 31, .op = 1 },
+		{ .now = 9000001, .sector = 77, .deadline_ns = 1,
+		  .bytes = 512, .queued = { 3, 0 }, .op = 0, .has_head = 1,
+		  .head_insert_ns = 9000002 },	/* clock behind: age 0 */
+	};
+	struct kml_dd_feat_state eager = {
+		.last_insert_ns = 4000000, .last_end = 2000,
+		.issue_ewma_ns = { 300000, 7000000 },
+		.dispatch_gap_ewma_ns = 12000, .miss_ewma = { 1000, 40000 },
+	}, lazy = eager;
+	s32 want[KML_DD_NR_FEATURES], got[KML_DD_NR_FEATURES];
+	struct kml_dd_feat_in later;
+	struct kml_dd_feat_raw raw, other;
+	unsigned int i, j;
+
+	for (i = 0; i < ARRAY_SIZE(ins); i++) {
+		kml_dd_feat_insert(&eager, &ins[i], want);
+		kml_dd_feat_take(&lazy, &ins[i], &raw);
+		KUNIT_EXPECT_EQ(test, lazy.last_insert_ns, eager.last_insert_ns);
+		/* the queue moves on: a dispatch and another insert */
+		kml_dd_feat_dispatch(&lazy, !ins[i].op, 555555, 65536,
+				     ins[i].now - 100000, 1000,
+				     ins[i].now + 5000);
+		later = ins[i];
+		later.now += 7000;
+		later.op = !later.op;
+		kml_dd_feat_take(&lazy, &later, &other);
+		kml_dd_feat_compute(&raw, got);
+		for (j = 0; j < KML_DD_NR_FEATURES; j++)
+			KUNIT_EXPECT_EQ_MSG(test, got[j], want[j],
+					    "request %u, feature %u", i, j);
+		/* keep the two states apart only by what the test did */
+		lazy = eager;
+	}
+}
 #endif /* CONFIG_KML_IOSCHED */
 
 #ifdef CONFIG_KML_IOSCHED
@@ -1239,6 +1291,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_dd_target_contract),
 	KUNIT_CASE(kml_test_dd_decide_contract),
 	KUNIT_CASE(kml_test_dd_fast_compile),
+	KUNIT_CASE(kml_test_dd_feat_take),
 #endif
 	{}
 };
