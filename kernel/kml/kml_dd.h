@@ -322,6 +322,7 @@ struct kml_dd_global {
 	unsigned int cost_channels;
 	unsigned int cost_stripe_sectors;
 	unsigned int observe_every;	/* module parameter, observe mode */
+	unsigned int lazy;		/* module parameter, active mode */
 	/* the gauges (a last value, not a count); counts are per CPU */
 	atomic64_t gauges[KML_DD_NR_STATS];
 	/* the open window: 4 x 16-bit counts, written at every completion */

@@ -327,6 +327,19 @@ MODULE_PARM_DESC(observe_every,
 		 __stringify(KML_DD_OBSERVE_MAX_EVERY) ")");
 
 /*
+ * Active mode predicting lazily (__kml_dd_predict_lazy()): 1 takes a
+ * request's raw features at insert and predicts when a dispatch decision
+ * first reads the prediction; 0 predicts every request at insert.
+ */
+static struct kml_dd_uint_range lazy_range = {
+	.v = &kml_dd.lazy,
+	.max = 1,
+};
+module_param_cb(lazy, &kml_dd_uint_range_ops, &lazy_range, 0644);
+MODULE_PARM_DESC(lazy,
+		 "active mode: predict a request when a dispatch decision first reads it (1), or every one at insert (0)");
+
+/*
  * Decision threshold: a request is predicted to meet its deadline when its
  * predicted issue time is at most deadline * decision_permille / 1000.
  * Trainers calibrate it for balanced accuracy on recent samples, so the
@@ -1114,6 +1127,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "cost_stripe_sectors %u\n",
 		   READ_ONCE(kml_dd.cost_stripe_sectors));
 	seq_printf(m, "observe_every %u\n", READ_ONCE(kml_dd.observe_every));
+	seq_printf(m, "lazy %u\n", READ_ONCE(kml_dd.lazy));
 	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
 	seq_printf(m, "decision_permille %u\n",
 		   READ_ONCE(kml_dd.decision_permille));

@@ -46,7 +46,10 @@ static u64 kml_dd_clock(void)
 
 /* ------------------------------------------------------------ features */
 
-/* The request's features (kml_dd_feat.c), from the queue's state. */
+/*
+ * The request's features (kml_dd_feat.c), from the queue's state; or, if
+ * @ctx is lazy, only what they are computed from.
+ */
 static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 			    struct request *fifo_head, struct kml_dd_ctx *ctx,
 			    u64 now, bool same_dir)
@@ -67,7 +70,10 @@ static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 		.has_head = !!head,
 	};
 
-	kml_dd_feat_insert(&kq->feat, &in, ctx->features);
+	if (ctx->lazy)
+		__kml_dd_feat_take(&kq->feat, &in, &ctx->raw);
+	else
+		kml_dd_feat_insert(&kq->feat, &in, ctx->features);
 }
 
 /* ------------------------------------------------------------ inference */
@@ -102,9 +108,9 @@ static s64 kml_dd_model_predict(struct kml_dd_model *dm, const s32 *features)
  * The model's prediction for @features; one call in KML_DD_TIME_EVERY is
  * timed with interrupts off, so that the histogram holds no handler's time.
  */
-static s64 kml_dd_model_predict_timed(struct kml_dd_queue *kq,
-				      struct kml_dd_model *dm,
-				      const s32 *features)
+static __always_inline s64
+kml_dd_model_predict_timed(struct kml_dd_queue *kq, struct kml_dd_model *dm,
+			   const s32 *features)
 {
 	unsigned long flags;
 	u64 t0, t1;
@@ -152,7 +158,8 @@ static void kml_dd_steer(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
  * the error statistics.  A predicted miss steers only while the model is
  * not standing aside; in active mode, one that does not is counted.
  */
-static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
+static __always_inline void kml_dd_predict(struct kml_dd_queue *kq,
+					   struct kml_dd_ctx *ctx)
 {
 	struct kml_dd_model *dm;
 	u64 cap;
@@ -189,6 +196,26 @@ static void kml_dd_predict(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 	}
 	rcu_read_unlock();
 }
+
+/*
+ * Active mode with the lazy parameter set: a request's features and
+ * prediction are made when a dispatch decision first reads them
+ * (kml_dd_urgent(), kml_dd_cost()), not at its insert.  Most requests of
+ * a short queue are dispatched before any decision turns on them, and then
+ * cost neither.  The features are the insert's (its raw values were taken
+ * then), so the prediction is the one the insert would have made; the
+ * model, the threshold and the standing aside are the current ones.  Under
+ * the scheduler lock.
+ */
+void __kml_dd_predict_lazy(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
+{
+	struct kml_dd_feat_raw raw = ctx->raw;
+
+	ctx->lazy = 0;
+	kml_dd_feat_compute(&raw, ctx->features);
+	kml_dd_predict(kq, ctx);
+}
+EXPORT_SYMBOL_GPL(__kml_dd_predict_lazy);
 
 /* ------------------------------------------------------------ policy cost */
 
@@ -726,6 +753,8 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	if (wait >= KML_DD_COST_STARVE * max_t(s64, deadline, NSEC_PER_MSEC))
 		return S64_MIN / 2 - wait;
 	late = wait - deadline;
+	if (ctx && ctx->lazy)
+		__kml_dd_predict_lazy(kq, ctx);
 	if (ctx && ctx->pred_valid && ctx->steer)
 		late = max_t(s64, late, (s64)ctx->pred_issue_ns - deadline);
 	if (geom) {
@@ -837,8 +866,10 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->pred_issue_ns = 0;
 	ctx->svc_bucket = KML_DD_SVC_NONE;
 	ctx->warmup = warmup;
+	ctx->lazy = READ_ONCE(kml_dd.lazy) &&
+		    READ_ONCE(kq->mode) == KML_DD_ACTIVE;
 	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
-	if (!warmup)
+	if (!warmup && !ctx->lazy)
 		kml_dd_predict(kq, ctx);
 	atomic_inc(&kq->queued[ctx->op]);
 	rq->elv.priv[1] = ctx;
@@ -981,7 +1012,10 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 	s.bytes = ctx->bytes;
 	s.op = ctx->op;
 	s.dev = kq->dev;
-	memcpy(s.features, ctx->features, sizeof(ctx->features));
+	if (ctx->lazy)		/* never predicted: the features, for the ring */
+		kml_dd_feat_compute(&ctx->raw, s.features);
+	else
+		memcpy(s.features, ctx->features, sizeof(ctx->features));
 	/* no stack bytes into user memory */
 	memset(s.features + KML_DD_NR_FEATURES, 0,
 	       sizeof(s.features) - sizeof(ctx->features));

@@ -56,10 +56,15 @@ struct kml_dd_ctx {
 	u8 svc_bucket;			/* policy cost: its seek's, or direction's */
 	u8 warmup;			/* tracked, not predicted or counted */
 	u8 svc_seq;			/* policy cost: it started at the head */
+	u8 lazy;			/* raw taken, features and prediction not */
 	u32 svc_sectors;		/* policy cost: its length at dispatch */
 	u64 svc_pos;			/* policy cost: its start at dispatch */
 	u64 svc_done_ns;		/* policy cost told a device: predicted end */
-	s32 features[KML_DD_NR_FEATURES];
+	union {
+		s32 features[KML_DD_NR_FEATURES];
+		/* active mode, lazily: what they are computed from */
+		struct kml_dd_feat_raw raw;
+	};
 };
 
 /*
@@ -139,6 +144,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq);
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq);
 void kml_dd_note_urgent(struct request *rq);
+void __kml_dd_predict_lazy(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx);
 void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m);
 sector_t kml_dd_head(struct kml_dd_queue *kq);
 u64 kml_dd_now(void);
@@ -205,16 +211,28 @@ static inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
  * True if @rq should be dispatched now, ahead of stock order: only in
  * active mode, for a request the model predicted to miss its deadline
  * while it was not standing aside (its recent skill no better than the
- * baseline's, decided at insert: see kml_dd_core.c).
+ * baseline's, decided when predicted: see kml_dd_core.c).  @next is the
+ * request mq-deadline dispatches if @rq is not urgent (NULL if that is not
+ * one request).  A request inserted with the lazy parameter set has no
+ * prediction yet: it is made now, from its insert's features, unless @rq
+ * is @next, when nothing turns on it.
  */
-static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq)
+static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq,
+				 struct request *next)
 {
 	struct kml_dd_ctx *ctx;
 
 	if (READ_ONCE(kq->mode) != KML_DD_ACTIVE || !rq)
 		return false;
 	ctx = kml_dd_ctx(rq);
-	return ctx && ctx->pred_valid && ctx->steer;
+	if (!ctx)
+		return false;
+	if (unlikely(ctx->lazy)) {
+		if (rq == next)
+			return false;
+		__kml_dd_predict_lazy(kq, ctx);
+	}
+	return ctx->pred_valid && ctx->steer;
 }
 
 #else /* !CONFIG_KML_IOSCHED */
@@ -237,7 +255,8 @@ static inline bool kml_dd_steers(struct kml_dd_queue *kq)
 	return false;
 }
 
-static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq)
+static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq,
+				 struct request *next)
 {
 	return false;
 }
