@@ -147,6 +147,7 @@ def test_exclude_by_model_field(tmp_path: Path) -> None:
             "0..40",
         ),
         ("{mode: observe, observe_every: 0}", 6, "axes.model[0].observe_every", "1..1024"),
+        ("{mode: active, lazy: sometimes}", 6, "axes.model[0].lazy", "true or false"),
         ("[]", 6, "axes.model", "non-empty list"),
     ],
 )
@@ -245,6 +246,30 @@ def test_observe_every_is_recorded_where_it_watches(tmp_path: Path) -> None:
     assert "setnum /sys/module/kml/parameters/observe_every 16" in part
     every = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
     assert "setnum /sys/module/kml/parameters/observe_every 1" in every
+
+
+def test_lazy_is_recorded_where_it_predicts(tmp_path: Path) -> None:
+    """``lazy`` only in active mode and only when true (so cells from
+    before the key keep their ids); the set-up writes 0 or 1 always."""
+    m = load(tmp_path, HEAD + "  model:\n    - {mode: [observe, active], lazy: [false, true]}\n")
+    models = sorted(
+        (c.params["model"] for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline"),
+        key=lambda p: (p["mode"], p.get("lazy", False)),
+    )
+    # observe x 2 reduce to one; active without it is the old record
+    assert [(p["mode"], p.get("lazy")) for p in models] == [
+        ("active", None),
+        ("active", True),
+        ("observe", None),
+    ]
+    old = load(tmp_path, HEAD + "  model: [{mode: active}]\n")
+    explicit = load(tmp_path, HEAD + "  model: [{mode: active, lazy: false}]\n")
+    assert {c.id for c in old.cells} == {c.id for c in explicit.cells}
+    dev = device.BlockDevice("nullb0")
+    lazy = kml_setup_script({"mode": "active", "lazy": True}, dev, trainer_seconds=1)
+    assert "setnum /sys/module/kml/parameters/lazy 1" in lazy
+    eager = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
+    assert "setnum /sys/module/kml/parameters/lazy 0" in eager
 
 
 ROTATIONAL = "{type: null_blk, irqmode: timer, service: rotational, hw_queue_depth: 1}"

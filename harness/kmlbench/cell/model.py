@@ -227,6 +227,7 @@ def kml_setup_script(
                     "cost_horizon_ms",
                     "cost_miss_budget_permille",
                     "observe_every",
+                    "lazy",
                 )
             },
             "TRAINER": trainer_lines,

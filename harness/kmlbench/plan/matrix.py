@@ -34,6 +34,7 @@ from kmlbench.plan.schema import (
     GEOMETRY_SERVICES,
     GUEST_FIELDS,
     HEAD_FIELDS,
+    LAZY_FIELDS,
     MODEL_FIELDS,
     MODEL_FILE_FIELDS,
     MODEL_OFF,
@@ -240,6 +241,9 @@ def _model_entries(
                     model.pop(name)
             if model["mode"] != "observe" or model["observe_every"] == 1:
                 for name in OBSERVE_FIELDS:
+                    model.pop(name, None)
+            if model["mode"] != "active" or not model["lazy"]:
+                for name in LAZY_FIELDS:
                     model.pop(name, None)
             canon = canonical_json(model)
             if canon not in seen:

@@ -297,6 +297,10 @@ MODEL_FIELDS: dict[str, Field] = {
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
     "observe_every": Field("int", 1, _between(1, OBSERVE_MAX_EVERY)),
+    # active mode: predict a request when a dispatch decision first reads
+    # the prediction, from its features at insert, not every one at insert
+    # (kml_iosched.c, __kml_dd_predict_lazy)
+    "lazy": Field("bool", False),
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),
@@ -331,6 +335,8 @@ SPARSE_FIELDS = ("cost_late_permille", "cost_horizon_ms", "cost_miss_budget_perm
 # Only meaningful in observe mode, and recorded only when not every request
 # is watched.
 OBSERVE_FIELDS = ("observe_every",)
+# Only meaningful in active mode, and recorded only when set.
+LAZY_FIELDS = ("lazy",)
 MODEL_FILE_FIELDS = ("model_file", "warm_start")
 MODEL_SLUGS = {"off": "kmloff", "observe": "kmlobs", "active": "kmlact"}
 # The scheduler KML lives in; other schedulers' cells run with the model off.
