@@ -50,6 +50,7 @@ axes:
     - {{mode: off}}
     - {{mode: [observe, active], model_file: {model}, decision_permille: {permille}}}
     - {{mode: observe, model_file: {model}, decision_permille: {permille}, observe_every: {every}}}
+    - {{mode: active, model_file: {model}, decision_permille: {permille}, lazy: true}}
 """
 MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 
@@ -57,12 +58,14 @@ MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 # clock, where the stock path's total is not (off reads 14,140 to 14,350
 # from kernel to kernel as SLOB's free-list walks move), so the bound is on
 # KML's instructions and the share is reported beside it. Measured: observe
-# 929, active 941 (policy expire's test of the FIFO head, and the policy
-# check at each dispatch), 6.5-6.6% of off; the bounds catch a regression
-# of a few dozen. Issue 11's goal is 1% observing and 2% active (about 142
-# and 284): not reached, and this says so.
-OBSERVE_MAX = 960
-ACTIVE_MAX = 960
+# 952, active 964 (policy expire's test of the FIFO head, and the policy
+# check at each dispatch), 6.6-6.7% of off (929 and 941 before the
+# features were split into the values taken at insert and their
+# computation, for lazy mode below); the bounds catch a regression of a few
+# dozen. Issue 11's goal is 1% observing and 2% active (about 142 and
+# 284): not reached, and this says so.
+OBSERVE_MAX = 990
+ACTIVE_MAX = 990
 # Observing one window of 1,024 requests in 16 (model.observe_every): the
 # other requests go untracked (the call, a countdown, a counter).
 # Issue 11's goal, 1% of off's instructions per request, is the bound;
@@ -70,6 +73,12 @@ ACTIVE_MAX = 960
 # dozen on each request that passes untracked.
 EVERY = 16
 DUTY_MAX_SHARE = 0.01
+# Active predicting lazily (model.lazy): the features' raw values at insert,
+# the prediction only when a decision reads it. On this short queue every
+# FIFO head is the request mq-deadline dispatches next, so none is
+# predicted. Measured 519 (3.6% of off; predicting every request 964):
+# issue 11's 2% is not reached, and this says so.
+LAZY_MAX = 560
 KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)
 
 
@@ -131,6 +140,27 @@ def test_observing_part_of_the_time_costs_at_most_1_percent(
     inserts = counters["unobserved"] + counters["samples"]
     assert counters["unobserved"] > 0.8 * inserts, counters
     assert counters["predictions"] > 1000, counters
+
+
+def test_active_predicting_lazily_costs_at_most_its_bound(
+    result: dict[str, Any], run_dir: Path
+) -> None:
+    kml, stock, parts = _cost(result, f"active {MODEL.stem} lazy=True")
+    eager, _, _ = _cost(result, f"active {MODEL.stem}")
+    what = f"{kml:.0f} of {stock:.0f} instructions per I/O ({kml / stock:.2%})"
+    assert kml <= LAZY_MAX, f"{what}: {parts}"
+    assert kml < 0.6 * eager, (kml, eager)
+    # no FIFO head here was other than the next request: nothing predicted,
+    # yet every request was tracked (its raw values taken at insert)
+    assert parts["prediction"] < 1.0, parts
+    [cell] = [
+        c
+        for c in json.loads((run_dir / "summary.json").read_text())["cells"]
+        if c["params"]["model"].get("lazy")
+    ]
+    counters = cell["kml_stats"]["counters"]
+    assert counters["lazy"] == 1, counters
+    assert counters["samples"] > 10_000 and counters["inferences"] == 0, counters
 
 
 def test_the_light_model_predicts_every_request(result: dict[str, Any]) -> None:
