@@ -90,7 +90,7 @@ def test_every_request_is_predicted_unless_lazy(run: Any) -> None:
     assert eager["predictions"] >= 0.99 * eager["samples"], eager
     # lazily: those a decision read, a share of them, and enough to steer
     assert 100 < lazy["predictions"] < 0.9 * lazy["samples"], lazy
-    assert lazy["urgent"] > 0, lazy
+    assert lazy["urgent_dispatches"] > 0, lazy
 
 
 def test_a_lazy_prediction_is_the_models_on_the_inserts_features(run: Any, tmp_path: Path) -> None:
