@@ -36,6 +36,7 @@ import pytest
 
 from kmlbench.data.trace import NR_FEATURES, read_trace
 from kmlbench.kml import train
+from kmlbench.kml.deadline import dd_meets_q16
 from kmlbench.kml.model import Model
 from kmlbench.paths import WORKLOADS_DIR
 from test_insn_profile_guest import run_matrix
@@ -107,13 +108,18 @@ def test_a_lazy_prediction_is_the_models_on_the_inserts_features(run: Any, tmp_p
     predicted = rows[rows["pred_valid"] == 1]
     assert 100 < len(predicted) < 0.9 * len(rows), (len(predicted), len(rows))
     y = Model.load(MODEL).predict(train.inputs(predicted, NR_FEATURES))
-    # the kernel folds the normalisation into the weights, a fraction of a
-    # Q16 unit from the library's layers: the same issue times to within a
-    # few thousandths of an lg unit, and the same calls but at the threshold
-    ours = np.log2(1 + train.predicted_issue_us(y))
+    # the kernel's integer conversion to ns and call (kml_dd_decide_q16) on
+    # the library's output; the kernel folds the normalisation into the
+    # weights, a fraction of a Q16 unit away (measured: at most 0.0003 of
+    # an lg unit, every call the same). A prediction made from other
+    # features than the sample's would be whole lg units away.
+    permille = cells[True]["params"]["model"]["decision_permille"]
+    yq = np.round(y * 65536).astype(np.int32)
+    issue_ns, met = dd_meets_q16(yq, predicted["deadline_ns"], permille)
+    # recorded at most 8 deadlines (at least 1 ms) in (KML_DD_PRED_MAX_FACTOR)
+    cap = 8 * np.maximum(predicted["deadline_ns"].astype(np.int64), 1_000_000)
+    ours = np.log2(1 + np.minimum(issue_ns, cap) / 1000)
     kernel = np.log2(1 + predicted["pred_issue_ns"].astype(np.float64) / 1000)
     gap = np.abs(ours - kernel)
-    assert np.median(gap) < 0.01 and np.percentile(gap, 95) < 0.05, np.percentile(gap, [50, 95])
-    permille = cells[True]["params"]["model"]["decision_permille"]
-    calls = train.predicted_met(y, predicted["deadline_ns"], permille)
-    assert np.mean(calls == (predicted["pred_met"] == 1)) > 0.98
+    assert gap.max() < 0.005, np.percentile(gap, [50, 99, 100])
+    assert np.mean(met == (predicted["pred_met"] == 1)) > 0.999
