@@ -14,7 +14,9 @@ fuzzer) also runs on both variants.
   test :func:`test_saved_sanitizer_console` re-reads in every CI run.
 - KML's KUnit suite passes on both kernels with a clean console.
 - ``workloads/sanitizers.yaml``: active mode with the offline model, the
-  user trainer and the kernel trainer, policy cost on a light model, and a
+  user trainer and the kernel trainer, policy cost on a light model, active
+  predicting lazily (``lazy``: the float model's FPU section at dispatch,
+  under the scheduler lock, while the kernel trainer swaps models) and a
   duty-cycled observer (``observe_every``), on both kernels, every cell ok.
 """
 
@@ -287,8 +289,9 @@ def test_active_mode_with_each_trainer_on_sanitizer_kernels(
             capture_output=True, text=True, env=env, timeout=3600,
         )  # fmt: skip
         records = [json.loads(p.read_text()) for p in run.glob("cells/*/cell.json")]
-    # 2 kernels x 5 models: each trainer, policy cost, a duty-cycled observer
-    assert len(records) == 10, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # 2 kernels x 6 models: each trainer, policy cost, active predicting
+    # lazily, a duty-cycled observer
+    assert len(records) == 12, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rec in records:
         events = rec.get("console_events", [])
         assert rec["status"] == "ok", (rec["id"], rec.get("error"), events)
