@@ -42,14 +42,6 @@ __kml_dd_feat_compute(const struct kml_dd_feat_raw *raw, s32 *f)
 	f[KML_DD_F_MISS_EWMA] = raw->miss_ewma;
 }
 
-void kml_dd_feat_take(struct kml_dd_feat_state *st,
-		      const struct kml_dd_feat_in *in,
-		      struct kml_dd_feat_raw *raw)
-{
-	__kml_dd_feat_take(st, in, raw);
-}
-EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_take);
-
 void kml_dd_feat_compute(const struct kml_dd_feat_raw *raw, s32 *f)
 {
 	__kml_dd_feat_compute(raw, f);
@@ -61,7 +53,7 @@ void kml_dd_feat_insert(struct kml_dd_feat_state *st,
 {
 	struct kml_dd_feat_raw raw;
 
-	__kml_dd_feat_take(st, in, &raw);
+	kml_dd_feat_take(st, in, &raw);
 	__kml_dd_feat_compute(&raw, f);
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_insert);

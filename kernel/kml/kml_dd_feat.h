@@ -102,13 +102,14 @@ static __always_inline s32 __kml_dd_lg(u64 x)
 KML_API s32 kml_dd_lg(u64 x);
 
 /*
- * kml_dd_feat_take(), inline: in kml_dd_feat_insert() the raw values stay
- * in registers, and the kernel's insert hook, predicting lazily, writes
- * them straight into the request's context.
+ * What @in's features are computed from, into @raw; then notes the insert.
+ * Inline: in kml_dd_feat_insert() the raw values need not leave registers,
+ * and the kernel's insert hook, predicting lazily, writes them straight
+ * into the request's context.
  */
-static __always_inline void __kml_dd_feat_take(struct kml_dd_feat_state *st,
-					       const struct kml_dd_feat_in *in,
-					       struct kml_dd_feat_raw *raw)
+static __always_inline void kml_dd_feat_take(struct kml_dd_feat_state *st,
+					     const struct kml_dd_feat_in *in,
+					     struct kml_dd_feat_raw *raw)
 {
 	const int dir = in->op ? 1 : 0;
 	u64 sector = in->sector < in->capacity ? in->sector : in->capacity;
@@ -134,11 +135,6 @@ static __always_inline void __kml_dd_feat_take(struct kml_dd_feat_state *st,
 	raw->same_dir = in->same_dir;
 	st->last_insert_ns = in->now;
 }
-
-/* What @in's features are computed from, into @raw; then notes the insert. */
-KML_API void kml_dd_feat_take(struct kml_dd_feat_state *st,
-			      const struct kml_dd_feat_in *in,
-			      struct kml_dd_feat_raw *raw);
 
 /* The KML_DD_NR_FEATURES features of @raw into @f. */
 KML_API void kml_dd_feat_compute(const struct kml_dd_feat_raw *raw, s32 *f);

@@ -71,7 +71,7 @@ static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
 	};
 
 	if (ctx->lazy)
-		__kml_dd_feat_take(&kq->feat, &in, &ctx->raw);
+		kml_dd_feat_take(&kq->feat, &in, &ctx->raw);
 	else
 		kml_dd_feat_insert(&kq->feat, &in, ctx->features);
 }
