@@ -178,6 +178,8 @@ def test_fio_command_syncs_only_when_profiled() -> None:
         ("kml_dd_feat_insert", "features"),
         ("kml_dd_lg", "features"),
         ("kml_dd_lg_q16_to_ns", "prediction"),
+        # active mode's lazy prediction, the model's call inlined in it
+        ("__kml_dd_predict_lazy", "prediction"),
         ("kml_dd_meets", "prediction"),
         ("kml_q16_matmul.isra.0", "prediction"),
         ("kernel_fpu_begin_mask", "prediction"),

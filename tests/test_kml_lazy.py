@@ -34,16 +34,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kmlbench.data.trace import NR_FEATURES, read_trace
+from kmlbench.data.trace import FEATURE_NAMES, NR_FEATURES, read_trace
 from kmlbench.kml import train
 from kmlbench.kml.deadline import dd_meets_q16
 from kmlbench.kml.model import Model
+from kmlbench.kml.trace_import import replay
 from kmlbench.paths import WORKLOADS_DIR
 from test_insn_profile_guest import run_matrix
 
 pytestmark = pytest.mark.kernel
 
 MODEL = WORKLOADS_DIR / "models" / "deadline-small-q16.kmlm"
+CAPACITY = 256 * 2048  # the device: size_mib 256, in 512-byte sectors
+WARM_UP = 256
 MATRIX = """\
 name: kml-lazy
 seed: 12
@@ -107,12 +110,28 @@ def test_a_lazy_prediction_is_the_models_on_the_inserts_features(run: Any, tmp_p
     rows = read_trace(out)
     predicted = rows[rows["pred_valid"] == 1]
     assert 100 < len(predicted) < 0.9 * len(rows), (len(predicted), len(rows))
+    # The features are the insert's: every request's, made at its
+    # prediction or (never predicted) at its completion from the values
+    # taken at insert, equal those a replay of the trace's requests through
+    # kml_dd_feat.c computes at each insert (as tests/test_trace_import.py
+    # does for a trace of features computed at insert). The running
+    # averages start where the kernel's were before the first traced
+    # request, so the first WARM_UP requests are left out; one request may
+    # count as in flight an event early or late.
+    ordered = rows[np.lexsort((rows["sector"], rows["insert_ns"]))]
+    replayed = replay(ordered, CAPACITY)[WARM_UP:].astype(np.int64)
+    kernel = ordered["features"][WARM_UP:, :NR_FEATURES].astype(np.int64)
+    for j, name in enumerate(FEATURE_NAMES):
+        differ = replayed[:, j] != kernel[:, j]
+        if name == "lg_inflight":
+            assert differ.mean() <= 0.01 and np.abs(replayed[:, j] - kernel[:, j]).max() <= 65536
+        else:
+            assert not differ.any(), (name, np.flatnonzero(differ)[:5])
     y = Model.load(MODEL).predict(train.inputs(predicted, NR_FEATURES))
     # the kernel's integer conversion to ns and call (kml_dd_decide_q16) on
     # the library's output; the kernel folds the normalisation into the
     # weights, a fraction of a Q16 unit away (measured: at most 0.0003 of
-    # an lg unit, every call the same). A prediction made from other
-    # features than the sample's would be whole lg units away.
+    # an lg unit, every call the same).
     permille = cells[True]["params"]["model"]["decision_permille"]
     yq = np.round(y * 65536).astype(np.int32)
     issue_ns, met = dd_meets_q16(yq, predicted["deadline_ns"], permille)

@@ -201,6 +201,36 @@ def test_panel_labels_are_short_and_file_names_ascii() -> None:
     )
 
 
+def test_a_model_key_recorded_only_when_set_makes_its_own_series() -> None:
+    """``lazy`` is recorded only when true: active cells without it predict
+    every request, and are a series of their own, not repeats of the lazy
+    ones (nor is off, which has no such key, split by it)."""
+    rows = []
+    for cid, model in (
+        ("off", {"mode": "off"}),
+        ("every", {"mode": "active", "model_file": "m.kmlm"}),
+        ("lazy", {"mode": "active", "model_file": "m.kmlm", "lazy": True}),
+    ):
+        params = {
+            "device": {"type": "null_blk"},
+            "scheduler": {"name": "mq-deadline"},
+            "workload": {"template": "randrw"},
+            "model": model,
+        }
+        rows.append(_row(cid, params))
+    data = figures.group_cells(db.RunRow("r", None, None, None, None, None, {}), rows)
+    assert "model.lazy" in data.series_keys
+    (panel,) = data.panels
+    series = panel.series
+    assert sorted(sorted(c.cell_id for c in s.cells) for s in series.values()) == [
+        ["every"],
+        ["lazy"],
+        ["off"],
+    ]
+    labels = [s.label for s in series.values()]
+    assert len(set(labels)) == 3, labels
+
+
 def test_accuracy_figures_prefer_observe_cells() -> None:
     """Active mode changes what it predicts: accuracy comes from observe cells."""
     rows = []

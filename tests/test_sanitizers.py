@@ -300,4 +300,10 @@ def test_active_mode_with_each_trainer_on_sanitizer_kernels(
         assert [e for e in events if e["kind"] != "kcsan_other"] == [], (rec["id"], events)
         text = (run / "cells" / rec["id"] / "console.log").read_text(errors="replace")
         assert kcsan_through_kml(text) == [], (rec["id"], events)
+        if rec["params"]["model"].get("lazy"):
+            # the lazy path ran: predictions at dispatch, the float model's
+            # FPU sections there, under the scheduler lock
+            counters = rec["kml_stats"]["counters"]
+            assert counters["lazy"] == 1 and counters["inferences"] > 0, counters
+            assert counters["fpu_sections"] > 0, counters
     assert proc.returncode == 0, proc.stderr[-3000:]

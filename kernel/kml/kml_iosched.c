@@ -866,7 +866,8 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->pred_issue_ns = 0;
 	ctx->svc_bucket = KML_DD_SVC_NONE;
 	ctx->warmup = warmup;
-	ctx->lazy = READ_ONCE(kml_dd.lazy) &&
+	/* a warm-up request (observe mode's) is never predicted */
+	ctx->lazy = !warmup && READ_ONCE(kml_dd.lazy) &&
 		    READ_ONCE(kq->mode) == KML_DD_ACTIVE;
 	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
 	if (!warmup && !ctx->lazy)

@@ -215,7 +215,9 @@ static inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
  * request mq-deadline dispatches if @rq is not urgent (NULL if that is not
  * one request).  A request inserted with the lazy parameter set has no
  * prediction yet: it is made now, from its insert's features, unless @rq
- * is @next, when nothing turns on it.
+ * is @next.  That one is dispatched next either way; only the batch and
+ * starvation counts would differ (an urgent head ends the sorted batch),
+ * and lazily they run on as stock mq-deadline's do.
  */
 static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq,
 				 struct request *next)

@@ -1087,8 +1087,10 @@ static void kml_test_dd_decide_contract(struct kunit *test)
 /*
  * Active mode predicting lazily takes a request's raw values at insert and
  * computes its features when a dispatch first reads its prediction, the
- * queue having moved on: they must be those kml_dd_feat_insert() gives at
- * the insert, whatever happened in between.
+ * queue having moved on.  Both ways must give the features the kernel
+ * computed in one step before they were split (commit ab7d0ea's
+ * kml_dd_feat_insert(), run on these inputs): no FIFO head, no insert
+ * before, a clock behind, negative counts, a capacity of 0.
  */
 static void kml_test_dd_feat_take(struct kunit *test)
 {
@@ -1103,35 +1105,60 @@ static void kml_test_dd_feat_take(struct kunit *test)
 		{ .now = 9000001, .sector = 77, .deadline_ns = 1,
 		  .bytes = 512, .queued = { 3, 0 }, .op = 0, .has_head = 1,
 		  .head_insert_ns = 9000002 },	/* clock behind: age 0 */
+		{ .now = 3000000, .sector = 5000, .capacity = 4096,
+		  .deadline_ns = 20000000, .bytes = 8192, .queued = { -1, 5 },
+		  .inflight = -2, .op = 1, .same_dir = 1 },
 	};
-	struct kml_dd_feat_state eager = {
+	static const s32 want[][KML_DD_NR_FEATURES] = {
+		{ 0, 7716, 786448, 196608, 98304, 65536, 1104497, 652416,
+		  848912, 535808, 237568, 65536, 783392, 1000 },
+		{ 65536, 56250, 1114112, 346112, 0, 327680, 1291898, 800912,
+		  1239112, 832912, 237568, 0, 0, 40000 },
+		{ 0, 0, 589952, 131072, 0, 0, 712960, 800912, 0, 535808,
+		  237568, 0, 0, 1000 },
+		/* ins[3], no insert before */
+		{ 65536, 65536, 851976, 163840, 4194304, 4194303, 751392, 0,
+		  931972, 832912, 237568, 65536, 0, 40000 },
+		/* ins[3], the insert before it later on the clock */
+		{ 65536, 65536, 851976, 163840, 4194304, 4194303, 751392, 0,
+		  931972, 832912, 237568, 65536, 0, 40000 },
+	};
+	const struct kml_dd_feat_state st = {
 		.last_insert_ns = 4000000, .last_end = 2000,
 		.issue_ewma_ns = { 300000, 7000000 },
 		.dispatch_gap_ewma_ns = 12000, .miss_ewma = { 1000, 40000 },
-	}, lazy = eager;
-	s32 want[KML_DD_NR_FEATURES], got[KML_DD_NR_FEATURES];
-	struct kml_dd_feat_in later;
+	};
+	struct kml_dd_feat_state eager, lazy;
+	s32 one[KML_DD_NR_FEATURES], two[KML_DD_NR_FEATURES];
+	const struct kml_dd_feat_in *in;
 	struct kml_dd_feat_raw raw, other;
+	struct kml_dd_feat_in later;
 	unsigned int i, j;
 
-	for (i = 0; i < ARRAY_SIZE(ins); i++) {
-		kml_dd_feat_insert(&eager, &ins[i], want);
-		kml_dd_feat_take(&lazy, &ins[i], &raw);
-		KUNIT_EXPECT_EQ(test, lazy.last_insert_ns, eager.last_insert_ns);
+	for (i = 0; i < ARRAY_SIZE(want); i++) {
+		in = &ins[min_t(unsigned int, i, ARRAY_SIZE(ins) - 1)];
+		eager = st;
+		if (i == 3)
+			eager.last_insert_ns = 0;
+		lazy = eager;
+		kml_dd_feat_insert(&eager, in, one);
+		kml_dd_feat_take(&lazy, in, &raw);
+		KUNIT_EXPECT_EQ(test, lazy.last_insert_ns, in->now);
+		KUNIT_EXPECT_EQ(test, eager.last_insert_ns, in->now);
 		/* the queue moves on: a dispatch and another insert */
-		kml_dd_feat_dispatch(&lazy, !ins[i].op, 555555, 65536,
-				     ins[i].now - 100000, 1000,
-				     ins[i].now + 5000);
-		later = ins[i];
+		kml_dd_feat_dispatch(&lazy, !in->op, 555555, 65536,
+				     in->now - 100000, 1000, in->now + 5000);
+		later = *in;
 		later.now += 7000;
 		later.op = !later.op;
 		kml_dd_feat_take(&lazy, &later, &other);
-		kml_dd_feat_compute(&raw, got);
-		for (j = 0; j < KML_DD_NR_FEATURES; j++)
-			KUNIT_EXPECT_EQ_MSG(test, got[j], want[j],
-					    "request %u, feature %u", i, j);
-		/* keep the two states apart only by what the test did */
-		lazy = eager;
+		kml_dd_feat_compute(&raw, two);
+		for (j = 0; j < KML_DD_NR_FEATURES; j++) {
+			KUNIT_EXPECT_EQ_MSG(test, one[j], want[i][j],
+					    "insert, case %u, feature %u", i, j);
+			KUNIT_EXPECT_EQ_MSG(test, two[j], want[i][j],
+					    "take, case %u, feature %u", i, j);
+		}
 	}
 }
 #endif /* CONFIG_KML_IOSCHED */

@@ -47,6 +47,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "kml_dd_model_predict*",
             "kml_dd_predict*",
+            "__kml_dd_predict*",
             "kml_model_*",
             "kml_q16_*",
             "kml_f32_*",

@@ -17,6 +17,13 @@ from typing import Any
 
 from kmlbench.data import db as kdb
 from kmlbench.data import stats
+from kmlbench.plan.schema import (
+    ACTIVE_FIELDS,
+    GEOMETRY_FIELDS,
+    LAZY_FIELDS,
+    OBSERVE_FIELDS,
+    SPARSE_FIELDS,
+)
 from kmlbench.status import OK
 
 # model.* parameters the state (colour, "model <state>" label) already shows.
@@ -94,15 +101,41 @@ class RunData:
         return any(c.kml_stats for c in self.ok_cells)
 
 
+# Model keys recorded only when not their default, and the mode whose
+# cells record them (kmlbench.plan.matrix): a cell of that mode without the
+# key has its default.
+_SPARSE_MODEL_KEYS = {
+    **{
+        f"model.{name}": "active"
+        for name in (*ACTIVE_FIELDS, *GEOMETRY_FIELDS, *SPARSE_FIELDS, *LAZY_FIELDS)
+    },
+    **{f"model.{name}": "observe" for name in OBSERVE_FIELDS},
+}
+
+
 def _varying(cells: Sequence[kdb.CellRow]) -> list[str]:
     """Parameters that take different values among the cells that have them.
 
     A key only some cells have (mq-deadline's tunables, absent for ``none``)
     does not vary by being absent: the scheduler name already tells those
-    series apart, and listing every tunable would bury it.
+    series apart, and listing every tunable would bury it. But a model key
+    recorded only when not its default (``lazy``, ``observe_every``,
+    policy ``cost``'s) is absent from a cell of its mode because it has the
+    default: there its absence is a value, or predicting every request and
+    lazily would be one series.
     """
     keys = sorted({k for c in cells for k in c.flat_params})
-    return [k for k in keys if len({c.flat_params[k] for c in cells if k in c.flat_params}) > 1]
+    out = []
+    for k in keys:
+        values: set[str | None] = {c.flat_params[k] for c in cells if k in c.flat_params}
+        mode = _SPARSE_MODEL_KEYS.get(k)
+        if mode is not None and any(
+            c.flat_params.get("model.mode") == mode and k not in c.flat_params for c in cells
+        ):
+            values.add(None)
+        if len(values) > 1:
+            out.append(k)
+    return out
 
 
 def _short(key: str) -> str:
