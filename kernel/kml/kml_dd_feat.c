@@ -14,47 +14,55 @@ s32 kml_dd_lg(u64 x)
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_lg);
 
-static __always_inline s32 kml_dd_lg_usec(u64 ns)
+static s32 kml_dd_lg_usec(u64 ns)
 {
 	return __kml_dd_lg(div_u64(ns, KML_DD_NS_PER_US));
 }
 
-static __always_inline void
-__kml_dd_feat_compute(const struct kml_dd_feat_raw *raw, s32 *f)
+/* The features of @in, inserted into a queue in state @st (not changed). */
+static __always_inline void kml_dd_feat_of(const struct kml_dd_feat_state *st,
+					   const struct kml_dd_feat_in *in,
+					   s32 *f)
 {
-	f[KML_DD_F_OP] = raw->op ? KML_Q16_ONE : 0;
-	f[KML_DD_F_SECTOR] = raw->sector_frac;
-	f[KML_DD_F_LG_BYTES] = __kml_dd_lg(raw->bytes);
-	f[KML_DD_F_LG_QUEUED_SAME] = __kml_dd_lg(raw->queued[0]);
-	f[KML_DD_F_LG_QUEUED_OTHER] = __kml_dd_lg(raw->queued[1]);
-	f[KML_DD_F_LG_INFLIGHT] = __kml_dd_lg(raw->inflight);
-	f[KML_DD_F_LG_SEEK] = __kml_dd_lg(raw->seek);
-	/* lg(0) is 0: a test, not a division, for "none" */
-	f[KML_DD_F_LG_GAP_US] = raw->gap_ns ? kml_dd_lg_usec(raw->gap_ns) : 0;
-	f[KML_DD_F_LG_EXPIRE_US] = kml_dd_lg_usec(raw->deadline_ns);
-	f[KML_DD_F_LG_ISSUE_EWMA_US] = kml_dd_lg_usec(raw->issue_ewma_ns);
+	const int dir = in->op ? 1 : 0;
+	u64 sector = in->sector < in->capacity ? in->sector : in->capacity;
+	u64 seek = in->sector > st->last_end ? in->sector - st->last_end :
+					       st->last_end - in->sector;
+
+	f[KML_DD_F_OP] = dir ? KML_Q16_ONE : 0;
+	f[KML_DD_F_SECTOR] = in->capacity ?
+		(s32)div64_u64(sector << 16, in->capacity) : 0;
+	f[KML_DD_F_LG_BYTES] = __kml_dd_lg(in->bytes);
+	f[KML_DD_F_LG_QUEUED_SAME] = __kml_dd_lg(in->queued[dir]);
+	f[KML_DD_F_LG_QUEUED_OTHER] = __kml_dd_lg(in->queued[!dir]);
+	f[KML_DD_F_LG_INFLIGHT] = __kml_dd_lg(in->inflight);
+	f[KML_DD_F_LG_SEEK] = __kml_dd_lg(seek);
+	f[KML_DD_F_LG_GAP_US] = st->last_insert_ns ?
+		kml_dd_lg_usec(kml_dd_since(st->last_insert_ns, in->now)) : 0;
+	f[KML_DD_F_LG_EXPIRE_US] = kml_dd_lg_usec(in->deadline_ns);
+	f[KML_DD_F_LG_ISSUE_EWMA_US] =
+		kml_dd_lg_usec(st->issue_ewma_ns[dir]);
 	f[KML_DD_F_LG_DISPATCH_EWMA_US] =
-		kml_dd_lg_usec(raw->dispatch_gap_ewma_ns);
-	f[KML_DD_F_SAME_DIR] = raw->same_dir ? KML_Q16_ONE : 0;
+		kml_dd_lg_usec(st->dispatch_gap_ewma_ns);
+	f[KML_DD_F_SAME_DIR] = in->same_dir ? KML_Q16_ONE : 0;
 	/* in a FIFO, a new request waits about as long as the head has */
-	f[KML_DD_F_LG_HEAD_AGE_US] = raw->head_age_ns ?
-		kml_dd_lg_usec(raw->head_age_ns) : 0;
-	f[KML_DD_F_MISS_EWMA] = raw->miss_ewma;
+	f[KML_DD_F_LG_HEAD_AGE_US] = in->has_head ?
+		kml_dd_lg_usec(kml_dd_since(in->head_insert_ns, in->now)) :
+		0;
+	f[KML_DD_F_MISS_EWMA] = st->miss_ewma[dir];
 }
 
 void kml_dd_feat_compute(const struct kml_dd_feat_raw *raw, s32 *f)
 {
-	__kml_dd_feat_compute(raw, f);
+	kml_dd_feat_of(&raw->st, &raw->in, f);
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_compute);
 
 void kml_dd_feat_insert(struct kml_dd_feat_state *st,
 			const struct kml_dd_feat_in *in, s32 *f)
 {
-	struct kml_dd_feat_raw raw;
-
-	kml_dd_feat_take(st, in, &raw);
-	__kml_dd_feat_compute(&raw, f);
+	kml_dd_feat_of(st, in, f);
+	st->last_insert_ns = in->now;
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_insert);
 

@@ -51,28 +51,6 @@ struct kml_dd_feat_in {
 	u8 has_head;			/* head_insert_ns is meaningful */
 };
 
-/*
- * What a request's features are computed from, taken at its insert
- * (kml_dd_feat_take()): the queue's state then, reduced to the values the
- * features read, so that kml_dd_feat_compute() may run later (active mode
- * predicting lazily, kml_iosched.c) and give what it would have at insert.
- */
-struct kml_dd_feat_raw {
-	u64 seek;			/* sectors from the last dispatch's end */
-	u64 gap_ns;			/* since the insert before it; 0 none */
-	u64 head_age_ns;		/* the FIFO's oldest's wait; 0 none */
-	u64 deadline_ns;		/* insert -> deadline */
-	u64 issue_ewma_ns;		/* its direction's */
-	u64 dispatch_gap_ewma_ns;
-	s32 sector_frac;		/* Q16.16 of the capacity */
-	u32 bytes;
-	s32 queued[2];			/* its direction's, the other's */
-	s32 inflight;
-	u32 miss_ewma;			/* its direction's, Q16.16 */
-	u8 op;				/* 0 read, 1 write */
-	u8 same_dir;
-};
-
 /* @now - @then, or 0 if the clock went back (per-CPU clocks). */
 static inline u64 kml_dd_since(u64 then, u64 now)
 {
@@ -102,37 +80,23 @@ static __always_inline s32 __kml_dd_lg(u64 x)
 KML_API s32 kml_dd_lg(u64 x);
 
 /*
- * What @in's features are computed from, into @raw; then notes the insert.
- * Inline: in kml_dd_feat_insert() the raw values need not leave registers,
- * and the kernel's insert hook, predicting lazily, writes them straight
- * into the request's context.
+ * What a request's features are computed from, taken at its insert
+ * (kml_dd_feat_take()): the request and the queue's state then, so that
+ * kml_dd_feat_compute() may run later (active mode predicting lazily,
+ * kml_iosched.c) and give what kml_dd_feat_insert() would have at insert.
  */
-static __always_inline void kml_dd_feat_take(struct kml_dd_feat_state *st,
-					     const struct kml_dd_feat_in *in,
-					     struct kml_dd_feat_raw *raw)
-{
-	const int dir = in->op ? 1 : 0;
-	u64 sector = in->sector < in->capacity ? in->sector : in->capacity;
+struct kml_dd_feat_raw {
+	struct kml_dd_feat_in in;
+	struct kml_dd_feat_state st;
+};
 
-	raw->seek = in->sector > st->last_end ? in->sector - st->last_end :
-						st->last_end - in->sector;
-	/* lg(0) is 0: "none" and "no time" give the same feature */
-	raw->gap_ns = st->last_insert_ns ?
-		      kml_dd_since(st->last_insert_ns, in->now) : 0;
-	raw->head_age_ns = in->has_head ?
-			   kml_dd_since(in->head_insert_ns, in->now) : 0;
-	raw->deadline_ns = in->deadline_ns;
-	raw->issue_ewma_ns = st->issue_ewma_ns[dir];
-	raw->dispatch_gap_ewma_ns = st->dispatch_gap_ewma_ns;
-	raw->sector_frac = in->capacity ?
-		(s32)div64_u64(sector << 16, in->capacity) : 0;
-	raw->bytes = in->bytes;
-	raw->queued[0] = in->queued[dir];
-	raw->queued[1] = in->queued[!dir];
-	raw->inflight = in->inflight;
-	raw->miss_ewma = st->miss_ewma[dir];
-	raw->op = dir;
-	raw->same_dir = in->same_dir;
+/* What @in's features are computed from, into @raw; then notes the insert. */
+static inline void kml_dd_feat_take(struct kml_dd_feat_state *st,
+				    const struct kml_dd_feat_in *in,
+				    struct kml_dd_feat_raw *raw)
+{
+	raw->in = *in;
+	raw->st = *st;
 	st->last_insert_ns = in->now;
 }
 

@@ -50,9 +50,11 @@ static u64 kml_dd_clock(void)
  * The request's features (kml_dd_feat.c), from the queue's state; or, if
  * @ctx is lazy, only what they are computed from.
  */
-static void kml_dd_features(struct kml_dd_queue *kq, struct request *rq,
-			    struct request *fifo_head, struct kml_dd_ctx *ctx,
-			    u64 now, bool same_dir)
+static __always_inline void kml_dd_features(struct kml_dd_queue *kq,
+					    struct request *rq,
+					    struct request *fifo_head,
+					    struct kml_dd_ctx *ctx, u64 now,
+					    bool same_dir)
 {
 	struct kml_dd_ctx *head = fifo_head ? kml_dd_ctx(fifo_head) : NULL;
 	struct kml_dd_feat_in in = {
@@ -866,12 +868,17 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	ctx->pred_issue_ns = 0;
 	ctx->svc_bucket = KML_DD_SVC_NONE;
 	ctx->warmup = warmup;
+	ctx->lazy = 0;
 	/* a warm-up request (observe mode's) is never predicted */
-	ctx->lazy = !warmup && READ_ONCE(kml_dd.lazy) &&
-		    READ_ONCE(kq->mode) == KML_DD_ACTIVE;
-	kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
-	if (!warmup && !ctx->lazy)
-		kml_dd_predict(kq, ctx);
+	if (unlikely(READ_ONCE(kml_dd.lazy)) && !warmup &&
+	    READ_ONCE(kq->mode) == KML_DD_ACTIVE) {
+		ctx->lazy = 1;
+		kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
+	} else {
+		kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
+		if (!warmup)
+			kml_dd_predict(kq, ctx);
+	}
 	atomic_inc(&kq->queued[ctx->op]);
 	rq->elv.priv[1] = ctx;
 }
