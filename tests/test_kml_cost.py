@@ -71,7 +71,7 @@ ACTIVE_MAX = 960
 # dozen on each request that passes untracked.
 EVERY = 16
 DUTY_MAX_SHARE = 0.01
-# Active predicting lazily (model.lazy): the features' raw values at insert,
+# Active predicting lazily (model.lazy): the features' inputs copied at insert,
 # the prediction only when a decision reads it. On this short queue every
 # FIFO head is the request mq-deadline dispatches next, so none is
 # predicted. Measured 497 (3.4% of off; predicting every request 946):
@@ -149,7 +149,7 @@ def test_active_predicting_lazily_costs_at_most_its_bound(
     assert kml <= LAZY_MAX, f"{what}: {parts}"
     assert kml < 0.6 * eager, (kml, eager)
     # no FIFO head here was other than the next request: nothing predicted,
-    # yet every request was tracked (its raw values taken at insert)
+    # yet every request was tracked (its feature inputs copied at insert)
     assert parts["prediction"] < 1.0, parts
     [cell] = [
         c

@@ -1,8 +1,8 @@
 """Active mode predicting lazily (``model.lazy``, issue 11), in a real guest.
 
-With the kernel's ``lazy`` parameter, active mode takes a request's raw
-feature values at insert and makes its features and prediction only when a
-dispatch decision first reads them (``__kml_dd_predict_lazy``); a FIFO head
+With the kernel's ``lazy`` parameter, active mode copies what a request's
+features are computed from at insert and makes its features and prediction
+only when a dispatch decision first reads them (``__kml_dd_predict_lazy``); a FIFO head
 that mq-deadline would dispatch next anyway is never predicted. On the
 fast device of ``tests/test_kml_cost.py`` the queue is that short, and
 lazy mode predicts nothing there (its cost is bounded in that test).

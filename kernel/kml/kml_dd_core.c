@@ -327,9 +327,10 @@ MODULE_PARM_DESC(observe_every,
 		 __stringify(KML_DD_OBSERVE_MAX_EVERY) ")");
 
 /*
- * Active mode predicting lazily (__kml_dd_predict_lazy()): 1 takes a
- * request's raw features at insert and predicts when a dispatch decision
- * first reads the prediction; 0 predicts every request at insert.
+ * Active mode predicting lazily (__kml_dd_predict_lazy()): 1 copies what a
+ * request's features are computed from at insert and predicts when a
+ * dispatch decision first reads the prediction; 0 predicts every request
+ * at insert.
  */
 static struct kml_dd_uint_range lazy_range = {
 	.v = &kml_dd.lazy,

@@ -12,7 +12,8 @@
  * computes them later);
  * kml_dd_feat_dispatch() updates the averages when a request goes to the
  * driver.  Integer only, no allocation, no locking: the kernel calls both
- * under the scheduler lock.
+ * under the scheduler lock (and kml_dd_feat_compute() at a completion too,
+ * on a request's own copy).
  */
 #ifndef _KML_DD_FEAT_H
 #define _KML_DD_FEAT_H
@@ -100,7 +101,7 @@ static inline void kml_dd_feat_take(struct kml_dd_feat_state *st,
 	st->last_insert_ns = in->now;
 }
 
-/* The KML_DD_NR_FEATURES features of @raw into @f. */
+/* The KML_DD_NR_FEATURES features of @raw into @f, which must not overlap it. */
 KML_API void kml_dd_feat_compute(const struct kml_dd_feat_raw *raw, s32 *f);
 
 /* Both: the features of @in into @f; then notes the insert. */

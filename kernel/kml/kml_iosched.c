@@ -204,17 +204,19 @@ static __always_inline void kml_dd_predict(struct kml_dd_queue *kq,
  * prediction are made when a dispatch decision first reads them
  * (kml_dd_urgent(), kml_dd_cost()), not at its insert.  Most requests of
  * a short queue are dispatched before any decision turns on them, and then
- * cost neither.  The features are the insert's (its raw values were taken
- * then), so the prediction is the one the insert would have made; the
- * model, the threshold and the standing aside are the current ones.  Under
- * the scheduler lock.
+ * cost neither.  The prediction is made on the features the insert would
+ * have computed (what they are computed from was copied then), by the
+ * model, threshold and standing aside of the moment.  The features are
+ * computed apart and then copied over their inputs, which share their
+ * space in the context.  Under the scheduler lock.
  */
 void __kml_dd_predict_lazy(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 {
-	struct kml_dd_feat_raw raw = ctx->raw;
+	s32 f[KML_DD_NR_FEATURES];
 
+	kml_dd_feat_compute(&ctx->raw, f);
 	ctx->lazy = 0;
-	kml_dd_feat_compute(&raw, ctx->features);
+	memcpy(ctx->features, f, sizeof(f));
 	kml_dd_predict(kq, ctx);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_predict_lazy);

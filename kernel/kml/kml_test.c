@@ -1085,8 +1085,8 @@ static void kml_test_dd_decide_contract(struct kunit *test)
 }
 
 /*
- * Active mode predicting lazily takes a request's raw values at insert and
- * computes its features when a dispatch first reads its prediction, the
+ * Active mode predicting lazily copies a request's feature inputs at insert
+ * and computes its features when a dispatch first reads its prediction, the
  * queue having moved on.  Both ways must give the features the kernel
  * computed in one step before they were split (commit ab7d0ea's
  * kml_dd_feat_insert(), run on these inputs): no FIFO head, no insert
