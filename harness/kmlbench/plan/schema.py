@@ -337,6 +337,13 @@ SPARSE_FIELDS = ("cost_late_permille", "cost_horizon_ms", "cost_miss_budget_perm
 OBSERVE_FIELDS = ("observe_every",)
 # Only meaningful in active mode, and recorded only when set.
 LAZY_FIELDS = ("lazy",)
+# The model keys recorded only when not their default, and the mode whose
+# cells record them (kmlbench.plan.matrix): a cell of that mode without
+# the key has its default.
+SPARSE_MODEL_MODES: dict[str, str] = {
+    **{name: "active" for name in (*ACTIVE_FIELDS, *GEOMETRY_FIELDS, *SPARSE_FIELDS, *LAZY_FIELDS)},
+    **{name: "observe" for name in OBSERVE_FIELDS},
+}
 MODEL_FILE_FIELDS = ("model_file", "warm_start")
 MODEL_SLUGS = {"off": "kmloff", "observe": "kmlobs", "active": "kmlact"}
 # The scheduler KML lives in; other schedulers' cells run with the model off.

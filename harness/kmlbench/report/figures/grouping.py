@@ -17,13 +17,7 @@ from typing import Any
 
 from kmlbench.data import db as kdb
 from kmlbench.data import stats
-from kmlbench.plan.schema import (
-    ACTIVE_FIELDS,
-    GEOMETRY_FIELDS,
-    LAZY_FIELDS,
-    OBSERVE_FIELDS,
-    SPARSE_FIELDS,
-)
+from kmlbench.plan.schema import SPARSE_MODEL_MODES
 from kmlbench.status import OK
 
 # model.* parameters the state (colour, "model <state>" label) already shows.
@@ -101,18 +95,6 @@ class RunData:
         return any(c.kml_stats for c in self.ok_cells)
 
 
-# Model keys recorded only when not their default, and the mode whose
-# cells record them (kmlbench.plan.matrix): a cell of that mode without the
-# key has its default.
-_SPARSE_MODEL_KEYS = {
-    **{
-        f"model.{name}": "active"
-        for name in (*ACTIVE_FIELDS, *GEOMETRY_FIELDS, *SPARSE_FIELDS, *LAZY_FIELDS)
-    },
-    **{f"model.{name}": "observe" for name in OBSERVE_FIELDS},
-}
-
-
 def _varying(cells: Sequence[kdb.CellRow]) -> list[str]:
     """Parameters that take different values among the cells that have them.
 
@@ -128,7 +110,7 @@ def _varying(cells: Sequence[kdb.CellRow]) -> list[str]:
     out = []
     for k in keys:
         values: set[str | None] = {c.flat_params[k] for c in cells if k in c.flat_params}
-        mode = _SPARSE_MODEL_KEYS.get(k)
+        mode = SPARSE_MODEL_MODES.get(k.removeprefix("model.")) if k.startswith("model.") else None
         if mode is not None and any(
             c.flat_params.get("model.mode") == mode and k not in c.flat_params for c in cells
         ):
