@@ -123,9 +123,10 @@ def valid_model_bytes() -> bytes:
 
 
 def baseline(guest: Guest) -> None:
-    """mq-deadline, nr_requests 64, kml_mode active, drop ring, all samples,
-    the default decision threshold (a user trainer calibrates it), no kernel
-    trainer, no user of the ring, and the valid model loaded."""
+    """mq-deadline, nr_requests 64, kml_mode active, drop ring, all samples
+    (made while nobody holds the ring, too), the default decision threshold
+    (a user trainer calibrates it), no kernel trainer, no user of the ring,
+    and the valid model loaded."""
     script = f"""
 set -e
 grep -q '\\[mq-deadline\\]' {Q}/scheduler || echo mq-deadline > {Q}/scheduler
@@ -133,6 +134,7 @@ echo 64 > {Q}/nr_requests
 echo active > {Q}/iosched/kml_mode
 echo drop > {P}/ring_mode
 echo all > {P}/sample_filter
+echo 1 > {P}/sample_unclaimed
 [ ! -e {P}/decision_permille ] || echo 1000 > {P}/decision_permille
 [ "$(cat {P}/ktrainer)" = 0 ] || echo 0 > {P}/ktrainer
 grep -q '^model_loaded 1$' {STATS} || {KMLCTL} load {MODEL} >/dev/null
@@ -551,6 +553,45 @@ def test_ring_overflow_drop_then_block(g: Guest) -> None:
     assert delta(last, stats(g), "ring_produced") > 0
 
 
+def test_no_sample_is_made_while_nobody_holds_the_ring(g: Guest) -> None:
+    """``sample_unclaimed`` 0: while no consumer holds the ring the requests
+    are counted (``samples``, the confusion matrix) but none is sent to the
+    ring, each counted once in ``ring_unclaimed``; a consumer that maps the
+    ring gets the samples of the I/O while it holds it, and none of before."""
+    assert trace_ok(g).exit_status == 0  # what earlier tests left in the ring
+    sh(g, f"echo 0 > {P}/sample_unclaimed")
+    try:
+        assert "sample_unclaimed 0" in sh(g, f"cat {STATS}").stdout
+        before = stats(g)
+        assert_fio_ok(fio_quick(g, 64), 64)
+        after = stats(g)
+        samples = delta(before, after, "samples")
+        # a request merged into another, or untracked, is no sample
+        assert samples >= 48 and delta(before, after, "predictions") > 0
+        assert delta(before, after, "ring_unclaimed") == samples
+        for key in ("ring_produced", "ring_dropped", "ring_full_waits", "ring_filtered"):
+            assert delta(before, after, key) == 0, key
+        assert kmlstats.check_invariants(after) == []
+        # a consumer: what it holds the ring for reaches it, nothing before
+        pid = start_background(g, f"{KMLCTL} trace /tmp/held.trc --seconds 30", "/tmp/held.log")
+        try:
+            wait_mapped(g, pid)
+            held = stats(g)
+            assert_fio_ok(fio_quick(g, 64), 64)
+            time.sleep(0.5)  # the tracer polls an empty ring every ms
+            done = stats(g)
+        finally:
+            stop_pid(g, pid)
+        log = sh(g, "cat /tmp/held.log; rm -f /tmp/held.trc").stdout
+        assert delta(held, done, "ring_unclaimed") == 0
+        made = delta(held, done, "samples")
+        assert made >= 48 and delta(held, done, "ring_produced") == made
+        assert int(log.split("records ")[1].split()[0]) == delta(after, done, "ring_produced"), log
+        assert kmlstats.check_invariants(done) == []
+    finally:
+        sh(g, f"echo 1 > {P}/sample_unclaimed")
+
+
 # --------------------------------------------------------------------------
 # Reconfiguration under I/O.
 
@@ -686,6 +727,10 @@ INVALID_WRITES = [
     pytest.param(
         f"{P}/observe_every", "1", ["0", "1025", "4294967296", "-1", "all"], (ERANGE, EINVAL),
         id="observe_every",
+    ),
+    pytest.param(f"{P}/lazy", "0", ["2", "-1", "yes"], (ERANGE, EINVAL), id="lazy"),
+    pytest.param(
+        f"{P}/sample_unclaimed", "1", ["2", "-1", "no"], (ERANGE, EINVAL), id="sample_unclaimed",
     ),
     # a disk's geometry for policy cost: at most a second, 2^20 and 2^24 sectors
     pytest.param(

@@ -151,6 +151,18 @@ def test_invariant_violations_are_reported() -> None:
     ]
 
 
+def test_unclaimed_samples_count_towards_the_samples() -> None:
+    # a kernel with sample_unclaimed: what nobody held the ring for is a part
+    unclaimed = STATS.replace("ring_filtered 10", "ring_filtered 10\nring_unclaimed 7")
+    problems = kmlstats.check_invariants(parse_stats(unclaimed))
+    assert problems == [
+        "samples = 130, but ring_produced + ring_dropped + ring_full_waits + ring_filtered"
+        " + ring_unclaimed = 137"
+    ]
+    fixed = unclaimed.replace("ring_dropped 20", "ring_dropped 13")
+    assert kmlstats.check_invariants(parse_stats(fixed)) == []
+
+
 def test_kml_stats_record_has_the_shape_the_figures_read() -> None:
     curve = kmlstats.parse_curve(
         '{"step": 256, "loss": 1.5, "accuracy": 0.7}\n'

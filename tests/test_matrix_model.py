@@ -148,6 +148,12 @@ def test_exclude_by_model_field(tmp_path: Path) -> None:
         ),
         ("{mode: observe, observe_every: 0}", 6, "axes.model[0].observe_every", "1..1024"),
         ("{mode: active, lazy: sometimes}", 6, "axes.model[0].lazy", "true or false"),
+        (
+            "{mode: observe, sample_unclaimed: 0}",
+            6,
+            "axes.model[0].sample_unclaimed",
+            "true or false",
+        ),
         ("[]", 6, "axes.model", "non-empty list"),
     ],
 )
@@ -270,6 +276,35 @@ def test_lazy_is_recorded_where_it_predicts(tmp_path: Path) -> None:
     assert "setnum /sys/module/kml/parameters/lazy 1" in lazy
     eager = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
     assert "setnum /sys/module/kml/parameters/lazy 0" in eager
+
+
+def test_sample_unclaimed_is_recorded_only_when_false(tmp_path: Path) -> None:
+    """``sample_unclaimed`` wherever KML is on, only when false (so cells
+    from before the key keep their ids); off drops it; the set-up writes 0
+    or 1 always."""
+    m = load(
+        tmp_path,
+        HEAD + "  model:\n    - {mode: [off, observe, active], sample_unclaimed: [true, false]}\n",
+    )
+    models = sorted(
+        (c.params["model"] for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline"),
+        key=lambda p: (p["mode"], p.get("sample_unclaimed", True)),
+    )
+    assert [(p["mode"], p.get("sample_unclaimed")) for p in models] == [
+        ("active", False),
+        ("active", None),
+        ("observe", False),
+        ("observe", None),
+        ("off", None),
+    ]
+    old = load(tmp_path, HEAD + "  model: [{mode: observe}]\n")
+    explicit = load(tmp_path, HEAD + "  model: [{mode: observe, sample_unclaimed: true}]\n")
+    assert {c.id for c in old.cells} == {c.id for c in explicit.cells}
+    dev = device.BlockDevice("nullb0")
+    none = kml_setup_script({"mode": "active", "sample_unclaimed": False}, dev, trainer_seconds=1)
+    assert "setnum /sys/module/kml/parameters/sample_unclaimed 0" in none
+    kept = kml_setup_script({"mode": "observe"}, dev, trainer_seconds=1)
+    assert "setnum /sys/module/kml/parameters/sample_unclaimed 1" in kept
 
 
 ROTATIONAL = "{type: null_blk, irqmode: timer, service: rotational, hw_queue_depth: 1}"

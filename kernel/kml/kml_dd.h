@@ -60,6 +60,7 @@ enum kml_dd_stat {
 	KML_DD_S_PRED_CLAMPED,
 	KML_DD_S_SKILL_HOLDOUTS,
 	KML_DD_S_UNOBSERVED,
+	KML_DD_S_RING_UNCLAIMED,
 	KML_DD_NR_STATS,
 };
 
@@ -323,6 +324,7 @@ struct kml_dd_global {
 	unsigned int cost_stripe_sectors;
 	unsigned int observe_every;	/* module parameter, observe mode */
 	unsigned int lazy;		/* module parameter, active mode */
+	unsigned int sample_unclaimed;	/* module parameter */
 	/* the gauges (a last value, not a count); counts are per CPU */
 	atomic64_t gauges[KML_DD_NR_STATS];
 	/* the open window: 4 x 16-bit counts, written at every completion */
@@ -462,11 +464,29 @@ int kml_dd_publish(const void *buf, size_t len);
 long kml_dd_model_save(void *buf, size_t cap, u32 dtype);
 
 /*
- * A completed request's sample: the statistics, then whether the ring
- * takes it (its outcome and prediction fields suffice for both), then,
- * only if it does, the whole sample into the ring.  Any context.
+ * A completed request as the statistics see it: the outcome and prediction
+ * fields of its sample (struct kml_dd_sample) and its score bucket.  Apart
+ * from the sample, so that a request whose sample the ring does not take
+ * puts no 128-byte sample on the stack (which a kernel built to zero stack
+ * variables clears at every completion).
  */
-bool kml_dd_count_sample(const struct kml_dd_sample *s, u8 score);
+struct kml_dd_outcome {
+	u64 issue_ns;
+	u64 deadline_ns;
+	u64 pred_issue_ns;
+	u32 flags;		/* KML_DD_SAMPLE_* */
+	u8 met;
+	u8 pred_valid;
+	u8 pred_met;
+	u8 score;		/* kml_dd_score_bucket() of the prediction */
+};
+
+/*
+ * A completed request: the statistics, then whether the ring takes its
+ * sample, then, only if it does, the whole sample into the ring.  Any
+ * context.
+ */
+bool kml_dd_count_sample(const struct kml_dd_outcome *o);
 void kml_dd_push_sample(const struct kml_dd_sample *s);
 
 /* The ring's one consumer: see kml_dd_ring_claim(). */

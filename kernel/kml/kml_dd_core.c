@@ -46,6 +46,7 @@ struct kml_dd_global kml_dd = {
 	.cost_credit_permille = KML_DD_COST_CREDIT_PERMILLE,
 	.cost_late_permille = KML_DD_COST_LATE_PERMILLE,
 	.observe_every = 1,
+	.sample_unclaimed = 1,
 	.skill_window = KML_DD_SKILL_WINDOW,
 	.skill_window_ms = KML_DD_SKILL_WINDOW_MS,
 	.skill_min_permille = 500,
@@ -341,6 +342,21 @@ MODULE_PARM_DESC(lazy,
 		 "active mode: predict a request when a dispatch decision first reads it (1), or every one at insert (0)");
 
 /*
+ * Samples while no consumer holds the ring (kml_dd_ring_claim()): 1 makes
+ * them, and they wait in the ring (up to its capacity) for one that claims
+ * it later; 0 makes none, so that a queue nobody trains from pays nothing
+ * for the ring.
+ */
+static struct kml_dd_uint_range sample_unclaimed_range = {
+	.v = &kml_dd.sample_unclaimed,
+	.max = 1,
+};
+module_param_cb(sample_unclaimed, &kml_dd_uint_range_ops,
+		&sample_unclaimed_range, 0644);
+MODULE_PARM_DESC(sample_unclaimed,
+		 "make samples while no consumer holds the ring (1), or only while one does (0)");
+
+/*
  * Decision threshold: a request is predicted to meet its deadline when its
  * predicted issue time is at most deadline * decision_permille / 1000.
  * Trainers calibrate it for balanced accuracy on recent samples, so the
@@ -506,6 +522,7 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_PRED_CLAMPED] = "pred_clamped",
 	[KML_DD_S_SKILL_HOLDOUTS] = "skill_holdouts",
 	[KML_DD_S_UNOBSERVED] = "unobserved",
+	[KML_DD_S_RING_UNCLAIMED] = "ring_unclaimed",
 };
 
 /* The range of inference times bucket @b of kml_dd_hist_bucket() holds. */
@@ -592,13 +609,13 @@ static void kml_dd_stats_reset(void)
  * model got it wrong, or its prediction was within a factor of two of the
  * deadline (close to the decision boundary).
  */
-static bool kml_dd_sample_wanted(const struct kml_dd_sample *s)
+static bool kml_dd_sample_wanted(const struct kml_dd_outcome *o)
 {
 	if (READ_ONCE(kml_dd.sample_filter) == KML_DD_FILTER_ALL ||
-	    !s->pred_valid || s->pred_met != s->met)
+	    !o->pred_valid || o->pred_met != o->met)
 		return true;
-	return s->pred_issue_ns * 2 > s->deadline_ns &&
-	       s->pred_issue_ns < s->deadline_ns * 2;
+	return o->pred_issue_ns * 2 > o->deadline_ns &&
+	       o->pred_issue_ns < o->deadline_ns * 2;
 }
 
 /* The window's four counts: actual met/missed x predicted met/missed. */
@@ -653,17 +670,17 @@ static void kml_dd_skill_judge(u64 v)
  * predicted miss (KML_DD_SAMPLE_HOLDOUT) counts for itself and for the
  * KML_DD_SKILL_HOLDOUT - 1 that were acted on (kml_dd.h).
  */
-static void kml_dd_skill_note(const struct kml_dd_sample *s)
+static void kml_dd_skill_note(const struct kml_dd_outcome *o)
 {
 	unsigned int window = READ_ONCE(kml_dd.skill_window);
 	unsigned long timed;
-	unsigned int cell = 2 * !s->met + !s->pred_met;
+	unsigned int cell = 2 * !o->met + !o->pred_met;
 	u32 met, missed, weight;
 	u64 v;
 
-	if (!window || (s->flags & KML_DD_SAMPLE_URGENT))
+	if (!window || (o->flags & KML_DD_SAMPLE_URGENT))
 		return;
-	weight = s->flags & KML_DD_SAMPLE_HOLDOUT ? KML_DD_SKILL_HOLDOUT : 1;
+	weight = o->flags & KML_DD_SAMPLE_HOLDOUT ? KML_DD_SKILL_HOLDOUT : 1;
 	v = atomic64_add_return((s64)weight << (16 * cell), &kml_dd.skill);
 	if (v == (u64)weight << (16 * cell))	/* the window's first */
 		WRITE_ONCE(kml_dd.skill_since, jiffies);
@@ -686,45 +703,51 @@ static void kml_dd_skill_note(const struct kml_dd_sample *s)
 		kml_dd_skill_judge(v);
 }
 
-/* @score: the prediction's bucket (kml_dd_score_bucket()), set at insert. */
-static void kml_dd_account(const struct kml_dd_sample *s, u8 score)
+/* The statistics of a completed request: counts, the error, the skill. */
+static void kml_dd_account(const struct kml_dd_outcome *o)
 {
 	u64 err;
 
 	kml_dd_stat_inc(KML_DD_S_SAMPLES);
-	if (s->met)
+	if (o->met)
 		kml_dd_stat_inc(KML_DD_S_SAMPLES_MET);
-	if (!s->pred_valid)
+	if (!o->pred_valid)
 		return;
 	kml_dd_stat_inc(KML_DD_S_PREDICTIONS);
-	if (s->met)
-		kml_dd_stat_inc(s->pred_met ? KML_DD_S_MET_PRED_MET :
+	if (o->met)
+		kml_dd_stat_inc(o->pred_met ? KML_DD_S_MET_PRED_MET :
 					      KML_DD_S_MET_PRED_MISS);
 	else
-		kml_dd_stat_inc(s->pred_met ? KML_DD_S_MISS_PRED_MET :
+		kml_dd_stat_inc(o->pred_met ? KML_DD_S_MISS_PRED_MET :
 					      KML_DD_S_MISS_PRED_MISS);
-	err = s->pred_issue_ns > s->issue_ns ? s->pred_issue_ns - s->issue_ns :
-					       s->issue_ns - s->pred_issue_ns;
+	err = o->pred_issue_ns > o->issue_ns ? o->pred_issue_ns - o->issue_ns :
+					       o->issue_ns - o->pred_issue_ns;
 	err = div_u64(err, NSEC_PER_USEC);
 	kml_dd_stat_add(KML_DD_S_ISSUE_ABS_ERR_US, err);
 	this_cpu_inc(kml_dd_counters.err_hist[kml_dd_hist_bucket(err)]);
-	this_cpu_inc(kml_dd_counters.score_hist[!s->met][score]);
-	kml_dd_skill_note(s);
+	this_cpu_inc(kml_dd_counters.score_hist[!o->met][o->score]);
+	kml_dd_skill_note(o);
 }
 
 /*
- * Count a completed request's sample (the fields kml_dd_count_sample()
- * reads are set), and say whether the ring would take it.  When it would
- * not (filtered out, no ring, or a full ring in drop mode), the drop is
- * counted here and the finish hook need not make the rest of the sample.
- * Any context.
+ * Count a completed request, and say whether the ring would take its
+ * sample.  When it would not (no consumer holds the ring and
+ * sample_unclaimed is 0, filtered out, no ring, or a full ring in drop
+ * mode), the reason is counted here and the finish hook need not make the
+ * sample.  Any context.
  */
-bool kml_dd_count_sample(const struct kml_dd_sample *s, u8 score)
+bool kml_dd_count_sample(const struct kml_dd_outcome *o)
 {
 	bool full;
 
-	kml_dd_account(s, score);
-	if (!kml_dd_sample_wanted(s)) {
+	kml_dd_account(o);
+	/* a claim or release meanwhile makes one sample more or fewer */
+	if (!READ_ONCE(kml_dd.sample_unclaimed) &&
+	    atomic_read(&kml_dd.ring_owner) == KML_DD_OWNER_NONE) {
+		kml_dd_stat_inc(KML_DD_S_RING_UNCLAIMED);
+		return false;
+	}
+	if (!kml_dd_sample_wanted(o)) {
 		kml_dd_stat_inc(KML_DD_S_RING_FILTERED);
 		return false;
 	}
@@ -1129,6 +1152,8 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   READ_ONCE(kml_dd.cost_stripe_sectors));
 	seq_printf(m, "observe_every %u\n", READ_ONCE(kml_dd.observe_every));
 	seq_printf(m, "lazy %u\n", READ_ONCE(kml_dd.lazy));
+	seq_printf(m, "sample_unclaimed %u\n",
+		   READ_ONCE(kml_dd.sample_unclaimed));
 	seq_printf(m, "ktrainer_running %d\n", kml_dd_ktrainer_running());
 	seq_printf(m, "decision_permille %u\n",
 		   READ_ONCE(kml_dd.decision_permille));

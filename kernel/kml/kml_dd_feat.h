@@ -91,14 +91,17 @@ struct kml_dd_feat_raw {
 	struct kml_dd_feat_state st;
 };
 
-/* What @in's features are computed from, into @raw; then notes the insert. */
+/*
+ * @raw->in holds a request at its insert: copy the queue's state beside it
+ * (what its features are computed from), then note the insert.  The caller
+ * writes @raw->in in place rather than passing a copy, which would be one
+ * more string move per request.
+ */
 static inline void kml_dd_feat_take(struct kml_dd_feat_state *st,
-				    const struct kml_dd_feat_in *in,
 				    struct kml_dd_feat_raw *raw)
 {
-	raw->in = *in;
 	raw->st = *st;
-	st->last_insert_ns = in->now;
+	st->last_insert_ns = raw->in.now;
 }
 
 /* The KML_DD_NR_FEATURES features of @raw into @f, which must not overlap it. */

@@ -46,18 +46,15 @@ static u64 kml_dd_clock(void)
 
 /* ------------------------------------------------------------ features */
 
-/*
- * The request's features (kml_dd_feat.c), from the queue's state; or, if
- * @ctx is lazy, only what they are computed from.
- */
-static __always_inline void kml_dd_features(struct kml_dd_queue *kq,
-					    struct request *rq,
-					    struct request *fifo_head,
-					    struct kml_dd_ctx *ctx, u64 now,
-					    bool same_dir)
+/* What @ctx's features are computed from (kml_dd_feat.c), at its insert. */
+static __always_inline struct kml_dd_feat_in
+kml_dd_feat_in(struct kml_dd_queue *kq, struct request *rq,
+	       struct request *fifo_head, const struct kml_dd_ctx *ctx,
+	       u64 now, bool same_dir)
 {
 	struct kml_dd_ctx *head = fifo_head ? kml_dd_ctx(fifo_head) : NULL;
-	struct kml_dd_feat_in in = {
+
+	return (struct kml_dd_feat_in) {
 		.now = now,
 		.sector = ctx->sector,
 		.capacity = get_capacity(rq->q->disk),
@@ -71,11 +68,41 @@ static __always_inline void kml_dd_features(struct kml_dd_queue *kq,
 		.same_dir = same_dir,
 		.has_head = !!head,
 	};
+}
 
-	if (ctx->lazy)
-		kml_dd_feat_take(&kq->feat, &in, &ctx->raw);
-	else
-		kml_dd_feat_insert(&kq->feat, &in, ctx->features);
+/* The request's features, from the queue's state. */
+static __always_inline void kml_dd_features_now(struct kml_dd_queue *kq,
+						struct request *rq,
+						struct request *fifo_head,
+						struct kml_dd_ctx *ctx,
+						u64 now, bool same_dir)
+{
+	/* initialised here: a kernel that zeroes stack variables need not */
+	const struct kml_dd_feat_in in = kml_dd_feat_in(kq, rq, fifo_head, ctx,
+							now, same_dir);
+
+	kml_dd_feat_insert(&kq->feat, &in, ctx->features);
+}
+
+/*
+ * The request's features; or, if @ctx is lazy, only what they are
+ * computed from, written in place (a copy of a struct built on the stack
+ * is a string move, one counted instruction per four bytes under QEMU's
+ * instruction counting).
+ */
+static __always_inline void kml_dd_features(struct kml_dd_queue *kq,
+					    struct request *rq,
+					    struct request *fifo_head,
+					    struct kml_dd_ctx *ctx, u64 now,
+					    bool same_dir)
+{
+	if (ctx->lazy) {
+		ctx->raw.in = kml_dd_feat_in(kq, rq, fifo_head, ctx, now,
+					     same_dir);
+		kml_dd_feat_take(&kq->feat, &ctx->raw);
+	} else {
+		kml_dd_features_now(kq, rq, fifo_head, ctx, now, same_dir);
+	}
 }
 
 /* ------------------------------------------------------------ inference */
@@ -985,10 +1012,63 @@ EXPORT_SYMBOL_GPL(kml_dd_note_urgent);
 static_assert(sizeof(struct kml_dd_sample) ==
 	      64 + sizeof(__s32) * KML_DD_MAX_FEATURES);
 
+/*
+ * The sample of a completed request @o whose sample the ring takes: a
+ * clock read, the features.  Out of line, so that the finish hook puts no
+ * sample on its stack for the requests the ring does not take.
+ */
+static noinline void kml_dd_finish_sample(struct kml_dd_queue *kq,
+					  struct kml_dd_ctx *ctx,
+					  const struct kml_dd_outcome *o)
+{
+	struct kml_dd_sample s;
+
+	s.insert_ns = ctx->insert_ns;
+	s.sector = ctx->sector;
+	s.issue_ns = o->issue_ns;
+	s.deadline_ns = o->deadline_ns;
+	s.completion_ns = kml_dd_since(ctx->insert_ns, kml_dd_clock());
+	s.pred_issue_ns = o->pred_issue_ns;
+	s.bytes = ctx->bytes;
+	s.op = ctx->op;
+	s.met = o->met;
+	s.pred_valid = o->pred_valid;
+	s.pred_met = o->pred_met;
+	s.flags = o->flags;
+	s.dev = kq->dev;
+	if (ctx->lazy)		/* never predicted: the features, for the ring */
+		kml_dd_feat_compute(&ctx->raw, s.features);
+	else
+		memcpy(s.features, ctx->features, sizeof(ctx->features));
+	/* no stack bytes into user memory */
+	memset(s.features + KML_DD_NR_FEATURES, 0,
+	       sizeof(s.features) - sizeof(ctx->features));
+	kml_dd_push_sample(&s);
+}
+
+/* The statistics of a completed request @ctx, and its sample if wanted. */
+static __always_inline void kml_dd_complete(struct kml_dd_queue *kq,
+					    struct kml_dd_ctx *ctx)
+{
+	const u64 issue_ns = kml_dd_since(ctx->insert_ns, ctx->dispatch_ns);
+	const struct kml_dd_outcome o = {
+		.issue_ns = issue_ns,
+		.deadline_ns = ctx->deadline_ns,
+		.pred_issue_ns = ctx->pred_issue_ns,
+		.flags = ctx->flags,
+		.met = issue_ns <= ctx->deadline_ns,
+		.pred_valid = ctx->pred_valid,
+		.pred_met = ctx->pred_met,
+		.score = ctx->score,
+	};
+
+	if (kml_dd_count_sample(&o))
+		kml_dd_finish_sample(kq, ctx, &o);
+}
+
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
-	struct kml_dd_sample s;
 
 	rq->elv.priv[1] = NULL;
 	if (!ctx->dispatch_ns) {
@@ -999,37 +1079,8 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 	atomic_dec(&kq->inflight);
 	if (kml_dd_policy_cost(kq))
 		kml_dd_svc_learn(kq, ctx, kml_dd_clock());
-	if (ctx->warmup)
-		goto release;
-
-	/*
-	 * The outcome and the prediction are all the statistics need; the
-	 * rest of the sample (a clock read, the features) is made only for
-	 * a ring that takes it.
-	 */
-	s.issue_ns = kml_dd_since(ctx->insert_ns, ctx->dispatch_ns);
-	s.deadline_ns = ctx->deadline_ns;
-	s.pred_issue_ns = ctx->pred_issue_ns;
-	s.met = s.issue_ns <= s.deadline_ns;
-	s.pred_valid = ctx->pred_valid;
-	s.pred_met = ctx->pred_met;
-	s.flags = ctx->flags;
-	if (!kml_dd_count_sample(&s, ctx->score))
-		goto release;
-	s.insert_ns = ctx->insert_ns;
-	s.sector = ctx->sector;
-	s.completion_ns = kml_dd_since(ctx->insert_ns, kml_dd_clock());
-	s.bytes = ctx->bytes;
-	s.op = ctx->op;
-	s.dev = kq->dev;
-	if (ctx->lazy)		/* never predicted: the features, for the ring */
-		kml_dd_feat_compute(&ctx->raw, s.features);
-	else
-		memcpy(s.features, ctx->features, sizeof(ctx->features));
-	/* no stack bytes into user memory */
-	memset(s.features + KML_DD_NR_FEATURES, 0,
-	       sizeof(s.features) - sizeof(ctx->features));
-	kml_dd_push_sample(&s);
+	if (!ctx->warmup)
+		kml_dd_complete(kq, ctx);
 release:
 	llist_add(&ctx->node, &kq->returned);
 }

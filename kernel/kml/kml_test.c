@@ -1142,7 +1142,8 @@ static void kml_test_dd_feat_take(struct kunit *test)
 			eager.last_insert_ns = 0;
 		lazy = eager;
 		kml_dd_feat_insert(&eager, in, one);
-		kml_dd_feat_take(&lazy, in, &raw);
+		raw.in = *in;
+		kml_dd_feat_take(&lazy, &raw);
 		KUNIT_EXPECT_EQ(test, lazy.last_insert_ns, in->now);
 		KUNIT_EXPECT_EQ(test, eager.last_insert_ns, in->now);
 		/* the queue moves on: a dispatch and another insert */
@@ -1151,7 +1152,8 @@ static void kml_test_dd_feat_take(struct kunit *test)
 		later = *in;
 		later.now += 7000;
 		later.op = !later.op;
-		kml_dd_feat_take(&lazy, &later, &other);
+		other.in = later;
+		kml_dd_feat_take(&lazy, &other);
 		kml_dd_feat_compute(&raw, two);
 		for (j = 0; j < KML_DD_NR_FEATURES; j++) {
 			KUNIT_EXPECT_EQ_MSG(test, one[j], want[i][j],

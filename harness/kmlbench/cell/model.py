@@ -228,6 +228,7 @@ def kml_setup_script(
                     "cost_miss_budget_permille",
                     "observe_every",
                     "lazy",
+                    "sample_unclaimed",
                 )
             },
             "TRAINER": trainer_lines,

@@ -34,6 +34,7 @@ from kmlbench.plan.schema import (
     GEOMETRY_SERVICES,
     GUEST_FIELDS,
     HEAD_FIELDS,
+    KML_ON_FIELDS,
     LAZY_FIELDS,
     MODEL_FIELDS,
     MODEL_FILE_FIELDS,
@@ -244,6 +245,9 @@ def _model_entries(
                     model.pop(name, None)
             if model["mode"] != "active" or not model["lazy"]:
                 for name in LAZY_FIELDS:
+                    model.pop(name, None)
+            for name in KML_ON_FIELDS:
+                if model.get(name) == MODEL_FIELDS[name].default:
                     model.pop(name, None)
             canon = canonical_json(model)
             if canon not in seen:

@@ -301,6 +301,11 @@ MODEL_FIELDS: dict[str, Field] = {
     # the prediction, from its features at insert, not every one at insert
     # (kml_iosched.c, __kml_dd_predict_lazy)
     "lazy": Field("bool", False),
+    # observe and active: make samples while no consumer (a trainer, a
+    # tracer) holds the ring; false makes none then, so that a cell nobody
+    # trains from pays nothing for the ring (kml_dd_core.c,
+    # sample_unclaimed)
+    "sample_unclaimed": Field("bool", True),
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),
@@ -337,12 +342,19 @@ SPARSE_FIELDS = ("cost_late_permille", "cost_horizon_ms", "cost_miss_budget_perm
 OBSERVE_FIELDS = ("observe_every",)
 # Only meaningful in active mode, and recorded only when set.
 LAZY_FIELDS = ("lazy",)
-# The model keys recorded only when not their default, and the mode whose
-# cells record them (kmlbench.plan.matrix): a cell of that mode without
+# Only meaningful with KML on (observe or active), and recorded only when
+# not their default.
+KML_ON_FIELDS = ("sample_unclaimed",)
+# The model keys recorded only when not their default, and the modes whose
+# cells record them (kmlbench.plan.matrix): a cell of such a mode without
 # the key has its default.
-SPARSE_MODEL_MODES: dict[str, str] = {
-    **{name: "active" for name in (*ACTIVE_FIELDS, *GEOMETRY_FIELDS, *SPARSE_FIELDS, *LAZY_FIELDS)},
-    **{name: "observe" for name in OBSERVE_FIELDS},
+SPARSE_MODEL_MODES: dict[str, tuple[str, ...]] = {
+    **{
+        name: ("active",)
+        for name in (*ACTIVE_FIELDS, *GEOMETRY_FIELDS, *SPARSE_FIELDS, *LAZY_FIELDS)
+    },
+    **{name: ("observe",) for name in OBSERVE_FIELDS},
+    **{name: ("observe", "active") for name in KML_ON_FIELDS},
 }
 MODEL_FILE_FIELDS = ("model_file", "warm_start")
 MODEL_SLUGS = {"off": "kmloff", "observe": "kmlobs", "active": "kmlact"}

@@ -102,17 +102,17 @@ def _varying(cells: Sequence[kdb.CellRow]) -> list[str]:
     does not vary by being absent: the scheduler name already tells those
     series apart, and listing every tunable would bury it. But a model key
     recorded only when not its default (``lazy``, ``observe_every``,
-    policy ``cost``'s) is absent from a cell of its mode because it has the
-    default: there its absence is a value, or predicting every request and
-    lazily would be one series.
+    ``sample_unclaimed``, policy ``cost``'s) is absent from a cell of its
+    mode because it has the default: there its absence is a value, or
+    predicting every request and lazily would be one series.
     """
     keys = sorted({k for c in cells for k in c.flat_params})
     out = []
     for k in keys:
         values: set[str | None] = {c.flat_params[k] for c in cells if k in c.flat_params}
-        mode = SPARSE_MODEL_MODES.get(k.removeprefix("model.")) if k.startswith("model.") else None
-        if mode is not None and any(
-            c.flat_params.get("model.mode") == mode and k not in c.flat_params for c in cells
+        modes = SPARSE_MODEL_MODES.get(k.removeprefix("model.")) if k.startswith("model.") else None
+        if modes is not None and any(
+            c.flat_params.get("model.mode") in modes and k not in c.flat_params for c in cells
         ):
             values.add(None)
         if len(values) > 1:
