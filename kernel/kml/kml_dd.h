@@ -357,6 +357,28 @@ static inline void kml_dd_stat_add(enum kml_dd_stat s, u64 v)
 	this_cpu_add(kml_dd_counters.stats[s], v);
 }
 
+/* A completed request's counts that need no prediction.  Any context. */
+static inline void kml_dd_count_outcome(bool met)
+{
+	kml_dd_stat_inc(KML_DD_S_SAMPLES);
+	if (met)
+		kml_dd_stat_inc(KML_DD_S_SAMPLES_MET);
+}
+
+/*
+ * True, and counted, when a completed request's sample would go nowhere:
+ * sample_unclaimed is 0 and no consumer holds the ring (a claim or release
+ * meanwhile makes one sample more or fewer).  Any context.
+ */
+static inline bool kml_dd_sample_unclaimed(void)
+{
+	if (READ_ONCE(kml_dd.sample_unclaimed) ||
+	    atomic_read(&kml_dd.ring_owner) != KML_DD_OWNER_NONE)
+		return false;
+	kml_dd_stat_inc(KML_DD_S_RING_UNCLAIMED);
+	return true;
+}
+
 /* A gauge's new value (KML_DD_S_*_PPM). */
 static inline void kml_dd_stat_set(enum kml_dd_stat s, u64 v)
 {

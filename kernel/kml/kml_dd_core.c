@@ -708,9 +708,7 @@ static void kml_dd_account(const struct kml_dd_outcome *o)
 {
 	u64 err;
 
-	kml_dd_stat_inc(KML_DD_S_SAMPLES);
-	if (o->met)
-		kml_dd_stat_inc(KML_DD_S_SAMPLES_MET);
+	kml_dd_count_outcome(o->met);
 	if (!o->pred_valid)
 		return;
 	kml_dd_stat_inc(KML_DD_S_PREDICTIONS);
@@ -741,12 +739,8 @@ bool kml_dd_count_sample(const struct kml_dd_outcome *o)
 	bool full;
 
 	kml_dd_account(o);
-	/* a claim or release meanwhile makes one sample more or fewer */
-	if (!READ_ONCE(kml_dd.sample_unclaimed) &&
-	    atomic_read(&kml_dd.ring_owner) == KML_DD_OWNER_NONE) {
-		kml_dd_stat_inc(KML_DD_S_RING_UNCLAIMED);
+	if (kml_dd_sample_unclaimed())
 		return false;
-	}
 	if (!kml_dd_sample_wanted(o)) {
 		kml_dd_stat_inc(KML_DD_S_RING_FILTERED);
 		return false;

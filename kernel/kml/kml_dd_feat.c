@@ -6,7 +6,6 @@
 #include "kml_dd_feat.h"
 
 #define KML_DD_NS_PER_US	1000U
-#define KML_DD_SECTOR_SHIFT	9
 
 s32 kml_dd_lg(u64 x)
 {
@@ -66,27 +65,10 @@ void kml_dd_feat_insert(struct kml_dd_feat_state *st,
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_insert);
 
-/* New average = 7/8 old + 1/8 sample: follows load changes within ~8 I/Os. */
-static u64 kml_dd_ewma(u64 avg, u64 sample)
-{
-	return avg ? avg - (avg >> 3) + (sample >> 3) : sample;
-}
-
 void kml_dd_feat_dispatch(struct kml_dd_feat_state *st, u8 op, u64 sector,
 			  u32 bytes, u64 insert_ns, u64 deadline_ns, u64 now)
 {
-	const int dir = op ? 1 : 0;
-	u64 issue = kml_dd_since(insert_ns, now);
-	u32 missed = issue > deadline_ns ? KML_Q16_ONE : 0;
-
-	st->miss_ewma[dir] = st->miss_ewma[dir] - (st->miss_ewma[dir] >> 3) +
-			     (missed >> 3);
-	st->issue_ewma_ns[dir] = kml_dd_ewma(st->issue_ewma_ns[dir], issue);
-	if (st->last_dispatch_ns)
-		st->dispatch_gap_ewma_ns =
-			kml_dd_ewma(st->dispatch_gap_ewma_ns,
-				    kml_dd_since(st->last_dispatch_ns, now));
-	st->last_dispatch_ns = now;
-	st->last_end = sector + (bytes >> KML_DD_SECTOR_SHIFT);
+	__kml_dd_feat_dispatch(st, op, sector, bytes, insert_ns, deadline_ns,
+			       now);
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_dispatch);

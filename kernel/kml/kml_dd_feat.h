@@ -27,6 +27,8 @@
  */
 #define KML_DD_FEAT_MAX		(64 << 16)
 
+#define KML_DD_SECTOR_SHIFT	9	/* 512-byte sectors */
+
 /* The queue's state the features read; zero at the start. */
 struct kml_dd_feat_state {
 	u64 last_insert_ns;
@@ -111,10 +113,37 @@ KML_API void kml_dd_feat_compute(const struct kml_dd_feat_raw *raw, s32 *f);
 KML_API void kml_dd_feat_insert(struct kml_dd_feat_state *st,
 				const struct kml_dd_feat_in *in, s32 *f);
 
+/* New average = 7/8 old + 1/8 sample: follows load changes within ~8 I/Os. */
+static inline u64 kml_dd_ewma(u64 avg, u64 sample)
+{
+	return avg ? avg - (avg >> 3) + (sample >> 3) : sample;
+}
+
 /*
  * A request of direction @op inserted at @insert_ns, due @deadline_ns after
- * it, covering @bytes from @sector, goes to the driver at @now.
+ * it, covering @bytes from @sector, goes to the driver at @now.  Inline for
+ * the kernel's dispatch hook; kml_dd_feat_dispatch() for everyone else.
  */
+static inline void __kml_dd_feat_dispatch(struct kml_dd_feat_state *st,
+					  u8 op, u64 sector, u32 bytes,
+					  u64 insert_ns, u64 deadline_ns,
+					  u64 now)
+{
+	const int dir = op ? 1 : 0;
+	u64 issue = kml_dd_since(insert_ns, now);
+	u32 missed = issue > deadline_ns ? KML_Q16_ONE : 0;
+
+	st->miss_ewma[dir] = st->miss_ewma[dir] - (st->miss_ewma[dir] >> 3) +
+			     (missed >> 3);
+	st->issue_ewma_ns[dir] = kml_dd_ewma(st->issue_ewma_ns[dir], issue);
+	if (st->last_dispatch_ns)
+		st->dispatch_gap_ewma_ns =
+			kml_dd_ewma(st->dispatch_gap_ewma_ns,
+				    kml_dd_since(st->last_dispatch_ns, now));
+	st->last_dispatch_ns = now;
+	st->last_end = sector + (bytes >> KML_DD_SECTOR_SHIFT);
+}
+
 KML_API void kml_dd_feat_dispatch(struct kml_dd_feat_state *st, u8 op,
 				  u64 sector, u32 bytes, u64 insert_ns,
 				  u64 deadline_ns, u64 now);

@@ -993,8 +993,8 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 		kml_dd_cost_dispatch(kq, ctx, rq, now);
 	atomic_dec(&kq->queued[ctx->op]);
 	atomic_inc(&kq->inflight);
-	kml_dd_feat_dispatch(&kq->feat, ctx->op, ctx->sector, ctx->bytes,
-			     ctx->insert_ns, ctx->deadline_ns, now);
+	__kml_dd_feat_dispatch(&kq->feat, ctx->op, ctx->sector, ctx->bytes,
+			       ctx->insert_ns, ctx->deadline_ns, now);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_dispatch);
 
@@ -1046,17 +1046,21 @@ static noinline void kml_dd_finish_sample(struct kml_dd_queue *kq,
 	kml_dd_push_sample(&s);
 }
 
-/* The statistics of a completed request @ctx, and its sample if wanted. */
-static __always_inline void kml_dd_complete(struct kml_dd_queue *kq,
-					    struct kml_dd_ctx *ctx)
+/*
+ * The statistics of a completed request @ctx, which took @issue_ns from
+ * insert to dispatch (@met: within its deadline), and its sample if the
+ * ring takes it.
+ */
+static __always_inline void kml_dd_count_sample_of(struct kml_dd_queue *kq,
+						   struct kml_dd_ctx *ctx,
+						   u64 issue_ns, bool met)
 {
-	const u64 issue_ns = kml_dd_since(ctx->insert_ns, ctx->dispatch_ns);
 	const struct kml_dd_outcome o = {
 		.issue_ns = issue_ns,
 		.deadline_ns = ctx->deadline_ns,
 		.pred_issue_ns = ctx->pred_issue_ns,
 		.flags = ctx->flags,
-		.met = issue_ns <= ctx->deadline_ns,
+		.met = met,
 		.pred_valid = ctx->pred_valid,
 		.pred_met = ctx->pred_met,
 		.score = ctx->score,
@@ -1064,6 +1068,23 @@ static __always_inline void kml_dd_complete(struct kml_dd_queue *kq,
 
 	if (kml_dd_count_sample(&o))
 		kml_dd_finish_sample(kq, ctx, &o);
+}
+
+/* A completed request @ctx: its statistics, and its sample if wanted. */
+static __always_inline void kml_dd_complete(struct kml_dd_queue *kq,
+					    struct kml_dd_ctx *ctx)
+{
+	const u64 issue_ns = kml_dd_since(ctx->insert_ns, ctx->dispatch_ns);
+	const bool met = issue_ns <= ctx->deadline_ns;
+
+	/*
+	 * Never predicted (lazily, most requests), and nobody to send its
+	 * sample to: the counts alone, without an outcome to fill in.
+	 */
+	if (!ctx->pred_valid && kml_dd_sample_unclaimed())
+		kml_dd_count_outcome(met);
+	else
+		kml_dd_count_sample_of(kq, ctx, issue_ns, met);
 }
 
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
