@@ -107,3 +107,29 @@ def test_the_first_seek_after_a_mode_write_teaches_nothing(disk: Guest) -> None:
     assert rows[0]["hi"] < 8, rows  # the bucket of a few cylinders
     # the far end is a full stroke away from the start: that bucket stays unlearned
     assert all(row["hi"] < cylinders(FAR_MIB) // 2 for row in rows), rows
+
+
+def test_the_first_seek_after_a_policy_switch_teaches_nothing(disk: Guest) -> None:
+    """Policy expire does not move policy cost's head: tracked at the disk's
+    start under cost, moved to its far end under expire, then cost again
+    without a mode write. What cost learned before is forgotten at its first
+    dispatch, which teaches nothing (its head is not known); the read after
+    it teaches the short bucket, and no long one is ever learned."""
+    params = guest_paths.KML_PARAMS
+    mode(disk, "active")
+    read_at(disk, 0)
+    read_at(disk, 1)
+    assert learned(disk), "policy cost learned nothing from a known head"
+    sh(disk, f"echo expire > {params}/policy")
+    read_at(disk, FAR_MIB)  # the device's head moves; cost's does not
+    sh(disk, f"echo cost > {params}/policy")
+    read_at(disk, FAR_MIB + 1)  # would be a full stroke from cost's old sector
+    assert learned(disk) == [], "a seek learned from a head not seen to move"
+    read_at(disk, FAR_MIB + 2)
+    rows = learned(disk)
+    assert len(rows) == 1 and rows[0]["hi"] < 8, rows
+    assert all(row["hi"] < cylinders(FAR_MIB) // 2 for row in rows), rows
+    # writing the policy it already has is no change: nothing is forgotten
+    sh(disk, f"echo cost > {params}/policy")
+    read_at(disk, FAR_MIB + 3)
+    assert len(learned(disk)) >= 1

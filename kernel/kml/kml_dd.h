@@ -325,6 +325,12 @@ struct kml_dd_global {
 	unsigned int observe_every;	/* module parameter, observe mode */
 	unsigned int lazy;		/* module parameter, active mode */
 	unsigned int sample_unclaimed;	/* module parameter */
+	/*
+	 * Bumped when the policy or the device policy cost is told changes:
+	 * a queue that learned under another (kml_dd_queue.svc_gen) learns
+	 * afresh at its next dispatch under policy cost.
+	 */
+	unsigned int svc_gen;
 	/* the gauges (a last value, not a count); counts are per CPU */
 	atomic64_t gauges[KML_DD_NR_STATS];
 	/* the open window: 4 x 16-bit counts, written at every completion */

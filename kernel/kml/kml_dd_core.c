@@ -136,6 +136,18 @@ MODULE_PARM_DESC(sample_filter,
 int kml_dd_policy __read_mostly = KML_DD_POLICY_EXPIRE;
 EXPORT_SYMBOL_GPL(kml_dd_policy);
 
+/*
+ * What policy cost learned, and where it last saw each queue's head, was
+ * learned under another policy or device: every queue learns afresh at
+ * its next dispatch under policy cost (kml_iosched.c), as after a write of
+ * its kml_mode.  Otherwise the first seek after a switch back to cost is
+ * measured from a sector the head left while another policy ran.
+ */
+static void kml_dd_relearn(void)
+{
+	WRITE_ONCE(kml_dd.svc_gen, READ_ONCE(kml_dd.svc_gen) + 1);
+}
+
 static int policy_set(const char *val, const struct kernel_param *kp)
 {
 	int p = __sysfs_match_string(kml_dd_policies,
@@ -143,7 +155,8 @@ static int policy_set(const char *val, const struct kernel_param *kp)
 
 	if (p < 0)
 		return p;
-	WRITE_ONCE(kml_dd_policy, p);
+	if (xchg(&kml_dd_policy, p) != p)
+		kml_dd_relearn();
 	return 0;
 }
 
@@ -179,6 +192,7 @@ static int kml_dd_uint_param(const char *val, unsigned int min,
 struct kml_dd_uint_range {
 	unsigned int *v;
 	unsigned int min, max;
+	bool relearn;		/* a change: kml_dd_relearn() */
 };
 
 static int kml_dd_uint_range_set(const char *val, const struct kernel_param *kp)
@@ -189,7 +203,8 @@ static int kml_dd_uint_range_set(const char *val, const struct kernel_param *kp)
 
 	if (ret)
 		return ret;
-	WRITE_ONCE(*r->v, v);
+	if (xchg(r->v, v) != v && r->relearn)
+		kml_dd_relearn();
 	return 0;
 }
 
@@ -222,6 +237,7 @@ MODULE_PARM_DESC(cost_age_shift,
 static struct kml_dd_uint_range cost_rev_ns_range = {
 	.v = &kml_dd.cost_rev_ns,
 	.max = KML_DD_GEOM_MAX_REV_NS,
+	.relearn = true,
 };
 module_param_cb(cost_rev_ns, &kml_dd_uint_range_ops, &cost_rev_ns_range,
 		0644);
@@ -231,6 +247,7 @@ MODULE_PARM_DESC(cost_rev_ns,
 static struct kml_dd_uint_range cost_track_sectors_range = {
 	.v = &kml_dd.cost_track_sectors,
 	.max = KML_DD_GEOM_MAX_TRACK,
+	.relearn = true,
 };
 module_param_cb(cost_track_sectors, &kml_dd_uint_range_ops,
 		&cost_track_sectors_range, 0644);
@@ -240,6 +257,7 @@ MODULE_PARM_DESC(cost_track_sectors,
 static struct kml_dd_uint_range cost_cyl_sectors_range = {
 	.v = &kml_dd.cost_cyl_sectors,
 	.max = KML_DD_GEOM_MAX_CYL,
+	.relearn = true,
 };
 module_param_cb(cost_cyl_sectors, &kml_dd_uint_range_ops,
 		&cost_cyl_sectors_range, 0644);
@@ -254,6 +272,7 @@ MODULE_PARM_DESC(cost_cyl_sectors,
 static struct kml_dd_uint_range cost_channels_range = {
 	.v = &kml_dd.cost_channels,
 	.max = KML_DD_MAX_CHANNELS,
+	.relearn = true,
 };
 module_param_cb(cost_channels, &kml_dd_uint_range_ops, &cost_channels_range,
 		0644);
@@ -264,6 +283,7 @@ MODULE_PARM_DESC(cost_channels,
 static struct kml_dd_uint_range cost_stripe_sectors_range = {
 	.v = &kml_dd.cost_stripe_sectors,
 	.max = KML_DD_GEOM_MAX_TRACK,
+	.relearn = true,
 };
 module_param_cb(cost_stripe_sectors, &kml_dd_uint_range_ops,
 		&cost_stripe_sectors_range, 0644);

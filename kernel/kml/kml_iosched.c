@@ -594,6 +594,7 @@ static void kml_dd_svc_forget(struct kml_dd_queue *kq)
 	WRITE_ONCE(kq->svc_busy_until, 0);
 	WRITE_ONCE(kq->svc_missed, 0);
 	WRITE_ONCE(kq->head_known, false);
+	WRITE_ONCE(kq->svc_gen, READ_ONCE(kml_dd.svc_gen));
 	for (b = 0; b < KML_DD_MAX_CHANNELS; b++) {
 		WRITE_ONCE(kq->chan_busy_until[b], 0);
 		WRITE_ONCE(kq->chan_last_done[b], 0);
@@ -938,7 +939,12 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 	 * seek for the rest of a cell (an upper bound rises by a leak a
 	 * sample), and the order it chose was slower than FIFO's.
 	 */
-	bool known = READ_ONCE(kq->head_known);
+	bool known;
+
+	/* the policy or the device changed since this queue learned */
+	if (unlikely(READ_ONCE(kq->svc_gen) != READ_ONCE(kml_dd.svc_gen)))
+		kml_dd_svc_forget(kq);
+	known = READ_ONCE(kq->head_known);
 
 	if (kml_dd_geom(&g)) {
 		if (!rw)

@@ -127,6 +127,8 @@ struct kml_dd_queue {
 	 * past their deadline, Q16.16 (kml_dd.h, KML_DD_COST_MISSED_SHIFT)
 	 */
 	u32 svc_missed;
+	/* kml_dd.svc_gen when this queue last learned afresh */
+	unsigned int svc_gen;
 	/* flash channels: each one's predicted end and last completion, ns */
 	u64 chan_busy_until[KML_DD_MAX_CHANNELS];
 	u64 chan_last_done[KML_DD_MAX_CHANNELS];
