@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,81 +231,56 @@ def test_policy_is_recorded_where_it_steers(tmp_path: Path) -> None:
         kml_setup_script({"mode": "active", "policy": "fastest"}, dev, trainer_seconds=1)
 
 
-def test_observe_every_is_recorded_where_it_watches(tmp_path: Path) -> None:
-    """``observe_every`` only in observe mode and only when not 1 (so cells
-    from before the key keep their ids); the set-up writes it always."""
-    m = load(tmp_path, HEAD + "  model:\n    - {mode: [observe, active], observe_every: [1, 16]}\n")
-    models = sorted(
-        (c.params["model"] for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline"),
-        key=lambda p: (p["mode"], p.get("observe_every", 1)),
-    )
-    # active x 2 reduce to one; observe every 1 is the old record
-    assert [(p["mode"], p.get("observe_every")) for p in models] == [
-        ("active", None),
-        ("observe", None),
-        ("observe", 16),
-    ]
-    old = load(tmp_path, HEAD + "  model: [{mode: observe}]\n")
-    explicit = load(tmp_path, HEAD + "  model: [{mode: observe, observe_every: 1}]\n")
-    assert {c.id for c in old.cells} == {c.id for c in explicit.cells}
-    dev = device.BlockDevice("nullb0")
-    part = kml_setup_script({"mode": "observe", "observe_every": 16}, dev, trainer_seconds=1)
-    assert "setnum /sys/module/kml/parameters/observe_every 16" in part
-    every = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
-    assert "setnum /sys/module/kml/parameters/observe_every 1" in every
+# A model key recorded only where it means something and only when not its
+# default, so that cells from before the key keep their ids; the set-up
+# writes it always. (key, its values in the matrix, the mode-value pairs
+# the cells record, its default, a value that is not)
+SPARSE_KEYS = [
+    pytest.param(
+        "observe_every", "[1, 16]",
+        [("active", None), ("observe", None), ("observe", 16)],  # active x 2 reduce to one
+        1, 16, id="observe_every",
+    ),
+    pytest.param(
+        "lazy", "[false, true]",
+        [("active", None), ("active", True), ("observe", None)],  # observe x 2 reduce to one
+        False, True, id="lazy",
+    ),
+    pytest.param(
+        "sample_unclaimed", "[true, false]",
+        [("active", None), ("active", False), ("observe", None), ("observe", False)],
+        True, False, id="sample_unclaimed",
+    ),
+]  # fmt: skip
 
 
-def test_lazy_is_recorded_where_it_predicts(tmp_path: Path) -> None:
-    """``lazy`` only in active mode and only when true (so cells from
-    before the key keep their ids); the set-up writes 0 or 1 always."""
-    m = load(tmp_path, HEAD + "  model:\n    - {mode: [observe, active], lazy: [false, true]}\n")
-    models = sorted(
-        (c.params["model"] for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline"),
-        key=lambda p: (p["mode"], p.get("lazy", False)),
-    )
-    # observe x 2 reduce to one; active without it is the old record
-    assert [(p["mode"], p.get("lazy")) for p in models] == [
-        ("active", None),
-        ("active", True),
-        ("observe", None),
-    ]
-    old = load(tmp_path, HEAD + "  model: [{mode: active}]\n")
-    explicit = load(tmp_path, HEAD + "  model: [{mode: active, lazy: false}]\n")
-    assert {c.id for c in old.cells} == {c.id for c in explicit.cells}
-    dev = device.BlockDevice("nullb0")
-    lazy = kml_setup_script({"mode": "active", "lazy": True}, dev, trainer_seconds=1)
-    assert "setnum /sys/module/kml/parameters/lazy 1" in lazy
-    eager = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
-    assert "setnum /sys/module/kml/parameters/lazy 0" in eager
-
-
-def test_sample_unclaimed_is_recorded_only_when_false(tmp_path: Path) -> None:
-    """``sample_unclaimed`` wherever KML is on, only when false (so cells
-    from before the key keep their ids); off drops it; the set-up writes 0
-    or 1 always."""
+@pytest.mark.parametrize(("key", "values", "records", "default", "other"), SPARSE_KEYS)
+def test_sparse_model_keys_are_recorded_where_they_mean_something(
+    tmp_path: Path,
+    key: str,
+    values: str,
+    records: list[tuple[str, Any]],
+    default: Any,
+    other: Any,
+) -> None:
     m = load(
-        tmp_path,
-        HEAD + "  model:\n    - {mode: [off, observe, active], sample_unclaimed: [true, false]}\n",
+        tmp_path, HEAD + f"  model:\n    - {{mode: [off, observe, active], {key}: {values}}}\n"
     )
-    models = sorted(
-        (c.params["model"] for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline"),
-        key=lambda p: (p["mode"], p.get("sample_unclaimed", True)),
-    )
-    assert [(p["mode"], p.get("sample_unclaimed")) for p in models] == [
-        ("active", False),
-        ("active", None),
-        ("observe", False),
-        ("observe", None),
-        ("off", None),
-    ]
-    old = load(tmp_path, HEAD + "  model: [{mode: observe}]\n")
-    explicit = load(tmp_path, HEAD + "  model: [{mode: observe, sample_unclaimed: true}]\n")
-    assert {c.id for c in old.cells} == {c.id for c in explicit.cells}
+    models = [c.params["model"] for c in m.cells if c.params["scheduler"]["name"] == "mq-deadline"]
+    got = [(p["mode"], p.get(key)) for p in models if p["mode"] != "off"]
+    assert sorted(got, key=repr) == sorted(records, key=repr)
+    assert [p for p in models if p["mode"] == "off"] == [{"mode": "off"}]
+    yaml_default = str(default).lower()
+    for mode in ("observe", "active"):
+        old = load(tmp_path, HEAD + f"  model: [{{mode: {mode}}}]\n")
+        explicit = load(tmp_path, HEAD + f"  model: [{{mode: {mode}, {key}: {yaml_default}}}]\n")
+        assert {c.id for c in old.cells} == {c.id for c in explicit.cells}
     dev = device.BlockDevice("nullb0")
-    none = kml_setup_script({"mode": "active", "sample_unclaimed": False}, dev, trainer_seconds=1)
-    assert "setnum /sys/module/kml/parameters/sample_unclaimed 0" in none
-    kept = kml_setup_script({"mode": "observe"}, dev, trainer_seconds=1)
-    assert "setnum /sys/module/kml/parameters/sample_unclaimed 1" in kept
+    told_mode = next(mode for mode, value in records if value is not None)
+    told = kml_setup_script({"mode": told_mode, key: other}, dev, trainer_seconds=1)
+    assert f"setnum /sys/module/kml/parameters/{key} {int(other)}" in told
+    untold = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
+    assert f"setnum /sys/module/kml/parameters/{key} {int(default)}" in untold
 
 
 ROTATIONAL = "{type: null_blk, irqmode: timer, service: rotational, hw_queue_depth: 1}"
