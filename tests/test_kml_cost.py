@@ -56,7 +56,7 @@ axes:
 MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 
 # KML's direct cost per request, in instructions: exact under the virtual
-# clock, where the stock path's total is not (off reads 14,140 to 14,500
+# clock, where the stock path's total is not (off reads 14,140 to 14,560
 # from kernel to kernel as SLOB's free-list walks move), so the bound is on
 # KML's instructions and the share is reported beside it. Measured: observe
 # 900, active 912 (policy expire's test of the FIFO head, and the policy

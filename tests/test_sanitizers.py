@@ -16,7 +16,8 @@ fuzzer) also runs on both variants.
 - ``workloads/sanitizers.yaml``: active mode with the offline model, the
   user trainer and the kernel trainer, policy cost on a light model, active
   predicting lazily (``lazy``: the float model's FPU section at dispatch,
-  under the scheduler lock, while the kernel trainer swaps models) and a
+  under the scheduler lock, while the kernel trainer swaps models; and the
+  light model with no consumer, ``sample_unclaimed`` false) and a
   duty-cycled observer (``observe_every``), on both kernels, every cell ok.
 """
 
@@ -289,9 +290,10 @@ def test_active_mode_with_each_trainer_on_sanitizer_kernels(
             capture_output=True, text=True, env=env, timeout=3600,
         )  # fmt: skip
         records = [json.loads(p.read_text()) for p in run.glob("cells/*/cell.json")]
-    # 2 kernels x 6 models: each trainer, policy cost, active predicting
-    # lazily, a duty-cycled observer
-    assert len(records) == 12, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # 2 kernels x 7 models: each trainer, policy cost, active predicting
+    # lazily (with the kernel trainer, and without a consumer), a
+    # duty-cycled observer
+    assert len(records) == 14, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rec in records:
         events = rec.get("console_events", [])
         assert rec["status"] == "ok", (rec["id"], rec.get("error"), events)
@@ -300,10 +302,17 @@ def test_active_mode_with_each_trainer_on_sanitizer_kernels(
         assert [e for e in events if e["kind"] != "kcsan_other"] == [], (rec["id"], events)
         text = (run / "cells" / rec["id"] / "console.log").read_text(errors="replace")
         assert kcsan_through_kml(text) == [], (rec["id"], events)
-        if rec["params"]["model"].get("lazy"):
-            # the lazy path ran: predictions at dispatch, the float model's
-            # FPU sections there, under the scheduler lock
-            counters = rec["kml_stats"]["counters"]
+        model = rec["params"]["model"]
+        counters = rec["kml_stats"]["counters"]
+        if model.get("lazy"):
+            # the lazy path ran: predictions at dispatch, under the
+            # scheduler lock
             assert counters["lazy"] == 1 and counters["inferences"] > 0, counters
+        if model.get("lazy") and model["model_file"].endswith("/deadline.kmlm"):
+            # the float model's FPU sections there
             assert counters["fpu_sections"] > 0, counters
+        if model.get("sample_unclaimed") is False:
+            # no consumer: every sample counted as unclaimed, none made
+            assert counters["ring_unclaimed"] == counters["samples"] > 0, counters
+            assert counters["ring_produced"] == 0, counters
     assert proc.returncode == 0, proc.stderr[-3000:]

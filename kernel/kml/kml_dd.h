@@ -376,7 +376,7 @@ static inline void kml_dd_count_outcome(bool met)
  * sample_unclaimed is 0 and no consumer holds the ring (a claim or release
  * meanwhile makes one sample more or fewer).  Any context.
  */
-static inline bool kml_dd_sample_unclaimed(void)
+static inline bool kml_dd_skip_unclaimed(void)
 {
 	if (READ_ONCE(kml_dd.sample_unclaimed) ||
 	    atomic_read(&kml_dd.ring_owner) != KML_DD_OWNER_NONE)

@@ -141,7 +141,10 @@ EXPORT_SYMBOL_GPL(kml_dd_policy);
  * learned under another policy or device: every queue learns afresh at
  * its next dispatch under policy cost (kml_iosched.c), as after a write of
  * its kml_mode.  Otherwise the first seek after a switch back to cost is
- * measured from a sector the head left while another policy ran.
+ * measured from a sector the head left while another policy ran.  A
+ * parameter's writer calls this before and after it changes the value
+ * (module parameter writes are serialised by the parameter lock): a queue
+ * that learned afresh in between, under the old value, does so again.
  */
 static void kml_dd_relearn(void)
 {
@@ -155,8 +158,11 @@ static int policy_set(const char *val, const struct kernel_param *kp)
 
 	if (p < 0)
 		return p;
-	if (xchg(&kml_dd_policy, p) != p)
+	if (READ_ONCE(kml_dd_policy) != p) {
 		kml_dd_relearn();
+		WRITE_ONCE(kml_dd_policy, p);
+		kml_dd_relearn();
+	}
 	return 0;
 }
 
@@ -203,8 +209,13 @@ static int kml_dd_uint_range_set(const char *val, const struct kernel_param *kp)
 
 	if (ret)
 		return ret;
-	if (xchg(r->v, v) != v && r->relearn)
+	if (r->relearn && READ_ONCE(*r->v) != v) {
 		kml_dd_relearn();
+		WRITE_ONCE(*r->v, v);
+		kml_dd_relearn();
+	} else {
+		WRITE_ONCE(*r->v, v);
+	}
 	return 0;
 }
 
@@ -759,7 +770,7 @@ bool kml_dd_count_sample(const struct kml_dd_outcome *o)
 	bool full;
 
 	kml_dd_account(o);
-	if (kml_dd_sample_unclaimed())
+	if (kml_dd_skip_unclaimed())
 		return false;
 	if (!kml_dd_sample_wanted(o)) {
 		kml_dd_stat_inc(KML_DD_S_RING_FILTERED);

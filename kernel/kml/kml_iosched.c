@@ -48,9 +48,9 @@ static u64 kml_dd_clock(void)
 
 /* What @ctx's features are computed from (kml_dd_feat.c), at its insert. */
 static __always_inline struct kml_dd_feat_in
-kml_dd_feat_in(struct kml_dd_queue *kq, struct request *rq,
-	       struct request *fifo_head, const struct kml_dd_ctx *ctx,
-	       u64 now, bool same_dir)
+kml_dd_feat_inputs(struct kml_dd_queue *kq, struct request *rq,
+		   struct request *fifo_head, const struct kml_dd_ctx *ctx,
+		   u64 now, bool same_dir)
 {
 	struct kml_dd_ctx *head = fifo_head ? kml_dd_ctx(fifo_head) : NULL;
 
@@ -78,8 +78,8 @@ static __always_inline void kml_dd_features_now(struct kml_dd_queue *kq,
 						u64 now, bool same_dir)
 {
 	/* initialised here: a kernel that zeroes stack variables need not */
-	const struct kml_dd_feat_in in = kml_dd_feat_in(kq, rq, fifo_head, ctx,
-							now, same_dir);
+	const struct kml_dd_feat_in in =
+		kml_dd_feat_inputs(kq, rq, fifo_head, ctx, now, same_dir);
 
 	kml_dd_feat_insert(&kq->feat, &in, ctx->features);
 }
@@ -97,8 +97,8 @@ static __always_inline void kml_dd_features(struct kml_dd_queue *kq,
 					    bool same_dir)
 {
 	if (ctx->lazy) {
-		ctx->raw.in = kml_dd_feat_in(kq, rq, fifo_head, ctx, now,
-					     same_dir);
+		ctx->raw.in = kml_dd_feat_inputs(kq, rq, fifo_head, ctx, now,
+						 same_dir);
 		kml_dd_feat_take(&kq->feat, &ctx->raw);
 	} else {
 		kml_dd_features_now(kq, rq, fifo_head, ctx, now, same_dir);
@@ -574,8 +574,9 @@ static u64 kml_dd_seek_predict(struct kml_dd_queue *kq, u64 dist)
 }
 
 /*
- * A queue whose kml_mode is written learns policy cost's service times
- * afresh, as after a boot: its device or workload may have changed.  A
+ * A queue whose kml_mode is written, or under policy cost after the policy
+ * or its device changed (kml_dd.svc_gen), learns policy cost's service
+ * times afresh, as after a boot: its device or workload may have changed.  A
  * completion racing with this may store one mean after it: one bucket
  * learned from one sample, which the next samples correct.  A dispatch
  * racing with it may write the share dispatched late back over the reset:
@@ -1087,7 +1088,7 @@ static __always_inline void kml_dd_complete(struct kml_dd_queue *kq,
 	 * Never predicted (lazily, most requests), and nobody to send its
 	 * sample to: the counts alone, without an outcome to fill in.
 	 */
-	if (!ctx->pred_valid && kml_dd_sample_unclaimed())
+	if (!ctx->pred_valid && kml_dd_skip_unclaimed())
 		kml_dd_count_outcome(met);
 	else
 		kml_dd_count_sample_of(kq, ctx, issue_ns, met);
