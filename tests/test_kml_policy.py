@@ -162,13 +162,17 @@ def test_the_tail_parameters_trade_misses_for_the_tail(
     writes ageing as fast as reads (cost_horizon_ms), the tail is no longer
     the reads that just missed nor the writes: measured over 20 s, 4
     repeats (``workloads/disk-tail.yaml``), p99 within a few percent of
-    FIFO's, and more misses than the default's. Here, 6 s from unlearned:
-    p99 430 against 566 ms (x0.76), writes' 501 against 633 ms, misses 65%
-    against 28% (one run)."""
+    FIFO's, and more misses than the default's. Here, 6 s from unlearned,
+    over 6 invocations on 2026-12-05 (a 6 s cell's start differs from one
+    invocation to the next): p99 x0.73 to x0.83 of the default's, the
+    writes' mean x0.80 to x0.94, misses 63-65% against 27-31%. The writes'
+    p99 is their longest one or two (about 130 writes): it was shorter in
+    five invocations and in the same fio bucket in one, so it is not
+    asserted."""
     told, tail = cells["told"], cells["tail"]
     geo, end = told["metrics"], tail["metrics"]
     assert end["lat_p99_us"] < 0.9 * geo["lat_p99_us"], (geo["lat_p99_us"], end["lat_p99_us"])
-    assert end["write_lat_p99_us"] < geo["write_lat_p99_us"], (geo, end)
+    assert end["write_lat_mean_us"] < geo["write_lat_mean_us"], (geo, end)
     assert end["deadline_miss_frac"] > geo["deadline_miss_frac"], (geo, end)
     counters = tail["kml_stats"]["counters"]
     assert (counters["cost_late_permille"], counters["cost_horizon_ms"]) == (250, 100)
@@ -233,14 +237,18 @@ def test_under_its_budget_the_tail_spends_misses(light: dict[str, dict[str, Any]
     shorter tail than stock's. Measured over 20 s, 4 repeats
     (``workloads/disk-tail.yaml``): misses 13.3% against 8.9% and 27.8%,
     p99 327 against 432 ms. A 6 s cell's start is not the same from one
-    invocation to the next (two runs: misses 13.9% and 14.1% against 9.3%
-    and 7.5%), and its writes' p99 is its longest write or two, which
-    moved by 8% either way: not asserted."""
+    invocation to the next: over 6 invocations on 2026-12-05, misses
+    13.8-15.2% against the default's 6.4-11.9% (x1.16 to x2.4; in the five
+    whose cells were kept) and stock's 26-28%, p99 x0.70 to x0.89 of
+    stock's; its writes' p99 is its longest write or two, which moved by 8%
+    either way: not asserted. The bounds are the claims themselves (more
+    misses than the default's, a shorter tail than stock's), with the
+    margins those invocations left."""
     off, told, budget = (light[k]["metrics"] for k in ("off", "told", "budget"))
-    assert budget["deadline_miss_frac"] > 1.2 * told["deadline_miss_frac"], (told, budget)
+    assert budget["deadline_miss_frac"] > told["deadline_miss_frac"], (told, budget)
     assert budget["deadline_miss_frac"] < 0.2, budget  # a 12% budget, from unlearned
     assert budget["deadline_miss_frac"] < 0.75 * off["deadline_miss_frac"], (off, budget)
-    assert budget["lat_p99_us"] < 0.85 * off["lat_p99_us"], (off["lat_p99_us"], budget)
+    assert budget["lat_p99_us"] < 0.95 * off["lat_p99_us"], (off["lat_p99_us"], budget)
 
 
 def _seek_ns(cylinders: int) -> float:
