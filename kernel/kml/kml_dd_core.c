@@ -133,7 +133,7 @@ MODULE_PARM_DESC(sample_filter,
  * time, less a credit for its age and lateness (past or predicted) shifted
  * right by cost_age_shift.
  */
-int kml_dd_policy __read_mostly = KML_DD_POLICY_EXPIRE;
+unsigned int kml_dd_policy __read_mostly = KML_DD_POLICY_EXPIRE;
 EXPORT_SYMBOL_GPL(kml_dd_policy);
 
 /*
@@ -151,6 +151,16 @@ static void kml_dd_relearn(void)
 	WRITE_ONCE(kml_dd.svc_gen, READ_ONCE(kml_dd.svc_gen) + 1);
 }
 
+/* A parameter of policy cost's world set to @v: a change relearns. */
+static void kml_dd_set_relearn(unsigned int *p, unsigned int v)
+{
+	if (READ_ONCE(*p) == v)
+		return;
+	kml_dd_relearn();
+	WRITE_ONCE(*p, v);
+	kml_dd_relearn();
+}
+
 static int policy_set(const char *val, const struct kernel_param *kp)
 {
 	int p = __sysfs_match_string(kml_dd_policies,
@@ -158,11 +168,7 @@ static int policy_set(const char *val, const struct kernel_param *kp)
 
 	if (p < 0)
 		return p;
-	if (READ_ONCE(kml_dd_policy) != p) {
-		kml_dd_relearn();
-		WRITE_ONCE(kml_dd_policy, p);
-		kml_dd_relearn();
-	}
+	kml_dd_set_relearn(&kml_dd_policy, p);
 	return 0;
 }
 
@@ -198,7 +204,7 @@ static int kml_dd_uint_param(const char *val, unsigned int min,
 struct kml_dd_uint_range {
 	unsigned int *v;
 	unsigned int min, max;
-	bool relearn;		/* a change: kml_dd_relearn() */
+	bool relearn;		/* kml_dd_set_relearn() */
 };
 
 static int kml_dd_uint_range_set(const char *val, const struct kernel_param *kp)
@@ -209,13 +215,10 @@ static int kml_dd_uint_range_set(const char *val, const struct kernel_param *kp)
 
 	if (ret)
 		return ret;
-	if (r->relearn && READ_ONCE(*r->v) != v) {
-		kml_dd_relearn();
+	if (r->relearn)
+		kml_dd_set_relearn(r->v, v);
+	else
 		WRITE_ONCE(*r->v, v);
-		kml_dd_relearn();
-	} else {
-		WRITE_ONCE(*r->v, v);
-	}
 	return 0;
 }
 

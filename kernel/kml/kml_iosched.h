@@ -136,7 +136,7 @@ struct kml_dd_queue {
 
 #ifdef CONFIG_KML_IOSCHED
 
-extern int kml_dd_policy;		/* enum kml_dd_policy */
+extern unsigned int kml_dd_policy;	/* enum kml_dd_policy */
 
 int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q);
 void kml_dd_exit(struct kml_dd_queue *kq);
