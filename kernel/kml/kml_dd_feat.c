@@ -18,15 +18,15 @@ static s32 kml_dd_lg_usec(u64 ns)
 	return __kml_dd_lg(div_u64(ns, KML_DD_NS_PER_US));
 }
 
-/* The features of @in, inserted into a queue in state @st (not changed). */
-static __always_inline void kml_dd_feat_of(const struct kml_dd_feat_state *st,
+/* The features of @in, inserted into a queue of which it saw @seen. */
+static __always_inline void kml_dd_feat_of(const struct kml_dd_feat_seen *seen,
 					   const struct kml_dd_feat_in *in,
 					   s32 *f)
 {
 	const int dir = in->op ? 1 : 0;
 	u64 sector = in->sector < in->capacity ? in->sector : in->capacity;
-	u64 seek = in->sector > st->last_end ? in->sector - st->last_end :
-					       st->last_end - in->sector;
+	u64 seek = in->sector > seen->last_end ?
+		   in->sector - seen->last_end : seen->last_end - in->sector;
 
 	f[KML_DD_F_OP] = dir ? KML_Q16_ONE : 0;
 	f[KML_DD_F_SECTOR] = in->capacity ?
@@ -36,32 +36,36 @@ static __always_inline void kml_dd_feat_of(const struct kml_dd_feat_state *st,
 	f[KML_DD_F_LG_QUEUED_OTHER] = __kml_dd_lg(in->queued[!dir]);
 	f[KML_DD_F_LG_INFLIGHT] = __kml_dd_lg(in->inflight);
 	f[KML_DD_F_LG_SEEK] = __kml_dd_lg(seek);
-	f[KML_DD_F_LG_GAP_US] = st->last_insert_ns ?
-		kml_dd_lg_usec(kml_dd_since(st->last_insert_ns, in->now)) : 0;
+	f[KML_DD_F_LG_GAP_US] = seen->last_insert_ns ?
+		kml_dd_lg_usec(kml_dd_since(seen->last_insert_ns, in->insert_ns)) :
+		0;
 	f[KML_DD_F_LG_EXPIRE_US] = kml_dd_lg_usec(in->deadline_ns);
-	f[KML_DD_F_LG_ISSUE_EWMA_US] =
-		kml_dd_lg_usec(st->issue_ewma_ns[dir]);
+	f[KML_DD_F_LG_ISSUE_EWMA_US] = kml_dd_lg_usec(seen->issue_ewma_ns);
 	f[KML_DD_F_LG_DISPATCH_EWMA_US] =
-		kml_dd_lg_usec(st->dispatch_gap_ewma_ns);
+		kml_dd_lg_usec(seen->dispatch_gap_ewma_ns);
 	f[KML_DD_F_SAME_DIR] = in->same_dir ? KML_Q16_ONE : 0;
 	/* in a FIFO, a new request waits about as long as the head has */
 	f[KML_DD_F_LG_HEAD_AGE_US] = in->has_head ?
-		kml_dd_lg_usec(kml_dd_since(in->head_insert_ns, in->now)) :
+		kml_dd_lg_usec(kml_dd_since(in->head_insert_ns, in->insert_ns)) :
 		0;
-	f[KML_DD_F_MISS_EWMA] = st->miss_ewma[dir];
+	f[KML_DD_F_MISS_EWMA] = seen->miss_ewma;
 }
 
-void kml_dd_feat_compute(const struct kml_dd_feat_raw *raw, s32 *f)
+void kml_dd_feat_compute(const struct kml_dd_feat_in *in,
+			 const struct kml_dd_feat_seen *seen, s32 *f)
 {
-	kml_dd_feat_of(&raw->st, &raw->in, f);
+	kml_dd_feat_of(seen, in, f);
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_compute);
 
 void kml_dd_feat_insert(struct kml_dd_feat_state *st,
 			const struct kml_dd_feat_in *in, s32 *f)
 {
-	kml_dd_feat_of(st, in, f);
-	st->last_insert_ns = in->now;
+	struct kml_dd_feat_seen seen;
+
+	kml_dd_feat_see(st, in->op, &seen);
+	kml_dd_feat_of(&seen, in, f);
+	st->last_insert_ns = in->insert_ns;
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_insert);
 

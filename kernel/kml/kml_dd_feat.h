@@ -41,7 +41,7 @@ struct kml_dd_feat_state {
 
 /* A request at insert, and what its queue holds then. */
 struct kml_dd_feat_in {
-	u64 now;			/* insert time, ns */
+	u64 insert_ns;			/* insert time, ns */
 	u64 sector;
 	u64 capacity;			/* of the disk, sectors; 0 unknown */
 	u64 deadline_ns;		/* insert -> deadline */
@@ -54,7 +54,7 @@ struct kml_dd_feat_in {
 	u8 has_head;			/* head_insert_ns is meaningful */
 };
 
-/* @now - @then, or 0 if the clock went back (per-CPU clocks). */
+/* @now - @then, or 0 if @then is later (stamps from two CPUs' clocks). */
 static inline u64 kml_dd_since(u64 then, u64 now)
 {
 	return now > then ? now - then : 0;
@@ -83,31 +83,53 @@ static __always_inline s32 __kml_dd_lg(u64 x)
 KML_API s32 kml_dd_lg(u64 x);
 
 /*
- * What a request's features are computed from, taken at its insert
- * (kml_dd_feat_take()): the request and the queue's state then, so that
- * kml_dd_feat_compute() may run later (active mode predicting lazily,
- * kml_iosched.c) and give what kml_dd_feat_insert() would have at insert.
+ * What a request's features read of its queue's state (of its own
+ * direction where the state keeps one per direction).
  */
-struct kml_dd_feat_raw {
-	struct kml_dd_feat_in in;
-	struct kml_dd_feat_state st;
+struct kml_dd_feat_seen {
+	u64 last_insert_ns;
+	u64 last_end;
+	u64 issue_ewma_ns;
+	u64 dispatch_gap_ewma_ns;
+	u32 miss_ewma;
 };
 
-/*
- * @raw->in holds a request at its insert: copy the queue's state beside it
- * (what its features are computed from), then note the insert.  The caller
- * writes @raw->in in place rather than passing a copy, which would be one
- * more string move per request.
- */
-static inline void kml_dd_feat_take(struct kml_dd_feat_state *st,
-				    struct kml_dd_feat_raw *raw)
+/* Into @seen, what a request of direction @op sees of @st. */
+static __always_inline void kml_dd_feat_see(const struct kml_dd_feat_state *st,
+					    u8 op, struct kml_dd_feat_seen *seen)
 {
-	raw->st = *st;
-	st->last_insert_ns = raw->in.now;
+	const int dir = op ? 1 : 0;
+
+	seen->last_insert_ns = st->last_insert_ns;
+	seen->last_end = st->last_end;
+	seen->issue_ewma_ns = st->issue_ewma_ns[dir];
+	seen->dispatch_gap_ewma_ns = st->dispatch_gap_ewma_ns;
+	seen->miss_ewma = st->miss_ewma[dir];
 }
 
-/* The KML_DD_NR_FEATURES features of @raw into @f, which must not overlap it. */
-KML_API void kml_dd_feat_compute(const struct kml_dd_feat_raw *raw, s32 *f);
+/*
+ * @in is a request at its insert: note into @seen what it sees of the
+ * queue's state, so that kml_dd_feat_compute() may run later (active mode
+ * predicting lazily, kml_iosched.c) and give what kml_dd_feat_insert()
+ * would have at insert; then note the insert.  The caller keeps @in where
+ * it is, and only the fields the features read are copied: a struct copy
+ * is a string move, one counted instruction per four bytes under QEMU's
+ * instruction counting.
+ */
+static inline void kml_dd_feat_take(struct kml_dd_feat_state *st,
+				    const struct kml_dd_feat_in *in,
+				    struct kml_dd_feat_seen *seen)
+{
+	kml_dd_feat_see(st, in->op, seen);
+	st->last_insert_ns = in->insert_ns;
+}
+
+/*
+ * The KML_DD_NR_FEATURES features of @in, which saw @seen, into @f, which
+ * must overlap neither.
+ */
+KML_API void kml_dd_feat_compute(const struct kml_dd_feat_in *in,
+				 const struct kml_dd_feat_seen *seen, s32 *f);
 
 /* Both: the features of @in into @f; then notes the insert. */
 KML_API void kml_dd_feat_insert(struct kml_dd_feat_state *st,

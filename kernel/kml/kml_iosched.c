@@ -15,7 +15,7 @@
 #include <linux/blkdev.h>
 #include <linux/blk-mq.h>
 #include <linux/kdev_t.h>
-#include <linux/sched/clock.h>
+#include <linux/timekeeping.h>
 #include <linux/jiffies.h>
 #include <linux/math64.h>
 #include <linux/rcupdate.h>
@@ -31,78 +31,69 @@
 /* ------------------------------------------------------------ clock */
 
 /*
- * KML's clock.  ktime_get_ns() reads the system clocksource, which in a
- * guest without a stable TSC (QEMU TCG) is the HPET: an emulated MMIO read
- * of several microseconds per call, and the five per request made observe
- * cost a fifth of the I/O rate there.  local_clock() is the scheduler's
- * clock (the TSC, corrected per tick when the TSC is unstable): cheap
- * everywhere, exact on hardware with a stable TSC, within a tick across
- * CPUs otherwise, hence kml_dd_since() never going below zero.
+ * KML's clock is the block layer's, ktime_get_ns(): blk-mq stamps every
+ * request a scheduler sees with it when it allocates the request
+ * (rq->start_time_ns, taken for RQF_ELV), and a request's time in the
+ * scheduler counts from there, as kyber's total latency does.  That
+ * leaves KML one clock read per request, at dispatch, where it used to
+ * read local_clock() at the insert too.  The stamp precedes the insert by
+ * the submission path (and, for a request taken from a plug's cache, by
+ * its wait there), so a completion in between may count as in flight at
+ * the insert (docs/trace.md).  In a guest without a stable TSC (QEMU TCG
+ * against the host's clock) the clocksource may be the HPET, where a read
+ * is an emulated MMIO access: blk-mq makes two per request there, KML one.
  */
 static u64 kml_dd_clock(void)
 {
-	return local_clock();
+	return ktime_get_ns();
+}
+
+/* When @rq started, in kml_dd_clock(): blk-mq's stamp, or now without one. */
+static u64 kml_dd_start(const struct request *rq)
+{
+	return rq->start_time_ns ?: kml_dd_clock();
+}
+
+/* jiffies_to_nsecs(), a multiplication where HZ divides a second. */
+static __always_inline u64 kml_dd_jiffies_to_ns(unsigned long j)
+{
+	if (NSEC_PER_SEC % HZ == 0)
+		return (u64)j * (NSEC_PER_SEC / HZ);
+	return jiffies_to_nsecs(j);
 }
 
 /* ------------------------------------------------------------ features */
 
-/* What @ctx's features are computed from (kml_dd_feat.c), at its insert. */
-static __always_inline struct kml_dd_feat_in
-kml_dd_feat_inputs(struct kml_dd_queue *kq, struct request *rq,
-		   struct request *fifo_head, const struct kml_dd_ctx *ctx,
-		   u64 now, bool same_dir)
+/*
+ * @rq at its insert, started at @start, due @expire jiffies after it, and
+ * what its queue holds then, into @ctx->in: what its features are
+ * computed from (kml_dd_feat.c), and what KML keeps of the request.
+ * Written in place: a struct built on the stack and copied is a string
+ * move, one counted instruction per four bytes under QEMU's instruction
+ * counting.
+ */
+static __always_inline void kml_dd_take_in(struct kml_dd_queue *kq,
+					   struct kml_dd_ctx *ctx,
+					   struct request *rq,
+					   struct request *fifo_head,
+					   u64 start, unsigned long expire,
+					   bool same_dir)
 {
 	struct kml_dd_ctx *head = fifo_head ? kml_dd_ctx(fifo_head) : NULL;
+	struct kml_dd_feat_in *in = &ctx->in;
 
-	return (struct kml_dd_feat_in) {
-		.now = now,
-		.sector = ctx->sector,
-		.capacity = get_capacity(rq->q->disk),
-		.deadline_ns = ctx->deadline_ns,
-		.head_insert_ns = head ? head->insert_ns : 0,
-		.bytes = ctx->bytes,
-		.queued = { atomic_read(&kq->queued[0]),
-			    atomic_read(&kq->queued[1]) },
-		.inflight = atomic_read(&kq->inflight),
-		.op = ctx->op,
-		.same_dir = same_dir,
-		.has_head = !!head,
-	};
-}
-
-/* The request's features, from the queue's state. */
-static __always_inline void kml_dd_features_now(struct kml_dd_queue *kq,
-						struct request *rq,
-						struct request *fifo_head,
-						struct kml_dd_ctx *ctx,
-						u64 now, bool same_dir)
-{
-	/* initialised here: a kernel that zeroes stack variables need not */
-	const struct kml_dd_feat_in in =
-		kml_dd_feat_inputs(kq, rq, fifo_head, ctx, now, same_dir);
-
-	kml_dd_feat_insert(&kq->feat, &in, ctx->features);
-}
-
-/*
- * The request's features; or, if @ctx is lazy, only what they are
- * computed from, written in place (a copy of a struct built on the stack
- * is a string move, one counted instruction per four bytes under QEMU's
- * instruction counting).
- */
-static __always_inline void kml_dd_features(struct kml_dd_queue *kq,
-					    struct request *rq,
-					    struct request *fifo_head,
-					    struct kml_dd_ctx *ctx, u64 now,
-					    bool same_dir)
-{
-	if (ctx->lazy) {
-		ctx->raw.in = kml_dd_feat_inputs(kq, rq, fifo_head, ctx, now,
-						 same_dir);
-		kml_dd_feat_take(&kq->feat, &ctx->raw);
-	} else {
-		kml_dd_features_now(kq, rq, fifo_head, ctx, now, same_dir);
-	}
+	in->insert_ns = start;
+	in->sector = blk_rq_pos(rq);
+	in->capacity = get_capacity(rq->q->disk);
+	in->deadline_ns = kml_dd_jiffies_to_ns(expire);
+	in->head_insert_ns = head ? head->in.insert_ns : 0;
+	in->bytes = blk_rq_bytes(rq);
+	in->queued[0] = atomic_read(&kq->queued[0]);
+	in->queued[1] = atomic_read(&kq->queued[1]);
+	in->inflight = atomic_read(&kq->inflight);
+	in->op = rq_data_dir(rq);
+	in->same_dir = same_dir;
+	in->has_head = !!head;
 }
 
 /* ------------------------------------------------------------ inference */
@@ -202,10 +193,10 @@ static __always_inline void kml_dd_predict(struct kml_dd_queue *kq,
 		if (ns >= 0) {
 			kml_dd_stat_inc(KML_DD_S_INFERENCES);
 			ctx->pred_valid = 1;
-			ctx->pred_met = kml_dd_meets(ns, ctx->deadline_ns,
+			ctx->pred_met = kml_dd_meets(ns, ctx->in.deadline_ns,
 						kml_dd_decision_permille());
 			cap = KML_DD_PRED_MAX_FACTOR *
-			      max_t(u64, ctx->deadline_ns, NSEC_PER_MSEC);
+			      max_t(u64, ctx->in.deadline_ns, NSEC_PER_MSEC);
 			if ((u64)ns > cap) {
 				ns = cap;
 				kml_dd_stat_inc(KML_DD_S_PRED_CLAMPED);
@@ -241,7 +232,7 @@ void __kml_dd_predict_lazy(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 {
 	s32 f[KML_DD_NR_FEATURES];
 
-	kml_dd_feat_compute(&ctx->raw, f);
+	kml_dd_feat_compute(&ctx->in, &ctx->seen, f);
 	ctx->lazy = 0;
 	memcpy(ctx->features, f, sizeof(f));
 	kml_dd_predict(kq, ctx);
@@ -775,13 +766,13 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 		cost = (s64)kml_dd_svc_predict(kq, b) + b;
 	}
 	if (ctx) {
-		wait = kml_dd_since(ctx->insert_ns, now);
-		deadline = ctx->deadline_ns;
+		wait = kml_dd_since(ctx->in.insert_ns, now);
+		deadline = ctx->in.deadline_ns;
 	} else {
 		inserted = (unsigned long)rq->fifo_time - expire;
 		wait = time_after(jiffies, inserted) ?
-		       jiffies_to_nsecs(jiffies - inserted) : 0;
-		deadline = jiffies_to_nsecs(expire);
+		       kml_dd_jiffies_to_ns(jiffies - inserted) : 0;
+		deadline = kml_dd_jiffies_to_ns(expire);
 	}
 	if (wait >= KML_DD_COST_STARVE * max_t(s64, deadline, NSEC_PER_MSEC))
 		return S64_MIN / 2 - wait;
@@ -865,13 +856,13 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	bool warmup;
-	u64 now;
+	u64 start;
 
 	if (ctx) {
 		/* a requeue: keep the first insert's features and times */
 		if (ctx->dispatch_ns) {
 			atomic_dec(&kq->inflight);
-			atomic_inc(&kq->queued[ctx->op]);
+			atomic_inc(&kq->queued[ctx->in.op]);
 			ctx->dispatch_ns = 0;
 		}
 		ctx->flags |= KML_DD_SAMPLE_REQUEUED;
@@ -879,18 +870,14 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	}
 	if (!kml_dd_watching(kq, &warmup))
 		return;
-	now = kml_dd_clock();
+	start = kml_dd_start(rq);
 	ctx = kml_dd_ctx_get(kq);
 	if (!ctx) {
 		kml_dd_stat_inc(KML_DD_S_UNTRACKED);
 		return;
 	}
-	ctx->insert_ns = now;
+	kml_dd_take_in(kq, ctx, rq, fifo_head, start, expire, same_dir);
 	ctx->dispatch_ns = 0;
-	ctx->deadline_ns = jiffies_to_nsecs(expire);
-	ctx->sector = blk_rq_pos(rq);
-	ctx->bytes = blk_rq_bytes(rq);
-	ctx->op = rq_data_dir(rq);
 	ctx->flags = 0;
 	ctx->pred_valid = 0;
 	ctx->score = 0;
@@ -904,13 +891,13 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	if (unlikely(READ_ONCE(kml_dd.lazy)) && !warmup &&
 	    READ_ONCE(kq->mode) == KML_DD_ACTIVE) {
 		ctx->lazy = 1;
-		kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
+		kml_dd_feat_take(&kq->feat, &ctx->in, &ctx->seen);
 	} else {
-		kml_dd_features(kq, rq, fifo_head, ctx, now, same_dir);
+		kml_dd_feat_insert(&kq->feat, &ctx->in, ctx->features);
 		if (!warmup)
 			kml_dd_predict(kq, ctx);
 	}
-	atomic_inc(&kq->queued[ctx->op]);
+	atomic_inc(&kq->queued[ctx->in.op]);
 	rq->elv.priv[1] = ctx;
 }
 EXPORT_SYMBOL_GPL(__kml_dd_insert);
@@ -961,8 +948,8 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 							    pos, nr, t0);
 		WRITE_ONCE(kq->svc_busy_until, ctx->svc_done_ns);
 		/* the share dispatched late (at 1000 permille: the deadline) */
-		missed = kml_dd_meets(kml_dd_since(ctx->insert_ns, now),
-				      ctx->deadline_ns, 1000) ? 0 : 1 << 16;
+		missed = kml_dd_meets(kml_dd_since(ctx->in.insert_ns, now),
+				      ctx->in.deadline_ns, 1000) ? 0 : 1 << 16;
 		avg = READ_ONCE(kq->svc_missed);
 		WRITE_ONCE(kq->svc_missed, avg + ((s32)(missed - avg) >>
 						  KML_DD_COST_MISSED_SHIFT));
@@ -972,9 +959,9 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		/* queued on its channel behind what was sent there */
 		ch = kml_dd_channel(&f, pos);
 		t0 = max_t(u64, now, READ_ONCE(kq->chan_busy_until[ch]));
-		ctx->svc_bucket = ctx->op;
+		ctx->svc_bucket = ctx->in.op;
 		ctx->svc_pos = pos;
-		ctx->svc_done_ns = t0 + READ_ONCE(kq->svc_ns[ctx->op]);
+		ctx->svc_done_ns = t0 + READ_ONCE(kq->svc_ns[ctx->in.op]);
 		WRITE_ONCE(kq->chan_busy_until[ch], ctx->svc_done_ns);
 	} else {
 		ctx->svc_bucket = !known ? KML_DD_SVC_NONE :
@@ -995,13 +982,14 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 
 	if (ctx->dispatch_ns)
 		return;
-	ctx->dispatch_ns = max_t(u64, now, 1);
+	/* not 0 (queued): the monotonic clock left 0 at boot, before a disk */
+	ctx->dispatch_ns = now;
 	if (kml_dd_policy_cost(kq))
 		kml_dd_cost_dispatch(kq, ctx, rq, now);
-	atomic_dec(&kq->queued[ctx->op]);
+	atomic_dec(&kq->queued[ctx->in.op]);
 	atomic_inc(&kq->inflight);
-	__kml_dd_feat_dispatch(&kq->feat, ctx->op, ctx->sector, ctx->bytes,
-			       ctx->insert_ns, ctx->deadline_ns, now);
+	__kml_dd_feat_dispatch(&kq->feat, ctx->in.op, ctx->in.sector, ctx->in.bytes,
+			       ctx->in.insert_ns, ctx->in.deadline_ns, now);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_dispatch);
 
@@ -1030,21 +1018,21 @@ static noinline void kml_dd_finish_sample(struct kml_dd_queue *kq,
 {
 	struct kml_dd_sample s;
 
-	s.insert_ns = ctx->insert_ns;
-	s.sector = ctx->sector;
+	s.insert_ns = ctx->in.insert_ns;
+	s.sector = ctx->in.sector;
 	s.issue_ns = o->issue_ns;
 	s.deadline_ns = o->deadline_ns;
-	s.completion_ns = kml_dd_since(ctx->insert_ns, kml_dd_clock());
+	s.completion_ns = kml_dd_since(ctx->in.insert_ns, kml_dd_clock());
 	s.pred_issue_ns = o->pred_issue_ns;
-	s.bytes = ctx->bytes;
-	s.op = ctx->op;
+	s.bytes = ctx->in.bytes;
+	s.op = ctx->in.op;
 	s.met = o->met;
 	s.pred_valid = o->pred_valid;
 	s.pred_met = o->pred_met;
 	s.flags = o->flags;
 	s.dev = kq->dev;
 	if (ctx->lazy)		/* never predicted: the features, for the ring */
-		kml_dd_feat_compute(&ctx->raw, s.features);
+		kml_dd_feat_compute(&ctx->in, &ctx->seen, s.features);
 	else
 		memcpy(s.features, ctx->features, sizeof(ctx->features));
 	/* no stack bytes into user memory */
@@ -1064,7 +1052,7 @@ static __always_inline void kml_dd_count_sample_of(struct kml_dd_queue *kq,
 {
 	const struct kml_dd_outcome o = {
 		.issue_ns = issue_ns,
-		.deadline_ns = ctx->deadline_ns,
+		.deadline_ns = ctx->in.deadline_ns,
 		.pred_issue_ns = ctx->pred_issue_ns,
 		.flags = ctx->flags,
 		.met = met,
@@ -1081,8 +1069,8 @@ static __always_inline void kml_dd_count_sample_of(struct kml_dd_queue *kq,
 static __always_inline void kml_dd_complete(struct kml_dd_queue *kq,
 					    struct kml_dd_ctx *ctx)
 {
-	const u64 issue_ns = kml_dd_since(ctx->insert_ns, ctx->dispatch_ns);
-	const bool met = issue_ns <= ctx->deadline_ns;
+	const u64 issue_ns = kml_dd_since(ctx->in.insert_ns, ctx->dispatch_ns);
+	const bool met = issue_ns <= ctx->in.deadline_ns;
 
 	/*
 	 * Never predicted (lazily, most requests), and nobody to send its
@@ -1101,7 +1089,7 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 	rq->elv.priv[1] = NULL;
 	if (!ctx->dispatch_ns) {
 		/* merged into another request, never dispatched on its own */
-		atomic_dec(&kq->queued[ctx->op]);
+		atomic_dec(&kq->queued[ctx->in.op]);
 		goto release;
 	}
 	atomic_dec(&kq->inflight);

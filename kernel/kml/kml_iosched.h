@@ -41,14 +41,15 @@ enum kml_dd_policy {
 /* Per-request state, from a pool allocated with the scheduler. */
 struct kml_dd_ctx {
 	struct llist_node node;		/* free list / returned list */
-	u64 insert_ns;
+	/*
+	 * The request at its insert (its start, sector, size, direction,
+	 * time to its deadline) and what its queue held then: the features'
+	 * inputs, written once, in place.
+	 */
+	struct kml_dd_feat_in in;
 	u64 dispatch_ns;		/* 0 while queued */
-	u64 deadline_ns;		/* insert -> deadline */
 	u64 pred_issue_ns;
-	u64 sector;
-	u32 bytes;
 	u32 flags;			/* KML_DD_SAMPLE_* */
-	u8 op;
 	u8 pred_valid;
 	u8 pred_met;
 	u8 steer;			/* predicted miss, model not aside */
@@ -62,8 +63,8 @@ struct kml_dd_ctx {
 	u64 svc_done_ns;		/* policy cost told a device: predicted end */
 	union {
 		s32 features[KML_DD_NR_FEATURES];
-		/* active mode, lazily: what they are computed from */
-		struct kml_dd_feat_raw raw;
+		/* active mode, lazily: what they read of the queue's state */
+		struct kml_dd_feat_seen seen;
 	};
 };
 
@@ -199,14 +200,15 @@ static inline bool kml_dd_steers(struct kml_dd_queue *kq)
 }
 
 /*
- * Whether @kq dispatches by policy cost: active, the policy, and a device
+ * Whether @kq dispatches by policy cost: the policy, active, and a device
  * without zone write locks.  Inline, as mq-deadline asks it at every
- * dispatch and KML at every dispatch and completion.
+ * dispatch and KML at every dispatch and completion; the policy first, so
+ * that under any other policy, active or not, the question is one load.
  */
 static inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
 {
-	return kml_dd_steers(kq) &&
-	       READ_ONCE(kml_dd_policy) == KML_DD_POLICY_COST && !kq->zoned;
+	return READ_ONCE(kml_dd_policy) == KML_DD_POLICY_COST &&
+	       kml_dd_steers(kq) && !kq->zoned;
 }
 
 /*

@@ -50,7 +50,7 @@ enum kml_dd_feature {
 #define KML_DD_MAX_FEATURES	16	/* slots in a sample; rest are zero */
 
 /*
- * The model predicts the issue time (insert -> dispatch) of a request as
+ * The model predicts the issue time (start -> dispatch) of a request as
  * y = lg(issue time in us); the request is predicted to meet its deadline
  * when the predicted issue time is at most deadline_ns.
  */
@@ -63,11 +63,11 @@ enum kml_dd_feature {
 
 /* One record of the sample ring and one row of a trace: 128 bytes, LE. */
 struct kml_dd_sample {
-	__u64 insert_ns;	/*   0 ktime_get_ns() at insert */
+	__u64 insert_ns;	/*   0 start: blk-mq's rq->start_time_ns */
 	__u64 sector;		/*   8 start sector (512 B units) */
-	__u64 issue_ns;		/*  16 insert -> dispatch */
+	__u64 issue_ns;		/*  16 start -> dispatch */
 	__u64 deadline_ns;	/*  24 insert -> deadline (the fifo expiry) */
-	__u64 completion_ns;	/*  32 insert -> completion */
+	__u64 completion_ns;	/*  32 start -> completion */
 	__u64 pred_issue_ns;	/*  40 predicted issue time; 0 if none */
 	__u32 bytes;		/*  48 request size */
 	__u8 op;		/*  52 0 read, 1 write */

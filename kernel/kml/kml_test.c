@@ -1085,9 +1085,9 @@ static void kml_test_dd_decide_contract(struct kunit *test)
 }
 
 /*
- * Active mode predicting lazily copies a request's feature inputs at insert
- * and computes its features when a dispatch first reads its prediction, the
- * queue having moved on.  Both ways must give the features the kernel
+ * Active mode predicting lazily keeps a request's feature inputs and what it
+ * saw of the queue's state at insert, and computes its features when a
+ * dispatch first reads its prediction, the queue having moved on.  Both ways must give the features the kernel
  * computed in one step before they were split (commit ab7d0ea's
  * kml_dd_feat_insert(), run on these inputs): no FIFO head, no insert
  * before, a clock behind, negative counts, a capacity of 0.
@@ -1095,17 +1095,17 @@ static void kml_test_dd_decide_contract(struct kunit *test)
 static void kml_test_dd_feat_take(struct kunit *test)
 {
 	static const struct kml_dd_feat_in ins[] = {
-		{ .now = 5000000, .sector = 123456, .capacity = 1 << 20,
+		{ .insert_ns = 5000000, .sector = 123456, .capacity = 1 << 20,
 		  .deadline_ns = 8000000, .head_insert_ns = 1000000,
 		  .bytes = 4096, .queued = { 7, 2 }, .inflight = 1,
 		  .op = 0, .same_dir = 1, .has_head = 1 },
-		{ .now = 9000000, .sector = 900000, .capacity = 1 << 20,
+		{ .insert_ns = 9000000, .sector = 900000, .capacity = 1 << 20,
 		  .deadline_ns = 500000000, .bytes = 131072,
 		  .queued = { 0, 40 }, .inflight = 31, .op = 1 },
-		{ .now = 9000001, .sector = 77, .deadline_ns = 1,
+		{ .insert_ns = 9000001, .sector = 77, .deadline_ns = 1,
 		  .bytes = 512, .queued = { 3, 0 }, .op = 0, .has_head = 1,
 		  .head_insert_ns = 9000002 },	/* clock behind: age 0 */
-		{ .now = 3000000, .sector = 5000, .capacity = 4096,
+		{ .insert_ns = 3000000, .sector = 5000, .capacity = 4096,
 		  .deadline_ns = 20000000, .bytes = 8192, .queued = { -1, 5 },
 		  .inflight = -2, .op = 1, .same_dir = 1 },
 	};
@@ -1131,7 +1131,7 @@ static void kml_test_dd_feat_take(struct kunit *test)
 	struct kml_dd_feat_state eager, lazy;
 	s32 one[KML_DD_NR_FEATURES], two[KML_DD_NR_FEATURES];
 	const struct kml_dd_feat_in *in;
-	struct kml_dd_feat_raw raw, other;
+	struct kml_dd_feat_seen seen, other_seen;
 	struct kml_dd_feat_in later;
 	unsigned int i, j;
 
@@ -1142,19 +1142,18 @@ static void kml_test_dd_feat_take(struct kunit *test)
 			eager.last_insert_ns = 0;
 		lazy = eager;
 		kml_dd_feat_insert(&eager, in, one);
-		raw.in = *in;
-		kml_dd_feat_take(&lazy, &raw);
-		KUNIT_EXPECT_EQ(test, lazy.last_insert_ns, in->now);
-		KUNIT_EXPECT_EQ(test, eager.last_insert_ns, in->now);
+		kml_dd_feat_take(&lazy, in, &seen);
+		KUNIT_EXPECT_EQ(test, lazy.last_insert_ns, in->insert_ns);
+		KUNIT_EXPECT_EQ(test, eager.last_insert_ns, in->insert_ns);
 		/* the queue moves on: a dispatch and another insert */
 		kml_dd_feat_dispatch(&lazy, !in->op, 555555, 65536,
-				     in->now - 100000, 1000, in->now + 5000);
+				     in->insert_ns - 100000, 1000,
+				     in->insert_ns + 5000);
 		later = *in;
-		later.now += 7000;
+		later.insert_ns += 7000;
 		later.op = !later.op;
-		other.in = later;
-		kml_dd_feat_take(&lazy, &other);
-		kml_dd_feat_compute(&raw, two);
+		kml_dd_feat_take(&lazy, &later, &other_seen);
+		kml_dd_feat_compute(in, &seen, two);
 		for (j = 0; j < KML_DD_NR_FEATURES; j++) {
 			KUNIT_EXPECT_EQ_MSG(test, one[j], want[i][j],
 					    "insert, case %u, feature %u", i, j);

@@ -82,7 +82,7 @@ class FeatIn(C.Structure):
     """``struct kml_dd_feat_in``: a request at insert and what its queue holds."""
 
     _fields_ = [
-        ("now", C.c_uint64),
+        ("insert_ns", C.c_uint64),
         ("sector", C.c_uint64),
         ("capacity", C.c_uint64),
         ("deadline_ns", C.c_uint64),

@@ -160,7 +160,7 @@ def replay(rows: np.ndarray, capacity: int | None = None) -> np.ndarray:
             fifo = fifos[op]
             while fifo and dispatched[fifo[0]]:
                 fifo.popleft()
-            req.now = int(insert[i])
+            req.insert_ns = int(insert[i])
             req.sector = int(rows["sector"][i])
             req.deadline_ns = int(rows["deadline_ns"][i])
             req.bytes = int(rows["bytes"][i])
