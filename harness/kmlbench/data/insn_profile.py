@@ -36,11 +36,33 @@ SNAPSHOTS_FILE = "insn-snapshots.jsonl"
 # (``kml_linear_forward_q16``, ``kml_act_*``, ``kml_sat32``, ...): the
 # first profile put 3,000 instructions per I/O of them in ``rest``.
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("hooks", ("__kml_dd_insert", "__kml_dd_dispatch", "__kml_dd_finish", "kml_dd_*")),
+    # the lock-free list that returns a request's context to its queue's
+    # pool is KML's alone on the block path
+    (
+        "hooks",
+        (
+            "__kml_dd_insert",
+            "__kml_dd_dispatch",
+            "__kml_dd_finish",
+            "kml_dd_*",
+            "llist_add_batch",
+        ),
+    ),
     ("features", ("kml_dd_feat_*", "kml_dd_lg*", "__kml_dd_lg*")),
     (
         "clock",
-        ("local_clock", "sched_clock*", "native_sched_clock", "kml_dd_clock", "kml_now_ns"),
+        (
+            "local_clock",
+            "sched_clock*",
+            "native_sched_clock",
+            "ktime_get*",
+            "timekeeping_get_ns",
+            "read_tsc",
+            "tk_clock_read",
+            "clocksource_delta",
+            "kml_dd_clock",
+            "kml_now_ns",
+        ),
     ),
     (
         "prediction",
