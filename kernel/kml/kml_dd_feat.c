@@ -37,8 +37,8 @@ static __always_inline void kml_dd_feat_of(const struct kml_dd_feat_seen *seen,
 	f[KML_DD_F_LG_INFLIGHT] = __kml_dd_lg(in->inflight);
 	f[KML_DD_F_LG_SEEK] = __kml_dd_lg(seek);
 	f[KML_DD_F_LG_GAP_US] = seen->last_insert_ns ?
-		kml_dd_lg_usec(kml_dd_since(seen->last_insert_ns, in->insert_ns)) :
-		0;
+		kml_dd_lg_usec(kml_dd_since(seen->last_insert_ns,
+					    in->insert_ns)) : 0;
 	f[KML_DD_F_LG_EXPIRE_US] = kml_dd_lg_usec(in->deadline_ns);
 	f[KML_DD_F_LG_ISSUE_EWMA_US] = kml_dd_lg_usec(seen->issue_ewma_ns);
 	f[KML_DD_F_LG_DISPATCH_EWMA_US] =

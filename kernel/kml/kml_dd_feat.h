@@ -41,11 +41,11 @@ struct kml_dd_feat_state {
 
 /* A request at insert, and what its queue holds then. */
 struct kml_dd_feat_in {
-	u64 insert_ns;			/* insert time, ns */
+	u64 insert_ns;			/* its start (kml_iosched.c), ns */
 	u64 sector;
 	u64 capacity;			/* of the disk, sectors; 0 unknown */
 	u64 deadline_ns;		/* insert -> deadline */
-	u64 head_insert_ns;		/* insert time of the FIFO's oldest */
+	u64 head_insert_ns;		/* insert_ns of the FIFO's oldest */
 	u32 bytes;
 	s32 queued[2];			/* requests queued, per direction */
 	s32 inflight;			/* dispatched, not yet completed */
@@ -54,7 +54,7 @@ struct kml_dd_feat_in {
 	u8 has_head;			/* head_insert_ns is meaningful */
 };
 
-/* @now - @then, or 0 if @then is later (stamps from two CPUs' clocks). */
+/* @now - @then, or 0 if @then is later (stamps not taken in order). */
 static inline u64 kml_dd_since(u64 then, u64 now)
 {
 	return now > then ? now - then : 0;

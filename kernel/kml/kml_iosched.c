@@ -15,6 +15,7 @@
 #include <linux/blkdev.h>
 #include <linux/blk-mq.h>
 #include <linux/kdev_t.h>
+#include <linux/sched/clock.h>
 #include <linux/timekeeping.h>
 #include <linux/jiffies.h>
 #include <linux/math64.h>
@@ -36,22 +37,38 @@
  * (rq->start_time_ns, taken for RQF_ELV), and a request's time in the
  * scheduler counts from there, as kyber's total latency does.  That
  * leaves KML one clock read per request, at dispatch, where it used to
- * read local_clock() at the insert too.  The stamp precedes the insert by
- * the submission path (and, for a request taken from a plug's cache, by
- * its wait there), so a completion in between may count as in flight at
+ * read local_clock() at the insert too; a completion whose sample the
+ * ring takes, and policy cost's, read it once more.  The stamp precedes
+ * the insert by the submission path (and, for a request taken from a
+ * plug's cache, by its wait there: such stamps are not even in the order
+ * of the inserts), so a completion in between may count as in flight at
  * the insert (docs/trace.md).  In a guest without a stable TSC (QEMU TCG
- * against the host's clock) the clocksource may be the HPET, where a read
- * is an emulated MMIO access: blk-mq makes two per request there, KML one.
+ * against the host's clock) the clocksource may be the HPET, where a
+ * read is an emulated MMIO access: blk-mq makes two per request there.
  */
 static u64 kml_dd_clock(void)
 {
 	return ktime_get_ns();
 }
 
-/* When @rq started, in kml_dd_clock(): blk-mq's stamp, or now without one. */
-static u64 kml_dd_start(const struct request *rq)
+/*
+ * When @rq started, in kml_dd_clock(): blk-mq's stamp at its allocation.
+ * A request blk-mq has started before (rq->deadline, its timeout, is set
+ * at a dispatch and zero from its allocation) that comes untracked is a
+ * requeue of one KML did not track then: timed from now, so that its first
+ * trip to the device is not taken for waiting, and flagged in @flags.
+ */
+static __always_inline u64 kml_dd_start(const struct request *rq, u32 *flags)
 {
-	return rq->start_time_ns ?: kml_dd_clock();
+	u64 start = rq->start_time_ns;
+
+	*flags = 0;
+	if (unlikely(!start || READ_ONCE(rq->deadline))) {
+		if (READ_ONCE(rq->deadline))
+			*flags = KML_DD_SAMPLE_REQUEUED;
+		start = kml_dd_clock();
+	}
+	return start;
 }
 
 /* jiffies_to_nsecs(), a multiplication where HZ divides a second. */
@@ -138,10 +155,11 @@ kml_dd_model_predict_timed(struct kml_dd_queue *kq, struct kml_dd_model *dm,
 
 	if (++kq->predict_seq & (KML_DD_TIME_EVERY - 1))
 		return kml_dd_model_predict(dm, features);
+	/* one CPU, nothing else running: its own clock, the cheapest */
 	local_irq_save(flags);
-	t0 = kml_dd_clock();
+	t0 = local_clock();
 	ns = kml_dd_model_predict(dm, features);
-	t1 = kml_dd_clock();
+	t1 = local_clock();
 	local_irq_restore(flags);
 	if (ns >= 0)
 		kml_dd_note_inference_time(kml_dd_since(t0, t1));
@@ -440,7 +458,7 @@ static void kml_dd_flash_learn(struct kml_dd_queue *kq,
 	if (busy >= ctx->svc_done_ns)
 		WRITE_ONCE(kq->chan_busy_until[ch],
 			   busy + (now - ctx->svc_done_ns));
-	if (now > start)	/* else a clock step between CPUs, not a time */
+	if (now > start)	/* else stamped first on another CPU */
 		kml_dd_svc_mean(kq, ctx->svc_bucket,
 				min_t(u64, now - start, U32_MAX));
 }
@@ -856,6 +874,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	bool warmup;
+	u32 flags;
 	u64 start;
 
 	if (ctx) {
@@ -870,7 +889,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	}
 	if (!kml_dd_watching(kq, &warmup))
 		return;
-	start = kml_dd_start(rq);
+	start = kml_dd_start(rq, &flags);
 	ctx = kml_dd_ctx_get(kq);
 	if (!ctx) {
 		kml_dd_stat_inc(KML_DD_S_UNTRACKED);
@@ -878,7 +897,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	}
 	kml_dd_take_in(kq, ctx, rq, fifo_head, start, expire, same_dir);
 	ctx->dispatch_ns = 0;
-	ctx->flags = 0;
+	ctx->flags = flags;
 	ctx->pred_valid = 0;
 	ctx->score = 0;
 	ctx->pred_met = 0;
@@ -988,8 +1007,9 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 		kml_dd_cost_dispatch(kq, ctx, rq, now);
 	atomic_dec(&kq->queued[ctx->in.op]);
 	atomic_inc(&kq->inflight);
-	__kml_dd_feat_dispatch(&kq->feat, ctx->in.op, ctx->in.sector, ctx->in.bytes,
-			       ctx->in.insert_ns, ctx->in.deadline_ns, now);
+	__kml_dd_feat_dispatch(&kq->feat, ctx->in.op, ctx->in.sector,
+			       ctx->in.bytes, ctx->in.insert_ns,
+			       ctx->in.deadline_ns, now);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_dispatch);
 
@@ -1043,7 +1063,7 @@ static noinline void kml_dd_finish_sample(struct kml_dd_queue *kq,
 
 /*
  * The statistics of a completed request @ctx, which took @issue_ns from
- * insert to dispatch (@met: within its deadline), and its sample if the
+ * its start to dispatch (@met: within its deadline), and its sample if the
  * ring takes it.
  */
 static __always_inline void kml_dd_count_sample_of(struct kml_dd_queue *kq,

@@ -57,7 +57,7 @@ struct kml_dd_ctx {
 	u8 svc_bucket;			/* policy cost: its seek's, or direction's */
 	u8 warmup;			/* tracked, not predicted or counted */
 	u8 svc_seq;			/* policy cost: it started at the head */
-	u8 lazy;			/* raw taken, features and prediction not */
+	u8 lazy;			/* seen taken, features and prediction not */
 	u32 svc_sectors;		/* policy cost: its length at dispatch */
 	u64 svc_pos;			/* policy cost: its start at dispatch */
 	u64 svc_done_ns;		/* policy cost told a device: predicted end */

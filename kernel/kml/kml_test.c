@@ -1087,10 +1087,11 @@ static void kml_test_dd_decide_contract(struct kunit *test)
 /*
  * Active mode predicting lazily keeps a request's feature inputs and what it
  * saw of the queue's state at insert, and computes its features when a
- * dispatch first reads its prediction, the queue having moved on.  Both ways must give the features the kernel
- * computed in one step before they were split (commit ab7d0ea's
- * kml_dd_feat_insert(), run on these inputs): no FIFO head, no insert
- * before, a clock behind, negative counts, a capacity of 0.
+ * dispatch first reads its prediction, the queue having moved on.  Both
+ * ways must give the features the kernel computed in one step before they
+ * were split (commit ab7d0ea's kml_dd_feat_insert(), run on these inputs):
+ * no FIFO head, no insert before, a clock behind, negative counts, a
+ * capacity of 0.
  */
 static void kml_test_dd_feat_take(struct kunit *test)
 {
