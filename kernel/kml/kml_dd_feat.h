@@ -153,10 +153,11 @@ static inline void __kml_dd_feat_dispatch(struct kml_dd_feat_state *st,
 {
 	const int dir = op ? 1 : 0;
 	u64 issue = kml_dd_since(insert_ns, now);
-	u32 missed = issue > deadline_ns ? KML_Q16_ONE : 0;
+	/* 1/8 of a miss (1.0 in Q16.16) or of a deadline met */
+	u32 missed = issue > deadline_ns ? KML_Q16_ONE >> 3 : 0;
 
 	st->miss_ewma[dir] = st->miss_ewma[dir] - (st->miss_ewma[dir] >> 3) +
-			     (missed >> 3);
+			     missed;
 	st->issue_ewma_ns[dir] = kml_dd_ewma(st->issue_ewma_ns[dir], issue);
 	if (st->last_dispatch_ns)
 		st->dispatch_gap_ewma_ns =

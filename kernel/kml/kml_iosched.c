@@ -52,23 +52,16 @@ static u64 kml_dd_clock(void)
 }
 
 /*
- * When @rq started, in kml_dd_clock(): blk-mq's stamp at its allocation.
- * A request blk-mq has started before (rq->deadline, its timeout, is set
- * at a dispatch and zero from its allocation) that comes untracked is a
- * requeue of one KML did not track then: timed from now, so that its first
- * trip to the device is not taken for waiting, and flagged in @flags.
+ * When @rq, which blk-mq has started before (rq->deadline, its timeout,
+ * is set at a dispatch and zero from its allocation), started for KML.  It
+ * comes untracked, so it is a requeue of a request KML did not track then:
+ * its first trip to the device is not waiting, so now, and @ctx is flagged.
+ * Out of line: it is rare.
  */
-static __always_inline u64 kml_dd_start(const struct request *rq, u32 *flags)
+static noinline u64 kml_dd_restart(struct kml_dd_ctx *ctx)
 {
-	u64 start = rq->start_time_ns;
-
-	*flags = 0;
-	if (unlikely(!start || READ_ONCE(rq->deadline))) {
-		if (READ_ONCE(rq->deadline))
-			*flags = KML_DD_SAMPLE_REQUEUED;
-		start = kml_dd_clock();
-	}
-	return start;
+	ctx->flags = KML_DD_SAMPLE_REQUEUED;
+	return kml_dd_clock();
 }
 
 /* jiffies_to_nsecs(), a multiplication where HZ divides a second. */
@@ -874,7 +867,6 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	bool warmup;
-	u32 flags;
 	u64 start;
 
 	if (ctx) {
@@ -889,15 +881,21 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	}
 	if (!kml_dd_watching(kq, &warmup))
 		return;
-	start = kml_dd_start(rq, &flags);
 	ctx = kml_dd_ctx_get(kq);
 	if (!ctx) {
 		kml_dd_stat_inc(KML_DD_S_UNTRACKED);
 		return;
 	}
+	/*
+	 * blk-mq's stamp at the allocation, in kml_dd_clock(): taken for
+	 * every request with RQF_ELV, which all a scheduler inserts have
+	 */
+	start = rq->start_time_ns;
+	ctx->flags = 0;
+	if (unlikely(READ_ONCE(rq->deadline)))
+		start = kml_dd_restart(ctx);
 	kml_dd_take_in(kq, ctx, rq, fifo_head, start, expire, same_dir);
 	ctx->dispatch_ns = 0;
-	ctx->flags = flags;
 	ctx->pred_valid = 0;
 	ctx->score = 0;
 	ctx->pred_met = 0;
@@ -997,19 +995,21 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
-	u64 now = kml_dd_clock();
+	u64 now;
 
 	if (ctx->dispatch_ns)
 		return;
+	now = kml_dd_clock();
 	/* not 0 (queued): the monotonic clock left 0 at boot, before a disk */
 	ctx->dispatch_ns = now;
-	if (kml_dd_policy_cost(kq))
-		kml_dd_cost_dispatch(kq, ctx, rq, now);
 	atomic_dec(&kq->queued[ctx->in.op]);
 	atomic_inc(&kq->inflight);
 	__kml_dd_feat_dispatch(&kq->feat, ctx->in.op, ctx->in.sector,
 			       ctx->in.bytes, ctx->in.insert_ns,
 			       ctx->in.deadline_ns, now);
+	/* last, a tail call: the path without it keeps fewer registers */
+	if (kml_dd_policy_cost(kq))
+		kml_dd_cost_dispatch(kq, ctx, rq, now);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_dispatch);
 
