@@ -59,7 +59,7 @@ MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 # clock, where the stock path's total is not (off reads 14,140 to 14,800
 # from kernel to kernel as SLOB's free-list walks move), so the bound is on
 # KML's instructions and the share is reported beside it. Measured: observe
-# 868, active 868 (policy expire's test of the FIFO head), 6.0% of off; the
+# 862, active 862 (policy expire's test of the FIFO head), 6.0% of off; the
 # bounds catch a regression of a few dozen. Issue 11's goal is 1% observing
 # and 2% active (about 145 and 290): observing every request does not reach
 # it, and this says so.
@@ -68,19 +68,19 @@ ACTIVE_MAX = 900
 # Observing one window of 1,024 requests in 16 (model.observe_every): the
 # other requests go untracked (the call, a countdown, a counter).
 # Issue 11's goal, 1% of off's instructions per request, is the bound;
-# measured 128 (0.86%): at most a sixteenth of observe's cost, plus a few
+# measured 127 (0.89%): at most a sixteenth of observe's cost, plus a few
 # dozen on each request that passes untracked.
 EVERY = 16
 DUTY_MAX_SHARE = 0.01
 # Active predicting lazily (model.lazy): the features' inputs kept at insert,
 # the prediction only when a decision reads it. On this short queue every
 # FIFO head is the request mq-deadline dispatches next, so none is
-# predicted. Measured 384 (2.6% of off; predicting every request 868).
+# predicted. Measured 379 (2.6% of off; predicting every request 862).
 LAZY_MAX = 410
 # ... and with no sample made while no consumer holds the ring
-# (model.sample_unclaimed: false; no trainer runs here): measured 284, one
-# clock read per request (1.96% of off's 14,494). Issue 11's 2% for active,
-# about 290 of the stock path's 14,100-14,800, is the bound.
+# (model.sample_unclaimed: false; no trainer runs here): measured 279, one
+# clock read per request (1.94% of off's 14,350). Issue 11's 2% for active,
+# about 290 of the stock path's 14,140-14,800, is the bound.
 LIGHT_MAX = 290
 KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)
 

@@ -153,7 +153,7 @@ static inline void __kml_dd_feat_dispatch(struct kml_dd_feat_state *st,
 {
 	const int dir = op ? 1 : 0;
 	u64 issue = kml_dd_since(insert_ns, now);
-	/* 1/8 of a miss (1.0 in Q16.16) or of a deadline met */
+	/* an eighth of a miss (1.0 in Q16.16); of a deadline met, 0 */
 	u32 missed = issue > deadline_ns ? KML_Q16_ONE >> 3 : 0;
 
 	st->miss_ewma[dir] = st->miss_ewma[dir] - (st->miss_ewma[dir] >> 3) +

@@ -51,19 +51,6 @@ static u64 kml_dd_clock(void)
 	return ktime_get_ns();
 }
 
-/*
- * When @rq, which blk-mq has started before (rq->deadline, its timeout,
- * is set at a dispatch and zero from its allocation), started for KML.  It
- * comes untracked, so it is a requeue of a request KML did not track then:
- * its first trip to the device is not waiting, so now, and @ctx is flagged.
- * Out of line: it is rare.
- */
-static noinline u64 kml_dd_restart(struct kml_dd_ctx *ctx)
-{
-	ctx->flags = KML_DD_SAMPLE_REQUEUED;
-	return kml_dd_clock();
-}
-
 /* jiffies_to_nsecs(), a multiplication where HZ divides a second. */
 static __always_inline u64 kml_dd_jiffies_to_ns(unsigned long j)
 {
@@ -451,7 +438,7 @@ static void kml_dd_flash_learn(struct kml_dd_queue *kq,
 	if (busy >= ctx->svc_done_ns)
 		WRITE_ONCE(kq->chan_busy_until[ch],
 			   busy + (now - ctx->svc_done_ns));
-	if (now > start)	/* else stamped first on another CPU */
+	if (now > start)	/* else another CPU's later completion */
 		kml_dd_svc_mean(kq, ctx->svc_bucket,
 				min_t(u64, now - start, U32_MAX));
 }
@@ -867,10 +854,13 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	bool warmup;
-	u64 start;
 
 	if (ctx) {
-		/* a requeue: keep the first insert's features and times */
+		/*
+		 * Inserted again (no path in 6.1 does: a requeue goes to the
+		 * dispatch list, see __kml_dd_dispatch()): keep the first
+		 * insert's features and times
+		 */
 		if (ctx->dispatch_ns) {
 			atomic_dec(&kq->inflight);
 			atomic_inc(&kq->queued[ctx->in.op]);
@@ -888,14 +878,14 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	}
 	/*
 	 * blk-mq's stamp at the allocation, in kml_dd_clock(): taken for
-	 * every request with RQF_ELV, which all a scheduler inserts have
+	 * every request with RQF_ELV, which all a scheduler inserts have (a
+	 * requeue comes back at the head, to mq-deadline's dispatch list,
+	 * and not through here)
 	 */
-	start = rq->start_time_ns;
-	ctx->flags = 0;
-	if (unlikely(READ_ONCE(rq->deadline)))
-		start = kml_dd_restart(ctx);
-	kml_dd_take_in(kq, ctx, rq, fifo_head, start, expire, same_dir);
+	kml_dd_take_in(kq, ctx, rq, fifo_head, rq->start_time_ns, expire,
+		       same_dir);
 	ctx->dispatch_ns = 0;
+	ctx->flags = 0;
 	ctx->pred_valid = 0;
 	ctx->score = 0;
 	ctx->pred_met = 0;
@@ -997,8 +987,15 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 now;
 
-	if (ctx->dispatch_ns)
+	if (ctx->dispatch_ns) {
+		/*
+		 * Dispatched again: requeued, which 6.1 does at the head of
+		 * the dispatch list, without an insert.  Its times stay the
+		 * first dispatch's.
+		 */
+		ctx->flags |= KML_DD_SAMPLE_REQUEUED;
 		return;
+	}
 	now = kml_dd_clock();
 	/* not 0 (queued): the monotonic clock left 0 at boot, before a disk */
 	ctx->dispatch_ns = now;
