@@ -1005,7 +1005,7 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 			       ctx->in.bytes, ctx->in.insert_ns,
 			       ctx->in.deadline_ns, now);
 	/* last, a tail call: the path without it keeps fewer registers */
-	if (kml_dd_policy_cost(kq))
+	if (__kml_dd_policy_cost(kq))
 		kml_dd_cost_dispatch(kq, ctx, rq, now);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_dispatch);
@@ -1110,7 +1110,7 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 		goto release;
 	}
 	atomic_dec(&kq->inflight);
-	if (kml_dd_policy_cost(kq))
+	if (__kml_dd_policy_cost(kq))
 		kml_dd_svc_learn(kq, ctx, kml_dd_clock());
 	if (!ctx->warmup)
 		kml_dd_complete(kq, ctx);
@@ -1118,6 +1118,27 @@ release:
 	llist_add(&ctx->node, &kq->returned);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_finish);
+
+/*
+ * How many queues have kml_mode other than off: while none has, the hooks'
+ * tests in mq-deadline are nops (kml_iosched.h).  A queue turned off keeps
+ * handing its contexts back at dispatch and completion, which test the
+ * request and not this key.
+ */
+DEFINE_STATIC_KEY_FALSE(kml_dd_enabled);
+EXPORT_SYMBOL_GPL(kml_dd_enabled);
+
+/* Count @kq in kml_dd_enabled or not; may sleep (it patches the text). */
+static void kml_dd_enable(struct kml_dd_queue *kq, bool on)
+{
+	if (kq->enabled == on)
+		return;
+	kq->enabled = on;
+	if (on)
+		static_branch_inc(&kml_dd_enabled);
+	else
+		static_branch_dec(&kml_dd_enabled);
+}
 
 /* Enough contexts for the deepest queues we test; more are "untracked". */
 #define KML_DD_POOL_SIZE 1024
@@ -1145,6 +1166,7 @@ EXPORT_SYMBOL_GPL(kml_dd_init);
 
 void kml_dd_exit(struct kml_dd_queue *kq)
 {
+	kml_dd_enable(kq, false);
 	kvfree(kq->pool);
 	kq->pool = NULL;
 }
@@ -1179,7 +1201,12 @@ ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 	kml_dd_svc_forget(kq);
 	WRITE_ONCE(kq->observe_pos, 0);
 	WRITE_ONCE(kq->observe_skip, 0);
+	/*
+	 * Either order is safe: the hooks act only when the key and the mode
+	 * both say so.  The elevator's sysfs_lock orders the stores.
+	 */
 	WRITE_ONCE(kq->mode, mode);
+	kml_dd_enable(kq, mode != KML_DD_OFF);
 	return count;
 }
 EXPORT_SYMBOL_GPL(kml_dd_mode_store);

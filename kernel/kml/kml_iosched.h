@@ -7,8 +7,11 @@
  * of a request's life.  Everything else (features, the model, the sample
  * ring, statistics, /dev/kml, the kernel trainer) lives in lib/kml/.
  *
- * With CONFIG_KML_IOSCHED=n every hook is an empty inline, and with
- * kml_mode "off" (the default) each hook returns after one READ_ONCE().
+ * With CONFIG_KML_IOSCHED=n every hook is an empty inline.  With kml_mode
+ * "off" (the default) on every queue, the static key kml_dd_enabled is
+ * false: insert and mq-deadline's questions (kml_dd_steers(),
+ * kml_dd_policy_cost()) are a nop each, and dispatch and completion test
+ * the request's context, which only a queue that was on can have given it.
  */
 #ifndef _KML_IOSCHED_H
 #define _KML_IOSCHED_H
@@ -16,6 +19,7 @@
 #include <linux/blk-mq.h>
 #include <linux/llist.h>
 #include <linux/seq_file.h>
+#include <linux/jump_label.h>
 #include "kml_iosched_uapi.h"
 #include "kml_dd_feat.h"
 
@@ -89,6 +93,7 @@ struct kml_dd_queue {
 	int mode;			/* enum kml_dd_mode, READ_ONCE() */
 	u32 dev;			/* new_encode_dev() of the disk */
 	bool zoned;			/* zone write locks: no policy cost (at init) */
+	bool enabled;			/* counted in kml_dd_enabled (sysfs_lock) */
 	/* under the scheduler lock */
 	struct llist_node *free;	/* contexts ready for insert */
 	struct kml_dd_feat_state feat;	/* what the features read */
@@ -138,6 +143,8 @@ struct kml_dd_queue {
 #ifdef CONFIG_KML_IOSCHED
 
 extern unsigned int kml_dd_policy;	/* enum kml_dd_policy */
+/* some queue's kml_mode is not off (kml_dd_mode_store()) */
+DECLARE_STATIC_KEY_FALSE(kml_dd_enabled);
 
 int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q);
 void kml_dd_exit(struct kml_dd_queue *kq);
@@ -164,27 +171,38 @@ static inline struct kml_dd_ctx *kml_dd_ctx(struct request *rq)
 }
 
 /*
- * Called with the scheduler lock held, before @rq joins its FIFO, whose
- * oldest request is @fifo_head (or NULL).  @expire is in jiffies.
+ * Called with the scheduler lock held, just after @rq joined the tail of
+ * its FIFO @fifo: last, so that mq-deadline keeps nothing across the call.
+ * The request ahead of it there is the FIFO's first unless that is @rq;
+ * looked up past the key, as the compiler does not sink an argument's
+ * loads below it.  @expire is in jiffies.
  */
-static inline void kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
-				 struct request *fifo_head,
-				 unsigned long expire, bool same_dir)
+static __always_inline void kml_dd_insert(struct kml_dd_queue *kq,
+					  struct request *rq,
+					  struct list_head *fifo,
+					  unsigned long expire, bool same_dir)
 {
-	if (READ_ONCE(kq->mode) != KML_DD_OFF || kml_dd_ctx(rq))
-		__kml_dd_insert(kq, rq, fifo_head, expire, same_dir);
+	struct request *head;
+
+	if (static_branch_unlikely(&kml_dd_enabled) &&
+	    (READ_ONCE(kq->mode) != KML_DD_OFF || kml_dd_ctx(rq))) {
+		head = list_first_entry(fifo, struct request, queuelist);
+		__kml_dd_insert(kq, rq, head != rq ? head : NULL, expire,
+				same_dir);
+	}
 }
 
 /* Called with the scheduler lock held, for every dispatched request. */
-static inline void kml_dd_dispatch(struct kml_dd_queue *kq,
-				   struct request *rq)
+static __always_inline void kml_dd_dispatch(struct kml_dd_queue *kq,
+					    struct request *rq)
 {
 	if (kml_dd_ctx(rq))
 		__kml_dd_dispatch(kq, rq);
 }
 
 /* Called when the request is freed, from any context. */
-static inline void kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
+static __always_inline void kml_dd_finish(struct kml_dd_queue *kq,
+					  struct request *rq)
 {
 	if (kml_dd_ctx(rq))
 		__kml_dd_finish(kq, rq);
@@ -192,23 +210,32 @@ static inline void kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 
 /*
  * Whether @kq is in active mode: mq-deadline asks this first, so that with
- * KML off its dispatch pays one load per question and nothing more.
+ * KML off on every queue its dispatch pays a nop per question, and with
+ * KML on elsewhere one load.
  */
-static inline bool kml_dd_steers(struct kml_dd_queue *kq)
+static __always_inline bool kml_dd_steers(struct kml_dd_queue *kq)
 {
-	return READ_ONCE(kq->mode) == KML_DD_ACTIVE;
+	return static_branch_unlikely(&kml_dd_enabled) &&
+	       READ_ONCE(kq->mode) == KML_DD_ACTIVE;
 }
 
 /*
  * Whether @kq dispatches by policy cost: the policy, active, and a device
- * without zone write locks.  Inline, as mq-deadline asks it at every
- * dispatch and KML at every dispatch and completion; the policy first, so
- * that under any other policy, active or not, the question is one load.
+ * without zone write locks.  Inline, as KML asks it at every dispatch and
+ * completion: the policy first, so that under any other policy, active or
+ * not, the question is one load.
  */
-static inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
+static __always_inline bool __kml_dd_policy_cost(struct kml_dd_queue *kq)
 {
 	return READ_ONCE(kml_dd_policy) == KML_DD_POLICY_COST &&
-	       kml_dd_steers(kq) && !kq->zoned;
+	       READ_ONCE(kq->mode) == KML_DD_ACTIVE && !kq->zoned;
+}
+
+/* The same, for mq-deadline's dispatch: a nop while KML is off everywhere. */
+static __always_inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
+{
+	return static_branch_unlikely(&kml_dd_enabled) &&
+	       __kml_dd_policy_cost(kq);
 }
 
 /*
@@ -250,7 +277,7 @@ static inline int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q)
 
 static inline void kml_dd_exit(struct kml_dd_queue *kq) {}
 static inline void kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
-				 struct request *fifo_head,
+				 struct list_head *fifo,
 				 unsigned long expire, bool same_dir) {}
 static inline void kml_dd_dispatch(struct kml_dd_queue *kq,
 				   struct request *rq) {}
