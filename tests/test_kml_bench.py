@@ -23,7 +23,7 @@ def test_json_contract(capsys):
                 assert all(v > 0 for v in res[key][model][impl].values())
     assert set(res["inference_ns"]["mlp"]["kml-float"]) == {"sample", "batch64", "sample_python"}
     fp = res["footprint_bytes"]
-    assert set(fp) == {"libkml_so", "kernel_kml", "model_linear", "model_mlp"}
+    assert set(fp) == {"libkml_so", "kernel_kml", "kernel_kml_init", "model_linear", "model_mlp"}
     assert all(v is None or isinstance(v, int) for v in fp.values())
     assert 0 < fp["libkml_so"] <= 64 * 1024
     assert 0 < fp["model_linear"] < fp["model_mlp"] <= 4096
@@ -39,5 +39,35 @@ def test_kernel_footprint_from_a_build_dir(tmp_path):
     subprocess.run(["ar", "rcs", str(kml_dir / "built-in.a"), str(tmp_path / "x.o")], check=True)
     found = bench_lib.find_kernel_kml(tmp_path / "build")
     assert found == kml_dir / "built-in.a"
-    size = bench_lib._size_text_data(found)
-    assert size is not None and size >= 400  # 100 ints of data plus some text
+    size = bench_lib.kernel_sections(found)
+    assert size is not None and size["resident"] >= 400  # 100 ints of data plus some text
+    assert size["init"] == size["discarded"] == 0
+
+
+@pytest.mark.skipif(shutil.which("cc") is None or shutil.which("ar") is None, reason="no cc/ar")
+def test_kernel_footprint_leaves_out_what_the_kernel_does_not_keep(tmp_path):
+    """.modinfo and .discard.* never reach memory, .init.* is freed after
+    boot: an object with them keeps as much resident as one without."""
+    base = "int kml_x[100] = {1};\nint kml_f(int a) { return a * 3 + kml_x[a]; }\n"
+    extra = (
+        'static const char kml_info[600] __attribute__((section(".modinfo"), used)) = "l=GPL";\n'
+        'static const char kml_d[40] __attribute__((section(".discard.addressable"), used));\n'
+        '__attribute__((section(".init.text"), used)) int kml_init(int a) { return a + 1; }\n'
+    )
+    sizes = {}
+    for name, text in (("plain", base), ("extra", base + extra)):
+        src = tmp_path / f"{name}.c"
+        src.write_text(text)
+        obj = tmp_path / f"{name}.o"
+        # no unwind tables, as in the kernel: an .eh_frame entry per function
+        cflags = ["-O2", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"]
+        subprocess.run(["cc", "-c", *cflags, str(src), "-o", str(obj)], check=True)
+        ar = tmp_path / name / "built-in.a"
+        ar.parent.mkdir()
+        subprocess.run(["ar", "rcs", str(ar), str(obj)], check=True)
+        sizes[name] = bench_lib.kernel_sections(ar)
+    plain, extra_sizes = sizes["plain"], sizes["extra"]
+    assert plain is not None and extra_sizes is not None
+    assert extra_sizes["resident"] == plain["resident"], sizes
+    assert extra_sizes["discarded"] == 640, sizes
+    assert extra_sizes["init"] > 0, sizes
