@@ -600,9 +600,12 @@ def test_switching_modes_and_scheduler_under_io(g: Guest) -> None:
     fio_start(g, "switch", 6)
     script = f"""
 set -e
+# queues_on: this queue counted in the static key while its mode is on
 for m in off observe active off active observe active; do
     echo $m > {Q}/iosched/kml_mode
     grep -q "\\[$m\\]" {Q}/iosched/kml_mode
+    if [ $m = off ]; then on=0; else on=1; fi
+    grep -q "^queues_on $on\\$" {STATS}
     sleep 0.2
 done
 for p in cost expire cost; do
@@ -642,14 +645,18 @@ for e in 2 1 3 1; do
     sleep 0.2
     echo active > {Q}/iosched/kml_mode
 done
+# the scheduler switched away while KML is on gives its count back
 for i in 1 2; do
     echo none > {Q}/scheduler
     grep -q '\\[none\\]' {Q}/scheduler
+    grep -q '^queues_on 0$' {STATS}
     sleep 0.3
     echo mq-deadline > {Q}/scheduler
     grep -q '\\[off\\]' {Q}/iosched/kml_mode
+    grep -q '^queues_on 0$' {STATS}
     echo 64 > {Q}/nr_requests
     echo active > {Q}/iosched/kml_mode
+    grep -q '^queues_on 1$' {STATS}
     sleep 0.3
 done
 """
