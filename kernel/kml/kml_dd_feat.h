@@ -94,17 +94,47 @@ struct kml_dd_feat_seen {
 	u32 miss_ewma;
 };
 
+/*
+ * Where the values of struct kml_dd_feat_seen are: in the queue's state
+ * (kml_dd_feat_state_src()) or in a request's copy of them.  The features
+ * read them by address, so that computing them at insert reads the state
+ * where each formula uses it: a copy taken first keeps five values live
+ * across the stores to the features (12 instructions more per request).
+ */
+struct kml_dd_feat_src {
+	const u64 *last_insert_ns;
+	const u64 *last_end;
+	const u64 *issue_ewma_ns;
+	const u64 *dispatch_gap_ewma_ns;
+	const u32 *miss_ewma;
+};
+
+/* What a request of direction @op sees of @st, where it is. */
+static __always_inline struct kml_dd_feat_src
+kml_dd_feat_state_src(const struct kml_dd_feat_state *st, u8 op)
+{
+	const int dir = op ? 1 : 0;
+
+	return (struct kml_dd_feat_src){
+		.last_insert_ns = &st->last_insert_ns,
+		.last_end = &st->last_end,
+		.issue_ewma_ns = &st->issue_ewma_ns[dir],
+		.dispatch_gap_ewma_ns = &st->dispatch_gap_ewma_ns,
+		.miss_ewma = &st->miss_ewma[dir],
+	};
+}
+
 /* Into @seen, what a request of direction @op sees of @st. */
 static __always_inline void kml_dd_feat_see(const struct kml_dd_feat_state *st,
 					    u8 op, struct kml_dd_feat_seen *seen)
 {
-	const int dir = op ? 1 : 0;
+	const struct kml_dd_feat_src q = kml_dd_feat_state_src(st, op);
 
-	seen->last_insert_ns = st->last_insert_ns;
-	seen->last_end = st->last_end;
-	seen->issue_ewma_ns = st->issue_ewma_ns[dir];
-	seen->dispatch_gap_ewma_ns = st->dispatch_gap_ewma_ns;
-	seen->miss_ewma = st->miss_ewma[dir];
+	seen->last_insert_ns = *q.last_insert_ns;
+	seen->last_end = *q.last_end;
+	seen->issue_ewma_ns = *q.issue_ewma_ns;
+	seen->dispatch_gap_ewma_ns = *q.dispatch_gap_ewma_ns;
+	seen->miss_ewma = *q.miss_ewma;
 }
 
 /*
