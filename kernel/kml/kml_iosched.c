@@ -848,29 +848,14 @@ static bool kml_dd_watching(struct kml_dd_queue *kq, bool *warmup)
 	return true;
 }
 
-void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
-		     struct request *fifo_head, unsigned long expire,
-		     bool same_dir)
+/* Track @rq, inserted while its queue watches: its context and features. */
+static noinline void kml_dd_track(struct kml_dd_queue *kq, struct request *rq,
+				  struct request *fifo_head,
+				  unsigned long expire, bool same_dir,
+				  bool warmup)
 {
-	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
-	bool warmup;
+	struct kml_dd_ctx *ctx;
 
-	if (ctx) {
-		/*
-		 * Inserted again (no path in 6.1 does: a requeue goes to the
-		 * dispatch list, see __kml_dd_dispatch()): keep the first
-		 * insert's features and times
-		 */
-		if (ctx->dispatch_ns) {
-			atomic_dec(&kq->inflight);
-			atomic_inc(&kq->queued[ctx->in.op]);
-			ctx->dispatch_ns = 0;
-		}
-		ctx->flags |= KML_DD_SAMPLE_REQUEUED;
-		return;
-	}
-	if (!kml_dd_watching(kq, &warmup))
-		return;
 	ctx = kml_dd_ctx_get(kq);
 	if (!ctx) {
 		kml_dd_stat_inc(KML_DD_S_UNTRACKED);
@@ -906,6 +891,36 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	}
 	atomic_inc(&kq->queued[ctx->in.op]);
 	rq->elv.priv[1] = ctx;
+}
+
+/*
+ * The insert hook: a request observe mode lets pass untracked (with
+ * observe_every, 15 in 16) returns before kml_dd_track()'s registers are
+ * saved, and a tracked one goes there by a tail call.
+ */
+void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
+		     struct request *fifo_head, unsigned long expire,
+		     bool same_dir)
+{
+	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
+	bool warmup;
+
+	if (unlikely(ctx)) {
+		/*
+		 * Inserted again (no path in 6.1 does: a requeue goes to the
+		 * dispatch list, see __kml_dd_dispatch()): keep the first
+		 * insert's features and times
+		 */
+		if (ctx->dispatch_ns) {
+			atomic_dec(&kq->inflight);
+			atomic_inc(&kq->queued[ctx->in.op]);
+			ctx->dispatch_ns = 0;
+		}
+		ctx->flags |= KML_DD_SAMPLE_REQUEUED;
+		return;
+	}
+	if (kml_dd_watching(kq, &warmup))
+		kml_dd_track(kq, rq, fifo_head, expire, same_dir, warmup);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_insert);
 
