@@ -202,6 +202,7 @@ def test_fio_command_syncs_only_when_profiled() -> None:
         ("kml_dd_stats_show", "statistics"),
         ("dd_insert_requests", "mq-deadline"),
         ("deadline_next_request", "mq-deadline"),
+        ("__deadline_fifo_urgent", "mq-deadline"),
         ("blk_mq_submit_bio", "rest"),
         (prof.KERNEL_OTHER, "rest"),
     ],

@@ -71,3 +71,25 @@ def test_kernel_footprint_leaves_out_what_the_kernel_does_not_keep(tmp_path):
     assert extra_sizes["resident"] == plain["resident"], sizes
     assert extra_sizes["discarded"] == 640, sizes
     assert extra_sizes["init"] > 0, sizes
+
+
+@pytest.mark.skipif(shutil.which("cc") is None or shutil.which("ar") is None, reason="no cc/ar")
+def test_exit_sections_are_freed_built_in_and_kept_in_a_module(tmp_path):
+    """x86's vmlinux frees .exit.* with init (RUNTIME_DISCARD_EXIT); a
+    module that can be unloaded keeps them."""
+    src = tmp_path / "x.c"
+    src.write_text(
+        "int kml_x[10] = {1};\n"
+        '__attribute__((section(".exit.text"), used)) int kml_exit(int a) { return a - 1; }\n'
+    )
+    obj = tmp_path / "x.o"
+    cflags = ["-O2", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"]
+    subprocess.run(["cc", "-c", *cflags, str(src), "-o", str(obj)], check=True)
+    ar = tmp_path / "built-in.a"
+    subprocess.run(["ar", "rcs", str(ar), str(obj)], check=True)
+    ko = tmp_path / "kml.ko"
+    shutil.copy(obj, ko)
+    built_in, module = bench_lib.kernel_sections(ar), bench_lib.kernel_sections(ko)
+    assert built_in is not None and module is not None
+    assert built_in["init"] > 0 and module["init"] == 0, (built_in, module)
+    assert module["resident"] == built_in["resident"] + built_in["init"], (built_in, module)

@@ -73,9 +73,9 @@ ACTIVE_MAX = 900
 # Observing one window of 1,024 requests in 16 (model.observe_every): the
 # other requests go untracked (the call, a countdown, a counter).
 # Issue 11's goal, 1% of off's instructions per request, is the bound;
-# measured 110 with this light model (0.77%; 127 before the static keys
-# and the untracked requests' early return): at most a sixteenth of
-# observe's cost, plus a few dozen on each request that passes untracked.
+# measured 109 with this light model (0.75%; the hooks bench's 14-4-1
+# model 128, 0.90%): at most a sixteenth of observe's cost, plus about 35
+# on each request that passes untracked.
 EVERY = 16
 DUTY_MAX_SHARE = 0.01
 # Active predicting lazily (model.lazy): the features' inputs kept at insert,
@@ -94,7 +94,8 @@ LIGHT_MAX = 315
 # With kml_mode off, against the same kernel built without KML's hooks
 # (``off [nokml]``, CONFIG_KML_IOSCHED=n): mq-deadline's own instructions
 # per request. Measured 21 (0.15%; 35 before the hooks' tests became
-# static keys): a nop and a jump at each of three tests of the key, the
+# static keys): a nop at each of three tests of the key (and at two a jump
+# over the code the compiler placed after it), the
 # request's context tested at dispatch and completion, and two registers
 # more saved by the dispatch function, whose KML paths need them.
 OFF_MAX = 30

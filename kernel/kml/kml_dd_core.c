@@ -1140,7 +1140,10 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   rcu_access_pointer(kml_dd.model) ? 1 : 0);
 	seq_printf(m, "model_generation %llu\n",
 		   READ_ONCE(kml_dd.model_generation));
-	/* queues whose kml_mode is not off: while 0, the hooks are nops */
+	/*
+	 * queues whose kml_mode is not off: while 0, mq-deadline's tests of
+	 * the key are nops
+	 */
 	seq_printf(m, "queues_on %d\n", static_key_count(&kml_dd_enabled.key));
 	for (i = 0; i < KML_DD_NR_STATS; i++)
 		seq_printf(m, "%s %llu\n", kml_dd_stat_names[i],

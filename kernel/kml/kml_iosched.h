@@ -93,7 +93,7 @@ struct kml_dd_queue {
 	int mode;			/* enum kml_dd_mode, READ_ONCE() */
 	u32 dev;			/* new_encode_dev() of the disk */
 	bool zoned;			/* zone write locks: no policy cost (at init) */
-	bool enabled;			/* counted in kml_dd_enabled (sysfs_lock) */
+	bool enabled;			/* in kml_dd_enabled (sysfs_lock) */
 	/* under the scheduler lock */
 	struct llist_node *free;	/* contexts ready for insert */
 	struct kml_dd_feat_state feat;	/* what the features read */
@@ -175,7 +175,8 @@ static inline struct kml_dd_ctx *kml_dd_ctx(struct request *rq)
  * its FIFO @fifo: last, so that mq-deadline keeps nothing across the call.
  * The request ahead of it there is the FIFO's first unless that is @rq;
  * looked up past the key, as the compiler does not sink an argument's
- * loads below it.  @expire is in jiffies.
+ * loads below it.  @expire is in jiffies.  A request inserted again with
+ * a context (no path in 6.1 does) is seen only while the key is on.
  */
 static __always_inline void kml_dd_insert(struct kml_dd_queue *kq,
 					  struct request *rq,

@@ -242,23 +242,39 @@ def bench_torch(model: str, quick: bool) -> tuple[dict[str, Any], dict[str, Any]
 # ------------------------------------------------------------- footprint
 
 
-# Sections the kernel never keeps in memory: the link of vmlinux discards
-# these (COMMON_DISCARDS in include/asm-generic/vmlinux.lds.h), and the
-# module loader drops a module's .modinfo; init sections are freed after
-# boot.  The rest of what is allocated (text, read-only data, data, the
-# export tables), bss apart, is what KML keeps resident.
-_DISCARDED = (".modinfo", ".discard", ".exit.")
-_FREED = (".init.",)
+# What becomes of an object's allocated sections in the kernel (x86,
+# arch/x86/kernel/vmlinux.lds.S and include/asm-generic/vmlinux.lds.h):
+# the link of vmlinux discards .modinfo, .discard.* and .exitcall.exit
+# (and the module loader a module's .modinfo); what lies between
+# __init_begin and __init_end is freed after boot: the init sections, the
+# initcall tables, .exit.* (RUNTIME_DISCARD_EXIT) and the alternatives'
+# and retpolines' patch sites. The rest (text, read-only data, data, the
+# export tables), bss apart, stays resident. In a module only the init
+# sections are freed: with module unloading, .exit.* and the patch sites
+# stay.
+_DISCARDED = (".modinfo", ".discard", ".exitcall.exit")
+_FREED_ALWAYS = (".init.", ".initcall", ".con_initcall.init", ".x86_")
+_FREED_BUILT_IN = (
+    ".exit.",
+    ".altinstr_aux",
+    ".altinstructions",
+    ".altinstr_replacement",
+    ".parainstructions",
+    ".retpoline_sites",
+    ".return_sites",
+    ".ibt_endbr_seal",
+    ".apicdrivers",
+)
 _SECTION_RE = re.compile(
     r"^\s*\[\s*\d+\]\s+(?P<name>\S+)\s+(?P<type>\S+)\s+[0-9a-f]+\s+[0-9a-f]+\s+"
     r"(?P<size>[0-9a-f]+)\s+[0-9a-f]+\s+(?P<rest>.*)$"
 )
 
 
-def _section_kind(name: str) -> str:
+def _section_kind(name: str, module: bool) -> str:
     if name.startswith(_DISCARDED):
         return "discarded"
-    if name.startswith(_FREED):
+    if name.startswith(_FREED_ALWAYS) or (not module and name.startswith(_FREED_BUILT_IN)):
         return "init"
     return "resident"
 
@@ -266,7 +282,8 @@ def _section_kind(name: str) -> str:
 def kernel_sections(path: Path) -> dict[str, int] | None:
     """Bytes of the allocated sections of every object in an archive or
     .ko (readelf), bss apart: ``resident`` (kept while the kernel runs),
-    ``init`` (freed after boot) and ``discarded`` (never loaded)."""
+    ``init`` (freed after boot) and ``discarded`` (never loaded); None if
+    readelf cannot read it."""
     try:
         proc = procs.run(
             ["readelf", "-S", "-W", str(path)],
@@ -283,7 +300,7 @@ def kernel_sections(path: Path) -> dict[str, int] | None:
         flags = m["rest"].split()[0]
         if "A" not in flags or flags.isdigit():
             continue
-        out[_section_kind(m["name"])] += int(m["size"], 16)
+        out[_section_kind(m["name"], path.suffix == ".ko")] += int(m["size"], 16)
     return out
 
 

@@ -105,7 +105,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "kml_dd_stat*",
         ),
     ),
-    ("mq-deadline", ("dd_*", "__dd_*", "deadline_*")),
+    ("mq-deadline", ("dd_*", "__dd_*", "deadline_*", "__deadline_*")),
 )
 REST = "rest"
 PART_NAMES: tuple[str, ...] = (*(name for name, _ in PARTS), REST)
