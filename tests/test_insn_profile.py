@@ -246,12 +246,18 @@ def test_fio_ios_counts_every_job_and_direction() -> None:
     assert prof.fio_ios(report) == (851.0, "fio total_ios")
 
 
-def _cell(run: Path, cid: str, mode: str, counts: dict[str, int], ios: int) -> dict:
+def _cell(
+    run: Path, cid: str, mode: str, counts: dict[str, int], ios: int, variant: str = "default"
+) -> dict:
     folder = run / "cells" / cid
     folder.mkdir(parents=True)
     profile = prof.build_profile(counts, ios, mark="m", ios_source="t")
     (folder / prof.PROFILE_FILE).write_text(json.dumps(profile))
-    return {"id": cid, "status": "ok", "params": {"model": {"mode": mode}}}
+    cell = {"id": cid, "status": "ok", "params": {"model": {"mode": mode}}}
+    if variant != "default":
+        cell["kernel_variant"] = variant
+        cell["params"]["kernel"] = {"name": variant}
+    return cell
 
 
 def test_hooks_breakdown_and_render(tmp_path: Path) -> None:
@@ -271,6 +277,28 @@ def test_hooks_breakdown_and_render(tmp_path: Path) -> None:
     assert diff["top_symbols"][0] == {"symbol": "kml_q16_dot", "part": "prediction", "per_io": 8.0}
     text = hooks.render(result)
     assert "difference against off" in text and "kml_q16_dot" in text
+
+
+def test_hooks_cost_against_off_and_the_stock_path(tmp_path: Path) -> None:
+    """KML's parts only (the rest of the kernel moves from kernel to
+    kernel), and against the kernel without hooks what off costs added."""
+    run = tmp_path / "run-3"
+    cells = [
+        # the stock kernel: mq-deadline 3 fewer per I/O, the allocator 40 more
+        _cell(run, "s", "off", {"dd_insert_request": 700, "blk_x": 9000}, 100, "nokml"),
+        _cell(run, "a", "off", {"dd_insert_request": 1000, "blk_x": 5000}, 100),
+        _cell(run, "b", "active", {"dd_insert_request": 1200, "blk_x": 5100,
+                                   "__kml_dd_insert": 800}, 100),
+    ]  # fmt: skip
+    (run / "summary.json").write_text(json.dumps({"cells": cells}))
+    result = hooks.breakdown(run)
+    active = result["modes"]["active"]
+    assert active["vs_baseline"]["kml_per_io"] == 10.0  # 8 hooks + 2 mq-deadline, not blk_x's 1
+    assert result["stock"] == {"label": hooks.STOCK, "off_kml_per_io": 3.0}
+    assert active["vs_stock_kml_per_io"] == 13.0
+    assert result["modes"]["off"]["vs_stock_kml_per_io"] == 3.0
+    text = hooks.render(result)
+    assert f"against {hooks.STOCK}" in text and "13 (13.40%)" in text  # of stock's 97
 
 
 def test_hooks_command_without_profiles(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

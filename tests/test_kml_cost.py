@@ -100,7 +100,6 @@ LIGHT_MAX = 315
 # more saved by the dispatch function, whose KML paths need them.
 OFF_MAX = 30
 NOKML_CONFIG = CONFIGS_DIR / "no-kml-iosched.config"
-KML_PARTS = tuple(name for name in prof.PART_NAMES if name != prof.REST)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +121,7 @@ def result(run_dir: Path) -> dict[str, Any]:
 def _cost(result: dict[str, Any], label: str) -> tuple[float, float, dict[str, float]]:
     """(KML's instructions per request, the stock path's, KML's by part) of a mode's label."""
     parts = result["modes"][label]["vs_baseline"]["parts_per_io"]
-    kml = {name: parts[name] for name in KML_PARTS}
+    kml = {name: parts[name] for name in prof.KML_PARTS}
     return sum(kml.values()), result["modes"]["off"]["kernel_per_io"], kml
 
 
@@ -137,7 +136,7 @@ def test_off_is_the_stock_path(result: dict[str, Any]) -> None:
 def test_off_costs_mq_deadline_next_to_nothing(result: dict[str, Any]) -> None:
     """KML off against KML compiled out: mq-deadline's instructions per
     request differ by at most OFF_MAX, and no KML code runs in either."""
-    nokml = result["modes"]["off [nokml]"]
+    nokml = result["modes"][hooks.STOCK]
     parts = nokml["vs_baseline"]["parts_per_io"]
     # nokml less off: what the hooks cost off, negated
     hooks_off = -parts["mq-deadline"]
@@ -145,6 +144,12 @@ def test_off_costs_mq_deadline_next_to_nothing(result: dict[str, Any]) -> None:
     assert 0 <= hooks_off <= OFF_MAX, f"{hooks_off:.1f} of {stock:.0f} per I/O: {parts}"
     for name in ("hooks", "features", "prediction", "ring", "statistics"):
         assert abs(parts[name]) < 1.0, (name, parts)
+    # the breakdown's cost against the stock path adds it to every mode's
+    assert result["stock"]["off_kml_per_io"] == pytest.approx(hooks_off, abs=1.0)
+    lazy = result["modes"][f"active {MODEL.stem} lazy=True sample_unclaimed=False"]
+    assert lazy["vs_stock_kml_per_io"] == pytest.approx(
+        lazy["vs_baseline"]["kml_per_io"] + result["stock"]["off_kml_per_io"]
+    )
 
 
 @pytest.mark.parametrize("mode, bound", [("observe", OBSERVE_MAX), ("active", ACTIVE_MAX)])

@@ -491,8 +491,9 @@ COMMANDS: tuple[Command, ...] = (
         "Where KML's kernel instructions go: run a profiled matrix (guest.insn_profile; "
         "default workloads/hooks.yaml) or read --run RUN_ID, and print per mode the "
         "kernel instructions per I/O, the difference against off by part (hooks, "
-        "features, clock, prediction, ring, statistics, mq-deadline, rest) and the "
-        "symbols that moved most.",
+        "features, clock, prediction, ring, statistics, mq-deadline, rest), the "
+        "symbols that moved most, and KML's cost per I/O against off and, with an "
+        "off cell on the kernel variant nokml, against that stock path.",
     ),
     Command(
         ("bench", "build"),

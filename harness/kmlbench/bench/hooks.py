@@ -6,7 +6,12 @@ active) through the normal run machinery, or reads an existing run
 (``--run``), and prints per mode the kernel and user instructions per I/O
 between the two marks of each cell (``insn-profile.json``), then the
 difference against ``off`` by part (:data:`kmlbench.data.insn_profile.PARTS`)
-and the symbols that moved most. ``--json`` prints the same as one object.
+and the symbols that moved most, and KML's cost per I/O (its parts,
+:data:`~kmlbench.data.insn_profile.KML_PARTS`) against ``off`` and, when the
+run has a cell of ``off`` on the kernel without KML's hooks (the kernel
+variant ``nokml``), against that stock path: a mode's cost against ``off``
+plus what ``off`` itself costs over stock. ``--json`` prints the same as one
+object.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from kmlbench.status import OK
 
 MATRIX = paths.WORKLOADS_DIR / "hooks.yaml"
 BASELINE = "off"
+# The kernel variant built without KML's hooks (workloads/hooks.yaml,
+# kernel/configs/no-kml-iosched.config): its off cell is the stock path.
+STOCK_VARIANT = "nokml"
+STOCK = f"{BASELINE} [{STOCK_VARIANT}]"
 TOP = 15
 
 
@@ -97,8 +106,49 @@ def breakdown(run_dir: Path, top: int = TOP) -> dict[str, Any]:
         }
         if base is not None and label != BASELINE:
             entry["vs_baseline"] = prof.compare(base, mean, top)
+            entry["vs_baseline"]["kml_per_io"] = prof.kml_per_io(
+                entry["vs_baseline"]["parts_per_io"]
+            )
         result["modes"][label] = entry
+    stock = result["modes"].get(STOCK)
+    if stock is not None and "vs_baseline" in stock:
+        # what off costs over the stock path: the stock cell's difference, negated
+        off_cost = -stock["vs_baseline"]["kml_per_io"]
+        result["stock"] = {"label": STOCK, "off_kml_per_io": off_cost}
+        for label, entry in result["modes"].items():
+            if label == STOCK:
+                continue
+            kml = entry["vs_baseline"]["kml_per_io"] if "vs_baseline" in entry else 0.0
+            entry["vs_stock_kml_per_io"] = kml + off_cost
     return result
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{part:,.0f} ({part / whole:.2%})" if whole else f"{part:,.0f}"
+
+
+def render_cost(result: dict[str, Any]) -> list[str]:
+    """KML's instructions per I/O per mode, against off and against the stock path."""
+    modes = result["modes"]
+    stock = result.get("stock")
+    off = modes.get(BASELINE)
+    if off is None:
+        return []
+    width = max(len(label) for label in modes)
+    lines = ["", "KML's instructions per I/O (its parts; share of the other cell's kernel total)"]
+    head = f"  {'':{width}s} {'against ' + BASELINE:>18s}"
+    if stock:
+        head += f" {'against ' + stock['label']:>22s}"
+    lines.append(head)
+    for label, entry in modes.items():
+        if label == STOCK:
+            continue
+        kml = entry["vs_baseline"]["kml_per_io"] if "vs_baseline" in entry else 0.0
+        row = f"  {label:{width}s} {_share(kml, off['kernel_per_io']):>18s}"
+        if stock:
+            row += f" {_share(entry['vs_stock_kml_per_io'], modes[STOCK]['kernel_per_io']):>22s}"
+        lines.append(row)
+    return lines
 
 
 def _sign(x: float) -> str:
@@ -147,6 +197,7 @@ def render(result: dict[str, Any]) -> str:
                 for m in compared
             )
         )
+    lines.extend(render_cost(result))
     for m in compared:
         lines.append("")
         lines.append(f"top symbols, {m} - {result['baseline']} (instructions per I/O)")
