@@ -92,7 +92,10 @@ def profiles_by_mode(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def breakdown(run_dir: Path, top: int = TOP) -> dict[str, Any]:
-    """Per mode: instructions per I/O, absolute parts, and the difference against ``off``."""
+    """Per mode: instructions per I/O, absolute parts, and the difference
+    against ``off`` with KML's share of it (``kml_per_io``); given the
+    stock cell (:data:`STOCK`), ``stock`` (what ``off`` costs over it) and
+    each mode's ``vs_stock_kml_per_io``."""
     modes = {label: prof.mean_profile(items) for label, items in profiles_by_mode(run_dir).items()}
     base = modes.get(BASELINE)
     result: dict[str, Any] = {"run_id": run_dir.name, "baseline": BASELINE, "modes": {}}
@@ -124,7 +127,8 @@ def breakdown(run_dir: Path, top: int = TOP) -> dict[str, Any]:
 
 
 def _share(part: float, whole: float) -> str:
-    return f"{part:,.0f} ({part / whole:.2%})" if whole else f"{part:,.0f}"
+    shown = round(part) or 0  # no "-0"
+    return f"{shown:,} ({part / whole:.2%})" if whole else f"{shown:,}"
 
 
 def render_cost(result: dict[str, Any]) -> list[str]:
@@ -141,13 +145,15 @@ def render_cost(result: dict[str, Any]) -> list[str]:
         head += f" {'against ' + stock['label']:>22s}"
     lines.append(head)
     for label, entry in modes.items():
-        if label == STOCK:
+        if label.startswith(STOCK):
             continue
         kml = entry["vs_baseline"]["kml_per_io"] if "vs_baseline" in entry else 0.0
         row = f"  {label:{width}s} {_share(kml, off['kernel_per_io']):>18s}"
         if stock:
             row += f" {_share(entry['vs_stock_kml_per_io'], modes[STOCK]['kernel_per_io']):>22s}"
         lines.append(row)
+    if not stock:
+        lines.append(f"  (no '{STOCK}' cell: no cost against the stock path)")
     return lines
 
 

@@ -109,10 +109,11 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 REST = "rest"
 PART_NAMES: tuple[str, ...] = (*(name for name, _ in PARTS), REST)
-# The parts KML's code runs in, mq-deadline's included: its cost is their
-# difference against another cell. The rest of the kernel (the allocator,
-# the block layer) moves by a few hundred per I/O from boot to boot and
-# from kernel to kernel, both ways, and is left out.
+# The parts KML's code runs in, and mq-deadline's and the clock's, which
+# the other cell runs too: KML's cost is their difference against another
+# cell. The rest of the kernel (the allocator, the block layer) moves by a
+# few hundred per I/O from boot to boot and from kernel to kernel, both
+# ways, and is left out.
 KML_PARTS: tuple[str, ...] = tuple(name for name, _ in PARTS)
 
 
