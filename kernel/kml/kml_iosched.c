@@ -1143,15 +1143,20 @@ EXPORT_SYMBOL_GPL(__kml_dd_finish);
 DEFINE_STATIC_KEY_FALSE(kml_dd_enabled);
 EXPORT_SYMBOL_GPL(kml_dd_enabled);
 
-/* Count @kq in kml_dd_enabled or not; may sleep (it patches the text). */
-static void kml_dd_enable(struct kml_dd_queue *kq, bool on)
+/*
+ * Set @kq's mode, counting it in kml_dd_enabled while the mode is not off.
+ * Under the elevator's sysfs_lock, which orders the writes; may sleep (the
+ * key patches the text).  Either order of the two writes is safe: the
+ * hooks act only when the key and the mode both say so.
+ */
+static void kml_dd_set_mode(struct kml_dd_queue *kq, int mode)
 {
-	if (kq->enabled == on)
-		return;
-	kq->enabled = on;
-	if (on)
+	bool was_on = kq->mode != KML_DD_OFF, on = mode != KML_DD_OFF;
+
+	WRITE_ONCE(kq->mode, mode);
+	if (on && !was_on)
 		static_branch_inc(&kml_dd_enabled);
-	else
+	else if (!on && was_on)
 		static_branch_dec(&kml_dd_enabled);
 }
 
@@ -1181,7 +1186,7 @@ EXPORT_SYMBOL_GPL(kml_dd_init);
 
 void kml_dd_exit(struct kml_dd_queue *kq)
 {
-	kml_dd_enable(kq, false);
+	kml_dd_set_mode(kq, KML_DD_OFF);
 	kvfree(kq->pool);
 	kq->pool = NULL;
 }
@@ -1216,12 +1221,7 @@ ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 	kml_dd_svc_forget(kq);
 	WRITE_ONCE(kq->observe_pos, 0);
 	WRITE_ONCE(kq->observe_skip, 0);
-	/*
-	 * Either order is safe: the hooks act only when the key and the mode
-	 * both say so.  The elevator's sysfs_lock orders the stores.
-	 */
-	WRITE_ONCE(kq->mode, mode);
-	kml_dd_enable(kq, mode != KML_DD_OFF);
+	kml_dd_set_mode(kq, mode);
 	return count;
 }
 EXPORT_SYMBOL_GPL(kml_dd_mode_store);

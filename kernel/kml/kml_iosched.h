@@ -93,7 +93,6 @@ struct kml_dd_queue {
 	int mode;			/* enum kml_dd_mode, READ_ONCE() */
 	u32 dev;			/* new_encode_dev() of the disk */
 	bool zoned;			/* zone write locks: no policy cost (at init) */
-	bool enabled;			/* in kml_dd_enabled (sysfs_lock) */
 	/* under the scheduler lock */
 	struct llist_node *free;	/* contexts ready for insert */
 	struct kml_dd_feat_state feat;	/* what the features read */
