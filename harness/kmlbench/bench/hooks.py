@@ -121,9 +121,13 @@ def breakdown(run_dir: Path, top: int = TOP) -> dict[str, Any]:
         for label, entry in result["modes"].items():
             if label == STOCK:
                 continue
-            kml = entry["vs_baseline"]["kml_per_io"] if "vs_baseline" in entry else 0.0
-            entry["vs_stock_kml_per_io"] = kml + off_cost
+            entry["vs_stock_kml_per_io"] = _kml_vs_off(entry) + off_cost
     return result
+
+
+def _kml_vs_off(entry: dict[str, Any]) -> float:
+    """A mode's KML instructions per I/O against off (off's own: 0)."""
+    return float(entry["vs_baseline"]["kml_per_io"]) if "vs_baseline" in entry else 0.0
 
 
 def _share(part: float, whole: float) -> str:
@@ -147,8 +151,7 @@ def render_cost(result: dict[str, Any]) -> list[str]:
     for label, entry in modes.items():
         if label.startswith(STOCK):
             continue
-        kml = entry["vs_baseline"]["kml_per_io"] if "vs_baseline" in entry else 0.0
-        row = f"  {label:{width}s} {_share(kml, off['kernel_per_io']):>18s}"
+        row = f"  {label:{width}s} {_share(_kml_vs_off(entry), off['kernel_per_io']):>18s}"
         if stock:
             row += f" {_share(entry['vs_stock_kml_per_io'], modes[STOCK]['kernel_per_io']):>22s}"
         lines.append(row)
