@@ -11,6 +11,7 @@ kernel actually prints rather than against our memory of it.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from kmlbench.guest.console import (
     classify,
     classify_line,
     kcsan_through_kml,
+    quote,
     status_for,
 )
 from kmlbench.guest.qemu import Guest, GuestError
@@ -58,6 +60,12 @@ static int __init crash_init(void)
 	*(volatile int *)NULL = 1;
 #elif defined(DO_BUG)
 	BUG();
+#elif defined(DO_DIVIDE)
+	volatile int num = 7, zero = 0;	/* (1 / x needs no division) */
+
+	return num / zero;
+#elif defined(DO_UD2)
+	asm volatile("ud2");	/* not in the bug table: a bare trap */
 #endif
 	return -EAGAIN;  /* never stay loaded */
 }
@@ -66,9 +74,12 @@ MODULE_LICENSE("GPL");
 """
 
 
+CRASH_KINDS = ("warn", "oops", "bug", "divide", "ud2")
+
+
 @pytest.fixture(scope="session")
 def crash_modules(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """kmlbench_{warn,oops,bug}.ko, built against the guest kernel's build tree.
+    """kmlbench_{warn,oops,bug,divide,ud2}.ko, built against the guest kernel's build tree.
 
     The tree is ``KMLBENCH_TEST_KERNEL_BUILD`` or the one the bzImage sits in.
     One module per kind: a module whose init oopsed stays "coming" forever,
@@ -81,7 +92,7 @@ def crash_modules(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) 
     if not (tree / ".config").is_file() or not (tree / "scripts/mod/modpost").exists():
         pytest.skip(f"no prepared kernel build tree at {tree}")
     src = tmp_path_factory.mktemp("crashmod")
-    proc, modules = build_modules(tree, CRASH_MODULE, ("warn", "oops", "bug"), src)
+    proc, modules = build_modules(tree, CRASH_MODULE, CRASH_KINDS, src)
     if proc.returncode != 0:
         pytest.skip(f"cannot build test modules: {proc.stderr[-500:]}")
     return modules
@@ -130,8 +141,6 @@ def insmod(guest: Guest, module: Path) -> None:
 
 
 def wait_for(guest: Guest, kind: str) -> list[ConsoleEvent]:
-    import time
-
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         events = [e for e in guest.events() if e.kind == kind]
@@ -182,6 +191,29 @@ def test_real_bug(crash_guest: Guest, crash_modules: dict[str, Path]) -> None:
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize(
+    ("kind", "header"),
+    [("divide", "divide error: 0000 [#"), ("ud2", "invalid opcode: 0000 [#")],
+)
+def test_real_traps_are_oopses(
+    crash_guest: Guest, crash_modules: dict[str, Path], kind: str, header: str
+) -> None:
+    """A trap that kills a task in the kernel prints die()'s header, which
+    says neither "Oops" nor "BUG": it is an oops all the same, and the quote
+    of the console around it holds the trace."""
+    seen = len(crash_guest.events())
+    insmod(crash_guest, crash_modules[kind])
+    deadline = time.monotonic() + 10
+    new: list[ConsoleEvent] = []
+    while not new and time.monotonic() < deadline:
+        time.sleep(0.2)
+        new = [e for e in crash_guest.events()[seen:] if e.kind == "oops"]
+    assert new and new[0].excerpt.startswith(header), new
+    quoted = quote(crash_guest.console_text(), new)
+    assert header in quoted and "RIP:" in quoted and f"kmlbench_{kind}" in quoted, quoted
+
+
+@pytest.mark.kernel
 def test_real_panic(crash_guest: Guest, saved: dict[str, Path]) -> None:
     with pytest.raises(GuestError) as info:
         crash_guest.run("echo c > /proc/sysrq-trigger; sleep 30", timeout=60)
@@ -204,6 +236,7 @@ def test_saved_console_text(saved: dict[str, Path]) -> None:
     assert {"panic", "hung_task"} <= kinds
     if "kmlbench_warn" in text:  # the crash modules were built
         assert {"warn", "oops", "bug"} <= kinds
+        assert "RIP:" in quote(text, events)
     assert status_for(events) == "panic"
     lines = text.splitlines()
     for event in events:
@@ -221,6 +254,9 @@ def test_saved_console_text(saved: dict[str, Path]) -> None:
         # Format strings from the kernel: die()/__die(), page_fault_oops(),
         # BUG(), __warn(), check_hung_task().
         ("[   12.345678] Oops: 0002 [#1] PREEMPT SMP NOPTI", "oops"),
+        ("[  351.2] invalid opcode: 0000 [#1] PREEMPT SMP NOPTI", "oops"),
+        ("divide error: 0000 [#2] PREEMPT SMP", "oops"),
+        ("int3: 0000 [#1] SMP", "oops"),
         ("[    1.000000] BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops"),
         ("BUG: unable to handle page fault for address: ffffffffc0000000", "oops"),
         ("general protection fault, probably for non-canonical address 0xdead: 0000 [#1]", "oops"),
@@ -277,6 +313,25 @@ def test_format_strings(line: str, kind: str | None) -> None:
     assert (event.kind if event else None) == kind
     if event:
         assert event.line_no == 7 and not event.excerpt.startswith("[")
+
+
+def test_quote_holds_the_trace_of_the_first_fatal_event() -> None:
+    lines = [f"[ {i}.0] line {i}" for i in range(1, 201)]
+    lines[99] = "[ 100.0] invalid opcode: 0000 [#1] PREEMPT SMP"
+    lines[100] = "[ 100.0] RIP: 0010:dd_finish_request+0x12/0x80"
+    lines[149] = "[ 150.0] Kernel panic - not syncing: Fatal exception in interrupt"
+    text = "\n".join(lines)
+    events = classify(text)
+    assert [e.kind for e in events] == ["oops", "panic"]
+    quoted = quote(text, events, before=2, after=3).splitlines()
+    assert quoted[0].endswith("line 98") and "RIP:" in quoted[3] and len(quoted) == 6
+    # a panic alone: its header was not known, so the quote reaches back
+    alone = quote(text, events[1:], after=55).splitlines()
+    assert alone[0].endswith("line 95") and alone[5].startswith("[ 100.0] invalid opcode")
+    assert alone[-1].endswith("line 200")
+    # a WARN is quoted when nothing is fatal; nothing, when there is no event
+    assert quote(text, [ConsoleEvent("warn", 10, "x")], before=0, after=0) == lines[9]
+    assert quote(text, []) == ""
 
 
 def test_status_for() -> None:

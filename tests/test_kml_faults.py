@@ -308,7 +308,7 @@ def g(kg: Guest) -> Iterator[Guest]:
     seen = len(kg.events())
     yield kg
     new = [e for e in kg.events()[seen:] if e.kind in BAD_EVENTS]
-    assert not new, new
+    assert not new, f"{new}\n{console.quote(kg.console_text(), new)}"
 
 
 # --------------------------------------------------------------------------
@@ -1010,7 +1010,8 @@ def fuzz_crash_report(guest: Guest, seed: int, ops: int, error: Exception) -> st
         f"Replay: kmlctl fuzz nullb0 --seed {seed} --ops {ops}; the operations from op"
         f" {last} (kmlctl fuzz --seed {seed} --ops {ops} --list):\n"
         + "\n".join(listing)
-        + f"\nconsole events:\n{events}"
+        + f"\nconsole events:\n{events}\nthe console there:\n"
+        + console.quote(guest.console_text(), guest.events())
     )
 
 

@@ -91,11 +91,14 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("list_corruption", re.compile(r"(^|\s)list_(add|del) corruption|(^|\s)list_add double add")),
     ("debugobjects", re.compile(r"(^|\s)ODEBUG: ")),
+    # __die()'s header is "<trap>: <error code> [#<count>]" for every trap
+    # that kills a task ("invalid opcode", "divide error", "int3", ...);
+    # a page fault prints "Oops" there, after its own "BUG:" line.
     (
         "oops",
         re.compile(
             r"(^|\s)Oops:|BUG: unable to handle|BUG: kernel NULL pointer dereference"
-            r"|general protection fault"
+            r"|general protection fault|: [0-9a-f]{4} \[#\d+\]"
         ),
     ),
     ("bug", re.compile(r"kernel BUG at |(^|\s)BUG: ")),
@@ -155,6 +158,23 @@ def kcsan_through_kml(text: str) -> list[ConsoleEvent]:
                     found.append(header)
                 header = None
     return found
+
+
+def quote(text: str, events: list[ConsoleEvent], before: int = 8, after: int = 60) -> str:
+    """The console lines around the first fatal event, for a failure report.
+
+    An oops, BUG or sanitizer report starts at its event and its trace (RIP,
+    registers, call trace) follows; a panic alone ends a report whose header
+    no pattern knew, so for it the quote reaches back. With no fatal event
+    the first event (a WARN's trace) is quoted; with none at all, nothing.
+    """
+    first = next((e for e in events if e.kind in FATAL_KINDS), events[0] if events else None)
+    if first is None:
+        return ""
+    lines = text.splitlines()
+    back = after if first.kind == "panic" else before
+    start = max(first.line_no - 1 - back, 0)
+    return "\n".join(lines[start : first.line_no + after])
 
 
 def status_for(events: list[ConsoleEvent]) -> str | None:
