@@ -87,6 +87,21 @@ def test_command_line_is_locked_down(tmp_path: Path) -> None:
     assert "console=ttyS0 panic=-1" in joined
 
 
+def test_tcg_thread_model_reaches_accel(tmp_path: Path) -> None:
+    files = {"kernel": tmp_path / "k", "initrd": tmp_path / "i", "console_log": tmp_path / "c"}
+
+    def accel(**cfg: object) -> str:
+        cmd = build_command_line(GuestConfig(**files, **cfg), 4242)  # type: ignore[arg-type]
+        return cmd[cmd.index("-accel") + 1]
+
+    assert accel() == "tcg"  # QEMU's default: a thread per vCPU
+    assert accel(tcg_thread="single") == "tcg,thread=single"
+    with pytest.raises(ValueError, match="tcg_thread single needs TCG, not kvm"):
+        accel(accel="kvm", tcg_thread="single")
+    with pytest.raises(ValueError, match="tcg_thread must be one of multi, single, not 'one'"):
+        accel(tcg_thread="one")
+
+
 def test_child_setup_does_not_dlopen(monkeypatch: pytest.MonkeyPatch) -> None:
     """Between fork and exec only the pre-resolved prctl runs (no dlopen, no locks).
 
