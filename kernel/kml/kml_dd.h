@@ -479,6 +479,12 @@ static inline s32 kml_dd_fast_predict(const struct kml_dd_fast *f,
 	return clamp_t(s64, acc, S32_MIN, S32_MAX);
 }
 
+/*
+ * What policy cost learned was learned under another policy or device:
+ * every queue learns afresh before its next choice (kml_dd_core.c).
+ */
+void kml_dd_relearn(void);
+
 /* Compile @m into @f if it is small enough; false if not (or it cannot be). */
 bool kml_dd_fast_compile(struct kml_model *m, struct kml_dd_fast *f);
 

@@ -138,18 +138,19 @@ EXPORT_SYMBOL_GPL(kml_dd_policy);
 
 /*
  * What policy cost learned, and where it last saw each queue's head, was
- * learned under another policy or device: every queue learns afresh at
- * its next dispatch under policy cost (kml_iosched.c), as after a write of
+ * learned under another policy or device: every queue learns afresh before
+ * its next choice under policy cost (kml_dd_head()), as after a write of
  * its kml_mode.  Otherwise the first seek after a switch back to cost is
  * measured from a sector the head left while another policy ran.  A
  * parameter's writer calls this before and after it changes the value
  * (module parameter writes are serialised by the parameter lock): a queue
  * that learned afresh in between, under the old value, does so again.
  */
-static void kml_dd_relearn(void)
+void kml_dd_relearn(void)
 {
 	WRITE_ONCE(kml_dd.svc_gen, READ_ONCE(kml_dd.svc_gen) + 1);
 }
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_relearn);
 
 /* A parameter of policy cost's world set to @v: a change relearns. */
 static void kml_dd_set_relearn(unsigned int *p, unsigned int v)

@@ -616,9 +616,26 @@ void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m)
 }
 EXPORT_SYMBOL_GPL(kml_dd_svc_show);
 
-/* Where the head is: the sector after the last request dispatched. */
+/*
+ * If the policy or the device changed since @kq learned (kml_dd_relearn()),
+ * learn afresh.  Policy cost asks this before its choice prices the
+ * candidates (kml_dd_head()) and again where a dispatch teaches it.
+ */
+static void kml_dd_svc_fresh(struct kml_dd_queue *kq)
+{
+	if (unlikely(READ_ONCE(kq->svc_gen) != READ_ONCE(kml_dd.svc_gen)))
+		kml_dd_svc_forget(kq);
+}
+
+/*
+ * Where the head is: the sector after the last request dispatched.  Policy
+ * cost's choice asks this first: after a switch, the first choice prices
+ * its candidates by what the queue learns from then on, as the ones after
+ * it do, and not by what it learned under another policy or device.
+ */
 sector_t kml_dd_head(struct kml_dd_queue *kq)
 {
+	kml_dd_svc_fresh(kq);
 	return kq->head;
 }
 EXPORT_SYMBOL_GPL(kml_dd_head);
@@ -951,9 +968,7 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 	 */
 	bool known;
 
-	/* the policy or the device changed since this queue learned */
-	if (unlikely(READ_ONCE(kq->svc_gen) != READ_ONCE(kml_dd.svc_gen)))
-		kml_dd_svc_forget(kq);
+	kml_dd_svc_fresh(kq);
 	known = READ_ONCE(kq->head_known);
 
 	if (kml_dd_geom(&g)) {

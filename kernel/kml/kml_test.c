@@ -17,6 +17,7 @@
 #ifdef CONFIG_KML_IOSCHED
 #include "kml_dd.h"
 #include "kml_dd_feat.h"
+#include "kml_iosched.h"
 #endif
 
 #define N_REF 16
@@ -1290,6 +1291,40 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 }
 #endif
 
+#ifdef CONFIG_KML_IOSCHED
+/*
+ * Policy cost's choice asks where the head is before it prices anything:
+ * after a switch of policy or device (kml_dd_relearn()), that question
+ * forgets what the queue learned, so that not even the first choice is
+ * priced by the tables of before.  Asked again with nothing switched, it
+ * forgets nothing.
+ */
+static void kml_test_dd_head_relearns(struct kunit *test)
+{
+	struct kml_dd_queue *kq = kunit_kzalloc(test, sizeof(*kq), GFP_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, kq);
+	kml_dd_head(kq);	/* learn under the present generation */
+	kq->svc_ns[3] = 123456;
+	kq->svc_lo_ns[3] = 100000;
+	kq->svc_missed = 1 << 15;
+	kq->chan_busy_until[1] = 99;
+	kq->head = 2048;
+	kq->head_known = true;
+	KUNIT_EXPECT_EQ(test, (u64)kml_dd_head(kq), 2048ULL);
+	KUNIT_EXPECT_EQ(test, kq->svc_ns[3], 123456U);
+	KUNIT_EXPECT_TRUE(test, kq->head_known);
+
+	kml_dd_relearn();
+	KUNIT_EXPECT_EQ(test, (u64)kml_dd_head(kq), 2048ULL);
+	KUNIT_EXPECT_EQ(test, kq->svc_ns[3], 0U);
+	KUNIT_EXPECT_EQ(test, kq->svc_lo_ns[3], 0U);
+	KUNIT_EXPECT_EQ(test, kq->svc_missed, 0U);
+	KUNIT_EXPECT_EQ(test, kq->chan_busy_until[1], 0ULL);
+	KUNIT_EXPECT_FALSE(test, kq->head_known);
+}
+#endif
+
 static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_math_accuracy),
 	KUNIT_CASE(kml_test_math_special),
@@ -1321,6 +1356,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_dd_decide_contract),
 	KUNIT_CASE(kml_test_dd_fast_compile),
 	KUNIT_CASE(kml_test_dd_feat_take),
+	KUNIT_CASE(kml_test_dd_head_relearns),
 #endif
 	{}
 };
