@@ -207,8 +207,8 @@ def test_real_traps_are_oopses(
     new: list[ConsoleEvent] = []
     while not new and time.monotonic() < deadline:
         time.sleep(0.2)
-        new = [e for e in crash_guest.events()[seen:] if e.kind == "oops"]
-    assert new and new[0].excerpt.startswith(header), new
+        new = [e for e in crash_guest.events()[seen:] if e.excerpt.startswith(header)]
+    assert new and new[0].kind == "oops", new
     quoted = quote(crash_guest.console_text(), new)
     assert header in quoted and "RIP:" in quoted and f"kmlbench_{kind}" in quoted, quoted
 

@@ -1023,9 +1023,12 @@ FUZZ_OPS = 20000
 FUZZ_CHECKPOINT = re.compile(r"kmlctl fuzz: seed (\d+) ops (\d+): op (\d+)")
 
 
-def fuzz_crash_report(guest: Guest, seed: int, ops: int, error: Exception) -> str:
-    """What a failed fuzz run prints: the seed, where it died, how to replay it."""
-    marks = FUZZ_CHECKPOINT.findall(guest.console_text())
+def fuzz_crash_report(guest: Guest, seed: int, ops: int, error: Exception, seen: int) -> str:
+    """What a failed fuzz run prints: the seed, where it died, how to replay it,
+    and the console events since the run began (the first ``seen`` were before)
+    with the lines around the first fatal one (the console's last lines if none)."""
+    text = guest.console_text()
+    marks = FUZZ_CHECKPOINT.findall(text)
     last = int(marks[-1][2]) if marks else 0
     listing = subprocess.run(
         [
@@ -1041,15 +1044,16 @@ def fuzz_crash_report(guest: Guest, seed: int, ops: int, error: Exception) -> st
         text=True,
         check=False,
     ).stdout.splitlines()[1 + last :]
-    events = "\n".join(f"  {e.kind}: {e.excerpt}" for e in guest.events())
+    new = guest.events()[seen:]
+    events = "\n".join(f"  {e.kind}: {e.excerpt}" for e in new)
+    quoted = console.quote(text, new) or "\n".join(text.splitlines()[-60:])
     return (
         f"kmlctl fuzz --seed {seed} --ops {ops} broke the kernel ({error}) at or after"
         f" op {last} (the last checkpoint on the console).\n"
         f"Replay: kmlctl fuzz nullb0 --seed {seed} --ops {ops}; the operations from op"
         f" {last} (kmlctl fuzz --seed {seed} --ops {ops} --list):\n"
         + "\n".join(listing)
-        + f"\nconsole events:\n{events}\nthe console there:\n"
-        + console.quote(guest.console_text(), guest.events())
+        + f"\nconsole events:\n{events}\nthe console there:\n{quoted}"
     )
 
 
@@ -1064,10 +1068,11 @@ def test_fuzz_everything_user_space_reaches(g: Guest) -> None:
     before = stats(g)
     fio_start(g, "fuzz", 3600)
     cmd = f"{KMLCTL} fuzz nullb0 --seed {FUZZ_SEED} --ops {FUZZ_OPS}"
+    seen = len(g.events())
     try:
         result = g.run(cmd, timeout=900)
     except GuestError as exc:
-        pytest.fail(fuzz_crash_report(g, FUZZ_SEED, FUZZ_OPS, exc))
+        pytest.fail(fuzz_crash_report(g, FUZZ_SEED, FUZZ_OPS, exc, seen))
     assert result.exit_status == 0, result.stdout + result.stderr
     done = re.search(r"fuzz: done: (\d+) ops, (\d+) succeeded, (\d+) refused", result.stdout)
     assert done and int(done[1]) == FUZZ_OPS, result.stdout

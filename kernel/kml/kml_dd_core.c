@@ -143,8 +143,9 @@ EXPORT_SYMBOL_GPL(kml_dd_policy);
  * its kml_mode.  Otherwise the first seek after a switch back to cost is
  * measured from a sector the head left while another policy ran.  A
  * parameter's writer calls this before and after it changes the value
- * (module parameter writes are serialised by the parameter lock): a queue
- * that learned afresh in between, under the old value, does so again.
+ * (module parameter writes are serialised by the parameter lock, which a
+ * caller from elsewhere takes too): a queue that learned afresh in
+ * between, under the old value, does so again.
  */
 void kml_dd_relearn(void)
 {

@@ -13,6 +13,7 @@
 #include <linux/kthread.h>
 #include <linux/completion.h>
 #include <linux/sched.h>
+#include <linux/moduleparam.h>
 #include "kml_internal.h"
 #ifdef CONFIG_KML_IOSCHED
 #include "kml_dd.h"
@@ -1315,7 +1316,10 @@ static void kml_test_dd_head_relearns(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kq->svc_ns[3], 123456U);
 	KUNIT_EXPECT_TRUE(test, kq->head_known);
 
+	/* as a parameter's writer does: KML is built in, its lock is NULL's */
+	kernel_param_lock(NULL);
 	kml_dd_relearn();
+	kernel_param_unlock(NULL);
 	KUNIT_EXPECT_EQ(test, (u64)kml_dd_head(kq), 2048ULL);
 	KUNIT_EXPECT_EQ(test, kq->svc_ns[3], 0U);
 	KUNIT_EXPECT_EQ(test, kq->svc_lo_ns[3], 0U);

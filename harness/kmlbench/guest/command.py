@@ -13,6 +13,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from kmlbench import procs
 from kmlbench.clock import icount_arg, kernel_append, tcg_cpu
@@ -68,8 +69,8 @@ class GuestConfig:
     # next vCPU through it traps on an int3 the kernel no longer knows
     # ("int3: 0000 [#1]", a panic). Flipping kml_mode under fio on 2 vCPUs
     # did it within the first 400 flips in 5 boots of 5; single-threaded,
-    # never in 40,000 (docs/kml-iosched.md, "Static keys").
-    tcg_thread: str = "multi"
+    # never in 40,000 (docs/kml-iosched.md, "Cost per request").
+    tcg_thread: Literal["multi", "single"] = "multi"
 
 
 TCG_THREADS = ("multi", "single")
