@@ -63,13 +63,14 @@ class GuestConfig:
     plugins: list[QemuPlugin] = field(default_factory=list)
     # TCG's threads: "multi" (one host thread per vCPU) or "single" (one host
     # thread runs every vCPU in turn). A guest that flips a static key while
-    # another vCPU runs the patched code needs "single": QEMU 7.2's
-    # multi-threaded TCG can keep a translation it made while
-    # text_poke_bp()'s int3 was in place after the patch is done, and the
-    # next vCPU through it traps on an int3 the kernel no longer knows
-    # ("int3: 0000 [#1]", a panic). Flipping kml_mode under fio on 2 vCPUs
-    # did it within the first 400 flips in 5 boots of 5; single-threaded,
-    # never in 40,000 (docs/kml-iosched.md, "Cost per request").
+    # another vCPU runs the patched code needs "single": under QEMU 7.2's
+    # multi-threaded TCG a vCPU can trap on text_poke_bp()'s int3 when the
+    # kernel no longer expects it ("int3: 0000 [#1]", a panic; how is not
+    # pinned down: a translation made while the int3 was in place and
+    # kept after the patch is the likely path). Flipping kml_mode under fio
+    # on 2 vCPUs did it within the first 400 flips in 5 boots of 5;
+    # single-threaded, never in 40,000 (docs/kml-iosched.md, "Cost per
+    # request").
     tcg_thread: Literal["multi", "single"] = "multi"
 
 
