@@ -140,14 +140,18 @@ def insmod(guest: Guest, module: Path) -> None:
     guest.ssh.run(f"insmod /tmp/{module.name}", timeout=30)
 
 
-def wait_for(guest: Guest, kind: str) -> list[ConsoleEvent]:
+def wait_for(guest: Guest, kind: str, since: int = 0, starts: str = "") -> list[ConsoleEvent]:
+    """The events of ``kind`` from the ``since``-th on whose excerpt starts with
+    ``starts``, once there is one (up to 10 s)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        events = [e for e in guest.events() if e.kind == kind]
+        events = [
+            e for e in guest.events()[since:] if e.kind == kind and e.excerpt.startswith(starts)
+        ]
         if events:
             return events
         time.sleep(0.2)
-    raise AssertionError(f"no {kind} event in: {guest.console_text()[-2000:]}")
+    raise AssertionError(f"no {kind} event {starts!r} in: {guest.console_text()[-2000:]}")
 
 
 @pytest.mark.kernel
@@ -203,12 +207,7 @@ def test_real_traps_are_oopses(
     of the console around it holds the trace."""
     seen = len(crash_guest.events())
     insmod(crash_guest, crash_modules[kind])
-    deadline = time.monotonic() + 10
-    new: list[ConsoleEvent] = []
-    while not new and time.monotonic() < deadline:
-        time.sleep(0.2)
-        new = [e for e in crash_guest.events()[seen:] if e.excerpt.startswith(header)]
-    assert new and new[0].kind == "oops", new
+    new = wait_for(crash_guest, "oops", seen, header)
     quoted = quote(crash_guest.console_text(), new)
     assert header in quoted and "RIP:" in quoted and f"kmlbench_{kind}" in quoted, quoted
 

@@ -131,7 +131,7 @@ def _kml_vs_off(entry: dict[str, Any]) -> float:
 
 
 def _share(part: float, whole: float) -> str:
-    shown = round(part) or 0  # no "-0"
+    shown = round(part)  # an int: never "-0"
     return f"{shown:,} ({part / whole:.2%})" if whole else f"{shown:,}"
 
 
