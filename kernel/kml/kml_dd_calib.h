@@ -83,7 +83,13 @@ struct kml_dd_cal {
 	u32 n, pos;
 };
 
-/* ---- the inverse and the meet/miss call, integer, inline (hot path) */
+/* ---- the label, the inverse and the meet/miss call, integer, inline */
+
+/* The label: a request met its deadline when dispatched within it. */
+static inline bool kml_dd_met(u64 issue_ns, u64 deadline_ns)
+{
+	return issue_ns <= deadline_ns;
+}
 
 /*
  * The meet/miss call: "meet" when the predicted issue time @issue_ns is at

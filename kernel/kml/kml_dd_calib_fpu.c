@@ -38,7 +38,7 @@ void kml_dd_residuals(const float *yhat, const struct kml_dd_sample *s,
 		if (d < -KML_DD_MAX_RESID)
 			d = -KML_DD_MAX_RESID;
 		r[i].r = (s32)(d * 65536.0f);
-		r[i].met = s[i].issue_ns <= s[i].deadline_ns;
+		r[i].met = kml_dd_met(s[i].issue_ns, s[i].deadline_ns);
 	}
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_residuals);

@@ -70,7 +70,7 @@ EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_compute);
 void kml_dd_feat_insert(struct kml_dd_feat_state *st,
 			const struct kml_dd_feat_in *in, s32 *f)
 {
-	kml_dd_feat_of(kml_dd_feat_state_src(st, in->op), in, f);
+	kml_dd_feat_of(kml_dd_feat_state_src(st, in->op ? 1 : 0), in, f);
 	st->last_insert_ns = in->insert_ns;
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_insert);
@@ -78,7 +78,7 @@ EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_insert);
 void kml_dd_feat_dispatch(struct kml_dd_feat_state *st, u8 op, u64 sector,
 			  u32 bytes, u64 insert_ns, u64 deadline_ns, u64 now)
 {
-	__kml_dd_feat_dispatch(st, op, sector, bytes, insert_ns, deadline_ns,
-			       now);
+	__kml_dd_feat_dispatch(st, op ? 1 : 0, sector, bytes, insert_ns,
+			       deadline_ns, now);
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_feat_dispatch);

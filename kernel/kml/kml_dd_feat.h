@@ -20,6 +20,7 @@
 
 #include "kml.h"
 #include "kml_iosched_uapi.h"
+#include "kml_dd_calib.h"
 
 /*
  * Every feature is in [0, KML_DD_FEAT_MAX]: the flags and fractions are at
@@ -109,12 +110,14 @@ struct kml_dd_feat_src {
 	const u32 *miss_ewma;
 };
 
-/* What a request of direction @op sees of @st, where it is. */
+/*
+ * What a request of direction @dir (0 read, 1 write: a struct
+ * kml_dd_feat_in's op from the kernel's insert, or a caller's made so by
+ * kml_dd_feat_insert()) sees of @st, where it is.
+ */
 static __always_inline struct kml_dd_feat_src
-kml_dd_feat_state_src(const struct kml_dd_feat_state *st, u8 op)
+kml_dd_feat_state_src(const struct kml_dd_feat_state *st, unsigned int dir)
 {
-	const int dir = op ? 1 : 0;
-
 	return (struct kml_dd_feat_src){
 		.last_insert_ns = &st->last_insert_ns,
 		.last_end = &st->last_end,
@@ -124,7 +127,7 @@ kml_dd_feat_state_src(const struct kml_dd_feat_state *st, u8 op)
 	};
 }
 
-/* Into @seen, what a request of direction @op sees of @st. */
+/* Into @seen, what a request of direction @op (0 or 1) sees of @st. */
 static __always_inline void kml_dd_feat_see(const struct kml_dd_feat_state *st,
 					    u8 op, struct kml_dd_feat_seen *seen)
 {
@@ -172,29 +175,34 @@ static inline u64 kml_dd_ewma(u64 avg, u64 sample)
 }
 
 /*
- * A request of direction @op inserted at @insert_ns, due @deadline_ns after
- * it, covering @bytes from @sector, goes to the driver at @now.  Inline for
- * the kernel's dispatch hook; kml_dd_feat_dispatch() for everyone else.
+ * A request of direction @dir inserted at @insert_ns, due @deadline_ns
+ * after it, covering @bytes from @sector, goes to the driver at @now.
+ * Whether it met its deadline (kml_dd_met()).  Inline for the kernel's
+ * dispatch hook, whose @dir is a struct kml_dd_feat_in's op, 0 or 1;
+ * kml_dd_feat_dispatch() for everyone else, any op not 0 a write.
  */
-static inline void __kml_dd_feat_dispatch(struct kml_dd_feat_state *st,
-					  u8 op, u64 sector, u32 bytes,
-					  u64 insert_ns, u64 deadline_ns,
-					  u64 now)
+static inline bool __kml_dd_feat_dispatch(struct kml_dd_feat_state *st,
+					  unsigned int dir, u64 sector,
+					  u32 bytes, u64 insert_ns,
+					  u64 deadline_ns, u64 now)
 {
-	const int dir = op ? 1 : 0;
-	u64 issue = kml_dd_since(insert_ns, now);
-	/* an eighth of a miss (1.0 in Q16.16); of a deadline met, 0 */
-	u32 missed = issue > deadline_ns ? KML_Q16_ONE >> 3 : 0;
+	u64 issue;
+	bool met;
 
-	st->miss_ewma[dir] = st->miss_ewma[dir] - (st->miss_ewma[dir] >> 3) +
-			     missed;
-	st->issue_ewma_ns[dir] = kml_dd_ewma(st->issue_ewma_ns[dir], issue);
+	/* each value in turn, so that few are live at once */
+	st->last_end = sector + (bytes >> KML_DD_SECTOR_SHIFT);
 	if (st->last_dispatch_ns)
 		st->dispatch_gap_ewma_ns =
 			kml_dd_ewma(st->dispatch_gap_ewma_ns,
 				    kml_dd_since(st->last_dispatch_ns, now));
 	st->last_dispatch_ns = now;
-	st->last_end = sector + (bytes >> KML_DD_SECTOR_SHIFT);
+	issue = kml_dd_since(insert_ns, now);
+	st->issue_ewma_ns[dir] = kml_dd_ewma(st->issue_ewma_ns[dir], issue);
+	met = kml_dd_met(issue, deadline_ns);
+	/* an eighth of a miss (1.0 in Q16.16); of a deadline met, 0 */
+	st->miss_ewma[dir] = st->miss_ewma[dir] - (st->miss_ewma[dir] >> 3) +
+			     (met ? 0 : KML_Q16_ONE >> 3);
+	return met;
 }
 
 KML_API void kml_dd_feat_dispatch(struct kml_dd_feat_state *st, u8 op,
