@@ -74,23 +74,33 @@ static __always_inline void kml_dd_take_in(struct kml_dd_queue *kq,
 					   struct request *rq,
 					   struct request *fifo_head,
 					   u64 start, unsigned long expire,
-					   bool same_dir)
+					   bool same_dir, unsigned int op)
 {
 	struct kml_dd_ctx *head = fifo_head ? kml_dd_ctx(fifo_head) : NULL;
 	struct kml_dd_feat_in *in = &ctx->in;
 
 	in->insert_ns = start;
 	in->sector = blk_rq_pos(rq);
-	in->capacity = get_capacity(rq->q->disk);
 	in->deadline_ns = kml_dd_jiffies_to_ns(expire);
 	in->head_insert_ns = head ? head->in.insert_ns : 0;
 	in->bytes = blk_rq_bytes(rq);
 	in->queued[0] = atomic_read(&kq->queued[0]);
 	in->queued[1] = atomic_read(&kq->queued[1]);
 	in->inflight = atomic_read(&kq->inflight);
-	in->op = rq_data_dir(rq);
+	in->op = op;
 	in->same_dir = same_dir;
 	in->has_head = !!head;
+}
+
+/*
+ * The disk's capacity, into @ctx's features' inputs: read where they are
+ * computed, not at the insert, so that a request predicted lazily, or
+ * never, does not pay for it.  A disk resized in between is seen resized.
+ */
+static __always_inline void kml_dd_take_capacity(struct kml_dd_queue *kq,
+						 struct kml_dd_ctx *ctx)
+{
+	ctx->in.capacity = kq->q->disk ? get_capacity(kq->q->disk) : 0;
 }
 
 /* ------------------------------------------------------------ inference */
@@ -221,7 +231,8 @@ static __always_inline void kml_dd_predict(struct kml_dd_queue *kq,
  * (kml_dd_urgent(), kml_dd_cost()), not at its insert.  Most requests of
  * a short queue are dispatched before any decision turns on them, and then
  * cost neither.  The prediction is made on the features the insert would
- * have computed (what they are computed from was copied then), by the
+ * have computed (what they are computed from was copied then, but for the
+ * disk's capacity, read now: kml_dd_take_capacity()), by the
  * model, threshold and standing aside of the moment.  The features are
  * computed apart and then copied over their inputs, which share their
  * space in the context.  Under the scheduler lock.
@@ -230,6 +241,7 @@ void __kml_dd_predict_lazy(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 {
 	s32 f[KML_DD_NR_FEATURES];
 
+	kml_dd_take_capacity(kq, ctx);
 	kml_dd_feat_compute(&ctx->in, &ctx->seen, f);
 	ctx->lazy = 0;
 	memcpy(ctx->features, f, sizeof(f));
@@ -865,12 +877,33 @@ static bool kml_dd_watching(struct kml_dd_queue *kq, bool *warmup)
 	return true;
 }
 
-/* Track @rq, inserted while its queue watches: its context and features. */
+/*
+ * The features of @ctx now, and unless it warms a window up, its
+ * prediction: observe mode, and active without the lazy parameter.  Out
+ * of line, so that the lazy path of kml_dd_track() makes no call and
+ * saves no register.
+ */
+static noinline void kml_dd_track_eager(struct kml_dd_queue *kq,
+					struct kml_dd_ctx *ctx)
+{
+	kml_dd_take_capacity(kq, ctx);
+	kml_dd_feat_insert(&kq->feat, &ctx->in, ctx->features);
+	if (!ctx->warmup)
+		kml_dd_predict(kq, ctx);
+}
+
+/*
+ * Track @rq, inserted while its queue watches: its context and features.
+ * The context is published before its prediction is made, which the
+ * scheduler lock, held throughout, makes the same.  Lazily this makes no
+ * call and saves no register.
+ */
 static noinline void kml_dd_track(struct kml_dd_queue *kq, struct request *rq,
 				  struct request *fifo_head,
 				  unsigned long expire, bool same_dir,
 				  bool warmup)
 {
+	const unsigned int op = rq_data_dir(rq);
 	struct kml_dd_ctx *ctx;
 
 	ctx = kml_dd_ctx_get(kq);
@@ -885,7 +918,7 @@ static noinline void kml_dd_track(struct kml_dd_queue *kq, struct request *rq,
 	 * and not through here)
 	 */
 	kml_dd_take_in(kq, ctx, rq, fifo_head, rq->start_time_ns, expire,
-		       same_dir);
+		       same_dir, op);
 	ctx->dispatch_ns = 0;
 	ctx->flags = 0;
 	ctx->pred_valid = 0;
@@ -896,24 +929,23 @@ static noinline void kml_dd_track(struct kml_dd_queue *kq, struct request *rq,
 	ctx->svc_bucket = KML_DD_SVC_NONE;
 	ctx->warmup = warmup;
 	ctx->lazy = 0;
+	atomic_inc(&kq->queued[op]);
+	rq->elv.priv[1] = ctx;
 	/* a warm-up request (observe mode's) is never predicted */
-	if (unlikely(READ_ONCE(kml_dd.lazy)) && !warmup &&
+	if (READ_ONCE(kml_dd.lazy) && !warmup &&
 	    READ_ONCE(kq->mode) == KML_DD_ACTIVE) {
 		ctx->lazy = 1;
 		kml_dd_feat_take(&kq->feat, &ctx->in, &ctx->seen);
-	} else {
-		kml_dd_feat_insert(&kq->feat, &ctx->in, ctx->features);
-		if (!warmup)
-			kml_dd_predict(kq, ctx);
+		return;
 	}
-	atomic_inc(&kq->queued[ctx->in.op]);
-	rq->elv.priv[1] = ctx;
+	kml_dd_track_eager(kq, ctx);
 }
 
 /*
  * The insert hook: a request observe mode lets pass untracked (with
- * observe_every, 15 in 16) returns before kml_dd_track()'s registers are
- * saved, and a tracked one goes there by a tail call.
+ * observe_every, 15 in 16) returns before kml_dd_track()'s work is set
+ * up, and a tracked one goes there by a tail call.  (In line, the two
+ * need callee-saved registers, which both paths then save.)
  */
 void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 		     struct request *fifo_head, unsigned long expire,
@@ -1012,10 +1044,14 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		WRITE_ONCE(kq->head_known, true);
 }
 
+/*
+ * The clock is read first, so that only @kq and @rq are kept across the
+ * call; a requeued request (rare) reads it for nothing.
+ */
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 {
+	u64 now = kml_dd_clock();
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
-	u64 now;
 
 	if (ctx->dispatch_ns) {
 		/*
@@ -1026,14 +1062,14 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 		ctx->flags |= KML_DD_SAMPLE_REQUEUED;
 		return;
 	}
-	now = kml_dd_clock();
 	/* not 0 (queued): the monotonic clock left 0 at boot, before a disk */
 	ctx->dispatch_ns = now;
 	atomic_dec(&kq->queued[ctx->in.op]);
 	atomic_inc(&kq->inflight);
-	__kml_dd_feat_dispatch(&kq->feat, ctx->in.op, ctx->in.sector,
-			       ctx->in.bytes, ctx->in.insert_ns,
-			       ctx->in.deadline_ns, now);
+	ctx->met = __kml_dd_feat_dispatch(&kq->feat, ctx->in.op,
+					  ctx->in.sector, ctx->in.bytes,
+					  ctx->in.insert_ns,
+					  ctx->in.deadline_ns, now);
 	/* last, a tail call: the path without it keeps fewer registers */
 	if (__kml_dd_policy_cost(kq))
 		kml_dd_cost_dispatch(kq, ctx, rq, now);
@@ -1078,10 +1114,12 @@ static noinline void kml_dd_finish_sample(struct kml_dd_queue *kq,
 	s.pred_met = o->pred_met;
 	s.flags = o->flags;
 	s.dev = kq->dev;
-	if (ctx->lazy)		/* never predicted: the features, for the ring */
+	if (ctx->lazy) {	/* never predicted: the features, for the ring */
+		kml_dd_take_capacity(kq, ctx);
 		kml_dd_feat_compute(&ctx->in, &ctx->seen, s.features);
-	else
+	} else {
 		memcpy(s.features, ctx->features, sizeof(ctx->features));
+	}
 	/* no stack bytes into user memory */
 	memset(s.features + KML_DD_NR_FEATURES, 0,
 	       sizeof(s.features) - sizeof(ctx->features));
@@ -1112,23 +1150,51 @@ static __always_inline void kml_dd_count_sample_of(struct kml_dd_queue *kq,
 		kml_dd_finish_sample(kq, ctx, &o);
 }
 
-/* A completed request @ctx: its statistics, and its sample if wanted. */
-static __always_inline void kml_dd_complete(struct kml_dd_queue *kq,
-					    struct kml_dd_ctx *ctx)
+/*
+ * Hand @ctx back to kml_dd_ctx_get(): llist_add(), in line, as the
+ * completion of most requests does nothing else (6.1's is a call).
+ */
+static __always_inline void kml_dd_ctx_put(struct kml_dd_queue *kq,
+					   struct kml_dd_ctx *ctx)
 {
-	const u64 issue_ns = kml_dd_since(ctx->in.insert_ns, ctx->dispatch_ns);
-	const bool met = issue_ns <= ctx->in.deadline_ns;
+	struct llist_node *first = READ_ONCE(kq->returned.first);
 
-	/*
-	 * Never predicted (lazily, most requests), and nobody to send its
-	 * sample to: the counts alone, without an outcome to fill in.
-	 */
-	if (!ctx->pred_valid && kml_dd_skip_unclaimed())
-		kml_dd_count_outcome(met);
-	else
-		kml_dd_count_sample_of(kq, ctx, issue_ns, met);
+	do {
+		ctx->node.next = first;
+	} while (!try_cmpxchg(&kq->returned.first, &first, &ctx->node));
 }
 
+/* @ctx's time from its start to its dispatch, ns. */
+static __always_inline u64 kml_dd_issue_ns(const struct kml_dd_ctx *ctx)
+{
+	return kml_dd_since(ctx->in.insert_ns, ctx->dispatch_ns);
+}
+
+/*
+ * A completed request's work beyond its counts: policy cost learns its
+ * service time, and one that was predicted, or whose sample a trainer
+ * wants, has its outcome counted whole.  Then @ctx goes back.
+ */
+static noinline void kml_dd_finish_slow(struct kml_dd_queue *kq,
+					struct kml_dd_ctx *ctx)
+{
+	if (__kml_dd_policy_cost(kq))
+		kml_dd_svc_learn(kq, ctx, kml_dd_clock());
+	if (!ctx->warmup) {
+		if (!ctx->pred_valid && kml_dd_skip_unclaimed())
+			kml_dd_count_outcome(ctx->met);
+		else
+			kml_dd_count_sample_of(kq, ctx, kml_dd_issue_ns(ctx),
+					       ctx->met);
+	}
+	kml_dd_ctx_put(kq, ctx);
+}
+
+/*
+ * Most completions, lazily or with observe_every, are of a request never
+ * predicted, whose sample nobody takes: its counts, in line, and no call.
+ * The rest go to kml_dd_finish_slow().
+ */
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
@@ -1137,15 +1203,20 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 	if (!ctx->dispatch_ns) {
 		/* merged into another request, never dispatched on its own */
 		atomic_dec(&kq->queued[ctx->in.op]);
-		goto release;
+	} else {
+		atomic_dec(&kq->inflight);
+		if (__kml_dd_policy_cost(kq))
+			goto slow;
+		if (!ctx->warmup) {
+			if (ctx->pred_valid || !kml_dd_skip_unclaimed())
+				goto slow;
+			kml_dd_count_outcome(ctx->met);
+		}
 	}
-	atomic_dec(&kq->inflight);
-	if (__kml_dd_policy_cost(kq))
-		kml_dd_svc_learn(kq, ctx, kml_dd_clock());
-	if (!ctx->warmup)
-		kml_dd_complete(kq, ctx);
-release:
-	llist_add(&ctx->node, &kq->returned);
+	kml_dd_ctx_put(kq, ctx);
+	return;
+slow:
+	kml_dd_finish_slow(kq, ctx);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_finish);
 
@@ -1192,6 +1263,7 @@ int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q)
 		kq->free = &kq->pool[i].node;
 	}
 	init_llist_head(&kq->returned);
+	kq->q = q;
 	kq->zoned = blk_queue_is_zoned(q);
 	if (q->disk)
 		kq->dev = new_encode_dev(disk_devt(q->disk));

@@ -62,6 +62,7 @@ struct kml_dd_ctx {
 	u8 warmup;			/* tracked, not predicted or counted */
 	u8 svc_seq;			/* policy cost: it started at the head */
 	u8 lazy;			/* seen taken, features and prediction not */
+	u8 met;				/* dispatched within its deadline */
 	u32 svc_sectors;		/* policy cost: its length at dispatch */
 	u64 svc_pos;			/* policy cost: its start at dispatch */
 	u64 svc_done_ns;		/* policy cost told a device: predicted end */
@@ -92,6 +93,7 @@ struct kml_dd_ctx {
 struct kml_dd_queue {
 	int mode;			/* enum kml_dd_mode, READ_ONCE() */
 	u32 dev;			/* new_encode_dev() of the disk */
+	struct request_queue *q;	/* its disk's capacity: a feature's */
 	bool zoned;			/* zone write locks: no policy cost (at init) */
 	/* under the scheduler lock */
 	struct llist_node *free;	/* contexts ready for insert */
