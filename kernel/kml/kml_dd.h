@@ -484,6 +484,9 @@ static inline s32 kml_dd_fast_predict(const struct kml_dd_fast *f,
  * every queue learns afresh before its next choice (kml_dd_core.c).
  */
 void kml_dd_relearn(void);
+#if IS_ENABLED(CONFIG_KUNIT)
+u64 kml_dd_stat_read(unsigned int s);
+#endif
 
 /* Compile @m into @f if it is small enough; false if not (or it cannot be). */
 bool kml_dd_fast_compile(struct kml_model *m, struct kml_dd_fast *f);

@@ -57,6 +57,8 @@ struct kml_dd_global kml_dd = {
 	 */
 	.ring = { .mode = KML_RING_DROP, .sh = &kml_dd.no_ring },
 };
+/* for KUnit's cases of the hooks, which set parameters as a writer does */
+EXPORT_SYMBOL_IF_KUNIT(kml_dd);
 
 DEFINE_PER_CPU(struct kml_dd_counters, kml_dd_counters);
 
@@ -579,7 +581,7 @@ static void kml_dd_hist_bounds(unsigned int b, u64 *lo, u64 *hi)
 }
 
 /* A statistic: the sum of the CPUs' counts, plus its gauge. */
-static u64 kml_dd_stat_read(unsigned int s)
+VISIBLE_IF_KUNIT u64 kml_dd_stat_read(unsigned int s)
 {
 	u64 sum = atomic64_read(&kml_dd.gauges[s]);
 	int cpu;
@@ -589,6 +591,7 @@ static u64 kml_dd_stat_read(unsigned int s)
 		sum += data_race(per_cpu(kml_dd_counters.stats[s], cpu));
 	return sum;
 }
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_stat_read);
 
 static u64 kml_dd_hist_read(unsigned int b, bool err)
 {

@@ -1327,6 +1327,60 @@ static void kml_test_dd_head_relearns(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kq->chan_busy_until[1], 0ULL);
 	KUNIT_EXPECT_FALSE(test, kq->head_known);
 }
+
+/*
+ * One request through the hooks, active and lazy, on a queue of no disk:
+ * a completion counts it met when it was dispatched within its deadline
+ * (kml_dd_met(), decided at the dispatch), both where nobody wants its
+ * sample (the completion's path without a call) and where one would
+ * (sample_unclaimed: kml_dd_finish_slow()).  Due a jiffy after a start
+ * at boot, it missed; started now and due in a second, it met.
+ */
+static void kml_test_dd_hooks_count_met(struct kunit *test)
+{
+	struct kml_dd_queue *kq = kunit_kzalloc(test, sizeof(*kq), GFP_KERNEL);
+	struct request_queue *q = kunit_kzalloc(test, sizeof(*q), GFP_KERNEL);
+	struct request *rq = kunit_kzalloc(test, sizeof(*rq), GFP_KERNEL);
+	unsigned int lazy = READ_ONCE(kml_dd.lazy);
+	unsigned int unclaimed = READ_ONCE(kml_dd.sample_unclaimed);
+	u64 samples, met;
+	int i;
+
+	KUNIT_ASSERT_NOT_NULL(test, kq);
+	KUNIT_ASSERT_NOT_NULL(test, q);
+	KUNIT_ASSERT_NOT_NULL(test, rq);
+	KUNIT_ASSERT_EQ(test, kml_dd_init(kq, q), 0);
+	KUNIT_ASSERT_EQ(test, kml_dd_mode_store(kq, "active", 6), 6L);
+	WRITE_ONCE(kml_dd.lazy, 1);
+	rq->q = q;
+	rq->cmd_flags = REQ_OP_READ;
+	rq->__data_len = 4096;
+	for (i = 0; i < 4; i++) {
+		bool meet = i & 1;
+
+		WRITE_ONCE(kml_dd.sample_unclaimed, i >> 1);
+		samples = kml_dd_stat_read(KML_DD_S_SAMPLES);
+		met = kml_dd_stat_read(KML_DD_S_SAMPLES_MET);
+		rq->__sector = 8 * i;
+		rq->start_time_ns = meet ? ktime_get_ns() : 1;
+		__kml_dd_insert(kq, rq, NULL, meet ? HZ : 1, true);
+		KUNIT_ASSERT_NOT_NULL(test, kml_dd_ctx(rq));
+		KUNIT_EXPECT_TRUE(test, kml_dd_ctx(rq)->lazy);
+		__kml_dd_dispatch(kq, rq);
+		KUNIT_EXPECT_EQ(test, (bool)kml_dd_ctx(rq)->met, meet);
+		__kml_dd_finish(kq, rq);
+		KUNIT_EXPECT_NULL(test, kml_dd_ctx(rq));
+		KUNIT_EXPECT_EQ_MSG(test, kml_dd_stat_read(KML_DD_S_SAMPLES),
+				    samples + 1, "case %d", i);
+		KUNIT_EXPECT_EQ_MSG(test, kml_dd_stat_read(KML_DD_S_SAMPLES_MET),
+				    met + meet, "case %d", i);
+	}
+	KUNIT_EXPECT_EQ(test, atomic_read(&kq->inflight), 0);
+	KUNIT_EXPECT_EQ(test, atomic_read(&kq->queued[0]), 0);
+	WRITE_ONCE(kml_dd.sample_unclaimed, unclaimed);
+	WRITE_ONCE(kml_dd.lazy, lazy);
+	kml_dd_exit(kq);
+}
 #endif
 
 static struct kunit_case kml_test_cases[] = {
@@ -1361,6 +1415,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_dd_fast_compile),
 	KUNIT_CASE(kml_test_dd_feat_take),
 	KUNIT_CASE(kml_test_dd_head_relearns),
+	KUNIT_CASE(kml_test_dd_hooks_count_met),
 #endif
 	{}
 };
