@@ -81,16 +81,18 @@ DUTY_MAX_SHARE = 0.01
 # Active predicting lazily (model.lazy): the features' inputs kept at insert,
 # the prediction only when a decision reads it. On this short queue every
 # FIFO head is the request mq-deadline dispatches next, so none is
-# predicted. Measured 403 (2.8% of off; predicting every request 874).
-LAZY_MAX = 420
+# predicted. Measured 383 (2.6% of off; predicting every request 874).
+LAZY_MAX = 400
 # ... and with no sample made while no consumer holds the ring
-# (model.sample_unclaimed: false; no trainer runs here): measured 303, one
-# clock read per request (2.1% of off's 14,310; 279 before the hooks'
-# tests became static keys, which took 14 from off and cost active 4, and
-# before the insert hook let untracked requests return early, 6 more).
-# Issue 11's 2% (about 290 of the stock path's 14,140-14,800) is not met:
-# this bound catches a regression.
-LIGHT_MAX = 315
+# (model.sample_unclaimed: false; no trainer runs here): measured 253
+# against off, 274 against the kernel without the hooks (1.89% of its
+# 14,469; 303 and 324 before the hooks were reshaped: docs/benchmarks.md,
+# "The lazy path without a call"), one clock read per request. Issue 11's
+# goal, 2% of the stock path, is asserted on that share: the stock path's
+# total moves with SLOB's free-list walks (14,130 to 14,820 seen), which
+# leaves 274 under 2% of the lowest.
+LIGHT_MAX = 265
+ACTIVE_MAX_SHARE = 0.02
 # With kml_mode off, against the same kernel built without KML's hooks
 # (``off [nokml]``, CONFIG_KML_IOSCHED=n): mq-deadline's own instructions
 # per request. Measured 21 (0.15%; 35 before the hooks' tests became
@@ -148,6 +150,11 @@ def test_off_costs_mq_deadline_next_to_nothing(result: dict[str, Any]) -> None:
     assert result["stock"]["off_kml_per_io"] == pytest.approx(-prof.kml_per_io(parts))
     lazy = result["modes"][f"active {MODEL.stem} lazy=True sample_unclaimed=False"]
     assert lazy["vs_stock_kml_per_io"] <= LIGHT_MAX + OFF_MAX, lazy
+    # issue 11: active, as deployed without a trainer, within 2% of the
+    # stock path (KML's instructions and off's own, against the kernel
+    # without the hooks)
+    share = lazy["vs_stock_kml_per_io"] / stock
+    assert share <= ACTIVE_MAX_SHARE, f"{lazy['vs_stock_kml_per_io']:.0f} of {stock:.0f} ({share:.2%})"
 
 
 @pytest.mark.parametrize("mode, bound", [("observe", OBSERVE_MAX), ("active", ACTIVE_MAX)])
