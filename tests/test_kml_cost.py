@@ -86,7 +86,7 @@ LAZY_MAX = 400
 # ... and with no sample made while no consumer holds the ring
 # (model.sample_unclaimed: false; no trainer runs here): measured 253
 # against off, 274 against the kernel without the hooks (1.89% of its
-# 14,469; 303 and 324 before the hooks were reshaped: docs/benchmarks.md,
+# 14,469 in this test's run; 303 and 324 before the hooks were reshaped: docs/benchmarks.md,
 # "The lazy path without a call"), one clock read per request. Issue 11's
 # goal, 2% of the stock path, is asserted on that share: the stock path's
 # total moves with SLOB's free-list walks (14,130 to 14,820 seen), which

@@ -111,9 +111,9 @@ struct kml_dd_feat_src {
 };
 
 /*
- * What a request of direction @dir (0 read, 1 write: a struct
- * kml_dd_feat_in's op from the kernel's insert, or a caller's made so by
- * kml_dd_feat_insert()) sees of @st, where it is.
+ * What a request of direction @dir sees of @st, where it is.  @dir must be
+ * 0 (read) or 1 (write): a struct kml_dd_feat_in's op as the kernel's
+ * insert makes it; kml_dd_feat_insert() normalises its caller's.
  */
 static __always_inline struct kml_dd_feat_src
 kml_dd_feat_state_src(const struct kml_dd_feat_state *st, unsigned int dir)
@@ -144,10 +144,11 @@ static __always_inline void kml_dd_feat_see(const struct kml_dd_feat_state *st,
  * @in is a request at its insert: note into @seen what it sees of the
  * queue's state, so that kml_dd_feat_compute() may run later (active mode
  * predicting lazily, kml_iosched.c) and give what kml_dd_feat_insert()
- * would have at insert; then note the insert.  The caller keeps @in where
- * it is, and only the fields the features read are copied: a struct copy
- * is a string move, one counted instruction per four bytes under QEMU's
- * instruction counting.
+ * would have at insert; then note the insert.  @in->op must be 0 or 1, as
+ * the kernel's insert makes it (it indexes @st's per-direction values).
+ * The caller keeps @in where it is, and only the fields the features read
+ * are copied: a struct copy is a string move, one counted instruction per
+ * four bytes under QEMU's instruction counting.
  */
 static inline void kml_dd_feat_take(struct kml_dd_feat_state *st,
 				    const struct kml_dd_feat_in *in,

@@ -1016,9 +1016,8 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		ctx->svc_done_ns = t0 + kml_dd_geom_service(kq, &g, kq->head,
 							    pos, nr, t0);
 		WRITE_ONCE(kq->svc_busy_until, ctx->svc_done_ns);
-		/* the share dispatched late (at 1000 permille: the deadline) */
-		missed = kml_dd_meets(kml_dd_since(ctx->in.insert_ns, now),
-				      ctx->in.deadline_ns, 1000) ? 0 : 1 << 16;
+		/* the share dispatched late (the label, decided at dispatch) */
+		missed = ctx->met ? 0 : 1 << 16;
 		avg = READ_ONCE(kq->svc_missed);
 		WRITE_ONCE(kq->svc_missed, avg + ((s32)(missed - avg) >>
 						  KML_DD_COST_MISSED_SHIFT));
@@ -1191,9 +1190,10 @@ static noinline void kml_dd_finish_slow(struct kml_dd_queue *kq,
 }
 
 /*
- * Most completions, lazily or with observe_every, are of a request never
- * predicted, whose sample nobody takes: its counts, in line, and no call.
- * The rest go to kml_dd_finish_slow().
+ * Most completions in active mode predicting lazily are of a request never
+ * predicted, whose sample nobody takes: its counts, in line, and no call
+ * (so are a warm-up request's, and every request's while no model is
+ * loaded).  The rest go to kml_dd_finish_slow().
  */
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 {
