@@ -1070,7 +1070,7 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 					  ctx->in.insert_ns,
 					  ctx->in.deadline_ns, now);
 	/* last, a tail call: the path without it keeps fewer registers */
-	if (__kml_dd_policy_cost(kq))
+	if (kml_dd_policy_cost(kq))
 		kml_dd_cost_dispatch(kq, ctx, rq, now);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_dispatch);
@@ -1177,7 +1177,7 @@ static __always_inline u64 kml_dd_issue_ns(const struct kml_dd_ctx *ctx)
 static noinline void kml_dd_finish_slow(struct kml_dd_queue *kq,
 					struct kml_dd_ctx *ctx)
 {
-	if (__kml_dd_policy_cost(kq))
+	if (kml_dd_policy_cost(kq))
 		kml_dd_svc_learn(kq, ctx, kml_dd_clock());
 	if (!ctx->warmup) {
 		if (!ctx->pred_valid && kml_dd_skip_unclaimed())
@@ -1205,7 +1205,7 @@ void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq)
 		atomic_dec(&kq->queued[ctx->in.op]);
 	} else {
 		atomic_dec(&kq->inflight);
-		if (__kml_dd_policy_cost(kq))
+		if (kml_dd_policy_cost(kq))
 			goto slow;
 		if (!ctx->warmup) {
 			if (ctx->pred_valid || !kml_dd_skip_unclaimed())

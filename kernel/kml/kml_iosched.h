@@ -9,9 +9,10 @@
  *
  * With CONFIG_KML_IOSCHED=n every hook is an empty inline.  With kml_mode
  * "off" (the default) on every queue, the static key kml_dd_enabled is
- * false: insert and mq-deadline's questions (kml_dd_steers(),
- * kml_dd_policy_cost()) are a nop each, and dispatch and completion test
- * the request's context, which only a queue that was on can have given it.
+ * false (kml_dd_on()): the insert hook is a nop, mq-deadline dispatches
+ * with its own code, which has no hook and asks KML nothing, and the
+ * completion tests the request's context, which only a queue that was on
+ * can have given it.
  */
 #ifndef _KML_IOSCHED_H
 #define _KML_IOSCHED_H
@@ -172,6 +173,16 @@ static inline struct kml_dd_ctx *kml_dd_ctx(struct request *rq)
 }
 
 /*
+ * Whether any queue has kml_mode other than off: with none, a nop.
+ * mq-deadline asks it at the insert and once per dispatch, and dispatches
+ * with KML's hooks only while it is true.
+ */
+static __always_inline bool kml_dd_on(void)
+{
+	return static_branch_unlikely(&kml_dd_enabled);
+}
+
+/*
  * Called with the scheduler lock held, just after @rq joined the tail of
  * its FIFO @fifo: last, so that mq-deadline keeps nothing across the call.
  * The request ahead of it there is the FIFO's first unless that is @rq;
@@ -186,7 +197,7 @@ static __always_inline void kml_dd_insert(struct kml_dd_queue *kq,
 {
 	struct request *head;
 
-	if (static_branch_unlikely(&kml_dd_enabled) &&
+	if (kml_dd_on() &&
 	    (READ_ONCE(kq->mode) != KML_DD_OFF || kml_dd_ctx(rq))) {
 		head = list_first_entry(fifo, struct request, queuelist);
 		__kml_dd_insert(kq, rq, head != rq ? head : NULL, expire,
@@ -194,7 +205,11 @@ static __always_inline void kml_dd_insert(struct kml_dd_queue *kq,
 	}
 }
 
-/* Called with the scheduler lock held, for every dispatched request. */
+/*
+ * Called with the scheduler lock held, for every request dispatched while
+ * kml_dd_on().  One dispatched while it was not (its queue switched off
+ * after its insert) is handed back at its completion as never dispatched.
+ */
 static __always_inline void kml_dd_dispatch(struct kml_dd_queue *kq,
 					    struct request *rq)
 {
@@ -210,34 +225,22 @@ static __always_inline void kml_dd_finish(struct kml_dd_queue *kq,
 		__kml_dd_finish(kq, rq);
 }
 
-/*
- * Whether @kq is in active mode: mq-deadline asks this first, so that with
- * KML off on every queue its dispatch pays a nop per question, and with
- * KML on elsewhere one load.
- */
-static __always_inline bool kml_dd_steers(struct kml_dd_queue *kq)
+/* Whether @kq is in active mode: mq-deadline's dispatch with KML asks. */
+static __always_inline bool kml_dd_active(struct kml_dd_queue *kq)
 {
-	return static_branch_unlikely(&kml_dd_enabled) &&
-	       READ_ONCE(kq->mode) == KML_DD_ACTIVE;
+	return READ_ONCE(kq->mode) == KML_DD_ACTIVE;
 }
 
 /*
  * Whether @kq dispatches by policy cost: the policy, active, and a device
- * without zone write locks.  Inline, as KML asks it at every dispatch and
+ * without zone write locks.  Inline, as it is asked at every dispatch and
  * completion: the policy first, so that under any other policy, active or
  * not, the question is one load.
  */
-static __always_inline bool __kml_dd_policy_cost(struct kml_dd_queue *kq)
-{
-	return READ_ONCE(kml_dd_policy) == KML_DD_POLICY_COST &&
-	       READ_ONCE(kq->mode) == KML_DD_ACTIVE && !kq->zoned;
-}
-
-/* The same, for mq-deadline's dispatch: a nop while KML is off everywhere. */
 static __always_inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
 {
-	return static_branch_unlikely(&kml_dd_enabled) &&
-	       __kml_dd_policy_cost(kq);
+	return READ_ONCE(kml_dd_policy) == KML_DD_POLICY_COST &&
+	       kml_dd_active(kq) && !kq->zoned;
 }
 
 /*
@@ -285,7 +288,12 @@ static inline void kml_dd_dispatch(struct kml_dd_queue *kq,
 				   struct request *rq) {}
 static inline void kml_dd_finish(struct kml_dd_queue *kq,
 				 struct request *rq) {}
-static inline bool kml_dd_steers(struct kml_dd_queue *kq)
+static inline bool kml_dd_on(void)
+{
+	return false;
+}
+
+static inline bool kml_dd_active(struct kml_dd_queue *kq)
 {
 	return false;
 }
