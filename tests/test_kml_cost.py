@@ -88,12 +88,13 @@ LAZY_MAX = 415
 # against off, 275 against the kernel without the hooks (1.92% of its
 # 14,290 in this test's run; 324 before the hooks were reshaped:
 # docs/benchmarks.md, "The lazy path without a call" and "Off is stock's
-# own dispatch"), one clock read per request. Issue 11's goal, 2% of the
-# stock path, is asserted on that share: the stock path's total moves with
-# SLOB's free-list walks (14,130 to 14,820 seen), which leaves 275 under
-# 2% of the lowest.
+# own dispatch"), one clock read per request. Issue 11's goal is 2% of the
+# stock path, whose total moves with SLOB's free-list walks from kernel to
+# kernel (14,002 to 14,820 seen): the bound is 2% of the lowest, on KML's
+# instructions against that path (exact), and the share is reported.
 LIGHT_MAX = 280
 ACTIVE_MAX_SHARE = 0.02
+STOCK_LOWEST = 14_002
 # With kml_mode off, against the same kernel built without KML's hooks
 # (``off [nokml]``, CONFIG_KML_IOSCHED=n): mq-deadline's own instructions
 # per request. Measured 9 (0.06%; 21 before mq-deadline's dispatch was
@@ -155,7 +156,8 @@ def test_off_costs_mq_deadline_next_to_nothing(result: dict[str, Any]) -> None:
     # stock path (KML's instructions and off's own, against the kernel
     # without the hooks)
     light = lazy["vs_stock_kml_per_io"]
-    assert light / stock <= ACTIVE_MAX_SHARE, f"{light:.0f} of {stock:.0f} ({light / stock:.2%})"
+    bound = ACTIVE_MAX_SHARE * STOCK_LOWEST
+    assert light <= bound, f"{light:.0f} > {bound:.0f}; of this {stock:.0f}: {light / stock:.2%}"
 
 
 @pytest.mark.parametrize("mode, bound", [("observe", OBSERVE_MAX), ("active", ACTIVE_MAX)])
