@@ -85,13 +85,14 @@ DUTY_MAX_SHARE = 0.01
 LAZY_MAX = 415
 # ... and with no sample made while no consumer holds the ring
 # (model.sample_unclaimed: false; no trainer runs here): measured 266
-# against off, 275 against the kernel without the hooks (1.92% of its
-# 14,290 in this test's run; 324 before the hooks were reshaped:
-# docs/benchmarks.md, "The lazy path without a call" and "Off is stock's
-# own dispatch"), one clock read per request. Issue 11's goal is 2% of the
-# stock path, whose total moves with SLOB's free-list walks from kernel to
-# kernel (14,002 to 14,820 seen): the bound is 2% of the lowest, on KML's
-# instructions against that path (exact), and the share is reported.
+# against off (LIGHT_MAX), 275 against the kernel without the hooks
+# (1.92% of its 14,290 in this test's run; 324 before the hooks were
+# reshaped: docs/benchmarks.md, "The lazy path without a call" and "Off
+# is stock's own dispatch"), one clock read per request. Issue 11's goal
+# is 2% of the stock path, whose total moves with SLOB's free-list walks
+# from kernel to kernel (14,002 to 14,820 seen): the second bound is 2% of
+# the lowest (STOCK_LOWEST), on KML's instructions against that path
+# (exact), and the share is reported beside it.
 LIGHT_MAX = 280
 ACTIVE_MAX_SHARE = 0.02
 STOCK_LOWEST = 14_002
@@ -99,9 +100,9 @@ STOCK_LOWEST = 14_002
 # (``off [nokml]``, CONFIG_KML_IOSCHED=n): mq-deadline's own instructions
 # per request. Measured 9 (0.06%; 21 before mq-deadline's dispatch was
 # compiled twice, 35 before the hooks' tests became static keys): the nop
-# of the key's test at the insert and at the dispatch, the call to the
-# dispatch without KML's hooks, and the request's context tested at its
-# completion.
+# of the key's test at the insert and at the dispatch (with the register
+# moves GCC added around the choice of copy), and the request's context
+# tested at its completion.
 OFF_MAX = 12
 NOKML_CONFIG = CONFIGS_DIR / "no-kml-iosched.config"
 
@@ -151,7 +152,6 @@ def test_off_costs_mq_deadline_next_to_nothing(result: dict[str, Any]) -> None:
     # the breakdown's cost against the stock path: off's own, KML's parts
     assert result["stock"]["off_kml_per_io"] == pytest.approx(-prof.kml_per_io(parts))
     lazy = result["modes"][f"active {MODEL.stem} lazy=True sample_unclaimed=False"]
-    assert lazy["vs_stock_kml_per_io"] <= LIGHT_MAX + OFF_MAX, lazy
     # issue 11: active, as deployed without a trainer, within 2% of the
     # stock path (KML's instructions and off's own, against the kernel
     # without the hooks)

@@ -1222,9 +1222,11 @@ EXPORT_SYMBOL_GPL(__kml_dd_finish);
 
 /*
  * How many queues have kml_mode other than off: while none has, the hooks'
- * tests in mq-deadline are nops (kml_iosched.h).  A queue turned off keeps
- * handing its contexts back at dispatch and completion, which test the
- * request and not this key.
+ * tests in mq-deadline are nops and it dispatches without KML's hooks
+ * (kml_iosched.h).  A queue turned off keeps handing its contexts back at
+ * completion, which tests the request and not this key; one dispatched
+ * without the hooks comes back as never dispatched, and counts for
+ * nothing.
  */
 DEFINE_STATIC_KEY_FALSE(kml_dd_enabled);
 EXPORT_SYMBOL_GPL(kml_dd_enabled);

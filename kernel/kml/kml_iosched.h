@@ -174,8 +174,8 @@ static inline struct kml_dd_ctx *kml_dd_ctx(struct request *rq)
 
 /*
  * Whether any queue has kml_mode other than off: with none, a nop.
- * mq-deadline asks it at the insert and once per dispatch, and dispatches
- * with KML's hooks only while it is true.
+ * mq-deadline asks it at the insert and for each priority level a
+ * dispatch tries, and dispatches with KML's hooks only while it is true.
  */
 static __always_inline bool kml_dd_on(void)
 {

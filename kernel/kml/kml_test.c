@@ -1335,7 +1335,9 @@ static void kml_test_dd_head_relearns(struct kunit *test)
  * sample (the completion's path without a call) and where one would
  * (sample_unclaimed: kml_dd_finish_slow(), which puts two samples in the
  * ring for a consumer to come).  Due a jiffy after a start at boot, it
- * missed; started now and due in a second, it met.  The parameters are
+ * missed; started now and due in a second, it met.  Then the queue's
+ * counts through a request never dispatched by the hooks, and one
+ * dispatched twice.  The parameters are
  * KML's defaults in the KUnit guest (policy expire, nobody holding the
  * ring), which the first path needs; they are put back however a case
  * ends.
@@ -1386,6 +1388,27 @@ static void kml_test_dd_hooks_count_met(struct kunit *test)
 		KUNIT_EXPECT_EQ_MSG(test, kml_dd_stat_read(KML_DD_S_SAMPLES_MET),
 				    met + meet, "case %d", i);
 	}
+	KUNIT_EXPECT_EQ(test, atomic_read(&kq->inflight), 0);
+	KUNIT_EXPECT_EQ(test, atomic_read(&kq->queued[0]), 0);
+
+	/*
+	 * Dispatched by mq-deadline's copy without hooks (every queue off
+	 * by then): handed back as never dispatched, counted nowhere; and
+	 * dispatched twice (requeued): counted once.
+	 */
+	WRITE_ONCE(kml_dd.sample_unclaimed, 0);
+	samples = kml_dd_stat_read(KML_DD_S_SAMPLES);
+	rq->start_time_ns = ktime_get_ns();
+	__kml_dd_insert(kq, rq, NULL, HZ, true);
+	KUNIT_EXPECT_EQ(test, atomic_read(&kq->queued[0]), 1);
+	__kml_dd_finish(kq, rq);
+	KUNIT_EXPECT_EQ(test, kml_dd_stat_read(KML_DD_S_SAMPLES), samples);
+	__kml_dd_insert(kq, rq, NULL, HZ, true);
+	__kml_dd_dispatch(kq, rq);
+	__kml_dd_dispatch(kq, rq);
+	KUNIT_EXPECT_EQ(test, atomic_read(&kq->inflight), 1);
+	__kml_dd_finish(kq, rq);
+	KUNIT_EXPECT_EQ(test, kml_dd_stat_read(KML_DD_S_SAMPLES), samples + 1);
 	KUNIT_EXPECT_EQ(test, atomic_read(&kq->inflight), 0);
 	KUNIT_EXPECT_EQ(test, atomic_read(&kq->queued[0]), 0);
 	WRITE_ONCE(kml_dd.sample_unclaimed, unclaimed);
