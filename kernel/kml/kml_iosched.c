@@ -164,7 +164,7 @@ kml_dd_model_predict_timed(struct kml_dd_queue *kq, struct kml_dd_model *dm,
  */
 static void kml_dd_steer(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 {
-	bool active = READ_ONCE(kq->mode) == KML_DD_ACTIVE;
+	bool active = kml_dd_active(kq);
 
 	ctx->steer = !kml_dd_stepped_aside();
 	if (!ctx->steer) {
@@ -932,8 +932,7 @@ static noinline void kml_dd_track(struct kml_dd_queue *kq, struct request *rq,
 	atomic_inc(&kq->queued[op]);
 	rq->elv.priv[1] = ctx;
 	/* a warm-up request (observe mode's) is never predicted */
-	if (READ_ONCE(kml_dd.lazy) && !warmup &&
-	    READ_ONCE(kq->mode) == KML_DD_ACTIVE) {
+	if (READ_ONCE(kml_dd.lazy) && !warmup && kml_dd_active(kq)) {
 		ctx->lazy = 1;
 		kml_dd_feat_take(&kq->feat, &ctx->in, &ctx->seen);
 		return;

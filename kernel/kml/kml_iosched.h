@@ -10,7 +10,7 @@
  * With CONFIG_KML_IOSCHED=n every hook is an empty inline.  With kml_mode
  * "off" (the default) on every queue, the static key kml_dd_enabled is
  * false (kml_dd_on()): the insert hook is a nop, mq-deadline dispatches
- * with its own code, which has no hook and asks KML nothing, and the
+ * with its copy without KML's hooks, which asks KML nothing, and the
  * completion tests the request's context, which only a queue that was on
  * can have given it.
  */
@@ -260,7 +260,7 @@ static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq,
 {
 	struct kml_dd_ctx *ctx;
 
-	if (READ_ONCE(kq->mode) != KML_DD_ACTIVE || !rq)
+	if (!kml_dd_active(kq) || !rq)
 		return false;
 	ctx = kml_dd_ctx(rq);
 	if (!ctx)
