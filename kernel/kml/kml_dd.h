@@ -186,8 +186,9 @@ static inline u8 kml_dd_score_bucket(s32 r)
 /*
  * Observe mode watching part of the time (module parameter observe_every N):
  * one window of KML_DD_OBSERVE_WINDOW inserts in every N is tracked, the others
- * go untracked (a call, a countdown and a counter each).  A window's first
- * KML_DD_OBSERVE_WARMUP requests are tracked but neither predicted nor counted:
+ * go untracked (a countdown and a counter each, in line in mq-deadline's
+ * insert: kml_dd_passing()).  A window's first KML_DD_OBSERVE_WARMUP
+ * requests are tracked but neither predicted nor counted:
  * they bring the queue's running state (the features' averages, the queued and
  * in-flight counts, which count tracked requests only) back to what it would
  * have been; the averages follow within a few dozen dispatches, the counts once
@@ -322,7 +323,6 @@ struct kml_dd_global {
 	/* module parameters, policy "cost": a flash device's, 0 unknown */
 	unsigned int cost_channels;
 	unsigned int cost_stripe_sectors;
-	unsigned int observe_every;	/* module parameter, observe mode */
 	unsigned int lazy;		/* module parameter, active mode */
 	unsigned int sample_unclaimed;	/* module parameter */
 	/*

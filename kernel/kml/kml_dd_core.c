@@ -45,7 +45,6 @@ struct kml_dd_global kml_dd = {
 	.cost_age_shift = KML_DD_COST_AGE_SHIFT,
 	.cost_credit_permille = KML_DD_COST_CREDIT_PERMILLE,
 	.cost_late_permille = KML_DD_COST_LATE_PERMILLE,
-	.observe_every = 1,
 	.sample_unclaimed = 1,
 	.skill_window = KML_DD_SKILL_WINDOW,
 	.skill_window_ms = KML_DD_SKILL_WINDOW_MS,
@@ -61,6 +60,12 @@ struct kml_dd_global kml_dd = {
 EXPORT_SYMBOL_IF_KUNIT(kml_dd);
 
 DEFINE_PER_CPU(struct kml_dd_counters, kml_dd_counters);
+/*
+ * KML_DD_S_UNOBSERVED's counts apart: mq-deadline's insert counts them in
+ * line (kml_dd_passing()), and sees only this of the statistics.
+ */
+DEFINE_PER_CPU(u64, kml_dd_unobserved);
+EXPORT_PER_CPU_SYMBOL_GPL(kml_dd_unobserved);
 
 /* ------------------------------------------------------------ parameters */
 
@@ -352,8 +357,11 @@ MODULE_PARM_DESC(cost_miss_budget_permille,
  * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1
  * watches every request; N > 1 one window in N, the rest untracked.
  */
+unsigned int kml_dd_observe_every __read_mostly = 1;
+EXPORT_SYMBOL_GPL(kml_dd_observe_every);
+
 static struct kml_dd_uint_range observe_every_range = {
-	.v = &kml_dd.observe_every,
+	.v = &kml_dd_observe_every,
 	.min = 1,
 	.max = KML_DD_OBSERVE_MAX_EVERY,
 };
@@ -586,9 +594,12 @@ VISIBLE_IF_KUNIT u64 kml_dd_stat_read(unsigned int s)
 	u64 sum = atomic64_read(&kml_dd.gauges[s]);
 	int cpu;
 
-	for_each_possible_cpu(cpu)
-		/* data_race: others increment it; a snapshot is all we need */
+	for_each_possible_cpu(cpu) {
+		/* data_race: others increment them; a snapshot is all we need */
 		sum += data_race(per_cpu(kml_dd_counters.stats[s], cpu));
+		if (s == KML_DD_S_UNOBSERVED)
+			sum += data_race(per_cpu(kml_dd_unobserved, cpu)); /* same */
+	}
 	return sum;
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_stat_read);
@@ -617,6 +628,7 @@ static void kml_dd_counters_zero(void *unused)
 {
 	memset(this_cpu_ptr(&kml_dd_counters), 0,
 	       sizeof(struct kml_dd_counters));
+	this_cpu_write(kml_dd_unobserved, 0);
 }
 
 /*
@@ -632,9 +644,11 @@ static void kml_dd_stats_reset(void)
 
 	cpus_read_lock();
 	for_each_possible_cpu(cpu)
-		if (!cpu_online(cpu))
+		if (!cpu_online(cpu)) {
 			memset(per_cpu_ptr(&kml_dd_counters, cpu), 0,
 			       sizeof(struct kml_dd_counters));
+			per_cpu(kml_dd_unobserved, cpu) = 0;
+		}
 	on_each_cpu(kml_dd_counters_zero, NULL, 1);
 	cpus_read_unlock();
 	for (i = 0; i < KML_DD_NR_STATS; i++)
@@ -1188,7 +1202,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));
 	seq_printf(m, "cost_stripe_sectors %u\n",
 		   READ_ONCE(kml_dd.cost_stripe_sectors));
-	seq_printf(m, "observe_every %u\n", READ_ONCE(kml_dd.observe_every));
+	seq_printf(m, "observe_every %u\n", READ_ONCE(kml_dd_observe_every));
 	seq_printf(m, "lazy %u\n", READ_ONCE(kml_dd.lazy));
 	seq_printf(m, "sample_unclaimed %u\n",
 		   READ_ONCE(kml_dd.sample_unclaimed));

@@ -843,9 +843,10 @@ static struct kml_dd_ctx *kml_dd_ctx_get(struct kml_dd_queue *kq)
 
 /*
  * Where @kq's next insert falls in observe mode's duty cycle (kml_dd.h,
- * KML_DD_OBSERVE_WINDOW): false while nobody watches, when the request
- * goes untracked (a countdown, no division); true otherwise, with
- * *@warmup set in a window's first KML_DD_OBSERVE_WARMUP requests.  A
+ * KML_DD_OBSERVE_WINDOW), @kq in observe mode: false while nobody
+ * watches, when the request goes untracked (a countdown, no division);
+ * true otherwise, with *@warmup set in a window's first
+ * KML_DD_OBSERVE_WARMUP requests.  A
  * cycle starts with a window when the mode is written.  Under the
  * scheduler lock; kml_dd_mode_store() zeroes the counters without it
  * (marked accesses: a restart lost to a concurrent insert only leaves
@@ -853,18 +854,22 @@ static struct kml_dd_ctx *kml_dd_ctx_get(struct kml_dd_queue *kq)
  */
 static bool kml_dd_watching(struct kml_dd_queue *kq, bool *warmup)
 {
-	u32 every = READ_ONCE(kml_dd.observe_every);
-	u32 skip, pos;
+	u32 every = READ_ONCE(kml_dd_observe_every);
+	u32 skip = READ_ONCE(kq->observe_skip);
+	u32 pos;
 
-	*warmup = false;
-	if (every <= 1 || READ_ONCE(kq->mode) != KML_DD_OBSERVE)
+	if (kq->observe_every != every) {
+		/* a smaller N counts from now, not after the old, longer pause */
+		skip = min(skip, (every - 1) * KML_DD_OBSERVE_WINDOW);
+		WRITE_ONCE(kq->observe_skip, skip);
+		kq->observe_every = every;
+	}
+	if (every <= 1)
 		return true;
-	/* a smaller N counts from now, not after the old, longer pause */
-	skip = min(READ_ONCE(kq->observe_skip),
-		   (every - 1) * KML_DD_OBSERVE_WINDOW);
 	if (skip) {
+		/* kml_dd_passing()'s, for a request it left to this path */
 		WRITE_ONCE(kq->observe_skip, skip - 1);
-		kml_dd_stat_inc(KML_DD_S_UNOBSERVED);
+		this_cpu_inc(kml_dd_unobserved);
 		return false;
 	}
 	pos = READ_ONCE(kq->observe_pos);
@@ -941,30 +946,42 @@ static noinline void kml_dd_track(struct kml_dd_queue *kq, struct request *rq,
 }
 
 /*
- * The insert hook: a request observe mode lets pass untracked (with
- * observe_every, 15 in 16) returns before kml_dd_track()'s work is set
- * up, and a tracked one goes there by a tail call.  (In line, the two
- * need callee-saved registers, which both paths then save.)
+ * @ctx's request inserted again (no path in 6.1 does: a requeue goes to
+ * the dispatch list, see __kml_dd_dispatch()): the first insert's
+ * features and times are kept.  Out of line: in line, its registers made
+ * the insert hook move its arguments about.
+ */
+static noinline void kml_dd_reinsert(struct kml_dd_queue *kq,
+				     struct kml_dd_ctx *ctx)
+{
+	if (ctx->dispatch_ns) {
+		atomic_dec(&kq->inflight);
+		atomic_inc(&kq->queued[ctx->in.op]);
+		ctx->dispatch_ns = 0;
+	}
+	ctx->flags |= KML_DD_SAMPLE_REQUEUED;
+}
+
+/*
+ * The insert hook, past kml_dd_passing(), @mode the queue's as the caller
+ * read it: a request observe mode lets pass here (the first of a pause
+ * counted for another N) returns before kml_dd_track()'s work is set up,
+ * and a tracked one goes there by a tail call.  (In line, the two paths
+ * need callee-saved registers, which both then save.)
  */
 void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 		     struct request *fifo_head, unsigned long expire,
-		     bool same_dir)
+		     bool same_dir, int mode)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
-	bool warmup;
+	bool warmup = false;
 
 	if (unlikely(ctx)) {
-		/*
-		 * Inserted again (no path in 6.1 does: a requeue goes to the
-		 * dispatch list, see __kml_dd_dispatch()): keep the first
-		 * insert's features and times
-		 */
-		if (ctx->dispatch_ns) {
-			atomic_dec(&kq->inflight);
-			atomic_inc(&kq->queued[ctx->in.op]);
-			ctx->dispatch_ns = 0;
-		}
-		ctx->flags |= KML_DD_SAMPLE_REQUEUED;
+		kml_dd_reinsert(kq, ctx);
+		return;
+	}
+	if (mode != KML_DD_OBSERVE) {
+		kml_dd_track(kq, rq, fifo_head, expire, same_dir, false);
 		return;
 	}
 	if (kml_dd_watching(kq, &warmup))

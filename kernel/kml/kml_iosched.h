@@ -103,6 +103,7 @@ struct kml_dd_queue {
 	u32 predict_seq;		/* predictions, for KML_DD_TIME_EVERY */
 	u32 observe_pos;		/* observe_every: place in its window */
 	u32 observe_skip;		/* observe_every: inserts to let pass */
+	u32 observe_every;		/* the N observe_skip was counted for */
 	/* any context */
 	struct llist_head returned;	/* contexts freed at completion */
 	atomic_t queued[2];		/* tracked requests in the scheduler */
@@ -145,6 +146,9 @@ struct kml_dd_queue {
 #ifdef CONFIG_KML_IOSCHED
 
 extern unsigned int kml_dd_policy;	/* enum kml_dd_policy */
+extern unsigned int kml_dd_observe_every;	/* observe mode: 1 window in N */
+/* the statistic "unobserved", counted in mq-deadline's insert */
+DECLARE_PER_CPU(u64, kml_dd_unobserved);
 /* some queue's kml_mode is not off (kml_dd_mode_store()) */
 DECLARE_STATIC_KEY_FALSE(kml_dd_enabled);
 
@@ -152,7 +156,7 @@ int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q);
 void kml_dd_exit(struct kml_dd_queue *kq);
 void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 		     struct request *fifo_head, unsigned long expire,
-		     bool same_dir);
+		     bool same_dir, int mode);
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq);
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq);
 void kml_dd_note_urgent(struct request *rq);
@@ -183,26 +187,60 @@ static __always_inline bool kml_dd_on(void)
 }
 
 /*
+ * Observe mode between two of its windows (observe_every N > 1, kml_dd.h):
+ * @rq goes untracked, counted by a countdown and a per-CPU increment, in
+ * line, without a call (15 requests in 16).  The windows themselves, a
+ * pause counted for another N and a request inserted again are left to
+ * kml_dd_watching().  Under the scheduler lock.
+ */
+static __always_inline bool kml_dd_passing(struct kml_dd_queue *kq,
+					   struct request *rq)
+{
+	u32 skip = READ_ONCE(kq->observe_skip);
+
+	if (!skip || kq->observe_every != READ_ONCE(kml_dd_observe_every) ||
+	    kml_dd_ctx(rq))
+		return false;
+	WRITE_ONCE(kq->observe_skip, skip - 1);
+	this_cpu_inc(kml_dd_unobserved);
+	return true;
+}
+
+/* The request ahead of @rq, just added to the tail of @fifo: its first. */
+static __always_inline struct request *kml_dd_ahead(struct list_head *fifo,
+						    struct request *rq)
+{
+	struct request *head = list_first_entry(fifo, struct request,
+						queuelist);
+
+	return head != rq ? head : NULL;
+}
+
+/*
  * Called with the scheduler lock held, just after @rq joined the tail of
  * its FIFO @fifo: last, so that mq-deadline keeps nothing across the call.
- * The request ahead of it there is the FIFO's first unless that is @rq;
- * looked up past the key, as the compiler does not sink an argument's
- * loads below it.  @expire is in jiffies.  A request inserted again with
- * a context (no path in 6.1 does) is seen only while the key is on.
+ * The request ahead of it is looked up only on the paths that call, as
+ * the compiler does not sink an argument's loads below a test; the mode
+ * is passed on as read.  A request observe mode lets pass between its
+ * windows makes no call (kml_dd_passing()).  @expire is in jiffies.  A
+ * request inserted again with a context (no path in 6.1 does) is seen
+ * only while the key is on.
  */
 static __always_inline void kml_dd_insert(struct kml_dd_queue *kq,
 					  struct request *rq,
 					  struct list_head *fifo,
 					  unsigned long expire, bool same_dir)
 {
-	struct request *head;
+	int mode;
 
-	if (kml_dd_on() &&
-	    (READ_ONCE(kq->mode) != KML_DD_OFF || kml_dd_ctx(rq))) {
-		head = list_first_entry(fifo, struct request, queuelist);
-		__kml_dd_insert(kq, rq, head != rq ? head : NULL, expire,
-				same_dir);
-	}
+	if (!kml_dd_on())
+		return;
+	mode = READ_ONCE(kq->mode);
+	if (mode == KML_DD_ACTIVE ||
+	    (mode == KML_DD_OBSERVE && !kml_dd_passing(kq, rq)) ||
+	    (mode == KML_DD_OFF && kml_dd_ctx(rq)))
+		__kml_dd_insert(kq, rq, kml_dd_ahead(fifo, rq), expire,
+				same_dir, mode);
 }
 
 /*

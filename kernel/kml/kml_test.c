@@ -1373,7 +1373,8 @@ static void kml_test_dd_hooks_count_met(struct kunit *test)
 		met = kml_dd_stat_read(KML_DD_S_SAMPLES_MET);
 		rq->__sector = 8 * i;
 		rq->start_time_ns = meet ? ktime_get_ns() : 1;
-		__kml_dd_insert(kq, rq, NULL, meet ? HZ : 1, true);
+		__kml_dd_insert(kq, rq, NULL, meet ? HZ : 1, true,
+				KML_DD_ACTIVE);
 		if (!kml_dd_ctx(rq)) {
 			KUNIT_FAIL(test, "case %d: not tracked", i);
 			break;
@@ -1399,11 +1400,11 @@ static void kml_test_dd_hooks_count_met(struct kunit *test)
 	WRITE_ONCE(kml_dd.sample_unclaimed, 0);
 	samples = kml_dd_stat_read(KML_DD_S_SAMPLES);
 	rq->start_time_ns = ktime_get_ns();
-	__kml_dd_insert(kq, rq, NULL, HZ, true);
+	__kml_dd_insert(kq, rq, NULL, HZ, true, KML_DD_ACTIVE);
 	KUNIT_EXPECT_EQ(test, atomic_read(&kq->queued[0]), 1);
 	__kml_dd_finish(kq, rq);
 	KUNIT_EXPECT_EQ(test, kml_dd_stat_read(KML_DD_S_SAMPLES), samples);
-	__kml_dd_insert(kq, rq, NULL, HZ, true);
+	__kml_dd_insert(kq, rq, NULL, HZ, true, KML_DD_ACTIVE);
 	__kml_dd_dispatch(kq, rq);
 	__kml_dd_dispatch(kq, rq);
 	KUNIT_EXPECT_EQ(test, atomic_read(&kq->inflight), 1);
@@ -1413,6 +1414,94 @@ static void kml_test_dd_hooks_count_met(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, atomic_read(&kq->queued[0]), 0);
 	WRITE_ONCE(kml_dd.sample_unclaimed, unclaimed);
 	WRITE_ONCE(kml_dd.lazy, lazy);
+	kml_dd_exit(kq);
+}
+
+/*
+ * Inserts through mq-deadline's own hook, kml_dd_insert(), until @n have
+ * gone by or, with @until_tracked, one is tracked; a tracked one is taken
+ * back at once.  How many went untracked.
+ */
+static unsigned int kml_test_observe_run(struct kml_dd_queue *kq,
+					 struct request *rq,
+					 struct list_head *fifo,
+					 unsigned int n, bool until_tracked)
+{
+	unsigned int i, passed = 0;
+
+	for (i = 0; i < n; i++) {
+		kml_dd_insert(kq, rq, fifo, HZ, true);
+		if (!kml_dd_ctx(rq)) {
+			passed++;
+			continue;
+		}
+		__kml_dd_dispatch(kq, rq);
+		__kml_dd_finish(kq, rq);
+		if (until_tracked)
+			break;
+	}
+	return passed;
+}
+
+/*
+ * Observe mode one window in N (observe_every), through the insert hook
+ * mq-deadline calls: a window of KML_DD_OBSERVE_WINDOW requests tracked,
+ * then (N - 1) windows' worth let pass in line (kml_dd_passing()) and
+ * counted as unobserved, exactly; a smaller N written during a pause
+ * shortens it from then on, and N = 1 tracks every request.  The
+ * parameters are put back however the case ends.
+ */
+static void kml_test_dd_observe_cycle(struct kunit *test)
+{
+	const unsigned int w = KML_DD_OBSERVE_WINDOW;
+	struct kml_dd_queue *kq = kunit_kzalloc(test, sizeof(*kq), GFP_KERNEL);
+	struct request_queue *q = kunit_kzalloc(test, sizeof(*q), GFP_KERNEL);
+	struct request *rq = kunit_kzalloc(test, sizeof(*rq), GFP_KERNEL);
+	unsigned int every = READ_ONCE(kml_dd_observe_every);
+	unsigned int unclaimed = READ_ONCE(kml_dd.sample_unclaimed);
+	LIST_HEAD(fifo);
+	u64 unobserved;
+
+	KUNIT_ASSERT_NOT_NULL(test, kq);
+	KUNIT_ASSERT_NOT_NULL(test, q);
+	KUNIT_ASSERT_NOT_NULL(test, rq);
+	KUNIT_ASSERT_EQ(test, kml_dd_init(kq, q), 0);
+	WRITE_ONCE(kml_dd.sample_unclaimed, 0);
+	WRITE_ONCE(kml_dd_observe_every, 4);
+	KUNIT_EXPECT_EQ(test, kml_dd_mode_store(kq, "observe", 7), 7L);
+	rq->q = q;
+	rq->cmd_flags = REQ_OP_READ;
+	rq->__data_len = 4096;
+	rq->start_time_ns = ktime_get_ns();
+	list_add_tail(&rq->queuelist, &fifo);
+	unobserved = kml_dd_stat_read(KML_DD_S_UNOBSERVED);
+
+	/* a cycle: the window, then three windows' worth untracked */
+	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, w, false),
+			0U);
+	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, 3 * w,
+						   false), 3 * w);
+	KUNIT_EXPECT_EQ(test, kml_dd_stat_read(KML_DD_S_UNOBSERVED),
+			unobserved + 3 * w);
+	/* the next window, and 100 of the pause after it */
+	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, w, false),
+			0U);
+	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, 100, false),
+			100U);
+	/* N = 2 from now: one window's worth more, not the 2,972 left */
+	WRITE_ONCE(kml_dd_observe_every, 2);
+	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, 4 * w, true),
+			w);
+	/* N = 1: every request */
+	WRITE_ONCE(kml_dd_observe_every, 1);
+	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, w, false),
+			0U);
+	KUNIT_EXPECT_EQ(test, kml_dd_stat_read(KML_DD_S_UNOBSERVED),
+			unobserved + 4 * w + 100);
+
+	list_del_init(&rq->queuelist);
+	WRITE_ONCE(kml_dd_observe_every, every);
+	WRITE_ONCE(kml_dd.sample_unclaimed, unclaimed);
 	kml_dd_exit(kq);
 }
 #endif
@@ -1450,6 +1539,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_dd_feat_take),
 	KUNIT_CASE(kml_test_dd_head_relearns),
 	KUNIT_CASE(kml_test_dd_hooks_count_met),
+	KUNIT_CASE(kml_test_dd_observe_cycle),
 #endif
 	{}
 };
