@@ -61,8 +61,9 @@ EXPORT_SYMBOL_IF_KUNIT(kml_dd);
 
 DEFINE_PER_CPU(struct kml_dd_counters, kml_dd_counters);
 /*
- * KML_DD_S_UNOBSERVED's counts apart: mq-deadline's insert counts them in
- * line (kml_dd_passing()), and sees only this of the statistics.
+ * The statistic KML_DD_S_UNOBSERVED, counted here and not in
+ * kml_dd_counters.stats[] (whose slot stays 0): mq-deadline's insert
+ * counts it in line (kml_dd_passing()) and sees nothing else of them.
  */
 DEFINE_PER_CPU(u64, kml_dd_unobserved);
 EXPORT_PER_CPU_SYMBOL_GPL(kml_dd_unobserved);
@@ -594,12 +595,13 @@ VISIBLE_IF_KUNIT u64 kml_dd_stat_read(unsigned int s)
 	u64 sum = atomic64_read(&kml_dd.gauges[s]);
 	int cpu;
 
-	for_each_possible_cpu(cpu) {
-		/* data_race: others increment them; a snapshot is all we need */
+	for_each_possible_cpu(cpu)
+		/* data_race: others increment it; a snapshot is all we need */
 		sum += data_race(per_cpu(kml_dd_counters.stats[s], cpu));
-		if (s == KML_DD_S_UNOBSERVED)
-			sum += data_race(per_cpu(kml_dd_unobserved, cpu)); /* same */
-	}
+	if (s == KML_DD_S_UNOBSERVED)
+		for_each_possible_cpu(cpu)
+			/* data_race: as above */
+			sum += data_race(per_cpu(kml_dd_unobserved, cpu));
 	return sum;
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_stat_read);

@@ -845,12 +845,13 @@ static struct kml_dd_ctx *kml_dd_ctx_get(struct kml_dd_queue *kq)
  * Where @kq's next insert falls in observe mode's duty cycle (kml_dd.h,
  * KML_DD_OBSERVE_WINDOW), @kq in observe mode: false while nobody
  * watches, when the request goes untracked (a countdown, no division);
- * true otherwise, with *@warmup set in a window's first
- * KML_DD_OBSERVE_WARMUP requests.  A
- * cycle starts with a window when the mode is written.  Under the
- * scheduler lock; kml_dd_mode_store() zeroes the counters without it
- * (marked accesses: a restart lost to a concurrent insert only leaves
- * the cycle where it was).
+ * true otherwise, with *@warmup (false on entry) set in a window's first
+ * KML_DD_OBSERVE_WARMUP requests.  A cycle starts with a window when the
+ * mode is written.  A pause counted for another N is cut to the new N's
+ * at most (N = 1 ends it).  Under the scheduler lock;
+ * kml_dd_mode_store() zeroes the counters without it (marked accesses: a
+ * restart lost to a concurrent insert only leaves the cycle where it
+ * was).
  */
 static bool kml_dd_watching(struct kml_dd_queue *kq, bool *warmup)
 {
@@ -971,7 +972,7 @@ static noinline void kml_dd_reinsert(struct kml_dd_queue *kq,
  */
 void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 		     struct request *fifo_head, unsigned long expire,
-		     bool same_dir, int mode)
+		     bool same_dir, enum kml_dd_mode mode)
 {
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	bool warmup = false;

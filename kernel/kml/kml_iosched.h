@@ -21,6 +21,7 @@
 #include <linux/llist.h>
 #include <linux/seq_file.h>
 #include <linux/jump_label.h>
+#include <linux/percpu.h>
 #include "kml_iosched_uapi.h"
 #include "kml_dd_feat.h"
 
@@ -156,7 +157,7 @@ int kml_dd_init(struct kml_dd_queue *kq, struct request_queue *q);
 void kml_dd_exit(struct kml_dd_queue *kq);
 void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 		     struct request *fifo_head, unsigned long expire,
-		     bool same_dir, int mode);
+		     bool same_dir, enum kml_dd_mode mode);
 void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq);
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq);
 void kml_dd_note_urgent(struct request *rq);
@@ -189,9 +190,9 @@ static __always_inline bool kml_dd_on(void)
 /*
  * Observe mode between two of its windows (observe_every N > 1, kml_dd.h):
  * @rq goes untracked, counted by a countdown and a per-CPU increment, in
- * line, without a call (15 requests in 16).  The windows themselves, a
- * pause counted for another N and a request inserted again are left to
- * kml_dd_watching().  Under the scheduler lock.
+ * line, without a call (N - 1 requests in N).  The windows themselves and
+ * a pause counted for another N are left to kml_dd_watching(), a request
+ * inserted again to kml_dd_reinsert().  Under the scheduler lock.
  */
 static __always_inline bool kml_dd_passing(struct kml_dd_queue *kq,
 					   struct request *rq)
@@ -231,7 +232,7 @@ static __always_inline void kml_dd_insert(struct kml_dd_queue *kq,
 					  struct list_head *fifo,
 					  unsigned long expire, bool same_dir)
 {
-	int mode;
+	enum kml_dd_mode mode;
 
 	if (!kml_dd_on())
 		return;

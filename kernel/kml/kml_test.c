@@ -1447,9 +1447,10 @@ static unsigned int kml_test_observe_run(struct kml_dd_queue *kq,
  * Observe mode one window in N (observe_every), through the insert hook
  * mq-deadline calls: a window of KML_DD_OBSERVE_WINDOW requests tracked,
  * then (N - 1) windows' worth let pass in line (kml_dd_passing()) and
- * counted as unobserved, exactly; a smaller N written during a pause
- * shortens it from then on, and N = 1 tracks every request.  The
- * parameters are put back however the case ends.
+ * counted as unobserved, exactly; a request inserted again during a pause
+ * keeps its context and is not counted; a smaller N written during a
+ * pause shortens it from then on, and N = 1 tracks every request, as
+ * active mode does.  The parameters are put back however the case ends.
  */
 static void kml_test_dd_observe_cycle(struct kunit *test)
 {
@@ -1465,6 +1466,8 @@ static void kml_test_dd_observe_cycle(struct kunit *test)
 	KUNIT_ASSERT_NOT_NULL(test, kq);
 	KUNIT_ASSERT_NOT_NULL(test, q);
 	KUNIT_ASSERT_NOT_NULL(test, rq);
+	KUNIT_ASSERT_EQ(test, atomic_read(&kml_dd.ring_owner),
+			KML_DD_OWNER_NONE);
 	KUNIT_ASSERT_EQ(test, kml_dd_init(kq, q), 0);
 	WRITE_ONCE(kml_dd.sample_unclaimed, 0);
 	WRITE_ONCE(kml_dd_observe_every, 4);
@@ -1476,9 +1479,22 @@ static void kml_test_dd_observe_cycle(struct kunit *test)
 	list_add_tail(&rq->queuelist, &fifo);
 	unobserved = kml_dd_stat_read(KML_DD_S_UNOBSERVED);
 
-	/* a cycle: the window, then three windows' worth untracked */
-	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, w, false),
-			0U);
+	/*
+	 * A cycle: the window (its last request kept), then three windows'
+	 * worth untracked, but for that request inserted again
+	 */
+	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, w - 1,
+						   false), 0U);
+	kml_dd_insert(kq, rq, &fifo, HZ, true);
+	KUNIT_ASSERT_NOT_NULL(test, kml_dd_ctx(rq));
+	kml_dd_insert(kq, rq, &fifo, HZ, true);
+	KUNIT_ASSERT_NOT_NULL(test, kml_dd_ctx(rq));
+	KUNIT_EXPECT_TRUE(test, kml_dd_ctx(rq)->flags &
+			  KML_DD_SAMPLE_REQUEUED);
+	__kml_dd_dispatch(kq, rq);
+	__kml_dd_finish(kq, rq);
+	KUNIT_EXPECT_EQ(test, kml_dd_stat_read(KML_DD_S_UNOBSERVED),
+			unobserved);
 	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, 3 * w,
 						   false), 3 * w);
 	KUNIT_EXPECT_EQ(test, kml_dd_stat_read(KML_DD_S_UNOBSERVED),
@@ -1498,6 +1514,11 @@ static void kml_test_dd_observe_cycle(struct kunit *test)
 			0U);
 	KUNIT_EXPECT_EQ(test, kml_dd_stat_read(KML_DD_S_UNOBSERVED),
 			unobserved + 4 * w + 100);
+	/* active mode, whatever N: every request */
+	WRITE_ONCE(kml_dd_observe_every, 4);
+	KUNIT_EXPECT_EQ(test, kml_dd_mode_store(kq, "active", 6), 6L);
+	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, 2 * w,
+						   false), 0U);
 
 	list_del_init(&rq->queuelist);
 	WRITE_ONCE(kml_dd_observe_every, every);
