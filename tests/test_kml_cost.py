@@ -71,11 +71,14 @@ MODEL = WORKLOADS_DIR / "models" / "deadline-linear-q16.kmlm"
 OBSERVE_MAX = 910
 ACTIVE_MAX = 910
 # Observing one window of 1,024 requests in 16 (model.observe_every): the
-# other requests go untracked (the call, a countdown, a counter).
-# Issue 11's goal, 1% of off's instructions per request, is the bound;
-# measured 122 with this light model (0.84%; the hooks bench's 14-4-1
-# model about 140): at most a sixteenth of observe's cost, plus about 35
-# on each request that passes untracked.
+# other requests go untracked, in line in mq-deadline's insert (a
+# countdown and a counter, no call: kml_dd_passing()). Issue 11's goal,
+# 1% of the stock path's instructions per request, is the bound, against
+# off and, with off's own cost, against the lowest stock total seen
+# (STOCK_LOWEST, below). The hooks bench's 14-4-1 model: 134 against the
+# kernel without the hooks (150 before the inline pass): at most a
+# sixteenth of observe's cost, plus about 20 on each request that passes
+# untracked.
 EVERY = 16
 DUTY_MAX_SHARE = 0.01
 # Active predicting lazily (model.lazy): the features' inputs kept at insert,
@@ -175,8 +178,11 @@ def test_kml_costs_at_most_its_bound(result: dict[str, Any], mode: str, bound: i
 def test_observing_part_of_the_time_costs_at_most_1_percent(
     result: dict[str, Any], run_dir: Path
 ) -> None:
-    kml, stock, parts = _cost(result, f"observe {MODEL.stem} observe_every={EVERY}")
+    label = f"observe {MODEL.stem} observe_every={EVERY}"
+    kml, stock, parts = _cost(result, label)
     assert kml <= DUTY_MAX_SHARE * stock, f"{kml:.0f} of {stock:.0f} ({kml / stock:.2%}): {parts}"
+    duty = result["modes"][label]["vs_stock_kml_per_io"]
+    assert duty <= DUTY_MAX_SHARE * STOCK_LOWEST, f"{duty:.0f} against the kernel without the hooks"
     # and it observed: a window in 16, less its warm-up, was predicted and
     # counted; the rest went by untracked
     [cell] = [
