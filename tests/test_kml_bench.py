@@ -23,8 +23,13 @@ def test_json_contract(capsys):
                 assert all(v > 0 for v in res[key][model][impl].values())
     assert set(res["inference_ns"]["mlp"]["kml-float"]) == {"sample", "batch64", "sample_python"}
     fp = res["footprint_bytes"]
+    by_object = fp.pop("kernel_kml_by_object")
     assert set(fp) == {"libkml_so", "kernel_kml", "kernel_kml_init", "model_linear", "model_mlp"}
     assert all(v is None or isinstance(v, int) for v in fp.values())
+    if fp["kernel_kml"] is None:
+        assert by_object is None
+    else:
+        assert sum(by_object.values()) == fp["kernel_kml"], by_object
     assert 0 < fp["libkml_so"] <= 64 * 1024
     assert 0 < fp["model_linear"] < fp["model_mlp"] <= 4096
 
@@ -71,6 +76,38 @@ def test_kernel_footprint_leaves_out_what_the_kernel_does_not_keep(tmp_path):
     assert extra_sizes["resident"] == plain["resident"], sizes
     assert extra_sizes["discarded"] == 640, sizes
     assert extra_sizes["init"] > 0, sizes
+
+
+@pytest.mark.skipif(shutil.which("cc") is None or shutil.which("ar") is None, reason="no cc/ar")
+def test_kernel_footprint_by_object(tmp_path):
+    """The resident bytes of each member of an archive, largest first, sum
+    to the archive's; a .ko is one object."""
+    cflags = ["-O2", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"]
+    objs = []
+    for name, n in (("small", 10), ("big", 1000)):
+        src = tmp_path / f"kml_{name}.c"
+        src.write_text(f"int kml_{name}[{n}] = {{1}};\n")
+        obj = tmp_path / f"kml_{name}.o"
+        subprocess.run(["cc", "-c", *cflags, str(src), "-o", str(obj)], check=True)
+        objs.append(obj)
+    by_kind = {}
+    # a thin archive, as the kernel's built-in.a, and a regular one
+    for kind, flags in (("thin", "rcsT"), ("regular", "rcs")):
+        ar = tmp_path / kind / "built-in.a"
+        ar.parent.mkdir()
+        subprocess.run(["ar", flags, str(ar), *map(str, objs)], check=True)
+        by_object = bench_lib.kernel_resident_by_object(ar)
+        assert by_object is not None
+        assert list(by_object) == ["kml_big.o", "kml_small.o"], (kind, by_object)
+        total = bench_lib.kernel_sections(ar)
+        assert total is not None and sum(by_object.values()) == total["resident"]
+        by_kind[kind] = by_object
+    assert by_kind["thin"] == by_kind["regular"]
+    assert by_object["kml_big.o"] >= 4000 and 40 <= by_object["kml_small.o"] < 400, by_object
+    ko = tmp_path / "kml.ko"
+    shutil.copy(objs[1], ko)
+    assert bench_lib.kernel_resident_by_object(ko) == {"kml.ko": by_object["kml_big.o"]}
+    assert bench_lib.kernel_resident_by_object(tmp_path / "missing.a") is None
 
 
 @pytest.mark.skipif(shutil.which("cc") is None or shutil.which("ar") is None, reason="no cc/ar")

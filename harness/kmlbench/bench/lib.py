@@ -279,11 +279,16 @@ def _section_kind(name: str, module: bool) -> str:
     return "resident"
 
 
-def kernel_sections(path: Path) -> dict[str, int] | None:
-    """Bytes of the allocated sections of every object in an archive or
-    .ko (readelf), bss apart: ``resident`` (kept while the kernel runs),
-    ``init`` (freed after boot) and ``discarded`` (never loaded); None if
-    readelf cannot read it."""
+# readelf names an archive's member in parentheses, a thin archive's (the
+# kernel's built-in.a) in brackets
+_MEMBER_RE = re.compile(r"^File: .*(?:\((?P<member>[^()]+)\)|\[(?P<thin>[^][]+)\])$")
+
+
+def _allocated_sections(path: Path) -> list[tuple[str, str, int]] | None:
+    """(object, kind, bytes) of every allocated section, bss apart, of every
+    object in an archive or .ko (readelf): the object is the archive's
+    member, or the file's name; the kind ``resident``, ``init`` or
+    ``discarded`` (:func:`_section_kind`). None if readelf cannot read it."""
     try:
         proc = procs.run(
             ["readelf", "-S", "-W", str(path)],
@@ -291,8 +296,13 @@ def kernel_sections(path: Path) -> dict[str, int] | None:
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    out = {"resident": 0, "init": 0, "discarded": 0}
+    member = path.name
+    out = []
     for line in proc.stdout.splitlines():
+        if mm := _MEMBER_RE.match(line):
+            # a thin archive's members are paths
+            member = Path(mm["member"] or mm["thin"]).name
+            continue
         m = _SECTION_RE.match(line)
         if not m or m["type"] == "NOBITS":
             continue
@@ -300,8 +310,35 @@ def kernel_sections(path: Path) -> dict[str, int] | None:
         flags = m["rest"].split()[0]
         if "A" not in flags or flags.isdigit():
             continue
-        out[_section_kind(m["name"], path.suffix == ".ko")] += int(m["size"], 16)
+        kind = _section_kind(m["name"], path.suffix == ".ko")
+        out.append((member, kind, int(m["size"], 16)))
     return out
+
+
+def kernel_sections(path: Path) -> dict[str, int] | None:
+    """Bytes of the allocated sections of every object in an archive or
+    .ko (readelf), bss apart: ``resident`` (kept while the kernel runs),
+    ``init`` (freed after boot) and ``discarded`` (never loaded); None if
+    readelf cannot read it."""
+    sections = _allocated_sections(path)
+    if sections is None:
+        return None
+    out = {"resident": 0, "init": 0, "discarded": 0}
+    for _, kind, size in sections:
+        out[kind] += size
+    return out
+
+
+def kernel_resident_by_object(path: Path) -> dict[str, int] | None:
+    """:func:`kernel_sections`' ``resident`` bytes per object of an archive
+    (one entry for a .ko), largest first; None if readelf cannot read it."""
+    sections = _allocated_sections(path)
+    if sections is None:
+        return None
+    out: dict[str, int] = {}
+    for member, kind, size in sections:
+        out[member] = out.get(member, 0) + (size if kind == "resident" else 0)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def find_kernel_kml(explicit: Path | None = None) -> Path | None:
@@ -327,7 +364,8 @@ def find_kernel_kml(explicit: Path | None = None) -> Path | None:
 
 
 def footprint(kernel_build: Path | None) -> tuple[dict[str, Any], str | None]:
-    """``footprint_bytes`` (all values ints or None) and the kernel object measured."""
+    """``footprint_bytes`` (ints or None; ``kernel_kml_by_object`` the resident
+    bytes per object, or None) and the kernel object measured."""
     so = build_libkml()
     kobj = find_kernel_kml(kernel_build)
     loaded = {}
@@ -339,6 +377,7 @@ def footprint(kernel_build: Path | None) -> tuple[dict[str, Any], str | None]:
         "libkml_so": so.stat().st_size,
         "kernel_kml": sections["resident"] if sections else None,
         "kernel_kml_init": sections["init"] if sections else None,
+        "kernel_kml_by_object": kernel_resident_by_object(kobj) if kobj else None,
         "model_linear": loaded["linear"],
         "model_mlp": loaded["mlp"],
     }, (str(kobj) if kobj else None)
@@ -434,6 +473,8 @@ def table(res: dict[str, Any]) -> str:
         if kk is not None
         else "  kernel KML          n/a  (no built kernel found)"
     )
+    for name, size in (fp["kernel_kml_by_object"] or {}).items():
+        lines.append(f"    {name:<22s} {size:>8,}")
     if fp["kernel_kml_init"] is not None:
         lines.append(f"  kernel init    {fp['kernel_kml_init']:>8,}  (freed after boot)")
     lines.append(f"  model linear   {fp['model_linear']:>8,}  (loaded; goal <= 4,096)")
