@@ -656,10 +656,13 @@ for ch in "8 8" "16 1" "1 1048576" "8 8"; do
     echo active > {Q}/iosched/kml_mode
     sleep 0.2
 done
+# N written while observe mode runs, too: a pause cut in mid-course
 for e in 2 1 3 1; do
     echo $e > {P}/observe_every
     echo observe > {Q}/iosched/kml_mode
     sleep 0.2
+    echo $((e % 3 + 1)) > {P}/observe_every
+    sleep 0.1
     echo active > {Q}/iosched/kml_mode
 done
 # the scheduler switched away while KML is on gives its count back
