@@ -66,10 +66,14 @@ enum kml_dd_stat {
 
 /*
  * The inference-time and error histograms' buckets (kml_dd_hist_bucket()):
- * the last one, from 7 * 2^38 (32 minutes in ns, 22 days in us), holds
- * everything beyond.  Per CPU, so each bucket costs 8 bytes a CPU.
+ * the last one holds everything from its start on: 2^24 ns (17 ms, where
+ * an inference under a spinlock has long gone wrong) and 2^32 us (71
+ * minutes; a prediction is clamped at 8 deadlines).  Per CPU, so each
+ * bucket costs 8 bytes a CPU.
  */
-#define KML_DD_HIST_BUCKETS 160
+#define KML_DD_HIST_BUCKETS(lg_last)	(8 + ((lg_last) - 3) * 4 + 1)
+#define KML_DD_INFER_BUCKETS		KML_DD_HIST_BUCKETS(24)
+#define KML_DD_ERR_BUCKETS		KML_DD_HIST_BUCKETS(32)
 /*
  * A prediction's score for the AUC of the statistics: its residual
  * lg(predicted issue us) - lg(deadline us), the score the calibration
@@ -284,8 +288,8 @@ struct kml_dd_model {
  */
 struct kml_dd_counters {
 	u64 stats[KML_DD_NR_STATS];
-	u64 inference_hist[KML_DD_HIST_BUCKETS];
-	u64 err_hist[KML_DD_HIST_BUCKETS];	/* abs error, us */
+	u64 inference_hist[KML_DD_INFER_BUCKETS];
+	u64 err_hist[KML_DD_ERR_BUCKETS];	/* abs error, us */
 	u64 score_hist[2][KML_DD_SCORE_BUCKETS];	/* met, missed */
 };
 
@@ -423,25 +427,27 @@ static inline unsigned int kml_dd_decision_permille(void)
 }
 
 /*
- * Inference-time histogram: exact below 8 ns, then four buckets per power
+ * A histogram of @nr buckets: exact below 8, then four buckets per power
  * of two, so p50/p99 are read to within 25%; the last bucket holds all
  * from its start on.
  */
-static inline unsigned int kml_dd_hist_bucket(u64 ns)
+static inline unsigned int kml_dd_hist_bucket(u64 v, unsigned int nr)
 {
 	unsigned int n;
 
-	if (ns < 8)
-		return ns;
-	n = fls64(ns) - 1;		/* >= 3 */
-	return min_t(unsigned int, 8 + (n - 3) * 4 + ((ns >> (n - 2)) & 3),
-		     KML_DD_HIST_BUCKETS - 1);
+	if (v < 8)
+		return v;
+	n = fls64(v) - 1;		/* >= 3 */
+	return min_t(unsigned int, 8 + (n - 3) * 4 + ((v >> (n - 2)) & 3),
+		     nr - 1);
 }
 
 /* A timed inference (one in KML_DD_TIME_EVERY) took @ns. */
 static inline void kml_dd_note_inference_time(u64 ns)
 {
-	this_cpu_inc(kml_dd_counters.inference_hist[kml_dd_hist_bucket(ns)]);
+	unsigned int b = kml_dd_hist_bucket(ns, KML_DD_INFER_BUCKETS);
+
+	this_cpu_inc(kml_dd_counters.inference_hist[b]);
 }
 
 /* One row of a compiled first layer: Q16.16, not yet saturated. */

@@ -572,8 +572,9 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_RING_UNCLAIMED] = "ring_unclaimed",
 };
 
-/* The range of inference times bucket @b of kml_dd_hist_bucket() holds. */
-static void kml_dd_hist_bounds(unsigned int b, u64 *lo, u64 *hi)
+/* The range bucket @b of kml_dd_hist_bucket() with @nr buckets holds. */
+static void kml_dd_hist_bounds(unsigned int b, unsigned int nr, u64 *lo,
+			       u64 *hi)
 {
 	unsigned int n, sub;
 
@@ -585,8 +586,7 @@ static void kml_dd_hist_bounds(unsigned int b, u64 *lo, u64 *hi)
 	n = (b - 8) / 4 + 3;
 	sub = (b - 8) % 4;
 	*lo = (u64)(4 + sub) << (n - 2);
-	*hi = b == KML_DD_HIST_BUCKETS - 1 ? U64_MAX :
-					     (u64)(5 + sub) << (n - 2);
+	*hi = b == nr - 1 ? U64_MAX : (u64)(5 + sub) << (n - 2);
 }
 
 /* A statistic: the sum of the CPUs' counts, plus its gauge. */
@@ -777,7 +777,8 @@ static void kml_dd_account(const struct kml_dd_outcome *o)
 					       o->issue_ns - o->pred_issue_ns;
 	err = div_u64(err, NSEC_PER_USEC);
 	kml_dd_stat_add(KML_DD_S_ISSUE_ABS_ERR_US, err);
-	this_cpu_inc(kml_dd_counters.err_hist[kml_dd_hist_bucket(err)]);
+	this_cpu_inc(kml_dd_counters.err_hist[kml_dd_hist_bucket(err,
+						KML_DD_ERR_BUCKETS)]);
 	this_cpu_inc(kml_dd_counters.score_hist[!o->met][o->score]);
 	kml_dd_skill_note(o);
 }
@@ -1217,18 +1218,18 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   READ_ONCE(kml_dd.skill_min_permille));
 	seq_printf(m, "stepped_aside %d\n", kml_dd_stepped_aside());
 	seq_printf(m, "auc_ppm %lld\n", kml_dd_score_auc_ppm());
-	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
+	for (i = 0; i < KML_DD_INFER_BUCKETS; i++) {
 		n = kml_dd_hist_read(i, false);
 		if (!n)
 			continue;
-		kml_dd_hist_bounds(i, &lo, &hi);
+		kml_dd_hist_bounds(i, KML_DD_INFER_BUCKETS, &lo, &hi);
 		seq_printf(m, "inference_ns_hist %llu %llu %llu\n", lo, hi, n);
 	}
-	for (i = 0; i < KML_DD_HIST_BUCKETS; i++) {
+	for (i = 0; i < KML_DD_ERR_BUCKETS; i++) {
 		n = kml_dd_hist_read(i, true);
 		if (!n)
 			continue;
-		kml_dd_hist_bounds(i, &lo, &hi);
+		kml_dd_hist_bounds(i, KML_DD_ERR_BUCKETS, &lo, &hi);
 		seq_printf(m, "issue_abs_err_us_hist %llu %llu %llu\n",
 			   lo, hi, n);
 	}
