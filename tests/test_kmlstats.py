@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from kmlbench.data import kmlstats
+from kmlbench.data import histogram, kmlstats
 from kmlbench.data.kmlstats import Bucket, KmlStatsError, parse_stats
 
 # As /sys/kernel/debug/kml/iosched prints it (docs/kml-iosched.md); the
@@ -120,6 +120,22 @@ def test_percentile_interpolation_edges() -> None:
     # empty buckets in between are skipped
     gap = [Bucket(100, 200, 5), Bucket(200, 300, 0), Bucket(400, 500, 5)]
     assert kmlstats.hist_percentile(gap, 60) == pytest.approx(400 + 100 * 1 / 5)
+
+
+def test_the_open_last_bucket_reads_as_its_lower_bound() -> None:
+    """The kernel's last bucket runs to U64_MAX (an inference of 17 ms or
+    more, under a preempted vCPU): its values read as at least its lo, and
+    the record's bins stay within int64 (the figures' histograms)."""
+    open_text = STATS + "inference_ns_hist 16777216 18446744073709551615 2\n"
+    stats = parse_stats(open_text)
+    assert stats.histogram[-1].hi == kmlstats.OPEN_HI
+    assert kmlstats.hist_percentile(stats.histogram, 100) == pytest.approx(16777216)
+    tail = [Bucket(100, 200, 1), Bucket(400, kmlstats.OPEN_HI, 3)]
+    assert kmlstats.hist_percentile(tail, 90) == pytest.approx(400)
+    bins = kmlstats.kml_stats_record(stats)["inference_ns"]["bins"]
+    assert bins["16777216"] == 2 and max(map(int, bins)) < 2**63, bins
+    hist = histogram.Histogram.from_bins(bins)
+    assert hist.percentile(100) == 16777216
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,11 @@ class KmlStatsError(ValueError):
     """Statistics text that does not follow the format of docs/kml-iosched.md."""
 
 
+# The kernel's last histogram bucket holds everything from its ``lo`` on:
+# its ``hi`` is U64_MAX (kml_dd_hist_bounds(), docs/kml-iosched.md).
+OPEN_HI = 2**64 - 1
+
+
 @dataclass(frozen=True)
 class Bucket:
     """``lo <= t < hi`` nanoseconds, ``count`` inferences."""
@@ -71,6 +76,12 @@ class Bucket:
     lo: int
     hi: int
     count: int
+
+    @property
+    def top(self) -> int:
+        """``hi``, or for the open last bucket ``lo``: what is known of its
+        values is that they are at least that."""
+        return self.lo if self.hi == OPEN_HI else self.hi
 
 
 @dataclass
@@ -256,8 +267,8 @@ def hist_percentile(buckets: Iterable[Bucket], pct: float) -> float | None:
     With rank ``r = pct/100 * total``, the bucket where the running count
     reaches ``r`` holds the value, at ``lo + (hi - lo) * (r - before) /
     count``: samples are taken as spread evenly over the bucket, the usual
-    assumption for a histogram with no finer information. ``None`` for an
-    empty histogram.
+    assumption for a histogram with no finer information; in the open last
+    bucket, ``lo`` (:attr:`Bucket.top`). ``None`` for an empty histogram.
     """
     items = [b for b in buckets if b.count > 0]
     total = sum(b.count for b in items)
@@ -267,9 +278,9 @@ def hist_percentile(buckets: Iterable[Bucket], pct: float) -> float | None:
     before = 0
     for b in items:
         if before + b.count >= rank:
-            return b.lo + (b.hi - b.lo) * max(0.0, rank - before) / b.count
+            return b.lo + (b.top - b.lo) * max(0.0, rank - before) / b.count
         before += b.count
-    return float(items[-1].hi)
+    return float(items[-1].top)
 
 
 def metrics(stats: KmlStats) -> dict[str, float | int | None]:
@@ -407,7 +418,7 @@ def kml_stats_record(
     bins: dict[str, int] = {}
     for b in stats.histogram:
         if b.count:
-            mid = str((b.lo + b.hi) // 2)
+            mid = str((b.lo + b.top) // 2)
             bins[mid] = bins.get(mid, 0) + b.count
     if bins:
         record["inference_ns"] = {"bins": bins}
