@@ -24,7 +24,10 @@ def test_json_contract(capsys):
     assert set(res["inference_ns"]["mlp"]["kml-float"]) == {"sample", "batch64", "sample_python"}
     fp = res["footprint_bytes"]
     by_object = fp.pop("kernel_kml_by_object")
-    assert set(fp) == {"libkml_so", "kernel_kml", "kernel_kml_init", "model_linear", "model_mlp"}
+    assert set(fp) == {
+        "libkml_so", "kernel_kml", "kernel_kml_init", "kernel_kml_per_cpu",
+        "model_linear", "model_mlp",
+    }  # fmt: skip
     assert all(v is None or isinstance(v, int) for v in fp.values())
     if fp["kernel_kml"] is None:
         assert by_object is None
@@ -58,6 +61,7 @@ def test_kernel_footprint_leaves_out_what_the_kernel_does_not_keep(tmp_path):
         'static const char kml_info[600] __attribute__((section(".modinfo"), used)) = "l=GPL";\n'
         'static const char kml_d[40] __attribute__((section(".discard.addressable"), used));\n'
         '__attribute__((section(".init.text"), used)) int kml_init(int a) { return a + 1; }\n'
+        'long kml_pcpu[96] __attribute__((section(".data..percpu"), used)) = {1};\n'
     )
     sizes = {}
     for name, text in (("plain", base), ("extra", base + extra)):
@@ -76,6 +80,8 @@ def test_kernel_footprint_leaves_out_what_the_kernel_does_not_keep(tmp_path):
     assert extra_sizes["resident"] == plain["resident"], sizes
     assert extra_sizes["discarded"] == 640, sizes
     assert extra_sizes["init"] > 0, sizes
+    # per-CPU data is a template copied for each CPU, counted apart
+    assert extra_sizes["per_cpu"] == 768 and plain["per_cpu"] == 0, sizes
 
 
 @pytest.mark.skipif(shutil.which("cc") is None or shutil.which("ar") is None, reason="no cc/ar")

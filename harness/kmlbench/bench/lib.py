@@ -251,8 +251,12 @@ def bench_torch(model: str, quick: bool) -> tuple[dict[str, Any], dict[str, Any]
 # and retpolines' patch sites. The rest (text, read-only data, data, the
 # export tables), bss apart, stays resident. In a module only the init
 # sections are freed: with module unloading, .exit.* and the patch sites
-# stay.
+# stay. Per-CPU data (.data..percpu) is a template, copied for each
+# possible CPU: on x86-64 SMP vmlinux links it among the init sections and
+# frees it, and the module loader does not keep it either; it is counted
+# apart, as bytes per CPU.
 _DISCARDED = (".modinfo", ".discard", ".exitcall.exit")
+_PER_CPU = ".data..percpu"
 _FREED_ALWAYS = (".init.", ".initcall", ".con_initcall.init", ".x86_")
 _FREED_BUILT_IN = (
     ".exit.",
@@ -274,6 +278,8 @@ _SECTION_RE = re.compile(
 def _section_kind(name: str, module: bool) -> str:
     if name.startswith(_DISCARDED):
         return "discarded"
+    if name.startswith(_PER_CPU):
+        return "per_cpu"
     if name.startswith(_FREED_ALWAYS) or (not module and name.startswith(_FREED_BUILT_IN)):
         return "init"
     return "resident"
@@ -292,6 +298,8 @@ def _allocated_sections(path: Path) -> list[tuple[str, str, int]] | None:
     try:
         proc = procs.run(
             ["readelf", "-S", "-W", str(path)],
+            # its headers ("File:") are translated in other locales
+            env={**os.environ, "LC_ALL": "C"},
             capture_output=True, text=True, check=True, timeout=60,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
@@ -315,30 +323,34 @@ def _allocated_sections(path: Path) -> list[tuple[str, str, int]] | None:
     return out
 
 
-def kernel_sections(path: Path) -> dict[str, int] | None:
-    """Bytes of the allocated sections of every object in an archive or
-    .ko (readelf), bss apart: ``resident`` (kept while the kernel runs),
-    ``init`` (freed after boot) and ``discarded`` (never loaded); None if
-    readelf cannot read it."""
-    sections = _allocated_sections(path)
-    if sections is None:
-        return None
-    out = {"resident": 0, "init": 0, "discarded": 0}
+def _sum_sections(sections: list[tuple[str, str, int]]) -> dict[str, int]:
+    out = {"resident": 0, "init": 0, "discarded": 0, "per_cpu": 0}
     for _, kind, size in sections:
         out[kind] += size
     return out
+
+
+def _resident_by_object(sections: list[tuple[str, str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for member, kind, size in sections:
+        out[member] = out.get(member, 0) + (size if kind == "resident" else 0)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def kernel_sections(path: Path) -> dict[str, int] | None:
+    """Bytes of the allocated sections of every object in an archive or
+    .ko (readelf), bss apart: ``resident`` (kept while the kernel runs),
+    ``init`` (freed after boot), ``discarded`` (never loaded) and
+    ``per_cpu`` (bytes for each CPU); None if readelf cannot read it."""
+    sections = _allocated_sections(path)
+    return None if sections is None else _sum_sections(sections)
 
 
 def kernel_resident_by_object(path: Path) -> dict[str, int] | None:
     """:func:`kernel_sections`' ``resident`` bytes per object of an archive
     (one entry for a .ko), largest first; None if readelf cannot read it."""
     sections = _allocated_sections(path)
-    if sections is None:
-        return None
-    out: dict[str, int] = {}
-    for member, kind, size in sections:
-        out[member] = out.get(member, 0) + (size if kind == "resident" else 0)
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+    return None if sections is None else _resident_by_object(sections)
 
 
 def find_kernel_kml(explicit: Path | None = None) -> Path | None:
@@ -372,12 +384,15 @@ def footprint(kernel_build: Path | None) -> tuple[dict[str, Any], str | None]:
     for model in MODELS:
         m = _kml_model(model, "float32")
         loaded[model] = Model.from_bytes(m.to_bytes()).footprint_bytes
-    sections = kernel_sections(kobj) if kobj else None
+    # one read of the object, so that the sum and the parts agree
+    read = _allocated_sections(kobj) if kobj else None
+    sums = _sum_sections(read) if read is not None else None
     return {
         "libkml_so": so.stat().st_size,
-        "kernel_kml": sections["resident"] if sections else None,
-        "kernel_kml_init": sections["init"] if sections else None,
-        "kernel_kml_by_object": kernel_resident_by_object(kobj) if kobj else None,
+        "kernel_kml": sums["resident"] if sums else None,
+        "kernel_kml_init": sums["init"] if sums else None,
+        "kernel_kml_per_cpu": sums["per_cpu"] if sums else None,
+        "kernel_kml_by_object": _resident_by_object(read) if read is not None else None,
         "model_linear": loaded["linear"],
         "model_mlp": loaded["mlp"],
     }, (str(kobj) if kobj else None)
@@ -475,6 +490,8 @@ def table(res: dict[str, Any]) -> str:
     )
     for name, size in (fp["kernel_kml_by_object"] or {}).items():
         lines.append(f"    {name:<22s} {size:>8,}")
+    if fp["kernel_kml_per_cpu"] is not None:
+        lines.append(f"  kernel per CPU {fp['kernel_kml_per_cpu']:>8,}  (for each possible CPU)")
     if fp["kernel_kml_init"] is not None:
         lines.append(f"  kernel init    {fp['kernel_kml_init']:>8,}  (freed after boot)")
     lines.append(f"  model linear   {fp['model_linear']:>8,}  (loaded; goal <= 4,096)")
