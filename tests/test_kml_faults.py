@@ -614,7 +614,8 @@ def test_no_sample_is_made_while_nobody_holds_the_ring(g: Guest) -> None:
 
 
 def test_switching_modes_and_scheduler_under_io(g: Guest) -> None:
-    fio_start(g, "switch", 6)
+    # longer than the script's sleeps (about 7.5 s), so that all of it runs under I/O
+    fio_start(g, "switch", 12)
     script = f"""
 set -e
 # queues_on: this queue counted in the static key while its mode is on
@@ -656,7 +657,8 @@ for ch in "8 8" "16 1" "1 1048576" "8 8"; do
     echo active > {Q}/iosched/kml_mode
     sleep 0.2
 done
-# N written while observe mode runs, too: a pause cut in mid-course
+# N written while observe mode runs, too: made larger (2 to 3), cut to 1
+# (3 to 1, which ends a pause) and made larger from 1
 for e in 2 1 3 1; do
     echo $e > {P}/observe_every
     echo observe > {Q}/iosched/kml_mode
