@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from kmlbench import cli
+from kmlbench.bench import footprint as kfp
 from kmlbench.bench import lib as bench_lib
 
 
@@ -45,9 +46,9 @@ def test_kernel_footprint_from_a_build_dir(tmp_path):
     kml_dir.mkdir(parents=True)
     subprocess.run(["cc", "-c", "-O2", str(src), "-o", str(tmp_path / "x.o")], check=True)
     subprocess.run(["ar", "rcs", str(kml_dir / "built-in.a"), str(tmp_path / "x.o")], check=True)
-    found = bench_lib.find_kernel_kml(tmp_path / "build")
+    found = kfp.find_kernel_kml(tmp_path / "build")
     assert found == kml_dir / "built-in.a"
-    size = bench_lib.kernel_sections(found)
+    size = kfp.kernel_sections(found)
     assert size is not None and size["resident"] >= 400  # 100 ints of data plus some text
     assert size["init"] == size["discarded"] == 0
 
@@ -74,7 +75,7 @@ def test_kernel_footprint_leaves_out_what_the_kernel_does_not_keep(tmp_path):
         ar = tmp_path / name / "built-in.a"
         ar.parent.mkdir()
         subprocess.run(["ar", "rcs", str(ar), str(obj)], check=True)
-        sizes[name] = bench_lib.kernel_sections(ar)
+        sizes[name] = kfp.kernel_sections(ar)
     plain, extra_sizes = sizes["plain"], sizes["extra"]
     assert plain is not None and extra_sizes is not None
     assert extra_sizes["resident"] == plain["resident"], sizes
@@ -102,18 +103,18 @@ def test_kernel_footprint_by_object(tmp_path):
         ar = tmp_path / kind / "built-in.a"
         ar.parent.mkdir()
         subprocess.run(["ar", flags, str(ar), *map(str, objs)], check=True)
-        by_object = bench_lib.kernel_resident_by_object(ar)
+        by_object = kfp.kernel_resident_by_object(ar)
         assert by_object is not None
         assert list(by_object) == ["kml_big.o", "kml_small.o"], (kind, by_object)
-        total = bench_lib.kernel_sections(ar)
+        total = kfp.kernel_sections(ar)
         assert total is not None and sum(by_object.values()) == total["resident"]
         by_kind[kind] = by_object
     assert by_kind["thin"] == by_kind["regular"]
     assert by_object["kml_big.o"] >= 4000 and 40 <= by_object["kml_small.o"] < 400, by_object
     ko = tmp_path / "kml.ko"
     shutil.copy(objs[1], ko)
-    assert bench_lib.kernel_resident_by_object(ko) == {"kml.ko": by_object["kml_big.o"]}
-    assert bench_lib.kernel_resident_by_object(tmp_path / "missing.a") is None
+    assert kfp.kernel_resident_by_object(ko) == {"kml.ko": by_object["kml_big.o"]}
+    assert kfp.kernel_resident_by_object(tmp_path / "missing.a") is None
 
 
 @pytest.mark.skipif(shutil.which("cc") is None or shutil.which("ar") is None, reason="no cc/ar")
@@ -132,7 +133,7 @@ def test_exit_sections_are_freed_built_in_and_kept_in_a_module(tmp_path):
     subprocess.run(["ar", "rcs", str(ar), str(obj)], check=True)
     ko = tmp_path / "kml.ko"
     shutil.copy(obj, ko)
-    built_in, module = bench_lib.kernel_sections(ar), bench_lib.kernel_sections(ko)
+    built_in, module = kfp.kernel_sections(ar), kfp.kernel_sections(ko)
     assert built_in is not None and module is not None
     assert built_in["init"] > 0 and module["init"] == 0, (built_in, module)
     assert module["resident"] == built_in["resident"] + built_in["init"], (built_in, module)
