@@ -622,6 +622,22 @@ static u64 kml_dd_hist_read(unsigned int b, bool err)
 	return sum;
 }
 
+/* A histogram's non-empty buckets as "@name lo hi count" lines. */
+static void kml_dd_hist_show(struct seq_file *m, const char *name, bool err,
+			     unsigned int nr)
+{
+	unsigned int i;
+	u64 lo, hi, n;
+
+	for (i = 0; i < nr; i++) {
+		n = kml_dd_hist_read(i, err);
+		if (!n)
+			continue;
+		kml_dd_hist_bounds(i, nr, &lo, &hi);
+		seq_printf(m, "%s %llu %llu %llu\n", name, lo, hi, n);
+	}
+}
+
 /*
  * On each CPU, in the IPI (interrupts off): an increment there is one
  * instruction or runs with interrupts off, so none is half done.
@@ -1155,7 +1171,7 @@ static s64 kml_dd_score_auc_ppm(void)
 static int kml_dd_stats_show(struct seq_file *m, void *v)
 {
 	unsigned int i;
-	u64 lo, hi, n;
+	u64 n;
 
 	seq_printf(m, "abi_version %d\n", KML_DD_ABI_VERSION);
 	seq_printf(m, "model_loaded %d\n",
@@ -1218,21 +1234,8 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   READ_ONCE(kml_dd.skill_min_permille));
 	seq_printf(m, "stepped_aside %d\n", kml_dd_stepped_aside());
 	seq_printf(m, "auc_ppm %lld\n", kml_dd_score_auc_ppm());
-	for (i = 0; i < KML_DD_INFER_BUCKETS; i++) {
-		n = kml_dd_hist_read(i, false);
-		if (!n)
-			continue;
-		kml_dd_hist_bounds(i, KML_DD_INFER_BUCKETS, &lo, &hi);
-		seq_printf(m, "inference_ns_hist %llu %llu %llu\n", lo, hi, n);
-	}
-	for (i = 0; i < KML_DD_ERR_BUCKETS; i++) {
-		n = kml_dd_hist_read(i, true);
-		if (!n)
-			continue;
-		kml_dd_hist_bounds(i, KML_DD_ERR_BUCKETS, &lo, &hi);
-		seq_printf(m, "issue_abs_err_us_hist %llu %llu %llu\n",
-			   lo, hi, n);
-	}
+	kml_dd_hist_show(m, "inference_ns_hist", false, KML_DD_INFER_BUCKETS);
+	kml_dd_hist_show(m, "issue_abs_err_us_hist", true, KML_DD_ERR_BUCKETS);
 	return 0;
 }
 
