@@ -103,8 +103,9 @@ def test_kernel_footprint_by_object(tmp_path):
         ar = tmp_path / kind / "built-in.a"
         ar.parent.mkdir()
         subprocess.run(["ar", flags, str(ar), *map(str, objs)], check=True)
-        by_object = kfp.kernel_resident_by_object(ar)
-        assert by_object is not None
+        sections = kfp.allocated_sections(ar)
+        assert sections is not None
+        by_object = kfp.resident_by_object(sections)
         assert list(by_object) == ["kml_big.o", "kml_small.o"], (kind, by_object)
         total = kfp.kernel_sections(ar)
         assert total is not None and sum(by_object.values()) == total["resident"]
@@ -113,8 +114,10 @@ def test_kernel_footprint_by_object(tmp_path):
     assert by_object["kml_big.o"] >= 4000 and 40 <= by_object["kml_small.o"] < 400, by_object
     ko = tmp_path / "kml.ko"
     shutil.copy(objs[1], ko)
-    assert kfp.kernel_resident_by_object(ko) == {"kml.ko": by_object["kml_big.o"]}
-    assert kfp.kernel_resident_by_object(tmp_path / "missing.a") is None
+    ko_sections = kfp.allocated_sections(ko)
+    assert ko_sections is not None
+    assert kfp.resident_by_object(ko_sections) == {"kml.ko": by_object["kml_big.o"]}
+    assert kfp.allocated_sections(tmp_path / "missing.a") is None
 
 
 @pytest.mark.skipif(shutil.which("cc") is None or shutil.which("ar") is None, reason="no cc/ar")

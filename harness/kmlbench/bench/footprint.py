@@ -65,8 +65,9 @@ _MEMBER_RE = re.compile(r"^File: .*(?:\((?P<member>[^()]+)\)|\[(?P<thin>[^][]+)\
 def allocated_sections(path: Path) -> list[tuple[str, str, int]] | None:
     """(object, kind, bytes) of every allocated section, bss apart, of every
     object in an archive or .ko (readelf): the object is the archive's
-    member, or the file's name; the kind ``resident``, ``init`` or
-    ``discarded`` (:func:`_section_kind`). None if readelf cannot read it."""
+    member, or the file's name; the kind ``resident``, ``init``,
+    ``discarded`` or ``per_cpu`` (:func:`_section_kind`). None if readelf
+    cannot read it."""
     try:
         proc = procs.run(
             ["readelf", "-S", "-W", str(path)],
@@ -118,13 +119,6 @@ def kernel_sections(path: Path) -> dict[str, int] | None:
     ``per_cpu`` (bytes for each CPU); None if readelf cannot read it."""
     sections = allocated_sections(path)
     return None if sections is None else sum_sections(sections)
-
-
-def kernel_resident_by_object(path: Path) -> dict[str, int] | None:
-    """:func:`kernel_sections`' ``resident`` bytes per object of an archive
-    (one entry for a .ko), largest first; None if readelf cannot read it."""
-    sections = allocated_sections(path)
-    return None if sections is None else resident_by_object(sections)
 
 
 def find_kernel_kml(explicit: Path | None = None) -> Path | None:
