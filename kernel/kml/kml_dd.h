@@ -171,7 +171,10 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * ... and the credit grows as if the request were due within
  * cost_horizon_ms, if that is sooner than its deadline (0: its deadline):
  * a write due in 500 ms then ages as fast as a read due in 100 ms, and the
- * writes stop making the tail.  A minute at most.
+ * writes stop making the tail.  A minute at most.  Told a flash device's
+ * channels instead, cost_late_permille and cost_horizon_ms act on the
+ * plain credit, from the deadline or the horizon (kml_iosched.c,
+ * kml_dd_flash_credit()).
  */
 #define KML_DD_COST_MAX_HORIZON_MS	60000
 /*

@@ -728,6 +728,33 @@ static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
 }
 
 /*
+ * Told a flash device's channels, the credit of a request that has waited
+ * @wait of its @deadline, ns, with cost_late_permille set: until its
+ * deadline, or @horizon_ms where that is sooner, the plain credit (its age
+ * and lateness, as predicted by a steering model, shifted right by
+ * @shift); past that point, by its age alone, growing on at @late_permille
+ * thousandths of the rate before.  2000 with no horizon is the plain
+ * credit, which ages twice as fast once late; 8000 at a shift of 3 is a
+ * nanosecond of credit for each one waited, which soon outbids any wait
+ * for a channel, so that the requests past the horizon go about oldest
+ * first while the younger ones keep the channels busy: the tail is then
+ * bounded near the horizon.  The caller bounds @wait by KML_DD_COST_STARVE
+ * deadlines, so that the product fits in 64 bits.
+ */
+static s64 kml_dd_flash_credit(s64 wait, s64 late, s64 deadline,
+			       u32 late_permille, u32 horizon_ms, u32 shift)
+{
+	s64 base = (s64)horizon_ms * NSEC_PER_MSEC;
+
+	if (!base || base > deadline)
+		base = max_t(s64, deadline, 1);
+	if (wait < base)
+		return (wait + max_t(s64, late, 0)) >> shift;
+	return (base + (s64)div_u64((u64)(wait - base) * late_permille,
+				    1000)) >> shift;
+}
+
+/*
  * Whether @kq may spend misses on the tail (cost_late_permille,
  * cost_horizon_ms): while the share of requests it dispatched late lately
  * is under cost_miss_budget_permille, or always with no budget set.
@@ -773,8 +800,8 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	s64 wait, late, deadline, cost;
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
-	bool geom = kml_dd_geom(&g);
-	u32 late_permille, horizon_ms;
+	bool geom = kml_dd_geom(&g), flash = false;
+	u32 late_permille = 0, horizon_ms = 0;
 	unsigned int b;
 	u64 busy;
 
@@ -784,6 +811,7 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 					   max_t(u64, now,
 						 READ_ONCE(kq->svc_busy_until)));
 	} else if (kml_dd_flash(&f)) {
+		flash = true;
 		/* the wait for its channel, then its own time there */
 		busy = READ_ONCE(kq->chan_busy_until[kml_dd_channel(&f, pos)]);
 		cost = (busy > now ? busy - now : 0) +
@@ -808,18 +836,17 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 		__kml_dd_predict_lazy(kq, ctx);
 	if (ctx && ctx->pred_valid && ctx->steer)
 		late = max_t(s64, late, (s64)ctx->pred_issue_ns - deadline);
-	if (geom) {
-		late_permille = 0;
-		horizon_ms = 0;
-		if (kml_dd_tail_allowed(kq)) {
-			late_permille = READ_ONCE(kml_dd.cost_late_permille);
-			horizon_ms = READ_ONCE(kml_dd.cost_horizon_ms);
-		}
-		if (wait < deadline || late_permille)
-			return cost - kml_dd_due_credit(&g, wait, late, deadline,
-							late_permille,
-							horizon_ms);
+	if ((geom || flash) && kml_dd_tail_allowed(kq)) {
+		late_permille = READ_ONCE(kml_dd.cost_late_permille);
+		horizon_ms = READ_ONCE(kml_dd.cost_horizon_ms);
 	}
+	if (geom && (wait < deadline || late_permille))
+		return cost - kml_dd_due_credit(&g, wait, late, deadline,
+						late_permille, horizon_ms);
+	if (flash && late_permille)
+		return cost - kml_dd_flash_credit(wait, late, deadline,
+						  late_permille, horizon_ms,
+						  READ_ONCE(kml_dd.cost_age_shift));
 	return cost - ((wait + max_t(s64, late, 0)) >>
 		       READ_ONCE(kml_dd.cost_age_shift));
 }
@@ -991,6 +1018,21 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 EXPORT_SYMBOL_GPL(__kml_dd_insert);
 
 /*
+ * The share of @kq's dispatches that were late (the label, decided at the
+ * dispatch of @ctx), a running average that cost_miss_budget_permille
+ * bounds (kml_dd_tail_allowed()).
+ */
+static void kml_dd_note_missed(struct kml_dd_queue *kq,
+			       const struct kml_dd_ctx *ctx)
+{
+	u32 missed = ctx->met ? 0 : 1 << 16;
+	u32 avg = READ_ONCE(kq->svc_missed);
+
+	WRITE_ONCE(kq->svc_missed, avg + ((s32)(missed - avg) >>
+					  KML_DD_COST_MISSED_SHIFT));
+}
+
+/*
  * Policy cost's view of @rq, dispatched at @now: its seek from where the
  * request is now (a merge may have moved its start), or given a geometry,
  * what the device will do with it.  Out of line, so that other modes and
@@ -1001,7 +1043,7 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 					  struct request *rq, u64 now)
 {
 	u64 pos = blk_rq_pos(rq), t0;
-	u32 nr = blk_rq_sectors(rq), ch, missed, avg;
+	u32 nr = blk_rq_sectors(rq), ch;
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
 	/* a device's geometry concerns its reads and writes only */
@@ -1033,11 +1075,7 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		ctx->svc_done_ns = t0 + kml_dd_geom_service(kq, &g, kq->head,
 							    pos, nr, t0);
 		WRITE_ONCE(kq->svc_busy_until, ctx->svc_done_ns);
-		/* the share dispatched late (the label, decided at dispatch) */
-		missed = ctx->met ? 0 : 1 << 16;
-		avg = READ_ONCE(kq->svc_missed);
-		WRITE_ONCE(kq->svc_missed, avg + ((s32)(missed - avg) >>
-						  KML_DD_COST_MISSED_SHIFT));
+		kml_dd_note_missed(kq, ctx);
 	} else if (kml_dd_flash(&f)) {
 		if (!rw)
 			return;
@@ -1048,6 +1086,7 @@ static noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 		ctx->svc_pos = pos;
 		ctx->svc_done_ns = t0 + READ_ONCE(kq->svc_ns[ctx->in.op]);
 		WRITE_ONCE(kq->chan_busy_until[ch], ctx->svc_done_ns);
+		kml_dd_note_missed(kq, ctx);
 	} else {
 		ctx->svc_bucket = !known ? KML_DD_SVC_NONE :
 				  kml_dd_svc_bucket(pos > kq->head ?

@@ -1329,6 +1329,78 @@ static void kml_test_dd_head_relearns(struct kunit *test)
 }
 
 /*
+ * Policy cost told a flash device's channels (8, striped every 8
+ * sectors), at a shift of 3: a read that has waited 3 ms of its 2 ms for
+ * channel 1, busy for another millisecond, against one just queued for
+ * idle channel 0.  The plain credit, (3 + 1) ms >> 3, is worth less than
+ * the wait for channel 1, and the young one goes first.  With
+ * cost_late_permille 8000 and a horizon of 1 ms the old one's credit is
+ * (1 + 2 x 8) ms >> 3 and it goes first; 2000 with no horizon is the
+ * plain credit again.  The parameters are put back however the case ends.
+ */
+static void kml_test_dd_flash_horizon(struct kunit *test)
+{
+	struct kml_dd_queue *kq = kunit_kzalloc(test, sizeof(*kq), GFP_KERNEL);
+	struct request *rq = kunit_kzalloc(test, 2 * sizeof(*rq), GFP_KERNEL);
+	struct kml_dd_ctx *ctx = kunit_kzalloc(test, 2 * sizeof(*ctx),
+					       GFP_KERNEL);
+	unsigned int saved[5] = {
+		READ_ONCE(kml_dd.cost_channels),
+		READ_ONCE(kml_dd.cost_stripe_sectors),
+		READ_ONCE(kml_dd.cost_age_shift),
+		READ_ONCE(kml_dd.cost_late_permille),
+		READ_ONCE(kml_dd.cost_horizon_ms),
+	};
+	const u64 now = 10 * NSEC_PER_SEC, svc = 125 * NSEC_PER_USEC;
+	s64 young, old;
+	int i;
+
+	KUNIT_ASSERT_NOT_NULL(test, kq);
+	KUNIT_ASSERT_NOT_NULL(test, rq);
+	KUNIT_ASSERT_NOT_NULL(test, ctx);
+	for (i = 0; i < 2; i++) {
+		rq[i].elv.priv[1] = &ctx[i];
+		rq[i].cmd_flags = REQ_OP_READ;
+		ctx[i].in.deadline_ns = 2 * NSEC_PER_MSEC;
+	}
+	rq[1].__sector = 8;			/* channel 1 */
+	ctx[0].in.insert_ns = now;
+	ctx[1].in.insert_ns = now - 3 * NSEC_PER_MSEC;
+	kq->svc_ns[0] = svc;
+	kq->chan_busy_until[1] = now + NSEC_PER_MSEC;
+
+	WRITE_ONCE(kml_dd.cost_channels, 8);
+	WRITE_ONCE(kml_dd.cost_stripe_sectors, 8);
+	WRITE_ONCE(kml_dd.cost_age_shift, 3);
+	WRITE_ONCE(kml_dd.cost_late_permille, 0);
+	WRITE_ONCE(kml_dd.cost_horizon_ms, 0);
+	young = kml_dd_cost(kq, &rq[0], 0, now, 0);
+	old = kml_dd_cost(kq, &rq[1], 0, now, 0);
+	KUNIT_EXPECT_EQ(test, young, (s64)svc);
+	KUNIT_EXPECT_EQ(test, old, (s64)(NSEC_PER_MSEC + svc) -
+				   (s64)(4 * NSEC_PER_MSEC >> 3));
+	KUNIT_EXPECT_LT(test, young, old);
+
+	WRITE_ONCE(kml_dd.cost_late_permille, 2000);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), old);
+
+	WRITE_ONCE(kml_dd.cost_late_permille, 8000);
+	WRITE_ONCE(kml_dd.cost_horizon_ms, 1);
+	old = kml_dd_cost(kq, &rq[1], 0, now, 0);
+	KUNIT_EXPECT_EQ(test, old, (s64)(NSEC_PER_MSEC + svc) -
+				   (s64)(17 * NSEC_PER_MSEC >> 3));
+	KUNIT_EXPECT_LT(test, old, young);
+	/* the young one is within its horizon: the plain credit, none */
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), young);
+
+	WRITE_ONCE(kml_dd.cost_channels, saved[0]);
+	WRITE_ONCE(kml_dd.cost_stripe_sectors, saved[1]);
+	WRITE_ONCE(kml_dd.cost_age_shift, saved[2]);
+	WRITE_ONCE(kml_dd.cost_late_permille, saved[3]);
+	WRITE_ONCE(kml_dd.cost_horizon_ms, saved[4]);
+}
+
+/*
  * One request through the hooks, active and lazy, on a queue of no disk:
  * a completion counts it met when it was dispatched within its deadline
  * (kml_dd_met(), decided at the dispatch), both where nobody wants its
@@ -1559,6 +1631,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_dd_fast_compile),
 	KUNIT_CASE(kml_test_dd_feat_take),
 	KUNIT_CASE(kml_test_dd_head_relearns),
+	KUNIT_CASE(kml_test_dd_flash_horizon),
 	KUNIT_CASE(kml_test_dd_hooks_count_met),
 	KUNIT_CASE(kml_test_dd_observe_cycle),
 #endif

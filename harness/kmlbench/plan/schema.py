@@ -286,7 +286,8 @@ MODEL_FIELDS: dict[str, Field] = {
     # in thousandths of a revolution (kml_dd.h, KML_DD_COST_CREDIT_PERMILLE)
     "cost_credit_permille": Field("int", 1000, _between(0, 8000)),
     # ... and past its deadline, how fast the credit grows on, in thousandths
-    # of its rate before (0: slow ageing; kml_dd.h, KML_DD_COST_LATE_PERMILLE)
+    # of its rate before (0: slow ageing; kml_dd.h, KML_DD_COST_LATE_PERMILLE);
+    # with a flash device's channels, the same from the plain age credit
     "cost_late_permille": Field("int", 0, _between(0, 8000)),
     # ... as if it were due within this many ms, where that is sooner than its
     # deadline (0: its deadline; kml_dd.h, KML_DD_COST_MAX_HORIZON_MS)
