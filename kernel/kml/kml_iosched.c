@@ -396,13 +396,21 @@ static void kml_dd_geom_learn(struct kml_dd_queue *kq,
 /*
  * Policy cost's candidates on either side of the head, per direction: more
  * given a geometry, where the cheapest request need not be the nearest.
+ * Given a flash device's channels instead, *@by_age: sector order says
+ * nothing of a request's cost there, and a request far from the head would
+ * wait until it were the oldest, while younger ones went to its channel
+ * (the tail); the candidates are then the oldest, twice the span of them.
  */
-unsigned int kml_dd_cost_span(void)
+unsigned int kml_dd_cost_span(bool *by_age)
 {
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
 
-	return kml_dd_geom(&g) || kml_dd_flash(&f) ? KML_DD_COST_GEOM_SPAN : 1;
+	*by_age = false;
+	if (kml_dd_geom(&g))
+		return KML_DD_COST_GEOM_SPAN;
+	*by_age = kml_dd_flash(&f);
+	return *by_age ? KML_DD_COST_GEOM_SPAN : 1;
 }
 EXPORT_SYMBOL_GPL(kml_dd_cost_span);
 
