@@ -397,9 +397,9 @@ static void kml_dd_geom_learn(struct kml_dd_queue *kq,
  * Policy cost's candidates on either side of the head, per direction: more
  * given a geometry, where the cheapest request need not be the nearest.
  * Given a flash device's channels instead, *@by_age: sector order says
- * nothing of a request's cost there, and a request far from the head would
- * wait until it were the oldest, while younger ones went to its channel
- * (the tail); the candidates are then the oldest, twice the span of them.
+ * nothing of a request's cost there, and which requests lay near the head
+ * was chance; the candidates are then the oldest, twice the span of them,
+ * which are those the age credit and the horizon are about.
  */
 unsigned int kml_dd_cost_span(bool *by_age)
 {
