@@ -138,9 +138,10 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * KML_DD_COST_GEOM_SPAN requests on either side of the head in sector
  * order, per direction, not one: where a sector passes under the head
  * matters as much as its seek, and it does not follow sector order across
- * cylinders.  A revolution and a track are at most a second and 2^20
- * sectors, so that no product overflows; a cylinder, only ever a divisor,
- * at most 2^24 sectors.  A
+ * cylinders.  (Given a flash device's channels instead, twice as many of
+ * the oldest: kml_iosched.c, kml_dd_cost_span().)  A revolution and a
+ * track are at most a second and 2^20 sectors, so that no product
+ * overflows; a cylinder, only ever a divisor, at most 2^24 sectors.  A
  * seek's bounds (kml_iosched.c, kml_dd_geom_learn()) leak apart by a
  * revolution >> KML_DD_SEEK_LEAK_SHIFT per sample.  The platter's phase
  * moves an eighth of the way to each sample.
