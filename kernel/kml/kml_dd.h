@@ -173,8 +173,9 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * cost_horizon_ms, if that is sooner than its deadline (0: its deadline):
  * a write due in 500 ms then ages as fast as a read due in 100 ms, and the
  * writes stop making the tail.  A minute at most.  Told a flash device's
- * channels instead, cost_late_permille and cost_horizon_ms act on the
- * plain credit, from the deadline or the horizon (kml_iosched.c,
+ * channels instead, both act on the plain credit, and only with
+ * cost_late_permille set: a request's age grows at that many thousandths
+ * of its rate from the deadline or the horizon (kml_iosched.c,
  * kml_dd_flash_credit()).
  */
 #define KML_DD_COST_MAX_HORIZON_MS	60000

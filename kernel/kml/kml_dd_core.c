@@ -331,7 +331,7 @@ static struct kml_dd_uint_range cost_late_permille_range = {
 module_param_cb(cost_late_permille, &kml_dd_uint_range_ops,
 		&cost_late_permille_range, 0644);
 MODULE_PARM_DESC(cost_late_permille,
-		 "policy cost with a geometry: past its deadline a request's credit grows on at this many thousandths of its rate before (0 = slow ageing; max "
+		 "policy cost with a geometry or channels: past its deadline (or horizon) a request's credit grows on at this many thousandths of its rate before (0 = slow ageing; max "
 		 __stringify(KML_DD_COST_MAX_LATE_PERMILLE) ")");
 
 static struct kml_dd_uint_range cost_horizon_ms_range = {
@@ -341,7 +341,7 @@ static struct kml_dd_uint_range cost_horizon_ms_range = {
 module_param_cb(cost_horizon_ms, &kml_dd_uint_range_ops,
 		&cost_horizon_ms_range, 0644);
 MODULE_PARM_DESC(cost_horizon_ms,
-		 "policy cost with a geometry: a request's credit grows as if it were due within this many ms, if sooner than its deadline (0 = its deadline; max "
+		 "policy cost with a geometry, or channels and cost_late_permille: a request's credit grows as if it were due within this many ms, if sooner than its deadline (0 = its deadline; max "
 		 __stringify(KML_DD_COST_MAX_HORIZON_MS) ")");
 
 static struct kml_dd_uint_range cost_miss_budget_permille_range = {
@@ -351,7 +351,7 @@ static struct kml_dd_uint_range cost_miss_budget_permille_range = {
 module_param_cb(cost_miss_budget_permille, &kml_dd_uint_range_ops,
 		&cost_miss_budget_permille_range, 0644);
 MODULE_PARM_DESC(cost_miss_budget_permille,
-		 "policy cost with a geometry: cost_late_permille and cost_horizon_ms only while fewer than this many in 1000 requests are dispatched late (0 or 1000 = always; max "
+		 "policy cost with a geometry or channels: cost_late_permille and cost_horizon_ms only while fewer than this many in 1000 requests are dispatched late (0 or 1000 = always; max "
 		 __stringify(KML_DD_COST_MAX_MISS_BUDGET) ")");
 
 /*

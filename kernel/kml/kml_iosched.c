@@ -737,29 +737,30 @@ static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
 
 /*
  * Told a flash device's channels, the credit of a request that has waited
- * @wait of its @deadline, ns, with cost_late_permille set: until its
- * deadline, or @horizon_ms where that is sooner, the plain credit (its age
- * and lateness, as predicted by a steering model, shifted right by
- * @shift); past that point, by its age alone, growing on at @late_permille
- * thousandths of the rate before.  2000 with no horizon is the plain
- * credit, which ages twice as fast once late; 8000 at a shift of 3 is a
- * nanosecond of credit for each one waited, which soon outbids any wait
- * for a channel, so that the requests past the horizon go about oldest
- * first while the younger ones keep the channels busy: the tail is then
- * bounded near the horizon.  The caller bounds @wait by KML_DD_COST_STARVE
- * deadlines, so that the product fits in 64 bits.
+ * @wait of its @deadline, ns, with cost_late_permille set: the plain
+ * credit, its age and its lateness (past, or as predicted by a steering
+ * model) shifted right by @shift, but with its age growing, from its
+ * deadline or @horizon_ms where that is sooner, at @late_permille
+ * thousandths of the rate before.  1000 is the plain credit; 8000 at a
+ * shift of 3 is a nanosecond of credit for each one waited, which soon
+ * outbids any wait for a channel, so that the requests past the horizon
+ * go about oldest first while the younger ones keep the channels busy.
+ * Continuous in @wait, and the lateness counts on both sides of the
+ * horizon.  The caller bounds @wait by KML_DD_COST_STARVE deadlines;
+ * mul_u64_u32_div() keeps the product whole for any expiry mq-deadline
+ * takes (up to INT_MAX ms).
  */
 static s64 kml_dd_flash_credit(s64 wait, s64 late, s64 deadline,
 			       u32 late_permille, u32 horizon_ms, u32 shift)
 {
-	s64 base = (s64)horizon_ms * NSEC_PER_MSEC;
+	s64 base = (s64)horizon_ms * NSEC_PER_MSEC, age = wait;
 
 	if (!base || base > deadline)
 		base = max_t(s64, deadline, 1);
-	if (wait < base)
-		return (wait + max_t(s64, late, 0)) >> shift;
-	return (base + (s64)div_u64((u64)(wait - base) * late_permille,
-				    1000)) >> shift;
+	if (wait > base)
+		age = base + (s64)mul_u64_u32_div(wait - base, late_permille,
+						  1000);
+	return (age + max_t(s64, late, 0)) >> shift;
 }
 
 /*
@@ -789,7 +790,9 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
  * and past it (unless cost_late_permille carries that on) the same slow
  * ageing: a request past its deadline has missed
  * it whatever comes next, and the credit goes to those that can still meet
- * theirs.  With every request served late making the next ones later,
+ * theirs.  Given a flash device's channels, with cost_late_permille set,
+ * kml_dd_flash_credit() instead (its age grows faster past the deadline or
+ * the horizon).  With every request served late making the next ones later,
  * serving the latest first would make them all late.  For a
  * request the model predicted to miss while steering, the lateness is at
  * least the predicted one: acting on that before the deadline is what can

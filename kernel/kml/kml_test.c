@@ -1333,10 +1333,13 @@ static void kml_test_dd_head_relearns(struct kunit *test)
  * sectors), at a shift of 3: a read that has waited 3 ms of its 2 ms for
  * channel 1, busy for another millisecond, against one just queued for
  * idle channel 0.  The plain credit, (3 + 1) ms >> 3, is worth less than
- * the wait for channel 1, and the young one goes first.  With
- * cost_late_permille 8000 and a horizon of 1 ms the old one's credit is
- * (1 + 2 x 8) ms >> 3 and it goes first; 2000 with no horizon is the
- * plain credit again.  The parameters are put back however the case ends.
+ * the wait for channel 1, and the young one goes first; so it is with
+ * cost_late_permille 1000, whatever the horizon.  With 8000 and a horizon
+ * of 1 ms the old one's age is 1 + 2 x 8 ms, its credit (17 + 1) ms >> 3,
+ * and it goes first; with a horizon past its deadline, from the deadline:
+ * (2 + 1 x 8 + 1) ms >> 3.  A steering model's predicted lateness (4 ms)
+ * counts past the horizon too.  No disk's geometry, which would win.  The
+ * parameters are put back however the case ends (no check aborts it).
  */
 static void kml_test_dd_flash_horizon(struct kunit *test)
 {
@@ -1344,16 +1347,17 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 	struct request *rq = kunit_kzalloc(test, 2 * sizeof(*rq), GFP_KERNEL);
 	struct kml_dd_ctx *ctx = kunit_kzalloc(test, 2 * sizeof(*ctx),
 					       GFP_KERNEL);
-	unsigned int saved[5] = {
-		READ_ONCE(kml_dd.cost_channels),
-		READ_ONCE(kml_dd.cost_stripe_sectors),
-		READ_ONCE(kml_dd.cost_age_shift),
-		READ_ONCE(kml_dd.cost_late_permille),
-		READ_ONCE(kml_dd.cost_horizon_ms),
+	unsigned int *params[] = {
+		&kml_dd.cost_rev_ns, &kml_dd.cost_track_sectors,
+		&kml_dd.cost_cyl_sectors, &kml_dd.cost_channels,
+		&kml_dd.cost_stripe_sectors, &kml_dd.cost_age_shift,
+		&kml_dd.cost_late_permille, &kml_dd.cost_horizon_ms,
 	};
+	unsigned int saved[ARRAY_SIZE(params)];
 	const u64 now = 10 * NSEC_PER_SEC, svc = 125 * NSEC_PER_USEC;
+	const s64 old_cost = NSEC_PER_MSEC + svc;
 	s64 young, old;
-	int i;
+	unsigned int i;
 
 	KUNIT_ASSERT_NOT_NULL(test, kq);
 	KUNIT_ASSERT_NOT_NULL(test, rq);
@@ -1369,35 +1373,43 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 	kq->svc_ns[0] = svc;
 	kq->chan_busy_until[1] = now + NSEC_PER_MSEC;
 
+	for (i = 0; i < ARRAY_SIZE(params); i++) {
+		saved[i] = READ_ONCE(*params[i]);
+		WRITE_ONCE(*params[i], 0);
+	}
 	WRITE_ONCE(kml_dd.cost_channels, 8);
 	WRITE_ONCE(kml_dd.cost_stripe_sectors, 8);
 	WRITE_ONCE(kml_dd.cost_age_shift, 3);
-	WRITE_ONCE(kml_dd.cost_late_permille, 0);
-	WRITE_ONCE(kml_dd.cost_horizon_ms, 0);
 	young = kml_dd_cost(kq, &rq[0], 0, now, 0);
 	old = kml_dd_cost(kq, &rq[1], 0, now, 0);
 	KUNIT_EXPECT_EQ(test, young, (s64)svc);
-	KUNIT_EXPECT_EQ(test, old, (s64)(NSEC_PER_MSEC + svc) -
-				   (s64)(4 * NSEC_PER_MSEC >> 3));
+	KUNIT_EXPECT_EQ(test, old, old_cost - (4 * NSEC_PER_MSEC >> 3));
 	KUNIT_EXPECT_LT(test, young, old);
 
-	WRITE_ONCE(kml_dd.cost_late_permille, 2000);
+	WRITE_ONCE(kml_dd.cost_late_permille, 1000);
+	WRITE_ONCE(kml_dd.cost_horizon_ms, 1);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), old);
 
 	WRITE_ONCE(kml_dd.cost_late_permille, 8000);
-	WRITE_ONCE(kml_dd.cost_horizon_ms, 1);
 	old = kml_dd_cost(kq, &rq[1], 0, now, 0);
-	KUNIT_EXPECT_EQ(test, old, (s64)(NSEC_PER_MSEC + svc) -
-				   (s64)(17 * NSEC_PER_MSEC >> 3));
+	KUNIT_EXPECT_EQ(test, old, old_cost - (18 * NSEC_PER_MSEC >> 3));
 	KUNIT_EXPECT_LT(test, old, young);
 	/* the young one is within its horizon: the plain credit, none */
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), young);
 
-	WRITE_ONCE(kml_dd.cost_channels, saved[0]);
-	WRITE_ONCE(kml_dd.cost_stripe_sectors, saved[1]);
-	WRITE_ONCE(kml_dd.cost_age_shift, saved[2]);
-	WRITE_ONCE(kml_dd.cost_late_permille, saved[3]);
-	WRITE_ONCE(kml_dd.cost_horizon_ms, saved[4]);
+	WRITE_ONCE(kml_dd.cost_horizon_ms, 5);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
+			old_cost - (11 * NSEC_PER_MSEC >> 3));
+
+	WRITE_ONCE(kml_dd.cost_horizon_ms, 1);
+	ctx[1].pred_valid = 1;
+	ctx[1].steer = 1;
+	ctx[1].pred_issue_ns = 6 * NSEC_PER_MSEC;
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
+			old_cost - (21 * NSEC_PER_MSEC >> 3));
+
+	for (i = 0; i < ARRAY_SIZE(params); i++)
+		WRITE_ONCE(*params[i], saved[i]);
 }
 
 /*
