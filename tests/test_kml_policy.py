@@ -277,8 +277,8 @@ def test_the_learned_seeks_follow_the_disks_curve(cells: dict[str, dict[str, Any
 
 
 # Flash's tail (docs/kml-iosched.md, "Given a flash device's channels"):
-# past a 1 ms horizon a request ages a nanosecond for each one waited
-# (4000 thousandths of the rate before at a shift of 2).
+# past a 1 ms horizon a request's age counts a nanosecond for each one
+# waited (4000 thousandths of the rate before at a shift of 2).
 FLASH_TAIL = """\
     - {mode: active, policy: cost, geometry: true, cost_age_shift: 2,
        cost_late_permille: 4000, cost_horizon_ms: 1}
@@ -320,7 +320,7 @@ def test_told_the_flash_channels_cost_keeps_them_busy(flash: dict[str, dict[str,
     assert table[1] > table[0], table
 
 
-def test_on_flash_a_horizon_trades_throughput_for_the_tail(
+def test_on_flash_a_horizon_shortens_the_tail(
     flash: dict[str, dict[str, Any]],
 ) -> None:
     """Past the horizon a request goes about oldest first: a shorter tail

@@ -331,7 +331,7 @@ static struct kml_dd_uint_range cost_late_permille_range = {
 module_param_cb(cost_late_permille, &kml_dd_uint_range_ops,
 		&cost_late_permille_range, 0644);
 MODULE_PARM_DESC(cost_late_permille,
-		 "policy cost with a geometry or channels: past its deadline (or horizon) a request's credit grows on at this many thousandths of its rate before (0 = slow ageing; max "
+		 "policy cost with a geometry or channels: past its deadline (or horizon) a request's credit (on flash, its age) grows on at this many thousandths of its rate before (0 = slow ageing; max "
 		 __stringify(KML_DD_COST_MAX_LATE_PERMILLE) ")");
 
 static struct kml_dd_uint_range cost_horizon_ms_range = {

@@ -742,9 +742,10 @@ static s64 kml_dd_due_credit(const struct kml_dd_geom *g, s64 wait, s64 late,
  * model) shifted right by @shift, but with its age growing, from its
  * deadline or @horizon_ms where that is sooner, at @late_permille
  * thousandths of the rate before.  1000 is the plain credit; 8000 at a
- * shift of 3 is a nanosecond of credit for each one waited, which soon
- * outbids any wait for a channel, so that the requests past the horizon
- * go about oldest first while the younger ones keep the channels busy.
+ * shift of 3 is a nanosecond of credit for each one waited until the
+ * deadline (9/8 past it, with the lateness), which soon outbids any wait
+ * for a channel, so that the requests past the horizon go about oldest
+ * first while the younger ones keep the channels busy.
  * Continuous in @wait, and the lateness counts on both sides of the
  * horizon.  The caller bounds @wait by KML_DD_COST_STARVE deadlines;
  * mul_u64_u32_div() keeps the product whole for any expiry mq-deadline
@@ -791,8 +792,8 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
  * ageing: a request past its deadline has missed
  * it whatever comes next, and the credit goes to those that can still meet
  * theirs.  Given a flash device's channels, with cost_late_permille set,
- * kml_dd_flash_credit() instead (its age grows faster past the deadline or
- * the horizon).  With every request served late making the next ones later,
+ * kml_dd_flash_credit() instead (its age counts at cost_late_permille
+ * thousandths from the deadline or the horizon).  With every request served late making the next ones later,
  * serving the latest first would make them all late.  For a
  * request the model predicted to miss while steering, the lateness is at
  * least the predicted one: acting on that before the deadline is what can

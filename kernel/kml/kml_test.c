@@ -1334,7 +1334,7 @@ static void kml_test_dd_head_relearns(struct kunit *test)
  * channel 1, busy for another millisecond, against one just queued for
  * idle channel 0.  The plain credit, (3 + 1) ms >> 3, is worth less than
  * the wait for channel 1, and the young one goes first; so it is with
- * cost_late_permille 1000, whatever the horizon.  With 8000 and a horizon
+ * cost_late_permille 1000 and a horizon of 1 ms.  With 8000 and a horizon
  * of 1 ms the old one's age is 1 + 2 x 8 ms, its credit (17 + 1) ms >> 3,
  * and it goes first; with a horizon past its deadline, from the deadline:
  * (2 + 1 x 8 + 1) ms >> 3.  A steering model's predicted lateness (4 ms)
