@@ -192,15 +192,35 @@ def fio_stop(guest: Guest) -> None:
     )
 
 
+# What a hung fio leaves to look at: the block layer's view of every queue
+# (CONFIG_BLK_DEBUG_FS: mq-deadline's lists and counts, each hardware
+# queue's busy and dispatch lists and tags), fio's processes and where they
+# sleep, KML's statistics; and the blocked tasks' stacks on the console
+# (SysRq w).
+HANG_REPORT = (
+    "cd /sys/kernel/debug/block 2>/dev/null && for f in */state */sched/* */hctx*/busy"
+    ' */hctx*/dispatch */hctx*/tags */hctx*/sched_tags; do echo "== $f"; cat $f; done'
+    " 2>&1 | head -300; for p in /proc/[0-9]*; do grep -qs ' (fio) ' $p/stat &&"
+    " echo \"== $p: $(cut -d' ' -f3 $p/stat) $(cat $p/wchan 2>/dev/null)\"; done;"
+    f" echo == KML; cat {STATS} 2>&1 | head -60; echo w > /proc/sysrq-trigger; true"
+)
+
+
 def fio_wait(guest: Guest, tag: str, timeout: float) -> Fio:
-    """Wait for a background fio; it must finish within ``timeout`` (no hang)."""
+    """Wait for a background fio; it must finish within ``timeout`` (no hang).
+    If it does not, the failure says what the guest's queues and fio were
+    doing (HANG_REPORT)."""
     steps = int(timeout / 0.2)
     result = guest.run(
         f"i=0; while [ ! -s /tmp/fio-{tag}.rc ] && [ $i -lt {steps} ]; do sleep 0.2;"
         f" i=$((i + 1)); done; [ -s /tmp/fio-{tag}.rc ]",
         timeout=timeout + 30,
     )
-    assert result.exit_status == 0, f"fio {tag} still running after {timeout:g}s"
+    if result.exit_status != 0:
+        report = guest.run(HANG_REPORT, timeout=60)
+        raise AssertionError(
+            f"fio {tag} still running after {timeout:g}s\n{report.stdout}{report.stderr}"
+        )
     return _fio_result(guest, tag)
 
 
