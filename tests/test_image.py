@@ -6,6 +6,7 @@ not with our own writer's assumptions.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kmlbench.build.fio_build import build_static_fio, guest_fio
+from kmlbench.build.fio_build import build_static_fio, fio_patches, guest_fio
 from kmlbench.build.image import (
     GUEST_HOST_KEY_PATH,
     KMLCTL_GUEST_PATH,
@@ -55,6 +56,11 @@ def test_static_fio_is_static() -> None:
     out = subprocess.run(["file", str(fio.path)], capture_output=True, text=True).stdout
     assert "statically linked" in out
     assert fio.path.stat().st_size < 8 << 20
+    # built with our fixes (the behaviour: tests/test_guest_fio.py)
+    recipe = json.loads((fio.path.parent / "recipe.json").read_text())
+    assert sorted(recipe["patches"]) == [p.name for p in fio_patches()] != []
+    log = (fio.path.parent / "build.log").read_text()
+    assert "patching file engines/libaio.c" in log
 
 
 def test_base_image_is_cached(base: Path) -> None:

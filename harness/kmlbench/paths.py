@@ -16,6 +16,7 @@ KML_SRC_DIR = KERNEL_DIR / "kml"
 PATCHES_DIR = KERNEL_DIR / "patches"
 CONFIGS_DIR = KERNEL_DIR / "configs"
 GUEST_IMAGE_DIR = REPO_ROOT / "guest-image"
+FIO_PATCHES_DIR = GUEST_IMAGE_DIR / "fio-patches"
 WORKLOADS_DIR = REPO_ROOT / "workloads"
 TEMPLATES_DIR = WORKLOADS_DIR / "templates"
 

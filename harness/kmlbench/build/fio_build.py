@@ -4,13 +4,16 @@ Debian's ``/usr/bin/fio`` links ~84 MB of libraries (ceph, gluster, icu),
 which would bloat every initramfs and slow every TCG boot. Instead we fetch
 the distribution's fio *source* package through the private apt
 configuration of :mod:`kmlbench.build.debian_source` (the host's apt setup
-is never touched), configure it ``--build-static`` with the heavy engines disabled,
-and cache the single binary under ``cache_dir()/fio/<key>/fio``.
+is never touched), apply our fixes to it (``guest-image/fio-patches/``,
+in name order, each saying why), configure it ``--build-static`` with the
+heavy engines disabled, and cache the single binary under
+``cache_dir()/fio/<key>/fio``.
 
-``<key>`` hashes the source package version, the configure flags and the
-compiler, so a new Debian upload or a changed recipe rebuilds, and an
-unchanged one never touches the network. Build prerequisites (apt):
-``build-essential dpkg-dev libaio-dev zlib1g-dev``.
+``<key>`` hashes the source package version, the patches, the configure
+flags and the compiler, so a new Debian upload, a new patch or a changed
+recipe rebuilds, and an unchanged one never touches the network. Build
+prerequisites (apt): ``build-essential dpkg-dev libaio-dev zlib1g-dev``
+(``patch`` comes with ``dpkg-dev``).
 
 If the static build cannot be done (no network to the Debian mirror, no
 compiler), :func:`guest_fio` falls back to the host's dynamically linked
@@ -38,7 +41,7 @@ from kmlbench.build.debian_source import (
     run_logged,
     source_versions,
 )
-from kmlbench.paths import cache_dir
+from kmlbench.paths import FIO_PATCHES_DIR, cache_dir
 
 # Bump when the recipe below changes in a way the flags do not show.
 RECIPE_VERSION = 1
@@ -97,6 +100,17 @@ def build_static_fio(cache: Path | None = None) -> FioBinary:
         raise FioBuildError(str(exc)) from exc
 
 
+def fio_patches() -> list[Path]:
+    """Our fixes to Debian's fio source, in the order they apply."""
+    return sorted(FIO_PATCHES_DIR.glob("*.patch"))
+
+
+def _apply_patches(src: Path, patches: list[Path], log: Path) -> None:
+    for patch in patches:
+        run_logged(["patch", "-p1", "--batch", "--forward", "-i", str(patch)],
+                   src, log, f"patch {patch.name}", 60)  # fmt: skip
+
+
 def _build_static_fio(cache: Path | None) -> FioBinary:
     root = (cache or cache_dir()) / "fio"
     apt = apt_dir(cache)
@@ -105,9 +119,11 @@ def _build_static_fio(cache: Path | None) -> FioBinary:
         log = root / "last-build.log"
         log.write_text("")
         version = source_versions("fio", apt, log)[0]
+        patches = fio_patches()
         recipe = {
             "recipe": RECIPE_VERSION,
             "source": f"debian:fio:{version}",
+            "patches": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in patches},
             "flags": list(CONFIGURE_FLAGS),
             "compiler": compiler_id(),
         }
@@ -123,6 +139,7 @@ def _build_static_fio(cache: Path | None) -> FioBinary:
             run_logged(["dpkg-source", "--no-check", "-x", dsc.name, "src"],
                        work, log, "dpkg-source -x", 300)  # fmt: skip
             src = work / "src"
+            _apply_patches(src, patches, log)
             run_logged(["./configure", *CONFIGURE_FLAGS], src, log, "fio ./configure", 300)
             jobs = str(min(2, os.cpu_count() or 1))
             run_logged(["nice", "make", f"-j{jobs}", "fio"], src, log, "make fio", 1200)
@@ -184,6 +201,9 @@ def guest_fio(cache: Path | None = None) -> FioBinary:
             path,
             _fio_version(path),
             "host-dynamic",
-            note=f"static build failed, using {host} with its libraries: {exc}",
+            note=(
+                f"static build failed, using {host} with its libraries and without"
+                f" {FIO_PATCHES_DIR.name}/: {exc}"
+            ),
             libraries=tuple(ldd_libraries(path)),
         )
