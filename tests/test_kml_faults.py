@@ -827,6 +827,10 @@ INVALID_WRITES = [
         id="cost_horizon_ms",
     ),
     pytest.param(
+        f"{P}/cost_svc_permille", "1000", ["1001", "-1", "all"], (ERANGE, EINVAL),
+        id="cost_svc_permille",
+    ),
+    pytest.param(
         f"{P}/cost_miss_budget_permille", "0", ["1001", "-1", "10%"], (ERANGE, EINVAL),
         id="cost_miss_budget_permille",
     ),

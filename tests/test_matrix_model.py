@@ -323,20 +323,22 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         tmp_path,
         head
         + "  model: [{mode: active, policy: cost, geometry: true,"
-        + " cost_late_permille: [0, 1000], cost_horizon_ms: [0, 200]}]\n",
+        + " cost_late_permille: [0, 1000], cost_horizon_ms: [0, 200],"
+        + " cost_svc_permille: [1000, 0]}]\n",
     )
     recorded = {
         (
             str(c.params["model"].get("cost_late_permille")),
             str(c.params["model"].get("cost_horizon_ms")),
+            str(c.params["model"].get("cost_svc_permille")),
         )
         for c in late.cells
     }
     assert sorted(recorded) == [
-        ("1000", "200"),
-        ("1000", "None"),
-        ("None", "200"),
-        ("None", "None"),
+        (late_, horizon, svc)
+        for late_ in ("1000", "None")
+        for horizon in ("200", "None")
+        for svc in ("0", "None")
     ]
     plain = load(tmp_path, head + "  model: [{mode: active, policy: cost, geometry: true}]\n")
     assert {c.id for c in plain.cells} < {c.id for c in late.cells}
@@ -354,6 +356,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
             "cost_credit_permille": 500,
             "cost_late_permille": 1000,
             "cost_horizon_ms": 200,
+            "cost_svc_permille": 250,
             "cost_miss_budget_permille": 120,
         },
         dev,
@@ -368,6 +371,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         ("cost_credit_permille", 500),
         ("cost_late_permille", 1000),
         ("cost_horizon_ms", 200),
+        ("cost_svc_permille", 250),
         ("cost_miss_budget_permille", 120),
     ):
         assert f"/sys/module/kml/parameters/{param} {value}\n" in told, param
@@ -377,6 +381,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     assert "/sys/module/kml/parameters/cost_credit_permille 1000\n" in untold_script
     assert "/sys/module/kml/parameters/cost_late_permille 0\n" in untold_script
     assert "/sys/module/kml/parameters/cost_horizon_ms 0\n" in untold_script
+    assert "/sys/module/kml/parameters/cost_svc_permille 1000\n" in untold_script
     assert "/sys/module/kml/parameters/cost_miss_budget_permille 0\n" in untold_script
     for param in ("cost_channels", "cost_stripe_sectors"):
         assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
@@ -426,6 +431,7 @@ def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
         ("cost_credit_permille: 8001", "0..8000"),
         ("cost_late_permille: 8001", "0..8000"),
         ("cost_horizon_ms: -1", "0..60000"),
+        ("cost_svc_permille: 1001", "0..1000"),
         ("cost_miss_budget_permille: 1001", "0..1000"),
         ('geometry: "on"', "must be true or false"),
     ):

@@ -180,7 +180,19 @@ static inline u8 kml_dd_score_bucket(s32 r)
  */
 #define KML_DD_COST_MAX_HORIZON_MS	60000
 /*
- * ... and both only while the share of a queue's requests dispatched past
+ * ... and told a flash device's channels, a request's own time on its
+ * channel counts in its cost at cost_svc_permille thousandths (1000: all
+ * of it).  All of it sends reads (under half a write's time on the flash
+ * model) before writes, which is what meets the reads' shorter
+ * deadlines under a heavy load, and under a light one, where nothing is
+ * late, only makes the writes wait: 0 leaves the wait for the channel
+ * alone.  Only while the tail may be spent (the miss budget below); past
+ * it, all of it again.
+ */
+#define KML_DD_COST_SVC_PERMILLE	1000
+#define KML_DD_COST_MAX_SVC_PERMILLE	1000
+/*
+ * ... and all three only while the share of a queue's requests dispatched past
  * their deadline stays under cost_miss_budget_permille (0: always): the
  * tail gets the misses the budget allows and no more, so that under a
  * load where many miss anyway (the disk under 16 requests) the policy
@@ -324,6 +336,7 @@ struct kml_dd_global {
 	unsigned int cost_credit_permille;	/* module parameter, policy "cost" */
 	unsigned int cost_late_permille;	/* module parameter, policy "cost" */
 	unsigned int cost_horizon_ms;	/* module parameter, policy "cost" */
+	unsigned int cost_svc_permille;	/* module parameter, policy "cost" */
 	unsigned int cost_miss_budget_permille;	/* module parameter, "cost" */
 	/* module parameters, policy "cost": a disk's geometry, 0 unknown */
 	unsigned int cost_rev_ns;

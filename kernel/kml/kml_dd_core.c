@@ -45,6 +45,7 @@ struct kml_dd_global kml_dd = {
 	.cost_age_shift = KML_DD_COST_AGE_SHIFT,
 	.cost_credit_permille = KML_DD_COST_CREDIT_PERMILLE,
 	.cost_late_permille = KML_DD_COST_LATE_PERMILLE,
+	.cost_svc_permille = KML_DD_COST_SVC_PERMILLE,
 	.sample_unclaimed = 1,
 	.skill_window = KML_DD_SKILL_WINDOW,
 	.skill_window_ms = KML_DD_SKILL_WINDOW_MS,
@@ -344,6 +345,16 @@ MODULE_PARM_DESC(cost_horizon_ms,
 		 "policy cost with a geometry, or channels and cost_late_permille: a request's credit grows as if it were due within this many ms, if sooner than its deadline (0 = its deadline; max "
 		 __stringify(KML_DD_COST_MAX_HORIZON_MS) ")");
 
+static struct kml_dd_uint_range cost_svc_permille_range = {
+	.v = &kml_dd.cost_svc_permille,
+	.max = KML_DD_COST_MAX_SVC_PERMILLE,
+};
+module_param_cb(cost_svc_permille, &kml_dd_uint_range_ops,
+		&cost_svc_permille_range, 0644);
+MODULE_PARM_DESC(cost_svc_permille,
+		 "policy cost with channels: a request's own time on its channel counts in its cost at this many thousandths (1000 = all: reads first; 0 = the wait for the channel alone; max "
+		 __stringify(KML_DD_COST_MAX_SVC_PERMILLE) ")");
+
 static struct kml_dd_uint_range cost_miss_budget_permille_range = {
 	.v = &kml_dd.cost_miss_budget_permille,
 	.max = KML_DD_COST_MAX_MISS_BUDGET,
@@ -351,7 +362,7 @@ static struct kml_dd_uint_range cost_miss_budget_permille_range = {
 module_param_cb(cost_miss_budget_permille, &kml_dd_uint_range_ops,
 		&cost_miss_budget_permille_range, 0644);
 MODULE_PARM_DESC(cost_miss_budget_permille,
-		 "policy cost with a geometry or channels: cost_late_permille and cost_horizon_ms only while fewer than this many in 1000 requests are dispatched late (0 or 1000 = always; max "
+		 "policy cost with a geometry or channels: cost_late_permille, cost_horizon_ms and cost_svc_permille only while fewer than this many in 1000 requests are dispatched late (0 or 1000 = always; max "
 		 __stringify(KML_DD_COST_MAX_MISS_BUDGET) ")");
 
 /*
@@ -1216,6 +1227,8 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "cost_late_permille %u\n",
 		   READ_ONCE(kml_dd.cost_late_permille));
 	seq_printf(m, "cost_horizon_ms %u\n", READ_ONCE(kml_dd.cost_horizon_ms));
+	seq_printf(m, "cost_svc_permille %u\n",
+		   READ_ONCE(kml_dd.cost_svc_permille));
 	seq_printf(m, "cost_miss_budget_permille %u\n",
 		   READ_ONCE(kml_dd.cost_miss_budget_permille));
 	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));

@@ -784,10 +784,11 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
  * the shorter seek wins a tie), or given a disk's geometry, its seek, turn
  * and transfer from when the request before it is predicted to end
  * (kml_dd_geom_service()), or given a flash device's channels, the wait
- * for its channel and its learned time there.  The credit is its time in
- * the queue and, past its deadline, its lateness again, shifted right by
- * cost_age_shift: a request ages from its arrival and twice as fast once
- * late.  Given a geometry, until its deadline, the credit is
+ * for its channel and its learned time there (cost_svc_permille of it
+ * while the tail may be spent, kml_dd_tail_allowed()).  The credit is
+ * its time in the queue and, past its deadline, its lateness again,
+ * shifted right by cost_age_shift: a request ages from its arrival and
+ * twice as fast once late.  Given a geometry, until its deadline, the credit is
  * kml_dd_due_credit() instead, and past it (unless cost_late_permille
  * carries that on) the same slow ageing: a request past its deadline has
  * missed it whatever comes next, and the credit goes to those that can
@@ -813,22 +814,27 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	s64 wait, late, deadline, cost;
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
-	bool geom = kml_dd_geom(&g), flash = false;
-	u32 late_permille = 0, horizon_ms = 0;
+	bool geom = kml_dd_geom(&g), flash = false, tail = false;
+	u32 late_permille = 0, horizon_ms = 0, svc_permille;
 	unsigned int b;
-	u64 busy;
+	u64 busy, svc;
 
 	if (geom) {
+		tail = kml_dd_tail_allowed(kq);
 		cost = kml_dd_geom_service(kq, &g, head, pos,
 					   blk_rq_sectors(rq),
 					   max_t(u64, now,
 						 READ_ONCE(kq->svc_busy_until)));
 	} else if (kml_dd_flash(&f)) {
 		flash = true;
+		tail = kml_dd_tail_allowed(kq);
 		/* the wait for its channel, then its own time there */
 		busy = READ_ONCE(kq->chan_busy_until[kml_dd_channel(&f, pos)]);
-		cost = (busy > now ? busy - now : 0) +
-		       READ_ONCE(kq->svc_ns[rq_data_dir(rq)]);
+		svc = READ_ONCE(kq->svc_ns[rq_data_dir(rq)]);
+		svc_permille = READ_ONCE(kml_dd.cost_svc_permille);
+		if (tail && svc_permille < 1000)
+			svc = div_u64(svc * svc_permille, 1000);
+		cost = (busy > now ? busy - now : 0) + svc;
 	} else {
 		b = kml_dd_svc_bucket(pos > head ? pos - head : head - pos);
 		cost = (s64)kml_dd_svc_predict(kq, b) + b;
@@ -849,7 +855,7 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 		__kml_dd_predict_lazy(kq, ctx);
 	if (ctx && ctx->pred_valid && ctx->steer)
 		late = max_t(s64, late, (s64)ctx->pred_issue_ns - deadline);
-	if ((geom || flash) && kml_dd_tail_allowed(kq)) {
+	if (tail) {
 		late_permille = READ_ONCE(kml_dd.cost_late_permille);
 		horizon_ms = READ_ONCE(kml_dd.cost_horizon_ms);
 	}

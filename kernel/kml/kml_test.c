@@ -1413,6 +1413,82 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 }
 
 /*
+ * Policy cost told a flash device's channels, at a shift of 3: a read
+ * (125 us on its channel) and a write (300 us) for idle channels, the
+ * write queued 2 ms ago and the read 1 ms ago.  With all of its own time
+ * counted the read goes first (125 - 125 against 300 - 250 us); with none
+ * of it, or half (62.5 - 125 against 150 - 250 us), the older write.  With
+ * the miss budget spent (half the recent dispatches late, against a
+ * budget of a tenth) all of it counts again, and the read goes first.
+ * The parameters are put back however the case ends.
+ */
+static void kml_test_dd_flash_svc_weight(struct kunit *test)
+{
+	struct kml_dd_queue *kq = kunit_kzalloc(test, sizeof(*kq), GFP_KERNEL);
+	struct request *rq = kunit_kzalloc(test, 2 * sizeof(*rq), GFP_KERNEL);
+	struct kml_dd_ctx *ctx = kunit_kzalloc(test, 2 * sizeof(*ctx),
+					       GFP_KERNEL);
+	unsigned int *params[] = {
+		&kml_dd.cost_rev_ns, &kml_dd.cost_track_sectors,
+		&kml_dd.cost_cyl_sectors, &kml_dd.cost_channels,
+		&kml_dd.cost_stripe_sectors, &kml_dd.cost_age_shift,
+		&kml_dd.cost_late_permille, &kml_dd.cost_horizon_ms,
+		&kml_dd.cost_svc_permille, &kml_dd.cost_miss_budget_permille,
+	};
+	unsigned int saved[ARRAY_SIZE(params)];
+	const u64 now = 10 * NSEC_PER_SEC;
+	const s64 us = NSEC_PER_USEC;
+	unsigned int i;
+
+	KUNIT_ASSERT_NOT_NULL(test, kq);
+	KUNIT_ASSERT_NOT_NULL(test, rq);
+	KUNIT_ASSERT_NOT_NULL(test, ctx);
+	for (i = 0; i < 2; i++)
+		rq[i].elv.priv[1] = &ctx[i];
+	rq[0].cmd_flags = REQ_OP_READ;
+	ctx[0].in.deadline_ns = 2 * NSEC_PER_MSEC;
+	ctx[0].in.insert_ns = now - NSEC_PER_MSEC;
+	rq[1].cmd_flags = REQ_OP_WRITE;
+	rq[1].__sector = 8;			/* channel 1 */
+	ctx[1].in.deadline_ns = 5 * NSEC_PER_MSEC;
+	ctx[1].in.insert_ns = now - 2 * NSEC_PER_MSEC;
+	kq->svc_ns[0] = 125 * us;
+	kq->svc_ns[1] = 300 * us;
+
+	for (i = 0; i < ARRAY_SIZE(params); i++) {
+		saved[i] = READ_ONCE(*params[i]);
+		WRITE_ONCE(*params[i], 0);
+	}
+	WRITE_ONCE(kml_dd.cost_channels, 8);
+	WRITE_ONCE(kml_dd.cost_stripe_sectors, 8);
+	WRITE_ONCE(kml_dd.cost_age_shift, 3);
+
+	WRITE_ONCE(kml_dd.cost_svc_permille, 1000);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
+
+	WRITE_ONCE(kml_dd.cost_svc_permille, 0);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), -125 * us);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), -250 * us);
+
+	WRITE_ONCE(kml_dd.cost_svc_permille, 500);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0),
+			(s64)62500 - 125 * us);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), -100 * us);
+
+	/* within the budget: the weight holds */
+	WRITE_ONCE(kml_dd.cost_miss_budget_permille, 100);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), -100 * us);
+	/* spent: all of its own time again, the read first */
+	kq->svc_missed = 1 << 15;
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
+
+	for (i = 0; i < ARRAY_SIZE(params); i++)
+		WRITE_ONCE(*params[i], saved[i]);
+}
+
+/*
  * One request through the hooks, active and lazy, on a queue of no disk:
  * a completion counts it met when it was dispatched within its deadline
  * (kml_dd_met(), decided at the dispatch), both where nobody wants its
@@ -1644,6 +1720,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_dd_feat_take),
 	KUNIT_CASE(kml_test_dd_head_relearns),
 	KUNIT_CASE(kml_test_dd_flash_horizon),
+	KUNIT_CASE(kml_test_dd_flash_svc_weight),
 	KUNIT_CASE(kml_test_dd_hooks_count_met),
 	KUNIT_CASE(kml_test_dd_observe_cycle),
 #endif

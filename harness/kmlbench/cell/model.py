@@ -225,6 +225,7 @@ def kml_setup_script(
                     "cost_credit_permille",
                     "cost_late_permille",
                     "cost_horizon_ms",
+                    "cost_svc_permille",
                     "cost_miss_budget_permille",
                     "observe_every",
                     "lazy",

@@ -292,8 +292,12 @@ MODEL_FIELDS: dict[str, Field] = {
     # ... as if it were due within this many ms, where that is sooner than its
     # deadline (0: its deadline; kml_dd.h, KML_DD_COST_MAX_HORIZON_MS)
     "cost_horizon_ms": Field("int", 0, _between(0, 60000)),
-    # ... both only while under this many in 1000 requests are dispatched
+    # ... all three only while under this many in 1000 requests are dispatched
     # late (0: always; kml_dd.h, KML_DD_COST_MISSED_SHIFT)
+    # ... with a flash device's channels, how much of a request's own time on
+    # its channel counts in its cost, in thousandths (1000: all, reads first;
+    # 0: the wait for the channel alone; kml_dd.h, KML_DD_COST_SVC_PERMILLE)
+    "cost_svc_permille": Field("int", 1000, _between(0, 1000)),
     "cost_miss_budget_permille": Field("int", 0, _between(0, 1000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
@@ -325,6 +329,7 @@ ACTIVE_FIELDS = (
     "cost_credit_permille",
     "cost_late_permille",
     "cost_horizon_ms",
+    "cost_svc_permille",
     "cost_miss_budget_permille",
 )
 # Only meaningful with a geometry: not recorded without one.
@@ -333,11 +338,17 @@ GEOMETRY_FIELDS = (
     "cost_credit_permille",
     "cost_late_permille",
     "cost_horizon_ms",
+    "cost_svc_permille",
     "cost_miss_budget_permille",
 )
 # Recorded only when not their default (added after cells were recorded
 # without them: old ids stay).
-SPARSE_FIELDS = ("cost_late_permille", "cost_horizon_ms", "cost_miss_budget_permille")
+SPARSE_FIELDS = (
+    "cost_late_permille",
+    "cost_horizon_ms",
+    "cost_svc_permille",
+    "cost_miss_budget_permille",
+)
 # Only meaningful in observe mode, and recorded only when not every request
 # is watched.
 OBSERVE_FIELDS = ("observe_every",)

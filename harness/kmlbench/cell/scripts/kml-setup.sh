@@ -25,6 +25,7 @@ setnum @KML_PARAMS@/cost_stripe_sectors @COST_STRIPE_SECTORS@
 setnum @KML_PARAMS@/cost_credit_permille @COST_CREDIT_PERMILLE@
 setnum @KML_PARAMS@/cost_late_permille @COST_LATE_PERMILLE@
 setnum @KML_PARAMS@/cost_horizon_ms @COST_HORIZON_MS@
+setnum @KML_PARAMS@/cost_svc_permille @COST_SVC_PERMILLE@
 setnum @KML_PARAMS@/cost_miss_budget_permille @COST_MISS_BUDGET_PERMILLE@
 setnum @KML_PARAMS@/observe_every @OBSERVE_EVERY@
 setnum @KML_PARAMS@/lazy @LAZY@
