@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,13 +88,16 @@ class FioBinary:
     libraries: tuple[Path, ...] = field(default_factory=tuple)
 
 
-def build_static_fio(cache: Path | None = None) -> FioBinary:
+def build_static_fio(cache: Path | None = None, patches: Sequence[Path] | None = None) -> FioBinary:
     """Return the cached static fio, fetching and building it on a miss.
 
+    ``patches``: what to apply to Debian's source; our fixes
+    (:func:`fio_patches`) unless given (``[]``: Debian's fio as it is, which
+    tests/test_guest_fio.py runs to show the fix is needed).
     Raises :class:`FioBuildError` naming the failed step and its log.
     """
     try:
-        return _build_static_fio(cache)
+        return _build_static_fio(cache, fio_patches() if patches is None else list(patches))
     except FioBuildError:
         raise
     except SourceError as exc:
@@ -107,11 +111,11 @@ def fio_patches() -> list[Path]:
 
 def _apply_patches(src: Path, patches: list[Path], log: Path) -> None:
     for patch in patches:
-        run_logged(["patch", "-p1", "--batch", "--forward", "-i", str(patch)],
+        run_logged(["patch", "-p1", "--batch", "--forward", "--fuzz=0", "-i", str(patch)],
                    src, log, f"patch {patch.name}", 60)  # fmt: skip
 
 
-def _build_static_fio(cache: Path | None) -> FioBinary:
+def _build_static_fio(cache: Path | None, patches: list[Path]) -> FioBinary:
     root = (cache or cache_dir()) / "fio"
     apt = apt_dir(cache)
     root.mkdir(parents=True, exist_ok=True)
@@ -119,7 +123,6 @@ def _build_static_fio(cache: Path | None) -> FioBinary:
         log = root / "last-build.log"
         log.write_text("")
         version = source_versions("fio", apt, log)[0]
-        patches = fio_patches()
         recipe = {
             "recipe": RECIPE_VERSION,
             "source": f"debian:fio:{version}",
