@@ -766,8 +766,9 @@ static s64 kml_dd_flash_credit(s64 wait, s64 late, s64 deadline,
 
 /*
  * Whether @kq may spend misses on the tail (cost_late_permille,
- * cost_horizon_ms): while the share of requests it dispatched late lately
- * is under cost_miss_budget_permille, or always with no budget set.
+ * cost_horizon_ms, and on flash cost_svc_permille): while the share of
+ * requests it dispatched late lately is under cost_miss_budget_permille,
+ * or always with no budget set.
  */
 static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
 {

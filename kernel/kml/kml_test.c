@@ -1352,6 +1352,7 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 		&kml_dd.cost_cyl_sectors, &kml_dd.cost_channels,
 		&kml_dd.cost_stripe_sectors, &kml_dd.cost_age_shift,
 		&kml_dd.cost_late_permille, &kml_dd.cost_horizon_ms,
+		&kml_dd.cost_miss_budget_permille, &kml_dd.cost_svc_permille,
 	};
 	unsigned int saved[ARRAY_SIZE(params)];
 	const u64 now = 10 * NSEC_PER_SEC, svc = 125 * NSEC_PER_USEC;
@@ -1380,6 +1381,7 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 	WRITE_ONCE(kml_dd.cost_channels, 8);
 	WRITE_ONCE(kml_dd.cost_stripe_sectors, 8);
 	WRITE_ONCE(kml_dd.cost_age_shift, 3);
+	WRITE_ONCE(kml_dd.cost_svc_permille, 1000);
 	young = kml_dd_cost(kq, &rq[0], 0, now, 0);
 	old = kml_dd_cost(kq, &rq[1], 0, now, 0);
 	KUNIT_EXPECT_EQ(test, young, (s64)svc);

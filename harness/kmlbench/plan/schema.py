@@ -292,12 +292,12 @@ MODEL_FIELDS: dict[str, Field] = {
     # ... as if it were due within this many ms, where that is sooner than its
     # deadline (0: its deadline; kml_dd.h, KML_DD_COST_MAX_HORIZON_MS)
     "cost_horizon_ms": Field("int", 0, _between(0, 60000)),
-    # ... all three only while under this many in 1000 requests are dispatched
-    # late (0: always; kml_dd.h, KML_DD_COST_MISSED_SHIFT)
     # ... with a flash device's channels, how much of a request's own time on
     # its channel counts in its cost, in thousandths (1000: all, reads first;
     # 0: the wait for the channel alone; kml_dd.h, KML_DD_COST_SVC_PERMILLE)
     "cost_svc_permille": Field("int", 1000, _between(0, 1000)),
+    # ... all three only while under this many in 1000 requests are dispatched
+    # late (0: always; kml_dd.h, KML_DD_COST_MISSED_SHIFT)
     "cost_miss_budget_permille": Field("int", 0, _between(0, 1000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
