@@ -17,7 +17,7 @@ waits in ``io_getevents()``, not for a tag in ``io_submit()``), on the
 virtual clock (one vCPU: the guest's ``sleep`` and the device's timer
 count the same instructions, whatever the host's load). A SIGTERM ends
 the job's loop; its last reap then waits about 750 ms for 15 requests,
-and a second SIGTERM 300 ms later lands after about 5 of them. Debian's
+and a second SIGTERM 300 ms later lands after 5 or 6 of them. Debian's
 fio, built the same way without our patches, is run too, and must hang
 just so: that is what shows the signal landed in the window.
 """

@@ -1329,6 +1329,43 @@ static void kml_test_dd_head_relearns(struct kunit *test)
 }
 
 /*
+ * The parameters policy cost's flash cases set.  kml_test_flash_begin()
+ * saves them and leaves all of them 0 but a flash device's channels (8,
+ * striped every 8 sectors), a shift of 3 and all of a request's own time
+ * counted; kml_test_flash_end() puts them back.  No check in between
+ * aborts a case, so they are put back however it ends.
+ */
+static unsigned int *const kml_test_flash_params[] = {
+	&kml_dd.cost_rev_ns, &kml_dd.cost_track_sectors,
+	&kml_dd.cost_cyl_sectors, &kml_dd.cost_channels,
+	&kml_dd.cost_stripe_sectors, &kml_dd.cost_age_shift,
+	&kml_dd.cost_late_permille, &kml_dd.cost_horizon_ms,
+	&kml_dd.cost_miss_budget_permille, &kml_dd.cost_svc_permille,
+};
+
+static void kml_test_flash_begin(unsigned int *saved)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(kml_test_flash_params); i++) {
+		saved[i] = READ_ONCE(*kml_test_flash_params[i]);
+		WRITE_ONCE(*kml_test_flash_params[i], 0);
+	}
+	WRITE_ONCE(kml_dd.cost_channels, 8);
+	WRITE_ONCE(kml_dd.cost_stripe_sectors, 8);
+	WRITE_ONCE(kml_dd.cost_age_shift, 3);
+	WRITE_ONCE(kml_dd.cost_svc_permille, 1000);
+}
+
+static void kml_test_flash_end(const unsigned int *saved)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(kml_test_flash_params); i++)
+		WRITE_ONCE(*kml_test_flash_params[i], saved[i]);
+}
+
+/*
  * Policy cost told a flash device's channels (8, striped every 8
  * sectors), at a shift of 3: a read that has waited 3 ms of its 2 ms for
  * channel 1, busy for another millisecond, against one just queued for
@@ -1338,8 +1375,8 @@ static void kml_test_dd_head_relearns(struct kunit *test)
  * of 1 ms the old one's age is 1 + 2 x 8 ms, its credit (17 + 1) ms >> 3,
  * and it goes first; with a horizon past its deadline, from the deadline:
  * (2 + 1 x 8 + 1) ms >> 3.  A steering model's predicted lateness (4 ms)
- * counts past the horizon too.  No disk's geometry, which would win.  The
- * parameters are put back however the case ends (no check aborts it).
+ * counts past the horizon too.  No disk's geometry, which would win
+ * (kml_test_flash_begin()).
  */
 static void kml_test_dd_flash_horizon(struct kunit *test)
 {
@@ -1347,14 +1384,7 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 	struct request *rq = kunit_kzalloc(test, 2 * sizeof(*rq), GFP_KERNEL);
 	struct kml_dd_ctx *ctx = kunit_kzalloc(test, 2 * sizeof(*ctx),
 					       GFP_KERNEL);
-	unsigned int *params[] = {
-		&kml_dd.cost_rev_ns, &kml_dd.cost_track_sectors,
-		&kml_dd.cost_cyl_sectors, &kml_dd.cost_channels,
-		&kml_dd.cost_stripe_sectors, &kml_dd.cost_age_shift,
-		&kml_dd.cost_late_permille, &kml_dd.cost_horizon_ms,
-		&kml_dd.cost_miss_budget_permille, &kml_dd.cost_svc_permille,
-	};
-	unsigned int saved[ARRAY_SIZE(params)];
+	unsigned int saved[ARRAY_SIZE(kml_test_flash_params)];
 	const u64 now = 10 * NSEC_PER_SEC, svc = 125 * NSEC_PER_USEC;
 	const s64 old_cost = NSEC_PER_MSEC + svc;
 	s64 young, old;
@@ -1374,14 +1404,7 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 	kq->svc_ns[0] = svc;
 	kq->chan_busy_until[1] = now + NSEC_PER_MSEC;
 
-	for (i = 0; i < ARRAY_SIZE(params); i++) {
-		saved[i] = READ_ONCE(*params[i]);
-		WRITE_ONCE(*params[i], 0);
-	}
-	WRITE_ONCE(kml_dd.cost_channels, 8);
-	WRITE_ONCE(kml_dd.cost_stripe_sectors, 8);
-	WRITE_ONCE(kml_dd.cost_age_shift, 3);
-	WRITE_ONCE(kml_dd.cost_svc_permille, 1000);
+	kml_test_flash_begin(saved);
 	young = kml_dd_cost(kq, &rq[0], 0, now, 0);
 	old = kml_dd_cost(kq, &rq[1], 0, now, 0);
 	KUNIT_EXPECT_EQ(test, young, (s64)svc);
@@ -1410,8 +1433,7 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
 			old_cost - (21 * NSEC_PER_MSEC >> 3));
 
-	for (i = 0; i < ARRAY_SIZE(params); i++)
-		WRITE_ONCE(*params[i], saved[i]);
+	kml_test_flash_end(saved);
 }
 
 /*
@@ -1421,8 +1443,8 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
  * counted the read goes first (125 - 125 against 300 - 250 us); with none
  * of it, or half (62.5 - 125 against 150 - 250 us), the older write.  With
  * the miss budget spent (half the recent dispatches late, against a
- * budget of a tenth) all of it counts again, and the read goes first.
- * The parameters are put back however the case ends.
+ * budget of a tenth) all of it counts again, and the read goes first
+ * (kml_test_flash_begin()).
  */
 static void kml_test_dd_flash_svc_weight(struct kunit *test)
 {
@@ -1430,14 +1452,7 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
 	struct request *rq = kunit_kzalloc(test, 2 * sizeof(*rq), GFP_KERNEL);
 	struct kml_dd_ctx *ctx = kunit_kzalloc(test, 2 * sizeof(*ctx),
 					       GFP_KERNEL);
-	unsigned int *params[] = {
-		&kml_dd.cost_rev_ns, &kml_dd.cost_track_sectors,
-		&kml_dd.cost_cyl_sectors, &kml_dd.cost_channels,
-		&kml_dd.cost_stripe_sectors, &kml_dd.cost_age_shift,
-		&kml_dd.cost_late_permille, &kml_dd.cost_horizon_ms,
-		&kml_dd.cost_svc_permille, &kml_dd.cost_miss_budget_permille,
-	};
-	unsigned int saved[ARRAY_SIZE(params)];
+	unsigned int saved[ARRAY_SIZE(kml_test_flash_params)];
 	const u64 now = 10 * NSEC_PER_SEC;
 	const s64 us = NSEC_PER_USEC;
 	unsigned int i;
@@ -1457,15 +1472,7 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
 	kq->svc_ns[0] = 125 * us;
 	kq->svc_ns[1] = 300 * us;
 
-	for (i = 0; i < ARRAY_SIZE(params); i++) {
-		saved[i] = READ_ONCE(*params[i]);
-		WRITE_ONCE(*params[i], 0);
-	}
-	WRITE_ONCE(kml_dd.cost_channels, 8);
-	WRITE_ONCE(kml_dd.cost_stripe_sectors, 8);
-	WRITE_ONCE(kml_dd.cost_age_shift, 3);
-
-	WRITE_ONCE(kml_dd.cost_svc_permille, 1000);
+	kml_test_flash_begin(saved);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
 
@@ -1486,8 +1493,7 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
 
-	for (i = 0; i < ARRAY_SIZE(params); i++)
-		WRITE_ONCE(*params[i], saved[i]);
+	kml_test_flash_end(saved);
 }
 
 /*
