@@ -362,10 +362,10 @@ def test_on_flash_under_a_light_load_reads_first_costs_the_tail(
     (reads first) only makes the writes wait: without it the p99 is far
     shorter than with it, at the same throughput, still well above stock's.
     Measured over 4 s, 3 repeats (``workloads/flash-svc.yaml``, run
-    ``20261206-011935-flash-svc``; docs/benchmarks.md, "Reads first only
+    ``20261206-015755-flash-svc``; docs/benchmarks.md, "Reads first only
     where it pays, on flash"): p99 1,384 us against 1,810 with all of it
-    counted (and a 2 ms horizon), and stock's 1,417; IOPS 31,425 against
-    stock's 26,539. Here, 2 s: 1,352 against 1,778 us, IOPS 31,492 against
+    counted (and a 2 ms horizon), and stock's 1,434; IOPS 31,377 against
+    stock's 26,570. Here, 2 s: 1,352 against 1,778 us, IOPS 31,492 against
     31,751 and stock's 26,683."""
     off, told, svc = (flash_light[k]["metrics"] for k in ("off", "told", "svc"))
     assert svc["lat_p99_us"] < 0.85 * told["lat_p99_us"], (told, svc)
