@@ -789,15 +789,15 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
  * while the tail may be spent, kml_dd_tail_allowed()).  The credit is
  * its time in the queue and, past its deadline, its lateness again,
  * shifted right by cost_age_shift: a request ages from its arrival and
- * twice as fast once late.  Given a geometry, until its deadline, the credit is
- * kml_dd_due_credit() instead, and past it (unless cost_late_permille
- * carries that on) the same slow ageing: a request past its deadline has
- * missed it whatever comes next, and the credit goes to those that can
- * still meet theirs.  Given a flash device's channels, with cost_late_permille set,
- * kml_dd_flash_credit() instead (its age counts at cost_late_permille
- * thousandths from the deadline or the horizon).  With every request
- * served late making the next ones later, serving the latest first would
- * make them all late.  For a
+ * twice as fast once late.  Given a geometry, until its deadline, the
+ * credit is kml_dd_due_credit() instead, and past it (unless
+ * cost_late_permille carries that on) the same slow ageing: a request
+ * past its deadline has missed it whatever comes next, and the credit
+ * goes to those that can still meet theirs.  Given a flash device's
+ * channels, with cost_late_permille set, kml_dd_flash_credit() instead
+ * (its age counts at cost_late_permille thousandths from the deadline or
+ * the horizon).  With every request served late making the next ones
+ * later, serving the latest first would make them all late.  For a
  * request the model predicted to miss while steering, the lateness is at
  * least the predicted one: acting on that before the deadline is what can
  * still save it.  A request KML does not track (inserted before the mode
