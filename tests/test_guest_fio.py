@@ -34,7 +34,7 @@ from device_guest import VIRTUAL, device_guest
 from kmlbench.build.fio_build import build_static_fio
 from kmlbench.data.fio import parse_fio_output
 from kmlbench.guest.qemu import Guest
-from test_kml_faults import HANG_REPORT, sh
+from test_kml_faults import FIO_PIDS, HANG_REPORT, sh
 
 pytestmark = pytest.mark.kernel
 
@@ -56,8 +56,6 @@ ARGS = (
     "--name=reap --filename=/dev/nullb0 --direct=1 --ioengine=libaio --iodepth=16"
     " --rw=randread --bs=4k --time_based --runtime=60s --output-format=json"
 )
-# every fio process, the main one and its job's
-FIO_PIDS = "for p in /proc/[0-9]*; do grep -qs ' (fio) ' $p/stat && echo ${p#/proc/}; done"
 
 
 @pytest.fixture(scope="module")

@@ -184,12 +184,13 @@ def fio_start(guest: Guest, tag: str, seconds: float) -> None:
     )
 
 
+# Shell that prints the pid of every fio process, the main one and its jobs'.
+FIO_PIDS = "for p in /proc/[0-9]*; do grep -qs ' (fio) ' $p/stat && echo ${p#/proc/}; done"
+
+
 def fio_stop(guest: Guest) -> None:
     """Stop every fio (SIGTERM: each writes its results and exits 0)."""
-    sh(
-        guest,
-        "for p in /proc/[0-9]*; do grep -qs ' (fio) ' $p/stat && kill ${p#/proc/}; done; true",
-    )
+    sh(guest, f"kill $({FIO_PIDS}) 2>/dev/null; true")
 
 
 # What a hung fio leaves to look at: the block layer's view of every queue
