@@ -803,6 +803,10 @@ INVALID_WRITES = [
     pytest.param(
         f"{P}/sample_unclaimed", "1", ["2", "-1", "no"], (ERANGE, EINVAL), id="sample_unclaimed",
     ),
+    pytest.param(
+        f"{P}/skill_min_permille", "500", ["1001", "-1", "half"], (ERANGE, EINVAL),
+        id="skill_min_permille",
+    ),
     # a disk's geometry for policy cost: at most a second, 2^20 and 2^24 sectors
     pytest.param(
         f"{P}/cost_rev_ns", "0", ["1000000001", "-1", "8ms"], (ERANGE, EINVAL), id="cost_rev_ns",

@@ -217,3 +217,28 @@ def test_skill_window_0_turns_the_rule_off(g: Guest) -> None:
         r = g.run(f"echo {bad} > {P}/skill_window", timeout=30)
         assert r.exit_status != 0, bad
     assert g.run(f"echo 1001 > {P}/skill_min_permille", timeout=30).exit_status != 0
+
+
+def test_a_bar_of_1000_never_steers_the_model_a_shadow(g: Guest) -> None:
+    """No window can beat 1000: from the write on the model never steers,
+    before its first window, after a reset and with the rule off, while its
+    predictions are still made and judged (a shadow: what it knows, apart
+    from what its steering changes). A lower bar and a reset restore it."""
+    sh(g, f"echo 1000 > {P}/skill_min_permille")
+    assert stats(g).get("stepped_aside") == 1  # at once, not after a window
+    sh(g, f"echo reset > {STATS}")
+    assert stats(g).get("stepped_aside") == 1  # a fresh start does not steer either
+    after = run_io(g)
+    c = after.counters
+    assert c["urgent_dispatches"] == 0, c  # the always-miss model never acted on
+    assert c["steer_suppressed"] > 0 and c["inferences"] > 0, c
+    assert c["skill_windows"] >= 1, c  # still judged
+    assert (c["step_asides"], c["step_resumes"], c["stepped_aside"]) == (0, 0, 1), c
+    sh(g, f"echo 0 > {P}/skill_window")  # the rule off: still a shadow
+    more = run_io(g)
+    assert delta(after, more, "urgent_dispatches") == 0, more.counters
+    assert more.get("stepped_aside") == 1
+    sh(g, f"echo {WINDOW} > {P}/skill_window; echo 500 > {P}/skill_min_permille;"
+          f" echo reset > {STATS}")  # fmt: skip
+    back = run_io(g)
+    assert back.get("urgent_dispatches") > 0, back.counters  # steering again

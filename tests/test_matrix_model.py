@@ -150,6 +150,12 @@ def test_exclude_by_model_field(tmp_path: Path) -> None:
         ("{mode: observe, observe_every: 0}", 6, "axes.model[0].observe_every", "1..1024"),
         ("{mode: active, lazy: sometimes}", 6, "axes.model[0].lazy", "true or false"),
         (
+            "{mode: active, skill_min_permille: 1001}",
+            6,
+            "axes.model[0].skill_min_permille",
+            "0..1000",
+        ),
+        (
             "{mode: observe, sample_unclaimed: 0}",
             6,
             "axes.model[0].sample_unclaimed",
@@ -250,6 +256,11 @@ SPARSE_KEYS = [
         "sample_unclaimed", "[true, false]",
         [("active", None), ("active", False), ("observe", None), ("observe", False)],
         True, False, id="sample_unclaimed",
+    ),
+    pytest.param(
+        "skill_min_permille", "[500, 1000]",
+        [("active", None), ("active", 1000), ("observe", None)],  # observe x 2 reduce to one
+        500, 1000, id="skill_min_permille",
     ),
 ]  # fmt: skip
 

@@ -464,12 +464,17 @@ MODULE_PARM_DESC(decision_permille,
  * misses are not acted on) until a later window shows more.  Writing
  * any of the three parameters starts a new window (the model's standing kept);
  * skill_window 0 turns the rule off and the model steers.  A statistics
- * reset starts afresh, the model steering.
+ * reset starts afresh, the model steering.  No window can beat a bar of
+ * 1000: the model then never steers, whatever the window, from the write
+ * on (a shadow: its predictions are made and judged, not acted on), which
+ * is how to tell what a model knows from what its steering changed.
  */
 static void kml_dd_skill_restart(bool steer)
 {
 	atomic64_set(&kml_dd.skill, 0);
-	if (steer)
+	if (READ_ONCE(kml_dd.skill_min_permille) >= 1000)
+		WRITE_ONCE(kml_dd.aside, 1);
+	else if (steer)
 		WRITE_ONCE(kml_dd.aside, 0);
 }
 
@@ -537,7 +542,7 @@ static const struct kernel_param_ops skill_min_ops = {
 module_param_cb(skill_min_permille, &skill_min_ops,
 		&kml_dd.skill_min_permille, 0644);
 MODULE_PARM_DESC(skill_min_permille,
-		 "step aside: balanced accuracy (permille) a window must beat to steer");
+		 "step aside: balanced accuracy (permille) a window must beat to steer (1000 = never steer)");
 
 /* ------------------------------------------------------------ statistics */
 

@@ -25,7 +25,13 @@ from kmlbench import paths
 from kmlbench.data import insn_profile as prof
 from kmlbench.plan.cells import config_hash
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.plan.schema import ACTIVE_FIELDS, KML_ON_FIELDS, LAZY_FIELDS, OBSERVE_FIELDS
+from kmlbench.plan.schema import (
+    ACTIVE_FIELDS,
+    KML_ON_FIELDS,
+    LAZY_FIELDS,
+    OBSERVE_FIELDS,
+    STEER_FIELDS,
+)
 from kmlbench.plan.source import MatrixError
 from kmlbench.run import runner
 from kmlbench.run.results import make_run_id
@@ -54,7 +60,7 @@ def mode_label(params: dict[str, Any], variant: str = "default") -> str:
     if model.get("trainer", "none") != "none":
         words.append(f"trainer={model['trainer']}")
     # recorded only when not the default
-    for key in (*OBSERVE_FIELDS, *LAZY_FIELDS, *KML_ON_FIELDS, *ACTIVE_FIELDS):
+    for key in (*OBSERVE_FIELDS, *LAZY_FIELDS, *KML_ON_FIELDS, *ACTIVE_FIELDS, *STEER_FIELDS):
         if key in model:
             words.append(f"{key}={model[key]}")
     if variant != "default":

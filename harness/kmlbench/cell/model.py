@@ -230,6 +230,7 @@ def kml_setup_script(
                     "observe_every",
                     "lazy",
                     "sample_unclaimed",
+                    "skill_min_permille",
                 )
             },
             "TRAINER": trainer_lines,

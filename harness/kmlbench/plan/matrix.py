@@ -44,6 +44,7 @@ from kmlbench.plan.schema import (
     POLICY_DEFAULT,
     SCHEDULERS,
     SPARSE_FIELDS,
+    STEER_FIELDS,
     TEMPLATE_DEFAULTS,
     TOP_KEYS,
     TRAINER_FIELDS,
@@ -245,6 +246,9 @@ def _model_entries(
                     model.pop(name, None)
             if model["mode"] != "active" or not model["lazy"]:
                 for name in LAZY_FIELDS:
+                    model.pop(name, None)
+            for name in STEER_FIELDS:
+                if model["mode"] != "active" or model.get(name) == MODEL_FIELDS[name].default:
                     model.pop(name, None)
             for name in KML_ON_FIELDS:
                 if model.get(name) == MODEL_FIELDS[name].default:

@@ -311,6 +311,11 @@ MODEL_FIELDS: dict[str, Field] = {
     # trains from pays nothing for the ring (kml_dd_core.c,
     # sample_unclaimed)
     "sample_unclaimed": Field("bool", True),
+    # active mode: the balanced accuracy (permille) a skill window must beat
+    # for the model's predicted misses to steer (the step-aside rule,
+    # kml_dd_core.c); 500 is the baseline's, and no window beats 1000: the
+    # model never steers (a shadow, its predictions made and judged only)
+    "skill_min_permille": Field("int", 500, _between(0, 1000)),
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),
@@ -354,6 +359,9 @@ SPARSE_FIELDS = (
 OBSERVE_FIELDS = ("observe_every",)
 # Only meaningful in active mode, and recorded only when set.
 LAZY_FIELDS = ("lazy",)
+# Only meaningful in active mode (observe steers nothing), and recorded only
+# when not their default.
+STEER_FIELDS = ("skill_min_permille",)
 # Only meaningful with KML on (observe or active), and recorded only when
 # not their default.
 KML_ON_FIELDS = ("sample_unclaimed",)
@@ -363,7 +371,13 @@ KML_ON_FIELDS = ("sample_unclaimed",)
 SPARSE_MODEL_MODES: dict[str, tuple[str, ...]] = {
     **{
         name: ("active",)
-        for name in (*ACTIVE_FIELDS, *GEOMETRY_FIELDS, *SPARSE_FIELDS, *LAZY_FIELDS)
+        for name in (
+            *ACTIVE_FIELDS,
+            *GEOMETRY_FIELDS,
+            *SPARSE_FIELDS,
+            *LAZY_FIELDS,
+            *STEER_FIELDS,
+        )
     },
     **{name: ("observe",) for name in OBSERVE_FIELDS},
     **{name: ("observe", "active") for name in KML_ON_FIELDS},

@@ -30,6 +30,7 @@ setnum @KML_PARAMS@/cost_miss_budget_permille @COST_MISS_BUDGET_PERMILLE@
 setnum @KML_PARAMS@/observe_every @OBSERVE_EVERY@
 setnum @KML_PARAMS@/lazy @LAZY@
 setnum @KML_PARAMS@/sample_unclaimed @SAMPLE_UNCLAIMED@
+setnum @KML_PARAMS@/skill_min_permille @SKILL_MIN_PERMILLE@
 @TRAINER@
 @TRACER@
 echo reset > @KML_STATS@ 2>/dev/null || die "cannot reset @KML_STATS@"
