@@ -223,7 +223,9 @@ def test_a_bar_of_1000_never_steers_the_model_a_shadow(g: Guest) -> None:
     """No window can beat 1000: from the write on the model never steers,
     before its first window, after a reset and with the rule off, while its
     predictions are still made and judged (a shadow: what it knows, apart
-    from what its steering changes). A lower bar and a reset restore it."""
+    from what its steering changes). A lower bar with the rule off makes it
+    steer at once; with the rule on, its standing waits for a window or a
+    reset."""
     sh(g, f"echo 1000 > {P}/skill_min_permille")
     assert stats(g).get("stepped_aside") == 1  # at once, not after a window
     sh(g, f"echo reset > {STATS}")
@@ -238,7 +240,12 @@ def test_a_bar_of_1000_never_steers_the_model_a_shadow(g: Guest) -> None:
     more = run_io(g)
     assert delta(after, more, "urgent_dispatches") == 0, more.counters
     assert more.get("stepped_aside") == 1
-    sh(g, f"echo {WINDOW} > {P}/skill_window; echo 500 > {P}/skill_min_permille;"
-          f" echo reset > {STATS}")  # fmt: skip
+    sh(g, f"echo 500 > {P}/skill_min_permille")  # the rule still off: it steers
+    assert stats(g).get("stepped_aside") == 0
     back = run_io(g)
-    assert back.get("urgent_dispatches") > 0, back.counters  # steering again
+    assert delta(more, back, "urgent_dispatches") > 0, back.counters
+    sh(g, f"echo 1000 > {P}/skill_min_permille; echo {WINDOW} > {P}/skill_window;"
+          f" echo 500 > {P}/skill_min_permille")  # fmt: skip
+    assert stats(g).get("stepped_aside") == 1  # the rule on: the standing kept
+    sh(g, f"echo reset > {STATS}")
+    assert stats(g).get("stepped_aside") == 0  # a fresh start steers

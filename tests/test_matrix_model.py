@@ -156,6 +156,12 @@ def test_exclude_by_model_field(tmp_path: Path) -> None:
             "0..1000",
         ),
         (
+            "{mode: active, skill_min_permille: -1}",
+            6,
+            "axes.model[0].skill_min_permille",
+            "0..1000",
+        ),
+        (
             "{mode: observe, sample_unclaimed: 0}",
             6,
             "axes.model[0].sample_unclaimed",

@@ -114,6 +114,11 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * run, and a model that is worse than the baseline would steer throughout.
  */
 #define KML_DD_SKILL_WINDOW_MS		2000
+/*
+ * A skill_min_permille no window can beat: the model is a shadow, its
+ * predictions made and judged, never acted on (kml_dd_core.c).
+ */
+#define KML_DD_SKILL_SHADOW		1000
 
 /*
  * Policy cost: a request's age credit against its predicted service time

@@ -462,20 +462,47 @@ MODULE_PARM_DESC(decision_permille,
  * rare misses are.  A window whose balanced accuracy is at most
  * skill_min_permille / 1000 makes the model stand aside (its predicted
  * misses are not acted on) until a later window shows more.  Writing
- * any of the three parameters starts a new window (the model's standing kept);
- * skill_window 0 turns the rule off and the model steers.  A statistics
- * reset starts afresh, the model steering.  No window can beat a bar of
- * 1000: the model then never steers, whatever the window, from the write
- * on (a shadow: its predictions are made and judged, not acted on), which
- * is how to tell what a model knows from what its steering changed.
+ * any of the three parameters starts a new window (the model's standing kept,
+ * but for the two cases below); skill_window 0 turns the rule off and the
+ * model steers, and so does a statistics reset, which starts afresh.
+ *
+ * No window can beat a bar of KML_DD_SKILL_SHADOW: the model is then a
+ * shadow, whose predictions are made and judged, never acted on, from the
+ * write on (the standing is taken at insert: requests queued before keep
+ * theirs), whatever the window and after a reset.  That tells what a model
+ * knows from what its steering changed: under policy cost a predicted miss
+ * only raises a request's credit, is served early and meets its deadline.
+ * A lower bar with the rule off makes it steer again; with the rule on it
+ * steers once a window beats the bar, or after a reset.
  */
+static bool kml_dd_shadow(void)
+{
+	return READ_ONCE(kml_dd.skill_min_permille) >= KML_DD_SKILL_SHADOW;
+}
+
+/*
+ * Let the model steer, unless the bar was raised to a shadow's meanwhile:
+ * a writer of the bar stores it, then (after a full barrier) stands the
+ * model aside, and this stores, then (after one) reads the bar, so that
+ * either its clearing comes first or it sees the new bar.  Either way
+ * the shadow stands aside.  Not on the per-request path.
+ */
+static void kml_dd_skill_resume(void)
+{
+	WRITE_ONCE(kml_dd.aside, 0);
+	smp_mb();	/* the clearing before the bar: see above */
+	if (kml_dd_shadow())
+		WRITE_ONCE(kml_dd.aside, 1);
+}
+
 static void kml_dd_skill_restart(bool steer)
 {
 	atomic64_set(&kml_dd.skill, 0);
-	if (READ_ONCE(kml_dd.skill_min_permille) >= 1000)
+	smp_mb();	/* the bar before the standing: kml_dd_skill_resume() */
+	if (kml_dd_shadow())
 		WRITE_ONCE(kml_dd.aside, 1);
-	else if (steer)
-		WRITE_ONCE(kml_dd.aside, 0);
+	else if (steer || !READ_ONCE(kml_dd.skill_window))
+		kml_dd_skill_resume();
 }
 
 static int skill_window_set(const char *val, const struct kernel_param *kp)
@@ -497,7 +524,7 @@ static const struct kernel_param_ops skill_window_ops = {
 };
 module_param_cb(skill_window, &skill_window_ops, &kml_dd.skill_window, 0644);
 MODULE_PARM_DESC(skill_window,
-		 "step aside: predictions per skill window (0 = never, max 4096)");
+		 "step aside: predictions per skill window (0 = never step aside, unless skill_min_permille is 1000; max 4096)");
 
 static int skill_window_ms_set(const char *val, const struct kernel_param *kp)
 {
@@ -527,7 +554,7 @@ static int skill_min_set(const char *val, const struct kernel_param *kp)
 	unsigned int v;
 	int ret;
 
-	ret = kml_dd_uint_param(val, 0, 1000, &v);
+	ret = kml_dd_uint_param(val, 0, KML_DD_SKILL_SHADOW, &v);
 	if (ret)
 		return ret;
 	WRITE_ONCE(kml_dd.skill_min_permille, v);
@@ -743,7 +770,7 @@ static void kml_dd_skill_judge(u64 v)
 			kml_dd_stat_inc(KML_DD_S_STEP_ASIDES);
 		}
 	} else if (READ_ONCE(kml_dd.aside) && !one_sided) {
-		WRITE_ONCE(kml_dd.aside, 0);
+		kml_dd_skill_resume();
 		kml_dd_stat_inc(KML_DD_S_STEP_RESUMES);
 	}
 }
