@@ -495,13 +495,14 @@ static void kml_dd_skill_resume(void)
 		WRITE_ONCE(kml_dd.aside, 1);
 }
 
-static void kml_dd_skill_restart(bool steer)
+/* A new window; @fresh for a statistics reset, which starts afresh. */
+static void kml_dd_skill_restart(bool fresh)
 {
 	atomic64_set(&kml_dd.skill, 0);
 	smp_mb();	/* the bar before the standing: kml_dd_skill_resume() */
 	if (kml_dd_shadow())
 		WRITE_ONCE(kml_dd.aside, 1);
-	else if (steer || !READ_ONCE(kml_dd.skill_window))
+	else if (fresh || !READ_ONCE(kml_dd.skill_window))
 		kml_dd_skill_resume();
 }
 
@@ -514,7 +515,7 @@ static int skill_window_set(const char *val, const struct kernel_param *kp)
 	if (ret)
 		return ret;
 	WRITE_ONCE(kml_dd.skill_window, v);
-	kml_dd_skill_restart(!v);
+	kml_dd_skill_restart(false);	/* with the rule off, it steers */
 	return 0;
 }
 
