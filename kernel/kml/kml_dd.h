@@ -208,6 +208,18 @@ static inline u8 kml_dd_score_bucket(s32 r)
  */
 #define KML_DD_COST_MISSED_SHIFT	6
 #define KML_DD_COST_MAX_MISS_BUDGET	1000
+/*
+ * Policy cost with a geometry or channels: cost_window_permille N > 0 makes
+ * the candidates of each direction its oldest requests, whatever their
+ * sectors, N thousandths as many as the queue has in flight (queued or on
+ * the device), at least one (0: the default, KML_DD_COST_GEOM_SPAN each
+ * side of the head on a disk, twice as many of the oldest on flash).  The
+ * window bounds how many younger requests can go before a request, so how
+ * far the order strays from the FIFO's: under a light load, where little
+ * waits, near none at all, and the tail stays the FIFO's; under a heavy
+ * one, enough to find the cheap requests the throughput comes from.
+ */
+#define KML_DD_COST_MAX_WINDOW_PERMILLE	1000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
  * Observe mode watching part of the time (module parameter observe_every N):
@@ -343,6 +355,7 @@ struct kml_dd_global {
 	unsigned int cost_horizon_ms;	/* module parameter, policy "cost" */
 	unsigned int cost_svc_permille;	/* module parameter, policy "cost" */
 	unsigned int cost_miss_budget_permille;	/* module parameter, "cost" */
+	unsigned int cost_window_permille;	/* module parameter, "cost" */
 	/* module parameters, policy "cost": a disk's geometry, 0 unknown */
 	unsigned int cost_rev_ns;
 	unsigned int cost_track_sectors;

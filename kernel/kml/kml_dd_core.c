@@ -365,6 +365,16 @@ MODULE_PARM_DESC(cost_miss_budget_permille,
 		 "policy cost with a geometry or channels: cost_late_permille, cost_horizon_ms and cost_svc_permille only while fewer than this many in 1000 requests are dispatched late (0 or 1000 = always; max "
 		 __stringify(KML_DD_COST_MAX_MISS_BUDGET) ")");
 
+static struct kml_dd_uint_range cost_window_permille_range = {
+	.v = &kml_dd.cost_window_permille,
+	.max = KML_DD_COST_MAX_WINDOW_PERMILLE,
+};
+module_param_cb(cost_window_permille, &kml_dd_uint_range_ops,
+		&cost_window_permille_range, 0644);
+MODULE_PARM_DESC(cost_window_permille,
+		 "policy cost with a geometry or channels: the candidates are each direction's oldest requests, this many thousandths as many as are in flight, at least one (0 = the default set; max "
+		 __stringify(KML_DD_COST_MAX_WINDOW_PERMILLE) ")");
+
 /*
  * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1
  * watches every request; N > 1 one window in N, the rest untracked.
@@ -1264,6 +1274,8 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   READ_ONCE(kml_dd.cost_svc_permille));
 	seq_printf(m, "cost_miss_budget_permille %u\n",
 		   READ_ONCE(kml_dd.cost_miss_budget_permille));
+	seq_printf(m, "cost_window_permille %u\n",
+		   READ_ONCE(kml_dd.cost_window_permille));
 	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));
 	seq_printf(m, "cost_stripe_sectors %u\n",
 		   READ_ONCE(kml_dd.cost_stripe_sectors));

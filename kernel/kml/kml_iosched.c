@@ -398,19 +398,26 @@ static void kml_dd_geom_learn(struct kml_dd_queue *kq,
  * given a geometry, where the cheapest request need not be the nearest.
  * Given a flash device's channels instead, *@by_age: sector order says
  * nothing of a request's cost there, and which requests lay near the head
- * was chance; the candidates are then the oldest, twice the span of them,
- * which are those the age credit and the horizon are about.
+ * was chance; the candidates are then the oldest, as many as a disk's on
+ * both sides, which are those the age credit and the horizon are about.
+ * Given either, cost_window_permille makes them the oldest, that share of
+ * the @in_flight requests the queue holds or has on the device, at least
+ * one (*@by_age; kml_dd.h, KML_DD_COST_MAX_WINDOW_PERMILLE).
  */
-unsigned int kml_dd_cost_span(bool *by_age)
+unsigned int kml_dd_cost_span(bool *by_age, unsigned int in_flight)
 {
+	u32 permille = READ_ONCE(kml_dd.cost_window_permille);
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
+	bool geom = kml_dd_geom(&g);
 
-	*by_age = false;
-	if (kml_dd_geom(&g))
-		return KML_DD_COST_GEOM_SPAN;
-	*by_age = kml_dd_flash(&f);
-	return *by_age ? KML_DD_COST_GEOM_SPAN : 1;
+	*by_age = geom || kml_dd_flash(&f);
+	if (!*by_age)
+		return 1;
+	if (permille)
+		return max_t(u32, div_u64((u64)in_flight * permille, 1000), 1);
+	*by_age = !geom;
+	return geom ? KML_DD_COST_GEOM_SPAN : 2 * KML_DD_COST_GEOM_SPAN;
 }
 EXPORT_SYMBOL_GPL(kml_dd_cost_span);
 

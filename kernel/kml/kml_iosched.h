@@ -167,7 +167,7 @@ sector_t kml_dd_head(struct kml_dd_queue *kq);
 u64 kml_dd_now(void);
 s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 		u64 now, unsigned long expire);
-unsigned int kml_dd_cost_span(bool *by_age);
+unsigned int kml_dd_cost_span(bool *by_age, unsigned int in_flight);
 ssize_t kml_dd_mode_show(struct kml_dd_queue *kq, char *page);
 ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 			  size_t count);
@@ -369,7 +369,8 @@ static inline s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq,
 	return 0;
 }
 
-static inline unsigned int kml_dd_cost_span(bool *by_age)
+static inline unsigned int kml_dd_cost_span(bool *by_age,
+					    unsigned int in_flight)
 {
 	*by_age = false;
 	return 1;

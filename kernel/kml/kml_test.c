@@ -1341,6 +1341,7 @@ static unsigned int *const kml_test_flash_params[] = {
 	&kml_dd.cost_stripe_sectors, &kml_dd.cost_age_shift,
 	&kml_dd.cost_late_permille, &kml_dd.cost_horizon_ms,
 	&kml_dd.cost_miss_budget_permille, &kml_dd.cost_svc_permille,
+	&kml_dd.cost_window_permille,
 };
 
 static void kml_test_flash_begin(unsigned int *saved)
@@ -1363,6 +1364,65 @@ static void kml_test_flash_end(const unsigned int *saved)
 
 	for (i = 0; i < ARRAY_SIZE(kml_test_flash_params); i++)
 		WRITE_ONCE(*kml_test_flash_params[i], saved[i]);
+}
+
+/*
+ * Policy cost's candidates (kml_dd_cost_span()): untold, the one request
+ * each side of the head; told a flash device's channels, the 16 oldest;
+ * told a disk's geometry, 8 each side of the head.  With a window of 64
+ * thousandths of those in flight, told either, the oldest: one under 16
+ * in flight (and under fewer, never none), four under 64, and under 1000
+ * in flight 64; 1000 thousandths is every one of them.
+ */
+static void kml_test_dd_cost_window(struct kunit *test)
+{
+	unsigned int saved[ARRAY_SIZE(kml_test_flash_params)];
+	unsigned int got[11];
+	bool by_age[11];
+
+	kml_test_flash_begin(saved);
+	got[0] = kml_dd_cost_span(&by_age[0], 16);
+	WRITE_ONCE(kml_dd.cost_window_permille, 64);
+	got[1] = kml_dd_cost_span(&by_age[1], 16);
+	got[2] = kml_dd_cost_span(&by_age[2], 3);
+	got[3] = kml_dd_cost_span(&by_age[3], 0);
+	got[4] = kml_dd_cost_span(&by_age[4], 64);
+	got[5] = kml_dd_cost_span(&by_age[5], 1000);
+	WRITE_ONCE(kml_dd.cost_window_permille, 1000);
+	got[6] = kml_dd_cost_span(&by_age[6], 64);
+	/* a disk's geometry instead */
+	WRITE_ONCE(kml_dd.cost_channels, 0);
+	WRITE_ONCE(kml_dd.cost_rev_ns, 8333333);
+	WRITE_ONCE(kml_dd.cost_track_sectors, 1024);
+	WRITE_ONCE(kml_dd.cost_cyl_sectors, 4096);
+	got[7] = kml_dd_cost_span(&by_age[7], 64);
+	WRITE_ONCE(kml_dd.cost_window_permille, 0);
+	got[8] = kml_dd_cost_span(&by_age[8], 64);
+	/* neither: the window does not apply */
+	WRITE_ONCE(kml_dd.cost_rev_ns, 0);
+	got[9] = kml_dd_cost_span(&by_age[9], 64);
+	WRITE_ONCE(kml_dd.cost_window_permille, 64);
+	got[10] = kml_dd_cost_span(&by_age[10], 64);
+	kml_test_flash_end(saved);
+
+	KUNIT_EXPECT_EQ(test, got[0], 2U * KML_DD_COST_GEOM_SPAN);
+	KUNIT_EXPECT_TRUE(test, by_age[0]);
+	KUNIT_EXPECT_EQ(test, got[1], 1U);
+	KUNIT_EXPECT_EQ(test, got[2], 1U);
+	KUNIT_EXPECT_EQ(test, got[3], 1U);
+	KUNIT_EXPECT_EQ(test, got[4], 4U);
+	KUNIT_EXPECT_EQ(test, got[5], 64U);
+	KUNIT_EXPECT_EQ(test, got[6], 64U);
+	KUNIT_EXPECT_TRUE(test, by_age[1] && by_age[2] && by_age[3]);
+	KUNIT_EXPECT_TRUE(test, by_age[4] && by_age[5] && by_age[6]);
+	KUNIT_EXPECT_EQ(test, got[7], 64U);
+	KUNIT_EXPECT_TRUE(test, by_age[7]);
+	KUNIT_EXPECT_EQ(test, got[8], (unsigned int)KML_DD_COST_GEOM_SPAN);
+	KUNIT_EXPECT_FALSE(test, by_age[8]);
+	KUNIT_EXPECT_EQ(test, got[9], 1U);
+	KUNIT_EXPECT_FALSE(test, by_age[9]);
+	KUNIT_EXPECT_EQ(test, got[10], 1U);
+	KUNIT_EXPECT_FALSE(test, by_age[10]);
 }
 
 /*
@@ -1727,6 +1787,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_dd_fast_compile),
 	KUNIT_CASE(kml_test_dd_feat_take),
 	KUNIT_CASE(kml_test_dd_head_relearns),
+	KUNIT_CASE(kml_test_dd_cost_window),
 	KUNIT_CASE(kml_test_dd_flash_horizon),
 	KUNIT_CASE(kml_test_dd_flash_svc_weight),
 	KUNIT_CASE(kml_test_dd_hooks_count_met),
