@@ -840,6 +840,10 @@ INVALID_WRITES = [
         id="cost_miss_budget_permille",
     ),
     pytest.param(
+        f"{P}/cost_window_permille", "0", ["1001", "-1", "1/16"], (ERANGE, EINVAL),
+        id="cost_window_permille",
+    ),
+    pytest.param(
         f"{P}/cost_channels", "0", ["17", "-1", "eight"], (ERANGE, EINVAL), id="cost_channels",
     ),
     pytest.param(

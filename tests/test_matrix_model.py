@@ -341,21 +341,23 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         head
         + "  model: [{mode: active, policy: cost, geometry: true,"
         + " cost_late_permille: [0, 1000], cost_horizon_ms: [0, 200],"
-        + " cost_svc_permille: [1000, 0]}]\n",
+        + " cost_svc_permille: [1000, 0], cost_window_permille: [0, 64]}]\n",
     )
     recorded = {
         (
             str(c.params["model"].get("cost_late_permille")),
             str(c.params["model"].get("cost_horizon_ms")),
             str(c.params["model"].get("cost_svc_permille")),
+            str(c.params["model"].get("cost_window_permille")),
         )
         for c in late.cells
     }
     assert sorted(recorded) == [
-        (late_, horizon, svc)
+        (late_, horizon, svc, window)
         for late_ in ("1000", "None")
         for horizon in ("200", "None")
         for svc in ("0", "None")
+        for window in ("64", "None")
     ]
     plain = load(tmp_path, head + "  model: [{mode: active, policy: cost, geometry: true}]\n")
     assert {c.id for c in plain.cells} < {c.id for c in late.cells}
@@ -375,6 +377,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
             "cost_horizon_ms": 200,
             "cost_svc_permille": 250,
             "cost_miss_budget_permille": 120,
+            "cost_window_permille": 64,
         },
         dev,
         trainer_seconds=1,
@@ -390,6 +393,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         ("cost_horizon_ms", 200),
         ("cost_svc_permille", 250),
         ("cost_miss_budget_permille", 120),
+        ("cost_window_permille", 64),
     ):
         assert f"/sys/module/kml/parameters/{param} {value}\n" in told, param
     untold_script = kml_setup_script({"mode": "active", "policy": "cost"}, dev, trainer_seconds=1)
@@ -400,6 +404,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     assert "/sys/module/kml/parameters/cost_horizon_ms 0\n" in untold_script
     assert "/sys/module/kml/parameters/cost_svc_permille 1000\n" in untold_script
     assert "/sys/module/kml/parameters/cost_miss_budget_permille 0\n" in untold_script
+    assert "/sys/module/kml/parameters/cost_window_permille 0\n" in untold_script
     for param in ("cost_channels", "cost_stripe_sectors"):
         assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
     # a flash device's geometry is its channels and stripe, and nothing of a disk's
@@ -450,6 +455,8 @@ def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
         ("cost_horizon_ms: -1", "0..60000"),
         ("cost_svc_permille: 1001", "0..1000"),
         ("cost_miss_budget_permille: 1001", "0..1000"),
+        ("cost_window_permille: 1001", "0..1000"),
+        ("cost_window_permille: -1", "0..1000"),
         ('geometry: "on"', "must be true or false"),
     ):
         with pytest.raises(MatrixError, match=message):

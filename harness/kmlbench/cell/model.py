@@ -227,6 +227,7 @@ def kml_setup_script(
                     "cost_horizon_ms",
                     "cost_svc_permille",
                     "cost_miss_budget_permille",
+                    "cost_window_permille",
                     "observe_every",
                     "lazy",
                     "sample_unclaimed",

@@ -299,6 +299,11 @@ MODEL_FIELDS: dict[str, Field] = {
     # ... all three only while under this many in 1000 requests are dispatched
     # late (0: always; kml_dd.h, KML_DD_COST_MISSED_SHIFT)
     "cost_miss_budget_permille": Field("int", 0, _between(0, 1000)),
+    # ... the candidates: each direction's oldest requests, this many
+    # thousandths as many as the queue has in flight, at least one (0: the
+    # default set, those near the head on a disk, the 16 oldest on flash;
+    # kml_dd.h, KML_DD_COST_MAX_WINDOW_PERMILLE)
+    "cost_window_permille": Field("int", 0, _between(0, 1000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
     "observe_every": Field("int", 1, _between(1, OBSERVE_MAX_EVERY)),
@@ -336,6 +341,7 @@ ACTIVE_FIELDS = (
     "cost_horizon_ms",
     "cost_svc_permille",
     "cost_miss_budget_permille",
+    "cost_window_permille",
 )
 # Only meaningful with a geometry: not recorded without one.
 GEOMETRY_FIELDS = (
@@ -345,6 +351,7 @@ GEOMETRY_FIELDS = (
     "cost_horizon_ms",
     "cost_svc_permille",
     "cost_miss_budget_permille",
+    "cost_window_permille",
 )
 # Recorded only when not their default (added after cells were recorded
 # without them: old ids stay).
@@ -353,6 +360,7 @@ SPARSE_FIELDS = (
     "cost_horizon_ms",
     "cost_svc_permille",
     "cost_miss_budget_permille",
+    "cost_window_permille",
 )
 # Only meaningful in observe mode, and recorded only when not every request
 # is watched.

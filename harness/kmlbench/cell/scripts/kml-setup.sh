@@ -27,6 +27,7 @@ setnum @KML_PARAMS@/cost_late_permille @COST_LATE_PERMILLE@
 setnum @KML_PARAMS@/cost_horizon_ms @COST_HORIZON_MS@
 setnum @KML_PARAMS@/cost_svc_permille @COST_SVC_PERMILLE@
 setnum @KML_PARAMS@/cost_miss_budget_permille @COST_MISS_BUDGET_PERMILLE@
+setnum @KML_PARAMS@/cost_window_permille @COST_WINDOW_PERMILLE@
 setnum @KML_PARAMS@/observe_every @OBSERVE_EVERY@
 setnum @KML_PARAMS@/lazy @LAZY@
 setnum @KML_PARAMS@/sample_unclaimed @SAMPLE_UNCLAIMED@
