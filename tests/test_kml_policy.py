@@ -348,7 +348,7 @@ def test_on_flash_a_horizon_shortens_the_tail(
 FLASH_SVC = """\
     - {mode: active, policy: cost, geometry: true, cost_age_shift: 3, cost_svc_permille: 0}
     - {mode: active, policy: cost, geometry: true, cost_age_shift: 3, cost_svc_permille: 0,
-       cost_window_permille: 64}
+       cost_window_permille: 62}
 """
 
 
@@ -391,12 +391,13 @@ def test_on_flash_under_a_light_load_a_window_keeps_the_fifos_tail(
     of the 16 oldest as candidates, and the choice between the oldest read
     and the oldest write still buys some throughput over stock's. Measured
     over 4 s, 3 repeats (``workloads/flash-window.yaml``; docs/benchmarks.md,
-    "A window on flash"). Here, 2 s: p99 1,237 us against 1,352 with the 16
-    oldest and stock's 1,401; IOPS 27,668 against 31,459 and stock's 26,685."""
+    "A window on flash"): p99 1,253 us against none's 1,237, 1,384 with the
+    16 oldest and stock's 1,417. Here, 2 s: 1,237 against 1,352 and stock's
+    1,401; IOPS 27,628 against 31,400 and stock's 26,643."""
     off, svc, window = (flash_light[k]["metrics"] for k in ("off", "svc", "window"))
     assert window["lat_p99_us"] < 0.95 * svc["lat_p99_us"], (svc, window)
     assert window["lat_p99_us"] < 0.95 * off["lat_p99_us"], (off, window)
     assert window["iops"] > 1.02 * off["iops"], (off["iops"], window["iops"])
     assert window["iops"] < svc["iops"], (svc["iops"], window["iops"])
-    assert flash_light["window"]["kml_stats"]["counters"]["cost_window_permille"] == 64
+    assert flash_light["window"]["kml_stats"]["counters"]["cost_window_permille"] == 62
     assert flash_light["svc"]["kml_stats"]["counters"]["cost_window_permille"] == 0

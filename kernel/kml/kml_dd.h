@@ -212,7 +212,7 @@ static inline u8 kml_dd_score_bucket(s32 r)
  * Policy cost with a geometry or channels: cost_window_permille N > 0 makes
  * the candidates of each direction its oldest requests, whatever their
  * sectors, N thousandths as many as the queue has in flight (queued or on
- * the device), at least one (0: the default, KML_DD_COST_GEOM_SPAN each
+ * the device), rounded up, at least one (0: the default, KML_DD_COST_GEOM_SPAN each
  * side of the head on a disk, twice as many of the oldest on flash).  The
  * window bounds how many younger requests can go before a request, so how
  * far the order strays from the FIFO's: under a light load, where little

@@ -372,7 +372,7 @@ static struct kml_dd_uint_range cost_window_permille_range = {
 module_param_cb(cost_window_permille, &kml_dd_uint_range_ops,
 		&cost_window_permille_range, 0644);
 MODULE_PARM_DESC(cost_window_permille,
-		 "policy cost with a geometry or channels: the candidates are each direction's oldest requests, this many thousandths as many as are in flight, at least one (0 = the default set; max "
+		 "policy cost with a geometry or channels: the candidates are each direction's oldest requests, this many thousandths as many as are in flight, rounded up (0 = the default set; max "
 		 __stringify(KML_DD_COST_MAX_WINDOW_PERMILLE) ")");
 
 /*

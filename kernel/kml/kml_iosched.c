@@ -401,8 +401,8 @@ static void kml_dd_geom_learn(struct kml_dd_queue *kq,
  * was chance; the candidates are then the oldest, as many as a disk's on
  * both sides, which are those the age credit and the horizon are about.
  * Given either, cost_window_permille makes them the oldest, that share of
- * the @in_flight requests the queue holds or has on the device, at least
- * one (*@by_age; kml_dd.h, KML_DD_COST_MAX_WINDOW_PERMILLE).
+ * the @in_flight requests the queue holds or has on the device, rounded
+ * up, at least one (*@by_age; kml_dd.h, KML_DD_COST_MAX_WINDOW_PERMILLE).
  */
 unsigned int kml_dd_cost_span(bool *by_age, unsigned int in_flight)
 {
@@ -415,7 +415,8 @@ unsigned int kml_dd_cost_span(bool *by_age, unsigned int in_flight)
 	if (!*by_age)
 		return 1;
 	if (permille)
-		return max_t(u32, div_u64((u64)in_flight * permille, 1000), 1);
+		return max_t(u32, DIV_ROUND_UP_ULL((u64)in_flight * permille,
+						   1000), 1);
 	*by_age = !geom;
 	return geom ? KML_DD_COST_GEOM_SPAN : 2 * KML_DD_COST_GEOM_SPAN;
 }

@@ -1369,10 +1369,10 @@ static void kml_test_flash_end(const unsigned int *saved)
 /*
  * Policy cost's candidates (kml_dd_cost_span()): untold, the one request
  * each side of the head; told a flash device's channels, the 16 oldest;
- * told a disk's geometry, 8 each side of the head.  With a window of 64
- * thousandths of those in flight, told either, the oldest: one under 16
- * in flight (and under fewer, never none), four under 64, and under 1000
- * in flight 64; 1000 thousandths is every one of them.
+ * told a disk's geometry, 8 each side of the head.  With a window of 62
+ * thousandths of those in flight, rounded up, told either, the oldest: one
+ * under 16 in flight (and under fewer, never none), two under 17, four
+ * under 64, and under 1000 in flight 62; 1000 thousandths is every one.
  */
 static void kml_test_dd_cost_window(struct kunit *test)
 {
@@ -1382,9 +1382,9 @@ static void kml_test_dd_cost_window(struct kunit *test)
 
 	kml_test_flash_begin(saved);
 	got[0] = kml_dd_cost_span(&by_age[0], 16);
-	WRITE_ONCE(kml_dd.cost_window_permille, 64);
+	WRITE_ONCE(kml_dd.cost_window_permille, 62);
 	got[1] = kml_dd_cost_span(&by_age[1], 16);
-	got[2] = kml_dd_cost_span(&by_age[2], 3);
+	got[2] = kml_dd_cost_span(&by_age[2], 17);
 	got[3] = kml_dd_cost_span(&by_age[3], 0);
 	got[4] = kml_dd_cost_span(&by_age[4], 64);
 	got[5] = kml_dd_cost_span(&by_age[5], 1000);
@@ -1401,17 +1401,17 @@ static void kml_test_dd_cost_window(struct kunit *test)
 	/* neither: the window does not apply */
 	WRITE_ONCE(kml_dd.cost_rev_ns, 0);
 	got[9] = kml_dd_cost_span(&by_age[9], 64);
-	WRITE_ONCE(kml_dd.cost_window_permille, 64);
+	WRITE_ONCE(kml_dd.cost_window_permille, 62);
 	got[10] = kml_dd_cost_span(&by_age[10], 64);
 	kml_test_flash_end(saved);
 
 	KUNIT_EXPECT_EQ(test, got[0], 2U * KML_DD_COST_GEOM_SPAN);
 	KUNIT_EXPECT_TRUE(test, by_age[0]);
 	KUNIT_EXPECT_EQ(test, got[1], 1U);
-	KUNIT_EXPECT_EQ(test, got[2], 1U);
+	KUNIT_EXPECT_EQ(test, got[2], 2U);
 	KUNIT_EXPECT_EQ(test, got[3], 1U);
 	KUNIT_EXPECT_EQ(test, got[4], 4U);
-	KUNIT_EXPECT_EQ(test, got[5], 64U);
+	KUNIT_EXPECT_EQ(test, got[5], 62U);
 	KUNIT_EXPECT_EQ(test, got[6], 64U);
 	KUNIT_EXPECT_TRUE(test, by_age[1] && by_age[2] && by_age[3]);
 	KUNIT_EXPECT_TRUE(test, by_age[4] && by_age[5] && by_age[6]);

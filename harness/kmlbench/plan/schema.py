@@ -300,7 +300,7 @@ MODEL_FIELDS: dict[str, Field] = {
     # late (0: always; kml_dd.h, KML_DD_COST_MISSED_SHIFT)
     "cost_miss_budget_permille": Field("int", 0, _between(0, 1000)),
     # ... the candidates: each direction's oldest requests, this many
-    # thousandths as many as the queue has in flight, at least one (0: the
+    # thousandths as many as the queue has in flight, rounded up (0: the
     # default set, those near the head on a disk, the 16 oldest on flash;
     # kml_dd.h, KML_DD_COST_MAX_WINDOW_PERMILLE)
     "cost_window_permille": Field("int", 0, _between(0, 1000)),
