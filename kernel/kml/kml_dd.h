@@ -211,13 +211,14 @@ static inline u8 kml_dd_score_bucket(s32 r)
 /*
  * Policy cost with a geometry or channels: cost_window_permille N > 0 makes
  * the candidates of each direction its oldest requests, whatever their
- * sectors, N thousandths as many as the queue has in flight (queued or on
- * the device), rounded up, at least one (0: the default, KML_DD_COST_GEOM_SPAN each
- * side of the head on a disk, twice as many of the oldest on flash).  The
- * window bounds how many younger requests can go before a request, so how
- * far the order strays from the FIFO's: under a light load, where little
- * waits, near none at all, and the tail stays the FIFO's; under a heavy
- * one, enough to find the cheap requests the throughput comes from.
+ * sectors, N thousandths as many as the queue has in flight in their
+ * priority class (queued or on the device), rounded up, at least one (0:
+ * the default, KML_DD_COST_GEOM_SPAN each side of the head on a disk,
+ * twice as many of the oldest on flash).  The window bounds how many
+ * younger requests can go before a request, so how far the order strays
+ * from the FIFO's: under a light load, where little waits, near none at
+ * all, and the tail stays the FIFO's; under a heavy one, enough to find
+ * the cheap requests the throughput comes from.
  */
 #define KML_DD_COST_MAX_WINDOW_PERMILLE	1000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
