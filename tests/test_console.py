@@ -363,3 +363,30 @@ def test_a_kcsan_report_through_kml_is_found_below_its_header() -> None:
     # only inside a report: the same frame after KCSAN's "Reported by" is not
     tail = text + "[  300.0]  dd_dispatch_request+0x1/0x2\n"
     assert kcsan_through_kml(tail) == []
+
+
+KCSAN_INTERRUPTED = Path(__file__).parent / "data" / "kcsan-interrupted-kml.console"
+
+
+def test_frames_an_interrupt_landed_in_are_not_the_access() -> None:
+    """Two real reports from the KCSAN kernel under fio and kmlctl fuzz
+    (tests/test_kml_faults.py, 2026-12-06): blk-mq's tag bitmap, cleared by
+    null_blk's completion in a timer interrupt and read by a submit. The
+    interrupt landed once in mq-deadline's insert and once in the kernel
+    trainer's sleep: those frames lie below the interrupt's entry, and
+    neither made an access, so neither report is ours. The same frame above
+    the entry (in the interrupt's own path) is."""
+    text = KCSAN_INTERRUPTED.read_text()
+    events = [e for e in classify(text) if e.kind.startswith("kcsan")]
+    assert [e.kind for e in events] == ["kcsan_other", "kcsan_other"]
+    assert " dd_insert_requests+" in text and " kml_kt_thread+" in text
+    assert kcsan_through_kml(text) == []
+    # in the interrupt's own stack, above its entry, a frame is ours
+    ours = text.replace(" end_cmd+", " __kml_dd_finish+", 1)
+    assert kcsan_through_kml(ours) == events[:1]
+    # and in the other access's stack (no interrupt there)
+    other = text.replace(" blk_mq_dispatch_rq_list+", " dd_dispatch_request+", 1)
+    assert kcsan_through_kml(other) == events[:1]
+    # the interrupted frames are skipped only up to the next access's header
+    second = text.replace(" __blk_mq_alloc_requests+", " dd_limit_depth+", 1)
+    assert kcsan_through_kml(second) == events[1:]

@@ -133,6 +133,12 @@ def classify(text: str) -> list[ConsoleEvent]:
 # A frame of KML's or mq-deadline's in a report's stacks ("kml_dd_cost+0x1/0x2").
 _OUR_FRAME = re.compile(r"\b(__)?(kml|dd)_\w*\+0x")
 _KCSAN_END = "Reported by Kernel Concurrency Sanitizer"
+# An access's stack, by interrupt, runs up to the interrupt's entry (x86's
+# asm_sysvec_*, asm_common_interrupt, asm_exc_*); the frames below it are
+# of whatever the interrupt landed in, not of the access. An access's
+# header line ("write to ... by interrupt on cpu 0:") starts a stack.
+_IRQ_ENTRY = re.compile(r"\basm_(sysvec_\w+|common_interrupt|exc_\w+)\+0x")
+_ACCESS = re.compile(r"\b(read|write)\b.* by (task|interrupt)\b|race at unknown origin")
 
 
 def kcsan_through_kml(text: str) -> list[ConsoleEvent]:
@@ -140,19 +146,25 @@ def kcsan_through_kml(text: str) -> list[ConsoleEvent]:
 
     A ``kcsan_other`` report's header names neither (``classify``), but an
     access inside a function KML or mq-deadline called shows only in the
-    stacks below it: such a report is ours to read. Each is returned as its
-    header's event; a report runs from its header to KCSAN's "Reported by"
-    line.
+    stacks below it: such a report is ours to read. An access's stack ends
+    at an interrupt's entry: below it are the frames of what the interrupt
+    landed in (a KML thread asleep, mq-deadline's insert), which made no
+    access. Each is returned as its header's event; a report runs from its
+    header to KCSAN's "Reported by" line.
     """
     found: list[ConsoleEvent] = []
     header: ConsoleEvent | None = None
-    ours = False
+    ours = interrupted = False
     for number, line in enumerate(text.splitlines(), start=1):
         event = classify_line(line, number)
         if event is not None and event.kind in ("kcsan", "kcsan_other"):
-            header, ours = event, False
+            header, ours, interrupted = event, False, False
         elif header is not None:
-            ours = ours or bool(_OUR_FRAME.search(line))
+            if _ACCESS.search(line):
+                interrupted = False
+            elif _IRQ_ENTRY.search(line):
+                interrupted = True
+            ours = ours or (not interrupted and bool(_OUR_FRAME.search(line)))
             if _KCSAN_END in line:
                 if ours:
                     found.append(header)
