@@ -387,6 +387,11 @@ def test_frames_an_interrupt_landed_in_are_not_the_access() -> None:
     # and in the other access's stack (no interrupt there)
     other = text.replace(" blk_mq_dispatch_rq_list+", " dd_dispatch_request+", 1)
     assert kcsan_through_kml(other) == events[:1]
-    # the interrupted frames are skipped only up to the next access's header
+    # the interrupted frames are skipped only up to the next access's header,
+    # whatever its access (KCSAN's asserts too)
     second = text.replace(" __blk_mq_alloc_requests+", " dd_limit_depth+", 1)
     assert kcsan_through_kml(second) == events[1:]
+    address = "to 0xff1100003fa1b9c0"
+    asserted = second.replace(f"read {address}", f"assert no writes {address}")
+    assert asserted != second
+    assert kcsan_through_kml(asserted) == events[1:]

@@ -136,9 +136,11 @@ _KCSAN_END = "Reported by Kernel Concurrency Sanitizer"
 # An access's stack, by interrupt, runs up to the interrupt's entry (x86's
 # asm_sysvec_*, asm_common_interrupt, asm_exc_*); the frames below it are
 # of whatever the interrupt landed in, not of the access. An access's
-# header line ("write to ... by interrupt on cpu 0:") starts a stack.
+# header line starts a stack; whatever the access ("read", "write (marked)",
+# "assert no writes", "race at unknown origin, with read"), it ends
+# "to 0x... of N bytes by task|interrupt on cpu N:" (kernel/kcsan/report.c).
 _IRQ_ENTRY = re.compile(r"\basm_(sysvec_\w+|common_interrupt|exc_\w+)\+0x")
-_ACCESS = re.compile(r"\b(read|write)\b.* by (task|interrupt)\b|race at unknown origin")
+_ACCESS = re.compile(r" to 0x[0-9a-f]+ of \d+ bytes by (task \d+|interrupt) on cpu \d+:")
 
 
 def kcsan_through_kml(text: str) -> list[ConsoleEvent]:
