@@ -7,32 +7,6 @@
  */
 #include "kml_dd_calib.h"
 
-void kml_dd_cal_add(struct kml_dd_cal *c, const struct kml_dd_resid *r,
-		    u32 n)
-{
-	u32 i;
-
-	for (i = 0; i < n; i++) {
-		c->r[c->pos] = r[i];
-		c->pos = (c->pos + 1) % KML_DD_CAL_WINDOW;
-		if (c->n < KML_DD_CAL_WINDOW)
-			c->n++;
-	}
-}
-
-static int kml_dd_resid_cmp(const void *a, const void *b)
-{
-	s32 ra = ((const struct kml_dd_resid *)a)->r;
-	s32 rb = ((const struct kml_dd_resid *)b)->r;
-
-	return ra < rb ? -1 : ra > rb;
-}
-
-static s64 kml_dd_abs64(s64 v)
-{
-	return v < 0 ? -v : v;
-}
-
 /*
  * The AUC of a score for "missed" (Mann-Whitney), one tie group at a time
  * in the score's order: each group of @met met and @missed missed samples
@@ -59,6 +33,50 @@ static u32 kml_dd_auc_ratio(u64 num, u64 pairs)
 	return div64_u64(num << 20, den);
 }
 
+u32 kml_dd_cal_auc_hist(const u64 *met, const u64 *missed, u32 n)
+{
+	u64 num = 0, met_before = 0, n_miss = 0;
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		kml_dd_auc_group(&num, &met_before, met[i], missed[i]);
+		n_miss += missed[i];
+	}
+	/* both counts below 2^31: twice their product, and num, fit 64 bits */
+	if (met_before >> 31 || n_miss >> 31)
+		return 0;
+	return kml_dd_auc_ratio(num, met_before * n_miss);
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_auc_hist);
+
+/* The kernel trainer's, kmlctl train's and kmlbench train's */
+#if KML_HAS_KTRAINER
+void kml_dd_cal_add(struct kml_dd_cal *c, const struct kml_dd_resid *r,
+		    u32 n)
+{
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		c->r[c->pos] = r[i];
+		c->pos = (c->pos + 1) % KML_DD_CAL_WINDOW;
+		if (c->n < KML_DD_CAL_WINDOW)
+			c->n++;
+	}
+}
+
+static int kml_dd_resid_cmp(const void *a, const void *b)
+{
+	s32 ra = ((const struct kml_dd_resid *)a)->r;
+	s32 rb = ((const struct kml_dd_resid *)b)->r;
+
+	return ra < rb ? -1 : ra > rb;
+}
+
+static s64 kml_dd_abs64(s64 v)
+{
+	return v < 0 ? -v : v;
+}
+
 /* AUC of r as a score for "missed" on the sorted @s, in 2^-20 units. */
 static u32 kml_dd_cal_auc(const struct kml_dd_resid *s, u32 n, u32 n_met,
 			  u32 n_miss)
@@ -75,22 +93,6 @@ static u32 kml_dd_cal_auc(const struct kml_dd_resid *s, u32 n, u32 n_met,
 	}
 	return kml_dd_auc_ratio(num, (u64)n_met * n_miss);
 }
-
-u32 kml_dd_cal_auc_hist(const u64 *met, const u64 *missed, u32 n)
-{
-	u64 num = 0, met_before = 0, n_miss = 0;
-	u32 i;
-
-	for (i = 0; i < n; i++) {
-		kml_dd_auc_group(&num, &met_before, met[i], missed[i]);
-		n_miss += missed[i];
-	}
-	/* both counts below 2^31: twice their product, and num, fit 64 bits */
-	if (met_before >> 31 || n_miss >> 31)
-		return 0;
-	return kml_dd_auc_ratio(num, met_before * n_miss);
-}
-EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_auc_hist);
 
 /*
  * Predict "meet" when r <= thr.  Regression to the mean pulls predictions
@@ -184,6 +186,7 @@ bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 	return true;
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_fit);
+#endif /* KML_HAS_KTRAINER */
 
 void kml_dd_decide_q16(const s32 *yq, const u64 *deadline_ns, u32 n,
 		       u32 permille, s64 *issue_ns, u8 *met)

@@ -1038,6 +1038,7 @@ void kml_dd_unload(void)
 	kml_dd_model_replace(NULL);
 }
 
+#if KML_HAS_KTRAINER
 /*
  * Save the model in use into @buf if it is of @dtype, for the kernel
  * trainer to warm-start from.  The swap lock keeps it from being replaced
@@ -1058,6 +1059,7 @@ long kml_dd_model_save(void *buf, size_t cap, u32 dtype)
 	mutex_unlock(&kml_dd.model_lock);
 	return len;
 }
+#endif
 
 /* ------------------------------------------------------------ the ring */
 

@@ -23,6 +23,8 @@ s64 kml_dd_predict_f32(struct kml_model *m, const s32 *features)
 	return kml_dd_lg_us_to_ns(y);	/* -1 for NaN: no prediction */
 }
 
+/* the kernel trainer's (kml_ktrain.c) */
+#if KML_HAS_KTRAINER
 void kml_dd_samples_to_f32(const struct kml_dd_sample *s, u32 n, float *x,
 			   float *y)
 {
@@ -52,3 +54,4 @@ void kml_dd_deadline_residuals(struct kml_model *m, const float *x,
 	kml_model_predict_nofpu(m, x, n, yhat);
 	kml_dd_residuals(yhat, s, n, r);
 }
+#endif /* KML_HAS_KTRAINER */

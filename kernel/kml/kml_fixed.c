@@ -165,6 +165,7 @@ void kml_linear_forward_q16(s32 *out, const s32 *in, const s32 *w,
 }
 EXPORT_SYMBOL_GPL(kml_linear_forward_q16);
 
+#if KML_HAS_TRAIN
 /* dw, db accumulate Q32 sums in s64; din (may be NULL) is Q16 */
 void kml_linear_backward_q16(s32 *din, s64 *dw, s64 *db, const s32 *dout,
 			     const s32 *in, const s32 *w, u32 B, u32 in_dim,
@@ -196,6 +197,7 @@ void kml_linear_backward_q16(s32 *din, s64 *dw, s64 *db, const s32 *dout,
 	}
 }
 EXPORT_SYMBOL_GPL(kml_linear_backward_q16);
+#endif
 
 void kml_act_forward_q16(u32 act, s32 *out, const s32 *in, u32 n)
 {
@@ -220,6 +222,7 @@ void kml_act_forward_q16(u32 act, s32 *out, const s32 *in, u32 n)
 }
 EXPORT_SYMBOL_GPL(kml_act_forward_q16);
 
+#if KML_HAS_TRAIN
 void kml_act_backward_q16(u32 act, s32 *din, const s32 *dout, const s32 *in,
 			  const s32 *out, u32 n)
 {
@@ -246,3 +249,4 @@ void kml_act_backward_q16(u32 act, s32 *din, const s32 *dout, const s32 *in,
 	}
 }
 EXPORT_SYMBOL_GPL(kml_act_backward_q16);
+#endif

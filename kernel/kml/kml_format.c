@@ -84,6 +84,9 @@ long kml_model_save(const struct kml_model *m, void *buf, size_t cap)
 	u32 n_in = m->cfg.sizes[0], i;
 	u8 *p = buf;
 
+	/* only a model trained here has weights worth writing out */
+	if (!KML_HAS_TRAIN)
+		return -EOPNOTSUPP;
 	if (cap < need)
 		return -ENOSPC;
 	memset(p, 0, KML_MODEL_HDR_SIZE);
@@ -214,7 +217,8 @@ int kml_model_load(const void *buf, size_t len, struct kml_model **out)
 		w[i] = kml_get32(p);
 
 	if (cfg.norm != KML_NORM_NONE) {
-		if (cfg.dtype == KML_Q16) {
+		/* kml_cfg_check() let a float model in only with KML_FLOAT */
+		if (!KML_HAS_FLOAT || cfg.dtype == KML_Q16) {
 			kml_q16_norm_scale(m);
 		} else {
 			if (kml_fpu_begin()) {

@@ -117,7 +117,8 @@ static s64 kml_dd_model_predict(struct kml_dd_model *dm, const s32 *features)
 
 	if (dm->fast)
 		return kml_dd_lg_q16_to_ns(kml_dd_fast_predict(&dm->f, features));
-	if (dm->dtype == KML_Q16) {
+	/* without KML_FLOAT no float model loads */
+	if (!KML_HAS_FLOAT || dm->dtype == KML_Q16) {
 		kml_model_predict_nofpu(dm->model, features, 1, &yq);
 		return kml_dd_lg_q16_to_ns(yq);
 	}

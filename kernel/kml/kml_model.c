@@ -4,6 +4,10 @@
  * (kml_nn.c) and fixed-point (kml_nn_q16.c) paths.  Integer code only: the
  * float path is entered through kml_fpu_begin()/kml_fpu_end() here.
  *
+ * A kernel may leave out float models (CONFIG_KML_FLOAT) and training
+ * (CONFIG_KML_TRAIN): their calls then return -EOPNOTSUPP, and the tests
+ * of KML_HAS_FLOAT and KML_HAS_TRAIN let the compiler drop the code behind.
+ *
  * Memory: one allocation for the inference block (this struct, parameters,
  * normalisation) and one for the training block (gradients, optimiser
  * state, activations), both made before any forward pass.  Prediction
@@ -44,6 +48,8 @@ int kml_cfg_check(const struct kml_model_cfg *c)
 
 	if (c->dtype != KML_F32 && c->dtype != KML_Q16)
 		return -EINVAL;
+	if (c->dtype == KML_F32 && !KML_HAS_FLOAT)
+		return -EOPNOTSUPP;
 	if (c->n_layers < 1)
 		return -EINVAL;
 	if (c->n_layers > KML_MAX_LAYERS)
@@ -200,7 +206,7 @@ int kml_model_create(const struct kml_model_cfg *cfg, struct kml_model **out)
 		return ret;
 	kml_init_weights(m);
 	kml_norm_reset(m);
-	if (cfg->dtype == KML_F32) {
+	if (KML_HAS_FLOAT && cfg->dtype == KML_F32) {
 		if (kml_fpu_begin()) {
 			kml_model_free(m);
 			return -EBUSY;
@@ -262,9 +268,11 @@ int kml_model_norm_update(struct kml_model *m, const void *x, u32 n)
 {
 	u32 n_in = m->cfg.sizes[0], rows, r, c;
 
+	if (!KML_HAS_TRAIN)
+		return -EOPNOTSUPP;
 	if (m->cfg.norm == KML_NORM_NONE)
 		return -EINVAL;
-	if (m->cfg.dtype == KML_Q16) {
+	if (!KML_HAS_FLOAT || m->cfg.dtype == KML_Q16) {
 		kml_q16_norm_update(m, x, n);
 		return 0;
 	}
@@ -293,9 +301,10 @@ int kml_model_norm_get(const struct kml_model *m, void *mean, void *scale)
 }
 EXPORT_SYMBOL_GPL(kml_model_norm_get);
 
+/* without KML_FLOAT no float model exists: every model is Q16 */
 int kml_model_predict_nofpu(struct kml_model *m, const void *x, u32 n, void *y)
 {
-	if (m->cfg.dtype == KML_Q16)
+	if (!KML_HAS_FLOAT || m->cfg.dtype == KML_Q16)
 		kml_q16_predict(m, x, n, y);
 	else
 		kml_f32_predict(m, x, n, y);
@@ -308,7 +317,7 @@ int kml_model_predict(struct kml_model *m, const void *x, u32 n, void *y)
 {
 	u32 n_in = m->cfg.sizes[0], n_out = kml_out_dim(m), r, c;
 
-	if (m->cfg.dtype == KML_Q16) {
+	if (!KML_HAS_FLOAT || m->cfg.dtype == KML_Q16) {
 		kml_q16_predict(m, x, n, y);
 		return 0;
 	}
@@ -331,6 +340,8 @@ int kml_model_train_setup(struct kml_model *m, const struct kml_train_cfg *cfg)
 	size_t gsz = m->cfg.dtype == KML_Q16 ? 8 : 4, bytes;
 	u8 *p;
 
+	if (!KML_HAS_TRAIN)
+		return -EOPNOTSUPP;
 	if (cfg->optimizer > KML_OPT_ADAM || cfg->loss > KML_LOSS_BCE)
 		return -EINVAL;
 	if (cfg->loss == KML_LOSS_BCE && m->cfg.out_act != KML_ACT_SIGMOID)
@@ -391,7 +402,7 @@ int kml_model_train_setup(struct kml_model *m, const struct kml_train_cfg *cfg)
 	p += (size_t)B * m->max_width * 4;
 	m->tr->dbuf[1] = p;
 
-	if (m->cfg.dtype == KML_F32) {
+	if (KML_HAS_FLOAT && m->cfg.dtype == KML_F32) {
 		if (kml_fpu_begin()) {
 			/* never leave a half-initialised training block behind */
 			kml_free(m->tr);
@@ -465,12 +476,15 @@ static int kml_f32_step(struct kml_model *m)
 int kml_model_forward(struct kml_model *m, const void *x, u32 n,
 		      const void *y, void *loss)
 {
-	int ret = kml_train_check(m, n);
+	int ret;
 
+	if (!KML_HAS_TRAIN)
+		return -EOPNOTSUPP;
+	ret = kml_train_check(m, n);
 	if (ret)
 		return ret;
 	m->tr->fwd_n = 0;
-	if (m->cfg.dtype == KML_Q16)
+	if (!KML_HAS_FLOAT || m->cfg.dtype == KML_Q16)
 		kml_q16_forward(m, x, n, y, loss);
 	else
 		ret = kml_f32_batch(m, x, y, n, true, false, loss);
@@ -482,13 +496,16 @@ EXPORT_SYMBOL_GPL(kml_model_forward);
 
 int kml_model_backward(struct kml_model *m, const void *y, u32 n)
 {
-	int ret = kml_train_check(m, n);
+	int ret;
 
+	if (!KML_HAS_TRAIN)
+		return -EOPNOTSUPP;
+	ret = kml_train_check(m, n);
 	if (ret)
 		return ret;
 	if (m->tr->fwd_n != n)
 		return -EINVAL;
-	if (m->cfg.dtype == KML_Q16) {
+	if (!KML_HAS_FLOAT || m->cfg.dtype == KML_Q16) {
 		kml_q16_backward(m, y, n);
 		return 0;
 	}
@@ -498,10 +515,12 @@ EXPORT_SYMBOL_GPL(kml_model_backward);
 
 int kml_model_step(struct kml_model *m)
 {
+	if (!KML_HAS_TRAIN)
+		return -EOPNOTSUPP;
 	if (!m->tr)
 		return -EINVAL;
 	m->tr->steps++;
-	if (m->cfg.dtype == KML_Q16) {
+	if (!KML_HAS_FLOAT || m->cfg.dtype == KML_Q16) {
 		kml_q16_step(m);
 		return 0;
 	}
@@ -517,13 +536,16 @@ EXPORT_SYMBOL_GPL(kml_model_step);
 int kml_model_train_batch(struct kml_model *m, const void *x, const void *y,
 			  u32 n, void *loss)
 {
-	int ret = kml_train_check(m, n);
+	int ret;
 
+	if (!KML_HAS_TRAIN)
+		return -EOPNOTSUPP;
+	ret = kml_train_check(m, n);
 	if (ret)
 		return ret;
 	m->tr->steps++;
 	m->tr->fwd_n = n;
-	if (m->cfg.dtype == KML_Q16) {
+	if (!KML_HAS_FLOAT || m->cfg.dtype == KML_Q16) {
 		kml_q16_forward(m, x, n, y, loss);
 		kml_q16_backward(m, y, n);
 		kml_q16_step(m);
@@ -545,6 +567,8 @@ int kml_math_apply(u32 fn, u32 dtype, const void *x, void *y, u32 n)
 	if (fn > KML_FN_SIGMOID)
 		return -EINVAL;
 	if (dtype == KML_F32) {
+		if (!KML_HAS_FLOAT)
+			return -EOPNOTSUPP;
 		/* about KML_FPU_PARAMS elements per FPU section */
 		for (i = 0; i < n; i += c) {
 			c = n - i < KML_FPU_PARAMS ? n - i : KML_FPU_PARAMS;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Float layers, losses, optimisers and the float model path.
+ * Float layers, losses, optimisers and the float model path; without
+ * CONFIG_KML_TRAIN only what a prediction needs.
  *
  * Built with FPU code generation enabled in the kernel: every function here
  * runs inside an FPU section (kml_fpu_begin/end), taken by the caller.
@@ -8,6 +9,7 @@
  */
 #include "kml_internal.h"
 
+#if KML_HAS_TRAIN
 /* float optimiser state kept in kml_model.fstate (opaque to integer code) */
 struct kml_fstate {
 	float lr, momentum, beta1, beta2, eps, pos_weight, beta1_t, beta2_t;
@@ -26,6 +28,7 @@ static float kml_q32_to_f(s64 v)
 {
 	return (float)v * (1.0f / 4294967296.0f);
 }
+#endif
 
 /* ---------------------------------------------------------------- layers */
 
@@ -50,6 +53,7 @@ void kml_linear_forward(float *out, const float *in, const float *w,
 }
 EXPORT_SYMBOL_GPL(kml_linear_forward);
 
+#if KML_HAS_TRAIN
 /* dw, db accumulate; din (may be NULL) is overwritten */
 void kml_linear_backward(float *din, float *dw, float *db, const float *dout,
 			 const float *in, const float *w, u32 B, u32 in_dim,
@@ -80,6 +84,7 @@ void kml_linear_backward(float *din, float *dw, float *db, const float *dout,
 	}
 }
 EXPORT_SYMBOL_GPL(kml_linear_backward);
+#endif
 
 void kml_act_forward(u32 act, float *out, const float *in, u32 n)
 {
@@ -104,6 +109,7 @@ void kml_act_forward(u32 act, float *out, const float *in, u32 n)
 }
 EXPORT_SYMBOL_GPL(kml_act_forward);
 
+#if KML_HAS_TRAIN
 /* din = dout * act'(in); sigmoid and tanh use their outputs */
 void kml_act_backward(u32 act, float *din, const float *dout, const float *in,
 		      const float *out, u32 n)
@@ -193,6 +199,7 @@ void kml_bce_backward(float *dp, const float *p, const float *y, u32 n,
 	}
 }
 EXPORT_SYMBOL_GPL(kml_bce_backward);
+#endif
 
 /* ---------------------------------------------------------------- model */
 
@@ -214,6 +221,7 @@ void kml_f32_norm_scale(struct kml_model *m)
 		scale[i] = var[i] > 1e-12f ? 1.0f / kml_sqrtf(var[i]) : 1.0f;
 }
 
+#if KML_HAS_TRAIN
 /* Welford: running mean and (population) variance */
 void kml_f32_norm_update(struct kml_model *m, const float *x, u32 n)
 {
@@ -233,6 +241,7 @@ void kml_f32_norm_update(struct kml_model *m, const float *x, u32 n)
 	}
 	kml_f32_norm_scale(m);
 }
+#endif
 
 static void kml_f32_normalise(const struct kml_model *m, float *out,
 			      const float *x, u32 n)
@@ -277,6 +286,7 @@ void kml_f32_predict(struct kml_model *m, const float *x, u32 n, float *y)
 	}
 }
 
+#if KML_HAS_TRAIN
 void kml_f32_train_init(struct kml_model *m)
 {
 	struct kml_fstate *fs = kml_fs(m);
@@ -427,3 +437,4 @@ void kml_f32_step_range(struct kml_model *m, u32 i0, u32 cnt)
 		}
 	}
 }
+#endif /* KML_HAS_TRAIN */

@@ -2,6 +2,7 @@
 /*
  * Q16.16 model path: normalisation, inference, loss, backward, SGD (with
  * momentum) and Adam in integer arithmetic only.  No FPU section needed.
+ * Without CONFIG_KML_TRAIN only what a prediction needs.
  *
  * Gradients are accumulated as Q32.32 in s64; the SGD velocity is Q32.32,
  * the learning rate Q8.24, parameters Q16.16 (rounded to nearest).
@@ -26,6 +27,7 @@ void kml_q16_norm_scale(struct kml_model *m)
 	}
 }
 
+#if KML_HAS_TRAIN
 /* a / b rounded to nearest, b > 0: keeps the running statistics unbiased */
 static s64 kml_div_round(s64 a, s64 b)
 {
@@ -54,6 +56,7 @@ void kml_q16_norm_update(struct kml_model *m, const s32 *x, u32 n)
 	}
 	kml_q16_norm_scale(m);
 }
+#endif
 
 static void kml_q16_normalise(const struct kml_model *m, s32 *out,
 			      const s32 *x, u32 n)
@@ -103,6 +106,7 @@ void kml_q16_predict(struct kml_model *m, const s32 *x, u32 n, s32 *y)
 	}
 }
 
+#if KML_HAS_TRAIN
 static s32 kml_q16_pos_weight(const struct kml_model *m)
 {
 	return m->tr->tcfg.pos_weight ?
@@ -270,3 +274,4 @@ void kml_q16_step(struct kml_model *m)
 		g[i] = 0;
 	}
 }
+#endif /* KML_HAS_TRAIN */

@@ -31,6 +31,16 @@
 /* Kernel callers see no visibility attribute; exports use EXPORT_SYMBOL_GPL. */
 #define KML_API
 
+/*
+ * The parts a kernel may leave out (lib/kml/Kconfig): float models and
+ * training.  Tested with if (), not #ifdef, where the code can stay
+ * visible to the compiler, which then drops the calls it cannot reach.
+ */
+#define KML_HAS_FLOAT	IS_ENABLED(CONFIG_KML_FLOAT)
+#define KML_HAS_TRAIN	IS_ENABLED(CONFIG_KML_TRAIN)
+/* mq-deadline's kernel trainer and what only it calls */
+#define KML_HAS_KTRAINER IS_ENABLED(CONFIG_KML_IOSCHED_KTRAINER)
+
 struct kml_atomic64 {
 	atomic64_t v;
 };
@@ -107,6 +117,10 @@ typedef int32_t s32;
 typedef int64_t s64;
 
 #define KML_API __attribute__((visibility("default")))
+/* libkml.so has every part: kmlbench trains and converts models with it. */
+#define KML_HAS_FLOAT	1
+#define KML_HAS_TRAIN	1
+#define KML_HAS_KTRAINER 1
 /* Kernel export markers are no-ops in the shared library. */
 #define EXPORT_SYMBOL_GPL(sym) extern int kml_export_marker_unused
 #define EXPORT_SYMBOL_IF_KUNIT EXPORT_SYMBOL_GPL

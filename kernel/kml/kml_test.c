@@ -21,6 +21,17 @@
 #include "kml_iosched.h"
 #endif
 
+/*
+ * A case that needs a part this kernel was built without (lib/kml/Kconfig:
+ * float models, training, mq-deadline's kernel trainer) is skipped.
+ * kunit_skip() does not return, so the calls after it are not linked.
+ */
+#define kml_test_needs(test, has, part)					\
+	do {								\
+		if (!(has))						\
+			kunit_skip(test, "built without " part);	\
+	} while (0)
+
 #define N_REF 16
 
 struct kml_ref {
@@ -103,6 +114,7 @@ static void kml_test_math_accuracy(struct kunit *test)
 {
 	u32 y[N_REF], i, k, worst;
 
+	kml_test_needs(test, KML_HAS_FLOAT, "float models");
 	for (k = 0; k < ARRAY_SIZE(kml_refs); k++) {
 		const struct kml_ref *r = &kml_refs[k];
 
@@ -128,6 +140,7 @@ static void kml_test_math_special(struct kunit *test)
 	u32 x[4] = { 0x42c80000, 0xc2c80000, 0x00000000, 0xbf800000 };
 	u32 y[4];
 
+	kml_test_needs(test, KML_HAS_FLOAT, "float models");
 	KUNIT_ASSERT_EQ(test, 0, kml_math_apply(KML_FN_EXP, KML_F32, x, y, 2));
 	KUNIT_EXPECT_EQ(test, y[0], 0x7f800000U);
 	KUNIT_EXPECT_EQ(test, y[1], 0U);
@@ -216,8 +229,7 @@ static struct kml_model *kml_test_model(struct kunit *test, u32 dtype,
 /* Same seed -> same initial weights; Q16 output within 1e-3 of float. */
 static void kml_test_fixed_vs_float(struct kunit *test)
 {
-	struct kml_model *mf = kml_test_model(test, KML_F32, KML_ARCH_MLP);
-	struct kml_model *mq = kml_test_model(test, KML_Q16, KML_ARCH_MLP);
+	struct kml_model *mf, *mq;
 	/* inputs as Q16 and as float bits: k / 8 - 0.5 */
 	static const u32 xf[8] = { 0xbf000000, 0xbec00000, 0xbe800000,
 				   0xbe000000, 0x00000000, 0x3e000000,
@@ -225,6 +237,9 @@ static void kml_test_fixed_vs_float(struct kunit *test)
 	s32 xq[8], yq;
 	u32 yf, i;
 
+	kml_test_needs(test, KML_HAS_FLOAT, "float models");
+	mf = kml_test_model(test, KML_F32, KML_ARCH_MLP);
+	mq = kml_test_model(test, KML_Q16, KML_ARCH_MLP);
 	for (i = 0; i < 8; i++)
 		xq[i] = (s32)i * 8192 - 32768;
 	KUNIT_ASSERT_EQ(test, 0, kml_model_predict(mf, xf, 1, &yf));
@@ -240,6 +255,7 @@ static void kml_test_q16_training(struct kunit *test)
 	s32 x[4 * 8], y[4], first = 0, loss = 0;
 	u32 i, r, step, opt;
 
+	kml_test_needs(test, KML_HAS_TRAIN, "training");
 	for (r = 0; r < 4; r++) {
 		for (i = 0; i < 8; i++)
 			x[r * 8 + i] = (s32)((r * 7 + i * 3) % 5) * 16384 - 32768;
@@ -269,14 +285,17 @@ static void kml_test_q16_training(struct kunit *test)
 
 static void kml_test_model_load(struct kunit *test)
 {
-	struct kml_model *m = kml_test_model(test, KML_F32, KML_ARCH_MLP);
-	struct kml_model *l = NULL;
-	size_t len = kml_model_file_size(m);
-	u8 *buf = kunit_kzalloc(test, len, GFP_KERNEL);
-	u8 *buf2 = kunit_kzalloc(test, len, GFP_KERNEL);
-	size_t cut;
+	struct kml_model *m, *l = NULL;
+	size_t len, cut;
+	u8 *buf, *buf2;
 	u32 crc;
 
+	kml_test_needs(test, KML_HAS_FLOAT, "float models");
+	kml_test_needs(test, KML_HAS_TRAIN, "training");
+	m = kml_test_model(test, KML_F32, KML_ARCH_MLP);
+	len = kml_model_file_size(m);
+	buf = kunit_kzalloc(test, len, GFP_KERNEL);
+	buf2 = kunit_kzalloc(test, len, GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, buf);
 	KUNIT_ASSERT_NOT_NULL(test, buf2);
 	KUNIT_ASSERT_EQ(test, (long)len, kml_model_save(m, buf, len));
@@ -355,12 +374,63 @@ static void kml_test_user_model(struct kunit *test)
 	struct kml_model *m = NULL;
 	u32 p;
 
+	kml_test_needs(test, KML_HAS_FLOAT, "float models");
 	KUNIT_ASSERT_EQ(test, 0, kml_model_load(kml_user_model,
 						sizeof(kml_user_model), &m));
 	KUNIT_ASSERT_EQ(test, 0, kml_model_predict(m, kml_user_x, 1, &p));
 	KUNIT_EXPECT_LE_MSG(test, kml_ulps(p, kml_user_p), 4U,
 			    "kernel 0x%08x user space 0x%08x", p, kml_user_p);
 	KUNIT_EXPECT_LE(test, kml_model_footprint(m), (size_t)4096);
+	kml_model_free(m);
+}
+
+/*
+ * A kernel built without float models or without training refuses them
+ * with -EOPNOTSUPP, and leaves the model it was given unchanged.
+ */
+static void kml_test_parts_left_out(struct kunit *test)
+{
+	struct kml_model_cfg cfg = {
+		.dtype = KML_F32, .arch = KML_ARCH_LINEAR, .n_layers = 1,
+		.sizes = { 8, 1 },
+	};
+	struct kml_train_cfg tc = {
+		.optimizer = KML_OPT_SGD, .loss = KML_LOSS_MSE, .max_batch = 4,
+		.lr = KML_Q32_ONE / 10,
+	};
+	struct kml_model *m = NULL;
+	s32 x[8] = { 65536 }, y = 0, before, after;
+	u32 fx = 0, fy;
+	u8 buf[256];
+
+	if (KML_HAS_FLOAT && KML_HAS_TRAIN)
+		kunit_skip(test, "built with float models and training");
+	if (!KML_HAS_FLOAT) {
+		KUNIT_EXPECT_EQ(test, -EOPNOTSUPP, kml_model_create(&cfg, &m));
+		KUNIT_EXPECT_NULL(test, m);
+		KUNIT_EXPECT_EQ(test, -EOPNOTSUPP,
+				kml_model_load(kml_user_model,
+					       sizeof(kml_user_model), &m));
+		KUNIT_EXPECT_NULL(test, m);
+		KUNIT_EXPECT_EQ(test, -EOPNOTSUPP,
+				kml_math_apply(KML_FN_EXP, KML_F32, &fx, &fy, 1));
+	}
+	if (KML_HAS_TRAIN)
+		return;
+	m = kml_test_model(test, KML_Q16, KML_ARCH_LINEAR);
+	KUNIT_ASSERT_EQ(test, 0, kml_model_predict(m, x, 1, &before));
+	KUNIT_EXPECT_EQ(test, -EOPNOTSUPP, kml_model_train_setup(m, &tc));
+	KUNIT_EXPECT_EQ(test, -EOPNOTSUPP,
+			kml_model_train_batch(m, x, &y, 1, NULL));
+	KUNIT_EXPECT_EQ(test, -EOPNOTSUPP,
+			kml_model_forward(m, x, 1, &y, NULL));
+	KUNIT_EXPECT_EQ(test, -EOPNOTSUPP, kml_model_backward(m, &y, 1));
+	KUNIT_EXPECT_EQ(test, -EOPNOTSUPP, kml_model_step(m));
+	KUNIT_EXPECT_EQ(test, -EOPNOTSUPP, kml_model_norm_update(m, x, 1));
+	KUNIT_EXPECT_EQ(test, -EOPNOTSUPP,
+			kml_model_save(m, buf, sizeof(buf)));
+	KUNIT_ASSERT_EQ(test, 0, kml_model_predict(m, x, 1, &after));
+	KUNIT_EXPECT_EQ(test, before, after);
 	kml_model_free(m);
 }
 
@@ -695,6 +765,7 @@ static void kml_test_cal_separable(struct kunit *test)
 	s32 thr;
 	u32 i;
 
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	/* met at -2.0 .. -1.0, missed at 0.5 .. 1.5, interleaved */
 	for (i = 0; i < KML_CAL_N; i++) {
 		w[i].met = i % 3 != 0;
@@ -722,6 +793,7 @@ static void kml_test_cal_best_split(struct kunit *test)
 	u64 best;
 	s32 thr;
 
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	for (i = 0; i < KML_CAL_N; i++) {
 		state ^= state << 13;
 		state ^= state >> 17;
@@ -762,6 +834,7 @@ static void kml_test_cal_auc_hist(struct kunit *test)
 	u64 *met, *missed;
 	u32 i, b, state = 88675123U;
 
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	met = kunit_kcalloc(test, 2 * KML_DD_SCORE_BUCKETS, sizeof(u64),
 			    GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, met);
@@ -837,6 +910,7 @@ static void kml_test_cal_limits(struct kunit *test)
 	struct kml_dd_cal_result res = { .thr = 777 };
 	u32 i;
 
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	for (i = 0; i < KML_CAL_N; i++) {
 		w[i].met = i >= KML_DD_CAL_MIN_CLASS - 1;
 		w[i].r = w[i].met ? -KML_Q16_1 : KML_Q16_1;
@@ -868,6 +942,7 @@ static void kml_test_cal_imbalanced(struct kunit *test)
 	struct kml_dd_cal_result res;
 	u32 i, state = 99991;
 
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	for (i = 0; i < KML_CAL_N; i++) {
 		w[i].met = i % 100 != 0;
 		w[i].r = (s32)(i % 7) * KML_Q16_1 / 4 - KML_Q16_1;
@@ -938,6 +1013,7 @@ static void kml_test_cal_contract(struct kunit *test)
 	u32 permille;
 	s32 thr;
 
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	w = kunit_kcalloc(test, 2 * KML_CAL_CONTRACT_N, sizeof(*w), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, w);
 	kml_cal_contract_sample(w);
@@ -986,6 +1062,7 @@ static void kml_test_dd_target_contract(struct kunit *test)
 	struct kml_dd_sample *s;
 	u32 i;
 
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	s = kunit_kcalloc(test, nt + nr, sizeof(*s), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, s);
 	for (i = 0; i < nt; i++)
@@ -1080,6 +1157,7 @@ static void kml_test_decide_cases(struct kunit *test,
 
 static void kml_test_dd_decide_contract(struct kunit *test)
 {
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	kml_test_decide_cases(test, kml_decide_cases,
 			      ARRAY_SIZE(kml_decide_cases), false);
 	kml_test_decide_cases(test, kml_decide_q16_cases,
@@ -1245,7 +1323,10 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 	f = kunit_kzalloc(test, sizeof(*f), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, f);
 	for (h = 0; h < ARRAY_SIZE(hidden); h++) {
-		for (norm = KML_NORM_NONE; norm <= KML_NORM_STANDARD; norm++) {
+		/* the statistics of a normalised one need training */
+		for (norm = KML_NORM_NONE;
+		     norm <= (KML_HAS_TRAIN ? KML_NORM_STANDARD : KML_NORM_NONE);
+		     norm++) {
 			m = kml_test_dd_small(test, norm, hidden[h]);
 			bound = kml_test_dd_bound(m, hidden[h]);
 			KUNIT_ASSERT_TRUE(test, kml_dd_fast_compile(m, f));
@@ -1764,6 +1845,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_q16_training),
 	KUNIT_CASE(kml_test_model_load),
 	KUNIT_CASE(kml_test_user_model),
+	KUNIT_CASE(kml_test_parts_left_out),
 	KUNIT_CASE(kml_test_crc32),
 	KUNIT_CASE(kml_test_ring_counts),
 	KUNIT_CASE(kml_test_ring_attach),
