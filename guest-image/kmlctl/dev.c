@@ -283,8 +283,11 @@ int cmd_load(const struct opts *o)
 	free(buf);
 	if (ret) {
 		close(fd);
-		return fail(-ret, "%s refused the model (%s)", o->dev,
-			    at_write ? "write" : "KML_IOC_COMMIT");
+		fail(-ret, "%s refused the model (%s)", o->dev,
+		     at_write ? "write" : "KML_IOC_COMMIT");
+		if (ret == -EOPNOTSUPP)
+			fail(0, "this kernel has no float models (built without CONFIG_KML_FLOAT): load a Q16.16 one");
+		return 1;
 	}
 	if (dev_info(fd, &info) == 0)
 		printf("loaded %zu bytes, model_generation %llu\n", len,

@@ -17,7 +17,8 @@ done
 rm -f @CELL_FILES@
 [ -d @KML_PARAMS@ ] || exit 0
 [ -r @GUEST_KML_DEFAULTS@ ] || die "no @GUEST_KML_DEFAULTS@: not snapshotted"
-echo 0 > @KML_PARAMS@/ktrainer 2>/dev/null || die "cannot stop ktrainer"
+## a kernel that only predicts (kernel/configs/kml-lean.config) has no trainer
+[ ! -e @KML_PARAMS@/ktrainer ] || echo 0 > @KML_PARAMS@/ktrainer 2>/dev/null || die "cannot stop ktrainer"
 @KMLCTL@ unload > /dev/null 2>&1 || true  # no model loaded is fine
 ## Samples nobody consumed stay in the ring; a fresh boot's is empty. A
 ## trace stops at its deadline even with records left: drain until one
