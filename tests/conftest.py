@@ -86,9 +86,14 @@ def kernel_build(
 # A kernel variant: the fragment it adds to base.config and kml.config
 # (looked up in kernel/configs/), None for the stock KML kernel.
 SANITIZER_CONFIGS = {"debug": "debug.config", "kcsan": "kcsan.config"}
-# Every variant ``variant_kernel`` builds: the sanitizers, and stock
-# mq-deadline on a kernel without KML's hooks (CONFIG_KML_IOSCHED=n).
-VARIANT_CONFIGS = {**SANITIZER_CONFIGS, "nokml": "no-kml-iosched.config"}
+# Every variant ``variant_kernel`` builds: the sanitizers, stock
+# mq-deadline on a kernel without KML's hooks (CONFIG_KML_IOSCHED=n), and
+# KML that only predicts (no float models, no training in the kernel).
+VARIANT_CONFIGS = {
+    **SANITIZER_CONFIGS,
+    "nokml": "no-kml-iosched.config",
+    "lean": "kml-lean.config",
+}
 SANITIZERS_ENV = "KMLBENCH_SANITIZERS"
 # For ``params=`` of a fixture that boots a kernel: the stock one always,
 # the sanitizer ones as ``sanitizer`` tests.

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import pytest
 
-from kmlbench import cli
+from kmlbench import cli, paths
 from kmlbench.run import kunit
 
 CAPTURED = """\
@@ -318,18 +318,47 @@ def test_failed_library_insmod_is_the_reported_failure(fake_env, monkeypatch, tm
     assert "Invalid module format" in reason and "Unknown symbol" not in reason
 
 
-@pytest.mark.kernel
-def test_kunit_in_a_real_guest(kernel_build, tmp_path, capsys):
-    """``kmlbench kunit`` as a user runs it: the repo's kernel, a TCG guest, KTAP."""
-    from kmlbench import cli
+# The case only a kernel built without float models or training runs: what
+# it refuses (kernel/configs/kml-lean.config).
+PARTS_LEFT_OUT = "kml_test_parts_left_out"
 
-    status = cli.main(["kunit", "--accel", "tcg", "--out", str(tmp_path), "--json"])
+
+def _real_kunit(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    """``kmlbench kunit`` as a user runs it, in a TCG guest: the kml suite's cases by name."""
+    status = cli.main(["kunit", "--accel", "tcg", "--out", str(tmp_path), "--json", *args])
     result = json.loads(capsys.readouterr().out)
     assert status == 0, result["reason"]
     assert result["ok"]
     kml = [s for s in result["suites"] if s["name"] == "kml"]
     assert kml, result["suites"]
-    cases = kml[0]["cases"]
-    assert len(cases) >= 12
-    assert all(c["ok"] and "SKIP" not in c["directive"] for c in cases), cases
     assert "# kml: pass:" in (tmp_path / "dmesg.txt").read_text()
+    cases = {c["name"]: c for c in kml[0]["cases"]}
+    assert all(c["ok"] for c in cases.values()), cases
+    return cases
+
+
+@pytest.mark.kernel
+def test_kunit_in_a_real_guest(kernel_build, tmp_path, capsys):
+    """The repo's kernel: every case runs but the one of a kernel without parts."""
+    cases = _real_kunit(tmp_path, capsys)
+    assert len(cases) >= 12
+    skipped = [name for name, c in cases.items() if "SKIP" in c["directive"]]
+    assert skipped == [PARTS_LEFT_OUT], skipped
+
+
+@pytest.mark.kernel
+def test_kunit_on_a_kernel_that_only_predicts(variant_kernel, tmp_path, capsys):
+    """Without float models and training: what they need is skipped and says
+    why, what they refuse is checked, and the rest (Q16.16, the ring,
+    mq-deadline's hooks) runs."""
+    variant_kernel("stock")  # first: the lean build starts from its objects
+    variant_kernel("lean")
+    cases = _real_kunit(tmp_path, capsys, "--config", str(paths.CONFIGS_DIR / "kml-lean.config"))
+    skipped = {name: c["directive"] for name, c in cases.items() if "SKIP" in c["directive"]}
+    assert all(d.startswith("SKIP built without ") for d in skipped.values()), skipped
+    assert {"kml_test_math_accuracy", "kml_test_q16_training", "kml_test_cal_contract"} <= set(
+        skipped
+    ), skipped
+    ran = set(cases) - set(skipped)
+    assert {PARTS_LEFT_OUT, "kml_test_q16_math", "kml_test_dd_fast_compile"} <= ran, skipped
+    assert {"kml_test_ring_mp_drop", "kml_test_dd_observe_cycle"} <= ran, skipped

@@ -1,0 +1,158 @@
+"""KML that only predicts: a kernel without float models or training (issue 11).
+
+``kernel/configs/kml-lean.config`` builds KML without ``CONFIG_KML_FLOAT``
+and ``CONFIG_KML_TRAIN``: Q16.16 models from files, no FPU section, no
+kernel trainer. Its footprint must
+keep within issue 11's 29 KB. In a real guest (the ``lean`` variant, built
+from the stock kernel's objects) a Q16.16 model must predict and steer, a
+float one be refused with -EOPNOTSUPP and counted, the model in use kept,
+and a cell that asks for the kernel trainer must fail saying why, while
+the reset between cells of a shared boot still works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from device_guest import VIRTUAL, device_guest
+from kmlbench.bench import footprint
+from kmlbench.build.kernel import KernelBuild
+from kmlbench.cell import guest_paths
+from kmlbench.cell import model as kml_model
+from kmlbench.data import kmlstats
+from kmlbench.guest import console
+from kmlbench.guest.qemu import Guest
+from kmlbench.kml.model import Model
+
+pytestmark = pytest.mark.kernel
+
+# Issue 11: "KML in the kernel is about 29 KB of text+data today".
+FOOTPRINT_BAR = 29 * 1024
+KML_ARCHIVE = Path("lib/kml/built-in.a")
+# What a kernel that only predicts leaves out (kernel/kml/Kbuild).
+FLOAT_OR_TRAINING = {
+    "kml_math.o", "kml_nn.o", "kml_dd_fpu.o", "kml_ktrain.o", "kml_dd_calib_fpu.o",
+}  # fmt: skip
+
+DEVICE = {
+    "type": "null_blk",
+    "irqmode": "timer",
+    "completion_nsec": 200_000,
+    "hw_queue_depth": 2,
+    "submit_queues": 1,
+    "size_mib": 64,
+}
+SCHEDULER = {"name": "mq-deadline", "nr_requests": 64}
+STATS = guest_paths.KML_STATS
+PARAMS = guest_paths.KML_PARAMS
+FIO = (
+    "fio --name=lean --filename={dev} --direct=1 --ioengine=libaio --iodepth=16"
+    " --rw=randrw --rwmixread=70 --bs=4k --size=16m --randrepeat=0 --output-format=terse"
+)
+
+
+def sh(guest: Guest, cmd: str, timeout: float = 120) -> str:
+    result = guest.run(cmd, timeout=timeout)
+    assert result.exit_status == 0, f"{cmd!r}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def stats(guest: Guest) -> kmlstats.KmlStats:
+    return kmlstats.parse_stats(sh(guest, f"cat {STATS}"), source=STATS)
+
+
+def resident(build: KernelBuild) -> tuple[int, dict[str, int]]:
+    """KML's resident bytes in ``build``, and per object."""
+    sections = footprint.allocated_sections(build.build_dir / KML_ARCHIVE)
+    assert sections is not None, build.build_dir
+    return footprint.sum_sections(sections)["resident"], footprint.resident_by_object(sections)
+
+
+@pytest.fixture(scope="module")
+def lean(variant_kernel: Callable[[str], KernelBuild]) -> KernelBuild:
+    variant_kernel("stock")  # first: the lean build starts from its objects
+    return variant_kernel("lean")
+
+
+def test_a_kernel_that_only_predicts_keeps_within_29_kb(
+    lean: KernelBuild, variant_kernel: Callable[[str], KernelBuild]
+) -> None:
+    """Issue 11's footprint bar, on the archive ``kmlbench bench lib`` reads."""
+    total, objects = resident(lean)
+    assert total <= FOOTPRINT_BAR, objects
+    assert not FLOAT_OR_TRAINING & set(objects), objects
+    full, full_objects = resident(variant_kernel("stock"))
+    assert set(full_objects) >= FLOAT_OR_TRAINING, full_objects
+    assert total < full, (total, full)
+
+
+@pytest.fixture(scope="module")
+def guest(
+    lean: KernelBuild, base_image: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Guest, guest_paths.BlockDevice]]:
+    work = tmp_path_factory.mktemp("lean")
+    with device_guest(
+        lean.bzimage, work, base_image, DEVICE, SCHEDULER, memory_mib=512, **VIRTUAL
+    ) as (g, dev):
+        sh(g, kml_model.kml_snapshot_script())
+        yield g, guest_paths.block_device(dev)
+        bad = [e for e in g.events() if e.kind in (*console.FATAL_KINDS, "warn")]
+        assert not bad, f"{bad}\n{console.quote(g.console_text(), bad)}"
+
+
+def set_up(g: Guest, dev: guest_paths.BlockDevice, model: dict[str, object]) -> tuple[int, str]:
+    """A cell's KML set-up, as the runner renders it; (exit status, stderr)."""
+    script = kml_model.kml_setup_script(
+        model, dev, trainer_seconds=2, model_uploaded="model_file" in model
+    )
+    result = g.run(script, timeout=120)
+    return result.exit_status, result.stdout + result.stderr
+
+
+def reset(g: Guest, dev: guest_paths.BlockDevice) -> None:
+    sh(g, kml_model.kml_reset_script(dev))
+
+
+def test_a_q16_model_predicts_without_the_fpu(
+    guest: tuple[Guest, guest_paths.BlockDevice],
+) -> None:
+    g, dev = guest
+    g.put(guest_paths.GUEST_MODEL, Model.mlp(14, (16,), dtype="fixed", normalize=True).to_bytes())
+    status, out = set_up(g, dev, {"mode": "active", "model_file": "q16.kmlm"})
+    assert status == 0, out
+    sh(g, FIO.format(dev=dev.dev))
+    after = stats(g)
+    assert after.get("model_loaded") == 1
+    assert after.get("predictions") > 1000, after
+    assert after.get("fpu_sections") == 0
+    reset(g, dev)
+
+
+def test_a_float_model_is_refused_and_says_why(
+    guest: tuple[Guest, guest_paths.BlockDevice],
+) -> None:
+    g, dev = guest
+    g.put(guest_paths.GUEST_MODEL, Model.mlp(14, (16,), normalize=True).to_bytes())
+    status, out = set_up(g, dev, {"mode": "observe", "model_file": "float.kmlm"})
+    assert status != 0
+    assert "(KML_IOC_COMMIT): EOPNOTSUPP" in out, out
+    assert "built without CONFIG_KML_FLOAT" in out, out
+    assert "kmlctl load float.kmlm failed" in out, out
+    after = stats(g)
+    assert after.get("updates_refused") == 1, after
+    assert after.get("model_loaded") == 0
+    reset(g, dev)
+
+
+def test_a_cell_that_asks_for_the_kernel_trainer_fails_saying_why(
+    guest: tuple[Guest, guest_paths.BlockDevice],
+) -> None:
+    g, dev = guest
+    assert "ktrainer" not in sh(g, f"ls {PARAMS}")
+    status, out = set_up(g, dev, {"mode": "observe", "trainer": "kernel"})
+    assert status != 0
+    assert "this kernel has no kernel trainer" in out, out
+    reset(g, dev)  # which stops a kernel trainer only where there is one
