@@ -23,6 +23,16 @@ ROTATIONAL: dict[str, Any] = {
     "submit_queues": 1,
     "size_mib": 1024,
 }
+# A slow null_blk (200 us timer completions, two hardware slots): requests
+# wait in the scheduler, so KML predicts and orders them.
+SLOW_NULL_BLK: dict[str, Any] = {
+    "type": "null_blk",
+    "irqmode": "timer",
+    "completion_nsec": 200_000,
+    "hw_queue_depth": 2,
+    "submit_queues": 1,
+    "size_mib": 64,
+}
 # device_guest()'s other fields for a guest on the virtual clock: one vCPU
 # (kmlbench.clock.VIRTUAL_CPUS_REASON) and the slower boot of a TCG guest
 # counting instructions.

@@ -44,7 +44,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KERNEL_VARIANTS
-from device_guest import device_guest
+from device_guest import SLOW_NULL_BLK, device_guest
 from kmlbench import paths
 from kmlbench.build.image import READY_MARKER, build_kmlctl, make_guest_initrd
 from kmlbench.build.kernel import KernelBuild
@@ -60,14 +60,7 @@ from kmlbench.plan.schema import ALL_GEOMETRY_PARAMS
 
 pytestmark = pytest.mark.kernel
 
-DEVICE = {
-    "type": "null_blk",
-    "irqmode": "timer",
-    "completion_nsec": 200_000,
-    "hw_queue_depth": 2,
-    "submit_queues": 1,
-    "size_mib": 64,
-}
+DEVICE = SLOW_NULL_BLK
 SCHEDULER = {"name": "mq-deadline", "nr_requests": 64}
 # A smaller ring than the default 4096 (a boot-only parameter) so that a
 # few seconds of TCG I/O overflow it; the overflow test reads it back.

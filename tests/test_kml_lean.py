@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from device_guest import VIRTUAL, device_guest
+from device_guest import SLOW_NULL_BLK, VIRTUAL, device_guest
 from kmlbench.bench import footprint
 from kmlbench.build.kernel import KernelBuild
 from kmlbench.cell import guest_paths
@@ -37,14 +37,7 @@ FLOAT_OR_TRAINING = {
     "kml_math.o", "kml_nn.o", "kml_dd_fpu.o", "kml_ktrain.o", "kml_dd_calib_fpu.o",
 }  # fmt: skip
 
-DEVICE = {
-    "type": "null_blk",
-    "irqmode": "timer",
-    "completion_nsec": 200_000,
-    "hw_queue_depth": 2,
-    "submit_queues": 1,
-    "size_mib": 64,
-}
+DEVICE = SLOW_NULL_BLK
 SCHEDULER = {"name": "mq-deadline", "nr_requests": 64}
 STATS = guest_paths.KML_STATS
 PARAMS = guest_paths.KML_PARAMS
