@@ -54,12 +54,13 @@ SHIPPED_REQUESTS = [("debian", ())]
 # that fragments in the keys are covered too.
 REQUESTS = [*SHIPPED_REQUESTS, ("debian", ("extra.config",))]
 # Shipped variants of one fragment each (workloads/sanitizers.yaml,
-# workloads/hooks.yaml): their keys are made exactly as extra.config's
+# workloads/hooks.yaml, workloads/lean.yaml): their keys are made exactly as extra.config's
 # above, which pins that path.
 SHIPPED_VARIANTS = [
     ("debian", ("debug.config",)),
     ("debian", ("kcsan.config",)),
     ("debian", ("no-kml-iosched.config",)),
+    ("debian", ("kml-lean.config",)),
 ]
 
 # -- the frozen world ------------------------------------------------------------

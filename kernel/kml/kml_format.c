@@ -84,7 +84,7 @@ long kml_model_save(const struct kml_model *m, void *buf, size_t cap)
 	u32 n_in = m->cfg.sizes[0], i;
 	u8 *p = buf;
 
-	/* only a model trained here has weights worth writing out */
+	/* in the kernel only the kernel trainer saves (its warm start) */
 	if (!KML_HAS_TRAIN)
 		return -EOPNOTSUPP;
 	if (cap < need)

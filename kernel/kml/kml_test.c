@@ -23,8 +23,9 @@
 
 /*
  * A case that needs a part this kernel was built without (lib/kml/Kconfig:
- * float models, training, mq-deadline's kernel trainer) is skipped.
- * kunit_skip() does not return, so the calls after it are not linked.
+ * float models, training, mq-deadline's kernel trainer) is skipped.  @has
+ * is a constant (KML_HAS_*) and kunit_skip() does not return, so the
+ * compiler drops the calls after it and they are not linked.
  */
 #define kml_test_needs(test, has, part)					\
 	do {								\
@@ -834,7 +835,6 @@ static void kml_test_cal_auc_hist(struct kunit *test)
 	u64 *met, *missed;
 	u32 i, b, state = 88675123U;
 
-	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	met = kunit_kcalloc(test, 2 * KML_DD_SCORE_BUCKETS, sizeof(u64),
 			    GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, met);
@@ -850,12 +850,15 @@ static void kml_test_cal_auc_hist(struct kunit *test)
 			 (1 << KML_DD_SCORE_SHIFT);
 		(w[i].met ? met : missed)[b]++;
 	}
-	kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N, &res);
-	KUNIT_EXPECT_GT(test, res.auc, KML_DD_CAL_ONE / 2);
-	KUNIT_EXPECT_LT(test, res.auc, KML_DD_CAL_ONE);
-	KUNIT_EXPECT_EQ(test, kml_dd_cal_auc_hist(met, missed,
-						  KML_DD_SCORE_BUCKETS),
-			res.auc);
+	/* the calibration's AUC, where it is built (the kernel trainer) */
+	if (KML_HAS_KTRAINER) {
+		kml_dd_cal_fit(w, KML_CAL_N, w + KML_CAL_N, &res);
+		KUNIT_EXPECT_GT(test, res.auc, KML_DD_CAL_ONE / 2);
+		KUNIT_EXPECT_LT(test, res.auc, KML_DD_CAL_ONE);
+		KUNIT_EXPECT_EQ(test, kml_dd_cal_auc_hist(met, missed,
+							  KML_DD_SCORE_BUCKETS),
+				res.auc);
+	}
 	/* every pair in one bucket: a tie, 0.5 */
 	memset(met, 0, 2 * KML_DD_SCORE_BUCKETS * sizeof(u64));
 	met[7] = 3;
@@ -1136,7 +1139,8 @@ static void kml_test_decide_cases(struct kunit *test,
 
 	for (i = 0; i < n; i++) {
 		d = c[i].deadline_ns;
-		if (q16) {
+		if (q16 || !KML_HAS_KTRAINER) {
+			/* without the trainer only the Q16 half is called */
 			kml_dd_decide_q16((const s32 *)&c[i].y, &d, 1,
 					  c[i].permille, &issue_ns, &met);
 		} else {
@@ -1155,13 +1159,19 @@ static void kml_test_decide_cases(struct kunit *test,
 	}
 }
 
+/* active mode's decision: every kernel has it */
+static void kml_test_dd_decide_q16_contract(struct kunit *test)
+{
+	kml_test_decide_cases(test, kml_decide_q16_cases,
+			      ARRAY_SIZE(kml_decide_q16_cases), true);
+}
+
+/* the float one the trainers calibrate with */
 static void kml_test_dd_decide_contract(struct kunit *test)
 {
 	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
 	kml_test_decide_cases(test, kml_decide_cases,
 			      ARRAY_SIZE(kml_decide_cases), false);
-	kml_test_decide_cases(test, kml_decide_q16_cases,
-			      ARRAY_SIZE(kml_decide_q16_cases), true);
 }
 
 /*
@@ -1277,8 +1287,20 @@ static struct kml_model *kml_test_dd_small(struct kunit *test, u32 norm,
 	/* features like the kernel's: lg values up to 20, flags 0 or 1 */
 	for (i = 0; i < ARRAY_SIZE(x); i++)
 		x[i] = (s32)((i * 7919) % (20 << 16));
-	if (norm != KML_NORM_NONE)
+	if (norm == KML_NORM_NONE)
+		return m;
+	if (KML_HAS_TRAIN) {
 		KUNIT_ASSERT_EQ(test, 0, kml_model_norm_update(m, x, 4));
+	} else {
+		/*
+		 * A kernel that cannot fit them gets them from a model file;
+		 * a prediction reads the mean and the scale.
+		 */
+		for (i = 0; i < KML_DD_NR_FEATURES; i++) {
+			((s32 *)m->norm_mean)[i] = x[i];
+			((s32 *)m->norm_scale)[i] = KML_Q16_ONE / (i + 2);
+		}
+	}
 	return m;
 }
 
@@ -1323,10 +1345,7 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 	f = kunit_kzalloc(test, sizeof(*f), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, f);
 	for (h = 0; h < ARRAY_SIZE(hidden); h++) {
-		/* the statistics of a normalised one need training */
-		for (norm = KML_NORM_NONE;
-		     norm <= (KML_HAS_TRAIN ? KML_NORM_STANDARD : KML_NORM_NONE);
-		     norm++) {
+		for (norm = KML_NORM_NONE; norm <= KML_NORM_STANDARD; norm++) {
 			m = kml_test_dd_small(test, norm, hidden[h]);
 			bound = kml_test_dd_bound(m, hidden[h]);
 			KUNIT_ASSERT_TRUE(test, kml_dd_fast_compile(m, f));
@@ -1866,6 +1885,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_cal_contract),
 	KUNIT_CASE(kml_test_dd_target_contract),
 	KUNIT_CASE(kml_test_dd_decide_contract),
+	KUNIT_CASE(kml_test_dd_decide_q16_contract),
 	KUNIT_CASE(kml_test_dd_fast_compile),
 	KUNIT_CASE(kml_test_dd_feat_take),
 	KUNIT_CASE(kml_test_dd_head_relearns),
