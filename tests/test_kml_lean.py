@@ -1,13 +1,14 @@
 """KML that only predicts: a kernel without float models or training (issue 11).
 
 ``kernel/configs/kml-lean.config`` builds KML without ``CONFIG_KML_FLOAT``
-and ``CONFIG_KML_TRAIN``: Q16.16 models from files, no FPU section, no
-kernel trainer. Its footprint must
-keep within issue 11's 29 KB. In a real guest (the ``lean`` variant, built
-from the stock kernel's objects) a Q16.16 model must predict and steer, a
-float one be refused with -EOPNOTSUPP and counted, the model in use kept,
-and a cell that asks for the kernel trainer must fail saying why, while
-the reset between cells of a shared boot still works.
+and ``CONFIG_KML_TRAIN``: Q16.16 models, no FPU section, no kernel trainer.
+Its footprint must keep within issue 11's 29 KB, in resident bytes. In a
+real guest (the ``lean`` variant, built from the stock kernel's objects) a
+Q16.16 model must predict in active mode; a float one be refused with
+-EOPNOTSUPP and counted, the model in use kept; a user trainer (``kmlctl
+train``) publish its model in Q16.16; and a cell that asks for the kernel
+trainer fail saying why, while the reset between cells of a shared boot
+still works.
 """
 
 from __future__ import annotations
@@ -154,6 +155,33 @@ def test_a_float_model_is_refused_and_says_why(
     status, out = set_up(g, dev, {"mode": "observe", "model_file": "float.kmlm"})
     assert status != 0
     assert "kmlctl load float.kmlm failed" in out, out
+    reset(g, dev)
+
+
+def test_the_user_trainer_publishes_in_q16(
+    guest: tuple[Guest, guest_paths.BlockDevice],
+) -> None:
+    """A cell with the user trainer, as the runner sets it up and stops it:
+    its first float model is refused, and from then on it publishes the
+    same model in Q16.16, which the kernel applies and predicts with."""
+    g, dev = guest
+    model = {"mode": "active", "trainer": "user", "publish_every": 256}
+    status, out = set_up(g, dev, model)
+    assert status == 0, out
+    sh(g, FIO.format(dev=dev.dev))
+    stop = g.run(kml_model.kml_stop_script(model), timeout=120)
+    assert stop.exit_status == 0, stop.stdout + stop.stderr
+    log = sh(g, f"cat {guest_paths.GUEST_TRAINER_LOG}")
+    summary = kmlstats.parse_summary(log)
+    assert summary.get("publish_dtype") == "fixed", log
+    assert "publishing in Q16.16" in log, log
+    published = summary["published"]
+    assert isinstance(published, int) and published >= 2, log
+    assert summary["refused"] == 0, log
+    after = stats(g)
+    assert after.get("updates_refused") == 1, after  # the first, float
+    assert after.get("updates_applied") == published, after
+    assert after.get("predictions") > 0, after
     reset(g, dev)
 
 

@@ -374,11 +374,36 @@ def test_train_publishes_and_stops_on_sigterm(
     assert Model.load(published).n_inputs == N_FEATURES
 
 
+def test_train_publishes_q16_when_asked(kmlctl: Path, ring_file: RingFile, tmp_path: Path) -> None:
+    """``--publish-dtype fixed`` (what a kernel without float models takes,
+    CONFIG_KML_FLOAT=n, and what the trainer falls back to when the device
+    refuses a float model): the trained float model, each weight and mean
+    rounded to Q16.16 as ``to_q16`` rounds it, and predicting alike."""
+    rec = simulate(4000, seed=12)
+    ring_file.push(rec)
+    published, saved = tmp_path / "q16.kml", tmp_path / "float.kml"
+    proc = run(kmlctl, "train", "--ring-file", ring_file.path, "--max-samples", "4000",
+               "--publish-every", "4000", "--publish-file", published,
+               "--publish-dtype", "fixed", "--save", saved)  # fmt: skip
+    s = keyvals(proc.stdout)
+    assert s["published"] == "1" and s["publish_dtype"] == "fixed", s
+    q16, f32 = Model.load(published), Model.load(saved)
+    assert (q16.dtype, f32.dtype) == ("fixed", "float32")
+    assert q16.sizes == f32.sizes
+    np.testing.assert_array_equal(to_q16(q16.params), to_q16(f32.params))
+    (mean_q, scale_q), (mean_f, scale_f) = q16.norm_params(), f32.norm_params()
+    np.testing.assert_array_equal(to_q16(mean_q), to_q16(mean_f))
+    np.testing.assert_allclose(scale_q, scale_f, rtol=1e-3, atol=1e-4)
+    x = features(rec[:500])
+    np.testing.assert_allclose(q16.predict(x), f32.predict(x), atol=0.02)
+
+
 def test_train_refuses_bad_options(kmlctl: Path, ring_file: RingFile, tmp_path: Path) -> None:
     ring_file.push(simulate(1, seed=10))
     published = tmp_path / "p.kml"
     for args, what in [
         (["--mode", "fast"], "bad value for --mode"),
+        (["--publish-dtype", "half"], "bad value for --publish-dtype"),
         (["--cpu-pct", "150"], "bad value for --cpu-pct"),
         (["--threads", "4"], "one trainer thread"),
         (["--warm", published, "--arch", "linear"], "--warm takes the architecture"),

@@ -57,6 +57,7 @@ static const struct option long_opts[] = {
 	{ "seed", required_argument, NULL, OPT_SEED },
 	{ "out", required_argument, NULL, OPT_OUT },
 	{ "publish-file", required_argument, NULL, OPT_PUBLISH_FILE },
+	{ "publish-dtype", required_argument, NULL, OPT_PUBLISH_DTYPE },
 	{ "ops", required_argument, NULL, OPT_OPS },
 	{ "list", no_argument, NULL, OPT_LIST },
 	{ "help", no_argument, NULL, OPT_HELP },
@@ -74,6 +75,7 @@ static const char usage_text[] =
 "  train [--mode block|drop] [--rate N] [--cpu-pct P] [--warm MODEL]\n"
 "        [--arch linear|mlp] [--save FILE] [--curve FILE]\n"
 "        [--curve-every N] [--publish-every N] [--publish-file FILE]\n"
+"        [--publish-dtype float32|fixed]\n"
 "        [--seconds S] [--max-samples N] [--buffer N] [--lr X]\n"
 "        [--batch N] [--seed N] [--threads 1]\n"
 "                             train from the ring, publish models\n"
@@ -198,6 +200,11 @@ static int set_opt(struct opts *o, int id, const char *arg)
 		return 0;
 	case OPT_PUBLISH_FILE:
 		o->publish_file = arg;
+		return 0;
+	case OPT_PUBLISH_DTYPE:
+		if (strcmp(arg, "float32") && strcmp(arg, "fixed"))
+			return -EINVAL;
+		o->publish_q16 = !strcmp(arg, "fixed");
 		return 0;
 	case OPT_OPS:
 		return parse_ull(arg, &o->ops);

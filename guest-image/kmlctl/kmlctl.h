@@ -65,6 +65,7 @@ enum {
 	OPT_HELP = 1 << 21,
 	OPT_OPS = 1 << 22,
 	OPT_LIST = 1 << 23,
+	OPT_PUBLISH_DTYPE = 1 << 24,
 };
 
 struct opts {
@@ -90,6 +91,7 @@ struct opts {
 	unsigned long seed;
 	const char *out;		/* fault: write the model here instead */
 	const char *publish_file;	/* train --ring-file: publish to a file */
+	bool publish_q16;		/* train --publish-dtype fixed */
 	unsigned long long ops;		/* fuzz: operations to run */
 	int argc;			/* operands after the subcommand */
 	char **argv;
@@ -143,6 +145,7 @@ int model_load_file(const char *path, u32 n_in, const char *who, bool f32_only,
 		    struct kml_model **m, struct kml_model_cfg *cfg);
 int model_warm(const char *path, u32 n_in, struct kml_model **m);
 int model_bytes(struct kml_model *m, void **bufp, size_t *lenp);
+int model_file_to_q16(void *buf, size_t len);
 
 /* ------------------------------------------------------------- train */
 
@@ -211,6 +214,7 @@ struct trainer {
 	struct scores window, total;
 	struct calib cal;
 	u64 trained, steps, published, refused, unprocessed;
+	bool publish_q16;		/* publishes converted to Q16.16 */
 	u64 last_published_at;
 	FILE *curve;
 	double cpu_wall0, cpu0;		/* CPU-cap window */

@@ -6,6 +6,7 @@
 #include "kmlctl.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,6 +76,78 @@ int model_warm(const char *path, u32 n_in, struct kml_model **m)
 }
 
 /* Serialise the model; the caller frees. */
+/* rint(v * 2^16), saturated to [lo, hi]; -EDOM for NaN */
+static int q16_of(float v, long long lo, long long hi, long long *out)
+{
+	double x = rint((double)v * KML_Q16_ONE);
+
+	if (isnan(x))
+		return -EDOM;
+	*out = x < (double)lo ? lo : x > (double)hi ? hi : (long long)x;
+	return 0;
+}
+
+/*
+ * Rewrite a float model file (kml_model_save()'s, @len bytes at @buf) in
+ * place as the same model in Q16.16, for a kernel without float models
+ * (CONFIG_KML_FLOAT=n).  Both dtypes lay out the payload alike (docs/kml.md,
+ * "Model file format"): each weight, bias and mean becomes its value
+ * rounded to 16 fraction bits and saturated, as kmlbench.kml.ffi.to_q16()
+ * makes them; each variance (float bits, then 4 zero bytes) an s64 in
+ * Q16.16 units, within the loader's bound (KML_Q16_VAR_MAX, 2^47).  The
+ * CRC is made again.  0, or -EINVAL (not a float model file) or -EDOM.
+ */
+int model_file_to_q16(void *buf, size_t len)
+{
+	u8 *h = buf, *p, *end;
+	u32 norm, n_in, payload, i, u;
+	long long q;
+	float f;
+	s32 v;
+	s64 w;
+
+	if (len < KML_MODEL_HDR_SIZE + 4)
+		return -EINVAL;
+	memcpy(&u, h + 16, 4);
+	memcpy(&norm, h + 36, 4);
+	memcpy(&n_in, h + 40, 4);
+	memcpy(&payload, h + 60, 4);
+	if (u != KML_F32 || len != (size_t)KML_MODEL_HDR_SIZE + payload + 4 ||
+	    (norm && payload < 8 + 12ULL * n_in))
+		return -EINVAL;
+	p = h + KML_MODEL_HDR_SIZE;
+	end = p + payload;
+	if (norm) {
+		p += 8;				/* the count */
+		for (i = 0; i < n_in; i++, p += 4) {
+			memcpy(&f, p, 4);
+			if (q16_of(f, S32_MIN, S32_MAX, &q))
+				return -EDOM;
+			v = (s32)q;
+			memcpy(p, &v, 4);
+		}
+		for (i = 0; i < n_in; i++, p += 8) {
+			memcpy(&f, p, 4);
+			if (q16_of(f, 0, 1LL << 47, &q))
+				return -EDOM;
+			w = q;
+			memcpy(p, &w, 8);
+		}
+	}
+	for (; p < end; p += 4) {
+		memcpy(&f, p, 4);
+		if (q16_of(f, S32_MIN, S32_MAX, &q))
+			return -EDOM;
+		v = (s32)q;
+		memcpy(p, &v, 4);
+	}
+	u = KML_Q16;
+	memcpy(h + 16, &u, 4);
+	u = kml_crc32(0, buf, len - 4);
+	memcpy(h + len - 4, &u, 4);
+	return 0;
+}
+
 int model_bytes(struct kml_model *m, void **bufp, size_t *lenp)
 {
 	size_t len = kml_model_file_size(m);

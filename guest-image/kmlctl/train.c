@@ -176,28 +176,48 @@ static void curve_line(struct trainer *t)
 }
 
 
-/*
- * Publish the current weights: to the device (write + commit; a refusal
- * is counted, not fatal: the kernel keeps the previous model), or with
- * --ring-file to --publish-file, or nowhere.
- */
-static void publish(struct trainer *t)
+/* The current weights to the device or to --publish-file: 0 or -errno. */
+static int publish_bytes(struct trainer *t)
 {
 	bool at_write;
 	size_t len;
 	void *buf;
 	int ret;
 
+	ret = model_bytes(t->m, &buf, &len);
+	if (ret)
+		return ret;
+	if (t->publish_q16)
+		ret = model_file_to_q16(buf, len);
+	if (!ret && t->to_dev)
+		ret = publish_model(t->rs.fd, buf, len, &at_write);
+	else if (!ret)
+		ret = write_file_atomic(t->o->publish_file, buf, len);
+	free(buf);
+	return ret;
+}
+
+/*
+ * Publish the current weights: to the device (write + commit; a refusal
+ * is counted, not fatal: the kernel keeps the previous model), or with
+ * --ring-file to --publish-file, or nowhere.  A kernel built without
+ * float models (CONFIG_KML_FLOAT=n) refuses a float one with EOPNOTSUPP:
+ * from then on the model goes out in Q16.16, as --publish-dtype fixed
+ * sends it from the start.
+ */
+static void publish(struct trainer *t)
+{
+	int ret;
+
 	calib_apply(&t->cal, calib_fit(&t->cal), t->to_dev);
 	if (!t->to_dev && !t->o->publish_file)
 		return;
-	ret = model_bytes(t->m, &buf, &len);
-	if (!ret) {
-		if (t->to_dev)
-			ret = publish_model(t->rs.fd, buf, len, &at_write);
-		else
-			ret = write_file_atomic(t->o->publish_file, buf, len);
-		free(buf);
+	ret = publish_bytes(t);
+	if (ret == -EOPNOTSUPP && t->to_dev && !t->publish_q16) {
+		fputs("kmlctl: train: the kernel has no float models: publishing in Q16.16\n",
+		      stderr);
+		t->publish_q16 = true;
+		ret = publish_bytes(t);
 	}
 	t->last_published_at = t->trained;
 	if (!ret) {
@@ -351,6 +371,7 @@ static int train_open(struct trainer *t, const struct opts *o)
 	if (open_ring(o, &t->rs))
 		return 1;
 	t->to_dev = !o->ring_file;
+	t->publish_q16 = o->publish_q16;
 	t->cal.permille = 1000;
 	t->n_features = t->rs.info.n_features;
 	if (!t->n_features || t->n_features > KML_DD_MAX_FEATURES ||
@@ -401,6 +422,7 @@ static void train_summary(struct trainer *t, double wall, double cpu)
 	printf("steps %llu\n", (unsigned long long)t->steps);
 	printf("published %llu\n", (unsigned long long)t->published);
 	printf("refused %llu\n", (unsigned long long)t->refused);
+	printf("publish_dtype %s\n", t->publish_q16 ? "fixed" : "float32");
 	printf("accuracy %.6f\n", scores_accuracy(&t->total));
 	printf("balanced_accuracy %.6f\n", scores_balanced(&t->total));
 	printf("mae_us %.3f\n", scores_mae(&t->total));
@@ -441,8 +463,8 @@ int cmd_train(const struct opts *o)
 	const unsigned int allowed = OPT_SECONDS | OPT_MAX_SAMPLES | OPT_MODE |
 		OPT_RATE | OPT_CPU_PCT | OPT_WARM | OPT_ARCH | OPT_SAVE |
 		OPT_CURVE | OPT_CURVE_EVERY | OPT_PUBLISH_EVERY |
-		OPT_PUBLISH_FILE | OPT_THREADS | OPT_BUFFER | OPT_LR |
-		OPT_BATCH | OPT_SEED;
+		OPT_PUBLISH_FILE | OPT_PUBLISH_DTYPE | OPT_THREADS |
+		OPT_BUFFER | OPT_LR | OPT_BATCH | OPT_SEED;
 	pthread_t consumer, trainer;
 	struct trainer t;
 	double t0, cpu0;
