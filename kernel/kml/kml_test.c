@@ -284,12 +284,55 @@ static void kml_test_q16_training(struct kunit *test)
 	}
 }
 
+/* a model file's CRC made again after an edit */
+static void kml_test_recrc(u8 *buf, size_t len)
+{
+	u32 crc = kml_crc32(0, buf, len - 4);
+
+	buf[len - 4] = crc;
+	buf[len - 3] = crc >> 8;
+	buf[len - 2] = crc >> 16;
+	buf[len - 1] = crc >> 24;
+}
+
+/* What kml_model_load() refuses of any model file: @buf is @len bytes. */
+static void kml_test_load_refusals(struct kunit *test, const u8 *buf,
+				   size_t len)
+{
+	u8 *bad = kunit_kzalloc(test, len, GFP_KERNEL);
+	struct kml_model *l = NULL;
+	size_t cut;
+
+	KUNIT_ASSERT_NOT_NULL(test, bad);
+	/* truncated at every offset */
+	for (cut = 0; cut < len; cut += 7) {
+		KUNIT_EXPECT_EQ(test, -EBADMSG, kml_model_load(buf, cut, &l));
+		KUNIT_EXPECT_NULL(test, l);
+	}
+	/* bad magic, version, sizes, checksum */
+	memcpy(bad, buf, len);
+	bad[0] ^= 1;
+	KUNIT_EXPECT_EQ(test, -EINVAL, kml_model_load(bad, len, &l));
+	memcpy(bad, buf, len);
+	bad[4] = 2;
+	KUNIT_EXPECT_EQ(test, -EPROTONOSUPPORT, kml_model_load(bad, len, &l));
+	memcpy(bad, buf, len);
+	bad[44] = 200;			/* sizes[1] > KML_MAX_WIDTH */
+	KUNIT_EXPECT_EQ(test, -E2BIG, kml_model_load(bad, len, &l));
+	memcpy(bad, buf, len);
+	bad[44] = 15;			/* sizes disagree with payload size */
+	KUNIT_EXPECT_EQ(test, -EINVAL, kml_model_load(bad, len, &l));
+	memcpy(bad, buf, len);
+	bad[100] ^= 0x10;
+	KUNIT_EXPECT_EQ(test, -EBADMSG, kml_model_load(bad, len, &l));
+	KUNIT_EXPECT_NULL(test, l);
+}
+
 static void kml_test_model_load(struct kunit *test)
 {
 	struct kml_model *m, *l = NULL;
-	size_t len, cut;
 	u8 *buf, *buf2;
-	u32 crc;
+	size_t len;
 
 	kml_test_needs(test, KML_HAS_FLOAT, "float models");
 	kml_test_needs(test, KML_HAS_TRAIN, "training");
@@ -308,38 +351,14 @@ static void kml_test_model_load(struct kunit *test)
 	KUNIT_EXPECT_LE(test, kml_model_footprint(l), (size_t)4096);
 	kml_model_free(l);
 
-	/* truncated at every offset */
-	for (cut = 0; cut < len; cut += 7) {
-		KUNIT_EXPECT_EQ(test, -EBADMSG, kml_model_load(buf, cut, &l));
-		KUNIT_EXPECT_NULL(test, l);
-	}
-	/* bad magic, version, sizes, checksum */
-	memcpy(buf2, buf, len);
-	buf2[0] ^= 1;
-	KUNIT_EXPECT_EQ(test, -EINVAL, kml_model_load(buf2, len, &l));
-	memcpy(buf2, buf, len);
-	buf2[4] = 2;
-	KUNIT_EXPECT_EQ(test, -EPROTONOSUPPORT, kml_model_load(buf2, len, &l));
-	memcpy(buf2, buf, len);
-	buf2[44] = 200;			/* sizes[1] > KML_MAX_WIDTH */
-	KUNIT_EXPECT_EQ(test, -E2BIG, kml_model_load(buf2, len, &l));
-	memcpy(buf2, buf, len);
-	buf2[44] = 15;			/* sizes disagree with payload size */
-	KUNIT_EXPECT_EQ(test, -EINVAL, kml_model_load(buf2, len, &l));
-	memcpy(buf2, buf, len);
-	buf2[100] ^= 0x10;
-	KUNIT_EXPECT_EQ(test, -EBADMSG, kml_model_load(buf2, len, &l));
+	kml_test_load_refusals(test, buf, len);
 	/* NaN weight with a valid checksum */
 	memcpy(buf2, buf, len);
 	buf2[64] = 0x00;
 	buf2[65] = 0x00;
 	buf2[66] = 0xc0;
 	buf2[67] = 0x7f;
-	crc = kml_crc32(0, buf2, len - 4);
-	buf2[len - 4] = crc;
-	buf2[len - 3] = crc >> 8;
-	buf2[len - 2] = crc >> 16;
-	buf2[len - 1] = crc >> 24;
+	kml_test_recrc(buf2, len);
 	KUNIT_EXPECT_EQ(test, -EDOM, kml_model_load(buf2, len, &l));
 	KUNIT_EXPECT_NULL(test, l);
 	kml_model_free(m);
@@ -383,6 +402,61 @@ static void kml_test_user_model(struct kunit *test)
 			    "kernel 0x%08x user space 0x%08x", p, kml_user_p);
 	KUNIT_EXPECT_LE(test, kml_model_footprint(m), (size_t)4096);
 	kml_model_free(m);
+}
+
+/*
+ * kml.Model.mlp(4, hidden=[3], activation="tanh", output="sigmoid",
+ * dtype="fixed", normalize=True), statistics and weights set by libkml.so:
+ * what a kernel that only predicts (CONFIG_KML_FLOAT=n, CONFIG_KML_TRAIN=n)
+ * can load.  The payload: count, mean[4], var[4] (s64, from byte 88), the
+ * weights.
+ */
+static const u8 kml_q16_model[200] = {
+	0x4b, 0x4d, 0x4c, 0x4d, 0x01, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00,
+	0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00,
+	0x01, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+	0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x84, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x8d, 0x7d, 0x00, 0x00, 0x82, 0xf8, 0xfe, 0xff, 0xdb, 0xf9, 0x01, 0x00,
+	0xdf, 0x9e, 0xff, 0xff, 0x69, 0xc3, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x8f, 0x90, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2b, 0x42, 0x00, 0x00,
+	0x00, 0x00, 0x00, 0x00, 0xee, 0x66, 0x07, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x4e, 0x3c, 0x00, 0x00, 0x0b, 0xc5, 0x00, 0x00, 0x24, 0xbe, 0x00, 0x00,
+	0xd0, 0x10, 0x01, 0x00, 0x25, 0xa5, 0x00, 0x00, 0x44, 0xbb, 0xff, 0xff,
+	0xe3, 0xf4, 0xff, 0xff, 0x37, 0x65, 0x00, 0x00, 0x74, 0xc0, 0xff, 0xff,
+	0x86, 0x70, 0x00, 0x00, 0x42, 0xec, 0x00, 0x00, 0xe8, 0x5b, 0xff, 0xff,
+	0x6d, 0x95, 0xfe, 0xff, 0x76, 0xf4, 0x00, 0x00, 0xa3, 0x03, 0x00, 0x00,
+	0x23, 0x91, 0x00, 0x00, 0x25, 0xef, 0xfe, 0xff, 0xeb, 0x62, 0x01, 0x00,
+	0x45, 0x97, 0x00, 0x00, 0x92, 0x7c, 0x36, 0x81,
+};
+/* x = {1.5, 2, -1, 0.5} -> p = 5658 / 65536 (libkml.so) */
+static const s32 kml_q16_x[4] = { 98304, 131072, -65536, 32768 };
+#define KML_Q16_P	5658
+#define KML_Q16_VAR0	88
+
+/* The loader on a Q16.16 file, in every kernel: loads, predicts, refuses. */
+static void kml_test_q16_model_load(struct kunit *test)
+{
+	u8 *bad = kunit_kmalloc(test, sizeof(kml_q16_model), GFP_KERNEL);
+	struct kml_model *m = NULL;
+	s32 p;
+
+	KUNIT_ASSERT_NOT_NULL(test, bad);
+	KUNIT_ASSERT_EQ(test, 0, kml_model_load(kml_q16_model,
+						sizeof(kml_q16_model), &m));
+	KUNIT_ASSERT_EQ(test, 0, kml_model_predict(m, kml_q16_x, 1, &p));
+	KUNIT_EXPECT_EQ(test, p, KML_Q16_P);
+	kml_model_free(m);
+	kml_test_load_refusals(test, kml_q16_model, sizeof(kml_q16_model));
+	/* a negative variance with a valid checksum */
+	memcpy(bad, kml_q16_model, sizeof(kml_q16_model));
+	memset(bad + KML_Q16_VAR0, 0xff, 8);
+	kml_test_recrc(bad, sizeof(kml_q16_model));
+	m = NULL;
+	KUNIT_EXPECT_EQ(test, -EDOM, kml_model_load(bad, sizeof(kml_q16_model),
+						    &m));
+	KUNIT_EXPECT_NULL(test, m);
 }
 
 /*
@@ -1864,6 +1938,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_q16_training),
 	KUNIT_CASE(kml_test_model_load),
 	KUNIT_CASE(kml_test_user_model),
+	KUNIT_CASE(kml_test_q16_model_load),
 	KUNIT_CASE(kml_test_parts_left_out),
 	KUNIT_CASE(kml_test_crc32),
 	KUNIT_CASE(kml_test_ring_counts),
