@@ -88,11 +88,14 @@ def kernel_build(
 SANITIZER_CONFIGS = {"debug": "debug.config", "kcsan": "kcsan.config"}
 # Every variant ``variant_kernel`` builds: the sanitizers, stock
 # mq-deadline on a kernel without KML's hooks (CONFIG_KML_IOSCHED=n), and
-# KML that only predicts (no float models, no training in the kernel).
+# KML that only predicts (no float models, no training in the kernel), and
+# each of those two options alone.
 VARIANT_CONFIGS = {
     **SANITIZER_CONFIGS,
     "nokml": "no-kml-iosched.config",
     "lean": "kml-lean.config",
+    "no-float": "kml-no-float.config",
+    "no-train": "kml-no-train.config",
 }
 SANITIZERS_ENV = "KMLBENCH_SANITIZERS"
 # For ``params=`` of a fixture that boots a kernel: the stock one always,

@@ -38,9 +38,9 @@ pytestmark = pytest.mark.kernel
 FOOTPRINT_BAR = 29 * 1024
 KML_ARCHIVE = Path("lib/kml/built-in.a")
 # What a kernel that only predicts leaves out (kernel/kml/Kbuild).
-FLOAT_OR_TRAINING = {
-    "kml_math.o", "kml_nn.o", "kml_dd_fpu.o", "kml_ktrain.o", "kml_dd_calib_fpu.o",
-}  # fmt: skip
+FLOAT_OBJECTS = {"kml_math.o", "kml_nn.o", "kml_dd_fpu.o"}
+KTRAINER_OBJECTS = {"kml_ktrain.o", "kml_dd_calib_fpu.o"}
+FLOAT_OR_TRAINING = FLOAT_OBJECTS | KTRAINER_OBJECTS
 
 DEVICE = SLOW_NULL_BLK
 SCHEDULER = {"name": "mq-deadline", "nr_requests": 64}
@@ -85,6 +85,27 @@ def test_a_kernel_that_only_predicts_keeps_under_29_kib_resident(
     full, full_objects = resident(variant_kernel("stock"))
     assert set(full_objects) >= FLOAT_OR_TRAINING, full_objects
     assert total < full, (total, full)
+
+
+# Each option alone: what it leaves out, and what it keeps.
+HALVES = {
+    "no-float": (FLOAT_OBJECTS | KTRAINER_OBJECTS, set()),
+    "no-train": (KTRAINER_OBJECTS, FLOAT_OBJECTS),
+}
+
+
+@pytest.mark.parametrize("variant", list(HALVES))
+def test_each_option_alone_builds_between_the_two(
+    variant: str, lean: KernelBuild, variant_kernel: Callable[[str], KernelBuild]
+) -> None:
+    """Without float models only, or without training only: the kernel builds
+    (the compiler drops every call the option leaves out, or the link
+    fails), leaves out its own objects, and lies between lean and stock."""
+    gone, kept = HALVES[variant]
+    total, objects = resident(variant_kernel(variant))
+    assert not gone & set(objects), objects
+    assert set(objects) >= kept, objects
+    assert resident(lean)[0] < total < resident(variant_kernel("stock"))[0]
 
 
 @pytest.fixture(scope="module")
