@@ -157,6 +157,12 @@ struct kml_train_cfg {
 
 struct kml_model;
 
+/*
+ * A kernel built without CONFIG_KML_FLOAT refuses float models (create,
+ * load, kml_math_apply()) with -EOPNOTSUPP; one built without
+ * CONFIG_KML_TRAIN answers it to norm_update, the training calls and
+ * kml_model_save().  libkml.so has both.
+ */
 KML_API int kml_model_create(const struct kml_model_cfg *cfg,
 			     struct kml_model **out);
 KML_API void kml_model_free(struct kml_model *m);
