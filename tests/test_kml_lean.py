@@ -122,10 +122,12 @@ def guest(
         assert not bad, f"{bad}\n{console.quote(g.console_text(), bad)}"
 
 
-def set_up(g: Guest, dev: guest_paths.BlockDevice, model: dict[str, object]) -> tuple[int, str]:
-    """A cell's KML set-up, as the runner renders it; (exit status, stderr)."""
+def set_up(
+    g: Guest, dev: guest_paths.BlockDevice, model: dict[str, object], trainer_seconds: float = 2
+) -> tuple[int, str]:
+    """A cell's KML set-up, as the runner renders it; (exit status, output)."""
     script = kml_model.kml_setup_script(
-        model, dev, trainer_seconds=2, model_uploaded="model_file" in model
+        model, dev, trainer_seconds=trainer_seconds, model_uploaded="model_file" in model
     )
     result = g.run(script, timeout=120)
     return result.exit_status, result.stdout + result.stderr
@@ -187,7 +189,9 @@ def test_the_user_trainer_publishes_in_q16(
     same model in Q16.16, which the kernel applies and predicts with."""
     g, dev = guest
     model = {"mode": "active", "trainer": "user", "publish_every": 256}
-    status, out = set_up(g, dev, model)
+    # longer than fio: an idle guest's virtual clock runs ahead of the host,
+    # and the stop script ends the trainer
+    status, out = set_up(g, dev, model, trainer_seconds=600)
     assert status == 0, out
     sh(g, FIO.format(dev=dev.dev))
     stop = g.run(kml_model.kml_stop_script(model), timeout=120)

@@ -75,13 +75,15 @@ int model_warm(const char *path, u32 n_in, struct kml_model **m)
 	return model_load_file(path, n_in, "the samples need", true, m, &cfg);
 }
 
-/* Serialise the model; the caller frees. */
-/* rint(v * 2^16), saturated to [lo, hi]; -EDOM for NaN */
+/*
+ * rint(v * 2^16), saturated to [lo, hi]; -EDOM for NaN or an infinity,
+ * which the kernel's loader refuses in a float model too
+ */
 static int q16_of(float v, long long lo, long long hi, long long *out)
 {
 	double x = rint((double)v * KML_Q16_ONE);
 
-	if (isnan(x))
+	if (!isfinite(x))
 		return -EDOM;
 	*out = x < (double)lo ? lo : x > (double)hi ? hi : (long long)x;
 	return 0;
@@ -95,7 +97,8 @@ static int q16_of(float v, long long lo, long long hi, long long *out)
  * rounded to 16 fraction bits and saturated, as kmlbench.kml.ffi.to_q16()
  * makes them; each variance (float bits, then 4 zero bytes) an s64 in
  * Q16.16 units, within the loader's bound (KML_Q16_VAR_MAX, 2^47).  The
- * CRC is made again.  0, or -EINVAL (not a float model file) or -EDOM.
+ * CRC is made again.  0, or -EINVAL (not a float model file) or -EDOM (a
+ * value that is not finite).
  */
 int model_file_to_q16(void *buf, size_t len)
 {
@@ -128,7 +131,7 @@ int model_file_to_q16(void *buf, size_t len)
 		}
 		for (i = 0; i < n_in; i++, p += 8) {
 			memcpy(&f, p, 4);
-			if (q16_of(f, 0, 1LL << 47, &q))
+			if (q16_of(f, 0, KML_Q16_VAR_MAX, &q))
 				return -EDOM;
 			w = q;
 			memcpy(p, &w, 8);
@@ -148,6 +151,7 @@ int model_file_to_q16(void *buf, size_t len)
 	return 0;
 }
 
+/* Serialise the model; the caller frees. */
 int model_bytes(struct kml_model *m, void **bufp, size_t *lenp)
 {
 	size_t len = kml_model_file_size(m);

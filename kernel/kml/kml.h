@@ -214,6 +214,13 @@ KML_API int kml_model_train_batch(struct kml_model *m, const void *x,
 #define KML_MODEL_VERSION	1U
 #define KML_MODEL_HDR_SIZE	64U
 #define KML_MODEL_MAX_FILE	(1U << 20)
+/*
+ * Largest Q16.16 running variance (s64) a model may hold: 2^31 in real
+ * units, above the 2^30 that inputs within +-32768 can produce.  Keeps
+ * var << 16 within 63 bits for the integer square root; model files with
+ * a larger variance are refused (-EDOM).
+ */
+#define KML_Q16_VAR_MAX		(1LL << 47)
 
 KML_API u32 kml_crc32(u32 crc, const void *buf, size_t len);
 KML_API size_t kml_model_file_size(const struct kml_model *m);

@@ -55,14 +55,6 @@ struct kml_model {
 #define KML_FPU_MACS	16384
 #define KML_FPU_PARAMS	2048
 
-/*
- * Largest Q16.16 running variance (s64) a model may hold: 2^31 in real
- * units, above the 2^30 that inputs within +-32768 can produce.  Keeps
- * var << 16 within 63 bits for the integer square root; model files with
- * a larger variance are refused (-EDOM).
- */
-#define KML_Q16_VAR_MAX	(1LL << 47)
-
 static inline u32 kml_in_dim(const struct kml_model *m, u32 l)
 {
 	return m->cfg.sizes[l];

@@ -435,11 +435,17 @@ static const s32 kml_q16_x[4] = { 98304, 131072, -65536, 32768 };
 #define KML_Q16_P	5658
 #define KML_Q16_VAR0	88
 
-/* The loader on a Q16.16 file, in every kernel: loads, predicts, refuses. */
+/*
+ * The loader on a Q16.16 file, in every kernel: it loads and predicts as
+ * libkml.so does, and refuses a file cut short, a bad magic, version or
+ * width, sizes that disagree with the payload, a bad checksum, and a
+ * variance past KML_Q16_VAR_MAX or below 0.
+ */
 static void kml_test_q16_model_load(struct kunit *test)
 {
 	u8 *bad = kunit_kmalloc(test, sizeof(kml_q16_model), GFP_KERNEL);
 	struct kml_model *m = NULL;
+	s64 var;
 	s32 p;
 
 	KUNIT_ASSERT_NOT_NULL(test, bad);
@@ -449,11 +455,23 @@ static void kml_test_q16_model_load(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, p, KML_Q16_P);
 	kml_model_free(m);
 	kml_test_load_refusals(test, kml_q16_model, sizeof(kml_q16_model));
-	/* a negative variance with a valid checksum */
+	/* variances with a valid checksum: the bound, past it, negative */
 	memcpy(bad, kml_q16_model, sizeof(kml_q16_model));
-	memset(bad + KML_Q16_VAR0, 0xff, 8);
+	var = KML_Q16_VAR_MAX;
+	memcpy(bad + KML_Q16_VAR0, &var, 8);
+	kml_test_recrc(bad, sizeof(kml_q16_model));
+	KUNIT_ASSERT_EQ(test, 0, kml_model_load(bad, sizeof(kml_q16_model),
+						&m));
+	kml_model_free(m);
+	var = KML_Q16_VAR_MAX + 1;
+	memcpy(bad + KML_Q16_VAR0, &var, 8);
 	kml_test_recrc(bad, sizeof(kml_q16_model));
 	m = NULL;
+	KUNIT_EXPECT_EQ(test, -EDOM, kml_model_load(bad, sizeof(kml_q16_model),
+						    &m));
+	KUNIT_EXPECT_NULL(test, m);
+	memset(bad + KML_Q16_VAR0, 0xff, 8);
+	kml_test_recrc(bad, sizeof(kml_q16_model));
 	KUNIT_EXPECT_EQ(test, -EDOM, kml_model_load(bad, sizeof(kml_q16_model),
 						    &m));
 	KUNIT_EXPECT_NULL(test, m);
