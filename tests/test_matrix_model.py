@@ -461,3 +461,51 @@ def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
     ):
         with pytest.raises(MatrixError, match=message):
             load(tmp_path, HEAD + f"  model: [{{mode: active, policy: cost, {bad}}}]\n")
+
+
+def test_a_model_needs_the_kml_parts_its_kernel_variant_keeps(tmp_path: Path) -> None:
+    """A cell whose model needs a part of KML that its kernel variant's
+    fragments leave out (kernel/kml/Kconfig) is refused when the matrix is
+    loaded, naming the entry, the option and the fragment, not in a guest."""
+    configs = paths.CONFIGS_DIR
+    kernels = (
+        "  kernel:\n"
+        "    - {name: default}\n"
+        f"    - {{name: lean, fragments: [{configs / 'kml-lean.config'}]}}\n"
+        f"    - {{name: nokml, fragments: [{configs / 'no-kml-iosched.config'}]}}\n"
+    )
+    q16 = paths.WORKLOADS_DIR / "models" / "deadline-small-q16.kmlm"
+    f32 = paths.WORKLOADS_DIR / "models" / "deadline.kmlm"
+    cases = [
+        # (model entry, the option it needs, the variant without it)
+        ("{mode: observe}", "CONFIG_KML_IOSCHED", "nokml"),
+        (f"{{mode: active, model_file: {f32}}}", "CONFIG_KML_FLOAT", "lean"),
+        ("{mode: observe, trainer: kernel}", "CONFIG_KML_", "lean"),
+    ]
+    for entry, option, variant in cases:
+        text = HEAD + kernels + f"  model:\n    - {{mode: off}}\n    - {entry}\n"
+        with pytest.raises(MatrixError) as info:
+            load(tmp_path, text)
+        err = info.value
+        assert err.key == "axes.model[1]", str(err)
+        assert err.line == 12, str(err)  # the entry's line
+        assert option in err.message and f"variant {variant!r}" in err.message, err.message
+        assert "exclude the pair" in err.message
+        # excluded where the part is missing, the rest runs
+        excl = "lean, nokml" if variant == "lean" else "nokml"
+        m = load(
+            tmp_path,
+            text + f"exclude: [{{kernel.name: [{excl}], model.mode: [observe, active]}}]\n",
+        )
+        assert {c.params["kernel"]["name"] for c in m.cells} == {"default", "lean", "nokml"}
+    # what the lean kernel keeps: Q16.16 models, the user trainer, every mode
+    text = (
+        HEAD
+        + kernels
+        + f"  model:\n    - {{mode: [observe, active], model_file: {q16}, trainer: user}}\n"
+        + "exclude: [{kernel.name: nokml, model.mode: [observe, active]}]\n"
+    )
+    m = load(tmp_path, text)
+    assert any(
+        c.params["kernel"]["name"] == "lean" and "model_file" in c.params["model"] for c in m.cells
+    )

@@ -16,6 +16,11 @@ from kmlbench.plan.schema import DEFAULT_VARIANT, KERNEL_VARIANT_FIELDS, Field
 from kmlbench.plan.source import Source, mapping, reject_unknown, resolve_fields, typed
 
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+UNSET_RE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set\s*$")
+# A float model file: its header's dtype (docs/kml.md, "Model file format").
+_MODEL_MAGIC = (0x4D4C4D4B).to_bytes(4, "little")
+_MODEL_DTYPE_AT = 16
 
 
 def find_file(src: Source, key: str, text: str, base_dir: Path, what: str) -> Path:
@@ -100,3 +105,77 @@ def kernel_axis(
             src, f"{key}.fragments", entry.get("fragments", []), base_dir
         )
     return variants
+
+
+def parse_config_lines(text: str) -> dict[str, tuple[str, int]]:
+    """``{symbol: (normalized line, line number)}`` of a .config or fragment.
+
+    ``CONFIG_X=n`` is normalized to ``# CONFIG_X is not set`` (what Kconfig
+    writes); later lines win, as they do in merge_config.sh.
+    """
+    result: dict[str, tuple[str, int]] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        m = _SET_RE.match(line)
+        if m:
+            sym, val = m.groups()
+            norm = f"# {sym} is not set" if val == "n" else f"{sym}={val}"
+            result[sym] = (norm, n)
+            continue
+        m = UNSET_RE.match(line)
+        if m:
+            result[m.group(1)] = (f"# {m.group(1)} is not set", n)
+    return result
+
+
+def options_left_out(frags: list[Path]) -> dict[str, str]:
+    """The options ``frags`` turn off, each with the fragment's file name; as
+    in merge_config.sh a later mention wins."""
+    out: dict[str, str] = {}
+    for frag in frags:
+        for sym, (line, _) in parse_config_lines(frag.read_text()).items():
+            if line.startswith("#"):
+                out[sym] = frag.name
+            else:
+                out.pop(sym, None)
+    return out
+
+
+def is_float_model(path: Path) -> bool:
+    """Whether ``path`` is a model file whose dtype is float32 (the kernel's
+    loader judges the rest)."""
+    with path.open("rb") as f:
+        head = f.read(_MODEL_DTYPE_AT + 4)
+    return head[:4] == _MODEL_MAGIC and head[_MODEL_DTYPE_AT:] == bytes(4)
+
+
+def kml_needs(model: dict[str, Any] | None, float_models: set[str]) -> dict[str, str]:
+    """The options (kernel/kml/Kconfig) a cell's model needs, each with what
+    needs it: KML in mq-deadline for any mode but off, float models for a
+    float model file, both float models and training for the kernel trainer."""
+    if model is None or model["mode"] == "off":
+        return {}
+    needs = {"CONFIG_KML_IOSCHED": f"mode {model['mode']}"}
+    if model.get("model_file") in float_models:
+        needs["CONFIG_KML_FLOAT"] = f"the float model {model['model_file']}"
+    if model.get("trainer") == "kernel":
+        needs["CONFIG_KML_FLOAT"] = needs["CONFIG_KML_TRAIN"] = "trainer kernel"
+    return needs
+
+
+def check_kml_parts(
+    src: Source,
+    key: str,
+    variant: str,
+    left_out: dict[str, str],
+    params: dict[str, Any],
+    float_models: set[str],
+) -> None:
+    """Refuse a cell whose model needs a part its kernel variant leaves out."""
+    for option, what in kml_needs(params.get("model"), float_models).items():
+        if option in left_out:
+            raise src.error(
+                key,
+                f"{what} needs {option}, which kernel variant {variant!r} leaves out "
+                f"({left_out[option]}): exclude the pair",
+            )

@@ -22,6 +22,7 @@ from kmlbench import paths
 from kmlbench.clock import VIRTUAL_CPUS_REASON
 from kmlbench.hashing import sha256_file
 from kmlbench.plan import fio_job
+from kmlbench.plan import kernel as plan_kernel
 from kmlbench.plan.cells import Cell, canonical_json, ordered_cells
 from kmlbench.plan.exclude import excluded, exclusions
 from kmlbench.plan.kernel import find_file, fragments, kernel_axis, kernel_source, portable
@@ -180,9 +181,10 @@ def _scheduler_entries(
 
 
 def _model_entries(
-    src: Source, entries: Any, key: str, base_dir: Path
+    src: Source, entries: Any, key: str, base_dir: Path, float_models: set[str]
 ) -> list[tuple[dict[str, Any], str]] | None:
-    """The model axis, or None when the matrix has none (stock kernel behaviour).
+    """The model axis, or None when the matrix has none (stock kernel behaviour);
+    the model files whose dtype is float32 are added to ``float_models``.
 
     Each entry is reduced to what it changes: ``mode: off`` records only the
     mode (nothing else reaches the kernel), ``trainer: none`` drops the
@@ -214,6 +216,8 @@ def _model_entries(
                     raise src.error(fkey, f"{model[name]!r} is not a file")
                 model[name] = portable(found)
                 model[f"{name}_sha256"] = sha256_file(found)
+                if plan_kernel.is_float_model(found):
+                    float_models.add(model[name])
             if model["mode"] == "off":
                 if model["trainer"] != "none":
                     raise src.error(
@@ -371,7 +375,8 @@ def load_matrix(
         src, axes.get("scheduler") or [{"name": "mq-deadline"}], "axes.scheduler"
     )
     workloads = _workload_entries(src, axes["workload"], "axes.workload", templates_dir)
-    models = _model_entries(src, axes.get("model"), "axes.model", base_dir)
+    float_models: set[str] = set()
+    models = _model_entries(src, axes.get("model"), "axes.model", base_dir, float_models)
     rules = exclusions(src, top.get("exclude"))
 
     # Every workload must fit its device and its time budget.
@@ -405,6 +410,7 @@ def load_matrix(
     by_variant: dict[str, list[dict[str, Any]]] = {}
     seen: dict[str, str] = {}
     for vname, frags in variants.items():
+        left_out = plan_kernel.options_left_out(frags)
         kparams = {
             "name": vname,
             "source": copy.deepcopy(source_for_params),
@@ -439,6 +445,7 @@ def load_matrix(
                     f"needs a device with service: {' or '.join(GEOMETRY_SERVICES)} (the "
                     f"geometry it is told), not {dkey}: exclude that device for this entry",
                 )
+            plan_kernel.check_kml_parts(src, mkey, vname, left_out, params, float_models)
             h = canonical_json(params)
             if h in collapsed:
                 continue

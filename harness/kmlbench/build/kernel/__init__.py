@@ -67,7 +67,6 @@ from kmlbench.build.kernel.kconfig import (
     config_hash,
     configure,
     format_config_misses,
-    parse_config_lines,
 )
 from kmlbench.build.kernel.keys import build_key, prepared_tree_key
 from kmlbench.build.kernel.pipeline import KernelBuild, KernelRequest, build_kernel
@@ -85,6 +84,7 @@ from kmlbench.build.kernel.worktree import (
     sync_work_tree,
     work_dir,
 )
+from kmlbench.plan.kernel import parse_config_lines
 
 __all__ = [
     "ConfigError",

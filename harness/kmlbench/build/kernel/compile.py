@@ -24,8 +24,8 @@ from pathlib import Path
 
 from kmlbench import procs
 from kmlbench.build.kernel.common import KernelBuildError, Log, make_env, run
-from kmlbench.build.kernel.kconfig import parse_config_lines
 from kmlbench.files import atomic_write
+from kmlbench.plan.kernel import parse_config_lines
 
 BUILD_STAMP = ".kmlbench-complete"
 BZIMAGE = Path("arch/x86/boot/bzImage")  # in an object or build dir

@@ -22,9 +22,7 @@ from pathlib import Path
 
 from kmlbench import paths
 from kmlbench.build.kernel.common import KernelBuildError, Log, run
-
-_SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
-_UNSET_RE = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set\s*$")
+from kmlbench.plan.kernel import UNSET_RE, parse_config_lines
 
 
 @dataclass(frozen=True)
@@ -44,27 +42,6 @@ class ConfigError(KernelBuildError):
     def __init__(self, message: str, misses: list[ConfigMiss]) -> None:
         super().__init__(message)
         self.misses = misses
-
-
-def parse_config_lines(text: str) -> dict[str, tuple[str, int]]:
-    """``{symbol: (normalized line, line number)}`` of a .config or fragment.
-
-    ``CONFIG_X=n`` is normalized to ``# CONFIG_X is not set`` (what Kconfig
-    writes); later lines win, as they do in merge_config.sh.
-    """
-    result: dict[str, tuple[str, int]] = {}
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        m = _SET_RE.match(line)
-        if m:
-            sym, val = m.groups()
-            norm = f"# {sym} is not set" if val == "n" else f"{sym}={val}"
-            result[sym] = (norm, n)
-            continue
-        m = _UNSET_RE.match(line)
-        if m:
-            result[m.group(1)] = (f"# {m.group(1)} is not set", n)
-    return result
 
 
 def check_config(
@@ -152,7 +129,7 @@ def config_hash(config_text: str) -> str:
     keep = [
         line.strip()
         for line in config_text.splitlines()
-        if line.strip() and (not line.startswith("#") or _UNSET_RE.match(line.strip()))
+        if line.strip() and (not line.startswith("#") or UNSET_RE.match(line.strip()))
     ]
     return hashlib.sha256(("\n".join(keep) + "\n").encode()).hexdigest()
 
