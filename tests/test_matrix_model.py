@@ -477,12 +477,12 @@ def test_a_model_needs_the_kml_parts_its_kernel_variant_keeps(tmp_path: Path) ->
     q16 = paths.WORKLOADS_DIR / "models" / "deadline-small-q16.kmlm"
     f32 = paths.WORKLOADS_DIR / "models" / "deadline.kmlm"
     cases = [
-        # (model entry, the option it needs, the variant without it)
-        ("{mode: observe}", "CONFIG_KML_IOSCHED", "nokml"),
-        (f"{{mode: active, model_file: {f32}}}", "CONFIG_KML_FLOAT", "lean"),
-        ("{mode: observe, trainer: kernel}", "CONFIG_KML_", "lean"),
+        # (model entry, the option it needs, the variant without it, its fragment)
+        ("{mode: observe}", "CONFIG_KML_IOSCHED", "nokml", "no-kml-iosched.config:"),
+        (f"{{mode: active, model_file: {f32}}}", "CONFIG_KML_FLOAT", "lean", "kml-lean.config:"),
+        ("{mode: observe, trainer: kernel}", "CONFIG_KML_FLOAT", "lean", "kml-lean.config:"),
     ]
-    for entry, option, variant in cases:
+    for entry, option, variant, fragment in cases:
         text = HEAD + kernels + f"  model:\n    - {{mode: off}}\n    - {entry}\n"
         with pytest.raises(MatrixError) as info:
             load(tmp_path, text)
@@ -490,7 +490,7 @@ def test_a_model_needs_the_kml_parts_its_kernel_variant_keeps(tmp_path: Path) ->
         assert err.key == "axes.model[1]", str(err)
         assert err.line == 12, str(err)  # the entry's line
         assert option in err.message and f"variant {variant!r}" in err.message, err.message
-        assert "exclude the pair" in err.message
+        assert f"({fragment}" in err.message and "exclude the pair" in err.message, err.message
         # excluded where the part is missing, the rest runs
         excl = "lean, nokml" if variant == "lean" else "nokml"
         m = load(
@@ -506,6 +506,16 @@ def test_a_model_needs_the_kml_parts_its_kernel_variant_keeps(tmp_path: Path) ->
         + "exclude: [{kernel.name: nokml, model.mode: [observe, active]}]\n"
     )
     m = load(tmp_path, text)
-    assert any(
-        c.params["kernel"]["name"] == "lean" and "model_file" in c.params["model"] for c in m.cells
-    )
+    lean = [
+        c.params["model"]
+        for c in m.cells
+        if c.params["kernel"]["name"] == "lean" and c.params["scheduler"]["name"] == "mq-deadline"
+    ]
+    assert len(lean) == 2 and all("model_file" in model for model in lean), lean
+    # a kernel without training only: the kernel trainer needs it; a float
+    # warm start (the user trainer's, in user space) does not
+    no_train = f"  kernel:\n    - {{name: nt, fragments: [{configs / 'kml-no-train.config'}]}}\n"
+    with pytest.raises(MatrixError, match="trainer kernel needs CONFIG_KML_TRAIN"):
+        load(tmp_path, HEAD + no_train + "  model: [{mode: observe, trainer: kernel}]\n")
+    warm = f"  model: [{{mode: active, model_file: {q16}, trainer: user, warm_start: {f32}}}]\n"
+    assert load(tmp_path, HEAD + kernels.split("    - {name: nokml")[0] + warm).cells

@@ -2,12 +2,16 @@
 
 Paths are found relative to the matrix file, then to the checkout, and
 recorded repo-relative (:func:`portable`) so cell ids do not depend on where
-the checkout is.
+the checkout is. The config fragments' lines and merge order are read here
+(the build uses the same), so that a cell whose model needs a part of KML
+its variant turns off is refused when the matrix loads
+(:func:`check_kml_parts`; a model file's dtype from its header).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +132,37 @@ def parse_config_lines(text: str) -> dict[str, tuple[str, int]]:
     return result
 
 
-def options_left_out(frags: list[Path]) -> dict[str, str]:
-    """The options ``frags`` turn off, each with the fragment's file name; as
-    in merge_config.sh a later mention wins."""
+def merge_order(fragments: Sequence[Path], configs_dir: Path = paths.CONFIGS_DIR) -> list[Path]:
+    """The fragments a kernel request merges, in merge_config.sh's order:
+    base.config, kml.config (if present), then the request's.
+
+    A request fragment that is a bare relative name not found from the
+    current directory is looked up in ``configs_dir``. A fragment listed
+    twice (say a matrix naming base.config) is merged once, where it first
+    appears.
+    """
+    result = [configs_dir / "base.config"]
+    if (configs_dir / "kml.config").exists():
+        result.append(configs_dir / "kml.config")
+    for frag in fragments:
+        frag = Path(frag)
+        if not frag.is_absolute() and not frag.exists() and (configs_dir / frag).exists():
+            frag = configs_dir / frag
+        result.append(frag)
+    return list(dict.fromkeys(f.resolve() for f in result))
+
+
+def options_left_out(frags: Sequence[Path]) -> dict[str, str]:
+    """The options a variant with fragments ``frags`` turns off, merged as
+    the build merges them (:func:`merge_order`; a later mention wins), each
+    with the fragment and line that did (``kml-lean.config:8``)."""
     out: dict[str, str] = {}
-    for frag in frags:
-        for sym, (line, _) in parse_config_lines(frag.read_text()).items():
+    for frag in merge_order(frags):
+        if not frag.is_file():
+            continue  # the build names it
+        for sym, (line, n) in parse_config_lines(frag.read_text()).items():
             if line.startswith("#"):
-                out[sym] = frag.name
+                out[sym] = f"{frag.name}:{n}"
             else:
                 out.pop(sym, None)
     return out

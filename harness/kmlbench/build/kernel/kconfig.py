@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kmlbench import paths
 from kmlbench.build.kernel.common import KernelBuildError, Log, run
-from kmlbench.plan.kernel import UNSET_RE, parse_config_lines
+from kmlbench.plan.kernel import UNSET_RE, merge_order, parse_config_lines
 
 
 @dataclass(frozen=True)
@@ -137,25 +137,12 @@ def config_hash(config_text: str) -> str:
 def config_fragments(
     req_fragments: Sequence[Path], configs_dir: Path = paths.CONFIGS_DIR
 ) -> list[Path]:
-    """base.config, kml.config (if present), then the request's fragments.
-
-    A request fragment that is a bare relative name not found from the
-    current directory is looked up in ``kernel/configs/``. A fragment listed
-    twice (say a matrix naming base.config) is merged once, where it first
-    appears.
-    """
-    result = [configs_dir / "base.config"]
-    if (configs_dir / "kml.config").exists():
-        result.append(configs_dir / "kml.config")
-    for frag in req_fragments:
-        frag = Path(frag)
-        if not frag.is_absolute() and not frag.exists() and (configs_dir / frag).exists():
-            frag = configs_dir / frag
-        result.append(frag)
+    """:func:`~kmlbench.plan.kernel.merge_order`'s fragments, each an existing file."""
+    result = merge_order(req_fragments, configs_dir)
     for frag in result:
         if not frag.is_file():
             raise KernelBuildError(f"config fragment {frag} does not exist")
-    return list(dict.fromkeys(f.resolve() for f in result))
+    return result
 
 
 def configure(
