@@ -15,14 +15,6 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
-static void put_le32(u8 *p, u32 v)
-{
-	p[0] = v;
-	p[1] = v >> 8;
-	p[2] = v >> 16;
-	p[3] = v >> 24;
-}
-
 /* A valid float MLP n_in-16-1 with normalisation, saved into a buffer. */
 static int valid_model(u32 n_in, void **bufp, size_t *lenp)
 {
@@ -52,7 +44,7 @@ static void poison_model(u8 *buf, size_t len, u32 n_in)
 
 	put_le32(buf + params, 0x7fc00000U);		/* quiet NaN */
 	put_le32(buf + params + 4, 0x7f800000U);	/* +Inf */
-	put_le32(buf + len - 4, kml_crc32(0, buf, len - 4));
+	model_file_recrc(buf, len);
 }
 
 /* The bad model of @kind; @want is the errno the kernel must answer. */

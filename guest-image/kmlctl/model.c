@@ -89,6 +89,37 @@ static int q16_of(float v, long long lo, long long hi, long long *out)
 	return 0;
 }
 
+void put_le32(u8 *p, u32 v)
+{
+	p[0] = v;
+	p[1] = v >> 8;
+	p[2] = v >> 16;
+	p[3] = v >> 24;
+}
+
+void model_file_recrc(u8 *buf, size_t len)
+{
+	put_le32(buf + len - 4, kml_crc32(0, buf, len - 4));
+}
+
+/* @n float values at @p, each as its Q16.16 s32 in place */
+static int q16_values(u8 *p, u32 n)
+{
+	long long q;
+	u32 i;
+	float f;
+	s32 v;
+
+	for (i = 0; i < n; i++, p += 4) {
+		memcpy(&f, p, 4);
+		if (q16_of(f, S32_MIN, S32_MAX, &q))
+			return -EDOM;
+		v = (s32)q;
+		memcpy(p, &v, 4);
+	}
+	return 0;
+}
+
 /*
  * Rewrite a float model file (kml_model_save()'s, @len bytes at @buf) in
  * place as the same model in Q16.16, for a kernel without float models
@@ -102,11 +133,10 @@ static int q16_of(float v, long long lo, long long hi, long long *out)
  */
 int model_file_to_q16(void *buf, size_t len)
 {
-	u8 *h = buf, *p, *end;
 	u32 norm, n_in, payload, i, u;
+	u8 *h = buf, *p;
 	long long q;
 	float f;
-	s32 v;
 	s64 w;
 
 	if (len < KML_MODEL_HDR_SIZE + 4)
@@ -119,16 +149,11 @@ int model_file_to_q16(void *buf, size_t len)
 	    (norm && payload < 8 + 12ULL * n_in))
 		return -EINVAL;
 	p = h + KML_MODEL_HDR_SIZE;
-	end = p + payload;
 	if (norm) {
 		p += 8;				/* the count */
-		for (i = 0; i < n_in; i++, p += 4) {
-			memcpy(&f, p, 4);
-			if (q16_of(f, S32_MIN, S32_MAX, &q))
-				return -EDOM;
-			v = (s32)q;
-			memcpy(p, &v, 4);
-		}
+		if (q16_values(p, n_in))	/* the means */
+			return -EDOM;
+		p += 4 * n_in;
 		for (i = 0; i < n_in; i++, p += 8) {
 			memcpy(&f, p, 4);
 			if (q16_of(f, 0, KML_Q16_VAR_MAX, &q))
@@ -137,17 +162,11 @@ int model_file_to_q16(void *buf, size_t len)
 			memcpy(p, &w, 8);
 		}
 	}
-	for (; p < end; p += 4) {
-		memcpy(&f, p, 4);
-		if (q16_of(f, S32_MIN, S32_MAX, &q))
-			return -EDOM;
-		v = (s32)q;
-		memcpy(p, &v, 4);
-	}
-	u = KML_Q16;
-	memcpy(h + 16, &u, 4);
-	u = kml_crc32(0, buf, len - 4);
-	memcpy(h + len - 4, &u, 4);
+	/* the weights and biases, to the end of the payload */
+	if (q16_values(p, (h + KML_MODEL_HDR_SIZE + payload - p) / 4))
+		return -EDOM;
+	put_le32(h + 16, KML_Q16);
+	model_file_recrc(h, len);
 	return 0;
 }
 
