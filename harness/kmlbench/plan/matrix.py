@@ -184,7 +184,7 @@ def _model_entries(
     src: Source, entries: Any, key: str, base_dir: Path, float_models: set[str]
 ) -> list[tuple[dict[str, Any], str]] | None:
     """The model axis, or None when the matrix has none (stock kernel behaviour);
-    the model files whose dtype is float32 are added to ``float_models``.
+    the model_files whose dtype is float32 are added to ``float_models``.
 
     Each entry is reduced to what it changes: ``mode: off`` records only the
     mode (nothing else reaches the kernel), ``trainer: none`` drops the
@@ -216,7 +216,8 @@ def _model_entries(
                     raise src.error(fkey, f"{model[name]!r} is not a file")
                 model[name] = portable(found)
                 model[f"{name}_sha256"] = sha256_file(found)
-                if plan_kernel.is_float_model(found):
+                # the kernel loads model_file; a warm start stays in user space
+                if name == "model_file" and plan_kernel.is_float_model(found):
                     float_models.add(model[name])
             if model["mode"] == "off":
                 if model["trainer"] != "none":
