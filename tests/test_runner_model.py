@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from kmlbench import cli, paths
 from kmlbench.cell import model as cell_model
 from kmlbench.plan.matrix import load_matrix
 from kmlbench.run import trace
@@ -63,3 +65,52 @@ def test_pick_cell_by_id_number_or_prefix(matrix) -> None:
         trace.pick_cell(matrix, "randread-nullb-mqdl")
     with pytest.raises(ValueError, match="no cell id starts with"):
         trace.pick_cell(matrix, "seqwrite")
+
+
+def test_trace_refuses_before_a_guest_a_cell_with_nothing_to_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cell of another scheduler, or of a kernel variant without KML in
+    mq-deadline, is refused by ``kmlbench trace`` with the reason and exit
+    2, before any build or boot (the results folder is never made); a cell
+    with a trainer is traced without it."""
+    nokml = paths.CONFIGS_DIR / "no-kml-iosched.config"
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "name: t\n"
+        "axes:\n"
+        f"  kernel: [{{name: default}}, {{name: nokml, fragments: [{nokml}]}}]\n"
+        "  scheduler: [{name: mq-deadline}, {name: kyber}]\n"
+        "  workload: [{template: randread, runtime_s: 2, size_mib: 64}]\n"
+        "  model: [{mode: off}, {mode: observe, trainer: user}]\n"
+        "exclude: [{kernel.name: nokml, model.mode: observe}]\n"
+    )
+    matrix = load_matrix(path)
+
+    def cell(variant: str, scheduler: str, mode: str) -> str:
+        (hit,) = [
+            c.id
+            for c in matrix.cells
+            if c.kernel_variant == variant
+            and c.params["scheduler"]["name"] == scheduler
+            and c.params["model"]["mode"] == mode
+        ]
+        return hit
+
+    results = tmp_path / "results"
+    cases = {
+        cell("nokml", "mq-deadline", "off"): (
+            r"kernel variant 'nokml' leaves out CONFIG_KML_IOSCHED \(no-kml-iosched\.config:\d+\)"
+        ),
+        cell("default", "kyber", "off"): "runs kyber; KML samples come from mq-deadline",
+    }
+    for cell_id, why in cases.items():
+        argv = ["trace", str(path), "--cell", cell_id, "-o", str(tmp_path / "x.kmltrc")]
+        assert cli.main([*argv, "--results", str(results)]) == 2
+        out = capsys.readouterr().out
+        assert re.search(why, out) and cell_id in out, out
+        assert not results.exists()
+    # what it can record passes the check: off and, without its trainer, observe
+    for mode in ("off", "observe"):
+        ok = next(c for c in matrix.cells if c.id == cell("default", "mq-deadline", mode))
+        assert trace.untraceable(matrix, ok) is None

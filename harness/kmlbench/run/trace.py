@@ -13,7 +13,9 @@ import shutil
 from pathlib import Path
 
 from kmlbench import paths
+from kmlbench.cell.model import running_model
 from kmlbench.data.trace import TraceError, load_trace, write_csv
+from kmlbench.plan import kernel as plan_kernel
 from kmlbench.plan.cells import Cell
 from kmlbench.plan.matrix import Matrix, load_matrix
 from kmlbench.plan.schema import MODEL_SCHEDULER
@@ -41,6 +43,28 @@ def pick_cell(matrix: Matrix, spec: str) -> Cell:
     raise ValueError(f"{spec!r} matches {len(hits)} cells: {', '.join(c.id for c in hits[:5])}")
 
 
+def untraceable(matrix: Matrix, cell: Cell) -> str | None:
+    """Why ``cell`` cannot be traced, before any guest boots, or None.
+
+    The samples come from KML in mq-deadline: a cell of another scheduler,
+    or of a kernel variant whose fragments leave KML out of mq-deadline, has
+    nothing to record. (A trainer is not run in a trace: the tracer takes
+    the ring.)
+    """
+    scheduler = cell.params["scheduler"]["name"]
+    if scheduler != MODEL_SCHEDULER:
+        return f"cell {cell.id} runs {scheduler}; KML samples come from {MODEL_SCHEDULER}"
+    model = {**(running_model(cell.params, trace=True) or {}), "trainer": "none"}
+    left_out = plan_kernel.options_left_out(matrix.kernel_variants[cell.kernel_variant])
+    for option in plan_kernel.kml_needs(model, set()):
+        if option in left_out:
+            return (
+                f"cell {cell.id}: kernel variant {cell.kernel_variant!r} leaves out {option} "
+                f"({left_out[option]}), which a trace needs; pick a cell of another variant"
+            )
+    return None
+
+
 def main_trace(
     *,
     matrix_path: Path,
@@ -66,9 +90,9 @@ def main_trace(
     except ValueError as exc:
         print(f"kmlbench trace: {exc}")
         return 2
-    if chosen.params["scheduler"]["name"] != MODEL_SCHEDULER:
-        print(f"kmlbench trace: cell {chosen.id} runs {chosen.params['scheduler']['name']}; "
-              "KML samples come from mq-deadline")  # fmt: skip
+    refusal = untraceable(matrix, chosen)
+    if refusal is not None:
+        print(f"kmlbench trace: {refusal}")
         return 2
     if kvm_refused(matrix, accel):
         return 2
