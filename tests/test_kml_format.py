@@ -141,6 +141,37 @@ def test_nan_or_negative_norm_stats():
     assert errno_of(with_crc(bytes(fixed))) == errno.EDOM
 
 
+def test_norm_floor_is_the_same_in_both_dtypes():
+    """A feature whose variance is 0 once in Q16.16 (at most half a unit,
+    2^-17, as every converter rounds it) is left unscaled by a float model
+    too (KML_NORM_VAR_FLOOR), so that a float model and its Q16.16
+    conversion scale the same features. The float path scaled any variance
+    above 1e-12, by up to a million, where the Q16.16 one did not."""
+    floor = np.float32(2.0**-17)
+    above = np.nextafter(floor, np.float32(1))
+    variances = np.array([1e-12, 1e-9, 6e-8, floor, above, 1e-5, 4.0, 40.0], np.float32)
+    n_in = 8
+    var0 = HDR + 8 + 4 * n_in
+    scales = {}
+    for dtype in ("float32", "fixed"):
+        data = bytearray(model_bytes(dtype))
+        for i, v in enumerate(variances):
+            if dtype == "float32":
+                struct.pack_into("<fI", data, var0 + 8 * i, v, 0)
+            else:
+                struct.pack_into("<q", data, var0 + 8 * i, int(np.rint(np.float64(v) * 65536)))
+        scales[dtype] = Model.from_bytes(with_crc(bytes(data))).norm_params()[1]
+    f32, q16 = scales["float32"], scales["fixed"]
+    unscaled = variances <= floor
+    np.testing.assert_array_equal(f32 == 1.0, unscaled)
+    np.testing.assert_array_equal(q16 == 1.0, unscaled)
+    # above the floor each scales by 1 / std, Q16.16 within its rounding of
+    # the variance (one unit just above the floor: 256 against 362)
+    np.testing.assert_allclose(f32[4:], 1 / np.sqrt(variances[4:].astype(np.float64)), rtol=1e-5)
+    np.testing.assert_array_equal(q16[4:6], [256.0, 256.0])
+    np.testing.assert_allclose(q16[6:], f32[6:], rtol=1e-4)
+
+
 def test_garbage_fuzz():
     """Random bytes, random corruptions of a valid file (with and without a
     fixed-up CRC): always refused or loaded, never a crash."""

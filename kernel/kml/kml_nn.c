@@ -218,7 +218,8 @@ void kml_f32_norm_scale(struct kml_model *m)
 	u32 i;
 
 	for (i = 0; i < m->cfg.sizes[0]; i++)
-		scale[i] = var[i] > 1e-12f ? 1.0f / kml_sqrtf(var[i]) : 1.0f;
+		scale[i] = var[i] > KML_NORM_VAR_FLOOR ?
+			   1.0f / kml_sqrtf(var[i]) : 1.0f;
 }
 
 #if KML_HAS_TRAIN

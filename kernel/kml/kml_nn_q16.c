@@ -17,13 +17,15 @@ void kml_q16_norm_scale(struct kml_model *m)
 	s64 v;
 
 	for (i = 0; i < m->cfg.sizes[0]; i++) {
-		/* std in Q16 = sqrt(var_q16 << 16); the clamp keeps it in u64 */
-		v = var[i] < KML_Q16_VAR_MAX ? var[i] : KML_Q16_VAR_MAX;
-		sd = v > 0 ? kml_isqrt64((u64)v << 16) : 0;
-		if (sd < 16)
+		/* 0 in Q16.16: unscaled, as KML_NORM_VAR_FLOOR says */
+		if (var[i] < 1) {
 			scale[i] = KML_Q16_ONE;
-		else
-			scale[i] = kml_sat32(kml_div_s64(1LL << 32, sd));
+			continue;
+		}
+		/* std = sqrt(var << 16) in Q16, >= 256; clamped within u64 */
+		v = var[i] < KML_Q16_VAR_MAX ? var[i] : KML_Q16_VAR_MAX;
+		sd = kml_isqrt64((u64)v << 16);
+		scale[i] = kml_sat32(kml_div_s64(1LL << 32, sd));
 	}
 }
 
