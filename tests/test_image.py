@@ -27,6 +27,7 @@ from kmlbench.build.image import (
     kmlctl_key,
     make_guest_initrd,
 )
+from kmlbench.data.histogram import FIO_PLAT_BITS, fio_bucket_value
 from kmlbench.guest.ssh import SSHKeys
 from kmlbench.paths import GUEST_IMAGE_DIR, cache_dir
 
@@ -61,6 +62,29 @@ def test_static_fio_is_static() -> None:
     assert sorted(recipe["patches"]) == [p.name for p in fio_patches()] != []
     log = (fio.path.parent / "build.log").read_text()
     assert "patching file engines/libaio.c" in log
+
+
+def test_static_fio_buckets_are_the_harness_s(tmp_path: Path) -> None:
+    """The guest's fio reports latencies in the buckets
+    ``kmlbench.data.histogram`` mirrors (``FIO_PLAT_BITS``, set by our fio
+    patch): every bucket value is the middle of its own bucket at that
+    width, and not at Debian's (many are not). Run on the host, on a file,
+    so that the latencies spread over a few powers of two."""
+    fio = build_static_fio()
+    target = tmp_path / "f"
+    out = subprocess.run(
+        [str(fio.path), "--name=t", f"--filename={target}", "--size=8m", "--bs=4k",
+         "--rw=randrw", "--ioengine=psync", "--loops=4", "--lat_percentiles=1",
+         "--output-format=json+"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    job = json.loads(out[out.index("{") :])["jobs"][0]
+    values = {int(v) for d in ("read", "write") for v in job[d]["lat_ns"]["bins"]}
+    coarse = [v for v in values if v >= 4 << FIO_PLAT_BITS]  # past the exact ones
+    assert len(coarse) >= 20, sorted(values)
+    assert all(fio_bucket_value(v) == v for v in coarse), sorted(coarse)
+    debian = [v for v in coarse if fio_bucket_value(v, bits=6) != v]
+    assert len(debian) > len(coarse) / 2, (len(debian), len(coarse))
 
 
 def test_base_image_is_cached(base: Path) -> None:

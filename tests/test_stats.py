@@ -1,16 +1,17 @@
 """Statistics: known answers on synthetic samples, and histogram percentiles
-checked against real fio (/usr/bin/fio) per-I/O latency logs."""
+checked against real fio (the guest's static build, whose buckets the
+harness reads) per-I/O latency logs."""
 
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from kmlbench.build.fio_build import build_static_fio
 from kmlbench.data import fio, histogram, stats
 
 # --------------------------------------------------------------------------
@@ -34,11 +35,11 @@ rw=randread
 """
 
 
-def _run_fio(tmp: Path, name: str, rate: int) -> subprocess.Popen:
+def _run_fio(fio_bin: Path, tmp: Path, name: str, rate: int) -> subprocess.Popen:
     job = tmp / f"{name}.fio"
     job.write_text(_JOB.format(direct=0, data=tmp / f"{name}.dat", rate=rate, log=tmp / name))
     return subprocess.Popen(
-        ["fio", "--output-format=json+", f"--output={tmp / name}.json", str(job)],
+        [str(fio_bin), "--output-format=json+", f"--output={tmp / name}.json", str(job)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -47,10 +48,11 @@ def _run_fio(tmp: Path, name: str, rate: int) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def fio_repeats(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[dict, np.ndarray]]:
     """Two concurrent ~1 s fio runs: (json+ report, raw clat samples in ns)."""
-    if shutil.which("fio") is None:
-        pytest.skip("fio is not installed")
+    fio_bin = build_static_fio().path
     tmp = tmp_path_factory.mktemp("fio")
-    procs = [(name, _run_fio(tmp, name, rate)) for name, rate in (("a", 1500), ("b", 2500))]
+    procs = [
+        (name, _run_fio(fio_bin, tmp, name, rate)) for name, rate in (("a", 1500), ("b", 2500))
+    ]
     out = []
     for name, proc in procs:
         log, _ = proc.communicate(timeout=60)

@@ -7,8 +7,8 @@ which every rendered job sets) instead of taken from fio's per-job
 percentiles: percentiles cannot be
 averaged, but histograms can be added. Merging the bins of every job and
 direction and walking the merged histogram with fio's own rule gives the
-exact percentile of the pooled samples, up to fio's bucket width (about
-1.6% of the value).
+exact percentile of the pooled samples, up to fio's bucket width (0.4%
+of the value in the guest's fio, :data:`kmlbench.data.histogram.FIO_PLAT_BITS`).
 """
 
 from __future__ import annotations
@@ -186,8 +186,8 @@ def late_metrics(data: Mapping[str, Any], targets_ms: Mapping[str, float]) -> di
     dispatch), but every request's completion can be held to the same
     target. Counted on fio's total-latency histogram (``lat_ns.bins``): a
     bucket is late when its value, fio's bucket middle, is above the target,
-    so a request within half a bucket (under 1% of the value) of it may
-    fall either side. A targeted direction that did I/O without its
+    so a request within half a bucket (0.2% of the value in the guest's
+    fio) of it may fall either side. A targeted direction that did I/O without its
     histogram (fio run without ``lat_percentiles``) gives nothing at all,
     rather than a share of the other direction alone.
     """

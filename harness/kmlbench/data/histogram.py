@@ -1,12 +1,16 @@
 """fio's latency histograms: bucket values and counts, merged exactly and
 read with fio's own percentile rule.
 
-fio keeps every latency in a log-linear bucket (``FIO_IO_U_PLAT_BITS`` = 6:
-64 buckets per power of two, about 1.6% wide), the same buckets in every
+fio keeps every latency in a log-linear bucket, the same buckets in every
 job, so the histograms of several jobs, directions or repeats add up
 exactly and a percentile of the sum is the percentile of the pooled
-samples, up to a bucket's width. :mod:`kmlbench.data.stats` computes its
-latency estimates from these; the results database stores them.
+samples, up to a bucket's width. The guest's fio has 256 buckets per
+power of two (:data:`FIO_PLAT_BITS`, set by
+``guest-image/fio-patches/0002-stat-four-times-finer-latency-buckets.patch``;
+a percentile within 0.2% of the sample's); runs made before it had
+Debian's 64 (1.6% wide). A histogram's bucket values say which it was.
+:mod:`kmlbench.data.stats` computes its latency estimates from these; the
+results database stores them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+
+# fio's FIO_IO_U_PLAT_BITS in the guest's fio (build/fio_build.py, with the
+# patch that sets it): 2^8 latency buckets per power of two
+FIO_PLAT_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -89,14 +97,14 @@ def merge_histograms(hists: Iterable[Histogram]) -> Histogram:
     return Histogram.from_pairs(pairs, mean_ns=mean)
 
 
-def fio_bucket_value(ns: int) -> int:
+def fio_bucket_value(ns: int, bits: int = FIO_PLAT_BITS) -> int:
     """The bucket value fio reports for a latency of ``ns`` nanoseconds.
 
     Mirrors ``plat_val_to_idx`` / ``plat_idx_to_val`` of fio's stat.c with
-    FIO_IO_U_PLAT_BITS = 6 (64 buckets per power of two, relative width
-    1/64), so synthetic histograms look exactly like fio's.
+    ``FIO_IO_U_PLAT_BITS`` = ``bits`` (2^bits buckets per power of two), so
+    synthetic histograms look exactly like the guest's fio's.
     """
-    bits, val = 6, 64
+    val = 1 << bits
     ns = int(ns)
     if ns < 2 * val:
         return ns
