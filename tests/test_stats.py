@@ -321,3 +321,30 @@ def test_a_side_without_histograms_makes_both_use_the_repeats_values() -> None:
     # a side with histograms and no values cannot be matched: left out
     bare = [stats.Sample(None, {}, lat) for _ in range(4)]
     assert stats.compare_groups(old, bare, ["lat_p99"], n_boot=200) == []
+
+
+def test_histograms_of_two_fio_bucket_widths_are_told_apart_and_noted(fio_repeats) -> None:
+    """Runs before the guest's finer fio have Debian's 64 buckets per power
+    of two: a histogram's values say which width it has (the guest's fio's
+    own reports are of ``FIO_PLAT_BITS``), and a comparison whose sides mix
+    the two says so beside the percentiles, not beside the mean."""
+    for report, _ in fio_repeats:
+        assert histogram.bucket_bits(_hist(report)) == histogram.FIO_PLAT_BITS
+    lat = np.random.default_rng(3).lognormal(math.log(50_000), 0.4, size=3000)
+
+    def bucketed(bits: int) -> histogram.Histogram:
+        values = [histogram.fio_bucket_value(int(x), bits) for x in lat]
+        return histogram.Histogram.from_pairs((v, 1) for v in values)
+
+    fine, coarse = bucketed(histogram.FIO_PLAT_BITS), bucketed(6)
+    assert histogram.bucket_bits(fine) == histogram.FIO_PLAT_BITS
+    assert histogram.bucket_bits(coarse) == 6
+    assert histogram.bucket_bits(histogram.merge_histograms([fine, coarse])) is None
+    assert histogram.bucket_bits(histogram.histogram_from_samples([900.0, 1500.0])) is None
+    new = [stats.Sample(fine, {}) for _ in range(3)]
+    old = [stats.Sample(coarse, {}) for _ in range(3)]
+    p99, mean = stats.compare_groups(old, new, ["p99", "mean"], n_boot=200)
+    assert "fio bucket widths differ (1/64 to 1/256" in p99.note, p99.note
+    assert "within 1.6%" in p99.note and "bucket widths" not in mean.note
+    (same,) = stats.compare_groups(new, new, ["p99"], n_boot=200)
+    assert "bucket widths" not in same.note

@@ -120,6 +120,25 @@ def fio_bucket_value(ns: int, bits: int = FIO_PLAT_BITS) -> int:
     return int(base + (k + 0.5) * (1 << error_bits))
 
 
+# fio's bucket widths a histogram can come from: the guest's fio's, then
+# Debian's (runs made before the finer buckets)
+KNOWN_PLAT_BITS = (FIO_PLAT_BITS, 6)
+
+
+def bucket_bits(hist: Histogram) -> int | None:
+    """Which fio bucket width ``hist`` was counted in (``FIO_IO_U_PLAT_BITS``),
+    or None when its values do not say (none past the exact range, or a
+    merge of both). From 2 us up a bucket middle of one width is never one
+    of the other."""
+    coarse = [v for v in hist.values.tolist() if v >= 2048]
+    if not coarse:
+        return None
+    for bits in KNOWN_PLAT_BITS:
+        if all(fio_bucket_value(v, bits) == v for v in coarse):
+            return bits
+    return None
+
+
 def histogram_from_samples(samples_ns: Iterable[float]) -> Histogram:
     """A fio-shaped histogram of raw latencies (ns), for synthetic data and tests."""
     arr = np.asarray(list(samples_ns), dtype=np.float64)

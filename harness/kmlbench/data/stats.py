@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from kmlbench.data.histogram import Histogram, merge_histograms
+from kmlbench.data.histogram import Histogram, bucket_bits, merge_histograms
 
 BETTER = "better"
 WORSE = "worse"
@@ -215,6 +215,24 @@ def _uses_histograms(m: MetricDef, samples: Sequence[Sample]) -> bool:
     )
 
 
+def _mixed_buckets(m: MetricDef, samples: Sequence[Sample]) -> str:
+    """A note when the samples' histograms come from fio builds of different
+    bucket widths (runs before and after the guest's finer fio): a
+    percentile then moves by up to the coarser bucket for that alone."""
+    widths = {
+        bits
+        for s in samples
+        if (h := s.hist(m)) is not None and (bits := bucket_bits(h)) is not None
+    }
+    if len(widths) < 2:
+        return ""
+    coarse = min(widths)
+    return (
+        f"fio bucket widths differ (1/{1 << coarse} to 1/{1 << max(widths)} of a power of two): "
+        f"a change within {100 / (1 << coarse):.1f}% may be the buckets'"
+    )
+
+
 def group_estimate(m: MetricDef, samples: Sequence[Sample]) -> float:
     """The group's value of ``m`` (see the module docstring for the definition)."""
     if _uses_histograms(m, samples):
@@ -350,6 +368,8 @@ def compare_metric(
     if _uses_histograms(m, a) != _uses_histograms(m, b):
         a, b = _without_histogram(m, a), _without_histogram(m, b)
         note = "one side has no histograms: both estimated from the repeats' own values"
+    elif m.percentile is not None and _uses_histograms(m, a):
+        note = _mixed_buckets(m, [*a, *b])
     est_a, est_b = group_estimate(m, a), group_estimate(m, b)
     change = est_b / est_a - 1 if est_a else math.nan
     lo = hi = math.nan
