@@ -11,6 +11,7 @@ import pytest
 from kmlbench import paths
 from kmlbench.cell import device
 from kmlbench.cell.model import kml_setup_script
+from kmlbench.plan import kernel as plan_kernel
 from kmlbench.plan.matrix import load_matrix
 from kmlbench.plan.schema import ALL_GEOMETRY_PARAMS, NULL_BLK_SERVICE_MODELS, device_geometry
 from kmlbench.plan.source import MatrixError
@@ -519,3 +520,30 @@ def test_a_model_needs_the_kml_parts_its_kernel_variant_keeps(tmp_path: Path) ->
         load(tmp_path, HEAD + no_train + "  model: [{mode: observe, trainer: kernel}]\n")
     warm = f"  model: [{{mode: active, model_file: {q16}, trainer: user, warm_start: {f32}}}]\n"
     assert load(tmp_path, HEAD + kernels.split("    - {name: nokml")[0] + warm).cells
+
+
+def test_an_option_whose_kconfig_dependency_is_off_is_left_out_too(tmp_path: Path) -> None:
+    """A fragment that turns off what a KML option depends on (kernel/kml/
+    Kconfig: CONFIG_KML_IOSCHED on CONFIG_KML and CONFIG_MQ_IOSCHED_DEADLINE)
+    turns that option off as well: a model cell is refused naming both."""
+    assert plan_kernel.kml_depends()["CONFIG_KML_IOSCHED"] == [
+        "CONFIG_KML",
+        "CONFIG_MQ_IOSCHED_DEADLINE",
+    ]
+    for off in ("CONFIG_KML", "CONFIG_MQ_IOSCHED_DEADLINE"):
+        frag = tmp_path / "off.config"
+        frag.write_text(f"# a variant without it\n# {off} is not set\n")
+        text = (
+            HEAD + f"  kernel: [{{name: bare, fragments: [{frag}]}}]\n"
+            "  model: [{mode: observe}]\n"
+        )
+        with pytest.raises(MatrixError) as info:
+            load(tmp_path, text)
+        msg = info.value.message
+        assert "mode observe needs CONFIG_KML_IOSCHED" in msg, msg
+        assert f"(off.config:2, via {off})" in msg, msg
+    # turned on again by a later fragment: nothing left out
+    again = tmp_path / "again.config"
+    again.write_text("CONFIG_KML=y\n")
+    frag.write_text("# CONFIG_KML is not set\n")
+    assert "CONFIG_KML_IOSCHED" not in plan_kernel.options_left_out([frag, again])

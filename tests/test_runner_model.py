@@ -73,7 +73,7 @@ def test_trace_refuses_before_a_guest_a_cell_with_nothing_to_record(
     """A cell of another scheduler, or of a kernel variant without KML in
     mq-deadline, is refused by ``kmlbench trace`` with the reason and exit
     2, before any build or boot (the results folder is never made); a cell
-    with a trainer is traced without it."""
+    with the user trainer passes (a trace runs it without its trainer)."""
     nokml = paths.CONFIGS_DIR / "no-kml-iosched.config"
     path = tmp_path / "t.yaml"
     path.write_text(

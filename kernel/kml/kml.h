@@ -221,14 +221,6 @@ KML_API int kml_model_train_batch(struct kml_model *m, const void *x,
  * a larger variance are refused (-EDOM).
  */
 #define KML_Q16_VAR_MAX		(1LL << 47)
-/*
- * Normalisation leaves a feature unscaled when its variance is 0 in Q16.16,
- * that is at most half a unit (2^-17) rounded to nearest: the feature is
- * constant to the format's precision.  Both dtypes use this one floor, so
- * that a float model and its Q16.16 conversion scale the same features.
- */
-#define KML_NORM_VAR_FLOOR	(0.5f / KML_Q16_ONE)
-
 KML_API u32 kml_crc32(u32 crc, const void *buf, size_t len);
 KML_API size_t kml_model_file_size(const struct kml_model *m);
 /* Writes the model into @buf; returns bytes written or a negative errno. */

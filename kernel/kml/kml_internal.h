@@ -11,6 +11,16 @@
 
 #include "kml.h"
 
+/*
+ * Normalisation leaves a feature unscaled when its variance is 0 in Q16.16:
+ * at most half a unit (2^-17), as rint() rounds it (to nearest, ties to
+ * even).  Such a feature is constant to the format's precision.  Both dtypes
+ * use this one floor, so that a float model and its Q16.16 conversion scale
+ * the same features.  A float: for FPU code only (kml_nn.c); the Q16.16 path
+ * tests for a variance of 0 units.
+ */
+#define KML_NORM_VAR_FLOOR	(0.5f / KML_Q16_ONE)
+
 /* Training state: one allocation by kml_model_train_setup(), arrays follow. */
 struct kml_train {
 	struct kml_train_cfg tcfg;

@@ -226,10 +226,12 @@ def _mixed_buckets(m: MetricDef, samples: Sequence[Sample]) -> str:
     }
     if len(widths) < 2:
         return ""
-    coarse = min(widths)
+    coarse, fine = min(widths), max(widths)
+    # a sample's percentile moves by up to half a bucket of each width
+    bound = 50 / (1 << coarse) + 50 / (1 << fine)
     return (
-        f"fio bucket widths differ (1/{1 << coarse} to 1/{1 << max(widths)} of a power of two): "
-        f"a change within {100 / (1 << coarse):.1f}% may be the buckets'"
+        f"fio bucket widths differ (1/{1 << coarse} to 1/{1 << fine} of a power of two): "
+        f"a change within {bound:.1f}% may be the buckets'"
     )
 
 

@@ -152,10 +152,30 @@ def merge_order(fragments: Sequence[Path], configs_dir: Path = paths.CONFIGS_DIR
     return list(dict.fromkeys(f.resolve() for f in result))
 
 
+def kml_depends(kconfig: Path = paths.KML_SRC_DIR / "Kconfig") -> dict[str, list[str]]:
+    """KML's options and the options each ``depends on`` in its Kconfig,
+    for dependencies that are a plain ``&&`` of symbols (each with an
+    optional ``= y``): an option whose dependency is off is off too."""
+    out: dict[str, list[str]] = {}
+    current = ""
+    for line in kconfig.read_text().splitlines():
+        head = line.strip()
+        if head.startswith("config "):
+            current = "CONFIG_" + head.split()[1]
+        elif head.startswith("depends on ") and current:
+            terms = [t.strip() for t in head[len("depends on ") :].split("&&")]
+            syms = [re.sub(r"\s*=\s*y$", "", t) for t in terms]
+            if all(re.fullmatch(r"[A-Z0-9_]+", t) for t in syms):
+                out.setdefault(current, []).extend("CONFIG_" + t for t in syms)
+    return out
+
+
 def options_left_out(frags: Sequence[Path]) -> dict[str, str]:
     """The options a variant with fragments ``frags`` turns off, merged as
     the build merges them (:func:`merge_order`; a later mention wins), each
-    with the fragment and line that did (``kml-lean.config:8``)."""
+    with the fragment and line that did (``kml-lean.config:8``), and KML's
+    options whose Kconfig dependency that turns off (:func:`kml_depends`:
+    ``no-kml.config:3, via CONFIG_KML``)."""
     out: dict[str, str] = {}
     for frag in merge_order(frags):
         if not frag.is_file():
@@ -165,6 +185,16 @@ def options_left_out(frags: Sequence[Path]) -> dict[str, str]:
                 out[sym] = f"{frag.name}:{n}"
             else:
                 out.pop(sym, None)
+    depends = kml_depends()
+    changed = True
+    while changed:  # to a fixed point: a dependency's dependency
+        changed = False
+        for option, needs in depends.items():
+            cause = next((d for d in needs if d in out), None)
+            if option not in out and cause is not None:
+                where = out[cause].split(", via ")[0]
+                out[option] = f"{where}, via {cause}"
+                changed = True
     return out
 
 
