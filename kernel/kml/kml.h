@@ -221,6 +221,7 @@ KML_API int kml_model_train_batch(struct kml_model *m, const void *x,
  * a larger variance are refused (-EDOM).
  */
 #define KML_Q16_VAR_MAX		(1LL << 47)
+
 KML_API u32 kml_crc32(u32 crc, const void *buf, size_t len);
 KML_API size_t kml_model_file_size(const struct kml_model *m);
 /* Writes the model into @buf; returns bytes written or a negative errno. */
