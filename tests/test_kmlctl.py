@@ -398,6 +398,37 @@ def test_train_publishes_q16_when_asked(kmlctl: Path, ring_file: RingFile, tmp_p
     np.testing.assert_allclose(q16.predict(x), f32.predict(x), atol=0.02)
 
 
+def test_published_q16_leaves_unscaled_what_the_float_model_does(
+    kmlctl: Path, ring_file: RingFile, tmp_path: Path
+) -> None:
+    """kmlctl's own float-to-Q16.16 conversion against the normalisation
+    floor (KML_NORM_VAR_FLOOR: half a Q16.16 unit of variance): a feature
+    the float model leaves unscaled is left unscaled by its Q16.16
+    publication, and one it scales is scaled, on both sides of the floor.
+    Features alternate by +-D Q16.16 units about a mean, so their variance
+    is D^2 / 65536 units: D 128 is a quarter unit (under the floor), 229
+    0.8 (over it: rounds to 1 unit), 362 two units; one is constant."""
+    rec = simulate(4000, seed=21)
+    sign = np.where(np.arange(len(rec)) % 2 == 0, 1, -1)
+    designed = {1: 0, 7: 128, 13: 229, 10: 362}  # feature: D
+    for col, d in designed.items():
+        rec["features"][:, col] = 32768 + sign * d
+    ring_file.push(rec)
+    published, saved = tmp_path / "q16.kml", tmp_path / "float.kml"
+    run(kmlctl, "train", "--ring-file", ring_file.path, "--max-samples", "4000",
+        "--publish-every", "4000", "--publish-file", published,
+        "--publish-dtype", "fixed", "--save", saved)  # fmt: skip
+    q16, f32 = Model.load(published), Model.load(saved)
+    scale_q, scale_f = q16.norm_params()[1], f32.norm_params()[1]
+    unscaled = [col for col, d in designed.items() if d * d / 65536 <= 0.5]
+    assert unscaled == [1, 7]
+    for col in designed:
+        assert (scale_f[col] == 1.0) == (col in unscaled), (col, scale_f[col])
+        assert (scale_q[col] == 1.0) == (col in unscaled), (col, scale_q[col])
+    # every feature, designed or not, is scaled alike by the two
+    np.testing.assert_array_equal(scale_q == 1.0, scale_f == 1.0)
+
+
 def test_train_refuses_bad_options(kmlctl: Path, ring_file: RingFile, tmp_path: Path) -> None:
     ring_file.push(simulate(1, seed=10))
     published = tmp_path / "p.kml"
