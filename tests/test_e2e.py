@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from kmlbench import paths
+from kmlbench.data.histogram import FIO_PLAT_BITS
 from kmlbench.plan.matrix import load_matrix
 from kmlbench.status import STATUSES
 
@@ -150,6 +151,8 @@ def test_each_cell_folder_holds_its_raw_outputs(smoke_run: Path) -> None:
         # The scheduler the cell asked for is the one fio ran under.
         wanted = record["params"]["scheduler"]["name"]
         assert f"[{wanted}]" in (cell_dir / "setup.log").read_text()
+        # The record says which fio bucket width its percentiles come from.
+        assert record["fio_bucket_bits"] == FIO_PLAT_BITS
 
 
 def test_manifest_describes_the_run(smoke_run: Path) -> None:

@@ -27,6 +27,7 @@ from kmlbench.build.image import (
     kmlctl_key,
     make_guest_initrd,
 )
+from kmlbench.data.fio import report_bucket_bits
 from kmlbench.data.histogram import FIO_PLAT_BITS, fio_bucket_value
 from kmlbench.guest.ssh import SSHKeys
 from kmlbench.paths import GUEST_IMAGE_DIR, cache_dir
@@ -85,6 +86,28 @@ def test_static_fio_buckets_are_the_harness_s(tmp_path: Path) -> None:
     assert all(fio_bucket_value(v) == v for v in coarse), sorted(coarse)
     # past 512 ns a bucket middle of one width is never one of the other
     assert not [v for v in coarse if fio_bucket_value(v, bits=6) == v]
+
+
+@pytest.mark.parametrize("which", ["guest", "debian"])
+def test_a_report_tells_its_fio_s_bucket_width(tmp_path: Path, which: str) -> None:
+    """What a cell records as ``fio_bucket_bits``: read from a real report's
+    histograms, the guest's fio's width (``FIO_PLAT_BITS``), or Debian's
+    (6, the host's fio, as runs before the finer buckets had); nothing from
+    a report without histograms."""
+    fio = str(build_static_fio().path) if which == "guest" else shutil.which("fio")
+    assert fio, "setup installs the host's fio"
+    args = [fio, "--name=t", f"--filename={tmp_path / 'f'}", "--size=4m", "--bs=4k",
+            "--rw=randread", "--ioengine=psync", "--lat_percentiles=1"]  # fmt: skip
+    reports = {}
+    for form in ("json+", "json"):
+        out = subprocess.run(
+            [*args, f"--output-format={form}"], capture_output=True, text=True, check=True,
+            timeout=120,
+        ).stdout  # fmt: skip
+        reports[form] = json.loads(out[out.index("{") :])
+    expected = FIO_PLAT_BITS if which == "guest" else 6
+    assert report_bucket_bits(reports["json+"]) == expected
+    assert report_bucket_bits(reports["json"]) is None
 
 
 def test_base_image_is_cached(base: Path) -> None:

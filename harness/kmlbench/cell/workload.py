@@ -155,6 +155,9 @@ def fio_outcome(
     ``fio.json`` always holds valid JSON (fio may print notes before it);
     the raw output is kept as ``fio.out`` whenever it is not pure JSON.
     A fio failure is the workload's fault (``failed``), not the harness's.
+    ``extra["fio_bucket_bits"]``: the width of the buckets its percentiles
+    come from, as the report's histograms show it (runs before the guest's
+    finer fio have 6; :func:`kmlbench.data.fio.report_bucket_bits`).
     """
     try:
         data: dict[str, Any] = fio.parse_fio_output(result.stdout)
@@ -173,6 +176,8 @@ def fio_outcome(
     except fio_job.FioError as exc:
         extra["error"] = f"fio job error: {exc}"
         return FAILED, {}, data
+    if (bits := fio.report_bucket_bits(data)) is not None:
+        extra["fio_bucket_bits"] = bits
     return OK, metrics, data
 
 

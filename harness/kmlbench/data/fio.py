@@ -22,6 +22,7 @@ from fractions import Fraction
 from typing import Any
 
 from kmlbench import procs
+from kmlbench.data.histogram import Histogram, bucket_bits
 from kmlbench.plan.fio_job import OUTPUT_FORMAT, FioError
 from kmlbench.plan.schema import LATE_DIRECTIONS
 
@@ -109,6 +110,22 @@ def percentile_from_bins(bins: Mapping[int, int], pct: float) -> float:
         if running >= threshold:
             return float(value)
     return float(max(bins))
+
+
+def report_bucket_bits(data: Mapping[str, Any]) -> int | None:
+    """The bucket width (``FIO_IO_U_PLAT_BITS``) of the fio build that wrote
+    ``data``, read from its latency histograms' bucket values; None when
+    they do not say (no histogram, or no bucket past fio's exact range)."""
+    bins = merge_bins(
+        lat["bins"]
+        for job in data.get("jobs") or []
+        if isinstance(job, Mapping)
+        for direction in DIRECTIONS
+        if isinstance(d := job.get(direction), Mapping)
+        for kind in ("clat_ns", "lat_ns")
+        if isinstance(lat := d.get(kind), Mapping) and isinstance(lat.get("bins"), Mapping)
+    )
+    return bucket_bits(Histogram.from_pairs(bins.items())) if bins else None
 
 
 def _did_io(d: Mapping[str, Any]) -> bool:
