@@ -24,16 +24,7 @@
 
 u32 kml_crc32(u32 crc, const void *buf, size_t len)
 {
-	const u8 *p = buf;
-	u32 k;
-
-	crc = ~crc;
-	while (len--) {
-		crc ^= *p++;
-		for (k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0xedb88320U & (0U - (crc & 1)));
-	}
-	return ~crc;
+	return ~kml_crc32_le(~crc, buf, len);
 }
 EXPORT_SYMBOL_GPL(kml_crc32);
 

@@ -25,6 +25,7 @@
 #include <linux/bitops.h>
 #include <linux/build_bug.h>
 #include <linux/sort.h>
+#include <linux/crc32.h>
 #include <kunit/visibility.h>
 #include <asm/processor.h>
 
@@ -93,6 +94,17 @@ static inline void kml_sort(void *base, size_t n, size_t size,
 			    int (*cmp)(const void *, const void *))
 {
 	sort(base, n, size, cmp, NULL);
+}
+
+/*
+ * The reflected IEEE CRC-32 register after @len bytes (no pre- or
+ * post-inversion).  lib/crc32.c's tables: a few instructions a byte where
+ * the bitwise loop takes about forty, and a model is checked at every
+ * publish.
+ */
+static inline u32 kml_crc32_le(u32 crc, const u8 *p, size_t len)
+{
+	return crc32_le(crc, p, len);
 }
 
 #else /* user space */
@@ -208,6 +220,19 @@ static inline void kml_sort(void *base, size_t n, size_t size,
 			    int (*cmp)(const void *, const void *))
 {
 	qsort(base, n, size, cmp);
+}
+
+/* The kernel's crc32_le(): bit by bit, off the hot path in user space. */
+static inline u32 kml_crc32_le(u32 crc, const u8 *p, size_t len)
+{
+	u32 k;
+
+	while (len--) {
+		crc ^= *p++;
+		for (k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0xedb88320U & (0U - (crc & 1)));
+	}
+	return crc;
 }
 
 #endif /* __KERNEL__ */
