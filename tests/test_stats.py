@@ -185,6 +185,41 @@ def test_too_few_repeats_are_reported_as_underpowered() -> None:
     assert math.isnan(single.ci_low) and not single.significant
 
 
+def test_the_rank_test_is_exact_when_repeats_tie() -> None:
+    """Repeats' percentiles are fio bucket values and often tie. The rank
+    test then counts every split of the pooled values (scipy's permutation
+    method agrees), never the normal approximation that put 3 against 3
+    below the 0.1 no split can go under, and called a change significant."""
+    from scipy.stats import PermutationMethod, mannwhitneyu
+
+    tied = ([20.0, 20.0, 20.0], [20.128] * 3)
+    assert stats.mann_whitney(*tied) == pytest.approx(0.1)
+    assert mannwhitneyu(*tied).pvalue < 0.05  # what scipy's default said
+    a, b = [_sample_with_p50(20.0)] * 3, [_sample_with_p50(20.128)] * 3
+    c = stats.compare_metric("p50", a, b, n_boot=200)
+    assert c.p_value == pytest.approx(0.1) and not c.significant and c.underpowered
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        n_a, n_b = (int(n) for n in rng.integers(2, 7, 2))
+        xa = rng.integers(0, 4, n_a).astype(float)  # few values: many ties
+        xb = rng.integers(0, 5, n_b).astype(float)
+        if np.all(np.concatenate([xa, xb]) == xa[0]):
+            continue
+        p = stats.mann_whitney(xa, xb)
+        permuted = mannwhitneyu(xa, xb, method=PermutationMethod(n_resamples=10**6)).pvalue
+        assert p == pytest.approx(permuted, abs=1e-12), (xa, xb)
+        assert p >= stats.min_attainable_p(n_a, n_b) - 1e-12
+    # without ties it is the exact test; large groups keep the approximation
+    xa, xb = rng.normal(size=5), rng.normal(size=6) + 1
+    assert stats.mann_whitney(xa, xb) == pytest.approx(mannwhitneyu(xa, xb).pvalue)
+    xa, xb = rng.normal(size=30), rng.normal(size=30) + 1
+    assert stats.mann_whitney(xa, xb) == pytest.approx(mannwhitneyu(xa, xb).pvalue)
+
+
+def _sample_with_p50(value: float) -> stats.Sample:
+    return stats.Sample(None, {"clat_p50_us": value})
+
+
 def test_accuracy_metrics_compare_when_present() -> None:
     def with_acc(values):
         return [
