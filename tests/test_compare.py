@@ -95,6 +95,34 @@ def test_filters_detect_a_real_regression(database: Path, tmp_path: Path, capsys
     assert cli.main(["compare", *args, "--fail-on", "p50:-10%"]) == compare.EXIT_OK
 
 
+def test_a_gate_compares_its_metric_even_when_the_table_leaves_it_out(
+    database: Path, capsys
+) -> None:
+    """``--fail-on bw:...`` with the default metrics (no bandwidth among
+    them), or with ``--metrics mean``: the gate's metric is compared and
+    can trip; one no matched cell carries is a usage error, never a pass."""
+    args = ["--a", "workload.bs=4k", "--b", "workload.bs=128k,workload.size_mib=8",
+            "--run", RUN_ID, "--db", str(database), "--boot", "200"]  # fmt: skip
+    # 128k reads move 32 times the bytes: bandwidth far up, latency up
+    assert cli.main(["compare", *args, "--fail-on", "bw:+10%"]) == compare.EXIT_REGRESSION
+    assert "bandwidth" in capsys.readouterr().out
+    assert (
+        cli.main(["compare", *args, "--metrics", "iops", "--fail-on", "p50:+10%"])
+        == compare.EXIT_REGRESSION
+    )
+    capsys.readouterr()
+    assert cli.main(["compare", *args, "--fail-on", "accuracy:-1%"]) == compare.EXIT_USAGE
+    assert "cannot be checked" in capsys.readouterr().err
+
+
+def test_bad_alpha_and_boot_are_usage_errors(database: Path, capsys) -> None:
+    args = ["compare", "--a", "workload.bs=4k", "--b", "workload.bs=128k", "--run", RUN_ID,
+            "--db", str(database)]  # fmt: skip
+    for bad in (["--boot", "-5"], ["--boot", "0"], ["--alpha", "2"], ["--alpha", "0"]):
+        assert cli.main([*args, *bad]) == compare.EXIT_USAGE, bad
+        assert bad[0] in capsys.readouterr().err
+
+
 def test_two_runs_of_the_same_data_pass(database: Path, tmp_path: Path) -> None:
     """Run vs run: the same folder under another run id (a copied artifact) is no regression."""
     copy = tmp_path / "previous-run"

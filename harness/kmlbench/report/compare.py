@@ -30,8 +30,10 @@ direction by more than N% in any matched row, e.g. ``p99:+10%`` (p99
 latency up by more than 10%) or ``iops:-5%`` (IOPS down by more than 5%).
 Metrics may also be named as cells name them (``clat_p99_us``, ``bw_kib_s``,
 see ``kmlbench.data.stats.ALIASES``).
-Without a sign the metric's worse direction is used. Exit status 2 means
-a usage error or nothing to compare.
+Without a sign the metric's worse direction is used. A gate's metric is
+compared whether or not ``--metrics`` names it. Exit status 2 means a
+usage error, nothing to compare, or a gate whose metric no matched cell
+carries (it could never trip).
 """
 
 from __future__ import annotations
@@ -354,6 +356,10 @@ def command(args: argparse.Namespace) -> int:
     try:
         thresholds = [parse_threshold(t) for spec in args.fail_on for t in spec.split(",") if t]
         metrics = [stats.metric(m).name for m in args.metrics] if args.metrics else None
+        if args.boot < 1:
+            raise ValueError(f"--boot {args.boot}: at least 1 resample")
+        if not 0 < args.alpha < 1:
+            raise ValueError(f"--alpha {args.alpha}: a level between 0 and 1, e.g. 0.05")
     except (ValueError, KeyError) as e:
         print(f"kmlbench compare: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -414,6 +420,8 @@ def command(args: argparse.Namespace) -> int:
     excluded = excluded_keys(compared, args.ignore)
     if metrics is None:
         metrics = list(stats.DEFAULT_METRICS + stats.ACCURACY_METRICS)
+    # a gate compares its own metric, whether or not the table shows it
+    metrics += [t.metric for t in thresholds if t.metric not in metrics]
     result = compare_cells(
         a_cells,
         b_cells,
@@ -439,4 +447,13 @@ def command(args: argparse.Namespace) -> int:
         clocks = sorted({clock_label(*c) for c in clocks_a + clocks_b})
         doc = {**result_json(result), "clock": clocks}
         args.json.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str))
+    compared_metrics = {c.metric for row in result.rows for c in row.comparisons}
+    unchecked = [str(t) for t in thresholds if t.metric not in compared_metrics]
+    if unchecked:
+        print(
+            f"kmlbench compare: --fail-on {', '.join(unchecked)}: no matched cells carry "
+            "that metric, so the gate cannot be checked",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return EXIT_REGRESSION if result.tripped else EXIT_OK
