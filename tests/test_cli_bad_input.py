@@ -70,6 +70,10 @@ CASES = [
     ("bench harness --run nosuch", "nosuch"),
     ("figures", "--paper"),
     ("figures --paper {d}/out --only nosuch", "nosuch"),
+    ("run {d}/latin1.yaml --dry-run", "latin1.yaml: (file): not UTF-8 text"),
+    ("run --resume {d}/a-dir --dry-run", "a-dir is not a run folder"),
+    ("compare --a x=1 --b y=2 --db {d}/not-a-db.db", "not-a-db.db: cannot open"),
+    ("compare --a x=1 --b y=2 --db {d}/a-dir", "a-dir: cannot open"),
 ]
 
 
@@ -77,6 +81,12 @@ CASES = [
 def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KMLBENCH_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("KMLBENCH_DB", str(tmp_path / "results" / "kmlbench.db"))
+    # an error no command foresaw escapes (and fails the case) instead of
+    # being turned into main()'s one line, which test_an_unforeseen_error...
+    # checks on its own
+    monkeypatch.setenv("KMLBENCH_DEBUG", "1")
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "not-a-db.db").write_bytes(b"this is not SQLite " * 64)
     (tmp_path / "not-yaml.yaml").write_text("- just\n- a list\n")
     (tmp_path / "broken.yaml").write_text("axes: [\n")
     (tmp_path / "not-a-trace.kmltrc").write_text("a,b\n1,2\n")
@@ -114,3 +124,26 @@ def test_bad_input_is_one_clear_error(
     assert rc in (1, 2), (rc, said)
     assert "Traceback" not in said
     assert told in said, said
+
+
+def test_an_unforeseen_error_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The net under every command: an exception of the kinds bad input
+    raises (here a TypeError from a result file of the wrong shape) that
+    the command did not catch is one line naming it, exit 2 (a usage
+    error, never compare's 1 for a regression); KMLBENCH_DEBUG=1 lets it
+    through with its traceback."""
+
+    def broken(args: object) -> int:
+        raise TypeError("'list' object is not a mapping: cell.json params")
+
+    monkeypatch.setattr(cli, "handler", lambda command: broken)
+    monkeypatch.delenv("KMLBENCH_DEBUG", raising=False)
+    assert cli.main(["report", "whatever"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("kmlbench report: error: TypeError: 'list' object"), err
+    monkeypatch.setenv("KMLBENCH_DEBUG", "1")
+    with pytest.raises(TypeError):
+        cli.main(["report", "whatever"])

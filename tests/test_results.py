@@ -181,3 +181,16 @@ def test_latest_is_a_relative_link_to_the_newest_run(tmp_path: Path) -> None:
     assert RunDir.open(tmp_path, "latest").run_id == new.run_id
     with pytest.raises(FileNotFoundError):
         RunDir.open(tmp_path, "20250101-000000-none")
+
+
+def test_resume_takes_the_run_s_folder_as_report_and_compare_do(tmp_path: Path) -> None:
+    """``--resume results/ID`` (the folder, as report and compare take it)
+    opens run ID; a folder outside the results root is refused, naming it."""
+    root = tmp_path / "results"
+    (root / "20261206-000000-x").mkdir(parents=True)
+    for given in ("20261206-000000-x", str(root / "20261206-000000-x"),
+                  str(root / "20261206-000000-x") + "/"):  # fmt: skip
+        assert RunDir.open(root, given).run_id == "20261206-000000-x"
+    (tmp_path / "elsewhere" / "20261206-000000-x").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"elsewhere.*not a run folder in"):
+        RunDir.open(root, str(tmp_path / "elsewhere" / "20261206-000000-x"))

@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kmlbench import __version__
+from kmlbench.errors import NotADatabase
 
 ACCELS = ("auto", "kvm", "tcg")
 Adder = Callable[[argparse.ArgumentParser], None]
@@ -579,6 +581,10 @@ def handler(command: Command) -> Callable[[argparse.Namespace], int]:
     return found
 
 
+# Exit status of an error no command caught (a usage error, as compare's 2)
+EXIT_UNFORESEEN = 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -593,6 +599,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # quietly, and keep Python from failing again on flushing stdout.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except NotADatabase as e:  # --db (or KMLBENCH_DB) names something else
+        print(f"kmlbench {argv[0] if argv else ''}: {e}", file=sys.stderr)
+        return EXIT_UNFORESEEN
+    except (OSError, sqlite3.Error, ValueError, TypeError, KeyError, AttributeError) as e:
+        # What a command did not foresee in its input (a file it cannot
+        # read or write, a database that is not one, a result file of the
+        # wrong shape) is still the input's fault: one line, exit 2, and
+        # the traceback only when asked for.
+        if os.environ.get("KMLBENCH_DEBUG"):
+            raise
+        name = argv[0] if argv else "kmlbench"
+        print(
+            f"kmlbench {name}: error: {type(e).__name__}: {e} (KMLBENCH_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
+        return EXIT_UNFORESEEN
 
 
 if __name__ == "__main__":

@@ -120,6 +120,8 @@ def load_yaml(path: Path) -> tuple[Any, Source]:
         text = path.read_text()
     except OSError as e:
         raise MatrixError(path, None, "(file)", f"cannot read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise MatrixError(path, None, "(file)", f"not UTF-8 text (byte {e.start})") from e
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -200,7 +200,7 @@ def main_run(
     except MatrixError as exc:
         print(f"kmlbench: {exc}")
         return 2
-    except FileNotFoundError as exc:  # --resume of a run that is not there
+    except (FileNotFoundError, ValueError) as exc:  # --resume of a run that is not there
         print(f"kmlbench: {exc}")
         return 2
     if dry_run:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import paths
+from kmlbench.errors import NotADatabase
 
 DB_ENV = "KMLBENCH_DB"
 # the histograms table's key for a direction's total-latency histogram
@@ -153,16 +154,40 @@ def connect(db_path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         if not db_path.exists():
             raise FileNotFoundError(f"no results database at {db_path}")
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 30000")
-        return conn
+        return _opened(db_path, lambda: _open_readonly(db_path))
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    return _opened(db_path, lambda: _open_writable(db_path))
+
+
+def _opened(db_path: Path, open_it: Callable[[], sqlite3.Connection]) -> sqlite3.Connection:
+    try:
+        return open_it()
+    except sqlite3.DatabaseError as e:  # not a database, a folder, no permission...
+        raise NotADatabase(f"{db_path}: cannot open as a results database: {e}") from e
+
+
+def _open_readonly(db_path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # is it one?
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open_writable(db_path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(db_path, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    migrate(conn)
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
