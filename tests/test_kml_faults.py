@@ -547,6 +547,24 @@ def test_second_consumer_and_ktrainer_get_ebusy(g: Guest) -> None:
     assert trace_ok(g).exit_status == 0
 
 
+def test_ktrainer_trains_from_a_model_without_normalisation(g: Guest) -> None:
+    """The kernel trainer warm-starts from the model in use. One built
+    without normalisation (``Model.mlp``'s default) made every training
+    step fail on the normalisation update: samples popped and dropped, no
+    step counted, no model published, while ``ktrainer`` read 1."""
+    g.put("/tmp/nonorm.kmlm", Model.mlp(14, (16,), normalize=False, seed=4).to_bytes())
+    sh(g, f"{KMLCTL} load /tmp/nonorm.kmlm")
+    before = stats(g)
+    sh(g, f"echo 1 > {P}/ktrainer")
+    try:
+        assert_fio_ok(fio_quick(g, 1024), 1024)
+        after = wait_stat(g, before, "ktrainer_steps")
+    finally:
+        sh(g, f"echo 0 > {P}/ktrainer; {KMLCTL} load {MODEL} >/dev/null")
+    assert delta(before, after, "ktrainer_steps") > 0
+    assert delta(before, after, "ktrainer_samples") > 0
+
+
 def test_ring_overflow_drop_then_block(g: Guest) -> None:
     first = stats(g)
     capacity = first.get("ring_capacity")

@@ -98,6 +98,7 @@ static int kml_kt_model(struct kml_ktrain *kt)
 		if (!ret)
 			return 0;
 		kml_model_free(kt->model);
+		kt->model = NULL;	/* kml_kt_free() if the create fails */
 	}
 	ret = kml_model_create(&mc, &kt->model);
 	if (ret)
@@ -203,7 +204,9 @@ static void kml_kt_step(struct kml_ktrain *kt, u32 n)
 	kt->fresh = false;
 	if (scored)
 		kml_dd_cal_add(&kt->cal, kt->resid, n);
-	ret = kml_model_norm_update(kt->model, kt->x, n);
+	/* a warm start from a model built without normalisation keeps none */
+	ret = kt->model->cfg.norm == KML_NORM_NONE ? 0 :
+		kml_model_norm_update(kt->model, kt->x, n);
 	if (!ret)
 		ret = kml_model_train_batch(kt->model, kt->x, kt->y, n, &loss);
 	if (ret)
