@@ -172,9 +172,15 @@ ssize_t kml_dd_mode_show(struct kml_dd_queue *kq, char *page);
 ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 			  size_t count);
 
+/*
+ * KML's context of @rq, or NULL.  Only a request mq-deadline prepared
+ * (RQF_ELVPRIV) can have one: a flush request skips the preparation, and
+ * elv.priv[] shares its memory with the flush fields, which may still
+ * hold a list pointer when such a request is requeued into the scheduler.
+ */
 static inline struct kml_dd_ctx *kml_dd_ctx(struct request *rq)
 {
-	return rq->elv.priv[1];
+	return rq->rq_flags & RQF_ELVPRIV ? rq->elv.priv[1] : NULL;
 }
 
 /*
@@ -234,7 +240,8 @@ static __always_inline void kml_dd_insert(struct kml_dd_queue *kq,
 {
 	enum kml_dd_mode mode;
 
-	if (!kml_dd_on())
+	/* an unprepared request is never finished to the scheduler: no context */
+	if (!kml_dd_on() || !(rq->rq_flags & RQF_ELVPRIV))
 		return;
 	mode = READ_ONCE(kq->mode);
 	if (mode == KML_DD_ACTIVE ||

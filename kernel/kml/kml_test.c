@@ -1646,6 +1646,7 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 	KUNIT_ASSERT_NOT_NULL(test, rq);
 	KUNIT_ASSERT_NOT_NULL(test, ctx);
 	for (i = 0; i < 2; i++) {
+		rq[i].rq_flags = RQF_ELVPRIV;
 		rq[i].elv.priv[1] = &ctx[i];
 		rq[i].cmd_flags = REQ_OP_READ;
 		ctx[i].in.deadline_ns = 2 * NSEC_PER_MSEC;
@@ -1712,8 +1713,10 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
 	KUNIT_ASSERT_NOT_NULL(test, kq);
 	KUNIT_ASSERT_NOT_NULL(test, rq);
 	KUNIT_ASSERT_NOT_NULL(test, ctx);
-	for (i = 0; i < 2; i++)
+	for (i = 0; i < 2; i++) {
+		rq[i].rq_flags = RQF_ELVPRIV;
 		rq[i].elv.priv[1] = &ctx[i];
+	}
 	rq[0].cmd_flags = REQ_OP_READ;
 	ctx[0].in.deadline_ns = 2 * NSEC_PER_MSEC;
 	ctx[0].in.insert_ns = now - NSEC_PER_MSEC;
@@ -1783,6 +1786,7 @@ static void kml_test_dd_hooks_count_met(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_dd_mode_store(kq, "active", 6), 6L);
 	WRITE_ONCE(kml_dd.lazy, 1);
 	rq->q = q;
+	rq->rq_flags = RQF_ELVPRIV;	/* as mq-deadline prepared it */
 	rq->cmd_flags = REQ_OP_READ;
 	rq->__data_len = 4096;
 	for (i = 0; i < 4; i++) {
@@ -1893,6 +1897,7 @@ static void kml_test_dd_observe_cycle(struct kunit *test)
 	WRITE_ONCE(kml_dd_observe_every, 4);
 	KUNIT_EXPECT_EQ(test, kml_dd_mode_store(kq, "observe", 7), 7L);
 	rq->q = q;
+	rq->rq_flags = RQF_ELVPRIV;	/* as mq-deadline prepared it */
 	rq->cmd_flags = REQ_OP_READ;
 	rq->__data_len = 4096;
 	rq->start_time_ns = ktime_get_ns();
@@ -1939,6 +1944,18 @@ static void kml_test_dd_observe_cycle(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_dd_mode_store(kq, "active", 6), 6L);
 	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, 2 * w,
 						   false), 0U);
+	/*
+	 * A request mq-deadline never prepared (a flush request requeued into
+	 * it): elv.priv[1] is the flush list's, no context is attached to it
+	 * and none is read from it, as its finish never reaches the scheduler.
+	 */
+	rq->rq_flags = 0;
+	rq->elv.priv[1] = &rq->queuelist;	/* what a flush list leaves */
+	kml_dd_insert(kq, rq, &fifo, HZ, true);
+	KUNIT_EXPECT_NULL(test, kml_dd_ctx(rq));
+	KUNIT_EXPECT_PTR_EQ(test, rq->elv.priv[1], (void *)&rq->queuelist);
+	rq->elv.priv[1] = NULL;
+	rq->rq_flags = RQF_ELVPRIV;
 
 	list_del_init(&rq->queuelist);
 	WRITE_ONCE(kml_dd_observe_every, every);
