@@ -33,6 +33,7 @@ import pytest
 
 from device_guest import VIRTUAL, device_guest
 from kmlbench.build.kernel import KernelBuild
+from kmlbench.cell.model import fetch_bytes
 from kmlbench.data import kmlstats
 from kmlbench.guest.qemu import Guest
 from kmlbench.kml.model import Model
@@ -48,8 +49,12 @@ from test_kml_faults import (
     delta,
     fio_quick,
     sh,
+    start_background,
     stats,
+    stop_pid,
+    wait_mapped,
 )
+from test_kmlctl import read_trace
 
 pytestmark = pytest.mark.kernel
 
@@ -135,6 +140,41 @@ def test_a_model_no_better_than_the_baseline_steps_aside(g: Guest) -> None:
     assert delta(after, again, "inferences") > 0  # still predicting
     assert delta(after, again, "skill_windows") >= 1  # still measuring
     assert again.get("stepped_aside") == 1
+
+
+# sample.flags (kml_iosched_uapi.h)
+URGENT, HOLDOUT, STEERED = 1 << 0, 1 << 2, 1 << 3
+
+
+def test_predicted_misses_acted_on_are_flagged_steered(g: Guest, tmp_path: Path) -> None:
+    """While the model steers, each predicted miss is either held out (one
+    in 8) or acted on and flagged steered, never both; those moved ahead
+    (urgent) are among the steered, and a predicted meet is neither. The
+    skill window leaves the steered out, so that the holdout, weighted 8,
+    stands for them alone (under policy cost, which never moves a request
+    ahead, they used to count beside it)."""
+    tracer = start_background(g, f"{KMLCTL} trace /tmp/flags.trc --seconds 120", "/tmp/t.log")
+    try:
+        wait_mapped(g, tracer)
+        after = run_io(g)
+    finally:
+        stop_pid(g, tracer)
+    raw = fetch_bytes(g, "/tmp/flags.trc", timeout=60)
+    assert raw is not None
+    trace = tmp_path / "flags.trc"
+    trace.write_bytes(raw)
+    _, rec = read_trace(trace)
+    flags = rec["flags"].astype(np.int64)
+    predicted_miss = (rec["pred_valid"] == 1) & (rec["pred_met"] == 0)
+    held, steered, urgent = (flags & HOLDOUT) > 0, (flags & STEERED) > 0, (flags & URGENT) > 0
+    assert not np.any(held & steered)
+    assert not np.any((held | steered) & ~predicted_miss)
+    assert not np.any(urgent & ~steered)
+    # it steered until it stood aside: some of each, one in 8 held out
+    n_held, n_steered = int(held.sum()), int(steered.sum())
+    assert n_held >= 4 and n_steered >= 28, (n_held, n_steered)
+    assert 7 * n_held - 8 <= n_steered <= 7 * n_held + 8 + 7, (n_held, n_steered)
+    assert after.get("skill_holdouts") > 0
 
 
 def test_false_alarms_where_nothing_misses_step_aside(g: Guest) -> None:

@@ -789,11 +789,15 @@ static void kml_dd_skill_judge(u64 v)
 /*
  * Count a completed prediction into the open skill window; whoever
  * completes the window takes it (cmpxchg to an empty one) and judges it.
- * No lock, no allocation.  A request active mode moved ahead
- * (KML_DD_SAMPLE_URGENT) is left out: acting on its prediction changed
- * its outcome, so it says nothing about the model's skill.  A held-out
- * predicted miss (KML_DD_SAMPLE_HOLDOUT) counts for itself and for the
- * KML_DD_SKILL_HOLDOUT - 1 that were acted on (kml_dd.h).
+ * No lock, no allocation.  A predicted miss active mode acted on
+ * (KML_DD_SAMPLE_STEERED; under policy expire, those it moved ahead are
+ * KML_DD_SAMPLE_URGENT too) is left out: acting on its prediction may
+ * have changed its outcome, so it says nothing about the model's skill.
+ * A held-out predicted miss (KML_DD_SAMPLE_HOLDOUT) counts for itself
+ * and for the KML_DD_SKILL_HOLDOUT - 1 that were acted on (kml_dd.h), so
+ * those must not count as well: under policy cost they are never moved
+ * ahead, and counted at 1 beside the holdout's 8 they made each eight
+ * predicted misses weigh fifteen.
  */
 static void kml_dd_skill_note(const struct kml_dd_outcome *o)
 {
@@ -803,7 +807,8 @@ static void kml_dd_skill_note(const struct kml_dd_outcome *o)
 	u32 met, missed, weight;
 	u64 v;
 
-	if (!window || (o->flags & KML_DD_SAMPLE_URGENT))
+	if (!window ||
+	    (o->flags & (KML_DD_SAMPLE_URGENT | KML_DD_SAMPLE_STEERED)))
 		return;
 	weight = o->flags & KML_DD_SAMPLE_HOLDOUT ? KML_DD_SKILL_HOLDOUT : 1;
 	v = atomic64_add_return((s64)weight << (16 * cell), &kml_dd.skill);

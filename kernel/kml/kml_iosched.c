@@ -161,7 +161,9 @@ kml_dd_model_predict_timed(struct kml_dd_queue *kq, struct kml_dd_model *dm,
  * A predicted miss steers while the model is not standing aside, but for
  * one in KML_DD_SKILL_HOLDOUT while the step-aside rule is on: that one is
  * left to run its course, so that the skill window sees what the model's
- * predicted misses really do (kml_dd.h).  Under the scheduler lock.
+ * predicted misses really do (kml_dd.h).  The others are flagged steered
+ * and left out of the window, whether or not the policy ends up moving
+ * them: the holdout stands for all of them.  Under the scheduler lock.
  */
 static void kml_dd_steer(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 {
@@ -176,6 +178,8 @@ static void kml_dd_steer(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx)
 		ctx->steer = 0;
 		ctx->flags |= KML_DD_SAMPLE_HOLDOUT;
 		kml_dd_stat_inc(KML_DD_S_SKILL_HOLDOUTS);
+	} else if (active) {
+		ctx->flags |= KML_DD_SAMPLE_STEERED;
 	}
 }
 

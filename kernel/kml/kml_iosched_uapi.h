@@ -60,6 +60,8 @@ enum kml_dd_feature {
 #define KML_DD_SAMPLE_REQUEUED	(1U << 1)	/* inserted more than once */
 /* active mode predicted a miss and left it alone, to measure the model */
 #define KML_DD_SAMPLE_HOLDOUT	(1U << 2)
+/* active mode predicted a miss and acted on it (moved ahead or not) */
+#define KML_DD_SAMPLE_STEERED	(1U << 3)
 
 /* One record of the sample ring and one row of a trace: 128 bytes, LE. */
 struct kml_dd_sample {
