@@ -172,6 +172,28 @@ def test_norm_floor_is_the_same_in_both_dtypes():
     np.testing.assert_allclose(q16[6:], f32[6:], rtol=1e-4)
 
 
+def test_q16_rows_that_could_wrap_their_sum_are_refused():
+    """kml_linear_forward_q16() sums each output's products in s64; a row
+    whose weights could carry it past 2^63 (|b| 2^16 + sum |w| 2^31) is
+    refused at load with EDOM, where it used to wrap silently. The bound
+    is exact: one unit less loads, and predicts."""
+    data = bytearray(model_bytes("fixed", normalize=False))
+    n_in, hidden = 8, 16
+    bias_at = HDR + 4 * hidden * n_in  # layer 1: W[16][8], then b[16]
+    struct.pack_into("<i", data, bias_at + 4 * 3, -(1 << 20))  # row 3's bias
+    limit = (2**63 - 1 - (1 << 20 << 16)) >> 31  # sum |w| row 3 may have
+    per, rest = divmod(limit, n_in)
+    weights = [per + (i < rest) for i in range(n_in)]
+    for i, w in enumerate(weights):
+        struct.pack_into("<i", data, HDR + 4 * (3 * n_in + i), w if i % 2 else -w)
+    model = Model.from_bytes(with_crc(bytes(data)))  # at the bound
+    assert np.all(np.isfinite(model.predict(np.ones((2, n_in)))))
+    struct.pack_into("<i", data, HDR + 4 * (3 * n_in), -(weights[0] + 1))  # one over
+    assert errno_of(with_crc(bytes(data))) == errno.EDOM
+    # a float model's weights are not bounded so (they are finite floats)
+    assert Model.from_bytes(model_bytes("float32", normalize=False)).dtype == "float32"
+
+
 def test_garbage_fuzz():
     """Random bytes, random corruptions of a valid file (with and without a
     fixed-up CRC): always refused or loaded, never a crash."""

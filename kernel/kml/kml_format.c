@@ -121,6 +121,38 @@ static bool kml_f32_bits_finite(u32 u)
 	return (u & 0x7f800000U) != 0x7f800000U;
 }
 
+/*
+ * Whether every output of a Q16.16 model's layers sums within s64 whatever
+ * its inputs (each at most 2^31 units, as s32 saturation leaves them):
+ * |b| 2^16 + sum |w| 2^31 < 2^63.  kml_linear_forward_q16() accumulates in
+ * s64, and a row past that would wrap.  Only a model with weights summing
+ * past 65,536 in a row fails, which no trained model comes near.
+ */
+static bool kml_q16_rows_fit(const struct kml_model_cfg *cfg, const u8 *p)
+{
+	u32 l, o, i, in_dim, out_dim;
+	s64 b, sum;
+	s32 w;
+
+	for (l = 1; l <= cfg->n_layers; l++) {
+		in_dim = cfg->sizes[l - 1];
+		out_dim = cfg->sizes[l];
+		for (o = 0; o < out_dim; o++) {
+			sum = 0;
+			for (i = 0; i < in_dim; i++) {
+				w = (s32)kml_get32(p + 4 * ((size_t)o * in_dim + i));
+				sum += w < 0 ? -(s64)w : w;
+			}
+			b = (s32)kml_get32(p + 4 * ((size_t)out_dim * in_dim + o));
+			b = b < 0 ? -b : b;
+			if (sum > (S64_MAX - (b << 16)) >> 31)
+				return false;
+		}
+		p += 4 * ((size_t)out_dim * (in_dim + 1));
+	}
+	return true;
+}
+
 int kml_model_load(const void *buf, size_t len, struct kml_model **out)
 {
 	const u8 *h = buf, *p;
@@ -185,6 +217,8 @@ int kml_model_load(const void *buf, size_t len, struct kml_model **out)
 		for (i = 0; i < n_params; i++)
 			if (!kml_f32_bits_finite(kml_get32(p + 4 * i)))
 				return -EDOM;
+	if (cfg.dtype == KML_Q16 && !kml_q16_rows_fit(&cfg, p))
+		return -EDOM;
 
 	ret = kml_model_alloc(&cfg, &m);
 	if (ret)
