@@ -22,7 +22,7 @@ LATE = "# late:"
 # The packages from the bottom up: a module imports only from its own layer or
 # those below it (docs/architecture.md draws the same picture).
 LAYERS = (
-    ("base", {"paths", "procs", "files", "hashing", "clock", "progress", "status"}),
+    ("base", {"paths", "procs", "files", "hashing", "clock", "progress", "status", "errors"}),
     ("plan", {"plan"}),
     ("data", {"data"}),
     ("build", {"build"}),
