@@ -194,3 +194,37 @@ def test_resume_takes_the_run_s_folder_as_report_and_compare_do(tmp_path: Path) 
     (tmp_path / "elsewhere" / "20261206-000000-x").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"elsewhere.*not a run folder in"):
         RunDir.open(root, str(tmp_path / "elsewhere" / "20261206-000000-x"))
+
+
+def test_a_cell_s_artefacts_reach_the_disk_before_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """record_cell() fsyncs what the cell wrote with plain writes (fio.json,
+    logs, a subfolder) before cell.json says the cell finished; the virtio
+    scratch disk is left alone (gigabytes, not a result)."""
+    from kmlbench import files
+    from kmlbench.plan.matrix import load_matrix
+    from kmlbench.run.results import RunDir
+
+    synced: list[str] = []
+    real_fsync = files.os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    (cell,) = load_matrix(SMOKE).cells[:1]
+    run = RunDir.create(tmp_path / "results", name="sync")
+    folder = run.cell_dir(cell.id)
+    (folder / "fio.json").write_text("{}")
+    (folder / files.SCRATCH_DISK).write_bytes(b"\0" * 4096)
+    (folder / "attempt-1").mkdir()
+    (folder / "attempt-1" / "console.log").write_text("old")
+    run.record_cell(cell, "ok", {}, {})
+    first_record = next(i for i, p in enumerate(synced) if ".cell.json." in p)
+    before = synced[:first_record]
+    assert str(folder / "fio.json") in before
+    assert str(folder / "attempt-1" / "console.log") in before
+    assert str(folder) in before
+    assert not [p for p in synced if p.endswith(files.SCRATCH_DISK)]

@@ -79,7 +79,7 @@ def test_bad_adaptive_settings_name_the_line(tmp_path: Path) -> None:
 
 
 def test_prepare_cell_dir_keeps_attempts_and_clears_partial_files(tmp_path: Path) -> None:
-    from kmlbench.run.runner import _prepare_cell_dir
+    from kmlbench.run.results import prepare_cell_dir as _prepare_cell_dir
 
     cell = tmp_path / "cell"
     cell.mkdir()
@@ -161,3 +161,70 @@ def test_host_timeout_scales_only_the_busy_part() -> None:
     assert host_timeout(180, "realtime", busy_guest_s=8) == 180
     assert host_timeout(180, "virtual") == 180  # a short command: caught as fast
     assert host_timeout(180, "virtual", busy_guest_s=8) == 180 + 8 * (VIRTUAL_WALL_FACTOR - 1)
+
+
+def test_a_retry_whose_kernel_fails_to_build_keeps_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """``--retry`` sets a retried cell's record aside only as the cell runs
+    again: a kernel that fails to build (or an interrupt during the build)
+    used to leave those cells with no record at all, dropped from the
+    summary, the database and the report."""
+    from kmlbench.build import image, kernel
+    from kmlbench.run import runner
+    from kmlbench.run.results import RunDir
+
+    matrix_path = tmp_path / "m.yaml"
+    matrix_path.write_text("name: m\naxes: {workload: [{template: randread, runtime_s: 1}]}\n")
+    matrix = load_matrix(matrix_path)
+    run = RunDir.create(tmp_path / "results", name="m")
+    run.copy_matrix(matrix_path)
+    (cell,) = matrix.cells
+    run.record_cell(cell, "infra-error", {}, {"error": "the first attempt"})
+    (run.cell_dir(cell.id) / "console.log").write_text("the first attempt's console")
+    fake_image = tmp_path / "image.cpio"
+    fake_image.write_bytes(b"an image")
+    monkeypatch.setattr(image, "build_base_image", lambda cache: fake_image)
+
+    def no_kernel(*args: object, **kwargs: object) -> None:
+        raise kernel.KernelBuildError("the compiler stopped")
+
+    monkeypatch.setattr(kernel, "build_kernel", no_kernel)
+    assert runner.execute(matrix, run, "tcg", retry=("infra-error",)) == 1
+    assert "the compiler stopped" in capsys.readouterr().out
+    folder = run.cell_dir(cell.id)
+    assert sorted(p.name for p in folder.iterdir()) == ["cell.json", "console.log"]
+    assert run.read_cells()[cell.id]["status"] == "infra-error"
+
+
+def test_a_resume_under_another_accelerator_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A run that began under KVM is not finished under TCG (or the other
+    way round): its manifest has one accelerator for every cell, and
+    report and compare read it."""
+    from types import SimpleNamespace
+
+    from kmlbench.build import image, kernel
+    from kmlbench.run import runner
+    from kmlbench.run.results import RunDir
+
+    matrix_path = tmp_path / "m.yaml"
+    matrix_path.write_text(
+        "name: m\nguest: {clock: realtime}\n"
+        "axes: {workload: [{template: randread, runtime_s: 1}]}\n"
+    )
+    matrix = load_matrix(matrix_path)
+    run = RunDir.create(tmp_path / "results", name="m")
+    run.copy_matrix(matrix_path)
+    run.write_manifest({"accel": "kvm", "clock": "realtime"})
+    fake = tmp_path / "image.cpio"
+    fake.write_bytes(b"an image")
+    monkeypatch.setattr(image, "build_base_image", lambda cache: fake)
+    monkeypatch.setattr(kernel, "build_kernel", lambda *a, **k: SimpleNamespace(bzimage=fake))
+    monkeypatch.setattr(runner, "_kernel_record", lambda build: {})
+    monkeypatch.setattr(runner, "ensure_profiles", lambda *a, **k: None)
+    assert runner.execute(matrix, run, "tcg") == 2
+    out = capsys.readouterr().out
+    assert "ran its cells under kvm, this session would run under tcg" in out
+    assert not list(run.cells_path.iterdir())

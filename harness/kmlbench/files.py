@@ -7,6 +7,10 @@ import os
 import tempfile
 from pathlib import Path
 
+# The virtio disk a cell's guest writes (kmlbench.cell.device): scratch in
+# the cell's folder, gigabytes of it, and not a result to keep safe.
+SCRATCH_DISK = "disk.img"
+
 
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write via a temporary file in the same folder, fsync, then ``os.replace``.
@@ -29,3 +33,31 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)  # the rename itself, through a crash
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync every file under ``folder`` (but a :data:`SCRATCH_DISK`) and
+    each folder: what a cell wrote with plain writes reaches the disk
+    before its record says the cell finished."""
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() or path.name == SCRATCH_DISK:
+            continue
+        if path.is_dir():
+            _fsync_dir(path)
+        elif path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

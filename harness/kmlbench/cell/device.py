@@ -47,6 +47,7 @@ from typing import Any
 from kmlbench.cell import render
 from kmlbench.cell.context import CellContext, StepFailed
 from kmlbench.cell.guest_paths import BlockDevice, DeviceError, block_device
+from kmlbench.files import SCRATCH_DISK
 from kmlbench.plan.schema import (
     DEVICE_TYPES,
     NULL_BLK_BLOCKSIZES,
@@ -130,7 +131,7 @@ def qemu_disk_args(device: Mapping[str, Any], cell_dir: Path) -> list[str]:
     if size_mib == 0:
         raise DeviceError("virtio size_mib must be > 0")
     cell_dir.mkdir(parents=True, exist_ok=True)
-    image = cell_dir / "disk.img"
+    image = cell_dir / SCRATCH_DISK
     with image.open("wb") as handle:
         handle.truncate(size_mib * 1024 * 1024)  # sparse: costs no space until written
     requested = device.get("cache", VIRTIO_DEFAULTS["cache"])

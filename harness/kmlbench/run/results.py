@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kmlbench.files import atomic_write
+from kmlbench.files import atomic_write, sync_folder
 from kmlbench.plan.cells import Cell
 from kmlbench.status import STATUSES
 
@@ -236,6 +236,9 @@ class RunDir:
             "recorded_at": _now_iso(),
             **extra,
         }
+        # the artefacts first: a record beside an empty fio.json after a
+        # crash would count as finished and lose the cell's histograms
+        sync_folder(self.cell_dir(cell.id))
         atomic_write_json(self.cell_dir(cell.id) / "cell.json", record)
         self.write_summary()
 
@@ -330,3 +333,30 @@ class RunDir:
             tmp.unlink()
         os.symlink(target, tmp)
         os.replace(tmp, link)
+
+
+def prepare_cell_dir(cell_dir: Path) -> None:
+    """Make a cell's folder ready for a fresh attempt, losing nothing finished.
+
+    A finished attempt that ``--retry`` runs again (it has a ``cell.json``)
+    moves into ``attempt-N/``: its record and logs explain why it is retried.
+    Partial files of an interrupted attempt (no ``cell.json``) are removed.
+    Earlier ``attempt-N/`` folders are always kept.
+    """
+    if not cell_dir.is_dir():
+        return
+    current = [item for item in cell_dir.iterdir() if not item.name.startswith("attempt-")]
+    if (cell_dir / "cell.json").exists():
+        n = 1
+        while (cell_dir / f"attempt-{n}").exists():
+            n += 1
+        dest = cell_dir / f"attempt-{n}"
+        dest.mkdir()
+        for item in current:
+            item.rename(dest / item.name)
+        return
+    for item in current:
+        if item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -65,7 +64,7 @@ from kmlbench.plan.source import MatrixError
 from kmlbench.progress import Progress
 from kmlbench.run.host import choose_accel, git_revision, host_description
 from kmlbench.run.insn_profile import PluginBuildError, ensure_profiles
-from kmlbench.run.results import RunDir
+from kmlbench.run.results import RunDir, prepare_cell_dir
 from kmlbench.run.table import summary_table
 from kmlbench.status import OK, STATUSES
 
@@ -227,33 +226,6 @@ def make_executor(jobs: int, scheduler: str | None) -> Executor:
     return DaskExecutor(jobs=0 if scheduler else jobs, scheduler=scheduler)
 
 
-def _prepare_cell_dir(cell_dir: Path) -> None:
-    """Make a cell's folder ready for a fresh attempt, losing nothing finished.
-
-    A finished attempt that ``--retry`` runs again (it has a ``cell.json``)
-    moves into ``attempt-N/``: its record and logs explain why it is retried.
-    Partial files of an interrupted attempt (no ``cell.json``) are removed.
-    Earlier ``attempt-N/`` folders are always kept.
-    """
-    if not cell_dir.is_dir():
-        return
-    current = [item for item in cell_dir.iterdir() if not item.name.startswith("attempt-")]
-    if (cell_dir / "cell.json").exists():
-        n = 1
-        while (cell_dir / f"attempt-{n}").exists():
-            n += 1
-        dest = cell_dir / f"attempt-{n}"
-        dest.mkdir()
-        for item in current:
-            item.rename(dest / item.name)
-        return
-    for item in current:
-        if item.is_dir():
-            shutil.rmtree(item)
-        else:
-            item.unlink()
-
-
 def execute(
     matrix: Matrix,
     run: RunDir,
@@ -272,8 +244,6 @@ def execute(
     planned_cells = list(matrix.cells if only is None else only)
     finished = run.finished_cell_ids(retry_statuses=retry)
     todo = [c for c in planned_cells if c.id not in finished]
-    for cell in todo:
-        _prepare_cell_dir(run.cell_dir(cell.id))
     print(f"kmlbench: run {run.path.name}: {len(todo)} of {len(planned_cells)} cells to run")
 
     cache = paths.cache_dir()
@@ -338,6 +308,15 @@ def execute(
     first_build = next(iter(builds.values()))
     clock, shift = matrix.guest["clock"], int(matrix.guest["icount_shift"])
     accel, accel_reason = choose_accel(accel_request, first_build.bzimage, base_image, clock)
+    began = manifest.get("accel")
+    if began and began != accel:
+        # one run, one accelerator: report and compare read the manifest's
+        print(
+            f"kmlbench: cannot resume: run {run.path.name} ran its cells under {began}, "
+            f"this session would run under {accel} ({accel_reason}); "
+            f"--accel {began} goes on as it began, or start a new run"
+        )
+        return 2
     manifest.update(
         {
             "accel": accel,
@@ -373,6 +352,20 @@ def execute(
                 builds[variant] = build
             return build
 
+        prepared: set[str] = set()
+
+        def cell_folder(cell_id: str) -> Path:
+            """A cell's folder, made ready for this session's attempt
+            (:func:`kmlbench.run.results.prepare_cell_dir`) the first time it is asked for: as
+            the cell runs in this process, or as its files arrive from a
+            worker. Not before: a build that fails or an interrupt before a
+            cell runs leaves its record (one ``--retry`` would redo) where
+            it was, and an adaptive repeat's leftovers are cleared too."""
+            if cell_id not in prepared:
+                prepared.add(cell_id)
+                prepare_cell_dir(run.cell_dir(cell_id))
+            return run.cell_dir(cell_id)
+
         def start(cell: Cell, worker: str) -> None:
             if interrupted.is_set():
                 raise KeyboardInterrupt  # one that arrived where Python dropped it
@@ -394,7 +387,7 @@ def execute(
                 profiles=profiles,
             )
             jobs = plan_jobs(cells, share_boot)
-            with closing(executor.run(spec, jobs, run.cell_dir, start)) as results:
+            with closing(executor.run(spec, jobs, cell_folder, start)) as results:
                 for result in results:
                     cell, outcome = result.cell, result.outcome
                     record(cell, outcome, builds[cell.kernel_variant])
