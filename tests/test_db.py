@@ -354,6 +354,44 @@ def test_default_path_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert db.default_db_path() == tmp_path / "res" / "kmlbench.db"
 
 
+def test_malformed_result_files_are_left_out_and_named(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cell.json of the wrong shape (params a list, metrics a string,
+    kml_stats a list, repeat a word) or cut short is left out and named on
+    stderr, not a traceback in import, report or compare; a fio.json of
+    the wrong shape costs its cell the histograms only."""
+    copy = tmp_path / "results" / RUN_ID
+    shutil.copytree(run_dir, copy)
+    ids = [i for i in _cell_ids(run_dir) if (copy / "cells" / i / "fio.json").exists()]
+    edits = {"params": [1, 2], "metrics": "fast", "kml_stats": [0], "repeat": "zero"}
+    for cell, (key, value) in zip(ids, edits.items(), strict=False):
+        path = copy / "cells" / cell / "cell.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    cut = copy / "cells" / ids[4] / "cell.json"
+    cut.write_text(cut.read_text()[:40])
+    fio = copy / "cells" / ids[5] / "fio.json"
+    report = json.loads(fio.read_text())
+    report["jobs"][0]["read"]["clat_ns"]["bins"] = [1, 2]
+    fio.write_text(json.dumps(report))
+    path = tmp_path / "m.db"
+    assert db.ingest_run(path, copy) == len(_cell_ids(run_dir)) - 5
+    err = capsys.readouterr().err
+    for cell, why in zip(ids, ["params is a list", "metrics is a str", "kml_stats is a list",
+                               "repeat 'zero'"], strict=False):  # fmt: skip
+        assert f"{cell}/cell.json: {why}" in err, err
+    assert f"{ids[4]}/cell.json: unreadable" in err
+    assert f"{ids[5]}/fio.json: not a fio report's shape" in err
+    conn = db.connect(path)
+    try:
+        kept = {c.cell_id: c for c in db.load_cells(conn, RUN_ID, status=None)}
+        hists = conn.execute("SELECT count(*) FROM histograms WHERE cell_id = ?", (ids[5],))
+        assert hists.fetchone()[0] == 0
+    finally:
+        conn.close()
+    assert ids[5] in kept and not set(ids[:5]) & set(kept)
+
+
 def test_unfinished_cell_is_ignored(run_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "u.db"
     db.ingest_cell(path, run_dir, "no-such-cell-r0")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,15 @@ def _load_fio(cell_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return parse_fio_output(path.read_text(errors="replace"))
+        data = parse_fio_output(path.read_text(errors="replace"))
+        fio_histograms(data)  # a report of the wrong shape fails here, not mid-insert
+        fio_histograms(data, "lat")
     except FioError:
         return None
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        print(f"kmlbench: {path}: not a fio report's shape ({e}): no histograms", file=sys.stderr)
+        return None
+    return data
 
 
 # --------------------------------------------------------------------------
@@ -175,13 +182,33 @@ def _insert_cell(
         )
 
 
+def _malformed(record: Any) -> str | None:
+    """Why a parsed cell.json cannot be a cell's record, or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key in ("params", "metrics", "kml_stats"):
+        if record.get(key) is not None and not isinstance(record[key], dict):
+            return f"{key} is a {type(record[key]).__name__}, not an object"
+    repeat = record.get("repeat")
+    if repeat is not None and (not isinstance(repeat, int) or isinstance(repeat, bool)):
+        return f"repeat {repeat!r} is not a whole number"
+    return None
+
+
 def _ingest_cell(conn: sqlite3.Connection, run_dir: Path, run_id: str, cell_id: str) -> bool:
     cell_dir = Path(run_dir) / "cells" / cell_id
-    try:
-        record = _read_json(cell_dir / "cell.json")
-    except (OSError, ValueError):
+    path = cell_dir / "cell.json"
+    if not path.exists():
         return False  # not finished (or not a cell): nothing to ingest
-    if not isinstance(record, dict):
+    try:
+        record = _read_json(path)
+    except (OSError, ValueError) as e:
+        why: str | None = f"unreadable ({e})"
+    else:
+        why = _malformed(record)
+    if why is not None:
+        # not a finished cell: left out of the database, and said so
+        print(f"kmlbench: {path}: {why}: left out", file=sys.stderr)
         return False
     with transaction(conn):
         _upsert_run(conn, run_id, run_dir)
