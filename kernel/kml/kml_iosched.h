@@ -263,11 +263,16 @@ static __always_inline void kml_dd_dispatch(struct kml_dd_queue *kq,
 		__kml_dd_dispatch(kq, rq);
 }
 
-/* Called when the request is freed, from any context. */
+/*
+ * Called when the request is freed, from any context, even with the key
+ * off.  blk-mq finishes only requests with RQF_ELVPRIV to the scheduler,
+ * so elv.priv[1] is read as it is: kml_dd_ctx()'s test of the flag would
+ * cost every completion of a queue with KML off a load and a branch.
+ */
 static __always_inline void kml_dd_finish(struct kml_dd_queue *kq,
 					  struct request *rq)
 {
-	if (kml_dd_ctx(rq))
+	if (rq->elv.priv[1])
 		__kml_dd_finish(kq, rq);
 }
 
