@@ -113,6 +113,11 @@ def test_a_gate_compares_its_metric_even_when_the_table_leaves_it_out(
     capsys.readouterr()
     assert cli.main(["compare", *args, "--fail-on", "accuracy:-1%"]) == compare.EXIT_USAGE
     assert "cannot be checked" in capsys.readouterr().err
+    # a gate that tripped is a regression, whatever another could not check
+    assert (
+        cli.main(["compare", *args, "--fail-on", "p50:+10%,accuracy:-1%"])
+        == compare.EXIT_REGRESSION
+    )
 
 
 def test_bad_alpha_and_boot_are_usage_errors(database: Path, capsys) -> None:

@@ -189,7 +189,7 @@ def test_resume_takes_the_run_s_folder_as_report_and_compare_do(tmp_path: Path) 
     root = tmp_path / "results"
     (root / "20261206-000000-x").mkdir(parents=True)
     for given in ("20261206-000000-x", str(root / "20261206-000000-x"),
-                  str(root / "20261206-000000-x") + "/"):  # fmt: skip
+                  str(root / "20261206-000000-x") + "/", "20261206-000000-x/"):  # fmt: skip
         assert RunDir.open(root, given).run_id == "20261206-000000-x"
     (tmp_path / "elsewhere" / "20261206-000000-x").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"elsewhere.*not a run folder in"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -224,7 +225,72 @@ def test_a_resume_under_another_accelerator_is_refused(
     monkeypatch.setattr(kernel, "build_kernel", lambda *a, **k: SimpleNamespace(bzimage=fake))
     monkeypatch.setattr(runner, "_kernel_record", lambda build: {})
     monkeypatch.setattr(runner, "ensure_profiles", lambda *a, **k: None)
+    began = json.loads((run.path / "manifest.json").read_text())
+    # asked for by name: refused before any build
     assert runner.execute(matrix, run, "tcg") == 2
     out = capsys.readouterr().out
-    assert "ran its cells under kvm, this session would run under tcg" in out
+    assert "ran its cells under kvm, this session would run under tcg (requested)" in out
+    # found by auto after the build (KVM no longer usable): refused, and the
+    # manifest is put back as it was, not left describing this session
+    monkeypatch.setattr(runner, "choose_accel", lambda *a: ("tcg", "KVM not usable"))
+    assert runner.execute(matrix, run, "auto") == 2
+    assert "this session would run under tcg (KVM not usable)" in capsys.readouterr().out
+    assert json.loads((run.path / "manifest.json").read_text()) == began
     assert not list(run.cells_path.iterdir())
+
+
+class _DiesOnItsWorker:
+    """An executor whose every job fails on its worker, as a Dask job does
+    when its worker dies: an infra-error for each cell, no folder asked for."""
+
+    slots, dashboard = 1, None
+
+    def __enter__(self) -> _DiesOnItsWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, spec, jobs, folder, on_start):  # type: ignore[no-untyped-def]
+        from kmlbench.execution.jobs import CellResult, infra_outcome
+
+        for job in jobs:
+            for cell in job.cells:
+                on_start(cell, "gone")
+                yield CellResult(cell, infra_outcome("its worker died"), "gone")
+
+
+def test_a_retried_cell_whose_worker_dies_keeps_its_old_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder of a cell whose job failed on its worker is prepared
+    before its record, like any other: the old record and its fio.json go
+    to attempt-1/, and no stale fio.json stands beside the new record."""
+    from types import SimpleNamespace
+
+    from kmlbench.build import image, kernel
+    from kmlbench.run import runner
+    from kmlbench.run.results import RunDir
+
+    matrix_path = tmp_path / "m.yaml"
+    matrix_path.write_text("name: m\naxes: {workload: [{template: randread, runtime_s: 1}]}\n")
+    matrix = load_matrix(matrix_path)
+    run = RunDir.create(tmp_path / "results", name="m")
+    run.copy_matrix(matrix_path)
+    (cell,) = matrix.cells
+    (run.cell_dir(cell.id) / "fio.json").write_text('{"jobs": []}')
+    run.record_cell(cell, "failed", {}, {"error": "the first attempt"})
+    fake = tmp_path / "image.cpio"
+    fake.write_bytes(b"an image")
+    build = SimpleNamespace(bzimage=fake, build_key="k")
+    monkeypatch.setattr(image, "build_base_image", lambda cache: fake)
+    monkeypatch.setattr(kernel, "build_kernel", lambda *a, **k: build)
+    monkeypatch.setattr(runner, "_kernel_record", lambda build: {})
+    monkeypatch.setattr(runner, "ensure_profiles", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "_ingest", lambda *a: None)
+    status = runner.execute(matrix, run, "tcg", ("failed",), executor=_DiesOnItsWorker())
+    assert status == 1
+    folder = run.cell_dir(cell.id)
+    assert sorted(p.name for p in folder.iterdir()) == ["attempt-1", "cell.json"]
+    assert sorted(p.name for p in (folder / "attempt-1").iterdir()) == ["cell.json", "fio.json"]
+    assert run.read_cells()[cell.id]["status"] == "infra-error"

@@ -209,6 +209,11 @@ def test_the_rank_test_is_exact_when_repeats_tie() -> None:
         permuted = mannwhitneyu(xa, xb, method=PermutationMethod(n_resamples=10**6)).pvalue
         assert p == pytest.approx(permuted, abs=1e-12), (xa, xb)
         assert p >= stats.min_attainable_p(n_a, n_b) - 1e-12
+    # no order to rank a NaN in: NaN, as scipy; a group of one against a
+    # large one lists the splits by the smaller (n, not n^2 memory)
+    assert math.isnan(stats.mann_whitney([1.0, math.nan], [2.0, 3.0]))
+    big = np.arange(5000.0)
+    assert stats.mann_whitney(big, [-1.0]) == pytest.approx(2 / 5001)
     # without ties it is the exact test; large groups keep the approximation
     xa, xb = rng.normal(size=5), rng.normal(size=6) + 1
     assert stats.mann_whitney(xa, xb) == pytest.approx(mannwhitneyu(xa, xb).pvalue)

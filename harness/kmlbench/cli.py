@@ -605,16 +605,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, sqlite3.Error, ValueError, TypeError, KeyError, AttributeError) as e:
         # What a command did not foresee in its input (a file it cannot
         # read or write, a database that is not one, a result file of the
-        # wrong shape) is still the input's fault: one line, exit 2, and
-        # the traceback only when asked for.
-        if os.environ.get("KMLBENCH_DEBUG"):
+        # wrong shape) is still the input's fault: one line and exit 2.
+        # It may be a bug of ours as well: the traceback is kept in a file.
+        if os.environ.get("KMLBENCH_DEBUG", "0") not in ("", "0"):
             raise
         name = argv[0] if argv else "kmlbench"
+        kept = _keep_traceback()
         print(
-            f"kmlbench {name}: error: {type(e).__name__}: {e} (KMLBENCH_DEBUG=1 shows where)",
+            f"kmlbench {name}: error: {type(e).__name__}: {e} "
+            f"(where: {kept or 'KMLBENCH_DEBUG=1 shows it'})",
             file=sys.stderr,
         )
         return EXIT_UNFORESEEN
+
+
+def _keep_traceback() -> str | None:
+    """The traceback being handled, in the cache's ``last-error.txt``; its
+    path, or None if it cannot be written."""
+    import traceback  # late: only on the way out of an error
+
+    from kmlbench.files import atomic_write  # late: as above
+    from kmlbench.paths import cache_dir  # late: as above
+
+    path = cache_dir() / "last-error.txt"
+    try:
+        atomic_write(path, traceback.format_exc())
+    except OSError:
+        return None
+    return str(path)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -56,8 +57,13 @@ def sync_folder(folder: Path) -> None:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """fsync a folder (its entries); a filesystem that cannot (some network
+    and shared folders say EINVAL) is let be, as SQLite lets it be."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)

@@ -37,6 +37,8 @@ def mann_whitney(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
         return 1.0
     xa = np.asarray(a, dtype=float)
     xb = np.asarray(b, dtype=float)
+    if np.isnan(xa).any() or np.isnan(xb).any():
+        return math.nan  # as scipy: no order to rank
     if np.all(xa == xa[0]) and np.all(xb == xa[0]):
         return 1.0
     if math.comb(len(xa) + len(xb), len(xa)) <= EXACT_SPLITS:
@@ -52,6 +54,8 @@ def exact_rank_p(xa: np.ndarray, xb: np.ndarray) -> float:
     twice the smaller tail, at most 1."""
     from scipy.stats import rankdata  # late: run/runner imports stats: no scipy in run
 
+    if len(xa) > len(xb):  # the same two-sided p; splits listed by the smaller group
+        xa, xb = xb, xa
     pooled = np.concatenate([xa, xb])
     twice = np.rint(2 * rankdata(pooled)).astype(np.int64)
     splits = np.array(list(itertools.combinations(range(len(pooled)), len(xa))))

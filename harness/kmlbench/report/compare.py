@@ -447,6 +447,8 @@ def command(args: argparse.Namespace) -> int:
         clocks = sorted({clock_label(*c) for c in clocks_a + clocks_b})
         doc = {**result_json(result), "clock": clocks}
         args.json.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str))
+    if result.tripped:
+        return EXIT_REGRESSION  # whatever else a gate could not check
     compared_metrics = {c.metric for row in result.rows for c in row.comparisons}
     unchecked = [str(t) for t in thresholds if t.metric not in compared_metrics]
     if unchecked:

@@ -78,3 +78,15 @@ def choose_accel(
     if requested == "kvm":
         raise SystemExit(f"kmlbench: --accel kvm requested but KVM is not usable: {probe.reason}")
     return "tcg", f"KVM not usable ({probe.reason}); using TCG"
+
+
+def other_accel(run_id: str, began: str, accel: str, why: str) -> int:
+    """Refuse a session under another accelerator than the run's (exit
+    status 2): one run, one accelerator, as report and compare read the
+    manifest's."""
+    print(
+        f"kmlbench: cannot resume: run {run_id} ran its cells under {began}, "
+        f"this session would run under {accel} ({why}); "
+        f"--accel {began} goes on as it began, or start a new run"
+    )
+    return 2

@@ -133,13 +133,18 @@ class RunDir:
                 raise FileNotFoundError(f"{target} does not exist")
             run_id = os.readlink(target).rstrip("/").split("/")[-1]
         elif "/" in run_id:
-            # the run's folder, as report and compare take it: it must be in root
-            folder = Path(run_id)
-            if folder.resolve().parent != root.resolve():
+            # the run's folder, as report and compare take it (from here, or
+            # within root: ID/, latest/): it must be in root
+            inside = [
+                f.resolve()
+                for f in (Path(run_id), root / run_id)
+                if f.resolve().parent == root.resolve()
+            ]
+            if not inside:
                 raise FileNotFoundError(
                     f"{run_id} is not a run folder in {root}: --resume takes a run id there"
                 )
-            run_id = folder.resolve().name
+            run_id = inside[0].name
         if not _SAFE_NAME_RE.match(run_id):
             raise ValueError(f"bad run id {run_id!r}")
         run = cls(root, run_id)

@@ -62,7 +62,7 @@ from kmlbench.plan.cells import Cell, cell_id, config_hash
 from kmlbench.plan.matrix import Matrix, load_matrix
 from kmlbench.plan.source import MatrixError
 from kmlbench.progress import Progress
-from kmlbench.run.host import choose_accel, git_revision, host_description
+from kmlbench.run.host import choose_accel, git_revision, host_description, other_accel
 from kmlbench.run.insn_profile import PluginBuildError, ensure_profiles
 from kmlbench.run.results import RunDir, prepare_cell_dir
 from kmlbench.run.table import summary_table
@@ -251,6 +251,10 @@ def execute(
     manifest: dict[str, Any] = (
         json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     )
+    began = manifest.get("accel")
+    if began and accel_request != "auto" and accel_request != began:
+        return other_accel(run.path.name, began, accel_request, "requested")
+    as_found = json.loads(json.dumps(manifest))  # put back if this session is refused
     manifest.update(
         {
             "harness": {"version": __version__, "git": git_revision()},
@@ -308,15 +312,9 @@ def execute(
     first_build = next(iter(builds.values()))
     clock, shift = matrix.guest["clock"], int(matrix.guest["icount_shift"])
     accel, accel_reason = choose_accel(accel_request, first_build.bzimage, base_image, clock)
-    began = manifest.get("accel")
     if began and began != accel:
-        # one run, one accelerator: report and compare read the manifest's
-        print(
-            f"kmlbench: cannot resume: run {run.path.name} ran its cells under {began}, "
-            f"this session would run under {accel} ({accel_reason}); "
-            f"--accel {began} goes on as it began, or start a new run"
-        )
-        return 2
+        run.write_manifest(as_found)
+        return other_accel(run.path.name, began, accel, accel_reason)
     manifest.update(
         {
             "accel": accel,
@@ -398,6 +396,7 @@ def execute(
                         print(f"kmlbench: cell {cell.id}: {outcome.status}: {error}")
 
         def record(cell: Cell, outcome: CellOutcome, build: KernelBuild) -> None:
+            cell_folder(cell.id)  # a job that failed on its worker never asked for it
             outcome.extra["kernel_build_key"] = build.build_key
             outcome.extra["accel"] = accel
             outcome.extra.update(clock_record(clock, shift))
