@@ -3,7 +3,7 @@
  * KML platform layer: the only place where the kernel and user-space builds
  * differ.  Everything else in KML is plain C that uses the types and helpers
  * declared here: allocation, atomics, time, random numbers, logging,
- * sorting, kernel export markers and the FPU section.
+ * checksums, kernel export markers and the FPU section.
  *
  * Kernel: __KERNEL__ is defined, helpers map to kmalloc/atomic64/ktime/...
  * User space: C11 atomics, malloc, clock_gettime, stdio.
@@ -24,7 +24,6 @@
 #include <linux/math64.h>
 #include <linux/bitops.h>
 #include <linux/build_bug.h>
-#include <linux/sort.h>
 #include <linux/crc32.h>
 #include <kunit/visibility.h>
 #include <asm/processor.h>
@@ -88,13 +87,6 @@ static inline void kml_cpu_relax(void)
 
 #define kml_log(fmt, ...) pr_info("kml: " fmt, ##__VA_ARGS__)
 #define kml_warn(fmt, ...) pr_warn("kml: " fmt, ##__VA_ARGS__)
-
-/* Sort @n elements of @size bytes; not stable.  May not be an FPU section. */
-static inline void kml_sort(void *base, size_t n, size_t size,
-			    int (*cmp)(const void *, const void *))
-{
-	sort(base, n, size, cmp, NULL);
-}
 
 /*
  * The reflected IEEE CRC-32 register after @len bytes (no pre- or
@@ -214,12 +206,6 @@ static inline u64 div64_u64(u64 a, u64 b)
 static inline int fls64(u64 x)
 {
 	return x ? 64 - __builtin_clzll(x) : 0;
-}
-
-static inline void kml_sort(void *base, size_t n, size_t size,
-			    int (*cmp)(const void *, const void *))
-{
-	qsort(base, n, size, cmp);
 }
 
 /* The kernel's crc32_le(): bit by bit, off the hot path in user space. */
