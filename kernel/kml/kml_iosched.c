@@ -1009,20 +1009,12 @@ static noinline void kml_dd_track(struct kml_dd_queue *kq, struct request *rq,
 /*
  * @ctx's request inserted again (no path in 6.1 does: a requeue goes to
  * the dispatch list, see __kml_dd_dispatch()): the first insert's
- * features and times are kept.  Or a request mq-deadline never prepared
- * (a flush request requeued into it), whose elv.priv[1] is what the flush
- * fields left, not a context: cleared, and the request goes untracked.
- * Out of line: in line, its registers made the insert hook move its
- * arguments about.
+ * features and times are kept.  Out of line: in line, its registers made
+ * the insert hook move its arguments about.
  */
 static noinline void kml_dd_reinsert(struct kml_dd_queue *kq,
-				     struct request *rq,
 				     struct kml_dd_ctx *ctx)
 {
-	if (unlikely(!(rq->rq_flags & RQF_ELVPRIV))) {
-		rq->elv.priv[1] = NULL;
-		return;
-	}
 	if (ctx->dispatch_ns) {
 		atomic_dec(&kq->inflight);
 		atomic_inc(&kq->queued[ctx->in.op]);
@@ -1046,7 +1038,7 @@ void __kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 	bool warmup = false;
 
 	if (unlikely(ctx)) {
-		kml_dd_reinsert(kq, rq, ctx);
+		kml_dd_reinsert(kq, ctx);
 		return;
 	}
 	if (mode != KML_DD_OBSERVE) {
@@ -1171,6 +1163,13 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq)
 		kml_dd_cost_dispatch(kq, ctx, rq, now);
 }
 EXPORT_SYMBOL_GPL(__kml_dd_dispatch);
+
+void kml_dd_insert_head(struct request *rq)
+{
+	if (unlikely(!(rq->rq_flags & RQF_ELVPRIV)))
+		rq->elv.priv[1] = NULL;
+}
+EXPORT_SYMBOL_GPL(kml_dd_insert_head);
 
 void kml_dd_note_urgent(struct request *rq)
 {

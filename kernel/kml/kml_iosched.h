@@ -173,19 +173,26 @@ ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 			  size_t count);
 
 /*
- * KML's context of @rq, or NULL.  dd_prepare_request() clears it.  A
- * request mq-deadline never prepared (no RQF_ELVPRIV: a flush request
- * requeued into the scheduler) may hold what the flush fields, which
- * share elv.priv[]'s memory, left: the insert clears that (kml_dd_reinsert()),
- * off the common path, which reads the context several times a request
- * and has no instruction to spare (issue 11's 2%).  Left open: such a
- * request inserted while no queue has KML on, still queued when one turns
- * it on; and one that had none gets a context its finish never returns.
+ * KML's context of @rq, or NULL: dd_prepare_request() clears it, and
+ * kml_dd_insert_head() clears what a request mq-deadline never prepared
+ * holds there.  Read as it is: it is read several times a request.
  */
 static inline struct kml_dd_ctx *kml_dd_ctx(struct request *rq)
 {
 	return rq->elv.priv[1];
 }
+
+/*
+ * Called for every request mq-deadline inserts at the head, whatever the
+ * key.  In 6.1 a request the scheduler never prepared (no RQF_ELVPRIV: a
+ * FUA or PREFLUSH write that bypassed the flush machinery) reaches it only
+ * so, requeued without RQF_DONTPREP, and its elv.priv[] shares memory with
+ * the flush fields, which may hold a list pointer from the tag's last
+ * flush: the dispatch hook would take it for a context and write through
+ * it.  Only requeues insert at the head; out of line, so that the common
+ * path's code is not moved about by it.
+ */
+void kml_dd_insert_head(struct request *rq);
 
 /*
  * Whether any queue has kml_mode other than off: with none, a nop.
@@ -266,7 +273,11 @@ static __always_inline void kml_dd_dispatch(struct kml_dd_queue *kq,
 		__kml_dd_dispatch(kq, rq);
 }
 
-/* Called when the request is freed, from any context. */
+/*
+ * Called when the request is freed, from any context, even with the key
+ * off: blk-mq finishes only requests with RQF_ELVPRIV to the scheduler,
+ * whose elv.priv[1] is NULL or a context.
+ */
 static __always_inline void kml_dd_finish(struct kml_dd_queue *kq,
 					  struct request *rq)
 {
@@ -335,6 +346,7 @@ static inline void kml_dd_insert(struct kml_dd_queue *kq, struct request *rq,
 				 unsigned long expire, bool same_dir) {}
 static inline void kml_dd_dispatch(struct kml_dd_queue *kq,
 				   struct request *rq) {}
+static inline void kml_dd_insert_head(struct request *rq) {}
 static inline void kml_dd_finish(struct kml_dd_queue *kq,
 				 struct request *rq) {}
 static inline bool kml_dd_on(void)

@@ -1945,15 +1945,22 @@ static void kml_test_dd_observe_cycle(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_test_observe_run(kq, rq, &fifo, 2 * w,
 						   false), 0U);
 	/*
-	 * A request mq-deadline never prepared (a flush request requeued into
-	 * it): elv.priv[1] is the flush list's; the insert clears it, reads
-	 * and writes nothing through it, and attaches no context.
+	 * A request mq-deadline never prepared (a FUA write that bypassed the
+	 * flush machinery, requeued): inserted at the head with the flush
+	 * list's pointer in elv.priv[1], which the head insert clears, so
+	 * that its dispatch reads and writes nothing through it.  A prepared
+	 * request's context is left as it is.
 	 */
 	rq->rq_flags = 0;
 	rq->elv.priv[1] = &rq->queuelist;	/* what a flush list leaves */
-	kml_dd_insert(kq, rq, &fifo, HZ, true);
+	kml_dd_insert_head(rq);
 	KUNIT_EXPECT_NULL(test, kml_dd_ctx(rq));
+	kml_dd_dispatch(kq, rq);
 	rq->rq_flags = RQF_ELVPRIV;
+	rq->elv.priv[1] = &rq->queuelist;
+	kml_dd_insert_head(rq);
+	KUNIT_EXPECT_PTR_EQ(test, rq->elv.priv[1], (void *)&rq->queuelist);
+	rq->elv.priv[1] = NULL;
 
 	list_del_init(&rq->queuelist);
 	WRITE_ONCE(kml_dd_observe_every, every);
