@@ -164,6 +164,21 @@ def test_host_timeout_scales_only_the_busy_part() -> None:
     assert host_timeout(180, "virtual", busy_guest_s=8) == 180 + 8 * (VIRTUAL_WALL_FACTOR - 1)
 
 
+def _one_cell_run(tmp_path: Path, guest: str = ""):  # type: ignore[no-untyped-def]
+    """A matrix of one cell and an empty run of it, under ``tmp_path``."""
+    from kmlbench.run.results import RunDir
+
+    matrix_path = tmp_path / "m.yaml"
+    matrix_path.write_text(
+        f"name: m\n{guest}axes: {{workload: [{{template: randread, runtime_s: 1}}]}}\n"
+    )
+    matrix = load_matrix(matrix_path)
+    run = RunDir.create(tmp_path / "results", name="m")
+    run.copy_matrix(matrix_path)
+    (cell,) = matrix.cells
+    return matrix, run, cell
+
+
 def test_a_retry_whose_kernel_fails_to_build_keeps_every_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -173,14 +188,8 @@ def test_a_retry_whose_kernel_fails_to_build_keeps_every_record(
     summary, the database and the report."""
     from kmlbench.build import image, kernel
     from kmlbench.run import runner
-    from kmlbench.run.results import RunDir
 
-    matrix_path = tmp_path / "m.yaml"
-    matrix_path.write_text("name: m\naxes: {workload: [{template: randread, runtime_s: 1}]}\n")
-    matrix = load_matrix(matrix_path)
-    run = RunDir.create(tmp_path / "results", name="m")
-    run.copy_matrix(matrix_path)
-    (cell,) = matrix.cells
+    matrix, run, cell = _one_cell_run(tmp_path)
     run.record_cell(cell, "infra-error", {}, {"error": "the first attempt"})
     (run.cell_dir(cell.id) / "console.log").write_text("the first attempt's console")
     fake_image = tmp_path / "image.cpio"
@@ -270,14 +279,8 @@ def test_a_retried_cell_whose_worker_dies_keeps_its_old_attempt(
 
     from kmlbench.build import image, kernel
     from kmlbench.run import runner
-    from kmlbench.run.results import RunDir
 
-    matrix_path = tmp_path / "m.yaml"
-    matrix_path.write_text("name: m\naxes: {workload: [{template: randread, runtime_s: 1}]}\n")
-    matrix = load_matrix(matrix_path)
-    run = RunDir.create(tmp_path / "results", name="m")
-    run.copy_matrix(matrix_path)
-    (cell,) = matrix.cells
+    matrix, run, cell = _one_cell_run(tmp_path)
     (run.cell_dir(cell.id) / "fio.json").write_text('{"jobs": []}')
     run.record_cell(cell, "failed", {}, {"error": "the first attempt"})
     fake = tmp_path / "image.cpio"
