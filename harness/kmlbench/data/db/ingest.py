@@ -80,20 +80,25 @@ def fio_histograms(
     return out
 
 
-def _load_fio(cell_dir: Path) -> dict[str, Any] | None:
+def _histogram_rows(cell_dir: Path) -> list[tuple[str, int, float | None, str]]:
+    """The histograms table's rows of a cell's ``fio.json``, completion and
+    total latency (direction, samples, mean, bins); none without a report,
+    and none, said on stderr, for one of the wrong shape."""
     path = cell_dir / "fio.json"
     if not path.exists():
-        return None
+        return []
     try:
         data = parse_fio_output(path.read_text(errors="replace"))
-        fio_histograms(data)  # a report of the wrong shape fails here, not mid-insert
-        fio_histograms(data, "lat")
+        return [
+            (prefix + d, n, mean, json.dumps(bins, separators=(",", ":")))
+            for kind, prefix in (("clat", ""), ("lat", TOTAL_PREFIX))
+            for d, (n, mean, bins) in fio_histograms(data, kind).items()
+        ]
     except FioError:
-        return None
+        return []
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         print(f"kmlbench: {path}: not a fio report's shape ({e}): no histograms", file=sys.stderr)
-        return None
-    return data
+        return []
 
 
 # --------------------------------------------------------------------------
@@ -163,17 +168,11 @@ def _insert_cell(
             if isinstance(v, int | float) and not isinstance(v, bool)
         ],
     )
-    fio_data = _load_fio(cell_dir)
-    if fio_data is not None:
-        conn.executemany(
-            "INSERT INTO histograms (run_id, cell_id, direction, samples, mean_ns, bins)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (run_id, cell_id, prefix + d, n, mean, json.dumps(bins, separators=(",", ":")))
-                for kind, prefix in (("clat", ""), ("lat", TOTAL_PREFIX))
-                for d, (n, mean, bins) in fio_histograms(fio_data, kind).items()
-            ],
-        )
+    conn.executemany(
+        "INSERT INTO histograms (run_id, cell_id, direction, samples, mean_ns, bins)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(run_id, cell_id, *row) for row in _histogram_rows(cell_dir)],
+    )
     stats = record.get("kml_stats")
     if stats is not None:
         conn.execute(

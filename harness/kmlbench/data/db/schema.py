@@ -154,14 +154,10 @@ def connect(db_path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         if not db_path.exists():
             raise FileNotFoundError(f"no results database at {db_path}")
-        return _opened(db_path, lambda: _open_readonly(db_path))
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    return _opened(db_path, lambda: _open_writable(db_path))
-
-
-def _opened(db_path: Path, open_it: Callable[[], sqlite3.Connection]) -> sqlite3.Connection:
+    else:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return open_it()
+        return _open_readonly(db_path) if readonly else _open_writable(db_path)
     except sqlite3.DatabaseError as e:  # not a database, a folder, no permission...
         raise NotADatabase(f"{db_path}: cannot open as a results database: {e}") from e
 
