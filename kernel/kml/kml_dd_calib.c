@@ -64,13 +64,17 @@ void kml_dd_cal_add(struct kml_dd_cal *c, const struct kml_dd_resid *r,
 	}
 }
 
-/* Sift @s[i] down the max-heap of the first @n by r, moving, not swapping. */
+/*
+ * Sift @s[i] down the max-heap of the first @n by r, moving, not swapping.
+ * The child's index is taken in 64 bits: 2i + 1 wraps a u32 once @n passes
+ * 2^31 (kmlctl calibrate and libkml.so's callers fit up to U32_MAX).
+ */
 static void kml_dd_resid_sift(struct kml_dd_resid *s, u32 i, u32 n)
 {
 	struct kml_dd_resid v = s[i];
-	u32 c;
+	u64 c;
 
-	while ((c = 2 * i + 1) < n) {
+	while ((c = 2 * (u64)i + 1) < n) {
 		if (c + 1 < n && s[c + 1].r > s[c].r)
 			c++;
 		if (s[c].r <= v.r)
@@ -147,8 +151,9 @@ bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 		    struct kml_dd_resid *scratch,
 		    struct kml_dd_cal_result *res)
 {
-	u32 n_met = 0, n_miss, met_below = 0, miss_above, i;
+	u32 n_met = 0, n_miss, met_below = 0, miss_above;
 	u32 best_correct = 0;
+	u64 i;			/* runs to n inclusive: U32_MAX + 1 */
 	s64 lo, hi, first, last, cand;
 	s32 best_thr = 0;
 	u64 score, best = 0;
@@ -193,7 +198,7 @@ bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 			cand = first;
 		if (cand > last)
 			cand = last;
-		miss_above = n_miss - (i - met_below);
+		miss_above = n_miss - ((u32)i - met_below);
 		score = ((u64)met_below << 20) / n_met +
 			((u64)miss_above << 20) / n_miss;
 		if (!found || score > best ||
