@@ -3,6 +3,8 @@ fixed-point path against float, normalisation, save/load, footprint."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -65,6 +67,34 @@ def test_fixed_linear_regression(rng):
     mse_q = np.mean((m.predict(X) - y) ** 2)
     mse_ls = np.mean((X @ w + b - y) ** 2)
     assert mse_q <= mse_ls * 1.05 + 1e-3
+
+
+@pytest.mark.parametrize("sizes", [[8], [6, 5]])
+def test_fixed_training_that_diverges_stays_loadable(rng, sizes):
+    """Q16.16 SGD run far too hot saturates its weights. Each layer's weights
+    stop at S32_MAX / in_dim raw units, so a row's sum of |w| stays under 2^31
+    (what the loader's bound and the s64 sums need) and the model saved loads
+    again, predicting the same; at S32_MAX each the loader refused it (EDOM)."""
+    X = rng.normal(size=(512, sizes[0])) * 100
+    y = rng.normal(size=512) * 3e4
+    if len(sizes) == 1:
+        m = Model.linear(sizes[0], dtype="fixed")
+    else:
+        m = Model.mlp(sizes[0], hidden=sizes[1:], activation="relu", dtype="fixed")
+    m.fit(X, y, epochs=5, lr=1.0, batch=8, momentum=0.9, optimizer="sgd")
+    raw = np.rint(m.params * 65536).astype(np.int64)
+    dims = [sizes[0], *sizes[1:], 1]
+    off, saturated = 0, 0
+    for n_in, n_out in itertools.pairwise(dims):
+        w = raw[off : off + n_in * n_out].reshape(n_out, n_in)
+        off += (n_in + 1) * n_out
+        lim = (2**31 - 1) // n_in
+        assert np.abs(w).max() <= lim
+        assert (np.abs(w).sum(axis=1) < 2**31).all()
+        saturated += int((np.abs(w) == lim).sum())
+    assert saturated, "the step did not diverge: the test tests nothing"
+    again = Model.from_bytes(m.to_bytes())
+    np.testing.assert_array_equal(again.predict(X[:64]), m.predict(X[:64]))
 
 
 def classification(rng, n=3000):

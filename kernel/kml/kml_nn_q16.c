@@ -252,6 +252,32 @@ static void kml_q16_adam(struct kml_model *m)
 	}
 }
 
+/*
+ * Keep every layer's rows within what kml_linear_forward_q16() sums in s64
+ * and the loader takes (kml_format.c, kml_q16_rows_fit()): each weight of
+ * a layer with @in_dim inputs at most S32_MAX / in_dim in magnitude, so a
+ * row's sum of |w| stays under 2^31 and, times inputs of at most 2^31 plus
+ * a bias of at most 2^47, under 2^63.  A step that diverges saturates
+ * there instead of at S32_MAX, where three weights of a row wrap the sum
+ * and the model saved cannot be loaded again.
+ */
+static void kml_q16_rows_bound(struct kml_model *m)
+{
+	s32 *p = m->params, lim;
+	u32 l, i, n;
+
+	for (l = 1; l <= m->cfg.n_layers; l++) {
+		lim = S32_MAX / m->cfg.sizes[l - 1];
+		n = m->cfg.sizes[l - 1] * m->cfg.sizes[l];
+		for (i = m->w_off[l - 1]; i < m->w_off[l - 1] + n; i++) {
+			if (p[i] > lim)
+				p[i] = lim;
+			else if (p[i] < -lim)
+				p[i] = -lim;
+		}
+	}
+}
+
 void kml_q16_step(struct kml_model *m)
 {
 	s32 *p = m->params;
@@ -263,6 +289,7 @@ void kml_q16_step(struct kml_model *m)
 
 	if (m->tr->tcfg.optimizer == KML_OPT_ADAM) {
 		kml_q16_adam(m);
+		kml_q16_rows_bound(m);
 		return;
 	}
 	for (i = 0; i < m->n_params; i++) {
@@ -275,5 +302,6 @@ void kml_q16_step(struct kml_model *m)
 		p[i] = kml_sat32((s64)p[i] - upd);
 		g[i] = 0;
 	}
+	kml_q16_rows_bound(m);
 }
 #endif /* KML_HAS_TRAIN */
