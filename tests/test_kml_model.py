@@ -69,28 +69,33 @@ def test_fixed_linear_regression(rng):
     assert mse_q <= mse_ls * 1.05 + 1e-3
 
 
-@pytest.mark.parametrize("sizes", [[8], [6, 5]])
+@pytest.mark.parametrize("sizes", [[8], [6, 5], [4, 9]])
 def test_fixed_training_that_diverges_stays_loadable(rng, sizes):
     """Q16.16 SGD run far too hot saturates its weights. Each layer's weights
-    stop at S32_MAX / in_dim raw units, so a row's sum of |w| stays under 2^31
-    (what the loader's bound and the s64 sums need) and the model saved loads
-    again, predicting the same; at S32_MAX each the loader refused it (EDOM)."""
+    stop at S32_MAX / max(in_dim, out_dim) raw units, so a row's and a column's
+    sum of |w| stay under 2^31 (what the loader's bound and the s64 sums of the
+    forward and backward passes need) and the model saved loads again,
+    predicting the same; at S32_MAX each the loader refused it (EDOM). The
+    MSE loss saturates instead of wrapping: never negative."""
     X = rng.normal(size=(512, sizes[0])) * 100
     y = rng.normal(size=512) * 3e4
     if len(sizes) == 1:
         m = Model.linear(sizes[0], dtype="fixed")
     else:
         m = Model.mlp(sizes[0], hidden=sizes[1:], activation="relu", dtype="fixed")
-    m.fit(X, y, epochs=5, lr=1.0, batch=8, momentum=0.9, optimizer="sgd")
+    losses = m.fit(X, y, epochs=5, lr=1.0, batch=8, momentum=0.9, optimizer="sgd")
+    assert min(losses) >= 0, losses
     raw = np.rint(m.params * 65536).astype(np.int64)
     dims = [sizes[0], *sizes[1:], 1]
     off, saturated = 0, 0
     for n_in, n_out in itertools.pairwise(dims):
+        # [4, 9]: the first layer's bound is set by its 9 outputs (columns)
         w = raw[off : off + n_in * n_out].reshape(n_out, n_in)
         off += (n_in + 1) * n_out
-        lim = (2**31 - 1) // n_in
+        lim = (2**31 - 1) // max(n_in, n_out)
         assert np.abs(w).max() <= lim
         assert (np.abs(w).sum(axis=1) < 2**31).all()
+        assert (np.abs(w).sum(axis=0) < 2**31).all()
         saturated += int((np.abs(w) == lim).sum())
     assert saturated, "the step did not diverge: the test tests nothing"
     again = Model.from_bytes(m.to_bytes())

@@ -116,6 +116,9 @@ static s32 kml_q16_pos_weight(const struct kml_model *m)
 		KML_Q16_ONE;
 }
 
+/* An MSE sum that kml_rshift_round() of its mean cannot overflow. */
+#define KML_Q16_LOSS_SUM_MAX	(S64_MAX >> 1)
+
 void kml_q16_forward(struct kml_model *m, const s32 *x, u32 n, const s32 *y,
 		     s32 *loss)
 {
@@ -151,8 +154,18 @@ void kml_q16_forward(struct kml_model *m, const s32 *x, u32 n, const s32 *y,
 			       (s64)(KML_Q16_ONE - y[i]) *
 			       kml_q16_log(KML_Q16_ONE - q);
 		} else {
+			/*
+			 * |d| reaches 2^32 in a run that diverges, where d * d
+			 * wraps: cap it and the sum, whose mean saturates to
+			 * S32_MAX long before either cap.
+			 */
 			d = (s64)out[i] - y[i];
-			acc += d * d;
+			if (d < 0)
+				d = -d;
+			if (d > S32_MAX)
+				d = S32_MAX;
+			acc = acc > KML_Q16_LOSS_SUM_MAX - d * d ?
+			      KML_Q16_LOSS_SUM_MAX : acc + d * d;
 		}
 	}
 	*loss = kml_sat32(kml_rshift_round(kml_div_s64(acc, cnt ? cnt : 1), 16));
@@ -254,21 +267,25 @@ static void kml_q16_adam(struct kml_model *m)
 
 /*
  * Keep every layer's rows within what kml_linear_forward_q16() sums in s64
- * and the loader takes (kml_format.c, kml_q16_rows_fit()): each weight of
- * a layer with @in_dim inputs at most S32_MAX / in_dim in magnitude, so a
- * row's sum of |w| stays under 2^31 and, times inputs of at most 2^31 plus
- * a bias of at most 2^47, under 2^63.  A step that diverges saturates
- * there instead of at S32_MAX, where three weights of a row wrap the sum
- * and the model saved cannot be loaded again.
+ * and the loader takes (kml_format.c, kml_q16_rows_fit()), and its columns
+ * within what the backward pass sums for the input gradient: each weight
+ * of a layer at most S32_MAX / max(in_dim, out_dim) in magnitude, so a
+ * row's or a column's sum of |w| stays under 2^31 and, times values of at
+ * most 2^31 plus a bias of at most 2^47, under 2^63.  A step that diverges
+ * saturates there instead of at S32_MAX, where three weights of a row
+ * wrap the sum and the model saved cannot be loaded again.
  */
 static void kml_q16_rows_bound(struct kml_model *m)
 {
-	s32 *p = m->params, lim;
-	u32 l, i, n;
+	s32 *p = m->params;
+	u32 l, i, n, in, out;
+	s32 lim;
 
 	for (l = 1; l <= m->cfg.n_layers; l++) {
-		lim = S32_MAX / m->cfg.sizes[l - 1];
-		n = m->cfg.sizes[l - 1] * m->cfg.sizes[l];
+		in = m->cfg.sizes[l - 1];
+		out = m->cfg.sizes[l];
+		lim = S32_MAX / (in > out ? in : out);
+		n = in * out;
 		for (i = m->w_off[l - 1]; i < m->w_off[l - 1] + n; i++) {
 			if (p[i] > lim)
 				p[i] = lim;
