@@ -376,3 +376,11 @@ def test_the_bindings_constants_are_the_headers() -> None:
     assert min_class and max_lg, "kml_dd_calib.h: the defines moved or changed form"
     assert int(min_class.group(1)) == kml_deadline.DD_CAL_MIN_CLASS
     assert int(max_lg.group(1)) << int(max_lg.group(2)) == kml_deadline.DD_CAL_MAX_LG
+
+
+def test_counts_past_u32_are_refused_not_cut_short():
+    """KML's calls take a u32 count, and ctypes would pass 2^32 + 5 rows as 5:
+    a count past U32_MAX is refused before anything is allocated for it."""
+    assert kml_deadline._u32_count(0xFFFFFFFF) == 0xFFFFFFFF
+    with pytest.raises(ValueError, match="at most 4294967295"):
+        kml_deadline._u32_count(0x100000005)
