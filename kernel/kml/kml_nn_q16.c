@@ -156,7 +156,7 @@ void kml_q16_forward(struct kml_model *m, const s32 *x, u32 n, const s32 *y,
 		} else {
 			/*
 			 * |d| reaches 2^32 in a run that diverges, where d * d
-			 * wraps: cap it and the sum.  With up to 2^15 outputs
+			 * wraps: cap it and the sum.  With under 2^15 outputs
 			 * in the batch the loss has saturated to S32_MAX before
 			 * either cap is reached, so the caps change no value.
 			 */
