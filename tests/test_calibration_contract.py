@@ -37,6 +37,7 @@ from kmlbench.kml.deadline import (
     dd_permille,
     dd_residuals,
 )
+from kmlbench.kml.ffi import u32_count
 from kmlbench.kml.model import Model
 from kmlbench.paths import KML_SRC_DIR, cache_dir
 
@@ -381,6 +382,6 @@ def test_the_bindings_constants_are_the_headers() -> None:
 def test_counts_past_u32_are_refused_not_cut_short():
     """KML's calls take a u32 count, and ctypes would pass 2^32 + 5 rows as 5:
     a count past U32_MAX is refused before anything is allocated for it."""
-    assert kml_deadline._u32_count(0xFFFFFFFF) == 0xFFFFFFFF
+    assert u32_count(0xFFFFFFFF) == 0xFFFFFFFF
     with pytest.raises(ValueError, match="at most 4294967295"):
-        kml_deadline._u32_count(0x100000005)
+        u32_count(0x100000005)

@@ -276,7 +276,7 @@ static void kml_q16_adam(struct kml_model *m)
  * saturates there instead of at S32_MAX, where three weights of a row
  * wrap the sum and the model saved cannot be loaded again.
  */
-static void kml_q16_rows_bound(struct kml_model *m)
+static void kml_q16_weights_bound(struct kml_model *m)
 {
 	s32 *p = m->params;
 	u32 l, i, n, in, out;
@@ -307,7 +307,7 @@ void kml_q16_step(struct kml_model *m)
 
 	if (m->tr->tcfg.optimizer == KML_OPT_ADAM) {
 		kml_q16_adam(m);
-		kml_q16_rows_bound(m);
+		kml_q16_weights_bound(m);
 		return;
 	}
 	for (i = 0; i < m->n_params; i++) {
@@ -320,6 +320,6 @@ void kml_q16_step(struct kml_model *m)
 		p[i] = kml_sat32((s64)p[i] - upd);
 		g[i] = 0;
 	}
-	kml_q16_rows_bound(m);
+	kml_q16_weights_bound(m);
 }
 #endif /* KML_HAS_TRAIN */

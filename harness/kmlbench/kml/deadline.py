@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kmlbench.kml.ffi import CalResult, f32, lib, ptr
+from kmlbench.kml.ffi import CalResult, f32, lib, ptr, u32_count
 
 __all__ = [
     "CAL_STATUS",
@@ -73,13 +73,6 @@ class Calibration:
     auc: float
 
 
-def _u32_count(n: int) -> int:
-    """``n`` as the u32 count KML's calls take; ctypes would cut a larger one short."""
-    if n > 0xFFFFFFFF:
-        raise ValueError(f"{n} rows: KML takes at most {0xFFFFFFFF} in one call")
-    return n
-
-
 def _dd_samples(rows: npt.ArrayLike) -> npt.NDArray[Any]:
     arr = np.ascontiguousarray(rows)
     fields = set(arr.dtype.names or ())
@@ -98,7 +91,7 @@ def dd_targets(rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
     samples = _dd_samples(rows)
     y = np.empty(len(samples), np.float32)
     if len(samples):
-        lib().kml_dd_targets(ptr(samples), _u32_count(len(samples)), ptr(y))
+        lib().kml_dd_targets(ptr(samples), u32_count(len(samples)), ptr(y))
     return y
 
 
@@ -111,7 +104,7 @@ def dd_residuals(y_hat: npt.ArrayLike, rows: npt.ArrayLike) -> npt.NDArray[Any]:
         raise ValueError(f"{y.shape[0]} predictions for {len(samples)} rows")
     out = np.empty(len(samples), DD_RESID)
     if len(samples):
-        lib().kml_dd_residuals(ptr(y), ptr(samples), _u32_count(len(samples)), ptr(out))
+        lib().kml_dd_residuals(ptr(y), ptr(samples), u32_count(len(samples)), ptr(out))
     return out
 
 
@@ -119,7 +112,7 @@ def dd_calibrate(resid: npt.ArrayLike) -> Calibration:
     """KML's calibration (``kml_dd_cal_fit``) on residuals (``DD_RESID``): the
     threshold of best balanced accuracy, or why there is none, and the figures."""
     res = np.ascontiguousarray(resid, DD_RESID)
-    n = _u32_count(len(res))
+    n = u32_count(len(res))
     scratch = np.empty_like(res)
     out = CalResult()
     ok = bool(lib().kml_dd_cal_fit(ptr(res), n, ptr(scratch), C.byref(out)))

@@ -200,6 +200,14 @@ def q32(x: float) -> int:
     return round(float(x) * 2**32)
 
 
+def u32_count(n: int) -> int:
+    """``n`` as the u32 row count KML's calls take; ctypes would cut a larger
+    one short (2^32 + 5 rows passed as 5), so it is refused."""
+    if n > 0xFFFFFFFF:
+        raise ValueError(f"{n} rows: KML takes at most {0xFFFFFFFF} in one call")
+    return n
+
+
 def ptr(a: npt.NDArray[Any]) -> int:
     """The address of an array's data, for a ``void *`` argument."""
     return int(a.ctypes.data)

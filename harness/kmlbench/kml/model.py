@@ -38,6 +38,7 @@ from kmlbench.kml.ffi import (
     ptr,
     q32,
     to_q16,
+    u32_count,
 )
 
 __all__ = ["Model"]
@@ -216,6 +217,7 @@ class Model:
             X = X.reshape(1, -1) if X.size == n_in else X.reshape(-1, 1)
         if X.ndim != 2 or X.shape[1] != n_in:
             raise ValueError(f"X must have shape (n, {n_in}), got {X.shape}")
+        u32_count(X.shape[0])
         return to_q16(X) if self._fixed else f32(X)
 
     def _target(self, y: npt.ArrayLike, n: int) -> np.ndarray:
