@@ -3,11 +3,13 @@ fixed-point path against float, normalisation, save/load, footprint."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 
 import numpy as np
 import pytest
 
+from kmlbench.kml import ffi
 from kmlbench.kml.ffi import KmlError
 from kmlbench.kml.model import Model
 
@@ -305,3 +307,68 @@ def test_concurrent_first_predictions_on_a_fresh_model(rng, monkeypatch):
         for i in range(n_threads):
             for y in got[i]:
                 np.testing.assert_array_equal(y, expected[i])
+
+
+def _file_arrays(data: bytes, n_in: int, q16: bool):
+    """A model file's norm block and parameters (docs/kml.md, "Model file format")."""
+    p = 64 + 8
+    mean = np.frombuffer(data, "<i4" if q16 else "<f4", n_in, p)
+    p += 4 * n_in
+    var = np.frombuffer(data, "<i8" if q16 else "<f4", n_in, p)
+    if not q16:  # f32 bits, then 4 zero bytes
+        var = np.frombuffer(data, "<f4", 2 * n_in, p)[0::2]
+    p += 8 * n_in
+    params = np.frombuffer(data, "<i4" if q16 else "<f4", (len(data) - 4 - p) // 4, p)
+    return mean, var, params
+
+
+def test_float_file_to_q16_rounds_as_rint_and_saturates(rng):
+    """kml_model_file_to_q16 (integer code, in the kernel trainer and kmlctl):
+    every weight, bias and mean is rint(v * 2^16), ties to even, saturated
+    to s32, and every variance the same within [0, 2^47]; checked against
+    NumPy in float64, which holds any float times 2^16 exactly, on halves of
+    a unit of both parities, subnormals, values past the range and random
+    ones. A model's copy loads and predicts alike; a file that is not a float
+    model, whose CRC is wrong or that holds a NaN is refused."""
+    n_in = 4
+    m = Model.mlp(n_in, hidden=[16], normalize=True, seed=5)
+    # features of std 0.01 to 1e5: the last one's variance saturates
+    m.norm_update(rng.normal(3.0, [1e-2, 1.0, 300.0, 1e5], size=(500, n_in)))
+    ties = np.arange(-20, 21) + 0.5  # half a unit, both parities
+    special = [*ties / 65536, 1e-40, -1e-40, 32767.99999, 40000.0, -40000.0, 3e38, -3e38]
+    values = np.concatenate([special, rng.normal(0, 3, m.n_params - len(special))])
+    m.params = values
+    data = m.to_bytes()
+    out = ffi.model_file_to_q16(data)
+    mean_f, var_f, params_f = _file_arrays(data, n_in, q16=False)
+    mean_q, var_q, params_q = _file_arrays(out, n_in, q16=True)
+
+    def rint(v, lo, hi):
+        return np.clip(np.rint(v.astype(np.float64) * 65536), lo, hi).astype(np.int64)
+
+    np.testing.assert_array_equal(params_q, rint(params_f, -(2**31), 2**31 - 1))
+    np.testing.assert_array_equal(params_q, ffi.to_q16(params_f))
+    np.testing.assert_array_equal(mean_q, rint(mean_f, -(2**31), 2**31 - 1))
+    np.testing.assert_array_equal(var_q, rint(var_f, 0, 2**47))
+    assert var_q[-1] == 2**47 and 0 < var_q[0] < 2**16
+    # the ties go to even: -1.5 -> -2, -0.5 -> 0, 0.5 -> 0, 1.5 -> 2, 2.5 -> 2
+    assert list(params_q[18:23]) == [-2, 0, 0, 2, 2], params_q[18:23]
+    assert list(params_q[41:48]) == [0, 0, 2**31 - 1, 2**31 - 1, -(2**31), 2**31 - 1, -(2**31)]
+    # saturated weights sum past what a Q16.16 row may (the loader refuses
+    # that): a model of ordinary weights, on inputs within Q16.16's range
+    m = Model.mlp(n_in, hidden=[16], normalize=True, seed=6)
+    X = rng.normal(3.0, [0.5, 1.0, 30.0, 300.0], size=(500, n_in))
+    m.norm_update(X)
+    m.params = rng.normal(0, 0.3, m.n_params)
+    q = Model.from_bytes(ffi.model_file_to_q16(m.to_bytes()))
+    assert q.dtype == "fixed" and q.sizes == m.sizes
+    np.testing.assert_allclose(q.predict(X), m.predict(X), atol=0.01)
+    m.params = np.where(np.arange(m.n_params) == 7, np.nan, values)
+    for bad, err in [
+        (out, errno.EINVAL),
+        (data[:-1] + bytes([data[-1] ^ 1]), errno.EBADMSG),
+        (m.to_bytes(), errno.EDOM),
+    ]:
+        with pytest.raises(KmlError) as e:
+            ffi.model_file_to_q16(bad)
+        assert e.value.errno == err

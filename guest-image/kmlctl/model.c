@@ -6,7 +6,6 @@
 #include "kmlctl.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,20 +74,6 @@ int model_warm(const char *path, u32 n_in, struct kml_model **m)
 	return model_load_file(path, n_in, "the samples need", true, m, &cfg);
 }
 
-/*
- * rint(v * 2^16), saturated to [lo, hi]; -EDOM for NaN or an infinity,
- * which the kernel's loader refuses in a float model too
- */
-static int q16_of(float v, long long lo, long long hi, long long *out)
-{
-	double x = rint((double)v * KML_Q16_ONE);
-
-	if (!isfinite(x))
-		return -EDOM;
-	*out = x < (double)lo ? lo : x > (double)hi ? hi : (long long)x;
-	return 0;
-}
-
 void put_le32(u8 *p, u32 v)
 {
 	p[0] = v;
@@ -102,72 +87,16 @@ void model_file_recrc(u8 *buf, size_t len)
 	put_le32(buf + len - 4, kml_crc32(0, buf, len - 4));
 }
 
-/* @n float values at @p, each as its Q16.16 s32 in place */
-static int q16_values(u8 *p, u32 n)
-{
-	long long q;
-	u32 i;
-	float f;
-	s32 v;
-
-	for (i = 0; i < n; i++, p += 4) {
-		memcpy(&f, p, 4);
-		if (q16_of(f, S32_MIN, S32_MAX, &q))
-			return -EDOM;
-		v = (s32)q;
-		memcpy(p, &v, 4);
-	}
-	return 0;
-}
-
 /*
- * Rewrite a float model file (kml_model_save()'s, @len bytes at @buf) in
- * place as the same model in Q16.16, for a kernel without float models
- * (CONFIG_KML_FLOAT=n).  Both dtypes lay out the payload alike (docs/kml.md,
- * "Model file format"): each weight, bias and mean becomes its value
- * rounded to 16 fraction bits and saturated, as kmlbench.kml.ffi.to_q16()
- * makes them; each variance (float bits, then 4 zero bytes) an s64 in
- * Q16.16 units, within the loader's bound (KML_Q16_VAR_MAX, 2^47).  The
- * CRC is made again.  0, or -EINVAL (not a float model file) or -EDOM (a
- * value that is not finite).
+ * --publish-dtype fixed: the saved float model as the same model in Q16.16,
+ * in place, by the library's conversion (kml_model_file_to_q16(), which the
+ * kernel trainer's ktrainer_publish_q16 uses too).  0, or -EINVAL (not a
+ * float model file), -EBADMSG (its CRC) or -EDOM (a value that is not
+ * finite).
  */
 int model_file_to_q16(void *buf, size_t len)
 {
-	u32 norm, n_in, payload, i, u;
-	u8 *h = buf, *p;
-	long long q;
-	float f;
-	s64 w;
-
-	if (len < KML_MODEL_HDR_SIZE + 4)
-		return -EINVAL;
-	memcpy(&u, h + 16, 4);
-	memcpy(&norm, h + 36, 4);
-	memcpy(&n_in, h + 40, 4);
-	memcpy(&payload, h + 60, 4);
-	if (u != KML_F32 || len != (size_t)KML_MODEL_HDR_SIZE + payload + 4 ||
-	    (norm && payload < 8 + 12ULL * n_in))
-		return -EINVAL;
-	p = h + KML_MODEL_HDR_SIZE;
-	if (norm) {
-		p += 8;				/* the count */
-		if (q16_values(p, n_in))	/* the means */
-			return -EDOM;
-		p += 4 * n_in;
-		for (i = 0; i < n_in; i++, p += 8) {
-			memcpy(&f, p, 4);
-			if (q16_of(f, 0, KML_Q16_VAR_MAX, &q))
-				return -EDOM;
-			w = q;
-			memcpy(p, &w, 8);
-		}
-	}
-	/* the weights and biases, to the end of the payload */
-	if (q16_values(p, (h + KML_MODEL_HDR_SIZE + payload - p) / 4))
-		return -EDOM;
-	put_le32(h + 16, KML_Q16);
-	model_file_recrc(h, len);
-	return 0;
+	return kml_model_file_to_q16(buf, len);
 }
 
 /* Serialise the model; the caller frees. */

@@ -228,6 +228,8 @@ KML_API size_t kml_model_file_size(const struct kml_model *m);
 KML_API long kml_model_save(const struct kml_model *m, void *buf, size_t cap);
 /* Validates everything; returns 0 or -EINVAL/-EBADMSG/-E2BIG/-ENOMEM/... */
 KML_API int kml_model_load(const void *buf, size_t len, struct kml_model **out);
+/* A float model file as the same model in Q16.16, in place (kml_format.c). */
+KML_API int kml_model_file_to_q16(void *buf, size_t len);
 
 /* ---------------------------------------------------------------- ring */
 

@@ -122,6 +122,113 @@ static bool kml_f32_bits_finite(u32 u)
 }
 
 /*
+ * The float with bits @u in Q16.16, rint(v * 2^16) (to nearest, ties to
+ * even) saturated to [@lo, @hi], into *@out; -EDOM for NaN or an infinity.
+ * In integers, exactly: v * 2^16 is m * 2^s for the 24-bit significand m,
+ * and rint() in double (which holds any float times 2^16 exactly) is the
+ * same rounding.  Saturates from s >= 25 on: m >= 2^23 makes that 2^48 or
+ * more, past any @hi the callers pass (S32_MAX, KML_Q16_VAR_MAX).
+ */
+static int kml_f32_bits_to_q16(u32 u, s64 lo, s64 hi, s64 *out)
+{
+	u32 e = (u >> 23) & 0xff, m = (u & 0x7fffff) | 0x800000, rest, half;
+	int s = (int)e - 134;		/* v * 2^16 = m * 2^s */
+	s64 q;
+
+	if (!kml_f32_bits_finite(u))
+		return -EDOM;
+	if (!e || s < -25) {
+		q = 0;			/* under a quarter: rounds to 0 */
+	} else if (s >= 25) {
+		q = S64_MAX;		/* saturated below */
+	} else if (s >= 0) {
+		q = (s64)m << s;
+	} else {
+		rest = m & ((1U << -s) - 1);
+		half = 1U << (-s - 1);
+		q = m >> -s;
+		if (rest > half || (rest == half && (q & 1)))
+			q++;
+	}
+	if (u >> 31)
+		q = -q;
+	*out = q < lo ? lo : q > hi ? hi : q;
+	return 0;
+}
+
+/* @n float values at @p, each its Q16.16 s32 in place; -EDOM as above */
+static int kml_f32_file_values_to_q16(u8 *p, u32 n)
+{
+	s64 q;
+	u32 i;
+
+	for (i = 0; i < n; i++, p += 4) {
+		if (kml_f32_bits_to_q16(kml_get32(p), S32_MIN, S32_MAX, &q))
+			return -EDOM;
+		kml_put32(p, (u32)(s32)q);
+	}
+	return 0;
+}
+
+/*
+ * Rewrite a float model file (kml_model_save()'s, @len bytes at @buf) in
+ * place as the same model in Q16.16, for a kernel that runs Q16.16 models
+ * faster or has no float ones: each weight, bias and mean becomes its
+ * value rounded to 16 fraction bits and saturated, as
+ * kmlbench.kml.ffi.to_q16() makes them; each variance (float bits, then 4
+ * zero bytes) an s64 in Q16.16 units within the loader's [0,
+ * KML_Q16_VAR_MAX].  Both dtypes lay out the payload alike, so only the
+ * values, the dtype and the CRC change.  Integer code: no FPU section.
+ * 0; -EINVAL for what is not a float model file of consistent sizes,
+ * -EBADMSG for a CRC that does not match, -EDOM for a value that is not
+ * finite (the buffer is then partly rewritten); -EOPNOTSUPP in a kernel
+ * without CONFIG_KML_TRAIN, where nothing saves a model to convert.
+ */
+int kml_model_file_to_q16(void *buf, size_t len)
+{
+	u32 norm, n_in, payload, i;
+	u8 *h = buf, *p, *end;
+	s64 q;
+
+	if (!KML_HAS_TRAIN)
+		return -EOPNOTSUPP;
+	if (!buf || len < KML_MODEL_HDR_SIZE + 4 ||
+	    kml_get32(h) != KML_MODEL_MAGIC ||
+	    kml_get32(h + 8) != KML_MODEL_HDR_SIZE ||
+	    kml_get32(h + 16) != KML_F32)
+		return -EINVAL;
+	norm = kml_get32(h + 36);
+	n_in = kml_get32(h + 40);
+	payload = kml_get32(h + 60);
+	if (len != (size_t)KML_MODEL_HDR_SIZE + payload + 4 || payload % 4 ||
+	    (norm && payload < 8 + 12ULL * n_in))
+		return -EINVAL;
+	if (kml_crc32(0, buf, len - 4) != kml_get32(h + len - 4))
+		return -EBADMSG;
+	p = h + KML_MODEL_HDR_SIZE;
+	end = p + payload;
+	if (norm) {
+		p += 8;					/* the count */
+		if (kml_f32_file_values_to_q16(p, n_in))	/* the means */
+			return -EDOM;
+		p += 4 * n_in;
+		for (i = 0; i < n_in; i++, p += 8) {
+			if (kml_f32_bits_to_q16(kml_get32(p), 0, KML_Q16_VAR_MAX,
+						&q))
+				return -EDOM;
+			kml_put64(p, (u64)q);
+		}
+	}
+	/* the weights and biases, to the end of the payload */
+	if (kml_f32_file_values_to_q16(p, (end - p) / 4))
+		return -EDOM;
+	kml_put32(h + 16, KML_Q16);
+	kml_put32(h + len - 4, kml_crc32(0, buf, len - 4));
+	return 0;
+}
+EXPORT_SYMBOL_GPL(kml_model_file_to_q16);
+
+/*
  * Whether every output of a Q16.16 model's layers sums within s64 whatever
  * its inputs (each at most 2^31 units, as s32 saturation leaves them):
  * |b| 2^16 + sum |w| 2^31 < 2^63.  kml_linear_forward_q16() accumulates in

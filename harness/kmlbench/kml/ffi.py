@@ -19,7 +19,16 @@ import numpy.typing as npt
 
 from kmlbench.kml.build import build_libkml
 
-__all__ = ["CalResult", "FeatIn", "FeatState", "KmlError", "from_q16", "lib", "to_q16"]
+__all__ = [
+    "CalResult",
+    "FeatIn",
+    "FeatState",
+    "KmlError",
+    "from_q16",
+    "lib",
+    "model_file_to_q16",
+    "to_q16",
+]
 
 # enum kml_dtype, enum kml_act and KML_MAX_LAYERS (kernel/kml/kml.h)
 KML_F32, KML_Q16 = 0, 1
@@ -135,6 +144,7 @@ _SIGS: dict[str, tuple[Any, list[Any]]] = {
     "kml_model_file_size": (C.c_size_t, [_P]),
     "kml_model_save": (C.c_long, [_P, _P, C.c_size_t]),
     "kml_model_load": (_INT, [_P, C.c_size_t, C.POINTER(_P)]),
+    "kml_model_file_to_q16": (_INT, [_P, C.c_size_t]),
     "kml_crc32": (_U32, [_U32, _P, C.c_size_t]),
     "kml_math_apply": (_INT, [_U32, _U32, _P, _P, _U32]),
     "kml_linear_forward": (None, [FP, FP, FP, FP, _U32, _U32, _U32]),
@@ -227,6 +237,16 @@ def to_q16(a: npt.ArrayLike) -> npt.NDArray[np.int32]:
     """Float array -> Q16.16 int32 (rounded, saturated)."""
     x = np.asarray(a, dtype=np.float64) * Q16_ONE
     return np.ascontiguousarray(np.clip(np.rint(x), -(2**31), 2**31 - 1).astype(np.int32))
+
+
+def model_file_to_q16(data: bytes) -> bytes:
+    """A float model file as the same model in Q16.16 (``kml_model_file_to_q16``,
+    the conversion kmlctl's ``--publish-dtype fixed`` and the kernel trainer's
+    ``ktrainer_publish_q16`` make): each weight, bias and mean as
+    :func:`to_q16` rounds it. Raises :class:`KmlError` (EINVAL, EBADMSG, EDOM)."""
+    buf = C.create_string_buffer(bytes(data), len(data))
+    check(int(lib().kml_model_file_to_q16(buf, len(data))), "float model file to Q16.16")
+    return buf.raw
 
 
 def from_q16(a: npt.ArrayLike) -> npt.NDArray[np.float64]:
