@@ -1231,6 +1231,7 @@ static s64 kml_dd_score_auc_ppm(void)
 
 static int kml_dd_stats_show(struct seq_file *m, void *v)
 {
+	struct kml_dd_model *dm;
 	unsigned int i;
 	u64 n;
 
@@ -1239,6 +1240,13 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   rcu_access_pointer(kml_dd.model) ? 1 : 0);
 	seq_printf(m, "model_generation %llu\n",
 		   READ_ONCE(kml_dd.model_generation));
+	/* the model in use, and whether it runs compiled (kml_dd_fast) */
+	rcu_read_lock();
+	dm = rcu_dereference(kml_dd.model);
+	seq_printf(m, "model_dtype %s\n", !dm ? "none" :
+		   dm->dtype == KML_Q16 ? "fixed" : "float32");
+	seq_printf(m, "model_compiled %d\n", dm && dm->fast);
+	rcu_read_unlock();
 	/*
 	 * queues whose kml_mode is not off: while 0, mq-deadline's tests of
 	 * the key are nops

@@ -9,8 +9,9 @@
  * popped and skipped in drop mode) and in CPU share (it sleeps in
  * proportion to the time it trained).  Like the user trainer, it scores
  * each batch before training on it and, at each publish, recalibrates
- * decision_permille on those prequential scores.  Start and stop it with
- * /sys/module/kml/parameters/ktrainer.
+ * decision_permille on those prequential scores.  With
+ * ktrainer_publish_q16 it publishes a Q16.16 copy of its float model.
+ * Start and stop it with /sys/module/kml/parameters/ktrainer.
  */
 #include <linux/kthread.h>
 #include <linux/moduleparam.h>
@@ -41,6 +42,18 @@ module_param(ktrainer_calibrate, bool, 0644);
 MODULE_PARM_DESC(ktrainer_calibrate,
 		 "kernel trainer: recalibrate decision_permille at each publish");
 
+/*
+ * Publish a Q16.16 copy of the float model it trains, which mq-deadline
+ * compiles into integer dot products if it is small enough
+ * (kml_dd_fast_compile()): a fresh model is then KML_DD_FAST_HIDDEN units
+ * wide, not KML_KT_HIDDEN, so that every request's prediction costs a few
+ * hundred instructions, not a float forward pass.  Read when it starts.
+ */
+static bool ktrainer_publish_q16;
+module_param(ktrainer_publish_q16, bool, 0644);
+MODULE_PARM_DESC(ktrainer_publish_q16,
+		 "kernel trainer: publish in Q16.16, fresh models 8 units wide");
+
 #define KML_KT_BATCH	32
 #define KML_KT_HIDDEN	16
 #define KML_KT_IDLE_MS	5
@@ -62,12 +75,17 @@ struct kml_ktrain {
 	u64 owed_sleep_ns;		/* CPU cap */
 	u64 since_publish;
 	bool fresh;			/* not warm-started, no step yet */
+	bool publish_q16;		/* ktrainer_publish_q16 at the start */
 };
 
 static struct task_struct *kml_kt_task;	/* under kml_kt_lock */
 static DEFINE_MUTEX(kml_kt_lock);
 
-/* Warm start from the model in use if there is one, else a fresh MLP. */
+/*
+ * Warm start from the float model in use if there is one (it trains in
+ * float: a Q16.16 one, its own copy from an earlier run among them, is
+ * not), else a fresh MLP.
+ */
 static int kml_kt_model(struct kml_ktrain *kt)
 {
 	struct kml_train_cfg tc = {
@@ -88,6 +106,9 @@ static int kml_kt_model(struct kml_ktrain *kt)
 	long len;
 	int ret;
 
+	kt->publish_q16 = READ_ONCE(ktrainer_publish_q16);
+	if (kt->publish_q16)
+		mc.sizes[1] = KML_DD_FAST_HIDDEN;
 	kt->file_cap = KML_MODEL_MAX_FILE;
 	kt->file = kvmalloc(kt->file_cap, GFP_KERNEL);
 	if (!kt->file)
@@ -178,12 +199,21 @@ static void kml_kt_calibrate(struct kml_ktrain *kt)
 	kml_dd_stat_inc(KML_DD_S_KTRAINER_CALIBRATIONS);
 }
 
+/*
+ * Publish the model, or its Q16.16 copy: a value the copy cannot hold (not
+ * finite) is refused as the loader would refuse it, and counted so.
+ */
 static void kml_kt_publish(struct kml_ktrain *kt)
 {
 	long len = kml_model_save(kt->model, kt->file, kt->file_cap);
 
-	if (len > 0)
-		kml_dd_publish(kt->file, len);
+	if (len <= 0)
+		return;
+	if (kt->publish_q16 && kml_model_file_to_q16(kt->file, len)) {
+		kml_dd_stat_inc(KML_DD_S_UPDATES_REFUSED);
+		return;
+	}
+	kml_dd_publish(kt->file, len);
 }
 
 static void kml_kt_step(struct kml_ktrain *kt, u32 n)
