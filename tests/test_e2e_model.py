@@ -86,7 +86,8 @@ axes:
     - {{mode: observe, model_file: {shipped}, decision_permille: 1000}}
     - {{mode: active, model_file: {model}, decision_permille: {permille}}}
     - {{mode: active, trainer: user, ring_mode: drop, publish_every: 256}}
-    - {{mode: observe, trainer: kernel, ring_mode: drop, publish_every: 256, cpu_pct: 50}}
+    - {{mode: observe, trainer: kernel, ring_mode: drop, publish_every: 256, cpu_pct: 50,
+       publish_dtype: fixed}}
 """
 
 
@@ -220,6 +221,10 @@ def test_trainers_train_and_hand_back_their_outputs(model_run) -> None:
         assert counters["predictions"] > 0, counters  # its published models predict
         # it recalibrated the meet/miss threshold
         assert counters["ktrainer_calibrations"] >= 1, counters
+        # it published Q16.16 copies (publish_dtype: fixed), which mq-deadline
+        # runs compiled into integer dot products
+        assert kernel["kml_stats"]["settings"]["model_dtype"] == "fixed", kernel["kml_stats"]
+        assert counters["model_compiled"] == 1, counters
 
 
 def test_model_metrics_reach_the_database(model_run) -> None:

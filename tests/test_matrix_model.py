@@ -168,6 +168,12 @@ def test_exclude_by_model_field(tmp_path: Path) -> None:
             "axes.model[0].sample_unclaimed",
             "true or false",
         ),
+        (
+            "{mode: observe, trainer: kernel, publish_dtype: half}",
+            6,
+            "axes.model[0].publish_dtype",
+            "one of float32, fixed",
+        ),
         ("[]", 6, "axes.model", "non-empty list"),
     ],
 )
@@ -547,3 +553,56 @@ def test_an_option_whose_kconfig_dependency_is_off_is_left_out_too(tmp_path: Pat
     again.write_text("CONFIG_KML=y\n")
     frag.write_text("# CONFIG_KML is not set\n")
     assert "CONFIG_KML_IOSCHED" not in plan_kernel.options_left_out([frag, again])
+
+
+def test_publish_dtype_is_recorded_for_a_trainer_that_publishes_fixed(tmp_path: Path) -> None:
+    """``publish_dtype``: recorded only with a trainer and when ``fixed``, so
+    cells from before the key keep their ids; the set-up tells each trainer."""
+    m = load(
+        tmp_path,
+        HEAD + "  model:\n    - {mode: observe, trainer: [none, kernel, user], "
+        "publish_dtype: [float32, fixed]}\n",
+    )
+    got = sorted(
+        (
+            (c.params["model"]["trainer"], c.params["model"].get("publish_dtype"))
+            for c in m.cells
+            if c.params["scheduler"]["name"] == "mq-deadline"
+        ),
+        key=repr,
+    )
+    want = [
+        ("kernel", None),
+        ("kernel", "fixed"),
+        ("none", None),
+        ("user", None),
+        ("user", "fixed"),
+    ]
+    assert got == sorted(want, key=repr)
+    for trainer in ("kernel", "user"):
+        old = load(tmp_path, HEAD + f"  model: [{{mode: active, trainer: {trainer}}}]\n")
+        explicit = load(
+            tmp_path,
+            HEAD + f"  model: [{{mode: active, trainer: {trainer}, publish_dtype: float32}}]\n",
+        )
+        assert {c.id for c in old.cells} == {c.id for c in explicit.cells}
+    dev = device.BlockDevice("nullb0")
+    param = "/sys/module/kml/parameters/ktrainer_publish_q16"
+    for model, want in [
+        ({}, f"echo 0 > {param}"),
+        ({"publish_dtype": "fixed"}, f"echo 1 > {param}"),
+    ]:
+        script = kml_setup_script(
+            {"mode": "observe", "trainer": "kernel", **model}, dev, trainer_seconds=1
+        )
+        assert want in script
+    for dtype, told in [("float32", False), ("fixed", True)]:
+        script = kml_setup_script(
+            {"mode": "observe", "trainer": "user", "publish_dtype": dtype}, dev, trainer_seconds=1
+        )
+        assert ("--publish-dtype fixed" in script) == told
+        assert "kmlctl train" in script and "--publish-dtype float32" not in script
+    with pytest.raises(device.DeviceError, match="kml publish_dtype 'half'"):
+        kml_setup_script(
+            {"mode": "observe", "trainer": "user", "publish_dtype": "half"}, dev, trainer_seconds=1
+        )

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from kmlbench import __version__
 from kmlbench.errors import NotADatabase
+from kmlbench.plan.schema import MODEL_DTYPE_DEFAULT, MODEL_DTYPES
 
 ACCELS = ("auto", "kvm", "tcg")
 Adder = Callable[[argparse.ArgumentParser], None]
@@ -288,8 +289,8 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument(
         "--dtype",
-        choices=("float32", "fixed"),
-        default="float32",
+        choices=MODEL_DTYPES,
+        default=MODEL_DTYPE_DEFAULT,
         help="float32, or fixed: a Q16.16 model the kernel runs without the FPU",
     )
 

@@ -46,6 +46,8 @@ from kmlbench.cell.workload import insn_per_us
 from kmlbench.data import kmlstats
 from kmlbench.plan.schema import (
     ALL_GEOMETRY_PARAMS,
+    MODEL_DTYPE_DEFAULT,
+    MODEL_DTYPES,
     MODEL_FIELDS,
     MODEL_MODES,
     MODEL_SCHEDULER,
@@ -74,6 +76,7 @@ _KML_CHOICES = {
     "sample_filter": SAMPLE_FILTERS,
     "trainer": TRAINERS,
     "policy": POLICIES,
+    "publish_dtype": MODEL_DTYPES,
 }
 
 
@@ -129,6 +132,11 @@ def trainer_seconds(workload: Mapping[str, Any]) -> float:
 # --- guest scripts --------------------------------------------------------------------
 
 
+def _publish_dtype(model: Mapping[str, Any]) -> str:
+    """The dtype the cell's trainer publishes (recorded only when not the default)."""
+    return str(model.get("publish_dtype", MODEL_DTYPE_DEFAULT))
+
+
 def _kml_check(model: Mapping[str, Any]) -> tuple[str, str, str]:
     mode = model.get("mode")
     if mode not in KML_MODES:
@@ -181,12 +189,15 @@ def kml_setup_script(
         load = render.lines("kml-load.sh", {"MODEL_FILE": str(model.get("model_file"))})
     trainer_lines: list[str] = []
     if trainer == "kernel":
+        q16 = _publish_dtype(model) != MODEL_DTYPE_DEFAULT
         trainer_lines = render.lines(
             "kml-ktrainer.sh",
             {
                 "RATE": str(int(model.get("rate", _default("rate")))),
                 "CPU_PCT": str(int(model.get("cpu_pct", _default("cpu_pct")))),
                 "PUBLISH_EVERY": str(int(model.get("publish_every", _default("publish_every")))),
+                "PUBLISH_Q16": "1" if q16 else "0",
+                "PUBLISH_Q16_YN": "Y" if q16 else "N",
             },
         )
     elif trainer == "user":
@@ -198,6 +209,8 @@ def kml_setup_script(
             "--seconds", f"{trainer_seconds:g}",
             "--save", GUEST_TRAINED, "--curve", GUEST_CURVE,
         ]  # fmt: skip
+        if _publish_dtype(model) != MODEL_DTYPE_DEFAULT:  # kmlctl's default is the matrix's
+            args += ["--publish-dtype", _publish_dtype(model)]
         if warm_uploaded:
             args += ["--warm", GUEST_WARM]
         trainer_lines = _background(args, GUEST_TRAINER_LOG, GUEST_TRAINER_PID, "kmlctl train")

@@ -40,6 +40,7 @@ from kmlbench.kml.ffi import (
     to_q16,
     u32_count,
 )
+from kmlbench.plan.schema import MODEL_DTYPES
 
 __all__ = ["Model"]
 
@@ -81,8 +82,8 @@ class Model:
         normalize: bool,
         seed: int,
     ) -> Model:
-        if dtype not in ("float32", "fixed"):
-            raise ValueError(f"dtype must be 'float32' or 'fixed', not {dtype!r}")
+        if dtype not in MODEL_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, not {dtype!r}")
         if len(sizes) - 1 > MAX_LAYERS:
             raise ValueError(f"at most {MAX_LAYERS} layers")
         if hidden_act not in ACTS or out_act not in ACTS:

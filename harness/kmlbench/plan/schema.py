@@ -107,6 +107,11 @@ POLICY_DEFAULT = POLICIES[0]
 # The kernel's bound on observe_every (kml_dd.h, KML_DD_OBSERVE_MAX_EVERY).
 OBSERVE_MAX_EVERY = 1024
 TRAINERS = ("none", "user", "kernel")
+# A model's dtype as kmlbench and kmlctl name it (kml.h, enum kml_dtype:
+# KML_F32, KML_Q16): what `kmlbench train --dtype` makes and what a trainer
+# publishes (`model.publish_dtype`).
+MODEL_DTYPES = ("float32", "fixed")
+MODEL_DTYPE_DEFAULT = MODEL_DTYPES[0]
 
 # null_blk's service-time models (kernel/patches/0003): the configfs values
 # of each, from published measurements (docs/matrix.md, "Service-time
@@ -325,10 +330,15 @@ MODEL_FIELDS: dict[str, Field] = {
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),
     "publish_every": Field("int", 512, _at_least(1)),
+    # the dtype a trainer publishes: fixed sends a Q16.16 copy of the float
+    # model it trains (kmlctl --publish-dtype, the kernel's
+    # ktrainer_publish_q16, whose fresh model is then 8 units wide, so that
+    # mq-deadline compiles it; kml_ktrain.c)
+    "publish_dtype": Field("str", MODEL_DTYPE_DEFAULT, _one_of(*MODEL_DTYPES)),
     "warm_start": Field("str", None),
 }
 # Only meaningful with a trainer: not recorded for ``trainer: none``.
-TRAINER_FIELDS = ("rate", "cpu_pct", "publish_every", "warm_start")
+TRAINER_FIELDS = ("rate", "cpu_pct", "publish_every", "publish_dtype", "warm_start")
 # Only meaningful in active mode (what the predictions steer), and only
 # under policy cost (the one non-default policy; the shift is its knob):
 # not recorded otherwise.
@@ -372,7 +382,7 @@ LAZY_FIELDS = ("lazy",)
 STEER_FIELDS = ("skill_min_permille",)
 # Only meaningful with KML on (observe or active), and recorded only when
 # not their default.
-KML_ON_FIELDS = ("sample_unclaimed",)
+KML_ON_FIELDS = ("sample_unclaimed", "publish_dtype")
 # The model keys recorded only when not their default, and the modes whose
 # cells record them (kmlbench.plan.matrix): a cell of such a mode without
 # the key has its default.
