@@ -225,6 +225,7 @@ def test_trainers_train_and_hand_back_their_outputs(model_run) -> None:
         # runs compiled into integer dot products
         assert kernel["kml_stats"]["settings"]["model_dtype"] == "fixed", kernel["kml_stats"]
         assert counters["model_compiled"] == 1, counters
+        assert counters["updates_compiled"] == counters["updates_applied"], counters
 
 
 def test_model_metrics_reach_the_database(model_run) -> None:

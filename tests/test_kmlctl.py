@@ -389,7 +389,8 @@ def test_train_publishes_q16_when_asked(kmlctl: Path, ring_file: RingFile, tmp_p
     assert s["published"] == "1" and s["publish_dtype"] == "fixed", s
     q16, f32 = Model.load(published), Model.load(saved)
     assert (q16.dtype, f32.dtype) == ("fixed", "float32")
-    assert q16.sizes == f32.sizes
+    # 8 units wide, the widest mq-deadline compiles (KML_DD_FAST_HIDDEN)
+    assert q16.sizes == f32.sizes == [N_FEATURES, 8, 1]
     np.testing.assert_array_equal(to_q16(q16.params), to_q16(f32.params))
     (mean_q, scale_q), (mean_f, scale_f) = q16.norm_params(), f32.norm_params()
     np.testing.assert_array_equal(to_q16(mean_q), to_q16(mean_f))

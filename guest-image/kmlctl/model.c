@@ -11,7 +11,9 @@
 
 /*
  * A fresh float32 model for @n_in inputs: --arch mlp (n_in-16-1, ReLU,
- * linear output) or linear, KML_NORM_STANDARD, seeded by --seed.
+ * linear output; n_in-8-1 with --publish-dtype fixed, so that mq-deadline
+ * compiles the copies it is sent: KML_DD_HIDDEN, KML_DD_FAST_HIDDEN) or
+ * linear, KML_NORM_STANDARD, seeded by --seed.
  */
 int model_new(const struct opts *o, u32 n_in, struct kml_model **m)
 {
@@ -29,7 +31,8 @@ int model_new(const struct opts *o, u32 n_in, struct kml_model **m)
 	} else {
 		cfg.arch = KML_ARCH_MLP;
 		cfg.n_layers = 2;
-		cfg.sizes[1] = 16;
+		cfg.sizes[1] = o->publish_q16 ? KML_DD_FAST_HIDDEN :
+						KML_DD_HIDDEN;
 		cfg.sizes[2] = 1;
 		cfg.hidden_act = KML_ACT_RELU;
 	}

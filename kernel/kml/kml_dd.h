@@ -61,6 +61,7 @@ enum kml_dd_stat {
 	KML_DD_S_SKILL_HOLDOUTS,
 	KML_DD_S_UNOBSERVED,
 	KML_DD_S_RING_UNCLAIMED,
+	KML_DD_S_UPDATES_COMPILED,
 	KML_DD_NR_STATS,
 };
 
@@ -291,12 +292,13 @@ static inline bool kml_dd_skill_one_sided(u32 tn, u32 fp, u32 fn, u32 tp)
  * bias in Q24.40.  Features are in [0, KML_DD_FEAT_MAX], so with |w| <
  * 2^31 and |bias| <= KML_DD_FAST_BIAS_MAX a row's sum stays within 63
  * bits.  A model is compiled only if no hidden unit can exceed
- * KML_DD_FAST_ACT_MAX (2048) for any features, so the output sum stays
- * within 63 bits too and the clamp there never changes a prediction.
+ * KML_DD_FAST_ACT_MAX (4096) for any features, each within its range
+ * (kml_dd_feat_max()), so the output sum stays within 63 bits too
+ * (KML_DD_FAST_HIDDEN * 2^31 * 2^28 + 2^47) and the clamp there never
+ * changes a prediction.
  */
-#define KML_DD_FAST_HIDDEN	8
 #define KML_DD_FAST_BIAS_MAX	(1LL << 60)
-#define KML_DD_FAST_ACT_MAX	(1LL << 27)
+#define KML_DD_FAST_ACT_MAX	(1LL << 28)
 
 struct kml_dd_fast {
 	u32 hidden;					/* 0: linear */

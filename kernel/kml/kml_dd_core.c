@@ -624,6 +624,7 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_SKILL_HOLDOUTS] = "skill_holdouts",
 	[KML_DD_S_UNOBSERVED] = "unobserved",
 	[KML_DD_S_RING_UNCLAIMED] = "ring_unclaimed",
+	[KML_DD_S_UPDATES_COMPILED] = "updates_compiled",
 };
 
 /* The range bucket @b of kml_dd_hist_bucket() with @nr buckets holds. */
@@ -953,8 +954,8 @@ static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
 		if (norm && (check_mul_overflow(wi, (s64)mean[i], &t) ||
 			     check_sub_overflow(bias, t, &bias)))
 			return false;
-		if (wi > 0)
-			top += wi * KML_DD_FEAT_MAX;	/* < 2^53 each */
+		if (wi > 0)	/* < 2^53 each */
+			top += wi * kml_dd_feat_max(i);
 	}
 	if (bias > KML_DD_FAST_BIAS_MAX || bias < -KML_DD_FAST_BIAS_MAX)
 		return false;
@@ -1029,6 +1030,8 @@ int kml_dd_publish(const void *buf, size_t len)
 	dm->fast = kml_dd_fast_compile(m, &dm->f);
 	kml_dd_model_replace(dm);
 	kml_dd_stat_inc(KML_DD_S_UPDATES_APPLIED);
+	if (dm->fast)
+		kml_dd_stat_inc(KML_DD_S_UPDATES_COMPILED);
 	return 0;
 
 free_model:

@@ -28,6 +28,26 @@
  */
 #define KML_DD_FEAT_MAX		(64 << 16)
 
+/*
+ * The largest value feature @i can take: 1.0 for the flags and fractions
+ * (the sector is clamped to the capacity; the miss share is an average of
+ * 0 and 1.0 that rounds down), KML_DD_FEAT_MAX for an lg().  What a
+ * compiled model's hidden unit can reach is bounded with it
+ * (kml_dd_fast_compile()).
+ */
+static inline s32 kml_dd_feat_max(unsigned int i)
+{
+	switch (i) {
+	case KML_DD_F_OP:
+	case KML_DD_F_SECTOR:
+	case KML_DD_F_SAME_DIR:
+	case KML_DD_F_MISS_EWMA:
+		return KML_Q16_ONE;
+	default:
+		return KML_DD_FEAT_MAX;
+	}
+}
+
 #define KML_DD_SECTOR_SHIFT	9	/* 512-byte sectors */
 
 /* The queue's state the features read; zero at the start. */

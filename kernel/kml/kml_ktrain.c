@@ -46,7 +46,7 @@ MODULE_PARM_DESC(ktrainer_calibrate,
  * Publish a Q16.16 copy of the float model it trains, which mq-deadline
  * compiles into integer dot products if it is small enough
  * (kml_dd_fast_compile()): a fresh model is then KML_DD_FAST_HIDDEN units
- * wide, not KML_KT_HIDDEN, so that every request's prediction costs a few
+ * wide, not KML_DD_HIDDEN, so that every request's prediction costs a few
  * hundred instructions, not a float forward pass.  Read when it starts.
  */
 static bool ktrainer_publish_q16;
@@ -55,7 +55,6 @@ MODULE_PARM_DESC(ktrainer_publish_q16,
 		 "kernel trainer: publish in Q16.16, fresh models 8 units wide");
 
 #define KML_KT_BATCH	32
-#define KML_KT_HIDDEN	16
 #define KML_KT_IDLE_MS	5
 
 struct kml_ktrain {
@@ -98,7 +97,7 @@ static int kml_kt_model(struct kml_ktrain *kt)
 		.dtype = KML_F32,
 		.arch = KML_ARCH_MLP,
 		.n_layers = 2,
-		.sizes = { KML_DD_NR_FEATURES, KML_KT_HIDDEN, 1 },
+		.sizes = { KML_DD_NR_FEATURES, KML_DD_HIDDEN, 1 },
 		.hidden_act = KML_ACT_RELU,
 		.out_act = KML_ACT_NONE,
 		.norm = KML_NORM_STANDARD,

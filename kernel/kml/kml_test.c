@@ -1445,7 +1445,7 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 			for (r = 0; r < 64; r++) {
 				for (i = 0; i < KML_DD_NR_FEATURES; i++)
 					x[i] = (s32)(((r + 3) * (i + 11) * 104729) %
-						     (64 << 16));
+						     (kml_dd_feat_max(i) + 1));
 				KUNIT_ASSERT_EQ(test, 0,
 						kml_model_predict(m, x, 1, &ref));
 				diff = abs(kml_dd_fast_predict(f, x) - ref);
@@ -1475,7 +1475,14 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
 	m->cfg.dtype = KML_Q16;
 	p = kml_model_params(m);
-	p[4 * KML_DD_NR_FEATURES + 1] = 2048 * KML_Q16_ONE;	/* unit 1's bias */
+	p[4 * KML_DD_NR_FEATURES + 1] = 4096 * KML_Q16_ONE;	/* unit 1's bias */
+	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
+	/* a flag reaches 1.0, an lg() 64 (kml_dd_feat_max()): unit 1 */
+	p[4 * KML_DD_NR_FEATURES + 1] = 0;
+	p[KML_DD_NR_FEATURES + KML_DD_F_OP] = 100 * KML_Q16_ONE;
+	KUNIT_EXPECT_TRUE(test, kml_dd_fast_compile(m, f));
+	p[KML_DD_NR_FEATURES + KML_DD_F_OP] = 0;
+	p[KML_DD_NR_FEATURES + KML_DD_F_LG_BYTES] = 100 * KML_Q16_ONE;
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
 	kml_model_free(m);
 	m = kml_test_model(test, KML_Q16, KML_ARCH_MLP);
