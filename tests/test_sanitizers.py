@@ -290,10 +290,10 @@ def test_active_mode_with_each_trainer_on_sanitizer_kernels(
             capture_output=True, text=True, env=env, timeout=3600,
         )  # fmt: skip
         records = [json.loads(p.read_text()) for p in run.glob("cells/*/cell.json")]
-    # 2 kernels x 7 models: each trainer, policy cost, active predicting
-    # lazily (with the kernel trainer, and without a consumer), a
-    # duty-cycled observer
-    assert len(records) == 14, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # 2 kernels x 8 models: each trainer (the kernel's publishing float
+    # and Q16.16), policy cost, active predicting lazily (with the kernel
+    # trainer, and without a consumer), a duty-cycled observer
+    assert len(records) == 16, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rec in records:
         events = rec.get("console_events", [])
         assert rec["status"] == "ok", (rec["id"], rec.get("error"), events)
@@ -311,6 +311,9 @@ def test_active_mode_with_each_trainer_on_sanitizer_kernels(
         if model.get("lazy") and model["model_file"].endswith("/deadline.kmlm"):
             # the float model's FPU sections there
             assert counters["fpu_sections"] > 0, counters
+        if model.get("publish_dtype") == "fixed":
+            # compiled Q16.16 copies swapped in under I/O
+            assert counters["updates_compiled"] > 0, counters
         if model.get("sample_unclaimed") is False:
             # no consumer: every sample counted as unclaimed, none made
             assert counters["ring_unclaimed"] == counters["samples"] > 0, counters
