@@ -299,6 +299,11 @@ static inline bool kml_dd_skill_one_sided(u32 tn, u32 fp, u32 fn, u32 tp)
  */
 #define KML_DD_FAST_BIAS_MAX	(1LL << 60)
 #define KML_DD_FAST_ACT_MAX	(1LL << 28)
+/* |b2| 2^16 + the units' |w2| h + the rounding, within 63 bits */
+static_assert(KML_DD_FAST_ACT_MAX <=
+	      (S64_MAX - (1LL << 47) - (1LL << 15)) /
+	      ((s64)KML_DD_FAST_HIDDEN << 31),
+	      "a compiled model's output sum could overflow");
 
 struct kml_dd_fast {
 	u32 hidden;					/* 0: linear */

@@ -44,6 +44,19 @@
 #define KML_DD_LN2		0.6931471805599453f
 #define KML_DD_MAX_LG		40	/* lg(issue us) saturates: 12 days */
 
+/*
+ * The trainers' fresh MLP (kmlctl train, the kernel trainer): the
+ * features, KML_DD_HIDDEN ReLU units, one linear output.  Publishing
+ * Q16.16 copies (kmlctl --publish-dtype fixed, ktrainer_publish_q16),
+ * KML_DD_FAST_HIDDEN units: the widest model mq-deadline compiles into
+ * integer dot products (kml_dd.h, struct kml_dd_fast, whose sums are
+ * bounded for that width): about a thousand instructions a prediction,
+ * where a 14-16-1 on the library's layer-by-layer path takes about three
+ * thousand.
+ */
+#define KML_DD_HIDDEN		16
+#define KML_DD_FAST_HIDDEN	8
+
 /* Why kml_dd_cal_fit() calibrated or not (struct kml_dd_cal_result). */
 enum kml_dd_cal_status {
 	KML_DD_CAL_OK = 0,		/* thr is set */

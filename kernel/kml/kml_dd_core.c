@@ -960,7 +960,8 @@ static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
 	if (bias > KML_DD_FAST_BIAS_MAX || bias < -KML_DD_FAST_BIAS_MAX)
 		return false;
 	/* the row's largest value over every possible feature vector */
-	if (hidden && (bias + top) / (1LL << 24) > KML_DD_FAST_ACT_MAX)
+	/* as kml_dd_fast_row() rounds it */
+	if (hidden && (bias + top + (1LL << 23)) >> 24 > KML_DD_FAST_ACT_MAX)
 		return false;
 	*bo = bias;
 	return true;
@@ -1009,6 +1010,7 @@ int kml_dd_publish(const void *buf, size_t len)
 	struct kml_model_cfg cfg;
 	struct kml_dd_model *dm;
 	struct kml_model *m;
+	bool fast;
 	int ret;
 
 	ret = kml_model_load(buf, len, &m);
@@ -1027,10 +1029,12 @@ int kml_dd_publish(const void *buf, size_t len)
 	}
 	dm->model = m;
 	dm->dtype = cfg.dtype;
-	dm->fast = kml_dd_fast_compile(m, &dm->f);
+	fast = kml_dd_fast_compile(m, &dm->f);
+	dm->fast = fast;
+	/* from here another publisher may replace and free dm */
 	kml_dd_model_replace(dm);
 	kml_dd_stat_inc(KML_DD_S_UPDATES_APPLIED);
-	if (dm->fast)
+	if (fast)
 		kml_dd_stat_inc(KML_DD_S_UPDATES_COMPILED);
 	return 0;
 

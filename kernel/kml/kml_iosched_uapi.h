@@ -50,17 +50,6 @@ enum kml_dd_feature {
 #define KML_DD_MAX_FEATURES	16	/* slots in a sample; rest are zero */
 
 /*
- * The trainers' fresh MLP (kmlctl train, the kernel trainer): features,
- * KML_DD_HIDDEN ReLU units, one linear output.  Publishing Q16.16 copies
- * (kmlctl --publish-dtype fixed, ktrainer_publish_q16), KML_DD_FAST_HIDDEN
- * units: the widest model mq-deadline compiles into integer dot products
- * (kml_dd.h, struct kml_dd_fast), so that a prediction costs a few hundred
- * instructions, not the library's layer-by-layer path.
- */
-#define KML_DD_HIDDEN		16
-#define KML_DD_FAST_HIDDEN	8
-
-/*
  * The model predicts the issue time (start -> dispatch) of a request as
  * y = lg(issue time in us); the request is predicted to meet its deadline
  * when the predicted issue time is at most deadline_ns.

@@ -46,8 +46,9 @@ MODULE_PARM_DESC(ktrainer_calibrate,
  * Publish a Q16.16 copy of the float model it trains, which mq-deadline
  * compiles into integer dot products if it is small enough
  * (kml_dd_fast_compile()): a fresh model is then KML_DD_FAST_HIDDEN units
- * wide, not KML_DD_HIDDEN, so that every request's prediction costs a few
- * hundred instructions, not a float forward pass.  Read when it starts.
+ * wide, not KML_DD_HIDDEN, so that every request's prediction costs about
+ * a thousand instructions, not a float forward pass.  Read when it starts;
+ * a warm start keeps its model's width (16 units do not compile).
  */
 static bool ktrainer_publish_q16;
 module_param(ktrainer_publish_q16, bool, 0644);
