@@ -959,8 +959,10 @@ static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
 	}
 	if (bias > KML_DD_FAST_BIAS_MAX || bias < -KML_DD_FAST_BIAS_MAX)
 		return false;
-	/* the row's largest value over every possible feature vector */
-	/* as kml_dd_fast_row() rounds it */
+	/*
+	 * the row's largest value over every possible feature vector,
+	 * rounded as kml_dd_fast_row() rounds it
+	 */
 	if (hidden && (bias + top + (1LL << 23)) >> 24 > KML_DD_FAST_ACT_MAX)
 		return false;
 	*bo = bias;

@@ -32,9 +32,8 @@
  * The largest value feature @i can take: 1.0 for the flags and fractions
  * (the sector is clamped to the capacity; the miss share, a running
  * average of 0 and 1.0 from 0, has 1.0 as its fixed point), KML_DD_FEAT_MAX
- * for an lg().  What a
- * compiled model's hidden unit can reach is bounded with it
- * (kml_dd_fast_compile()).
+ * for an lg().  What a compiled model's hidden unit can reach is bounded
+ * with it (kml_dd_fast_compile()).
  */
 static inline s32 kml_dd_feat_max(unsigned int i)
 {
