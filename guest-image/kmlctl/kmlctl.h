@@ -145,7 +145,6 @@ int model_load_file(const char *path, u32 n_in, const char *who, bool f32_only,
 		    struct kml_model **m, struct kml_model_cfg *cfg);
 int model_warm(const char *path, u32 n_in, struct kml_model **m);
 int model_bytes(struct kml_model *m, void **bufp, size_t *lenp);
-int model_file_to_q16(void *buf, size_t len);
 void put_le32(u8 *p, u32 v);
 /* a model file's CRC made again after an edit */
 void model_file_recrc(u8 *buf, size_t len);

@@ -90,18 +90,6 @@ void model_file_recrc(u8 *buf, size_t len)
 	put_le32(buf + len - 4, kml_crc32(0, buf, len - 4));
 }
 
-/*
- * --publish-dtype fixed: the saved float model as the same model in Q16.16,
- * in place, by the library's conversion (kml_model_file_to_q16(), which the
- * kernel trainer's ktrainer_publish_q16 uses too).  0, or -EINVAL (not a
- * float model file), -EBADMSG (its CRC) or -EDOM (a value that is not
- * finite).
- */
-int model_file_to_q16(void *buf, size_t len)
-{
-	return kml_model_file_to_q16(buf, len);
-}
-
 /* Serialise the model; the caller frees. */
 int model_bytes(struct kml_model *m, void **bufp, size_t *lenp)
 {

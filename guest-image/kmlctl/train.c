@@ -188,7 +188,7 @@ static int publish_bytes(struct trainer *t)
 	if (ret)
 		return ret;
 	if (t->publish_q16)
-		ret = model_file_to_q16(buf, len);
+		ret = kml_model_file_to_q16(buf, len);
 	if (!ret && t->to_dev)
 		ret = publish_model(t->rs.fd, buf, len, &at_write);
 	else if (!ret)

@@ -132,11 +132,6 @@ def trainer_seconds(workload: Mapping[str, Any]) -> float:
 # --- guest scripts --------------------------------------------------------------------
 
 
-def _publish_dtype(model: Mapping[str, Any]) -> str:
-    """The dtype the cell's trainer publishes (recorded only when not the default)."""
-    return str(model.get("publish_dtype", MODEL_DTYPE_DEFAULT))
-
-
 def _kml_check(model: Mapping[str, Any]) -> tuple[str, str, str]:
     mode = model.get("mode")
     if mode not in KML_MODES:
@@ -188,8 +183,10 @@ def kml_setup_script(
     if model_uploaded:
         load = render.lines("kml-load.sh", {"MODEL_FILE": str(model.get("model_file"))})
     trainer_lines: list[str] = []
+    # recorded only when not the default
+    publish_dtype = str(model.get("publish_dtype", MODEL_DTYPE_DEFAULT))
     if trainer == "kernel":
-        q16 = _publish_dtype(model) != MODEL_DTYPE_DEFAULT
+        q16 = publish_dtype != MODEL_DTYPE_DEFAULT
         trainer_lines = render.lines(
             "kml-ktrainer.sh",
             {
@@ -209,8 +206,8 @@ def kml_setup_script(
             "--seconds", f"{trainer_seconds:g}",
             "--save", GUEST_TRAINED, "--curve", GUEST_CURVE,
         ]  # fmt: skip
-        if _publish_dtype(model) != MODEL_DTYPE_DEFAULT:  # kmlctl's default is the matrix's
-            args += ["--publish-dtype", _publish_dtype(model)]
+        if publish_dtype != MODEL_DTYPE_DEFAULT:  # kmlctl's default is the matrix's
+            args += ["--publish-dtype", publish_dtype]
         if warm_uploaded:
             args += ["--warm", GUEST_WARM]
         trainer_lines = _background(args, GUEST_TRAINER_LOG, GUEST_TRAINER_PID, "kmlctl train")
