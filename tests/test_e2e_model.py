@@ -228,12 +228,13 @@ def test_trainers_train_and_hand_back_their_outputs(model_run) -> None:
         dtype = kernel["params"]["model"].get("publish_dtype", "float32")
         assert kernel["kml_stats"]["settings"]["model_dtype"] == dtype, kernel["kml_stats"]
         if dtype == "fixed":
-            # its Q16.16 copies, 14-8-1, run without the FPU, and some run
-            # compiled into integer dot products: 24 to 37 of 37 in three
-            # runs on this device, where the rest reach past the compiler's
-            # bound and run the library's Q16.16 path (docs/kml-iosched.md)
+            # its Q16.16 copies, 14-8-1, run without the FPU, every one
+            # compiled into integer dot products: on this device of one slot
+            # the normalisation scales the in-flight count up, and its folded
+            # weights take fewer fraction bits (docs/kml-iosched.md)
             assert counters["fpu_sections"] == 0, counters
-            assert 0 < counters["updates_compiled"] <= counters["updates_applied"], counters
+            assert counters["updates_compiled"] == counters["updates_applied"], counters
+            assert counters["model_compiled"] == 1, counters
         else:
             assert counters["model_compiled"] == counters["updates_compiled"] == 0, counters
 

@@ -288,27 +288,27 @@ static inline bool kml_dd_skill_one_sided(u32 tn, u32 fp, u32 fn, u32 tp)
  * products inline in the insert hook, with no FPU section and no call into
  * the library: a linear model, or one ReLU hidden layer of at most
  * KML_DD_FAST_HIDDEN units and a linear output (kml_dd_fast_predict()).
- * The input normalisation is folded into the first layer: w in Q8.24, the
- * bias in Q24.40.  Features are in [0, KML_DD_FEAT_MAX], so with |w| <
- * 2^31 and |bias| <= KML_DD_FAST_BIAS_MAX a row's sum stays within 63
- * bits.  A model is compiled only if no hidden unit can exceed
- * KML_DD_FAST_ACT_MAX (4096) for any features, each within its range
- * (kml_dd_feat_max()), so the output sum stays within 63 bits too
- * (KML_DD_FAST_HIDDEN * 2^31 * 2^28 + 2^47) and the clamp there never
- * changes a prediction.
+ * The input normalisation is folded into the first layer: w with @frac
+ * fraction bits (24, fewer only when a folded weight would not fit 32
+ * bits: a feature that hardly varies is scaled up), the bias with @frac +
+ * 16.  Features are in [0, KML_DD_FEAT_MAX], so with |w| < 2^31 and |bias|
+ * <= KML_DD_FAST_BIAS_MAX a row's sum stays within 63 bits.  Each hidden
+ * unit is clamped to @h_max[j], the most any features within their ranges
+ * (kml_dd_feat_max()) can make it, so the clamp never changes a
+ * prediction; a model is compiled only if the output sum cannot leave 63
+ * bits even at those maxima, whatever the features.
  */
 #define KML_DD_FAST_BIAS_MAX	(1LL << 60)
-#define KML_DD_FAST_ACT_MAX	(1LL << 28)
-/* |b2| 2^16 + the units' |w2| h + the rounding, within 63 bits */
-static_assert(KML_DD_FAST_ACT_MAX <=
-	      (S64_MAX - (1LL << 47) - (1LL << 15)) /
-	      ((s64)KML_DD_FAST_HIDDEN << 31),
-	      "a compiled model's output sum could overflow");
+#define KML_DD_FAST_FRAC	24	/* the folded weights' fraction bits */
+/* fewer, and a feature's rounding (2^(22 - frac)) could pass 1/1024 */
+#define KML_DD_FAST_FRAC_MIN	16
 
 struct kml_dd_fast {
 	u32 hidden;					/* 0: linear */
-	s32 w[KML_DD_FAST_HIDDEN][KML_DD_NR_FEATURES];	/* Q8.24 */
-	s64 b[KML_DD_FAST_HIDDEN];			/* Q24.40 */
+	u32 frac;					/* w's fraction bits */
+	s32 w[KML_DD_FAST_HIDDEN][KML_DD_NR_FEATURES];
+	s64 b[KML_DD_FAST_HIDDEN];
+	s64 h_max[KML_DD_FAST_HIDDEN];			/* Q16.16 */
 	s32 w2[KML_DD_FAST_HIDDEN];			/* Q16.16 */
 	s32 b2;						/* Q16.16 */
 };
@@ -494,15 +494,16 @@ static inline void kml_dd_note_inference_time(u64 ns)
 	this_cpu_inc(kml_dd_counters.inference_hist[b]);
 }
 
-/* One row of a compiled first layer: Q16.16, not yet saturated. */
-static inline s64 kml_dd_fast_row(const s32 *w, s64 bias, const s32 *features)
+/* One row of a compiled first layer: Q16.16, not yet clamped. */
+static inline s64 kml_dd_fast_row(const s32 *w, s64 bias, u32 frac,
+				  const s32 *features)
 {
 	s64 acc = bias;
 	unsigned int i;
 
 	for (i = 0; i < KML_DD_NR_FEATURES; i++)
 		acc += (s64)w[i] * features[i];
-	return (acc + (1LL << 23)) >> 24;
+	return (acc + (1LL << (frac - 1))) >> frac;
 }
 
 /*
@@ -517,13 +518,13 @@ static inline s32 kml_dd_fast_predict(const struct kml_dd_fast *f,
 	unsigned int j;
 
 	if (!f->hidden) {
-		acc = kml_dd_fast_row(f->w[0], f->b[0], features);
+		acc = kml_dd_fast_row(f->w[0], f->b[0], f->frac, features);
 		return clamp_t(s64, acc, S32_MIN, S32_MAX);
 	}
 	acc = (s64)f->b2 * (1LL << 16);
 	for (j = 0; j < f->hidden; j++) {
-		h = kml_dd_fast_row(f->w[j], f->b[j], features);
-		acc += (s64)f->w2[j] * clamp_t(s64, h, 0, KML_DD_FAST_ACT_MAX);
+		h = kml_dd_fast_row(f->w[j], f->b[j], f->frac, features);
+		acc += (s64)f->w2[j] * clamp_t(s64, h, 0, f->h_max[j]);
 	}
 	acc = (acc + (1LL << 15)) >> 16;
 	return clamp_t(s64, acc, S32_MIN, S32_MAX);

@@ -930,24 +930,36 @@ static void kml_dd_model_replace(struct kml_dd_model *dm)
 }
 
 /*
- * One output of a Q16.16 model's first layer, normalisation folded in:
- * with x' = (x - mean) * scale, w . x' + b = (w * scale) . x + (b - (w *
- * scale) . mean).  The folded weights keep 24 fraction bits, so the sum
+ * A first-layer weight of a Q16.16 model with the normalisation folded in,
+ * with 32 fraction bits: with x' = (x - mean) * scale, w . x' + b = (w *
+ * scale) . x + (b - (w * scale) . mean).  < 2^62 in magnitude.
+ */
+static s64 kml_dd_fast_weight(const struct kml_model *m, const s32 *w,
+			      unsigned int i)
+{
+	if (m->cfg.norm == KML_NORM_NONE)
+		return (s64)w[i] * (1LL << 16);
+	return (s64)w[i] * ((const s32 *)m->norm_scale)[i];
+}
+
+/*
+ * One output of the first layer, folded with @frac fraction bits: the sum
  * differs from the library's (which rounds each x' to 16) by less than
- * half a unit of each |w|.  A @hidden unit's row is refused if some
- * features could take it past KML_DD_FAST_ACT_MAX.
+ * half a unit of each |w| and 2^(21 - frac) for each feature and its mean.
+ * Refused if a folded weight or the bias does not fit; *@h_max is the most
+ * the row can reach over every feature vector within the features' ranges,
+ * rounded as kml_dd_fast_row() rounds it, at least 0.
  */
 static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
-			     bool hidden, s32 *wo, s64 *bo)
+			     u32 frac, s32 *wo, s64 *bo, s64 *h_max)
 {
-	const s32 *mean = m->norm_mean, *scale = m->norm_scale;
+	const s32 *mean = m->norm_mean;
 	bool norm = m->cfg.norm != KML_NORM_NONE;
-	s64 bias = (s64)b * (1LL << 24), wi, t, top = 0;
+	s64 bias = (s64)b * (1LL << frac), wi, t, top = 0;
 	unsigned int i;
 
 	for (i = 0; i < KML_DD_NR_FEATURES; i++) {
-		wi = norm ? kml_rshift_round((s64)w[i] * scale[i], 8) :
-			    (s64)w[i] * (1LL << 8);
+		wi = kml_rshift_round(kml_dd_fast_weight(m, w, i), 32 - frac);
 		if (wi > S32_MAX || wi < S32_MIN)
 			return false;
 		wo[i] = wi;
@@ -959,14 +971,31 @@ static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
 	}
 	if (bias > KML_DD_FAST_BIAS_MAX || bias < -KML_DD_FAST_BIAS_MAX)
 		return false;
-	/*
-	 * the row's largest value over every possible feature vector,
-	 * rounded as kml_dd_fast_row() rounds it
-	 */
-	if (hidden && (bias + top + (1LL << 23)) >> 24 > KML_DD_FAST_ACT_MAX)
-		return false;
 	*bo = bias;
+	*h_max = max_t(s64, (bias + top + (1LL << (frac - 1))) >> frac, 0);
 	return true;
+}
+
+/*
+ * The most fraction bits, up to KML_DD_FAST_FRAC, with which each of the
+ * first layer's @rows folded weights fits 32 bits; 0 if none from
+ * KML_DD_FAST_FRAC_MIN does.
+ */
+static u32 kml_dd_fast_frac(const struct kml_model *m, unsigned int rows)
+{
+	const s32 *w = m->params + m->w_off[0];
+	unsigned int i, j;
+	s64 top = 0;
+	u32 frac;
+
+	for (j = 0; j < rows; j++, w += KML_DD_NR_FEATURES)
+		for (i = 0; i < KML_DD_NR_FEATURES; i++)
+			top = max_t(s64, top,
+				    abs(kml_dd_fast_weight(m, w, i)));
+	for (frac = KML_DD_FAST_FRAC; frac >= KML_DD_FAST_FRAC_MIN; frac--)
+		if (kml_rshift_round(top, 32 - frac) <= S32_MAX)
+			return frac;
+	return 0;
 }
 
 /*
@@ -978,24 +1007,37 @@ bool kml_dd_fast_compile(struct kml_model *m, struct kml_dd_fast *f)
 {
 	const struct kml_model_cfg *c = &m->cfg;
 	const s32 *p = m->params;
+	s64 acc, t;
 	unsigned int j;
 
 	if (c->dtype != KML_Q16 || c->out_act != KML_ACT_NONE ||
 	    c->sizes[0] != KML_DD_NR_FEATURES || c->sizes[c->n_layers] != 1)
 		return false;
-	memset(f, 0, sizeof(*f));
-	if (c->n_layers == 1)
-		return kml_dd_fast_fold(m, p + m->w_off[0], p[m->b_off[0]],
-					false, f->w[0], &f->b[0]);
-	if (c->n_layers != 2 || c->hidden_act != KML_ACT_RELU ||
-	    c->sizes[1] > KML_DD_FAST_HIDDEN)
+	if (c->n_layers == 2 && (c->hidden_act != KML_ACT_RELU ||
+				 c->sizes[1] > KML_DD_FAST_HIDDEN))
 		return false;
-	f->hidden = c->sizes[1];
+	if (c->n_layers < 1 || c->n_layers > 2)
+		return false;
+	memset(f, 0, sizeof(*f));
+	f->hidden = c->n_layers == 2 ? c->sizes[1] : 0;
+	f->frac = kml_dd_fast_frac(m, max_t(u32, f->hidden, 1));
+	if (!f->frac)
+		return false;
+	if (!f->hidden)
+		return kml_dd_fast_fold(m, p + m->w_off[0], p[m->b_off[0]],
+					f->frac, f->w[0], &f->b[0],
+					&f->h_max[0]);
+	/* |b2| 2^16 + the units' |w2| h_max + the rounding, within 63 bits */
+	acc = abs((s64)p[m->b_off[1]]) * (1LL << 16) + (1LL << 15);
 	for (j = 0; j < f->hidden; j++) {
 		if (!kml_dd_fast_fold(m, p + m->w_off[0] + j * KML_DD_NR_FEATURES,
-				      p[m->b_off[0] + j], true, f->w[j], &f->b[j]))
+				      p[m->b_off[0] + j], f->frac, f->w[j],
+				      &f->b[j], &f->h_max[j]))
 			return false;
 		f->w2[j] = p[m->w_off[1] + j];
+		if (check_mul_overflow(abs((s64)f->w2[j]), f->h_max[j], &t) ||
+		    check_add_overflow(acc, t, &acc))
+			return false;
 	}
 	f->b2 = p[m->b_off[1]];
 	return true;

@@ -1399,10 +1399,12 @@ static struct kml_model *kml_test_dd_small(struct kunit *test, u32 norm,
 /*
  * How far the compiled model may be from the library's Q16 inference: the
  * library rounds each normalised input to 16 fraction bits, which moves a
- * first-layer sum by up to half a unit of each |w|; a hidden unit carries
- * that, plus its own rounding, through its output weight.
+ * first-layer sum by up to half a unit of each |w|, and the folded weights
+ * with @frac fraction bits move it by up to 2^(22 - frac) for each feature
+ * (its weight and its mean); a hidden unit carries that, plus its own
+ * rounding, through its output weight.
  */
-static s64 kml_test_dd_bound(struct kml_model *m, u32 hidden)
+static s64 kml_test_dd_bound(struct kml_model *m, u32 hidden, u32 frac)
 {
 	const s32 *p = kml_model_params(m);
 	u32 rows = hidden ? hidden : 1, j, i;
@@ -1412,12 +1414,32 @@ static s64 kml_test_dd_bound(struct kml_model *m, u32 hidden)
 		row = 2;
 		for (i = 0; i < KML_DD_NR_FEATURES; i++)
 			row += abs(p[j * KML_DD_NR_FEATURES + i]) /
-			       (2 * KML_Q16_ONE) + 1;
+			       (2 * KML_Q16_ONE) + 1 + ((1LL << 22) >> frac);
 		bound += hidden ?
 			 row * abs(p[rows * (KML_DD_NR_FEATURES + 1) + j]) /
 			 KML_Q16_ONE + 1 : row;
 	}
 	return bound;
+}
+
+/* The compiled model against the library's Q16 inference, 64 feature rows. */
+static void kml_test_dd_fast_agree(struct kunit *test, struct kml_model *m,
+				   const struct kml_dd_fast *f)
+{
+	s64 diff, bound = kml_test_dd_bound(m, f->hidden, f->frac);
+	s32 x[KML_DD_NR_FEATURES], ref;
+	u32 r, i;
+
+	for (r = 0; r < 64; r++) {
+		for (i = 0; i < KML_DD_NR_FEATURES; i++)
+			x[i] = (s32)(((r + 3) * (i + 11) * 104729) %
+				     (kml_dd_feat_max(i) + 1));
+		KUNIT_ASSERT_EQ(test, 0, kml_model_predict(m, x, 1, &ref));
+		diff = abs(kml_dd_fast_predict(f, x) - ref);
+		KUNIT_EXPECT_LE_MSG(test, diff, bound,
+				    "hidden %u norm %u frac %u row %u",
+				    f->hidden, m->cfg.norm, f->frac, r);
+	}
 }
 
 /*
@@ -1429,40 +1451,44 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 {
 	static const u32 hidden[] = { 0, 4, KML_DD_FAST_HIDDEN };
 	struct kml_dd_fast *f;
-	s32 x[KML_DD_NR_FEATURES], ref, *p;
 	struct kml_model *m;
-	s64 diff, bound;
-	u32 norm, h, r, i;
+	u32 norm, h, i;
+	s32 *p, *w2;
 
 	f = kunit_kzalloc(test, sizeof(*f), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, f);
 	for (h = 0; h < ARRAY_SIZE(hidden); h++) {
 		for (norm = KML_NORM_NONE; norm <= KML_NORM_STANDARD; norm++) {
 			m = kml_test_dd_small(test, norm, hidden[h]);
-			bound = kml_test_dd_bound(m, hidden[h]);
 			KUNIT_ASSERT_TRUE(test, kml_dd_fast_compile(m, f));
 			KUNIT_EXPECT_EQ(test, f->hidden, hidden[h]);
-			for (r = 0; r < 64; r++) {
-				for (i = 0; i < KML_DD_NR_FEATURES; i++)
-					x[i] = (s32)(((r + 3) * (i + 11) * 104729) %
-						     (kml_dd_feat_max(i) + 1));
-				KUNIT_ASSERT_EQ(test, 0,
-						kml_model_predict(m, x, 1, &ref));
-				diff = abs(kml_dd_fast_predict(f, x) - ref);
-				KUNIT_EXPECT_LE_MSG(test, diff, bound,
-						    "hidden %u norm %u row %u",
-						    hidden[h], norm, r);
+			KUNIT_EXPECT_EQ(test, f->frac, KML_DD_FAST_FRAC);
+			kml_test_dd_fast_agree(test, m, f);
+			if (norm == KML_NORM_NONE) {
+				kml_model_free(m);
+				continue;
 			}
-			/* a weight that does not fit Q8.24 once folded */
+			/*
+			 * A feature that hardly varies is scaled up: 320 times
+			 * its weights of 1.25 fold with 22 fraction bits.
+			 */
+			((s32 *)m->norm_scale)[KML_DD_F_LG_INFLIGHT] =
+				320 * KML_Q16_ONE;
+			KUNIT_ASSERT_TRUE(test, kml_dd_fast_compile(m, f));
+			KUNIT_EXPECT_EQ(test, f->frac, 22);
+			kml_test_dd_fast_agree(test, m, f);
+			/* 2^31 times 2: not even with KML_DD_FAST_FRAC_MIN */
+			((s32 *)m->norm_scale)[3] = 2 * KML_Q16_ONE;
 			p = kml_model_params(m);
 			p[3] = S32_MAX;
 			KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
+			((s32 *)m->norm_scale)[3] = KML_Q16_ONE;
+			KUNIT_EXPECT_TRUE(test, kml_dd_fast_compile(m, f));
+			KUNIT_EXPECT_EQ(test, f->frac, KML_DD_FAST_FRAC_MIN);
 			kml_model_free(m);
 		}
 	}
-	/* too wide, not ReLU, float, or a unit that features could take past
-	 * KML_DD_FAST_ACT_MAX: the library's
-	 */
+	/* too wide, not ReLU, float, or deeper: the library's */
 	m = kml_test_dd_small(test, KML_NORM_NONE, KML_DD_FAST_HIDDEN + 1);
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
 	kml_model_free(m);
@@ -1474,16 +1500,26 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 	m->cfg.dtype = KML_F32;
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
 	m->cfg.dtype = KML_Q16;
+	/*
+	 * The output sum must stay within 63 bits at every unit's most
+	 * (kml_dd_feat_max(): a flag reaches 1.0, an lg() 64): unit 1 at 127
+	 * on each lg() reaches 2^32.3, past 2^63 through an output weight of
+	 * 2^31, but not through 1.0; at 127 on each flag it reaches 2^25.
+	 */
 	p = kml_model_params(m);
-	p[4 * KML_DD_NR_FEATURES + 1] = 4096 * KML_Q16_ONE;	/* unit 1's bias */
-	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
-	/* a flag reaches 1.0, an lg() 64 (kml_dd_feat_max()): unit 1 */
-	p[4 * KML_DD_NR_FEATURES + 1] = 0;
-	p[KML_DD_NR_FEATURES + KML_DD_F_OP] = 100 * KML_Q16_ONE;
+	w2 = p + m->w_off[1];
+	for (i = 0; i < KML_DD_NR_FEATURES; i++)
+		p[KML_DD_NR_FEATURES + i] = kml_dd_feat_max(i) == KML_Q16_ONE ?
+					    0 : 127 * KML_Q16_ONE;
 	KUNIT_EXPECT_TRUE(test, kml_dd_fast_compile(m, f));
-	p[KML_DD_NR_FEATURES + KML_DD_F_OP] = 0;
-	p[KML_DD_NR_FEATURES + KML_DD_F_LG_BYTES] = 100 * KML_Q16_ONE;
+	KUNIT_EXPECT_GT(test, f->h_max[1], 1LL << 32);
+	w2[1] = S32_MAX;
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
+	for (i = 0; i < KML_DD_NR_FEATURES; i++)
+		p[KML_DD_NR_FEATURES + i] = kml_dd_feat_max(i) == KML_Q16_ONE ?
+					    127 * KML_Q16_ONE : 0;
+	KUNIT_EXPECT_TRUE(test, kml_dd_fast_compile(m, f));
+	KUNIT_EXPECT_LT(test, f->h_max[1], 1LL << 26);
 	kml_model_free(m);
 	m = kml_test_model(test, KML_Q16, KML_ARCH_MLP);
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
