@@ -289,14 +289,16 @@ static inline bool kml_dd_skill_one_sided(u32 tn, u32 fp, u32 fn, u32 tp)
  * the library: a linear model, or one ReLU hidden layer of at most
  * KML_DD_FAST_HIDDEN units and a linear output (kml_dd_fast_predict()).
  * The input normalisation is folded into the first layer: w with @frac
- * fraction bits (24, fewer only when a folded weight would not fit 32
- * bits: a feature that hardly varies is scaled up), the bias with @frac +
- * 16.  Features are in [0, KML_DD_FEAT_MAX], so with |w| < 2^31 and |bias|
- * <= KML_DD_FAST_BIAS_MAX a row's sum stays within 63 bits.  Each hidden
- * unit is clamped to @h_max[j], the most any features within their ranges
- * (kml_dd_feat_max()) can make it, so the clamp never changes a
- * prediction; a model is compiled only if the output sum cannot leave 63
- * bits even at those maxima, whatever the features.
+ * fraction bits (24, fewer only when a folded weight w * scale would not
+ * fit 32 bits: a feature that hardly varies is scaled up), the bias with
+ * @frac + 16.  Features are in [0, KML_DD_FEAT_MAX], so with |w| < 2^31
+ * and |bias| <= KML_DD_FAST_BIAS_MAX a row's sum stays within 63 bits.
+ * Each hidden unit is clamped to @h_max[j]: the least of S32_MAX, where
+ * the library saturates a unit too, and the most any features within
+ * their ranges (kml_dd_feat_max()) can make it, so the clamp changes no
+ * prediction the library would make differently; a model is compiled
+ * only if the output sum cannot leave 63 bits even at those maxima,
+ * whatever the features.
  */
 #define KML_DD_FAST_BIAS_MAX	(1LL << 60)
 #define KML_DD_FAST_FRAC	24	/* the folded weights' fraction bits */
@@ -308,7 +310,7 @@ struct kml_dd_fast {
 	u32 frac;					/* w's fraction bits */
 	s32 w[KML_DD_FAST_HIDDEN][KML_DD_NR_FEATURES];
 	s64 b[KML_DD_FAST_HIDDEN];
-	s64 h_max[KML_DD_FAST_HIDDEN];			/* Q16.16 */
+	s32 h_max[KML_DD_FAST_HIDDEN];			/* Q16.16 */
 	s32 w2[KML_DD_FAST_HIDDEN];			/* Q16.16 */
 	s32 b2;						/* Q16.16 */
 };

@@ -49,8 +49,7 @@
  * features, KML_DD_HIDDEN ReLU units, one linear output.  Publishing
  * Q16.16 copies (kmlctl --publish-dtype fixed, ktrainer_publish_q16),
  * KML_DD_FAST_HIDDEN units: the widest model mq-deadline compiles into
- * integer dot products (kml_dd.h, struct kml_dd_fast, whose sums are
- * bounded for that width): about a thousand instructions a prediction,
+ * integer dot products (kml_dd.h, struct kml_dd_fast): about a thousand instructions a prediction,
  * where a 14-16-1 on the library's layer-by-layer path takes about three
  * thousand.
  */

@@ -932,7 +932,7 @@ static void kml_dd_model_replace(struct kml_dd_model *dm)
 /*
  * A first-layer weight of a Q16.16 model with the normalisation folded in,
  * with 32 fraction bits: with x' = (x - mean) * scale, w . x' + b = (w *
- * scale) . x + (b - (w * scale) . mean).  < 2^62 in magnitude.
+ * scale) . x + (b - (w * scale) . mean).  At most 2^62 in magnitude.
  */
 static s64 kml_dd_fast_weight(const struct kml_model *m, const s32 *w,
 			      unsigned int i)
@@ -948,10 +948,11 @@ static s64 kml_dd_fast_weight(const struct kml_model *m, const s32 *w,
  * half a unit of each |w| and 2^(21 - frac) for each feature and its mean.
  * Refused if a folded weight or the bias does not fit; *@h_max is the most
  * the row can reach over every feature vector within the features' ranges,
- * rounded as kml_dd_fast_row() rounds it, at least 0.
+ * rounded as kml_dd_fast_row() rounds it, at least 0 and at most S32_MAX,
+ * where the library saturates a hidden unit (kml_linear_forward_q16()).
  */
 static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
-			     u32 frac, s32 *wo, s64 *bo, s64 *h_max)
+			     u32 frac, s32 *wo, s64 *bo, s32 *h_max)
 {
 	const s32 *mean = m->norm_mean;
 	bool norm = m->cfg.norm != KML_NORM_NONE;
@@ -972,7 +973,8 @@ static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
 	if (bias > KML_DD_FAST_BIAS_MAX || bias < -KML_DD_FAST_BIAS_MAX)
 		return false;
 	*bo = bias;
-	*h_max = max_t(s64, (bias + top + (1LL << (frac - 1))) >> frac, 0);
+	*h_max = clamp_t(s64, (bias + top + (1LL << (frac - 1))) >> frac,
+			 0, S32_MAX);
 	return true;
 }
 
@@ -984,16 +986,20 @@ static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
 static u32 kml_dd_fast_frac(const struct kml_model *m, unsigned int rows)
 {
 	const s32 *w = m->params + m->w_off[0];
+	s64 hi = 0, lo = 0, v;
 	unsigned int i, j;
-	s64 top = 0;
 	u32 frac;
 
-	for (j = 0; j < rows; j++, w += KML_DD_NR_FEATURES)
-		for (i = 0; i < KML_DD_NR_FEATURES; i++)
-			top = max_t(s64, top,
-				    abs(kml_dd_fast_weight(m, w, i)));
+	for (j = 0; j < rows; j++, w += KML_DD_NR_FEATURES) {
+		for (i = 0; i < KML_DD_NR_FEATURES; i++) {
+			v = kml_dd_fast_weight(m, w, i);
+			hi = max(hi, v);
+			lo = min(lo, v);
+		}
+	}
 	for (frac = KML_DD_FAST_FRAC; frac >= KML_DD_FAST_FRAC_MIN; frac--)
-		if (kml_rshift_round(top, 32 - frac) <= S32_MAX)
+		if (kml_rshift_round(hi, 32 - frac) <= S32_MAX &&
+		    kml_rshift_round(lo, 32 - frac) >= S32_MIN)
 			return frac;
 	return 0;
 }
@@ -1035,7 +1041,7 @@ bool kml_dd_fast_compile(struct kml_model *m, struct kml_dd_fast *f)
 				      &f->b[j], &f->h_max[j]))
 			return false;
 		f->w2[j] = p[m->w_off[1] + j];
-		if (check_mul_overflow(abs((s64)f->w2[j]), f->h_max[j], &t) ||
+		if (check_mul_overflow(abs((s64)f->w2[j]), (s64)f->h_max[j], &t) ||
 		    check_add_overflow(acc, t, &acc))
 			return false;
 	}

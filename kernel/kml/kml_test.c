@@ -1452,7 +1452,7 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 	static const u32 hidden[] = { 0, 4, KML_DD_FAST_HIDDEN };
 	struct kml_dd_fast *f;
 	struct kml_model *m;
-	u32 norm, h, i;
+	u32 norm, h, i, j;
 	s32 *p, *w2;
 
 	f = kunit_kzalloc(test, sizeof(*f), GFP_KERNEL);
@@ -1501,25 +1501,34 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
 	m->cfg.dtype = KML_Q16;
 	/*
-	 * The output sum must stay within 63 bits at every unit's most
-	 * (kml_dd_feat_max(): a flag reaches 1.0, an lg() 64): unit 1 at 127
-	 * on each lg() reaches 2^32.3, past 2^63 through an output weight of
-	 * 2^31, but not through 1.0; at 127 on each flag it reaches 2^25.
+	 * A unit is clamped where the library saturates it, S32_MAX, and at
+	 * its most (kml_dd_feat_max(): a flag reaches 1.0, an lg() 64):
+	 * units 1 to 3 at 127 on each lg() reach 2^32.3, past the library's
+	 * saturation, and agree with it there; at 127 on each flag 2^25.
+	 * The output sum must stay within 63 bits: three such units through
+	 * output weights of 2^31 could pass it, one could not.
 	 */
 	p = kml_model_params(m);
 	w2 = p + m->w_off[1];
-	for (i = 0; i < KML_DD_NR_FEATURES; i++)
-		p[KML_DD_NR_FEATURES + i] = kml_dd_feat_max(i) == KML_Q16_ONE ?
-					    0 : 127 * KML_Q16_ONE;
-	KUNIT_EXPECT_TRUE(test, kml_dd_fast_compile(m, f));
-	KUNIT_EXPECT_GT(test, f->h_max[1], 1LL << 32);
-	w2[1] = S32_MAX;
+	for (j = 1; j < 4; j++)
+		for (i = 0; i < KML_DD_NR_FEATURES; i++)
+			p[j * KML_DD_NR_FEATURES + i] =
+				kml_dd_feat_max(i) == KML_Q16_ONE ?
+				0 : (128 - j) * KML_Q16_ONE;
+	w2[1] = KML_Q16_ONE;
+	w2[2] = -KML_Q16_ONE;
+	KUNIT_ASSERT_TRUE(test, kml_dd_fast_compile(m, f));
+	KUNIT_EXPECT_EQ(test, f->h_max[1], S32_MAX);
+	kml_test_dd_fast_agree(test, m, f);
+	w2[1] = w2[2] = w2[3] = S32_MAX;
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
+	w2[2] = w2[3] = KML_Q16_ONE;
+	KUNIT_EXPECT_TRUE(test, kml_dd_fast_compile(m, f));
 	for (i = 0; i < KML_DD_NR_FEATURES; i++)
 		p[KML_DD_NR_FEATURES + i] = kml_dd_feat_max(i) == KML_Q16_ONE ?
 					    127 * KML_Q16_ONE : 0;
 	KUNIT_EXPECT_TRUE(test, kml_dd_fast_compile(m, f));
-	KUNIT_EXPECT_LT(test, f->h_max[1], 1LL << 26);
+	KUNIT_EXPECT_LT(test, f->h_max[1], 1 << 26);
 	kml_model_free(m);
 	m = kml_test_model(test, KML_Q16, KML_ARCH_MLP);
 	KUNIT_EXPECT_FALSE(test, kml_dd_fast_compile(m, f));
