@@ -28,8 +28,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define TRAIN_BATCH_WAIT_S	0.05	/* train a partial batch after this */
 #define TRAIN_STOP_GRACE_S	1.0	/* draining after --seconds/a signal */
+#define IDLE_WAIT_S		0.05	/* no sample: look for the end again */
 #define TRAIN_MAX_REFUSAL_MSGS	5
 
 /* ---- model and batches */
@@ -277,18 +277,28 @@ static void rate_pace(struct trainer *t, u32 n)
 /* ---- trainer thread */
 
 /*
- * Wait for a batch and copy it out of the FIFO.  Returns the number of
- * samples, 0 when there is nothing more to train on.
+ * Wait for a batch and copy it out of the FIFO: a full one, or what there
+ * is once the first sample has waited KML_DD_BATCH_WAIT_MS (the kernel
+ * trainer's rule too: kml_dd_calib.h), or once the consumer is done.
+ * Returns the number of samples, 0 when there are none yet or nothing
+ * more to train on.
  */
 static u32 take_batch(struct trainer *t)
 {
 	struct timespec until;
 	u32 n = 0;
-	double wait_end = mono_s() + TRAIN_BATCH_WAIT_S;
+	double wait_end = mono_s() + IDLE_WAIT_S;
+	bool waiting = false;
 
 	pthread_mutex_lock(&t->lock);
-	while (t->fifo_count < t->o->batch && !t->consumer_done &&
-	       mono_s() < wait_end) {
+	while (t->fifo_count < t->o->batch && !t->consumer_done) {
+		if (t->fifo_count && !waiting) {
+			/* the batch's first sample: its wait starts */
+			waiting = true;
+			wait_end = mono_s() + KML_DD_BATCH_WAIT_MS / 1000.0;
+		}
+		if (mono_s() >= wait_end)
+			break;
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_nsec += 10 * 1000 * 1000;
 		if (until.tv_nsec >= 1000000000L) {

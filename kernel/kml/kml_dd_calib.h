@@ -56,6 +56,14 @@
 #define KML_DD_HIDDEN		16
 #define KML_DD_FAST_HIDDEN	8
 
+/*
+ * The trainers (kmlctl train, the kernel trainer) train on a batch once it
+ * is full or once its first sample has waited this long: fresh enough to
+ * follow a changed load, long enough that a slow device's batches are not
+ * of a sample or two.
+ */
+#define KML_DD_BATCH_WAIT_MS	1000
+
 /* Why kml_dd_cal_fit() calibrated or not (struct kml_dd_cal_result). */
 enum kml_dd_cal_status {
 	KML_DD_CAL_OK = 0,		/* thr is set */

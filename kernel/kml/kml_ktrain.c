@@ -3,7 +3,8 @@
  * KML for mq-deadline: the in-kernel trainer.
  *
  * A kernel thread pops samples from the ring, trains its own copy of the
- * model in mini-batches and publishes it through the same validated swap
+ * model in mini-batches (full, or once the first has waited
+ * KML_DD_BATCH_WAIT_MS) and publishes it through the same validated swap
  * as /dev/kml every ktrainer_publish samples.  It is capped in samples per
  * second (over the cap, samples stay in the ring in block mode or are
  * popped and skipped in drop mode) and in CPU share (it sleeps in
@@ -63,6 +64,8 @@ struct kml_ktrain {
 	u8 *file;			/* kml_model_save() output */
 	size_t file_cap;
 	struct kml_dd_sample batch[KML_KT_BATCH];
+	u32 n;				/* samples in @batch */
+	u64 first_ns;			/* when the first of them was popped */
 	/* float storage; only kml_dd_fpu.c and KML's float code touch it */
 	u32 x[KML_KT_BATCH * KML_DD_NR_FEATURES];
 	u32 y[KML_KT_BATCH];
@@ -151,9 +154,10 @@ static bool kml_kt_rate_ok(struct kml_ktrain *kt, u64 now)
 	return true;
 }
 
+/* Pop samples into the batch, up to a full one; returns how many it holds. */
 static u32 kml_kt_fill(struct kml_ktrain *kt)
 {
-	u32 n = 0;
+	u32 n = kt->n;
 
 	while (n < KML_KT_BATCH) {
 		if (!kml_kt_rate_ok(kt, ktime_get_ns())) {
@@ -168,7 +172,23 @@ static u32 kml_kt_fill(struct kml_ktrain *kt)
 			break;
 		n++;
 	}
+	if (n && !kt->n)
+		kt->first_ns = ktime_get_ns();
+	kt->n = n;
 	return n;
+}
+
+/*
+ * Train once the batch is full, or once its first sample has waited
+ * KML_DD_BATCH_WAIT_MS (kml_dd_calib.h, the user trainer's rule too): a
+ * disk serves about 60 requests a second, so taking what the ring holds
+ * made steps of one sample each, and Adam's steps as noisy as one sample.
+ */
+static bool kml_kt_batch_ready(struct kml_ktrain *kt)
+{
+	return kt->n == KML_KT_BATCH ||
+	       (kt->n && ktime_get_ns() - kt->first_ns >=
+			 (u64)KML_DD_BATCH_WAIT_MS * NSEC_PER_MSEC);
 }
 
 /*
@@ -274,15 +294,18 @@ static int kml_kt_thread(void *data)
 	kt->last_ns = ktime_get_ns();
 	while (!kthread_should_stop()) {
 		n = kml_kt_fill(kt);
-		if (!n) {
+		if (!kml_kt_batch_ready(kt)) {
 			msleep_interruptible(KML_KT_IDLE_MS);
 			continue;
 		}
 		t0 = ktime_get_ns();
 		kml_kt_step(kt, n);
+		kt->n = 0;
 		kml_kt_throttle(kt, ktime_get_ns() - t0);
 		cond_resched();
 	}
+	if (kt->n)
+		kml_kt_step(kt, kt->n);
 	if (kt->since_publish)
 		kml_kt_publish(kt);
 	return 0;
