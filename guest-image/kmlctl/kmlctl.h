@@ -194,6 +194,7 @@ struct trainer {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;		/* samples arrived, or the consumer ended */
 	struct kml_dd_sample *fifo;
+	double *fifo_at;		/* mono_s() each sample was put */
 	size_t fifo_cap, fifo_head, fifo_count;
 	bool consumer_done;		/* no more samples will come */
 	bool stop_now;			/* --seconds or a signal: drain briefly */

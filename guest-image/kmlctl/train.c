@@ -277,26 +277,26 @@ static void rate_pace(struct trainer *t, u32 n)
 /* ---- trainer thread */
 
 /*
- * Wait for a batch and copy it out of the FIFO: a full one, or what there
- * is once the first sample has waited KML_DD_BATCH_WAIT_MS (the kernel
+ * Wait for a batch and copy it out of the FIFO: a full one (or a full
+ * FIFO, when --buffer is the smaller), or what there is once the oldest
+ * sample has waited KML_DD_BATCH_WAIT_MS since it was put (the kernel
  * trainer's rule too: kml_dd_calib.h), or once the consumer is done.
  * Returns the number of samples, 0 when there are none yet or nothing
  * more to train on.
  */
 static u32 take_batch(struct trainer *t)
 {
+	size_t want = t->o->batch < t->fifo_cap ? t->o->batch : t->fifo_cap;
 	struct timespec until;
+	double wait_end;
 	u32 n = 0;
-	double wait_end = mono_s() + IDLE_WAIT_S;
-	bool waiting = false;
 
 	pthread_mutex_lock(&t->lock);
-	while (t->fifo_count < t->o->batch && !t->consumer_done) {
-		if (t->fifo_count && !waiting) {
-			/* the batch's first sample: its wait starts */
-			waiting = true;
-			wait_end = mono_s() + KML_DD_BATCH_WAIT_MS / 1000.0;
-		}
+	wait_end = mono_s() + IDLE_WAIT_S;
+	while (t->fifo_count < want && !t->consumer_done) {
+		if (t->fifo_count)
+			wait_end = t->fifo_at[t->fifo_head] +
+				   KML_DD_BATCH_WAIT_MS / 1000.0;
 		if (mono_s() >= wait_end)
 			break;
 		clock_gettime(CLOCK_REALTIME, &until);
@@ -390,7 +390,8 @@ static int train_open(struct trainer *t, const struct opts *o)
 			    t->n_features);
 	t->fifo_cap = o->buffer;
 	t->fifo = calloc(t->fifo_cap, sizeof(*t->fifo));
-	if (!t->fifo)
+	t->fifo_at = calloc(t->fifo_cap, sizeof(*t->fifo_at));
+	if (!t->fifo || !t->fifo_at)
 		return fail(ENOMEM, "sample buffer");
 	if (o->curve) {
 		t->curve = fopen(o->curve, "w");
@@ -465,6 +466,7 @@ static void train_close(struct trainer *t)
 	free(t->batch);
 	free(t->resid);
 	free(t->fifo);
+	free(t->fifo_at);
 	close_ring(&t->rs);
 }
 

@@ -59,6 +59,7 @@ static void fifo_put(struct trainer *t, const struct kml_dd_sample *s)
 	size_t i = (t->fifo_head + t->fifo_count) % t->fifo_cap;
 
 	t->fifo[i] = *s;
+	t->fifo_at[i] = mono_s();
 	t->fifo_count++;
 }
 
