@@ -291,7 +291,7 @@ static inline bool kml_dd_skill_one_sided(u32 tn, u32 fp, u32 fn, u32 tp)
  * The input normalisation is folded into the first layer: w with @frac
  * fraction bits (24, fewer only when a folded weight w * scale would not
  * fit 32 bits: a feature that hardly varies is scaled up), the bias with
- * @frac + 16.  Features are in [0, KML_DD_FEAT_MAX], so with |w| < 2^31
+ * @frac + 16 and half a unit of the row added, its rounding.  Features are in [0, KML_DD_FEAT_MAX], so with |w| < 2^31
  * and |bias| <= KML_DD_FAST_BIAS_MAX a row's sum stays within 63 bits.
  * Each hidden unit is clamped to @h_max[j]: the least of S32_MAX, where
  * the library saturates a unit too, and the most any features within
@@ -496,7 +496,11 @@ static inline void kml_dd_note_inference_time(u64 ns)
 	this_cpu_inc(kml_dd_counters.inference_hist[b]);
 }
 
-/* One row of a compiled first layer: Q16.16, not yet clamped. */
+/*
+ * One row of a compiled first layer: Q16.16, not yet clamped.  The bias
+ * holds the rounding (half a unit of the result), so that the row costs a
+ * shift and no add (kml_dd_fast_fold()).
+ */
 static inline s64 kml_dd_fast_row(const s32 *w, s64 bias, u32 frac,
 				  const s32 *features)
 {
@@ -505,7 +509,7 @@ static inline s64 kml_dd_fast_row(const s32 *w, s64 bias, u32 frac,
 
 	for (i = 0; i < KML_DD_NR_FEATURES; i++)
 		acc += (s64)w[i] * features[i];
-	return (acc + (1LL << (frac - 1))) >> frac;
+	return acc >> frac;
 }
 
 /*

@@ -972,9 +972,8 @@ static bool kml_dd_fast_fold(const struct kml_model *m, const s32 *w, s32 b,
 	}
 	if (bias > KML_DD_FAST_BIAS_MAX || bias < -KML_DD_FAST_BIAS_MAX)
 		return false;
-	*bo = bias;
-	*h_max = clamp_t(s64, (bias + top + (1LL << (frac - 1))) >> frac,
-			 0, S32_MAX);
+	*bo = bias + (1LL << (frac - 1));	/* the row's rounding */
+	*h_max = clamp_t(s64, (*bo + top) >> frac, 0, S32_MAX);
 	return true;
 }
 
