@@ -291,8 +291,10 @@ static inline bool kml_dd_skill_one_sided(u32 tn, u32 fp, u32 fn, u32 tp)
  * The input normalisation is folded into the first layer: w with @frac
  * fraction bits (24, fewer only when a folded weight w * scale would not
  * fit 32 bits: a feature that hardly varies is scaled up), the bias with
- * @frac + 16 and half a unit of the row added, its rounding.  Features are in [0, KML_DD_FEAT_MAX], so with |w| < 2^31
- * and |bias| <= KML_DD_FAST_BIAS_MAX a row's sum stays within 63 bits.
+ * @frac + 16 and half a unit of the row added, its rounding.  Features
+ * are in [0, KML_DD_FEAT_MAX], so with |w| < 2^31 and |bias| <=
+ * KML_DD_FAST_BIAS_MAX (before the rounding) a row's sum stays within 63
+ * bits.
  * Each hidden unit is clamped to @h_max[j]: the least of S32_MAX, where
  * the library saturates a unit too, and the most any features within
  * their ranges (kml_dd_feat_max()) can make it, so the clamp changes no

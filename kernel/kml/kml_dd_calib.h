@@ -49,18 +49,19 @@
  * features, KML_DD_HIDDEN ReLU units, one linear output.  Publishing
  * Q16.16 copies (kmlctl --publish-dtype fixed, ktrainer_publish_q16),
  * KML_DD_FAST_HIDDEN units: the widest model mq-deadline compiles into
- * integer dot products (kml_dd.h, struct kml_dd_fast): about a thousand instructions a prediction,
- * where a 14-16-1 on the library's layer-by-layer path takes about three
- * thousand.
+ * integer dot products (kml_dd.h, struct kml_dd_fast): about a thousand
+ * instructions a prediction, where a 14-16-1 on the library's
+ * layer-by-layer path takes about three thousand.
  */
 #define KML_DD_HIDDEN		16
 #define KML_DD_FAST_HIDDEN	8
 
 /*
  * The trainers (kmlctl train, the kernel trainer) train on a batch once it
- * is full or once its first sample has waited this long: fresh enough to
- * follow a changed load, long enough that a slow device's batches are not
- * of a sample or two.
+ * is full or once its oldest sample has waited this long since the trainer
+ * took it off the ring (kmlctl's consumer into its buffer, the kernel
+ * trainer into its batch): fresh enough to follow a changed load, long
+ * enough that a slow device's batches are not of a sample or two.
  */
 #define KML_DD_BATCH_WAIT_MS	1000
 

@@ -180,7 +180,8 @@ static u32 kml_kt_fill(struct kml_ktrain *kt)
 
 /*
  * Train once the batch is full, or once its first sample has waited
- * KML_DD_BATCH_WAIT_MS (kml_dd_calib.h, the user trainer's rule too): a
+ * KML_DD_BATCH_WAIT_MS since it was popped (kml_dd_calib.h: the user
+ * trainer's rule too, counted from its consumer's pop): a
  * disk serves about 60 requests a second, so taking what the ring holds
  * made steps of one sample each, and Adam's steps as noisy as one sample.
  */
