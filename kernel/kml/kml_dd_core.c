@@ -1015,13 +1015,12 @@ bool kml_dd_fast_compile(struct kml_model *m, struct kml_dd_fast *f)
 	s64 acc, t;
 	unsigned int j;
 
-	if (c->dtype != KML_Q16 || c->out_act != KML_ACT_NONE ||
-	    c->sizes[0] != KML_DD_NR_FEATURES || c->sizes[c->n_layers] != 1)
+	if (c->n_layers < 1 || c->n_layers > 2 || c->dtype != KML_Q16 ||
+	    c->out_act != KML_ACT_NONE || c->sizes[0] != KML_DD_NR_FEATURES ||
+	    c->sizes[c->n_layers] != 1)
 		return false;
 	if (c->n_layers == 2 && (c->hidden_act != KML_ACT_RELU ||
 				 c->sizes[1] > KML_DD_FAST_HIDDEN))
-		return false;
-	if (c->n_layers < 1 || c->n_layers > 2)
 		return false;
 	memset(f, 0, sizeof(*f));
 	f->hidden = c->n_layers == 2 ? c->sizes[1] : 0;
