@@ -40,7 +40,12 @@ def stats_text(seed: int, mode: str) -> str:
         "pred_clamped": 1, "skill_windows": 1, "skill_windows_unskilled": 0,
         "skill_windows_inconclusive": 0, "step_asides": 0, "step_resumes": 0,
         "steer_suppressed": 0, "skill_balanced_ppm": 700000, "stepped_aside": 0,
-        "skill_holdouts": 0, "auc_ppm": 812_345 + seed,
+        "skill_holdouts": 0, "auc_ppm": 812_345 + seed, "skill_holdout_weight": 8,
+        # active mode acted on about half its predicted misses, held one in 16 out
+        "steered_met": fp // 2 if mode == "active" else 0,
+        "steered_missed": tp // 2 if mode == "active" else 0,
+        "holdout_met": fp // 16 if mode == "active" else 0,
+        "holdout_missed": tp // 16 if mode == "active" else 0,
     }  # fmt: skip
     hist = [
         f"inference_ns_hist 512 640 {n // 2}",

@@ -156,6 +156,7 @@ def test_predicted_misses_acted_on_are_flagged_steered(g: Guest, tmp_path: Path)
     tracer = start_background(g, f"{KMLCTL} trace /tmp/flags.trc --seconds 120", "/tmp/t.log")
     try:
         wait_mapped(g, tracer)
+        before = stats(g)
         after = run_io(g)
     finally:
         stop_pid(g, tracer)
@@ -175,6 +176,20 @@ def test_predicted_misses_acted_on_are_flagged_steered(g: Guest, tmp_path: Path)
     assert n_held >= 4 and n_steered >= 28, (n_held, n_steered)
     assert 7 * n_held - 8 <= n_steered <= 7 * n_held + 8 + 7, (n_held, n_steered)
     assert after.get("skill_holdouts") > 0
+    # the kernel counts both kinds by outcome, as the samples say, for the
+    # judged figures (kmlstats.judged_confusion): the same requests.  The
+    # trace starts with what earlier tests left in the ring; this run's
+    # samples are its last ring_produced, every one (nothing dropped)
+    new = delta(before, after, "ring_produced")
+    assert 0 < new <= len(rec), (new, len(rec))
+    assert delta(before, after, "ring_dropped") == delta(before, after, "ring_filtered") == 0
+    met, steered, held = rec["met"][-new:] == 1, steered[-new:], held[-new:]
+    counted = {
+        "steered_met": int((steered & met).sum()), "steered_missed": int((steered & ~met).sum()),
+        "holdout_met": int((held & met).sum()), "holdout_missed": int((held & ~met).sum()),
+    }  # fmt: skip
+    assert {k: delta(before, after, k) for k in counted} == counted
+    assert after.get("skill_holdout_weight") == 8
 
 
 def test_false_alarms_where_nothing_misses_step_aside(g: Guest) -> None:

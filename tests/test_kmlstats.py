@@ -295,3 +295,30 @@ def test_learned_service_times_parse_and_refuse() -> None:
     ):
         with pytest.raises(kmlstats.KmlStatsError, match=why):
             kmlstats.parse_svc(bad, source="kml_svc.txt")
+
+
+def _acted(steered_met: int, steered_missed: int, holdout_met: int, holdout_missed: int) -> str:
+    return STATS + (
+        f"steered_met {steered_met}\nsteered_missed {steered_missed}\n"
+        f"holdout_met {holdout_met}\nholdout_missed {holdout_missed}\nskill_holdout_weight 8\n"
+    )
+
+
+def test_judged_figures_leave_out_what_active_mode_acted_on() -> None:
+    # nothing acted on (observe, a shadow): the plain matrix
+    plain = kmlstats.metrics(parse_stats(_acted(0, 0, 0, 0)))
+    assert plain["judged_accuracy"] == plain["accuracy"] == 0.85
+    assert plain["judged_balanced_accuracy"] == plain["balanced_accuracy"]
+    # of the 45 predicted misses, 7 met and 21 missed after being acted on;
+    # 1 met and 3 missed held out: FP 10 - 7 + 7 x 1 = 10, TP 35 - 21 + 7 x 3 = 35
+    judged = kmlstats.judged_confusion(parse_stats(_acted(7, 21, 1, 3)))
+    assert judged == (50, 10, 5, 35)
+    # acted on, the holdouts all missed: the acts' false alarms were the acts'
+    m = kmlstats.metrics(parse_stats(_acted(9, 12, 0, 4)))
+    tn, fp, fn, tp = 50, 10 - 9, 5, 35 - 12 + 7 * 4
+    assert m["judged_accuracy"] == pytest.approx((tn + tp) / (tn + fp + fn + tp))
+    assert m["judged_balanced_accuracy"] == pytest.approx((tn / (tn + fp) + tp / (tp + fn)) / 2)
+    assert m["judged_balanced_accuracy"] > m["balanced_accuracy"]
+    # acted on with no holdout (the step-aside rule off), or an older kernel: no figure
+    assert kmlstats.judged_confusion(parse_stats(_acted(7, 21, 0, 0))) is None
+    assert kmlstats.metrics(parse_stats(STATS))["judged_accuracy"] is None

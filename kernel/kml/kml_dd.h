@@ -62,6 +62,10 @@ enum kml_dd_stat {
 	KML_DD_S_UNOBSERVED,
 	KML_DD_S_RING_UNCLAIMED,
 	KML_DD_S_UPDATES_COMPILED,
+	KML_DD_S_STEERED_MET,		/* acted on, then met */
+	KML_DD_S_STEERED_MISSED,	/* acted on, and missed all the same */
+	KML_DD_S_HOLDOUT_MET,		/* held out (KML_DD_SKILL_HOLDOUT) */
+	KML_DD_S_HOLDOUT_MISSED,
 	KML_DD_NR_STATS,
 };
 
@@ -245,16 +249,10 @@ static inline u8 kml_dd_score_bucket(s32 r)
 #define KML_DD_SKILL_MIN_CLASS		16
 #define KML_DD_SKILL_MAX_STRETCH	8
 /*
- * Acting on a predicted miss changes its outcome, so the window leaves the
- * requests active mode moved ahead out.  Left at that, it would keep only
- * the misses the model did not predict, and any model would look no better
- * than the baseline.  So one steering prediction of a miss in
- * KML_DD_SKILL_HOLDOUT is not acted on (KML_DD_SAMPLE_HOLDOUT) and counts
- * KML_DD_SKILL_HOLDOUT times in the window, for itself and the ones that
- * were.  The weighted counts stay under 16 bits: a window closes at most
+ * KML_DD_SKILL_HOLDOUT (kml_dd_calib.h) in the skill window: the weighted
+ * counts stay under 16 bits, as a window closes at most
  * KML_DD_SKILL_MAX_STRETCH * KML_DD_SKILL_MAX_WINDOW + KML_DD_SKILL_HOLDOUT.
  */
-#define KML_DD_SKILL_HOLDOUT		8
 
 /*
  * A window that closed without KML_DD_SKILL_MIN_CLASS of each outcome,

@@ -38,6 +38,18 @@
 #include "kml.h"
 #include "kml_iosched_uapi.h"
 
+/*
+ * Acting on a predicted miss changes its outcome, so the skill window
+ * (kml_dd.h) and the calibration window leave the requests active mode
+ * acted on out (KML_DD_SAMPLE_STEERED, KML_DD_SAMPLE_URGENT).  Left at
+ * that, they would keep only the misses the model did not predict, and any
+ * model would look no better than the baseline.  So one steering
+ * prediction of a miss in KML_DD_SKILL_HOLDOUT is not acted on
+ * (KML_DD_SAMPLE_HOLDOUT) and counts KML_DD_SKILL_HOLDOUT times, for
+ * itself and the ones that were.
+ */
+#define KML_DD_SKILL_HOLDOUT	8
+
 #define KML_DD_CAL_WINDOW	2048	/* residuals a trainer calibrates on */
 #define KML_DD_CAL_MIN_CLASS	32	/* fewer met or missed: no calibration */
 #define KML_DD_CAL_MAX_LG	(3 << 16)	/* thresholds: a factor 8 either way */

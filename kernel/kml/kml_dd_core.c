@@ -625,6 +625,10 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_UNOBSERVED] = "unobserved",
 	[KML_DD_S_RING_UNCLAIMED] = "ring_unclaimed",
 	[KML_DD_S_UPDATES_COMPILED] = "updates_compiled",
+	[KML_DD_S_STEERED_MET] = "steered_met",
+	[KML_DD_S_STEERED_MISSED] = "steered_missed",
+	[KML_DD_S_HOLDOUT_MET] = "holdout_met",
+	[KML_DD_S_HOLDOUT_MISSED] = "holdout_missed",
 };
 
 /* The range bucket @b of kml_dd_hist_bucket() with @nr buckets holds. */
@@ -798,20 +802,31 @@ static void kml_dd_skill_judge(u64 v)
  * and for the KML_DD_SKILL_HOLDOUT - 1 that were acted on (kml_dd.h), so
  * those must not count as well: under policy cost they are never moved
  * ahead, and counted at 1 beside the holdout's 8 they made each eight
- * predicted misses weigh fifteen.
+ * predicted misses weigh fifteen.  Both kinds are counted by outcome for
+ * the whole run too (steered_*, holdout_*), so that a reader can judge
+ * all of active mode's predictions the same way (docs/kml-iosched.md).
  */
 static void kml_dd_skill_note(const struct kml_dd_outcome *o)
 {
 	unsigned int window = READ_ONCE(kml_dd.skill_window);
 	unsigned long timed;
 	unsigned int cell = 2 * !o->met + !o->pred_met;
-	u32 met, missed, weight;
+	u32 met, missed, weight = 1;
 	u64 v;
 
-	if (!window ||
-	    (o->flags & (KML_DD_SAMPLE_URGENT | KML_DD_SAMPLE_STEERED)))
+	if (o->flags & (KML_DD_SAMPLE_URGENT | KML_DD_SAMPLE_STEERED |
+			KML_DD_SAMPLE_HOLDOUT)) {
+		if (o->flags & (KML_DD_SAMPLE_URGENT | KML_DD_SAMPLE_STEERED)) {
+			kml_dd_stat_inc(o->met ? KML_DD_S_STEERED_MET :
+						 KML_DD_S_STEERED_MISSED);
+			return;
+		}
+		kml_dd_stat_inc(o->met ? KML_DD_S_HOLDOUT_MET :
+					 KML_DD_S_HOLDOUT_MISSED);
+		weight = KML_DD_SKILL_HOLDOUT;
+	}
+	if (!window)
 		return;
-	weight = o->flags & KML_DD_SAMPLE_HOLDOUT ? KML_DD_SKILL_HOLDOUT : 1;
 	v = atomic64_add_return((s64)weight << (16 * cell), &kml_dd.skill);
 	if (v == (u64)weight << (16 * cell))	/* the window's first */
 		WRITE_ONCE(kml_dd.skill_since, jiffies);
@@ -1358,6 +1373,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   READ_ONCE(kml_dd.decision_permille));
 	seq_printf(m, "skill_window %u\n", READ_ONCE(kml_dd.skill_window));
 	seq_printf(m, "skill_window_ms %u\n", READ_ONCE(kml_dd.skill_window_ms));
+	seq_printf(m, "skill_holdout_weight %u\n", KML_DD_SKILL_HOLDOUT);
 	seq_printf(m, "skill_min_permille %u\n",
 		   READ_ONCE(kml_dd.skill_min_permille));
 	seq_printf(m, "stepped_aside %d\n", kml_dd_stepped_aside());

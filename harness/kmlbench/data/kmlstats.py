@@ -53,6 +53,10 @@ METRIC_NAMES = (
     "steer_suppressed",
     "skill_holdouts",
     "stepped_aside",
+    "judged_accuracy",
+    "judged_balanced_accuracy",
+    "judged_baseline_accuracy",
+    "judged_mcc",
     "inference_ns_p50",
     "inference_ns_p99",
     "ring_dropped",
@@ -237,6 +241,29 @@ def confusion_metrics(
     }
 
 
+def judged_confusion(stats: KmlStats) -> tuple[int, int, int, int] | None:
+    """The confusion matrix of active mode's predictions, judged as the
+    kernel's skill window judges them (``docs/kml-iosched.md``, "Stepping
+    aside"): a predicted miss active mode acted on (``steered_met``,
+    ``steered_missed``) may have had its outcome changed by the act, so it
+    is left out, and each one held out (``holdout_met``,
+    ``holdout_missed``, not acted on) counts ``skill_holdout_weight``
+    times, for itself and those acted on. ``None`` when predicted misses
+    were acted on and none held out (the step-aside rule off: nothing to
+    judge them by), or from a kernel without these counters; the plain
+    matrix when nothing was acted on (observe mode, a shadow)."""
+    c = stats.counters
+    keys = ("steered_met", "steered_missed", "holdout_met", "holdout_missed")
+    if not all(k in c for k in (*keys, "skill_holdout_weight")):
+        return None
+    tn, fp, fn, tp = (stats.get(k) for k in CONFUSION_KEYS)
+    s_met, s_missed, h_met, h_missed = (c[k] for k in keys)
+    if s_met + s_missed and not h_met + h_missed:
+        return None
+    extra = c["skill_holdout_weight"] - 1
+    return tn, fp - s_met + extra * h_met, fn, tp - s_missed + extra * h_missed
+
+
 def baseline_flags(m: Mapping[str, Any]) -> list[str]:
     """Why a model's figures ``m`` (``confusion_metrics``) are no better than the
     baseline of always answering "meet": ``"below-baseline"`` when its accuracy is
@@ -302,7 +329,12 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     without the rule); ``auc``, the kernel's AUC of the residuals
     lg(predicted / deadline) as a score for "miss", from histograms of an
     eighth of a lg unit (a pair within one bucket counts half), None while
-    either outcome has no prediction.
+    either outcome has no prediction; ``judged_accuracy``,
+    ``judged_balanced_accuracy``, ``judged_baseline_accuracy`` and
+    ``judged_mcc``, the same of :func:`judged_confusion`: what active mode's
+    predictions were worth, not counting the outcomes its acts changed
+    (the plain figures count a predicted miss that was moved ahead and then
+    met as a false alarm).
     """
     c = stats
     out = confusion_metrics(*(c.get(k) for k in CONFUSION_KEYS))
@@ -323,6 +355,10 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
         "steer_suppressed", "skill_holdouts", "stepped_aside",
     ):  # fmt: skip
         result[key] = c.counters.get(key)
+    judged = judged_confusion(c)
+    jm = confusion_metrics(*judged) if judged else {}
+    for key in ("accuracy", "balanced_accuracy", "baseline_accuracy", "mcc"):
+        result[f"judged_{key}"] = jm.get(key)
     result["inference_ns_p50"] = hist_percentile(c.histogram, 50)
     result["inference_ns_p99"] = hist_percentile(c.histogram, 99)
     result["ring_dropped"] = c.get("ring_dropped")
