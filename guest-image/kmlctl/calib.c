@@ -53,12 +53,13 @@ double scores_mae(const struct scores *sc)
  * 1000 (/sys/module/kml/parameters/decision_permille).  Regression to the
  * mean pulls predictions toward the majority class, so the deadline itself
  * is rarely the best threshold.  score_batch() keeps the last
- * KML_DD_CAL_WINDOW prequential residuals and, at each publish, the
- * threshold that maximises balanced accuracy goes to the kernel (accuracy
- * is gamed by class imbalance: with 1% misses, "always meet" is 99%
- * accurate and has no skill).  The model itself stays unbiased.  The
- * residuals and the threshold are KML's (kernel/kml/kml_dd_calib.h): the
- * kernel trainer and kmlbench train run the same code.
+ * KML_DD_CAL_CLASS prequential residuals of each class (met, missed) and,
+ * at each publish, the threshold that maximises balanced accuracy goes to
+ * the kernel (accuracy is gamed by class imbalance: with 1% misses,
+ * "always meet" is 99% accurate and has no skill).  The model itself
+ * stays unbiased.  The residuals and the threshold are KML's
+ * (kernel/kml/kml_dd_calib.h): the kernel trainer and kmlbench train run
+ * the same code.
  */
 
 static const char *const calib_status_names[] = {
@@ -83,8 +84,7 @@ u32 calib_fit(struct calib *c)
 {
 	static u32 said;
 
-	if (kml_dd_cal_fit(c->window.r, c->window.n, c->window.scratch,
-			   &c->last))
+	if (kml_dd_cal_fit_window(&c->window, &c->last))
 		return kml_dd_lg_q16_to_permille(c->last.thr);
 	c->refused++;
 	if (!(said & (1U << c->last.status))) {
@@ -154,9 +154,9 @@ static int calibrate_predict(struct kml_model *m, bool q16,
 /*
  * calibrate MODEL TRACE: the decision_permille for MODEL's calls on every
  * sample of TRACE (as kmlbench train calibrates; the trainers use their
- * last KML_DD_CAL_WINDOW), or 1000, the deadline, when the fit refuses
- * (status: few-met, few-missed, no-skill); with the balanced accuracy of
- * the split and the AUC of the residuals.
+ * last KML_DD_CAL_CLASS of each class), or 1000, the deadline, when the
+ * fit refuses (status: few-met, few-missed, no-skill); with the balanced
+ * accuracy of the split and the AUC of the residuals.
  */
 int cmd_calibrate(const struct opts *o)
 {

@@ -94,7 +94,7 @@ static void score_batch(struct trainer *t, u32 n)
 	u32 i;
 
 	kml_dd_residuals(t->yhat, t->batch, n, t->resid);
-	kml_dd_cal_add(&t->cal.window, t->resid, n);
+	kml_dd_cal_add(&t->cal.window, t->resid, t->batch, n);
 	for (i = 0; i < n; i++) {
 		s = &t->batch[i];
 		/* KML's inverse and call, as the kernel makes them */

@@ -52,17 +52,38 @@ EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_auc_hist);
 /* The kernel trainer's, kmlctl train's and kmlbench train's */
 #if KML_HAS_KTRAINER
 void kml_dd_cal_add(struct kml_dd_cal *c, const struct kml_dd_resid *r,
-		    u32 n)
+		    const struct kml_dd_sample *s, u32 n)
 {
-	u32 i;
+	u32 i, k, w, copies;
 
 	for (i = 0; i < n; i++) {
-		c->r[c->pos] = r[i];
-		c->pos = (c->pos + 1) % KML_DD_CAL_WINDOW;
-		if (c->n < KML_DD_CAL_WINDOW)
-			c->n++;
+		copies = 1;
+		if (s && (s[i].flags & (KML_DD_SAMPLE_URGENT |
+					KML_DD_SAMPLE_STEERED)))
+			continue;
+		if (s && (s[i].flags & KML_DD_SAMPLE_HOLDOUT))
+			copies = KML_DD_SKILL_HOLDOUT;
+		k = !!r[i].met;
+		for (w = 0; w < copies; w++) {
+			c->r[k][c->pos[k]] = r[i];
+			c->pos[k] = (c->pos[k] + 1) % KML_DD_CAL_CLASS;
+			if (c->n[k] < KML_DD_CAL_CLASS)
+				c->n[k]++;
+		}
 	}
 }
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_add);
+
+bool kml_dd_cal_fit_window(struct kml_dd_cal *c,
+			   struct kml_dd_cal_result *res)
+{
+	u32 n0 = c->n[0], n1 = c->n[1];
+
+	memcpy(c->scratch, c->r[0], n0 * sizeof(c->scratch[0]));
+	memcpy(c->scratch + n0, c->r[1], n1 * sizeof(c->scratch[0]));
+	return kml_dd_cal_fit(c->scratch, n0 + n1, c->scratch, res);
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_fit_window);
 
 /*
  * Sift @s[i] down the max-heap of the first @n by r, moving, not swapping.
@@ -169,7 +190,8 @@ bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 		res->status = n_met ? KML_DD_CAL_FEW_MISSED : KML_DD_CAL_FEW_MET;
 		return false;
 	}
-	memcpy(scratch, r, n * sizeof(*scratch));
+	if (scratch != r)
+		memcpy(scratch, r, n * sizeof(*scratch));
 	kml_dd_resid_sort(scratch, n);
 	res->auc = kml_dd_cal_auc(scratch, n, n_met, n_miss);
 	if (n_met < KML_DD_CAL_MIN_CLASS || n_miss < KML_DD_CAL_MIN_CLASS) {

@@ -109,11 +109,21 @@ struct kml_dd_resid {
 	u32 met;	/* the request met its deadline */
 };
 
-/* A trainer's window: the last KML_DD_CAL_WINDOW residuals, a ring. */
+/*
+ * A trainer's window: the last KML_DD_CAL_CLASS residuals of each class,
+ * a ring per class ([0] missed, [1] met).  Balanced accuracy and the AUC
+ * weigh each class by its own count, so holding as many misses as meets
+ * changes neither's meaning; one ring of the last KML_DD_CAL_WINDOW held
+ * fewer than KML_DD_CAL_MIN_CLASS misses whenever under 1.6% of requests
+ * missed, and the trainers never calibrated there.  The price: where
+ * misses are rare, the missed ring reaches back further, to residuals of
+ * older models.
+ */
+#define KML_DD_CAL_CLASS	(KML_DD_CAL_WINDOW / 2)
 struct kml_dd_cal {
-	struct kml_dd_resid r[KML_DD_CAL_WINDOW];
+	struct kml_dd_resid r[2][KML_DD_CAL_CLASS];
 	struct kml_dd_resid scratch[KML_DD_CAL_WINDOW];	/* for the fit */
-	u32 n, pos;
+	u32 n[2], pos[2];
 };
 
 /* ---- the label, the inverse and the meet/miss call, integer, inline */
@@ -174,17 +184,26 @@ static inline s64 kml_dd_lg_us_to_ns(float y)
 
 /* ---- kml_dd_calib.c: integer */
 
-/* Append @n residuals to the window, dropping the oldest. */
+/*
+ * Append the residuals @r of samples @s to the window, dropping the oldest
+ * of their class: not those active mode acted on, and a holdout's
+ * KML_DD_SKILL_HOLDOUT times.  @s may be NULL (samples nobody acted on).
+ */
 KML_API void kml_dd_cal_add(struct kml_dd_cal *c,
-			    const struct kml_dd_resid *r, u32 n);
+			    const struct kml_dd_resid *r,
+			    const struct kml_dd_sample *s, u32 n);
+
+/* kml_dd_cal_fit() on the window @c, in its scratch. */
+KML_API bool kml_dd_cal_fit_window(struct kml_dd_cal *c,
+				   struct kml_dd_cal_result *res);
 
 /*
  * The threshold on @n residuals (n < 2^31): true and @res->thr (Q16.16,
  * within +-KML_DD_CAL_MAX_LG) when it calibrated; false when either class
  * has fewer than KML_DD_CAL_MIN_CLASS samples or no split has a balanced
  * accuracy above 0.5, @res->status saying which.  @res is filled either
- * way.  @scratch holds @n entries; @r is not changed.  The result depends
- * only on the multiset of @r.
+ * way.  @scratch holds @n entries, and may be @r itself; otherwise @r is
+ * not changed.  The result depends only on the multiset of @r.
  */
 KML_API bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 			    struct kml_dd_resid *scratch,

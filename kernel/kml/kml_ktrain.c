@@ -205,7 +205,7 @@ static void kml_kt_calibrate(struct kml_ktrain *kt)
 
 	if (!READ_ONCE(ktrainer_calibrate))
 		return;
-	if (!kml_dd_cal_fit(kt->cal.r, kt->cal.n, kt->cal.scratch, &res)) {
+	if (!kml_dd_cal_fit_window(&kt->cal, &res)) {
 		kml_dd_stat_inc(KML_DD_S_KTRAINER_CAL_REFUSED);
 		if (res.status == KML_DD_CAL_NO_SKILL)
 			kml_dd_note_calibration(res.balanced, res.auc);
@@ -254,7 +254,7 @@ static void kml_kt_step(struct kml_ktrain *kt, u32 n)
 	kml_fpu_end();
 	kt->fresh = false;
 	if (scored)
-		kml_dd_cal_add(&kt->cal, kt->resid, n);
+		kml_dd_cal_add(&kt->cal, kt->resid, kt->batch, n);
 	/* a warm start from a model built without normalisation keeps none */
 	ret = kt->model->cfg.norm == KML_NORM_NONE ? 0 :
 		kml_model_norm_update(kt->model, kt->x, n);

@@ -1122,6 +1122,75 @@ static void kml_test_cal_contract(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, permille, KML_CAL_CONTRACT_PERMILLE);
 }
 
+/*
+ * The trainers' window keeps each class apart (struct kml_dd_cal): with
+ * one miss in a hundred, a ring of the last KML_DD_CAL_WINDOW residuals
+ * held about 20 misses and never calibrated.  Each class keeps its last
+ * KML_DD_CAL_CLASS, and the fit sees both.
+ */
+static void kml_test_cal_window(struct kunit *test)
+{
+	const u32 n = 100 * KML_DD_CAL_MIN_CLASS;
+	struct kml_dd_resid r, three[3];
+	struct kml_dd_cal_result res;
+	struct kml_dd_sample *s;
+	struct kml_dd_cal *c;
+	s32 met_max = S32_MIN;
+	u32 i, kept = 0;
+
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
+	c = kunit_kzalloc(test, sizeof(*c), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, c);
+	/* meets below -1, misses above +1, each further out the later */
+	for (i = 0; i < n; i++) {
+		r.met = i % 100 != 99;
+		r.r = r.met ? -KML_Q16_1 - (s32)i : KML_Q16_1 + (s32)i;
+		kml_dd_cal_add(c, &r, NULL, 1);
+	}
+	KUNIT_EXPECT_EQ(test, c->n[0], (u32)KML_DD_CAL_MIN_CLASS);
+	KUNIT_EXPECT_EQ(test, c->n[1], (u32)KML_DD_CAL_CLASS);
+	/* the meets kept are the last KML_DD_CAL_CLASS: the oldest is i */
+	for (i = n; kept < KML_DD_CAL_CLASS; )
+		kept += --i % 100 != 99;
+	for (kept = 0; kept < c->n[1]; kept++)
+		met_max = max(met_max, c->r[1][kept].r);
+	KUNIT_EXPECT_EQ(test, met_max, -KML_Q16_1 - (s32)i);
+	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit_window(c, &res));
+	KUNIT_EXPECT_EQ(test, res.n_met, (u32)KML_DD_CAL_CLASS);
+	KUNIT_EXPECT_EQ(test, res.n_missed, (u32)KML_DD_CAL_MIN_CLASS);
+	KUNIT_EXPECT_EQ(test, res.balanced, KML_DD_CAL_ONE);
+	KUNIT_EXPECT_GT(test, res.thr, met_max);
+	KUNIT_EXPECT_LT(test, res.thr, KML_Q16_1 + 99);
+	/* a class's ring wraps on its own: the misses' now hold the last */
+	r.met = 0;
+	for (i = 0; i < 2 * KML_DD_CAL_CLASS; i++) {
+		r.r = (s32)i;
+		kml_dd_cal_add(c, &r, NULL, 1);
+	}
+	KUNIT_EXPECT_EQ(test, c->n[0], (u32)KML_DD_CAL_CLASS);
+	KUNIT_EXPECT_EQ(test, c->n[1], (u32)KML_DD_CAL_CLASS);
+	for (i = 0; i < KML_DD_CAL_CLASS; i++)
+		KUNIT_EXPECT_GE(test, c->r[0][i].r, (s32)KML_DD_CAL_CLASS);
+	/*
+	 * What active mode acted on is left out; a holdout stands for
+	 * itself and the KML_DD_SKILL_HOLDOUT - 1 acted on.
+	 */
+	memset(c, 0, sizeof(*c));
+	s = kunit_kcalloc(test, 3, sizeof(*s), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, s);
+	s[0].flags = KML_DD_SAMPLE_STEERED;
+	s[1].flags = KML_DD_SAMPLE_STEERED | KML_DD_SAMPLE_URGENT;
+	s[2].flags = KML_DD_SAMPLE_HOLDOUT;
+	three[0] = (struct kml_dd_resid){ .r = 1, .met = 1 };
+	three[1] = (struct kml_dd_resid){ .r = 2, .met = 0 };
+	three[2] = (struct kml_dd_resid){ .r = 3, .met = 0 };
+	kml_dd_cal_add(c, three, s, 3);
+	KUNIT_EXPECT_EQ(test, c->n[1], 0U);
+	KUNIT_EXPECT_EQ(test, c->n[0], (u32)KML_DD_SKILL_HOLDOUT);
+	for (i = 0; i < c->n[0]; i++)
+		KUNIT_EXPECT_EQ(test, c->r[0][i].r, 3);
+}
+
 /* Targets: issue_ns -> lg(issue us), float bits (kml_dd_targets()). */
 static const u64 kml_target_ns[] = {
 	0, 1, 999, 1000, 7000, 123456, 8000000, 20000000, 1000000000,
@@ -2050,6 +2119,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_cal_limits),
 	KUNIT_CASE(kml_test_cal_imbalanced),
 	KUNIT_CASE(kml_test_cal_contract),
+	KUNIT_CASE(kml_test_cal_window),
 	KUNIT_CASE(kml_test_dd_target_contract),
 	KUNIT_CASE(kml_test_dd_decide_contract),
 	KUNIT_CASE(kml_test_dd_decide_q16_contract),

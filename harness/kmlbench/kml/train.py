@@ -102,7 +102,8 @@ def calibrate(y_pred: np.ndarray, rows: np.ndarray) -> Calibration:
     of met and missed: always answering "meet" scores 0.5 however rare
     misses are, so a skill-less model cannot look good), within a factor 8
     of the deadline, ties to the threshold closest to it. The kernel
-    trainer and ``kmlctl train`` run it on their last 2048 residuals; here
+    trainer and ``kmlctl train`` run it on their last 1024 residuals of each
+    class (met, missed); here
     it sees every row. It refuses (``thr`` None, ``status`` why) while met
     or missed has fewer than 32 rows or when no split beats 0.5.
     """
