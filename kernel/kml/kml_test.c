@@ -1131,7 +1131,7 @@ static void kml_test_cal_contract(struct kunit *test)
 static void kml_test_cal_window(struct kunit *test)
 {
 	const u32 n = 100 * KML_DD_CAL_MIN_CLASS;
-	struct kml_dd_resid r, three[3];
+	struct kml_dd_resid r, five[5];
 	struct kml_dd_cal_result res;
 	struct kml_dd_sample *s;
 	struct kml_dd_cal *c;
@@ -1176,19 +1176,25 @@ static void kml_test_cal_window(struct kunit *test)
 	 * itself and the KML_DD_SKILL_HOLDOUT - 1 acted on.
 	 */
 	memset(c, 0, sizeof(*c));
-	s = kunit_kcalloc(test, 3, sizeof(*s), GFP_KERNEL);
+	s = kunit_kcalloc(test, ARRAY_SIZE(five), sizeof(*s), GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, s);
 	s[0].flags = KML_DD_SAMPLE_STEERED;
 	s[1].flags = KML_DD_SAMPLE_STEERED | KML_DD_SAMPLE_URGENT;
-	s[2].flags = KML_DD_SAMPLE_HOLDOUT;
-	three[0] = (struct kml_dd_resid){ .r = 1, .met = 1 };
-	three[1] = (struct kml_dd_resid){ .r = 2, .met = 0 };
-	three[2] = (struct kml_dd_resid){ .r = 3, .met = 0 };
-	kml_dd_cal_add(c, three, s, 3);
-	KUNIT_EXPECT_EQ(test, c->n[1], 0U);
+	s[2].flags = KML_DD_SAMPLE_URGENT;
+	s[3].flags = KML_DD_SAMPLE_HOLDOUT;
+	s[4].flags = KML_DD_SAMPLE_HOLDOUT;
+	five[0] = (struct kml_dd_resid){ .r = 1, .met = 1 };
+	five[1] = (struct kml_dd_resid){ .r = 2, .met = 0 };
+	five[2] = (struct kml_dd_resid){ .r = 5, .met = 1 };
+	five[3] = (struct kml_dd_resid){ .r = 3, .met = 0 };
+	five[4] = (struct kml_dd_resid){ .r = 4, .met = 1 };
+	kml_dd_cal_add(c, five, s, ARRAY_SIZE(five));
 	KUNIT_EXPECT_EQ(test, c->n[0], (u32)KML_DD_SKILL_HOLDOUT);
-	for (i = 0; i < c->n[0]; i++)
+	KUNIT_EXPECT_EQ(test, c->n[1], (u32)KML_DD_SKILL_HOLDOUT);
+	for (i = 0; i < KML_DD_SKILL_HOLDOUT; i++) {
 		KUNIT_EXPECT_EQ(test, c->r[0][i].r, 3);
+		KUNIT_EXPECT_EQ(test, c->r[1][i].r, 4);
+	}
 }
 
 /* Targets: issue_ns -> lg(issue us), float bits (kml_dd_targets()). */

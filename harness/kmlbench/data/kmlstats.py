@@ -261,7 +261,14 @@ def judged_confusion(stats: KmlStats) -> tuple[int, int, int, int] | None:
     if s_met + s_missed and not h_met + h_missed:
         return None
     extra = c["skill_holdout_weight"] - 1
-    return tn, fp - s_met + extra * h_met, fn, tp - s_missed + extra * h_missed
+    # the acted-on are among the predicted misses; a snapshot taken under
+    # load may read a count before its part, hence the floor at 0
+    return (
+        tn,
+        max(fp - s_met + extra * h_met, 0),
+        fn,
+        max(tp - s_missed + extra * h_missed, 0),
+    )
 
 
 def baseline_flags(m: Mapping[str, Any]) -> list[str]:
