@@ -113,11 +113,11 @@ struct kml_dd_resid {
  * A trainer's window: the last KML_DD_CAL_CLASS residuals of each class,
  * a ring per class ([0] missed, [1] met).  Balanced accuracy and the AUC
  * weigh each class by its own count, so holding as many misses as meets
- * changes neither's meaning; one ring of the last KML_DD_CAL_WINDOW held
- * fewer than KML_DD_CAL_MIN_CLASS misses whenever under 1.6% of requests
- * missed, and the trainers never calibrated there.  The price: where
- * misses are rare, the missed ring reaches back further, to residuals of
- * older models.
+ * changes neither's meaning; one ring of the last KML_DD_CAL_WINDOW held,
+ * on average, fewer than KML_DD_CAL_MIN_CLASS misses where under 1.6% of
+ * requests missed, and the trainers seldom calibrated there.  The price:
+ * where misses are rare, the missed ring reaches back further, to
+ * residuals of older models (docs/benchmarks.md: a loss on a bursty load).
  */
 #define KML_DD_CAL_CLASS	(KML_DD_CAL_WINDOW / 2)
 struct kml_dd_cal {

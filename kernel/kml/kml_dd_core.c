@@ -799,7 +799,7 @@ static void kml_dd_skill_judge(u64 v)
  * KML_DD_SAMPLE_URGENT too) is left out: acting on its prediction may
  * have changed its outcome, so it says nothing about the model's skill.
  * A held-out predicted miss (KML_DD_SAMPLE_HOLDOUT) counts for itself
- * and for the KML_DD_SKILL_HOLDOUT - 1 that were acted on (kml_dd.h), so
+ * and for the KML_DD_SKILL_HOLDOUT - 1 that were acted on (kml_dd_calib.h), so
  * those must not count as well: under policy cost they are never moved
  * ahead, and counted at 1 beside the holdout's 8 they made each eight
  * predicted misses weigh fifteen.  Both kinds are counted by outcome for
