@@ -57,12 +57,10 @@ void kml_dd_cal_add(struct kml_dd_cal *c, const struct kml_dd_resid *r,
 	u32 i, k, w, copies;
 
 	for (i = 0; i < n; i++) {
-		copies = 1;
-		if (s && (s[i].flags & (KML_DD_SAMPLE_URGENT |
-					KML_DD_SAMPLE_STEERED)))
+		if (s && (s[i].flags & KML_DD_SAMPLE_ACTED))
 			continue;
-		if (s && (s[i].flags & KML_DD_SAMPLE_HOLDOUT))
-			copies = KML_DD_SKILL_HOLDOUT;
+		copies = s && (s[i].flags & KML_DD_SAMPLE_HOLDOUT) ?
+			 KML_DD_SKILL_HOLDOUT : 1;
 		k = !!r[i].met;
 		for (w = 0; w < copies; w++) {
 			c->r[k][c->pos[k]] = r[i];

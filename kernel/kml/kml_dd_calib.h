@@ -49,6 +49,7 @@
  * itself and the ones that were.
  */
 #define KML_DD_SKILL_HOLDOUT	8
+#define KML_DD_SAMPLE_ACTED	(KML_DD_SAMPLE_URGENT | KML_DD_SAMPLE_STEERED)
 
 #define KML_DD_CAL_WINDOW	2048	/* residuals a trainer calibrates on */
 #define KML_DD_CAL_MIN_CLASS	32	/* fewer met or missed: no calibration */

@@ -814,9 +814,9 @@ static void kml_dd_skill_note(const struct kml_dd_outcome *o)
 	u32 met, missed, weight = 1;
 	u64 v;
 
-	if (o->flags & (KML_DD_SAMPLE_URGENT | KML_DD_SAMPLE_STEERED |
-			KML_DD_SAMPLE_HOLDOUT)) {
-		if (o->flags & (KML_DD_SAMPLE_URGENT | KML_DD_SAMPLE_STEERED)) {
+	/* one test on the path of a request nothing was done to */
+	if (o->flags & (KML_DD_SAMPLE_ACTED | KML_DD_SAMPLE_HOLDOUT)) {
+		if (o->flags & KML_DD_SAMPLE_ACTED) {
 			kml_dd_stat_inc(o->met ? KML_DD_S_STEERED_MET :
 						 KML_DD_S_STEERED_MISSED);
 			return;
