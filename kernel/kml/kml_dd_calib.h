@@ -116,9 +116,10 @@ struct kml_dd_resid {
  * weigh each class by its own count, so holding as many misses as meets
  * changes neither's meaning; one ring of the last KML_DD_CAL_WINDOW held,
  * on average, fewer than KML_DD_CAL_MIN_CLASS misses where under 1.6% of
- * requests missed, and the trainers seldom calibrated there.  The price:
- * where misses are rare, the missed ring reaches back further, to
- * residuals of older models (docs/benchmarks.md: a loss on a bursty load).
+ * requests missed, and the trainers seldom calibrated there.  Where misses
+ * are rare, the missed ring reaches back further, to residuals of older
+ * models; fitting on only the misses as recent as the meets did not help
+ * (docs/benchmarks.md, "not the missed ring's age").
  */
 #define KML_DD_CAL_CLASS	(KML_DD_CAL_WINDOW / 2)
 struct kml_dd_cal {
