@@ -118,8 +118,9 @@ struct kml_dd_resid {
  * on average, fewer than KML_DD_CAL_MIN_CLASS misses where under 1.6% of
  * requests missed, and the trainers seldom calibrated there.  Where misses
  * are rare, the missed ring reaches back further, to residuals of older
- * models; fitting on only the misses as recent as the meets did not help
- * (docs/benchmarks.md, "not the missed ring's age").
+ * models; one variant that fitted on only the misses as recent as the
+ * meets did not undo a loss on a bursty load (docs/benchmarks.md, "the
+ * missed ring's age, one variant tried").
  */
 #define KML_DD_CAL_CLASS	(KML_DD_CAL_WINDOW / 2)
 struct kml_dd_cal {
