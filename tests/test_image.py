@@ -51,6 +51,9 @@ def listing(archive: Path, tool: list[str]) -> dict[str, str]:
     return entries
 
 
+# On a cold cache this builds fio from Debian's source (or waits for the other
+# test worker's build of it), beside a kernel build on the same two cores.
+@pytest.mark.timeout(1200)
 def test_static_fio_is_static() -> None:
     fio = build_static_fio()
     assert fio.kind == "static"

@@ -889,10 +889,16 @@ def test_kml_edit_is_an_incremental_rebuild(
         assert "lib/kml/kml_math.o" in compiled
         assert len(compiled) < 60, compiled  # a cold build compiles about 1,260 objects
         # A cold build takes 250 s on the idle 2-core machine, 600+ s loaded.
-        assert elapsed < 150, f"incremental build took {elapsed:.0f}s"
+        # The compile's own time (the stamp's): the call's can include a wait
+        # for the work tree's lock while the other test worker builds.
+        compile_s = json.loads((build.build_dir / ".kmlbench-complete").read_text())["compile_s"]
+        assert compile_s < 150, f"incremental build compiled for {compile_s:.0f}s"
         for name, ko in build.modules.items():
             assert ko.is_file() and ko.stem == name
-        print(f"incremental rebuild: {elapsed:.1f}s, {len(compiled)} objects compiled")
+        print(
+            f"incremental rebuild: {elapsed:.1f}s ({compile_s:.1f}s compiling),"
+            f" {len(compiled)} objects compiled"
+        )
     finally:
         for b in built:
             shutil.rmtree(b.build_dir, ignore_errors=True)

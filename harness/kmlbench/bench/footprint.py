@@ -134,10 +134,19 @@ def find_kernel_kml(explicit: Path | None = None) -> Path | None:
             if (root / name).exists():
                 candidates.append(root / name)
     if not candidates:
-        cache = paths.cache_dir()
-        for pattern in ("**/lib/kml/kml.ko", "**/lib/kml/built-in.a"):
-            candidates += [Path(p) for p in glob.glob(str(cache / pattern), recursive=True)]
-    candidates = [c for c in candidates if c.stat().st_size > 8]
-    if not candidates:
+        # Published builds only: a work tree's objects may be mid-build
+        # (Kbuild removes built-in.a before writing it again).
+        builds = paths.cache_dir() / "builds"
+        for pattern in ("*/lib/kml/kml.ko", "*/lib/kml/built-in.a"):
+            candidates += [Path(p) for p in glob.glob(str(builds / pattern))]
+    sized: dict[Path, float] = {}
+    for c in candidates:
+        try:
+            st = c.stat()
+        except OSError:  # removed since the glob (a scratch dir cleaned up)
+            continue
+        if st.st_size > 8:
+            sized[c] = st.st_mtime
+    if not sized:
         return None
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+    return max(sized, key=lambda p: sized[p])
