@@ -129,27 +129,8 @@ def variant_kernel(
     return get
 
 
-def _build_first_then_host_tests(items: list[pytest.Item]) -> None:
-    """Order the files: the first that needs a kernel, every file that needs
-    none, then the rest, each file's tests as collected.
-
-    The two workers (``-n 2 --dist loadfile``, pyproject.toml; kept in this
-    order by ``--no-loadscope-reorder``) take whole files in this order, so
-    while one builds the kernel, the other runs the host tests instead of
-    waiting for the build in the next guest file.
-    """
-    files: dict[Path, list[pytest.Item]] = {}
-    for item in items:
-        files.setdefault(item.path, []).append(item)
-    kernel = [f for f, its in files.items() if any(i.get_closest_marker("kernel") for i in its)]
-    host = [f for f in files if f not in kernel]
-    items[:] = [item for f in kernel[:1] + host + kernel[1:] for item in files[f]]
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the files (:func:`_build_first_then_host_tests`); skip the
-    sanitizer tests unless KMLBENCH_SANITIZERS=1 asks for them."""
-    _build_first_then_host_tests(items)
+    """Skip the sanitizer tests unless KMLBENCH_SANITIZERS=1 asks for them."""
     if os.environ.get(SANITIZERS_ENV) == "1":
         return
     skip = pytest.mark.skip(
