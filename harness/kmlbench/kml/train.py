@@ -103,8 +103,9 @@ def calibrate(y_pred: np.ndarray, rows: np.ndarray) -> Calibration:
     misses are, so a skill-less model cannot look good), within a factor 8
     of the deadline, ties to the threshold closest to it. The kernel
     trainer and ``kmlctl train`` run it on their last 1024 residuals of each
-    class (met, missed); here it sees every row. It refuses (``thr`` None, ``status`` why) while met
-    or missed has fewer than 32 rows or when no split beats 0.5.
+    class (met, missed); here it sees every row. It refuses (``thr`` None,
+    ``status`` why) while met or missed has fewer than 32 rows or when no
+    split beats 0.5.
     """
     return dd_calibrate(dd_residuals(y_pred, rows))
 
