@@ -253,10 +253,10 @@ def test_model_metrics_reach_the_database(model_run) -> None:
         assert c.metrics["accuracy"] == pytest.approx(c.kml_stats["accuracy"])
 
 
-def _trace_auc(rows: np.ndarray) -> float:
-    """AUC of the score lg(predicted us) - lg(deadline us) for "missed", in the
+def _trace_score_buckets(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The score lg(predicted us) - lg(deadline us) of each prediction, in the
     kernel's buckets (an eighth of a lg unit, 64 either side, the outer ones
-    open), ties half: Mann-Whitney over every (met, missed) pair."""
+    open), of the met and of the missed, counted here apart."""
     lg = ffi.lib().kml_dd_lg
     rows = rows[rows["pred_valid"] == 1]
     score = np.array(
@@ -266,7 +266,12 @@ def _trace_auc(rows: np.ndarray) -> float:
         ]
     )
     bucket = np.clip(64 + (score >> 13), 0, 127)
-    met, missed = bucket[rows["met"] == 1], bucket[rows["met"] == 0]
+    return bucket[rows["met"] == 1], bucket[rows["met"] == 0]
+
+
+def _trace_auc(met: np.ndarray, missed: np.ndarray) -> float:
+    """AUC of the bucketed score for "missed", ties half: Mann-Whitney over
+    every (met, missed) pair."""
     above = (missed[:, None] > met[None, :]).sum() + 0.5 * (missed[:, None] == met[None, :]).sum()
     return float(above / (len(met) * len(missed)))
 
@@ -300,5 +305,18 @@ def test_kmlbench_trace_records_a_real_trace(model_run, tmp_path: Path) -> None:
         stats["counters"]["ring_dropped"] == 0
         and stats["n_predictions"] == rows["pred_valid"].sum()
     )
+    met, missed = _trace_score_buckets(rows)
     # the kernel truncates twice: to 2^-20, then to ppm
-    assert stats["auc"] == pytest.approx(_trace_auc(rows), abs=2**-20 + 1e-6)
+    assert stats["auc"] == pytest.approx(_trace_auc(met, missed), abs=2**-20 + 1e-6)
+    # and it prints those histograms whole: every threshold's ROC point
+    # (kmlstats.best_thresholds) is read from them
+    [text] = [
+        p.read_text()
+        for p in {p.resolve() for p in (tmp_path / "results").glob("*/cells/*/kml_stats.txt")}
+    ]
+    parsed = kmlstats.parse_stats(text)
+    for key, buckets in zip(kmlstats.SCORE_HIST_KEYS, (met, missed), strict=True):
+        want = dict(zip(*np.unique(buckets, return_counts=True), strict=True))
+        got = {b.lo: b.count for b in parsed.histograms.get(key, [])}
+        assert got == {int(b): int(n) for b, n in want.items()}, key
+    assert stats["best_threshold_balanced"] >= stats["best_threshold_balanced_at_baseline"] >= 0.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -66,6 +67,60 @@ def test_auc_is_the_kernels_ppm_and_none_without_both_outcomes(
 ) -> None:
     # -1: an outcome without a prediction; absent: a kernel without the histograms
     assert kmlstats.metrics(parse_stats(STATS + line))["auc"] == auc
+
+
+def _score_lines(met: dict[int, int], missed: dict[int, int]) -> str:
+    return "".join(
+        f"{key} {b} {b + 1} {n}\n"
+        for key, hist in zip(kmlstats.SCORE_HIST_KEYS, (met, missed), strict=True)
+        for b, n in sorted(hist.items())
+    )
+
+
+def _brute_best(met: list[int], missed: list[int]) -> tuple[float, float]:
+    """Every threshold "miss from score t on", t from below the lowest score
+    to above the highest, counted from the samples one by one."""
+    scores = sorted(set(met) | set(missed))
+    best = at_baseline = 0.0
+    for t in [*scores, scores[-1] + 1]:
+        tp = sum(s >= t for s in missed)
+        tn = sum(s < t for s in met)
+        balanced = (tp / len(missed) + tn / len(met)) / 2
+        best = max(best, balanced)
+        if tp + tn >= max(len(met), len(missed)):
+            at_baseline = max(at_baseline, balanced)
+    return best, at_baseline
+
+
+def test_best_thresholds_read_every_threshold_of_the_score_histograms() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        # rare misses ranked a little higher, as on issue 12's cells
+        n_met, n_missed = rng.randint(1, 400), rng.randint(1, 40)
+        met = [min(127, max(0, int(rng.gauss(60, 8)))) for _ in range(n_met)]
+        missed = [min(127, max(0, int(rng.gauss(64, 8)))) for _ in range(n_missed)]
+        hist = [{b: s.count(b) for b in set(s)} for s in (met, missed)]
+        m = kmlstats.metrics(parse_stats(STATS + _score_lines(*hist)))
+        best, at_baseline = _brute_best(met, missed)
+        assert m["best_threshold_balanced"] == pytest.approx(best)
+        assert m["best_threshold_balanced_at_baseline"] == pytest.approx(at_baseline)
+        assert 0.5 <= at_baseline <= best
+
+
+def test_best_thresholds_where_no_threshold_beats_the_baseline() -> None:
+    # 1% miss, ranked well but not well enough: the best threshold finds most
+    # misses for some false alarms, which costs more accuracy than the
+    # baseline can spare; only answering "met" every time keeps to it
+    met, missed = {60: 900, 70: 90}, {60: 2, 70: 8}
+    m = kmlstats.metrics(parse_stats(STATS + _score_lines(met, missed)))
+    assert m["best_threshold_balanced"] == pytest.approx((8 / 10 + 900 / 990) / 2)
+    assert m["best_threshold_balanced_at_baseline"] == 0.5
+    # one outcome without a prediction: no ranking to read; an older kernel
+    # prints no histograms
+    for text in (STATS + _score_lines(met, {}), STATS):
+        m = kmlstats.metrics(parse_stats(text))
+        assert m["best_threshold_balanced"] is None
+        assert m["best_threshold_balanced_at_baseline"] is None
 
 
 def test_metrics_of_a_hand_computed_confusion_matrix() -> None:

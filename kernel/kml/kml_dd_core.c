@@ -1262,23 +1262,28 @@ void kml_dd_get_info(struct kml_dev_info *info)
 /* ------------------------------------------------------------ debugfs */
 
 /*
- * The AUC of the predictions since the reset, from the CPUs' score
- * histograms, in ppm; -1 while either outcome has none, once one has 2^31
- * or more, or without memory to sum them in (process context, so it may
- * sleep for it).
+ * The predictions since the reset by score and outcome: the CPUs' score
+ * histograms summed, each bucket as "score_met_hist b b+1 n" (and
+ * score_missed_hist) so that the ROC of every threshold can be read from
+ * user space; then their AUC, in ppm: -1 while either outcome has none,
+ * once one has 2^31 or more, or without memory to sum them in (process
+ * context, so it may sleep for it).
  */
-static s64 kml_dd_score_auc_ppm(void)
+static void kml_dd_score_show(struct seq_file *m)
 {
+	static const char * const names[2] = {
+		"score_met_hist", "score_missed_hist"
+	};
 	u64 (*h)[KML_DD_SCORE_BUCKETS];
 	const u64 *c;
-	u64 met = 0, missed = 0;
+	u64 n[2] = { 0, 0 };
 	unsigned int o, b;
 	s64 ppm = -1;
 	int cpu;
 
 	h = kcalloc(2, sizeof(*h), GFP_KERNEL);
 	if (!h)
-		return -1;
+		goto out;
 	for_each_possible_cpu(cpu) {
 		for (o = 0; o < 2; o++) {
 			c = per_cpu_ptr(&kml_dd_counters, cpu)->score_hist[o];
@@ -1287,16 +1292,21 @@ static s64 kml_dd_score_auc_ppm(void)
 				h[o][b] += data_race(c[b]);
 		}
 	}
-	for (b = 0; b < KML_DD_SCORE_BUCKETS; b++) {
-		met += h[0][b];
-		missed += h[1][b];
+	for (o = 0; o < 2; o++) {
+		for (b = 0; b < KML_DD_SCORE_BUCKETS; b++) {
+			n[o] += h[o][b];
+			if (h[o][b])
+				seq_printf(m, "%s %u %u %llu\n", names[o], b,
+					   b + 1, h[o][b]);
+		}
 	}
 	/* kml_dd_cal_auc_hist() takes fewer than 2^31 of each */
-	if (met && missed && !(met >> 31) && !(missed >> 31))
+	if (n[0] && n[1] && !(n[0] >> 31) && !(n[1] >> 31))
 		ppm = ((u64)kml_dd_cal_auc_hist(h[0], h[1], KML_DD_SCORE_BUCKETS) *
 		       1000000) >> 20;
 	kfree(h);
-	return ppm;
+out:
+	seq_printf(m, "auc_ppm %lld\n", ppm);
 }
 
 static int kml_dd_stats_show(struct seq_file *m, void *v)
@@ -1377,7 +1387,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "skill_min_permille %u\n",
 		   READ_ONCE(kml_dd.skill_min_permille));
 	seq_printf(m, "stepped_aside %d\n", kml_dd_stepped_aside());
-	seq_printf(m, "auc_ppm %lld\n", kml_dd_score_auc_ppm());
+	kml_dd_score_show(m);
 	kml_dd_hist_show(m, "inference_ns_hist", false, KML_DD_INFER_BUCKETS);
 	kml_dd_hist_show(m, "issue_abs_err_us_hist", true, KML_DD_ERR_BUCKETS);
 	return 0;

@@ -30,7 +30,10 @@ from typing import Any
 
 HIST_KEY = "inference_ns_hist"
 ERR_HIST_KEY = "issue_abs_err_us_hist"
-HIST_KEYS = (HIST_KEY, ERR_HIST_KEY)
+# The predictions by score and outcome: bucket b of the kernel's score
+# histograms (docs/kml-iosched.md, ``auc_ppm``) printed as ``b b+1 count``.
+SCORE_HIST_KEYS = ("score_met_hist", "score_missed_hist")
+HIST_KEYS = (HIST_KEY, ERR_HIST_KEY, *SCORE_HIST_KEYS)
 CONFUSION_KEYS = ("met_pred_met", "met_pred_miss", "miss_pred_met", "miss_pred_miss")
 LABELS = ("met", "miss")  # confusion-matrix rows (actual) and columns (predicted)
 # The order of the metrics a cell records (summary.json, the database).
@@ -42,6 +45,8 @@ METRIC_NAMES = (
     "miss_recall",
     "mcc",
     "auc",
+    "best_threshold_balanced",
+    "best_threshold_balanced_at_baseline",
     "issue_time_mae_us",
     "issue_time_median_err_us",
     "issue_time_p90_err_us",
@@ -317,6 +322,45 @@ def hist_percentile(buckets: Iterable[Bucket], pct: float) -> float | None:
     return float(items[-1].top)
 
 
+def best_thresholds(stats: KmlStats) -> tuple[float, float] | None:
+    """What the best threshold on the cell's own scores would have given,
+    read after the fact from the kernel's score histograms: the highest
+    balanced accuracy of any threshold between two buckets ("miss" from a
+    bucket on), and the highest among the thresholds whose accuracy is at
+    least the majority baseline's (at least 0.5: answering the majority
+    class every time is one of them). Against the cell's
+    ``balanced_accuracy`` it says how much its calibration gave up and how
+    much the ranking (``auc``) allowed; against the second, whether any
+    threshold meets issue 12's "accuracy at or above the baseline" and a
+    balanced bar together. One threshold over the whole cell: where the
+    model or the load changed during it, a calibration that moved with
+    them could do better. In ``active`` mode the histograms, like ``auc``,
+    hold the predictions the policy acted on, with the outcomes it changed.
+    ``None`` while either outcome has no prediction, or from a kernel that
+    does not print the histograms.
+    """
+    met_h, missed_h = (
+        {b.lo: b.count for b in stats.histograms.get(k, [])} for k in SCORE_HIST_KEYS
+    )
+    met, missed = sum(met_h.values()), sum(missed_h.values())
+    if not met or not missed:
+        return None
+    edges = sorted(set(met_h) | set(missed_h))
+    # "miss" from the bucket at edges[i] on; i == len(edges): never "miss"
+    fp, tp = met, missed
+    best = best_at_baseline = 0.0
+    majority = max(met, missed)
+    for i in range(len(edges) + 1):
+        if i:
+            fp -= met_h.get(edges[i - 1], 0)
+            tp -= missed_h.get(edges[i - 1], 0)
+        balanced = (tp / missed + (met - fp) / met) / 2
+        best = max(best, balanced)
+        if tp + met - fp >= majority:
+            best_at_baseline = max(best_at_baseline, balanced)
+    return best, best_at_baseline
+
+
 def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     """The per-cell metrics (``METRIC_NAMES``) from the statistics.
 
@@ -336,7 +380,9 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     without the rule); ``auc``, the kernel's AUC of the residuals
     lg(predicted / deadline) as a score for "miss", from histograms of an
     eighth of a lg unit (a pair within one bucket counts half), None while
-    either outcome has no prediction; ``judged_accuracy``,
+    either outcome has no prediction; ``best_threshold_balanced`` and
+    ``best_threshold_balanced_at_baseline``, :func:`best_thresholds`;
+    ``judged_accuracy``,
     ``judged_balanced_accuracy``, ``judged_baseline_accuracy`` and
     ``judged_mcc``, the same of :func:`judged_confusion`: what active mode's
     predictions were worth, not counting the outcomes its acts changed
@@ -357,6 +403,9 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     # histograms (-1 while an outcome has no prediction; absent: older kernel)
     auc_ppm = c.counters.get("auc_ppm", -1)
     result["auc"] = auc_ppm / 1e6 if auc_ppm >= 0 else None
+    best = best_thresholds(c)
+    result["best_threshold_balanced"] = best[0] if best else None
+    result["best_threshold_balanced_at_baseline"] = best[1] if best else None
     for key in (
         "pred_clamped", "skill_windows", "skill_windows_unskilled", "step_asides",
         "steer_suppressed", "skill_holdouts", "stepped_aside",
