@@ -55,7 +55,7 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.build.kernel import KernelBuild
-from kmlbench.data import db, kmlstats
+from kmlbench.data import db, kmlstats, skill
 from kmlbench.data.trace import NR_FEATURES, read_trace
 from kmlbench.kml import ffi
 from kmlbench.kml.model import Model
@@ -190,7 +190,7 @@ def test_offline_model_carries_signal(model_run) -> None:
         )
     # pooled over the repeats: the confusion matrices add up
     pooled = np.sum([c["kml_stats"]["confusion_matrix"] for c in kinds["observe-shipped"]], axis=0)
-    m = kmlstats.confusion_metrics(*(int(x) for x in pooled.ravel()))
+    m = skill.confusion_metrics(*(int(x) for x in pooled.ravel()))
     print(f"shipped model, observe: {m}")
     assert m["balanced_accuracy"] > 0.55, m
     assert m["mcc"] > 0.1, m

@@ -52,6 +52,11 @@ def stats_text(seed: int, mode: str) -> str:
         f"inference_ns_hist 640 768 {n - n // 2}",
         f"issue_abs_err_us_hist 256 320 {n - 1}",
         "issue_abs_err_us_hist 8388608 10485760 1",
+        # the scores: "miss" from bucket 66 on is the confusion matrix above
+        f"score_met_hist 60 61 {tn}",
+        f"score_met_hist 66 67 {fp}",
+        f"score_missed_hist 60 61 {fn}",
+        f"score_missed_hist 66 67 {tp}",
     ]
     return "".join(f"{k} {v}\n" for k, v in lines.items()) + "\n".join(hist) + "\n"
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from kmlbench.data import histogram, kmlstats
+from kmlbench.data import histogram, kmlstats, skill
 from kmlbench.data.kmlstats import Bucket, KmlStatsError, parse_stats
 
 # As /sys/kernel/debug/kml/iosched prints it (docs/kml-iosched.md); the
@@ -148,7 +148,7 @@ def test_empty_denominators_are_none_not_zero() -> None:
         if key not in ("predictions", "ring_dropped"):
             assert nothing[key] is None, key
     # only met requests, all predicted met: perfect, but nothing about misses
-    only_met = kmlstats.confusion_metrics(10, 0, 0, 0)
+    only_met = skill.confusion_metrics(10, 0, 0, 0)
     assert only_met["accuracy"] == 1.0
     assert only_met["balanced_accuracy"] == 1.0  # the one class present
     assert only_met["baseline_accuracy"] == 1.0
@@ -156,13 +156,13 @@ def test_empty_denominators_are_none_not_zero() -> None:
     assert only_met["miss_recall"] is None
     assert only_met["mcc"] is None
     # every request a miss, all predicted met: recall 0, precision undefined
-    blind = kmlstats.confusion_metrics(0, 0, 8, 0)
+    blind = skill.confusion_metrics(0, 0, 8, 0)
     assert blind["accuracy"] == 0.0
     assert blind["miss_recall"] == 0.0
     assert blind["miss_precision"] is None
     # a perfect classifier of both classes
-    assert kmlstats.confusion_metrics(3, 0, 0, 2)["mcc"] == pytest.approx(1.0)
-    assert kmlstats.confusion_metrics(0, 3, 2, 0)["mcc"] == pytest.approx(-1.0)
+    assert skill.confusion_metrics(3, 0, 0, 2)["mcc"] == pytest.approx(1.0)
+    assert skill.confusion_metrics(0, 3, 2, 0)["mcc"] == pytest.approx(-1.0)
 
 
 def test_percentile_interpolation_edges() -> None:
@@ -315,7 +315,7 @@ def test_a_model_below_baseline_is_flagged_and_its_error_median_is_robust() -> N
     assert m["accuracy"] == pytest.approx(0.10) and m["baseline_accuracy"] == pytest.approx(0.9)
     assert m["balanced_accuracy"] == pytest.approx(0.5)
     assert m["below_baseline"] == 1
-    assert kmlstats.baseline_flags(m) == ["below-baseline", "no-skill"]
+    assert skill.baseline_flags(m) == ["below-baseline", "no-skill"]
     # four absurd predictions make the mean 6e9 us; the median stays at 10 us
     assert m["issue_time_mae_us"] == pytest.approx(6e9)
     assert m["issue_time_median_err_us"] == pytest.approx(10.0)

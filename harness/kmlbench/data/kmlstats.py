@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from kmlbench.data import skill
 
 HIST_KEY = "inference_ns_hist"
 ERR_HIST_KEY = "issue_abs_err_us_hist"
@@ -212,40 +213,6 @@ def check_invariants(stats: KmlStats) -> list[str]:
 # Metrics.
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den else None
-
-
-def confusion_metrics(
-    met_pred_met: int, met_pred_miss: int, miss_pred_met: int, miss_pred_miss: int
-) -> dict[str, float | int | None]:
-    """Classification metrics of a met/miss confusion matrix (positive = miss).
-
-    * ``accuracy``: (TP + TN) / n.
-    * ``balanced_accuracy``: mean recall over the classes that occur (so one
-      class alone gives that class's recall; not the 0.5 an absent class
-      would add).
-    * ``baseline_accuracy``: always predicting the more frequent actual class.
-    * ``miss_precision`` TP / (TP + FP), ``miss_recall`` TP / (TP + FN).
-    * ``mcc``: Matthews correlation, ``None`` when a row or column is empty
-      (it is 0/0 there, and 0 would claim "no better than chance").
-    """
-    tn, fp, fn, tp = met_pred_met, met_pred_miss, miss_pred_met, miss_pred_miss
-    n = tn + fp + fn + tp
-    actual_met, actual_miss = tn + fp, fn + tp
-    recalls = [r for r in (_ratio(tn, actual_met), _ratio(tp, actual_miss)) if r is not None]
-    den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-    return {
-        "accuracy": _ratio(tp + tn, n),
-        "balanced_accuracy": sum(recalls) / len(recalls) if recalls else None,
-        "baseline_accuracy": _ratio(max(actual_met, actual_miss), n),
-        "miss_precision": _ratio(tp, tp + fp),
-        "miss_recall": _ratio(tp, actual_miss),
-        "mcc": (tp * tn - fp * fn) / math.sqrt(den) if den else None,
-        "predictions": n,
-    }
-
-
 def judged_confusion(stats: KmlStats) -> tuple[int, int, int, int] | None:
     """The confusion matrix of active mode's predictions, judged as the
     kernel's skill window judges them (``docs/kml-iosched.md``, "Stepping
@@ -276,30 +243,6 @@ def judged_confusion(stats: KmlStats) -> tuple[int, int, int, int] | None:
     )
 
 
-def baseline_flags(m: Mapping[str, Any]) -> list[str]:
-    """Why a model's figures ``m`` (``confusion_metrics``) are no better than the
-    baseline of always answering "meet": ``"below-baseline"`` when its accuracy is
-    below the majority-class baseline, ``"no-skill"`` when its balanced accuracy is
-    at most 0.5 (chance). Empty when neither holds or the figures are missing."""
-
-    def num(key: str) -> float | None:
-        v = m.get(key)
-        return float(v) if isinstance(v, int | float) and _num(v) else None
-
-    flags = []
-    acc, base, bal = num("accuracy"), num("baseline_accuracy"), num("balanced_accuracy")
-    if acc is not None and base is not None and acc < base:
-        flags.append("below-baseline")
-    if bal is not None and bal <= 0.5:
-        flags.append("no-skill")
-    return flags
-
-
-def below_baseline(m: Mapping[str, Any]) -> bool:
-    """Whether :func:`baseline_flags` has anything to say about ``m``."""
-    return bool(baseline_flags(m))
-
-
 def hist_percentile(buckets: Iterable[Bucket], pct: float) -> float | None:
     """The ``pct`` percentile, linearly interpolated inside its bucket.
 
@@ -322,45 +265,6 @@ def hist_percentile(buckets: Iterable[Bucket], pct: float) -> float | None:
     return float(items[-1].top)
 
 
-def best_thresholds(stats: KmlStats) -> tuple[float, float] | None:
-    """What the best threshold on the cell's own scores would have given,
-    read after the fact from the kernel's score histograms: the highest
-    balanced accuracy of any threshold between two buckets ("miss" from a
-    bucket on), and the highest among the thresholds whose accuracy is at
-    least the majority baseline's (at least 0.5: answering the majority
-    class every time is one of them). Against the cell's
-    ``balanced_accuracy`` it says how much its calibration gave up and how
-    much the ranking (``auc``) allowed; against the second, whether any
-    threshold meets issue 12's "accuracy at or above the baseline" and a
-    balanced bar together. One threshold over the whole cell: where the
-    model or the load changed during it, a calibration that moved with
-    them could do better. In ``active`` mode the histograms, like ``auc``,
-    hold the predictions the policy acted on, with the outcomes it changed.
-    ``None`` while either outcome has no prediction, or from a kernel that
-    does not print the histograms.
-    """
-    met_h, missed_h = (
-        {b.lo: b.count for b in stats.histograms.get(k, [])} for k in SCORE_HIST_KEYS
-    )
-    met, missed = sum(met_h.values()), sum(missed_h.values())
-    if not met or not missed:
-        return None
-    edges = sorted(set(met_h) | set(missed_h))
-    # "miss" from the bucket at edges[i] on; i == len(edges): never "miss"
-    fp, tp = met, missed
-    best = best_at_baseline = 0.0
-    majority = max(met, missed)
-    for i in range(len(edges) + 1):
-        if i:
-            fp -= met_h.get(edges[i - 1], 0)
-            tp -= missed_h.get(edges[i - 1], 0)
-        balanced = (tp / missed + (met - fp) / met) / 2
-        best = max(best, balanced)
-        if tp + met - fp >= majority:
-            best_at_baseline = max(best_at_baseline, balanced)
-    return best, best_at_baseline
-
-
 def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     """The per-cell metrics (``METRIC_NAMES``) from the statistics.
 
@@ -368,7 +272,7 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     issue time and, robust to a few absurd predictions, its median and p90
     (from the error histogram; None from a kernel without one);
     ``pred_clamped`` predictions recorded at the clamp (8 x their
-    deadline); ``below_baseline`` 1 when :func:`baseline_flags` flags the
+    deadline); ``below_baseline`` 1 when :func:`skill.baseline_flags` flags the
     model (accuracy below the majority baseline, or balanced accuracy at
     most 0.5), 0 when not, None without predictions; and the step-aside
     rule's counters (``skill_windows`` judged, ``skill_windows_unskilled``
@@ -381,7 +285,11 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     lg(predicted / deadline) as a score for "miss", from histograms of an
     eighth of a lg unit (a pair within one bucket counts half), None while
     either outcome has no prediction; ``best_threshold_balanced`` and
-    ``best_threshold_balanced_at_baseline``, :func:`best_thresholds`;
+    ``best_threshold_balanced_at_baseline``, :func:`skill.best_thresholds` of
+    the kernel's score histograms (one threshold for the whole cell: where the
+    model or load changed during it, a calibration that moved with them
+    could do better; in ``active`` mode they hold the predictions acted
+    on, as ``auc`` does);
     ``judged_accuracy``,
     ``judged_balanced_accuracy``, ``judged_baseline_accuracy`` and
     ``judged_mcc``, the same of :func:`judged_confusion`: what active mode's
@@ -390,20 +298,22 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     met as a false alarm).
     """
     c = stats
-    out = confusion_metrics(*(c.get(k) for k in CONFUSION_KEYS))
+    out = skill.confusion_metrics(*(c.get(k) for k in CONFUSION_KEYS))
     predictions = c.get("predictions")
     result: dict[str, float | int | None] = {name: out.get(name) for name in METRIC_NAMES}
     result["predictions"] = predictions
-    result["issue_time_mae_us"] = _ratio(c.get("issue_abs_err_us_sum"), predictions)
+    result["issue_time_mae_us"] = skill.ratio(c.get("issue_abs_err_us_sum"), predictions)
     err = c.histograms.get(ERR_HIST_KEY, [])
     result["issue_time_median_err_us"] = hist_percentile(err, 50)
     result["issue_time_p90_err_us"] = hist_percentile(err, 90)
-    result["below_baseline"] = int(below_baseline(out)) if predictions else None
+    result["below_baseline"] = int(skill.below_baseline(out)) if predictions else None
     # ranking quality, threshold-free: the kernel's own AUC of its score
     # histograms (-1 while an outcome has no prediction; absent: older kernel)
     auc_ppm = c.counters.get("auc_ppm", -1)
     result["auc"] = auc_ppm / 1e6 if auc_ppm >= 0 else None
-    best = best_thresholds(c)
+    best = skill.best_thresholds(
+        *({b.lo: b.count for b in c.histograms.get(k, [])} for k in SCORE_HIST_KEYS)
+    )
     result["best_threshold_balanced"] = best[0] if best else None
     result["best_threshold_balanced_at_baseline"] = best[1] if best else None
     for key in (
@@ -412,7 +322,7 @@ def metrics(stats: KmlStats) -> dict[str, float | int | None]:
     ):  # fmt: skip
         result[key] = c.counters.get(key)
     judged = judged_confusion(c)
-    jm = confusion_metrics(*judged) if judged else {}
+    jm = skill.confusion_metrics(*judged) if judged else {}
     for key in ("accuracy", "balanced_accuracy", "baseline_accuracy", "mcc"):
         result[f"judged_{key}"] = jm.get(key)
     result["inference_ns_p50"] = hist_percentile(c.histogram, 50)
@@ -451,12 +361,14 @@ def parse_curve(text: str) -> dict[str, Any]:
             points.append((i, point))
     curve: dict[str, Any] = {"step": []}
     for i, p in points:
-        step = next((p[k] for k in CURVE_STEP_KEYS if _num(p.get(k))), i)
+        step = next((p[k] for k in CURVE_STEP_KEYS if skill.is_number(p.get(k))), i)
         curve["step"].append(float(step))
     for key in CURVE_VALUE_KEYS:
-        if points and all(_num(p.get(key)) for _, p in points):
+        if points and all(skill.is_number(p.get(key)) for _, p in points):
             curve[key] = [float(p[key]) for _, p in points]
-    named = [k for k in CURVE_STEP_KEYS if points and all(_num(p.get(k)) for _, p in points)]
+    named = [
+        k for k in CURVE_STEP_KEYS if points and all(skill.is_number(p.get(k)) for _, p in points)
+    ]
     if named and named[0] != "step":
         curve["step_name"] = named[0]  # what the steps count (figures label the axis)
     return {k: v for k, v in curve.items() if v}
@@ -475,10 +387,6 @@ def parse_summary(text: str) -> dict[str, float | str]:
             value = words[1].strip()
         out[words[0]] = int(value) if isinstance(value, float) and value.is_integer() else value
     return out
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def kml_stats_record(
@@ -524,5 +432,5 @@ def kml_stats_record(
     err = stats.histograms.get(ERR_HIST_KEY)
     if err:
         record["issue_abs_err_us_histogram"] = [[b.lo, b.hi, b.count] for b in err]
-    record["baseline_flags"] = baseline_flags(m) if m["predictions"] else []
+    record["baseline_flags"] = skill.baseline_flags(m) if m["predictions"] else []
     return record

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from kmlbench.data import kmlstats
+from kmlbench.data import skill
 from kmlbench.data.trace import FEATURE_NAMES, NR_FEATURES, Q16, TraceError
 from kmlbench.kml.deadline import (
     DD_CAL_MAX_LG,
@@ -127,7 +127,7 @@ def evaluate(y_pred: np.ndarray, rows: np.ndarray, permille: int = 1000) -> dict
     """Holdout metrics with the definitions of the kernel's statistics, and the AUC."""
     actual_met = rows["met"].astype(bool)
     pred_met = predicted_met(y_pred, rows["deadline_ns"], permille)
-    cm = kmlstats.confusion_metrics(
+    cm = skill.confusion_metrics(
         int(np.sum(actual_met & pred_met)),
         int(np.sum(actual_met & ~pred_met)),
         int(np.sum(~actual_met & pred_met)),
@@ -342,7 +342,7 @@ def figures_line(what: str, n: int, label: str, h: dict[str, Any]) -> str:
     """One line of a model's figures: accuracy beside the majority-class baseline,
     balanced accuracy, AUC and MCC (never accuracy alone), a flag when accuracy
     is below the baseline, MAE and median error, miss precision/recall."""
-    below = kmlstats.below_baseline(h)
+    below = skill.below_baseline(h)
     return (
         f"{what} ({n} samples) at {label}: "
         f"accuracy {_fmt(h['accuracy'])} (majority baseline {_fmt(h['baseline_accuracy'])}"

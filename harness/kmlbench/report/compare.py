@@ -56,7 +56,7 @@ from rich.table import Table
 
 from kmlbench.clock import clock_label, clock_meaning
 from kmlbench.data import db as kdb
-from kmlbench.data import kmlstats, stats
+from kmlbench.data import skill, stats
 from kmlbench.report.tables import CSS, comparisons_table
 
 EXIT_OK = 0
@@ -162,18 +162,18 @@ def _row_labels(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], str]:
 
 
 def _side_flags(by_name: dict[str, stats.Comparison], side: str) -> list[str]:
-    """kmlstats.baseline_flags of one side's mean figures (``side`` "a" or "b")."""
+    """skill.baseline_flags of one side's mean figures (``side`` "a" or "b")."""
     figures: dict[str, Any] = {
         name: getattr(by_name[name], side)
         for name in ("accuracy", "baseline_accuracy", "balanced_accuracy")
         if name in by_name
     }
-    return kmlstats.baseline_flags(figures)
+    return skill.baseline_flags(figures)
 
 
 def flag_baseline(comps: list[stats.Comparison]) -> list[stats.Comparison]:
     """The comparisons, the accuracy ones noting a side whose model is below
-    the majority baseline or at chance (kmlstats.baseline_flags)."""
+    the majority baseline or at chance (skill.baseline_flags)."""
     by_name = {c.metric: c for c in comps}
     notes = [f"{side.upper()} {flag}" for side in ("a", "b") for flag in _side_flags(by_name, side)]
     if not notes:

@@ -28,7 +28,7 @@ from typing import Any
 
 from kmlbench.clock import clock_label, clock_meaning
 from kmlbench.data import db as kdb
-from kmlbench.data import kmlstats, stats
+from kmlbench.data import skill, stats
 from kmlbench.report import figures as kfig
 from kmlbench.report import fioplot as kfp
 from kmlbench.report.sample import host_params, make_host_run
@@ -118,7 +118,7 @@ def _cell_table(data: Any) -> str:
         cols += [f"<td>{esc(c.flat_params.get(k))}</td>" for k in varying]
         cols += [f"<td class=num>{fmt_value(c.metrics.get(k))}</td>" for k, _ in metrics]
         if model:
-            flags = kmlstats.baseline_flags(c.metrics)
+            flags = skill.baseline_flags(c.metrics)
             cols.append(f"<td class=worse>{esc(', '.join(flags))}</td>")
         rows.append(f"<tr{cls}>{''.join(cols)}</tr>")
     note = (

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from kmlbench.data import db as kdb
-from kmlbench.data import histogram, kmlstats, stats
+from kmlbench.data import histogram, skill, stats
 from kmlbench.report.figures.bars import bar_positions, ci_err
 from kmlbench.report.figures.grouping import Panel, RunData, model_state
 from kmlbench.report.figures.registry import Drawn, figure
@@ -116,7 +116,7 @@ def accuracy(data: RunData) -> list[Drawn]:
             "baseline_accuracy": r.get("majority_baseline", (None, None))[0],
             "balanced_accuracy": r.get("balanced_accuracy", (None, None))[0],
         }
-        if kmlstats.below_baseline(figures):
+        if skill.below_baseline(figures):
             flagged += 1
             ax.text(xi, 0.04, "below\nbaseline", ha="center", va="bottom", fontsize=5,
                     color="#c62828", fontweight="bold")  # fmt: skip
