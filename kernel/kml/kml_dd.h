@@ -66,6 +66,7 @@ enum kml_dd_stat {
 	KML_DD_S_STEERED_MISSED,	/* acted on, and missed all the same */
 	KML_DD_S_HOLDOUT_MET,		/* held out (KML_DD_SKILL_HOLDOUT) */
 	KML_DD_S_HOLDOUT_MISSED,
+	KML_DD_S_STATS_CALIBRATIONS,	/* "calibrate" written, and applied */
 	KML_DD_NR_STATS,
 };
 

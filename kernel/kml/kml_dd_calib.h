@@ -246,6 +246,27 @@ KML_API void kml_dd_residuals(const float *yhat,
 			      const struct kml_dd_sample *s, u32 n,
 			      struct kml_dd_resid *r);
 
+/*
+ * kml_dd_cal_fit()'s split on scores given as two histograms over @n
+ * buckets in the score's order (@met[], @missed[]; the kernel's score
+ * histograms: eighths of a lg unit, kml_dd.h): true and @split, the first
+ * bucket predicted "missed", the one in [@lo, @hi] that maximises balanced
+ * accuracy (ties to the one closest to the deadline, bucket @n / 2), when both classes have at least
+ * KML_DD_CAL_MIN_CLASS (and fewer than 2^31) and it beats 0.5; @res as
+ * kml_dd_cal_fit() fills it, but for thr.  Integer; for a model no trainer
+ * calibrates ("calibrate", docs/kml-iosched.md).
+ */
+KML_API bool kml_dd_cal_fit_hist(const u64 *met, const u64 *missed, u32 n,
+				 u32 lo, u32 hi, u32 *split,
+				 struct kml_dd_cal_result *res);
+
+/*
+ * decision_permille of a threshold of @k eighths of a lg unit (a score
+ * bucket's edge), |@k| <= 24: 1000 * 2^(k/8) rounded, as
+ * kml_dd_lg_q16_to_permille(k << 13) gives it, in integers.
+ */
+KML_API u32 kml_dd_lg_eighths_to_permille(s32 k);
+
 /* decision_permille of a threshold: 1000 * 2^thr, rounded, in [1, 64000]. */
 KML_API u32 kml_dd_lg_q16_to_permille(s32 thr);
 

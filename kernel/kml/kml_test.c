@@ -1123,6 +1123,98 @@ static void kml_test_cal_contract(struct kunit *test)
 }
 
 /*
+ * "calibrate" (a model no trainer calibrates) fits on the kernel's score
+ * histograms: kml_dd_cal_fit()'s rule on the buckets, at their edges.  On
+ * residuals that sit on bucket edges the two find the same balanced
+ * accuracy; ties go to the split closest to the deadline; too few of a
+ * class, no skill and the factor-8 range are kept to; and the edge's
+ * permille is kml_dd_lg_q16_to_permille()'s.
+ */
+static void kml_test_cal_fit_hist(struct kunit *test)
+{
+	const u32 nb = KML_DD_SCORE_BUCKETS, mid = nb / 2;
+	struct kml_dd_cal_result res, want;
+	struct kml_dd_resid *w;
+	u64 *met, *missed;
+	u32 i, split;
+	s32 k;
+
+	met = kunit_kcalloc(test, 2 * nb, sizeof(*met), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, met);
+	missed = met + nb;
+	/* every split from mid - 3 to mid + 2 separates the same groups */
+	met[mid - 4] = 100;
+	met[mid + 2] = 10;
+	missed[mid - 4] = 5;
+	missed[mid + 2] = 35;
+	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit_hist(met, missed, nb, 0, nb,
+						    &split, &res));
+	KUNIT_EXPECT_EQ(test, split, mid);
+	KUNIT_EXPECT_EQ(test, res.status, (u32)KML_DD_CAL_OK);
+	KUNIT_EXPECT_EQ(test, res.balanced,
+			(u32)((((u64)100 << 20) / 110 + ((u64)35 << 20) / 40) / 2));
+	/* outside [lo, hi] the split is not taken: the best left is "all" */
+	KUNIT_EXPECT_FALSE(test, kml_dd_cal_fit_hist(met, missed, nb,
+						     mid + 3, nb, &split, &res));
+	KUNIT_EXPECT_EQ(test, res.status, (u32)KML_DD_CAL_NO_SKILL);
+	/* too few misses; no skill */
+	missed[mid + 2] = KML_DD_CAL_MIN_CLASS - 6;
+	KUNIT_EXPECT_FALSE(test, kml_dd_cal_fit_hist(met, missed, nb, 0, nb,
+						     &split, &res));
+	KUNIT_EXPECT_EQ(test, res.status, (u32)KML_DD_CAL_FEW_MISSED);
+	memcpy(missed, met, nb * sizeof(*met));
+	KUNIT_EXPECT_FALSE(test, kml_dd_cal_fit_hist(met, missed, nb, 0, nb,
+						     &split, &res));
+	KUNIT_EXPECT_EQ(test, res.status, (u32)KML_DD_CAL_NO_SKILL);
+
+	/* the edges' permille: exact values, and the trainers' conversion */
+	KUNIT_EXPECT_EQ(test, kml_dd_lg_eighths_to_permille(0), 1000U);
+	KUNIT_EXPECT_EQ(test, kml_dd_lg_eighths_to_permille(8), 2000U);
+	KUNIT_EXPECT_EQ(test, kml_dd_lg_eighths_to_permille(-24), 125U);
+	KUNIT_EXPECT_EQ(test, kml_dd_lg_eighths_to_permille(24), 8000U);
+	KUNIT_EXPECT_EQ(test, kml_dd_lg_eighths_to_permille(1), 1091U);
+	KUNIT_EXPECT_EQ(test, kml_dd_lg_eighths_to_permille(-9), 459U);
+
+	kml_test_needs(test, KML_HAS_KTRAINER, "the kernel trainer");
+	for (k = -24; k <= 24; k++) {
+		u32 p;
+
+		KUNIT_ASSERT_EQ(test, kml_fpu_begin(), 0);
+		p = kml_dd_lg_q16_to_permille(k << KML_DD_SCORE_SHIFT);
+		kml_fpu_end();
+		KUNIT_EXPECT_EQ_MSG(test, kml_dd_lg_eighths_to_permille(k), p,
+				    "k = %d", k);
+	}
+	/* the contract's residuals, down to their buckets' edges */
+	w = kunit_kcalloc(test, 2 * KML_CAL_CONTRACT_N, sizeof(*w), GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, w);
+	kml_cal_contract_sample(w);
+	memset(met, 0, 2 * nb * sizeof(*met));
+	for (i = 0; i < KML_CAL_CONTRACT_N; i++) {
+		u8 b = kml_dd_score_bucket(w[i].r);
+
+		w[i].r = ((s32)b - (s32)mid) * (1 << KML_DD_SCORE_SHIFT);
+		if (w[i].met)
+			met[b]++;
+		else
+			missed[b]++;
+	}
+	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit(w, KML_CAL_CONTRACT_N,
+					       w + KML_CAL_CONTRACT_N, &want));
+	KUNIT_ASSERT_TRUE(test, kml_dd_cal_fit_hist(met, missed, nb, mid - 24,
+						    mid + 24, &split, &res));
+	KUNIT_EXPECT_EQ(test, res.balanced, want.balanced);
+	KUNIT_EXPECT_EQ(test, res.accuracy, want.accuracy);
+	KUNIT_EXPECT_EQ(test, res.auc, want.auc);
+	/* and the same requests on each side of the two thresholds */
+	for (i = 0, k = 0; i < KML_CAL_CONTRACT_N; i++)
+		k += w[i].r <= want.thr;
+	for (i = 0; i < split; i++)
+		k -= met[i] + missed[i];
+	KUNIT_EXPECT_EQ(test, k, 0);
+}
+
+/*
  * The trainers' window keeps each class apart (struct kml_dd_cal): with
  * one miss in a hundred, a ring of the last KML_DD_CAL_WINDOW residuals
  * held about 20 misses and never calibrated.  Each class keeps its last
@@ -2126,6 +2218,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_cal_imbalanced),
 	KUNIT_CASE(kml_test_cal_contract),
 	KUNIT_CASE(kml_test_cal_window),
+	KUNIT_CASE(kml_test_cal_fit_hist),
 	KUNIT_CASE(kml_test_dd_target_contract),
 	KUNIT_CASE(kml_test_dd_decide_contract),
 	KUNIT_CASE(kml_test_dd_decide_q16_contract),
