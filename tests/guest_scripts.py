@@ -252,18 +252,21 @@ def cell_scripts(backend: Backend, params: dict) -> dict[str, str]:
     if model is not None:
         # what the cell step passes (cell/model.py): the device's geometry when told
         told = {"geometry": device_geometry(params["device"])} if model.get("geometry") else {}
+        # and the calibration phase, where the cell asks for one
+        calibrate = {"calibrate": True} if model.get("calibrate_s") else {}
         out["kml_setup"] = backend.kml_setup(
             model, block_device, trainer_seconds=seconds,
             model_uploaded=bool(model.get("model_file")),
-            warm_uploaded=bool(model.get("warm_start")), **told,
+            warm_uploaded=bool(model.get("warm_start")), **told, **calibrate,
         )  # fmt: skip
         out["kml_stop"] = backend.kml_stop(model, trace=False)
     if params["scheduler"]["name"] == MODEL_SCHEDULER:
         traced = {**(model or TRACE_MODEL), "trainer": "none"}
+        calibrate = {"calibrate": True} if traced.get("calibrate_s") else {}
         out["kml_setup_trace"] = backend.kml_setup(
             traced, block_device, trainer_seconds=seconds,
             model_uploaded=bool(traced.get("model_file")),
-            warm_uploaded=bool(traced.get("warm_start")), trace_seconds=seconds,
+            warm_uploaded=bool(traced.get("warm_start")), trace_seconds=seconds, **calibrate,
         )  # fmt: skip
         out["kml_stop_trace"] = backend.kml_stop(traced, trace=True)
     return out

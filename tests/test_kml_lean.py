@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from device_guest import SLOW_NULL_BLK, VIRTUAL, device_guest
+from kmlbench import paths
 from kmlbench.bench import footprint
 from kmlbench.build.kernel import KernelBuild
 from kmlbench.cell import guest_paths
@@ -219,3 +220,75 @@ def test_a_cell_that_asks_for_the_kernel_trainer_fails_saying_why(
     assert status != 0
     assert "this kernel has no kernel trainer" in out, out
     reset(g, dev)  # which stops a kernel trainer only where there is one
+
+
+def _calibrated_permille(stats: kmlstats.KmlStats) -> int | None:
+    """The threshold "calibrate" must set from the printed score histograms,
+    worked out here apart: the split with the highest balanced accuracy among
+    the buckets within a factor 8 of the deadline, ties to the deadline's
+    bucket, at least 32 of each class and better than chance; its edge's
+    1000 * 2^(k/8)."""
+    met, missed = (
+        {b.lo: b.count for b in stats.histograms.get(key, [])} for key in kmlstats.SCORE_HIST_KEYS
+    )
+    n_met, n_missed = sum(met.values()), sum(missed.values())
+    if n_met < 32 or n_missed < 32:
+        return None
+    best: tuple[float, int] | None = None
+    for split in range(64 - 24, 64 + 25):
+        tn = sum(n for b, n in met.items() if b < split)
+        tp = sum(n for b, n in missed.items() if b >= split)
+        score = tn / n_met + tp / n_missed
+        if best is None or (score, -abs(split - 64)) > (best[0], -abs(best[1] - 64)):
+            best = (score, split)
+    assert best is not None
+    if best[0] <= 1:
+        return None
+    return round(1000 * 2 ** ((best[1] - 64) / 8))
+
+
+def test_a_model_no_trainer_calibrates_is_calibrated_on_its_own_predictions(
+    guest: tuple[Guest, guest_paths.BlockDevice],
+) -> None:
+    """Writing "calibrate" (the lean kernel has no trainer to do it): with no
+    prediction it is refused and the threshold kept; after the shipped light
+    model observed a load where requests miss, it sets the threshold the
+    printed histograms give; once a prediction was acted on, it is refused."""
+    g, dev = guest
+    expire = {
+        name: sh(g, f"cat {dev.iosched}/{name}").strip() for name in ("read_expire", "write_expire")
+    }
+    g.put(
+        guest_paths.GUEST_MODEL,
+        (paths.WORKLOADS_DIR / "models/deadline-small-q16.kmlm").read_bytes(),
+    )
+    model = {"mode": "observe", "model_file": "deadline-small-q16.kmlm", "decision_permille": 858}
+    status, out = set_up(g, dev, model)
+    assert status == 0, out
+    permille = f"{PARAMS}/decision_permille"
+    calibrate = f"echo calibrate > {STATS}"
+    try:
+        refused = g.run(calibrate, timeout=60)
+        assert refused.exit_status != 0 and "No data available" in refused.stderr, refused
+        assert sh(g, f"cat {permille}").strip() == "858"
+        # 1 and 2 ms expiries behind a 200 us device with two slots
+        sh(g, f"echo 1 > {dev.iosched}/read_expire; echo 2 > {dev.iosched}/write_expire")
+        sh(g, FIO.format(dev=dev.dev))
+        seen = stats(g)
+        want = _calibrated_permille(seen)
+        assert want is not None, seen.histograms
+        sh(g, calibrate)
+        assert int(sh(g, f"cat {permille}")) == want != 858
+        assert stats(g).get("stats_calibrations") == 1
+        # acted on: every request predicted to miss, its FIFO head moved ahead
+        sh(g, f"echo 1 > {permille}; echo reset > {STATS}; echo active > {dev.iosched}/kml_mode")
+        sh(g, FIO.format(dev=dev.dev))
+        acted = stats(g)
+        assert acted.get("steered_met") + acted.get("steered_missed") > 0, acted.counters
+        busy = g.run(calibrate, timeout=60)
+        assert busy.exit_status != 0 and "busy" in busy.stderr, busy
+        assert sh(g, f"cat {permille}").strip() == "1"
+        assert stats(g).get("stats_calibrations") == 0
+    finally:
+        sh(g, "; ".join(f"echo {v} > {dev.iosched}/{k}" for k, v in expire.items()))
+        reset(g, dev)

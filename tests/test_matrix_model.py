@@ -10,7 +10,7 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.cell import device
-from kmlbench.cell.model import kml_setup_script
+from kmlbench.cell.model import KmlCellError, calibration, kml_setup_script
 from kmlbench.plan import kernel as plan_kernel
 from kmlbench.plan.matrix import load_matrix
 from kmlbench.plan.schema import ALL_GEOMETRY_PARAMS, NULL_BLK_SERVICE_MODELS, device_geometry
@@ -174,6 +174,20 @@ def test_exclude_by_model_field(tmp_path: Path) -> None:
             "axes.model[0].publish_dtype",
             "one of float32, fixed",
         ),
+        ("{mode: observe, calibrate_s: -1}", 6, "axes.model[0].calibrate_s", "0..3600"),
+        (
+            "{mode: observe, calibrate_s: 5}",
+            6,
+            "axes.model[0].calibrate_s",
+            "calibrate_s needs a model_file",
+        ),
+        (
+            "{mode: observe, trainer: kernel, calibrate_s: 5}",
+            6,
+            "axes.model[0].calibrate_s",
+            "trainer 'kernel' sets the threshold itself",
+        ),
+        ("{mode: off, calibrate_s: 5}", 6, "axes.model[0].calibrate_s", "observe or active"),
         ("[]", 6, "axes.model", "non-empty list"),
     ],
 )
@@ -606,3 +620,64 @@ def test_publish_dtype_is_recorded_for_a_trainer_that_publishes_fixed(tmp_path: 
         kml_setup_script(
             {"mode": "observe", "trainer": "user", "publish_dtype": "half"}, dev, trainer_seconds=1
         )
+
+
+def test_calibrate_s_observes_the_cells_load_first_and_is_recorded_only_when_set(
+    tmp_path: Path,
+) -> None:
+    """``calibrate_s``: the set-up runs the calibration's job in observe mode
+    from zeroed statistics and writes ``calibrate``, before any consumer
+    takes the ring and before the statistics are zeroed for the cell's run;
+    cells from before the key keep their ids."""
+    model = tmp_path / "m.kmlm"
+    model.write_bytes(b"a model")
+    old = load(tmp_path, HEAD + "  model: [{mode: active, model_file: m.kmlm}]\n")
+    explicit = load(
+        tmp_path, HEAD + "  model: [{mode: active, model_file: m.kmlm, calibrate_s: 0}]\n"
+    )
+    assert {c.id for c in old.cells} == {c.id for c in explicit.cells}
+    told = load(tmp_path, HEAD + "  model: [{mode: active, model_file: m.kmlm, calibrate_s: 4}]\n")
+    [params] = [c.params["model"] for c in told.cells if c.params["model"]["mode"] != "off"]
+    assert params["calibrate_s"] == 4
+    dev = device.BlockDevice("nullb0")
+    stats = "/sys/kernel/debug/kml/iosched"
+    script = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1, calibrate=True)
+    steps = [
+        f"echo reset > {stats}",
+        'setchoice "$q/kml_mode" observe',
+        "fio --output-format=json+ /tmp/calibrate.fio",
+        'setchoice "$q/kml_mode" off',
+        f"echo calibrate > {stats}",
+        f"echo reset > {stats}",
+        'setchoice "$q/kml_mode" active',
+    ]
+    at = 0
+    for step in steps:  # in this order
+        found = script.find(step, at)
+        assert found >= 0, f"{step!r} after {script[:at]!r}"
+        at = found + len(step)
+    assert "calibrate" not in kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("output", "want"),
+    [
+        (
+            "kmlbench-kml: calibrated decision_permille=917\nkmlbench-kml: kml_mode=active",
+            {"seconds": 6, "decision_permille": 917},
+        ),
+        (
+            "kmlbench-kml: calibration refused: No data available\n",
+            {"seconds": 6, "refused": "No data available"},
+        ),
+    ],
+)
+def test_the_calibrations_outcome_is_read_from_the_set_up(output: str, want: dict) -> None:
+    assert calibration(output, 6) == want
+
+
+def test_a_set_up_without_one_calibration_outcome_is_an_error() -> None:
+    both = "kmlbench-kml: calibrated decision_permille=917\nkmlbench-kml: calibration refused: x\n"
+    for output in ("", both):
+        with pytest.raises(KmlCellError, match="no single calibration outcome"):
+            calibration(output, 6)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 # fio's job file.
 GUEST_JOB = "/tmp/job.fio"
+# the calibration phase's job (model.calibrate_s): the cell's, for that long
+GUEST_CALIBRATE_JOB = "/tmp/calibrate.fio"
 # /proc/stat's cpu line before (.0) and after (.1) fio.
 CPU_SNAPSHOT = "/tmp/kmlbench-cpu"
 
@@ -52,6 +54,7 @@ KML_DRAIN_LOG = "/tmp/kmlbench-drain.log"
 # Every path above by the name the guest scripts use for it (``@KML_PARAMS@``).
 SCRIPT_PATHS: dict[str, str] = {
     "GUEST_JOB": GUEST_JOB,
+    "GUEST_CALIBRATE_JOB": GUEST_CALIBRATE_JOB,
     "CPU_SNAPSHOT": CPU_SNAPSHOT,
     "KML_PARAMS": KML_PARAMS,
     "KML_STATS": KML_STATS,

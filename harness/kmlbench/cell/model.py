@@ -28,6 +28,7 @@ from kmlbench import paths
 from kmlbench.cell import render
 from kmlbench.cell.context import CellContext, CellGuest, ResetFailed, StepFailed
 from kmlbench.cell.guest_paths import (
+    GUEST_CALIBRATE_JOB,
     GUEST_CURVE,
     GUEST_MODEL,
     GUEST_TRACE,
@@ -43,7 +44,9 @@ from kmlbench.cell.guest_paths import (
     DeviceError,
 )
 from kmlbench.cell.workload import insn_per_us
+from kmlbench.clock import host_timeout
 from kmlbench.data import kmlstats
+from kmlbench.plan import fio_job
 from kmlbench.plan.schema import (
     ALL_GEOMETRY_PARAMS,
     MODEL_DTYPE_DEFAULT,
@@ -162,6 +165,7 @@ def kml_setup_script(
     warm_uploaded: bool = False,
     trace_seconds: float | None = None,
     geometry: Mapping[str, int] | None = None,
+    calibrate: bool = False,
 ) -> str:
     """Shell for the guest (``scripts/kml-setup.sh``): KML as ``model`` asks, before fio.
 
@@ -173,7 +177,10 @@ def kml_setup_script(
     ring instead of a trainer (one consumer at a time). Exits non-zero
     with a ``kmlbench-kml:`` message when the kernel lacks KML. ``geometry``
     is what policy cost is told of the device (:func:`device_geometry`); every
-    cell writes it, 0 for unknown, as the parameters are global.
+    cell writes it, 0 for unknown, as the parameters are global. With
+    ``calibrate`` the model first observes the job uploaded to
+    ``GUEST_CALIBRATE_JOB`` and is calibrated on it (``scripts/kml-calibrate.sh``;
+    :func:`calibration` reads what became of it from the output).
     """
     mode, ring_mode, trainer = _kml_check(model)
     told = dict(geometry or device_geometry(None))
@@ -244,6 +251,12 @@ def kml_setup_script(
                     "skill_min_permille",
                 )
             },
+            "CALIBRATE": render.lines(
+                "kml-calibrate.sh",
+                {"CALIBRATE_FIO": fio_job.fio_shell_command(GUEST_CALIBRATE_JOB)},
+            )
+            if calibrate
+            else [],
             "TRAINER": trainer_lines,
             "TRACER": tracer,
             "MODE": mode,
@@ -353,6 +366,12 @@ def set_up(ctx: CellContext) -> None:
     if ctx.trace:  # the tracer takes the ring: no trainer in a trace cell
         model = {**model, "trainer": "none"}
     ctx.model = model
+    calibrate_s = int(model.get("calibrate_s", 0))
+    if calibrate_s:
+        workload = {**ctx.params["workload"], "runtime_s": calibrate_s, "ramp_s": 0}
+        job = fio_job.render_job(workload, ctx.require_device().dev)
+        ctx.log("calibrate.fio", job)
+        ctx.guest.put(GUEST_CALIBRATE_JOB, job.encode())
     script = kml_setup_script(
         model,
         ctx.require_device(),
@@ -361,12 +380,36 @@ def set_up(ctx: CellContext) -> None:
         warm_uploaded=uploaded.get("warm_start", False),
         trace_seconds=seconds if ctx.trace else None,
         geometry=device_geometry(ctx.params["device"]) if model.get("geometry") else None,
+        calibrate=bool(calibrate_s),
     )
-    result = ctx.guest.run(script, ctx.timeout)
+    # the calibration's fio keeps the guest busy as the cell's own does
+    timeout = host_timeout(ctx.timeout + calibrate_s, ctx.guest.cfg.clock, calibrate_s)
+    result = ctx.guest.run(script, timeout)
     ctx.log("kml_setup.log", result.stdout + result.stderr)
     if result.exit_status != 0:
         why = (result.stderr.strip().splitlines() or [f"exit {result.exit_status}"])[-1]
         raise KmlCellError(f"KML set-up failed: {why} (see kml_setup.log)")
+    if calibrate_s:
+        ctx.extra["calibration"] = calibration(result.stdout, calibrate_s)
+
+
+_CALIBRATED = "kmlbench-kml: calibrated decision_permille="
+_REFUSED = "kmlbench-kml: calibration refused: "
+
+
+def calibration(setup_output: str, seconds: int) -> dict[str, Any]:
+    """What the calibration phase of ``scripts/kml-calibrate.sh`` did, from the
+    set-up's output: the ``decision_permille`` it set, or why the kernel
+    refused (the matrix's threshold then stays)."""
+    out: dict[str, Any] = {"seconds": seconds}
+    for line in setup_output.splitlines():
+        if line.startswith(_CALIBRATED):
+            out["decision_permille"] = int(line.removeprefix(_CALIBRATED))
+        elif line.startswith(_REFUSED):
+            out["refused"] = line.removeprefix(_REFUSED).strip()
+    if len(out) != 2:
+        raise KmlCellError(f"KML set-up: no single calibration outcome in its output: {out}")
+    return out
 
 
 def collect(ctx: CellContext) -> None:

@@ -219,6 +219,18 @@ def _model_entries(
                 # the kernel loads model_file; a warm start stays in user space
                 if name == "model_file" and plan_kernel.is_float_model(found):
                     float_models.add(model[name])
+            if model["calibrate_s"]:
+                ckey = keypaths.get("calibrate_s", ekey)
+                if model["mode"] == "off":
+                    raise src.error(ckey, "calibrate_s needs mode observe or active")
+                if model["trainer"] != "none":
+                    raise src.error(
+                        ckey,
+                        "calibrate_s is for a model no trainer calibrates (trainer none): "
+                        f"trainer {model['trainer']!r} sets the threshold itself",
+                    )
+                if model["model_file"] is None:
+                    raise src.error(ckey, "calibrate_s needs a model_file to calibrate")
             if model["mode"] == "off":
                 if model["trainer"] != "none":
                     raise src.error(

@@ -326,6 +326,11 @@ MODEL_FIELDS: dict[str, Field] = {
     # kml_dd_core.c); 500 is the baseline's, and no window beats 1000: the
     # model never steers (a shadow, its predictions made and judged only)
     "skill_min_permille": Field("int", 500, _between(0, 1000)),
+    # observe and active with a model_file and no trainer: first observe the
+    # cell's own load for this many seconds, then set the model's threshold
+    # from its predictions there (the statistics' "calibrate",
+    # docs/kml-iosched.md; 0: the threshold of decision_permille)
+    "calibrate_s": Field("int", 0, _between(0, 3600)),
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
     "cpu_pct": Field("int", 100, _between(1, 100)),
@@ -382,7 +387,7 @@ LAZY_FIELDS = ("lazy",)
 STEER_FIELDS = ("skill_min_permille",)
 # Only meaningful with KML on (observe or active), and recorded only when
 # not their default.
-KML_ON_FIELDS = ("sample_unclaimed", "publish_dtype")
+KML_ON_FIELDS = ("sample_unclaimed", "publish_dtype", "calibrate_s")
 # The model keys recorded only when not their default, and the modes whose
 # cells record them (kmlbench.plan.matrix): a cell of such a mode without
 # the key has its default.

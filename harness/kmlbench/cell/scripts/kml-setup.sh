@@ -2,7 +2,9 @@
 ## leaves no sample behind: load the model (kml-load.sh, when one was
 ## uploaded), set the global ring and filter parameters, start the trainer
 ## (kml-ktrainer.sh, or kmlctl train through kml-background.sh) or the
-## tracer, zero the statistics, and last switch the queue's kml_mode on.
+## tracer, zero the statistics, and last switch the queue's kml_mode on;
+## a model calibrated on the cell's load (kml-calibrate.sh) is calibrated
+## before any consumer takes the ring.
 ## Exits non-zero with a "kmlbench-kml:" message when the kernel lacks KML.
 ## Rendered by kmlbench.cell.model.kml_setup_script.
 @include kml-lib.sh
@@ -32,6 +34,7 @@ setnum @KML_PARAMS@/observe_every @OBSERVE_EVERY@
 setnum @KML_PARAMS@/lazy @LAZY@
 setnum @KML_PARAMS@/sample_unclaimed @SAMPLE_UNCLAIMED@
 setnum @KML_PARAMS@/skill_min_permille @SKILL_MIN_PERMILLE@
+@CALIBRATE@
 @TRAINER@
 @TRACER@
 echo reset > @KML_STATS@ 2>/dev/null || die "cannot reset @KML_STATS@"
