@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from kmlbench import paths
 from kmlbench.cell import device as device_mod
-from kmlbench.cell import guest_paths
+from kmlbench.cell import guest_paths, kml_reset
 from kmlbench.cell import model as model_mod
 from kmlbench.cell import workload as workload_mod
 from kmlbench.plan.matrix import load_matrix
@@ -174,10 +174,10 @@ class CurrentBackend:
         return model_mod.kml_stop_script(model, trace=trace)
 
     def kml_snapshot(self) -> str:
-        return model_mod.kml_snapshot_script()
+        return kml_reset.kml_snapshot_script()
 
     def kml_reset(self, block_device: str) -> str:
-        return model_mod.kml_reset_script(guest_paths.block_device(block_device))
+        return kml_reset.kml_reset_script(guest_paths.block_device(block_device))
 
     def trainer_seconds(self, workload: dict) -> float:
         return model_mod.trainer_seconds(workload)

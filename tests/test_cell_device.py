@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from kmlbench.cell import device, model
+from kmlbench.cell import device, kml_reset, model
 from kmlbench.cell.guest_paths import BlockDevice, DeviceError, block_device
 from kmlbench.plan import schema
 from kmlbench.plan.schema import DEVICE_TYPES, MODEL_FIELDS
@@ -78,12 +78,12 @@ def test_every_kml_script_derives_sysfs_paths_from_the_name() -> None:
     # found no kml_mode there, and the next "off" cell ran with the hooks on
     for text in ("/dev/nullb0", "nullb0"):
         dev = block_device(text)
-        reset = model.kml_reset_script(dev)
+        reset = kml_reset.kml_reset_script(dev)
         assert "if [ -e /sys/block/nullb0/queue/iosched/kml_mode ]; then" in reset
         setup = model.kml_setup_script({"mode": "observe"}, dev, trainer_seconds=1)
         assert 'q="/sys/block/nullb0/queue/iosched"' in setup
         for script in (reset, setup):
             assert "/dev/" not in script.replace("/dev/null", "")
-    assert model.kml_reset_script(block_device("/dev/vda")) != model.kml_reset_script(
+    assert kml_reset.kml_reset_script(block_device("/dev/vda")) != kml_reset.kml_reset_script(
         block_device("nullb0")
     )

@@ -48,8 +48,7 @@ from device_guest import SLOW_NULL_BLK, device_guest
 from kmlbench import paths
 from kmlbench.build.image import READY_MARKER, build_kmlctl, make_guest_initrd
 from kmlbench.build.kernel import KernelBuild
-from kmlbench.cell import device, guest_paths
-from kmlbench.cell import model as kml_model
+from kmlbench.cell import device, guest_paths, kml_reset
 from kmlbench.data import kmlstats
 from kmlbench.guest import console
 from kmlbench.guest.command import GuestConfig
@@ -1011,7 +1010,7 @@ def assert_ring_delivers(guest: Guest) -> kmlstats.KmlStats:
 
 
 def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
-    """``cell.model.kml_reset_script``: what a shared boot runs between two cells.
+    """``cell.kml_reset.kml_reset_script``: what a shared boot runs between two cells.
 
     Snapshot the parameters, change everything a cell may change (threshold,
     filter, ring mode, a running kernel trainer, statistics, samples left in
@@ -1020,7 +1019,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     """
     # the reset removes a cell's files, the module's model among them
     sh(g, f"cp {MODEL} /tmp/model.keep")
-    sh(g, kml_model.kml_snapshot_script())
+    sh(g, kml_reset.kml_snapshot_script())
     saved = dict(
         line.split("=", 1) for line in sh(g, f"cat {guest_paths.GUEST_KML_DEFAULTS}").stdout.split()
     )
@@ -1029,7 +1028,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     holder = start_background(g, f"{KMLCTL} trace /tmp/holder.trc --seconds 60", "/tmp/holder.log")
     try:
         sh(g, f"echo {holder} > {guest_paths.GUEST_TRAINER_PID}")
-        refused = g.run(kml_model.kml_reset_script(guest_paths.block_device(DEV)), timeout=60)
+        refused = g.run(kml_reset.kml_reset_script(guest_paths.block_device(DEV)), timeout=60)
         assert refused.exit_status != 0, refused
         assert f"still runs (pid {holder})" in refused.stderr, refused
     finally:
@@ -1041,7 +1040,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     sh(g, f"echo active > {Q}/iosched/kml_mode")
     assert_fio_ok(fio_quick(g, 64), 64)
     assert stats(g).get("ring_produced") > 0
-    sh(g, kml_model.kml_reset_script(guest_paths.block_device(DEV)))
+    sh(g, kml_reset.kml_reset_script(guest_paths.block_device(DEV)))
     drained = sh(g, f"{KMLCTL} trace - --seconds 0.2 2>&1 >/dev/null").stdout
     assert "records 0" in drained, drained
     sh(g, f"cp /tmp/model.keep {MODEL}; {KMLCTL} load {MODEL}")
@@ -1050,7 +1049,7 @@ def test_shared_boot_reset_undoes_what_a_cell_changed(g: Guest) -> None:
     sh(g, f"echo block > {P}/ring_mode; echo 1 > {P}/ktrainer; echo active > {Q}/iosched/kml_mode")
     assert_fio_ok(fio_quick(g, 64), 64)
     assert stats(g).get("samples") > 0
-    sh(g, kml_model.kml_reset_script(guest_paths.block_device(DEV)))
+    sh(g, kml_reset.kml_reset_script(guest_paths.block_device(DEV)))
     mode = sh(g, f"cat {Q}/iosched/kml_mode").stdout.strip()
     assert mode == "off" or "[off]" in mode, mode
     for name, value in saved.items():

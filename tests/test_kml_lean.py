@@ -22,7 +22,7 @@ from device_guest import SLOW_NULL_BLK, VIRTUAL, device_guest
 from kmlbench import paths
 from kmlbench.bench import footprint
 from kmlbench.build.kernel import KernelBuild
-from kmlbench.cell import guest_paths
+from kmlbench.cell import guest_paths, kml_reset
 from kmlbench.cell import model as kml_model
 from kmlbench.data import kmlstats
 from kmlbench.guest import console
@@ -117,7 +117,7 @@ def guest(
     with device_guest(
         lean.bzimage, work, base_image, DEVICE, SCHEDULER, memory_mib=512, **VIRTUAL
     ) as (g, dev):
-        sh(g, kml_model.kml_snapshot_script())
+        sh(g, kml_reset.kml_snapshot_script())
         yield g, guest_paths.block_device(dev)
         bad = [e for e in g.events() if e.kind in (*console.FATAL_KINDS, "warn")]
         assert not bad, f"{bad}\n{console.quote(g.console_text(), bad)}"
@@ -135,7 +135,7 @@ def set_up(
 
 
 def reset(g: Guest, dev: guest_paths.BlockDevice) -> None:
-    sh(g, kml_model.kml_reset_script(dev))
+    sh(g, kml_reset.kml_reset_script(dev))
 
 
 def test_a_q16_model_predicts_without_the_fpu(

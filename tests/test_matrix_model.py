@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from kmlbench import paths
-from kmlbench.cell import device
-from kmlbench.cell.model import KmlCellError, calibration, kml_setup_script
+from kmlbench.cell import calibration, device
+from kmlbench.cell.model import kml_setup_script
 from kmlbench.plan import kernel as plan_kernel
 from kmlbench.plan.matrix import load_matrix
 from kmlbench.plan.schema import ALL_GEOMETRY_PARAMS, NULL_BLK_SERVICE_MODELS, device_geometry
@@ -673,11 +673,11 @@ def test_calibrate_s_observes_the_cells_load_first_and_is_recorded_only_when_set
     ],
 )
 def test_the_calibrations_outcome_is_read_from_the_set_up(output: str, want: dict) -> None:
-    assert calibration(output, 6) == want
+    assert calibration.outcome(output, 6) == want
 
 
 def test_a_set_up_without_one_calibration_outcome_is_an_error() -> None:
     both = "kmlbench-kml: calibrated decision_permille=917\nkmlbench-kml: calibration refused: x\n"
     for output in ("", both):
-        with pytest.raises(KmlCellError, match="no single calibration outcome"):
-            calibration(output, 6)
+        with pytest.raises(ValueError, match="no single calibration outcome"):
+            calibration.outcome(output, 6)

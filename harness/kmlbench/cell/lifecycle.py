@@ -7,7 +7,7 @@ Every cell goes through :data:`STEPS`, each a small function of its
 boot      the guest: booted for a boot's first cell (its disks and kernel
           command line from the cell's device), the same one after that
 reset     a later cell of a shared boot: KML back to its booted state
-          (instead of ``device``; :func:`kmlbench.cell.model.reset`)
+          (instead of ``device``; :func:`kmlbench.cell.kml_reset.reset`)
 device    the block device and its scheduler (:mod:`~kmlbench.cell.device`);
           in a shared boot, KML's booted state saved for the resets
 job       the fio job for that device, uploaded
@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kmlbench.cell import device, model, workload
+from kmlbench.cell import device, kml_reset, model, workload
 from kmlbench.cell.context import (
     Boot,
     BootSpec,
@@ -136,7 +136,7 @@ def reset(ctx: CellContext) -> None:
     """A later cell of a shared boot: the device as set up, KML as booted."""
     dev = ctx.boot.device
     assert dev is not None
-    model.reset(ctx, dev)
+    kml_reset.reset(ctx, dev)
     ctx.device = dev
     ctx.extra["block_device"] = dev.dev
 
@@ -145,7 +145,7 @@ def set_up_device(ctx: CellContext) -> None:
     """The block device and scheduler; a shared boot then saves KML's booted state."""
     dev = device.set_up(ctx)
     if ctx.boot.shared:
-        model.snapshot(ctx)
+        kml_reset.snapshot(ctx)
     ctx.boot.device, ctx.boot.device_cell = dev, ctx.cell.id
     ctx.device = dev
     ctx.extra["block_device"] = dev.dev

@@ -1,15 +1,16 @@
-"""KML inside mq-deadline for one cell: its model, set-up, stop, statistics; a shared boot's reset.
+"""KML inside mq-deadline for one cell: its model, set-up, stop and statistics.
 
 A cell's ``model`` entry (``docs/matrix.md``) says what KML does while fio
 runs: ``off`` (stock mq-deadline: nothing to do here), ``observe`` or
 ``active``, with an optional model file, trainer (kmlctl in user space, or
 the kernel thread), ring mode and sample filter. :func:`set_up` uploads
 the model files (checked against the hashes the matrix recorded) and runs
-``scripts/kml-setup.sh``; :func:`collect` stops the trainer
-(``kml-stop.sh``), fetches its files and reads KML's statistics into the
-cell's metrics and ``kml_stats`` record. In a shared boot,
-:func:`snapshot` saves KML's parameters as booted and :func:`reset` puts
-them back before each later cell. ``kmlbench trace`` records the sample
+``scripts/kml-setup.sh`` (with a calibration phase first where the cell
+asks for one: :mod:`kmlbench.cell.calibration`); :func:`collect` stops
+the trainer (``kml-stop.sh``), fetches its files and reads KML's
+statistics into the cell's metrics and ``kml_stats`` record. A shared
+boot's reset between cells is :mod:`kmlbench.cell.kml_reset`'s.
+``kmlbench trace`` records the sample
 ring with ``kmlctl trace`` instead of a trainer (:data:`TRACE_MODEL` in a
 cell without a model).
 """
@@ -25,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from kmlbench import paths
-from kmlbench.cell import render
-from kmlbench.cell.context import CellContext, CellGuest, ResetFailed, StepFailed
+from kmlbench.cell import calibration, render
+from kmlbench.cell.context import CellContext, CellGuest, StepFailed
 from kmlbench.cell.guest_paths import (
-    GUEST_CALIBRATE_JOB,
     GUEST_CURVE,
     GUEST_MODEL,
     GUEST_TRACE,
@@ -46,7 +46,6 @@ from kmlbench.cell.guest_paths import (
 from kmlbench.cell.workload import insn_per_us
 from kmlbench.clock import host_timeout
 from kmlbench.data import kmlstats
-from kmlbench.plan import fio_job
 from kmlbench.plan.schema import (
     ALL_GEOMETRY_PARAMS,
     MODEL_DTYPE_DEFAULT,
@@ -178,9 +177,9 @@ def kml_setup_script(
     with a ``kmlbench-kml:`` message when the kernel lacks KML. ``geometry``
     is what policy cost is told of the device (:func:`device_geometry`); every
     cell writes it, 0 for unknown, as the parameters are global. With
-    ``calibrate`` the model first observes the job uploaded to
-    ``GUEST_CALIBRATE_JOB`` and is calibrated on it (``scripts/kml-calibrate.sh``;
-    :func:`calibration` reads what became of it from the output).
+    ``calibrate`` the model first observes the job
+    :func:`kmlbench.cell.calibration.upload_job` uploaded and is calibrated
+    on it.
     """
     mode, ring_mode, trainer = _kml_check(model)
     told = dict(geometry or device_geometry(None))
@@ -251,12 +250,7 @@ def kml_setup_script(
                     "skill_min_permille",
                 )
             },
-            "CALIBRATE": render.lines(
-                "kml-calibrate.sh",
-                {"CALIBRATE_FIO": fio_job.fio_shell_command(GUEST_CALIBRATE_JOB)},
-            )
-            if calibrate
-            else [],
+            "CALIBRATE": calibration.script_lines() if calibrate else [],
             "TRAINER": trainer_lines,
             "TRACER": tracer,
             "MODE": mode,
@@ -286,51 +280,7 @@ def kml_stop_script(model: Mapping[str, Any], *, trace: bool = False) -> str:
     return render.script("kml-stop.sh", {"STOP_TRAINER": stop_trainer, "STOP_TRACER": stop_tracer})
 
 
-def kml_snapshot_script() -> str:
-    """Shell for a shared guest after its device is up (``scripts/kml-snapshot.sh``).
-
-    Saves KML's parameters as booted, for :func:`kml_reset_script`.
-    """
-    return render.script("kml-snapshot.sh")
-
-
-def kml_reset_script(device: BlockDevice) -> str:
-    """Shell for a shared guest between two cells (``scripts/kml-reset.sh``): KML as booted.
-
-    ``device``'s queue back to ``off``, the kernel trainer stopped, no
-    model, an empty ring, every parameter as saved by
-    :func:`kml_snapshot_script`, zeroed statistics, no files of the last
-    cell; exits non-zero, naming what it could not undo, when that is not so.
-    """
-    return render.script("kml-reset.sh", {"IOSCHED": device.iosched})
-
-
 # --- steps ----------------------------------------------------------------------------
-
-
-def snapshot(ctx: CellContext) -> None:
-    """Save KML's booted state, in a shared boot's first cell (after its device set-up)."""
-    snap = ctx.guest.run(kml_snapshot_script(), ctx.timeout)
-    if snap.exit_status != 0:
-        raise StepFailed(f"saving KML's booted state failed: {snap.stderr.strip()}")
-
-
-def reset(ctx: CellContext, device: BlockDevice) -> None:
-    """Put KML back to its booted state before a later cell of a shared boot (``setup.log``).
-
-    :class:`ResetFailed` when it cannot: what the last cell left behind
-    would leak into this one, so the guest is not used any more.
-    """
-    result = ctx.guest.run(kml_reset_script(device), ctx.timeout)
-    ctx.log(
-        "setup.log",
-        f"shared boot: {device.dev} and its scheduler were set up by cell {ctx.boot.device_cell}\n"
-        f"KML reset to its booted state (exit {result.exit_status})\n"
-        + result.stdout
-        + result.stderr,
-    )
-    if result.exit_status != 0:
-        raise ResetFailed("KML reset between shared-boot cells failed; see setup.log")
 
 
 def running_model(params: Mapping[str, Any], trace: bool) -> dict[str, Any] | None:
@@ -368,10 +318,7 @@ def set_up(ctx: CellContext) -> None:
     ctx.model = model
     calibrate_s = int(model.get("calibrate_s", 0))
     if calibrate_s:
-        workload = {**ctx.params["workload"], "runtime_s": calibrate_s, "ramp_s": 0}
-        job = fio_job.render_job(workload, ctx.require_device().dev)
-        ctx.log("calibrate.fio", job)
-        ctx.guest.put(GUEST_CALIBRATE_JOB, job.encode())
+        calibration.upload_job(ctx, calibrate_s)
     script = kml_setup_script(
         model,
         ctx.require_device(),
@@ -390,26 +337,10 @@ def set_up(ctx: CellContext) -> None:
         why = (result.stderr.strip().splitlines() or [f"exit {result.exit_status}"])[-1]
         raise KmlCellError(f"KML set-up failed: {why} (see kml_setup.log)")
     if calibrate_s:
-        ctx.extra["calibration"] = calibration(result.stdout, calibrate_s)
-
-
-_CALIBRATED = "kmlbench-kml: calibrated decision_permille="
-_REFUSED = "kmlbench-kml: calibration refused: "
-
-
-def calibration(setup_output: str, seconds: int) -> dict[str, Any]:
-    """What the calibration phase of ``scripts/kml-calibrate.sh`` did, from the
-    set-up's output: the ``decision_permille`` it set, or why the kernel
-    refused (the matrix's threshold then stays)."""
-    out: dict[str, Any] = {"seconds": seconds}
-    for line in setup_output.splitlines():
-        if line.startswith(_CALIBRATED):
-            out["decision_permille"] = int(line.removeprefix(_CALIBRATED))
-        elif line.startswith(_REFUSED):
-            out["refused"] = line.removeprefix(_REFUSED).strip()
-    if len(out) != 2:
-        raise KmlCellError(f"KML set-up: no single calibration outcome in its output: {out}")
-    return out
+        try:
+            ctx.extra["calibration"] = calibration.outcome(result.stdout, calibrate_s)
+        except ValueError as exc:
+            raise KmlCellError(f"KML set-up: {exc} (see kml_setup.log)") from exc
 
 
 def collect(ctx: CellContext) -> None:

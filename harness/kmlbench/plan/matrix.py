@@ -20,35 +20,24 @@ from typing import Any
 
 from kmlbench import paths
 from kmlbench.clock import VIRTUAL_CPUS_REASON
-from kmlbench.hashing import sha256_file
 from kmlbench.plan import fio_job
 from kmlbench.plan import kernel as plan_kernel
 from kmlbench.plan.cells import Cell, canonical_json, ordered_cells
 from kmlbench.plan.exclude import excluded, exclusions
-from kmlbench.plan.kernel import find_file, fragments, kernel_axis, kernel_source, portable
+from kmlbench.plan.kernel import fragments, kernel_axis, kernel_source, portable
+from kmlbench.plan.model_axis import model_axis
 from kmlbench.plan.schema import (
-    ACTIVE_FIELDS,
     ADAPTIVE_FIELDS,
     AXES,
     DEVICE_TYPES,
-    GEOMETRY_FIELDS,
     GEOMETRY_SERVICES,
     GUEST_FIELDS,
     HEAD_FIELDS,
-    KML_ON_FIELDS,
-    LAZY_FIELDS,
-    MODEL_FIELDS,
-    MODEL_FILE_FIELDS,
     MODEL_OFF,
     MODEL_SCHEDULER,
-    OBSERVE_FIELDS,
-    POLICY_DEFAULT,
     SCHEDULERS,
-    SPARSE_FIELDS,
-    STEER_FIELDS,
     TEMPLATE_DEFAULTS,
     TOP_KEYS,
-    TRAINER_FIELDS,
     VIRTIO_THROTTLE_KEYS,
     WORKLOAD_FIELDS,
     Field,
@@ -180,103 +169,6 @@ def _scheduler_entries(
     )
 
 
-def _model_entries(
-    src: Source, entries: Any, key: str, base_dir: Path, float_models: set[str]
-) -> list[tuple[dict[str, Any], str]] | None:
-    """The model axis, or None when the matrix has none (stock kernel behaviour);
-    the model_files whose dtype is float32 are added to ``float_models``.
-
-    Each entry is reduced to what it changes: ``mode: off`` records only the
-    mode (nothing else reaches the kernel), ``trainer: none`` drops the
-    trainer's fields, and files are recorded with their sha256 so that a cell
-    is keyed by the model's content, not just its name. Entries that reduce
-    to the same params (list expansion over fields that do not apply) are
-    one entry.
-    """
-    if entries is None:
-        return None
-    if not isinstance(entries, list) or not entries:
-        raise src.error(key, "must be a non-empty list of {mode, trainer, ...} mappings")
-    out: list[tuple[dict[str, Any], str]] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(entries):
-        ekey = f"{key}[{i}]"
-        entry = mapping(src, ekey, raw)
-        reject_unknown(src, ekey, entry, MODEL_FIELDS, "a model entry")
-        for values, keypaths in expand(src, ekey, entry, set()):
-            if values.get("mode") is False:  # YAML 1.1 reads a bare ``off`` as false
-                values["mode"] = "off"
-            model = resolve_fields(src, ekey, values, keypaths, MODEL_FIELDS)
-            for name in MODEL_FILE_FIELDS:
-                if model[name] is None:
-                    continue
-                fkey = keypaths.get(name, f"{ekey}.{name}")
-                found = find_file(src, fkey, model[name], base_dir, name.replace("_", " "))
-                if not found.is_file():
-                    raise src.error(fkey, f"{model[name]!r} is not a file")
-                model[name] = portable(found)
-                model[f"{name}_sha256"] = sha256_file(found)
-                # the kernel loads model_file; a warm start stays in user space
-                if name == "model_file" and plan_kernel.is_float_model(found):
-                    float_models.add(model[name])
-            if model["calibrate_s"]:
-                ckey = keypaths.get("calibrate_s", ekey)
-                if model["mode"] == "off":
-                    raise src.error(ckey, "calibrate_s needs mode observe or active")
-                if model["trainer"] != "none":
-                    raise src.error(
-                        ckey,
-                        "calibrate_s is for a model no trainer calibrates (trainer none): "
-                        f"trainer {model['trainer']!r} sets the threshold itself",
-                    )
-                if model["model_file"] is None:
-                    raise src.error(ckey, "calibrate_s needs a model_file to calibrate")
-            if model["mode"] == "off":
-                if model["trainer"] != "none":
-                    raise src.error(
-                        keypaths.get("trainer", ekey),
-                        f"trainer {model['trainer']!r} needs mode observe or active "
-                        "(a cell with mode off has no trainer)",
-                    )
-                model = dict(MODEL_OFF)
-            elif model["trainer"] == "none":
-                for name in TRAINER_FIELDS:
-                    model.pop(name)
-                    model.pop(f"{name}_sha256", None)
-            elif model["warm_start"] is not None and model["trainer"] != "user":
-                raise src.error(
-                    keypaths.get("warm_start", ekey),
-                    "warm_start is for trainer user (the kernel trainer starts from "
-                    "model_file, the model loaded before it starts)",
-                )
-            if model["mode"] != "active" or model["policy"] == POLICY_DEFAULT:
-                for name in ACTIVE_FIELDS:  # the set-up writes the default; old ids stay
-                    model.pop(name, None)
-            if not model.get("geometry", True):  # recorded only when told: old ids stay
-                for name in GEOMETRY_FIELDS:
-                    model.pop(name)
-            for name in SPARSE_FIELDS:
-                if model.get(name) == MODEL_FIELDS[name].default:
-                    model.pop(name)
-            if model["mode"] != "observe" or model["observe_every"] == 1:
-                for name in OBSERVE_FIELDS:
-                    model.pop(name, None)
-            if model["mode"] != "active" or not model["lazy"]:
-                for name in LAZY_FIELDS:
-                    model.pop(name, None)
-            for name in STEER_FIELDS:
-                if model["mode"] != "active" or model.get(name) == MODEL_FIELDS[name].default:
-                    model.pop(name, None)
-            for name in KML_ON_FIELDS:
-                if model.get(name) == MODEL_FIELDS[name].default:
-                    model.pop(name, None)
-            canon = canonical_json(model)
-            if canon not in seen:
-                seen.add(canon)
-                out.append((model, ekey))
-    return out
-
-
 def _workload_entries(
     src: Source, entries: list[Any], key: str, templates_dir: Path
 ) -> list[tuple[dict[str, Any], str, dict[str, str]]]:
@@ -389,7 +281,7 @@ def load_matrix(
     )
     workloads = _workload_entries(src, axes["workload"], "axes.workload", templates_dir)
     float_models: set[str] = set()
-    models = _model_entries(src, axes.get("model"), "axes.model", base_dir, float_models)
+    models = model_axis(src, axes.get("model"), "axes.model", base_dir, float_models)
     rules = exclusions(src, top.get("exclude"))
 
     # Every workload must fit its device and its time budget.
@@ -431,11 +323,11 @@ def load_matrix(
         }
         configs: list[dict[str, Any]] = []
         collapsed: set[str] = set()
-        model_axis: list[tuple[dict[str, Any] | None, str]] = [(None, "")]
+        model_entries: list[tuple[dict[str, Any] | None, str]] = [(None, "")]
         if models:
-            model_axis = list(models)
+            model_entries = list(models)
         for (device, dkey), (sched, skey), (workload, wkey, _), (model, mkey) in itertools.product(
-            devices, schedulers, workloads, model_axis
+            devices, schedulers, workloads, model_entries
         ):
             params = copy.deepcopy(
                 {"kernel": kparams, "device": device, "scheduler": sched, "workload": workload}

@@ -5,7 +5,7 @@
 ## kml-snapshot.sh saved (read-only ones must still read the same), zeroes
 ## the statistics and removes the last cell's files, so that a cell sees
 ## what a fresh boot would show it. Exits non-zero, naming what it could
-## not undo, when that is not so. Rendered by kmlbench.cell.model.kml_reset_script.
+## not undo, when that is not so. Rendered by kmlbench.cell.kml_reset.kml_reset_script.
 @include kml-lib.sh
 ## no kml_mode is fine only on a kernel without KML in mq-deadline
 if [ -e @IOSCHED@/kml_mode ]; then setchoice @IOSCHED@/kml_mode off;
