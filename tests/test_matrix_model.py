@@ -10,6 +10,7 @@ import pytest
 
 from kmlbench import paths
 from kmlbench.cell import calibration, device
+from kmlbench.cell.guest_paths import KMLCTL
 from kmlbench.cell.model import kml_setup_script
 from kmlbench.plan import kernel as plan_kernel
 from kmlbench.plan.matrix import load_matrix
@@ -647,7 +648,7 @@ def test_calibrate_s_observes_the_cells_load_first_and_is_recorded_only_when_set
         'setchoice "$q/kml_mode" observe',
         "fio --output-format=json+ /tmp/calibrate.fio",
         'setchoice "$q/kml_mode" off',
-        f"echo calibrate > {stats}",
+        f"{KMLCTL} calibrate",
         f"echo reset > {stats}",
         'setchoice "$q/kml_mode" active',
     ]
@@ -659,25 +660,36 @@ def test_calibrate_s_observes_the_cells_load_first_and_is_recorded_only_when_set
     assert "calibrate" not in kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
 
 
+KMLCTL_SAYS = """\
+kmlbench-calibrate: predictions 13054
+kmlbench-calibrate: met 12762
+kmlbench-calibrate: calibrated 1
+kmlbench-calibrate: status ok
+kmlbench-calibrate: decision_permille 707
+kmlbench-calibrate: balanced_accuracy 0.812345
+kmlbench-calibrate: auc 0.880000
+kmlbench-kml: kml_mode=observe trainer=none
+"""
+
+
+def test_the_calibrations_outcome_is_read_from_the_set_up() -> None:
+    assert calibration.outcome(KMLCTL_SAYS, 6) == {
+        "seconds": 6, "predictions": 13054, "met": 12762, "calibrated": True, "status": "ok",
+        "decision_permille": 707, "balanced_accuracy": 0.812345, "auc": 0.88,
+    }  # fmt: skip
+    refused = KMLCTL_SAYS.replace("calibrated 1", "calibrated 0").replace("ok", "few-missed")
+    assert calibration.outcome(refused, 6)["calibrated"] is False
+
+
 @pytest.mark.parametrize(
-    ("output", "want"),
+    ("output", "error"),
     [
-        (
-            "kmlbench-kml: calibrated decision_permille=917\nkmlbench-kml: kml_mode=active",
-            {"seconds": 6, "decision_permille": 917},
-        ),
-        (
-            "kmlbench-kml: calibration refused: No data available\n",
-            {"seconds": 6, "refused": "No data available"},
-        ),
+        ("", "did not say"),
+        (KMLCTL_SAYS.replace("kmlbench-calibrate: auc 0.880000\n", ""), "did not say auc"),
+        (KMLCTL_SAYS + "kmlbench-calibrate: met 1\n", "unexpected line"),
+        (KMLCTL_SAYS.replace("met 12762", "met many"), "invalid literal"),
     ],
 )
-def test_the_calibrations_outcome_is_read_from_the_set_up(output: str, want: dict) -> None:
-    assert calibration.outcome(output, 6) == want
-
-
-def test_a_set_up_without_one_calibration_outcome_is_an_error() -> None:
-    both = "kmlbench-kml: calibrated decision_permille=917\nkmlbench-kml: calibration refused: x\n"
-    for output in ("", both):
-        with pytest.raises(ValueError, match="no single calibration outcome"):
-            calibration.outcome(output, 6)
+def test_a_set_up_without_one_calibration_outcome_is_an_error(output: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        calibration.outcome(output, 6)

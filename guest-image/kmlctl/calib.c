@@ -8,6 +8,10 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
+
+#define KML_STATS_FILE		"/sys/kernel/debug/kml/iosched"
+#define KML_DECISION_PERMILLE	"/sys/module/kml/parameters/decision_permille"
 
 void scores_add(struct scores *sc, bool met, bool pred_met, double err_us)
 {
@@ -106,7 +110,7 @@ void calib_apply(struct calib *c, u32 permille, bool to_dev)
 	c->permille = permille;
 	if (!to_dev)
 		return;
-	f = fopen("/sys/module/kml/parameters/decision_permille", "w");
+	f = fopen(KML_DECISION_PERMILLE, "w");
 	if (!f) {
 		c->writes_failed++;
 		return;
@@ -158,6 +162,73 @@ static int calibrate_predict(struct kml_model *m, bool q16,
  * fit refuses (status: few-met, few-missed, no-skill); with the balanced
  * accuracy of the split and the AUC of the residuals.
  */
+/*
+ * calibrate, without operands: the threshold of a model no trainer
+ * calibrates, from its own predictions since the statistics' reset (the
+ * kernel's score histograms, docs/kml-iosched.md), set in the kernel's
+ * decision_permille.  The split kml_dd_cal_fit_hist() finds within the
+ * trainers' factor 8 of the deadline, at a bucket's edge; refused (the
+ * threshold kept, "calibrated 0") when a class has too few predictions or
+ * nothing beats chance.  An error (EBUSY) once a prediction since the
+ * reset was acted on: the histograms then hold outcomes the act changed.
+ */
+static int calibrate_stats(void)
+{
+	const u32 nb = KML_DD_SCORE_BUCKETS, mid = nb / 2;
+	const u32 reach = KML_DD_CAL_MAX_LG >> KML_DD_SCORE_SHIFT;
+	u64 hist[2][KML_DD_SCORE_BUCKETS] = { { 0 } }, acted = 0, v;
+	unsigned int b, hi, permille = 0;
+	struct kml_dd_cal_result res;
+	char line[256], key[64];
+	struct calib c = { 0 };
+	bool found;
+	u32 split;
+	FILE *f;
+
+	f = fopen(KML_STATS_FILE, "r");
+	if (!f)
+		return fail(errno, "%s", KML_STATS_FILE);
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%63s %u %u %llu", key, &b, &hi,
+			   (unsigned long long *)&v) == 4) {
+			if (b < nb && !strcmp(key, "score_met_hist"))
+				hist[0][b] = v;
+			else if (b < nb && !strcmp(key, "score_missed_hist"))
+				hist[1][b] = v;
+		} else if (sscanf(line, "%63s %llu", key,
+				  (unsigned long long *)&v) == 2) {
+			if (!strcmp(key, "steered_met") ||
+			    !strcmp(key, "steered_missed"))
+				acted += v;
+			else if (!strcmp(key, "decision_permille"))
+				permille = v;
+		}
+	}
+	fclose(f);
+	if (!permille)
+		return fail(EPROTO, "%s: no decision_permille", KML_STATS_FILE);
+	if (acted)
+		return fail(EBUSY, "%llu predictions since the reset were acted on: "
+			    "calibrate after observe", (unsigned long long)acted);
+	found = kml_dd_cal_fit_hist(hist[0], hist[1], nb, mid - reach,
+				    mid + reach, &split, &res);
+	if (found) {
+		permille = kml_dd_lg_q16_to_permille(((s32)split - (s32)mid) *
+						     (1 << KML_DD_SCORE_SHIFT));
+		calib_apply(&c, permille, true);
+		if (c.writes_failed)
+			return fail(errno, "%s", KML_DECISION_PERMILLE);
+	}
+	printf("predictions %llu\n", (unsigned long long)res.n_met + res.n_missed);
+	printf("met %u\n", res.n_met);
+	printf("calibrated %d\n", found);
+	printf("status %s\n", calib_status(res.status));
+	printf("decision_permille %u\n", permille);
+	printf("balanced_accuracy %.6f\n", res.balanced / (double)KML_DD_CAL_ONE);
+	printf("auc %.6f\n", res.auc / (double)KML_DD_CAL_ONE);
+	return 0;
+}
+
 int cmd_calibrate(const struct opts *o)
 {
 	struct kml_dd_resid *resid = NULL, *scratch = NULL;
@@ -171,8 +242,11 @@ int cmd_calibrate(const struct opts *o)
 	bool found = false;
 	int ret = 1;
 
-	if (check_opts(o, "calibrate", 0, 2, 2))
-		return 2;
+	if (check_opts(o, "calibrate", 0, 0, 2) || o->argc == 2)
+		return o->argc == 2 ?
+		       usage_error("calibrate: MODEL TRACE, or nothing") : 2;
+	if (o->argc == 1)
+		return calibrate_stats();
 	if (read_trace(o->argv[2], &s, &n, &nf) ||
 	    model_load_file(o->argv[1], nf, "the trace needs", false, &m, &cfg))
 		goto out;

@@ -83,6 +83,8 @@ static const char usage_text[] =
 "                             die-mid-update big-write\n"
 "  calibrate MODEL TRACE      decision_permille for MODEL's meet/miss calls,\n"
 "                             calibrated on a trace file\n"
+"  calibrate                  set decision_permille from the model's\n"
+"                             predictions since the statistics' reset\n"
 "  fuzz [BLOCKDEV] [--seed N] [--ops N] [--list]\n"
 "                             N seeded random operations on /dev/kml, the\n"
 "                             ring, KML's sysfs/debugfs files and BLOCKDEV's\n"

@@ -66,7 +66,6 @@ enum kml_dd_stat {
 	KML_DD_S_STEERED_MISSED,	/* acted on, and missed all the same */
 	KML_DD_S_HOLDOUT_MET,		/* held out (KML_DD_SKILL_HOLDOUT) */
 	KML_DD_S_HOLDOUT_MISSED,
-	KML_DD_S_STATS_CALIBRATIONS,	/* "calibrate" written, and applied */
 	KML_DD_NR_STATS,
 };
 
@@ -80,22 +79,6 @@ enum kml_dd_stat {
 #define KML_DD_HIST_BUCKETS(lg_last)	(8 + ((lg_last) - 3) * 4 + 1)
 #define KML_DD_INFER_BUCKETS		KML_DD_HIST_BUCKETS(24)
 #define KML_DD_ERR_BUCKETS		KML_DD_HIST_BUCKETS(32)
-/*
- * A prediction's score for the AUC of the statistics: its residual
- * lg(predicted issue us) - lg(deadline us), the score the calibration
- * ranks (kml_dd_calib.h), in eighths of a lg unit, 64 buckets either side
- * of the deadline (the outer ones take everything beyond).
- */
-#define KML_DD_SCORE_BUCKETS 128
-#define KML_DD_SCORE_SHIFT 13
-
-/* The score bucket of a residual @r (Q16.16 lg units). */
-static inline u8 kml_dd_score_bucket(s32 r)
-{
-	return clamp_t(s32, KML_DD_SCORE_BUCKETS / 2 + (r >> KML_DD_SCORE_SHIFT),
-		       0, KML_DD_SCORE_BUCKETS - 1);
-}
-
 /*
  * A prediction is recorded as at most this many times its request's
  * deadline (at least 1 ms): beyond, its size means nothing (the decision

@@ -49,87 +49,13 @@ u32 kml_dd_cal_auc_hist(const u64 *met, const u64 *missed, u32 n)
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_auc_hist);
 
+/* The kernel trainer's, kmlctl train's and kmlbench train's */
+#if KML_HAS_KTRAINER
 static s64 kml_dd_abs64(s64 v)
 {
 	return v < 0 ? -v : v;
 }
 
-bool kml_dd_cal_fit_hist(const u64 *met, const u64 *missed, u32 n,
-			 u32 lo, u32 hi, u32 *split,
-			 struct kml_dd_cal_result *res)
-{
-	u64 n_met = 0, n_miss = 0, met_below = 0, miss_below = 0;
-	u64 score, best = 0;
-	u32 i;
-
-	*split = n / 2;
-	for (i = 0; i < n; i++) {
-		n_met += met[i];
-		n_miss += missed[i];
-	}
-	memset(res, 0, sizeof(*res));
-	res->n_met = n_met > U32_MAX ? U32_MAX : n_met;
-	res->n_missed = n_miss > U32_MAX ? U32_MAX : n_miss;
-	if (n_met < KML_DD_CAL_MIN_CLASS || n_miss < KML_DD_CAL_MIN_CLASS ||
-	    n_met >> 31 || n_miss >> 31) {
-		res->status = n_met < KML_DD_CAL_MIN_CLASS || n_met >> 31 ?
-			KML_DD_CAL_FEW_MET : KML_DD_CAL_FEW_MISSED;
-		return false;
-	}
-	res->auc = kml_dd_cal_auc_hist(met, missed, n);
-	/* the recalls' sum in 2^-20 units, as kml_dd_cal_fit() keeps it */
-	for (i = 0; i <= n && i <= hi; i++) {
-		if (i > 0) {
-			met_below += met[i - 1];
-			miss_below += missed[i - 1];
-		}
-		if (i < lo)
-			continue;
-		score = div64_u64(met_below << 20, n_met) +
-			div64_u64((n_miss - miss_below) << 20, n_miss);
-		/* ties to the split closest to the deadline (bucket n / 2) */
-		if (score > best ||
-		    (score == best &&
-		     kml_dd_abs64((s64)i - n / 2) <
-		     kml_dd_abs64((s64)*split - n / 2))) {
-			best = score;
-			*split = i;
-			res->accuracy = div64_u64((met_below + n_miss -
-						   miss_below) << 20,
-						  n_met + n_miss);
-		}
-	}
-	res->balanced = best / 2;
-	if (best <= KML_DD_CAL_ONE) {
-		res->status = KML_DD_CAL_NO_SKILL;
-		return false;
-	}
-	res->status = KML_DD_CAL_OK;
-	return true;
-}
-EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_fit_hist);
-
-u32 kml_dd_lg_eighths_to_permille(s32 k)
-{
-	/* 2^(j/8) in units of 10^-9, j = 0..7 */
-	static const u64 root8[8] = {
-		1000000000, 1090507733, 1189207115, 1296839555,
-		1414213562, 1542210825, 1681792831, 1834008086,
-	};
-	s32 q;
-
-	if (k < -24)
-		k = -24;
-	if (k > 24)
-		k = 24;
-	q = (k + 24) / 8 - 3;	/* k = 8q + j, 0 <= j < 8 */
-	/* 1000 * 2^q * 2^(j/8), from 2^(q + 3) >= 1, rounded */
-	return div64_u64((root8[k - 8 * q] << (q + 3)) + 4000000, 8000000);
-}
-EXPORT_SYMBOL_IF_KUNIT(kml_dd_lg_eighths_to_permille);
-
-/* The kernel trainer's, kmlctl train's and kmlbench train's */
-#if KML_HAS_KTRAINER
 void kml_dd_cal_add(struct kml_dd_cal *c, const struct kml_dd_resid *r,
 		    const struct kml_dd_sample *s, u32 n)
 {
@@ -317,6 +243,63 @@ bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 	return true;
 }
 EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_fit);
+
+bool kml_dd_cal_fit_hist(const u64 *met, const u64 *missed, u32 n,
+			 u32 lo, u32 hi, u32 *split,
+			 struct kml_dd_cal_result *res)
+{
+	u64 n_met = 0, n_miss = 0, met_below = 0, miss_below = 0;
+	u64 tn = 0, tp = 0, score, best = 0;
+	u32 i;
+
+	for (i = 0; i < n; i++) {
+		n_met += met[i];
+		n_miss += missed[i];
+	}
+	memset(res, 0, sizeof(*res));
+	res->n_met = n_met > U32_MAX ? U32_MAX : n_met;
+	res->n_missed = n_miss > U32_MAX ? U32_MAX : n_miss;
+	if (n_met < KML_DD_CAL_MIN_CLASS || n_miss < KML_DD_CAL_MIN_CLASS ||
+	    n_met >> 31 || n_miss >> 31) {
+		res->status = n_met < KML_DD_CAL_MIN_CLASS || n_met >> 31 ?
+			KML_DD_CAL_FEW_MET : KML_DD_CAL_FEW_MISSED;
+		return false;
+	}
+	res->auc = kml_dd_cal_auc_hist(met, missed, n);
+	*split = n / 2;
+	/*
+	 * The recalls' sum times n_met * n_miss: exact, below 2^63 with both
+	 * counts below 2^31; ties to the split closest to the deadline.
+	 */
+	for (i = 0; i <= n && i <= hi; i++) {
+		if (i > 0) {
+			met_below += met[i - 1];
+			miss_below += missed[i - 1];
+		}
+		if (i < lo)
+			continue;
+		score = met_below * n_miss + (n_miss - miss_below) * n_met;
+		if (score > best ||
+		    (score == best &&
+		     kml_dd_abs64((s64)i - n / 2) <
+		     kml_dd_abs64((s64)*split - n / 2))) {
+			best = score;
+			*split = i;
+			tn = met_below;
+			tp = n_miss - miss_below;
+		}
+	}
+	res->balanced = (div64_u64(tn << 20, n_met) +
+			 div64_u64(tp << 20, n_miss)) / 2;
+	res->accuracy = div64_u64((tn + tp) << 20, n_met + n_miss);
+	if (best <= n_met * n_miss) {	/* balanced accuracy 0.5 at best */
+		res->status = KML_DD_CAL_NO_SKILL;
+		return false;
+	}
+	res->status = KML_DD_CAL_OK;
+	return true;
+}
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_cal_fit_hist);
 #endif /* KML_HAS_KTRAINER */
 
 void kml_dd_decide_q16(const s32 *yq, const u64 *deadline_ns, u32 n,

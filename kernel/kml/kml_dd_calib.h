@@ -78,6 +78,24 @@
  */
 #define KML_DD_BATCH_WAIT_MS	1000
 
+/*
+ * A prediction's score in the statistics' histograms (their AUC, kml_dd.h;
+ * kmlctl calibrate): its residual lg(predicted issue us) - lg(deadline us),
+ * the score the calibration ranks (below), in eighths of a lg unit, 64
+ * buckets either side of the deadline (the outer ones take everything
+ * beyond).
+ */
+#define KML_DD_SCORE_BUCKETS 128
+#define KML_DD_SCORE_SHIFT 13
+
+/* The score bucket of a residual @r (Q16.16 lg units). */
+static inline u8 kml_dd_score_bucket(s32 r)
+{
+	s32 b = KML_DD_SCORE_BUCKETS / 2 + (r >> KML_DD_SCORE_SHIFT);
+
+	return b < 0 ? 0 : b >= KML_DD_SCORE_BUCKETS ? KML_DD_SCORE_BUCKETS - 1 : b;
+}
+
 /* Why kml_dd_cal_fit() calibrated or not (struct kml_dd_cal_result). */
 enum kml_dd_cal_status {
 	KML_DD_CAL_OK = 0,		/* thr is set */
@@ -223,6 +241,21 @@ KML_API bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 KML_API u32 kml_dd_cal_auc_hist(const u64 *met, const u64 *missed, u32 n);
 
 /*
+ * kml_dd_cal_fit()'s split on scores given as two histograms over @n
+ * buckets in the score's order (@met[], @missed[]; the kernel's score
+ * histograms: eighths of a lg unit, kml_dd.h): true and @split, the first
+ * bucket predicted "missed", the one in [@lo, @hi] that maximises balanced
+ * accuracy (ties to the one closest to the deadline, bucket @n / 2), when
+ * both classes have at least KML_DD_CAL_MIN_CLASS (and fewer than 2^31)
+ * and it beats 0.5; @res as kml_dd_cal_fit() fills it, but for thr.
+ * Where no trainer calibrates a model: kmlctl calibrate, on the kernel's
+ * statistics (docs/kml-iosched.md).
+ */
+KML_API bool kml_dd_cal_fit_hist(const u64 *met, const u64 *missed, u32 n,
+				 u32 lo, u32 hi, u32 *split,
+				 struct kml_dd_cal_result *res);
+
+/*
  * kml_dd_lg_q16_to_ns() and kml_dd_meets() of @n Q16 predictions @yq with
  * deadlines @deadline_ns at @permille, into @issue_ns and @met (0 or 1).
  */
@@ -245,27 +278,6 @@ KML_API void kml_dd_targets(const struct kml_dd_sample *s, u32 n, float *y);
 KML_API void kml_dd_residuals(const float *yhat,
 			      const struct kml_dd_sample *s, u32 n,
 			      struct kml_dd_resid *r);
-
-/*
- * kml_dd_cal_fit()'s split on scores given as two histograms over @n
- * buckets in the score's order (@met[], @missed[]; the kernel's score
- * histograms: eighths of a lg unit, kml_dd.h): true and @split, the first
- * bucket predicted "missed", the one in [@lo, @hi] that maximises balanced
- * accuracy (ties to the one closest to the deadline, bucket @n / 2), when both classes have at least
- * KML_DD_CAL_MIN_CLASS (and fewer than 2^31) and it beats 0.5; @res as
- * kml_dd_cal_fit() fills it, but for thr.  Integer; for a model no trainer
- * calibrates ("calibrate", docs/kml-iosched.md).
- */
-KML_API bool kml_dd_cal_fit_hist(const u64 *met, const u64 *missed, u32 n,
-				 u32 lo, u32 hi, u32 *split,
-				 struct kml_dd_cal_result *res);
-
-/*
- * decision_permille of a threshold of @k eighths of a lg unit (a score
- * bucket's edge), |@k| <= 24: 1000 * 2^(k/8) rounded, as
- * kml_dd_lg_q16_to_permille(k << 13) gives it, in integers.
- */
-KML_API u32 kml_dd_lg_eighths_to_permille(s32 k);
 
 /* decision_permille of a threshold: 1000 * 2^thr, rounded, in [1, 64000]. */
 KML_API u32 kml_dd_lg_q16_to_permille(s32 thr);

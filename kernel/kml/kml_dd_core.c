@@ -629,7 +629,6 @@ static const char * const kml_dd_stat_names[KML_DD_NR_STATS] = {
 	[KML_DD_S_STEERED_MISSED] = "steered_missed",
 	[KML_DD_S_HOLDOUT_MET] = "holdout_met",
 	[KML_DD_S_HOLDOUT_MISSED] = "holdout_missed",
-	[KML_DD_S_STATS_CALIBRATIONS] = "stats_calibrations",
 };
 
 /* The range bucket @b of kml_dd_hist_bucket() with @nr buckets holds. */
@@ -1317,43 +1316,6 @@ out:
 	seq_printf(m, "auc_ppm %lld\n", ppm);
 }
 
-/*
- * "calibrate": the threshold of a model no trainer calibrates (one shipped
- * with a threshold from other configurations), set from its own predictions
- * since the reset by the trainers' rule (kml_dd_calib.h), at the edge of a
- * score bucket within a factor 8 of the deadline.  Refused, the threshold
- * kept, when an outcome in the histograms was changed by acting on the
- * prediction (-EBUSY: observe first, or active with nothing steered), and
- * when a class has too few predictions or no split beats chance
- * (-ENODATA).  A trainer's next calibration replaces it.  Process context.
- */
-static int kml_dd_stats_calibrate(void)
-{
-	const s32 mid = KML_DD_SCORE_BUCKETS / 2;
-	const s32 reach = KML_DD_CAL_MAX_LG >> KML_DD_SCORE_SHIFT;
-	struct kml_dd_cal_result res;
-	u64 (*h)[KML_DD_SCORE_BUCKETS];
-	u32 split;
-	bool ok;
-
-	if (kml_dd_stat_read(KML_DD_S_STEERED_MET) ||
-	    kml_dd_stat_read(KML_DD_S_STEERED_MISSED))
-		return -EBUSY;
-	h = kcalloc(2, sizeof(*h), GFP_KERNEL);
-	if (!h)
-		return -ENOMEM;
-	kml_dd_score_hist(h);
-	ok = kml_dd_cal_fit_hist(h[0], h[1], KML_DD_SCORE_BUCKETS, mid - reach,
-				 mid + reach, &split, &res);
-	kfree(h);
-	if (!ok)
-		return -ENODATA;
-	kml_dd_set_decision_permille(kml_dd_lg_eighths_to_permille((s32)split -
-								    mid));
-	kml_dd_stat_inc(KML_DD_S_STATS_CALIBRATIONS);
-	return 0;
-}
-
 static int kml_dd_stats_show(struct seq_file *m, void *v)
 {
 	struct kml_dd_model *dm;
@@ -1447,17 +1409,12 @@ static ssize_t kml_dd_stats_write(struct file *file, const char __user *ubuf,
 				  size_t count, loff_t *ppos)
 {
 	char buf[16];
-	int ret;
 
 	if (count >= sizeof(buf))
 		return -EINVAL;
 	if (copy_from_user(buf, ubuf, count))
 		return -EFAULT;
 	buf[count] = '\0';
-	if (sysfs_streq(buf, "calibrate")) {
-		ret = kml_dd_stats_calibrate();
-		return ret ? ret : count;
-	}
 	if (!sysfs_streq(buf, "reset"))
 		return -EINVAL;
 	kml_dd_stats_reset();

@@ -3,12 +3,13 @@
 A model no trainer calibrates keeps the threshold it was shipped with,
 chosen on other configurations. With ``calibrate_s`` the set-up first runs
 the cell's own fio job for that many seconds with the model observing,
-then writes ``calibrate`` to KML's statistics, and the kernel sets
-``decision_permille`` from those predictions (``docs/kml-iosched.md``).
-:func:`upload_job` puts that job in the guest, :func:`script_lines` is the
-set-up's fragment (``scripts/kml-calibrate.sh``), and :func:`outcome`
-reads what the kernel did from the set-up's output: the threshold it set,
-or why it refused (the matrix's threshold then stays; not fatal).
+then ``kmlctl calibrate`` sets ``decision_permille`` from those
+predictions, read from the kernel's score histograms
+(``docs/kml-iosched.md``). :func:`upload_job` puts that job in the guest,
+:func:`script_lines` is the set-up's fragment
+(``scripts/kml-calibrate.sh``), and :func:`outcome` reads what kmlctl did
+from the set-up's output: the threshold it set, or why it refused (the
+matrix's threshold then stays; not fatal).
 """
 
 from __future__ import annotations
@@ -36,20 +37,35 @@ def script_lines() -> list[str]:
     )
 
 
-_CALIBRATED = "kmlbench-kml: calibrated decision_permille="
-_REFUSED = "kmlbench-kml: calibration refused: "
+_MARK = "kmlbench-calibrate: "
+# kmlctl calibrate's lines (guest-image/kmlctl/calib.c) and their types
+_FIELDS: dict[str, type] = {
+    "predictions": int,
+    "met": int,
+    "calibrated": int,
+    "status": str,
+    "decision_permille": int,
+    "balanced_accuracy": float,
+    "auc": float,
+}
 
 
 def outcome(setup_output: str, seconds: int) -> dict[str, Any]:
-    """What the calibration phase did, from the set-up's output: ``seconds``,
-    and the ``decision_permille`` it set or why the kernel ``refused``.
-    ValueError unless the output says exactly one of them."""
+    """What the calibration phase did, from the set-up's output: ``seconds``
+    and kmlctl calibrate's figures (``calibrated`` a bool, ``status`` ``ok``
+    or why it refused, the ``decision_permille`` the cell runs at, the split's
+    ``balanced_accuracy``, the ``auc``, how many ``predictions`` and of them
+    ``met``). ValueError unless every one is there once."""
     out: dict[str, Any] = {"seconds": seconds}
     for line in setup_output.splitlines():
-        if line.startswith(_CALIBRATED):
-            out["decision_permille"] = int(line.removeprefix(_CALIBRATED))
-        elif line.startswith(_REFUSED):
-            out["refused"] = line.removeprefix(_REFUSED).strip()
-    if len(out) != 2:
-        raise ValueError(f"no single calibration outcome in its output: {out}")
+        if not line.startswith(_MARK):
+            continue
+        key, _, value = line.removeprefix(_MARK).partition(" ")
+        if key not in _FIELDS or key in out:
+            raise ValueError(f"calibration: unexpected line {line!r}")
+        out[key] = _FIELDS[key](value.strip())
+    missing = sorted(set(_FIELDS) - set(out))
+    if missing:
+        raise ValueError(f"calibration: kmlctl calibrate did not say {', '.join(missing)}")
+    out["calibrated"] = bool(out["calibrated"])
     return out
