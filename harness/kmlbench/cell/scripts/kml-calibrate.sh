@@ -9,5 +9,6 @@ echo reset > @KML_STATS@ 2>/dev/null || die "cannot reset @KML_STATS@"
 setchoice "$q/kml_mode" observe
 @CALIBRATE_FIO@ > /dev/null || die "the calibration's fio failed"
 setchoice "$q/kml_mode" off
-out=$(@KMLCTL@ calibrate 2>&1) || die "kmlctl calibrate failed: $out"
+## kmlctl's own message, if it fails, goes to stderr before die's
+out=$(@KMLCTL@ calibrate) || die "kmlctl calibrate failed"
 echo "$out" | sed 's/^/kmlbench-calibrate: /'
