@@ -309,7 +309,7 @@ def test_kmlbench_trace_records_a_real_trace(model_run, tmp_path: Path) -> None:
     # the kernel truncates twice: to 2^-20, then to ppm
     assert stats["auc"] == pytest.approx(_trace_auc(met, missed), abs=2**-20 + 1e-6)
     # and it prints those histograms whole: every threshold's ROC point
-    # (kmlstats.best_thresholds) is read from them
+    # (skill.best_thresholds) is read from them
     [text] = [
         p.read_text()
         for p in {p.resolve() for p in (tmp_path / "results").glob("*/cells/*/kml_stats.txt")}

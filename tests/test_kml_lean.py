@@ -234,15 +234,16 @@ def _calibrated_permille(stats: kmlstats.KmlStats) -> int | None:
     n_met, n_missed = sum(met.values()), sum(missed.values())
     if n_met < 32 or n_missed < 32:
         return None
-    best: tuple[float, int] | None = None
+    best: tuple[int, int] | None = None
     for split in range(64 - 24, 64 + 25):
         tn = sum(n for b, n in met.items() if b < split)
         tp = sum(n for b, n in missed.items() if b >= split)
-        score = tn / n_met + tp / n_missed
+        # the recalls' sum times n_met * n_missed, exact as kmlctl's
+        score = tn * n_missed + tp * n_met
         if best is None or (score, -abs(split - 64)) > (best[0], -abs(best[1] - 64)):
             best = (score, split)
     assert best is not None
-    if best[0] <= 1:
+    if best[0] <= n_met * n_missed:
         return None
     return round(1000 * 2 ** ((best[1] - 64) / 8))
 

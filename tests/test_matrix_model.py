@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from kmlbench import paths
 from kmlbench.cell import calibration, device
 from kmlbench.cell.guest_paths import KMLCTL
 from kmlbench.cell.model import kml_setup_script
+from kmlbench.plan import fio_job
 from kmlbench.plan import kernel as plan_kernel
 from kmlbench.plan.matrix import load_matrix
 from kmlbench.plan.schema import ALL_GEOMETRY_PARAMS, NULL_BLK_SERVICE_MODELS, device_geometry
@@ -627,8 +630,9 @@ def test_calibrate_s_observes_the_cells_load_first_and_is_recorded_only_when_set
     tmp_path: Path,
 ) -> None:
     """``calibrate_s``: the set-up runs the calibration's job in observe mode
-    from zeroed statistics and writes ``calibrate``, before any consumer
-    takes the ring and before the statistics are zeroed for the cell's run;
+    from zeroed statistics, making no sample, and runs ``kmlctl calibrate``,
+    before any consumer takes the ring and before the statistics are zeroed
+    for the cell's run;
     cells from before the key keep their ids."""
     model = tmp_path / "m.kmlm"
     model.write_bytes(b"a model")
@@ -643,12 +647,16 @@ def test_calibrate_s_observes_the_cells_load_first_and_is_recorded_only_when_set
     dev = device.BlockDevice("nullb0")
     stats = "/sys/kernel/debug/kml/iosched"
     script = kml_setup_script({"mode": "active"}, dev, trainer_seconds=1, calibrate=True)
+    unclaimed = "/sys/module/kml/parameters/sample_unclaimed"
     steps = [
+        f"setnum {unclaimed} 1",  # the cell's
+        f"setnum {unclaimed} 0",  # no sample while nobody takes them
         f"echo reset > {stats}",
         'setchoice "$q/kml_mode" observe',
         "fio --output-format=json+ /tmp/calibrate.fio",
         'setchoice "$q/kml_mode" off',
         f"{KMLCTL} calibrate",
+        f"setnum {unclaimed} 1",
         f"echo reset > {stats}",
         'setchoice "$q/kml_mode" active',
     ]
@@ -693,3 +701,36 @@ def test_the_calibrations_outcome_is_read_from_the_set_up() -> None:
 def test_a_set_up_without_one_calibration_outcome_is_an_error(output: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         calibration.outcome(output, 6)
+
+
+def _offsets(job_text: str, tmp_path: Path, name: str) -> list[tuple[str, int]]:
+    """The first operations fio issues for ``job_text`` on a file in
+    ``tmp_path`` (buffered: tmpfs has no O_DIRECT), from its I/O log."""
+    job = tmp_path / f"{name}.fio"
+    job.write_text(job_text.replace("direct=1", "direct=0"))
+    log = tmp_path / f"{name}.log"
+    subprocess.run(
+        ["fio", "--output-format=json", f"--write_iolog={log}", str(job)],
+        cwd=tmp_path, capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    ops = [line.split() for line in log.read_text().splitlines()]
+    return [(w[2], int(w[3])) for w in ops if len(w) == 5 and w[2] in ("read", "write")][:32]
+
+
+@pytest.mark.skipif(shutil.which("fio") is None, reason="no fio on the host (scripts/setup.sh)")
+def test_the_calibration_sees_the_cells_load_not_its_requests(tmp_path: Path) -> None:
+    """The calibration's job is the cell's with a random sequence of its own,
+    the same from run to run: fio itself, on the host, says which requests
+    each job issues."""
+    matrix = load_matrix(paths.WORKLOADS_DIR / "generalise-calibrate.yaml")
+    cell = next(c for c in matrix.cells if c.params["model"].get("calibrate_s"))
+    workload = {**cell.params["workload"], "runtime_s": 1, "size_mib": 8}
+    target = str(tmp_path / "target.dat")
+    cells_own = _offsets(fio_job.render_job(workload, target), tmp_path, "cell")
+    first = _offsets(calibration.job(workload, target, 1), tmp_path, "calibration")
+    again = _offsets(calibration.job(workload, target, 1), tmp_path, "again")
+    assert len(first) == len(cells_own) == 32
+    assert first == again
+    # the offsets, not only the read/write mix (fio keeps its fixed seed for
+    # the offsets under randrepeat, whatever randseed says)
+    assert sum(a[1] != b[1] for a, b in zip(first, cells_own, strict=True)) > 16

@@ -156,13 +156,6 @@ static int calibrate_predict(struct kml_model *m, bool q16,
 }
 
 /*
- * calibrate MODEL TRACE: the decision_permille for MODEL's calls on every
- * sample of TRACE (as kmlbench train calibrates; the trainers use their
- * last KML_DD_CAL_CLASS of each class), or 1000, the deadline, when the
- * fit refuses (status: few-met, few-missed, no-skill); with the balanced
- * accuracy of the split and the AUC of the residuals.
- */
-/*
  * calibrate, without operands: the threshold of a model no trainer
  * calibrates, from its own predictions since the statistics' reset (the
  * kernel's score histograms, docs/kml-iosched.md), set in the kernel's
@@ -176,8 +169,10 @@ static int calibrate_stats(void)
 {
 	const u32 nb = KML_DD_SCORE_BUCKETS, mid = nb / 2;
 	const u32 reach = KML_DD_CAL_MAX_LG >> KML_DD_SCORE_SHIFT;
-	u64 hist[2][KML_DD_SCORE_BUCKETS] = { { 0 } }, acted = 0, v;
+	unsigned long long acted = 0, predictions = 0, in_hist = 0, v;
+	u64 hist[2][KML_DD_SCORE_BUCKETS] = { { 0 } };
 	unsigned int b, hi, permille = 0;
+	int o;
 	struct kml_dd_cal_result res;
 	char line[256], key[64];
 	struct calib c = { 0 };
@@ -189,27 +184,36 @@ static int calibrate_stats(void)
 	if (!f)
 		return fail(errno, "%s", KML_STATS_FILE);
 	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%63s %u %u %llu", key, &b, &hi,
-			   (unsigned long long *)&v) == 4) {
-			if (b < nb && !strcmp(key, "score_met_hist"))
-				hist[0][b] = v;
-			else if (b < nb && !strcmp(key, "score_missed_hist"))
-				hist[1][b] = v;
-		} else if (sscanf(line, "%63s %llu", key,
-				  (unsigned long long *)&v) == 2) {
+		if (sscanf(line, "%63s", key) != 1)
+			continue;
+		o = !strcmp(key, "score_met_hist") ? 0 :
+		    !strcmp(key, "score_missed_hist") ? 1 : -1;
+		if (o >= 0) {
+			if (sscanf(line, "%*s %u %u %llu", &b, &hi, &v) == 3 &&
+			    b < nb) {
+				hist[o][b] = v;
+				in_hist += v;
+			}
+		} else if (sscanf(line, "%*s %llu", &v) == 1) {
 			if (!strcmp(key, "steered_met") ||
 			    !strcmp(key, "steered_missed"))
 				acted += v;
 			else if (!strcmp(key, "decision_permille"))
 				permille = v;
+			else if (!strcmp(key, "predictions"))
+				predictions = v;
 		}
 	}
 	fclose(f);
 	if (!permille)
 		return fail(EPROTO, "%s: no decision_permille", KML_STATS_FILE);
+	/* a kernel without the histograms, or one out of memory to sum them */
+	if (predictions && !in_hist)
+		return fail(EPROTO, "%s: %llu predictions, no score histograms",
+			    KML_STATS_FILE, predictions);
 	if (acted)
-		return fail(EBUSY, "%llu predictions since the reset were acted on: "
-			    "calibrate after observe", (unsigned long long)acted);
+		return fail(EBUSY, "%llu acted on since the reset (calibrate after observe)",
+			    acted);
 	found = kml_dd_cal_fit_hist(hist[0], hist[1], nb, mid - reach,
 				    mid + reach, &split, &res);
 	if (found) {
@@ -229,6 +233,13 @@ static int calibrate_stats(void)
 	return 0;
 }
 
+/*
+ * calibrate MODEL TRACE: the decision_permille for MODEL's calls on every
+ * sample of TRACE (as kmlbench train calibrates; the trainers use their
+ * last KML_DD_CAL_CLASS of each class), or 1000, the deadline, when the
+ * fit refuses (status: few-met, few-missed, no-skill); with the balanced
+ * accuracy of the split and the AUC of the residuals.
+ */
 int cmd_calibrate(const struct opts *o)
 {
 	struct kml_dd_resid *resid = NULL, *scratch = NULL;

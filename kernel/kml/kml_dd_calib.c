@@ -250,7 +250,7 @@ bool kml_dd_cal_fit_hist(const u64 *met, const u64 *missed, u32 n,
 {
 	u64 n_met = 0, n_miss = 0, met_below = 0, miss_below = 0;
 	u64 tn = 0, tp = 0, score, best = 0;
-	u32 i;
+	u64 i;			/* runs to n inclusive: U32_MAX + 1 */
 
 	for (i = 0; i < n; i++) {
 		n_met += met[i];
@@ -259,13 +259,15 @@ bool kml_dd_cal_fit_hist(const u64 *met, const u64 *missed, u32 n,
 	memset(res, 0, sizeof(*res));
 	res->n_met = n_met > U32_MAX ? U32_MAX : n_met;
 	res->n_missed = n_miss > U32_MAX ? U32_MAX : n_miss;
+	/* as kml_dd_cal_fit(): the AUC even when the split is refused */
+	res->auc = kml_dd_cal_auc_hist(met, missed, n);
+	/* a class of 2^31 or more is refused too (the products below) */
 	if (n_met < KML_DD_CAL_MIN_CLASS || n_miss < KML_DD_CAL_MIN_CLASS ||
 	    n_met >> 31 || n_miss >> 31) {
 		res->status = n_met < KML_DD_CAL_MIN_CLASS || n_met >> 31 ?
 			KML_DD_CAL_FEW_MET : KML_DD_CAL_FEW_MISSED;
 		return false;
 	}
-	res->auc = kml_dd_cal_auc_hist(met, missed, n);
 	*split = n / 2;
 	/*
 	 * The recalls' sum times n_met * n_miss: exact, below 2^63 with both
@@ -284,7 +286,7 @@ bool kml_dd_cal_fit_hist(const u64 *met, const u64 *missed, u32 n,
 		     kml_dd_abs64((s64)i - n / 2) <
 		     kml_dd_abs64((s64)*split - n / 2))) {
 			best = score;
-			*split = i;
+			*split = (u32)i;
 			tn = met_below;
 			tp = n_miss - miss_below;
 		}

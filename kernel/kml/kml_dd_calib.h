@@ -241,15 +241,17 @@ KML_API bool kml_dd_cal_fit(const struct kml_dd_resid *r, u32 n,
 KML_API u32 kml_dd_cal_auc_hist(const u64 *met, const u64 *missed, u32 n);
 
 /*
- * kml_dd_cal_fit()'s split on scores given as two histograms over @n
+ * kml_dd_cal_fit()'s rule on scores given as two histograms over @n
  * buckets in the score's order (@met[], @missed[]; the kernel's score
- * histograms: eighths of a lg unit, kml_dd.h): true and @split, the first
+ * histograms: eighths of a lg unit, above): true and @split, the first
  * bucket predicted "missed", the one in [@lo, @hi] that maximises balanced
  * accuracy (ties to the one closest to the deadline, bucket @n / 2), when
  * both classes have at least KML_DD_CAL_MIN_CLASS (and fewer than 2^31)
- * and it beats 0.5; @res as kml_dd_cal_fit() fills it, but for thr.
- * Where no trainer calibrates a model: kmlctl calibrate, on the kernel's
- * statistics (docs/kml-iosched.md).
+ * and it beats 0.5; @res as kml_dd_cal_fit() fills it, but for thr.  It
+ * compares exact sums of the recalls where kml_dd_cal_fit() compares them
+ * floored to 2^-20, so the two may part on a near-tie.  Where no trainer
+ * calibrates a model: kmlctl calibrate, on the kernel's statistics
+ * (docs/kml-iosched.md).
  */
 KML_API bool kml_dd_cal_fit_hist(const u64 *met, const u64 *missed, u32 n,
 				 u32 lo, u32 hi, u32 *split,

@@ -14,6 +14,7 @@ matrix's threshold then stays; not fatal).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kmlbench.cell import render
@@ -21,19 +22,43 @@ from kmlbench.cell.context import CellContext
 from kmlbench.cell.guest_paths import GUEST_CALIBRATE_JOB
 from kmlbench.plan import fio_job
 
+# fio repeats its random offsets and mix from fixed seeds (randrepeat), and
+# under the virtual clock the guest repeats the rest: the calibration's job
+# gets a seed of its own, so that it sees the cell's load, not the very
+# requests the cell's run is then judged on. randrepeat=0 as well: with
+# randrepeat fio keeps its fixed seed for the offsets whatever randseed says
+# (fio 3.33); with randseed set the sequence still repeats from run to run.
+CALIBRATION_SEED = 0x6B6D6C63
+SEED_PREAMBLE = (
+    "; kmlbench: the calibration's own random sequence\n"
+    f"[global]\nrandseed={CALIBRATION_SEED}\nrandrepeat=0\n\n"
+)
+
+
+def job(workload: Mapping[str, Any], filename: str, seconds: int) -> str:
+    """The fio job of a cell's ``workload`` on ``filename`` for ``seconds``, no
+    ramp and a random sequence of its own (:data:`CALIBRATION_SEED`)."""
+    return SEED_PREAMBLE + fio_job.render_job(
+        {**workload, "runtime_s": seconds, "ramp_s": 0}, filename
+    )
+
 
 def upload_job(ctx: CellContext, seconds: int) -> None:
-    """The cell's job for ``seconds`` and no ramp: ``calibrate.fio`` in the cell and the guest."""
-    workload = {**ctx.params["workload"], "runtime_s": seconds, "ramp_s": 0}
-    job = fio_job.render_job(workload, ctx.require_device().dev)
-    ctx.log("calibrate.fio", job)
-    ctx.guest.put(GUEST_CALIBRATE_JOB, job.encode())
+    """:func:`job` for the cell's device: ``calibrate.fio`` in the cell and the guest."""
+    text = job(ctx.params["workload"], ctx.require_device().dev, seconds)
+    ctx.log("calibrate.fio", text)
+    ctx.guest.put(GUEST_CALIBRATE_JOB, text.encode())
 
 
-def script_lines() -> list[str]:
-    """The set-up's calibration phase (``scripts/kml-calibrate.sh``)."""
+def script_lines(sample_unclaimed: int) -> list[str]:
+    """The set-up's calibration phase (``scripts/kml-calibrate.sh``), which makes
+    no sample while it runs and then puts ``sample_unclaimed`` back."""
     return render.lines(
-        "kml-calibrate.sh", {"CALIBRATE_FIO": fio_job.fio_shell_command(GUEST_CALIBRATE_JOB)}
+        "kml-calibrate.sh",
+        {
+            "CALIBRATE_FIO": fio_job.fio_shell_command(GUEST_CALIBRATE_JOB),
+            "SAMPLE_UNCLAIMED": str(sample_unclaimed),
+        },
     )
 
 

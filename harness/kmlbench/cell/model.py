@@ -250,7 +250,11 @@ def kml_setup_script(
                     "skill_min_permille",
                 )
             },
-            "CALIBRATE": calibration.script_lines() if calibrate else [],
+            "CALIBRATE": calibration.script_lines(
+                int(model.get("sample_unclaimed", _default("sample_unclaimed")))
+            )
+            if calibrate
+            else [],
             "TRAINER": trainer_lines,
             "TRACER": tracer,
             "MODE": mode,

@@ -328,8 +328,8 @@ MODEL_FIELDS: dict[str, Field] = {
     "skill_min_permille": Field("int", 500, _between(0, 1000)),
     # observe and active with a model_file and no trainer: first observe the
     # cell's own load for this many seconds, then set the model's threshold
-    # from its predictions there (the statistics' "calibrate",
-    # docs/kml-iosched.md; 0: the threshold of decision_permille)
+    # from its predictions there (kmlctl calibrate on the kernel's score
+    # histograms, docs/kml-iosched.md; 0: the threshold of decision_permille)
     "calibrate_s": Field("int", 0, _between(0, 3600)),
     "model_file": Field("str", None),
     "rate": Field("int", 0, _at_least(0)),
