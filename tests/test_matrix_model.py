@@ -665,6 +665,12 @@ def test_calibrate_s_observes_the_cells_load_first_and_is_recorded_only_when_set
         found = script.find(step, at)
         assert found >= 0, f"{step!r} after {script[:at]!r}"
         at = found + len(step)
+    # a cell that makes no unclaimed sample gets its own value back
+    script = kml_setup_script(
+        {"mode": "active", "sample_unclaimed": False}, dev, trainer_seconds=1, calibrate=True
+    )
+    after = script[script.index(f"{KMLCTL} calibrate") :]
+    assert f"setnum {unclaimed} 0" in after and f"setnum {unclaimed} 1" not in after
     assert "calibrate" not in kml_setup_script({"mode": "active"}, dev, trainer_seconds=1)
 
 

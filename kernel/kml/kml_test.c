@@ -1163,6 +1163,9 @@ static void kml_test_cal_fit_hist(struct kunit *test)
 	KUNIT_EXPECT_FALSE(test, kml_dd_cal_fit_hist(met, missed, nb, 0, nb,
 						     &split, &res));
 	KUNIT_EXPECT_EQ(test, res.status, (u32)KML_DD_CAL_FEW_MISSED);
+	/* refused, with the AUC all the same, as kml_dd_cal_fit() gives it */
+	KUNIT_EXPECT_GT(test, res.auc, 0U);
+	KUNIT_EXPECT_EQ(test, res.auc, kml_dd_cal_auc_hist(met, missed, nb));
 	memcpy(missed, met, nb * sizeof(*met));
 	KUNIT_EXPECT_FALSE(test, kml_dd_cal_fit_hist(met, missed, nb, 0, nb,
 						     &split, &res));

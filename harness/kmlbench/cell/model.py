@@ -222,6 +222,7 @@ def kml_setup_script(
         args = [KMLCTL, "trace", GUEST_TRACE, "--seconds", f"{trace_seconds:g}"]
         tracer = _background(args, GUEST_TRACER_LOG, GUEST_TRACER_PID, "kmlctl trace")
     sample_filter = str(model.get("sample_filter", _default("sample_filter")))
+    unclaimed = int(model.get("sample_unclaimed", _default("sample_unclaimed")))
     permille = int(model.get("decision_permille", _default("decision_permille")))
     return render.script(
         "kml-setup.sh",
@@ -250,11 +251,7 @@ def kml_setup_script(
                     "skill_min_permille",
                 )
             },
-            "CALIBRATE": calibration.script_lines(
-                int(model.get("sample_unclaimed", _default("sample_unclaimed")))
-            )
-            if calibrate
-            else [],
+            "CALIBRATE": calibration.script_lines(unclaimed) if calibrate else [],
             "TRAINER": trainer_lines,
             "TRACER": tracer,
             "MODE": mode,

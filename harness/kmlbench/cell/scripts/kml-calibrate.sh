@@ -6,7 +6,7 @@
 ## of a class, no skill: "calibrated 0") keeps the matrix's threshold and is
 ## not fatal; the statistics are zeroed again before the cell's own run. No
 ## sample is made meanwhile: nobody consumes the ring yet, and samples left
-## in it would reach the cell's trainer or tracer, or fill the ring.
+## in it would reach the cell's tracer (kmlbench trace) or fill the ring.
 setnum @KML_PARAMS@/sample_unclaimed 0
 echo reset > @KML_STATS@ 2>/dev/null || die "cannot reset @KML_STATS@"
 setchoice "$q/kml_mode" observe
