@@ -10,8 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KML_STATS_FILE		"/sys/kernel/debug/kml/iosched"
-#define KML_DECISION_PERMILLE	"/sys/module/kml/parameters/decision_permille"
+#define KML_DECISION_PERMILLE	KML_PARAMS_DIR "/decision_permille"
 
 void scores_add(struct scores *sc, bool met, bool pred_met, double err_us)
 {

@@ -33,9 +33,6 @@
 #define FUZZ_CHECKPOINT		64	/* ops between /dev/kmsg checkpoints */
 #define FUZZ_PATH_MAX		256
 
-#define KML_DEBUGFS_DIR		"/sys/kernel/debug/kml"
-#define KML_PARAMS_DIR		"/sys/module/kml/parameters"
-
 enum fuzz_kind {
 	FZ_IOCTL,
 	FZ_WRITE,

@@ -34,6 +34,11 @@
 
 #define KMLCTL_WRITE_CHUNK	4096	/* bytes per write() of a model */
 
+/* KML's files besides /dev/kml (docs/kml-iosched.md) */
+#define KML_DEBUGFS_DIR		"/sys/kernel/debug/kml"
+#define KML_PARAMS_DIR		"/sys/module/kml/parameters"
+#define KML_STATS_FILE		KML_DEBUGFS_DIR "/iosched"
+
 #ifndef ARRAY_SIZE
 #define ARRAY_SIZE(a)		(sizeof(a) / sizeof((a)[0]))
 #endif
