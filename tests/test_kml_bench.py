@@ -27,13 +27,15 @@ def test_json_contract(capsys):
     by_object = fp.pop("kernel_kml_by_object")
     assert set(fp) == {
         "libkml_so", "kernel_kml", "kernel_kml_init", "kernel_kml_per_cpu",
-        "model_linear", "model_mlp",
+        "kernel_kml_text_data", "model_linear", "model_mlp",
     }  # fmt: skip
     assert all(v is None or isinstance(v, int) for v in fp.values())
     if fp["kernel_kml"] is None:
         assert by_object is None
     else:
         assert sum(by_object.values()) == fp["kernel_kml"], by_object
+        parts = fp["kernel_kml"] + fp["kernel_kml_init"] + fp["kernel_kml_per_cpu"]
+        assert fp["kernel_kml_text_data"] >= parts, fp
     assert 0 < fp["libkml_so"] <= 64 * 1024
     assert 0 < fp["model_linear"] < fp["model_mlp"] <= 4096
 
@@ -83,6 +85,13 @@ def test_kernel_footprint_leaves_out_what_the_kernel_does_not_keep(tmp_path):
     assert extra_sizes["init"] > 0, sizes
     # per-CPU data is a template copied for each CPU, counted apart
     assert extra_sizes["per_cpu"] == 768 and plain["per_cpu"] == 0, sizes
+    # and size(1) counts all of it, as text and data
+    for name in ("plain", "extra"):
+        ar = tmp_path / name / "built-in.a"
+        out = subprocess.run(["size", "-t", str(ar)], capture_output=True, text=True, check=True)
+        text, data = (int(v) for v in out.stdout.splitlines()[-1].split()[:2])
+        sections = kfp.allocated_sections(ar)
+        assert sections is not None and kfp.text_and_data(sections) == text + data, out.stdout
 
 
 @pytest.mark.skipif(shutil.which("cc") is None or shutil.which("ar") is None, reason="no cc/ar")

@@ -48,6 +48,7 @@ KERNEL_ONLY = {
     "kml_test.c",
     "kml_dd_core.c",
     "kml_iosched.c",
+    "kml_dd_cost.c",
     "kml_dd_dev.c",
     "kml_ktrain.c",
 }

@@ -348,9 +348,9 @@ def test_kunit_in_a_real_guest(kernel_build, tmp_path, capsys):
 
 @pytest.mark.kernel
 def test_kunit_on_a_kernel_that_only_predicts(variant_kernel, tmp_path, capsys):
-    """Without float models and training: what they need is skipped and says
-    why, what they refuse is checked, and the rest (Q16.16, the ring,
-    mq-deadline's hooks) runs."""
+    """Without float models, training and policy cost: what they need is
+    skipped and says why, what they refuse is checked, and the rest
+    (Q16.16, the ring, mq-deadline's hooks) runs."""
     variant_kernel("stock")  # first: the lean build starts from its objects
     variant_kernel("lean")
     cases = _real_kunit(tmp_path, capsys, "--config", str(paths.CONFIGS_DIR / "kml-lean.config"))
@@ -359,6 +359,7 @@ def test_kunit_on_a_kernel_that_only_predicts(variant_kernel, tmp_path, capsys):
     assert {"kml_test_math_accuracy", "kml_test_q16_training", "kml_test_cal_contract"} <= set(
         skipped
     ), skipped
+    assert skipped["kml_test_dd_cost_window"] == "SKIP built without CONFIG_KML_IOSCHED_COST"
     ran = set(cases) - set(skipped)
     assert {PARTS_LEFT_OUT, "kml_test_q16_math", "kml_test_q16_model_load"} <= ran, skipped
     assert {"kml_test_dd_fast_compile", "kml_test_dd_decide_q16_contract"} <= ran, skipped

@@ -506,6 +506,12 @@ def test_a_model_needs_the_kml_parts_its_kernel_variant_keeps(tmp_path: Path) ->
         ("{mode: observe}", "CONFIG_KML_IOSCHED", "nokml", "no-kml-iosched.config:"),
         (f"{{mode: active, model_file: {f32}}}", "CONFIG_KML_FLOAT", "lean", "kml-lean.config:"),
         ("{mode: observe, trainer: kernel}", "CONFIG_KML_FLOAT", "lean", "kml-lean.config:"),
+        (
+            f"{{mode: active, model_file: {q16}, policy: cost}}",
+            "CONFIG_KML_IOSCHED_COST",
+            "lean",
+            "kml-lean.config:",
+        ),
     ]
     for entry, option, variant, fragment in cases:
         text = HEAD + kernels + f"  model:\n    - {{mode: off}}\n    - {entry}\n"
@@ -523,11 +529,13 @@ def test_a_model_needs_the_kml_parts_its_kernel_variant_keeps(tmp_path: Path) ->
             text + f"exclude: [{{kernel.name: [{excl}], model.mode: [observe, active]}}]\n",
         )
         assert {c.params["kernel"]["name"] for c in m.cells} == {"default", "lean", "nokml"}
-    # what the lean kernel keeps: Q16.16 models, the user trainer, every mode
+    # what the lean kernel keeps: Q16.16 models, the user trainer, every
+    # mode, policy expire (policy cost means nothing outside active mode)
     text = (
         HEAD
         + kernels
         + f"  model:\n    - {{mode: [observe, active], model_file: {q16}, trainer: user}}\n"
+        + f"    - {{mode: observe, model_file: {q16}, policy: cost}}\n"
         + "exclude: [{kernel.name: nokml, model.mode: [observe, active]}]\n"
     )
     m = load(tmp_path, text)
@@ -536,7 +544,7 @@ def test_a_model_needs_the_kml_parts_its_kernel_variant_keeps(tmp_path: Path) ->
         for c in m.cells
         if c.params["kernel"]["name"] == "lean" and c.params["scheduler"]["name"] == "mq-deadline"
     ]
-    assert len(lean) == 2 and all("model_file" in model for model in lean), lean
+    assert len(lean) == 3 and all("model_file" in model for model in lean), lean
     # a kernel without training only: the kernel trainer needs it; a float
     # warm start (the user trainer's, in user space) does not
     no_train = f"  kernel:\n    - {{name: nt, fragments: [{configs / 'kml-no-train.config'}]}}\n"

@@ -3,14 +3,18 @@
  * KML for mq-deadline, internal.  kml_dd_core.c owns what every queue
  * shares: the model, the sample ring and who consumes it, the statistics
  * and the module parameters that tune them.  The hooks (kml_iosched.c),
- * /dev/kml (kml_dd_dev.c) and the kernel trainer (kml_ktrain.c) call the
- * core, never each other, and only the core and the inline accessors here
- * touch kml_dd.
+ * policy cost (kml_dd_cost.c, which the hooks call), /dev/kml
+ * (kml_dd_dev.c) and the kernel trainer (kml_ktrain.c) call the core,
+ * never each other; only the core, policy cost's own parameters and the
+ * inline accessors here touch kml_dd.
  */
 #ifndef _KML_DD_H
 #define _KML_DD_H
 
 #include <linux/atomic.h>
+#include <linux/jiffies.h>
+#include <linux/moduleparam.h>
+#include <linux/timekeeping.h>
 #include <linux/bitops.h>
 #include <linux/mutex.h>
 #include <linux/percpu.h>
@@ -48,15 +52,12 @@ enum kml_dd_stat {
 	KML_DD_S_KTRAINER_CALIBRATIONS,
 	KML_DD_S_RING_REPAIRS,
 	KML_DD_S_KTRAINER_CAL_REFUSED,
-	KML_DD_S_KTRAINER_CAL_BALANCED_PPM,	/* a gauge: the last window's */
-	KML_DD_S_KTRAINER_CAL_AUC_PPM,		/* a gauge: the last window's */
 	KML_DD_S_SKILL_WINDOWS,
 	KML_DD_S_SKILL_UNSKILLED,
 	KML_DD_S_SKILL_INCONCLUSIVE,
 	KML_DD_S_STEP_ASIDES,
 	KML_DD_S_STEP_RESUMES,
 	KML_DD_S_STEER_SUPPRESSED,
-	KML_DD_S_SKILL_BALANCED_PPM,		/* a gauge: the last window's */
 	KML_DD_S_PRED_CLAMPED,
 	KML_DD_S_SKILL_HOLDOUTS,
 	KML_DD_S_UNOBSERVED,
@@ -66,8 +67,15 @@ enum kml_dd_stat {
 	KML_DD_S_STEERED_MISSED,	/* acted on, and missed all the same */
 	KML_DD_S_HOLDOUT_MET,		/* held out (KML_DD_SKILL_HOLDOUT) */
 	KML_DD_S_HOLDOUT_MISSED,
+	KML_DD_NR_COUNTS,
+	/* gauges, a last value (the last window's), not a count: */
+	KML_DD_S_KTRAINER_CAL_BALANCED_PPM = KML_DD_NR_COUNTS,
+	KML_DD_S_KTRAINER_CAL_AUC_PPM,
+	KML_DD_S_SKILL_BALANCED_PPM,
 	KML_DD_NR_STATS,
 };
+
+#define KML_DD_NR_GAUGES	(KML_DD_NR_STATS - KML_DD_NR_COUNTS)
 
 /*
  * The inference-time and error histograms' buckets (kml_dd_hist_bucket()):
@@ -133,10 +141,10 @@ enum kml_dd_stat {
  * order, per direction, not one: where a sector passes under the head
  * matters as much as its seek, and it does not follow sector order across
  * cylinders.  (Given a flash device's channels instead, twice as many of
- * the oldest: kml_iosched.c, kml_dd_cost_span().)  A revolution and a
+ * the oldest: kml_dd_cost.c, kml_dd_cost_span().)  A revolution and a
  * track are at most a second and 2^20 sectors, so that no product
  * overflows; a cylinder, only ever a divisor, at most 2^24 sectors.  A
- * seek's bounds (kml_iosched.c, kml_dd_geom_learn()) leak apart by a
+ * seek's bounds (kml_dd_cost.c, kml_dd_geom_learn()) leak apart by a
  * revolution >> KML_DD_SEEK_LEAK_SHIFT per sample.  The platter's phase
  * moves an eighth of the way to each sample.
  */
@@ -147,7 +155,7 @@ enum kml_dd_stat {
 #define KML_DD_SEEK_LEAK_SHIFT		12
 /*
  * Policy cost with a geometry: a request's credit at its deadline, in
- * thousandths of a revolution (kml_iosched.c, kml_dd_due_credit()).  On the
+ * thousandths of a revolution (kml_dd_cost.c, kml_dd_due_credit()).  On the
  * rotational model under 8 and 16 requests in flight a revolution traded
  * the mean against the misses best (docs/benchmarks.md).
  */
@@ -169,7 +177,7 @@ enum kml_dd_stat {
  * writes stop making the tail.  A minute at most.  Told a flash device's
  * channels instead, both act on the plain credit, and only with
  * cost_late_permille set: a request's age grows at that many thousandths
- * of its rate from the deadline or the horizon (kml_iosched.c,
+ * of its rate from the deadline or the horizon (kml_dd_cost.c,
  * kml_dd_flash_credit()).
  */
 #define KML_DD_COST_MAX_HORIZON_MS	60000
@@ -315,7 +323,7 @@ struct kml_dd_model {
  * two of its increments, so no CPU writes another's counters.
  */
 struct kml_dd_counters {
-	u64 stats[KML_DD_NR_STATS];
+	u64 stats[KML_DD_NR_COUNTS];
 	u64 inference_hist[KML_DD_INFER_BUCKETS];
 	u64 err_hist[KML_DD_ERR_BUCKETS];	/* abs error, us */
 	u64 score_hist[2][KML_DD_SCORE_BUCKETS];	/* met, missed */
@@ -343,6 +351,9 @@ struct kml_dd_global {
 	atomic_t ring_owner;		/* enum kml_dd_owner */
 	unsigned int decision_permille;	/* module parameter */
 	int sample_filter;		/* module parameter */
+	unsigned int lazy;		/* module parameter, active mode */
+	unsigned int sample_unclaimed;	/* module parameter */
+#if IS_ENABLED(CONFIG_KML_IOSCHED_COST)
 	unsigned int cost_age_shift;	/* module parameter, policy "cost" */
 	unsigned int cost_credit_permille;	/* module parameter, policy "cost" */
 	unsigned int cost_late_permille;	/* module parameter, policy "cost" */
@@ -357,16 +368,15 @@ struct kml_dd_global {
 	/* module parameters, policy "cost": a flash device's, 0 unknown */
 	unsigned int cost_channels;
 	unsigned int cost_stripe_sectors;
-	unsigned int lazy;		/* module parameter, active mode */
-	unsigned int sample_unclaimed;	/* module parameter */
 	/*
 	 * Bumped when the policy or the device policy cost is told changes:
 	 * a queue that learned under another (kml_dd_queue.svc_gen) learns
 	 * afresh at its next dispatch under policy cost.
 	 */
 	unsigned int svc_gen;
-	/* the gauges (a last value, not a count); counts are per CPU */
-	atomic64_t gauges[KML_DD_NR_STATS];
+#endif
+	/* the gauges, from KML_DD_NR_COUNTS on; counts are per CPU */
+	atomic64_t gauges[KML_DD_NR_GAUGES];
 	/* the open window: 4 x 16-bit counts, written at every completion */
 	atomic64_t skill ____cacheline_aligned_in_smp;
 	unsigned long skill_since;	/* jiffies at its first prediction */
@@ -389,11 +399,13 @@ extern struct kml_dd_global kml_dd;
 /* Any context: this_cpu ops are safe against interrupts and preemption. */
 static inline void kml_dd_stat_inc(enum kml_dd_stat s)
 {
+	BUILD_BUG_ON(__builtin_constant_p(s) && s >= KML_DD_NR_COUNTS);
 	this_cpu_inc(kml_dd_counters.stats[s]);
 }
 
 static inline void kml_dd_stat_add(enum kml_dd_stat s, u64 v)
 {
+	BUILD_BUG_ON(__builtin_constant_p(s) && s >= KML_DD_NR_COUNTS);
 	this_cpu_add(kml_dd_counters.stats[s], v);
 }
 
@@ -422,7 +434,8 @@ static inline bool kml_dd_skip_unclaimed(void)
 /* A gauge's new value (KML_DD_S_*_PPM). */
 static inline void kml_dd_stat_set(enum kml_dd_stat s, u64 v)
 {
-	atomic64_set(&kml_dd.gauges[s], v);
+	BUILD_BUG_ON(__builtin_constant_p(s) && s < KML_DD_NR_COUNTS);
+	atomic64_set(&kml_dd.gauges[s - KML_DD_NR_COUNTS], v);
 }
 
 /* A calibration's figures (2^-20 units) into the gauges, in ppm. */
@@ -521,10 +534,80 @@ static inline s32 kml_dd_fast_predict(const struct kml_dd_fast *f,
 }
 
 /*
+ * KML's clock is the block layer's, ktime_get_ns(): blk-mq stamps every
+ * request a scheduler sees with it when it allocates the request
+ * (rq->start_time_ns, taken for RQF_ELV), and a request's time in the
+ * scheduler counts from there, as kyber's total latency does.  That
+ * leaves KML one clock read per request, at dispatch, where it used to
+ * read local_clock() at the insert too; a completion whose sample the
+ * ring takes, and policy cost's, read it once more.  The stamp precedes
+ * the insert by the submission path (and, for a request taken from a
+ * plug's cache, by its wait there: such stamps are not even in the order
+ * of the inserts), so a completion in between may count as in flight at
+ * the insert (docs/trace.md).  In a guest without a stable TSC (QEMU TCG
+ * against the host's clock) the clocksource may be the HPET, where a
+ * read is an emulated MMIO access: blk-mq makes two per request there.
+ */
+static inline u64 kml_dd_clock(void)
+{
+	return ktime_get_ns();
+}
+
+/* jiffies_to_nsecs(), a multiplication where HZ divides a second. */
+static __always_inline u64 kml_dd_jiffies_to_ns(unsigned long j)
+{
+	if (NSEC_PER_SEC % HZ == 0)
+		return (u64)j * (NSEC_PER_SEC / HZ);
+	return jiffies_to_nsecs(j);
+}
+
+/*
+ * Policy cost (kml_dd_cost.c), for the hooks: the service-time model
+ * learns from a dispatch and a completion, and a queue whose kml_mode is
+ * written forgets it.  Without KML_IOSCHED_COST, kml_dd_policy_cost() is
+ * false and none is called.
+ */
+struct kml_dd_ctx;
+struct kml_dd_queue;
+struct request;
+struct seq_file;
+
+#if IS_ENABLED(CONFIG_KML_IOSCHED_COST)
+void kml_dd_cost_dispatch(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx,
+			  struct request *rq, u64 now);
+void kml_dd_svc_learn(struct kml_dd_queue *kq, const struct kml_dd_ctx *ctx,
+		      u64 now);
+void kml_dd_svc_forget(struct kml_dd_queue *kq);
+/* policy cost's parameters, for the statistics file */
+void kml_dd_cost_show(struct seq_file *m);
+/*
  * What policy cost learned was learned under another policy or device:
- * every queue learns afresh before its next choice (kml_dd_core.c).
+ * every queue learns afresh before its next choice.
  */
 void kml_dd_relearn(void);
+#else
+static inline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
+					struct kml_dd_ctx *ctx,
+					struct request *rq, u64 now) {}
+static inline void kml_dd_svc_learn(struct kml_dd_queue *kq,
+				    const struct kml_dd_ctx *ctx, u64 now) {}
+static inline void kml_dd_svc_forget(struct kml_dd_queue *kq) {}
+static inline void kml_dd_cost_show(struct seq_file *m) {}
+static inline void kml_dd_relearn(void) {}
+#endif
+
+/*
+ * A numeric module parameter kept in [min, max], the range beside it:
+ * kml_dd_uint_range_ops (kml_dd_core.c) read both from kp->arg.
+ */
+struct kml_dd_uint_range {
+	unsigned int *v;
+	unsigned int min, max;
+	bool relearn;		/* a change relearns: kml_dd_relearn() */
+};
+
+extern const struct kernel_param_ops kml_dd_uint_range_ops;
+
 #if IS_ENABLED(CONFIG_KUNIT)
 u64 kml_dd_stat_read(unsigned int s);
 #endif

@@ -42,10 +42,12 @@
 
 struct kml_dd_global kml_dd = {
 	.decision_permille = KML_DD_PERMILLE_DEFAULT,
+#if IS_ENABLED(CONFIG_KML_IOSCHED_COST)
 	.cost_age_shift = KML_DD_COST_AGE_SHIFT,
 	.cost_credit_permille = KML_DD_COST_CREDIT_PERMILLE,
 	.cost_late_permille = KML_DD_COST_LATE_PERMILLE,
 	.cost_svc_permille = KML_DD_COST_SVC_PERMILLE,
+#endif
 	.sample_unclaimed = 1,
 	.skill_window = KML_DD_SKILL_WINDOW,
 	.skill_window_ms = KML_DD_SKILL_WINDOW_MS,
@@ -145,23 +147,6 @@ MODULE_PARM_DESC(sample_filter,
 unsigned int kml_dd_policy __read_mostly = KML_DD_POLICY_EXPIRE;
 EXPORT_SYMBOL_GPL(kml_dd_policy);
 
-/*
- * What policy cost learned, and where it last saw each queue's head, was
- * learned under another policy or device: every queue learns afresh before
- * its next choice under policy cost (kml_dd_head()), as after a write of
- * its kml_mode.  Otherwise the first seek after a switch back to cost is
- * measured from a sector the head left while another policy ran.  A
- * parameter's writer calls this before and after it changes the value
- * (module parameter writes are serialised by the parameter lock, which a
- * caller from elsewhere takes too): a queue that learned afresh in
- * between, under the old value, does so again.
- */
-void kml_dd_relearn(void)
-{
-	WRITE_ONCE(kml_dd.svc_gen, READ_ONCE(kml_dd.svc_gen) + 1);
-}
-EXPORT_SYMBOL_IF_KUNIT(kml_dd_relearn);
-
 /* A parameter of policy cost's world set to @v: a change relearns. */
 static void kml_dd_set_relearn(unsigned int *p, unsigned int v)
 {
@@ -179,6 +164,8 @@ static int policy_set(const char *val, const struct kernel_param *kp)
 
 	if (p < 0)
 		return p;
+	if (p == KML_DD_POLICY_COST && !IS_ENABLED(CONFIG_KML_IOSCHED_COST))
+		return -EOPNOTSUPP;
 	kml_dd_set_relearn(&kml_dd_policy, p);
 	return 0;
 }
@@ -208,16 +195,6 @@ static int kml_dd_uint_param(const char *val, unsigned int min,
 	return *v < min || *v > max ? -ERANGE : 0;
 }
 
-/*
- * A numeric parameter kept in [min, max], the range beside it: the ops
- * read both from kp->arg.
- */
-struct kml_dd_uint_range {
-	unsigned int *v;
-	unsigned int min, max;
-	bool relearn;		/* kml_dd_set_relearn() */
-};
-
 static int kml_dd_uint_range_set(const char *val, const struct kernel_param *kp)
 {
 	const struct kml_dd_uint_range *r = kp->arg;
@@ -240,140 +217,10 @@ static int kml_dd_uint_range_get(char *buf, const struct kernel_param *kp)
 	return sysfs_emit(buf, "%u\n", READ_ONCE(*r->v));
 }
 
-static const struct kernel_param_ops kml_dd_uint_range_ops = {
+const struct kernel_param_ops kml_dd_uint_range_ops = {
 	.set = kml_dd_uint_range_set,
 	.get = kml_dd_uint_range_get,
 };
-
-static struct kml_dd_uint_range cost_age_shift_range = {
-	.v = &kml_dd.cost_age_shift,
-	.max = KML_DD_COST_MAX_AGE_SHIFT,
-};
-module_param_cb(cost_age_shift, &kml_dd_uint_range_ops, &cost_age_shift_range,
-		0644);
-MODULE_PARM_DESC(cost_age_shift,
-		 "policy cost: (age + lateness) ns >> this is a request's credit (max 40)");
-
-/*
- * Policy cost's view of a disk (kml_iosched.c): one revolution in ns, the
- * sectors in a track and in a cylinder.  While any is 0 the service time is
- * learned per seek length alone.
- */
-static struct kml_dd_uint_range cost_rev_ns_range = {
-	.v = &kml_dd.cost_rev_ns,
-	.max = KML_DD_GEOM_MAX_REV_NS,
-	.relearn = true,
-};
-module_param_cb(cost_rev_ns, &kml_dd_uint_range_ops, &cost_rev_ns_range,
-		0644);
-MODULE_PARM_DESC(cost_rev_ns,
-		 "policy cost: the disk's revolution, ns (0 = unknown)");
-
-static struct kml_dd_uint_range cost_track_sectors_range = {
-	.v = &kml_dd.cost_track_sectors,
-	.max = KML_DD_GEOM_MAX_TRACK,
-	.relearn = true,
-};
-module_param_cb(cost_track_sectors, &kml_dd_uint_range_ops,
-		&cost_track_sectors_range, 0644);
-MODULE_PARM_DESC(cost_track_sectors,
-		 "policy cost: the disk's sectors per track (0 = unknown)");
-
-static struct kml_dd_uint_range cost_cyl_sectors_range = {
-	.v = &kml_dd.cost_cyl_sectors,
-	.max = KML_DD_GEOM_MAX_CYL,
-	.relearn = true,
-};
-module_param_cb(cost_cyl_sectors, &kml_dd_uint_range_ops,
-		&cost_cyl_sectors_range, 0644);
-MODULE_PARM_DESC(cost_cyl_sectors,
-		 "policy cost: the disk's sectors per cylinder (0 = unknown)");
-
-/*
- * Policy cost's view of a flash device: its channels (at most
- * KML_DD_MAX_CHANNELS) and the sectors striped to one before the next.
- * Not used while either is 0, or while a disk's geometry is given.
- */
-static struct kml_dd_uint_range cost_channels_range = {
-	.v = &kml_dd.cost_channels,
-	.max = KML_DD_MAX_CHANNELS,
-	.relearn = true,
-};
-module_param_cb(cost_channels, &kml_dd_uint_range_ops, &cost_channels_range,
-		0644);
-MODULE_PARM_DESC(cost_channels,
-		 "policy cost: the flash device's channels (0 = unknown, max "
-		 __stringify(KML_DD_MAX_CHANNELS) ")");
-
-static struct kml_dd_uint_range cost_stripe_sectors_range = {
-	.v = &kml_dd.cost_stripe_sectors,
-	.max = KML_DD_GEOM_MAX_TRACK,
-	.relearn = true,
-};
-module_param_cb(cost_stripe_sectors, &kml_dd_uint_range_ops,
-		&cost_stripe_sectors_range, 0644);
-MODULE_PARM_DESC(cost_stripe_sectors,
-		 "policy cost: the flash device's sectors per channel stripe (0 = unknown)");
-
-static struct kml_dd_uint_range cost_credit_permille_range = {
-	.v = &kml_dd.cost_credit_permille,
-	.max = KML_DD_COST_MAX_CREDIT_PERMILLE,
-};
-module_param_cb(cost_credit_permille, &kml_dd_uint_range_ops,
-		&cost_credit_permille_range, 0644);
-MODULE_PARM_DESC(cost_credit_permille,
-		 "policy cost with a geometry: a request's credit at its deadline, thousandths of a revolution (max "
-		 __stringify(KML_DD_COST_MAX_CREDIT_PERMILLE) ")");
-
-static struct kml_dd_uint_range cost_late_permille_range = {
-	.v = &kml_dd.cost_late_permille,
-	.max = KML_DD_COST_MAX_LATE_PERMILLE,
-};
-module_param_cb(cost_late_permille, &kml_dd_uint_range_ops,
-		&cost_late_permille_range, 0644);
-MODULE_PARM_DESC(cost_late_permille,
-		 "policy cost with a geometry or channels: past its deadline (or horizon) a request's credit (on flash, its age) grows on at this many thousandths of its rate before (0 = slow ageing; max "
-		 __stringify(KML_DD_COST_MAX_LATE_PERMILLE) ")");
-
-static struct kml_dd_uint_range cost_horizon_ms_range = {
-	.v = &kml_dd.cost_horizon_ms,
-	.max = KML_DD_COST_MAX_HORIZON_MS,
-};
-module_param_cb(cost_horizon_ms, &kml_dd_uint_range_ops,
-		&cost_horizon_ms_range, 0644);
-MODULE_PARM_DESC(cost_horizon_ms,
-		 "policy cost with a geometry, or channels and cost_late_permille: a request's credit grows as if it were due within this many ms, if sooner than its deadline (0 = its deadline; max "
-		 __stringify(KML_DD_COST_MAX_HORIZON_MS) ")");
-
-static struct kml_dd_uint_range cost_svc_permille_range = {
-	.v = &kml_dd.cost_svc_permille,
-	.max = KML_DD_COST_MAX_SVC_PERMILLE,
-};
-module_param_cb(cost_svc_permille, &kml_dd_uint_range_ops,
-		&cost_svc_permille_range, 0644);
-MODULE_PARM_DESC(cost_svc_permille,
-		 "policy cost with channels: a request's own time on its channel counts in its cost at this many thousandths (1000 = all: reads first; 0 = the wait for the channel alone; max "
-		 __stringify(KML_DD_COST_MAX_SVC_PERMILLE) ")");
-
-static struct kml_dd_uint_range cost_miss_budget_permille_range = {
-	.v = &kml_dd.cost_miss_budget_permille,
-	.max = KML_DD_COST_MAX_MISS_BUDGET,
-};
-module_param_cb(cost_miss_budget_permille, &kml_dd_uint_range_ops,
-		&cost_miss_budget_permille_range, 0644);
-MODULE_PARM_DESC(cost_miss_budget_permille,
-		 "policy cost with a geometry or channels: cost_late_permille, cost_horizon_ms and cost_svc_permille only while fewer than this many in 1000 requests are dispatched late (0 or 1000 = always; max "
-		 __stringify(KML_DD_COST_MAX_MISS_BUDGET) ")");
-
-static struct kml_dd_uint_range cost_window_permille_range = {
-	.v = &kml_dd.cost_window_permille,
-	.max = KML_DD_COST_MAX_WINDOW_PERMILLE,
-};
-module_param_cb(cost_window_permille, &kml_dd_uint_range_ops,
-		&cost_window_permille_range, 0644);
-MODULE_PARM_DESC(cost_window_permille,
-		 "policy cost with a geometry or channels: the candidates are each direction's oldest requests, this many thousandths as many as are in flight, rounded up (0 = the default set; max "
-		 __stringify(KML_DD_COST_MAX_WINDOW_PERMILLE) ")");
 
 /*
  * Observe mode's share of the time (kml_dd.h, KML_DD_OBSERVE_WINDOW): 1
@@ -648,12 +495,14 @@ static void kml_dd_hist_bounds(unsigned int b, unsigned int nr, u64 *lo,
 	*hi = b == nr - 1 ? U64_MAX : (u64)(5 + sub) << (n - 2);
 }
 
-/* A statistic: the sum of the CPUs' counts, plus its gauge. */
+/* A statistic: a gauge's value, or the sum of the CPUs' counts. */
 VISIBLE_IF_KUNIT u64 kml_dd_stat_read(unsigned int s)
 {
-	u64 sum = atomic64_read(&kml_dd.gauges[s]);
+	u64 sum = 0;
 	int cpu;
 
+	if (s >= KML_DD_NR_COUNTS)
+		return atomic64_read(&kml_dd.gauges[s - KML_DD_NR_COUNTS]);
 	for_each_possible_cpu(cpu)
 		/* data_race: others increment it; a snapshot is all we need */
 		sum += data_race(per_cpu(kml_dd_counters.stats[s], cpu));
@@ -728,7 +577,7 @@ static void kml_dd_stats_reset(void)
 		}
 	on_each_cpu(kml_dd_counters_zero, NULL, 1);
 	cpus_read_unlock();
-	for (i = 0; i < KML_DD_NR_STATS; i++)
+	for (i = 0; i < KML_DD_NR_GAUGES; i++)
 		atomic64_set(&kml_dd.gauges[i], 0);
 }
 
@@ -1361,26 +1210,7 @@ static int kml_dd_stats_show(struct seq_file *m, void *v)
 		   kml_dd_filters[READ_ONCE(kml_dd.sample_filter) & 1]);
 	seq_printf(m, "policy %s\n",
 		   kml_dd_policies[READ_ONCE(kml_dd_policy) & 1]);
-	seq_printf(m, "cost_age_shift %u\n", READ_ONCE(kml_dd.cost_age_shift));
-	seq_printf(m, "cost_rev_ns %u\n", READ_ONCE(kml_dd.cost_rev_ns));
-	seq_printf(m, "cost_track_sectors %u\n",
-		   READ_ONCE(kml_dd.cost_track_sectors));
-	seq_printf(m, "cost_cyl_sectors %u\n",
-		   READ_ONCE(kml_dd.cost_cyl_sectors));
-	seq_printf(m, "cost_credit_permille %u\n",
-		   READ_ONCE(kml_dd.cost_credit_permille));
-	seq_printf(m, "cost_late_permille %u\n",
-		   READ_ONCE(kml_dd.cost_late_permille));
-	seq_printf(m, "cost_horizon_ms %u\n", READ_ONCE(kml_dd.cost_horizon_ms));
-	seq_printf(m, "cost_svc_permille %u\n",
-		   READ_ONCE(kml_dd.cost_svc_permille));
-	seq_printf(m, "cost_miss_budget_permille %u\n",
-		   READ_ONCE(kml_dd.cost_miss_budget_permille));
-	seq_printf(m, "cost_window_permille %u\n",
-		   READ_ONCE(kml_dd.cost_window_permille));
-	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));
-	seq_printf(m, "cost_stripe_sectors %u\n",
-		   READ_ONCE(kml_dd.cost_stripe_sectors));
+	kml_dd_cost_show(m);
 	seq_printf(m, "observe_every %u\n", READ_ONCE(kml_dd_observe_every));
 	seq_printf(m, "lazy %u\n", READ_ONCE(kml_dd.lazy));
 	seq_printf(m, "sample_unclaimed %u\n",

@@ -37,7 +37,7 @@ enum kml_dd_mode {
  * treated as expired (stock mq-deadline's order otherwise).  cost: of the
  * requests next to the head in sector order and the oldest of each
  * direction, the one with the least kml_dd_cost() goes next
- * (kml_iosched.c).
+ * (kml_dd_cost.c; built with KML_IOSCHED_COST).
  */
 enum kml_dd_policy {
 	KML_DD_POLICY_EXPIRE = 0,
@@ -79,7 +79,7 @@ struct kml_dd_ctx {
  * Policy cost's service-time model: per lg2 of the seek distance in
  * sectors (0 for a request starting where the last one ended), the
  * running mean of the time from a request's dispatch, or the completion
- * before it if later, to its own completion (kml_iosched.c).  Given a
+ * before it if later, to its own completion (kml_dd_cost.c).  Given a
  * disk's geometry (the cost_rev_ns, cost_track_sectors and
  * cost_cyl_sectors parameters), per lg2 of the seek distance in cylinders,
  * the seek time alone, and the platter's phase: the service time is then
@@ -162,12 +162,6 @@ void __kml_dd_dispatch(struct kml_dd_queue *kq, struct request *rq);
 void __kml_dd_finish(struct kml_dd_queue *kq, struct request *rq);
 void kml_dd_note_urgent(struct request *rq);
 void __kml_dd_predict_lazy(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx);
-void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m);
-sector_t kml_dd_head(struct kml_dd_queue *kq);
-u64 kml_dd_now(void);
-s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
-		u64 now, unsigned long expire);
-unsigned int kml_dd_cost_span(bool *by_age, unsigned int in_flight);
 ssize_t kml_dd_mode_show(struct kml_dd_queue *kq, char *page);
 ssize_t kml_dd_mode_store(struct kml_dd_queue *kq, const char *page,
 			  size_t count);
@@ -292,18 +286,6 @@ static __always_inline bool kml_dd_active(struct kml_dd_queue *kq)
 }
 
 /*
- * Whether @kq dispatches by policy cost: the policy, active, and a device
- * without zone write locks.  Inline, as it is asked at every dispatch and
- * completion: the policy first, so that under any other policy, active or
- * not, the question is one load.
- */
-static __always_inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
-{
-	return READ_ONCE(kml_dd_policy) == KML_DD_POLICY_COST &&
-	       kml_dd_active(kq) && !kq->zoned;
-}
-
-/*
  * True if @rq should be dispatched now, ahead of stock order: only in
  * active mode, for a request the model predicted to miss its deadline
  * while it was not standing aside (its recent skill no better than the
@@ -367,6 +349,32 @@ static inline bool kml_dd_urgent(struct kml_dd_queue *kq, struct request *rq,
 
 static inline void kml_dd_note_urgent(struct request *rq) {}
 
+#endif /* CONFIG_KML_IOSCHED */
+
+/* Policy cost (kml_dd_cost.c), with KML_IOSCHED_COST. */
+#ifdef CONFIG_KML_IOSCHED_COST
+
+void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m);
+sector_t kml_dd_head(struct kml_dd_queue *kq);
+u64 kml_dd_now(void);
+s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
+		u64 now, unsigned long expire);
+unsigned int kml_dd_cost_span(bool *by_age, unsigned int in_flight);
+
+/*
+ * Whether @kq dispatches by policy cost: the policy, active, and a device
+ * without zone write locks.  Inline, as it is asked at every dispatch and
+ * completion: the policy first, so that under any other policy, active or
+ * not, the question is one load.
+ */
+static __always_inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
+{
+	return READ_ONCE(kml_dd_policy) == KML_DD_POLICY_COST &&
+	       kml_dd_active(kq) && !kq->zoned;
+}
+
+#else /* !CONFIG_KML_IOSCHED_COST: never, and mq-deadline keeps none of it */
+
 static inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
 {
 	return false;
@@ -398,6 +406,6 @@ static inline unsigned int kml_dd_cost_span(bool *by_age,
 	return 1;
 }
 
-#endif /* CONFIG_KML_IOSCHED */
+#endif /* CONFIG_KML_IOSCHED_COST */
 
 #endif /* _KML_IOSCHED_H */

@@ -1689,7 +1689,7 @@ static void kml_test_dd_fast_compile(struct kunit *test)
 }
 #endif
 
-#ifdef CONFIG_KML_IOSCHED
+#ifdef CONFIG_KML_IOSCHED_COST
 /*
  * Policy cost's choice asks where the head is before it prices anything:
  * after a switch of policy or device (kml_dd_relearn()), that question
@@ -1955,7 +1955,21 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
 
 	kml_test_flash_end(saved);
 }
+#elif defined(CONFIG_KML_IOSCHED) /* without policy cost: say why */
 
+#define KML_TEST_NO_COST(name)						\
+static void name(struct kunit *test)					\
+{									\
+	kunit_skip(test, "built without CONFIG_KML_IOSCHED_COST");	\
+}
+
+KML_TEST_NO_COST(kml_test_dd_head_relearns)
+KML_TEST_NO_COST(kml_test_dd_cost_window)
+KML_TEST_NO_COST(kml_test_dd_flash_horizon)
+KML_TEST_NO_COST(kml_test_dd_flash_svc_weight)
+#endif /* CONFIG_KML_IOSCHED_COST */
+
+#ifdef CONFIG_KML_IOSCHED
 /*
  * One request through the hooks, active and lazy, on a queue of no disk:
  * a completion counts it met when it was dispatched within its deadline

@@ -104,6 +104,13 @@ def sum_sections(sections: list[tuple[str, str, int]]) -> dict[str, int]:
     return out
 
 
+def text_and_data(sections: list[tuple[str, str, int]]) -> int:
+    """What size(1) counts as text plus data in the objects: every allocated
+    section but bss, whatever the link and the kernel then do with it (the
+    measure of issue 11's "29 KB of text+data")."""
+    return sum(size for _, _, size in sections)
+
+
 def resident_by_object(sections: list[tuple[str, str, int]]) -> dict[str, int]:
     """:func:`allocated_sections`' resident bytes per object, largest first."""
     out: dict[str, int] = {}

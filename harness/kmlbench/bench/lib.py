@@ -255,6 +255,7 @@ def footprint(kernel_build: Path | None) -> tuple[dict[str, Any], str | None]:
         "kernel_kml": sums["resident"] if sums else None,
         "kernel_kml_init": sums["init"] if sums else None,
         "kernel_kml_per_cpu": sums["per_cpu"] if sums else None,
+        "kernel_kml_text_data": kfp.text_and_data(read) if read is not None else None,
         "kernel_kml_by_object": kfp.resident_by_object(read) if read is not None else None,
         "model_linear": loaded["linear"],
         "model_mlp": loaded["mlp"],
@@ -357,6 +358,11 @@ def table(res: dict[str, Any]) -> str:
         lines.append(f"  kernel per CPU {fp['kernel_kml_per_cpu']:>8,}  (for each possible CPU)")
     if fp["kernel_kml_init"] is not None:
         lines.append(f"  kernel init    {fp['kernel_kml_init']:>8,}  (freed after boot)")
+    if fp["kernel_kml_text_data"] is not None:
+        lines.append(
+            f"  kernel size(1) {fp['kernel_kml_text_data']:>8,}  (text+data of the objects:"
+            " all the above, and what the link drops)"
+        )
     lines.append(f"  model linear   {fp['model_linear']:>8,}  (loaded; goal <= 4,096)")
     lines.append(f"  model mlp      {fp['model_mlp']:>8,}  (loaded; goal <= 4,096)")
     env = res["environment"]

@@ -209,10 +209,13 @@ def is_float_model(path: Path) -> bool:
 def kml_needs(model: dict[str, Any] | None, float_models: set[str]) -> dict[str, str]:
     """The options (kernel/kml/Kconfig) a cell's model needs, each with what
     needs it: KML in mq-deadline for any mode but off, float models for a
-    float model file, both float models and training for the kernel trainer."""
+    float model file, both float models and training for the kernel
+    trainer, and policy cost for active mode under it."""
     if model is None or model["mode"] == "off":
         return {}
     needs = {"CONFIG_KML_IOSCHED": f"mode {model['mode']}"}
+    if model["mode"] == "active" and model.get("policy") == "cost":
+        needs["CONFIG_KML_IOSCHED_COST"] = "policy cost"
     if model.get("model_file") in float_models:
         needs["CONFIG_KML_FLOAT"] = f"the float model {model['model_file']}"
     if model.get("trainer") == "kernel":

@@ -17,19 +17,27 @@ q="@IOSCHED@"
 setchoice @KML_PARAMS@/ring_mode @RING_MODE@
 setchoice @KML_PARAMS@/sample_filter @SAMPLE_FILTER@
 setnum @KML_PARAMS@/decision_permille @DECISION_PERMILLE@
-setchoice @KML_PARAMS@/policy @POLICY@
-setnum @KML_PARAMS@/cost_age_shift @COST_AGE_SHIFT@
-setnum @KML_PARAMS@/cost_rev_ns @COST_REV_NS@
-setnum @KML_PARAMS@/cost_track_sectors @COST_TRACK_SECTORS@
-setnum @KML_PARAMS@/cost_cyl_sectors @COST_CYL_SECTORS@
-setnum @KML_PARAMS@/cost_channels @COST_CHANNELS@
-setnum @KML_PARAMS@/cost_stripe_sectors @COST_STRIPE_SECTORS@
-setnum @KML_PARAMS@/cost_credit_permille @COST_CREDIT_PERMILLE@
-setnum @KML_PARAMS@/cost_late_permille @COST_LATE_PERMILLE@
-setnum @KML_PARAMS@/cost_horizon_ms @COST_HORIZON_MS@
-setnum @KML_PARAMS@/cost_svc_permille @COST_SVC_PERMILLE@
-setnum @KML_PARAMS@/cost_miss_budget_permille @COST_MISS_BUDGET_PERMILLE@
-setnum @KML_PARAMS@/cost_window_permille @COST_WINDOW_PERMILLE@
+## a kernel without policy cost (kernel/configs/kml-lean.config) has no
+## cost_* parameters, and its policy is always expire
+if [ -e @KML_PARAMS@/cost_age_shift ]; then
+    setchoice @KML_PARAMS@/policy @POLICY@
+    setnum @KML_PARAMS@/cost_age_shift @COST_AGE_SHIFT@
+    setnum @KML_PARAMS@/cost_rev_ns @COST_REV_NS@
+    setnum @KML_PARAMS@/cost_track_sectors @COST_TRACK_SECTORS@
+    setnum @KML_PARAMS@/cost_cyl_sectors @COST_CYL_SECTORS@
+    setnum @KML_PARAMS@/cost_channels @COST_CHANNELS@
+    setnum @KML_PARAMS@/cost_stripe_sectors @COST_STRIPE_SECTORS@
+    setnum @KML_PARAMS@/cost_credit_permille @COST_CREDIT_PERMILLE@
+    setnum @KML_PARAMS@/cost_late_permille @COST_LATE_PERMILLE@
+    setnum @KML_PARAMS@/cost_horizon_ms @COST_HORIZON_MS@
+    setnum @KML_PARAMS@/cost_svc_permille @COST_SVC_PERMILLE@
+    setnum @KML_PARAMS@/cost_miss_budget_permille @COST_MISS_BUDGET_PERMILLE@
+    setnum @KML_PARAMS@/cost_window_permille @COST_WINDOW_PERMILLE@
+elif [ @POLICY@ = expire ]; then
+    setchoice @KML_PARAMS@/policy expire
+else
+    die "this kernel has no policy cost: it was built without CONFIG_KML_IOSCHED_COST (kernel/configs/kml-lean.config)"
+fi
 setnum @KML_PARAMS@/observe_every @OBSERVE_EVERY@
 setnum @KML_PARAMS@/lazy @LAZY@
 setnum @KML_PARAMS@/sample_unclaimed @SAMPLE_UNCLAIMED@
