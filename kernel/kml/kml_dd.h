@@ -3,10 +3,12 @@
  * KML for mq-deadline, internal.  kml_dd_core.c owns what every queue
  * shares: the model, the sample ring and who consumes it, the statistics
  * and the module parameters that tune them.  The hooks (kml_iosched.c),
- * policy cost (kml_dd_cost.c, which the hooks call), /dev/kml
- * (kml_dd_dev.c) and the kernel trainer (kml_ktrain.c) call the core,
- * never each other; only the core, policy cost's own parameters and the
- * inline accessors here touch kml_dd.
+ * /dev/kml (kml_dd_dev.c) and the kernel trainer (kml_ktrain.c) call the
+ * core, never each other; policy cost (kml_dd_cost.c) is the hooks' own,
+ * which they call and which calls them back for a lazy prediction.  Only
+ * the core and the inline accessors here write kml_dd, but for policy
+ * cost's parameters, which kml_dd_cost.c defines; the hooks and policy
+ * cost read the parameters in it.
  */
 #ifndef _KML_DD_H
 #define _KML_DD_H

@@ -10,10 +10,13 @@
  * docs/kml-iosched.md.
  *
  * Built with KML_IOSCHED_COST: without it "cost" is refused by the policy
- * parameter, kml_dd_policy_cost() is false, and neither the hooks nor
- * mq-deadline keep any of this.  Called under the scheduler lock, but for
- * kml_dd_svc_learn() (completions) and kml_dd_svc_forget() (a write of
- * kml_mode), whose races the comments below weigh.
+ * parameter, kml_dd_policy_cost() is false, neither the hooks nor
+ * mq-deadline keep any of this code, and a queue and its request contexts
+ * none of its state (kml_iosched.h).  Called under the scheduler lock, but
+ * for kml_dd_svc_learn() (completions), kml_dd_svc_forget() (a write of
+ * kml_mode), whose races the comments below weigh, the two debugfs readers
+ * (kml_dd_svc_show(), kml_dd_cost_show()) and kml_dd_relearn() (under the
+ * parameter lock).
  */
 #include <linux/module.h>
 #include <linux/blkdev.h>
@@ -435,8 +438,8 @@ static void kml_dd_flash_learn(struct kml_dd_queue *kq,
  * or kml_dd_flash_learn() instead.  Out of line: only policy cost calls it,
  * and inlined it made every completion hook's frame larger.
  */
-void kml_dd_svc_learn(struct kml_dd_queue *kq, const struct kml_dd_ctx *ctx,
-		      u64 now)
+noinline void kml_dd_svc_learn(struct kml_dd_queue *kq,
+			       const struct kml_dd_ctx *ctx, u64 now)
 {
 	u64 start = max_t(u64, ctx->dispatch_ns, READ_ONCE(kq->svc_last_done));
 	u64 svc = min_t(u64, kml_dd_since(start, now), U32_MAX);
@@ -854,8 +857,9 @@ static void kml_dd_note_missed(struct kml_dd_queue *kq,
  * what the device will do with it.  Out of line, so that other modes and
  * policies do not pay for it in the dispatch hook.
  */
-void kml_dd_cost_dispatch(struct kml_dd_queue *kq, struct kml_dd_ctx *ctx,
-			  struct request *rq, u64 now)
+noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
+				   struct kml_dd_ctx *ctx, struct request *rq,
+				   u64 now)
 {
 	u64 pos = blk_rq_pos(rq), t0;
 	u32 nr = blk_rq_sectors(rq), ch;

@@ -65,9 +65,11 @@ struct kml_dd_ctx {
 	u8 svc_seq;			/* policy cost: it started at the head */
 	u8 lazy;			/* seen taken, features and prediction not */
 	u8 met;				/* dispatched within its deadline */
+#ifdef CONFIG_KML_IOSCHED_COST
 	u32 svc_sectors;		/* policy cost: its length at dispatch */
 	u64 svc_pos;			/* policy cost: its start at dispatch */
 	u64 svc_done_ns;		/* policy cost told a device: predicted end */
+#endif
 	union {
 		s32 features[KML_DD_NR_FEATURES];
 		/* active mode, lazily: what they read of the queue's state */
@@ -111,6 +113,7 @@ struct kml_dd_queue {
 	atomic_t inflight;		/* tracked requests at the driver */
 	struct kml_dd_ctx *pool;
 	u32 pool_size;
+#ifdef CONFIG_KML_IOSCHED_COST
 	/* policy cost: under the scheduler lock */
 	sector_t head;			/* sector after the last dispatch */
 	/*
@@ -142,6 +145,7 @@ struct kml_dd_queue {
 	/* flash channels: each one's predicted end and last completion, ns */
 	u64 chan_busy_until[KML_DD_MAX_CHANNELS];
 	u64 chan_last_done[KML_DD_MAX_CHANNELS];
+#endif
 };
 
 #ifdef CONFIG_KML_IOSCHED
@@ -373,7 +377,7 @@ static __always_inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
 	       kml_dd_active(kq) && !kq->zoned;
 }
 
-#else /* !CONFIG_KML_IOSCHED_COST: never, and mq-deadline keeps none of it */
+#else /* !CONFIG_KML_IOSCHED_COST: never, and nothing keeps any of it */
 
 static inline bool kml_dd_policy_cost(struct kml_dd_queue *kq)
 {

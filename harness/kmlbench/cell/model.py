@@ -176,7 +176,8 @@ def kml_setup_script(
     ring instead of a trainer (one consumer at a time). Exits non-zero
     with a ``kmlbench-kml:`` message when the kernel lacks KML. ``geometry``
     is what policy cost is told of the device (:func:`device_geometry`); every
-    cell writes it, 0 for unknown, as the parameters are global. With
+    cell writes it, 0 for unknown, as the parameters are global (a kernel
+    without policy cost has none of them, and runs only policy expire). With
     ``calibrate`` the model first observes the job
     :func:`kmlbench.cell.calibration.upload_job` uploaded and is calibrated
     on it.
@@ -234,7 +235,7 @@ def kml_setup_script(
             "DECISION_PERMILLE": str(permille),
             "POLICY": shlex.quote(str(model.get("policy", _default("policy")))),
             **{param.upper(): str(int(told[param])) for param in ALL_GEOMETRY_PARAMS},
-            # every cell writes each one: the parameters are global
+            # every cell writes each one the kernel has: the parameters are global
             **{
                 name.upper(): str(int(model.get(name, _default(name))))
                 for name in (

@@ -117,7 +117,8 @@ def parse_svc(text: str, *, source: str = "kml_svc") -> list[dict[str, int]]:
     """mq-deadline's ``kml_svc``: policy cost's learned service time per seek length.
 
     One line per learned bucket, ``lo hi ns``: seeks of ``lo`` to ``hi``
-    sectors took ``ns`` on average (kernel/kml/kml_iosched.c). Ascending
+    sectors took ``ns`` on average (kernel/kml/kml_dd_cost.c; empty on a
+    kernel without policy cost). Ascending
     and disjoint; KmlStatsError names a bad line.
     """
     out: list[dict[str, int]] = []
