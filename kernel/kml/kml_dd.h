@@ -4,11 +4,12 @@
  * shares: the model, the sample ring and who consumes it, the statistics
  * and the module parameters that tune them.  The hooks (kml_iosched.c),
  * /dev/kml (kml_dd_dev.c) and the kernel trainer (kml_ktrain.c) call the
- * core, never each other; policy cost (kml_dd_cost.c) is the hooks' own,
- * which they call and which calls them back for a lazy prediction.  Only
- * the core and the inline accessors here write kml_dd, but for policy
- * cost's parameters, which kml_dd_cost.c defines; the hooks and policy
- * cost read the parameters in it.
+ * core, never each other.  Policy cost (kml_dd_cost.c) sits beside the
+ * hooks: they call it, it calls them back for a lazy prediction, and the
+ * core calls it for its parameters' relearning and statistics.  Only the
+ * core and the inline accessors here write kml_dd, but for policy cost's
+ * parameters and its generation (svc_gen), which kml_dd_cost.c owns; the
+ * hooks and policy cost read the parameters in it.
  */
 #ifndef _KML_DD_H
 #define _KML_DD_H

@@ -11,8 +11,8 @@
  *
  * Built with KML_IOSCHED_COST: without it "cost" is refused by the policy
  * parameter, kml_dd_policy_cost() is false, neither the hooks nor
- * mq-deadline keep any of this code, and a queue and its request contexts
- * none of its state (kml_iosched.h).  Called under the scheduler lock, but
+ * mq-deadline keep any of this code, a queue none of its state and a
+ * request context none but two bytes of it (kml_iosched.h).  Called under the scheduler lock, but
  * for kml_dd_svc_learn() (completions), kml_dd_svc_forget() (a write of
  * kml_mode), whose races the comments below weigh, the two debugfs readers
  * (kml_dd_svc_show(), kml_dd_cost_show()) and kml_dd_relearn() (under the
