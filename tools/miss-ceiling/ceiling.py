@@ -28,7 +28,11 @@ information it is given allows.  The learners:
 Usage (docs/benchmarks.md, "How predictable a miss is at insert")::
 
     python3 -m venv /tmp/ceiling && /tmp/ceiling/bin/pip install numpy scikit-learn
-    /tmp/ceiling/bin/python tools/miss-ceiling/ceiling.py TRACE...
+    /tmp/ceiling/bin/python tools/miss-ceiling/ceiling.py TRACE... [--test TRACE...]
+
+``--test`` scores other traces, whole, by the learners trained on the
+first traces: configurations they never saw ("On configurations they never
+saw").
 
 The traces are ``kmlbench trace`` files of mode-off cells (every request
 traced); requests the trace lacks would be missing from the rebuilt queue.
@@ -101,6 +105,19 @@ def queue_features(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rebuilt, cheap
 
 
+def _load(path: Path, warnings: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A trace's rows in insert order (kmlbench train's checks), and each learner's inputs."""
+    rows = load_checked(path, warnings)
+    rows = rows[np.argsort(rows["insert_ns"], kind="stable")]
+    x = inputs(rows, NR_FEATURES)
+    rebuilt, cheap = queue_features(rows)
+    return rows, {
+        "features": x,
+        "features + queue, rebuilt": np.hstack([x, rebuilt]),
+        "features + sweep position, O(1)": np.hstack([x, cheap]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("traces", nargs="+", type=Path)
@@ -124,38 +141,23 @@ def main(argv: list[str] | None = None) -> int:
         # kmlbench train's checks and inputs; in insert order, the last
         # HOLDOUT held out (its split)
         try:
-            rows = load_checked(path, warnings)
+            rows, data = _load(path, warnings)
         except (OSError, TraceError) as exc:
             print(f"ceiling: {exc}", file=sys.stderr)
             return 2
-        rows = rows[np.argsort(rows["insert_ns"], kind="stable")]
-        x = inputs(rows, NR_FEATURES)
-        rebuilt, cheap = queue_features(rows)
         y = (rows["met"] == 0).astype(int)
         cut = len(split(rows, HOLDOUT)[0])
         print(f"{path.name}: {len(rows)} requests, {y.mean():.1%} missed", flush=True)
-        for name, data in (
-            ("features", x),
-            ("features + queue, rebuilt", np.hstack([x, rebuilt])),
-            ("features + sweep position, O(1)", np.hstack([x, cheap])),
-        ):
-            sets[name].append((data[:cut], data[cut:]))
+        for name, x in data.items():
+            sets[name].append((x[:cut], x[cut:]))
         labels.append((y[:cut], y[cut:]))
     tests: list[tuple[str, dict[str, np.ndarray], np.ndarray]] = []
     for path in args.test:
         try:
-            rows = load_checked(path, warnings)
+            rows, data = _load(path, warnings)
         except (OSError, TraceError) as exc:
             print(f"ceiling: {exc}", file=sys.stderr)
             return 2
-        rows = rows[np.argsort(rows["insert_ns"], kind="stable")]
-        x = inputs(rows, NR_FEATURES)
-        rebuilt, cheap = queue_features(rows)
-        data = {
-            "features": x,
-            "features + queue, rebuilt": np.hstack([x, rebuilt]),
-            "features + sweep position, O(1)": np.hstack([x, cheap]),
-        }
         tests.append((path.name, data, (rows["met"] == 0).astype(int)))
     for warning in warnings:
         print(f"ceiling: {warning}", file=sys.stderr)
