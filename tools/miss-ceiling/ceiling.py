@@ -158,7 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, TraceError) as exc:
             print(f"ceiling: {exc}", file=sys.stderr)
             return 2
-        tests.append((path.name, data, (rows["met"] == 0).astype(int)))
+        y = (rows["met"] == 0).astype(int)
+        scored = 0 < y.sum() < len(y)
+        print(
+            f"{path.name}: {len(rows)} requests, {y.mean():.1%} missed, scored whole"
+            + ("" if scored else ": one class only, not scored"),
+            flush=True,
+        )
+        if scored:
+            tests.append((path.name, data, y))
     for warning in warnings:
         print(f"ceiling: {warning}", file=sys.stderr)
     y_train = np.concatenate([a for a, _ in labels])
@@ -181,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             auc, best = _scores(y_test, model.predict_proba(x_test)[:, 1])
             print(f"  {learner:24} {name:34} {auc:.3f}  {best:.3f}", flush=True)
             for test, data, y in tests:
-                if 0 < y.sum() < len(y):
-                    auc, best = _scores(y, model.predict_proba(data[name])[:, 1])
-                    print(f"    {test:30} {y.mean():6.1%} missed  {auc:.3f}  {best:.3f}")
+                auc, best = _scores(y, model.predict_proba(data[name])[:, 1])
+                print(f"    {test:30} {y.mean():6.1%} missed  {auc:.3f}  {best:.3f}")
     return 0
 
 
