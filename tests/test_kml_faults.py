@@ -854,6 +854,10 @@ INVALID_WRITES = [
         id="cost_window_permille",
     ),
     pytest.param(
+        f"{P}/cost_wait_cap_permille", "0", ["100001", "-1", "1.4x"], (ERANGE, EINVAL),
+        id="cost_wait_cap_permille",
+    ),
+    pytest.param(
         f"{P}/cost_channels", "0", ["17", "-1", "eight"], (ERANGE, EINVAL), id="cost_channels",
     ),
     pytest.param(

@@ -366,7 +366,8 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         head
         + "  model: [{mode: active, policy: cost, geometry: true,"
         + " cost_late_permille: [0, 1000], cost_horizon_ms: [0, 200],"
-        + " cost_svc_permille: [1000, 0], cost_window_permille: [0, 64]}]\n",
+        + " cost_svc_permille: [1000, 0], cost_window_permille: [0, 64],"
+        + " cost_wait_cap_permille: [0, 1400]}]\n",
     )
     recorded = {
         (
@@ -374,15 +375,17 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
             str(c.params["model"].get("cost_horizon_ms")),
             str(c.params["model"].get("cost_svc_permille")),
             str(c.params["model"].get("cost_window_permille")),
+            str(c.params["model"].get("cost_wait_cap_permille")),
         )
         for c in late.cells
     }
     assert sorted(recorded) == [
-        (late_, horizon, svc, window)
+        (late_, horizon, svc, window, cap)
         for late_ in ("1000", "None")
         for horizon in ("200", "None")
         for svc in ("0", "None")
         for window in ("64", "None")
+        for cap in ("1400", "None")
     ]
     plain = load(tmp_path, head + "  model: [{mode: active, policy: cost, geometry: true}]\n")
     assert {c.id for c in plain.cells} < {c.id for c in late.cells}
@@ -403,6 +406,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
             "cost_svc_permille": 250,
             "cost_miss_budget_permille": 120,
             "cost_window_permille": 64,
+            "cost_wait_cap_permille": 1400,
         },
         dev,
         trainer_seconds=1,
@@ -419,6 +423,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         ("cost_svc_permille", 250),
         ("cost_miss_budget_permille", 120),
         ("cost_window_permille", 64),
+        ("cost_wait_cap_permille", 1400),
     ):
         assert f"/sys/module/kml/parameters/{param} {value}\n" in told, param
     untold_script = kml_setup_script({"mode": "active", "policy": "cost"}, dev, trainer_seconds=1)
@@ -430,6 +435,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     assert "/sys/module/kml/parameters/cost_svc_permille 1000\n" in untold_script
     assert "/sys/module/kml/parameters/cost_miss_budget_permille 0\n" in untold_script
     assert "/sys/module/kml/parameters/cost_window_permille 0\n" in untold_script
+    assert "/sys/module/kml/parameters/cost_wait_cap_permille 0\n" in untold_script
     for param in ("cost_channels", "cost_stripe_sectors"):
         assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
     # a flash device's geometry is its channels and stripe, and nothing of a disk's
@@ -482,6 +488,8 @@ def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
         ("cost_miss_budget_permille: 1001", "0..1000"),
         ("cost_window_permille: 1001", "0..1000"),
         ("cost_window_permille: -1", "0..1000"),
+        ("cost_wait_cap_permille: 100001", "0..100000"),
+        ("cost_wait_cap_permille: -1", "0..100000"),
         ('geometry: "on"', "must be true or false"),
     ):
         with pytest.raises(MatrixError, match=message):

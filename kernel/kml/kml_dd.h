@@ -221,6 +221,19 @@ enum kml_dd_stat {
  * the cheap requests the throughput comes from.
  */
 #define KML_DD_COST_MAX_WINDOW_PERMILLE	1000
+/*
+ * Policy cost: cost_wait_cap_permille N > 0 bounds the tail.  A candidate
+ * that has waited more than N thousandths of its queue's mean wait (from
+ * insert to dispatch, a running average over about the last
+ * 2^KML_DD_COST_WAIT_SHIFT dispatches of both directions) goes before any
+ * that has not, the oldest first.  In proportion to the mean, as the mean
+ * wait follows the load (the requests in flight over the throughput) and a
+ * FIFO's tail lies little above its mean: one setting holds the tail near
+ * a FIFO's under light and heavy loads alike, and below it the order stays
+ * the one the credit and the seeks choose.  0, the default: no cap.
+ */
+#define KML_DD_COST_WAIT_SHIFT		6
+#define KML_DD_COST_MAX_WAIT_CAP_PERMILLE	100000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
  * Observe mode watching part of the time (module parameter observe_every N):
@@ -364,6 +377,7 @@ struct kml_dd_global {
 	unsigned int cost_svc_permille;	/* module parameter, policy "cost" */
 	unsigned int cost_miss_budget_permille;	/* module parameter, "cost" */
 	unsigned int cost_window_permille;	/* module parameter, "cost" */
+	unsigned int cost_wait_cap_permille;	/* module parameter, "cost" */
 	/* module parameters, policy "cost": a disk's geometry, 0 unknown */
 	unsigned int cost_rev_ns;
 	unsigned int cost_track_sectors;

@@ -161,6 +161,16 @@ MODULE_PARM_DESC(cost_window_permille,
 		 "policy cost with a geometry or channels: the candidates are each direction's oldest requests, this many thousandths as many as are in flight, rounded up (0 = the default set; max "
 		 __stringify(KML_DD_COST_MAX_WINDOW_PERMILLE) ")");
 
+static struct kml_dd_uint_range cost_wait_cap_permille_range = {
+	.v = &kml_dd.cost_wait_cap_permille,
+	.max = KML_DD_COST_MAX_WAIT_CAP_PERMILLE,
+};
+module_param_cb(cost_wait_cap_permille, &kml_dd_uint_range_ops,
+		&cost_wait_cap_permille_range, 0644);
+MODULE_PARM_DESC(cost_wait_cap_permille,
+		 "policy cost: a request that has waited more than this many thousandths of its queue's mean wait goes first, the oldest first (0 = no cap; max "
+		 __stringify(KML_DD_COST_MAX_WAIT_CAP_PERMILLE) ")");
+
 /*
  * What policy cost learned, and where it last saw each queue's head, was
  * learned under another policy or device: every queue learns afresh before
@@ -198,6 +208,8 @@ void kml_dd_cost_show(struct seq_file *m)
 		   READ_ONCE(kml_dd.cost_miss_budget_permille));
 	seq_printf(m, "cost_window_permille %u\n",
 		   READ_ONCE(kml_dd.cost_window_permille));
+	seq_printf(m, "cost_wait_cap_permille %u\n",
+		   READ_ONCE(kml_dd.cost_wait_cap_permille));
 	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));
 	seq_printf(m, "cost_stripe_sectors %u\n",
 		   READ_ONCE(kml_dd.cost_stripe_sectors));
@@ -565,6 +577,7 @@ void kml_dd_svc_forget(struct kml_dd_queue *kq)
 	WRITE_ONCE(kq->svc_phase_known, false);
 	WRITE_ONCE(kq->svc_busy_until, 0);
 	WRITE_ONCE(kq->svc_missed, 0);
+	WRITE_ONCE(kq->svc_wait_ns, 0);
 	WRITE_ONCE(kq->head_known, false);
 	WRITE_ONCE(kq->svc_gen, READ_ONCE(kml_dd.svc_gen));
 	for (b = 0; b < KML_DD_MAX_CHANNELS; b++) {
@@ -741,6 +754,38 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
 }
 
 /*
+ * Whether a request that has waited @wait ns is past @kq's cap
+ * (cost_wait_cap_permille of its mean wait; kml_dd.h): then it goes before
+ * every candidate that is not, the oldest first.  No cap until the queue
+ * has a mean, after its first dispatch under policy cost.
+ */
+static bool kml_dd_wait_capped(struct kml_dd_queue *kq, s64 wait)
+{
+	u32 cap = READ_ONCE(kml_dd.cost_wait_cap_permille);
+	u64 mean;
+
+	if (!cap)
+		return false;
+	mean = READ_ONCE(kq->svc_wait_ns);
+	return mean && wait > 0 &&
+	       (u64)wait > mul_u64_u32_div(mean, cap, 1000);
+}
+
+/*
+ * Note @wait, a request's from insert to dispatch, in @kq's mean wait, which
+ * cost_wait_cap_permille is in thousandths of.
+ */
+static void kml_dd_note_wait(struct kml_dd_queue *kq, u64 wait)
+{
+	u64 mean = READ_ONCE(kq->svc_wait_ns);
+
+	WRITE_ONCE(kq->svc_wait_ns,
+		   mean ? mean - (mean >> KML_DD_COST_WAIT_SHIFT) +
+			  (wait >> KML_DD_COST_WAIT_SHIFT) :
+			  max_t(u64, wait, 1));
+}
+
+/*
  * Policy cost: what dispatching @rq next, with the head at @head, is
  * predicted to cost, in ns, less its age credit.  The service time is the
  * learned one for its seek (kml_dd_svc_predict(), plus the bucket, so that
@@ -765,7 +810,8 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
  * still save it.  A request KML does not track (inserted before the mode
  * was switched, or with the pool exhausted) ages by mq-deadline's own
  * clock, rq->fifo_time less @expire, in jiffies.  One that has waited
- * KML_DD_COST_STARVE times its expiry goes first, whatever the shift.
+ * KML_DD_COST_STARVE times its expiry goes first, whatever the shift; after
+ * those, one past the queue's cap on waiting (kml_dd_wait_capped()).
  * Under the scheduler lock.
  */
 s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
@@ -813,6 +859,8 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	}
 	if (wait >= KML_DD_COST_STARVE * max_t(s64, deadline, NSEC_PER_MSEC))
 		return S64_MIN / 2 - wait;
+	if (kml_dd_wait_capped(kq, wait))
+		return S64_MIN / 4 - wait;
 	late = wait - deadline;
 	if (ctx && ctx->lazy)
 		__kml_dd_predict_lazy(kq, ctx);
@@ -880,6 +928,7 @@ noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 
 	kml_dd_svc_fresh(kq);
 	known = READ_ONCE(kq->head_known);
+	kml_dd_note_wait(kq, kml_dd_since(ctx->in.insert_ns, now));
 
 	if (kml_dd_geom(&g)) {
 		if (!rw)
@@ -917,3 +966,4 @@ noinline void kml_dd_cost_dispatch(struct kml_dd_queue *kq,
 	if (!known)
 		WRITE_ONCE(kq->head_known, true);
 }
+EXPORT_SYMBOL_IF_KUNIT(kml_dd_cost_dispatch);

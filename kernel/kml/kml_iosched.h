@@ -140,6 +140,8 @@ struct kml_dd_queue {
 	 * past their deadline, Q16.16 (kml_dd.h, KML_DD_COST_MISSED_SHIFT)
 	 */
 	u32 svc_missed;
+	/* the mean wait, insert to dispatch, ns (KML_DD_COST_WAIT_SHIFT) */
+	u64 svc_wait_ns;
 	/* kml_dd.svc_gen when this queue last learned afresh */
 	unsigned int svc_gen;
 	/* flash channels: each one's predicted end and last completion, ns */

@@ -1706,6 +1706,7 @@ static void kml_test_dd_head_relearns(struct kunit *test)
 	kq->svc_ns[3] = 123456;
 	kq->svc_lo_ns[3] = 100000;
 	kq->svc_missed = 1 << 15;
+	kq->svc_wait_ns = 5 * NSEC_PER_MSEC;
 	kq->chan_busy_until[1] = 99;
 	kq->head = 2048;
 	kq->head_known = true;
@@ -1721,6 +1722,7 @@ static void kml_test_dd_head_relearns(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kq->svc_ns[3], 0U);
 	KUNIT_EXPECT_EQ(test, kq->svc_lo_ns[3], 0U);
 	KUNIT_EXPECT_EQ(test, kq->svc_missed, 0U);
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_ns, 0ULL);
 	KUNIT_EXPECT_EQ(test, kq->chan_busy_until[1], 0ULL);
 	KUNIT_EXPECT_FALSE(test, kq->head_known);
 }
@@ -1738,7 +1740,7 @@ static unsigned int *const kml_test_flash_params[] = {
 	&kml_dd.cost_stripe_sectors, &kml_dd.cost_age_shift,
 	&kml_dd.cost_late_permille, &kml_dd.cost_horizon_ms,
 	&kml_dd.cost_miss_budget_permille, &kml_dd.cost_svc_permille,
-	&kml_dd.cost_window_permille,
+	&kml_dd.cost_window_permille, &kml_dd.cost_wait_cap_permille,
 };
 
 static void kml_test_flash_begin(unsigned int *saved)
@@ -1955,6 +1957,80 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
 
 	kml_test_flash_end(saved);
 }
+
+/*
+ * Policy cost's cap on waiting, told a flash device's channels at a shift
+ * of 3: the read and the write of kml_test_dd_flash_svc_weight(), queued 1
+ * and 2 ms ago, cost 0 and 50 us.  With cost_wait_cap_permille 1500 and no
+ * mean wait yet, nothing is capped; with a mean of 1 ms the write, past
+ * 1.5 ms, goes before anything not capped (S64_MIN / 4 less its wait);
+ * with a mean of 500 us both are past 750 us, the older first; a wait
+ * equal to the cap is not past it.  The mean: a queue's first dispatch
+ * (4 ms waited) sets it, the next (none) moves it a 64th of the way.
+ */
+static void kml_test_dd_wait_cap(struct kunit *test)
+{
+	struct kml_dd_queue *kq = kunit_kzalloc(test, sizeof(*kq), GFP_KERNEL);
+	struct request *rq = kunit_kzalloc(test, 2 * sizeof(*rq), GFP_KERNEL);
+	struct kml_dd_ctx *ctx = kunit_kzalloc(test, 2 * sizeof(*ctx),
+					       GFP_KERNEL);
+	unsigned int saved[ARRAY_SIZE(kml_test_flash_params)];
+	const u64 now = 10 * NSEC_PER_SEC, ms = NSEC_PER_MSEC;
+	const s64 us = NSEC_PER_USEC;
+	unsigned int i;
+
+	KUNIT_ASSERT_NOT_NULL(test, kq);
+	KUNIT_ASSERT_NOT_NULL(test, rq);
+	KUNIT_ASSERT_NOT_NULL(test, ctx);
+	for (i = 0; i < 2; i++) {
+		rq[i].rq_flags = RQF_ELVPRIV;
+		rq[i].elv.priv[1] = &ctx[i];
+	}
+	rq[0].cmd_flags = REQ_OP_READ;
+	ctx[0].in.deadline_ns = 2 * ms;
+	ctx[0].in.insert_ns = now - ms;
+	rq[1].cmd_flags = REQ_OP_WRITE;
+	rq[1].__sector = 8;			/* channel 1 */
+	ctx[1].in.op = 1;
+	ctx[1].in.deadline_ns = 5 * ms;
+	ctx[1].in.insert_ns = now - 2 * ms;
+
+	kml_test_flash_begin(saved);
+	kml_dd_head(kq);	/* learn under the present generation */
+	kq->svc_ns[0] = 125 * us;
+	kq->svc_ns[1] = 300 * us;
+	WRITE_ONCE(kml_dd.cost_wait_cap_permille, 1500);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
+
+	kq->svc_wait_ns = ms;
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
+			S64_MIN / 4 - 2 * (s64)ms);
+
+	kq->svc_wait_ns = 500 * us;
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0),
+			S64_MIN / 4 - (s64)ms);
+	KUNIT_EXPECT_LT(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
+			kml_dd_cost(kq, &rq[0], 0, now, 0));
+
+	WRITE_ONCE(kml_dd.cost_wait_cap_permille, 1000);
+	kq->svc_wait_ns = 2 * ms;
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
+	WRITE_ONCE(kml_dd.cost_wait_cap_permille, 0);
+	kq->svc_wait_ns = us;
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
+
+	kq->svc_wait_ns = 0;
+	ctx[0].in.insert_ns = now - 4 * ms;
+	kml_dd_cost_dispatch(kq, &ctx[0], &rq[0], now);
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_ns, 4 * ms);
+	ctx[1].in.insert_ns = now;
+	kml_dd_cost_dispatch(kq, &ctx[1], &rq[1], now);
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_ns, 4 * ms - (4 * ms >> 6));
+
+	kml_test_flash_end(saved);
+}
 #elif defined(CONFIG_KML_IOSCHED) /* without policy cost: say why */
 
 #define KML_TEST_NO_COST(name)						\
@@ -1967,6 +2043,7 @@ KML_TEST_NO_COST(kml_test_dd_head_relearns)
 KML_TEST_NO_COST(kml_test_dd_cost_window)
 KML_TEST_NO_COST(kml_test_dd_flash_horizon)
 KML_TEST_NO_COST(kml_test_dd_flash_svc_weight)
+KML_TEST_NO_COST(kml_test_dd_wait_cap)
 #endif /* CONFIG_KML_IOSCHED_COST */
 
 #ifdef CONFIG_KML_IOSCHED
@@ -2228,6 +2305,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_dd_cost_window),
 	KUNIT_CASE(kml_test_dd_flash_horizon),
 	KUNIT_CASE(kml_test_dd_flash_svc_weight),
+	KUNIT_CASE(kml_test_dd_wait_cap),
 	KUNIT_CASE(kml_test_dd_hooks_count_met),
 	KUNIT_CASE(kml_test_dd_observe_cycle),
 #endif

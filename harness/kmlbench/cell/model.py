@@ -246,6 +246,7 @@ def kml_setup_script(
                     "cost_svc_permille",
                     "cost_miss_budget_permille",
                     "cost_window_permille",
+                    "cost_wait_cap_permille",
                     "observe_every",
                     "lazy",
                     "sample_unclaimed",

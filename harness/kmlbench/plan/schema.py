@@ -309,6 +309,10 @@ MODEL_FIELDS: dict[str, Field] = {
     # default set, those near the head on a disk, the 16 oldest on flash;
     # kml_dd.h, KML_DD_COST_MAX_WINDOW_PERMILLE)
     "cost_window_permille": Field("int", 0, _between(0, 1000)),
+    # ... a request that has waited more than this many thousandths of its
+    # queue's mean wait goes first, the oldest first (0: no cap; kml_dd.h,
+    # KML_DD_COST_MAX_WAIT_CAP_PERMILLE)
+    "cost_wait_cap_permille": Field("int", 0, _between(0, 100000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
     "observe_every": Field("int", 1, _between(1, OBSERVE_MAX_EVERY)),
@@ -357,6 +361,7 @@ ACTIVE_FIELDS = (
     "cost_svc_permille",
     "cost_miss_budget_permille",
     "cost_window_permille",
+    "cost_wait_cap_permille",
 )
 # Only meaningful with a geometry: not recorded without one.
 GEOMETRY_FIELDS = (
@@ -376,6 +381,7 @@ SPARSE_FIELDS = (
     "cost_svc_permille",
     "cost_miss_budget_permille",
     "cost_window_permille",
+    "cost_wait_cap_permille",
 )
 # Only meaningful in observe mode, and recorded only when not every request
 # is watched.
