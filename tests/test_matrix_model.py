@@ -392,6 +392,16 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     before = load(tmp_path, head + "  model: [{mode: active, policy: cost}]\n")
     untold = load(tmp_path, head + "  model: [{mode: active, policy: cost, geometry: false}]\n")
     assert {c.id for c in before.cells} == {c.id for c in untold.cells}
+    # the cap on waiting is no geometry's: recorded with or without one
+    capped = load(
+        tmp_path,
+        head
+        + "  model: [{mode: active, policy: cost, geometry: false,"
+        + " cost_wait_cap_permille: 1400}]\n",
+    )
+    (mqdl,) = [c for c in capped.cells if c.params["scheduler"]["name"] == "mq-deadline"]
+    assert mqdl.params["model"].get("cost_wait_cap_permille") == 1400
+    assert "geometry" not in mqdl.params["model"]
 
     dev = device.BlockDevice("nullb0")
     disk = {"type": "null_blk", "service": "rotational"}

@@ -562,8 +562,9 @@ static u64 kml_dd_seek_predict(struct kml_dd_queue *kq, u64 dist)
  * times afresh, as after a boot: its device or workload may have changed.  A
  * completion racing with this may store one mean after it: one bucket
  * learned from one sample, which the next samples correct.  A dispatch
- * racing with it may write the share dispatched late back over the reset:
- * the next 64 or so dispatches bring it to the new load's.
+ * racing with it may write the share dispatched late, or the mean wait,
+ * back over the reset: the next 64 or so dispatches bring either to the new
+ * load's.
  */
 void kml_dd_svc_forget(struct kml_dd_queue *kq)
 {
@@ -757,7 +758,9 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
  * Whether a request that has waited @wait ns is past @kq's cap
  * (cost_wait_cap_permille of its mean wait; kml_dd.h): then it goes before
  * every candidate that is not, the oldest first.  No cap until the queue
- * has a mean, after its first dispatch under policy cost.
+ * has a mean, after its first dispatch under policy cost.  The mean is at
+ * most the longest wait, so the product overflows (and the quotient traps)
+ * only past 2^64 / 100000 ns of it, over five years.
  */
 static bool kml_dd_wait_capped(struct kml_dd_queue *kq, s64 wait)
 {
@@ -811,7 +814,8 @@ static void kml_dd_note_wait(struct kml_dd_queue *kq, u64 wait)
  * was switched, or with the pool exhausted) ages by mq-deadline's own
  * clock, rq->fifo_time less @expire, in jiffies.  One that has waited
  * KML_DD_COST_STARVE times its expiry goes first, whatever the shift; after
- * those, one past the queue's cap on waiting (kml_dd_wait_capped()).
+ * those, one past the queue's cap on waiting (kml_dd_wait_capped(); an
+ * untracked request by mq-deadline's clock).  Neither is predicted.
  * Under the scheduler lock.
  */
 s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,

@@ -1965,7 +1965,8 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
  * mean wait yet, nothing is capped; with a mean of 1 ms the write, past
  * 1.5 ms, goes before anything not capped (S64_MIN / 4 less its wait);
  * with a mean of 500 us both are past 750 us, the older first; a wait
- * equal to the cap is not past it.  The mean: a queue's first dispatch
+ * equal to the cap is not past it, and a starved one goes before any
+ * capped one (S64_MIN / 2 less its wait).  The mean: a queue's first dispatch
  * (4 ms waited) sets it, the next (none) moves it a 64th of the way.
  */
 static void kml_test_dd_wait_cap(struct kunit *test)
@@ -2013,6 +2014,12 @@ static void kml_test_dd_wait_cap(struct kunit *test)
 			S64_MIN / 4 - (s64)ms);
 	KUNIT_EXPECT_LT(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
 			kml_dd_cost(kq, &rq[0], 0, now, 0));
+
+	/* one starved (8 of its 2 ms expiries) still goes before them */
+	ctx[0].in.insert_ns = now - 16 * ms;
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0),
+			S64_MIN / 2 - 16 * (s64)ms);
+	ctx[0].in.insert_ns = now - ms;
 
 	WRITE_ONCE(kml_dd.cost_wait_cap_permille, 1000);
 	kq->svc_wait_ns = 2 * ms;
