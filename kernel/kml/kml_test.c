@@ -1897,6 +1897,33 @@ static void kml_test_dd_flash_horizon(struct kunit *test)
 }
 
 /*
+ * A read and a write of kml_dd_cost()'s flash cases, as mq-deadline holds
+ * them at @now: the read due in 2 ms, queued 1 ms ago, for channel 0; the
+ * write due in 5 ms, queued 2 ms ago, for channel 1; @kq has learned 125 us
+ * a read and 300 us a write on a channel.
+ */
+static void kml_test_flash_pair(struct kml_dd_queue *kq, struct request *rq,
+				struct kml_dd_ctx *ctx, u64 now)
+{
+	unsigned int i;
+
+	for (i = 0; i < 2; i++) {
+		rq[i].rq_flags = RQF_ELVPRIV;
+		rq[i].elv.priv[1] = &ctx[i];
+	}
+	rq[0].cmd_flags = REQ_OP_READ;
+	ctx[0].in.deadline_ns = 2 * NSEC_PER_MSEC;
+	ctx[0].in.insert_ns = now - NSEC_PER_MSEC;
+	rq[1].cmd_flags = REQ_OP_WRITE;
+	rq[1].__sector = 8;			/* channel 1 */
+	ctx[1].in.op = 1;
+	ctx[1].in.deadline_ns = 5 * NSEC_PER_MSEC;
+	ctx[1].in.insert_ns = now - 2 * NSEC_PER_MSEC;
+	kq->svc_ns[0] = 125 * NSEC_PER_USEC;
+	kq->svc_ns[1] = 300 * NSEC_PER_USEC;
+}
+
+/*
  * Policy cost told a flash device's channels, at a shift of 3: a read
  * (125 us on its channel) and a write (300 us) for idle channels, the
  * write queued 2 ms ago and the read 1 ms ago.  With all of its own time
@@ -1915,24 +1942,11 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
 	unsigned int saved[ARRAY_SIZE(kml_test_flash_params)];
 	const u64 now = 10 * NSEC_PER_SEC;
 	const s64 us = NSEC_PER_USEC;
-	unsigned int i;
 
 	KUNIT_ASSERT_NOT_NULL(test, kq);
 	KUNIT_ASSERT_NOT_NULL(test, rq);
 	KUNIT_ASSERT_NOT_NULL(test, ctx);
-	for (i = 0; i < 2; i++) {
-		rq[i].rq_flags = RQF_ELVPRIV;
-		rq[i].elv.priv[1] = &ctx[i];
-	}
-	rq[0].cmd_flags = REQ_OP_READ;
-	ctx[0].in.deadline_ns = 2 * NSEC_PER_MSEC;
-	ctx[0].in.insert_ns = now - NSEC_PER_MSEC;
-	rq[1].cmd_flags = REQ_OP_WRITE;
-	rq[1].__sector = 8;			/* channel 1 */
-	ctx[1].in.deadline_ns = 5 * NSEC_PER_MSEC;
-	ctx[1].in.insert_ns = now - 2 * NSEC_PER_MSEC;
-	kq->svc_ns[0] = 125 * us;
-	kq->svc_ns[1] = 300 * us;
+	kml_test_flash_pair(kq, rq, ctx, now);
 
 	kml_test_flash_begin(saved);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
@@ -1978,28 +1992,13 @@ static void kml_test_dd_wait_cap(struct kunit *test)
 	unsigned int saved[ARRAY_SIZE(kml_test_flash_params)];
 	const u64 now = 10 * NSEC_PER_SEC, ms = NSEC_PER_MSEC;
 	const s64 us = NSEC_PER_USEC;
-	unsigned int i;
 
 	KUNIT_ASSERT_NOT_NULL(test, kq);
 	KUNIT_ASSERT_NOT_NULL(test, rq);
 	KUNIT_ASSERT_NOT_NULL(test, ctx);
-	for (i = 0; i < 2; i++) {
-		rq[i].rq_flags = RQF_ELVPRIV;
-		rq[i].elv.priv[1] = &ctx[i];
-	}
-	rq[0].cmd_flags = REQ_OP_READ;
-	ctx[0].in.deadline_ns = 2 * ms;
-	ctx[0].in.insert_ns = now - ms;
-	rq[1].cmd_flags = REQ_OP_WRITE;
-	rq[1].__sector = 8;			/* channel 1 */
-	ctx[1].in.op = 1;
-	ctx[1].in.deadline_ns = 5 * ms;
-	ctx[1].in.insert_ns = now - 2 * ms;
-
 	kml_test_flash_begin(saved);
 	kml_dd_head(kq);	/* learn under the present generation */
-	kq->svc_ns[0] = 125 * us;
-	kq->svc_ns[1] = 300 * us;
+	kml_test_flash_pair(kq, rq, ctx, now);
 	WRITE_ONCE(kml_dd.cost_wait_cap_permille, 1500);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
