@@ -105,17 +105,22 @@ def queue_features(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rebuilt, cheap
 
 
-def _load(path: Path, warnings: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A trace's rows in insert order (kmlbench train's checks), and each learner's inputs."""
+def _load(path: Path, warnings: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """A trace's rows in insert order (kmlbench train's checks), its labels
+    (1: missed), and each learner's inputs."""
     rows = load_checked(path, warnings)
     rows = rows[np.argsort(rows["insert_ns"], kind="stable")]
     x = inputs(rows, NR_FEATURES)
     rebuilt, cheap = queue_features(rows)
-    return rows, {
-        "features": x,
-        "features + queue, rebuilt": np.hstack([x, rebuilt]),
-        "features + sweep position, O(1)": np.hstack([x, cheap]),
-    }
+    return (
+        rows,
+        (rows["met"] == 0).astype(int),
+        {
+            "features": x,
+            "features + queue, rebuilt": np.hstack([x, rebuilt]),
+            "features + sweep position, O(1)": np.hstack([x, cheap]),
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,42 +135,32 @@ def main(argv: list[str] | None = None) -> int:
         " the training part of TRACE...: configurations they never saw",
     )
     args = ap.parse_args(argv)
-    sets: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
-        "features": [],
-        "features + queue, rebuilt": [],
-        "features + sweep position, O(1)": [],
-    }
-    labels: list[tuple[np.ndarray, np.ndarray]] = []
     warnings: list[str] = []
-    for path in args.traces:
-        # kmlbench train's checks and inputs; in insert order, the last
-        # HOLDOUT held out (its split)
-        try:
-            rows, data = _load(path, warnings)
-        except (OSError, TraceError) as exc:
-            print(f"ceiling: {exc}", file=sys.stderr)
-            return 2
-        y = (rows["met"] == 0).astype(int)
+    try:
+        # kmlbench train's checks and inputs
+        trained = [(path, *_load(path, warnings)) for path in args.traces]
+        scored = [(path, *_load(path, warnings)) for path in args.test]
+    except (OSError, TraceError) as exc:
+        print(f"ceiling: {exc}", file=sys.stderr)
+        return 2
+    sets: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    labels: list[tuple[np.ndarray, np.ndarray]] = []
+    for path, rows, y, data in trained:
+        # in insert order, the last HOLDOUT held out (its split)
         cut = len(split(rows, HOLDOUT)[0])
         print(f"{path.name}: {len(rows)} requests, {y.mean():.1%} missed", flush=True)
         for name, x in data.items():
-            sets[name].append((x[:cut], x[cut:]))
+            sets.setdefault(name, []).append((x[:cut], x[cut:]))
         labels.append((y[:cut], y[cut:]))
     tests: list[tuple[str, dict[str, np.ndarray], np.ndarray]] = []
-    for path in args.test:
-        try:
-            rows, data = _load(path, warnings)
-        except (OSError, TraceError) as exc:
-            print(f"ceiling: {exc}", file=sys.stderr)
-            return 2
-        y = (rows["met"] == 0).astype(int)
-        scored = 0 < y.sum() < len(y)
+    for path, rows, y, data in scored:
+        both = 0 < y.sum() < len(y)
         print(
             f"{path.name}: {len(rows)} requests, {y.mean():.1%} missed, scored whole"
-            + ("" if scored else ": one class only, not scored"),
+            + ("" if both else ": one class only, not scored"),
             flush=True,
         )
-        if scored:
+        if both:
             tests.append((path.name, data, y))
     for warning in warnings:
         print(f"ceiling: {warning}", file=sys.stderr)
