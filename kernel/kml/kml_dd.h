@@ -230,7 +230,9 @@ enum kml_dd_stat {
  * wait follows the load (the requests in flight over the throughput) and a
  * FIFO's tail lies little above its mean: one setting holds the tail near
  * a FIFO's under light and heavy loads alike, and below it the order stays
- * the one the credit and the seeks choose.  0, the default: no cap.
+ * the one the credit and the seeks choose.  No cap until the mean holds
+ * 2^KML_DD_COST_WAIT_SHIFT waits after a reset, their plain average.  0,
+ * the default: no cap.
  */
 #define KML_DD_COST_WAIT_SHIFT		6
 #define KML_DD_COST_MAX_WAIT_CAP_PERMILLE	100000

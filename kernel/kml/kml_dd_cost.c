@@ -562,9 +562,9 @@ static u64 kml_dd_seek_predict(struct kml_dd_queue *kq, u64 dist)
  * times afresh, as after a boot: its device or workload may have changed.  A
  * completion racing with this may store one mean after it: one bucket
  * learned from one sample, which the next samples correct.  A dispatch
- * racing with it may write the share dispatched late, or the mean wait,
- * back over the reset: the next 64 or so dispatches bring either to the new
- * load's.
+ * racing with it may write the share dispatched late, or the mean wait and
+ * its count, back over the reset: the next 64 or so dispatches bring either
+ * to the new load's.
  */
 void kml_dd_svc_forget(struct kml_dd_queue *kq)
 {
@@ -579,6 +579,7 @@ void kml_dd_svc_forget(struct kml_dd_queue *kq)
 	WRITE_ONCE(kq->svc_busy_until, 0);
 	WRITE_ONCE(kq->svc_missed, 0);
 	WRITE_ONCE(kq->svc_wait_ns, 0);
+	WRITE_ONCE(kq->svc_wait_n, 0);
 	WRITE_ONCE(kq->head_known, false);
 	WRITE_ONCE(kq->svc_gen, READ_ONCE(kml_dd.svc_gen));
 	for (b = 0; b < KML_DD_MAX_CHANNELS; b++) {
@@ -757,35 +758,46 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
 /*
  * Whether a request that has waited @wait ns is past @kq's cap
  * (cost_wait_cap_permille of its mean wait; kml_dd.h): then it goes before
- * every candidate that is not, the oldest first.  No cap until the queue
- * has a mean, after its first dispatch under policy cost.  The mean is at
- * most the longest wait, so the product overflows (and the quotient traps)
- * only past 2^64 / 100000 ns of it, over five years.
+ * every candidate that is not, the oldest first.  No cap until the mean
+ * holds 2^KML_DD_COST_WAIT_SHIFT waits (kml_dd_note_wait()): the first
+ * ones after a reset, in a queue that was empty, are shorter than the
+ * load's, and a cap on their mean would send nearly every request first,
+ * in a FIFO's order.  The mean is at most the longest wait, so the
+ * product overflows (and the quotient traps) only past 2^64 / 100000 ns
+ * of it, over five years.
  */
 static bool kml_dd_wait_capped(struct kml_dd_queue *kq, s64 wait)
 {
 	u32 cap = READ_ONCE(kml_dd.cost_wait_cap_permille);
-	u64 mean;
 
-	if (!cap)
+	if (!cap || READ_ONCE(kq->svc_wait_n) < 1U << KML_DD_COST_WAIT_SHIFT)
 		return false;
-	mean = READ_ONCE(kq->svc_wait_ns);
-	return mean && wait > 0 &&
-	       (u64)wait > mul_u64_u32_div(mean, cap, 1000);
+	return wait > 0 && (u64)wait >
+	       mul_u64_u32_div(READ_ONCE(kq->svc_wait_ns), cap, 1000);
 }
 
 /*
  * Note @wait, a request's from insert to dispatch, in @kq's mean wait, which
- * cost_wait_cap_permille is in thousandths of.
+ * cost_wait_cap_permille is in thousandths of: the plain average of the
+ * first 2^KML_DD_COST_WAIT_SHIFT waits after a reset, then a running one
+ * that weighs each new wait as one of that many, so that the mean is the
+ * load's from the moment the cap reads it instead of climbing to it from
+ * the first wait over hundreds of dispatches.
  */
 static void kml_dd_note_wait(struct kml_dd_queue *kq, u64 wait)
 {
 	u64 mean = READ_ONCE(kq->svc_wait_ns);
+	u32 n = READ_ONCE(kq->svc_wait_n);
 
-	WRITE_ONCE(kq->svc_wait_ns,
-		   mean ? mean - (mean >> KML_DD_COST_WAIT_SHIFT) +
-			  (wait >> KML_DD_COST_WAIT_SHIFT) :
-			  max_t(u64, wait, 1));
+	if (n < 1U << KML_DD_COST_WAIT_SHIFT) {
+		WRITE_ONCE(kq->svc_wait_n, ++n);
+		mean = wait >= mean ? mean + div_u64(wait - mean, n) :
+				      mean - div_u64(mean - wait, n);
+	} else {
+		mean = mean - (mean >> KML_DD_COST_WAIT_SHIFT) +
+		       (wait >> KML_DD_COST_WAIT_SHIFT);
+	}
+	WRITE_ONCE(kq->svc_wait_ns, mean);
 }
 
 /*

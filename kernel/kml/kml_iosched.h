@@ -142,6 +142,8 @@ struct kml_dd_queue {
 	u32 svc_missed;
 	/* the mean wait, insert to dispatch, ns (KML_DD_COST_WAIT_SHIFT) */
 	u64 svc_wait_ns;
+	/* the waits in svc_wait_ns, counted up to 2^KML_DD_COST_WAIT_SHIFT */
+	u32 svc_wait_n;
 	/* kml_dd.svc_gen when this queue last learned afresh */
 	unsigned int svc_gen;
 	/* flash channels: each one's predicted end and last completion, ns */

@@ -1707,6 +1707,7 @@ static void kml_test_dd_head_relearns(struct kunit *test)
 	kq->svc_lo_ns[3] = 100000;
 	kq->svc_missed = 1 << 15;
 	kq->svc_wait_ns = 5 * NSEC_PER_MSEC;
+	kq->svc_wait_n = 7;
 	kq->chan_busy_until[1] = 99;
 	kq->head = 2048;
 	kq->head_known = true;
@@ -1723,6 +1724,7 @@ static void kml_test_dd_head_relearns(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kq->svc_lo_ns[3], 0U);
 	KUNIT_EXPECT_EQ(test, kq->svc_missed, 0U);
 	KUNIT_EXPECT_EQ(test, kq->svc_wait_ns, 0ULL);
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_n, 0U);
 	KUNIT_EXPECT_EQ(test, kq->chan_busy_until[1], 0ULL);
 	KUNIT_EXPECT_FALSE(test, kq->head_known);
 }
@@ -1976,12 +1978,13 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
  * Policy cost's cap on waiting, told a flash device's channels at a shift
  * of 3: the read and the write of kml_test_dd_flash_svc_weight(), queued 1
  * and 2 ms ago, cost 0 and 50 us.  With cost_wait_cap_permille 1500 and no
- * mean wait yet, nothing is capped; with a mean of 1 ms the write, past
- * 1.5 ms, goes before anything not capped (S64_MIN / 4 less its wait);
- * with a mean of 500 us both are past 750 us, the older first; a wait
- * equal to the cap is not past it, and a starved one goes before any
- * capped one (S64_MIN / 2 less its wait).  The mean: a queue's first dispatch
- * (4 ms waited) sets it, the next (none) moves it a 64th of the way.
+ * mean wait yet, nothing is capped, nor with a mean of fewer than 64 waits;
+ * with a mean of 1 ms the write, past 1.5 ms, goes before anything not
+ * capped (S64_MIN / 4 less its wait); with a mean of 500 us both are past
+ * 750 us, the older first; a wait equal to the cap is not past it, and a
+ * starved one goes before any capped one (S64_MIN / 2 less its wait).  The
+ * mean: the plain average of a queue's first 64 waits (4 ms, then none:
+ * 2 ms, then 2 ms for the rest), then each new one weighs a 64th.
  */
 static void kml_test_dd_wait_cap(struct kunit *test)
 {
@@ -1991,7 +1994,9 @@ static void kml_test_dd_wait_cap(struct kunit *test)
 					       GFP_KERNEL);
 	unsigned int saved[ARRAY_SIZE(kml_test_flash_params)];
 	const u64 now = 10 * NSEC_PER_SEC, ms = NSEC_PER_MSEC;
+	const u32 full = 1U << KML_DD_COST_WAIT_SHIFT;
 	const s64 us = NSEC_PER_USEC;
+	u32 i;
 
 	KUNIT_ASSERT_NOT_NULL(test, kq);
 	KUNIT_ASSERT_NOT_NULL(test, rq);
@@ -2004,6 +2009,9 @@ static void kml_test_dd_wait_cap(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
 
 	kq->svc_wait_ns = ms;
+	kq->svc_wait_n = full - 1;
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
+	kq->svc_wait_n = full;
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
 			S64_MIN / 4 - 2 * (s64)ms);
@@ -2028,12 +2036,23 @@ static void kml_test_dd_wait_cap(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0), 50 * us);
 
 	kq->svc_wait_ns = 0;
+	kq->svc_wait_n = 0;
 	ctx[0].in.insert_ns = now - 4 * ms;
 	kml_dd_cost_dispatch(kq, &ctx[0], &rq[0], now);
 	KUNIT_EXPECT_EQ(test, kq->svc_wait_ns, 4 * ms);
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_n, 1U);
 	ctx[1].in.insert_ns = now;
 	kml_dd_cost_dispatch(kq, &ctx[1], &rq[1], now);
-	KUNIT_EXPECT_EQ(test, kq->svc_wait_ns, 4 * ms - (4 * ms >> 6));
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_ns, 2 * ms);
+	ctx[0].in.insert_ns = now - 2 * ms;
+	for (i = 2; i < full; i++)
+		kml_dd_cost_dispatch(kq, &ctx[0], &rq[0], now);
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_ns, 2 * ms);
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_n, full);
+	ctx[1].in.insert_ns = now;
+	kml_dd_cost_dispatch(kq, &ctx[1], &rq[1], now);
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_ns, 2 * ms - (2 * ms >> 6));
+	KUNIT_EXPECT_EQ(test, kq->svc_wait_n, full);
 
 	kml_test_flash_end(saved);
 }
