@@ -627,6 +627,21 @@ struct kml_dd_uint_range {
 
 extern const struct kernel_param_ops kml_dd_uint_range_ops;
 
+/*
+ * Module parameter @name, kml_dd.@name kept in [0, @hi] and described by
+ * @desc; @relearn_: a change makes every queue learn policy cost's service
+ * times afresh (kml_dd_relearn()).
+ */
+#define KML_DD_PARAM(name, hi, relearn_, desc)				\
+	static struct kml_dd_uint_range name##_range = {		\
+		.v = &kml_dd.name,					\
+		.max = (hi),						\
+		.relearn = (relearn_),					\
+	};								\
+	module_param_cb(name, &kml_dd_uint_range_ops, &name##_range,	\
+			0644);						\
+	MODULE_PARM_DESC(name, desc)
+
 #if IS_ENABLED(CONFIG_KUNIT)
 u64 kml_dd_stat_read(unsigned int s);
 #endif

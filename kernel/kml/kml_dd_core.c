@@ -248,13 +248,8 @@ MODULE_PARM_DESC(observe_every,
  * dispatch decision first reads the prediction; 0 predicts every request
  * at insert.
  */
-static struct kml_dd_uint_range lazy_range = {
-	.v = &kml_dd.lazy,
-	.max = 1,
-};
-module_param_cb(lazy, &kml_dd_uint_range_ops, &lazy_range, 0644);
-MODULE_PARM_DESC(lazy,
-		 "active mode: predict a request when a dispatch decision first reads it (1), or every one at insert (0)");
+KML_DD_PARAM(lazy, 1, false,
+	     "active mode: predict a request when a dispatch decision first reads it (1), or every one at insert (0)");
 
 /*
  * Samples while no consumer holds the ring (kml_dd_ring_claim()): 1 makes
@@ -262,14 +257,8 @@ MODULE_PARM_DESC(lazy,
  * it later; 0 makes none, so that a queue nobody trains from pays nothing
  * for the ring.
  */
-static struct kml_dd_uint_range sample_unclaimed_range = {
-	.v = &kml_dd.sample_unclaimed,
-	.max = 1,
-};
-module_param_cb(sample_unclaimed, &kml_dd_uint_range_ops,
-		&sample_unclaimed_range, 0644);
-MODULE_PARM_DESC(sample_unclaimed,
-		 "make samples while no consumer holds the ring (1), or only while one does (0)");
+KML_DD_PARAM(sample_unclaimed, 1, false,
+	     "make samples while no consumer holds the ring (1), or only while one does (0)");
 
 /*
  * Decision threshold: a request is predicted to meet its deadline when its

@@ -31,145 +31,62 @@
 
 /* ------------------------------------------------------------ parameters */
 
-static struct kml_dd_uint_range cost_age_shift_range = {
-	.v = &kml_dd.cost_age_shift,
-	.max = KML_DD_COST_MAX_AGE_SHIFT,
-};
-module_param_cb(cost_age_shift, &kml_dd_uint_range_ops, &cost_age_shift_range,
-		0644);
-MODULE_PARM_DESC(cost_age_shift,
-		 "policy cost: (age + lateness) ns >> this is a request's credit (max 40)");
+KML_DD_PARAM(cost_age_shift, KML_DD_COST_MAX_AGE_SHIFT, false,
+	     "policy cost: (age + lateness) ns >> this is a request's credit (max 40)");
 
 /*
  * Policy cost's view of a disk: one revolution in ns, the sectors in a
  * track and in a cylinder.  While any is 0 the service time is learned per
  * seek length alone.
  */
-static struct kml_dd_uint_range cost_rev_ns_range = {
-	.v = &kml_dd.cost_rev_ns,
-	.max = KML_DD_GEOM_MAX_REV_NS,
-	.relearn = true,
-};
-module_param_cb(cost_rev_ns, &kml_dd_uint_range_ops, &cost_rev_ns_range,
-		0644);
-MODULE_PARM_DESC(cost_rev_ns,
-		 "policy cost: the disk's revolution, ns (0 = unknown)");
+KML_DD_PARAM(cost_rev_ns, KML_DD_GEOM_MAX_REV_NS, true,
+	     "policy cost: the disk's revolution, ns (0 = unknown)");
 
-static struct kml_dd_uint_range cost_track_sectors_range = {
-	.v = &kml_dd.cost_track_sectors,
-	.max = KML_DD_GEOM_MAX_TRACK,
-	.relearn = true,
-};
-module_param_cb(cost_track_sectors, &kml_dd_uint_range_ops,
-		&cost_track_sectors_range, 0644);
-MODULE_PARM_DESC(cost_track_sectors,
-		 "policy cost: the disk's sectors per track (0 = unknown)");
+KML_DD_PARAM(cost_track_sectors, KML_DD_GEOM_MAX_TRACK, true,
+	     "policy cost: the disk's sectors per track (0 = unknown)");
 
-static struct kml_dd_uint_range cost_cyl_sectors_range = {
-	.v = &kml_dd.cost_cyl_sectors,
-	.max = KML_DD_GEOM_MAX_CYL,
-	.relearn = true,
-};
-module_param_cb(cost_cyl_sectors, &kml_dd_uint_range_ops,
-		&cost_cyl_sectors_range, 0644);
-MODULE_PARM_DESC(cost_cyl_sectors,
-		 "policy cost: the disk's sectors per cylinder (0 = unknown)");
+KML_DD_PARAM(cost_cyl_sectors, KML_DD_GEOM_MAX_CYL, true,
+	     "policy cost: the disk's sectors per cylinder (0 = unknown)");
 
 /*
  * Policy cost's view of a flash device: its channels (at most
  * KML_DD_MAX_CHANNELS) and the sectors striped to one before the next.
  * Not used while either is 0, or while a disk's geometry is given.
  */
-static struct kml_dd_uint_range cost_channels_range = {
-	.v = &kml_dd.cost_channels,
-	.max = KML_DD_MAX_CHANNELS,
-	.relearn = true,
-};
-module_param_cb(cost_channels, &kml_dd_uint_range_ops, &cost_channels_range,
-		0644);
-MODULE_PARM_DESC(cost_channels,
-		 "policy cost: the flash device's channels (0 = unknown, max "
-		 __stringify(KML_DD_MAX_CHANNELS) ")");
+KML_DD_PARAM(cost_channels, KML_DD_MAX_CHANNELS, true,
+	     "policy cost: the flash device's channels (0 = unknown, max "
+	     __stringify(KML_DD_MAX_CHANNELS) ")");
 
-static struct kml_dd_uint_range cost_stripe_sectors_range = {
-	.v = &kml_dd.cost_stripe_sectors,
-	.max = KML_DD_GEOM_MAX_TRACK,
-	.relearn = true,
-};
-module_param_cb(cost_stripe_sectors, &kml_dd_uint_range_ops,
-		&cost_stripe_sectors_range, 0644);
-MODULE_PARM_DESC(cost_stripe_sectors,
-		 "policy cost: the flash device's sectors per channel stripe (0 = unknown)");
+KML_DD_PARAM(cost_stripe_sectors, KML_DD_GEOM_MAX_TRACK, true,
+	     "policy cost: the flash device's sectors per channel stripe (0 = unknown)");
 
-static struct kml_dd_uint_range cost_credit_permille_range = {
-	.v = &kml_dd.cost_credit_permille,
-	.max = KML_DD_COST_MAX_CREDIT_PERMILLE,
-};
-module_param_cb(cost_credit_permille, &kml_dd_uint_range_ops,
-		&cost_credit_permille_range, 0644);
-MODULE_PARM_DESC(cost_credit_permille,
-		 "policy cost with a geometry: a request's credit at its deadline, thousandths of a revolution (max "
-		 __stringify(KML_DD_COST_MAX_CREDIT_PERMILLE) ")");
+KML_DD_PARAM(cost_credit_permille, KML_DD_COST_MAX_CREDIT_PERMILLE, false,
+	     "policy cost with a geometry: a request's credit at its deadline, thousandths of a revolution (max "
+	     __stringify(KML_DD_COST_MAX_CREDIT_PERMILLE) ")");
 
-static struct kml_dd_uint_range cost_late_permille_range = {
-	.v = &kml_dd.cost_late_permille,
-	.max = KML_DD_COST_MAX_LATE_PERMILLE,
-};
-module_param_cb(cost_late_permille, &kml_dd_uint_range_ops,
-		&cost_late_permille_range, 0644);
-MODULE_PARM_DESC(cost_late_permille,
-		 "policy cost with a geometry or channels: past its deadline (or horizon) a request's credit (on flash, its age) grows on at this many thousandths of its rate before (0 = slow ageing; max "
-		 __stringify(KML_DD_COST_MAX_LATE_PERMILLE) ")");
+KML_DD_PARAM(cost_late_permille, KML_DD_COST_MAX_LATE_PERMILLE, false,
+	     "policy cost with a geometry or channels: past its deadline (or horizon) a request's credit (on flash, its age) grows on at this many thousandths of its rate before (0 = slow ageing; max "
+	     __stringify(KML_DD_COST_MAX_LATE_PERMILLE) ")");
 
-static struct kml_dd_uint_range cost_horizon_ms_range = {
-	.v = &kml_dd.cost_horizon_ms,
-	.max = KML_DD_COST_MAX_HORIZON_MS,
-};
-module_param_cb(cost_horizon_ms, &kml_dd_uint_range_ops,
-		&cost_horizon_ms_range, 0644);
-MODULE_PARM_DESC(cost_horizon_ms,
-		 "policy cost with a geometry, or channels and cost_late_permille: a request's credit grows as if it were due within this many ms, if sooner than its deadline (0 = its deadline; max "
-		 __stringify(KML_DD_COST_MAX_HORIZON_MS) ")");
+KML_DD_PARAM(cost_horizon_ms, KML_DD_COST_MAX_HORIZON_MS, false,
+	     "policy cost with a geometry, or channels and cost_late_permille: a request's credit grows as if it were due within this many ms, if sooner than its deadline (0 = its deadline; max "
+	     __stringify(KML_DD_COST_MAX_HORIZON_MS) ")");
 
-static struct kml_dd_uint_range cost_svc_permille_range = {
-	.v = &kml_dd.cost_svc_permille,
-	.max = KML_DD_COST_MAX_SVC_PERMILLE,
-};
-module_param_cb(cost_svc_permille, &kml_dd_uint_range_ops,
-		&cost_svc_permille_range, 0644);
-MODULE_PARM_DESC(cost_svc_permille,
-		 "policy cost with channels: a request's own time on its channel counts in its cost at this many thousandths (1000 = all: reads first; 0 = the wait for the channel alone; max "
-		 __stringify(KML_DD_COST_MAX_SVC_PERMILLE) ")");
+KML_DD_PARAM(cost_svc_permille, KML_DD_COST_MAX_SVC_PERMILLE, false,
+	     "policy cost with channels: a request's own time on its channel counts in its cost at this many thousandths (1000 = all: reads first; 0 = the wait for the channel alone; max "
+	     __stringify(KML_DD_COST_MAX_SVC_PERMILLE) ")");
 
-static struct kml_dd_uint_range cost_miss_budget_permille_range = {
-	.v = &kml_dd.cost_miss_budget_permille,
-	.max = KML_DD_COST_MAX_MISS_BUDGET,
-};
-module_param_cb(cost_miss_budget_permille, &kml_dd_uint_range_ops,
-		&cost_miss_budget_permille_range, 0644);
-MODULE_PARM_DESC(cost_miss_budget_permille,
-		 "policy cost with a geometry or channels: cost_late_permille, cost_horizon_ms and cost_svc_permille only while fewer than this many in 1000 requests are dispatched late (0 or 1000 = always; max "
-		 __stringify(KML_DD_COST_MAX_MISS_BUDGET) ")");
+KML_DD_PARAM(cost_miss_budget_permille, KML_DD_COST_MAX_MISS_BUDGET, false,
+	     "policy cost with a geometry or channels: cost_late_permille, cost_horizon_ms and cost_svc_permille only while fewer than this many in 1000 requests are dispatched late (0 or 1000 = always; max "
+	     __stringify(KML_DD_COST_MAX_MISS_BUDGET) ")");
 
-static struct kml_dd_uint_range cost_window_permille_range = {
-	.v = &kml_dd.cost_window_permille,
-	.max = KML_DD_COST_MAX_WINDOW_PERMILLE,
-};
-module_param_cb(cost_window_permille, &kml_dd_uint_range_ops,
-		&cost_window_permille_range, 0644);
-MODULE_PARM_DESC(cost_window_permille,
-		 "policy cost with a geometry or channels: the candidates are each direction's oldest requests, this many thousandths as many as are in flight, rounded up (0 = the default set; max "
-		 __stringify(KML_DD_COST_MAX_WINDOW_PERMILLE) ")");
+KML_DD_PARAM(cost_window_permille, KML_DD_COST_MAX_WINDOW_PERMILLE, false,
+	     "policy cost with a geometry or channels: the candidates are each direction's oldest requests, this many thousandths as many as are in flight, rounded up (0 = the default set; max "
+	     __stringify(KML_DD_COST_MAX_WINDOW_PERMILLE) ")");
 
-static struct kml_dd_uint_range cost_wait_cap_permille_range = {
-	.v = &kml_dd.cost_wait_cap_permille,
-	.max = KML_DD_COST_MAX_WAIT_CAP_PERMILLE,
-};
-module_param_cb(cost_wait_cap_permille, &kml_dd_uint_range_ops,
-		&cost_wait_cap_permille_range, 0644);
-MODULE_PARM_DESC(cost_wait_cap_permille,
-		 "policy cost: a request that has waited more than this many thousandths of its queue's mean wait goes first, the oldest first (0 = no cap; max "
-		 __stringify(KML_DD_COST_MAX_WAIT_CAP_PERMILLE) ")");
+KML_DD_PARAM(cost_wait_cap_permille, KML_DD_COST_MAX_WAIT_CAP_PERMILLE, false,
+	     "policy cost: a request that has waited more than this many thousandths of its queue's mean wait goes first, the oldest first (0 = no cap; max "
+	     __stringify(KML_DD_COST_MAX_WAIT_CAP_PERMILLE) ")");
 
 /*
  * What policy cost learned, and where it last saw each queue's head, was
