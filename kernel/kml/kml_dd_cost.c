@@ -479,9 +479,12 @@ static u64 kml_dd_seek_predict(struct kml_dd_queue *kq, u64 dist)
  * times afresh, as after a boot: its device or workload may have changed.  A
  * completion racing with this may store one mean after it: one bucket
  * learned from one sample, which the next samples correct.  A dispatch
- * racing with it may write the share dispatched late, or the mean wait and
- * its count, back over the reset: the next 64 or so dispatches bring either
- * to the new load's.
+ * racing with it may write the share dispatched late back over the reset:
+ * the next 64 or so dispatches bring it to the new load's.  The mean wait's
+ * count is cleared before the mean and read after it (kml_dd_note_wait()),
+ * so that a racing dispatch leaves the old load's mean or a fresh average,
+ * never the old count over a mean of nothing, which would cap on a mean
+ * near zero for a few hundred dispatches.
  */
 void kml_dd_svc_forget(struct kml_dd_queue *kq)
 {
@@ -495,8 +498,9 @@ void kml_dd_svc_forget(struct kml_dd_queue *kq)
 	WRITE_ONCE(kq->svc_phase_known, false);
 	WRITE_ONCE(kq->svc_busy_until, 0);
 	WRITE_ONCE(kq->svc_missed, 0);
-	WRITE_ONCE(kq->svc_wait_ns, 0);
 	WRITE_ONCE(kq->svc_wait_n, 0);
+	smp_wmb();	/* the count before the mean: kml_dd_note_wait() */
+	WRITE_ONCE(kq->svc_wait_ns, 0);
 	WRITE_ONCE(kq->head_known, false);
 	WRITE_ONCE(kq->svc_gen, READ_ONCE(kml_dd.svc_gen));
 	for (b = 0; b < KML_DD_MAX_CHANNELS; b++) {
@@ -687,10 +691,13 @@ static bool kml_dd_wait_capped(struct kml_dd_queue *kq, s64 wait)
 {
 	u32 cap = READ_ONCE(kml_dd.cost_wait_cap_permille);
 
+	u64 mean;
+
 	if (!cap || READ_ONCE(kq->svc_wait_n) < 1U << KML_DD_COST_WAIT_SHIFT)
 		return false;
-	return wait > 0 && (u64)wait >
-	       mul_u64_u32_div(READ_ONCE(kq->svc_wait_ns), cap, 1000);
+	mean = READ_ONCE(kq->svc_wait_ns);
+	return mean && wait > 0 &&
+	       (u64)wait > mul_u64_u32_div(mean, cap, 1000);
 }
 
 /*
@@ -704,10 +711,13 @@ static bool kml_dd_wait_capped(struct kml_dd_queue *kq, s64 wait)
 static void kml_dd_note_wait(struct kml_dd_queue *kq, u64 wait)
 {
 	u64 mean = READ_ONCE(kq->svc_wait_ns);
-	u32 n = READ_ONCE(kq->svc_wait_n);
+	u32 n;
 
+	smp_rmb();	/* the mean before the count: kml_dd_svc_forget() */
+	n = READ_ONCE(kq->svc_wait_n);
 	if (n < 1U << KML_DD_COST_WAIT_SHIFT) {
-		WRITE_ONCE(kq->svc_wait_n, ++n);
+		n++;
+		WRITE_ONCE(kq->svc_wait_n, n);
 		mean = wait >= mean ? mean + div_u64(wait - mean, n) :
 				      mean - div_u64(mean - wait, n);
 	} else {
