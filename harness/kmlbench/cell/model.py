@@ -48,6 +48,7 @@ from kmlbench.clock import host_timeout
 from kmlbench.data import kmlstats
 from kmlbench.plan.schema import (
     ALL_GEOMETRY_PARAMS,
+    COST_PARAMS,
     MODEL_DTYPE_DEFAULT,
     MODEL_DTYPES,
     MODEL_FIELDS,
@@ -239,14 +240,7 @@ def kml_setup_script(
             **{
                 name.upper(): str(int(model.get(name, _default(name))))
                 for name in (
-                    "cost_age_shift",
-                    "cost_credit_permille",
-                    "cost_late_permille",
-                    "cost_horizon_ms",
-                    "cost_svc_permille",
-                    "cost_miss_budget_permille",
-                    "cost_window_permille",
-                    "cost_wait_cap_permille",
+                    *COST_PARAMS,
                     "observe_every",
                     "lazy",
                     "sample_unclaimed",

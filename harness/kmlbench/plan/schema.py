@@ -363,6 +363,10 @@ ACTIVE_FIELDS = (
     "cost_window_permille",
     "cost_wait_cap_permille",
 )
+# Policy cost's numeric parameters a matrix sets (kml.cost_*), which the
+# set-up writes in every cell, as they are global; the device's geometry
+# (ALL_GEOMETRY_PARAMS) is told apart.
+COST_PARAMS = tuple(name for name in ACTIVE_FIELDS if name.startswith("cost_"))
 # Only meaningful with a geometry: not recorded without one.
 GEOMETRY_FIELDS = (
     "geometry",
