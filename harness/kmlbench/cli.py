@@ -166,6 +166,28 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
 
 
+def _rivals_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="a run id in the database or a run folder")
+    p.add_argument("--db", type=Path, default=None, help="results database")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="metrics to judge by (default: total mean and p99 latency, IOPS, late completions)",
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a parameter not to tell loads apart by (repeatable; KEY. ignores a prefix)",
+    )
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML page")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+
+
 def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="*", metavar="RUN", help="run folder or run id under results/")
     p.add_argument("--all", action="store_true", help="every run folder under results/")
@@ -396,6 +418,15 @@ COMMANDS: tuple[Command, ...] = (
         "Mann-Whitney U tests. A is the baseline.",
         "--fail-on METRIC:+N%% / METRIC:-N%%: exit 1 when METRIC changed significantly "
         "by more than N%% in that direction in any matched configuration.",
+    ),
+    Command(
+        ("rivals",),
+        "each KML configuration against the kernel's alternatives",
+        "report.rivals:command",
+        _rivals_args,
+        "Each mq-deadline configuration with KML on against the kernel's alternatives "
+        "(stock mq-deadline, none, kyber, bfq) on the same load of a run: bootstrap "
+        "intervals and rank tests, and whether it beats every one at every metric.",
     ),
     Command(
         ("import",),

@@ -136,13 +136,13 @@ def _is_excluded(key: str, excluded: set[str]) -> bool:
     return key in excluded or any(p.endswith(".") and key.startswith(p) for p in excluded)
 
 
-def _match_key(cell: kdb.CellRow, excluded: set[str]) -> tuple[Any, ...]:
+def match_key(cell: kdb.CellRow, excluded: set[str]) -> tuple[Any, ...]:
     return tuple(
         sorted((k, v) for k, v in cell.flat_params.items() if not _is_excluded(k, excluded))
     )
 
 
-def _row_labels(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], str]:
+def row_labels(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], str]:
     """Label each matched configuration by the parameters that differ between rows."""
     dicts = [dict(k) for k in keys]
     all_keys = sorted({k for d in dicts for k in d})
@@ -201,11 +201,11 @@ def compare_cells(
     groups_a: OrderedDict[tuple[Any, ...], list[kdb.CellRow]] = OrderedDict()
     groups_b: OrderedDict[tuple[Any, ...], list[kdb.CellRow]] = OrderedDict()
     for c in a_cells:
-        groups_a.setdefault(_match_key(c, excluded), []).append(c)
+        groups_a.setdefault(match_key(c, excluded), []).append(c)
     for c in b_cells:
-        groups_b.setdefault(_match_key(c, excluded), []).append(c)
+        groups_b.setdefault(match_key(c, excluded), []).append(c)
     keys = [k for k in groups_a if k in groups_b]
-    labels = _row_labels(list(groups_a) + [k for k in groups_b if k not in groups_a])
+    labels = row_labels(list(groups_a) + [k for k in groups_b if k not in groups_a])
     rows, tripped = [], []
     for key in sorted(keys, key=lambda k: labels[k]):
         sa = [stats.Sample.from_cell(c) for c in groups_a[key]]
@@ -329,7 +329,7 @@ def result_json(result: Result) -> dict[str, Any]:
 # Command line.
 
 
-def _run_id(arg: str, db_path: Path) -> str:
+def resolve_run(arg: str, db_path: Path) -> str:
     """A run id in the database, or a run folder (ingested now)."""
     path = Path(arg)
     if path.is_dir() and (path / "cells").is_dir():
@@ -368,7 +368,7 @@ def command(args: argparse.Namespace) -> int:
             if len(args.runs) != 2 or args.filter_a or args.filter_b:
                 print("kmlbench compare: give RUN_A RUN_B, or --a and --b", file=sys.stderr)
                 return EXIT_USAGE
-            run_a, run_b = (_run_id(r, db_path) for r in args.runs)
+            run_a, run_b = (resolve_run(r, db_path) for r in args.runs)
             where_a: dict[str, str] = {"run": run_a}
             where_b: dict[str, str] = {"run": run_b}
             compared = ["run"]
@@ -377,7 +377,7 @@ def command(args: argparse.Namespace) -> int:
             where_a = kdb.parse_filter(args.filter_a)
             where_b = kdb.parse_filter(args.filter_b)
             if args.run:
-                rid = _run_id(args.run, db_path)
+                rid = resolve_run(args.run, db_path)
                 where_a.setdefault("run", rid)
                 where_b.setdefault("run", rid)
             compared = sorted(set(where_a) | set(where_b))

@@ -31,6 +31,7 @@ from kmlbench.data import db as kdb
 from kmlbench.data import skill, stats
 from kmlbench.report import figures as kfig
 from kmlbench.report import fioplot as kfp
+from kmlbench.report import rivals
 from kmlbench.report.sample import host_params, make_host_run
 from kmlbench.report.tables import CSS, comparisons_table, esc, fmt_value, kv_table
 from kmlbench.status import OK
@@ -206,6 +207,9 @@ def write_html(
             "(model statistics appear once cells carry <code>kml_stats</code>).</p>"
         )
     parts.append("<h2>Statistics</h2>" + _within_run_statistics(data))
+    judged = rivals.judge(data.ok_cells, n_boot=1000)
+    if judged.loads:
+        parts.append("<h2>Against the kernel's alternatives</h2>" + rivals.html_section(judged))
     parts.append("<h2>Cells</h2>" + _cell_table(data))
     parts.append("<h2>fio-plot</h2>")
     if fioplot_result is not None and fioplot_result.graphs:
