@@ -858,6 +858,10 @@ INVALID_WRITES = [
         id="cost_wait_cap_permille",
     ),
     pytest.param(
+        f"{P}/cost_wait_ramp_permille", "0", ["8001", "-1", "1/4"], (ERANGE, EINVAL),
+        id="cost_wait_ramp_permille",
+    ),
+    pytest.param(
         f"{P}/cost_channels", "0", ["17", "-1", "eight"], (ERANGE, EINVAL), id="cost_channels",
     ),
     pytest.param(

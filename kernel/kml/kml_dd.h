@@ -236,6 +236,17 @@ enum kml_dd_stat {
  */
 #define KML_DD_COST_WAIT_SHIFT		6
 #define KML_DD_COST_MAX_WAIT_CAP_PERMILLE	100000
+/*
+ * Policy cost: cost_wait_ramp_permille N > 0 makes the cap soft.  A
+ * candidate past the cap no longer goes before every other; its credit
+ * grows by N thousandths of a ns for each ns it has waited past it, so
+ * that it goes when the head comes near it or, later, whatever its seek
+ * (and first once starved, KML_DD_COST_STARVE).  A hard cap sends each
+ * capped request at once, a random seek on a disk, and those seeks cost
+ * the throughput that the sorted order had won.  0, the default: the hard
+ * cap.
+ */
+#define KML_DD_COST_MAX_WAIT_RAMP_PERMILLE	8000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
  * Observe mode watching part of the time (module parameter observe_every N):
@@ -380,6 +391,7 @@ struct kml_dd_global {
 	unsigned int cost_miss_budget_permille;	/* module parameter, "cost" */
 	unsigned int cost_window_permille;	/* module parameter, "cost" */
 	unsigned int cost_wait_cap_permille;	/* module parameter, "cost" */
+	unsigned int cost_wait_ramp_permille;	/* module parameter, "cost" */
 	/* module parameters, policy "cost": a disk's geometry, 0 unknown */
 	unsigned int cost_rev_ns;
 	unsigned int cost_track_sectors;

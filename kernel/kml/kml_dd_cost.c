@@ -88,6 +88,10 @@ KML_DD_PARAM(cost_wait_cap_permille, KML_DD_COST_MAX_WAIT_CAP_PERMILLE, false,
 	     "policy cost: a request that has waited more than this many thousandths of its queue's mean wait goes first, the oldest first (0 = no cap; max "
 	     __stringify(KML_DD_COST_MAX_WAIT_CAP_PERMILLE) ")");
 
+KML_DD_PARAM(cost_wait_ramp_permille, KML_DD_COST_MAX_WAIT_RAMP_PERMILLE, false,
+	     "policy cost: a soft cap; a request past the cap gains this many thousandths of a ns of credit for each ns past it instead of going first (0 = the hard cap; max "
+	     __stringify(KML_DD_COST_MAX_WAIT_RAMP_PERMILLE) ")");
+
 /*
  * What policy cost learned, and where it last saw each queue's head, was
  * learned under another policy or device: every queue learns afresh before
@@ -127,6 +131,8 @@ void kml_dd_cost_show(struct seq_file *m)
 		   READ_ONCE(kml_dd.cost_window_permille));
 	seq_printf(m, "cost_wait_cap_permille %u\n",
 		   READ_ONCE(kml_dd.cost_wait_cap_permille));
+	seq_printf(m, "cost_wait_ramp_permille %u\n",
+		   READ_ONCE(kml_dd.cost_wait_ramp_permille));
 	seq_printf(m, "cost_channels %u\n", READ_ONCE(kml_dd.cost_channels));
 	seq_printf(m, "cost_stripe_sectors %u\n",
 		   READ_ONCE(kml_dd.cost_stripe_sectors));
@@ -677,27 +683,30 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
 }
 
 /*
- * Whether a request that has waited @wait ns is past @kq's cap
- * (cost_wait_cap_permille of its mean wait; kml_dd.h): then it goes before
- * every candidate that is not, the oldest first.  No cap until the mean
- * holds 2^KML_DD_COST_WAIT_SHIFT waits (kml_dd_note_wait()): the first
- * ones after a reset, in a queue that was empty, are shorter than the
- * load's, and a cap on their mean would send nearly every request first,
- * in a FIFO's order.  The mean is at most the longest wait, so the
+ * How far a request that has waited @wait ns is past @kq's cap
+ * (cost_wait_cap_permille of its mean wait; kml_dd.h), in ns; 0 if it is
+ * not.  Past it, it goes before every candidate that is not, the oldest
+ * first, or with cost_wait_ramp_permille set, gains credit for each ns
+ * past it.  No cap until the mean holds 2^KML_DD_COST_WAIT_SHIFT waits
+ * (kml_dd_note_wait()): the first ones after a reset, in a queue that was
+ * empty, are shorter than the load's, and a cap on their mean would send
+ * nearly every request first, in a FIFO's order.  The mean is at most the longest wait, so the
  * product overflows (and the quotient traps) only past 2^64 / 100000 ns
  * of it, over five years.
  */
-static bool kml_dd_wait_capped(struct kml_dd_queue *kq, s64 wait)
+static s64 kml_dd_wait_over(struct kml_dd_queue *kq, s64 wait)
 {
 	u32 cap = READ_ONCE(kml_dd.cost_wait_cap_permille);
+	u64 mean, limit;
 
-	u64 mean;
-
-	if (!cap || READ_ONCE(kq->svc_wait_n) < 1U << KML_DD_COST_WAIT_SHIFT)
-		return false;
+	if (!cap || wait <= 0 ||
+	    READ_ONCE(kq->svc_wait_n) < 1U << KML_DD_COST_WAIT_SHIFT)
+		return 0;
 	mean = READ_ONCE(kq->svc_wait_ns);
-	return mean && wait > 0 &&
-	       (u64)wait > mul_u64_u32_div(mean, cap, 1000);
+	if (!mean)
+		return 0;
+	limit = mul_u64_u32_div(mean, cap, 1000);
+	return (u64)wait > limit ? wait - limit : 0;
 }
 
 /*
@@ -753,8 +762,10 @@ static void kml_dd_note_wait(struct kml_dd_queue *kq, u64 wait)
  * was switched, or with the pool exhausted) ages by mq-deadline's own
  * clock, rq->fifo_time less @expire, in jiffies.  One that has waited
  * KML_DD_COST_STARVE times its expiry goes first, whatever the shift; after
- * those, one past the queue's cap on waiting (kml_dd_wait_capped(); an
- * untracked request by mq-deadline's clock).  Neither is predicted.
+ * those, one past the queue's cap on waiting (kml_dd_wait_over(); an
+ * untracked request by mq-deadline's clock).  Neither is predicted.  With
+ * cost_wait_ramp_permille set, one past the cap is priced as the others,
+ * its credit grown by that share of the time past it.
  * Under the scheduler lock.
  */
 s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
@@ -763,11 +774,11 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	struct kml_dd_ctx *ctx = kml_dd_ctx(rq);
 	u64 pos = blk_rq_pos(rq);
 	unsigned long inserted;
-	s64 wait, late, deadline, cost;
+	s64 wait, late, deadline, cost, over, credit;
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
 	bool geom = kml_dd_geom(&g), flash = false, tail = false;
-	u32 late_permille = 0, horizon_ms = 0, svc_permille;
+	u32 late_permille = 0, horizon_ms = 0, svc_permille, ramp;
 	unsigned int b;
 	u64 busy, svc;
 
@@ -802,7 +813,9 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	}
 	if (wait >= KML_DD_COST_STARVE * max_t(s64, deadline, NSEC_PER_MSEC))
 		return S64_MIN / 2 - wait;
-	if (kml_dd_wait_capped(kq, wait))
+	over = kml_dd_wait_over(kq, wait);
+	ramp = READ_ONCE(kml_dd.cost_wait_ramp_permille);
+	if (over && !ramp)
 		return S64_MIN / 4 - wait;
 	late = wait - deadline;
 	if (ctx && ctx->lazy)
@@ -814,14 +827,19 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 		horizon_ms = READ_ONCE(kml_dd.cost_horizon_ms);
 	}
 	if (geom && (wait < deadline || late_permille))
-		return cost - kml_dd_due_credit(&g, wait, late, deadline,
-						late_permille, horizon_ms);
-	if (flash && late_permille)
-		return cost - kml_dd_flash_credit(wait, late, deadline,
-						  late_permille, horizon_ms,
-						  READ_ONCE(kml_dd.cost_age_shift));
-	return cost - ((wait + max_t(s64, late, 0)) >>
-		       READ_ONCE(kml_dd.cost_age_shift));
+		credit = kml_dd_due_credit(&g, wait, late, deadline,
+					   late_permille, horizon_ms);
+	else if (flash && late_permille)
+		credit = kml_dd_flash_credit(wait, late, deadline,
+					     late_permille, horizon_ms,
+					     READ_ONCE(kml_dd.cost_age_shift));
+	else
+		credit = (wait + max_t(s64, late, 0)) >>
+			 READ_ONCE(kml_dd.cost_age_shift);
+	/* under KML_DD_COST_STARVE deadlines, so the product keeps in 64 bits */
+	if (over)
+		credit += mul_u64_u32_div(over, ramp, 1000);
+	return cost - credit;
 }
 EXPORT_SYMBOL_GPL(kml_dd_cost);
 

@@ -1743,6 +1743,7 @@ static unsigned int *const kml_test_flash_params[] = {
 	&kml_dd.cost_late_permille, &kml_dd.cost_horizon_ms,
 	&kml_dd.cost_miss_budget_permille, &kml_dd.cost_svc_permille,
 	&kml_dd.cost_window_permille, &kml_dd.cost_wait_cap_permille,
+	&kml_dd.cost_wait_ramp_permille,
 };
 
 static void kml_test_flash_begin(unsigned int *saved)
@@ -1982,7 +1983,10 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
  * with a mean of 1 ms the write, past 1.5 ms, goes before anything not
  * capped (S64_MIN / 4 less its wait); with a mean of 500 us both are past
  * 750 us, the older first; a wait equal to the cap is not past it, and a
- * starved one goes before any capped one (S64_MIN / 2 less its wait).  The
+ * starved one goes before any capped one (S64_MIN / 2 less its wait).  A
+ * soft cap (cost_wait_ramp_permille 2000, a mean of 1 ms) leaves the read
+ * as it was and takes a ms off the write's cost, two for each ns of the
+ * 500 us it is past the cap.  The
  * mean: the plain average of a queue's first 64 waits (4 ms, then none:
  * 2 ms, then 2 ms for the rest), then each new one weighs a 64th.
  */
@@ -2015,6 +2019,12 @@ static void kml_test_dd_wait_cap(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
 			S64_MIN / 4 - 2 * (s64)ms);
+	/* soft: two ns of credit for each of the write's 500 us past the cap */
+	WRITE_ONCE(kml_dd.cost_wait_ramp_permille, 2000);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
+			50 * us - 1000 * us);
+	WRITE_ONCE(kml_dd.cost_wait_ramp_permille, 0);
 
 	kq->svc_wait_ns = 500 * us;
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0),

@@ -313,6 +313,10 @@ MODEL_FIELDS: dict[str, Field] = {
     # queue's mean wait goes first, the oldest first (0: no cap; kml_dd.h,
     # KML_DD_COST_MAX_WAIT_CAP_PERMILLE)
     "cost_wait_cap_permille": Field("int", 0, _between(0, 100000)),
+    # ... or, past the cap, this many thousandths of a ns of credit for each
+    # ns past it, instead of going first (0: the hard cap; kml_dd.h,
+    # KML_DD_COST_MAX_WAIT_RAMP_PERMILLE)
+    "cost_wait_ramp_permille": Field("int", 0, _between(0, 8000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
     "observe_every": Field("int", 1, _between(1, OBSERVE_MAX_EVERY)),
@@ -362,6 +366,7 @@ ACTIVE_FIELDS = (
     "cost_miss_budget_permille",
     "cost_window_permille",
     "cost_wait_cap_permille",
+    "cost_wait_ramp_permille",
 )
 # Policy cost's numeric parameters a matrix sets (kml.cost_*), which the
 # set-up writes in every cell, as they are global; the device's geometry
@@ -386,6 +391,7 @@ SPARSE_FIELDS = (
     "cost_miss_budget_permille",
     "cost_window_permille",
     "cost_wait_cap_permille",
+    "cost_wait_ramp_permille",
 )
 # Only meaningful in observe mode, and recorded only when not every request
 # is watched.
