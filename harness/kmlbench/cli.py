@@ -127,26 +127,32 @@ def _figures_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the registered figures")
 
 
+def _judging_args(
+    p: argparse.ArgumentParser, *, metrics_help: str, ignore_help: str, html_help: str
+) -> None:
+    """The options ``compare`` and ``rivals`` share: the database, what to
+    compare and how, and where to write it."""
+    p.add_argument("--db", type=Path, default=None, help="results database")
+    p.add_argument("--metrics", nargs="+", default=None, help=metrics_help)
+    p.add_argument("--ignore", action="append", default=[], metavar="KEY", help=ignore_help)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--html", type=Path, metavar="FILE", help=html_help)
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+
+
 def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="*", metavar="RUN", help="RUN_A RUN_B: run ids or run folders")
     without = "KEY= : the cells without KEY"
     p.add_argument("--a", dest="filter_a", metavar="KEY=VALUE[,...]", help=f"side A ({without})")
     p.add_argument("--b", dest="filter_b", metavar="KEY=VALUE[,...]", help=f"side B ({without})")
     p.add_argument("--run", metavar="RUN", help="with --a/--b: restrict both sides to this run")
-    p.add_argument("--db", type=Path, default=None, help="results database")
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        default=None,
-        help="metrics to compare (default: the latency percentiles, mean and IOPS, plus accuracy "
-        "metrics when present)",
-    )
-    p.add_argument(
-        "--ignore",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="a parameter not to match cells on (repeatable; KEY. ignores a prefix)",
+    _judging_args(
+        p,
+        metrics_help="metrics to compare (default: the latency percentiles, mean and IOPS, "
+        "plus accuracy metrics when present)",
+        ignore_help="a parameter not to match cells on (repeatable; KEY. ignores a prefix)",
+        html_help="also write an HTML table",
     )
     p.add_argument(
         "--fail-on",
@@ -160,32 +166,17 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compare even when the sides ran under different clocks or icount shifts",
     )
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML table")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
 
 
 def _rivals_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="a run id in the database or a run folder")
-    p.add_argument("--db", type=Path, default=None, help="results database")
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        default=None,
-        help="metrics to judge by (default: total mean and p99 latency, IOPS, late completions)",
+    _judging_args(
+        p,
+        metrics_help="metrics to judge by (default: total mean and p99 latency, IOPS, "
+        "late completions)",
+        ignore_help="a parameter not to tell loads apart by (repeatable; KEY. ignores a prefix)",
+        html_help="also write an HTML page",
     )
-    p.add_argument(
-        "--ignore",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="a parameter not to tell loads apart by (repeatable; KEY. ignores a prefix)",
-    )
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML page")
-    p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
