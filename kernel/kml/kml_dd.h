@@ -244,7 +244,9 @@ enum kml_dd_stat {
  * (and first once starved, KML_DD_COST_STARVE).  A hard cap sends each
  * capped request at once, a random seek on a disk, and those seeks cost
  * the throughput that the sorted order had won.  0, the default: the hard
- * cap.
+ * cap.  At most 8 ns of credit for each ns past the cap, as for
+ * cost_late_permille: past that the credit outgrows any seek at once, and
+ * the soft cap is the hard one.
  */
 #define KML_DD_COST_MAX_WAIT_RAMP_PERMILLE	8000
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000

@@ -690,9 +690,9 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
  * past it.  No cap until the mean holds 2^KML_DD_COST_WAIT_SHIFT waits
  * (kml_dd_note_wait()): the first ones after a reset, in a queue that was
  * empty, are shorter than the load's, and a cap on their mean would send
- * nearly every request first, in a FIFO's order.  The mean is at most the longest wait, so the
- * product overflows (and the quotient traps) only past 2^64 / 100000 ns
- * of it, over five years.
+ * nearly every request first, in a FIFO's order.  The mean is at most the
+ * longest wait, so the product overflows (and the quotient traps) only
+ * past 2^64 / 100000 ns of it, over five years.
  */
 static s64 kml_dd_wait_over(struct kml_dd_queue *kq, s64 wait)
 {
@@ -836,7 +836,11 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	else
 		credit = (wait + max_t(s64, late, 0)) >>
 			 READ_ONCE(kml_dd.cost_age_shift);
-	/* under KML_DD_COST_STARVE deadlines, so the product keeps in 64 bits */
+	/*
+	 * At most KML_DD_COST_MAX_WAIT_RAMP_PERMILLE / 1000 times the time past
+	 * the cap, which is under KML_DD_COST_STARVE deadlines: it keeps in 64
+	 * bits, and so does the sum.
+	 */
 	if (over)
 		credit += mul_u64_u32_div(over, ramp, 1000);
 	return cost - credit;

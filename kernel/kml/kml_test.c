@@ -2024,6 +2024,11 @@ static void kml_test_dd_wait_cap(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
 			50 * us - 1000 * us);
+	/* and one starved (8 of its 2 ms expiries) still goes first */
+	ctx[0].in.insert_ns = now - 16 * ms;
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0),
+			S64_MIN / 2 - 16 * (s64)ms);
+	ctx[0].in.insert_ns = now - ms;
 	WRITE_ONCE(kml_dd.cost_wait_ramp_permille, 0);
 
 	kq->svc_wait_ns = 500 * us;
