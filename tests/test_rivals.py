@@ -85,6 +85,45 @@ def test_a_faster_configuration_beats_every_alternative(cells: list[db.CellRow])
     assert slow.short_of[0].startswith("mean latency (")
 
 
+def test_too_few_repeats_judge_nothing_and_say_so(cells: list[db.CellRow]) -> None:
+    """Two repeats a side: the rank test cannot reach 0.05, so nothing is better
+    or worse than anything, the table says so, and names whom it is level with."""
+    two = [c for c in cells if (c.repeat or 0) < 2]
+    result = rivals.judge(two, ["mean"], ignore=["workload.bs"], n_boot=200)
+    (load,) = result.loads
+    assert rivals.underpowered(result)
+    for c in load.contenders:
+        (a,) = c.results
+        assert a.underpowered and not a.beats and not a.worse_than
+        assert set(a.level_with) == set(load.rivals)
+        assert c.short_of == [f"mean latency (level with {', '.join(a.level_with)})"]
+
+
+def test_a_cell_without_a_model_is_one_with_the_model_off(run_dir: Path, tmp_path: Path) -> None:
+    """Stock mq-deadline recorded with ``model: {mode: off}`` and without a model
+    key is one configuration, not two of the same label."""
+    copy = tmp_path / RUN_ID
+    shutil.copytree(run_dir, copy)
+    for cell in (copy / "cells").glob("*/cell.json"):
+        record = json.loads(cell.read_text())
+        params = record["params"]
+        stock = params["scheduler"]["name"] == "mq-deadline" and "model" not in params
+        if stock and record["repeat"] % 2:
+            params["model"] = {"mode": "off"}
+            cell.write_text(json.dumps(record))
+    path = tmp_path / "k.db"
+    db.ingest_run(path, copy)
+    conn = db.connect(path)
+    try:
+        cells = db.load_cells(conn, RUN_ID)
+    finally:
+        conn.close()
+    stock = [c for c in cells if c.param("scheduler.name") == "mq-deadline"]
+    assert {c.param("model.mode") for c in stock} == {None, "off", "active", "observe"}
+    (load,) = rivals.judge(cells, ["mean"], ignore=["workload.bs"], n_boot=100).loads
+    assert load.repeats == {"none": 4, "bfq": 4, "mq-deadline (KML off)": 4}
+
+
 def test_loads_apart_are_judged_apart(cells: list[db.CellRow]) -> None:
     """Without --ignore the block size tells loads apart: each 128 KiB load has
     only alternatives, the others only KML, so none is judged."""
@@ -108,12 +147,17 @@ def test_the_command(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert verdicts == {"active": True, "observe": False}
     assert set(load["alternatives"]) == {"none", "bfq", "mq-deadline (KML off)"}
     assert "against the kernel's alternatives" in out_html.read_text()
-    # a metric no cell has is left out; one that does not exist is a usage error
+    # a metric no cell has is left out, and said to be; one that does not exist
+    # is a usage error
     assert cli.main(["rivals", *base[:-2], "mean", "accuracy"]) == 0
-    assert "accuracy" not in capsys.readouterr().out.split("clock:")[0]
+    out = capsys.readouterr().out
+    assert "judged without accuracy" in out
+    assert "accuracy" not in out.split("judged without")[0]
     assert cli.main(["rivals", *base[:-2], "accuracy"]) == 2
     assert "no cell of the run has" in capsys.readouterr().err
     for bad, says in (
+        (["--ignore", "scheduler.name"], "cannot be left out"),
+        (["--ignore", "model."], "model.mode tells KML"),
         (["--metrics", "nonsense"], "unknown metric"),
         (["--boot", "0"], "--boot"),
         (["--alpha", "2"], "--alpha"),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kmlbench.clock import clock_label, clock_meaning
@@ -62,6 +63,8 @@ class Against:
     vs_best: stats.Comparison  # the contender against that rival
     beats: bool  # significantly better than every rival
     worse_than: tuple[str, ...]  # the rivals significantly better than it
+    level_with: tuple[str, ...]  # those neither better nor worse than it
+    underpowered: bool  # some comparison could not reach significance
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class Contender:
         out = []
         for a in self.results:
             if not a.beats:
-                who = ", ".join(a.worse_than) if a.worse_than else f"level with {a.best}"
+                who = ", ".join(a.worse_than) or "level with " + ", ".join(a.level_with)
                 out.append(f"{a.label} ({who})")
         return out
 
@@ -91,6 +94,7 @@ class Load:
     rivals: dict[str, dict[str, float]]  # rival -> metric -> its value
     repeats: dict[str, int]  # rival -> its repeats
     contenders: tuple[Contender, ...]
+    missing: tuple[str, ...] = ()  # metrics asked for that some of its cells lack
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,31 @@ class Result:
     loads: tuple[Load, ...]
     metrics: tuple[str, ...]
     incomplete: tuple[str, ...]  # loads with rivals only or contenders only
+
+
+# What tells KML's configurations from the alternatives: never left out.
+KIND_KEYS = ("scheduler.name", "model.mode")
+
+
+def check_ignore(ignore: Sequence[str]) -> None:
+    """Refuse an ``--ignore`` that would merge KML's cells with the others'."""
+    for key in ignore:
+        covers = [k for k in KIND_KEYS if k == key or (key.endswith(".") and k.startswith(key))]
+        if covers:
+            verb = "tell" if len(covers) > 1 else "tells"
+            raise ValueError(
+                f"--ignore {key}: {' and '.join(covers)} {verb} KML's configurations from the "
+                "alternatives and cannot be left out"
+            )
+
+
+def _config_key(cell: kdb.CellRow, ignore: set[str]) -> tuple[Any, ...]:
+    """A configuration: its parameters less ``ignore``, a cell without a model
+    recorded as the model off (as stock mq-deadline and the others are)."""
+    d = dict(match_key(cell, ignore))
+    d["scheduler.name"] = cell.param("scheduler.name", "")
+    d["model.mode"] = cell.param("model.mode", MODEL_OFF["mode"])
+    return tuple(sorted(d.items()))
 
 
 def is_contender(cell: kdb.CellRow) -> bool:
@@ -136,6 +165,8 @@ def _judge(
         vs_best=comps[best],
         beats=all(c.verdict == stats.BETTER for c in comps.values()),
         worse_than=tuple(r for r, c in comps.items() if c.verdict == stats.WORSE),
+        level_with=tuple(r for r, c in comps.items() if c.verdict == stats.NO_DIFFERENCE),
+        underpowered=any(c.underpowered for c in comps.values()),
     )
 
 
@@ -165,6 +196,8 @@ def _labels(groups: OrderedDict[tuple[Any, ...], list[kdb.CellRow]]) -> dict[Any
             peers = [e for j, e in dicts.items() if not kind[j] and e.get("scheduler.name") == name]
         words = [f"{p.split('.', 1)[-1]}={d[p]}" for p in _varying(peers) if p in d]
         out[k] = " ".join([head, *words])
+    if len(set(out.values())) < len(out):  # told apart by a key some lack: name them all
+        return row_labels(list(groups))
     return out
 
 
@@ -177,6 +210,7 @@ def judge(
     n_boot: int = 2000,
 ) -> Result:
     """Every contender of every load against that load's rivals."""
+    check_ignore(ignore)
     load_of = excluded_keys(["scheduler.name", "model.mode"], ignore)
     loads: OrderedDict[tuple[Any, ...], list[kdb.CellRow]] = OrderedDict()
     for c in cells:
@@ -186,7 +220,7 @@ def judge(
     for key, members in loads.items():
         groups: OrderedDict[tuple[Any, ...], list[kdb.CellRow]] = OrderedDict()
         for c in members:
-            groups.setdefault(match_key(c, set(ignore)), []).append(c)
+            groups.setdefault(_config_key(c, set(ignore)), []).append(c)
         labels = _labels(groups)
         rivals = {labels[k]: g for k, g in groups.items() if not is_contender(g[0])}
         contenders = {labels[k]: g for k, g in groups.items() if is_contender(g[0])}
@@ -196,6 +230,7 @@ def judge(
         rs = {r: [stats.Sample.from_cell(c) for c in g] for r, g in rivals.items()}
         cs = {r: [stats.Sample.from_cell(c) for c in g] for r, g in contenders.items()}
         names = _available(metrics, [*rs.values(), *cs.values()])
+        missing = tuple(n for n in metrics if n not in names)
         shown.update(names)
         rival_values = {
             r: {n: stats.group_estimate(stats.metric(n), s) for n in names} for r, s in rs.items()
@@ -209,7 +244,7 @@ def judge(
             for label, samples in cs.items()
         )
         repeats = {r: len(s) for r, s in rs.items()}
-        out.append(Load(load_labels[key], rival_values, repeats, judged))
+        out.append(Load(load_labels[key], rival_values, repeats, judged, missing))
     order = tuple(n for n in metrics if n in shown)
     return Result(tuple(out), order, tuple(incomplete))
 
@@ -238,15 +273,13 @@ def _cell_text(a: Against) -> str:
 
 
 UNDERPOWERED = (
-    "Some sides have too few repeats for the rank test to reach significance (its "
+    "Some comparisons have too few repeats for the rank test to reach significance (its "
     "smallest p is 0.029 with 4 repeats a side, 0.1 with 3): an = there says nothing."
 )
 
 
 def underpowered(result: Result) -> bool:
-    return any(
-        a.vs_best.underpowered for load in result.loads for c in load.contenders for a in c.results
-    )
+    return any(a.underpowered for load in result.loads for c in load.contenders for a in c.results)
 
 
 def print_result(result: Result, title: str, file: Any = None) -> None:
@@ -262,23 +295,34 @@ def print_result(result: Result, title: str, file: Any = None) -> None:
         for rival, values in load.rivals.items():
             row = [_fmt(n, values.get(n)) for n in result.metrics]
             reps = str(load.repeats[rival])
-            table.add_row(f"[dim]{rival}[/]", reps, *row, "[dim](alternative)[/]")
+            table.add_row(f"[dim]{escape(rival)}[/]", reps, *row, "[dim](alternative)[/]")
         for c in load.contenders:
             by = {a.metric: a for a in c.results}
-            row = [_cell_text(by[n]) if n in by else "" for n in result.metrics]
-            verdict = "[green]yes[/]" if c.beats_all else "no: " + "; ".join(c.short_of)
-            table.add_row(c.label, str(c.repeats), *row, verdict)
+            row = [escape(_cell_text(by[n])) if n in by else "" for n in result.metrics]
+            verdict = "[green]yes[/]" if c.beats_all else escape("no: " + "; ".join(c.short_of))
+            table.add_row(escape(c.label), str(c.repeats), *row, verdict)
         console.print(table)
+        if load.missing:
+            console.print(escape(_missing_note(load)))
     if result.incomplete:
         console.print(
             "not judged (no alternative or no KML configuration): " + ", ".join(result.incomplete)
         )
-    console.print(
-        "✓ significantly better than every alternative; ✗ significantly worse than the one "
-        "named; = neither. Change against the alternative best at that metric."
-    )
+    console.print(LEGEND)
     if underpowered(result):
         console.print(f"[bold]{UNDERPOWERED}[/]")
+
+
+LEGEND = (
+    "✓ significantly better than every alternative; ✗ significantly worse than one (named "
+    "in the last column); = neither, level with one at least. The change is against the "
+    "alternative best at that metric."
+)
+
+
+def _missing_note(load: Load) -> str:
+    names = ", ".join(stats.metric(n).label for n in load.missing)
+    return f"{load.label}: judged without {names}, which not every cell of it has"
 
 
 def _row(values: dict[str, float], result: Result) -> list[tuple[str, float | None]]:
@@ -297,7 +341,8 @@ def html_section(result: Result) -> str:
         "<p>Each mq-deadline configuration with KML on against the kernel's alternatives "
         "on the same load (stock mq-deadline, none, kyber, bfq): the change against the "
         "alternative best at each metric; <span class=better>✓</span> significantly better "
-        "than every one, <span class=worse>✗</span> significantly worse than one.</p>"
+        "than every one, <span class=worse>✗</span> significantly worse than one, = neither "
+        "(level with one at least).</p>"
     ]
     if underpowered(result):
         parts.append(f"<p class=note>{esc(UNDERPOWERED)}</p>")
@@ -328,7 +373,14 @@ def html_section(result: Result) -> str:
             f"<h3>{esc(load.label)}</h3><table><tr><th>configuration</th><th>n</th>{head}"
             f"<th>beats every alternative</th></tr>{''.join(rows)}</table>"
         )
+        if load.missing:
+            parts.append(f"<p class=note>{esc(_missing_note(load))}</p>")
     return "".join(parts)
+
+
+def _num(value: float) -> float | None:
+    """A value for JSON, which has no NaN."""
+    return None if math.isnan(value) else value
 
 
 def result_json(result: Result) -> dict[str, Any]:
@@ -338,7 +390,8 @@ def result_json(result: Result) -> dict[str, Any]:
             {
                 "load": load.label,
                 "alternatives": {
-                    r: {"repeats": load.repeats[r], "metrics": v} for r, v in load.rivals.items()
+                    r: {"repeats": load.repeats[r], "metrics": {n: _num(x) for n, x in v.items()}}
+                    for r, v in load.rivals.items()
                 },
                 "kml": [
                     {
@@ -347,10 +400,12 @@ def result_json(result: Result) -> dict[str, Any]:
                         "beats_all": c.beats_all,
                         "metrics": {
                             a.metric: {
-                                "value": a.value,
+                                "value": _num(a.value),
                                 "best_alternative": a.best,
                                 "beats": a.beats,
                                 "worse_than": list(a.worse_than),
+                                "level_with": list(a.level_with),
+                                "underpowered": a.underpowered,
                                 "against_best": a.vs_best.as_dict(),
                             }
                             for a in c.results
@@ -358,6 +413,7 @@ def result_json(result: Result) -> dict[str, Any]:
                     }
                     for c in load.contenders
                 ],
+                "not_judged_by": list(load.missing),
             }
             for load in result.loads
         ],
@@ -378,9 +434,12 @@ def command(args: argparse.Namespace) -> int:
             raise ValueError(f"--boot {args.boot}: at least 1 resample")
         if not 0 < args.alpha < 1:
             raise ValueError(f"--alpha {args.alpha}: a level between 0 and 1, e.g. 0.05")
+        check_ignore(args.ignore)
         run_id = resolve_run(args.run, db_path)
-    except (ValueError, KeyError, LookupError, FileNotFoundError) as e:
-        print(f"kmlbench rivals: {e}", file=sys.stderr)
+    except (ValueError, LookupError, FileNotFoundError) as e:
+        # a KeyError's text is its repr: print its message as given
+        why = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"kmlbench rivals: {why}", file=sys.stderr)
         return EXIT_USAGE
     conn = kdb.connect(db_path)
     try:
