@@ -175,7 +175,7 @@ def _available(metrics: Sequence[str], groups: Sequence[list[stats.Sample]]) -> 
 
 
 def _varying(dicts: Sequence[dict[str, Any]]) -> list[str]:
-    keys = {p for d in dicts for p in d} - {"scheduler.name", "model.mode"}
+    keys = {p for d in dicts for p in d} - set(KIND_KEYS)
     return sorted(p for p in keys if len({d.get(p) for d in dicts}) > 1)
 
 
@@ -211,7 +211,7 @@ def judge(
 ) -> Result:
     """Every contender of every load against that load's rivals."""
     check_ignore(ignore)
-    load_of = excluded_keys(["scheduler.name", "model.mode"], ignore)
+    load_of = excluded_keys(KIND_KEYS, ignore)
     loads: OrderedDict[tuple[Any, ...], list[kdb.CellRow]] = OrderedDict()
     for c in cells:
         loads.setdefault(match_key(c, load_of), []).append(c)
