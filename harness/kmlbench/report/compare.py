@@ -350,16 +350,24 @@ def resolve_run(arg: str, db_path: Path) -> str:
     return kdb.run_id_of(run_dir)
 
 
+def judging_options(args: argparse.Namespace) -> list[str] | None:
+    """The metrics named by ``--metrics`` (None: the default), after checking
+    ``--boot`` and ``--alpha``; ValueError or KeyError on a bad one (the
+    options ``compare`` and ``rivals`` share)."""
+    metrics = [stats.metric(m).name for m in args.metrics] if args.metrics else None
+    if args.boot < 1:
+        raise ValueError(f"--boot {args.boot}: at least 1 resample")
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha {args.alpha}: a level between 0 and 1, e.g. 0.05")
+    return metrics
+
+
 def command(args: argparse.Namespace) -> int:
     """``kmlbench compare``: compare two runs or filters; the exit status gates CI."""
     db_path = args.db or kdb.default_db_path()
     try:
         thresholds = [parse_threshold(t) for spec in args.fail_on for t in spec.split(",") if t]
-        metrics = [stats.metric(m).name for m in args.metrics] if args.metrics else None
-        if args.boot < 1:
-            raise ValueError(f"--boot {args.boot}: at least 1 resample")
-        if not 0 < args.alpha < 1:
-            raise ValueError(f"--alpha {args.alpha}: a level between 0 and 1, e.g. 0.05")
+        metrics = judging_options(args)
     except (ValueError, KeyError) as e:
         print(f"kmlbench compare: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -39,7 +39,13 @@ from kmlbench.clock import clock_label, clock_meaning
 from kmlbench.data import db as kdb
 from kmlbench.data import stats
 from kmlbench.plan.schema import MODEL_OFF, MODEL_SCHEDULER
-from kmlbench.report.compare import excluded_keys, match_key, resolve_run, row_labels
+from kmlbench.report.compare import (
+    excluded_keys,
+    judging_options,
+    match_key,
+    resolve_run,
+    row_labels,
+)
 from kmlbench.report.tables import CSS, esc, fmt_value
 
 # What a scheduler is judged by: the total latency (submission to completion:
@@ -429,11 +435,7 @@ def command(args: argparse.Namespace) -> int:
     """``kmlbench rivals``: each KML configuration against the kernel's alternatives."""
     db_path = args.db or kdb.default_db_path()
     try:
-        metrics = [stats.metric(m).name for m in args.metrics] if args.metrics else None
-        if args.boot < 1:
-            raise ValueError(f"--boot {args.boot}: at least 1 resample")
-        if not 0 < args.alpha < 1:
-            raise ValueError(f"--alpha {args.alpha}: a level between 0 and 1, e.g. 0.05")
+        metrics = judging_options(args)
         check_ignore(args.ignore)
         run_id = resolve_run(args.run, db_path)
     except (ValueError, LookupError, FileNotFoundError) as e:
