@@ -862,6 +862,10 @@ INVALID_WRITES = [
         id="cost_wait_ramp_permille",
     ),
     pytest.param(
+        f"{P}/cost_wait_bound_permille", "0", ["100001", "-1", "1.6x"], (ERANGE, EINVAL),
+        id="cost_wait_bound_permille",
+    ),
+    pytest.param(
         f"{P}/cost_channels", "0", ["17", "-1", "eight"], (ERANGE, EINVAL), id="cost_channels",
     ),
     pytest.param(

@@ -412,6 +412,15 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     )
     (mqdl,) = [c for c in ramped.cells if c.params["scheduler"]["name"] == "mq-deadline"]
     assert mqdl.params["model"].get("cost_wait_ramp_permille") == 250
+    assert "cost_wait_bound_permille" not in mqdl.params["model"]
+    bounded = load(
+        tmp_path,
+        head
+        + "  model: [{mode: active, policy: cost, cost_wait_cap_permille: 1300,"
+        + " cost_wait_ramp_permille: 250, cost_wait_bound_permille: 1600}]\n",
+    )
+    (mqdl,) = [c for c in bounded.cells if c.params["scheduler"]["name"] == "mq-deadline"]
+    assert mqdl.params["model"].get("cost_wait_bound_permille") == 1600
 
     dev = device.BlockDevice("nullb0")
     disk = {"type": "null_blk", "service": "rotational"}
@@ -428,6 +437,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
             "cost_window_permille": 64,
             "cost_wait_cap_permille": 1400,
             "cost_wait_ramp_permille": 250,
+            "cost_wait_bound_permille": 1600,
         },
         dev,
         trainer_seconds=1,
@@ -446,6 +456,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         ("cost_window_permille", 64),
         ("cost_wait_cap_permille", 1400),
         ("cost_wait_ramp_permille", 250),
+        ("cost_wait_bound_permille", 1600),
     ):
         assert f"/sys/module/kml/parameters/{param} {value}\n" in told, param
     untold_script = kml_setup_script({"mode": "active", "policy": "cost"}, dev, trainer_seconds=1)
@@ -459,6 +470,7 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     assert "/sys/module/kml/parameters/cost_window_permille 0\n" in untold_script
     assert "/sys/module/kml/parameters/cost_wait_cap_permille 0\n" in untold_script
     assert "/sys/module/kml/parameters/cost_wait_ramp_permille 0\n" in untold_script
+    assert "/sys/module/kml/parameters/cost_wait_bound_permille 0\n" in untold_script
     for param in ("cost_channels", "cost_stripe_sectors"):
         assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
     # a flash device's geometry is its channels and stripe, and nothing of a disk's
@@ -515,6 +527,8 @@ def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
         ("cost_wait_cap_permille: -1", "0..100000"),
         ("cost_wait_ramp_permille: 8001", "0..8000"),
         ("cost_wait_ramp_permille: -1", "0..8000"),
+        ("cost_wait_bound_permille: 100001", "0..100000"),
+        ("cost_wait_bound_permille: -1", "0..100000"),
         ('geometry: "on"', "must be true or false"),
     ):
         with pytest.raises(MatrixError, match=message):

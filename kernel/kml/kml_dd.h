@@ -249,6 +249,16 @@ enum kml_dd_stat {
  * the soft cap is the hard one.
  */
 #define KML_DD_COST_MAX_WAIT_RAMP_PERMILLE	8000
+/*
+ * Policy cost: cost_wait_bound_permille N > 0 bounds a soft cap's tail.  A
+ * candidate that has waited more than N thousandths of its queue's mean
+ * wait goes before any that has not, the oldest first, as past a hard cap,
+ * whatever its credit.  The ramp lets a capped request wait for the head to
+ * come near, which is what keeps the sorted order's throughput; the few it
+ * leaves waiting longest, whose seek never comes cheap, are the tail, and
+ * the bound cuts them off.  With the hard cap (no ramp) the lower of the
+ * two holds.  0, the default: no bound.  Its range is the cap's.
+ */
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
  * Observe mode watching part of the time (module parameter observe_every N):
@@ -394,6 +404,7 @@ struct kml_dd_global {
 	unsigned int cost_window_permille;	/* module parameter, "cost" */
 	unsigned int cost_wait_cap_permille;	/* module parameter, "cost" */
 	unsigned int cost_wait_ramp_permille;	/* module parameter, "cost" */
+	unsigned int cost_wait_bound_permille;	/* module parameter, "cost" */
 	/* module parameters, policy "cost": a disk's geometry, 0 unknown */
 	unsigned int cost_rev_ns;
 	unsigned int cost_track_sectors;

@@ -317,6 +317,10 @@ MODEL_FIELDS: dict[str, Field] = {
     # ns past it, instead of going first (0: the hard cap; kml_dd.h,
     # KML_DD_COST_MAX_WAIT_RAMP_PERMILLE)
     "cost_wait_ramp_permille": Field("int", 0, _between(0, 8000)),
+    # ... and past this many thousandths of the mean wait, first whatever
+    # the ramp's credit (0: no bound; kml_dd.h,
+    # KML_DD_COST_MAX_WAIT_CAP_PERMILLE)
+    "cost_wait_bound_permille": Field("int", 0, _between(0, 100000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
     "observe_every": Field("int", 1, _between(1, OBSERVE_MAX_EVERY)),
@@ -367,6 +371,7 @@ ACTIVE_FIELDS = (
     "cost_window_permille",
     "cost_wait_cap_permille",
     "cost_wait_ramp_permille",
+    "cost_wait_bound_permille",
 )
 # Policy cost's numeric parameters a matrix sets (kml.cost_*), which the
 # set-up writes in every cell, as they are global; the device's geometry
@@ -392,6 +397,7 @@ SPARSE_FIELDS = (
     "cost_window_permille",
     "cost_wait_cap_permille",
     "cost_wait_ramp_permille",
+    "cost_wait_bound_permille",
 )
 # Only meaningful in observe mode, and recorded only when not every request
 # is watched.

@@ -35,6 +35,7 @@ if [ -e @KML_PARAMS@/cost_age_shift ]; then
     setnum @KML_PARAMS@/cost_window_permille @COST_WINDOW_PERMILLE@
     setnum @KML_PARAMS@/cost_wait_cap_permille @COST_WAIT_CAP_PERMILLE@
     setnum @KML_PARAMS@/cost_wait_ramp_permille @COST_WAIT_RAMP_PERMILLE@
+    setnum @KML_PARAMS@/cost_wait_bound_permille @COST_WAIT_BOUND_PERMILLE@
 elif [ @POLICY@ = expire ]; then
     setchoice @KML_PARAMS@/policy expire
 else
