@@ -402,25 +402,15 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     (mqdl,) = [c for c in capped.cells if c.params["scheduler"]["name"] == "mq-deadline"]
     assert mqdl.params["model"].get("cost_wait_cap_permille") == 1400
     assert "geometry" not in mqdl.params["model"]
-    # and so is its ramp, recorded only when set (old cells' ids stay)
-    assert "cost_wait_ramp_permille" not in mqdl.params["model"]
-    ramped = load(
-        tmp_path,
-        head
-        + "  model: [{mode: active, policy: cost, cost_wait_cap_permille: 1300,"
-        + " cost_wait_ramp_permille: 250}]\n",
-    )
-    (mqdl,) = [c for c in ramped.cells if c.params["scheduler"]["name"] == "mq-deadline"]
-    assert mqdl.params["model"].get("cost_wait_ramp_permille") == 250
-    assert "cost_wait_bound_permille" not in mqdl.params["model"]
-    bounded = load(
-        tmp_path,
-        head
-        + "  model: [{mode: active, policy: cost, cost_wait_cap_permille: 1300,"
-        + " cost_wait_ramp_permille: 250, cost_wait_bound_permille: 1600}]\n",
-    )
-    (mqdl,) = [c for c in bounded.cells if c.params["scheduler"]["name"] == "mq-deadline"]
-    assert mqdl.params["model"].get("cost_wait_bound_permille") == 1600
+    # and so are its ramp and bound, each recorded only when set (old cells'
+    # ids stay)
+    set_so_far = "cost_wait_cap_permille: 1300"
+    for key, value in (("cost_wait_ramp_permille", 250), ("cost_wait_bound_permille", 1600)):
+        assert key not in mqdl.params["model"]
+        set_so_far += f", {key}: {value}"
+        matrix = load(tmp_path, head + f"  model: [{{mode: active, policy: cost, {set_so_far}}}]\n")
+        (mqdl,) = [c for c in matrix.cells if c.params["scheduler"]["name"] == "mq-deadline"]
+        assert mqdl.params["model"].get(key) == value
 
     dev = device.BlockDevice("nullb0")
     disk = {"type": "null_blk", "service": "rotational"}
