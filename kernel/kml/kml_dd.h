@@ -257,8 +257,12 @@ enum kml_dd_stat {
  * come near, which is what keeps the sorted order's throughput; the few it
  * leaves waiting longest, whose seek never comes cheap, are the tail, and
  * the bound cuts them off.  With the hard cap (no ramp) the lower of the
- * two holds.  0, the default: no bound.  Its range is the cap's.
+ * two holds; a bound at or under a soft cap makes it hard, and a bound
+ * without a cap is a hard cap.  No bound until the mean holds
+ * 2^KML_DD_COST_WAIT_SHIFT waits, as for the cap.  0, the default: no
+ * bound.
  */
+#define KML_DD_COST_MAX_WAIT_BOUND_PERMILLE	KML_DD_COST_MAX_WAIT_CAP_PERMILLE
 #define KML_DD_SKILL_MAX_WINDOW_MS	60000
 /*
  * Observe mode watching part of the time (module parameter observe_every N):

@@ -92,9 +92,9 @@ KML_DD_PARAM(cost_wait_ramp_permille, KML_DD_COST_MAX_WAIT_RAMP_PERMILLE, false,
 	     "policy cost: a soft cap; a request past the cap gains this many thousandths of a ns of credit for each ns past it instead of going first (0 = the hard cap; max "
 	     __stringify(KML_DD_COST_MAX_WAIT_RAMP_PERMILLE) ")");
 
-KML_DD_PARAM(cost_wait_bound_permille, KML_DD_COST_MAX_WAIT_CAP_PERMILLE, false,
+KML_DD_PARAM(cost_wait_bound_permille, KML_DD_COST_MAX_WAIT_BOUND_PERMILLE, false,
 	     "policy cost: a request that has waited more than this many thousandths of its queue's mean wait goes first, the oldest first, whatever a soft cap's credit (0 = no bound; max "
-	     __stringify(KML_DD_COST_MAX_WAIT_CAP_PERMILLE) ")");
+	     __stringify(KML_DD_COST_MAX_WAIT_BOUND_PERMILLE) ")");
 
 /*
  * What policy cost learned, and where it last saw each queue's head, was
@@ -689,27 +689,35 @@ static bool kml_dd_tail_allowed(const struct kml_dd_queue *kq)
 }
 
 /*
+ * @kq's mean wait, which the cap and the bound on waiting are in
+ * thousandths of (kml_dd.h), or 0 while it holds fewer than
+ * 2^KML_DD_COST_WAIT_SHIFT waits (kml_dd_note_wait()): the first ones after
+ * a reset, in a queue that was empty, are shorter than the load's, and a
+ * cap on their mean would send nearly every request first, in a FIFO's
+ * order.  Read once per pricing, so that the cap and the bound see one mean.
+ */
+static u64 kml_dd_wait_mean(const struct kml_dd_queue *kq)
+{
+	if (READ_ONCE(kq->svc_wait_n) < 1U << KML_DD_COST_WAIT_SHIFT)
+		return 0;
+	return READ_ONCE(kq->svc_wait_ns);
+}
+
+/*
  * How far a request that has waited @wait ns is past @permille thousandths
- * of @kq's mean wait (a cap: cost_wait_cap_permille, or the bound,
- * cost_wait_bound_permille; kml_dd.h), in ns; 0 if it is not, or @permille
+ * of @mean (a cap: cost_wait_cap_permille, or the bound,
+ * cost_wait_bound_permille), in ns; 0 if it is not, or @permille or @mean
  * is 0.  Past the cap, it goes before every candidate that is not, the
  * oldest first, or with cost_wait_ramp_permille set, gains credit for each
- * ns past it; past the bound, it goes first.  No cap until the mean holds 2^KML_DD_COST_WAIT_SHIFT waits
- * (kml_dd_note_wait()): the first ones after a reset, in a queue that was
- * empty, are shorter than the load's, and a cap on their mean would send
- * nearly every request first, in a FIFO's order.  The mean is at most the
- * longest wait, so the product overflows (and the quotient traps) only
- * past 2^64 / 100000 ns of it, over five years.
+ * ns past it; past the bound, it goes first.  mul_u64_u32_div() keeps the
+ * product in 128 bits; the quotient, at most 100 times the mean, traps
+ * only past a mean of 2^64 / 100 ns, over five years.
  */
-static s64 kml_dd_wait_over(struct kml_dd_queue *kq, s64 wait, u32 permille)
+static s64 kml_dd_wait_over(u64 mean, s64 wait, u32 permille)
 {
-	u64 mean, limit;
+	u64 limit;
 
-	if (!permille || wait <= 0 ||
-	    READ_ONCE(kq->svc_wait_n) < 1U << KML_DD_COST_WAIT_SHIFT)
-		return 0;
-	mean = READ_ONCE(kq->svc_wait_ns);
-	if (!mean)
+	if (!permille || !mean || wait <= 0)
 		return 0;
 	limit = mul_u64_u32_div(mean, permille, 1000);
 	return (u64)wait > limit ? wait - limit : 0;
@@ -771,8 +779,9 @@ static void kml_dd_note_wait(struct kml_dd_queue *kq, u64 wait)
  * those, one past the queue's cap on waiting (kml_dd_wait_over(); an
  * untracked request by mq-deadline's clock).  Neither is predicted.  With
  * cost_wait_ramp_permille set, one past the cap is priced as the others,
- * its credit grown by that share of the time past it, until it is past
- * cost_wait_bound_permille too, if set.
+ * its credit grown by that share of the time past it; one past
+ * cost_wait_bound_permille (a hard cap of its own, set or not the cap)
+ * goes first whatever its credit.
  * Under the scheduler lock.
  */
 s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
@@ -787,7 +796,7 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	bool geom = kml_dd_geom(&g), flash = false, tail = false;
 	u32 late_permille = 0, horizon_ms = 0, svc_permille, ramp;
 	unsigned int b;
-	u64 busy, svc;
+	u64 busy, svc, mean;
 
 	if (geom) {
 		tail = kml_dd_tail_allowed(kq);
@@ -820,11 +829,12 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	}
 	if (wait >= KML_DD_COST_STARVE * max_t(s64, deadline, NSEC_PER_MSEC))
 		return S64_MIN / 2 - wait;
-	over = kml_dd_wait_over(kq, wait,
+	mean = kml_dd_wait_mean(kq);
+	over = kml_dd_wait_over(mean, wait,
 				READ_ONCE(kml_dd.cost_wait_cap_permille));
 	ramp = READ_ONCE(kml_dd.cost_wait_ramp_permille);
 	if ((over && !ramp) ||
-	    kml_dd_wait_over(kq, wait,
+	    kml_dd_wait_over(mean, wait,
 			     READ_ONCE(kml_dd.cost_wait_bound_permille)))
 		return S64_MIN / 4 - wait;
 	late = wait - deadline;

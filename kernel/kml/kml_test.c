@@ -1987,8 +1987,9 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
  * soft cap (cost_wait_ramp_permille 2000, a mean of 1 ms) leaves the read
  * as it was and takes a ms off the write's cost, two for each ns of the
  * 500 us it is past the cap, until a bound (cost_wait_bound_permille) of
- * 1.8 ms sends it first, as the hard cap did; a bound of 2 ms, its wait,
- * does not.  The
+ * 1.8 ms sends it first, as the hard cap did (a starved one still before
+ * it), and so does the bound with no cap at all; a bound of 2 ms, its
+ * wait, does not.  The
  * mean: the plain average of a queue's first 64 waits (4 ms, then none:
  * 2 ms, then 2 ms for the rest), then each new one weighs a 64th.
  */
@@ -2031,15 +2032,22 @@ static void kml_test_dd_wait_cap(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
 			S64_MIN / 4 - 2 * (s64)ms);
-	WRITE_ONCE(kml_dd.cost_wait_bound_permille, 2000);
-	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
-			50 * us - 1000 * us);
-	WRITE_ONCE(kml_dd.cost_wait_bound_permille, 0);
 	/* and one starved (8 of its 2 ms expiries) still goes first */
 	ctx[0].in.insert_ns = now - 16 * ms;
 	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0),
 			S64_MIN / 2 - 16 * (s64)ms);
 	ctx[0].in.insert_ns = now - ms;
+	WRITE_ONCE(kml_dd.cost_wait_bound_permille, 2000);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
+			50 * us - 1000 * us);
+	/* a bound without a cap is a hard cap of its own */
+	WRITE_ONCE(kml_dd.cost_wait_cap_permille, 0);
+	WRITE_ONCE(kml_dd.cost_wait_bound_permille, 1800);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[0], 0, now, 0), 0LL);
+	KUNIT_EXPECT_EQ(test, kml_dd_cost(kq, &rq[1], 0, now, 0),
+			S64_MIN / 4 - 2 * (s64)ms);
+	WRITE_ONCE(kml_dd.cost_wait_cap_permille, 1500);
+	WRITE_ONCE(kml_dd.cost_wait_bound_permille, 0);
 	WRITE_ONCE(kml_dd.cost_wait_ramp_permille, 0);
 
 	kq->svc_wait_ns = 500 * us;
