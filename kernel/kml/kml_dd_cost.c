@@ -780,8 +780,8 @@ static void kml_dd_note_wait(struct kml_dd_queue *kq, u64 wait)
  * untracked request by mq-deadline's clock).  Neither is predicted.  With
  * cost_wait_ramp_permille set, one past the cap is priced as the others,
  * its credit grown by that share of the time past it; one past
- * cost_wait_bound_permille (a hard cap of its own, set or not the cap)
- * goes first whatever its credit.
+ * cost_wait_bound_permille (a hard cap of its own, whether the cap is set
+ * or not) goes first whatever its credit.
  * Under the scheduler lock.
  */
 s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
