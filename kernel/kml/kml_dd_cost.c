@@ -794,7 +794,7 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	struct kml_dd_flash f;
 	struct kml_dd_geom g;
 	bool geom = kml_dd_geom(&g), flash = false, tail = false;
-	u32 late_permille = 0, horizon_ms = 0, svc_permille, ramp;
+	u32 late_permille = 0, horizon_ms = 0, svc_permille, ramp, cap, bound;
 	unsigned int b;
 	u64 busy, svc, mean;
 
@@ -829,13 +829,13 @@ s64 kml_dd_cost(struct kml_dd_queue *kq, struct request *rq, sector_t head,
 	}
 	if (wait >= KML_DD_COST_STARVE * max_t(s64, deadline, NSEC_PER_MSEC))
 		return S64_MIN / 2 - wait;
-	mean = kml_dd_wait_mean(kq);
-	over = kml_dd_wait_over(mean, wait,
-				READ_ONCE(kml_dd.cost_wait_cap_permille));
+	cap = READ_ONCE(kml_dd.cost_wait_cap_permille);
+	bound = READ_ONCE(kml_dd.cost_wait_bound_permille);
+	/* neither set, the default: the queue's mean is not read */
+	mean = cap || bound ? kml_dd_wait_mean(kq) : 0;
+	over = kml_dd_wait_over(mean, wait, cap);
 	ramp = READ_ONCE(kml_dd.cost_wait_ramp_permille);
-	if ((over && !ramp) ||
-	    kml_dd_wait_over(mean, wait,
-			     READ_ONCE(kml_dd.cost_wait_bound_permille)))
+	if ((over && !ramp) || kml_dd_wait_over(mean, wait, bound))
 		return S64_MIN / 4 - wait;
 	late = wait - deadline;
 	if (ctx && ctx->lazy)

@@ -319,7 +319,7 @@ MODEL_FIELDS: dict[str, Field] = {
     "cost_wait_ramp_permille": Field("int", 0, _between(0, 8000)),
     # ... and past this many thousandths of the mean wait, first whatever
     # the ramp's credit (0: no bound; kml_dd.h,
-    # KML_DD_COST_MAX_WAIT_CAP_PERMILLE)
+    # KML_DD_COST_MAX_WAIT_BOUND_PERMILLE)
     "cost_wait_bound_permille": Field("int", 0, _between(0, 100000)),
     # observe mode: watch one window of 1024 requests in this many (1: all;
     # the others go untracked; kml_dd.h, KML_DD_OBSERVE_WINDOW)
