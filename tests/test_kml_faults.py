@@ -678,6 +678,18 @@ for geo in "14992504 72 1368" "0 72 1368" "100 1000 1368" "1000000000 1048576 16
     echo active > {Q}/iosched/kml_mode
     sleep 0.2
 done
+# its seek curve told, at its largest (a seek of over 2^61 ns), and taken back
+for seek in "3240000 400000 383 8000000 8000" \
+        "1000000000 1000000000 2147483648 1000000000 1000000000" "0 0 0 0 0"; do
+    set -- $seek
+    echo $1 > {P}/cost_seek_a_ns
+    echo $2 > {P}/cost_seek_b_ns
+    echo $3 > {P}/cost_seek_boundary
+    echo $4 > {P}/cost_seek_c_ns
+    echo $5 > {P}/cost_seek_e_ns
+    echo active > {Q}/iosched/kml_mode
+    sleep 0.2
+done
 # a flash device's channels, alone and under a disk's geometry (ignored)
 for ch in "8 8" "16 1" "1 1048576" "8 8"; do
     set -- $ch
@@ -828,6 +840,15 @@ INVALID_WRITES = [
     pytest.param(
         f"{P}/cost_cyl_sectors", "0", ["16777217", "-1", ""], (ERANGE, EINVAL),
         id="cost_cyl_sectors",
+    ),
+    # its seek curve: times and slopes at most a second, the boundary 2^31 cylinders
+    *(
+        pytest.param(f"{P}/{name}", "0", ["1000000001", "-1", "3ms"], (ERANGE, EINVAL), id=name)
+        for name in ("cost_seek_a_ns", "cost_seek_b_ns", "cost_seek_c_ns", "cost_seek_e_ns")
+    ),
+    pytest.param(
+        f"{P}/cost_seek_boundary", "0", ["2147483649", "-1", "x"], (ERANGE, EINVAL),
+        id="cost_seek_boundary",
     ),
     pytest.param(
         f"{P}/cost_credit_permille", "1000", ["8001", "-1", "1.5"], (ERANGE, EINVAL),

@@ -17,7 +17,12 @@ from kmlbench.cell.model import kml_setup_script
 from kmlbench.plan import fio_job
 from kmlbench.plan import kernel as plan_kernel
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.plan.schema import ALL_GEOMETRY_PARAMS, NULL_BLK_SERVICE_MODELS, device_geometry
+from kmlbench.plan.schema import (
+    ALL_GEOMETRY_PARAMS,
+    NULL_BLK_SERVICE_MODELS,
+    SEEK_CURVE_PARAMS,
+    device_geometry,
+)
 from kmlbench.plan.source import MatrixError
 
 HEAD = """\
@@ -465,12 +470,13 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
         assert f"/sys/module/kml/parameters/{param} 0\n" in told, param
     # a flash device's geometry is its channels and stripe, and nothing of a disk's
     flash = NULL_BLK_SERVICE_MODELS["flash"]
-    assert device_geometry({"type": "null_blk", "service": "flash"}) == {
+    assert device_geometry({"type": "null_blk", "service": "flash"}, seek_curve=True) == {
         "cost_rev_ns": 0,
         "cost_track_sectors": 0,
         "cost_cyl_sectors": 0,
         "cost_channels": flash["svc_channels"],
         "cost_stripe_sectors": flash["svc_stripe_sectors"],
+        **dict.fromkeys(SEEK_CURVE_PARAMS, 0),
     }
     flash_told = kml_setup_script(
         {"mode": "active", "policy": "cost", "geometry": True},
@@ -520,9 +526,65 @@ def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
         ("cost_wait_bound_permille: 100001", "0..100000"),
         ("cost_wait_bound_permille: -1", "0..100000"),
         ('geometry: "on"', "must be true or false"),
+        ("seek_curve: 1", "must be true or false"),
     ):
         with pytest.raises(MatrixError, match=message):
             load(tmp_path, HEAD + f"  model: [{{mode: active, policy: cost, {bad}}}]\n")
+
+
+def _mqdl(cell) -> bool:
+    return cell.params["scheduler"]["name"] == "mq-deadline"
+
+
+def test_seek_curve_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> None:
+    """``seek_curve: true`` beside ``geometry: true`` tells policy cost the
+    rotational model's own seek curve (NULL_BLK_SERVICE_MODELS, one place),
+    which it otherwise learns; recorded only when told, so the cells of the
+    learned curve keep their ids; every set-up writes its five parameters,
+    0 when not told; on a device without a seek curve a cell is refused
+    with the entry's line and key."""
+    head = HEAD.replace("[{type: null_blk}]", f"[{ROTATIONAL}]")
+    m = load(
+        tmp_path,
+        head
+        + "  model: [{mode: active, policy: cost, geometry: true, seek_curve: [false, true]}]\n",
+    )
+    plain = load(tmp_path, head + "  model: [{mode: active, policy: cost, geometry: true}]\n")
+    curves = {c.id: c.params["model"].get("seek_curve") for c in m.cells if _mqdl(c)}
+    assert sorted(curves.values(), key=str) == [None, True]
+    assert {i for i, told in curves.items() if not told} == {c.id for c in plain.cells if _mqdl(c)}
+    # without a geometry it tells nothing, and is not recorded either
+    untold = load(tmp_path, head + "  model: [{mode: active, policy: cost, seek_curve: true}]\n")
+    assert all("seek_curve" not in c.params["model"] for c in untold.cells)
+
+    dev = device.BlockDevice("nullb0")
+    disk = {"type": "null_blk", "service": "rotational"}
+    rot = NULL_BLK_SERVICE_MODELS["rotational"]
+    model = {"mode": "active", "policy": "cost", "geometry": True, "seek_curve": True}
+    told = kml_setup_script(
+        model, dev, trainer_seconds=1, geometry=device_geometry(disk, seek_curve=True)
+    )
+    learned = kml_setup_script(model, dev, trainer_seconds=1, geometry=device_geometry(disk))
+    assert len(SEEK_CURVE_PARAMS) == 5
+    for param, attr in SEEK_CURVE_PARAMS.items():
+        assert rot[attr] > 0, attr
+        assert f"/sys/module/kml/parameters/{param} {rot[attr]}\n" in told, param
+        assert f"/sys/module/kml/parameters/{param} 0\n" in learned, param
+    assert f"/sys/module/kml/parameters/cost_rev_ns {rot['svc_rev_ns']}\n" in learned
+
+    flash = "{type: null_blk, irqmode: timer, service: flash}"
+    text = (
+        HEAD.replace("[{type: null_blk}]", f"[{ROTATIONAL}, {flash}]")
+        + "  model:\n"
+        + "    - {mode: off}\n"
+        + "    - {mode: active, policy: cost, geometry: true, seek_curve: true}\n"
+    )
+    with pytest.raises(MatrixError) as info:
+        load(tmp_path, text)
+    err = info.value
+    assert (err.line, err.key) == (8, "axes.model[1].seek_curve"), str(err)
+    assert "needs a device with service: rotational" in err.message
+    assert "axes.device[1]" in err.message
 
 
 def test_a_model_needs_the_kml_parts_its_kernel_variant_keeps(tmp_path: Path) -> None:

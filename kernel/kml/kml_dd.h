@@ -157,6 +157,14 @@ enum kml_dd_stat {
 #define KML_DD_GEOM_MAX_CYL		(1U << 24)
 #define KML_DD_SEEK_LEAK_SHIFT		12
 /*
+ * A disk's seek curve, told (cost_seek_*; kml_dd_cost.c, kml_dd_seek()): its
+ * times and slopes at most a second, its boundary at most 2^31 cylinders,
+ * and a seek priced as at most that long, so that b sqrt(d) and e d keep
+ * in 62 bits.
+ */
+#define KML_DD_SEEK_MAX_NS		NSEC_PER_SEC
+#define KML_DD_SEEK_MAX_CYL		(1U << 31)
+/*
  * Policy cost with a geometry: a request's credit at its deadline, in
  * thousandths of a revolution (kml_dd_cost.c, kml_dd_due_credit()).  On the
  * rotational model under 8 and 16 requests in flight a revolution traded
@@ -413,6 +421,12 @@ struct kml_dd_global {
 	unsigned int cost_rev_ns;
 	unsigned int cost_track_sectors;
 	unsigned int cost_cyl_sectors;
+	/* module parameters, policy "cost": its seek curve, all 0 unknown */
+	unsigned int cost_seek_a_ns;
+	unsigned int cost_seek_b_ns;
+	unsigned int cost_seek_boundary;
+	unsigned int cost_seek_c_ns;
+	unsigned int cost_seek_e_ns;
 	/* module parameters, policy "cost": a flash device's, 0 unknown */
 	unsigned int cost_channels;
 	unsigned int cost_stripe_sectors;

@@ -49,6 +49,27 @@ KML_DD_PARAM(cost_cyl_sectors, KML_DD_GEOM_MAX_CYL, true,
 	     "policy cost: the disk's sectors per cylinder (0 = unknown)");
 
 /*
+ * A disk's seek curve, as C. Ruemmler and J. Wilkes model one ("An
+ * introduction to disk drive modeling", IEEE Computer 27(3), 1994): over d
+ * cylinders, a + b sqrt(d) below the boundary, c + e d from it.  While all
+ * five are 0 a seek's time is learned per length (kml_dd_seek()).
+ */
+KML_DD_PARAM(cost_seek_a_ns, KML_DD_SEEK_MAX_NS, true,
+	     "policy cost with a geometry: a short seek's fixed time, ns (all five cost_seek_* 0 = learned)");
+
+KML_DD_PARAM(cost_seek_b_ns, KML_DD_SEEK_MAX_NS, true,
+	     "policy cost with a geometry: a short seek's ns per square root of a cylinder");
+
+KML_DD_PARAM(cost_seek_boundary, KML_DD_SEEK_MAX_CYL, true,
+	     "policy cost with a geometry: the cylinders from which a seek is long");
+
+KML_DD_PARAM(cost_seek_c_ns, KML_DD_SEEK_MAX_NS, true,
+	     "policy cost with a geometry: a long seek's fixed time, ns");
+
+KML_DD_PARAM(cost_seek_e_ns, KML_DD_SEEK_MAX_NS, true,
+	     "policy cost with a geometry: a long seek's ns per cylinder");
+
+/*
  * Policy cost's view of a flash device: its channels (at most
  * KML_DD_MAX_CHANNELS) and the sectors striped to one before the next.
  * Not used while either is 0, or while a disk's geometry is given.
@@ -122,6 +143,12 @@ void kml_dd_cost_show(struct seq_file *m)
 		   READ_ONCE(kml_dd.cost_track_sectors));
 	seq_printf(m, "cost_cyl_sectors %u\n",
 		   READ_ONCE(kml_dd.cost_cyl_sectors));
+	seq_printf(m, "cost_seek_a_ns %u\n", READ_ONCE(kml_dd.cost_seek_a_ns));
+	seq_printf(m, "cost_seek_b_ns %u\n", READ_ONCE(kml_dd.cost_seek_b_ns));
+	seq_printf(m, "cost_seek_boundary %u\n",
+		   READ_ONCE(kml_dd.cost_seek_boundary));
+	seq_printf(m, "cost_seek_c_ns %u\n", READ_ONCE(kml_dd.cost_seek_c_ns));
+	seq_printf(m, "cost_seek_e_ns %u\n", READ_ONCE(kml_dd.cost_seek_e_ns));
 	seq_printf(m, "cost_credit_permille %u\n",
 		   READ_ONCE(kml_dd.cost_credit_permille));
 	seq_printf(m, "cost_late_permille %u\n",
@@ -577,11 +604,36 @@ u64 kml_dd_now(void)
 EXPORT_SYMBOL_GPL(kml_dd_now);
 
 /*
+ * A seek over @dist cylinders: by the disk's seek curve where one is told
+ * (the cost_seek_* parameters), else as learned (kml_dd_seek_predict()).
+ * The square root has 8 fraction bits, as null_blk's model takes it.  A
+ * seek over more than KML_DD_SEEK_MAX_CYL cylinders is priced as one over
+ * that many: b sqrt(d) stays under 2^54 and e d under 2^61.
+ */
+static u64 kml_dd_seek(struct kml_dd_queue *kq, u64 dist)
+{
+	u32 a = READ_ONCE(kml_dd.cost_seek_a_ns);
+	u32 b = READ_ONCE(kml_dd.cost_seek_b_ns);
+	u32 bound = READ_ONCE(kml_dd.cost_seek_boundary);
+	u32 c = READ_ONCE(kml_dd.cost_seek_c_ns);
+	u32 e = READ_ONCE(kml_dd.cost_seek_e_ns);
+
+	if (!(a | b | bound | c | e))
+		return kml_dd_seek_predict(kq, dist);
+	if (!dist)
+		return 0;
+	dist = min_t(u64, dist, KML_DD_SEEK_MAX_CYL);
+	if (dist < bound)
+		return a + (((u64)b * int_sqrt64(dist << 16)) >> 8);
+	return c + (u64)e * dist;
+}
+
+/*
  * On a disk of geometry @g, how long @nr sectors at @pos take when the head
- * is at @head and free at @t0: the learned seek, the turn until the first
- * sector comes under the head (from the learned phase; half a revolution
- * while none is learned), and the transfer.  A request that starts at the
- * head streams on.
+ * is at @head and free at @t0: the seek (told or learned, kml_dd_seek()),
+ * the turn until the first sector comes under the head (from the learned
+ * phase; half a revolution while none is learned), and the transfer.  A
+ * request that starts at the head streams on.
  */
 static u64 kml_dd_geom_service(struct kml_dd_queue *kq,
 			       const struct kml_dd_geom *g, sector_t head,
@@ -593,7 +645,7 @@ static u64 kml_dd_geom_service(struct kml_dd_queue *kq,
 
 	if (pos == head)
 		return xfer;
-	seek = kml_dd_seek_predict(kq, kml_dd_cyl_dist(g, pos, head));
+	seek = kml_dd_seek(kq, kml_dd_cyl_dist(g, pos, head));
 	if (!READ_ONCE(kq->svc_phase_known))
 		return seek + g->rev_ns / 2 + xfer;
 	div_u64_rem(t0 + seek + g->rev_ns - READ_ONCE(kq->svc_phase_ns),

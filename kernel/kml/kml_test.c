@@ -1744,6 +1744,9 @@ static unsigned int *const kml_test_flash_params[] = {
 	&kml_dd.cost_miss_budget_permille, &kml_dd.cost_svc_permille,
 	&kml_dd.cost_window_permille, &kml_dd.cost_wait_cap_permille,
 	&kml_dd.cost_wait_ramp_permille, &kml_dd.cost_wait_bound_permille,
+	&kml_dd.cost_seek_a_ns, &kml_dd.cost_seek_b_ns,
+	&kml_dd.cost_seek_boundary, &kml_dd.cost_seek_c_ns,
+	&kml_dd.cost_seek_e_ns,
 };
 
 static void kml_test_flash_begin(unsigned int *saved)
@@ -1976,6 +1979,68 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
 }
 
 /*
+ * Policy cost told a disk's geometry (the HP 97560's: 72 sectors a track,
+ * 1368 a cylinder) prices a request, before the platter's phase is learned,
+ * as its seek, half a revolution and its transfer.  Told the seek curve
+ * too (3.24 ms + 0.4 ms sqrt(d) below 383 cylinders, 8 ms + 8 us d from
+ * there), the seek is the curve's: 7.24 ms over 100 cylinders, 16 ms over
+ * 1000, none within a cylinder, and over more than KML_DD_SEEK_MAX_CYL as
+ * over that many.  Untold, with nothing learned, every seek is free.
+ */
+static void kml_test_dd_seek_curve(struct kunit *test)
+{
+	struct kml_dd_queue *kq = kunit_kzalloc(test, sizeof(*kq), GFP_KERNEL);
+	struct request *rq = kunit_kzalloc(test, 4 * sizeof(*rq), GFP_KERNEL);
+	struct kml_dd_ctx *ctx = kunit_kzalloc(test, 4 * sizeof(*ctx),
+					       GFP_KERNEL);
+	unsigned int saved[ARRAY_SIZE(kml_test_flash_params)];
+	const u64 cyl = 1368, now = 10 * NSEC_PER_SEC;
+	const u64 at[4] = { 100 * cyl, 1000 * cyl, 8,
+			    ((u64)KML_DD_SEEK_MAX_CYL + 5) * cyl };
+	const s64 rev = 14992504, xfer = 8 * (rev / 72);
+	s64 got[8];
+	u32 i;
+
+	KUNIT_ASSERT_NOT_NULL(test, kq);
+	KUNIT_ASSERT_NOT_NULL(test, rq);
+	KUNIT_ASSERT_NOT_NULL(test, ctx);
+	for (i = 0; i < 4; i++) {
+		rq[i].rq_flags = RQF_ELVPRIV;
+		rq[i].elv.priv[1] = &ctx[i];
+		rq[i].cmd_flags = REQ_OP_READ;
+		rq[i].__sector = at[i];
+		rq[i].__data_len = 8 << SECTOR_SHIFT;
+		ctx[i].in.deadline_ns = 100 * NSEC_PER_MSEC;
+		ctx[i].in.insert_ns = now;	/* no credit yet */
+	}
+	kml_test_flash_begin(saved);
+	WRITE_ONCE(kml_dd.cost_channels, 0);
+	WRITE_ONCE(kml_dd.cost_rev_ns, rev);
+	WRITE_ONCE(kml_dd.cost_track_sectors, 72);
+	WRITE_ONCE(kml_dd.cost_cyl_sectors, cyl);
+	kml_dd_head(kq);	/* learn under the present generation */
+	for (i = 0; i < 4; i++)
+		got[i] = kml_dd_cost(kq, &rq[i], 0, now, 0);
+	WRITE_ONCE(kml_dd.cost_seek_a_ns, 3240000);
+	WRITE_ONCE(kml_dd.cost_seek_b_ns, 400000);
+	WRITE_ONCE(kml_dd.cost_seek_boundary, 383);
+	WRITE_ONCE(kml_dd.cost_seek_c_ns, 8000000);
+	WRITE_ONCE(kml_dd.cost_seek_e_ns, 8000);
+	for (i = 0; i < 4; i++)
+		got[4 + i] = kml_dd_cost(kq, &rq[i], 0, now, 0);
+	kml_test_flash_end(saved);
+
+	for (i = 0; i < 4; i++)
+		KUNIT_EXPECT_EQ(test, got[i], rev / 2 + xfer);
+	KUNIT_EXPECT_EQ(test, got[4], 7240000 + rev / 2 + xfer);
+	KUNIT_EXPECT_EQ(test, got[5], 16000000 + rev / 2 + xfer);
+	KUNIT_EXPECT_EQ(test, got[6], rev / 2 + xfer);
+	KUNIT_EXPECT_EQ(test, got[7],
+			8000000 + 8000 * (s64)KML_DD_SEEK_MAX_CYL + rev / 2 +
+			xfer);
+}
+
+/*
  * Policy cost's cap on waiting, told a flash device's channels at a shift
  * of 3: the read and the write of kml_test_dd_flash_svc_weight(), queued 1
  * and 2 ms ago, cost 0 and 50 us.  With cost_wait_cap_permille 1500 and no
@@ -2102,6 +2167,7 @@ KML_TEST_NO_COST(kml_test_dd_head_relearns)
 KML_TEST_NO_COST(kml_test_dd_cost_window)
 KML_TEST_NO_COST(kml_test_dd_flash_horizon)
 KML_TEST_NO_COST(kml_test_dd_flash_svc_weight)
+KML_TEST_NO_COST(kml_test_dd_seek_curve)
 KML_TEST_NO_COST(kml_test_dd_wait_cap)
 #endif /* CONFIG_KML_IOSCHED_COST */
 
@@ -2364,6 +2430,7 @@ static struct kunit_case kml_test_cases[] = {
 	KUNIT_CASE(kml_test_dd_cost_window),
 	KUNIT_CASE(kml_test_dd_flash_horizon),
 	KUNIT_CASE(kml_test_dd_flash_svc_weight),
+	KUNIT_CASE(kml_test_dd_seek_curve),
 	KUNIT_CASE(kml_test_dd_wait_cap),
 	KUNIT_CASE(kml_test_dd_hooks_count_met),
 	KUNIT_CASE(kml_test_dd_observe_cycle),

@@ -323,7 +323,11 @@ def set_up(ctx: CellContext) -> None:
         model_uploaded=uploaded.get("model_file", False),
         warm_uploaded=uploaded.get("warm_start", False),
         trace_seconds=seconds if ctx.trace else None,
-        geometry=device_geometry(ctx.params["device"]) if model.get("geometry") else None,
+        geometry=(
+            device_geometry(ctx.params["device"], seek_curve=bool(model.get("seek_curve")))
+            if model.get("geometry")
+            else None
+        ),
         calibrate=bool(calibrate_s),
     )
     # the calibration's fio keeps the guest busy as the cell's own does

@@ -36,6 +36,7 @@ from kmlbench.plan.schema import (
     MODEL_OFF,
     MODEL_SCHEDULER,
     SCHEDULERS,
+    SEEK_CURVE_SERVICE,
     TEMPLATE_DEFAULTS,
     TOP_KEYS,
     VIRTIO_THROTTLE_KEYS,
@@ -349,6 +350,14 @@ def load_matrix(
                     f"{mkey}.geometry",
                     f"needs a device with service: {' or '.join(GEOMETRY_SERVICES)} (the "
                     f"geometry it is told), not {dkey}: exclude that device for this entry",
+                )
+            if params.get("model", {}).get("seek_curve") and (
+                (device or {}).get("service") != SEEK_CURVE_SERVICE
+            ):
+                raise src.error(
+                    f"{mkey}.seek_curve",
+                    f"needs a device with service: {SEEK_CURVE_SERVICE} (the seek curve "
+                    f"it is told), not {dkey}: exclude that device for this entry",
                 )
             plan_kernel.check_kml_parts(src, mkey, vname, left_out, params, float_models)
             h = canonical_json(params)

@@ -158,16 +158,28 @@ GEOMETRY_PARAMS: dict[str, dict[str, str]] = {
     "flash": {"cost_channels": "svc_channels", "cost_stripe_sectors": "svc_stripe_sectors"},
 }
 GEOMETRY_SERVICES = tuple(GEOMETRY_PARAMS)
-ALL_GEOMETRY_PARAMS = tuple(p for params in GEOMETRY_PARAMS.values() for p in params)
+# A disk's seek curve (model.seek_curve, beside model.geometry): each KML
+# parameter and the rotational model's value it is told. Untold (all 0),
+# policy cost learns a seek's time per length.
+SEEK_CURVE_SERVICE = "rotational"
+SEEK_CURVE_PARAMS = {
+    f"cost_seek_{k}": f"svc_seek_{k}" for k in ("a_ns", "b_ns", "boundary", "c_ns", "e_ns")
+}
+ALL_GEOMETRY_PARAMS = (*(p for ps in GEOMETRY_PARAMS.values() for p in ps), *SEEK_CURVE_PARAMS)
 
 
-def device_geometry(device: Mapping[str, Any] | None) -> dict[str, int]:
-    """KML's geometry parameters for ``device``: its service model's, the others 0 (unknown)."""
+def device_geometry(
+    device: Mapping[str, Any] | None, *, seek_curve: bool = False
+) -> dict[str, int]:
+    """KML's geometry parameters for ``device``: its service model's (with
+    ``seek_curve``, a disk's seek curve too), the others 0 (unknown)."""
     out = dict.fromkeys(ALL_GEOMETRY_PARAMS, 0)
     service = None if device is None else device.get("service")
     if service in GEOMETRY_PARAMS:
         svc = NULL_BLK_SERVICE_MODELS[service]
         out.update({param: svc[attr] for param, attr in GEOMETRY_PARAMS[service].items()})
+        if seek_curve and service == SEEK_CURVE_SERVICE:
+            out.update({param: svc[attr] for param, attr in SEEK_CURVE_PARAMS.items()})
     return out
 
 
@@ -287,6 +299,9 @@ MODEL_FIELDS: dict[str, Field] = {
     # turn as well as the seek), or a flash device's channels and stripe (it
     # prices the wait for a request's channel)
     "geometry": Field("bool", False),
+    # ... and, with a rotational device, its seek curve (SEEK_CURVE_PARAMS),
+    # which it otherwise learns per seek length
+    "seek_curve": Field("bool", False),
     # policy cost with a disk's geometry: a request's credit at its deadline,
     # in thousandths of a revolution (kml_dd.h, KML_DD_COST_CREDIT_PERMILLE)
     "cost_credit_permille": Field("int", 1000, _between(0, 8000)),
@@ -363,6 +378,7 @@ ACTIVE_FIELDS = (
     "policy",
     "cost_age_shift",
     "geometry",
+    "seek_curve",
     "cost_credit_permille",
     "cost_late_permille",
     "cost_horizon_ms",
@@ -380,6 +396,7 @@ COST_PARAMS = tuple(name for name in ACTIVE_FIELDS if name.startswith("cost_"))
 # Only meaningful with a geometry: not recorded without one.
 GEOMETRY_FIELDS = (
     "geometry",
+    "seek_curve",
     "cost_credit_permille",
     "cost_late_permille",
     "cost_horizon_ms",
@@ -390,6 +407,7 @@ GEOMETRY_FIELDS = (
 # Recorded only when not their default (added after cells were recorded
 # without them: old ids stay).
 SPARSE_FIELDS = (
+    "seek_curve",
     "cost_late_permille",
     "cost_horizon_ms",
     "cost_svc_permille",

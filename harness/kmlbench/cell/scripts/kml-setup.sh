@@ -25,6 +25,11 @@ if [ -e @KML_PARAMS@/cost_age_shift ]; then
     setnum @KML_PARAMS@/cost_rev_ns @COST_REV_NS@
     setnum @KML_PARAMS@/cost_track_sectors @COST_TRACK_SECTORS@
     setnum @KML_PARAMS@/cost_cyl_sectors @COST_CYL_SECTORS@
+    setnum @KML_PARAMS@/cost_seek_a_ns @COST_SEEK_A_NS@
+    setnum @KML_PARAMS@/cost_seek_b_ns @COST_SEEK_B_NS@
+    setnum @KML_PARAMS@/cost_seek_boundary @COST_SEEK_BOUNDARY@
+    setnum @KML_PARAMS@/cost_seek_c_ns @COST_SEEK_C_NS@
+    setnum @KML_PARAMS@/cost_seek_e_ns @COST_SEEK_E_NS@
     setnum @KML_PARAMS@/cost_channels @COST_CHANNELS@
     setnum @KML_PARAMS@/cost_stripe_sectors @COST_STRIPE_SECTORS@
     setnum @KML_PARAMS@/cost_credit_permille @COST_CREDIT_PERMILLE@
