@@ -645,7 +645,7 @@ def test_no_sample_is_made_while_nobody_holds_the_ring(g: Guest) -> None:
 
 
 def test_switching_modes_and_scheduler_under_io(g: Guest) -> None:
-    # longer than the script's sleeps (about 7.5 s), so that all of it runs under I/O
+    # longer than the script's sleeps (about 8 s), so that all of it runs under I/O
     fio_start(g, "switch", 12)
     script = f"""
 set -e
