@@ -490,14 +490,21 @@ def test_geometry_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> No
     assert not any(device_geometry({"type": "virtio"}).values())
 
 
+def _off_and(devices: str, entry: str) -> str:
+    """A matrix of ``devices`` whose model axis is ``mode: off`` and ``entry`` (line 8)."""
+    return (
+        HEAD.replace("[{type: null_blk}]", devices)
+        + "  model:\n"
+        + "    - {mode: off}\n"
+        + f"    - {entry}\n"
+    )
+
+
 def test_geometry_needs_a_device_model_that_has_one(tmp_path: Path) -> None:
     flash = "{type: null_blk, irqmode: timer, service: flash}"
     fixed = "{type: null_blk, irqmode: timer, completion_nsec: 1000000}"
-    text = (
-        HEAD.replace("[{type: null_blk}]", f"[{ROTATIONAL}, {flash}, {fixed}]")
-        + "  model:\n"
-        + "    - {mode: off}\n"
-        + "    - {mode: active, policy: cost, geometry: true}\n"
+    text = _off_and(
+        f"[{ROTATIONAL}, {flash}, {fixed}]", "{mode: active, policy: cost, geometry: true}"
     )
     with pytest.raises(MatrixError) as info:
         load(tmp_path, text)
@@ -573,14 +580,9 @@ def test_seek_curve_is_the_disks_and_recorded_only_when_told(tmp_path: Path) -> 
     assert f"/sys/module/kml/parameters/cost_rev_ns {rot['svc_rev_ns']}\n" in learned
 
     flash = "{type: null_blk, irqmode: timer, service: flash}"
-    text = (
-        HEAD.replace("[{type: null_blk}]", f"[{ROTATIONAL}, {flash}]")
-        + "  model:\n"
-        + "    - {mode: off}\n"
-        + "    - {mode: active, policy: cost, geometry: true, seek_curve: true}\n"
-    )
+    entry = "{mode: active, policy: cost, geometry: true, seek_curve: true}"
     with pytest.raises(MatrixError) as info:
-        load(tmp_path, text)
+        load(tmp_path, _off_and(f"[{ROTATIONAL}, {flash}]", entry))
     err = info.value
     assert (err.line, err.key) == (8, "axes.model[1].seek_curve"), str(err)
     assert "needs a device with service: rotational" in err.message
