@@ -44,7 +44,7 @@ from kmlbench.cell import guest_paths, kml_reset
 from kmlbench.cell import model as model_mod
 from kmlbench.cell import workload as workload_mod
 from kmlbench.plan.matrix import load_matrix
-from kmlbench.plan.schema import MODEL_SCHEDULER, device_geometry
+from kmlbench.plan.schema import MODEL_SCHEDULER
 
 GOLDEN = Path(__file__).parent / "data" / "guest-scripts.golden.json"
 GOLDEN_REV = "9c3e592"
@@ -251,7 +251,7 @@ def cell_scripts(backend: Backend, params: dict) -> dict[str, str]:
     model = backend.kml_model(params)
     if model is not None:
         # what the cell step passes (cell/model.py): the device's geometry when told
-        told = {"geometry": device_geometry(params["device"])} if model.get("geometry") else {}
+        told = {"geometry": model_mod.told_geometry(params, model)} if model.get("geometry") else {}
         # and the calibration phase, where the cell asks for one
         calibrate = {"calibrate": True} if model.get("calibrate_s") else {}
         out["kml_setup"] = backend.kml_setup(

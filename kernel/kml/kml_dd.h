@@ -159,8 +159,8 @@ enum kml_dd_stat {
 /*
  * A disk's seek curve, told (cost_seek_*; kml_dd_cost.c, kml_dd_seek()): its
  * times and slopes at most a second, its boundary at most 2^31 cylinders,
- * and a seek priced as at most that long, so that b sqrt(d) and e d keep
- * in 62 bits.
+ * and a seek priced as over at most that many, so that b sqrt(d) and e d
+ * keep in 62 bits.
  */
 #define KML_DD_SEEK_MAX_NS		NSEC_PER_SEC
 #define KML_DD_SEEK_MAX_CYL		(1U << 31)

@@ -55,7 +55,7 @@ KML_DD_PARAM(cost_cyl_sectors, KML_DD_GEOM_MAX_CYL, true,
  * five are 0 a seek's time is learned per length (kml_dd_seek()).
  */
 KML_DD_PARAM(cost_seek_a_ns, KML_DD_SEEK_MAX_NS, true,
-	     "policy cost with a geometry: a short seek's fixed time, ns (all five cost_seek_* 0 = learned)");
+	     "policy cost with a geometry: a short seek's fixed time, ns (all cost_seek_* 0 = learned)");
 
 KML_DD_PARAM(cost_seek_b_ns, KML_DD_SEEK_MAX_NS, true,
 	     "policy cost with a geometry: a short seek's ns per square root of a cylinder");
@@ -565,7 +565,10 @@ void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m)
 		if (!ns)
 			continue;
 		lo = b ? 1ULL << (b - 1) : 0;
-		if (geom)	/* the seek it prices, at the bucket's shortest */
+		/* the learned seek at the bucket's shortest: what it prices
+		 * while no seek curve is told (kml_dd_seek())
+		 */
+		if (geom)
 			ns = kml_dd_seek_predict(kq, lo);
 		seq_printf(m, "%llu %llu %llu\n", lo, b ? (1ULL << b) - 1 : 0,
 			   ns);
@@ -606,9 +609,12 @@ EXPORT_SYMBOL_GPL(kml_dd_now);
 /*
  * A seek over @dist cylinders: by the disk's seek curve where one is told
  * (the cost_seek_* parameters), else as learned (kml_dd_seek_predict()).
- * The square root has 8 fraction bits, as null_blk's model takes it.  A
- * seek over more than KML_DD_SEEK_MAX_CYL cylinders is priced as one over
- * that many: b sqrt(d) stays under 2^54 and e d under 2^61.
+ * The square root has 8 fraction bits, as null_blk's model takes it, and
+ * a seek within a cylinder costs nothing, as there.  A distance past
+ * KML_DD_SEEK_MAX_CYL cylinders counts as that many, so that b times the
+ * root stays under 2^54 and e d under 2^61; the seek is then at most
+ * U32_MAX ns, as a learned one is, so that the predicted ends of a few
+ * dispatches in flight keep in 64 bits (kml_dd_cost_dispatch()).
  */
 static u64 kml_dd_seek(struct kml_dd_queue *kq, u64 dist)
 {
@@ -617,6 +623,7 @@ static u64 kml_dd_seek(struct kml_dd_queue *kq, u64 dist)
 	u32 bound = READ_ONCE(kml_dd.cost_seek_boundary);
 	u32 c = READ_ONCE(kml_dd.cost_seek_c_ns);
 	u32 e = READ_ONCE(kml_dd.cost_seek_e_ns);
+	u64 seek;
 
 	if (!(a | b | bound | c | e))
 		return kml_dd_seek_predict(kq, dist);
@@ -624,8 +631,10 @@ static u64 kml_dd_seek(struct kml_dd_queue *kq, u64 dist)
 		return 0;
 	dist = min_t(u64, dist, KML_DD_SEEK_MAX_CYL);
 	if (dist < bound)
-		return a + (((u64)b * int_sqrt64(dist << 16)) >> 8);
-	return c + (u64)e * dist;
+		seek = a + (((u64)b * int_sqrt64(dist << 16)) >> 8);
+	else
+		seek = c + (u64)e * dist;
+	return min_t(u64, seek, U32_MAX);
 }
 
 /*

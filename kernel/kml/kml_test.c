@@ -1983,28 +1983,34 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
  * 1368 a cylinder) prices a request, before the platter's phase is learned,
  * as its seek, half a revolution and its transfer.  Told the seek curve
  * too (3.24 ms + 0.4 ms sqrt(d) below 383 cylinders, 8 ms + 8 us d from
- * there), the seek is the curve's: 7.24 ms over 100 cylinders, 16 ms over
- * 1000, none within a cylinder, and over more than KML_DD_SEEK_MAX_CYL as
- * over that many.  Untold, with nothing learned, every seek is free.
+ * there), the seek is the curve's, as null_blk's model takes it: 3.64 ms
+ * over one cylinder, 7.24 ms over 100, 11.057187 ms over 382 and 11.064 ms
+ * over 383 (either side of the boundary), 16 ms over 1000, none within a
+ * cylinder, and over more than KML_DD_SEEK_MAX_CYL at most U32_MAX ns.
+ * Untold, with nothing learned, every seek is free; without a geometry the
+ * curve is not read.
  */
 static void kml_test_dd_seek_curve(struct kunit *test)
 {
 	struct kml_dd_queue *kq = kunit_kzalloc(test, sizeof(*kq), GFP_KERNEL);
-	struct request *rq = kunit_kzalloc(test, 4 * sizeof(*rq), GFP_KERNEL);
-	struct kml_dd_ctx *ctx = kunit_kzalloc(test, 4 * sizeof(*ctx),
+	struct request *rq = kunit_kzalloc(test, 7 * sizeof(*rq), GFP_KERNEL);
+	struct kml_dd_ctx *ctx = kunit_kzalloc(test, 7 * sizeof(*ctx),
 					       GFP_KERNEL);
 	unsigned int saved[ARRAY_SIZE(kml_test_flash_params)];
 	const u64 cyl = 1368, now = 10 * NSEC_PER_SEC;
-	const u64 at[4] = { 100 * cyl, 1000 * cyl, 8,
-			    ((u64)KML_DD_SEEK_MAX_CYL + 5) * cyl };
+	const u64 at[7] = { 100 * cyl, 1000 * cyl, 8,
+			    ((u64)KML_DD_SEEK_MAX_CYL + 5) * cyl, cyl,
+			    382 * cyl, 383 * cyl };
+	const s64 seek[7] = { 7240000, 16000000, 0, U32_MAX, 3640000,
+			      11057187, 11064000 };
 	const s64 rev = 14992504, xfer = 8 * (rev / 72);
-	s64 got[8];
-	u32 i;
+	s64 got[2][7], plain[2];
+	u32 i, k;
 
 	KUNIT_ASSERT_NOT_NULL(test, kq);
 	KUNIT_ASSERT_NOT_NULL(test, rq);
 	KUNIT_ASSERT_NOT_NULL(test, ctx);
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < 7; i++) {
 		rq[i].rq_flags = RQF_ELVPRIV;
 		rq[i].elv.priv[1] = &ctx[i];
 		rq[i].cmd_flags = REQ_OP_READ;
@@ -2015,29 +2021,31 @@ static void kml_test_dd_seek_curve(struct kunit *test)
 	}
 	kml_test_flash_begin(saved);
 	WRITE_ONCE(kml_dd.cost_channels, 0);
-	WRITE_ONCE(kml_dd.cost_rev_ns, rev);
-	WRITE_ONCE(kml_dd.cost_track_sectors, 72);
-	WRITE_ONCE(kml_dd.cost_cyl_sectors, cyl);
+	/* no geometry: the learned table's bucket orders them, told or not */
 	kml_dd_head(kq);	/* learn under the present generation */
-	for (i = 0; i < 4; i++)
-		got[i] = kml_dd_cost(kq, &rq[i], 0, now, 0);
-	WRITE_ONCE(kml_dd.cost_seek_a_ns, 3240000);
-	WRITE_ONCE(kml_dd.cost_seek_b_ns, 400000);
-	WRITE_ONCE(kml_dd.cost_seek_boundary, 383);
-	WRITE_ONCE(kml_dd.cost_seek_c_ns, 8000000);
-	WRITE_ONCE(kml_dd.cost_seek_e_ns, 8000);
-	for (i = 0; i < 4; i++)
-		got[4 + i] = kml_dd_cost(kq, &rq[i], 0, now, 0);
+	plain[0] = kml_dd_cost(kq, &rq[1], 0, now, 0);
+	for (k = 0; k < 2; k++) {
+		WRITE_ONCE(kml_dd.cost_seek_a_ns, k ? 3240000 : 0);
+		WRITE_ONCE(kml_dd.cost_seek_b_ns, k ? 400000 : 0);
+		WRITE_ONCE(kml_dd.cost_seek_boundary, k ? 383 : 0);
+		WRITE_ONCE(kml_dd.cost_seek_c_ns, k ? 8000000 : 0);
+		WRITE_ONCE(kml_dd.cost_seek_e_ns, k ? 8000 : 0);
+		WRITE_ONCE(kml_dd.cost_rev_ns, 0);
+		if (k)
+			plain[1] = kml_dd_cost(kq, &rq[1], 0, now, 0);
+		WRITE_ONCE(kml_dd.cost_rev_ns, rev);
+		WRITE_ONCE(kml_dd.cost_track_sectors, 72);
+		WRITE_ONCE(kml_dd.cost_cyl_sectors, cyl);
+		for (i = 0; i < 7; i++)
+			got[k][i] = kml_dd_cost(kq, &rq[i], 0, now, 0);
+	}
 	kml_test_flash_end(saved);
 
-	for (i = 0; i < 4; i++)
-		KUNIT_EXPECT_EQ(test, got[i], rev / 2 + xfer);
-	KUNIT_EXPECT_EQ(test, got[4], 7240000 + rev / 2 + xfer);
-	KUNIT_EXPECT_EQ(test, got[5], 16000000 + rev / 2 + xfer);
-	KUNIT_EXPECT_EQ(test, got[6], rev / 2 + xfer);
-	KUNIT_EXPECT_EQ(test, got[7],
-			8000000 + 8000 * (s64)KML_DD_SEEK_MAX_CYL + rev / 2 +
-			xfer);
+	KUNIT_EXPECT_EQ(test, plain[1], plain[0]);
+	for (i = 0; i < 7; i++) {
+		KUNIT_EXPECT_EQ(test, got[0][i], rev / 2 + xfer);
+		KUNIT_EXPECT_EQ(test, got[1][i], seek[i] + rev / 2 + xfer);
+	}
 }
 
 /*

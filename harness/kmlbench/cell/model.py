@@ -156,6 +156,15 @@ def _background(args: list[str], log: str, pidfile: str, what: str) -> list[str]
     return render.lines("kml-background.sh", values)
 
 
+def told_geometry(params: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, int] | None:
+    """What policy cost is told of a cell's device (``kml_setup_script``'s
+    ``geometry``): its geometry, and a disk's seek curve with
+    ``seek_curve``, when ``model`` asks; else None (every parameter 0)."""
+    if not model.get("geometry"):
+        return None
+    return device_geometry(params["device"], seek_curve=bool(model.get("seek_curve")))
+
+
 def kml_setup_script(
     model: Mapping[str, Any],
     device: BlockDevice,
@@ -323,11 +332,7 @@ def set_up(ctx: CellContext) -> None:
         model_uploaded=uploaded.get("model_file", False),
         warm_uploaded=uploaded.get("warm_start", False),
         trace_seconds=seconds if ctx.trace else None,
-        geometry=(
-            device_geometry(ctx.params["device"], seek_curve=bool(model.get("seek_curve")))
-            if model.get("geometry")
-            else None
-        ),
+        geometry=told_geometry(ctx.params, model),
         calibrate=bool(calibrate_s),
     )
     # the calibration's fio keeps the guest busy as the cell's own does
