@@ -679,7 +679,8 @@ for geo in "14992504 72 1368" "0 72 1368" "100 1000 1368" "1000000000 1048576 16
     sleep 0.2
 done
 # its seek curve told: the disk's; at its largest on the root's branch and
-# on the linear one (every seek priced at the kernel's clamp); taken back
+# on the linear one (a seek over four cylinders or more priced at the
+# kernel's clamp); taken back
 for seek in "3240000 400000 383 8000000 8000" \
         "1000000000 1000000000 2147483648 1000000000 1000000000" \
         "0 0 0 1000000000 1000000000" "0 0 0 0 0"; do

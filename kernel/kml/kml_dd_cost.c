@@ -610,11 +610,12 @@ EXPORT_SYMBOL_GPL(kml_dd_now);
  * A seek over @dist cylinders: by the disk's seek curve where one is told
  * (the cost_seek_* parameters), else as learned (kml_dd_seek_predict()).
  * The square root has 8 fraction bits, as null_blk's model takes it, and
- * a seek within a cylinder costs nothing, as there.  A distance past
- * KML_DD_SEEK_MAX_CYL cylinders counts as that many, so that b times the
- * root stays under 2^54 and e d under 2^61; the seek is then at most
- * U32_MAX ns, as a learned one is, so that the predicted ends of a few
- * dispatches in flight keep in 64 bits (kml_dd_cost_dispatch()).
+ * a seek within a cylinder costs nothing, as there.  b times the root
+ * stays under 2^54, as the boundary is at most KML_DD_SEEK_MAX_CYL; a
+ * distance past that many cylinders counts as that many, so that e d stays
+ * under 2^61.  The seek is then at most U32_MAX ns, as a learned one is,
+ * so that the predicted ends of a few dispatches in flight keep in 64 bits
+ * (kml_dd_cost_dispatch()).
  */
 static u64 kml_dd_seek(struct kml_dd_queue *kq, u64 dist)
 {

@@ -1986,9 +1986,9 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
  * there), the seek is the curve's, as null_blk's model takes it: 3.64 ms
  * over one cylinder, 7.24 ms over 100, 11.057187 ms over 382 and 11.064 ms
  * over 383 (either side of the boundary), 16 ms over 1000, none within a
- * cylinder, and over more than KML_DD_SEEK_MAX_CYL at most U32_MAX ns.
- * Untold, with nothing learned, every seek is free; without a geometry the
- * curve is not read.
+ * cylinder, and over more than KML_DD_SEEK_MAX_CYL at most U32_MAX ns, or
+ * at a ns a cylinder as over KML_DD_SEEK_MAX_CYL.  Untold, with nothing
+ * learned, every seek is free; without a geometry the curve is not read.
  */
 static void kml_test_dd_seek_curve(struct kunit *test)
 {
@@ -2004,7 +2004,7 @@ static void kml_test_dd_seek_curve(struct kunit *test)
 	const s64 seek[7] = { 7240000, 16000000, 0, U32_MAX, 3640000,
 			      11057187, 11064000 };
 	const s64 rev = 14992504, xfer = 8 * (rev / 72);
-	s64 got[2][7], plain[2];
+	s64 got[2][7], plain[2], shallow;
 	u32 i, k;
 
 	KUNIT_ASSERT_NOT_NULL(test, kq);
@@ -2021,24 +2021,29 @@ static void kml_test_dd_seek_curve(struct kunit *test)
 	}
 	kml_test_flash_begin(saved);
 	WRITE_ONCE(kml_dd.cost_channels, 0);
-	/* no geometry: the learned table's bucket orders them, told or not */
+	WRITE_ONCE(kml_dd.cost_track_sectors, 72);
+	WRITE_ONCE(kml_dd.cost_cyl_sectors, cyl);
 	kml_dd_head(kq);	/* learn under the present generation */
-	plain[0] = kml_dd_cost(kq, &rq[1], 0, now, 0);
 	for (k = 0; k < 2; k++) {
 		WRITE_ONCE(kml_dd.cost_seek_a_ns, k ? 3240000 : 0);
 		WRITE_ONCE(kml_dd.cost_seek_b_ns, k ? 400000 : 0);
 		WRITE_ONCE(kml_dd.cost_seek_boundary, k ? 383 : 0);
 		WRITE_ONCE(kml_dd.cost_seek_c_ns, k ? 8000000 : 0);
 		WRITE_ONCE(kml_dd.cost_seek_e_ns, k ? 8000 : 0);
+		/* no geometry: the learned table's bucket orders them */
 		WRITE_ONCE(kml_dd.cost_rev_ns, 0);
-		if (k)
-			plain[1] = kml_dd_cost(kq, &rq[1], 0, now, 0);
+		plain[k] = kml_dd_cost(kq, &rq[1], 0, now, 0);
 		WRITE_ONCE(kml_dd.cost_rev_ns, rev);
-		WRITE_ONCE(kml_dd.cost_track_sectors, 72);
-		WRITE_ONCE(kml_dd.cost_cyl_sectors, cyl);
 		for (i = 0; i < 7; i++)
 			got[k][i] = kml_dd_cost(kq, &rq[i], 0, now, 0);
 	}
+	/* a ns a cylinder: past the clamp on the distance, 2^31 ns */
+	WRITE_ONCE(kml_dd.cost_seek_a_ns, 0);
+	WRITE_ONCE(kml_dd.cost_seek_b_ns, 0);
+	WRITE_ONCE(kml_dd.cost_seek_boundary, 0);
+	WRITE_ONCE(kml_dd.cost_seek_c_ns, 0);
+	WRITE_ONCE(kml_dd.cost_seek_e_ns, 1);
+	shallow = kml_dd_cost(kq, &rq[3], 0, now, 0);
 	kml_test_flash_end(saved);
 
 	KUNIT_EXPECT_EQ(test, plain[1], plain[0]);
@@ -2046,6 +2051,8 @@ static void kml_test_dd_seek_curve(struct kunit *test)
 		KUNIT_EXPECT_EQ(test, got[0][i], rev / 2 + xfer);
 		KUNIT_EXPECT_EQ(test, got[1][i], seek[i] + rev / 2 + xfer);
 	}
+	KUNIT_EXPECT_EQ(test, shallow,
+			(s64)KML_DD_SEEK_MAX_CYL + rev / 2 + xfer);
 }
 
 /*
