@@ -565,7 +565,8 @@ void kml_dd_svc_show(struct kml_dd_queue *kq, struct seq_file *m)
 		if (!ns)
 			continue;
 		lo = b ? 1ULL << (b - 1) : 0;
-		/* the learned seek at the bucket's shortest: what it prices
+		/*
+		 * the learned seek at the bucket's shortest: what it prices
 		 * while no seek curve is told (kml_dd_seek())
 		 */
 		if (geom)
