@@ -251,7 +251,8 @@ def cell_scripts(backend: Backend, params: dict) -> dict[str, str]:
     model = backend.kml_model(params)
     if model is not None:
         # what the cell step passes (cell/model.py): the device's geometry when told
-        told = {"geometry": model_mod.told_geometry(params, model)} if model.get("geometry") else {}
+        geometry = model_mod.told_geometry(params, model)
+        told = {"geometry": geometry} if geometry is not None else {}
         # and the calibration phase, where the cell asks for one
         calibrate = {"calibrate": True} if model.get("calibrate_s") else {}
         out["kml_setup"] = backend.kml_setup(

@@ -1978,6 +1978,16 @@ static void kml_test_dd_flash_svc_weight(struct kunit *test)
 	kml_test_flash_end(saved);
 }
 
+/* Tell policy cost a seek curve (kml_test_flash_end() puts it back). */
+static void kml_test_seek_curve(u32 a, u32 b, u32 bound, u32 c, u32 e)
+{
+	WRITE_ONCE(kml_dd.cost_seek_a_ns, a);
+	WRITE_ONCE(kml_dd.cost_seek_b_ns, b);
+	WRITE_ONCE(kml_dd.cost_seek_boundary, bound);
+	WRITE_ONCE(kml_dd.cost_seek_c_ns, c);
+	WRITE_ONCE(kml_dd.cost_seek_e_ns, e);
+}
+
 /*
  * Policy cost told a disk's geometry (the HP 97560's: 72 sectors a track,
  * 1368 a cylinder) prices a request, before the platter's phase is learned,
@@ -2025,11 +2035,8 @@ static void kml_test_dd_seek_curve(struct kunit *test)
 	WRITE_ONCE(kml_dd.cost_cyl_sectors, cyl);
 	kml_dd_head(kq);	/* learn under the present generation */
 	for (k = 0; k < 2; k++) {
-		WRITE_ONCE(kml_dd.cost_seek_a_ns, k ? 3240000 : 0);
-		WRITE_ONCE(kml_dd.cost_seek_b_ns, k ? 400000 : 0);
-		WRITE_ONCE(kml_dd.cost_seek_boundary, k ? 383 : 0);
-		WRITE_ONCE(kml_dd.cost_seek_c_ns, k ? 8000000 : 0);
-		WRITE_ONCE(kml_dd.cost_seek_e_ns, k ? 8000 : 0);
+		if (k)
+			kml_test_seek_curve(3240000, 400000, 383, 8000000, 8000);
 		/* no geometry: the learned table's bucket orders them */
 		WRITE_ONCE(kml_dd.cost_rev_ns, 0);
 		plain[k] = kml_dd_cost(kq, &rq[1], 0, now, 0);
@@ -2038,11 +2045,7 @@ static void kml_test_dd_seek_curve(struct kunit *test)
 			got[k][i] = kml_dd_cost(kq, &rq[i], 0, now, 0);
 	}
 	/* a ns a cylinder: past the clamp on the distance, 2^31 ns */
-	WRITE_ONCE(kml_dd.cost_seek_a_ns, 0);
-	WRITE_ONCE(kml_dd.cost_seek_b_ns, 0);
-	WRITE_ONCE(kml_dd.cost_seek_boundary, 0);
-	WRITE_ONCE(kml_dd.cost_seek_c_ns, 0);
-	WRITE_ONCE(kml_dd.cost_seek_e_ns, 1);
+	kml_test_seek_curve(0, 0, 0, 0, 1);
 	shallow = kml_dd_cost(kq, &rq[3], 0, now, 0);
 	kml_test_flash_end(saved);
 

@@ -352,7 +352,7 @@ def load_matrix(
                     f"geometry it is told), not {dkey}: exclude that device for this entry",
                 )
             if params.get("model", {}).get("seek_curve") and (
-                (device or {}).get("service") != SEEK_CURVE_SERVICE
+                device.get("service") != SEEK_CURVE_SERVICE
             ):
                 raise src.error(
                     f"{mkey}.seek_curve",
