@@ -7,9 +7,12 @@
  *
  *   kml_ring_scribble            once
  *   kml_ring_scribble SECONDS    again and again for SECONDS: map, scribble,
- *                                let the producers find it (1 ms), unmap and
- *                                close, so that the kernel repairs the ring
- *                                each round while I/O goes on
+ *                                wait until a producer has found it (a push
+ *                                counted dropped, at most FOUND_WAIT_MS),
+ *                                unmap and close, so that the kernel repairs
+ *                                the ring each round while I/O goes on.  A
+ *                                fixed 1 ms wait let a loaded host's rounds
+ *                                all pass unseen, and nothing was repaired.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,13 +27,16 @@
 #include "kml.h"
 #include "kml_iosched_uapi.h"
 
-static int scribble(unsigned int *capacity, size_t *slot_size)
+#define FOUND_WAIT_MS	1000
+
+static int scribble(unsigned int *capacity, size_t *slot_size, int wait_found)
 {
 	struct kml_dev_info info;
 	struct kml_ring_shared *sh;
 	unsigned char *mem;
+	int fd, ms;
+	s64 dropped;
 	size_t i;
-	int fd;
 
 	fd = open("/dev/kml", O_RDWR | O_CLOEXEC);
 	if (fd < 0 || ioctl(fd, KML_IOC_INFO, &info)) {
@@ -53,7 +59,13 @@ static int scribble(unsigned int *capacity, size_t *slot_size)
 
 		slot->seq.v = (s64)1 << 62;
 	}
-	usleep(1000);
+	/* every slot is scribbled: the next push to count a drop found it */
+	dropped = __atomic_load_n(&sh->dropped.v, __ATOMIC_ACQUIRE);
+	ms = 0;
+	do {
+		usleep(1000);
+	} while (wait_found && ++ms < FOUND_WAIT_MS &&
+		 __atomic_load_n(&sh->dropped.v, __ATOMIC_ACQUIRE) == dropped);
 	munmap(mem, info.ring_bytes);
 	close(fd);
 	return 0;
@@ -75,7 +87,7 @@ int main(int argc, char **argv)
 	long rounds = 0;
 
 	do {
-		if (scribble(&capacity, &slot_size))
+		if (scribble(&capacity, &slot_size, argc > 1))
 			return 1;
 		rounds++;
 	} while (now_s() < end);
