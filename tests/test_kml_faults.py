@@ -114,6 +114,19 @@ def wait_stat(
         time.sleep(0.2)
 
 
+def wait_drained(guest: Guest, base: kmlstats.KmlStats, timeout: float = 20) -> kmlstats.KmlStats:
+    """Poll the statistics until the ring's consumer has taken all that was
+    sent to it since ``base`` (``kmlctl trace`` does not drain the ring when
+    it is stopped, and a loaded host may run it late)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = stats(guest)
+        taken = delta(base, now, "ring_consumed") >= delta(base, now, "ring_produced")
+        if taken or time.monotonic() > deadline:
+            return now
+        time.sleep(0.2)
+
+
 def valid_model_bytes() -> bytes:
     """A float MLP the kernel accepts: KML_DD_NR_FEATURES inputs, one output."""
     return Model.mlp(14, (16,), normalize=True, seed=3).to_bytes()
@@ -626,8 +639,7 @@ def test_no_sample_is_made_while_nobody_holds_the_ring(g: Guest) -> None:
             wait_mapped(g, pid)
             held = stats(g)
             assert_fio_ok(fio_quick(g, 64), 64)
-            time.sleep(0.5)  # the tracer polls an empty ring every ms
-            done = stats(g)
+            done = wait_drained(g, held)
         finally:
             stop_pid(g, pid)
         log = sh(g, "cat /tmp/held.log; rm -f /tmp/held.trc").stdout
