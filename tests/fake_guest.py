@@ -47,6 +47,9 @@ FIO_STDOUT = json.dumps(FIO_REPORT)
 # before and after fio: each reading 1000 reads (40 late) and 10 writes
 # (none late) on, the writes' counter wrapping at 2^32 between the two.
 MISSES = "read_dispatched {reads}\nread_missed {late}\nwrite_dispatched {writes}\nwrite_missed 7\n"
+# /sys/block/<dev>/stat, read before and after fio: each reading 1000 read
+# requests (3 reads merged into them) and 10 writes on.
+BLOCK_STAT = "{reads} {merges} 8000 30 {writes} 0 80 5 0 35 35 0 0 0 0 0 0\n"
 # /proc/stat's cpu line before and after fio: 100 ticks user, 120 kernel.
 CPU_LINES = "cpu  100 0 50 1000 0 5 5 0 0 0\ncpu  200 0 150 1100 0 15 15 0 0 0\n"
 # /sys/kernel/debug/kml/iosched after a consistent cell (docs/kml-iosched.md).
@@ -104,6 +107,8 @@ def kind_of(cmd: str) -> str:
         return "cpu"
     if cmd.startswith("cat /sys/kernel/debug/block/") and cmd.endswith("/sched/missed"):
         return "misses"
+    if cmd.startswith("cat /sys/block/") and cmd.endswith("/stat"):
+        return "blockstat"
     if cmd.startswith("cat ") and cmd.endswith(" 2>/dev/null") and "\n" not in cmd:
         return "fetch " + cmd.split()[1]
     if cmd.startswith("[ -s ") and "\n" not in cmd:
@@ -255,6 +260,9 @@ class FakeGuest:
         if kind == "misses":
             n = self.log.count("misses")
             return MISSES.format(reads=1000 * n, late=40 * n, writes=(2**32 - 5 + 10 * n) % 2**32)
+        if kind == "blockstat":
+            n = self.log.count("blockstat")
+            return BLOCK_STAT.format(reads=1000 * n, merges=3 * n, writes=10 * n)
         if kind == "dmesg":
             return DMESG
         if kind.startswith("fetch "):

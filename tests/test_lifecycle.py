@@ -46,7 +46,7 @@ axes:
 STATS = "fetch /sys/kernel/debug/kml/iosched"
 # What every cell does before and after its KML part.
 DEVICE = ["device", "put /tmp/job.fio", "fio_version"]
-FIO = ["misses", "fio", "cpu", "misses"]
+FIO = ["misses", "blockstat", "fio", "cpu", "misses", "blockstat"]
 # The commands of each cell of MATRIX on its own boot, by name (mode-trainer).
 COMMANDS = {
     "off": [*DEVICE, *FIO, "dmesg"],
@@ -153,6 +153,14 @@ def test_every_step_of_a_healthy_cell(env: Env, name: str) -> None:
         "deadline_miss_frac": 40 / 1010,
         "read_deadline_miss_frac": 40 / 1000,
         "write_deadline_miss_frac": 0.0,
+    }
+    # the block layer's own count between its two readings, every scheduler
+    block = {k: v for k, v in out.metrics.items() if k.startswith("block_")}
+    assert block == {
+        "block_read_ios": 1000.0,
+        "block_read_merges": 3.0,
+        "block_write_ios": 10.0,
+        "block_write_merges": 0.0,
     }
     folder = env.dir(env.cell(name))
     expected = {"setup.log", "job.fio", "fio.json", "cpu.txt", "dmesg.txt"}
@@ -301,7 +309,7 @@ def test_workload_timeout(tmp_path: Path) -> None:
     # what the cell did before the timeout stays in its record
     assert list(out.extra) == ["timings", "qemu_command_line", "block_device",
                                "guest_fio_version", "error", "console_events"]  # fmt: skip
-    assert env.boots.logs == [[*DEVICE, "kml_setup", "misses", "fio"]]
+    assert env.boots.logs == [[*DEVICE, "kml_setup", "misses", "blockstat", "fio"]]
     assert env.boots.guests[0].closed
 
 
@@ -319,7 +327,7 @@ def test_fio_failing_is_the_workloads_fault_and_kml_is_still_collected(tmp_path:
     assert (out.status, out.metrics) == ("failed", {})
     # no JSON on stdout: the output is kept as it was
     assert out.extra["error"].startswith("fio exited 1, no JSON: no fio JSON report")
-    assert env.boots.logs == [[*DEVICE, "kml_setup", "misses", "fio", "kml_stop",
+    assert env.boots.logs == [[*DEVICE, "kml_setup", "misses", "blockstat", "fio", "kml_stop",
                                "fetch /tmp/trainer.txt", STATS, "dmesg"]]  # fmt: skip
     assert "kml_stats" in out.extra  # the model's record, even so
     folder = env.dir(env.cell("active-kernel"))
@@ -402,6 +410,29 @@ def test_unreadable_miss_counts_lose_the_metric_not_the_cell(
     assert error.startswith("/sys/kernel/debug/block/nullb0/sched/missed: ") and why in error
 
 
+@pytest.mark.parametrize(
+    ("fail", "why"),
+    [
+        (Fail("exit", stderr="cat: stat: No such file or directory"), "cat exited 1: cat: stat"),
+        (Fail("answer", exit_status=0, stdout="1 2 3\n"), "not at least 8 unsigned counters"),
+        (Fail("answer", exit_status=0, stdout="1 2 3 4 5 6 7 -8\n"), "not at least 8 unsigned"),
+        (Fail("answer", exit_status=0, stdout="1 2 3 4 5 6 7 8\n1\n"), "not one line"),
+        # the second reading lower than the first: the device was made anew
+        (Fail("answer", exit_status=0, stdout="0 0 0 0 0 0 0 0\n", after=1), "read_ios went down"),
+    ],
+)
+def test_unreadable_block_counts_lose_the_metric_not_the_cell(
+    tmp_path: Path, fail: Fail, why: str
+) -> None:
+    env = _env(tmp_path, fail={"blockstat": fail})
+    out = env.run_cell("off")
+    assert out.status == "ok" and set(out.metrics) >= FIO_METRICS | CPU_METRICS
+    assert not [k for k in out.metrics if k.startswith("block_")]
+    assert "deadline_dispatched" in out.metrics  # the other counters are not lost
+    error = out.extra["block_stat_error"]
+    assert error.startswith("/sys/block/nullb0/stat: ") and why in error
+
+
 def test_other_schedulers_read_no_miss_counts(tmp_path: Path) -> None:
     path = tmp_path / "m.yaml"
     text = MATRIX.format(share="false", device="null_blk", shipped=SHIPPED)
@@ -410,6 +441,8 @@ def test_other_schedulers_read_no_miss_counts(tmp_path: Path) -> None:
     out = env.run_cell("off")
     assert out.status == "ok" and "misses" not in env.boots.guests[0].log
     assert not [k for k in out.metrics if "deadline_" in k]
+    # the block layer counts whatever the scheduler
+    assert out.metrics["block_read_ios"] == 1000.0
 
 
 def test_an_oops_during_fio_is_a_panic(tmp_path: Path) -> None:
@@ -585,6 +618,7 @@ def test_a_guest_error_ends_the_boot_and_the_rest_boot_afresh(shared: Env) -> No
         "put /tmp/job.fio",
         "fio_version",
         "misses",
+        "blockstat",
         "fio",
     ]
     assert results[1][1].extra["shared_boot"] == {"boot_cell": results[1][0].id, "position": 0}

@@ -102,6 +102,11 @@ class BlockDevice:
         return f"/sys/block/{self.name}"
 
     @property
+    def stat(self) -> str:
+        """The block layer's counters of its requests (:mod:`kmlbench.data.block_stat`)."""
+        return f"{self.sysfs}/stat"
+
+    @property
     def iosched(self) -> str:
         """Its I/O scheduler's tunables (and KML's ``kml_mode``): ``.../queue/iosched``."""
         return f"{self.sysfs}/queue/iosched"

@@ -9,7 +9,9 @@ I/O under the virtual clock. A profiled cell (``guest.insn_profile``) runs
 ``sync`` just before and after, and its instruction profile between the
 two (:func:`profile_metrics`) goes to ``insn-profile.json``. An mq-deadline
 cell reads the scheduler's count of missed deadlines before and after
-(:mod:`kmlbench.data.deadline_misses`); a workload with latency targets
+(:mod:`kmlbench.data.deadline_misses`), and every cell the block layer's
+count of the device's requests and merges (:mod:`kmlbench.data.block_stat`);
+a workload with latency targets
 gets the share of requests over them, whatever its scheduler
 (:func:`kmlbench.data.fio.late_metrics`).
 """
@@ -26,6 +28,7 @@ from kmlbench.cell import render
 from kmlbench.cell.context import CellContext, CellGuest, CommandOutput
 from kmlbench.cell.guest_paths import CPU_SNAPSHOT, GUEST_JOB
 from kmlbench.clock import host_timeout, instructions_per_us
+from kmlbench.data import block_stat as bs
 from kmlbench.data import deadline_misses as dm
 from kmlbench.data import fio
 from kmlbench.data import insn_profile as prof
@@ -82,6 +85,7 @@ def run(ctx: CellContext) -> None:
     seen = len(prof.read_snapshots(snapshots)) if profile else 0
     misses = deadline_misses_file(ctx)
     misses_before = read_miss_counts(ctx, misses) if misses else None
+    stat_before = read_block_stat(ctx)
     result = guest.run(fio_command(profiled=profile is not None), timeout)
     ctx.timings["fio_s"] = time.monotonic() - started
     if result.stderr:
@@ -95,6 +99,13 @@ def run(ctx: CellContext) -> None:
             misses_after = read_miss_counts(ctx, misses)
             if misses_after is not None:
                 ctx.metrics.update(dm.miss_metrics(misses_before, misses_after))
+        if stat_before is not None:
+            stat_after = read_block_stat(ctx)
+            if stat_after is not None:
+                try:
+                    ctx.metrics.update(bs.stat_metrics(stat_before, stat_after))
+                except bs.BlockStatError as exc:
+                    ctx.extra["block_stat_error"] = f"{ctx.require_device().stat}: {exc}"
         if profile is not None:
             ctx.metrics.update(profile_metrics(ctx, snapshots, seen, profile.mark))
 
@@ -119,6 +130,22 @@ def read_miss_counts(ctx: CellContext, path: str) -> dict[str, int] | None:
         return dm.parse_counts(got.stdout)
     except dm.MissCountError as exc:
         ctx.extra["deadline_misses_error"] = f"{path}: {exc}"
+        return None
+
+
+def read_block_stat(ctx: CellContext) -> dict[str, int] | None:
+    """The device's block-layer counters now; None (and why, in the record) if unreadable.
+
+    Unreadable loses only the metric, not the cell.
+    """
+    path = ctx.require_device().stat
+    got = ctx.guest.run(f"cat {path}", SHORT_TIMEOUT_S)
+    try:
+        if got.exit_status != 0:
+            raise bs.BlockStatError(f"cat exited {got.exit_status}: {got.stderr.strip()[-200:]}")
+        return bs.parse_stat(got.stdout)
+    except bs.BlockStatError as exc:
+        ctx.extra["block_stat_error"] = f"{path}: {exc}"
         return None
 
 
