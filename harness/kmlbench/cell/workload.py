@@ -11,9 +11,8 @@ two (:func:`profile_metrics`) goes to ``insn-profile.json``. An mq-deadline
 cell reads the scheduler's count of missed deadlines before and after
 (:mod:`kmlbench.data.deadline_misses`), and every cell the block layer's
 count of the device's requests and merges (:mod:`kmlbench.data.block_stat`);
-a workload with latency targets
-gets the share of requests over them, whatever its scheduler
-(:func:`kmlbench.data.fio.late_metrics`).
+a workload with latency targets gets the share of requests over them,
+whatever its scheduler (:func:`kmlbench.data.fio.late_metrics`).
 """
 
 from __future__ import annotations

@@ -3,14 +3,16 @@
 ``/sys/block/<dev>/stat`` (the kernel's Documentation/block/stat.rst) is one
 line of counters from the disk's creation; the first eight are, per
 direction, the requests completed, the I/Os merged into a request already
-queued (``blk_account_io_merge_bio()``), the sectors and the milliseconds
-spent::
+queued (``blk_account_io_merge_bio()``, and a queued request merged into
+another, ``blk_account_io_merge_request()``), the sectors and the
+milliseconds spent::
 
     1886 2 15088 30133 0 0 0 0 0 30161 30133 0 0 0 0 0 0
 
 A cell reads the line before and after fio and keeps the difference
-(:func:`stat_metrics`): ``block_read_ios`` are the read requests the device
-completed, whatever their scheduler (fio counts the I/Os it issued, of
+(:func:`stat_metrics`), over fio's whole run, ``ramp_s`` included:
+``block_read_ios`` are the read requests the device completed, whatever
+their scheduler (fio counts the I/Os it issued, of
 which a merged one rides on another's request), and ``block_read_merges``
 the reads that did. With fio gone, every request it issued has completed,
 so the counts are exact, where fio's own ``disk_util`` covers its run only
