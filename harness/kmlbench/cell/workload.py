@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,34 +117,37 @@ def deadline_misses_file(ctx: CellContext) -> str | None:
 
 
 def read_miss_counts(ctx: CellContext, path: str) -> dict[str, int] | None:
-    """mq-deadline's counters now; None (and why, in the record) if unreadable.
+    """mq-deadline's counters now (:func:`read_counters`).
 
     A kernel without the counter (an older patch series) loses only the
     metric, not the cell.
     """
-    got = ctx.guest.run(f"cat {path}", SHORT_TIMEOUT_S)
-    try:
-        if got.exit_status != 0:
-            raise dm.MissCountError(f"cat exited {got.exit_status}: {got.stderr.strip()[-200:]}")
-        return dm.parse_counts(got.stdout)
-    except dm.MissCountError as exc:
-        ctx.extra["deadline_misses_error"] = f"{path}: {exc}"
-        return None
+    return read_counters(ctx, path, dm.parse_counts, dm.MissCountError, "deadline_misses_error")
 
 
 def read_block_stat(ctx: CellContext) -> dict[str, int] | None:
-    """The device's block-layer counters now; None (and why, in the record) if unreadable.
-
-    Unreadable loses only the metric, not the cell.
-    """
+    """The device's block-layer counters now (:func:`read_counters`)."""
     path = ctx.require_device().stat
+    return read_counters(ctx, path, bs.parse_stat, bs.BlockStatError, "block_stat_error")
+
+
+def read_counters(
+    ctx: CellContext,
+    path: str,
+    parse: Callable[[str], dict[str, int]],
+    error: type[ValueError],
+    record: str,
+) -> dict[str, int] | None:
+    """A guest file of counters, parsed; None, and why in the record's
+    ``record`` key, if it cannot be read or parsed (``error``): that loses
+    only its metrics, not the cell."""
     got = ctx.guest.run(f"cat {path}", SHORT_TIMEOUT_S)
     try:
         if got.exit_status != 0:
-            raise bs.BlockStatError(f"cat exited {got.exit_status}: {got.stderr.strip()[-200:]}")
-        return bs.parse_stat(got.stdout)
-    except bs.BlockStatError as exc:
-        ctx.extra["block_stat_error"] = f"{path}: {exc}"
+            raise error(f"cat exited {got.exit_status}: {got.stderr.strip()[-200:]}")
+        return parse(got.stdout)
+    except error as exc:
+        ctx.extra[record] = f"{path}: {exc}"
         return None
 
 
