@@ -12,11 +12,11 @@ milliseconds spent::
 A cell reads the line before and after fio and keeps the difference
 (:func:`stat_metrics`), over fio's whole run, ``ramp_s`` included:
 ``block_read_ios`` are the read requests the device completed, whatever
-their scheduler (fio counts the I/Os it issued, of
-which a merged one rides on another's request), and ``block_read_merges``
-the reads that did. With fio gone, every request it issued has completed,
-so the counts are exact, where fio's own ``disk_util`` covers its run only
-to its last 250 ms tick.
+their scheduler (fio counts the I/Os it issued, of which a merged one
+rides on another's request), and ``block_read_merges`` the reads that
+did. With fio gone, every request it issued has completed, so the counts
+are exact, where fio's own ``disk_util`` covers its run only to its last
+250 ms tick.
 """
 
 from __future__ import annotations
